@@ -1,0 +1,167 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Decode reads every ResiliencePolicy document of a YAML (or JSON)
+// stream, strictly, and returns them defaulted and validated. filename
+// only labels the positions in errors and in each policy's Source.
+//
+// On failure it returns no policies and an ErrorList holding every
+// problem of the file: a half-applied file would leave some destinations
+// with a policy nobody wrote.
+func Decode(filename string, data []byte) ([]*ResiliencePolicy, error) {
+	f := decodeFile(filename, data)
+	if len(f.errs) > 0 {
+		return nil, f.errs
+	}
+	return f.policies(), nil
+}
+
+// decoded is a policy that passed every check, with the node of its
+// spec.service kept to position duplicate errors.
+type decoded struct {
+	p       *ResiliencePolicy
+	service *yaml.Node
+}
+
+// fileDecoder collects the results of one file. Its good policies are
+// kept even when other documents fail so that Load can still report
+// duplicates across files in the same run.
+type fileDecoder struct {
+	name string
+	good []decoded
+	errs ErrorList
+	// first maps a service to the policy that claimed it first.
+	first map[string]*ResiliencePolicy
+}
+
+func (f *fileDecoder) policies() []*ResiliencePolicy {
+	out := make([]*ResiliencePolicy, len(f.good))
+	for i, g := range f.good {
+		out[i] = g.p
+	}
+	return out
+}
+
+func decodeFile(filename string, data []byte) (f *fileDecoder) {
+	f = &fileDecoder{name: filename, first: map[string]*ResiliencePolicy{}}
+	// yaml.v3 is not known to panic on any input, but a reloading sidecar
+	// must survive a file that proves otherwise.
+	defer func() {
+		if r := recover(); r != nil {
+			f.errs = append(f.errs, &Error{File: filename, Line: 1, Column: 1, Msg: fmt.Sprintf("YAML parser failed: %v", r)})
+		}
+		f.errs.sortByPosition()
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return f
+		}
+		if err != nil {
+			// The parser cannot resume after a syntax error: the rest of
+			// the stream is unknown.
+			f.errs = append(f.errs, syntaxError(filename, err))
+			return f
+		}
+		if len(doc.Content) == 0 {
+			continue
+		}
+		root := resolve(doc.Content[0])
+		if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
+			continue // an empty document, or one of comments only
+		}
+		f.document(root)
+	}
+}
+
+// yamlLine picks the line out of yaml.v3's "yaml: line 3: ..." messages,
+// its only report of where a syntax error is.
+var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// parserProblems are the messages of yaml.v3's parser, as opposed to its
+// scanner. yaml.v3 prints the parser's lines 0-based and the scanner's
+// 1-based; the message is the only way to tell them apart.
+var parserProblems = map[string]bool{
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected <document start>": true,
+	"did not find expected <stream-start>":   true,
+	"did not find expected key":              true,
+	"did not find expected node content":     true,
+	"found duplicate %TAG directive":         true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found undefined tag handle":             true,
+}
+
+// syntaxError positions a yaml.v3 error. yaml.v3 gives no column, and
+// no line for problems on the first line (0-based line 0 is omitted).
+func syntaxError(filename string, err error) *Error {
+	e := &Error{File: filename, Line: 1, Column: 1, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		if n, convErr := strconv.Atoi(m[1]); convErr == nil && n > 0 {
+			e.Line, e.Msg = n, m[2]
+			if parserProblems[e.Msg] {
+				e.Line++
+			}
+		}
+	}
+	e.Msg = "invalid YAML: " + e.Msg
+	return e
+}
+
+// document decodes a policy or a List of policies (what `kubectl get
+// resiliencepolicies -o yaml` writes).
+func (f *fileDecoder) document(root *yaml.Node) {
+	if k := peekKind(root); k == "List" || k == Kind+"List" {
+		f.list(root)
+		return
+	}
+	f.object(root, "")
+}
+
+// object decodes one policy and keeps it when it has no problem.
+func (f *fileDecoder) object(n *yaml.Node, prefix string) {
+	before := len(f.errs)
+	d := &objDecoder{file: f, prefix: prefix, root: n, pos: map[string]*yaml.Node{}, bad: map[string]bool{}}
+	p := d.policy(n)
+	if p == nil || len(f.errs) > before {
+		return
+	}
+	svc := d.pos["spec.service"]
+	if prev := f.first[p.Spec.Service]; prev != nil {
+		d.failAt(svc, "spec.service", "service %q already has a policy at %s", p.Spec.Service, prev.Source)
+		return
+	}
+	f.first[p.Spec.Service] = p
+	f.good = append(f.good, decoded{p: p, service: svc})
+}
+
+// peekKind returns the kind of a mapping without reporting anything: the
+// kind decides which schema the walk applies.
+func peekKind(n *yaml.Node) string {
+	if n.Kind != yaml.MappingNode {
+		return ""
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
+		if k.Kind == yaml.ScalarNode && k.Value == "kind" && v.Kind == yaml.ScalarNode {
+			return v.Value
+		}
+	}
+	return ""
+}

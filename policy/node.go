@@ -1,0 +1,279 @@
+package policy
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"gopkg.in/yaml.v3"
+)
+
+// objDecoder walks the yaml.Node tree of one object by hand instead of
+// letting yaml.v3 unmarshal it, because only the nodes know where each
+// value was written, and every problem must name its line and column.
+type objDecoder struct {
+	file *fileDecoder
+	// prefix is prepended to reported field paths ("items[2]." inside a
+	// List) but not to the keys of pos and bad.
+	prefix string
+	root   *yaml.Node
+	// pos remembers the node of each field path so that the errors of
+	// Validate, which sees only the struct, can be positioned.
+	pos map[string]*yaml.Node
+	// bad holds the paths already reported, so that a field that failed
+	// to decode is not reported a second time by Validate for the zero
+	// value it was left with.
+	bad map[string]bool
+}
+
+// field is one allowed key of a mapping. A nil decode accepts the key
+// and ignores its value (Kubernetes metadata the sidecar has no use for).
+type field struct {
+	name   string
+	decode func(path string, v *yaml.Node)
+}
+
+// failAt reports a value that could not be decoded, which leaves its
+// field at the zero value or the default; validate then stays silent on
+// that field and on everything under it.
+func (d *objDecoder) failAt(n *yaml.Node, path, format string, args ...any) {
+	d.bad[path] = true
+	d.report(n, path, format, args...)
+}
+
+// report reports a problem that leaves the value it is about intact,
+// such as an unknown or duplicate key.
+func (d *objDecoder) report(n *yaml.Node, path, format string, args ...any) {
+	f := path
+	if f != "" {
+		f = d.prefix + f
+	}
+	d.file.errs = append(d.file.errs, &Error{
+		File:   d.file.name,
+		Line:   n.Line,
+		Column: n.Column,
+		Field:  f,
+		Msg:    fmt.Sprintf(format, args...),
+	})
+}
+
+// missing reports a required field at the mapping that lacks it.
+func (d *objDecoder) missing(parent *yaml.Node, path, want string) {
+	d.failAt(parent, path, "required field is missing: want %s", want)
+}
+
+// mapping walks the pairs of a mapping node and hands each known key's
+// value to its decoder. It reports non-mappings, duplicate keys (yaml.v3
+// keeps them in a Node) and unknown keys. It returns the keys present,
+// nil when n is not a mapping.
+func (d *objDecoder) mapping(n *yaml.Node, path string, fields []field) map[string]bool {
+	if n.Kind != yaml.MappingNode {
+		d.failAt(n, path, "want a mapping, got %s", describe(n))
+		return nil
+	}
+	d.pos[path] = n
+	seen := make(map[string]*yaml.Node, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
+		if k.ShortTag() == "!!merge" {
+			d.report(k, path, "merge keys (<<) are not supported: write the fields out")
+			continue
+		}
+		if k.Kind != yaml.ScalarNode {
+			d.report(k, path, "want a field name, got %s", describe(k))
+			continue
+		}
+		fp := join(path, k.Value)
+		if prev := seen[k.Value]; prev != nil {
+			d.report(k, fp, "duplicate field (first set at %d:%d)", prev.Line, prev.Column)
+			continue
+		}
+		seen[k.Value] = k
+		f := lookupField(fields, k.Value)
+		if f == nil {
+			d.report(k, fp, "unknown field %q (allowed: %s)", k.Value, fieldNames(fields))
+			continue
+		}
+		if f.decode != nil {
+			d.pos[fp] = v
+			f.decode(fp, v)
+		}
+	}
+	present := make(map[string]bool, len(seen))
+	for name := range seen {
+		present[name] = true
+	}
+	return present
+}
+
+func lookupField(fields []field, name string) *field {
+	for i := range fields {
+		if fields[i].name == name {
+			return &fields[i]
+		}
+	}
+	return nil
+}
+
+func fieldNames(fields []field) string {
+	names := make([]string, len(fields))
+	for i, f := range fields {
+		names[i] = f.name
+	}
+	return strings.Join(names, ", ")
+}
+
+// join appends a key to a field path, quoting a key that would break
+// the one-line form of an error.
+func join(path, name string) string {
+	if strings.IndexFunc(name, func(r rune) bool { return r < ' ' || r == 0x7f || r == utf8.RuneError }) >= 0 {
+		name = strconv.Quote(name)
+	}
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+// resolve follows aliases. The walk only descends into the fields the
+// schema knows, so even a self-referencing anchor cannot loop it.
+func resolve(n *yaml.Node) *yaml.Node {
+	for i := 0; n.Kind == yaml.AliasNode && n.Alias != nil && i < 16; i++ {
+		n = n.Alias
+	}
+	return n
+}
+
+func (d *objDecoder) str(path string, n *yaml.Node) (string, bool) {
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" {
+		d.failAt(n, path, "want a string, got %s", describe(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (d *objDecoder) integer(path string, n *yaml.Node) (int, bool) {
+	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
+		d.failAt(n, path, "want an integer, got %s", describe(n))
+		return 0, false
+	}
+	var v int
+	if err := n.Decode(&v); err != nil {
+		d.failAt(n, path, "invalid integer %s (out of range?)", clip(n.Value))
+		return 0, false
+	}
+	return v, true
+}
+
+func (d *objDecoder) number(path string, n *yaml.Node) (float64, bool) {
+	tag := n.ShortTag()
+	if n.Kind != yaml.ScalarNode || tag != "!!int" && tag != "!!float" {
+		d.failAt(n, path, "want a number, got %s", describe(n))
+		return 0, false
+	}
+	var v float64
+	if err := n.Decode(&v); err != nil {
+		d.failAt(n, path, "want a number, got %s", describe(n))
+		return 0, false
+	}
+	return v, true
+}
+
+// duration accepts Go's syntax (2s, 500ms, 1m30s). Plain numbers have no
+// unit and are rejected by time.ParseDuration, except 0.
+func (d *objDecoder) duration(path string, n *yaml.Node) (time.Duration, bool) {
+	if n.Kind == yaml.ScalarNode {
+		switch n.ShortTag() {
+		case "!!str", "!!int", "!!float":
+			if v, err := time.ParseDuration(n.Value); err == nil {
+				return v, true
+			}
+		}
+	}
+	d.failAt(n, path, "want a duration such as 2s or 500ms, got %s", describe(n))
+	return 0, false
+}
+
+// optionalDuration is a duration whose absence means "none", so that an
+// explicit zero is a mistake rather than a way to say none.
+func (d *objDecoder) optionalDuration(path string, n *yaml.Node, omitFor string) (time.Duration, bool) {
+	v, ok := d.duration(path, n)
+	if ok && v <= 0 {
+		d.failAt(n, path, "must be > 0 (omit it for %s), got %v", omitFor, v)
+		return 0, false
+	}
+	return v, ok
+}
+
+// conditions decodes a retryOn/failOn list. Items may be strings or bare
+// status codes: users write [502, 503] as often as ["502", "503"].
+func (d *objDecoder) conditions(path string, n *yaml.Node) (Conditions, bool) {
+	var c Conditions
+	if n.Kind != yaml.SequenceNode {
+		d.failAt(n, path, "want a list, got %s", describe(n))
+		return c, false
+	}
+	ok := true
+	for i, item := range n.Content {
+		item = resolve(item)
+		ip := fmt.Sprintf("%s[%d]", path, i)
+		tag := item.ShortTag()
+		if item.Kind != yaml.ScalarNode || tag != "!!str" && tag != "!!int" {
+			d.failAt(item, ip, "want a condition name or status code, got %s", describe(item))
+			ok = false
+			continue
+		}
+		class, code, err := ParseCondition(item.Value)
+		if err != nil {
+			d.failAt(item, ip, "%v", err)
+			ok = false
+			continue
+		}
+		c.Add(class, code)
+	}
+	return c, ok
+}
+
+// describe names what a node is, for "want X, got Y" messages.
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		switch tag := n.ShortTag(); tag {
+		case "!!str":
+			return fmt.Sprintf("string %q", clip(n.Value))
+		case "!!int":
+			return "integer " + clip(n.Value)
+		case "!!float":
+			return "number " + clip(n.Value)
+		case "!!bool":
+			return "boolean " + clip(n.Value)
+		case "!!null":
+			return "null"
+		default:
+			return fmt.Sprintf("%q tagged %q", clip(n.Value), clip(tag))
+		}
+	}
+	return "an alias"
+}
+
+// clip keeps messages one line long whatever the input.
+func clip(s string) string {
+	const max = 40
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = s[:i] + "…"
+	}
+	if len(s) > max {
+		i := max
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = s[:i] + "…"
+	}
+	return s
+}

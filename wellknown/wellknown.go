@@ -1,0 +1,45 @@
+// Package wellknown holds the names and numbers that the sidecar, the
+// injector and the chart must agree on: ports, headers, annotations, the
+// environment variable prefix and the build version. It is a leaf: it
+// imports nothing of minimesh, so any binary may import it.
+package wellknown
+
+// Ports of the sidecar and the control plane (DESIGN.md, "Interfaces").
+const (
+	OutboundPort = 15001
+	InboundPort  = 15006
+	AdminPort    = 15020
+	XDSPort      = 15010
+	WebhookPort  = 8443
+)
+
+// Headers the sidecar reads or writes.
+const (
+	HeaderRequestID      = "X-Request-ID"
+	HeaderError          = "X-Minimesh-Error"
+	HeaderIdempotencyKey = "Idempotency-Key"
+)
+
+// Values of the X-Minimesh-Error header.
+const (
+	ErrorCircuitOpen    = "circuit-open"
+	ErrorTimeout        = "timeout"
+	ErrorConnectFailure = "connect-failure"
+	ErrorReset          = "reset"
+	ErrorBadRequest     = "bad-request"
+)
+
+// EnvPrefix prefixes the environment variable that sets each flag of
+// minimesh-proxy: --outbound-addr is MINIMESH_OUTBOUND_ADDR.
+const EnvPrefix = "MINIMESH_"
+
+// Annotation prefix and names on pods (DESIGN.md, "Pod annotations").
+const (
+	AnnotationPrefix = "minimesh.io/"
+	AnnotationInject = AnnotationPrefix + "inject"
+	AnnotationStatus = AnnotationPrefix + "status"
+)
+
+// Version is the build's version, set by the linker:
+// -ldflags "-X github.com/minimesh/minimesh/wellknown.Version=v0.1.0".
+var Version = "dev"
