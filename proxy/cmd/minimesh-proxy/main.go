@@ -1,0 +1,155 @@
+// Command minimesh-proxy is the minimesh sidecar.
+//
+//	minimesh-proxy run [flags]   serve the outbound proxy and the admin port
+//	minimesh-proxy version
+//
+// Every flag can also be set from the environment: --outbound-addr is
+// MINIMESH_OUTBOUND_ADDR. A flag on the command line wins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/minimesh/minimesh/proxy/sidecar"
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `minimesh-proxy is the minimesh sidecar.
+
+Usage:
+  minimesh-proxy run [flags]    serve the outbound proxy and the admin port
+  minimesh-proxy version        print the version
+
+Run "minimesh-proxy run -h" for the flags.
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return runSidecar(args[1:], stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "minimesh-proxy %s\n", wellknown.Version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "minimesh-proxy: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func runSidecar(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("minimesh-proxy run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg sidecar.Config
+	var logLevel string
+	resolve := resolveFlag{}
+	fs.StringVar(&cfg.OutboundAddr, "outbound-addr", fmt.Sprintf("127.0.0.1:%d", wellknown.OutboundPort), "address of the outbound listener (the app's HTTP_PROXY)")
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", fmt.Sprintf(":%d", wellknown.AdminPort), "address of the admin server (/live, /ready, /metrics, /debug/ on loopback)")
+	fs.StringVar(&cfg.PolicyDir, "policy-dir", "", "directory of ResiliencePolicy YAML files, reloaded when it changes (empty: built-in defaults)")
+	fs.StringVar(&cfg.ServiceName, "service-name", "", "name of the service this sidecar belongs to")
+	fs.StringVar(&cfg.Namespace, "namespace", "default", "namespace of the pod, for matching short service names")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
+	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.Var(resolve, "resolve", "HOST:PORT=ADDR: dial ADDR for HOST:PORT, like curl --resolve (local development; repeatable)")
+	if err := parseWithEnv(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		fmt.Fprintf(stderr, "minimesh-proxy: --log-level %q: want debug, info, warn or error\n", logLevel)
+		return 2
+	}
+	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg.Resolve = resolve
+
+	s, err := sidecar.Listen(cfg)
+	if err != nil {
+		cfg.Logger.Error("cannot start", "error", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := s.Serve(ctx); err != nil {
+		cfg.Logger.Error("stopped", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// parseWithEnv sets each flag not given on the command line from its
+// MINIMESH_ environment variable, as the injector configures the sidecar
+// through the environment.
+func parseWithEnv(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		err := fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		fmt.Fprintln(fs.Output(), err)
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		env := wellknown.EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			for _, item := range splitList(f, v) {
+				if e := f.Value.Set(item); e != nil {
+					err = fmt.Errorf("%s=%q: %w", env, v, e)
+					fmt.Fprintln(fs.Output(), err)
+				}
+			}
+		}
+	})
+	return err
+}
+
+// splitList splits a repeatable flag's environment value at commas.
+func splitList(f *flag.Flag, v string) []string {
+	if _, ok := f.Value.(resolveFlag); ok {
+		return strings.Split(v, ",")
+	}
+	return []string{v}
+}
+
+// resolveFlag collects --resolve HOST:PORT=ADDR.
+type resolveFlag map[string]string
+
+func (r resolveFlag) String() string { return "" }
+
+func (r resolveFlag) Set(v string) error {
+	from, to, ok := strings.Cut(v, "=")
+	if !ok || !strings.Contains(from, ":") || !strings.Contains(to, ":") {
+		return fmt.Errorf("want HOST:PORT=ADDR:PORT, got %q", v)
+	}
+	r[strings.ToLower(from)] = to
+	return nil
+}

@@ -1,0 +1,244 @@
+package outbound
+
+import (
+	"net"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/breaker"
+	"github.com/minimesh/minimesh/proxy/retry"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+)
+
+// destination is everything the request path needs about where a request
+// goes, found with one map read.
+type destination struct {
+	name    string // canonical authority: "nominatim-service:8000"
+	policy  *policy.ResiliencePolicy
+	breaker *breaker.Breaker // nil past the destination cap
+	budget  *retry.Budget    // nil without retries
+	metrics *telemetry.Destination
+}
+
+// service is what several authorities of one service share: the breaker
+// and the retry budget of "auth", "auth.ns" and "auth.ns.svc.cluster.local"
+// on the same port are one.
+type service struct {
+	name    string
+	policy  *policy.ResiliencePolicy
+	breaker *breaker.Breaker
+	budget  *retry.Budget
+	metrics *telemetry.Destination
+}
+
+// maxServices caps how many breakers the sidecar keeps. An app that
+// calls many distinct hosts (a crawler, say) must not grow the sidecar
+// without bound; destinations past the cap get no breaker.
+const maxServices = 4096
+
+// destinations maps a request's authority to its destination. Reads are
+// lock-free (an immutable map behind an atomic pointer); a new authority
+// or a policy change copies the map under mu. Both are rare.
+type destinations struct {
+	namespace string
+	metrics   *telemetry.Metrics
+
+	byAuthority atomic.Pointer[map[string]*destination]
+
+	mu       sync.Mutex
+	table    *policy.Table
+	services map[string]*service // by canonical name
+	overflow bool                // warned about the cap
+	onWarn   func(msg string, args ...any)
+}
+
+func newDestinations(namespace string, table *policy.Table, m *telemetry.Metrics, warn func(string, ...any)) *destinations {
+	d := &destinations{namespace: namespace, metrics: m, table: table, services: map[string]*service{}, onWarn: warn}
+	empty := map[string]*destination{}
+	d.byAuthority.Store(&empty)
+	return d
+}
+
+// get returns the destination of an authority (host[:port], port
+// defaulted by the caller's scheme).
+func (d *destinations) get(authority string) *destination {
+	if dst, ok := (*d.byAuthority.Load())[authority]; ok {
+		return dst
+	}
+	return d.add(authority)
+}
+
+func (d *destinations) add(authority string) *destination {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := *d.byAuthority.Load()
+	if dst, ok := old[authority]; ok {
+		return dst
+	}
+	name := canonical(authority, d.namespace)
+	svc := d.services[name]
+	if svc == nil {
+		svc = d.newService(d.services, name, d.table.Lookup(authority))
+	}
+	dst := &destination{name: svc.name, policy: svc.policy, breaker: svc.breaker, budget: svc.budget, metrics: svc.metrics}
+	if len(old) < 4*maxServices {
+		next := make(map[string]*destination, len(old)+1)
+		for k, v := range old {
+			next[k] = v
+		}
+		next[authority] = dst
+		d.byAuthority.Store(&next)
+	}
+	return dst
+}
+
+// newService makes the breaker and budget of one service and adds it to
+// services; mu is held.
+func (d *destinations) newService(services map[string]*service, name string, pol *policy.ResiliencePolicy) *service {
+	svc := &service{name: name, policy: pol, metrics: d.metrics.Destination(name)}
+	if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
+		svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
+	}
+	if len(services) >= maxServices {
+		if !d.overflow {
+			d.overflow = true
+			d.onWarn("too many destinations; new ones get no circuit breaker", "limit", maxServices, "destination", name)
+		}
+		return svc
+	}
+	m := svc.metrics
+	svc.breaker = breaker.New(name, pol.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
+		m.Transition(from.String(), to.String())
+	})
+	services[name] = svc
+	return svc
+}
+
+// setTable applies new policies. A service whose breaker settings did not
+// change keeps its breaker, state and counts included, so a reload never
+// closes an open breaker by accident; the others start closed.
+func (d *destinations) setTable(t *policy.Table) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.table = t
+	old := *d.byAuthority.Load()
+	services := make(map[string]*service, len(d.services))
+	next := make(map[string]*destination, len(old))
+	for authority := range old {
+		name := canonical(authority, d.namespace)
+		svc := services[name]
+		if svc == nil {
+			pol := t.Lookup(authority)
+			prev := d.services[name]
+			if prev != nil && reflect.DeepEqual(prev.policy.Spec.CircuitBreaker, pol.Spec.CircuitBreaker) {
+				svc = &service{name: name, policy: pol, breaker: prev.breaker, metrics: prev.metrics}
+				if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
+					svc.budget = prev.budget
+					if svc.budget == nil || prev.policy.Spec.Retries == nil || prev.policy.Spec.Retries.Budget != r.Budget {
+						svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
+					}
+				}
+				services[name] = svc
+			} else {
+				svc = d.newService(services, name, pol)
+			}
+		}
+		next[authority] = &destination{name: svc.name, policy: svc.policy, breaker: svc.breaker, budget: svc.budget, metrics: svc.metrics}
+	}
+	d.services = services
+	d.byAuthority.Store(&next)
+}
+
+// reset closes a destination's breaker by replacing it with a new one.
+func (d *destinations) reset(name string) bool {
+	d.mu.Lock()
+	svc := d.services[name]
+	if svc == nil {
+		d.mu.Unlock()
+		return false
+	}
+	m := svc.metrics
+	fresh := breaker.New(name, svc.policy.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
+		m.Transition(from.String(), to.String())
+	})
+	if st := svc.breaker.State(); st != breaker.Closed {
+		m.Transition(st.String(), breaker.Closed.String())
+	}
+	svc.breaker = fresh
+	old := *d.byAuthority.Load()
+	next := make(map[string]*destination, len(old))
+	for k, v := range old {
+		if v.name == name {
+			c := *v
+			c.breaker = fresh
+			v = &c
+		}
+		next[k] = v
+	}
+	d.byAuthority.Store(&next)
+	d.mu.Unlock()
+	return true
+}
+
+// BreakerStatus is one destination's breaker, as /debug/breakers shows it.
+type BreakerStatus struct {
+	Destination string         `json:"destination"`
+	Policy      string         `json:"policy"`
+	State       string         `json:"state"`
+	Counts      breaker.Counts `json:"counts"`
+	OpenUntil   *time.Time     `json:"openUntil,omitempty"`
+}
+
+func (d *destinations) statuses() []BreakerStatus {
+	d.mu.Lock()
+	svcs := make([]service, 0, len(d.services))
+	for _, s := range d.services {
+		if s.breaker != nil {
+			svcs = append(svcs, *s)
+		}
+	}
+	d.mu.Unlock()
+	out := make([]BreakerStatus, 0, len(svcs))
+	for _, s := range svcs {
+		st := BreakerStatus{Destination: s.name, Policy: policyName(s.policy), State: s.breaker.State().String(), Counts: s.breaker.Counts()}
+		if t := s.breaker.OpenUntil(); !t.IsZero() {
+			st.OpenUntil = &t
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Destination < out[j].Destination })
+	return out
+}
+
+func policyName(p *policy.ResiliencePolicy) string {
+	if p.Metadata.Name != "" {
+		return p.Metadata.Name
+	}
+	return p.Spec.Service
+}
+
+// canonical names a service the way a person reads it: lowercase, no
+// trailing dot, and without the cluster suffixes that address the same
+// service from the sidecar's namespace, so that "auth:80",
+// "auth.ns:80" and "auth.ns.svc.cluster.local:80" share one breaker.
+func canonical(authority, namespace string) string {
+	host, port, err := net.SplitHostPort(authority)
+	if err != nil {
+		host, port = authority, ""
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	host = strings.TrimSuffix(host, ".cluster.local")
+	host = strings.TrimSuffix(host, ".svc")
+	if namespace != "" {
+		host = strings.TrimSuffix(host, "."+namespace)
+	}
+	if port == "" {
+		return host
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,131 @@
+package outbound
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+// Causes of a context's end, told apart with context.Cause.
+var (
+	errTimeout       = errors.New("request timeout")
+	errPerTryTimeout = errors.New("per-try timeout")
+)
+
+// statusClientClosed is recorded (never sent) when the client went away
+// before the response: nginx's 499, which dashboards already know.
+const statusClientClosed = 499
+
+// circuitOpenError is a try refused by an open breaker.
+type circuitOpenError struct {
+	destination string
+	retryAfter  time.Duration
+}
+
+func (e *circuitOpenError) Error() string {
+	return "circuit breaker for " + e.destination + " is open"
+}
+
+// upstreamError is a try that failed before response headers, with the
+// class that retryOn and failOn name.
+type upstreamError struct {
+	class policy.Class
+	err   error
+}
+
+func (e *upstreamError) Error() string { return e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
+// dialError marks an error from making the connection: the request was
+// never sent, so any method may be retried.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// classify names the failure of one try. tryCtx is the try's context,
+// parent the request's.
+func classify(err error, tryCtx, parent context.Context) (policy.Class, bool) {
+	if parent.Err() != nil {
+		if context.Cause(parent) == errTimeout {
+			return policy.ClassTimeout, false
+		}
+		return 0, true // the client went away
+	}
+	if context.Cause(tryCtx) == errPerTryTimeout {
+		return policy.ClassTimeout, false
+	}
+	var de *dialError
+	if errors.As(err, &de) {
+		return policy.ClassConnectFailure, false
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return policy.ClassTimeout, false
+	}
+	return policy.ClassReset, false
+}
+
+// errorBody is the JSON body of the sidecar's own error responses, so a
+// person reading a client log learns who answered and why.
+type errorBody struct {
+	Error             string `json:"error"`
+	Destination       string `json:"destination,omitempty"`
+	Message           string `json:"message"`
+	RetryAfterSeconds int    `json:"retryAfterSeconds,omitempty"`
+	RequestID         string `json:"requestId,omitempty"`
+}
+
+// writeError answers a request that the sidecar could not forward.
+func writeError(w http.ResponseWriter, code int, kind string, b errorBody) {
+	h := w.Header()
+	h.Set(wellknown.HeaderError, kind)
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	if b.RetryAfterSeconds > 0 {
+		h.Set("Retry-After", strconv.Itoa(b.RetryAfterSeconds))
+	}
+	b.Error = kind
+	body, _ := json.Marshal(b)
+	body = append(body, '\n')
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}
+
+// errorResponse maps a forwarding error to the contract's answer.
+func errorResponse(err error, dest string) (code int, kind string, b errorBody) {
+	b.Destination = dest
+	var co *circuitOpenError
+	var ue *upstreamError
+	var mb *http.MaxBytesError
+	switch {
+	case errors.As(err, &co):
+		b.RetryAfterSeconds = int(co.retryAfter / time.Second)
+		b.Message = co.Error() + "; the sidecar answered without contacting it"
+		return http.StatusServiceUnavailable, wellknown.ErrorCircuitOpen, b
+	case errors.As(err, &mb):
+		b.Message = "request body larger than " + strconv.FormatInt(mb.Limit, 10) + " bytes"
+		return http.StatusRequestEntityTooLarge, wellknown.ErrorBadRequest, b
+	case errors.As(err, &ue):
+		switch ue.class {
+		case policy.ClassTimeout:
+			b.Message = "upstream " + dest + " did not answer in time"
+			return http.StatusGatewayTimeout, wellknown.ErrorTimeout, b
+		case policy.ClassConnectFailure:
+			b.Message = "cannot connect to " + dest + ": " + ue.err.Error()
+			return http.StatusBadGateway, wellknown.ErrorConnectFailure, b
+		}
+		b.Message = "connection to " + dest + " failed before a response: " + ue.err.Error()
+		return http.StatusBadGateway, wellknown.ErrorReset, b
+	}
+	b.Message = err.Error()
+	return http.StatusBadGateway, wellknown.ErrorReset, b
+}

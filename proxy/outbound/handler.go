@@ -1,0 +1,315 @@
+// Package outbound is the sidecar's outbound HTTP path: it takes the
+// app's requests (absolute-form proxy requests, origin-form requests with a
+// Host header, and CONNECT tunnels), finds the destination's policy, and
+// forwards each request through the destination's circuit breaker with
+// timeouts and retries.
+//
+// The forwarding itself is net/http/httputil.ReverseProxy, which already
+// strips hop-by-hop headers, streams bodies, flushes event streams and
+// passes Upgrade (WebSocket) connections through; the resilience is its
+// Transport.
+package outbound
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/requestid"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+// Config is the outbound path's configuration.
+type Config struct {
+	// Namespace is the sidecar's namespace, for matching short names.
+	Namespace string
+	// Resolve maps host:port to the address dialled instead.
+	Resolve map[string]string
+	// ConnectTimeout bounds making an upstream connection.
+	ConnectTimeout time.Duration
+	// MaxIdleConnsPerHost is how many kept-alive connections to one
+	// destination wait for reuse. Go's default of 2 would make a busy app
+	// open and close connections at its request rate.
+	MaxIdleConnsPerHost int
+	// MaxRequestBody bounds request bodies (0: no bound).
+	MaxRequestBody int64
+	Metrics        *telemetry.Metrics
+	Logger         *slog.Logger
+}
+
+// Handler is the outbound listener's http.Handler.
+type Handler struct {
+	cfg     Config
+	dests   *destinations
+	rp      *httputil.ReverseProxy
+	dialer  *dialer
+	tunnels tunnels
+	// upgrades counts upgraded (WebSocket) connections in flight, which
+	// http.Server.Shutdown does not wait for.
+	upgrades sync.WaitGroup
+	log      *slog.Logger
+}
+
+// New returns a handler applying the policies of table.
+func New(cfg Config, table *policy.Table) *Handler {
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.MaxIdleConnsPerHost <= 0 {
+		cfg.MaxIdleConnsPerHost = 256
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = telemetry.New(0)
+	}
+	h := &Handler{cfg: cfg, log: cfg.Logger, dialer: newDialer(cfg.ConnectTimeout, cfg.Resolve)}
+	h.dests = newDestinations(cfg.Namespace, table, cfg.Metrics, h.log.Warn)
+	tr := &http.Transport{
+		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
+		DialContext:            h.dialer.DialContext,
+		MaxIdleConns:           0,
+		MaxIdleConnsPerHost:    cfg.MaxIdleConnsPerHost,
+		IdleConnTimeout:        90 * time.Second,
+		DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
+		MaxResponseHeaderBytes: MaxHeaderBytes,
+		ExpectContinueTimeout:  time.Second,
+	}
+	h.rp = &httputil.ReverseProxy{
+		Director:       direct,
+		Transport:      &forwarder{t: tr},
+		BufferPool:     bufferPool{},
+		ErrorHandler:   h.serveError,
+		ModifyResponse: modifyResponse,
+		ErrorLog:       slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+	}
+	cfg.Metrics.WatchBreakers(h.breakerStates)
+	return h
+}
+
+// MaxHeaderBytes bounds request and response headers, like Envoy's
+// default of 60 KiB; Go's own default of 1 MiB is far more than any
+// service needs.
+const MaxHeaderBytes = 64 << 10
+
+// SetPolicies swaps in new policies. Requests in flight finish under the
+// policy they started with.
+func (h *Handler) SetPolicies(t *policy.Table) { h.dests.setTable(t) }
+
+// Breakers returns every destination's breaker, for /debug/breakers.
+func (h *Handler) Breakers() []BreakerStatus { return h.dests.statuses() }
+
+// ResetBreaker closes one destination's breaker; false if unknown.
+func (h *Handler) ResetBreaker(destination string) bool { return h.dests.reset(destination) }
+
+func (h *Handler) breakerStates() []telemetry.BreakerState {
+	st := h.dests.statuses()
+	out := make([]telemetry.BreakerState, len(st))
+	for i, s := range st {
+		out[i] = telemetry.BreakerState{Destination: h.cfg.Metrics.Destination(s.Destination).Label(), State: s.State}
+	}
+	return out
+}
+
+// reqState follows one request through the ReverseProxy into the
+// forwarder and back, in the request's context.
+type reqState struct {
+	dest *destination
+	// authority is what the transport dials: the host:port the app asked
+	// for, so that connection pools are per authority and --resolve sees
+	// the name the app used.
+	authority string
+	id        string
+	upgrade   bool
+	replay    *replay
+	attempts  int
+	rejected  bool
+	code      int
+	// headers is when the response headers were ready: the latency
+	// metric ends there, so that a long stream does not look slow.
+	headers time.Time
+}
+
+type stateKey struct{}
+
+func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
+
+var statePool = sync.Pool{New: func() any { return new(reqState) }}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	if r.Method == http.MethodConnect {
+		h.serveConnect(w, r, start)
+		return
+	}
+	authority, err := target(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: err.Error()})
+		return
+	}
+	if isSelf(r, authority) {
+		writeError(w, http.StatusLoopDetected, wellknown.ErrorBadRequest, errorBody{Message: "request addressed to the sidecar's own listener " + authority + ": send it to the destination through the proxy instead"})
+		return
+	}
+	dst := h.dests.get(authority)
+
+	st := statePool.Get().(*reqState)
+	*st = reqState{dest: dst, authority: authority, code: http.StatusBadGateway}
+	defer func() {
+		if st.headers.IsZero() {
+			st.headers = time.Now()
+		}
+		dst.metrics.Observe(r.Method, st.code, st.headers.Sub(start).Seconds())
+		if st.replay != nil {
+			st.replay.release()
+		}
+		*st = reqState{}
+		statePool.Put(st)
+	}()
+
+	st.id = r.Header.Get(wellknown.HeaderRequestID)
+	if !requestid.Valid(st.id) {
+		st.id = requestid.New()
+		r.Header.Set(wellknown.HeaderRequestID, st.id)
+	}
+	st.upgrade = r.Header.Get("Upgrade") != ""
+	if st.upgrade {
+		h.upgrades.Add(1)
+		defer h.upgrades.Done()
+	}
+	if h.cfg.MaxRequestBody > 0 && r.Body != nil {
+		r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxRequestBody)
+	}
+	ctx := context.WithValue(r.Context(), stateKey{}, st)
+	// The whole-request timeout covers the response body too; an upgraded
+	// connection (a WebSocket) lives as long as its peers want.
+	if t := dst.policy.Spec.Timeout; t > 0 && !st.upgrade {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
+		defer cancel()
+	}
+	h.rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// target returns the host:port a request is for: the absolute-form
+// request target of a proxy request, else the Host header (an origin-form
+// request sent straight to the listener).
+func target(r *http.Request) (string, error) {
+	host, scheme := r.URL.Host, r.URL.Scheme
+	if host == "" {
+		host, scheme = r.Host, "http"
+	}
+	if host == "" {
+		return "", errors.New("request names no destination: send an absolute-form request target (HTTP_PROXY) or a Host header")
+	}
+	switch scheme {
+	case "http":
+	case "https":
+		return "", errors.New("https:// requests must be tunnelled with CONNECT; the sidecar does not originate TLS")
+	default:
+		return "", errors.New("unsupported scheme " + strconv.Quote(scheme))
+	}
+	if strings.LastIndexByte(host, ':') <= strings.LastIndexByte(host, ']') {
+		host = net.JoinHostPort(strings.Trim(host, "[]"), "80")
+	}
+	return host, nil
+}
+
+// isSelf reports whether a request names the listener it arrived on, as
+// an origin-form request sent to 127.0.0.1:15001 does: forwarding it
+// would loop until the sidecar runs out of connections.
+func isSelf(r *http.Request, authority string) bool {
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok {
+		return false
+	}
+	host, port, err := net.SplitHostPort(authority)
+	if err != nil {
+		return false
+	}
+	lhost, lport, err := net.SplitHostPort(local.String())
+	if err != nil || port != lport {
+		return false
+	}
+	if host == lhost || host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+}
+
+// direct points the outbound request at its destination. Unlike
+// ReverseProxy.Rewrite, a Director keeps the app's X-Forwarded-* headers;
+// the nil X-Forwarded-For stops ReverseProxy from adding the app's own
+// loopback address.
+func direct(out *http.Request) {
+	st := stateOf(out.Context())
+	out.URL.Scheme = "http"
+	out.URL.Host = st.authority
+	if _, ok := out.Header["X-Forwarded-For"]; !ok {
+		out.Header["X-Forwarded-For"] = nil
+	}
+}
+
+func modifyResponse(resp *http.Response) error {
+	st := stateOf(resp.Request.Context())
+	st.code = resp.StatusCode
+	st.headers = time.Now()
+	resp.Header.Set(wellknown.HeaderRequestID, st.id)
+	return nil
+}
+
+// serveError answers a request the forwarder could not complete.
+func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
+	st := stateOf(r.Context())
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil && context.Cause(r.Context()) != errTimeout {
+		st.code = statusClientClosed
+		return // nobody is listening
+	}
+	code, kind, body := errorResponse(err, st.dest.name)
+	if kind == wellknown.ErrorReset || kind == wellknown.ErrorConnectFailure {
+		h.log.Debug("upstream failed", "destination", st.dest.name, "error", err, "request_id", st.id)
+	}
+	if context.Cause(r.Context()) == errTimeout && kind != wellknown.ErrorCircuitOpen {
+		code, kind = http.StatusGatewayTimeout, wellknown.ErrorTimeout
+		body.Message = "upstream " + st.dest.name + " did not answer within the request timeout"
+	}
+	st.code, st.headers = code, time.Now()
+	body.RequestID = st.id
+	w.Header().Set(wellknown.HeaderRequestID, st.id)
+	writeError(w, code, kind, body)
+}
+
+// bufferPool lends ReverseProxy its 32 KiB copy buffers instead of
+// allocating one per request.
+type bufferPool struct{}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *copyBufs.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { copyBufs.Put(&b) }
+
+var statusTexts = func() (t [600]string) {
+	for i := range t {
+		t[i] = strconv.Itoa(i)
+	}
+	return
+}()
+
+// statusText is strconv.Itoa without the allocation.
+func statusText(code int) string {
+	if code >= 0 && code < len(statusTexts) {
+		return statusTexts[code]
+	}
+	return strconv.Itoa(code)
+}

@@ -1,0 +1,197 @@
+package outbound
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/breaker"
+	"github.com/minimesh/minimesh/proxy/retry"
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+// serveConnect opens a CONNECT tunnel (HTTPS through HTTP_PROXY). The
+// bytes inside are opaque, so the breaker sees only whether the
+// connection could be made, and retries only connect failures.
+func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start time.Time) {
+	authority := r.Host
+	if _, _, err := net.SplitHostPort(authority); err != nil {
+		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: "CONNECT needs host:port, got " + authority})
+		return
+	}
+	dst := h.dests.get(authority)
+	code := http.StatusOK
+	defer func() { dst.metrics.Observe(r.Method, code, time.Since(start).Seconds()) }()
+
+	ctx := r.Context()
+	if t := dst.policy.Spec.Timeout; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
+		defer cancel()
+	}
+	up, err := h.dialTunnel(ctx, dst, authority)
+	if err != nil {
+		var body errorBody
+		var kind string
+		code, kind, body = errorResponse(err, dst.name)
+		if r.Context().Err() != nil {
+			code = statusClientClosed
+			return
+		}
+		writeError(w, code, kind, body)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		up.Close()
+		code = http.StatusInternalServerError
+		http.Error(w, "connection cannot be hijacked", code)
+		return
+	}
+	client, buf, err := hj.Hijack()
+	if err != nil {
+		up.Close()
+		return
+	}
+	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n\r\n")); err != nil {
+		client.Close()
+		up.Close()
+		return
+	}
+	h.tunnels.add(client, up)
+	go func() {
+		defer h.tunnels.remove(client, up)
+		pipe(client, buf.Reader, up)
+	}()
+}
+
+// dialTunnel connects a tunnel's upstream through the breaker, retrying
+// connect failures as the policy allows.
+func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority string) (net.Conn, error) {
+	r := dst.policy.Spec.Retries
+	if r != nil && r.Attempts > 0 {
+		dst.budget.Request()
+	}
+	for attempt := 0; ; attempt++ {
+		var done breaker.Done
+		if dst.breaker != nil {
+			d, err := dst.breaker.Allow()
+			if err != nil {
+				dst.metrics.Rejected()
+				return nil, &circuitOpenError{destination: dst.name, retryAfter: dst.breaker.RetryAfter(time.Now())}
+			}
+			done = d
+		}
+		c, err := h.dialer.DialContext(ctx, "tcp", authority)
+		if err == nil {
+			report(done, nil)
+			return c, nil
+		}
+		class, gone := classify(err, ctx, ctx)
+		if gone {
+			report(done, breaker.Ignore)
+			return nil, err
+		}
+		if dst.policy.Spec.CircuitBreaker.FailOn.Has(class) {
+			report(done, breaker.Failure)
+		} else {
+			report(done, nil)
+		}
+		ue := &upstreamError{class: class, err: err}
+		if r == nil || attempt >= r.Attempts || !r.RetryOn.Has(class) || class != policy.ClassConnectFailure ||
+			(dst.breaker != nil && dst.breaker.State() == breaker.Open) || !dst.budget.Withdraw() {
+			return nil, ue
+		}
+		dst.metrics.Retry("connect-failure")
+		if !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max)) {
+			return nil, ue
+		}
+	}
+}
+
+// pipe copies both ways until both directions are done, half-closing so
+// that protocols which shut down writing first still get their answer.
+func pipe(client net.Conn, fromClient io.Reader, up net.Conn) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, _ = io.Copy(up, fromClient)
+		closeWrite(up)
+	}()
+	_, _ = io.Copy(client, up)
+	closeWrite(client)
+	wg.Wait()
+	client.Close()
+	up.Close()
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	} else {
+		_ = c.Close()
+	}
+}
+
+// tunnels tracks open tunnels: http.Server.Shutdown does not see hijacked
+// connections, so draining must wait for them itself.
+type tunnels struct {
+	mu    sync.Mutex
+	conns map[net.Conn]net.Conn
+	idle  chan struct{} // closed when the last tunnel ends, during drain
+}
+
+func (t *tunnels) add(client, up net.Conn) {
+	t.mu.Lock()
+	if t.conns == nil {
+		t.conns = map[net.Conn]net.Conn{}
+	}
+	t.conns[client] = up
+	t.mu.Unlock()
+}
+
+func (t *tunnels) remove(client, up net.Conn) {
+	t.mu.Lock()
+	delete(t.conns, client)
+	if len(t.conns) == 0 && t.idle != nil {
+		close(t.idle)
+		t.idle = nil
+	}
+	t.mu.Unlock()
+}
+
+// Drain waits until open tunnels and upgraded connections end or ctx is
+// done, then closes the tunnels left; upgraded connections left end with
+// the process.
+func (h *Handler) Drain(ctx context.Context) {
+	upgrades := make(chan struct{})
+	go func() { h.upgrades.Wait(); close(upgrades) }()
+	t := &h.tunnels
+	t.mu.Lock()
+	idle := make(chan struct{})
+	if len(t.conns) == 0 {
+		close(idle)
+	} else {
+		t.idle = idle
+	}
+	t.mu.Unlock()
+	select {
+	case <-idle:
+		select {
+		case <-upgrades:
+		case <-ctx.Done():
+		}
+	case <-ctx.Done():
+		t.mu.Lock()
+		for c, up := range t.conns {
+			c.Close()
+			up.Close()
+		}
+		t.mu.Unlock()
+	}
+}

@@ -1,0 +1,189 @@
+// Package sidecar assembles the sidecar process: the outbound listener,
+// the admin server and the policy source, and their orderly shutdown.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/admin"
+	"github.com/minimesh/minimesh/proxy/outbound"
+	"github.com/minimesh/minimesh/proxy/policywatch"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+// Config is the sidecar's configuration, from flags.
+type Config struct {
+	OutboundAddr   string
+	AdminAddr      string
+	PolicyDir      string
+	ServiceName    string
+	Namespace      string
+	Resolve        map[string]string
+	ConnectTimeout time.Duration
+	DrainTimeout   time.Duration
+	MaxRequestBody int64
+	Logger         *slog.Logger
+}
+
+// Sidecar is a running sidecar.
+type Sidecar struct {
+	cfg      Config
+	log      *slog.Logger
+	metrics  *telemetry.Metrics
+	outbound *outbound.Handler
+	admin    *admin.Server
+
+	outLn, adminLn net.Listener
+	outSrv         *http.Server
+	adminSrv       *http.Server
+
+	mu     sync.Mutex
+	source policySource
+}
+
+// policySource is where the policies in force came from, for
+// /debug/config.
+type policySource struct {
+	Dir        string                     `json:"dir,omitempty"`
+	LoadedAt   time.Time                  `json:"loadedAt,omitzero"`
+	LastError  string                     `json:"lastError,omitempty"`
+	LastErrAt  time.Time                  `json:"lastErrorAt,omitzero"`
+	Policies   []*policy.ResiliencePolicy `json:"policies"`
+	Namespace  string                     `json:"namespace"`
+	Service    string                     `json:"serviceName,omitempty"`
+	Version    string                     `json:"version"`
+	Reloads    int                        `json:"reloads"`
+	LoadErrors int                        `json:"loadErrors"`
+}
+
+// Listen binds the listeners, so that a caller (or a test) knows the
+// addresses before Serve.
+func Listen(cfg Config) (*Sidecar, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = "default"
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 10 * time.Second
+	}
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0)}
+	table := policy.NewTable(nil, cfg.Namespace)
+	s.source = policySource{Dir: cfg.PolicyDir, Policies: table.Policies(), Namespace: cfg.Namespace, Service: cfg.ServiceName, Version: wellknown.Version}
+	s.outbound = outbound.New(outbound.Config{
+		Namespace:      cfg.Namespace,
+		Resolve:        cfg.Resolve,
+		ConnectTimeout: cfg.ConnectTimeout,
+		MaxRequestBody: cfg.MaxRequestBody,
+		Metrics:        s.metrics,
+		Logger:         cfg.Logger,
+	}, table)
+	s.admin = admin.New(s.metrics.Registry, breakers{s.outbound}, s.debugConfig)
+
+	var err error
+	if s.outLn, err = net.Listen("tcp", cfg.OutboundAddr); err != nil {
+		return nil, fmt.Errorf("outbound listener: %w", err)
+	}
+	if s.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+		s.outLn.Close()
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	errLog := slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
+	s.outSrv = &http.Server{
+		Handler:           s.outbound,
+		MaxHeaderBytes:    outbound.MaxHeaderBytes,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          errLog,
+	}
+	s.adminSrv = &http.Server{Handler: s.admin, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	return s, nil
+}
+
+// OutboundAddr and AdminAddr are the bound addresses.
+func (s *Sidecar) OutboundAddr() string { return s.outLn.Addr().String() }
+func (s *Sidecar) AdminAddr() string    { return s.adminLn.Addr().String() }
+
+// Handler is the outbound handler, for tests.
+func (s *Sidecar) Handler() *outbound.Handler { return s.outbound }
+
+type breakers struct{ h *outbound.Handler }
+
+func (b breakers) Breakers() any                 { return b.h.Breakers() }
+func (b breakers) ResetBreaker(dest string) bool { return b.h.ResetBreaker(dest) }
+func (s *Sidecar) debugConfig() any              { s.mu.Lock(); defer s.mu.Unlock(); return s.source }
+func (s *Sidecar) setPolicies(p []*policy.ResiliencePolicy) {
+	s.outbound.SetPolicies(policy.NewTable(p, s.cfg.Namespace))
+}
+
+// Serve runs until ctx ends, then drains: /ready turns 503, the listener
+// stops accepting, requests in flight get DrainTimeout to finish.
+func (s *Sidecar) Serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- s.adminSrv.Serve(s.adminLn) }()
+
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	if s.cfg.PolicyDir != "" {
+		first := make(chan struct{})
+		var once sync.Once
+		w := &policywatch.Watcher{Dir: s.cfg.PolicyDir}
+		go w.Run(watchCtx, func(r policywatch.Result) {
+			s.applyLoad(r)
+			once.Do(func() { close(first) })
+		})
+		<-first
+	}
+	go func() { errc <- s.outSrv.Serve(s.outLn) }()
+	s.admin.SetReady(true)
+	s.log.Info("sidecar ready", "outbound", s.OutboundAddr(), "admin", s.AdminAddr(), "policy_dir", s.cfg.PolicyDir, "version", wellknown.Version)
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	}
+	s.admin.SetReady(false)
+	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
+	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	defer cancel()
+	err := s.outSrv.Shutdown(dctx)
+	s.outbound.Drain(dctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn("drain timeout: closing requests still in flight")
+		s.outSrv.Close()
+	}
+	s.adminSrv.Close()
+	s.log.Info("stopped")
+	return nil
+}
+
+// applyLoad puts a good load in force; a bad one is logged, counted and
+// shown in /debug/config while the last good policies keep serving.
+func (s *Sidecar) applyLoad(r policywatch.Result) {
+	s.metrics.PolicyReload(r.Err == nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r.Err != nil {
+		s.source.LastError, s.source.LastErrAt = r.Err.Error(), time.Now()
+		s.source.LoadErrors++
+		s.log.Error("policy load failed; keeping the last good policies", "dir", s.cfg.PolicyDir, "error", r.Err)
+		return
+	}
+	s.setPolicies(r.Policies)
+	s.source.Policies = policy.NewTable(r.Policies, s.cfg.Namespace).Policies()
+	s.source.LoadedAt = time.Now()
+	s.source.LastError, s.source.LastErrAt = "", time.Time{}
+	s.source.Reloads++
+	s.log.Info("policies loaded", "dir", s.cfg.PolicyDir, "count", len(r.Policies))
+}

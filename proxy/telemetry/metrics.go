@@ -1,0 +1,210 @@
+// Package telemetry holds the sidecar's Prometheus metrics, named as in
+// DESIGN.md ("Metrics"). Labels never carry paths or query strings, and
+// the number of distinct destinations is capped.
+package telemetry
+
+import (
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/minimesh/minimesh/wellknown"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Other is the destination label of everything past the cap.
+const Other = "other"
+
+// DefaultMaxDestinations caps the destination label's values.
+const DefaultMaxDestinations = 200
+
+// Buckets resolve 100 µs to 10 s: the sidecar's own fast-fail answers sit
+// at the bottom, slow upstreams at the top.
+var Buckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// Metrics is the sidecar's metric set and the registry that serves it.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	requests    *prometheus.CounterVec
+	duration    *prometheus.HistogramVec
+	transitions *prometheus.CounterVec
+	rejected    *prometheus.CounterVec
+	retries     *prometheus.CounterVec
+	reloads     *prometheus.CounterVec
+
+	maxDest int
+	mu      sync.Mutex
+	dests   map[string]*Destination
+}
+
+// New registers the metrics, Go runtime and process collectors in a fresh
+// registry.
+func New(maxDestinations int) *Metrics {
+	if maxDestinations <= 0 {
+		maxDestinations = DefaultMaxDestinations
+	}
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_requests_total",
+			Help: "Requests handled by the sidecar, by direction, destination, method and response code.",
+		}, []string{"direction", "destination", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "minimesh_request_duration_seconds",
+			Help:    "Time from receiving a request to having its response headers (the sidecar's own answers included).",
+			Buckets: Buckets,
+		}, []string{"direction", "destination"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_circuit_breaker_transitions_total",
+			Help: "Circuit breaker state changes.",
+		}, []string{"destination", "from", "to"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_circuit_breaker_rejected_total",
+			Help: "Requests answered at once because the destination's breaker was open.",
+		}, []string{"destination"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_retries_total",
+			Help: "Retries sent, by the condition that caused them.",
+		}, []string{"destination", "reason"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_policy_reloads_total",
+			Help: "Policy loads, by result (success or error).",
+		}, []string{"result"}),
+		maxDest: maxDestinations,
+		dests:   map[string]*Destination{},
+	}
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "minimesh_build_info",
+		Help: "The sidecar's version; always 1.",
+	}, []string{"version", "goversion"})
+	build.WithLabelValues(wellknown.Version, runtime.Version()).Set(1)
+	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, r := range []string{"success", "error"} {
+		m.reloads.WithLabelValues(r)
+	}
+	return m
+}
+
+// PolicyReload counts one policy load.
+func (m *Metrics) PolicyReload(ok bool) {
+	if ok {
+		m.reloads.WithLabelValues("success").Inc()
+	} else {
+		m.reloads.WithLabelValues("error").Inc()
+	}
+}
+
+// Destination returns the metric handles of one destination, creating
+// them on first use; past the cap it returns the shared "other" handles.
+func (m *Metrics) Destination(name string) *Destination {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if d, ok := m.dests[name]; ok {
+		return d
+	}
+	label := name
+	if len(m.dests) >= m.maxDest {
+		label = Other
+		if d, ok := m.dests[Other]; ok {
+			return d
+		}
+	}
+	d := &Destination{
+		m:        m,
+		label:    label,
+		duration: m.duration.WithLabelValues("outbound", label),
+		rejected: m.rejected.WithLabelValues(label),
+	}
+	m.dests[label] = d
+	return d
+}
+
+// Destination holds one destination's metric handles, bound to their
+// labels once so that the request path does no label hashing.
+type Destination struct {
+	m        *Metrics
+	label    string
+	duration prometheus.Observer
+	rejected prometheus.Counter
+
+	mu      sync.Mutex
+	methods [len(methods) + 1]atomic.Pointer[[]codeCounter]
+}
+
+type codeCounter struct {
+	code int
+	c    prometheus.Counter
+}
+
+// Label is the destination label value ("other" past the cap).
+func (d *Destination) Label() string { return d.label }
+
+// Observe records one finished request.
+func (d *Destination) Observe(method string, code int, seconds float64) {
+	d.duration.Observe(seconds)
+	d.counter(method, code).Inc()
+}
+
+// counter finds the requests_total child for (method, code) in a short
+// copy-on-write list: a destination sees few distinct codes, so a scan
+// beats hashing four label values on every request.
+func (d *Destination) counter(method string, code int) prometheus.Counter {
+	mi := methodIndex(method)
+	if p := d.methods[mi].Load(); p != nil {
+		for _, cc := range *p {
+			if cc.code == code {
+				return cc.c
+			}
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var list []codeCounter
+	if p := d.methods[mi].Load(); p != nil {
+		for _, cc := range *p {
+			if cc.code == code {
+				return cc.c
+			}
+		}
+		list = append(list, *p...)
+	}
+	c := d.m.requests.WithLabelValues("outbound", d.label, methodLabel(mi), strconv.Itoa(code))
+	list = append(list, codeCounter{code, c})
+	d.methods[mi].Store(&list)
+	return c
+}
+
+// Rejected counts one request refused by an open breaker.
+func (d *Destination) Rejected() { d.rejected.Inc() }
+
+// Retry counts one retry and why it was sent.
+func (d *Destination) Retry(reason string) { d.m.retries.WithLabelValues(d.label, reason).Inc() }
+
+// Transition counts one breaker state change.
+func (d *Destination) Transition(from, to string) {
+	d.m.transitions.WithLabelValues(d.label, from, to).Inc()
+}
+
+// methods are the label values of the method label; anything else is
+// "other", so that a client cannot mint label values.
+var methods = [...]string{"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+
+func methodIndex(m string) int {
+	for i, x := range methods {
+		if m == x {
+			return i
+		}
+	}
+	return len(methods)
+}
+
+func methodLabel(i int) string {
+	if i < len(methods) {
+		return methods[i]
+	}
+	return Other
+}
