@@ -98,6 +98,15 @@ func policyFiles(paths []string) ([]string, error) {
 	return files, nil
 }
 
+// IsPolicyFile reports whether Load reads a file of a directory, so
+// that a watcher can ignore changes to anything else.
+func IsPolicyFile(name string) bool {
+	if name == "" || name[0] == '.' {
+		return false
+	}
+	return isPolicyFile(name)
+}
+
 func isPolicyFile(name string) bool {
 	switch strings.ToLower(filepath.Ext(name)) {
 	case ".yaml", ".yml", ".json":

@@ -62,8 +62,7 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 		}
 		apply(Result{Policies: pols})
 	}
-	load(true)
-
+	// Watch before the first load, so that no change after it is missed.
 	fw, err := fsnotify.NewWatcher()
 	var events chan fsnotify.Event
 	var errs chan error
@@ -76,6 +75,7 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 	} else {
 		fw = nil
 	}
+	load(true)
 	tick := time.NewTicker(resync)
 	defer tick.Stop()
 	var fire <-chan time.Time
@@ -83,7 +83,10 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-events:
+		case ev := <-events:
+			if ev.Name == filepath.Clean(w.Dir) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				events = nil // its watch went with it; the resync adds it again
+			}
 			fire = time.After(debounce)
 		case <-errs:
 			fire = time.After(debounce) // an overflow may have hidden a change
@@ -114,8 +117,8 @@ func fingerprint(dir string) [32]byte {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		if n[0] == '.' {
-			continue
+		if !policy.IsPolicyFile(n) {
+			continue // Load reads neither hidden nor non-policy files
 		}
 		b, err := os.ReadFile(filepath.Join(dir, n))
 		if err != nil && !errors.Is(err, syscall.EISDIR) {

@@ -61,7 +61,7 @@ type policySource struct {
 	Namespace  string                     `json:"namespace"`
 	Service    string                     `json:"serviceName,omitempty"`
 	Version    string                     `json:"version"`
-	Reloads    int                        `json:"reloads"`
+	Loads      int                        `json:"loads"`
 	LoadErrors int                        `json:"loadErrors"`
 }
 
@@ -184,6 +184,6 @@ func (s *Sidecar) applyLoad(r policywatch.Result) {
 	s.source.Policies = policy.NewTable(r.Policies, s.cfg.Namespace).Policies()
 	s.source.LoadedAt = time.Now()
 	s.source.LastError, s.source.LastErrAt = "", time.Time{}
-	s.source.Reloads++
+	s.source.Loads++
 	s.log.Info("policies loaded", "dir", s.cfg.PolicyDir, "count", len(r.Policies))
 }
