@@ -227,7 +227,7 @@ func (r *running) failuresToOpen(t *testing.T, u *upstream, limit int) int {
 type debugConfig struct {
 	Dir       string `json:"dir"`
 	LastError string `json:"lastError"`
-	Reloads   int    `json:"reloads"`
+	Loads     int    `json:"loads"`
 	Policies  []struct {
 		Metadata struct{ Name string } `json:"metadata"`
 		Spec     struct {
