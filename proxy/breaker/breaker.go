@@ -28,14 +28,14 @@ const (
 
 // Outcomes reported to a Done func: nil is a success.
 var (
-	// Failure is an outcome that the policy's failOn counts.
-	Failure = errors.New("failure")
-	// Ignore is an outcome that says nothing about the upstream's health,
-	// such as a client that went away; it counts neither way.
-	Ignore = errors.New("ignored")
+	// ErrFailed is an outcome that the policy's failOn counts.
+	ErrFailed = errors.New("failure")
+	// ErrIgnored is an outcome that says nothing about the upstream's
+	// health, such as a client that went away; it counts neither way.
+	ErrIgnored = errors.New("ignored")
 )
 
-// Done reports the outcome of one allowed try: nil, Failure or Ignore.
+// Done reports the outcome of one allowed try: nil, ErrFailed or ErrIgnored.
 type Done = func(outcome error)
 
 // Breaker guards one destination.
@@ -57,7 +57,7 @@ func New(destination string, cfg *policy.CircuitBreaker, onChange OnChange) *Bre
 		MaxRequests: uint32(cfg.HalfOpenRequests),
 		Timeout:     cfg.OpenTimeout,
 		ReadyToTrip: b.readyToTrip,
-		IsExcluded:  func(err error) bool { return err == Ignore },
+		IsExcluded:  func(err error) bool { return err == ErrIgnored },
 		OnStateChange: func(name string, from, to gobreaker.State) {
 			if to == gobreaker.StateOpen {
 				b.openedAt.Store(time.Now().UnixNano())

@@ -21,7 +21,7 @@ func fail(t *testing.T, b *Breaker, n int) {
 		if err != nil {
 			t.Fatalf("try %d refused: %v", i+1, err)
 		}
-		done(Failure)
+		done(ErrFailed)
 	}
 }
 
@@ -66,7 +66,7 @@ func TestIgnoredOutcomesDoNotCount(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		done(Ignore)
+		done(ErrIgnored)
 	}
 	if b.State() != Closed {
 		t.Fatal("ignored outcomes opened the breaker")
@@ -107,7 +107,7 @@ func TestFailedProbeReopens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d(Failure)
+	d(ErrFailed)
 	if b.State() != Open {
 		t.Fatalf("state %v after a failed probe", b.State())
 	}
@@ -126,7 +126,7 @@ func TestFailureRate(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i%2 == 1 {
-			d(Failure)
+			d(ErrFailed)
 		} else {
 			d(nil)
 		}

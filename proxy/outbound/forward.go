@@ -114,11 +114,11 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		}
 		class, gone := classify(err, ctx, req.Context())
 		if gone {
-			report(done, breaker.Ignore)
+			report(done, breaker.ErrIgnored)
 			return nil, 0, errClientGone
 		}
 		if failOn.Has(class) {
-			report(done, breaker.Failure)
+			report(done, breaker.ErrFailed)
 		} else {
 			report(done, nil)
 		}
@@ -134,7 +134,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		class = policy.Class5xx
 	}
 	if failOn.Status(resp.StatusCode) {
-		report(done, breaker.Failure)
+		report(done, breaker.ErrFailed)
 		if class == 0 {
 			class = classStatus
 		}

@@ -86,7 +86,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 		ExpectContinueTimeout:  time.Second,
 	}
 	h.rp = &httputil.ReverseProxy{
-		Director:       direct,
+		Rewrite:        rewrite,
 		Transport:      &forwarder{t: tr},
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
@@ -248,18 +248,22 @@ func isSelf(r *http.Request, authority string) bool {
 	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
 }
 
-// direct points the outbound request at its destination. Unlike
-// ReverseProxy.Rewrite, a Director keeps the app's X-Forwarded-* headers;
-// the nil X-Forwarded-For stops ReverseProxy from adding the app's own
-// loopback address.
-func direct(out *http.Request) {
-	st := stateOf(out.Context())
-	out.URL.Scheme = "http"
-	out.URL.Host = st.authority
-	if _, ok := out.Header["X-Forwarded-For"]; !ok {
-		out.Header["X-Forwarded-For"] = nil
+// rewrite points the outbound request at its destination. ReverseProxy
+// strips the Forwarded and X-Forwarded-* headers before Rewrite, which
+// suits a gateway; a sidecar is the app's own outbound hop, so the app's
+// headers are put back as they were and none are added.
+func rewrite(pr *httputil.ProxyRequest) {
+	st := stateOf(pr.In.Context())
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = st.authority
+	for _, h := range forwardedHeaders {
+		if v, ok := pr.In.Header[h]; ok {
+			pr.Out.Header[h] = v
+		}
 	}
 }
+
+var forwardedHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 func modifyResponse(resp *http.Response) error {
 	st := stateOf(resp.Request.Context())

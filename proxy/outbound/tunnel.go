@@ -93,11 +93,11 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority st
 		}
 		class, gone := classify(err, ctx, ctx)
 		if gone {
-			report(done, breaker.Ignore)
+			report(done, breaker.ErrIgnored)
 			return nil, err
 		}
 		if dst.policy.Spec.CircuitBreaker.FailOn.Has(class) {
-			report(done, breaker.Failure)
+			report(done, breaker.ErrFailed)
 		} else {
 			report(done, nil)
 		}

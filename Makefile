@@ -1,0 +1,74 @@
+# minimesh: build, test and measure. `make help` lists the targets.
+
+SHELL := /bin/bash
+GO ?= go
+MODULE := github.com/minimesh/minimesh
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X $(MODULE)/wellknown.Version=$(VERSION)
+BIN_DIR := $(CURDIR)/bin
+TOOLS_DIR := $(or $(MINIMESH_TOOLS_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/minimesh/tools)
+TEST_TIMEOUT ?= 30m
+FUZZTIME ?= 20s
+BENCH_FLAGS ?=
+GOBENCH_FLAGS ?= -benchtime 1s
+RESULTS_DIR := e2e/bench/results
+
+# The e2e tests and the benchmark find minimesh's binaries and the tools
+# through these (see e2e/internal/tools).
+export MINIMESH_TOOLS_DIR := $(TOOLS_DIR)
+export MINIMESH_BIN_DIR := $(BIN_DIR)
+export PATH := $(TOOLS_DIR)/bin:$(PATH):/usr/local/sbin:/usr/sbin:/sbin
+
+.PHONY: all build test e2e bench demo lint tools fuzz clean help
+
+all: build
+
+help:
+	@echo 'build  bin/minimesh-proxy and bin/minimesh (static, VERSION=$(VERSION))'
+	@echo 'test   tools, build, go vet and every test with -race (the e2e ones too)'
+	@echo 'e2e    only the end-to-end tests (./e2e/...)'
+	@echo 'bench  the benchmark harness (BENCH_FLAGS=...) and the Go benchmarks'
+	@echo 'demo   go run ./demo'
+	@echo 'lint   gofmt, go vet, staticcheck'
+	@echo 'tools  install missing tools (scripts/tools.sh)'
+	@echo 'fuzz   every Fuzz target for FUZZTIME (default 20s) each'
+	@echo 'clean  remove build output'
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_DIR)/minimesh-proxy ./proxy/cmd/minimesh-proxy
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_DIR)/minimesh ./injector/cmd/minimesh
+
+tools:
+	@bash scripts/tools.sh
+
+test: tools build
+	$(GO) vet ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+e2e: tools build
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
+
+bench: build tools
+	$(GO) run ./e2e/bench -out $(RESULTS_DIR)/latest.md $(BENCH_FLAGS)
+	mkdir -p $(RESULTS_DIR)
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem $(GOBENCH_FLAGS) ./policy/... ./proxy/... \
+		| tee $(RESULTS_DIR)/go-bench.txt
+
+demo: build
+	$(GO) run ./demo
+
+# lint runs every check and fails at the end if any failed.
+lint:
+	@bash scripts/tools.sh staticcheck
+	@rc=0; \
+	out="$$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -print0 | xargs -0 gofmt -l)"; \
+	if [[ -n "$$out" ]]; then echo "gofmt: these files need formatting (gofmt -w):"; echo "$$out"; rc=1; fi; \
+	echo "$(GO) vet ./..."; $(GO) vet ./... || rc=1; \
+	echo "staticcheck ./..."; "$(TOOLS_DIR)/bin/staticcheck" ./... || rc=1; \
+	exit $$rc
+
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZTIME)
+
+clean:
+	rm -rf $(BIN_DIR) dist e2e/.work

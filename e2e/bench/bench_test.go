@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/e2e/internal/tools"
+)
+
+func TestParseStat(t *testing.T) {
+	// The command name may hold spaces and parentheses.
+	line := "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 123 45 0 0 20 0 3 0 100 1000 200\n"
+	st, err := parseStat([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := procStat{pid: 4242, state: "S", ppid: 1, pgrp: 4242, utime: 123, stime: 45}
+	if st != want {
+		t.Errorf("parseStat = %+v, want %+v", st, want)
+	}
+	for _, bad := range []string{"", "12 (x", "12 (x) S 1 2"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q): no error", bad)
+		}
+	}
+}
+
+func TestStatusKB(t *testing.T) {
+	status := "Name:\tx\nVmPeak:\t  2000 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n"
+	if got := statusKB([]byte(status), "VmHWM"); got != 1234 {
+		t.Errorf("VmHWM = %d, want 1234", got)
+	}
+	if got := statusKB([]byte(status), "VmSwap"); got != 0 {
+		t.Errorf("VmSwap = %d, want 0", got)
+	}
+}
+
+func TestGroupUsage(t *testing.T) {
+	// A process group of two: a leader and its child, both burning a
+	// little CPU.
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	ps := &procs{}
+	defer ps.stopAll()
+	p, err := ps.start("spinner", sh, []string{"-c", "(while :; do :; done) & while :; do :; done"}, nil, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		u, err := p.usage()
+		if err == nil && u.procs == 2 && u.cpu > 50*time.Millisecond && u.peakRSS > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("usage = %+v, %v; want 2 processes with CPU time and RSS", u, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ps.stopAll()
+	if _, err := groupUsage("/proc", p.cmd.Process.Pid); err == nil {
+		t.Error("usage of a stopped group: no error")
+	}
+	if n := groupLive("/proc", p.cmd.Process.Pid); n != 0 {
+		t.Errorf("stopAll left %d processes of the group running", n)
+	}
+}
+
+const fortioJSON = `{
+  "RunType": "HTTP", "RequestedQPS": "1000", "ActualQPS": 992.5, "ActualDuration": 2015000000,
+  "NumThreads": 16,
+  "DurationHistogram": {"Count": 2000, "Min": 5e-05, "Max": 0.0014, "Sum": 0.32, "Avg": 0.00016,
+    "Percentiles": [{"Percentile": 50, "Value": 0.000154}, {"Percentile": 90, "Value": 0.000225},
+      {"Percentile": 99, "Value": 0.000342}, {"Percentile": 99.9, "Value": 0.001}]},
+  "RetCodes": {"200": 1990, "503": 7, "-1": 3}
+}`
+
+func TestParseFortio(t *testing.T) {
+	r, err := parseFortio([]byte(fortioJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := toSample("x", 1, r)
+	if s.requests != 2000 || s.errors != 10 || s.qps != 992.5 {
+		t.Errorf("sample = %+v, want 2000 requests, 10 errors, 992.5 qps", s)
+	}
+	if s.lat[99] != 342*time.Microsecond || s.lat[99.9] != time.Millisecond {
+		t.Errorf("latencies = %v", s.lat)
+	}
+	if got, want := codesString(s.codes), "-1×3, 503×7"; got != want {
+		t.Errorf("codesString = %q, want %q", got, want)
+	}
+	if _, err := parseFortio([]byte(`{"DurationHistogram": {"Count": 0}}`)); err == nil {
+		t.Error("parseFortio(no requests): no error")
+	}
+}
+
+func TestLoadArgs(t *testing.T) {
+	l := loadSpec{qps: 1000, conns: 16, duration: 10 * time.Second, res: 0.00001, addr: "127.0.0.1:1", host: "127.0.0.1:2"}
+	got := strings.Join(l.args("out.json"), " ")
+	for _, want := range []string{"load ", "-qps 1000 ", "-c 16 ", "-t 10s ", "-r 0.00001 ", "-p 50,90,99,99.9 ",
+		"-H Host: 127.0.0.1:2 ", "-json out.json ", "-uniform ", " http://127.0.0.1:1/"} {
+		if !strings.Contains(got+" ", want) {
+			t.Errorf("fortio args %q lack %q", got, want)
+		}
+	}
+	l.qps = 0
+	if got := strings.Join(l.args("o"), " "); strings.Contains(got, "-uniform") || !strings.Contains(got, "-qps 0 ") {
+		t.Errorf("max-rate fortio args %q", got)
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(c.in); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	got := commandLine([]string{"/tmp/go-build123/b001/exe/bench", "-t", "2s", "-extra-args", "--a b", "-out", "it's"})
+	want := `go run ./e2e/bench -t 2s -extra-args '--a b' -out 'it'\''s'`
+	if got != want {
+		t.Errorf("commandLine = %s, want %s", got, want)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	o, err := parseFlags([]string{"-scenarios", "nginx,minimesh", "-t", "3s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(o.scenarioKeys(), ","); got != "direct,nginx,minimesh" {
+		t.Errorf("scenarios = %s", got)
+	}
+	if o.qps != 1000 || o.conns != 16 || o.runs != 3 || o.duration != 3*time.Second {
+		t.Errorf("defaults: %+v", o)
+	}
+	for _, bad := range [][]string{{"-scenarios", "envoy"}, {"-qps", "0"}, {"-runs", "0"}, {"extra"}} {
+		if _, err := parseFlags(bad); err == nil {
+			t.Errorf("parseFlags(%q): no error", bad)
+		}
+	}
+}
+
+func TestMarkdown(t *testing.T) {
+	o, err := parseFlags([]string{"-runs", "2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := newReport(o)
+	rep.fortioVersion = "1.66.5"
+	rep.targets = []*target{{key: keyDirect, name: "direct"}, {key: keyMinimesh, name: "minimesh-proxy"}, {key: keyNginx, name: "nginx"}}
+	lat := func(p50, p99 time.Duration) map[float64]time.Duration {
+		return map[float64]time.Duration{50: p50, 90: p50, 99: p99, 99.9: p99}
+	}
+	for run := 1; run <= 2; run++ {
+		rep.add(keyDirect, sample{target: "direct", run: run, qps: 1000, requests: 10000, lat: lat(100*time.Microsecond, 300*time.Microsecond)})
+		rep.add(keyMinimesh, sample{target: "minimesh-proxy", run: run, qps: 1000, requests: 10000,
+			lat: lat(200*time.Microsecond, 500*time.Microsecond), cpu: 400 * time.Millisecond, hasCPU: true})
+		rep.add(keyNginx, sample{target: "nginx", run: run, qps: 1000, requests: 10000,
+			lat: lat(150*time.Microsecond, 400*time.Microsecond), cpu: 200 * time.Millisecond, hasCPU: true})
+		rep.addMax(keyDirect, sample{target: "direct", run: run, qps: 20000, requests: 100000, lat: lat(0, 0)})
+		rep.addMax(keyMinimesh, sample{target: "minimesh-proxy", run: run, qps: 10000, requests: 50000, lat: lat(0, 0),
+			cpu: time.Second, hasCPU: true})
+	}
+	rep.usage[keyMinimesh] = usage{peakRSS: 10e6, procs: 1}
+	rep.usage[keyNginx] = usage{peakRSS: 20e6, procs: 3}
+	md := rep.markdown()
+	for _, want := range []string{
+		"| minimesh-proxy | 0.200 | 0.200 | 0.500 | 0.500 | 1000.0 | 0 |",
+		"| minimesh-proxy | +0.100 | +0.100 | +0.200 | +0.200 |",
+		"| minimesh-proxy | 40.0 | 0.040 | 10.0 | 1 | – | – |",
+		"| nginx | 20.0 | 0.020 | 20.0 | 3 | 2.00 | 0.50 |",
+		"| **maximum rate ratio (through sidecar / direct)** | **0.50** |",
+		"| p99 added at 1000 requests/s < 0.5 ms | +0.200 ms | yes |",
+		"| CPU < 0.06 core per 1,000 requests/s (60 ms CPU per 1,000 requests) | 0.040 core | yes |",
+		"| peak RSS < 15 MB | 10.0 MB | yes |",
+		"20.0 ms CPU per 1,000 requests",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "Noisy") {
+		t.Error("runs at the requested rate reported as noisy")
+	}
+	if strings.Contains(md, "FAILED") || len(rep.failures()) != 0 {
+		t.Error("a run without errors reported as failed")
+	}
+	rep.add(keyNginx, sample{target: "nginx", run: 3, qps: 900, requests: 10, errors: 2, codes: map[string]int64{"502": 2, "200": 8}})
+	if f := rep.failures(); len(f) != 1 || !strings.Contains(f[0], "502×2") {
+		t.Errorf("failures = %q", f)
+	}
+	md = rep.markdown()
+	if !strings.Contains(md, "**FAILED") {
+		t.Error("a report with errors does not say FAILED")
+	}
+	if !strings.Contains(md, "**Noisy:**") || !strings.Contains(md, "round 3 nginx (900 requests/s)") {
+		t.Error("a run below the requested rate is not reported as noisy")
+	}
+}
+
+// TestPeerConfigs checks the generated nginx and HAProxy configurations
+// with the programs themselves, where they are installed.
+func TestPeerConfigs(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	if nginx, err := tools.Find("nginx"); err != nil {
+		t.Logf("nginx config not checked: %v", err)
+	} else {
+		conf := filepath.Join(dir, "nginx.conf")
+		if err := os.WriteFile(conf, []byte(nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := runCmd(ctx, nginx, "-t", "-q", "-e", "stderr", "-p", dir, "-c", conf); err != nil {
+			t.Errorf("nginx -t: %v\n%s", err, out)
+		}
+	}
+	if haproxy, err := tools.Find("haproxy"); err != nil {
+		t.Logf("haproxy config not checked: %v", err)
+	} else {
+		conf := filepath.Join(dir, "haproxy.cfg")
+		if err := os.WriteFile(conf, []byte(haproxyConfig("127.0.0.1:1", "127.0.0.1:2", 2)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := runCmd(ctx, haproxy, "-c", "-q", "-f", conf); err != nil {
+			t.Errorf("haproxy -c: %v\n%s", err, out)
+		}
+	}
+}

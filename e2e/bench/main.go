@@ -1,0 +1,394 @@
+// Command bench measures what minimesh-proxy adds to an HTTP request, next
+// to nginx and HAProxy doing the same forwarding on the same machine.
+//
+// It starts one upstream (fortio's echo server) and, on loopback ports, the
+// sidecar (bin/minimesh-proxy), nginx and HAProxy in front of it, each from
+// a generated config in a temporary directory. fortio then sends the same
+// fixed request rate through each of them and straight to the upstream,
+// scenario after scenario, and repeats the round -runs times; the report
+// gives medians. A last pair of runs at no fixed rate compares the maximum
+// rate through the sidecar with the maximum rate without it.
+//
+// Every request names the upstream in its Host header, which is how the
+// sidecar (origin-form requests) picks the destination; nginx and HAProxy
+// forward everything to the upstream anyway.
+//
+//	go run ./e2e/bench [-qps 1000] [-c 16] [-t 10s] [-runs 3] [-out FILE]
+//
+// It prints a Markdown report and writes it to -out. It exits 1 when any
+// request was not answered 200, or a process failed; every process it
+// started is ended on the way out, interrupted or not.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/minimesh/minimesh/e2e/internal/tools"
+)
+
+type options struct {
+	qps         float64
+	conns       int
+	duration    time.Duration
+	warmup      time.Duration
+	runs        int
+	maxDuration time.Duration
+	out         string
+	scenarios   string
+	extraArgs   string
+	sidecarEnv  string
+	policyFile  string
+	sidecar     string
+	bodySize    int
+	resolution  float64
+	workers     int
+	keep        bool
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.Float64Var(&o.qps, "qps", 1000, "fixed request rate of every scenario, requests per second")
+	fs.IntVar(&o.conns, "c", 16, "connections (fortio -c)")
+	fs.DurationVar(&o.duration, "t", 10*time.Second, "duration of each measured run")
+	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured run at -qps against each target before the first round (0: none)")
+	fs.IntVar(&o.runs, "runs", 3, "rounds of runs; the report gives medians")
+	fs.DurationVar(&o.maxDuration, "max-t", 5*time.Second, "duration of each maximum-rate run, direct and through the sidecar, once per round (0: skip)")
+	fs.StringVar(&o.out, "out", filepath.Join("e2e", "bench", "results", "latest.md"), "file to write the Markdown report to (empty: stdout only)")
+	fs.StringVar(&o.scenarios, "scenarios", strings.Join(allKeys, ","), "scenarios to run, from "+strings.Join(allKeys, ",")+" (direct always runs)")
+	fs.StringVar(&o.extraArgs, "extra-args", "", "more arguments for `minimesh-proxy run`, split on spaces (e.g. tracing flags)")
+	fs.StringVar(&o.sidecarEnv, "sidecar-env", "", "environment for the sidecar, space-separated K=V (e.g. GOMAXPROCS=1)")
+	fs.StringVar(&o.policyFile, "policy", "", "policy file for the sidecar (default: a generated policy for the upstream with timeout, retries and circuit breaker)")
+	fs.StringVar(&o.sidecar, "sidecar", "", "minimesh-proxy binary (default: $MINIMESH_BIN_DIR/minimesh-proxy or bin/minimesh-proxy)")
+	fs.IntVar(&o.bodySize, "body-size", 256, "bytes in each upstream response body")
+	fs.Float64Var(&o.resolution, "resolution", 0.00001, "fortio histogram resolution in seconds (fortio -r)")
+	fs.IntVar(&o.workers, "peer-workers", runtime.NumCPU(), "nginx worker processes and HAProxy threads (the sidecar, like any Go program, uses every core)")
+	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with the generated configs")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	switch {
+	case o.qps <= 0:
+		return nil, errors.New("-qps must be > 0 (the maximum rate has its own runs, see -max-t)")
+	case o.conns < 1:
+		return nil, errors.New("-c must be ≥ 1")
+	case o.duration <= 0:
+		return nil, errors.New("-t must be > 0")
+	case o.runs < 1:
+		return nil, errors.New("-runs must be ≥ 1")
+	case o.warmup < 0 || o.maxDuration < 0:
+		return nil, errors.New("-warmup and -max-t must be ≥ 0")
+	case o.workers < 1:
+		return nil, errors.New("-peer-workers must be ≥ 1")
+	}
+	for _, k := range o.scenarioKeys() {
+		if !slices.Contains(allKeys, k) {
+			return nil, fmt.Errorf("-scenarios: unknown scenario %q", k)
+		}
+	}
+	return o, nil
+}
+
+// scenarioKeys are the scenarios asked for, direct first.
+func (o *options) scenarioKeys() []string {
+	keys := []string{keyDirect}
+	for _, k := range strings.Split(o.scenarios, ",") {
+		if k = strings.TrimSpace(k); k != "" && !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+func (o *options) want(key string) bool { return slices.Contains(o.scenarioKeys(), key) }
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted: %w", err)
+		}
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+func run(ctx context.Context, o *options) (err error) {
+	fortio, err := tools.Find("fortio")
+	if err != nil {
+		return err
+	}
+	var sidecarBin, nginxBin, haproxyBin string
+	if o.want(keyMinimesh) {
+		if sidecarBin = o.sidecar; sidecarBin == "" {
+			if sidecarBin, err = tools.Binary("minimesh-proxy"); err != nil {
+				return err
+			}
+		}
+	}
+	if o.want(keyNginx) {
+		if nginxBin, err = tools.Find("nginx"); err != nil {
+			return err
+		}
+	}
+	if o.want(keyHAProxy) {
+		if haproxyBin, err = tools.Find("haproxy"); err != nil {
+			return err
+		}
+	}
+
+	rep := newReport(o)
+	rep.fortioVersion, _ = runCmd(ctx, fortio, "version")
+
+	dir, err := os.MkdirTemp("", "minimesh-bench-")
+	if err != nil {
+		return err
+	}
+	if o.keep {
+		logf("generated configs kept in %s", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	// nginx workers drop root; let them into the directory.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+
+	ps := &procs{}
+	defer ps.stopAll()
+
+	upstream, err := startUpstream(ctx, ps, fortio, dir, o.bodySize)
+	if err != nil {
+		return err
+	}
+	logf("upstream: fortio echo server on %s", upstream)
+	targets := []*target{{key: keyDirect, name: "direct", addr: upstream,
+		version: "fortio " + rep.fortioVersion, config: "no proxy: fortio → upstream"}}
+	if o.want(keyMinimesh) {
+		t, err := startSidecar(ctx, ps, sidecarBin, dir, upstream, o)
+		if err != nil {
+			return err
+		}
+		if err := checkSidecar(ctx, t, upstream); err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	if o.want(keyNginx) {
+		t, err := startNginx(ctx, ps, nginxBin, dir, upstream, o.workers)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	if o.want(keyHAProxy) {
+		t, err := startHAProxy(ctx, ps, haproxyBin, dir, upstream, o.workers)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	for _, t := range targets {
+		logf("%-15s %s", t.name, t.addr)
+	}
+	rep.targets = targets
+
+	runErr := rep.measureAll(ctx, fortio, dir, upstream)
+	ps.stopAll()
+	if runErr != nil && len(rep.samples) == 0 {
+		return runErr
+	}
+	if runErr != nil {
+		rep.aborted = runErr.Error()
+	}
+
+	md := rep.markdown()
+	fmt.Print(md)
+	if o.out != "" {
+		if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
+			return err
+		}
+		logf("report written to %s", o.out)
+	}
+	if runErr != nil {
+		return runErr
+	}
+	if f := rep.failures(); len(f) > 0 {
+		return fmt.Errorf("FAILED: %s", strings.Join(f, "; "))
+	}
+	return nil
+}
+
+// measureAll runs the warm-up, the fixed-rate rounds and the maximum-rate
+// runs, recording them in r.
+func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) error {
+	o, targets := r.o, r.targets
+	spec := func(t *target, qps float64, d time.Duration) loadSpec {
+		return loadSpec{qps: qps, conns: o.conns, duration: d, res: o.resolution, addr: t.addr, host: upstream}
+	}
+	// check runs after every load: a proxy that answered anything but 200
+	// gets its breakers' state into the log and the report.
+	check := func(t *target, s sample, err error) error {
+		if err != nil {
+			if d := diagnose(ctx, t); d != "" {
+				err = fmt.Errorf("%w\n%s", err, d)
+			}
+			return err
+		}
+		if s.errors > 0 {
+			logf("%s: %d of %d requests not answered 200: %s", t.name, s.errors, s.requests, codesString(s.codes))
+			if d := diagnose(ctx, t); d != "" {
+				logf("%s", d)
+				r.notes = append(r.notes, d)
+			}
+		}
+		return nil
+	}
+
+	if o.warmup > 0 {
+		for _, t := range targets {
+			logf("warm-up %s (%v)", t.name, o.warmup)
+			_, err := runLoad(ctx, fortio, dir, spec(t, o.qps, o.warmup))
+			if err := check(t, sample{}, err); err != nil {
+				return err
+			}
+		}
+	}
+
+	// Rounds: every target once per round, the order rotating so that no
+	// target always runs first or right after the same neighbour.
+	for round := 0; round < o.runs; round++ {
+		for i := range targets {
+			t := targets[(i+round)%len(targets)]
+			s, err := measure(ctx, fortio, dir, t, round+1, spec(t, o.qps, o.duration))
+			if err := check(t, s, err); err != nil {
+				return err
+			}
+			logf("run %d/%d %-15s p50 %s p99 %s  %.0f qps  %d errors", round+1, o.runs, t.name,
+				ms(s.lat[50]), ms(s.lat[99]), s.qps, s.errors)
+			r.add(t.key, s)
+		}
+	}
+
+	// Peak memory at the fixed rate, before the maximum-rate runs push it
+	// up.
+	if err := r.readUsage(targets, r.usage); err != nil {
+		return err
+	}
+
+	if o.maxDuration > 0 && o.want(keyMinimesh) {
+		var maxTargets []*target
+		for _, t := range targets {
+			if t.key == keyDirect || t.key == keyMinimesh {
+				maxTargets = append(maxTargets, t)
+			}
+		}
+		for round := 0; round < o.runs; round++ {
+			for i := range maxTargets {
+				t := maxTargets[(i+round)%len(maxTargets)]
+				s, err := measure(ctx, fortio, dir, t, round+1, spec(t, 0, o.maxDuration))
+				if err := check(t, s, err); err != nil {
+					return err
+				}
+				logf("max %d/%d %-15s %.0f qps  %d errors", round+1, o.runs, t.name, s.qps, s.errors)
+				r.addMax(t.key, s)
+			}
+		}
+	}
+	return r.readUsage(targets, r.usageAfterMax)
+}
+
+// diagnose returns the sidecar's view of its destinations (its breakers),
+// or "" for other targets.
+func diagnose(ctx context.Context, t *target) string {
+	if t.admin == "" {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	body, err := getBody(ctx, "http://"+t.admin+"/debug/breakers")
+	if err != nil {
+		return fmt.Sprintf("%s GET /debug/breakers: %v", t.name, err)
+	}
+	var compact bytes.Buffer
+	if json.Compact(&compact, []byte(body)) == nil {
+		body = compact.String()
+	}
+	return fmt.Sprintf("%s GET /debug/breakers: %s", t.name, strings.TrimSpace(body))
+}
+
+// measure runs one load against t and reads the proxy's CPU time around it.
+func measure(ctx context.Context, fortio, dir string, t *target, run int, l loadSpec) (sample, error) {
+	var before usage
+	var err error
+	if t.proc != nil {
+		if before, err = t.proc.usage(); err != nil {
+			return sample{}, fmt.Errorf("%s: %w", t.name, err)
+		}
+	}
+	res, err := runLoad(ctx, fortio, dir, l)
+	if err != nil {
+		return sample{}, err
+	}
+	s := toSample(t.name, run, res)
+	if t.proc != nil {
+		if err := t.proc.alive(); err != nil {
+			return sample{}, err
+		}
+		after, err := t.proc.usage()
+		if err != nil {
+			return sample{}, fmt.Errorf("%s: %w", t.name, err)
+		}
+		s.cpu, s.hasCPU = after.cpu-before.cpu, true
+	}
+	return s, nil
+}
+
+// checkSidecar sends one request through the sidecar and checks that it
+// reached the upstream and came back through the sidecar.
+func checkSidecar(ctx context.Context, t *target, upstream string) error {
+	resp, err := get(ctx, "http://"+t.addr+"/", upstream)
+	if err != nil {
+		return fmt.Errorf("request through minimesh-proxy: %w", err)
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("request through minimesh-proxy to %s: %s (X-Minimesh-Error: %q); its output:\n%s",
+			upstream, resp.Status, resp.Header.Get("X-Minimesh-Error"), t.proc.output.String())
+	}
+	if resp.Header.Get("X-Request-ID") == "" {
+		logf("warning: the sidecar's response has no X-Request-ID header")
+	}
+	return nil
+}

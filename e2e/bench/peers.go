@@ -1,0 +1,361 @@
+package main
+
+import (
+	"context"
+	"debug/buildinfo"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// target is an address the load generator sends its requests to: the
+// upstream itself, or a proxy in front of it.
+type target struct {
+	key     string // flag name: direct, minimesh, nginx, haproxy
+	name    string // as the report shows it
+	addr    string // host:port the load generator connects to
+	proc    *proc  // the proxy; nil for direct
+	admin   string // the sidecar's admin address
+	version string
+	config  string // how it was configured, for the report
+}
+
+const (
+	keyDirect   = "direct"
+	keyMinimesh = "minimesh"
+	keyNginx    = "nginx"
+	keyHAProxy  = "haproxy"
+)
+
+var allKeys = []string{keyDirect, keyMinimesh, keyNginx, keyHAProxy}
+
+// cleanEnv is the harness's environment without the variables that would
+// change how a child behaves behind its back: MINIMESH_* (each sidecar flag
+// reads one) and HTTP proxy settings. extra is added at the end.
+func cleanEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case strings.HasPrefix(k, "MINIMESH_"),
+			strings.EqualFold(k, "HTTP_PROXY"), strings.EqualFold(k, "HTTPS_PROXY"),
+			strings.EqualFold(k, "ALL_PROXY"), strings.EqualFold(k, "NO_PROXY"):
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
+}
+
+// startUpstream starts fortio's echo server, answering every request with
+// 200 and a body of bodySize bytes.
+func startUpstream(ctx context.Context, ps *procs, fortio, dir string, bodySize int) (string, error) {
+	addr, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	data := filepath.Join(dir, "upstream")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return "", err
+	}
+	p, err := ps.start("upstream (fortio server)", fortio, []string{"server",
+		"-http-port", addr,
+		"-grpc-port", "disabled", "-redirect-port", "disabled",
+		"-tcp-port", "disabled", "-udp-port", "disabled",
+		"-ui-path", "", "-echo-debug-path", "",
+		"-data-dir", data,
+		"-echo-server-default-params", fmt.Sprintf("size=%d", bodySize),
+		"-quiet",
+	}, cleanEnv(), dir)
+	if err != nil {
+		return "", err
+	}
+	return addr, waitOK(ctx, p, "http://"+addr+"/", "", 10*time.Second)
+}
+
+// startSidecar starts bin/minimesh-proxy with a policy for the upstream
+// and waits for its /ready.
+func startSidecar(ctx context.Context, ps *procs, bin, dir, upstream string, o *options) (*target, error) {
+	out, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	admin, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	policyDir := filepath.Join(dir, "policies")
+	if err := os.MkdirAll(policyDir, 0o755); err != nil {
+		return nil, err
+	}
+	policy := []byte(sidecarPolicy(upstream))
+	if o.policyFile != "" {
+		if policy, err = os.ReadFile(o.policyFile); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(policyDir, "bench.yaml"), policy, 0o644); err != nil {
+		return nil, err
+	}
+	args := []string{"run",
+		"--outbound-addr", out,
+		"--admin-addr", admin,
+		"--policy-dir", policyDir,
+		"--log-level", "error",
+	}
+	args = append(args, strings.Fields(o.extraArgs)...)
+	p, err := ps.start("minimesh-proxy", bin, args, cleanEnv(strings.Fields(o.sidecarEnv)...), dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitOK(ctx, p, "http://"+admin+"/ready", "", 15*time.Second); err != nil {
+		return nil, err
+	}
+	t := &target{key: keyMinimesh, name: "minimesh-proxy", addr: out, proc: p, admin: admin,
+		version: binaryVersion(bin),
+		config:  "`minimesh-proxy " + strings.Join(args, " ") + "`"}
+	if o.sidecarEnv != "" {
+		t.config += " with `" + o.sidecarEnv + "`"
+	}
+	if o.policyFile != "" {
+		t.config += ", policy " + o.policyFile
+	} else {
+		t.config += ", policy: timeout, retries and circuit breaker for the upstream"
+	}
+	return t, nil
+}
+
+// sidecarPolicy is a policy with every feature on for the upstream, so
+// that the sidecar does its full work on each request. The timeouts are
+// generous: a stall of the shared machine must not turn into 504s that
+// open the breaker (the work per request is the same whatever the values),
+// and should the breaker open anyway it fails a few seconds of requests,
+// not every run after it.
+func sidecarPolicy(upstream string) string {
+	return `apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: bench-upstream}
+spec:
+  service: "` + upstream + `"
+  timeout: 20s
+  retries:
+    attempts: 2
+    perTryTimeout: 10s
+    retryOn: [connect-failure, "502", "503", "504"]
+    backoff: {base: 25ms, max: 250ms}
+    budget: {ratio: 0.2, minPerSecond: 10}
+  circuitBreaker:
+    consecutiveFailures: 5
+    openTimeout: 5s
+    halfOpenRequests: 2
+    failOn: [5xx, connect-failure, timeout]
+`
+}
+
+// binaryVersion says how a Go binary was built: its Go version and the
+// minimesh version linked into it.
+func binaryVersion(path string) string {
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return "unknown"
+	}
+	v := "dev"
+	for _, s := range bi.Settings {
+		if s.Key != "-ldflags" {
+			continue
+		}
+		for _, f := range strings.Fields(s.Value) {
+			if after, ok := strings.CutPrefix(f, "github.com/minimesh/minimesh/wellknown.Version="); ok {
+				v = after
+			}
+		}
+	}
+	return v + ", " + bi.GoVersion
+}
+
+// nginxConfig proxies every request to the upstream over a pool of
+// keep-alive connections.
+func nginxConfig(dir, listen, upstream string, workers int) string {
+	return fmt.Sprintf(`# generated by e2e/bench
+worker_processes %[4]d;
+daemon off;
+master_process on;
+pid %[1]s/nginx.pid;
+error_log stderr error;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %[1]s/body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+    upstream bench_upstream {
+        server %[3]s;
+        keepalive 64;
+    }
+    server {
+        listen %[2]s;
+        location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+        }
+    }
+}
+`, dir, listen, upstream, workers)
+}
+
+func startNginx(ctx context.Context, ps *procs, nginx, dir, upstream string, workers int) (*target, error) {
+	listen, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	d := filepath.Join(dir, "nginx")
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return nil, err
+	}
+	conf := filepath.Join(d, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(nginxConfig(d, listen, upstream, workers)), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := ps.start("nginx", nginx, []string{"-e", "stderr", "-p", d, "-c", conf}, cleanEnv(), d)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitOK(ctx, p, "http://"+listen+"/", upstream, 10*time.Second); err != nil {
+		return nil, err
+	}
+	v, _ := runCmd(ctx, nginx, "-v")
+	return &target{key: keyNginx, name: "nginx", addr: listen, proc: p,
+		version: strings.TrimPrefix(v, "nginx version: "),
+		config: fmt.Sprintf("`proxy_pass` to an `upstream` with `keepalive 64`, HTTP/1.1, "+
+			"%d worker processes, access log off", workers)}, nil
+}
+
+// haproxyConfig proxies every request to the upstream, reusing idle server
+// connections across client connections.
+func haproxyConfig(listen, upstream string, threads int) string {
+	return fmt.Sprintf(`# generated by e2e/bench
+global
+    nbthread %[3]d
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend bench
+    bind %[1]s
+    default_backend upstream
+backend upstream
+    server upstream %[2]s
+`, listen, upstream, threads)
+}
+
+func startHAProxy(ctx context.Context, ps *procs, haproxy, dir, upstream string, threads int) (*target, error) {
+	listen, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	d := filepath.Join(dir, "haproxy")
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return nil, err
+	}
+	conf := filepath.Join(d, "haproxy.cfg")
+	if err := os.WriteFile(conf, []byte(haproxyConfig(listen, upstream, threads)), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := ps.start("haproxy", haproxy, []string{"-db", "-q", "-f", conf}, cleanEnv(), d)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitOK(ctx, p, "http://"+listen+"/", upstream, 10*time.Second); err != nil {
+		return nil, err
+	}
+	v, _ := runCmd(ctx, haproxy, "-v")
+	v, _, _ = strings.Cut(v, "\n")
+	v, _, _ = strings.Cut(strings.TrimPrefix(v, "HAProxy version "), " ")
+	return &target{key: keyHAProxy, name: "haproxy", addr: listen, proc: p, version: v,
+		config: fmt.Sprintf("`mode http`, `http-reuse always`, keep-alive, %d threads, no logging", threads)}, nil
+}
+
+// probe is the HTTP client of the readiness checks; it never uses a proxy
+// from the environment.
+var probe = &http.Client{
+	Timeout:   2 * time.Second,
+	Transport: &http.Transport{DisableKeepAlives: true},
+}
+
+// get sends one GET to url with the given Host header (none: the URL's)
+// and returns the response with its body read.
+func get(ctx context.Context, url, host string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	if host != "" {
+		req.Host = host
+	}
+	resp, err := probe.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(io.Discard, resp.Body)
+	return resp, err
+}
+
+// getBody GETs url and returns the body of a 200 response.
+func getBody(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := probe.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s", resp.Status)
+	}
+	return string(b), err
+}
+
+// waitOK polls url until it answers 200, p exits, or timeout passes.
+func waitOK(ctx context.Context, p *proc, url, host string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		if err := p.alive(); err != nil {
+			return err
+		}
+		resp, err := get(ctx, url, host)
+		switch {
+		case err == nil && resp.StatusCode == http.StatusOK:
+			return nil
+		case err == nil:
+			last = resp.Status
+		default:
+			last = err.Error()
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: GET %s (Host %q) did not answer 200 within %v (last: %s); its output:\n%s",
+				p.name, url, host, timeout, last, p.output.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,376 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Targets of minimesh-proxy, and what other meshes' data planes use, for
+// scale.
+const (
+	targetP99Added = 500 * time.Microsecond
+	targetCores    = 0.06 // cores per 1,000 requests per second
+	targetRSS      = 15e6 // bytes
+)
+
+type report struct {
+	o             *options
+	command       string
+	start         time.Time
+	loadAvg       string
+	fortioVersion string
+	targets       []*target
+	samples       map[string][]sample // by target key
+	maxSamples    map[string][]sample
+	usage         map[string]usage // after the fixed-rate rounds
+	usageAfterMax map[string]usage // after the maximum-rate runs too
+	aborted       string           // why the runs stopped before the end
+	notes         []string         // the sidecar's state after runs with errors
+}
+
+// loadAvg is the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	la, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(la))
+	if len(f) > 3 {
+		f = f[:3]
+	}
+	return strings.Join(f, " ")
+}
+
+func newReport(o *options) *report {
+	return &report{o: o, command: commandLine(os.Args), start: time.Now().UTC(),
+		loadAvg: loadAvg(),
+		samples: map[string][]sample{}, maxSamples: map[string][]sample{},
+		usage: map[string]usage{}, usageAfterMax: map[string]usage{}}
+}
+
+// readUsage records each proxy's usage so far in into.
+func (r *report) readUsage(targets []*target, into map[string]usage) error {
+	for _, t := range targets {
+		if t.proc == nil {
+			continue
+		}
+		if err := t.proc.alive(); err != nil {
+			return err
+		}
+		u, err := t.proc.usage()
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		into[t.key] = u
+	}
+	return nil
+}
+
+func (r *report) add(key string, s sample)    { r.samples[key] = append(r.samples[key], s) }
+func (r *report) addMax(key string, s sample) { r.maxSamples[key] = append(r.maxSamples[key], s) }
+
+// commandLine is how the harness was started, as one would type it again:
+// under `go run` the program is a temporary file, shown as its package.
+func commandLine(args []string) string {
+	prog := args[0]
+	if strings.Contains(prog, "go-build") || filepath.Base(prog) == "bench" {
+		prog = "go run ./e2e/bench"
+	}
+	parts := []string{prog}
+	for _, a := range args[1:] {
+		parts = append(parts, shellQuote(a))
+	}
+	return strings.Join(parts, " ")
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(c rune) bool {
+		return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./=:,+@%", c))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// summary is one target's medians over the rounds.
+type summary struct {
+	t        *target
+	lat      map[float64]time.Duration
+	qps      float64
+	errors   int64
+	cpuPer1k time.Duration
+	hasCPU   bool
+	usage    usage
+	hasUsage bool
+}
+
+func (r *report) summarize(t *target) *summary {
+	ss := r.samples[t.key]
+	sm := &summary{t: t, lat: map[float64]time.Duration{}}
+	if len(ss) == 0 {
+		return sm
+	}
+	for _, p := range percentiles {
+		var ds []time.Duration
+		for _, s := range ss {
+			ds = append(ds, s.lat[p])
+		}
+		sm.lat[p] = medianDur(ds)
+	}
+	var qps []float64
+	var cpu []time.Duration
+	for _, s := range ss {
+		qps = append(qps, s.qps)
+		sm.errors += s.errors
+		if s.hasCPU {
+			cpu = append(cpu, s.cpuPer1k())
+		}
+	}
+	sm.qps = median(qps)
+	if len(cpu) > 0 {
+		sm.cpuPer1k, sm.hasCPU = medianDur(cpu), true
+	}
+	sm.usage, sm.hasUsage = r.usage[t.key]
+	return sm
+}
+
+// slowRuns are the fixed-rate runs that fell short of the requested rate.
+func (r *report) slowRuns() []string {
+	var slow []string
+	for _, t := range r.targets {
+		for _, s := range r.samples[t.key] {
+			if s.qps < 0.97*r.o.qps {
+				slow = append(slow, fmt.Sprintf("round %d %s (%.0f requests/s)", s.run, t.name, s.qps))
+			}
+		}
+	}
+	return slow
+}
+
+// failures are the reasons the run must not pass: any request not
+// answered 200.
+func (r *report) failures() []string {
+	var f []string
+	check := func(kind string, ss []sample) {
+		for _, s := range ss {
+			if s.errors > 0 {
+				f = append(f, fmt.Sprintf("%s round %d %s: %d of %d requests not answered 200 (%s)",
+					kind, s.run, s.target, s.errors, s.requests, codesString(s.codes)))
+			}
+		}
+	}
+	for _, t := range r.targets {
+		check("fixed-rate", r.samples[t.key])
+		check("maximum-rate", r.maxSamples[t.key])
+	}
+	return f
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond)) }
+
+func plusMs(d time.Duration) string {
+	s := ms(d)
+	if d >= 0 {
+		s = "+" + s
+	}
+	return s
+}
+
+func mb(bytes int64) string { return fmt.Sprintf("%.1f", float64(bytes)/1e6) }
+
+// cores is CPU time per 1,000 requests read as cores busy at 1,000
+// requests per second.
+func cores(per1k time.Duration) float64 { return per1k.Seconds() }
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "**no**"
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+func kernel() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return "Linux " + strings.TrimSpace(string(b))
+}
+
+func (r *report) markdown() string {
+	o := r.o
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	row := func(cells ...string) { w("| %s |\n", strings.Join(cells, " | ")) }
+
+	sums := map[string]*summary{}
+	for _, t := range r.targets {
+		sums[t.key] = r.summarize(t)
+	}
+	direct := sums[keyDirect]
+	side := sums[keyMinimesh]
+	rate := strconv.FormatFloat(o.qps, 'f', -1, 64)
+
+	w("# minimesh-proxy benchmark\n\n")
+	if r.aborted != "" {
+		w("**ABORTED: the runs stopped before the end; the figures below are partial and do not count.**\n\n")
+		w("```\n%s\n```\n\n", r.aborted)
+	}
+	if f := r.failures(); len(f) > 0 {
+		w("**FAILED: requests were not answered 200; the figures below do not count.**\n\n")
+		for _, x := range f {
+			w("- %s\n", x)
+		}
+		for _, x := range r.notes {
+			w("- %s\n", x)
+		}
+		w("\n")
+	}
+	w("- Command: `%s`\n", r.command)
+	w("- Date: %s (took %s)\n", r.start.Format(time.RFC3339), time.Since(r.start).Round(time.Second))
+	w("- Machine: nproc %d, %s, %s; load average %s at start, %s at the end\n",
+		runtime.NumCPU(), cpuModel(), kernel(), r.loadAvg, loadAvg())
+	w("- Go: %s\n", runtime.Version())
+	w("- Load: fortio %s, %s requests/s at a fixed rate (`-uniform`), %d connections, %v per run, "+
+		"%d rounds (the tables give medians), %v warm-up per target first; histogram resolution %s ms, percentiles interpolated within buckets\n",
+		r.fortioVersion, rate, o.conns, o.duration, o.runs, o.warmup,
+		strconv.FormatFloat(o.resolution*1000, 'f', -1, 64))
+	w("- Upstream: fortio echo server on loopback, 200 with a %d-byte body; every request carries `Host: <upstream>`\n", o.bodySize)
+	w("\n")
+
+	if slow := r.slowRuns(); len(slow) > 0 {
+		w("**Noisy:** these runs did not reach 97%% of the requested rate, a sign that the machine was busy "+
+			"with something else; their figures, and the medians, may not be representative: %s.\n\n",
+			strings.Join(slow, "; "))
+	}
+
+	w("## Latency at %s requests/s\n\n", rate)
+	w("Milliseconds, median over the rounds of each run's percentile. Errors: responses other than 200, summed over the rounds (must be 0).\n\n")
+	row("scenario", "p50", "p90", "p99", "p99.9", "achieved qps", "errors")
+	row("---", "---:", "---:", "---:", "---:", "---:", "---:")
+	for _, t := range r.targets {
+		s := sums[t.key]
+		row(t.name, ms(s.lat[50]), ms(s.lat[90]), ms(s.lat[99]), ms(s.lat[99.9]),
+			fmt.Sprintf("%.1f", s.qps), strconv.FormatInt(s.errors, 10))
+	}
+	w("\n")
+
+	if len(r.targets) > 1 {
+		w("## Added latency vs direct\n\n")
+		w("Milliseconds: the scenario's median percentile minus direct's.\n\n")
+		row("scenario", "p50", "p90", "p99", "p99.9")
+		row("---", "---:", "---:", "---:", "---:")
+		for _, t := range r.targets[1:] {
+			s := sums[t.key]
+			row(t.name, plusMs(s.lat[50]-direct.lat[50]), plusMs(s.lat[90]-direct.lat[90]),
+				plusMs(s.lat[99]-direct.lat[99]), plusMs(s.lat[99.9]-direct.lat[99.9]))
+		}
+		w("\n")
+
+		w("## Cost of each proxy\n\n")
+		w("CPU: user + system time of the proxy's processes (/proc/PID/stat) during each run, per 1,000 requests, median over the rounds; " +
+			"the same number in seconds is the cores the proxy keeps busy at 1,000 requests/s. " +
+			"Peak RSS: VmHWM (/proc/PID/status) after the fixed-rate rounds, summed over the proxy's processes (nginx: master and workers). MB = 10⁶ bytes. " +
+			"The ratios are minimesh-proxy's figure divided by the other proxy's.\n\n")
+		row("proxy", "CPU ms / 1,000 requests", "cores at 1,000 rps", "peak RSS MB", "processes", "CPU ratio", "RSS ratio")
+		row("---", "---:", "---:", "---:", "---:", "---:", "---:")
+		for _, t := range r.targets[1:] {
+			s := sums[t.key]
+			cpuR, rssR := "–", "–"
+			if side != nil && t.key != keyMinimesh {
+				cpuR = ratio(float64(side.cpuPer1k), float64(s.cpuPer1k))
+				rssR = ratio(float64(side.usage.peakRSS), float64(s.usage.peakRSS))
+			}
+			row(t.name, fmt.Sprintf("%.1f", float64(s.cpuPer1k)/float64(time.Millisecond)),
+				fmt.Sprintf("%.3f", cores(s.cpuPer1k)), mb(s.usage.peakRSS), strconv.Itoa(s.usage.procs), cpuR, rssR)
+		}
+		w("\n")
+	}
+
+	if dm, sm := r.maxSamples[keyDirect], r.maxSamples[keyMinimesh]; len(dm) > 0 && len(sm) > 0 {
+		var dq, sq []float64
+		for _, s := range dm {
+			dq = append(dq, s.qps)
+		}
+		for _, s := range sm {
+			sq = append(sq, s.qps)
+		}
+		w("## Maximum rate\n\n")
+		w("No fixed rate (`-qps 0`), %d connections, %v per run, median over %d rounds; load generator, upstream and proxy share the machine's cores.\n\n",
+			o.conns, o.maxDuration, len(dm))
+		var cpu []time.Duration
+		for _, s := range sm {
+			if s.hasCPU {
+				cpu = append(cpu, s.cpuPer1k())
+			}
+		}
+		row("scenario", "requests/s")
+		row("---", "---:")
+		row("direct", fmt.Sprintf("%.0f", median(dq)))
+		row("through minimesh-proxy", fmt.Sprintf("%.0f", median(sq)))
+		row("**maximum rate ratio (through sidecar / direct)**", "**"+ratio(median(sq), median(dq))+"**")
+		w("\nAt the maximum rate minimesh-proxy used %.1f ms CPU per 1,000 requests; its peak RSS after these runs: %s MB.\n\n",
+			float64(medianDur(cpu))/float64(time.Millisecond), mb(r.usageAfterMax[keyMinimesh].peakRSS))
+	}
+
+	if side != nil {
+		added := side.lat[99] - direct.lat[99]
+		c := cores(side.cpuPer1k)
+		w("## Targets\n\n")
+		row("target", "measured", "met")
+		row("---", "---:", "---")
+		row(fmt.Sprintf("p99 added at %s requests/s < 0.5 ms", rate), plusMs(added)+" ms", yesNo(added < targetP99Added))
+		row("CPU < 0.06 core per 1,000 requests/s (60 ms CPU per 1,000 requests)", fmt.Sprintf("%.3f core", c), yesNo(c < targetCores))
+		row("peak RSS < 15 MB", mb(side.usage.peakRSS)+" MB", yesNo(float64(side.usage.peakRSS) < targetRSS))
+		w("\nFor scale: Istio's sidecar Envoy uses about 0.20 vCPU and 60 MB per 1,000 requests/s, ztunnel about 0.06 vCPU and 12 MB.\n\n")
+	}
+
+	w("## Setup\n\n")
+	row("scenario", "version", "configuration")
+	row("---", "---", "---")
+	for _, t := range r.targets {
+		row(t.name, t.version, t.config)
+	}
+	w("\n")
+
+	w("## Every run\n\n")
+	row("round", "scenario", "rate", "p50", "p90", "p99", "p99.9", "achieved qps", "errors", "proxy CPU ms / 1,000 requests")
+	row("---:", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
+	for round := 1; round <= o.runs; round++ {
+		for _, kind := range []struct {
+			rate string
+			by   map[string][]sample
+		}{{rate, r.samples}, {"max", r.maxSamples}} {
+			for _, t := range r.targets {
+				for _, s := range kind.by[t.key] {
+					if s.run != round {
+						continue
+					}
+					cpu := "–"
+					if s.hasCPU {
+						cpu = fmt.Sprintf("%.1f", float64(s.cpuPer1k())/float64(time.Millisecond))
+					}
+					row(strconv.Itoa(round), t.name, kind.rate, ms(s.lat[50]), ms(s.lat[90]), ms(s.lat[99]), ms(s.lat[99.9]),
+						fmt.Sprintf("%.1f", s.qps), strconv.FormatInt(s.errors, 10), cpu)
+				}
+			}
+		}
+	}
+	return b.String()
+}
