@@ -43,6 +43,7 @@ type Breaker struct {
 	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
 	cfg      policy.CircuitBreaker
 	openedAt atomic.Int64 // unix nanoseconds of the last transition to open
+	state    atomic.Int32 // the state as of the last transition
 }
 
 // OnChange is told of every state transition; it is called with the
@@ -62,6 +63,7 @@ func New(destination string, cfg *policy.CircuitBreaker, onChange OnChange) *Bre
 			if to == gobreaker.StateOpen {
 				b.openedAt.Store(time.Now().UnixNano())
 			}
+			b.state.Store(int32(to))
 			if onChange != nil {
 				onChange(name, from, to)
 			}
@@ -109,6 +111,11 @@ var ErrOpen = errors.New("circuit breaker is open")
 // State returns the current state; an open breaker whose timeout has
 // passed reports half-open.
 func (b *Breaker) State() State { return b.cb.State() }
+
+// Cached returns the state as of the last transition without taking the
+// breaker's lock: for logs and spans, where a breaker whose open timeout
+// has just passed may still read open until the next request moves it.
+func (b *Breaker) Cached() State { return State(b.state.Load()) }
 
 // RetryAfter is how long until an open breaker lets probes through again,
 // rounded up to whole seconds and at least one: the value of the

@@ -4,47 +4,45 @@ import (
 	"bytes"
 	"io"
 	"net/http"
-	"sync"
 )
 
 // MaxReplayBody is the largest request body kept for replay. Larger
 // bodies stream through and are retried only if not a byte was sent.
 const MaxReplayBody = 64 << 10
 
-var replayPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
-
 // replay is a request body that can be sent more than once.
 type replay struct {
 	buf     *[]byte   // whole body, when it fit in MaxReplayBody
 	stream  io.Reader // the rest, when it did not
 	started bool      // some of stream was read: it cannot be resent
+	length  int64     // the request's ContentLength, sent with the stream
 	closer  io.Closer
 }
 
 // newReplay reads up to MaxReplayBody of body. The original is closed by
 // the server when the handler returns, which is after the last try.
-func newReplay(body io.ReadCloser) (*replay, error) {
-	bp := replayPool.Get().(*[]byte)
-	buf := (*bp)[:0]
+func newReplay(body io.ReadCloser, length int64) (*replay, error) {
+	// Not pooled: the transport may read a try's body after the request
+	// is over, so the buffer must never be handed to another request.
+	bp := new([]byte)
+	buf := make([]byte, 0, 4<<10)
 	for len(buf) <= MaxReplayBody {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
 		n, err := body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if err == io.EOF {
+		if err == io.EOF && len(buf) <= MaxReplayBody {
 			*bp = buf
 			return &replay{buf: bp, closer: body}, nil
 		}
-		if err != nil {
-			*bp = buf
-			replayPool.Put(bp)
+		if err != nil && err != io.EOF {
 			return nil, err
 		}
 	}
 	// Too large to keep: send what was read, then the rest, once.
 	*bp = buf
-	return &replay{buf: bp, stream: io.MultiReader(bytes.NewReader(buf), body), closer: body}, nil
+	return &replay{buf: bp, stream: io.MultiReader(bytes.NewReader(buf), body), closer: body, length: length}, nil
 }
 
 // body returns a reader for one try, or false when the body cannot be
@@ -56,18 +54,11 @@ func (r *replay) body() (io.ReadCloser, int64, bool) {
 	if r.started {
 		return nil, 0, false
 	}
-	return &onceBody{r}, -1, true
+	return &onceBody{r}, r.length, true
 }
 
 // replayable reports whether another try can carry the body.
 func (r *replay) replayable() bool { return r.stream == nil || !r.started }
-
-func (r *replay) release() {
-	if r.buf != nil && cap(*r.buf) <= 4*MaxReplayBody {
-		replayPool.Put(r.buf)
-	}
-	r.buf = nil
-}
 
 // onceBody streams a body too large to keep and remembers whether any of
 // it was read, which makes it unsendable. Close is left to the server, so

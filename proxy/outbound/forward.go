@@ -9,14 +9,18 @@ import (
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/proxy/retry"
+	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // forwarder is the ReverseProxy's Transport: it sends one request as one
 // or more tries, each through the destination's breaker, and returns the
 // response to hand the client or an error for the ErrorHandler.
 type forwarder struct {
-	t http.RoundTripper
+	t       http.RoundTripper
+	tracing *telemetry.Tracing
 }
 
 func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -28,7 +32,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		dst.budget.Request()
 	}
 	if r != nil && hasBody(req) {
-		rp, err := newReplay(req.Body)
+		rp, err := newReplay(req.Body, req.ContentLength)
 		if err != nil {
 			return nil, &upstreamError{class: policy.ClassReset, err: err}
 		}
@@ -43,7 +47,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		if _, open := err.(*circuitOpenError); open {
 			return nil, err
 		}
-		if r == nil || attempt >= r.Attempts || !f.retryable(req, st, r, resp, class) {
+		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || !f.retryable(req, st, r, resp, class) {
 			return resp, err
 		}
 		if resp != nil {
@@ -91,6 +95,15 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		out = &c
 	}
 	ctx := req.Context()
+	var span trace.Span
+	if tr := f.tracing; tr != nil {
+		// With retries, each try is a span of its own under the request's,
+		// and the upstream's server span hangs under the try it served.
+		if r := dst.policy.Spec.Retries; r != nil && r.Attempts > 0 {
+			ctx, span = tr.Start(ctx, req.Method, attribute.Int("http.request.resend_count", st.attempts-1))
+		}
+		tr.Inject(ctx, out.Header)
+	}
 	var timer *time.Timer
 	var cancel context.CancelCauseFunc
 	if r := dst.policy.Spec.Retries; r != nil && r.PerTryTimeout > 0 && !st.upgrade {
@@ -115,7 +128,13 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		class, gone := classify(err, ctx, req.Context())
 		if gone {
 			report(done, breaker.ErrIgnored)
+			if span != nil {
+				endSpan(span, statusClientClosed, "", "")
+			}
 			return nil, 0, errClientGone
+		}
+		if span != nil {
+			endSpan(span, 0, classErrorType(class), "")
 		}
 		if failOn.Has(class) {
 			report(done, breaker.ErrFailed)
@@ -128,6 +147,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		// The body is read after this returns; the try's context must
 		// live until then, and end with it.
 		resp.Body = &cancelBody{resp.Body, cancel}
+	}
+	if span != nil {
+		endSpan(span, resp.StatusCode, "", "")
 	}
 	var class policy.Class
 	if resp.StatusCode >= 500 {

@@ -26,6 +26,7 @@ import (
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Config is the outbound path's configuration.
@@ -42,8 +43,14 @@ type Config struct {
 	MaxIdleConnsPerHost int
 	// MaxRequestBody bounds request bodies (0: no bound).
 	MaxRequestBody int64
-	Metrics        *telemetry.Metrics
-	Logger         *slog.Logger
+	// ServiceName names the app in access logs.
+	ServiceName string
+	Metrics     *telemetry.Metrics
+	// Tracing makes spans; nil: no tracing.
+	Tracing *telemetry.Tracing
+	// AccessLog gets a line per request; nil: no access log.
+	AccessLog *telemetry.AccessLog
+	Logger    *slog.Logger
 }
 
 // Handler is the outbound listener's http.Handler.
@@ -87,7 +94,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
-		Transport:      &forwarder{t: tr},
+		Transport:      &forwarder{t: tr, tracing: cfg.Tracing},
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
 		ModifyResponse: modifyResponse,
@@ -138,13 +145,17 @@ type reqState struct {
 	// headers is when the response headers were ready: the latency
 	// metric ends there, so that a long stream does not look slow.
 	headers time.Time
+	start   time.Time
+	errKind string // the X-Minimesh-Error of the sidecar's own answer
+	span    trace.Span
+	sc      trace.SpanContext // the span's, kept for the log after it ended
+	in      countingBody
+	out     countingWriter
 }
 
 type stateKey struct{}
 
 func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
-
-var statePool = sync.Pool{New: func() any { return new(reqState) }}
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
@@ -163,34 +174,38 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	dst := h.dests.get(authority)
 
-	st := statePool.Get().(*reqState)
-	*st = reqState{dest: dst, authority: authority, code: http.StatusBadGateway}
-	defer func() {
-		if st.headers.IsZero() {
-			st.headers = time.Now()
-		}
-		dst.metrics.Observe(r.Method, st.code, st.headers.Sub(start).Seconds())
-		if st.replay != nil {
-			st.replay.release()
-		}
-		*st = reqState{}
-		statePool.Put(st)
-	}()
+	// Not pooled: the transport may still read the request body (and so
+	// the counters in st) after ServeHTTP returns.
+	st := &reqState{dest: dst, authority: authority, code: http.StatusBadGateway, start: start}
+	st.out.ResponseWriter = w
+	w = &st.out
 
 	st.id = r.Header.Get(wellknown.HeaderRequestID)
 	if !requestid.Valid(st.id) {
 		st.id = requestid.New()
 		r.Header.Set(wellknown.HeaderRequestID, st.id)
+	} else if len(r.Header.Values(wellknown.HeaderRequestID)) > 1 {
+		r.Header.Set(wellknown.HeaderRequestID, st.id) // one ID, the one the app gets back
 	}
 	st.upgrade = r.Header.Get("Upgrade") != ""
 	if st.upgrade {
 		h.upgrades.Add(1)
 		defer h.upgrades.Done()
 	}
-	if h.cfg.MaxRequestBody > 0 && r.Body != nil {
-		r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxRequestBody)
+	if r.Body != nil && r.Body != http.NoBody {
+		if h.cfg.MaxRequestBody > 0 {
+			r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxRequestBody)
+		}
+		st.in.ReadCloser = r.Body
+		r.Body = &st.in
 	}
 	ctx := context.WithValue(r.Context(), stateKey{}, st)
+	if tr := h.cfg.Tracing; tr != nil {
+		ctx = tr.Extract(ctx, r.Header)
+		ctx, st.span = tr.Start(ctx, r.Method, h.spanAttrs(r, st)...)
+		st.sc = st.span.SpanContext()
+	}
+	defer h.finish(r, st)
 	// The whole-request timeout covers the response body too; an upgraded
 	// connection (a WebSocket) lives as long as its peers want.
 	if t := dst.policy.Spec.Timeout; t > 0 && !st.upgrade {
@@ -198,7 +213,57 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
 		defer cancel()
 	}
+	// Full duplex: otherwise Go's HTTP/1 server drains and closes the
+	// request body as the response starts, while the Transport may still
+	// be reading it; that read fails and the upstream connection is closed
+	// mid-response.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	h.rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// finish records a request: metrics, its span, its access log line.
+func (h *Handler) finish(r *http.Request, st *reqState) {
+	h.observe(r, st)
+	h.logAccess(r, st)
+}
+
+// observe records the request's metrics and ends its span, as soon as
+// its response headers are known.
+func (h *Handler) observe(r *http.Request, st *reqState) {
+	if st.headers.IsZero() {
+		st.headers = time.Now()
+	}
+	dst := st.dest
+	dst.metrics.Observe(r.Method, st.code, st.headers.Sub(st.start).Seconds())
+	if st.span != nil {
+		endSpan(st.span, st.code, st.errKind, breakerState(dst))
+		st.span = nil
+	}
+}
+
+func breakerState(dst *destination) string {
+	if dst.breaker == nil {
+		return ""
+	}
+	return dst.breaker.Cached().String()
+}
+
+// logAccess writes the access log line, when the response is over.
+func (h *Handler) logAccess(r *http.Request, st *reqState) {
+	end := time.Now()
+	dst := st.dest
+	state := breakerState(dst)
+	if l := h.cfg.AccessLog; l != nil {
+		e := telemetry.Entry{
+			Time: st.start, RequestID: st.id, Service: h.cfg.ServiceName, Destination: dst.name,
+			Method: r.Method, Path: r.URL.Path, Status: st.code, Duration: end.Sub(st.start),
+			Attempts: st.attempts, Breaker: state, BytesIn: st.in.n, BytesOut: st.out.n, Error: st.errKind,
+		}
+		if st.sc.IsValid() {
+			e.TraceID, e.SpanID = st.sc.TraceID(), st.sc.SpanID()
+		}
+		l.Log(&e)
+	}
 }
 
 // target returns the host:port a request is for: the absolute-form
@@ -256,6 +321,9 @@ func rewrite(pr *httputil.ProxyRequest) {
 	st := stateOf(pr.In.Context())
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = st.authority
+	// Rewrite mode re-encodes a query holding ';' or a bad escape,
+	// dropping and reordering parameters: the app's bytes go as sent.
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 	for _, h := range forwardedHeaders {
 		if v, ok := pr.In.Header[h]; ok {
 			pr.Out.Header[h] = v
@@ -288,7 +356,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 		code, kind = http.StatusGatewayTimeout, wellknown.ErrorTimeout
 		body.Message = "upstream " + st.dest.name + " did not answer within the request timeout"
 	}
-	st.code, st.headers = code, time.Now()
+	st.code, st.headers, st.errKind = code, time.Now(), kind
 	body.RequestID = st.id
 	w.Header().Set(wellknown.HeaderRequestID, st.id)
 	writeError(w, code, kind, body)

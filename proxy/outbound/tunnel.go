@@ -10,6 +10,7 @@ import (
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/breaker"
+	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/retry"
 	"github.com/minimesh/minimesh/wellknown"
 )
@@ -24,59 +25,79 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 		return
 	}
 	dst := h.dests.get(authority)
-	code := http.StatusOK
-	defer func() { dst.metrics.Observe(r.Method, code, time.Since(start).Seconds()) }()
-
+	st := &reqState{dest: dst, authority: authority, code: http.StatusOK, start: start, attempts: 1}
+	st.id = r.Header.Get(wellknown.HeaderRequestID)
+	if !requestid.Valid(st.id) {
+		st.id = requestid.New()
+	}
 	ctx := r.Context()
+	if tr := h.cfg.Tracing; tr != nil {
+		ctx = tr.Extract(ctx, r.Header)
+		ctx, st.span = tr.Start(ctx, http.MethodConnect, h.spanAttrs(r, st)...)
+		st.sc = st.span.SpanContext()
+	}
 	if t := dst.policy.Spec.Timeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
 		defer cancel()
 	}
-	up, err := h.dialTunnel(ctx, dst, authority)
+	up, err := h.dialTunnel(ctx, dst, authority, st)
+	st.headers = time.Now()
 	if err != nil {
 		var body errorBody
-		var kind string
-		code, kind, body = errorResponse(err, dst.name)
+		st.code, st.errKind, body = errorResponse(err, dst.name)
 		if r.Context().Err() != nil {
-			code = statusClientClosed
-			return
+			st.code, st.errKind = statusClientClosed, ""
+		} else {
+			body.RequestID = st.id
+			w.Header().Set(wellknown.HeaderRequestID, st.id)
+			writeError(w, st.code, st.errKind, body)
 		}
-		writeError(w, code, kind, body)
+		h.finish(r, st)
 		return
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		up.Close()
-		code = http.StatusInternalServerError
-		http.Error(w, "connection cannot be hijacked", code)
+		st.code = http.StatusInternalServerError
+		http.Error(w, "connection cannot be hijacked", st.code)
+		h.finish(r, st)
 		return
 	}
 	client, buf, err := hj.Hijack()
 	if err != nil {
 		up.Close()
+		st.code = statusClientClosed
+		h.finish(r, st)
 		return
 	}
-	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n\r\n")); err != nil {
+	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n" + wellknown.HeaderRequestID + ": " + st.id + "\r\n\r\n")); err != nil {
 		client.Close()
 		up.Close()
+		st.code = statusClientClosed
+		h.finish(r, st)
 		return
 	}
+	// Metrics and span cover making the tunnel (its bytes are opaque);
+	// the access log line, written when it closes, its whole life.
+	h.observe(r, st)
 	h.tunnels.add(client, up)
 	go func() {
 		defer h.tunnels.remove(client, up)
-		pipe(client, buf.Reader, up)
+		st.in.n, st.out.n = pipe(client, buf.Reader, up)
+		h.logAccess(r, st)
 	}()
 }
 
 // dialTunnel connects a tunnel's upstream through the breaker, retrying
 // connect failures as the policy allows.
-func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority string) (net.Conn, error) {
+func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority string, st *reqState) (net.Conn, error) {
 	r := dst.policy.Spec.Retries
 	if r != nil && r.Attempts > 0 {
 		dst.budget.Request()
 	}
 	for attempt := 0; ; attempt++ {
+		st.attempts = attempt + 1
 		var done breaker.Done
 		if dst.breaker != nil {
 			d, err := dst.breaker.Allow()
@@ -114,20 +135,22 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority st
 }
 
 // pipe copies both ways until both directions are done, half-closing so
-// that protocols which shut down writing first still get their answer.
-func pipe(client net.Conn, fromClient io.Reader, up net.Conn) {
+// that protocols which shut down writing first still get their answer. It
+// returns the bytes sent up and down.
+func pipe(client net.Conn, fromClient io.Reader, up net.Conn) (sent, received int64) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_, _ = io.Copy(up, fromClient)
+		sent, _ = io.Copy(up, fromClient)
 		closeWrite(up)
 	}()
-	_, _ = io.Copy(client, up)
+	received, _ = io.Copy(client, up)
 	closeWrite(client)
 	wg.Wait()
 	client.Close()
 	up.Close()
+	return sent, received
 }
 
 func closeWrite(c net.Conn) {

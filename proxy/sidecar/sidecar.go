@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -31,7 +32,14 @@ type Config struct {
 	ConnectTimeout time.Duration
 	DrainTimeout   time.Duration
 	MaxRequestBody int64
-	Logger         *slog.Logger
+	PodName        string
+	// OTLPEndpoint is the trace collector (host:port, OTLP/gRPC); empty
+	// turns tracing off.
+	OTLPEndpoint     string
+	TraceSampleRatio float64
+	// AccessLog receives one JSON line per request; nil: none.
+	AccessLog io.Writer
+	Logger    *slog.Logger
 }
 
 // Sidecar is a running sidecar.
@@ -41,6 +49,8 @@ type Sidecar struct {
 	metrics  *telemetry.Metrics
 	outbound *outbound.Handler
 	admin    *admin.Server
+	tracing  *telemetry.Tracing
+	access   *telemetry.AccessLog
 
 	outLn, adminLn net.Listener
 	outSrv         *http.Server
@@ -80,17 +90,34 @@ func Listen(cfg Config) (*Sidecar, error) {
 	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0)}
 	table := policy.NewTable(nil, cfg.Namespace)
 	s.source = policySource{Dir: cfg.PolicyDir, Policies: table.Policies(), Namespace: cfg.Namespace, Service: cfg.ServiceName, Version: wellknown.Version}
+	tracing, err := telemetry.NewTracing(telemetry.TracingConfig{
+		Endpoint:    cfg.OTLPEndpoint,
+		SampleRatio: cfg.TraceSampleRatio,
+		ServiceName: cfg.ServiceName,
+		PodName:     cfg.PodName,
+		Namespace:   cfg.Namespace,
+		Logger:      cfg.Logger,
+	}, s.metrics)
+	if err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	s.tracing = tracing
+	if cfg.AccessLog != nil {
+		s.access = telemetry.NewAccessLog(cfg.AccessLog)
+	}
 	s.outbound = outbound.New(outbound.Config{
 		Namespace:      cfg.Namespace,
 		Resolve:        cfg.Resolve,
 		ConnectTimeout: cfg.ConnectTimeout,
 		MaxRequestBody: cfg.MaxRequestBody,
+		ServiceName:    cfg.ServiceName,
 		Metrics:        s.metrics,
+		Tracing:        tracing,
+		AccessLog:      s.access,
 		Logger:         cfg.Logger,
 	}, table)
 	s.admin = admin.New(s.metrics.Registry, breakers{s.outbound}, s.debugConfig)
 
-	var err error
 	if s.outLn, err = net.Listen("tcp", cfg.OutboundAddr); err != nil {
 		return nil, fmt.Errorf("outbound listener: %w", err)
 	}
@@ -164,6 +191,14 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		s.outSrv.Close()
 	}
 	s.adminSrv.Close()
+	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer fcancel()
+	if err := s.tracing.Shutdown(fctx); err != nil {
+		s.log.Warn("spans not exported at shutdown", "error", err)
+	}
+	if s.access != nil {
+		s.access.Close()
+	}
 	s.log.Info("stopped")
 	return nil
 }

@@ -35,6 +35,8 @@ type Metrics struct {
 	retries     *prometheus.CounterVec
 	reloads     *prometheus.CounterVec
 
+	spansDropped prometheus.Counter
+
 	maxDest int
 	mu      sync.Mutex
 	dests   map[string]*Destination
@@ -73,6 +75,10 @@ func New(maxDestinations int) *Metrics {
 			Name: "minimesh_policy_reloads_total",
 			Help: "Policy loads, by result (success or error).",
 		}, []string{"result"}),
+		spansDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "minimesh_spans_dropped_total",
+			Help: "Spans dropped instead of exported: queue full or collector unreachable.",
+		}),
 		maxDest: maxDestinations,
 		dests:   map[string]*Destination{},
 	}
@@ -81,7 +87,7 @@ func New(maxDestinations int) *Metrics {
 		Help: "The sidecar's version; always 1.",
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(wellknown.Version, runtime.Version()).Set(1)
-	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, build,
+	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, m.spansDropped, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"success", "error"} {
 		m.reloads.WithLabelValues(r)
@@ -118,6 +124,11 @@ func (m *Metrics) Destination(name string) *Destination {
 		label:    label,
 		duration: m.duration.WithLabelValues("outbound", label),
 		rejected: m.rejected.WithLabelValues(label),
+	}
+	// Counters exist at zero from the start, so that Prometheus sees a
+	// destination's first trip as an increase rather than a new series.
+	for _, t := range [][2]string{{"closed", "open"}, {"open", "half-open"}, {"half-open", "closed"}, {"half-open", "open"}} {
+		m.transitions.WithLabelValues(label, t[0], t[1])
 	}
 	m.dests[label] = d
 	return d

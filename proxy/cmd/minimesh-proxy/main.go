@@ -60,13 +60,17 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("minimesh-proxy run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg sidecar.Config
-	var logLevel string
+	var logLevel, accessLog string
 	resolve := resolveFlag{}
 	fs.StringVar(&cfg.OutboundAddr, "outbound-addr", fmt.Sprintf("127.0.0.1:%d", wellknown.OutboundPort), "address of the outbound listener (the app's HTTP_PROXY)")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", fmt.Sprintf(":%d", wellknown.AdminPort), "address of the admin server (/live, /ready, /metrics, /debug/ on loopback)")
 	fs.StringVar(&cfg.PolicyDir, "policy-dir", "", "directory of ResiliencePolicy YAML files, reloaded when it changes (empty: built-in defaults)")
 	fs.StringVar(&cfg.ServiceName, "service-name", "", "name of the service this sidecar belongs to")
-	fs.StringVar(&cfg.Namespace, "namespace", "default", "namespace of the pod, for matching short service names")
+	fs.StringVar(&cfg.Namespace, "namespace", orEnv("POD_NAMESPACE", "default"), "namespace of the pod, for matching short service names (default: $POD_NAMESPACE, else default)")
+	fs.StringVar(&cfg.PodName, "pod-name", os.Getenv("POD_NAME"), "name of the pod, for traces (default: $POD_NAME)")
+	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC trace collector HOST:PORT, e.g. jaeger-collector.observability:4317 (empty: no tracing)")
+	fs.Float64Var(&cfg.TraceSampleRatio, "trace-sample-ratio", 1, "share of new traces to record, 0 to 1; requests that arrive with a trace follow its decision")
+	fs.StringVar(&accessLog, "access-log", "stdout", "where the JSON access log goes: stdout or off")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
@@ -81,6 +85,18 @@ func runSidecar(args []string, stderr io.Writer) int {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		fmt.Fprintf(stderr, "minimesh-proxy: --log-level %q: want debug, info, warn or error\n", logLevel)
+		return 2
+	}
+	switch accessLog {
+	case "stdout":
+		cfg.AccessLog = os.Stdout
+	case "off":
+	default:
+		fmt.Fprintf(stderr, "minimesh-proxy: --access-log %q: want stdout or off\n", accessLog)
+		return 2
+	}
+	if cfg.TraceSampleRatio < 0 || cfg.TraceSampleRatio > 1 {
+		fmt.Fprintf(stderr, "minimesh-proxy: --trace-sample-ratio %v: want 0 to 1\n", cfg.TraceSampleRatio)
 		return 2
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
@@ -130,6 +146,13 @@ func parseWithEnv(fs *flag.FlagSet, args []string) error {
 		}
 	})
 	return err
+}
+
+func orEnv(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }
 
 // splitList splits a repeatable flag's environment value at commas.

@@ -1,0 +1,547 @@
+package outbound_test
+
+// Shared helpers of the outbound integration tests: a real sidecar on
+// loopback (outbound and admin listeners, policies from a temporary
+// directory), real upstream servers that succeed or fail in a chosen
+// way, and readers of the admin endpoints (/debug/breakers, /metrics).
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/proxy/sidecar"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// geo is the authority the apps of these tests call, as the services of
+// the replaced stack call each other.
+const geo = "geo-service:8000"
+
+// testSidecar is a sidecar serving on loopback for one test.
+type testSidecar struct {
+	t     testing.TB
+	Addr  string   // outbound listener, host:port
+	URL   *url.URL // http://Addr, for http.ProxyURL
+	Admin string   // admin listener, host:port
+	Dir   string   // the policy directory
+	S     *sidecar.Sidecar
+	admin *http.Client
+}
+
+type sidecarOpt func(*sidecar.Config)
+
+func withNamespace(ns string) sidecarOpt { return func(c *sidecar.Config) { c.Namespace = ns } }
+
+// startSidecar writes policies (YAML, possibly several documents) into a
+// fresh policy directory, starts a sidecar on loopback and waits until
+// /ready answers and the policies are in force. The sidecar stops when
+// the test ends.
+func startSidecar(t *testing.T, policies string, resolve map[string]string, opts ...sidecarOpt) *testSidecar {
+	t.Helper()
+	dir := t.TempDir()
+	if policies != "" {
+		if err := os.WriteFile(filepath.Join(dir, "policies.yaml"), []byte(policies), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := sidecar.Config{
+		OutboundAddr:   "127.0.0.1:0",
+		AdminAddr:      "127.0.0.1:0",
+		PolicyDir:      dir,
+		Resolve:        resolve,
+		ConnectTimeout: 2 * time.Second,
+		DrainTimeout:   time.Second,
+		Logger:         slog.New(slog.DiscardHandler),
+	}
+	if os.Getenv("ITEST_DEBUG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s, err := sidecar.Listen(cfg)
+	if err != nil {
+		t.Fatalf("sidecar.Listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	sc := &testSidecar{
+		t:     t,
+		Addr:  s.OutboundAddr(),
+		URL:   &url.URL{Scheme: "http", Host: s.OutboundAddr()},
+		Admin: s.AdminAddr(),
+		Dir:   dir,
+		S:     s,
+		admin: &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 5 * time.Second},
+	}
+	t.Cleanup(func() {
+		if os.Getenv("ITEST_DEBUG") != "" {
+			st := time.Now()
+			defer func() { t.Logf("sidecar stop took %v", time.Since(st)) }()
+		}
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("sidecar Serve: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("sidecar did not stop within 5s")
+		}
+		sc.admin.CloseIdleConnections()
+	})
+
+	readyStart := time.Now()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := sc.admin.Get("http://" + sc.Admin + "/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sidecar not ready after 5s (last error %v)", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if os.Getenv("ITEST_DEBUG") != "" {
+		t.Logf("sidecar ready after %v", time.Since(readyStart))
+	}
+	// A policy file with a mistake would leave the built-in default in
+	// force and every assertion below meaningless: fail here instead.
+	var conf struct {
+		LastError string `json:"lastError"`
+		Policies  []struct {
+			Spec struct {
+				Service string `json:"service"`
+			} `json:"spec"`
+		} `json:"policies"`
+	}
+	sc.getJSON("/debug/config", &conf)
+	if conf.LastError != "" {
+		t.Fatalf("policies did not load: %s", conf.LastError)
+	}
+	return sc
+}
+
+// Client returns an app's HTTP client that uses the sidecar as its
+// HTTP_PROXY: requests go out in absolute form.
+func (sc *testSidecar) Client() *http.Client {
+	tr := &http.Transport{
+		Proxy:               http.ProxyURL(sc.URL),
+		DisableCompression:  true, // see exactly what the sidecar sends back
+		MaxIdleConnsPerHost: 100,
+	}
+	sc.t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// getJSON decodes an admin endpoint's JSON answer into v.
+func (sc *testSidecar) getJSON(path string, v any) {
+	sc.t.Helper()
+	resp, err := sc.admin.Get("http://" + sc.Admin + path)
+	if err != nil {
+		sc.t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		sc.t.Fatalf("GET %s: %s: %s", path, resp.Status, b)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		sc.t.Fatalf("GET %s: decoding: %v", path, err)
+	}
+}
+
+// breakerCounts mirrors the counts of /debug/breakers.
+type breakerCounts struct {
+	Requests             uint32 `json:"requests"`
+	TotalSuccesses       uint32 `json:"totalSuccesses"`
+	TotalFailures        uint32 `json:"totalFailures"`
+	ConsecutiveSuccesses uint32 `json:"consecutiveSuccesses"`
+	ConsecutiveFailures  uint32 `json:"consecutiveFailures"`
+}
+
+// breakerStatus is one entry of /debug/breakers.
+type breakerStatus struct {
+	Destination string        `json:"destination"`
+	Policy      string        `json:"policy"`
+	State       string        `json:"state"`
+	Counts      breakerCounts `json:"counts"`
+	OpenUntil   *time.Time    `json:"openUntil"`
+}
+
+// breakers returns /debug/breakers by destination.
+func (sc *testSidecar) breakers() map[string]breakerStatus {
+	sc.t.Helper()
+	var out struct {
+		Destinations []breakerStatus `json:"destinations"`
+	}
+	sc.getJSON("/debug/breakers", &out)
+	m := make(map[string]breakerStatus, len(out.Destinations))
+	for _, d := range out.Destinations {
+		if _, dup := m[d.Destination]; dup {
+			sc.t.Fatalf("/debug/breakers lists %s twice", d.Destination)
+		}
+		m[d.Destination] = d
+	}
+	return m
+}
+
+// breaker returns one destination's entry of /debug/breakers.
+func (sc *testSidecar) breaker(dest string) breakerStatus {
+	sc.t.Helper()
+	b, ok := sc.breakers()[dest]
+	if !ok {
+		sc.t.Fatalf("/debug/breakers has no destination %q (has %v)", dest, keys(sc.breakers()))
+	}
+	return b
+}
+
+// waitBreakerState polls /debug/breakers until dest is in state.
+func (sc *testSidecar) waitBreakerState(dest, state string, within time.Duration) {
+	sc.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		b := sc.breaker(dest)
+		if b.State == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			sc.t.Fatalf("breaker of %s is %s after %v, want %s", dest, b.State, within, state)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// metricSet is one scrape of /metrics.
+type metricSet map[string]*dto.MetricFamily
+
+// metrics scrapes /metrics.
+func (sc *testSidecar) metrics() metricSet {
+	sc.t.Helper()
+	resp, err := sc.admin.Get("http://" + sc.Admin + "/metrics")
+	if err != nil {
+		sc.t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		sc.t.Fatalf("parsing /metrics: %v", err)
+	}
+	return fams
+}
+
+// metric is a shortcut for one scrape and one value.
+func (sc *testSidecar) metric(name string, labels ...string) float64 {
+	sc.t.Helper()
+	return sc.metrics().value(name, labels...)
+}
+
+// waitMetric polls /metrics until the value is want, and fails after
+// within. It is for values that settle after the client has its answer
+// (such as a request whose client went away).
+func (sc *testSidecar) waitMetric(want float64, within time.Duration, name string, labels ...string) {
+	sc.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got := sc.metric(name, labels...)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			sc.t.Fatalf("%s%v = %v after %v, want %v", name, labels, got, within, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// value sums the samples of a counter or gauge family whose labels
+// include the given name/value pairs; 0 when none match.
+func (m metricSet) value(name string, labels ...string) float64 {
+	if len(labels)%2 != 0 {
+		panic("labels must be name/value pairs")
+	}
+	fam := m[name]
+	if fam == nil {
+		return 0
+	}
+	var sum float64
+next:
+	for _, mt := range fam.GetMetric() {
+		have := map[string]string{}
+		for _, lp := range mt.GetLabel() {
+			have[lp.GetName()] = lp.GetValue()
+		}
+		for i := 0; i < len(labels); i += 2 {
+			if have[labels[i]] != labels[i+1] {
+				continue next
+			}
+		}
+		switch {
+		case mt.Counter != nil:
+			sum += mt.Counter.GetValue()
+		case mt.Gauge != nil:
+			sum += mt.Gauge.GetValue()
+		case mt.Histogram != nil:
+			sum += float64(mt.Histogram.GetSampleCount())
+		}
+	}
+	return sum
+}
+
+// policyDoc renders one ResiliencePolicy document. spec holds the lines
+// of spec after service, indented by two spaces.
+func policyDoc(name, service, spec string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata:\n  name: %s\nspec:\n  service: %q\n", name, service)
+	for _, line := range strings.Split(strings.Trim(spec, "\n"), "\n") {
+		if strings.TrimSpace(line) != "" {
+			b.WriteString("  " + line + "\n")
+		}
+	}
+	b.WriteString("---\n")
+	return b.String()
+}
+
+// resolve maps every name to addr, like --resolve NAME=ADDR.
+func resolve(addr string, names ...string) map[string]string {
+	m := make(map[string]string, len(names))
+	for _, n := range names {
+		m[n] = addr
+	}
+	return m
+}
+
+// upstream is a real HTTP server that counts the requests it handles.
+type upstream struct {
+	*httptest.Server
+	hits atomic.Int64
+	// release is closed when the test ends: it ends the handlers'
+	// contexts, so that handlers that hang return and the server closes.
+	release chan struct{}
+}
+
+// newUpstream starts an upstream whose handler runs after the hit is
+// counted; n is the hit's number, from 1.
+func newUpstream(t *testing.T, h func(w http.ResponseWriter, r *http.Request, n int64)) *upstream {
+	t.Helper()
+	u := &upstream{release: make(chan struct{})}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := u.hits.Add(1)
+		// The handler's context also ends when the test does, so that a
+		// handler that hangs lets the server close.
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		go func() {
+			select {
+			case <-u.release:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		h(w, r.WithContext(ctx), n)
+	}))
+	t.Cleanup(u.Close)
+	t.Cleanup(func() { close(u.release) }) // runs first
+	return u
+}
+
+// Host is the upstream's host:port.
+func (u *upstream) Host() string { return u.Listener.Addr().String() }
+
+// hang blocks until the request is cancelled or the test ends.
+func hang(r *http.Request) { <-r.Context().Done() }
+
+func status(code int) func(http.ResponseWriter, *http.Request, int64) {
+	return func(w http.ResponseWriter, _ *http.Request, _ int64) {
+		w.WriteHeader(code)
+		fmt.Fprintf(w, "upstream says %d\n", code)
+	}
+}
+
+// newResetUpstream accepts connections, reads one request and resets the
+// connection (RST, no response). It counts the requests it read.
+func newResetUpstream(t *testing.T) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err == nil {
+					_, _ = io.Copy(io.Discard, req.Body)
+					hits.Add(1)
+				}
+				_ = c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String(), &hits
+}
+
+// refusedAddr returns a loopback address where nothing listens: a
+// connection to it is refused.
+func refusedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// fetch sends req and returns the response with its body read.
+func fetch(t *testing.T, c *http.Client, req *http.Request) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", req.Method, req.URL, err)
+	}
+	return resp, body
+}
+
+// get is fetch of a GET.
+func get(t *testing.T, c *http.Client, rawURL string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, rawURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fetch(t, c, req)
+}
+
+// sidecarError is the JSON body of the sidecar's own error answers.
+type sidecarError struct {
+	Error             string `json:"error"`
+	Destination       string `json:"destination"`
+	Message           string `json:"message"`
+	RetryAfterSeconds int    `json:"retryAfterSeconds"`
+	RequestID         string `json:"requestId"`
+}
+
+// expectSidecarError checks an answer of the sidecar itself: status,
+// X-Minimesh-Error, a JSON body naming the destination.
+func expectSidecarError(t *testing.T, resp *http.Response, body []byte, code int, kind, dest string) sidecarError {
+	t.Helper()
+	if resp.StatusCode != code {
+		t.Fatalf("status %d, want %d (body %q)", resp.StatusCode, code, body)
+	}
+	if got := resp.Header.Get("X-Minimesh-Error"); got != kind {
+		t.Fatalf("X-Minimesh-Error %q, want %q", got, kind)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type %q, want application/json", ct)
+	}
+	var e sidecarError
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("body is not JSON: %v: %q", err, body)
+	}
+	if e.Error != kind || e.Destination != dest {
+		t.Fatalf("body names error %q destination %q, want %q %q: %s", e.Error, e.Destination, kind, dest, body)
+	}
+	if !strings.Contains(e.Message, dest) {
+		t.Fatalf("message %q does not name %s", e.Message, dest)
+	}
+	return e
+}
+
+// expectCircuitOpen checks the contract's fast-fail answer: 503,
+// circuit-open, Retry-After in whole seconds (1 to maxRetryAfter).
+func expectCircuitOpen(t *testing.T, resp *http.Response, body []byte, dest string, maxRetryAfter int) {
+	t.Helper()
+	e := expectSidecarError(t, resp, body, http.StatusServiceUnavailable, "circuit-open", dest)
+	ra, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if err != nil || ra < 1 || ra > maxRetryAfter {
+		t.Fatalf("Retry-After %q, want an integer in [1, %d]", resp.Header.Get("Retry-After"), maxRetryAfter)
+	}
+	if e.RetryAfterSeconds != ra {
+		t.Fatalf("body retryAfterSeconds %d, header Retry-After %d", e.RetryAfterSeconds, ra)
+	}
+}
+
+// dialSidecar opens a raw connection to the outbound listener, closed
+// when the test ends.
+func dialSidecar(t *testing.T, sc *testSidecar) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", sc.Addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// rawRoundTrip writes raw bytes to addr and reads one response.
+func rawRoundTrip(t *testing.T, addr, raw string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatalf("writing request: %v", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading response: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading response body: %v", err)
+	}
+	return resp, body
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}

@@ -1,0 +1,214 @@
+package telemetry
+
+import (
+	"encoding/hex"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// AccessLog writes one JSON line per request. Lines are appended to a
+// buffer under a short lock and written by a background flusher, so a
+// request never waits for a write(2), nor for a slow reader of stdout:
+// when the buffer is full, lines are dropped and counted.
+type AccessLog struct {
+	out io.Writer
+
+	mu      sync.Mutex
+	buf     []byte
+	spare   []byte
+	kick    chan struct{}
+	dropped atomic.Int64
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+const (
+	flushAt       = 32 << 10
+	maxBuffered   = 1 << 20
+	flushInterval = 200 * time.Millisecond
+)
+
+// NewAccessLog starts a log writing to out.
+func NewAccessLog(out io.Writer) *AccessLog {
+	l := &AccessLog{
+		out:   out,
+		buf:   make([]byte, 0, 2*flushAt),
+		spare: make([]byte, 0, 2*flushAt),
+		kick:  make(chan struct{}, 1),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	go l.run()
+	return l
+}
+
+// Entry is one request's line.
+type Entry struct {
+	Time        time.Time
+	RequestID   string
+	TraceID     [16]byte
+	SpanID      [8]byte
+	Service     string
+	Destination string
+	Method      string
+	Path        string
+	Status      int
+	Duration    time.Duration
+	Attempts    int
+	Breaker     string
+	BytesIn     int64
+	BytesOut    int64
+	Error       string
+}
+
+// Log appends e. It never blocks on output.
+func (l *AccessLog) Log(e *Entry) {
+	l.mu.Lock()
+	if len(l.buf) >= maxBuffered {
+		l.mu.Unlock()
+		l.dropped.Add(1)
+		return
+	}
+	l.buf = e.appendJSON(l.buf)
+	full := len(l.buf) >= flushAt
+	l.mu.Unlock()
+	if full {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Dropped is how many lines were dropped because output could not keep up.
+func (l *AccessLog) Dropped() int64 { return l.dropped.Load() }
+
+func (l *AccessLog) run() {
+	defer close(l.done)
+	t := time.NewTicker(flushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-l.kick:
+		case <-l.stop:
+			l.flush()
+			return
+		}
+		l.flush()
+	}
+}
+
+func (l *AccessLog) flush() {
+	l.mu.Lock()
+	b := l.buf
+	l.buf, l.spare = l.spare[:0], nil
+	l.mu.Unlock()
+	if len(b) > 0 {
+		_, _ = l.out.Write(b)
+	}
+	l.mu.Lock()
+	l.spare = b[:0]
+	l.mu.Unlock()
+}
+
+// Close writes what is buffered and stops the flusher.
+func (l *AccessLog) Close() {
+	close(l.stop)
+	<-l.done
+}
+
+func (e *Entry) appendJSON(b []byte) []byte {
+	b = append(b, `{"time":"`...)
+	b = e.Time.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z07:00")
+	b = append(b, `","request_id":`...)
+	b = appendString(b, e.RequestID)
+	if e.TraceID != [16]byte{} {
+		b = append(b, `,"trace_id":"`...)
+		b = hex.AppendEncode(b, e.TraceID[:])
+		b = append(b, `","span_id":"`...)
+		b = hex.AppendEncode(b, e.SpanID[:])
+		b = append(b, '"')
+	}
+	if e.Service != "" {
+		b = append(b, `,"service":`...)
+		b = appendString(b, e.Service)
+	}
+	b = append(b, `,"destination":`...)
+	b = appendString(b, e.Destination)
+	b = append(b, `,"method":`...)
+	b = appendString(b, e.Method)
+	b = append(b, `,"path":`...)
+	b = appendString(b, e.Path)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(e.Status), 10)
+	b = append(b, `,"duration_ms":`...)
+	b = strconv.AppendFloat(b, float64(e.Duration.Microseconds())/1000, 'f', 3, 64)
+	b = append(b, `,"attempts":`...)
+	b = strconv.AppendInt(b, int64(e.Attempts), 10)
+	if e.Breaker != "" {
+		b = append(b, `,"breaker":"`...)
+		b = append(b, e.Breaker...)
+		b = append(b, '"')
+	}
+	b = append(b, `,"bytes_in":`...)
+	b = strconv.AppendInt(b, e.BytesIn, 10)
+	b = append(b, `,"bytes_out":`...)
+	b = strconv.AppendInt(b, e.BytesOut, 10)
+	if e.Error != "" {
+		b = append(b, `,"error":`...)
+		b = appendString(b, e.Error)
+	}
+	return append(b, "}\n"...)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string. Paths and request IDs come
+// from the app, so every control character, quote and invalid byte is
+// escaped: a line can never be broken or forged.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c >= utf8.RuneSelf {
+			r, size := utf8.DecodeRuneInString(s[i:])
+			if r != utf8.RuneError || size != 1 {
+				i += size
+				continue
+			}
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default:
+			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		}
+		i++
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}

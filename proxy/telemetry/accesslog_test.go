@@ -1,0 +1,106 @@
+package telemetry
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func TestAccessLogLinesAreJSON(t *testing.T) {
+	var out syncBuf
+	l := NewAccessLog(&out)
+	e := Entry{
+		Time: time.Date(2026, 11, 24, 10, 0, 0, 123456000, time.UTC), RequestID: "abc\"\n\x01",
+		TraceID: [16]byte{0xab, 1}, SpanID: [8]byte{0xcd, 2},
+		Service: "tenant-service", Destination: "geo-service:8000", Method: "GET",
+		Path: "/search/\xff/ü", Status: 503, Duration: 1500 * time.Microsecond, Attempts: 3,
+		Breaker: "open", BytesIn: 10, BytesOut: 200, Error: "circuit-open",
+	}
+	l.Log(&e)
+	l.Close()
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != 1 {
+		t.Fatalf("want 1 line, got %q", out.String())
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &got); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, lines[0])
+	}
+	want := map[string]any{
+		"time": "2026-11-24T10:00:00.123456Z", "request_id": "abc\"\n\x01",
+		"trace_id": "ab010000000000000000000000000000", "span_id": "cd02000000000000",
+		"service": "tenant-service", "destination": "geo-service:8000", "method": "GET",
+		"path": "/search/\ufffd/ü", "status": 503.0, "duration_ms": 1.5, "attempts": 3.0,
+		"breaker": "open", "bytes_in": 10.0, "bytes_out": 200.0, "error": "circuit-open",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %#v, want %#v", k, got[k], v)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("fields %v, want exactly %v", got, want)
+	}
+}
+
+func TestAccessLogFlushesWithoutClose(t *testing.T) {
+	var out syncBuf
+	l := NewAccessLog(&out)
+	defer l.Close()
+	l.Log(&Entry{Time: time.Now(), RequestID: "x", Method: "GET"})
+	deadline := time.Now().Add(2 * time.Second)
+	for !strings.Contains(out.String(), `"request_id":"x"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("line not flushed within 2s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// blockingWriter never returns, like stdout whose reader stopped.
+type blockingWriter struct{ ch chan struct{} }
+
+func (w blockingWriter) Write(p []byte) (int, error) { <-w.ch; return len(p), nil }
+
+func TestAccessLogNeverBlocksOnStuckOutput(t *testing.T) {
+	w := blockingWriter{make(chan struct{})}
+	l := NewAccessLog(w)
+	e := Entry{Time: time.Now(), RequestID: strings.Repeat("r", 100), Method: "GET", Path: strings.Repeat("/p", 100)}
+	start := time.Now()
+	for range 50000 {
+		l.Log(&e)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("50k Log calls took %v with stuck output", d)
+	}
+	if l.Dropped() == 0 {
+		t.Fatal("no line counted as dropped though output was stuck")
+	}
+	close(w.ch)
+	l.Close()
+}
+
+func BenchmarkAccessLog(b *testing.B) {
+	l := NewAccessLog(discard{})
+	defer l.Close()
+	e := Entry{Time: time.Now(), RequestID: "0f8fad5b-d9cb-469f-a165-70867728950e", Service: "tenant", Destination: "geo-service:8000", Method: "GET", Path: "/search", Status: 200, Attempts: 1, Breaker: "closed"}
+	b.ReportAllocs()
+	for b.Loop() {
+		l.Log(&e)
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
