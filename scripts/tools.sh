@@ -15,9 +15,11 @@
 #
 # Adding a tool is one line in tools() below:
 #   go_tool NAME VERSION PACKAGE      go install PACKAGE@VERSION
-#   mod_tool NAME PACKAGE [LDFLAGS]   go build PACKAGE in the tools/ module, for
-#                                     modules that need a replace block; the
-#                                     cache key is PACKAGE's module version there
+#   mod_tool NAME PACKAGE [LDFLAGS]   go build PACKAGE in tools/NAME/ (a module
+#                                     of its own) when that has a go.mod, else
+#                                     in the tools/ module; for modules that
+#                                     need a replace block; the cache key is
+#                                     PACKAGE's module version there
 #   deb_pkg PACKAGE...                apt-get install the missing ones
 set -euo pipefail
 
@@ -27,6 +29,9 @@ TOOLS_DIR="${MINIMESH_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/minimesh/tools}
 tools() {
 	go_tool fortio v1.66.5 fortio.org/fortio # newer versions miss a module
 	go_tool staticcheck v0.8.2 honnef.co/go/tools/cmd/staticcheck
+	# Jaeger v2 (all-in-one: OTLP in, query API out); tools/jaeger/go.mod pins it.
+	mod_tool jaeger github.com/jaegertracing/jaeger/cmd/jaeger \
+		'-X github.com/jaegertracing/jaeger/internal/version.latestVersion=$VERSION'
 	deb_pkg nginx-light haproxy wrk curl iproute2 iptables prometheus etcd-server
 	deb_pkg gcc libc6-dev # cgo, for go test -race
 }
@@ -91,22 +96,28 @@ go_tool() {
 	present "$name" "$dir" "installed: go install $pkg@$version"
 }
 
-# mod_tool NAME PACKAGE [LDFLAGS]: go build PACKAGE in the tools/ module
-# (tools/go.mod pins the version and holds any replace block) as
-# $TOOLS_DIR/NAME-MODULEVERSION/NAME unless it is there already.
+# mod_tool NAME PACKAGE [LDFLAGS]: go build PACKAGE in the module tools/NAME/
+# when it has a go.mod, else in the tools/ module (the go.mod pins the version
+# and holds any replace block), as $TOOLS_DIR/NAME-MODULEVERSION/NAME unless it
+# is there already. '$VERSION' in LDFLAGS stands for that module version.
 mod_tool() {
 	local name=$1 pkg=$2 ldflags=${3:-}
 	wanted "$name" || return 0
+	local mod="$ROOT/tools"
+	[[ -f "$mod/$name/go.mod" ]] && mod="$mod/$name"
 	local version
-	version="$(cd "$ROOT/tools" && go list -f '{{.Module.Version}}' "$pkg")"
+	version="$(cd "$mod" && go list -f '{{.Module.Version}}' "$pkg")"
 	local dir="$TOOLS_DIR/$name-$version"
 	present "$name" "$dir" && return 0
+	ldflags=${ldflags//\$VERSION/$version}
 	newtmp "$name"
 	local tmp=$TMP_DIR
-	(cd "$ROOT/tools" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/$name" "$pkg")
+	local start=$SECONDS
+	say "$name" "building $pkg@$version in ${mod#"$ROOT/"} (once per machine)"
+	(cd "$mod" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/$name" "$pkg")
 	mkdir -p "$dir"
 	mv "$tmp/$name" "$dir/$name"
-	present "$name" "$dir" "installed: go build $pkg (tools/go.mod)"
+	present "$name" "$dir" "installed in $((SECONDS - start))s: go build $pkg (${mod#"$ROOT/"}/go.mod)"
 }
 
 # deb_pkg PACKAGE...: apt-get install the missing ones, without letting their

@@ -1,0 +1,271 @@
+// Package proc runs the long-lived programs of the end-to-end tests (the
+// sidecar, Jaeger, Prometheus, peers). Each one leads its own process group,
+// so that stopping it also stops whatever it forks, and it is killed when
+// the test binary dies (Pdeathsig), so that no run leaves daemons behind.
+package proc
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/e2e/internal/tools"
+)
+
+// Proc is a started program.
+type Proc struct {
+	Name string
+
+	cmd    *exec.Cmd
+	output *TailBuffer
+	done   chan struct{}
+	err    error // set before done is closed
+
+	stopOnce sync.Once
+}
+
+// Options are the optional parts of Start.
+type Options struct {
+	Env []string // nil: the test's environment
+	Dir string   // working directory; empty: the test's
+	// OutputMax bounds the output kept for error messages (default 64 KiB).
+	OutputMax int
+}
+
+// Start starts path with args as the leader of a new process group.
+func Start(name, path string, args []string, opt Options) (*Proc, error) {
+	cmd := exec.Command(path, args...)
+	cmd.Dir = opt.Dir
+	cmd.Env = opt.Env
+	max := opt.OutputMax
+	if max <= 0 {
+		max = 64 << 10
+	}
+	out := &TailBuffer{Max: max}
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &Proc{Name: name, cmd: cmd, output: out, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// StartT is Start for a test: the process is stopped in t.Cleanup, and its
+// last output is logged when the test has failed.
+func StartT(t testing.TB, name, path string, args []string, opt Options) *Proc {
+	t.Helper()
+	p, err := Start(name, path, args, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.Stop()
+		if out := p.Output(); t.Failed() && out != "" {
+			t.Logf("%s's last output:\n%s", name, out)
+		}
+	})
+	return p
+}
+
+// Pid is the process id of the leader, which is also the process group id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Done is closed when the leader has exited.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Output is the last output (stdout and stderr) of the process.
+func (p *Proc) Output() string { return p.output.String() }
+
+// Stop ends the process group: SIGTERM, then SIGKILL to whatever is left
+// after a grace period of 3 s. It returns when the leader has been reaped
+// and the group is gone (or 2 s more have passed). Stop may be called more
+// than once, and after Kill.
+func (p *Proc) Stop() { p.stop(syscall.SIGTERM, 3*time.Second) }
+
+// Kill ends the process group with SIGKILL at once, like a crash.
+func (p *Proc) Kill() { p.stop(syscall.SIGKILL, 0) }
+
+func (p *Proc) stop(sig syscall.Signal, grace time.Duration) {
+	p.stopOnce.Do(func() {
+		pgid := p.Pid()
+		_ = syscall.Kill(-pgid, sig)
+		if grace > 0 {
+			select {
+			case <-p.done:
+			case <-time.After(grace):
+			}
+		}
+		// The leader may be gone while members of its group are not.
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		<-p.done
+		for deadline := time.Now().Add(2 * time.Second); GroupLive("/proc", pgid) > 0 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	<-p.done
+}
+
+// Exited reports, without blocking, whether the process has ended, and how.
+func (p *Proc) Exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// Alive fails when the process has ended, with its last output.
+func (p *Proc) Alive() error {
+	if gone, err := p.Exited(); gone {
+		return fmt.Errorf("%s exited (%v); its last output:\n%s", p.Name, err, p.Output())
+	}
+	return nil
+}
+
+// WaitReady polls check every 50 ms until it succeeds, the process exits
+// or timeout passes; the error then names the last failure.
+func (p *Proc) WaitReady(timeout time.Duration, check func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		if aerr := p.Alive(); aerr != nil {
+			return aerr
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %v: %w; its last output:\n%s", p.Name, timeout, err, p.Output())
+		}
+		select {
+		case <-p.done:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// GroupLive counts the processes of group pgid that have not exited
+// (zombies not counted), reading procRoot (normally /proc).
+func GroupLive(procRoot string, pgid int) int {
+	entries, err := os.ReadDir(procRoot)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(procRoot, e.Name(), "stat"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		state, pgrp, ok := statGroup(b)
+		if ok && pgrp == pgid && state != "Z" && state != "X" {
+			n++
+		}
+	}
+	return n
+}
+
+// statGroup returns the state and process group of a /proc/PID/stat. The
+// command name (field 2) may hold spaces and parentheses, so the fields are
+// counted from its last ')'.
+func statGroup(b []byte) (state string, pgrp int, ok bool) {
+	s := string(b)
+	end := strings.LastIndexByte(s, ')')
+	if end < 0 {
+		return "", 0, false
+	}
+	f := strings.Fields(s[end+1:]) // f[0] is field 3 (state)
+	if len(f) < 3 {
+		return "", 0, false
+	}
+	pgrp, err := strconv.Atoi(f[2])
+	if err != nil {
+		return "", 0, false
+	}
+	return f[0], pgrp, true
+}
+
+// FreeAddr returns a loopback address whose port was free a moment ago.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// FreeAddrs returns n distinct loopback addresses whose ports were free a
+// moment ago: the listeners are held until all n are chosen, so that the
+// kernel does not hand out the same port twice.
+func FreeAddrs(n int) ([]string, error) {
+	addrs := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs, nil
+}
+
+// TailBuffer keeps the last Max bytes written to it.
+type TailBuffer struct {
+	Max int
+
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (t *TailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if over := len(t.buf) - t.Max; t.Max > 0 && over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *TailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(bytes.TrimSpace(t.buf))
+}
+
+// NeedTool returns the path of tool name (see tools.Find). When it is
+// missing the test is skipped, except under CI=true, where a missing tool
+// is a failure: CI runs `make tools` first.
+func NeedTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := tools.Find(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not installed: run make tools (%v)", name, err)
+	}
+	t.Skipf("%s not installed: run make tools (%v)", name, err)
+	return ""
+}

@@ -1,0 +1,291 @@
+package observability
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/proxy/telemetry"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// TestExpressionsEvaluate runs a real Prometheus (Debian's) that scrapes
+// the real sidecar registry, with traffic flowing, and a stand-in for
+// kube-state-metrics, and loads the alert rules. Every dashboard query
+// must then evaluate without error and return data, and every alert
+// expression must match the trouble the traffic makes: parsing alone
+// misses a join that matches nothing or matches many-to-many.
+func TestExpressionsEvaluate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Prometheus for about 20 s")
+	}
+	promBin, err := exec.LookPath("prometheus")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("prometheus not installed: run make tools")
+		}
+		t.Skip("prometheus not installed (make tools installs Debian's prometheus package)")
+	}
+
+	// The sidecar: nominatim fails half the time and its breaker is open,
+	// 2 % of its requests take 2 s; auth is healthy.
+	m := telemetry.New(0)
+	m.WatchBreakers(func() []telemetry.BreakerState {
+		return []telemetry.BreakerState{{Destination: "nominatim-service", State: "open"}, {Destination: "auth-service", State: "closed"}}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		nom, auth := m.Destination("nominatim-service"), m.Destination("auth-service")
+		for i := 0; ; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			nom.Observe("GET", 200, 0.02)
+			nom.Observe("GET", 503, 0.0002)
+			nom.Rejected()
+			nom.Retry("503")
+			auth.Observe("POST", 200, 0.005)
+			if i%25 == 0 {
+				nom.Observe("GET", 200, 2)
+				nom.Transition("open", "half-open")
+				nom.Transition("half-open", "open")
+				m.PolicyReload(i%50 == 0)
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	sidecar := httptest.NewServer(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	t.Cleanup(sidecar.Close)
+
+	// kube-state-metrics: the native sidecar restarts at every scrape.
+	var restarts atomic.Int64
+	ksm := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		n := restarts.Add(1)
+		fmt.Fprintf(w, "# TYPE kube_pod_init_container_status_restarts_total counter\n"+
+			"kube_pod_init_container_status_restarts_total{namespace=\"bakery\",pod=\"tenant-1\",uid=\"u1\",container=\"minimesh-proxy\"} %d\n"+
+			"# TYPE kube_pod_container_status_restarts_total counter\n"+
+			"kube_pod_container_status_restarts_total{namespace=\"bakery\",pod=\"tenant-1\",uid=\"u1\",container=\"tenant\"} 0\n", n)
+	}))
+	t.Cleanup(ksm.Close)
+
+	rules, err := filepath.Abs(alertsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	config := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: [%q]
+scrape_configs:
+  - job_name: minimesh-proxy
+    static_configs:
+      - targets: [%q]
+        labels: {namespace: bakery, pod: tenant-1, service: tenant}
+  - job_name: kube-state-metrics
+    honor_labels: true
+    static_configs:
+      - targets: [%q]
+`, rules, hostPort(t, sidecar.URL), hostPort(t, ksm.URL))
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	var logs bytes.Buffer
+	cmd := exec.Command(promBin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("prometheus log:\n%s", logs.String())
+		}
+	})
+	api := "http://" + addr
+
+	// Wait for 12 scrapes of both targets: enough for the 10s windows below.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		res, err := query(api, `min(count_over_time(up[1m])) >= 12`)
+		if err == nil && len(res) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus did not scrape 12 times in 60s (last: %v)", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	// Grafana's $__rate_interval is 4 scrape intervals; $__range the
+	// window the test has data for.
+	live := map[string]string{"__rate_interval": "10s", "__range": "1m"}
+	files, _ := filepath.Glob(filepath.Join(dashboardsDir, "*.json"))
+	for _, path := range files {
+		d, _ := loadDashboard(t, path)
+		vars := dashboardVars(d)
+		for k, v := range live {
+			vars[k] = v
+		}
+		var exprs []string
+		names := map[string]string{}
+		for _, v := range d.Templating.List {
+			if m := labelValues.FindStringSubmatch(v.queryString()); v.Type == "query" && m != nil {
+				exprs = append(exprs, m[1])
+				names[m[1]] = "variable " + v.Name
+			}
+		}
+		walkPanels(d.Panels, func(p panel) {
+			for _, tg := range p.Targets {
+				exprs = append(exprs, tg.Expr)
+				names[tg.Expr] = fmt.Sprintf("panel %d %q query %s", p.ID, p.Title, tg.RefID)
+			}
+		})
+		for _, raw := range exprs {
+			expr, err := substitute(raw, vars)
+			if err != nil {
+				t.Errorf("%s %s: %v", filepath.Base(path), names[raw], err)
+				continue
+			}
+			res, err := query(api, expr)
+			switch {
+			case err != nil:
+				t.Errorf("%s %s: %v\n%s", filepath.Base(path), names[raw], err, expr)
+			case len(res) == 0:
+				t.Errorf("%s %s: no data\n%s", filepath.Base(path), names[raw], expr)
+			}
+		}
+	}
+
+	// Each alert's condition holds for the traffic above.
+	var rf ruleFile
+	decodeStrict(t, alertsFile, &rf)
+	for _, g := range rf.Groups {
+		for _, r := range g.Rules {
+			res, err := query(api, r.Expr)
+			switch {
+			case err != nil:
+				t.Errorf("alert %s: %v", r.Alert, err)
+			case len(res) == 0:
+				t.Errorf("alert %s: expression matches nothing, though the traffic should trigger it", r.Alert)
+			default:
+				t.Logf("alert %s: %d series, e.g. %s", r.Alert, len(res), res[0])
+			}
+		}
+	}
+
+	// And Prometheus itself evaluated the loaded rules without error.
+	var rulesResp struct {
+		Data struct {
+			Groups []struct {
+				Rules []struct {
+					Name, Health, LastError string
+				} `json:"rules"`
+			} `json:"groups"`
+		} `json:"data"`
+	}
+	if err := getJSON(api+"/api/v1/rules", &rulesResp); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, g := range rulesResp.Data.Groups {
+		for _, r := range g.Rules {
+			n++
+			if r.Health != "ok" {
+				t.Errorf("rule %s: health %q, last error %q", r.Name, r.Health, r.LastError)
+			}
+		}
+	}
+	if n != len(wantAlerts) {
+		t.Errorf("prometheus loaded %d rules, want %d", n, len(wantAlerts))
+	}
+}
+
+// query runs an instant query and returns the result's series (or the
+// scalar) as JSON strings.
+func query(api, expr string) ([]string, error) {
+	var resp struct {
+		Status    string `json:"status"`
+		Error     string `json:"error"`
+		ErrorType string `json:"errorType"`
+		Data      struct {
+			ResultType string            `json:"resultType"`
+			Result     []json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := getJSON(api+"/api/v1/query?query="+url.QueryEscape(expr), &resp); err != nil {
+		return nil, err
+	}
+	if resp.Status != "success" {
+		return nil, fmt.Errorf("%s: %s", resp.ErrorType, resp.Error)
+	}
+	var out []string
+	for _, r := range resp.Data.Result {
+		out = append(out, string(r))
+	}
+	return out, nil
+}
+
+func getJSON(u string, v any) error {
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(u)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("%s: %d %s: %w", u, resp.StatusCode, body, err)
+	}
+	return nil
+}
+
+func hostPort(t *testing.T, rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Host
+}
+
+// freeAddr returns a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
