@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"sync/atomic"
 
@@ -41,6 +42,10 @@ func New(reg *prometheus.Registry, breakers Breakers, config func() any) *Server
 	s.mux.HandleFunc("GET /debug/breakers", loopbackOnly(s.serveBreakers))
 	s.mux.HandleFunc("POST /debug/breakers/reset", loopbackOnly(s.serveReset))
 	s.mux.HandleFunc("GET /debug/config", loopbackOnly(s.serveConfig))
+	// Go's profiler, for "why is the sidecar using CPU": loopback only.
+	s.mux.HandleFunc("GET /debug/pprof/", loopbackOnly(pprof.Index))
+	s.mux.HandleFunc("GET /debug/pprof/profile", loopbackOnly(pprof.Profile))
+	s.mux.HandleFunc("GET /debug/pprof/trace", loopbackOnly(pprof.Trace))
 	return s
 }
 
