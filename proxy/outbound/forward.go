@@ -100,7 +100,10 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		// With retries, each try is a span of its own under the request's,
 		// and the upstream's server span hangs under the try it served.
 		if r := dst.policy.Spec.Retries; r != nil && r.Attempts > 0 {
-			ctx, span = tr.Start(ctx, req.Method, attribute.Int("http.request.resend_count", st.attempts-1))
+			ctx, span = tr.Start(ctx, req.Method)
+			if span.IsRecording() && st.attempts > 1 {
+				span.SetAttributes(attribute.Int("http.request.resend_count", st.attempts-1))
+			}
 		}
 		tr.Inject(ctx, out.Header)
 	}

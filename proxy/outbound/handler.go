@@ -202,7 +202,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := context.WithValue(r.Context(), stateKey{}, st)
 	if tr := h.cfg.Tracing; tr != nil {
 		ctx = tr.Extract(ctx, r.Header)
-		ctx, st.span = tr.Start(ctx, r.Method, h.spanAttrs(r, st)...)
+		ctx, st.span = tr.Start(ctx, r.Method)
+		if st.span.IsRecording() { // attributes cost allocations: only for sampled spans
+			st.span.SetAttributes(h.spanAttrs(r, st)...)
+		}
 		st.sc = st.span.SpanContext()
 	}
 	defer h.finish(r, st)

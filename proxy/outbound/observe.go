@@ -69,6 +69,10 @@ func spanMethod(m string) string {
 // endSpan ends a request or try span with its outcome: a 5xx or the
 // sidecar's own answer is an error; errKind names it.
 func endSpan(s trace.Span, code int, errKind, breakerState string) {
+	if !s.IsRecording() {
+		s.End()
+		return
+	}
 	attrs := make([]attribute.KeyValue, 0, 3)
 	if code > 0 && code != statusClientClosed {
 		attrs = append(attrs, attribute.Int("http.response.status_code", code))

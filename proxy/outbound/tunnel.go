@@ -33,7 +33,10 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	ctx := r.Context()
 	if tr := h.cfg.Tracing; tr != nil {
 		ctx = tr.Extract(ctx, r.Header)
-		ctx, st.span = tr.Start(ctx, http.MethodConnect, h.spanAttrs(r, st)...)
+		ctx, st.span = tr.Start(ctx, http.MethodConnect)
+		if st.span.IsRecording() {
+			st.span.SetAttributes(h.spanAttrs(r, st)...)
+		}
 		st.sc = st.span.SpanContext()
 	}
 	if t := dst.policy.Spec.Timeout; t > 0 {
