@@ -36,6 +36,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minimesh/minimesh/e2e/internal/jaeger"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
@@ -49,6 +50,8 @@ type options struct {
 	out         string
 	scenarios   string
 	extraArgs   string
+	variants    variantFlag
+	jaeger      bool
 	sidecarEnv  string
 	policyFile  string
 	sidecar     string
@@ -70,6 +73,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.out, "out", filepath.Join("e2e", "bench", "results", "latest.md"), "file to write the Markdown report to (empty: stdout only)")
 	fs.StringVar(&o.scenarios, "scenarios", strings.Join(allKeys, ","), "scenarios to run, from "+strings.Join(allKeys, ",")+" (direct always runs)")
 	fs.StringVar(&o.extraArgs, "extra-args", "", "more arguments for `minimesh-proxy run`, split on spaces (e.g. tracing flags)")
+	fs.Var(&o.variants, "variant", "NAME=ARGS: one more sidecar, measured side by side with the others, with these extra arguments (leading VAR=value words are its environment); $OTLP in ARGS is the -jaeger collector (repeatable)")
+	fs.BoolVar(&o.jaeger, "jaeger", false, "start Jaeger (memory store, loopback) as the trace collector for the variants' $OTLP")
 	fs.StringVar(&o.sidecarEnv, "sidecar-env", "", "environment for the sidecar, space-separated K=V (e.g. GOMAXPROCS=1)")
 	fs.StringVar(&o.policyFile, "policy", "", "policy file for the sidecar (default: a generated policy for the upstream with timeout, retries and circuit breaker)")
 	fs.StringVar(&o.sidecar, "sidecar", "", "minimesh-proxy binary (default: $MINIMESH_BIN_DIR/minimesh-proxy or bin/minimesh-proxy)")
@@ -199,6 +204,24 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 		if err := checkSidecar(ctx, t, upstream); err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	var otlp string
+	if o.jaeger {
+		j, err := jaeger.Start(jaeger.Options{MaxTraces: 20000})
+		if err != nil {
+			return fmt.Errorf("jaeger: %w", err)
+		}
+		defer j.Stop()
+		otlp = j.OTLPAddr
+		logf("jaeger: OTLP on %s", otlp)
+	}
+	for _, v := range o.variants {
+		args := strings.ReplaceAll(v.args, "$OTLP", otlp)
+		t, err := startSidecarVariant(ctx, ps, sidecarBin, dir, upstream, o, v.name, args)
+		if err != nil {
 			return err
 		}
 		targets = append(targets, t)
@@ -390,5 +413,21 @@ func checkSidecar(ctx context.Context, t *target, upstream string) error {
 	if resp.Header.Get("X-Request-ID") == "" {
 		logf("warning: the sidecar's response has no X-Request-ID header")
 	}
+	return nil
+}
+
+// variant is one more sidecar with extra arguments, e.g. tracing on.
+type variant struct{ name, args string }
+
+type variantFlag []variant
+
+func (v *variantFlag) String() string { return "" }
+
+func (v *variantFlag) Set(s string) error {
+	name, args, ok := strings.Cut(s, "=")
+	if !ok || name == "" {
+		return fmt.Errorf("want NAME=ARGS, got %q", s)
+	}
+	*v = append(*v, variant{name, args})
 	return nil
 }

@@ -80,6 +80,12 @@ func startUpstream(ctx context.Context, ps *procs, fortio, dir string, bodySize 
 // startSidecar starts bin/minimesh-proxy with a policy for the upstream
 // and waits for its /ready.
 func startSidecar(ctx context.Context, ps *procs, bin, dir, upstream string, o *options) (*target, error) {
+	return startSidecarVariant(ctx, ps, bin, dir, upstream, o, "", "")
+}
+
+// startSidecarVariant starts a sidecar with more arguments; name "" is
+// the main one.
+func startSidecarVariant(ctx context.Context, ps *procs, bin, dir, upstream string, o *options, name, more string) (*target, error) {
 	out, err := freePort()
 	if err != nil {
 		return nil, err
@@ -88,7 +94,7 @@ func startSidecar(ctx context.Context, ps *procs, bin, dir, upstream string, o *
 	if err != nil {
 		return nil, err
 	}
-	policyDir := filepath.Join(dir, "policies")
+	policyDir := filepath.Join(dir, "policies"+name)
 	if err := os.MkdirAll(policyDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -108,18 +114,33 @@ func startSidecar(ctx context.Context, ps *procs, bin, dir, upstream string, o *
 		"--log-level", "error",
 	}
 	args = append(args, strings.Fields(o.extraArgs)...)
-	p, err := ps.start("minimesh-proxy", bin, args, cleanEnv(strings.Fields(o.sidecarEnv)...), dir)
+	argc := len(args)
+	env := strings.Fields(o.sidecarEnv)
+	for _, f := range strings.Fields(more) {
+		// Leading NAME=value words are the variant's environment,
+		// e.g. GOMAXPROCS=1 for a sidecar with a CPU limit of one core.
+		if k, _, ok := strings.Cut(f, "="); ok && !strings.HasPrefix(f, "-") && strings.ToUpper(k) == k && len(args) == argc {
+			env = append(env, f)
+			continue
+		}
+		args = append(args, f)
+	}
+	p, err := ps.start("minimesh-proxy", bin, args, cleanEnv(env...), dir)
 	if err != nil {
 		return nil, err
 	}
 	if err := waitOK(ctx, p, "http://"+admin+"/ready", "", 15*time.Second); err != nil {
 		return nil, err
 	}
-	t := &target{key: keyMinimesh, name: "minimesh-proxy", addr: out, proc: p, admin: admin,
+	key, tname := keyMinimesh, "minimesh-proxy"
+	if name != "" {
+		key, tname = keyMinimesh+":"+name, "minimesh-proxy ("+name+")"
+	}
+	t := &target{key: key, name: tname, addr: out, proc: p, admin: admin,
 		version: binaryVersion(bin),
 		config:  "`minimesh-proxy " + strings.Join(args, " ") + "`"}
-	if o.sidecarEnv != "" {
-		t.config += " with `" + o.sidecarEnv + "`"
+	if len(env) > 0 {
+		t.config += " with `" + strings.Join(env, " ") + "`"
 	}
 	if o.policyFile != "" {
 		t.config += ", policy " + o.policyFile
