@@ -41,6 +41,9 @@ type Config struct {
 	// destination wait for reuse. Go's default of 2 would make a busy app
 	// open and close connections at its request rate.
 	MaxIdleConnsPerHost int
+	// StdTransport sends every request through http.Transport instead of
+	// the fast path for bodiless GET, HEAD and OPTIONS requests.
+	StdTransport bool
 	// MaxRequestBody bounds request bodies (0: no bound).
 	MaxRequestBody int64
 	// ServiceName names the app in access logs.
@@ -92,9 +95,13 @@ func New(cfg Config, table *policy.Table) *Handler {
 		MaxResponseHeaderBytes: MaxHeaderBytes,
 		ExpectContinueTimeout:  time.Second,
 	}
+	var upstream http.RoundTripper = tr
+	if !cfg.StdTransport {
+		upstream = newFastTransport(h.dialer.DialContext, tr, cfg.MaxIdleConnsPerHost)
+	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
-		Transport:      &forwarder{t: tr, tracing: cfg.Tracing},
+		Transport:      &forwarder{t: upstream, tracing: cfg.Tracing},
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
 		ModifyResponse: modifyResponse,

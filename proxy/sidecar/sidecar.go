@@ -32,6 +32,7 @@ type Config struct {
 	ConnectTimeout time.Duration
 	DrainTimeout   time.Duration
 	MaxRequestBody int64
+	StdTransport   bool
 	PodName        string
 	// OTLPEndpoint is the trace collector (host:port, OTLP/gRPC); empty
 	// turns tracing off.
@@ -110,6 +111,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 		Resolve:        cfg.Resolve,
 		ConnectTimeout: cfg.ConnectTimeout,
 		MaxRequestBody: cfg.MaxRequestBody,
+		StdTransport:   cfg.StdTransport,
 		ServiceName:    cfg.ServiceName,
 		Metrics:        s.metrics,
 		Tracing:        tracing,

@@ -71,6 +71,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC trace collector HOST:PORT, e.g. jaeger-collector.observability:4317 (empty: no tracing)")
 	fs.Float64Var(&cfg.TraceSampleRatio, "trace-sample-ratio", 1, "share of new traces to record, 0 to 1; requests that arrive with a trace follow its decision")
 	fs.StringVar(&accessLog, "access-log", "stdout", "where the JSON access log goes: stdout or off")
+	fs.BoolVar(&cfg.StdTransport, "std-transport", false, "send every request through Go's http.Transport, not the fast path for bodiless GET/HEAD/OPTIONS (a switch for comparison and as a way out)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")

@@ -1,0 +1,230 @@
+package outbound
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// fastTransport sends bodiless GET, HEAD and OPTIONS requests (most of a
+// service's calls) on the calling goroutine: it writes the request and
+// reads the response itself, where http.Transport hands each request to a
+// write-loop goroutine and the response back from a read-loop goroutine.
+// Those hand-offs are thread wake-ups, and at a steady request rate they
+// were most of the sidecar's CPU (docs/benchmarks.md). Everything else
+// (bodies, upgrades, other methods) goes to http.Transport.
+type fastTransport struct {
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	fallback http.RoundTripper
+	maxIdle  int
+
+	mu   sync.Mutex
+	idle map[string][]*fconn // by authority, most recently used last
+}
+
+// fconn is one upstream connection with its buffers.
+type fconn struct {
+	net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	key  string
+	read int64 // bytes read from the connection, to tell a dead reused one
+	used time.Time
+	// limit bounds the bytes read for a response head (0: no bound):
+	// http.ReadResponse itself sets none.
+	limit int64
+}
+
+var errHeadTooLarge = errors.New("upstream response headers larger than 64 KiB")
+
+func (c *fconn) Read(p []byte) (int, error) {
+	if c.limit > 0 && c.read >= c.limit {
+		return 0, errHeadTooLarge
+	}
+	n, err := c.Conn.Read(p)
+	c.read += int64(n)
+	return n, err
+}
+
+// idleTimeout drops kept connections unused this long: servers close
+// theirs after about a minute, and a dead one costs a retry.
+const idleTimeout = 50 * time.Second
+
+func newFastTransport(dial func(context.Context, string, string) (net.Conn, error), fallback http.RoundTripper, maxIdle int) *fastTransport {
+	return &fastTransport{dial: dial, fallback: fallback, maxIdle: maxIdle, idle: map[string][]*fconn{}}
+}
+
+func eligible(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+	default:
+		return false
+	}
+	return (req.Body == nil || req.Body == http.NoBody) && req.URL.Scheme == "http" &&
+		req.Header.Get("Upgrade") == "" && req.ProtoAtLeast(1, 0)
+}
+
+func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !eligible(req) {
+		return t.fallback.RoundTrip(req)
+	}
+	key := req.URL.Host
+	ctx := req.Context()
+	// A kept connection the server has closed fails before a byte of the
+	// response; the request is idempotent and bodiless, so it goes again
+	// once on a new connection.
+	for {
+		c, reused, err := t.get(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := t.send(ctx, c, req)
+		if err == nil {
+			return resp, nil
+		}
+		if reused && errors.Is(err, errStale) && ctx.Err() == nil {
+			continue
+		}
+		return nil, err
+	}
+}
+
+var errStale = errors.New("kept connection closed by the upstream")
+
+// send writes req on c and reads the response head.
+func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (*http.Response, error) {
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	before := c.read
+	if err := req.Write(c.bw); err == nil {
+		err = c.bw.Flush()
+		if err != nil {
+			stop()
+			c.Close()
+			return nil, staleOr(err, c.read == before)
+		}
+	} else {
+		stop()
+		c.Close()
+		return nil, err
+	}
+	c.limit = c.read + MaxHeaderBytes + int64(c.br.Size())
+	resp, err := http.ReadResponse(c.br, req)
+	c.limit = 0
+	if err != nil {
+		stop()
+		c.Close()
+		return nil, staleOr(err, c.read == before)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols || resp.StatusCode < 200 {
+		// Not for this path: a 1xx or a protocol switch nobody asked for.
+		stop()
+		c.Close()
+		resp.Body.Close()
+		return nil, errors.New("unexpected " + resp.Status + " from upstream")
+	}
+	reusable := !resp.Close && resp.ProtoAtLeast(1, 1)
+	if resp.Body == http.NoBody || resp.ContentLength == 0 {
+		t.release(c, stop, reusable)
+		if resp.Body != http.NoBody {
+			resp.Body.Close()
+			resp.Body = http.NoBody
+		}
+		return resp, nil
+	}
+	resp.Body = &fastBody{ReadCloser: resp.Body, t: t, c: c, stop: stop, reusable: reusable}
+	return resp, nil
+}
+
+// staleOr marks an error on a connection that answered nothing.
+func staleOr(err error, nothingRead bool) error {
+	if nothingRead && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err)) {
+		return errStale
+	}
+	return err
+}
+
+func isConnReset(err error) bool {
+	var ne *net.OpError
+	return errors.As(err, &ne) && !ne.Timeout()
+}
+
+// release ends a request on c: kept for the next one if the response
+// was read whole, the server allows it and no deadline was set on it.
+func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
+	if !stop() || !reusable || c.br.Buffered() > 0 {
+		c.Close()
+		return
+	}
+	c.used = time.Now()
+	t.mu.Lock()
+	list := t.idle[c.key]
+	if len(list) >= t.maxIdle {
+		t.mu.Unlock()
+		c.Close()
+		return
+	}
+	t.idle[c.key] = append(list, c)
+	t.mu.Unlock()
+}
+
+// get takes a kept connection to key, or dials a new one.
+func (t *fastTransport) get(ctx context.Context, key string) (*fconn, bool, error) {
+	now := time.Now()
+	t.mu.Lock()
+	for list := t.idle[key]; len(list) > 0; list = t.idle[key] {
+		c := list[len(list)-1]
+		list[len(list)-1] = nil
+		t.idle[key] = list[:len(list)-1]
+		if now.Sub(c.used) < idleTimeout {
+			t.mu.Unlock()
+			return c, true, nil
+		}
+		c.Close()
+	}
+	t.mu.Unlock()
+	nc, err := t.dial(ctx, "tcp", key)
+	if err != nil {
+		return nil, false, err
+	}
+	c := &fconn{Conn: nc, key: key}
+	c.br = bufio.NewReaderSize(c, 4<<10)
+	c.bw = bufio.NewWriterSize(nc, 4<<10)
+	return c, false, nil
+}
+
+// fastBody hands the connection back when the response body has been
+// read to its end, and closes it when the body is abandoned midway.
+type fastBody struct {
+	io.ReadCloser
+	t        *fastTransport
+	c        *fconn
+	stop     func() bool
+	reusable bool
+	done     bool
+}
+
+func (b *fastBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.done = true
+		b.t.release(b.c, b.stop, b.reusable)
+	}
+	return n, err
+}
+
+func (b *fastBody) Close() error {
+	if !b.done {
+		b.done = true
+		b.stop()
+		b.c.Close()
+	}
+	return nil
+}

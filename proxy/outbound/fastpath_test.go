@@ -1,0 +1,156 @@
+package outbound
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// rawServer answers each connection with handle, on loopback.
+func rawServer(t *testing.T, handle func(c net.Conn, n int)) (string, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := int(conns.Add(1))
+			go handle(c, n)
+		}
+	}()
+	return ln.Addr().String(), &conns
+}
+
+func fastGet(t *testing.T, ft *fastTransport, addr, method string) (*http.Response, string, error) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(context.Background(), method, "http://"+addr+"/", nil)
+	resp, err := ft.RoundTrip(req)
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(b), err
+}
+
+func newTestFast() *fastTransport {
+	d := newDialer(time.Second, nil)
+	return newFastTransport(d.DialContext, http.DefaultTransport, 4)
+}
+
+// The first connection answers one request and then closes, as a server
+// whose idle timeout ran out does: the next request must go on a new
+// connection without the app seeing an error.
+func TestFastPathRetriesStaleConnection(t *testing.T) {
+	addr, conns := rawServer(t, func(c net.Conn, n int) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			_ = req
+			if n == 1 {
+				return // close after the first answer, without saying so
+			}
+		}
+	})
+	ft := newTestFast()
+	for i := range 3 {
+		if i == 1 {
+			time.Sleep(50 * time.Millisecond) // let the close arrive
+		}
+		resp, body, err := fastGet(t, ft, addr, http.MethodGet)
+		if err != nil || resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("request %d: %v %v %q", i+1, resp, err, body)
+		}
+	}
+	if got := conns.Load(); got != 2 {
+		t.Fatalf("connections = %d, want 2 (one closed by the server, one kept)", got)
+	}
+}
+
+func TestFastPathKeepsConnectionsAndHEAD(t *testing.T) {
+	addr, conns := rawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.Method == http.MethodHead {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+				continue
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+		}
+	})
+	ft := newTestFast()
+	for i := range 20 {
+		m := http.MethodGet
+		if i%2 == 1 {
+			m = http.MethodHead
+		}
+		resp, body, err := fastGet(t, ft, addr, m)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s %d: %v %v", m, i, resp, err)
+		}
+		if want := map[string]string{http.MethodGet: "hello", http.MethodHead: ""}[m]; body != want {
+			t.Fatalf("%s body %q, want %q", m, body, want)
+		}
+	}
+	if got := conns.Load(); got != 1 {
+		t.Fatalf("20 sequential requests used %d connections, want 1", got)
+	}
+}
+
+func TestFastPathBoundsResponseHead(t *testing.T) {
+	addr, _ := rawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		_, _ = http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: "+strings.Repeat("a", 200<<10)+"\r\n\r\n")
+	})
+	if _, _, err := fastGet(t, newTestFast(), addr, http.MethodGet); err == nil {
+		t.Fatal("a 200 KiB response head was accepted")
+	}
+}
+
+func TestFastPathLeavesOthersToTransport(t *testing.T) {
+	for _, tc := range []struct {
+		method string
+		body   io.Reader
+		hdr    string
+		want   bool
+	}{
+		{http.MethodGet, nil, "", true},
+		{http.MethodHead, nil, "", true},
+		{http.MethodOptions, nil, "", true},
+		{http.MethodPost, nil, "", false},
+		{http.MethodGet, strings.NewReader("x"), "", false},
+		{http.MethodGet, nil, "websocket", false},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://geo:80/", tc.body)
+		if tc.hdr != "" {
+			req.Header.Set("Upgrade", tc.hdr)
+		}
+		if got := eligible(req); got != tc.want {
+			t.Errorf("%s body=%v upgrade=%q: eligible %v, want %v", tc.method, tc.body != nil, tc.hdr, got, tc.want)
+		}
+	}
+}
