@@ -64,8 +64,8 @@ type Retries struct {
 	Budget        Budget        `json:"budget"`
 }
 
-// Backoff is exponential with full jitter: try n waits a random time in
-// [0, min(Max, Base·2ⁿ)).
+// Backoff is exponential with full jitter: retry n (1 for the first)
+// waits a random time in (0, min(Max, Base·2ⁿ⁻¹)].
 type Backoff struct {
 	Base time.Duration `json:"base"`
 	Max  time.Duration `json:"max"`

@@ -52,7 +52,7 @@ type destinations struct {
 
 	mu       sync.Mutex
 	table    *policy.Table
-	services map[string]*service // by canonical name
+	services map[string]*service // by serviceKey
 	overflow bool                // warned about the cap
 	onWarn   func(msg string, args ...any)
 }
@@ -80,10 +80,11 @@ func (d *destinations) add(authority string) *destination {
 	if dst, ok := old[authority]; ok {
 		return dst
 	}
+	pol := d.table.Lookup(authority)
 	name := canonical(authority, d.namespace)
-	svc := d.services[name]
+	svc := d.services[serviceKey(name, pol)]
 	if svc == nil {
-		svc = d.newService(d.services, name, d.table.Lookup(authority))
+		svc = d.newService(d.services, name, pol)
 	}
 	dst := &destination{name: svc.name, policy: svc.policy, breaker: svc.breaker, budget: svc.budget, metrics: svc.metrics}
 	if len(old) < 4*maxServices {
@@ -105,17 +106,28 @@ func (d *destinations) newService(services map[string]*service, name string, pol
 		svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
 	}
 	if len(services) >= maxServices {
+		// Past the cap, new destinations share one service: no breaker,
+		// one retry budget, so retries stay bounded however many hosts an
+		// app calls.
+		if o := services[overflowName]; o != nil {
+			return o
+		}
 		if !d.overflow {
 			d.overflow = true
 			d.onWarn("too many destinations; new ones get no circuit breaker", "limit", maxServices, "destination", name)
 		}
+		svc.name, svc.metrics = overflowName, d.metrics.Destination(telemetry.Other)
+		if svc.budget == nil {
+			svc.budget = retry.NewBudget(policy.DefaultBudgetRatio, policy.DefaultBudgetMinPerSecond)
+		}
+		services[overflowName] = svc
 		return svc
 	}
 	m := svc.metrics
 	svc.breaker = breaker.New(name, pol.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
 		m.Transition(from.String(), to.String())
 	})
-	services[name] = svc
+	services[serviceKey(name, pol)] = svc
 	return svc
 }
 
@@ -130,11 +142,12 @@ func (d *destinations) setTable(t *policy.Table) {
 	services := make(map[string]*service, len(d.services))
 	next := make(map[string]*destination, len(old))
 	for authority := range old {
+		pol := t.Lookup(authority)
 		name := canonical(authority, d.namespace)
-		svc := services[name]
+		key := serviceKey(name, pol)
+		svc := services[key]
 		if svc == nil {
-			pol := t.Lookup(authority)
-			prev := d.services[name]
+			prev := d.services[key]
 			if prev != nil && reflect.DeepEqual(prev.policy.Spec.CircuitBreaker, pol.Spec.CircuitBreaker) {
 				svc = &service{name: name, policy: pol, breaker: prev.breaker, metrics: prev.metrics}
 				if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
@@ -143,7 +156,7 @@ func (d *destinations) setTable(t *policy.Table) {
 						svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
 					}
 				}
-				services[name] = svc
+				services[key] = svc
 			} else {
 				svc = d.newService(services, name, pol)
 			}
@@ -157,23 +170,29 @@ func (d *destinations) setTable(t *policy.Table) {
 // reset closes a destination's breaker by replacing it with a new one.
 func (d *destinations) reset(name string) bool {
 	d.mu.Lock()
-	svc := d.services[name]
-	if svc == nil {
-		d.mu.Unlock()
+	defer d.mu.Unlock()
+	replaced := map[*breaker.Breaker]*breaker.Breaker{}
+	for _, svc := range d.services {
+		if svc.name != name || svc.breaker == nil {
+			continue
+		}
+		m := svc.metrics
+		fresh := breaker.New(name, svc.policy.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
+			m.Transition(from.String(), to.String())
+		})
+		if st := svc.breaker.State(); st != breaker.Closed {
+			m.Transition(st.String(), breaker.Closed.String())
+		}
+		replaced[svc.breaker] = fresh
+		svc.breaker = fresh
+	}
+	if len(replaced) == 0 {
 		return false
 	}
-	m := svc.metrics
-	fresh := breaker.New(name, svc.policy.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
-		m.Transition(from.String(), to.String())
-	})
-	if st := svc.breaker.State(); st != breaker.Closed {
-		m.Transition(st.String(), breaker.Closed.String())
-	}
-	svc.breaker = fresh
 	old := *d.byAuthority.Load()
 	next := make(map[string]*destination, len(old))
 	for k, v := range old {
-		if v.name == name {
+		if fresh, ok := replaced[v.breaker]; ok {
 			c := *v
 			c.breaker = fresh
 			v = &c
@@ -181,7 +200,6 @@ func (d *destinations) reset(name string) bool {
 		next[k] = v
 	}
 	d.byAuthority.Store(&next)
-	d.mu.Unlock()
 	return true
 }
 
@@ -220,6 +238,17 @@ func policyName(p *policy.ResiliencePolicy) string {
 		return p.Metadata.Name
 	}
 	return p.Spec.Service
+}
+
+// overflowName is the service of destinations past maxServices.
+const overflowName = "other"
+
+// serviceKey identifies a service: its canonical name and the name of
+// its policy. Two spellings of one service with a policy each (say
+// auth-service and auth-service.ns.svc.cluster.local) keep a breaker each,
+// so the policy in force never depends on which spelling was called first.
+func serviceKey(name string, pol *policy.ResiliencePolicy) string {
+	return name + "\x00" + policyName(pol) + "\x00" + pol.Spec.Service
 }
 
 // canonical names a service the way a person reads it: lowercase, no

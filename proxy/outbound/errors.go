@@ -43,6 +43,14 @@ type upstreamError struct {
 func (e *upstreamError) Error() string { return e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
+// clientError is a request the app itself got wrong, such as a body
+// over the limit or one that could not be read: never the upstream's
+// failure.
+type clientError struct{ err error }
+
+func (e *clientError) Error() string { return e.err.Error() }
+func (e *clientError) Unwrap() error { return e.err }
+
 // dialError marks an error from making the connection: the request was
 // never sent, so any method may be retried.
 type dialError struct{ err error }
@@ -114,6 +122,9 @@ func errorResponse(err error, dest string) (code int, kind string, b errorBody) 
 	case errors.As(err, &mb):
 		b.Message = "request body larger than " + strconv.FormatInt(mb.Limit, 10) + " bytes"
 		return http.StatusRequestEntityTooLarge, wellknown.ErrorBadRequest, b
+	case errors.As(err, new(*clientError)):
+		b.Message = "cannot read the request: " + err.Error()
+		return http.StatusBadRequest, wellknown.ErrorBadRequest, b
 	case errors.As(err, &ue):
 		switch ue.class {
 		case policy.ClassTimeout:

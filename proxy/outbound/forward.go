@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"time"
@@ -34,7 +35,11 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	if r != nil && hasBody(req) {
 		rp, err := newReplay(req.Body, req.ContentLength)
 		if err != nil {
-			return nil, &upstreamError{class: policy.ClassReset, err: err}
+			// The app's body could not be read: the app's fault, or gone.
+			if req.Context().Err() != nil {
+				return nil, errClientGone
+			}
+			return nil, &clientError{err}
 		}
 		st.replay = rp
 	}
@@ -43,6 +48,9 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp, class, err := f.try(req, st)
 		if err == errClientGone || err == nil && class == 0 {
 			return resp, err
+		}
+		if _, bad := err.(*clientError); bad {
+			return nil, err
 		}
 		if _, open := err.(*circuitOpenError); open {
 			return nil, err
@@ -127,6 +135,15 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	if err != nil {
 		if cancel != nil {
 			cancel(nil)
+		}
+		if errors.As(err, new(*http.MaxBytesError)) {
+			// The app's body was too large: nothing to hold against the
+			// upstream, and nothing to retry.
+			report(done, breaker.ErrIgnored)
+			if span != nil {
+				endSpan(span, http.StatusRequestEntityTooLarge, wellknown.ErrorBadRequest, "")
+			}
+			return nil, 0, &clientError{err}
 		}
 		class, gone := classify(err, ctx, req.Context())
 		if gone {

@@ -171,12 +171,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	authority, err := target(r)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: err.Error()})
-		return
+	if err == nil && isSelf(r, authority) {
+		err = errors.New("request addressed to the sidecar's own listener " + authority + ": send it to the destination through the proxy instead")
+		defer func() { h.log.Warn("request loop refused", "authority", authority) }()
 	}
-	if isSelf(r, authority) {
-		writeError(w, http.StatusLoopDetected, wellknown.ErrorBadRequest, errorBody{Message: "request addressed to the sidecar's own listener " + authority + ": send it to the destination through the proxy instead"})
+	if err != nil {
+		// Refused before a destination is known: no metric labels to give
+		// it, but the app still gets an ID to quote.
+		id := r.Header.Get(wellknown.HeaderRequestID)
+		if !requestid.Valid(id) {
+			id = requestid.New()
+		}
+		code := http.StatusBadRequest
+		if authority != "" {
+			code = http.StatusLoopDetected
+		}
+		w.Header().Set(wellknown.HeaderRequestID, id)
+		writeError(w, code, wellknown.ErrorBadRequest, errorBody{Message: err.Error(), RequestID: id})
 		return
 	}
 	dst := h.dests.get(authority)
@@ -376,10 +387,19 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 // allocating one per request.
 type bufferPool struct{}
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+const copyBufSize = 32 << 10
 
-func (bufferPool) Get() []byte  { return *copyBufs.Get().(*[]byte) }
-func (bufferPool) Put(b []byte) { copyBufs.Put(&b) }
+// The pool holds array pointers: putting a slice back would allocate its
+// header, an array pointer converts back from the slice for free.
+var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
+
+func (bufferPool) Get() []byte { return copyBufs.Get().(*[copyBufSize]byte)[:] }
+
+func (bufferPool) Put(b []byte) {
+	if len(b) == copyBufSize {
+		copyBufs.Put((*[copyBufSize]byte)(b))
+	}
+}
 
 var statusTexts = func() (t [600]string) {
 	for i := range t {

@@ -21,7 +21,9 @@ import (
 func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start time.Time) {
 	authority := r.Host
 	if _, _, err := net.SplitHostPort(authority); err != nil {
-		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: "CONNECT needs host:port, got " + authority})
+		id := requestid.New()
+		w.Header().Set(wellknown.HeaderRequestID, id)
+		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: "CONNECT needs host:port, got " + authority, RequestID: id})
 		return
 	}
 	dst := h.dests.get(authority)

@@ -3,6 +3,7 @@
 package retry
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -15,16 +16,20 @@ const window = 10
 // most (1+ratio)× its normal load instead of (1+attempts)×. It is
 // lock-free: requests only touch atomics.
 type Budget struct {
-	ratio  float64
-	floor  int64 // retries always allowed per window
+	ratio float64
+	floor int64 // retries always allowed per window
+	// mu serialises withdrawals (the retry path only), so that concurrent
+	// retries cannot both take the last one; requests stay lock-free.
+	mu     sync.Mutex
 	bucket [window]bucket
 	now    func() int64 // unix seconds; a field so tests can move time
 }
 
 type bucket struct {
-	sec     atomic.Int64
-	reqs    atomic.Int64
-	retries atomic.Int64
+	reqSec   atomic.Int64
+	reqs     atomic.Int64
+	retrySec int64 // retries' second and count change under mu only
+	retries  int64
 }
 
 // NewBudget returns a budget of ratio×requests + minPerSecond retries per
@@ -35,35 +40,41 @@ func NewBudget(ratio float64, minPerSecond int) *Budget {
 
 func unixNow() int64 { return time.Now().Unix() }
 
-func (b *Budget) current() *bucket {
+// Request records one original request. It is lock-free: requests
+// counted at the very moment their bucket rolls over to a new second may
+// be lost, which only makes the budget a little stricter.
+func (b *Budget) Request() {
 	s := b.now()
 	bk := &b.bucket[s%window]
-	if old := bk.sec.Load(); old != s && bk.sec.CompareAndSwap(old, s) {
-		// Counts landing between the swap and these stores are lost; the
-		// budget is an estimate, and this keeps it lock-free.
+	if old := bk.reqSec.Load(); old != s && bk.reqSec.CompareAndSwap(old, s) {
 		bk.reqs.Store(0)
-		bk.retries.Store(0)
 	}
-	return bk
+	bk.reqs.Add(1)
 }
 
-// Request records one original request.
-func (b *Budget) Request() { b.current().reqs.Add(1) }
-
-// Withdraw takes one retry from the budget, reporting whether it was there.
+// Withdraw takes one retry from the budget, reporting whether it was
+// there. Retries are counted exactly: concurrent retries never overdraw.
 func (b *Budget) Withdraw() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	s := b.now()
 	var reqs, retries int64
 	for i := range b.bucket {
 		bk := &b.bucket[i]
-		if s-bk.sec.Load() < window {
+		if s-bk.reqSec.Load() < window {
 			reqs += bk.reqs.Load()
-			retries += bk.retries.Load()
+		}
+		if s-bk.retrySec < window {
+			retries += bk.retries
 		}
 	}
 	if float64(retries) >= b.ratio*float64(reqs)+float64(b.floor) {
 		return false
 	}
-	b.current().retries.Add(1)
+	bk := &b.bucket[s%window]
+	if bk.retrySec != s {
+		bk.retrySec, bk.retries = s, 0
+	}
+	bk.retries++
 	return true
 }

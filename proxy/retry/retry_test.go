@@ -1,6 +1,8 @@
 package retry
 
 import (
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -58,5 +60,27 @@ func TestBackoffBounds(t *testing.T) {
 	}
 	if Backoff(3, 0, 0) != 0 {
 		t.Fatal("zero base must not wait")
+	}
+}
+
+// Concurrent retries must never take more than the budget holds.
+func TestBudgetExactUnderConcurrency(t *testing.T) {
+	for run := range 300 {
+		b := NewBudget(0, 1)
+		var got atomic.Int32
+		var wg sync.WaitGroup
+		for range 40 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if b.Withdraw() {
+					got.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if n := got.Load(); n != 10 {
+			t.Fatalf("run %d: %d withdrawals allowed, want exactly 10", run, n)
+		}
 	}
 }

@@ -1,0 +1,102 @@
+package outbound
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+// proxyFor starts the handler with policies from YAML, resolving every
+// authority in names to the upstream.
+func proxyFor(t *testing.T, yaml string, upstream string, mutate func(*Config), names ...string) *http.Client {
+	t.Helper()
+	pols, err := policy.Decode("p.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(upstream)
+	res := map[string]string{}
+	for _, n := range names {
+		res[n] = u.Host
+	}
+	cfg := Config{Metrics: telemetry.New(0), Resolve: res, Namespace: "default"}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	px := httptest.NewServer(New(cfg, policy.NewTable(pols, "default")))
+	t.Cleanup(px.Close)
+	pu, _ := url.Parse(px.URL)
+	return &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}}
+}
+
+func status(t *testing.T, c *http.Client, method, u, body string) (int, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(method, u, strings.NewReader(body))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header
+}
+
+const doc = "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: %s}\nspec:\n  service: %s\n  circuitBreaker: {consecutiveFailures: %s}\n---\n"
+
+func pol(name, svc, n string) string { return fmt.Sprintf(doc, name, svc, n) }
+
+// A body over --max-request-body-bytes is the app's fault: 413, and the
+// upstream's breaker does not count it.
+func TestOversizedBodyIsNotAnUpstreamFailure(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer up.Close()
+	c := proxyFor(t, pol("geo", "geo-service", "2"), up.URL, func(cfg *Config) { cfg.MaxRequestBody = 1024 }, "geo-service:80")
+	for i := range 3 {
+		if code, h := status(t, c, http.MethodPost, "http://geo-service/", strings.Repeat("x", 64<<10)); code != http.StatusRequestEntityTooLarge || h.Get(wellknown.HeaderError) != wellknown.ErrorBadRequest {
+			t.Fatalf("upload %d: %d %q, want 413 bad-request", i+1, code, h.Get(wellknown.HeaderError))
+		}
+	}
+	if code, _ := status(t, c, http.MethodGet, "http://geo-service/", ""); code != http.StatusOK {
+		t.Fatalf("GET after 3 oversized uploads: %d, want 200 (breaker must stay closed)", code)
+	}
+}
+
+// Two spellings of one service with a policy each: each spelling gets its
+// own policy, whichever was called first.
+func TestSpellingWithItsOwnPolicyKeepsIt(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
+	defer up.Close()
+	yaml := pol("short", "auth-service", "5") + pol("long", "auth-service.default.svc.cluster.local", "1")
+	short, long := "http://auth-service:8000/", "http://auth-service.default.svc.cluster.local:8000/"
+	for _, order := range [][]string{{short, long}, {long, short}} {
+		c := proxyFor(t, yaml, up.URL, nil, "auth-service:8000", "auth-service.default.svc.cluster.local:8000")
+		for _, u := range order {
+			status(t, c, http.MethodGet, u, "")
+		}
+		if code, _ := status(t, c, http.MethodGet, long, ""); code != http.StatusServiceUnavailable {
+			t.Errorf("order %v: long spelling (1 failure opens) answered %d, want 503", order, code)
+		}
+		if code, _ := status(t, c, http.MethodGet, short, ""); code != http.StatusInternalServerError {
+			t.Errorf("order %v: short spelling (5 failures open) answered %d, want the upstream's 500", order, code)
+		}
+	}
+}
+
+func TestLoopAnswerCarriesRequestID(t *testing.T) {
+	px := httptest.NewServer(New(Config{Metrics: telemetry.New(0)}, policy.NewTable(nil, "default")))
+	defer px.Close()
+	resp, err := http.Get(px.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusLoopDetected || resp.Header.Get(wellknown.HeaderRequestID) == "" {
+		t.Fatalf("%d, X-Request-ID %q: want 508 with an ID", resp.StatusCode, resp.Header.Get(wellknown.HeaderRequestID))
+	}
+}
