@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/e2e/internal/jaeger"
+	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
@@ -374,10 +375,10 @@ func diagnose(ctx context.Context, t *target) string {
 
 // measure runs one load against t and reads the proxy's CPU time around it.
 func measure(ctx context.Context, fortio, dir string, t *target, run int, l loadSpec) (sample, error) {
-	var before usage
+	var before proc.Usage
 	var err error
 	if t.proc != nil {
-		if before, err = t.proc.usage(); err != nil {
+		if before, err = t.proc.Usage(); err != nil {
 			return sample{}, fmt.Errorf("%s: %w", t.name, err)
 		}
 	}
@@ -387,14 +388,14 @@ func measure(ctx context.Context, fortio, dir string, t *target, run int, l load
 	}
 	s := toSample(t.name, run, res)
 	if t.proc != nil {
-		if err := t.proc.alive(); err != nil {
+		if err := t.proc.Alive(); err != nil {
 			return sample{}, err
 		}
-		after, err := t.proc.usage()
+		after, err := t.proc.Usage()
 		if err != nil {
 			return sample{}, fmt.Errorf("%s: %w", t.name, err)
 		}
-		s.cpu, s.hasCPU = after.cpu-before.cpu, true
+		s.cpu, s.hasCPU = after.CPU-before.CPU, true
 	}
 	return s, nil
 }
@@ -408,7 +409,7 @@ func checkSidecar(ctx context.Context, t *target, upstream string) error {
 	}
 	if resp.StatusCode != 200 {
 		return fmt.Errorf("request through minimesh-proxy to %s: %s (X-Minimesh-Error: %q); its output:\n%s",
-			upstream, resp.Status, resp.Header.Get("X-Minimesh-Error"), t.proc.output.String())
+			upstream, resp.Status, resp.Header.Get("X-Minimesh-Error"), t.proc.Output())
 	}
 	if resp.Header.Get("X-Request-ID") == "" {
 		logf("warning: the sidecar's response has no X-Request-ID header")

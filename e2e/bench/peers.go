@@ -10,16 +10,18 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/minimesh/minimesh/e2e/internal/proc"
 )
 
 // target is an address the load generator sends its requests to: the
 // upstream itself, or a proxy in front of it.
 type target struct {
-	key     string // flag name: direct, minimesh, nginx, haproxy
-	name    string // as the report shows it
-	addr    string // host:port the load generator connects to
-	proc    *proc  // the proxy; nil for direct
-	admin   string // the sidecar's admin address
+	key     string     // flag name: direct, minimesh, nginx, haproxy
+	name    string     // as the report shows it
+	addr    string     // host:port the load generator connects to
+	proc    *proc.Proc // the proxy; nil for direct
+	admin   string     // the sidecar's admin address
 	version string
 	config  string // how it was configured, for the report
 }
@@ -54,7 +56,7 @@ func cleanEnv(extra ...string) []string {
 // startUpstream starts fortio's echo server, answering every request with
 // 200 and a body of bodySize bytes.
 func startUpstream(ctx context.Context, ps *procs, fortio, dir string, bodySize int) (string, error) {
-	addr, err := freePort()
+	addr, err := proc.FreeAddr()
 	if err != nil {
 		return "", err
 	}
@@ -86,11 +88,11 @@ func startSidecar(ctx context.Context, ps *procs, bin, dir, upstream string, o *
 // startSidecarVariant starts a sidecar with more arguments; name "" is
 // the main one.
 func startSidecarVariant(ctx context.Context, ps *procs, bin, dir, upstream string, o *options, name, more string) (*target, error) {
-	out, err := freePort()
+	out, err := proc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	admin, err := freePort()
+	admin, err := proc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +235,7 @@ http {
 }
 
 func startNginx(ctx context.Context, ps *procs, nginx, dir, upstream string, workers int) (*target, error) {
-	listen, err := freePort()
+	listen, err := proc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +285,7 @@ backend upstream
 }
 
 func startHAProxy(ctx context.Context, ps *procs, haproxy, dir, upstream string, threads int) (*target, error) {
-	listen, err := freePort()
+	listen, err := proc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -354,11 +356,11 @@ func getBody(ctx context.Context, url string) (string, error) {
 }
 
 // waitOK polls url until it answers 200, p exits, or timeout passes.
-func waitOK(ctx context.Context, p *proc, url, host string, timeout time.Duration) error {
+func waitOK(ctx context.Context, p *proc.Proc, url, host string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for {
-		if err := p.alive(); err != nil {
+		if err := p.Alive(); err != nil {
 			return err
 		}
 		resp, err := get(ctx, url, host)
@@ -375,7 +377,7 @@ func waitOK(ctx context.Context, p *proc, url, host string, timeout time.Duratio
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: GET %s (Host %q) did not answer 200 within %v (last: %s); its output:\n%s",
-				p.name, url, host, timeout, last, p.output.String())
+				p.Name, url, host, timeout, last, p.Output())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

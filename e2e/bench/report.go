@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/minimesh/minimesh/e2e/internal/proc"
 )
 
 // Targets of minimesh-proxy, and what other meshes' data planes use, for
@@ -27,10 +29,10 @@ type report struct {
 	targets       []*target
 	samples       map[string][]sample // by target key
 	maxSamples    map[string][]sample
-	usage         map[string]usage // after the fixed-rate rounds
-	usageAfterMax map[string]usage // after the maximum-rate runs too
-	aborted       string           // why the runs stopped before the end
-	notes         []string         // the sidecar's state after runs with errors
+	usage         map[string]proc.Usage // after the fixed-rate rounds
+	usageAfterMax map[string]proc.Usage // after the maximum-rate runs too
+	aborted       string                // why the runs stopped before the end
+	notes         []string              // the sidecar's state after runs with errors
 }
 
 // loadAvg is the 1, 5 and 15 minute load averages.
@@ -47,19 +49,19 @@ func newReport(o *options) *report {
 	return &report{o: o, command: commandLine(os.Args), start: time.Now().UTC(),
 		loadAvg: loadAvg(),
 		samples: map[string][]sample{}, maxSamples: map[string][]sample{},
-		usage: map[string]usage{}, usageAfterMax: map[string]usage{}}
+		usage: map[string]proc.Usage{}, usageAfterMax: map[string]proc.Usage{}}
 }
 
 // readUsage records each proxy's usage so far in into.
-func (r *report) readUsage(targets []*target, into map[string]usage) error {
+func (r *report) readUsage(targets []*target, into map[string]proc.Usage) error {
 	for _, t := range targets {
 		if t.proc == nil {
 			continue
 		}
-		if err := t.proc.alive(); err != nil {
+		if err := t.proc.Alive(); err != nil {
 			return err
 		}
-		u, err := t.proc.usage()
+		u, err := t.proc.Usage()
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
@@ -102,7 +104,7 @@ type summary struct {
 	errors   int64
 	cpuPer1k time.Duration
 	hasCPU   bool
-	usage    usage
+	usage    proc.Usage
 	hasUsage bool
 }
 
@@ -295,10 +297,10 @@ func (r *report) markdown() string {
 			cpuR, rssR := "–", "–"
 			if side != nil && t.key != keyMinimesh {
 				cpuR = ratio(float64(side.cpuPer1k), float64(s.cpuPer1k))
-				rssR = ratio(float64(side.usage.peakRSS), float64(s.usage.peakRSS))
+				rssR = ratio(float64(side.usage.PeakRSS), float64(s.usage.PeakRSS))
 			}
 			row(t.name, fmt.Sprintf("%.1f", float64(s.cpuPer1k)/float64(time.Millisecond)),
-				fmt.Sprintf("%.3f", cores(s.cpuPer1k)), mb(s.usage.peakRSS), strconv.Itoa(s.usage.procs), cpuR, rssR)
+				fmt.Sprintf("%.3f", cores(s.cpuPer1k)), mb(s.usage.PeakRSS), strconv.Itoa(s.usage.Procs), cpuR, rssR)
 		}
 		w("\n")
 	}
@@ -326,7 +328,7 @@ func (r *report) markdown() string {
 		row("through minimesh-proxy", fmt.Sprintf("%.0f", median(sq)))
 		row("**maximum rate ratio (through sidecar / direct)**", "**"+ratio(median(sq), median(dq))+"**")
 		w("\nAt the maximum rate minimesh-proxy used %.1f ms CPU per 1,000 requests; its peak RSS after these runs: %s MB.\n\n",
-			float64(medianDur(cpu))/float64(time.Millisecond), mb(r.usageAfterMax[keyMinimesh].peakRSS))
+			float64(medianDur(cpu))/float64(time.Millisecond), mb(r.usageAfterMax[keyMinimesh].PeakRSS))
 	}
 
 	if side != nil {
@@ -337,7 +339,7 @@ func (r *report) markdown() string {
 		row("---", "---:", "---")
 		row(fmt.Sprintf("p99 added at %s requests/s < 0.5 ms", rate), plusMs(added)+" ms", yesNo(added < targetP99Added))
 		row("CPU < 0.06 core per 1,000 requests/s (60 ms CPU per 1,000 requests)", fmt.Sprintf("%.3f core", c), yesNo(c < targetCores))
-		row("peak RSS < 15 MB", mb(side.usage.peakRSS)+" MB", yesNo(float64(side.usage.peakRSS) < targetRSS))
+		row("peak RSS < 15 MB", mb(side.usage.PeakRSS)+" MB", yesNo(float64(side.usage.PeakRSS) < targetRSS))
 		w("\nFor scale: Istio's sidecar Envoy uses about 0.20 vCPU and 60 MB per 1,000 requests/s, ztunnel about 0.06 vCPU and 12 MB.\n\n")
 	}
 

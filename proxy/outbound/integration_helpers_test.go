@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -25,10 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/sidecar"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 )
 
 // geo is the authority the apps of these tests call, as the services of
@@ -58,9 +55,7 @@ func startSidecar(t *testing.T, policies string, resolve map[string]string, opts
 	t.Helper()
 	dir := t.TempDir()
 	if policies != "" {
-		if err := os.WriteFile(filepath.Join(dir, "policies.yaml"), []byte(policies), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		proxytest.WriteFile(t, filepath.Join(dir, "policies.yaml"), policies)
 	}
 	cfg := sidecar.Config{
 		OutboundAddr:   "127.0.0.1:0",
@@ -111,19 +106,8 @@ func startSidecar(t *testing.T, policies string, resolve map[string]string, opts
 	})
 
 	readyStart := time.Now()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp, err := sc.admin.Get("http://" + sc.Admin + "/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sidecar not ready after 5s (last error %v)", err)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if err := proxytest.WaitReady(sc.Admin, 5*time.Second); err != nil {
+		t.Fatalf("sidecar %v", err)
 	}
 	if os.Getenv("ITEST_DEBUG") != "" {
 		t.Logf("sidecar ready after %v", time.Since(readyStart))
@@ -222,36 +206,26 @@ func (sc *testSidecar) breaker(dest string) breakerStatus {
 // waitBreakerState polls /debug/breakers until dest is in state.
 func (sc *testSidecar) waitBreakerState(dest, state string, within time.Duration) {
 	sc.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		b := sc.breaker(dest)
-		if b.State == state {
-			return
-		}
-		if time.Now().After(deadline) {
-			sc.t.Fatalf("breaker of %s is %s after %v, want %s", dest, b.State, within, state)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var b breakerStatus
+	if !proxytest.Poll(within, 5*time.Millisecond, func() bool {
+		b = sc.breaker(dest)
+		return b.State == state
+	}) {
+		sc.t.Fatalf("breaker of %s is %s after %v, want %s", dest, b.State, within, state)
 	}
 }
 
 // metricSet is one scrape of /metrics.
-type metricSet map[string]*dto.MetricFamily
+type metricSet proxytest.Metrics
 
 // metrics scrapes /metrics.
 func (sc *testSidecar) metrics() metricSet {
 	sc.t.Helper()
-	resp, err := sc.admin.Get("http://" + sc.Admin + "/metrics")
+	ms, err := proxytest.ScrapeMetrics(sc.Admin)
 	if err != nil {
-		sc.t.Fatalf("GET /metrics: %v", err)
+		sc.t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		sc.t.Fatalf("parsing /metrics: %v", err)
-	}
-	return fams
+	return metricSet(ms)
 }
 
 // metric is a shortcut for one scrape and one value.
@@ -265,51 +239,21 @@ func (sc *testSidecar) metric(name string, labels ...string) float64 {
 // (such as a request whose client went away).
 func (sc *testSidecar) waitMetric(want float64, within time.Duration, name string, labels ...string) {
 	sc.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		got := sc.metric(name, labels...)
-		if got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			sc.t.Fatalf("%s%v = %v after %v, want %v", name, labels, got, within, want)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var got float64
+	if !proxytest.Poll(within, 5*time.Millisecond, func() bool {
+		got = sc.metric(name, labels...)
+		return got == want
+	}) {
+		sc.t.Fatalf("%s%v = %v after %v, want %v", name, labels, got, within, want)
 	}
 }
 
-// value sums the samples of a counter or gauge family whose labels
-// include the given name/value pairs; 0 when none match.
+// value sums the samples of a counter or gauge whose labels include the
+// given name/value pairs; 0 when none match. For a histogram, name one of
+// its series (name_count, say).
 func (m metricSet) value(name string, labels ...string) float64 {
-	if len(labels)%2 != 0 {
-		panic("labels must be name/value pairs")
-	}
-	fam := m[name]
-	if fam == nil {
-		return 0
-	}
-	var sum float64
-next:
-	for _, mt := range fam.GetMetric() {
-		have := map[string]string{}
-		for _, lp := range mt.GetLabel() {
-			have[lp.GetName()] = lp.GetValue()
-		}
-		for i := 0; i < len(labels); i += 2 {
-			if have[labels[i]] != labels[i+1] {
-				continue next
-			}
-		}
-		switch {
-		case mt.Counter != nil:
-			sum += mt.Counter.GetValue()
-		case mt.Gauge != nil:
-			sum += mt.Gauge.GetValue()
-		case mt.Histogram != nil:
-			sum += float64(mt.Histogram.GetSampleCount())
-		}
-	}
-	return sum
+	v, _ := proxytest.Metrics(m).Value(name, labels...)
+	return v
 }
 
 // policyDoc renders one ResiliencePolicy document. spec holds the lines
@@ -335,42 +279,21 @@ func resolve(addr string, names ...string) map[string]string {
 	return m
 }
 
-// upstream is a real HTTP server that counts the requests it handles.
+// upstream is a real HTTP server that counts the requests it handles
+// (see proxytest.Upstream; Host is its host:port).
 type upstream struct {
-	*httptest.Server
-	hits atomic.Int64
-	// release is closed when the test ends: it ends the handlers'
-	// contexts, so that handlers that hang return and the server closes.
-	release chan struct{}
+	*proxytest.Upstream
+	hits *atomic.Int64 // &Upstream.Hits
 }
 
 // newUpstream starts an upstream whose handler runs after the hit is
-// counted; n is the hit's number, from 1.
+// counted; n is the hit's number, from 1. The handler's context also ends
+// when the test does, so that a handler that hangs lets the server close.
 func newUpstream(t *testing.T, h func(w http.ResponseWriter, r *http.Request, n int64)) *upstream {
 	t.Helper()
-	u := &upstream{release: make(chan struct{})}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := u.hits.Add(1)
-		// The handler's context also ends when the test does, so that a
-		// handler that hangs lets the server close.
-		ctx, cancel := context.WithCancel(r.Context())
-		defer cancel()
-		go func() {
-			select {
-			case <-u.release:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		h(w, r.WithContext(ctx), n)
-	}))
-	t.Cleanup(u.Close)
-	t.Cleanup(func() { close(u.release) }) // runs first
-	return u
+	u := proxytest.NewUpstream(t, h)
+	return &upstream{Upstream: u, hits: &u.Hits}
 }
-
-// Host is the upstream's host:port.
-func (u *upstream) Host() string { return u.Listener.Addr().String() }
 
 // hang blocks until the request is cancelled or the test ends.
 func hang(r *http.Request) { <-r.Context().Done() }

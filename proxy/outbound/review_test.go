@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -98,5 +99,32 @@ func TestLoopAnswerCarriesRequestID(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusLoopDetected || resp.Header.Get(wellknown.HeaderRequestID) == "" {
 		t.Fatalf("%d, X-Request-ID %q: want 508 with an ID", resp.StatusCode, resp.Header.Get(wellknown.HeaderRequestID))
+	}
+}
+
+// Retry-After is the whole seconds until half-open, rounded up: right
+// after the breaker opens with openTimeout 60s it is 60 (59 if a second
+// passed in between), in the header and in the JSON body.
+func TestRetryAfterIsSecondsUntilHalfOpen(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) }))
+	defer up.Close()
+	yaml := "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo}\nspec:\n  service: geo-service\n  circuitBreaker: {consecutiveFailures: 1, openTimeout: 60s}\n"
+	c := proxyFor(t, yaml, up.URL, nil, "geo-service:80")
+	if code, _ := status(t, c, http.MethodGet, "http://geo-service/", ""); code != 503 {
+		t.Fatalf("first request %d, want the upstream's 503", code)
+	}
+	resp, err := c.Get("http://geo-service/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct{ RetryAfterSeconds int }
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	ra := resp.Header.Get("Retry-After")
+	if resp.Header.Get(wellknown.HeaderError) != wellknown.ErrorCircuitOpen || (ra != "60" && ra != "59") {
+		t.Fatalf("%s %q, Retry-After %q: want circuit-open with 60 (or 59)", resp.Status, resp.Header.Get(wellknown.HeaderError), ra)
+	}
+	if fmt.Sprint(body.RetryAfterSeconds) != ra {
+		t.Fatalf("body retryAfterSeconds %d, header %s", body.RetryAfterSeconds, ra)
 	}
 }

@@ -12,30 +12,9 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/policywatch"
 )
-
-// geoPolicy is a valid policy for geo-service with n consecutive failures.
-func geoPolicy(n int) string {
-	return fmt.Sprintf(`apiVersion: minimesh.io/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: geo}
-spec:
-  service: geo-service
-  circuitBreaker:
-    consecutiveFailures: %d
-`, n)
-}
-
-// brokenPolicy has a wrong type at line 7, column 26.
-const brokenPolicy = `apiVersion: minimesh.io/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: geo}
-spec:
-  service: geo-service
-  circuitBreaker:
-    consecutiveFailures: "many"
-`
 
 // recorder collects the results that Run hands to apply.
 type recorder struct {
@@ -137,7 +116,7 @@ func watching(t *testing.T, rec *recorder, dir string) {
 	deadline := time.Now().Add(3 * time.Second)
 	for i := 1; ; i++ {
 		n := rec.count()
-		write(t, probe, fmt.Sprintf("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: probe}\nspec:\n  service: probe-service\n  circuitBreaker: {consecutiveFailures: %d}\n", i))
+		proxytest.WriteFile(t, probe, fmt.Sprintf("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: probe}\nspec:\n  service: probe-service\n  circuitBreaker: {consecutiveFailures: %d}\n", i))
 		if ok := waitQuiet(rec, n, 100*time.Millisecond, has); ok {
 			break
 		}
@@ -185,17 +164,10 @@ func hasFailures(n int) func(policywatch.Result) bool {
 	return func(res policywatch.Result) bool { return res.Err == nil && failuresOf(res, "geo-service") == n }
 }
 
-func write(t *testing.T, name, data string) {
-	t.Helper()
-	if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestPlainDirectory(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "geo.yaml")
-	write(t, file, geoPolicy(5))
+	proxytest.WriteFile(t, file, proxytest.GeoPolicy(5))
 
 	rec := start(t, &policywatch.Watcher{Dir: dir, Debounce: 20 * time.Millisecond, Resync: time.Hour})
 	first := rec.last()
@@ -206,13 +178,13 @@ func TestPlainDirectory(t *testing.T) {
 
 	// A change is applied within about a second (no resync: events only).
 	n := rec.count()
-	write(t, file, geoPolicy(2))
+	proxytest.WriteFile(t, file, proxytest.GeoPolicy(2))
 	rec.waitFor(t, n, time.Second, "with consecutiveFailures 2", hasFailures(2))
 
 	// A broken file: an ErrorList naming file:line:col; the caller keeps
 	// the last good set.
 	n = rec.count()
-	write(t, file, brokenPolicy)
+	proxytest.WriteFile(t, file, proxytest.BrokenPolicy)
 	res := rec.waitFor(t, n, time.Second, "with an error", func(r policywatch.Result) bool { return r.Err != nil })
 	var list policy.ErrorList
 	if !errors.As(res.Err, &list) {
@@ -230,7 +202,7 @@ func TestPlainDirectory(t *testing.T) {
 
 	// Fixed: good again.
 	n = rec.count()
-	write(t, file, geoPolicy(3))
+	proxytest.WriteFile(t, file, proxytest.GeoPolicy(3))
 	rec.waitFor(t, n, time.Second, "with consecutiveFailures 3", hasFailures(3))
 }
 
@@ -246,7 +218,7 @@ func TestConfigMapVolume(t *testing.T) {
 		}
 	}
 	must(os.Mkdir(filepath.Join(dir, ts1), 0o755))
-	write(t, filepath.Join(dir, ts1, "geo.yaml"), geoPolicy(4))
+	proxytest.WriteFile(t, filepath.Join(dir, ts1, "geo.yaml"), proxytest.GeoPolicy(4))
 	must(os.Symlink(ts1, filepath.Join(dir, "..data")))
 	must(os.Symlink(filepath.Join("..data", "geo.yaml"), filepath.Join(dir, "geo.yaml")))
 
@@ -261,7 +233,7 @@ func TestConfigMapVolume(t *testing.T) {
 	// it, atomic rename over ..data, old dir removed.
 	n := rec.count()
 	must(os.Mkdir(filepath.Join(dir, ts2), 0o755))
-	write(t, filepath.Join(dir, ts2, "geo.yaml"), geoPolicy(7))
+	proxytest.WriteFile(t, filepath.Join(dir, ts2, "geo.yaml"), proxytest.GeoPolicy(7))
 	must(os.Symlink(ts2, filepath.Join(dir, "..data_tmp")))
 	must(os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
 	must(os.RemoveAll(filepath.Join(dir, ts1)))
@@ -299,7 +271,7 @@ func TestMissingDirectoryThenCreated(t *testing.T) {
 	if err := os.Mkdir(aside, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	write(t, filepath.Join(aside, "geo.yaml"), geoPolicy(6))
+	proxytest.WriteFile(t, filepath.Join(aside, "geo.yaml"), proxytest.GeoPolicy(6))
 	n := rec.count()
 	if err := os.Rename(aside, dir); err != nil {
 		t.Fatal(err)
@@ -308,14 +280,14 @@ func TestMissingDirectoryThenCreated(t *testing.T) {
 
 	// Once the resync has found the directory, events are watched too.
 	n = rec.count()
-	write(t, filepath.Join(dir, "geo.yaml"), geoPolicy(8))
+	proxytest.WriteFile(t, filepath.Join(dir, "geo.yaml"), proxytest.GeoPolicy(8))
 	rec.waitFor(t, n, 2*time.Second, "after a change in the created directory", hasFailures(8))
 }
 
 func TestUnchangedEventDoesNotReapply(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "geo.yaml")
-	write(t, file, geoPolicy(5))
+	proxytest.WriteFile(t, file, proxytest.GeoPolicy(5))
 
 	rec := start(t, &policywatch.Watcher{Dir: dir, Debounce: 20 * time.Millisecond, Resync: 30 * time.Millisecond})
 	watching(t, rec, dir)
@@ -323,7 +295,7 @@ func TestUnchangedEventDoesNotReapply(t *testing.T) {
 
 	// Events that change no policy: the same bytes again, a new mtime, a
 	// permission change, an editor's hidden swap file coming and going.
-	write(t, file, geoPolicy(5))
+	proxytest.WriteFile(t, file, proxytest.GeoPolicy(5))
 	later := time.Now().Add(time.Hour)
 	if err := os.Chtimes(file, later, later); err != nil {
 		t.Fatal(err)
@@ -332,7 +304,7 @@ func TestUnchangedEventDoesNotReapply(t *testing.T) {
 		t.Fatal(err)
 	}
 	swp := filepath.Join(dir, ".geo.yaml.swp")
-	write(t, swp, "junk")
+	proxytest.WriteFile(t, swp, "junk")
 	if err := os.Remove(swp); err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +315,7 @@ func TestUnchangedEventDoesNotReapply(t *testing.T) {
 	}
 
 	// The watch is still alive: a real change is applied.
-	write(t, file, geoPolicy(2))
+	proxytest.WriteFile(t, file, proxytest.GeoPolicy(2))
 	rec.waitFor(t, n, time.Second, "after a real change", hasFailures(2))
 }
 
@@ -351,7 +323,7 @@ func TestUnchangedEventDoesNotReapply(t *testing.T) {
 // not policies.
 func TestBrokenAtStart(t *testing.T) {
 	dir := t.TempDir()
-	write(t, filepath.Join(dir, "geo.yaml"), brokenPolicy)
+	proxytest.WriteFile(t, filepath.Join(dir, "geo.yaml"), proxytest.BrokenPolicy)
 	rec := start(t, &policywatch.Watcher{Dir: dir, Debounce: 20 * time.Millisecond, Resync: time.Hour})
 	if res := rec.last(); res.Err == nil || res.Policies != nil {
 		t.Fatalf("first load of a broken file: %+v; want an error and no policies", res)
@@ -365,12 +337,12 @@ func TestBrokenAtStart(t *testing.T) {
 // README next to the policies) changes no policy.
 func TestNonPolicyFileDoesNotReapply(t *testing.T) {
 	dir := t.TempDir()
-	write(t, filepath.Join(dir, "geo.yaml"), geoPolicy(5))
+	proxytest.WriteFile(t, filepath.Join(dir, "geo.yaml"), proxytest.GeoPolicy(5))
 	rec := start(t, &policywatch.Watcher{Dir: dir, Debounce: 20 * time.Millisecond, Resync: 30 * time.Millisecond})
 	watching(t, rec, dir)
 	n := rec.count()
 
-	write(t, filepath.Join(dir, "README.md"), "# policies of this namespace\n")
+	proxytest.WriteFile(t, filepath.Join(dir, "README.md"), "# policies of this namespace\n")
 	time.Sleep(300 * time.Millisecond)
 	if got := rec.count(); got != n {
 		t.Fatalf("%d re-applies after a non-policy file appeared, want 0", got-n)
@@ -386,7 +358,7 @@ func TestDirectoryRecreated(t *testing.T) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	write(t, filepath.Join(dir, "geo.yaml"), geoPolicy(5))
+	proxytest.WriteFile(t, filepath.Join(dir, "geo.yaml"), proxytest.GeoPolicy(5))
 	const resync = 1500 * time.Millisecond
 	rec := start(t, &policywatch.Watcher{Dir: dir, Debounce: 20 * time.Millisecond, Resync: resync})
 	watching(t, rec, dir)
@@ -403,7 +375,7 @@ func TestDirectoryRecreated(t *testing.T) {
 	if err := os.Mkdir(aside, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	write(t, filepath.Join(aside, "geo.yaml"), geoPolicy(6))
+	proxytest.WriteFile(t, filepath.Join(aside, "geo.yaml"), proxytest.GeoPolicy(6))
 	n = rec.count()
 	if err := os.Rename(aside, dir); err != nil {
 		t.Fatal(err)
@@ -413,7 +385,7 @@ func TestDirectoryRecreated(t *testing.T) {
 	// From then on a change is seen by its event, well before the next
 	// resync.
 	n = rec.count()
-	write(t, filepath.Join(dir, "geo.yaml"), geoPolicy(7))
+	proxytest.WriteFile(t, filepath.Join(dir, "geo.yaml"), proxytest.GeoPolicy(7))
 	rec.waitFor(t, n, resync/2, "by event after the directory came back", hasFailures(7))
 }
 
@@ -424,13 +396,13 @@ func TestDirectoryRecreated(t *testing.T) {
 func TestChangeDuringFirstApply(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "geo.yaml")
-	write(t, file, geoPolicy(5))
+	proxytest.WriteFile(t, file, proxytest.GeoPolicy(5))
 	rec := newRecorder()
 	var once sync.Once
 	apply := func(r policywatch.Result) {
 		rec.apply(r)
 		once.Do(func() { // before Run goes on
-			if err := os.WriteFile(file, []byte(geoPolicy(2)), 0o644); err != nil {
+			if err := os.WriteFile(file, []byte(proxytest.GeoPolicy(2)), 0o644); err != nil {
 				t.Error(err)
 			}
 		})

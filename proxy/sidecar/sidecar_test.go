@@ -1,18 +1,14 @@
 package sidecar_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -22,59 +18,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 )
 
 const geo = "geo-service:8000"
 
-func geoPolicy(n int) string {
-	return fmt.Sprintf(`apiVersion: minimesh.io/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: geo}
-spec:
-  service: geo-service
-  circuitBreaker:
-    consecutiveFailures: %d
-`, n)
-}
-
-// brokenPolicy has a wrong type at line 7, column 26.
-const brokenPolicy = `apiVersion: minimesh.io/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: geo}
-spec:
-  service: geo-service
-  circuitBreaker:
-    consecutiveFailures: "many"
-`
-
-// upstream is a loopback HTTP server whose behaviour the test switches.
+// upstream is a loopback HTTP server whose behaviour the test switches:
+// Hits, Delay and Arrived (see proxytest.Upstream), and status.
 type upstream struct {
-	*httptest.Server
-	hits    atomic.Int64
-	status  atomic.Int64 // answered status; 0 is 200
-	delay   atomic.Int64 // nanoseconds to wait before answering
-	arrived chan struct{}
-	release chan struct{} // closed at cleanup: slow handlers give up
+	*proxytest.Upstream
+	status atomic.Int64 // answered status; 0 is 200
 }
 
 func newUpstream(t *testing.T) *upstream {
-	u := &upstream{arrived: make(chan struct{}, 100), release: make(chan struct{})}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.hits.Add(1)
-		select {
-		case u.arrived <- struct{}{}:
-		default:
-		}
-		if d := time.Duration(u.delay.Load()); d > 0 {
-			select {
-			case <-time.After(d):
-			case <-r.Context().Done():
-				return
-			case <-u.release:
-				return
-			}
-		}
+	u := &upstream{}
+	u.Upstream = proxytest.NewUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int64) {
 		w.Header().Set("X-Seen-Request-ID", r.Header.Get("X-Request-ID"))
 		code := int(u.status.Load())
 		if code == 0 {
@@ -82,12 +41,9 @@ func newUpstream(t *testing.T) *upstream {
 		}
 		w.WriteHeader(code)
 		_, _ = io.WriteString(w, "hello from geo\n")
-	}))
-	t.Cleanup(func() { close(u.release); u.Close() })
+	})
 	return u
 }
-
-func (u *upstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
 
 // syncBuffer collects the sidecar's log for the test's failure output.
 type syncBuffer struct {
@@ -145,29 +101,17 @@ func start(t *testing.T, cfg sidecar.Config) *running {
 			t.Logf("sidecar log:\n%s", logs.String())
 		}
 	})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if code, _ := r.adminGet(t, "/ready"); code == 200 {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sidecar not ready within 5s; log:\n%s", logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := proxytest.WaitReady(sc.AdminAddr(), 5*time.Second); err != nil {
+		t.Fatalf("sidecar %v; log:\n%s", err, logs.String())
 	}
+	return r
 }
 
 var adminClient = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}, Timeout: 5 * time.Second}
 
 func (r *running) adminGet(t *testing.T, path string) (int, string) {
 	t.Helper()
-	resp, err := adminClient.Get(r.admin + path)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return proxytest.Get(r.admin + path)
 }
 
 func (r *running) adminPost(t *testing.T, path string) (int, string) {
@@ -207,14 +151,14 @@ func (r *running) get(t *testing.T) *http.Response {
 func (r *running) failuresToOpen(t *testing.T, u *upstream, limit int) int {
 	t.Helper()
 	u.status.Store(500)
-	before := u.hits.Load()
+	before := u.Hits.Load()
 	for i := 0; i < limit; i++ {
 		resp := r.get(t)
 		if resp.Header.Get("X-Minimesh-Error") == "circuit-open" {
 			if resp.StatusCode != 503 {
 				t.Errorf("circuit-open answer has status %d, want 503", resp.StatusCode)
 			}
-			return int(u.hits.Load() - before)
+			return int(u.Hits.Load() - before)
 		}
 		if resp.StatusCode != 500 {
 			t.Fatalf("failing upstream: got %d, want its 500 passed through", resp.StatusCode)
@@ -269,106 +213,41 @@ func (c debugConfig) failures(service string) int {
 // written again every second until the reload shows.
 func (r *running) reload(t *testing.T, file, content, what string, ok func(debugConfig) bool) debugConfig {
 	t.Helper()
-	deadline := time.Now().Add(4 * time.Second)
 	rewrite := time.Now()
-	for {
+	var c debugConfig
+	if !proxytest.Poll(4*time.Second, 20*time.Millisecond, func() bool {
 		if !time.Now().Before(rewrite) {
-			writeFile(t, file, content)
+			proxytest.ReplaceFile(t, file, content)
 			rewrite = time.Now().Add(time.Second)
 		}
-		c := r.config(t)
-		if ok(c) {
-			return c
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/debug/config never showed %s: %+v", what, c)
-		}
-		time.Sleep(20 * time.Millisecond)
+		c = r.config(t)
+		return ok(c)
+	}) {
+		t.Fatalf("/debug/config never showed %s: %+v", what, c)
 	}
+	return c
 }
 
-// metric is one sample of the text exposition format.
-type metric struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
-
-var sampleRE = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$`)
-var labelRE = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
-
-func (r *running) metrics(t *testing.T) []metric {
+func (r *running) metrics(t *testing.T) proxytest.Metrics {
 	t.Helper()
-	code, body := r.adminGet(t, "/metrics")
-	if code != 200 {
-		t.Fatalf("/metrics: %d", code)
+	ms, err := proxytest.ScrapeMetrics(r.sc.AdminAddr())
+	if err != nil {
+		t.Fatal(err)
 	}
-	var out []metric
-	sc := bufio.NewScanner(strings.NewReader(body))
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		m := sampleRE.FindStringSubmatch(line)
-		if m == nil {
-			t.Fatalf("unparsable metrics line %q", line)
-		}
-		v, err := strconv.ParseFloat(m[3], 64)
-		if err != nil {
-			t.Fatalf("metrics line %q: %v", line, err)
-		}
-		lm := map[string]string{}
-		for _, l := range labelRE.FindAllStringSubmatch(m[2], -1) {
-			lm[l[1]] = l[2]
-		}
-		out = append(out, metric{m[1], lm, v})
-	}
-	return out
-}
-
-// find returns the value of the sample with that name and at least those
-// labels, and whether there is one.
-func find(ms []metric, name string, labels map[string]string) (float64, bool) {
-next:
-	for _, m := range ms {
-		if m.name != name {
-			continue
-		}
-		for k, v := range labels {
-			if m.labels[k] != v {
-				continue next
-			}
-		}
-		return m.value, true
-	}
-	return 0, false
+	return ms
 }
 
 func policyDir(t *testing.T, content string) (dir, file string) {
 	dir = t.TempDir()
 	file = filepath.Join(dir, "geo.yaml")
-	writeFile(t, file, content)
+	proxytest.ReplaceFile(t, file, content)
 	return dir, file
-}
-
-// writeFile replaces a file atomically, as an editor or a ConfigMap
-// update would, so that no reload sees it half written.
-func writeFile(t *testing.T, name, content string) {
-	t.Helper()
-	tmp := filepath.Join(filepath.Dir(name), ".tmp-"+filepath.Base(name))
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, name); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestHotReload(t *testing.T) {
 	u := newUpstream(t)
-	dir, file := policyDir(t, geoPolicy(5))
-	r := start(t, sidecar.Config{PolicyDir: dir, Resolve: map[string]string{geo: u.addr()}})
+	dir, file := policyDir(t, proxytest.GeoPolicy(5))
+	r := start(t, sidecar.Config{PolicyDir: dir, Resolve: map[string]string{geo: u.Host()}})
 
 	c := r.config(t)
 	if c.Dir != dir || c.failures("geo-service") != 5 || c.LastError != "" {
@@ -379,14 +258,14 @@ func TestHotReload(t *testing.T) {
 	}
 
 	// Reload to 2: two failures open the breaker.
-	r.reload(t, file, geoPolicy(2), "consecutiveFailures 2", func(c debugConfig) bool { return c.failures("geo-service") == 2 })
+	r.reload(t, file, proxytest.GeoPolicy(2), "consecutiveFailures 2", func(c debugConfig) bool { return c.failures("geo-service") == 2 })
 	if n := r.failuresToOpen(t, u, 10); n != 2 {
 		t.Fatalf("breaker opened after %d failures, want 2 (the reloaded policy)", n)
 	}
 
 	// A broken file: the error with file:line:col, counted, and the last
 	// good policy still serving.
-	c = r.reload(t, file, brokenPolicy, "a lastError", func(c debugConfig) bool { return c.LastError != "" })
+	c = r.reload(t, file, proxytest.BrokenPolicy, "a lastError", func(c debugConfig) bool { return c.LastError != "" })
 	if want := regexp.QuoteMeta(file) + `:7:26: `; !regexp.MustCompile(want).MatchString(c.LastError) {
 		t.Errorf("lastError %q does not name %s:7:26", c.LastError, file)
 	}
@@ -394,10 +273,10 @@ func TestHotReload(t *testing.T) {
 		t.Errorf("/debug/config after the broken file shows consecutiveFailures %d, want the last good 2", c.failures("geo-service"))
 	}
 	ms := r.metrics(t)
-	if v, ok := find(ms, "minimesh_policy_reloads_total", map[string]string{"result": "error"}); !ok || v != 1 {
+	if v, ok := ms.Value("minimesh_policy_reloads_total", "result", "error"); !ok || v != 1 {
 		t.Errorf(`minimesh_policy_reloads_total{result="error"} = %v (present %v), want 1`, v, ok)
 	}
-	if v, ok := find(ms, "minimesh_policy_reloads_total", map[string]string{"result": "success"}); !ok || v != 2 {
+	if v, ok := ms.Value("minimesh_policy_reloads_total", "result", "success"); !ok || v != 2 {
 		t.Errorf(`minimesh_policy_reloads_total{result="success"} = %v (present %v), want 2`, v, ok)
 	}
 	// The breaker is still open: the reload did not close it.
@@ -412,7 +291,7 @@ func TestHotReload(t *testing.T) {
 	}
 
 	// Fixed: the error clears.
-	c = r.reload(t, file, geoPolicy(3), "consecutiveFailures 3", func(c debugConfig) bool { return c.failures("geo-service") == 3 })
+	c = r.reload(t, file, proxytest.GeoPolicy(3), "consecutiveFailures 3", func(c debugConfig) bool { return c.failures("geo-service") == 3 })
 	if c.LastError != "" {
 		t.Errorf("lastError after a good reload: %q", c.LastError)
 	}
@@ -430,8 +309,8 @@ type breakersDoc struct {
 
 func TestDebugBreakersAndReset(t *testing.T) {
 	u := newUpstream(t)
-	dir, _ := policyDir(t, geoPolicy(2))
-	r := start(t, sidecar.Config{PolicyDir: dir, Resolve: map[string]string{geo: u.addr()}})
+	dir, _ := policyDir(t, proxytest.GeoPolicy(2))
+	r := start(t, sidecar.Config{PolicyDir: dir, Resolve: map[string]string{geo: u.Host()}})
 
 	// No traffic yet: an empty list, not null.
 	code, body := r.adminGet(t, "/debug/breakers")
@@ -473,29 +352,29 @@ func TestDebugBreakersAndReset(t *testing.T) {
 	if d.State != "open" || d.OpenUntil == nil || !d.OpenUntil.After(time.Now().Add(50*time.Second)) {
 		t.Errorf("open breaker (openTimeout 60s): %s", body)
 	}
-	if v, ok := find(r.metrics(t), "minimesh_circuit_breaker_state", map[string]string{"destination": geo, "state": "open"}); !ok || v != 1 {
+	if v, ok := r.metrics(t).Value("minimesh_circuit_breaker_state", "destination", geo, "state", "open"); !ok || v != 1 {
 		t.Errorf(`minimesh_circuit_breaker_state{state="open"} = %v (present %v), want 1`, v, ok)
 	}
 
 	// Reset: the next request reaches the upstream.
 	u.status.Store(200)
-	before := u.hits.Load()
-	if resp := r.get(t); resp.StatusCode != 503 || u.hits.Load() != before {
+	before := u.Hits.Load()
+	if resp := r.get(t); resp.StatusCode != 503 || u.Hits.Load() != before {
 		t.Fatalf("open breaker let a request through: %d", resp.StatusCode)
 	}
 	code, body = r.adminPost(t, "/debug/breakers/reset?destination="+geo)
 	if code != 200 {
 		t.Fatalf("reset: %d %s", code, body)
 	}
-	if resp := r.get(t); resp.StatusCode != 200 || u.hits.Load() != before+1 {
-		t.Fatalf("after reset: %d, upstream hits %d, want 200 from the upstream", resp.StatusCode, u.hits.Load()-before)
+	if resp := r.get(t); resp.StatusCode != 200 || u.Hits.Load() != before+1 {
+		t.Fatalf("after reset: %d, upstream hits %d, want 200 from the upstream", resp.StatusCode, u.Hits.Load()-before)
 	}
 	_, body = r.adminGet(t, "/debug/breakers")
 	doc = breakersDoc{}
 	if err := json.Unmarshal([]byte(body), &doc); err != nil || len(doc.Destinations) != 1 || doc.Destinations[0].State != "closed" || doc.Destinations[0].OpenUntil != nil {
 		t.Errorf("after reset: %v %s", err, body)
 	}
-	if v, ok := find(r.metrics(t), "minimesh_circuit_breaker_state", map[string]string{"destination": geo, "state": "closed"}); !ok || v != 1 {
+	if v, ok := r.metrics(t).Value("minimesh_circuit_breaker_state", "destination", geo, "state", "closed"); !ok || v != 1 {
 		t.Errorf(`minimesh_circuit_breaker_state{state="closed"} after reset = %v (present %v), want 1`, v, ok)
 	}
 	if code, _ := r.adminPost(t, "/debug/breakers/reset?destination=nope-service:8000"); code != 404 {
@@ -505,55 +384,32 @@ func TestDebugBreakersAndReset(t *testing.T) {
 
 func TestDrainCompletesInFlight(t *testing.T) {
 	u := newUpstream(t)
-	u.delay.Store(int64(time.Second))
-	r := start(t, sidecar.Config{Resolve: map[string]string{geo: u.addr()}, DrainTimeout: 5 * time.Second})
+	u.Delay.Store(int64(time.Second))
+	r := start(t, sidecar.Config{Resolve: map[string]string{geo: u.Host()}, DrainTimeout: 5 * time.Second})
 
-	type result struct {
-		code int
-		body string
-		err  error
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, err := r.client.Get("http://" + geo + "/")
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		res <- result{resp.StatusCode, string(b), err}
-	}()
-	select {
-	case <-u.arrived:
-	case <-time.After(5 * time.Second):
-		t.Fatal("request never reached the upstream")
-	}
+	res := proxytest.GetAsync(r.client, "http://"+geo+"/")
+	u.AwaitRequest(t, 5*time.Second)
 	cancelled := time.Now()
 	r.cancel()
 
 	// /ready turns 503 at once, while the request is still in flight.
-	for {
-		code, _ := r.adminGet(t, "/ready")
-		if code == 503 {
-			break
-		}
-		if time.Since(cancelled) > 500*time.Millisecond {
-			t.Fatalf("/ready still %d %v after the drain began", code, time.Since(cancelled))
-		}
-		time.Sleep(5 * time.Millisecond)
+	var code int
+	if !proxytest.Poll(500*time.Millisecond, 5*time.Millisecond, func() bool {
+		code, _ = r.adminGet(t, "/ready")
+		return code == 503
+	}) {
+		t.Fatalf("/ready still %d %v after the drain began", code, time.Since(cancelled))
 	}
 	// New connections are refused.
-	for {
+	if !proxytest.Poll(500*time.Millisecond, 5*time.Millisecond, func() bool {
 		c, err := net.DialTimeout("tcp", r.sc.OutboundAddr(), time.Second)
 		if err != nil {
-			break
+			return true
 		}
 		c.Close()
-		if time.Since(cancelled) > 500*time.Millisecond {
-			t.Fatal("outbound listener still accepts connections during the drain")
-		}
-		time.Sleep(5 * time.Millisecond)
+		return false
+	}) {
+		t.Fatal("outbound listener still accepts connections during the drain")
 	}
 	select {
 	case x := <-res:
@@ -563,7 +419,7 @@ func TestDrainCompletesInFlight(t *testing.T) {
 
 	select {
 	case x := <-res:
-		if x.err != nil || x.code != 200 || x.body != "hello from geo\n" {
+		if x.Err != nil || x.Code != 200 || x.Body != "hello from geo\n" {
 			t.Fatalf("in-flight request: %+v, want 200 with the upstream's body", x)
 		}
 	case <-time.After(5 * time.Second):
@@ -582,23 +438,11 @@ func TestDrainCompletesInFlight(t *testing.T) {
 
 func TestDrainTimeout(t *testing.T) {
 	u := newUpstream(t)
-	u.delay.Store(int64(5 * time.Second))
-	r := start(t, sidecar.Config{Resolve: map[string]string{geo: u.addr()}, DrainTimeout: 200 * time.Millisecond})
+	u.Delay.Store(int64(5 * time.Second))
+	r := start(t, sidecar.Config{Resolve: map[string]string{geo: u.Host()}, DrainTimeout: 200 * time.Millisecond})
 
-	res := make(chan error, 1)
-	go func() {
-		resp, err := r.client.Get("http://" + geo + "/")
-		if err == nil {
-			_, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		res <- err
-	}()
-	select {
-	case <-u.arrived:
-	case <-time.After(5 * time.Second):
-		t.Fatal("request never reached the upstream")
-	}
+	res := proxytest.GetAsync(r.client, "http://"+geo+"/")
+	u.AwaitRequest(t, 5*time.Second)
 	began := time.Now()
 	r.cancel()
 	select {
@@ -622,7 +466,7 @@ func TestDrainTimeout(t *testing.T) {
 
 func TestMetricNames(t *testing.T) {
 	u := newUpstream(t)
-	r := start(t, sidecar.Config{Resolve: map[string]string{geo: u.addr()}})
+	r := start(t, sidecar.Config{Resolve: map[string]string{geo: u.Host()}})
 	for i := 0; i < 3; i++ {
 		if resp := r.get(t); resp.StatusCode != 200 {
 			t.Fatalf("GET: %d", resp.StatusCode)
@@ -631,21 +475,21 @@ func TestMetricNames(t *testing.T) {
 	ms := r.metrics(t)
 	checks := []struct {
 		name   string
-		labels map[string]string
+		labels []string
 		want   float64 // <0: any value
 	}{
-		{"minimesh_requests_total", map[string]string{"direction": "outbound", "destination": geo, "method": "GET", "code": "200"}, 3},
-		{"minimesh_request_duration_seconds_bucket", map[string]string{"direction": "outbound", "destination": geo, "le": "+Inf"}, 3},
-		{"minimesh_request_duration_seconds_count", map[string]string{"direction": "outbound", "destination": geo}, 3},
-		{"minimesh_circuit_breaker_state", map[string]string{"destination": geo, "state": "closed"}, 1},
-		{"minimesh_circuit_breaker_state", map[string]string{"destination": geo, "state": "open"}, 0},
-		{"minimesh_circuit_breaker_state", map[string]string{"destination": geo, "state": "half-open"}, 0},
-		{"minimesh_build_info", map[string]string{}, 1},
-		{"minimesh_policy_reloads_total", map[string]string{"result": "success"}, -1},
-		{"minimesh_policy_reloads_total", map[string]string{"result": "error"}, -1},
+		{"minimesh_requests_total", []string{"direction", "outbound", "destination", geo, "method", "GET", "code", "200"}, 3},
+		{"minimesh_request_duration_seconds_bucket", []string{"direction", "outbound", "destination", geo, "le", "+Inf"}, 3},
+		{"minimesh_request_duration_seconds_count", []string{"direction", "outbound", "destination", geo}, 3},
+		{"minimesh_circuit_breaker_state", []string{"destination", geo, "state", "closed"}, 1},
+		{"minimesh_circuit_breaker_state", []string{"destination", geo, "state", "open"}, 0},
+		{"minimesh_circuit_breaker_state", []string{"destination", geo, "state", "half-open"}, 0},
+		{"minimesh_build_info", nil, 1},
+		{"minimesh_policy_reloads_total", []string{"result", "success"}, -1},
+		{"minimesh_policy_reloads_total", []string{"result", "error"}, -1},
 	}
 	for _, c := range checks {
-		v, ok := find(ms, c.name, c.labels)
+		v, ok := ms.Value(c.name, c.labels...)
 		if !ok {
 			t.Errorf("/metrics lacks %s%v", c.name, c.labels)
 		} else if c.want >= 0 && v != c.want {
@@ -653,7 +497,7 @@ func TestMetricNames(t *testing.T) {
 		}
 	}
 	for _, m := range ms {
-		if strings.HasPrefix(m.name, "minimesh_request") && m.labels["destination"] != geo {
+		if strings.HasPrefix(m.Name, "minimesh_request") && m.Labels["destination"] != geo {
 			t.Errorf("unexpected destination label: %+v", m)
 		}
 	}

@@ -10,9 +10,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -158,50 +155,6 @@ func (p *Proc) WaitReady(timeout time.Duration, check func() error) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// GroupLive counts the processes of group pgid that have not exited
-// (zombies not counted), reading procRoot (normally /proc).
-func GroupLive(procRoot string, pgid int) int {
-	entries, err := os.ReadDir(procRoot)
-	if err != nil {
-		return 0
-	}
-	n := 0
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(procRoot, e.Name(), "stat"))
-		if err != nil {
-			continue // gone meanwhile
-		}
-		state, pgrp, ok := statGroup(b)
-		if ok && pgrp == pgid && state != "Z" && state != "X" {
-			n++
-		}
-	}
-	return n
-}
-
-// statGroup returns the state and process group of a /proc/PID/stat. The
-// command name (field 2) may hold spaces and parentheses, so the fields are
-// counted from its last ')'.
-func statGroup(b []byte) (state string, pgrp int, ok bool) {
-	s := string(b)
-	end := strings.LastIndexByte(s, ')')
-	if end < 0 {
-		return "", 0, false
-	}
-	f := strings.Fields(s[end+1:]) // f[0] is field 3 (state)
-	if len(f) < 3 {
-		return "", 0, false
-	}
-	pgrp, err := strconv.Atoi(f[2])
-	if err != nil {
-		return "", 0, false
-	}
-	return f[0], pgrp, true
 }
 
 // FreeAddr returns a loopback address whose port was free a moment ago.

@@ -24,9 +24,15 @@ func TestStopEndsTheGroup(t *testing.T) {
 	if n := GroupLive("/proc", p.Pid()); n < 2 {
 		t.Fatalf("group %d has %d live processes, want the shell and sleep", p.Pid(), n)
 	}
+	if u, err := p.Usage(); err != nil || u.Procs < 2 || u.PeakRSS <= 0 {
+		t.Errorf("Usage() = %+v, %v; want the shell and sleep, with their RSS", u, err)
+	}
 	p.Stop()
 	if n := GroupLive("/proc", p.Pid()); n != 0 {
 		t.Errorf("after Stop the group has %d live processes", n)
+	}
+	if u, err := p.Usage(); err == nil {
+		t.Errorf("Usage() after Stop = %+v, want an error", u)
 	}
 	if gone, _ := p.Exited(); !gone {
 		t.Error("Exited() = false after Stop")
@@ -81,9 +87,30 @@ func TestTailBuffer(t *testing.T) {
 	}
 }
 
-func TestStatGroup(t *testing.T) {
-	state, pgrp, ok := statGroup([]byte("42 (a (weird) name) S 1 77 77 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0"))
-	if !ok || state != "S" || pgrp != 77 {
-		t.Errorf("statGroup = %q, %d, %v; want S, 77, true", state, pgrp, ok)
+func TestParseStat(t *testing.T) {
+	// The command name may hold spaces and parentheses.
+	line := "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 123 45 0 0 20 0 3 0 100 1000 200\n"
+	st, err := parseStat([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := procStat{pid: 4242, state: "S", ppid: 1, pgrp: 4242, utime: 123, stime: 45}
+	if st != want {
+		t.Errorf("parseStat = %+v, want %+v", st, want)
+	}
+	for _, bad := range []string{"", "12 (x", "12 (x) S 1 2"} {
+		if _, err := parseStat([]byte(bad)); err == nil {
+			t.Errorf("parseStat(%q): no error", bad)
+		}
+	}
+}
+
+func TestStatusKB(t *testing.T) {
+	status := "Name:\tx\nVmPeak:\t  2000 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n"
+	if got := statusKB([]byte(status), "VmHWM"); got != 1234 {
+		t.Errorf("VmHWM = %d, want 1234", got)
+	}
+	if got := statusKB([]byte(status), "VmSwap"); got != 0 {
+		t.Errorf("VmSwap = %d, want 0", got)
 	}
 }

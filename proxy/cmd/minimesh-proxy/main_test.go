@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 )
 
 // binary is the minimesh-proxy built once by TestMain, with buildFlags
@@ -154,18 +156,13 @@ outer:
 	return append(env, extra...)
 }
 
-// upstream is a loopback service: / answers hello (after delay), /echo
-// answers the length and SHA-256 of the request body.
-type upstream struct {
-	*httptest.Server
-	delay   atomic.Int64
-	arrived chan struct{}
-	release chan struct{}
-}
+// upstream is a loopback service (see proxytest.Upstream for Delay and
+// Arrived): / answers hello, /echo answers the method, length and SHA-256
+// of the request body.
+type upstream struct{ *proxytest.Upstream }
 
 func newUpstream(t *testing.T) *upstream {
-	u := &upstream{arrived: make(chan struct{}, 100), release: make(chan struct{})}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return &upstream{proxytest.NewUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int64) {
 		w.Header().Set("X-Seen-Request-ID", r.Header.Get("X-Request-ID"))
 		if r.URL.Path == "/echo" {
 			h := sha256.New()
@@ -173,26 +170,11 @@ func newUpstream(t *testing.T) *upstream {
 			fmt.Fprintf(w, "%s %d %s", r.Method, n, hex.EncodeToString(h.Sum(nil)))
 			return
 		}
-		select {
-		case u.arrived <- struct{}{}:
-		default:
-		}
-		if d := time.Duration(u.delay.Load()); d > 0 {
-			select {
-			case <-time.After(d):
-			case <-r.Context().Done():
-				return
-			case <-u.release:
-				return
-			}
-		}
 		_, _ = io.WriteString(w, "hello from geo\n")
-	}))
-	t.Cleanup(func() { close(u.release); u.Close() })
-	return u
+	})}
 }
 
-func (u *upstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
+func (u *upstream) addr() string { return u.Host() }
 
 // lineLog keeps a process's stderr and spots the ready line.
 type lineLog struct {
@@ -320,16 +302,8 @@ func (p *proc) wait(t *testing.T, within time.Duration) int {
 	return -1
 }
 
-var direct = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}, Timeout: 5 * time.Second}
-
 func (p *proc) adminGet(path string) (int, string) {
-	resp, err := direct.Get("http://" + p.admin + path)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return proxytest.Get("http://" + p.admin + path)
 }
 
 func (p *proc) client() *http.Client {
@@ -580,48 +554,26 @@ func TestFlagsFromEnv(t *testing.T) {
 
 func TestSIGTERMDrains(t *testing.T) {
 	u := newUpstream(t)
-	u.delay.Store(int64(time.Second))
+	u.Delay.Store(int64(time.Second))
 	p := local(t, "--resolve", geo+"="+u.addr())
 
-	type result struct {
-		code int
-		body string
-		err  error
-	}
-	res := make(chan result, 1)
-	go func() {
-		resp, err := p.client().Get("http://" + geo + "/")
-		if err != nil {
-			res <- result{err: err}
-			return
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		res <- result{resp.StatusCode, string(b), err}
-	}()
-	select {
-	case <-u.arrived:
-	case <-time.After(5 * time.Second):
-		t.Fatal("request never reached the upstream")
-	}
+	res := proxytest.GetAsync(p.client(), "http://"+geo+"/")
+	u.AwaitRequest(t, 5*time.Second)
 	sent := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// Unready at once, while the request is still in flight.
-	for {
-		code, _ := p.adminGet("/ready")
-		if code == 503 {
-			break
-		}
-		if time.Since(sent) > 500*time.Millisecond {
-			t.Fatalf("/ready still %d %v after SIGTERM", code, time.Since(sent))
-		}
-		time.Sleep(5 * time.Millisecond)
+	var code int
+	if !proxytest.Poll(500*time.Millisecond, 5*time.Millisecond, func() bool {
+		code, _ = p.adminGet("/ready")
+		return code == 503
+	}) {
+		t.Fatalf("/ready still %d %v after SIGTERM", code, time.Since(sent))
 	}
 	select {
 	case x := <-res:
-		if x.err != nil || x.code != 200 || x.body != "hello from geo\n" {
+		if x.Err != nil || x.Code != 200 || x.Body != "hello from geo\n" {
 			t.Fatalf("in-flight request: %+v, want 200", x)
 		}
 	case <-time.After(5 * time.Second):
@@ -637,22 +589,10 @@ func TestSIGTERMDrains(t *testing.T) {
 
 func TestSIGTERMDrainTimeout(t *testing.T) {
 	u := newUpstream(t)
-	u.delay.Store(int64(10 * time.Second))
+	u.Delay.Store(int64(10 * time.Second))
 	p := local(t, "--resolve", geo+"="+u.addr(), "--drain-timeout", "300ms")
-	res := make(chan error, 1)
-	go func() {
-		resp, err := p.client().Get("http://" + geo + "/")
-		if err == nil {
-			_, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		res <- err
-	}()
-	select {
-	case <-u.arrived:
-	case <-time.After(5 * time.Second):
-		t.Fatal("request never reached the upstream")
-	}
+	res := proxytest.GetAsync(p.client(), "http://"+geo+"/")
+	u.AwaitRequest(t, 5*time.Second)
 	sent := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -673,10 +613,7 @@ func TestSIGTERMDrainTimeout(t *testing.T) {
 func TestBadPolicyAtStartup(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "geo.yaml")
-	const broken = "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo}\nspec:\n  service: geo-service\n  circuitBreaker:\n    consecutiveFailures: \"many\"\n"
-	if err := os.WriteFile(file, []byte(broken), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	proxytest.WriteFile(t, file, proxytest.BrokenPolicy)
 	p := local(t, "--policy-dir", dir)
 	if code, body := p.adminGet("/ready"); code != 200 {
 		t.Fatalf("/ready with a bad policy: %d %s", code, body)

@@ -1,0 +1,157 @@
+package proc
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// This file reads /proc (or a copy of it, procRoot) for whole process
+// groups: which members are live, and what they have used.
+
+// GroupLive counts the processes of group pgid that have not exited
+// (zombies not counted), reading procRoot (normally /proc).
+func GroupLive(procRoot string, pgid int) int {
+	n := 0
+	forGroup(procRoot, pgid, func(_ string, st procStat) {
+		if st.live() {
+			n++
+		}
+	})
+	return n
+}
+
+// Usage is what a process group has used so far.
+type Usage struct {
+	CPU     time.Duration // user + system time, summed over the group
+	PeakRSS int64         // bytes: VmHWM summed over the group
+	Procs   int           // live processes in the group
+}
+
+// Usage reads /proc for every live process in p's group (the leader and
+// whatever it forked).
+func (p *Proc) Usage() (Usage, error) { return GroupUsage("/proc", p.Pid()) }
+
+// GroupUsage is the usage of the live processes of group pgid, read from
+// procRoot; an error when there is none.
+func GroupUsage(procRoot string, pgid int) (Usage, error) {
+	var u Usage
+	forGroup(procRoot, pgid, func(dir string, st procStat) {
+		if !st.live() {
+			return
+		}
+		u.Procs++
+		u.CPU += ticks(st.utime + st.stime)
+		if b, err := os.ReadFile(filepath.Join(dir, "status")); err == nil {
+			u.PeakRSS += statusKB(b, "VmHWM") * 1024
+		}
+	})
+	if u.Procs == 0 {
+		return u, fmt.Errorf("no live process in group %d", pgid)
+	}
+	return u, nil
+}
+
+// forGroup calls f for every process of group pgid, with its directory.
+func forGroup(procRoot string, pgid int, f func(dir string, st procStat)) {
+	entries, err := os.ReadDir(procRoot)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		dir := filepath.Join(procRoot, e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, "stat"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if st, err := parseStat(b); err == nil && st.pgrp == pgid {
+			f(dir, st)
+		}
+	}
+}
+
+// procStat is what is read of /proc/PID/stat.
+type procStat struct {
+	pid, ppid, pgrp int
+	state           string
+	utime, stime    uint64 // clock ticks
+}
+
+// live: neither a zombie nor dead.
+func (st procStat) live() bool { return st.state != "Z" && st.state != "X" }
+
+// parseStat parses /proc/PID/stat. The command name (field 2) may hold
+// spaces and parentheses, so the fields are counted from its last ')'.
+func parseStat(b []byte) (procStat, error) {
+	var st procStat
+	s := string(b)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return st, errors.New("malformed stat")
+	}
+	var err error
+	if st.pid, err = strconv.Atoi(strings.TrimSpace(s[:open])); err != nil {
+		return st, fmt.Errorf("stat pid: %w", err)
+	}
+	f := strings.Fields(s[end+1:]) // f[0] is field 3 (state)
+	if len(f) < 13 {
+		return st, errors.New("short stat")
+	}
+	st.state = f[0]
+	if st.ppid, err = strconv.Atoi(f[1]); err != nil {
+		return st, err
+	}
+	if st.pgrp, err = strconv.Atoi(f[2]); err != nil {
+		return st, err
+	}
+	if st.utime, err = strconv.ParseUint(f[11], 10, 64); err != nil {
+		return st, err
+	}
+	if st.stime, err = strconv.ParseUint(f[12], 10, 64); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// statusKB returns the value in kB of a "Key:   123 kB" line of
+// /proc/PID/status, or 0.
+func statusKB(b []byte, key string) int64 {
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || k != key {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			return 0
+		}
+		n, _ := strconv.ParseInt(f[0], 10, 64)
+		return n
+	}
+	return 0
+}
+
+// clkTck is USER_HZ, the unit of utime and stime, asked of getconf once,
+// at the first use.
+var clkTck = sync.OnceValue(func() int64 {
+	out, err := exec.Command("getconf", "CLK_TCK").Output()
+	if err == nil {
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 100
+})
+
+func ticks(n uint64) time.Duration {
+	return time.Duration(int64(n) * int64(time.Second) / clkTck())
+}

@@ -1,0 +1,104 @@
+// Package proxytest holds helpers shared by the proxy's tests: policy
+// files, polling with a deadline, the admin endpoints (/ready, /metrics)
+// and an upstream server that counts its requests.
+//
+// It is imported only by tests, and only from the standard library.
+package proxytest
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// GeoPolicy is a valid policy for geo-service with n consecutive failures.
+func GeoPolicy(n int) string {
+	return fmt.Sprintf(`apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: geo}
+spec:
+  service: geo-service
+  circuitBreaker:
+    consecutiveFailures: %d
+`, n)
+}
+
+// BrokenPolicy has a wrong type at line 7, column 26.
+const BrokenPolicy = `apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: geo}
+spec:
+  service: geo-service
+  circuitBreaker:
+    consecutiveFailures: "many"
+`
+
+// WriteFile writes content to name in place (os.WriteFile, mode 0644),
+// failing the test on error.
+func WriteFile(t testing.TB, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ReplaceFile replaces a file atomically, as an editor or a ConfigMap
+// update would, so that no reload sees it half written.
+func ReplaceFile(t testing.TB, name, content string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(name), ".tmp-"+filepath.Base(name))
+	WriteFile(t, tmp, content)
+	if err := os.Rename(tmp, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Poll calls cond every interval until it returns true, and reports
+// whether it did before within passed. cond is called at least once, and
+// once more after the deadline has passed.
+func Poll(within, interval time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(within)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(interval)
+	}
+}
+
+// admin is the client of the admin endpoints: no proxy, no kept
+// connections.
+var admin = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}, Timeout: 5 * time.Second}
+
+// Get sends GET url directly (never through a proxy) and returns the
+// status and body; on failure, status 0 and the error's text.
+func Get(url string) (int, string) {
+	resp, err := admin.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// WaitReady polls GET http://adminAddr/ready every 5 ms until it answers
+// 200, and fails after within with the last answer.
+func WaitReady(adminAddr string, within time.Duration) error {
+	var code int
+	var body string
+	if Poll(within, 5*time.Millisecond, func() bool {
+		code, body = Get("http://" + adminAddr + "/ready")
+		return code == http.StatusOK
+	}) {
+		return nil
+	}
+	return fmt.Errorf("not ready after %v: last /ready answer %d %s", within, code, body)
+}
