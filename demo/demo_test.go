@@ -15,6 +15,15 @@ import (
 // TestDemo plays the whole demo, compressed to 25 s, against the real
 // minimesh-proxy built from this tree, and checks that the story happened.
 // It skips only when the sidecar does not build and CI is not "true".
+// TestMain turns the test binary into the demo when TestDemo starts it
+// as a child with DEMO_TEST_AS_DEMO=1.
+func TestMain(m *testing.M) {
+	if os.Getenv(demoModeEnv) == "1" {
+		os.Exit(demoMode())
+	}
+	os.Exit(m.Run())
+}
+
 func TestDemo(t *testing.T) {
 	root := moduleRootForTest(t)
 	bin := filepath.Join(t.TempDir(), "minimesh-proxy")
