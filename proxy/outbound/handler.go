@@ -308,6 +308,13 @@ func target(r *http.Request) (string, error) {
 	if strings.LastIndexByte(host, ':') <= strings.LastIndexByte(host, ']') {
 		host = net.JoinHostPort(strings.Trim(host, "[]"), "80")
 	}
+	h, port, err := net.SplitHostPort(host)
+	if err != nil || h == "" {
+		return "", errors.New("bad destination " + strconv.Quote(host) + ": want host[:port]")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return "", errors.New("bad port in destination " + strconv.Quote(host))
+	}
 	return host, nil
 }
 

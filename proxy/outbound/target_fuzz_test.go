@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -37,8 +38,8 @@ func FuzzTarget(f *testing.F) {
 		if err != nil {
 			t.Fatalf("target(%q) = %q: not host:port: %v", raw, a, err)
 		}
-		if host == "" && port == "" {
-			t.Fatalf("target(%q) = %q: empty", raw, a)
+		if p, err := strconv.Atoi(port); host == "" || err != nil || p < 1 || p > 65535 {
+			t.Fatalf("target(%q) = %q: want a host and a port 1-65535", raw, a)
 		}
 	})
 }
@@ -52,6 +53,9 @@ func TestTarget(t *testing.T) {
 		{"GET http://[::1]:81/ HTTP/1.1\r\nHost: [::1]:81\r\n\r\n", "[::1]:81", ""},
 		{"GET https://s/ HTTP/1.1\r\nHost: s\r\n\r\n", "", "CONNECT"},
 		{"GET / HTTP/1.0\r\n\r\n", "", "names no destination"},
+		{"GET http://]:/ HTTP/1.1\r\nHost: ]:\r\n\r\n", "", "bad destination"},
+		{"GET http://geo:0/ HTTP/1.1\r\nHost: geo:0\r\n\r\n", "", "bad port"},
+		{"GET / HTTP/1.1\r\nHost: geo:99999\r\n\r\n", "", "bad port"},
 	} {
 		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(tc.raw)))
 		if err != nil {
