@@ -16,23 +16,15 @@ import (
 )
 
 // destination is everything the request path needs about where a request
-// goes, found with one map read.
+// goes, found with one map read. The authorities of one service share it:
+// the breaker and the retry budget of "auth", "auth.ns" and
+// "auth.ns.svc.cluster.local" on one port are one. It is never changed
+// once published; a reload or a reset publishes a new one.
 type destination struct {
 	name    string // canonical authority: "nominatim-service:8000"
 	policy  *policy.ResiliencePolicy
 	breaker *breaker.Breaker // nil past the destination cap
 	budget  *retry.Budget    // nil without retries
-	metrics *telemetry.Destination
-}
-
-// service is what several authorities of one service share: the breaker
-// and the retry budget of "auth", "auth.ns" and "auth.ns.svc.cluster.local"
-// on the same port are one.
-type service struct {
-	name    string
-	policy  *policy.ResiliencePolicy
-	breaker *breaker.Breaker
-	budget  *retry.Budget
 	metrics *telemetry.Destination
 }
 
@@ -52,13 +44,13 @@ type destinations struct {
 
 	mu       sync.Mutex
 	table    *policy.Table
-	services map[string]*service // by serviceKey
-	overflow bool                // warned about the cap
+	services map[string]*destination // by serviceKey
+	overflow bool                    // warned about the cap
 	onWarn   func(msg string, args ...any)
 }
 
 func newDestinations(namespace string, table *policy.Table, m *telemetry.Metrics, warn func(string, ...any)) *destinations {
-	d := &destinations{namespace: namespace, metrics: m, table: table, services: map[string]*service{}, onWarn: warn}
+	d := &destinations{namespace: namespace, metrics: m, table: table, services: map[string]*destination{}, onWarn: warn}
 	empty := map[string]*destination{}
 	d.byAuthority.Store(&empty)
 	return d
@@ -82,11 +74,10 @@ func (d *destinations) add(authority string) *destination {
 	}
 	pol := d.table.Lookup(authority)
 	name := canonical(authority, d.namespace)
-	svc := d.services[serviceKey(name, pol)]
-	if svc == nil {
-		svc = d.newService(d.services, name, pol)
+	dst := d.services[serviceKey(name, pol)]
+	if dst == nil {
+		dst = d.newService(d.services, name, pol)
 	}
-	dst := &destination{name: svc.name, policy: svc.policy, breaker: svc.breaker, budget: svc.budget, metrics: svc.metrics}
 	if len(old) < 4*maxServices {
 		next := make(map[string]*destination, len(old)+1)
 		for k, v := range old {
@@ -100,8 +91,8 @@ func (d *destinations) add(authority string) *destination {
 
 // newService makes the breaker and budget of one service and adds it to
 // services; mu is held.
-func (d *destinations) newService(services map[string]*service, name string, pol *policy.ResiliencePolicy) *service {
-	svc := &service{name: name, policy: pol, metrics: d.metrics.Destination(name)}
+func (d *destinations) newService(services map[string]*destination, name string, pol *policy.ResiliencePolicy) *destination {
+	svc := &destination{name: name, policy: pol, metrics: d.metrics.Destination(name)}
 	if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
 		svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
 	}
@@ -139,7 +130,7 @@ func (d *destinations) setTable(t *policy.Table) {
 	defer d.mu.Unlock()
 	d.table = t
 	old := *d.byAuthority.Load()
-	services := make(map[string]*service, len(d.services))
+	services := make(map[string]*destination, len(d.services))
 	next := make(map[string]*destination, len(old))
 	for authority := range old {
 		pol := t.Lookup(authority)
@@ -149,7 +140,7 @@ func (d *destinations) setTable(t *policy.Table) {
 		if svc == nil {
 			prev := d.services[key]
 			if prev != nil && reflect.DeepEqual(prev.policy.Spec.CircuitBreaker, pol.Spec.CircuitBreaker) {
-				svc = &service{name: name, policy: pol, breaker: prev.breaker, metrics: prev.metrics}
+				svc = &destination{name: name, policy: pol, breaker: prev.breaker, metrics: prev.metrics}
 				if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
 					svc.budget = prev.budget
 					if svc.budget == nil || prev.policy.Spec.Retries == nil || prev.policy.Spec.Retries.Budget != r.Budget {
@@ -161,30 +152,32 @@ func (d *destinations) setTable(t *policy.Table) {
 				svc = d.newService(services, name, pol)
 			}
 		}
-		next[authority] = &destination{name: svc.name, policy: svc.policy, breaker: svc.breaker, budget: svc.budget, metrics: svc.metrics}
+		next[authority] = svc
 	}
 	d.services = services
 	d.byAuthority.Store(&next)
 }
 
-// reset closes a destination's breaker by replacing it with a new one.
+// reset closes a destination's breaker by publishing the destination
+// again with a new breaker.
 func (d *destinations) reset(name string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	replaced := map[*breaker.Breaker]*breaker.Breaker{}
-	for _, svc := range d.services {
+	replaced := map[*destination]*destination{}
+	for key, svc := range d.services {
 		if svc.name != name || svc.breaker == nil {
 			continue
 		}
 		m := svc.metrics
-		fresh := breaker.New(name, svc.policy.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
+		fresh := *svc
+		fresh.breaker = breaker.New(name, svc.policy.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
 			m.Transition(from.String(), to.String())
 		})
 		if st := svc.breaker.State(); st != breaker.Closed {
 			m.Transition(st.String(), breaker.Closed.String())
 		}
-		replaced[svc.breaker] = fresh
-		svc.breaker = fresh
+		replaced[svc] = &fresh
+		d.services[key] = &fresh
 	}
 	if len(replaced) == 0 {
 		return false
@@ -192,10 +185,8 @@ func (d *destinations) reset(name string) bool {
 	old := *d.byAuthority.Load()
 	next := make(map[string]*destination, len(old))
 	for k, v := range old {
-		if fresh, ok := replaced[v.breaker]; ok {
-			c := *v
-			c.breaker = fresh
-			v = &c
+		if fresh, ok := replaced[v]; ok {
+			v = fresh
 		}
 		next[k] = v
 	}
@@ -214,10 +205,10 @@ type BreakerStatus struct {
 
 func (d *destinations) statuses() []BreakerStatus {
 	d.mu.Lock()
-	svcs := make([]service, 0, len(d.services))
+	svcs := make([]*destination, 0, len(d.services))
 	for _, s := range d.services {
 		if s.breaker != nil {
-			svcs = append(svcs, *s)
+			svcs = append(svcs, s)
 		}
 	}
 	d.mu.Unlock()
