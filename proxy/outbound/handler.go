@@ -173,7 +173,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	authority, err := target(r)
 	if err == nil && isSelf(r, authority) {
 		err = errors.New("request addressed to the sidecar's own listener " + authority + ": send it to the destination through the proxy instead")
-		defer func() { h.log.Warn("request loop refused", "authority", authority) }()
+		h.log.Warn("request loop refused", "authority", authority)
 	}
 	if err != nil {
 		// Refused before a destination is known: no metric labels to give

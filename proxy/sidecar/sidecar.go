@@ -151,9 +151,6 @@ type breakers struct{ h *outbound.Handler }
 func (b breakers) Breakers() any                 { return b.h.Breakers() }
 func (b breakers) ResetBreaker(dest string) bool { return b.h.ResetBreaker(dest) }
 func (s *Sidecar) debugConfig() any              { s.mu.Lock(); defer s.mu.Unlock(); return s.source }
-func (s *Sidecar) setPolicies(p []*policy.ResiliencePolicy) {
-	s.outbound.SetPolicies(policy.NewTable(p, s.cfg.Namespace))
-}
 
 // Serve runs until ctx ends, then drains: /ready turns 503, the listener
 // stops accepting, requests in flight get DrainTimeout to finish.
@@ -217,8 +214,9 @@ func (s *Sidecar) applyLoad(r policywatch.Result) {
 		s.log.Error("policy load failed; keeping the last good policies", "dir", s.cfg.PolicyDir, "error", r.Err)
 		return
 	}
-	s.setPolicies(r.Policies)
-	s.source.Policies = policy.NewTable(r.Policies, s.cfg.Namespace).Policies()
+	table := policy.NewTable(r.Policies, s.cfg.Namespace)
+	s.outbound.SetPolicies(table)
+	s.source.Policies = table.Policies()
 	s.source.LoadedAt = time.Now()
 	s.source.LastError, s.source.LastErrAt = "", time.Time{}
 	s.source.Loads++
