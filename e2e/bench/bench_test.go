@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,13 +15,7 @@ import (
 func TestGroupUsage(t *testing.T) {
 	// A process group of two: a leader and its child, both burning a
 	// little CPU.
-	sh, err := exec.LookPath("sh")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("no sh on PATH")
-		}
-		t.Skip("no sh")
-	}
+	sh := proc.NeedTool(t, "sh")
 	ps := &procs{}
 	defer ps.stopAll()
 	p, err := ps.start("spinner", sh, []string{"-c", "(while :; do :; done) & while :; do :; done"}, nil, t.TempDir())

@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"gopkg.in/yaml.v3"
+
+	"github.com/minimesh/minimesh/e2e/internal/proc"
 )
 
 type ruleFile struct {
@@ -205,17 +207,7 @@ func TestAlertTestSeries(t *testing.T) {
 
 // promtool finds promtool; without it the test is skipped on a developer's
 // machine but fails in CI, where `make tools` must have installed it.
-func promtool(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("promtool not installed: run make tools")
-		}
-		t.Skip("promtool not installed (make tools installs Debian's prometheus package)")
-	}
-	return p
-}
+func promtool(t *testing.T) string { return proc.NeedTool(t, "promtool") }
 
 func runPromtool(t *testing.T, args ...string) {
 	t.Helper()

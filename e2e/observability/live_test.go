@@ -19,8 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
 // TestExpressionsEvaluate runs a real Prometheus (Debian's) that scrapes
@@ -30,16 +32,7 @@ import (
 // expression must match the trouble the traffic makes: parsing alone
 // misses a join that matches nothing or matches many-to-many.
 func TestExpressionsEvaluate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts Prometheus for about 20 s")
-	}
-	promBin, err := exec.LookPath("prometheus")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("prometheus not installed: run make tools")
-		}
-		t.Skip("prometheus not installed (make tools installs Debian's prometheus package)")
-	}
+	promBin := proc.NeedTool(t, "prometheus")
 
 	// The sidecar: nominatim fails half the time and its breaker is open,
 	// 2 % of its requests take 2 s; auth is healthy.
