@@ -46,14 +46,8 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		st.attempts = attempt + 1
 		resp, class, err := f.try(req, st)
-		if err == errClientGone || err == nil && class == 0 {
-			return resp, err
-		}
-		if _, bad := err.(*clientError); bad {
-			return nil, err
-		}
-		if _, open := err.(*circuitOpenError); open {
-			return nil, err
+		if err != nil && class == 0 {
+			return nil, err // refused, the app's fault or the app gone: nothing to retry
 		}
 		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || !f.retryable(req, st, r, resp, class) {
 			return resp, err
@@ -77,9 +71,9 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 // errClientGone ends a request whose client disconnected.
 var errClientGone = context.Canceled
 
-// try sends one try. It returns the response, and for a failure the class
-// that failOn and retryOn name (a response with a failing status has
-// both) and, when there is no response, the error.
+// try sends one try. It returns the response, or the error with the
+// class that failOn and retryOn name when the upstream failed before
+// answering (class 0: the try was not sent, or the app is to blame).
 func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy.Class, error) {
 	dst := st.dest
 	var done breaker.Done
@@ -171,24 +165,13 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	if span != nil {
 		endSpan(span, resp.StatusCode, "", "")
 	}
-	var class policy.Class
-	if resp.StatusCode >= 500 {
-		class = policy.Class5xx
-	}
 	if failOn.Status(resp.StatusCode) {
 		report(done, breaker.ErrFailed)
-		if class == 0 {
-			class = classStatus
-		}
 	} else {
 		report(done, nil)
 	}
-	return resp, class, nil
+	return resp, 0, nil
 }
-
-// classStatus marks a response whose status failOn or retryOn may name
-// although it is not a 5xx.
-const classStatus policy.Class = 1 << 7
 
 func report(done breaker.Done, outcome error) {
 	if done != nil {

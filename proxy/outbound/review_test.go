@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/minimesh/minimesh/policy"
@@ -126,5 +127,22 @@ func TestRetryAfterIsSecondsUntilHalfOpen(t *testing.T) {
 	}
 	if fmt.Sprint(body.RetryAfterSeconds) != ra {
 		t.Fatalf("body retryAfterSeconds %d, header %s", body.RetryAfterSeconds, ra)
+	}
+}
+
+// retryOn may name a status that failOn does not, such as 429: the
+// request is retried although the breaker does not count it.
+func TestRetryOnStatusOutsideFailOn(t *testing.T) {
+	var hits atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			w.WriteHeader(http.StatusTooManyRequests)
+		}
+	}))
+	defer up.Close()
+	yaml := "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo}\nspec:\n  service: geo-service\n  retries: {attempts: 1, retryOn: [\"429\"], backoff: {base: 1ms, max: 1ms}}\n"
+	c := proxyFor(t, yaml, up.URL, nil, "geo-service:80")
+	if code, _ := status(t, c, http.MethodGet, "http://geo-service/", ""); code != http.StatusOK || hits.Load() != 2 {
+		t.Fatalf("status %d after %d tries, want 200 after 2", code, hits.Load())
 	}
 }
