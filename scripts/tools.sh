@@ -15,11 +15,11 @@
 #
 # Adding a tool is one line in tools() below:
 #   go_tool NAME VERSION PACKAGE      go install PACKAGE@VERSION
-#   mod_tool NAME PACKAGE [LDFLAGS]   go build PACKAGE in tools/NAME/ (a module
-#                                     of its own) when that has a go.mod, else
-#                                     in the tools/ module; for modules that
-#                                     need a replace block; the cache key is
-#                                     PACKAGE's module version there
+#   mod_tool NAME DIR PACKAGE [LDFLAGS]
+#                                     go build PACKAGE in the module tools/DIR/;
+#                                     for modules that need a replace block;
+#                                     the cache key is PACKAGE's module
+#                                     version there
 #   deb_pkg PACKAGE...                apt-get install the missing ones
 set -euo pipefail
 
@@ -30,8 +30,14 @@ tools() {
 	go_tool fortio v1.66.5 fortio.org/fortio # newer versions miss a module
 	go_tool staticcheck v0.8.2 honnef.co/go/tools/cmd/staticcheck
 	# Jaeger v2 (all-in-one: OTLP in, query API out); tools/jaeger/go.mod pins it.
-	mod_tool jaeger github.com/jaegertracing/jaeger/cmd/jaeger \
+	mod_tool jaeger jaeger github.com/jaegertracing/jaeger/cmd/jaeger \
 		'-X github.com/jaegertracing/jaeger/internal/version.latestVersion=$VERSION'
+	# The Kubernetes API server and kubectl (tools/kube/go.mod maps the staging
+	# modules); without gitVersion /version would say v0.0.0-master.
+	mod_tool kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver \
+		'-X k8s.io/component-base/version.gitVersion=$VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37'
+	mod_tool kubectl kube k8s.io/kubernetes/cmd/kubectl \
+		'-X k8s.io/component-base/version.gitVersion=$VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37'
 	deb_pkg nginx-light haproxy wrk curl iproute2 iptables prometheus etcd-server
 	deb_pkg gcc libc6-dev # cgo, for go test -race
 }
@@ -96,15 +102,13 @@ go_tool() {
 	present "$name" "$dir" "installed: go install $pkg@$version"
 }
 
-# mod_tool NAME PACKAGE [LDFLAGS]: go build PACKAGE in the module tools/NAME/
-# when it has a go.mod, else in the tools/ module (the go.mod pins the version
-# and holds any replace block), as $TOOLS_DIR/NAME-MODULEVERSION/NAME unless it
-# is there already. '$VERSION' in LDFLAGS stands for that module version.
+# mod_tool NAME DIR PACKAGE [LDFLAGS]: go build PACKAGE in the module tools/DIR/
+# (its go.mod pins the version and holds any replace block), as
+# $TOOLS_DIR/NAME-MODULEVERSION/NAME unless it is there already. '$VERSION' in
+# LDFLAGS stands for that module version.
 mod_tool() {
-	local name=$1 pkg=$2 ldflags=${3:-}
+	local name=$1 mod="$ROOT/tools/$2" pkg=$3 ldflags=${4:-}
 	wanted "$name" || return 0
-	local mod="$ROOT/tools"
-	[[ -f "$mod/$name/go.mod" ]] && mod="$mod/$name"
 	local version
 	version="$(cd "$mod" && go list -f '{{.Module.Version}}' "$pkg")"
 	local dir="$TOOLS_DIR/$name-$version"

@@ -38,7 +38,16 @@ const (
 	AnnotationPrefix = "minimesh.io/"
 	AnnotationInject = AnnotationPrefix + "inject"
 	AnnotationStatus = AnnotationPrefix + "status"
+
+	// Values of AnnotationInject (and the namespace label of that name) and
+	// of AnnotationStatus.
+	InjectEnabled  = "enabled"
+	InjectDisabled = "disabled"
+	StatusInjected = "injected"
 )
+
+// ProxyContainerName is the sidecar's container name in an injected pod.
+const ProxyContainerName = "minimesh-proxy"
 
 // Version is the build's version, set by the linker:
 // -ldflags "-X github.com/minimesh/minimesh/wellknown.Version=v0.1.0".
