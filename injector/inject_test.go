@@ -1,0 +1,425 @@
+package injector
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/json"
+	"sigs.k8s.io/yaml"
+
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// testConfig pins the image so that golden files do not depend on the build.
+func testConfig() *Config {
+	cfg := DefaultConfig()
+	cfg.Proxy.Image = "ghcr.io/minimesh/minimesh:v0.0.0-test"
+	return &cfg
+}
+
+func appPod(ann map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "web-7d9f8-abcde", GenerateName: "web-7d9f8-", Namespace: "shop",
+			Labels:      map[string]string{"pod-template-hash": "7d9f8"},
+			Annotations: ann,
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-7d9f8", UID: "u1", Controller: ptr(true),
+			}},
+		},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "app", Image: "example/web:1",
+			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8000}},
+			Env:   []corev1.EnvVar{{Name: "LOG", Value: "1"}},
+		}}},
+	}
+}
+
+func enabled() map[string]string {
+	return map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled}
+}
+
+func TestInjectDecides(t *testing.T) {
+	nsOn := map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled}
+	hostNet := appPod(enabled())
+	hostNet.Spec.HostNetwork = true
+	tests := []struct {
+		name     string
+		in       Input
+		injected bool
+		reason   string
+		warning  string
+	}{
+		{"pod annotation", Input{Pod: appPod(enabled()), Namespace: "shop"}, true, ReasonInjected, ""},
+		{"namespace label", Input{Pod: appPod(nil), Namespace: "shop", NamespaceLabels: nsOn}, true, ReasonInjected, ""},
+		{"neither", Input{Pod: appPod(nil), Namespace: "shop"}, false, ReasonNotOptedIn, ""},
+		{"pod opts out of its namespace", Input{Pod: appPod(map[string]string{wellknown.AnnotationInject: "disabled"}), Namespace: "shop", NamespaceLabels: nsOn}, false, ReasonDisabled, ""},
+		{"kube-system", Input{Pod: appPod(enabled()), Namespace: "kube-system"}, false, ReasonIgnoredNS, ""},
+		{"namespace from the pod", Input{Pod: func() *corev1.Pod { p := appPod(enabled()); p.Namespace = "kube-node-lease"; return p }()}, false, ReasonIgnoredNS, ""},
+		{"hostNetwork", Input{Pod: hostNet, Namespace: "shop"}, false, ReasonHostNetwork, "hostNetwork"},
+		{"manual", Input{Pod: appPod(nil), Manual: true}, true, ReasonInjected, ""},
+		{"manual respects disabled", Input{Pod: appPod(map[string]string{wellknown.AnnotationInject: "disabled"}), Manual: true}, false, ReasonDisabled, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := tt.in.Pod.DeepCopy()
+			res, err := Inject(tt.in, testConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Injected != tt.injected || res.Reason != tt.reason {
+				t.Fatalf("Injected=%v Reason=%q, want %v %q", res.Injected, res.Reason, tt.injected, tt.reason)
+			}
+			if !equality.Semantic.DeepEqual(before, tt.in.Pod) {
+				t.Fatal("Inject changed its input pod")
+			}
+			if tt.injected != (res.Pod.Annotations[wellknown.AnnotationStatus] == wellknown.StatusInjected) {
+				t.Fatalf("status annotation = %q", res.Pod.Annotations[wellknown.AnnotationStatus])
+			}
+			if tt.injected != slices.ContainsFunc(res.Pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == wellknown.ProxyContainerName }) {
+				t.Fatalf("init containers %v", res.Pod.Spec.InitContainers)
+			}
+			if tt.warning != "" && !slices.ContainsFunc(res.Warnings, func(w string) bool { return strings.Contains(w, tt.warning) }) {
+				t.Fatalf("warnings %q lack %q", res.Warnings, tt.warning)
+			}
+			if tt.in.Manual && tt.injected && res.Pod.Annotations[wellknown.AnnotationInject] != wellknown.InjectEnabled {
+				t.Fatal("manual injection did not mark the workload enabled")
+			}
+		})
+	}
+}
+
+func TestInjectDenies(t *testing.T) {
+	tests := []struct {
+		name  string
+		ann   map[string]string
+		mod   func(*corev1.Pod)
+		field string
+		value string
+	}{
+		{"inject value", map[string]string{"minimesh.io/inject": "true"}, nil, "metadata.annotations[minimesh.io/inject]", "true"},
+		{"cpu quantity", map[string]string{"minimesh.io/proxy-cpu-limit": "lots"}, nil, "metadata.annotations[minimesh.io/proxy-cpu-limit]", "lots"},
+		{"memory quantity", map[string]string{"minimesh.io/proxy-memory-request": "12 MB"}, nil, "metadata.annotations[minimesh.io/proxy-memory-request]", "12 MB"},
+		{"zero", map[string]string{"minimesh.io/proxy-memory-limit": "0"}, nil, "metadata.annotations[minimesh.io/proxy-memory-limit]", "0"},
+		{"request over limit", map[string]string{"minimesh.io/proxy-cpu-request": "2"}, nil, "metadata.annotations[minimesh.io/proxy-cpu-request]", "2"},
+		{"limit under request", map[string]string{"minimesh.io/proxy-memory-request": "100Mi", "minimesh.io/proxy-memory-limit": "64Mi"}, nil, "metadata.annotations[minimesh.io/proxy-memory-limit]", "64Mi"},
+		{"iptables not yet", map[string]string{"minimesh.io/interception": "iptables"}, nil, "metadata.annotations[minimesh.io/interception]", "iptables"},
+		{"unknown interception", map[string]string{"minimesh.io/interception": "ebpf"}, nil, "metadata.annotations[minimesh.io/interception]", "ebpf"},
+		{"port out of range", map[string]string{"minimesh.io/skip-outbound-ports": "5432,70000"}, nil, "metadata.annotations[minimesh.io/skip-outbound-ports]", "5432,70000"},
+		{"port range open", map[string]string{"minimesh.io/skip-outbound-ports": "8000-"}, nil, "metadata.annotations[minimesh.io/skip-outbound-ports]", "8000-"},
+		{"cidr", map[string]string{"minimesh.io/skip-outbound-cidrs": "10.0.0.0"}, nil, "metadata.annotations[minimesh.io/skip-outbound-cidrs]", "10.0.0.0"},
+		{"service name", map[string]string{"minimesh.io/service-name": "Web_API"}, nil, "metadata.annotations[minimesh.io/service-name]", "Web_API"},
+		{"log level", map[string]string{"minimesh.io/proxy-log-level": "loud"}, nil, "metadata.annotations[minimesh.io/proxy-log-level]", "loud"},
+		{"admin port taken", nil, func(p *corev1.Pod) { p.Spec.Containers[0].Ports[0].ContainerPort = 15020 }, "spec.containers[0].ports[0].containerPort", "15020"},
+		{"outbound port taken", nil, func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "x", Ports: []corev1.ContainerPort{{ContainerPort: 15001}}}}
+		}, "spec.initContainers[0].ports[0].containerPort", "15001"},
+		{"port name taken", nil, func(p *corev1.Pod) { p.Spec.Containers[0].Ports[0].Name = "minimesh-admin" }, "spec.containers[0].ports[0].name", "minimesh-admin"},
+		{"volume name taken", nil, func(p *corev1.Pod) { p.Spec.Volumes = []corev1.Volume{{Name: "minimesh-policies"}} }, "spec.volumes[0].name", "minimesh-policies"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ann := enabled()
+			for k, v := range tt.ann {
+				ann[k] = v
+			}
+			pod := appPod(ann)
+			if tt.mod != nil {
+				tt.mod(pod)
+			}
+			_, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
+			var d *DenyError
+			if !errors.As(err, &d) {
+				t.Fatalf("err = %v, want a *DenyError", err)
+			}
+			if d.Field != tt.field || d.Value != tt.value {
+				t.Fatalf("denied %s=%q, want %s=%q (%v)", d.Field, d.Value, tt.field, tt.value, err)
+			}
+			if !strings.Contains(err.Error(), tt.field) || !strings.Contains(err.Error(), `"`+tt.value+`"`) {
+				t.Fatalf("message %q does not name the field and the value", err)
+			}
+		})
+	}
+}
+
+func TestInjectWarns(t *testing.T) {
+	tests := []struct {
+		name string
+		ann  map[string]string
+		mod  func(*corev1.Pod)
+		want string
+	}{
+		{"typo", map[string]string{"minimesh.io/proxy-cpu-limits": "1"}, nil, "minimesh.io/proxy-cpu-limits is not a minimesh annotation"},
+		{"tiny memory", map[string]string{"minimesh.io/proxy-memory-limit": "16Mi"}, nil, "OOM"},
+		{"tiny cpu", map[string]string{"minimesh.io/proxy-cpu-limit": "50m"}, nil, "throttles"},
+		{"ports without iptables", map[string]string{"minimesh.io/skip-outbound-ports": "5432"}, nil, "only applies to iptables"},
+		{"own proxy", nil, func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: "HTTP_PROXY", Value: "http://corp:3128"})
+		}, `container "app" sets HTTP_PROXY=http://corp:3128 itself`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ann := enabled()
+			for k, v := range tt.ann {
+				ann[k] = v
+			}
+			pod := appPod(ann)
+			if tt.mod != nil {
+				tt.mod(pod)
+			}
+			res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !res.Injected {
+				t.Fatal("a warning must not stop injection")
+			}
+			if !slices.ContainsFunc(res.Warnings, func(w string) bool { return strings.Contains(w, tt.want) }) {
+				t.Fatalf("warnings %q lack %q", res.Warnings, tt.want)
+			}
+		})
+	}
+}
+
+// TestLimitLowersDefaultRequest: a limit annotated below the config's
+// default request is honoured, as Kubernetes honours a lone limit.
+func TestLimitLowersDefaultRequest(t *testing.T) {
+	ann := enabled()
+	ann["minimesh.io/proxy-memory-limit"] = "24Mi"
+	res, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := res.Pod.Spec.InitContainers[0].Resources
+	if got := r.Requests.Memory().String(); got != "24Mi" {
+		t.Fatalf("memory request %s, want 24Mi", got)
+	}
+}
+
+func TestAppsOwnProxyWins(t *testing.T) {
+	pod := appPod(enabled())
+	pod.Spec.Containers[0].Env = append(pod.Spec.Containers[0].Env, corev1.EnvVar{Name: "NO_PROXY", Value: "internal"})
+	res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range res.Pod.Spec.Containers[0].Env {
+		got = append(got, e.Name+"="+e.Value)
+	}
+	if !slices.Contains(got, "NO_PROXY=internal") || slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, "NO_PROXY=localhost") }) {
+		t.Fatalf("env %q: the app's NO_PROXY must stay and not be duplicated", got)
+	}
+	if !slices.Contains(got, "HTTP_PROXY=http://127.0.0.1:15001") {
+		t.Fatalf("env %q lacks HTTP_PROXY", got)
+	}
+}
+
+// TestReinvocation follows reinvocationPolicy IfNeeded: after another
+// webhook adds a container, injecting again gives that container the proxy
+// environment and nothing else; a third call changes nothing.
+func TestReinvocation(t *testing.T) {
+	cfg := testConfig()
+	first, err := Inject(Input{Pod: appPod(enabled()), Namespace: "shop"}, cfg)
+	if err != nil || !first.Injected {
+		t.Fatalf("first: %v %+v", err, first)
+	}
+	later := first.Pod.DeepCopy()
+	later.Spec.Containers = append(later.Spec.Containers, corev1.Container{Name: "added", Image: "x"})
+	second, err := Inject(Input{Pod: later, Namespace: "shop"}, cfg)
+	if err != nil || !second.Injected || second.Reason != ReasonReinvoked {
+		t.Fatalf("second: %v %+v", err, second)
+	}
+	if n := len(second.Pod.Spec.InitContainers); n != 1 {
+		t.Fatalf("%d init containers after reinvocation, want 1", n)
+	}
+	patch, err := Patch(later, second.Pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(patch), "/spec/containers/0") || !strings.Contains(string(patch), "/spec/containers/1/env") {
+		t.Fatalf("reinvocation patch touches more than the added container: %s", patch)
+	}
+	third, err := Inject(Input{Pod: second.Pod, Namespace: "shop"}, cfg)
+	if err != nil || third.Injected || third.Reason != ReasonAlreadyInjected {
+		t.Fatalf("third: %v %+v", err, third)
+	}
+}
+
+func TestServiceName(t *testing.T) {
+	owned := func(kind, name string, labels map[string]string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Labels: labels,
+			OwnerReferences: []metav1.OwnerReference{{Kind: kind, Name: name, Controller: ptr(true)}}}}
+	}
+	tests := []struct {
+		name     string
+		pod      *corev1.Pod
+		workload string
+		want     string
+	}{
+		{"well-known label", owned("ReplicaSet", "web-1", map[string]string{"app.kubernetes.io/name": "shop", "app": "x"}), "", "shop"},
+		{"app label", owned("ReplicaSet", "web-1", map[string]string{"app": "x"}), "", "x"},
+		{"deployment", owned("ReplicaSet", "web-5d8f7", map[string]string{"pod-template-hash": "5d8f7"}), "", "web"},
+		{"statefulset", owned("StatefulSet", "db", nil), "", "db"},
+		{"cronjob", owned("Job", "backup-29384756", nil), "", "backup"},
+		{"job", owned("Job", "migrate", nil), "", "migrate"},
+		{"manual workload", &corev1.Pod{}, "api", "api"},
+		{"generateName", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "batch-"}}, "", "batch"},
+		{"name", &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "solo"}}, "", "solo"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := serviceName(tt.pod, tt.workload); got != tt.want {
+				t.Fatalf("serviceName = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestPatchApplies checks that the webhook's patch, applied to the pod as
+// the API server holds it, gives exactly the mutated pod.
+func TestPatchApplies(t *testing.T) {
+	pod := appPod(enabled())
+	res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch, err := Patch(pod, res.Pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := jsonpatch.DecodePatch(patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, _ := json.Marshal(pod)
+	patched, err := ops.Apply(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got corev1.Pod
+	if err := json.Unmarshal(patched, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(&got, res.Pod) {
+		t.Fatalf("patched pod differs from the mutated pod\npatch: %s", patch)
+	}
+}
+
+// TestGolden pins the whole injected pod: the sidecar's command line,
+// probes, security context and the apps' environment, as users will read
+// them in `kubectl get pod -o yaml`.
+func TestGolden(t *testing.T) {
+	ratio := 0.1
+	tests := []struct {
+		name string
+		pod  *corev1.Pod
+		cfg  func(*Config)
+	}{
+		{"deployment-pod", appPod(enabled()), nil},
+		{"annotations", appPod(map[string]string{
+			"minimesh.io/inject": "enabled", "minimesh.io/service-name": "storefront",
+			"minimesh.io/proxy-cpu-limit": "500m", "minimesh.io/proxy-memory-limit": "64Mi",
+			"minimesh.io/proxy-log-level": "debug", "minimesh.io/skip-outbound-cidrs": "10.0.0.0/8, 192.168.0.0/16",
+		}), func(c *Config) {
+			c.OTLPEndpoint = "jaeger-collector.observability:4317"
+			c.TraceSampleRatio = &ratio
+			c.NoProxy = []string{".corp.example.com"}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig()
+			if tt.cfg != nil {
+				tt.cfg(cfg)
+			}
+			res, err := Inject(Input{Pod: tt.pod, Namespace: "shop"}, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := yaml.Marshal(res.Pod)
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join("testdata", tt.name+".golden.yaml")
+			if *update {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test ./injector -update)", err)
+			}
+			if string(got) != string(want) {
+				t.Fatalf("%s differs (go test ./injector -update rewrites it):\n%s", path, got)
+			}
+		})
+	}
+}
+
+func TestConfig(t *testing.T) {
+	cfg, err := ParseConfig([]byte("proxy:\n  image: reg/mm:1\n  cpuLimit: 500m\notlpEndpoint: j:4317\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Proxy.Image != "reg/mm:1" || cfg.Proxy.CPULimit != "500m" || cfg.Proxy.MemoryLimit != "128Mi" || cfg.OTLPEndpoint != "j:4317" {
+		t.Fatalf("config %+v: file values over defaults", cfg)
+	}
+	for _, bad := range []struct{ in, want string }{
+		{"proxy:\n  imagee: x\n", "line 2: field imagee not found"},
+		{"proxy:\n  cpuLimit: lots\n", `proxy.cpuLimit: "lots" is not a quantity`},
+		{"proxy:\n  adminPort: 15001\n", "proxy.adminPort: 15001 is also the outbound port"},
+		{"proxy:\n  uid: 0\n", "proxy.uid"},
+		{"traceSampleRatio: 2\n", "traceSampleRatio"},
+		{"proxy:\n  logLevel: loud\n", "proxy.logLevel"},
+	} {
+		_, err := ParseConfig([]byte(bad.in))
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("ParseConfig(%q) = %v, want an error containing %q", bad.in, err, bad.want)
+		}
+	}
+}
+
+// FuzzInject: any annotation value is either refused with a *DenyError or
+// injected into a pod that injecting again leaves alone.
+func FuzzInject(f *testing.F) {
+	f.Add("minimesh.io/proxy-cpu-limit", "500m", "minimesh.io/skip-outbound-ports", "80,8000-8100")
+	f.Add("minimesh.io/skip-outbound-cidrs", "10.0.0.0/8,", "minimesh.io/service-name", "a-b")
+	f.Add("minimesh.io/interception", "proxy-env", "minimesh.io/proxy-memory-request", "1e3")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2 string) {
+		ann := enabled()
+		ann[k1] = v1
+		ann[k2] = v2
+		cfg := testConfig()
+		res, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, cfg)
+		if err != nil {
+			var d *DenyError
+			if !errors.As(err, &d) {
+				t.Fatalf("error %v is not a denial", err)
+			}
+			return
+		}
+		if !res.Injected {
+			return
+		}
+		if _, err := Patch(appPod(ann), res.Pod); err != nil {
+			t.Fatal(err)
+		}
+		again, err := Inject(Input{Pod: res.Pod, Namespace: "shop"}, cfg)
+		if err != nil || again.Injected {
+			t.Fatalf("injecting twice: %v %+v", err, again)
+		}
+	})
+}

@@ -1,0 +1,341 @@
+package injector
+
+import (
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+// Reasons of a Result.
+const (
+	ReasonInjected        = "injected"
+	ReasonReinvoked       = "already injected; proxy environment added to containers added since"
+	ReasonAlreadyInjected = "already injected"
+	ReasonDisabled        = "annotation " + wellknown.AnnotationInject + ": " + wellknown.InjectDisabled
+	ReasonHostNetwork     = "hostNetwork pod"
+	ReasonNotOptedIn      = "not opted in"
+	ReasonIgnoredNS       = "namespace is never injected"
+)
+
+// policyMountPath is where the sidecar reads the policy ConfigMap.
+const policyMountPath = "/etc/minimesh/policies"
+
+const (
+	policyVolume  = "minimesh-policies"
+	adminPortName = "minimesh-admin"
+)
+
+func inject(in Input, cfg *Config) (Result, error) {
+	pod := in.Pod
+	ns := in.Namespace
+	if ns == "" {
+		ns = pod.Namespace
+	}
+	skip := func(reason string, warnings ...string) (Result, error) {
+		return Result{Pod: pod, Reason: reason, Warnings: warnings}, nil
+	}
+
+	switch v, ok := pod.Annotations[wellknown.AnnotationInject]; {
+	case v == wellknown.InjectDisabled:
+		return skip(ReasonDisabled)
+	case ok && v != wellknown.InjectEnabled:
+		return Result{}, deny(wellknown.AnnotationInject, v, "want enabled or disabled")
+	}
+	if IsInjected(pod) {
+		return reinject(pod, cfg)
+	}
+	if slices.Contains(cfg.IgnoredNamespaces, ns) {
+		return skip(ReasonIgnoredNS)
+	}
+	asked := pod.Annotations[wellknown.AnnotationInject] == wellknown.InjectEnabled ||
+		in.NamespaceLabels[wellknown.AnnotationInject] == wellknown.InjectEnabled || in.Manual
+	if !asked {
+		return skip(ReasonNotOptedIn)
+	}
+	if pod.Spec.HostNetwork {
+		// The sidecar's ports would be the node's: never inject, but tell
+		// whoever asked for it.
+		return skip(ReasonHostNetwork, "minimesh: hostNetwork pods are never injected: the sidecar's ports would be the node's")
+	}
+
+	s, err := parseSettings(pod.Annotations, cfg)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := checkClashes(pod, cfg); err != nil {
+		return Result{}, err
+	}
+
+	out := pod.DeepCopy()
+	if out.Annotations == nil {
+		out.Annotations = map[string]string{}
+	}
+	out.Annotations[wellknown.AnnotationStatus] = wellknown.StatusInjected
+	if in.Manual {
+		out.Annotations[wellknown.AnnotationInject] = wellknown.InjectEnabled
+	}
+	service := s.serviceName
+	if service == "" {
+		service = serviceName(pod, in.WorkloadName)
+	}
+	out.Spec.InitContainers = append([]corev1.Container{sidecar(cfg, s, service)}, out.Spec.InitContainers...)
+	out.Spec.Volumes = append(out.Spec.Volumes, corev1.Volume{
+		Name: policyVolume,
+		VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: cfg.PolicyConfigMap},
+			Optional:             ptr(true),
+		}},
+	})
+	env := proxyEnv(cfg, s)
+	for i := range out.Spec.Containers {
+		s.warnings = append(s.warnings, addEnv(&out.Spec.Containers[i], env)...)
+	}
+	return Result{Pod: out, Injected: true, Reason: ReasonInjected, Warnings: s.warnings}, nil
+}
+
+// reinject handles an injected pod seen again: under reinvocationPolicy
+// IfNeeded the webhook runs once more after later webhooks changed the pod,
+// and a container one of them added must still send its HTTP through the
+// sidecar. Nothing else is touched, so calling it twice changes nothing.
+func reinject(pod *corev1.Pod, cfg *Config) (Result, error) {
+	s, err := parseSettings(pod.Annotations, cfg)
+	if err != nil {
+		// Admitted once with these annotations; they cannot have turned
+		// bad, unless someone edited them, which is not ours to refuse.
+		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
+	}
+	env := proxyEnv(cfg, s)
+	var idx []int
+	for i := range pod.Spec.Containers {
+		if !hasAnyEnv(&pod.Spec.Containers[i], env) {
+			idx = append(idx, i)
+		}
+	}
+	if len(idx) == 0 {
+		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
+	}
+	out := pod.DeepCopy()
+	for _, i := range idx {
+		addEnv(&out.Spec.Containers[i], env)
+	}
+	return Result{Pod: out, Injected: true, Reason: ReasonReinvoked}, nil
+}
+
+// checkClashes refuses a pod whose containers already use the sidecar's
+// ports or names: injected anyway, one of the two would fail to start, far
+// from this cause.
+func checkClashes(pod *corev1.Pod, cfg *Config) error {
+	check := func(field string, cs []corev1.Container) error {
+		for i, c := range cs {
+			for j, p := range c.Ports {
+				f := fmt.Sprintf("%s[%d].ports[%d]", field, i, j)
+				switch {
+				case int(p.ContainerPort) == cfg.Proxy.AdminPort:
+					return &DenyError{Field: f + ".containerPort", Value: strconv.Itoa(int(p.ContainerPort)),
+						Reason: "the minimesh sidecar's admin port; move the app or set proxy.adminPort in the injector's config"}
+				case int(p.ContainerPort) == cfg.Proxy.OutboundPort:
+					return &DenyError{Field: f + ".containerPort", Value: strconv.Itoa(int(p.ContainerPort)),
+						Reason: "the minimesh sidecar's outbound port; move the app or set proxy.outboundPort in the injector's config"}
+				case p.Name == adminPortName:
+					return &DenyError{Field: f + ".name", Value: p.Name, Reason: "the name of the minimesh sidecar's port"}
+				}
+			}
+		}
+		return nil
+	}
+	if err := check("spec.initContainers", pod.Spec.InitContainers); err != nil {
+		return err
+	}
+	if err := check("spec.containers", pod.Spec.Containers); err != nil {
+		return err
+	}
+	for i, v := range pod.Spec.Volumes {
+		if v.Name == policyVolume {
+			return &DenyError{Field: fmt.Sprintf("spec.volumes[%d].name", i), Value: v.Name, Reason: "the name of the minimesh sidecar's policy volume"}
+		}
+	}
+	return nil
+}
+
+// sidecar is the proxy as a native sidecar: an init container that keeps
+// running (restartPolicy Always), so it starts before the app containers,
+// stops after them and does not keep a Job from completing; its startup
+// probe holds the app back until the proxy answers /ready.
+func sidecar(cfg *Config, s *settings, service string) corev1.Container {
+	p := &cfg.Proxy
+	args := []string{
+		"run",
+		"--outbound-addr=127.0.0.1:" + strconv.Itoa(p.OutboundPort),
+		"--admin-addr=:" + strconv.Itoa(p.AdminPort),
+		"--policy-dir=" + policyMountPath,
+		"--log-level=" + s.logLevel,
+	}
+	if service != "" {
+		args = append(args, "--service-name="+service)
+	}
+	if cfg.OTLPEndpoint != "" {
+		args = append(args, "--otlp-endpoint="+cfg.OTLPEndpoint)
+	}
+	if r := cfg.TraceSampleRatio; r != nil {
+		args = append(args, "--trace-sample-ratio="+strconv.FormatFloat(*r, 'g', -1, 64))
+	}
+	probe := func(path string, period, failures int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: path, Port: intstr.FromString(adminPortName),
+			}},
+			PeriodSeconds: period, FailureThreshold: failures, TimeoutSeconds: 1,
+		}
+	}
+	res := corev1.ResourceRequirements{}
+	setQ := func(l *corev1.ResourceList, name corev1.ResourceName, q *resource.Quantity) {
+		if q != nil {
+			if *l == nil {
+				*l = corev1.ResourceList{}
+			}
+			(*l)[name] = *q
+		}
+	}
+	setQ(&res.Requests, corev1.ResourceCPU, s.cpuRequest)
+	setQ(&res.Requests, corev1.ResourceMemory, s.memoryRequest)
+	setQ(&res.Limits, corev1.ResourceCPU, s.cpuLimit)
+	setQ(&res.Limits, corev1.ResourceMemory, s.memoryLimit)
+
+	return corev1.Container{
+		Name:            wellknown.ProxyContainerName,
+		Image:           p.Image,
+		ImagePullPolicy: corev1.PullPolicy(p.ImagePullPolicy),
+		// The image has no ENTRYPOINT: it holds two binaries.
+		Command: []string{"/minimesh-proxy"},
+		Args:    args,
+		Env: []corev1.EnvVar{
+			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		},
+		Ports: []corev1.ContainerPort{{
+			Name: adminPortName, ContainerPort: int32(p.AdminPort), Protocol: corev1.ProtocolTCP,
+		}},
+		Resources:     res,
+		RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways),
+		// Up to two minutes to start; then liveness takes over.
+		StartupProbe:   probe("/ready", 1, 120),
+		ReadinessProbe: probe("/ready", 5, 2),
+		LivenessProbe:  probe("/live", 10, 3),
+		VolumeMounts: []corev1.VolumeMount{{
+			Name: policyVolume, MountPath: policyMountPath, ReadOnly: true,
+		}},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr(true),
+			RunAsUser:                ptr(p.UID),
+			RunAsGroup:               ptr(p.UID),
+			ReadOnlyRootFilesystem:   ptr(true),
+			AllowPrivilegeEscalation: ptr(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+}
+
+// proxyEnv is what each app container gets in proxy-env interception.
+// NO_PROXY keeps loopback and the API server direct (client-go speaks
+// HTTPS, which HTTP_PROXY does not cover, but other clients may not);
+// cluster services stay proxied. KUBERNETES_SERVICE_HOST is expanded by
+// the kubelet, which sets it in every container.
+func proxyEnv(cfg *Config, s *settings) []corev1.EnvVar {
+	proxy := "http://127.0.0.1:" + strconv.Itoa(cfg.Proxy.OutboundPort)
+	noProxy := []string{
+		"localhost", "127.0.0.1", "::1", "$(KUBERNETES_SERVICE_HOST)",
+		"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
+	}
+	noProxy = append(noProxy, cfg.NoProxy...)
+	noProxy = append(noProxy, s.skipCIDRs...)
+	np := strings.Join(noProxy, ",")
+	// Both spellings: curl reads only the lower-case http_proxy, others
+	// only the upper case; NO_PROXY likewise.
+	return []corev1.EnvVar{
+		{Name: "HTTP_PROXY", Value: proxy},
+		{Name: "http_proxy", Value: proxy},
+		{Name: "NO_PROXY", Value: np},
+		{Name: "no_proxy", Value: np},
+	}
+}
+
+// addEnv appends env to c, except the variables c sets itself: the app's
+// own value wins, and a warning says that its traffic then bypasses (or is
+// routed differently by) the sidecar.
+func addEnv(c *corev1.Container, env []corev1.EnvVar) []string {
+	var warnings []string
+	for _, e := range env {
+		if i := slices.IndexFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }); i >= 0 {
+			own := c.Env[i].Value
+			if c.Env[i].ValueFrom != nil {
+				own = "(valueFrom)"
+			}
+			warnings = append(warnings, fmt.Sprintf("minimesh: container %q sets %s=%s itself; its value wins over minimesh's %s",
+				c.Name, e.Name, own, e.Value))
+			continue
+		}
+		c.Env = append(c.Env, e)
+	}
+	return warnings
+}
+
+func hasAnyEnv(c *corev1.Container, env []corev1.EnvVar) bool {
+	for _, e := range env {
+		if slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }) {
+			return true
+		}
+	}
+	return false
+}
+
+// jobSuffix is the scheduled time a CronJob appends to its Jobs' names.
+var jobSuffix = regexp.MustCompile(`-[0-9]{6,}$`)
+
+// serviceName names the workload in spans and metrics when no annotation
+// does: the well-known labels, else the owner (a Deployment's ReplicaSet
+// without its template hash, a CronJob's Job without its time), else the
+// workload given, else the pod's name prefix or name.
+func serviceName(pod *corev1.Pod, workload string) string {
+	if v := pod.Labels["app.kubernetes.io/name"]; v != "" {
+		return v
+	}
+	if v := pod.Labels["app"]; v != "" {
+		return v
+	}
+	for _, o := range pod.OwnerReferences {
+		if o.Controller == nil || !*o.Controller {
+			continue
+		}
+		name := o.Name
+		switch o.Kind {
+		case "ReplicaSet":
+			if h := pod.Labels["pod-template-hash"]; h != "" {
+				name = strings.TrimSuffix(name, "-"+h)
+			}
+		case "Job":
+			name = jobSuffix.ReplaceAllString(name, "")
+		}
+		return name
+	}
+	if workload != "" {
+		return workload
+	}
+	if pod.GenerateName != "" {
+		return strings.TrimRight(pod.GenerateName, "-")
+	}
+	return pod.Name
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func quote(s string) string { return strconv.Quote(s) }
