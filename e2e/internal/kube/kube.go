@@ -1,0 +1,119 @@
+// Package kube starts a real Kubernetes API server for end-to-end tests:
+// kube-apiserver 1.37 built from the Go module proxy and Debian's etcd,
+// both on loopback, through controller-runtime's envtest. There is no
+// kubelet and no controller-manager, so pods stay Pending and Deployments
+// make no ReplicaSets; admission (webhooks, Pod Security), validation,
+// CRDs and RBAC are the real thing, which is what the injector, the chart
+// and the control plane are tested against.
+package kube
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/minimesh/minimesh/e2e/internal/proc"
+)
+
+// Cluster is a running API server.
+type Cluster struct {
+	// Config is an admin (system:masters) client config.
+	Config *rest.Config
+	// Client is a typed clientset with Config.
+	Client kubernetes.Interface
+	// Kubeconfig is the path of a kubeconfig file with the same admin
+	// user, for kubectl, helm and `minimesh --kubeconfig` in other
+	// processes.
+	Kubeconfig string
+
+	kubectl string
+}
+
+// Start starts etcd and kube-apiserver and stops them, removing their
+// files, when t ends. A missing binary skips the test, except under
+// CI=true where it fails it (proc.NeedTool).
+func Start(t testing.TB) *Cluster {
+	t.Helper()
+	assets := t.TempDir()
+	for _, name := range []string{"kube-apiserver", "etcd", "kubectl"} {
+		// envtest finds the binaries by name in one directory.
+		if err := os.Symlink(proc.NeedTool(t, name), filepath.Join(assets, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		// Two shared cores: etcd and a cold API server can take a while.
+		ControlPlaneStartTimeout: 90 * time.Second,
+		ControlPlaneStopTimeout:  30 * time.Second,
+	}
+	// envtest's defaults keep the ServiceAccount admission plugin off,
+	// because no controller-manager creates the "default" service account
+	// that it would demand of every pod. PodSecurity and the admission
+	// webhooks stay on, as in a real cluster. No kubelet serves the
+	// endpoints of the "kubernetes" Service either.
+	env.ControlPlane.GetAPIServer().Configure().Set("endpoint-reconciler-type", "none")
+
+	start := time.Now()
+	cfg, err := env.Start()
+	if err != nil {
+		_ = env.Stop()
+		t.Fatalf("start kube-apiserver and etcd: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Logf("stop kube-apiserver and etcd: %v", err)
+		}
+	})
+	t.Logf("kube-apiserver and etcd started in %s at %s", time.Since(start).Round(time.Millisecond), cfg.Host)
+
+	admin, err := env.AddUser(envtest.User{Name: "e2e-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		t.Fatalf("add admin user: %v", err)
+	}
+	kc, err := admin.KubeConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{Config: admin.Config(), Kubeconfig: path, kubectl: filepath.Join(assets, "kubectl")}
+	if c.Client, err = kubernetes.NewForConfig(c.Config); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// Kubectl runs the real kubectl with the cluster's kubeconfig and returns
+// its combined output.
+func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, c.kubectl, append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// CreateNamespace creates a namespace with labels.
+func (c *Cluster) CreateNamespace(t testing.TB, name string, labels map[string]string) {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	if _, err := c.Client.CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create namespace %s: %v", name, err)
+	}
+}
