@@ -25,6 +25,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(),
 		newPolicyCmd(),
+		newControllerCmd(),
 	)
 	return root
 }

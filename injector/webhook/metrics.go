@@ -1,0 +1,58 @@
+package webhook
+
+import (
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+// Metrics are the controller's: what it admitted and how long it took.
+// The histogram's buckets are fine below a millisecond, where a healthy
+// injector answers, and reach the webhook's timeout.
+type Metrics struct {
+	Registry    *prometheus.Registry
+	admissions  *prometheus.CounterVec
+	duration    prometheus.Histogram
+	badRequests prometheus.Counter
+}
+
+// NewMetrics registers the metrics on a registry of their own, with the
+// Go and process collectors (memory and CPU of the controller).
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_injector_admissions_total",
+			Help: "Pod admissions by result: injected, skipped (not asked, opted out, already injected), denied (bad annotation), error.",
+		}, []string{"result"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "minimesh_injector_admission_duration_seconds",
+			Help:    "Time to answer one AdmissionReview, from its first byte read to the answer written.",
+			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		}),
+		badRequests: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "minimesh_injector_bad_requests_total",
+			Help: "Requests to /inject that were not an AdmissionReview (answered 400).",
+		}),
+	}
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "minimesh_build_info",
+		Help: "The controller's version; always 1.",
+	}, []string{"version", "goversion"})
+	build.WithLabelValues(wellknown.Version, runtime.Version()).Set(1)
+	for _, r := range []string{ResultInjected, ResultSkipped, ResultDenied, ResultError} {
+		m.admissions.WithLabelValues(r)
+	}
+	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *Metrics) observe(result string, d time.Duration) {
+	m.admissions.WithLabelValues(result).Inc()
+	m.duration.Observe(d.Seconds())
+}

@@ -1,0 +1,130 @@
+package webhook
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
+)
+
+// Server is the controller's two listeners: the webhook over TLS, and a
+// plain-HTTP admin listener for probes and metrics, so that Prometheus
+// scrapes it without the webhook's CA.
+type Server struct {
+	WebhookAddr string
+	AdminAddr   string
+	CertFile    string
+	KeyFile     string
+	// Inject answers /inject.
+	Inject http.Handler
+	// Ready reports why the controller cannot serve yet (nil: it can).
+	Ready   func() error
+	Metrics *Metrics
+	Log     *slog.Logger
+	// ShutdownTimeout bounds how long in-flight admissions may take to
+	// finish after ctx ends (default 10 s, the API server's own timeout
+	// for a webhook call is shorter).
+	ShutdownTimeout time.Duration
+
+	mu          sync.Mutex
+	webhookAddr net.Addr
+	adminAddr   net.Addr
+}
+
+// Run serves until ctx ends, then lets in-flight admissions finish. The
+// certificate is read at once, so a missing or bad file fails Run before
+// anything listens, and reloaded when the files change (poll and watch),
+// so a rotated Secret is served without a restart.
+func (s *Server) Run(ctx context.Context) error {
+	cw, err := certwatcher.New(s.CertFile, s.KeyFile)
+	if err != nil {
+		return fmt.Errorf("load TLS certificate %s and key %s: %w", s.CertFile, s.KeyFile, err)
+	}
+	wl, err := net.Listen("tcp", s.WebhookAddr)
+	if err != nil {
+		return fmt.Errorf("webhook listener: %w", err)
+	}
+	al, err := net.Listen("tcp", s.AdminAddr)
+	if err != nil {
+		wl.Close()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	s.mu.Lock()
+	s.webhookAddr, s.adminAddr = wl.Addr(), al.Addr()
+	s.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	go func() {
+		if err := cw.Start(ctx); err != nil {
+			errc <- fmt.Errorf("watch TLS certificate: %w", err)
+		}
+	}()
+
+	health := http.NewServeMux()
+	health.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	health.HandleFunc("GET /readyz", s.readyz)
+
+	hooks := http.NewServeMux()
+	hooks.Handle("/inject", s.Inject)
+	hooks.Handle("/", health)
+	webhook := &http.Server{
+		Handler:           hooks,
+		TLSConfig:         &tls.Config{GetCertificate: cw.GetCertificate, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug),
+	}
+	admin := http.NewServeMux()
+	admin.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
+	admin.Handle("/", health)
+	adminSrv := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
+
+	go func() { errc <- webhook.ServeTLS(wl, "", "") }()
+	go func() { errc <- adminSrv.Serve(al) }()
+	s.Log.Info("controller serving", "webhook", wl.Addr().String(), "admin", al.Addr().String())
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	timeout := s.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), timeout)
+	defer scancel()
+	err = errors.Join(webhook.Shutdown(sctx), adminSrv.Shutdown(sctx))
+	if errors.Is(runErr, http.ErrServerClosed) {
+		runErr = nil
+	}
+	return errors.Join(runErr, err)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if s.Ready != nil {
+		if err := s.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// Addrs are the bound addresses once Run listens (nil before), for tests
+// that listen on port 0.
+func (s *Server) Addrs() (webhook, admin net.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.webhookAddr, s.adminAddr
+}
