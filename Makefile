@@ -27,7 +27,7 @@ help:
 	@echo 'build  bin/minimesh-proxy and bin/minimesh (static, VERSION=$(VERSION))'
 	@echo 'test   tools, build, go vet and every test with -race (the e2e ones too)'
 	@echo 'e2e    only the end-to-end tests (./e2e/...)'
-	@echo 'bench  the benchmark harness (BENCH_FLAGS=...) and the Go benchmarks'
+	@echo 'bench  the benchmark harness (BENCH_FLAGS=...), the Go benchmarks and the webhook figures'
 	@echo 'demo   go run ./demo'
 	@echo 'lint   gofmt, go vet, staticcheck'
 	@echo 'tools  install missing tools (scripts/tools.sh)'
@@ -53,6 +53,8 @@ bench: build tools
 	mkdir -p $(RESULTS_DIR)
 	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem $(GOBENCH_FLAGS) ./policy/... ./proxy/... \
 		| tee $(RESULTS_DIR)/go-bench.txt
+	set -o pipefail; CGO_ENABLED=0 $(GO) test -run '^$$' -bench PodCreate50 -benchtime 10x -count 5 ./e2e/injector/ \
+		| tee $(RESULTS_DIR)/injector.txt
 
 demo: build
 	$(GO) run ./demo

@@ -38,6 +38,7 @@ tools() {
 		'-X k8s.io/component-base/version.gitVersion=$VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37'
 	mod_tool kubectl kube k8s.io/kubernetes/cmd/kubectl \
 		'-X k8s.io/component-base/version.gitVersion=$VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37'
+	go_tool helm v3.22.0 helm.sh/helm/v3/cmd/helm
 	deb_pkg nginx-light haproxy wrk curl iproute2 iptables prometheus etcd-server
 	deb_pkg gcc libc6-dev # cgo, for go test -race
 }

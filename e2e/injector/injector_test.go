@@ -1,0 +1,208 @@
+package injector_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+// TestInjector runs every admission case against one API server, because
+// starting it is most of the time.
+func TestInjector(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	enabled := map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled}
+	nsOn := map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled}
+
+	create := func(t *testing.T, ns string, pod *corev1.Pod) *corev1.Pod {
+		t.Helper()
+		got, err := e.client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("create pod %s/%s: %v", ns, pod.Name, err)
+		}
+		return got
+	}
+
+	t.Run("annotated pod is injected", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "annotated", nil)
+		p := create(t, ns, appPod("web", enabled))
+		if !injected(p) {
+			t.Fatalf("stored pod not injected: %+v", p.Spec)
+		}
+		if p.Spec.InitContainers[0].Name != wellknown.ProxyContainerName {
+			t.Fatalf("sidecar is not the first init container: %v", p.Spec.InitContainers)
+		}
+		env := envMap(p.Spec.Containers[0])
+		if env["HTTP_PROXY"] == "" || env["http_proxy"] == "" || !strings.Contains(env["NO_PROXY"], "127.0.0.1") {
+			t.Fatalf("app env %v lacks the proxy variables", env)
+		}
+	})
+
+	t.Run("deployment pod template is injected", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "deploy", nil)
+		dep := &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: "orders"},
+			Spec: appsv1.DeploymentSpec{
+				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "orders"}},
+				Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "orders"}, Annotations: enabled},
+					Spec:       appPod("", nil).Spec,
+				},
+			},
+		}
+		dep, err := e.client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// No controller-manager runs: create the pod as the Deployment's
+		// ReplicaSet would, from the template the API server stored.
+		pod := &corev1.Pod{
+			ObjectMeta: *dep.Spec.Template.ObjectMeta.DeepCopy(),
+			Spec:       *dep.Spec.Template.Spec.DeepCopy(),
+		}
+		pod.GenerateName = "orders-6f7c9-"
+		pod.Labels["pod-template-hash"] = "6f7c9"
+		yes := true
+		pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "orders-6f7c9", UID: dep.UID, Controller: &yes}}
+		p := create(t, ns, pod)
+		if !injected(p) {
+			t.Fatal("the Deployment's pod was not injected")
+		}
+		if args := p.Spec.InitContainers[0].Args; !slices.Contains(args, "--service-name=orders") {
+			t.Fatalf("sidecar args %q lack the service name from the template's label", args)
+		}
+	})
+
+	t.Run("opted-in namespace", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "opted-in", nsOn)
+		if p := create(t, ns, appPod("plain", nil)); !injected(p) {
+			t.Fatal("pod in an opted-in namespace was not injected")
+		}
+		out := create(t, ns, appPod("out", map[string]string{wellknown.AnnotationInject: "disabled"}))
+		if injected(out) || len(out.Spec.InitContainers) != 0 {
+			t.Fatal("pod annotated disabled was injected")
+		}
+	})
+
+	t.Run("not asked, not injected", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "plain", nil)
+		p := create(t, ns, appPod("plain", nil))
+		if injected(p) || len(p.Spec.InitContainers) != 0 || len(envMap(p.Spec.Containers[0])) != 0 {
+			t.Fatalf("unannotated pod was changed: %+v", p.Spec)
+		}
+	})
+
+	t.Run("kube-system is never injected", func(t *testing.T) {
+		p := create(t, "kube-system", appPod("sys", enabled))
+		if injected(p) {
+			t.Fatal("kube-system pod was injected")
+		}
+	})
+
+	t.Run("hostNetwork is never injected and says so", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "hostnet", nil)
+		e.warnings.take()
+		pod := appPod("hn", enabled)
+		pod.Spec.HostNetwork = true
+		if p, err := e.client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil || injected(p) {
+			t.Fatalf("hostNetwork pod: err %v, injected %v", err, err == nil && injected(p))
+		}
+		if w := e.warnings.take(); !slices.ContainsFunc(w, func(s string) bool { return strings.Contains(s, "hostNetwork") }) {
+			t.Fatalf("warnings %q lack the hostNetwork one", w)
+		}
+	})
+
+	t.Run("pod security restricted admits injected pods", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "restricted", map[string]string{
+			"pod-security.kubernetes.io/enforce": "restricted",
+			wellknown.AnnotationInject:           wellknown.InjectEnabled,
+		})
+		if p := create(t, ns, appPod("web", nil)); !injected(p) {
+			t.Fatal("pod admitted but not injected")
+		}
+		// The check is real: a pod that breaks "restricted" is refused.
+		bad := appPod("root", map[string]string{wellknown.AnnotationInject: "disabled"})
+		bad.Spec.Containers[0].SecurityContext = nil
+		_, err := e.client.CoreV1().Pods(ns).Create(ctx, bad, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "restricted") {
+			t.Fatalf("a non-restricted pod: err %v, want a PodSecurity refusal", err)
+		}
+	})
+
+	t.Run("bad annotation is denied with its message", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "denied", nil)
+		ann := map[string]string{wellknown.AnnotationInject: "enabled", "minimesh.io/proxy-cpu-limit": "lots"}
+		_, err := e.client.CoreV1().Pods(ns).Create(ctx, appPod("bad", ann), metav1.CreateOptions{})
+		if err == nil {
+			t.Fatal("pod with a bad annotation was admitted")
+		}
+		for _, want := range []string{webhookName, "minimesh.io/proxy-cpu-limit", `"lots"`} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("denial %q does not name %s", err, want)
+			}
+		}
+	})
+
+	t.Run("warnings reach the client", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "warned", nil)
+		e.warnings.take()
+		pod := appPod("own-proxy", map[string]string{wellknown.AnnotationInject: "enabled", "minimesh.io/proxy-cpu-limits": "1"})
+		pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "HTTP_PROXY", Value: "http://corp:3128"}}
+		p := create(t, ns, pod)
+		if env := envMap(p.Spec.Containers[0]); env["HTTP_PROXY"] != "http://corp:3128" {
+			t.Fatalf("the app's own HTTP_PROXY was replaced: %v", env)
+		}
+		w := e.warnings.take()
+		for _, want := range []string{"HTTP_PROXY=http://corp:3128 itself", "minimesh.io/proxy-cpu-limits is not a minimesh annotation"} {
+			if !slices.ContainsFunc(w, func(s string) bool { return strings.Contains(s, want) }) {
+				t.Errorf("warnings %q lack %q", w, want)
+			}
+		}
+	})
+
+	t.Run("failurePolicy Ignore lets pods through uninjected when the injector is down", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "down-ignore", map[string]string{downLabel: "ignore"})
+		p := create(t, ns, appPod("web", enabled))
+		if injected(p) {
+			t.Fatal("injected by a webhook that is down?")
+		}
+	})
+
+	t.Run("failurePolicy Fail rejects pods when the injector is down", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "down-fail", map[string]string{downLabel: "fail"})
+		_, err := e.client.CoreV1().Pods(ns).Create(ctx, appPod("web", enabled), metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "failed calling webhook") {
+			t.Fatalf("err %v, want the API server's failed calling webhook", err)
+		}
+	})
+
+	t.Run("the stored sidecar spec runs", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "runs", nil)
+		p := create(t, ns, appPod("web", enabled))
+		runStoredSidecar(t, e, p)
+	})
+
+	t.Run("controller metrics count admissions", func(t *testing.T) {
+		body := get(t, e.adminURL+"/metrics")
+		for _, want := range []string{`minimesh_injector_admissions_total{result="injected"}`, `minimesh_injector_admissions_total{result="denied"}`, `minimesh_injector_admission_duration_seconds_count`} {
+			if !strings.Contains(body, want) {
+				t.Errorf("controller /metrics lacks %s", want)
+			}
+		}
+	})
+}
+
+func envMap(c corev1.Container) map[string]string {
+	m := map[string]string{}
+	for _, e := range c.Env {
+		m[e.Name] = e.Value
+	}
+	return m
+}
