@@ -2,6 +2,7 @@ package injector_test
 
 import (
 	"context"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -10,8 +11,44 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/minimesh/minimesh/e2e/internal/tools"
 	"github.com/minimesh/minimesh/wellknown"
 )
+
+// manualStream is what a GitOps repository holds before `minimesh inject`.
+const manualStream = `apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{port: 8000}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: example/web:1}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: backup}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: backup, image: example/backup:1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: debug}
+spec:
+  containers: [{name: sh, image: busybox}]
+`
 
 // TestInjector runs every admission case against one API server, because
 // starting it is most of the time.
@@ -187,6 +224,37 @@ func TestInjector(t *testing.T) {
 		ns := e.namespace(t, ctx, "runs", nil)
 		p := create(t, ns, appPod("web", enabled))
 		runStoredSidecar(t, e, p)
+	})
+
+	t.Run("minimesh inject output is accepted and not injected twice", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "manual", nsOn)
+		bin, err := tools.Binary("minimesh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "inject", "-f", "-")
+		cmd.Stdin = strings.NewReader(manualStream)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("minimesh inject: %v: %s", err, stderr.String())
+		}
+		if res, err := e.cluster.KubectlStdin(ctx, string(out), "apply", "-n", ns, "-f", "-"); err != nil {
+			t.Fatalf("kubectl apply of the injected stream: %v\n%s", err, res)
+		}
+		p, err := e.client.CoreV1().Pods(ns).Get(ctx, "debug", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !injected(p) || len(p.Spec.InitContainers) != 1 {
+			t.Fatalf("manually injected pod, admitted by the webhook: %d init containers", len(p.Spec.InitContainers))
+		}
+		for _, kind := range []string{"deployment/web", "cronjob/backup", "service/web"} {
+			if _, err := e.cluster.Kubectl(ctx, "get", "-n", ns, kind); err != nil {
+				t.Error(err)
+			}
+		}
 	})
 
 	t.Run("controller metrics count admissions", func(t *testing.T) {

@@ -100,8 +100,14 @@ func Start(t testing.TB) *Cluster {
 // Kubectl runs the real kubectl with the cluster's kubeconfig and returns
 // its combined output.
 func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
+	return c.KubectlStdin(ctx, "", args...)
+}
+
+// KubectlStdin is Kubectl with stdin (for -f -).
+func (c *Cluster) KubectlStdin(ctx context.Context, stdin string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, c.kubectl, append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)

@@ -26,6 +26,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newVersionCmd(),
 		newPolicyCmd(),
 		newControllerCmd(),
+		newInjectCmd(),
 	)
 	return root
 }

@@ -1,0 +1,172 @@
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// selfSigned writes a certificate for 127.0.0.1 named cn to dir, replacing
+// the files atomically as a Secret volume update would.
+func selfSigned(t *testing.T, dir, cn string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	for name, data := range map[string][]byte{
+		"tls.key": pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
+		"tls.crt": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+	} {
+		tmp := filepath.Join(dir, name+".tmp")
+		if err := os.WriteFile(tmp, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func startServer(t *testing.T, dir string, ready func() error) (*Server, context.CancelFunc, chan error) {
+	t.Helper()
+	m := NewMetrics()
+	s := &Server{
+		WebhookAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key"),
+		Inject: newHandler(), Ready: ready, Metrics: m,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if w, _ := s.Addrs(); w != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server did not listen")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Cleanup(cancel)
+	return s, cancel, done
+}
+
+func servedCN(t *testing.T, addr string) string {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+}
+
+// TestCertificateRotation: new files are served without a restart.
+func TestCertificateRotation(t *testing.T) {
+	dir := t.TempDir()
+	selfSigned(t, dir, "first")
+	s, _, _ := startServer(t, dir, nil)
+	w, _ := s.Addrs()
+	if cn := servedCN(t, w.String()); cn != "first" {
+		t.Fatalf("served %q", cn)
+	}
+	selfSigned(t, dir, "second")
+	deadline := time.Now().Add(20 * time.Second) // watch, else the 10 s poll
+	for servedCN(t, w.String()) != "second" {
+		if time.Now().After(deadline) {
+			t.Fatal("the rotated certificate was not served within 20 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestServerEndpointsAndShutdown(t *testing.T) {
+	dir := t.TempDir()
+	selfSigned(t, dir, "c")
+	var notReady atomic.Bool
+	notReady.Store(true)
+	s, cancel, done := startServer(t, dir, func() error {
+		if notReady.Load() {
+			return errors.New("informer not synced")
+		}
+		return nil
+	})
+	w, a := s.Addrs()
+	get := func(url string) int {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	admin := "http://" + a.String()
+	if c := get(admin + "/readyz"); c != 503 {
+		t.Fatalf("/readyz before sync: %d", c)
+	}
+	notReady.Store(false)
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/inject": 404} {
+		if c := get(admin + path); c != want {
+			t.Errorf("admin %s: %d, want %d", path, c, want)
+		}
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	client := &http.Client{Transport: tr}
+	resp, err := client.Post("https://"+w.String()+"/inject", "application/json", bytes.NewReader([]byte("{")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("webhook /inject with junk: %d", resp.StatusCode)
+	}
+	tr.CloseIdleConnections()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after cancel: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func TestServerMissingCertificate(t *testing.T) {
+	s := &Server{WebhookAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", CertFile: "/nonexistent/tls.crt", KeyFile: "/nonexistent/tls.key",
+		Metrics: NewMetrics(), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	err := s.Run(context.Background())
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("/nonexistent/tls.crt")) {
+		t.Fatalf("Run = %v, want an error naming the file", err)
+	}
+}
