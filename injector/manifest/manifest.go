@@ -162,7 +162,7 @@ func injectList(js []byte, doc int, cfg *injector.Config) ([]byte, []Event, erro
 	}
 	var items []json.RawMessage
 	if err := json.Unmarshal(list["items"], &items); err != nil && list["items"] != nil {
-		return nil, nil, fmt.Errorf("List items: %w", err)
+		return nil, nil, fmt.Errorf("list items: %w", err)
 	}
 	var events []Event
 	changed := false

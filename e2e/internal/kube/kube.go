@@ -14,17 +14,22 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 )
+
+var logOnce sync.Once
 
 // Cluster is a running API server.
 type Cluster struct {
@@ -52,6 +57,9 @@ func Start(t testing.TB) *Cluster {
 			t.Fatal(err)
 		}
 	}
+	// envtest logs through controller-runtime's logger, which prints a
+	// stack trace when nobody set one; its errors come back as values.
+	logOnce.Do(func() { ctrllog.SetLogger(logr.Discard()) })
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		// Two shared cores: etcd and a cold API server can take a while.
