@@ -8,10 +8,7 @@ package injector_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -23,10 +20,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/minimesh/minimesh/e2e/internal/controller"
 	"github.com/minimesh/minimesh/e2e/internal/kube"
 	"github.com/minimesh/minimesh/e2e/internal/pki"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
-	"github.com/minimesh/minimesh/e2e/internal/tools"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
@@ -34,11 +31,10 @@ import (
 // real injector serves every namespace but those labelled "down", whose
 // webhooks point at a port where nothing listens.
 const (
-	downLabel     = "e2e.minimesh.io/injector-down"
-	skipLabel     = "e2e.minimesh.io/no-webhook"
-	webhookName   = "inject.minimesh.io"
-	proxyImage    = "minimesh:e2e"
-	controllerLog = "controller"
+	downLabel   = "e2e.minimesh.io/injector-down"
+	skipLabel   = "e2e.minimesh.io/no-webhook"
+	webhookName = "inject.minimesh.io"
+	proxyImage  = "minimesh:e2e"
 )
 
 // env is one API server with the injector registered, shared by the tests
@@ -89,45 +85,18 @@ func setup(t testing.TB) *env {
 		t.Fatal(err)
 	}
 
-	dir := t.TempDir()
-	if e.ca, err = pki.NewCA("minimesh-e2e-ca"); err != nil {
-		t.Fatal(err)
-	}
-	pair, err := e.ca.IssueValid("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile, err := pair.Write(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	// The sidecar's ports come from the injection config, so that the
 	// injected spec can run on this shared machine.
-	ports := freePorts(t, 5)
+	ports := controller.FreePorts(t, 3)
 	e.adminPort, e.outPort = ports[0], ports[1]
-	config := filepath.Join(dir, "config.yaml")
-	writeFile(t, config, fmt.Sprintf("proxy:\n  image: %s\n  adminPort: %d\n  outboundPort: %d\n", proxyImage, e.adminPort, e.outPort))
-
-	webhookPort, adminPort := ports[2], ports[3]
-	e.adminURL = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-	bin, err := tools.Binary("minimesh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.ctrl = proc.StartT(t, controllerLog, bin, []string{
-		"controller",
-		"--webhook-addr", fmt.Sprintf("127.0.0.1:%d", webhookPort),
-		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", adminPort),
-		"--tls-cert-file", certFile, "--tls-key-file", keyFile,
-		"--kubeconfig", e.cluster.Kubeconfig,
-		"--config", config,
-	}, proc.Options{})
-	waitHTTP(t, e.adminURL+"/readyz", 30*time.Second)
+	c := controller.Start(t, e.cluster.Kubeconfig, controller.Options{
+		Config: fmt.Sprintf("proxy:\n  image: %s\n  adminPort: %d\n  outboundPort: %d\n", proxyImage, e.adminPort, e.outPort),
+	})
+	e.ctrl, e.ca, e.adminURL = c.Proc, c.CA, c.AdminURL
+	up := c.URL
 
 	// Where nothing listens: the injector "down".
-	deadURL := fmt.Sprintf("https://127.0.0.1:%d/inject", ports[4])
-	up := fmt.Sprintf("https://127.0.0.1:%d/inject", webhookPort)
+	deadURL := fmt.Sprintf("https://127.0.0.1:%d/inject", ports[2])
 	e.register(t, ctx, "minimesh", up, admissionregistrationv1.Fail, &metav1.LabelSelector{
 		MatchExpressions: []metav1.LabelSelectorRequirement{
 			{Key: downLabel, Operator: metav1.LabelSelectorOpDoesNotExist},
@@ -238,44 +207,10 @@ func injected(p *corev1.Pod) bool {
 	return false
 }
 
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	addrs, err := proc.FreeAddrs(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ports := make([]int, n)
-	for i, a := range addrs {
-		_, p, _ := net.SplitHostPort(a)
-		ports[i], _ = strconv.Atoi(p)
-	}
-	return ports
-}
-
 func writeFile(t testing.TB, path, data string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// waitHTTP polls url until it answers 200.
-func waitHTTP(t testing.TB, url string, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer 200 within %s (last: %v)", url, within, err)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
