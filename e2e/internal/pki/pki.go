@@ -25,7 +25,7 @@ type CA struct {
 	key  *ecdsa.PrivateKey
 }
 
-// NewCA makes a CA valid from an hour ago for a day.
+// NewCA makes a CA valid from an hour ago for a year.
 func NewCA(name string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -36,7 +36,7 @@ func NewCA(name string) (*CA, error) {
 		SerialNumber:          serial(),
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
+		NotAfter:              now.Add(365 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
@@ -90,10 +90,11 @@ func (ca *CA) Issue(hosts []string, notBefore, notAfter time.Time) (*Pair, error
 	return &Pair{CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("EC PRIVATE KEY", kder)}, nil
 }
 
-// IssueValid is Issue for a day from an hour ago.
+// IssueValid is Issue for a year from an hour ago: longer than the week
+// within which `minimesh check` calls a certificate about to expire.
 func (ca *CA) IssueValid(hosts ...string) (*Pair, error) {
 	now := time.Now()
-	return ca.Issue(hosts, now.Add(-time.Hour), now.Add(24*time.Hour))
+	return ca.Issue(hosts, now.Add(-time.Hour), now.Add(365*24*time.Hour))
 }
 
 // Write writes the pair as dir/tls.crt and dir/tls.key (the names of a

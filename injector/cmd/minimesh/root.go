@@ -27,6 +27,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newPolicyCmd(),
 		newControllerCmd(),
 		newInjectCmd(),
+		newCheckCmd(),
 	)
 	return root
 }

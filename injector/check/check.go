@@ -1,0 +1,386 @@
+// Package check is `minimesh check`: the health of an installation, one
+// verdict per check with a hint, like `linkerd check`. Each check is a
+// function of the cluster's state, read through a kubernetes.Interface, so
+// the whole list runs against a fake clientset in unit tests and against
+// the real API server in e2e.
+package check
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/minimesh/minimesh/injector"
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/wellknown"
+)
+
+// Names the chart gives the objects the checks read.
+const (
+	WebhookLabel   = "app.kubernetes.io/name=minimesh"
+	Deployment     = "minimesh-injector"
+	TLSSecret      = "minimesh-injector-tls"
+	PolicyConfig   = "minimesh-policies"
+	minMinor       = 29 // native sidecars on by default
+	expiryWarning  = 7 * 24 * time.Hour
+	maxListedPods  = 10
+	defaultTimeout = 10 * time.Second
+)
+
+// Result is one check's verdict: Err nil is ✔.
+type Result struct {
+	Name string
+	Err  error
+	Hint string
+}
+
+// Options say what to check.
+type Options struct {
+	Client    kubernetes.Interface
+	Namespace string // the release's
+	// Pre runs the checks that make sense before installing.
+	Pre     bool
+	Timeout time.Duration // for network checks
+	Now     func() time.Time
+}
+
+// Run runs the checks in order. When one that the others need fails (the
+// API is unreachable, there is no webhook configuration), those are not
+// run: their failures would only repeat the first.
+func Run(ctx context.Context, o Options) []Result {
+	if o.Timeout <= 0 {
+		o.Timeout = defaultTimeout
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	var rs []Result
+	add := func(name, hint string, err error) bool {
+		rs = append(rs, Result{Name: name, Err: err, Hint: hint})
+		return err == nil
+	}
+	minor, err := serverMinor(o.Client)
+	if !add("Kubernetes API is reachable", "check the kubeconfig and the cluster (kubectl version)", err) {
+		return rs
+	}
+	add("Kubernetes version supports native sidecars", "minimesh needs Kubernetes 1.29 or newer", versionOK(minor))
+	if o.Pre {
+		add("no minimesh webhook configuration yet", "minimesh is installed already: use helm upgrade", noWebhookYet(ctx, o.Client))
+		add("can create cluster-scoped resources", "the chart creates a webhook configuration and ClusterRoles: install as a cluster admin", canCreate(ctx, o.Client))
+		return rs
+	}
+
+	wh, err := webhook(ctx, o.Client)
+	if !add("webhook configuration exists", "install the chart: helm install minimesh charts/minimesh -n "+o.Namespace, err) {
+		return rs
+	}
+	cert, err := servingCert(ctx, o, wh)
+	add("webhook CA bundle verifies the serving certificate", "the CA bundle and the injector's certificate differ: helm upgrade (tls.mode=helm) or check cert-manager's Certificate", err)
+	if err == nil {
+		add("serving certificate is not about to expire", "delete the Secret "+TLSSecret+" and helm upgrade to issue a new one, or renew it in cert-manager", notExpiring(cert, o.Now()))
+	}
+	add("injector is ready", "kubectl -n "+o.Namespace+" describe deployment "+Deployment+"; kubectl -n "+o.Namespace+" logs deployment/"+Deployment, injectorReady(ctx, o, wh))
+
+	pods, nsLabels, err := podsAndNamespaces(ctx, o.Client)
+	if !add("pods can be listed", "the checks need to list pods and namespaces", err) {
+		return rs
+	}
+	add("pods that ask for injection have the sidecar", "they were created while the injector was down or before their namespace opted in: kubectl rollout restart their workloads", missingSidecars(pods, nsLabels, o.Namespace))
+	add("sidecars are ready", "kubectl logs POD -c "+wellknown.ProxyContainerName+"; curl POD:15020/ready", sidecarsReady(pods))
+	add("policies validate", "fix the files: minimesh policy lint FILE", policiesValid(ctx, o.Client))
+	return rs
+}
+
+func serverMinor(c kubernetes.Interface) (int, error) {
+	v, err := c.Discovery().ServerVersion()
+	if err != nil {
+		return 0, err
+	}
+	if v.Major != "1" {
+		return 0, fmt.Errorf("unexpected major version %q", v.Major)
+	}
+	minor, err := strconv.Atoi(strings.TrimSuffix(v.Minor, "+"))
+	if err != nil {
+		return 0, fmt.Errorf("version %s: minor %q: %w", v.GitVersion, v.Minor, err)
+	}
+	return minor, nil
+}
+
+func versionOK(minor int) error {
+	if minor < minMinor {
+		return fmt.Errorf("the API server is 1.%d: pods would wait forever on the proxy as an ordinary init container", minor)
+	}
+	return nil
+}
+
+func noWebhookYet(ctx context.Context, c kubernetes.Interface) error {
+	l, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{LabelSelector: WebhookLabel})
+	if err != nil {
+		return err
+	}
+	if len(l.Items) > 0 {
+		return fmt.Errorf("found %s", l.Items[0].Name)
+	}
+	return nil
+}
+
+func canCreate(ctx context.Context, c kubernetes.Interface) error {
+	var denied []string
+	for _, r := range []authorizationv1.ResourceAttributes{
+		{Verb: "create", Group: "admissionregistration.k8s.io", Resource: "mutatingwebhookconfigurations"},
+		{Verb: "create", Group: "rbac.authorization.k8s.io", Resource: "clusterroles"},
+	} {
+		rev, err := c.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+			Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &r},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return err
+		}
+		if !rev.Status.Allowed {
+			denied = append(denied, r.Resource+"."+r.Group)
+		}
+	}
+	if len(denied) > 0 {
+		return fmt.Errorf("not allowed to create %s", strings.Join(denied, ", "))
+	}
+	return nil
+}
+
+func webhook(ctx context.Context, c kubernetes.Interface) (*admissionregistrationv1.MutatingWebhook, error) {
+	l, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{LabelSelector: WebhookLabel})
+	if err != nil {
+		return nil, err
+	}
+	if len(l.Items) == 0 || len(l.Items[0].Webhooks) == 0 {
+		return nil, errors.New("no MutatingWebhookConfiguration labelled " + WebhookLabel)
+	}
+	return &l.Items[0].Webhooks[0], nil
+}
+
+func caPool(wh *admissionregistrationv1.MutatingWebhook) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	if len(wh.ClientConfig.CABundle) == 0 || !pool.AppendCertsFromPEM(wh.ClientConfig.CABundle) {
+		return nil, fmt.Errorf("webhook %s has no usable caBundle", wh.Name)
+	}
+	return pool, nil
+}
+
+// servingCert returns the certificate the injector serves, verified
+// against the webhook's CA bundle for the name the API server dials: the
+// URL's host (by a real handshake), or the Service's DNS name (from the
+// Secret the injector mounts). Expiry is checked separately, for a
+// clearer verdict.
+func servingCert(ctx context.Context, o Options, wh *admissionregistrationv1.MutatingWebhook) (*x509.Certificate, error) {
+	pool, err := caPool(wh)
+	if err != nil {
+		return nil, err
+	}
+	var cert *x509.Certificate
+	var host string
+	if u := wh.ClientConfig.URL; u != nil {
+		pu, err := url.Parse(*u)
+		if err != nil {
+			return nil, fmt.Errorf("webhook url %q: %w", *u, err)
+		}
+		host = pu.Hostname()
+		d := &tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}, NetDialer: &net.Dialer{Timeout: o.Timeout}}
+		conn, err := d.DialContext(ctx, "tcp", hostPort(pu))
+		if err != nil {
+			return nil, fmt.Errorf("dial %s: %w", *u, err)
+		}
+		cert = conn.(*tls.Conn).ConnectionState().PeerCertificates[0]
+		conn.Close()
+	} else if s := wh.ClientConfig.Service; s != nil {
+		host = s.Name + "." + s.Namespace + ".svc"
+		sec, err := o.Client.CoreV1().Secrets(s.Namespace).Get(ctx, TLSSecret, metav1.GetOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("serving certificate: %w", err)
+		}
+		block, _ := pem.Decode(sec.Data[corev1.TLSCertKey])
+		if block == nil {
+			return nil, fmt.Errorf("secret %s/%s: %s is not PEM", s.Namespace, TLSSecret, corev1.TLSCertKey)
+		}
+		if cert, err = x509.ParseCertificate(block.Bytes); err != nil {
+			return nil, fmt.Errorf("secret %s/%s: %w", s.Namespace, TLSSecret, err)
+		}
+	} else {
+		return nil, fmt.Errorf("webhook %s has neither url nor service", wh.Name)
+	}
+	// An expired leaf that is otherwise right reads as "expired" in the
+	// next check, not as "does not verify" here.
+	_, err = cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: host, CurrentTime: o.Now()})
+	var invalid x509.CertificateInvalidError
+	if errors.As(err, &invalid) && invalid.Reason == x509.Expired && invalid.Cert == cert {
+		err = nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("certificate for %v does not verify for %s: %w", cert.Subject.CommonName, host, err)
+	}
+	return cert, nil
+}
+
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	return net.JoinHostPort(u.Hostname(), "443")
+}
+
+func notExpiring(cert *x509.Certificate, now time.Time) error {
+	switch left := cert.NotAfter.Sub(now); {
+	case left <= 0:
+		return fmt.Errorf("expired on %s", cert.NotAfter.UTC().Format(time.DateOnly))
+	case left < expiryWarning:
+		return fmt.Errorf("expires on %s, in %s", cert.NotAfter.UTC().Format(time.DateOnly), left.Round(time.Hour))
+	}
+	return nil
+}
+
+// injectorReady asks what the API server would reach: the Deployment's
+// available replicas, or, for an injector outside the cluster, its
+// /readyz over the webhook's TLS.
+func injectorReady(ctx context.Context, o Options, wh *admissionregistrationv1.MutatingWebhook) error {
+	if u := wh.ClientConfig.URL; u != nil {
+		pool, err := caPool(wh)
+		if err != nil {
+			return err
+		}
+		pu, err := url.Parse(*u)
+		if err != nil {
+			return err
+		}
+		client := &http.Client{Timeout: o.Timeout, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		ready := (&url.URL{Scheme: "https", Host: pu.Host, Path: "/readyz"}).String()
+		resp, err := client.Get(ready)
+		if err != nil {
+			return fmt.Errorf("the injector at %s: %w", *u, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s answered %d", ready, resp.StatusCode)
+		}
+		return nil
+	}
+	ns := o.Namespace
+	if s := wh.ClientConfig.Service; s != nil {
+		ns = s.Namespace
+	}
+	d, err := o.Client.AppsV1().Deployments(ns).Get(ctx, Deployment, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if d.Status.AvailableReplicas < 1 {
+		return fmt.Errorf("deployment %s/%s has no available replica (%d of %d ready)", ns, Deployment, d.Status.ReadyReplicas, d.Status.Replicas)
+	}
+	return nil
+}
+
+func podsAndNamespaces(ctx context.Context, c kubernetes.Interface) ([]corev1.Pod, map[string]map[string]string, error) {
+	pods, err := c.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	nss, err := c.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	labels := map[string]map[string]string{}
+	for _, n := range nss.Items {
+		labels[n.Name] = n.Labels
+	}
+	return pods.Items, labels, nil
+}
+
+// missingSidecars are pods the injector would inject now but that run
+// without the sidecar: the webhook was down (failurePolicy Ignore) or the
+// namespace opted in after they were created.
+func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, release string) error {
+	cfg := injector.DefaultConfig()
+	// The chart's webhook never sees the release's own namespace.
+	cfg.IgnoredNamespaces = append(cfg.IgnoredNamespaces, release)
+	var missing []string
+	for i := range pods {
+		p := &pods[i]
+		if injector.IsInjected(p) || p.DeletionTimestamp != nil {
+			continue
+		}
+		res, err := injector.Inject(injector.Input{Pod: p, Namespace: p.Namespace, NamespaceLabels: nsLabels[p.Namespace]}, &cfg)
+		if err == nil && res.Injected {
+			missing = append(missing, p.Namespace+"/"+p.Name)
+		}
+	}
+	return listed("pods without the sidecar", missing)
+}
+
+// sidecarsReady looks at running pods only: a pending pod has no sidecar
+// status yet, which is not a fault of the sidecar.
+func sidecarsReady(pods []corev1.Pod) error {
+	var notReady []string
+	for i := range pods {
+		p := &pods[i]
+		if p.Status.Phase != corev1.PodRunning || !injector.IsInjected(p) {
+			continue
+		}
+		i := slices.IndexFunc(p.Status.InitContainerStatuses, func(s corev1.ContainerStatus) bool { return s.Name == wellknown.ProxyContainerName })
+		if i < 0 || !p.Status.InitContainerStatuses[i].Ready {
+			notReady = append(notReady, p.Namespace+"/"+p.Name)
+		}
+	}
+	return listed("sidecars not ready", notReady)
+}
+
+func policiesValid(ctx context.Context, c kubernetes.Interface) error {
+	cms, err := c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + PolicyConfig})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, cm := range cms.Items {
+		if cm.Name != PolicyConfig {
+			continue
+		}
+		keys := make([]string, 0, len(cm.Data))
+		for k := range cm.Data {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			if !policy.IsPolicyFile(k) {
+				continue
+			}
+			if _, err := policy.Decode(cm.Namespace+"/"+cm.Name+"/"+k, []byte(cm.Data[k])); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func listed(what string, items []string) error {
+	if len(items) == 0 {
+		return nil
+	}
+	slices.Sort(items)
+	shown := items
+	more := ""
+	if len(items) > maxListedPods {
+		shown, more = items[:maxListedPods], fmt.Sprintf(" and %d more", len(items)-maxListedPods)
+	}
+	return fmt.Errorf("%d %s: %s%s", len(items), what, strings.Join(shown, ", "), more)
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/minimesh/minimesh/injector/check"
+)
+
+func newCheckCmd() *cobra.Command {
+	var kubeconfig, namespace string
+	var pre bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Check that minimesh is installed and working",
+		Long: "check verifies a cluster's minimesh: the API server's version, the webhook\n" +
+			"configuration and its certificate, the injector, pods that asked for a sidecar\n" +
+			"and have none, sidecars that are not ready, and policies that do not validate.\n" +
+			"It prints one line per check and exits 1 when any fails. --pre runs the checks\n" +
+			"that make sense before installing.",
+		Example: "  minimesh check\n  minimesh check --pre\n  minimesh check --namespace mesh --kubeconfig ~/.kube/staging",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rc, err := restConfig(kubeconfig)
+			if err != nil {
+				return err
+			}
+			rc.Timeout = timeout
+			client, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				return fmt.Errorf("kubernetes client: %w", err)
+			}
+			results := check.Run(cmd.Context(), check.Options{Client: client, Namespace: namespace, Pre: pre, Timeout: timeout})
+			if printResults(cmd.OutOrStdout(), results) > 0 {
+				return exitCode(1)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "minimesh", "the namespace minimesh is installed in")
+	cmd.Flags().BoolVar(&pre, "pre", false, "only the checks that make sense before installing")
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "timeout of each request to the cluster and the injector")
+	return cmd
+}
+
+// printResults writes a line per check, and a hint under each failure, and
+// returns the number of failures.
+func printResults(w io.Writer, results []check.Result) int {
+	failed := 0
+	for _, r := range results {
+		if r.Err == nil {
+			fmt.Fprintf(w, "✔ %s\n", r.Name)
+			continue
+		}
+		failed++
+		msg := strings.ReplaceAll(r.Err.Error(), "\n", "\n      ")
+		fmt.Fprintf(w, "✖ %s: %s\n", r.Name, msg)
+		if r.Hint != "" {
+			fmt.Fprintf(w, "    hint: %s\n", r.Hint)
+		}
+	}
+	if failed == 0 {
+		fmt.Fprintf(w, "\nStatus check results are ✔ (%d checks)\n", len(results))
+	} else {
+		fmt.Fprintf(w, "\nStatus check results are ✖: %d of %d checks failed\n", failed, len(results))
+	}
+	return failed
+}
