@@ -1,0 +1,172 @@
+package check
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/version"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// certs makes a CA and a serving certificate for host valid until
+// notAfter, PEM encoded.
+func certs(t *testing.T, host string, notAfter time.Time) (caPEM, certPEM []byte) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	caT := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, NotBefore: now.Add(-time.Hour),
+		NotAfter: now.Add(24 * 365 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caT, caT, &key.PublicKey, key)
+	ca, _ := x509.ParseCertificate(caDER)
+	leafT := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: now.Add(-time.Hour), NotAfter: notAfter, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafT, ca, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER})
+}
+
+// cluster is a fake cluster with the chart installed in service mode and
+// the given extra objects; the injector Deployment has ready replicas.
+func cluster(t *testing.T, minor string, certValid time.Duration, objs ...runtime.Object) *fake.Clientset {
+	caPEM, certPEM := certs(t, "minimesh-injector.minimesh.svc", time.Now().Add(certValid))
+	base := []runtime.Object{
+		&admissionregistrationv1.MutatingWebhookConfiguration{
+			ObjectMeta: metav1.ObjectMeta{Name: "minimesh", Labels: map[string]string{"app.kubernetes.io/name": "minimesh"}},
+			Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "pods.inject.minimesh.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{
+				Service: &admissionregistrationv1.ServiceReference{Namespace: "minimesh", Name: "minimesh-injector"}, CABundle: caPEM,
+			}}},
+		},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "minimesh", Name: TLSSecret}, Data: map[string][]byte{"tls.crt": certPEM}},
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "minimesh", Name: Deployment}, Status: appsv1.DeploymentStatus{AvailableReplicas: 2}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "opted", Labels: map[string]string{"minimesh.io/inject": "enabled"}}},
+	}
+	c := fake.NewClientset(append(base, objs...)...)
+	c.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &version.Info{Major: "1", Minor: minor, GitVersion: "v1." + minor + ".0"}
+	return c
+}
+
+func verdicts(rs []Result) map[string]string {
+	m := map[string]string{}
+	for _, r := range rs {
+		m[r.Name] = "ok"
+		if r.Err != nil {
+			m[r.Name] = r.Err.Error()
+		}
+	}
+	return m
+}
+
+func pod(ns, name string, ann map[string]string, phase corev1.PodPhase, initStatus *bool) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: ann},
+		Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}},
+		Status: corev1.PodStatus{Phase: phase}}
+	if ann["minimesh.io/status"] == "injected" {
+		p.Spec.InitContainers = []corev1.Container{{Name: "minimesh-proxy"}}
+		if initStatus != nil {
+			p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: "minimesh-proxy", Ready: *initStatus}}
+		}
+	}
+	return p
+}
+
+func TestRun(t *testing.T) {
+	yes, no := true, false
+	injected := map[string]string{"minimesh.io/status": "injected"}
+	tests := []struct {
+		name      string
+		minor     string
+		certValid time.Duration
+		objs      []runtime.Object
+		failing   map[string]string // check name → part of its error; the rest must pass
+	}{
+		{"healthy", "37", 300 * 24 * time.Hour, []runtime.Object{
+			pod("shop", "web", injected, corev1.PodRunning, &yes),
+			pod("shop", "plain", nil, corev1.PodRunning, nil),
+			pod("opted", "waiting", injected, corev1.PodPending, nil),
+		}, nil},
+		{"old cluster", "28+", 300 * 24 * time.Hour, nil, map[string]string{"Kubernetes version supports native sidecars": "1.28"}},
+		{"expiring", "37", 48 * time.Hour, nil, map[string]string{"serving certificate is not about to expire": "expires on"}},
+		{"expired", "37", -time.Minute, nil, map[string]string{"serving certificate is not about to expire": "expired on"}},
+		{"missing sidecars", "37", 300 * 24 * time.Hour, []runtime.Object{
+			pod("shop", "asked", map[string]string{"minimesh.io/inject": "enabled"}, corev1.PodRunning, nil),
+			pod("opted", "before-label", nil, corev1.PodRunning, nil),
+			pod("opted", "out", map[string]string{"minimesh.io/inject": "disabled"}, corev1.PodRunning, nil),
+			pod("minimesh", "own", map[string]string{"minimesh.io/inject": "enabled"}, corev1.PodRunning, nil),
+		}, map[string]string{"pods that ask for injection have the sidecar": "2 pods without the sidecar: opted/before-label, shop/asked"}},
+		{"sidecar not ready", "37", 300 * 24 * time.Hour, []runtime.Object{
+			pod("shop", "web", injected, corev1.PodRunning, &no),
+		}, map[string]string{"sidecars are ready": "1 sidecars not ready: shop/web"}},
+		{"bad policy", "37", 300 * 24 * time.Hour, []runtime.Object{
+			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: PolicyConfig}, Data: map[string]string{
+				"geo.yaml": "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo}\nspec:\n  service: geo\n  timeout: fast\n",
+				"README":   "not a policy",
+			}},
+			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "other"}, Data: map[string]string{"x.yaml": "{"}},
+		}, map[string]string{"policies validate": "shop/minimesh-policies/geo.yaml:6:12"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := cluster(t, tt.minor, tt.certValid, tt.objs...)
+			got := verdicts(Run(context.Background(), Options{Client: c, Namespace: "minimesh"}))
+			if len(got) != 10 {
+				t.Fatalf("%d checks ran, want 10: %v", len(got), got)
+			}
+			for name, v := range got {
+				want, bad := tt.failing[name]
+				switch {
+				case bad && (v == "ok" || !strings.Contains(v, want)):
+					t.Errorf("%s: %q, want a failure containing %q", name, v, want)
+				case !bad && v != "ok":
+					t.Errorf("%s failed: %s", name, v)
+				}
+			}
+		})
+	}
+}
+
+func TestRunStopsWithoutWebhook(t *testing.T) {
+	c := fake.NewClientset()
+	c.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &version.Info{Major: "1", Minor: "37"}
+	rs := Run(context.Background(), Options{Client: c, Namespace: "minimesh"})
+	last := rs[len(rs)-1]
+	if last.Name != "webhook configuration exists" || last.Err == nil || !strings.Contains(last.Hint, "helm install") {
+		t.Fatalf("results %+v: want to stop at the missing webhook configuration with a hint", rs)
+	}
+	pre := verdicts(Run(context.Background(), Options{Client: c, Pre: true}))
+	if pre["no minimesh webhook configuration yet"] != "ok" {
+		t.Fatalf("--pre on an empty cluster: %v", pre)
+	}
+}
+
+func TestServiceCertForOtherName(t *testing.T) {
+	c := cluster(t, "37", 300*24*time.Hour)
+	caPEM, certPEM := certs(t, "elsewhere.svc", time.Now().Add(300*24*time.Hour))
+	w, _ := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(context.Background(), "minimesh", metav1.GetOptions{})
+	w.Webhooks[0].ClientConfig.CABundle = caPEM
+	_, _ = c.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(context.Background(), w, metav1.UpdateOptions{})
+	s, _ := c.CoreV1().Secrets("minimesh").Get(context.Background(), TLSSecret, metav1.GetOptions{})
+	s.Data["tls.crt"] = certPEM
+	_, _ = c.CoreV1().Secrets("minimesh").Update(context.Background(), s, metav1.UpdateOptions{})
+	got := verdicts(Run(context.Background(), Options{Client: c, Namespace: "minimesh"}))
+	if v := got["webhook CA bundle verifies the serving certificate"]; !strings.Contains(v, "does not verify for minimesh-injector.minimesh.svc") {
+		t.Fatalf("a certificate for another name: %q", v)
+	}
+}
