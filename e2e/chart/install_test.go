@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/e2e/internal/controller"
 	"github.com/minimesh/minimesh/e2e/internal/kube"
@@ -83,7 +84,9 @@ func admissions(t *testing.T, ctrl *controller.Controller) string {
 func TestInstall(t *testing.T) {
 	c := kube.Start(t)
 	ctx := context.Background()
-	ctrl := controller.Start(t, c.Kubeconfig, controller.Options{})
+	// The local injector reads the injection config the chart renders, as
+	// the chart's Deployment would.
+	ctrl := controller.Start(t, c.Kubeconfig, controller.Options{Config: renderedConfig(t, "--set", "proxy.image=registry.local/minimesh:e2e")})
 	c.CreateNamespace(t, "shop", nil)
 	c.CreateNamespace(t, "opted", map[string]string{wellknown.AnnotationInject: "enabled"})
 	c.CreateNamespace(t, "billing", nil) // values.policies has policies for it
@@ -113,6 +116,8 @@ func TestInstall(t *testing.T) {
 	}
 	if p := create("shop", pod("annotated", map[string]string{wellknown.AnnotationInject: "enabled"})); !injected(p) {
 		t.Error("annotated pod not injected through the chart's webhook")
+	} else if img := p.Spec.InitContainers[0].Image; img != "registry.local/minimesh:e2e" {
+		t.Errorf("sidecar image %q, want the chart's proxy.image", img)
 	}
 	if p := create("opted", pod("plain", nil)); !injected(p) {
 		t.Error("pod of an opted-in namespace not injected")
@@ -139,6 +144,20 @@ func TestInstall(t *testing.T) {
 
 	uninstall(t, c)
 	assertNothingLeft(t, c)
+}
+
+// renderedConfig is the injection config of the chart's ConfigMap.
+func renderedConfig(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := template(t, append([]string{"--show-only", "templates/config.yaml"}, args...)...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var cm corev1.ConfigMap
+	if err := yaml.Unmarshal([]byte(out), &cm); err != nil || cm.Data["config.yaml"] == "" {
+		t.Fatalf("rendered config map: %v\n%s", err, out)
+	}
+	return cm.Data["config.yaml"]
 }
 
 // assertNothingLeft lists every kind the chart renders, in every
@@ -205,6 +224,15 @@ func TestUpgradeKeepsCA(t *testing.T) {
 	ca2, crt2, b2 := read()
 	if ca2 != ca1 || crt2 != crt1 || b2[0] != ca1 || b2[1] != ca1 {
 		t.Fatal("helm upgrade changed the CA or the serving certificate")
+	}
+	// A bad value is refused by the schema and changes nothing.
+	out, err = helm(t, "upgrade", release, chartDir, "--kubeconfig", c.Kubeconfig, "--namespace", release,
+		"--reuse-values", "--set", "webhook.failurePolicy=Sometimes")
+	if err == nil || !strings.Contains(out, "/webhook/failurePolicy") {
+		t.Fatalf("upgrade with a bad value: %v\n%s", err, out)
+	}
+	if w, err := c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "minimesh", metav1.GetOptions{}); err != nil || string(*w.Webhooks[0].FailurePolicy) != "Fail" {
+		t.Fatalf("after a refused upgrade: %v", err)
 	}
 	d, err := c.Client.AppsV1().Deployments(release).Get(ctx, "minimesh-injector", metav1.GetOptions{})
 	if err != nil || *d.Spec.Replicas != 3 {
