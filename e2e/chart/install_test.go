@@ -212,11 +212,20 @@ func TestUpgradeKeepsCA(t *testing.T) {
 		}
 		return string(s.Data["ca.crt"]), string(s.Data["tls.crt"]), bundles
 	}
+	// The certificate helm generated verifies for the Service's name that
+	// the API server dials; no kubelet runs, so the injector is not ready.
+	code, out := check(t, c)
+	if code != 1 {
+		t.Errorf("check: exit %d, want 1", code)
+	}
+	wantCheck(t, out, "✔ webhook CA bundle verifies the serving certificate", "✔ serving certificate is not about to expire",
+		"✖ injector is ready: deployment minimesh/minimesh-injector has no available replica")
 	ca1, crt1, b1 := read()
 	if ca1 == "" || crt1 == "" || len(b1) != 2 || b1[0] != ca1 {
 		t.Fatalf("after install: CA %d bytes, cert %d bytes, bundles match: %v", len(ca1), len(crt1), len(b1) == 2 && b1[0] == ca1)
 	}
-	out, err := helm(t, "upgrade", release, chartDir, "--kubeconfig", c.Kubeconfig, "--namespace", release,
+	var err error
+	out, err = helm(t, "upgrade", release, chartDir, "--kubeconfig", c.Kubeconfig, "--namespace", release,
 		"--set", "injector.replicas=3", "--set", "webhook.failurePolicy=Fail")
 	if err != nil {
 		t.Fatalf("helm upgrade: %v\n%s", err, out)
