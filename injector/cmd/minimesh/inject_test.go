@@ -86,3 +86,21 @@ func TestInjectNeedsFile(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 }
+
+func TestPolicyExport(t *testing.T) {
+	for _, tt := range []struct{ to, want string }{
+		{"linkerd", "retry.linkerd.io/limit"},
+		{"envoy", "# envoy.config.cluster.v3.Cluster"},
+	} {
+		code, out, errOut := run("policy", "export", "--to", tt.to, "testdata/good")
+		if code != 0 || !strings.Contains(out, tt.want) {
+			t.Errorf("--to %s: exit %d, stderr %s, stdout:\n%s", tt.to, code, errOut, out)
+		}
+	}
+	if code, _, errOut := run("policy", "export", "--to", "istio", "testdata/good"); code != 1 || !strings.Contains(errOut, `--to "istio"`) {
+		t.Errorf("--to istio: exit %d: %s", code, errOut)
+	}
+	if code, _, errOut := run("policy", "export", "--to", "envoy", "testdata/bad"); code != 1 || !strings.Contains(errOut, "bad.yaml:") {
+		t.Errorf("bad policies: exit %d: %s", code, errOut)
+	}
+}

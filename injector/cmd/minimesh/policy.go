@@ -8,6 +8,6 @@ func newPolicyCmd() *cobra.Command {
 		Use:   "policy",
 		Short: "Check and convert ResiliencePolicy files",
 	}
-	cmd.AddCommand(newPolicyLintCmd())
+	cmd.AddCommand(newPolicyLintCmd(), newPolicyExportCmd())
 	return cmd
 }
