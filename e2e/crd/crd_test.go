@@ -1,0 +1,209 @@
+// Package crd_test installs the ResiliencePolicy CRD into a real API server
+// and holds it to the same rules as the policy decoder: every policy the
+// decoder accepts is accepted and defaulted to the same values; every
+// policy it refuses for a value is refused at apply, with a message naming
+// the field.
+package crd_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/yaml"
+
+	"github.com/minimesh/minimesh/e2e/internal/kube"
+	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/policy"
+)
+
+var gvr = schema.GroupVersionResource{Group: "minimesh.io", Version: "v1alpha1", Resource: "resiliencepolicies"}
+
+// install applies the chart's CRD and waits until it serves.
+func install(t *testing.T) (*kube.Cluster, dynamic.ResourceInterface, string) {
+	t.Helper()
+	c := kube.Start(t)
+	root, err := tools.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := c.Kubectl(ctx, "apply", "-f", filepath.Join(root, "charts", "minimesh", "crds")); err != nil {
+		t.Fatalf("install the CRD: %v\n%s", err, out)
+	}
+	if out, err := c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/resiliencepolicies.minimesh.io"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	c.CreateNamespace(t, "shop", nil)
+	dyn, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, dyn.Resource(gvr).Namespace("shop"), root
+}
+
+// object is p as the API server would receive it from kubectl.
+func object(t *testing.T, name string, spec any) *unstructured.Unstructured {
+	t.Helper()
+	b, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": policy.APIVersion, "kind": policy.Kind,
+		"metadata": map[string]any{"name": name}, "spec": m,
+	}}
+}
+
+// TestGoodPoliciesAgree: the decoder's good policies are accepted, and what
+// the API server stores, defaults included, decodes to the same spec.
+func TestGoodPoliciesAgree(t *testing.T) {
+	_, rc, root := install(t)
+	ctx := context.Background()
+	pols, err := policy.Load(filepath.Join(root, "policy", "testdata", "good"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A policy with nothing but its service: every default comes from the
+	// CRD on one side and from the decoder on the other.
+	bare, err := policy.Decode("bare.yaml", []byte("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nspec: {service: bare, retries: {attempts: 2}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pols = append(pols, bare...)
+	if len(pols) < 5 {
+		t.Fatalf("only %d good policies", len(pols))
+	}
+	for i, p := range pols {
+		// Only what a user writes goes in: the raw spec, not the decoded one.
+		raw := map[string]any{}
+		b, _ := json.Marshal(p.Spec)
+		_ = json.Unmarshal(b, &raw)
+		name := "p" + string(rune('a'+i))
+		stored, err := rc.Create(ctx, object(t, name, raw), metav1.CreateOptions{FieldValidation: "Strict"})
+		if err != nil {
+			t.Errorf("%s (%s): refused: %v", p.Spec.Service, p.Source, err)
+			continue
+		}
+		y, _ := yaml.Marshal(stored.Object)
+		back, err := policy.Decode("stored", y)
+		if err != nil {
+			t.Errorf("%s: the stored object does not decode: %v\n%s", p.Spec.Service, err, y)
+			continue
+		}
+		if !reflect.DeepEqual(back[0].Spec, p.Spec) {
+			t.Errorf("%s: stored spec differs from the decoder's:\nstored  %+v\ndecoder %+v", p.Spec.Service, back[0].Spec, p.Spec)
+		}
+	}
+	// The defaults are visible to kubectl.
+	bareObj, err := rc.Get(ctx, "p"+string(rune('a'+len(pols)-1)), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := unstructured.NestedInt64(bareObj.Object, "spec", "circuitBreaker", "consecutiveFailures"); n != 5 {
+		t.Errorf("defaulted consecutiveFailures = %d, want 5", n)
+	}
+}
+
+// TestBadPoliciesRefused: values the decoder refuses are refused at apply,
+// and the message names the field.
+func TestBadPoliciesRefused(t *testing.T) {
+	c, rc, root := install(t)
+	ctx := context.Background()
+	tests := []struct {
+		spec  string
+		field string
+		msg   string
+	}{
+		{"{service: geo, timeout: fast}", "spec.timeout", "must be a duration greater than zero"},
+		{"{service: geo, timeout: 0s}", "spec.timeout", "must be a duration greater than zero"},
+		{"{service: geo, retries: {attempts: 11}}", "spec.retries.attempts", "less than or equal to 10"},
+		{"{service: geo, retries: {attempts: 1, retryOn: [6xx]}}", "spec.retries.retryOn[0]", "should match"},
+		{"{service: geo, retries: {attempts: 1, retryOn: []}}", "spec.retries.retryOn", "must not be empty"},
+		{"{service: geo, timeout: 1s, retries: {attempts: 1, perTryTimeout: 2s}}", "spec.retries.perTryTimeout", "must not be longer than timeout"},
+		{"{service: geo, retries: {attempts: 1, backoff: {base: 100ms, max: 50ms}}}", "spec.retries.backoff.max", "max must be at least base"},
+		{"{service: geo, retries: {attempts: 1, budget: {ratio: 1.5}}}", "spec.retries.budget.ratio", "less than or equal to 1"},
+		{"{service: geo, circuitBreaker: {consecutiveFailures: 0}}", "spec.circuitBreaker.consecutiveFailures", "greater than or equal to 1"},
+		{"{service: geo, circuitBreaker: {failureRate: {threshold: 0, minRequests: 1, window: 10s}}}", "spec.circuitBreaker.failureRate.threshold", "must be greater than 0"},
+		{"{service: geo, circuitBreaker: {failureRate: {threshold: 0.5}}}", "spec.circuitBreaker.failureRate.minRequests", "Required value"},
+		{"{service: geo, circuitBreaker: {failOn: []}}", "spec.circuitBreaker.failOn", "must not be empty"},
+		{"{service: Geo_Service}", "spec.service", "lower-case host[:port]"},
+		{"{service: 'geo:70000'}", "spec.service", "the port must be 1-65535"},
+		{"{timeout: 2s}", "spec.service", "Required value"},
+		{"{service: geo, timeout: 2s, retries: {attempts: 1, retryOn: [503], jitter: true}}", "spec.retries.jitter", "unknown field"},
+	}
+	for i, tt := range tests {
+		var spec map[string]any
+		if err := yaml.Unmarshal([]byte(tt.spec), &spec); err != nil {
+			t.Fatal(err)
+		}
+		_, err := rc.Create(ctx, object(t, "bad-"+string(rune('a'+i)), spec), metav1.CreateOptions{FieldValidation: "Strict"})
+		if err == nil {
+			t.Errorf("%s: accepted", tt.spec)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.field) || !strings.Contains(err.Error(), tt.msg) {
+			t.Errorf("%s: %v\nwant %s and %q", tt.spec, err, tt.field, tt.msg)
+		}
+	}
+
+	// The decoder's bad files for values: every document is refused by
+	// kubectl apply too.
+	docs := 0
+	for _, f := range []string{"bounds.yaml", "conditions.yaml", "durations.yaml", "failure-rate-incomplete.yaml", "missing-service.yaml", "wrong-types.yaml"} {
+		data, err := os.ReadFile(filepath.Join(root, "policy", "testdata", "bad", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j, doc := range strings.Split(string(data), "\n---\n") {
+			var m map[string]any
+			if err := yaml.Unmarshal([]byte(doc), &m); err != nil || m == nil {
+				continue
+			}
+			docs++
+			m["metadata"] = map[string]any{"name": strings.TrimSuffix(f, ".yaml") + "-" + string(rune('a'+j))}
+			b, _ := yaml.Marshal(m)
+			if out, err := c.KubectlStdin(ctx, string(b), "apply", "-n", "shop", "-f", "-"); err == nil {
+				t.Errorf("%s document %d: accepted by the API server, refused by the decoder:\n%s\n%s", f, j+1, doc, out)
+			}
+		}
+	}
+	if docs < 10 {
+		t.Fatalf("only %d bad documents tried", docs)
+	}
+	t.Logf("%d bad documents of the decoder's tests refused by the API server too", docs)
+}
+
+// TestPrinterColumns: kubectl get shows the service, timeout and breaker.
+func TestPrinterColumns(t *testing.T) {
+	c, rc, _ := install(t)
+	ctx := context.Background()
+	var spec map[string]any
+	_ = yaml.Unmarshal([]byte("{service: nominatim-service, timeout: 2s}"), &spec)
+	if _, err := rc.Create(ctx, object(t, "nominatim", spec), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.Kubectl(ctx, "get", "rp", "-n", "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"SERVICE", "TIMEOUT", "FAILURES", "OPEN", "ACCEPTED", "nominatim-service", "2s", "5", "60s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl get rp lacks %q:\n%s", want, out)
+		}
+	}
+}
