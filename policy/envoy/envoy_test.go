@@ -3,6 +3,7 @@ package envoy
 import (
 	"flag"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -143,5 +144,43 @@ func TestTranslate(t *testing.T) {
 	}
 	if len(res.Skipped) != 1 || !strings.Contains(res.Skipped[0], "everything") {
 		t.Fatalf("skipped %v, want the \"*\" policy", res.Skipped)
+	}
+}
+
+// TestFromClusterRoundTrip: what a sidecar rebuilds from a cluster is the
+// policy that went in, for every policy including the defaults.
+func TestFromClusterRoundTrip(t *testing.T) {
+	pols := load(t)
+	res, err := Translate(pols, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusters := res.Clusters
+	for _, p := range pols {
+		if p.Spec.Service == policy.DefaultService {
+			c, err := DefaultsCluster(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clusters = append(clusters, c)
+		}
+	}
+	if len(clusters) != len(pols) {
+		t.Fatalf("%d clusters for %d policies", len(clusters), len(pols))
+	}
+	for _, c := range clusters {
+		got, err := FromCluster(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want *policy.ResiliencePolicy
+		for _, p := range pols {
+			if p.Metadata.Name == got.Metadata.Name {
+				want = p
+			}
+		}
+		if want == nil || !reflect.DeepEqual(got.Spec, want.Spec) || got.Metadata != want.Metadata {
+			t.Fatalf("cluster %s: got %+v, want %+v", c.Name, got, want)
+		}
 	}
 }

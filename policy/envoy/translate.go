@@ -9,6 +9,7 @@
 package envoy
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -131,7 +132,13 @@ func cluster(p *policy.ResiliencePolicy, name, host string, port int) (*clusterv
 			}}}},
 		},
 	}
-	meta := map[string]any{"policy": p.Metadata.Name, "service": p.Spec.Service}
+	spec, err := specMap(p)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: %w", name, err)
+	}
+	// "spec" is the whole policy, so that a minimesh sidecar rebuilds it
+	// exactly (FromCluster); the rest says what Envoy's fields could not.
+	meta := map[string]any{"policy": p.Metadata.Name, "service": p.Spec.Service, "spec": spec}
 	if p.Metadata.Namespace != "" {
 		meta["namespace"] = p.Metadata.Namespace
 	}
@@ -290,6 +297,17 @@ func retryOn(c policy.Conditions) string {
 		add("retriable-status-codes")
 	}
 	return strings.Join(on, ",")
+}
+
+// specMap is the policy's spec in its JSON form (readable durations).
+func specMap(p *policy.ResiliencePolicy) (map[string]any, error) {
+	b, err := json.Marshal(p.Spec)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	err = json.Unmarshal(b, &m)
+	return m, err
 }
 
 func strs(s []string) []any {

@@ -1,0 +1,197 @@
+package xds
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+
+	"github.com/minimesh/minimesh/policy"
+)
+
+func pol(t testing.TB, ns, yaml string) []*policy.ResiliencePolicy {
+	t.Helper()
+	ps, err := policy.Decode(ns+".yaml", []byte("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: p, namespace: "+ns+"}\nspec: "+yaml+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+// serve runs s on addr ("127.0.0.1:0" for any); stop ends it.
+func serve(t testing.TB, s *Server, addr string) (string, func()) {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	s.Register(g)
+	go g.Serve(l)
+	return l.Addr().String(), g.Stop
+}
+
+// recorder is a sidecar's Apply: the last policies and every version.
+type recorder struct {
+	mu       sync.Mutex
+	versions []string
+	last     []*policy.ResiliencePolicy
+	changed  chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{changed: make(chan struct{}, 100)} }
+
+func (r *recorder) apply(pols []*policy.ResiliencePolicy, v string) error {
+	r.mu.Lock()
+	r.versions = append(r.versions, v)
+	r.last = pols
+	r.mu.Unlock()
+	r.changed <- struct{}{}
+	return nil
+}
+
+func (r *recorder) consecutive(service string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.last {
+		if p.Spec.Service == service {
+			return p.Spec.CircuitBreaker.ConsecutiveFailures
+		}
+	}
+	return -1
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func client(addr, ns string, r *recorder) *Client {
+	return &Client{Addr: addr, Node: Node("pod", ns, "web"), Apply: r.apply,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+}
+
+// TestServeNamespaces: each sidecar gets its namespace's policies over the
+// global ones, and every change reaches every sidecar.
+func TestServeNamespaces(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewServer(ctx, nil)
+	if err := s.SetGlobal(pol(t, "mesh", `{service: "*", circuitBreaker: {consecutiveFailures: 9}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetNamespace("shop", pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 3}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetNamespace("other", nil); err != nil {
+		t.Fatal(err)
+	}
+	addr, stop := serve(t, s, "127.0.0.1:0")
+	defer stop()
+
+	const n = 20
+	shop := make([]*recorder, n)
+	for i := range shop {
+		shop[i] = newRecorder()
+		go client(addr, "shop", shop[i]).Run(ctx)
+	}
+	other := newRecorder()
+	go client(addr, "other", other).Run(ctx)
+
+	for _, r := range shop {
+		waitFor(t, "shop policies", func() bool { return r.consecutive("geo") == 3 && r.consecutive("*") == 9 })
+	}
+	waitFor(t, "other's policies", func() bool { return other.consecutive("*") == 9 })
+	if other.consecutive("geo") != -1 {
+		t.Fatal("a sidecar of another namespace got shop's policy")
+	}
+
+	// A change reaches every sidecar of the namespace.
+	if err := s.SetNamespace("shop", pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 2}}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range shop {
+		waitFor(t, "the change", func() bool { return r.consecutive("geo") == 2 })
+	}
+	// The same policies again publish nothing new.
+	v := s.Version("shop")
+	if err := s.SetNamespace("shop", pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 2}}`)); err != nil || s.Version("shop") != v {
+		t.Fatalf("unchanged policies changed the version: %v", err)
+	}
+}
+
+// TestNackKeepsLastGood: a response with a resource the sidecar cannot
+// decode is refused and the last good policies stay.
+func TestNackKeepsLastGood(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewServer(ctx, nil)
+	if err := s.SetNamespace("shop", pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 3}}`)); err != nil {
+		t.Fatal(err)
+	}
+	addr, stop := serve(t, s, "127.0.0.1:0")
+	defer stop()
+	r := newRecorder()
+	go client(addr, "shop", r).Run(ctx)
+	waitFor(t, "first policies", func() bool { return r.consecutive("geo") == 3 })
+
+	bad := &clusterv3.Cluster{Name: "not-minimesh", ConnectTimeout: nil}
+	snap, err := cachev3.NewSnapshot("bad-1", map[resource.Type][]types.Resource{resource.ClusterType: {bad}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Cache.SetSnapshot(ctx, "shop", snap); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	r.mu.Lock()
+	applied := len(r.versions)
+	r.mu.Unlock()
+	if applied != 1 || r.consecutive("geo") != 3 {
+		t.Fatalf("after a bad response: %d applies, geo=%d; want the first policies only", applied, r.consecutive("geo"))
+	}
+}
+
+// TestStaticStability: with the control plane gone the sidecar keeps its
+// policies, and it resyncs when the control plane is back.
+func TestStaticStability(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewServer(ctx, nil)
+	if err := s.SetNamespace("shop", pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 3}}`)); err != nil {
+		t.Fatal(err)
+	}
+	addr, stop := serve(t, s, "127.0.0.1:0")
+	r := newRecorder()
+	go client(addr, "shop", r).Run(ctx)
+	waitFor(t, "first policies", func() bool { return r.consecutive("geo") == 3 })
+	stop()
+	time.Sleep(300 * time.Millisecond)
+	if r.consecutive("geo") != 3 {
+		t.Fatal("lost the policies when the control plane went away")
+	}
+	// A restarted control plane (a new process: new cache) on the same
+	// address.
+	s2 := NewServer(ctx, nil)
+	if err := s2.SetNamespace("shop", pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 4}}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, stop2 := serve(t, s2, addr)
+	defer stop2()
+	waitFor(t, "resync after restart", func() bool { return r.consecutive("geo") == 4 })
+}
