@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/policy/xds"
 	"github.com/minimesh/minimesh/proxy/admin"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/policywatch"
@@ -23,17 +24,23 @@ import (
 
 // Config is the sidecar's configuration, from flags.
 type Config struct {
-	OutboundAddr   string
-	AdminAddr      string
-	PolicyDir      string
-	ServiceName    string
-	Namespace      string
-	Resolve        map[string]string
-	ConnectTimeout time.Duration
-	DrainTimeout   time.Duration
-	MaxRequestBody int64
-	StdTransport   bool
-	PodName        string
+	OutboundAddr string
+	AdminAddr    string
+	PolicyDir    string
+	// XDSAddress is the control plane (host:port); its policies win over
+	// PolicyDir's once it has answered.
+	XDSAddress string
+	// XDSInitialTimeout is how long the first answer may take before the
+	// sidecar starts serving with PolicyDir's policies or the defaults.
+	XDSInitialTimeout time.Duration
+	ServiceName       string
+	Namespace         string
+	Resolve           map[string]string
+	ConnectTimeout    time.Duration
+	DrainTimeout      time.Duration
+	MaxRequestBody    int64
+	StdTransport      bool
+	PodName           string
 	// OTLPEndpoint is the trace collector (host:port, OTLP/gRPC); empty
 	// turns tracing off.
 	OTLPEndpoint     string
@@ -64,7 +71,12 @@ type Sidecar struct {
 // policySource is where the policies in force came from, for
 // /debug/config.
 type policySource struct {
+	// Source is where the policies in force came from: "defaults", "dir"
+	// or "xds".
+	Source     string                     `json:"source"`
 	Dir        string                     `json:"dir,omitempty"`
+	XDS        string                     `json:"xds,omitempty"`
+	XDSVersion string                     `json:"xdsVersion,omitempty"`
 	LoadedAt   time.Time                  `json:"loadedAt,omitzero"`
 	LastError  string                     `json:"lastError,omitempty"`
 	LastErrAt  time.Time                  `json:"lastErrorAt,omitzero"`
@@ -90,7 +102,11 @@ func Listen(cfg Config) (*Sidecar, error) {
 	}
 	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0)}
 	table := policy.NewTable(nil, cfg.Namespace)
-	s.source = policySource{Dir: cfg.PolicyDir, Policies: table.Policies(), Namespace: cfg.Namespace, Service: cfg.ServiceName, Version: wellknown.Version}
+	if cfg.XDSInitialTimeout <= 0 {
+		cfg.XDSInitialTimeout = 5 * time.Second
+	}
+	s.cfg = cfg
+	s.source = policySource{Source: "defaults", Dir: cfg.PolicyDir, XDS: cfg.XDSAddress, Policies: table.Policies(), Namespace: cfg.Namespace, Service: cfg.ServiceName, Version: wellknown.Version}
 	tracing, err := telemetry.NewTracing(telemetry.TracingConfig{
 		Endpoint:    cfg.OTLPEndpoint,
 		SampleRatio: cfg.TraceSampleRatio,
@@ -160,6 +176,32 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
+	var xdsFirst chan struct{}
+	if s.cfg.XDSAddress != "" {
+		// Start with the control plane's policies if they come in time;
+		// otherwise serve with the directory's (or the defaults) and let
+		// the control plane's replace them when it answers.
+		xdsFirst = make(chan struct{})
+		var once sync.Once
+		c := &xds.Client{
+			Addr: s.cfg.XDSAddress,
+			Node: xds.Node(s.cfg.PodName, s.cfg.Namespace, s.cfg.ServiceName),
+			Log:  s.log,
+			Apply: func(pols []*policy.ResiliencePolicy, version string) error {
+				err := s.applyXDS(pols, version)
+				if err == nil {
+					once.Do(func() { close(xdsFirst) })
+				}
+				return err
+			},
+		}
+		go c.Run(watchCtx)
+		select {
+		case <-xdsFirst:
+		case <-time.After(s.cfg.XDSInitialTimeout):
+			s.log.Warn("no answer from the control plane in time; starting with local policies", "xds", s.cfg.XDSAddress, "waited", s.cfg.XDSInitialTimeout.String())
+		}
+	}
 	if s.cfg.PolicyDir != "" {
 		first := make(chan struct{})
 		var once sync.Once
@@ -208,6 +250,12 @@ func (s *Sidecar) applyLoad(r policywatch.Result) {
 	s.metrics.PolicyReload(r.Err == nil)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.source.Source == "xds" {
+		// The control plane has answered: its policies are in force, and
+		// the directory is only the fallback for a start without it.
+		s.log.Debug("policy directory changed; the control plane's policies stay in force", "dir", s.cfg.PolicyDir)
+		return
+	}
 	if r.Err != nil {
 		s.source.LastError, s.source.LastErrAt = r.Err.Error(), time.Now()
 		s.source.LoadErrors++
@@ -217,8 +265,40 @@ func (s *Sidecar) applyLoad(r policywatch.Result) {
 	table := policy.NewTable(r.Policies, s.cfg.Namespace)
 	s.outbound.SetPolicies(table)
 	s.source.Policies = table.Policies()
+	s.source.Source = "dir"
 	s.source.LoadedAt = time.Now()
 	s.source.LastError, s.source.LastErrAt = "", time.Time{}
 	s.source.Loads++
 	s.log.Info("policies loaded", "dir", s.cfg.PolicyDir, "count", len(r.Policies))
+}
+
+// applyXDS puts the control plane's policies in force. The swap is one
+// atomic table replacement: requests in flight finish under the policy
+// they started with.
+func (s *Sidecar) applyXDS(pols []*policy.ResiliencePolicy, version string) error {
+	seen := map[string]string{}
+	for _, p := range pols {
+		if other, dup := seen[p.Spec.Service]; dup {
+			err := fmt.Errorf("policies %s and %s both name service %q", other, p.Metadata.Name, p.Spec.Service)
+			s.metrics.PolicyReload(false)
+			s.mu.Lock()
+			s.source.LastError, s.source.LastErrAt = err.Error(), time.Now()
+			s.source.LoadErrors++
+			s.mu.Unlock()
+			return err
+		}
+		seen[p.Spec.Service] = p.Metadata.Name
+	}
+	s.metrics.PolicyReload(true)
+	table := policy.NewTable(pols, s.cfg.Namespace)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.outbound.SetPolicies(table)
+	s.source.Policies = table.Policies()
+	s.source.Source = "xds"
+	s.source.XDSVersion = version
+	s.source.LoadedAt = time.Now()
+	s.source.LastError, s.source.LastErrAt = "", time.Time{}
+	s.source.Loads++
+	return nil
 }

@@ -65,6 +65,8 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.OutboundAddr, "outbound-addr", fmt.Sprintf("127.0.0.1:%d", wellknown.OutboundPort), "address of the outbound listener (the app's HTTP_PROXY)")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", fmt.Sprintf(":%d", wellknown.AdminPort), "address of the admin server (/live, /ready, /metrics, /debug/ on loopback)")
 	fs.StringVar(&cfg.PolicyDir, "policy-dir", "", "directory of ResiliencePolicy YAML files, reloaded when it changes (empty: built-in defaults)")
+	fs.StringVar(&cfg.XDSAddress, "xds-address", "", "control plane HOST:PORT (ADS); its policies replace --policy-dir's once it answers, and stay when it goes away")
+	fs.DurationVar(&cfg.XDSInitialTimeout, "xds-initial-timeout", 5*time.Second, "how long to wait for the control plane's first answer before serving with --policy-dir or the defaults")
 	fs.StringVar(&cfg.ServiceName, "service-name", "", "name of the service this sidecar belongs to")
 	fs.StringVar(&cfg.Namespace, "namespace", orEnv("POD_NAMESPACE", "default"), "namespace of the pod, for matching short service names (default: $POD_NAMESPACE, else default)")
 	fs.StringVar(&cfg.PodName, "pod-name", os.Getenv("POD_NAME"), "name of the pod, for traces (default: $POD_NAME)")
