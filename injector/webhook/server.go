@@ -43,43 +43,57 @@ type Server struct {
 // certificate is read at once, so a missing or bad file fails Run before
 // anything listens, and reloaded when the files change (poll and watch),
 // so a rotated Secret is served without a restart.
+//
+// Without a CertFile there is no webhook listener: the controller serves
+// only policies (--policy-dir on a laptop).
 func (s *Server) Run(ctx context.Context) error {
-	cw, err := certwatcher.New(s.CertFile, s.KeyFile)
-	if err != nil {
-		return fmt.Errorf("load TLS certificate %s and key %s: %w", s.CertFile, s.KeyFile, err)
-	}
-	wl, err := net.Listen("tcp", s.WebhookAddr)
-	if err != nil {
-		return fmt.Errorf("webhook listener: %w", err)
+	var cw *certwatcher.CertWatcher
+	var wl net.Listener
+	var err error
+	if s.CertFile != "" {
+		if cw, err = certwatcher.New(s.CertFile, s.KeyFile); err != nil {
+			return fmt.Errorf("load TLS certificate %s and key %s: %w", s.CertFile, s.KeyFile, err)
+		}
+		if wl, err = net.Listen("tcp", s.WebhookAddr); err != nil {
+			return fmt.Errorf("webhook listener: %w", err)
+		}
 	}
 	al, err := net.Listen("tcp", s.AdminAddr)
 	if err != nil {
-		wl.Close()
+		if wl != nil {
+			wl.Close()
+		}
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	s.mu.Lock()
-	s.webhookAddr, s.adminAddr = wl.Addr(), al.Addr()
+	if wl != nil {
+		s.webhookAddr = wl.Addr()
+	}
+	s.adminAddr = al.Addr()
 	s.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 3)
-	go func() {
-		if err := cw.Start(ctx); err != nil {
-			errc <- fmt.Errorf("watch TLS certificate: %w", err)
-		}
-	}()
+	if cw != nil {
+		go func() {
+			if err := cw.Start(ctx); err != nil {
+				errc <- fmt.Errorf("watch TLS certificate: %w", err)
+			}
+		}()
+	}
 
 	health := http.NewServeMux()
 	health.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	health.HandleFunc("GET /readyz", s.readyz)
 
 	hooks := http.NewServeMux()
-	hooks.Handle("/inject", s.Inject)
+	if s.Inject != nil {
+		hooks.Handle("/inject", s.Inject)
+	}
 	hooks.Handle("/", health)
 	webhook := &http.Server{
 		Handler:           hooks,
-		TLSConfig:         &tls.Config{GetCertificate: cw.GetCertificate, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug),
@@ -89,9 +103,13 @@ func (s *Server) Run(ctx context.Context) error {
 	admin.Handle("/", health)
 	adminSrv := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
 
-	go func() { errc <- webhook.ServeTLS(wl, "", "") }()
+	if wl != nil {
+		webhook.TLSConfig = &tls.Config{GetCertificate: cw.GetCertificate, MinVersion: tls.VersionTLS12}
+		go func() { errc <- webhook.ServeTLS(wl, "", "") }()
+		s.Log.Info("webhook serving", "addr", wl.Addr().String())
+	}
 	go func() { errc <- adminSrv.Serve(al) }()
-	s.Log.Info("controller serving", "webhook", wl.Addr().String(), "admin", al.Addr().String())
+	s.Log.Info("admin serving", "addr", al.Addr().String())
 
 	var runErr error
 	select {

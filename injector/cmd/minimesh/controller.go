@@ -5,16 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/minimesh/minimesh/injector"
+	"github.com/minimesh/minimesh/injector/policyctl"
 	"github.com/minimesh/minimesh/injector/webhook"
+	"github.com/minimesh/minimesh/policy/xds"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
@@ -23,17 +29,21 @@ type controllerFlags struct {
 	certFile, keyFile      string
 	kubeconfig, config     string
 	logLevel               string
+	xdsAddr, policyDir     string
+	namespace              string
 }
 
 func newControllerCmd() *cobra.Command {
 	var f controllerFlags
 	cmd := &cobra.Command{
 		Use:   "controller",
-		Short: "Run the injector: the mutating admission webhook",
+		Short: "Run the control plane: the injection webhook and the policy server",
 		Long: "controller serves the sidecar injector as a mutating admission webhook\n" +
-			"(POST /inject, AdmissionReview v1) over TLS, and /healthz, /readyz and\n" +
-			"/metrics on the admin address. It reads namespace labels from the cluster\n" +
-			"and reloads the TLS certificate when its files change.",
+			"(POST /inject, AdmissionReview v1) over TLS, policies to every sidecar over xDS\n" +
+			"(ADS on --xds-addr), and /healthz, /readyz and /metrics on the admin address.\n" +
+			"Policies come from ResiliencePolicy objects (their status says whether they\n" +
+			"were accepted) or, with --policy-dir, from files: then no cluster is needed.\n" +
+			"Without --tls-cert-file the webhook is off.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
@@ -49,8 +59,9 @@ func newControllerCmd() *cobra.Command {
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
 	fl.StringVar(&f.config, "config", "", "injection config YAML: proxy image, resources, ports, OTLP endpoint (default: built-in)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	_ = cmd.MarkFlagRequired("tls-cert-file")
-	_ = cmd.MarkFlagRequired("tls-key-file")
+	fl.StringVar(&f.xdsAddr, "xds-addr", fmt.Sprintf(":%d", wellknown.XDSPort), "address of the xDS (ADS) gRPC listener the sidecars connect to")
+	fl.StringVar(&f.policyDir, "policy-dir", "", "serve the policies of this directory instead of the cluster's ResiliencePolicy objects")
+	fl.StringVar(&f.namespace, "namespace", orEnv("POD_NAMESPACE", "minimesh"), "namespace whose ResiliencePolicy objects apply cluster-wide (default: $POD_NAMESPACE, else minimesh)")
 	return cmd
 }
 
@@ -63,6 +74,9 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	// client-go logs through klog; one format in the controller's output.
 	klog.SetSlogLogger(log)
 
+	if (f.certFile == "") != (f.keyFile == "") {
+		return errors.New("--tls-cert-file and --tls-key-file go together")
+	}
 	cfg := injector.DefaultConfig()
 	if f.config != "" {
 		var err error
@@ -70,16 +84,52 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 			return err
 		}
 	}
-	rc, err := restConfig(f.kubeconfig)
+
+	// The policy server: sidecars connect before anything else is ready,
+	// and get their snapshot when the first one is set.
+	xdsSrv := xds.NewServer(ctx, nil)
+	xl, err := net.Listen("tcp", f.xdsAddr)
 	if err != nil {
-		return err
+		return fmt.Errorf("xds listener: %w", err)
 	}
-	rc.UserAgent = "minimesh-controller/" + wellknown.Version
-	ns, err := webhook.NewNamespaces(rc)
-	if err != nil {
-		return err
+	g := grpc.NewServer()
+	xdsSrv.Register(g)
+	go func() {
+		if err := g.Serve(xl); err != nil {
+			log.Error("xds server", "err", err)
+		}
+	}()
+	defer g.Stop()
+	log.Info("xds serving", "addr", xl.Addr().String())
+
+	var ready []func() error
+	var rc *rest.Config
+	if f.policyDir == "" || f.certFile != "" {
+		if rc, err = restConfig(f.kubeconfig); err != nil {
+			return err
+		}
+		rc.UserAgent = "minimesh-controller/" + wellknown.Version
 	}
-	ns.Start(ctx)
+	if f.policyDir != "" {
+		files := &policyctl.Files{Dir: f.policyDir, Sink: xdsSrv, Log: log}
+		if err := files.Load(); err != nil {
+			return fmt.Errorf("--policy-dir: %w", err)
+		}
+		go files.Run(ctx)
+	} else {
+		dc, err := dynamic.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		ctl := &policyctl.Controller{Client: dc, Sink: xdsSrv, GlobalNamespace: f.namespace, Log: log}
+		go ctl.Run(ctx)
+		ready = append(ready, func() error {
+			if !ctl.Synced() {
+				return errors.New("ResiliencePolicy informer not synced")
+			}
+			return nil
+		})
+	}
 
 	metrics := webhook.NewMetrics()
 	srv := &webhook.Server{
@@ -87,22 +137,44 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		AdminAddr:   f.adminAddr,
 		CertFile:    f.certFile,
 		KeyFile:     f.keyFile,
-		Inject:      &webhook.Handler{Config: &cfg, Namespaces: ns, Metrics: metrics, Log: log},
 		Metrics:     metrics,
 		Log:         log,
-		Ready: func() error {
+	}
+	if f.certFile != "" {
+		ns, err := webhook.NewNamespaces(rc)
+		if err != nil {
+			return err
+		}
+		ns.Start(ctx)
+		srv.Inject = &webhook.Handler{Config: &cfg, Namespaces: ns, Metrics: metrics, Log: log}
+		ready = append(ready, func() error {
 			if !ns.Synced() {
 				return errors.New("namespace informer not synced")
 			}
 			return nil
-		},
+		})
 	}
-	log.Info("minimesh controller starting", "version", wellknown.Version, "image", cfg.Proxy.Image)
+	srv.Ready = func() error {
+		for _, r := range ready {
+			if err := r(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	log.Info("minimesh controller starting", "version", wellknown.Version, "image", cfg.Proxy.Image, "policy_dir", f.policyDir)
 	if err := srv.Run(ctx); err != nil {
 		return err
 	}
 	log.Info("minimesh controller stopped")
 	return nil
+}
+
+func orEnv(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }
 
 // restConfig is the explicit kubeconfig, else the in-cluster config, else

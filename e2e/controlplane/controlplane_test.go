@@ -1,0 +1,276 @@
+// Package controlplane_test proves the policy control plane with real
+// parts: ResiliencePolicy objects applied with kubectl to a real API server
+// reach a running sidecar (the built binary) through the built controller
+// over xDS, and change what the sidecar does.
+package controlplane_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/minimesh/minimesh/e2e/internal/controller"
+	"github.com/minimesh/minimesh/e2e/internal/kube"
+	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/injector/policyctl"
+)
+
+const geo = "geo-service:8000"
+
+type plane struct {
+	c        *kube.Cluster
+	xdsAddr  string
+	ctrlArgs []string
+	ctrl     *proc.Proc
+	sidecar  string // admin URL
+	client   *http.Client
+	upstream *httptest.Server
+}
+
+func bin(t *testing.T, name string) string {
+	t.Helper()
+	p, err := tools.Binary(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// setup starts the API server with the CRD, the controller (policies
+// only: no webhook) and a sidecar in namespace shop whose geo-service
+// always fails.
+func setup(t *testing.T) *plane {
+	t.Helper()
+	p := &plane{c: kube.Start(t)}
+	ctx := context.Background()
+	root, err := tools.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := p.c.Kubectl(ctx, "apply", "-f", filepath.Join(root, "charts", "minimesh", "crds")); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if out, err := p.c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/resiliencepolicies.minimesh.io"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	p.c.CreateNamespace(t, "shop", nil)
+	p.c.CreateNamespace(t, "minimesh", nil)
+
+	ports := controller.FreePorts(t, 4)
+	p.xdsAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	p.ctrlArgs = []string{"controller", "--kubeconfig", p.c.Kubeconfig, "--xds-addr", p.xdsAddr,
+		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--namespace", "minimesh"}
+	p.startController(t)
+
+	p.upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
+	t.Cleanup(p.upstream.Close)
+	out := fmt.Sprintf("127.0.0.1:%d", ports[2])
+	p.sidecar = fmt.Sprintf("http://127.0.0.1:%d", ports[3])
+	sc := proc.StartT(t, "sidecar", bin(t, "minimesh-proxy"), []string{"run",
+		"--outbound-addr", out, "--admin-addr", strings.TrimPrefix(p.sidecar, "http://"),
+		"--xds-address", p.xdsAddr, "--namespace", "shop", "--pod-name", "web-1", "--service-name", "web",
+		"--resolve", geo + "=" + strings.TrimPrefix(p.upstream.URL, "http://"), "--access-log", "off"}, proc.Options{})
+	if err := sc.WaitReady(20*time.Second, func() error { return get(p.sidecar + "/ready") }); err != nil {
+		t.Fatal(err)
+	}
+	proxyURL, _ := url.Parse("http://" + out)
+	p.client = &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}, Timeout: 10 * time.Second}
+	return p
+}
+
+func (p *plane) startController(t *testing.T) {
+	t.Helper()
+	p.ctrl = proc.StartT(t, "controller", bin(t, "minimesh"), p.ctrlArgs, proc.Options{})
+	admin := "http://" + p.ctrlArgs[len(p.ctrlArgs)-3]
+	if err := p.ctrl.WaitReady(30*time.Second, func() error { return get(admin + "/readyz") }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(u string) error {
+	resp, err := http.Get(u)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %d", u, resp.StatusCode)
+	}
+	return nil
+}
+
+func (p *plane) apply(t *testing.T, name, spec string) {
+	t.Helper()
+	doc := fmt.Sprintf("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: %s, namespace: shop}\nspec: %s\n", name, spec)
+	if out, err := p.c.KubectlStdin(context.Background(), doc, "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+}
+
+type sidecarConfig struct {
+	Source     string `json:"source"`
+	XDSVersion string `json:"xdsVersion"`
+	Policies   []struct {
+		Spec struct {
+			Service        string `json:"service"`
+			CircuitBreaker struct {
+				ConsecutiveFailures int `json:"consecutiveFailures"`
+			} `json:"circuitBreaker"`
+		} `json:"spec"`
+	} `json:"policies"`
+}
+
+// failures is the sidecar's consecutiveFailures for geo-service, from
+// /debug/config; -1 when it has no policy for it.
+func (p *plane) failures(t *testing.T) (int, string) {
+	t.Helper()
+	resp, err := http.Get(p.sidecar + "/debug/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var c sidecarConfig
+	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	for _, pol := range c.Policies {
+		if pol.Spec.Service == "geo-service" {
+			return pol.Spec.CircuitBreaker.ConsecutiveFailures, c.Source
+		}
+	}
+	return -1, c.Source
+}
+
+func (p *plane) waitFailures(t *testing.T, want int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		if n, src := p.failures(t); n == want && src == "xds" {
+			return time.Since(start)
+		}
+		if time.Since(start) > 10*time.Second {
+			n, src := p.failures(t)
+			t.Fatalf("sidecar has consecutiveFailures %d from %q, want %d from xds", n, src, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// opensAfter sends failing requests until the breaker answers
+// circuit-open and returns how many were sent before.
+func (p *plane) opensAfter(t *testing.T) int {
+	t.Helper()
+	resp, err := http.Post(p.sidecar+"/debug/breakers/reset?destination="+url.QueryEscape(geo), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 && resp.StatusCode != 404 { // 404: no traffic to it yet
+		t.Fatalf("reset the breaker: %d", resp.StatusCode)
+	}
+	for i := 0; i < 20; i++ {
+		resp, err := p.client.Get("http://" + geo + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.Header.Get("X-Minimesh-Error") == "circuit-open" {
+			return i
+		}
+	}
+	t.Fatal("the breaker never opened")
+	return 0
+}
+
+func (p *plane) accepted(t *testing.T, name string) (status, message string) {
+	t.Helper()
+	dc, err := dynamic.NewForConfig(p.c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := dc.Resource(policyctl.GVR).Namespace("shop").Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conds, _, _ := unstructuredSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		m := c.(map[string]any)
+		if m["type"] == "Accepted" {
+			return fmt.Sprint(m["status"]), fmt.Sprint(m["message"])
+		}
+	}
+	return "", ""
+}
+
+func TestPolicyReachesSidecar(t *testing.T) {
+	p := setup(t)
+
+	p.apply(t, "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 3}}")
+	t.Logf("apply → sidecar: %s", p.waitFailures(t, 3))
+	if n := p.opensAfter(t); n != 3 {
+		t.Fatalf("breaker opened after %d failures, want 3", n)
+	}
+	waitStatus(t, p, "geo", "True")
+
+	// A lower threshold opens the breaker sooner, without a restart.
+	p.apply(t, "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 2}}")
+	p.waitFailures(t, 2)
+	if n := p.opensAfter(t); n != 2 {
+		t.Fatalf("after the change the breaker opened after %d failures, want 2", n)
+	}
+
+	// Valid for the schema, not for the decoder (a DNS label longer than
+	// 63): refused in its status, and the last good version keeps serving.
+	long := strings.Repeat("a", 64)
+	p.apply(t, "geo", "{service: "+long+", circuitBreaker: {consecutiveFailures: 9}}")
+	status, msg := waitStatus(t, p, "geo", "False")
+	if !strings.Contains(msg, "spec.service") || !strings.Contains(msg, "last valid version keeps serving") {
+		t.Errorf("Accepted=%s message %q", status, msg)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n, _ := p.failures(t); n != 2 {
+		t.Fatalf("after an invalid update the sidecar has %d, want the last good 2", n)
+	}
+
+	// The controller goes away: the sidecar keeps serving its policies;
+	// it comes back and the sidecar resyncs.
+	p.ctrl.Stop()
+	time.Sleep(500 * time.Millisecond)
+	if n, src := p.failures(t); n != 2 || src != "xds" {
+		t.Fatalf("controller gone: sidecar has %d from %q", n, src)
+	}
+	if n := p.opensAfter(t); n != 2 {
+		t.Fatalf("controller gone: breaker opened after %d failures, want 2", n)
+	}
+	p.apply(t, "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 4}}")
+	p.startController(t)
+	p.waitFailures(t, 4)
+}
+
+func waitStatus(t *testing.T, p *plane, name, want string) (string, string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, m := p.accepted(t, name)
+		if s == want {
+			return s, m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Accepted=%q (%s), want %s", s, m, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
