@@ -28,6 +28,11 @@ type Config struct {
 	// TraceSampleRatio is the sidecars' sampling ratio for new traces;
 	// nil: the sidecar's default.
 	TraceSampleRatio *float64 `yaml:"traceSampleRatio"`
+	// XDSAddress is the control plane the sidecars follow (host:port);
+	// empty: policies only from the ConfigMap below. With it, the ConfigMap
+	// is the fallback for a sidecar that starts while the control plane is
+	// unreachable.
+	XDSAddress string `yaml:"xdsAddress"`
 	// PolicyConfigMap is the ConfigMap of the pod's namespace whose files
 	// the sidecar loads as policies. It is mounted optional, so a namespace
 	// without one runs with defaults.

@@ -334,6 +334,7 @@ func TestGolden(t *testing.T) {
 			"minimesh.io/proxy-log-level": "debug", "minimesh.io/skip-outbound-cidrs": "10.0.0.0/8, 192.168.0.0/16",
 		}), func(c *Config) {
 			c.OTLPEndpoint = "jaeger-collector.observability:4317"
+			c.XDSAddress = "minimesh-injector.minimesh.svc:15010"
 			c.TraceSampleRatio = &ratio
 			c.NoProxy = []string{".corp.example.com"}
 		}},

@@ -181,6 +181,9 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 	if service != "" {
 		args = append(args, "--service-name="+service)
 	}
+	if cfg.XDSAddress != "" {
+		args = append(args, "--xds-address="+cfg.XDSAddress)
+	}
 	if cfg.OTLPEndpoint != "" {
 		args = append(args, "--otlp-endpoint="+cfg.OTLPEndpoint)
 	}

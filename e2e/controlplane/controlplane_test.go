@@ -39,7 +39,7 @@ type plane struct {
 	upstream *httptest.Server
 }
 
-func bin(t *testing.T, name string) string {
+func bin(t testing.TB, name string) string {
 	t.Helper()
 	p, err := tools.Binary(name)
 	if err != nil {
@@ -51,22 +51,10 @@ func bin(t *testing.T, name string) string {
 // setup starts the API server with the CRD, the controller (policies
 // only: no webhook) and a sidecar in namespace shop whose geo-service
 // always fails.
-func setup(t *testing.T) *plane {
+func setup(t testing.TB) *plane {
 	t.Helper()
 	p := &plane{c: kube.Start(t)}
-	ctx := context.Background()
-	root, err := tools.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := p.c.Kubectl(ctx, "apply", "-f", filepath.Join(root, "charts", "minimesh", "crds")); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	if out, err := p.c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/resiliencepolicies.minimesh.io"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	p.c.CreateNamespace(t, "shop", nil)
-	p.c.CreateNamespace(t, "minimesh", nil)
+	p.installCRD(t)
 
 	ports := controller.FreePorts(t, 4)
 	p.xdsAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
@@ -90,10 +78,33 @@ func setup(t *testing.T) *plane {
 	return p
 }
 
-func (p *plane) startController(t *testing.T) {
+// installCRD installs the chart's CRD and the namespaces of the tests.
+func (p *plane) installCRD(t testing.TB) {
+	t.Helper()
+	ctx := context.Background()
+	root, err := tools.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := p.c.Kubectl(ctx, "apply", "-f", filepath.Join(root, "charts", "minimesh", "crds")); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if out, err := p.c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/resiliencepolicies.minimesh.io"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	p.c.CreateNamespace(t, "shop", nil)
+	p.c.CreateNamespace(t, "minimesh", nil)
+}
+
+func (p *plane) startController(t testing.TB) {
 	t.Helper()
 	p.ctrl = proc.StartT(t, "controller", bin(t, "minimesh"), p.ctrlArgs, proc.Options{})
-	admin := "http://" + p.ctrlArgs[len(p.ctrlArgs)-3]
+	admin := ""
+	for i, a := range p.ctrlArgs {
+		if a == "--admin-addr" {
+			admin = "http://" + p.ctrlArgs[i+1]
+		}
+	}
 	if err := p.ctrl.WaitReady(30*time.Second, func() error { return get(admin + "/readyz") }); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +122,7 @@ func get(u string) error {
 	return nil
 }
 
-func (p *plane) apply(t *testing.T, name, spec string) {
+func (p *plane) apply(t testing.TB, name, spec string) {
 	t.Helper()
 	doc := fmt.Sprintf("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: %s, namespace: shop}\nspec: %s\n", name, spec)
 	if out, err := p.c.KubectlStdin(context.Background(), doc, "apply", "-f", "-"); err != nil {
@@ -134,7 +145,7 @@ type sidecarConfig struct {
 
 // failures is the sidecar's consecutiveFailures for geo-service, from
 // /debug/config; -1 when it has no policy for it.
-func (p *plane) failures(t *testing.T) (int, string) {
+func (p *plane) failures(t testing.TB) (int, string) {
 	t.Helper()
 	resp, err := http.Get(p.sidecar + "/debug/config")
 	if err != nil {
@@ -153,7 +164,7 @@ func (p *plane) failures(t *testing.T) (int, string) {
 	return -1, c.Source
 }
 
-func (p *plane) waitFailures(t *testing.T, want int) time.Duration {
+func (p *plane) waitFailures(t testing.TB, want int) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for {
@@ -170,7 +181,7 @@ func (p *plane) waitFailures(t *testing.T, want int) time.Duration {
 
 // opensAfter sends failing requests until the breaker answers
 // circuit-open and returns how many were sent before.
-func (p *plane) opensAfter(t *testing.T) int {
+func (p *plane) opensAfter(t testing.TB) int {
 	t.Helper()
 	resp, err := http.Post(p.sidecar+"/debug/breakers/reset?destination="+url.QueryEscape(geo), "", nil)
 	if err != nil {
@@ -195,7 +206,7 @@ func (p *plane) opensAfter(t *testing.T) int {
 	return 0
 }
 
-func (p *plane) accepted(t *testing.T, name string) (status, message string) {
+func (p *plane) accepted(t testing.TB, name string) (status, message string) {
 	t.Helper()
 	dc, err := dynamic.NewForConfig(p.c.Config)
 	if err != nil {
@@ -260,7 +271,7 @@ func TestPolicyReachesSidecar(t *testing.T) {
 	p.waitFailures(t, 4)
 }
 
-func waitStatus(t *testing.T, p *plane, name, want string) (string, string) {
+func waitStatus(t testing.TB, p *plane, name, want string) (string, string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -13,12 +13,14 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
@@ -38,7 +40,11 @@ type Sink interface {
 // Controller watches ResiliencePolicy objects.
 type Controller struct {
 	Client dynamic.Interface
-	Sink   Sink
+	// Discovery tells whether the CRD is installed: until it is, there
+	// is nothing to serve, which is a ready state, not a failure (the
+	// webhook must not wait for it).
+	Discovery discovery.DiscoveryInterface
+	Sink      Sink
 	// GlobalNamespace holds the cluster-wide policies (the release's
 	// namespace): every sidecar sees them unless its namespace has its own
 	// policy for the same service.
@@ -46,6 +52,7 @@ type Controller struct {
 	Log             *slog.Logger
 
 	informer cache.SharedIndexInformer
+	missing  atomic.Bool
 	mu       sync.Mutex
 	lastGood map[string]*policy.ResiliencePolicy // by namespace/name: served while a newer version is invalid
 	known    map[string]bool                     // namespaces published, so emptied ones are cleared
@@ -53,10 +60,26 @@ type Controller struct {
 
 // Run watches until ctx ends.
 func (c *Controller) Run(ctx context.Context) {
+	for c.Discovery != nil {
+		if _, err := c.Discovery.ServerResourcesForGroupVersion(GVR.GroupVersion().String()); err == nil {
+			break
+		} else if !c.missing.Load() {
+			c.Log.Warn("the ResiliencePolicy CRD is not installed: serving no policies until it is (kubectl apply -f charts/minimesh/crds)", "err", err)
+		}
+		c.missing.Store(true)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Second):
+		}
+	}
+	c.missing.Store(false)
 	c.lastGood = map[string]*policy.ResiliencePolicy{}
 	c.known = map[string]bool{}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(c.Client, 10*time.Minute)
+	c.mu.Lock()
 	c.informer = f.ForResource(GVR).Informer()
+	c.mu.Unlock()
 	kick := make(chan struct{}, 1)
 	notify := func(any) {
 		select {
@@ -80,8 +103,14 @@ func (c *Controller) Run(ctx context.Context) {
 	}
 }
 
-// Synced reports whether the first list has arrived and been published.
-func (c *Controller) Synced() bool { return c.informer != nil && c.informer.HasSynced() }
+// Synced reports whether the first list has arrived, or there is no CRD
+// to list.
+func (c *Controller) Synced() bool {
+	c.mu.Lock()
+	inf := c.informer
+	c.mu.Unlock()
+	return c.missing.Load() || inf != nil && inf.HasSynced()
+}
 
 func (c *Controller) sync(ctx context.Context) {
 	c.mu.Lock()

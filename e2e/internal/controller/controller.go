@@ -37,6 +37,8 @@ type Controller struct {
 	URL string
 	// AdminURL serves /healthz, /readyz and /metrics.
 	AdminURL string
+	// XDSAddr is the policy server's address.
+	XDSAddr string
 }
 
 // Start runs the controller against the cluster of kubeconfig and waits
@@ -58,16 +60,18 @@ func Start(t testing.TB, kubeconfig string, opt Options) *Controller {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports := FreePorts(t, 2)
+	ports := FreePorts(t, 3)
 	c := &Controller{
 		CA:       ca,
 		URL:      fmt.Sprintf("https://127.0.0.1:%d/inject", ports[0]),
 		AdminURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
+		XDSAddr:  fmt.Sprintf("127.0.0.1:%d", ports[2]),
 	}
 	args := []string{
 		"controller",
 		"--webhook-addr", fmt.Sprintf("127.0.0.1:%d", ports[0]),
 		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		"--xds-addr", fmt.Sprintf("127.0.0.1:%d", ports[2]),
 		"--tls-cert-file", certFile, "--tls-key-file", keyFile,
 		"--kubeconfig", kubeconfig,
 	}

@@ -10,12 +10,15 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/minimesh/minimesh/injector"
 	"github.com/minimesh/minimesh/injector/policyctl"
@@ -71,8 +74,10 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
 	}
 	log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-	// client-go logs through klog; one format in the controller's output.
+	// client-go logs through klog, the certificate watcher through
+	// controller-runtime's logr: one format in the controller's output.
 	klog.SetSlogLogger(log)
+	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 
 	if (f.certFile == "") != (f.keyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
@@ -121,7 +126,11 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		if err != nil {
 			return fmt.Errorf("kubernetes client: %w", err)
 		}
-		ctl := &policyctl.Controller{Client: dc, Sink: xdsSrv, GlobalNamespace: f.namespace, Log: log}
+		disc, err := discovery.NewDiscoveryClientForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		ctl := &policyctl.Controller{Client: dc, Discovery: disc, Sink: xdsSrv, GlobalNamespace: f.namespace, Log: log}
 		go ctl.Run(ctx)
 		ready = append(ready, func() error {
 			if !ctl.Synced() {
