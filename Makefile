@@ -55,6 +55,10 @@ bench: build tools
 		| tee $(RESULTS_DIR)/go-bench.txt
 	set -o pipefail; CGO_ENABLED=0 $(GO) test -run '^$$' -bench PodCreate -benchtime 10x -count 5 ./e2e/injector/ \
 		| tee $(RESULTS_DIR)/injector.txt
+	set -o pipefail; CGO_ENABLED=0 $(GO) test -run '^$$' -bench ApplyToSidecar -benchtime 50x -count 5 ./e2e/controlplane/ \
+		| tee $(RESULTS_DIR)/controlplane-apply.txt
+	set -o pipefail; CGO_ENABLED=0 $(GO) test -run '^$$' -bench PushTo1000 -benchtime 10x -count 3 ./e2e/controlplane/ \
+		| tee $(RESULTS_DIR)/controlplane-scale.txt
 
 demo: build
 	$(GO) run ./demo
