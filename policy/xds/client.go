@@ -88,6 +88,13 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 	if err := ads.InitConnect(conn); err != nil {
 		return false, fmt.Errorf("connect: %w", err)
 	}
+	// A NACK carries the last accepted version, so a snapshot cache
+	// answers it at once with the same refused content: without a pause
+	// the two would spin. The same content is refused again only after a
+	// growing wait (1 s to 5 s, which is also the most a fix pushed during
+	// the wait is delayed); new content is judged at once.
+	var lastNack string
+	nackWait := time.Second
 	for {
 		resp, err := ads.Fetch()
 		if err != nil {
@@ -99,12 +106,23 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 			err = c.Apply(pols, version)
 		}
 		if err != nil {
-			c.Log.Error("xds: refused the control plane's policies (NACK); keeping the last good ones", "err", err)
+			if version == lastNack {
+				select {
+				case <-sctx.Done():
+					return got, sctx.Err()
+				case <-time.After(nackWait):
+				}
+				nackWait = min(2*nackWait, 5*time.Second)
+			} else {
+				c.Log.Error("xds: refused the control plane's policies (NACK); keeping the last good ones", "version", version, "err", err)
+				lastNack, nackWait = version, time.Second
+			}
 			if err := ads.Nack(err.Error()); err != nil {
 				return got, err
 			}
 			continue
 		}
+		lastNack = ""
 		c.Log.Info("xds: applied policies (ACK)", "version", version, "policies", len(pols))
 		if err := ads.Ack(); err != nil {
 			return got, err

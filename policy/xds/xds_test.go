@@ -2,8 +2,8 @@ package xds
 
 import (
 	"context"
-	"io"
 	"log/slog"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -13,6 +13,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/minimesh/minimesh/policy"
@@ -140,7 +141,8 @@ func TestServeNamespaces(t *testing.T) {
 func TestNackKeepsLastGood(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := NewServer(ctx, nil)
+	reg := prometheus.NewRegistry()
+	s := NewServer(ctx, Callbacks(slog.New(slog.NewTextHandler(io.Discard, nil)), reg))
 	if err := s.SetNamespace("shop", pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 3}}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -149,6 +151,7 @@ func TestNackKeepsLastGood(t *testing.T) {
 	r := newRecorder()
 	go client(addr, "shop", r).Run(ctx)
 	waitFor(t, "first policies", func() bool { return r.consecutive("geo") == 3 })
+	waitFor(t, "the stream gauge", func() bool { return gauge(t, reg, "minimesh_xds_streams") == 1 })
 
 	bad := &clusterv3.Cluster{Name: "not-minimesh", ConnectTimeout: nil}
 	snap, err := cachev3.NewSnapshot("bad-1", map[resource.Type][]types.Resource{resource.ClusterType: {bad}})
@@ -165,6 +168,37 @@ func TestNackKeepsLastGood(t *testing.T) {
 	if applied != 1 || r.consecutive("geo") != 3 {
 		t.Fatalf("after a bad response: %d applies, geo=%d; want the first policies only", applied, r.consecutive("geo"))
 	}
+	waitFor(t, "the NACK counted", func() bool { return gauge(t, reg, "minimesh_xds_nacks_total") >= 1 })
+	// The server answers a NACK with the same content at once; the client
+	// must not spin on it.
+	time.Sleep(time.Second)
+	if n := gauge(t, reg, "minimesh_xds_nacks_total"); n > 3 {
+		t.Fatalf("%v NACKs in a second: the client and the server spin on refused content", n)
+	}
+	// New, good content is taken at once.
+	if err := s.SetNamespace("shop", pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 5}}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "good content after a NACK", func() bool { return r.consecutive("geo") == 5 })
+}
+
+// gauge reads one metric's value from reg.
+func gauge(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			m := mf.GetMetric()[0]
+			if g := m.GetGauge(); g != nil {
+				return g.GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return -1
 }
 
 // TestStaticStability: with the control plane gone the sidecar keeps its

@@ -92,7 +92,8 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 
 	// The policy server: sidecars connect before anything else is ready,
 	// and get their snapshot when the first one is set.
-	xdsSrv := xds.NewServer(ctx, nil)
+	metrics := webhook.NewMetrics()
+	xdsSrv := xds.NewServer(ctx, xds.Callbacks(log, metrics.Registry))
 	xl, err := net.Listen("tcp", f.xdsAddr)
 	if err != nil {
 		return fmt.Errorf("xds listener: %w", err)
@@ -140,7 +141,6 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		})
 	}
 
-	metrics := webhook.NewMetrics()
 	srv := &webhook.Server{
 		WebhookAddr: f.webhookAddr,
 		AdminAddr:   f.adminAddr,

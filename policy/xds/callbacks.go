@@ -1,0 +1,40 @@
+package xds
+
+import (
+	"context"
+	"log/slog"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Callbacks make the server observable: connected sidecars as a gauge,
+// and every NACK logged with the sidecar and its reason, because a
+// sidecar refusing its policies is the first thing to look for when a
+// change does not take effect.
+func Callbacks(log *slog.Logger, reg prometheus.Registerer) serverv3.Callbacks {
+	streams := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "minimesh_xds_streams", Help: "Sidecars (xDS streams) connected to this controller.",
+	})
+	nacks := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "minimesh_xds_nacks_total", Help: "Responses a sidecar refused (NACK); the log names the sidecar and the reason.",
+	})
+	reg.MustRegister(streams, nacks)
+	return serverv3.CallbackFuncs{
+		StreamOpenFunc: func(context.Context, int64, string) error {
+			streams.Inc()
+			return nil
+		},
+		StreamClosedFunc: func(int64, *corev3.Node) { streams.Dec() },
+		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
+			if d := req.GetErrorDetail(); d != nil {
+				nacks.Inc()
+				log.Warn("xds: a sidecar refused its policies (NACK)", "node", req.GetNode().GetId(),
+					"version", req.GetResponseNonce(), "reason", d.GetMessage())
+			}
+			return nil
+		},
+	}
+}
