@@ -2,8 +2,8 @@ package xds
 
 import (
 	"context"
-	"log/slog"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"testing"
