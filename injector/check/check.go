@@ -23,7 +23,11 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/minimesh/minimesh/injector"
@@ -52,7 +56,9 @@ type Result struct {
 
 // Options say what to check.
 type Options struct {
-	Client    kubernetes.Interface
+	Client kubernetes.Interface
+	// Dynamic reads ResiliencePolicy objects; nil skips that check.
+	Dynamic   dynamic.Interface
 	Namespace string // the release's
 	// Pre runs the checks that make sense before installing.
 	Pre     bool
@@ -104,6 +110,9 @@ func Run(ctx context.Context, o Options) []Result {
 	add("pods that ask for injection have the sidecar", "they were created while the injector was down or before their namespace opted in: kubectl rollout restart their workloads", missingSidecars(pods, nsLabels, o.Namespace))
 	add("sidecars are ready", "kubectl logs POD -c "+wellknown.ProxyContainerName+"; curl POD:15020/ready", sidecarsReady(pods))
 	add("policies validate", "fix the files: minimesh policy lint FILE", policiesValid(ctx, o.Client))
+	if o.Dynamic != nil {
+		add("ResiliencePolicy objects are accepted", "kubectl describe rp -n NAMESPACE NAME; the last accepted version of each keeps serving", objectsAccepted(ctx, o.Dynamic))
+	}
 	return rs
 }
 
@@ -370,6 +379,31 @@ func policiesValid(ctx context.Context, c kubernetes.Interface) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+var resiliencePolicies = schema.GroupVersionResource{Group: "minimesh.io", Version: "v1alpha1", Resource: "resiliencepolicies"}
+
+// objectsAccepted lists the objects whose status the controller set to
+// Accepted=False; without the CRD there is nothing to check.
+func objectsAccepted(ctx context.Context, d dynamic.Interface) error {
+	l, err := d.Resource(resiliencePolicies).List(ctx, metav1.ListOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var bad []string
+	for _, o := range l.Items {
+		conds, _, _ := unstructured.NestedSlice(o.Object, "status", "conditions")
+		for _, c := range conds {
+			m, _ := c.(map[string]any)
+			if m["type"] == "Accepted" && m["status"] == "False" {
+				bad = append(bad, fmt.Sprintf("%s/%s (%v)", o.GetNamespace(), o.GetName(), m["message"]))
+			}
+		}
+	}
+	return listed("refused", bad)
 }
 
 func listed(what string, items []string) error {

@@ -17,9 +17,12 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/version"
 	fakediscovery "k8s.io/client-go/discovery/fake"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 )
 
@@ -168,5 +171,23 @@ func TestServiceCertForOtherName(t *testing.T) {
 	got := verdicts(Run(context.Background(), Options{Client: c, Namespace: "minimesh"}))
 	if v := got["webhook CA bundle verifies the serving certificate"]; !strings.Contains(v, "does not verify for minimesh-injector.minimesh.svc") {
 		t.Fatalf("a certificate for another name: %q", v)
+	}
+}
+
+func TestObjectsAccepted(t *testing.T) {
+	obj := func(name, status, msg string) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "minimesh.io/v1alpha1", "kind": "ResiliencePolicy",
+			"metadata": map[string]any{"name": name, "namespace": "shop"},
+			"status": map[string]any{"conditions": []any{map[string]any{"type": "Accepted", "status": status, "message": msg}}},
+		}}
+	}
+	scheme := runtime.NewScheme()
+	d := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme,
+		map[schema.GroupVersionResource]string{resiliencePolicies: "ResiliencePolicyList"},
+		obj("geo", "True", "served"), obj("maps", "False", "spec.service: label too long"))
+	err := objectsAccepted(context.Background(), d)
+	if err == nil || !strings.Contains(err.Error(), "1 refused: shop/maps (spec.service: label too long)") {
+		t.Fatalf("objectsAccepted = %v", err)
 	}
 }

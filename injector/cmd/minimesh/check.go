@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/minimesh/minimesh/injector/check"
@@ -36,7 +37,11 @@ func newCheckCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("kubernetes client: %w", err)
 			}
-			results := check.Run(cmd.Context(), check.Options{Client: client, Namespace: namespace, Pre: pre, Timeout: timeout})
+			dyn, err := dynamic.NewForConfig(rc)
+			if err != nil {
+				return fmt.Errorf("kubernetes client: %w", err)
+			}
+			results := check.Run(cmd.Context(), check.Options{Client: client, Dynamic: dyn, Namespace: namespace, Pre: pre, Timeout: timeout})
 			if printResults(cmd.OutOrStdout(), results) > 0 {
 				return exitCode(1)
 			}
