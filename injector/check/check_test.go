@@ -179,7 +179,7 @@ func TestObjectsAccepted(t *testing.T) {
 		return &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "minimesh.io/v1alpha1", "kind": "ResiliencePolicy",
 			"metadata": map[string]any{"name": name, "namespace": "shop"},
-			"status": map[string]any{"conditions": []any{map[string]any{"type": "Accepted", "status": status, "message": msg}}},
+			"status":   map[string]any{"conditions": []any{map[string]any{"type": "Accepted", "status": status, "message": msg}}},
 		}}
 	}
 	scheme := runtime.NewScheme()
