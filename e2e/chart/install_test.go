@@ -40,20 +40,7 @@ func uninstall(t *testing.T, c *kube.Cluster) {
 	}
 }
 
-func pod(name string, ann map[string]string) *corev1.Pod {
-	no, yes := false, true
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{
-			Name: "app", Image: "example/app:1",
-			SecurityContext: &corev1.SecurityContext{
-				RunAsNonRoot: &yes, AllowPrivilegeEscalation: &no,
-				Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-			},
-		}}},
-	}
-}
+func pod(name string, ann map[string]string) *corev1.Pod { return kube.RestrictedPod(name, ann) }
 
 func injected(p *corev1.Pod) bool {
 	return p.Annotations[wellknown.AnnotationStatus] == wellknown.StatusInjected && len(p.Spec.InitContainers) == 1

@@ -180,19 +180,11 @@ func (e *env) namespace(t testing.TB, ctx context.Context, prefix string, labels
 
 // appPod is a pod that Pod Security "restricted" admits.
 func appPod(name string, ann map[string]string) *corev1.Pod {
-	no, yes := false, true
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann, Labels: map[string]string{"app": "shop"}},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{
-			Name: "app", Image: "example/shop:1",
-			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8000}},
-			SecurityContext: &corev1.SecurityContext{
-				RunAsNonRoot: &yes, AllowPrivilegeEscalation: &no,
-				Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-			},
-		}}},
-	}
+	p := kube.RestrictedPod(name, ann)
+	p.Labels = map[string]string{"app": "shop"}
+	p.Spec.Containers[0].Image = "example/shop:1"
+	p.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8000}}
+	return p
 }
 
 func injected(p *corev1.Pod) bool {

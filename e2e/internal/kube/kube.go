@@ -131,3 +131,20 @@ func (c *Cluster) CreateNamespace(t testing.TB, name string, labels map[string]s
 		t.Fatalf("create namespace %s: %v", name, err)
 	}
 }
+
+// RestrictedPod is a one-container pod that Pod Security "restricted"
+// admits: what most tests create.
+func RestrictedPod(name string, annotations map[string]string) *corev1.Pod {
+	no, yes := false, true
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "app", Image: "example/app:1",
+			SecurityContext: &corev1.SecurityContext{
+				RunAsNonRoot: &yes, AllowPrivilegeEscalation: &no,
+				Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+		}}},
+	}
+}

@@ -24,23 +24,13 @@ func TestCluster(t *testing.T) {
 	}
 
 	c.CreateNamespace(t, "locked", map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
-	no, yes := false, true
-	good := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "good"},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{
-			Name: "app", Image: "example/app:1",
-			SecurityContext: &corev1.SecurityContext{
-				RunAsNonRoot: &yes, AllowPrivilegeEscalation: &no,
-				Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-			},
-		}}},
-	}
+	good := RestrictedPod("good", nil)
 	if _, err := c.Client.CoreV1().Pods("locked").Create(ctx, good, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("a restricted pod was refused: %v", err)
 	}
 	bad := good.DeepCopy()
 	bad.Name = "bad"
+	yes := true
 	bad.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: &yes}
 	_, err = c.Client.CoreV1().Pods("locked").Create(ctx, bad, metav1.CreateOptions{})
 	if err == nil || !strings.Contains(err.Error(), `violates PodSecurity "restricted`) {
