@@ -14,7 +14,7 @@ import (
 	"github.com/minimesh/minimesh/e2e/internal/controller"
 	"github.com/minimesh/minimesh/e2e/internal/kube"
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/policy/xds"
+	"github.com/minimesh/minimesh/policy/xdsclient"
 )
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -78,7 +78,7 @@ func BenchmarkPushTo1000(b *testing.B) {
 	defer cancel()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for i := range clients {
-		c := &xds.Client{Addr: p.xdsAddr, Node: xds.Node(fmt.Sprintf("pod-%d", i), "shop", "web"), Log: quiet,
+		c := &xdsclient.Client{Addr: p.xdsAddr, Node: xdsclient.Node(fmt.Sprintf("pod-%d", i), "shop", "web"), Log: quiet,
 			Apply: func(pols []*policy.ResiliencePolicy, _ string) error {
 				for _, pol := range pols {
 					if pol.Spec.Service == "geo-service" && int64(pol.Spec.CircuitBreaker.ConsecutiveFailures) == want.Load() {

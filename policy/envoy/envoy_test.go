@@ -14,7 +14,14 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/policy/xdsclient"
 )
+
+func TestMetadataKey(t *testing.T) {
+	if MetadataKey != xdsclient.MetadataKey {
+		t.Fatalf("translate writes %q, the sidecar reads %q", MetadataKey, xdsclient.MetadataKey)
+	}
+}
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.yaml")
 
@@ -169,7 +176,7 @@ func TestFromClusterRoundTrip(t *testing.T) {
 		t.Fatalf("%d clusters for %d policies", len(clusters), len(pols))
 	}
 	for _, c := range clusters {
-		got, err := FromCluster(c)
+		got, err := xdsclient.FromCluster(c)
 		if err != nil {
 			t.Fatal(err)
 		}

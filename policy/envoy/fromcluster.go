@@ -1,10 +1,6 @@
 package envoy
 
 import (
-	"encoding/json"
-	"errors"
-	"fmt"
-
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -13,39 +9,6 @@ import (
 
 	"github.com/minimesh/minimesh/policy"
 )
-
-// FromCluster rebuilds the policy that Translate put into a cluster, and
-// checks it as the decoder checks a file: a resource from a control plane
-// is input like any other.
-func FromCluster(c *clusterv3.Cluster) (*policy.ResiliencePolicy, error) {
-	md := c.GetMetadata().GetFilterMetadata()[MetadataKey]
-	if md == nil {
-		return nil, fmt.Errorf("cluster %s: no %s metadata", c.GetName(), MetadataKey)
-	}
-	m := md.AsMap()
-	spec, ok := m["spec"].(map[string]any)
-	if !ok {
-		return nil, fmt.Errorf("cluster %s: metadata %s has no spec", c.GetName(), MetadataKey)
-	}
-	name, _ := m["policy"].(string)
-	ns, _ := m["namespace"].(string)
-	doc, err := json.Marshal(map[string]any{
-		"apiVersion": policy.APIVersion, "kind": policy.Kind,
-		"metadata": map[string]any{"name": name, "namespace": ns},
-		"spec":     spec,
-	})
-	if err != nil {
-		return nil, err
-	}
-	pols, err := policy.Decode("xds cluster "+c.GetName(), doc)
-	if err != nil {
-		return nil, err
-	}
-	if len(pols) != 1 {
-		return nil, errors.New("cluster " + c.GetName() + ": want one policy")
-	}
-	return pols[0], nil
-}
 
 // DefaultsClusterName carries the "*" policy over xDS: a cluster without
 // endpoints whose only content is the metadata. Envoy users never route to

@@ -27,11 +27,8 @@ import (
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/policy/envoy"
+	"github.com/minimesh/minimesh/policy/xdsclient"
 )
-
-// NamespaceKey is the node metadata field that names the sidecar's
-// namespace; the node group it reads.
-const NamespaceKey = "namespace"
 
 // nodeNamespace groups nodes by their namespace.
 type nodeNamespace struct{}
@@ -40,7 +37,7 @@ func (nodeNamespace) ID(n *corev3.Node) string {
 	if n == nil {
 		return ""
 	}
-	if v, ok := n.GetMetadata().GetFields()[NamespaceKey]; ok {
+	if v, ok := n.GetMetadata().GetFields()[xdsclient.NamespaceKey]; ok {
 		return v.GetStringValue()
 	}
 	return ""

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/policy/xdsclient"
 )
 
 func pol(t testing.TB, ns, yaml string) []*policy.ResiliencePolicy {
@@ -82,8 +83,8 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-func client(addr, ns string, r *recorder) *Client {
-	return &Client{Addr: addr, Node: Node("pod", ns, "web"), Apply: r.apply,
+func client(addr, ns string, r *recorder) *xdsclient.Client {
+	return &xdsclient.Client{Addr: addr, Node: xdsclient.Node("pod", ns, "web"), Apply: r.apply,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 }
 

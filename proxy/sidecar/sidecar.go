@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/policy/xds"
+	"github.com/minimesh/minimesh/policy/xdsclient"
 	"github.com/minimesh/minimesh/proxy/admin"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/policywatch"
@@ -183,9 +183,9 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		// the control plane's replace them when it answers.
 		xdsFirst = make(chan struct{})
 		var once sync.Once
-		c := &xds.Client{
+		c := &xdsclient.Client{
 			Addr: s.cfg.XDSAddress,
-			Node: xds.Node(s.cfg.PodName, s.cfg.Namespace, s.cfg.ServiceName),
+			Node: xdsclient.Node(s.cfg.PodName, s.cfg.Namespace, s.cfg.ServiceName),
 			Log:  s.log,
 			Apply: func(pols []*policy.ResiliencePolicy, version string) error {
 				err := s.applyXDS(pols, version)

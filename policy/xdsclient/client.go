@@ -1,4 +1,10 @@
-package xds
+// Package xdsclient is the sidecar's side of the control plane: it follows
+// the ADS stream of minimesh controller and turns clusters back into
+// policies. It is a package of its own so that the sidecar links only the
+// Envoy types it decodes (Cluster and the discovery service), not the
+// server's cache and every xDS service: measured, that is most of the
+// memory xDS costs a sidecar.
+package xdsclient
 
 import (
 	"context"
@@ -13,14 +19,20 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	sotw "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/policy/envoy"
 )
+
+// clusterType is CDS's type URL (go-control-plane's resource package has
+// it, and links every xDS type with it).
+const clusterType = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+
+// NamespaceKey is the node metadata field that names the sidecar's
+// namespace: the server serves each namespace its own snapshot.
+const NamespaceKey = "namespace"
 
 // Node is the identity a sidecar presents: the server groups by namespace.
 func Node(pod, namespace, service string) *corev3.Node {
@@ -84,7 +96,7 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 	defer conn.Close()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ads := sotw.NewADSClient(sctx, c.Node, resource.ClusterType)
+	ads := sotw.NewADSClient(sctx, c.Node, clusterType)
 	if err := ads.InitConnect(conn); err != nil {
 		return false, fmt.Errorf("connect: %w", err)
 	}
@@ -143,7 +155,7 @@ func decode(resp *sotw.Response) ([]*policy.ResiliencePolicy, string, error) {
 			errs = append(errs, fmt.Errorf("resource %s: %w", a.GetTypeUrl(), err))
 			continue
 		}
-		p, err := envoy.FromCluster(&c)
+		p, err := FromCluster(&c)
 		if err != nil {
 			errs = append(errs, err)
 			continue

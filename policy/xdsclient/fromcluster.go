@@ -1,0 +1,48 @@
+package xdsclient
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+
+	"github.com/minimesh/minimesh/policy"
+)
+
+// MetadataKey is the filter_metadata namespace in which policy/envoy
+// puts the whole policy (the two are held equal by a test).
+const MetadataKey = "minimesh.io"
+
+// FromCluster rebuilds the policy that Translate put into a cluster, and
+// checks it as the decoder checks a file: a resource from a control plane
+// is input like any other.
+func FromCluster(c *clusterv3.Cluster) (*policy.ResiliencePolicy, error) {
+	md := c.GetMetadata().GetFilterMetadata()[MetadataKey]
+	if md == nil {
+		return nil, fmt.Errorf("cluster %s: no %s metadata", c.GetName(), MetadataKey)
+	}
+	m := md.AsMap()
+	spec, ok := m["spec"].(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("cluster %s: metadata %s has no spec", c.GetName(), MetadataKey)
+	}
+	name, _ := m["policy"].(string)
+	ns, _ := m["namespace"].(string)
+	doc, err := json.Marshal(map[string]any{
+		"apiVersion": policy.APIVersion, "kind": policy.Kind,
+		"metadata": map[string]any{"name": name, "namespace": ns},
+		"spec":     spec,
+	})
+	if err != nil {
+		return nil, err
+	}
+	pols, err := policy.Decode("xds cluster "+c.GetName(), doc)
+	if err != nil {
+		return nil, err
+	}
+	if len(pols) != 1 {
+		return nil, errors.New("cluster " + c.GetName() + ": want one policy")
+	}
+	return pols[0], nil
+}
