@@ -2,35 +2,44 @@
 // stream, for `minimesh inject`: the same mutation as the webhook, applied
 // before the API server sees the objects, so that CI pipelines and GitOps
 // repositories can hold the injected form. Documents that are not
-// workloads, or that are not injected, come back byte for byte.
+// workloads, or that are not injected, come back byte for byte, because a
+// reviewer diffing the output must see only what injection changed.
 package manifest
 
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"regexp"
+	"strconv"
 	"strings"
 
+	yamlv2 "go.yaml.in/yaml/v2"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/injector"
+	"github.com/minimesh/minimesh/wellknown"
 )
 
-// Event is what happened to one workload of the stream.
+// Event is what happened to one workload of the stream, for the report
+// that `minimesh inject` prints on stderr.
 type Event struct {
-	Doc      int    // 1-based document number in the stream
+	Doc      int    // 1-based number of the document among the non-empty ones
 	Kind     string // "Deployment"
 	Name     string
 	Injected bool
-	Reason   string
+	Reason   string // an injector.Reason…, or why the object was not looked at
 	Warnings []string
 }
 
+// String is the report line, in linkerd inject's words.
 func (e Event) String() string {
 	what := e.Reason
 	if !e.Injected {
@@ -39,33 +48,51 @@ func (e Event) String() string {
 	return fmt.Sprintf("%s %q %s", strings.ToLower(e.Kind), e.Name, what)
 }
 
-// separator is a YAML document marker line, possibly with a comment, and
-// its line break.
-var separator = regexp.MustCompile(`(?m)^---[ \t]*(?:#[^\n]*)?(?:\n|\z)`)
+// separator is a line that is exactly `---`, optionally followed by
+// blanks and a comment, with its line break. A `---` line followed by
+// content (`--- !!map`, `--- {a: 1}`) is not split here and is caught as a
+// document holding two.
+var separator = regexp.MustCompile(`(?m)^---(?:[ \t]+(?:#[^\n]*)?)?\r?(?:\n|\z)`)
+
+// chunk is one document's raw bytes and the separator line that ends it
+// (empty for the last one).
+type chunk struct {
+	doc, sep []byte
+	line     int // 1-based line of the document's first byte in the stream
+}
+
+// split cuts the stream at separator lines; joining every doc and sep
+// gives the stream back.
+func split(in []byte) []chunk {
+	var out []chunk
+	start, line := 0, 1
+	for _, s := range separator.FindAllIndex(in, -1) {
+		out = append(out, chunk{doc: in[start:s[0]], sep: in[s[0]:s[1]], line: line})
+		line += bytes.Count(in[start:s[1]], []byte("\n"))
+		start = s[1]
+	}
+	return append(out, chunk{doc: in[start:], line: line})
+}
 
 // Inject returns the stream with every workload injected (Manual mode:
-// they are marked minimesh.io/inject: enabled), and what happened to each.
-// Untouched documents, separators and comments between them are kept
-// exactly; an injected document is re-encoded, losing its comments. A
-// document that is not YAML, or a workload the injector refuses, is an
-// error naming the document, and no output is returned.
+// each is marked minimesh.io/inject: enabled), and what happened to each.
+// Documents that are not injected, and all separators, are kept exactly;
+// an injected document is re-encoded, keeping only its leading comments.
+// A document that is not YAML, or a workload the injector refuses, is an
+// error naming the document, and then no output is returned: a partial
+// stream piped into kubectl apply would deploy half an application.
 func Inject(in []byte, cfg *injector.Config) ([]byte, []Event, error) {
 	var out bytes.Buffer
+	out.Grow(len(in))
 	var events []Event
-	seps := separator.FindAllIndex(in, -1)
-	start, doc := 0, 0
-	for i := 0; i <= len(seps); i++ {
-		end, next := len(in), len(in)
-		if i < len(seps) {
-			end, next = seps[i][0], seps[i][1]
-		}
-		raw := in[start:end]
-		if len(bytes.TrimSpace(stripComments(raw))) > 0 {
+	doc := 0
+	for _, c := range split(in) {
+		raw := c.doc
+		if !isEmpty(raw) {
 			doc++
-			line := bytes.Count(in[:start], []byte("\n")) + 1
-			changed, evs, err := injectDoc(raw, doc, cfg)
+			changed, evs, err := injectDoc(raw, doc, c.line, cfg)
 			if err != nil {
-				return nil, nil, fmt.Errorf("document %d (line %d): %w", doc, line, err)
+				return nil, nil, fmt.Errorf("document %d (line %d): %w", doc, c.line, err)
 			}
 			events = append(events, evs...)
 			if changed != nil {
@@ -73,31 +100,32 @@ func Inject(in []byte, cfg *injector.Config) ([]byte, []Event, error) {
 			}
 		}
 		out.Write(raw)
-		out.Write(in[end:next])
-		start = next
+		out.Write(c.sep)
 	}
 	return out.Bytes(), events, nil
 }
 
-// stripComments drops comment lines, so that a document of only comments
-// counts as empty.
-func stripComments(b []byte) []byte {
-	var out []byte
-	for _, l := range bytes.Split(b, []byte("\n")) {
+// isEmpty reports whether a document holds only blanks and comments, which
+// YAML reads as no document at all.
+func isEmpty(doc []byte) bool {
+	for l := range bytes.Lines(doc) {
 		if t := bytes.TrimSpace(l); len(t) > 0 && t[0] != '#' {
-			out = append(out, l...)
-			out = append(out, '\n')
+			return false
 		}
 	}
-	return out
+	return true
 }
 
 // injectDoc returns the new bytes of one document, or nil when it is
-// unchanged.
-func injectDoc(raw []byte, doc int, cfg *injector.Config) ([]byte, []Event, error) {
+// unchanged. line is where the document starts, to make the YAML parser's
+// line numbers (counted from the document) point into the stream.
+func injectDoc(raw []byte, doc, line int, cfg *injector.Config) ([]byte, []Event, error) {
+	if err := oneDocument(raw); err != nil {
+		return nil, nil, streamLines(err, line-1)
+	}
 	js, err := yaml.YAMLToJSON(raw)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, streamLines(err, line-1)
 	}
 	changed, evs, err := injectObject(js, doc, cfg)
 	if err != nil || changed == nil {
@@ -105,14 +133,56 @@ func injectDoc(raw []byte, doc int, cfg *injector.Config) ([]byte, []Event, erro
 	}
 	y, err := yaml.JSONToYAML(changed)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("encode injected document: %w", err)
 	}
-	// Keep the document's trailing newline, if it had one, so the
-	// separator that follows stays on its own line.
-	if !bytes.HasSuffix(y, []byte("\n")) {
-		y = append(y, '\n')
+	// Comments before the object (Helm's `# Source: chart/templates/x.yaml`)
+	// say where it came from; they survive, the ones inside cannot.
+	y = append(leadingComments(raw), y...)
+	if bytes.Contains(raw, []byte("\r\n")) {
+		y = bytes.ReplaceAll(bytes.ReplaceAll(y, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))
 	}
 	return y, evs, nil
+}
+
+// oneDocument refuses a chunk that YAML reads as several documents (after
+// `...`, or a `---` line with content on it): yaml.YAMLToJSON reads only
+// the first, and re-encoding it would silently drop the others.
+func oneDocument(raw []byte) error {
+	dec := yamlv2.NewDecoder(bytes.NewReader(raw))
+	var v any
+	if err := dec.Decode(&v); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if err := dec.Decode(&v); !errors.Is(err, io.EOF) {
+		return errors.New("more than one YAML document: start each one with a line of its own that is only `---`")
+	}
+	return nil
+}
+
+var yamlLine = regexp.MustCompile(`\bline (\d+)\b`)
+
+// streamLines shifts the line numbers in a YAML error by offset.
+func streamLines(err error, offset int) error {
+	msg := yamlLine.ReplaceAllStringFunc(err.Error(), func(m string) string {
+		n, convErr := strconv.Atoi(m[len("line "):])
+		if convErr != nil {
+			return m
+		}
+		return "line " + strconv.Itoa(n+offset)
+	})
+	return errors.New(msg)
+}
+
+// leadingComments are the comment and blank lines that open a document.
+func leadingComments(raw []byte) []byte {
+	n := 0
+	for l := range bytes.Lines(raw) {
+		if t := bytes.TrimSpace(l); len(t) > 0 && t[0] != '#' {
+			break
+		}
+		n += len(l)
+	}
+	return bytes.Clone(raw[:n])
 }
 
 // injectObject injects one JSON object (a workload or a List), returning
@@ -120,56 +190,84 @@ func injectDoc(raw []byte, doc int, cfg *injector.Config) ([]byte, []Event, erro
 func injectObject(js []byte, doc int, cfg *injector.Config) ([]byte, []Event, error) {
 	var tm metav1.TypeMeta
 	if err := json.Unmarshal(js, &tm); err != nil {
-		// Not an object (a scalar or a list at the top): not ours.
+		// Not an object (a scalar or an array at the top): not ours.
 		return nil, nil, nil
 	}
 	if tm.Kind == "List" && tm.APIVersion == "v1" {
 		return injectList(js, doc, cfg)
 	}
-	w, err := decodeWorkload(tm, js)
-	if err != nil || w == nil {
-		return nil, nil, err
+	obj, ok := newWorkload(tm)
+	if !ok {
+		return nil, nil, nil
 	}
-	meta, tmpl := w.parts()
-	pod := &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
-	if tm.Kind == "Pod" {
-		pod = w.obj.(*corev1.Pod)
+	if obj == nil {
+		var meta struct {
+			Metadata struct{ Name string } `json:"metadata"`
+		}
+		_ = json.Unmarshal(js, &meta)
+		return nil, []Event{{Doc: doc, Kind: tm.Kind, Name: meta.Metadata.Name,
+			Reason: fmt.Sprintf("apiVersion %s is not supported (want %s)", tm.APIVersion, workloadAPIVersion[tm.Kind])}}, nil
+	}
+	// Strict and case-sensitive like the API server; the fields it would
+	// refuse or drop matter only if the object is re-encoded, below.
+	strictErrs, err := sigsjson.UnmarshalStrict(js, obj)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", tm.Kind, err)
+	}
+	meta, tmpl := parts(obj)
+	what := fmt.Sprintf("%s %q", strings.ToLower(tm.Kind), meta.Name)
+	pod, isPod := obj.(*corev1.Pod)
+	if !isPod {
+		pod = &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
 	}
 	res, err := injector.Inject(injector.Input{Pod: pod, Namespace: meta.Namespace, Manual: true, WorkloadName: meta.Name}, cfg)
-	ev := Event{Doc: doc, Kind: tm.Kind, Name: meta.Name, Injected: res.Injected, Reason: res.Reason, Warnings: res.Warnings}
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s %q: %w", strings.ToLower(tm.Kind), meta.Name, err)
+		return nil, nil, fmt.Errorf("%s: %w", what, err)
 	}
+	ev := Event{Doc: doc, Kind: tm.Kind, Name: meta.Name, Injected: res.Injected, Reason: res.Reason, Warnings: res.Warnings}
 	if !res.Injected {
 		return nil, []Event{ev}, nil
 	}
-	if tm.Kind == "Pod" {
-		w.obj = res.Pod
+	if len(strictErrs) > 0 {
+		msgs := make([]string, len(strictErrs))
+		for i, e := range strictErrs {
+			msgs[i] = e.Error()
+		}
+		return nil, nil, fmt.Errorf("%s: %s: injecting re-encodes the object from the Kubernetes API types minimesh was built with, which would drop it; fix it, or annotate the workload %s: %s",
+			what, strings.Join(msgs, ", "), wellknown.AnnotationInject, wellknown.InjectDisabled)
+	}
+	if isPod {
+		obj = res.Pod
 	} else {
 		tmpl.ObjectMeta, tmpl.Spec = res.Pod.ObjectMeta, res.Pod.Spec
 	}
-	out, err := encode(w.obj)
+	out, err := encode(obj)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return out, []Event{ev}, nil
 }
 
+// injectList walks a v1 List (what `kubectl get -o yaml` prints), keeping
+// every field of the List and of its items as they are unless an item is
+// injected; then the whole List is re-encoded.
 func injectList(js []byte, doc int, cfg *injector.Config) ([]byte, []Event, error) {
 	var list map[string]json.RawMessage
 	if err := json.Unmarshal(js, &list); err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("List: %w", err)
 	}
 	var items []json.RawMessage
-	if err := json.Unmarshal(list["items"], &items); err != nil && list["items"] != nil {
-		return nil, nil, fmt.Errorf("list items: %w", err)
+	if raw, ok := list["items"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &items); err != nil {
+			return nil, nil, fmt.Errorf("List items: %w", err)
+		}
 	}
 	var events []Event
 	changed := false
 	for i, it := range items {
 		out, evs, err := injectObject(it, doc, cfg)
 		if err != nil {
-			return nil, nil, fmt.Errorf("item %d: %w", i, err)
+			return nil, nil, fmt.Errorf("items[%d]: %w", i, err)
 		}
 		events = append(events, evs...)
 		if out != nil {
@@ -181,48 +279,59 @@ func injectList(js []byte, doc int, cfg *injector.Config) ([]byte, []Event, erro
 	}
 	b, err := json.Marshal(items)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("encode List items: %w", err)
 	}
 	list["items"] = b
 	out, err := json.Marshal(list)
-	return out, events, err
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode List: %w", err)
+	}
+	return out, events, nil
 }
 
-// workload is a decoded object that holds a pod template (or is a pod).
-type workload struct{ obj any }
+// workloadAPIVersion is the version of each kind that holds a pod
+// template; older ones (extensions/v1beta1, batch/v1beta1) are gone from
+// current API servers.
+var workloadAPIVersion = map[string]string{
+	"Pod": "v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1",
+	"ReplicaSet": "apps/v1", "Job": "batch/v1", "CronJob": "batch/v1",
+}
 
-func decodeWorkload(tm metav1.TypeMeta, js []byte) (*workload, error) {
-	var obj any
-	switch tm.APIVersion + "/" + tm.Kind {
-	case "v1/Pod":
-		obj = &corev1.Pod{}
-	case "apps/v1/Deployment":
-		obj = &appsv1.Deployment{}
-	case "apps/v1/StatefulSet":
-		obj = &appsv1.StatefulSet{}
-	case "apps/v1/DaemonSet":
-		obj = &appsv1.DaemonSet{}
-	case "apps/v1/ReplicaSet":
-		obj = &appsv1.ReplicaSet{}
-	case "batch/v1/Job":
-		obj = &batchv1.Job{}
-	case "batch/v1/CronJob":
-		obj = &batchv1.CronJob{}
-	default:
-		return nil, nil
+// newWorkload returns an empty typed object for a workload's kind: ok is
+// false for kinds that are not workloads, obj is nil for a workload kind
+// in an unsupported version.
+func newWorkload(tm metav1.TypeMeta) (obj any, ok bool) {
+	want, ok := workloadAPIVersion[tm.Kind]
+	if !ok {
+		return nil, false
 	}
-	if err := json.Unmarshal(js, obj); err != nil {
-		return nil, fmt.Errorf("%s: %w", tm.Kind, err)
+	if tm.APIVersion != want {
+		return nil, true
 	}
-	return &workload{obj: obj}, nil
+	switch tm.Kind {
+	case "Pod":
+		return &corev1.Pod{}, true
+	case "Deployment":
+		return &appsv1.Deployment{}, true
+	case "StatefulSet":
+		return &appsv1.StatefulSet{}, true
+	case "DaemonSet":
+		return &appsv1.DaemonSet{}, true
+	case "ReplicaSet":
+		return &appsv1.ReplicaSet{}, true
+	case "Job":
+		return &batchv1.Job{}, true
+	default: // CronJob
+		return &batchv1.CronJob{}, true
+	}
 }
 
 // parts are the workload's own metadata and its pod template (nil for a
 // pod).
-func (w *workload) parts() (*metav1.ObjectMeta, *corev1.PodTemplateSpec) {
-	switch o := w.obj.(type) {
+func parts(obj any) (*metav1.ObjectMeta, *corev1.PodTemplateSpec) {
+	switch o := obj.(type) {
 	case *corev1.Pod:
-		return &o.ObjectMeta, &corev1.PodTemplateSpec{}
+		return &o.ObjectMeta, nil
 	case *appsv1.Deployment:
 		return &o.ObjectMeta, &o.Spec.Template
 	case *appsv1.StatefulSet:
@@ -236,44 +345,5 @@ func (w *workload) parts() (*metav1.ObjectMeta, *corev1.PodTemplateSpec) {
 	case *batchv1.CronJob:
 		return &o.ObjectMeta, &o.Spec.JobTemplate.Spec.Template
 	}
-	panic(fmt.Sprintf("manifest: workload of type %T", w.obj))
-}
-
-// encode marshals a typed object without the empty fields that Go's zero
-// values add (creationTimestamp: null, status: {}), which were not in the
-// user's file and would only be noise in a diff.
-func encode(obj any) ([]byte, error) {
-	b, err := json.Marshal(obj)
-	if err != nil {
-		return nil, err
-	}
-	var m any
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, err
-	}
-	prune(m, true)
-	return json.Marshal(m)
-}
-
-func prune(v any, top bool) {
-	switch x := v.(type) {
-	case map[string]any:
-		for k, c := range x {
-			if k == "creationTimestamp" && c == nil {
-				delete(x, k)
-				continue
-			}
-			if k == "status" && top {
-				if s, ok := c.(map[string]any); ok && len(s) == 0 {
-					delete(x, k)
-					continue
-				}
-			}
-			prune(c, false)
-		}
-	case []any:
-		for _, c := range x {
-			prune(c, false)
-		}
-	}
+	panic(fmt.Sprintf("manifest: workload of type %T", obj))
 }

@@ -6,21 +6,115 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/injector"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
+// testConfig pins the image so that golden files do not depend on the build.
 func testConfig() *injector.Config {
 	cfg := injector.DefaultConfig()
 	cfg.Proxy.Image = "ghcr.io/minimesh/minimesh:v0.0.0-test"
 	return &cfg
 }
 
+func report(events []Event) string {
+	var b strings.Builder
+	for _, e := range events {
+		b.WriteString(e.String() + "\n")
+		for _, w := range e.Warnings {
+			b.WriteString("Warning: " + w + "\n")
+		}
+	}
+	return b.String()
+}
+
+// TestGolden: each testdata/NAME.yaml becomes NAME.golden.yaml, with the
+// report in NAME.events.golden. They follow the mutation of
+// injector.Inject: `go test ./injector/manifest -update` rewrites them when
+// it changes, and the diff is the review.
 func TestGolden(t *testing.T) {
+	inputs, err := filepath.Glob("testdata/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inputs = slices.DeleteFunc(inputs, func(p string) bool { return strings.HasSuffix(p, ".golden.yaml") })
+	if len(inputs) == 0 {
+		t.Fatal("no testdata/*.yaml")
+	}
+	for _, path := range inputs {
+		name := strings.TrimSuffix(filepath.Base(path), ".yaml")
+		t.Run(name, func(t *testing.T) {
+			in, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, events, err := Inject(in, testConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for file, got := range map[string][]byte{
+				name + ".golden.yaml":   out,
+				name + ".events.golden": []byte(report(events)),
+			} {
+				golden := filepath.Join("testdata", file)
+				if *update {
+					if err := os.WriteFile(golden, got, 0o644); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				want, err := os.ReadFile(golden)
+				if err != nil {
+					t.Fatalf("%v (go test ./injector/manifest -update writes it)", err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Errorf("%s differs (go test ./injector/manifest -update rewrites it); got:\n%s", golden, got)
+				}
+			}
+		})
+	}
+}
+
+// checkUntouched fails unless out is in with only the documents of
+// injected events changed: the separators and every other document come
+// back byte for byte. It holds whatever the mutation is.
+func checkUntouched(t *testing.T, in, out []byte, events []Event) {
+	t.Helper()
+	changed := map[int]bool{}
+	for _, e := range events {
+		if e.Injected {
+			changed[e.Doc] = true
+		}
+	}
+	ic, oc := split(in), split(out)
+	if len(ic) != len(oc) {
+		t.Fatalf("%d documents in, %d out:\n%s", len(ic), len(oc), out)
+	}
+	doc := 0
+	for i := range ic {
+		if !bytes.Equal(ic[i].sep, oc[i].sep) {
+			t.Errorf("separator %d: %q became %q", i, ic[i].sep, oc[i].sep)
+		}
+		if !isEmpty(ic[i].doc) {
+			doc++
+		}
+		if changed[doc] && !isEmpty(ic[i].doc) {
+			continue
+		}
+		if !bytes.Equal(ic[i].doc, oc[i].doc) {
+			t.Errorf("document %d (line %d) was not injected but changed:\n%q\nbecame\n%q", doc, ic[i].line, ic[i].doc, oc[i].doc)
+		}
+	}
+}
+
+func TestUntouchedBytes(t *testing.T) {
 	in, err := os.ReadFile("testdata/stream.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -29,41 +123,17 @@ func TestGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var report strings.Builder
-	for _, e := range events {
-		report.WriteString(e.String() + "\n")
-	}
-	for name, got := range map[string][]byte{"stream.golden.yaml": out, "stream.events.golden": []byte(report.String())} {
-		path := filepath.Join("testdata", name)
-		if *update {
-			if err := os.WriteFile(path, got, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		want, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatalf("%v (go test ./injector/manifest -update)", err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s differs (go test ./injector/manifest -update rewrites it):\n%s", path, got)
-		}
-	}
-}
-
-// TestUntouchedBytes: every document that is not injected comes back
-// exactly, comments, flow style and separators included.
-func TestUntouchedBytes(t *testing.T) {
-	in, _ := os.ReadFile("testdata/stream.yaml")
-	out, _, err := Inject(in, testConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	checkUntouched(t, in, out, events)
+	// And by example, comments, flow style and the separators' comments.
 	for _, keep := range []string{
 		"# A mixed stream: workloads are injected, everything else is kept as written.\napiVersion: v1\nkind: Service\nmetadata:\n  name: web   # the front door\n",
-		"data:\n  config.yaml: |\n    ---\n    mode: fast\n--- # a pod\n",
+		"data:\n  config.yaml: |\n    ---\n    mode: fast\n--- # a pod\n# Source: tools/templates/debug.yaml\n",
 		"      hostNetwork: true\n      containers: [{name: agent, image: example/agent:1}]\n---\n",
 		"      annotations: {minimesh.io/inject: disabled}\n",
 		"---\n# comments only\n---\n",
+		"  - name: app   # a comment of its own\n",
+		"apiVersion: extensions/v1beta1\n",
+		`{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "json-svc"}, "spec": {"ports": [{"port": 80}]}}` + "\n---\n",
 	} {
 		if !bytes.Contains(out, []byte(keep)) {
 			t.Errorf("output lost %q", keep)
@@ -71,33 +141,81 @@ func TestUntouchedBytes(t *testing.T) {
 	}
 }
 
-func TestCounts(t *testing.T) {
-	in, _ := os.ReadFile("testdata/stream.yaml")
+func TestReport(t *testing.T) {
+	in, err := os.ReadFile("testdata/stream.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, events, err := Inject(in, testConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	injected := 0
+	var got []string
 	for _, e := range events {
-		if e.Injected {
-			injected++
+		got = append(got, e.String())
+	}
+	want := []string{
+		`deployment "web" injected`,
+		`pod "debug" injected`,
+		`cronjob "backup" injected`,
+		`daemonset "node-agent" skipped: ` + injector.ReasonHostNetwork,
+		`statefulset "db" skipped: ` + injector.ReasonDisabled,
+		`pod "legacy" skipped: ` + injector.ReasonAlreadyInjected,
+		`deployment "ancient" skipped: apiVersion extensions/v1beta1 is not supported (want apps/v1)`,
+		`job "migrate" injected`,
+		`deployment "api" injected`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if n := bytes.Count(out, []byte("name: minimesh-proxy")); n != 6 {
+		t.Errorf("%d sidecars in the output, want 5 injected and the legacy pod's", n)
+	}
+}
+
+// TestInjectedDocument: what an injected document looks like, beyond the
+// golden file: clean of zero-value noise, applyable, with the template's
+// mutation written back and its own fields kept.
+func TestInjectedDocument(t *testing.T) {
+	in, err := os.ReadFile("testdata/stream.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := Inject(in, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, noise := range []string{"creationTimestamp", "status: {}", "strategy: {}", "resources: {}", "metadata: {}"} {
+		if bytes.Contains(out, []byte(noise)) {
+			t.Errorf("output carries %q", noise)
 		}
 	}
-	// Deployment, Pod, CronJob, Job, and the List's Deployment.
-	if injected != 5 || len(events) != 7 {
-		t.Fatalf("%d events, %d injected, want 7 and 5: %v", len(events), injected, events)
+	for _, keep := range []string{
+		"--- # a pod\n# Source: tools/templates/debug.yaml\napiVersion: v1\nkind: Pod\n", // leading comments of an injected doc
+		"- emptyDir: {}\n", // a meaningful empty struct
+		"minimesh.io/inject: enabled",
+		"  namespace: shop\n",
+		"  schedule: 0 3 * * *\n",
+		"apiVersion: batch/v1\nkind: Job\n", // the JSON document, now YAML
+	} {
+		if !bytes.Contains(out, []byte(keep)) {
+			t.Errorf("output lacks %q", keep)
+		}
 	}
-	if n := bytes.Count(out, []byte("name: minimesh-proxy")); n != 5 {
-		t.Fatalf("%d sidecars in the output, want 5", n)
-	}
-	if bytes.Contains(out, []byte("creationTimestamp")) || bytes.Contains(out, []byte("status: {}")) {
-		t.Fatal("output carries empty creationTimestamp or status")
+	// Every document still parses.
+	for _, c := range split(out) {
+		if _, err := yaml.YAMLToJSON(c.doc); err != nil {
+			t.Errorf("line %d: %v", c.line, err)
+		}
 	}
 }
 
 // TestIdempotent: injecting the output again changes nothing.
 func TestIdempotent(t *testing.T) {
-	in, _ := os.ReadFile("testdata/stream.yaml")
+	in, err := os.ReadFile("testdata/stream.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
 	once, _, err := Inject(in, testConfig())
 	if err != nil {
 		t.Fatal(err)
@@ -116,45 +234,159 @@ func TestIdempotent(t *testing.T) {
 	}
 }
 
-func TestErrors(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"apiVersion: v1\nkind: Service\n---\nkind: [\n", "document 2 (line 4)"},
-		{"apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {minimesh.io/proxy-cpu-limit: lots}\nspec: {containers: [{name: a}]}\n", `pod "p": minimesh: metadata.annotations[minimesh.io/proxy-cpu-limit]: "lots"`},
-		{"apiVersion: apps/v1\nkind: Deployment\nspec: {replicas: many}\n", "Deployment"},
+func TestSplitting(t *testing.T) {
+	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x}]}\n"
+	svc := "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n"
+	tests := []struct {
+		name, in string
+		injected int
+		check    func(t *testing.T, out string)
+	}{
+		{"empty", "", 0, func(t *testing.T, out string) {
+			if out != "" {
+				t.Errorf("%q", out)
+			}
+		}},
+		{"only separators", "---\n---\n", 0, nil},
+		{"leading separator", "---\n" + svc, 0, nil},
+		{"no final newline", svc + "---\n" + strings.TrimSuffix(pod, "\n"), 1, func(t *testing.T, out string) {
+			if !strings.HasPrefix(out, svc+"---\napiVersion: v1\nkind: Pod\n") {
+				t.Errorf("%q", out)
+			}
+		}},
+		{"separator with blanks and comment", svc + "---   # next\n" + pod, 1, func(t *testing.T, out string) {
+			if !strings.HasPrefix(out, svc+"---   # next\napiVersion: v1\n") {
+				t.Errorf("%q", out)
+			}
+		}},
+		{"not a separator", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata:\n  a: |\n    ---x\n    ---\n  b: \"\n---\"\n", 0, nil},
+		{"CRLF", strings.ReplaceAll(svc+"---\n# about p\n"+pod, "\n", "\r\n"), 1, func(t *testing.T, out string) {
+			if !strings.HasPrefix(out, strings.ReplaceAll(svc+"---\n# about p\napiVersion: v1\n", "\n", "\r\n")) {
+				t.Errorf("%q", out)
+			}
+			if strings.Contains(strings.ReplaceAll(out, "\r\n", ""), "\n") {
+				t.Errorf("a bare LF in %q", out)
+			}
+		}},
+		{"scalar and array documents", "just text\n---\n- a\n- b\n", 0, nil},
+		{"object that is no Kubernetes object", "a: 1\n---\nkind: Pod\n", 0, nil},
+		{"empty List", "apiVersion: v1\nkind: List\nitems: []\n", 0, nil},
+		{"nested List", `{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"List","items":[` +
+			`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"a","image":"x"}]}}]}]}`, 1, nil},
 	}
 	for _, tt := range tests {
-		_, _, err := Inject([]byte(tt.in), testConfig())
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("Inject(%q) = %v, want an error containing %q", tt.in, err, tt.want)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			out, events, err := Inject([]byte(tt.in), testConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for _, e := range events {
+				if e.Injected {
+					n++
+				}
+			}
+			if n != tt.injected {
+				t.Errorf("%d injected, want %d: %v", n, tt.injected, events)
+			}
+			checkUntouched(t, []byte(tt.in), out, events)
+			if tt.check != nil {
+				tt.check(t, string(out))
+			}
+		})
 	}
+}
+
+func TestErrors(t *testing.T) {
+	pod := "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n"
+	tests := []struct {
+		name, in string
+		want     []string
+	}{
+		{"not YAML", "apiVersion: v1\nkind: Service\n---\nkind: Pod\nmetadata: [\n", []string{"document 2 (line 4)", "yaml: line 5:"}},
+		{"refused", pod + "  annotations: {minimesh.io/proxy-cpu-limit: lots}\nspec: {containers: [{name: a}]}\n",
+			[]string{"document 1 (line 1)", `pod "p": minimesh: metadata.annotations[minimesh.io/proxy-cpu-limit]: "lots"`}},
+		{"wrong type", "apiVersion: apps/v1\nkind: Deployment\nspec: {replicas: many}\n", []string{"Deployment", "replicas"}},
+		{"two documents in one", pod + "spec: {containers: [{name: a}]}\n--- {a: 1}\nkind: Service\n", []string{"more than one YAML document"}},
+		{"after an end marker", pod + "spec: {containers: [{name: a}]}\n...\nkind: Service\n", []string{"more than one YAML document"}},
+		{"unknown field dropped by injection", pod + "spec:\n  hostNetwrk: true\n  containers: [{name: a, Image: x}]\n",
+			[]string{`pod "p"`, `unknown field "spec.hostNetwrk"`, `unknown field "spec.containers[0].Image"`, "minimesh.io/inject: disabled"}},
+		{"in a List", "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service}\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, annotations: {minimesh.io/inject: maybe}}\n",
+			[]string{"items[1]", `pod "p"`, `"maybe"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, events, err := Inject([]byte(tt.in), testConfig())
+			if err == nil {
+				t.Fatalf("no error; output:\n%s", out)
+			}
+			if out != nil || events != nil {
+				t.Errorf("output with an error: %q %v", out, events)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+
 	var d *injector.DenyError
-	_, _, err := Inject([]byte(tests[1].in), testConfig())
-	if !errors.As(err, &d) {
+	if _, _, err := Inject([]byte(tests[1].in), testConfig()); !errors.As(err, &d) {
 		t.Errorf("a refused workload's error does not unwrap to *injector.DenyError: %v", err)
 	}
 }
 
-// FuzzInject: no input panics; when there is no error, the output parses
-// and injecting it again changes nothing.
+// TestUnknownFieldNotInjected: a field the typed objects do not know is
+// only an error when the object would be re-encoded.
+func TestUnknownFieldNotInjected(t *testing.T) {
+	in := "apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: {minimesh.io/inject: disabled}}\nspec: {futureField: 1, containers: [{name: a}]}\n"
+	out, _, err := Inject([]byte(in), testConfig())
+	if err != nil || string(out) != in {
+		t.Fatalf("err %v, output %q", err, out)
+	}
+}
+
+// FuzzInject: no input panics; when there is no error, the documents that
+// were not injected are unchanged, the injected ones parse, and injecting
+// the output again changes nothing. `-fuzzminimizetime 5s` keeps the run
+// from sitting on the minimization of large inputs.
 func FuzzInject(f *testing.F) {
-	in, _ := os.ReadFile("testdata/stream.yaml")
-	f.Add(in)
+	if in, err := os.ReadFile("testdata/stream.yaml"); err == nil {
+		f.Add(in)
+	}
 	f.Add([]byte("---\n---\n"))
+	f.Add([]byte("apiVersion: v1\r\nkind: Pod\r\nmetadata: {name: p}\r\n--- # x\r\n"))
 	f.Add([]byte(`{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"}}]}`))
 	f.Add([]byte("apiVersion: v1\nkind: Pod\nspec: {hostNetwork: true}\n"))
+	f.Add([]byte("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c, namespace: n}\nspec: {jobTemplate: {spec: {template: {spec: {containers: [{name: a}]}}}}}\n"))
 	cfg := testConfig()
 	f.Fuzz(func(t *testing.T, in []byte) {
-		out, _, err := Inject(in, cfg)
+		out, events, err := Inject(in, cfg)
 		if err != nil {
 			return
 		}
-		again, _, err := Inject(out, cfg)
+		checkUntouched(t, in, out, events)
+		ic, oc := split(in), split(out)
+		for i, c := range oc {
+			if bytes.Equal(c.doc, ic[i].doc) {
+				continue // the user's own bytes, parsed or not
+			}
+			if _, err := yaml.YAMLToJSON(c.doc); err != nil {
+				t.Fatalf("injected document at line %d does not parse: %v\n%s", c.line, err, out)
+			}
+		}
+		again, events, err := Inject(out, cfg)
 		if err != nil {
 			t.Fatalf("output does not inject again: %v\n%s", err, out)
 		}
 		if !bytes.Equal(out, again) {
 			t.Fatalf("not idempotent:\n%s\n----\n%s", out, again)
+		}
+		for _, e := range events {
+			if e.Injected {
+				t.Fatalf("injected twice: %v", e)
+			}
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,18 +50,84 @@ func TestInjectFile(t *testing.T) {
 	}
 }
 
+// runStdin is run with stdin: the command reads cmd.InOrStdin, so the
+// test needs no pipe and no global.
+func runStdin(stdin string, args ...string) (stdout, stderr string, err error) {
+	var out, errOut bytes.Buffer
+	root := newRootCmd(&out, &errOut)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(args)
+	err = root.Execute()
+	return out.String(), errOut.String(), err
+}
+
 func TestInjectStdin(t *testing.T) {
-	r, w, err := os.Pipe()
+	out, errOut, err := runStdin(deploy, "inject", "-f", "-")
+	if err != nil || !strings.Contains(out, "name: minimesh-proxy") {
+		t.Fatalf("err %v, stderr %s, stdout:\n%s", err, errOut, out)
+	}
+}
+
+// TestInjectNothingToDo: a stream without workloads comes back exactly,
+// and the report is empty.
+func TestInjectNothingToDo(t *testing.T) {
+	in := "# shop\napiVersion: v1\nkind: Service\nmetadata: {name: web}   # front\n--- # cfg\n" +
+		"apiVersion: v1\nkind: ConfigMap\nmetadata:\n    name: c\ndata: {a: \"1\"}\n---\n"
+	out, errOut, err := runStdin(in, "inject", "-f", "-")
+	if err != nil || out != in || errOut != "" {
+		t.Fatalf("err %v, stderr %q, stdout:\n%q", err, errOut, out)
+	}
+}
+
+func TestInjectReport(t *testing.T) {
+	daemonSet := "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  template:\n" +
+		"    spec: {hostNetwork: true, containers: [{name: a, image: x}]}\n"
+	in := deploy + "---\n" + daemonSet
+	out, errOut, err := runStdin(in, "inject", "-f", "-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { w.WriteString(deploy); w.Close() }()
-	stdin := os.Stdin
-	os.Stdin = r
-	defer func() { os.Stdin = stdin }()
-	code, out, errOut := run("inject", "-f", "-")
-	if code != 0 || !strings.Contains(out, "name: minimesh-proxy") {
-		t.Fatalf("exit %d, stderr %s, stdout:\n%s", code, errOut, out)
+	want := "deployment \"web\" injected\n" +
+		"Warning: minimesh: container \"web\" sets HTTP_PROXY=http://corp:3128 itself; its value wins over minimesh's http://127.0.0.1:15001\n" +
+		"daemonset \"agent\" skipped: hostNetwork pod\n" +
+		"Warning: minimesh: hostNetwork pods are never injected: the sidecar's ports would be the node's\n"
+	if errOut != want {
+		t.Errorf("stderr:\n%s\nwant:\n%s", errOut, want)
+	}
+	if !strings.HasSuffix(out, "kind: Service\nmetadata: {name: web}\n---\n"+daemonSet) {
+		t.Errorf("the skipped DaemonSet changed:\n%s", out)
+	}
+}
+
+func TestInjectNotYAML(t *testing.T) {
+	out, _, err := runStdin(deploy+"---\nkind: Pod\nmetadata: [\n", "inject", "-f", "-")
+	if err == nil || out != "" {
+		t.Fatalf("err %v, stdout %q: want an error and nothing written", err, out)
+	}
+	if want := "stdin: document 3 (line 18): yaml: line 19:"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q lacks %q", err, want)
+	}
+}
+
+func TestInjectFlags(t *testing.T) {
+	dir := t.TempDir()
+	badCfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(badCfg, []byte("proxy:\n  imag: x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"inject", "-f", "-", "-f", "x.yaml"}, "give one file"},
+		{[]string{"inject", "-f", filepath.Join(dir, "missing.yaml")}, "read manifest: open " + filepath.Join(dir, "missing.yaml")},
+		{[]string{"inject", "-f", "-", "--config", badCfg}, "load config " + badCfg},
+		{[]string{"inject", "-f", "-", "extra"}, "unknown command"},
+	} {
+		code, out, errOut := run(tt.args...)
+		if code != 1 || out != "" || !strings.Contains(errOut, tt.want) {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q: want 1 and %q", tt.args, code, out, errOut, tt.want)
+		}
 	}
 }
 
