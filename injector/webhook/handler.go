@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"time"
 
@@ -54,6 +55,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.badRequest(w, r, http.StatusMethodNotAllowed, errors.New("want POST"))
 		return
 	}
+	// The API server always sends application/json; no header is let
+	// through for curl and tests, anything else is not a review.
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			h.badRequest(w, r, http.StatusBadRequest, fmt.Errorf("content type %q, want application/json", ct))
+			return
+		}
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -93,10 +102,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // that asked not to be, or skip pods that asked to be.
 func (h *Handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, string) {
 	allow := &admissionv1.AdmissionResponse{Allowed: true}
+	log := h.Log.With("namespace", req.Namespace, "uid", string(req.UID))
 	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.Operation != admissionv1.Create || req.SubResource != "" {
+		// A webhook configuration wider than pods/CREATE is harmless.
+		log.Debug("admission: not a pod create", "kind", req.Kind.Kind, "operation", req.Operation, "subresource", req.SubResource)
 		return allow, ResultSkipped
 	}
-	log := h.Log.With("namespace", req.Namespace, "uid", string(req.UID))
 	var pod corev1.Pod
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 		log.Error("admission: cannot decode the pod", "err", err)

@@ -168,6 +168,79 @@ func checkPatch(t *testing.T, body []byte, r *admissionv1.AdmissionResponse) {
 	}
 }
 
+func TestHandlerContentType(t *testing.T) {
+	body := review(t, "shop", admissionv1.Create, "Pod", pod(nil))
+	for ct, want := range map[string]int{
+		"application/json":                200,
+		"application/json; charset=utf-8": 200,
+		"":                                200,
+		"text/plain":                      400,
+		"application/yaml":                400,
+		"application/json;;":              400,
+	} {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodPost, "/inject", bytes.NewReader(body))
+		if ct != "" {
+			r.Header.Set("Content-Type", ct)
+		}
+		newHandler().ServeHTTP(w, r)
+		if w.Code != want {
+			t.Errorf("Content-Type %q: %d, want %d: %s", ct, w.Code, want, w.Body)
+		}
+	}
+}
+
+// TestMetrics: one handler sees one admission of each result and one
+// request that is not a review; the exposition says so under the names
+// that dashboards and docs/injector.md use.
+func TestMetrics(t *testing.T) {
+	h := newHandler()
+	enabled := map[string]string{"minimesh.io/inject": "enabled"}
+	for _, body := range [][]byte{
+		review(t, "shop", admissionv1.Create, "Pod", pod(enabled)),
+		review(t, "shop", admissionv1.Create, "Pod", pod(nil)),
+		review(t, "shop", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/proxy-cpu-limit": "lots"})),
+		review(t, "gone", admissionv1.Create, "Pod", pod(enabled)),
+		[]byte("not a review"),
+	} {
+		post(h, body)
+	}
+	want := `
+# HELP minimesh_injector_admissions_total Pod admissions by result: injected, skipped (not asked, opted out, already injected), denied (bad annotation), error.
+# TYPE minimesh_injector_admissions_total counter
+minimesh_injector_admissions_total{result="denied"} 1
+minimesh_injector_admissions_total{result="error"} 1
+minimesh_injector_admissions_total{result="injected"} 1
+minimesh_injector_admissions_total{result="skipped"} 1
+# HELP minimesh_injector_bad_requests_total Requests to /inject that were not an AdmissionReview (answered 400).
+# TYPE minimesh_injector_bad_requests_total counter
+minimesh_injector_bad_requests_total 1
+`
+	if err := testutil.GatherAndCompare(h.Metrics.Registry, strings.NewReader(want),
+		"minimesh_injector_admissions_total", "minimesh_injector_bad_requests_total"); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := h.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, mf := range mfs {
+		seen[mf.GetName()] = true
+		if mf.GetName() == "minimesh_injector_admission_duration_seconds" {
+			hist := mf.GetMetric()[0].GetHistogram()
+			if hist.GetSampleCount() != 4 || hist.GetBucket()[0].GetUpperBound() != 0.0005 {
+				t.Errorf("latency histogram: %d samples, first bucket %v", hist.GetSampleCount(), hist.GetBucket()[0].GetUpperBound())
+			}
+		}
+	}
+	for _, name := range []string{"minimesh_injector_admission_duration_seconds", "minimesh_build_info", "certwatcher_read_certificate_errors_total", "go_goroutines"} {
+		if !seen[name] {
+			t.Errorf("no %s on the registry", name)
+		}
+	}
+}
+
 func TestHandlerRefusesGET(t *testing.T) {
 	w := httptest.NewRecorder()
 	newHandler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/inject", nil))

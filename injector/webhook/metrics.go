@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	certmetrics "sigs.k8s.io/controller-runtime/pkg/certwatcher/metrics"
 
 	"github.com/minimesh/minimesh/wellknown"
 )
@@ -21,7 +22,9 @@ type Metrics struct {
 }
 
 // NewMetrics registers the metrics on a registry of their own, with the
-// Go and process collectors (memory and CPU of the controller).
+// Go and process collectors (memory and CPU of the controller) and the
+// certificate watcher's counters: a rotated certificate that fails to load
+// is otherwise only a log line until the old one expires.
 func NewMetrics() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
@@ -48,6 +51,7 @@ func NewMetrics() *Metrics {
 		m.admissions.WithLabelValues(r)
 	}
 	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, build,
+		certmetrics.ReadCertificateTotal, certmetrics.ReadCertificateErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

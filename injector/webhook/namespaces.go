@@ -32,9 +32,27 @@ func NewNamespaces(cfg *rest.Config) (*Namespaces, error) {
 	if err != nil {
 		return nil, fmt.Errorf("namespaces: %w", err)
 	}
+	return newNamespaces(client)
+}
+
+func newNamespaces(client metadata.Interface) (*Namespaces, error) {
 	factory := metadatainformer.NewSharedInformerFactory(client, 0)
 	inf := factory.ForResource(namespacesGVR)
+	if err := inf.Informer().SetTransform(onlyLabels); err != nil {
+		return nil, fmt.Errorf("namespaces: %w", err)
+	}
 	return &Namespaces{client: client, factory: factory, informer: inf.Informer(), lister: inf.Lister()}, nil
+}
+
+// onlyLabels drops what Labels never reads before the object is cached:
+// managed fields and annotations (a kubectl-applied namespace carries its
+// whole last-applied manifest) are most of a namespace's metadata.
+func onlyLabels(obj any) (any, error) {
+	if m, ok := obj.(*metav1.PartialObjectMetadata); ok {
+		m.ManagedFields = nil
+		m.Annotations = nil
+	}
+	return obj, nil
 }
 
 // Start runs the informer until ctx ends.

@@ -122,11 +122,22 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), timeout)
 	defer scancel()
-	err = errors.Join(webhook.Shutdown(sctx), adminSrv.Shutdown(sctx))
+	// Both at once: each Shutdown closes its listener first and then waits
+	// for its requests, and neither port may keep accepting while the
+	// other drains.
+	werr := make(chan error, 1)
+	go func() { werr <- webhook.Shutdown(sctx) }()
+	var shutErr error
+	if e := adminSrv.Shutdown(sctx); e != nil {
+		shutErr = fmt.Errorf("admin shutdown: %w", e)
+	}
+	if e := <-werr; e != nil {
+		shutErr = errors.Join(fmt.Errorf("webhook shutdown (admissions still in flight after %v): %w", timeout, e), shutErr)
+	}
 	if errors.Is(runErr, http.ErrServerClosed) {
 		runErr = nil
 	}
-	return errors.Join(runErr, err)
+	return errors.Join(runErr, shutErr)
 }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {

@@ -170,3 +170,66 @@ func TestServerMissingCertificate(t *testing.T) {
 		t.Fatalf("Run = %v, want an error naming the file", err)
 	}
 }
+
+// TestServerDrainsInFlight: once ctx ends neither port accepts, and an
+// admission already being answered still gets its answer.
+func TestServerDrainsInFlight(t *testing.T) {
+	dir := t.TempDir()
+	selfSigned(t, dir, "c")
+	started, release := make(chan struct{}), make(chan struct{})
+	s := &Server{
+		WebhookAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key"),
+		Inject: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			close(started)
+			<-release
+			_, _ = w.Write([]byte("answered"))
+		}),
+		Metrics: NewMetrics(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var w, a net.Addr
+	for deadline := time.Now().Add(5 * time.Second); w == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("server did not listen")
+		}
+		w, a = s.Addrs()
+	}
+
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	answer := make(chan string, 1)
+	go func() {
+		resp, err := client.Post("https://"+w.String()+"/inject", "application/json", bytes.NewReader([]byte("{}")))
+		if err != nil {
+			answer <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		answer <- string(b)
+	}()
+	<-started
+	cancel()
+	for _, addr := range []net.Addr{w, a} {
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			c, err := net.Dial("tcp", addr.String())
+			if err != nil {
+				break
+			}
+			c.Close()
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still accepts after ctx ended", addr)
+			}
+		}
+	}
+	close(release)
+	if got := <-answer; got != "answered" {
+		t.Fatalf("admission in flight got %q", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}

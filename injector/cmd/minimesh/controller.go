@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,6 +82,15 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 
 	if (f.certFile == "") != (f.keyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
+	}
+	if f.certFile != "" {
+		// The server loads them again and keeps watching; this first read
+		// fails before anything listens or calls the cluster, so that a
+		// missing Secret is what the error says rather than a kubeconfig
+		// or port problem found on the way.
+		if _, err := tls.LoadX509KeyPair(f.certFile, f.keyFile); err != nil {
+			return fmt.Errorf("--tls-cert-file %s, --tls-key-file %s: %w", f.certFile, f.keyFile, err)
+		}
 	}
 	cfg := injector.DefaultConfig()
 	if f.config != "" {
