@@ -202,14 +202,14 @@ func admissionReview(t *testing.T, uid, namespace string, pod *corev1.Pod) []byt
 	return b
 }
 
-// TestControllerProcess is not a test: TestControllerSIGTERM runs the test
-// binary as `minimesh controller` through it, to send it a real signal.
-func TestControllerProcess(t *testing.T) {
-	args := os.Getenv("MINIMESH_TEST_CONTROLLER_ARGS")
-	if args == "" {
-		t.Skip("the controller process of TestControllerSIGTERM")
+// TestMain runs the test binary as `minimesh` itself when
+// TestControllerSIGTERM starts it with MINIMESH_TEST_CONTROLLER_ARGS, so
+// that the test can send a real signal to a real process.
+func TestMain(m *testing.M) {
+	if args := os.Getenv("MINIMESH_TEST_CONTROLLER_ARGS"); args != "" {
+		os.Exit(execute(strings.Split(args, "\n"), os.Stdout, os.Stderr))
 	}
-	os.Exit(execute(strings.Split(args, "\n"), os.Stdout, os.Stderr))
+	os.Exit(m.Run())
 }
 
 // TestControllerSIGTERM runs `minimesh controller` against a fake API
@@ -217,9 +217,6 @@ func TestControllerProcess(t *testing.T) {
 // TLS, counts it on the admin port, and on SIGTERM stops listening, lets
 // the admission in flight finish, and exits 0.
 func TestControllerSIGTERM(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a process")
-	}
 	api := &fakeAPI{
 		listed:  map[string]map[string]string{"shop": nil, "opted": {"minimesh.io/inject": "enabled"}},
 		held:    map[string]map[string]string{"late": {"minimesh.io/inject": "enabled"}},
@@ -250,7 +247,7 @@ current-context: fake
 	args := []string{"controller", "--webhook-addr", addrs[0], "--admin-addr", addrs[1], "--xds-addr", addrs[2],
 		"--tls-cert-file", cert, "--tls-key-file", key, "--kubeconfig", kubeconfig, "--policy-dir", t.TempDir(), "--log-level", "debug"}
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestControllerProcess$")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "MINIMESH_TEST_CONTROLLER_ARGS="+strings.Join(args, "\n"))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
