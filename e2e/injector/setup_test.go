@@ -22,8 +22,8 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/controller"
 	"github.com/minimesh/minimesh/e2e/internal/kube"
-	"github.com/minimesh/minimesh/e2e/internal/pki"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/internal/pki"
 	"github.com/minimesh/minimesh/wellknown"
 )
 

@@ -3,56 +3,36 @@ package webhook
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/pki"
 )
 
-// selfSigned writes a certificate for 127.0.0.1 named cn to dir, replacing
-// the files atomically as a Secret volume update would.
-func selfSigned(t *testing.T, dir, cn string) {
+// selfSigned writes a certificate for 127.0.0.1 to dir as tls.crt and
+// tls.key, replacing the files atomically as a Secret volume update would.
+func selfSigned(t *testing.T, dir string) *pki.Pair {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.NewCA("test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	p, err := ca.IssueValid("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	for name, data := range map[string][]byte{
-		"tls.key": pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
-		"tls.crt": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-	} {
-		tmp := filepath.Join(dir, name+".tmp")
-		if err := os.WriteFile(tmp, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-			t.Fatal(err)
-		}
+	if _, _, err := p.Write(dir); err != nil {
+		t.Fatal(err)
 	}
+	return p
 }
 
 func startServer(t *testing.T, dir string, ready func() error) (*Server, context.CancelFunc, chan error) {
@@ -81,28 +61,29 @@ func startServer(t *testing.T, dir string, ready func() error) (*Server, context
 	return s, cancel, done
 }
 
-func servedCN(t *testing.T, addr string) string {
+// served reports whether addr serves the certificate of p.
+func served(t *testing.T, addr string, p *pki.Pair) bool {
 	t.Helper()
 	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+	return conn.ConnectionState().PeerCertificates[0].Equal(p.Leaf)
 }
 
 // TestCertificateRotation: new files are served without a restart.
 func TestCertificateRotation(t *testing.T) {
 	dir := t.TempDir()
-	selfSigned(t, dir, "first")
+	first := selfSigned(t, dir)
 	s, _, _ := startServer(t, dir, nil)
 	w, _ := s.Addrs()
-	if cn := servedCN(t, w.String()); cn != "first" {
-		t.Fatalf("served %q", cn)
+	if !served(t, w.String(), first) {
+		t.Fatal("the first certificate is not served")
 	}
-	selfSigned(t, dir, "second")
+	second := selfSigned(t, dir)
 	deadline := time.Now().Add(20 * time.Second) // watch, else the 10 s poll
-	for servedCN(t, w.String()) != "second" {
+	for !served(t, w.String(), second) {
 		if time.Now().After(deadline) {
 			t.Fatal("the rotated certificate was not served within 20 s")
 		}
@@ -112,7 +93,7 @@ func TestCertificateRotation(t *testing.T) {
 
 func TestServerEndpointsAndShutdown(t *testing.T) {
 	dir := t.TempDir()
-	selfSigned(t, dir, "c")
+	selfSigned(t, dir)
 	var notReady atomic.Bool
 	notReady.Store(true)
 	s, cancel, done := startServer(t, dir, func() error {
@@ -175,7 +156,7 @@ func TestServerMissingCertificate(t *testing.T) {
 // admission already being answered still gets its answer.
 func TestServerDrainsInFlight(t *testing.T) {
 	dir := t.TempDir()
-	selfSigned(t, dir, "c")
+	selfSigned(t, dir)
 	started, release := make(chan struct{}), make(chan struct{})
 	s := &Server{
 		WebhookAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",

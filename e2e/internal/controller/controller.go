@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minimesh/minimesh/e2e/internal/pki"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/internal/pki"
 )
 
 // Options are the optional parts of Start.

@@ -1,6 +1,6 @@
-// Package pki makes the certificates of the end-to-end tests: a CA whose
-// PEM goes into a webhook's caBundle, and serving certificates it signs for
-// loopback addresses, valid or deliberately expired.
+// Package pki makes the certificates of the tests: a CA whose PEM goes
+// into a webhook's caBundle, and serving certificates it signs for loopback
+// addresses or service names, valid or deliberately expired.
 package pki
 
 import (
@@ -55,6 +55,7 @@ func NewCA(name string) (*CA, error) {
 // Pair is a serving certificate and its key, PEM encoded.
 type Pair struct {
 	CertPEM, KeyPEM []byte
+	Leaf            *x509.Certificate
 }
 
 // Issue signs a serving certificate for hosts (DNS names or IPs) valid
@@ -87,7 +88,11 @@ func (ca *CA) Issue(hosts []string, notBefore, notAfter time.Time) (*Pair, error
 	if err != nil {
 		return nil, err
 	}
-	return &Pair{CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("EC PRIVATE KEY", kder)}, nil
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &Pair{CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("EC PRIVATE KEY", kder), Leaf: leaf}, nil
 }
 
 // IssueValid is Issue for a year from an hour ago: longer than the week
@@ -99,8 +104,11 @@ func (ca *CA) IssueValid(hosts ...string) (*Pair, error) {
 
 // Write writes the pair as dir/tls.crt and dir/tls.key (the names of a
 // kubernetes.io/tls Secret) atomically, so a watcher never reads half a
-// file, and returns their paths.
+// file, and returns their paths. dir is made if missing.
 func (p *Pair) Write(dir string) (certFile, keyFile string, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", err
+	}
 	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	for _, f := range []struct {
 		path string
