@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
@@ -66,8 +67,15 @@ type Handler struct {
 	// upgrades counts upgraded (WebSocket) connections in flight, which
 	// http.Server.Shutdown does not wait for.
 	upgrades sync.WaitGroup
+	// draining makes every response close its connection, so that a
+	// keep-alive client learns of the shutdown from its next answer
+	// instead of a connection closed under a request in flight.
+	draining atomic.Bool
 	log      *slog.Logger
 }
+
+// SetDraining turns on (or off) "Connection: close" on every response.
+func (h *Handler) SetDraining(v bool) { h.draining.Store(v) }
 
 // New returns a handler applying the policies of table.
 func New(cfg Config, table *policy.Table) *Handler {
@@ -166,6 +174,9 @@ func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*req
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if h.draining.Load() {
+		w.Header().Set("Connection", "close")
+	}
 	if r.Method == http.MethodConnect {
 		h.serveConnect(w, r, start)
 		return
