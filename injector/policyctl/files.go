@@ -19,8 +19,7 @@ type Files struct {
 	Interval time.Duration
 	Log      *slog.Logger
 
-	last  string // the last good set, encoded
-	known map[string]bool
+	last string // the last good set, encoded
 }
 
 // Load reads the directory once and publishes it; the error is the
@@ -43,25 +42,8 @@ func (f *Files) Load() error {
 			byNS[p.Metadata.Namespace] = append(byNS[p.Metadata.Namespace], p)
 		}
 	}
-	if err := f.Sink.SetGlobal(global); err != nil {
+	if err := f.Sink.Set(global, byNS); err != nil {
 		return err
-	}
-	if f.known == nil {
-		f.known = map[string]bool{}
-	}
-	for ns := range f.known {
-		if byNS[ns] == nil {
-			if err := f.Sink.SetNamespace(ns, nil); err != nil {
-				return err
-			}
-			delete(f.known, ns)
-		}
-	}
-	for ns, ps := range byNS {
-		if err := f.Sink.SetNamespace(ns, ps); err != nil {
-			return err
-		}
-		f.known[ns] = true
 	}
 	f.last = string(enc)
 	f.Log.Info("policies served from files", "dir", f.Dir, "count", len(pols))

@@ -18,12 +18,8 @@ type sink struct {
 	sets   int
 }
 
-func (s *sink) SetGlobal(p []*policy.ResiliencePolicy) error { s.global = p; s.sets++; return nil }
-func (s *sink) SetNamespace(ns string, p []*policy.ResiliencePolicy) error {
-	if s.ns == nil {
-		s.ns = map[string][]*policy.ResiliencePolicy{}
-	}
-	s.ns[ns] = p
+func (s *sink) Set(global []*policy.ResiliencePolicy, byNS map[string][]*policy.ResiliencePolicy) error {
+	s.global, s.ns = global, byNS
 	s.sets++
 	return nil
 }
@@ -65,7 +61,7 @@ func TestFiles(t *testing.T) {
 	if err := f.Load(); err != nil {
 		t.Fatal(err)
 	}
-	if ps, ok := s.ns["shop"]; !ok || len(ps) != 0 {
-		t.Fatalf("shop after its policy was removed: %v", ps)
+	if ps := s.ns["shop"]; len(ps) != 0 || len(s.global) != 1 {
+		t.Fatalf("after shop's policy was removed: shop %v, global %d", ps, len(s.global))
 	}
 }

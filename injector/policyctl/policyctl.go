@@ -31,10 +31,13 @@ import (
 // GVR is the ResiliencePolicy resource.
 var GVR = schema.GroupVersionResource{Group: "minimesh.io", Version: "v1alpha1", Resource: "resiliencepolicies"}
 
-// Sink receives the policies: the xDS server.
+// Sink receives the policies: the xDS server. Set replaces the whole
+// state at once (global: cluster-wide; byNS: each namespace's own), so a
+// sidecar never sees half of a change, and a namespace that is not in
+// byNS, whether it lost its last policy or never had one, is served the
+// global ones.
 type Sink interface {
-	SetGlobal(pols []*policy.ResiliencePolicy) error
-	SetNamespace(ns string, pols []*policy.ResiliencePolicy) error
+	Set(global []*policy.ResiliencePolicy, byNS map[string][]*policy.ResiliencePolicy) error
 }
 
 // Controller watches ResiliencePolicy objects.
@@ -55,7 +58,6 @@ type Controller struct {
 	missing  atomic.Bool
 	mu       sync.Mutex
 	lastGood map[string]*policy.ResiliencePolicy // by namespace/name: served while a newer version is invalid
-	known    map[string]bool                     // namespaces published, so emptied ones are cleared
 }
 
 // Run watches until ctx ends.
@@ -75,7 +77,6 @@ func (c *Controller) Run(ctx context.Context) {
 	}
 	c.missing.Store(false)
 	c.lastGood = map[string]*policy.ResiliencePolicy{}
-	c.known = map[string]bool{}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(c.Client, 10*time.Minute)
 	c.mu.Lock()
 	c.informer = f.ForResource(GVR).Informer()
@@ -141,23 +142,10 @@ func (c *Controller) sync(ctx context.Context) {
 			delete(c.lastGood, key)
 		}
 	}
-	if err := c.Sink.SetGlobal(byNS[c.GlobalNamespace]); err != nil {
-		c.Log.Error("publish cluster-wide policies", "err", err)
-	}
-	for ns, pols := range byNS {
-		if ns == c.GlobalNamespace {
-			continue
-		}
-		if err := c.Sink.SetNamespace(ns, pols); err != nil {
-			c.Log.Error("publish policies", "namespace", ns, "err", err)
-		}
-		c.known[ns] = true
-	}
-	for ns := range c.known {
-		if _, ok := byNS[ns]; !ok {
-			_ = c.Sink.SetNamespace(ns, nil)
-			delete(c.known, ns)
-		}
+	global := byNS[c.GlobalNamespace]
+	delete(byNS, c.GlobalNamespace)
+	if err := c.Sink.Set(global, byNS); err != nil {
+		c.Log.Error("publish policies", "err", err)
 	}
 }
 

@@ -1,15 +1,26 @@
 // Package xds serves policies to sidecars over ADS and receives them in the
-// sidecar. The server is go-control-plane's, fed one snapshot per
-// namespace: a sidecar, identified by the namespace in its node metadata,
-// sees the policies of its namespace and the cluster-wide ones. The
-// resources are the Envoy ones of policy/envoy, so an Envoy could be
-// pointed at the same server.
+// sidecar. The server is go-control-plane's snapshot cache keyed by the
+// namespace in a node's metadata: a sidecar sees the policies of its
+// namespace over the cluster-wide ones. The resources are the Envoy ones
+// of policy/envoy, so an Envoy could be pointed at the same server.
+//
+// A snapshot cache answers a watch only from a snapshot set for the
+// watch's key, and a watch on a key that nobody sets waits forever. So the
+// keys are not the namespaces that policies name but the namespaces that
+// sidecars are in: a stream's first request makes the snapshot of its
+// namespace from what is known at that moment, before the server creates
+// the request's watch, and the last stream of a namespace going away drops
+// it. Every namespace with a sidecar has a snapshot, whether a policy names
+// it or not; the server holds snapshots only for namespaces with a sidecar
+// connected, and namespaces with the same content (all those without
+// policies of their own) share one.
 package xds
 
 import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -23,41 +34,57 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/policy/envoy"
-	"github.com/minimesh/minimesh/policy/xdsclient"
 )
 
-// nodeNamespace groups nodes by their namespace.
-type nodeNamespace struct{}
-
-func (nodeNamespace) ID(n *corev3.Node) string {
-	if n == nil {
-		return ""
-	}
-	if v, ok := n.GetMetadata().GetFields()[xdsclient.NamespaceKey]; ok {
-		return v.GetStringValue()
-	}
-	return ""
-}
-
-// Server holds the snapshots.
+// Server holds the policies and the snapshots of the namespaces that have
+// sidecars connected.
 type Server struct {
 	Cache cachev3.SnapshotCache
 	xds   serverv3.Server
 
-	mu       sync.Mutex
-	global   []*policy.ResiliencePolicy            // cluster-wide
-	byNS     map[string][]*policy.ResiliencePolicy // per namespace
-	versions map[string]string
+	mu sync.Mutex
+	// set: policies were given. Until then streams wait without an
+	// answer, so that a controller that has not read the cluster yet does
+	// not tell every reconnecting sidecar to drop its policies.
+	set    bool
+	global []*policy.ResiliencePolicy            // cluster-wide
+	byNS   map[string][]*policy.ResiliencePolicy // namespaces with policies of their own
+	// groups are the namespaces with a stream open (or a fetch under
+	// way): exactly those have a snapshot in the cache.
+	groups  map[string]*group
+	streams map[streamKey]string // open stream → its namespace
+	shared  map[string]*shared   // snapshots by version
 }
 
-// NewServer makes a server whose streams end with ctx.
+type group struct {
+	users   int
+	version string // of its snapshot; "" before the first
+}
+
+// shared is one snapshot and how many namespaces serve it: namespaces
+// with the same content hold one copy of the resources between them.
+type shared struct {
+	snap   *cachev3.Snapshot
+	groups int
+}
+
+// NewServer makes a server whose streams end with ctx; cb (may be nil)
+// observes the streams.
 func NewServer(ctx context.Context, cb serverv3.Callbacks) *Server {
-	c := cachev3.NewSnapshotCache(true, nodeNamespace{}, nil)
-	return &Server{Cache: c, xds: serverv3.NewServer(ctx, c, cb), byNS: map[string][]*policy.ResiliencePolicy{}, versions: map[string]string{}}
+	s := &Server{
+		Cache:   cachev3.NewSnapshotCache(true, nodeNamespace{}, nil),
+		byNS:    map[string][]*policy.ResiliencePolicy{},
+		groups:  map[string]*group{},
+		streams: map[streamKey]string{},
+		shared:  map[string]*shared{},
+	}
+	if cb == nil {
+		cb = serverv3.CallbackFuncs{}
+	}
+	s.xds = serverv3.NewServer(ctx, fetcher{s.Cache, s}, streamCallbacks{cb, s})
+	return s
 }
 
 // Register adds ADS (and CDS, RDS for Envoys without ADS) to g.
@@ -67,64 +94,166 @@ func (s *Server) Register(g *grpc.Server) {
 	routeservice.RegisterRouteDiscoveryServiceServer(g, s.xds)
 }
 
-// SetGlobal replaces the cluster-wide policies (every namespace sees them
-// unless it has its own policy for the same service) and republishes.
-func (s *Server) SetGlobal(pols []*policy.ResiliencePolicy) error {
+// Set replaces every policy: global applies cluster-wide, byNS[ns] in
+// namespace ns over the global ones (a namespace's policy for a service
+// wins). A namespace missing from byNS, or with no policies in it, has
+// the global ones only. Every connected sidecar whose content changed
+// gets it, all from this one consistent state.
+func (s *Server) Set(global []*policy.ResiliencePolicy, byNS map[string][]*policy.ResiliencePolicy) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.global = pols
-	var errs []error
-	for ns := range s.byNS {
-		if err := s.publish(ns); err != nil {
-			errs = append(errs, err)
+	s.global = global
+	clear(s.byNS)
+	for ns, pols := range byNS {
+		if len(pols) > 0 {
+			s.byNS[ns] = pols
 		}
 	}
-	if err := s.publish(""); err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) > 0 {
-		return errs[0]
-	}
-	return nil
+	return s.publishAll()
 }
 
-// SetNamespace replaces the policies of namespace ns and republishes its
-// snapshot; a namespace without policies still gets the global ones.
+// SetNamespace replaces the policies of namespace ns only (none: it
+// falls back to the global ones), for tests and callers that keep no
+// whole state; a controller uses Set.
 func (s *Server) SetNamespace(ns string, pols []*policy.ResiliencePolicy) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.byNS[ns] = pols
-	return s.publish(ns)
+	if len(pols) > 0 {
+		s.byNS[ns] = pols
+	} else {
+		delete(s.byNS, ns)
+	}
+	return s.publishAll()
 }
 
-// Version is the version of namespace ns's snapshot ("" before any).
+// Version is the version of namespace ns's snapshot: "" while no
+// sidecar of ns is connected, or before any policies were set.
 func (s *Server) Version(ns string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.versions[ns]
+	if g := s.groups[ns]; g != nil {
+		return g.version
+	}
+	return ""
 }
 
-func (s *Server) publish(ns string) error {
-	pols := merge(s.global, s.byNS[ns])
-	clusters, routes, version, err := Resources(pols, ns)
-	if err != nil {
-		return fmt.Errorf("namespace %s: %w", ns, err)
+// publishAll marks the policies set and brings every connected
+// namespace's snapshot up to date. The caller holds mu.
+func (s *Server) publishAll() error {
+	s.set = true
+	memo := map[string]*content{}
+	var errs []error
+	for ns := range s.groups {
+		errs = append(errs, s.publish(ns, memo))
 	}
-	if s.versions[ns] == version {
+	return errors.Join(errs...)
+}
+
+// content is the resources of a namespace and their version.
+type content struct {
+	clusters, routes []types.Resource
+	version          string
+	err              error
+}
+
+// contentKey names what namespace ns's resources are made from, for
+// memo: Translate resolves ns only in a policy that names no namespace,
+// so all namespaces without policies of their own have the same content
+// unless a cluster-wide policy names none (files without
+// metadata.namespace), and one change costs one translation for them
+// all, not one per namespace.
+func (s *Server) contentKey(ns string) string {
+	if len(s.byNS[ns]) > 0 {
+		return "ns:" + ns
+	}
+	for _, p := range s.global {
+		if p.Metadata.Namespace == "" {
+			return "ns:" + ns
+		}
+	}
+	return "cluster-wide"
+}
+
+// publish brings namespace ns's snapshot up to date, if a sidecar of ns
+// is connected and policies were set: the one way a snapshot is made.
+// memo (nil for none) keeps contents between the namespaces of one
+// change. The caller holds mu.
+func (s *Server) publish(ns string, memo map[string]*content) error {
+	g := s.groups[ns]
+	if g == nil || !s.set {
 		return nil
 	}
-	snap, err := cachev3.NewSnapshot(version, map[resource.Type][]types.Resource{
-		resource.ClusterType: clusters,
-		resource.RouteType:   routes,
-	})
-	if err != nil {
-		return err
+	key := s.contentKey(ns)
+	c := memo[key]
+	if c == nil {
+		c = &content{}
+		c.clusters, c.routes, c.version, c.err = Resources(merge(s.global, s.byNS[ns]), ns)
+		if memo != nil {
+			memo[key] = c
+		}
 	}
-	if err := s.Cache.SetSnapshot(context.Background(), ns, snap); err != nil {
-		return err
+	if c.err != nil {
+		return fmt.Errorf("namespace %s: %w", ns, c.err)
 	}
-	s.versions[ns] = version
-	return nil
+	if g.version == c.version {
+		return nil
+	}
+	sh := s.shared[c.version]
+	if sh == nil {
+		snap, err := cachev3.NewSnapshot(c.version, map[resource.Type][]types.Resource{
+			resource.ClusterType: c.clusters,
+			resource.RouteType:   c.routes,
+		})
+		if err != nil {
+			return fmt.Errorf("namespace %s: %w", ns, err)
+		}
+		sh = &shared{snap: snap}
+		s.shared[c.version] = sh
+	}
+	// The cache keeps the snapshot even when answering a watch fails.
+	err := s.Cache.SetSnapshot(context.Background(), ns, sh.snap)
+	sh.groups++
+	s.unshare(g.version)
+	g.version = c.version
+	return err
+}
+
+// join counts a user of namespace ns (a stream, a fetch) and makes its
+// snapshot if it has none. The caller holds mu.
+func (s *Server) join(ns string) error {
+	g := s.groups[ns]
+	if g == nil {
+		g = &group{}
+		s.groups[ns] = g
+	}
+	g.users++
+	if g.version != "" {
+		return nil
+	}
+	return s.publish(ns, nil)
+}
+
+// leave ends a use of namespace ns; the last one drops its snapshot and
+// the cache's state for it. The caller holds mu.
+func (s *Server) leave(ns string) {
+	g := s.groups[ns]
+	if g == nil {
+		return
+	}
+	if g.users--; g.users > 0 {
+		return
+	}
+	delete(s.groups, ns)
+	s.Cache.ClearSnapshot(ns)
+	s.unshare(g.version)
+}
+
+func (s *Server) unshare(version string) {
+	if sh := s.shared[version]; sh != nil {
+		if sh.groups--; sh.groups == 0 {
+			delete(s.shared, version)
+		}
+	}
 }
 
 // merge is the namespace's policies over the global ones: a namespace's

@@ -94,13 +94,9 @@ func TestServeNamespaces(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := NewServer(ctx, nil)
-	if err := s.SetGlobal(pol(t, "mesh", `{service: "*", circuitBreaker: {consecutiveFailures: 9}}`)); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetNamespace("shop", pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 3}}`)); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetNamespace("other", nil); err != nil {
+	// As the controller sets them: "other" is named by no policy.
+	if err := s.Set(pol(t, "mesh", `{service: "*", circuitBreaker: {consecutiveFailures: 9}}`),
+		map[string][]*policy.ResiliencePolicy{"shop": pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 3}}`)}); err != nil {
 		t.Fatal(err)
 	}
 	addr, stop := serve(t, s, "127.0.0.1:0")
