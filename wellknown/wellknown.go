@@ -27,6 +27,11 @@ const (
 	ErrorConnectFailure = "connect-failure"
 	ErrorReset          = "reset"
 	ErrorBadRequest     = "bad-request"
+	// ErrorForbidden: the request would have reached one of the sidecar's
+	// own ports (403).
+	ErrorForbidden = "forbidden"
+	// ErrorLoop: the request had already passed through this sidecar (508).
+	ErrorLoop = "loop"
 )
 
 // EnvPrefix prefixes the environment variable that sets each flag of

@@ -81,6 +81,15 @@ func classify(err error, tryCtx, parent context.Context) (policy.Class, bool) {
 	return policy.ClassReset, false
 }
 
+// lateFailure is the status and kind of a response that failed after its
+// headers, as the sidecar would have answered had they not gone out.
+func lateFailure(c policy.Class) (int, string) {
+	if c == policy.ClassTimeout {
+		return http.StatusGatewayTimeout, wellknown.ErrorTimeout
+	}
+	return http.StatusBadGateway, wellknown.ErrorReset
+}
+
 // errorBody is the JSON body of the sidecar's own error responses, so a
 // person reading a client log learns who answered and why.
 type errorBody struct {
@@ -119,9 +128,15 @@ func errorResponse(err error, dest string) (code int, kind string, b errorBody) 
 		b.RetryAfterSeconds = int(co.retryAfter / time.Second)
 		b.Message = co.Error() + "; the sidecar answered without contacting it"
 		return http.StatusServiceUnavailable, wellknown.ErrorCircuitOpen, b
+	case errors.As(err, new(*selfError)):
+		b.Message = err.Error()
+		return http.StatusForbidden, wellknown.ErrorForbidden, b
 	case errors.As(err, &mb):
 		b.Message = "request body larger than " + strconv.FormatInt(mb.Limit, 10) + " bytes"
 		return http.StatusRequestEntityTooLarge, wellknown.ErrorBadRequest, b
+	case errors.As(err, new(*bodyTimeoutError)):
+		b.Message = "cannot read the request: " + err.Error()
+		return http.StatusRequestTimeout, wellknown.ErrorBadRequest, b
 	case errors.As(err, new(*clientError)):
 		b.Message = "cannot read the request: " + err.Error()
 		return http.StatusBadRequest, wellknown.ErrorBadRequest, b

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"sync"
 	"time"
 )
@@ -23,8 +25,9 @@ type fastTransport struct {
 	fallback http.RoundTripper
 	maxIdle  int
 
-	mu   sync.Mutex
-	idle map[string][]*fconn // by authority, most recently used last
+	mu      sync.Mutex
+	idle    map[string][]*fconn // by authority, most recently used last
+	sweeper *time.Timer         // while idle holds any connection
 }
 
 // fconn is one upstream connection with its buffers.
@@ -94,6 +97,10 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// max1xx bounds the informational responses before the final one, as
+// http.Transport does.
+const max1xx = 5
+
 var errStale = errors.New("kept connection closed by the upstream")
 
 // send writes req on c and reads the response head.
@@ -112,20 +119,35 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (
 		c.Close()
 		return nil, err
 	}
-	c.limit = c.read + MaxHeaderBytes + int64(c.br.Size())
-	resp, err := http.ReadResponse(c.br, req)
-	c.limit = 0
-	if err != nil {
-		stop()
-		c.Close()
-		return nil, staleOr(err, c.read == before)
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols || resp.StatusCode < 200 {
-		// Not for this path: a 1xx or a protocol switch nobody asked for.
-		stop()
-		c.Close()
-		resp.Body.Close()
-		return nil, errors.New("unexpected " + resp.Status + " from upstream")
+	var resp *http.Response
+	for n := 0; ; n++ {
+		c.limit = c.read + MaxHeaderBytes + int64(c.br.Size())
+		r, err := http.ReadResponse(c.br, req)
+		c.limit = 0
+		if err != nil {
+			stop()
+			c.Close()
+			return nil, staleOr(err, c.read == before)
+		}
+		if r.StatusCode >= 200 {
+			resp = r
+			break
+		}
+		if r.StatusCode == http.StatusSwitchingProtocols || n == max1xx {
+			// A protocol switch nobody asked for, or no end of 1xx.
+			stop()
+			c.Close()
+			return nil, errors.New("unexpected " + r.Status + " from upstream")
+		}
+		// 103 Early Hints and the like: informational, passed on to the
+		// app as http.Transport does, and the final answer follows.
+		if tr := httptrace.ContextClientTrace(ctx); tr != nil && tr.Got1xxResponse != nil {
+			if err := tr.Got1xxResponse(r.StatusCode, textproto.MIMEHeader(r.Header)); err != nil {
+				stop()
+				c.Close()
+				return nil, err
+			}
+		}
 	}
 	reusable := !resp.Close && resp.ProtoAtLeast(1, 1)
 	if resp.Body == http.NoBody || resp.ContentLength == 0 {
@@ -169,7 +191,51 @@ func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 		return
 	}
 	t.idle[c.key] = append(list, c)
+	if t.sweeper == nil {
+		t.sweeper = time.AfterFunc(idleTimeout, t.sweep)
+	}
 	t.mu.Unlock()
+}
+
+// sweep closes kept connections unused for idleTimeout, those to hosts
+// the app does not call again included, and forgets hosts with none left.
+// It runs while any connection is kept, every idleTimeout/2 at most.
+func (t *fastTransport) sweep() {
+	now := time.Now()
+	var stale []*fconn
+	t.mu.Lock()
+	stale = t.expire(now, stale)
+	if len(t.idle) > 0 {
+		t.sweeper.Reset(idleTimeout / 2)
+	} else {
+		t.sweeper = nil
+	}
+	t.mu.Unlock()
+	for _, c := range stale {
+		c.Close()
+	}
+}
+
+// expire moves the connections idle since before now-idleTimeout out of
+// t.idle into stale; mu is held.
+func (t *fastTransport) expire(now time.Time, stale []*fconn) []*fconn {
+	for key, list := range t.idle {
+		keep := list[:0]
+		for _, c := range list {
+			if now.Sub(c.used) < idleTimeout {
+				keep = append(keep, c)
+			} else {
+				stale = append(stale, c)
+			}
+		}
+		clear(list[len(keep):])
+		if len(keep) == 0 {
+			delete(t.idle, key)
+		} else {
+			t.idle[key] = keep
+		}
+	}
+	return stale
 }
 
 // get takes a kept connection to key, or dials a new one.

@@ -47,7 +47,7 @@ func fastGet(t *testing.T, ft *fastTransport, addr, method string) (*http.Respon
 }
 
 func newTestFast() *fastTransport {
-	d := newDialer(time.Second, nil)
+	d := newDialer(time.Second, nil, newSelfAddrs())
 	return newFastTransport(d.DialContext, http.DefaultTransport, 4)
 }
 

@@ -130,14 +130,16 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if cancel != nil {
 			cancel(nil)
 		}
-		if errors.As(err, new(*http.MaxBytesError)) {
-			// The app's body was too large: nothing to hold against the
+		if cerr := refusal(err, st, req.Context()); cerr != nil {
+			// The app's body was bad or too large, or the request was
+			// aimed at the sidecar itself: nothing to hold against the
 			// upstream, and nothing to retry.
 			report(done, breaker.ErrIgnored)
 			if span != nil {
-				endSpan(span, http.StatusRequestEntityTooLarge, wellknown.ErrorBadRequest, "")
+				code, kind, _ := errorResponse(cerr, dst.name)
+				endSpan(span, code, kind, "")
 			}
-			return nil, 0, &clientError{err}
+			return nil, 0, cerr
 		}
 		class, gone := classify(err, ctx, req.Context())
 		if gone {
@@ -157,20 +159,111 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		}
 		return nil, class, &upstreamError{class: class, err: err}
 	}
-	if cancel != nil {
-		// The body is read after this returns; the try's context must
-		// live until then, and end with it.
-		resp.Body = &cancelBody{resp.Body, cancel}
-	}
 	if span != nil {
 		endSpan(span, resp.StatusCode, "", "")
 	}
+	verdict := error(nil)
 	if failOn.Status(resp.StatusCode) {
-		report(done, breaker.ErrFailed)
-	} else {
-		report(done, nil)
+		verdict = breaker.ErrFailed
 	}
+	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
+		// Nothing more can fail that a breaker should hear of (an
+		// upgraded connection's bytes are the peers' business).
+		report(done, verdict)
+		if cancel != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			cancel(nil)
+		}
+		return resp, 0, nil
+	}
+	// The exchange is over only when the body is: the breaker hears of
+	// the try then, so that a body cut short counts as the failure it is.
+	resp.Body = &upstreamBody{ReadCloser: resp.Body, st: st, done: done, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel}
 	return resp, 0, nil
+}
+
+// refusal returns the error to answer with when a try failed through no
+// fault of the upstream's: the app's request body could not be read (bad
+// framing, over the limit, stalled), or the connection would have reached
+// the sidecar itself. Nil otherwise.
+func refusal(err error, st *reqState, ctx context.Context) error {
+	if context.Cause(ctx) == errBodyTimeout {
+		return &clientError{&bodyTimeoutError{}}
+	}
+	var se *selfError
+	if errors.As(err, &se) {
+		return se
+	}
+	if errors.As(err, new(*http.MaxBytesError)) {
+		return &clientError{err}
+	}
+	if berr := st.in.failed(); berr != nil {
+		return &clientError{berr}
+	}
+	return nil
+}
+
+// upstreamBody is a response body on its way to the app. It tells the
+// breaker the try's outcome when the body ends, and records a body that
+// failed midway (a reset, a timeout) as the request's failure. While the
+// app has received nothing yet, such a failure reads as an empty body so
+// that the handler can answer with the error instead.
+type upstreamBody struct {
+	io.ReadCloser
+	st       *reqState
+	done     breaker.Done
+	verdict  error // the status's outcome, reported on a whole body
+	failOn   policy.Conditions
+	try, req context.Context
+	cancel   context.CancelCauseFunc // the per-try timeout's; may be nil
+	ended    bool
+}
+
+func (b *upstreamBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == nil || b.ended {
+		return n, err
+	}
+	if err == io.EOF {
+		b.end(b.verdict)
+		return n, err
+	}
+	class, gone := classify(err, b.try, b.req)
+	if gone {
+		b.end(breaker.ErrIgnored)
+		return n, err
+	}
+	b.st.late = class
+	if b.failOn.Has(class) {
+		b.end(breaker.ErrFailed)
+	} else {
+		b.end(b.verdict)
+	}
+	if !b.st.out.sent {
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+func (b *upstreamBody) Close() error {
+	err := b.ReadCloser.Close()
+	if !b.ended {
+		// Abandoned before its end: by a client that went away, or by the
+		// retry loop, which has already judged the status.
+		if b.req.Err() != nil {
+			b.end(breaker.ErrIgnored)
+		} else {
+			b.end(b.verdict)
+		}
+	}
+	return err
+}
+
+func (b *upstreamBody) end(outcome error) {
+	b.ended = true
+	report(b.done, outcome)
+	if b.cancel != nil {
+		b.cancel(nil)
+	}
 }
 
 func report(done breaker.Done, outcome error) {
@@ -236,16 +329,4 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-// cancelBody ends a try's context when its response body is closed.
-type cancelBody struct {
-	io.ReadCloser
-	cancel context.CancelCauseFunc
-}
-
-func (b *cancelBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.cancel(nil)
-	return err
 }

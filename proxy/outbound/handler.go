@@ -47,6 +47,10 @@ type Config struct {
 	StdTransport bool
 	// MaxRequestBody bounds request bodies (0: no bound).
 	MaxRequestBody int64
+	// RequestBodyTimeout bounds the wait for each read of a request body
+	// (0: DefaultRequestBodyTimeout; negative: none): an app that stops
+	// sending its body must not hold an upstream connection for ever.
+	RequestBodyTimeout time.Duration
 	// ServiceName names the app in access logs.
 	ServiceName string
 	Metrics     *telemetry.Metrics
@@ -63,6 +67,8 @@ type Handler struct {
 	dests   *destinations
 	rp      *httputil.ReverseProxy
 	dialer  *dialer
+	self    *selfAddrs
+	hop     hop
 	tunnels tunnels
 	// upgrades counts upgraded (WebSocket) connections in flight, which
 	// http.Server.Shutdown does not wait for.
@@ -74,6 +80,10 @@ type Handler struct {
 	log      *slog.Logger
 }
 
+// AddListener declares one of the sidecar's own listeners: nothing sent
+// through the sidecar may connect to it, by any name or address.
+func (h *Handler) AddListener(addr net.Addr) { h.self.add(addr) }
+
 // SetDraining turns on (or off) "Connection: close" on every response.
 func (h *Handler) SetDraining(v bool) { h.draining.Store(v) }
 
@@ -81,6 +91,11 @@ func (h *Handler) SetDraining(v bool) { h.draining.Store(v) }
 func New(cfg Config, table *policy.Table) *Handler {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.RequestBodyTimeout == 0 {
+		cfg.RequestBodyTimeout = DefaultRequestBodyTimeout
+	} else if cfg.RequestBodyTimeout < 0 {
+		cfg.RequestBodyTimeout = 0
 	}
 	if cfg.MaxIdleConnsPerHost <= 0 {
 		cfg.MaxIdleConnsPerHost = 256
@@ -91,7 +106,8 @@ func New(cfg Config, table *policy.Table) *Handler {
 	if cfg.Metrics == nil {
 		cfg.Metrics = telemetry.New(0)
 	}
-	h := &Handler{cfg: cfg, log: cfg.Logger, dialer: newDialer(cfg.ConnectTimeout, cfg.Resolve)}
+	h := &Handler{cfg: cfg, log: cfg.Logger, self: newSelfAddrs(), hop: newHop()}
+	h.dialer = newDialer(cfg.ConnectTimeout, cfg.Resolve, h.self)
 	h.dests = newDestinations(cfg.Namespace, table, cfg.Metrics, h.log.Warn)
 	tr := &http.Transport{
 		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
@@ -108,7 +124,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 		upstream = newFastTransport(h.dialer.DialContext, tr, cfg.MaxIdleConnsPerHost)
 	}
 	h.rp = &httputil.ReverseProxy{
-		Rewrite:        rewrite,
+		Rewrite:        h.rewrite,
 		Transport:      &forwarder{t: upstream, tracing: cfg.Tracing},
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
@@ -118,6 +134,10 @@ func New(cfg Config, table *policy.Table) *Handler {
 	cfg.Metrics.WatchBreakers(h.breakerStates)
 	return h
 }
+
+// DefaultRequestBodyTimeout is how long the sidecar waits for the next
+// bytes of a request body, like nginx's client_body_timeout.
+const DefaultRequestBodyTimeout = 30 * time.Second
 
 // MaxHeaderBytes bounds request and response headers, like Envoy's
 // default of 60 KiB; Go's own default of 1 MiB is far more than any
@@ -162,10 +182,13 @@ type reqState struct {
 	headers time.Time
 	start   time.Time
 	errKind string // the X-Minimesh-Error of the sidecar's own answer
-	span    trace.Span
-	sc      trace.SpanContext // the span's, kept for the log after it ended
-	in      countingBody
-	out     countingWriter
+	// late is how the upstream's response failed after its headers (a
+	// reset, a timeout); 0 when it did not.
+	late policy.Class
+	span trace.Span
+	sc   trace.SpanContext // the span's, kept for the log after it ended
+	in   countingBody
+	out  countingWriter
 }
 
 type stateKey struct{}
@@ -182,24 +205,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	authority, err := target(r)
-	if err == nil && isSelf(r, authority) {
-		err = errors.New("request addressed to the sidecar's own listener " + authority + ": send it to the destination through the proxy instead")
-		h.log.Warn("request loop refused", "authority", authority)
-	}
 	if err != nil {
-		// Refused before a destination is known: no metric labels to give
-		// it, but the app still gets an ID to quote.
-		id := r.Header.Get(wellknown.HeaderRequestID)
-		if !requestid.Valid(id) {
-			id = requestid.New()
-		}
-		code := http.StatusBadRequest
-		if authority != "" {
-			code = http.StatusLoopDetected
-		}
-		w.Header().Set(wellknown.HeaderRequestID, id)
-		writeError(w, code, wellknown.ErrorBadRequest, errorBody{Message: err.Error(), RequestID: id})
+		h.refuse(w, r, http.StatusBadRequest, wellknown.ErrorBadRequest, err.Error())
 		return
+	}
+	if h.hop.seen(r.Header) {
+		h.log.Warn("request loop refused", "authority", authority, "via", truncate(strings.Join(r.Header.Values("Via"), ", "), 256))
+		h.refuse(w, r, http.StatusLoopDetected, wellknown.ErrorLoop,
+			"request to "+authority+" has already passed through this sidecar (Via): a forwarding loop")
+		return
+	}
+	if len(r.TransferEncoding) > 0 {
+		// Go's server drops a Content-Length sent beside Transfer-Encoding
+		// before the handler sees it, and RFC 9112 §6.1 wants the
+		// connection of such a request closed after the response: every
+		// chunked request closes its connection.
+		w.Header().Set("Connection", "close")
 	}
 	dst := h.dests.get(authority)
 
@@ -223,7 +244,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		if h.cfg.MaxRequestBody > 0 {
-			r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxRequestBody)
+			// The server's own writer: it closes the connection after the
+			// 413, where the rest of the body still is.
+			r.Body = http.MaxBytesReader(st.out.ResponseWriter, r.Body, h.cfg.MaxRequestBody)
 		}
 		st.in.ReadCloser = r.Body
 		r.Body = &st.in
@@ -245,12 +268,48 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
 		defer cancel()
 	}
+	if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		stop := st.in.watch(h.cfg.RequestBodyTimeout, func() { cancel(errBodyTimeout) })
+		defer stop()
+	}
 	// Full duplex: otherwise Go's HTTP/1 server drains and closes the
 	// request body as the response starts, while the Transport may still
 	// be reading it; that read fails and the upstream connection is closed
 	// mid-response.
 	_ = http.NewResponseController(w).EnableFullDuplex()
 	h.rp.ServeHTTP(w, r.WithContext(ctx))
+	if st.late != 0 && !st.out.sent {
+		h.answerLate(w, st)
+	}
+	st.out.commit()
+	if st.in.ReadCloser != nil {
+		st.in.abandon(st.out.ResponseWriter)
+	}
+}
+
+// answerLate replaces a response whose upstream failed after its headers
+// but before the app received any of it with the sidecar's own answer.
+func (h *Handler) answerLate(w http.ResponseWriter, st *reqState) {
+	code, kind, body := errorResponse(&upstreamError{class: st.late, err: errors.New("the response failed after its headers")}, st.dest.name)
+	clear(w.Header())
+	st.code, st.errKind, st.late = code, kind, 0
+	body.RequestID = st.id
+	w.Header().Set(wellknown.HeaderRequestID, st.id)
+	writeError(w, code, kind, body)
+}
+
+// refuse answers a request refused before its destination is known: no
+// metric labels to give it, but the app still gets an ID to quote.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, kind, msg string) {
+	id := r.Header.Get(wellknown.HeaderRequestID)
+	if !requestid.Valid(id) {
+		id = requestid.New()
+	}
+	w.Header().Set(wellknown.HeaderRequestID, id)
+	writeError(w, code, kind, errorBody{Message: msg, RequestID: id})
 }
 
 // finish records a request: metrics, its span, its access log line.
@@ -266,7 +325,13 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 		st.headers = time.Now()
 	}
 	dst := st.dest
-	dst.metrics.Observe(r.Method, st.code, st.headers.Sub(st.start).Seconds())
+	code := st.code
+	if st.late != 0 {
+		// The app got a status, then a body cut short: for the metrics,
+		// whose error rates read the status, it is the failure it was.
+		code, st.errKind = lateFailure(st.late)
+	}
+	dst.metrics.Observe(r.Method, code, st.headers.Sub(st.start).Seconds())
 	if st.span != nil {
 		endSpan(st.span, st.code, st.errKind, breakerState(dst))
 		st.span = nil
@@ -289,7 +354,7 @@ func (h *Handler) logAccess(r *http.Request, st *reqState) {
 		e := telemetry.Entry{
 			Time: st.start, RequestID: st.id, Service: h.cfg.ServiceName, Destination: dst.name,
 			Method: r.Method, Path: r.URL.Path, Status: st.code, Duration: end.Sub(st.start),
-			Attempts: st.attempts, Breaker: state, BytesIn: st.in.n, BytesOut: st.out.n, Error: st.errKind,
+			Attempts: st.attempts, Breaker: state, BytesIn: st.in.n.Load(), BytesOut: st.out.n, Error: st.errKind,
 		}
 		if st.sc.IsValid() {
 			e.TraceID, e.SpanID = st.sc.TraceID(), st.sc.SpanID()
@@ -329,35 +394,13 @@ func target(r *http.Request) (string, error) {
 	return host, nil
 }
 
-// isSelf reports whether a request names the listener it arrived on, as
-// an origin-form request sent to 127.0.0.1:15001 does: forwarding it
-// would loop until the sidecar runs out of connections.
-func isSelf(r *http.Request, authority string) bool {
-	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	if !ok {
-		return false
-	}
-	host, port, err := net.SplitHostPort(authority)
-	if err != nil {
-		return false
-	}
-	lhost, lport, err := net.SplitHostPort(local.String())
-	if err != nil || port != lport {
-		return false
-	}
-	if host == lhost || host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
-}
-
 // rewrite points the outbound request at its destination. ReverseProxy
 // strips the Forwarded and X-Forwarded-* headers before Rewrite, which
 // suits a gateway; a sidecar is the app's own outbound hop, so the app's
 // headers are put back as they were and none are added.
-func rewrite(pr *httputil.ProxyRequest) {
+func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	st := stateOf(pr.In.Context())
+	h.hop.add(pr.Out.Header)
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = st.authority
 	// Rewrite mode re-encodes a query holding ';' or a bad escape,
@@ -383,11 +426,19 @@ func modifyResponse(resp *http.Response) error {
 // serveError answers a request the forwarder could not complete.
 func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
 	st := stateOf(r.Context())
-	if errors.Is(err, context.Canceled) && r.Context().Err() != nil && context.Cause(r.Context()) != errTimeout {
+	if context.Cause(r.Context()) == errBodyTimeout {
+		err = &clientError{&bodyTimeoutError{h.cfg.RequestBodyTimeout}}
+		w.Header().Set("Connection", "close")
+	} else if errors.Is(err, context.Canceled) && r.Context().Err() != nil && context.Cause(r.Context()) != errTimeout {
 		st.code = statusClientClosed
 		return // nobody is listening
 	}
 	code, kind, body := errorResponse(err, st.dest.name)
+	if errors.As(err, new(*clientError)) {
+		// What is left of a body the sidecar could not read cannot be
+		// told from the next request: the connection ends here.
+		w.Header().Set("Connection", "close")
+	}
 	if kind == wellknown.ErrorReset || kind == wellknown.ErrorConnectFailure {
 		h.log.Debug("upstream failed", "destination", st.dest.name, "error", err, "request_id", st.id)
 	}

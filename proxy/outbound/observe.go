@@ -1,10 +1,14 @@
 package outbound
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/minimesh/minimesh/policy"
 	"go.opentelemetry.io/otel/attribute"
@@ -12,29 +16,168 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// countingBody counts the request body bytes the upstream was sent.
+// countingBody is the app's request body on its way upstream. It counts
+// the bytes sent and keeps the error of a read that failed, so that a body
+// the app got wrong (bad chunked framing, too large, stalled) is the app's
+// failure and never the upstream's.
+//
+// The upstream transport reads it from its own goroutine and may go on
+// after the upstream has answered: the counter and the error are atomic.
 type countingBody struct {
 	io.ReadCloser
-	n int64
+	n     atomic.Int64
+	err   atomic.Pointer[error]
+	ended atomic.Bool // read to its end, or failed
+
+	mu        sync.Mutex // held through each read, so abandon can wait one out
+	abandoned bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.abandoned {
+		return 0, errBodyAbandoned
+	}
 	n, err := b.ReadCloser.Read(p)
-	b.n += int64(n)
+	b.n.Add(int64(n))
+	if err != nil {
+		b.ended.Store(true)
+		if err != io.EOF {
+			b.err.CompareAndSwap(nil, &err)
+		}
+	}
 	return n, err
 }
 
-// countingWriter counts the response body bytes the app was sent. Unwrap
-// lets ReverseProxy reach the server's Flusher and Hijacker through it.
+// errBodyAbandoned is what the upstream transport reads from a request
+// body after the exchange is over.
+var errBodyAbandoned = errors.New("request body abandoned: the response is over")
+
+// abandon ends every read of a body that the upstream transport has not
+// finished, before the handler returns. The transport reads it on a
+// goroutine of its own and would go on after an early answer (a 413, a
+// response that did not wait for the upload), reading the app's
+// connection under net/http's server while the server reads the next
+// request from it. A read in progress is woken through the connection's
+// read deadline (the server does not use it until the body's end, and the
+// connection closes after this answer), then waited for.
+func (b *countingBody) abandon(w http.ResponseWriter) {
+	if b.ended.Load() {
+		return
+	}
+	if d, ok := w.(interface{ SetReadDeadline(time.Time) error }); ok {
+		_ = d.SetReadDeadline(time.Unix(1, 0))
+	}
+	b.mu.Lock()
+	b.abandoned = true
+	b.mu.Unlock()
+}
+
+// failed returns the error of a read of the app's body that failed, or nil.
+func (b *countingBody) failed() error {
+	if e := b.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// watch calls expire when the body has not moved for idle: an app that
+// stops sending its body must not hold an upstream connection for ever.
+// It is a timer, not a read deadline on the app's connection, because
+// net/http's server uses that deadline itself once the body is read. The
+// returned func stops the watch.
+func (b *countingBody) watch(idle time.Duration, expire func()) (stop func() bool) {
+	w := &bodyWatch{b: b, idle: idle, expire: expire}
+	w.t = time.AfterFunc(idle, w.fire)
+	return w.t.Stop
+}
+
+type bodyWatch struct {
+	b      *countingBody
+	idle   time.Duration
+	last   int64
+	expire func()
+	t      *time.Timer
+}
+
+func (w *bodyWatch) fire() {
+	if w.b.ended.Load() {
+		return
+	}
+	if n := w.b.n.Load(); n != w.last {
+		w.last = n
+		w.t.Reset(w.idle)
+		return
+	}
+	w.expire()
+}
+
+// errBodyTimeout ends a request whose app stopped sending its body.
+var errBodyTimeout = errors.New("request body timeout")
+
+// bodyTimeoutError is an app that stopped sending its request body.
+type bodyTimeoutError struct{ idle time.Duration }
+
+func (e *bodyTimeoutError) Error() string {
+	return "the app sent no request body bytes for " + e.idle.String()
+}
+
+// countingWriter counts the response body bytes the app was sent, and
+// holds the response's status back until the first byte of its body: an
+// upstream that sends headers and then fails has not yet reached the app,
+// which then gets the sidecar's 502 or 504 instead of a 200 with nothing
+// after it. Unwrap lets ReverseProxy reach the server's Hijacker through
+// it.
 type countingWriter struct {
 	http.ResponseWriter
-	n int64
+	n       int64
+	pending int  // status held back; 0: none
+	sent    bool // the status went to the app
+}
+
+func (w *countingWriter) WriteHeader(code int) {
+	if code < 200 {
+		// 1xx (103 Early Hints, 101 before a hijack) go at once.
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	if !w.sent && w.pending == 0 {
+		w.pending = code
+	}
+}
+
+// commit sends the held-back status, if any.
+func (w *countingWriter) commit() {
+	if w.sent {
+		return
+	}
+	if w.pending == 0 {
+		w.pending = http.StatusOK
+	}
+	w.sent = true
+	w.ResponseWriter.WriteHeader(w.pending)
 }
 
 func (w *countingWriter) Write(p []byte) (int, error) {
+	w.commit()
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
 	return n, err
+}
+
+// FlushError sends what is held, the status included: a stream's
+// headers reach the app as soon as the upstream's do.
+func (w *countingWriter) FlushError() error {
+	w.commit()
+	if f, ok := w.ResponseWriter.(interface{ FlushError() error }); ok {
+		return f.FlushError()
+	}
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+		return nil
+	}
+	return http.ErrNotSupported
 }
 
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -90,7 +90,9 @@ func TestSpellingWithItsOwnPolicyKeepsIt(t *testing.T) {
 	}
 }
 
-func TestLoopAnswerCarriesRequestID(t *testing.T) {
+// A request addressed to the listener it arrived on is refused before a
+// connection is made, with an ID to quote.
+func TestSelfAnswerCarriesRequestID(t *testing.T) {
 	px := httptest.NewServer(New(Config{Metrics: telemetry.New(0)}, policy.NewTable(nil, "default")))
 	defer px.Close()
 	resp, err := http.Get(px.URL + "/")
@@ -98,8 +100,8 @@ func TestLoopAnswerCarriesRequestID(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusLoopDetected || resp.Header.Get(wellknown.HeaderRequestID) == "" {
-		t.Fatalf("%d, X-Request-ID %q: want 508 with an ID", resp.StatusCode, resp.Header.Get(wellknown.HeaderRequestID))
+	if resp.StatusCode != http.StatusForbidden || resp.Header.Get(wellknown.HeaderError) != wellknown.ErrorForbidden || resp.Header.Get(wellknown.HeaderRequestID) == "" {
+		t.Fatalf("%d %q, X-Request-ID %q: want 403 forbidden with an ID", resp.StatusCode, resp.Header.Get(wellknown.HeaderError), resp.Header.Get(wellknown.HeaderRequestID))
 	}
 }
 

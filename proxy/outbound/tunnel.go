@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -89,7 +90,9 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	h.tunnels.add(client, up)
 	go func() {
 		defer h.tunnels.remove(client, up)
-		st.in.n, st.out.n = pipe(client, buf.Reader, up)
+		sent, received := pipe(client, buf.Reader, up)
+		st.in.n.Store(sent)
+		st.out.n = received
 		h.logAccess(r, st)
 	}()
 }
@@ -116,6 +119,10 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority st
 		if err == nil {
 			report(done, nil)
 			return c, nil
+		}
+		if errors.As(err, new(*selfError)) {
+			report(done, breaker.ErrIgnored)
+			return nil, err
 		}
 		class, gone := classify(err, ctx, ctx)
 		if gone {
