@@ -32,11 +32,11 @@ type dialer struct {
 }
 
 func newDialer(connectTimeout time.Duration, resolve map[string]string, self *selfAddrs) *dialer {
-	d := &dialer{d: net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}, resolve: resolve, self: self}
-	return d
+	return &dialer{d: net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}, resolve: resolve, self: self}
 }
 
 func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	asked := addr
 	if to, ok := d.resolve[addr]; ok {
 		addr = to
 	}
@@ -58,7 +58,7 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	if err != nil {
 		var se *selfError
 		if errors.As(err, &se) {
-			se.asked = addr
+			se.asked = asked
 			return nil, se
 		}
 		return nil, &dialError{err}
