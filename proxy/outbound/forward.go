@@ -177,7 +177,10 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	}
 	// The exchange is over only when the body is: the breaker hears of
 	// the try then, so that a body cut short counts as the failure it is.
-	resp.Body = &upstreamBody{ReadCloser: resp.Body, st: st, done: done, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel}
+	// One try's body at a time (the retry loop closes one before the next
+	// try): it lives in the request's state, not an allocation of its own.
+	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel}
+	resp.Body = &st.body
 	return resp, 0, nil
 }
 

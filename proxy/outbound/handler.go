@@ -189,6 +189,7 @@ type reqState struct {
 	sc   trace.SpanContext // the span's, kept for the log after it ended
 	in   countingBody
 	out  countingWriter
+	body upstreamBody // the current try's response body
 }
 
 type stateKey struct{}
