@@ -4,6 +4,13 @@
 // It watches the directory, not the files: a Kubernetes ConfigMap volume
 // updates by writing a new hidden directory and swapping the ..data
 // symlink, which changes no file that a per-file watch would follow.
+//
+// A file rewritten in place (truncated, then written: what editors, cp
+// and shell redirections do) can be read half written, and a half file
+// may be empty, fail to parse, or parse as a valid subset of its
+// policies. None of these may replace the policies in force, so a load is
+// applied only once the files have stayed the same for a while; see
+// [Watcher.Settle] and [Watcher.EmptyGrace].
 package policywatch
 
 import (
@@ -29,56 +36,80 @@ type Result struct {
 // Watcher loads a directory now and again on every change.
 type Watcher struct {
 	Dir string
-	// Debounce gathers the burst of events of one update into one load.
+	// Debounce gathers the burst of events of one update into one look
+	// at the directory; default 100ms.
 	Debounce time.Duration
+	// Settle is how long the policy files must stay byte for byte the
+	// same before a load of them is applied: a writer that pauses for
+	// less than this in the middle of a file is never applied half done
+	// (one that pauses longer is). A look that comes more than Settle/2
+	// late, the watcher itself having been kept from running, puts the
+	// change off by another Settle, at most 3 times. Default 200ms.
+	Settle time.Duration
+	// EmptyGrace is how long a policy file that had content in the last
+	// good load must stay empty before that is applied: a truncated file
+	// is taken as a write in progress, not as "no policies", for this
+	// long. Removing the file is applied after Settle. Default 5s.
+	EmptyGrace time.Duration
 	// Resync loads the directory this often even without events, in case
 	// the directory did not exist when the watch began or events were
-	// lost; an unchanged directory is not reloaded.
+	// lost; an unchanged directory is not reloaded. Default 10s.
 	Resync time.Duration
+
+	// noNotify leaves changes to the resync (tests: fsnotify's reader
+	// waits in a system call, which a synctest bubble cannot wait out).
+	noNotify bool
+	// beforeLoad, if set, runs just before a reload reads the files
+	// (tests: a write that lands between the look and the load).
+	beforeLoad func()
 }
 
 // Run calls apply with the first load before returning from the first
 // call, then once per change, until ctx ends. Loads of a directory whose
-// content has not changed are skipped.
+// content has not changed are skipped. A change is applied once it has
+// settled (see Settle and EmptyGrace), and only if the files read the
+// same before and after the load, so that the load is of them and not of
+// a write that came in between.
+//
+// The first load is not held back: the caller waits for it to turn
+// ready and has nothing better to serve. Should the files change while
+// it reads them, that change is seen and applied, settled, like any.
 func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
-	debounce, resync := w.Debounce, w.Resync
-	if debounce <= 0 {
-		debounce = 100 * time.Millisecond
-	}
-	if resync <= 0 {
-		resync = 10 * time.Second
-	}
-	var last [32]byte
-	load := func(force bool) {
-		sum := fingerprint(w.Dir)
-		if !force && sum == last {
-			return
-		}
-		last = sum
-		pols, err := policy.Load(w.Dir)
-		if err != nil {
-			apply(Result{Err: err})
-			return
-		}
-		apply(Result{Policies: pols})
+	debounce := orDefault(w.Debounce, 100*time.Millisecond)
+	g := &gate{
+		settle:     orDefault(w.Settle, 200*time.Millisecond),
+		emptyGrace: orDefault(w.EmptyGrace, 5*time.Second),
 	}
 	// Watch before the first load, so that no change after it is missed.
-	fw, err := fsnotify.NewWatcher()
+	var fw *fsnotify.Watcher
 	var events chan fsnotify.Event
 	var errs chan error
-	if err == nil {
-		defer fw.Close()
-		errs = fw.Errors // drained, or fsnotify's reader blocks
-		if fw.Add(w.Dir) == nil {
-			events = fw.Events
+	if !w.noNotify {
+		var err error
+		if fw, err = fsnotify.NewWatcher(); err == nil {
+			defer fw.Close()
+			errs = fw.Errors // drained, or fsnotify's reader blocks
+			if fw.Add(w.Dir) == nil {
+				events = fw.Events
+			}
+		} else {
+			fw = nil
 		}
-	} else {
-		fw = nil
 	}
-	load(true)
-	tick := time.NewTicker(resync)
-	defer tick.Stop()
 	var fire <-chan time.Time
+	after := func(wait time.Duration) {
+		if wait > 0 {
+			fire = time.After(wait)
+		}
+	}
+
+	first := read(w.Dir)
+	res := load(w.Dir)
+	apply(res)
+	g.loaded(first, res.Err == nil)
+
+	tick := time.NewTicker(orDefault(w.Resync, 10*time.Second))
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -90,22 +121,139 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 			fire = time.After(debounce)
 		case <-errs:
 			fire = time.After(debounce) // an overflow may have hidden a change
-		case <-fire:
+		case due := <-fire: // a timer's value is when it was due
 			fire = nil
-			load(false)
-		case <-tick.C:
+			after(w.check(g, apply, due))
+		case due := <-tick.C:
 			if events == nil && fw != nil && fw.Add(w.Dir) == nil {
 				events = fw.Events
 			}
-			load(false)
+			after(w.check(g, apply, due))
 		}
 	}
 }
 
-// fingerprint hashes the names, sizes, times and contents of the policy
-// files of dir, following symlinks, so that an event that changed
-// nothing (or a resync) does not reload.
-func fingerprint(dir string) [32]byte {
+// check looks at the directory, in a look that was due at due, and
+// applies its load if the gate lets it. It returns how long to wait
+// before looking again without an event, or 0 for no need.
+func (w *Watcher) check(g *gate, apply func(Result), due time.Time) time.Duration {
+	s := read(w.Dir)
+	ok, wait := g.decide(s, time.Now(), due)
+	if !ok {
+		return wait
+	}
+	if w.beforeLoad != nil {
+		w.beforeLoad()
+	}
+	res := load(w.Dir)
+	// policy.Load reads the files itself: only a second read can tell
+	// that it read what s holds and not a write in between.
+	if now := read(w.Dir); now.sum != s.sum {
+		_, wait = g.decide(now, time.Now(), due) // start over from the files as they are
+		return wait
+	}
+	apply(res)
+	g.loaded(s, res.Err == nil)
+	return 0
+}
+
+// load is one policy.Load of dir as a Result.
+func load(dir string) Result {
+	pols, err := policy.Load(dir)
+	if err != nil {
+		return Result{Err: err}
+	}
+	return Result{Policies: pols}
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// gate decides when what the directory holds may be applied: only once
+// it has stayed the same for settle, or for emptyGrace when a policy
+// file that had content in the last good load is now empty (most likely
+// truncated by a writer that has not written yet).
+type gate struct {
+	settle, emptyGrace time.Duration
+
+	applied [32]byte       // the sum of the last load applied
+	good    map[string]int // the file sizes of the last load without error
+
+	pending bool      // cand differs from applied and is waited on
+	cand    [32]byte  // the sum being waited on
+	ready   time.Time // when cand may be applied
+	stalls  int       // late looks that put ready off
+}
+
+// maxStalls bounds how often late looks put a change off, so that a
+// watcher that is always late still applies it.
+const maxStalls = 3
+
+// decide says whether s, read at now by a look that was due at due, is
+// to be loaded and applied; if not, wait is how long until it could be,
+// or 0 when there is nothing to apply (s is what was applied last).
+//
+// A look more than settle/2 late (the process did not run: CPU
+// throttling, an overloaded node) is no proof that the files were quiet,
+// since a writer on the same starved machine may not have run either:
+// the change is put off by another settle.
+func (g *gate) decide(s snapshot, now, due time.Time) (apply bool, wait time.Duration) {
+	if s.sum == g.applied {
+		g.pending = false
+		return false, 0
+	}
+	if !g.pending || s.sum != g.cand {
+		hold := g.settle
+		if g.emptied(s) {
+			hold = max(hold, g.emptyGrace)
+		}
+		g.pending, g.cand, g.ready, g.stalls = true, s.sum, now.Add(hold), 0
+	}
+	if now.Before(g.ready) {
+		return false, g.ready.Sub(now)
+	}
+	if now.Sub(due) > g.settle/2 && g.stalls < maxStalls {
+		g.stalls++
+		g.ready = now.Add(g.settle)
+		return false, g.settle
+	}
+	return true, 0
+}
+
+// emptied reports whether a policy file of s is empty that was not in
+// the last good load.
+func (g *gate) emptied(s snapshot) bool {
+	for name, size := range s.sizes {
+		if size == 0 && g.good[name] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// loaded records that the load of s was applied.
+func (g *gate) loaded(s snapshot, good bool) {
+	g.applied, g.pending = s.sum, false
+	if good {
+		g.good = s.sizes
+	}
+}
+
+// snapshot is what the policy files of a directory held at one read.
+type snapshot struct {
+	sum   [32]byte       // of names and contents; zero: unknown
+	sizes map[string]int // the size of each policy file read
+}
+
+// read hashes the names and contents of the policy files of dir,
+// following symlinks, so that an event that changed nothing (a new
+// mtime, say) or a resync does not reload, and so that a change can be
+// seen to have settled.
+func read(dir string) snapshot {
 	h := sha256.New()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -116,12 +264,16 @@ func fingerprint(dir string) [32]byte {
 		names = append(names, e.Name())
 	}
 	sort.Strings(names)
+	s := snapshot{sizes: make(map[string]int, len(names))}
 	for _, n := range names {
 		if !policy.IsPolicyFile(n) {
 			continue // Load reads neither hidden nor non-policy files
 		}
 		b, err := os.ReadFile(filepath.Join(dir, n))
-		if err != nil && !errors.Is(err, syscall.EISDIR) {
+		switch {
+		case err == nil:
+			s.sizes[n] = len(b)
+		case !errors.Is(err, syscall.EISDIR):
 			h.Write([]byte("error: " + err.Error()))
 		}
 		h.Write([]byte(n))
@@ -129,7 +281,6 @@ func fingerprint(dir string) [32]byte {
 		h.Write(b)
 		h.Write([]byte{0})
 	}
-	var s [32]byte
-	copy(s[:], h.Sum(nil))
+	copy(s.sum[:], h.Sum(nil))
 	return s
 }

@@ -113,11 +113,11 @@ func watching(t *testing.T, rec *recorder, dir string) {
 	t.Helper()
 	probe := filepath.Join(dir, "zz-probe.yaml")
 	has := func(r policywatch.Result) bool { return r.Err == nil && failuresOf(r, "probe-service") > 0 }
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for i := 1; ; i++ {
 		n := rec.count()
 		proxytest.WriteFile(t, probe, fmt.Sprintf("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: probe}\nspec:\n  service: probe-service\n  circuitBreaker: {consecutiveFailures: %d}\n", i))
-		if ok := waitQuiet(rec, n, 100*time.Millisecond, has); ok {
+		if ok := waitQuiet(rec, n, time.Second, has); ok { // past Debounce and Settle
 			break
 		}
 		if time.Now().After(deadline) {

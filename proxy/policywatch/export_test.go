@@ -1,0 +1,15 @@
+package policywatch
+
+// WithoutNotify makes w see changes by its resync only: fsnotify's
+// reader waits in a system call, which a synctest bubble cannot wait
+// out, so tests of timing run without it.
+func WithoutNotify(w *Watcher) *Watcher {
+	w.noNotify = true
+	return w
+}
+
+// BeforeLoad has w call f just before each reload reads the files.
+func BeforeLoad(w *Watcher, f func()) *Watcher {
+	w.beforeLoad = f
+	return w
+}

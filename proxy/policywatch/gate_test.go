@@ -1,0 +1,82 @@
+package policywatch
+
+import (
+	"crypto/sha256"
+	"testing"
+	"time"
+)
+
+// TestGate is the rule on its own: when a look at the directory may be
+// applied, and how long until it may be when not.
+func TestGate(t *testing.T) {
+	const settle, grace = 200 * time.Millisecond, 3 * time.Second
+	snap := func(id string, sizes map[string]int) snapshot {
+		return snapshot{sum: sha256.Sum256([]byte(id)), sizes: sizes}
+	}
+	var (
+		full      = snap("full", map[string]int{"p.yaml": 300})
+		other     = snap("other", map[string]int{"p.yaml": 120})
+		another   = snap("another", map[string]int{"p.yaml": 130})
+		broken    = snap("broken", map[string]int{"p.yaml": 40})
+		empty     = snap("empty", map[string]int{"p.yaml": 0})
+		gone      = snap("gone", map[string]int{})
+		emptyPlus = snap("empty plus", map[string]int{"p.yaml": 0, "q.yaml": 0})
+	)
+	type load struct {
+		s    snapshot
+		good bool
+	}
+	type look struct {
+		at    time.Duration
+		s     snapshot
+		apply bool
+		wait  time.Duration
+		late  time.Duration // after the look was due
+	}
+	for _, c := range []struct {
+		name  string
+		loads []load // applied before the looks
+		looks []look
+	}{
+		{"unchanged: nothing to do", nil, []look{{0, full, false, 0, 0}}},
+		{"a change is applied once unchanged for Settle", nil, []look{
+			{0, other, false, settle, 0}, {150 * time.Millisecond, other, false, 50 * time.Millisecond, 0}, {settle, other, true, 0, 0}}},
+		{"a change that changes again starts over", nil, []look{
+			{0, other, false, settle, 0}, {150 * time.Millisecond, another, false, settle, 0}, {350 * time.Millisecond, another, true, 0, 0}}},
+		{"changed back before it settled: nothing to apply", nil, []look{
+			{0, other, false, settle, 0}, {100 * time.Millisecond, full, false, 0, 0}, {time.Second, full, false, 0, 0}}},
+		{"an emptied file waits EmptyGrace", nil, []look{
+			{0, empty, false, grace, 0}, {settle, empty, false, grace - settle, 0}, {2 * time.Second, empty, false, time.Second, 0}, {grace, empty, true, 0, 0}}},
+		{"emptied, then written: the content settles as usual", nil, []look{
+			{0, empty, false, grace, 0}, {time.Second, other, false, settle, 0}, {time.Second + settle, other, true, 0, 0}}},
+		{"a removed file waits Settle only", nil, []look{{0, gone, false, settle, 0}, {settle, gone, true, 0, 0}}},
+		{"an error load keeps the sizes of the last good one", []load{{full, true}, {broken, false}}, []look{{0, empty, false, grace, 0}}},
+		{"a file empty in the last good load is not held", []load{{empty, true}}, []look{{0, emptyPlus, false, settle, 0}, {settle, emptyPlus, true, 0, 0}}},
+		{"a late look puts the change off by Settle", nil, []look{
+			{0, other, false, settle, 0}, {400 * time.Millisecond, other, false, settle, 200 * time.Millisecond},
+			{500 * time.Millisecond, other, false, 100 * time.Millisecond, 0}, {600 * time.Millisecond, other, true, 0, 0}}},
+		{"a look late by Settle/2 or less counts", nil, []look{{0, other, false, settle, 0}, {300 * time.Millisecond, other, true, 0, settle / 2}}},
+		{"late looks put a change off 3 times at most", nil, []look{
+			{0, other, false, settle, 0},
+			{time.Second, other, false, settle, time.Second}, {2 * time.Second, other, false, settle, time.Second},
+			{3 * time.Second, other, false, settle, time.Second}, {4 * time.Second, other, true, 0, time.Second}}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := &gate{settle: settle, emptyGrace: grace}
+			if c.loads == nil {
+				c.loads = []load{{full, true}}
+			}
+			for _, l := range c.loads {
+				g.loaded(l.s, l.good)
+			}
+			t0 := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+			for i, l := range c.looks {
+				now := t0.Add(l.at)
+				apply, wait := g.decide(l.s, now, now.Add(-l.late))
+				if apply != l.apply || wait != l.wait {
+					t.Fatalf("look %d at +%v: apply %v, wait %v; want %v, %v", i, l.at, apply, wait, l.apply, l.wait)
+				}
+			}
+		})
+	}
+}
