@@ -219,3 +219,23 @@ func methodLabel(i int) string {
 	}
 	return Other
 }
+
+// Listener exposes one listener's connections: minimesh_connections_open
+// and minimesh_connections_refused_total, labelled listener=name. Both
+// are read from the listener's own atomic counters at scrape time, so a
+// connection costs no metric update.
+func (m *Metrics) Listener(name string, open func() int64, refused func() uint64) {
+	labels := prometheus.Labels{"listener": name}
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "minimesh_connections_open",
+			Help:        "Client connections open on the listener, tunnels included.",
+			ConstLabels: labels,
+		}, func() float64 { return float64(open()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "minimesh_connections_refused_total",
+			Help:        "Client connections closed as soon as accepted because the listener's connection cap was reached.",
+			ConstLabels: labels,
+		}, func() float64 { return float64(refused()) }),
+	)
+}

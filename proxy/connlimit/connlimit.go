@@ -1,0 +1,198 @@
+// Package connlimit caps and tracks the client connections of a listener,
+// and closes them gracefully when the sidecar drains.
+//
+// A Listener holds at most Max connections at once. Past the cap it does
+// not block in Accept (the kernel's backlog would then hold the clients
+// in limbo): it accepts the connection and resets it at once, and counts
+// it. Its http.Server reports each connection's state through ConnState,
+// one atomic store per transition, so that Drain knows which connections
+// carry a request and which have been idle since the drain began.
+package connlimit
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Listener wraps a TCP listener with a connection cap. Its connections are
+// *Conn.
+type Listener struct {
+	*net.TCPListener
+	max int64
+
+	open    atomic.Int64
+	refused atomic.Uint64
+
+	mu      sync.Mutex
+	conns   map[*Conn]struct{}
+	changed chan struct{} // a token when a connection closes, for Drain
+}
+
+// New wraps ln, holding at most max connections at once (max <= 0: no
+// cap).
+func New(ln *net.TCPListener, max int) *Listener {
+	return &Listener{TCPListener: ln, max: int64(max), conns: map[*Conn]struct{}{}, changed: make(chan struct{}, 1)}
+}
+
+// Open is the number of connections accepted and not yet closed, tunnels
+// (hijacked connections) included.
+func (l *Listener) Open() int64 { return l.open.Load() }
+
+// Refused is the number of connections closed at once because the cap was
+// reached.
+func (l *Listener) Refused() uint64 { return l.refused.Load() }
+
+// Accept returns the next connection within the cap. Connections past the
+// cap are reset as soon as they are accepted, and counted in Refused.
+func (l *Listener) Accept() (net.Conn, error) {
+	for {
+		tc, err := l.AcceptTCP()
+		if err != nil {
+			return nil, err
+		}
+		if n := l.open.Add(1); l.max > 0 && n > l.max {
+			l.open.Add(-1)
+			l.refused.Add(1)
+			// A reset, not a FIN: the client learns at once, and no
+			// TIME_WAIT is left behind for every refusal of a flood.
+			_ = tc.SetLinger(0)
+			tc.Close()
+			continue
+		}
+		cc := &Conn{TCPConn: tc, l: l}
+		l.mu.Lock()
+		l.conns[cc] = struct{}{}
+		l.mu.Unlock()
+		return cc, nil
+	}
+}
+
+// ConnState is the http.Server's ConnState hook: it records the state in
+// the connection, one atomic store and no lock.
+func (l *Listener) ConnState(nc net.Conn, st http.ConnState) {
+	if c, ok := nc.(*Conn); ok {
+		c.setState(st)
+	}
+}
+
+// Conn is an accepted connection. It embeds the *net.TCPConn, so that
+// CloseWrite, ReadFrom (splice) and SyscallConn work as on the bare
+// connection.
+type Conn struct {
+	*net.TCPConn
+	l *Listener
+	// state is the last http.ConnState (low 3 bits) and the number of
+	// transitions since the connection opened (the rest). Only the
+	// connection's own goroutines write it, one after the other.
+	state  atomic.Uint64
+	closed atomic.Bool
+
+	// idleSeen and idleSince belong to Drain's goroutine: the state word
+	// when the connection was first seen idle, and when.
+	idleSeen  uint64
+	idleSince time.Time
+}
+
+func (c *Conn) setState(st http.ConnState) {
+	v := c.state.Load()
+	c.state.Store((v>>3+1)<<3 | uint64(st)&7)
+}
+
+// State is the connection's last http.ConnState (StateNew until the
+// server reports one).
+func (c *Conn) State() http.ConnState { return http.ConnState(c.state.Load() & 7) }
+
+// Close closes the connection and releases its place under the cap.
+func (c *Conn) Close() error {
+	err := c.TCPConn.Close()
+	if c.closed.CompareAndSwap(false, true) {
+		c.l.open.Add(-1)
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+		select {
+		case c.l.changed <- struct{}{}:
+		default:
+		}
+	}
+	return err
+}
+
+// drainTick is how often Drain looks at the connections.
+const drainTick = 50 * time.Millisecond
+
+// Drain closes the connections as they become idle, and returns when no
+// connection is left but hijacked ones (tunnels, WebSockets: their owner
+// drains them), or when ctx is done; it returns the number left.
+//
+// The listener should be closed and the handler should answer with
+// "Connection: close" first: a connection carrying a request then closes
+// after its answer, and the client learns from that answer not to send
+// another. Drain itself closes only a connection that has been idle (or
+// new, without a request) for grace since the drain began, with nothing
+// waiting to be read: an idle keep-alive connection is closed only when
+// its client has had grace to use it and did not, so that a request
+// already on the wire is not cut off.
+func (l *Listener) Drain(ctx context.Context, grace time.Duration) int {
+	t := time.NewTicker(drainTick)
+	defer t.Stop()
+	for {
+		left := l.sweep(time.Now(), grace)
+		if left == 0 {
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return left
+		case <-t.C:
+		case <-l.changed:
+		}
+	}
+}
+
+// sweep closes the connections idle for grace at now and returns the
+// number of connections left, not counting hijacked ones.
+func (l *Listener) sweep(now time.Time, grace time.Duration) int {
+	l.mu.Lock()
+	conns := make([]*Conn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	left := 0
+	for _, c := range conns {
+		v := c.state.Load()
+		switch http.ConnState(v & 7) {
+		case http.StateHijacked:
+			continue
+		case http.StateNew, http.StateIdle:
+			if c.idleSince.IsZero() || c.idleSeen != v {
+				c.idleSeen, c.idleSince = v, now
+			} else if now.Sub(c.idleSince) >= grace && !pending(c.TCPConn) {
+				c.Close()
+				continue
+			}
+		default:
+			c.idleSince = time.Time{}
+		}
+		left++
+	}
+	return left
+}
+
+// CloseAll closes every connection, hijacked ones included.
+func (l *Listener) CloseAll() {
+	l.mu.Lock()
+	conns := make([]*Conn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
