@@ -16,6 +16,7 @@ import (
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/policy/xdsclient"
 	"github.com/minimesh/minimesh/proxy/admin"
+	"github.com/minimesh/minimesh/proxy/connlimit"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/policywatch"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -38,9 +39,14 @@ type Config struct {
 	Resolve           map[string]string
 	ConnectTimeout    time.Duration
 	DrainTimeout      time.Duration
-	MaxRequestBody    int64
-	StdTransport      bool
-	PodName           string
+	// MaxConnections caps the outbound listener's client connections (0:
+	// DefaultMaxConnections; negative: no cap). AdminMaxConnections caps
+	// the admin listener's (0: DefaultAdminMaxConnections).
+	MaxConnections      int
+	AdminMaxConnections int
+	MaxRequestBody      int64
+	StdTransport        bool
+	PodName             string
 	// OTLPEndpoint is the trace collector (host:port, OTLP/gRPC); empty
 	// turns tracing off.
 	OTLPEndpoint     string
@@ -49,6 +55,28 @@ type Config struct {
 	AccessLog io.Writer
 	Logger    *slog.Logger
 }
+
+const (
+	// DefaultMaxConnections caps the outbound listener's connections: an
+	// app needs a few per destination; a leak or a flood stops here, at
+	// about 20 MiB of idle connections (docs/operations.md).
+	DefaultMaxConnections = 1024
+	// DefaultAdminMaxConnections caps the admin listener's: probes,
+	// Prometheus and a person need a handful.
+	DefaultAdminMaxConnections = 64
+
+	// IdleTimeout closes a keep-alive connection left idle this long. It
+	// is longer than the idle pools of common clients (Go 90 s, curl
+	// 118 s, Node 5 s, httpx 5 s, aiohttp 15 s), so that the client, not
+	// the sidecar, ends an idle connection: the side that closes an idle
+	// connection can race a request the other side is sending on it.
+	IdleTimeout = 5 * time.Minute
+	// ReadHeaderTimeout bounds the time from a request's first byte to
+	// the end of its headers. An app on loopback writes its headers at
+	// once; a connection stuck half way frees its place under the cap
+	// after this.
+	ReadHeaderTimeout = 10 * time.Second
+)
 
 // Sidecar is a running sidecar.
 type Sidecar struct {
@@ -60,7 +88,7 @@ type Sidecar struct {
 	tracing  *telemetry.Tracing
 	access   *telemetry.AccessLog
 
-	outLn, adminLn net.Listener
+	outLn, adminLn *connlimit.Listener
 	outSrv         *http.Server
 	adminSrv       *http.Server
 
@@ -100,6 +128,12 @@ func Listen(cfg Config) (*Sidecar, error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 10 * time.Second
 	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.AdminMaxConnections <= 0 {
+		cfg.AdminMaxConnections = DefaultAdminMaxConnections
+	}
 	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0)}
 	table := policy.NewTable(nil, cfg.Namespace)
 	if cfg.XDSInitialTimeout <= 0 {
@@ -136,22 +170,38 @@ func Listen(cfg Config) (*Sidecar, error) {
 	}, table)
 	s.admin = admin.New(s.metrics.Registry, breakers{s.outbound}, s.debugConfig)
 
-	if s.outLn, err = net.Listen("tcp", cfg.OutboundAddr); err != nil {
+	outLn, err := net.Listen("tcp", cfg.OutboundAddr)
+	if err != nil {
 		return nil, fmt.Errorf("outbound listener: %w", err)
 	}
-	if s.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
-		s.outLn.Close()
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		outLn.Close()
 		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	s.outLn = connlimit.New(outLn.(*net.TCPListener), cfg.MaxConnections)
+	s.adminLn = connlimit.New(adminLn.(*net.TCPListener), cfg.AdminMaxConnections)
+	s.metrics.Listener("outbound", s.outLn.Open, s.outLn.Refused)
+	s.metrics.Listener("admin", s.adminLn.Open, s.adminLn.Refused)
+	if ip := s.outLn.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
+		s.log.Warn("the outbound proxy listens on a non-loopback address, so it is reachable from the network: anyone who can reach the pod can send requests through it. Listen on loopback (the app's HTTP_PROXY is then http://127.0.0.1:15001)", "outbound", s.OutboundAddr())
 	}
 	errLog := slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
 	s.outSrv = &http.Server{
 		Handler:           s.outbound,
 		MaxHeaderBytes:    outbound.MaxHeaderBytes,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		IdleTimeout:       IdleTimeout,
+		ConnState:         s.outLn.ConnState,
 		ErrorLog:          errLog,
 	}
-	s.adminSrv = &http.Server{Handler: s.admin, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	s.adminSrv = &http.Server{
+		Handler:           s.admin,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		// Prometheus keeps its scrape connection up to 5 minutes idle.
+		IdleTimeout: IdleTimeout,
+		ErrorLog:    errLog,
+	}
 	return s, nil
 }
 

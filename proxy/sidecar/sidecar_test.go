@@ -487,6 +487,10 @@ func TestMetricNames(t *testing.T) {
 		{"minimesh_build_info", nil, 1},
 		{"minimesh_policy_reloads_total", []string{"result", "success"}, -1},
 		{"minimesh_policy_reloads_total", []string{"result", "error"}, -1},
+		{"minimesh_connections_open", []string{"listener", "outbound"}, -1},
+		{"minimesh_connections_open", []string{"listener", "admin"}, -1},
+		{"minimesh_connections_refused_total", []string{"listener", "outbound"}, 0},
+		{"minimesh_connections_refused_total", []string{"listener", "admin"}, 0},
 	}
 	for _, c := range checks {
 		v, ok := ms.Value(c.name, c.labels...)

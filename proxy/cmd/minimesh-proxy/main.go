@@ -60,7 +60,8 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("minimesh-proxy run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg sidecar.Config
-	var logLevel, accessLog string
+	var logLevel, accessLog, cgroupRoot string
+	var maxConns int
 	resolve := resolveFlag{}
 	fs.StringVar(&cfg.OutboundAddr, "outbound-addr", fmt.Sprintf("127.0.0.1:%d", wellknown.OutboundPort), "address of the outbound listener (the app's HTTP_PROXY)")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", fmt.Sprintf(":%d", wellknown.AdminPort), "address of the admin server (/live, /ready, /metrics, /debug/ on loopback)")
@@ -76,6 +77,8 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.BoolVar(&cfg.StdTransport, "std-transport", false, "send every request through Go's http.Transport, not the fast path for bodiless GET/HEAD/OPTIONS (a switch for comparison and as a way out)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
+	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are closed as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")
+	fs.StringVar(&cgroupRoot, "cgroup-root", sidecar.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.Var(resolve, "resolve", "HOST:PORT=ADDR: dial ADDR for HOST:PORT, like curl --resolve (local development; repeatable)")
@@ -102,8 +105,17 @@ func runSidecar(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "minimesh-proxy: --trace-sample-ratio %v: want 0 to 1\n", cfg.TraceSampleRatio)
 		return 2
 	}
+	if maxConns < 0 {
+		fmt.Fprintf(stderr, "minimesh-proxy: --max-connections %d: want 0 (no limit) or more\n", maxConns)
+		return 2
+	}
+	cfg.MaxConnections = maxConns
+	if maxConns == 0 {
+		cfg.MaxConnections = -1 // no cap
+	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Resolve = resolve
+	sidecar.SetMemoryLimit(cgroupRoot, cfg.Logger)
 
 	s, err := sidecar.Listen(cfg)
 	if err != nil {

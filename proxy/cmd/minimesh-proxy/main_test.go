@@ -244,8 +244,14 @@ type proc struct {
 // ready line.
 func startProxy(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	return startBinary(t, binary, env, args...)
+}
+
+// startBinary is startProxy with another build of minimesh-proxy.
+func startBinary(t *testing.T, bin string, env []string, args ...string) *proc {
+	t.Helper()
 	l := &lineLog{ready: make(chan readyLine, 1)}
-	cmd := exec.Command(binary, append([]string{"run"}, args...)...)
+	cmd := exec.Command(bin, append([]string{"run"}, args...)...)
 	cmd.Env = childEnv(env...)
 	cmd.Stderr = l
 	cmd.Stdout = l
@@ -532,6 +538,8 @@ func TestFlagsFromEnv(t *testing.T) {
 		{"bad MINIMESH_LOG_LEVEL", []string{"MINIMESH_LOG_LEVEL=loud"}, nil, "log-level"},
 		{"bad MINIMESH_RESOLVE", []string{"MINIMESH_RESOLVE=geo-service"}, nil, "MINIMESH_RESOLVE"},
 		{"bad --drain-timeout", nil, []string{"--drain-timeout", "soon"}, "-drain-timeout"},
+		{"bad --max-connections", nil, []string{"--max-connections", "-1"}, "--max-connections"},
+		{"bad MINIMESH_MAX_CONNECTIONS", []string{"MINIMESH_MAX_CONNECTIONS=lots"}, nil, "MINIMESH_MAX_CONNECTIONS"},
 		{"unknown flag", nil, []string{"--no-such-flag"}, "no-such-flag"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
