@@ -4,7 +4,6 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -39,6 +38,9 @@ type Config struct {
 	Resolve           map[string]string
 	ConnectTimeout    time.Duration
 	DrainTimeout      time.Duration
+	// DrainIdleGrace is how long a drain leaves a connection idle since
+	// the drain began before closing it (0: DefaultDrainIdleGrace).
+	DrainIdleGrace time.Duration
 	// MaxConnections caps the outbound listener's client connections (0:
 	// DefaultMaxConnections; negative: no cap). AdminMaxConnections caps
 	// the admin listener's (0: DefaultAdminMaxConnections).
@@ -64,6 +66,10 @@ const (
 	// DefaultAdminMaxConnections caps the admin listener's: probes,
 	// Prometheus and a person need a handful.
 	DefaultAdminMaxConnections = 64
+	// DefaultDrainIdleGrace: a connection idle for this long since the
+	// drain began is closed. A client with a request on its way has had
+	// its chance to send it (and gets "Connection: close" on its answer).
+	DefaultDrainIdleGrace = time.Second
 
 	// IdleTimeout closes a keep-alive connection left idle this long. It
 	// is longer than the idle pools of common clients (Go 90 s, curl
@@ -127,6 +133,9 @@ func Listen(cfg Config) (*Sidecar, error) {
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 10 * time.Second
+	}
+	if cfg.DrainIdleGrace <= 0 {
+		cfg.DrainIdleGrace = DefaultDrainIdleGrace
 	}
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = DefaultMaxConnections
@@ -219,7 +228,11 @@ func (b breakers) ResetBreaker(dest string) bool { return b.h.ResetBreaker(dest)
 func (s *Sidecar) debugConfig() any              { s.mu.Lock(); defer s.mu.Unlock(); return s.source }
 
 // Serve runs until ctx ends, then drains: /ready turns 503, the listener
-// stops accepting, requests in flight get DrainTimeout to finish.
+// closes (new connections are refused, never sent: safe to retry), every
+// answer from then on carries "Connection: close", and connections close
+// after their answer, or after DrainIdleGrace of idleness, or at
+// DrainTimeout. It never closes an idle keep-alive connection at once, as
+// http.Server.Shutdown does: a request may already be on its way in.
 func (s *Sidecar) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- s.adminSrv.Serve(s.adminLn) }()
@@ -272,15 +285,21 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	s.admin.SetReady(false)
-	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
+	// The listener closes before answers say "Connection: close": a
+	// client told to close would otherwise dial again into a listener
+	// about to close, and a connection still in its backlog then is reset
+	// with its request, not refused.
+	s.outLn.Close()
+	s.outbound.SetDraining(true)
+	s.log.Info("draining", "timeout", s.cfg.DrainTimeout, "connections", s.outLn.Open())
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
-	err := s.outSrv.Shutdown(dctx)
+	left := s.outLn.Drain(dctx, s.cfg.DrainIdleGrace)
 	s.outbound.Drain(dctx)
-	if errors.Is(err, context.DeadlineExceeded) {
-		s.log.Warn("drain timeout: closing requests still in flight")
-		s.outSrv.Close()
+	if left > 0 {
+		s.log.Warn("drain timeout: closing requests still in flight", "connections", left)
 	}
+	s.outSrv.Close()
 	s.adminSrv.Close()
 	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer fcancel()
