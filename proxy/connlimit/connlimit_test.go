@@ -363,3 +363,29 @@ func TestConnStateOtherConn(t *testing.T) {
 	defer b.Close()
 	l.ConnState(a, http.StateActive) // not ours: ignored, no panic
 }
+
+// BenchmarkConnState is the per-request cost of the tracking: the server
+// calls the hook twice per request (active, then idle).
+func BenchmarkConnState(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	l := New(ln.(*net.TCPListener), 0)
+	defer l.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := l.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sc.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		l.ConnState(sc, http.StateActive)
+		l.ConnState(sc, http.StateIdle)
+	}
+}
