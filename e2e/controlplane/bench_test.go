@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minimesh/minimesh/e2e/internal/controller"
-	"github.com/minimesh/minimesh/e2e/internal/kube"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/policy/xdsclient"
 )
@@ -36,7 +34,7 @@ func BenchmarkApplyToSidecar(b *testing.B) {
 	n := 3
 	for b.Loop() {
 		n = 3 + (n-2)%5 // 3..7, never the previous value
-		p.apply(b, "geo", fmt.Sprintf("{service: geo-service, circuitBreaker: {consecutiveFailures: %d}}", n))
+		p.apply(b, "shop", "geo", fmt.Sprintf("{service: geo-service, circuitBreaker: {consecutiveFailures: %d}}", n))
 		start := time.Now()
 		for {
 			if got, src := p.failures(b); got == n && src == "xds" {
@@ -61,14 +59,8 @@ func BenchmarkApplyToSidecar(b *testing.B) {
 //	go test -run '^$' -bench PushTo1000 -benchtime 10x ./e2e/controlplane/
 func BenchmarkPushTo1000(b *testing.B) {
 	const clients = 1000
-	p := &plane{c: kube.Start(b)}
-	p.installCRD(b)
-	ports := controller.FreePorts(b, 2)
-	p.xdsAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
-	p.ctrlArgs = []string{"controller", "--kubeconfig", p.c.Kubeconfig, "--xds-addr", p.xdsAddr,
-		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--namespace", "minimesh", "--log-level", "warn"}
-	p.startController(b)
-	p.apply(b, "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 3}}")
+	p := startPlane(b, "--log-level", "warn")
+	p.apply(b, "shop", "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 3}}")
 
 	var want atomic.Int64
 	want.Store(3)
@@ -125,7 +117,7 @@ func BenchmarkPushTo1000(b *testing.B) {
 		want.Store(int64(n))
 		mu.Unlock()
 		start := time.Now()
-		p.apply(b, "geo", fmt.Sprintf("{service: geo-service, circuitBreaker: {consecutiveFailures: %d}}", n))
+		p.apply(b, "shop", "geo", fmt.Sprintf("{service: geo-service, circuitBreaker: {consecutiveFailures: %d}}", n))
 		last := waitAll()
 		all = append(all, last.Sub(start))
 		mu.Lock()

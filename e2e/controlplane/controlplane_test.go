@@ -53,29 +53,48 @@ func bin(t testing.TB, name string) string {
 // always fails.
 func setup(t testing.TB) *plane {
 	t.Helper()
+	p := startPlane(t)
+	p.startSidecar(t, "shop")
+	return p
+}
+
+// startPlane starts the API server with the CRD and the controller (with
+// extra flags), and nothing else: what production starts from.
+func startPlane(t testing.TB, extra ...string) *plane {
+	t.Helper()
 	p := &plane{c: kube.Start(t)}
 	p.installCRD(t)
-
-	ports := controller.FreePorts(t, 4)
+	ports := controller.FreePorts(t, 2)
 	p.xdsAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	p.ctrlArgs = []string{"controller", "--kubeconfig", p.c.Kubeconfig, "--xds-addr", p.xdsAddr,
 		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--namespace", "minimesh"}
+	p.ctrlArgs = append(p.ctrlArgs, extra...)
 	p.startController(t)
-
 	p.upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
 	t.Cleanup(p.upstream.Close)
-	out := fmt.Sprintf("127.0.0.1:%d", ports[2])
-	p.sidecar = fmt.Sprintf("http://127.0.0.1:%d", ports[3])
+	return p
+}
+
+// startSidecar starts the built sidecar in namespace ns, following the
+// controller, with geo-service pointed at the always-failing upstream,
+// and returns how long it took to be ready. It waits for the control
+// plane's first answer as long as the test does: ready means answered.
+func (p *plane) startSidecar(t testing.TB, ns string) time.Duration {
+	t.Helper()
+	ports := controller.FreePorts(t, 2)
+	out := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	p.sidecar = fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	start := time.Now()
 	sc := proc.StartT(t, "sidecar", bin(t, "minimesh-proxy"), []string{"run",
 		"--outbound-addr", out, "--admin-addr", strings.TrimPrefix(p.sidecar, "http://"),
-		"--xds-address", p.xdsAddr, "--namespace", "shop", "--pod-name", "web-1", "--service-name", "web",
+		"--xds-address", p.xdsAddr, "--xds-initial-timeout", "1m", "--namespace", ns, "--pod-name", "web-1", "--service-name", "web",
 		"--resolve", geo + "=" + strings.TrimPrefix(p.upstream.URL, "http://"), "--access-log", "off"}, proc.Options{})
 	if err := sc.WaitReady(20*time.Second, func() error { return get(p.sidecar + "/ready") }); err != nil {
-		t.Fatal(err)
+		t.Fatalf("sidecar in namespace %s: no answer from the control plane: %v", ns, err)
 	}
 	proxyURL, _ := url.Parse("http://" + out)
 	p.client = &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL)}, Timeout: 10 * time.Second}
-	return p
+	return time.Since(start)
 }
 
 // installCRD installs the chart's CRD and the namespaces of the tests.
@@ -122,9 +141,9 @@ func get(u string) error {
 	return nil
 }
 
-func (p *plane) apply(t testing.TB, name, spec string) {
+func (p *plane) apply(t testing.TB, ns, name, spec string) {
 	t.Helper()
-	doc := fmt.Sprintf("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: %s, namespace: shop}\nspec: %s\n", name, spec)
+	doc := fmt.Sprintf("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: %s, namespace: %s}\nspec: %s\n", name, ns, spec)
 	if out, err := p.c.KubectlStdin(context.Background(), doc, "apply", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
@@ -206,13 +225,13 @@ func (p *plane) opensAfter(t testing.TB) int {
 	return 0
 }
 
-func (p *plane) accepted(t testing.TB, name string) (status, message string) {
+func (p *plane) accepted(t testing.TB, ns, name string) (status, message string) {
 	t.Helper()
 	dc, err := dynamic.NewForConfig(p.c.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := dc.Resource(policyctl.GVR).Namespace("shop").Get(context.Background(), name, metav1.GetOptions{})
+	u, err := dc.Resource(policyctl.GVR).Namespace(ns).Get(context.Background(), name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,15 +248,15 @@ func (p *plane) accepted(t testing.TB, name string) (status, message string) {
 func TestPolicyReachesSidecar(t *testing.T) {
 	p := setup(t)
 
-	p.apply(t, "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 3}}")
+	p.apply(t, "shop", "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 3}}")
 	t.Logf("apply → sidecar: %s", p.waitFailures(t, 3))
 	if n := p.opensAfter(t); n != 3 {
 		t.Fatalf("breaker opened after %d failures, want 3", n)
 	}
-	waitStatus(t, p, "geo", "True")
+	waitStatus(t, p, "shop", "geo", "True")
 
 	// A lower threshold opens the breaker sooner, without a restart.
-	p.apply(t, "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 2}}")
+	p.apply(t, "shop", "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 2}}")
 	p.waitFailures(t, 2)
 	if n := p.opensAfter(t); n != 2 {
 		t.Fatalf("after the change the breaker opened after %d failures, want 2", n)
@@ -246,8 +265,8 @@ func TestPolicyReachesSidecar(t *testing.T) {
 	// Valid for the schema, not for the decoder (a DNS label longer than
 	// 63): refused in its status, and the last good version keeps serving.
 	long := strings.Repeat("a", 64)
-	p.apply(t, "geo", "{service: "+long+", circuitBreaker: {consecutiveFailures: 9}}")
-	status, msg := waitStatus(t, p, "geo", "False")
+	p.apply(t, "shop", "geo", "{service: "+long+", circuitBreaker: {consecutiveFailures: 9}}")
+	status, msg := waitStatus(t, p, "shop", "geo", "False")
 	if !strings.Contains(msg, "spec.service") || !strings.Contains(msg, "last valid version keeps serving") {
 		t.Errorf("Accepted=%s message %q", status, msg)
 	}
@@ -266,16 +285,16 @@ func TestPolicyReachesSidecar(t *testing.T) {
 	if n := p.opensAfter(t); n != 2 {
 		t.Fatalf("controller gone: breaker opened after %d failures, want 2", n)
 	}
-	p.apply(t, "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 4}}")
+	p.apply(t, "shop", "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 4}}")
 	p.startController(t)
 	p.waitFailures(t, 4)
 }
 
-func waitStatus(t testing.TB, p *plane, name, want string) (string, string) {
+func waitStatus(t testing.TB, p *plane, ns, name, want string) (string, string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		s, m := p.accepted(t, name)
+		s, m := p.accepted(t, ns, name)
 		if s == want {
 			return s, m
 		}
@@ -283,5 +302,36 @@ func waitStatus(t testing.TB, p *plane, name, want string) (string, string) {
 			t.Fatalf("Accepted=%q (%s), want %s", s, m, want)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestClusterWidePolicyReachesEveryNamespace starts from what production
+// starts from: the controller runs with only cluster-wide policies (in its
+// own namespace); then a namespace appears and a sidecar in it connects.
+// No policy names that namespace, and nothing tells the controller about
+// it beforehand: the sidecar must still get, and apply, the cluster-wide
+// policies; take its namespace's own when one comes; and fall back to the
+// cluster-wide ones when that goes.
+func TestClusterWidePolicyReachesEveryNamespace(t *testing.T) {
+	p := startPlane(t)
+	p.apply(t, "minimesh", "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 4}}")
+	waitStatus(t, p, "minimesh", "geo", "True")
+
+	p.c.CreateNamespace(t, "checkout", nil)
+	ready := p.startSidecar(t, "checkout")
+	p.waitFailures(t, 4)
+	t.Logf("sidecar start → ready with the control plane's answer: %v", ready)
+	if n := p.opensAfter(t); n != 4 {
+		t.Fatalf("the cluster-wide policy: breaker opened after %d failures, want 4", n)
+	}
+
+	p.apply(t, "checkout", "geo", "{service: geo-service, circuitBreaker: {consecutiveFailures: 2}}")
+	p.waitFailures(t, 2)
+	if out, err := p.c.Kubectl(context.Background(), "delete", "resiliencepolicy", "-n", "checkout", "geo"); err != nil {
+		t.Fatalf("kubectl delete: %v\n%s", err, out)
+	}
+	t.Logf("the namespace's last policy deleted → the cluster-wide one back: %v", p.waitFailures(t, 4))
+	if n := p.opensAfter(t); n != 4 {
+		t.Fatalf("after the fall-back the breaker opened after %d failures, want 4", n)
 	}
 }
