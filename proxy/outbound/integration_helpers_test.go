@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -46,6 +47,13 @@ type testSidecar struct {
 type sidecarOpt func(*sidecar.Config)
 
 func withNamespace(ns string) sidecarOpt { return func(c *sidecar.Config) { c.Namespace = ns } }
+
+// withStdTransport sends every request through http.Transport, never the
+// fast path.
+func withStdTransport() sidecarOpt { return func(c *sidecar.Config) { c.StdTransport = true } }
+
+// withAccessLog writes the sidecar's access log to l.
+func withAccessLog(l *accessLog) sidecarOpt { return func(c *sidecar.Config) { c.AccessLog = l } }
 
 // startSidecar writes policies (YAML, possibly several documents) into a
 // fresh policy directory, starts a sidecar on loopback and waits until
@@ -467,4 +475,110 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// accessLog collects a sidecar's access log (sidecar.Config.AccessLog).
+// The sidecar writes it from a background flusher every 200 ms, so read
+// it with wait.
+type accessLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *accessLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// accessEntry is one access log line.
+type accessEntry struct {
+	RequestID   string `json:"request_id"`
+	Destination string `json:"destination"`
+	Method      string `json:"method"`
+	Path        string `json:"path"`
+	Status      int    `json:"status"`
+	Attempts    int    `json:"attempts"`
+	BytesIn     int64  `json:"bytes_in"`
+	BytesOut    int64  `json:"bytes_out"`
+	Error       string `json:"error"`
+}
+
+// entries decodes the lines written so far.
+func (l *accessLog) entries(t testing.TB) []accessEntry {
+	t.Helper()
+	l.mu.Lock()
+	text := l.b.String()
+	l.mu.Unlock()
+	var out []accessEntry
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		if line == "" {
+			continue
+		}
+		var e accessEntry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("access log line is not JSON: %v: %q", err, line)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// wait polls until the log has n lines and returns them. A line is logged
+// before its response reaches the app, so once the app has n answers the
+// first flush that shows any of their lines shows them all: more than n
+// lines then fails at once.
+func (l *accessLog) wait(t testing.TB, n int, within time.Duration) []accessEntry {
+	t.Helper()
+	var es []accessEntry
+	if !proxytest.Poll(within, 5*time.Millisecond, func() bool {
+		es = l.entries(t)
+		return len(es) >= n
+	}) || len(es) != n {
+		t.Fatalf("access log has %d lines after %v, want %d: %+v", len(es), within, n, es)
+	}
+	return es
+}
+
+// newRawUpstream is a loopback TCP server that reads the head of one
+// request per connection and hands the connection to answer, which reads
+// the body if it wants to (req.Body) and writes whatever bytes it likes;
+// the connection is closed after answer returns (answer may reset it
+// first with resetConn). It counts the requests it read.
+func newRawUpstream(t *testing.T, answer func(c net.Conn, req *http.Request)) (string, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits atomic.Int64
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				hits.Add(1)
+				answer(c, req)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String(), &hits
+}
+
+// resetConn closes c with an RST instead of a FIN.
+func resetConn(c net.Conn) {
+	_ = c.(*net.TCPConn).SetLinger(0)
+	_ = c.Close()
 }
