@@ -1,8 +1,10 @@
 package injector
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
@@ -36,6 +39,25 @@ var knownAnnotations = []string{
 	annCPULimit, annMemoryLimit, annLogLevel, annServiceName,
 }
 
+// maxAnnotationBytes bounds the value of every minimesh annotation. The
+// longest legitimate one is a list of CIDRs or ports; skip-outbound-cidrs
+// is copied into NO_PROXY and no_proxy of every app container, so its
+// length is multiplied in the pod and in the webhook's patch.
+const maxAnnotationBytes = 4096
+
+// maxWarnings bounds the warnings of one pod: each app container can earn
+// four (its own proxy variables) and each unknown annotation one. kubectl
+// prints every warning, and the API server truncates long lists anyway.
+const maxWarnings = 10
+
+// The most a sidecar may be given. Beyond these a value is a typo
+// (999999999999999999Ei, 1e308) or a pod no node can schedule; the sidecar
+// uses about 0.2 core per 1,000 requests/s and 22 MB under load.
+var (
+	maxProxyCPU    = resource.MustParse("8")
+	maxProxyMemory = resource.MustParse("8Gi")
+)
+
 const (
 	interceptionProxyEnv = "proxy-env"
 	interceptionIPTables = "iptables"
@@ -57,10 +79,20 @@ type settings struct {
 // bad value is returned as a *DenyError naming the annotation and the value.
 func parseSettings(ann map[string]string, cfg *Config) (*settings, error) {
 	s := &settings{logLevel: cfg.Proxy.LogLevel}
+	var unknown []string
 	for k := range ann {
 		if strings.HasPrefix(k, wellknown.AnnotationPrefix) && !slices.Contains(knownAnnotations, k) {
-			s.warnf("annotation %s is not a minimesh annotation and has no effect (known: %s)",
-				k, strings.Join(knownAnnotations, ", "))
+			unknown = append(unknown, k)
+		}
+	}
+	slices.Sort(unknown)
+	for _, k := range unknown {
+		s.warnf("annotation %s is not a minimesh annotation and has no effect (known: %s)",
+			echo.Clip(k), strings.Join(knownAnnotations, ", "))
+	}
+	for _, k := range knownAnnotations {
+		if v := ann[k]; len(v) > maxAnnotationBytes {
+			return nil, deny(k, v, fmt.Sprintf("%d bytes, more than the %d a minimesh annotation may hold", len(v), maxAnnotationBytes))
 		}
 	}
 
@@ -88,14 +120,15 @@ func parseSettings(ann map[string]string, cfg *Config) (*settings, error) {
 	var err error
 	for _, q := range []struct {
 		key, def string
+		max      resource.Quantity
 		dst      **resource.Quantity
 	}{
-		{annCPURequest, cfg.Proxy.CPURequest, &s.cpuRequest},
-		{annMemoryRequest, cfg.Proxy.MemoryRequest, &s.memoryRequest},
-		{annCPULimit, cfg.Proxy.CPULimit, &s.cpuLimit},
-		{annMemoryLimit, cfg.Proxy.MemoryLimit, &s.memoryLimit},
+		{annCPURequest, cfg.Proxy.CPURequest, maxProxyCPU, &s.cpuRequest},
+		{annMemoryRequest, cfg.Proxy.MemoryRequest, maxProxyMemory, &s.memoryRequest},
+		{annCPULimit, cfg.Proxy.CPULimit, maxProxyCPU, &s.cpuLimit},
+		{annMemoryLimit, cfg.Proxy.MemoryLimit, maxProxyMemory, &s.memoryLimit},
 	} {
-		if *q.dst, err = quantity(ann, q.key, q.def); err != nil {
+		if *q.dst, err = quantity(ann, q.key, q.def, q.max); err != nil {
 			return nil, err
 		}
 	}
@@ -121,7 +154,7 @@ func parseSettings(ann map[string]string, cfg *Config) (*settings, error) {
 	if v, ok := ann[annSkipOutboundCIDRs]; ok {
 		for _, c := range splitList(v) {
 			if _, err := netip.ParsePrefix(c); err != nil {
-				return nil, deny(annSkipOutboundCIDRs, v, fmt.Sprintf("%q is not a CIDR like 10.0.0.0/8", c))
+				return nil, deny(annSkipOutboundCIDRs, v, fmt.Sprintf("%s is not a CIDR like 10.0.0.0/8", quote(c)))
 			}
 			s.skipCIDRs = append(s.skipCIDRs, c)
 		}
@@ -133,9 +166,18 @@ func (s *settings) warnf(format string, args ...any) {
 	s.warnings = append(s.warnings, "minimesh: "+fmt.Sprintf(format, args...))
 }
 
+// capWarnings keeps the first maxWarnings and says how many more there
+// were.
+func capWarnings(w []string) []string {
+	if len(w) <= maxWarnings {
+		return w
+	}
+	return append(w[:maxWarnings:maxWarnings], fmt.Sprintf("minimesh: %d more warnings not shown", len(w)-maxWarnings))
+}
+
 // quantity is the annotation key's value, else def; an empty result means
 // no value (no request or no limit).
-func quantity(ann map[string]string, key, def string) (*resource.Quantity, error) {
+func quantity(ann map[string]string, key, def string, max resource.Quantity) (*resource.Quantity, error) {
 	v, ok := ann[key]
 	if !ok {
 		v = def
@@ -143,17 +185,40 @@ func quantity(ann map[string]string, key, def string) (*resource.Quantity, error
 	if v == "" {
 		return nil, nil
 	}
-	q, err := resource.ParseQuantity(v)
+	q, err := parseResource(v, max)
 	if err != nil {
 		if ok {
-			return nil, deny(key, v, "not a quantity like 100m or 64Mi")
+			return nil, deny(key, v, err.Error())
 		}
-		return nil, fmt.Errorf("config default for %s %q: %w", key, v, err)
-	}
-	if q.Sign() <= 0 {
-		return nil, deny(key, v, "must be more than zero")
+		return nil, fmt.Errorf("config default for %s %s: %w", key, quote(v), err)
 	}
 	return &q, nil
+}
+
+// quantitySyntax is the form of a quantity that resource.ParseQuantity is
+// safe on: it parses 1e999999999 by computing 10^999999999, which holds a
+// CPU for minutes, and a sidecar's resources need no exponent beyond two
+// digits.
+var quantitySyntax = regexp.MustCompile(`^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[numkMGTPE]|[KMGTPE]i|[eE][+-]?[0-9]{1,2})?$`)
+
+// parseResource parses a sidecar's CPU or memory quantity, more than zero
+// and at most max. The error's text is the reason, for a denial or a
+// config error that names the field.
+func parseResource(v string, max resource.Quantity) (resource.Quantity, error) {
+	if !quantitySyntax.MatchString(v) {
+		return resource.Quantity{}, errors.New("not a quantity like 100m or 64Mi")
+	}
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		return resource.Quantity{}, errors.New("not a quantity like 100m or 64Mi")
+	}
+	if q.Sign() <= 0 {
+		return resource.Quantity{}, errors.New("must be more than zero")
+	}
+	if q.Cmp(max) > 0 {
+		return resource.Quantity{}, fmt.Errorf("more than %s, the most a sidecar may be given", max.String())
+	}
+	return q, nil
 }
 
 // checkRequestLimit refuses a request above its limit here, with the
@@ -187,7 +252,7 @@ func checkPorts(v string) error {
 			}
 			port, err := strconv.Atoi(n)
 			if err != nil || port < 1 || port > 65535 {
-				return deny(annSkipOutboundPorts, v, fmt.Sprintf("%q is not a port (1-65535) or a range like 8000-8100", p))
+				return deny(annSkipOutboundPorts, v, fmt.Sprintf("%s is not a port (1-65535) or a range like 8000-8100", quote(p)))
 			}
 		}
 	}

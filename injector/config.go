@@ -129,15 +129,31 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("proxy.imagePullPolicy: %q is not Always, IfNotPresent or Never", p.ImagePullPolicy))
 	}
-	for _, q := range []struct{ name, v string }{
-		{"proxy.cpuRequest", p.CPURequest}, {"proxy.memoryRequest", p.MemoryRequest},
-		{"proxy.cpuLimit", p.CPULimit}, {"proxy.memoryLimit", p.MemoryLimit},
+	// The same bounds as the annotations: a default no pod could
+	// override into a valid sidecar would refuse every pod.
+	for _, r := range []struct {
+		name     string
+		req, lim string
+		max      resource.Quantity
+	}{
+		{"cpu", p.CPURequest, p.CPULimit, maxProxyCPU},
+		{"memory", p.MemoryRequest, p.MemoryLimit, maxProxyMemory},
 	} {
-		if q.v == "" {
-			continue
+		var qs [2]*resource.Quantity
+		for i, v := range []string{r.req, r.lim} {
+			if v == "" {
+				continue
+			}
+			name := "proxy." + r.name + [2]string{"Request", "Limit"}[i]
+			q, err := parseResource(v, r.max)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %s: %w", name, quote(v), err))
+				continue
+			}
+			qs[i] = &q
 		}
-		if _, err := resource.ParseQuantity(q.v); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %q is not a quantity", q.name, q.v))
+		if qs[0] != nil && qs[1] != nil && qs[0].Cmp(*qs[1]) > 0 {
+			errs = append(errs, fmt.Errorf("proxy.%sRequest: %s is more than proxy.%sLimit %s", r.name, r.req, r.name, r.lim))
 		}
 	}
 	if !validLogLevel(p.LogLevel) {

@@ -3,6 +3,7 @@ package injector
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -112,6 +113,18 @@ func TestInjectDenies(t *testing.T) {
 		{"cpu quantity", map[string]string{"minimesh.io/proxy-cpu-limit": "lots"}, nil, "metadata.annotations[minimesh.io/proxy-cpu-limit]", "lots"},
 		{"memory quantity", map[string]string{"minimesh.io/proxy-memory-request": "12 MB"}, nil, "metadata.annotations[minimesh.io/proxy-memory-request]", "12 MB"},
 		{"zero", map[string]string{"minimesh.io/proxy-memory-limit": "0"}, nil, "metadata.annotations[minimesh.io/proxy-memory-limit]", "0"},
+		{"memory beyond any node", map[string]string{"minimesh.io/proxy-memory-limit": "999999999999999999Ei"}, nil, "metadata.annotations[minimesh.io/proxy-memory-limit]", "999999999999999999Ei"},
+		{"memory above the bound", map[string]string{"minimesh.io/proxy-memory-limit": "9Gi"}, nil, "metadata.annotations[minimesh.io/proxy-memory-limit]", "9Gi"},
+		{"cpu beyond any node", map[string]string{"minimesh.io/proxy-cpu-limit": "1e308"}, nil, "metadata.annotations[minimesh.io/proxy-cpu-limit]", "1e308"},
+		{"cpu request above the bound", map[string]string{"minimesh.io/proxy-cpu-request": "9", "minimesh.io/proxy-cpu-limit": "16"}, nil, "metadata.annotations[minimesh.io/proxy-cpu-request]", "9"},
+		// resource.ParseQuantity computes 10^999999999 for this one: minutes of CPU.
+		{"exponent that never ends", map[string]string{"minimesh.io/proxy-cpu-limit": "1e999999999"}, nil, "metadata.annotations[minimesh.io/proxy-cpu-limit]", "1e999999999"},
+		{"negative exponent", map[string]string{"minimesh.io/proxy-memory-request": "1e-308"}, nil, "metadata.annotations[minimesh.io/proxy-memory-request]", "1e-308"},
+		{"too many containers", nil, func(p *corev1.Pod) {
+			for i := range 100 {
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: fmt.Sprint("c", i)})
+			}
+		}, "spec.containers", "101"},
 		{"request over limit", map[string]string{"minimesh.io/proxy-cpu-request": "2"}, nil, "metadata.annotations[minimesh.io/proxy-cpu-request]", "2"},
 		{"limit under request", map[string]string{"minimesh.io/proxy-memory-request": "100Mi", "minimesh.io/proxy-memory-limit": "64Mi"}, nil, "metadata.annotations[minimesh.io/proxy-memory-limit]", "64Mi"},
 		{"iptables not yet", map[string]string{"minimesh.io/interception": "iptables"}, nil, "metadata.annotations[minimesh.io/interception]", "iptables"},
@@ -189,6 +202,110 @@ func TestInjectWarns(t *testing.T) {
 				t.Fatalf("warnings %q lack %q", res.Warnings, tt.want)
 			}
 		})
+	}
+}
+
+// TestResourceBounds: the bounds themselves are admitted, in any spelling.
+func TestResourceBounds(t *testing.T) {
+	ann := enabled()
+	ann["minimesh.io/proxy-cpu-limit"] = "8000m"
+	ann["minimesh.io/proxy-cpu-request"] = "8"
+	ann["minimesh.io/proxy-memory-limit"] = "8Gi"
+	ann["minimesh.io/proxy-memory-request"] = "1e3Mi"
+	if _, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, testConfig()); err == nil {
+		t.Fatal("1e3Mi: an exponent with a binary suffix is not a quantity")
+	}
+	ann["minimesh.io/proxy-memory-request"] = "1.5e3M"
+	if _, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, testConfig()); err == nil {
+		t.Fatal("1.5e3M is not a quantity")
+	}
+	ann["minimesh.io/proxy-memory-request"] = "8589934592"
+	res, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, testConfig())
+	if err != nil || !res.Injected {
+		t.Fatalf("at the bounds: %v", err)
+	}
+}
+
+// TestHostileValuesEchoCapped: whatever a minimesh annotation holds, the
+// denial repeats at most the start of it and says how long it was, and a
+// key that never ends is cut in its warning.
+func TestHostileValuesEchoCapped(t *testing.T) {
+	huge := strings.Repeat("9", 1<<20)
+	for _, k := range knownAnnotations {
+		if k == wellknown.AnnotationStatus {
+			continue
+		}
+		for _, v := range []string{huge, "10.0.0.0/8," + huge, huge + "Ei", strings.Repeat("10.0.0.0/8,", 1<<16)} {
+			ann := enabled()
+			ann[k] = v
+			_, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, testConfig())
+			var d *DenyError
+			if !errors.As(err, &d) {
+				t.Fatalf("%s: %d bytes admitted: %v", k, len(v), err)
+			}
+			if msg := err.Error(); len(msg) > 400 || !strings.Contains(msg, fmt.Sprintf("… (%d bytes)", len(v))) {
+				t.Errorf("%s: %d-byte denial: %.500s", k, len(msg), msg)
+			}
+		}
+	}
+
+	ann := enabled()
+	ann["minimesh.io/"+huge] = "1"
+	pod := appPod(ann)
+	pod.Spec.Containers[0].Name = huge
+	pod.Spec.Containers[0].Env = append(pod.Spec.Containers[0].Env, corev1.EnvVar{Name: "HTTP_PROXY", Value: huge})
+	res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Warnings) != 2 {
+		t.Fatalf("warnings %.1000q", res.Warnings)
+	}
+	for _, w := range res.Warnings {
+		if len(w) > 1000 || !strings.Contains(w, "bytes)") {
+			t.Errorf("%d-byte warning: %.1100s", len(w), w)
+		}
+	}
+}
+
+// TestWarningsCapped: twenty containers that set their own proxy earn
+// ten warnings and a count of the rest, in a stable order.
+func TestWarningsCapped(t *testing.T) {
+	pod := appPod(enabled())
+	for i := range 20 {
+		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Env: []corev1.EnvVar{{Name: "HTTP_PROXY", Value: "x"}}})
+	}
+	res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Warnings) != 11 || res.Warnings[10] != "minimesh: 10 more warnings not shown" || !strings.Contains(res.Warnings[0], `container "c0"`) {
+		t.Fatalf("warnings %q", res.Warnings)
+	}
+	if res.Pod.Spec.Containers[20].Env[1].Name != "http_proxy" {
+		t.Fatal("capping the warnings changed the mutation")
+	}
+}
+
+// TestTooManyContainers: the bound holds for the reinvocation of a pod
+// that claims to be injected, which never reaches the denial.
+func TestTooManyContainers(t *testing.T) {
+	ann := enabled()
+	ann[wellknown.AnnotationStatus] = wellknown.StatusInjected
+	pod := appPod(ann)
+	for i := range 10000 {
+		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: fmt.Sprint("c", i)})
+	}
+	res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
+	if err != nil || res.Injected || res.Reason != ReasonAlreadyInjected {
+		t.Fatalf("%v %v %q", err, res.Injected, res.Reason)
+	}
+	pod = appPod(enabled())
+	for i := range 99 {
+		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: fmt.Sprint("c", i)})
+	}
+	if res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig()); err != nil || !res.Injected {
+		t.Fatalf("100 containers: %v", err)
 	}
 }
 
@@ -380,7 +497,10 @@ func TestConfig(t *testing.T) {
 	}
 	for _, bad := range []struct{ in, want string }{
 		{"proxy:\n  imagee: x\n", "line 2: field imagee not found"},
-		{"proxy:\n  cpuLimit: lots\n", `proxy.cpuLimit: "lots" is not a quantity`},
+		{"proxy:\n  cpuLimit: lots\n", `proxy.cpuLimit: "lots": not a quantity`},
+		{"proxy:\n  cpuLimit: 1e999999999\n", `proxy.cpuLimit: "1e999999999": not a quantity`},
+		{"proxy:\n  memoryLimit: 999999999999999999Ei\n", `proxy.memoryLimit: "999999999999999999Ei": more than 8Gi`},
+		{"proxy:\n  cpuRequest: 2\n", "proxy.cpuRequest: 2 is more than proxy.cpuLimit 1"},
 		{"proxy:\n  adminPort: 15001\n", "proxy.adminPort: 15001 is also the outbound port"},
 		{"proxy:\n  uid: 0\n", "proxy.uid"},
 		{"traceSampleRatio: 2\n", "traceSampleRatio"},

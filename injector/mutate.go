@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
@@ -32,6 +33,13 @@ const (
 	policyVolume  = "minimesh-policies"
 	adminPortName = "minimesh-admin"
 )
+
+// maxContainers bounds the containers (app and init) of a pod the injector
+// rewrites. Every app container gets the proxy environment and every init
+// container moves down one place, so the pod and the webhook's JSON patch
+// grow with them: 10,000 containers made a 5 MB patch and 165 MB of
+// allocations for one admission. No real pod comes near.
+const maxContainers = 100
 
 func inject(in Input, cfg *Config) (Result, error) {
 	pod := in.Pod
@@ -70,6 +78,9 @@ func inject(in Input, cfg *Config) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if err := checkContainers(pod); err != nil {
+		return Result{}, err
+	}
 	if err := checkClashes(pod, cfg); err != nil {
 		return Result{}, err
 	}
@@ -98,7 +109,7 @@ func inject(in Input, cfg *Config) (Result, error) {
 	for i := range out.Spec.Containers {
 		s.warnings = append(s.warnings, addEnv(&out.Spec.Containers[i], env)...)
 	}
-	return Result{Pod: out, Injected: true, Reason: ReasonInjected, Warnings: s.warnings}, nil
+	return Result{Pod: out, Injected: true, Reason: ReasonInjected, Warnings: capWarnings(s.warnings)}, nil
 }
 
 // reinject handles an injected pod seen again: under reinvocationPolicy
@@ -107,9 +118,13 @@ func inject(in Input, cfg *Config) (Result, error) {
 // sidecar. Nothing else is touched, so calling it twice changes nothing.
 func reinject(pod *corev1.Pod, cfg *Config) (Result, error) {
 	s, err := parseSettings(pod.Annotations, cfg)
+	if err == nil {
+		err = checkContainers(pod)
+	}
 	if err != nil {
-		// Admitted once with these annotations; they cannot have turned
-		// bad, unless someone edited them, which is not ours to refuse.
+		// Admitted once with these annotations and containers; they
+		// cannot have turned bad, unless someone edited them or wrote
+		// the status annotation by hand, which is not ours to refuse.
 		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
 	}
 	env := proxyEnv(cfg, s)
@@ -127,6 +142,16 @@ func reinject(pod *corev1.Pod, cfg *Config) (Result, error) {
 		addEnv(&out.Spec.Containers[i], env)
 	}
 	return Result{Pod: out, Injected: true, Reason: ReasonReinvoked}, nil
+}
+
+// checkContainers refuses a pod with more than maxContainers containers.
+func checkContainers(pod *corev1.Pod) error {
+	if n := len(pod.Spec.Containers) + len(pod.Spec.InitContainers); n > maxContainers {
+		return &DenyError{Field: "spec.containers", Value: strconv.Itoa(n),
+			Reason: fmt.Sprintf("containers and init containers, more than the %d minimesh injects; annotate the pod %s: %s",
+				maxContainers, wellknown.AnnotationInject, wellknown.InjectDisabled)}
+	}
+	return nil
 }
 
 // checkClashes refuses a pod whose containers already use the sidecar's
@@ -283,8 +308,8 @@ func addEnv(c *corev1.Container, env []corev1.EnvVar) []string {
 			if c.Env[i].ValueFrom != nil {
 				own = "(valueFrom)"
 			}
-			warnings = append(warnings, fmt.Sprintf("minimesh: container %q sets %s=%s itself; its value wins over minimesh's %s",
-				c.Name, e.Name, own, e.Value))
+			warnings = append(warnings, fmt.Sprintf("minimesh: container %s sets %s=%s itself; its value wins over minimesh's %s",
+				quote(c.Name), e.Name, echo.Clip(own), echo.Clip(e.Value)))
 			continue
 		}
 		c.Env = append(c.Env, e)
@@ -341,4 +366,6 @@ func serviceName(pod *corev1.Pod, workload string) string {
 
 func ptr[T any](v T) *T { return &v }
 
-func quote(s string) string { return strconv.Quote(s) }
+// quote is how denials and warnings repeat a value of the pod: quoted and
+// capped, so that a megabyte of annotation is not echoed back whole.
+func quote(s string) string { return echo.Quote(s) }
