@@ -58,19 +58,16 @@ type streamKey struct {
 func (s *Server) open(k streamKey, node *corev3.Node) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	have, isOpen := s.streams[k]
-	if isOpen && node == nil {
-		return nil // a delta stream's later requests need not repeat the node
+	if have, isOpen := s.streams[k]; isOpen {
+		// A delta stream's later requests need not repeat the node.
+		if ns := namespaceOf(node); node != nil && ns != have {
+			return status.Errorf(codes.InvalidArgument, "node %q: the stream is in namespace %q, not %q", node.GetId(), have, ns)
+		}
+		return nil
 	}
 	ns, err := checkedNamespace(node)
 	if err != nil {
 		return err
-	}
-	if isOpen {
-		if ns != have {
-			return status.Errorf(codes.InvalidArgument, "node %q: the stream is in namespace %q, not %q", node.GetId(), have, ns)
-		}
-		return nil
 	}
 	s.streams[k] = ns
 	return s.join(ns)
