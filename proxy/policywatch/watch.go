@@ -55,6 +55,10 @@ type Watcher struct {
 	// the directory did not exist when the watch began or events were
 	// lost; an unchanged directory is not reloaded. Default 10s.
 	Resync time.Duration
+	// Kick, when it receives, is taken as a change of the directory: the
+	// sidecar's SIGHUP, for an operator who wants a look now. The look
+	// goes through the same settling as any change.
+	Kick <-chan struct{}
 
 	// noNotify leaves changes to the resync (tests: fsnotify's reader
 	// waits in a system call, which a synctest bubble cannot wait out).
@@ -121,6 +125,9 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 			fire = time.After(debounce)
 		case <-errs:
 			fire = time.After(debounce) // an overflow may have hidden a change
+		case <-w.Kick:
+			g.forget()
+			fire = time.After(debounce)
 		case due := <-fire: // a timer's value is when it was due
 			fire = nil
 			after(w.check(g, apply, due))
@@ -234,6 +241,11 @@ func (g *gate) emptied(s snapshot) bool {
 	}
 	return false
 }
+
+// forget makes the next look apply what the directory holds even if it
+// is what was applied last: an operator's explicit reload is answered
+// with a load (and its log line), not with silence.
+func (g *gate) forget() { g.applied, g.pending = [32]byte{}, false }
 
 // loaded records that the load of s was applied.
 func (g *gate) loaded(s snapshot, good bool) {

@@ -47,8 +47,11 @@ type Config struct {
 	MaxConnections      int
 	AdminMaxConnections int
 	MaxRequestBody      int64
-	StdTransport        bool
-	PodName             string
+	// RequestBodyTimeout bounds the wait for the next bytes of a request
+	// body (0: outbound.DefaultRequestBodyTimeout; negative: none).
+	RequestBodyTimeout time.Duration
+	StdTransport       bool
+	PodName            string
 	// OTLPEndpoint is the trace collector (host:port, OTLP/gRPC); empty
 	// turns tracing off.
 	OTLPEndpoint     string
@@ -98,6 +101,8 @@ type Sidecar struct {
 	outSrv         *http.Server
 	adminSrv       *http.Server
 
+	kick chan struct{} // Reload's, to the policy directory's watcher
+
 	mu     sync.Mutex
 	source policySource
 }
@@ -143,7 +148,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 	if cfg.AdminMaxConnections <= 0 {
 		cfg.AdminMaxConnections = DefaultAdminMaxConnections
 	}
-	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0)}
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0), kick: make(chan struct{}, 1)}
 	table := policy.NewTable(nil, cfg.Namespace)
 	if cfg.XDSInitialTimeout <= 0 {
 		cfg.XDSInitialTimeout = 5 * time.Second
@@ -166,16 +171,17 @@ func Listen(cfg Config) (*Sidecar, error) {
 		s.access = telemetry.NewAccessLog(cfg.AccessLog)
 	}
 	s.outbound = outbound.New(outbound.Config{
-		Namespace:      cfg.Namespace,
-		Resolve:        cfg.Resolve,
-		ConnectTimeout: cfg.ConnectTimeout,
-		MaxRequestBody: cfg.MaxRequestBody,
-		StdTransport:   cfg.StdTransport,
-		ServiceName:    cfg.ServiceName,
-		Metrics:        s.metrics,
-		Tracing:        tracing,
-		AccessLog:      s.access,
-		Logger:         cfg.Logger,
+		Namespace:          cfg.Namespace,
+		Resolve:            cfg.Resolve,
+		ConnectTimeout:     cfg.ConnectTimeout,
+		MaxRequestBody:     cfg.MaxRequestBody,
+		RequestBodyTimeout: cfg.RequestBodyTimeout,
+		StdTransport:       cfg.StdTransport,
+		ServiceName:        cfg.ServiceName,
+		Metrics:            s.metrics,
+		Tracing:            tracing,
+		AccessLog:          s.access,
+		Logger:             cfg.Logger,
 	}, table)
 	s.admin = admin.New(s.metrics.Registry, breakers{s.outbound}, s.debugConfig)
 
@@ -190,6 +196,9 @@ func Listen(cfg Config) (*Sidecar, error) {
 	}
 	s.outLn = connlimit.New(outLn.(*net.TCPListener), cfg.MaxConnections)
 	s.adminLn = connlimit.New(adminLn.(*net.TCPListener), cfg.AdminMaxConnections)
+	// Nothing sent through the sidecar may reach its own listeners.
+	s.outbound.AddListener(s.outLn.Addr())
+	s.outbound.AddListener(s.adminLn.Addr())
 	s.metrics.Listener("outbound", s.outLn.Open, s.outLn.Refused)
 	s.metrics.Listener("admin", s.adminLn.Open, s.adminLn.Refused)
 	if ip := s.outLn.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
@@ -212,6 +221,16 @@ func Listen(cfg Config) (*Sidecar, error) {
 		ErrorLog:    errLog,
 	}
 	return s, nil
+}
+
+// Reload asks for a look at the policy directory now (SIGHUP): useful
+// where file events do not arrive, such as some network file systems. It
+// never blocks; a look already asked for covers this one.
+func (s *Sidecar) Reload() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }
 
 // OutboundAddr and AdminAddr are the bound addresses.
@@ -268,7 +287,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	if s.cfg.PolicyDir != "" {
 		first := make(chan struct{})
 		var once sync.Once
-		w := &policywatch.Watcher{Dir: s.cfg.PolicyDir}
+		w := &policywatch.Watcher{Dir: s.cfg.PolicyDir, Kick: s.kick}
 		go w.Run(watchCtx, func(r policywatch.Result) {
 			s.applyLoad(r)
 			once.Do(func() { close(first) })

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 	"github.com/minimesh/minimesh/wellknown"
 )
@@ -79,6 +80,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
 	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are closed as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")
 	fs.StringVar(&cgroupRoot, "cgroup-root", sidecar.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
+	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it before the sidecar answers 408 and releases the upstream connection (0: no limit)")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.Var(resolve, "resolve", "HOST:PORT=ADDR: dial ADDR for HOST:PORT, like curl --resolve (local development; repeatable)")
@@ -109,6 +111,13 @@ func runSidecar(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "minimesh-proxy: --max-connections %d: want 0 (no limit) or more\n", maxConns)
 		return 2
 	}
+	if cfg.RequestBodyTimeout < 0 {
+		fmt.Fprintf(stderr, "minimesh-proxy: --request-body-timeout %v: want 0 (no limit) or more\n", cfg.RequestBodyTimeout)
+		return 2
+	}
+	if cfg.RequestBodyTimeout == 0 {
+		cfg.RequestBodyTimeout = -1 // no limit
+	}
 	cfg.MaxConnections = maxConns
 	if maxConns == 0 {
 		cfg.MaxConnections = -1 // no cap
@@ -124,6 +133,17 @@ func runSidecar(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	// SIGHUP re-reads the policy directory, as it reloads nginx and
+	// HAProxy; without this it would end the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			cfg.Logger.Info("SIGHUP: looking at the policy directory again", "dir", cfg.PolicyDir)
+			s.Reload()
+		}
+	}()
 	if err := s.Serve(ctx); err != nil {
 		cfg.Logger.Error("stopped", "error", err)
 		return 1
