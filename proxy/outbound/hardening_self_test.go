@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
-	"github.com/minimesh/minimesh/proxy/sidecar"
 )
 
 // expectRefusal checks an answer of the sidecar's own: status,
@@ -79,18 +78,13 @@ func selfSpellings(port string) []string {
 	}
 }
 
-// withAddrs puts the sidecar's listeners on addresses chosen beforehand,
-// so that a --resolve entry can name them.
-func withAddrs(outbound, admin string) sidecarOpt {
-	return func(c *sidecar.Config) {
-		if outbound != "" {
-			c.OutboundAddr = outbound
-		}
-		if admin != "" {
-			c.AdminAddr = admin
-		}
-	}
-}
+// addResolve adds a --resolve entry to a running sidecar's map (the
+// dialer reads the one given to startSidecar), for an address known only
+// once the sidecar listens: choosing a free port beforehand races other
+// listeners. The dialer reads the map only to dial for a request, and
+// every request is sent after this write, which the socket orders (for the
+// race detector too: a write(2) happens before the read(2) that sees it).
+func addResolve(m map[string]string, name, addr string) { m[name] = addr }
 
 // TestSelfRequestsForbidden: through the sidecar as HTTP proxy, the
 // sidecar's own outbound and admin ports are out of reach, by every
@@ -99,14 +93,12 @@ func withAddrs(outbound, admin string) sidecarOpt {
 // Host header, and by CONNECT: 403 forbidden, never a breaker failure,
 // one answer per request. An open breaker cannot be reset that way.
 func TestSelfRequestsForbidden(t *testing.T) {
-	outAddr, adminAddr := refusedAddr(t), refusedAddr(t)
 	u := newUpstream(t, status(http.StatusInternalServerError))
-	res := map[string]string{geo: u.Host(), "alias-svc:80": adminAddr, "alias-out:80": outAddr}
-	sc := startSidecar(t, policyDoc("geo", "geo-service", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 60s}"), res,
-		withAddrs(outAddr, adminAddr))
-	if sc.Addr != outAddr || sc.Admin != adminAddr {
-		t.Fatalf("sidecar listens on %s and %s, want %s and %s", sc.Addr, sc.Admin, outAddr, adminAddr)
-	}
+	res := map[string]string{geo: u.Host()}
+	sc := startSidecar(t, policyDoc("geo", "geo-service", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 60s}"), res)
+	outAddr, adminAddr := sc.Addr, sc.Admin
+	addResolve(res, "alias-svc:80", adminAddr)
+	addResolve(res, "alias-out:80", outAddr)
 	// Open geo's breaker: a reset through the proxy must not close it.
 	if resp, _ := get(t, sc.Client(), "http://"+geo+"/"); resp.StatusCode != http.StatusInternalServerError {
 		t.Fatalf("geo answered %d, want the upstream's 500", resp.StatusCode)
@@ -273,13 +265,11 @@ func TestSelfRequestLeavesNothingBehind(t *testing.T) {
 // refused with 508 loop: A and B each forwarded it exactly once, and the
 // app gets the 508.
 func TestViaLoopRefused(t *testing.T) {
-	addrB := refusedAddr(t)
 	var logA, logB accessLog
-	a := startSidecar(t, "", map[string]string{"svc-b:80": addrB}, withAccessLog(&logA))
-	b := startSidecar(t, "", map[string]string{"svc-b:80": a.Addr}, withAccessLog(&logB), withAddrs(addrB, ""))
-	if b.Addr != addrB {
-		t.Fatalf("B listens on %s, want %s", b.Addr, addrB)
-	}
+	resA := map[string]string{}
+	a := startSidecar(t, "", resA, withAccessLog(&logA))
+	b := startSidecar(t, "", map[string]string{"svc-b:80": a.Addr}, withAccessLog(&logB))
+	addResolve(resA, "svc-b:80", b.Addr)
 	resp, body := get(t, a.Client(), "http://svc-b/loop")
 	e := expectRefusal(t, resp, body, http.StatusLoopDetected, "loop")
 	for _, s := range []struct {
