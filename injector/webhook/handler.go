@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"sync"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -19,12 +20,42 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/minimesh/minimesh/injector"
+	"github.com/minimesh/minimesh/internal/echo"
+	"github.com/minimesh/minimesh/wellknown"
 )
 
 // MaxBodyBytes bounds an AdmissionReview. The API server's own limit on an
 // object is 3 MiB, and a review carries at most the object and its old
 // version; anything larger is not from the API server.
 const MaxBodyBytes = 8 << 20
+
+// MaxPodBytes bounds the pods that the webhook decodes whole. Decoding a
+// pod, copying it and computing the patch from the two JSON documents
+// take up to 40 times its JSON (a pod of small env entries; measured in
+// TestAdmissionMemory), so the 8 MiB a review may hold would cost 315 MB.
+// A larger pod is decided on its metadata alone: admitted unchanged when
+// it is not to be injected, refused when it is. Real pods are a few KiB.
+const MaxPodBytes = 512 << 10
+
+// DefaultMaxInFlight is how many admissions run at once unless
+// Handler.MaxInFlight says otherwise. With MaxPodBytes it bounds the
+// memory of admissions to about 2 × 32 MB, whatever the pods (the worst
+// measured in TestAdmissionMemory; the chart gives the controller 256Mi).
+// An admission takes about a millisecond: two slots answer thousands of
+// pods a second.
+const DefaultMaxInFlight = 2
+
+// DefaultQueueTimeout is how long a request waits for one of the
+// MaxInFlight slots before it is answered 429: well within the chart's
+// webhook timeout (5 s), so that the API server logs why. An admission
+// takes about a millisecond, so only a flood or slow clients wait that
+// long.
+const DefaultQueueTimeout = 2 * time.Second
+
+// bodyTimeout bounds how long a request may hold a slot while its body
+// arrives: the API server sends it at once, a client that trickles it
+// would otherwise keep an admission slot for the server's ReadTimeout.
+const bodyTimeout = 5 * time.Second
 
 // NamespaceLabels tells the labels of a namespace: a namespace label opts
 // its pods in, and an AdmissionRequest does not carry it.
@@ -46,7 +77,46 @@ type Handler struct {
 	Namespaces NamespaceLabels
 	Metrics    *Metrics
 	Log        *slog.Logger
+	// MaxInFlight bounds the admissions decoded at once (0:
+	// DefaultMaxInFlight); the others wait for a slot, without their
+	// bodies read, for up to QueueTimeout (0: DefaultQueueTimeout).
+	MaxInFlight  int
+	QueueTimeout time.Duration
+
+	once  sync.Once
+	slots chan struct{}
 }
+
+// acquire waits for an admission slot; false when none came in time.
+func (h *Handler) acquire(r *http.Request) bool {
+	h.once.Do(func() {
+		n := h.MaxInFlight
+		if n <= 0 {
+			n = DefaultMaxInFlight
+		}
+		h.slots = make(chan struct{}, n)
+	})
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	default:
+	}
+	wait := h.QueueTimeout
+	if wait <= 0 {
+		wait = DefaultQueueTimeout
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+	return false
+}
+
+func (h *Handler) release() { <-h.slots }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
@@ -59,17 +129,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// through for curl and tests, anything else is not a review.
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			h.badRequest(w, r, http.StatusBadRequest, fmt.Errorf("content type %q, want application/json", ct))
+			h.badRequest(w, r, http.StatusBadRequest, fmt.Errorf("content type %s, want application/json", echo.Quote(ct)))
 			return
 		}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	tooLarge := fmt.Errorf("read AdmissionReview: body larger than %d bytes", MaxBodyBytes)
+	if r.ContentLength > MaxBodyBytes {
+		h.badRequest(w, r, http.StatusBadRequest, tooLarge)
+		return
+	}
+	// The slot is taken before the body is read, so that the requests
+	// waiting for one hold no memory but their connection.
+	if !h.acquire(r) {
+		h.Log.Warn("admission: too many in flight", "remote", r.RemoteAddr, "in_flight", cap(h.slots))
+		h.Metrics.throttled.Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, fmt.Sprintf("minimesh: %d admissions in flight; try again", cap(h.slots)), http.StatusTooManyRequests)
+		return
+	}
+	defer h.release()
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
+	body, err := readBody(w, r)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			err = fmt.Errorf("body larger than %d bytes", MaxBodyBytes)
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			err = tooLarge
+		} else {
+			err = fmt.Errorf("read AdmissionReview: %w", err)
 		}
-		h.badRequest(w, r, http.StatusBadRequest, fmt.Errorf("read AdmissionReview: %w", err))
+		h.badRequest(w, r, http.StatusBadRequest, err)
 		return
 	}
 	var review admissionv1.AdmissionReview
@@ -102,24 +190,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // that asked not to be, or skip pods that asked to be.
 func (h *Handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, string) {
 	allow := &admissionv1.AdmissionResponse{Allowed: true}
-	log := h.Log.With("namespace", req.Namespace, "uid", string(req.UID))
+	log := h.Log.With("namespace", echo.Clip(req.Namespace), "uid", echo.Clip(string(req.UID)))
 	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.Operation != admissionv1.Create || req.SubResource != "" {
 		// A webhook configuration wider than pods/CREATE is harmless.
-		log.Debug("admission: not a pod create", "kind", req.Kind.Kind, "operation", req.Operation, "subresource", req.SubResource)
+		log.Debug("admission: not a pod create", "kind", echo.Clip(req.Kind.Kind), "operation", echo.Clip(string(req.Operation)), "subresource", echo.Clip(req.SubResource))
 		return allow, ResultSkipped
 	}
-	var pod corev1.Pod
-	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
-		log.Error("admission: cannot decode the pod", "err", err)
-		return refuse(http.StatusBadRequest, fmt.Sprintf("minimesh: decode pod: %v", err)), ResultError
+	pod, whole, err := decodePod(req.Object.Raw)
+	if err != nil {
+		log.Error("admission: cannot decode the pod", "err", echo.Clip(err.Error()))
+		return refuse(http.StatusBadRequest, "minimesh: decode pod: "+echo.Clip(err.Error())), ResultError
 	}
-	log = log.With("pod", podName(&pod))
+	log = log.With("pod", echo.Clip(podName(pod)))
 	labels, err := h.Namespaces.Labels(ctx, req.Namespace)
 	if err != nil {
-		log.Error("admission: cannot read the namespace's labels", "err", err)
-		return refuse(http.StatusInternalServerError, fmt.Sprintf("minimesh: namespace %s: %v", req.Namespace, err)), ResultError
+		// The error names the namespace, which is the requester's.
+		log.Error("admission: cannot read the namespace's labels", "err", echo.Clip(err.Error()))
+		return refuse(http.StatusInternalServerError, fmt.Sprintf("minimesh: namespace %s: %s", echo.Clip(req.Namespace), echo.Clip(err.Error()))), ResultError
 	}
-	res, err := injector.Inject(injector.Input{Pod: &pod, Namespace: req.Namespace, NamespaceLabels: labels}, h.Config)
+	res, err := injector.Inject(injector.Input{Pod: pod, Namespace: req.Namespace, NamespaceLabels: labels}, h.Config)
 	if err != nil {
 		var deny *injector.DenyError
 		if errors.As(err, &deny) {
@@ -134,7 +223,13 @@ func (h *Handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) 
 		log.Debug("admission: not injected", "reason", res.Reason)
 		return allow, ResultSkipped
 	}
-	patch, err := injector.Patch(&pod, res.Pod)
+	if !whole {
+		msg := fmt.Sprintf("minimesh: the pod is %d bytes of JSON, more than the %d minimesh injects; annotate it %s: %s",
+			len(req.Object.Raw), MaxPodBytes, wellknown.AnnotationInject, wellknown.InjectDisabled)
+		log.Info("admission: denied", "reason", msg)
+		return refuse(http.StatusForbidden, msg), ResultDenied
+	}
+	patch, err := injector.Patch(pod, res.Pod)
 	if err != nil {
 		log.Error("admission: patch", "err", err)
 		return refuse(http.StatusInternalServerError, err.Error()), ResultError
@@ -143,6 +238,44 @@ func (h *Handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) 
 	allow.Patch, allow.PatchType = patch, &pt
 	log.Info("admission: injected", "reason", res.Reason, "warnings", len(res.Warnings))
 	return allow, ResultInjected
+}
+
+// readBody reads at most MaxBodyBytes, in one allocation when the
+// request says its length.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	if r.ContentLength <= 0 {
+		return io.ReadAll(body)
+	}
+	buf := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(body, buf); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// podHead is what decides whether a pod is injected: its metadata and
+// whether it is on the host's network.
+type podHead struct {
+	Metadata metav1.ObjectMeta `json:"metadata"`
+	Spec     struct {
+		HostNetwork bool `json:"hostNetwork"`
+	} `json:"spec"`
+}
+
+// decodePod decodes a pod whole when it is at most MaxPodBytes, else only
+// its head (whole false): enough for injector.Inject to decide whether it
+// is to be injected, far less memory than its containers in Go.
+func decodePod(raw []byte) (pod *corev1.Pod, whole bool, err error) {
+	if len(raw) <= MaxPodBytes {
+		pod = &corev1.Pod{}
+		return pod, true, json.Unmarshal(raw, pod)
+	}
+	var head podHead
+	if err := json.Unmarshal(raw, &head); err != nil {
+		return nil, false, err
+	}
+	return &corev1.Pod{ObjectMeta: head.Metadata, Spec: corev1.PodSpec{HostNetwork: head.Spec.HostNetwork}}, false, nil
 }
 
 func refuse(code int32, msg string) *admissionv1.AdmissionResponse {

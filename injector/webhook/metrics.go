@@ -19,6 +19,7 @@ type Metrics struct {
 	admissions  *prometheus.CounterVec
 	duration    prometheus.Histogram
 	badRequests prometheus.Counter
+	throttled   prometheus.Counter
 }
 
 // NewMetrics registers the metrics on a registry of their own, with the
@@ -41,6 +42,10 @@ func NewMetrics() *Metrics {
 			Name: "minimesh_injector_bad_requests_total",
 			Help: "Requests to /inject that were not an AdmissionReview (answered 400).",
 		}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "minimesh_injector_throttled_total",
+			Help: "Requests to /inject answered 429: every admission slot stayed busy for the queue timeout.",
+		}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "minimesh_build_info",
@@ -50,7 +55,7 @@ func NewMetrics() *Metrics {
 	for _, r := range []string{ResultInjected, ResultSkipped, ResultDenied, ResultError} {
 		m.admissions.WithLabelValues(r)
 	}
-	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, build,
+	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, m.throttled, build,
 		certmetrics.ReadCertificateTotal, certmetrics.ReadCertificateErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
