@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,6 +44,17 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	// The listener the request arrived on is the sidecar's own too, even
 	// when nobody declared it (a handler served by a test server).
 	arrived, _ := ctx.Value(http.LocalAddrContextKey).(net.Addr)
+	if host, port, err := net.SplitHostPort(addr); err == nil {
+		if h := strings.TrimSuffix(strings.ToLower(host), "."); h == "0" || h == "localhost" || strings.HasSuffix(h, ".localhost") {
+			ip := "127.0.0.1"
+			if h == "0" {
+				ip = "0.0.0.0"
+			}
+			if ap, err := netip.ParseAddrPort(net.JoinHostPort(ip, port)); err == nil && d.self.has(ap, arrived) {
+				return nil, &selfError{addr: ap.String(), asked: asked}
+			}
+		}
+	}
 	nd := d.d
 	nd.ControlContext = func(_ context.Context, _, address string, _ syscall.RawConn) error {
 		ap, err := netip.ParseAddrPort(address)

@@ -224,11 +224,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	}
 	dst := h.dests.get(authority)
+	closeConn := len(r.TransferEncoding) > 0 || h.draining.Load()
 
 	// Not pooled: the transport may still read the request body (and so
 	// the counters in st) after ServeHTTP returns.
 	st := &reqState{dest: dst, authority: authority, code: http.StatusBadGateway, start: start}
 	st.out.ResponseWriter = w
+	st.out.closeConn = closeConn
 	w = &st.out
 
 	st.id = r.Header.Get(wellknown.HeaderRequestID)
@@ -273,7 +275,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
-		stop := st.in.watch(h.cfg.RequestBodyTimeout, func() { cancel(errBodyTimeout) })
+		rw := st.out.ResponseWriter
+		stop := st.in.watch(h.cfg.RequestBodyTimeout, func() {
+			cancel(errBodyTimeout)
+			_ = http.NewResponseController(rw).SetReadDeadline(time.Unix(1, 0))
+		})
 		defer stop()
 	}
 	// Full duplex: otherwise Go's HTTP/1 server drains and closes the
@@ -296,6 +302,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) answerLate(w http.ResponseWriter, st *reqState) {
 	code, kind, body := errorResponse(&upstreamError{class: st.late, err: errors.New("the response failed after its headers")}, st.dest.name)
 	clear(w.Header())
+	st.out.pending = 0
 	st.code, st.errKind, st.late = code, kind, 0
 	body.RequestID = st.id
 	w.Header().Set(wellknown.HeaderRequestID, st.id)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,6 +67,11 @@ func (b *countingBody) abandon(w http.ResponseWriter) {
 	if b.ended.Load() {
 		return
 	}
+	// What is left of the body cannot be told from the next request:
+	// the connection must not be used again. A MaxBytesReader over its
+	// limit is how a handler gets net/http's server to close after the
+	// answer, lingering so that the app still reads it.
+	_, _ = http.MaxBytesReader(w, io.NopCloser(strings.NewReader("x")), 0).Read(make([]byte, 1))
 	if d, ok := w.(interface{ SetReadDeadline(time.Time) error }); ok {
 		_ = d.SetReadDeadline(time.Unix(1, 0))
 	}
@@ -131,9 +137,10 @@ func (e *bodyTimeoutError) Error() string {
 // it.
 type countingWriter struct {
 	http.ResponseWriter
-	n       int64
-	pending int  // status held back; 0: none
-	sent    bool // the status went to the app
+	n         int64
+	pending   int  // status held back; 0: none
+	sent      bool // the status went to the app
+	closeConn bool
 }
 
 func (w *countingWriter) WriteHeader(code int) {
@@ -156,6 +163,9 @@ func (w *countingWriter) commit() {
 		w.pending = http.StatusOK
 	}
 	w.sent = true
+	if w.closeConn {
+		w.Header().Set("Connection", "close")
+	}
 	w.ResponseWriter.WriteHeader(w.pending)
 }
 
