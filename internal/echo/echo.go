@@ -10,6 +10,7 @@ package echo
 
 import (
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -31,9 +32,13 @@ func Quote(s string) string {
 
 // Clip is Quote without the quotes, for text that is quoted elsewhere (a
 // log attribute, a library's message, a %q of someone else's format):
-// s itself when it is short, else its first MaxBytes and its length.
+// s itself when it is short and one line, else its first MaxBytes, up to
+// its first line break, and its length. The result is always one line.
 func Clip(s string) string {
 	head, cut := cutAt(s)
+	if i := strings.IndexAny(head, "\r\n"); i >= 0 {
+		head, cut = head[:i], true
+	}
 	if !cut {
 		return s
 	}

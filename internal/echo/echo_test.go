@@ -12,7 +12,8 @@ func TestQuote(t *testing.T) {
 	for _, tt := range []struct{ in, quote, clip string }{
 		{"", `""`, ""},
 		{"lots", `"lots"`, "lots"},
-		{"a\nb", `"a\nb"`, "a\nb"},
+		{"a\nb", `"a\nb"`, "a… (3 bytes)"},
+		{"a\r\nb", `"a\r\nb"`, "a… (4 bytes)"},
 		{strings.Repeat("y", MaxBytes), strconv.Quote(strings.Repeat("y", MaxBytes)), strings.Repeat("y", MaxBytes)},
 		{long, `"` + long[:MaxBytes] + `"… (1048576 bytes)`, long[:MaxBytes] + "… (1048576 bytes)"},
 		// A rune that straddles the cut is left out whole, not split.
@@ -36,6 +37,9 @@ func FuzzQuote(f *testing.F) {
 		c := Clip(s)
 		if len(c) > MaxBytes+len("… (18446744073709551615 bytes)") {
 			t.Fatalf("Clip gave %d bytes", len(c))
+		}
+		if strings.ContainsAny(c, "\r\n") {
+			t.Fatalf("Clip(%q) = %q spans lines", s, c)
 		}
 		if utf8.ValidString(s) && !utf8.ValidString(c) {
 			t.Fatalf("Clip(%q) = %q cuts a character", s, c)
