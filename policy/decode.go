@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/minimesh/minimesh/internal/echo"
 )
 
 // Decode reads every ResiliencePolicy document of a YAML (or JSON)
@@ -41,8 +43,36 @@ type fileDecoder struct {
 	name string
 	good []decoded
 	errs ErrorList
+	// dropped counts the problems past maxFileErrors, and firstDropped
+	// is the first of them, where the summary line points.
+	dropped      int
+	firstDropped *Error
 	// first maps a service to the policy that claimed it first.
 	first map[string]*ResiliencePolicy
+}
+
+// add records a problem, or only counts it past maxFileErrors.
+func (f *fileDecoder) add(e *Error) {
+	if len(f.errs) < maxFileErrors {
+		f.errs = append(f.errs, e)
+		return
+	}
+	if f.dropped == 0 {
+		f.firstDropped = e
+	}
+	f.dropped++
+}
+
+// problems is how many problems were found, reported or not.
+func (f *fileDecoder) problems() int { return len(f.errs) + f.dropped }
+
+// summarize ends the list with the count of the problems not reported.
+func (f *fileDecoder) summarize() {
+	if f.dropped > 0 {
+		e := *f.firstDropped
+		e.Field, e.Msg = "", fmt.Sprintf("%d more problems in this file not shown", f.dropped)
+		f.errs = append(f.errs, &e)
+	}
 }
 
 func (f *fileDecoder) policies() []*ResiliencePolicy {
@@ -59,9 +89,10 @@ func decodeFile(filename string, data []byte) (f *fileDecoder) {
 	// must survive a file that proves otherwise.
 	defer func() {
 		if r := recover(); r != nil {
-			f.errs = append(f.errs, &Error{File: filename, Line: 1, Column: 1, Msg: fmt.Sprintf("YAML parser failed: %v", r)})
+			f.add(&Error{File: filename, Line: 1, Column: 1, Msg: "YAML parser failed: " + echo.Clip(fmt.Sprint(r))})
 		}
 		f.errs.sortByPosition()
+		f.summarize()
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
@@ -73,7 +104,7 @@ func decodeFile(filename string, data []byte) (f *fileDecoder) {
 		if err != nil {
 			// The parser cannot resume after a syntax error: the rest of
 			// the stream is unknown.
-			f.errs = append(f.errs, syntaxError(filename, err))
+			f.add(syntaxError(filename, err))
 			return f
 		}
 		if len(doc.Content) == 0 {
@@ -120,7 +151,8 @@ func syntaxError(filename string, err error) *Error {
 			}
 		}
 	}
-	e.Msg = "invalid YAML: " + e.Msg
+	// The parser's messages can hold the input (an unknown anchor's name).
+	e.Msg = "invalid YAML: " + echo.Clip(e.Msg)
 	return e
 }
 
@@ -136,10 +168,10 @@ func (f *fileDecoder) document(root *yaml.Node) {
 
 // object decodes one policy and keeps it when it has no problem.
 func (f *fileDecoder) object(n *yaml.Node, prefix string) {
-	before := len(f.errs)
+	before := f.problems()
 	d := &objDecoder{file: f, prefix: prefix, root: n, pos: map[string]*yaml.Node{}, bad: map[string]bool{}}
 	p := d.policy(n)
-	if p == nil || len(f.errs) > before {
+	if p == nil || f.problems() > before {
 		return
 	}
 	svc := d.pos["spec.service"]

@@ -2,13 +2,28 @@ package policy
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/minimesh/minimesh/internal/echo"
 )
+
+// maxValueBytes is the longest string a policy field takes: a DNS name
+// (253) with a port; maxConditionBytes the longest retryOn or failOn
+// item, a short word. A longer scalar is refused before the field looks
+// at it, so that no message built from it (an invalid service, an unknown
+// condition) can repeat more than this, whatever the file holds.
+const (
+	maxValueBytes     = 253 + len(":65535")
+	maxConditionBytes = 64
+)
+
+// maxFileErrors bounds the problems reported for one file; a generated
+// file can hold millions, each a line of lint's output.
+const maxFileErrors = 100
 
 // objDecoder walks the yaml.Node tree of one object by hand instead of
 // letting yaml.v3 unmarshal it, because only the nodes know where each
@@ -50,13 +65,23 @@ func (d *objDecoder) report(n *yaml.Node, path, format string, args ...any) {
 	if f != "" {
 		f = d.prefix + f
 	}
-	d.file.errs = append(d.file.errs, &Error{
+	d.file.add(&Error{
 		File:   d.file.name,
 		Line:   n.Line,
 		Column: n.Column,
 		Field:  f,
 		Msg:    fmt.Sprintf(format, args...),
 	})
+}
+
+// tooLong refuses a scalar longer than any value a field takes, before
+// the field's own checks repeat it.
+func (d *objDecoder) tooLong(path string, n *yaml.Node, max int) bool {
+	if n.Kind != yaml.ScalarNode || len(n.Value) <= max {
+		return false
+	}
+	d.failAt(n, path, "longer than this field takes (at most %d bytes): %s", max, echo.Quote(n.Value))
+	return true
 }
 
 // missing reports a required field at the mapping that lacks it.
@@ -93,7 +118,7 @@ func (d *objDecoder) mapping(n *yaml.Node, path string, fields []field) map[stri
 		seen[k.Value] = k
 		f := lookupField(fields, k.Value)
 		if f == nil {
-			d.report(k, fp, "unknown field %q (allowed: %s)", k.Value, fieldNames(fields))
+			d.report(k, fp, "unknown field %s (allowed: %s)", echo.Quote(k.Value), fieldNames(fields))
 			continue
 		}
 		if f.decode != nil {
@@ -126,10 +151,10 @@ func fieldNames(fields []field) string {
 }
 
 // join appends a key to a field path, quoting a key that would break
-// the one-line form of an error.
+// the one-line form of an error or make it long.
 func join(path, name string) string {
-	if strings.IndexFunc(name, func(r rune) bool { return r < ' ' || r == 0x7f || r == utf8.RuneError }) >= 0 {
-		name = strconv.Quote(name)
+	if len(name) > echo.MaxBytes || strings.IndexFunc(name, func(r rune) bool { return r < ' ' || r == 0x7f || r == utf8.RuneError }) >= 0 {
+		name = echo.Quote(name)
 	}
 	if path == "" {
 		return name
@@ -151,6 +176,9 @@ func (d *objDecoder) str(path string, n *yaml.Node) (string, bool) {
 		d.failAt(n, path, "want a string, got %s", describe(n))
 		return "", false
 	}
+	if d.tooLong(path, n, maxValueBytes) {
+		return "", false
+	}
 	return n.Value, true
 }
 
@@ -161,7 +189,7 @@ func (d *objDecoder) integer(path string, n *yaml.Node) (int, bool) {
 	}
 	var v int
 	if err := n.Decode(&v); err != nil {
-		d.failAt(n, path, "invalid integer %s (out of range?)", clip(n.Value))
+		d.failAt(n, path, "invalid integer %s (out of range?)", echo.Clip(n.Value))
 		return 0, false
 	}
 	return v, true
@@ -225,6 +253,10 @@ func (d *objDecoder) conditions(path string, n *yaml.Node) (Conditions, bool) {
 			ok = false
 			continue
 		}
+		if d.tooLong(ip, item, maxConditionBytes) {
+			ok = false
+			continue
+		}
 		class, code, err := ParseCondition(item.Value)
 		if err != nil {
 			d.failAt(item, ip, "%v", err)
@@ -246,34 +278,18 @@ func describe(n *yaml.Node) string {
 	case yaml.ScalarNode:
 		switch tag := n.ShortTag(); tag {
 		case "!!str":
-			return fmt.Sprintf("string %q", clip(n.Value))
+			return "string " + echo.Quote(n.Value)
 		case "!!int":
-			return "integer " + clip(n.Value)
+			return "integer " + echo.Clip(n.Value)
 		case "!!float":
-			return "number " + clip(n.Value)
+			return "number " + echo.Clip(n.Value)
 		case "!!bool":
-			return "boolean " + clip(n.Value)
+			return "boolean " + echo.Clip(n.Value)
 		case "!!null":
 			return "null"
 		default:
-			return fmt.Sprintf("%q tagged %q", clip(n.Value), clip(tag))
+			return echo.Quote(n.Value) + " tagged " + echo.Quote(tag)
 		}
 	}
 	return "an alias"
-}
-
-// clip keeps messages one line long whatever the input.
-func clip(s string) string {
-	const max = 40
-	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
-		s = s[:i] + "…"
-	}
-	if len(s) > max {
-		i := max
-		for i > 0 && !utf8.RuneStart(s[i]) {
-			i--
-		}
-		s = s[:i] + "…"
-	}
-	return s
 }
