@@ -39,8 +39,17 @@ tools() {
 	mod_tool kubectl kube k8s.io/kubernetes/cmd/kubectl \
 		'-X k8s.io/component-base/version.gitVersion=$VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37'
 	go_tool helm v3.22.0 helm.sh/helm/v3/cmd/helm
+	# The node side of a one-node cluster that runs pods (e2e/internal/cluster),
+	# from the same module as the API server: kubelet takes ~8 min to build.
+	local kv='-X k8s.io/component-base/version.gitVersion=$VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37'
+	mod_tool kubelet kube k8s.io/kubernetes/cmd/kubelet "$kv"
+	mod_tool kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "$kv"
+	mod_tool kube-scheduler kube k8s.io/kubernetes/cmd/kube-scheduler "$kv"
+	mod_tool kube-proxy kube k8s.io/kubernetes/cmd/kube-proxy "$kv"
+	go_tool coredns v1.15.0 github.com/coredns/coredns
 	deb_pkg nginx-light haproxy wrk curl iproute2 iptables prometheus etcd-server
 	deb_pkg gcc libc6-dev # cgo, for go test -race
+	deb_pkg containerd runc containernetworking-plugins # the one-node cluster
 }
 
 if [[ "${1:-}" == "--print-dir" ]]; then

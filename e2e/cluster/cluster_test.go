@@ -1,0 +1,269 @@
+//go:build cluster
+
+// Package cluster tests minimesh in a real one-node Kubernetes cluster
+// that runs pods (e2e/internal/cluster): a Deployment injected by `minimesh
+// inject` runs the sidecar as a native sidecar, from an image built here,
+// and its app calls a Service by its cluster DNS name through HTTP_PROXY.
+//
+// It needs root and the cluster's tools (make tools), and it takes the
+// machine's one node, so it is behind the build tag "cluster":
+//
+//	make build && go test -tags cluster -count=1 -v ./e2e/cluster/
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/minimesh/minimesh/e2e/internal/cluster"
+	"github.com/minimesh/minimesh/e2e/internal/image"
+	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/e2e/internal/tools"
+)
+
+const testappImage = "minimesh.local/testapp:e2e"
+
+// start brings a cluster up for t, or skips t (fails it under CI=true)
+// when it cannot run here.
+func start(t *testing.T) *cluster.Cluster {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("a node needs root")
+	}
+	for _, name := range cluster.Tools {
+		proc.NeedTool(t, name)
+	}
+	if m := cluster.Missing(); len(m) > 0 {
+		t.Skipf("missing: %s", strings.Join(m, "; "))
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c, err := cluster.Start(ctx, dir, cluster.Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("stop the cluster: %v", err)
+		}
+		for _, l := range c.Leftovers() {
+			t.Errorf("left on the host after Stop: %s", l)
+		}
+		if t.Failed() {
+			for _, name := range []string{"kubelet", "containerd", "kube-proxy", "coredns"} {
+				b, _ := os.ReadFile(filepath.Join(dir, "logs", name+".log"))
+				if len(b) > 8<<10 {
+					b = b[len(b)-8<<10:]
+				}
+				t.Logf("%s's last output:\n%s", name, b)
+			}
+		}
+	})
+	return c
+}
+
+const backend = `apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend, namespace: demo}
+spec:
+  selector: {matchLabels: {app: backend}}
+  template:
+    metadata: {labels: {app: backend}}
+    spec:
+      containers:
+      - name: app
+        image: ` + testappImage + `
+        imagePullPolicy: Never
+        args: [serve, ":8080"]
+        ports: [{containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: demo}
+spec:
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: 8080}]
+`
+
+// client is what a user writes; `minimesh inject` adds the sidecar.
+const client = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: demo}
+spec:
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      containers:
+      - name: app
+        image: ` + testappImage + `
+        imagePullPolicy: Never
+        args: [call, "http://backend.demo.svc.cluster.local/hello", ":8081"]
+        readinessProbe: {httpGet: {path: /ready, port: 8081}, periodSeconds: 1}
+`
+
+// TestSidecarInACluster: the node gets Ready; an injected Deployment's pod
+// starts its native sidecar (startup probe) before the app, and the app's
+// calls to a Service by its cluster DNS name go through the sidecar.
+func TestSidecarInACluster(t *testing.T) {
+	c := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	t0 := time.Now()
+	mm, err := cluster.MinimeshImageOf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := filepath.Join(t.TempDir(), "testapp")
+	if err := cluster.BuildStatic(ctx, "./e2e/cluster/testapp", app); err != nil {
+		t.Fatal(err)
+	}
+	testapp := image.Image{Ref: testappImage, User: "65532:65532", Entrypoint: []string{"/testapp"},
+		Files: []image.File{{Name: "/testapp", Src: app}}}
+	if err := c.Import(ctx, mm, testapp); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("images built and imported in %s", time.Since(t0).Round(time.Millisecond))
+
+	t0 = time.Now()
+	if out, err := c.KubectlStdin(ctx, backend, "apply", "-f", "-"); err != nil {
+		t.Fatal(out, err)
+	}
+	// The real injection, with the image built above.
+	cfg := filepath.Join(t.TempDir(), "injector.yaml")
+	if err := os.WriteFile(cfg, []byte("proxy:\n  image: "+cluster.MinimeshImage+"\n  imagePullPolicy: Never\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	injected, err := minimesh(ctx, client, "inject", "-f", "-", "--config", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.KubectlStdin(ctx, injected, "apply", "-f", "-"); err != nil {
+		t.Fatal(out, err)
+	}
+	for _, d := range []string{"backend", "client"} {
+		if out, err := c.Kubectl(ctx, "-n", "demo", "rollout", "status", "deployment/"+d, "--timeout=3m"); err != nil {
+			describe(t, c)
+			t.Fatal(out, err)
+		}
+	}
+	t.Logf("backend and injected client Ready in %s", time.Since(t0).Round(time.Millisecond))
+
+	pods, err := c.Client.CoreV1().Pods("demo").List(ctx, metav1.ListOptions{LabelSelector: "app=client"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("client pods: %v, %v", pods, err)
+	}
+	pod := pods.Items[0]
+	if len(pod.Spec.InitContainers) != 1 || pod.Spec.InitContainers[0].Name != "minimesh-proxy" ||
+		pod.Spec.InitContainers[0].RestartPolicy == nil || pod.Spec.InitContainers[0].StartupProbe == nil {
+		t.Fatalf("the client pod has no native sidecar with a startup probe: %+v", pod.Spec.InitContainers)
+	}
+	for _, s := range pod.Status.InitContainerStatuses {
+		if s.Name == "minimesh-proxy" && (s.Started == nil || !*s.Started || !s.Ready) {
+			t.Fatalf("sidecar status: %+v", s)
+		}
+	}
+
+	// The app's last call, as the app saw it: the backend's echo of the
+	// request, which the sidecar forwarded.
+	var last struct {
+		Status int
+		Body   string
+		OK     int
+	}
+	get(t, "http://"+pod.Status.PodIP+":8081/last", &last)
+	if last.Status != 200 || last.OK < 1 {
+		t.Fatalf("the app's last call: %+v", last)
+	}
+	var echo struct {
+		Host    string
+		Path    string
+		Headers map[string][]string
+	}
+	if err := json.Unmarshal([]byte(last.Body), &echo); err != nil {
+		t.Fatalf("backend answer %q: %v", last.Body, err)
+	}
+	if echo.Path != "/hello" || !strings.HasPrefix(echo.Host, "backend-") {
+		t.Fatalf("the call reached %+v, want the backend pod at /hello", echo)
+	}
+	if len(echo.Headers["Via"]) == 0 || len(echo.Headers["X-Request-Id"]) == 0 {
+		t.Fatalf("the backend saw no Via and X-Request-ID: the call did not go through the sidecar: %v", echo.Headers)
+	}
+
+	// The sidecar's own account, on its admin port (pod IP).
+	resp, err := http.Get("http://" + pod.Status.PodIP + ":15020/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var found bool
+	for _, line := range strings.Split(string(metrics), "\n") {
+		if strings.HasPrefix(line, "minimesh_requests_total{") && strings.Contains(line, "backend") && strings.Contains(line, `code="200"`) {
+			found = true
+			t.Logf("sidecar: %s", line)
+		}
+	}
+	if !found {
+		t.Fatalf("no minimesh_requests_total for the backend with code 200 in the sidecar's metrics")
+	}
+
+	// kubectl logs reaches the kubelet through the API server.
+	logs, err := c.Kubectl(ctx, "-n", "demo", "logs", pod.Name, "-c", "minimesh-proxy", "--tail=5")
+	if err != nil || !strings.Contains(logs, `"path":"/hello","status":200`) {
+		t.Fatalf("kubectl logs of the sidecar: %v\n%s", err, logs)
+	}
+}
+
+func minimesh(ctx context.Context, stdin string, args ...string) (string, error) {
+	bin, err := tools.Binary("minimesh")
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("minimesh %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out), nil
+}
+
+func get(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+}
+
+func describe(t *testing.T, c *cluster.Cluster) {
+	out, _ := c.Kubectl(context.Background(), "-n", "demo", "describe", "pods")
+	t.Logf("pods:\n%s", out)
+	out, _ = c.Kubectl(context.Background(), "get", "events", "-A")
+	t.Logf("events:\n%s", out)
+}

@@ -1,0 +1,101 @@
+// Command testapp is the application of the cluster end-to-end test, in an
+// image of its own (static, no shell):
+//
+//	testapp serve ADDR       answers every request with a JSON echo of it
+//	testapp call URL ADDR    GETs URL twice a second through $HTTP_PROXY,
+//	                         like an unmodified app in a pod; on ADDR, /ready
+//	                         is 200 once the last call succeeded and /last
+//	                         shows that call
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: testapp serve ADDR | testapp call URL ADDR")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "serve":
+		host, _ := os.Hostname()
+		err := http.ListenAndServe(os.Args[2], http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{
+				"host": host, "method": r.Method, "path": r.URL.Path, "headers": r.Header,
+			})
+		}))
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	case "call":
+		if len(os.Args) != 4 {
+			os.Exit(2)
+		}
+		call(os.Args[2], os.Args[3])
+	default:
+		os.Exit(2)
+	}
+}
+
+type result struct {
+	Time    time.Time   `json:"time"`
+	Status  int         `json:"status"`
+	Error   string      `json:"error,omitempty"`
+	Headers http.Header `json:"headers,omitempty"`
+	Body    string      `json:"body,omitempty"`
+	Calls   int         `json:"calls"`
+	OK      int         `json:"ok"`
+}
+
+func call(url, addr string) {
+	var mu sync.Mutex
+	var last result
+	go func() {
+		client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment}}
+		for n := 1; ; n++ {
+			r := result{Time: time.Now(), Calls: n}
+			resp, err := client.Get(url)
+			if err != nil {
+				r.Error = err.Error()
+			} else {
+				b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+				resp.Body.Close()
+				r.Status, r.Headers, r.Body = resp.StatusCode, resp.Header, string(b)
+			}
+			mu.Lock()
+			r.OK = last.OK
+			if r.Status == http.StatusOK {
+				r.OK++
+			}
+			last = r
+			mu.Unlock()
+			fmt.Printf("call %d: %d %s\n", n, r.Status, r.Error)
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if last.Status != http.StatusOK {
+			http.Error(w, fmt.Sprintf("last call: %d %s", last.Status, last.Error), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/last", func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(last)
+	})
+	fmt.Fprintln(os.Stderr, http.ListenAndServe(addr, mux))
+	os.Exit(1)
+}

@@ -1,0 +1,157 @@
+// Command minimesh-cluster runs the one-node cluster of e2e/internal/cluster
+// for development (make cluster-up, make cluster-down):
+//
+//	minimesh-cluster up -dir DIR     start it in the background, with the
+//	                                 minimesh image from bin/ imported, and
+//	                                 return once the node is Ready
+//	minimesh-cluster down -dir DIR   stop it and clean up the host
+//	minimesh-cluster run -dir DIR    run it in the foreground until SIGINT
+//	                                 or SIGTERM
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/minimesh/minimesh/e2e/internal/cluster"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	dir := fs.String("dir", "e2e/.work/cluster", "the cluster's directory")
+	_ = fs.Parse(os.Args[2:])
+	abs, err := filepath.Abs(*dir)
+	if err != nil {
+		fail(err)
+	}
+	switch os.Args[1] {
+	case "run":
+		err = run(abs)
+	case "up":
+		err = up(abs)
+	case "down":
+		err = down(abs)
+	default:
+		usage()
+	}
+	if err != nil {
+		fail(err)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: minimesh-cluster up|down|run [-dir DIR]")
+	os.Exit(2)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "minimesh-cluster:", err)
+	os.Exit(1)
+}
+
+func run(dir string) error {
+	_ = os.Remove(filepath.Join(dir, "ready"))
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	c, err := cluster.Start(ctx, filepath.Join(dir, "node"), cluster.Options{Logf: logf})
+	if err != nil {
+		return err
+	}
+	if img, err := cluster.MinimeshImageOf(); err != nil {
+		logf("no minimesh image: %v", err)
+	} else if err := c.Import(ctx, img); err != nil {
+		logf("import the minimesh image: %v", err)
+	} else {
+		logf("imported %s", cluster.MinimeshImage)
+	}
+	_ = os.WriteFile(filepath.Join(dir, "ready"), []byte(c.Kubeconfig+"\n"), 0o644)
+	logf("cluster ready: export KUBECONFIG=%s", c.Kubeconfig)
+	<-ctx.Done()
+	_ = os.Remove(filepath.Join(dir, "ready"))
+	return c.Stop()
+}
+
+func up(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if pid, err := readPID(dir); err == nil && syscall.Kill(pid, 0) == nil {
+		return fmt.Errorf("a cluster runs already (pid %d): make cluster-down", pid)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	logPath := filepath.Join(dir, "cluster.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	_ = os.Remove(filepath.Join(dir, "ready"))
+	cmd := exec.Command(self, "run", "-dir", dir)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for deadline := time.Now().Add(10 * time.Minute); time.Now().Before(deadline); {
+		if b, err := os.ReadFile(filepath.Join(dir, "ready")); err == nil {
+			fmt.Printf("cluster up (pid %d, log %s)\nexport KUBECONFIG=%s\n", cmd.Process.Pid, logPath, strings.TrimSpace(string(b)))
+			return nil
+		}
+		select {
+		case err := <-exited:
+			out, _ := os.ReadFile(logPath)
+			return fmt.Errorf("the cluster did not start (%v):\n%s", err, out)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return errors.New("the cluster did not get ready in 10 minutes; see " + logPath)
+}
+
+func down(dir string) error {
+	pid, err := readPID(dir)
+	if err != nil {
+		return fmt.Errorf("no cluster to stop in %s: %w", dir, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		_ = os.Remove(filepath.Join(dir, "pid"))
+		return fmt.Errorf("cluster (pid %d) not running: %w", pid, err)
+	}
+	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if syscall.Kill(pid, 0) != nil {
+			_ = os.Remove(filepath.Join(dir, "pid"))
+			fmt.Println("cluster down")
+			return nil
+		}
+	}
+	return fmt.Errorf("cluster (pid %d) still running after 3 minutes", pid)
+}
+
+func readPID(dir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "pid"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
