@@ -38,7 +38,7 @@ func newDialer(connectTimeout time.Duration, resolve map[string]string, self *se
 
 func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	asked := addr
-	if to, ok := d.resolve[addr]; ok {
+	if to, ok := d.resolve[strings.ToLower(addr)]; ok { // keys are lower case
 		addr = to
 	}
 	// The listener the request arrived on is the sidecar's own too, even

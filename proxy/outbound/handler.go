@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -211,7 +212,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if h.hop.seen(r.Header) {
-		h.log.Warn("request loop refused", "authority", authority, "via", truncate(strings.Join(r.Header.Values("Via"), ", "), 256))
+		h.log.Warn("request loop refused", "authority", authority, "via", echo.Clip(strings.Join(r.Header.Values("Via"), ", ")))
 		h.refuse(w, r, http.StatusLoopDetected, wellknown.ErrorLoop,
 			"request to "+authority+" has already passed through this sidecar (Via): a forwarding loop")
 		return
@@ -291,9 +292,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if st.late != 0 && !st.out.sent {
 		h.answerLate(w, st)
 	}
-	st.out.commit()
+	// An app that went away gets nothing: net/http would send a 200 of
+	// its own for a handler that wrote none, which a half-closed client
+	// would still read.
+	gone := st.code == statusClientClosed && !st.out.sent && st.out.pending == 0
+	if !gone {
+		st.out.commit()
+	}
 	if st.in.ReadCloser != nil {
 		st.in.abandon(st.out.ResponseWriter)
+	}
+	if gone {
+		panic(http.ErrAbortHandler) // the deferred finish records the 499
 	}
 }
 
@@ -377,6 +387,12 @@ func (h *Handler) logAccess(r *http.Request, st *reqState) {
 func target(r *http.Request) (string, error) {
 	host, scheme := r.URL.Host, r.URL.Scheme
 	if host == "" {
+		if scheme != "" || r.URL.Opaque != "" {
+			// "GET ok:80" or "GET mailto:x@y": not a path, and not an
+			// http:// URL either; forwarded, it would reach the upstream as
+			// "GET 80".
+			return "", errors.New("request target " + echo.Quote(r.RequestURI) + " is neither an http:// URL nor a path")
+		}
 		host, scheme = r.Host, "http"
 	}
 	if host == "" {
@@ -387,17 +403,17 @@ func target(r *http.Request) (string, error) {
 	case "https":
 		return "", errors.New("https:// requests must be tunnelled with CONNECT; the sidecar does not originate TLS")
 	default:
-		return "", errors.New("unsupported scheme " + strconv.Quote(scheme))
+		return "", errors.New("unsupported scheme " + echo.Quote(scheme))
 	}
 	if strings.LastIndexByte(host, ':') <= strings.LastIndexByte(host, ']') {
 		host = net.JoinHostPort(strings.Trim(host, "[]"), "80")
 	}
 	h, port, err := net.SplitHostPort(host)
 	if err != nil || h == "" {
-		return "", errors.New("bad destination " + strconv.Quote(host) + ": want host[:port]")
+		return "", errors.New("bad destination " + echo.Quote(host) + ": want host[:port]")
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return "", errors.New("bad port in destination " + strconv.Quote(host))
+		return "", errors.New("bad port in destination " + echo.Quote(host))
 	}
 	return host, nil
 }

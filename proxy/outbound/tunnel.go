@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/proxy/requestid"
@@ -24,7 +25,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	if _, _, err := net.SplitHostPort(authority); err != nil {
 		id := requestid.New()
 		w.Header().Set(wellknown.HeaderRequestID, id)
-		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: "CONNECT needs host:port, got " + authority, RequestID: id})
+		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: "CONNECT needs host:port, got " + echo.Quote(authority), RequestID: id})
 		return
 	}
 	dst := h.dests.get(authority)
@@ -53,12 +54,15 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 		var body errorBody
 		st.code, st.errKind, body = errorResponse(err, dst.name)
 		if r.Context().Err() != nil {
+			// Gone: no answer at all, or net/http would send a 200 and the
+			// tunnel's bytes would be read as requests.
 			st.code, st.errKind = statusClientClosed, ""
-		} else {
-			body.RequestID = st.id
-			w.Header().Set(wellknown.HeaderRequestID, st.id)
-			writeError(w, st.code, st.errKind, body)
+			h.finish(r, st)
+			panic(http.ErrAbortHandler)
 		}
+		body.RequestID = st.id
+		w.Header().Set(wellknown.HeaderRequestID, st.id)
+		writeError(w, st.code, st.errKind, body)
 		h.finish(r, st)
 		return
 	}

@@ -54,11 +54,3 @@ func (p hop) add(h http.Header) {
 	}
 	h["Via"] = p.value
 }
-
-// truncate shortens s for a log line.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}

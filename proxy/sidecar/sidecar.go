@@ -6,9 +6,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -204,7 +206,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 	if ip := s.outLn.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
 		s.log.Warn("the outbound proxy listens on a non-loopback address, so it is reachable from the network: anyone who can reach the pod can send requests through it. Listen on loopback (the app's HTTP_PROXY is then http://127.0.0.1:15001)", "outbound", s.OutboundAddr())
 	}
-	errLog := slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)
+	errLog := log.New(serverLog{cfg.Logger}, "", 0)
 	s.outSrv = &http.Server{
 		Handler:           s.outbound,
 		MaxHeaderBytes:    outbound.MaxHeaderBytes,
@@ -389,4 +391,20 @@ func (s *Sidecar) applyXDS(pols []*policy.ResiliencePolicy, version string) erro
 	s.source.LastError, s.source.LastErrAt = "", time.Time{}
 	s.source.Loads++
 	return nil
+}
+
+// serverLog is net/http's error log for the sidecar's servers. Its lines
+// are a client's business (a bad request line, a reset) and go out at
+// debug level, except a handler's recovered panic: a bug of the sidecar's,
+// which must show at the default level.
+type serverLog struct{ l *slog.Logger }
+
+func (s serverLog) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	if strings.Contains(msg, "panic") {
+		s.l.Error("http server", "error", msg)
+	} else {
+		s.l.Debug("http server", "error", msg)
+	}
+	return len(p), nil
 }
