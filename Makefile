@@ -19,7 +19,7 @@ export MINIMESH_TOOLS_DIR := $(TOOLS_DIR)
 export MINIMESH_BIN_DIR := $(BIN_DIR)
 export PATH := $(TOOLS_DIR)/bin:$(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
-.PHONY: all build test e2e bench demo lint tools fuzz clean help
+.PHONY: all build test e2e bench demo lint tools fuzz clean help cluster-up cluster-down
 
 all: build
 
@@ -33,6 +33,8 @@ help:
 	@echo 'tools  install missing tools (scripts/tools.sh)'
 	@echo 'fuzz   every Fuzz target for FUZZTIME (default 20s) each'
 	@echo 'clean  remove build output'
+	@echo 'cluster-up    a one-node cluster that runs pods, minimesh image imported (root; prints KUBECONFIG)'
+	@echo 'cluster-down  stop it and clean up the host'
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_DIR)/minimesh-proxy ./proxy/cmd/minimesh-proxy
@@ -78,3 +80,16 @@ fuzz:
 
 clean:
 	rm -rf $(BIN_DIR) dist e2e/.work
+
+# A one-node cluster that runs pods (e2e/internal/cluster), in the
+# background; `make cluster-down` stops it and undoes its changes to the host.
+CLUSTER_DIR ?= $(CURDIR)/e2e/.work/cluster
+
+cluster-up: tools build
+	@mkdir -p $(CLUSTER_DIR)
+	CGO_ENABLED=0 $(GO) build -o $(CLUSTER_DIR)/minimesh-cluster ./e2e/internal/cluster/cmd/minimesh-cluster
+	$(CLUSTER_DIR)/minimesh-cluster up -dir $(CLUSTER_DIR)
+
+cluster-down:
+	@if [[ -x $(CLUSTER_DIR)/minimesh-cluster ]]; then $(CLUSTER_DIR)/minimesh-cluster down -dir $(CLUSTER_DIR); \
+	else $(GO) run ./e2e/internal/cluster/cmd/minimesh-cluster down -dir $(CLUSTER_DIR); fi

@@ -256,6 +256,8 @@ func (c *Cluster) takeLock(ctx context.Context, timeout time.Duration) error {
 		for _, e := range old.cleanup(c.paths["kube-proxy"]) {
 			c.logf("cluster: cleanup: %v", e)
 		}
+		// Its images and containers; its logs and configuration stay.
+		_ = os.RemoveAll(filepath.Join(old.Dir, "containerd"))
 	}
 	return nil
 }
@@ -299,6 +301,15 @@ func (c *Cluster) startAPIServer() error {
 		BinaryAssetsDirectory:    assets,
 		ControlPlaneStartTimeout: 2 * time.Minute,
 		ControlPlaneStopTimeout:  30 * time.Second,
+	}
+	// Their files in Dir too, so that a cleanup after a crash finds them
+	// by it.
+	env.ControlPlane.GetAPIServer().CertDir = filepath.Join(c.Dir, "apiserver")
+	env.ControlPlane.Etcd = &envtest.Etcd{DataDir: filepath.Join(c.Dir, "etcd")}
+	for _, d := range []string{"apiserver", "etcd"} {
+		if err := os.MkdirAll(filepath.Join(c.Dir, d), 0o700); err != nil {
+			return err
+		}
 	}
 	args := env.ControlPlane.GetAPIServer().Configure()
 	args.Set("endpoint-reconciler-type", "none")

@@ -141,11 +141,10 @@ func (st *hostState) cleanup(kubeProxy string) []error {
 		}
 	}
 	add(killCgroup("kubepods"))
-	sock := filepath.Join(st.Dir, "containerd", "containerd.sock")
-	for _, pid := range pids() {
-		if strings.HasSuffix(exeOf(pid), "containerd-shim-runc-v2") && strings.Contains(cmdline(pid), sock) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
+	// Every process whose command line names the cluster's directory:
+	// etcd, kube-apiserver, the containerd shims (by its socket).
+	for _, pid := range ownPIDs(st.Dir) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	add(unmountUnder(st))
 	if ents, err := os.ReadDir("/run/netns"); err == nil {
@@ -192,6 +191,18 @@ func pids() []int {
 	var out []int
 	for _, e := range ents {
 		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// ownPIDs are the processes, other than this one, whose command line
+// names dir (a cluster's directory).
+func ownPIDs(dir string) []int {
+	var out []int
+	for _, pid := range pids() {
+		if pid != os.Getpid() && strings.Contains(cmdline(pid), dir+"/") {
 			out = append(out, pid)
 		}
 	}
@@ -434,11 +445,8 @@ func (c *Cluster) Leftovers() []string {
 			out = append(out, fmt.Sprintf("process %s (pid %d)", name, pid))
 		}
 	}
-	sock := filepath.Join(st.Dir, "containerd", "containerd.sock")
-	for _, pid := range pids() {
-		if strings.HasSuffix(exeOf(pid), "containerd-shim-runc-v2") && strings.Contains(cmdline(pid), sock) {
-			out = append(out, fmt.Sprintf("containerd shim (pid %d)", pid))
-		}
+	for _, pid := range ownPIDs(st.Dir) {
+		out = append(out, fmt.Sprintf("process %d: %s", pid, cmdline(pid)))
 	}
 	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
