@@ -124,6 +124,7 @@ func TestAdmissionMemory(t *testing.T) {
 	const budget = 128 << 20
 	for name, body := range worstPods(t) {
 		h := newHandler()
+		h.QueueTimeout = time.Minute // the race detector makes 8 MiB slow
 		for _, n := range []int{1, 4} {
 			peak := peakHeap(func() {
 				var wg sync.WaitGroup
