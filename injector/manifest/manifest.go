@@ -7,12 +7,15 @@
 package manifest
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -52,7 +55,29 @@ func (e Event) String() string {
 // blanks and a comment, with its line break. A `---` line followed by
 // content (`--- !!map`, `--- {a: 1}`) is not split here and is caught as a
 // document holding two.
-var separator = regexp.MustCompile(`(?m)^---(?:[ \t]+(?:#[^\n]*)?)?\r?(?:\n|\z)`)
+var separator = regexp.MustCompile(`^---(?:[ \t]+(?:#[^\n]*)?)?\r?(?:\n|\z)`)
+
+// isSeparator reports whether line, with its line break if it has one,
+// is a separator line.
+func isSeparator(line []byte) bool {
+	if !bytes.HasPrefix(line, []byte("---")) {
+		return false
+	}
+	loc := separator.FindIndex(line)
+	return loc != nil && loc[1] == len(line)
+}
+
+// MaxDocumentBytes bounds one document of a stream: above the 3 MiB the
+// API server takes in a request, so any object fits. A List (what kubectl
+// get -o yaml prints) is read whole, and injecting it takes up to 65
+// times its size (a List of 4 MiB of small Deployments: 270 MB of RSS).
+const MaxDocumentBytes = 4 << 20
+
+// HoldBytes is how much output Stream holds back before it writes any:
+// a stream that fits is written only once every document is injected, so
+// that a refusal leaves stdout empty, as for small streams it always
+// did. A larger stream is written document by document past this point.
+const HoldBytes = 8 << 20
 
 // chunk is one document's raw bytes and the separator line that ends it
 // (empty for the last one).
@@ -61,17 +86,77 @@ type chunk struct {
 	line     int // 1-based line of the document's first byte in the stream
 }
 
-// split cuts the stream at separator lines; joining every doc and sep
-// gives the stream back.
+// splitter cuts a stream at separator lines as it reads it, so that no
+// more than one document is held; joining every doc and sep gives the
+// stream back.
+type splitter struct {
+	r     *bufio.Reader
+	buf   []byte // the chunk being read, reused from one chunk to the next
+	line  int    // line of the next byte
+	start int    // line of the chunk being read
+	eof   bool   // the input ended with a separator: one empty chunk left
+	done  bool
+}
+
+func newSplitter(r io.Reader) *splitter {
+	return &splitter{r: bufio.NewReaderSize(r, 64<<10), line: 1}
+}
+
+// next returns the next chunk, valid until the following call; ok is
+// false after the last one. A document over MaxDocumentBytes is an error.
+func (s *splitter) next() (c chunk, ok bool, err error) {
+	if s.done {
+		return chunk{}, false, nil
+	}
+	if s.eof {
+		s.done = true
+		return chunk{line: s.line}, true, nil
+	}
+	s.buf = s.buf[:0]
+	s.start = s.line
+	c.line = s.line
+	lineStart := 0
+	for {
+		frag, err := s.r.ReadSlice('\n')
+		s.buf = append(s.buf, frag...)
+		if len(s.buf) > MaxDocumentBytes {
+			return chunk{}, false, fmt.Errorf("more than %d bytes without a `---` line: minimesh inject reads one document at a time, of at most %d MiB (for a List, get fewer objects at a time)", MaxDocumentBytes, MaxDocumentBytes>>20)
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue // the rest of a long line
+		case errors.Is(err, io.EOF):
+			if isSeparator(s.buf[lineStart:]) {
+				s.eof = true
+				return chunk{doc: s.buf[:lineStart], sep: s.buf[lineStart:], line: c.line}, true, nil
+			}
+			s.done = true
+			return chunk{doc: s.buf, line: c.line}, true, nil
+		case err != nil:
+			return chunk{}, false, err
+		}
+		s.line++
+		if isSeparator(s.buf[lineStart:]) {
+			return chunk{doc: s.buf[:lineStart], sep: s.buf[lineStart:], line: c.line}, true, nil
+		}
+		lineStart = len(s.buf)
+	}
+}
+
+// split is the chunks of a stream held in memory.
 func split(in []byte) []chunk {
 	var out []chunk
-	start, line := 0, 1
-	for _, s := range separator.FindAllIndex(in, -1) {
-		out = append(out, chunk{doc: in[start:s[0]], sep: in[s[0]:s[1]], line: line})
-		line += bytes.Count(in[start:s[1]], []byte("\n"))
-		start = s[1]
+	sp := newSplitter(bytes.NewReader(in))
+	for {
+		c, ok, err := sp.next()
+		if err != nil {
+			panic(err) // bytes.Reader does not fail; tests stay under MaxDocumentBytes
+		}
+		if !ok {
+			return out
+		}
+		out = append(out, chunk{doc: bytes.Clone(c.doc), sep: bytes.Clone(c.sep), line: c.line})
 	}
-	return append(out, chunk{doc: in[start:], line: line})
 }
 
 // Inject returns the stream with every workload injected (Manual mode:
@@ -85,24 +170,106 @@ func Inject(in []byte, cfg *injector.Config) ([]byte, []Event, error) {
 	var out bytes.Buffer
 	out.Grow(len(in))
 	var events []Event
-	doc := 0
-	for _, c := range split(in) {
-		raw := c.doc
-		if !isEmpty(raw) {
-			doc++
-			changed, evs, err := injectDoc(raw, doc, c.line, cfg)
-			if err != nil {
-				return nil, nil, fmt.Errorf("document %d (line %d): %w", doc, c.line, err)
-			}
-			events = append(events, evs...)
-			if changed != nil {
-				raw = changed
-			}
-		}
-		out.Write(raw)
-		out.Write(c.sep)
+	if err := stream(bytes.NewReader(in), &out, cfg, len(in)+1, func(e Event) { events = append(events, e) }); err != nil {
+		return nil, nil, err
 	}
 	return out.Bytes(), events, nil
+}
+
+// Stream is Inject of a stream, in bounded memory: it reads one document
+// at a time, and writes it, injected or byte for byte, once HoldBytes of
+// output are pending or the input ends; report is called for each
+// workload as its document is done.
+//
+// An error (a document that is not YAML, a workload the injector refuses,
+// a document over MaxDocumentBytes) stops it. If nothing was written yet
+// (a stream of at most HoldBytes: nearly all), nothing is; otherwise what
+// was written ends with Incomplete's lines, a comment and a line that no
+// YAML parser reads, so that the consumer (kubectl apply, a file in git)
+// fails rather than take the part for the whole.
+func Stream(r io.Reader, w io.Writer, cfg *injector.Config, report func(Event)) error {
+	return stream(r, w, cfg, HoldBytes, report)
+}
+
+// Incomplete ends a stream that Stream could not finish, after its last
+// complete document and separator.
+const Incomplete = "# minimesh inject stopped at %s (its error is on stderr): the documents above were\n" +
+	"# injected, the rest of the stream is missing. This line makes the stream invalid YAML.\n" +
+	"minimesh-inject-incomplete: [\n"
+
+func stream(r io.Reader, w io.Writer, cfg *injector.Config, hold int, report func(Event)) error {
+	// The chunks held back, each a document and its separator, or the
+	// comments and separators before one: a list rather than one buffer,
+	// which would hold twice the bytes while it grows.
+	var pending [][]byte
+	held, written := 0, false
+	// keep holds a chunk: a copy of the splitter's bytes, which it
+	// reuses, or an injected document, which is ours.
+	keep := func(doc []byte, owned bool, sep []byte) {
+		if !owned {
+			doc = append(make([]byte, 0, len(doc)+len(sep)), doc...)
+		}
+		doc = append(doc, sep...)
+		pending = append(pending, doc)
+		held += len(doc)
+	}
+	flush := func() error {
+		for i, b := range pending {
+			pending[i] = nil
+			if len(b) == 0 {
+				continue
+			}
+			written = true
+			if _, err := w.Write(b); err != nil {
+				return fmt.Errorf("write: %w", err)
+			}
+		}
+		pending, held = pending[:0], 0
+		return nil
+	}
+	stop := func(where string, err error) error {
+		if written {
+			_, _ = fmt.Fprintf(w, Incomplete, where)
+		}
+		return fmt.Errorf("%s: %w", where, err)
+	}
+	sp := newSplitter(r)
+	doc := 0
+	for {
+		c, ok, err := sp.next()
+		if err != nil {
+			return stop(fmt.Sprintf("document %d (line %d)", doc+1, sp.start), err)
+		}
+		if !ok {
+			return flush()
+		}
+		if isEmpty(c.doc) {
+			// Comments and separators wait for the next document, so
+			// that a refusal of it leaves stdout as it was.
+			keep(c.doc, false, c.sep)
+			continue
+		}
+		doc++
+		out, events, err := injectDoc(c.doc, doc, c.line, cfg)
+		if err != nil {
+			return stop(fmt.Sprintf("document %d (line %d)", doc, c.line), err)
+		}
+		if out == nil {
+			keep(c.doc, false, c.sep)
+		} else {
+			keep(out, true, c.sep)
+		}
+		if written || held > hold {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if report != nil {
+			for _, e := range events {
+				report(e)
+			}
+		}
+	}
 }
 
 // isEmpty reports whether a document holds only blanks and comments, which
@@ -131,13 +298,12 @@ func injectDoc(raw []byte, doc, line int, cfg *injector.Config) ([]byte, []Event
 	if err != nil || changed == nil {
 		return nil, evs, err
 	}
-	y, err := yaml.JSONToYAML(changed)
+	// Comments before the object (Helm's `# Source: chart/templates/x.yaml`)
+	// say where it came from; they survive, the ones inside cannot.
+	y, err := changed.yaml(leadingComments(raw))
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode injected document: %w", err)
 	}
-	// Comments before the object (Helm's `# Source: chart/templates/x.yaml`)
-	// say where it came from; they survive, the ones inside cannot.
-	y = append(leadingComments(raw), y...)
 	if bytes.Contains(raw, []byte("\r\n")) {
 		y = bytes.ReplaceAll(bytes.ReplaceAll(y, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))
 	}
@@ -185,9 +351,81 @@ func leadingComments(raw []byte) []byte {
 	return bytes.Clone(raw[:n])
 }
 
+// rewritten is an object that injection changed: its JSON, or a List's
+// other fields and its items, which are encoded one at a time: yaml.v2
+// builds its whole output in one buffer that doubles as it grows, and a
+// 2 MiB List of small Deployments took 2 GB of allocations as one.
+type rewritten struct {
+	json  []byte
+	list  map[string]json.RawMessage // without items
+	items []json.RawMessage
+}
+
+func (c *rewritten) jsonBytes() ([]byte, error) {
+	if c.list == nil {
+		return c.json, nil
+	}
+	b, err := json.Marshal(c.items)
+	if err != nil {
+		return nil, fmt.Errorf("encode List items: %w", err)
+	}
+	list := maps.Clone(c.list)
+	list["items"] = b
+	out, err := json.Marshal(list)
+	if err != nil {
+		return nil, fmt.Errorf("encode List: %w", err)
+	}
+	return out, nil
+}
+
+// yaml appends the YAML of the object to out; a List's items come after
+// its other fields.
+func (c *rewritten) yaml(out []byte) ([]byte, error) {
+	if c.list == nil {
+		y, err := yaml.JSONToYAML(c.json)
+		return append(out, y...), err
+	}
+	size := len(out)
+	for _, it := range c.items {
+		size += len(it) + len(it)/8 // YAML is about as long as JSON
+	}
+	out = slices.Grow(out, size)
+	if len(c.list) > 0 {
+		rest, err := json.Marshal(c.list)
+		if err != nil {
+			return nil, err
+		}
+		y, err := yaml.JSONToYAML(rest)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, y...)
+	}
+	out = append(out, "items:\n"...)
+	for i, it := range c.items {
+		y, err := yaml.JSONToYAML(it)
+		if err != nil {
+			return nil, err
+		}
+		c.items[i] = nil // done with: let it go
+		// A block sequence under a mapping key is not indented (as
+		// yaml.v2 writes it); the item's lines are, under its "- ".
+		for j, l := range bytes.SplitAfter(bytes.TrimSuffix(y, []byte("\n")), []byte("\n")) {
+			if j == 0 {
+				out = append(out, "- "...)
+			} else if len(l) > 1 {
+				out = append(out, "  "...)
+			}
+			out = append(out, l...)
+		}
+		out = append(out, '\n')
+	}
+	return out, nil
+}
+
 // injectObject injects one JSON object (a workload or a List), returning
-// its new JSON or nil when unchanged.
-func injectObject(js []byte, doc int, cfg *injector.Config) ([]byte, []Event, error) {
+// what it became or nil when unchanged.
+func injectObject(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event, error) {
 	var tm metav1.TypeMeta
 	if err := json.Unmarshal(js, &tm); err != nil {
 		// Not an object (a scalar or an array at the top): not ours.
@@ -245,13 +483,13 @@ func injectObject(js []byte, doc int, cfg *injector.Config) ([]byte, []Event, er
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", what, err)
 	}
-	return out, []Event{ev}, nil
+	return &rewritten{json: out}, []Event{ev}, nil
 }
 
 // injectList walks a v1 List (what `kubectl get -o yaml` prints), keeping
 // every field of the List and of its items as they are unless an item is
 // injected; then the whole List is re-encoded.
-func injectList(js []byte, doc int, cfg *injector.Config) ([]byte, []Event, error) {
+func injectList(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event, error) {
 	var list map[string]json.RawMessage
 	if err := json.Unmarshal(js, &list); err != nil {
 		return nil, nil, fmt.Errorf("List: %w", err)
@@ -265,28 +503,23 @@ func injectList(js []byte, doc int, cfg *injector.Config) ([]byte, []Event, erro
 	var events []Event
 	changed := false
 	for i, it := range items {
-		out, evs, err := injectObject(it, doc, cfg)
+		c, evs, err := injectObject(it, doc, cfg)
 		if err != nil {
 			return nil, nil, fmt.Errorf("items[%d]: %w", i, err)
 		}
 		events = append(events, evs...)
-		if out != nil {
-			items[i], changed = out, true
+		if c != nil {
+			if items[i], err = c.jsonBytes(); err != nil {
+				return nil, nil, err
+			}
+			changed = true
 		}
 	}
 	if !changed {
 		return nil, events, nil
 	}
-	b, err := json.Marshal(items)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode List items: %w", err)
-	}
-	list["items"] = b
-	out, err := json.Marshal(list)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode List: %w", err)
-	}
-	return out, events, nil
+	delete(list, "items")
+	return &rewritten{list: list, items: items}, events, nil
 }
 
 // workloadAPIVersion is the version of each kind that holds a pod

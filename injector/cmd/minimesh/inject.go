@@ -23,8 +23,11 @@ func newInjectCmd() *cobra.Command {
 			"annotated disabled, hostNetwork pods and injected ones are left alone, and so is\n" +
 			"every other document, byte for byte; an injected document is rewritten and keeps\n" +
 			"only the comments above it. The stream goes to stdout, a line per workload to\n" +
-			"stderr; nothing is written to stdout if any document is refused. --config takes\n" +
-			"the injector's config file, so that the sidecar is the one the cluster would add.",
+			"stderr. It is read and written one document at a time (at most 4 MiB each);\n" +
+			"up to 8 MiB of output is held until the input ends, so that nothing is written\n" +
+			"if any document is refused. Past that the output streams, and a refusal ends\n" +
+			"it with a line that makes it invalid YAML. --config takes the injector's config\n" +
+			"file, so that the sidecar is the one the cluster would add.",
 		Example: "  minimesh inject -f deploy.yaml | kubectl apply -f -\n" +
 			"  kustomize build overlays/prod | minimesh inject -f - --config injector.yaml > injected.yaml",
 		Args: cobra.NoArgs,
@@ -39,23 +42,20 @@ func newInjectCmd() *cobra.Command {
 					return err
 				}
 			}
-			name, in, err := readManifest(files[0], cmd.InOrStdin())
+			name, in, err := openManifest(files[0], cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
-			out, events, err := manifest.Inject(in, &cfg)
-			if err != nil {
-				return fmt.Errorf("%s: %w", name, err)
-			}
+			defer in.Close()
 			stderr := cmd.ErrOrStderr()
-			for _, e := range events {
+			err = manifest.Stream(in, cmd.OutOrStdout(), &cfg, func(e manifest.Event) {
 				fmt.Fprintln(stderr, e)
 				for _, w := range e.Warnings {
 					fmt.Fprintf(stderr, "Warning: %s\n", w)
 				}
-			}
-			if _, err := cmd.OutOrStdout().Write(out); err != nil {
-				return fmt.Errorf("write the injected stream: %w", err)
+			})
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
 			}
 			return nil
 		},
@@ -66,19 +66,15 @@ func newInjectCmd() *cobra.Command {
 	return cmd
 }
 
-// readManifest reads the file, or stdin for "-", and the name that errors
+// openManifest opens the file, or stdin for "-", and the name that errors
 // call it by.
-func readManifest(file string, stdin io.Reader) (string, []byte, error) {
+func openManifest(file string, stdin io.Reader) (string, io.ReadCloser, error) {
 	if file == "-" {
-		in, err := io.ReadAll(stdin)
-		if err != nil {
-			return "stdin", nil, fmt.Errorf("read stdin: %w", err)
-		}
-		return "stdin", in, nil
+		return "stdin", io.NopCloser(stdin), nil
 	}
-	in, err := os.ReadFile(file)
+	f, err := os.Open(file)
 	if err != nil {
 		return file, nil, fmt.Errorf("read manifest: %w", err)
 	}
-	return file, in, nil
+	return file, f, nil
 }

@@ -2,10 +2,17 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/injector/manifest"
 )
 
 const deploy = `apiVersion: apps/v1
@@ -169,5 +176,144 @@ func TestPolicyExport(t *testing.T) {
 	}
 	if code, _, errOut := run("policy", "export", "--to", "envoy", "testdata/bad"); code != 1 || !strings.Contains(errOut, "bad.yaml:") {
 		t.Errorf("bad policies: exit %d: %s", code, errOut)
+	}
+}
+
+// commentChunk is 64 KiB of comment and a separator: bytes that the
+// stream carries but no YAML parser reads, so that tests can move
+// megabytes through `minimesh inject` quickly.
+var commentChunk = "# " + strings.Repeat("x", 64<<10) + "\n---\n"
+
+// stdoutWatch is a stdout that a test can wait on.
+type stdoutWatch struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	n       int64
+	keep    bool
+	written chan struct{}
+}
+
+func (w *stdoutWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.n += int64(len(p))
+	if w.keep {
+		w.buf.Write(p)
+	}
+	select {
+	case w.written <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (w *stdoutWatch) contains(s string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Contains(w.buf.String(), s)
+}
+
+// TestInjectStreams: `minimesh inject -f -` writes the first document
+// before the rest of its input has arrived (past the 8 MiB it holds back),
+// instead of reading everything first.
+func TestInjectStreams(t *testing.T) {
+	pr, pw := io.Pipe()
+	out := &stdoutWatch{keep: true, written: make(chan struct{}, 1)}
+	var errOut bytes.Buffer
+	root := newRootCmd(out, &errOut)
+	root.SetIn(pr)
+	root.SetArgs([]string{"inject", "-f", "-"})
+	done := make(chan error, 1)
+	go func() { done <- root.Execute() }()
+
+	svc := "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\n"
+	if _, err := io.WriteString(pw, deploy+"---\n"); err != nil {
+		t.Fatal(err)
+	}
+	for range manifest.HoldBytes/len(commentChunk) + 2 {
+		if _, err := io.WriteString(pw, commentChunk+svc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.After(60 * time.Second) // a failing test must not hang
+	for !out.contains("name: minimesh-proxy") {
+		select {
+		case <-out.written:
+		case <-deadline:
+			t.Fatal("nothing written while the input is still open")
+		}
+	}
+	io.WriteString(pw, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: last}\n")
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !out.contains("metadata: {name: last}\n") || !strings.Contains(errOut.String(), `deployment "web" injected`) {
+		t.Fatalf("stderr %q; stdout ends %q", errOut.String(), out.buf.String()[out.buf.Len()-100:])
+	}
+}
+
+// TestInjectStreamMemory: a 50 MB stream goes through in the memory of
+// the output held back and one document; it used to be read whole, and
+// its output built whole, before anything was written (1.4 GB of RSS for
+// 50 MB of Deployments).
+func TestInjectStreamMemory(t *testing.T) {
+	// Made as it is read, so that the test holds none of it.
+	unit := commentChunk + deploy + "---\n"
+	n := 50 << 20 / len(unit)
+	pr, pw := io.Pipe()
+	go func() {
+		for range n {
+			io.WriteString(pw, unit)
+		}
+		pw.Close()
+	}()
+	out := &stdoutWatch{written: make(chan struct{}, 1)}
+	var errOut bytes.Buffer
+	root := newRootCmd(out, &errOut)
+	root.SetIn(pr)
+	root.SetArgs([]string{"inject", "-f", "-"})
+
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapAlloc
+	var peak atomic.Uint64
+	stop, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var m runtime.MemStats
+		for {
+			runtime.ReadMemStats(&m)
+			if m.HeapAlloc > peak.Load() {
+				peak.Store(m.HeapAlloc)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	err := root.Execute()
+	close(stop)
+	<-sampled
+	if err != nil {
+		t.Fatal(err)
+	}
+	grew := int64(peak.Load()) - int64(base)
+	t.Logf("%d MB in, %d MB out: peak heap +%d MiB", n*len(unit)/1e6, out.n/1e6, grew>>20)
+	if grew > 64<<20 {
+		t.Fatalf("peak heap +%d MiB for a 50 MB stream", grew>>20)
+	}
+}
+
+// TestInjectRefusedInStream: a stream that fits what is held back writes
+// nothing when its third document is refused.
+func TestInjectRefusedInStream(t *testing.T) {
+	bad := strings.Replace(deploy, "metadata: {labels: {app: web}}", "metadata: {labels: {app: web}, annotations: {minimesh.io/proxy-memory-limit: 1Ei}}", 1)
+	out, errOut, err := runStdin(deploy+"---\n"+bad, "inject", "-f", "-")
+	if err == nil || out != "" || !strings.Contains(err.Error(), "document 3 (line 18)") || !strings.Contains(err.Error(), "more than 8Gi") {
+		t.Fatalf("err %v, stdout %q, stderr %q", err, out, errOut)
 	}
 }
