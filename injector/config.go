@@ -127,7 +127,7 @@ func (c *Config) Validate() error {
 	switch p.ImagePullPolicy {
 	case "Always", "IfNotPresent", "Never":
 	default:
-		errs = append(errs, fmt.Errorf("proxy.imagePullPolicy: %q is not Always, IfNotPresent or Never", p.ImagePullPolicy))
+		errs = append(errs, fmt.Errorf("proxy.imagePullPolicy: %s is not Always, IfNotPresent or Never", quote(p.ImagePullPolicy)))
 	}
 	// The same bounds as the annotations: a default no pod could
 	// override into a valid sidecar would refuse every pod.
@@ -157,7 +157,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if !validLogLevel(p.LogLevel) {
-		errs = append(errs, fmt.Errorf("proxy.logLevel: %q is not debug, info, warn or error", p.LogLevel))
+		errs = append(errs, fmt.Errorf("proxy.logLevel: %s is not debug, info, warn or error", quote(p.LogLevel)))
 	}
 	for _, port := range []struct {
 		name string

@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/injector"
+	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
@@ -48,7 +49,7 @@ func (e Event) String() string {
 	if !e.Injected {
 		what = "skipped: " + e.Reason
 	}
-	return fmt.Sprintf("%s %q %s", strings.ToLower(e.Kind), e.Name, what)
+	return fmt.Sprintf("%s %s %s", strings.ToLower(e.Kind), echo.Quote(e.Name), what)
 }
 
 // separator is a line that is exactly `---`, optionally followed by
@@ -327,16 +328,21 @@ func oneDocument(raw []byte) error {
 
 var yamlLine = regexp.MustCompile(`\bline (\d+)\b`)
 
-// streamLines shifts the line numbers in a YAML error by offset.
+// streamLines shifts the line numbers in a YAML error by offset, and caps
+// each of its lines: the parser repeats some input (an unknown anchor's
+// name).
 func streamLines(err error, offset int) error {
-	msg := yamlLine.ReplaceAllStringFunc(err.Error(), func(m string) string {
-		n, convErr := strconv.Atoi(m[len("line "):])
-		if convErr != nil {
-			return m
-		}
-		return "line " + strconv.Itoa(n+offset)
-	})
-	return errors.New(msg)
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = echo.Clip(yamlLine.ReplaceAllStringFunc(l, func(m string) string {
+			n, convErr := strconv.Atoi(m[len("line "):])
+			if convErr != nil {
+				return m
+			}
+			return "line " + strconv.Itoa(n+offset)
+		}))
+	}
+	return errors.New(strings.Join(lines, "\n"))
 }
 
 // leadingComments are the comment and blank lines that open a document.
@@ -444,7 +450,7 @@ func injectObject(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event
 		}
 		_ = json.Unmarshal(js, &meta)
 		return nil, []Event{{Doc: doc, Kind: tm.Kind, Name: meta.Metadata.Name,
-			Reason: fmt.Sprintf("apiVersion %s is not supported (want %s)", tm.APIVersion, workloadAPIVersion[tm.Kind])}}, nil
+			Reason: fmt.Sprintf("apiVersion %s is not supported (want %s)", echo.Clip(tm.APIVersion), workloadAPIVersion[tm.Kind])}}, nil
 	}
 	// Strict and case-sensitive like the API server; the fields it would
 	// refuse or drop matter only if the object is re-encoded, below.
@@ -453,7 +459,7 @@ func injectObject(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event
 		return nil, nil, fmt.Errorf("%s: %w", tm.Kind, err)
 	}
 	meta, tmpl := parts(obj)
-	what := fmt.Sprintf("%s %q", strings.ToLower(tm.Kind), meta.Name)
+	what := fmt.Sprintf("%s %s", strings.ToLower(tm.Kind), echo.Quote(meta.Name))
 	pod, isPod := obj.(*corev1.Pod)
 	if !isPod {
 		pod = &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
@@ -469,7 +475,7 @@ func injectObject(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event
 	if len(strictErrs) > 0 {
 		msgs := make([]string, len(strictErrs))
 		for i, e := range strictErrs {
-			msgs[i] = e.Error()
+			msgs[i] = echo.Clip(e.Error())
 		}
 		return nil, nil, fmt.Errorf("%s: %s: injecting re-encodes the object from the Kubernetes API types minimesh was built with, which would drop it; fix it, or annotate the workload %s: %s",
 			what, strings.Join(msgs, ", "), wellknown.AnnotationInject, wellknown.InjectDisabled)

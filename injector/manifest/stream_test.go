@@ -210,3 +210,29 @@ func FuzzSplit(f *testing.F) {
 	f.Add([]byte("---\n---\n"))
 	f.Fuzz(func(t *testing.T, in []byte) { checkSplit(t, in) })
 }
+
+// TestHostileEchoCapped: the report lines and errors of `minimesh
+// inject` repeat at most the start of a hostile name, apiVersion or
+// anchor.
+func TestHostileEchoCapped(t *testing.T) {
+	huge := strings.Repeat("x", 1<<20)
+	for name, in := range map[string]string{
+		"refused name":  "apiVersion: v1\nkind: Pod\nmetadata: {name: " + huge + ", annotations: {minimesh.io/inject: bad}}\n",
+		"skipped name":  "apiVersion: v1\nkind: Pod\nmetadata: {name: " + huge + "}\nspec: {hostNetwork: true}\n",
+		"injected name": "apiVersion: v1\nkind: Pod\nmetadata: {name: " + huge + "}\nspec: {containers: [{name: a, image: x}]}\n",
+		"apiVersion":    "apiVersion: " + huge + "\nkind: Pod\nmetadata: {name: a}\n",
+		"anchor":        "a: *" + huge + "\n",
+		"unknown field": `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}], "` + huge[:1000] + `": 1}}`,
+	} {
+		_, events, err := Inject([]byte(in), testConfig())
+		if err != nil && len(err.Error()) > 400 {
+			t.Errorf("%s: %d-byte error %.300q", name, len(err.Error()), err)
+		}
+		if r := report(events); len(r) > 400 {
+			t.Errorf("%s: %d-byte report %.300q", name, len(r), r)
+		}
+		if err == nil && len(events) == 0 && name != "anchor" {
+			t.Errorf("%s: no event", name)
+		}
+	}
+}
