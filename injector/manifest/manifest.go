@@ -194,8 +194,8 @@ func Stream(r io.Reader, w io.Writer, cfg *injector.Config, report func(Event)) 
 
 // Incomplete ends a stream that Stream could not finish, after its last
 // complete document and separator.
-const Incomplete = "# minimesh inject stopped at %s (its error is on stderr): the documents above were\n" +
-	"# injected, the rest of the stream is missing. This line makes the stream invalid YAML.\n" +
+const Incomplete = "# minimesh inject stopped at %s; its error is on stderr. The documents\n" +
+	"# above were injected, the rest of the stream is missing, and the next line makes it invalid YAML.\n" +
 	"minimesh-inject-incomplete: [\n"
 
 func stream(r io.Reader, w io.Writer, cfg *injector.Config, hold int, report func(Event)) error {
