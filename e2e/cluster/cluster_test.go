@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/minimesh/minimesh/e2e/internal/cluster"
@@ -127,23 +128,9 @@ func TestSidecarInACluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	t0 := time.Now()
-	mm, err := cluster.MinimeshImageOf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := filepath.Join(t.TempDir(), "testapp")
-	if err := cluster.BuildStatic(ctx, "./e2e/cluster/testapp", app); err != nil {
-		t.Fatal(err)
-	}
-	testapp := image.Image{Ref: testappImage, User: "65532:65532", Entrypoint: []string{"/testapp"},
-		Files: []image.File{{Name: "/testapp", Src: app}}}
-	if err := c.Import(ctx, mm, testapp); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("images built and imported in %s", time.Since(t0).Round(time.Millisecond))
+	importImages(ctx, t, c)
 
-	t0 = time.Now()
+	t0 := time.Now()
 	if out, err := c.KubectlStdin(ctx, backend, "apply", "-f", "-"); err != nil {
 		t.Fatal(out, err)
 	}
@@ -167,6 +154,40 @@ func TestSidecarInACluster(t *testing.T) {
 	}
 	t.Logf("backend and injected client Ready in %s", time.Since(t0).Round(time.Millisecond))
 
+	pod := checkClient(ctx, t, c)
+
+	// kubectl logs reaches the kubelet through the API server.
+	logs, err := c.Kubectl(ctx, "-n", "demo", "logs", pod.Name, "-c", "minimesh-proxy", "--tail=5")
+	if err != nil || !strings.Contains(logs, `"path":"/hello","status":200`) {
+		t.Fatalf("kubectl logs of the sidecar: %v\n%s", err, logs)
+	}
+}
+
+// importImages builds and imports the minimesh image (from make build) and
+// the test app's.
+func importImages(ctx context.Context, t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	t0 := time.Now()
+	mm, err := cluster.MinimeshImageOf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := filepath.Join(t.TempDir(), "testapp")
+	if err := cluster.BuildStatic(ctx, "./e2e/cluster/testapp", app); err != nil {
+		t.Fatal(err)
+	}
+	testapp := image.Image{Ref: testappImage, User: "65532:65532", Entrypoint: []string{"/testapp"},
+		Files: []image.File{{Name: "/testapp", Src: app}}}
+	if err := c.Import(ctx, mm, testapp); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("images built and imported in %s", time.Since(t0).Round(time.Millisecond))
+}
+
+// checkClient checks the client pod of namespace demo: a native sidecar
+// that started, and app calls to the backend that went through it.
+func checkClient(ctx context.Context, t *testing.T, c *cluster.Cluster) corev1.Pod {
+	t.Helper()
 	pods, err := c.Client.CoreV1().Pods("demo").List(ctx, metav1.ListOptions{LabelSelector: "app=client"})
 	if err != nil || len(pods.Items) != 1 {
 		t.Fatalf("client pods: %v, %v", pods, err)
@@ -225,12 +246,7 @@ func TestSidecarInACluster(t *testing.T) {
 	if !found {
 		t.Fatalf("no minimesh_requests_total for the backend with code 200 in the sidecar's metrics")
 	}
-
-	// kubectl logs reaches the kubelet through the API server.
-	logs, err := c.Kubectl(ctx, "-n", "demo", "logs", pod.Name, "-c", "minimesh-proxy", "--tail=5")
-	if err != nil || !strings.Contains(logs, `"path":"/hello","status":200`) {
-		t.Fatalf("kubectl logs of the sidecar: %v\n%s", err, logs)
-	}
+	return pod
 }
 
 func minimesh(ctx context.Context, stdin string, args ...string) (string, error) {

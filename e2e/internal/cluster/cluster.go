@@ -22,9 +22,15 @@
 // "can't get final child's PID from pipe: EOF"), SystemdCgroup = false;
 // kubelet failCgroupV1: false, cgroupDriver: cgroupfs, failSwapOn: false,
 // enforceNodeAllocatable: [], resolvConf: ""; kube-apiserver
-// --endpoint-reconciler-type=none, --kubelet-preferred-address-types=Hostname
-// and kubelet --hostname-override=localhost, so that logs, exec and
-// port-forward reach the kubelet on loopback.
+// --kubelet-preferred-address-types=Hostname and kubelet
+// --hostname-override=localhost, so that logs, exec and port-forward reach
+// the kubelet on loopback.
+//
+// Pods are first-class clients: the API server listens and advertises on
+// the bridge's gateway, with a serving certificate for the kubernetes
+// Service's IP and names (certs.go), and the ServiceAccount admission
+// plugin is on (envtest turns it off), so in-cluster clients such as the
+// chart's injector work.
 package cluster
 
 import (
@@ -184,6 +190,13 @@ func Start(ctx context.Context, dir string, opt Options) (c *Cluster, err error)
 			c = nil
 		}
 	}()
+	// A directory used before starts afresh (envtest would reuse the old
+	// certificates, and containerd and the kubelet their old state).
+	for _, d := range []string{"apiserver", "etcd", "containerd", "kubelet", "cni", "images", "logs"} {
+		if err := os.RemoveAll(filepath.Join(dir, d)); err != nil {
+			return c, err
+		}
+	}
 	begin := time.Now()
 	step := func(what string, f func() error) error {
 		t0 := time.Now()
@@ -311,19 +324,36 @@ func (c *Cluster) startAPIServer() error {
 			return err
 		}
 	}
-	args := env.ControlPlane.GetAPIServer().Configure()
-	args.Set("endpoint-reconciler-type", "none")
+	// The API server listens on the bridge's gateway address, so that pods
+	// reach it through the kubernetes Service (in-cluster clients such as
+	// the injector), and it advertises that address: its endpoints are
+	// real.
+	apiPort, err := proc.FreeAddr()
+	if err != nil {
+		return err
+	}
+	_, port, _ := net.SplitHostPort(apiPort)
+	api := env.ControlPlane.GetAPIServer()
+	api.SecureServing.Address = Gateway
+	api.SecureServing.Port = port
+	if api.SecureServing.CA, err = writeAPIServerCerts(api.CertDir); err != nil {
+		return err
+	}
+	args := api.Configure()
+	args.Set("advertise-address", Gateway)
 	args.Set("service-cluster-ip-range", ServiceCIDR)
+	// envtest turns the ServiceAccount admission plugin off since it runs
+	// no controller-manager; here pods get their service account's token.
+	args.Set("disable-admission-plugins", "")
 	// The API server reaches the kubelet (logs, exec, port-forward) at
 	// its node name, localhost.
 	args.Set("kubelet-preferred-address-types", "Hostname")
 	args.Set("allow-privileged", "true")
-	cfg, err := env.Start()
+	_, err = env.Start()
 	c.env = env
 	if err != nil {
 		return err
 	}
-	_ = cfg
 	admin, err := env.AddUser(envtest.User{Name: "cluster-admin", Groups: []string{"system:masters"}}, nil)
 	if err != nil {
 		return err
@@ -337,6 +367,11 @@ func (c *Cluster) startAPIServer() error {
 		return err
 	}
 	c.Config = admin.Config()
+	// The controller-manager signs nothing, but publishes the CA
+	// (kube-root-ca.crt) that service account token volumes hold.
+	if err := os.WriteFile(filepath.Join(c.Dir, "ca.crt"), c.Config.CAData, 0o644); err != nil {
+		return err
+	}
 	c.Client, err = kubernetes.NewForConfig(c.Config)
 	return err
 }
@@ -371,6 +406,8 @@ func (c *Cluster) startControllers() error {
 	if err := c.start("kube-controller-manager", append(common,
 		"--secure-port", port(ports[0]),
 		"--use-service-account-credentials=false",
+		"--root-ca-file", filepath.Join(c.Dir, "ca.crt"),
+		"--service-account-private-key-file", filepath.Join(c.Dir, "apiserver", "sa-signer.key"),
 		"--allocate-node-cidrs=false",
 		"--configure-cloud-routes=false",
 		"--service-cluster-ip-range", ServiceCIDR,

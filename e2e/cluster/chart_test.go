@@ -1,0 +1,114 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/e2e/internal/cluster"
+	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/e2e/internal/tools"
+)
+
+// demoPolicy is the backend's policy: a timeout no default has.
+const demoPolicy = `apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: backend, namespace: demo}
+spec:
+  service: backend
+  timeout: 1700ms
+`
+
+// TestChartInACluster installs the chart with its injector running in the
+// cluster (the minimesh image built here): the webhook injects the client
+// of a namespace labelled for injection, the sidecar gets the backend's
+// ResiliencePolicy from the injector's policy server (xDS), and the app's
+// calls go through it.
+func TestChartInACluster(t *testing.T) {
+	helm := proc.NeedTool(t, "helm")
+	c := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	importImages(ctx, t, c)
+
+	root, err := tools.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	hdir := t.TempDir()
+	cmd := exec.CommandContext(ctx, helm, "install", "minimesh", filepath.Join(root, "charts", "minimesh"),
+		"--kubeconfig", c.Kubeconfig, "--namespace", "minimesh", "--create-namespace",
+		"--set", "image.repository="+strings.Split(cluster.MinimeshImage, ":")[0],
+		"--set", "image.tag="+strings.Split(cluster.MinimeshImage, ":")[1],
+		"--set", "image.pullPolicy=Never",
+		"--set", "injector.replicas=1",
+		"--set", "webhook.failurePolicy=Fail",
+		"--wait", "--timeout", "3m")
+	cmd.Env = append(os.Environ(), "HELM_CONFIG_HOME="+filepath.Join(hdir, "config"),
+		"HELM_CACHE_HOME="+filepath.Join(hdir, "cache"), "HELM_DATA_HOME="+filepath.Join(hdir, "data"))
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		o, _ := c.Kubectl(ctx, "-n", "minimesh", "describe", "pods")
+		t.Fatalf("helm install: %v\n%s\n%s", err, out.String(), o)
+	}
+	t.Logf("chart installed, injector Ready in %s", time.Since(t0).Round(time.Millisecond))
+
+	t0 = time.Now()
+	labelled := strings.Replace(backend, "metadata: {name: demo}", "metadata: {name: demo, labels: {minimesh.io/inject: enabled}}", 1)
+	if out, err := c.KubectlStdin(ctx, labelled+"---\n"+demoPolicy+"---\n"+client, "apply", "-f", "-"); err != nil {
+		t.Fatal(out, err)
+	}
+	for _, d := range []string{"backend", "client"} {
+		if out, err := c.Kubectl(ctx, "-n", "demo", "rollout", "status", "deployment/"+d, "--timeout=3m"); err != nil {
+			describe(t, c)
+			t.Fatal(out, err)
+		}
+	}
+	t.Logf("backend and client injected by the webhook, Ready in %s", time.Since(t0).Round(time.Millisecond))
+	pod := checkClient(ctx, t, c)
+	if pod.Annotations["minimesh.io/status"] != "injected" {
+		t.Fatalf("client pod annotations %v: not injected by the webhook", pod.Annotations)
+	}
+
+	// The sidecar's effective policies (/debug/config is on its loopback
+	// only: kubectl port-forward reaches it there).
+	pf, err := proc.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := strings.Cut(pf, ":")
+	fwd := exec.CommandContext(ctx, proc.NeedTool(t, "kubectl"), "--kubeconfig", c.Kubeconfig,
+		"-n", "demo", "port-forward", "pod/"+pod.Name, port+":15020")
+	if err := fwd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = fwd.Process.Kill(); _ = fwd.Wait() }()
+	var config string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		config = ""
+		resp, err := http.Get("http://127.0.0.1:" + port + "/debug/config")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			config = string(b)
+			if strings.Contains(config, "1.7s") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sidecar's /debug/config has no 1.7s timeout for the backend (from the ResiliencePolicy through xDS): %v\n%s", err, config)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("sidecar /debug/config: %s", config)
+}
