@@ -9,13 +9,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/heapwatch"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -83,39 +83,6 @@ func worstPods(t testing.TB) map[string][]byte {
 	return out
 }
 
-// peakHeap runs f while sampling the heap, and returns the most it held
-// above what it held before.
-func peakHeap(f func()) uint64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	base := ms.HeapAlloc
-	var peak atomic.Uint64
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		var m runtime.MemStats
-		for {
-			runtime.ReadMemStats(&m)
-			if m.HeapAlloc > peak.Load() {
-				peak.Store(m.HeapAlloc)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(time.Millisecond):
-			}
-		}
-	}()
-	f()
-	close(stop)
-	<-done
-	if peak.Load() < base {
-		return 0
-	}
-	return peak.Load() - base
-}
-
 // TestAdmissionMemory: four worst-case admissions sent at once stay far
 // under the controller's 256Mi. Before the limits one pod of 10,000
 // containers took 63 MiB of heap and four 300 MiB; four reviews of 8 MiB
@@ -126,7 +93,7 @@ func TestAdmissionMemory(t *testing.T) {
 		h := newHandler()
 		h.QueueTimeout = time.Minute // the race detector makes 8 MiB slow
 		for _, n := range []int{1, 4} {
-			peak := peakHeap(func() {
+			peak := heapwatch.Peak(func() {
 				var wg sync.WaitGroup
 				for range n {
 					wg.Go(func() {

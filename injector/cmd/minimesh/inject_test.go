@@ -5,14 +5,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/minimesh/minimesh/injector/manifest"
+	"github.com/minimesh/minimesh/internal/heapwatch"
 )
 
 const deploy = `apiVersion: apps/v1
@@ -274,34 +273,11 @@ func TestInjectStreamMemory(t *testing.T) {
 	root.SetIn(pr)
 	root.SetArgs([]string{"inject", "-f", "-"})
 
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	base := ms.HeapAlloc
-	var peak atomic.Uint64
-	stop, sampled := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var m runtime.MemStats
-		for {
-			runtime.ReadMemStats(&m)
-			if m.HeapAlloc > peak.Load() {
-				peak.Store(m.HeapAlloc)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(time.Millisecond):
-			}
-		}
-	}()
-	err := root.Execute()
-	close(stop)
-	<-sampled
+	var err error
+	grew := int64(heapwatch.Peak(func() { err = root.Execute() }))
 	if err != nil {
 		t.Fatal(err)
 	}
-	grew := int64(peak.Load()) - int64(base)
 	t.Logf("%d MB in, %d MB out: peak heap +%d MiB", n*len(unit)/1e6, out.n/1e6, grew>>20)
 	if grew > 64<<20 {
 		t.Fatalf("peak heap +%d MiB for a 50 MB stream", grew>>20)
