@@ -141,7 +141,6 @@ const (
 	turnModes
 )
 
-var turnNames = [turnModes]string{"ok", "reset", "hang", "slow", "refused"}
 
 // turnUpstream changes its behaviour every period, through every mode:
 // normal, reset mid-response, headers then hang, slow body, and refusing

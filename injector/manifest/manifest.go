@@ -498,12 +498,12 @@ func injectObject(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event
 func injectList(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event, error) {
 	var list map[string]json.RawMessage
 	if err := json.Unmarshal(js, &list); err != nil {
-		return nil, nil, fmt.Errorf("List: %w", err)
+		return nil, nil, fmt.Errorf("kind List: %w", err)
 	}
 	var items []json.RawMessage
 	if raw, ok := list["items"]; ok && string(raw) != "null" {
 		if err := json.Unmarshal(raw, &items); err != nil {
-			return nil, nil, fmt.Errorf("List items: %w", err)
+			return nil, nil, fmt.Errorf("kind List, items: %w", err)
 		}
 	}
 	var events []Event
