@@ -141,7 +141,6 @@ const (
 	turnModes
 )
 
-
 // turnUpstream changes its behaviour every period, through every mode:
 // normal, reset mid-response, headers then hang, slow body, and refusing
 // connections (its listener closed).
