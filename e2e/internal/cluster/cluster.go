@@ -767,9 +767,7 @@ func (c *Cluster) stop() error {
 		}
 	}
 	if c.host != nil {
-		for _, e := range c.host.cleanup(c.paths["kube-proxy"]) {
-			errs = append(errs, e)
-		}
+		errs = append(errs, c.host.cleanup(c.paths["kube-proxy"])...)
 	}
 	if c.lock != nil {
 		_ = syscall.Flock(int(c.lock.Fd()), syscall.LOCK_UN)
