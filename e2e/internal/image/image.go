@@ -18,16 +18,22 @@ import (
 	"os/exec"
 	"path"
 	"runtime"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
-// File is one file of the image's only layer.
+// File is one file, or directory, of the image's only layer. Files are
+// owned by UID:GID (root unless set); missing parent directories are
+// added, root's, 0755.
 type File struct {
-	Name string // absolute path in the image, e.g. /minimesh-proxy
-	Src  string // file to copy from; or
-	Data []byte // the content itself
-	Mode int64  // 0: 0755
+	Name     string // absolute path in the image, e.g. /minimesh-proxy
+	Src      string // file to copy from; or
+	Data     []byte // the content itself
+	Mode     int64  // 0: 0755
+	Dir      bool   // a directory (Src and Data unused)
+	UID, GID int
 }
 
 // Image is an image to build.
@@ -39,7 +45,8 @@ type Image struct {
 	User       string // e.g. "65532:65532"; empty: root
 	Entrypoint []string
 	Cmd        []string
-	Env        []string
+	Env        []string // PATH=/ unless it sets PATH
+	WorkingDir string   // empty: the runtime's default, /
 }
 
 // epoch keeps the layers reproducible.
@@ -96,6 +103,17 @@ func layer(files []File) ([]byte, error) {
 				return nil, err
 			}
 		}
+		mode := f.Mode
+		if mode == 0 {
+			mode = 0o755
+		}
+		if f.Dir {
+			dirs[f.Name] = true
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: f.Name[1:] + "/", Mode: mode, Uid: f.UID, Gid: f.GID, ModTime: epoch}); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		data := f.Data
 		if f.Src != "" {
 			var err error
@@ -103,11 +121,7 @@ func layer(files []File) ([]byte, error) {
 				return nil, err
 			}
 		}
-		mode := f.Mode
-		if mode == 0 {
-			mode = 0o755
-		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.Name[1:], Mode: mode, Size: int64(len(data)), ModTime: epoch}); err != nil {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.Name[1:], Mode: mode, Uid: f.UID, Gid: f.GID, Size: int64(len(data)), ModTime: epoch}); err != nil {
 			return nil, err
 		}
 		if _, err := tw.Write(data); err != nil {
@@ -133,17 +147,25 @@ func WriteOCI(w io.Writer, imgs ...Image) error {
 			return fmt.Errorf("image %s: %w", img.Ref, err)
 		}
 		lb := newBlob(l)
+		env := img.Env
+		if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }) {
+			env = append([]string{"PATH=/"}, env...)
+		}
+		config := map[string]any{
+			"User":       img.User,
+			"Entrypoint": img.Entrypoint,
+			"Cmd":        img.Cmd,
+			"Env":        env,
+		}
+		if img.WorkingDir != "" {
+			config["WorkingDir"] = img.WorkingDir
+		}
 		cfg := map[string]any{
 			"created":      epoch.UTC().Format(time.RFC3339),
 			"architecture": runtime.GOARCH,
 			"os":           "linux",
-			"config": map[string]any{
-				"User":       img.User,
-				"Entrypoint": img.Entrypoint,
-				"Cmd":        img.Cmd,
-				"Env":        append([]string{"PATH=/"}, img.Env...),
-			},
-			"rootfs": map[string]any{"type": "layers", "diff_ids": []string{lb.digest}},
+			"config":       config,
+			"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{lb.digest}},
 		}
 		cb, err := json.Marshal(cfg)
 		if err != nil {
