@@ -25,6 +25,7 @@ all: build
 
 help:
 	@echo 'build  bin/minimesh-proxy and bin/minimesh (static, VERSION=$(VERSION))'
+	@echo 'image  dist/minimesh-image.tar, the Dockerfile'"'"'s image without Docker ($(IMAGE_REF)), for ctr images import'
 	@echo 'test   tools, build, go vet and every test with -race (the e2e ones too)'
 	@echo 'e2e    only the end-to-end tests (./e2e/...)'
 	@echo 'bench  the benchmark harness (BENCH_FLAGS=...), the Go benchmarks and the webhook figures'
@@ -39,6 +40,13 @@ help:
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_DIR)/minimesh-proxy ./proxy/cmd/minimesh-proxy
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_DIR)/minimesh ./injector/cmd/minimesh
+
+# The Dockerfile's image, built without Docker (e2e/internal/image): an
+# OCI layout tar for `ctr -n k8s.io images import`.
+IMAGE_REF ?= minimesh.local/minimesh:$(VERSION)
+.PHONY: image
+image: build
+	CGO_ENABLED=0 $(GO) run ./e2e/internal/image/cmd/minimesh-image -bin $(BIN_DIR) -ref $(IMAGE_REF) -out dist/minimesh-image.tar
 
 tools:
 	@bash scripts/tools.sh
