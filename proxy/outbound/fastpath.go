@@ -197,6 +197,28 @@ func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 	t.mu.Unlock()
 }
 
+// CloseIdleConnections closes every kept connection, the fallback
+// transport's too.
+func (t *fastTransport) CloseIdleConnections() {
+	t.mu.Lock()
+	var all []*fconn
+	for _, list := range t.idle {
+		all = append(all, list...)
+	}
+	clear(t.idle)
+	if t.sweeper != nil {
+		t.sweeper.Stop()
+		t.sweeper = nil
+	}
+	t.mu.Unlock()
+	for _, c := range all {
+		c.Close()
+	}
+	if c, ok := t.fallback.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // sweep closes kept connections unused for idleTimeout, those to hosts
 // the app does not call again included, and forgets hosts with none left.
 // It runs while any connection is kept, every idleTimeout/2 at most.

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptrace"
-	"net/textproto"
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
@@ -119,17 +117,6 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		timer = time.AfterFunc(r.PerTryTimeout, func() { cancel(errPerTryTimeout) })
 		ctx = tctx
 		out = out.WithContext(ctx)
-	}
-	if old := httptrace.ContextClientTrace(out.Context()); old != nil && old.Got1xxResponse != nil {
-		t := *old
-		n := 0
-		t.Got1xxResponse = func(code int, h textproto.MIMEHeader) error {
-			if n++; n > max1xx {
-				return errors.New("more than 5 informational responses")
-			}
-			return old.Got1xxResponse(code, h)
-		}
-		out = out.WithContext(traceCtx{out.Context(), &t})
 	}
 	resp, err := f.t.RoundTrip(out)
 	if timer != nil && !timer.Stop() && err == nil {
@@ -345,17 +332,4 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
-}
-
-type traceCtx struct {
-	context.Context
-	t *httptrace.ClientTrace
-}
-
-func (c traceCtx) Value(k any) any {
-	v := c.Context.Value(k)
-	if _, ok := v.(*httptrace.ClientTrace); ok {
-		return c.t
-	}
-	return v
 }

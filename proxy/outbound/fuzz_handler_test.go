@@ -768,7 +768,7 @@ func (r *fuzzRig) stop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	r.h.Drain(ctx)
 	cancel()
-	closeIdle(r.h)
+	r.h.CloseIdleConnections()
 	r.access.Close()
 	for _, u := range r.ups {
 		u.CloseClientConnections()
@@ -777,28 +777,6 @@ func (r *fuzzRig) stop(t *testing.T) {
 	r.reset.Close()
 	r.admin.Close()
 	<-r.adminDone
-}
-
-// closeIdle closes the handler's kept upstream connections.
-func closeIdle(h *Handler) {
-	switch t := h.rp.Transport.(*forwarder).t.(type) {
-	case *fastTransport:
-		t.mu.Lock()
-		for _, list := range t.idle {
-			for _, c := range list {
-				c.Close()
-			}
-		}
-		clear(t.idle)
-		if t.sweeper != nil {
-			t.sweeper.Stop()
-			t.sweeper = nil
-		}
-		t.mu.Unlock()
-		t.fallback.(*http.Transport).CloseIdleConnections()
-	case *http.Transport:
-		t.CloseIdleConnections()
-	}
 }
 
 // checkNoLeak waits up to 2 s for the goroutines and open sockets to fall

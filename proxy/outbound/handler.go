@@ -85,6 +85,14 @@ type Handler struct {
 // through the sidecar may connect to it, by any name or address.
 func (h *Handler) AddListener(addr net.Addr) { h.self.add(addr) }
 
+// CloseIdleConnections closes the kept upstream connections, as the
+// sidecar stops.
+func (h *Handler) CloseIdleConnections() {
+	if c, ok := h.rp.Transport.(*forwarder).t.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // SetDraining turns on (or off) "Connection: close" on every response.
 func (h *Handler) SetDraining(v bool) { h.draining.Store(v) }
 
@@ -120,9 +128,9 @@ func New(cfg Config, table *policy.Table) *Handler {
 		MaxResponseHeaderBytes: MaxHeaderBytes,
 		ExpectContinueTimeout:  time.Second,
 	}
-	var upstream http.RoundTripper = tr
+	var upstream http.RoundTripper = informational{tr}
 	if !cfg.StdTransport {
-		upstream = newFastTransport(h.dialer.DialContext, tr, cfg.MaxIdleConnsPerHost)
+		upstream = newFastTransport(h.dialer.DialContext, upstream, cfg.MaxIdleConnsPerHost)
 	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
