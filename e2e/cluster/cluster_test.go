@@ -156,10 +156,17 @@ func TestSidecarInACluster(t *testing.T) {
 
 	pod := checkClient(ctx, t, c)
 
-	// kubectl logs reaches the kubelet through the API server.
-	logs, err := c.Kubectl(ctx, "-n", "demo", "logs", pod.Name, "-c", "minimesh-proxy", "--tail=5")
-	if err != nil || !strings.Contains(logs, `"path":"/hello","status":200`) {
-		t.Fatalf("kubectl logs of the sidecar: %v\n%s", err, logs)
+	// kubectl logs reaches the kubelet through the API server; the access
+	// log line of a call may reach the container's log a moment after the
+	// call.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		logs, err := c.Kubectl(ctx, "-n", "demo", "logs", pod.Name, "-c", "minimesh-proxy", "--tail=5")
+		if err == nil && strings.Contains(logs, `"path":"/hello","status":200`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubectl logs of the sidecar: %v\n%s", err, logs)
+		}
 	}
 }
 
@@ -229,24 +236,36 @@ func checkClient(ctx context.Context, t *testing.T, c *cluster.Cluster) corev1.P
 		t.Fatalf("the backend saw no Via and X-Request-ID: the call did not go through the sidecar: %v", echo.Headers)
 	}
 
-	// The sidecar's own account, on its admin port (pod IP).
-	resp, err := http.Get("http://" + pod.Status.PodIP + ":15020/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	var found bool
-	for _, line := range strings.Split(string(metrics), "\n") {
-		if strings.HasPrefix(line, "minimesh_requests_total{") && strings.Contains(line, "backend") && strings.Contains(line, `code="200"`) {
-			found = true
+	// The sidecar's own account, on its admin port (pod IP); it may count
+	// a call a moment after the app has its answer.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		line, err := requestsLine("http://" + pod.Status.PodIP + ":15020/metrics")
+		if line != "" {
 			t.Logf("sidecar: %s", line)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no minimesh_requests_total for the backend with code 200 in the sidecar's metrics (%v)", err)
 		}
 	}
-	if !found {
-		t.Fatalf("no minimesh_requests_total for the backend with code 200 in the sidecar's metrics")
-	}
 	return pod
+}
+
+// requestsLine is the sidecar's minimesh_requests_total line for calls to
+// the backend answered 200, or "".
+func requestsLine(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	metrics, err := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(metrics), "\n") {
+		if strings.HasPrefix(line, "minimesh_requests_total{") && strings.Contains(line, "backend") && strings.Contains(line, `code="200"`) {
+			return line, nil
+		}
+	}
+	return "", err
 }
 
 func minimesh(ctx context.Context, stdin string, args ...string) (string, error) {
