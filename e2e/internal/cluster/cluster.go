@@ -76,7 +76,7 @@ const (
 	// PauseImage is the sandbox image, built here from
 	// e2e/internal/image/pause.
 	PauseImage = "minimesh.local/pause:e2e"
-	// MinimeshImage holds /minimesh-proxy and /minimesh (MinimeshImageOf).
+	// MinimeshImage is the Dockerfile's image (MinimeshImageOf).
 	MinimeshImage = "minimesh.local/minimesh:e2e"
 
 	stateDir = "/run/minimesh-cluster"
@@ -526,19 +526,19 @@ func (c *Cluster) Import(ctx context.Context, imgs ...image.Image) error {
 	return image.Import(ctx, c.paths["ctr"], c.ContainerdAddress, "k8s.io", imgs...)
 }
 
-// MinimeshImageOf is the image of minimesh's two binaries, from `make
-// build`: /minimesh-proxy and /minimesh, non-root (65532), as the
-// Dockerfile makes it.
+// MinimeshImageOf is minimesh's image as the Dockerfile builds it
+// (image.Minimesh), from the binaries of `make build`, named MinimeshImage.
 func MinimeshImageOf() (image.Image, error) {
-	img := image.Image{Ref: MinimeshImage, User: "65532:65532", Entrypoint: []string{"/minimesh-proxy"}}
 	for _, name := range []string{"minimesh-proxy", "minimesh"} {
-		p, err := tools.Binary(name)
-		if err != nil {
-			return img, err
+		if _, err := tools.Binary(name); err != nil {
+			return image.Image{}, err
 		}
-		img.Files = append(img.Files, image.File{Name: "/" + name, Src: p})
 	}
-	return img, nil
+	dir, err := tools.BinDir()
+	if err != nil {
+		return image.Image{}, err
+	}
+	return image.Minimesh(dir, MinimeshImage), nil
 }
 
 // BuildStatic builds the main package pkg of the minimesh module (a path
