@@ -120,9 +120,26 @@ spec:
         readinessProbe: {httpGet: {path: /ready, port: 8081}, periodSeconds: 1}
 `
 
+// job calls the backend once and exits.
+const job = `apiVersion: batch/v1
+kind: Job
+metadata: {name: once, namespace: demo}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: app
+        image: ` + testappImage + `
+        imagePullPolicy: Never
+        args: [once, "http://backend.demo.svc.cluster.local/job"]
+`
+
 // TestSidecarInACluster: the node gets Ready; an injected Deployment's pod
 // starts its native sidecar (startup probe) before the app, and the app's
-// calls to a Service by its cluster DNS name go through the sidecar.
+// calls to a Service by its cluster DNS name go through the sidecar; an
+// injected Job completes.
 func TestSidecarInACluster(t *testing.T) {
 	c := start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -155,6 +172,22 @@ func TestSidecarInACluster(t *testing.T) {
 	t.Logf("backend and injected client Ready in %s", time.Since(t0).Round(time.Millisecond))
 
 	pod := checkClient(ctx, t, c)
+
+	// A Job completes although its pod has a sidecar: the native sidecar
+	// is stopped once the app has exited.
+	t0 = time.Now()
+	injectedJob, err := minimesh(ctx, job, "inject", "-f", "-", "--config", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.KubectlStdin(ctx, injectedJob, "apply", "-f", "-"); err != nil {
+		t.Fatal(out, err)
+	}
+	if out, err := c.Kubectl(ctx, "-n", "demo", "wait", "--for=condition=Complete", "job/once", "--timeout=2m"); err != nil {
+		describe(t, c)
+		t.Fatal(out, err)
+	}
+	t.Logf("injected Job complete in %s", time.Since(t0).Round(time.Millisecond))
 
 	// kubectl logs reaches the kubelet through the API server; the access
 	// log line of a call may reach the container's log a moment after the

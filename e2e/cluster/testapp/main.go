@@ -6,6 +6,8 @@
 //	                         like an unmodified app in a pod; on ADDR, /ready
 //	                         is 200 once the last call succeeded and /last
 //	                         shows that call
+//	testapp once URL         GETs URL through $HTTP_PROXY until it answers
+//	                         200 (30 s at most), then exits: a Job
 package main
 
 import (
@@ -34,6 +36,8 @@ func main() {
 		}))
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
+	case "once":
+		once(os.Args[2])
 	case "call":
 		if len(os.Args) != 4 {
 			os.Exit(2)
@@ -52,6 +56,25 @@ type result struct {
 	Body    string      `json:"body,omitempty"`
 	Calls   int         `json:"calls"`
 	OK      int         `json:"ok"`
+}
+
+func once(url string) {
+	client := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment}}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			fmt.Printf("once: %d\n", resp.StatusCode)
+			if resp.StatusCode == http.StatusOK {
+				os.Exit(0)
+			}
+		} else {
+			fmt.Printf("once: %v\n", err)
+		}
+		if time.Now().After(deadline) {
+			os.Exit(1)
+		}
+	}
 }
 
 func call(url, addr string) {
