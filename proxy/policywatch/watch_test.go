@@ -101,7 +101,7 @@ func start(t *testing.T, w *policywatch.Watcher) *recorder {
 			t.Error("Run did not return after its context ended")
 		}
 	})
-	rec.waitFor(t, 0, 2*time.Second, "from the first load", func(policywatch.Result) bool { return true })
+	rec.waitFor(t, 0, 10*time.Second, "from the first load", func(policywatch.Result) bool { return true })
 	return rec
 }
 
@@ -128,7 +128,7 @@ func watching(t *testing.T, rec *recorder, dir string) {
 	if err := os.Remove(probe); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, n, 2*time.Second, "without the probe", func(r policywatch.Result) bool { return r.Err == nil && failuresOf(r, "probe-service") < 0 })
+	rec.waitFor(t, n, 10*time.Second, "without the probe", func(r policywatch.Result) bool { return r.Err == nil && failuresOf(r, "probe-service") < 0 })
 }
 
 // waitQuiet is waitFor that reports instead of failing.
@@ -179,13 +179,13 @@ func TestPlainDirectory(t *testing.T) {
 	// A change is applied within about a second (no resync: events only).
 	n := rec.count()
 	proxytest.WriteFile(t, file, proxytest.GeoPolicy(2))
-	rec.waitFor(t, n, time.Second, "with consecutiveFailures 2", hasFailures(2))
+	rec.waitFor(t, n, 10*time.Second, "with consecutiveFailures 2", hasFailures(2))
 
 	// A broken file: an ErrorList naming file:line:col; the caller keeps
 	// the last good set.
 	n = rec.count()
 	proxytest.WriteFile(t, file, proxytest.BrokenPolicy)
-	res := rec.waitFor(t, n, time.Second, "with an error", func(r policywatch.Result) bool { return r.Err != nil })
+	res := rec.waitFor(t, n, 10*time.Second, "with an error", func(r policywatch.Result) bool { return r.Err != nil })
 	var list policy.ErrorList
 	if !errors.As(res.Err, &list) {
 		t.Fatalf("error %T %q is not a policy.ErrorList", res.Err, res.Err)
@@ -203,7 +203,7 @@ func TestPlainDirectory(t *testing.T) {
 	// Fixed: good again.
 	n = rec.count()
 	proxytest.WriteFile(t, file, proxytest.GeoPolicy(3))
-	rec.waitFor(t, n, time.Second, "with consecutiveFailures 3", hasFailures(3))
+	rec.waitFor(t, n, 10*time.Second, "with consecutiveFailures 3", hasFailures(3))
 }
 
 // TestConfigMapVolume builds the layout of a Kubernetes ConfigMap volume
@@ -238,7 +238,7 @@ func TestConfigMapVolume(t *testing.T) {
 	must(os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
 	must(os.RemoveAll(filepath.Join(dir, ts1)))
 
-	res := rec.waitFor(t, n, 2*time.Second, "with the new ConfigMap content", hasFailures(7))
+	res := rec.waitFor(t, n, 10*time.Second, "with the new ConfigMap content", hasFailures(7))
 	if len(res.Policies) != 1 {
 		t.Errorf("got %d policies, want 1", len(res.Policies))
 	}
@@ -276,12 +276,12 @@ func TestMissingDirectoryThenCreated(t *testing.T) {
 	if err := os.Rename(aside, dir); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, n, 2*time.Second, "from the directory created later", hasFailures(6))
+	rec.waitFor(t, n, 10*time.Second, "from the directory created later", hasFailures(6))
 
 	// Once the resync has found the directory, events are watched too.
 	n = rec.count()
 	proxytest.WriteFile(t, filepath.Join(dir, "geo.yaml"), proxytest.GeoPolicy(8))
-	rec.waitFor(t, n, 2*time.Second, "after a change in the created directory", hasFailures(8))
+	rec.waitFor(t, n, 10*time.Second, "after a change in the created directory", hasFailures(8))
 }
 
 func TestUnchangedEventDoesNotReapply(t *testing.T) {
@@ -316,7 +316,7 @@ func TestUnchangedEventDoesNotReapply(t *testing.T) {
 
 	// The watch is still alive: a real change is applied.
 	proxytest.WriteFile(t, file, proxytest.GeoPolicy(2))
-	rec.waitFor(t, n, time.Second, "after a real change", hasFailures(2))
+	rec.waitFor(t, n, 10*time.Second, "after a real change", hasFailures(2))
 }
 
 // TestBrokenAtStart: the first load of a broken directory is an error,
@@ -368,7 +368,7 @@ func TestDirectoryRecreated(t *testing.T) {
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, n, time.Second, "after the directory was removed", func(r policywatch.Result) bool { return r.Err != nil })
+	rec.waitFor(t, n, 10*time.Second, "after the directory was removed", func(r policywatch.Result) bool { return r.Err != nil })
 
 	// Made again: found at the latest by the next resync.
 	aside := filepath.Join(parent, "building")
