@@ -30,7 +30,9 @@ spec:
 // cluster (the minimesh image built here): the webhook injects the client
 // of a namespace labelled for injection, the sidecar gets the backend's
 // ResiliencePolicy from the injector's policy server (xDS), and the app's
-// calls go through it.
+// calls go through it. Then, on the same cluster, meshInACluster
+// (mesh_test.go): the breaker, the native sidecar's start and stop order,
+// and `helm test`.
 func TestChartInACluster(t *testing.T) {
 	helm := proc.NeedTool(t, "helm")
 	c := start(t)
@@ -44,16 +46,20 @@ func TestChartInACluster(t *testing.T) {
 	}
 	t0 := time.Now()
 	hdir := t.TempDir()
-	cmd := exec.CommandContext(ctx, helm, "install", "minimesh", filepath.Join(root, "charts", "minimesh"),
-		"--kubeconfig", c.Kubeconfig, "--namespace", "minimesh", "--create-namespace",
+	helmCmd := func(args ...string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, helm, append(args, "--kubeconfig", c.Kubeconfig)...)
+		cmd.Env = append(os.Environ(), "HELM_CONFIG_HOME="+filepath.Join(hdir, "config"),
+			"HELM_CACHE_HOME="+filepath.Join(hdir, "cache"), "HELM_DATA_HOME="+filepath.Join(hdir, "data"))
+		return cmd
+	}
+	cmd := helmCmd("install", "minimesh", filepath.Join(root, "charts", "minimesh"),
+		"--namespace", "minimesh", "--create-namespace",
 		"--set", "image.repository="+strings.Split(cluster.MinimeshImage, ":")[0],
 		"--set", "image.tag="+strings.Split(cluster.MinimeshImage, ":")[1],
 		"--set", "image.pullPolicy=Never",
 		"--set", "injector.replicas=1",
 		"--set", "webhook.failurePolicy=Fail",
 		"--wait", "--timeout", "3m")
-	cmd.Env = append(os.Environ(), "HELM_CONFIG_HOME="+filepath.Join(hdir, "config"),
-		"HELM_CACHE_HOME="+filepath.Join(hdir, "cache"), "HELM_DATA_HOME="+filepath.Join(hdir, "data"))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -111,4 +117,10 @@ func TestChartInACluster(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	t.Logf("sidecar /debug/config: %s", config)
+	_ = fwd.Process.Kill()
+
+	meshInACluster(ctx, t, c, func(args ...string) (string, error) {
+		out, err := helmCmd(args...).CombinedOutput()
+		return string(out), err
+	})
 }

@@ -8,6 +8,11 @@
 //	                         shows that call
 //	testapp once URL         GETs URL through $HTTP_PROXY until it answers
 //	                         200 (30 s at most), then exits: a Job
+//	testapp agent URL ADDR   an app driven over HTTP (agent.go): calls
+//	                         URL/start once at start, URL/term/$HOSTNAME
+//	                         on SIGTERM, and on ADDR makes calls on request
+//
+// serve also has a switchable failure mode and a hit counter (backend.go).
 package main
 
 import (
@@ -22,20 +27,18 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: testapp serve ADDR | testapp call URL ADDR")
+		fmt.Fprintln(os.Stderr, "usage: testapp serve ADDR | call URL ADDR | once URL | agent URL ADDR")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
 	case "serve":
-		host, _ := os.Hostname()
-		err := http.ListenAndServe(os.Args[2], http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			_ = json.NewEncoder(w).Encode(map[string]any{
-				"host": host, "method": r.Method, "path": r.URL.Path, "headers": r.Header,
-			})
-		}))
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(os.Stderr, http.ListenAndServe(os.Args[2], newBackend()))
 		os.Exit(1)
+	case "agent":
+		if len(os.Args) != 4 {
+			os.Exit(2)
+		}
+		agent(os.Args[2], os.Args[3])
 	case "once":
 		once(os.Args[2])
 	case "call":
