@@ -207,26 +207,35 @@ func breakerInACluster(t *testing.T, a agent, b flakyBackend) {
 	const path = "/breaker"
 	b.fail(true)
 	before := b.hits().Paths[path]
-	for i := 1; i <= 3; i++ {
-		r := a.get(flakyURL+path, false)
+	backends503 := func(i int, r callResult) {
+		t.Helper()
 		if r.Status != http.StatusServiceUnavailable || r.Headers.Get("X-Minimesh-Error") != "" {
 			t.Fatalf("call %d: %d %q (X-Minimesh-Error %q), want the backend's 503", i, r.Status, r.Error, r.Headers.Get("X-Minimesh-Error"))
 		}
+	}
+	for i := 1; i <= 2; i++ {
+		backends503(i, a.get(flakyURL+path, false))
 		if n := b.hits().Paths[path] - before; n != i {
 			t.Fatalf("after call %d the backend has %d hits", i, n)
 		}
 	}
+	// Calls 3 and 4 and the healing follow each other at once: openTimeout
+	// (2s) must not run out between them.
+	r3 := a.get(flakyURL+path, false)
+	t3 := time.Now()
 	r := a.get(flakyURL+path, false)
+	t4 := time.Now()
+	b.fail(false)
+	backends503(3, r3)
 	if r.Status != http.StatusServiceUnavailable || r.Headers.Get("X-Minimesh-Error") != "circuit-open" {
-		t.Fatalf("call 4: %d %q (X-Minimesh-Error %q), want 503 circuit-open", r.Status, r.Error, r.Headers.Get("X-Minimesh-Error"))
+		t.Fatalf("call 4, %s after call 3: %d %q (X-Minimesh-Error %q), want 503 circuit-open",
+			t4.Sub(t3).Round(time.Millisecond), r.Status, r.Error, r.Headers.Get("X-Minimesh-Error"))
 	}
 	if n := b.hits().Paths[path] - before; n != 3 {
 		t.Fatalf("call 4 answered circuit-open, but the backend has %d hits, want 3", n)
 	}
 	t.Logf("call 4: 503 circuit-open, Retry-After %q; the backend saw 3 calls", r.Headers.Get("Retry-After"))
 
-	b.fail(false)
-	opened := time.Now()
 	rejected := 0
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		r := a.get(flakyURL+path, false)
@@ -242,7 +251,7 @@ func breakerInACluster(t *testing.T, a agent, b flakyBackend) {
 		}
 	}
 	t.Logf("healed: the first call that got through (the probe) came %s after call 4, after %d more circuit-open answers",
-		time.Since(opened).Round(time.Millisecond), rejected)
+		time.Since(t4).Round(time.Millisecond), rejected)
 	if n := b.hits().Paths[path] - before; n != 4 {
 		t.Fatalf("the backend has %d hits, want 4 (three failures and one probe)", n)
 	}
