@@ -213,12 +213,19 @@ func (t *TailBuffer) String() string {
 func NeedTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := tools.Find(name)
-	if err == nil {
-		return p
+	if err != nil {
+		Unmet(t, "%s not installed: run make tools (%v)", name, err)
 	}
+	return p
+}
+
+// Unmet ends a test whose prerequisite (a tool, root, a built binary) is
+// missing: skipped on a developer's machine, failed under CI=true, where
+// everything a test needs must be there.
+func Unmet(t testing.TB, format string, args ...any) {
+	t.Helper()
 	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not installed: run make tools (%v)", name, err)
+		t.Fatalf(format, args...)
 	}
-	t.Skipf("%s not installed: run make tools (%v)", name, err)
-	return ""
+	t.Skipf(format, args...)
 }
