@@ -73,12 +73,7 @@ func TestChartInACluster(t *testing.T) {
 	if out, err := c.KubectlStdin(ctx, labelled+"---\n"+demoPolicy+"---\n"+client, "apply", "-f", "-"); err != nil {
 		t.Fatal(out, err)
 	}
-	for _, d := range []string{"backend", "client"} {
-		if out, err := c.Kubectl(ctx, "-n", "demo", "rollout", "status", "deployment/"+d, "--timeout=3m"); err != nil {
-			describe(t, c)
-			t.Fatal(out, err)
-		}
-	}
+	rollout(ctx, t, c, "demo", "backend", "client")
 	t.Logf("backend and client injected by the webhook, Ready in %s", time.Since(t0).Round(time.Millisecond))
 	pod := checkClient(ctx, t, c)
 	if pod.Annotations["minimesh.io/status"] != "injected" {

@@ -163,12 +163,7 @@ func TestSidecarInACluster(t *testing.T) {
 	if out, err := c.KubectlStdin(ctx, injected, "apply", "-f", "-"); err != nil {
 		t.Fatal(out, err)
 	}
-	for _, d := range []string{"backend", "client"} {
-		if out, err := c.Kubectl(ctx, "-n", "demo", "rollout", "status", "deployment/"+d, "--timeout=3m"); err != nil {
-			describe(t, c)
-			t.Fatal(out, err)
-		}
-	}
+	rollout(ctx, t, c, "demo", "backend", "client")
 	t.Logf("backend and injected client Ready in %s", time.Since(t0).Round(time.Millisecond))
 
 	pod := checkClient(ctx, t, c)
@@ -184,7 +179,7 @@ func TestSidecarInACluster(t *testing.T) {
 		t.Fatal(out, err)
 	}
 	if out, err := c.Kubectl(ctx, "-n", "demo", "wait", "--for=condition=Complete", "job/once", "--timeout=2m"); err != nil {
-		describe(t, c)
+		describe(t, c, "demo")
 		t.Fatal(out, err)
 	}
 	t.Logf("injected Job complete in %s", time.Since(t0).Round(time.Millisecond))
@@ -329,8 +324,8 @@ func get(t *testing.T, url string, v any) {
 	}
 }
 
-func describe(t *testing.T, c *cluster.Cluster) {
-	out, _ := c.Kubectl(context.Background(), "-n", "demo", "describe", "pods")
+func describe(t *testing.T, c *cluster.Cluster, ns string) {
+	out, _ := c.Kubectl(context.Background(), "-n", ns, "describe", "pods")
 	t.Logf("pods:\n%s", out)
 	out, _ = c.Kubectl(context.Background(), "get", "events", "-A")
 	t.Logf("events:\n%s", out)

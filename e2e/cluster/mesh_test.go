@@ -112,11 +112,15 @@ func meshInACluster(ctx context.Context, t *testing.T, c *cluster.Cluster, helm 
 	t.Run("SidecarStopsLast", func(t *testing.T) { sidecarStopsLast(ctx, t, c, appPod, b) })
 }
 
-func rollout(ctx context.Context, t *testing.T, c *cluster.Cluster, ns, d string) {
+// rollout waits until each Deployment of ns is rolled out; on failure it
+// logs the namespace's pods and the cluster's events.
+func rollout(ctx context.Context, t *testing.T, c *cluster.Cluster, ns string, deployments ...string) {
 	t.Helper()
-	if out, err := c.Kubectl(ctx, "-n", ns, "rollout", "status", "deployment/"+d, "--timeout=3m"); err != nil {
-		out2, _ := c.Kubectl(ctx, "-n", ns, "describe", "pods")
-		t.Fatalf("%s %v\npods:\n%s", out, err, out2)
+	for _, d := range deployments {
+		if out, err := c.Kubectl(ctx, "-n", ns, "rollout", "status", "deployment/"+d, "--timeout=3m"); err != nil {
+			describe(t, c, ns)
+			t.Fatal(out, err)
+		}
 	}
 }
 

@@ -207,7 +207,10 @@ func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*req
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	if h.draining.Load() {
+	closeConn := h.draining.Load()
+	if closeConn {
+		// For the answers written before the request's state exists;
+		// countingWriter sets it on the others as their status goes out.
 		w.Header().Set("Connection", "close")
 	}
 	if r.Method == http.MethodConnect {
@@ -230,10 +233,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// before the handler sees it, and RFC 9112 §6.1 wants the
 		// connection of such a request closed after the response: every
 		// chunked request closes its connection.
-		w.Header().Set("Connection", "close")
+		closeConn = true
 	}
 	dst := h.dests.get(authority)
-	closeConn := len(r.TransferEncoding) > 0 || h.draining.Load()
 
 	// Not pooled: the transport may still read the request body (and so
 	// the counters in st) after ServeHTTP returns.
@@ -459,7 +461,7 @@ func modifyResponse(resp *http.Response) error {
 func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
 	st := stateOf(r.Context())
 	if context.Cause(r.Context()) == errBodyTimeout {
-		err = &clientError{&bodyTimeoutError{h.cfg.RequestBodyTimeout}}
+		err = &clientError{&bodyTimeoutError{}}
 		w.Header().Set("Connection", "close")
 	} else if errors.Is(err, context.Canceled) && r.Context().Err() != nil && context.Cause(r.Context()) != errTimeout {
 		st.code = statusClientClosed

@@ -123,10 +123,10 @@ func (w *bodyWatch) fire() {
 var errBodyTimeout = errors.New("request body timeout")
 
 // bodyTimeoutError is an app that stopped sending its request body.
-type bodyTimeoutError struct{ idle time.Duration }
+type bodyTimeoutError struct{}
 
-func (e *bodyTimeoutError) Error() string {
-	return "the app sent no request body bytes for " + e.idle.String()
+func (*bodyTimeoutError) Error() string {
+	return "the app sent no request body bytes within --request-body-timeout"
 }
 
 // countingWriter counts the response body bytes the app was sent, and
