@@ -17,15 +17,17 @@ func Peak(f func()) uint64 {
 	runtime.ReadMemStats(&ms)
 	base := ms.HeapAlloc
 	var peak atomic.Uint64
+	sample := func(m *runtime.MemStats) {
+		runtime.ReadMemStats(m)
+		for old := peak.Load(); m.HeapAlloc > old && !peak.CompareAndSwap(old, m.HeapAlloc); old = peak.Load() {
+		}
+	}
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
 		var m runtime.MemStats
 		for {
-			runtime.ReadMemStats(&m)
-			if m.HeapAlloc > peak.Load() {
-				peak.Store(m.HeapAlloc)
-			}
+			sample(&m)
 			select {
 			case <-stop:
 				return
@@ -34,6 +36,10 @@ func Peak(f func()) uint64 {
 		}
 	}()
 	f()
+	// A short f can end between two samples; what it left on the heap
+	// is still there (no GC has run since), so one more sample sees it.
+	var m runtime.MemStats
+	sample(&m)
 	close(stop)
 	<-done
 	if peak.Load() < base {
