@@ -54,6 +54,13 @@ const (
 // ProxyContainerName is the sidecar's container name in an injected pod.
 const ProxyContainerName = "minimesh-proxy"
 
+// ProxyUID is the user the sidecar runs as with iptables interception: the
+// rules of `minimesh-proxy init` let this UID's connections out unredirected
+// (the sidecar's own upstream connections; anything else would loop back
+// into it). It is no UID an image uses by default (distroless is 65532,
+// Istio's proxy 1337, Linkerd's 2102), so an app is not excluded by accident.
+const ProxyUID = 15000
+
 // Version is the build's version, set by the linker:
 // -ldflags "-X github.com/minimesh/minimesh/wellknown.Version=v0.1.0".
 var Version = "dev"
