@@ -7,7 +7,6 @@ package observability
 
 import (
 	"fmt"
-	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -231,46 +230,6 @@ func keys(m map[string]bool) string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, ", ")
-}
-
-// grafanaVar matches Grafana's variable syntaxes: $name, ${name},
-// ${name:format} and the deprecated [[name]].
-var grafanaVar = regexp.MustCompile(`\$\{(\w+)(?::[\w-]+)?\}|\$(\w+)|\[\[(\w+)(?::[\w-]+)?\]\]`)
-
-// builtinVars are Grafana's own variables, with values valid where they are
-// used: durations in range selectors, numbers elsewhere.
-var builtinVars = map[string]string{
-	"__rate_interval": "5m",
-	"__interval":      "1m",
-	"__range":         "1h",
-	"__interval_ms":   "60000",
-	"__range_ms":      "3600000",
-	"__range_s":       "3600",
-}
-
-// substitute replaces every Grafana variable in expr with a value valid for
-// PromQL: the dashboard's own variables by the value Grafana would send by
-// default (a constant's value, "All" as allValue), builtins as above unless
-// vars overrides them.
-// A variable that is neither is an error: Grafana would leave it in place.
-func substitute(expr string, vars map[string]string) (string, error) {
-	var missing []string
-	out := grafanaVar.ReplaceAllStringFunc(expr, func(s string) string {
-		sm := grafanaVar.FindStringSubmatch(s)
-		name := sm[1] + sm[2] + sm[3]
-		if v, ok := vars[name]; ok {
-			return v
-		}
-		if v, ok := builtinVars[name]; ok {
-			return v
-		}
-		missing = append(missing, name)
-		return s
-	})
-	if len(missing) > 0 {
-		return "", fmt.Errorf("undefined variable(s) %s in %q", strings.Join(missing, ", "), expr)
-	}
-	return out, nil
 }
 
 // The checker must be able to fail: a metric nobody exports, a label the

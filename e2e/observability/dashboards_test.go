@@ -3,12 +3,12 @@ package observability
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/minimesh/minimesh/e2e/internal/grafana"
 )
 
 // wantDashboards are the dashboards the chart ships; their uid and title
@@ -19,96 +19,26 @@ var wantDashboards = map[string]struct{ uid, title string }{
 	"minimesh-circuit-breakers.json": {"minimesh-circuit-breakers", "minimesh / Circuit breakers"},
 }
 
-type dashboard struct {
-	UID           string  `json:"uid"`
-	Title         string  `json:"title"`
-	SchemaVersion int     `json:"schemaVersion"`
-	Panels        []panel `json:"panels"`
-	Templating    struct {
-		List []variable `json:"list"`
-	} `json:"templating"`
-}
-
-type datasource struct {
-	Type string `json:"type"`
-	UID  string `json:"uid"`
-}
-
-type panel struct {
-	ID          int                      `json:"id"`
-	Type        string                   `json:"type"`
-	Title       string                   `json:"title"`
-	Datasource  *datasource              `json:"datasource"`
-	GridPos     struct{ H, W, X, Y int } `json:"gridPos"`
-	FieldConfig struct {
-		Defaults struct {
-			Unit string `json:"unit"`
-		} `json:"defaults"`
-	} `json:"fieldConfig"`
-	Targets []struct {
-		RefID      string      `json:"refId"`
-		Expr       string      `json:"expr"`
-		Datasource *datasource `json:"datasource"`
-	} `json:"targets"`
-	Panels []panel `json:"panels"` // a row's panels (collapsed rows hold theirs here)
-}
-
-type variable struct {
-	Name       string          `json:"name"`
-	Type       string          `json:"type"`
-	Query      json.RawMessage `json:"query"` // a string, or {"query": "..."} for the Prometheus variable editor
-	IncludeAll bool            `json:"includeAll"`
-	AllValue   string          `json:"allValue"`
-	Datasource *datasource     `json:"datasource"`
-}
-
-// queryString is the variable's query whichever form it is stored in.
-func (v variable) queryString() string {
-	var s string
-	if json.Unmarshal(v.Query, &s) == nil {
-		return s
-	}
-	var o struct {
-		Query string `json:"query"`
-	}
-	if json.Unmarshal(v.Query, &o) == nil {
-		return o.Query
-	}
-	return ""
-}
+// The dashboards' model lives in e2e/internal/grafana, shared with the
+// cluster's live checks.
+type (
+	dashboard  = grafana.Dashboard
+	datasource = grafana.Datasource
+	panel      = grafana.Panel
+	variable   = grafana.Variable
+)
 
 // promDatasource is what every panel and query variable must use: the
 // dashboard's datasource variable, so that one import works on any
 // Grafana whatever its Prometheus datasource is called.
 var promDatasource = datasource{Type: "prometheus", UID: "${datasource}"}
 
-// walkPanels calls f for every panel, rows' nested panels included.
-func walkPanels(ps []panel, f func(panel)) {
-	for _, p := range ps {
-		f(p)
-		walkPanels(p.Panels, f)
-	}
-}
-
-// dashboardVars returns the value each of the dashboard's variables takes
-// by default, which is what the expressions are checked with: a constant's
-// value, "All" as its allValue, anything else a plain word.
-func dashboardVars(d dashboard) map[string]string {
-	vars := map[string]string{}
-	for _, v := range d.Templating.List {
-		switch {
-		case v.Type == "constant" || v.Type == "textbox":
-			vars[v.Name] = v.queryString()
-		case v.IncludeAll && v.AllValue != "":
-			vars[v.Name] = v.AllValue
-		default:
-			vars[v.Name] = "x"
-		}
-	}
-	return vars
-}
-
-var labelValues = regexp.MustCompile(`^\s*label_values\(\s*(.+)\s*,\s*([a-zA-Z_]\w*)\s*\)\s*$`)
+var (
+	walkPanels    = grafana.WalkPanels
+	dashboardVars = grafana.DefaultVars
+	labelValues   = grafana.LabelValues
+	substitute    = grafana.Substitute
+)
 
 // checkDashboard returns every problem of one dashboard: structure,
 // variables, datasources, panel ids, and each expression's metrics.
@@ -131,7 +61,7 @@ func checkDashboard(c *checker, d dashboard) []error {
 		}
 		byName[v.Name] = v
 	}
-	if v, ok := byName["datasource"]; !ok || v.Type != "datasource" || v.queryString() != "prometheus" {
+	if v, ok := byName["datasource"]; !ok || v.Type != "datasource" || v.QueryString() != "prometheus" {
 		fail("want a variable datasource of type datasource, query prometheus; got %+v", v)
 	}
 	for _, name := range []string{"namespace", "service"} {
@@ -140,8 +70,8 @@ func checkDashboard(c *checker, d dashboard) []error {
 			fail("want a query variable %q", name)
 			continue
 		}
-		if m := labelValues.FindStringSubmatch(v.queryString()); m == nil || m[2] != name {
-			fail("variable %q: query %q, want label_values(<selector>, %s)", name, v.queryString(), name)
+		if m := labelValues.FindStringSubmatch(v.QueryString()); m == nil || m[2] != name {
+			fail("variable %q: query %q, want label_values(<selector>, %s)", name, v.QueryString(), name)
 		}
 	}
 	for _, v := range d.Templating.List {
@@ -151,9 +81,9 @@ func checkDashboard(c *checker, d dashboard) []error {
 		if v.Datasource == nil || *v.Datasource != promDatasource {
 			fail("variable %q: datasource %+v, want %+v", v.Name, v.Datasource, promDatasource)
 		}
-		m := labelValues.FindStringSubmatch(v.queryString())
+		m := labelValues.FindStringSubmatch(v.QueryString())
 		if m == nil {
-			fail("variable %q: query %q is not label_values(<selector>, <label>)", v.Name, v.queryString())
+			fail("variable %q: query %q is not label_values(<selector>, <label>)", v.Name, v.QueryString())
 			continue
 		}
 		expr, err := substitute(m[1], vars)
@@ -232,13 +162,9 @@ func checkDashboard(c *checker, d dashboard) []error {
 
 func loadDashboard(t *testing.T, path string) (dashboard, []byte) {
 	t.Helper()
-	raw, err := os.ReadFile(path)
+	d, raw, err := grafana.Load(path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var d dashboard
-	if err := json.Unmarshal(raw, &d); err != nil {
-		t.Fatalf("%s: %v", path, err)
 	}
 	return d, raw
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/minimesh/minimesh/e2e/internal/grafana"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
@@ -149,32 +150,18 @@ scrape_configs:
 		for k, v := range live {
 			vars[k] = v
 		}
-		var exprs []string
-		names := map[string]string{}
-		for _, v := range d.Templating.List {
-			if m := labelValues.FindStringSubmatch(v.queryString()); v.Type == "query" && m != nil {
-				exprs = append(exprs, m[1])
-				names[m[1]] = "variable " + v.Name
-			}
-		}
-		walkPanels(d.Panels, func(p panel) {
-			for _, tg := range p.Targets {
-				exprs = append(exprs, tg.Expr)
-				names[tg.Expr] = fmt.Sprintf("panel %d %q query %s", p.ID, p.Title, tg.RefID)
-			}
-		})
-		for _, raw := range exprs {
-			expr, err := substitute(raw, vars)
+		for _, q := range grafana.Queries(d) {
+			expr, err := substitute(q.Expr, vars)
 			if err != nil {
-				t.Errorf("%s %s: %v", filepath.Base(path), names[raw], err)
+				t.Errorf("%s %s: %v", filepath.Base(path), q.Where, err)
 				continue
 			}
 			res, err := query(api, expr)
 			switch {
 			case err != nil:
-				t.Errorf("%s %s: %v\n%s", filepath.Base(path), names[raw], err, expr)
+				t.Errorf("%s %s: %v\n%s", filepath.Base(path), q.Where, err, expr)
 			case len(res) == 0:
-				t.Errorf("%s %s: no data\n%s", filepath.Base(path), names[raw], expr)
+				t.Errorf("%s %s: no data\n%s", filepath.Base(path), q.Where, expr)
 			}
 		}
 	}

@@ -50,6 +50,9 @@ type Options struct {
 	StartTimeout time.Duration
 	// MaxTraces bounds the memory store (default 100000).
 	MaxTraces int
+	// OTLPHost is the address the OTLP receiver listens on (default
+	// loopback); a cluster's pods reach the host at its bridge gateway.
+	OTLPHost string
 }
 
 // config is Jaeger's configuration (an OpenTelemetry Collector config):
@@ -131,6 +134,10 @@ func start(opt Options) (*Jaeger, error) {
 		return nil, err
 	}
 	health, query, queryGRPC, otlp := addrs[0], addrs[1], addrs[2], addrs[3]
+	if opt.OTLPHost != "" {
+		_, port, _ := net.SplitHostPort(otlp)
+		otlp = net.JoinHostPort(opt.OTLPHost, port)
+	}
 	dir, err := os.MkdirTemp("", "minimesh-jaeger-")
 	if err != nil {
 		return nil, err

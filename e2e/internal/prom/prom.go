@@ -118,6 +118,21 @@ func model(d time.Duration) string {
 // Start writes the configuration, starts Prometheus on a free loopback
 // port with its storage in a temporary directory and waits for /-/ready.
 func Start(cfg Config, opt Options) (*Prometheus, error) {
+	conf, err := ConfigYAML(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p, err := StartYAML(conf, opt)
+	if err != nil {
+		return nil, err
+	}
+	p.Job = cmpOr(cfg.Job, "minimesh-proxy")
+	return p, nil
+}
+
+// StartYAML starts Prometheus with a configuration of the caller's own,
+// such as Kubernetes service discovery (which Config does not describe).
+func StartYAML(conf []byte, opt Options) (*Prometheus, error) {
 	if opt.Path == "" {
 		p, err := tools.Find("prometheus")
 		if err != nil {
@@ -128,19 +143,11 @@ func Start(cfg Config, opt Options) (*Prometheus, error) {
 	if opt.StartTimeout <= 0 {
 		opt.StartTimeout = 30 * time.Second
 	}
-	conf, err := ConfigYAML(cfg)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	for range 3 {
 		var p *Prometheus
-		p, err = start(conf, opt)
-		if err == nil {
-			p.Job = cmpOr(cfg.Job, "minimesh-proxy")
-			return p, nil
-		}
-		if !strings.Contains(err.Error(), "address already in use") {
-			break
+		if p, err = start(conf, opt); err == nil || !strings.Contains(err.Error(), "address already in use") {
+			return p, err
 		}
 	}
 	return nil, err
