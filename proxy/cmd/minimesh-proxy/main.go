@@ -1,6 +1,7 @@
 // Command minimesh-proxy is the minimesh sidecar.
 //
 //	minimesh-proxy run [flags]   serve the outbound proxy and the admin port
+//	minimesh-proxy init [flags]  write the iptables rules of transparent interception
 //	minimesh-proxy version
 //
 // Every flag can also be set from the environment: --outbound-addr is
@@ -33,9 +34,10 @@ const usage = `minimesh-proxy is the minimesh sidecar.
 
 Usage:
   minimesh-proxy run [flags]    serve the outbound proxy and the admin port
+  minimesh-proxy init [flags]   write the iptables rules of transparent interception (init container)
   minimesh-proxy version        print the version
 
-Run "minimesh-proxy run -h" for the flags.
+Run "minimesh-proxy run -h" or "minimesh-proxy init -h" for the flags.
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -46,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		return runSidecar(args[1:], stderr)
+	case "init":
+		return runInit(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "minimesh-proxy %s\n", wellknown.Version)
 		return 0

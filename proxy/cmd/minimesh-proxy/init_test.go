@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runInitArgs(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(append([]string{"init"}, args...), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// Bad values exit 2 with a message naming the flag (or variable) and the
+// value, before anything runs.
+func TestInitBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{[]string{"--skip-outbound-ports", "80x"}, nil, []string{"-skip-outbound-ports", `"80x"`, "not a port"}},
+		{[]string{"--skip-outbound-ports", "8100-8000"}, nil, []string{"-skip-outbound-ports", `"8100-8000"`, "first port is above its last"}},
+		{[]string{"--skip-inbound-ports", "0"}, nil, []string{"-skip-inbound-ports", `"0"`}},
+		{[]string{"--skip-outbound-cidrs", "10.0.0.0/8,10.0.0.300/32"}, nil, []string{"-skip-outbound-cidrs", `"10.0.0.300/32"`, "not a CIDR"}},
+		{[]string{"--outbound-port", "70000"}, nil, []string{"-outbound-port", `"70000"`, "1-65535"}},
+		{[]string{"--inbound-port", "0"}, nil, []string{"-inbound-port", `"0"`}},
+		{[]string{"--proxy-uid", "0"}, nil, []string{"-proxy-uid", `"0"`, "root"}},
+		{[]string{"--proxy-uid", "-1"}, nil, []string{"-proxy-uid", `"-1"`}},
+		{[]string{"--backend", "iptables"}, nil, []string{"-backend", `"iptables"`, "auto, legacy, nft"}},
+		{[]string{"--ipv6", "yes"}, nil, []string{"-ipv6", `"yes"`, "auto, on, off"}},
+		{[]string{"--capture-inbound=maybe"}, nil, []string{"-capture-inbound", `"maybe"`}},
+		{[]string{"--outbound-port", "15006"}, nil, []string{"--outbound-port 15006 and --inbound-port 15006"}},
+		{[]string{"--nope"}, nil, []string{"-nope"}},
+		{[]string{"extra"}, nil, []string{`unexpected argument "extra"`}},
+		{nil, map[string]string{"MINIMESH_SKIP_OUTBOUND_CIDRS": "10.0.0.0"}, []string{`MINIMESH_SKIP_OUTBOUND_CIDRS="10.0.0.0"`, "not a CIDR"}},
+		{nil, map[string]string{"MINIMESH_BACKEND": "NFT"}, []string{`MINIMESH_BACKEND="NFT"`}},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			code, stdout, stderr := runInitArgs(t, append([]string{"--dry-run"}, tc.args...)...)
+			if code != 2 {
+				t.Errorf("exit %d, want 2; stdout %q", code, stdout)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr %q, want %q in it", stderr, w)
+				}
+			}
+		})
+	}
+}
+
+// --dry-run prints the restore input of each family, from flags and
+// from the environment, and applies nothing (with an explicit back-end it
+// runs no program at all).
+func TestInitDryRun(t *testing.T) {
+	t.Setenv("PATH", t.TempDir()) // no iptables program to run
+	t.Setenv("MINIMESH_SKIP_OUTBOUND_PORTS", "5432,8000-8100")
+	t.Setenv("MINIMESH_CAPTURE_INBOUND", "true")
+	t.Setenv("MINIMESH_IPV6", "on")
+	code, stdout, stderr := runInitArgs(t, "--dry-run", "--backend", "legacy",
+		"--skip-outbound-cidrs", "10.0.0.0/8,fd00::/8,198.18.250.7/32,2001:db8::1/128", "--skip-inbound-ports=9090,15020,30000-30010")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, w := range []string{
+		"# minimesh-proxy init --dry-run: nothing applied\n",
+		"# back-end legacy: --backend legacy\n",
+		"# families IPv4 and IPv6: --ipv6 on\n",
+		"# IPv4: iptables-legacy-restore --noflush\n",
+		"# IPv6: ip6tables-legacy-restore --noflush\n",
+	} {
+		if !strings.Contains(stdout, w) {
+			t.Errorf("want %q in\n%s", w, stdout)
+		}
+	}
+	// The environment and the flags together are the golden "skips" config.
+	for _, fam := range []string{"v4", "v6"} {
+		want, err := os.ReadFile(filepath.Join("..", "..", "iptables", "testdata", "skips."+fam+".rules"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(stdout, string(want)) {
+			t.Errorf("want proxy/iptables/testdata/skips.%s.rules in\n%s", fam, stdout)
+		}
+	}
+
+	// A flag wins over its variable.
+	code, stdout, _ = runInitArgs(t, "--dry-run", "--backend=nft", "--ipv6=off", "--skip-outbound-ports=")
+	if code != 0 || strings.Contains(stdout, "5432") || strings.Contains(stdout, "IPv6:") || !strings.Contains(stdout, "# IPv4: iptables-nft-restore --noflush") {
+		t.Errorf("exit %d:\n%s", code, stdout)
+	}
+}
+
+// Without its programs, init fails (exit 1) and says what is missing.
+func TestInitNoPrograms(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	if _, err := os.Stat("/usr/sbin/iptables-nft-restore"); err == nil {
+		t.Skip("iptables is installed in /usr/sbin, which init also searches")
+	}
+	code, _, stderr := runInitArgs(t, "--backend", "nft", "--ipv6", "off")
+	if code != 1 || !strings.Contains(stderr, "iptables-nft-save not found") {
+		t.Errorf("exit %d: %s", code, stderr)
+	}
+}
+
+func TestInitHelp(t *testing.T) {
+	code, _, stderr := runInitArgs(t, "-h")
+	if code != 0 {
+		t.Errorf("exit %d", code)
+	}
+	for _, f := range []string{"-proxy-uid", "-outbound-port", "-inbound-port", "-capture-inbound", "-skip-outbound-ports",
+		"-skip-outbound-cidrs", "-skip-inbound-ports", "-backend", "-ipv6", "-dry-run", "(default 15000)", "(default 15001)", "(default 15006)"} {
+		if !strings.Contains(stderr, f) {
+			t.Errorf("help lacks %q:\n%s", f, stderr)
+		}
+	}
+}
