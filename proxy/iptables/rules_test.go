@@ -14,7 +14,8 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 // goldenConfigs are the configurations whose rules testdata/ holds, one
 // file per family: NAME.v4.rules and NAME.v6.rules. e2e/interception
-// applies the same configurations with the real programs and compares
+// applies the same configurations with the real programs (through
+// minimesh-proxy init's flags: keep both in step) and compares
 // iptables-save's output with these files.
 func goldenConfigs() map[string]Config {
 	withInbound := DefaultConfig()
@@ -33,7 +34,6 @@ func goldenConfigs() map[string]Config {
 	custom.ProxyUID = 2102
 	custom.OutboundPort = 4140
 	custom.InboundPort = 4143
-	custom.AdminPort = 4191
 	custom.CaptureInbound = true
 	custom.SkipOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 
