@@ -16,12 +16,26 @@ import (
 	"github.com/minimesh/minimesh/wellknown"
 )
 
-// The pod annotations of DESIGN.md ("Pod annotations"), beyond the two in
+// AnnotationInterception chooses how the app's traffic reaches the sidecar:
+// InterceptionProxyEnv (the default) or InterceptionIPTables.
+const AnnotationInterception = wellknown.AnnotationPrefix + "interception"
+
+// Values of AnnotationInterception.
+const (
+	InterceptionProxyEnv = "proxy-env"
+	InterceptionIPTables = "iptables"
+)
+
+// The pod annotations of docs/annotations.md ("Pod annotations"), beyond the two in
 // wellknown that the sidecar's tooling shares.
 const (
-	annInterception      = wellknown.AnnotationPrefix + "interception"
+	annInterception      = AnnotationInterception
 	annSkipOutboundPorts = wellknown.AnnotationPrefix + "skip-outbound-ports"
 	annSkipOutboundCIDRs = wellknown.AnnotationPrefix + "skip-outbound-cidrs"
+	annSkipInboundPorts  = wellknown.AnnotationPrefix + "skip-inbound-ports"
+	annCaptureInbound    = wellknown.AnnotationPrefix + "capture-inbound"
+	annOpaquePorts       = wellknown.AnnotationPrefix + "opaque-ports"
+	annProxyHTTPS        = wellknown.AnnotationPrefix + "proxy-https"
 	annCPURequest        = wellknown.AnnotationPrefix + "proxy-cpu-request"
 	annMemoryRequest     = wellknown.AnnotationPrefix + "proxy-memory-request"
 	annCPULimit          = wellknown.AnnotationPrefix + "proxy-cpu-limit"
@@ -35,7 +49,8 @@ const (
 // setting the user believes in and does not have.
 var knownAnnotations = []string{
 	wellknown.AnnotationInject, wellknown.AnnotationStatus, annInterception,
-	annSkipOutboundPorts, annSkipOutboundCIDRs, annCPURequest, annMemoryRequest,
+	annSkipOutboundPorts, annSkipOutboundCIDRs, annSkipInboundPorts, annCaptureInbound,
+	annOpaquePorts, annProxyHTTPS, annCPURequest, annMemoryRequest,
 	annCPULimit, annMemoryLimit, annLogLevel, annServiceName,
 }
 
@@ -58,11 +73,6 @@ var (
 	maxProxyMemory = resource.MustParse("8Gi")
 )
 
-const (
-	interceptionProxyEnv = "proxy-env"
-	interceptionIPTables = "iptables"
-)
-
 // settings are a pod's annotations, parsed and checked.
 type settings struct {
 	serviceName   string // "" when no annotation names it
@@ -72,7 +82,19 @@ type settings struct {
 	cpuLimit      *resource.Quantity
 	memoryLimit   *resource.Quantity
 	skipCIDRs     []string
-	warnings      []string
+	// iptables interception: the init container's rules, and the ports
+	// the sidecar treats as opaque TCP.
+	iptables          bool
+	captureInbound    bool
+	skipOutboundPorts []string
+	skipInboundPorts  []string
+	opaquePorts       []string
+	opaqueSet         bool // the annotation is there, maybe empty: no opaque ports
+	// proxyHTTPS: HTTPS_PROXY too (proxy-env).
+	proxyHTTPS bool
+	// javaNonProxy is NO_PROXY in the form of -Dhttp.nonProxyHosts.
+	javaNonProxy string
+	warnings     []string
 }
 
 // parseSettings reads the annotations over the config's defaults. The first
@@ -97,11 +119,18 @@ func parseSettings(ann map[string]string, cfg *Config) (*settings, error) {
 	}
 
 	switch v, ok := ann[annInterception]; {
-	case !ok || v == interceptionProxyEnv:
-	case v == interceptionIPTables:
-		return nil, deny(annInterception, v, "transparent interception is not available yet; use proxy-env (HTTP_PROXY)")
+	case !ok || v == InterceptionProxyEnv:
+	case v == InterceptionIPTables:
+		s.iptables = true
 	default:
-		return nil, deny(annInterception, v, "want proxy-env")
+		return nil, deny(annInterception, v, "want "+InterceptionProxyEnv+" or "+InterceptionIPTables)
+	}
+	var err error
+	if s.captureInbound, err = enabledDisabled(ann, annCaptureInbound); err != nil {
+		return nil, err
+	}
+	if s.proxyHTTPS, err = enabledDisabled(ann, annProxyHTTPS); err != nil {
+		return nil, err
 	}
 
 	if v, ok := ann[annServiceName]; ok {
@@ -117,7 +146,6 @@ func parseSettings(ann map[string]string, cfg *Config) (*settings, error) {
 		s.logLevel = v
 	}
 
-	var err error
 	for _, q := range []struct {
 		key, def string
 		max      resource.Quantity
@@ -145,21 +173,83 @@ func parseSettings(ann map[string]string, cfg *Config) (*settings, error) {
 		s.warnf("a proxy CPU limit of %s throttles the sidecar (about 0.2 core per 1,000 requests/s) and adds latency to every call", s.cpuLimit)
 	}
 
-	if v, ok := ann[annSkipOutboundPorts]; ok {
-		if err := checkPorts(v); err != nil {
+	for _, l := range []struct {
+		key string
+		dst *[]string
+	}{
+		{annSkipOutboundPorts, &s.skipOutboundPorts},
+		{annSkipInboundPorts, &s.skipInboundPorts},
+		{annOpaquePorts, &s.opaquePorts},
+	} {
+		if *l.dst, err = ports(ann, l.key); err != nil {
 			return nil, err
 		}
-		s.warnf("%s only applies to iptables interception; with proxy-env the app decides what goes through HTTP_PROXY", annSkipOutboundPorts)
 	}
+	_, s.opaqueSet = ann[annOpaquePorts]
 	if v, ok := ann[annSkipOutboundCIDRs]; ok {
 		for _, c := range splitList(v) {
-			if _, err := netip.ParsePrefix(c); err != nil {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
 				return nil, deny(annSkipOutboundCIDRs, v, fmt.Sprintf("%s is not a CIDR like 10.0.0.0/8", quote(c)))
+			}
+			if p != p.Masked() {
+				// 10.1.2.3/8 is most likely a typo for 10.1.2.3/32 or
+				// 10.0.0.0/8; guessing would skip the wrong addresses.
+				return nil, deny(annSkipOutboundCIDRs, v, fmt.Sprintf("%s has host bits set; write %s, or /%d for the one address", quote(c), p.Masked(), p.Addr().BitLen()))
 			}
 			s.skipCIDRs = append(s.skipCIDRs, c)
 		}
 	}
+	if !s.iptables {
+		np, dropped, ok := javaNonProxyHosts(noProxy(cfg.NoProxy, s.skipCIDRs))
+		if !ok {
+			// The config's own list fits (Validate): the pod's CIDRs
+			// made it too long.
+			return nil, deny(annSkipOutboundCIDRs, ann[annSkipOutboundCIDRs], fmt.Sprintf(
+				"in Java's -Dhttp.nonProxyHosts, which has no CIDRs, these prefixes take more than %d bytes of patterns; use prefixes on octet boundaries (/8, /16, /24)", maxJavaNonProxyBytes))
+		}
+		s.javaNonProxy = np
+		for _, d := range dropped {
+			if slices.Contains(s.skipCIDRs, d) {
+				s.warnf("%s: %s cannot be written in Java's -Dhttp.nonProxyHosts (no IPv6 prefixes): JVM apps send its HTTP through the sidecar", annSkipOutboundCIDRs, quote(d))
+			}
+		}
+	}
+	s.modeWarnings(ann)
 	return s, nil
+}
+
+// modeWarnings names the annotations that the pod's interception mode
+// ignores: a setting the user believes in and does not have.
+func (s *settings) modeWarnings(ann map[string]string) {
+	has := func(k string) bool { _, ok := ann[k]; return ok }
+	if s.iptables {
+		if has(annProxyHTTPS) {
+			s.warnf("%s only applies to proxy-env interception; iptables redirects HTTPS (as opaque TCP) anyway", annProxyHTTPS)
+		}
+		if has(annSkipInboundPorts) && !s.captureInbound {
+			s.warnf("%s has no effect without %s: enabled (inbound traffic is not redirected)", annSkipInboundPorts, annCaptureInbound)
+		}
+		return
+	}
+	for _, k := range []string{annSkipOutboundPorts, annSkipInboundPorts, annCaptureInbound, annOpaquePorts} {
+		if has(k) {
+			s.warnf("%s only applies to iptables interception; with proxy-env the app decides what goes through HTTP_PROXY", k)
+		}
+	}
+}
+
+// enabledDisabled reads an annotation that is enabled or disabled, absent
+// meaning disabled.
+func enabledDisabled(ann map[string]string, key string) (bool, error) {
+	switch v, ok := ann[key]; {
+	case !ok || v == wellknown.InjectDisabled:
+		return false, nil
+	case v == wellknown.InjectEnabled:
+		return true, nil
+	default:
+		return false, deny(key, v, "want enabled or disabled")
+	}
 }
 
 func (s *settings) warnf(format string, args ...any) {
@@ -243,20 +333,45 @@ func checkRequestLimit(ann map[string]string, reqKey, limKey string, req **resou
 	}
 }
 
-func checkPorts(v string) error {
-	for _, p := range splitList(v) {
+// ports reads a list of ports and ranges (5432,8000-8100) and returns it
+// without spaces or empty items; nil when the annotation is absent.
+func ports(ann map[string]string, key string) ([]string, error) {
+	v, ok := ann[key]
+	if !ok {
+		return nil, nil
+	}
+	items := splitList(v)
+	for _, p := range items {
+		bad := func(why string) error {
+			return deny(key, v, fmt.Sprintf("%s %s", quote(p), why))
+		}
 		lo, hi, isRange := strings.Cut(p, "-")
-		for _, n := range []string{lo, hi} {
-			if n == "" && !isRange {
-				continue
-			}
-			port, err := strconv.Atoi(n)
-			if err != nil || port < 1 || port > 65535 {
-				return deny(annSkipOutboundPorts, v, fmt.Sprintf("%s is not a port (1-65535) or a range like 8000-8100", quote(p)))
-			}
+		first, err := port(lo)
+		if err != nil {
+			return nil, bad("is not a port (1-65535) or a range like 8000-8100")
+		}
+		if !isRange {
+			continue
+		}
+		last, err := port(hi)
+		if err != nil {
+			return nil, bad("is not a port (1-65535) or a range like 8000-8100")
+		}
+		if last < first {
+			return nil, bad("is a range that ends before it starts")
 		}
 	}
-	return nil
+	return items, nil
+}
+
+// port parses a port number, 1-65535, in plain decimal: "+80" and "080"
+// are no ports in an iptables rule.
+func port(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != s {
+		return 0, errors.New("not a port")
+	}
+	return n, nil
 }
 
 // splitList splits a comma-separated annotation value, ignoring spaces and

@@ -56,6 +56,9 @@ type ProxyConfig struct {
 	LogLevel      string `yaml:"logLevel"`
 	OutboundPort  int    `yaml:"outboundPort"`
 	AdminPort     int    `yaml:"adminPort"`
+	// InboundPort is where iptables interception with capture-inbound
+	// redirects the pod's inbound connections.
+	InboundPort int `yaml:"inboundPort"`
 	// UID and GID the sidecar runs as; the image's nonroot user.
 	UID int64 `yaml:"uid"`
 }
@@ -75,6 +78,7 @@ func DefaultConfig() Config {
 			LogLevel:        "info",
 			OutboundPort:    wellknown.OutboundPort,
 			AdminPort:       wellknown.AdminPort,
+			InboundPort:     wellknown.InboundPort,
 			UID:             65532,
 		},
 		PolicyConfigMap:   "minimesh-policies",
@@ -162,7 +166,7 @@ func (c *Config) Validate() error {
 	for _, port := range []struct {
 		name string
 		v    int
-	}{{"proxy.outboundPort", p.OutboundPort}, {"proxy.adminPort", p.AdminPort}} {
+	}{{"proxy.outboundPort", p.OutboundPort}, {"proxy.adminPort", p.AdminPort}, {"proxy.inboundPort", p.InboundPort}} {
 		if port.v < 1 || port.v > 65535 {
 			errs = append(errs, fmt.Errorf("%s: %d is not a port (1-65535)", port.name, port.v))
 		}
@@ -170,11 +174,24 @@ func (c *Config) Validate() error {
 	if p.OutboundPort == p.AdminPort {
 		errs = append(errs, fmt.Errorf("proxy.adminPort: %d is also the outbound port", p.AdminPort))
 	}
+	if p.InboundPort == p.OutboundPort || p.InboundPort == p.AdminPort {
+		errs = append(errs, fmt.Errorf("proxy.inboundPort: %d is also the outbound or the admin port", p.InboundPort))
+	}
 	if p.UID <= 0 {
 		errs = append(errs, fmt.Errorf("proxy.uid: %d: the sidecar must run as a non-root user", p.UID))
 	}
 	if r := c.TraceSampleRatio; r != nil && (*r < 0 || *r > 1) {
 		errs = append(errs, fmt.Errorf("traceSampleRatio: %v is not in [0, 1]", *r))
+	}
+	// NO_PROXY is a list of names, and -Dhttp.nonProxyHosts one option of
+	// JAVA_TOOL_OPTIONS, which the JVM splits at white space.
+	for i, h := range c.NoProxy {
+		if h == "" || strings.ContainsAny(h, " \t\r\n,|'\"") {
+			errs = append(errs, fmt.Errorf("noProxy[%d]: %s: want a host, a .domain or a CIDR, without spaces, commas, | or quotes", i, quote(h)))
+		}
+	}
+	if _, _, ok := javaNonProxyHosts(noProxy(c.NoProxy, nil)); !ok {
+		errs = append(errs, fmt.Errorf("noProxy: more than %d bytes in Java's -Dhttp.nonProxyHosts (CIDRs off octet boundaries take one pattern per address block)", maxJavaNonProxyBytes))
 	}
 	if c.PolicyConfigMap == "" {
 		errs = append(errs, errors.New("policyConfigMap: must be set"))

@@ -14,11 +14,13 @@ type Input struct {
 	// it in its metadata yet.
 	Namespace string
 	// NamespaceLabels are the labels of that namespace: the label
-	// minimesh.io/inject=enabled opts all its pods in.
+	// minimesh.io/inject=enabled opts all its pods in, and Pod Security's
+	// enforce label decides whether iptables interception is possible.
 	NamespaceLabels map[string]string
 	// Manual is `minimesh inject`: every workload it is given is injected
 	// (and marked minimesh.io/inject: enabled) unless it opted out, as
-	// linkerd inject does.
+	// linkerd inject does. It knows no namespace labels, so iptables
+	// interception is admitted with a warning about Pod Security.
 	Manual bool
 	// WorkloadName names the workload whose pod template Pod is, for
 	// `minimesh inject`: it is the service name when no label says one. A
@@ -54,7 +56,10 @@ type DenyError struct {
 	Field  string // "metadata.annotations[minimesh.io/proxy-cpu-limit]"
 	Value  string
 	Reason string
+	cause  error // for errors.Is: ErrPodSecurity
 }
+
+func (e *DenyError) Unwrap() error { return e.cause }
 
 func (e *DenyError) Error() string {
 	return "minimesh: " + e.Field + ": " + quote(e.Value) + ": " + e.Reason

@@ -51,6 +51,17 @@ func enabled() map[string]string {
 	return map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled}
 }
 
+// iptables is enabled() with iptables interception and the key-value
+// pairs kv.
+func iptables(kv ...string) map[string]string {
+	ann := enabled()
+	ann["minimesh.io/interception"] = "iptables"
+	for i := 0; i+1 < len(kv); i += 2 {
+		ann[kv[i]] = kv[i+1]
+	}
+	return ann
+}
+
 func TestInjectDecides(t *testing.T) {
 	nsOn := map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled}
 	hostNet := appPod(enabled())
@@ -127,11 +138,40 @@ func TestInjectDenies(t *testing.T) {
 		}, "spec.containers", "101"},
 		{"request over limit", map[string]string{"minimesh.io/proxy-cpu-request": "2"}, nil, "metadata.annotations[minimesh.io/proxy-cpu-request]", "2"},
 		{"limit under request", map[string]string{"minimesh.io/proxy-memory-request": "100Mi", "minimesh.io/proxy-memory-limit": "64Mi"}, nil, "metadata.annotations[minimesh.io/proxy-memory-limit]", "64Mi"},
-		{"iptables not yet", map[string]string{"minimesh.io/interception": "iptables"}, nil, "metadata.annotations[minimesh.io/interception]", "iptables"},
 		{"unknown interception", map[string]string{"minimesh.io/interception": "ebpf"}, nil, "metadata.annotations[minimesh.io/interception]", "ebpf"},
+		{"interception in capitals", map[string]string{"minimesh.io/interception": "IPTABLES"}, nil, "metadata.annotations[minimesh.io/interception]", "IPTABLES"},
 		{"port out of range", map[string]string{"minimesh.io/skip-outbound-ports": "5432,70000"}, nil, "metadata.annotations[minimesh.io/skip-outbound-ports]", "5432,70000"},
 		{"port range open", map[string]string{"minimesh.io/skip-outbound-ports": "8000-"}, nil, "metadata.annotations[minimesh.io/skip-outbound-ports]", "8000-"},
+		{"port range backwards", iptables("minimesh.io/skip-outbound-ports", "8100-8000"), nil, "metadata.annotations[minimesh.io/skip-outbound-ports]", "8100-8000"},
+		{"port zero", iptables("minimesh.io/skip-outbound-ports", "0"), nil, "metadata.annotations[minimesh.io/skip-outbound-ports]", "0"},
+		{"port with a sign", iptables("minimesh.io/skip-outbound-ports", "+80"), nil, "metadata.annotations[minimesh.io/skip-outbound-ports]", "+80"},
+		{"port name", iptables("minimesh.io/skip-outbound-ports", "postgres"), nil, "metadata.annotations[minimesh.io/skip-outbound-ports]", "postgres"},
+		{"inbound port", iptables("minimesh.io/skip-inbound-ports", "80,http"), nil, "metadata.annotations[minimesh.io/skip-inbound-ports]", "80,http"},
+		{"inbound port with proxy-env", map[string]string{"minimesh.io/skip-inbound-ports": "99999"}, nil, "metadata.annotations[minimesh.io/skip-inbound-ports]", "99999"},
+		{"opaque port", iptables("minimesh.io/opaque-ports", "3306,5432;6379"), nil, "metadata.annotations[minimesh.io/opaque-ports]", "3306,5432;6379"},
 		{"cidr", map[string]string{"minimesh.io/skip-outbound-cidrs": "10.0.0.0"}, nil, "metadata.annotations[minimesh.io/skip-outbound-cidrs]", "10.0.0.0"},
+		{"cidr with iptables", iptables("minimesh.io/skip-outbound-cidrs", "10.0.0.0/8,metadata.google.internal"), nil, "metadata.annotations[minimesh.io/skip-outbound-cidrs]", "10.0.0.0/8,metadata.google.internal"},
+		{"cidr with host bits", iptables("minimesh.io/skip-outbound-cidrs", "10.1.2.3/8"), nil, "metadata.annotations[minimesh.io/skip-outbound-cidrs]", "10.1.2.3/8"},
+		{"cidr prefix too long", iptables("minimesh.io/skip-outbound-cidrs", "10.0.0.0/33"), nil, "metadata.annotations[minimesh.io/skip-outbound-cidrs]", "10.0.0.0/33"},
+		{"cidrs too many for java", map[string]string{"minimesh.io/skip-outbound-cidrs": "10.0.0.0/9,11.0.0.0/9,12.0.0.0/9,13.0.0.0/9"}, nil, "metadata.annotations[minimesh.io/skip-outbound-cidrs]", "10.0.0.0/9,11.0.0.0/9,12.0.0.0/9,13.0.0.0/9"},
+		{"capture-inbound value", iptables("minimesh.io/capture-inbound", "true"), nil, "metadata.annotations[minimesh.io/capture-inbound]", "true"},
+		{"proxy-https value", map[string]string{"minimesh.io/proxy-https": "yes"}, nil, "metadata.annotations[minimesh.io/proxy-https]", "yes"},
+		{"app runs as the proxy's uid", iptables(), func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: ptr(int64(15000))}
+		}, "spec.containers[0].securityContext.runAsUser", "15000"},
+		{"pod runs as the proxy's uid", iptables(), func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr(int64(15000))}
+		}, "spec.securityContext.runAsUser", "15000"},
+		{"app init container runs as the proxy's uid", iptables(), func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr(int64(1000))}
+			p.Spec.InitContainers = []corev1.Container{{Name: "migrate", SecurityContext: &corev1.SecurityContext{RunAsUser: ptr(int64(15000))}}}
+		}, "spec.initContainers[0].securityContext.runAsUser", "15000"},
+		{"init container name taken", iptables(), func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "minimesh-init"}}
+		}, "spec.initContainers[0].name", "minimesh-init"},
+		{"init volume name taken", iptables(), func(p *corev1.Pod) { p.Spec.Volumes = []corev1.Volume{{Name: "minimesh-xtables-lock"}} }, "spec.volumes[0].name", "minimesh-xtables-lock"},
+		{"inbound port taken", iptables("minimesh.io/capture-inbound", "enabled"), func(p *corev1.Pod) { p.Spec.Containers[0].Ports[0].ContainerPort = 15006 },
+			"spec.containers[0].ports[0].containerPort", "15006"},
 		{"service name", map[string]string{"minimesh.io/service-name": "Web_API"}, nil, "metadata.annotations[minimesh.io/service-name]", "Web_API"},
 		{"log level", map[string]string{"minimesh.io/proxy-log-level": "loud"}, nil, "metadata.annotations[minimesh.io/proxy-log-level]", "loud"},
 		{"admin port taken", nil, func(p *corev1.Pod) { p.Spec.Containers[0].Ports[0].ContainerPort = 15020 }, "spec.containers[0].ports[0].containerPort", "15020"},
@@ -177,6 +217,22 @@ func TestInjectWarns(t *testing.T) {
 		{"tiny memory", map[string]string{"minimesh.io/proxy-memory-limit": "16Mi"}, nil, "OOM"},
 		{"tiny cpu", map[string]string{"minimesh.io/proxy-cpu-limit": "50m"}, nil, "throttles"},
 		{"ports without iptables", map[string]string{"minimesh.io/skip-outbound-ports": "5432"}, nil, "only applies to iptables"},
+		{"inbound ports without iptables", map[string]string{"minimesh.io/skip-inbound-ports": "9000"}, nil, "minimesh.io/skip-inbound-ports only applies to iptables"},
+		{"opaque ports without iptables", map[string]string{"minimesh.io/opaque-ports": "3306"}, nil, "minimesh.io/opaque-ports only applies to iptables"},
+		{"capture without iptables", map[string]string{"minimesh.io/capture-inbound": "enabled"}, nil, "minimesh.io/capture-inbound only applies to iptables"},
+		{"https with iptables", iptables("minimesh.io/proxy-https", "enabled"), nil, "minimesh.io/proxy-https only applies to proxy-env"},
+		{"inbound ports without capture", iptables("minimesh.io/skip-inbound-ports", "9000"), nil, "no effect without minimesh.io/capture-inbound: enabled"},
+		{"ipv6 prefix in java", map[string]string{"minimesh.io/skip-outbound-cidrs": "10.0.0.0/8,fd00::/8"}, nil, `"fd00::/8" cannot be written in Java's -Dhttp.nonProxyHosts`},
+		{"own java proxy", nil, func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: "JAVA_TOOL_OPTIONS", Value: "-Dhttp.proxyHost=corp -Dhttp.proxyPort=3128"})
+		}, `container "app" sets -Dhttp.proxyHost in JAVA_TOOL_OPTIONS itself`},
+		{"java options from valueFrom", nil, func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: "JAVA_TOOL_OPTIONS", ValueFrom: &corev1.EnvVarSource{
+				ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "jvm"}, Key: "opts"}}})
+		}, `container "app" sets JAVA_TOOL_OPTIONS from valueFrom`},
+		{"envFrom may hold java options", nil, func(p *corev1.Pod) {
+			p.Spec.Containers[0].EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "settings"}}}}
+		}, `container "app" has envFrom, which may set JAVA_TOOL_OPTIONS`},
 		{"own proxy", nil, func(p *corev1.Pod) {
 			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: "HTTP_PROXY", Value: "http://corp:3128"})
 		}, `container "app" sets HTTP_PROXY=http://corp:3128 itself`},
@@ -455,6 +511,16 @@ func TestGolden(t *testing.T) {
 			c.TraceSampleRatio = &ratio
 			c.NoProxy = []string{".corp.example.com"}
 		}},
+		{"iptables", appPod(iptables(
+			"minimesh.io/capture-inbound", "enabled", "minimesh.io/skip-inbound-ports", "9000",
+			"minimesh.io/skip-outbound-ports", "5432,6379", "minimesh.io/skip-outbound-cidrs", "169.254.169.254/32",
+			"minimesh.io/opaque-ports", "25,3306",
+		)), nil},
+		{"proxy-https", func() *corev1.Pod {
+			p := appPod(map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/proxy-https": "enabled"})
+			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: "JAVA_TOOL_OPTIONS", Value: "-Xmx512m"})
+			return p
+		}(), nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -502,6 +568,11 @@ func TestConfig(t *testing.T) {
 		{"proxy:\n  memoryLimit: 999999999999999999Ei\n", `proxy.memoryLimit: "999999999999999999Ei": more than 8Gi`},
 		{"proxy:\n  cpuRequest: 2\n", "proxy.cpuRequest: 2 is more than proxy.cpuLimit 1"},
 		{"proxy:\n  adminPort: 15001\n", "proxy.adminPort: 15001 is also the outbound port"},
+		{"proxy:\n  inboundPort: 15020\n", "proxy.inboundPort: 15020 is also the outbound or the admin port"},
+		{"proxy:\n  inboundPort: 0\n", "proxy.inboundPort: 0 is not a port"},
+		{"noProxy: [a b]\n", `noProxy[0]: "a b"`},
+		{"noProxy: ['a|b']\n", `noProxy[0]: "a|b"`},
+		{"noProxy: [0.0.0.0/1, 128.0.0.0/1, 10.0.0.0/9, 11.0.0.0/9, 12.0.0.0/9, 13.0.0.0/9]\n", "noProxy: more than 4096 bytes"},
 		{"proxy:\n  uid: 0\n", "proxy.uid"},
 		{"traceSampleRatio: 2\n", "traceSampleRatio"},
 		{"proxy:\n  logLevel: loud\n", "proxy.logLevel"},
@@ -519,6 +590,10 @@ func FuzzInject(f *testing.F) {
 	f.Add("minimesh.io/proxy-cpu-limit", "500m", "minimesh.io/skip-outbound-ports", "80,8000-8100")
 	f.Add("minimesh.io/skip-outbound-cidrs", "10.0.0.0/8,", "minimesh.io/service-name", "a-b")
 	f.Add("minimesh.io/interception", "proxy-env", "minimesh.io/proxy-memory-request", "1e3")
+	f.Add("minimesh.io/interception", "iptables", "minimesh.io/skip-inbound-ports", "80,8000-8100")
+	f.Add("minimesh.io/interception", "iptables", "minimesh.io/capture-inbound", "enabled")
+	f.Add("minimesh.io/proxy-https", "enabled", "minimesh.io/skip-outbound-cidrs", "172.16.0.0/12,fd00::/8")
+	f.Add("minimesh.io/opaque-ports", "3306", "minimesh.io/interception", "iptables")
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2 string) {
 		ann := enabled()
 		ann[k1] = v1

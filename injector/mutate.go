@@ -32,6 +32,13 @@ const policyMountPath = "/etc/minimesh/policies"
 const (
 	policyVolume  = "minimesh-policies"
 	adminPortName = "minimesh-admin"
+	// initContainerName runs `minimesh-proxy init` under iptables
+	// interception, before the sidecar.
+	initContainerName = "minimesh-init"
+	// xtablesVolume is a writable /run for the init container, whose root
+	// file system is read-only: iptables takes its lock in
+	// /run/xtables.lock.
+	xtablesVolume = "minimesh-xtables-lock"
 )
 
 // maxContainers bounds the containers (app and init) of a pod the injector
@@ -81,7 +88,13 @@ func inject(in Input, cfg *Config) (Result, error) {
 	if err := checkContainers(pod); err != nil {
 		return Result{}, err
 	}
-	if err := checkClashes(pod, cfg); err != nil {
+	if err := checkClashes(pod, cfg, s); err != nil {
+		return Result{}, err
+	}
+	if err := checkPodSecurity(in, ns, s); err != nil {
+		return Result{}, err
+	}
+	if err := checkProxyUID(pod, s); err != nil {
 		return Result{}, err
 	}
 
@@ -97,7 +110,13 @@ func inject(in Input, cfg *Config) (Result, error) {
 	if service == "" {
 		service = serviceName(pod, in.WorkloadName)
 	}
-	out.Spec.InitContainers = append([]corev1.Container{sidecar(cfg, s, service)}, out.Spec.InitContainers...)
+	// The init container first: the rules are in place before the
+	// sidecar and the app's own init containers make a connection.
+	inits := []corev1.Container{sidecar(cfg, s, service)}
+	if s.iptables {
+		inits = append([]corev1.Container{initContainer(cfg, s)}, inits...)
+	}
+	out.Spec.InitContainers = append(inits, out.Spec.InitContainers...)
 	out.Spec.Volumes = append(out.Spec.Volumes, corev1.Volume{
 		Name: policyVolume,
 		VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
@@ -105,11 +124,29 @@ func inject(in Input, cfg *Config) (Result, error) {
 			Optional:             ptr(true),
 		}},
 	})
-	env := proxyEnv(cfg, s)
+	if s.iptables {
+		out.Spec.Volumes = append(out.Spec.Volumes, corev1.Volume{
+			Name: xtablesVolume,
+			VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+				Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("1Mi")),
+			}},
+		})
+	}
 	for i := range out.Spec.Containers {
-		s.warnings = append(s.warnings, addEnv(&out.Spec.Containers[i], env)...)
+		s.warnings = append(s.warnings, addProxyEnv(&out.Spec.Containers[i], cfg, s)...)
 	}
 	return Result{Pod: out, Injected: true, Reason: ReasonInjected, Warnings: capWarnings(s.warnings)}, nil
+}
+
+// addProxyEnv gives an app container the proxy-env variables: nothing
+// under iptables interception, which redirects every connection anyway
+// (HTTP_PROXY would only add a second way in).
+func addProxyEnv(c *corev1.Container, cfg *Config, s *settings) []string {
+	if s.iptables {
+		return nil
+	}
+	w := addEnv(c, proxyEnv(cfg, s))
+	return append(w, addJavaOptions(c, javaProperties(cfg, s, s.javaNonProxy))...)
 }
 
 // reinject handles an injected pod seen again: under reinvocationPolicy
@@ -127,6 +164,12 @@ func reinject(pod *corev1.Pod, cfg *Config) (Result, error) {
 		// the status annotation by hand, which is not ours to refuse.
 		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
 	}
+	if s.iptables {
+		// Every container's connections are redirected, whoever added it.
+		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
+	}
+	// A container that has any of the variables was seen before (the
+	// app's own win); JAVA_TOOL_OPTIONS is no sign, an app may set it.
 	env := proxyEnv(cfg, s)
 	var idx []int
 	for i := range pod.Spec.Containers {
@@ -139,7 +182,7 @@ func reinject(pod *corev1.Pod, cfg *Config) (Result, error) {
 	}
 	out := pod.DeepCopy()
 	for _, i := range idx {
-		addEnv(&out.Spec.Containers[i], env)
+		addProxyEnv(&out.Spec.Containers[i], cfg, s)
 	}
 	return Result{Pod: out, Injected: true, Reason: ReasonReinvoked}, nil
 }
@@ -157,9 +200,12 @@ func checkContainers(pod *corev1.Pod) error {
 // checkClashes refuses a pod whose containers already use the sidecar's
 // ports or names: injected anyway, one of the two would fail to start, far
 // from this cause.
-func checkClashes(pod *corev1.Pod, cfg *Config) error {
+func checkClashes(pod *corev1.Pod, cfg *Config, s *settings) error {
 	check := func(field string, cs []corev1.Container) error {
 		for i, c := range cs {
+			if s.iptables && c.Name == initContainerName {
+				return &DenyError{Field: fmt.Sprintf("%s[%d].name", field, i), Value: c.Name, Reason: "the name of the minimesh init container of iptables interception"}
+			}
 			for j, p := range c.Ports {
 				f := fmt.Sprintf("%s[%d].ports[%d]", field, i, j)
 				switch {
@@ -169,6 +215,9 @@ func checkClashes(pod *corev1.Pod, cfg *Config) error {
 				case int(p.ContainerPort) == cfg.Proxy.OutboundPort:
 					return &DenyError{Field: f + ".containerPort", Value: strconv.Itoa(int(p.ContainerPort)),
 						Reason: "the minimesh sidecar's outbound port; move the app or set proxy.outboundPort in the injector's config"}
+				case s.captureInbound && int(p.ContainerPort) == cfg.Proxy.InboundPort:
+					return &DenyError{Field: f + ".containerPort", Value: strconv.Itoa(int(p.ContainerPort)),
+						Reason: "the minimesh sidecar's inbound port under " + annCaptureInbound + "; move the app or set proxy.inboundPort in the injector's config"}
 				case p.Name == adminPortName:
 					return &DenyError{Field: f + ".name", Value: p.Name, Reason: "the name of the minimesh sidecar's port"}
 				}
@@ -186,6 +235,9 @@ func checkClashes(pod *corev1.Pod, cfg *Config) error {
 		if v.Name == policyVolume {
 			return &DenyError{Field: fmt.Sprintf("spec.volumes[%d].name", i), Value: v.Name, Reason: "the name of the minimesh sidecar's policy volume"}
 		}
+		if s.iptables && v.Name == xtablesVolume {
+			return &DenyError{Field: fmt.Sprintf("spec.volumes[%d].name", i), Value: v.Name, Reason: "the name of the minimesh init container's volume"}
+		}
 	}
 	return nil
 }
@@ -202,6 +254,9 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 		"--admin-addr=:" + strconv.Itoa(p.AdminPort),
 		"--policy-dir=" + policyMountPath,
 		"--log-level=" + s.logLevel,
+	}
+	if s.captureInbound {
+		args = append(args, "--inbound-addr=:"+strconv.Itoa(p.InboundPort))
 	}
 	if service != "" {
 		args = append(args, "--service-name="+service)
@@ -237,6 +292,24 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 	setQ(&res.Limits, corev1.ResourceCPU, s.cpuLimit)
 	setQ(&res.Limits, corev1.ResourceMemory, s.memoryLimit)
 
+	env := []corev1.EnvVar{
+		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+	}
+	if s.iptables && s.opaqueSet {
+		// --opaque-ports, read from the environment as every flag of
+		// minimesh-proxy run can be; it replaces the sidecar's default
+		// list, and empty means none.
+		env = append(env, corev1.EnvVar{Name: wellknown.EnvPrefix + "OPAQUE_PORTS", Value: strings.Join(s.opaquePorts, ",")})
+	}
+	// Under iptables interception the sidecar runs as the one user whose
+	// connections the rules let out unredirected: its own upstream
+	// connections would otherwise loop back into it.
+	uid := p.UID
+	if s.iptables {
+		uid = wellknown.ProxyUID
+	}
+
 	return corev1.Container{
 		Name:            wellknown.ProxyContainerName,
 		Image:           p.Image,
@@ -244,10 +317,7 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 		// The image has no ENTRYPOINT: it holds two binaries.
 		Command: []string{"/minimesh-proxy"},
 		Args:    args,
-		Env: []corev1.EnvVar{
-			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
-		},
+		Env:     env,
 		Ports: []corev1.ContainerPort{{
 			Name: adminPortName, ContainerPort: int32(p.AdminPort), Protocol: corev1.ProtocolTCP,
 		}},
@@ -262,12 +332,82 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 		}},
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot:             ptr(true),
-			RunAsUser:                ptr(p.UID),
-			RunAsGroup:               ptr(p.UID),
+			RunAsUser:                ptr(uid),
+			RunAsGroup:               ptr(uid),
 			ReadOnlyRootFilesystem:   ptr(true),
 			AllowPrivilegeEscalation: ptr(false),
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+}
+
+// The init container's resources: it writes a few dozen rules and exits.
+// Bounded so that it never sizes the pod (the largest init container's
+// request counts) and a runaway cannot take the node's memory.
+var (
+	initCPURequest    = resource.MustParse("10m")
+	initMemoryRequest = resource.MustParse("16Mi")
+	initCPULimit      = resource.MustParse("100m")
+	initMemoryLimit   = resource.MustParse("64Mi")
+)
+
+// initContainer runs `minimesh-proxy init` under iptables interception:
+// the rules that redirect the pod's TCP to the sidecar, in the pod's
+// network namespace, before any other container starts. It is the only
+// privileged part of minimesh: root with NET_ADMIN and NET_RAW (to write
+// the rules) and nothing else. It exits, so its privileges end before the
+// app starts; a failure keeps the pod from starting, never half-redirected.
+func initContainer(cfg *Config, s *settings) corev1.Container {
+	p := &cfg.Proxy
+	args := []string{
+		"init",
+		"--proxy-uid=" + strconv.Itoa(wellknown.ProxyUID),
+		"--outbound-port=" + strconv.Itoa(p.OutboundPort),
+	}
+	if s.captureInbound {
+		// The admin port is never redirected: the kubelet's probes and
+		// Prometheus reach the sidecar itself.
+		skip := []string{strconv.Itoa(p.AdminPort)}
+		for _, v := range s.skipInboundPorts {
+			if !slices.Contains(skip, v) {
+				skip = append(skip, v)
+			}
+		}
+		args = append(args, "--capture-inbound", "--inbound-port="+strconv.Itoa(p.InboundPort),
+			"--skip-inbound-ports="+strings.Join(skip, ","))
+	}
+	if len(s.skipOutboundPorts) > 0 {
+		args = append(args, "--skip-outbound-ports="+strings.Join(s.skipOutboundPorts, ","))
+	}
+	if len(s.skipCIDRs) > 0 {
+		args = append(args, "--skip-outbound-cidrs="+strings.Join(s.skipCIDRs, ","))
+	}
+	return corev1.Container{
+		Name:            initContainerName,
+		Image:           p.Image,
+		ImagePullPolicy: corev1.PullPolicy(p.ImagePullPolicy),
+		Command:         []string{"/minimesh-proxy"},
+		Args:            args,
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: initCPURequest, corev1.ResourceMemory: initMemoryRequest},
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: initCPULimit, corev1.ResourceMemory: initMemoryLimit},
+		},
+		VolumeMounts: []corev1.VolumeMount{{Name: xtablesVolume, MountPath: "/run"}},
+		SecurityContext: &corev1.SecurityContext{
+			// iptables needs root and the two capabilities in the pod's
+			// own network namespace; nothing else.
+			RunAsUser:                ptr(int64(0)),
+			RunAsNonRoot:             ptr(false),
+			Privileged:               ptr(false),
+			AllowPrivilegeEscalation: ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			Capabilities: &corev1.Capabilities{
+				Add:  []corev1.Capability{"NET_ADMIN", "NET_RAW"},
+				Drop: []corev1.Capability{"ALL"},
+			},
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
@@ -280,21 +420,34 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 // the kubelet, which sets it in every container.
 func proxyEnv(cfg *Config, s *settings) []corev1.EnvVar {
 	proxy := "http://127.0.0.1:" + strconv.Itoa(cfg.Proxy.OutboundPort)
-	noProxy := []string{
+	np := strings.Join(noProxy(cfg.NoProxy, s.skipCIDRs), ",")
+	// Both spellings: curl reads only the lower-case http_proxy, others
+	// only the upper case; NO_PROXY likewise.
+	env := []corev1.EnvVar{
+		{Name: "HTTP_PROXY", Value: proxy},
+		{Name: "http_proxy", Value: proxy},
+	}
+	if s.proxyHTTPS {
+		// Still an http:// URL: the client sends CONNECT to the sidecar,
+		// which tunnels the TLS it cannot read.
+		env = append(env,
+			corev1.EnvVar{Name: "HTTPS_PROXY", Value: proxy},
+			corev1.EnvVar{Name: "https_proxy", Value: proxy})
+	}
+	return append(env,
+		corev1.EnvVar{Name: "NO_PROXY", Value: np},
+		corev1.EnvVar{Name: "no_proxy", Value: np})
+}
+
+// noProxy is what the apps reach directly: loopback, the API server, then
+// the config's list and the pod's skip-outbound-cidrs.
+func noProxy(cfgNoProxy, skipCIDRs []string) []string {
+	np := []string{
 		"localhost", "127.0.0.1", "::1", "$(KUBERNETES_SERVICE_HOST)",
 		"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
 	}
-	noProxy = append(noProxy, cfg.NoProxy...)
-	noProxy = append(noProxy, s.skipCIDRs...)
-	np := strings.Join(noProxy, ",")
-	// Both spellings: curl reads only the lower-case http_proxy, others
-	// only the upper case; NO_PROXY likewise.
-	return []corev1.EnvVar{
-		{Name: "HTTP_PROXY", Value: proxy},
-		{Name: "http_proxy", Value: proxy},
-		{Name: "NO_PROXY", Value: np},
-		{Name: "no_proxy", Value: np},
-	}
+	np = append(np, cfgNoProxy...)
+	return append(np, skipCIDRs...)
 }
 
 // addEnv appends env to c, except the variables c sets itself: the app's

@@ -36,10 +36,11 @@ func (f fakeNamespaces) Labels(_ context.Context, name string) (map[string]strin
 func newHandler() *Handler {
 	cfg := injector.DefaultConfig()
 	return &Handler{
-		Config:     &cfg,
-		Namespaces: fakeNamespaces{"shop": nil, "opted": {"minimesh.io/inject": "enabled"}},
-		Metrics:    NewMetrics(),
-		Log:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Config: &cfg,
+		Namespaces: fakeNamespaces{"shop": nil, "opted": {"minimesh.io/inject": "enabled"},
+			"locked": {"pod-security.kubernetes.io/enforce": "restricted"}, "open": {"pod-security.kubernetes.io/enforce": "privileged"}},
+		Metrics: NewMetrics(),
+		Log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 }
 
@@ -91,6 +92,10 @@ func TestHandler(t *testing.T) {
 		{"update", review(t, "shop", admissionv1.Update, "Pod", pod(enabled)), 200, true, false, "", ResultSkipped},
 		{"not a pod", review(t, "shop", admissionv1.Create, "ConfigMap", map[string]any{"kind": "ConfigMap"}), 200, true, false, "", ResultSkipped},
 		{"bad annotation", review(t, "shop", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/proxy-cpu-limit": "lots"})), 200, false, false, `minimesh.io/proxy-cpu-limit]: "lots"`, ResultDenied},
+		{"iptables where Pod Security forbids it", review(t, "locked", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/interception": "iptables"})),
+			200, false, false, `namespace "locked" enforces Pod Security "restricted"`, ResultDenied},
+		{"iptables where Pod Security allows it", review(t, "open", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/interception": "iptables"})),
+			200, true, true, "", ResultInjected},
 		{"unknown namespace", review(t, "gone", admissionv1.Create, "Pod", pod(enabled)), 200, false, false, `namespaces "gone" not found`, ResultError},
 		{"pod that does not decode", review(t, "shop", admissionv1.Create, "Pod", map[string]any{"spec": "nope"}), 200, false, false, "decode pod", ResultError},
 		{"not JSON", []byte("{"), 400, false, false, "decode AdmissionReview", ""},
@@ -163,7 +168,13 @@ func checkPatch(t *testing.T, body []byte, r *admissionv1.AdmissionResponse) {
 	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatal(err)
 	}
-	if !injector.IsInjected(&got) || len(got.Spec.InitContainers) != 1 {
+	// The sidecar, and under iptables interception the init container
+	// before it.
+	want := 1
+	if got.Annotations[injector.AnnotationInterception] == injector.InterceptionIPTables {
+		want = 2
+	}
+	if !injector.IsInjected(&got) || len(got.Spec.InitContainers) != want {
 		t.Fatalf("patched pod not injected: %s", out)
 	}
 }
