@@ -109,6 +109,10 @@ func Run(ctx context.Context, o Options) []Result {
 	}
 	add("pods that ask for injection have the sidecar", "they were created while the injector was down or before their namespace opted in: kubectl rollout restart their workloads", missingSidecars(pods, nsLabels, o.Namespace))
 	add("sidecars are ready", "kubectl logs POD -c "+wellknown.ProxyContainerName+"; curl POD:15020/ready", sidecarsReady(pods))
+	add("iptables interception only where Pod Security allows it",
+		"its init container needs NET_ADMIN and NET_RAW: annotate the pods "+injector.AnnotationInterception+": "+injector.InterceptionProxyEnv+
+			", or label the namespace "+injector.PodSecurityEnforceLabel+"=privileged if its pods may have them (docs/annotations.md)",
+		podSecurityConflicts(ctx, o.Client, pods, nsLabels, o.Namespace))
 	add("policies validate", "fix the files: minimesh policy lint FILE", policiesValid(ctx, o.Client))
 	if o.Dynamic != nil {
 		add("ResiliencePolicy objects are accepted", "kubectl describe rp -n NAMESPACE NAME; the last accepted version of each keeps serving", objectsAccepted(ctx, o.Dynamic))
@@ -335,6 +339,81 @@ func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, r
 		}
 	}
 	return listed("pods without the sidecar", missing)
+}
+
+// podSecurityConflicts lists the pods and workloads that ask for iptables
+// interception in a namespace whose Pod Security level forbids its init
+// container's capabilities. The webhook refuses such pods when they are
+// created, so what is listed here is a pod that will not come back once
+// deleted, or a workload whose pods are refused (its ReplicaSet, Job or
+// StatefulSet reports FailedCreate, and a rollout stalls). A pod or a
+// workload owned by another is listed as its owner.
+func podSecurityConflicts(ctx context.Context, c kubernetes.Interface, pods []corev1.Pod, nsLabels map[string]map[string]string, release string) error {
+	cfg := injector.DefaultConfig()
+	ignored := append(cfg.IgnoredNamespaces, release)
+	var found []string
+	consider := func(kind string, meta metav1.ObjectMeta, template metav1.ObjectMeta) {
+		if metav1.GetControllerOf(&meta) != nil || slices.Contains(ignored, meta.Namespace) {
+			return
+		}
+		ann, labels := template.Annotations, nsLabels[meta.Namespace]
+		asked := ann[wellknown.AnnotationInject] == wellknown.InjectEnabled || ann[wellknown.AnnotationStatus] == wellknown.StatusInjected ||
+			(labels[wellknown.AnnotationInject] == wellknown.InjectEnabled && ann[wellknown.AnnotationInject] != wellknown.InjectDisabled)
+		if !asked || ann[injector.AnnotationInterception] != injector.InterceptionIPTables {
+			return
+		}
+		if level, bad := injector.ForbidsNetAdmin(labels); bad {
+			found = append(found, fmt.Sprintf("%s %s/%s (%s=%s)", kind, meta.Namespace, meta.Name, injector.PodSecurityEnforceLabel, level))
+		}
+	}
+	for i := range pods {
+		consider("pod", pods[i].ObjectMeta, pods[i].ObjectMeta)
+	}
+	apps, batch := c.AppsV1(), c.BatchV1()
+	all := metav1.ListOptions{}
+	deps, err := apps.Deployments("").List(ctx, all)
+	if err != nil {
+		return err
+	}
+	for _, o := range deps.Items {
+		consider("deployment", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+	}
+	sts, err := apps.StatefulSets("").List(ctx, all)
+	if err != nil {
+		return err
+	}
+	for _, o := range sts.Items {
+		consider("statefulset", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+	}
+	dss, err := apps.DaemonSets("").List(ctx, all)
+	if err != nil {
+		return err
+	}
+	for _, o := range dss.Items {
+		consider("daemonset", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+	}
+	rss, err := apps.ReplicaSets("").List(ctx, all)
+	if err != nil {
+		return err
+	}
+	for _, o := range rss.Items {
+		consider("replicaset", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+	}
+	jobs, err := batch.Jobs("").List(ctx, all)
+	if err != nil {
+		return err
+	}
+	for _, o := range jobs.Items {
+		consider("job", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+	}
+	cjs, err := batch.CronJobs("").List(ctx, all)
+	if err != nil {
+		return err
+	}
+	for _, o := range cjs.Items {
+		consider("cronjob", o.ObjectMeta, o.Spec.JobTemplate.Spec.Template.ObjectMeta)
+	}
+	return listed("ask for iptables interception where Pod Security forbids NET_ADMIN", found)
 }
 
 // sidecarsReady looks at running pods only: a pending pod has no sidecar

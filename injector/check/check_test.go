@@ -8,6 +8,7 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -105,6 +106,26 @@ func TestRun(t *testing.T) {
 			pod("opted", "out", map[string]string{"minimesh.io/inject": "disabled"}, corev1.PodRunning, nil),
 			pod("minimesh", "own", map[string]string{"minimesh.io/inject": "enabled"}, corev1.PodRunning, nil),
 		}, map[string]string{"pods that ask for injection have the sidecar": "2 pods without the sidecar: opted/before-label, shop/asked"}},
+		{"iptables where Pod Security forbids it", "37", 300 * 24 * time.Hour, []runtime.Object{
+			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "locked", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}}},
+			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "open", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged", "minimesh.io/inject": "enabled"}}},
+			// Labelled after the pod was injected: it will not come back.
+			pod("locked", "old", map[string]string{"minimesh.io/status": "injected", "minimesh.io/interception": "iptables"}, corev1.PodRunning, &yes),
+			// Its pods are refused; the Deployment is what to fix.
+			&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "locked", Name: "orders"}, Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/interception": "iptables"}}}}},
+			// A namespace without the label: the cluster's default, unknown.
+			&batchv1.CronJob{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "backup"}, Spec: batchv1.CronJobSpec{JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/interception": "iptables"}}}}}}},
+			// Fine: proxy-env, opted out, allowed, or not asked.
+			&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "locked", Name: "web"}, Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"minimesh.io/inject": "enabled"}}}}},
+			&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "locked", Name: "db"}, Spec: appsv1.StatefulSetSpec{Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"minimesh.io/interception": "iptables"}}}}},
+			&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "open", Name: "agent"}, Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"minimesh.io/interception": "iptables"}}}}},
+			pod("open", "ok", map[string]string{"minimesh.io/status": "injected", "minimesh.io/interception": "iptables"}, corev1.PodRunning, &yes),
+		}, map[string]string{"iptables interception only where Pod Security allows it": "2 ask for iptables interception where Pod Security forbids NET_ADMIN: deployment locked/orders (pod-security.kubernetes.io/enforce=baseline), pod locked/old (pod-security.kubernetes.io/enforce=baseline)"}},
 		{"sidecar not ready", "37", 300 * 24 * time.Hour, []runtime.Object{
 			pod("shop", "web", injected, corev1.PodRunning, &no),
 		}, map[string]string{"sidecars are ready": "1 sidecars not ready: shop/web"}},
@@ -120,8 +141,8 @@ func TestRun(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := cluster(t, tt.minor, tt.certValid, tt.objs...)
 			got := verdicts(Run(context.Background(), Options{Client: c, Namespace: "minimesh"}))
-			if len(got) != 10 {
-				t.Fatalf("%d checks ran, want 10: %v", len(got), got)
+			if len(got) != 11 {
+				t.Fatalf("%d checks ran, want 11: %v", len(got), got)
 			}
 			for name, v := range got {
 				want, bad := tt.failing[name]
