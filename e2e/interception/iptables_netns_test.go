@@ -3,6 +3,7 @@ package interception_test
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -259,7 +260,10 @@ func (n *netns) dialAs(t *testing.T, uid uint32, ip netip.Addr, port int, token 
 	t.Helper()
 	script := fmt.Sprintf("exec 3<>/dev/tcp/%s/%d || exit 1; printf %%s %s >&3; echo sent; read -r _ <&0", ip, port, token)
 	cmd := exec.Command(find(t, "bash"), "-c", script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}, Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: it fires when the thread that started the process
+	// ends, and do's thread ends at once. When the test dies instead, its
+	// end of stdin closes and read returns.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	cmd.Dir = "/"
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -275,10 +279,11 @@ func (n *netns) dialAs(t *testing.T, uid uint32, ip netip.Addr, port int, token 
 	t.Cleanup(func() {
 		stdin.Close()
 		cmd.Process.Kill()
-		cmd.Wait()
+		cmd.Wait() //nolint:errcheck // killed
 	})
 	line := make([]byte, 5)
-	if _, err := stdout.Read(line); err != nil || string(line[:4]) != "sent" {
+	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "sent\n" {
+		cmd.Wait() // stderr is complete once the process is reaped
 		t.Fatalf("bash as uid %d connecting to %s port %d: %q, %v; stderr: %s", uid, ip, port, line, err, stderr.String())
 	}
 }
@@ -309,22 +314,10 @@ func accept(t *testing.T, ln net.Listener, token string) *net.TCPConn {
 	t.Cleanup(func() { c.Close() })
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, len(token))
-	if _, err := ioReadFull(c, buf); err != nil || string(buf) != token {
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != token {
 		t.Fatalf("on %s: read %q, %v; want %q (a connection meant for somewhere else arrived here)", ln.Addr(), buf, err, token)
 	}
 	return c.(*net.TCPConn)
-}
-
-func ioReadFull(c net.Conn, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := c.Read(buf[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // originalDst is the destination a redirected connection was addressed to
