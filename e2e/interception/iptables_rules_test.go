@@ -12,6 +12,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
 // goldenFlags are the flags of minimesh-proxy init that make the
@@ -232,6 +235,40 @@ func TestIptablesRollback(t *testing.T) {
 			check(out, err)
 			if after := ns.saveAll(t); after != before {
 				t.Errorf("after the rollback:\n%s\nbefore:\n%s", after, before)
+			}
+		})
+	}
+}
+
+// The injected init container's privileges are enough: root with
+// NET_ADMIN and NET_RAW only (the injector drops every other capability).
+// Without root, init fails with iptables' own message.
+func TestIptablesInitContainerPrivileges(t *testing.T) {
+	bin := needIPTables(t)
+	setpriv, err := tools.Find("setpriv")
+	if err != nil {
+		proc.Unmet(t, "%v", err)
+	}
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			ns := newNetns(t)
+			caps := "-all,+net_admin,+net_raw"
+			out := ns.exec(t, setpriv, "--bounding-set="+caps, "--inh-caps="+caps, "--",
+				bin, "init", "--backend", be, "--ipv6", "on", "--capture-inbound")
+			if !strings.Contains(out, "IPv6 rules in place") {
+				t.Errorf("init's output:\n%s", out)
+			}
+			for fam, v6 := range map[string]bool{"v4": false, "v6": true} {
+				if got, want := minimeshLines(ns.save(t, be, v6)), goldenLines(t, "inbound."+fam+".rules"); !slices.Equal(got, want) {
+					t.Errorf("%s %s: %q, want %q", be, fam, got, want)
+				}
+			}
+
+			out, err := ns.execErr(t, setpriv, "--reuid=65532", "--regid=65532", "--clear-groups", "--", bin, "init", "--backend", be)
+			if err == nil || !strings.Contains(err.Error(), "exit status 1") ||
+				!strings.Contains(err.Error(), "minimesh-proxy init: reading the IPv4 rules: iptables-"+be+"-save: exit status") ||
+				!strings.Contains(err.Error(), "Permission denied") {
+				t.Errorf("init as 65532: %v\n%s", err, out)
 			}
 		})
 	}

@@ -110,7 +110,7 @@ func runInit(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	for _, res := range results {
-		fmt.Fprintf(stdout, "minimesh-proxy init: %s rules in place (%s -t nat):\n", res.Family, b.Save(res.Family))
+		fmt.Fprintf(stdout, "minimesh-proxy init: %s rules in place (%s, minimesh's part of the nat table):\n", res.Family, b.Save(res.Family))
 		for _, l := range res.Rules {
 			fmt.Fprintf(stdout, "  %s\n", l)
 		}
