@@ -1,0 +1,272 @@
+// Package transparent is the sidecar's side of iptables interception
+// (docs/interception.md): on the outbound listener it tells connections
+// that iptables redirected from those made to the listener itself (an
+// explicit proxy client), reads a redirected connection's original
+// destination, and detects its protocol from its first bytes.
+//
+// A Dispatcher wraps the outbound listener. Its Accept returns only the
+// explicit connections, so that the http.Server serving them works as
+// without interception, at the cost of one getsockopt(2) per connection.
+// Each redirected connection is handed to a goroutine of its own for
+// detection; HTTP/1.x ones then come out of the Dispatcher's HTTP listener
+// (served by a second http.Server with the same handler) and every other
+// one goes to the OnTCP func.
+package transparent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// DefaultDetectTimeout is how long a redirected connection may take to send
+// enough bytes to tell its protocol. An app on the same host sends its
+// request as soon as it has connected, so any client-speaks-first protocol
+// is decided within microseconds; the second is headroom for an app held
+// back by its CPU limit or a garbage collection. A client that sends
+// nothing in that time is relayed as opaque TCP (its server may be the one
+// to speak first), which delays such a server's greeting by up to this
+// long: list its port in --opaque-ports.
+const DefaultDetectTimeout = time.Second
+
+// maxPeek bounds the bytes read for detection: one whole TLS record, which
+// holds any ClientHello of today's clients, and request lines of up to
+// 16 KiB. Past it the connection is relayed as opaque TCP.
+const maxPeek = 5 + maxRecord
+
+// Config configures a Dispatcher.
+type Config struct {
+	// OpaquePorts are relayed at once, without detection.
+	OpaquePorts *Ports
+	// DetectTimeout: 0 is DefaultDetectTimeout.
+	DetectTimeout time.Duration
+	// OnTCP relays a redirected connection that is not HTTP/1.x; it owns
+	// the connection and returns when the relay is over.
+	OnTCP func(*Conn)
+	// Hijacked is told of each connection taken for detection, so that a
+	// connection tracker (connlimit) leaves it to its new owner.
+	Hijacked func(net.Conn)
+	Logger   *slog.Logger
+}
+
+// Conn is a redirected connection. Its Read returns the bytes read for
+// detection first.
+type Conn struct {
+	net.Conn
+	// Original is the destination the app connected to.
+	Original netip.AddrPort
+	// Protocol is what detection found.
+	Protocol Protocol
+	// SNI is the ClientHello's server name, for TLS.
+	SNI string
+	// Detect is how long detection took.
+	Detect time.Duration
+
+	peeked []byte
+}
+
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(c.peeked) > 0 {
+		n := copy(p, c.peeked)
+		c.peeked = c.peeked[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes the connection, as a *net.TCPConn does.
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// Unwrap is the accepted connection.
+func (c *Conn) Unwrap() net.Conn { return c.Conn }
+
+// Dispatcher sorts the connections of one or more outbound listeners.
+type Dispatcher struct {
+	cfg  Config
+	log  *slog.Logger
+	http *chanListener
+
+	detecting sync.WaitGroup
+}
+
+// New returns a Dispatcher.
+func New(cfg Config) *Dispatcher {
+	if cfg.DetectTimeout <= 0 {
+		cfg.DetectTimeout = DefaultDetectTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Hijacked == nil {
+		cfg.Hijacked = func(net.Conn) {}
+	}
+	return &Dispatcher{cfg: cfg, log: cfg.Logger, http: newChanListener()}
+}
+
+// Wrap returns ln with the redirected connections taken out of Accept.
+func (d *Dispatcher) Wrap(ln net.Listener) net.Listener { return &listener{Listener: ln, d: d} }
+
+// HTTP is the listener of the redirected connections found to carry
+// HTTP/1.x; their Conn.Original is the destination to dial.
+func (d *Dispatcher) HTTP() net.Listener { return d.http }
+
+// Close waits (until ctx is done) for the detections under way, which go on
+// to their HTTP server or relay, then closes the HTTP listener. Call it
+// once the wrapped listeners are closed.
+func (d *Dispatcher) Close(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { d.detecting.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	d.http.Close()
+}
+
+type listener struct {
+	net.Listener
+	d *Dispatcher
+}
+
+// Accept returns the next connection made to the listener itself; the
+// redirected ones go to detection as they come.
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		orig, err := OriginalDst(c)
+		if err != nil || isSelf(orig, c.LocalAddr()) {
+			return c, nil
+		}
+		l.d.cfg.Hijacked(c)
+		l.d.detecting.Add(1)
+		go l.d.dispatch(c, orig)
+	}
+}
+
+// isSelf reports whether orig is the listener's own address: a connection
+// made to the listener itself, which conntrack knows unchanged.
+func isSelf(orig netip.AddrPort, local net.Addr) bool {
+	la, ok := local.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	ip, _ := netip.AddrFromSlice(la.IP)
+	return orig.Port() == uint16(la.Port) && orig.Addr().Unmap() == ip.Unmap()
+}
+
+func (d *Dispatcher) dispatch(c net.Conn, orig netip.AddrPort) {
+	start := time.Now()
+	tc := &Conn{Conn: c, Original: orig}
+	if d.cfg.OpaquePorts.Has(orig.Port()) {
+		tc.Protocol = OpaquePort
+	} else {
+		tc.Protocol, tc.SNI, tc.peeked = Detect(c, d.cfg.DetectTimeout)
+	}
+	tc.Detect = time.Since(start)
+	if d.log.Enabled(context.Background(), slog.LevelDebug) {
+		d.log.Debug("redirected connection", "original_dst", orig.String(), "protocol", string(tc.Protocol),
+			"sni", tc.SNI, "client", c.RemoteAddr().String(), "detect_ms", float64(tc.Detect.Microseconds())/1000)
+	}
+	if tc.Protocol == HTTP1 {
+		if d.http.put(tc) {
+			d.detecting.Done()
+			return
+		}
+		// Detection ended after the drain closed the HTTP listener: relay
+		// the connection rather than drop a request the app has sent.
+	}
+	d.detecting.Done()
+	d.cfg.OnTCP(tc)
+}
+
+// peekBufs lends detection its buffer; what was read is copied out.
+var peekBufs = sync.Pool{New: func() any { return new([maxPeek]byte) }}
+
+// Detect reads the first bytes of c, within timeout, until they tell its
+// protocol (Classify). It returns the bytes it read, to be sent on first.
+// A read error other than a timeout ends detection as the end of the
+// stream does: the relay meets the error again, or forwards the end.
+func Detect(c net.Conn, timeout time.Duration) (p Protocol, sni string, peeked []byte) {
+	buf := peekBufs.Get().(*[maxPeek]byte)
+	defer peekBufs.Put(buf)
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	n := 0
+	more := true
+	for more {
+		m, err := c.Read(buf[n:])
+		n += m
+		p, more = Classify(buf[:n])
+		if !more {
+			break
+		}
+		if err != nil || n == len(buf) {
+			p = Final(buf[:n])
+			break
+		}
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	if p == TLS {
+		sni, _ = clientHelloSNI(buf[:n])
+	}
+	if n > 0 {
+		peeked = append([]byte(nil), buf[:n]...)
+	}
+	return p, sni, peeked
+}
+
+// chanListener is a net.Listener whose connections come from Dispatcher.
+type chanListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *chanListener) put(c net.Conn) bool {
+	select {
+	case <-l.closed:
+		return false
+	default:
+	}
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return chanAddr{} }
+
+type chanAddr struct{}
+
+func (chanAddr) Network() string { return "tcp" }
+func (chanAddr) String() string  { return "redirected" }
