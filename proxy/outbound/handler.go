@@ -60,6 +60,9 @@ type Config struct {
 	// AccessLog gets a line per request; nil: no access log.
 	AccessLog *telemetry.AccessLog
 	Logger    *slog.Logger
+	// TCPIdleTimeout closes an opaque TCP relay (ServeTCP) that moved no
+	// byte either way for this long (0: DefaultTCPIdleTimeout).
+	TCPIdleTimeout time.Duration
 }
 
 // Handler is the outbound listener's http.Handler.
@@ -78,7 +81,9 @@ type Handler struct {
 	// keep-alive client learns of the shutdown from its next answer
 	// instead of a connection closed under a request in flight.
 	draining atomic.Bool
-	log      *slog.Logger
+	// closing is set as the drain closes the tunnels and relays left.
+	closing atomic.Bool
+	log     *slog.Logger
 }
 
 // AddListener declares one of the sidecar's own listeners: nothing sent
@@ -114,6 +119,9 @@ func New(cfg Config, table *policy.Table) *Handler {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = telemetry.New(0)
+	}
+	if cfg.TCPIdleTimeout <= 0 {
+		cfg.TCPIdleTimeout = DefaultTCPIdleTimeout
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, self: newSelfAddrs(), hop: newHop()}
 	h.dialer = newDialer(cfg.ConnectTimeout, cfg.Resolve, h.self)
@@ -180,12 +188,16 @@ type reqState struct {
 	// for, so that connection pools are per authority and --resolve sees
 	// the name the app used.
 	authority string
-	id        string
-	upgrade   bool
-	replay    *replay
-	attempts  int
-	rejected  bool
-	code      int
+	// dial, on a redirected connection, is the original destination: what
+	// the transport dials instead of authority, which only names the
+	// destination (docs/interception.md).
+	dial     string
+	id       string
+	upgrade  bool
+	replay   *replay
+	attempts int
+	rejected bool
+	code     int
 	// headers is when the response headers were ready: the latency
 	// metric ends there, so that a long stream does not look slow.
 	headers time.Time
@@ -205,7 +217,11 @@ type stateKey struct{}
 
 func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.serve(w, r, nil) }
+
+// serve handles a request; rd is the original destination of a
+// redirected connection, nil for a request to the proxy itself.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	start := time.Now()
 	closeConn := h.draining.Load()
 	if closeConn {
@@ -213,11 +229,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// countingWriter sets it on the others as their status goes out.
 		w.Header().Set("Connection", "close")
 	}
-	if r.Method == http.MethodConnect {
+	if r.Method == http.MethodConnect && rd == nil {
 		h.serveConnect(w, r, start)
 		return
 	}
-	authority, err := target(r)
+	var authority string
+	var err error
+	if rd == nil {
+		authority, err = target(r)
+	} else {
+		authority, err = rd.authority(r)
+	}
 	if err != nil {
 		h.refuse(w, r, http.StatusBadRequest, wellknown.ErrorBadRequest, err.Error())
 		return
@@ -240,6 +262,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Not pooled: the transport may still read the request body (and so
 	// the counters in st) after ServeHTTP returns.
 	st := &reqState{dest: dst, authority: authority, code: http.StatusBadGateway, start: start}
+	if rd != nil {
+		st.dial = rd.text
+	}
 	st.out.ResponseWriter = w
 	st.out.closeConn = closeConn
 	w = &st.out
@@ -383,6 +408,7 @@ func (h *Handler) logAccess(r *http.Request, st *reqState) {
 			Time: st.start, RequestID: st.id, Service: h.cfg.ServiceName, Destination: dst.name,
 			Method: r.Method, Path: r.URL.Path, Status: st.code, Duration: end.Sub(st.start),
 			Attempts: st.attempts, Breaker: state, BytesIn: st.in.n.Load(), BytesOut: st.out.n, Error: st.errKind,
+			OriginalDst: st.dial,
 		}
 		if st.sc.IsValid() {
 			e.TraceID, e.SpanID = st.sc.TraceID(), st.sc.SpanID()
@@ -437,6 +463,9 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	h.hop.add(pr.Out.Header)
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = st.authority
+	if st.dial != "" {
+		pr.Out.URL.Host = st.dial // the Host header stays the app's
+	}
 	// Rewrite mode re-encodes a query holding ';' or a bad escape,
 	// dropping and reordering parameters: the app's bytes go as sent.
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery

@@ -226,6 +226,7 @@ func (h *Handler) Drain(ctx context.Context) {
 		case <-ctx.Done():
 		}
 	case <-ctx.Done():
+		h.closing.Store(true)
 		t.mu.Lock()
 		for c, up := range t.conns {
 			c.Close()

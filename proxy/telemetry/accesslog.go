@@ -47,7 +47,8 @@ func NewAccessLog(out io.Writer) *AccessLog {
 	return l
 }
 
-// Entry is one request's line.
+// Entry is one request's line, or one opaque TCP connection's (Method
+// empty: no request ID, method, path nor status).
 type Entry struct {
 	Time        time.Time
 	RequestID   string
@@ -64,6 +65,13 @@ type Entry struct {
 	BytesIn     int64
 	BytesOut    int64
 	Error       string
+	// Protocol is what detection found on a redirected connection
+	// relayed as opaque TCP (docs/interception.md).
+	Protocol string
+	// OriginalDst is the address a redirected connection was made to.
+	OriginalDst string
+	// SNI is a TLS connection's server name.
+	SNI string
 }
 
 // Log appends e. It never blocks on output.
@@ -126,8 +134,11 @@ func (l *AccessLog) Close() {
 func (e *Entry) appendJSON(b []byte) []byte {
 	b = append(b, `{"time":"`...)
 	b = e.Time.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000Z07:00")
-	b = append(b, `","request_id":`...)
-	b = appendString(b, e.RequestID)
+	b = append(b, '"')
+	if e.Method != "" {
+		b = append(b, `,"request_id":`...)
+		b = appendString(b, e.RequestID)
+	}
 	if e.TraceID != [16]byte{} {
 		b = append(b, `,"trace_id":"`...)
 		b = hex.AppendEncode(b, e.TraceID[:])
@@ -141,12 +152,26 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	}
 	b = append(b, `,"destination":`...)
 	b = appendString(b, e.Destination)
-	b = append(b, `,"method":`...)
-	b = appendString(b, e.Method)
-	b = append(b, `,"path":`...)
-	b = appendString(b, e.Path)
-	b = append(b, `,"status":`...)
-	b = strconv.AppendInt(b, int64(e.Status), 10)
+	if e.Protocol != "" {
+		b = append(b, `,"protocol":`...)
+		b = appendString(b, e.Protocol)
+	}
+	if e.OriginalDst != "" {
+		b = append(b, `,"original_dst":`...)
+		b = appendString(b, e.OriginalDst)
+	}
+	if e.SNI != "" {
+		b = append(b, `,"sni":`...)
+		b = appendString(b, e.SNI)
+	}
+	if e.Method != "" {
+		b = append(b, `,"method":`...)
+		b = appendString(b, e.Method)
+		b = append(b, `,"path":`...)
+		b = appendString(b, e.Path)
+		b = append(b, `,"status":`...)
+		b = strconv.AppendInt(b, int64(e.Status), 10)
+	}
 	b = append(b, `,"duration_ms":`...)
 	b = strconv.AppendFloat(b, float64(e.Duration.Microseconds())/1000, 'f', 3, 64)
 	b = append(b, `,"attempts":`...)

@@ -35,6 +35,10 @@ type Metrics struct {
 	retries     *prometheus.CounterVec
 	reloads     *prometheus.CounterVec
 
+	tcpConns    *prometheus.CounterVec
+	tcpSent     *prometheus.CounterVec
+	tcpReceived *prometheus.CounterVec
+
 	spansDropped prometheus.Counter
 
 	maxDest int
@@ -75,6 +79,18 @@ func New(maxDestinations int) *Metrics {
 			Name: "minimesh_policy_reloads_total",
 			Help: "Policy loads, by result (success or error).",
 		}, []string{"result"}),
+		tcpConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_tcp_connections_total",
+			Help: "Redirected connections relayed as opaque TCP (TLS, HTTP/2, opaque ports, unknown protocols), by how they ended.",
+		}, []string{"destination", "result"}),
+		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_tcp_sent_bytes_total",
+			Help: "Bytes the app sent to the upstream on opaque TCP connections, counted as they pass.",
+		}, []string{"destination"}),
+		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_tcp_received_bytes_total",
+			Help: "Bytes the upstream sent to the app on opaque TCP connections, counted as they pass.",
+		}, []string{"destination"}),
 		spansDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "minimesh_spans_dropped_total",
 			Help: "Spans dropped instead of exported: queue full or collector unreachable.",
@@ -88,6 +104,7 @@ func New(maxDestinations int) *Metrics {
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(wellknown.Version, runtime.Version()).Set(1)
 	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, m.spansDropped, build,
+		m.tcpConns, m.tcpSent, m.tcpReceived,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"success", "error"} {
 		m.reloads.WithLabelValues(r)
@@ -144,6 +161,27 @@ type Destination struct {
 
 	mu      sync.Mutex
 	methods [len(methods) + 1]atomic.Pointer[[]codeCounter]
+	tcp     atomic.Pointer[TCPBytes]
+}
+
+// TCPBytes are a destination's opaque TCP byte counters.
+type TCPBytes struct{ Sent, Received prometheus.Counter }
+
+// TCP returns the destination's byte counters of opaque TCP, made on its
+// first connection (HTTP-only destinations get no such series).
+func (d *Destination) TCP() *TCPBytes {
+	if t := d.tcp.Load(); t != nil {
+		return t
+	}
+	t := &TCPBytes{Sent: d.m.tcpSent.WithLabelValues(d.label), Received: d.m.tcpReceived.WithLabelValues(d.label)}
+	d.tcp.CompareAndSwap(nil, t)
+	return d.tcp.Load()
+}
+
+// TCPConnection counts one opaque TCP connection that ended with result
+// ("ok", or the kind of its failure).
+func (d *Destination) TCPConnection(result string) {
+	d.m.tcpConns.WithLabelValues(d.label, result).Inc()
 }
 
 type codeCounter struct {

@@ -1,0 +1,294 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/minimesh/minimesh/internal/echo"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+)
+
+// This file is the outbound path of connections that iptables redirected
+// to the sidecar (docs/interception.md): HTTP/1.x requests whose
+// destination is the address the app connected to, and connections of
+// other protocols relayed as opaque TCP.
+
+// redirect is a redirected connection's original destination, put in its
+// requests' context by the server's ConnContext (WithOriginalDst).
+type redirect struct {
+	addr netip.AddrPort
+	text string // addr.String(), made once per connection
+	port string
+
+	// The authority of the connection's last request, by Host: requests
+	// on one connection are served one after the other, and an app sends
+	// the same Host on each, so naming costs nothing after the first.
+	lastHost, lastAuthority string
+}
+
+type redirectKey struct{}
+
+// WithOriginalDst returns ctx carrying the original destination of a
+// redirected connection, for the handler Transparent returns. It is an
+// http.Server's ConnContext: once per connection.
+func WithOriginalDst(ctx context.Context, addr netip.AddrPort) context.Context {
+	return context.WithValue(ctx, redirectKey{}, &redirect{addr: addr, text: addr.String(), port: strconv.Itoa(int(addr.Port()))})
+}
+
+// Transparent returns the handler of redirected HTTP/1.x connections
+// (their server's ConnContext calls WithOriginalDst). A request is named,
+// for its policy, breaker, metrics and logs, by its Host header as on the
+// explicit proxy, on the port the app connected to; it is sent to the
+// original destination, never to a new resolution of Host, so the app
+// reaches the address it chose (a ClusterIP, say) through the sidecar.
+func (h *Handler) Transparent() http.Handler { return transparentHandler{h} }
+
+type transparentHandler struct{ h *Handler }
+
+func (t transparentHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rd, _ := r.Context().Value(redirectKey{}).(*redirect)
+	t.h.serve(w, r, rd)
+}
+
+// authority names a redirected request's destination: the Host header's
+// name on the original destination's port, or the address itself without
+// a Host.
+func (rd *redirect) authority(r *http.Request) (string, error) {
+	if r.URL.Host != "" || r.URL.Scheme != "" || r.URL.Opaque != "" || r.Method == http.MethodConnect {
+		// Detection relays a connection to another proxy as opaque TCP;
+		// this is a later request on an HTTP connection changing its mind.
+		return "", errors.New("request target " + echo.Quote(r.RequestURI) + " on a redirected connection: send origin-form requests (a path) with a Host header")
+	}
+	if r.Host == rd.lastHost && rd.lastAuthority != "" {
+		return rd.lastAuthority, nil
+	}
+	host := r.Host
+	if strings.LastIndexByte(host, ':') > strings.LastIndexByte(host, ']') {
+		host = host[:strings.LastIndexByte(host, ':')]
+	}
+	host = strings.Trim(host, "[]")
+	a := rd.text
+	if host != "" {
+		a = net.JoinHostPort(host, rd.port)
+	}
+	rd.lastHost, rd.lastAuthority = r.Host, a
+	return a, nil
+}
+
+// DefaultTCPIdleTimeout closes an opaque TCP relay that moved no byte
+// either way for this long: Envoy's tcp_proxy default. Connection pools of
+// databases keep idle connections for minutes (HikariCP 10 min, Go's
+// database/sql without limit); an idle timeout shorter than the pool's
+// would hand the app dead connections.
+const DefaultTCPIdleTimeout = time.Hour
+
+// TCPConn describes a redirected connection for ServeTCP.
+type TCPConn struct {
+	// Original is the destination the app connected to: what is dialled.
+	Original netip.AddrPort
+	// SNI, when not empty, names the destination (with Original's port)
+	// for its breaker, metrics and log line instead of the address.
+	SNI string
+	// Protocol is what detection found, for the log line.
+	Protocol string
+}
+
+// Results of minimesh_tcp_connections_total besides the X-Minimesh-Error
+// kinds of failed connects (connect-failure, circuit-open, forbidden,
+// timeout).
+const (
+	tcpOK          = "ok"
+	tcpReset       = "reset"        // a side reset the connection, or a write failed
+	tcpIdleTimeout = "idle-timeout" // no byte for TCPIdleTimeout
+	tcpShutdown    = "shutdown"     // closed at the end of the drain
+)
+
+// ServeTCP relays a redirected connection to its original destination as
+// opaque TCP, and closes it. The dial goes through the dialer of the L7
+// path (never one of the sidecar's own ports) and the destination's
+// breaker: a connect failure counts, retries follow the policy's
+// connect-failure retries, and an open breaker resets the app's connection
+// at once (counted in minimesh_circuit_breaker_rejected_total). Then bytes
+// flow both ways, half-closes passed on, until both sides are done or
+// nothing moved for TCPIdleTimeout. It ends with a metric and a log line.
+func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
+	start := time.Now()
+	addr := c.Original.String()
+	authority := addr
+	if c.SNI != "" {
+		authority = net.JoinHostPort(c.SNI, strconv.Itoa(int(c.Original.Port())))
+	}
+	dst := h.dests.get(authority)
+	st := &reqState{dest: dst, authority: authority, start: start, dial: addr}
+	// The listener the connection arrived on is the sidecar's own too.
+	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, client.LocalAddr())
+	if t := dst.policy.Spec.Timeout; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
+		defer cancel()
+	}
+	up, err := h.dialTunnel(ctx, dst, addr, st)
+	if err != nil {
+		_, kind, _ := errorResponse(err, dst.name)
+		h.log.Debug("opaque connection refused", "destination", dst.name, "original_dst", addr, "error", err)
+		abort(client)
+		h.endTCP(st, c, kind, 0, 0)
+		return
+	}
+	h.tunnels.add(client, up)
+	rl := &relay{client: client, up: up, bytes: dst.metrics.TCP()}
+	sent, received, result := rl.run(h.cfg.TCPIdleTimeout)
+	h.tunnels.remove(client, up)
+	if result == tcpReset && h.closing.Load() {
+		result = tcpShutdown
+	}
+	h.endTCP(st, c, result, sent, received)
+}
+
+// endTCP records an opaque connection: its metric and its log line.
+func (h *Handler) endTCP(st *reqState, c TCPConn, result string, sent, received int64) {
+	st.dest.metrics.TCPConnection(result)
+	if l := h.cfg.AccessLog; l != nil {
+		e := telemetry.Entry{
+			Time: st.start, Service: h.cfg.ServiceName, Destination: st.dest.name,
+			Protocol: c.Protocol, OriginalDst: st.dial, SNI: c.SNI,
+			Duration: time.Since(st.start), Attempts: st.attempts, Breaker: breakerState(st.dest),
+			BytesIn: sent, BytesOut: received,
+		}
+		if result != tcpOK {
+			e.Error = result
+		}
+		l.Log(&e)
+	}
+}
+
+// abort resets a connection: the app learns at once that it failed, as
+// from a refused connect, rather than reading an orderly end.
+func abort(c net.Conn) {
+	for x := c; x != nil; {
+		if l, ok := x.(interface{ SetLinger(int) error }); ok {
+			_ = l.SetLinger(0)
+			break
+		}
+		u, ok := x.(interface{ Unwrap() net.Conn })
+		if !ok {
+			break
+		}
+		x = u.Unwrap()
+	}
+	_ = c.Close()
+}
+
+// relay copies one opaque connection both ways.
+type relay struct {
+	client, up     net.Conn
+	bytes          *telemetry.TCPBytes
+	sent, received atomic.Int64
+	idle, failed   atomic.Bool
+	once           sync.Once
+	// small are the copy buffers while a direction is quiet: a relay
+	// holds 4 KiB while idle, and a 32 KiB pooled buffer only while a
+	// direction fills its reads.
+	small [2][2 << 10]byte
+}
+
+// run copies until both directions are done, a side fails, or nothing
+// moved for idle. It returns the bytes each way and the result.
+func (r *relay) run(idle time.Duration) (sent, received int64, result string) {
+	var last int64 = -1
+	var t *time.Timer
+	// Armed after t is set, which the func reads.
+	t = time.AfterFunc(math.MaxInt64, func() {
+		if n := r.sent.Load() + r.received.Load(); n != last {
+			last = n
+			t.Reset(idle)
+			return
+		}
+		r.idle.Store(true)
+		r.abort()
+	})
+	t.Reset(idle)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.copy(r.up, r.client, &r.sent, r.bytes.Sent, r.small[0][:])
+	}()
+	r.copy(r.client, r.up, &r.received, r.bytes.Received, r.small[1][:])
+	wg.Wait()
+	t.Stop()
+	r.client.Close()
+	r.up.Close()
+	switch {
+	case r.idle.Load():
+		result = tcpIdleTimeout
+	case r.failed.Load():
+		result = tcpReset
+	default:
+		result = tcpOK
+	}
+	return r.sent.Load(), r.received.Load(), result
+}
+
+type counter interface{ Add(float64) }
+
+func (r *relay) copy(dst, src net.Conn, n *atomic.Int64, c counter, small []byte) {
+	buf := small
+	var big *[copyBufSize]byte
+	defer func() {
+		if big != nil {
+			copyBufs.Put(big)
+		}
+	}()
+	for {
+		m, err := src.Read(buf)
+		if m > 0 {
+			n.Add(int64(m))
+			c.Add(float64(m))
+			if _, werr := dst.Write(buf[:m]); werr != nil {
+				r.fail()
+				return
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				closeWrite(dst) // the other direction goes on
+			} else {
+				r.fail()
+			}
+			return
+		}
+		switch {
+		case m == len(buf) && big == nil:
+			big = copyBufs.Get().(*[copyBufSize]byte)
+			buf = big[:]
+		case m < len(small) && big != nil:
+			copyBufs.Put(big)
+			big, buf = nil, small
+		}
+	}
+}
+
+// fail ends both directions with a reset: a side that failed cannot be
+// told apart from one that went away, and the other side must learn.
+func (r *relay) fail() {
+	r.failed.Store(true)
+	r.abort()
+}
+
+func (r *relay) abort() {
+	r.once.Do(func() {
+		abort(r.client)
+		abort(r.up)
+	})
+}
