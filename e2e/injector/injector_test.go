@@ -4,6 +4,7 @@ import (
 	"context"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -173,6 +174,66 @@ func TestInjector(t *testing.T) {
 		}
 	})
 
+	iptables := map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled, "minimesh.io/interception": "iptables"}
+
+	t.Run("iptables: the init container before the sidecar, which runs as the excluded UID", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "iptables", nil)
+		p := create(t, ns, appPod("web", iptables))
+		checkIPTablesPod(t, e, p)
+		runStoredInit(t, p)
+	})
+
+	t.Run("iptables is admitted where Pod Security is privileged", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "privileged", map[string]string{"pod-security.kubernetes.io/enforce": "privileged"})
+		checkIPTablesPod(t, e, create(t, ns, appPod("web", iptables)))
+	})
+
+	for _, level := range []string{"restricted", "baseline"} {
+		t.Run("iptables is refused where Pod Security enforces "+level, func(t *testing.T) {
+			ns := e.namespace(t, ctx, level, map[string]string{"pod-security.kubernetes.io/enforce": level})
+			_, err := e.client.CoreV1().Pods(ns).Create(ctx, appPod("web", iptables), metav1.CreateOptions{})
+			if err == nil {
+				t.Fatal("admitted")
+			}
+			for _, want := range []string{webhookName, `metadata.annotations[minimesh.io/interception]: "iptables"`,
+				`enforces Pod Security "` + level + `"`, "NET_ADMIN", "minimesh.io/interception: proxy-env", "pod-security.kubernetes.io/enforce=privileged"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("refusal %q lacks %q", err, want)
+				}
+			}
+			// The refusal is Pod Security's own verdict, given sooner and
+			// with what to do: the injected spec, created as it is,
+			// is refused by the API server's Pod Security admission.
+			open := e.namespace(t, ctx, "spec-of-"+level, nil)
+			injectedPod := create(t, open, appPod("web", iptables))
+			again := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Annotations: map[string]string{wellknown.AnnotationInject: wellknown.InjectDisabled}},
+				Spec: injectedPod.Spec}
+			_, err = e.client.CoreV1().Pods(ns).Create(ctx, again, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			if err == nil || !strings.Contains(err.Error(), "violates PodSecurity") || !strings.Contains(err.Error(), "NET_ADMIN") {
+				t.Fatalf("the injected spec in a %s namespace: %v, want Pod Security's refusal of NET_ADMIN", level, err)
+			}
+		})
+	}
+
+	t.Run("JAVA_TOOL_OPTIONS is appended to the app's own", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "java", map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
+		pod := appPod("jvm", map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled, "minimesh.io/proxy-https": "enabled"})
+		pod.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "JAVA_TOOL_OPTIONS", Value: "-Xmx256m -XX:+UseSerialGC"}}
+		p := create(t, ns, pod)
+		env := envMap(p.Spec.Containers[0])
+		port := strconv.Itoa(e.outPort)
+		want := "-Xmx256m -XX:+UseSerialGC -Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=" + port + " -Dhttp.nonProxyHosts=localhost|127.*|[::1]|$(KUBERNETES_SERVICE_HOST)|"
+		if got := env["JAVA_TOOL_OPTIONS"]; !strings.HasPrefix(got, want) || !strings.HasSuffix(got, " -Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort="+port) {
+			t.Fatalf("JAVA_TOOL_OPTIONS %q, want it to start %q and end with the HTTPS proxy", got, want)
+		}
+		if env["HTTPS_PROXY"] != "http://127.0.0.1:"+port || env["https_proxy"] != env["HTTPS_PROXY"] {
+			t.Fatalf("env %v: proxy-https asked for HTTPS_PROXY", env)
+		}
+		if n := strings.Count(env["JAVA_TOOL_OPTIONS"], "-Dhttp.proxyHost"); n != 1 {
+			t.Fatalf("JAVA_TOOL_OPTIONS has -Dhttp.proxyHost %d times", n)
+		}
+	})
+
 	t.Run("bad annotation is denied with its message", func(t *testing.T) {
 		ns := e.namespace(t, ctx, "denied", nil)
 		ann := map[string]string{wellknown.AnnotationInject: "enabled", "minimesh.io/proxy-cpu-limit": "lots"}
@@ -265,6 +326,64 @@ func TestInjector(t *testing.T) {
 			}
 		}
 	})
+}
+
+// checkIPTablesPod checks a stored pod injected with iptables
+// interception: the init container first, with NET_ADMIN and NET_RAW as
+// root and nothing else, then the sidecar as wellknown.ProxyUID; the
+// app has no proxy variables.
+func checkIPTablesPod(t *testing.T, e *env, p *corev1.Pod) {
+	t.Helper()
+	if !injected(p) || len(p.Spec.InitContainers) != 2 {
+		t.Fatalf("stored pod: %d init containers, injected %v", len(p.Spec.InitContainers), injected(p))
+	}
+	ic, side := p.Spec.InitContainers[0], p.Spec.InitContainers[1]
+	if ic.Name != "minimesh-init" || side.Name != wellknown.ProxyContainerName {
+		t.Fatalf("init containers %s, %s: want minimesh-init before the sidecar", ic.Name, side.Name)
+	}
+	if len(ic.Args) == 0 || ic.Args[0] != "init" || !slices.Contains(ic.Args, "--proxy-uid=15000") || !slices.Contains(ic.Args, "--outbound-port="+strconv.Itoa(e.outPort)) {
+		t.Errorf("init args %q", ic.Args)
+	}
+	sc := ic.SecurityContext
+	if sc == nil || sc.Capabilities == nil || *sc.RunAsUser != 0 || *sc.RunAsNonRoot || *sc.Privileged || *sc.AllowPrivilegeEscalation || !*sc.ReadOnlyRootFilesystem ||
+		!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN", "NET_RAW"}) || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("init securityContext %+v", sc)
+	}
+	if u := side.SecurityContext.RunAsUser; u == nil || *u != wellknown.ProxyUID {
+		t.Errorf("sidecar runs as %v, want %d", u, wellknown.ProxyUID)
+	}
+	if env := envMap(p.Spec.Containers[0]); len(env) != 0 {
+		t.Errorf("app env %v: iptables redirects everything, no proxy variables", env)
+	}
+}
+
+// runStoredInit runs the stored init container's command with --dry-run:
+// the built `minimesh-proxy init` accepts every flag the injector wrote,
+// and its rules exclude the sidecar's UID and redirect to the config's
+// port.
+func runStoredInit(t *testing.T, p *corev1.Pod) {
+	t.Helper()
+	ic := p.Spec.InitContainers[0]
+	bin, err := tools.Binary("minimesh-proxy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ic.Command) != 1 || ic.Command[0] != "/minimesh-proxy" {
+		t.Fatalf("init command %q", ic.Command)
+	}
+	cmd := exec.Command(bin, append(slices.Clone(ic.Args), "--dry-run")...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("minimesh-proxy %q --dry-run: %v\n%s", ic.Args, err, stderr.String())
+	}
+	port := strings.TrimPrefix(ic.Args[slices.IndexFunc(ic.Args, func(a string) bool { return strings.HasPrefix(a, "--outbound-port=") })], "--outbound-port=")
+	for _, want := range []string{"MINIMESH", "--uid-owner 15000", "--to-ports " + port} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("dry-run rules lack %q:\n%s", want, out)
+		}
+	}
 }
 
 func envMap(c corev1.Container) map[string]string {
