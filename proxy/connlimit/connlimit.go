@@ -22,6 +22,11 @@ import (
 // *Conn.
 type Listener struct {
 	*net.TCPListener
+	*shared
+}
+
+// shared is the cap and the connections of a Listener and its siblings.
+type shared struct {
 	max int64
 
 	open    atomic.Int64
@@ -35,7 +40,15 @@ type Listener struct {
 // New wraps ln, holding at most max connections at once (max <= 0: no
 // cap).
 func New(ln *net.TCPListener, max int) *Listener {
-	return &Listener{TCPListener: ln, max: int64(max), conns: map[*Conn]struct{}{}, changed: make(chan struct{}, 1)}
+	return &Listener{TCPListener: ln, shared: &shared{max: int64(max), conns: map[*Conn]struct{}{}, changed: make(chan struct{}, 1)}}
+}
+
+// Sibling wraps another TCP listener under the same cap: the connections of
+// both count together, and Open, Refused, Drain and CloseAll of either
+// cover both. Close closes only its own listener. (The outbound listener's
+// IPv4 and IPv6 loopback addresses are one listener to the app.)
+func (l *Listener) Sibling(ln *net.TCPListener) *Listener {
+	return &Listener{TCPListener: ln, shared: l.shared}
 }
 
 // Open is the number of connections accepted and not yet closed, tunnels

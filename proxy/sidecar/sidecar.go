@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/policywatch"
 	"github.com/minimesh/minimesh/proxy/telemetry"
+	"github.com/minimesh/minimesh/proxy/transparent"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
@@ -61,6 +63,16 @@ type Config struct {
 	// AccessLog receives one JSON line per request; nil: none.
 	AccessLog io.Writer
 	Logger    *slog.Logger
+	// OpaquePorts are the original destination ports of redirected
+	// connections relayed as opaque TCP without detection (nil: the
+	// default list, transparent.DefaultOpaquePorts).
+	OpaquePorts *transparent.Ports
+	// DetectTimeout bounds protocol detection on a redirected connection
+	// (0: transparent.DefaultDetectTimeout).
+	DetectTimeout time.Duration
+	// TCPIdleTimeout closes an opaque TCP relay idle this long (0:
+	// outbound.DefaultTCPIdleTimeout).
+	TCPIdleTimeout time.Duration
 }
 
 const (
@@ -100,8 +112,15 @@ type Sidecar struct {
 	access   *telemetry.AccessLog
 
 	outLn, adminLn *connlimit.Listener
-	outSrv         *http.Server
-	adminSrv       *http.Server
+	// outLn6 is the outbound listener's other loopback (nil: none), where
+	// an iptables REDIRECT of IPv6 connections lands.
+	outLn6   *connlimit.Listener
+	outSrv   *http.Server
+	adminSrv *http.Server
+	// dispatch takes the redirected connections out of the outbound
+	// listeners; redirSrv serves those found to carry HTTP/1.x.
+	dispatch *transparent.Dispatcher
+	redirSrv *http.Server
 
 	kick chan struct{} // Reload's, to the policy directory's watcher
 
@@ -184,6 +203,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 		Tracing:            tracing,
 		AccessLog:          s.access,
 		Logger:             cfg.Logger,
+		TCPIdleTimeout:     cfg.TCPIdleTimeout,
 	}, table)
 	s.admin = admin.New(s.metrics.Registry, breakers{s.outbound}, s.debugConfig)
 
@@ -201,6 +221,17 @@ func Listen(cfg Config) (*Sidecar, error) {
 	// Nothing sent through the sidecar may reach its own listeners.
 	s.outbound.AddListener(s.outLn.Addr())
 	s.outbound.AddListener(s.adminLn.Addr())
+	if alt := otherLoopback(s.outLn.Addr()); alt != "" {
+		// iptables REDIRECT sends IPv6 connections to [::1] and IPv4 ones
+		// to 127.0.0.1: on a loopback outbound address, the sidecar listens
+		// on the other one too where the pod has it, under the same cap.
+		if ln, err := net.Listen("tcp", alt); err == nil {
+			s.outLn6 = s.outLn.Sibling(ln.(*net.TCPListener))
+			s.outbound.AddListener(s.outLn6.Addr())
+		} else {
+			s.log.Info("outbound listener only on "+s.OutboundAddr()+": redirected connections of the other IP family would be refused", "address", alt, "error", err)
+		}
+	}
 	s.metrics.Listener("outbound", s.outLn.Open, s.outLn.Refused)
 	s.metrics.Listener("admin", s.adminLn.Open, s.adminLn.Refused)
 	if ip := s.outLn.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
@@ -214,6 +245,39 @@ func Listen(cfg Config) (*Sidecar, error) {
 		IdleTimeout:       IdleTimeout,
 		ConnState:         s.outLn.ConnState,
 		ErrorLog:          errLog,
+	}
+	opaque := cfg.OpaquePorts
+	if opaque == nil {
+		opaque, _ = transparent.ParsePorts(transparent.DefaultOpaquePorts)
+	}
+	s.dispatch = transparent.New(transparent.Config{
+		OpaquePorts:   opaque,
+		DetectTimeout: cfg.DetectTimeout,
+		OnTCP: func(c *transparent.Conn) {
+			s.outbound.ServeTCP(c, outbound.TCPConn{Original: c.Original, SNI: c.SNI, Protocol: string(c.Protocol)})
+		},
+		// Detection and relays own their connections: the drain leaves
+		// them to the handler's (tunnels).
+		Hijacked: func(c net.Conn) { s.outLn.ConnState(c, http.StateHijacked) },
+		Logger:   cfg.Logger,
+	})
+	s.redirSrv = &http.Server{
+		Handler:           s.outbound.Transparent(),
+		MaxHeaderBytes:    outbound.MaxHeaderBytes,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		IdleTimeout:       IdleTimeout,
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if tc, ok := c.(*transparent.Conn); ok {
+				s.outLn.ConnState(tc.Conn, st)
+			}
+		},
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if tc, ok := c.(*transparent.Conn); ok {
+				return outbound.WithOriginalDst(ctx, tc.Original)
+			}
+			return ctx
+		},
+		ErrorLog: errLog,
 	}
 	s.adminSrv = &http.Server{
 		Handler:           s.admin,
@@ -255,7 +319,7 @@ func (s *Sidecar) debugConfig() any              { s.mu.Lock(); defer s.mu.Unloc
 // DrainTimeout. It never closes an idle keep-alive connection at once, as
 // http.Server.Shutdown does: a request may already be on its way in.
 func (s *Sidecar) Serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 4)
 	go func() { errc <- s.adminSrv.Serve(s.adminLn) }()
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
@@ -296,9 +360,17 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		})
 		<-first
 	}
-	go func() { errc <- s.outSrv.Serve(s.outLn) }()
+	go func() { errc <- s.outSrv.Serve(s.dispatch.Wrap(s.outLn)) }()
+	if s.outLn6 != nil {
+		go func() { errc <- s.outSrv.Serve(s.dispatch.Wrap(s.outLn6)) }()
+	}
+	go func() { errc <- s.redirSrv.Serve(s.dispatch.HTTP()) }()
 	s.admin.SetReady(true)
-	s.log.Info("sidecar ready", "outbound", s.OutboundAddr(), "admin", s.AdminAddr(), "policy_dir", s.cfg.PolicyDir, "version", wellknown.Version)
+	outbound6 := ""
+	if s.outLn6 != nil {
+		outbound6 = s.outLn6.Addr().String()
+	}
+	s.log.Info("sidecar ready", "outbound", s.OutboundAddr(), "outbound_other_loopback", outbound6, "admin", s.AdminAddr(), "policy_dir", s.cfg.PolicyDir, "version", wellknown.Version)
 
 	select {
 	case <-ctx.Done():
@@ -311,16 +383,23 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	// about to close, and a connection still in its backlog then is reset
 	// with its request, not refused.
 	s.outLn.Close()
+	if s.outLn6 != nil {
+		s.outLn6.Close()
+	}
 	s.outbound.SetDraining(true)
 	s.log.Info("draining", "timeout", s.cfg.DrainTimeout, "connections", s.outLn.Open())
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
+	// Connections whose protocol is still being detected go on to their
+	// server or relay (at most the detection timeout) and drain with them.
+	s.dispatch.Close(dctx)
 	left := s.outLn.Drain(dctx, s.cfg.DrainIdleGrace)
 	s.outbound.Drain(dctx)
 	if left > 0 {
 		s.log.Warn("drain timeout: closing requests still in flight", "connections", left)
 	}
 	s.outSrv.Close()
+	s.redirSrv.Close()
 	s.adminSrv.Close()
 	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer fcancel()
@@ -391,6 +470,19 @@ func (s *Sidecar) applyXDS(pols []*policy.ResiliencePolicy, version string) erro
 	s.source.LastError, s.source.LastErrAt = "", time.Time{}
 	s.source.Loads++
 	return nil
+}
+
+// otherLoopback is the loopback address of the other IP family on a's
+// port, when a is a loopback address; "" otherwise.
+func otherLoopback(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || !ta.IP.IsLoopback() {
+		return ""
+	}
+	if ta.IP.To4() != nil {
+		return net.JoinHostPort("::1", strconv.Itoa(ta.Port))
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(ta.Port))
 }
 
 // serverLog is net/http's error log for the sidecar's servers. Its lines

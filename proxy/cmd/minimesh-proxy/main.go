@@ -23,6 +23,7 @@ import (
 
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/sidecar"
+	"github.com/minimesh/minimesh/proxy/transparent"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
@@ -68,6 +69,8 @@ func runSidecar(args []string, stderr io.Writer) int {
 	var logLevel, accessLog, cgroupRoot string
 	var maxConns int
 	resolve := resolveFlag{}
+	opaque := &opaquePortsFlag{}
+	_ = opaque.Set(transparent.DefaultOpaquePorts)
 	fs.StringVar(&cfg.OutboundAddr, "outbound-addr", fmt.Sprintf("127.0.0.1:%d", wellknown.OutboundPort), "address of the outbound listener (the app's HTTP_PROXY)")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", fmt.Sprintf(":%d", wellknown.AdminPort), "address of the admin server (/live, /ready, /metrics, /debug/ on loopback)")
 	fs.StringVar(&cfg.PolicyDir, "policy-dir", "", "directory of ResiliencePolicy YAML files, reloaded when it changes (empty: built-in defaults)")
@@ -87,6 +90,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it before the sidecar answers 408 and releases the upstream connection (0: no limit)")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.Var(opaque, "opaque-ports", "ports (and ranges, 8000-8010) whose redirected connections are relayed as opaque TCP at once, without protocol detection: protocols whose server speaks first; replaces the default list (empty: none)")
 	fs.Var(resolve, "resolve", "HOST:PORT=ADDR: dial ADDR for HOST:PORT, like curl --resolve (local development; repeatable)")
 	if err := parseWithEnv(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -128,6 +132,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Resolve = resolve
+	cfg.OpaquePorts = opaque.p
 	sidecar.SetMemoryLimit(cgroupRoot, cfg.Logger)
 
 	s, err := sidecar.Listen(cfg)
@@ -200,6 +205,25 @@ func splitList(f *flag.Flag, v string) []string {
 		return strings.Split(v, ",")
 	}
 	return []string{v}
+}
+
+// opaquePortsFlag is --opaque-ports: a comma-separated list of ports and ranges.
+type opaquePortsFlag struct{ p *transparent.Ports }
+
+func (f *opaquePortsFlag) String() string {
+	if f == nil || f.p == nil {
+		return ""
+	}
+	return f.p.String()
+}
+
+func (f *opaquePortsFlag) Set(v string) error {
+	p, err := transparent.ParsePorts(v)
+	if err != nil {
+		return err
+	}
+	f.p = p
+	return nil
 }
 
 // resolveFlag collects --resolve HOST:PORT=ADDR.
