@@ -38,8 +38,9 @@ func other(backend string) string {
 }
 
 // For each back-end and each golden configuration: iptables-save shows the
-// golden file's rules in both families, the other back-end shows none, and
-// a second run leaves every table as the first did.
+// golden file's rules in both families, the other back-end shows none, a
+// second run leaves every table as the first did, and a run with other
+// flags replaces the rules.
 func TestIptablesRules(t *testing.T) {
 	bin := needIPTables(t)
 	for _, be := range backends {
@@ -68,6 +69,15 @@ func TestIptablesRules(t *testing.T) {
 				ns.minimeshInit(t, bin, args...)
 				if again := ns.saveAll(t); again != first {
 					t.Errorf("a second run changed the tables:\n%s\nafter the first:\n%s", again, first)
+				}
+
+				// Run again with other flags: the rules are replaced, and
+				// the inbound chain goes with --capture-inbound.
+				ns.minimeshInit(t, bin, "--backend", be, "--ipv6", "on")
+				for fam, v6 := range map[string]bool{"v4": false, "v6": true} {
+					if got, want := minimeshLines(ns.save(t, be, v6)), goldenLines(t, "outbound."+fam+".rules"); !slices.Equal(got, want) {
+						t.Errorf("%s after a run with the default flags: %q, want %q", fam, got, want)
+					}
 				}
 			})
 		}

@@ -55,9 +55,10 @@ type Observation struct {
 //  3. the one whose NAT module the kernel has loaded (/proc/modules is the
 //     node's, seen from the pod): nft_chain_nat for nft, iptable_nat for
 //     legacy; nft when both are loaded;
-//  4. nft, when its programs work here, else legacy: the default of
-//     Linkerd's proxy-init and of Kubernetes' iptables-wrappers, and the
-//     back-end of today's distributions (Debian 11+, RHEL 8+).
+//  4. nft, when its programs work here, else legacy: the fallback of
+//     Kubernetes' iptables-wrappers, and the back-end of today's
+//     distributions (Debian 10+, RHEL 8+). Linkerd's proxy-init does not
+//     detect: it is told (proxyInit.iptablesMode, legacy by default).
 //
 // The reason says which step decided. The error, when neither back-end's
 // programs work, holds both failures.
