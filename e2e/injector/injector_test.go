@@ -232,6 +232,10 @@ func TestInjector(t *testing.T) {
 		if n := strings.Count(env["JAVA_TOOL_OPTIONS"], "-Dhttp.proxyHost"); n != 1 {
 			t.Fatalf("JAVA_TOOL_OPTIONS has -Dhttp.proxyHost %d times", n)
 		}
+		// A real JVM started with that value sends HttpClient and
+		// HttpURLConnection to the sidecar's port, localhost direct, and
+		// tunnels HTTPS through the sidecar.
+		runJVM(t, env["JAVA_TOOL_OPTIONS"], e.outPort, true)
 	})
 
 	t.Run("bad annotation is denied with its message", func(t *testing.T) {
