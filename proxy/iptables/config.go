@@ -140,7 +140,9 @@ func parsePort(s string) (uint16, error) {
 
 // ParseCIDRs parses a comma-separated list of IPv4 and IPv6 CIDRs
 // (10.0.0.0/8, fd00::/8). Host bits are cleared (10.1.2.3/8 is
-// 10.0.0.0/8, as iptables would store it); spaces around items and empty
+// 10.0.0.0/8, as iptables would store it); an IPv4-mapped IPv6 CIDR
+// (::ffff:10.0.0.0/104) is the IPv4 one it maps, because the kernel sends
+// a connection to such an address as IPv4; spaces around items and empty
 // items are ignored; duplicates are dropped. The error names the item.
 func ParseCIDRs(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
@@ -150,6 +152,9 @@ func ParseCIDRs(s string) ([]netip.Prefix, error) {
 			return nil, fmt.Errorf("%q is not a CIDR like 10.0.0.0/8 or fd00::/8", item)
 		}
 		p = p.Masked()
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
 		if !slices.Contains(out, p) {
 			out = append(out, p)
 		}

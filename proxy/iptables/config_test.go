@@ -55,6 +55,8 @@ func TestParseCIDRs(t *testing.T) {
 		{" 10.1.2.3/8 , fd00::1/8,10.0.0.0/8", []netip.Prefix{p("10.0.0.0/8"), p("fd00::/8")}, ""},
 		{"0.0.0.0/0,::/0", []netip.Prefix{p("0.0.0.0/0"), p("::/0")}, ""},
 		{"198.18.250.7/32", []netip.Prefix{p("198.18.250.7/32")}, ""},
+		{"::ffff:10.0.0.0/104,10.0.0.0/8,::ffff:198.18.250.7/128", []netip.Prefix{p("10.0.0.0/8"), p("198.18.250.7/32")}, ""},
+		{"::ffff:0.0.0.0/80", []netip.Prefix{p("::/80")}, ""}, // shorter than the mapped space: stays IPv6
 		{"10.0.0.1", nil, `"10.0.0.1" is not a CIDR`},
 		{"10.0.0.0/33", nil, `"10.0.0.0/33" is not a CIDR`},
 		{"fe80::1%eth0/64", nil, `"fe80::1%eth0/64" is not a CIDR`},
