@@ -164,6 +164,19 @@ func TestPodSecurity(t *testing.T) {
 			}
 		})
 	}
+	// A pod that `minimesh inject` injected, which could not see the
+	// namespace, is refused by the webhook with the same message.
+	manual, err := Inject(Input{Pod: appPod(iptables()), Manual: true}, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Inject(Input{Pod: manual.Pod, Namespace: "shop", NamespaceLabels: map[string]string{PodSecurityEnforceLabel: "baseline"}}, testConfig())
+	if !errors.Is(err, ErrPodSecurity) {
+		t.Fatalf("manually injected pod in a baseline namespace: %v", err)
+	}
+	if res, err := Inject(Input{Pod: manual.Pod, Namespace: "shop"}, testConfig()); err != nil || res.Injected {
+		t.Fatalf("manually injected pod in an unlabelled namespace: %v %+v", err, res)
+	}
 	if level, bad := ForbidsNetAdmin(nil); bad || level != "" {
 		t.Fatalf("ForbidsNetAdmin(nil) = %q %v", level, bad)
 	}

@@ -65,7 +65,7 @@ func inject(in Input, cfg *Config) (Result, error) {
 		return Result{}, deny(wellknown.AnnotationInject, v, "want enabled or disabled")
 	}
 	if IsInjected(pod) {
-		return reinject(pod, cfg)
+		return reinject(in, ns, cfg)
 	}
 	if slices.Contains(cfg.IgnoredNamespaces, ns) {
 		return skip(ReasonIgnoredNS)
@@ -153,7 +153,8 @@ func addProxyEnv(c *corev1.Container, cfg *Config, s *settings) []string {
 // IfNeeded the webhook runs once more after later webhooks changed the pod,
 // and a container one of them added must still send its HTTP through the
 // sidecar. Nothing else is touched, so calling it twice changes nothing.
-func reinject(pod *corev1.Pod, cfg *Config) (Result, error) {
+func reinject(in Input, ns string, cfg *Config) (Result, error) {
+	pod := in.Pod
 	s, err := parseSettings(pod.Annotations, cfg)
 	if err == nil {
 		err = checkContainers(pod)
@@ -163,6 +164,15 @@ func reinject(pod *corev1.Pod, cfg *Config) (Result, error) {
 		// cannot have turned bad, unless someone edited them or wrote
 		// the status annotation by hand, which is not ours to refuse.
 		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
+	}
+	if s.iptables && !in.Manual && slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == initContainerName }) {
+		// Injected by `minimesh inject`, which could not see the
+		// namespace: Pod Security would refuse the init container next,
+		// with a message about a container the user never wrote. (A pod
+		// this webhook injected was checked then, in this namespace.)
+		if err := checkPodSecurity(in, ns, s); err != nil {
+			return Result{}, err
+		}
 	}
 	if s.iptables {
 		// Every container's connections are redirected, whoever added it.

@@ -322,6 +322,29 @@ func TestInjector(t *testing.T) {
 		}
 	})
 
+	t.Run("minimesh inject of iptables warns, and the webhook refuses it where Pod Security forbids it", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "manual-restricted", map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
+		bin, err := tools.Binary("minimesh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "inject", "-f", "-")
+		cmd.Stdin = strings.NewReader("apiVersion: v1\nkind: Pod\nmetadata:\n  name: raw\n  annotations: {minimesh.io/interception: iptables}\nspec:\n  containers: [{name: app, image: example/app:1}]\n")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("minimesh inject: %v: %s", err, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), "minimesh inject cannot see the namespace's labels") {
+			t.Errorf("minimesh inject's report lacks the Pod Security warning:\n%s", stderr.String())
+		}
+		res, err := e.cluster.KubectlStdin(ctx, string(out), "apply", "-n", ns, "-f", "-")
+		if err == nil || !strings.Contains(res+err.Error(), `enforces Pod Security "restricted"`) {
+			t.Fatalf("kubectl apply of an iptables pod in a restricted namespace: %v\n%s", err, res)
+		}
+	})
+
 	t.Run("controller metrics count admissions", func(t *testing.T) {
 		body := get(t, e.adminURL+"/metrics")
 		for _, want := range []string{`minimesh_injector_admissions_total{result="injected"}`, `minimesh_injector_admissions_total{result="denied"}`, `minimesh_injector_admission_duration_seconds_count`} {
