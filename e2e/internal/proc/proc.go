@@ -36,6 +36,12 @@ type Options struct {
 	Dir string   // working directory; empty: the test's
 	// OutputMax bounds the output kept for error messages (default 64 KiB).
 	OutputMax int
+	// Credential, when set, is the user and group the program runs as.
+	Credential *syscall.Credential
+	// Start, when set, starts the command instead of cmd.Start: to start
+	// it from a thread inside a network namespace, say. The thread must
+	// outlive the process (Pdeathsig is the thread's death).
+	Start func(cmd *exec.Cmd) error
 }
 
 // Start starts path with args as the leader of a new process group.
@@ -50,8 +56,12 @@ func Start(name, path string, args []string, opt Options) (*Proc, error) {
 	out := &TailBuffer{Max: max}
 	cmd.Stdout = out
 	cmd.Stderr = out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: opt.Credential}
+	start := cmd.Start
+	if opt.Start != nil {
+		start = func() error { return opt.Start(cmd) }
+	}
+	if err := start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &Proc{Name: name, cmd: cmd, output: out, done: make(chan struct{})}
