@@ -89,7 +89,8 @@ func runInit(args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stderr, "minimesh-proxy init: choosing the iptables back-end: %v\n", err)
 				return 1
 			}
-			b, why = iptables.NFT, fmt.Sprintf("not detected (%v); nft shown", err)
+			// One comment line: iptables' messages span several.
+			b, why = iptables.NFT, strings.Join(strings.Fields(fmt.Sprintf("not detected (%v); nft shown", err)), " ")
 		}
 	}
 

@@ -123,3 +123,33 @@ func TestInitHelp(t *testing.T) {
 		}
 	}
 }
+
+// --dry-run --backend auto where the back-end cannot be detected (no
+// programs) still prints the rules, and every line it adds is a comment.
+func TestInitDryRunUndetected(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("PATH", dir)
+	if _, err := os.Stat("/usr/sbin/iptables-nft-save"); err == nil {
+		// The sbin directories are searched too: stand in programs that
+		// fail with a message of several lines, ahead of them on PATH.
+		for _, name := range []string{"iptables-nft-save", "iptables-legacy-save"} {
+			script := "#!/bin/sh\nprintf 'line one\\nline two\\n' >&2\nexit 1\n"
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	code, stdout, stderr := runInitArgs(t, "--dry-run", "--ipv6", "off")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stdout, "# back-end nft: not detected (neither back-end's programs work here") {
+		t.Errorf("output:\n%s", stdout)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		if !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, "*nat") && !strings.HasPrefix(l, ":MINIMESH_") &&
+			!strings.HasPrefix(l, "-A ") && l != "COMMIT" {
+			t.Errorf("a line that is neither a rule nor a comment: %q", l)
+		}
+	}
+}
