@@ -59,16 +59,22 @@ func javaProperties(cfg *Config, s *settings, nonProxy string) []javaProperty {
 // ok is false.
 func javaNonProxyHosts(noProxy []string) (patterns string, dropped []string, ok bool) {
 	var out []string
+	seen, given := map[string]bool{}, map[string]bool{}
 	size := 0
 	add := func(p string) bool {
-		if slices.Contains(out, p) {
+		if seen[p] {
 			return true
 		}
+		seen[p] = true
 		size += len(p) + 1
 		out = append(out, p)
 		return size-1 <= maxJavaNonProxyBytes
 	}
 	for _, e := range noProxy {
+		if given[e] {
+			continue // a CIDR given twice is expanded once
+		}
+		given[e] = true
 		var ps []string
 		switch {
 		case e == "127.0.0.1":
