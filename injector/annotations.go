@@ -26,8 +26,8 @@ const (
 	InterceptionIPTables = "iptables"
 )
 
-// The pod annotations of docs/annotations.md ("Pod annotations"), beyond the two in
-// wellknown that the sidecar's tooling shares.
+// The pod annotations of docs/annotations.md, beyond those in wellknown
+// that the sidecar's tooling shares.
 const (
 	annInterception      = AnnotationInterception
 	annSkipOutboundPorts = wellknown.AnnotationPrefix + "skip-outbound-ports"
