@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -258,6 +259,45 @@ func TestTransparentListener(t *testing.T) {
 		if n := web.ln.n.Load(); n > 4 {
 			t.Errorf("the upstream accepted %d connections for the 4 calls to it", n)
 		}
+	})
+
+	t.Run("drain", func(t *testing.T) {
+		// On SIGTERM an opaque relay keeps working through the drain
+		// (--drain-timeout 2s here), then is closed; the sidecar exits 0.
+		c := w.dial(upIP + ":7000")
+		buf := make([]byte, 2)
+		if _, err := c.Write([]byte("\x00a")); err != nil { // unknown at once
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if err := syscall.Kill(w.sidecar.Pid(), syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		if _, err := c.Write([]byte("b2")); err != nil {
+			t.Fatalf("relay broken at once by the drain: %v", err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "b2" {
+			t.Fatalf("relay during the drain: %q %v", buf, err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.ReadAll(c)
+		if d := time.Since(start); d < 1500*time.Millisecond || d > 5*time.Second {
+			t.Errorf("relay closed %v after SIGTERM (%v), want about the 2 s drain timeout", d, err)
+		}
+		select {
+		case <-w.sidecar.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("sidecar did not exit after the drain")
+		}
+		if _, err := w.sidecar.Exited(); err != nil {
+			t.Errorf("sidecar exited with %v", err)
+		}
+		w.accessLine(map[string]any{"destination": upIP + ":7000", "error": "shutdown"})
 	})
 }
 

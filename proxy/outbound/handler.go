@@ -83,6 +83,9 @@ type Handler struct {
 	draining atomic.Bool
 	// closing is set as the drain closes the tunnels and relays left.
 	closing atomic.Bool
+	// relays counts ServeTCP calls in flight, so that the drain can wait
+	// for the log lines of the relays it closed.
+	relays sync.WaitGroup
 	log     *slog.Logger
 }
 

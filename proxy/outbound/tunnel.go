@@ -234,4 +234,16 @@ func (h *Handler) Drain(ctx context.Context) {
 		}
 		t.mu.Unlock()
 	}
+	// The opaque relays closed above end at once; their metric and log
+	// line follow (bounded: a relay still dialling ends with its connect
+	// timeout, and the process does not wait for it).
+	relays := make(chan struct{})
+	go func() { h.relays.Wait(); close(relays) }()
+	select {
+	case <-relays:
+	case <-time.After(relayLogGrace):
+	}
 }
+
+// relayLogGrace bounds the drain's wait for the relays it closed.
+const relayLogGrace = time.Second
