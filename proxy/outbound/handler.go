@@ -86,7 +86,7 @@ type Handler struct {
 	// relays counts ServeTCP calls in flight, so that the drain can wait
 	// for the log lines of the relays it closed.
 	relays sync.WaitGroup
-	log     *slog.Logger
+	log    *slog.Logger
 }
 
 // AddListener declares one of the sidecar's own listeners: nothing sent
