@@ -15,7 +15,7 @@
 #
 # Adding a tool is one line in tools() below:
 #   go_tool NAME VERSION PACKAGE      go install PACKAGE@VERSION
-#   mod_tool NAME DIR PACKAGE [LDFLAGS]
+#   mod_tool NAME DIR PACKAGE [LDFLAGS [TAGS]]
 #                                     go build PACKAGE in the module tools/DIR/;
 #                                     for modules that need a replace block;
 #                                     the cache key is PACKAGE's module
@@ -47,6 +47,11 @@ tools() {
 	mod_tool kube-scheduler kube k8s.io/kubernetes/cmd/kube-scheduler "$kv"
 	mod_tool kube-proxy kube k8s.io/kubernetes/cmd/kube-proxy "$kv"
 	go_tool coredns v1.15.0 github.com/coredns/coredns
+	# Prometheus with Kubernetes service discovery, which Debian's package
+	# leaves out (tools/prometheus/go.mod; ~5 min to build). Debian's package
+	# stays for promtool.
+	mod_tool prometheus prometheus github.com/prometheus/prometheus/cmd/prometheus \
+		'-X github.com/prometheus/common/version.Version=$VERSION' remove_all_sd,enable_kubernetes_sd
 	deb_pkg nginx-light haproxy wrk curl iproute2 iptables prometheus etcd-server
 	deb_pkg gcc libc6-dev # cgo, for go test -race
 	deb_pkg containerd runc containernetworking-plugins # the one-node cluster
@@ -112,12 +117,12 @@ go_tool() {
 	present "$name" "$dir" "installed: go install $pkg@$version"
 }
 
-# mod_tool NAME DIR PACKAGE [LDFLAGS]: go build PACKAGE in the module tools/DIR/
-# (its go.mod pins the version and holds any replace block), as
+# mod_tool NAME DIR PACKAGE [LDFLAGS [TAGS]]: go build PACKAGE in the module
+# tools/DIR/ (its go.mod pins the version and holds any replace block), as
 # $TOOLS_DIR/NAME-MODULEVERSION/NAME unless it is there already. '$VERSION' in
-# LDFLAGS stands for that module version.
+# LDFLAGS stands for that module version; TAGS are build tags.
 mod_tool() {
-	local name=$1 mod="$ROOT/tools/$2" pkg=$3 ldflags=${4:-}
+	local name=$1 mod="$ROOT/tools/$2" pkg=$3 ldflags=${4:-} tags=${5:-}
 	wanted "$name" || return 0
 	local version
 	version="$(cd "$mod" && go list -f '{{.Module.Version}}' "$pkg")"
@@ -128,7 +133,7 @@ mod_tool() {
 	local tmp=$TMP_DIR
 	local start=$SECONDS
 	say "$name" "building $pkg@$version in ${mod#"$ROOT/"} (once per machine)"
-	(cd "$mod" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/$name" "$pkg")
+	(cd "$mod" && go build -trimpath -tags "$tags" -ldflags "-s -w $ldflags" -o "$tmp/$name" "$pkg")
 	mkdir -p "$dir"
 	mv "$tmp/$name" "$dir/$name"
 	present "$name" "$dir" "installed in $((SECONDS - start))s: go build $pkg (${mod#"$ROOT/"}/go.mod)"
