@@ -1,20 +1,17 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/minimesh/minimesh/e2e/internal/cluster"
+	"github.com/minimesh/minimesh/e2e/internal/jaeger"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
-	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
 // demoPolicy is the backend's policy: a timeout no default has.
@@ -36,35 +33,23 @@ spec:
 func TestChartInACluster(t *testing.T) {
 	helm := proc.NeedTool(t, "helm")
 	c := start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	importImages(ctx, t, c)
 
-	root, err := tools.RepoRoot()
+	// Jaeger on the host, where the pods reach it: the bridge's gateway.
+	j, err := jaeger.Start(jaeger.Options{Path: proc.NeedTool(t, "jaeger"), OTLPHost: cluster.Gateway})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer j.Stop()
+
 	t0 := time.Now()
-	hdir := t.TempDir()
-	helmCmd := func(args ...string) *exec.Cmd {
-		cmd := exec.CommandContext(ctx, helm, append(args, "--kubeconfig", c.Kubeconfig)...)
-		cmd.Env = append(os.Environ(), "HELM_CONFIG_HOME="+filepath.Join(hdir, "config"),
-			"HELM_CACHE_HOME="+filepath.Join(hdir, "cache"), "HELM_DATA_HOME="+filepath.Join(hdir, "data"))
-		return cmd
-	}
-	cmd := helmCmd("install", "minimesh", filepath.Join(root, "charts", "minimesh"),
-		"--namespace", "minimesh", "--create-namespace",
-		"--set", "image.repository="+strings.Split(cluster.MinimeshImage, ":")[0],
-		"--set", "image.tag="+strings.Split(cluster.MinimeshImage, ":")[1],
-		"--set", "image.pullPolicy=Never",
-		"--set", "injector.replicas=1",
-		"--set", "webhook.failurePolicy=Fail",
-		"--wait", "--timeout", "3m")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
+	h := cluster.Helm{Path: helm, Kubeconfig: c.Kubeconfig, Home: t.TempDir()}
+	if out, err := h.InstallChart(ctx, "webhook.failurePolicy=Fail",
+		"proxy.otlpEndpoint="+j.OTLPAddr, "proxy.traceSampleRatio=1"); err != nil {
 		o, _ := c.Kubectl(ctx, "-n", "minimesh", "describe", "pods")
-		t.Fatalf("helm install: %v\n%s\n%s", err, out.String(), o)
+		t.Fatalf("%v\n%s\n%s", err, out, o)
 	}
 	t.Logf("chart installed, injector Ready in %s", time.Since(t0).Round(time.Millisecond))
 
@@ -114,8 +99,5 @@ func TestChartInACluster(t *testing.T) {
 	t.Logf("sidecar /debug/config: %s", config)
 	_ = fwd.Process.Kill()
 
-	meshInACluster(ctx, t, c, func(args ...string) (string, error) {
-		out, err := helmCmd(args...).CombinedOutput()
-		return string(out), err
-	})
+	meshInACluster(ctx, t, c, j, func(args ...string) (string, error) { return h.Run(ctx, args...) })
 }

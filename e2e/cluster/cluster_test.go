@@ -25,12 +25,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/minimesh/minimesh/e2e/internal/cluster"
-	"github.com/minimesh/minimesh/e2e/internal/image"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
-const testappImage = "minimesh.local/testapp:e2e"
+const testappImage = cluster.TestappImage
 
 // start brings a cluster up for t, or skips t (fails it under CI=true,
 // proc.Unmet) when it cannot run here.
@@ -203,17 +202,7 @@ func TestSidecarInACluster(t *testing.T) {
 func importImages(ctx context.Context, t *testing.T, c *cluster.Cluster) {
 	t.Helper()
 	t0 := time.Now()
-	mm, err := cluster.MinimeshImageOf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	app := filepath.Join(t.TempDir(), "testapp")
-	if err := cluster.BuildStatic(ctx, "./e2e/cluster/testapp", app); err != nil {
-		t.Fatal(err)
-	}
-	testapp := image.Image{Ref: testappImage, User: "65532:65532", Entrypoint: []string{"/testapp"},
-		Files: []image.File{{Name: "/testapp", Src: app}}}
-	if err := c.Import(ctx, mm, testapp); err != nil {
+	if err := c.ImportImages(ctx, t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("images built and imported in %s", time.Since(t0).Round(time.Millisecond))
