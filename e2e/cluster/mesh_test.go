@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/minimesh/minimesh/e2e/internal/cluster"
+	"github.com/minimesh/minimesh/e2e/internal/clusterdemo"
+	"github.com/minimesh/minimesh/e2e/internal/jaeger"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 )
 
@@ -79,10 +81,12 @@ spec:
 const flakyURL = "http://flaky.breaker.svc.cluster.local"
 
 // meshInACluster runs, on a cluster with the chart installed (helm runs
-// helm with the release's settings), the checks of issue #12: the
-// breaker of a ResiliencePolicy served over xDS, the native sidecar's
-// start and stop order, and `helm test`.
-func meshInACluster(ctx context.Context, t *testing.T, c *cluster.Cluster, helm func(args ...string) (string, error)) {
+// helm with the release's settings; spans go to j), the
+// checks of issue #12: the breaker of a ResiliencePolicy served over xDS,
+// the native sidecar's start and stop order, `helm test`, Prometheus and
+// Jaeger outside the cluster, a helm upgrade, a rollout restart, make
+// demo-cluster's story, and last a helm uninstall.
+func meshInACluster(ctx context.Context, t *testing.T, c *cluster.Cluster, j *jaeger.Jaeger, helm func(args ...string) (string, error)) {
 	t0 := time.Now()
 	if out, err := c.KubectlStdin(ctx, flaky, "apply", "-f", "-"); err != nil {
 		t.Fatal(out, err)
@@ -110,6 +114,29 @@ func meshInACluster(ctx context.Context, t *testing.T, c *cluster.Cluster, helm 
 		t.Logf("helm test passed in %s:\n%s", time.Since(t0).Round(time.Millisecond), out)
 	})
 	t.Run("SidecarStopsLast", func(t *testing.T) { sidecarStopsLast(ctx, t, c, appPod, b) })
+	if t.Failed() {
+		return
+	}
+	// The app's pod was deleted: its Deployment's next one drives the rest.
+	rollout(ctx, t, c, "breaker", "app")
+	appPod = onePod(ctx, t, c, "breaker", "app=app")
+	a = agentOf(t, appPod)
+	t.Run("Observability", func(t *testing.T) { observabilityInACluster(ctx, t, c, j, a, b) })
+	t.Run("HelmUpgrade", func(t *testing.T) { helmUpgrade(ctx, t, c, helm) })
+	t.Run("RolloutRestart", func(t *testing.T) { rolloutRestart(ctx, t, c, a) })
+	t.Run("Demo", func(t *testing.T) {
+		// make demo-cluster's story, compressed.
+		var out strings.Builder
+		rep, err := clusterdemo.Run(ctx, c, clusterdemo.Options{Out: &out, Healthy: 3 * time.Second, Outage: 6 * time.Second, Recovery: 9 * time.Second})
+		t.Logf("the demo's output:\n%s", out.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rep.Check(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("HelmUninstall", func(t *testing.T) { helmUninstall(ctx, t, c, helm, a, appPod.Name) })
 }
 
 // rollout waits until each Deployment of ns is rolled out; on failure it
@@ -367,6 +394,15 @@ func (a agent) get(u string, direct bool) callResult {
 	return r
 }
 
+// load has the app GET u through its sidecar rps times a second for secs
+// seconds (testapp's /load).
+func (a agent) load(u string, rps, secs int) loadResult {
+	a.t.Helper()
+	var r loadResult
+	getJSON(a.t, fmt.Sprintf("%s/load?rps=%d&seconds=%d&url=%s", a.url, rps, secs, url.QueryEscape(u)), &r)
+	return r
+}
+
 // flakyBackend drives a testapp serve on its pod's address.
 type flakyBackend struct {
 	t   *testing.T
@@ -416,7 +452,7 @@ func fetch(hostPath string) (string, error) {
 
 func getJSON(t *testing.T, u string, v any) {
 	t.Helper()
-	c := &http.Client{Timeout: 20 * time.Second}
+	c := &http.Client{Timeout: 45 * time.Second} // /load runs up to 30 s
 	resp, err := c.Get(u)
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,11 @@
 // Command testapp is the application of the cluster end-to-end test, in an
 // image of its own (static, no shell):
 //
-//	testapp serve ADDR       answers every request with a JSON echo of it
+//	testapp serve ADDR       answers every request with a JSON echo of it;
+//	                         on SIGTERM it serves 3 s more, then closes
+//	                         its connections as they go idle (what an app
+//	                         does for restarts without errors: endpoints
+//	                         take a moment to forget a terminating pod)
 //	testapp call URL ADDR    GETs URL twice a second through $HTTP_PROXY,
 //	                         like an unmodified app in a pod; on ADDR, /ready
 //	                         is 200 once the last call succeeded and /last
@@ -32,8 +36,7 @@ func main() {
 	}
 	switch os.Args[1] {
 	case "serve":
-		fmt.Fprintln(os.Stderr, http.ListenAndServe(os.Args[2], newBackend()))
-		os.Exit(1)
+		serve(os.Args[2])
 	case "agent":
 		if len(os.Args) != 4 {
 			os.Exit(2)
