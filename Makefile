@@ -19,7 +19,7 @@ export MINIMESH_TOOLS_DIR := $(TOOLS_DIR)
 export MINIMESH_BIN_DIR := $(BIN_DIR)
 export PATH := $(TOOLS_DIR)/bin:$(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
-.PHONY: all build test e2e bench demo lint tools fuzz clean help cluster-up cluster-down
+.PHONY: all build test e2e bench demo demo-cluster lint tools fuzz clean help cluster-up cluster-down
 
 all: build
 
@@ -30,6 +30,7 @@ help:
 	@echo 'e2e    only the end-to-end tests (./e2e/...)'
 	@echo 'bench  the benchmark harness (BENCH_FLAGS=...), the Go benchmarks and the webhook figures'
 	@echo 'demo   go run ./demo'
+	@echo 'demo-cluster  the demo'"'"'s story in a one-node cluster with the chart installed (root; ~2 min)'
 	@echo 'lint   gofmt, go vet, staticcheck'
 	@echo 'tools  install missing tools (scripts/tools.sh)'
 	@echo 'fuzz   every Fuzz target for FUZZTIME (default 20s) each'
@@ -74,6 +75,13 @@ bench: build tools
 
 demo: build
 	$(GO) run ./demo
+
+# The same story in Kubernetes: a one-node cluster of its own, the chart,
+# an injected tenant and nominatim-service; the cluster stops at the end.
+demo-cluster: tools build
+	@mkdir -p $(CLUSTER_DIR)
+	CGO_ENABLED=0 $(GO) build -o $(CLUSTER_DIR)/minimesh-cluster ./e2e/internal/cluster/cmd/minimesh-cluster
+	$(CLUSTER_DIR)/minimesh-cluster demo -dir $(CLUSTER_DIR)
 
 # lint runs every check and fails at the end if any failed.
 lint:

@@ -7,6 +7,9 @@
 //	minimesh-cluster down -dir DIR   stop it and clean up the host
 //	minimesh-cluster run -dir DIR    run it in the foreground until SIGINT
 //	                                 or SIGTERM
+//	minimesh-cluster demo -dir DIR   make demo's bakery story in a cluster of
+//	                                 its own, with the chart installed;
+//	                                 stops it at the end (make demo-cluster)
 package main
 
 import (
@@ -24,6 +27,8 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/e2e/internal/cluster"
+	"github.com/minimesh/minimesh/e2e/internal/clusterdemo"
+	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
 func main() {
@@ -44,6 +49,8 @@ func main() {
 		err = up(abs)
 	case "down":
 		err = down(abs)
+	case "demo":
+		err = demo(abs)
 	default:
 		usage()
 	}
@@ -53,7 +60,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: minimesh-cluster up|down|run [-dir DIR]")
+	fmt.Fprintln(os.Stderr, "usage: minimesh-cluster up|down|run|demo [-dir DIR]")
 	os.Exit(2)
 }
 
@@ -83,6 +90,41 @@ func run(dir string) error {
 	<-ctx.Done()
 	_ = os.Remove(filepath.Join(dir, "ready"))
 	return c.Stop()
+}
+
+// demo brings a cluster up, installs the chart, plays the bakery story
+// (e2e/internal/clusterdemo) and stops the cluster, whatever happened.
+func demo(dir string) (err error) {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
+	helm, err := tools.Find("helm")
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	c, err := cluster.Start(ctx, filepath.Join(dir, "demo-node"), cluster.Options{Logf: logf})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, c.Stop()) }()
+	if err := c.ImportImages(ctx, dir); err != nil {
+		return err
+	}
+	logf("cluster ready in %s; installing the chart", time.Since(t0).Round(time.Second))
+	h := cluster.Helm{Path: helm, Kubeconfig: c.Kubeconfig, Home: filepath.Join(dir, "helm")}
+	if out, err := h.InstallChart(ctx); err != nil {
+		return fmt.Errorf("%w\n%s", err, out)
+	}
+	rep, err := clusterdemo.Run(ctx, c, clusterdemo.Options{Out: os.Stdout})
+	if err != nil {
+		return err
+	}
+	if err := rep.Check(); err != nil {
+		return fmt.Errorf("the story did not happen: %w", err)
+	}
+	fmt.Println("\nthe story happened: the breaker opened, answered at once without reaching Nominatim, and closed once it was back")
+	return nil
 }
 
 func up(dir string) error {
