@@ -1,9 +1,12 @@
 package outbound
 
 import (
+	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"testing"
 
@@ -51,4 +54,27 @@ func run(b *testing.B, c *http.Client, u string) {
 			b.Fatal(resp.Status)
 		}
 	}
+}
+
+// BenchmarkTransparentGET is BenchmarkProxyGET for a redirected
+// connection: origin-form requests with a Host header, the original
+// destination from the connection's context.
+func BenchmarkTransparentGET(b *testing.B) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok"))
+	}))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	orig := netip.MustParseAddrPort(u.Host)
+	h := New(Config{Metrics: telemetry.New(0)}, policy.NewTable(nil, "default"))
+	px := httptest.NewUnstartedServer(h.Transparent())
+	px.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context { return WithOriginalDst(ctx, orig) }
+	px.Start()
+	defer px.Close()
+	pu, _ := url.Parse(px.URL)
+	// The app believes it calls geo-service; iptables sent it to the proxy.
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16, DialContext: func(ctx context.Context, n, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, n, pu.Host)
+	}}}
+	run(b, c, "http://geo-service:8000/")
 }
