@@ -1,6 +1,7 @@
 package sidecar_test
 
 import (
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -34,6 +35,7 @@ func TestOtherLoopback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, _ = io.Copy(io.Discard, resp.Body) // read whole, the connection is kept
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("through [::1]: %s", resp.Status)
