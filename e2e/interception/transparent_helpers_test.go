@@ -183,7 +183,7 @@ func newWorld(t *testing.T, bin, policies string) *world {
 	t.Cleanup(func() { close(stop) }) // after the sidecar's own cleanup stops it
 	w.sidecar = proc.StartT(t, "minimesh-proxy", bin, []string{"run",
 		"--admin-addr", "127.0.0.1:" + strconv.Itoa(wellknown.AdminPort),
-		"--policy-dir", dir, "--log-level", "debug", "--service-name", "app", "--connect-timeout", "2s",
+		"--policy-dir", dir, "--log-level", "debug", "--service-name", "app", "--connect-timeout", "2s", "--drain-timeout", "2s",
 	}, proc.Options{
 		Env:        []string{"PATH=/usr/bin:/bin"},
 		Dir:        "/",
