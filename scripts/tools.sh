@@ -55,6 +55,10 @@ tools() {
 	deb_pkg nginx-light haproxy wrk curl iproute2 iptables prometheus etcd-server
 	deb_pkg gcc libc6-dev # cgo, for go test -race
 	deb_pkg containerd runc containernetworking-plugins # the one-node cluster
+	# Real clients that know nothing of a proxy, and servers that speak
+	# first or over TLS, for transparent interception (e2e/interception).
+	deb_pkg wget python3 python3-requests python3-httpx python3-aiohttp python3-urllib3 \
+		nodejs default-jdk-headless postgresql redis-server
 }
 
 if [[ "${1:-}" == "--print-dir" ]]; then
