@@ -142,41 +142,9 @@ func TestEveryClient(t *testing.T) {
 		return seen{}
 	}
 
-	// The sidecar, as the injector runs it under iptables interception.
-	policies, err := os.MkdirTemp("", "minimesh-policies-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(policies) })
-	if err := os.WriteFile(filepath.Join(policies, "all.yaml"), []byte(catchAll), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(policies, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	stop := make(chan struct{})
-	t.Cleanup(func() { close(stop) })
-	sidecar := proc.StartT(t, "minimesh-proxy", bin, []string{"run", "--policy-dir", policies,
-		"--admin-addr", "127.0.0.1:" + strconv.Itoa(wellknown.AdminPort)},
-		proc.Options{
-			Env:        []string{"PATH=/usr/bin:/bin"},
-			Dir:        "/",
-			Credential: &syscall.Credential{Uid: wellknown.ProxyUID, Gid: wellknown.ProxyUID},
-			Start:      startIn(pod.name, stop),
-		})
-	goClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = inNetns(pod.name, func() error {
-				var d net.Dialer
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-	t.Cleanup(goClient.CloseIdleConnections)
+	sc := startPodSidecar(t, pod, bin, catchAll)
 	goGet := func(u string) (string, error) {
-		resp, err := goClient.Get(u)
+		resp, err := sc.client.Get(u)
 		if err != nil {
 			return "", err
 		}
@@ -184,15 +152,7 @@ func TestEveryClient(t *testing.T) {
 		resp.Body.Close()
 		return fmt.Sprintf("%d %s", resp.StatusCode, orDash(resp.Header.Get(wellknown.HeaderError))), nil
 	}
-	if err := sidecar.WaitReady(15*time.Second, func() error {
-		got, err := goGet(fmt.Sprintf("http://127.0.0.1:%d/ready", wellknown.AdminPort))
-		if err == nil && !strings.HasPrefix(got, "200 ") {
-			err = fmt.Errorf("/ready: %s", got)
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	sidecar := sc.proc
 
 	// Open the breaker of the failing upstream.
 	failing := "http://" + peerV4.String() + ":8081"
@@ -261,6 +221,73 @@ func TestEveryClient(t *testing.T) {
 	if t.Failed() {
 		t.Logf("sidecar output:\n%s", sidecar.Output())
 	}
+}
+
+// podSidecar is the sidecar running in a pod's namespace as the injector
+// runs it under iptables interception (UID 15000, a policy directory), and
+// an HTTP client whose connections start in the pod (so they are
+// redirected like the app's).
+type podSidecar struct {
+	proc   *proc.Proc
+	client *http.Client
+}
+
+func startPodSidecar(t *testing.T, pod *netns, bin, policy string) podSidecar {
+	t.Helper()
+	policies, err := os.MkdirTemp("", "minimesh-policies-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(policies) })
+	if err := os.WriteFile(filepath.Join(policies, "policy.yaml"), []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(policies, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
+	p := proc.StartT(t, "minimesh-proxy", bin, []string{"run", "--policy-dir", policies,
+		"--admin-addr", "127.0.0.1:" + strconv.Itoa(wellknown.AdminPort)},
+		proc.Options{
+			Env:        []string{"PATH=/usr/bin:/bin"},
+			Dir:        "/",
+			Credential: &syscall.Credential{Uid: wellknown.ProxyUID, Gid: wellknown.ProxyUID},
+			Start:      startIn(pod.name, stop),
+		})
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = inNetns(pod.name, func() error {
+				var d net.Dialer
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+	t.Cleanup(c.CloseIdleConnections)
+	sc := podSidecar{proc: p, client: c}
+	if err := p.WaitReady(15*time.Second, func() error {
+		_, err := sc.admin("/ready")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return sc
+}
+
+// admin GETs path from the sidecar's admin port (loopback, in the pod).
+func (s podSidecar) admin(path string) (string, error) {
+	resp, err := s.client.Get(fmt.Sprintf("http://127.0.0.1:%d%s", wellknown.AdminPort, path))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return string(b), err
 }
 
 func orDash(s string) string {
