@@ -125,4 +125,3 @@ func TestDatabasesUnchanged(t *testing.T) {
 		}
 	}
 }
-
