@@ -46,7 +46,12 @@ type Config struct {
 
 // ProxyConfig is the sidecar container.
 type ProxyConfig struct {
-	Image           string `yaml:"image"`
+	Image string `yaml:"image"`
+	// InitImage is the minimesh-init container's image under iptables
+	// interception: minimesh-proxy with Debian's iptables, which the
+	// sidecar's static image leaves out (docs/install.md). Empty:
+	// DefaultInitImage of Image.
+	InitImage       string `yaml:"initImage"`
 	ImagePullPolicy string `yaml:"imagePullPolicy"`
 	// Resources; the annotations proxy-cpu-request … override each.
 	CPURequest    string `yaml:"cpuRequest"`
@@ -84,6 +89,38 @@ func DefaultConfig() Config {
 		PolicyConfigMap:   "minimesh-policies",
 		IgnoredNamespaces: []string{"kube-system", "kube-node-lease"},
 	}
+}
+
+// InitImageRef is the init container's image: InitImage, or
+// DefaultInitImage of Image ("" when Image is pinned by digest, which
+// Validate refuses).
+func (p ProxyConfig) InitImageRef() string {
+	if p.InitImage != "" {
+		return p.InitImage
+	}
+	ref, _ := DefaultInitImage(p.Image)
+	return ref
+}
+
+// DefaultInitImage is the init image that goes with a proxy image: its
+// repository with -init appended, and its tag (ghcr.io/minimesh/minimesh:v1
+// → ghcr.io/minimesh/minimesh-init:v1). Both images are built and tagged
+// together (the Dockerfile's two targets, `make image`), so whoever
+// mirrors or pins the proxy image in their registry gets the matching init
+// image without a second setting. A digest names one image only: an image
+// pinned by digest has no default, and its init image must be named.
+func DefaultInitImage(proxyImage string) (string, error) {
+	if strings.Contains(proxyImage, "@") {
+		return "", fmt.Errorf("%s is pinned by digest, which names no other image", proxyImage)
+	}
+	repo, tag := proxyImage, ""
+	if i := strings.LastIndex(proxyImage, ":"); i > strings.LastIndex(proxyImage, "/") {
+		repo, tag = proxyImage[:i], proxyImage[i:]
+	}
+	if repo == "" {
+		return "", fmt.Errorf("%s: no repository", quote(proxyImage))
+	}
+	return repo + "-init" + tag, nil
 }
 
 func imageTag() string {
@@ -127,6 +164,11 @@ func (c *Config) Validate() error {
 	p := &c.Proxy
 	if p.Image == "" {
 		errs = append(errs, errors.New("proxy.image: must be set"))
+	}
+	if p.InitImage == "" && p.Image != "" {
+		if _, err := DefaultInitImage(p.Image); err != nil {
+			errs = append(errs, fmt.Errorf("proxy.initImage: must be set: proxy.image %w", err))
+		}
 	}
 	switch p.ImagePullPolicy {
 	case "Always", "IfNotPresent", "Never":

@@ -578,11 +578,43 @@ func TestConfig(t *testing.T) {
 		{"proxy:\n  uid: 0\n", "proxy.uid"},
 		{"traceSampleRatio: 2\n", "traceSampleRatio"},
 		{"proxy:\n  logLevel: loud\n", "proxy.logLevel"},
+		{"proxy:\n  image: reg/mm@sha256:0123\n", "proxy.initImage: must be set: proxy.image reg/mm@sha256:0123 is pinned by digest"},
 	} {
 		_, err := ParseConfig([]byte(bad.in))
 		if err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("ParseConfig(%q) = %v, want an error containing %q", bad.in, err, bad.want)
 		}
+	}
+}
+
+// TestInitImage: the init image is proxy.initImage, or the proxy image's
+// repository with -init and its tag.
+func TestInitImage(t *testing.T) {
+	for in, want := range map[string]string{
+		"ghcr.io/minimesh/minimesh:v1":      "ghcr.io/minimesh/minimesh-init:v1",
+		"minimesh.local/minimesh:e2e":       "minimesh.local/minimesh-init:e2e",
+		"registry:5000/mesh/minimesh:1.2.3": "registry:5000/mesh/minimesh-init:1.2.3",
+		"registry:5000/minimesh":            "registry:5000/minimesh-init",
+		"minimesh":                          "minimesh-init",
+	} {
+		if got, err := DefaultInitImage(in); got != want || err != nil {
+			t.Errorf("DefaultInitImage(%s) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"reg/mm:1@sha256:0123", "reg/mm@sha256:0123", ":1"} {
+		if got, err := DefaultInitImage(in); err == nil {
+			t.Errorf("DefaultInitImage(%s) = %s, want an error", in, got)
+		}
+	}
+	cfg, err := ParseConfig([]byte("proxy:\n  image: reg/mm@sha256:0123\n  initImage: reg/mm-init@sha256:4567\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Proxy.InitImageRef(); got != "reg/mm-init@sha256:4567" {
+		t.Errorf("InitImageRef() = %s, want proxy.initImage", got)
+	}
+	if got := DefaultConfig().Proxy.InitImageRef(); !strings.HasPrefix(got, "ghcr.io/minimesh/minimesh-init:") {
+		t.Errorf("the default init image is %s", got)
 	}
 }
 

@@ -43,7 +43,7 @@ func TestIPTables(t *testing.T) {
 		t.Fatalf("init containers %q: the rules first, then the sidecar, then the app's", names)
 	}
 	ic := res.Pod.Spec.InitContainers[0]
-	if ic.Image != cfg.Proxy.Image || !slices.Equal(ic.Command, []string{"/minimesh-proxy"}) || ic.RestartPolicy != nil {
+	if ic.Image != "ghcr.io/minimesh/minimesh-init:v0.0.0-test" || !slices.Equal(ic.Command, []string{"/minimesh-proxy"}) || ic.RestartPolicy != nil {
 		t.Errorf("init container %s %q restartPolicy %v", ic.Image, ic.Command, ic.RestartPolicy)
 	}
 	wantArgs := []string{"init", "--proxy-uid=15000", "--outbound-port=16001",

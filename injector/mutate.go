@@ -396,7 +396,7 @@ func initContainer(cfg *Config, s *settings) corev1.Container {
 	}
 	return corev1.Container{
 		Name:            initContainerName,
-		Image:           p.Image,
+		Image:           p.InitImageRef(),
 		ImagePullPolicy: corev1.PullPolicy(p.ImagePullPolicy),
 		Command:         []string{"/minimesh-proxy"},
 		Args:            args,
