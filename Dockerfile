@@ -4,6 +4,14 @@
 # their command.
 #
 #   docker build --build-arg VERSION=$(git describe --tags --always --dirty) -t minimesh .
+#
+# The target init is the init container's image of iptables interception
+# (minimesh-init, docs/interception.md): /minimesh-proxy with Debian's
+# iptables, which `minimesh-proxy init` runs, kept out of the sidecar's
+# static image. The injector's default for it is the image's repository
+# + -init, same tag (docs/install.md):
+#
+#   docker build --build-arg VERSION=... --target init -t minimesh-init .
 
 FROM golang:1.26 AS build
 WORKDIR /src
@@ -17,6 +25,13 @@ RUN CGO_ENABLED=0 go build -trimpath \
     CGO_ENABLED=0 go build -trimpath \
         -ldflags "-s -w -X github.com/minimesh/minimesh/wellknown.Version=${VERSION}" \
         -o /out/minimesh ./injector/cmd/minimesh
+
+FROM debian:bookworm-slim AS init
+RUN apt-get update && \
+    apt-get install -y --no-install-recommends iptables && \
+    rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/minimesh-proxy /minimesh-proxy
+ENTRYPOINT ["/minimesh-proxy", "init"]
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/minimesh-proxy /minimesh-proxy

@@ -28,6 +28,10 @@ import (
 // build on (`crane config IMAGE`); a base not here fails the test, since
 // Minimesh would then mirror the wrong one.
 var baseConfigs = map[string]ociConfig{
+	"debian:bookworm-slim": {
+		Cmd: []string{"bash"},
+		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+	},
 	"gcr.io/distroless/static-debian12:nonroot": {
 		User: "65532",
 		Env: []string{
@@ -283,15 +287,61 @@ type imageFile struct {
 	pkg      string
 }
 
-// dockerImage is what the Dockerfile says of the final image.
+// dockerImage is what the Dockerfile says of an image.
 type dockerImage struct {
 	from   string
 	config ociConfig
 	files  []imageFile
 	builds []goBuild // the build stage's
+	// The Debian packages its RUN installs, and whether without their
+	// recommended packages.
+	packages          []string
+	withoutRecommends bool
 }
 
-func readDockerfile(src string) (dockerImage, error) {
+// readRun reads a RUN of the image's stage: apt-get update, apt-get install
+// of packages, and the removal of apt's lists; nothing else.
+func (d *dockerImage) readRun(sh string) error {
+	ws, err := words(sh)
+	if err != nil {
+		return err
+	}
+	for len(ws) > 0 {
+		n := slices.Index(ws, "&&")
+		if n < 0 {
+			n = len(ws)
+		}
+		cmd := ws[:n]
+		ws = ws[min(n+1, len(ws)):]
+		switch {
+		case slices.Equal(cmd, []string{"apt-get", "update"}):
+		case slices.Equal(cmd, []string{"rm", "-rf", "/var/lib/apt/lists/*"}):
+		case len(cmd) > 2 && cmd[0] == "apt-get" && cmd[1] == "install":
+			for _, a := range cmd[2:] {
+				switch {
+				case a == "-y" || a == "--yes" || a == "-q" || a == "-qq":
+				case a == "--no-install-recommends":
+					d.withoutRecommends = true
+				case strings.HasPrefix(a, "-"):
+					return fmt.Errorf("apt-get install %s: teach the test", a)
+				default:
+					d.packages = append(d.packages, a)
+				}
+			}
+		default:
+			return fmt.Errorf("RUN %s: teach the test and MinimeshInit", strings.Join(cmd, " "))
+		}
+	}
+	return nil
+}
+
+// readDockerfile reads the image of the Dockerfile's final stage, what
+// `docker build` builds without --target.
+func readDockerfile(src string) (dockerImage, error) { return readDockerfileTarget(src, "") }
+
+// readDockerfileTarget reads the image of the stage named target (""
+// the final one), what `docker build --target` builds.
+func readDockerfileTarget(src, target string) (dockerImage, error) {
 	var d dockerImage
 	stages, err := parseDockerfile(src)
 	if err != nil {
@@ -300,10 +350,21 @@ func readDockerfile(src string) (dockerImage, error) {
 	if len(stages) == 0 {
 		return d, fmt.Errorf("no FROM")
 	}
-	byName := map[string]stage{}
-	for _, st := range stages[:len(stages)-1] {
-		byName[st.name] = st
+	final := stages[len(stages)-1]
+	if target != "" {
+		i := slices.IndexFunc(stages, func(st stage) bool { return st.name == target })
+		if i < 0 {
+			return d, fmt.Errorf("no stage %s", target)
+		}
+		final = stages[i]
 	}
+	byName := map[string]stage{}
+	for _, st := range stages {
+		if st.name != final.name || st.name == "" {
+			byName[st.name] = st
+		}
+	}
+	delete(byName, "")
 	builds := map[string][]goBuild{} // by stage name
 	for name, st := range byName {
 		for _, in := range st.instrs {
@@ -317,7 +378,6 @@ func readDockerfile(src string) (dockerImage, error) {
 			builds[name] = append(builds[name], bs...)
 		}
 	}
-	final := stages[len(stages)-1]
 	d.from = final.from
 	base, ok := baseConfigs[final.from]
 	if !ok {
@@ -434,9 +494,18 @@ func readDockerfile(src string) (dockerImage, error) {
 				}
 				d.files = append(d.files, f)
 			}
+		case "RUN":
+			// Debian packages, on a Debian base: MinimeshInit copies
+			// their files from this host.
+			if d.from != MinimeshInitBase {
+				return d, fmt.Errorf("line %d: RUN in the image's stage: teach the test and Minimesh", in.line)
+			}
+			if err := d.readRun(in.args); err != nil {
+				return d, fmt.Errorf("line %d: %w", in.line, err)
+			}
 		case "ARG":
 		default:
-			return d, fmt.Errorf("line %d: %s in the final stage: teach the test and Minimesh", in.line, in.cmd)
+			return d, fmt.Errorf("line %d: %s in the image's stage: teach the test and Minimesh", in.line, in.cmd)
 		}
 	}
 	// The build stage(s) the final stage copies from.
@@ -523,8 +592,36 @@ func makeBuilds(src string) ([]goBuild, error) {
 // mismatches lists where the Dockerfile and the Makefile's build, on one
 // side, and img, Minimesh's image of binDir, on the other, disagree.
 func mismatches(dockerfile, makefile string, img Image, binDir string) []string {
+	baseNames := map[string]bool{}
+	for _, f := range minimeshBaseFiles() {
+		baseNames[f.Name] = true
+	}
+	return mismatchesOf(dockerfile, makefile, "", MinimeshBase, img, binDir, func(f File) bool { return baseNames[f.Name] })
+}
+
+// initMismatches is mismatches for the Dockerfile's init stage and
+// MinimeshInit's img. The files MinimeshInit copies from Debian's
+// packages, not from the build, TestMinimeshInitFilesAreDebians checks
+// (with this host's dpkg); here, that the stage installs the package they
+// come from.
+func initMismatches(dockerfile, makefile string, img Image, binDir string) []string {
+	bad := mismatchesOf(dockerfile, makefile, "init", MinimeshInitBase, img, binDir, func(f File) bool { return f.Src == "" || !strings.HasPrefix(f.Src, binDir) })
+	d, err := readDockerfileTarget(dockerfile, "init")
+	if err != nil {
+		return bad // said
+	}
+	if !slices.Equal(d.packages, []string{MinimeshInitPackage}) || !d.withoutRecommends {
+		bad = append(bad, fmt.Sprintf("the init stage installs %q (without recommends: %v), MinimeshInit copies %s's files (without recommends)", d.packages, d.withoutRecommends, MinimeshInitPackage))
+	}
+	return bad
+}
+
+// mismatchesOf compares the Dockerfile's stage target (as
+// readDockerfileTarget) on base with img; fromBase says which files of
+// img are the base's (or its packages'), not the build's.
+func mismatchesOf(dockerfile, makefile, target, base string, img Image, binDir string, fromBase func(File) bool) []string {
 	var bad []string
-	d, err := readDockerfile(dockerfile)
+	d, err := readDockerfileTarget(dockerfile, target)
 	if err != nil {
 		return []string{"Dockerfile: " + err.Error()}
 	}
@@ -532,12 +629,12 @@ func mismatches(dockerfile, makefile string, img Image, binDir string) []string 
 	if err != nil {
 		return []string{"Makefile: " + err.Error()}
 	}
-	if d.from != MinimeshBase {
-		bad = append(bad, fmt.Sprintf("the Dockerfile builds on %s, Minimesh mirrors %s", d.from, MinimeshBase))
+	if d.from != base {
+		bad = append(bad, fmt.Sprintf("the Dockerfile builds on %s, the image mirrors %s", d.from, base))
 	}
 	got := ociConfig{User: img.User, Entrypoint: img.Entrypoint, Cmd: img.Cmd, Env: img.Env, WorkingDir: img.WorkingDir}
 	if !reflect.DeepEqual(nilIfEmpty(got), nilIfEmpty(d.config)) {
-		bad = append(bad, fmt.Sprintf("config: Minimesh %+v, the Dockerfile %+v", got, d.config))
+		bad = append(bad, fmt.Sprintf("config: the image %+v, the Dockerfile %+v", got, d.config))
 	}
 
 	// The same go builds: each package the Dockerfile builds, the Makefile
@@ -561,23 +658,19 @@ func mismatches(dockerfile, makefile string, img Image, binDir string) []string 
 	}
 
 	// The same files, from the same packages: the Dockerfile's COPYs are
-	// Minimesh's files but those it mirrors from the base.
-	baseNames := map[string]bool{}
-	for _, f := range minimeshBaseFiles() {
-		baseNames[f.Name] = true
-	}
+	// the image's files but those it mirrors from the base.
 	want := map[string]imageFile{}
 	for _, f := range d.files {
 		want[f.name] = f
 	}
 	for _, f := range img.Files {
-		if baseNames[f.Name] {
+		if fromBase(f) {
 			continue
 		}
 		w, ok := want[f.Name]
 		delete(want, f.Name)
 		if !ok {
-			bad = append(bad, fmt.Sprintf("Minimesh holds %s, the Dockerfile does not copy it", f.Name))
+			bad = append(bad, fmt.Sprintf("the image holds %s, the Dockerfile does not copy it", f.Name))
 			continue
 		}
 		mode := f.Mode
@@ -585,7 +678,7 @@ func mismatches(dockerfile, makefile string, img Image, binDir string) []string 
 			mode = 0o755
 		}
 		if mode != w.mode || f.UID != w.uid || f.GID != w.gid || f.Dir {
-			bad = append(bad, fmt.Sprintf("%s: Minimesh's is %o %d:%d, the Dockerfile's %o %d:%d", f.Name, mode, f.UID, f.GID, w.mode, w.uid, w.gid))
+			bad = append(bad, fmt.Sprintf("%s: the image's is %o %d:%d, the Dockerfile's %o %d:%d", f.Name, mode, f.UID, f.GID, w.mode, w.uid, w.gid))
 		}
 		m, ok := byPkg[w.pkg]
 		if !ok {
@@ -593,11 +686,11 @@ func mismatches(dockerfile, makefile string, img Image, binDir string) []string 
 			continue
 		}
 		if want := filepath.Join(binDir, path.Base(m.out)); f.Src != want {
-			bad = append(bad, fmt.Sprintf("%s: Minimesh copies %s, but the Makefile builds %s (the Dockerfile's) into %s", f.Name, f.Src, w.pkg, want))
+			bad = append(bad, fmt.Sprintf("%s: the image copies %s, but the Makefile builds %s (the Dockerfile's) into %s", f.Name, f.Src, w.pkg, want))
 		}
 	}
 	for name := range want {
-		bad = append(bad, fmt.Sprintf("the Dockerfile copies %s, Minimesh does not hold it", name))
+		bad = append(bad, fmt.Sprintf("the Dockerfile copies %s, the image does not hold it", name))
 	}
 	sort.Strings(bad)
 	return bad

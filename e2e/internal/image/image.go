@@ -24,15 +24,16 @@ import (
 	"time"
 )
 
-// File is one file, or directory, of the image's only layer. Files are
-// owned by UID:GID (root unless set); missing parent directories are
-// added, root's, 0755.
+// File is one file, directory or symbolic link of the image's only layer.
+// Files are owned by UID:GID (root unless set); missing parent directories
+// are added, root's, 0755.
 type File struct {
 	Name     string // absolute path in the image, e.g. /minimesh-proxy
 	Src      string // file to copy from; or
 	Data     []byte // the content itself
 	Mode     int64  // 0: 0755
 	Dir      bool   // a directory (Src and Data unused)
+	Link     string // a symbolic link to this target, as the link holds it (Src, Data and Mode unused)
 	UID, GID int
 }
 
@@ -87,14 +88,23 @@ func layer(files []File) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	dirs := map[string]bool{"/": true}
+	links := map[string]bool{}
 	sorted := append([]File(nil), files...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
-	for _, f := range sorted {
-		if !path.IsAbs(f.Name) {
-			return nil, fmt.Errorf("image file %q: want an absolute path", f.Name)
+	for i, f := range sorted {
+		if !path.IsAbs(f.Name) || path.Clean(f.Name) != f.Name {
+			return nil, fmt.Errorf("image file %q: want a clean absolute path", f.Name)
+		}
+		if i > 0 && sorted[i-1].Name == f.Name {
+			return nil, fmt.Errorf("image file %s: twice", f.Name)
 		}
 		var parents []string
 		for d := path.Dir(f.Name); !dirs[d]; d = path.Dir(d) {
+			if links[d] {
+				// The runtime would follow the link, or fail: put the
+				// file where the link points.
+				return nil, fmt.Errorf("image file %s: %s is a symbolic link", f.Name, d)
+			}
 			parents = append([]string{d}, parents...)
 			dirs[d] = true
 		}
@@ -106,6 +116,13 @@ func layer(files []File) ([]byte, error) {
 		mode := f.Mode
 		if mode == 0 {
 			mode = 0o755
+		}
+		if f.Link != "" {
+			links[f.Name] = true
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: f.Name[1:], Linkname: f.Link, Mode: 0o777, Uid: f.UID, Gid: f.GID, ModTime: epoch}); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if f.Dir {
 			dirs[f.Name] = true

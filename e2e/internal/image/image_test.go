@@ -76,3 +76,35 @@ func TestWriteOCI(t *testing.T) {
 		t.Fatalf("layer holds %v, want [bin/ bin/x]", names)
 	}
 }
+
+// TestLayerLinks: symbolic links are written as links, and a file under a
+// link, or a path twice, is refused.
+func TestLayerLinks(t *testing.T) {
+	l, err := layer([]File{{Name: "/usr/sbin/x-save", Link: "x-multi"}, {Name: "/usr/sbin/x-multi", Data: []byte("x")}, {Name: "/lib", Link: "usr/lib"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(bytes.NewReader(l))
+	links := map[string]string{}
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		if h.Typeflag == tar.TypeSymlink {
+			links[h.Name] = h.Linkname
+		}
+	}
+	if len(links) != 2 || links["usr/sbin/x-save"] != "x-multi" || links["lib"] != "usr/lib" {
+		t.Errorf("links %v", links)
+	}
+	for _, bad := range [][]File{
+		{{Name: "/lib", Link: "usr/lib"}, {Name: "/lib/libc.so.6", Data: []byte("x")}},
+		{{Name: "/x", Data: []byte("1")}, {Name: "/x", Data: []byte("2")}},
+		{{Name: "/a/../x", Data: []byte("1")}},
+	} {
+		if _, err := layer(bad); err == nil {
+			t.Errorf("layer(%+v): no error", bad)
+		}
+	}
+}
