@@ -25,7 +25,7 @@ all: build
 
 help:
 	@echo 'build  bin/minimesh-proxy and bin/minimesh (static, VERSION=$(VERSION))'
-	@echo 'image  dist/minimesh-image.tar, the Dockerfile'"'"'s image without Docker ($(IMAGE_REF)), for ctr images import'
+	@echo 'image  dist/minimesh-image.tar and dist/minimesh-init-image.tar, the Dockerfile'"'"'s images without Docker ($(IMAGE_REF) and its -init), for ctr images import'
 	@echo 'test   tools, build, go vet and every test with -race (the e2e ones too)'
 	@echo 'e2e    only the end-to-end tests (./e2e/...)'
 	@echo 'bench  the benchmark harness (BENCH_FLAGS=...), the Go benchmarks and the webhook figures'
@@ -42,12 +42,18 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_DIR)/minimesh-proxy ./proxy/cmd/minimesh-proxy
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN_DIR)/minimesh ./injector/cmd/minimesh
 
-# The Dockerfile's image, built without Docker (e2e/internal/image): an
-# OCI layout tar for `ctr -n k8s.io images import`.
+# The Dockerfile's images, built without Docker (e2e/internal/image): OCI
+# layout tars for `ctr -n k8s.io images import`. The init image (the
+# Dockerfile's init stage: iptables interception's minimesh-init) holds
+# this host's Debian iptables (scripts/tools.sh installs it); the
+# injector's default init image is the proxy image's repository + -init,
+# same tag (docs/install.md).
 IMAGE_REF ?= minimesh.local/minimesh:$(VERSION)
+INIT_IMAGE_REF ?=
 .PHONY: image
 image: build
-	CGO_ENABLED=0 $(GO) run ./e2e/internal/image/cmd/minimesh-image -bin $(BIN_DIR) -ref $(IMAGE_REF) -out dist/minimesh-image.tar
+	CGO_ENABLED=0 $(GO) run ./e2e/internal/image/cmd/minimesh-image -bin $(BIN_DIR) -ref $(IMAGE_REF) -out dist/minimesh-image.tar \
+		-init-ref "$(INIT_IMAGE_REF)" -init-out dist/minimesh-init-image.tar
 
 tools:
 	@bash scripts/tools.sh

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/minimesh/minimesh/e2e/internal/proc"
 )
 
 // TestRun writes the tar where asked, and names the image in index.json,
@@ -61,5 +63,24 @@ func TestRunWithoutBinaries(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("left %v", ents)
+	}
+}
+
+// TestRunInit writes the init image where asked, with Debian's iptables
+// of this host.
+func TestRunInit(t *testing.T) {
+	if _, err := os.Lstat("/usr/sbin/iptables-nft-save"); err != nil {
+		proc.Unmet(t, "no Debian iptables here (scripts/tools.sh installs it): %v", err)
+	}
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "minimesh-proxy"), []byte("minimesh-proxy"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "dist", "minimesh-init-image.tar")
+	if err := runInit(bin, "minimesh.local/minimesh-init:t", out); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(out); err != nil || fi.Size() < 1<<20 {
+		t.Fatalf("%s: %v, %v", out, fi, err)
 	}
 }
