@@ -25,6 +25,8 @@ var renders = map[string][]string{
 	"fail-single":  {"--set", "webhook.failurePolicy=Fail", "--set", "injector.replicas=1", "--set", "helmTest.enabled=false", "--set", "dashboards.enabled=false"},
 	"monitoring":   {"--set", "podMonitor.enabled=true", "--set", "prometheusRule.enabled=true", "--set", "podMonitor.labels.release=kube-prometheus", "--set", "dashboards.enabled=false"},
 	"policies":     {"-f", "testdata/policies-values.yaml", "--set", "dashboards.enabled=false"},
+	"digests": {"--set", "proxy.image=registry.example/minimesh@sha256:" + strings.Repeat("1", 64),
+		"--set", "proxy.initImage=registry.example/minimesh-init@sha256:" + strings.Repeat("2", 64), "--set", "dashboards.enabled=false"},
 }
 
 func TestGolden(t *testing.T) {
@@ -95,8 +97,32 @@ func TestRenderedFilesLoad(t *testing.T) {
 		t.Fatalf("the rendered injection config does not load: %v", err)
 	}
 	if cfg.OTLPEndpoint != "jaeger-collector.observability:4317" || cfg.TraceSampleRatio == nil || *cfg.TraceSampleRatio != 0.1 ||
-		cfg.Proxy.Image != "ghcr.io/minimesh/minimesh:0.1.0" || cfg.Proxy.CPULimit != "1" {
+		cfg.Proxy.Image != "ghcr.io/minimesh/minimesh:0.1.0" || cfg.Proxy.CPULimit != "1" ||
+		cfg.Proxy.InitImageRef() != "ghcr.io/minimesh/minimesh-init:0.1.0" {
 		t.Fatalf("rendered config %+v", cfg)
+	}
+	// Images pinned by digest: the init image is named, since a digest
+	// names one image only.
+	for _, c := range []struct {
+		sets []string
+		want string
+	}{
+		{[]string{"proxy.image=reg/mm@sha256:" + strings.Repeat("1", 64), "proxy.initImage=reg/mm-init@sha256:" + strings.Repeat("2", 64)}, "reg/mm-init@sha256:" + strings.Repeat("2", 64)},
+		{[]string{"image.repository=reg/mesh", "image.tag=v2"}, "reg/mesh-init:v2"},
+	} {
+		args := []string{}
+		for _, s := range c.sets {
+			args = append(args, "--set", s)
+		}
+		out, err := template(t, args...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		cm := find(docs(t, out), "ConfigMap", "minimesh-injector-config")
+		cfg, err := injector.ParseConfig([]byte(cm["data"].(map[string]any)["config.yaml"].(string)))
+		if err != nil || cfg.Proxy.InitImageRef() != c.want {
+			t.Errorf("--set %q: init image %q, %v; want %s", c.sets, cfg.Proxy.InitImageRef(), err, c.want)
+		}
 	}
 	n := 0
 	for _, o := range objs {
