@@ -19,9 +19,14 @@ import (
 const TestappImage = "minimesh.local/testapp:e2e"
 
 // ImportImages builds the test app into dir and imports it, with minimesh's
-// image from the binaries of `make build`, into the node.
+// images from the binaries of `make build` (the sidecar's and iptables
+// interception's init image), into the node.
 func (c *Cluster) ImportImages(ctx context.Context, dir string) error {
 	mm, err := MinimeshImageOf()
+	if err != nil {
+		return err
+	}
+	mmInit, err := MinimeshInitImageOf()
 	if err != nil {
 		return err
 	}
@@ -31,7 +36,7 @@ func (c *Cluster) ImportImages(ctx context.Context, dir string) error {
 	}
 	testapp := image.Image{Ref: TestappImage, User: "65532:65532", Entrypoint: []string{"/testapp"},
 		Files: []image.File{{Name: "/testapp", Src: app}}}
-	return c.Import(ctx, mm, testapp)
+	return c.Import(ctx, mm, mmInit, testapp)
 }
 
 // Helm runs helm against the cluster, with its configuration, cache and

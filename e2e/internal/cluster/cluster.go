@@ -78,6 +78,10 @@ const (
 	PauseImage = "minimesh.local/pause:e2e"
 	// MinimeshImage is the Dockerfile's image (MinimeshImageOf).
 	MinimeshImage = "minimesh.local/minimesh:e2e"
+	// MinimeshInitImage is the Dockerfile's init image, of iptables
+	// interception's minimesh-init (MinimeshInitImageOf): the injector's
+	// default for MinimeshImage, its repository + -init, same tag.
+	MinimeshInitImage = "minimesh.local/minimesh-init:e2e"
 
 	stateDir = "/run/minimesh-cluster"
 )
@@ -539,6 +543,20 @@ func MinimeshImageOf() (image.Image, error) {
 		return image.Image{}, err
 	}
 	return image.Minimesh(dir, MinimeshImage), nil
+}
+
+// MinimeshInitImageOf is the init container's image as the Dockerfile's
+// init stage builds it (image.MinimeshInit), from `make build`'s
+// minimesh-proxy and this host's Debian iptables, named MinimeshInitImage.
+func MinimeshInitImageOf() (image.Image, error) {
+	if _, err := tools.Binary("minimesh-proxy"); err != nil {
+		return image.Image{}, err
+	}
+	dir, err := tools.BinDir()
+	if err != nil {
+		return image.Image{}, err
+	}
+	return image.MinimeshInit(dir, MinimeshInitImage)
 }
 
 // BuildStatic builds the main package pkg of the minimesh module (a path

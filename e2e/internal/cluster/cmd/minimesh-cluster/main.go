@@ -85,6 +85,13 @@ func run(dir string) error {
 	} else {
 		logf("imported %s", cluster.MinimeshImage)
 	}
+	if img, err := cluster.MinimeshInitImageOf(); err != nil {
+		logf("no minimesh init image (iptables interception): %v", err)
+	} else if err := c.Import(ctx, img); err != nil {
+		logf("import the minimesh init image: %v", err)
+	} else {
+		logf("imported %s", cluster.MinimeshInitImage)
+	}
 	_ = os.WriteFile(filepath.Join(dir, "ready"), []byte(c.Kubeconfig+"\n"), 0o644)
 	logf("cluster ready: export KUBECONFIG=%s", c.Kubeconfig)
 	<-ctx.Done()
