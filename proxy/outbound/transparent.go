@@ -196,6 +196,8 @@ type relay struct {
 	client, up     net.Conn
 	bytes          *telemetry.TCPBytes
 	sent, received atomic.Int64
+	start          time.Time    // monotonic
+	active         atomic.Int64 // when a byte last moved, as time since start
 	idle, failed   atomic.Bool
 	once           sync.Once
 	// small are the copy buffers while a direction is quiet: a relay
@@ -207,13 +209,14 @@ type relay struct {
 // run copies until both directions are done, a side fails, or nothing
 // moved for idle. It returns the bytes each way and the result.
 func (r *relay) run(idle time.Duration) (sent, received int64, result string) {
-	var last int64 = -1
+	r.start = time.Now()
 	var t *time.Timer
-	// Armed after t is set, which the func reads.
+	// Armed after t is set, which the func reads. It looks when the idle
+	// time would be up since the last byte, and again later if a byte
+	// moved since.
 	t = time.AfterFunc(math.MaxInt64, func() {
-		if n := r.sent.Load() + r.received.Load(); n != last {
-			last = n
-			t.Reset(idle)
+		if quiet := time.Since(r.start) - time.Duration(r.active.Load()); quiet < idle {
+			t.Reset(idle - quiet)
 			return
 		}
 		r.idle.Store(true)
@@ -257,6 +260,7 @@ func (r *relay) copy(dst, src net.Conn, n *atomic.Int64, c counter, small []byte
 		if m > 0 {
 			n.Add(int64(m))
 			c.Add(float64(m))
+			r.active.Store(int64(time.Since(r.start)))
 			if _, werr := dst.Write(buf[:m]); werr != nil {
 				r.fail()
 				return
