@@ -29,7 +29,10 @@ func clientHelloSNI(b []byte) (string, helloStatus) {
 	for len(b) > 0 {
 		if len(b) < 5 {
 			if b[0] != 0x16 || (len(b) > 1 && b[1] != 3) {
-				return "", helloNotTLS
+				if msg == nil {
+					return "", helloNotTLS
+				}
+				return "", helloBad
 			}
 			return "", helloMore
 		}
@@ -61,6 +64,9 @@ func clientHelloSNI(b []byte) (string, helloStatus) {
 		}
 		if need < 0 && len(msg) >= 4 {
 			need = 4 + (int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3]))
+			if need > maxRecord {
+				return "", helloBad // more than detection reads: no SNI, and no waiting for it
+			}
 		}
 		if need >= 0 && len(msg) >= need {
 			sni, ok := parseClientHello(msg[4:need])
