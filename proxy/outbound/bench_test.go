@@ -12,6 +12,10 @@ import (
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/telemetry"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // BenchmarkProxyGET measures one keep-alive GET through the handler to a
@@ -77,4 +81,56 @@ func BenchmarkTransparentGET(b *testing.B) {
 		return (&net.Dialer{}).DialContext(ctx, n, pu.Host)
 	}}}
 	run(b, c, "http://geo-service:8000/")
+}
+
+// BenchmarkGRPCUnary measures one unary gRPC call (grpc.health.v1
+// Check) from a grpc-go client through the handler, served as h2c, to a
+// grpc-go server over h2c: compare with BenchmarkDirectGRPCUnary for the
+// sidecar's share.
+func BenchmarkGRPCUnary(b *testing.B) {
+	up := grpcUpstream(b)
+	h := New(Config{Metrics: telemetry.New(0), Resolve: map[string]string{"health-service:50051": up}}, policy.NewTable(nil, "default"))
+	srv := &http.Server{Handler: h, Protocols: ServerProtocols(), HTTP2: ServerHTTP2()}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	runGRPC(b, ln.Addr().String(), "health-service:50051")
+}
+
+func BenchmarkDirectGRPCUnary(b *testing.B) {
+	up := grpcUpstream(b)
+	runGRPC(b, up, up)
+}
+
+func grpcUpstream(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := grpc.NewServer()
+	healthpb.RegisterHealthServer(s, health.NewServer())
+	go func() { _ = s.Serve(ln) }()
+	b.Cleanup(s.Stop)
+	return ln.Addr().String()
+}
+
+func runGRPC(b *testing.B, addr, authority string) {
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority(authority))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	c := healthpb.NewHealthClient(cc)
+	ctx := context.Background()
+	req := &healthpb.HealthCheckRequest{}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := c.Check(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

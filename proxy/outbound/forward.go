@@ -20,7 +20,10 @@ import (
 // or more tries, each through the destination's breaker, and returns the
 // response to hand the client or an error for the ErrorHandler.
 type forwarder struct {
-	t       http.RoundTripper
+	t http.RoundTripper
+	// h2 sends the requests of HTTP/2 clients, as h2c: a gRPC upstream
+	// speaks nothing else (docs/grpc.md).
+	h2      http.RoundTripper
 	tracing *telemetry.Tracing
 }
 
@@ -32,7 +35,12 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		r = rr
 		dst.budget.Request()
 	}
-	if r != nil && hasBody(req) {
+	if r != nil && st.grpc && hasBody(req) {
+		// Never buffered: a streaming call's next message may wait for
+		// the first answer. A call goes again only if not a byte of it
+		// was sent (a connect failure).
+		st.replay = &replay{stream: req.Body, closer: req.Body, length: req.ContentLength}
+	} else if r != nil && hasBody(req) {
 		rp, err := newReplay(req.Body, req.ContentLength)
 		if err != nil {
 			// The app's body could not be read: the app's fault, or gone.
@@ -58,7 +66,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 			resp.Body.Close()
 		}
-		dst.metrics.Retry(reason(resp, class))
+		dst.metrics.Retry(reason(resp, st, class))
 		if ctx := req.Context(); !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max)) {
 			if _, gone := classify(ctx.Err(), ctx, ctx); gone {
 				return nil, errClientGone
@@ -118,7 +126,14 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		ctx = tctx
 		out = out.WithContext(ctx)
 	}
-	resp, err := f.t.RoundTrip(out)
+	t := f.t
+	if out.ProtoMajor == 2 {
+		t = f.h2
+	}
+	if st.grpc {
+		st.grpcStatus = -1
+	}
+	resp, err := t.RoundTrip(out)
 	if timer != nil && !timer.Stop() && err == nil {
 		// The timer fired as the headers arrived: the body is already
 		// cancelled, so this try timed out.
@@ -163,7 +178,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		endSpan(span, resp.StatusCode, "", "")
 	}
 	verdict := error(nil)
-	if failOn.Status(resp.StatusCode) {
+	if failOn.Status(countedStatus(resp, st)) {
 		verdict = breaker.ErrFailed
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
@@ -180,6 +195,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	// One try's body at a time (the retry loop closes one before the next
 	// try): it lives in the request's state, not an allocation of its own.
 	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel}
+	if st.grpc && resp.StatusCode == http.StatusOK && st.grpcStatus < 0 {
+		st.body.grpc = resp // the status comes in its trailers
+	}
 	resp.Body = &st.body
 	return resp, 0, nil
 }
@@ -218,7 +236,10 @@ type upstreamBody struct {
 	failOn   policy.Conditions
 	try, req context.Context
 	cancel   context.CancelCauseFunc // the per-try timeout's; may be nil
-	ended    bool
+	// grpc is the response of a gRPC call whose status is in the
+	// trailers: the verdict is made from them at the body's end.
+	grpc  *http.Response
+	ended bool
 }
 
 func (b *upstreamBody) Read(p []byte) (int, error) {
@@ -227,6 +248,19 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	if err == io.EOF {
+		if b.grpc != nil {
+			// A gRPC response that ends without grpc-status is what grpc-go
+			// calls INTERNAL.
+			g := grpcStatusOf(b.grpc.Trailer.Get("Grpc-Status"))
+			if g < 0 {
+				g = grpcInternal
+			}
+			b.st.grpcStatus = g
+			b.verdict = nil
+			if b.failOn.Status(grpcEquivalent(g)) {
+				b.verdict = breaker.ErrFailed
+			}
+		}
 		b.end(b.verdict)
 		return n, err
 	}
@@ -278,7 +312,7 @@ func report(done breaker.Done, outcome error) {
 // retryable decides whether a failed try is tried again.
 func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class) bool {
 	if resp != nil {
-		if !r.RetryOn.Status(resp.StatusCode) {
+		if !r.RetryOn.Status(countedStatus(resp, st)) {
 			return false
 		}
 	} else if !r.RetryOn.Has(class) {
@@ -309,9 +343,9 @@ func idempotent(req *http.Request) bool {
 	return req.Header.Get(wellknown.HeaderIdempotencyKey) != ""
 }
 
-func reason(resp *http.Response, class policy.Class) string {
+func reason(resp *http.Response, st *reqState, class policy.Class) string {
 	if resp != nil {
-		return statusText(resp.StatusCode)
+		return statusText(countedStatus(resp, st))
 	}
 	switch class {
 	case policy.ClassConnectFailure:
@@ -320,6 +354,25 @@ func reason(resp *http.Response, class policy.Class) string {
 		return "timeout"
 	}
 	return "reset"
+}
+
+// countedStatus is the HTTP status a response counts as for failOn and
+// retryOn: its own, or for a gRPC call answered trailers-only (the
+// status in the headers, as a server that fails at once answers), the
+// HTTP equivalent of its grpc-status. It records the gRPC status.
+func countedStatus(resp *http.Response, st *reqState) int {
+	if !st.grpc || resp.StatusCode != http.StatusOK {
+		return resp.StatusCode
+	}
+	if st.grpcStatus < 0 {
+		if v := resp.Header["Grpc-Status"]; len(v) > 0 {
+			st.grpcStatus = grpcStatusOf(v[0])
+		}
+	}
+	if st.grpcStatus >= 0 {
+		return grpcEquivalent(st.grpcStatus)
+	}
+	return http.StatusOK
 }
 
 // sleep waits d unless ctx ends first.

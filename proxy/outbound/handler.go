@@ -85,8 +85,9 @@ type Handler struct {
 	closing atomic.Bool
 	// relays counts ServeTCP calls in flight, so that the drain can wait
 	// for the log lines of the relays it closed.
-	relays sync.WaitGroup
-	log    *slog.Logger
+	relays      sync.WaitGroup
+	grpcMetrics *grpcMetrics
+	log         *slog.Logger
 }
 
 // AddListener declares one of the sidecar's own listeners: nothing sent
@@ -96,8 +97,11 @@ func (h *Handler) AddListener(addr net.Addr) { h.self.add(addr) }
 // CloseIdleConnections closes the kept upstream connections, as the
 // sidecar stops.
 func (h *Handler) CloseIdleConnections() {
-	if c, ok := h.rp.Transport.(*forwarder).t.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
+	f := h.rp.Transport.(*forwarder)
+	for _, t := range [...]http.RoundTripper{f.t, f.h2} {
+		if c, ok := t.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
 	}
 }
 
@@ -128,6 +132,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, self: newSelfAddrs(), hop: newHop()}
 	h.dialer = newDialer(cfg.ConnectTimeout, cfg.Resolve, h.self)
+	h.grpcMetrics = newGRPCMetrics(cfg.Metrics.Registry)
 	h.dests = newDestinations(cfg.Namespace, table, cfg.Metrics, h.log.Warn)
 	tr := &http.Transport{
 		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
@@ -145,7 +150,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
-		Transport:      &forwarder{t: upstream, tracing: cfg.Tracing},
+		Transport:      &forwarder{t: upstream, h2: informational{newH2CTransport(h.dialer.DialContext)}, tracing: cfg.Tracing},
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
 		ModifyResponse: modifyResponse,
@@ -209,11 +214,16 @@ type reqState struct {
 	// late is how the upstream's response failed after its headers (a
 	// reset, a timeout); 0 when it did not.
 	late policy.Class
-	span trace.Span
-	sc   trace.SpanContext // the span's, kept for the log after it ended
-	in   countingBody
-	out  countingWriter
-	body upstreamBody // the current try's response body
+	// grpc is a gRPC call (HTTP/2, content-type application/grpc*):
+	// grpcStatus is its status once known (-1: not yet), from the
+	// upstream's trailers or headers or the sidecar's own answer.
+	grpc       bool
+	grpcStatus int
+	span       trace.Span
+	sc         trace.SpanContext // the span's, kept for the log after it ended
+	in         countingBody
+	out        countingWriter
+	body       upstreamBody // the current try's response body
 }
 
 type stateKey struct{}
@@ -233,6 +243,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		w.Header().Set("Connection", "close")
 	}
 	if r.Method == http.MethodConnect && rd == nil {
+		if r.ProtoMajor >= 2 {
+			// A tunnel is a hijacked HTTP/1.1 connection; an HTTP/2 stream
+			// cannot be one.
+			h.refuse(w, r, http.StatusMethodNotAllowed, wellknown.ErrorBadRequest, "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
+			return
+		}
 		h.serveConnect(w, r, start)
 		return
 	}
@@ -268,6 +284,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	if rd != nil {
 		st.dial = rd.text
 	}
+	if r.ProtoMajor == 2 && isGRPC(r.Header) {
+		st.grpc, st.grpcStatus = true, -1
+	}
 	st.out.ResponseWriter = w
 	st.out.closeConn = closeConn
 	w = &st.out
@@ -299,13 +318,24 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		ctx, st.span = tr.Start(ctx, r.Method)
 		if st.span.IsRecording() { // attributes cost allocations: only for sampled spans
 			st.span.SetAttributes(h.spanAttrs(r, st)...)
+			if st.grpc {
+				// The RPC semantic conventions: named $service/$method.
+				if _, _, ok := grpcMethod(r.URL.Path); ok {
+					st.span.SetName(r.URL.Path[1:])
+				}
+				st.span.SetAttributes(grpcSpanAttrs(r.URL.Path)...)
+			}
 		}
 		st.sc = st.span.SpanContext()
 	}
 	defer h.finish(r, st)
 	// The whole-request timeout covers the response body too; an upgraded
 	// connection (a WebSocket) lives as long as its peers want.
-	if t := dst.policy.Spec.Timeout; t > 0 && !st.upgrade {
+	t := dst.policy.Spec.Timeout
+	if st.grpc {
+		t = grpcTimeout(r.Header, t)
+	}
+	if t > 0 && !st.upgrade {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
 		defer cancel()
@@ -354,6 +384,12 @@ func (h *Handler) answerLate(w http.ResponseWriter, st *reqState) {
 	st.code, st.errKind, st.late = code, kind, 0
 	body.RequestID = st.id
 	w.Header().Set(wellknown.HeaderRequestID, st.id)
+	if st.grpc {
+		st.grpcStatus = grpcAnswer(kind, code)
+		st.code = http.StatusOK
+		writeGRPCError(w, st.grpcStatus, kind, body)
+		return
+	}
 	writeError(w, code, kind, body)
 }
 
@@ -365,6 +401,10 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, kind,
 		id = requestid.New()
 	}
 	w.Header().Set(wellknown.HeaderRequestID, id)
+	if r.ProtoMajor == 2 && isGRPC(r.Header) {
+		writeGRPCError(w, grpcAnswer(kind, code), kind, errorBody{Message: msg, RequestID: id})
+		return
+	}
 	writeError(w, code, kind, errorBody{Message: msg, RequestID: id})
 }
 
@@ -388,6 +428,13 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 		code, st.errKind = lateFailure(st.late)
 	}
 	dst.metrics.Observe(r.Method, code, st.headers.Sub(st.start).Seconds())
+	if st.grpc {
+		g := grpcFinal(st, code)
+		h.grpcMetrics.observe(dst.metrics, g)
+		if st.span != nil {
+			endGRPCSpan(st.span, g)
+		}
+	}
 	if st.span != nil {
 		endSpan(st.span, st.code, st.errKind, breakerState(dst))
 		st.span = nil
@@ -508,6 +555,15 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	if kind == wellknown.ErrorReset || kind == wellknown.ErrorConnectFailure {
 		h.log.Debug("upstream failed", "destination", st.dest.name, "error", err, "request_id", st.id)
 	}
+	if st.grpc && kind == wellknown.ErrorReset {
+		// A gRPC server resets a call at its deadline (grpc-timeout),
+		// which the sidecar's own timer may not have seen fire yet.
+		if dl, ok := r.Context().Deadline(); ok && time.Until(dl) < grpcDeadlineSlack {
+			kind = wellknown.ErrorTimeout
+			code = http.StatusGatewayTimeout
+			body.Message = "upstream " + st.dest.name + " did not answer within the call's deadline"
+		}
+	}
 	if context.Cause(r.Context()) == errTimeout && kind != wellknown.ErrorCircuitOpen {
 		code, kind = http.StatusGatewayTimeout, wellknown.ErrorTimeout
 		body.Message = "upstream " + st.dest.name + " did not answer within the request timeout"
@@ -515,6 +571,13 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	st.code, st.headers, st.errKind = code, time.Now(), kind
 	body.RequestID = st.id
 	w.Header().Set(wellknown.HeaderRequestID, st.id)
+	if st.grpc {
+		// A gRPC client reads the call's status, not the HTTP one.
+		st.grpcStatus = grpcAnswer(kind, code)
+		st.code = http.StatusOK
+		writeGRPCError(w, st.grpcStatus, kind, body)
+		return
+	}
 	writeError(w, code, kind, body)
 }
 

@@ -45,7 +45,7 @@ func WithOriginalDst(ctx context.Context, addr netip.AddrPort) context.Context {
 	return context.WithValue(ctx, redirectKey{}, &redirect{addr: addr, text: addr.String(), port: strconv.Itoa(int(addr.Port()))})
 }
 
-// Transparent returns the handler of redirected HTTP/1.x connections
+// Transparent returns the handler of redirected HTTP/1.x and h2c connections
 // (their server's ConnContext calls WithOriginalDst). A request is named,
 // for its policy, breaker, metrics and logs, by its Host header as on the
 // explicit proxy, on the port the app connected to; it is sent to the
@@ -69,7 +69,9 @@ func (rd *redirect) authority(r *http.Request) (string, error) {
 		// this is a later request on an HTTP connection changing its mind.
 		return "", errors.New("request target " + echo.Quote(r.RequestURI) + " on a redirected connection: send origin-form requests (a path) with a Host header")
 	}
-	if r.Host == rd.lastHost && rd.lastAuthority != "" {
+	// An HTTP/2 connection serves its streams at once: no cache.
+	h2 := r.ProtoMajor >= 2
+	if !h2 && r.Host == rd.lastHost && rd.lastAuthority != "" {
 		return rd.lastAuthority, nil
 	}
 	host := r.Host
@@ -81,7 +83,9 @@ func (rd *redirect) authority(r *http.Request) (string, error) {
 	if host != "" {
 		a = net.JoinHostPort(host, rd.port)
 	}
-	rd.lastHost, rd.lastAuthority = r.Host, a
+	if !h2 {
+		rd.lastHost, rd.lastAuthority = r.Host, a
+	}
 	return a, nil
 }
 

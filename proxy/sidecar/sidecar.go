@@ -240,6 +240,8 @@ func Listen(cfg Config) (*Sidecar, error) {
 	errLog := log.New(serverLog{cfg.Logger}, "", 0)
 	s.outSrv = &http.Server{
 		Handler:           s.outbound,
+		Protocols:         outbound.ServerProtocols(),
+		HTTP2:             outbound.ServerHTTP2(),
 		MaxHeaderBytes:    outbound.MaxHeaderBytes,
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       IdleTimeout,
@@ -263,6 +265,8 @@ func Listen(cfg Config) (*Sidecar, error) {
 	})
 	s.redirSrv = &http.Server{
 		Handler:           s.outbound.Transparent(),
+		Protocols:         outbound.ServerProtocols(),
+		HTTP2:             outbound.ServerHTTP2(),
 		MaxHeaderBytes:    outbound.MaxHeaderBytes,
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       IdleTimeout,

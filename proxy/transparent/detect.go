@@ -15,7 +15,7 @@ const (
 	// and the connection is relayed to it as opaque TCP.
 	HTTP1Proxy Protocol = "http1-proxy"
 	// HTTP2 is the HTTP/2 prior-knowledge preface (h2c, gRPC without
-	// TLS): relayed as opaque TCP until the sidecar has an HTTP/2 path.
+	// TLS): the connection gets the L7 path, as HTTP/2 (docs/grpc.md).
 	HTTP2 Protocol = "http2"
 	// TLS is a ClientHello: relayed as opaque TCP, named by its SNI.
 	TLS Protocol = "tls"

@@ -8,7 +8,7 @@
 // explicit connections, so that the http.Server serving them works as
 // without interception, at the cost of one getsockopt(2) per connection.
 // Each redirected connection is handed to a goroutine of its own for
-// detection; HTTP/1.x ones then come out of the Dispatcher's HTTP listener
+// detection; HTTP/1.x and h2c ones then come out of the Dispatcher's HTTP listener
 // (served by a second http.Server with the same handler) and every other
 // one goes to the OnTCP func.
 package transparent
@@ -115,7 +115,8 @@ func New(cfg Config) *Dispatcher {
 func (d *Dispatcher) Wrap(ln net.Listener) net.Listener { return &listener{Listener: ln, d: d} }
 
 // HTTP is the listener of the redirected connections found to carry
-// HTTP/1.x; their Conn.Original is the destination to dial.
+// HTTP/1.x or HTTP/2 with prior knowledge (h2c: its server must speak
+// both); their Conn.Original is the destination to dial.
 func (d *Dispatcher) HTTP() net.Listener { return d.http }
 
 // Close waits (until ctx is done) for the detections under way, which go on
@@ -178,7 +179,7 @@ func (d *Dispatcher) dispatch(c net.Conn, orig netip.AddrPort) {
 		d.log.Debug("redirected connection", "original_dst", orig.String(), "protocol", string(tc.Protocol),
 			"sni", tc.SNI, "client", c.RemoteAddr().String(), "detect_ms", float64(tc.Detect.Microseconds())/1000)
 	}
-	if tc.Protocol == HTTP1 {
+	if tc.Protocol == HTTP1 || tc.Protocol == HTTP2 {
 		if d.http.put(tc) {
 			d.detecting.Done()
 			return

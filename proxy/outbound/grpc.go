@@ -1,0 +1,426 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/minimesh/minimesh/proxy/telemetry"
+	"github.com/minimesh/minimesh/wellknown"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// This file is what the outbound path knows of gRPC (docs/grpc.md): a
+// call's status is grpc-status (in the trailers, or in the headers of a
+// trailers-only response), and it counts for the breaker, retries and
+// metrics as its HTTP equivalent; the sidecar's own answers to a gRPC
+// client are gRPC answers.
+
+// isGRPC reports whether an HTTP/2 request is a gRPC call: its
+// content-type is application/grpc or application/grpc+codec
+// (grpc-web, which travels over HTTP/1.1 with its status in the body, is
+// not).
+func isGRPC(h http.Header) bool {
+	v := h["Content-Type"]
+	if len(v) == 0 {
+		return false
+	}
+	ct := v[0]
+	const p = "application/grpc"
+	if len(ct) < len(p) || !strings.EqualFold(ct[:len(p)], p) {
+		return false
+	}
+	return len(ct) == len(p) || ct[len(p)] == '+' || ct[len(p)] == ';'
+}
+
+// gRPC status codes (google.golang.org/grpc/codes), by their value.
+const (
+	grpcOK                 = 0
+	grpcCanceled           = 1
+	grpcUnknown            = 2
+	grpcInvalidArgument    = 3
+	grpcDeadlineExceeded   = 4
+	grpcNotFound           = 5
+	grpcAlreadyExists      = 6
+	grpcPermissionDenied   = 7
+	grpcResourceExhausted  = 8
+	grpcFailedPrecondition = 9
+	grpcAborted            = 10
+	grpcOutOfRange         = 11
+	grpcUnimplemented      = 12
+	grpcInternal           = 13
+	grpcUnavailable        = 14
+	grpcDataLoss           = 15
+	grpcUnauthenticated    = 16
+)
+
+// grpcNames are the codes' names, the values of the metrics' grpc_code
+// label and of the access log.
+var grpcNames = [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+	"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+
+// grpcHTTP is each code's HTTP equivalent, as Envoy maps them
+// (Grpc::Utility::grpcToHttpStatus): what failOn and retryOn see.
+var grpcHTTP = [...]int{200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401}
+
+// grpcStatusOf parses a grpc-status value; -1 when there is none, and
+// UNKNOWN for a value that is not a code (as grpc-go reads it).
+func grpcStatusOf(v string) int {
+	if v == "" {
+		return -1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n >= len(grpcNames) {
+		return grpcUnknown
+	}
+	return n
+}
+
+// grpcEquivalent is the HTTP status a gRPC status counts as.
+func grpcEquivalent(code int) int {
+	if code >= 0 && code < len(grpcHTTP) {
+		return grpcHTTP[code]
+	}
+	return http.StatusInternalServerError
+}
+
+// grpcFromHTTP is the code a gRPC client reads from an HTTP status with
+// no grpc-status (the gRPC spec's "HTTP to gRPC Status Code Mapping").
+func grpcFromHTTP(code int) int {
+	switch code {
+	case http.StatusOK:
+		return grpcUnknown // a 200 without grpc-status is a broken answer
+	case http.StatusBadRequest:
+		return grpcInternal
+	case http.StatusUnauthorized:
+		return grpcUnauthenticated
+	case http.StatusForbidden:
+		return grpcPermissionDenied
+	case http.StatusNotFound:
+		return grpcUnimplemented
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return grpcUnavailable
+	case statusClientClosed:
+		return grpcCanceled
+	}
+	return grpcUnknown
+}
+
+// grpcName is a code's name for labels; "other" can not happen for codes
+// from grpcStatusOf.
+func grpcName(code int) string {
+	if code >= 0 && code < len(grpcNames) {
+		return grpcNames[code]
+	}
+	return "UNKNOWN"
+}
+
+// grpcAnswer is the gRPC status of the sidecar's own answer of kind.
+func grpcAnswer(kind string, code int) int {
+	switch kind {
+	case wellknown.ErrorCircuitOpen, wellknown.ErrorConnectFailure, wellknown.ErrorReset:
+		return grpcUnavailable
+	case wellknown.ErrorTimeout:
+		return grpcDeadlineExceeded
+	case wellknown.ErrorForbidden:
+		return grpcPermissionDenied
+	}
+	if code == http.StatusRequestEntityTooLarge {
+		return grpcResourceExhausted
+	}
+	if code == http.StatusRequestTimeout {
+		return grpcDeadlineExceeded
+	}
+	return grpcInternal
+}
+
+// writeGRPCError answers a gRPC call the sidecar could not forward: a
+// trailers-only response (HTTP 200, the status in the headers, no body),
+// which every gRPC client reads as the call's status.
+func writeGRPCError(w http.ResponseWriter, status int, kind string, b errorBody) {
+	h := w.Header()
+	h.Set(wellknown.HeaderError, kind)
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", strconv.Itoa(status))
+	h.Set("Grpc-Message", grpcEncodeMessage("minimesh: "+b.Message))
+	if b.RetryAfterSeconds > 0 {
+		h.Set("Retry-After", strconv.Itoa(b.RetryAfterSeconds))
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// grpcEncodeMessage percent-encodes a grpc-message (gRPC over HTTP/2:
+// every byte outside printable ASCII, and '%').
+func grpcEncodeMessage(s string) string {
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' || c > '~' || c == '%' {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < ' ' || c > '~' || c == '%' {
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// maxGRPCTimeout is the largest grpc-timeout taken: the header allows
+// 99999999 hours, a context needs no more than this.
+const maxGRPCTimeout = 100 * 24 * time.Hour
+
+// parseGRPCTimeout reads a grpc-timeout value (at most 8 digits and a
+// unit: H, M, S, m, u, n); false if it is not one.
+func parseGRPCTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	var unit time.Duration
+	switch v[len(v)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(v)-1; i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if d := time.Duration(n); d > maxGRPCTimeout/unit {
+		return maxGRPCTimeout, true
+	}
+	return time.Duration(n) * unit, true
+}
+
+// formatGRPCTimeout writes d as a grpc-timeout value, in milliseconds
+// (rounded up) when that fits in 8 digits, else in seconds.
+func formatGRPCTimeout(d time.Duration) string {
+	ms := (d + time.Millisecond - 1) / time.Millisecond
+	if ms < 1e8 {
+		return strconv.FormatInt(int64(ms), 10) + "m"
+	}
+	return strconv.FormatInt(int64(min(d/time.Second, 1e8-1)), 10) + "S"
+}
+
+// grpcMethod splits a gRPC path, /package.Service/Method, into the RPC
+// semantic conventions' rpc.service and rpc.method; false if the path is
+// not of that form.
+func grpcMethod(path string) (service, method string, ok bool) {
+	if len(path) < 4 || path[0] != '/' {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(path, '/')
+	if i <= 1 || i == len(path)-1 {
+		return "", "", false
+	}
+	return path[1:i], path[i+1:], true
+}
+
+// grpcSpanAttrs are a gRPC call's attributes of the OpenTelemetry RPC
+// semantic conventions known at its start.
+func grpcSpanAttrs(path string) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{attribute.String("rpc.system", "grpc")}
+	if s, m, ok := grpcMethod(path); ok {
+		attrs = append(attrs, attribute.String("rpc.service", s), attribute.String("rpc.method", m))
+	}
+	return attrs
+}
+
+// grpcTimeout is the time a gRPC call gets: the client's grpc-timeout,
+// capped by the policy's timeout (0: none). When the policy's is the
+// shorter one, the upstream is told it in grpc-timeout, so that it stops
+// working on a call the sidecar will have answered.
+func grpcTimeout(h http.Header, policy time.Duration) time.Duration {
+	v := h["Grpc-Timeout"]
+	if len(v) > 0 {
+		if d, ok := parseGRPCTimeout(v[0]); ok && d > 0 && (policy <= 0 || d <= policy) {
+			return d
+		}
+	}
+	if policy > 0 {
+		h.Set("Grpc-Timeout", formatGRPCTimeout(policy))
+	}
+	return policy
+}
+
+// HTTP/2 limits of the sidecar's upstream connections (docs/grpc.md).
+const (
+	// H2MaxReceiveBuffer bounds the flow-control window of one upstream
+	// connection and of one stream: an app that reads slowly holds at
+	// most this much of an upstream's answer in the sidecar.
+	H2MaxReceiveBuffer = 1 << 20
+	// H2PingTimeout closes an upstream connection that answers no PING
+	// within it, sent after H2ReadIdleTimeout without a frame: a dead
+	// peer otherwise holds its streams until the request timeout.
+	H2ReadIdleTimeout = 30 * time.Second
+	H2PingTimeout     = 15 * time.Second
+)
+
+// newH2CTransport is the upstream transport of HTTP/2 clients' requests:
+// HTTP/2 with prior knowledge (h2c) over the sidecar's dialer, one
+// multiplexed connection per destination, opening another when the
+// upstream's SETTINGS_MAX_CONCURRENT_STREAMS is reached.
+func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error)) *http.Transport {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &http.Transport{
+		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
+		DialContext:            dial,
+		Protocols:              &p,
+		IdleConnTimeout:        90 * time.Second,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: MaxHeaderBytes,
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerConnection: H2MaxReceiveBuffer,
+			MaxReceiveBufferPerStream:     H2MaxReceiveBuffer,
+			SendPingTimeout:               H2ReadIdleTimeout,
+			PingTimeout:                   H2PingTimeout,
+		},
+	}
+}
+
+// H2MaxConcurrentStreams bounds the streams an app may have open on one
+// HTTP/2 connection to the sidecar (SETTINGS_MAX_CONCURRENT_STREAMS);
+// more are refused with REFUSED_STREAM, which clients retry. Go's own
+// default; with the listener's connection cap it bounds the calls in
+// flight.
+const H2MaxConcurrentStreams = 250
+
+// ServerProtocols are the protocols of the outbound listeners: HTTP/1.x
+// and HTTP/2 with prior knowledge (h2c), told apart by the first bytes.
+func ServerProtocols() *http.Protocols {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &p
+}
+
+// ServerHTTP2 is the HTTP/2 configuration of the outbound listeners:
+// every limit explicit and bounded (docs/grpc.md, "Limits"). The header
+// list is bounded by the server's MaxHeaderBytes (SETTINGS_MAX_HEADER_LIST_SIZE).
+func ServerHTTP2() *http.HTTP2Config {
+	return &http.HTTP2Config{
+		MaxConcurrentStreams:          H2MaxConcurrentStreams,
+		MaxReadFrameSize:              H2MaxReadFrameSize,
+		MaxDecoderHeaderTableSize:     4 << 10,
+		MaxEncoderHeaderTableSize:     4 << 10,
+		MaxReceiveBufferPerConnection: H2MaxReceiveBuffer,
+		MaxReceiveBufferPerStream:     H2MaxReceiveBuffer,
+		SendPingTimeout:               H2ReadIdleTimeout,
+		PingTimeout:                   H2PingTimeout,
+	}
+}
+
+// H2MaxReadFrameSize is the largest frame the sidecar reads (SETTINGS_MAX_FRAME_SIZE).
+const H2MaxReadFrameSize = 1 << 20
+
+// grpcMetrics is minimesh_grpc_requests_total{direction, destination,
+// grpc_code}: every gRPC call once, by the status its client got
+// (docs/metrics.md). A counter of its own rather than a label of
+// minimesh_requests_total: the series of HTTP requests stay as they are
+// (no empty grpc_code on each), and its cardinality is bounded by the
+// destination cap times the 17 codes, made as they are first seen.
+type grpcMetrics struct {
+	vec    *prometheus.CounterVec
+	byDest sync.Map // *telemetry.Destination → *grpcCounters
+}
+
+type grpcCounters [len(grpcNames)]atomic.Pointer[grpcCounter]
+
+type grpcCounter struct{ c prometheus.Counter }
+
+func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
+	vec := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "minimesh_grpc_requests_total",
+		Help: "gRPC calls handled by the sidecar, by direction, destination and the gRPC status the client got (the sidecar's own answers included).",
+	}, []string{"direction", "destination", "grpc_code"})
+	if err := reg.Register(vec); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			vec = are.ExistingCollector.(*prometheus.CounterVec)
+		} else {
+			panic(err)
+		}
+	}
+	return &grpcMetrics{vec: vec}
+}
+
+// observe counts one call of d that ended with code.
+func (g *grpcMetrics) observe(d *telemetry.Destination, code int) {
+	if code < 0 || code >= len(grpcNames) {
+		code = grpcUnknown
+	}
+	v, ok := g.byDest.Load(d)
+	if !ok {
+		v, _ = g.byDest.LoadOrStore(d, new(grpcCounters))
+	}
+	cs := v.(*grpcCounters)
+	c := cs[code].Load()
+	if c == nil {
+		c = &grpcCounter{g.vec.WithLabelValues("outbound", d.Label(), grpcNames[code])}
+		cs[code].CompareAndSwap(nil, c)
+	}
+	c.c.Inc()
+}
+
+// grpcFinal is the status a gRPC call's client got: the upstream's or
+// the sidecar's, else what the client reads from the HTTP status.
+func grpcFinal(st *reqState, httpCode int) int {
+	if st.grpcStatus >= 0 {
+		return st.grpcStatus
+	}
+	return grpcFromHTTP(httpCode)
+}
+
+// endGRPCSpan puts a gRPC call's status on its span, before endSpan: the
+// RPC conventions' rpc.grpc.status_code, and any code but OK is an
+// error of the client span.
+func endGRPCSpan(s trace.Span, code int) {
+	if !s.IsRecording() {
+		return
+	}
+	s.SetAttributes(attribute.Int("rpc.grpc.status_code", code))
+	if code != grpcOK {
+		s.SetStatus(codes.Error, grpcName(code))
+	}
+}
+
+// grpcDeadlineSlack: an upstream's reset this close to a call's deadline
+// is the deadline's, answered DEADLINE_EXCEEDED.
+const grpcDeadlineSlack = 10 * time.Millisecond

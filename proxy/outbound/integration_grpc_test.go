@@ -1,0 +1,316 @@
+package outbound_test
+
+// gRPC through the sidecar (docs/grpc.md): a real grpc-go client speaks
+// h2c to the outbound listener, naming its destination in :authority,
+// and a real grpc-go server answers.
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/outbound"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	grpcstatus "google.golang.org/grpc/status"
+)
+
+const healthSvc = "health-service:50051"
+
+// healthServer answers Check with fail's code (OK when nil) after delay,
+// and records the calls and the grpc-timeout each came with.
+type healthServer struct {
+	healthpb.UnimplementedHealthServer
+	hits    atomic.Int64
+	fail    atomic.Pointer[codes.Code]
+	delay   time.Duration
+	timeout atomic.Pointer[string]
+}
+
+func (s *healthServer) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	s.hits.Add(1)
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get("grpc-timeout"); len(v) > 0 {
+			s.timeout.Store(&v[0])
+		}
+	}
+	if d, ok := ctx.Deadline(); ok {
+		v := time.Until(d).Round(100 * time.Millisecond).String()
+		s.timeout.Store(&v)
+	}
+	if s.delay > 0 {
+		select {
+		case <-time.After(s.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if c := s.fail.Load(); c != nil {
+		return nil, grpcstatus.Error(*c, "failing on purpose")
+	}
+	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
+}
+
+// Watch streams three answers 300 ms apart.
+func (s *healthServer) Watch(_ *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
+	for i := 0; i < 3; i++ {
+		if err := stream.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}); err != nil {
+			return err
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return grpcstatus.Error(codes.Unavailable, "stream over")
+}
+
+func startGRPC(t *testing.T, hs healthpb.HealthServer) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	healthpb.RegisterHealthServer(s, hs)
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(s.Stop)
+	return ln.Addr().String()
+}
+
+// grpcClient dials the sidecar's outbound listener with h2c prior
+// knowledge, as an app does whose gRPC channel points at the sidecar,
+// naming the destination in :authority.
+func grpcClient(t *testing.T, sc *testSidecar, authority string) healthpb.HealthClient {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+sc.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority(authority))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return healthpb.NewHealthClient(cc)
+}
+
+func check(c healthpb.HealthClient, timeout time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	_, err := c.Check(ctx, &healthpb.HealthCheckRequest{})
+	return time.Since(start), err
+}
+
+func TestGRPCThroughSidecar(t *testing.T) {
+	addr := startGRPC(t, health.NewServer())
+	sc := startSidecar(t, "", resolve(addr, healthSvc))
+	c := grpcClient(t, sc, healthSvc)
+	for i := 0; i < 3; i++ {
+		if _, err := check(c, 5*time.Second); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if got := sc.metric("minimesh_grpc_requests_total", "destination", healthSvc, "grpc_code", "OK"); got != 3 {
+		t.Errorf("grpc_requests_total{OK} = %v, want 3", got)
+	}
+	if got := sc.metric("minimesh_requests_total", "destination", healthSvc, "method", "POST", "code", "200"); got != 3 {
+		t.Errorf("requests_total{POST,200} = %v, want 3", got)
+	}
+}
+
+// TestGRPCBreaker: UNAVAILABLE counts as the 503 it is equivalent to,
+// under the default failOn; the breaker opens on the third and the
+// fourth call is answered by the sidecar in gRPC, without reaching the
+// server.
+func TestGRPCBreaker(t *testing.T) {
+	hs := &healthServer{}
+	unavailable := codes.Unavailable
+	hs.fail.Store(&unavailable)
+	addr := startGRPC(t, hs)
+	sc := startSidecar(t, policyDoc("health", healthSvc, "circuitBreaker:\n  consecutiveFailures: 3\n  openTimeout: 30s\n"), resolve(addr, healthSvc))
+	c := grpcClient(t, sc, healthSvc)
+	for i := 1; i <= 3; i++ {
+		_, err := check(c, 5*time.Second)
+		if grpcstatus.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "failing on purpose") {
+			t.Fatalf("call %d: %v, want the server's Unavailable", i, err)
+		}
+	}
+	took, err := check(c, 5*time.Second)
+	if grpcstatus.Code(err) != codes.Unavailable || !strings.Contains(grpcstatus.Convert(err).Message(), "minimesh") ||
+		!strings.Contains(grpcstatus.Convert(err).Message(), healthSvc) {
+		t.Fatalf("call 4: %v, want Unavailable from minimesh naming %s", err, healthSvc)
+	}
+	if took > fastFail {
+		t.Errorf("fast fail took %v", took)
+	}
+	if n := hs.hits.Load(); n != 3 {
+		t.Errorf("server saw %d calls, want 3", n)
+	}
+	if got := sc.metric("minimesh_grpc_requests_total", "destination", healthSvc, "grpc_code", "UNAVAILABLE"); got != 4 {
+		t.Errorf("grpc_requests_total{UNAVAILABLE} = %v, want 4", got)
+	}
+	if got := sc.metric("minimesh_circuit_breaker_rejected_total", "destination", healthSvc); got != 1 {
+		t.Errorf("rejected_total = %v, want 1", got)
+	}
+}
+
+// TestGRPCOtherCodesDoNotTrip: NOT_FOUND counts as a 404, which the
+// default failOn does not count.
+func TestGRPCOtherCodesDoNotTrip(t *testing.T) {
+	hs := &healthServer{}
+	nf := codes.NotFound
+	hs.fail.Store(&nf)
+	addr := startGRPC(t, hs)
+	sc := startSidecar(t, policyDoc("health", healthSvc, "circuitBreaker:\n  consecutiveFailures: 2\n"), resolve(addr, healthSvc))
+	c := grpcClient(t, sc, healthSvc)
+	for i := 1; i <= 4; i++ {
+		if _, err := check(c, 5*time.Second); grpcstatus.Code(err) != codes.NotFound {
+			t.Fatalf("call %d: %v, want NotFound", i, err)
+		}
+	}
+	if n := hs.hits.Load(); n != 4 {
+		t.Errorf("server saw %d calls, want 4", n)
+	}
+}
+
+// TestGRPCTimeout: the policy's timeout answers DEADLINE_EXCEEDED, and
+// the upstream learns the cap in grpc-timeout; a shorter grpc-timeout of
+// the client's is kept.
+func TestGRPCTimeout(t *testing.T) {
+	hs := &healthServer{delay: 2 * time.Second}
+	addr := startGRPC(t, hs)
+	sc := startSidecar(t, policyDoc("health", healthSvc, "timeout: 300ms\n"), resolve(addr, healthSvc))
+	c := grpcClient(t, sc, healthSvc)
+	took, err := check(c, 10*time.Second)
+	// The sidecar's timer and the server's deadline (the same 300ms)
+	// race: either answers DEADLINE_EXCEEDED.
+	if grpcstatus.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("%v, want DeadlineExceeded", err)
+	}
+	if took > 1500*time.Millisecond {
+		t.Errorf("took %v, want about 300ms", took)
+	}
+	if v := hs.timeout.Load(); v == nil || *v != "300ms" {
+		t.Errorf("the server's deadline was %v, want the policy's 300ms", v)
+	}
+	if got := sc.metric("minimesh_grpc_requests_total", "destination", healthSvc, "grpc_code", "DEADLINE_EXCEEDED"); got != 1 {
+		t.Errorf("grpc_requests_total{DEADLINE_EXCEEDED} = %v, want 1", got)
+	}
+	hs.timeout.Store(nil)
+	took, err = check(c, 100*time.Millisecond)
+	if grpcstatus.Code(err) != codes.DeadlineExceeded || took > time.Second {
+		t.Fatalf("%v after %v, want DeadlineExceeded after about 100ms", err, took)
+	}
+	if v := hs.timeout.Load(); v == nil || *v != "100ms" {
+		t.Errorf("the server's deadline was %v, want the client's 100ms", v)
+	}
+}
+
+// TestGRPCConnectFailure: an unreachable upstream is UNAVAILABLE from
+// minimesh.
+func TestGRPCConnectFailure(t *testing.T) {
+	sc := startSidecar(t, "", resolve(refusedAddr(t), healthSvc))
+	c := grpcClient(t, sc, healthSvc)
+	_, err := check(c, 5*time.Second)
+	if grpcstatus.Code(err) != codes.Unavailable || !strings.Contains(grpcstatus.Convert(err).Message(), "minimesh: cannot connect to "+healthSvc) {
+		t.Fatalf("%v, want Unavailable from minimesh", err)
+	}
+}
+
+// TestGRPCServerStreaming: a server-streaming call's messages reach the
+// client as they are sent, and its trailers' status with them.
+func TestGRPCServerStreaming(t *testing.T) {
+	addr := startGRPC(t, &healthServer{})
+	sc := startSidecar(t, "", resolve(addr, healthSvc))
+	c := grpcClient(t, sc, healthSvc)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	s, err := c.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if first := time.Since(start); first > 250*time.Millisecond {
+		t.Errorf("first message after %v: buffered, not streamed", first)
+	}
+	n := 1
+	for {
+		if _, err = s.Recv(); err != nil {
+			break
+		}
+		n++
+	}
+	if n != 3 || grpcstatus.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "stream over") {
+		t.Errorf("%d messages then %v; want 3 then the server's Unavailable", n, err)
+	}
+	sc.waitMetric(1, 2*time.Second, "minimesh_grpc_requests_total", "destination", healthSvc, "grpc_code", "UNAVAILABLE")
+}
+
+// TestGRPCRedirected: a redirected connection whose first bytes are the
+// HTTP/2 preface is served as HTTP/2 by the redirected connections'
+// server: the call goes to the original destination, named by
+// :authority on its port.
+func TestGRPCRedirected(t *testing.T) {
+	addr := startGRPC(t, health.NewServer())
+	orig := netip.MustParseAddrPort(addr)
+	m := telemetry.New(0)
+	h := outbound.New(outbound.Config{Metrics: m}, policy.NewTable(nil, "default"))
+	srv := &http.Server{
+		Handler:     h.Transparent(),
+		Protocols:   outbound.ServerProtocols(),
+		HTTP2:       outbound.ServerHTTP2(),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context { return outbound.WithOriginalDst(ctx, orig) },
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); h.CloseIdleConnections() })
+	cc, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority("health-service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := healthpb.NewHealthClient(cc)
+	for i := 0; i < 3; i++ {
+		if _, err := check(c, 5*time.Second); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	dest := net.JoinHostPort("health-service", strconv.Itoa(int(orig.Port())))
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got float64
+	for _, mf := range mfs {
+		if mf.GetName() != "minimesh_grpc_requests_total" {
+			continue
+		}
+		for _, s := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range s.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["destination"] == dest && labels["grpc_code"] == "OK" {
+				got += s.GetCounter().GetValue()
+			}
+		}
+	}
+	if got != 3 {
+		t.Errorf("grpc_requests_total{destination=%s, OK} = %v, want 3", dest, got)
+	}
+}
