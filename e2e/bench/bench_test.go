@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -207,5 +209,129 @@ func TestPeerConfigs(t *testing.T) {
 		if out, err := runCmd(ctx, haproxy, "-c", "-q", "-f", conf); err != nil {
 			t.Errorf("haproxy -c: %v\n%s", err, out)
 		}
+	}
+}
+
+func TestLoadArgsNewConn(t *testing.T) {
+	l := loadSpec{qps: 200, conns: 16, duration: time.Second, res: 0.00001, addr: "198.19.31.7:8080", host: "198.19.31.7:8080", newConn: true}
+	if got := strings.Join(l.args("o"), " "); !strings.Contains(got, "-keepalive=false ") {
+		t.Errorf("new-connection fortio args %q lack -keepalive=false", got)
+	}
+	l.newConn = false
+	if got := strings.Join(l.args("o"), " "); strings.Contains(got, "keepalive") {
+		t.Errorf("keep-alive fortio args %q", got)
+	}
+}
+
+func TestParseFlagsTransparent(t *testing.T) {
+	o, err := parseFlags([]string{"-transparent", "-newconn-qps", "100"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.transparent || o.newConnQPS != 100 {
+		t.Errorf("options %+v", o)
+	}
+	if _, err := parseFlags([]string{"-newconn-qps", "-1"}); err == nil {
+		t.Error("-newconn-qps -1: no error")
+	}
+}
+
+// TestMarkdownTransparent: the namespace targets are measured against
+// their own baselines, and the comparison section gives ratios to direct.
+func TestMarkdownTransparent(t *testing.T) {
+	o, err := parseFlags([]string{"-runs", "1", "-transparent", "-scenarios", "direct"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := newReport(o)
+	sc := &proc.Proc{}
+	rep.targets = []*target{{key: keyDirect, name: "direct"},
+		{key: keyNetnsDirect, name: "direct (netns)", netns: "p", base: keyDirect},
+		{key: keyNetnsExplicit, name: "minimesh explicit (netns)", netns: "p", base: keyNetnsDirect, proc: sc},
+		{key: keyNetnsTransparent, name: "minimesh transparent (netns)", netns: "p", base: keyNetnsDirect, proc: sc},
+		{key: keyNetnsDirect + newConnSuffix, name: "direct (netns, new)", netns: "p", base: keyNetnsDirect, qps: 200, newConn: true},
+		{key: keyNetnsTransparent + newConnSuffix, name: "minimesh transparent (netns, new)", netns: "p",
+			base: keyNetnsDirect + newConnSuffix, qps: 200, newConn: true, proc: sc},
+	}
+	lat := func(p50, p99 time.Duration) map[float64]time.Duration {
+		return map[float64]time.Duration{50: p50, 90: p50, 99: p99, 99.9: p99}
+	}
+	us := time.Microsecond
+	add := func(key string, qps float64, p50, p99 time.Duration, cpu time.Duration) {
+		rep.add(key, sample{run: 1, qps: qps, requests: int64(qps * 10), lat: lat(p50, p99), cpu: cpu, hasCPU: cpu > 0})
+	}
+	add(keyDirect, 1000, 80*us, 200*us, 0)
+	add(keyNetnsDirect, 1000, 100*us, 300*us, 0)
+	add(keyNetnsExplicit, 1000, 250*us, 600*us, 1500*time.Millisecond)
+	add(keyNetnsTransparent, 1000, 260*us, 900*us, 1600*time.Millisecond)
+	add(keyNetnsDirect+newConnSuffix, 200, 400*us, 1000*us, 0)
+	add(keyNetnsTransparent+newConnSuffix, 200, 800*us, 3000*us, 600*time.Millisecond)
+	md := rep.markdown()
+	for _, want := range []string{
+		"| direct (netns) | +0.020 | +0.020 | +0.100 | +0.100 | direct |",
+		"| minimesh transparent (netns) | +0.160 | +0.160 | +0.600 | +0.600 | direct (netns) |",
+		"| minimesh transparent (netns, new) | +0.400 | +0.400 | +2.000 | +2.000 | direct (netns, new) |",
+		"## Transparent interception",
+		"| keep-alive, 1000 requests/s | direct | 0.100 | 0.300 | 1.00 | 1.00 | – | – | – | 1000.0 | 0 |",
+		"| keep-alive, 1000 requests/s | transparent | 0.260 | 0.900 | 2.60 | 3.00 | +0.160 | +0.600 | 160.0 | 1000.0 | 0 |",
+		"| new per request, 200 requests/s | transparent | 0.800 | 3.000 | 2.00 | 3.00 | +0.400 | +2.000 | 300.0 | 200.0 | 0 |",
+		"- Keep-alive: transparent minus explicit: p50 +0.010 ms, p99 +0.300 ms",
+		"| 1 | direct (netns, new) | 200 |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "| direct (netns) | 0.0 |") {
+		t.Error("the cost table has a row for a target without a proxy")
+	}
+	if strings.Contains(md, "Noisy") {
+		t.Errorf("runs at their own rate reported as noisy:\n%s", md)
+	}
+}
+
+// TestTransparentSmoke runs the harness with -transparent for a second per
+// target: the namespaces are made, every target answers 200 through the
+// path it names, and nothing is left behind.
+func TestTransparentSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	if err := needTransparent(); err != nil {
+		proc.Unmet(t, "%v", err)
+	}
+	proc.NeedTool(t, "fortio")
+	if _, err := tools.Binary("minimesh-proxy"); err != nil {
+		proc.Unmet(t, "%v (make build)", err)
+	}
+	out := filepath.Join(t.TempDir(), "report.md")
+	o, err := parseFlags([]string{"-transparent", "-scenarios", "direct", "-runs", "1", "-t", "1s", "-warmup", "0",
+		"-max-t", "0", "-qps", "200", "-newconn-qps", "50", "-out", out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := run(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(b)
+	for _, want := range []string{"## Transparent interception", "| keep-alive, 200 requests/s | transparent |",
+		"| new per request, 50 requests/s | explicit |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	ip, _ := tools.Find("ip")
+	list, err := exec.Command(ip, "netns", "list").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mine := nsPrefix + "pod-" + strconv.Itoa(os.Getpid()); strings.Contains(string(list), mine) {
+		t.Errorf("%s left behind: %s", mine, list)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
 // percentiles that fortio computes and the report shows.
@@ -62,6 +64,8 @@ type loadSpec struct {
 	res      float64 // histogram resolution, seconds
 	addr     string  // where to connect
 	host     string  // Host header: the upstream
+	netns    string  // network namespace to run fortio in (ip netns exec); "": the harness's
+	newConn  bool    // a new connection for every request (-keepalive=false)
 }
 
 // args is fortio's command line for the run, writing JSON to jsonPath.
@@ -79,6 +83,11 @@ func (l loadSpec) args(jsonPath string) []string {
 		"-H", "Host: " + l.host,
 		"-json", jsonPath,
 		"-quiet",
+	}
+	if l.newConn {
+		// Connect, send, read, close: every request pays for a new
+		// connection, and its latency includes the connect.
+		a = append(a, "-keepalive=false")
 	}
 	if l.qps > 0 {
 		// Spread the connections' requests evenly over time instead of
@@ -98,7 +107,17 @@ func runLoad(ctx context.Context, fortio, dir string, l loadSpec) (*fortioResult
 	defer os.Remove(f.Name())
 	ctx, cancel := context.WithTimeout(ctx, l.duration+time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, fortio, l.args(f.Name())...)
+	path, args := fortio, l.args(f.Name())
+	if l.netns != "" {
+		// ip execs fortio in the namespace: the process killed on a
+		// timeout or an interrupt is fortio itself.
+		ip, err := tools.Find("ip")
+		if err != nil {
+			return nil, err
+		}
+		path, args = ip, append([]string{"netns", "exec", l.netns, fortio}, args...)
+	}
+	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Env = cleanEnv()
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()

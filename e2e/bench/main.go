@@ -15,6 +15,14 @@
 //
 //	go run ./e2e/bench [-qps 1000] [-c 16] [-t 10s] [-runs 3] [-out FILE]
 //
+// With -transparent (root) it also measures the transparent path against
+// the explicit one: in a pod network namespace with the real
+// `minimesh-proxy init` rules and the sidecar as uid 15000, fortio sends
+// the same load to the upstream across a veth pair directly, through the
+// sidecar as an explicit proxy, and to the upstream's address redirected
+// to the sidecar; then the same with a new connection per request
+// (netns.go). The namespaces are removed on the way out.
+//
 // It prints a Markdown report and writes it to -out. It exits 1 when any
 // request was not answered 200, or a process failed; every process it
 // started is ended on the way out, interrupted or not.
@@ -60,6 +68,8 @@ type options struct {
 	resolution  float64
 	workers     int
 	keep        bool
+	transparent bool
+	newConnQPS  float64
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -83,6 +93,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.Float64Var(&o.resolution, "resolution", 0.00001, "fortio histogram resolution in seconds (fortio -r)")
 	fs.IntVar(&o.workers, "peer-workers", runtime.NumCPU(), "nginx worker processes and HAProxy threads (the sidecar, like any Go program, uses every core)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with the generated configs")
+	fs.BoolVar(&o.transparent, "transparent", false, "also measure in a pod network namespace with minimesh-proxy init's rules (needs root): direct, the sidecar as explicit proxy, and transparently redirected to it")
+	fs.Float64Var(&o.newConnQPS, "newconn-qps", 200, "with -transparent: fixed rate of the runs with a new connection per request (fortio -keepalive=false) against the three namespace targets (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -102,6 +114,8 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("-warmup and -max-t must be ≥ 0")
 	case o.workers < 1:
 		return nil, errors.New("-peer-workers must be ≥ 1")
+	case o.newConnQPS < 0:
+		return nil, errors.New("-newconn-qps must be ≥ 0")
 	}
 	for _, k := range o.scenarioKeys() {
 		if !slices.Contains(allKeys, k) {
@@ -153,8 +167,13 @@ func run(ctx context.Context, o *options) (err error) {
 	if err != nil {
 		return err
 	}
+	if o.transparent {
+		if err := needTransparent(); err != nil {
+			return err
+		}
+	}
 	var sidecarBin, nginxBin, haproxyBin string
-	if o.want(keyMinimesh) {
+	if o.want(keyMinimesh) || o.transparent || len(o.variants) > 0 {
 		if sidecarBin = o.sidecar; sidecarBin == "" {
 			if sidecarBin, err = tools.Binary("minimesh-proxy"); err != nil {
 				return err
@@ -191,6 +210,20 @@ func run(ctx context.Context, o *options) (err error) {
 
 	ps := &procs{}
 	defer ps.stopAll()
+
+	var world *netnsWorld
+	if o.transparent {
+		if world, err = newNetnsWorld(ctx, sidecarBin); err != nil {
+			return err
+		}
+		logf("namespaces %s and %s; %s", world.pod, world.peer, world.backend())
+		// Before the deferred stopAll above: the processes in the
+		// namespaces end first, then the namespaces go.
+		defer func() {
+			ps.stopAll()
+			world.remove()
+		}()
+	}
 
 	upstream, err := startUpstream(ctx, ps, fortio, dir, o.bodySize)
 	if err != nil {
@@ -241,6 +274,13 @@ func run(ctx context.Context, o *options) (err error) {
 		}
 		targets = append(targets, t)
 	}
+	if world != nil {
+		ts, err := startNetnsTargets(ctx, ps, world, fortio, sidecarBin, dir, o, rep.fortioVersion)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, ts...)
+	}
 	for _, t := range targets {
 		logf("%-15s %s", t.name, t.addr)
 	}
@@ -280,7 +320,18 @@ func run(ctx context.Context, o *options) (err error) {
 func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) error {
 	o, targets := r.o, r.targets
 	spec := func(t *target, qps float64, d time.Duration) loadSpec {
-		return loadSpec{qps: qps, conns: o.conns, duration: d, res: o.resolution, addr: t.addr, host: upstream}
+		host := upstream
+		if t.host != "" {
+			host = t.host
+		}
+		return loadSpec{qps: qps, conns: o.conns, duration: d, res: o.resolution, addr: t.addr, host: host,
+			netns: t.netns, newConn: t.newConn}
+	}
+	rate := func(t *target) float64 {
+		if t.qps > 0 {
+			return t.qps
+		}
+		return o.qps
 	}
 	// check runs after every load: a proxy that answered anything but 200
 	// gets its breakers' state into the log and the report.
@@ -304,7 +355,7 @@ func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) e
 	if o.warmup > 0 {
 		for _, t := range targets {
 			logf("warm-up %s (%v)", t.name, o.warmup)
-			_, err := runLoad(ctx, fortio, dir, spec(t, o.qps, o.warmup))
+			_, err := runLoad(ctx, fortio, dir, spec(t, rate(t), o.warmup))
 			if err := check(t, sample{}, err); err != nil {
 				return err
 			}
@@ -316,7 +367,7 @@ func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) e
 	for round := 0; round < o.runs; round++ {
 		for i := range targets {
 			t := targets[(i+round)%len(targets)]
-			s, err := measure(ctx, fortio, dir, t, round+1, spec(t, o.qps, o.duration))
+			s, err := measure(ctx, fortio, dir, t, round+1, spec(t, rate(t), o.duration))
 			if err := check(t, s, err); err != nil {
 				return err
 			}
@@ -362,7 +413,7 @@ func diagnose(ctx context.Context, t *target) string {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	body, err := getBody(ctx, "http://"+t.admin+"/debug/breakers")
+	body, err := getBody(ctx, t.httpClient(), "http://"+t.admin+"/debug/breakers")
 	if err != nil {
 		return fmt.Sprintf("%s GET /debug/breakers: %v", t.name, err)
 	}
@@ -403,7 +454,7 @@ func measure(ctx context.Context, fortio, dir string, t *target, run int, l load
 // checkSidecar sends one request through the sidecar and checks that it
 // reached the upstream and came back through the sidecar.
 func checkSidecar(ctx context.Context, t *target, upstream string) error {
-	resp, err := get(ctx, "http://"+t.addr+"/", upstream)
+	resp, err := getVia(ctx, t.httpClient(), "http://"+t.addr+"/", upstream)
 	if err != nil {
 		return fmt.Errorf("request through minimesh-proxy: %w", err)
 	}
@@ -412,6 +463,12 @@ func checkSidecar(ctx context.Context, t *target, upstream string) error {
 			upstream, resp.Status, resp.Header.Get("X-Minimesh-Error"), t.proc.Output())
 	}
 	if resp.Header.Get("X-Request-ID") == "" {
+		if t.netns != "" {
+			// In a namespace, the sign that the request went through the
+			// sidecar at all (the redirect worked): without it the
+			// figures would be direct's.
+			return fmt.Errorf("%s: the response to GET http://%s/ (Host %s) has no X-Request-ID: it did not come through the sidecar", t.name, t.addr, upstream)
+		}
 		logf("warning: the sidecar's response has no X-Request-ID header")
 	}
 	return nil

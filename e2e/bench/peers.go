@@ -7,8 +7,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
@@ -24,6 +26,31 @@ type target struct {
 	admin   string     // the sidecar's admin address
 	version string
 	config  string // how it was configured, for the report
+
+	// Set by -transparent (netns.go); zero values are the loopback
+	// scenarios' defaults.
+	host    string       // Host header; "": the upstream
+	netns   string       // network namespace the load generator runs in; "": the harness's
+	client  *http.Client // for checks and the admin port; nil: probe
+	base    string       // key of the target its added latency is measured against; "": direct
+	qps     float64      // its fixed rate; 0: -qps
+	newConn bool         // a new connection per request (fortio -keepalive=false)
+}
+
+// baseKey is the key of the target t's added latency is measured against.
+func (t *target) baseKey() string {
+	if t.base == "" {
+		return keyDirect
+	}
+	return t.base
+}
+
+// httpClient is the client that reaches t's addresses.
+func (t *target) httpClient() *http.Client {
+	if t.client == nil {
+		return probe
+	}
+	return t.client
 }
 
 const (
@@ -64,19 +91,24 @@ func startUpstream(ctx context.Context, ps *procs, fortio, dir string, bodySize 
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return "", err
 	}
-	p, err := ps.start("upstream (fortio server)", fortio, []string{"server",
-		"-http-port", addr,
+	p, err := ps.start("upstream (fortio server)", fortio, upstreamArgs(addr, data, bodySize), cleanEnv(), dir)
+	if err != nil {
+		return "", err
+	}
+	return addr, waitOK(ctx, p, "http://"+addr+"/", "", 10*time.Second)
+}
+
+// upstreamArgs is fortio's command line for an echo server on listen.
+func upstreamArgs(listen, data string, bodySize int) []string {
+	return []string{"server",
+		"-http-port", listen,
 		"-grpc-port", "disabled", "-redirect-port", "disabled",
 		"-tcp-port", "disabled", "-udp-port", "disabled",
 		"-ui-path", "", "-echo-debug-path", "",
 		"-data-dir", data,
 		"-echo-server-default-params", fmt.Sprintf("size=%d", bodySize),
 		"-quiet",
-	}, cleanEnv(), dir)
-	if err != nil {
-		return "", err
 	}
-	return addr, waitOK(ctx, p, "http://"+addr+"/", "", 10*time.Second)
 }
 
 // startSidecar starts bin/minimesh-proxy with a policy for the upstream
@@ -100,6 +132,27 @@ func startSidecarVariant(ctx context.Context, ps *procs, bin, dir, upstream stri
 	if err := os.MkdirAll(policyDir, 0o755); err != nil {
 		return nil, err
 	}
+	return startSidecarProc(ctx, ps, bin, dir, upstream, o, more, sidecarPlace{
+		name: "minimesh-proxy", variant: name, policyDir: policyDir, out: out, admin: admin})
+}
+
+// sidecarPlace is where and how a sidecar runs: its listeners, and for
+// -transparent the pod namespace and user.
+type sidecarPlace struct {
+	name       string // process name, for messages
+	variant    string // -variant name; "": the main sidecar
+	policyDir  string // made, empty
+	out, admin string // its outbound and admin addresses
+	client     *http.Client
+	credential *syscall.Credential
+	start      func(*exec.Cmd) error
+}
+
+// startSidecarProc starts a sidecar at pl with more arguments (leading
+// NAME=value words are its environment) and waits for its /ready.
+func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string, o *options, more string, pl sidecarPlace) (*target, error) {
+	var err error
+	name, policyDir, out, admin := pl.variant, pl.policyDir, pl.out, pl.admin
 	policy := []byte(sidecarPolicy(upstream))
 	if o.policyFile != "" {
 		if policy, err = os.ReadFile(o.policyFile); err != nil {
@@ -127,18 +180,23 @@ func startSidecarVariant(ctx context.Context, ps *procs, bin, dir, upstream stri
 		}
 		args = append(args, f)
 	}
-	p, err := ps.start("minimesh-proxy", bin, args, cleanEnv(env...), dir)
+	p, err := ps.startWith(pl.name, bin, args, proc.Options{Env: cleanEnv(env...), Dir: dir,
+		Credential: pl.credential, Start: pl.start})
 	if err != nil {
 		return nil, err
 	}
-	if err := waitOK(ctx, p, "http://"+admin+"/ready", "", 15*time.Second); err != nil {
+	c := pl.client
+	if c == nil {
+		c = probe
+	}
+	if err := waitOKVia(ctx, c, p, "http://"+admin+"/ready", "", 15*time.Second); err != nil {
 		return nil, err
 	}
 	key, tname := keyMinimesh, "minimesh-proxy"
 	if name != "" {
 		key, tname = keyMinimesh+":"+name, "minimesh-proxy ("+name+")"
 	}
-	t := &target{key: key, name: tname, addr: out, proc: p, admin: admin,
+	t := &target{key: key, name: tname, addr: out, proc: p, admin: admin, client: pl.client,
 		version: binaryVersion(bin),
 		config:  "`minimesh-proxy " + strings.Join(args, " ") + "`"}
 	if len(env) > 0 {
@@ -321,6 +379,11 @@ var probe = &http.Client{
 // get sends one GET to url with the given Host header (none: the URL's)
 // and returns the response with its body read.
 func get(ctx context.Context, url, host string) (*http.Response, error) {
+	return getVia(ctx, probe, url, host)
+}
+
+// getVia is get with client c.
+func getVia(ctx context.Context, c *http.Client, url, host string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
@@ -328,7 +391,7 @@ func get(ctx context.Context, url, host string) (*http.Response, error) {
 	if host != "" {
 		req.Host = host
 	}
-	resp, err := probe.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -338,12 +401,12 @@ func get(ctx context.Context, url, host string) (*http.Response, error) {
 }
 
 // getBody GETs url and returns the body of a 200 response.
-func getBody(ctx context.Context, url string) (string, error) {
+func getBody(ctx context.Context, c *http.Client, url string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := probe.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return "", err
 	}
@@ -357,13 +420,18 @@ func getBody(ctx context.Context, url string) (string, error) {
 
 // waitOK polls url until it answers 200, p exits, or timeout passes.
 func waitOK(ctx context.Context, p *proc.Proc, url, host string, timeout time.Duration) error {
+	return waitOKVia(ctx, probe, p, url, host, timeout)
+}
+
+// waitOKVia is waitOK with client c.
+func waitOKVia(ctx context.Context, c *http.Client, p *proc.Proc, url, host string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last string
 	for {
 		if err := p.Alive(); err != nil {
 			return err
 		}
-		resp, err := get(ctx, url, host)
+		resp, err := getVia(ctx, c, url, host)
 		switch {
 		case err == nil && resp.StatusCode == http.StatusOK:
 			return nil

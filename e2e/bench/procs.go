@@ -21,7 +21,13 @@ type procs struct {
 // start starts path with args in dir; env nil is the harness's own
 // environment.
 func (ps *procs) start(name, path string, args, env []string, dir string) (*proc.Proc, error) {
-	p, err := proc.Start(name, path, args, proc.Options{Env: env, Dir: dir})
+	return ps.startWith(name, path, args, proc.Options{Env: env, Dir: dir})
+}
+
+// startWith starts path with args and every option of proc.Start: a user
+// and a network namespace to start in, say.
+func (ps *procs) startWith(name, path string, args []string, opt proc.Options) (*proc.Proc, error) {
+	p, err := proc.Start(name, path, args, opt)
 	if err != nil {
 		return nil, err
 	}

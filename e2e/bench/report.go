@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/wellknown"
 )
 
 // Targets of minimesh-proxy, and what other meshes' data planes use, for
@@ -143,7 +144,7 @@ func (r *report) slowRuns() []string {
 	var slow []string
 	for _, t := range r.targets {
 		for _, s := range r.samples[t.key] {
-			if s.qps < 0.97*r.o.qps {
+			if s.qps < 0.97*r.rate(t) {
 				slow = append(slow, fmt.Sprintf("round %d %s (%.0f requests/s)", s.run, t.name, s.qps))
 			}
 		}
@@ -168,6 +169,14 @@ func (r *report) failures() []string {
 		check("maximum-rate", r.maxSamples[t.key])
 	}
 	return f
+}
+
+// rate is t's fixed request rate.
+func (r *report) rate(t *target) float64 {
+	if t.qps > 0 {
+		return t.qps
+	}
+	return r.o.qps
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond)) }
@@ -254,6 +263,11 @@ func (r *report) markdown() string {
 		r.fortioVersion, rate, o.conns, o.duration, o.runs, o.warmup,
 		strconv.FormatFloat(o.resolution*1000, 'f', -1, 64))
 	w("- Upstream: fortio echo server on loopback, 200 with a %d-byte body; every request carries `Host: <upstream>`\n", o.bodySize)
+	if o.transparent {
+		w("- Namespaces (`-transparent`): the (netns) targets' fortio runs in a pod network namespace with `minimesh-proxy init`'s rules; "+
+			"the upstream, the same echo server, in a peer namespace across a veth pair; the sidecar in the pod as uid %d serves both the explicit and the transparent target\n",
+			wellknown.ProxyUID)
+	}
 	w("\n")
 
 	if slow := r.slowRuns(); len(slow) > 0 {
@@ -275,13 +289,26 @@ func (r *report) markdown() string {
 
 	if len(r.targets) > 1 {
 		w("## Added latency vs direct\n\n")
-		w("Milliseconds: the scenario's median percentile minus direct's.\n\n")
-		row("scenario", "p50", "p90", "p99", "p99.9")
-		row("---", "---:", "---:", "---:", "---:")
+		if o.transparent {
+			w("Milliseconds: the scenario's median percentile minus that of the scenario in the last column.\n\n")
+			row("scenario", "p50", "p90", "p99", "p99.9", "against")
+			row("---", "---:", "---:", "---:", "---:", "---")
+		} else {
+			w("Milliseconds: the scenario's median percentile minus direct's.\n\n")
+			row("scenario", "p50", "p90", "p99", "p99.9")
+			row("---", "---:", "---:", "---:", "---:")
+		}
 		for _, t := range r.targets[1:] {
-			s := sums[t.key]
-			row(t.name, plusMs(s.lat[50]-direct.lat[50]), plusMs(s.lat[90]-direct.lat[90]),
-				plusMs(s.lat[99]-direct.lat[99]), plusMs(s.lat[99.9]-direct.lat[99.9]))
+			s, base := sums[t.key], sums[t.baseKey()]
+			if base == nil {
+				continue
+			}
+			cells := []string{t.name, plusMs(s.lat[50] - base.lat[50]), plusMs(s.lat[90] - base.lat[90]),
+				plusMs(s.lat[99] - base.lat[99]), plusMs(s.lat[99.9] - base.lat[99.9])}
+			if o.transparent {
+				cells = append(cells, base.t.name)
+			}
+			row(cells...)
 		}
 		w("\n")
 
@@ -294,8 +321,11 @@ func (r *report) markdown() string {
 		row("---", "---:", "---:", "---:", "---:", "---:", "---:")
 		for _, t := range r.targets[1:] {
 			s := sums[t.key]
+			if t.proc == nil && !s.hasCPU {
+				continue // no proxy: direct (netns)
+			}
 			cpuR, rssR := "–", "–"
-			if side != nil && t.key != keyMinimesh {
+			if side != nil && t.key != keyMinimesh && t.netns == "" {
 				cpuR = ratio(float64(side.cpuPer1k), float64(s.cpuPer1k))
 				rssR = ratio(float64(side.usage.PeakRSS), float64(s.usage.PeakRSS))
 			}
@@ -343,6 +373,10 @@ func (r *report) markdown() string {
 		w("\nFor scale: Istio's sidecar Envoy uses about 0.20 vCPU and 60 MB per 1,000 requests/s, ztunnel about 0.06 vCPU and 12 MB.\n\n")
 	}
 
+	if o.transparent {
+		r.transparentSection(&b, sums)
+	}
+
 	w("## Setup\n\n")
 	row("scenario", "version", "configuration")
 	row("---", "---", "---")
@@ -364,15 +398,83 @@ func (r *report) markdown() string {
 					if s.run != round {
 						continue
 					}
+					rate := kind.rate
+					if t.qps > 0 && rate != "max" {
+						rate = strconv.FormatFloat(t.qps, 'f', -1, 64)
+					}
 					cpu := "–"
 					if s.hasCPU {
 						cpu = fmt.Sprintf("%.1f", float64(s.cpuPer1k())/float64(time.Millisecond))
 					}
-					row(strconv.Itoa(round), t.name, kind.rate, ms(s.lat[50]), ms(s.lat[90]), ms(s.lat[99]), ms(s.lat[99.9]),
+					row(strconv.Itoa(round), t.name, rate, ms(s.lat[50]), ms(s.lat[90]), ms(s.lat[99]), ms(s.lat[99.9]),
 						fmt.Sprintf("%.1f", s.qps), strconv.FormatInt(s.errors, 10), cpu)
 				}
 			}
 		}
 	}
 	return b.String()
+}
+
+// transparentSection is -transparent's comparison: the explicit and the
+// transparent path against direct in the same namespaces, with keep-alive
+// at -qps and with a new connection per request at -newconn-qps.
+func (r *report) transparentSection(b *strings.Builder, sums map[string]*summary) {
+	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	row := func(cells ...string) { w("| %s |\n", strings.Join(cells, " | ")) }
+	ratioDur := func(a, b time.Duration) string {
+		if b <= 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f", float64(a)/float64(b))
+	}
+	w("## Transparent interception\n\n")
+	w("The (netns) targets: fortio in the pod namespace; the upstream across the veth pair. " +
+		"Explicit: requests to the sidecar's 127.0.0.1:15001 with `Host: <upstream>`, as through `HTTP_PROXY`. " +
+		"Transparent: requests to the upstream's address, redirected to the same sidecar by the pod's rules (one `SO_ORIGINAL_DST` and protocol detection per connection). " +
+		"Medians over the rounds; \"× direct\" is the figure divided by direct (netns)'s with the same connection handling, in the same run; added is the difference. " +
+		"With a new connection per request (`-keepalive=false`) each request's latency runs from connect to the response read.\n\n")
+	row("connections", "path", "p50 ms", "p99 ms", "p50 × direct", "p99 × direct", "added p50 ms", "added p99 ms", "CPU ms / 1,000 requests", "achieved qps", "errors")
+	row("---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
+	for _, suffix := range []string{"", newConnSuffix} {
+		direct := sums[keyNetnsDirect+suffix]
+		if direct == nil {
+			continue
+		}
+		conns := fmt.Sprintf("keep-alive, %s requests/s", strconv.FormatFloat(r.rate(direct.t), 'f', -1, 64))
+		if suffix != "" {
+			conns = fmt.Sprintf("new per request, %s requests/s", strconv.FormatFloat(r.rate(direct.t), 'f', -1, 64))
+		}
+		for _, k := range netnsKeys {
+			s := sums[k+suffix]
+			if s == nil {
+				continue
+			}
+			cpu := "–"
+			if s.hasCPU {
+				cpu = fmt.Sprintf("%.1f", float64(s.cpuPer1k)/float64(time.Millisecond))
+			}
+			added50, added99 := "–", "–"
+			if k != keyNetnsDirect {
+				added50, added99 = plusMs(s.lat[50]-direct.lat[50]), plusMs(s.lat[99]-direct.lat[99])
+			}
+			row(conns, strings.TrimSuffix(strings.TrimPrefix(k, "netns-"), suffix), ms(s.lat[50]), ms(s.lat[99]),
+				ratioDur(s.lat[50], direct.lat[50]), ratioDur(s.lat[99], direct.lat[99]), added50, added99, cpu,
+				fmt.Sprintf("%.1f", s.qps), strconv.FormatInt(s.errors, 10))
+		}
+	}
+	w("\n")
+	for _, suffix := range []string{"", newConnSuffix} {
+		ex, tr := sums[keyNetnsExplicit+suffix], sums[keyNetnsTransparent+suffix]
+		if ex == nil || tr == nil {
+			continue
+		}
+		what := "Keep-alive"
+		if suffix != "" {
+			what = "New connection per request"
+		}
+		w("- %s: transparent minus explicit: p50 %s ms, p99 %s ms; CPU per 1,000 requests %s ms (× %s).\n", what,
+			plusMs(tr.lat[50]-ex.lat[50]), plusMs(tr.lat[99]-ex.lat[99]),
+			plusMs(tr.cpuPer1k-ex.cpuPer1k), ratioDur(tr.cpuPer1k, ex.cpuPer1k))
+	}
+	w("\n")
 }

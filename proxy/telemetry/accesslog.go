@@ -72,6 +72,9 @@ type Entry struct {
 	OriginalDst string
 	// SNI is a TLS connection's server name.
 	SNI string
+	// Direction is "inbound" for a request or connection into the pod;
+	// empty (not written) for outbound ones.
+	Direction string
 }
 
 // Log appends e. It never blocks on output.
@@ -149,6 +152,10 @@ func (e *Entry) appendJSON(b []byte) []byte {
 	if e.Service != "" {
 		b = append(b, `,"service":`...)
 		b = appendString(b, e.Service)
+	}
+	if e.Direction != "" {
+		b = append(b, `,"direction":`...)
+		b = appendString(b, e.Direction)
 	}
 	b = append(b, `,"destination":`...)
 	b = appendString(b, e.Destination)

@@ -20,6 +20,17 @@ const Other = "other"
 // DefaultMaxDestinations caps the destination label's values.
 const DefaultMaxDestinations = 200
 
+// MaxInbound caps the destination label's values of direction="inbound"
+// (the pod's ports), apart from the outbound ones: a client that tries
+// every port of the pod cannot use up the outbound label budget.
+const MaxInbound = 64
+
+// The values of the direction label.
+const (
+	Outbound = "outbound"
+	Inbound  = "inbound"
+)
+
 // Buckets resolve 100 µs to 10 s: the sidecar's own fast-fail answers sit
 // at the bottom, slow upstreams at the top.
 var Buckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
@@ -44,6 +55,7 @@ type Metrics struct {
 	maxDest int
 	mu      sync.Mutex
 	dests   map[string]*Destination
+	inbound map[string]*Destination
 }
 
 // New registers the metrics, Go runtime and process collectors in a fresh
@@ -82,21 +94,22 @@ func New(maxDestinations int) *Metrics {
 		tcpConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "minimesh_tcp_connections_total",
 			Help: "Redirected connections relayed as opaque TCP (TLS, HTTP/2, opaque ports, unknown protocols), by how they ended.",
-		}, []string{"destination", "result"}),
+		}, []string{"direction", "destination", "result"}),
 		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "minimesh_tcp_sent_bytes_total",
-			Help: "Bytes the app sent to the upstream on opaque TCP connections, counted as they pass.",
-		}, []string{"destination"}),
+			Help: "Bytes the client sent to the server on opaque TCP connections (the app upstream, or a caller into the app), counted as they pass.",
+		}, []string{"direction", "destination"}),
 		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "minimesh_tcp_received_bytes_total",
-			Help: "Bytes the upstream sent to the app on opaque TCP connections, counted as they pass.",
-		}, []string{"destination"}),
+			Help: "Bytes the server sent to the client on opaque TCP connections (the upstream to the app, or the app to a caller), counted as they pass.",
+		}, []string{"direction", "destination"}),
 		spansDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "minimesh_spans_dropped_total",
 			Help: "Spans dropped instead of exported: queue full or collector unreachable.",
 		}),
 		maxDest: maxDestinations,
 		dests:   map[string]*Destination{},
+		inbound: map[string]*Destination{},
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "minimesh_build_info",
@@ -137,10 +150,11 @@ func (m *Metrics) Destination(name string) *Destination {
 		}
 	}
 	d := &Destination{
-		m:        m,
-		label:    label,
-		duration: m.duration.WithLabelValues("outbound", label),
-		rejected: m.rejected.WithLabelValues(label),
+		m:         m,
+		label:     label,
+		direction: Outbound,
+		duration:  m.duration.WithLabelValues(Outbound, label),
+		rejected:  m.rejected.WithLabelValues(label),
 	}
 	// Counters exist at zero from the start, so that Prometheus sees a
 	// destination's first trip as an increase rather than a new series.
@@ -151,13 +165,36 @@ func (m *Metrics) Destination(name string) *Destination {
 	return d
 }
 
+// Inbound returns the metric handles of requests and connections into
+// the pod on one of its ports (direction="inbound", destination=port),
+// creating them on first use; past MaxInbound ports it returns the shared
+// "other" handles. Inbound has no breaker: no breaker series.
+func (m *Metrics) Inbound(port string) *Destination {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if d, ok := m.inbound[port]; ok {
+		return d
+	}
+	label := port
+	if len(m.inbound) >= MaxInbound {
+		label = Other
+		if d, ok := m.inbound[Other]; ok {
+			return d
+		}
+	}
+	d := &Destination{m: m, label: label, direction: Inbound, duration: m.duration.WithLabelValues(Inbound, label)}
+	m.inbound[label] = d
+	return d
+}
+
 // Destination holds one destination's metric handles, bound to their
 // labels once so that the request path does no label hashing.
 type Destination struct {
-	m        *Metrics
-	label    string
-	duration prometheus.Observer
-	rejected prometheus.Counter
+	m         *Metrics
+	label     string
+	direction string
+	duration  prometheus.Observer
+	rejected  prometheus.Counter
 
 	mu      sync.Mutex
 	methods [len(methods) + 1]atomic.Pointer[[]codeCounter]
@@ -173,7 +210,7 @@ func (d *Destination) TCP() *TCPBytes {
 	if t := d.tcp.Load(); t != nil {
 		return t
 	}
-	t := &TCPBytes{Sent: d.m.tcpSent.WithLabelValues(d.label), Received: d.m.tcpReceived.WithLabelValues(d.label)}
+	t := &TCPBytes{Sent: d.m.tcpSent.WithLabelValues(d.direction, d.label), Received: d.m.tcpReceived.WithLabelValues(d.direction, d.label)}
 	d.tcp.CompareAndSwap(nil, t)
 	return d.tcp.Load()
 }
@@ -181,7 +218,7 @@ func (d *Destination) TCP() *TCPBytes {
 // TCPConnection counts one opaque TCP connection that ended with result
 // ("ok", or the kind of its failure).
 func (d *Destination) TCPConnection(result string) {
-	d.m.tcpConns.WithLabelValues(d.label, result).Inc()
+	d.m.tcpConns.WithLabelValues(d.direction, d.label, result).Inc()
 }
 
 type codeCounter struct {
@@ -221,7 +258,7 @@ func (d *Destination) counter(method string, code int) prometheus.Counter {
 		}
 		list = append(list, *p...)
 	}
-	c := d.m.requests.WithLabelValues("outbound", d.label, methodLabel(mi), strconv.Itoa(code))
+	c := d.m.requests.WithLabelValues(d.direction, d.label, methodLabel(mi), strconv.Itoa(code))
 	list = append(list, codeCounter{code, c})
 	d.methods[mi].Store(&list)
 	return c

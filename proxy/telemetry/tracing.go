@@ -113,6 +113,12 @@ func (t *Tracing) Start(ctx context.Context, name string, attrs ...attribute.Key
 	return t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 }
 
+// StartServer starts a SERVER span: a request into the pod, which the
+// inbound listener received for the app (docs/interception.md, "Inbound").
+func (t *Tracing) StartServer(ctx context.Context, name string) (context.Context, trace.Span) {
+	return t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
+}
+
 // Shutdown exports what is queued, within ctx.
 func (t *Tracing) Shutdown(ctx context.Context) error {
 	if t == nil {
