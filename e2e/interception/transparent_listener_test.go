@@ -141,9 +141,9 @@ func TestTransparentListener(t *testing.T) {
 		if n := echo.n.Load(); n != 1 {
 			t.Errorf("TCP upstream accepted %d connections, want 1", n)
 		}
-		w.waitMetric(`minimesh_tcp_connections_total{destination="`+upIP+`:7000",result="ok"}`, 1)
-		w.waitMetric(`minimesh_tcp_sent_bytes_total{destination="`+upIP+`:7000"}`, 5)
-		w.waitMetric(`minimesh_tcp_received_bytes_total{destination="`+upIP+`:7000"}`, 8)
+		w.waitMetric(`minimesh_tcp_connections_total{destination="`+upIP+`:7000",direction="outbound",result="ok"}`, 1)
+		w.waitMetric(`minimesh_tcp_sent_bytes_total{destination="`+upIP+`:7000",direction="outbound"}`, 5)
+		w.waitMetric(`minimesh_tcp_received_bytes_total{destination="`+upIP+`:7000",direction="outbound"}`, 8)
 		w.accessLine(map[string]any{"destination": upIP + ":7000", "protocol": "unknown", "bytes_in": 5, "bytes_out": 8})
 	})
 
@@ -182,7 +182,7 @@ func TestTransparentListener(t *testing.T) {
 		}
 		w.accessLine(map[string]any{"destination": "secure.test:8443", "protocol": "tls", "sni": "secure.test", "original_dst": upIP + ":8443"})
 		w.debugLine(map[string]any{"protocol": "tls", "sni": "secure.test"})
-		w.waitMetric(`minimesh_tcp_connections_total{destination="secure.test:8443",result="ok"}`, 1)
+		w.waitMetric(`minimesh_tcp_connections_total{destination="secure.test:8443",direction="outbound",result="ok"}`, 1)
 	})
 
 	t.Run("tls breaker", func(t *testing.T) {
@@ -198,8 +198,8 @@ func TestTransparentListener(t *testing.T) {
 				t.Errorf("call %d took %v", i, d)
 			}
 		}
-		w.waitMetric(`minimesh_tcp_connections_total{destination="down.test:8444",result="connect-failure"}`, 2)
-		w.waitMetric(`minimesh_tcp_connections_total{destination="down.test:8444",result="circuit-open"}`, 1)
+		w.waitMetric(`minimesh_tcp_connections_total{destination="down.test:8444",direction="outbound",result="connect-failure"}`, 2)
+		w.waitMetric(`minimesh_tcp_connections_total{destination="down.test:8444",direction="outbound",result="circuit-open"}`, 1)
 		w.waitMetric(`minimesh_circuit_breaker_rejected_total{destination="down.test:8444"}`, 1)
 		w.accessLine(map[string]any{"destination": "down.test:8444", "error": "circuit-open", "sni": "down.test"})
 	})
@@ -215,8 +215,8 @@ func TestTransparentListener(t *testing.T) {
 			}
 			c.Close()
 		}
-		w.waitMetric(`minimesh_tcp_connections_total{destination="`+upIP+`:7999",result="connect-failure"}`, 5)
-		w.waitMetric(`minimesh_tcp_connections_total{destination="`+upIP+`:7999",result="circuit-open"}`, 1)
+		w.waitMetric(`minimesh_tcp_connections_total{destination="`+upIP+`:7999",direction="outbound",result="connect-failure"}`, 5)
+		w.waitMetric(`minimesh_tcp_connections_total{destination="`+upIP+`:7999",direction="outbound",result="circuit-open"}`, 1)
 	})
 
 	t.Run("h2 prior knowledge", func(t *testing.T) {
