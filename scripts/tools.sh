@@ -59,6 +59,8 @@ tools() {
 	# first or over TLS, for transparent interception (e2e/interception).
 	deb_pkg wget python3 python3-requests python3-httpx python3-aiohttp python3-urllib3 \
 		nodejs default-jdk-headless postgresql redis-server
+	# A Python gRPC client and h2c load through the sidecar (e2e/grpc).
+	deb_pkg python3-grpcio nghttp2-client
 }
 
 if [[ "${1:-}" == "--print-dir" ]]; then
