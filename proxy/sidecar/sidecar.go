@@ -19,6 +19,7 @@ import (
 	"github.com/minimesh/minimesh/policy/xdsclient"
 	"github.com/minimesh/minimesh/proxy/admin"
 	"github.com/minimesh/minimesh/proxy/connlimit"
+	"github.com/minimesh/minimesh/proxy/inbound"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/policywatch"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -73,6 +74,14 @@ type Config struct {
 	// TCPIdleTimeout closes an opaque TCP relay idle this long (0:
 	// outbound.DefaultTCPIdleTimeout).
 	TCPIdleTimeout time.Duration
+
+	// InboundAddr is the inbound listener of capture-inbound (empty:
+	// none): connections into the pod that iptables redirected, forwarded
+	// to the app (proxy/inbound).
+	InboundAddr string
+	// MaxInboundConnections caps the inbound listener's connections (0:
+	// DefaultMaxConnections; negative: no cap).
+	MaxInboundConnections int
 }
 
 const (
@@ -121,6 +130,8 @@ type Sidecar struct {
 	// listeners; redirSrv serves those found to carry HTTP/1.x.
 	dispatch *transparent.Dispatcher
 	redirSrv *http.Server
+	// inbound is the inbound listener (nil: none).
+	inbound *inbound.Server
 
 	kick chan struct{} // Reload's, to the policy directory's watcher
 
@@ -168,6 +179,9 @@ func Listen(cfg Config) (*Sidecar, error) {
 	}
 	if cfg.AdminMaxConnections <= 0 {
 		cfg.AdminMaxConnections = DefaultAdminMaxConnections
+	}
+	if cfg.MaxInboundConnections == 0 {
+		cfg.MaxInboundConnections = DefaultMaxConnections
 	}
 	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0), kick: make(chan struct{}, 1)}
 	table := policy.NewTable(nil, cfg.Namespace)
@@ -283,6 +297,16 @@ func Listen(cfg Config) (*Sidecar, error) {
 		},
 		ErrorLog: errLog,
 	}
+	if cfg.InboundAddr != "" {
+		if err := s.listenInbound(opaque, errLog); err != nil {
+			s.outLn.Close()
+			if s.outLn6 != nil {
+				s.outLn6.Close()
+			}
+			s.adminLn.Close()
+			return nil, err
+		}
+	}
 	s.adminSrv = &http.Server{
 		Handler:           s.admin,
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -323,7 +347,7 @@ func (s *Sidecar) debugConfig() any              { s.mu.Lock(); defer s.mu.Unloc
 // DrainTimeout. It never closes an idle keep-alive connection at once, as
 // http.Server.Shutdown does: a request may already be on its way in.
 func (s *Sidecar) Serve(ctx context.Context) error {
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- s.adminSrv.Serve(s.adminLn) }()
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
@@ -369,12 +393,15 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		go func() { errc <- s.outSrv.Serve(s.dispatch.Wrap(s.outLn6)) }()
 	}
 	go func() { errc <- s.redirSrv.Serve(s.dispatch.HTTP()) }()
+	if s.inbound != nil {
+		go func() { errc <- s.inbound.Serve() }()
+	}
 	s.admin.SetReady(true)
 	outbound6 := ""
 	if s.outLn6 != nil {
 		outbound6 = s.outLn6.Addr().String()
 	}
-	s.log.Info("sidecar ready", "outbound", s.OutboundAddr(), "outbound_other_loopback", outbound6, "admin", s.AdminAddr(), "policy_dir", s.cfg.PolicyDir, "version", wellknown.Version)
+	s.log.Info("sidecar ready", "outbound", s.OutboundAddr(), "outbound_other_loopback", outbound6, "inbound", s.InboundAddr(), "admin", s.AdminAddr(), "policy_dir", s.cfg.PolicyDir, "version", wellknown.Version)
 
 	select {
 	case <-ctx.Done():
@@ -390,15 +417,20 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	if s.outLn6 != nil {
 		s.outLn6.Close()
 	}
+	if s.inbound != nil {
+		s.inbound.Close()
+	}
 	s.outbound.SetDraining(true)
 	s.log.Info("draining", "timeout", s.cfg.DrainTimeout, "connections", s.outLn.Open())
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 	// Connections whose protocol is still being detected go on to their
 	// server or relay (at most the detection timeout) and drain with them.
+	inboundLeft := s.drainInbound(dctx)
 	s.dispatch.Close(dctx)
 	left := s.outLn.Drain(dctx, s.cfg.DrainIdleGrace)
 	s.outbound.Drain(dctx)
+	left += <-inboundLeft
 	if left > 0 {
 		s.log.Warn("drain timeout: closing requests still in flight", "connections", left)
 	}

@@ -1,6 +1,6 @@
 // Command minimesh-proxy is the minimesh sidecar.
 //
-//	minimesh-proxy run [flags]   serve the outbound proxy and the admin port
+//	minimesh-proxy run [flags]   serve the outbound proxy, the inbound listener and the admin port
 //	minimesh-proxy init [flags]  write the iptables rules of transparent interception
 //	minimesh-proxy version
 //
@@ -67,11 +67,12 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var cfg sidecar.Config
 	var logLevel, accessLog, cgroupRoot string
-	var maxConns int
+	var maxConns, maxInboundConns int
 	resolve := resolveFlag{}
 	opaque := &opaquePortsFlag{}
 	_ = opaque.Set(transparent.DefaultOpaquePorts)
 	fs.StringVar(&cfg.OutboundAddr, "outbound-addr", fmt.Sprintf("127.0.0.1:%d", wellknown.OutboundPort), "address of the outbound listener (the app's HTTP_PROXY)")
+	fs.StringVar(&cfg.InboundAddr, "inbound-addr", "", "address of the inbound listener, where iptables redirects connections into the pod (capture-inbound; :15006): each is forwarded to the app at its original destination (empty: none)")
 	fs.StringVar(&cfg.AdminAddr, "admin-addr", fmt.Sprintf(":%d", wellknown.AdminPort), "address of the admin server (/live, /ready, /metrics, /debug/ on loopback)")
 	fs.StringVar(&cfg.PolicyDir, "policy-dir", "", "directory of ResiliencePolicy YAML files, reloaded when it changes (empty: built-in defaults)")
 	fs.StringVar(&cfg.XDSAddress, "xds-address", "", "control plane HOST:PORT (ADS); its policies replace --policy-dir's once it answers, and stay when it goes away")
@@ -86,6 +87,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
 	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are closed as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")
+	fs.IntVar(&maxInboundConns, "max-inbound-connections", sidecar.DefaultMaxConnections, "most connections the inbound listener holds at once; more are reset as soon as accepted and counted in minimesh_connections_refused_total{listener=\"inbound\"} (0: no limit)")
 	fs.StringVar(&cgroupRoot, "cgroup-root", sidecar.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
 	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it before the sidecar answers 408 and releases the upstream connection (0: no limit)")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
@@ -119,6 +121,10 @@ func runSidecar(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "minimesh-proxy: --max-connections %d: want 0 (no limit) or more\n", maxConns)
 		return 2
 	}
+	if maxInboundConns < 0 {
+		fmt.Fprintf(stderr, "minimesh-proxy: --max-inbound-connections %d: want 0 (no limit) or more\n", maxInboundConns)
+		return 2
+	}
 	if cfg.RequestBodyTimeout < 0 {
 		fmt.Fprintf(stderr, "minimesh-proxy: --request-body-timeout %v: want 0 (no limit) or more\n", cfg.RequestBodyTimeout)
 		return 2
@@ -129,6 +135,10 @@ func runSidecar(args []string, stderr io.Writer) int {
 	cfg.MaxConnections = maxConns
 	if maxConns == 0 {
 		cfg.MaxConnections = -1 // no cap
+	}
+	cfg.MaxInboundConnections = maxInboundConns
+	if maxInboundConns == 0 {
+		cfg.MaxInboundConnections = -1
 	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Resolve = resolve

@@ -1,0 +1,576 @@
+// Package inbound is the sidecar's inbound listener (--inbound-addr): the
+// connections into the pod that iptables redirected to it under
+// capture-inbound (docs/interception.md, "Inbound"). Each is forwarded to
+// the app at its original destination, the pod's own address and port.
+//
+// The listener tells redirected connections from others and detects their
+// protocol exactly as the outbound listener does (proxy/transparent).
+// HTTP/1.x requests get the server side's telemetry: metrics with
+// direction="inbound", a SERVER span continuing the caller's trace, the
+// request ID kept or made, an access log line. Everything else is relayed
+// as opaque TCP with the outbound path's relay. There is no breaker, no
+// retry and no timeout: resilience policy is the caller's.
+package inbound
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/minimesh/minimesh/proxy/outbound"
+	"github.com/minimesh/minimesh/proxy/requestid"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+	"github.com/minimesh/minimesh/proxy/transparent"
+	"github.com/minimesh/minimesh/wellknown"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Config configures the inbound path.
+type Config struct {
+	// ServiceName names the app in access logs.
+	ServiceName string
+	Metrics     *telemetry.Metrics
+	// Tracing makes SERVER spans; nil: no tracing.
+	Tracing *telemetry.Tracing
+	// AccessLog gets a line per request and per opaque connection; nil:
+	// none.
+	AccessLog *telemetry.AccessLog
+	Logger    *slog.Logger
+	// OwnPorts are the sidecar's own ports (outbound, inbound, admin): a
+	// connection whose original destination is one of them is refused.
+	OwnPorts []uint16
+	// ConnectTimeout bounds connecting to the app (0: 5 s).
+	ConnectTimeout time.Duration
+	// TCPIdleTimeout closes an opaque relay idle this long (0:
+	// outbound.DefaultTCPIdleTimeout).
+	TCPIdleTimeout time.Duration
+	// MaxIdleConnsPerHost is how many kept-alive connections to one app
+	// port wait for reuse (0: 256).
+	MaxIdleConnsPerHost int
+}
+
+// Results of minimesh_tcp_connections_total{direction="inbound"} and the
+// X-Minimesh-Error of the inbound path's own answers.
+const (
+	resultForbidden = wellknown.ErrorForbidden      // the original destination is the sidecar's own port, or none
+	resultConnect   = wellknown.ErrorConnectFailure // the app refused, or did not answer in ConnectTimeout
+)
+
+// statusClientClosed is recorded (never sent) when the caller went away
+// before the response, as on the outbound path.
+const statusClientClosed = 499
+
+// Handler forwards redirected inbound connections to the app: HTTP/1.x
+// requests (ServeHTTP, on connections whose context WithOriginalDst set)
+// and opaque TCP (ServeTCP).
+type Handler struct {
+	cfg Config
+	log *slog.Logger
+	rp  *httputil.ReverseProxy
+	tr  *http.Transport
+	d   net.Dialer
+
+	draining atomic.Bool
+	closing  atomic.Bool
+	relays   sync.WaitGroup // ServeTCP calls in flight
+	upgrades sync.WaitGroup // upgraded (WebSocket) requests in flight
+
+	mu    sync.Mutex
+	conns map[net.Conn]net.Conn // opaque relays: the caller's connection and the app's
+}
+
+// New returns the inbound handler.
+func New(cfg Config) *Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = telemetry.New(0)
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.MaxIdleConnsPerHost <= 0 {
+		cfg.MaxIdleConnsPerHost = 256
+	}
+	h := &Handler{cfg: cfg, log: cfg.Logger, conns: map[net.Conn]net.Conn{}}
+	h.d = net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second, ControlContext: h.control}
+	h.tr = &http.Transport{
+		Proxy:                  nil,
+		DialContext:            h.dial,
+		MaxIdleConns:           0,
+		MaxIdleConnsPerHost:    cfg.MaxIdleConnsPerHost,
+		IdleConnTimeout:        90 * time.Second,
+		DisableCompression:     true, // bodies and Accept-Encoding pass through untouched
+		MaxResponseHeaderBytes: outbound.MaxHeaderBytes,
+		ExpectContinueTimeout:  time.Second,
+	}
+	h.rp = &httputil.ReverseProxy{
+		Rewrite:        h.rewrite,
+		Transport:      h.tr,
+		BufferPool:     bufferPool{},
+		ErrorHandler:   h.serveError,
+		ModifyResponse: h.modifyResponse,
+		ErrorLog:       slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+	}
+	return h
+}
+
+// SetDraining turns on "Connection: close" on every answer.
+func (h *Handler) SetDraining(v bool) { h.draining.Store(v) }
+
+// CloseIdleConnections closes the kept connections to the app.
+func (h *Handler) CloseIdleConnections() { h.tr.CloseIdleConnections() }
+
+// own reports whether ap is one of the sidecar's own ports: a connection
+// meant for the sidecar itself, which the rules never redirect, so one
+// that arrives redirected is refused rather than forwarded to it.
+func (h *Handler) own(ap netip.AddrPort) bool { return slices.Contains(h.cfg.OwnPorts, ap.Port()) }
+
+// control refuses, where names have become addresses, a connection to
+// one of the sidecar's own ports: nothing reaches them through the
+// sidecar, whatever the original destination says.
+func (h *Handler) control(_ context.Context, _, address string, _ syscall.RawConn) error {
+	if ap, err := netip.ParseAddrPort(address); err == nil && h.own(ap) {
+		return errOwnPort
+	}
+	return nil
+}
+
+var errOwnPort = errors.New("the original destination is one of the sidecar's own ports")
+
+// dialError marks a failure to connect to the app.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+func (h *Handler) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := h.d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, &dialError{err}
+	}
+	return c, nil
+}
+
+// conn is what the inbound path knows of a redirected connection, once:
+// its original destination and the metric handles of its port.
+type conn struct {
+	addr   netip.AddrPort
+	text   string // addr.String()
+	port   string
+	metric *telemetry.Destination
+}
+
+type connKey struct{}
+
+// WithOriginalDst returns ctx carrying the original destination of a
+// redirected connection, for ServeHTTP: an http.Server's ConnContext, once
+// per connection (the port's metric handles are found here, not per
+// request).
+func (h *Handler) WithOriginalDst(ctx context.Context, addr netip.AddrPort) context.Context {
+	port := strconv.Itoa(int(addr.Port()))
+	return context.WithValue(ctx, connKey{}, &conn{addr: addr, text: addr.String(), port: port, metric: h.cfg.Metrics.Inbound(port)})
+}
+
+// reqState follows one request through the ReverseProxy.
+type reqState struct {
+	c       *conn
+	id      string
+	code    int
+	errKind string
+	start   time.Time
+	headers time.Time // when the response headers were ready
+	span    trace.Span
+	sc      trace.SpanContext
+	in      countingBody
+	out     countingWriter
+}
+
+type stateKey struct{}
+
+// ServeHTTP forwards one request into the app, at the connection's
+// original destination, with the Host header the caller sent.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	c, _ := r.Context().Value(connKey{}).(*conn)
+	if c == nil || h.own(c.addr) {
+		// Not a redirected connection (the server was wired wrong), or
+		// one meant for the sidecar itself: never forwarded.
+		panic(http.ErrAbortHandler)
+	}
+	if h.draining.Load() {
+		w.Header().Set("Connection", "close")
+	}
+	st := &reqState{c: c, start: start, code: http.StatusBadGateway}
+	st.out.ResponseWriter = w
+	w = &st.out
+	st.id = r.Header.Get(wellknown.HeaderRequestID)
+	if !requestid.Valid(st.id) {
+		st.id = requestid.New()
+		r.Header.Set(wellknown.HeaderRequestID, st.id)
+	} else if len(r.Header.Values(wellknown.HeaderRequestID)) > 1 {
+		r.Header.Set(wellknown.HeaderRequestID, st.id) // one ID, the one the caller gets back
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		st.in.ReadCloser = r.Body
+		r.Body = &st.in
+	}
+	ctx := context.WithValue(r.Context(), stateKey{}, st)
+	if tr := h.cfg.Tracing; tr != nil {
+		ctx = tr.Extract(ctx, r.Header)
+		ctx, st.span = tr.StartServer(ctx, spanName(r.Method))
+		if st.span.IsRecording() {
+			st.span.SetAttributes(spanAttrs(r, st)...)
+		}
+		st.sc = st.span.SpanContext()
+	}
+	defer h.finish(r, st)
+	if r.Method == http.MethodConnect || r.URL.Scheme != "" && r.URL.Scheme != "http" || r.URL.Opaque != "" {
+		// A proxy's request on a connection that began as plain HTTP: the
+		// app is no proxy here (a first request of this kind is relayed
+		// as opaque TCP, like any protocol the sidecar does not speak).
+		st.code, st.errKind, st.headers = http.StatusBadRequest, wellknown.ErrorBadRequest, time.Now()
+		w.Header().Set("Connection", "close")
+		h.writeError(w, st, http.StatusBadRequest, wellknown.ErrorBadRequest,
+			"request target "+strconv.Quote(r.RequestURI)+" on an inbound connection: the app gets origin-form requests")
+		return
+	}
+	if r.Header.Get("Upgrade") != "" {
+		h.upgrades.Add(1)
+		defer h.upgrades.Done()
+	}
+	h.rp.ServeHTTP(w, r.WithContext(ctx))
+	if st.code == statusClientClosed && !st.out.wrote {
+		panic(http.ErrAbortHandler) // the caller went away: nothing to answer; finish records the 499
+	}
+}
+
+// rewrite points the request at the app: the connection's original
+// destination, with the caller's Host header, path and query as sent.
+func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
+	st := pr.In.Context().Value(stateKey{}).(*reqState)
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = st.c.text
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+	// ReverseProxy drops these before Rewrite, as a gateway would; the
+	// sidecar passes the caller's own on unchanged and adds none.
+	for _, k := range forwardedHeaders {
+		if v, ok := pr.In.Header[k]; ok {
+			pr.Out.Header[k] = v
+		}
+	}
+	if tr := h.cfg.Tracing; tr != nil {
+		// The app's own server span hangs under the sidecar's.
+		tr.Inject(pr.Out.Context(), pr.Out.Header)
+	}
+}
+
+var forwardedHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+func (h *Handler) modifyResponse(resp *http.Response) error {
+	st := resp.Request.Context().Value(stateKey{}).(*reqState)
+	st.code, st.headers = resp.StatusCode, time.Now()
+	resp.Header.Set(wellknown.HeaderRequestID, st.id)
+	if h.draining.Load() {
+		resp.Header.Set("Connection", "close")
+	}
+	return nil
+}
+
+// serveError answers a request the app could not be reached for.
+func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
+	st := r.Context().Value(stateKey{}).(*reqState)
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		st.code, st.headers = statusClientClosed, time.Now()
+		return // nobody is listening
+	}
+	code, kind, msg := http.StatusBadGateway, wellknown.ErrorReset, "the app at "+st.c.text+" closed the connection before its response: "+err.Error()
+	var de *dialError
+	switch {
+	case errors.Is(err, errOwnPort):
+		code, kind, msg = http.StatusForbidden, wellknown.ErrorForbidden, st.c.text+" is one of the sidecar's own ports: nothing reaches them through it"
+	case errors.As(err, &de):
+		kind, msg = wellknown.ErrorConnectFailure, "the app does not accept connections at "+st.c.text+": "+de.err.Error()
+	}
+	h.log.Debug("inbound request failed", "original_dst", st.c.text, "error", err, "request_id", st.id)
+	st.code, st.errKind, st.headers = code, kind, time.Now()
+	h.writeError(w, st, code, kind, msg)
+}
+
+// writeError writes the sidecar's own answer, in the outbound path's
+// form (docs/operations.md, "Answers the sidecar gives itself").
+func (h *Handler) writeError(w http.ResponseWriter, st *reqState, code int, kind, msg string) {
+	body, _ := json.Marshal(struct {
+		Error       string `json:"error"`
+		Destination string `json:"destination"`
+		Message     string `json:"message"`
+		RequestID   string `json:"requestId"`
+	}{kind, st.c.text, msg, st.id})
+	body = append(body, '\n')
+	hd := w.Header()
+	hd.Set(wellknown.HeaderError, kind)
+	hd.Set(wellknown.HeaderRequestID, st.id)
+	hd.Set("Content-Type", "application/json")
+	hd.Set("Cache-Control", "no-store")
+	hd.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}
+
+// finish records a request: its metrics, its span, its log line.
+func (h *Handler) finish(r *http.Request, st *reqState) {
+	end := time.Now()
+	if st.headers.IsZero() {
+		st.headers = end
+	}
+	st.c.metric.Observe(r.Method, st.code, st.headers.Sub(st.start).Seconds())
+	if st.span != nil {
+		endSpan(st.span, st.code, st.errKind)
+	}
+	if l := h.cfg.AccessLog; l != nil {
+		e := telemetry.Entry{
+			Time: st.start, RequestID: st.id, Service: h.cfg.ServiceName, Direction: telemetry.Inbound,
+			Destination: st.c.port, OriginalDst: st.c.text,
+			Method: r.Method, Path: r.URL.Path, Status: st.code, Duration: end.Sub(st.start),
+			Attempts: 1, BytesIn: st.in.n.Load(), BytesOut: st.out.n, Error: st.errKind,
+		}
+		if st.sc.IsValid() {
+			e.TraceID, e.SpanID = st.sc.TraceID(), st.sc.SpanID()
+		}
+		l.Log(&e)
+	}
+}
+
+// spanName is the span's name by the HTTP conventions: the method, or
+// "HTTP" for a method they do not know, so callers cannot mint names.
+func spanName(m string) string {
+	if m = spanMethod(m); m == "_OTHER" {
+		return "HTTP"
+	}
+	return m
+}
+
+func spanMethod(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
+		http.MethodConnect, http.MethodOptions, http.MethodTrace, http.MethodPatch:
+		return m
+	}
+	return "_OTHER"
+}
+
+// spanAttrs are a SERVER span's attributes known at its start, by the
+// stable HTTP semantic conventions.
+func spanAttrs(r *http.Request, st *reqState) []attribute.KeyValue {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	attrs := []attribute.KeyValue{
+		attribute.String("http.request.method", spanMethod(r.Method)),
+		attribute.String("url.scheme", "http"),
+		attribute.String("url.path", r.URL.Path),
+		attribute.String("server.address", host),
+		attribute.Int("server.port", int(st.c.addr.Port())),
+		attribute.String("minimesh.request_id", st.id),
+		attribute.String("minimesh.direction", telemetry.Inbound),
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		attrs = append(attrs, attribute.String("client.address", ap.Addr().Unmap().String()))
+	}
+	if ua := r.UserAgent(); ua != "" {
+		attrs = append(attrs, attribute.String("user_agent.original", ua))
+	}
+	return attrs
+}
+
+// endSpan ends a SERVER span: by the conventions, only a 5xx (or the
+// sidecar's own failure to reach the app) is an error of the server's.
+func endSpan(s trace.Span, code int, errKind string) {
+	if !s.IsRecording() {
+		s.End()
+		return
+	}
+	switch {
+	case code == statusClientClosed:
+		s.SetAttributes(attribute.String("error.type", "client-closed"))
+	case errKind != "" && code >= 500:
+		s.SetAttributes(attribute.Int("http.response.status_code", code), attribute.String("error.type", errKind))
+		s.SetStatus(codes.Error, errKind)
+	case code >= 500:
+		s.SetAttributes(attribute.Int("http.response.status_code", code), attribute.String("error.type", strconv.Itoa(code)))
+		s.SetStatus(codes.Error, "")
+	default:
+		s.SetAttributes(attribute.Int("http.response.status_code", code))
+	}
+	s.End()
+}
+
+// countingBody counts the request body bytes the app was sent. The
+// transport may read it from its own goroutine after the handler returns.
+type countingBody struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+// countingWriter counts the response body bytes the caller was sent.
+// Unwrap lets ReverseProxy reach the server's Flusher and Hijacker.
+type countingWriter struct {
+	http.ResponseWriter
+	n     int64
+	wrote bool
+}
+
+func (w *countingWriter) WriteHeader(code int) {
+	if code >= 200 {
+		w.wrote = true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.wrote = true
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// bufferPool lends ReverseProxy 32 KiB copy buffers.
+type bufferPool struct{}
+
+const copyBufSize = 32 << 10
+
+var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
+
+func (bufferPool) Get() []byte { return copyBufs.Get().(*[copyBufSize]byte)[:] }
+
+func (bufferPool) Put(b []byte) {
+	if len(b) == copyBufSize {
+		copyBufs.Put((*[copyBufSize]byte)(b))
+	}
+}
+
+// ServeTCP relays a redirected connection that is not HTTP/1.x to the app
+// at its original destination, as opaque TCP, and closes it. A connect
+// failure resets the caller's connection (what the caller would have met
+// without the sidecar); no breaker and no retry. It ends with a metric
+// (minimesh_tcp_connections_total{direction="inbound"}) and a log line.
+func (h *Handler) ServeTCP(c *transparent.Conn) {
+	h.relays.Add(1)
+	defer h.relays.Done()
+	start := time.Now()
+	port := strconv.Itoa(int(c.Original.Port()))
+	m := h.cfg.Metrics.Inbound(port)
+	if h.own(c.Original) {
+		h.log.Debug("inbound connection to the sidecar's own port refused", "original_dst", c.Original.String(), "client", c.RemoteAddr().String())
+		outbound.Abort(c)
+		h.endTCP(m, c, start, resultForbidden, 0, 0)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
+	up, err := h.d.DialContext(ctx, "tcp", c.Original.String())
+	cancel()
+	if err != nil {
+		h.log.Debug("inbound connection: the app refused", "original_dst", c.Original.String(), "error", err)
+		outbound.Abort(c)
+		h.endTCP(m, c, start, resultConnect, 0, 0)
+		return
+	}
+	if !h.track(c, up) {
+		outbound.Abort(c)
+		up.Close()
+		h.endTCP(m, c, start, outbound.RelayShutdown, 0, 0)
+		return
+	}
+	sent, received, result := outbound.Relay(c, up, m.TCP(), h.cfg.TCPIdleTimeout)
+	h.untrack(c)
+	if result == outbound.RelayReset && h.closing.Load() {
+		result = outbound.RelayShutdown
+	}
+	h.endTCP(m, c, start, result, sent, received)
+}
+
+// endTCP records an opaque connection: its metric and its log line.
+func (h *Handler) endTCP(m *telemetry.Destination, c *transparent.Conn, start time.Time, result string, sent, received int64) {
+	m.TCPConnection(result)
+	if l := h.cfg.AccessLog; l != nil {
+		e := telemetry.Entry{
+			Time: start, Service: h.cfg.ServiceName, Direction: telemetry.Inbound, Destination: m.Label(),
+			Protocol: string(c.Protocol), OriginalDst: c.Original.String(), SNI: c.SNI,
+			Duration: time.Since(start), Attempts: 1, BytesIn: sent, BytesOut: received,
+		}
+		if result != outbound.RelayOK {
+			e.Error = result
+		}
+		l.Log(&e)
+	}
+}
+
+func (h *Handler) track(c, up net.Conn) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing.Load() {
+		return false
+	}
+	h.conns[c] = up
+	return true
+}
+
+func (h *Handler) untrack(c net.Conn) {
+	h.mu.Lock()
+	delete(h.conns, c)
+	h.mu.Unlock()
+}
+
+// relayLogGrace bounds the drain's wait for the log lines of the relays
+// it closed.
+const relayLogGrace = time.Second
+
+// Drain lets the opaque relays and upgraded connections run until ctx is
+// done, then closes the relays left and waits (briefly) for their log
+// lines.
+func (h *Handler) Drain(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { h.relays.Wait(); h.upgrades.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	h.mu.Lock()
+	h.closing.Store(true)
+	for c, up := range h.conns {
+		c.Close()
+		up.Close()
+	}
+	h.mu.Unlock()
+	relays := make(chan struct{})
+	go func() { h.relays.Wait(); close(relays) }()
+	select {
+	case <-relays:
+	case <-time.After(relayLogGrace):
+	}
+}

@@ -1,0 +1,168 @@
+package inbound
+
+import (
+	"context"
+	"errors"
+	"log"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/minimesh/minimesh/proxy/connlimit"
+	"github.com/minimesh/minimesh/proxy/outbound"
+	"github.com/minimesh/minimesh/proxy/transparent"
+)
+
+// ServerConfig configures the inbound listener.
+type ServerConfig struct {
+	// OpaquePorts are relayed at once, without detection: the app's
+	// server-speaks-first ports (its PostgreSQL, say) greet the caller
+	// without delay. The outbound listener's list.
+	OpaquePorts *transparent.Ports
+	// DetectTimeout bounds protocol detection (0:
+	// transparent.DefaultDetectTimeout).
+	DetectTimeout time.Duration
+	// MaxHeaderBytes, ReadHeaderTimeout and IdleTimeout are the HTTP
+	// server's, as on the outbound listener.
+	MaxHeaderBytes    int
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	ErrorLog          *log.Logger
+}
+
+// Server is the inbound listener: it serves only connections that
+// iptables redirected to it, each forwarded to its original destination.
+// A connection made to the listener itself (its original destination is
+// the listener's own address, or it has none) was not redirected: it is
+// reset at once, so that listening on every address (:15006) opens
+// nothing beyond what the rules redirect.
+type Server struct {
+	h   *Handler
+	ln  *connlimit.Listener
+	d   *transparent.Dispatcher
+	srv *http.Server
+}
+
+// NewServer serves ln (capped by connlimit) with h.
+func NewServer(ln *connlimit.Listener, h *Handler, cfg ServerConfig) *Server {
+	s := &Server{h: h, ln: ln}
+	s.d = transparent.New(transparent.Config{
+		OpaquePorts:   cfg.OpaquePorts,
+		DetectTimeout: cfg.DetectTimeout,
+		OnTCP:         h.ServeTCP,
+		// Detection and relays own their connections: the drain leaves
+		// them to the handler.
+		Hijacked: func(c net.Conn) { ln.ConnState(c, http.StateHijacked) },
+		Logger:   h.log,
+	})
+	s.srv = &http.Server{
+		Handler:           h,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if tc, ok := c.(*transparent.Conn); ok {
+				ln.ConnState(tc.Conn, st)
+			}
+		},
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if tc, ok := c.(*transparent.Conn); ok {
+				return h.WithOriginalDst(ctx, tc.Original)
+			}
+			return ctx
+		},
+		ErrorLog: cfg.ErrorLog,
+	}
+	return s
+}
+
+// Addr is the listener's address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts connections until the listener is closed, and returns
+// that error.
+func (s *Server) Serve() error {
+	go func() { _ = s.srv.Serve(ownPorts{s.d.HTTP(), s.h}) }()
+	ln := s.d.Wrap(s.ln)
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of file descriptors, say: as http.Server does, wait and
+			// try again rather than stop serving.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.h.log.Warn("inbound accept failed", "error", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		s.refuse(c)
+	}
+}
+
+// refuse resets a connection that was not redirected: one made to the
+// inbound listener itself.
+func (s *Server) refuse(c net.Conn) {
+	port := "0"
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		port = strconv.Itoa(a.Port)
+	}
+	s.h.log.Debug("connection to the inbound listener itself refused: it serves only redirected connections",
+		"client", c.RemoteAddr().String(), "local", c.LocalAddr().String())
+	outbound.Abort(c)
+	s.h.cfg.Metrics.Inbound(port).TCPConnection(resultForbidden)
+}
+
+// Close closes the listener: new connections are refused (without a
+// listener the kernel resets what the rules redirect to it).
+func (s *Server) Close() error { return s.ln.Close() }
+
+// Drain closes the kept-alive connections as they become idle (see
+// connlimit.Listener.Drain) and lets requests, relays and upgrades run
+// until ctx is done; it returns the number of HTTP connections left.
+// Close first.
+func (s *Server) Drain(ctx context.Context, grace time.Duration) int {
+	s.h.SetDraining(true)
+	s.d.Close(ctx)
+	left := s.ln.Drain(ctx, grace)
+	s.h.Drain(ctx)
+	s.srv.Close()
+	s.h.CloseIdleConnections()
+	return left
+}
+
+// ownPorts takes out of the HTTP server's listener the redirected
+// connections whose original destination is one of the sidecar's own
+// ports (refused), and those of another protocol than HTTP/1.x (HTTP/2
+// with prior knowledge: relayed as opaque TCP, as the inbound path has no
+// HTTP/2 of its own).
+type ownPorts struct {
+	net.Listener
+	h *Handler
+}
+
+func (l ownPorts) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc, ok := c.(*transparent.Conn)
+		if ok && tc.Protocol != transparent.HTTP1 {
+			go l.h.ServeTCP(tc)
+			continue
+		}
+		if ok && !l.h.own(tc.Original) {
+			return c, nil
+		}
+		if ok {
+			l.h.log.Debug("inbound connection to the sidecar's own port refused", "original_dst", tc.Original.String(), "client", c.RemoteAddr().String())
+			l.h.cfg.Metrics.Inbound(strconv.Itoa(int(tc.Original.Port()))).TCPConnection(resultForbidden)
+		}
+		outbound.Abort(c)
+	}
+}

@@ -1,0 +1,147 @@
+package inbound
+
+import (
+	"context"
+	"encoding/hex"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
+
+	"github.com/minimesh/minimesh/proxy/telemetry"
+)
+
+// collector is an OTLP/gRPC trace collector that keeps what it is sent.
+type collector struct {
+	collectortrace.UnimplementedTraceServiceServer
+	mu    sync.Mutex
+	spans []*tracepb.Span
+}
+
+func (c *collector) Export(_ context.Context, r *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rs := range r.ResourceSpans {
+		for _, ss := range rs.ScopeSpans {
+			c.spans = append(c.spans, ss.Spans...)
+		}
+	}
+	return &collectortrace.ExportTraceServiceResponse{}, nil
+}
+
+func startCollector(t *testing.T) (*collector, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &collector{}
+	s := grpc.NewServer()
+	collectortrace.RegisterTraceServiceServer(s, c)
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	return c, ln.Addr().String()
+}
+
+// TestServerSpan: a request into the pod is a SERVER span that continues
+// the caller's trace (its traceparent), with the request's attributes; the
+// app's request carries the sidecar's span as its parent, so the app's
+// own server span hangs under it. A 5xx of the app is an error span; a
+// 4xx is not (it is the caller's error, by the HTTP conventions).
+func TestServerSpan(t *testing.T) {
+	col, endpoint := startCollector(t)
+	tr, err := telemetry.NewTracing(telemetry.TracingConfig{Endpoint: endpoint, SampleRatio: 1, ServiceName: "tenant"}, telemetry.New(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		switch req.URL.Path {
+		case "/fail":
+			w.WriteHeader(500)
+		case "/missing":
+			w.WriteHeader(404)
+		}
+	}), Config{Tracing: tr})
+
+	const traceID, parentID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	tests := []struct {
+		path   string
+		code   int
+		parent string // the incoming traceparent, or ""
+		error  bool
+	}{
+		{"/ok", 200, "00-" + traceID + "-" + parentID + "-01", false},
+		{"/fail", 500, "00-" + traceID + "-" + parentID + "-01", true},
+		{"/missing", 404, "", false},
+	}
+	appParents := map[string]string{}
+	for _, tt := range tests {
+		req, _ := http.NewRequest("GET", "http://"+r.front+tt.path, nil)
+		req.Host = "tenant-service:8000"
+		req.Header.Set("User-Agent", "caller/1")
+		if tt.parent != "" {
+			req.Header.Set("traceparent", tt.parent)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.code {
+			t.Fatalf("%s: %d", tt.path, resp.StatusCode)
+		}
+		seen := <-r.seen
+		appParents[tt.path] = seen.Header.Get("traceparent")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tr.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	if len(col.spans) != len(tests) {
+		t.Fatalf("%d spans exported, want %d", len(col.spans), len(tests))
+	}
+	for i, tt := range tests {
+		s := col.spans[i]
+		attrs := map[string]string{}
+		for _, kv := range s.Attributes {
+			if sv := kv.Value.GetStringValue(); sv != "" {
+				attrs[kv.Key] = sv
+			} else {
+				attrs[kv.Key] = strings.TrimSpace(kv.Value.String())
+			}
+		}
+		if s.Kind != tracepb.Span_SPAN_KIND_SERVER || s.Name != "GET" {
+			t.Errorf("%s: span %q kind %v, want a SERVER span named GET", tt.path, s.Name, s.Kind)
+		}
+		if tt.parent != "" && (hex.EncodeToString(s.TraceId) != traceID || hex.EncodeToString(s.ParentSpanId) != parentID) {
+			t.Errorf("%s: span in trace %x under %x, want the caller's %s under %s", tt.path, s.TraceId, s.ParentSpanId, traceID, parentID)
+		}
+		if tt.parent == "" && len(s.ParentSpanId) != 0 {
+			t.Errorf("%s: a new trace's span has a parent %x", tt.path, s.ParentSpanId)
+		}
+		want := "00-" + hex.EncodeToString(s.TraceId) + "-" + hex.EncodeToString(s.SpanId) + "-01"
+		if appParents[tt.path] != want {
+			t.Errorf("%s: the app saw traceparent %q, want the sidecar's span %q", tt.path, appParents[tt.path], want)
+		}
+		if attrs["url.path"] != tt.path || attrs["http.request.method"] != "GET" || attrs["server.address"] != "tenant-service" ||
+			attrs["client.address"] != "127.0.0.1" || attrs["user_agent.original"] != "caller/1" || attrs["minimesh.request_id"] == "" ||
+			!strings.Contains(attrs["http.response.status_code"], strconv.Itoa(tt.code)) {
+			t.Errorf("%s: attributes %v", tt.path, attrs)
+		}
+		if isErr := s.Status != nil && s.Status.Code == tracepb.Status_STATUS_CODE_ERROR; isErr != tt.error {
+			t.Errorf("%s: error status %v, want %v", tt.path, s.Status, tt.error)
+		}
+	}
+}
