@@ -2,18 +2,14 @@ package outbound
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -64,10 +60,8 @@ const (
 )
 
 // grpcNames are the codes' names, the values of the metrics' grpc_code
-// label and of the access log.
-var grpcNames = [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-	"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+// label.
+var grpcNames = telemetry.GRPCCodes
 
 // grpcHTTP is each code's HTTP equivalent, as Envoy maps them
 // (Grpc::Utility::grpcToHttpStatus): what failOn and retryOn see.
@@ -349,55 +343,6 @@ func ServerHTTP2() *http.HTTP2Config {
 
 // H2MaxReadFrameSize is the largest frame the sidecar reads (SETTINGS_MAX_FRAME_SIZE).
 const H2MaxReadFrameSize = 1 << 20
-
-// grpcMetrics is minimesh_grpc_requests_total{direction, destination,
-// grpc_code}: every gRPC call once, by the status its client got
-// (docs/metrics.md). A counter of its own rather than a label of
-// minimesh_requests_total: the series of HTTP requests stay as they are
-// (no empty grpc_code on each), and its cardinality is bounded by the
-// destination cap times the 17 codes, made as they are first seen.
-type grpcMetrics struct {
-	vec    *prometheus.CounterVec
-	byDest sync.Map // *telemetry.Destination → *grpcCounters
-}
-
-type grpcCounters [len(grpcNames)]atomic.Pointer[grpcCounter]
-
-type grpcCounter struct{ c prometheus.Counter }
-
-func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
-	vec := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "minimesh_grpc_requests_total",
-		Help: "gRPC calls handled by the sidecar, by direction, destination and the gRPC status the client got (the sidecar's own answers included).",
-	}, []string{"direction", "destination", "grpc_code"})
-	if err := reg.Register(vec); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			vec = are.ExistingCollector.(*prometheus.CounterVec)
-		} else {
-			panic(err)
-		}
-	}
-	return &grpcMetrics{vec: vec}
-}
-
-// observe counts one call of d that ended with code.
-func (g *grpcMetrics) observe(d *telemetry.Destination, code int) {
-	if code < 0 || code >= len(grpcNames) {
-		code = grpcUnknown
-	}
-	v, ok := g.byDest.Load(d)
-	if !ok {
-		v, _ = g.byDest.LoadOrStore(d, new(grpcCounters))
-	}
-	cs := v.(*grpcCounters)
-	c := cs[code].Load()
-	if c == nil {
-		c = &grpcCounter{g.vec.WithLabelValues("outbound", d.Label(), grpcNames[code])}
-		cs[code].CompareAndSwap(nil, c)
-	}
-	c.c.Inc()
-}
 
 // grpcFinal is the status a gRPC call's client got: the upstream's or
 // the sidecar's, else what the client reads from the HTTP status.

@@ -85,9 +85,8 @@ type Handler struct {
 	closing atomic.Bool
 	// relays counts ServeTCP calls in flight, so that the drain can wait
 	// for the log lines of the relays it closed.
-	relays      sync.WaitGroup
-	grpcMetrics *grpcMetrics
-	log         *slog.Logger
+	relays sync.WaitGroup
+	log    *slog.Logger
 }
 
 // AddListener declares one of the sidecar's own listeners: nothing sent
@@ -132,7 +131,6 @@ func New(cfg Config, table *policy.Table) *Handler {
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, self: newSelfAddrs(), hop: newHop()}
 	h.dialer = newDialer(cfg.ConnectTimeout, cfg.Resolve, h.self)
-	h.grpcMetrics = newGRPCMetrics(cfg.Metrics.Registry)
 	h.dests = newDestinations(cfg.Namespace, table, cfg.Metrics, h.log.Warn)
 	tr := &http.Transport{
 		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
@@ -430,7 +428,7 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 	dst.metrics.Observe(r.Method, code, st.headers.Sub(st.start).Seconds())
 	if st.grpc {
 		g := grpcFinal(st, code)
-		h.grpcMetrics.observe(dst.metrics, g)
+		dst.metrics.GRPC(g)
 		if st.span != nil {
 			endGRPCSpan(st.span, g)
 		}

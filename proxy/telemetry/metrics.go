@@ -52,6 +52,9 @@ type Metrics struct {
 
 	spansDropped prometheus.Counter
 
+	// grpc is minimesh_grpc_requests_total (grpc.go).
+	grpc *prometheus.CounterVec
+
 	maxDest int
 	mu      sync.Mutex
 	dests   map[string]*Destination
@@ -107,6 +110,7 @@ func New(maxDestinations int) *Metrics {
 			Name: "minimesh_spans_dropped_total",
 			Help: "Spans dropped instead of exported: queue full or collector unreachable.",
 		}),
+		grpc:    newGRPCVec(),
 		maxDest: maxDestinations,
 		dests:   map[string]*Destination{},
 		inbound: map[string]*Destination{},
@@ -117,7 +121,7 @@ func New(maxDestinations int) *Metrics {
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(wellknown.Version, runtime.Version()).Set(1)
 	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, m.spansDropped, build,
-		m.tcpConns, m.tcpSent, m.tcpReceived,
+		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"success", "error"} {
 		m.reloads.WithLabelValues(r)
@@ -199,6 +203,7 @@ type Destination struct {
 	mu      sync.Mutex
 	methods [len(methods) + 1]atomic.Pointer[[]codeCounter]
 	tcp     atomic.Pointer[TCPBytes]
+	grpc    [len(GRPCCodes)]atomic.Pointer[grpcCounter]
 }
 
 // TCPBytes are a destination's opaque TCP byte counters.
