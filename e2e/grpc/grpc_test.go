@@ -8,6 +8,8 @@ package grpc
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -21,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/e2e/internal/jaeger"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
 	"google.golang.org/grpc"
@@ -28,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -87,9 +91,9 @@ type sidecar struct {
 	Outbound, Admin string
 }
 
-// startSidecar runs minimesh-proxy with policies (YAML, may be empty)
-// and svc resolved to upstream.
-func startSidecar(t *testing.T, upstream, policies string) *sidecar {
+// startSidecar runs minimesh-proxy with policies (YAML, may be empty),
+// svc resolved to upstream and extra flags.
+func startSidecar(t *testing.T, upstream, policies string, extra ...string) *sidecar {
 	t.Helper()
 	bin := sidecarBinary(t)
 	addrs, err := proc.FreeAddrs(2)
@@ -107,6 +111,7 @@ func startSidecar(t *testing.T, upstream, policies string) *sidecar {
 		}
 		args = append(args, "--policy-dir", dir)
 	}
+	args = append(args, extra...)
 	p := proc.StartT(t, "minimesh-proxy", bin, args, proc.Options{Env: childEnv()})
 	admin := &http.Client{Timeout: 2 * time.Second}
 	if err := p.WaitReady(15*time.Second, func() error {
@@ -387,4 +392,49 @@ func TestH2Load(t *testing.T) {
 		t.Errorf("minimesh_requests_total{code=200} = %v, want %d", got, n)
 	}
 	t.Logf("h2load through the sidecar:\n%s", out)
+}
+
+// TestSpansInJaeger: a gRPC call's span in the real Jaeger follows the
+// OpenTelemetry RPC conventions (name $service/$method, rpc.system,
+// rpc.service, rpc.method, rpc.grpc.status_code) and a failed call is an
+// error span.
+func TestSpansInJaeger(t *testing.T) {
+	j := jaeger.StartT(t)
+	up := &server{fail: codes.Unavailable}
+	s := startSidecar(t, serve(t, up), "", "--otlp-endpoint", j.OTLPAddr, "--trace-sample-ratio", "1")
+	c := client(t, s)
+	var id [16]byte
+	_, _ = rand.Read(id[:])
+	traceID := hex.EncodeToString(id[:])
+	parent := "00f067aa0ba902b7"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", "00-"+traceID+"-"+parent+"-01")
+	if _, err := c.Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("%v, want the server's Unavailable", err)
+	}
+	var span jaeger.Span
+	spans, err := j.WaitTraceFunc(traceID, 20*time.Second, func(spans []jaeger.Span) bool {
+		for _, sp := range spans {
+			if sp.ParentID() == parent {
+				span = sp
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatalf("no span of the sidecar in trace %s: %v (%+v)", traceID, err, spans)
+	}
+	if span.OperationName != "grpc.health.v1.Health/Check" {
+		t.Errorf("span name %q, want grpc.health.v1.Health/Check", span.OperationName)
+	}
+	for k, v := range map[string]string{
+		"span.kind": "client", "rpc.system": "grpc", "rpc.service": "grpc.health.v1.Health", "rpc.method": "Check",
+		"rpc.grpc.status_code": "14", "error": "true", "server.address": "health-service", "server.port": "50051",
+	} {
+		if got, ok := span.Tag(k); got != v {
+			t.Errorf("tag %s = %q (present %v), want %q; tags %+v", k, got, ok, v, span.Tags)
+		}
+	}
 }
