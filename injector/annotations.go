@@ -54,13 +54,6 @@ var knownAnnotations = []string{
 	annCPULimit, annMemoryLimit, annLogLevel, annServiceName,
 }
 
-// inboundListenerReady says whether the sidecar serves --inbound-addr,
-// which capture-inbound needs: without it the sidecar would refuse its
-// command line and the pod would never start, so the annotation is
-// refused instead. Set it when minimesh-proxy run has the flag; the
-// injection behind it is tested already.
-var inboundListenerReady = false
-
 // maxAnnotationBytes bounds the value of every minimesh annotation. The
 // longest legitimate one is a list of CIDRs or ports; skip-outbound-cidrs
 // is copied into NO_PROXY and no_proxy of every app container, so its
@@ -135,9 +128,6 @@ func parseSettings(ann map[string]string, cfg *Config) (*settings, error) {
 	var err error
 	if s.captureInbound, err = enabledDisabled(ann, annCaptureInbound); err != nil {
 		return nil, err
-	}
-	if s.captureInbound && s.iptables && !inboundListenerReady {
-		return nil, deny(annCaptureInbound, ann[annCaptureInbound], "inbound capture needs the sidecar's inbound listener (--inbound-addr), which this version does not have yet: its pods would not start; leave it out")
 	}
 	if s.proxyHTTPS, err = enabledDisabled(ann, annProxyHTTPS); err != nil {
 		return nil, err

@@ -113,7 +113,6 @@ func TestInjectDecides(t *testing.T) {
 }
 
 func TestInjectDenies(t *testing.T) {
-	withInboundListener(t)
 	tests := []struct {
 		name  string
 		ann   map[string]string
@@ -495,7 +494,6 @@ func TestPatchApplies(t *testing.T) {
 // probes, security context and the apps' environment, as users will read
 // them in `kubectl get pod -o yaml`.
 func TestGolden(t *testing.T) {
-	withInboundListener(t)
 	ratio := 0.1
 	tests := []struct {
 		name string

@@ -16,7 +16,6 @@ import (
 // the pod's exclusions; the sidecar runs as the UID the rules exclude, and
 // the apps get no proxy variables.
 func TestIPTables(t *testing.T) {
-	withInboundListener(t)
 	cfg := testConfig()
 	cfg.Proxy.OutboundPort, cfg.Proxy.AdminPort, cfg.Proxy.InboundPort = 16001, 16020, 16006
 	pod := appPod(iptables(
@@ -113,33 +112,6 @@ func TestIPTables(t *testing.T) {
 	again, err := Inject(Input{Pod: later, Namespace: "shop"}, testConfig())
 	if err != nil || again.Injected || again.Reason != ReasonAlreadyInjected {
 		t.Fatalf("reinvocation: %v %+v", err, again)
-	}
-}
-
-// withInboundListener injects as for a sidecar with an inbound
-// listener, for the rest of t.
-func withInboundListener(t *testing.T) {
-	was := inboundListenerReady
-	inboundListenerReady = true
-	t.Cleanup(func() { inboundListenerReady = was })
-}
-
-// TestCaptureInboundNotReady: until the sidecar serves --inbound-addr,
-// capture-inbound is refused rather than injected into a pod that would
-// never start.
-func TestCaptureInboundNotReady(t *testing.T) {
-	if inboundListenerReady {
-		t.Skip("the sidecar has its inbound listener")
-	}
-	_, err := Inject(Input{Pod: appPod(iptables("minimesh.io/capture-inbound", "enabled")), Namespace: "shop"}, testConfig())
-	var d *DenyError
-	if !errors.As(err, &d) || d.Field != "metadata.annotations[minimesh.io/capture-inbound]" || !strings.Contains(d.Reason, "--inbound-addr") {
-		t.Fatalf("err = %v", err)
-	}
-	for _, ann := range []map[string]string{iptables("minimesh.io/capture-inbound", "disabled"), iptables("minimesh.io/skip-inbound-ports", "9000")} {
-		if _, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, testConfig()); err != nil {
-			t.Fatalf("%v: %v", ann, err)
-		}
 	}
 }
 
