@@ -1,6 +1,7 @@
 package interception_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -8,10 +9,28 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	grpcstatus "google.golang.org/grpc/status"
 )
+
+// unavailableHealth fails every Check with UNAVAILABLE.
+type unavailableHealth struct {
+	healthpb.UnimplementedHealthServer
+	hits *atomic.Int64
+}
+
+func (s unavailableHealth) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	s.hits.Add(1)
+	return nil, grpcstatus.Error(codes.Unavailable, "failing on purpose")
+}
 
 // policies of TestTransparentListener: two breakers that open on the
 // second failure, one for an HTTP destination and one for a TLS one named
@@ -28,6 +47,13 @@ kind: ResiliencePolicy
 metadata: {name: down}
 spec:
   service: down.test:8444
+  circuitBreaker: {consecutiveFailures: 2, openTimeout: 60s}
+---
+apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: grpc}
+spec:
+  service: grpc.test:50051
   circuitBreaker: {consecutiveFailures: 2, openTimeout: 60s}
 `
 
@@ -220,14 +246,55 @@ func TestTransparentListener(t *testing.T) {
 	})
 
 	t.Run("h2 prior knowledge", func(t *testing.T) {
+		// The preface sends the connection to the L7 path as HTTP/2, and
+		// the request goes upstream over h2c (docs/grpc.md).
 		out, errOut, err := w.curl("--http2-prior-knowledge", "http://"+upIP+":8082/h2")
 		if err != nil || strings.TrimSpace(out) != "HTTP/2.0 200" {
 			t.Fatalf("curl --http2-prior-knowledge: %q %v %s", out, err, errOut)
 		}
-		if n := len(h2.requests("/h2")); n != 1 {
-			t.Errorf("h2c upstream saw %d requests", n)
+		once(h2, "/h2")
+		w.accessLine(map[string]any{"destination": upIP + ":8082", "path": "/h2", "status": 200})
+	})
+
+	t.Run("grpc", func(t *testing.T) {
+		// A grpc-go client in the pod dials the upstream's address, no
+		// proxy configured; its server fails with UNAVAILABLE. The second
+		// failure opens grpc.test's breaker (named by :authority on the
+		// port dialled) and the third call is UNAVAILABLE from minimesh
+		// without reaching the server.
+		var hits atomic.Int64
+		gs := grpc.NewServer()
+		healthpb.RegisterHealthServer(gs, unavailableHealth{hits: &hits})
+		go func() { _ = gs.Serve(w.up.listen(t, ":50051")) }()
+		t.Cleanup(gs.Stop)
+		cc, err := grpc.NewClient("passthrough:///"+upIP+":50051", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithAuthority("grpc.test"), grpc.WithNoProxy(),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (c net.Conn, err error) {
+				err = inNetns(w.pod.name, func() (err error) {
+					c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+					return err
+				})
+				return c, err
+			}))
+		if err != nil {
+			t.Fatal(err)
 		}
-		w.accessLine(map[string]any{"destination": upIP + ":8082", "protocol": "http2"})
+		defer cc.Close()
+		c := healthpb.NewHealthClient(cc)
+		for i := 1; i <= 3; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, err := c.Check(ctx, &healthpb.HealthCheckRequest{})
+			cancel()
+			msg := grpcstatus.Convert(err).Message()
+			if grpcstatus.Code(err) != codes.Unavailable || strings.Contains(msg, "minimesh") != (i == 3) {
+				t.Fatalf("call %d: %v; want Unavailable, from minimesh only on the third", i, err)
+			}
+		}
+		if n := hits.Load(); n != 2 {
+			t.Errorf("the server saw %d calls, want 2", n)
+		}
+		w.waitMetric(`minimesh_grpc_requests_total{destination="grpc.test:50051",direction="outbound",grpc_code="UNAVAILABLE"}`, 3)
+		w.waitMetric(`minimesh_circuit_breaker_rejected_total{destination="grpc.test:50051"}`, 1)
 	})
 
 	t.Run("ipv6", func(t *testing.T) {
