@@ -36,7 +36,8 @@ func TestExpressionsEvaluate(t *testing.T) {
 	promBin := proc.NeedTool(t, "prometheus")
 
 	// The sidecar: nominatim fails half the time and its breaker is open,
-	// 2 % of its requests take 2 s; auth is healthy.
+	// 2 % of its requests take 2 s; auth is healthy. Its app serves
+	// requests into the pod on 8000 (capture-inbound), one in four a 500.
 	m := telemetry.New(0)
 	m.WatchBreakers(func() []telemetry.BreakerState {
 		return []telemetry.BreakerState{{Destination: "nominatim-service", State: "open"}, {Destination: "auth-service", State: "closed"}}
@@ -48,7 +49,7 @@ func TestExpressionsEvaluate(t *testing.T) {
 		defer wg.Done()
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
-		nom, auth := m.Destination("nominatim-service"), m.Destination("auth-service")
+		nom, auth, in := m.Destination("nominatim-service"), m.Destination("auth-service"), m.Inbound("8000")
 		for i := 0; ; i++ {
 			select {
 			case <-ctx.Done():
@@ -60,6 +61,10 @@ func TestExpressionsEvaluate(t *testing.T) {
 			nom.Rejected()
 			nom.Retry("503")
 			auth.Observe("POST", 200, 0.005)
+			in.Observe("GET", 200, 0.003)
+			if i%4 == 0 {
+				in.Observe("POST", 500, 0.001)
+			}
 			if i%25 == 0 {
 				nom.Observe("GET", 200, 2)
 				nom.Transition("open", "half-open")
