@@ -314,3 +314,66 @@ func TestGRPCRedirected(t *testing.T) {
 		t.Errorf("grpc_requests_total{destination=%s, OK} = %v, want 3", dest, got)
 	}
 }
+
+// TestBrokenHTTP2: a client that breaks HTTP/2 gets its connection
+// closed (after a GOAWAY or a 400), and the sidecar serves the next call.
+func TestBrokenHTTP2(t *testing.T) {
+	addr := startGRPC(t, health.NewServer())
+	sc := startSidecar(t, "", resolve(addr, healthSvc))
+	const preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+	for _, tc := range []struct {
+		name string
+		send string
+		want string // in what the sidecar sends back before closing
+	}{
+		// Not the preface: an HTTP/1.x request line it is not either.
+		{"bad preface", "PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", "400"},
+		// A DATA frame on stream 0 announcing 16 MiB - 1 bytes, over the
+		// 1 MiB frame size limit: GOAWAY (type 7).
+		{"oversized frame", preface + "\x00\x00\x00\x04\x00\x00\x00\x00\x00" + "\xff\xff\xff\x00\x00\x00\x00\x00\x00", "GOAWAY"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", sc.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte(tc.send)); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			var got []byte
+			buf := make([]byte, 4096)
+			for {
+				n, err := c.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil {
+					if ne, ok := err.(net.Error); ok && ne.Timeout() {
+						t.Fatalf("the connection is still open after %q", got)
+					}
+					break
+				}
+			}
+			if tc.want == "GOAWAY" {
+				// Walk the frames: 9-byte headers, type at [3].
+				seen := false
+				for b := got; len(b) >= 9; {
+					n := int(b[0])<<16 | int(b[1])<<8 | int(b[2])
+					seen = seen || b[3] == 0x7
+					if len(b) < 9+n {
+						break
+					}
+					b = b[9+n:]
+				}
+				if !seen {
+					t.Errorf("no GOAWAY in %q", got)
+				}
+			} else if !strings.Contains(string(got), tc.want) {
+				t.Errorf("got %q, want %q in it", got, tc.want)
+			}
+		})
+	}
+	if _, err := check(grpcClient(t, sc, healthSvc), 5*time.Second); err != nil {
+		t.Fatalf("the next call: %v", err)
+	}
+}

@@ -127,7 +127,7 @@ type Sidecar struct {
 	outSrv   *http.Server
 	adminSrv *http.Server
 	// dispatch takes the redirected connections out of the outbound
-	// listeners; redirSrv serves those found to carry HTTP/1.x.
+	// listeners; redirSrv serves those found to carry HTTP/1.x or h2c.
 	dispatch *transparent.Dispatcher
 	redirSrv *http.Server
 	// inbound is the inbound listener (nil: none).

@@ -96,7 +96,7 @@ func New(maxDestinations int) *Metrics {
 		}, []string{"result"}),
 		tcpConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "minimesh_tcp_connections_total",
-			Help: "Redirected connections relayed as opaque TCP (TLS, HTTP/2, opaque ports, unknown protocols), by how they ended.",
+			Help: "Redirected connections relayed as opaque TCP (TLS, opaque ports, unknown protocols), by how they ended.",
 		}, []string{"direction", "destination", "result"}),
 		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "minimesh_tcp_sent_bytes_total",

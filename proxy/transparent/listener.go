@@ -43,7 +43,7 @@ type Config struct {
 	OpaquePorts *Ports
 	// DetectTimeout: 0 is DefaultDetectTimeout.
 	DetectTimeout time.Duration
-	// OnTCP relays a redirected connection that is not HTTP/1.x; it owns
+	// OnTCP relays a redirected connection that is neither HTTP/1.x nor h2c; it owns
 	// the connection and returns when the relay is over.
 	OnTCP func(*Conn)
 	// Hijacked is told of each connection taken for detection, so that a
