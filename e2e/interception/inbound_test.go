@@ -58,6 +58,15 @@ func newInboundPod(t *testing.T, maxInbound int) *inboundPod {
 	go app.Serve(p.pod.listen(t, "0.0.0.0:8080"))
 	go app.Serve(p.pod.listen(t, "[::]:8090"))
 	t.Cleanup(func() { app.Close() })
+	// An h2c server (gRPC's transport without TLS) on 8082.
+	h2c := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s from the app\n", r.Proto)
+	})}
+	h2c.Protocols = new(http.Protocols)
+	h2c.Protocols.SetHTTP1(true)
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	go h2c.Serve(p.pod.listen(t, "0.0.0.0:8082"))
+	t.Cleanup(func() { h2c.Close() })
 	echo := p.pod.listen(t, "0.0.0.0:7070")
 	go func() {
 		for {
@@ -317,6 +326,26 @@ func TestInbound(t *testing.T) {
 		c.Close()
 		p.waitMetric(t, `minimesh_tcp_connections_total{destination="7070",direction="inbound",result="ok"}`, 1)
 		p.accessLine(t, map[string]any{"direction": "inbound", "destination": "7070", "protocol": "unknown"})
+	})
+
+	t.Run("h2c relayed", func(t *testing.T) {
+		// HTTP/2 with prior knowledge (gRPC, the kubelet's grpc probes) has
+		// no inbound L7 path: relayed as opaque TCP, never broken.
+		tr := &http.Transport{DialContext: p.client.Transport.(*http.Transport).DialContext}
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(fmt.Sprintf("http://%s:8082/h2", podV4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "HTTP/2.0 from the app\n" {
+			t.Errorf("h2c into the pod: %s %q", resp.Status, b)
+		}
+		tr.CloseIdleConnections()
+		p.accessLine(t, map[string]any{"direction": "inbound", "destination": "8082", "protocol": "http2"})
 	})
 
 	t.Run("server speaks first", func(t *testing.T) {
