@@ -135,6 +135,7 @@ func inject(in Input, cfg *Config) (Result, error) {
 	for i := range out.Spec.Containers {
 		s.warnings = append(s.warnings, addProxyEnv(&out.Spec.Containers[i], cfg, s)...)
 	}
+	warnTCPProbes(pod, s)
 	return Result{Pod: out, Injected: true, Reason: ReasonInjected, Warnings: capWarnings(s.warnings)}, nil
 }
 
