@@ -326,6 +326,7 @@ func TestInbound(t *testing.T) {
 		c.Close()
 		p.waitMetric(t, `minimesh_tcp_connections_total{destination="7070",direction="inbound",result="ok"}`, 1)
 		p.accessLine(t, map[string]any{"direction": "inbound", "destination": "7070", "protocol": "unknown"})
+		(&world{t: t, sidecar: p.sidecar}).debugLine(map[string]any{"listener": "inbound", "original_dst": podV4.String() + ":7070", "protocol": "unknown"})
 	})
 
 	t.Run("h2c relayed", func(t *testing.T) {

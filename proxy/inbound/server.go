@@ -54,7 +54,8 @@ func NewServer(ln *connlimit.Listener, h *Handler, cfg ServerConfig) *Server {
 		// Detection and relays own their connections: the drain leaves
 		// them to the handler.
 		Hijacked: func(c net.Conn) { ln.ConnState(c, http.StateHijacked) },
-		Logger:   h.log,
+		// Its debug line per connection says which listener it is from.
+		Logger: h.log.With("listener", "inbound"),
 	})
 	s.srv = &http.Server{
 		Handler:           h,
