@@ -403,3 +403,46 @@ func grep(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestServeHTTPUpgrade: an Upgrade (a WebSocket) into the pod passes
+// through: the app's 101, then bytes both ways.
+func TestServeHTTPUpgrade(t *testing.T) {
+	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Header.Get("Upgrade") != "echo" {
+			w.WriteHeader(400)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		line, _ := brw.ReadString('\n')
+		io.WriteString(c, "echo: "+line)
+	}), Config{})
+	c, err := net.Dial("tcp", r.front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: app\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 || resp.Header.Get(wellknown.HeaderRequestID) == "" {
+		t.Fatalf("%v %v", resp, err)
+	}
+	io.WriteString(c, "hi\n")
+	if got, err := br.ReadString('\n'); err != nil || got != "echo: hi\n" {
+		t.Errorf("after the upgrade: %q, %v", got, err)
+	}
+	c.Close()
+	// The line is written when the upgraded connection has ended (the
+	// log flushes every 200 ms).
+	for deadline := time.Now().Add(5 * time.Second); r.logOut.String() == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	}
+	if l := r.logLines(t); len(l) != 1 || l[0]["status"] != float64(101) || l[0]["direction"] != "inbound" {
+		t.Errorf("access log %v", l)
+	}
+}
