@@ -41,7 +41,7 @@ type inboundPod struct {
 	hits      map[string]int // requests the app saw, by path
 }
 
-func newInboundPod(t *testing.T, maxInbound int) *inboundPod {
+func newInboundPod(t *testing.T, maxInbound int, args ...string) *inboundPod {
 	t.Helper()
 	bin := needIPTables(t)
 	p := &inboundPod{t: t, seen: make(chan appSeen, 100), hits: map[string]int{}}
@@ -53,6 +53,9 @@ func newInboundPod(t *testing.T, maxInbound int) *inboundPod {
 		p.hits[r.URL.Path]++
 		p.mu.Unlock()
 		p.seen <- appSeen{r.URL.Path, r.Header.Get(wellknown.HeaderRequestID), r.Header.Get("traceparent"), r.RemoteAddr, r.Host, r.UserAgent()}
+		if r.URL.Path == "/slow" {
+			time.Sleep(time.Second)
+		}
 		io.WriteString(w, "hello from the app\n")
 	})}
 	go app.Serve(p.pod.listen(t, "0.0.0.0:8080"))
@@ -97,15 +100,12 @@ func newInboundPod(t *testing.T, maxInbound int) *inboundPod {
 
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
-	p.sidecar = proc.StartT(t, "minimesh-proxy", bin, []string{"run",
+	p.sidecar = proc.StartT(t, "minimesh-proxy", bin, append([]string{"run",
 		"--inbound-addr", ":" + strconv.Itoa(wellknown.InboundPort),
 		"--admin-addr", ":" + strconv.Itoa(wellknown.AdminPort),
 		"--max-inbound-connections", strconv.Itoa(maxInbound),
 		"--service-name", "app", "--log-level", "debug", "--drain-timeout", "2s",
-		// Tracing on, so that the app's traceparent is the sidecar's
-		// SERVER span; nothing listens there (spans are dropped).
-		"--otlp-endpoint", "127.0.0.1:4317",
-	}, proc.Options{
+	}, args...), proc.Options{
 		Env:        []string{"PATH=/usr/bin:/bin"},
 		Dir:        "/",
 		OutputMax:  4 << 20,
@@ -240,7 +240,9 @@ var traceparentRE = regexp.MustCompile(`^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$
 // server that speaks first work unchanged; the admin port is reached
 // directly; a direct connection to :15006 is reset; nothing loops.
 func TestInbound(t *testing.T) {
-	p := newInboundPod(t, 1024)
+	// Tracing on, so that the app's traceparent is the sidecar's SERVER
+	// span; nothing listens there (spans are dropped).
+	p := newInboundPod(t, 1024, "--otlp-endpoint", "127.0.0.1:4317")
 	app := fmt.Sprintf("http://%s:8080", podV4)
 
 	t.Run("request ID made", func(t *testing.T) {
@@ -476,4 +478,39 @@ func TestInboundConnectionCap(t *testing.T) {
 // reset reports whether err is a reset from the peer.
 func reset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// TestInboundDrain: on SIGTERM a request into the pod already in flight
+// gets its answer (with "Connection: close"), and the closed listener
+// turns new connections away (the kernel's reset: nothing listens where
+// the rules redirect them).
+func TestInboundDrain(t *testing.T) {
+	p := newInboundPod(t, 1024)
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := p.get(fmt.Sprintf("http://%s:8080/slow", podV4), nil)
+		res <- result{resp, err}
+	}()
+	p.appSaw("/slow") // in flight: the app has it
+	stopped := make(chan struct{})
+	go func() { p.sidecar.Stop(); close(stopped) }()
+	r := <-res
+	if r.err != nil || r.resp.StatusCode != 200 || !r.resp.Close {
+		t.Errorf("the request in flight at SIGTERM: %v %v; want its 200 with Connection: close", r.resp, r.err)
+	}
+	<-stopped
+	if exited, err := p.sidecar.Exited(); !exited || err != nil {
+		t.Errorf("the sidecar after SIGTERM: exited %v, %v; want status 0", exited, err)
+	}
+	if c, err := p.dial(podV4.String() + ":8080"); err == nil {
+		c.Close()
+		t.Error("a new connection into the pod was accepted after the sidecar stopped")
+	} else if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("a new connection after the stop: %v, want refused", err)
+	}
+	(&world{t: t, sidecar: p.sidecar}).accessLine(map[string]any{"direction": "inbound", "path": "/slow", "status": 200})
 }
