@@ -105,7 +105,7 @@ func validateBreaker(c *checker, b *CircuitBreaker) {
 	}
 }
 
-func isEmpty(c Conditions) bool { return c.Classes == 0 && len(c.Codes) == 0 }
+func isEmpty(c Conditions) bool { return c.Classes == 0 && len(c.Codes) == 0 && c.GRPC == 0 }
 
 // yamlList spells conditions the way a user would write them back.
 func yamlList(c Conditions) string { return "[" + strings.Join(c.Strings(), ", ") + "]" }

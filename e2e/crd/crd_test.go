@@ -133,6 +133,7 @@ func TestBadPoliciesRefused(t *testing.T) {
 		{"{service: geo, timeout: 0s}", "spec.timeout", "must be a duration greater than zero"},
 		{"{service: geo, retries: {attempts: 11}}", "spec.retries.attempts", "less than or equal to 10"},
 		{"{service: geo, retries: {attempts: 1, retryOn: [6xx]}}", "spec.retries.retryOn[0]", "should match"},
+		{"{service: geo, retries: {attempts: 1, retryOn: [grpc-ok]}}", "spec.retries.retryOn[0]", "should match"},
 		{"{service: geo, retries: {attempts: 1, retryOn: []}}", "spec.retries.retryOn", "must not be empty"},
 		{"{service: geo, timeout: 1s, retries: {attempts: 1, perTryTimeout: 2s}}", "spec.retries.perTryTimeout", "must not be longer than timeout"},
 		{"{service: geo, retries: {attempts: 1, backoff: {base: 100ms, max: 50ms}}}", "spec.retries.backoff.max", "max must be at least base"},

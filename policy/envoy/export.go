@@ -22,6 +22,9 @@ func Export(pols []*policy.ResiliencePolicy, ns string) ([]byte, error) {
 	for _, s := range res.Skipped {
 		fmt.Fprintf(&out, "# skipped: %s\n", s)
 	}
+	for _, s := range res.Notes {
+		fmt.Fprintf(&out, "# not carried over: %s\n", s)
+	}
 	write := func(kind string, m proto.Message) error {
 		js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
 		if err != nil {

@@ -49,6 +49,8 @@ type Resources struct {
 	Routes   *routev3.RouteConfiguration
 	// Skipped names the policies that have no Envoy form and why.
 	Skipped []string
+	// Notes name what a translated policy says that Envoy cannot.
+	Notes []string
 }
 
 // Translate builds the resources of pols, whose short service names
@@ -75,6 +77,7 @@ func Translate(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
 		}
 		res.Clusters = append(res.Clusters, c)
 		res.Routes.VirtualHosts = append(res.Routes.VirtualHosts, virtualHost(p, name, domains))
+		res.Notes = append(res.Notes, grpcNotes(p)...)
 	}
 	slices.SortFunc(res.Clusters, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(res.Routes.VirtualHosts, func(a, b *routev3.VirtualHost) int { return strings.Compare(a.Name, b.Name) })
@@ -256,6 +259,15 @@ func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []strin
 		rp.RetriableRequestHeaders = append(rp.RetriableRequestHeaders, &routev3.HeaderMatcher{
 			Name: "idempotency-key", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
 		})
+		if r.RetryOn.GRPC != 0 {
+			// gRPC codes in retryOn declare gRPC calls safe to repeat
+			// (docs/grpc.md): they are POSTs, let through by content-type.
+			rp.RetriableRequestHeaders = append(rp.RetriableRequestHeaders, &routev3.HeaderMatcher{
+				Name: "content-type", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+					MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "application/grpc"},
+				}},
+			})
+		}
 		action.RetryPolicy = rp
 	}
 	return &routev3.VirtualHost{
@@ -296,7 +308,44 @@ func retryOn(c policy.Conditions) string {
 	if len(c.Codes) > 0 {
 		add("retriable-status-codes")
 	}
+	for n := range policy.GRPCCodeNames {
+		if name, ok := envoyGRPCRetryOn[n]; ok && c.GRPCStatus(n) {
+			add(name)
+		}
+	}
 	return strings.Join(on, ",")
+}
+
+// envoyGRPCRetryOn are the gRPC codes Envoy's retry_on can name (its gRPC
+// retry conditions, x-envoy-retry-grpc-on), by value.
+var envoyGRPCRetryOn = map[int]string{1: "cancelled", 4: "deadline-exceeded", 8: "resource-exhausted", 13: "internal", 14: "unavailable"}
+
+// grpcNotes are what a policy's gRPC conditions ask that Envoy's
+// resources do not carry.
+func grpcNotes(p *policy.ResiliencePolicy) []string {
+	var notes []string
+	if r := p.Spec.Retries; r != nil && r.Attempts > 0 && r.RetryOn.GRPC != 0 {
+		var left []string
+		for n, name := range policy.GRPCCodeNames {
+			if _, ok := envoyGRPCRetryOn[n]; !ok && r.RetryOn.GRPCStatus(n) {
+				left = append(left, name)
+			}
+		}
+		if len(left) > 0 {
+			notes = append(notes, fmt.Sprintf("%s: retryOn %s: Envoy retries only cancelled, deadline-exceeded, internal, resource-exhausted and unavailable", p.Metadata.Name, strings.Join(left, ", ")))
+		}
+		notes = append(notes, fmt.Sprintf("%s: retryOn gRPC codes: Envoy also replays a client stream that fits its buffer, and lets gRPC calls retry on the other retry_on conditions too; minimesh sends again only a one-message call, and only for the codes named", p.Metadata.Name))
+	}
+	if cb := p.Spec.CircuitBreaker; cb != nil && cb.FailOn.GRPC != 0 {
+		var named []string
+		for n, name := range policy.GRPCCodeNames {
+			if cb.FailOn.GRPCStatus(n) {
+				named = append(named, name)
+			}
+		}
+		notes = append(notes, fmt.Sprintf("%s: failOn %s: outlier detection counts a gRPC call by its HTTP equivalent only (as minimesh does without these), no gRPC code of its own", p.Metadata.Name, strings.Join(named, ", ")))
+	}
+	return notes
 }
 
 // specMap is the policy's spec in its JSON form (readable durations).

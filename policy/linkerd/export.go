@@ -23,6 +23,7 @@ import (
 const (
 	annRequestTimeout = "timeout.linkerd.io/request"
 	annRetryHTTP      = "retry.linkerd.io/http"
+	annRetryGRPC      = "retry.linkerd.io/grpc"
 	annRetryLimit     = "retry.linkerd.io/limit"
 	annRetryTimeout   = "retry.linkerd.io/timeout"
 	annAccrual        = "balancer.linkerd.io/failure-accrual"
@@ -98,6 +99,23 @@ func export(p *policy.ResiliencePolicy) ([]object, []string, error) {
 	}
 
 	svcAnn := object{}
+	if r := s.Retries; r != nil && r.Attempts > 0 && r.RetryOn.GRPC != 0 {
+		codes, n := grpcRetryCodes(r.RetryOn)
+		notes = append(notes, n...)
+		if codes != "" {
+			// Not valid on an HTTPRoute: on the Service, for its gRPC
+			// calls that no route with retry annotations of its own
+			// matches.
+			svcAnn[annRetryGRPC] = codes
+			svcAnn[annRetryLimit] = strconv.Itoa(r.Attempts)
+			if r.PerTryTimeout > 0 {
+				svcAnn[annRetryTimeout] = duration(r.PerTryTimeout)
+			}
+			if _, ok := route[annRetryHTTP]; ok {
+				notes = append(notes, "retryOn gRPC codes: retry.linkerd.io/grpc goes on the Service, and the HTTPRoute's own retry annotations win for the gRPC calls it matches (every path): give gRPC calls a GRPCRoute, or drop the HTTP retries")
+			}
+		}
+	}
 	if cb := s.CircuitBreaker; cb != nil {
 		// Linkerd probes an ejected endpoint after a penalty that backs off
 		// from min to max; minimesh waits openTimeout, then probes. The
@@ -186,6 +204,29 @@ func retryCodes(c policy.Conditions) (string, []string) {
 	}
 	if c.Has(policy.ClassTimeout) {
 		notes = append(notes, "retryOn timeout: Linkerd retries a try that exceeds retry.linkerd.io/timeout on its own")
+	}
+	return strings.Join(codes, ","), notes
+}
+
+// linkerdGRPCRetry are the gRPC codes retry.linkerd.io/grpc can name.
+var linkerdGRPCRetry = map[int]string{1: "cancelled", 4: "deadline-exceeded", 8: "resource-exhausted", 13: "internal", 14: "unavailable"}
+
+// grpcRetryCodes is retryOn's gRPC codes in retry.linkerd.io/grpc's
+// spelling, and the codes it has none for.
+func grpcRetryCodes(c policy.Conditions) (string, []string) {
+	var codes, left, notes []string
+	for n, name := range policy.GRPCCodeNames {
+		if !c.GRPCStatus(n) {
+			continue
+		}
+		if l, ok := linkerdGRPCRetry[n]; ok {
+			codes = append(codes, l)
+		} else {
+			left = append(left, name)
+		}
+	}
+	if len(left) > 0 {
+		notes = append(notes, fmt.Sprintf("retryOn %s: Linkerd retries only cancelled, deadline-exceeded, internal, resource-exhausted and unavailable", strings.Join(left, ", ")))
 	}
 	return strings.Join(codes, ","), notes
 }

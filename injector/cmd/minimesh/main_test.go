@@ -36,7 +36,7 @@ func TestLintBad(t *testing.T) {
 	code, out, errOut := run("policy", "lint", "testdata/good", file)
 	want := file + `:6:12: spec.timeout: want a duration such as 2s or 500ms, got integer 2
 ` + file + `:8:15: spec.retries.attempts: must be between 0 and 10, got 20
-` + file + `:9:20: spec.retries.retryOn[1]: unknown condition "teapot": want one of 5xx, gateway-error, connect-failure, reset, timeout or a status code 100-599
+` + file + `:9:20: spec.retries.retryOn[1]: unknown condition "teapot": want one of 5xx, gateway-error, connect-failure, reset, timeout, a status code 100-599 or a gRPC code (grpc-unavailable, …)
 ` + file + `:11:5: spec.circuitBreaker.halfOpen: unknown field "halfOpen" (allowed: consecutiveFailures, openTimeout, halfOpenRequests, failureRate, failOn)
 `
 	if code != 1 || out != "" || errOut != want {
