@@ -185,12 +185,14 @@ type server struct {
 	hits  atomic.Int64
 	fail  codes.Code
 	delay time.Duration
+	// only, when not 0, limits the failures to the first only calls.
+	only int64
 }
 
 func (s *server) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
-	s.hits.Add(1)
+	n := s.hits.Add(1)
 	time.Sleep(s.delay)
-	if s.fail != codes.OK {
+	if s.fail != codes.OK && (s.only == 0 || n <= s.only) {
 		return nil, status.Error(s.fail, "failing on purpose")
 	}
 	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
@@ -436,5 +438,42 @@ func TestSpansInJaeger(t *testing.T) {
 		if got, ok := span.Tag(k); got != v {
 			t.Errorf("tag %s = %q (present %v), want %q; tags %+v", k, got, ok, v, span.Tags)
 		}
+	}
+}
+
+// TestRetryUnavailable: with retryOn: [grpc-unavailable] a unary call
+// that fails with UNAVAILABLE is sent again and succeeds, for grpc-go and
+// for grpcio (docs/grpc.md, "Retries").
+func TestRetryUnavailable(t *testing.T) {
+	const policy = `apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: health}
+spec:
+  service: health-service:50051
+  retries: {attempts: 2, retryOn: [connect-failure, grpc-unavailable], backoff: {base: 1ms, max: 5ms}}
+`
+	up := &server{fail: codes.Unavailable, only: 1}
+	s := startSidecar(t, serve(t, up), policy)
+	if _, err := call(client(t, s)); err != nil {
+		t.Fatalf("grpc-go: %v, want the retry's OK", err)
+	}
+	if n := up.hits.Load(); n != 2 {
+		t.Errorf("the server saw %d calls, want 2", n)
+	}
+	if got := s.metric(t, "minimesh_retries_total", "destination", svc, "reason", "grpc-unavailable"); got != 1 {
+		t.Errorf("minimesh_retries_total{reason=grpc-unavailable} = %v, want 1", got)
+	}
+	if err := exec.Command("/usr/bin/python3", "-c", "import grpc").Run(); err != nil {
+		proc.Unmet(t, "Debian's python3 with grpcio not installed (python3-grpcio; make tools): %v", err)
+	}
+	up.hits.Store(0)
+	cmd := exec.Command("/usr/bin/python3", "-c", pyClient, s.Outbound, svc, "1")
+	cmd.Env = childEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "OK" {
+		t.Fatalf("grpcio: %v %q, want OK", err, out)
+	}
+	if n := up.hits.Load(); n != 2 {
+		t.Errorf("the server saw %d calls from grpcio, want 2", n)
 	}
 }

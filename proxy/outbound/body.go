@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"sync"
+	"time"
 )
 
 // MaxReplayBody is the largest request body kept for replay. Larger
@@ -17,6 +19,9 @@ type replay struct {
 	started bool      // some of stream was read: it cannot be resent
 	length  int64     // the request's ContentLength, sent with the stream
 	closer  io.Closer
+	// rec, for a gRPC call, is the body kept as the first try sent it:
+	// sent again only when it was one whole message.
+	rec *recording
 }
 
 // newReplay reads up to MaxReplayBody of body. The original is closed by
@@ -48,6 +53,15 @@ func newReplay(body io.ReadCloser, length int64) (*replay, error) {
 // body returns a reader for one try, or false when the body cannot be
 // sent again.
 func (r *replay) body() (io.ReadCloser, int64, bool) {
+	if r.rec != nil {
+		if !r.rec.begun() {
+			return r.rec, r.length, true
+		}
+		if b, ok := r.rec.oneMessage(); ok {
+			return io.NopCloser(bytes.NewReader(b)), r.length, true
+		}
+		return nil, 0, false
+	}
 	if r.stream == nil {
 		return io.NopCloser(bytes.NewReader(*r.buf)), int64(len(*r.buf)), true
 	}
@@ -58,7 +72,138 @@ func (r *replay) body() (io.ReadCloser, int64, bool) {
 }
 
 // replayable reports whether another try can carry the body.
-func (r *replay) replayable() bool { return r.stream == nil || !r.started }
+func (r *replay) replayable() bool {
+	if r.rec != nil {
+		_, ok := r.rec.oneMessage()
+		return ok || !r.rec.begun()
+	}
+	return r.stream == nil || !r.started
+}
+
+// recording is a gRPC call's request body on its first try: it passes
+// through as the upstream transport reads it, never read ahead (a
+// streaming call's next message may wait for the first answer), and is
+// kept, up to MaxReplayBody, so that the call can be sent again if it
+// turns out to have been one whole message. The transport reads it from
+// its own goroutine.
+type recording struct {
+	body io.Reader
+
+	mu      sync.Mutex
+	buf     []byte
+	over    bool // more than MaxReplayBody: not kept
+	eof     bool
+	started bool
+	closed  bool // the transport is done with it
+}
+
+func (r *recording) Read(p []byte) (int, error) {
+	r.mu.Lock()
+	r.started = true
+	r.mu.Unlock()
+	n, err := r.body.Read(p)
+	r.mu.Lock()
+	if !r.over {
+		if len(r.buf)+n > MaxReplayBody {
+			r.over, r.buf = true, nil
+		} else {
+			r.buf = append(r.buf, p[:n]...)
+		}
+	}
+	if err == io.EOF {
+		r.eof = true
+	}
+	r.mu.Unlock()
+	return n, err
+}
+
+// Close notes that the transport is done with the body; closing the
+// app's body is left to the server, as onceBody's.
+func (r *recording) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *recording) begun() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.started
+}
+
+// oneMessage returns the body when it was read to its end and is exactly
+// one gRPC message (a 5-byte prefix, flag and big-endian length, then
+// that many bytes): a unary call, safe to send again whole. A stream of
+// messages never is.
+//
+// An upstream that answers before the transport has read the body's end
+// is the common case (a server answers once it has the message), so
+// when what was read is one whole message but its end was not seen, the
+// end is waited for, up to endWait: read by the transport if it still
+// reads, else by oneMessage itself once the transport has closed the
+// body. A stream that sends nothing more in that time is not replayed.
+func (r *recording) oneMessage() ([]byte, bool) {
+	deadline := time.Now().Add(endWait)
+	for {
+		r.mu.Lock()
+		whole, eof, closed := r.whole(), r.eof, r.closed
+		r.mu.Unlock()
+		switch {
+		case !whole:
+			return nil, false
+		case eof:
+			return r.buf, true
+		case closed:
+			return r.probeEnd(time.Until(deadline))
+		case time.Now().After(deadline):
+			return nil, false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// endWait bounds the wait for the end of a one-message gRPC body before
+// a retry.
+const endWait = 50 * time.Millisecond
+
+// whole reports whether buf is one whole gRPC message; mu is held.
+func (r *recording) whole() bool {
+	if r.over || len(r.buf) < 5 {
+		return false
+	}
+	n := uint64(r.buf[1])<<24 | uint64(r.buf[2])<<16 | uint64(r.buf[3])<<8 | uint64(r.buf[4])
+	return 5+n == uint64(len(r.buf))
+}
+
+// probeEnd reads the app's body once more, within d, for its end. A read
+// still blocked at d is left to end with the request (the server closes
+// the body); it writes only to its own channel.
+func (r *recording) probeEnd(d time.Duration) ([]byte, bool) {
+	type result struct {
+		n   int
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var b [1]byte
+		n, err := r.body.Read(b[:])
+		ch <- result{n, err}
+	}()
+	t := time.NewTimer(max(d, time.Millisecond))
+	defer t.Stop()
+	select {
+	case res := <-ch:
+		if res.n == 0 && res.err == io.EOF {
+			r.mu.Lock()
+			r.eof = true
+			r.mu.Unlock()
+			return r.buf, true
+		}
+	case <-t.C:
+	}
+	return nil, false
+}
 
 // onceBody streams a body too large to keep and remembers whether any of
 // it was read, which makes it unsendable. Close is left to the server, so

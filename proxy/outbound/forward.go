@@ -36,10 +36,15 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		dst.budget.Request()
 	}
 	if r != nil && st.grpc && hasBody(req) {
-		// Never buffered: a streaming call's next message may wait for
-		// the first answer. A call goes again only if not a byte of it
-		// was sent (a connect failure).
+		// Never buffered ahead of the upstream: a streaming call's next
+		// message may wait for the first answer. A call goes again if not
+		// a byte of it was sent (a connect failure), or, when retryOn
+		// names gRPC codes, if it was one whole message (a unary call),
+		// kept as it went (docs/grpc.md, "Retries").
 		st.replay = &replay{stream: req.Body, closer: req.Body, length: req.ContentLength}
+		if r.RetryOn.GRPC != 0 {
+			st.replay.rec = &recording{body: req.Body}
+		}
 	} else if r != nil && hasBody(req) {
 		rp, err := newReplay(req.Body, req.ContentLength)
 		if err != nil {
@@ -178,7 +183,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		endSpan(span, resp.StatusCode, "", "")
 	}
 	verdict := error(nil)
-	if failOn.Status(countedStatus(resp, st)) {
+	if failOn.Status(countedStatus(resp, st)) || st.grpc && failOn.GRPCStatus(st.grpcStatus) {
 		verdict = breaker.ErrFailed
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
@@ -257,7 +262,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 			}
 			b.st.grpcStatus = g
 			b.verdict = nil
-			if b.failOn.Status(grpcEquivalent(g)) {
+			if b.failOn.Status(grpcEquivalent(g)) || b.failOn.GRPCStatus(g) {
 				b.verdict = breaker.ErrFailed
 			}
 		}
@@ -311,16 +316,24 @@ func report(done breaker.Done, outcome error) {
 
 // retryable decides whether a failed try is tried again.
 func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class) bool {
+	// A request that was never sent may go again whatever its method;
+	// one that may have reached the upstream only if repeating it is safe.
+	safe := class == policy.ClassConnectFailure
 	if resp != nil {
-		if !r.RetryOn.Status(countedStatus(resp, st)) {
+		code := countedStatus(resp, st)
+		if st.grpc && r.RetryOn.GRPCStatus(st.grpcStatus) {
+			// Naming a gRPC code in retryOn declares the calls that fail
+			// with it safe to repeat, as Envoy's and Linkerd's gRPC retry
+			// conditions do; the replay still sends only a whole unary
+			// call again.
+			safe = true
+		} else if !r.RetryOn.Status(code) {
 			return false
 		}
 	} else if !r.RetryOn.Has(class) {
 		return false
 	}
-	// A request that was never sent may go again whatever its method;
-	// one that may have reached the upstream only if repeating it is safe.
-	if class != policy.ClassConnectFailure && !idempotent(req) {
+	if !safe && !idempotent(req) {
 		return false
 	}
 	if st.upgrade && class != policy.ClassConnectFailure {
@@ -345,6 +358,9 @@ func idempotent(req *http.Request) bool {
 
 func reason(resp *http.Response, st *reqState, class policy.Class) string {
 	if resp != nil {
+		if st.grpc && st.grpcStatus > 0 && st.grpcStatus < len(policy.GRPCCodeNames) {
+			return policy.GRPCCodeNames[st.grpcStatus]
+		}
 		return statusText(countedStatus(resp, st))
 	}
 	switch class {

@@ -1,7 +1,9 @@
 package outbound
 
 import (
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -214,3 +216,54 @@ type headerRecorder struct {
 func (r *headerRecorder) Header() http.Header         { return r.h }
 func (r *headerRecorder) WriteHeader(c int)           { r.code = c }
 func (r *headerRecorder) Write(p []byte) (int, error) { r.n += len(p); return len(p), nil }
+
+// TestRecordingOneMessage: a gRPC request body is sent again only when
+// it was one whole message.
+func TestRecordingOneMessage(t *testing.T) {
+	msg := func(payload string) string {
+		n := len(payload)
+		return string([]byte{0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}) + payload
+	}
+	for _, tc := range []struct {
+		name string
+		body string
+		read int  // bytes the transport reads (-1: all and the end)
+		want bool // sent again
+	}{
+		{"one message", msg("hello"), -1, true},
+		{"empty message", msg(""), -1, true},
+		{"two messages", msg("a") + msg("b"), -1, false},
+		{"cut short", msg("hello")[:7], -1, false},
+		{"one message, end read by the probe", msg("hello"), 10, true},
+		{"over the limit", msg(strings.Repeat("x", MaxReplayBody)), -1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &recording{body: strings.NewReader(tc.body)}
+			if tc.read < 0 {
+				_, _ = io.Copy(io.Discard, r)
+			} else {
+				_, _ = io.ReadFull(r, make([]byte, tc.read))
+			}
+			_ = r.Close()
+			b, ok := r.oneMessage()
+			if ok != tc.want || ok && string(b) != tc.body {
+				t.Errorf("oneMessage() = %q, %v; want %v", b, ok, tc.want)
+			}
+		})
+	}
+	t.Run("a stream that sends nothing more", func(t *testing.T) {
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		r := &recording{body: pr}
+		go func() { _, _ = pw.Write([]byte(msg("a"))) }()
+		_, _ = io.ReadFull(r, make([]byte, 6))
+		_ = r.Close()
+		start := time.Now()
+		if _, ok := r.oneMessage(); ok {
+			t.Error("a stream still open was taken for a whole call")
+		}
+		if d := time.Since(start); d < endWait || d > 10*endWait {
+			t.Errorf("waited %v, want about %v", d, endWait)
+		}
+	})
+}

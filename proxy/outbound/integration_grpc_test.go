@@ -377,3 +377,119 @@ func TestBrokenHTTP2(t *testing.T) {
 		t.Fatalf("the next call: %v", err)
 	}
 }
+
+// flakyHealth fails its first fails calls with code, then answers OK.
+type flakyHealth struct {
+	healthpb.UnimplementedHealthServer
+	hits  atomic.Int64
+	fails int64
+	code  codes.Code
+}
+
+func (s *flakyHealth) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
+	if s.hits.Add(1) <= s.fails {
+		return nil, grpcstatus.Error(s.code, "failing on purpose")
+	}
+	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
+}
+
+// TestGRPCRetries: a gRPC code in retryOn declares the calls failing
+// with it safe to repeat: a unary call is sent again; an HTTP status in
+// retryOn alone does not make a call (a POST) safe, and a stream of
+// messages is never sent again.
+func TestGRPCRetries(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		retryOn  string
+		wantHits int64
+		wantErr  codes.Code
+	}{
+		{"grpc-unavailable retried", "[grpc-unavailable]", 2, codes.OK},
+		{"503 alone is not safe", `["503", gateway-error]`, 1, codes.Unavailable},
+		{"another code is not retried", "[grpc-resource-exhausted]", 1, codes.Unavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hs := &flakyHealth{fails: 1, code: codes.Unavailable}
+			addr := startGRPC(t, hs)
+			sc := startSidecar(t, policyDoc("health", healthSvc, "retries:\n  attempts: 2\n  retryOn: "+tc.retryOn+"\n  backoff: {base: 1ms, max: 2ms}\n"), resolve(addr, healthSvc))
+			_, err := check(grpcClient(t, sc, healthSvc), 5*time.Second)
+			if grpcstatus.Code(err) != tc.wantErr {
+				t.Fatalf("%v, want %v", err, tc.wantErr)
+			}
+			if n := hs.hits.Load(); n != tc.wantHits {
+				t.Errorf("the server saw %d calls, want %d", n, tc.wantHits)
+			}
+			if tc.wantHits == 2 {
+				if got := sc.metric("minimesh_retries_total", "destination", healthSvc, "reason", "grpc-unavailable"); got != 1 {
+					t.Errorf("retries_total{reason=grpc-unavailable} = %v, want 1", got)
+				}
+			}
+		})
+	}
+	t.Run("client stream not replayed", func(t *testing.T) {
+		var calls, msgs atomic.Int64
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := grpc.NewServer()
+		s.RegisterService(&grpc.ServiceDesc{ServiceName: "test.Collector", HandlerType: (*any)(nil), Streams: []grpc.StreamDesc{{
+			StreamName: "Collect", ClientStreams: true,
+			Handler: func(_ any, stream grpc.ServerStream) error {
+				calls.Add(1)
+				for {
+					if err := stream.RecvMsg(new(healthpb.HealthCheckRequest)); err != nil {
+						break
+					}
+					msgs.Add(1)
+				}
+				return grpcstatus.Error(codes.Unavailable, "failing on purpose")
+			},
+		}}}, struct{}{})
+		go func() { _ = s.Serve(ln) }()
+		t.Cleanup(s.Stop)
+		sc := startSidecar(t, policyDoc("health", healthSvc, "retries:\n  attempts: 2\n  retryOn: [grpc-unavailable]\n"), resolve(ln.Addr().String(), healthSvc))
+		cc, err := grpc.NewClient("passthrough:///"+sc.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority(healthSvc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := cc.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, "/test.Collector/Collect")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			if err := st.SendMsg(&healthpb.HealthCheckRequest{Service: "x"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = st.CloseSend()
+		err = st.RecvMsg(new(healthpb.HealthCheckResponse))
+		if grpcstatus.Code(err) != codes.Unavailable {
+			t.Fatalf("%v, want the server's Unavailable", err)
+		}
+		if calls.Load() != 1 || msgs.Load() != 2 {
+			t.Errorf("the server saw %d calls with %d messages, want 1 with 2", calls.Load(), msgs.Load())
+		}
+	})
+}
+
+// TestGRPCFailOn: a gRPC code in failOn counts for the breaker although
+// its HTTP equivalent (429) is no 5xx.
+func TestGRPCFailOn(t *testing.T) {
+	hs := &flakyHealth{fails: 100, code: codes.ResourceExhausted}
+	addr := startGRPC(t, hs)
+	sc := startSidecar(t, policyDoc("health", healthSvc, "circuitBreaker:\n  consecutiveFailures: 2\n  failOn: [5xx, grpc-resource-exhausted]\n"), resolve(addr, healthSvc))
+	c := grpcClient(t, sc, healthSvc)
+	for i := 1; i <= 3; i++ {
+		_, err := check(c, 5*time.Second)
+		if grpcstatus.Code(err) != map[bool]codes.Code{true: codes.ResourceExhausted, false: codes.Unavailable}[i <= 2] {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if n := hs.hits.Load(); n != 2 {
+		t.Errorf("the server saw %d calls, want 2", n)
+	}
+}
