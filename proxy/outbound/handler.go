@@ -458,6 +458,9 @@ func (h *Handler) logAccess(r *http.Request, st *reqState) {
 			Attempts: st.attempts, Breaker: state, BytesIn: st.in.n.Load(), BytesOut: st.out.n, Error: st.errKind,
 			OriginalDst: st.dial,
 		}
+		if st.grpc {
+			e.GRPCStatus = grpcName(grpcFinal(st, st.code))
+		}
 		if st.sc.IsValid() {
 			e.TraceID, e.SpanID = st.sc.TraceID(), st.sc.SpanID()
 		}

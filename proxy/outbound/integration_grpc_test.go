@@ -135,7 +135,8 @@ func TestGRPCBreaker(t *testing.T) {
 	unavailable := codes.Unavailable
 	hs.fail.Store(&unavailable)
 	addr := startGRPC(t, hs)
-	sc := startSidecar(t, policyDoc("health", healthSvc, "circuitBreaker:\n  consecutiveFailures: 3\n  openTimeout: 30s\n"), resolve(addr, healthSvc))
+	var alog accessLog
+	sc := startSidecar(t, policyDoc("health", healthSvc, "circuitBreaker:\n  consecutiveFailures: 3\n  openTimeout: 30s\n"), resolve(addr, healthSvc), withAccessLog(&alog))
 	c := grpcClient(t, sc, healthSvc)
 	for i := 1; i <= 3; i++ {
 		_, err := check(c, 5*time.Second)
@@ -159,6 +160,12 @@ func TestGRPCBreaker(t *testing.T) {
 	}
 	if got := sc.metric("minimesh_circuit_breaker_rejected_total", "destination", healthSvc); got != 1 {
 		t.Errorf("rejected_total = %v, want 1", got)
+	}
+	for i, e := range alog.wait(t, 4, 2*time.Second) {
+		wantErr := map[bool]string{true: "circuit-open", false: ""}[i == 3]
+		if e.Status != 200 || e.GRPCStatus != "UNAVAILABLE" || e.Error != wantErr || e.Method != "POST" || e.Path != "/grpc.health.v1.Health/Check" {
+			t.Errorf("access log line %d: %+v, want status 200, grpc_status UNAVAILABLE, error %q", i+1, e, wantErr)
+		}
 	}
 }
 

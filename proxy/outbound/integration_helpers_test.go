@@ -502,6 +502,7 @@ type accessEntry struct {
 	BytesIn     int64  `json:"bytes_in"`
 	BytesOut    int64  `json:"bytes_out"`
 	Error       string `json:"error"`
+	GRPCStatus  string `json:"grpc_status"`
 }
 
 // entries decodes the lines written so far.

@@ -75,6 +75,9 @@ type Entry struct {
 	// Direction is "inbound" for a request or connection into the pod;
 	// empty (not written) for outbound ones.
 	Direction string
+	// GRPCStatus is a gRPC call's status as the app got it, by name
+	// (GRPCCodes); empty (not written) for other requests.
+	GRPCStatus string
 }
 
 // Log appends e. It never blocks on output.
@@ -178,6 +181,10 @@ func (e *Entry) appendJSON(b []byte) []byte {
 		b = appendString(b, e.Path)
 		b = append(b, `,"status":`...)
 		b = strconv.AppendInt(b, int64(e.Status), 10)
+	}
+	if e.GRPCStatus != "" {
+		b = append(b, `,"grpc_status":`...)
+		b = appendString(b, e.GRPCStatus)
 	}
 	b = append(b, `,"duration_ms":`...)
 	b = strconv.AppendFloat(b, float64(e.Duration.Microseconds())/1000, 'f', 3, 64)
