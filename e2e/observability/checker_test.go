@@ -63,6 +63,7 @@ func sidecarFamilies(t testing.TB) map[string]family {
 	m := telemetry.New(0)
 	d := m.Destination("x")
 	d.Observe("GET", 200, 0.01)
+	d.GRPC(14)
 	d.Rejected()
 	d.Retry("503")
 	d.Transition("closed", "open")
