@@ -5,6 +5,7 @@ package outbound_test
 // and a real grpc-go server answers.
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/http"
@@ -16,8 +17,11 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/telemetry"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -498,5 +502,85 @@ func TestGRPCFailOn(t *testing.T) {
 	}
 	if n := hs.hits.Load(); n != 2 {
 		t.Errorf("the server saw %d calls, want 2", n)
+	}
+}
+
+// TestHTTP2Bounds: an app cannot make the sidecar hold more than
+// H2MaxConcurrentStreams streams on one connection: the rest are reset,
+// the connection stays, and the sidecar serves on.
+func TestHTTP2Bounds(t *testing.T) {
+	// An h2c upstream that holds every request until the test ends.
+	var hits atomic.Int64
+	release := make(chan struct{})
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	up := &http.Server{Protocols: &p, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})}
+	uln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = up.Serve(uln) }()
+	t.Cleanup(func() { close(release); up.Close() })
+	const hang = "hang-service:80"
+	addr := startGRPC(t, health.NewServer())
+	sc := startSidecar(t, "", map[string]string{hang: uln.Addr().String(), healthSvc: addr})
+
+	t.Run("streams", func(t *testing.T) {
+		c, err := net.Dial("tcp", sc.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fr := http2.NewFramer(c, c)
+		if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+			t.Fatal(err)
+		}
+		if err := fr.WriteSettings(); err != nil {
+			t.Fatal(err)
+		}
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		const extra = 10
+		for i := 0; i < outbound.H2MaxConcurrentStreams+extra; i++ {
+			hb.Reset()
+			for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", "/"}, {":authority", hang}} {
+				_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+			}
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resets := map[uint32]http2.ErrCode{}
+		for len(resets) < extra {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("after %d resets: %v", len(resets), err)
+			}
+			switch f := f.(type) {
+			case *http2.RSTStreamFrame:
+				resets[f.StreamID] = f.ErrCode
+			case *http2.GoAwayFrame:
+				t.Fatalf("GOAWAY %v: the connection should stay", f.ErrCode)
+			}
+		}
+		for id, code := range resets {
+			if id <= 2*outbound.H2MaxConcurrentStreams || code != http2.ErrCodeRefusedStream && code != http2.ErrCodeProtocol {
+				t.Errorf("stream %d reset with %v, want only streams past the %dth refused", id, code, outbound.H2MaxConcurrentStreams)
+			}
+		}
+		if !proxytest.Poll(5*time.Second, 10*time.Millisecond, func() bool { return hits.Load() == outbound.H2MaxConcurrentStreams }) {
+			t.Errorf("the upstream holds %d requests, want %d", hits.Load(), outbound.H2MaxConcurrentStreams)
+		}
+	})
+
+	if _, err := check(grpcClient(t, sc, healthSvc), 5*time.Second); err != nil {
+		t.Fatalf("the next call: %v", err)
 	}
 }
