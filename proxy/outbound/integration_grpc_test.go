@@ -7,6 +7,7 @@ package outbound_test
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -19,6 +20,7 @@ import (
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/outbound"
+	"github.com/minimesh/minimesh/proxy/sidecar"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -582,5 +584,40 @@ func TestHTTP2Bounds(t *testing.T) {
 
 	if _, err := check(grpcClient(t, sc, healthSvc), 5*time.Second); err != nil {
 		t.Fatalf("the next call: %v", err)
+	}
+}
+
+// TestGRPCDrain: a call in flight on an HTTP/2 connection when the
+// sidecar starts draining finishes with its answer, and the sidecar then
+// stops (the idle connection closed after the drain's idle grace).
+func TestGRPCDrain(t *testing.T) {
+	hs := &healthServer{delay: 500 * time.Millisecond}
+	addr := startGRPC(t, hs)
+	s, err := sidecar.Listen(sidecar.Config{OutboundAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", DrainTimeout: 3 * time.Second,
+		Resolve: resolve(addr, healthSvc), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx) }()
+	if err := proxytest.WaitReady(s.AdminAddr(), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c := grpcClient(t, &testSidecar{Addr: s.OutboundAddr()}, healthSvc)
+	res := make(chan error, 1)
+	go func() { _, err := check(c, 5*time.Second); res <- err }()
+	time.Sleep(200 * time.Millisecond) // the call is at the server
+	cancel()
+	if err := <-res; err != nil {
+		t.Errorf("the call in flight: %v, want its answer", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sidecar did not stop")
 	}
 }
