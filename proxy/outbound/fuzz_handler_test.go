@@ -307,6 +307,11 @@ type fuzzRig struct {
 	ups       []*httptest.Server
 	reset     *resetUpstream
 	handlers  sync.WaitGroup
+	// closing, under handlersMu, turns away handlers that start after stop
+	// began: http.Server.Close does not wait for them, and a WaitGroup's
+	// Add racing its Wait at zero is a data race.
+	handlersMu sync.Mutex
+	closing    bool
 	errLog    *serverLog
 	access    *telemetry.AccessLog
 	accessLog *lineLog
@@ -380,7 +385,14 @@ func startFuzzRig(t *testing.T, table *policy.Table) *fuzzRig {
 	r.h.AddListener(r.admin.Addr())
 	r.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			r.handlersMu.Lock()
+			if r.closing {
+				r.handlersMu.Unlock()
+				http.Error(w, "closing", http.StatusServiceUnavailable)
+				return
+			}
 			r.handlers.Add(1)
+			r.handlersMu.Unlock()
 			defer r.handlers.Done()
 			r.h.ServeHTTP(w, req)
 		}),
@@ -758,6 +770,9 @@ func contains(list []string, s string) bool {
 // closes the kept upstream connections and then the upstreams.
 func (r *fuzzRig) stop(t *testing.T) {
 	r.srv.Close()
+	r.handlersMu.Lock()
+	r.closing = true
+	r.handlersMu.Unlock()
 	done := make(chan struct{})
 	go func() { r.handlers.Wait(); close(done) }()
 	select {
