@@ -312,13 +312,13 @@ type fuzzRig struct {
 	// Add racing its Wait at zero is a data race.
 	handlersMu sync.Mutex
 	closing    bool
-	errLog    *serverLog
-	access    *telemetry.AccessLog
-	accessLog *lineLog
-	resolve   map[string]string
-	hosts     *net.Resolver
-	selfPort  string
-	adminPort string
+	errLog     *serverLog
+	access     *telemetry.AccessLog
+	accessLog  *lineLog
+	resolve    map[string]string
+	hosts      *net.Resolver
+	selfPort   string
+	adminPort  string
 }
 
 func startFuzzRig(t *testing.T, table *policy.Table) *fuzzRig {
