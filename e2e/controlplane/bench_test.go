@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/policy/xdsclient"
+	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -14,7 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/policy/xdsclient"
+	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 func TestMetadataKey(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/policy/xdsclient"
+	"github.com/minimesh/minimesh/xds/xdsclient"
 	"github.com/minimesh/minimesh/proxy/admin"
 	"github.com/minimesh/minimesh/proxy/connlimit"
 	"github.com/minimesh/minimesh/proxy/inbound"

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/policy/xds"
+	"github.com/minimesh/minimesh/xds"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 )

@@ -24,7 +24,7 @@ import (
 	"github.com/minimesh/minimesh/injector"
 	"github.com/minimesh/minimesh/injector/policyctl"
 	"github.com/minimesh/minimesh/injector/webhook"
-	"github.com/minimesh/minimesh/policy/xds"
+	"github.com/minimesh/minimesh/xds"
 	"github.com/minimesh/minimesh/wellknown"
 )
 

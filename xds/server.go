@@ -1,5 +1,6 @@
-// Package xds serves policies to sidecars over ADS and receives them in the
-// sidecar. The server is go-control-plane's snapshot cache keyed by the
+// Package xds is the control plane's ADS server (its client, in the sidecar,
+// is xds/xdsclient): what sidecars need from the cluster, policies today.
+// The server is go-control-plane's snapshot cache keyed by the
 // namespace in a node's metadata: a sidecar sees the policies of its
 // namespace over the cluster-wide ones. The resources are the Envoy ones
 // of policy/envoy, so an Envoy could be pointed at the same server.

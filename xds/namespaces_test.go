@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/policy/xdsclient"
+	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 const clusterType = "type.googleapis.com/envoy.config.cluster.v3.Cluster"

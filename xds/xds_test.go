@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/policy/xdsclient"
+	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 func pol(t testing.TB, ns, yaml string) []*policy.ResiliencePolicy {

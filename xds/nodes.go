@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/minimesh/minimesh/policy/xdsclient"
+	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 // DefaultNamespace is the namespace of a node whose metadata names none,
