@@ -256,7 +256,7 @@ func inNetns(name string, f func() error) error {
 	return <-errc
 }
 
-// client is an HTTP client whose connections start in namespace name
+// netnsClient is an HTTP client whose connections start in namespace name
 // (so, from the pod, they are redirected like the app's). Like probe, it
 // uses no proxy and no keep-alive.
 func netnsClient(name string) *http.Client {
