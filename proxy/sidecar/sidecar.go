@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/xds/xdsclient"
 	"github.com/minimesh/minimesh/proxy/admin"
 	"github.com/minimesh/minimesh/proxy/connlimit"
 	"github.com/minimesh/minimesh/proxy/inbound"
@@ -25,6 +24,7 @@ import (
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/proxy/transparent"
 	"github.com/minimesh/minimesh/wellknown"
+	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 // Config is the sidecar's configuration, from flags.

@@ -10,9 +10,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/xds"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/sidecar"
+	"github.com/minimesh/minimesh/xds"
 )
 
 // controlPlane is an in-process xDS server with geo's policy.

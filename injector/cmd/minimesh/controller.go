@@ -24,8 +24,8 @@ import (
 	"github.com/minimesh/minimesh/injector"
 	"github.com/minimesh/minimesh/injector/policyctl"
 	"github.com/minimesh/minimesh/injector/webhook"
-	"github.com/minimesh/minimesh/xds"
 	"github.com/minimesh/minimesh/wellknown"
+	"github.com/minimesh/minimesh/xds"
 )
 
 type controllerFlags struct {
