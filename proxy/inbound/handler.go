@@ -286,7 +286,11 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	st := resp.Request.Context().Value(stateKey{}).(*reqState)
 	st.code, st.headers = resp.StatusCode, time.Now()
 	resp.Header.Set(wellknown.HeaderRequestID, st.id)
-	if h.draining.Load() {
+	// The app closing its connection (Connection: close, as a Go server
+	// does once it is shutting down) is passed on to the caller: its
+	// connection ends at this sidecar, and would otherwise stay with a pod
+	// whose app is going away after the endpoints have forgotten it.
+	if h.draining.Load() || resp.Close {
 		resp.Header.Set("Connection", "close")
 	}
 	return nil
@@ -309,6 +313,10 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	h.log.Debug("inbound request failed", "original_dst", st.c.text, "error", err, "request_id", st.id)
 	st.code, st.errKind, st.headers = code, kind, time.Now()
+	// The caller's next request must not come back on this connection to
+	// an app that is not there (a pod terminating, say): closing it makes
+	// the caller connect anew, and the Service send it elsewhere.
+	w.Header().Set("Connection", "close")
 	h.writeError(w, st, code, kind, msg)
 }
 

@@ -220,6 +220,9 @@ func TestServeHTTPAppDown(t *testing.T) {
 	var body map[string]string
 	json.NewDecoder(resp.Body).Decode(&body)
 	resp.Body.Close()
+	if !resp.Close {
+		t.Errorf("the 502 keeps the caller's connection: its next request would come back to an app that is not there")
+	}
 	if resp.StatusCode != 502 || resp.Header.Get(wellknown.HeaderError) != wellknown.ErrorConnectFailure ||
 		resp.Header.Get(wellknown.HeaderRequestID) != "abc" || body["requestId"] != "abc" || body["error"] != "connect-failure" || body["destination"] != dead.String() {
 		t.Errorf("got %d %v %v", resp.StatusCode, resp.Header, body)
@@ -230,6 +233,31 @@ func TestServeHTTPAppDown(t *testing.T) {
 	}
 	if l := r.logLines(t); len(l) != 1 || l[0]["error"] != "connect-failure" || l[0]["status"] != float64(502) {
 		t.Errorf("access log %v", l)
+	}
+}
+
+// TestAppClosingIsPassedOn: an app that closes its connection after an
+// answer (a Go server shutting down says Connection: close) has the
+// caller's connection closed too, so that the caller's next request goes
+// through the Service to another pod; an app that keeps its connections
+// keeps the caller's.
+func TestAppClosingIsPassedOn(t *testing.T) {
+	for _, closing := range []bool{false, true} {
+		r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			if closing {
+				w.Header().Set("Connection", "close")
+			}
+			io.WriteString(w, "ok")
+		}), Config{})
+		resp, err := http.Get("http://" + r.front + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Close != closing {
+			t.Errorf("app closing %v: %d, caller's connection closed %v", closing, resp.StatusCode, resp.Close)
+		}
 	}
 }
 
