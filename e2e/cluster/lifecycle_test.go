@@ -104,6 +104,16 @@ func rolloutRestart(ctx context.Context, t *testing.T, c *cluster.Cluster, a age
 	t.Logf("calls during the restart: %s", res)
 	if res.Sent < 500 || res.Errors != 0 || res.OK != res.Sent {
 		t.Errorf("during kubectl rollout restart: %s; want every call answered 200", res)
+		out, _ := c.Kubectl(ctx, "-n", "breaker", "logs", "-l", "app=app", "-c", "minimesh-proxy", "--tail", "2000")
+		var failed []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "/restart") && !strings.Contains(l, `"status":200`) && len(failed) < 20 {
+				failed = append(failed, l)
+			}
+		}
+		t.Logf("the app's sidecar's lines for the failed calls (first 20):\n%s", strings.Join(failed, "\n"))
+		out, _ = c.Kubectl(ctx, "-n", "breaker", "logs", "-l", "app=flaky", "-c", "minimesh-proxy", "--tail", "50")
+		t.Logf("the new backend pod's sidecar:\n%s", out)
 	}
 	pods, err := c.Client.CoreV1().Pods("breaker").List(ctx, metav1.ListOptions{LabelSelector: "app=flaky"})
 	if err != nil {

@@ -43,7 +43,11 @@ metadata: {name: flaky, namespace: breaker}
 spec:
   selector: {matchLabels: {app: flaky}}
   template:
-    metadata: {labels: {app: flaky}}
+    metadata:
+      labels: {app: flaky}
+      # Calls into the backend go through its sidecar too (inbound
+      # capture): the dashboards' inbound view has data.
+      annotations: {minimesh.io/interception: iptables, minimesh.io/capture-inbound: enabled}
     spec:
       containers:
       - name: app
