@@ -376,13 +376,8 @@ var probe = &http.Client{
 	Transport: &http.Transport{DisableKeepAlives: true},
 }
 
-// get sends one GET to url with the given Host header (none: the URL's)
-// and returns the response with its body read.
-func get(ctx context.Context, url, host string) (*http.Response, error) {
-	return getVia(ctx, probe, url, host)
-}
-
-// getVia is get with client c.
+// getVia sends one GET to url with client c and the given Host header
+// (none: the URL's), and returns the response with its body read.
 func getVia(ctx context.Context, c *http.Client, url, host string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

@@ -46,14 +46,13 @@ func (s *syncBuffer) String() string {
 // rig is the inbound handler in front of an app, served as the sidecar
 // serves it: every connection's original destination is the app's.
 type rig struct {
-	h       *Handler
-	m       *telemetry.Metrics
-	log     *telemetry.AccessLog
-	logOut  *syncBuffer
-	app     netip.AddrPort // where the handler forwards
-	front   string         // the handler's own address
-	seen    chan *http.Request
-	cleanup func()
+	h      *Handler
+	m      *telemetry.Metrics
+	log    *telemetry.AccessLog
+	logOut *syncBuffer
+	app    netip.AddrPort // where the handler forwards
+	front  string         // the handler's own address
+	seen   chan *http.Request
 }
 
 func newRig(t *testing.T, app http.Handler, cfg Config) *rig {
