@@ -2,7 +2,8 @@
 // real parts: grpc-go servers (the health service, and one that fails or
 // is slow on purpose), a grpc-go client and Python's grpcio (Debian
 // python3-grpcio) speaking h2c prior knowledge to the sidecar's outbound
-// listener, and h2load (Debian nghttp2-client) for load.
+// listener, a grpc-go client tunnelling through HTTPS_PROXY (CONNECT,
+// tunnel_test.go), and h2load (Debian nghttp2-client) for load.
 package grpc
 
 import (

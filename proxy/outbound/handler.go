@@ -60,8 +60,9 @@ type Config struct {
 	// AccessLog gets a line per request; nil: no access log.
 	AccessLog *telemetry.AccessLog
 	Logger    *slog.Logger
-	// TCPIdleTimeout closes an opaque TCP relay (ServeTCP) that moved no
-	// byte either way for this long (0: DefaultTCPIdleTimeout).
+	// TCPIdleTimeout closes an opaque TCP relay (ServeTCP) or a CONNECT
+	// tunnel that moved no byte either way for this long (0:
+	// DefaultTCPIdleTimeout).
 	TCPIdleTimeout time.Duration
 }
 

@@ -149,7 +149,8 @@ func TestSelfRequestsForbidden(t *testing.T) {
 			dest: canonicalName(authority),
 		})
 	}
-	for _, a := range []string{"127.0.0.1:" + adminPort, "localhost:" + outPort, "alias-svc:80", "[::1]:" + adminPort} {
+	connects := []string{"127.0.0.1:" + adminPort, "localhost:" + outPort, "alias-svc:80", "[::1]:" + adminPort}
+	for _, a := range connects {
 		cases = append(cases, tc{
 			name: "CONNECT " + a,
 			raw:  "CONNECT " + a + " HTTP/1.1\r\nHost: " + a + "\r\n\r\n",
@@ -157,7 +158,12 @@ func TestSelfRequestsForbidden(t *testing.T) {
 		})
 	}
 
-	before := sc.metric("minimesh_requests_total")
+	// Requests are counted in requests_total, tunnels in
+	// tcp_connections_total (docs/metrics.md).
+	answered := func(m metricSet) float64 {
+		return m.value("minimesh_requests_total") + m.value("minimesh_tcp_connections_total")
+	}
+	before := answered(sc.metrics())
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			resp, body := rawRoundTrip(t, sc.Addr, c.raw)
@@ -171,11 +177,14 @@ func TestSelfRequestsForbidden(t *testing.T) {
 	// One answer per request: a request that had reached a listener of
 	// the sidecar's would have been counted again there.
 	m := sc.metrics()
-	if got := m.value("minimesh_requests_total") - before; got != float64(len(cases)) {
-		t.Errorf("requests_total grew by %v for %d requests, want %d", got, len(cases), len(cases))
+	if got := answered(m) - before; got != float64(len(cases)) {
+		t.Errorf("requests_total and tcp_connections_total grew by %v for %d requests, want %d", got, len(cases), len(cases))
 	}
-	if got := m.value("minimesh_requests_total", "code", "403"); got != float64(len(cases)) {
-		t.Errorf("requests_total{code=403} = %v, want %d", got, len(cases))
+	if got, want := m.value("minimesh_requests_total", "code", "403"), len(cases)-len(connects); got != float64(want) {
+		t.Errorf("requests_total{code=403} = %v, want %d", got, want)
+	}
+	if got := m.value("minimesh_tcp_connections_total", "direction", "outbound", "result", "forbidden"); got != float64(len(connects)) {
+		t.Errorf("tcp_connections_total{result=forbidden} = %v, want %d (the CONNECTs)", got, len(connects))
 	}
 	for dest, b := range sc.breakers() {
 		if dest == geo {
@@ -233,7 +242,13 @@ func TestSelfRequestLeavesNothingBehind(t *testing.T) {
 	// Warm up (destinations, breakers, metric series), then take the
 	// baseline once the counts are steady.
 	send()
-	before := sc.metric("minimesh_requests_total")
+	// Requests are counted in requests_total, tunnels in
+	// tcp_connections_total (docs/metrics.md).
+	answered := func() float64 {
+		m := sc.metrics()
+		return m.value("minimesh_requests_total") + m.value("minimesh_tcp_connections_total")
+	}
+	before := answered()
 	var g0, f0 int
 	proxytest.Poll(2*time.Second, 20*time.Millisecond, func() bool {
 		g, f := runtime.NumGoroutine(), openFDs(t)
@@ -255,8 +270,8 @@ func TestSelfRequestLeavesNothingBehind(t *testing.T) {
 	}) {
 		t.Fatalf("after %d requests to the sidecar itself: %d goroutines (was %d), %d open files (was %d)", rounds*len(raws), g, g0, f, f0)
 	}
-	if got := sc.metric("minimesh_requests_total") - before; got != float64(rounds*len(raws)) {
-		t.Fatalf("requests_total grew by %v for %d requests, want one each", got, rounds*len(raws))
+	if got := answered() - before; got != float64(rounds*len(raws)) {
+		t.Fatalf("requests_total and tcp_connections_total grew by %v for %d requests, want one each", got, rounds*len(raws))
 	}
 }
 

@@ -89,11 +89,11 @@ func (rd *redirect) authority(r *http.Request) (string, error) {
 	return a, nil
 }
 
-// DefaultTCPIdleTimeout closes an opaque TCP relay that moved no byte
-// either way for this long: Envoy's tcp_proxy default. Connection pools of
-// databases keep idle connections for minutes (HikariCP 10 min, Go's
-// database/sql without limit); an idle timeout shorter than the pool's
-// would hand the app dead connections.
+// DefaultTCPIdleTimeout closes an opaque TCP relay (or a CONNECT tunnel)
+// that moved no byte either way for this long: Envoy's tcp_proxy default.
+// Connection pools of databases keep idle connections for minutes
+// (HikariCP 10 min, Go's database/sql without limit); an idle timeout
+// shorter than the pool's would hand the app dead connections.
 const DefaultTCPIdleTimeout = time.Hour
 
 // TCPConn describes a redirected connection for ServeTCP.
@@ -151,14 +151,36 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 		h.endTCP(st, c, kind, 0, 0)
 		return
 	}
+	sent, received, result := h.relayConn(client, nil, up, dst)
+	h.endTCP(st, c, result, sent, received)
+}
+
+// relayConn copies the bytes of an opaque connection, a redirected one
+// (ServeTCP) or a CONNECT tunnel, both ways between client and up until
+// both directions are done, a side fails, nothing moved for
+// TCPIdleTimeout, or the drain closes it; early are bytes already read
+// from the client, sent up first. It counts the bytes in
+// minimesh_tcp_*_bytes_total as they pass, and returns them and the
+// result of minimesh_tcp_connections_total.
+func (h *Handler) relayConn(client net.Conn, early []byte, up net.Conn, dst *destination) (sent, received int64, result string) {
 	h.tunnels.add(client, up)
-	rl := &relay{client: client, up: up, bytes: dst.metrics.TCP()}
-	sent, received, result := rl.run(h.cfg.TCPIdleTimeout)
-	h.tunnels.remove(client, up)
+	defer h.tunnels.remove(client, up)
+	bytes := dst.metrics.TCP()
+	if len(early) > 0 {
+		if _, err := up.Write(early); err != nil {
+			abort(client)
+			abort(up)
+			return 0, 0, tcpReset
+		}
+		sent = int64(len(early))
+		bytes.Sent.Add(float64(sent))
+	}
+	rl := &relay{client: client, up: up, bytes: bytes}
+	s, received, result := rl.run(h.cfg.TCPIdleTimeout)
 	if result == tcpReset && h.closing.Load() {
 		result = tcpShutdown
 	}
-	h.endTCP(st, c, result, sent, received)
+	return sent + s, received, result
 }
 
 // endTCP records an opaque connection: its metric and its log line.

@@ -3,7 +3,6 @@ package outbound
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -19,7 +18,11 @@ import (
 
 // serveConnect opens a CONNECT tunnel (HTTPS through HTTP_PROXY). The
 // bytes inside are opaque, so the breaker sees only whether the
-// connection could be made, and retries only connect failures.
+// connection could be made, and retries only connect failures. A tunnel is
+// counted as the opaque relay of a redirected connection is
+// (minimesh_tcp_connections_total by result, and its bytes), never in
+// minimesh_requests_total: its 200 says only that the connection was made,
+// not how the requests inside it fared (docs/metrics.md, docs/grpc.md).
 func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start time.Time) {
 	authority := r.Host
 	if _, _, err := net.SplitHostPort(authority); err != nil {
@@ -57,13 +60,13 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 			// Gone: no answer at all, or net/http would send a 200 and the
 			// tunnel's bytes would be read as requests.
 			st.code, st.errKind = statusClientClosed, ""
-			h.finish(r, st)
+			h.endTunnel(r, st, tcpReset)
 			panic(http.ErrAbortHandler)
 		}
 		body.RequestID = st.id
 		w.Header().Set(wellknown.HeaderRequestID, st.id)
 		writeError(w, st.code, st.errKind, body)
-		h.finish(r, st)
+		h.endTunnel(r, st, st.errKind)
 		return
 	}
 	hj, ok := w.(http.Hijacker)
@@ -71,34 +74,61 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 		up.Close()
 		st.code = http.StatusInternalServerError
 		http.Error(w, "connection cannot be hijacked", st.code)
-		h.finish(r, st)
+		h.endTunnel(r, st, tcpReset)
 		return
 	}
 	client, buf, err := hj.Hijack()
 	if err != nil {
 		up.Close()
 		st.code = statusClientClosed
-		h.finish(r, st)
+		h.endTunnel(r, st, tcpReset)
 		return
 	}
 	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n" + wellknown.HeaderRequestID + ": " + st.id + "\r\n\r\n")); err != nil {
 		client.Close()
 		up.Close()
 		st.code = statusClientClosed
-		h.finish(r, st)
+		h.endTunnel(r, st, tcpReset)
 		return
 	}
-	// Metrics and span cover making the tunnel (its bytes are opaque);
-	// the access log line, written when it closes, its whole life.
-	h.observe(r, st)
-	h.tunnels.add(client, up)
+	// The span covers making the tunnel (its bytes are opaque); the
+	// metric and the access log line, written when it closes, its whole
+	// life.
+	h.endTunnelSpan(st)
+	// Bytes the client sent right behind the CONNECT request (a TLS
+	// ClientHello, say) are in the server's read buffer already.
+	var early []byte
+	if n := buf.Reader.Buffered(); n > 0 {
+		early, _ = buf.Reader.Peek(n)
+	}
+	h.relays.Add(1)
 	go func() {
-		defer h.tunnels.remove(client, up)
-		sent, received := pipe(client, buf.Reader, up)
+		defer h.relays.Done()
+		sent, received, result := h.relayConn(client, early, up, dst)
 		st.in.n.Store(sent)
 		st.out.n = received
-		h.logAccess(r, st)
+		h.endTunnel(r, st, result)
 	}()
+}
+
+// endTunnelSpan ends a tunnel's span, once.
+func (h *Handler) endTunnelSpan(st *reqState) {
+	if st.span != nil {
+		endSpan(st.span, st.code, st.errKind, breakerState(st.dest))
+		st.span = nil
+	}
+}
+
+// endTunnel records a tunnel that ended with result, one of the results
+// of minimesh_tcp_connections_total: its metric (as an opaque relay's,
+// endTCP), its span if still open, and its access log line.
+func (h *Handler) endTunnel(r *http.Request, st *reqState, result string) {
+	st.dest.metrics.TCPConnection(result)
+	h.endTunnelSpan(st)
+	if result != tcpOK && st.errKind == "" && st.code != statusClientClosed {
+		st.errKind = result
+	}
+	h.logAccess(r, st)
 }
 
 // dialTunnel connects a tunnel's upstream through the breaker, retrying
@@ -148,25 +178,6 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority st
 			return nil, ue
 		}
 	}
-}
-
-// pipe copies both ways until both directions are done, half-closing so
-// that protocols which shut down writing first still get their answer. It
-// returns the bytes sent up and down.
-func pipe(client net.Conn, fromClient io.Reader, up net.Conn) (sent, received int64) {
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		sent, _ = io.Copy(up, fromClient)
-		closeWrite(up)
-	}()
-	received, _ = io.Copy(client, up)
-	closeWrite(client)
-	wg.Wait()
-	client.Close()
-	up.Close()
-	return sent, received
 }
 
 func closeWrite(c net.Conn) {
