@@ -23,6 +23,10 @@
 // to the sidecar; then the same with a new connection per request
 // (netns.go). The namespaces are removed on the way out.
 //
+// With -h2 it runs the HTTP/2 comparison instead: h2load over h2c with
+// prior knowledge at the same fixed rate, direct to an h2c upstream and
+// through the sidecar, nginx and HAProxy (h2.go).
+//
 // It prints a Markdown report and writes it to -out. It exits 1 when any
 // request was not answered 200, or a process failed; every process it
 // started is ended on the way out, interrupted or not.
@@ -70,6 +74,8 @@ type options struct {
 	keep        bool
 	transparent bool
 	newConnQPS  float64
+	h2          bool
+	h2Streams   int
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -95,6 +101,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with the generated configs")
 	fs.BoolVar(&o.transparent, "transparent", false, "also measure in a pod network namespace with minimesh-proxy init's rules (needs root): direct, the sidecar as explicit proxy, and transparently redirected to it")
 	fs.Float64Var(&o.newConnQPS, "newconn-qps", 200, "with -transparent: fixed rate of the runs with a new connection per request (fortio -keepalive=false) against the three namespace targets (0: none)")
+	fs.BoolVar(&o.h2, "h2", false, "instead of the HTTP/1.1 runs, the HTTP/2 comparison: h2load (nghttp2-client) at -qps over h2c with prior knowledge from -c connections, direct to an h2c upstream, through the sidecar, nginx (grpc_pass) and HAProxy (proto h2), -warmup then -t per run (h2.go)")
+	fs.IntVar(&o.h2Streams, "h2-streams", 10, "with -h2: most concurrent streams per connection (h2load -m)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -116,6 +124,10 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("-peer-workers must be ≥ 1")
 	case o.newConnQPS < 0:
 		return nil, errors.New("-newconn-qps must be ≥ 0")
+	case o.h2Streams < 1:
+		return nil, errors.New("-h2-streams must be ≥ 1")
+	case o.h2 && (o.transparent || len(o.variants) > 0 || o.jaeger):
+		return nil, errors.New("-h2 runs alone: not with -transparent, -variant or -jaeger")
 	}
 	for _, k := range o.scenarioKeys() {
 		if !slices.Contains(allKeys, k) {
@@ -163,6 +175,9 @@ func logf(format string, args ...any) {
 }
 
 func run(ctx context.Context, o *options) (err error) {
+	if o.h2 {
+		return runH2(ctx, o)
+	}
 	fortio, err := tools.Find("fortio")
 	if err != nil {
 		return err
