@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,18 +38,9 @@ import (
 // The destination the apps of these tests call, as a Service would be.
 const svc = "health-service:50051"
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	binPath   string
-	buildErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	tools.RemoveBuilt()
 	os.Exit(code)
 }
 
@@ -58,34 +48,11 @@ func TestMain(m *testing.M) {
 // or a build of this tree.
 func sidecarBinary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		if os.Getenv("MINIMESH_BIN_DIR") != "" {
-			binPath, buildErr = tools.Binary("minimesh-proxy")
-			return
-		}
-		root, err := tools.RepoRoot()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		if buildDir, err = os.MkdirTemp("", "minimesh-grpc-bin-"); err != nil {
-			buildErr = err
-			return
-		}
-		out := filepath.Join(buildDir, "minimesh-proxy")
-		cmd := exec.Command("go", "build", "-o", out, "./proxy/cmd/minimesh-proxy")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./proxy/cmd/minimesh-proxy: %v\n%s", err, b)
-			return
-		}
-		binPath = out
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	p, err := tools.Built("minimesh-proxy", "./proxy/cmd/minimesh-proxy")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return binPath
+	return p
 }
 
 type sidecar struct {

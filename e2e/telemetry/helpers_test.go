@@ -13,7 +13,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,54 +24,21 @@ import (
 	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
-var (
-	buildDir string // set when TestMain built the sidecar itself
-
-	sidecarOnce sync.Once
-	sidecarPath string
-	sidecarErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	tools.RemoveBuilt()
 	os.Exit(code)
 }
 
 // sidecarBinary is bin/minimesh-proxy from MINIMESH_BIN_DIR (make build),
-// or, when that is unset, a build of this tree into a temporary directory.
+// or a build of this tree.
 func sidecarBinary(t *testing.T) string {
 	t.Helper()
-	sidecarOnce.Do(func() {
-		if os.Getenv("MINIMESH_BIN_DIR") != "" {
-			sidecarPath, sidecarErr = tools.Binary("minimesh-proxy")
-			return
-		}
-		root, err := tools.RepoRoot()
-		if err != nil {
-			sidecarErr = err
-			return
-		}
-		if buildDir, err = os.MkdirTemp("", "minimesh-telemetry-bin-"); err != nil {
-			sidecarErr = err
-			return
-		}
-		out := filepath.Join(buildDir, "minimesh-proxy")
-		cmd := exec.Command("go", "build", "-o", out, "./proxy/cmd/minimesh-proxy")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			sidecarErr = fmt.Errorf("go build ./proxy/cmd/minimesh-proxy: %v\n%s", err, b)
-			return
-		}
-		sidecarPath = out
-	})
-	if sidecarErr != nil {
-		t.Fatal(sidecarErr)
+	p, err := tools.Built("minimesh-proxy", "./proxy/cmd/minimesh-proxy")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return sidecarPath
+	return p
 }
 
 // sidecarOpts configures one sidecar.
