@@ -1,18 +1,16 @@
 package telemetry
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/e2e/internal/grafana"
 	"github.com/minimesh/minimesh/e2e/internal/jaeger"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/prom"
@@ -112,14 +110,14 @@ func TestPrometheusScrapesSidecar(t *testing.T) {
 		wait := max(time.Until(deadline), time.Second)
 		v, err := p.WaitFor(e.query, prom.NonEmpty, wait)
 		if err != nil {
-			t.Errorf("%s, panel %q: %v\n  query: %s", e.file, e.panel, err, e.query)
+			t.Errorf("%s, %s: %v\n  query: %s", e.file, e.panel, err, e.query)
 			continue
 		}
-		t.Logf("%s, panel %q: %d series, e.g. %s", e.file, e.panel, len(v), v[0])
+		t.Logf("%s, %s: %d series, e.g. %s", e.file, e.panel, len(v), v[0])
 	}
 }
 
-// dashboardExpr is one target of one panel, with the Grafana variables
+// dashboardExpr is one query of one dashboard, with the Grafana variables
 // replaced so that Prometheus can evaluate it.
 type dashboardExpr struct {
 	file, panel, query string
@@ -129,7 +127,9 @@ type dashboardExpr struct {
 // with; this test has no kube-state-metrics, so those panels are skipped.
 var kubeMetric = regexp.MustCompile(`\bkube_[a-z_]+`)
 
-// dashboardExprs loads the queries of charts/minimesh/dashboards/*.json.
+// dashboardExprs loads the queries of charts/minimesh/dashboards/*.json
+// (e2e/internal/grafana), with Grafana's default variable values and
+// windows of a minute.
 func dashboardExprs(t *testing.T) []dashboardExpr {
 	t.Helper()
 	root, err := tools.RepoRoot()
@@ -143,112 +143,32 @@ func dashboardExprs(t *testing.T) []dashboardExpr {
 	sort.Strings(files)
 	var out []dashboardExpr
 	for _, f := range files {
-		b, err := os.ReadFile(f)
+		d, _, err := grafana.Load(f)
 		if err != nil {
-			t.Fatal(err)
-		}
-		var d grafanaDashboard
-		if err := json.Unmarshal(b, &d); err != nil {
-			t.Errorf("%s: %v", f, err)
+			t.Error(err)
 			continue
 		}
-		consts := map[string]string{}
-		for _, v := range d.Templating.List {
-			if v.Type == "constant" {
-				consts[v.Name] = textOf(v.Query)
+		vars := grafana.DefaultVars(d)
+		vars["__rate_interval"], vars["__interval"], vars["__range"], vars["__range_s"] = "1m", "1m", "1m", "60"
+		for _, q := range grafana.Queries(d) {
+			if m := kubeMetric.FindString(q.Expr); m != "" {
+				t.Logf("%s, %s: skipped, it needs %s (kube-state-metrics)", filepath.Base(f), q.Where, m)
+				continue
 			}
-		}
-		var walk func(ps []grafanaPanel)
-		walk = func(ps []grafanaPanel) {
-			for _, p := range ps {
-				for _, tg := range p.Targets {
-					if strings.TrimSpace(tg.Expr) == "" {
-						continue
-					}
-					if m := kubeMetric.FindString(tg.Expr); m != "" {
-						t.Logf("%s, panel %q: skipped, it needs %s (kube-state-metrics)", filepath.Base(f), p.Title, m)
-						continue
-					}
-					if strings.Contains(tg.Expr, `direction="inbound"`) {
-						// Inbound requests exist only under inbound capture
-						// (iptables); e2e/cluster and e2e/observability
-						// check these panels with inbound traffic.
-						t.Logf("%s, panel %q: skipped, it needs inbound capture", filepath.Base(f), p.Title)
-						continue
-					}
-					out = append(out, dashboardExpr{file: filepath.Base(f), panel: p.Title, query: substitute(tg.Expr, consts)})
-				}
-				walk(p.Panels)
+			if strings.Contains(q.Expr, `direction="inbound"`) {
+				// Inbound requests exist only under inbound capture
+				// (iptables); e2e/cluster and e2e/observability check
+				// these panels with inbound traffic.
+				t.Logf("%s, %s: skipped, it needs inbound capture", filepath.Base(f), q.Where)
+				continue
 			}
+			expr, err := grafana.Substitute(q.Expr, vars)
+			if err != nil {
+				t.Errorf("%s, %s: %v", filepath.Base(f), q.Where, err)
+				continue
+			}
+			out = append(out, dashboardExpr{file: filepath.Base(f), panel: q.Where, query: expr})
 		}
-		walk(d.Panels)
 	}
 	return out
-}
-
-type grafanaDashboard struct {
-	Panels     []grafanaPanel `json:"panels"`
-	Templating struct {
-		List []struct {
-			Name  string `json:"name"`
-			Type  string `json:"type"`
-			Query any    `json:"query"`
-		} `json:"list"`
-	} `json:"templating"`
-}
-
-type grafanaPanel struct {
-	Title   string         `json:"title"`
-	Panels  []grafanaPanel `json:"panels"` // the rows' collapsed panels
-	Targets []struct {
-		Expr string `json:"expr"`
-	} `json:"targets"`
-}
-
-// textOf is a variable's query as text: a string, or the "query" field of
-// an object.
-func textOf(q any) string {
-	switch q := q.(type) {
-	case string:
-		return q
-	case map[string]any:
-		if s, ok := q["query"].(string); ok {
-			return s
-		}
-	}
-	return ""
-}
-
-// grafanaVar matches $name, ${name} and ${name:format}.
-var grafanaVar = regexp.MustCompile(`\$\{([A-Za-z0-9_]+)(?::[^}]*)?\}|\$([A-Za-z0-9_]+)`)
-
-// substitute replaces Grafana's variables: the range ones by 1m, constants
-// by their value, and any other (label-matcher variables such as
-// $namespace, $service, $destination) by .* so that it matches every
-// series.
-func substitute(expr string, consts map[string]string) string {
-	return grafanaVar.ReplaceAllStringFunc(expr, func(m string) string {
-		sub := grafanaVar.FindStringSubmatch(m)
-		name := sub[1] + sub[2]
-		switch {
-		case slices.Contains([]string{"__rate_interval", "__interval", "__range", "__range_s"}, name):
-			if name == "__range_s" {
-				return "60"
-			}
-			return "1m"
-		case consts[name] != "":
-			return consts[name]
-		default:
-			return ".*"
-		}
-	})
-}
-
-func TestSubstitute(t *testing.T) {
-	got := substitute(`sum(rate(x{namespace=~"$namespace", service=~"${service}", job=~"$job"}[$__rate_interval])) + increase(y[$__range])`,
-		map[string]string{"job": "minimesh-proxy"})
-	want := `sum(rate(x{namespace=~".*", service=~".*", job=~"minimesh-proxy"}[1m])) + increase(y[1m])`
-	if got != want {
-		t.Errorf("substitute:\n got %s\nwant %s", got, want)
-	}
 }
