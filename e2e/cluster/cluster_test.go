@@ -151,15 +151,7 @@ func TestSidecarInACluster(t *testing.T) {
 		t.Fatal(out, err)
 	}
 	// The real injection, with the image built above.
-	cfg := filepath.Join(t.TempDir(), "injector.yaml")
-	if err := os.WriteFile(cfg, []byte("proxy:\n  image: "+cluster.MinimeshImage+"\n  imagePullPolicy: Never\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	injected, err := minimesh(ctx, client, "inject", "-f", "-", "--config", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := c.KubectlStdin(ctx, injected, "apply", "-f", "-"); err != nil {
+	if out, err := c.KubectlStdin(ctx, inject(ctx, t, client), "apply", "-f", "-"); err != nil {
 		t.Fatal(out, err)
 	}
 	rollout(ctx, t, c, "demo", "backend", "client")
@@ -170,11 +162,7 @@ func TestSidecarInACluster(t *testing.T) {
 	// A Job completes although its pod has a sidecar: the native sidecar
 	// is stopped once the app has exited.
 	t0 = time.Now()
-	injectedJob, err := minimesh(ctx, job, "inject", "-f", "-", "--config", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := c.KubectlStdin(ctx, injectedJob, "apply", "-f", "-"); err != nil {
+	if out, err := c.KubectlStdin(ctx, inject(ctx, t, job), "apply", "-f", "-"); err != nil {
 		t.Fatal(out, err)
 	}
 	if out, err := c.Kubectl(ctx, "-n", "demo", "wait", "--for=condition=Complete", "job/once", "--timeout=2m"); err != nil {
@@ -299,6 +287,21 @@ func minimesh(ctx context.Context, stdin string, args ...string) (string, error)
 		return "", fmt.Errorf("minimesh %s: %w: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	return string(out), nil
+}
+
+// inject is `minimesh inject` of manifest, with the injection config of
+// these tests: the images imported into the node, never pulled.
+func inject(ctx context.Context, t *testing.T, manifest string) string {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), "injector.yaml")
+	if err := os.WriteFile(cfg, []byte("proxy:\n  image: "+cluster.MinimeshImage+"\n  imagePullPolicy: Never\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := minimesh(ctx, manifest, "inject", "-f", "-", "--config", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func get(t *testing.T, url string, v any) {

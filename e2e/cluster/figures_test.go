@@ -35,10 +35,6 @@ func TestClusterFigures(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	importImages(ctx, t, c)
-	cfg := filepath.Join(t.TempDir(), "injector.yaml")
-	if err := os.WriteFile(cfg, []byte("proxy:\n  image: "+cluster.MinimeshImage+"\n  imagePullPolicy: Never\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	if out, err := c.KubectlStdin(ctx, backend, "apply", "-f", "-"); err != nil {
 		t.Fatal(out, err)
 	}
@@ -47,17 +43,14 @@ func TestClusterFigures(t *testing.T) {
 	// Apply → Ready, plain and injected in turn.
 	var plain, injected []time.Duration
 	for i := 0; i < 5; i++ {
-		for _, inject := range []bool{false, true} {
+		for _, injectIt := range []bool{false, true} {
 			name := fmt.Sprintf("plain-%d", i)
-			if inject {
+			if injectIt {
 				name = fmt.Sprintf("injected-%d", i)
 			}
 			d := strings.NewReplacer("name: client", "name: "+name, "app: client", "app: "+name).Replace(client)
-			if inject {
-				var err error
-				if d, err = minimesh(ctx, d, "inject", "-f", "-", "--config", cfg); err != nil {
-					t.Fatal(err)
-				}
+			if injectIt {
+				d = inject(ctx, t, d)
 			}
 			t0 := time.Now()
 			if out, err := c.KubectlStdin(ctx, d, "apply", "-f", "-"); err != nil {
@@ -72,7 +65,7 @@ func TestClusterFigures(t *testing.T) {
 					t.Fatalf("deployment %s not Ready in 2 minutes", name)
 				}
 			}
-			if inject {
+			if injectIt {
 				injected = append(injected, time.Since(t0))
 			} else {
 				plain = append(plain, time.Since(t0))
@@ -88,10 +81,7 @@ func TestClusterFigures(t *testing.T) {
 	// The sidecar's resources: an injected agent calling the backend.
 	app := strings.NewReplacer("namespace: breaker", "namespace: demo",
 		"http://flaky.breaker.svc.cluster.local", "http://backend.demo.svc.cluster.local").Replace(agentApp)
-	app, err := minimesh(ctx, app, "inject", "-f", "-", "--config", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	app = inject(ctx, t, app)
 	if out, err := c.KubectlStdin(ctx, app, "apply", "-f", "-"); err != nil {
 		t.Fatal(out, err)
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -65,14 +64,7 @@ func TestIPTablesInterceptionInACluster(t *testing.T) {
 	}
 	// The real injection; the injector names the init image after the
 	// proxy image (repository + -init), which ImportImages imported.
-	cfg := filepath.Join(t.TempDir(), "injector.yaml")
-	if err := os.WriteFile(cfg, []byte("proxy:\n  image: "+cluster.MinimeshImage+"\n  imagePullPolicy: Never\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	injected, err := minimesh(ctx, iptablesAgent, "inject", "-f", "-", "--config", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	injected := inject(ctx, t, iptablesAgent)
 	if out, err := c.KubectlStdin(ctx, injected, "apply", "-f", "-"); err != nil {
 		t.Fatal(out, err)
 	}
