@@ -442,30 +442,7 @@ func runH2(ctx context.Context, o *options) error {
 		return rep.readUsage(targets, rep.usage)
 	}()
 	ps.stopAll()
-	if runErr != nil && len(rep.samples) == 0 {
-		return runErr
-	}
-	if runErr != nil {
-		rep.aborted = runErr.Error()
-	}
-	md := rep.h2Markdown(upstream)
-	fmt.Print(md)
-	if o.out != "" {
-		if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(o.out, []byte(md), 0o644); err != nil {
-			return err
-		}
-		logf("report written to %s", o.out)
-	}
-	if runErr != nil {
-		return runErr
-	}
-	if f := rep.failures(); len(f) > 0 {
-		return fmt.Errorf("FAILED: %s", strings.Join(f, "; "))
-	}
-	return nil
+	return rep.publish(func() string { return rep.h2Markdown(upstream) }, runErr)
 }
 
 // h2Markdown is the -h2 report: medians over the rounds, ratios against

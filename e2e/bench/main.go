@@ -303,14 +303,21 @@ func run(ctx context.Context, o *options) (err error) {
 
 	runErr := rep.measureAll(ctx, fortio, dir, upstream)
 	ps.stopAll()
+	return rep.publish(rep.markdown, runErr)
+}
+
+// publish prints the report and writes it to -out, unless runErr ended
+// the run before any sample (a report of an aborted run says so); the run
+// fails with runErr, else if a target failed a check.
+func (rep *report) publish(markdown func() string, runErr error) error {
 	if runErr != nil && len(rep.samples) == 0 {
 		return runErr
 	}
 	if runErr != nil {
 		rep.aborted = runErr.Error()
 	}
-
-	md := rep.markdown()
+	o := rep.o
+	md := markdown()
 	fmt.Print(md)
 	if o.out != "" {
 		if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
