@@ -254,6 +254,47 @@ func TestBreakerOpensOnUnavailable(t *testing.T) {
 	}
 }
 
+// TestHalfOpenProbeCloses: once the server is healthy again, after
+// openTimeout the breaker lets one probe through (every call before it is
+// the sidecar's fast fail, never the server's), the probe's OK closes it,
+// and calls flow again.
+func TestHalfOpenProbeCloses(t *testing.T) {
+	up := &server{fail: codes.Unavailable, only: 3}
+	s := startSidecar(t, serve(t, up), strings.Replace(breakerPolicy,
+		"{consecutiveFailures: 3, openTimeout: 30s}", "{consecutiveFailures: 3, openTimeout: 1s, halfOpenRequests: 1}", 1))
+	c := client(t, s)
+	for i := 1; i <= 3; i++ {
+		if _, err := call(c); status.Code(err) != codes.Unavailable {
+			t.Fatalf("call %d: %v, want the server's Unavailable", i, err)
+		}
+	}
+	fastFails := 0
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, err := call(c)
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "minimesh") {
+			t.Fatalf("while open: %v, want minimesh's Unavailable", err)
+		}
+		fastFails++
+		if time.Now().After(deadline) {
+			t.Fatal("no probe got through in 10 s (openTimeout 1s)")
+		}
+	}
+	if n := up.hits.Load(); n != 4 || fastFails == 0 {
+		t.Fatalf("the server saw %d calls after %d fast fails, want 4 (three failures, one probe) after at least one", n, fastFails)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := call(c); err != nil {
+			t.Fatalf("after the probe: %v, want OK (closed)", err)
+		}
+	}
+	if got := s.metric(t, "minimesh_circuit_breaker_transitions_total", "destination", svc, "from", "half-open", "to", "closed"); got != 1 {
+		t.Errorf("half-open → closed transitions %v, want 1", got)
+	}
+}
+
 // TestSlowServerDeadlineExceeded: a server slower than the policy's
 // timeout gives the client DEADLINE_EXCEEDED from the sidecar.
 func TestSlowServerDeadlineExceeded(t *testing.T) {
