@@ -111,16 +111,8 @@ func (t *Table) add(host, port string, rp rankedPolicy) {
 // name.ns.svc or name.ns.svc.cluster.local is taken for a Kubernetes
 // Service; any other host only matches itself.
 func aliases(host, ns string) []string {
-	labels := strings.Split(host, ".")
-	var name, svcNS string
-	switch {
-	case len(labels) == 1:
-		name, svcNS = labels[0], ns
-	case len(labels) == 2,
-		len(labels) == 3 && labels[2] == "svc",
-		len(labels) == 5 && labels[2] == "svc" && labels[3] == "cluster" && labels[4] == "local":
-		name, svcNS = labels[0], labels[1]
-	default:
+	name, svcNS, ok := serviceOf(host, ns)
+	if !ok || strings.Contains(host, ":") {
 		return []string{host}
 	}
 	out := []string{
