@@ -49,6 +49,12 @@ func New(reg *prometheus.Registry, breakers Breakers, config func() any) *Server
 	return s
 }
 
+// HandleJSON serves what f returns as JSON at GET path, to loopback
+// clients only, like every /debug page (/debug/endpoints).
+func (s *Server) HandleJSON(path string, f func() any) {
+	s.mux.HandleFunc("GET "+path, loopbackOnly(func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, f()) }))
+}
+
 // SetReady flips /ready: on once the listeners are up, off when draining
 // so that the kubelet stops sending traffic before the listeners close.
 func (s *Server) SetReady(v bool) { s.ready.Store(v) }

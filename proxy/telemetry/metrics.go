@@ -51,6 +51,7 @@ type Metrics struct {
 	tcpReceived *prometheus.CounterVec
 
 	spansDropped prometheus.Counter
+	ejections    *prometheus.CounterVec
 
 	// grpc is minimesh_grpc_requests_total (grpc.go).
 	grpc *prometheus.CounterVec
@@ -110,10 +111,11 @@ func New(maxDestinations int) *Metrics {
 			Name: "minimesh_spans_dropped_total",
 			Help: "Spans dropped instead of exported: queue full or collector unreachable.",
 		}),
-		grpc:    newGRPCVec(),
-		maxDest: maxDestinations,
-		dests:   map[string]*Destination{},
-		inbound: map[string]*Destination{},
+		grpc:      newGRPCVec(),
+		ejections: newEjectionsVec(),
+		maxDest:   maxDestinations,
+		dests:     map[string]*Destination{},
+		inbound:   map[string]*Destination{},
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "minimesh_build_info",
@@ -121,7 +123,7 @@ func New(maxDestinations int) *Metrics {
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(wellknown.Version, runtime.Version()).Set(1)
 	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, m.spansDropped, build,
-		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc,
+		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc, m.ejections,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range []string{"success", "error"} {
 		m.reloads.WithLabelValues(r)
@@ -160,6 +162,7 @@ func (m *Metrics) Destination(name string) *Destination {
 		duration:  m.duration.WithLabelValues(Outbound, label),
 		rejected:  m.rejected.WithLabelValues(label),
 	}
+	m.ejections.WithLabelValues(label)
 	// Counters exist at zero from the start, so that Prometheus sees a
 	// destination's first trip as an increase rather than a new series.
 	for _, t := range [][2]string{{"closed", "open"}, {"open", "half-open"}, {"half-open", "closed"}, {"half-open", "open"}} {
