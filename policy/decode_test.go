@@ -41,30 +41,30 @@ func TestDecodeGood(t *testing.T) {
 	}{{
 		name: "minimal gets the breaker defaults and no retries",
 		yaml: header + "spec:\n  service: auth-service\n",
-		want: Spec{Service: "auth-service", CircuitBreaker: DefaultCircuitBreaker()},
+		want: Spec{Service: "auth-service", CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: DefaultOutlierDetection()},
 	}, {
 		name: "service is lowercased, trailing dot and port zeros dropped",
 		yaml: header + "spec: {service: 'Auth-Service.Bakery.:08000'}\n",
-		want: Spec{Service: "auth-service.bakery:8000", CircuitBreaker: DefaultCircuitBreaker()},
+		want: Spec{Service: "auth-service.bakery:8000", CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: DefaultOutlierDetection()},
 	}, {
 		name: "default policy",
 		yaml: header + "spec: {service: '*', timeout: 1m}\n",
-		want: Spec{Service: "*", Timeout: time.Minute, CircuitBreaker: DefaultCircuitBreaker()},
+		want: Spec{Service: "*", Timeout: time.Minute, CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: DefaultOutlierDetection()},
 	}, {
 		name: "retries with only attempts get every default",
 		yaml: header + "spec:\n  service: a\n  retries: {attempts: 0}\n",
-		want: Spec{Service: "a", Retries: defaultRetries(0), CircuitBreaker: DefaultCircuitBreaker()},
+		want: Spec{Service: "a", Retries: defaultRetries(0), CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: DefaultOutlierDetection()},
 	}, {
 		name: "partial breaker keeps the other defaults",
 		yaml: header + "spec:\n  service: a\n  circuitBreaker: {consecutiveFailures: 1}\n",
 		want: Spec{Service: "a", CircuitBreaker: &CircuitBreaker{
 			ConsecutiveFailures: 1, OpenTimeout: DefaultOpenTimeout,
 			HalfOpenRequests: DefaultHalfOpenRequests, FailOn: DefaultFailOn,
-		}},
+		}, OutlierDetection: DefaultOutlierDetection()},
 	}, {
 		name: "backoff base alone raises the default max",
 		yaml: header + "spec:\n  service: a\n  retries: {attempts: 1, backoff: {base: 1s}}\n",
-		want: Spec{Service: "a", CircuitBreaker: DefaultCircuitBreaker(), Retries: func() *Retries {
+		want: Spec{Service: "a", CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: DefaultOutlierDetection(), Retries: func() *Retries {
 			r := defaultRetries(1)
 			r.Backoff = Backoff{Base: time.Second, Max: time.Second}
 			return r
@@ -72,7 +72,7 @@ func TestDecodeGood(t *testing.T) {
 	}, {
 		name: "backoff max alone lowers the default base",
 		yaml: header + "spec:\n  service: a\n  retries: {attempts: 1, backoff: {max: 10ms}}\n",
-		want: Spec{Service: "a", CircuitBreaker: DefaultCircuitBreaker(), Retries: func() *Retries {
+		want: Spec{Service: "a", CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: DefaultOutlierDetection(), Retries: func() *Retries {
 			r := defaultRetries(1)
 			r.Backoff = Backoff{Base: 10 * time.Millisecond, Max: 10 * time.Millisecond}
 			return r
@@ -91,11 +91,13 @@ func TestDecodeGood(t *testing.T) {
 			CircuitBreaker: &CircuitBreaker{
 				ConsecutiveFailures: DefaultConsecutiveFailures, OpenTimeout: DefaultOpenTimeout,
 				HalfOpenRequests: DefaultHalfOpenRequests, FailOn: conds("503", "429", "reset"),
-			}},
+			},
+			OutlierDetection: DefaultOutlierDetection()},
 	}, {
 		name: "perTryTimeout equal to timeout, bounds at their limits",
 		yaml: header + "spec:\n  service: a\n  timeout: 1s\n  retries: {attempts: 1, perTryTimeout: 1s, budget: {ratio: 1}}\n" +
-			"  circuitBreaker: {consecutiveFailures: 1000, halfOpenRequests: 1, failureRate: {threshold: 1, minRequests: 1, window: 1ms}}\n",
+			"  circuitBreaker: {consecutiveFailures: 1000, halfOpenRequests: 1, failureRate: {threshold: 1, minRequests: 1, window: 1ms}}\n" +
+			"  outlierDetection: {consecutiveFailures: 1000, baseEjectionTime: 1ms, maxEjectionTime: 24h, maxEjectionPercent: 100}\n",
 		want: Spec{Service: "a", Timeout: time.Second,
 			Retries: func() *Retries {
 				r := defaultRetries(1)
@@ -107,7 +109,34 @@ func TestDecodeGood(t *testing.T) {
 				ConsecutiveFailures: 1000, OpenTimeout: DefaultOpenTimeout, HalfOpenRequests: 1,
 				FailureRate: &FailureRate{Threshold: 1, MinRequests: 1, Window: time.Millisecond},
 				FailOn:      DefaultFailOn,
-			}},
+			},
+			OutlierDetection: &OutlierDetection{ConsecutiveFailures: 1000, BaseEjectionTime: time.Millisecond, MaxEjectionTime: 24 * time.Hour, MaxEjectionPercent: 100}},
+	}, {
+		name: "outlier detection off keeps its other defaults",
+		yaml: header + "spec:\n  service: a\n  outlierDetection: {consecutiveFailures: 0}\n",
+		want: Spec{Service: "a", CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: &OutlierDetection{
+			BaseEjectionTime: DefaultBaseEjectionTime, MaxEjectionTime: DefaultMaxEjectionTime, MaxEjectionPercent: DefaultMaxEjectionPercent,
+		}},
+	}, {
+		name: "baseEjectionTime alone raises the default maxEjectionTime",
+		yaml: header + "spec:\n  service: a\n  outlierDetection: {baseEjectionTime: 10m}\n",
+		want: Spec{Service: "a", CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: &OutlierDetection{
+			ConsecutiveFailures: DefaultEjectionConsecutiveFailures, BaseEjectionTime: 10 * time.Minute, MaxEjectionTime: 10 * time.Minute,
+			MaxEjectionPercent: DefaultMaxEjectionPercent,
+		}},
+	}, {
+		name: "maxEjectionTime alone lowers the default baseEjectionTime",
+		yaml: header + "spec:\n  service: a\n  outlierDetection: {maxEjectionTime: 10s, maxEjectionPercent: 1}\n",
+		want: Spec{Service: "a", CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: &OutlierDetection{
+			ConsecutiveFailures: DefaultEjectionConsecutiveFailures, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: 10 * time.Second,
+			MaxEjectionPercent: 1,
+		}},
+	}, {
+		name: "both ejection times written are kept as written",
+		yaml: header + "spec:\n  service: a\n  outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 1h, maxEjectionTime: 1h}\n",
+		want: Spec{Service: "a", CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: &OutlierDetection{
+			ConsecutiveFailures: 3, BaseEjectionTime: time.Hour, MaxEjectionTime: time.Hour, MaxEjectionPercent: DefaultMaxEjectionPercent,
+		}},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,6 +195,9 @@ func TestDecodeFiles(t *testing.T) {
 					ConsecutiveFailures: 5, OpenTimeout: time.Minute, HalfOpenRequests: 2,
 					FailureRate: &FailureRate{Threshold: 0.5, MinRequests: 20, Window: 10 * time.Second},
 					FailOn:      conds("5xx", "connect-failure", "timeout"),
+				},
+				OutlierDetection: &OutlierDetection{
+					ConsecutiveFailures: 3, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: 2 * time.Minute, MaxEjectionPercent: 34,
 				},
 			},
 		}

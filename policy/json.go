@@ -26,11 +26,12 @@ func durationOrNil(d time.Duration) *jsonDuration {
 // MarshalJSON writes the spec with readable durations.
 func (s Spec) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
-		Service        string          `json:"service"`
-		Timeout        *jsonDuration   `json:"timeout,omitempty"`
-		Retries        *Retries        `json:"retries,omitempty"`
-		CircuitBreaker *CircuitBreaker `json:"circuitBreaker,omitempty"`
-	}{s.Service, durationOrNil(s.Timeout), s.Retries, s.CircuitBreaker})
+		Service          string            `json:"service"`
+		Timeout          *jsonDuration     `json:"timeout,omitempty"`
+		Retries          *Retries          `json:"retries,omitempty"`
+		CircuitBreaker   *CircuitBreaker   `json:"circuitBreaker,omitempty"`
+		OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
+	}{s.Service, durationOrNil(s.Timeout), s.Retries, s.CircuitBreaker, s.OutlierDetection})
 }
 
 // MarshalJSON writes the retries with readable durations.
@@ -70,4 +71,14 @@ func (f FailureRate) MarshalJSON() ([]byte, error) {
 		MinRequests int          `json:"minRequests"`
 		Window      jsonDuration `json:"window"`
 	}{f.Threshold, f.MinRequests, jsonDuration(f.Window)})
+}
+
+// MarshalJSON writes outlier detection with readable ejection times.
+func (o OutlierDetection) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		ConsecutiveFailures int          `json:"consecutiveFailures"`
+		BaseEjectionTime    jsonDuration `json:"baseEjectionTime"`
+		MaxEjectionTime     jsonDuration `json:"maxEjectionTime"`
+		MaxEjectionPercent  int          `json:"maxEjectionPercent"`
+	}{o.ConsecutiveFailures, jsonDuration(o.BaseEjectionTime), jsonDuration(o.MaxEjectionTime), o.MaxEjectionPercent})
 }

@@ -28,6 +28,7 @@ func (d *objDecoder) spec(path string, n *yaml.Node, s *Spec) bool {
 		}},
 		{"retries", func(fp string, v *yaml.Node) { s.Retries = d.retries(fp, v) }},
 		{"circuitBreaker", func(fp string, v *yaml.Node) { s.CircuitBreaker = d.breaker(fp, v) }},
+		{"outlierDetection", func(fp string, v *yaml.Node) { s.OutlierDetection = d.outlierDetection(fp, v) }},
 	})
 	if present == nil {
 		return false
@@ -37,6 +38,9 @@ func (d *objDecoder) spec(path string, n *yaml.Node, s *Spec) bool {
 	}
 	if s.CircuitBreaker == nil {
 		s.CircuitBreaker = DefaultCircuitBreaker()
+	}
+	if s.OutlierDetection == nil {
+		s.OutlierDetection = DefaultOutlierDetection()
 	}
 	return true
 }
@@ -160,4 +164,41 @@ func (d *objDecoder) failureRate(path string, n *yaml.Node) *FailureRate {
 		}
 	}
 	return fr
+}
+
+// outlierDetection fills the fields that are written over the defaults.
+// Like backoff's bounds, a missing ejection time is derived from the
+// other, so that writing only baseEjectionTime: 10m does not fail on the
+// default maxEjectionTime (5m) being smaller.
+func (d *objDecoder) outlierDetection(path string, n *yaml.Node) *OutlierDetection {
+	o := DefaultOutlierDetection()
+	var base, max time.Duration
+	var haveBase, haveMax bool
+	d.mapping(n, path, []field{
+		{"consecutiveFailures", func(fp string, v *yaml.Node) {
+			if x, ok := d.integer(fp, v); ok {
+				o.ConsecutiveFailures = x
+			}
+		}},
+		{"baseEjectionTime", func(fp string, v *yaml.Node) { base, haveBase = d.duration(fp, v) }},
+		{"maxEjectionTime", func(fp string, v *yaml.Node) { max, haveMax = d.duration(fp, v) }},
+		{"maxEjectionPercent", func(fp string, v *yaml.Node) {
+			if x, ok := d.integer(fp, v); ok {
+				o.MaxEjectionPercent = x
+			}
+		}},
+	})
+	if haveBase {
+		o.BaseEjectionTime = base
+		if !haveMax && base > o.MaxEjectionTime {
+			o.MaxEjectionTime = base
+		}
+	}
+	if haveMax {
+		o.MaxEjectionTime = max
+		if !haveBase && max > 0 && max < o.BaseEjectionTime {
+			o.BaseEjectionTime = max
+		}
+	}
+	return o
 }

@@ -39,8 +39,9 @@ type ObjectMeta struct {
 
 // Spec is what a policy asks of the sidecar for one destination.
 //
-// After Decode every Spec is defaulted: CircuitBreaker is never nil;
-// Retries is nil when the policy asks for no retries.
+// After Decode every Spec is defaulted: CircuitBreaker and
+// OutlierDetection are never nil; Retries is nil when the policy asks for
+// no retries.
 type Spec struct {
 	// Service is host[:port] or "*". A bare name matches the short,
 	// namespaced and .svc.cluster.local forms of the name.
@@ -50,6 +51,9 @@ type Spec struct {
 	Timeout        time.Duration   `json:"timeout,omitempty"`
 	Retries        *Retries        `json:"retries,omitempty"`
 	CircuitBreaker *CircuitBreaker `json:"circuitBreaker,omitempty"`
+	// OutlierDetection ejects single endpoints; CircuitBreaker stops
+	// the whole destination.
+	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
 }
 
 // Retries says when and how often a failed request is tried again.
@@ -100,6 +104,47 @@ type FailureRate struct {
 	Window      time.Duration `json:"window"`
 }
 
+// OutlierDetection takes one endpoint (pod) of a destination out of its
+// load balancing after ConsecutiveFailures failures in a row (what
+// circuitBreaker.failOn names), for BaseEjectionTime × the number of times
+// it was ejected, at most MaxEjectionTime, and never more than
+// MaxEjectionPercent of the endpoints at once (at least one).
+// ConsecutiveFailures 0 turns ejection off.
+//
+// It is Envoy's outlier detection (consecutive_5xx, base_ejection_time,
+// max_ejection_time, max_ejection_percent) and Linkerd's consecutive
+// failure accrual; docs/policy.md, "Per-endpoint ejection".
+type OutlierDetection struct {
+	ConsecutiveFailures int           `json:"consecutiveFailures"`
+	BaseEjectionTime    time.Duration `json:"baseEjectionTime"`
+	MaxEjectionTime     time.Duration `json:"maxEjectionTime"`
+	MaxEjectionPercent  int           `json:"maxEjectionPercent"`
+}
+
+// Enabled says whether endpoints are ever ejected.
+func (o *OutlierDetection) Enabled() bool { return o != nil && o.ConsecutiveFailures > 0 }
+
+// Defaults of outlier detection: on, with Envoy's ejection times (30 s
+// base, 300 s at most) and at most half of a destination's endpoints out
+// at once.
+const (
+	DefaultEjectionConsecutiveFailures = 5
+	DefaultBaseEjectionTime            = 30 * time.Second
+	DefaultMaxEjectionTime             = 300 * time.Second
+	DefaultMaxEjectionPercent          = 50
+)
+
+// DefaultOutlierDetection returns outlier detection configured with the
+// defaults.
+func DefaultOutlierDetection() *OutlierDetection {
+	return &OutlierDetection{
+		ConsecutiveFailures: DefaultEjectionConsecutiveFailures,
+		BaseEjectionTime:    DefaultBaseEjectionTime,
+		MaxEjectionTime:     DefaultMaxEjectionTime,
+		MaxEjectionPercent:  DefaultMaxEjectionPercent,
+	}
+}
+
 // Defaults of the client that minimesh replaces: 5 consecutive failures
 // open the breaker, it stays open 60 s, 2 successes in half-open close it.
 const (
@@ -140,7 +185,7 @@ func BuiltinDefault() *ResiliencePolicy {
 		APIVersion: APIVersion,
 		Kind:       Kind,
 		Metadata:   ObjectMeta{Name: "builtin-default"},
-		Spec:       Spec{Service: DefaultService, CircuitBreaker: DefaultCircuitBreaker()},
+		Spec:       Spec{Service: DefaultService, CircuitBreaker: DefaultCircuitBreaker(), OutlierDetection: DefaultOutlierDetection()},
 		Source:     "built-in default",
 	}
 }

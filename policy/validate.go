@@ -16,6 +16,17 @@ const (
 	MaxMinPerSecond        = 1_000_000
 )
 
+// Bounds of outlier detection's ejection times. Below a millisecond an
+// ejection would end before the next request (and Linkerd's durations
+// have no smaller unit); an ejection of a pod for more than a day is a
+// typo, not a policy, and a day keeps base × ejections far from
+// overflowing time.Duration.
+const (
+	ShortestEjectionTime    = time.Millisecond
+	LongestBaseEjectionTime = time.Hour
+	LongestEjectionTime     = 24 * time.Hour
+)
+
 // Validate checks a defaulted policy, as Decode returns it, against the
 // bounds of the policy reference. Decode runs it on every policy it
 // returns; a sidecar that receives policies from elsewhere (xDS) runs it
@@ -33,6 +44,12 @@ func (c *checker) fail(field, format string, args ...any) {
 func (c *checker) positive(field string, d time.Duration) {
 	if d <= 0 {
 		c.fail(field, "must be > 0, got %v", d)
+	}
+}
+
+func (c *checker) durationRange(field string, d, lo, hi time.Duration) {
+	if d < lo || d > hi {
+		c.fail(field, "must be between %v and %v, got %v", lo, hi, d)
 	}
 }
 
@@ -59,6 +76,11 @@ func validateSpec(s *Spec) ErrorList {
 		c.fail("spec.circuitBreaker", "missing (Decode always sets it)")
 	} else {
 		validateBreaker(&c, s.CircuitBreaker)
+	}
+	if s.OutlierDetection == nil {
+		c.fail("spec.outlierDetection", "missing (Decode always sets it)")
+	} else {
+		validateOutlier(&c, s.OutlierDetection)
 	}
 	return c.errs
 }
@@ -103,6 +125,20 @@ func validateBreaker(c *checker, b *CircuitBreaker) {
 		c.intRange(p+"failureRate.minRequests", fr.MinRequests, 1, MaxMinRequests)
 		c.positive(p+"failureRate.window", fr.Window)
 	}
+}
+
+// validateOutlier checks the ejection settings even when
+// consecutiveFailures is 0 (off): turning ejection back on must not
+// uncover a mistake written long ago.
+func validateOutlier(c *checker, o *OutlierDetection) {
+	const p = "spec.outlierDetection."
+	c.intRange(p+"consecutiveFailures", o.ConsecutiveFailures, 0, MaxConsecutiveFailures)
+	c.durationRange(p+"baseEjectionTime", o.BaseEjectionTime, ShortestEjectionTime, LongestBaseEjectionTime)
+	c.durationRange(p+"maxEjectionTime", o.MaxEjectionTime, ShortestEjectionTime, LongestEjectionTime)
+	if o.BaseEjectionTime > 0 && o.MaxEjectionTime > 0 && o.MaxEjectionTime < o.BaseEjectionTime {
+		c.fail(p+"maxEjectionTime", "must be >= baseEjectionTime (%v), got %v", o.BaseEjectionTime, o.MaxEjectionTime)
+	}
+	c.intRange(p+"maxEjectionPercent", o.MaxEjectionPercent, 1, 100)
 }
 
 func isEmpty(c Conditions) bool { return c.Classes == 0 && len(c.Codes) == 0 && c.GRPC == 0 }

@@ -20,7 +20,8 @@ func TestValidate(t *testing.T) {
 			Backoff:       Backoff{Base: time.Second, Max: time.Millisecond},
 			Budget:        Budget{Ratio: math.NaN()},
 		},
-		CircuitBreaker: &CircuitBreaker{FailureRate: &FailureRate{}},
+		CircuitBreaker:   &CircuitBreaker{FailureRate: &FailureRate{}},
+		OutlierDetection: &OutlierDetection{ConsecutiveFailures: -1, BaseEjectionTime: 2 * time.Hour, MaxEjectionTime: time.Hour, MaxEjectionPercent: 101},
 	}}
 	want := `spec.service: "Auth-Service" is not in canonical form "auth-service"
 spec.retries.attempts: must be between 0 and 10, got 11
@@ -34,13 +35,21 @@ spec.circuitBreaker.halfOpenRequests: must be between 1 and 1000, got 0
 spec.circuitBreaker.failOn: must not be empty: omit it for the default [5xx, connect-failure, reset, timeout]
 spec.circuitBreaker.failureRate.threshold: must be > 0 and <= 1, got 0
 spec.circuitBreaker.failureRate.minRequests: must be between 1 and 1000000, got 0
-spec.circuitBreaker.failureRate.window: must be > 0, got 0s`
+spec.circuitBreaker.failureRate.window: must be > 0, got 0s
+spec.outlierDetection.consecutiveFailures: must be between 0 and 1000, got -1
+spec.outlierDetection.baseEjectionTime: must be between 1ms and 1h0m0s, got 2h0m0s
+spec.outlierDetection.maxEjectionTime: must be >= baseEjectionTime (2h0m0s), got 1h0m0s
+spec.outlierDetection.maxEjectionPercent: must be between 1 and 100, got 101`
 	if err := p.Validate(); err == nil || err.Error() != want {
 		t.Errorf("got\n%v\nwant\n%s", err, want)
 	}
-	noBreaker := &ResiliencePolicy{Spec: Spec{Service: "*"}}
+	noBreaker := &ResiliencePolicy{Spec: Spec{Service: "*", OutlierDetection: DefaultOutlierDetection()}}
 	if err := noBreaker.Validate(); err == nil {
 		t.Error("nil CircuitBreaker accepted")
+	}
+	noOutlier := &ResiliencePolicy{Spec: Spec{Service: "*", CircuitBreaker: DefaultCircuitBreaker()}}
+	if err := noOutlier.Validate(); err == nil || err.Error() != "spec.outlierDetection: missing (Decode always sets it)" {
+		t.Errorf("nil OutlierDetection: %v", err)
 	}
 }
 
