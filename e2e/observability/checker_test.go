@@ -67,7 +67,11 @@ func sidecarFamilies(t testing.TB) map[string]family {
 	d.Rejected()
 	d.Retry("503")
 	d.Transition("closed", "open")
+	d.Ejected()
 	m.PolicyReload(true)
+	m.WatchEndpoints(func() []telemetry.EndpointCount {
+		return []telemetry.EndpointCount{{Destination: "x", State: "ejected", N: 1}}
+	})
 	m.WatchBreakers(func() []telemetry.BreakerState {
 		return []telemetry.BreakerState{{Destination: "x", State: "open"}}
 	})

@@ -42,6 +42,10 @@ func TestExpressionsEvaluate(t *testing.T) {
 	m.WatchBreakers(func() []telemetry.BreakerState {
 		return []telemetry.BreakerState{{Destination: "nominatim-service", State: "open"}, {Destination: "auth-service", State: "closed"}}
 	})
+	// auth has four pods, one of them ejected again and again.
+	m.WatchEndpoints(func() []telemetry.EndpointCount {
+		return []telemetry.EndpointCount{{Destination: "auth-service", State: "ready", N: 3}, {Destination: "auth-service", State: "terminating", N: 0}, {Destination: "auth-service", State: "ejected", N: 1}}
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -70,6 +74,7 @@ func TestExpressionsEvaluate(t *testing.T) {
 				nom.Transition("open", "half-open")
 				nom.Transition("half-open", "open")
 				m.PolicyReload(i%50 == 0)
+				auth.Ejected()
 			}
 		}
 	}()
