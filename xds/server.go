@@ -1,9 +1,13 @@
 // Package xds is the control plane's ADS server (its client, in the sidecar,
-// is xds/xdsclient): what sidecars need from the cluster, policies today.
-// The server is go-control-plane's snapshot cache keyed by the
-// namespace in a node's metadata: a sidecar sees the policies of its
-// namespace over the cluster-wide ones. The resources are the Envoy ones
-// of policy/envoy, so an Envoy could be pointed at the same server.
+// is xds/xdsclient): what sidecars need from the cluster, policies (CDS,
+// RDS) and every Service's endpoints (EDS). The server is
+// go-control-plane's snapshot cache keyed by the namespace in a node's
+// metadata: a sidecar sees the policies of its namespace over the
+// cluster-wide ones, and the endpoints of every Service (the same in
+// every namespace; docs/controlplane.md says why and what it costs). The
+// resources are Envoy's (policy/envoy; ClusterLoadAssignments named
+// <service>.<namespace>.svc.cluster.local:<port>), so an Envoy could be
+// pointed at the same server.
 //
 // A snapshot cache answers a watch only from a snapshot set for the
 // watch's key, and a watch on a key that nobody sets waits forever. So the
@@ -23,20 +27,23 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/policy/envoy"
+	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 // Server holds the policies and the snapshots of the namespaces that have
@@ -50,8 +57,12 @@ type Server struct {
 	// answer, so that a controller that has not read the cluster yet does
 	// not tell every reconnecting sidecar to drop its policies.
 	set    bool
-	global []*policy.ResiliencePolicy            // cluster-wide
-	byNS   map[string][]*policy.ResiliencePolicy // namespaces with policies of their own
+	global []*policy.ResiliencePolicy // cluster-wide
+	// wantEndpoints: a server for a cluster (ExpectEndpoints) publishes
+	// nothing until the endpoints are set too, for the same reason.
+	wantEndpoints, endpointsSet bool
+	endpoints                   endpointContent                       // every Service's, the same in every namespace
+	byNS                        map[string][]*policy.ResiliencePolicy // namespaces with policies of their own
 	// groups are the namespaces with a stream open (or a fetch under
 	// way): exactly those have a snapshot in the cache.
 	groups  map[string]*group
@@ -81,6 +92,8 @@ func NewServer(ctx context.Context, cb serverv3.Callbacks) *Server {
 		streams: map[streamKey]string{},
 		shared:  map[string]*shared{},
 	}
+	// No endpoints until told: answered as none (a version of its own).
+	s.endpoints, _ = endpointResources(nil)
 	if cb == nil {
 		cb = serverv3.CallbackFuncs{}
 	}
@@ -88,9 +101,39 @@ func NewServer(ctx context.Context, cb serverv3.Callbacks) *Server {
 	return s
 }
 
-// Register adds ADS (and CDS, RDS for Envoys without ADS) to g.
+// ExpectEndpoints makes the server wait for SetEndpoints as well as for
+// the policies before it answers anyone: a controller that watches a
+// cluster calls it before serving, so that a sidecar reconnecting to a
+// restarted controller is never told "no endpoints" (and drops the ones
+// it has) because the Services were not read yet. Without it (policies
+// from files, no cluster) the endpoints are empty and never expected.
+func (s *Server) ExpectEndpoints() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wantEndpoints = true
+}
+
+// SetEndpoints replaces every Service port's endpoints, keyed by
+// xdsclient.EndpointName, and pushes them to every connected sidecar
+// whose namespace's snapshot changes (all of them, unless nothing did).
+// More than xdsclient.MaxEndpoints in all is refused, and the last set
+// stays: every sidecar would refuse it.
+func (s *Server) SetEndpoints(eps map[string][]xdsclient.Endpoint) error {
+	c, err := endpointResources(eps)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.endpointsSet = true
+	s.endpoints = c
+	return s.publishAll()
+}
+
+// Register adds ADS (and CDS, EDS, RDS for Envoys without ADS) to g.
 func (s *Server) Register(g *grpc.Server) {
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(g, s.xds)
 	clusterservice.RegisterClusterDiscoveryServiceServer(g, s.xds)
 	routeservice.RegisterRouteDiscoveryServiceServer(g, s.xds)
 }
@@ -103,6 +146,7 @@ func (s *Server) Register(g *grpc.Server) {
 func (s *Server) Set(global []*policy.ResiliencePolicy, byNS map[string][]*policy.ResiliencePolicy) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.set = true
 	s.global = global
 	clear(s.byNS)
 	for ns, pols := range byNS {
@@ -119,6 +163,7 @@ func (s *Server) Set(global []*policy.ResiliencePolicy, byNS map[string][]*polic
 func (s *Server) SetNamespace(ns string, pols []*policy.ResiliencePolicy) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.set = true
 	if len(pols) > 0 {
 		s.byNS[ns] = pols
 	} else {
@@ -138,10 +183,9 @@ func (s *Server) Version(ns string) string {
 	return ""
 }
 
-// publishAll marks the policies set and brings every connected
-// namespace's snapshot up to date. The caller holds mu.
+// publishAll brings every connected namespace's snapshot up to date.
+// The caller holds mu.
 func (s *Server) publishAll() error {
-	s.set = true
 	memo := map[string]*content{}
 	var errs []error
 	for ns := range s.groups {
@@ -181,7 +225,7 @@ func (s *Server) contentKey(ns string) string {
 // change. The caller holds mu.
 func (s *Server) publish(ns string, memo map[string]*content) error {
 	g := s.groups[ns]
-	if g == nil || !s.set {
+	if g == nil || !s.set || s.wantEndpoints && !s.endpointsSet {
 		return nil
 	}
 	key := s.contentKey(ns)
@@ -196,26 +240,29 @@ func (s *Server) publish(ns string, memo map[string]*content) error {
 	if c.err != nil {
 		return fmt.Errorf("namespace %s: %w", ns, c.err)
 	}
-	if g.version == c.version {
+	// Each type has its own version, so that a change of endpoints is
+	// not a change of clusters (the cache answers a watch whose type's
+	// version changed): a rolling Deployment pushes EDS only, and no
+	// sidecar re-applies its policies for it. The snapshot's, which
+	// names it among the shared ones, is both.
+	version := c.version + "." + s.endpoints.version
+	if g.version == version {
 		return nil
 	}
-	sh := s.shared[c.version]
+	sh := s.shared[version]
 	if sh == nil {
-		snap, err := cachev3.NewSnapshot(c.version, map[resource.Type][]types.Resource{
-			resource.ClusterType: c.clusters,
-			resource.RouteType:   c.routes,
-		})
-		if err != nil {
-			return fmt.Errorf("namespace %s: %w", ns, err)
-		}
+		snap := &cachev3.Snapshot{}
+		snap.Resources[types.Cluster] = cachev3.NewResources(c.version, c.clusters)
+		snap.Resources[types.Route] = cachev3.NewResources(c.version, c.routes)
+		snap.Resources[types.Endpoint] = s.endpoints.resources
 		sh = &shared{snap: snap}
-		s.shared[c.version] = sh
+		s.shared[version] = sh
 	}
 	// The cache keeps the snapshot even when answering a watch fails.
 	err := s.Cache.SetSnapshot(context.Background(), ns, sh.snap)
 	sh.groups++
 	s.unshare(g.version)
-	g.version = c.version
+	g.version = version
 	return err
 }
 
@@ -271,6 +318,40 @@ func merge(global, local []*policy.ResiliencePolicy) []*policy.ResiliencePolicy 
 		}
 	}
 	return out
+}
+
+// endpointContent is the EDS resources of every Service and their
+// version.
+type endpointContent struct {
+	resources cachev3.Resources
+	version   string
+	count     int
+}
+
+// endpointResources are the ClusterLoadAssignments of eps, in name order,
+// and a version that changes exactly when they do. No endpoints at all
+// have a version too, so that a sidecar asking for them is answered
+// (with none) rather than left waiting.
+func endpointResources(eps map[string][]xdsclient.Endpoint) (endpointContent, error) {
+	names := slices.Sorted(maps.Keys(eps))
+	h := sha256.New()
+	items := make([]types.Resource, 0, len(names))
+	n := 0
+	for _, name := range names {
+		n += len(eps[name])
+		if n > xdsclient.MaxEndpoints {
+			return endpointContent{}, fmt.Errorf("endpoints: more than %d in all (at %s): the sidecars would refuse them; keeping the last set", xdsclient.MaxEndpoints, name)
+		}
+		cla := xdsclient.LoadAssignment(name, eps[name])
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(cla)
+		if err != nil {
+			return endpointContent{}, err
+		}
+		h.Write(b)
+		items = append(items, cla)
+	}
+	version := hex.EncodeToString(h.Sum(nil))[:16]
+	return endpointContent{resources: cachev3.NewResources(version, items), version: version, count: n}, nil
 }
 
 // Resources are the clusters and routes of pols for namespace ns, and a

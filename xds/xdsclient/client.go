@@ -1,9 +1,10 @@
 // Package xdsclient is the sidecar's side of the control plane: it follows
-// the ADS stream of minimesh controller and turns clusters back into
-// policies. It is a package of its own so that the sidecar links only the
-// Envoy types it decodes (Cluster and the discovery service), not the
-// server's cache and every xDS service: measured, that is most of the
-// memory xDS costs a sidecar.
+// the ADS stream of minimesh controller, turns clusters back into
+// policies and ClusterLoadAssignments into endpoints. It is a package of
+// its own so that the sidecar links only the Envoy types it decodes
+// (Cluster, ClusterLoadAssignment, which Cluster links anyway, and the
+// discovery service), not the server's cache and every xDS service:
+// measured, that is most of the memory xDS costs a sidecar.
 package xdsclient
 
 import (
@@ -18,9 +19,12 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	sotw "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/minimesh/minimesh/policy"
@@ -40,17 +44,23 @@ func Node(pod, namespace, service string) *corev3.Node {
 	return &corev3.Node{Id: namespace + "/" + pod, Cluster: service, Metadata: md}
 }
 
-// Client keeps a sidecar's policies in step with the control plane. It
-// applies a response only when every resource in it decodes and
-// validates (ACK), and otherwise refuses it with the reason (NACK) and
-// keeps what it had; when the server is gone it keeps serving the last
-// good policies and reconnects with jittered exponential backoff.
+// Client keeps a sidecar's policies (and, with ApplyEndpoints, the
+// Services' endpoints) in step with the control plane. It applies a
+// response only when every resource in it decodes and validates (ACK),
+// and otherwise refuses it with the reason (NACK) and keeps what it had,
+// each type on its own; when the server is gone it keeps serving the
+// last good policies and endpoints and reconnects with jittered
+// exponential backoff.
 type Client struct {
 	Addr string
 	Node *corev3.Node
 	// Apply installs the policies of a response; its error NACKs it.
 	Apply func(pols []*policy.ResiliencePolicy, version string) error
-	Log   *slog.Logger
+	// ApplyEndpoints, when set, asks for every Service's endpoints too
+	// (EDS, wildcard) and installs those of a response, keyed by
+	// EndpointName; its error NACKs it. Nil: no endpoints are asked for.
+	ApplyEndpoints func(eps map[string][]Endpoint, version string) error
+	Log            *slog.Logger
 	// Backoff bounds between reconnects (defaults 250 ms and 30 s).
 	MinBackoff, MaxBackoff time.Duration
 	DialOptions            []grpc.DialOption
@@ -74,7 +84,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if got {
 			wait = lo
 		}
-		c.Log.Warn("xds: stream ended; keeping the last good policies", "addr", c.Addr, "err", err, "retry_in", wait.String())
+		c.Log.Warn("xds: stream ended; keeping the last good policies and endpoints", "addr", c.Addr, "err", err, "retry_in", wait.String())
 		// Full jitter: a control plane that restarts is not met by every
 		// sidecar at the same instant.
 		select {
@@ -86,7 +96,31 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
-// session runs one stream; got says whether a response arrived.
+// typeState is one resource type on the stream: what was last acked,
+// and the refusal of the same content again, which waits.
+type typeState struct {
+	url   string
+	apply func(resp *discovery.DiscoveryResponse) (version string, n int, err error)
+	what  string // "policies", "endpoints": for the log
+	// acked is the version_info of the last response applied: a NACK
+	// carries it, as the protocol asks.
+	acked string
+	// A NACK carries the last accepted version, so a snapshot cache
+	// answers it at once with the same refused content: without a pause
+	// the two would spin. The same content is refused again only after a
+	// growing wait (1 s to 5 s, which is also the most a fix pushed during
+	// the wait is delayed); new content is judged at once. The wait is a
+	// timer, not a sleep: the other type's responses go on meanwhile.
+	lastNack string
+	nackWait time.Duration
+	timer    *time.Timer
+}
+
+// session runs one ADS stream for every type the client follows
+// (clusters, and endpoints when ApplyEndpoints is set): one stream per
+// sidecar, so the server's stream count is its sidecar count and the
+// types of one snapshot come over one ordered stream. got says whether a
+// response arrived.
 func (c *Client) session(ctx context.Context) (got bool, err error) {
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.DialOptions...)
 	conn, err := grpc.NewClient(c.Addr, opts...)
@@ -96,59 +130,141 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 	defer conn.Close()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ads := sotw.NewADSClient(sctx, c.Node, clusterType)
-	if err := ads.InitConnect(conn); err != nil {
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+	if err != nil {
 		return false, fmt.Errorf("connect: %w", err)
 	}
-	// A NACK carries the last accepted version, so a snapshot cache
-	// answers it at once with the same refused content: without a pause
-	// the two would spin. The same content is refused again only after a
-	// growing wait (1 s to 5 s, which is also the most a fix pushed during
-	// the wait is delayed); new content is judged at once.
-	var lastNack string
-	nackWait := time.Second
+	states := map[string]*typeState{clusterType: {url: clusterType, apply: c.applyClusters, what: "policies"}}
+	if c.ApplyEndpoints != nil {
+		states[endpointType] = &typeState{url: endpointType, apply: c.applyEndpoints, what: "endpoints"}
+	}
+	send := func(st *typeState, nonce string, detail *rpcstatus.Status) error {
+		return stream.Send(&discovery.DiscoveryRequest{Node: c.Node, TypeUrl: st.url,
+			VersionInfo: st.acked, ResponseNonce: nonce, ErrorDetail: detail})
+	}
+	// Clusters first: the order Envoy asks in, and the server's.
+	for _, url := range []string{clusterType, endpointType} {
+		if st := states[url]; st != nil {
+			if err := send(st, "", nil); err != nil {
+				return false, fmt.Errorf("connect: %w", err)
+			}
+		}
+	}
+	defer func() {
+		for _, st := range states {
+			if st.timer != nil {
+				st.timer.Stop()
+			}
+		}
+	}()
+
+	type received struct {
+		resp *discovery.DiscoveryResponse
+		err  error
+	}
+	recvd := make(chan received)
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			select {
+			case recvd <- received{resp, err}:
+			case <-sctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	type delayed struct {
+		st    *typeState
+		nonce string
+		msg   string
+	}
+	due := make(chan delayed)
 	for {
-		resp, err := ads.Fetch()
-		if err != nil {
-			return got, err
+		var r received
+		select {
+		case <-sctx.Done():
+			return got, sctx.Err()
+		case d := <-due:
+			if err := send(d.st, d.nonce, &rpcstatus.Status{Message: d.msg}); err != nil {
+				return got, err
+			}
+			continue
+		case r = <-recvd:
+		}
+		if r.err != nil {
+			return got, r.err
 		}
 		got = true
-		pols, version, err := decode(resp)
-		if err == nil {
-			err = c.Apply(pols, version)
+		resp := r.resp
+		st := states[resp.GetTypeUrl()]
+		if st == nil {
+			c.Log.Warn("xds: a response of a type not asked for; ignored", "type", resp.GetTypeUrl())
+			continue
 		}
-		if err != nil {
-			if version == lastNack {
-				select {
-				case <-sctx.Done():
-					return got, sctx.Err()
-				case <-time.After(nackWait):
-				}
-				nackWait = min(2*nackWait, 5*time.Second)
+		if st.timer != nil {
+			st.timer.Stop()
+			st.timer = nil
+		}
+		version, n, err := st.apply(resp)
+		if err == nil {
+			st.acked, st.lastNack = resp.GetVersionInfo(), ""
+			if st.url == clusterType {
+				c.Log.Info("xds: applied policies (ACK)", "version", version, "policies", n)
 			} else {
-				c.Log.Error("xds: refused the control plane's policies (NACK); keeping the last good ones", "version", version, "err", err)
-				lastNack, nackWait = version, time.Second
+				c.Log.Debug("xds: applied endpoints (ACK)", "version", version, "endpoints", n)
 			}
-			if err := ads.Nack(err.Error()); err != nil {
+			if err := send(st, resp.GetNonce(), nil); err != nil {
 				return got, err
 			}
 			continue
 		}
-		lastNack = ""
-		c.Log.Info("xds: applied policies (ACK)", "version", version, "policies", len(pols))
-		if err := ads.Ack(); err != nil {
-			return got, err
+		if version != st.lastNack {
+			c.Log.Error("xds: refused the control plane's "+st.what+" (NACK); keeping the last good ones", "version", version, "err", err)
+			st.lastNack, st.nackWait = version, time.Second
+			if err := send(st, resp.GetNonce(), &rpcstatus.Status{Message: err.Error()}); err != nil {
+				return got, err
+			}
+			continue
 		}
+		d := delayed{st, resp.GetNonce(), err.Error()}
+		st.timer = time.AfterFunc(st.nackWait, func() {
+			select {
+			case due <- d:
+			case <-sctx.Done():
+			}
+		})
+		st.nackWait = min(2*st.nackWait, 5*time.Second)
 	}
+}
+
+// applyClusters decodes a CDS response and hands it to Apply.
+func (c *Client) applyClusters(resp *discovery.DiscoveryResponse) (string, int, error) {
+	pols, version, err := decode(resp.GetResources())
+	if err == nil {
+		err = c.Apply(pols, version)
+	}
+	return version, len(pols), err
+}
+
+// applyEndpoints decodes an EDS response and hands it to ApplyEndpoints.
+func (c *Client) applyEndpoints(resp *discovery.DiscoveryResponse) (string, int, error) {
+	eps, n, version, err := decodeEndpoints(resp.GetResources())
+	if err == nil {
+		err = c.ApplyEndpoints(eps, version)
+	}
+	return version, n, err
 }
 
 // decode turns a CDS response into policies; version is a hash of the
 // resources as received.
-func decode(resp *sotw.Response) ([]*policy.ResiliencePolicy, string, error) {
+func decode(resources []*anypb.Any) ([]*policy.ResiliencePolicy, string, error) {
 	h := sha256.New()
 	var pols []*policy.ResiliencePolicy
 	var errs []error
-	for _, a := range resp.Resources {
+	for _, a := range resources {
 		h.Write(a.GetValue())
 		var c clusterv3.Cluster
 		if err := a.UnmarshalTo(&c); err != nil {
@@ -164,4 +280,37 @@ func decode(resp *sotw.Response) ([]*policy.ResiliencePolicy, string, error) {
 		pols = append(pols, p)
 	}
 	return pols, hex.EncodeToString(h.Sum(nil))[:16], errors.Join(errs...)
+}
+
+// decodeEndpoints turns an EDS response into endpoints by resource name;
+// n counts them all. A resource that does not decode, a name twice, or
+// more than MaxEndpoints in all refuse the whole response: the sidecar
+// keeps its last good set rather than balance over part of one.
+func decodeEndpoints(resources []*anypb.Any) (map[string][]Endpoint, int, string, error) {
+	h := sha256.New()
+	for _, a := range resources {
+		h.Write(a.GetValue())
+	}
+	version := hex.EncodeToString(h.Sum(nil))[:16]
+	out := make(map[string][]Endpoint, len(resources))
+	n := 0
+	for _, a := range resources {
+		var cla endpointv3.ClusterLoadAssignment
+		if err := a.UnmarshalTo(&cla); err != nil {
+			return nil, 0, version, fmt.Errorf("resource %s: %w", a.GetTypeUrl(), err)
+		}
+		name := cla.GetClusterName()
+		if _, dup := out[name]; dup {
+			return nil, 0, version, fmt.Errorf("endpoints %q: twice in one response", name)
+		}
+		eps, err := FromLoadAssignment(&cla)
+		if err != nil {
+			return nil, 0, version, err
+		}
+		if n += len(eps); n > MaxEndpoints {
+			return nil, 0, version, fmt.Errorf("endpoints %q: more than %d endpoints in one response", name, MaxEndpoints)
+		}
+		out[name] = eps
+	}
+	return out, n, version, nil
 }

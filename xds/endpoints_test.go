@@ -1,0 +1,235 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/xds/xdsclient"
+)
+
+// epRecorder is a sidecar's ApplyEndpoints: the last set and how many
+// were applied.
+type epRecorder struct {
+	mu      sync.Mutex
+	applied int
+	last    map[string][]xdsclient.Endpoint
+}
+
+func (r *epRecorder) apply(eps map[string][]xdsclient.Endpoint, _ string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.applied++
+	r.last = eps
+	return nil
+}
+
+func (r *epRecorder) get(name string) ([]xdsclient.Endpoint, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	eps, ok := r.last[name]
+	return eps, ok
+}
+
+func (r *epRecorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applied
+}
+
+func ep(s string, terminating bool) xdsclient.Endpoint {
+	return xdsclient.Endpoint{Addr: netip.MustParseAddrPort(s), Terminating: terminating, Zone: "z1"}
+}
+
+var geoName = xdsclient.EndpointName("geo", "shop", 8000)
+
+func endpointsOf(addrs ...string) map[string][]xdsclient.Endpoint {
+	var eps []xdsclient.Endpoint
+	for _, a := range addrs {
+		eps = append(eps, ep(a, false))
+	}
+	return map[string][]xdsclient.Endpoint{geoName: eps}
+}
+
+func epClient(addr, ns string, r *recorder, er *epRecorder) *xdsclient.Client {
+	c := client(addr, ns, r)
+	c.ApplyEndpoints = er.apply
+	return c
+}
+
+// TestServeEndpoints: every sidecar gets every Service's endpoints over
+// the same stream as its policies; a change of endpoints reaches them
+// without re-sending the policies, and namespaces still share one
+// snapshot.
+func TestServeEndpoints(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewServer(ctx, nil)
+	s.ExpectEndpoints()
+	addr, stop := serve(t, s, "127.0.0.1:0")
+	defer stop()
+	if err := s.Set(meshWide(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	var recs []*recorder
+	var eps []*epRecorder
+	for _, ns := range []string{"shop", "shop", "checkout"} {
+		r, er := newRecorder(), &epRecorder{}
+		recs, eps = append(recs, r), append(eps, er)
+		go epClient(addr, ns, r, er).Run(ctx)
+	}
+	// Policies are set, endpoints not yet: nobody is answered.
+	waitFor(t, "the watches", func() bool { return len(s.Cache.GetStatusKeys()) == 2 })
+	time.Sleep(200 * time.Millisecond)
+	for i := range recs {
+		if recs[i].consecutive("geo") != -1 || eps[i].count() != 0 {
+			t.Fatal("a sidecar was answered before the endpoints were set")
+		}
+	}
+
+	if err := s.SetEndpoints(endpointsOf("10.0.0.1:8080", "[fd00::2]:8080")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range recs {
+		waitFor(t, "policies and endpoints", func() bool {
+			got, _ := eps[i].get(geoName)
+			return recs[i].consecutive("geo") == 7 && len(got) == 2
+		})
+	}
+	got, _ := eps[0].get(geoName)
+	if want := []xdsclient.Endpoint{ep("10.0.0.1:8080", false), ep("[fd00::2]:8080", false)}; !slices.Equal(got, want) {
+		t.Fatalf("endpoints %v, want %v", got, want)
+	}
+	if a, b := mustSnap(t, s, "shop"), mustSnap(t, s, "checkout"); a != b {
+		t.Fatal("namespaces with the same content do not share a snapshot")
+	}
+
+	// A rolling update: one endpoint terminating, a new one ready.
+	roll := map[string][]xdsclient.Endpoint{geoName: {ep("10.0.0.1:8080", true), ep("[fd00::2]:8080", false), ep("10.0.0.3:8080", false)}}
+	if err := s.SetEndpoints(roll); err != nil {
+		t.Fatal(err)
+	}
+	for i := range eps {
+		waitFor(t, "the roll", func() bool { got, _ := eps[i].get(geoName); return slices.Equal(got, roll[geoName]) })
+	}
+	// The same endpoints again push nothing; the policies were sent once.
+	v := s.Version("shop")
+	if err := s.SetEndpoints(roll); err != nil || s.Version("shop") != v {
+		t.Fatalf("the same endpoints changed the version (%v)", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	for i, r := range recs {
+		r.mu.Lock()
+		n := len(r.versions)
+		r.mu.Unlock()
+		if n != 1 || eps[i].count() != 2 {
+			t.Fatalf("sidecar %d: %d policy applies and %d endpoint applies, want 1 and 2", i, n, eps[i].count())
+		}
+	}
+	// A policy change is pushed without the endpoints.
+	if err := s.SetNamespace("shop", shopOwn(t)["shop"]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the policy change", func() bool { return recs[0].consecutive("geo") == 3 })
+	time.Sleep(100 * time.Millisecond)
+	if eps[0].count() != 2 {
+		t.Fatalf("a policy change re-sent the endpoints (%d applies)", eps[0].count())
+	}
+}
+
+func mustSnap(t *testing.T, s *Server, ns string) any {
+	t.Helper()
+	snap, err := s.Cache.GetSnapshot(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+// TestEndpointsNotExpected: a server without a cluster (policies from
+// files) answers an EDS request with no endpoints rather than not at all.
+func TestEndpointsNotExpected(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewServer(ctx, nil)
+	if err := s.Set(meshWide(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	addr, stop := serve(t, s, "127.0.0.1:0")
+	defer stop()
+	r, er := newRecorder(), &epRecorder{}
+	go epClient(addr, "shop", r, er).Run(ctx)
+	waitFor(t, "policies and an empty endpoint set", func() bool { return r.consecutive("geo") == 7 && er.count() == 1 })
+	if _, ok := er.get(geoName); ok {
+		t.Fatal("endpoints from nowhere")
+	}
+}
+
+// TestEndpointsBound: more endpoints than a sidecar takes are refused by
+// the server, which keeps serving the last set.
+func TestEndpointsBound(t *testing.T) {
+	s := NewServer(context.Background(), nil)
+	if err := s.SetEndpoints(endpointsOf("10.0.0.1:80")); err != nil {
+		t.Fatal(err)
+	}
+	big := map[string][]xdsclient.Endpoint{}
+	for i := range xdsclient.MaxEndpoints/100 + 1 {
+		var list []xdsclient.Endpoint
+		for j := range 100 {
+			list = append(list, ep(fmt.Sprintf("10.1.%d.%d:80", i%256, j), false))
+		}
+		big[xdsclient.EndpointName(fmt.Sprintf("s%d", i), "shop", 80)] = list
+	}
+	if err := s.SetEndpoints(big); err == nil {
+		t.Fatal("more than MaxEndpoints accepted")
+	}
+	if s.endpoints.count != 1 {
+		t.Fatalf("after a refused set the server holds %d endpoints, want the last set's 1", s.endpoints.count)
+	}
+}
+
+// TestEndpointsStaticStability: the control plane gone, the sidecar
+// keeps its endpoints; a restarted one that has read the policies but
+// not yet the endpoints does not make it drop them.
+func TestEndpointsStaticStability(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := NewServer(ctx, nil)
+	s.ExpectEndpoints()
+	if err := s.Set(meshWide(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetEndpoints(endpointsOf("10.0.0.1:8080")); err != nil {
+		t.Fatal(err)
+	}
+	addr, stop := serve(t, s, "127.0.0.1:0")
+	r, er := newRecorder(), &epRecorder{}
+	go epClient(addr, "shop", r, er).Run(ctx)
+	waitFor(t, "endpoints", func() bool { got, _ := er.get(geoName); return len(got) == 1 })
+	stop()
+
+	s2 := NewServer(ctx, nil)
+	s2.ExpectEndpoints()
+	if err := s2.Set(meshWide(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	_, stop2 := serve(t, s2, addr)
+	defer stop2()
+	waitFor(t, "the reconnect", func() bool { return len(s2.Cache.GetStatusKeys()) == 1 })
+	time.Sleep(300 * time.Millisecond)
+	if got, _ := er.get(geoName); len(got) != 1 || er.count() != 1 {
+		t.Fatalf("endpoints %v after %d applies: the restarted server answered before it had endpoints", got, er.count())
+	}
+	if err := s2.SetEndpoints(endpointsOf("10.0.0.1:8080", "10.0.0.2:8080")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new endpoints", func() bool { got, _ := er.get(geoName); return len(got) == 2 })
+	if keys := slices.Collect(maps.Keys(er.last)); len(keys) != 1 {
+		t.Fatalf("services %v", keys)
+	}
+}

@@ -1,0 +1,144 @@
+package xdsclient
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+)
+
+// endpointType is EDS's type URL.
+const endpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+// MaxEndpoints bounds the endpoints of one EDS response, all Services
+// together: a response over it is refused (NACK) and the last good set
+// stays. 20,000 is a cluster of several hundred Services with tens of
+// replicas each; decoded, it is about 1.5 MB of the sidecar's heap (an
+// Endpoint is 64 bytes, plus the slices and map around them), and its
+// encoding (~40 bytes an endpoint) stays well under gRPC's default
+// 4 MB message limit. The controller refuses to publish more than this,
+// so a cluster past it is told in the controller's log, not by every
+// sidecar's NACK.
+const MaxEndpoints = 20000
+
+// Endpoint is one address of a Service port, as the sidecar balances
+// over it.
+type Endpoint struct {
+	Addr netip.AddrPort
+	// Terminating: the pod is shutting down but still serving
+	// (Kubernetes' serving && terminating); for requests only when no
+	// ready endpoint is left.
+	Terminating bool
+	// Zone is the endpoint's topology zone ("" when unknown), for
+	// zone-aware balancing later.
+	Zone string
+}
+
+// EndpointName is the EDS resource name of a Service port: its FQDN and
+// the Service's port number, the name the sidecar computes from any
+// spelling of the host (geo, geo.shop, geo.shop.svc...).
+func EndpointName(service, namespace string, port int) string {
+	return service + "." + namespace + ".svc.cluster.local:" + strconv.Itoa(port)
+}
+
+// checkEndpointName refuses a resource name that is not
+// <name>.<namespace>.svc.cluster.local:<port>.
+func checkEndpointName(name string) error {
+	host, port, ok := strings.Cut(name, ":")
+	if !ok {
+		return errors.New("not <service>.<namespace>.svc.cluster.local:<port>")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 || strconv.Itoa(p) != port {
+		return fmt.Errorf("port %q is not 1-65535", port)
+	}
+	svc, ns, ok := strings.Cut(strings.TrimSuffix(host, ".svc.cluster.local"), ".")
+	if !ok || !strings.HasSuffix(host, ".svc.cluster.local") || svc == "" || ns == "" || strings.Contains(ns, ".") || len(host) > 253 {
+		return errors.New("not <service>.<namespace>.svc.cluster.local:<port>")
+	}
+	return nil
+}
+
+// FromLoadAssignment is the endpoints of one ClusterLoadAssignment,
+// checked as input: its name is a Service port's, every address an IP
+// literal with a port in 1-65535. HEALTHY and UNKNOWN endpoints are
+// ready, DRAINING ones terminating, and the rest (UNHEALTHY, TIMEOUT,
+// DEGRADED) left out, as Envoy would. The same address twice is kept
+// once (ready wins).
+func FromLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error) {
+	name := cla.GetClusterName()
+	if err := checkEndpointName(name); err != nil {
+		return nil, fmt.Errorf("endpoints %q: %w", name, err)
+	}
+	var out []Endpoint
+	at := map[netip.AddrPort]int{}
+	for _, l := range cla.GetEndpoints() {
+		zone := l.GetLocality().GetZone()
+		for _, lb := range l.GetLbEndpoints() {
+			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+			if sa == nil {
+				return nil, fmt.Errorf("endpoints %q: an endpoint without a socket address", name)
+			}
+			ip, err := netip.ParseAddr(sa.GetAddress())
+			if err != nil || ip.Zone() != "" {
+				return nil, fmt.Errorf("endpoints %q: address %q is not an IP literal", name, sa.GetAddress())
+			}
+			port := sa.GetPortValue()
+			if port < 1 || port > 65535 {
+				return nil, fmt.Errorf("endpoints %q: %s: port %d is not 1-65535", name, ip, port)
+			}
+			var terminating bool
+			switch lb.GetHealthStatus() {
+			case corev3.HealthStatus_HEALTHY, corev3.HealthStatus_UNKNOWN:
+			case corev3.HealthStatus_DRAINING:
+				terminating = true
+			default:
+				continue
+			}
+			e := Endpoint{Addr: netip.AddrPortFrom(ip.Unmap(), uint16(port)), Terminating: terminating, Zone: zone}
+			if i, dup := at[e.Addr]; dup {
+				out[i].Terminating = out[i].Terminating && terminating
+				continue
+			}
+			at[e.Addr] = len(out)
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// LoadAssignment is the ClusterLoadAssignment of a Service port's
+// endpoints (the control plane's side of FromLoadAssignment): one
+// locality per zone, in the order the zones first appear.
+func LoadAssignment(name string, eps []Endpoint) *endpointv3.ClusterLoadAssignment {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	byZone := map[string]*endpointv3.LocalityLbEndpoints{}
+	for _, e := range eps {
+		l := byZone[e.Zone]
+		if l == nil {
+			l = &endpointv3.LocalityLbEndpoints{}
+			if e.Zone != "" {
+				l.Locality = &corev3.Locality{Zone: e.Zone}
+			}
+			byZone[e.Zone] = l
+			cla.Endpoints = append(cla.Endpoints, l)
+		}
+		health := corev3.HealthStatus_HEALTHY
+		if e.Terminating {
+			health = corev3.HealthStatus_DRAINING
+		}
+		l.LbEndpoints = append(l.LbEndpoints, &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+					Address:       e.Addr.Addr().String(),
+					PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(e.Addr.Port())},
+				}}},
+			}},
+			HealthStatus: health,
+		})
+	}
+	return cla
+}
