@@ -109,6 +109,42 @@ func TestGoodPoliciesAgree(t *testing.T) {
 			t.Errorf("%s: stored spec differs from the decoder's:\nstored  %+v\ndecoder %+v", p.Spec.Service, back[0].Spec, p.Spec)
 		}
 	}
+	// What a user writes, partly: the API server's defaults and the
+	// decoder's agree, including the ejection time derived from the other
+	// (which a per-field default in the CRD would contradict).
+	for i, raw := range []string{
+		"{service: od-a}",
+		"{service: od-b, outlierDetection: {consecutiveFailures: 0}}",
+		"{service: od-c, outlierDetection: {baseEjectionTime: 10m}}",
+		"{service: od-d, outlierDetection: {maxEjectionTime: 10s}}",
+		"{service: od-e, outlierDetection: {baseEjectionTime: 1s, maxEjectionPercent: 100}}",
+		"{service: od-f, outlierDetection: {baseEjectionTime: 1ms, maxEjectionTime: 24h}}",
+		"{service: od-g, retries: {attempts: 1}, outlierDetection: {}}",
+	} {
+		want, err := policy.Decode("raw.yaml", []byte("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nspec: "+raw+"\n"))
+		if err != nil {
+			t.Fatalf("%s: %v", raw, err)
+		}
+		var spec map[string]any
+		if err := yaml.Unmarshal([]byte(raw), &spec); err != nil {
+			t.Fatal(err)
+		}
+		stored, err := rc.Create(ctx, object(t, "raw-"+string(rune('a'+i)), spec), metav1.CreateOptions{FieldValidation: "Strict"})
+		if err != nil {
+			t.Errorf("%s: refused: %v", raw, err)
+			continue
+		}
+		y, _ := yaml.Marshal(stored.Object)
+		back, err := policy.Decode("stored", y)
+		if err != nil {
+			t.Errorf("%s: the stored object does not decode: %v\n%s", raw, err, y)
+			continue
+		}
+		if !reflect.DeepEqual(back[0].Spec, want[0].Spec) {
+			t.Errorf("%s: stored spec differs from the decoder's:\nstored  %+v\ndecoder %+v", raw, *back[0].Spec.OutlierDetection, *want[0].Spec.OutlierDetection)
+		}
+	}
+
 	// The defaults are visible to kubectl.
 	bareObj, err := rc.Get(ctx, "p"+string(rune('a'+len(pols)-1)), metav1.GetOptions{})
 	if err != nil {
@@ -116,6 +152,15 @@ func TestGoodPoliciesAgree(t *testing.T) {
 	}
 	if n, _, _ := unstructured.NestedInt64(bareObj.Object, "spec", "circuitBreaker", "consecutiveFailures"); n != 5 {
 		t.Errorf("defaulted consecutiveFailures = %d, want 5", n)
+	}
+	odObj, err := rc.Get(ctx, "raw-a", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if od, _, _ := unstructured.NestedMap(odObj.Object, "spec", "outlierDetection"); !reflect.DeepEqual(od, map[string]any{
+		"consecutiveFailures": int64(5), "baseEjectionTime": "30s", "maxEjectionTime": "300s", "maxEjectionPercent": int64(50),
+	}) {
+		t.Errorf("defaulted outlierDetection = %v", od)
 	}
 }
 
@@ -142,6 +187,15 @@ func TestBadPoliciesRefused(t *testing.T) {
 		{"{service: geo, circuitBreaker: {failureRate: {threshold: 0, minRequests: 1, window: 10s}}}", "spec.circuitBreaker.failureRate.threshold", "must be greater than 0"},
 		{"{service: geo, circuitBreaker: {failureRate: {threshold: 0.5}}}", "spec.circuitBreaker.failureRate.minRequests", "Required value"},
 		{"{service: geo, circuitBreaker: {failOn: []}}", "spec.circuitBreaker.failOn", "must not be empty"},
+		{"{service: geo, outlierDetection: {consecutiveFailures: -1}}", "spec.outlierDetection.consecutiveFailures", "greater than or equal to 0"},
+		{"{service: geo, outlierDetection: {consecutiveFailures: 1001}}", "spec.outlierDetection.consecutiveFailures", "less than or equal to 1000"},
+		{"{service: geo, outlierDetection: {baseEjectionTime: 500us}}", "spec.outlierDetection.baseEjectionTime", "from 1ms to 1h"},
+		{"{service: geo, outlierDetection: {baseEjectionTime: 2h, maxEjectionTime: 3h}}", "spec.outlierDetection.baseEjectionTime", "from 1ms to 1h"},
+		{"{service: geo, outlierDetection: {maxEjectionTime: 25h}}", "spec.outlierDetection.maxEjectionTime", "from 1ms to 24h"},
+		{"{service: geo, outlierDetection: {baseEjectionTime: 1m, maxEjectionTime: 30s}}", "spec.outlierDetection.maxEjectionTime", "at least baseEjectionTime"},
+		{"{service: geo, outlierDetection: {maxEjectionPercent: 0}}", "spec.outlierDetection.maxEjectionPercent", "greater than or equal to 1"},
+		{"{service: geo, outlierDetection: {maxEjectionPercent: 101}}", "spec.outlierDetection.maxEjectionPercent", "less than or equal to 100"},
+		{"{service: geo, outlierDetection: {interval: 1s}}", "spec.outlierDetection.interval", "unknown field"},
 		{"{service: Geo_Service}", "spec.service", "lower-case host[:port]"},
 		{"{service: 'geo:70000'}", "spec.service", "the port must be 1-65535"},
 		{"{timeout: 2s}", "spec.service", "Required value"},
