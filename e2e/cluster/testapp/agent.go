@@ -23,6 +23,9 @@ import (
 //	/load?url=U&rps=N&seconds=S  GETs of U through $HTTP_PROXY at N a
 //	                             second for S seconds (N ≤ 2,000, S ≤ 30);
 //	                             answers the counts
+//	/spread?…                    calls from one HTTP/1.1 keep-alive client
+//	                             or one gRPC channel, counted by the pod
+//	                             that answered (spread.go)
 //
 // At start it GETs base/start once, without retrying, and logs the answer
 // ("start: 200"): the sidecar must be serving before the app starts. On
@@ -70,6 +73,7 @@ func agent(base, addr string) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(load(proxied, q.Get("url"), rps, time.Duration(secs)*time.Second))
 	})
+	mux.HandleFunc("/spread", serveSpread)
 	fmt.Fprintln(os.Stderr, http.ListenAndServe(addr, mux))
 	os.Exit(1)
 }

@@ -4,17 +4,35 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
 )
 
-func serve(addr string) {
-	srv := &http.Server{Addr: addr, Handler: newBackend()}
+// serve runs the backend on addr (HTTP) and, when grpcAddr is not empty,
+// its gRPC service (grpc.go) on grpcAddr; both share the failure and delay
+// switches.
+func serve(addr, grpcAddr string) {
+	b := newBackend()
+	srv := &http.Server{Addr: addr, Handler: b}
+	var gs *grpc.Server
+	if grpcAddr != "" {
+		ln, err := net.Listen("tcp", grpcAddr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		gs = newGRPCServer(b)
+		go func() { _ = gs.Serve(ln) }()
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
 	go func() {
@@ -22,6 +40,10 @@ func serve(addr string) {
 		time.Sleep(3 * time.Second)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		if gs != nil {
+			go func() { <-ctx.Done(); gs.Stop() }()
+			gs.GracefulStop()
+		}
 		_ = srv.Shutdown(ctx)
 	}()
 	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
@@ -30,21 +52,30 @@ func serve(addr string) {
 	}
 }
 
-// backend answers every request with a JSON echo of it, or with 503 while
-// it fails. Besides:
+// backend answers every request with a JSON echo of it, naming the pod
+// that answered (its host name, also in the X-Pod header), or with its
+// failure status while it fails. Besides, on the pod's own address (the
+// test reaches pod IPs from the host):
 //
-//	/admin/fail?on=1   fail from now on (on=0: heal)
-//	/admin/hits        the requests it received, by path (at most 1,000
-//	                   paths), and those that came through a sidecar (Via)
-//	/healthz           200 even while failing (a readiness probe)
+//	/admin/fail?on=1[&code=N]  fail from now on with status N (default 503;
+//	                           gRPC: 503 → UNAVAILABLE, others INTERNAL);
+//	                           on=0: heal
+//	/admin/delay?ms=N          answer every request N ms late (0: at once;
+//	                           at most 10,000)
+//	/admin/hits                the requests it received, by path (at most
+//	                           1,000 paths; gRPC calls count as /grpc), and
+//	                           those that came through a sidecar (Via)
+//	/healthz                   200 even while failing or slow (a
+//	                           readiness probe)
 //
 // /admin/* and /healthz are not counted.
 type backend struct {
 	host string
 
-	mu      sync.Mutex
-	failing bool
-	hits    hits
+	mu       sync.Mutex
+	failCode int // 0: healthy
+	delay    time.Duration
+	hits     hits
 }
 
 type hits struct {
@@ -55,9 +86,26 @@ type hits struct {
 
 const maxPaths = 1000
 
+// podHeader names the pod that answered.
+const podHeader = "X-Pod"
+
 func newBackend() *backend {
 	host, _ := os.Hostname()
 	return &backend{host: host, hits: hits{Paths: map[string]int{}, Via: map[string]int{}}}
+}
+
+// count records a request to path and returns the switches' state.
+func (b *backend) count(path string, via bool) (failCode int, delay time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.hits.Total++
+	if _, ok := b.hits.Paths[path]; ok || len(b.hits.Paths) < maxPaths {
+		b.hits.Paths[path]++
+		if via {
+			b.hits.Via[path]++
+		}
+	}
+	return b.failCode, b.delay
 }
 
 func (b *backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -66,8 +114,31 @@ func (b *backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK)
 		return
 	case r.URL.Path == "/admin/fail":
+		code := http.StatusServiceUnavailable
+		if c := r.URL.Query().Get("code"); c != "" {
+			n, err := strconv.Atoi(c)
+			if err != nil || n < 400 || n > 599 {
+				http.Error(w, "code: 400-599", http.StatusBadRequest)
+				return
+			}
+			code = n
+		}
 		b.mu.Lock()
-		b.failing = r.URL.Query().Get("on") == "1"
+		b.failCode = 0
+		if r.URL.Query().Get("on") == "1" {
+			b.failCode = code
+		}
+		b.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+		return
+	case r.URL.Path == "/admin/delay":
+		ms, err := strconv.Atoi(r.URL.Query().Get("ms"))
+		if err != nil || ms < 0 || ms > 10000 {
+			http.Error(w, "ms: 0-10000", http.StatusBadRequest)
+			return
+		}
+		b.mu.Lock()
+		b.delay = time.Duration(ms) * time.Millisecond
 		b.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 		return
@@ -81,21 +152,16 @@ func (b *backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	b.mu.Lock()
-	b.hits.Total++
-	if _, ok := b.hits.Paths[r.URL.Path]; ok || len(b.hits.Paths) < maxPaths {
-		b.hits.Paths[r.URL.Path]++
-		if r.Header.Get("Via") != "" {
-			b.hits.Via[r.URL.Path]++
-		}
+	failCode, delay := b.count(r.URL.Path, r.Header.Get("Via") != "")
+	if delay > 0 {
+		time.Sleep(delay)
 	}
-	failing := b.failing
-	b.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
-	if failing {
-		w.WriteHeader(http.StatusServiceUnavailable)
+	w.Header().Set(podHeader, b.host)
+	if failCode != 0 {
+		w.WriteHeader(failCode)
 	}
 	_ = json.NewEncoder(w).Encode(map[string]any{
-		"host": b.host, "method": r.Method, "path": r.URL.Path, "headers": r.Header, "failing": failing,
+		"host": b.host, "method": r.Method, "path": r.URL.Path, "headers": r.Header, "failing": failCode != 0,
 	})
 }

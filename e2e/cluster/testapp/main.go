@@ -1,7 +1,10 @@
 // Command testapp is the application of the cluster end-to-end test, in an
 // image of its own (static, no shell):
 //
-//	testapp serve ADDR       answers every request with a JSON echo of it;
+//	testapp serve ADDR [GRPC_ADDR]
+//	                         answers every request with a JSON echo of it
+//	                         naming its pod, and, on GRPC_ADDR, a gRPC
+//	                         service that answers its pod's name (grpc.go);
 //	                         on SIGTERM it serves 3 s more, then closes
 //	                         its connections as they go idle (what an app
 //	                         does for restarts without errors: endpoints
@@ -16,7 +19,9 @@
 //	                         URL/start once at start, URL/term/$HOSTNAME
 //	                         on SIGTERM, and on ADDR makes calls on request
 //
-// serve also has a switchable failure mode and a hit counter (backend.go).
+// serve also has switchable failures and delay, and a hit counter
+// (backend.go); the agent counts which pods answered a run of calls
+// (spread.go).
 package main
 
 import (
@@ -31,12 +36,16 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: testapp serve ADDR | call URL ADDR | once URL | agent URL ADDR")
+		fmt.Fprintln(os.Stderr, "usage: testapp serve ADDR [GRPC_ADDR] | call URL ADDR | once URL | agent URL ADDR")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
 	case "serve":
-		serve(os.Args[2])
+		grpcAddr := ""
+		if len(os.Args) > 3 {
+			grpcAddr = os.Args[3]
+		}
+		serve(os.Args[2], grpcAddr)
 	case "agent":
 		if len(os.Args) != 4 {
 			os.Exit(2)
