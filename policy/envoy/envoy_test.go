@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -119,9 +120,17 @@ func TestTranslate(t *testing.T) {
 		t.Fatalf("no nominatim cluster in %v", res.Clusters)
 	}
 	od := geo.OutlierDetection
-	if od.Consecutive_5Xx.GetValue() != 5 || od.ConsecutiveLocalOriginFailure.GetValue() != 5 || !od.SplitExternalLocalOriginErrors ||
-		od.BaseEjectionTime.AsDuration().Seconds() != 60 || od.FailurePercentageThreshold.GetValue() != 50 {
+	if od.Consecutive_5Xx.GetValue() != 3 || od.ConsecutiveLocalOriginFailure.GetValue() != 3 || !od.SplitExternalLocalOriginErrors ||
+		od.BaseEjectionTime.AsDuration() != 1500*time.Millisecond || od.MaxEjectionTime.AsDuration() != 2*time.Minute ||
+		od.MaxEjectionPercent.GetValue() != 34 || od.Interval.AsDuration() != time.Second ||
+		od.EnforcingConsecutive_5Xx.GetValue() != 100 || od.EnforcingConsecutiveLocalOriginFailure.GetValue() != 100 ||
+		od.EnforcingSuccessRate.GetValue() != 0 || od.EnforcingFailurePercentage.GetValue() != 0 || od.FailurePercentageThreshold != nil {
 		t.Fatalf("outlier detection %v", od)
+	}
+	for _, c := range res.Clusters {
+		if strings.Contains(c.Name, "auth.identity") && c.OutlierDetection != nil {
+			t.Errorf("auth has outlierDetection off, got %v", c.OutlierDetection)
+		}
 	}
 	if b := geo.CircuitBreakers.Thresholds[0].RetryBudget; b.BudgetPercent.Value != 20 || b.MinRetryConcurrency.GetValue() != 10 {
 		t.Fatalf("retry budget %v", b)
@@ -189,5 +198,73 @@ func TestFromClusterRoundTrip(t *testing.T) {
 		if want == nil || !reflect.DeepEqual(got.Spec, want.Spec) || got.Metadata != want.Metadata {
 			t.Fatalf("cluster %s: got %+v, want %+v", c.Name, got, want)
 		}
+	}
+}
+
+// TestOutlier: which of Envoy's detectors counts, by failOn; every other
+// one is written out unenforced.
+func TestOutlier(t *testing.T) {
+	od := policy.DefaultOutlierDetection()
+	type want struct {
+		c5xx, gateway, local uint32 // the enforced runs' lengths, 0 for unenforced
+		split                bool
+		notes                int
+	}
+	for _, tt := range []struct {
+		failOn []string
+		want   *want
+	}{
+		{[]string{"5xx", "connect-failure", "reset", "timeout"}, &want{c5xx: 5}},
+		{[]string{"gateway-error", "connect-failure", "reset", "timeout"}, &want{gateway: 5}},
+		{[]string{"5xx"}, &want{c5xx: 5, split: true}},
+		{[]string{"5xx", "connect-failure"}, &want{c5xx: 5, local: 5, split: true, notes: 1}},
+		{[]string{"connect-failure", "reset", "timeout"}, &want{local: 5, split: true}},
+		{[]string{"connect-failure"}, &want{local: 5, split: true, notes: 1}},
+		{[]string{"5xx", "503", "429"}, &want{c5xx: 5, split: true, notes: 1}},
+		{[]string{"429"}, nil},
+		{[]string{"grpc-unavailable"}, nil},
+	} {
+		var failOn policy.Conditions
+		for _, item := range tt.failOn {
+			c, code, err := policy.ParseCondition(item)
+			if err != nil {
+				t.Fatal(err)
+			}
+			failOn.Add(c, code)
+		}
+		o, notes := outlier("p", od, failOn)
+		if tt.want == nil {
+			if o != nil || len(notes) == 0 {
+				t.Errorf("%v: got %v %q, want none and a note", tt.failOn, o, notes)
+			}
+			continue
+		}
+		enforced := func(n, enforcing interface{ GetValue() uint32 }) uint32 {
+			if enforcing.GetValue() != 100 {
+				return 0
+			}
+			return n.GetValue()
+		}
+		got := want{
+			c5xx:    enforced(o.Consecutive_5Xx, o.EnforcingConsecutive_5Xx),
+			gateway: enforced(o.ConsecutiveGatewayFailure, o.EnforcingConsecutiveGatewayFailure),
+			local:   enforced(o.ConsecutiveLocalOriginFailure, o.EnforcingConsecutiveLocalOriginFailure),
+			split:   o.SplitExternalLocalOriginErrors,
+			notes:   len(notes),
+		}
+		if got != *tt.want {
+			t.Errorf("%v: got %+v, want %+v (notes %q)", tt.failOn, got, *tt.want, notes)
+		}
+		for _, e := range []interface{ GetValue() uint32 }{o.EnforcingSuccessRate, o.EnforcingLocalOriginSuccessRate, o.EnforcingFailurePercentage, o.EnforcingFailurePercentageLocalOrigin} {
+			if e.GetValue() != 0 {
+				t.Errorf("%v: a rate detector is enforced: %v", tt.failOn, o)
+			}
+		}
+		if err := o.Validate(); err != nil {
+			t.Error(err)
+		}
+	}
+	if o, notes := outlier("p", &policy.OutlierDetection{}, policy.DefaultFailOn); o != nil || notes != nil {
+		t.Errorf("ejection off: %v %q", o, notes)
 	}
 }

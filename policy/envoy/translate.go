@@ -1,6 +1,6 @@
 // Package envoy translates ResiliencePolicy objects into Envoy resources:
-// a Cluster per destination (circuit breaker as outlier detection, the
-// retry budget as a circuit-breaker threshold) and one RouteConfiguration
+// a Cluster per destination (per-endpoint ejection as outlier detection,
+// the retry budget as a circuit-breaker threshold) and one RouteConfiguration
 // with a virtual host per destination (timeout and retry policy). The
 // control plane serves these over xDS and `minimesh policy export --to
 // envoy` prints them; what Envoy cannot say is carried in the cluster's
@@ -71,12 +71,13 @@ func Translate(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
 		}
 		host, port, domains := names(p.Spec.Service, pns)
 		name := fmt.Sprintf("outbound|%d||%s", port, host)
-		c, err := cluster(p, name, host, port)
+		c, notes, err := cluster(p, name, host, port)
 		if err != nil {
 			return nil, err
 		}
 		res.Clusters = append(res.Clusters, c)
 		res.Routes.VirtualHosts = append(res.Routes.VirtualHosts, virtualHost(p, name, domains))
+		res.Notes = append(res.Notes, notes...)
 		res.Notes = append(res.Notes, grpcNotes(p)...)
 	}
 	slices.SortFunc(res.Clusters, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.Name, b.Name) })
@@ -118,8 +119,9 @@ func names(service, ns string) (host string, port int, domains []string) {
 	return host, port, domains
 }
 
-func cluster(p *policy.ResiliencePolicy, name, host string, port int) (*clusterv3.Cluster, error) {
-	c := &clusterv3.Cluster{
+// cluster is the policy's Cluster, and notes on what it cannot carry.
+func cluster(p *policy.ResiliencePolicy, name, host string, port int) (c *clusterv3.Cluster, notes []string, err error) {
+	c = &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS},
 		ConnectTimeout:       durationpb.New(connectTimeout),
@@ -137,7 +139,7 @@ func cluster(p *policy.ResiliencePolicy, name, host string, port int) (*clusterv
 	}
 	spec, err := specMap(p)
 	if err != nil {
-		return nil, fmt.Errorf("cluster %s: %w", name, err)
+		return nil, nil, fmt.Errorf("cluster %s: %w", name, err)
 	}
 	// "spec" is the whole policy, so that a minimesh sidecar rebuilds it
 	// exactly (FromCluster); the rest says what Envoy's fields could not.
@@ -159,8 +161,15 @@ func cluster(p *policy.ResiliencePolicy, name, host string, port int) (*clusterv
 		meta["retryBudget"] = map[string]any{"ratio": r.Budget.Ratio, "minPerSecond": r.Budget.MinPerSecond}
 		meta["retryOn"] = strs(r.RetryOn.Strings())
 	}
+	if od := p.Spec.OutlierDetection; od != nil && p.Spec.CircuitBreaker != nil {
+		c.OutlierDetection, notes = outlier(p.Metadata.Name, od, p.Spec.CircuitBreaker.FailOn)
+	}
 	if cb := p.Spec.CircuitBreaker; cb != nil {
-		c.OutlierDetection = outlier(cb)
+		// Envoy's circuit_breakers cap connections and requests in flight;
+		// nothing in Envoy stops calling a whole destination because it
+		// fails. The breaker lives on in the metadata, for minimesh
+		// sidecars.
+		notes = append(notes, fmt.Sprintf("%s: circuitBreaker (%d failures, open %s): Envoy has no failure breaker for a whole destination (its circuit_breakers cap connections and requests in flight; outlier_detection ejects single hosts); the cluster's metadata carries it for minimesh sidecars", p.Metadata.Name, cb.ConsecutiveFailures, cb.OpenTimeout))
 		b := map[string]any{
 			"consecutiveFailures": cb.ConsecutiveFailures,
 			"openTimeout":         cb.OpenTimeout.String(),
@@ -174,52 +183,109 @@ func cluster(p *policy.ResiliencePolicy, name, host string, port int) (*clusterv
 	}
 	st, err := structpb.NewStruct(meta)
 	if err != nil {
-		return nil, fmt.Errorf("cluster %s metadata: %w", name, err)
+		return nil, nil, fmt.Errorf("cluster %s metadata: %w", name, err)
 	}
 	c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: st}}
 	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("cluster %s: %w", name, err)
+		return nil, nil, fmt.Errorf("cluster %s: %w", name, err)
 	}
-	return c, nil
+	return c, notes, nil
 }
 
-// outlier maps the breaker onto outlier detection as closely as its
-// meaning allows: Envoy ejects hosts, not the destination, for
-// base_ejection_time, and brings them back without probes. max_ejection_
-// time equal to the base keeps the ejection from growing, as minimesh's
-// open time does not grow.
-func outlier(cb *policy.CircuitBreaker) *clusterv3.OutlierDetection {
-	n := wrapperspb.UInt32(uint32(cb.ConsecutiveFailures))
+// sweep is outlier detection's interval. Envoy ejects a host as soon as
+// its run of failures is complete, but brings ejected hosts back only at
+// its sweeps, once per interval: the interval is the granularity of every
+// ejection time. One second keeps that error small against ejections of
+// seconds to minutes, at the cost of one cheap sweep per second per
+// cluster. Envoy's success-rate and failure-percentage detectors, which
+// would analyse at each sweep too, are not enforced.
+const sweep = time.Second
+
+// outlier is outlierDetection as Envoy's outlier_detection, exactly where
+// Envoy can say it: consecutive failures of the classes failOn names,
+// base_ejection_time × the ejections so far up to max_ejection_time, and
+// max_ejection_percent (Envoy too ejects at least one host). Nil when
+// ejection is off, or when failOn names nothing Envoy counts; notes says
+// what is lost.
+func outlier(name string, od *policy.OutlierDetection, failOn policy.Conditions) (o *clusterv3.OutlierDetection, notes []string) {
+	if !od.Enabled() {
+		return nil, nil
+	}
+	n := wrapperspb.UInt32(uint32(od.ConsecutiveFailures))
 	all := wrapperspb.UInt32(100)
-	none := wrapperspb.UInt32(0)
-	od := &clusterv3.OutlierDetection{
-		BaseEjectionTime:   durationpb.New(cb.OpenTimeout),
-		MaxEjectionTime:    durationpb.New(cb.OpenTimeout),
-		MaxEjectionPercent: all,
-		Interval:           durationpb.New(time.Second),
-		// Only what failOn names ejects.
-		EnforcingConsecutive_5Xx:           none,
-		EnforcingConsecutiveGatewayFailure: none,
-		EnforcingSuccessRate:               none,
+	o = &clusterv3.OutlierDetection{
+		BaseEjectionTime:   durationpb.New(od.BaseEjectionTime),
+		MaxEjectionTime:    durationpb.New(od.MaxEjectionTime),
+		MaxEjectionPercent: wrapperspb.UInt32(uint32(od.MaxEjectionPercent)),
+		Interval:           durationpb.New(sweep),
+		// Only what failOn names ejects: every detector is written out
+		// unenforced (several default to 100), and the chosen ones are
+		// enforced below.
+		EnforcingConsecutive_5Xx:               wrapperspb.UInt32(0),
+		EnforcingConsecutiveGatewayFailure:     wrapperspb.UInt32(0),
+		EnforcingConsecutiveLocalOriginFailure: wrapperspb.UInt32(0),
+		EnforcingSuccessRate:                   wrapperspb.UInt32(0),
+		EnforcingLocalOriginSuccessRate:        wrapperspb.UInt32(0),
+		EnforcingFailurePercentage:             wrapperspb.UInt32(0),
+		EnforcingFailurePercentageLocalOrigin:  wrapperspb.UInt32(0),
+	}
+	external := true
+	switch {
+	case failOn.Has(policy.Class5xx):
+		o.Consecutive_5Xx, o.EnforcingConsecutive_5Xx = n, all
+	case failOn.Has(policy.ClassGatewayError):
+		o.ConsecutiveGatewayFailure, o.EnforcingConsecutiveGatewayFailure = n, all
+	default:
+		external = false
+	}
+	var localNamed, localLeft []string
+	for _, c := range []struct {
+		class policy.Class
+		name  string
+	}{{policy.ClassConnectFailure, "connect-failure"}, {policy.ClassReset, "reset"}, {policy.ClassTimeout, "timeout"}} {
+		if failOn.Has(c.class) {
+			localNamed = append(localNamed, c.name)
+		} else {
+			localLeft = append(localLeft, c.name)
+		}
 	}
 	switch {
-	case cb.FailOn.Has(policy.Class5xx):
-		od.Consecutive_5Xx, od.EnforcingConsecutive_5Xx = n, all
-	case cb.FailOn.Has(policy.ClassGatewayError):
-		od.ConsecutiveGatewayFailure, od.EnforcingConsecutiveGatewayFailure = n, all
+	case external && len(localLeft) == 0:
+		// Envoy's default mode: local-origin failures (connect failure,
+		// reset, timeout) count as 5xx or gateway errors in the same run,
+		// which is minimesh's one run of whatever failOn names.
+	case external:
+		// Split, so that the local-origin failures failOn does not name
+		// do not count; those it names get a run of their own.
+		o.SplitExternalLocalOriginErrors = true
+		if len(localNamed) > 0 {
+			o.ConsecutiveLocalOriginFailure, o.EnforcingConsecutiveLocalOriginFailure = n, all
+			notes = append(notes, fmt.Sprintf("%s: outlierDetection: Envoy counts failed responses and local-origin failures (%s) in separate runs of %d, and its local-origin run also counts %s; minimesh counts one run of what failOn names", name, strings.Join(localNamed, ", "), od.ConsecutiveFailures, strings.Join(localLeft, ", ")))
+		}
+	case len(localNamed) > 0:
+		o.SplitExternalLocalOriginErrors = true
+		o.ConsecutiveLocalOriginFailure, o.EnforcingConsecutiveLocalOriginFailure = n, all
+		if len(localLeft) > 0 {
+			notes = append(notes, fmt.Sprintf("%s: outlierDetection: Envoy's local-origin run also counts %s, which failOn does not name", name, strings.Join(localLeft, ", ")))
+		}
 	}
-	if cb.FailOn.Has(policy.ClassConnectFailure) || cb.FailOn.Has(policy.ClassReset) || cb.FailOn.Has(policy.ClassTimeout) {
-		od.SplitExternalLocalOriginErrors = true
-		od.ConsecutiveLocalOriginFailure, od.EnforcingConsecutiveLocalOriginFailure = n, all
+	local := len(localNamed) > 0
+	var left []string
+	for _, code := range failOn.Codes {
+		if !(failOn.Has(policy.Class5xx) && code >= 500 && code <= 599 || failOn.Has(policy.ClassGatewayError) && code >= 502 && code <= 504) {
+			left = append(left, strconv.Itoa(code))
+		}
 	}
-	if fr := cb.FailureRate; fr != nil {
-		od.FailurePercentageThreshold = wrapperspb.UInt32(uint32(fr.Threshold*100 + 0.5))
-		od.EnforcingFailurePercentage = all
-		od.FailurePercentageRequestVolume = wrapperspb.UInt32(uint32(fr.MinRequests))
-		od.FailurePercentageMinimumHosts = wrapperspb.UInt32(1)
-		od.Interval = durationpb.New(fr.Window)
+	if len(left) > 0 {
+		notes = append(notes, fmt.Sprintf("%s: failOn %s: outlier detection counts 5xx or gateway errors and local-origin failures, no single status code", name, strings.Join(left, ", ")))
 	}
-	return od
+	if !external && !local {
+		return nil, append(notes, fmt.Sprintf("%s: outlierDetection: failOn names nothing Envoy's outlier detection counts, so no outlier_detection", name))
+	}
+	if od.BaseEjectionTime%sweep != 0 || od.MaxEjectionTime%sweep != 0 {
+		notes = append(notes, fmt.Sprintf("%s: outlierDetection ejection times %s-%s: Envoy brings hosts back at its 1s sweeps, so an ejection lasts up to a second longer", name, od.BaseEjectionTime, od.MaxEjectionTime))
+	}
+	return o, notes
 }
 
 // idempotent are the methods minimesh retries; Envoy's
@@ -336,7 +402,7 @@ func grpcNotes(p *policy.ResiliencePolicy) []string {
 		}
 		notes = append(notes, fmt.Sprintf("%s: retryOn gRPC codes: Envoy also replays a client stream that fits its buffer, and lets gRPC calls retry on the other retry_on conditions too; minimesh sends again only a one-message call, and only for the codes named", p.Metadata.Name))
 	}
-	if cb := p.Spec.CircuitBreaker; cb != nil && cb.FailOn.GRPC != 0 {
+	if cb := p.Spec.CircuitBreaker; cb != nil && cb.FailOn.GRPC != 0 && p.Spec.OutlierDetection.Enabled() {
 		var named []string
 		for n, name := range policy.GRPCCodeNames {
 			if cb.FailOn.GRPCStatus(n) {
