@@ -16,12 +16,14 @@ import (
 	"google.golang.org/grpc"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/minimesh/minimesh/injector"
+	"github.com/minimesh/minimesh/injector/endpointctl"
 	"github.com/minimesh/minimesh/injector/policyctl"
 	"github.com/minimesh/minimesh/injector/webhook"
 	"github.com/minimesh/minimesh/wellknown"
@@ -43,10 +45,12 @@ func newControllerCmd() *cobra.Command {
 		Use:   "controller",
 		Short: "Run the control plane: the injection webhook and the policy server",
 		Long: "controller serves the sidecar injector as a mutating admission webhook\n" +
-			"(POST /inject, AdmissionReview v1) over TLS, policies to every sidecar over xDS\n" +
-			"(ADS on --xds-addr), and /healthz, /readyz and /metrics on the admin address.\n" +
+			"(POST /inject, AdmissionReview v1) over TLS, policies and every Service's endpoints\n" +
+			"to every sidecar over xDS (ADS on --xds-addr), and /healthz, /readyz and /metrics\n" +
+			"on the admin address.\n" +
 			"Policies come from ResiliencePolicy objects (their status says whether they\n" +
-			"were accepted) or, with --policy-dir, from files: then no cluster is needed.\n" +
+			"were accepted) or, with --policy-dir, from files: then no cluster is needed and\n" +
+			"no endpoints are served.\n" +
 			"Without --tls-cert-file the webhook is off.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -104,6 +108,10 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	// and get their snapshot when the first one is set.
 	metrics := webhook.NewMetrics()
 	xdsSrv := xds.NewServer(ctx, xds.Callbacks(log, metrics.Registry))
+	if f.policyDir == "" {
+		// From the cluster, the endpoints too: no answer before both.
+		xdsSrv.ExpectEndpoints()
+	}
 	xl, err := net.Listen("tcp", f.xdsAddr)
 	if err != nil {
 		return fmt.Errorf("xds listener: %w", err)
@@ -143,9 +151,21 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		}
 		ctl := &policyctl.Controller{Client: dc, Discovery: disc, Sink: xdsSrv, GlobalNamespace: f.namespace, Log: log}
 		go ctl.Run(ctx)
+		// Every Service's endpoints (EDS). Sidecars are answered once both
+		// the policies and the endpoints were read, never with an empty
+		// set from a controller that has not read the cluster yet.
+		kc, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		eps := &endpointctl.Controller{Client: kc, Sink: xdsSrv, Log: log}
+		go eps.Run(ctx)
 		ready = append(ready, func() error {
 			if !ctl.Synced() {
 				return errors.New("ResiliencePolicy informer not synced")
+			}
+			if !eps.Synced() {
+				return errors.New("endpoint informers (Services, EndpointSlices) not synced")
 			}
 			return nil
 		})

@@ -1,0 +1,300 @@
+// Package endpointctl feeds the xDS server every Service's endpoints: it
+// watches Services and discovery.k8s.io/v1 EndpointSlices (typed
+// informers) and hands the whole set, keyed by Service port
+// (<name>.<namespace>.svc.cluster.local:<port>), to the sink. Like
+// policyctl it is level-triggered: an event only marks its Service
+// dirty; the dirty Services are recomputed from what the informers hold
+// now, so a missed or reordered event cannot leave a wrong set behind.
+//
+// Which endpoints, as kube-proxy reads them: the slices labelled
+// kubernetes.io/service-name=<name>, whoever wrote them (the
+// EndpointSlice controller for Services with a selector, the mirroring
+// controller or a person for those without), each Service port matched
+// to the slice port of the same name and protocol (TCP; the sidecar
+// carries TCP only), IPv4 and IPv6 slices alike (FQDN ones are left out:
+// not an address), the first address of each endpoint, deduplicated
+// across slices. ready (nil: true) is a ready endpoint; serving (nil:
+// true) and terminating but not ready is a terminating one, for use only
+// when none is ready; the rest are left out. Headless Services are served
+// too: a client calling one by its name gets every ready pod from DNS and
+// picks one itself, which is what the sidecar balancing over the same set
+// does; a pod's own name (web-0.geo.shop.svc) is another host and never
+// matches. ExternalName Services have no endpoints.
+package endpointctl
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/minimesh/minimesh/xds/xdsclient"
+)
+
+// Sink receives every Service port's endpoints at once: the xDS server.
+type Sink interface {
+	SetEndpoints(eps map[string][]xdsclient.Endpoint) error
+}
+
+// DefaultDebounce is how long the controller gathers changes before it
+// publishes: a rolling Deployment of 100 replicas writes its slices
+// several hundred times in a minute (each pod created, ready,
+// terminating, gone), often several in the same few milliseconds, and
+// every publish is a push of the whole set to every sidecar. 100 ms is
+// short against a pod's start or drain, and turns a burst into one push.
+const DefaultDebounce = 100 * time.Millisecond
+
+const byService = "service"
+
+// Controller watches Services and EndpointSlices.
+type Controller struct {
+	Client kubernetes.Interface
+	Sink   Sink
+	Log    *slog.Logger
+	// Debounce: DefaultDebounce when 0.
+	Debounce time.Duration
+
+	services, slices cache.SharedIndexInformer
+	published        atomic.Bool
+
+	mu    sync.Mutex
+	dirty map[string]bool                           // namespace/name of Services to recompute
+	byKey map[string]map[int32][]xdsclient.Endpoint // namespace/name → Service port → endpoints
+	kick  chan struct{}
+}
+
+// Run watches until ctx ends. It publishes nothing before both informers
+// have synced: an empty set from a controller that has not read the
+// cluster would make every sidecar drop its endpoints.
+func (c *Controller) Run(ctx context.Context) {
+	c.mu.Lock()
+	c.dirty, c.byKey, c.kick = map[string]bool{}, map[string]map[int32][]xdsclient.Endpoint{}, make(chan struct{}, 1)
+	f := informers.NewSharedInformerFactoryWithOptions(c.Client, 0, informers.WithTransform(strip))
+	c.services = f.Core().V1().Services().Informer()
+	c.slices = f.Discovery().V1().EndpointSlices().Informer()
+	c.mu.Unlock()
+	if err := c.slices.AddIndexers(cache.Indexers{byService: func(o any) ([]string, error) {
+		if k := sliceService(o); k != "" {
+			return []string{k}, nil
+		}
+		return nil, nil
+	}}); err != nil {
+		c.Log.Error("endpoint slice index", "err", err)
+		return
+	}
+	_, _ = c.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { c.mark(key(o)) },
+		UpdateFunc: func(_, o any) { c.mark(key(o)) },
+		DeleteFunc: func(o any) { c.mark(key(o)) },
+	})
+	_, _ = c.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(o any) { c.mark(sliceService(o)) },
+		UpdateFunc: func(old, o any) {
+			c.mark(sliceService(old))
+			c.mark(sliceService(o))
+		},
+		DeleteFunc: func(o any) { c.mark(sliceService(o)) },
+	})
+	f.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), c.services.HasSynced, c.slices.HasSynced) {
+		return
+	}
+	c.publish(true)
+	wait := c.Debounce
+	if wait <= 0 {
+		wait = DefaultDebounce
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.kick:
+		}
+		// Gather from the first change, not the last: a long roll still
+		// publishes every 100 ms.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		c.publish(false)
+	}
+}
+
+// Synced reports whether both informers have synced and the first set
+// was handed to the sink.
+func (c *Controller) Synced() bool { return c.published.Load() }
+
+func (c *Controller) mark(k string) {
+	if k == "" {
+		return
+	}
+	c.mu.Lock()
+	c.dirty[k] = true
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// publish recomputes the dirty Services (all of them the first time) and
+// hands the whole set to the sink.
+func (c *Controller) publish(all bool) {
+	c.mu.Lock()
+	dirty := c.dirty
+	c.dirty = map[string]bool{}
+	c.mu.Unlock()
+	if all {
+		for _, k := range c.services.GetStore().ListKeys() {
+			dirty[k] = true
+		}
+	}
+	start := time.Now()
+	for k := range dirty {
+		c.recompute(k)
+	}
+	out := map[string][]xdsclient.Endpoint{}
+	n := 0
+	for k, ports := range c.byKey {
+		ns, name, _ := strings.Cut(k, "/")
+		for port, eps := range ports {
+			out[xdsclient.EndpointName(name, ns, int(port))] = eps
+			n += len(eps)
+		}
+	}
+	if err := c.Sink.SetEndpoints(out); err != nil {
+		c.Log.Error("publish endpoints", "err", err)
+	}
+	c.published.Store(true)
+	c.Log.Debug("endpoints published", "services_recomputed", len(dirty), "service_ports", len(out), "endpoints", n, "took", time.Since(start).String())
+}
+
+// recompute brings one Service's entry up to date from the informers.
+func (c *Controller) recompute(k string) {
+	o, exists, _ := c.services.GetStore().GetByKey(k)
+	if !exists {
+		delete(c.byKey, k)
+		return
+	}
+	svc := o.(*corev1.Service)
+	slices, _ := c.slices.GetIndexer().ByIndex(byService, k)
+	ports := Endpoints(svc, slices)
+	if len(ports) == 0 {
+		delete(c.byKey, k)
+		return
+	}
+	c.byKey[k] = ports
+}
+
+// Endpoints are the endpoints of svc's TCP ports from its slices, keyed
+// by the Service's port number (what the resource name carries), each
+// sorted by address. A port without
+// endpoints is served with none: the Service exists, and a sidecar should
+// know it has nothing to call rather than guess.
+func Endpoints(svc *corev1.Service, slcs []any) map[int32][]xdsclient.Endpoint {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil
+	}
+	out := map[int32][]xdsclient.Endpoint{}
+	for _, sp := range svc.Spec.Ports {
+		if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		at := map[netip.AddrPort]int{}
+		var eps []xdsclient.Endpoint
+		for _, o := range slcs {
+			s := o.(*discoveryv1.EndpointSlice)
+			if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
+				continue
+			}
+			var port int32
+			for _, p := range s.Ports {
+				if p.Port != nil && ptrOr(p.Name, "") == sp.Name && ptrOr(p.Protocol, corev1.ProtocolTCP) == corev1.ProtocolTCP {
+					port = *p.Port
+				}
+			}
+			if port < 1 || port > 65535 {
+				continue
+			}
+			for _, e := range s.Endpoints {
+				if len(e.Addresses) == 0 {
+					continue
+				}
+				ip, err := netip.ParseAddr(e.Addresses[0])
+				if err != nil {
+					continue
+				}
+				ready := ptrOr(e.Conditions.Ready, true)
+				if !ready && !(ptrOr(e.Conditions.Serving, true) && ptrOr(e.Conditions.Terminating, false)) {
+					continue
+				}
+				ep := xdsclient.Endpoint{Addr: netip.AddrPortFrom(ip.Unmap(), uint16(port)), Terminating: !ready, Zone: ptrOr(e.Zone, "")}
+				if i, dup := at[ep.Addr]; dup {
+					eps[i].Terminating = eps[i].Terminating && ep.Terminating
+					continue
+				}
+				at[ep.Addr] = len(eps)
+				eps = append(eps, ep)
+			}
+		}
+		slices.SortFunc(eps, func(a, b xdsclient.Endpoint) int { return a.Addr.Compare(b.Addr) })
+		out[sp.Port] = eps
+	}
+	return out
+}
+
+func ptrOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// key is an object's namespace/name, tombstones included.
+func key(o any) string {
+	k, err := cache.DeletionHandlingMetaNamespaceKeyFunc(o)
+	if err != nil {
+		return ""
+	}
+	return k
+}
+
+// sliceService is the namespace/name of the Service a slice belongs to.
+func sliceService(o any) string {
+	if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = t.Obj
+	}
+	s, ok := o.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return ""
+	}
+	name := s.Labels[discoveryv1.LabelServiceName]
+	if name == "" {
+		return ""
+	}
+	return s.Namespace + "/" + name
+}
+
+// strip drops what the controller never reads before the informers store
+// an object (managed fields, annotations such as kubectl's
+// last-applied-configuration): a cluster's Services and slices are held
+// for as long as it runs.
+func strip(o any) (any, error) {
+	if m, ok := o.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+		m.SetAnnotations(nil)
+	}
+	return o, nil
+}

@@ -1,0 +1,183 @@
+package endpointctl
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/minimesh/minimesh/xds/xdsclient"
+)
+
+type sink struct {
+	mu   sync.Mutex
+	sets []map[string][]xdsclient.Endpoint
+}
+
+func (s *sink) SetEndpoints(eps map[string][]xdsclient.Endpoint) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sets = append(s.sets, eps)
+	return nil
+}
+
+func (s *sink) last() (map[string][]xdsclient.Endpoint, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.sets) == 0 {
+		return nil, 0
+	}
+	return s.sets[len(s.sets)-1], len(s.sets)
+}
+
+func service(ns, name string, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": name}, Ports: ports}}
+}
+
+type epSpec struct {
+	ip                          string
+	ready, serving, terminating *bool
+}
+
+func slice(ns, svc, name string, typ discoveryv1.AddressType, ports map[string]int32, eps ...epSpec) *discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
+		Labels: map[string]string{discoveryv1.LabelServiceName: svc}}, AddressType: typ}
+	for n, p := range ports {
+		s.Ports = append(s.Ports, discoveryv1.EndpointPort{Name: new(n), Port: new(p)})
+	}
+	for _, e := range eps {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{e.ip}, Zone: new("z"),
+			Conditions: discoveryv1.EndpointConditions{Ready: e.ready, Serving: e.serving, Terminating: e.terminating}})
+	}
+	return s
+}
+
+var yes, no = new(true), new(false)
+
+func ready(ip string) epSpec       { return epSpec{ip: ip, ready: yes, serving: yes, terminating: no} }
+func terminating(ip string) epSpec { return epSpec{ip: ip, ready: no, serving: yes, terminating: yes} }
+func notServing(ip string) epSpec  { return epSpec{ip: ip, ready: no, serving: no, terminating: yes} }
+func starting(ip string) epSpec    { return epSpec{ip: ip, ready: no, serving: no, terminating: no} }
+
+func eps(t *testing.T, spec ...string) []xdsclient.Endpoint {
+	t.Helper()
+	var out []xdsclient.Endpoint
+	for _, s := range spec {
+		term := s[0] == '~'
+		if term {
+			s = s[1:]
+		}
+		out = append(out, xdsclient.Endpoint{Addr: netip.MustParseAddrPort(s), Terminating: term, Zone: "z"})
+	}
+	return out
+}
+
+func TestEndpoints(t *testing.T) {
+	svc := service("shop", "geo", corev1.ServicePort{Name: "http", Port: 80}, corev1.ServicePort{Name: "grpc", Port: 9000},
+		corev1.ServicePort{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP})
+	got := Endpoints(svc, []any{
+		slice("shop", "geo", "a", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080, "grpc": 9090},
+			ready("10.0.0.2"), terminating("10.0.0.1"), notServing("10.0.0.3"), starting("10.0.0.4"),
+			epSpec{ip: "10.0.0.5"}), // no conditions: ready
+		slice("shop", "geo", "b", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080, "grpc": 9090},
+			ready("10.0.0.1"), ready("10.0.0.6")), // 10.0.0.1 twice: ready wins
+		slice("shop", "geo", "c", discoveryv1.AddressTypeIPv6, map[string]int32{"http": 8080}, ready("fd00::1")),
+		slice("shop", "geo", "d", discoveryv1.AddressTypeFQDN, map[string]int32{"http": 8080}, ready("geo.example.com")),
+	})
+	want := map[int32][]xdsclient.Endpoint{
+		80:   eps(t, "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.5:8080", "10.0.0.6:8080", "[fd00::1]:8080"),
+		9000: eps(t, "10.0.0.1:9090", "10.0.0.2:9090", "10.0.0.5:9090", "10.0.0.6:9090"),
+	}
+	if len(got) != len(want) {
+		t.Fatalf("ports %v", got)
+	}
+	for p, w := range want {
+		if !slices.Equal(got[p], w) {
+			t.Errorf("port %d: %v\nwant %v", p, got[p], w)
+		}
+	}
+	// Only terminating ones left.
+	got = Endpoints(svc, []any{slice("shop", "geo", "a", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, terminating("10.0.0.1"))})
+	if w := eps(t, "~10.0.0.1:8080"); !slices.Equal(got[80], w) {
+		t.Errorf("terminating: %v, want %v", got[80], w)
+	}
+	// An unnamed single port.
+	one := service("shop", "one", corev1.ServicePort{Port: 8000})
+	got = Endpoints(one, []any{slice("shop", "one", "a", discoveryv1.AddressTypeIPv4, map[string]int32{"": 80}, ready("10.0.0.9"))})
+	if w := eps(t, "10.0.0.9:80"); !slices.Equal(got[8000], w) {
+		t.Errorf("unnamed port: %v", got)
+	}
+}
+
+// TestController: the first set comes after the sync with what is there;
+// changes are gathered; a deleted Service goes.
+func TestController(t *testing.T) {
+	cs := fake.NewClientset(
+		service("shop", "geo", corev1.ServicePort{Name: "http", Port: 80}),
+		slice("shop", "geo", "geo-1", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, ready("10.0.0.1")),
+		service("shop", "empty", corev1.ServicePort{Port: 80}),
+	)
+	s := &sink{}
+	c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Debounce: 50 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx)
+	geo, empty := xdsclient.EndpointName("geo", "shop", 80), xdsclient.EndpointName("empty", "shop", 80)
+	waitFor(t, "the first set", func() bool { got, _ := s.last(); return len(got[geo]) == 1 })
+	if !c.Synced() {
+		t.Fatal("published but not synced")
+	}
+	if got, _ := s.last(); len(got) != 2 || !hasKey(got, empty) {
+		t.Fatalf("first set %v: want geo, and empty with no endpoints", got)
+	}
+
+	// A burst of 50 updates is published a few times, not 50.
+	_, before := s.last()
+	sl := cs.DiscoveryV1().EndpointSlices("shop")
+	for i := range 50 {
+		obj := slice("shop", "geo", "geo-1", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, ready(fmt.Sprintf("10.0.1.%d", i)))
+		if _, err := sl.Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the last update", func() bool {
+		got, _ := s.last()
+		return slices.Equal(got[geo], eps(t, "10.0.1.49:8080"))
+	})
+	if _, after := s.last(); after-before > 10 {
+		t.Errorf("50 updates made %d publishes", after-before)
+	}
+	// A second slice, then the Service deleted.
+	if _, err := sl.Create(ctx, slice("shop", "geo", "geo-2", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, terminating("10.0.2.1")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "two slices", func() bool { got, _ := s.last(); return len(got[geo]) == 2 })
+	if err := cs.CoreV1().Services("shop").Delete(ctx, "geo", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the deleted Service gone", func() bool { got, _ := s.last(); _, ok := got[geo]; return !ok })
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func hasKey(m map[string][]xdsclient.Endpoint, k string) bool { _, ok := m[k]; return ok }
