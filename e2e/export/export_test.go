@@ -79,8 +79,19 @@ func TestLinkerdExportApplies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if svc.Annotations["balancer.linkerd.io/failure-accrual-consecutive-max-failures"] != "5" || len(svc.Spec.Ports) != 1 || svc.Spec.Selector["app"] != "nominatim-service" {
+	// failure accrual from outlierDetection (consecutiveFailures 3,
+	// baseEjectionTime 1500ms, maxEjectionTime 2m)
+	if a := svc.Annotations; a["balancer.linkerd.io/failure-accrual-consecutive-max-failures"] != "3" || a["balancer.linkerd.io/failure-accrual-consecutive-min-penalty"] != "1500ms" ||
+		a["balancer.linkerd.io/failure-accrual-consecutive-max-penalty"] != "2m" || len(svc.Spec.Ports) != 1 || svc.Spec.Selector["app"] != "nominatim-service" {
 		t.Fatalf("service after the export: annotations %v, spec %+v", svc.Annotations, svc.Spec)
+	}
+	// auth has outlierDetection off: no failure accrual, its gRPC retries only
+	auth, err := c.Client.CoreV1().Services("identity").Get(ctx, "auth", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := auth.Annotations; a["balancer.linkerd.io/failure-accrual"] != "" || a["retry.linkerd.io/grpc"] != "unavailable" {
+		t.Fatalf("auth after the export: annotations %v", a)
 	}
 	dyn, err := dynamic.NewForConfig(c.Config)
 	if err != nil {

@@ -1,7 +1,7 @@
 // Package linkerd exports ResiliencePolicy objects as Linkerd
 // configuration: an HTTPRoute per policy carrying Linkerd's timeout and
 // retry annotations, and the destination Service's failure-accrual
-// (circuit breaking) annotations. It is the migration path the README
+// annotations (per-endpoint ejection, outlierDetection). It is the migration path the README
 // promises; docs/migrating-to-linkerd.md lists every field, what it
 // becomes, and what does not carry over.
 package linkerd
@@ -116,21 +116,27 @@ func export(p *policy.ResiliencePolicy) ([]object, []string, error) {
 			}
 		}
 	}
-	if cb := s.CircuitBreaker; cb != nil {
-		// Linkerd probes an ejected endpoint after a penalty that backs off
-		// from min to max; minimesh waits openTimeout, then probes. The
-		// penalty starts at openTimeout and may double once.
+	if od := s.OutlierDetection; od.Enabled() {
+		// Linkerd's failure accrual is outlierDetection's counterpart: it
+		// ejects one endpoint after a run of failures, for a penalty
+		// between min and max.
 		svcAnn[annAccrual] = "consecutive"
-		svcAnn[annMaxFailures] = strconv.Itoa(cb.ConsecutiveFailures)
-		svcAnn[annMinPenalty] = duration(cb.OpenTimeout)
-		svcAnn[annMaxPenalty] = duration(2 * cb.OpenTimeout)
+		svcAnn[annMaxFailures] = strconv.Itoa(od.ConsecutiveFailures)
+		svcAnn[annMinPenalty] = duration(od.BaseEjectionTime)
+		svcAnn[annMaxPenalty] = duration(od.MaxEjectionTime)
 		notes = append(notes,
-			fmt.Sprintf("circuitBreaker.halfOpenRequests (%d): one successful probe closes Linkerd's breaker", cb.HalfOpenRequests),
-			fmt.Sprintf("circuitBreaker.failOn (%s): Linkerd counts 5xx responses and failed connections", strings.Join(cb.FailOn.Strings(), ", ")),
-			"circuitBreaker scope: Linkerd ejects single endpoints (pods); minimesh opens for the whole destination")
-		if fr := cb.FailureRate; fr != nil {
-			notes = append(notes, fmt.Sprintf("circuitBreaker.failureRate (%g over %s): stable Linkerd has only consecutive-failure accrual", fr.Threshold, fr.Window))
+			fmt.Sprintf("outlierDetection ejection time (%s × ejections, at most %s): Linkerd's penalty doubles from min-penalty to max-penalty, with jitter, and an ejected endpoint comes back through a probe; minimesh's grows linearly, base × ejections, as Envoy's does", od.BaseEjectionTime, od.MaxEjectionTime),
+			fmt.Sprintf("outlierDetection.maxEjectionPercent (%d): Linkerd has no cap and may eject every endpoint, then fails requests with 503", od.MaxEjectionPercent))
+		if cb := s.CircuitBreaker; cb != nil {
+			notes = append(notes, fmt.Sprintf("circuitBreaker.failOn (%s), which outlierDetection counts: Linkerd counts 5xx responses and failed connections", strings.Join(cb.FailOn.Strings(), ", ")))
 		}
+	}
+	if cb := s.CircuitBreaker; cb != nil {
+		n := fmt.Sprintf("circuitBreaker (%d failures in a row", cb.ConsecutiveFailures)
+		if fr := cb.FailureRate; fr != nil {
+			n += fmt.Sprintf(" or %g of %d requests in %s", fr.Threshold, fr.MinRequests, fr.Window)
+		}
+		notes = append(notes, n+fmt.Sprintf(", open %s, %d probes): Linkerd has no breaker for a whole destination; it ejects single endpoints (pods), which is outlierDetection", cb.OpenTimeout, cb.HalfOpenRequests))
 	}
 
 	var docs []object

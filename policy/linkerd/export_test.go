@@ -106,3 +106,44 @@ func TestDuration(t *testing.T) {
 		}
 	}
 }
+
+// TestFailureAccrual: the Service's failure accrual is outlierDetection's,
+// and absent when ejection is off (Linkerd accrues no failures unless a
+// Service asks for it).
+func TestFailureAccrual(t *testing.T) {
+	decode := func(spec string) *policy.ResiliencePolicy {
+		ps, err := policy.Decode("p.yaml", []byte("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: p}\nspec: "+spec+"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ps[0]
+	}
+	annotations := func(docs []object) map[string]any {
+		for _, d := range docs {
+			if d["kind"] == "Service" {
+				return d["metadata"].(object)["annotations"].(object)
+			}
+		}
+		return nil
+	}
+	docs, _, err := export(decode("{service: geo, circuitBreaker: {openTimeout: 10m}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{annAccrual: "consecutive", annMaxFailures: "5", annMinPenalty: "30s", annMaxPenalty: "5m"}
+	if got := annotations(docs); len(got) != len(want) || got[annMaxFailures] != want[annMaxFailures] || got[annMinPenalty] != want[annMinPenalty] || got[annMaxPenalty] != want[annMaxPenalty] || got[annAccrual] != want[annAccrual] {
+		t.Errorf("defaults: %v, want %v", got, want)
+	}
+	docs, notes, err := export(decode("{service: geo, outlierDetection: {consecutiveFailures: 0}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := annotations(docs); got != nil {
+		t.Errorf("ejection off: annotations %v", got)
+	}
+	for _, n := range notes {
+		if strings.HasPrefix(n, "outlierDetection") {
+			t.Errorf("ejection off, yet a note on it: %s", n)
+		}
+	}
+}
