@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/proxy/retry"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -26,6 +27,10 @@ type destination struct {
 	breaker *breaker.Breaker // nil past the destination cap
 	budget  *retry.Budget    // nil without retries
 	metrics *telemetry.Destination
+	// lb balances the tries over the Service's endpoints (endpoints.go);
+	// nil for a host that is no Service, and empty (Pick gives nil) while
+	// the control plane sent none: then the name is dialled.
+	lb *balancer.Balancer
 }
 
 // maxServices caps how many breakers the sidecar keeps. An app that
@@ -39,6 +44,7 @@ const maxServices = 4096
 type destinations struct {
 	namespace string
 	metrics   *telemetry.Metrics
+	eps       *endpoints
 
 	byAuthority atomic.Pointer[map[string]*destination]
 
@@ -50,7 +56,7 @@ type destinations struct {
 }
 
 func newDestinations(namespace string, table *policy.Table, m *telemetry.Metrics, warn func(string, ...any)) *destinations {
-	d := &destinations{namespace: namespace, metrics: m, table: table, services: map[string]*destination{}, onWarn: warn}
+	d := &destinations{namespace: namespace, metrics: m, eps: newEndpoints(), table: table, services: map[string]*destination{}, onWarn: warn}
 	empty := map[string]*destination{}
 	d.byAuthority.Store(&empty)
 	return d
@@ -115,6 +121,7 @@ func (d *destinations) newService(services map[string]*destination, name string,
 		return svc
 	}
 	m := svc.metrics
+	svc.lb = d.eps.forService(name, d.namespace, pol, m)
 	svc.breaker = breaker.New(name, pol.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
 		m.Transition(from.String(), to.String())
 	})
@@ -140,7 +147,8 @@ func (d *destinations) setTable(t *policy.Table) {
 		if svc == nil {
 			prev := d.services[key]
 			if prev != nil && reflect.DeepEqual(prev.policy.Spec.CircuitBreaker, pol.Spec.CircuitBreaker) {
-				svc = &destination{name: name, policy: pol, breaker: prev.breaker, metrics: prev.metrics}
+				svc = &destination{name: name, policy: pol, breaker: prev.breaker, metrics: prev.metrics,
+					lb: d.eps.forService(name, d.namespace, pol, prev.metrics)}
 				if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
 					svc.budget = prev.budget
 					if svc.budget == nil || prev.policy.Spec.Retries == nil || prev.policy.Spec.Retries.Budget != r.Budget {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/proxy/retry"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -109,6 +110,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		c.Body, c.ContentLength = body, n
 		out = &c
 	}
+	ep, epStart := pickEndpoint(req, st)
 	ctx := req.Context()
 	var span trace.Span
 	if tr := f.tracing; tr != nil {
@@ -154,7 +156,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			// The app's body was bad or too large, or the request was
 			// aimed at the sidecar itself: nothing to hold against the
 			// upstream, and nothing to retry.
-			report(done, breaker.ErrIgnored)
+			endTry(done, ep, epStart, breaker.ErrIgnored)
 			if span != nil {
 				code, kind, _ := errorResponse(cerr, dst.name)
 				endSpan(span, code, kind, "")
@@ -163,7 +165,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		}
 		class, gone := classify(err, ctx, req.Context())
 		if gone {
-			report(done, breaker.ErrIgnored)
+			endTry(done, ep, epStart, breaker.ErrIgnored)
 			if span != nil {
 				endSpan(span, statusClientClosed, "", "")
 			}
@@ -173,9 +175,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			endSpan(span, 0, classErrorType(class), "")
 		}
 		if failOn.Has(class) {
-			report(done, breaker.ErrFailed)
+			endTry(done, ep, epStart, breaker.ErrFailed)
 		} else {
-			report(done, nil)
+			endTry(done, ep, epStart, nil)
 		}
 		return nil, class, &upstreamError{class: class, err: err}
 	}
@@ -189,7 +191,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
 		// Nothing more can fail that a breaker should hear of (an
 		// upgraded connection's bytes are the peers' business).
-		report(done, verdict)
+		endTry(done, ep, epStart, verdict)
 		if cancel != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			cancel(nil)
 		}
@@ -199,7 +201,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	// the try then, so that a body cut short counts as the failure it is.
 	// One try's body at a time (the retry loop closes one before the next
 	// try): it lives in the request's state, not an allocation of its own.
-	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel}
+	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, ep: ep, epStart: epStart, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel}
 	if st.grpc && resp.StatusCode == http.StatusOK && st.grpcStatus < 0 {
 		st.body.grpc = resp // the status comes in its trailers
 	}
@@ -237,6 +239,8 @@ type upstreamBody struct {
 	io.ReadCloser
 	st       *reqState
 	done     breaker.Done
+	ep       *balancer.Endpoint // the try's endpoint; nil when the name was dialled
+	epStart  int64
 	verdict  error // the status's outcome, reported on a whole body
 	failOn   policy.Conditions
 	try, req context.Context
@@ -302,9 +306,46 @@ func (b *upstreamBody) Close() error {
 
 func (b *upstreamBody) end(outcome error) {
 	b.ended = true
-	report(b.done, outcome)
+	endTry(b.done, b.ep, b.epStart, outcome)
 	if b.cancel != nil {
 		b.cancel(nil)
+	}
+}
+
+// pickEndpoint points a try at the endpoint the destination's balancer
+// picks for it, another than the last try's where it can (a retry goes
+// elsewhere, as Envoy's previous_hosts predicate makes it), and counts the
+// try in flight there. Without endpoints the try dials what the app named
+// (through DNS and kube-proxy), or the original destination of a
+// redirected connection. The Host header stays the app's either way.
+func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
+	lb := st.dest.lb
+	if lb == nil {
+		return nil, 0
+	}
+	ep := lb.Pick(st.ep)
+	if ep == nil {
+		if st.ep != nil { // the endpoints went away between two tries
+			st.ep = nil
+			req.URL.Host = st.authority
+			if st.dial != "" {
+				req.URL.Host = st.dial
+			}
+		}
+		return nil, 0
+	}
+	// The outbound request is the sidecar's own copy (ReverseProxy cloned
+	// it), and a try's transport is done with its URL before the next try.
+	req.URL.Host = ep.Addr()
+	st.ep = ep
+	return ep, ep.Start()
+}
+
+// endTry tells the breaker and the try's endpoint how the try went.
+func endTry(done breaker.Done, ep *balancer.Endpoint, start int64, outcome error) {
+	report(done, outcome)
+	if ep != nil {
+		ep.Done(start, outcome == breaker.ErrFailed)
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 
 	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
@@ -156,6 +157,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 		ErrorLog:       slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
 	cfg.Metrics.WatchBreakers(h.breakerStates)
+	cfg.Metrics.WatchEndpoints(h.dests.eps.counts)
 	return h
 }
 
@@ -171,6 +173,14 @@ const MaxHeaderBytes = 64 << 10
 // SetPolicies swaps in new policies. Requests in flight finish under the
 // policy they started with.
 func (h *Handler) SetPolicies(t *policy.Table) { h.dests.setTable(t) }
+
+// SetEndpoints replaces the endpoints of every Service (keyed by EDS
+// resource name, docs/controlplane.md): requests to a Service are
+// balanced over its endpoints from the next try on.
+func (h *Handler) SetEndpoints(eps map[string][]balancer.Target) { h.dests.eps.set(eps) }
+
+// Endpoints returns every Service's endpoints, for /debug/endpoints.
+func (h *Handler) Endpoints() []EndpointsStatus { return h.dests.eps.statuses() }
 
 // Breakers returns every destination's breaker, for /debug/breakers.
 func (h *Handler) Breakers() []BreakerStatus { return h.dests.statuses() }
@@ -198,7 +208,10 @@ type reqState struct {
 	// dial, on a redirected connection, is the original destination: what
 	// the transport dials instead of authority, which only names the
 	// destination (docs/interception.md).
-	dial     string
+	dial string
+	// ep is the endpoint of the latest try (the balancer's pick), nil when
+	// the name was dialled.
+	ep       *balancer.Endpoint
 	id       string
 	upgrade  bool
 	replay   *replay

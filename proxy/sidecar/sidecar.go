@@ -17,6 +17,7 @@ import (
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/admin"
+	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/connlimit"
 	"github.com/minimesh/minimesh/proxy/inbound"
 	"github.com/minimesh/minimesh/proxy/outbound"
@@ -220,6 +221,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 		TCPIdleTimeout:     cfg.TCPIdleTimeout,
 	}, table)
 	s.admin = admin.New(s.metrics.Registry, breakers{s.outbound}, s.debugConfig)
+	s.admin.HandleJSON("/debug/endpoints", func() any { return s.outbound.Endpoints() })
 
 	outLn, err := net.Listen("tcp", cfg.OutboundAddr)
 	if err != nil {
@@ -370,6 +372,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 				}
 				return err
 			},
+			ApplyEndpoints: s.applyEndpoints,
 		}
 		go c.Run(watchCtx)
 		select {
@@ -505,6 +508,22 @@ func (s *Sidecar) applyXDS(pols []*policy.ResiliencePolicy, version string) erro
 	s.source.LoadedAt = time.Now()
 	s.source.LastError, s.source.LastErrAt = "", time.Time{}
 	s.source.Loads++
+	return nil
+}
+
+// applyEndpoints puts the control plane's endpoints of every Service in
+// force: requests to a Service are balanced over them from their next
+// try. A Service it does not name is dialled by name again.
+func (s *Sidecar) applyEndpoints(eps map[string][]xdsclient.Endpoint, _ string) error {
+	out := make(map[string][]balancer.Target, len(eps))
+	for name, list := range eps {
+		ts := make([]balancer.Target, len(list))
+		for i, e := range list {
+			ts[i] = balancer.Target{Addr: e.Addr.String(), Terminating: e.Terminating}
+		}
+		out[name] = ts
+	}
+	s.outbound.SetEndpoints(out)
 	return nil
 }
 
