@@ -52,6 +52,10 @@ tools() {
 	# stays for promtool.
 	mod_tool prometheus prometheus github.com/prometheus/prometheus/cmd/prometheus \
 		'-X github.com/prometheus/common/version.Version=$VERSION' remove_all_sd,enable_kubernetes_sd
+	# Caddy v2, a peer of the benchmark harness (e2e/bench): the Go reverse
+	# proxy most teams know (tools/caddy/go.mod; ~2 min to build cold).
+	mod_tool caddy caddy github.com/caddyserver/caddy/v2/cmd/caddy \
+		'-X github.com/caddyserver/caddy/v2.CustomVersion=$VERSION'
 	deb_pkg nginx-light haproxy wrk curl iproute2 iptables prometheus etcd-server
 	deb_pkg gcc libc6-dev # cgo, for go test -race
 	deb_pkg containerd runc containernetworking-plugins # the one-node cluster
