@@ -120,6 +120,9 @@ func TestGoodPoliciesAgree(t *testing.T) {
 		"{service: od-e, outlierDetection: {baseEjectionTime: 1s, maxEjectionPercent: 100}}",
 		"{service: od-f, outlierDetection: {baseEjectionTime: 1ms, maxEjectionTime: 24h}}",
 		"{service: od-g, retries: {attempts: 1}, outlierDetection: {}}",
+		"{service: bo-a, retries: {attempts: 1, backoff: {base: 1s}}}",
+		"{service: bo-b, retries: {attempts: 1, backoff: {max: 10ms}}}",
+		"{service: bo-c, retries: {attempts: 1, backoff: {}}}",
 	} {
 		want, err := policy.Decode("raw.yaml", []byte("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nspec: "+raw+"\n"))
 		if err != nil {
