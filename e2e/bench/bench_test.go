@@ -154,11 +154,11 @@ func TestMarkdown(t *testing.T) {
 		"| minimesh-proxy | +0.100 | +0.100 | +0.200 | +0.200 |",
 		"| minimesh-proxy | 40.0 | 0.040 | 10.0 | 1 | – | – |",
 		"| nginx | 20.0 | 0.020 | 20.0 | 3 | 2.00 | 0.50 |",
-		"| **maximum rate ratio (through sidecar / direct)** | **0.50** |",
+		"**Maximum rate ratio (through sidecar / direct): 0.50**",
+		"| minimesh-proxy | 10000 | 0.50 | 0.000 | 0.000 | 20.0 | – |",
 		"| p99 added at 1000 requests/s < 0.5 ms | +0.200 ms | yes |",
 		"| CPU < 0.06 core per 1,000 requests/s (60 ms CPU per 1,000 requests) | 0.040 core | yes |",
 		"| peak RSS < 15 MB | 10.0 MB | yes |",
-		"20.0 ms CPU per 1,000 requests",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
@@ -192,7 +192,7 @@ func TestPeerConfigs(t *testing.T) {
 		t.Logf("nginx config not checked: %v", err)
 	} else {
 		conf := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(conf, []byte(nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2, peerConns)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		if out, err := runCmd(ctx, nginx, "-t", "-q", "-e", "stderr", "-p", dir, "-c", conf); err != nil {
@@ -203,7 +203,7 @@ func TestPeerConfigs(t *testing.T) {
 		t.Logf("haproxy config not checked: %v", err)
 	} else {
 		conf := filepath.Join(dir, "haproxy.cfg")
-		if err := os.WriteFile(conf, []byte(haproxyConfig("127.0.0.1:1", "127.0.0.1:2", 2)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(haproxyConfig("127.0.0.1:1", "127.0.0.1:2", 2, peerConns)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		if out, err := runCmd(ctx, haproxy, "-c", "-q", "-f", conf); err != nil {

@@ -33,17 +33,20 @@ type fortioResult struct {
 		}
 	}
 	RetCodes map[string]int64
+	Sockets  []int64 // connections opened, per fortio connection
 }
 
 // sample is one load run against one target.
 type sample struct {
 	target   string
 	run      int
+	rate     float64          // requested requests/s; 0: as fast as it goes
 	qps      float64          // achieved
 	requests int64            // answered calls, all codes
 	errors   int64            // calls not answered 200 (socket errors count as -1)
 	codes    map[string]int64 // every code fortio saw
 	lat      map[float64]time.Duration
+	sockets  int64         // connections fortio opened
 	cpu      time.Duration // proxy CPU during the run; 0 for direct
 	hasCPU   bool
 }
@@ -66,6 +69,17 @@ type loadSpec struct {
 	host     string  // Host header: the upstream
 	netns    string  // network namespace to run fortio in (ip netns exec); "": the harness's
 	newConn  bool    // a new connection for every request (-keepalive=false)
+
+	// -http-proxy: fortio's standard client (-stdclient), which takes
+	// HTTP_PROXY from its environment as Go's net/http does.
+	stdClient bool
+	url       string // the URL to load; "": http://addr/
+	proxy     string // HTTP_PROXY for fortio; "": none
+	resolve   string // fortio -resolve: the IP of the URL's host name
+
+	// The fast-fail runs: every answer is a 503, the first one too,
+	// which fortio would otherwise take for a broken target.
+	allowInitialErrors bool
 }
 
 // args is fortio's command line for the run, writing JSON to jsonPath.
@@ -80,9 +94,20 @@ func (l loadSpec) args(jsonPath string) []string {
 		"-t", l.duration.String(),
 		"-r", strconv.FormatFloat(l.res, 'f', -1, 64),
 		"-p", strings.Join(ps, ","),
-		"-H", "Host: " + l.host,
 		"-json", jsonPath,
 		"-quiet",
+	}
+	if l.host != "" {
+		a = append(a, "-H", "Host: "+l.host)
+	}
+	if l.stdClient {
+		a = append(a, "-stdclient")
+	}
+	if l.allowInitialErrors {
+		a = append(a, "-allow-initial-errors")
+	}
+	if l.resolve != "" {
+		a = append(a, "-resolve", l.resolve)
 	}
 	if l.newConn {
 		// Connect, send, read, close: every request pays for a new
@@ -93,6 +118,9 @@ func (l loadSpec) args(jsonPath string) []string {
 		// Spread the connections' requests evenly over time instead of
 		// sending them in bursts of -c.
 		a = append(a, "-uniform")
+	}
+	if l.url != "" {
+		return append(a, l.url)
 	}
 	return append(a, "http://"+l.addr+"/")
 }
@@ -119,6 +147,9 @@ func runLoad(ctx context.Context, fortio, dir string, l loadSpec) (*fortioResult
 	}
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Env = cleanEnv()
+	if l.proxy != "" {
+		cmd.Env = cleanEnv("HTTP_PROXY=" + l.proxy)
+	}
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -154,6 +185,9 @@ func toSample(targetName string, run int, r *fortioResult) sample {
 	s := sample{target: targetName, run: run, qps: r.ActualQPS,
 		requests: r.DurationHistogram.Count, codes: r.RetCodes,
 		lat: map[float64]time.Duration{}}
+	for _, n := range r.Sockets {
+		s.sockets += n
+	}
 	for code, n := range r.RetCodes {
 		if code != "200" {
 			s.errors += n

@@ -44,6 +44,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -76,6 +77,12 @@ type options struct {
 	newConnQPS  float64
 	h2          bool
 	h2Streams   int
+	sweep       rateList      // -sweep: more fixed rates
+	httpProxy   bool          // -http-proxy: the absolute-form path too
+	idleConns   intList       // -idle-conns
+	fastFailT   time.Duration // -fastfail-t
+	plot        bool          // -plot
+	plotDir     string        // -plot-dir
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -103,6 +110,18 @@ func parseFlags(args []string) (*options, error) {
 	fs.Float64Var(&o.newConnQPS, "newconn-qps", 200, "with -transparent: fixed rate of the runs with a new connection per request (fortio -keepalive=false) against the three namespace targets (0: none)")
 	fs.BoolVar(&o.h2, "h2", false, "instead of the HTTP/1.1 runs, the HTTP/2 comparison: h2load (nghttp2-client) at -qps over h2c with prior knowledge from -c connections, direct to an h2c upstream, through the sidecar, nginx (grpc_pass) and HAProxy (proto h2), -warmup then -t per run (h2.go)")
 	fs.IntVar(&o.h2Streams, "h2-streams", 10, "with -h2: most concurrent streams per connection (h2load -m)")
+	fs.Var(&o.sweep, "sweep", "comma-separated fixed rates (requests/s) to run every loopback scenario at besides -qps, e.g. 100,1000,5000: "+
+		"each round runs every rate, the scenarios rotating; the report gets a table per rate (sweep.go)")
+	fs.BoolVar(&o.httpProxy, "http-proxy", false, "also the HTTP_PROXY path at -qps: fortio's standard client (-stdclient, which honours HTTP_PROXY) "+
+		"sends absolute-form requests for http://"+proxyHost+":PORT/ with HTTP_PROXY set to each proxy, against the same client direct (sweep.go)")
+	o.idleConns = intList{1000, 10000}
+	fs.Var(&o.idleConns, "idle-conns", "comma-separated counts of idle keep-alive connections (one request each) held to a fresh instance of each proxy, "+
+		"to measure its RSS per connection; empty: skip (idle.go)")
+	fs.DurationVar(&o.fastFailT, "fastfail-t", 5*time.Second, "duration of each round's run at -qps to a destination whose breaker is open, "+
+		"the sidecar answering 503 without dialling (0: skip; idle.go)")
+	fs.BoolVar(&o.plot, "plot", false, "render the figures as PNG into -plot-dir: benchmarks-latency.png (p50 and p99 against the rate) and "+
+		"benchmarks-cost.png (CPU per 1,000 requests and RSS) (plot.go)")
+	fs.StringVar(&o.plotDir, "plot-dir", "docs", "where -plot writes its PNG files")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -128,6 +147,20 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("-h2-streams must be ≥ 1")
 	case o.h2 && (o.transparent || len(o.variants) > 0 || o.jaeger):
 		return nil, errors.New("-h2 runs alone: not with -transparent, -variant or -jaeger")
+	case o.h2 && (len(o.sweep) > 0 || o.httpProxy || o.plot):
+		return nil, errors.New("-h2 runs alone: not with -sweep, -http-proxy or -plot")
+	case o.fastFailT < 0:
+		return nil, errors.New("-fastfail-t must be ≥ 0")
+	}
+	for _, q := range o.sweep {
+		if q <= 0 {
+			return nil, errors.New("-sweep: every rate must be > 0 (the maximum rate has its own runs, see -max-t)")
+		}
+	}
+	for _, n := range o.idleConns {
+		if n < 1 {
+			return nil, errors.New("-idle-conns: every count must be ≥ 1")
+		}
 	}
 	for _, k := range o.scenarioKeys() {
 		if !slices.Contains(allKeys, k) {
@@ -205,6 +238,15 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 	}
+	var caddyBin string
+	if o.want(keyCaddy) {
+		if caddyBin, err = tools.Find("caddy"); err != nil {
+			return err
+		}
+	}
+	// Thousands of idle connections (-idle-conns) need as many file
+	// descriptors, here and in the proxies, which inherit the limit.
+	raiseFileLimit(slices.Max(append([]int{0}, o.idleConns...)))
 
 	rep := newReport(o)
 	rep.fortioVersion, _ = runCmd(ctx, fortio, "version")
@@ -276,14 +318,21 @@ func run(ctx context.Context, o *options) (err error) {
 		targets = append(targets, t)
 	}
 	if o.want(keyNginx) {
-		t, err := startNginx(ctx, ps, nginxBin, dir, upstream, o.workers)
+		t, err := startNginx(ctx, ps, nginxBin, dir, upstream, o.workers, peerConns)
 		if err != nil {
 			return err
 		}
 		targets = append(targets, t)
 	}
 	if o.want(keyHAProxy) {
-		t, err := startHAProxy(ctx, ps, haproxyBin, dir, upstream, o.workers)
+		t, err := startHAProxy(ctx, ps, haproxyBin, dir, upstream, o.workers, peerConns)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	if o.want(keyCaddy) {
+		t, err := startCaddy(ctx, ps, caddyBin, dir, upstream)
 		if err != nil {
 			return err
 		}
@@ -296,13 +345,39 @@ func run(ctx context.Context, o *options) (err error) {
 		}
 		targets = append(targets, ts...)
 	}
+	if o.httpProxy {
+		pts, err := httpProxyTargets(ctx, targets, upstream)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, pts...)
+	}
 	for _, t := range targets {
 		logf("%-15s %s", t.name, t.addr)
 	}
 	rep.targets = targets
+	// Idle: every proxy has answered the readiness check and nothing else.
+	if err := rep.readUsage(targets, rep.usageIdle); err != nil {
+		return err
+	}
 
 	runErr := rep.measureAll(ctx, fortio, dir, upstream)
+	if runErr == nil && o.fastFailT > 0 && o.want(keyMinimesh) {
+		runErr = rep.measureFastFail(ctx, fortio, dir, upstream)
+	}
+	if runErr == nil && len(o.idleConns) > 0 {
+		runErr = rep.measureIdleConns(ctx, ps, dir, upstream, peerBins{sidecar: sidecarBin,
+			nginx: nginxBin, haproxy: haproxyBin, caddy: caddyBin})
+	}
 	ps.stopAll()
+	if o.plot && len(rep.samples) > 0 {
+		if err := rep.plot(o.plotDir); err != nil {
+			logf("plot: %v", err)
+			if runErr == nil {
+				runErr = fmt.Errorf("plot: %w", err)
+			}
+		}
+	}
 	return rep.publish(rep.markdown, runErr)
 }
 
@@ -346,6 +421,9 @@ func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) e
 		if t.host != "" {
 			host = t.host
 		}
+		if t.viaProxy != nil {
+			return t.viaProxy.spec(qps, o.conns, d, o.resolution)
+		}
 		return loadSpec{qps: qps, conns: o.conns, duration: d, res: o.resolution, addr: t.addr, host: host,
 			netns: t.netns, newConn: t.newConn}
 	}
@@ -377,25 +455,40 @@ func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) e
 	if o.warmup > 0 {
 		for _, t := range targets {
 			logf("warm-up %s (%v)", t.name, o.warmup)
-			_, err := runLoad(ctx, fortio, dir, spec(t, rate(t), o.warmup))
-			if err := check(t, sample{}, err); err != nil {
-				return err
-			}
-		}
-	}
-
-	// Rounds: every target once per round, the order rotating so that no
-	// target always runs first or right after the same neighbour.
-	for round := 0; round < o.runs; round++ {
-		for i := range targets {
-			t := targets[(i+round)%len(targets)]
-			s, err := measure(ctx, fortio, dir, t, round+1, spec(t, rate(t), o.duration))
+			// Kept as the cold figures: the first load after start.
+			s, err := measure(ctx, fortio, dir, t, 0, spec(t, rate(t), o.warmup))
 			if err := check(t, s, err); err != nil {
 				return err
 			}
-			logf("run %d/%d %-15s p50 %s p99 %s  %.0f qps  %d errors", round+1, o.runs, t.name,
-				ms(s.lat[50]), ms(s.lat[99]), s.qps, s.errors)
-			r.add(t.key, s)
+			r.cold[t.key] = s
+		}
+	}
+
+	// Rounds: every target once per round and rate, the order rotating so
+	// that no target always runs first or right after the same neighbour.
+	// -sweep's other rates run only the loopback targets that follow -qps.
+	for round := 0; round < o.runs; round++ {
+		for _, q := range o.rates() {
+			var ts []*target
+			for _, t := range targets {
+				if q == o.qps || t.sweeps() {
+					ts = append(ts, t)
+				}
+			}
+			for i := range ts {
+				t := ts[(i+round)%len(ts)]
+				qt := q
+				if q == o.qps {
+					qt = rate(t)
+				}
+				s, err := measure(ctx, fortio, dir, t, round+1, spec(t, qt, o.duration))
+				if err := check(t, s, err); err != nil {
+					return err
+				}
+				logf("run %d/%d %-15s %5s rps  p50 %s p99 %s  %.0f qps  %d errors", round+1, o.runs, t.name,
+					strconv.FormatFloat(qt, 'f', -1, 64), ms(s.lat[50]), ms(s.lat[99]), s.qps, s.errors)
+				r.add(t.key, s)
+			}
 		}
 	}
 
@@ -405,13 +498,15 @@ func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) e
 		return err
 	}
 
-	if o.maxDuration > 0 && o.want(keyMinimesh) {
-		var maxTargets []*target
-		for _, t := range targets {
-			if t.key == keyDirect || t.key == keyMinimesh {
-				maxTargets = append(maxTargets, t)
-			}
+	// The maximum rate of every loopback target (direct and each proxy;
+	// not the HTTP_PROXY path's standard client, nor the namespaces).
+	var maxTargets []*target
+	for _, t := range targets {
+		if t.sweeps() {
+			maxTargets = append(maxTargets, t)
 		}
+	}
+	if o.maxDuration > 0 && len(maxTargets) > 1 {
 		for round := 0; round < o.runs; round++ {
 			for i := range maxTargets {
 				t := maxTargets[(i+round)%len(maxTargets)]
@@ -460,6 +555,7 @@ func measure(ctx context.Context, fortio, dir string, t *target, run int, l load
 		return sample{}, err
 	}
 	s := toSample(t.name, run, res)
+	s.rate = l.qps
 	if t.proc != nil {
 		if err := t.proc.Alive(); err != nil {
 			return sample{}, err

@@ -22,18 +22,24 @@ const (
 )
 
 type report struct {
-	o             *options
-	command       string
-	start         time.Time
-	loadAvg       string
-	fortioVersion string
-	targets       []*target
-	samples       map[string][]sample // by target key
-	maxSamples    map[string][]sample
-	usage         map[string]proc.Usage // after the fixed-rate rounds
-	usageAfterMax map[string]proc.Usage // after the maximum-rate runs too
-	aborted       string                // why the runs stopped before the end
-	notes         []string              // the sidecar's state after runs with errors
+	o              *options
+	command        string
+	start          time.Time
+	loadAvg        string
+	fortioVersion  string
+	targets        []*target
+	samples        map[string][]sample // by target key
+	maxSamples     map[string][]sample
+	usage          map[string]proc.Usage // after the fixed-rate rounds
+	usageAfterMax  map[string]proc.Usage // after the maximum-rate runs too
+	usageIdle      map[string]proc.Usage // after start, before any load
+	fastFail       []sample              // the open breaker's runs
+	fastFailDirect []sample              // direct with the same client, next to them
+	idle           []idleResult          // -idle-conns
+	idleNote       string                // why -idle-conns was skipped
+	cold           map[string]sample     // the warm-up runs: the first load after start
+	aborted        string                // why the runs stopped before the end
+	notes          []string              // the sidecar's state after runs with errors
 }
 
 // loadAvg is the 1, 5 and 15 minute load averages.
@@ -50,7 +56,7 @@ func newReport(o *options) *report {
 	return &report{o: o, command: commandLine(os.Args), start: time.Now().UTC(),
 		loadAvg: loadAvg(),
 		samples: map[string][]sample{}, maxSamples: map[string][]sample{},
-		usage: map[string]proc.Usage{}, usageAfterMax: map[string]proc.Usage{}}
+		usage: map[string]proc.Usage{}, usageAfterMax: map[string]proc.Usage{}, usageIdle: map[string]proc.Usage{}, cold: map[string]sample{}}
 }
 
 // readUsage records each proxy's usage so far in into.
@@ -109,8 +115,21 @@ type summary struct {
 	hasUsage bool
 }
 
-func (r *report) summarize(t *target) *summary {
-	ss := r.samples[t.key]
+func (r *report) summarize(t *target) *summary { return r.summarizeAt(t, r.rate(t)) }
+
+// summarizeAt is t's medians over its runs at rate q (0: the maximum
+// rate's runs).
+func (r *report) summarizeAt(t *target, q float64) *summary {
+	var ss []sample
+	if q == 0 {
+		ss = r.maxSamples[t.key]
+	}
+	for _, s := range r.samples[t.key] {
+		// A sample without its rate (the tests') is at t's rate.
+		if q > 0 && (s.rate == q || s.rate == 0 && q == r.rate(t)) {
+			ss = append(ss, s)
+		}
+	}
 	sm := &summary{t: t, lat: map[float64]time.Duration{}}
 	if len(ss) == 0 {
 		return sm
@@ -144,7 +163,11 @@ func (r *report) slowRuns() []string {
 	var slow []string
 	for _, t := range r.targets {
 		for _, s := range r.samples[t.key] {
-			if s.qps < 0.97*r.rate(t) {
+			q := s.rate
+			if q == 0 {
+				q = r.rate(t)
+			}
+			if s.qps < 0.97*q {
 				slow = append(slow, fmt.Sprintf("round %d %s (%.0f requests/s)", s.run, t.name, s.qps))
 			}
 		}
@@ -167,6 +190,18 @@ func (r *report) failures() []string {
 	for _, t := range r.targets {
 		check("fixed-rate", r.samples[t.key])
 		check("maximum-rate", r.maxSamples[t.key])
+	}
+	for _, s := range r.fastFailDirect {
+		if s.errors > 0 {
+			f = append(f, fmt.Sprintf("fast-fail round %d direct: %d of %d requests not answered 200 (%s)",
+				s.run, s.errors, s.requests, codesString(s.codes)))
+		}
+	}
+	for _, s := range r.fastFail {
+		if s.errors > 0 {
+			f = append(f, fmt.Sprintf("fast-fail round %d: %d of %d requests not answered 503 by the open breaker (%s)",
+				s.run, s.errors, s.requests, codesString(s.codes)))
+		}
 	}
 	return f
 }
@@ -289,7 +324,7 @@ func (r *report) markdown() string {
 
 	if len(r.targets) > 1 {
 		w("## Added latency vs direct\n\n")
-		if o.transparent {
+		if o.transparent || o.httpProxy {
 			w("Milliseconds: the scenario's median percentile minus that of the scenario in the last column.\n\n")
 			row("scenario", "p50", "p90", "p99", "p99.9", "against")
 			row("---", "---:", "---:", "---:", "---:", "---")
@@ -300,12 +335,12 @@ func (r *report) markdown() string {
 		}
 		for _, t := range r.targets[1:] {
 			s, base := sums[t.key], sums[t.baseKey()]
-			if base == nil {
+			if base == nil || base.t == t {
 				continue
 			}
 			cells := []string{t.name, plusMs(s.lat[50] - base.lat[50]), plusMs(s.lat[90] - base.lat[90]),
 				plusMs(s.lat[99] - base.lat[99]), plusMs(s.lat[99.9] - base.lat[99.9])}
-			if o.transparent {
+			if o.transparent || o.httpProxy {
 				cells = append(cells, base.t.name)
 			}
 			row(cells...)
@@ -325,9 +360,14 @@ func (r *report) markdown() string {
 				continue // no proxy: direct (netns)
 			}
 			cpuR, rssR := "–", "–"
-			if side != nil && t.key != keyMinimesh && t.netns == "" {
-				cpuR = ratio(float64(side.cpuPer1k), float64(s.cpuPer1k))
-				rssR = ratio(float64(side.usage.PeakRSS), float64(s.usage.PeakRSS))
+			// The HTTP_PROXY path's rows against the sidecar's on that path.
+			sd := side
+			if t.viaProxy != nil {
+				sd = sums[keyMinimesh+proxySuffix]
+			}
+			if sd != nil && sd.t != t && t.netns == "" {
+				cpuR = ratio(float64(sd.cpuPer1k), float64(s.cpuPer1k))
+				rssR = ratio(float64(sd.usage.PeakRSS), float64(s.usage.PeakRSS))
 			}
 			row(t.name, fmt.Sprintf("%.1f", float64(s.cpuPer1k)/float64(time.Millisecond)),
 				fmt.Sprintf("%.3f", cores(s.cpuPer1k)), mb(s.usage.PeakRSS), strconv.Itoa(s.usage.Procs), cpuR, rssR)
@@ -335,31 +375,13 @@ func (r *report) markdown() string {
 		w("\n")
 	}
 
-	if dm, sm := r.maxSamples[keyDirect], r.maxSamples[keyMinimesh]; len(dm) > 0 && len(sm) > 0 {
-		var dq, sq []float64
-		for _, s := range dm {
-			dq = append(dq, s.qps)
-		}
-		for _, s := range sm {
-			sq = append(sq, s.qps)
-		}
-		w("## Maximum rate\n\n")
-		w("No fixed rate (`-qps 0`), %d connections, %v per run, median over %d rounds; load generator, upstream and proxy share the machine's cores.\n\n",
-			o.conns, o.maxDuration, len(dm))
-		var cpu []time.Duration
-		for _, s := range sm {
-			if s.hasCPU {
-				cpu = append(cpu, s.cpuPer1k())
-			}
-		}
-		row("scenario", "requests/s")
-		row("---", "---:")
-		row("direct", fmt.Sprintf("%.0f", median(dq)))
-		row("through minimesh-proxy", fmt.Sprintf("%.0f", median(sq)))
-		row("**maximum rate ratio (through sidecar / direct)**", "**"+ratio(median(sq), median(dq))+"**")
-		w("\nAt the maximum rate minimesh-proxy used %.1f ms CPU per 1,000 requests; its peak RSS after these runs: %s MB.\n\n",
-			float64(medianDur(cpu))/float64(time.Millisecond), mb(r.usageAfterMax[keyMinimesh].PeakRSS))
+	r.noiseAndCold(&b)
+	if len(o.sweep) > 0 {
+		r.sweepSection(&b)
 	}
+	r.maxSection(&b)
+	r.memorySection(&b)
+	r.fastFailSection(&b)
 
 	if side != nil {
 		added := side.lat[99] - direct.lat[99]
@@ -370,6 +392,7 @@ func (r *report) markdown() string {
 		row(fmt.Sprintf("p99 added at %s requests/s < 0.5 ms", rate), plusMs(added)+" ms", yesNo(added < targetP99Added))
 		row("CPU < 0.06 core per 1,000 requests/s (60 ms CPU per 1,000 requests)", fmt.Sprintf("%.3f core", c), yesNo(c < targetCores))
 		row("peak RSS < 15 MB", mb(side.usage.PeakRSS)+" MB", yesNo(float64(side.usage.PeakRSS) < targetRSS))
+		r.peerTargets(row, sums)
 		w("\nFor scale: Istio's sidecar Envoy uses about 0.20 vCPU and 60 MB per 1,000 requests/s, ztunnel about 0.06 vCPU and 12 MB.\n\n")
 	}
 
@@ -399,8 +422,12 @@ func (r *report) markdown() string {
 						continue
 					}
 					rate := kind.rate
-					if t.qps > 0 && rate != "max" {
-						rate = strconv.FormatFloat(t.qps, 'f', -1, 64)
+					if rate != "max" {
+						q := s.rate
+						if q == 0 {
+							q = r.rate(t)
+						}
+						rate = strconv.FormatFloat(q, 'f', -1, 64)
 					}
 					cpu := "–"
 					if s.hasCPU {

@@ -31,6 +31,7 @@ func GroupLive(procRoot string, pgid int) int {
 type Usage struct {
 	CPU     time.Duration // user + system time, summed over the group
 	PeakRSS int64         // bytes: VmHWM summed over the group
+	RSS     int64         // bytes: VmRSS (resident now) summed over the group
 	Procs   int           // live processes in the group
 }
 
@@ -50,6 +51,7 @@ func GroupUsage(procRoot string, pgid int) (Usage, error) {
 		u.CPU += ticks(st.utime + st.stime)
 		if b, err := os.ReadFile(filepath.Join(dir, "status")); err == nil {
 			u.PeakRSS += statusKB(b, "VmHWM") * 1024
+			u.RSS += statusKB(b, "VmRSS") * 1024
 		}
 	})
 	if u.Procs == 0 {
