@@ -10,6 +10,11 @@ TOOLS_DIR := $(or $(MINIMESH_TOOLS_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/m
 TEST_TIMEOUT ?= 30m
 FUZZTIME ?= 20s
 BENCH_FLAGS ?=
+# The harness's runs under make bench: the rate sweep of issue 16 with the
+# HTTP_PROXY path, and the figures docs/benchmarks-latency.png and
+# docs/benchmarks-cost.png; BENCH_FLAGS come after and override them
+# (e.g. BENCH_FLAGS="-sweep '' -http-proxy=false -plot=false").
+BENCH_SWEEP_FLAGS ?= -sweep 100,1000,5000 -http-proxy -plot -plot-dir docs
 GOBENCH_FLAGS ?= -benchtime 1s
 RESULTS_DIR := e2e/bench/results
 
@@ -28,7 +33,7 @@ help:
 	@echo 'image  dist/minimesh-image.tar and dist/minimesh-init-image.tar, the Dockerfile'"'"'s images without Docker ($(IMAGE_REF) and its -init), for ctr images import'
 	@echo 'test   tools, build, go vet and every test with -race (the e2e ones too)'
 	@echo 'e2e    only the end-to-end tests (./e2e/...)'
-	@echo 'bench  the benchmark harness (BENCH_FLAGS=...), the Go benchmarks and the webhook figures'
+	@echo 'bench  the benchmark harness with its rate sweep and figures (BENCH_FLAGS=...), the Go benchmarks and the webhook figures'
 	@echo 'demo   go run ./demo'
 	@echo 'demo-cluster  the demo'"'"'s story in a one-node cluster with the chart installed (root; ~2 min)'
 	@echo 'lint   gofmt, go vet, staticcheck'
@@ -66,7 +71,7 @@ e2e: tools build
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
 
 bench: build tools
-	$(GO) run ./e2e/bench -out $(RESULTS_DIR)/latest.md $(BENCH_FLAGS)
+	CGO_ENABLED=0 $(GO) run ./e2e/bench -out $(RESULTS_DIR)/latest.md $(BENCH_SWEEP_FLAGS) $(BENCH_FLAGS)
 	mkdir -p $(RESULTS_DIR)
 	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem $(GOBENCH_FLAGS) ./policy/... ./proxy/... \
 		| tee $(RESULTS_DIR)/go-bench.txt
