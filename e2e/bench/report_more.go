@@ -270,7 +270,8 @@ func (r *report) noiseLine(q float64) string {
 		return ""
 	}
 	lo99, hi99, _ := r.spread(keyDirect, q, 99)
-	return fmt.Sprintf("Noise: over the %d rounds at %s requests/s, direct's own p50 ranged %s–%s ms and its p99 %s–%s ms.\n\n",
+	return fmt.Sprintf("Noise: over the %d rounds at %s requests/s, direct's own p50 ranged %s–%s ms and its p99 %s–%s ms; "+
+		"an added latency smaller than that spread is not a difference.\n\n",
 		n, rateString(q), ms(lo50), ms(hi50), ms(lo99), ms(hi99))
 }
 
@@ -280,14 +281,15 @@ func (r *report) noiseAndCold(b *strings.Builder) {
 	w := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	row := func(cells ...string) { w("| %s |\n", strings.Join(cells, " | ")) }
 	if l := r.noiseLine(r.o.qps); l != "" {
-		w("## Noise\n\n%s", l)
+		w("## Noise\n\nO%s", strings.TrimPrefix(l, "Noise: o"))
 	}
 	if len(r.cold) == 0 {
 		return
 	}
 	w("## Cold and warm\n\n")
 	w("Cold: each target's first load after start (the %v warm-up run at its fixed rate, before the first round: new connections, "+
-		"empty pools, a Go heap still growing); warm: the medians of the measured rounds. Milliseconds; CPU per 1,000 requests.\n\n", r.o.warmup)
+		"empty pools, a Go heap still growing; the HTTP_PROXY rows share their process with the row above, warm by then); "+
+		"warm: the medians of the measured rounds. Milliseconds; CPU per 1,000 requests.\n\n", r.o.warmup)
 	row("scenario", "cold p50", "cold p99", "cold p99.9", "cold CPU", "warm p50", "warm p99", "warm p99.9", "warm CPU", "cold errors")
 	row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 	for _, t := range r.targets {
