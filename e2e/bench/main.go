@@ -1,13 +1,17 @@
 // Command bench measures what minimesh-proxy adds to an HTTP request, next
-// to nginx and HAProxy doing the same forwarding on the same machine.
+// to nginx, HAProxy and Caddy doing the same forwarding on the same machine.
 //
 // It starts one upstream (fortio's echo server) and, on loopback ports, the
-// sidecar (bin/minimesh-proxy), nginx and HAProxy in front of it, each from
-// a generated config in a temporary directory. fortio then sends the same
-// fixed request rate through each of them and straight to the upstream,
-// scenario after scenario, and repeats the round -runs times; the report
-// gives medians. A last pair of runs at no fixed rate compares the maximum
-// rate through the sidecar with the maximum rate without it.
+// sidecar (bin/minimesh-proxy), nginx, HAProxy and Caddy in front of it,
+// each from a generated config in a temporary directory. fortio then sends
+// the same fixed request rate through each of them and straight to the
+// upstream, scenario after scenario, and repeats the round -runs times; the
+// report gives medians. -sweep adds more fixed rates to every round. Runs
+// at no fixed rate compare the maximum rate of each target. Then the
+// sidecar's fast fail from an open breaker, and each proxy's memory with
+// -idle-conns idle keep-alive connections (idle.go); -http-proxy adds the
+// absolute-form path through HTTP_PROXY (sweep.go), -plot the PNG figures
+// (plot.go).
 //
 // Every request names the upstream in its Host header, which is how the
 // sidecar (origin-form requests) picks the destination; nginx and HAProxy
