@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -9,6 +10,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
@@ -231,5 +236,31 @@ func TestEndpointsStaticStability(t *testing.T) {
 	waitFor(t, "the new endpoints", func() bool { got, _ := er.get(geoName); return len(got) == 2 })
 	if keys := slices.Collect(maps.Keys(er.last)); len(keys) != 1 {
 		t.Fatalf("services %v", keys)
+	}
+}
+
+// TestPremarshaled: the endpoints held encoded once are, on the wire,
+// exactly the ClusterLoadAssignment's own encoding, and decode back.
+func TestPremarshaled(t *testing.T) {
+	eps := []xdsclient.Endpoint{ep("10.0.0.1:8080", false), ep("[fd00::2]:8080", true), {Addr: netip.MustParseAddrPort("10.0.0.3:80"), Zone: "z2"}}
+	plain := xdsclient.LoadAssignment(geoName, eps)
+	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, b, err := premarshaled(xdsclient.LoadAssignment(geoName, eps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := cachev3.MarshalResource(held)
+	if !bytes.Equal(b, want) || !bytes.Equal(again, want) || cachev3.GetResourceName(held) != geoName {
+		t.Fatalf("premarshaled encoding differs, or the name is lost (%q)", cachev3.GetResourceName(held))
+	}
+	var back endpointv3.ClusterLoadAssignment
+	if err := proto.Unmarshal(again, &back); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := xdsclient.FromLoadAssignment(&back); err != nil || !slices.Equal(got, eps) {
+		t.Fatalf("decoded %v, %v; want %v", got, err, eps)
 	}
 }

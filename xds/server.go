@@ -31,6 +31,7 @@ import (
 	"slices"
 	"sync"
 
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
@@ -40,6 +41,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/policy/envoy"
@@ -342,8 +344,7 @@ func endpointResources(eps map[string][]xdsclient.Endpoint) (endpointContent, er
 		if n > xdsclient.MaxEndpoints {
 			return endpointContent{}, fmt.Errorf("endpoints: more than %d in all (at %s): the sidecars would refuse them; keeping the last set", xdsclient.MaxEndpoints, name)
 		}
-		cla := xdsclient.LoadAssignment(name, eps[name])
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(cla)
+		cla, b, err := premarshaled(xdsclient.LoadAssignment(name, eps[name]))
 		if err != nil {
 			return endpointContent{}, err
 		}
@@ -352,6 +353,28 @@ func endpointResources(eps map[string][]xdsclient.Endpoint) (endpointContent, er
 	}
 	version := hex.EncodeToString(h.Sum(nil))[:16]
 	return endpointContent{resources: cachev3.NewResources(version, items), version: version, count: n}, nil
+}
+
+// premarshaled is cla encoded once: the same message, its name set and
+// everything else held as its encoding (unknown fields, which the
+// encoder copies as they are). The snapshot cache encodes every resource
+// anew for every stream it answers (go-control-plane v0.14 caches an
+// encoding per response, not per resource), so a push of every Service's
+// endpoints to 1,000 sidecars was 1,000 encodings of the whole set;
+// now it is 1,000 copies of its bytes. The bytes on the wire are the
+// same as cla's own encoding (b): the name is field 1, the rest follow
+// in field order.
+func premarshaled(cla *endpointv3.ClusterLoadAssignment) (*endpointv3.ClusterLoadAssignment, []byte, error) {
+	name := cla.GetClusterName()
+	cla.ClusterName = ""
+	rest, err := proto.MarshalOptions{Deterministic: true}.Marshal(cla)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	out.ProtoReflect().SetUnknown(protoreflect.RawFields(rest))
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(out)
+	return out, b, err
 }
 
 // Resources are the clusters and routes of pols for namespace ns, and a

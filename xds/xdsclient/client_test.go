@@ -130,7 +130,12 @@ func TestEndpointsNackPerType(t *testing.T) {
 	defer cancel()
 	st := &state{}
 	c := &Client{Addr: addr, Node: Node("p", "shop", "web"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Apply: func(p []*policy.ResiliencePolicy, _ string) error { st.mu.Lock(); st.pols = p; st.mu.Unlock(); return nil },
+		Apply: func(p []*policy.ResiliencePolicy, _ string) error {
+			st.mu.Lock()
+			st.pols = p
+			st.mu.Unlock()
+			return nil
+		},
 		ApplyEndpoints: func(e map[string][]Endpoint, _ string) error {
 			st.mu.Lock()
 			st.eps = e
