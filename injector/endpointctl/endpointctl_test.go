@@ -181,3 +181,24 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func hasKey(m map[string][]xdsclient.Endpoint, k string) bool { _, ok := m[k]; return ok }
+
+// BenchmarkEndpoints is the recompute of one Service of 100 endpoints in
+// two slices: what a slice change costs the controller, against the
+// Service count times it if every change recomputed every Service.
+func BenchmarkEndpoints(b *testing.B) {
+	svc := service("shop", "geo", corev1.ServicePort{Name: "http", Port: 80})
+	var a, c []epSpec
+	for i := range 50 {
+		a = append(a, ready(fmt.Sprintf("10.0.0.%d", i+1)))
+		c = append(c, ready(fmt.Sprintf("10.0.1.%d", i+1)))
+	}
+	slcs := []any{
+		slice("shop", "geo", "a", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, a...),
+		slice("shop", "geo", "b", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, c...),
+	}
+	for b.Loop() {
+		if len(Endpoints(svc, slcs)[80]) != 100 {
+			b.Fatal("want 100")
+		}
+	}
+}
