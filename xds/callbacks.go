@@ -10,10 +10,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// endpointType is EDS's type URL.
+const endpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
 // Callbacks make the server observable: connected sidecars as a gauge,
-// and every NACK logged with the sidecar and its reason, because a
-// sidecar refusing its policies is the first thing to look for when a
-// change does not take effect.
+// and every NACK logged with the sidecar, the type and its reason,
+// because a sidecar refusing its policies or endpoints is the first
+// thing to look for when a change does not take effect.
 func Callbacks(log *slog.Logger, reg prometheus.Registerer) serverv3.Callbacks {
 	streams := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "minimesh_xds_streams", Help: "Sidecars (xDS streams) connected to this controller.",
@@ -31,8 +34,12 @@ func Callbacks(log *slog.Logger, reg prometheus.Registerer) serverv3.Callbacks {
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			if d := req.GetErrorDetail(); d != nil {
 				nacks.Inc()
-				log.Warn("xds: a sidecar refused its policies (NACK)", "node", req.GetNode().GetId(),
-					"version", req.GetResponseNonce(), "reason", d.GetMessage())
+				what := "policies"
+				if req.GetTypeUrl() == endpointType {
+					what = "endpoints"
+				}
+				log.Warn("xds: a sidecar refused its "+what+" (NACK)", "node", req.GetNode().GetId(),
+					"type", req.GetTypeUrl(), "version", req.GetResponseNonce(), "reason", d.GetMessage())
 			}
 			return nil
 		},
