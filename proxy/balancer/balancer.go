@@ -1,25 +1,85 @@
 // Package balancer spreads one destination's requests over its endpoints,
 // the way Linkerd balances and Envoy ejects.
 //
-// Choice: power of two choices (P2C) over a peak EWMA of latency weighted by
+// Choice: power of two choices (P2C) over a latency estimate weighted by
 // the requests in flight, as Linkerd's balancer (tower's PeakEwma, itself
 // from Finagle). Two distinct endpoints are drawn at random among the
-// eligible ones and the one with the lower cost, estimate × (in flight + 1),
-// wins. P2C needs no global ordering, so a pick reads two endpoints' atomics
-// and nothing shared by all of them; and it avoids the herd that "always the
-// least loaded" causes when many sidecars see the same numbers. The
-// estimate is peak-sensitive: a sample above it replaces it at once, one
-// below pulls it down only with exp(-Δt/τ), τ = 10 s. So a pod that turns
-// slow loses its traffic on its first slow answer and wins it back only
-// after it has been fast for a while. A new endpoint starts at Linkerd's
-// default RTT of 30 ms, and an estimate that no sample has refreshed decays
-// toward zero as it ages (as in tower and Finagle), so an endpoint shunned
-// for being slow is tried again now and then and can show that it recovered.
+// eligible ones and they duel on cost, max(estimate, [MinEstimate]) ×
+// (in flight + 1). P2C needs no global ordering, so a pick reads two
+// endpoints' atomics and nothing shared by all of them; and it avoids the
+// herd that "always the least loaded" causes when many sidecars see the
+// same numbers.
 //
-// Failures: latency alone would reward a broken pod, because an error
-// answered in 1 ms looks faster than any real answer and P2C would send it
-// most of the traffic until ejection. A failed try therefore counts as a
-// penalty latency, never as a fast sample: see [FailurePenalty].
+// Why not Linkerd's numbers as they are. A first version had tower's peak
+// EWMA (a sample above the estimate replaces it at once, one below is
+// blended in with τ = 10 s), a 30 ms prior for new endpoints, a strict
+// "lower cost wins" duel and a failed try counted as 10× the estimate.
+// Measured with real servers on loopback (proxy/outbound's
+// integration_balance_test.go), one keep-alive client sending 4,000
+// sequential requests to four equal pods spread them [1366 1051 336 1247]
+// and [1089 339 1882 690]: at sub-millisecond latencies the estimate is
+// noise (the first try's TCP connect, a GC pause, the scheduler of a busy
+// 2-core node), one slow sample replaced it at once and took tens of
+// seconds to decay, and with nothing ever in flight the strict duel
+// ordered the pods by that noise (the cheapest got about half of the
+// requests, the costliest none). And a pod failing every try was not
+// ejected in 5,000 requests: the penalty starved it of the tries that
+// ejection counts. New pods, starting at 30 ms against ~1 ms peers, got
+// almost nothing for ~30 s, where scaling up must move load within a
+// second. Hence, in this package:
+//
+//   - No prior: an endpoint's estimate is unknown until its first
+//     successful try, and a duel treats an unknown estimate as equal to
+//     the other candidate's (two unknown ones as equal). A new pod gets a
+//     fair share at once.
+//   - The estimate is an EWMA weighted by time and asymmetric: a sample
+//     above it is blended in with weight 1 - exp(-Δt/[RiseTime]) (1 s),
+//     one below with 1 - exp(-Δt/[DecayTime]) (10 s), Δt since the
+//     endpoint's previous sample. A sample is dated by its try's start,
+//     so that its own latency does not lengthen its Δt: dated by its end,
+//     one 500 ms stall of a sequential client's try weighed 1 - e^-0.5
+//     ≈ 40 % and put ~200 ms on a 0.1 ms pod's estimate; dated by its
+//     start it weighs the few ms since the previous try began, ~2 ms. (In
+//     simulation, 1 ms pods with ±20 % jitter and 1 % spikes of 5–20 ms
+//     settled at ~2 ms sequential, ~1.1 ms concurrent, against ~4.5 and
+//     ~1.9 ms dated by the end.) A single spike moves the estimate by
+//     about spike × Δt/1 s, little at any real rate, while a pod that
+//     turns 50 ms slower crosses its peers within a handful of samples
+//     and is most of the way to its new latency within a second (its
+//     samples then come at least 50 ms apart). During warm-up, the first
+//     [WarmupSamples] samples, the weight is at least 1/n (n the samples
+//     so far): the first sample sets the estimate, the next ones average
+//     with it, so one slow first try washes out, to a tenth of itself: a
+//     first try of 5 ms among 0.5 ms ones ends below MinEstimate, but a
+//     2 s stall of the node (seen at a load average of 18 on 2 cores)
+//     leaves ~200 ms, which then takes DecayTime·ln(200) ≈ 50 s to fade.
+//   - [MinEstimate] (1 ms) is a floor in the cost: below it differences
+//     are scheduling noise on a node, not a slower pod. /debug/endpoints
+//     still shows the real estimate.
+//   - The duel is weighted: x wins against y with probability
+//     cost(y) / (cost(x) + cost(y)), not whenever it is cheaper. Equal
+//     pods split evenly whatever the noise; a pod 50× costlier wins ~2 % of
+//     its duels (~1 % of the requests among four); requests in flight
+//     still pull toward idle pods.
+//   - An estimate that no sample has refreshed decays toward zero as it
+//     ages, with DecayTime (as in tower and Finagle), so a pod shunned for
+//     being slow is tried more as time passes and can show that it
+//     recovered; it matters only for a pod that gets no tries at all.
+//
+// Failures: a failed try never lowers the estimate, since an error answered
+// in 1 ms would otherwise make a broken pod look fastest. Its sample is
+// max(latency, estimate), through the same EWMA (a slow failure, a
+// timeout, still counts its slowness), and on an unknown estimate it
+// leaves the estimate unknown. Nor may a fast failure win by the requests
+// in flight: a pod that fails at once frees its slots at once, so in a duel
+// the requests in flight of an endpoint whose last try failed count as at
+// least the other candidate's (in simulation, a pod failing in 100 µs
+// among 1 ms peers with ~10 requests in flight otherwise took 34 % of four
+// pods' requests, 68 % of two). None of this is a penalty: a failing pod
+// keeps its fair share (no more, so no black hole when ejection is off),
+// which with ejection on makes it reach ConsecutiveFailures within a few
+// of its tries and go out promptly; and back from an ejection it gets its
+// share at once, so that a pod still failing is ejected again, for longer.
 //
 // Ejection: per endpoint, as Envoy's outlier detection. ConsecutiveFailures
 // failed tries in a row on one endpoint eject it for BaseEjectionTime ×
@@ -57,29 +117,22 @@ import (
 )
 
 const (
-	// DefaultRTT is the estimate of an endpoint before its first answer:
-	// linkerd2-proxy's EWMA_DEFAULT_RTT.
-	DefaultRTT = 30 * time.Millisecond
-	// DecayTime is the EWMA's time constant τ: linkerd2-proxy's EWMA_DECAY.
+	// RiseTime is the EWMA's time constant τ for a sample above the
+	// estimate: a pod that turns slow is at its new latency within about
+	// a second, while one slow sample moves the estimate by only about
+	// (sample - estimate) × Δt/RiseTime.
+	RiseTime = 1 * time.Second
+	// DecayTime is the EWMA's time constant τ for a sample below the
+	// estimate (linkerd2-proxy's EWMA_DECAY), and that of an idle
+	// endpoint's estimate decaying toward zero.
 	DecayTime = 10 * time.Second
-	// FailurePenalty is what a failed try counts as at least, a multiple of
-	// the endpoint's own estimate: max(latency, FailurePenalty × estimate,
-	// DefaultRTT), capped at MaxFailurePenalty (a try that really took
-	// longer keeps its own latency), and never below the estimate.
-	//
-	// Why 10×: a failing endpoint must lose P2C against a healthy peer of
-	// its own speed at once (it wins again only if that peer has 10× its
-	// requests in flight), which steers traffic off it before outlier
-	// detection has counted ConsecutiveFailures. Why at least DefaultRTT: a
-	// failure is never cheaper than an endpoint nothing is known about.
-	// Why at most MaxFailurePenalty: ejection, not the estimate, is what
-	// takes a failing pod out, and it needs tries to count; a larger
-	// penalty would only postpone the probes that let it count (the
-	// estimate of an unused endpoint decays with τ, so a 1 s penalty is
-	// tried again against 1 ms peers after about τ·ln(1000) ≈ 70 s).
-	FailurePenalty = 10
-	// MaxFailurePenalty caps the penalty of a failed try; see FailurePenalty.
-	MaxFailurePenalty = time.Second
+	// WarmupSamples is how many first samples weigh at least 1/n each:
+	// the first sets the estimate, the next ones average with it.
+	WarmupSamples = 10
+	// MinEstimate is the least estimate the cost counts: below a
+	// millisecond, differences are scheduling noise on a node (a GC pause,
+	// a busy core), not a slower pod.
+	MinEstimate = time.Millisecond
 
 	// Zero Config times mean Envoy's defaults.
 	defaultBaseEjectionTime = 30 * time.Second
@@ -137,6 +190,7 @@ type Balancer struct {
 	cfg   atomic.Pointer[Config]
 	set   atomic.Pointer[endpointSet]
 	intn  func(n int) int // rand.IntN; tests set a seeded one
+	float func() float64  // rand.Float64, for duels; tests set a seeded one
 
 	updateMu sync.Mutex // serialises Update
 	ejectMu  sync.Mutex // serialises ejection decisions (MaxEjectionPercent)
@@ -153,7 +207,7 @@ func New(cfg Config, clock Clock) *Balancer {
 	if clock == nil {
 		clock, isReal = realClock{}, true
 	}
-	b := &Balancer{clock: clock, real: isReal, epoch: clock.Now(), intn: rand.IntN}
+	b := &Balancer{clock: clock, real: isReal, epoch: clock.Now(), intn: rand.IntN, float: rand.Float64}
 	b.SetConfig(cfg)
 	b.set.Store(&endpointSet{})
 	return b
@@ -248,7 +302,7 @@ func (b *Balancer) Pick(avoid *Endpoint) *Endpoint {
 	if x != nil {
 		for range 4 {
 			if e := eps[b.intn(n)]; e != x && e != avoid && e.class(now) == ready {
-				return cheaper(x, e, now)
+				return b.duel(x, e, now)
 			}
 		}
 	}
@@ -306,7 +360,7 @@ func (b *Balancer) pickScan(eps []*Endpoint, avoid *Endpoint, now int64) *Endpoi
 	case y == nil:
 		return x
 	}
-	return cheaper(x, y, now)
+	return b.duel(x, y, now)
 }
 
 // nth is the k-th endpoint of class c (avoid skipped), nil if there is none.
@@ -323,13 +377,36 @@ func nth(eps []*Endpoint, avoid *Endpoint, c, k int, now int64) *Endpoint {
 	return nil
 }
 
-// cheaper is P2C's duel: the lower cost wins, x on a tie (x and y come in
-// random order, so ties are broken at random).
-func cheaper(x, y *Endpoint, now int64) *Endpoint {
-	if y.cost(now) < x.cost(now) {
-		return y
+// duel is P2C's choice between x and y: x wins with probability
+// cost(y) / (cost(x) + cost(y)), where cost is max(estimate, MinEstimate) ×
+// (in flight + 1) and an unknown estimate counts as the other's (two
+// unknown ones as MinEstimate). The requests in flight of an endpoint
+// whose last try failed count as at least the other's: one that fails fast
+// frees its slots fast, and would otherwise win by it.
+func (b *Balancer) duel(x, y *Endpoint, now int64) *Endpoint {
+	ex, ey := x.estimate(now), y.estimate(now)
+	switch {
+	case ex < 0 && ey < 0:
+		ex, ey = 0, 0
+	case ex < 0:
+		ex = ey
+	case ey < 0:
+		ey = ex
 	}
-	return x
+	ix, iy := x.inFlight.Load(), y.inFlight.Load()
+	switch fx, fy := x.failing.Load(), y.failing.Load(); {
+	case fx && !fy:
+		ix = max(ix, iy)
+	case fy && !fx:
+		iy = max(iy, ix)
+	}
+	const floor = float64(MinEstimate)
+	cx := max(ex, floor) * float64(ix+1)
+	cy := max(ey, floor) * float64(iy+1)
+	if b.float()*(cx+cy) < cy {
+		return x
+	}
+	return y
 }
 
 // Endpoint is one address of the destination, with its load and health.
@@ -338,20 +415,22 @@ type Endpoint struct {
 	addr string
 
 	inFlight     atomic.Int64
-	ewma         atomic.Uint64 // float64 bits: the estimate in ns as of last
-	last         atomic.Int64  // time of the last sample (ns since epoch)
+	ewma         atomic.Uint64 // float64 bits: the estimate in ns as of last; unknown (negative) before the first successful try
+	last         atomic.Int64  // date of the latest sample: its try's start (ns since epoch)
 	ejectedUntil atomic.Int64  // end of the latest ejection (ns since epoch); 0: never ejected
 	terminating  atomic.Bool
 	removed      atomic.Bool // dropped by Update
+	failing      atomic.Bool // the last try that ended failed
 
 	mu        sync.Mutex // orders samples and the failure/ejection state below
+	samples   int        // samples in the estimate, counted up to WarmupSamples
 	fails     int        // consecutive failed tries
 	ejections int        // ejection count as of the latest ejection
 }
 
 func (b *Balancer) newEndpoint(addr string, now int64) *Endpoint {
 	e := &Endpoint{b: b, addr: addr}
-	e.ewma.Store(math.Float64bits(float64(DefaultRTT)))
+	e.ewma.Store(math.Float64bits(unknown))
 	e.last.Store(now)
 	return e
 }
@@ -369,10 +448,16 @@ func (e *Endpoint) class(now int64) int {
 	return ready
 }
 
+// unknown is the estimate of an endpoint before its first successful try.
+const unknown = -1.0
+
 // estimate is the latency estimate (ns) at now: the EWMA decayed toward
-// zero for the time no sample has refreshed it.
+// zero for the time no sample has refreshed it; negative when unknown.
 func (e *Endpoint) estimate(now int64) float64 {
 	v := math.Float64frombits(e.ewma.Load())
+	if v < 0 {
+		return unknown
+	}
 	if dt := now - e.last.Load(); dt > 0 {
 		v *= decay(float64(dt) / float64(DecayTime))
 	}
@@ -389,27 +474,33 @@ func decay(x float64) float64 {
 	return math.Exp(-x)
 }
 
-// cost is Linkerd's: estimate × (requests in flight + 1).
-func (e *Endpoint) cost(now int64) float64 {
-	return e.estimate(now) * float64(e.inFlight.Load()+1)
-}
-
-// peakEWMA is the next estimate after a sample of rtt, dt after the last
-// one: a higher sample replaces the estimate, a lower one is blended in
-// with weight 1 - exp(-dt/τ).
-func peakEWMA(prev float64, dt int64, rtt float64) float64 {
-	if rtt > prev {
-		return rtt
+// weight is 1 - exp(-x) for x ≥ 0, the weight of a sample Δt = x·τ after
+// the previous one: x - x²/2 below 1e-3 (exact to 2e-7 relative).
+func weight(x float64) float64 {
+	if x < 1e-3 {
+		return x - x*x/2
 	}
-	w := decay(float64(max(dt, 0)) / float64(DecayTime))
-	return prev*w + rtt*(1-w)
+	return -math.Expm1(-x)
 }
 
-// failedSample is what a failed try of latency rtt counts as, given the
-// estimate prev; see FailurePenalty.
-func failedSample(prev, rtt float64) float64 {
-	penalty := min(max(FailurePenalty*prev, float64(DefaultRTT)), float64(MaxFailurePenalty))
-	return max(rtt, penalty, prev)
+// ewma is the next estimate after the n-th sample (n counted from 1,
+// capped anywhere at or above WarmupSamples), dt after the previous one:
+// the first sample sets it; a higher one is blended in with weight
+// 1 - exp(-dt/RiseTime), a lower one with 1 - exp(-dt/DecayTime), and
+// during warm-up (n ≤ WarmupSamples) with at least 1/n.
+func ewma(prev float64, n int, dt int64, sample float64) float64 {
+	if prev < 0 || n <= 1 {
+		return sample
+	}
+	tau := DecayTime
+	if sample > prev {
+		tau = RiseTime
+	}
+	w := weight(float64(max(dt, 0)) / float64(tau))
+	if n <= WarmupSamples {
+		w = max(w, 1/float64(n))
+	}
+	return prev + (sample-prev)*w
 }
 
 // Start counts a request in flight on e and returns its start time, for
@@ -431,13 +522,22 @@ func (e *Endpoint) Done(start int64, failed bool) (ejected bool) {
 	rtt := float64(max(now-start, 0))
 
 	e.mu.Lock()
-	prev := math.Float64frombits(e.ewma.Load())
-	if failed {
-		rtt = failedSample(prev, rtt)
+	// A failed try never lowers the estimate, nor makes it known.
+	if prev := math.Float64frombits(e.ewma.Load()); !failed || prev >= 0 {
+		if failed {
+			rtt = max(rtt, prev)
+		}
+		if e.samples < WarmupSamples+1 {
+			e.samples++
+		}
+		// A sample is dated by its try's start: its weight is the time
+		// from the previous sample's start to its own, which its own
+		// latency does not lengthen (see Δt in the package doc).
+		last := e.last.Load()
+		e.ewma.Store(math.Float64bits(ewma(prev, e.samples, start-last, rtt)))
+		e.last.Store(max(start, last))
 	}
-	last := e.last.Load()
-	e.ewma.Store(math.Float64bits(peakEWMA(prev, now-last, rtt)))
-	e.last.Store(max(now, last))
+	e.failing.Store(failed)
 	switch {
 	case !failed:
 		e.fails = 0
@@ -495,8 +595,10 @@ func (e *Endpoint) ejectionsAt(now int64, base time.Duration) int {
 type EndpointStatus struct {
 	Addr        string `json:"address"`
 	Terminating bool   `json:"terminating,omitempty"`
-	// EWMA is the latency estimate that Pick uses now (decayed for the
-	// time since the last sample); in JSON "ewmaMs", float milliseconds.
+	// EWMA is the latency estimate now (decayed for the time since the
+	// last sample; Pick counts it as at least MinEstimate), 0 before the
+	// endpoint's first successful try; in JSON "ewmaMs", float
+	// milliseconds.
 	EWMA                time.Duration `json:"-"`
 	InFlight            int           `json:"inFlight"`
 	ConsecutiveFailures int           `json:"consecutiveFailures"`
@@ -542,7 +644,7 @@ func (b *Balancer) Status() []EndpointStatus {
 		s := EndpointStatus{
 			Addr:                e.addr,
 			Terminating:         e.terminating.Load(),
-			EWMA:                time.Duration(e.estimate(now)),
+			EWMA:                time.Duration(max(e.estimate(now), 0)),
 			InFlight:            int(e.inFlight.Load()),
 			ConsecutiveFailures: fails,
 			Ejections:           ejections,

@@ -28,62 +28,140 @@ func failN(clk *fakeClock, e *Endpoint, n int) []bool {
 	return out
 }
 
-func TestPeakEWMA(t *testing.T) {
-	w := math.Exp(-1) // dt = τ
+func TestEWMA(t *testing.T) {
+	up, down := 1-math.Exp(-0.5), 1-math.Exp(-1) // dt = τ_up/2, dt = τ_down
 	for _, tc := range []struct {
 		name         string
-		prev, sample float64
+		prev         float64
+		n            int // the sample's number
 		dt           time.Duration
-		want         float64
+		sample, want float64
 	}{
-		{"a higher sample replaces the estimate at once", 30 * ms, 80 * ms, time.Millisecond, 80 * ms},
-		{"a higher sample replaces it even after long", 30 * ms, 31 * ms, time.Hour, 31 * ms},
-		{"a lower sample right away moves nothing", 30 * ms, 1 * ms, 0, 30 * ms},
-		{"a lower sample after τ weighs 1-1/e", 30 * ms, 1 * ms, DecayTime, 30*ms*w + 1*ms*(1-w)},
-		{"a lower sample after many τ is nearly all", 30 * ms, 1 * ms, 20 * DecayTime, 1 * ms},
-		{"an equal sample keeps it", 5 * ms, 5 * ms, time.Second, 5 * ms},
-		{"a clock that went back counts as no time", 30 * ms, 1 * ms, -time.Second, 30 * ms},
+		{"the first sample sets it", unknown, 1, time.Hour, 7 * ms, 7 * ms},
+		{"on an unknown estimate any sample sets it", unknown, 5, 0, 7 * ms, 7 * ms},
+		{"the second sample averages", 10 * ms, 2, 0, 2 * ms, 6 * ms},
+		{"the tenth weighs 1/10", 10 * ms, 10, 0, 20 * ms, 11 * ms},
+		{"warm-up: the time weight when larger", 10 * ms, 3, RiseTime / 2, 20 * ms, 10*ms + 10*ms*up},
+		{"after warm-up a higher sample weighs 1-exp(-dt/τ_up)", 30 * ms, 11, RiseTime / 2, 80 * ms, 30*ms + 50*ms*up},
+		{"after warm-up a lower sample weighs 1-exp(-dt/τ_down)", 30 * ms, 11, DecayTime, 1 * ms, 30*ms - 29*ms*down},
+		{"a sample right away moves nothing", 30 * ms, 11, 0, 80 * ms, 30 * ms},
+		{"a higher sample 1 ms after weighs 1/1000", 1 * ms, 11, time.Millisecond, 21 * ms, 1.02 * ms},
+		{"a lower sample 1 ms after weighs 1/10000", 1 * ms, 11, time.Millisecond, 0, 0.9999 * ms},
+		{"a sample after many τ is nearly all", 30 * ms, 11, 20 * DecayTime, 1 * ms, 1 * ms},
+		{"an equal sample keeps it", 5 * ms, 11, time.Second, 5 * ms, 5 * ms},
+		{"a clock that went back counts as no time", 30 * ms, 11, -time.Second, 1 * ms, 30 * ms},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := peakEWMA(tc.prev, int64(tc.dt), tc.sample)
-			if math.Abs(got-tc.want) > 1e-3*ms {
-				t.Errorf("peakEWMA(%v, %v, %v) = %v, want %v", tc.prev/ms, tc.dt, tc.sample/ms, got/ms, tc.want/ms)
+			got := ewma(tc.prev, tc.n, int64(tc.dt), tc.sample)
+			if math.Abs(got-tc.want) > 1e-4*ms {
+				t.Errorf("ewma(%v, %d, %v, %v) = %v, want %v", tc.prev/ms, tc.n, tc.dt, tc.sample/ms, got/ms, tc.want/ms)
 			}
 		})
 	}
 }
 
-func TestDecay(t *testing.T) {
+func TestDecayAndWeight(t *testing.T) {
 	for _, x := range []float64{0, 1e-9, 1e-6, 1e-4, 9.99e-4, 1e-3, 0.5, 1, 10, 100} {
 		if got, want := decay(x), math.Exp(-x); math.Abs(got-want) > 1e-6*want {
 			t.Errorf("decay(%g) = %g, want %g", x, got, want)
 		}
+		if got, want := weight(x), -math.Expm1(-x); math.Abs(got-want) > 1e-6*want {
+			t.Errorf("weight(%g) = %g, want %g", x, got, want)
+		}
 	}
 }
 
-func TestFailedSample(t *testing.T) {
-	for _, tc := range []struct {
-		name            string
-		prev, rtt, want float64
-	}{
-		{"a fast failure counts as 10× the estimate", 10 * ms, 1 * ms, 100 * ms},
-		{"at least the default RTT", 1 * ms, 0.5 * ms, float64(DefaultRTT)},
-		{"at most the cap", 500 * ms, 1 * ms, float64(MaxFailurePenalty)},
-		{"a slower failure keeps its latency", 10 * ms, 2000 * ms, 2000 * ms},
-		{"never below the estimate", 3000 * ms, 1 * ms, 3000 * ms},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := failedSample(tc.prev, tc.rtt); got != tc.want {
-				t.Errorf("failedSample(%v ms, %v ms) = %v ms, want %v ms", tc.prev/ms, tc.rtt/ms, got/ms, tc.want/ms)
-			}
-		})
+// TestSpikeAndShift is the estimator's point: a warm endpoint getting
+// every fourth request of one sequential client (3.5 ms between its tries)
+// barely moves for a 20 ms spike, and one that turns 50 ms slower crosses
+// MinEstimate within a handful of samples and is near its new latency
+// within a second.
+func TestSpikeAndShift(t *testing.T) {
+	b, clk := newTest(t, Config{}, "a")
+	e := b.endpoint("a")
+	sample := func(d time.Duration) float64 {
+		clk.Advance(3500 * time.Microsecond)
+		try(clk, e, d, false)
+		return float64(b.Status()[0].EWMA) / ms
+	}
+	try(clk, e, 5*time.Millisecond, false) // a slow first try (connect) ...
+	for range WarmupSamples - 2 {
+		sample(500 * time.Microsecond)
+	}
+	// ... is averaged out: (5 + 9 × 0.5) / 10 < MinEstimate, where it
+	// makes no difference in a duel.
+	if got := sample(500 * time.Microsecond); got >= float64(MinEstimate)/ms {
+		t.Fatalf("estimate %.3f ms after a 5 ms first try and %d of 0.5 ms, want under %v", got, WarmupSamples-1, MinEstimate)
+	}
+	for range 100 {
+		sample(500 * time.Microsecond)
+	}
+	before := sample(500 * time.Microsecond)
+	spike := sample(20 * time.Millisecond)
+	if spike-before > 0.1 {
+		t.Errorf("estimate %.3f ms after a 20 ms spike on %.3f, want at most 0.1 ms more", spike, before)
+	}
+	if got := sample(500 * time.Microsecond); got-before > 0.1 {
+		t.Errorf("estimate %.3f ms after the sample that follows a 20 ms spike on %.3f, want at most 0.1 ms more", got, before)
+	}
+	// A 500 ms stall (of the sidecar's node, or of the pod) on one try
+	// weighs as the 4 ms since the previous try began, not as its own
+	// 500 ms: about 500 ms × 4 ms/1 s = 2 ms more, not ~200.
+	if got := sample(500 * time.Millisecond); got-spike > 2.1 {
+		t.Errorf("estimate %.3f ms after a 500 ms stall on %.3f, want at most 2.1 ms more", got, spike)
+	}
+	for range 50 {
+		sample(500 * time.Microsecond)
+	}
+	k := 0
+	for ; sample(50*time.Millisecond) < float64(MinEstimate)/ms; k++ {
+	}
+	if k > 5 {
+		t.Errorf("%d samples of 50 ms to cross %v, want a handful", k+1, MinEstimate)
+	}
+	// Turned slow, it is sampled every 50 ms (at most; P2C sends it less).
+	for range 20 {
+		try(clk, e, 50*time.Millisecond, false)
+	}
+	if got := float64(b.Status()[0].EWMA) / ms; got < 30 {
+		t.Errorf("estimate %.1f ms after a second of 50 ms samples, want past 30 (1 - 1/e of the way)", got)
 	}
 }
 
-func TestNewEndpointStartsAtDefaultRTT(t *testing.T) {
+// TestFailureNeverLowersEstimate: a failed try counts max(latency,
+// estimate), and leaves an unknown estimate unknown.
+func TestFailureNeverLowersEstimate(t *testing.T) {
+	b, clk := newTest(t, Config{}, "a")
+	e := b.endpoint("a")
+	est := func() time.Duration { return b.Status()[0].EWMA }
+	failN(clk, e, 3)
+	if got := est(); got != 0 || math.Float64frombits(e.ewma.Load()) >= 0 {
+		t.Fatalf("estimate after failures only: %v, want unknown", got)
+	}
+	try(clk, e, 10*time.Millisecond, false)
+	want := est() // 10 ms, decayed for 10 ms since the try's start
+	if want < 9*time.Millisecond || want > 10*time.Millisecond {
+		t.Fatalf("estimate after the first success = %v, want 10ms", want)
+	}
+	for range 5 {
+		try(clk, e, 0, true) // fast failures
+	}
+	if got := est(); got < want {
+		t.Errorf("estimate after fast failures = %v, want still %v", got, want)
+	}
+	try(clk, e, 40*time.Millisecond, true) // a slow failure counts its slowness
+	if got := est(); got <= 10*time.Millisecond {
+		t.Errorf("estimate after a 40 ms failure = %v, want above 10ms", got)
+	}
+}
+
+func TestNewEndpointIsUnknown(t *testing.T) {
 	b, _ := newTest(t, Config{}, "a")
-	if got := b.Status()[0].EWMA; got != DefaultRTT {
-		t.Errorf("EWMA of a new endpoint = %v, want %v", got, DefaultRTT)
+	if got := b.Status()[0].EWMA; got != 0 {
+		t.Errorf("EWMA of a new endpoint = %v, want 0 (unknown)", got)
+	}
+	if got := b.endpoint("a").estimate(b.now()); got >= 0 {
+		t.Errorf("estimate of a new endpoint = %v, want unknown", got)
 	}
 }
 
@@ -99,48 +177,66 @@ func TestEmpty(t *testing.T) {
 
 var four = []string{"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "[fd00::4]:80"}
 
-// TestShares is the fairness proof: simulated traffic over four endpoints.
+// TestShares is the fairness proof: simulated traffic over four endpoints,
+// with noisy latencies (see noisy), from many clients at once (concurrent:
+// an arrival every 100 µs, ~10 in flight) and from one client on one
+// connection (sequential: the next request 50 µs after the previous
+// answer, nothing else in flight).
 func TestShares(t *testing.T) {
 	slow := four[3]
+	const concurrent, sequential = false, true
 	for _, tc := range []struct {
-		name     string
-		interval time.Duration // between arrivals; 1 ms answers, so 100 µs keeps ~10 in flight
-		latency  func(string) time.Duration
-		fails    func(string) bool
-		check    func(t *testing.T, s *sim)
+		name       string
+		sequential bool
+		latency    func(string) time.Duration
+		fails      func(string) bool
+		check      func(t *testing.T, s *sim)
 	}{
 		{
-			name: "equal endpoints, concurrent", interval: 100 * time.Microsecond,
+			name: "equal endpoints, concurrent", sequential: concurrent,
 			latency: func(string) time.Duration { return time.Millisecond },
 			check:   equalShares,
 		},
 		{
-			name: "equal endpoints, one at a time", interval: 2 * time.Millisecond,
+			name: "equal endpoints, sequential", sequential: sequential,
 			latency: func(string) time.Duration { return time.Millisecond },
 			check:   equalShares,
 		},
 		{
-			name: "one endpoint 50 ms slower, concurrent", interval: 100 * time.Microsecond,
+			name: "equal sub-millisecond endpoints, sequential", sequential: sequential,
+			latency: func(string) time.Duration { return 300 * time.Microsecond },
+			check:   equalShares,
+		},
+		{
+			name: "one endpoint 50 ms slower, concurrent", sequential: concurrent,
 			latency: func(a string) time.Duration { return cond(a == slow, 51*time.Millisecond, time.Millisecond) },
 			check:   shareBelow(slow, 0.05),
 		},
 		{
-			name: "one endpoint 50 ms slower, one at a time", interval: 2 * time.Millisecond,
+			name: "one endpoint 50 ms slower, sequential", sequential: sequential,
 			latency: func(a string) time.Duration { return cond(a == slow, 51*time.Millisecond, time.Millisecond) },
 			check:   shareBelow(slow, 0.05),
 		},
 		{
-			// Without the failure penalty this endpoint would look 10×
-			// faster than the others and take most of the traffic.
-			name: "one endpoint failing in 100 µs, never ejected", interval: 100 * time.Microsecond,
+			// A failure never lowers the estimate, so this endpoint
+			// does not look 10× faster than the others: it gets its
+			// share, and no more.
+			name: "one endpoint failing in 100 µs, never ejected, concurrent", sequential: concurrent,
 			latency: func(a string) time.Duration { return cond(a == slow, 100*time.Microsecond, time.Millisecond) },
 			fails:   func(a string) bool { return a == slow },
-			check:   shareBelow(slow, 0.05),
+			check:   equalShares,
+		},
+		{
+			name: "one endpoint failing in 100 µs, never ejected, sequential", sequential: sequential,
+			latency: func(a string) time.Duration { return cond(a == slow, 100*time.Microsecond, time.Millisecond) },
+			fails:   func(a string) bool { return a == slow },
+			check:   equalShares,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, clk := newTest(t, Config{}, four...)
-			s := newSim(b, clk, tc.interval, tc.latency, tc.fails)
+			s := newSim(b, clk, cond(tc.sequential, 50*time.Microsecond, 100*time.Microsecond), noisy(tc.latency), tc.fails)
+			s.sequential = tc.sequential
 			s.run(200_000)
 			for _, a := range four {
 				t.Logf("%s: %.2f%%", a, 100*s.share(a))
@@ -173,70 +269,127 @@ func shareBelow(addr string, limit float64) func(*testing.T, *sim) {
 	}
 }
 
-// TestFailingEndpointInSimulation: an endpoint that fails every try is
-// ejected on exactly its ConsecutiveFailures-th try, gets no traffic while
-// ejected, gets traffic again after the base time, and, failing on, is
-// ejected again for twice the base.
+// TestFailingEndpointInSimulation: an endpoint that fails every try keeps
+// its share, so it is ejected on exactly its ConsecutiveFailures-th try
+// within a few × ConsecutiveFailures × (number of endpoints) requests,
+// gets no traffic while ejected, gets its share again after the base time,
+// and, failing on, is ejected again as promptly, for twice the base.
 func TestFailingEndpointInSimulation(t *testing.T) {
-	const n = 5
-	base := 10 * time.Minute
-	b, clk := newTest(t, Config{ConsecutiveFailures: n, BaseEjectionTime: base, MaxEjectionTime: time.Hour, MaxEjectionPercent: 50}, four...)
-	bad := b.endpoint(four[0])
-	s := newSim(b, clk, 5*time.Millisecond, func(string) time.Duration { return time.Millisecond }, func(a string) bool { return a == bad.addr })
+	for _, sequential := range []bool{false, true} {
+		t.Run(cond(sequential, "sequential", "concurrent"), func(t *testing.T) {
+			const n = 5
+			limit := 3 * n * len(four) // requests to an ejection
+			base := 10 * time.Second
+			b, clk := newTest(t, Config{ConsecutiveFailures: n, BaseEjectionTime: base, MaxEjectionTime: time.Hour, MaxEjectionPercent: 50}, four...)
+			bad := b.endpoint(four[0])
+			s := newSim(b, clk, cond(sequential, 50*time.Microsecond, 100*time.Microsecond), noisy(func(string) time.Duration { return time.Millisecond }), func(a string) bool { return a == bad.addr })
+			s.sequential = sequential
 
-	type ejection struct {
-		tries    int // the bad endpoint's tries so far
-		at, till time.Time
-	}
-	var ejections []ejection
-	var picksAfter []time.Time // picks of bad after its ejections end
-	tries := 0
-	s.onDone = func(e *Endpoint, failed, ejected bool) {
-		if e != bad {
-			if ejected {
-				t.Errorf("%s, which never fails, was ejected", e.addr)
+			type ejection struct {
+				tries    int // the bad endpoint's tries that ended since it was last eligible
+				requests int // requests since it was last eligible
+				at, till time.Time
 			}
-			return
-		}
-		tries++
-		if ejected {
-			ejections = append(ejections, ejection{tries, clk.t, *b.Status()[0].EjectedUntil})
-		}
-	}
-	s.onPick = func(e *Endpoint) {
-		if e != bad {
-			return
-		}
-		if len(ejections) > 0 {
-			if last := ejections[len(ejections)-1]; clk.t.Before(last.till) {
-				t.Fatalf("the ejected endpoint got a try at %v, ejected until %v", clk.t, last.till)
+			var ejections []ejection
+			var picksAfter []time.Time // picks of bad after its ejections end
+			tries, triesBack, since := 0, 0, 0
+			back := time.Time{} // when it was last eligible (tries, requests then)
+			s.onDone = func(e *Endpoint, failed, ejected bool) {
+				if e != bad {
+					if ejected {
+						t.Errorf("%s, which never fails, was ejected", e.addr)
+					}
+					return
+				}
+				tries++
+				if ejected {
+					ejections = append(ejections, ejection{tries - triesBack, s.total() - since, clk.t, *b.Status()[0].EjectedUntil})
+				}
 			}
-			picksAfter = append(picksAfter, clk.t)
-		}
+			s.onPick = func(e *Endpoint) {
+				if len(ejections) > 0 {
+					if last := ejections[len(ejections)-1]; back.Before(last.till) && !clk.t.Before(last.till) {
+						back, triesBack, since = last.till, tries, s.total()-1
+					}
+				}
+				if e != bad {
+					return
+				}
+				if len(ejections) > 0 {
+					if last := ejections[len(ejections)-1]; clk.t.Before(last.till) {
+						t.Fatalf("the ejected endpoint got a try at %v, ejected until %v", clk.t, last.till)
+					}
+					picksAfter = append(picksAfter, clk.t)
+				}
+			}
+			for i := 0; len(ejections) < 2 && i < 20_000; i++ {
+				s.run(100)
+			}
+			if len(ejections) < 2 {
+				t.Fatalf("ejections %v after %v, want 2", ejections, clk.t.Sub(newFake().t))
+			}
+			first, second := ejections[0], ejections[1]
+			if first.tries != n {
+				t.Errorf("first ejection on try %d of the endpoint, want %d", first.tries, n)
+			}
+			if first.requests > limit {
+				t.Errorf("first ejection after %d requests, want at most %d", first.requests, limit)
+			}
+			if d := first.till.Sub(first.at); d != base {
+				t.Errorf("first ejection lasted %v, want %v", d, base)
+			}
+			if len(picksAfter) == 0 || picksAfter[0].Before(first.till) {
+				t.Errorf("tries after the first ejection: %v, want some from %v on", picksAfter, first.till)
+			}
+			// (Tries in flight when it was ejected end while it is out,
+			// and do not count.)
+			if second.tries != n {
+				t.Errorf("second ejection on try %d of the endpoint since it came back, want %d", second.tries, n)
+			}
+			if second.requests > limit {
+				t.Errorf("second ejection %d requests after the endpoint came back, want at most %d", second.requests, limit)
+			}
+			if d := second.till.Sub(second.at); d != 2*base {
+				t.Errorf("second ejection lasted %v, want %v", d, 2*base)
+			}
+			t.Logf("bad endpoint: %d tries of %d; ejected after %d requests at %v, back at %v, ejected again after %d requests at %v",
+				tries, s.total(), first.requests, first.at.Sub(newFake().t), first.till.Sub(newFake().t), second.requests, second.at.Sub(newFake().t))
+		})
 	}
-	for i := 0; len(ejections) < 2 && i < 2000; i++ {
-		s.run(1000)
+}
+
+// TestNewEndpointGetsFairShare: scaling up moves load at once: an endpoint
+// added to four warm ones gets about a fifth of the next 100 requests. It
+// may get more for a while: with noise, the asymmetric EWMA of a warm
+// endpoint settles above its mean latency (rises weigh 10× falls; here
+// ~1.1 ms concurrent, ~2 ms sequential, for 1 ms ± 20 % with 1 % spikes
+// of 5–20 ms), while a new one starts from the mean of its first samples
+// and climbs to its peers' level over seconds.
+func TestNewEndpointGetsFairShare(t *testing.T) {
+	for _, sequential := range []bool{false, true} {
+		t.Run(cond(sequential, "sequential", "concurrent"), func(t *testing.T) {
+			b, clk := newTest(t, Config{}, four...)
+			s := newSim(b, clk, cond(sequential, 50*time.Microsecond, 100*time.Microsecond), noisy(func(string) time.Duration { return time.Millisecond }), nil)
+			s.sequential = sequential
+			s.run(20_000)
+			const added = "10.0.0.5:80"
+			var targets []Target
+			for _, a := range append(four[:4:4], added) {
+				targets = append(targets, Target{Addr: a})
+			}
+			b.Update(targets)
+			for _, k := range []int{100, 1000} {
+				before := s.picks[added]
+				s.run(k)
+				got := s.picks[added] - before
+				t.Logf("the new endpoint got %d of the next %d requests", got, k)
+				// At least half its share, and at most twice.
+				if got < k/10 || got > k*2/5 {
+					t.Errorf("the new endpoint got %d of %d requests, want about %d", got, k, k/5)
+				}
+			}
+		})
 	}
-	if len(ejections) < 2 {
-		t.Fatalf("ejections %v after %v, want 2", ejections, clk.t.Sub(newFake().t))
-	}
-	first, second := ejections[0], ejections[1]
-	if first.tries != n {
-		t.Errorf("first ejection on try %d of the endpoint, want %d", first.tries, n)
-	}
-	if d := first.till.Sub(first.at); d != base {
-		t.Errorf("first ejection lasted %v, want %v", d, base)
-	}
-	if len(picksAfter) == 0 || picksAfter[0].Before(first.till) {
-		t.Errorf("tries after the first ejection: %v, want some from %v on", picksAfter, first.till)
-	}
-	if second.tries != 2*n {
-		t.Errorf("second ejection on try %d of the endpoint, want %d", second.tries, 2*n)
-	}
-	if d := second.till.Sub(second.at); d != 2*base {
-		t.Errorf("second ejection lasted %v, want %v", d, 2*base)
-	}
-	t.Logf("bad endpoint: %d tries of %d; ejected at %v and %v", tries, s.picks[four[0]]+s.picks[four[1]]+s.picks[four[2]]+s.picks[four[3]], first.at.Sub(newFake().t), second.at.Sub(newFake().t))
 }
 
 // TestEjectionTimes walks one endpoint through ejections: n × base, capped,
@@ -412,11 +565,10 @@ func TestEligibility(t *testing.T) {
 }
 
 // level gives every endpoint the same estimate, so that tests of
-// eligibility are not decided by cost: P2C never picks the costliest of
-// several eligible endpoints.
+// eligibility are not decided by cost.
 func level(b *Balancer) {
 	for _, e := range b.set.Load().eps {
-		e.ewma.Store(math.Float64bits(float64(DefaultRTT)))
+		e.ewma.Store(math.Float64bits(float64(5 * time.Millisecond)))
 		e.last.Store(b.now())
 	}
 }
@@ -468,44 +620,109 @@ func TestAvoid(t *testing.T) {
 	}
 }
 
-// TestCheaperWins: P2C over two endpoints always takes the cheaper one, by
-// latency and by requests in flight.
-func TestCheaperWins(t *testing.T) {
-	b, clk := newTest(t, Config{}, "a", "b")
-	a, bb := b.endpoint("a"), b.endpoint("b")
-	try(clk, a, 100*time.Millisecond, false) // a: 100 ms, b: 30 ms
-	if got := pickSet(b, nil, 100); !slices.Equal(got, []string{"b"}) {
-		t.Errorf("picked %v, want the faster b", got)
-	}
-	// 4 in flight on b: cost 30 × 5 = 150 > 100 × 1.
-	for range 4 {
-		bb.Start()
-	}
-	if got := pickSet(b, nil, 100); !slices.Equal(got, []string{"a"}) {
-		t.Errorf("picked %v, want a (b has 4 in flight)", got)
+// TestDuel: x wins with probability cost(y) / (cost(x) + cost(y)), with
+// cost max(estimate, MinEstimate) × (in flight + 1), an unknown estimate
+// counting as the other's, and the requests in flight of an endpoint whose
+// last try failed as at least the other's.
+func TestDuel(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		x, y      time.Duration // estimates; 0: unknown
+		xIn, yIn  int           // requests in flight
+		xFailing  bool          // x's last try failed
+		wantXWins float64
+	}{
+		{"equal", 5 * time.Millisecond, 5 * time.Millisecond, 0, 0, false, 0.5},
+		{"x 3× costlier", 15 * time.Millisecond, 5 * time.Millisecond, 0, 0, false, 0.25},
+		{"requests in flight count", 5 * time.Millisecond, 5 * time.Millisecond, 0, 3, false, 0.8},
+		{"latency and requests in flight", 10 * time.Millisecond, 1 * time.Millisecond, 0, 19, false, 2.0 / 3},
+		{"below MinEstimate counts as MinEstimate", 100 * time.Microsecond, 900 * time.Microsecond, 0, 0, false, 0.5},
+		{"above MinEstimate counts", 100 * time.Microsecond, 2 * time.Millisecond, 0, 0, false, 2.0 / 3},
+		{"a pod 50× costlier", 50 * time.Millisecond, 1 * time.Millisecond, 0, 0, false, 1.0 / 51},
+		{"unknown x counts as y", 0, 40 * time.Millisecond, 0, 0, false, 0.5},
+		{"unknown y counts as x", 40 * time.Millisecond, 0, 0, 0, false, 0.5},
+		{"unknown x with requests in flight", 0, 40 * time.Millisecond, 1, 0, false, 1.0 / 3},
+		{"both unknown", 0, 0, 0, 3, false, 0.8},
+		{"failing x: fewer requests in flight do not help", 5 * time.Millisecond, 5 * time.Millisecond, 0, 3, true, 0.5},
+		{"failing x: more requests in flight count", 5 * time.Millisecond, 5 * time.Millisecond, 3, 0, true, 0.2},
+		{"failing x, unknown", 0, 5 * time.Millisecond, 0, 3, true, 0.5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, _ := newTest(t, Config{}, "x", "y")
+			x, y := b.endpoint("x"), b.endpoint("y")
+			for _, c := range []struct {
+				e  *Endpoint
+				d  time.Duration
+				in int
+			}{{x, tc.x, tc.xIn}, {y, tc.y, tc.yIn}} {
+				if c.d > 0 {
+					c.e.ewma.Store(math.Float64bits(float64(c.d)))
+					c.e.last.Store(b.now())
+				}
+				c.e.inFlight.Add(int64(c.in))
+			}
+			x.failing.Store(tc.xFailing)
+			// The threshold, exactly: x wins below it.
+			for _, r := range []float64{tc.wantXWins - 1e-9, tc.wantXWins + 1e-9} {
+				b.float = func() float64 { return r }
+				if got, want := b.duel(x, y, b.now()), cond(r < tc.wantXWins, x, y); got != want {
+					t.Errorf("duel with random %v: %s won, want %s", r, got.addr, want.addr)
+				}
+				// And the same the other way round.
+				if got, want := b.duel(y, x, b.now()), cond(r < 1-tc.wantXWins, y, x); got != want {
+					t.Errorf("duel(y, x) with random %v: %s won, want %s", r, got.addr, want.addr)
+				}
+			}
+		})
 	}
 }
 
-// TestFastFailureDoesNotAttract: one fast failure makes an endpoint lose to
-// a healthy peer of the same speed.
+// TestShareByCost: over many picks between two endpoints, each gets its
+// share by cost.
+func TestShareByCost(t *testing.T) {
+	b, clk := newTest(t, Config{}, "a", "b")
+	try(clk, b.endpoint("a"), 10*time.Millisecond, false)
+	try(clk, b.endpoint("b"), 1*time.Millisecond, false)
+	n, a := 100_000, 0
+	for range n {
+		if b.Pick(nil).addr == "a" {
+			a++
+		}
+	}
+	if got := float64(a) / float64(n); math.Abs(got-1.0/11) > 0.005 {
+		t.Errorf("a (10 ms) got %.2f%% against b (1 ms), want %.2f%%", 100*got, 100.0/11)
+	}
+}
+
+// TestFastFailureDoesNotAttract: fast failures leave an endpoint's estimate
+// as it was, so it keeps its share against a peer of the same speed, no
+// more.
 func TestFastFailureDoesNotAttract(t *testing.T) {
 	b, clk := newTest(t, Config{}, "a", "b")
 	a, bb := b.endpoint("a"), b.endpoint("b")
-	try(clk, a, 0, false)
-	try(clk, bb, 0, false)
-	try(clk, a, 0, true) // fails at once
-	if got := pickSet(b, nil, 100); !slices.Equal(got, []string{"b"}) {
-		t.Errorf("picked %v, want b", got)
+	try(clk, a, 5*time.Millisecond, false)
+	try(clk, bb, 5*time.Millisecond, false)
+	for range 10 {
+		try(clk, a, 0, true) // fails at once
 	}
-	if got := b.Status()[0].EWMA; got < DefaultRTT {
-		t.Errorf("estimate after a fast failure = %v, want at least %v", got, DefaultRTT)
+	if got := b.Status()[0].EWMA; got < 5*time.Millisecond {
+		t.Errorf("estimate after fast failures = %v, want at least 5ms", got)
+	}
+	n, picks := 10_000, 0
+	for range n {
+		if b.Pick(nil) == a {
+			picks++
+		}
+	}
+	if got := float64(picks) / float64(n); math.Abs(got-0.5) > 0.02 {
+		t.Errorf("the failing endpoint got %.1f%%, want 50%%", 100*got)
 	}
 }
 
 func TestIdleEstimateDecays(t *testing.T) {
 	b, clk := newTest(t, Config{}, "a")
 	try(clk, b.endpoint("a"), 100*time.Millisecond, false)
-	clk.Advance(DecayTime)
+	clk.Advance(DecayTime - 100*time.Millisecond) // τ after the try's start, its date
 	want := 100 * math.Exp(-1)
 	if got := float64(b.Status()[0].EWMA) / ms; math.Abs(got-want) > 0.01 {
 		t.Errorf("estimate after τ idle = %.3f ms, want %.3f", got, want)
@@ -518,6 +735,7 @@ func TestUpdateKeepsState(t *testing.T) {
 	try(clk, a, 80*time.Millisecond, false)
 	a.Start() // one in flight
 	failN(clk, bb, 2)
+	try(clk, c, 50*time.Millisecond, false)
 	failN(clk, c, 1)
 	before := b.Status()
 	cStart := c.Start() // in flight on c while c is dropped
@@ -542,7 +760,7 @@ func TestUpdateKeepsState(t *testing.T) {
 	if after[2].Addr != "b" || !after[2].Terminating || after[2].Ejections != 1 || after[2].EjectedUntil == nil || !after[2].EjectedUntil.Equal(*wantB.EjectedUntil) {
 		t.Errorf("b after Update: %+v, want %+v", after[2], wantB)
 	}
-	if after[0].EWMA != DefaultRTT || after[0].InFlight != 0 {
+	if after[0].EWMA != 0 || after[0].InFlight != 0 {
 		t.Errorf("new endpoint d: %+v", after[0])
 	}
 	// The dropped c's try ends safely and never ejects it.
@@ -552,7 +770,7 @@ func TestUpdateKeepsState(t *testing.T) {
 	}
 	// Back again, c starts fresh.
 	b.Update([]Target{{Addr: "a"}, {Addr: "c"}})
-	if st := b.Status()[1]; st.ConsecutiveFailures != 0 || st.EWMA != DefaultRTT {
+	if st := b.Status()[1]; st.ConsecutiveFailures != 0 || st.EWMA != 0 {
 		t.Errorf("re-added c: %+v, want a fresh endpoint", st)
 	}
 }

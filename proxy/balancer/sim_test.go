@@ -25,6 +25,7 @@ func newTest(t *testing.T, cfg Config, addrs ...string) (*Balancer, *fakeClock) 
 	clk := newFake()
 	b := New(cfg, clk)
 	b.intn = rand.New(rand.NewPCG(testSeed, 2)).IntN
+	b.float = rand.New(rand.NewPCG(testSeed, 3)).Float64
 	targets := make([]Target, len(addrs))
 	for i, a := range addrs {
 		targets[i] = Target{Addr: a}
@@ -57,15 +58,17 @@ func (h *completions) Pop() any {
 }
 
 // sim drives a balancer with a discrete-event simulation: a request arrives
-// every interval, picks an endpoint and completes after the endpoint's
-// latency, failing if fails says so. Time is the fake clock, so a run is
-// deterministic.
+// every interval (sequential: interval after the previous one completed,
+// as one client on one connection), picks an endpoint and completes after
+// the endpoint's latency, failing if fails says so. Time is the fake
+// clock, so a run is deterministic.
 type sim struct {
-	b        *Balancer
-	clk      *fakeClock
-	interval time.Duration
-	latency  func(addr string) time.Duration
-	fails    func(addr string) bool
+	b          *Balancer
+	clk        *fakeClock
+	interval   time.Duration
+	sequential bool
+	latency    func(addr string) time.Duration
+	fails      func(addr string) bool
 
 	pending completions
 	picks   map[string]int
@@ -84,6 +87,16 @@ func newSim(b *Balancer, clk *fakeClock, interval time.Duration, latency func(st
 // run simulates n arrivals (and the completions due before each).
 func (s *sim) run(n int) {
 	for range n {
+		if s.sequential {
+			for len(s.pending) > 0 {
+				c := heap.Pop(&s.pending).(completion)
+				s.clk.t = c.at
+				ej := c.e.Done(c.start, c.failed)
+				if s.onDone != nil {
+					s.onDone(c.e, c.failed, ej)
+				}
+			}
+		}
 		next := s.clk.t.Add(s.interval)
 		for len(s.pending) > 0 && !s.pending[0].at.After(next) {
 			c := heap.Pop(&s.pending).(completion)
@@ -104,10 +117,29 @@ func (s *sim) run(n int) {
 	}
 }
 
-func (s *sim) share(addr string) float64 {
+// total is the number of requests so far.
+func (s *sim) total() int {
 	total := 0
 	for _, n := range s.picks {
 		total += n
 	}
-	return float64(s.picks[addr]) / float64(total)
+	return total
+}
+
+// noisy is latency with noise, as a busy node adds it: each sample
+// jittered by ±20 %, and 1 in 100 a spike of 5 to 20 ms more (a GC pause,
+// the scheduler). The noise is seeded, so a run is the same every time.
+func noisy(latency func(string) time.Duration) func(string) time.Duration {
+	rng := rand.New(rand.NewPCG(testSeed, 4))
+	return func(addr string) time.Duration {
+		d := time.Duration(float64(latency(addr)) * (0.8 + 0.4*rng.Float64()))
+		if rng.IntN(100) == 0 {
+			d += 5*time.Millisecond + time.Duration(rng.Int64N(int64(15*time.Millisecond)))
+		}
+		return d
+	}
+}
+
+func (s *sim) share(addr string) float64 {
+	return float64(s.picks[addr]) / float64(s.total())
 }
