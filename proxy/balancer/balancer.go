@@ -47,12 +47,12 @@
 //     turns 50 ms slower crosses its peers within a handful of samples
 //     and is most of the way to its new latency within a second (its
 //     samples then come at least 50 ms apart). During warm-up, the first
-//     [WarmupSamples] samples, the weight is at least 1/n (n the samples
-//     so far): the first sample sets the estimate, the next ones average
-//     with it, so one slow first try washes out, to a tenth of itself: a
-//     first try of 5 ms among 0.5 ms ones ends below MinEstimate, but a
-//     2 s stall of the node (seen at a load average of 18 on 2 cores)
-//     leaves ~200 ms, which then takes DecayTime·ln(200) ≈ 50 s to fade.
+//     [WarmupSamples] samples, the estimate is their median: a slow first
+//     try (the connect) or a stall of the node during the first tries
+//     leaves no trace. (With their mean instead, a 2 s stall of the node,
+//     seen at a load average of 18 on 2 cores, left ~200 ms on a 0.1 ms
+//     pod, which took DecayTime·ln(200) ≈ 50 s to fade and cost it its
+//     share meanwhile.)
 //   - [MinEstimate] (1 ms) is a floor in the cost: below it differences
 //     are scheduling noise on a node, not a slower pod. /debug/endpoints
 //     still shows the real estimate.
@@ -126,8 +126,8 @@ const (
 	// estimate (linkerd2-proxy's EWMA_DECAY), and that of an idle
 	// endpoint's estimate decaying toward zero.
 	DecayTime = 10 * time.Second
-	// WarmupSamples is how many first samples weigh at least 1/n each:
-	// the first sets the estimate, the next ones average with it.
+	// WarmupSamples is how many first samples the estimate is the median
+	// of, before the time-weighted EWMA takes over from that median.
 	WarmupSamples = 10
 	// MinEstimate is the least estimate the cost counts: below a
 	// millisecond, differences are scheduling noise on a node (a GC pause,
@@ -422,10 +422,11 @@ type Endpoint struct {
 	removed      atomic.Bool // dropped by Update
 	failing      atomic.Bool // the last try that ended failed
 
-	mu        sync.Mutex // orders samples and the failure/ejection state below
-	samples   int        // samples in the estimate, counted up to WarmupSamples
-	fails     int        // consecutive failed tries
-	ejections int        // ejection count as of the latest ejection
+	mu        sync.Mutex             // orders samples and the failure/ejection state below
+	samples   int                    // samples in the estimate, counted up to WarmupSamples+1
+	warm      [WarmupSamples]float64 // the first samples, for their median
+	fails     int                    // consecutive failed tries
+	ejections int                    // ejection count as of the latest ejection
 }
 
 func (b *Balancer) newEndpoint(addr string, now int64) *Endpoint {
@@ -483,24 +484,36 @@ func weight(x float64) float64 {
 	return -math.Expm1(-x)
 }
 
-// ewma is the next estimate after the n-th sample (n counted from 1,
-// capped anywhere at or above WarmupSamples), dt after the previous one:
-// the first sample sets it; a higher one is blended in with weight
-// 1 - exp(-dt/RiseTime), a lower one with 1 - exp(-dt/DecayTime), and
-// during warm-up (n ≤ WarmupSamples) with at least 1/n.
-func ewma(prev float64, n int, dt int64, sample float64) float64 {
-	if prev < 0 || n <= 1 {
+// ewma is the next estimate after a sample dt after the previous one: a
+// higher one is blended in with weight 1 - exp(-dt/RiseTime), a lower one
+// with 1 - exp(-dt/DecayTime); on an unknown estimate the sample sets it.
+func ewma(prev float64, dt int64, sample float64) float64 {
+	if prev < 0 {
 		return sample
 	}
 	tau := DecayTime
 	if sample > prev {
 		tau = RiseTime
 	}
-	w := weight(float64(max(dt, 0)) / float64(tau))
-	if n <= WarmupSamples {
-		w = max(w, 1/float64(n))
+	return prev + (sample-prev)*weight(float64(max(dt, 0))/float64(tau))
+}
+
+// median is the median of xs (at most WarmupSamples of them), without
+// allocating: an insertion sort of a copy on the stack.
+func median(xs []float64) float64 {
+	var buf [WarmupSamples]float64
+	s := buf[:len(xs)]
+	copy(s, xs)
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
 	}
-	return prev + (sample-prev)*w
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
 }
 
 // Start counts a request in flight on e and returns its start time, for
@@ -534,7 +547,12 @@ func (e *Endpoint) Done(start int64, failed bool) (ejected bool) {
 		// from the previous sample's start to its own, which its own
 		// latency does not lengthen (see Δt in the package doc).
 		last := e.last.Load()
-		e.ewma.Store(math.Float64bits(ewma(prev, e.samples, start-last, rtt)))
+		next := ewma(prev, start-last, rtt)
+		if e.samples <= WarmupSamples {
+			e.warm[e.samples-1] = rtt
+			next = median(e.warm[:e.samples])
+		}
+		e.ewma.Store(math.Float64bits(next))
 		e.last.Store(max(start, last))
 	}
 	e.failing.Store(failed)

@@ -33,30 +33,60 @@ func TestEWMA(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
 		prev         float64
-		n            int // the sample's number
 		dt           time.Duration
 		sample, want float64
 	}{
-		{"the first sample sets it", unknown, 1, time.Hour, 7 * ms, 7 * ms},
-		{"on an unknown estimate any sample sets it", unknown, 5, 0, 7 * ms, 7 * ms},
-		{"the second sample averages", 10 * ms, 2, 0, 2 * ms, 6 * ms},
-		{"the tenth weighs 1/10", 10 * ms, 10, 0, 20 * ms, 11 * ms},
-		{"warm-up: the time weight when larger", 10 * ms, 3, RiseTime / 2, 20 * ms, 10*ms + 10*ms*up},
-		{"after warm-up a higher sample weighs 1-exp(-dt/τ_up)", 30 * ms, 11, RiseTime / 2, 80 * ms, 30*ms + 50*ms*up},
-		{"after warm-up a lower sample weighs 1-exp(-dt/τ_down)", 30 * ms, 11, DecayTime, 1 * ms, 30*ms - 29*ms*down},
-		{"a sample right away moves nothing", 30 * ms, 11, 0, 80 * ms, 30 * ms},
-		{"a higher sample 1 ms after weighs 1/1000", 1 * ms, 11, time.Millisecond, 21 * ms, 1.02 * ms},
-		{"a lower sample 1 ms after weighs 1/10000", 1 * ms, 11, time.Millisecond, 0, 0.9999 * ms},
-		{"a sample after many τ is nearly all", 30 * ms, 11, 20 * DecayTime, 1 * ms, 1 * ms},
-		{"an equal sample keeps it", 5 * ms, 11, time.Second, 5 * ms, 5 * ms},
-		{"a clock that went back counts as no time", 30 * ms, 11, -time.Second, 1 * ms, 30 * ms},
+		{"on an unknown estimate a sample sets it", unknown, time.Hour, 7 * ms, 7 * ms},
+		{"a higher sample weighs 1-exp(-dt/τ_up)", 30 * ms, RiseTime / 2, 80 * ms, 30*ms + 50*ms*up},
+		{"a lower sample weighs 1-exp(-dt/τ_down)", 30 * ms, DecayTime, 1 * ms, 30*ms - 29*ms*down},
+		{"a sample right away moves nothing", 30 * ms, 0, 80 * ms, 30 * ms},
+		{"a higher sample 1 ms after weighs 1/1000", 1 * ms, time.Millisecond, 21 * ms, 1.02 * ms},
+		{"a lower sample 1 ms after weighs 1/10000", 1 * ms, time.Millisecond, 0, 0.9999 * ms},
+		{"a sample after many τ is nearly all", 30 * ms, 20 * DecayTime, 1 * ms, 1 * ms},
+		{"an equal sample keeps it", 5 * ms, time.Second, 5 * ms, 5 * ms},
+		{"a clock that went back counts as no time", 30 * ms, -time.Second, 1 * ms, 30 * ms},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := ewma(tc.prev, tc.n, int64(tc.dt), tc.sample)
+			got := ewma(tc.prev, int64(tc.dt), tc.sample)
 			if math.Abs(got-tc.want) > 1e-4*ms {
-				t.Errorf("ewma(%v, %d, %v, %v) = %v, want %v", tc.prev/ms, tc.n, tc.dt, tc.sample/ms, got/ms, tc.want/ms)
+				t.Errorf("ewma(%v, %v, %v) = %v, want %v", tc.prev/ms, tc.dt, tc.sample/ms, got/ms, tc.want/ms)
 			}
 		})
+	}
+}
+
+// TestWarmupMedian: during its first WarmupSamples tries an endpoint's
+// estimate is their median, so a stall among them (here 2 s, as a busy
+// node gives) leaves no trace; then the EWMA goes on from the median.
+func TestWarmupMedian(t *testing.T) {
+	for _, tc := range []struct {
+		xs   []float64
+		want float64
+	}{
+		{[]float64{7}, 7},
+		{[]float64{7, 1}, 4},
+		{[]float64{2000, 0.1, 0.1}, 0.1},
+		{[]float64{0.1, 0.2, 2000, 0.1, 0.3, 0.1, 0.2, 0.1, 0.2, 0.1}, 0.15},
+	} {
+		if got := median(tc.xs); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("median(%v) = %v, want %v", tc.xs, got, tc.want)
+		}
+	}
+	b, clk := newTest(t, Config{}, "a")
+	e := b.endpoint("a")
+	for i := range WarmupSamples {
+		clk.Advance(time.Millisecond)
+		d := 100 * time.Microsecond
+		if i == 2 {
+			d = 2 * time.Second
+		}
+		try(clk, e, d, false)
+	}
+	if got := b.Status()[0].EWMA; got > 200*time.Microsecond {
+		t.Fatalf("estimate %v after a 2 s stall among %d tries of 100 µs, want the median, 100 µs", got, WarmupSamples)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = median(e.warm[:]) }); n != 0 {
+		t.Fatalf("median allocates %v times", n)
 	}
 }
 
@@ -138,7 +168,9 @@ func TestFailureNeverLowersEstimate(t *testing.T) {
 	if got := est(); got != 0 || math.Float64frombits(e.ewma.Load()) >= 0 {
 		t.Fatalf("estimate after failures only: %v, want unknown", got)
 	}
-	try(clk, e, 10*time.Millisecond, false)
+	for range WarmupSamples + 1 { // past warm-up, where a median would hide one slow failure
+		try(clk, e, 10*time.Millisecond, false)
+	}
 	want := est() // 10 ms, decayed for 10 ms since the try's start
 	if want < 9*time.Millisecond || want > 10*time.Millisecond {
 		t.Fatalf("estimate after the first success = %v, want 10ms", want)
@@ -149,6 +181,7 @@ func TestFailureNeverLowersEstimate(t *testing.T) {
 	if got := est(); got < want {
 		t.Errorf("estimate after fast failures = %v, want still %v", got, want)
 	}
+	clk.Advance(time.Second)               // a sample weighs the time since the previous one
 	try(clk, e, 40*time.Millisecond, true) // a slow failure counts its slowness
 	if got := est(); got <= 10*time.Millisecond {
 		t.Errorf("estimate after a 40 ms failure = %v, want above 10ms", got)
