@@ -33,6 +33,7 @@ const (
 	balanceReplicas = 4
 	balanceHTTP     = "http://backend.balance.svc.cluster.local"
 	balanceGRPC     = "backend.balance.svc.cluster.local:9090"
+	faultsHTTP      = "http://faults.balance.svc.cluster.local"
 	// The policy's outlier detection, short enough for a test.
 	ejectAfter    = 3
 	ejectionTime  = 5 * time.Second
@@ -46,9 +47,13 @@ const (
 
 // balanceApps: the backend is not injected (a destination needs no
 // sidecar); the app opts in by its annotation (the namespace is not
-// labelled). The policy ejects a pod after 3 failures in a row for 5 s,
-// retries 5xx once more (on another pod), and leaves the Service's breaker
-// at its 5 failures in a row.
+// labelled). A second Service, faults, selects the same pods: the slow and
+// the failing pod are shown through it, so that the sidecar's balancer of
+// backend (one per Service port, with its latency estimates) is not biased
+// by their history when the later checks measure backend's spread. The
+// policies eject a pod after 3 failures in a row for 5 s, retry 5xx once
+// more (on another pod), and leave the Service's breaker at its 5 failures
+// in a row.
 var balanceApps = fmt.Sprintf(`apiVersion: v1
 kind: Namespace
 metadata: {name: balance}
@@ -57,7 +62,7 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {name: backend, namespace: balance}
 spec:
-  replicas: %d
+  replicas: %[1]d
   selector: {matchLabels: {app: backend}}
   template:
     metadata: {labels: {app: backend}}
@@ -65,7 +70,7 @@ spec:
       terminationGracePeriodSeconds: 10
       containers:
       - name: app
-        image: %s
+        image: %[2]s
         imagePullPolicy: Never
         args: [serve, ":8080", ":9090"]
         ports: [{containerPort: 8080}, {containerPort: 9090}]
@@ -80,6 +85,13 @@ spec:
   - {name: http, port: 80, targetPort: 8080}
   - {name: grpc, port: 9090, targetPort: 9090, appProtocol: kubernetes.io/h2c}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: faults, namespace: balance}
+spec:
+  selector: {app: backend}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
 apiVersion: minimesh.io/v1alpha1
 kind: ResiliencePolicy
 metadata: {name: backend, namespace: balance}
@@ -87,7 +99,16 @@ spec:
   service: backend
   retries: {attempts: 1, retryOn: [5xx, connect-failure, grpc-unavailable]}
   circuitBreaker: {consecutiveFailures: 5, openTimeout: 30s}
-  outlierDetection: {consecutiveFailures: %d, baseEjectionTime: %s, maxEjectionTime: 30s, maxEjectionPercent: 50}
+  outlierDetection: {consecutiveFailures: %[3]d, baseEjectionTime: %[4]s, maxEjectionTime: 30s, maxEjectionPercent: 50}
+---
+apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: faults, namespace: balance}
+spec:
+  service: faults
+  retries: {attempts: 1, retryOn: [5xx, connect-failure]}
+  circuitBreaker: {consecutiveFailures: 5, openTimeout: 30s}
+  outlierDetection: {consecutiveFailures: %[3]d, baseEjectionTime: %[4]s, maxEjectionTime: 30s, maxEjectionPercent: 50}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -101,11 +122,11 @@ spec:
     spec:
       containers:
       - name: app
-        image: %s
+        image: %[2]s
         imagePullPolicy: Never
-        args: [agent, "%s", ":8081"]
+        args: [agent, "%[5]s", ":8081"]
         readinessProbe: {httpGet: {path: /ready, port: 8081}, periodSeconds: 1}
-`, balanceReplicas, testappImage, ejectAfter, ejectionTime, testappImage, balanceHTTP)
+`, balanceReplicas, testappImage, ejectAfter, ejectionTime, balanceHTTP)
 
 // TestBalancingInACluster proves issue #15 in a real cluster, with the
 // chart's controller serving the Service's EndpointSlices over xDS:
@@ -158,8 +179,10 @@ func TestBalancingInACluster(t *testing.T) {
 	t.Logf("setup (images, chart, pods) took %s", time.Since(t0).Round(time.Millisecond))
 
 	t.Run("KubeProxyAlone", func(t *testing.T) { kubeProxyAlone(t, a) })
-	// The sidecar has the Service's endpoints from the controller.
-	waitEndpoints(t, a, bs)
+	// The sidecar has the Services' endpoints from the controller.
+	for _, svc := range []string{"backend:80", "backend:9090", "faults:80"} {
+		waitEndpoints(t, a, svc, bs)
+	}
 
 	t.Run("Spread", func(t *testing.T) {
 		for _, q := range []string{"url=" + balanceHTTP + "/spread", "grpc=1&target=" + balanceGRPC} {
@@ -168,28 +191,30 @@ func TestBalancingInACluster(t *testing.T) {
 			r.within(t, bs.names(), 0.10)
 			t.Logf("through the sidecar, %s: %s (max/min %.2f, p50 %.2f ms, p99 %.2f ms, max %.1f ms)", q, r.shares(), r.maxMin(bs.names()), r.P50Ms, r.P99Ms, r.MaxMs)
 		}
-		t.Logf("/debug/endpoints: %s", endpointsLine(t, a, bs))
+		t.Logf("/debug/endpoints, backend:80: %s", endpointsLine(t, a, "backend:80", bs))
+		t.Logf("/debug/endpoints, backend:9090: %s", endpointsLine(t, a, "backend:9090", bs))
 	})
 	t.Run("SlowPod", func(t *testing.T) {
 		slow := bs.pods[0]
 		slow.delay(t, balanceSlowMs)
 		defer slow.delay(t, 0)
-		r := a.spread("url=" + balanceHTTP + "/slow&n=1000")
+		r := a.spread("url=" + faultsHTTP + "/slow&n=1000")
 		r.noErrors(t)
 		share := r.share(slow.name)
 		t.Logf("%s slowed by %d ms: %.1f%% of 1,000 calls (%s; p50 %.2f ms, p99 %.2f ms)", slow.name, balanceSlowMs, 100*share, r.shares(), r.P50Ms, r.P99Ms)
-		t.Logf("/debug/endpoints: %s", endpointsLine(t, a, bs))
+		t.Logf("/debug/endpoints, faults:80: %s", endpointsLine(t, a, "faults:80", bs))
 		if share > 0.05 {
 			t.Errorf("the slow pod got %.1f%% of the calls, want a few percent at most (≤ 5%%)", 100*share)
 		}
 	})
 	t.Run("Ejection", func(t *testing.T) { ejection(t, a, bs) })
 	t.Run("Scale", func(t *testing.T) { scale(ctx, t, c, a) })
+	// It stops the controller.
+	t.Run("ControllerGone", func(t *testing.T) { controllerGone(ctx, t, c, a, appPod.Name) })
+	// Last: it slows a pod through backend too.
 	if os.Getenv("MINIMESH_CLUSTER_FIGURES") == "1" {
 		t.Run("Figures", func(t *testing.T) { balanceFigures(ctx, t, c, a) })
 	}
-	// Last: it stops the controller.
-	t.Run("ControllerGone", func(t *testing.T) { controllerGone(ctx, t, c, a, appPod.Name) })
 }
 
 // kubeProxyAlone: the app's one keep-alive connection, without the
@@ -219,9 +244,9 @@ func ejection(t *testing.T, a agent, bs backendSet) {
 		}
 	}()
 	m0, _ := fetch(a.ip + ":15020/metrics")
-	ej0 := max(0, metricValue(m0, "minimesh_endpoint_ejections_total", "destination", "backend:80"))
+	ej0 := max(0, metricValue(m0, "minimesh_endpoint_ejections_total", "destination", "faults:80"))
 
-	r := a.spread("url=" + balanceHTTP + "/eject&n=400")
+	r := a.spread("url=" + faultsHTTP + "/eject&n=400")
 	t.Logf("%s failing: the app's 400 calls: %s, statuses %v", bad.name, r.shares(), r.Statuses)
 	if r.Errors > 0 {
 		t.Errorf("the app saw %d failures (%v), want none: each of the pod's 500s is retried on another pod", r.Errors, r.ErrorSamples)
@@ -232,7 +257,7 @@ func ejection(t *testing.T, a agent, bs backendSet) {
 	tEjected := time.Now()
 
 	// /debug/endpoints: the pod is ejected, with a time to come back.
-	eps := endpointsOf(t, a, "backend:80")
+	eps := endpointsOf(t, a, "faults:80")
 	e, found := eps[bad.ip]
 	if !found || !e.ejected(time.Now()) {
 		t.Errorf("/debug/endpoints: %s (%s) is not shown ejected: %+v", bad.name, bad.ip, eps)
@@ -241,17 +266,17 @@ func ejection(t *testing.T, a agent, bs backendSet) {
 	}
 	// The Service's breaker saw the failures interleaved with successes.
 	br := a.get("http://127.0.0.1:15020/debug/breakers", true)
-	if state := breakerState(t, br.Body, "backend:80"); state != "closed" {
+	if state := breakerState(t, br.Body, "faults:80"); state != "closed" {
 		t.Errorf("the Service's breaker is %q, want closed: %s", state, br.Body)
 	}
 	var metrics string
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(250 * time.Millisecond) {
 		metrics, _ = fetch(a.ip + ":15020/metrics")
-		if metricValue(metrics, "minimesh_endpoint_ejections_total", "destination", "backend:80")-ej0 == 1 {
+		if metricValue(metrics, "minimesh_endpoint_ejections_total", "destination", "faults:80")-ej0 == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("minimesh_endpoint_ejections_total{destination=\"backend:80\"} did not count one ejection:\n%s", grepLines(metrics, "minimesh_endpoint"))
+			t.Fatalf("minimesh_endpoint_ejections_total{destination=\"faults:80\"} did not count one ejection:\n%s", grepLines(metrics, "minimesh_endpoint"))
 		}
 	}
 	t.Logf("sidecar metrics:\n%s", grepLines(metrics, "minimesh_endpoint"))
@@ -261,7 +286,7 @@ func ejection(t *testing.T, a agent, bs backendSet) {
 	bad.fail(t, 0)
 	healed = true
 	for deadline := time.Now().Add(ejectionTime + 10*time.Second); ; time.Sleep(100 * time.Millisecond) {
-		r := a.spread("url=" + balanceHTTP + "/back&n=40")
+		r := a.spread("url=" + faultsHTTP + "/back&n=40")
 		r.noErrors(t)
 		if r.Pods[bad.name] != nil {
 			t.Logf("%s answered again %s after its ejection (baseEjectionTime %s)", bad.name,
@@ -269,7 +294,7 @@ func ejection(t *testing.T, a agent, bs backendSet) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s, healed, got no call %s after its ejection (baseEjectionTime %s): %+v", bad.name, time.Since(tEjected).Round(time.Millisecond), ejectionTime, endpointsOf(t, a, "backend:80"))
+			t.Fatalf("%s, healed, got no call %s after its ejection (baseEjectionTime %s): %+v", bad.name, time.Since(tEjected).Round(time.Millisecond), ejectionTime, endpointsOf(t, a, "faults:80"))
 		}
 	}
 }
@@ -356,7 +381,7 @@ func scale(ctx context.Context, t *testing.T, c *cluster.Cluster, a agent) {
 	}
 	rollout(ctx, t, c, balanceNS, "backend")
 	// The removed pods leave the EndpointSlice once they have stopped.
-	waitEndpoints(t, a, backends(ctx, t, c))
+	waitEndpoints(t, a, "backend:80", backends(ctx, t, c))
 }
 
 // controllerGone scales the controller to 0: the sidecar keeps the
@@ -389,7 +414,7 @@ func controllerGone(ctx context.Context, t *testing.T, c *cluster.Cluster, a age
 	r.noErrors(t)
 	r.within(t, bs.names(), 0.10)
 	t.Logf("controller gone: %s (max/min %.2f, p99 %.2f ms, max %.1f ms)", r.shares(), r.maxMin(bs.names()), r.P99Ms, r.MaxMs)
-	t.Logf("/debug/endpoints: %s", endpointsLine(t, a, bs))
+	t.Logf("/debug/endpoints, backend:80: %s", endpointsLine(t, a, "backend:80", bs))
 	if eps := endpointsOf(t, a, "backend:80"); len(eps) != len(bs.pods) {
 		t.Errorf("/debug/endpoints has %d endpoints for backend:80, want %d: %+v", len(eps), len(bs.pods), eps)
 	}
@@ -705,9 +730,9 @@ func sameService(name, svcPort string) bool {
 }
 
 // endpointsLine is the sidecar's view of each backend pod, in one line.
-func endpointsLine(t *testing.T, a agent, bs backendSet) string {
+func endpointsLine(t *testing.T, a agent, svcPort string, bs backendSet) string {
 	t.Helper()
-	eps := endpointsOf(t, a, "backend:80")
+	eps := endpointsOf(t, a, svcPort)
 	var out []string
 	for _, p := range bs.pods {
 		e := eps[p.ip]
@@ -717,9 +742,9 @@ func endpointsLine(t *testing.T, a agent, bs backendSet) string {
 	return strings.Join(out, "; ")
 }
 
-// waitEndpoints waits until the app's sidecar balances backend:80 over
+// waitEndpoints waits until the app's sidecar balances svcPort over
 // exactly the pods of bs.
-func waitEndpoints(t *testing.T, a agent, bs backendSet) {
+func waitEndpoints(t *testing.T, a agent, svcPort string, bs backendSet) {
 	t.Helper()
 	t0 := time.Now()
 	want := make([]string, 0, len(bs.pods))
@@ -732,15 +757,15 @@ func waitEndpoints(t *testing.T, a agent, bs backendSet) {
 		r := a.get("http://127.0.0.1:15020/debug/endpoints", true)
 		body = r.Body
 		if r.Status == http.StatusOK {
-			if got := slices.Sorted(maps.Keys(parseEndpoints(t, r.Body, "backend:80"))); slices.Equal(got, want) {
+			if got := slices.Sorted(maps.Keys(parseEndpoints(t, r.Body, svcPort))); slices.Equal(got, want) {
 				break
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the sidecar has not exactly the endpoints %v of backend:80 after 30 s: %d %s %.3000s", want, r.Status, r.Error, body)
+			t.Fatalf("the sidecar has not exactly the endpoints %v of %s after 30 s: %d %s %.3000s", want, svcPort, r.Status, r.Error, body)
 		}
 	}
-	t.Logf("the sidecar has the %d endpoints of backend:80 (waited %s)", len(want), time.Since(t0).Round(time.Millisecond))
+	t.Logf("the sidecar has the %d endpoints of %s (waited %s)", len(want), svcPort, time.Since(t0).Round(time.Millisecond))
 }
 
 // breakerState is the state of destination's breaker in /debug/breakers.
