@@ -176,6 +176,14 @@ func (c *Controller) publish(all bool) {
 	}
 	if err := c.Sink.SetEndpoints(out); err != nil {
 		c.Log.Error("publish endpoints", "err", err)
+		if !c.published.Load() {
+			// Refused from the start (more than a sidecar takes): there is
+			// no last set to keep, and a server waiting for the endpoints
+			// would hold every sidecar's policies back. Serve none.
+			if err := c.Sink.SetEndpoints(map[string][]xdsclient.Endpoint{}); err != nil {
+				c.Log.Error("publish no endpoints", "err", err)
+			}
+		}
 	}
 	c.published.Store(true)
 	c.Log.Debug("endpoints published", "services_recomputed", len(dirty), "service_ports", len(out), "endpoints", n, "took", time.Since(start).String())

@@ -202,3 +202,44 @@ func BenchmarkEndpoints(b *testing.B) {
 		}
 	}
 }
+
+// refusing is a sink that refuses more than one Service port, as the xDS
+// server refuses more than a sidecar takes.
+type refusing struct{ sink }
+
+func (r *refusing) SetEndpoints(eps map[string][]xdsclient.Endpoint) error {
+	if len(eps) > 1 {
+		return fmt.Errorf("%d: too many", len(eps))
+	}
+	return r.sink.SetEndpoints(eps)
+}
+
+// TestRefusedFromTheStart: a set the sink refuses at the first publish
+// is replaced by none, so that a server waiting for endpoints serves the
+// policies; a later refusal keeps the last set.
+func TestRefusedFromTheStart(t *testing.T) {
+	cs := fake.NewClientset(
+		service("shop", "a", corev1.ServicePort{Port: 80}),
+		service("shop", "b", corev1.ServicePort{Port: 80}),
+	)
+	s := &refusing{}
+	c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Debounce: 10 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx)
+	waitFor(t, "the first publish", c.Synced)
+	if got, n := s.last(); n != 1 || len(got) != 0 {
+		t.Fatalf("after a refused first set: %d sets, the last %v; want one, empty", n, got)
+	}
+	if err := cs.CoreV1().Services("shop").Delete(ctx, "b", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a set under the bound", func() bool { got, _ := s.last(); return len(got) == 1 })
+	if _, err := cs.CoreV1().Services("shop").Create(ctx, service("shop", "c", corev1.ServicePort{Port: 80}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got, _ := s.last(); len(got) != 1 {
+		t.Fatalf("a later refusal replaced the last set with %v", got)
+	}
+}
