@@ -142,8 +142,10 @@ func TestController(t *testing.T) {
 		t.Fatalf("first set %v: want geo, and empty with no endpoints", got)
 	}
 
-	// A burst of 50 updates is published a few times, not 50.
+	// A burst of 50 updates is published once per debounce interval at
+	// most, not 50 times.
 	_, before := s.last()
+	burst := time.Now()
 	sl := cs.DiscoveryV1().EndpointSlices("shop")
 	for i := range 50 {
 		obj := slice("shop", "geo", "geo-1", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, ready(fmt.Sprintf("10.0.1.%d", i)))
@@ -155,8 +157,9 @@ func TestController(t *testing.T) {
 		got, _ := s.last()
 		return slices.Equal(got[geo], eps(t, "10.0.1.49:8080"))
 	})
-	if _, after := s.last(); after-before > 10 {
-		t.Errorf("50 updates made %d publishes", after-before)
+	took := time.Since(burst)
+	if _, after := s.last(); after-before > int(took/c.Debounce)+2 || after-before > 25 {
+		t.Errorf("50 updates in %v made %d publishes (debounce %v)", took, after-before, c.Debounce)
 	}
 	// A second slice, then the Service deleted.
 	if _, err := sl.Create(ctx, slice("shop", "geo", "geo-2", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, terminating("10.0.2.1")), metav1.CreateOptions{}); err != nil {
