@@ -23,6 +23,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/minimesh/minimesh/injector"
+	"github.com/minimesh/minimesh/internal/memlimit"
 	"github.com/minimesh/minimesh/injector/endpointctl"
 	"github.com/minimesh/minimesh/injector/policyctl"
 	"github.com/minimesh/minimesh/injector/webhook"
@@ -83,6 +84,11 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	// controller-runtime's logr: one format in the controller's output.
 	klog.SetSlogLogger(log)
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
+	// Pushing every Service's endpoints to many sidecars makes garbage
+	// fast: without a Go memory limit the heap ran to 726 MB for 1,000
+	// sidecars and 1,125 endpoints, with one under the container's limit
+	// it stays below it (docs/benchmarks.md, "Endpoints (EDS)").
+	memlimit.Set(memlimit.DefaultCgroupRoot, log)
 
 	if (f.certFile == "") != (f.keyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")

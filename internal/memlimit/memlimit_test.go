@@ -1,4 +1,4 @@
-package sidecar
+package memlimit
 
 import (
 	"bytes"
@@ -49,7 +49,7 @@ func TestCgroupMemoryLimit(t *testing.T) {
 	}
 }
 
-func TestSetMemoryLimit(t *testing.T) {
+func TestSet(t *testing.T) {
 	t.Setenv("GOMEMLIMIT", "")
 	old := debug.SetMemoryLimit(-1)
 	t.Cleanup(func() { debug.SetMemoryLimit(old) })
@@ -58,7 +58,7 @@ func TestSetMemoryLimit(t *testing.T) {
 
 	root := cgroupRoot(t, map[string]string{"memory.max": "134217728\n"})
 	const want = 134217728 / 100 * 90
-	if got := SetMemoryLimit(root, log); got != want {
+	if got := Set(root, log); got != want {
 		t.Errorf("SetMemoryLimit = %d, want %d", got, want)
 	}
 	if got := debug.SetMemoryLimit(-1); got != want {
@@ -70,7 +70,7 @@ func TestSetMemoryLimit(t *testing.T) {
 
 	// No limit in the container: the runtime's is left alone.
 	debug.SetMemoryLimit(old)
-	if got := SetMemoryLimit(cgroupRoot(t, map[string]string{"memory.max": "max\n"}), log); got != 0 {
+	if got := Set(cgroupRoot(t, map[string]string{"memory.max": "max\n"}), log); got != 0 {
 		t.Errorf("SetMemoryLimit with memory.max max = %d, want 0", got)
 	}
 	if got := debug.SetMemoryLimit(-1); got != old {
