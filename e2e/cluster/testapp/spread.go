@@ -65,7 +65,8 @@ type spreadOptions struct {
 //	                 T (h2c with prior knowledge, docs/grpc.md), or to T
 //	                 itself when direct=1
 //
-// n=N calls (at most 200,000) or seconds=S (at most 60), from conc=C
+// n=N calls (at most 200,000) or seconds=S (at most 60), whichever comes
+// first when both are given, from conc=C
 // workers (default 1: one call after the other), at most rps=R calls a
 // second in all (default: as fast as they come back). Each call has 5 s.
 // It answers a spreadResult: each pod (the backend's X-Pod header, or its
@@ -94,8 +95,8 @@ func serveSpread(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	o.d = time.Duration(secs) * time.Second
-	if o.target == "" || (o.n == 0) == (o.d == 0) {
-		http.Error(w, "url (or grpc=1&target) and one of n, seconds", http.StatusBadRequest)
+	if o.target == "" || (o.n == 0 && o.d == 0) {
+		http.Error(w, "url (or grpc=1&target) and n, seconds or both", http.StatusBadRequest)
 		return
 	}
 	if o.d == 0 {
