@@ -20,3 +20,23 @@ func TestImports(t *testing.T) {
 		}
 	}
 }
+
+// TestSidecarLinksNoGRPC: the sidecar's binary links neither grpc-go nor
+// Envoy's or OTLP's generated types. They were 10 MB of its 22 MB binary
+// and 8 MB of its 20 MB idle RSS (issue 16; docs/benchmarks.md, "Memory at
+// idle and under load"); the xDS client and the span exporter speak their
+// few messages field by field over internal/grpcwire instead.
+func TestSidecarLinksNoGRPC(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "./cmd/minimesh-proxy").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, banned := range []string{"google.golang.org/grpc", "github.com/envoyproxy/", "github.com/cncf/xds",
+			"go.opentelemetry.io/proto/", "go.opentelemetry.io/otel/exporters/", "google.golang.org/genproto"} {
+			if strings.HasPrefix(pkg, banned) {
+				t.Errorf("the sidecar links %s", pkg)
+			}
+		}
+	}
+}

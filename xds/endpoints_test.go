@@ -243,12 +243,12 @@ func TestEndpointsStaticStability(t *testing.T) {
 // exactly the ClusterLoadAssignment's own encoding, and decode back.
 func TestPremarshaled(t *testing.T) {
 	eps := []xdsclient.Endpoint{ep("10.0.0.1:8080", false), ep("[fd00::2]:8080", true), {Addr: netip.MustParseAddrPort("10.0.0.3:80"), Zone: "z2"}}
-	plain := xdsclient.LoadAssignment(geoName, eps)
+	plain := LoadAssignment(geoName, eps)
 	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(plain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	held, b, err := premarshaled(xdsclient.LoadAssignment(geoName, eps))
+	held, b, err := premarshaled(LoadAssignment(geoName, eps))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +260,7 @@ func TestPremarshaled(t *testing.T) {
 	if err := proto.Unmarshal(again, &back); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := xdsclient.FromLoadAssignment(&back); err != nil || !slices.Equal(got, eps) {
+	if got, err := xdsclient.FromLoadAssignment(again); err != nil || !slices.Equal(got, eps) {
 		t.Fatalf("decoded %v, %v; want %v", got, err, eps)
 	}
 }

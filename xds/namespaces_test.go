@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/xds/xdsclient"
@@ -44,7 +45,7 @@ func firstApply(t testing.TB, ctx context.Context, c *xdsclient.Client, r *recor
 	case <-r.changed:
 		return time.Since(start)
 	case <-time.After(10 * time.Second):
-		t.Fatalf("node %s: no snapshot in 10 s", c.Node.GetId())
+		t.Fatalf("node %s: no snapshot in 10 s", c.Node.ID)
 		return 0
 	}
 }
@@ -66,9 +67,9 @@ func TestEveryNamespaceGetsClusterWide(t *testing.T) {
 	addr, stop := serve(t, s, "127.0.0.1:0")
 	defer stop()
 
-	nodes := map[string]*corev3.Node{
+	nodes := map[string]*xdsclient.NodeInfo{
 		"unnamed":      xdsclient.Node("web-1", "checkout", "web"),
-		"no namespace": {Id: "envoy-1", Cluster: "edge"},
+		"no namespace": {ID: "envoy-1", Cluster: "edge"},
 	}
 	for what, n := range nodes {
 		r := newRecorder()
@@ -270,7 +271,7 @@ func TestDeltaAndFetch(t *testing.T) {
 	defer stop()
 	conn := rawConn(t, addr)
 
-	node := xdsclient.Node("web-1", "checkout", "web")
+	node := typedNode("web-1", "checkout", "web")
 	fetched, err := clusterservice.NewClusterDiscoveryServiceClient(conn).FetchClusters(ctx, &discovery.DiscoveryRequest{Node: node, TypeUrl: clusterType})
 	if err != nil {
 		t.Fatalf("fetch: %v", err)
@@ -325,7 +326,7 @@ func TestRefusedNodes(t *testing.T) {
 	}
 
 	st := stream()
-	if err := st.Send(&discovery.DiscoveryRequest{Node: xdsclient.Node("p", "Not_A_Namespace", "web"), TypeUrl: clusterType}); err != nil {
+	if err := st.Send(&discovery.DiscoveryRequest{Node: typedNode("p", "Not_A_Namespace", "web"), TypeUrl: clusterType}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
@@ -333,14 +334,14 @@ func TestRefusedNodes(t *testing.T) {
 	}
 
 	st = stream()
-	if err := st.Send(&discovery.DiscoveryRequest{Node: xdsclient.Node("p", "a", "web"), TypeUrl: clusterType}); err != nil {
+	if err := st.Send(&discovery.DiscoveryRequest{Node: typedNode("p", "a", "web"), TypeUrl: clusterType}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := st.Recv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Send(&discovery.DiscoveryRequest{Node: xdsclient.Node("p", "b", "web"), TypeUrl: clusterType,
+	if err := st.Send(&discovery.DiscoveryRequest{Node: typedNode("p", "b", "web"), TypeUrl: clusterType,
 		VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
 		t.Fatal(err)
 	}
@@ -400,4 +401,16 @@ func TestClusterWideWithoutNamespace(t *testing.T) {
 			t.Errorf("namespace %s: clusters %v, want %s", ns, slices.Collect(maps.Keys(snap.GetResources(clusterType))), want)
 		}
 	}
+}
+
+// typedNode is xdsclient.Node as go-control-plane's type, for requests
+// the tests send with the generated client.
+func typedNode(pod, namespace, service string) *corev3.Node {
+	n := xdsclient.Node(pod, namespace, service)
+	md := map[string]any{}
+	for k, v := range n.Metadata {
+		md[k] = v
+	}
+	st, _ := structpb.NewStruct(md)
+	return &corev3.Node{Id: n.ID, Cluster: n.Cluster, Metadata: st}
 }

@@ -344,7 +344,7 @@ func endpointResources(eps map[string][]xdsclient.Endpoint) (endpointContent, er
 		if n > xdsclient.MaxEndpoints {
 			return endpointContent{}, fmt.Errorf("endpoints: more than %d in all (at %s): the sidecars would refuse them; keeping the last set", xdsclient.MaxEndpoints, name)
 		}
-		cla, b, err := premarshaled(xdsclient.LoadAssignment(name, eps[name]))
+		cla, b, err := premarshaled(LoadAssignment(name, eps[name]))
 		if err != nil {
 			return endpointContent{}, err
 		}

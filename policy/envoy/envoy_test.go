@@ -12,6 +12,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/policy"
@@ -185,7 +186,11 @@ func TestFromClusterRoundTrip(t *testing.T) {
 		t.Fatalf("%d clusters for %d policies", len(clusters), len(pols))
 	}
 	for _, c := range clusters {
-		got, err := xdsclient.FromCluster(c)
+		b, err := proto.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := xdsclient.FromCluster(b)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"time"
 
 	"github.com/minimesh/minimesh/wellknown"
 	"go.opentelemetry.io/contrib/propagators/b3"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -53,17 +51,9 @@ func NewTracing(cfg TracingConfig, m *Metrics) (*Tracing, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	exp, err := otlptracegrpc.New(context.Background(),
-		otlptracegrpc.WithEndpoint(cfg.Endpoint),
-		otlptracegrpc.WithInsecure(),
-		otlptracegrpc.WithTimeout(5*time.Second),
-		// Short retries: while the exporter waits, the queue fills and
-		// drops are counted; a long backoff only hides the outage.
-		otlptracegrpc.WithRetry(otlptracegrpc.RetryConfig{Enabled: true, InitialInterval: 200 * time.Millisecond, MaxInterval: time.Second, MaxElapsedTime: 3 * time.Second}),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("otlp exporter for %s: %w", cfg.Endpoint, err)
-	}
+	// The exporter dials when it first exports: a collector that is
+	// down costs dropped spans, never a slower start or request.
+	exp := newOTLPExporter(cfg.Endpoint)
 	attrs := []attribute.KeyValue{
 		attribute.String("service.name", orDefault(cfg.ServiceName, "minimesh-proxy")),
 		attribute.String("service.version", wellknown.Version),

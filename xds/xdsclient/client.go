@@ -1,10 +1,13 @@
 // Package xdsclient is the sidecar's side of the control plane: it follows
 // the ADS stream of minimesh controller, turns clusters back into
 // policies and ClusterLoadAssignments into endpoints. It is a package of
-// its own so that the sidecar links only the Envoy types it decodes
-// (Cluster, ClusterLoadAssignment, which Cluster links anyway, and the
-// discovery service), not the server's cache and every xDS service:
-// measured, that is most of the memory xDS costs a sidecar.
+// its own so that the sidecar links only what it decodes, not the
+// server's cache and every xDS service. It links no Envoy type and no
+// google.golang.org/grpc either: the few messages it reads and writes are
+// decoded and encoded field by field (wire.go), and the stream is
+// internal/grpcwire's, on net/http's HTTP/2. Measured (issue 16), the
+// generated types and grpc-go were about 4 MB of the sidecar's idle RSS
+// (docs/benchmarks.md, "Memory at idle and under load").
 package xdsclient
 
 import (
@@ -15,18 +18,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
+	"strings"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/structpb"
-
+	"github.com/minimesh/minimesh/internal/grpcwire"
 	"github.com/minimesh/minimesh/policy"
 )
 
@@ -38,11 +34,8 @@ const clusterType = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 // namespace: the server serves each namespace its own snapshot.
 const NamespaceKey = "namespace"
 
-// Node is the identity a sidecar presents: the server groups by namespace.
-func Node(pod, namespace, service string) *corev3.Node {
-	md, _ := structpb.NewStruct(map[string]any{NamespaceKey: namespace, "service": service})
-	return &corev3.Node{Id: namespace + "/" + pod, Cluster: service, Metadata: md}
-}
+// adsMethod is the ADS stream's gRPC method.
+const adsMethod = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
 // Client keeps a sidecar's policies (and, with ApplyEndpoints, the
 // Services' endpoints) in step with the control plane. It applies a
@@ -53,7 +46,7 @@ func Node(pod, namespace, service string) *corev3.Node {
 // exponential backoff.
 type Client struct {
 	Addr string
-	Node *corev3.Node
+	Node *NodeInfo
 	// Apply installs the policies of a response; its error NACKs it.
 	Apply func(pols []*policy.ResiliencePolicy, version string) error
 	// ApplyEndpoints, when set, asks for every Service's endpoints too
@@ -63,7 +56,9 @@ type Client struct {
 	Log            *slog.Logger
 	// Backoff bounds between reconnects (defaults 250 ms and 30 s).
 	MinBackoff, MaxBackoff time.Duration
-	DialOptions            []grpc.DialOption
+	// HTTPClient carries the stream (nil: an HTTP/2 cleartext client of
+	// its own, grpcwire.NewClient).
+	HTTPClient *http.Client
 }
 
 // Run follows the server until ctx ends.
@@ -100,7 +95,7 @@ func (c *Client) Run(ctx context.Context) error {
 // and the refusal of the same content again, which waits.
 type typeState struct {
 	url   string
-	apply func(resp *discovery.DiscoveryResponse) (version string, n int, err error)
+	apply func(resp *discoveryResponse) (version string, n int, err error)
 	what  string // "policies", "endpoints": for the log
 	// acked is the version_info of the last response applied: a NACK
 	// carries it, as the protocol asks.
@@ -122,25 +117,26 @@ type typeState struct {
 // types of one snapshot come over one ordered stream. got says whether a
 // response arrived.
 func (c *Client) session(ctx context.Context) (got bool, err error) {
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.DialOptions...)
-	conn, err := grpc.NewClient(c.Addr, opts...)
-	if err != nil {
-		return false, err
+	hc := c.HTTPClient
+	if hc == nil {
+		hc = grpcwire.NewClient(10 * time.Second)
+		defer hc.CloseIdleConnections()
 	}
-	defer conn.Close()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+	stream, err := grpcwire.NewStream(sctx, hc, c.Addr, adsMethod)
 	if err != nil {
 		return false, fmt.Errorf("connect: %w", err)
 	}
+	defer stream.Close()
 	states := map[string]*typeState{clusterType: {url: clusterType, apply: c.applyClusters, what: "policies"}}
 	if c.ApplyEndpoints != nil {
 		states[endpointType] = &typeState{url: endpointType, apply: c.applyEndpoints, what: "endpoints"}
 	}
-	send := func(st *typeState, nonce string, detail *rpcstatus.Status) error {
-		return stream.Send(&discovery.DiscoveryRequest{Node: c.Node, TypeUrl: st.url,
-			VersionInfo: st.acked, ResponseNonce: nonce, ErrorDetail: detail})
+	send := func(st *typeState, nonce string, detail *string) error {
+		req := discoveryRequest{node: c.Node, typeURL: st.url,
+			versionInfo: st.acked, nonce: nonce, errorDetail: detail}
+		return stream.Send(req.marshal())
 	}
 	// Clusters first: the order Envoy asks in, and the server's.
 	for _, url := range []string{clusterType, endpointType} {
@@ -159,13 +155,20 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 	}()
 
 	type received struct {
-		resp *discovery.DiscoveryResponse
+		resp *discoveryResponse
 		err  error
 	}
 	recvd := make(chan received)
 	go func() {
 		for {
-			resp, err := stream.Recv()
+			var resp *discoveryResponse
+			b, err := stream.Recv()
+			if err == nil {
+				resp = new(discoveryResponse)
+				if err = resp.unmarshal(b); err != nil {
+					err = fmt.Errorf("a DiscoveryResponse that does not decode: %w", err)
+				}
+			}
 			select {
 			case recvd <- received{resp, err}:
 			case <-sctx.Done():
@@ -188,7 +191,7 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		case <-sctx.Done():
 			return got, sctx.Err()
 		case d := <-due:
-			if err := send(d.st, d.nonce, &rpcstatus.Status{Message: d.msg}); err != nil {
+			if err := send(d.st, d.nonce, &d.msg); err != nil {
 				return got, err
 			}
 			continue
@@ -199,9 +202,9 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		}
 		got = true
 		resp := r.resp
-		st := states[resp.GetTypeUrl()]
+		st := states[resp.typeURL]
 		if st == nil {
-			c.Log.Warn("xds: a response of a type not asked for; ignored", "type", resp.GetTypeUrl())
+			c.Log.Warn("xds: a response of a type not asked for; ignored", "type", resp.typeURL)
 			continue
 		}
 		if st.timer != nil {
@@ -210,13 +213,13 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		}
 		version, n, err := st.apply(resp)
 		if err == nil {
-			st.acked, st.lastNack = resp.GetVersionInfo(), ""
+			st.acked, st.lastNack = resp.versionInfo, ""
 			if st.url == clusterType {
 				c.Log.Info("xds: applied policies (ACK)", "version", version, "policies", n)
 			} else {
 				c.Log.Debug("xds: applied endpoints (ACK)", "version", version, "endpoints", n)
 			}
-			if err := send(st, resp.GetNonce(), nil); err != nil {
+			if err := send(st, resp.nonce, nil); err != nil {
 				return got, err
 			}
 			continue
@@ -224,12 +227,13 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		if version != st.lastNack {
 			c.Log.Error("xds: refused the control plane's "+st.what+" (NACK); keeping the last good ones", "version", version, "err", err)
 			st.lastNack, st.nackWait = version, time.Second
-			if err := send(st, resp.GetNonce(), &rpcstatus.Status{Message: err.Error()}); err != nil {
+			msg := err.Error()
+			if err := send(st, resp.nonce, &msg); err != nil {
 				return got, err
 			}
 			continue
 		}
-		d := delayed{st, resp.GetNonce(), err.Error()}
+		d := delayed{st, resp.nonce, err.Error()}
 		st.timer = time.AfterFunc(st.nackWait, func() {
 			select {
 			case due <- d:
@@ -241,8 +245,8 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 }
 
 // applyClusters decodes a CDS response and hands it to Apply.
-func (c *Client) applyClusters(resp *discovery.DiscoveryResponse) (string, int, error) {
-	pols, version, err := decode(resp.GetResources())
+func (c *Client) applyClusters(resp *discoveryResponse) (string, int, error) {
+	pols, version, err := decode(resp.resources)
 	if err == nil {
 		err = c.Apply(pols, version)
 	}
@@ -250,8 +254,8 @@ func (c *Client) applyClusters(resp *discovery.DiscoveryResponse) (string, int, 
 }
 
 // applyEndpoints decodes an EDS response and hands it to ApplyEndpoints.
-func (c *Client) applyEndpoints(resp *discovery.DiscoveryResponse) (string, int, error) {
-	eps, n, version, err := decodeEndpoints(resp.GetResources())
+func (c *Client) applyEndpoints(resp *discoveryResponse) (string, int, error) {
+	eps, n, version, err := decodeEndpoints(resp.resources)
 	if err == nil {
 		err = c.ApplyEndpoints(eps, version)
 	}
@@ -260,23 +264,27 @@ func (c *Client) applyEndpoints(resp *discovery.DiscoveryResponse) (string, int,
 
 // decode turns a CDS response into policies; version is a hash of the
 // resources as received.
-func decode(resources []*anypb.Any) ([]*policy.ResiliencePolicy, string, error) {
+func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
 	h := sha256.New()
 	var pols []*policy.ResiliencePolicy
 	var errs []error
 	for _, a := range resources {
-		h.Write(a.GetValue())
-		var c clusterv3.Cluster
-		if err := a.UnmarshalTo(&c); err != nil {
-			errs = append(errs, fmt.Errorf("resource %s: %w", a.GetTypeUrl(), err))
+		h.Write(a.value)
+		if !isType(a.typeURL, clusterType) {
+			errs = append(errs, fmt.Errorf("resource %s: not a %s", a.typeURL, clusterType))
 			continue
 		}
-		p, err := FromCluster(&c)
+		var c cluster
+		if err := c.unmarshal(a.value); err != nil {
+			errs = append(errs, fmt.Errorf("resource %s: %w", a.typeURL, err))
+			continue
+		}
+		p, err := fromCluster(&c)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		p.Source = "xds:" + c.GetName()
+		p.Source = "xds:" + c.name
 		pols = append(pols, p)
 	}
 	return pols, hex.EncodeToString(h.Sum(nil))[:16], errors.Join(errs...)
@@ -286,24 +294,27 @@ func decode(resources []*anypb.Any) ([]*policy.ResiliencePolicy, string, error) 
 // n counts them all. A resource that does not decode, a name twice, or
 // more than MaxEndpoints in all refuse the whole response: the sidecar
 // keeps its last good set rather than balance over part of one.
-func decodeEndpoints(resources []*anypb.Any) (map[string][]Endpoint, int, string, error) {
+func decodeEndpoints(resources []resource) (map[string][]Endpoint, int, string, error) {
 	h := sha256.New()
 	for _, a := range resources {
-		h.Write(a.GetValue())
+		h.Write(a.value)
 	}
 	version := hex.EncodeToString(h.Sum(nil))[:16]
 	out := make(map[string][]Endpoint, len(resources))
 	n := 0
 	for _, a := range resources {
-		var cla endpointv3.ClusterLoadAssignment
-		if err := a.UnmarshalTo(&cla); err != nil {
-			return nil, 0, version, fmt.Errorf("resource %s: %w", a.GetTypeUrl(), err)
+		if !isType(a.typeURL, endpointType) {
+			return nil, 0, version, fmt.Errorf("resource %s: not a %s", a.typeURL, endpointType)
 		}
-		name := cla.GetClusterName()
+		var cla loadAssignment
+		if err := cla.unmarshal(a.value); err != nil {
+			return nil, 0, version, fmt.Errorf("resource %s: %w", a.typeURL, err)
+		}
+		name := cla.name
 		if _, dup := out[name]; dup {
 			return nil, 0, version, fmt.Errorf("endpoints %q: twice in one response", name)
 		}
-		eps, err := FromLoadAssignment(&cla)
+		eps, err := fromLoadAssignment(&cla)
 		if err != nil {
 			return nil, 0, version, err
 		}
@@ -313,4 +324,11 @@ func decodeEndpoints(resources []*anypb.Any) (map[string][]Endpoint, int, string
 		out[name] = eps
 	}
 	return out, n, version, nil
+}
+
+// isType says whether an Any's type URL names the same message as want,
+// as anypb's MessageIs does: by the full name after the last slash.
+func isType(url, want string) bool {
+	name := func(u string) string { return u[strings.LastIndexByte(u, '/')+1:] }
+	return name(url) == name(want)
 }

@@ -223,7 +223,7 @@ func TestFromLoadAssignment(t *testing.T) {
 		return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{
 			{Locality: &corev3.Locality{Zone: "a"}, LbEndpoints: eps}}}
 	}
-	got, err := FromLoadAssignment(cla(geo,
+	got, err := fromTyped(t, cla(geo,
 		sockEP("10.0.0.1", 80, corev3.HealthStatus_HEALTHY),
 		sockEP("10.0.0.2", 80, corev3.HealthStatus_DRAINING),
 		sockEP("10.0.0.3", 80, corev3.HealthStatus_UNHEALTHY),
@@ -242,7 +242,7 @@ func TestFromLoadAssignment(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %v\nwant %v", got, want)
 	}
-	if back, _ := FromLoadAssignment(LoadAssignment(geo, want)); !slices.Equal(back, want) {
+	if back, _ := fromTyped(t, LoadAssignment(geo, want)); !slices.Equal(back, want) {
 		t.Fatalf("round trip: %v", back)
 	}
 
@@ -257,7 +257,7 @@ func TestFromLoadAssignment(t *testing.T) {
 		"a bad port":      cla("geo.shop.svc.cluster.local:0", sockEP("10.0.0.1", 80, 0)),
 		"another domain":  cla("geo.shop.example.com:80", sockEP("10.0.0.1", 80, 0)),
 	} {
-		if _, err := FromLoadAssignment(c); err == nil || !strings.Contains(err.Error(), c.GetClusterName()) {
+		if _, err := fromTyped(t, c); err == nil || !strings.Contains(err.Error(), c.GetClusterName()) {
 			t.Errorf("%s: err %v, want one naming %q", name, err, c.GetClusterName())
 		}
 	}
@@ -269,17 +269,17 @@ func TestDecodeEndpointsBounds(t *testing.T) {
 		list = append(list, Endpoint{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 80)})
 	}
 	a := anys(t, LoadAssignment(EndpointName("a", "shop", 80), list), LoadAssignment(EndpointName("b", "shop", 80), list))
-	if _, _, _, err := decodeEndpoints(a); err == nil || !strings.Contains(err.Error(), "more than") {
+	if _, _, _, err := decodeEndpoints(res(a)); err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Fatalf("over the bound: %v", err)
 	}
-	if _, n, _, err := decodeEndpoints(a[:1]); err != nil || n != len(list) {
+	if _, n, _, err := decodeEndpoints(res(a[:1])); err != nil || n != len(list) {
 		t.Fatalf("under the bound: %d, %v", n, err)
 	}
 	twice := anys(t, LoadAssignment(geo, list[:1]), LoadAssignment(geo, list[1:2]))
-	if _, _, _, err := decodeEndpoints(twice); err == nil || !strings.Contains(err.Error(), "twice") {
+	if _, _, _, err := decodeEndpoints(res(twice)); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Fatalf("a name twice: %v", err)
 	}
-	if _, _, _, err := decodeEndpoints(anys(t, geoCluster(t, 3))); err == nil {
+	if _, _, _, err := decodeEndpoints(res(anys(t, geoCluster(t, 3)))); err == nil {
 		t.Fatal("a Cluster decoded as endpoints")
 	}
 }

@@ -6,9 +6,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 )
 
 // endpointType is EDS's type URL.
@@ -62,38 +59,46 @@ func checkEndpointName(name string) error {
 	return nil
 }
 
-// FromLoadAssignment is the endpoints of one ClusterLoadAssignment,
+// FromLoadAssignment is the endpoints of one ClusterLoadAssignment (its
+// encoding),
 // checked as input: its name is a Service port's, every address an IP
 // literal with a port in 1-65535. HEALTHY and UNKNOWN endpoints are
 // ready, DRAINING ones terminating, and the rest (UNHEALTHY, TIMEOUT,
 // DEGRADED) left out, as Envoy would. The same address twice is kept
 // once (ready wins).
-func FromLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, error) {
-	name := cla.GetClusterName()
+func FromLoadAssignment(b []byte) ([]Endpoint, error) {
+	var cla loadAssignment
+	if err := cla.unmarshal(b); err != nil {
+		return nil, err
+	}
+	return fromLoadAssignment(&cla)
+}
+
+func fromLoadAssignment(cla *loadAssignment) ([]Endpoint, error) {
+	name := cla.name
 	if err := checkEndpointName(name); err != nil {
 		return nil, fmt.Errorf("endpoints %q: %w", name, err)
 	}
 	var out []Endpoint
 	at := map[netip.AddrPort]int{}
-	for _, l := range cla.GetEndpoints() {
-		zone := l.GetLocality().GetZone()
-		for _, lb := range l.GetLbEndpoints() {
-			sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
-			if sa == nil {
+	for _, l := range cla.localities {
+		zone := l.zone
+		for _, lb := range l.lbs {
+			if !lb.hasSocket {
 				return nil, fmt.Errorf("endpoints %q: an endpoint without a socket address", name)
 			}
-			ip, err := netip.ParseAddr(sa.GetAddress())
+			ip, err := netip.ParseAddr(lb.address)
 			if err != nil || ip.Zone() != "" {
-				return nil, fmt.Errorf("endpoints %q: address %q is not an IP literal", name, sa.GetAddress())
+				return nil, fmt.Errorf("endpoints %q: address %q is not an IP literal", name, lb.address)
 			}
-			port := sa.GetPortValue()
+			port := lb.port
 			if port < 1 || port > 65535 {
 				return nil, fmt.Errorf("endpoints %q: %s: port %d is not 1-65535", name, ip, port)
 			}
 			var terminating bool
-			switch lb.GetHealthStatus() {
-			case corev3.HealthStatus_HEALTHY, corev3.HealthStatus_UNKNOWN:
-			case corev3.HealthStatus_DRAINING:
+			switch lb.health {
+			case healthHealthy, healthUnknown:
+			case healthDraining:
 				terminating = true
 			default:
 				continue
@@ -108,37 +113,4 @@ func FromLoadAssignment(cla *endpointv3.ClusterLoadAssignment) ([]Endpoint, erro
 		}
 	}
 	return out, nil
-}
-
-// LoadAssignment is the ClusterLoadAssignment of a Service port's
-// endpoints (the control plane's side of FromLoadAssignment): one
-// locality per zone, in the order the zones first appear.
-func LoadAssignment(name string, eps []Endpoint) *endpointv3.ClusterLoadAssignment {
-	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
-	byZone := map[string]*endpointv3.LocalityLbEndpoints{}
-	for _, e := range eps {
-		l := byZone[e.Zone]
-		if l == nil {
-			l = &endpointv3.LocalityLbEndpoints{}
-			if e.Zone != "" {
-				l.Locality = &corev3.Locality{Zone: e.Zone}
-			}
-			byZone[e.Zone] = l
-			cla.Endpoints = append(cla.Endpoints, l)
-		}
-		health := corev3.HealthStatus_HEALTHY
-		if e.Terminating {
-			health = corev3.HealthStatus_DRAINING
-		}
-		l.LbEndpoints = append(l.LbEndpoints, &endpointv3.LbEndpoint{
-			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-					Address:       e.Addr.Addr().String(),
-					PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(e.Addr.Port())},
-				}}},
-			}},
-			HealthStatus: health,
-		})
-	}
-	return cla
 }

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-
 	"github.com/minimesh/minimesh/policy"
 )
 
@@ -14,18 +12,25 @@ import (
 // puts the whole policy (the two are held equal by a test).
 const MetadataKey = "minimesh.io"
 
-// FromCluster rebuilds the policy that Translate put into a cluster, and
-// checks it as the decoder checks a file: a resource from a control plane
-// is input like any other.
-func FromCluster(c *clusterv3.Cluster) (*policy.ResiliencePolicy, error) {
-	md := c.GetMetadata().GetFilterMetadata()[MetadataKey]
-	if md == nil {
-		return nil, fmt.Errorf("cluster %s: no %s metadata", c.GetName(), MetadataKey)
+// FromCluster rebuilds the policy that Translate put into a cluster (its
+// encoding), and checks it as the decoder checks a file: a resource from
+// a control plane is input like any other.
+func FromCluster(b []byte) (*policy.ResiliencePolicy, error) {
+	var c cluster
+	if err := c.unmarshal(b); err != nil {
+		return nil, err
 	}
-	m := md.AsMap()
+	return fromCluster(&c)
+}
+
+func fromCluster(c *cluster) (*policy.ResiliencePolicy, error) {
+	m := c.md
+	if m == nil {
+		return nil, fmt.Errorf("cluster %s: no %s metadata", c.name, MetadataKey)
+	}
 	spec, ok := m["spec"].(map[string]any)
 	if !ok {
-		return nil, fmt.Errorf("cluster %s: metadata %s has no spec", c.GetName(), MetadataKey)
+		return nil, fmt.Errorf("cluster %s: metadata %s has no spec", c.name, MetadataKey)
 	}
 	name, _ := m["policy"].(string)
 	ns, _ := m["namespace"].(string)
@@ -37,12 +42,12 @@ func FromCluster(c *clusterv3.Cluster) (*policy.ResiliencePolicy, error) {
 	if err != nil {
 		return nil, err
 	}
-	pols, err := policy.Decode("xds cluster "+c.GetName(), doc)
+	pols, err := policy.Decode("xds cluster "+c.name, doc)
 	if err != nil {
 		return nil, err
 	}
 	if len(pols) != 1 {
-		return nil, errors.New("cluster " + c.GetName() + ": want one policy")
+		return nil, errors.New("cluster " + c.name + ": want one policy")
 	}
 	return pols[0], nil
 }

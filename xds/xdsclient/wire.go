@@ -1,0 +1,491 @@
+package xdsclient
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// The sidecar's xDS messages, encoded and decoded field by field
+// (protowire) rather than through go-control-plane's generated types:
+// linking those registers the descriptors of every Envoy type they
+// reach (core/v3 alone is hundreds of messages) and, through the
+// discovery service's stubs, google.golang.org/grpc; together about
+// 4 MB of the sidecar's idle RSS (docs/benchmarks.md, "Memory at idle
+// and under load"). The field numbers are those of
+// envoy/service/discovery/v3/discovery.proto, envoy/config/core/v3,
+// envoy/config/cluster/v3/cluster.proto, envoy/config/endpoint/v3 and
+// google/protobuf/struct.proto; the tests hold them equal to the
+// generated types' encodings. Fields the sidecar does not read are
+// skipped (still checked to be well-formed), as proto.Unmarshal would
+// keep them as unknown.
+
+// NodeInfo is the identity a sidecar presents (envoy.config.core.v3.Node:
+// id, cluster, and metadata of string values).
+type NodeInfo struct {
+	ID, Cluster string
+	Metadata    map[string]string
+}
+
+// Node is the identity a sidecar presents: the server groups by namespace.
+func Node(pod, namespace, service string) *NodeInfo {
+	return &NodeInfo{ID: namespace + "/" + pod, Cluster: service,
+		Metadata: map[string]string{NamespaceKey: namespace, "service": service}}
+}
+
+// appendNode appends n's encoding (envoy.config.core.v3.Node).
+func appendNode(b []byte, n *NodeInfo) []byte {
+	b = appendString(b, 1, n.ID)
+	b = appendString(b, 2, n.Cluster)
+	if len(n.Metadata) > 0 {
+		// google.protobuf.Struct{fields: map<string, Value>}, each
+		// entry {key = 1, value = 2: Value{string_value = 3}}.
+		var st []byte
+		for _, k := range sortedKeys(n.Metadata) {
+			var v []byte
+			v = protowire.AppendTag(v, 3, protowire.BytesType)
+			v = protowire.AppendString(v, n.Metadata[k])
+			var e []byte
+			e = appendString(e, 1, k)
+			e = appendBytes(e, 2, v)
+			st = appendBytes(st, 1, e)
+		}
+		b = appendBytes(b, 3, st)
+	}
+	return b
+}
+
+func sortedKeys(m map[string]string) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		i := len(ks)
+		ks = append(ks, k)
+		for ; i > 0 && ks[i-1] > k; i-- {
+			ks[i] = ks[i-1]
+		}
+		ks[i] = k
+	}
+	return ks
+}
+
+func appendString(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
+}
+
+// discoveryRequest is envoy.service.discovery.v3.DiscoveryRequest, as the
+// client sends it: a wildcard subscription, its ACK or its NACK.
+type discoveryRequest struct {
+	versionInfo, typeURL, nonce string
+	node                        *NodeInfo
+	// errorDetail, when set, NACKs: google.rpc.Status{message}.
+	errorDetail *string
+}
+
+func (r *discoveryRequest) marshal() []byte {
+	var b []byte
+	b = appendString(b, 1, r.versionInfo)
+	if r.node != nil {
+		b = appendBytes(b, 2, appendNode(nil, r.node))
+	}
+	b = appendString(b, 4, r.typeURL)
+	b = appendString(b, 5, r.nonce)
+	if r.errorDetail != nil {
+		b = appendBytes(b, 6, appendString(nil, 2, *r.errorDetail))
+	}
+	return b
+}
+
+// resource is a google.protobuf.Any.
+type resource struct {
+	typeURL string
+	value   []byte
+}
+
+// discoveryResponse is the part of a DiscoveryResponse the client reads.
+type discoveryResponse struct {
+	versionInfo, typeURL, nonce string
+	resources                   []resource
+}
+
+// fields calls f with each field of the message b, after checking its
+// tag and length; f gets the field's raw value (the varint, the fixed
+// bits, or the bytes of a length-delimited field) and returns an error
+// to stop. Groups are refused.
+func fields(b []byte, f func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		var v uint64
+		var bs []byte
+		switch typ {
+		case protowire.VarintType:
+			v, n = protowire.ConsumeVarint(b)
+		case protowire.Fixed32Type:
+			var u uint32
+			u, n = protowire.ConsumeFixed32(b)
+			v = uint64(u)
+		case protowire.Fixed64Type:
+			v, n = protowire.ConsumeFixed64(b)
+		case protowire.BytesType:
+			bs, n = protowire.ConsumeBytes(b)
+		default:
+			return fmt.Errorf("field %d: wire type %d not supported", num, typ)
+		}
+		if n < 0 {
+			return fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if err := f(num, typ, v, bs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// str is a string field's value: length-delimited and valid UTF-8, as
+// proto3 requires of strings.
+func str(num protowire.Number, typ protowire.Type, bs []byte) (string, error) {
+	if typ != protowire.BytesType {
+		return "", fmt.Errorf("field %d: wire type %d for a string", num, typ)
+	}
+	if !utf8.Valid(bs) {
+		return "", fmt.Errorf("field %d: string not valid UTF-8", num)
+	}
+	return string(bs), nil
+}
+
+// msg checks that a message field is length-delimited.
+func msg(num protowire.Number, typ protowire.Type) error {
+	if typ != protowire.BytesType {
+		return fmt.Errorf("field %d: wire type %d for a message", num, typ)
+	}
+	return nil
+}
+
+func varint(num protowire.Number, typ protowire.Type) error {
+	if typ != protowire.VarintType {
+		return fmt.Errorf("field %d: wire type %d for a varint", num, typ)
+	}
+	return nil
+}
+
+func (r *discoveryResponse) unmarshal(b []byte) error {
+	return fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+		switch num {
+		case 1:
+			r.versionInfo, err = str(num, typ, bs)
+		case 4:
+			r.typeURL, err = str(num, typ, bs)
+		case 5:
+			r.nonce, err = str(num, typ, bs)
+		case 2:
+			if err = msg(num, typ); err != nil {
+				return err
+			}
+			var a resource
+			err = fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+				switch num {
+				case 1:
+					a.typeURL, err = str(num, typ, bs)
+				case 2:
+					if typ != protowire.BytesType {
+						return fmt.Errorf("field %d: wire type %d for bytes", num, typ)
+					}
+					a.value = bs
+				}
+				return err
+			})
+			r.resources = append(r.resources, a)
+		}
+		return err
+	})
+}
+
+// cluster is the part of an envoy.config.cluster.v3.Cluster the sidecar
+// reads: its name and filter_metadata[MetadataKey].
+type cluster struct {
+	name string
+	md   map[string]any // nil: no such metadata
+}
+
+func (c *cluster) unmarshal(b []byte) error {
+	return fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+		switch num {
+		case 1:
+			c.name, err = str(num, typ, bs)
+		case 25: // metadata: envoy.config.core.v3.Metadata
+			if err = msg(num, typ); err != nil {
+				return err
+			}
+			err = fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
+				if num != 1 { // filter_metadata: map<string, Struct>
+					return nil
+				}
+				if err := msg(num, typ); err != nil {
+					return err
+				}
+				var key string
+				var val []byte
+				err := fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+					switch num {
+					case 1:
+						key, err = str(num, typ, bs)
+					case 2:
+						if err = msg(num, typ); err == nil {
+							val = append(val, bs...) // a message twice merges
+						}
+					}
+					return err
+				})
+				if err != nil || key != MetadataKey {
+					return err
+				}
+				m, err := decodeStruct(val, 0)
+				if err == nil {
+					c.md = m
+				}
+				return err
+			})
+		}
+		return err
+	})
+}
+
+// maxDepth bounds the nesting of Struct and ListValue, as protobuf's
+// decoder bounds recursion.
+const maxDepth = 100
+
+var errDepth = errors.New("struct nested too deep")
+
+// decodeStruct is google.protobuf.Struct as structpb's AsMap gives it.
+func decodeStruct(b []byte, depth int) (map[string]any, error) {
+	if depth > maxDepth {
+		return nil, errDepth
+	}
+	m := map[string]any{}
+	err := fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
+		if num != 1 {
+			return nil
+		}
+		if err := msg(num, typ); err != nil {
+			return err
+		}
+		var key string
+		var val []byte
+		err := fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+			switch num {
+			case 1:
+				key, err = str(num, typ, bs)
+			case 2:
+				if err = msg(num, typ); err == nil {
+					val = append(val, bs...)
+				}
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		v, err := decodeValue(val, depth+1)
+		m[key] = v
+		return err
+	})
+	return m, err
+}
+
+// decodeValue is google.protobuf.Value as structpb's AsInterface gives
+// it: nil, float64, string, bool, map[string]any or []any. Of a oneof
+// set more than once the last wins, as in protobuf.
+func decodeValue(b []byte, depth int) (any, error) {
+	if depth > maxDepth {
+		return nil, errDepth
+	}
+	var out any
+	err := fields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) (err error) {
+		switch num {
+		case 1: // null_value
+			if err = varint(num, typ); err == nil {
+				out = nil
+			}
+		case 2: // number_value
+			if typ != protowire.Fixed64Type {
+				return fmt.Errorf("field %d: wire type %d for a double", num, typ)
+			}
+			out = math.Float64frombits(v)
+		case 3:
+			out, err = str(num, typ, bs)
+		case 4:
+			if err = varint(num, typ); err == nil {
+				out = v != 0
+			}
+		case 5:
+			if err = msg(num, typ); err == nil {
+				out, err = decodeStruct(bs, depth+1)
+			}
+		case 6: // list_value: ListValue{values = 1}
+			if err = msg(num, typ); err != nil {
+				return err
+			}
+			list := []any{}
+			err = fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
+				if num != 1 {
+					return nil
+				}
+				if err := msg(num, typ); err != nil {
+					return err
+				}
+				e, err := decodeValue(bs, depth+1)
+				list = append(list, e)
+				return err
+			})
+			out = list
+		}
+		return err
+	})
+	return out, err
+}
+
+// loadAssignment is the part of an envoy.config.endpoint.v3
+// ClusterLoadAssignment the sidecar reads.
+type loadAssignment struct {
+	name       string
+	localities []locality
+}
+
+type locality struct {
+	zone string
+	lbs  []lbEndpoint
+}
+
+type lbEndpoint struct {
+	// hasSocket: the endpoint is set and its address is a socket
+	// address (not a pipe, an internal address or an endpoint_name).
+	hasSocket bool
+	address   string
+	port      uint32 // 0 unless port_value is the port specifier
+	health    uint64 // envoy.config.core.v3.HealthStatus
+}
+
+// Health statuses (envoy.config.core.v3.HealthStatus).
+const (
+	healthUnknown  = 0
+	healthHealthy  = 1
+	healthDraining = 3
+)
+
+func (l *loadAssignment) unmarshal(b []byte) error {
+	return fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+		switch num {
+		case 1:
+			l.name, err = str(num, typ, bs)
+		case 2: // LocalityLbEndpoints
+			if err = msg(num, typ); err != nil {
+				return err
+			}
+			var loc locality
+			err = fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+				switch num {
+				case 1: // locality: Locality{zone = 2}
+					if err = msg(num, typ); err != nil {
+						return err
+					}
+					err = fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+						if num == 2 {
+							loc.zone, err = str(num, typ, bs)
+						}
+						return err
+					})
+				case 2: // lb_endpoints
+					if err = msg(num, typ); err != nil {
+						return err
+					}
+					var e lbEndpoint
+					err = e.unmarshal(bs)
+					loc.lbs = append(loc.lbs, e)
+				}
+				return err
+			})
+			l.localities = append(l.localities, loc)
+		}
+		return err
+	})
+}
+
+func (e *lbEndpoint) unmarshal(b []byte) error {
+	return fields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) (err error) {
+		switch num {
+		case 1: // endpoint: Endpoint{address = 1: Address{socket_address = 1}}
+			if err = msg(num, typ); err != nil {
+				return err
+			}
+			err = fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
+				if num != 1 {
+					return nil
+				}
+				if err := msg(num, typ); err != nil {
+					return err
+				}
+				return fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
+					switch num {
+					case 1:
+						if err := msg(num, typ); err != nil {
+							return err
+						}
+						e.hasSocket = true
+						return e.socketAddress(bs)
+					case 2, 3: // pipe, envoy_internal_address
+						if err := msg(num, typ); err != nil {
+							return err
+						}
+						e.hasSocket, e.address, e.port = false, "", 0
+					}
+					return nil
+				})
+			})
+		case 5: // endpoint_name: the other host identifier
+			if _, err = str(num, typ, bs); err == nil {
+				e.hasSocket, e.address, e.port = false, "", 0
+			}
+		case 2:
+			if err = varint(num, typ); err == nil {
+				e.health = v
+			}
+		}
+		return err
+	})
+}
+
+// socketAddress reads SocketAddress{address = 2, port_value = 3,
+// named_port = 4}.
+func (e *lbEndpoint) socketAddress(b []byte) error {
+	return fields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) (err error) {
+		switch num {
+		case 2:
+			e.address, err = str(num, typ, bs)
+		case 3:
+			if err = varint(num, typ); err == nil {
+				e.port = uint32(v)
+			}
+		case 4:
+			if _, err = str(num, typ, bs); err == nil {
+				e.port = 0
+			}
+		}
+		return err
+	})
+}
