@@ -68,15 +68,21 @@ type ProxyConfig struct {
 	UID int64 `yaml:"uid"`
 }
 
-// DefaultConfig is the config without a file. The CPU limit of one core is
-// measured (docs/benchmarks.md): Go then runs one P, which cut the sidecar's
-// CPU per request by 28 % and its p99 latency.
+// DefaultConfig is the config without a file. The sidecar's resources
+// follow what it measured at 1,000 requests/s (docs/benchmarks.md, "Memory
+// at idle and under load"): 0.14–0.16 core, so a request of 150m; a peak
+// RSS of 16–19 MB (12–13 MB idle, most of it the binary's pages) and
+// about 24 KB per idle client connection, so a request of 32Mi and a limit
+// of 128Mi, room for the 1,024 connections --max-connections allows (Go's
+// memory limit is 90 % of it). The CPU limit of one core comes with
+// GOMAXPROCS=1 (Go would round a limit under two cores up to 2 Ps), which
+// cut the sidecar's CPU per request by 28 % and its p99 latency.
 func DefaultConfig() Config {
 	return Config{
 		Proxy: ProxyConfig{
 			Image:           "ghcr.io/minimesh/minimesh:" + imageTag(),
 			ImagePullPolicy: "IfNotPresent",
-			CPURequest:      "10m",
+			CPURequest:      "150m",
 			MemoryRequest:   "32Mi",
 			CPULimit:        "1",
 			MemoryLimit:     "128Mi",

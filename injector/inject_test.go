@@ -651,3 +651,36 @@ func FuzzInject(f *testing.F) {
 		}
 	})
 }
+
+// TestGOMAXPROCS: a CPU limit of at most one core gets GOMAXPROCS=1 (Go
+// would round it up to 2); above one core, or without a limit, Go's own
+// choice from the cgroup stands.
+func TestGOMAXPROCS(t *testing.T) {
+	for limit, want := range map[string]string{"1": "1", "500m": "1", "1000m": "1", "1001m": "", "2": "", "": ""} {
+		ann := enabled()
+		cfg := testConfig()
+		cfg.Proxy.CPULimit = limit
+		res, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, cfg)
+		if err != nil || !res.Injected {
+			t.Fatalf("limit %q: %v", limit, err)
+		}
+		got := ""
+		for _, c := range res.Pod.Spec.InitContainers {
+			for _, e := range c.Env {
+				if e.Name == "GOMAXPROCS" {
+					got = e.Value
+				}
+			}
+		}
+		for _, c := range res.Pod.Spec.Containers {
+			for _, e := range c.Env {
+				if e.Name == "GOMAXPROCS" {
+					got = e.Value
+				}
+			}
+		}
+		if got != want {
+			t.Errorf("CPU limit %q: GOMAXPROCS %q, want %q", limit, got, want)
+		}
+	}
+}

@@ -307,6 +307,15 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 	}
+	// Go (1.25 and later) sizes GOMAXPROCS from the container's CPU
+	// limit, cgroup v1 and v2 alike, but rounds a limit under 2 cores up
+	// to 2 (runtime.adjustCgroupGOMAXPROCS): under the default limit of
+	// one core the sidecar would run two Ps and be throttled. One P cut
+	// its CPU per request by 28 % and its p99 (docs/benchmarks.md, "One
+	// core"), so a limit of at most one core gets GOMAXPROCS=1.
+	if s.cpuLimit != nil && s.cpuLimit.MilliValue() <= 1000 {
+		env = append(env, corev1.EnvVar{Name: "GOMAXPROCS", Value: "1"})
+	}
 	if s.iptables && s.opaqueSet {
 		// --opaque-ports, read from the environment as every flag of
 		// minimesh-proxy run can be; it replaces the sidecar's default
