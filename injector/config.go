@@ -71,7 +71,8 @@ type ProxyConfig struct {
 // DefaultConfig is the config without a file. The sidecar's resources
 // follow what it measured at 1,000 requests/s (docs/benchmarks.md, "Memory
 // at idle and under load"): 0.14–0.16 core, so a request of 150m; a peak
-// RSS of 16–19 MB (12–13 MB idle, most of it the binary's pages) and
+// RSS of 16 MB with the GOGC=50 the sidecar gets (19 MB without; 12–13 MB
+// idle, most of it the binary's pages) and
 // about 24 KB per idle client connection, so a request of 32Mi and a limit
 // of 128Mi, room for the 1,024 connections --max-connections allows (Go's
 // memory limit is 90 % of it). The CPU limit of one core comes with

@@ -654,7 +654,7 @@ func FuzzInject(f *testing.F) {
 
 // TestGOMAXPROCS: a CPU limit of at most one core gets GOMAXPROCS=1 (Go
 // would round it up to 2); above one core, or without a limit, Go's own
-// choice from the cgroup stands.
+// choice from the cgroup stands. Every sidecar gets GOGC=50.
 func TestGOMAXPROCS(t *testing.T) {
 	for limit, want := range map[string]string{"1": "1", "500m": "1", "1000m": "1", "1001m": "", "2": "", "": ""} {
 		ann := enabled()
@@ -664,13 +664,19 @@ func TestGOMAXPROCS(t *testing.T) {
 		if err != nil || !res.Injected {
 			t.Fatalf("limit %q: %v", limit, err)
 		}
-		got := ""
+		got, gogc := "", ""
 		for _, c := range res.Pod.Spec.InitContainers {
 			for _, e := range c.Env {
 				if e.Name == "GOMAXPROCS" {
 					got = e.Value
 				}
+				if e.Name == "GOGC" {
+					gogc = e.Value
+				}
 			}
+		}
+		if gogc != "50" {
+			t.Errorf("CPU limit %q: GOGC %q, want 50", limit, gogc)
 		}
 		for _, c := range res.Pod.Spec.Containers {
 			for _, e := range c.Env {
