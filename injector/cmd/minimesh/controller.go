@@ -84,11 +84,6 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	// controller-runtime's logr: one format in the controller's output.
 	klog.SetSlogLogger(log)
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
-	// Pushing every Service's endpoints to many sidecars makes garbage
-	// fast: without a Go memory limit the heap ran to 726 MB for 1,000
-	// sidecars and 1,125 endpoints, with one under the container's limit
-	// it stays below it (docs/benchmarks.md, "Endpoints (EDS)").
-	memlimit.Set(memlimit.DefaultCgroupRoot, log)
 
 	if (f.certFile == "") != (f.keyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
@@ -109,6 +104,12 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 			return err
 		}
 	}
+
+	// Once the flags are good (their errors come alone). Pushing every Service's endpoints to many sidecars makes garbage
+	// fast: without a Go memory limit the heap ran to 726 MB for 1,000
+	// sidecars and 1,125 endpoints, with one under the container's limit
+	// it stays below it (docs/benchmarks.md, "Endpoints (EDS)").
+	memlimit.Set(memlimit.DefaultCgroupRoot, log)
 
 	// The policy server: sidecars connect before anything else is ready,
 	// and get their snapshot when the first one is set.
