@@ -23,10 +23,10 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/minimesh/minimesh/injector"
-	"github.com/minimesh/minimesh/internal/memlimit"
 	"github.com/minimesh/minimesh/injector/endpointctl"
 	"github.com/minimesh/minimesh/injector/policyctl"
 	"github.com/minimesh/minimesh/injector/webhook"
+	"github.com/minimesh/minimesh/internal/memlimit"
 	"github.com/minimesh/minimesh/wellknown"
 	"github.com/minimesh/minimesh/xds"
 )
