@@ -122,6 +122,16 @@ const (
 	// a second, while one slow sample moves the estimate by only about
 	// (sample - estimate) × Δt/RiseTime.
 	RiseTime = 1 * time.Second
+	// MaxRise bounds one sample's step upward: the estimate rises to at
+	// most MaxRise × max(estimate, MinEstimate) per sample. That binds
+	// only where a sample weighs much, after an idle gap: a pod that turns
+	// 50 ms slower there is at it in about six samples (1, 2, 4, ... ms),
+	// its share falling all along, and a stall of the node counts as 2 ms,
+	// not 200. At a steady rate a sample's weight is small and the rise is
+	// as without it. (Measured in
+	// the cluster at load 6-12 without it: estimates of identical pods
+	// 1-11 ms apart for seconds, shares of 5,000 calls 12.6-38.8 %.)
+	MaxRise = 2
 	// DecayTime is the EWMA's time constant τ for a sample below the
 	// estimate (linkerd2-proxy's EWMA_DECAY), and that of an idle
 	// endpoint's estimate decaying toward zero.
@@ -491,10 +501,15 @@ func ewma(prev float64, dt int64, sample float64) float64 {
 	if prev < 0 {
 		return sample
 	}
-	tau := DecayTime
 	if sample > prev {
-		tau = RiseTime
+		// One sample moves the estimate up at most to MaxRise × what
+		// the cost counts: after an idle gap a sample weighs nearly all,
+		// and one stall of a busy node would otherwise set a pod's
+		// estimate to the stall.
+		next := prev + (sample-prev)*weight(float64(max(dt, 0))/float64(RiseTime))
+		return min(next, MaxRise*max(prev, float64(MinEstimate)))
 	}
+	tau := DecayTime
 	return prev + (sample-prev)*weight(float64(max(dt, 0))/float64(tau))
 }
 

@@ -37,7 +37,9 @@ func TestEWMA(t *testing.T) {
 		sample, want float64
 	}{
 		{"on an unknown estimate a sample sets it", unknown, time.Hour, 7 * ms, 7 * ms},
-		{"a higher sample weighs 1-exp(-dt/τ_up)", 30 * ms, RiseTime / 2, 80 * ms, 30*ms + 50*ms*up},
+		{"a higher sample weighs 1-exp(-dt/τ_up)", 30 * ms, RiseTime / 2, 50 * ms, 30*ms + 20*ms*up},
+		{"one sample raises it at most MaxRise ×", 30 * ms, 20 * RiseTime, 200 * ms, 60 * ms},
+		{"... or to MaxRise × MinEstimate under it", 0.1 * ms, 20 * RiseTime, 200 * ms, 2 * ms},
 		{"a lower sample weighs 1-exp(-dt/τ_down)", 30 * ms, DecayTime, 1 * ms, 30*ms - 29*ms*down},
 		{"a sample right away moves nothing", 30 * ms, 0, 80 * ms, 30 * ms},
 		{"a higher sample 1 ms after weighs 1/1000", 1 * ms, time.Millisecond, 21 * ms, 1.02 * ms},
