@@ -85,10 +85,20 @@ func (l *Listener) Accept() (net.Conn, error) {
 }
 
 // ConnState is the http.Server's ConnState hook: it records the state in
-// the connection, one atomic store and no lock.
+// the connection, one atomic store and no lock. A wrapper of the
+// connection (a redirected one, one handed from the lean server loop to
+// net/http's) reaches it through its Unwrap() net.Conn.
 func (l *Listener) ConnState(nc net.Conn, st http.ConnState) {
-	if c, ok := nc.(*Conn); ok {
-		c.setState(st)
+	for nc != nil {
+		if c, ok := nc.(*Conn); ok {
+			c.setState(st)
+			return
+		}
+		u, ok := nc.(interface{ Unwrap() net.Conn })
+		if !ok {
+			return
+		}
+		nc = u.Unwrap()
 	}
 }
 

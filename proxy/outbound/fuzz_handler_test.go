@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
+	"github.com/minimesh/minimesh/proxy/leanhttp"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
@@ -300,6 +302,7 @@ func fuzzHandlerOnce(t *testing.T, raw []byte, closeWrite, leaks bool) {
 type fuzzRig struct {
 	h         *Handler
 	srv       *http.Server
+	lean      *leanhttp.Server // in front of srv, with MINIMESH_TEST_SERVER=lean
 	ln        *countingListener
 	admin     net.Listener
 	adminHits atomic.Int64
@@ -401,7 +404,13 @@ func startFuzzRig(t *testing.T, table *policy.Table) *fuzzRig {
 		IdleTimeout:       200 * time.Millisecond,
 		ErrorLog:          log.New(r.errLog, "", 0),
 	}
-	go func() { _ = r.srv.Serve(r.ln) }()
+	if proxytest.Server() == "lean" {
+		r.lean = leanhttp.New(r.srv)
+		go func() { _ = r.lean.ServeStd() }()
+		go func() { _ = r.lean.Serve(r.ln) }()
+	} else {
+		go func() { _ = r.srv.Serve(r.ln) }()
+	}
 	return r
 }
 
@@ -769,7 +778,11 @@ func contains(list []string, s string) bool {
 // stop closes the server, waits for its handlers, drains the tunnels,
 // closes the kept upstream connections and then the upstreams.
 func (r *fuzzRig) stop(t *testing.T) {
-	r.srv.Close()
+	if r.lean != nil {
+		r.lean.Close() // and r.srv
+	} else {
+		r.srv.Close()
+	}
 	r.handlersMu.Lock()
 	r.closing = true
 	r.handlersMu.Unlock()

@@ -594,7 +594,7 @@ func TestGRPCDrain(t *testing.T) {
 	hs := &healthServer{delay: 500 * time.Millisecond}
 	addr := startGRPC(t, hs)
 	s, err := sidecar.Listen(sidecar.Config{OutboundAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", DrainTimeout: 3 * time.Second,
-		Resolve: resolve(addr, healthSvc), Logger: slog.New(slog.DiscardHandler)})
+		Resolve: resolve(addr, healthSvc), Logger: slog.New(slog.DiscardHandler), Server: proxytest.Server()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,6 +73,7 @@ func startSidecar(t *testing.T, policies string, resolve map[string]string, opts
 		ConnectTimeout: 2 * time.Second,
 		DrainTimeout:   time.Second,
 		Logger:         slog.New(slog.DiscardHandler),
+		Server:         proxytest.Server(),
 	}
 	if os.Getenv("ITEST_DEBUG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))

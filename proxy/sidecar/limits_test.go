@@ -159,7 +159,7 @@ func TestNonLoopbackWarning(t *testing.T) {
 	}{{"0.0.0.0:0", true}, {"127.0.0.1:0", false}, {"[::1]:0", false}} {
 		logs := &syncBuffer{}
 		logger := slog.New(slog.NewJSONHandler(logs, nil))
-		sc, err := sidecar.Listen(sidecar.Config{OutboundAddr: c.addr, AdminAddr: "127.0.0.1:0", Logger: logger})
+		sc, err := sidecar.Listen(sidecar.Config{OutboundAddr: c.addr, AdminAddr: "127.0.0.1:0", Logger: logger, Server: proxytest.Server()})
 		if err != nil {
 			if strings.Contains(c.addr, "::1") {
 				continue // no IPv6 here

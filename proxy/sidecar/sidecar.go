@@ -20,6 +20,7 @@ import (
 	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/connlimit"
 	"github.com/minimesh/minimesh/proxy/inbound"
+	"github.com/minimesh/minimesh/proxy/leanhttp"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/policywatch"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -57,7 +58,12 @@ type Config struct {
 	// body (0: outbound.DefaultRequestBodyTimeout; negative: none).
 	RequestBodyTimeout time.Duration
 	StdTransport       bool
-	PodName            string
+	// Server is the outbound listener's HTTP/1.x server: ServerStd
+	// (net/http's, the default) or ServerLean (proxy/leanhttp: the
+	// common bodiless request on the connection's goroutine, the rest
+	// handed to net/http's).
+	Server  string
+	PodName string
 	// OTLPEndpoint is the trace collector (host:port, OTLP/gRPC); empty
 	// turns tracing off.
 	OTLPEndpoint     string
@@ -84,6 +90,12 @@ type Config struct {
 	// DefaultMaxConnections; negative: no cap).
 	MaxInboundConnections int
 }
+
+// The values of Config.Server (--server).
+const (
+	ServerStd  = "std"
+	ServerLean = "lean"
+)
 
 const (
 	// DefaultMaxConnections caps the outbound listener's connections: an
@@ -131,6 +143,9 @@ type Sidecar struct {
 	// listeners; redirSrv serves those found to carry HTTP/1.x or h2c.
 	dispatch *transparent.Dispatcher
 	redirSrv *http.Server
+	// outLean and redirLean are the lean loops in front of outSrv and
+	// redirSrv (nil: --server=std).
+	outLean, redirLean *leanhttp.Server
 	// inbound is the inbound listener (nil: none).
 	inbound *inbound.Server
 
@@ -183,6 +198,13 @@ func Listen(cfg Config) (*Sidecar, error) {
 	}
 	if cfg.MaxInboundConnections == 0 {
 		cfg.MaxInboundConnections = DefaultMaxConnections
+	}
+	switch cfg.Server {
+	case "":
+		cfg.Server = ServerStd
+	case ServerStd, ServerLean:
+	default:
+		return nil, fmt.Errorf("server %q: want %s or %s", cfg.Server, ServerStd, ServerLean)
 	}
 	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0), kick: make(chan struct{}, 1)}
 	table := policy.NewTable(nil, cfg.Namespace)
@@ -287,17 +309,21 @@ func Listen(cfg Config) (*Sidecar, error) {
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       IdleTimeout,
 		ConnState: func(c net.Conn, st http.ConnState) {
-			if tc, ok := c.(*transparent.Conn); ok {
+			if tc, ok := redirected(c); ok {
 				s.outLn.ConnState(tc.Conn, st)
 			}
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if tc, ok := c.(*transparent.Conn); ok {
+			if tc, ok := redirected(c); ok {
 				return outbound.WithOriginalDst(ctx, tc.Original)
 			}
 			return ctx
 		},
 		ErrorLog: errLog,
+	}
+	if cfg.Server == ServerLean {
+		s.outLean = leanhttp.New(s.outSrv)
+		s.redirLean = leanhttp.New(s.redirSrv)
 	}
 	if cfg.InboundAddr != "" {
 		if err := s.listenInbound(opaque, errLog); err != nil {
@@ -349,7 +375,7 @@ func (s *Sidecar) debugConfig() any              { s.mu.Lock(); defer s.mu.Unloc
 // DrainTimeout. It never closes an idle keep-alive connection at once, as
 // http.Server.Shutdown does: a request may already be on its way in.
 func (s *Sidecar) Serve(ctx context.Context) error {
-	errc := make(chan error, 5)
+	errc := make(chan error, 8)
 	go func() { errc <- s.adminSrv.Serve(s.adminLn) }()
 
 	watchCtx, stopWatch := context.WithCancel(context.Background())
@@ -391,11 +417,21 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		})
 		<-first
 	}
-	go func() { errc <- s.outSrv.Serve(s.dispatch.Wrap(s.outLn)) }()
-	if s.outLn6 != nil {
-		go func() { errc <- s.outSrv.Serve(s.dispatch.Wrap(s.outLn6)) }()
+	if s.outLean != nil {
+		go func() { errc <- s.outLean.ServeStd() }()
+		go func() { errc <- s.redirLean.ServeStd() }()
+		go func() { errc <- s.outLean.Serve(s.dispatch.Wrap(s.outLn)) }()
+		if s.outLn6 != nil {
+			go func() { errc <- s.outLean.Serve(s.dispatch.Wrap(s.outLn6)) }()
+		}
+		go func() { errc <- s.redirLean.Serve(s.dispatch.HTTP()) }()
+	} else {
+		go func() { errc <- s.outSrv.Serve(s.dispatch.Wrap(s.outLn)) }()
+		if s.outLn6 != nil {
+			go func() { errc <- s.outSrv.Serve(s.dispatch.Wrap(s.outLn6)) }()
+		}
+		go func() { errc <- s.redirSrv.Serve(s.dispatch.HTTP()) }()
 	}
-	go func() { errc <- s.redirSrv.Serve(s.dispatch.HTTP()) }()
 	if s.inbound != nil {
 		go func() { errc <- s.inbound.Serve() }()
 	}
@@ -437,8 +473,13 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	if left > 0 {
 		s.log.Warn("drain timeout: closing requests still in flight", "connections", left)
 	}
-	s.outSrv.Close()
-	s.redirSrv.Close()
+	if s.outLean != nil {
+		s.outLean.Close() // and outSrv
+		s.redirLean.Close()
+	} else {
+		s.outSrv.Close()
+		s.redirSrv.Close()
+	}
 	s.adminSrv.Close()
 	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer fcancel()
@@ -525,6 +566,22 @@ func (s *Sidecar) applyEndpoints(eps map[string][]xdsclient.Endpoint, _ string) 
 	}
 	s.outbound.SetEndpoints(out)
 	return nil
+}
+
+// redirected finds the redirected connection under c: c itself, or the
+// connection a lean loop handed to net/http's server.
+func redirected(c net.Conn) (*transparent.Conn, bool) {
+	for c != nil {
+		if tc, ok := c.(*transparent.Conn); ok {
+			return tc, true
+		}
+		u, ok := c.(interface{ Unwrap() net.Conn })
+		if !ok {
+			return nil, false
+		}
+		c = u.Unwrap()
+	}
+	return nil, false
 }
 
 // otherLoopback is the loopback address of the other IP family on a's

@@ -77,6 +77,9 @@ func start(t *testing.T, cfg sidecar.Config) *running {
 	t.Helper()
 	cfg.OutboundAddr = "127.0.0.1:0"
 	cfg.AdminAddr = "127.0.0.1:0"
+	if cfg.Server == "" {
+		cfg.Server = proxytest.Server()
+	}
 	logs := &syncBuffer{}
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	sc, err := sidecar.Listen(cfg)

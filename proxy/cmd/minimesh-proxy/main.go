@@ -84,6 +84,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.Float64Var(&cfg.TraceSampleRatio, "trace-sample-ratio", 1, "share of new traces to record, 0 to 1; requests that arrive with a trace follow its decision")
 	fs.StringVar(&accessLog, "access-log", "stdout", "where the JSON access log goes: stdout or off")
 	fs.BoolVar(&cfg.StdTransport, "std-transport", false, "send every request through Go's http.Transport, not the fast path for bodiless GET/HEAD/OPTIONS (a switch for comparison and as a way out)")
+	fs.StringVar(&cfg.Server, "server", sidecar.ServerStd, "the outbound listener's HTTP/1.x server: std (Go's net/http) or lean (bodiless keep-alive requests served on the connection's goroutine, everything else handed to net/http's; docs/benchmarks.md)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
 	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are closed as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")

@@ -102,3 +102,12 @@ func WaitReady(adminAddr string, within time.Duration) error {
 	}
 	return fmt.Errorf("not ready after %v: last /ready answer %d %s", within, code, body)
 }
+
+// ServerEnv names the environment variable with which the test helpers
+// of proxy/outbound and proxy/sidecar choose the outbound listener's
+// HTTP/1.x server: MINIMESH_TEST_SERVER=lean runs their suites on the
+// lean server loop (proxy/leanhttp); unset, on the default.
+const ServerEnv = "MINIMESH_TEST_SERVER"
+
+// Server is the value of ServerEnv: "lean", "std" or "" (the default).
+func Server() string { return os.Getenv(ServerEnv) }

@@ -1,0 +1,658 @@
+package leanhttp
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The handlers of the differential tests: each answers deterministically
+// from the request, so that the lean loop and net/http's server, given
+// the same bytes, must write the same bytes back (Date aside).
+var handlers = map[string]http.HandlerFunc{
+	"plain": func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") },
+	"html":  func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html><body>hi</body></html>") },
+	"length": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		io.WriteString(w, "{}")
+	},
+	"big": func(w http.ResponseWriter, r *http.Request) { w.Write(bytes.Repeat([]byte("x"), 5000)) },
+	"sizes": func(w http.ResponseWriter, r *http.Request) {
+		for _, n := range []int{10, 2030, 9, 4096, 1, 3000} {
+			w.Write(bytes.Repeat([]byte("y"), n))
+		}
+	},
+	"flush": func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		io.WriteString(w, "data: 2\n\n")
+		http.NewResponseController(w).Flush()
+	},
+	"flush-empty": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Early", "1")
+		w.(http.Flusher).Flush()
+	},
+	"204": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "5")
+		w.Header().Set("Transfer-Encoding", "chunked")
+		w.WriteHeader(204)
+		_, err := io.WriteString(w, "nope!")
+		w.Header().Set("X-Err", fmt.Sprint(err))
+	},
+	"304": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("Etag", `"x"`)
+		w.WriteHeader(304)
+	},
+	"trailers": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Sum, Content-Length")
+		w.WriteHeader(200)
+		io.WriteString(w, "body")
+		w.Header().Set("X-Sum", "42")
+		w.Header().Set(http.TrailerPrefix+"X-Late", "late")
+	},
+	"early-hints": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</a.css>; rel=preload")
+		w.Header().Set("Content-Length", "9")
+		w.WriteHeader(103)
+		w.WriteHeader(200)
+		io.WriteString(w, "after 103")
+	},
+	"close": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, "bye")
+	},
+	"keep-alive": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "keep-alive")
+		w.Header().Set("Content-Length", "3")
+		io.WriteString(w, "k-a")
+	},
+	"bad-length": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "abc")
+		io.WriteString(w, "x")
+	},
+	"short": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		io.WriteString(w, "12345")
+	},
+	"long": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "3")
+		_, err := io.WriteString(w, "12345")
+		w.Header().Set("X-Err", fmt.Sprint(err)) // not sent: after WriteHeader
+	},
+	"identity": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Transfer-Encoding", "identity")
+		io.WriteString(w, "until close")
+	},
+	"te-and-length": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Transfer-Encoding", "chunked")
+		w.Header().Set("Content-Length", "4")
+		io.WriteString(w, "four")
+	},
+	"encoded": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Encoding", "gzip")
+		io.WriteString(w, "\x1f\x8b")
+	},
+	"status": func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(599)
+		io.WriteString(w, "odd")
+	},
+	"abort": func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "partial")
+		panic(http.ErrAbortHandler)
+	},
+	"abort-flushed": func(w http.ResponseWriter, r *http.Request) {
+		w.Write(bytes.Repeat([]byte("z"), 9000))
+		panic(http.ErrAbortHandler)
+	},
+	"superfluous": func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(202)
+		w.WriteHeader(203)
+	},
+	"header-after": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("A", "1")
+		w.WriteHeader(200)
+		w.Header().Set("B", "2")
+		io.WriteString(w, "ab")
+	},
+	"no-header-call": func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(201)
+	},
+	"echo": func(w http.ResponseWriter, r *http.Request) {
+		_, isServer := r.Context().Value(http.ServerContextKey).(*http.Server)
+		_, isLocal := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+		fmt.Fprintf(w, "%s %q %q %s host=%q close=%v cl=%d te=%v body=%v hdr=%v trailer=%v server=%v local=%v remote=%v",
+			r.Method, r.RequestURI, r.URL.String(), r.Proto, r.Host, r.Close, r.ContentLength, r.TransferEncoding,
+			r.Body == http.NoBody, r.Header, r.Trailer, isServer, isLocal, r.RemoteAddr != "")
+		w.Header().Set("Content-Type", "text/plain") // too late: sniffed
+	},
+}
+
+// pair is the same handler behind a standard server and behind a lean
+// loop in front of another standard server with the same settings.
+type pair struct {
+	std, lean string
+	leanSrv   *Server
+	logs      [2]*lockedBuffer
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newServer(h http.Handler, logs io.Writer) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		MaxHeaderBytes:    64 << 10,
+		ReadHeaderTimeout: 2 * time.Second,
+		IdleTimeout:       2 * time.Second,
+		ErrorLog:          log.New(logs, "", 0),
+	}
+}
+
+func startPair(t testing.TB, h http.Handler) *pair {
+	t.Helper()
+	p := &pair{logs: [2]*lockedBuffer{{}, {}}}
+	sln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	std := newServer(h, p.logs[0])
+	go std.Serve(sln)
+	lln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.leanSrv = New(newServer(h, p.logs[1]))
+	go p.leanSrv.ServeStd()
+	go p.leanSrv.Serve(lln)
+	p.std, p.lean = sln.Addr().String(), lln.Addr().String()
+	t.Cleanup(func() {
+		std.Close()
+		p.leanSrv.Close()
+	})
+	return p
+}
+
+// exchange writes raw on a new connection, half-closes it, and returns
+// all that comes back until the server closes (or 3 s).
+func exchange(t testing.TB, addr string, raw []byte) []byte {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write(raw); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*net.TCPConn).CloseWrite()
+	got, _ := io.ReadAll(c)
+	return got
+}
+
+var dateRE = regexp.MustCompile(`(?m)^Date: [^\r]*\r$`)
+var panicRE = regexp.MustCompile(`(?s)panic serving [^:]*:[0-9]+: (.*?)\n.*`)
+var callerRE = regexp.MustCompile(`call from \S+ \(\S+:[0-9]+\)`)
+
+func normalize(b []byte) string { return dateRE.ReplaceAllString(string(b), "Date: X\r") }
+
+func normalizeLog(s string) string {
+	s = panicRE.ReplaceAllString(s, "panic serving: $1")
+	return callerRE.ReplaceAllString(s, "call from X")
+}
+
+// same sends raw to both servers and fails unless their answers and
+// error logs match.
+func (p *pair) same(t *testing.T, name string, raw []byte) {
+	t.Helper()
+	std := normalize(exchange(t, p.std, raw))
+	lean := normalize(exchange(t, p.lean, raw))
+	if std != lean {
+		t.Errorf("%s: %q\nstd:  %q\nlean: %q", name, raw, std, lean)
+	}
+}
+
+var requests = []string{
+	"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"GET /x?y=1 HTTP/1.1\r\nHost: a:80\r\nX-A: 1\r\nX-A: 2\r\n\r\n",
+	"GET http://a/b HTTP/1.1\r\nHost: c\r\n\r\n",
+	"GET HTTP://A:81/b HTTP/1.1\r\nHost: c\r\n\r\n",
+	"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"OPTIONS / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+	"DELETE /d HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n",
+	"GET / HTTP/1.0\r\n\r\n",
+	"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+	"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\nHost: a\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n", // pipelined
+	"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: a\r\n\r\n",
+	"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+	"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
+	"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nExpect: nothing\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+	"CONNECT a:80 HTTP/1.1\r\nHost: a:80\r\n\r\n",
+	"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+	"GET / HTTP/1.1\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+	"GET / HTTP/1.1\nHost: a\n\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\n",
+	"GET / HTTP/1.1\r\nHost: a",
+	"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+	"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+	"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n",
+	"GET https://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+	"GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+	"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nX-Long: " + strings.Repeat("l", 5000) + "\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nX-Huge: " + strings.Repeat("h", 70<<10) + "\r\n\r\n",
+	"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+	"",
+}
+
+// TestSameAsNetHTTP: for every handler and every request above, the
+// lean loop answers byte for byte as net/http's server (Date aside), and
+// logs the same.
+func TestSameAsNetHTTP(t *testing.T) {
+	for name, h := range handlers {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			p := startPair(t, h)
+			for _, raw := range requests {
+				p.same(t, name, []byte(raw))
+			}
+			// Logs are written as the handlers run; the servers close
+			// their connections after that.
+			if std, lean := normalizeLog(p.logs[0].String()), normalizeLog(p.logs[1].String()); std != lean {
+				t.Errorf("error logs differ:\nstd:  %q\nlean: %q", std, lean)
+			}
+		})
+	}
+}
+
+// FuzzSameAsNetHTTP: whatever the bytes, the lean loop answers as
+// net/http's server does, for a handler chosen by the input.
+func FuzzSameAsNetHTTP(f *testing.F) {
+	names := make([]string, 0, len(handlers))
+	for n := range handlers {
+		names = append(names, n)
+	}
+	for i, r := range requests {
+		f.Add([]byte(r), uint8(i))
+	}
+	sort.Strings(names)
+	pairs := map[string]*pair{}
+	for _, n := range names {
+		pairs[n] = startPair(f, handlers[n])
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, which uint8) {
+		if len(raw) > 8<<10 {
+			return
+		}
+		name := names[int(which)%len(names)]
+		pairs[name].same(t, name, raw)
+	})
+}
+
+// TestScanHead: what the loop serves itself, and what it hands off.
+func TestScanHead(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want verdict
+		n    int
+	}{
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", serveLean, 27},
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET", serveLean, 27}, // the caller sees the rest
+		{"HEAD http://a/ HTTP/1.0\r\n\r\n", serveLean, 27},
+		{"DELETE /x HTTP/1.1\r\nhOsT: a\r\ncontent-length:  0 \r\n\r\n", serveLean, 52},
+		{"OPTIONS /x HTTP/1.1\r\nHost: a\r\nX: \t\x80\xff\r\n\r\n", serveLean, 40},
+		{"", needMore, 0},
+		{"G", needMore, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\n", needMore, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r", needMore, 0},
+		{"X", handOff, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
+		{"PRI * HTTP/2.0\r\n", handOff, 0},
+		{"GET * HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
+		{"GET a:1 HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
+		{"GET https://a/ HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
+		{"GET http:// HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
+		{"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\nHost: a\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nX: y\n", handOff, 0},
+		{"GET / HTTP/1.1\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\n: y\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nX: \x00\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nX: \x7f\r\n\r\n", handOff, 0},
+		{"GET /\x00 HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
+	} {
+		n, v := scanHead([]byte(c.in))
+		if v != c.want || (v == serveLean && n != c.n) {
+			t.Errorf("scanHead(%q) = %d, %v; want %d, %v", c.in, n, v, c.n, c.want)
+		}
+	}
+}
+
+// FuzzScanHead: whatever the scan serves itself and net/http parses is
+// one bodiless request of the common case, of exactly the scanned length,
+// that its server would accept.
+func FuzzScanHead(f *testing.F) {
+	for _, r := range requests {
+		f.Add([]byte(r))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, v := scanHead(b)
+		if v != serveLean {
+			return
+		}
+		br := bufio.NewReaderSize(bytes.NewReader(b), len(b)+16)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			// A target net/url refuses ("/%zz"): the loop hands the head
+			// it kept to net/http, whose 400 it is.
+			return
+		}
+		if consumed := len(b) - br.Buffered(); consumed != n {
+			t.Fatalf("scan: %d bytes, net/http read %d of %q", n, consumed, b)
+		}
+		if !servable(req) {
+			t.Fatalf("scan serves %q, not servable: %+v", b[:n], req)
+		}
+	})
+}
+
+// TestClientGoneCancels: a request waiting on its upstream is cancelled
+// when its client goes away, within WatchAfter and a little; one that
+// is quick never starts the watch's read.
+func TestClientGoneCancels(t *testing.T) {
+	cancelled := make(chan time.Duration, 1)
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		select {
+		case <-r.Context().Done():
+			cancelled <- time.Since(start)
+		case <-time.After(5 * time.Second):
+			cancelled <- -1
+		}
+	}))
+	for _, after := range []time.Duration{10 * time.Millisecond, 300 * time.Millisecond} {
+		c, err := net.Dial("tcp", p.lean)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+		time.Sleep(after)
+		c.Close()
+		got := <-cancelled
+		if got < 0 || got > after+DefaultWatchAfter+time.Second {
+			t.Errorf("client gone after %v: request cancelled after %v, want within %v", after, got, DefaultWatchAfter)
+		}
+	}
+}
+
+// TestStreamCancelled: a response streaming when the client goes away
+// ends too.
+func TestStreamCancelled(t *testing.T) {
+	done := make(chan error, 1)
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "first\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			done <- nil
+		case <-time.After(5 * time.Second):
+			done <- errors.New("not cancelled in 5s")
+		}
+	}))
+	c, err := net.Dial("tcp", p.lean)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+	if line != "first\n" {
+		t.Fatalf("first line %q", line)
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeepAliveAfterWatch: a request long enough to be watched leaves the
+// connection usable, with the deadlines of an idle connection.
+func TestKeepAliveAfterWatch(t *testing.T) {
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(2 * DefaultWatchAfter)
+		}
+		io.WriteString(w, r.URL.Path)
+	}))
+	c, err := net.Dial("tcp", p.lean)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for _, path := range []string{"/slow", "/fast", "/slow", "/fast"} {
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if string(b) != path || resp.Close {
+			t.Fatalf("%s: %q, close %v", path, b, resp.Close)
+		}
+	}
+}
+
+// TestTimeouts: an idle connection closes after IdleTimeout, a head that
+// stops half way after ReadHeaderTimeout, a connection that sends nothing
+// after ReadHeaderTimeout, as with net/http.
+func TestTimeouts(t *testing.T) {
+	std := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}),
+		ReadHeaderTimeout: 300 * time.Millisecond,
+		IdleTimeout:       600 * time.Millisecond,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	s := New(std)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.ServeStd()
+	go s.Serve(ln)
+	defer s.Close()
+	for _, c := range []struct {
+		name, send string
+		want       time.Duration
+	}{
+		{"idle", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 600 * time.Millisecond},
+		{"half a head", "GET / HTTP/1.1\r\nHo", 300 * time.Millisecond},
+		{"nothing", "", 300 * time.Millisecond},
+	} {
+		nc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		io.WriteString(nc, c.send)
+		_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.Copy(io.Discard, nc)
+		took := time.Since(start)
+		nc.Close()
+		if took < c.want-50*time.Millisecond || took > c.want+time.Second {
+			t.Errorf("%s: closed after %v, want about %v", c.name, took, c.want)
+		}
+	}
+}
+
+// TestConnStateAndHandOff: the loop reports the connection's states to
+// ConnState as net/http does, and a connection handed off mid-way keeps
+// its place: the standard server serves the rest, on the same
+// connection, and the hooks see the connection through Unwrap.
+func TestConnStateAndHandOff(t *testing.T) {
+	var mu sync.Mutex
+	var states []string
+	var ctxConns []string
+	std := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			_, lean := w.(*response)
+			fmt.Fprintf(w, "lean=%v", lean)
+		}),
+		ConnState: func(c net.Conn, st http.ConnState) {
+			mu.Lock()
+			defer mu.Unlock()
+			_, wrapped := c.(*handoffConn)
+			states = append(states, fmt.Sprintf("%v/%v", st, wrapped))
+		},
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			mu.Lock()
+			defer mu.Unlock()
+			if u, ok := c.(interface{ Unwrap() net.Conn }); ok {
+				c = u.Unwrap()
+			}
+			_, tcp := c.(*net.TCPConn)
+			ctxConns = append(ctxConns, fmt.Sprint(tcp))
+			return ctx
+		},
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	s := New(std)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.ServeStd()
+	go s.Serve(ln)
+	defer s.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for _, x := range []struct{ req, want string }{
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "lean=true"},
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "lean=true"},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", "lean=false"},
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "lean=false"},
+	} {
+		io.WriteString(c, x.req)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if string(b) != x.want {
+			t.Fatalf("%q: %q, want %q", x.req, b, x.want)
+		}
+	}
+	c.Close()
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	want := "new/false active/false idle/false active/false idle/false active/false new/true active/true idle/true active/true idle/true closed/true"
+	if got := strings.Join(states, " "); got != want {
+		t.Errorf("states:\n%s\nwant\n%s", got, want)
+	}
+	if got := strings.Join(ctxConns, " "); got != "true true" {
+		t.Errorf("ConnContext saw TCP connections: %s, want true true (the loop's, then the standard server's through Unwrap)", got)
+	}
+}
+
+// TestCloseEndsKeepAlive: Close closes the connections, an idle
+// keep-alive one and one with a request in flight, as http.Server.Close
+// does (the sidecar's drain closes the listener and lets connections end
+// on their own first, through ConnState and "Connection: close").
+func TestCloseEndsKeepAlive(t *testing.T) {
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			close(entered)
+			<-release
+		}
+		io.WriteString(w, "ok")
+	}))
+	idle, err := net.Dial("tcp", p.lean)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(idle, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if resp, err := http.ReadResponse(bufio.NewReader(idle), nil); err != nil || resp.Close {
+		t.Fatalf("%v %v", resp, err)
+	}
+	busy, err := net.Dial("tcp", p.lean)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(busy, "GET /wait HTTP/1.1\r\nHost: a\r\n\r\n")
+	<-entered
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		close(release)
+	}()
+	p.leanSrv.Close()
+	_ = idle.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := idle.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("idle connection after Close: %d %v, want closed", n, err)
+	}
+}

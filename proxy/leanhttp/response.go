@@ -1,0 +1,620 @@
+package leanhttp
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"path"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// response is the lean loop's http.ResponseWriter. It is net/http's
+// HTTP/1.x response writer (server.go: response and chunkWriter) ported
+// for the requests the loop serves, with the same buffering and the same
+// decisions, so that the bytes on the wire are the same:
+//
+//  1. the body goes through a 2 KiB buffer (bufferBeforeChunkingSize):
+//     a response that fits and ends without a Flush gets a
+//     Content-Length, a longer one or a flushed one without a declared
+//     length is chunked (HTTP/1.1) or ends with the connection (1.0);
+//  2. the header is finalised (writeHeader) when that buffer first
+//     empties: Content-Length, sniffed Content-Type, Date, Connection,
+//     Transfer-Encoding, as net/http decides them;
+//  3. everything goes into the connection's 4 KiB bufio.Writer, flushed
+//     at the end of the response (one write(2) for a small one), on
+//     Flush, and whenever it fills.
+//
+// Bodies of requests are never involved: the loop only serves requests
+// without one.
+type response struct {
+	c   *conn
+	req *http.Request
+
+	handlerHeader http.Header
+	// header is a copy of handlerHeader as it was at WriteHeader, when the
+	// handler had called Header (net/http's chunkWriter.header): what
+	// the handler changes after WriteHeader is not sent.
+	header       http.Header
+	calledHeader bool
+
+	wroteHeader bool // a final status was (logically) written
+	headerSent  bool // the header went into the connection's buffer
+	chunking    bool
+	status      int
+
+	written       int64
+	contentLength int64 // declared, or -1
+
+	closeAfterReply  bool
+	wants10KeepAlive bool
+	wantsClose       bool
+	handlerDone      bool
+	trailers         []string
+
+	pre  *[bufferBeforeChunkingSize]byte // the body's buffer, from prePool while the response holds bytes
+	n    int                             // bytes held in pre
+	perr error                           // the held bytes' writer's sticky error
+
+	clenBuf   [20]byte
+	statusBuf [3]byte
+}
+
+// bufferBeforeChunkingSize is net/http's: a body this short, ended
+// without a Flush, gets a Content-Length.
+const bufferBeforeChunkingSize = 2048
+
+var crlf = []byte("\r\n")
+
+func (w *response) Header() http.Header {
+	if w.header == nil && w.wroteHeader && !w.headerSent {
+		w.header = w.handlerHeader.Clone()
+	}
+	w.calledHeader = true
+	return w.handlerHeader
+}
+
+func (w *response) WriteHeader(code int) {
+	if w.wroteHeader {
+		caller := relevantCaller()
+		w.c.s.logf("http: superfluous response.WriteHeader call from %s (%s:%d)", caller.Function, path.Base(caller.File), caller.Line)
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	// Informational answers (103 Early Hints) go at once; 101 takes the
+	// final path, as in net/http.
+	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+		bw := w.c.bw
+		writeStatusLine(bw, w.req.ProtoAtLeast(1, 1), code, w.statusBuf[:])
+		_ = w.handlerHeader.WriteSubset(bw, excludedHeadersNoBody)
+		_, _ = bw.Write(crlf)
+		_ = bw.Flush()
+		return
+	}
+	w.wroteHeader = true
+	w.status = code
+	if w.calledHeader && w.header == nil {
+		w.header = w.handlerHeader.Clone()
+	}
+	if cl := hget(w.handlerHeader, "Content-Length"); cl != "" {
+		v, err := strconv.ParseInt(cl, 10, 64)
+		if err == nil && v >= 0 {
+			w.contentLength = v
+		} else {
+			w.c.s.logf("http: invalid Content-Length of %q", cl)
+			w.handlerHeader.Del("Content-Length")
+		}
+	}
+}
+
+func (w *response) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if !bodyAllowedForStatus(w.status) {
+		return 0, http.ErrBodyNotAllowed
+	}
+	w.written += int64(len(p))
+	if w.contentLength != -1 && w.written > w.contentLength {
+		return 0, http.ErrContentLength
+	}
+	return w.bufWrite(p)
+}
+
+func (w *response) WriteString(s string) (int, error) { return w.Write([]byte(s)) }
+
+var prePool = sync.Pool{New: func() any { return new([bufferBeforeChunkingSize]byte) }}
+
+// bufWrite is bufio.Writer.Write over the 2 KiB buffer pre, in front of
+// chunkWrite.
+func (w *response) bufWrite(p []byte) (nn int, err error) {
+	if w.pre == nil {
+		w.pre = prePool.Get().(*[bufferBeforeChunkingSize]byte)
+	}
+	buf := w.pre[:]
+	for len(p) > len(buf)-w.n && w.perr == nil {
+		var n int
+		if w.n == 0 {
+			// A large write into an empty buffer goes straight through.
+			n, w.perr = w.chunkWrite(p)
+		} else {
+			n = copy(buf[w.n:], p)
+			w.n += n
+			w.flushPre()
+		}
+		nn += n
+		p = p[n:]
+	}
+	if w.perr != nil {
+		return nn, w.perr
+	}
+	n := copy(buf[w.n:], p)
+	w.n += n
+	return nn + n, nil
+}
+
+// flushPre passes the held bytes on to chunkWrite.
+func (w *response) flushPre() error {
+	if w.perr != nil {
+		return w.perr
+	}
+	if w.n == 0 {
+		return nil
+	}
+	n, err := w.chunkWrite(w.pre[:w.n])
+	if n < w.n && err == nil {
+		err = errShortWrite
+	}
+	if err != nil {
+		if n > 0 && n < w.n {
+			copy(w.pre[0:w.n-n], w.pre[n:w.n])
+		}
+		w.n -= n
+		w.perr = err
+		return err
+	}
+	w.n = 0
+	return nil
+}
+
+var errShortWrite = fmt.Errorf("short write")
+
+// chunkWrite is net/http's chunkWriter.Write: the header on the first
+// bytes, then the bytes, framed as a chunk when chunking.
+func (w *response) chunkWrite(p []byte) (n int, err error) {
+	if !w.headerSent {
+		w.writeHeader(p)
+	}
+	if w.req.Method == http.MethodHead {
+		return len(p), nil // eaten
+	}
+	bw := w.c.bw
+	if w.chunking {
+		_, err = bw.Write(strconv.AppendInt(w.clenBuf[:0], int64(len(p)), 16))
+		if err == nil {
+			_, err = bw.Write(crlf)
+		}
+		if err != nil {
+			w.c.rwc.Close()
+			return 0, err
+		}
+	}
+	n, err = bw.Write(p)
+	if w.chunking && err == nil {
+		_, err = bw.Write(crlf)
+	}
+	if err != nil {
+		w.c.rwc.Close()
+	}
+	return n, err
+}
+
+// Flush sends what is held: the header, and the body so far.
+func (w *response) Flush() { _ = w.FlushError() }
+
+func (w *response) FlushError() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	err := w.flushPre()
+	if !w.headerSent {
+		w.writeHeader(nil)
+	}
+	if e2 := w.c.bw.Flush(); err == nil {
+		err = e2
+	}
+	return err
+}
+
+// EnableFullDuplex: a request without a body has nothing to drain.
+func (w *response) EnableFullDuplex() error { return nil }
+
+// SetReadDeadline and SetWriteDeadline are the connection's, as
+// http.ResponseController expects.
+func (w *response) SetReadDeadline(t time.Time) error {
+	w.c.rdl = aLongTimeAgo // the loop sets its own again before its next read
+	return w.c.rwc.SetReadDeadline(t)
+}
+
+func (w *response) SetWriteDeadline(t time.Time) error { return w.c.rwc.SetWriteDeadline(t) }
+
+// finish ends the response after the handler returned: net/http's
+// finishRequest.
+func (w *response) finish() {
+	w.handlerDone = true
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	_ = w.flushPre()
+	if w.pre != nil {
+		prePool.Put(w.pre)
+		w.pre = nil
+	}
+	if !w.headerSent {
+		w.writeHeader(nil)
+	}
+	bw := w.c.bw
+	if w.chunking {
+		_, _ = bw.WriteString("0\r\n")
+		if trailers := w.finalTrailers(); trailers != nil {
+			_ = trailers.Write(bw)
+		}
+		_, _ = bw.WriteString("\r\n")
+	}
+	_ = bw.Flush()
+}
+
+// shouldReuseConnection is net/http's, for a request without a body.
+func (w *response) shouldReuseConnection() bool {
+	if w.closeAfterReply {
+		return false
+	}
+	if w.req.Method != http.MethodHead && w.contentLength != -1 && bodyAllowedForStatus(w.status) && w.contentLength != w.written {
+		return false // did not write what it declared: out of sync
+	}
+	return w.c.werr == nil
+}
+
+func (w *response) finalTrailers() http.Header {
+	var t http.Header
+	for k, vv := range w.handlerHeader {
+		if kk, found := strings.CutPrefix(k, http.TrailerPrefix); found {
+			if t == nil {
+				t = make(http.Header)
+			}
+			t[kk] = vv
+		}
+	}
+	for _, k := range w.trailers {
+		if t == nil {
+			t = make(http.Header)
+		}
+		for _, v := range w.handlerHeader[k] {
+			t.Add(k, v)
+		}
+	}
+	return t
+}
+
+func (w *response) declareTrailer(k string) {
+	k = http.CanonicalHeaderKey(k)
+	if !httpguts.ValidTrailerHeader(k) {
+		return
+	}
+	w.trailers = append(w.trailers, k)
+}
+
+// extraHeader is net/http's: the headers writeHeader adds.
+type extraHeader struct {
+	contentType      string
+	connection       string
+	transferEncoding string
+	date             []byte
+	contentLength    []byte
+}
+
+func (h extraHeader) write(w *bufio.Writer) {
+	if h.date != nil {
+		_, _ = w.WriteString("Date: ")
+		_, _ = w.Write(h.date)
+		_, _ = w.Write(crlf)
+	}
+	if h.contentLength != nil {
+		_, _ = w.WriteString("Content-Length: ")
+		_, _ = w.Write(h.contentLength)
+		_, _ = w.Write(crlf)
+	}
+	for i, v := range [...]string{h.contentType, h.connection, h.transferEncoding} {
+		if v != "" {
+			_, _ = w.WriteString(extraHeaderKeys[i])
+			_, _ = w.WriteString(": ")
+			_, _ = w.WriteString(v)
+			_, _ = w.Write(crlf)
+		}
+	}
+}
+
+var extraHeaderKeys = [...]string{"Content-Type", "Connection", "Transfer-Encoding"}
+
+// writeHeader finalises the header and writes it into the connection's
+// buffer: net/http's chunkWriter.writeHeader, line for line, less what
+// only concerns request bodies. p is the first chunk of the body.
+func (w *response) writeHeader(p []byte) {
+	if w.headerSent {
+		return
+	}
+	w.headerSent = true
+	keepAlivesEnabled := !w.c.s.shuttingDown()
+	isHEAD := w.req.Method == http.MethodHead
+
+	header := w.header
+	owned := header != nil
+	if !owned {
+		header = w.handlerHeader
+	}
+	var excludeHeader map[string]bool
+	delHeader := func(key string) {
+		if owned {
+			header.Del(key)
+			return
+		}
+		if _, ok := header[key]; !ok {
+			return
+		}
+		if excludeHeader == nil {
+			excludeHeader = make(map[string]bool)
+		}
+		excludeHeader[key] = true
+	}
+	var setHeader extraHeader
+
+	// The fake "Trailer:foo" keys are not headers.
+	trailers := false
+	for k := range w.header {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			if excludeHeader == nil {
+				excludeHeader = make(map[string]bool)
+			}
+			excludeHeader[k] = true
+			trailers = true
+		}
+	}
+	for _, v := range w.header["Trailer"] {
+		trailers = true
+		foreachHeaderElement(v, w.declareTrailer)
+	}
+
+	te := hget(header, "Transfer-Encoding")
+	hasTE := te != ""
+
+	// A handler done with a body that fit the buffer: its length.
+	if w.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(w.status) && !hhas(header, "Content-Length") && (!isHEAD || len(p) > 0) {
+		w.contentLength = int64(len(p))
+		setHeader.contentLength = strconv.AppendInt(w.clenBuf[:0], int64(len(p)), 10)
+	}
+
+	// HTTP/1.0 with keep-alive and a length: keep-alive.
+	if w.wants10KeepAlive && keepAlivesEnabled {
+		sentLength := hget(header, "Content-Length") != ""
+		if sentLength && hget(header, "Connection") == "keep-alive" {
+			w.closeAfterReply = false
+		}
+	}
+
+	hasCL := w.contentLength != -1
+
+	if w.wants10KeepAlive && (isHEAD || hasCL || !bodyAllowedForStatus(w.status)) {
+		if _, connectionHeaderSet := header["Connection"]; !connectionHeaderSet {
+			setHeader.connection = "keep-alive"
+		}
+	} else if !w.req.ProtoAtLeast(1, 1) || w.wantsClose {
+		w.closeAfterReply = true
+	}
+
+	if hget(header, "Connection") == "close" || !keepAlivesEnabled {
+		w.closeAfterReply = true
+	}
+
+	code := w.status
+	if bodyAllowedForStatus(code) {
+		_, haveType := header["Content-Type"]
+		hasCE := len(header.Get("Content-Encoding")) > 0
+		if !hasCE && !haveType && !hasTE && len(p) > 0 {
+			setHeader.contentType = http.DetectContentType(p)
+		}
+	} else {
+		for _, k := range suppressedHeaders(code) {
+			delHeader(k)
+		}
+	}
+
+	if !hhas(header, "Date") {
+		setHeader.date = w.c.date()
+	}
+
+	if hasCL && hasTE && te != "identity" {
+		w.c.s.logf("http: WriteHeader called with both Transfer-Encoding of %q and a Content-Length of %d", te, w.contentLength)
+		delHeader("Content-Length")
+		hasCL = false
+	}
+
+	if isHEAD || !bodyAllowedForStatus(code) || code == http.StatusNoContent {
+		delHeader("Transfer-Encoding")
+	} else if hasCL {
+		delHeader("Transfer-Encoding")
+	} else if w.req.ProtoAtLeast(1, 1) {
+		if hasTE && te == "identity" {
+			// No length, no chunking: the end of the connection ends it.
+			w.chunking = false
+			w.closeAfterReply = true
+			delHeader("Transfer-Encoding")
+		} else {
+			w.chunking = true
+			setHeader.transferEncoding = "chunked"
+			if hasTE && te == "chunked" {
+				delHeader("Transfer-Encoding") // written below
+			}
+		}
+	} else {
+		// HTTP/1.0 without a length: the end of the connection ends it.
+		w.closeAfterReply = true
+		delHeader("Transfer-Encoding")
+	}
+
+	if w.chunking {
+		delHeader("Content-Length")
+	}
+
+	delConnectionHeader := w.closeAfterReply &&
+		(!keepAlivesEnabled || !hasToken(hget(w.header, "Connection"), "close")) &&
+		!isProtocolSwitchResponse(w.status, header)
+	if delConnectionHeader {
+		delHeader("Connection")
+		if w.req.ProtoAtLeast(1, 1) {
+			setHeader.connection = "close"
+		}
+	}
+
+	bw := w.c.bw
+	writeStatusLine(bw, w.req.ProtoAtLeast(1, 1), code, w.statusBuf[:])
+	_ = w.header.WriteSubset(bw, excludeHeader)
+	setHeader.write(bw)
+	_, _ = bw.Write(crlf)
+}
+
+func writeStatusLine(bw *bufio.Writer, is11 bool, code int, scratch []byte) {
+	if is11 {
+		_, _ = bw.WriteString("HTTP/1.1 ")
+	} else {
+		_, _ = bw.WriteString("HTTP/1.0 ")
+	}
+	if text := http.StatusText(code); text != "" {
+		_, _ = bw.Write(strconv.AppendInt(scratch[:0], int64(code), 10))
+		_ = bw.WriteByte(' ')
+		_, _ = bw.WriteString(text)
+		_, _ = bw.WriteString("\r\n")
+	} else {
+		fmt.Fprintf(bw, "%03d status code %d\r\n", code, code)
+	}
+}
+
+func bodyAllowedForStatus(status int) bool {
+	switch {
+	case status >= 100 && status <= 199:
+		return false
+	case status == 204:
+		return false
+	case status == 304:
+		return false
+	}
+	return true
+}
+
+var (
+	suppressedHeaders304    = []string{"Content-Type", "Content-Length", "Transfer-Encoding"}
+	suppressedHeadersNoBody = []string{"Content-Length", "Transfer-Encoding"}
+	excludedHeadersNoBody   = map[string]bool{"Content-Length": true, "Transfer-Encoding": true}
+)
+
+func suppressedHeaders(status int) []string {
+	switch {
+	case status == 304:
+		return suppressedHeaders304
+	case !bodyAllowedForStatus(status):
+		return suppressedHeadersNoBody
+	}
+	return nil
+}
+
+func isProtocolSwitchResponse(code int, h http.Header) bool {
+	return code == http.StatusSwitchingProtocols && h.Get("Upgrade") != "" &&
+		httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade")
+}
+
+// hget and hhas are net/http's Header.get and has: the key as given,
+// already canonical.
+func hget(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func hhas(h http.Header, key string) bool {
+	_, ok := h[key]
+	return ok
+}
+
+// hasToken is net/http's: whether token is among v's comma-separated
+// elements, ignoring ASCII case.
+func hasToken(v, token string) bool {
+	if len(token) > len(v) || token == "" {
+		return false
+	}
+	if v == token {
+		return true
+	}
+	for sp := 0; sp <= len(v)-len(token); sp++ {
+		if b := v[sp]; b != token[0] && b|0x20 != token[0] {
+			continue
+		}
+		if sp > 0 && !isTokenBoundary(v[sp-1]) {
+			continue
+		}
+		if endPos := sp + len(token); endPos != len(v) && !isTokenBoundary(v[endPos]) {
+			continue
+		}
+		if strings.EqualFold(v[sp:sp+len(token)], token) {
+			return true
+		}
+	}
+	return false
+}
+
+func isTokenBoundary(b byte) bool { return b == ' ' || b == ',' || b == '\t' }
+
+func foreachHeaderElement(v string, fn func(string)) {
+	v = strings.Trim(v, " \t\r\n")
+	if v == "" {
+		return
+	}
+	if !strings.Contains(v, ",") {
+		fn(v)
+		return
+	}
+	for f := range strings.SplitSeq(v, ",") {
+		if f = strings.Trim(f, " \t\r\n"); f != "" {
+			fn(f)
+		}
+	}
+}
+
+// relevantCaller is the first caller outside net/http and this package,
+// for the log of a superfluous WriteHeader.
+func relevantCaller() runtime.Frame {
+	pc := make([]uintptr, 16)
+	n := runtime.Callers(1, pc)
+	frames := runtime.CallersFrames(pc[:n])
+	var frame runtime.Frame
+	for {
+		f, more := frames.Next()
+		frame = f
+		if !strings.HasPrefix(f.Function, "net/http.") && !strings.Contains(f.Function, "/leanhttp.") {
+			return f
+		}
+		if !more {
+			break
+		}
+	}
+	return frame
+}

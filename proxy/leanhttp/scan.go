@@ -1,0 +1,213 @@
+package leanhttp
+
+import (
+	"bytes"
+	"net/http"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// verdict is what scanHead makes of the bytes buffered on a connection.
+type verdict int
+
+const (
+	// needMore: no whole request head yet, and nothing seen so far that
+	// the lean loop would not serve.
+	needMore verdict = iota
+	// serveLean: one whole request head of the common case.
+	serveLean
+	// handOff: anything else, for the standard server.
+	handOff
+)
+
+// scanHead looks for one request head at the start of b that the lean
+// loop serves itself, and returns its length through the blank line. It
+// is conservative: whatever it is not sure of goes to net/http, whose
+// answers (400s included) then stay exactly today's. The common case is
+//
+//   - a request line "METHOD SP target SP HTTP/1.1" (or HTTP/1.0) with
+//     METHOD GET, HEAD, OPTIONS or DELETE and a target that is a path
+//     (origin-form) or an http:// URL (absolute-form, HTTP_PROXY);
+//   - header lines "Name: value", every line ending in CRLF, names
+//     tokens, values free of control characters but HTAB, no obs-fold;
+//   - no body: no Transfer-Encoding, at most one Content-Length, and that
+//     one "0";
+//   - no Upgrade (h2c, WebSocket) and no Expect;
+//   - one valid Host header (HTTP/1.0: at most one).
+func scanHead(b []byte) (n int, v verdict) {
+	line, rest, ok := cutLine(b)
+	if !ok {
+		if !methodPrefix(b) {
+			return 0, handOff // TLS, h2c, garbage: no need to wait for a line
+		}
+		return 0, needMoreOr(b)
+	}
+	if !requestLine(line) {
+		return 0, handOff
+	}
+	http10 := bytes.HasSuffix(line, []byte(" HTTP/1.0"))
+	hosts, lengths := 0, 0
+	var host []byte
+	for {
+		line, rest, ok = cutLine(rest)
+		if !ok {
+			return 0, needMoreOr(rest)
+		}
+		if len(line) == 0 {
+			break
+		}
+		name, value, ok := headerLine(line)
+		if !ok {
+			return 0, handOff
+		}
+		switch {
+		case equalFold(name, "host"):
+			hosts++
+			host = value
+		case equalFold(name, "content-length"):
+			// A second one, even "0", is net/http's to judge.
+			if lengths++; string(value) != "0" || lengths > 1 {
+				return 0, handOff
+			}
+		case equalFold(name, "transfer-encoding"), equalFold(name, "upgrade"), equalFold(name, "expect"):
+			return 0, handOff
+		}
+	}
+	if hosts > 1 || (hosts == 0 && !http10) {
+		return 0, handOff // net/http's 400s
+	}
+	if hosts == 1 && !httpguts.ValidHostHeader(string(host)) {
+		return 0, handOff
+	}
+	return len(b) - len(rest), serveLean
+}
+
+// needMoreOr is needMore, unless what is buffered of an unfinished line
+// already holds a bare LF: net/http's business.
+func needMoreOr(partial []byte) verdict {
+	if bytes.IndexByte(partial, '\n') >= 0 {
+		return handOff
+	}
+	return needMore
+}
+
+// cutLine cuts the first CRLF-terminated line off b. A line ending in a
+// bare LF is not one (ok false with the LF still in rest: handOff).
+func cutLine(b []byte) (line, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 1 || b[i-1] != '\r' {
+		return nil, b, false
+	}
+	return b[:i-1], b[i+1:], true
+}
+
+var leanMethods = [...]string{http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete}
+
+// methodPrefix reports whether b could begin a request line of the
+// common case.
+func methodPrefix(b []byte) bool {
+	for _, m := range leanMethods {
+		if n := min(len(b), len(m)+1); string(b[:n]) == (m + " ")[:n] {
+			return true
+		}
+	}
+	return false
+}
+
+// requestLine reports whether line is a request line of the common case.
+func requestLine(line []byte) bool {
+	sp := bytes.IndexByte(line, ' ')
+	if sp < 0 {
+		return false
+	}
+	method := line[:sp]
+	known := false
+	for _, m := range leanMethods {
+		if string(method) == m {
+			known = true
+			break
+		}
+	}
+	if !known {
+		return false
+	}
+	rest := line[sp+1:]
+	sp = bytes.IndexByte(rest, ' ')
+	if sp < 1 {
+		return false
+	}
+	target, version := rest[:sp], rest[sp+1:]
+	if string(version) != "HTTP/1.1" && string(version) != "HTTP/1.0" {
+		return false
+	}
+	if target[0] != '/' && !(len(target) > len("http://") && equalFold(target[:len("http://")], "http://")) {
+		return false // "*", authority-form, other schemes
+	}
+	for _, c := range target {
+		if c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// headerLine splits "Name: value" with the value's optional white space
+// trimmed, for a line net/http would read the same way.
+func headerLine(line []byte) (name, value []byte, ok bool) {
+	colon := bytes.IndexByte(line, ':')
+	if colon < 1 {
+		return nil, nil, false // no name, or obs-fold (a leading space is not a token byte either)
+	}
+	name = line[:colon]
+	for _, c := range name {
+		if !httpguts.IsTokenRune(rune(c)) {
+			return nil, nil, false
+		}
+	}
+	value = line[colon+1:]
+	for _, c := range value {
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return nil, nil, false
+		}
+	}
+	return name, bytes.Trim(value, " \t"), true
+}
+
+// equalFold compares ASCII b with lower-case s, ignoring case.
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// servable checks the parsed request against the scan, and does
+// net/http's server-side checks of a request head (the Host header, the
+// header names and values): a request that fails any goes to net/http.
+func servable(req *http.Request) bool {
+	if req.ProtoMajor != 1 || (req.ProtoMinor != 0 && req.ProtoMinor != 1) ||
+		req.Body != http.NoBody || req.ContentLength != 0 || len(req.TransferEncoding) != 0 ||
+		req.URL == nil || (req.URL.Scheme != "" && req.URL.Scheme != "http") {
+		return false
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return false
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,680 @@
+// Package leanhttp is a lean HTTP/1.1 server loop for the sidecar's
+// outbound listener (docs/benchmarks.md, "The lean server loop").
+//
+// net/http's server pays, per request, a background read on a goroutine
+// of its own (so that the request's context ends when the client goes
+// away) and several read deadline changes; at a steady rate of small
+// requests those goroutine hand-offs and thread wake-ups are most of the
+// sidecar's CPU. A Server reads each connection with its own
+// bufio.Reader on the connection's goroutine and serves the common case
+// itself: keep-alive HTTP/1.1 and HTTP/1.0 requests without a body (GET,
+// HEAD, OPTIONS, DELETE), origin-form with a Host header or absolute-form,
+// no Upgrade, no Expect, no pipelining. It calls the handler with a
+// ResponseWriter that frames the response as net/http's does (response.go).
+//
+// Every other connection, from its first request the loop does not
+// serve (a body, CONNECT, an upgrade, h2c, Expect, pipelined requests,
+// malformed or oversized input), is handed to the standard *http.Server
+// given to New, with the bytes already read sent first: everything
+// outside the common case is served exactly as without this package, by
+// the same server configuration (handler, limits, hooks).
+//
+// A request's context is cancelled when its client goes away without a
+// background read per request: a request that takes longer than
+// WatchAfter (100 ms) gets one then (see watch), and the read of the next
+// request after the response notices any other.
+package leanhttp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultWatchAfter is how long a request runs before its connection is
+// watched for the client going away. Shorter requests, most of a service's
+// calls, pay nothing for it; their client's departure shows on the read
+// of the next request, right after the response. A client that gives up
+// within this time of sending leaves the upstream working for at most
+// this long.
+const DefaultWatchAfter = 100 * time.Millisecond
+
+// readBufSize bounds the request heads the loop serves itself: a longer
+// one (up to MaxHeaderBytes) goes to the standard server.
+const readBufSize = 4 << 10
+
+// Server serves HTTP/1.x connections, the common case itself and the
+// rest through Std.
+type Server struct {
+	// Std is the standard server: its Handler serves every request, its
+	// ReadHeaderTimeout, IdleTimeout, ConnState, ConnContext, BaseContext
+	// and ErrorLog apply to the lean loop too, and it serves the
+	// connections handed to it (ServeStd).
+	Std *http.Server
+	// WatchAfter: 0 is DefaultWatchAfter.
+	WatchAfter time.Duration
+
+	handoff *chanListener
+
+	// The watchdog (see watchdog): requests in flight, and its wake-up
+	// while it is parked.
+	inflight atomic.Int64
+	parked   atomic.Bool
+	wake     chan struct{}
+	dogOnce  sync.Once
+	done     chan struct{}
+
+	mu     sync.Mutex
+	lns    map[net.Listener]struct{}
+	conns  map[*conn]struct{}
+	closed atomic.Bool
+}
+
+// New returns a Server in front of std.
+func New(std *http.Server) *Server {
+	return &Server{Std: std, handoff: newChanListener(), lns: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{},
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// ServeStd runs the standard server on the connections handed to it, until
+// Close; run it beside Serve.
+func (s *Server) ServeStd() error { return s.Std.Serve(s.handoff) }
+
+// Serve accepts connections on ln and serves each on a goroutine of its
+// own, until ln fails or Close. It closes ln when it returns, as
+// http.Server.Serve does.
+func (s *Server) Serve(ln net.Listener) error {
+	defer ln.Close()
+	s.mu.Lock()
+	if s.closed.Load() {
+		s.mu.Unlock()
+		return http.ErrServerClosed
+	}
+	s.lns[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.lns, ln)
+		s.mu.Unlock()
+	}()
+	ctx := context.Background()
+	if s.Std.BaseContext != nil {
+		ctx = s.Std.BaseContext(ln)
+	}
+	ctx = context.WithValue(ctx, http.ServerContextKey, s.Std)
+	s.dogOnce.Do(func() { go s.watchdog() })
+	var tempDelay time.Duration
+	for {
+		rw, err := ln.Accept()
+		if err != nil {
+			if s.closed.Load() {
+				return http.ErrServerClosed
+			}
+			if ne, ok := err.(interface{ Temporary() bool }); ok && ne.Temporary() {
+				// net/http's back-off on a temporary accept error (EMFILE).
+				if tempDelay == 0 {
+					tempDelay = 5 * time.Millisecond
+				} else {
+					tempDelay = min(2*tempDelay, time.Second)
+				}
+				s.logf("http: Accept error: %v; retrying in %v", err, tempDelay)
+				time.Sleep(tempDelay)
+				continue
+			}
+			return err
+		}
+		tempDelay = 0
+		c := s.newConn(ctx, rw)
+		s.setState(rw, http.StateNew)
+		go c.serve()
+	}
+}
+
+// Close closes the listeners Serve serves, every connection the lean loop
+// holds, and the standard server's (http.Server.Close).
+func (s *Server) Close() error {
+	s.closed.Store(true)
+	s.mu.Lock()
+	for ln := range s.lns {
+		ln.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.rwc.Close()
+	}
+	s.handoff.Close()
+	s.mu.Lock()
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+	}
+	s.mu.Unlock()
+	return s.Std.Close()
+}
+
+func (s *Server) shuttingDown() bool { return s.closed.Load() }
+
+func (s *Server) logf(format string, args ...any) {
+	if s.Std.ErrorLog != nil {
+		s.Std.ErrorLog.Printf(format, args...)
+	} else {
+		log.Printf(format, args...)
+	}
+}
+
+func (s *Server) setState(c net.Conn, st http.ConnState) {
+	if h := s.Std.ConnState; h != nil {
+		h(c, st)
+	}
+}
+
+// leanable reports whether the loop may serve requests at all: the
+// timeouts it implements are the read header and idle ones.
+func (s *Server) leanable() bool {
+	return s.Std.ReadTimeout == 0 && s.Std.WriteTimeout == 0 && !s.closed.Load()
+}
+
+// conn is one connection served by the lean loop.
+type conn struct {
+	s      *Server
+	rwc    net.Conn
+	ctx    context.Context
+	remote string
+
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	head []byte // the current request's head, as read
+	werr error  // a write to the connection failed
+	// rdl is the read deadline last set (aLongTimeAgo: unknown).
+	rdl time.Time
+
+	dateSec int64
+	dateStr [len(http.TimeFormat)]byte
+
+	// The watch: see watch.
+	reqStart  atomic.Int64 // the current request's start (UnixNano), 0 between requests
+	wstate    atomic.Int32
+	aborted   atomic.Bool
+	gone      atomic.Bool
+	cancel    context.CancelFunc // the current request's
+	watchDone chan struct{}
+	hasByte   bool // the watch read a byte of what follows: it comes first
+	byteBuf   [1]byte
+}
+
+const (
+	wIdle  = iota // between requests
+	wReq          // a request is served, unwatched
+	wWatch        // a request is served and watched
+)
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+func (s *Server) newConn(ctx context.Context, rw net.Conn) *conn {
+	c := &conn{s: s, rwc: rw, ctx: ctx, watchDone: make(chan struct{}, 1)}
+	if ra := rw.RemoteAddr(); ra != nil {
+		c.remote = ra.String()
+	}
+	return c
+}
+
+// connReader is the connection as the bufio.Reader reads it: a byte the
+// watch read, then the connection.
+type connReader struct{ c *conn }
+
+func (r connReader) Read(p []byte) (int, error) {
+	c := r.c
+	if c.hasByte && len(p) > 0 {
+		p[0] = c.byteBuf[0]
+		c.hasByte = false
+		return 1, nil
+	}
+	return c.rwc.Read(p)
+}
+
+// errWriter notes a failed write, and ends the request in progress: its
+// client is gone (net/http's checkConnErrorWriter).
+type errWriter struct{ c *conn }
+
+func (w errWriter) Write(p []byte) (int, error) {
+	n, err := w.c.rwc.Write(p)
+	if err != nil && w.c.werr == nil {
+		w.c.werr = err
+		if w.c.cancel != nil {
+			w.c.cancel()
+		}
+	}
+	return n, err
+}
+
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+
+// serve runs the loop on one connection: it ends with the connection
+// closed, or handed to the standard server.
+func (c *conn) serve() {
+	s := c.s
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	handedOff := false
+	var inFlight *response
+	defer func() {
+		if err := recover(); err != nil && err != http.ErrAbortHandler {
+			const size = 64 << 10
+			buf := make([]byte, size)
+			buf = buf[:runtime.Stack(buf, false)]
+			s.logf("http: panic serving %v: %v\n%s", c.remote, err, buf)
+		}
+		if inFlight != nil {
+			c.cancel()
+			c.unwatch()
+		}
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		if handedOff {
+			return
+		}
+		if c.bw != nil {
+			_ = c.bw.Flush() // what had gone past the response's own buffer, as net/http
+			c.bw.Reset(nil)
+			writers.Put(c.bw)
+		}
+		c.rwc.Close()
+		if c.br != nil {
+			c.br.Reset(nil)
+			readers.Put(c.br)
+		}
+		s.setState(c.rwc, http.StateClosed)
+	}()
+
+	ctx := c.ctx
+	if h := s.Std.ConnContext; h != nil {
+		ctx = h(ctx, c.rwc)
+		if ctx == nil {
+			panic("ConnContext returned nil")
+		}
+	}
+	c.ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.rwc.LocalAddr())
+	c.br = readers.Get().(*bufio.Reader)
+	c.br.Reset(connReader{c})
+	c.bw = writers.Get().(*bufio.Writer)
+	c.bw.Reset(errWriter{c})
+
+	// The first request's head must come within ReadHeaderTimeout of the
+	// connection, as in net/http.
+	c.setReadDeadline(s.Std.ReadHeaderTimeout, time.Now())
+	first := true
+	for {
+		if !s.leanable() {
+			handedOff = c.handOff(nil)
+			return
+		}
+		if !first && c.br.Buffered() == 0 && !c.hasByte {
+			// Between requests: the idle timeout. The deadline moves only
+			// when it is more than idleSlack off, not on every request.
+			c.idleDeadline()
+		}
+		if _, err := c.br.Peek(1); err != nil {
+			return // closed, idle timeout, reset: as net/http, no answer
+		}
+		s.setState(c.rwc, http.StateActive)
+		n, v := c.readHead(first)
+		switch v {
+		case needMore:
+			return // timed out or failed half way: net/http answers none either
+		case handOff:
+			handedOff = c.handOff(nil)
+			return
+		}
+		head, _ := c.br.Peek(n)
+		c.head = append(c.head[:0], head...)
+		req, err := http.ReadRequest(c.br)
+		if err != nil || !servable(req) {
+			handedOff = c.handOff(c.head)
+			return
+		}
+		first = false
+
+		ctx, cancel := context.WithCancel(c.ctx)
+		req = req.WithContext(ctx)
+		req.RemoteAddr = c.remote
+		w := &response{
+			c: c, req: req, handlerHeader: make(http.Header), contentLength: -1,
+			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(hget(req.Header, "Connection"), "keep-alive"),
+			wantsClose:       req.Close || hasToken(hget(req.Header, "Connection"), "close"),
+		}
+		c.cancel = cancel
+		c.arm()
+		inFlight = w
+		handler := s.Std.Handler
+		if handler == nil {
+			handler = http.DefaultServeMux
+		}
+		handler.ServeHTTP(w, req)
+		inFlight = nil
+		c.unwatch()
+		cancel()
+		w.finish()
+		c.cancel = nil
+		if c.gone.Load() || !w.shouldReuseConnection() {
+			return
+		}
+		s.setState(c.rwc, http.StateIdle)
+		if s.shuttingDown() {
+			return
+		}
+	}
+}
+
+// readHead waits until the buffer holds a whole request head and returns
+// its length with serveLean, or handOff, or needMore when the connection
+// failed first. The rest of a head that did not come in one piece must
+// come within ReadHeaderTimeout.
+func (c *conn) readHead(first bool) (int, verdict) {
+	armed := first // the first request's deadline runs from the accept
+	for {
+		buf, _ := c.br.Peek(c.br.Buffered())
+		n, v := scanHead(buf)
+		switch v {
+		case serveLean:
+			if c.br.Buffered() > n || c.hasByte {
+				return 0, handOff // pipelined: net/http's
+			}
+			return n, v
+		case handOff:
+			return 0, v
+		}
+		if c.br.Buffered() >= c.br.Size() {
+			return 0, handOff // longer than the loop's buffer: net/http applies MaxHeaderBytes
+		}
+		if !armed {
+			c.setReadDeadline(c.s.Std.ReadHeaderTimeout, time.Now())
+			armed = true
+		}
+		if _, err := c.br.Peek(c.br.Buffered() + 1); err != nil {
+			if errors.Is(err, io.EOF) {
+				// A head cut short: net/http answers 400.
+				return 0, handOff
+			}
+			return 0, needMore
+		}
+	}
+}
+
+// idleSlack is how much longer than IdleTimeout an idle connection may
+// stay open: the deadline is set to IdleTimeout + idleSlack from the end
+// of a response and moved again only once it falls below IdleTimeout
+// from the end of a later one, not on every request. Never earlier than
+// net/http closes it, at most a second (a tenth of the timeout) later.
+const idleSlack = time.Second
+
+func (c *conn) idleDeadline() {
+	d := c.s.Std.IdleTimeout
+	if d == 0 {
+		d = c.s.Std.ReadTimeout
+	}
+	now := time.Now()
+	if d <= 0 {
+		if !c.rdl.IsZero() {
+			c.rdl = time.Time{}
+			_ = c.rwc.SetReadDeadline(time.Time{})
+		}
+		return
+	}
+	want := now.Add(d)
+	slack := min(idleSlack, d/10)
+	if c.rdl.Before(want) || c.rdl.After(want.Add(slack)) {
+		c.rdl = want.Add(slack)
+		_ = c.rwc.SetReadDeadline(c.rdl)
+	}
+}
+
+func (c *conn) setReadDeadline(d time.Duration, now time.Time) {
+	var t time.Time
+	if d > 0 {
+		t = now.Add(d)
+	}
+	c.rdl = t
+	_ = c.rwc.SetReadDeadline(t)
+}
+
+// date is the Date header's value, formatted once a second.
+func (c *conn) date() []byte {
+	now := time.Now()
+	if sec := now.Unix(); sec != c.dateSec {
+		c.dateSec = sec
+		now.UTC().AppendFormat(c.dateStr[:0], http.TimeFormat)
+	}
+	return c.dateStr[:]
+}
+
+func (s *Server) watchAfter() time.Duration {
+	if s.WatchAfter > 0 {
+		return s.WatchAfter
+	}
+	return DefaultWatchAfter
+}
+
+// arm makes the current request one the watchdog looks at.
+func (c *conn) arm() {
+	c.wstate.Store(wReq)
+	s := c.s
+	c.reqStart.Store(time.Now().UnixNano())
+	if s.inflight.Add(1) == 1 && s.parked.Load() {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// watchdog starts the watch of every request served for WatchAfter. It
+// looks every WatchAfter/2 while requests are in flight and parks while
+// none is: a request costs it two atomic additions and two stores. (A
+// timer per request, tried first, is added to the runtime's timer heap
+// and, being the earliest timer, wakes the thread sleeping in the
+// network poller: strace counted 0.3 more futex and 0.7 more epoll_pwait
+// calls per request than with the watchdog.)
+func (s *Server) watchdog() {
+	after := s.watchAfter()
+	t := time.NewTicker(after / 2)
+	defer t.Stop()
+	var conns []*conn
+	for {
+		select {
+		case <-t.C:
+		case <-s.done:
+			return
+		}
+		if s.inflight.Load() == 0 {
+			t.Stop()
+			s.parked.Store(true)
+			if s.inflight.Load() == 0 { // a request that started before parked was set is seen here
+				select {
+				case <-s.wake:
+				case <-s.done:
+					return
+				}
+			}
+			s.parked.Store(false)
+			t.Reset(after / 2)
+			continue
+		}
+		now := time.Now().UnixNano()
+		conns = conns[:0]
+		s.mu.Lock()
+		for c := range s.conns {
+			if st := c.reqStart.Load(); st != 0 && now-st >= int64(after) {
+				conns = append(conns, c)
+			}
+		}
+		s.mu.Unlock()
+		for _, c := range conns {
+			if c.wstate.Load() == wReq {
+				go c.watch()
+			}
+		}
+		clear(conns)
+	}
+}
+
+// watch runs when a request has been served for WatchAfter: it reads the
+// connection until the client closes it (EOF, reset), which cancels the
+// request, as net/http's background read does for every request. A byte
+// that arrives instead (a pipelined request) is kept for the loop. The
+// loop ends the read when the request is over (unwatch).
+func (c *conn) watch() {
+	if !c.wstate.CompareAndSwap(wReq, wWatch) {
+		return // the request is over
+	}
+	_ = c.rwc.SetReadDeadline(time.Time{})
+	n, err := c.rwc.Read(c.byteBuf[:])
+	if n == 1 {
+		c.hasByte = true
+	}
+	var ne net.Error
+	if err != nil && !(c.aborted.Load() && errors.As(err, &ne) && ne.Timeout()) {
+		c.gone.Store(true)
+		if c.cancel != nil {
+			c.cancel()
+		}
+	}
+	c.watchDone <- struct{}{}
+}
+
+// unwatch ends the current request's watch, waiting for its read.
+func (c *conn) unwatch() {
+	if c.reqStart.Swap(0) != 0 {
+		c.s.inflight.Add(-1)
+	}
+	if c.wstate.CompareAndSwap(wReq, wIdle) {
+		return
+	}
+	if c.wstate.Load() == wIdle {
+		return
+	}
+	c.aborted.Store(true)
+	_ = c.rwc.SetReadDeadline(aLongTimeAgo)
+	<-c.watchDone
+	c.aborted.Store(false)
+	c.wstate.Store(wIdle)
+	c.rdl = aLongTimeAgo // set again before the next read
+}
+
+// handOff gives the connection to the standard server, with the bytes
+// read and not yet served sent first: head, then what the reader holds.
+// It returns true: the connection is no longer the loop's (handed off, or
+// closed when the standard server is).
+func (c *conn) handOff(head []byte) bool {
+	hc := &handoffConn{Conn: c.rwc, head: head, br: c.br, cr: c}
+	if c.bw != nil {
+		_ = c.bw.Flush()
+		c.bw.Reset(nil)
+		writers.Put(c.bw)
+		c.bw = nil
+	}
+	// The standard server sets its own deadlines; none of the loop's may
+	// linger in the meantime.
+	_ = c.rwc.SetReadDeadline(time.Time{})
+	if !c.s.handoff.put(hc) {
+		// The standard server is closed: so is the connection.
+		c.rwc.Close()
+		c.s.setState(c.rwc, http.StateClosed)
+	}
+	return true
+}
+
+// handoffConn is a connection handed to the standard server: its Read
+// returns the bytes the loop read and did not serve first.
+type handoffConn struct {
+	net.Conn
+	head []byte
+	br   *bufio.Reader
+	cr   *conn
+}
+
+func (c *handoffConn) Read(p []byte) (int, error) {
+	if len(c.head) > 0 {
+		n := copy(p, c.head)
+		c.head = c.head[n:]
+		return n, nil
+	}
+	if c.br != nil {
+		if c.br.Buffered() > 0 || c.cr.hasByte {
+			return c.br.Read(p)
+		}
+		c.br.Reset(nil)
+		readers.Put(c.br)
+		c.br, c.cr = nil, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// Unwrap is the accepted connection, for hooks that look for their own
+// type (connlimit, the original destination of a redirected one).
+func (c *handoffConn) Unwrap() net.Conn { return c.Conn }
+
+// CloseWrite half-closes the connection, as a *net.TCPConn does.
+func (c *handoffConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+// chanListener is the standard server's listener of handed-off
+// connections.
+type chanListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *chanListener) put(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return handoffAddr{} }
+
+type handoffAddr struct{}
+
+func (handoffAddr) Network() string { return "tcp" }
+func (handoffAddr) String() string  { return "lean-handoff" }
