@@ -239,19 +239,7 @@ func (c *cluster) unmarshal(b []byte) error {
 				if err := msg(num, typ); err != nil {
 					return err
 				}
-				var key string
-				var val []byte
-				err := fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
-					switch num {
-					case 1:
-						key, err = str(num, typ, bs)
-					case 2:
-						if err = msg(num, typ); err == nil {
-							val = append(val, bs...) // a message twice merges
-						}
-					}
-					return err
-				})
+				key, val, err := mapEntry(bs)
 				if err != nil || key != MetadataKey {
 					return err
 				}
@@ -264,6 +252,24 @@ func (c *cluster) unmarshal(b []byte) error {
 		}
 		return err
 	})
+}
+
+// mapEntry reads the entry of a map<string, Message> (key = 1, value =
+// 2): val is the value's encoding, the concatenation of every value
+// field in the entry, as a message field set twice merges.
+func mapEntry(b []byte) (key string, val []byte, err error) {
+	err = fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+		switch num {
+		case 1:
+			key, err = str(num, typ, bs)
+		case 2:
+			if err = msg(num, typ); err == nil {
+				val = append(val, bs...)
+			}
+		}
+		return err
+	})
+	return key, val, err
 }
 
 // maxDepth bounds the nesting of Struct and ListValue, as protobuf's
@@ -285,19 +291,7 @@ func decodeStruct(b []byte, depth int) (map[string]any, error) {
 		if err := msg(num, typ); err != nil {
 			return err
 		}
-		var key string
-		var val []byte
-		err := fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
-			switch num {
-			case 1:
-				key, err = str(num, typ, bs)
-			case 2:
-				if err = msg(num, typ); err == nil {
-					val = append(val, bs...)
-				}
-			}
-			return err
-		})
+		key, val, err := mapEntry(bs)
 		if err != nil {
 			return err
 		}
