@@ -37,6 +37,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/chanlistener"
 )
 
 // DefaultWatchAfter is how long a request runs before its connection is
@@ -62,7 +64,7 @@ type Server struct {
 	// WatchAfter: 0 is DefaultWatchAfter.
 	WatchAfter time.Duration
 
-	handoff *chanListener
+	handoff *chanlistener.Listener
 
 	// The watchdog (see watchdog): requests in flight, and its wake-up
 	// while it is parked.
@@ -80,7 +82,7 @@ type Server struct {
 
 // New returns a Server in front of std.
 func New(std *http.Server) *Server {
-	return &Server{Std: std, handoff: newChanListener(), lns: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{},
+	return &Server{Std: std, handoff: chanlistener.New("lean-handoff"), lns: map[net.Listener]struct{}{}, conns: map[*conn]struct{}{},
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
@@ -591,7 +593,7 @@ func (c *conn) handOff(head []byte) bool {
 	// The standard server sets its own deadlines; none of the loop's may
 	// linger in the meantime.
 	_ = c.rwc.SetReadDeadline(time.Time{})
-	if !c.s.handoff.put(hc) {
+	if !c.s.handoff.Put(hc) {
 		// The standard server is closed: so is the connection.
 		c.rwc.Close()
 		c.s.setState(c.rwc, http.StateClosed)
@@ -636,45 +638,3 @@ func (c *handoffConn) CloseWrite() error {
 	}
 	return c.Conn.Close()
 }
-
-// chanListener is the standard server's listener of handed-off
-// connections.
-type chanListener struct {
-	conns  chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newChanListener() *chanListener {
-	return &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (l *chanListener) put(c net.Conn) bool {
-	select {
-	case l.conns <- c:
-		return true
-	case <-l.closed:
-		return false
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return handoffAddr{} }
-
-type handoffAddr struct{}
-
-func (handoffAddr) Network() string { return "tcp" }
-func (handoffAddr) String() string  { return "lean-handoff" }

@@ -20,6 +20,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/chanlistener"
 )
 
 // DefaultDetectTimeout is how long a redirected connection may take to send
@@ -92,7 +94,7 @@ func (c *Conn) Unwrap() net.Conn { return c.Conn }
 type Dispatcher struct {
 	cfg  Config
 	log  *slog.Logger
-	http *chanListener
+	http *chanlistener.Listener
 
 	detecting sync.WaitGroup
 }
@@ -108,7 +110,7 @@ func New(cfg Config) *Dispatcher {
 	if cfg.Hijacked == nil {
 		cfg.Hijacked = func(net.Conn) {}
 	}
-	return &Dispatcher{cfg: cfg, log: cfg.Logger, http: newChanListener()}
+	return &Dispatcher{cfg: cfg, log: cfg.Logger, http: chanlistener.New("redirected")}
 }
 
 // Wrap returns ln with the redirected connections taken out of Accept.
@@ -180,7 +182,7 @@ func (d *Dispatcher) dispatch(c net.Conn, orig netip.AddrPort) {
 			"sni", tc.SNI, "client", c.RemoteAddr().String(), "detect_ms", float64(tc.Detect.Microseconds())/1000)
 	}
 	if tc.Protocol == HTTP1 || tc.Protocol == HTTP2 {
-		if d.http.put(tc) {
+		if d.http.Put(tc) {
 			d.detecting.Done()
 			return
 		}
@@ -225,49 +227,3 @@ func Detect(c net.Conn, timeout time.Duration) (p Protocol, sni string, peeked [
 	}
 	return p, sni, peeked
 }
-
-// chanListener is a net.Listener whose connections come from Dispatcher.
-type chanListener struct {
-	conns  chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newChanListener() *chanListener {
-	return &chanListener{conns: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (l *chanListener) put(c net.Conn) bool {
-	select {
-	case <-l.closed:
-		return false
-	default:
-	}
-	select {
-	case l.conns <- c:
-		return true
-	case <-l.closed:
-		return false
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return chanAddr{} }
-
-type chanAddr struct{}
-
-func (chanAddr) Network() string { return "tcp" }
-func (chanAddr) String() string  { return "redirected" }
