@@ -119,6 +119,12 @@ type discoveryResponse struct {
 	resources                   []resource
 }
 
+// errWireType is a field of a wire type other than the one its
+// declaration gives it, or a group: refused (deliberately: proto.Unmarshal
+// would keep such a field as unknown and leave the field it names
+// unset, a resource no control plane of ours sends).
+var errWireType = errors.New("wire type")
+
 // fields calls f with each field of the message b, after checking its
 // tag and length; f gets the field's raw value (the varint, the fixed
 // bits, or the bytes of a length-delimited field) and returns an error
@@ -144,7 +150,7 @@ func fields(b []byte, f func(num protowire.Number, typ protowire.Type, v uint64,
 		case protowire.BytesType:
 			bs, n = protowire.ConsumeBytes(b)
 		default:
-			return fmt.Errorf("field %d: wire type %d not supported", num, typ)
+			return fmt.Errorf("field %d: %w %d not supported", num, errWireType, typ)
 		}
 		if n < 0 {
 			return fmt.Errorf("field %d: %w", num, protowire.ParseError(n))
@@ -161,7 +167,7 @@ func fields(b []byte, f func(num protowire.Number, typ protowire.Type, v uint64,
 // proto3 requires of strings.
 func str(num protowire.Number, typ protowire.Type, bs []byte) (string, error) {
 	if typ != protowire.BytesType {
-		return "", fmt.Errorf("field %d: wire type %d for a string", num, typ)
+		return "", fmt.Errorf("field %d: %w %d for a string", num, errWireType, typ)
 	}
 	if !utf8.Valid(bs) {
 		return "", fmt.Errorf("field %d: string not valid UTF-8", num)
@@ -172,14 +178,14 @@ func str(num protowire.Number, typ protowire.Type, bs []byte) (string, error) {
 // msg checks that a message field is length-delimited.
 func msg(num protowire.Number, typ protowire.Type) error {
 	if typ != protowire.BytesType {
-		return fmt.Errorf("field %d: wire type %d for a message", num, typ)
+		return fmt.Errorf("field %d: %w %d for a message", num, errWireType, typ)
 	}
 	return nil
 }
 
 func varint(num protowire.Number, typ protowire.Type) error {
 	if typ != protowire.VarintType {
-		return fmt.Errorf("field %d: wire type %d for a varint", num, typ)
+		return fmt.Errorf("field %d: %w %d for a varint", num, errWireType, typ)
 	}
 	return nil
 }
@@ -204,7 +210,7 @@ func (r *discoveryResponse) unmarshal(b []byte) error {
 					a.typeURL, err = str(num, typ, bs)
 				case 2:
 					if typ != protowire.BytesType {
-						return fmt.Errorf("field %d: wire type %d for bytes", num, typ)
+						return fmt.Errorf("field %d: %w %d for bytes", num, errWireType, typ)
 					}
 					a.value = bs
 				}
@@ -302,14 +308,35 @@ func decodeStruct(b []byte, depth int) (map[string]any, error) {
 	return m, err
 }
 
+// number is a number_value as structpb's AsInterface gives it: NaN and
+// the infinities, which JSON has no number for, as the strings "NaN",
+// "Infinity" and "-Infinity".
+func number(f float64) any {
+	switch {
+	case math.IsNaN(f):
+		return "NaN"
+	case math.IsInf(f, 1):
+		return "Infinity"
+	case math.IsInf(f, -1):
+		return "-Infinity"
+	}
+	return f
+}
+
 // decodeValue is google.protobuf.Value as structpb's AsInterface gives
 // it: nil, float64, string, bool, map[string]any or []any. Of a oneof
-// set more than once the last wins, as in protobuf.
+// set more than once the last wins, as in protobuf; and as in protobuf,
+// struct_value or list_value set again right after itself merges into
+// it (the Structs' fields together, the lists one after the other): its
+// encodings are concatenated and decoded once, at the end.
 func decodeValue(b []byte, depth int) (any, error) {
 	if depth > maxDepth {
 		return nil, errDepth
 	}
 	var out any
+	var kind protowire.Number // the oneof's field last set
+	var sub []byte            // struct_value's or list_value's encoding
+	var owned bool            // sub is not part of b
 	err := fields(b, func(num protowire.Number, typ protowire.Type, v uint64, bs []byte) (err error) {
 		switch num {
 		case 1: // null_value
@@ -318,40 +345,61 @@ func decodeValue(b []byte, depth int) (any, error) {
 			}
 		case 2: // number_value
 			if typ != protowire.Fixed64Type {
-				return fmt.Errorf("field %d: wire type %d for a double", num, typ)
+				return fmt.Errorf("field %d: %w %d for a double", num, errWireType, typ)
 			}
-			out = math.Float64frombits(v)
+			out = number(math.Float64frombits(v))
 		case 3:
 			out, err = str(num, typ, bs)
 		case 4:
 			if err = varint(num, typ); err == nil {
 				out = v != 0
 			}
-		case 5:
-			if err = msg(num, typ); err == nil {
-				out, err = decodeStruct(bs, depth+1)
-			}
-		case 6: // list_value: ListValue{values = 1}
+		case 5, 6: // struct_value, list_value
 			if err = msg(num, typ); err != nil {
 				return err
 			}
-			list := []any{}
-			err = fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
-				if num != 1 {
-					return nil
-				}
-				if err := msg(num, typ); err != nil {
-					return err
-				}
-				e, err := decodeValue(bs, depth+1)
-				list = append(list, e)
-				return err
-			})
-			out = list
+			switch {
+			case kind != num:
+				sub, owned = bs, false
+			case !owned: // a copy: never append into b
+				sub, owned = append(append(make([]byte, 0, 2*(len(sub)+len(bs))), sub...), bs...), true
+			default:
+				sub = append(sub, bs...)
+			}
+		default:
+			return nil
 		}
+		kind = num
 		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	switch kind {
+	case 5:
+		return decodeStruct(sub, depth+1)
+	case 6:
+		return decodeList(sub, depth+1)
+	}
+	return out, nil
+}
+
+// decodeList is google.protobuf.ListValue{values = 1} as structpb's
+// AsSlice gives it.
+func decodeList(b []byte, depth int) ([]any, error) {
+	list := []any{}
+	err := fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
+		if num != 1 {
+			return nil
+		}
+		if err := msg(num, typ); err != nil {
+			return err
+		}
+		e, err := decodeValue(bs, depth+1)
+		list = append(list, e)
+		return err
+	})
+	return list, err
 }
 
 // loadAssignment is the part of an envoy.config.endpoint.v3
@@ -372,7 +420,9 @@ type lbEndpoint struct {
 	hasSocket bool
 	address   string
 	port      uint32 // 0 unless port_value is the port specifier
-	health    uint64 // envoy.config.core.v3.HealthStatus
+	// health is the envoy.config.core.v3.HealthStatus, an enum: the
+	// varint's low 32 bits, as proto.Unmarshal reads an enum.
+	health int32
 }
 
 // Health statuses (envoy.config.core.v3.HealthStatus).
@@ -457,7 +507,7 @@ func (e *lbEndpoint) unmarshal(b []byte) error {
 			}
 		case 2:
 			if err = varint(num, typ); err == nil {
-				e.health = v
+				e.health = int32(v)
 			}
 		}
 		return err

@@ -53,7 +53,7 @@ func LoadAssignment(name string, eps []Endpoint) *endpointv3.ClusterLoadAssignme
 	return cla
 }
 
-func marshal(t *testing.T, m proto.Message) []byte {
+func marshal(t testing.TB, m proto.Message) []byte {
 	t.Helper()
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
