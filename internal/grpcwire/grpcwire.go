@@ -102,15 +102,44 @@ func status(h http.Header) (err error, ok bool) {
 	if v == "" {
 		return nil, false
 	}
-	code, perr := strconv.Atoi(v)
+	code, perr := strconv.ParseInt(v, 10, 32) // as grpc-go reads it
 	if perr != nil {
 		return &Error{Code: 2, Message: "malformed grpc-status " + strconv.Quote(v)}, true
 	}
 	if code == 0 {
 		return nil, true
 	}
-	msg, _ := url.PathUnescape(h.Get("Grpc-Message"))
-	return &Error{Code: code, Message: msg}, true
+	return &Error{Code: int(code), Message: decodeMessage(h.Get("Grpc-Message"))}, true
+}
+
+// decodeMessage is a percent-encoded grpc-message. A malformed escape
+// stays as it is: the protocol asks that the message never be thrown
+// away for one ("100%" was an empty message with url.PathUnescape), and
+// this is how grpc-go decodes it.
+func decodeMessage(msg string) string {
+	if !strings.Contains(msg, "%") {
+		return msg
+	}
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		if msg[i] == '%' && i+2 < len(msg) {
+			if c, err := strconv.ParseUint(msg[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(c))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(msg[i])
+	}
+	return b.String()
+}
+
+// isGRPC says whether a content type is gRPC's: application/grpc, alone
+// or followed by + (a subtype) or ; (parameters), as grpc-go checks it
+// ("application/grpcx" is not).
+func isGRPC(ct string) bool {
+	rest, ok := strings.CutPrefix(ct, "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 
 func checkResponse(resp *http.Response) error {
@@ -120,7 +149,7 @@ func checkResponse(resp *http.Response) error {
 	if err, ok := status(resp.Header); ok && err != nil {
 		return err // trailers-only
 	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/grpc") {
+	if ct := resp.Header.Get("Content-Type"); !isGRPC(ct) {
 		return &Error{Code: 2, Message: "content-type " + strconv.Quote(ct)}
 	}
 	return nil
