@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/minimesh/minimesh/internal/grpcwire"
+	"github.com/minimesh/minimesh/internal/protoenc"
 )
 
 // otlpExporter sends spans to an OTLP/gRPC collector
@@ -129,68 +130,31 @@ func appendExportRequest(b []byte, spans []sdktrace.ReadOnlySpan) []byte {
 		res := rg.s.Resource()
 		tmp = tmp[:0]
 		for it := res.Iter(); it.Next(); {
-			tmp = appendMsg(tmp, 1, appendKeyValue(nil, it.Attribute()))
+			tmp = protoenc.Message(tmp, 1, appendKeyValue(nil, it.Attribute()))
 		}
-		rs = appendMsg(rs, 1, tmp)
+		rs = protoenc.Message(rs, 1, tmp)
 		for _, sg := range rg.scopes {
 			ss = ss[:0]
 			sc := sg.s.InstrumentationScope()
 			if sc.Name != "" || sc.Version != "" || sc.SchemaURL != "" || sc.Attributes.Len() > 0 {
 				var is []byte
-				is = appendStr(is, 1, sc.Name)
-				is = appendStr(is, 2, sc.Version)
+				is = protoenc.String(is, 1, sc.Name)
+				is = protoenc.String(is, 2, sc.Version)
 				for it := sc.Attributes.Iter(); it.Next(); {
-					is = appendMsg(is, 3, appendKeyValue(nil, it.Attribute()))
+					is = protoenc.Message(is, 3, appendKeyValue(nil, it.Attribute()))
 				}
-				ss = appendMsg(ss, 1, is)
+				ss = protoenc.Message(ss, 1, is)
 			}
 			for _, s := range sg.spans {
-				ss = appendMsg(ss, 2, appendSpan(nil, s))
+				ss = protoenc.Message(ss, 2, appendSpan(nil, s))
 			}
-			ss = appendStr(ss, 3, sc.SchemaURL)
-			rs = appendMsg(rs, 2, ss)
+			ss = protoenc.String(ss, 3, sc.SchemaURL)
+			rs = protoenc.Message(rs, 2, ss)
 		}
-		rs = appendStr(rs, 3, res.SchemaURL())
-		b = appendMsg(b, 1, rs)
+		rs = protoenc.String(rs, 3, res.SchemaURL())
+		b = protoenc.Message(b, 1, rs)
 	}
 	return b
-}
-
-func appendMsg(b []byte, num protowire.Number, m []byte) []byte {
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, m)
-}
-
-func appendStr(b []byte, num protowire.Number, s string) []byte {
-	if s == "" {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
-}
-
-func appendUint(b []byte, num protowire.Number, v uint64) []byte {
-	if v == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.VarintType)
-	return protowire.AppendVarint(b, v)
-}
-
-func appendFixed64(b []byte, num protowire.Number, v uint64) []byte {
-	if v == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.Fixed64Type)
-	return protowire.AppendFixed64(b, v)
-}
-
-func appendFixed32(b []byte, num protowire.Number, v uint32) []byte {
-	if v == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.Fixed32Type)
-	return protowire.AppendFixed32(b, v)
 }
 
 func clampCount(v int) uint64 {
@@ -217,45 +181,45 @@ func spanFlags(tf trace.TraceFlags, parent trace.SpanContext) uint32 {
 func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 	sc := s.SpanContext()
 	tid, sid := sc.TraceID(), sc.SpanID()
-	b = appendMsg(b, 1, tid[:])
-	b = appendMsg(b, 2, sid[:])
-	b = appendStr(b, 3, sc.TraceState().String())
+	b = protoenc.Message(b, 1, tid[:])
+	b = protoenc.Message(b, 2, sid[:])
+	b = protoenc.String(b, 3, sc.TraceState().String())
 	parent := s.Parent()
 	if psid := parent.SpanID(); psid.IsValid() {
-		b = appendMsg(b, 4, psid[:])
+		b = protoenc.Message(b, 4, psid[:])
 	}
-	b = appendStr(b, 5, s.Name())
-	b = appendUint(b, 6, uint64(spanKind(s.SpanKind())))
-	b = appendFixed64(b, 7, unixNano(s.StartTime()))
-	b = appendFixed64(b, 8, unixNano(s.EndTime()))
+	b = protoenc.String(b, 5, s.Name())
+	b = protoenc.Uint(b, 6, uint64(spanKind(s.SpanKind())))
+	b = protoenc.Fixed64(b, 7, unixNano(s.StartTime()))
+	b = protoenc.Fixed64(b, 8, unixNano(s.EndTime()))
 	for _, kv := range s.Attributes() {
-		b = appendMsg(b, 9, appendKeyValue(nil, kv))
+		b = protoenc.Message(b, 9, appendKeyValue(nil, kv))
 	}
-	b = appendUint(b, 10, clampCount(s.DroppedAttributes()))
+	b = protoenc.Uint(b, 10, clampCount(s.DroppedAttributes()))
 	for _, ev := range s.Events() {
 		var e []byte
-		e = appendFixed64(e, 1, unixNano(ev.Time))
-		e = appendStr(e, 2, ev.Name)
+		e = protoenc.Fixed64(e, 1, unixNano(ev.Time))
+		e = protoenc.String(e, 2, ev.Name)
 		for _, kv := range ev.Attributes {
-			e = appendMsg(e, 3, appendKeyValue(nil, kv))
+			e = protoenc.Message(e, 3, appendKeyValue(nil, kv))
 		}
-		e = appendUint(e, 4, clampCount(ev.DroppedAttributeCount))
-		b = appendMsg(b, 11, e)
+		e = protoenc.Uint(e, 4, clampCount(ev.DroppedAttributeCount))
+		b = protoenc.Message(b, 11, e)
 	}
-	b = appendUint(b, 12, clampCount(s.DroppedEvents()))
+	b = protoenc.Uint(b, 12, clampCount(s.DroppedEvents()))
 	for _, l := range s.Links() {
 		var e []byte
 		ltid, lsid := l.SpanContext.TraceID(), l.SpanContext.SpanID()
-		e = appendMsg(e, 1, ltid[:])
-		e = appendMsg(e, 2, lsid[:])
+		e = protoenc.Message(e, 1, ltid[:])
+		e = protoenc.Message(e, 2, lsid[:])
 		for _, kv := range l.Attributes {
-			e = appendMsg(e, 4, appendKeyValue(nil, kv))
+			e = protoenc.Message(e, 4, appendKeyValue(nil, kv))
 		}
-		e = appendUint(e, 5, clampCount(l.DroppedAttributeCount))
-		e = appendFixed32(e, 6, spanFlags(l.SpanContext.TraceFlags(), l.SpanContext))
-		b = appendMsg(b, 13, e)
+		e = protoenc.Uint(e, 5, clampCount(l.DroppedAttributeCount))
+		e = protoenc.Fixed32(e, 6, spanFlags(l.SpanContext.TraceFlags(), l.SpanContext))
+		b = protoenc.Message(b, 13, e)
 	}
-	b = appendUint(b, 14, clampCount(s.DroppedLinks()))
+	b = protoenc.Uint(b, 14, clampCount(s.DroppedLinks()))
 	// Status{message = 2, code = 3}: OTLP's codes are UNSET 0, OK 1,
 	// ERROR 2 (OTel's Go codes are Unset 0, Error 1, Ok 2).
 	st := s.Status()
@@ -267,10 +231,10 @@ func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 		code = 2
 	}
 	var sm []byte
-	sm = appendStr(sm, 2, st.Description)
-	sm = appendUint(sm, 3, code)
-	b = appendMsg(b, 15, sm)
-	b = appendFixed32(b, 16, spanFlags(sc.TraceFlags(), parent))
+	sm = protoenc.String(sm, 2, st.Description)
+	sm = protoenc.Uint(sm, 3, code)
+	b = protoenc.Message(b, 15, sm)
+	b = protoenc.Fixed32(b, 16, spanFlags(sc.TraceFlags(), parent))
 	return b
 }
 
@@ -286,8 +250,8 @@ func spanKind(k trace.SpanKind) int {
 
 // appendKeyValue appends KeyValue{key = 1, value = 2}.
 func appendKeyValue(b []byte, kv attribute.KeyValue) []byte {
-	b = appendStr(b, 1, string(kv.Key))
-	return appendMsg(b, 2, appendAnyValue(nil, kv.Value))
+	b = protoenc.String(b, 1, string(kv.Key))
+	return protoenc.Message(b, 2, appendAnyValue(nil, kv.Value))
 }
 
 // appendAnyValue appends AnyValue{string_value = 1, bool_value = 2,
@@ -314,9 +278,9 @@ func appendAnyValue(b []byte, v attribute.Value) []byte {
 	array := func(b []byte, n int, each func(b []byte, i int) []byte) []byte {
 		var a []byte
 		for i := range n {
-			a = appendMsg(a, 1, each(nil, i))
+			a = protoenc.Message(a, 1, each(nil, i))
 		}
-		return appendMsg(b, 5, a)
+		return protoenc.Message(b, 5, a)
 	}
 	switch v.Type() {
 	case attribute.BOOL:
@@ -348,9 +312,9 @@ func appendAnyValue(b []byte, v attribute.Value) []byte {
 	case attribute.MAP:
 		var l []byte
 		for _, kv := range v.AsMap() {
-			l = appendMsg(l, 1, appendKeyValue(nil, kv))
+			l = protoenc.Message(l, 1, appendKeyValue(nil, kv))
 		}
-		return appendMsg(b, 6, l)
+		return protoenc.Message(b, 6, l)
 	case attribute.EMPTY:
 		return b
 	}

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/minimesh/minimesh/internal/protoenc"
 )
 
 // The fuzz targets hold the hand-written decoders (wire.go) to the
@@ -61,10 +63,10 @@ func clusterSeeds(f *testing.F) {
 	l2, _ := structpb.NewValue([]any{"x"})
 	for _, pair := range [][2]*structpb.Value{{v1, v2}, {l1, l2}, {v1, l2}} {
 		val := append(marshal(f, pair[0]), marshal(f, pair[1])...)
-		entry := appendBytes(appendString(nil, 1, "spec"), 2, val)
-		st := appendBytes(nil, 1, entry)
-		md := appendBytes(appendString(nil, 1, MetadataKey), 2, st)
-		f.Add(appendBytes(appendString(nil, 1, "merge"), 25, appendBytes(nil, 1, md)))
+		entry := protoenc.Message(protoenc.String(nil, 1, "spec"), 2, val)
+		st := protoenc.Message(nil, 1, entry)
+		md := protoenc.Message(protoenc.String(nil, 1, MetadataKey), 2, st)
+		f.Add(protoenc.Message(protoenc.String(nil, 1, "merge"), 25, protoenc.Message(nil, 1, md)))
 	}
 	nan := &structpb.Struct{Fields: map[string]*structpb.Value{"n": structpb.NewNumberValue(math.NaN()),
 		"i": structpb.NewNumberValue(math.Inf(1)), "j": structpb.NewNumberValue(math.Inf(-1))}}

@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/minimesh/minimesh/internal/protoenc"
 )
 
 // The sidecar's xDS messages, encoded and decoded field by field
@@ -38,8 +40,8 @@ func Node(pod, namespace, service string) *NodeInfo {
 
 // appendNode appends n's encoding (envoy.config.core.v3.Node).
 func appendNode(b []byte, n *NodeInfo) []byte {
-	b = appendString(b, 1, n.ID)
-	b = appendString(b, 2, n.Cluster)
+	b = protoenc.String(b, 1, n.ID)
+	b = protoenc.String(b, 2, n.Cluster)
 	if len(n.Metadata) > 0 {
 		// google.protobuf.Struct{fields: map<string, Value>}, each
 		// entry {key = 1, value = 2: Value{string_value = 3}}.
@@ -49,11 +51,11 @@ func appendNode(b []byte, n *NodeInfo) []byte {
 			v = protowire.AppendTag(v, 3, protowire.BytesType)
 			v = protowire.AppendString(v, n.Metadata[k])
 			var e []byte
-			e = appendString(e, 1, k)
-			e = appendBytes(e, 2, v)
-			st = appendBytes(st, 1, e)
+			e = protoenc.String(e, 1, k)
+			e = protoenc.Message(e, 2, v)
+			st = protoenc.Message(st, 1, e)
 		}
-		b = appendBytes(b, 3, st)
+		b = protoenc.Message(b, 3, st)
 	}
 	return b
 }
@@ -71,19 +73,6 @@ func sortedKeys(m map[string]string) []string {
 	return ks
 }
 
-func appendString(b []byte, num protowire.Number, s string) []byte {
-	if s == "" {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
-}
-
-func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, v)
-}
-
 // discoveryRequest is envoy.service.discovery.v3.DiscoveryRequest, as the
 // client sends it: a wildcard subscription, its ACK or its NACK.
 type discoveryRequest struct {
@@ -95,14 +84,14 @@ type discoveryRequest struct {
 
 func (r *discoveryRequest) marshal() []byte {
 	var b []byte
-	b = appendString(b, 1, r.versionInfo)
+	b = protoenc.String(b, 1, r.versionInfo)
 	if r.node != nil {
-		b = appendBytes(b, 2, appendNode(nil, r.node))
+		b = protoenc.Message(b, 2, appendNode(nil, r.node))
 	}
-	b = appendString(b, 4, r.typeURL)
-	b = appendString(b, 5, r.nonce)
+	b = protoenc.String(b, 4, r.typeURL)
+	b = protoenc.String(b, 5, r.nonce)
 	if r.errorDetail != nil {
-		b = appendBytes(b, 6, appendString(nil, 2, *r.errorDetail))
+		b = protoenc.Message(b, 6, protoenc.String(nil, 2, *r.errorDetail))
 	}
 	return b
 }
