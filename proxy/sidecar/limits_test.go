@@ -81,6 +81,17 @@ func TestAdminConnectionCap(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("/live: %d", resp.StatusCode)
 	}
+	// The readiness poll's connections are closed by the client; the
+	// server counts one as open until it has read that close. Wait until
+	// a is the only one, so that the second place is free.
+	if !proxytest.Poll(5*time.Second, 5*time.Millisecond, func() bool {
+		_, body := a.do(t, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+		ms, err := proxytest.ParseMetrics(body)
+		v, ok := ms.Value("minimesh_connections_open", "listener", "admin")
+		return err == nil && ok && v == 1
+	}) {
+		t.Fatal("the readiness poll's admin connections were still open after 5s")
+	}
 	dialRaw(t, r.sc.AdminAddr()) // the second place
 	if !refused(r.sc.AdminAddr()) {
 		t.Fatal("a third admin connection with a cap of 2 was not closed")
