@@ -81,7 +81,9 @@ bench: build tools
 		| tee $(RESULTS_DIR)/controlplane-apply.txt
 	set -o pipefail; CGO_ENABLED=0 $(GO) test -run '^$$' -bench PushTo1000 -benchtime 10x -count 3 ./e2e/controlplane/ \
 		| tee $(RESULTS_DIR)/controlplane-scale.txt
-	set -o pipefail; MINIMESH_CLUSTER_FIGURES=1 CGO_ENABLED=0 $(GO) test -count=1 -run TestClusterFigures -v ./e2e/cluster/ \
+	set -o pipefail; CGO_ENABLED=0 $(GO) test -run '^$$' -bench EDSRollTo1000 -benchtime 3x -timeout 30m ./e2e/controlplane/ \
+		| tee $(RESULTS_DIR)/controlplane-eds-roll.txt
+	set -o pipefail; MINIMESH_CLUSTER_FIGURES=1 CGO_ENABLED=0 $(GO) test -count=1 -run 'TestClusterFigures|TestBalancingInACluster' -v ./e2e/cluster/ \
 		| tee $(RESULTS_DIR)/cluster.txt
 
 demo: build
