@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
-	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
 func TestParseFlagsSweep(t *testing.T) {
@@ -58,10 +57,7 @@ func TestHTTPProxyLoadArgs(t *testing.T) {
 // TestCaddyConfig checks the generated Caddy config with Caddy itself,
 // where scripts/tools.sh built it.
 func TestCaddyConfig(t *testing.T) {
-	caddy, err := tools.Find("caddy")
-	if err != nil {
-		t.Skipf("caddy config not checked: %v", err)
-	}
+	caddy := proc.NeedTool(t, "caddy")
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "caddy.json")
 	if err := os.WriteFile(conf, []byte(caddyConfig("127.0.0.1:1", "127.0.0.1:2")), 0o644); err != nil {
