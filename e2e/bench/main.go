@@ -255,19 +255,11 @@ func run(ctx context.Context, o *options) (err error) {
 	rep := newReport(o)
 	rep.fortioVersion, _ = runCmd(ctx, fortio, "version")
 
-	dir, err := os.MkdirTemp("", "minimesh-bench-")
+	dir, cleanup, err := configDir("minimesh-bench-", o.keep)
 	if err != nil {
 		return err
 	}
-	if o.keep {
-		logf("generated configs kept in %s", dir)
-	} else {
-		defer os.RemoveAll(dir)
-	}
-	// nginx workers drop root; let them into the directory.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return err
-	}
+	defer cleanup()
 
 	ps := &procs{}
 	defer ps.stopAll()

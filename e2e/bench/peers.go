@@ -348,9 +348,34 @@ func startNginx(ctx context.Context, ps *procs, nginx, dir, upstream string, wor
 			"%d worker processes, access log off", workers)}, nil
 }
 
+// configDir makes the directory of a run's generated configs, readable
+// by nginx's workers (they drop root); cleanup removes it unless keep.
+func configDir(prefix string, keep bool) (dir string, cleanup func(), err error) {
+	dir, err = os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	if keep {
+		logf("generated configs kept in %s", dir)
+		return dir, func() {}, nil
+	}
+	return dir, func() { os.RemoveAll(dir) }, nil
+}
+
 // haproxyConfig proxies every request to the upstream, reusing idle server
 // connections across client connections.
 func haproxyConfig(listen, upstream string, threads, conns int) string {
+	return haproxyConfigProto(listen, upstream, threads, conns, "")
+}
+
+// haproxyConfigProto is haproxyConfig with a bind and server option of
+// both sides' protocol: "" for HTTP/1.1, " proto h2" for h2c with prior
+// knowledge (-h2).
+func haproxyConfigProto(listen, upstream string, threads, conns int, proto string) string {
 	limits := ""
 	if conns > peerConns {
 		// -idle-conns: HAProxy wants two descriptors per connection
@@ -371,11 +396,11 @@ defaults
     timeout server 30s
     timeout http-keep-alive 30s
 frontend bench
-    bind %[1]s
+    bind %[1]s%[6]s
     default_backend upstream
 backend upstream
-    server upstream %[2]s
-`, listen, upstream, threads, conns, limits)
+    server upstream %[2]s%[6]s
+`, listen, upstream, threads, conns, limits, proto)
 }
 
 func startHAProxy(ctx context.Context, ps *procs, haproxy, dir, upstream string, threads, conns int) (*target, error) {
