@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/memlimit"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 	"github.com/minimesh/minimesh/proxy/transparent"
@@ -89,7 +90,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
 	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are closed as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")
 	fs.IntVar(&maxInboundConns, "max-inbound-connections", sidecar.DefaultMaxConnections, "most connections the inbound listener holds at once; more are reset as soon as accepted and counted in minimesh_connections_refused_total{listener=\"inbound\"} (0: no limit)")
-	fs.StringVar(&cgroupRoot, "cgroup-root", sidecar.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
+	fs.StringVar(&cgroupRoot, "cgroup-root", memlimit.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
 	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it before the sidecar answers 408 and releases the upstream connection (0: no limit)")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -144,7 +145,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Resolve = resolve
 	cfg.OpaquePorts = opaque.p
-	sidecar.SetMemoryLimit(cgroupRoot, cfg.Logger)
+	memlimit.Set(cgroupRoot, cfg.Logger)
 
 	s, err := sidecar.Listen(cfg)
 	if err != nil {
