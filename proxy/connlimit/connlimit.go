@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/rawio"
 )
 
 // Listener wraps a TCP listener with a connection cap. Its connections are
@@ -76,7 +78,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			tc.Close()
 			continue
 		}
-		cc := &Conn{TCPConn: tc, l: l}
+		cc := &Conn{TCPConn: tc, l: l, io: rawio.New(tc)}
 		l.mu.Lock()
 		l.conns[cc] = struct{}{}
 		l.mu.Unlock()
@@ -113,11 +115,29 @@ type Conn struct {
 	// connection's own goroutines write it, one after the other.
 	state  atomic.Uint64
 	closed atomic.Bool
+	// io reads and writes with raw system calls (nil: the TCPConn's own).
+	io *rawio.IO
 
 	// idleSeen and idleSince belong to Drain's goroutine: the state word
 	// when the connection was first seen idle, and when.
 	idleSeen  uint64
 	idleSince time.Time
+}
+
+// Read reads from the connection.
+func (c *Conn) Read(p []byte) (int, error) {
+	if c.io == nil {
+		return c.TCPConn.Read(p)
+	}
+	return c.io.Read(p)
+}
+
+// Write writes to the connection.
+func (c *Conn) Write(p []byte) (int, error) {
+	if c.io == nil {
+		return c.TCPConn.Write(p)
+	}
+	return c.io.Write(p)
 }
 
 func (c *Conn) setState(st http.ConnState) {

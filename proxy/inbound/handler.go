@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -164,7 +165,7 @@ func (h *Handler) dial(ctx context.Context, network, addr string) (net.Conn, err
 	if err != nil {
 		return nil, &dialError{err}
 	}
-	return c, nil
+	return rawio.Wrap(c), nil
 }
 
 // conn is what the inbound path knows of a redirected connection, once:

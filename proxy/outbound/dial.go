@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/rawio"
 )
 
 // dialer makes upstream connections and tags their failures as
@@ -75,7 +77,7 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		}
 		return nil, &dialError{err}
 	}
-	return c, nil
+	return rawio.Wrap(c), nil
 }
 
 // selfError is a connection refused because it would reach one of the

@@ -1,0 +1,181 @@
+// Package rawio reads and writes a TCP connection with raw system calls,
+// through the connection's own poller (syscall.RawConn), instead of
+// net.Conn's Read and Write.
+//
+// Why: Go's runtime parks its monitor thread (sysmon) while every P is
+// idle, and the next system call made through syscall.Syscall wakes it.
+// A sidecar at a steady rate of small requests goes idle between most of
+// them, so each request paid a wake-up of that thread, which then slept
+// 20 µs two or three times before parking again: several context switches
+// per request, a sixth of the sidecar's CPU with one P
+// (docs/benchmarks.md, "The monitor thread"). A socket the poller owns is
+// non-blocking: its read(2) and write(2) never block, so they need none of
+// syscall.Syscall's hand-over of the P, and raw calls leave the monitor
+// asleep.
+//
+// Deadlines, Close and the wait for readiness are the poller's, exactly as
+// for net.Conn; errors are the *net.OpError net.Conn returns.
+package rawio
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+// Off turns raw I/O off for the connections made after it is set: a way
+// out, and the switch the benchmarks compare.
+var Off = os.Getenv("MINIMESH_RAWIO") == "off"
+
+// IO is one connection's reads and writes. Concurrent Reads (and
+// concurrent Writes) are serialised, as on net.Conn.
+type IO struct {
+	c  *net.TCPConn
+	rc syscall.RawConn
+
+	rmu    sync.Mutex
+	rbuf   []byte
+	rn     int
+	rerr   syscall.Errno
+	readFn func(uintptr) bool
+
+	wmu     sync.Mutex
+	wbuf    []byte
+	wn      int
+	werr    syscall.Errno
+	writeFn func(uintptr) bool
+}
+
+// New returns c's raw reads and writes, or nil when c has no raw access
+// (then use c's own Read and Write).
+func New(c *net.TCPConn) *IO {
+	if Off {
+		return nil
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	x := &IO{c: c, rc: rc}
+	x.readFn = x.read
+	x.writeFn = x.write
+	return x
+}
+
+// Read is net.Conn's Read.
+func (x *IO) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	x.rmu.Lock()
+	x.rbuf, x.rn, x.rerr = p, 0, 0
+	err := x.rc.Read(x.readFn)
+	n, errno := x.rn, x.rerr
+	x.rbuf = nil
+	x.rmu.Unlock()
+	switch {
+	case err != nil:
+		return n, x.opError("read", err)
+	case errno != 0:
+		return n, x.opError("read", os.NewSyscallError("read", errno))
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (x *IO) read(fd uintptr) bool {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&x.rbuf[0])), uintptr(len(x.rbuf)))
+		switch e {
+		case 0:
+			x.rn = int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // the poller waits for more
+		}
+		x.rerr = e
+		return true
+	}
+}
+
+// Write is net.Conn's Write: all of p, or an error.
+func (x *IO) Write(p []byte) (int, error) {
+	x.wmu.Lock()
+	x.wbuf, x.wn, x.werr = p, 0, 0
+	var err error
+	if len(p) > 0 {
+		err = x.rc.Write(x.writeFn)
+	}
+	n, errno := x.wn, x.werr
+	x.wbuf = nil
+	x.wmu.Unlock()
+	switch {
+	case err != nil:
+		return n, x.opError("write", err)
+	case errno != 0:
+		return n, x.opError("write", os.NewSyscallError("write", errno))
+	}
+	return n, nil
+}
+
+func (x *IO) write(fd uintptr) bool {
+	for x.wn < len(x.wbuf) {
+		rest := x.wbuf[x.wn:]
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		switch e {
+		case 0:
+			x.wn += int(n)
+			continue
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // the poller waits for room
+		}
+		x.werr = e
+		return true
+	}
+	return true
+}
+
+// opError is err as net.Conn's Read and Write return it. The poller's own
+// errors (a deadline, a closed connection) come wrapped as "raw-read" and
+// "raw-write": unwrapped first, so that a message reads as net.Conn's.
+func (x *IO) opError(op string, err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		err = oe.Err
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: x.c.LocalAddr(), Addr: x.c.RemoteAddr(), Err: err}
+}
+
+// Conn is a *net.TCPConn whose Read and Write are raw; everything else
+// (CloseWrite, SyscallConn, deadlines) is the TCPConn's.
+type Conn struct {
+	*net.TCPConn
+	io *IO
+}
+
+// Wrap returns c with raw reads and writes when it is a TCP connection
+// that has them, else c itself.
+func Wrap(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	x := New(tc)
+	if x == nil {
+		return c
+	}
+	return &Conn{TCPConn: tc, io: x}
+}
+
+func (c *Conn) Read(p []byte) (int, error)  { return c.io.Read(p) }
+func (c *Conn) Write(p []byte) (int, error) { return c.io.Write(p) }
+
+// Unwrap returns the TCP connection.
+func (c *Conn) Unwrap() net.Conn { return c.TCPConn }
