@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -196,6 +197,8 @@ func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string,
 		// Leading NAME=value words are the variant's environment,
 		// e.g. GOMAXPROCS=1 for a sidecar with a CPU limit of one core.
 		if k, _, ok := strings.Cut(f, "="); ok && !strings.HasPrefix(f, "-") && strings.ToUpper(k) == k && len(args) == argc {
+			// It overrides -sidecar-env's value of the same name.
+			env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, k+"=") })
 			env = append(env, f)
 			continue
 		}

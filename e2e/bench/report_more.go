@@ -232,8 +232,16 @@ func (r *report) peerTargets(row func(...string), sums map[string]*summary) {
 	if u, ok := r.usageAfterMax[keyMinimesh]; ok && len(r.maxSamples[keyMinimesh]) > 0 {
 		row("peak RSS < 15 MB after the maximum rate", mb(u.PeakRSS)+" MB", yesNo(float64(u.PeakRSS) < targetRSS))
 	}
-	if s, h := r.maxQPS(keyMinimesh), r.maxQPS(keyHAProxy); s > 0 && h > 0 {
-		row("maximum rate ≥ 0.9 × HAProxy's", fmt.Sprintf("%.0f against %.0f requests/s (%s ×)", s, h, ratio(s, h)), yesNo(s >= 0.9*h))
+	// Every sidecar's: the main one runs as injected with one core, and a
+	// variant with as many Ps as the peers' workers (make bench's
+	// "two-cores") is the like-for-like comparison of the maximum rate.
+	for _, t := range r.targets {
+		if !strings.HasPrefix(t.key, keyMinimesh) {
+			continue
+		}
+		if s, h := r.maxQPS(t.key), r.maxQPS(keyHAProxy); s > 0 && h > 0 {
+			row(fmt.Sprintf("maximum rate ≥ 0.9 × HAProxy's (%s)", t.name), fmt.Sprintf("%.0f against %.0f requests/s (%s ×)", s, h, ratio(s, h)), yesNo(s >= 0.9*h))
+		}
 	}
 	if len(r.fastFail) > 0 && len(r.fastFailDirect) > 0 {
 		ff, d := medians(r.fastFail), medians(r.fastFailDirect)

@@ -120,7 +120,7 @@ func TestMarkdownSweep(t *testing.T) {
 		"sidecar / haproxy: 1.50",
 		"| minimesh-proxy | 12.0 | 14.0 | 16.0 | 20.0 | 8000 |",
 		"| added over direct | +0.030 | +0.030 | +0.100 | +0.100 |",
-		"| maximum rate ≥ 0.9 × HAProxy's | 10000 against 6667 requests/s (1.50 ×) | yes |",
+		"| maximum rate ≥ 0.9 × HAProxy's (minimesh-proxy) | 10000 against 6667 requests/s (1.50 ×) | yes |",
 		"| added p99 at 1000 requests/s ≤ HAProxy's | -0.200 against -0.100 ms | yes |",
 		"| fast fail from an open breaker < 50 µs added over direct (p50) | +0.030 ms (p99 +0.100 ms) | yes |",
 		"| 1 | minimesh-proxy | 100 | 0.200 |",
