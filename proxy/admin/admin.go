@@ -15,8 +15,7 @@ import (
 	"net/netip"
 	"sync/atomic"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/minimesh/minimesh/internal/promtext"
 )
 
 // Breakers is what the admin server needs of the outbound path.
@@ -34,11 +33,11 @@ type Server struct {
 }
 
 // New returns the admin handler. config returns what /debug/config shows.
-func New(reg *prometheus.Registry, breakers Breakers, config func() any) *Server {
+func New(reg *promtext.Registry, breakers Breakers, config func() any) *Server {
 	s := &Server{mux: http.NewServeMux(), breakers: breakers, config: config}
 	s.mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /ready", s.serveReady)
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	s.mux.Handle("GET /metrics", reg.Handler())
 	s.mux.HandleFunc("GET /debug/breakers", loopbackOnly(s.serveBreakers))
 	s.mux.HandleFunc("POST /debug/breakers/reset", loopbackOnly(s.serveReset))
 	s.mux.HandleFunc("GET /debug/config", loopbackOnly(s.serveConfig))

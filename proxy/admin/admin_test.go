@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/minimesh/minimesh/internal/promtext"
 	"github.com/minimesh/minimesh/proxy/admin"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 type fakeBreakers struct{ reset []string }
@@ -27,9 +27,9 @@ func (f *fakeBreakers) ResetBreaker(d string) bool {
 
 func newServer(t *testing.T) (*admin.Server, *fakeBreakers) {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_test_total", Help: "A test counter."})
-	c.Add(3)
+	reg := promtext.NewRegistry()
+	c := promtext.NewCounterVec("minimesh_test_total", "A test counter.")
+	c.With().Add(3)
 	reg.MustRegister(c)
 	fb := &fakeBreakers{}
 	return admin.New(reg, fb, func() any { return map[string]string{"dir": "/etc/minimesh"} }), fb

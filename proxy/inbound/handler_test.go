@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/proxy/transparent"
@@ -410,7 +408,7 @@ func tcpPair(t *testing.T) (client, server net.Conn) {
 
 func gather(t *testing.T, m *telemetry.Metrics) string {
 	t.Helper()
-	srv := httptest.NewServer(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	srv := httptest.NewServer(m.Registry.Handler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL)
 	if err != nil {

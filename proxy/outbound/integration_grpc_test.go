@@ -304,25 +304,11 @@ func TestGRPCRedirected(t *testing.T) {
 		}
 	}
 	dest := net.JoinHostPort("health-service", strconv.Itoa(int(orig.Port())))
-	mfs, err := m.Registry.Gather()
+	ms, err := proxytest.ParseMetrics(string(m.Registry.AppendText(nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got float64
-	for _, mf := range mfs {
-		if mf.GetName() != "minimesh_grpc_requests_total" {
-			continue
-		}
-		for _, s := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range s.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["destination"] == dest && labels["grpc_code"] == "OK" {
-				got += s.GetCounter().GetValue()
-			}
-		}
-	}
+	got, _ := ms.Value("minimesh_grpc_requests_total", "destination", dest, "grpc_code", "OK")
 	if got != 3 {
 		t.Errorf("grpc_requests_total{destination=%s, OK} = %v, want 3", dest, got)
 	}

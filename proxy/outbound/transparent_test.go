@@ -1,7 +1,6 @@
 package outbound_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -17,7 +16,6 @@ import (
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/telemetry"
-	"github.com/prometheus/common/expfmt"
 )
 
 // rig is an outbound handler with what a redirected connection meets: a
@@ -91,17 +89,7 @@ func (r *rig) tcpListener(c outbound.TCPConn) string {
 
 func (r *rig) metric(name string, labels ...string) float64 {
 	r.t.Helper()
-	mfs, err := r.metrics.Registry.Gather()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	var b bytes.Buffer
-	for _, mf := range mfs {
-		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
-			r.t.Fatal(err)
-		}
-	}
-	ms, err := proxytest.ParseMetrics(b.String())
+	ms, err := proxytest.ParseMetrics(string(r.metrics.Registry.AppendText(nil)))
 	if err != nil {
 		r.t.Fatal(err)
 	}

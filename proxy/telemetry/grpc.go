@@ -1,6 +1,6 @@
 package telemetry
 
-import "github.com/prometheus/client_golang/prometheus"
+import "github.com/minimesh/minimesh/internal/promtext"
 
 // GRPCCodes are the names of the gRPC status codes, by value
 // (google.golang.org/grpc/codes): the grpc_code label's values.
@@ -15,14 +15,13 @@ var GRPCCodes = [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "D
 // grpc_code on every HTTP series, no queries to change); its cardinality
 // is the destination cap times the 17 codes, each series made when its
 // code is first seen.
-func newGRPCVec() *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "minimesh_grpc_requests_total",
-		Help: "gRPC calls handled by the sidecar, by direction, destination and the gRPC status the client got (the sidecar's own answers included).",
-	}, []string{"direction", "destination", "grpc_code"})
+func newGRPCVec() *promtext.CounterVec {
+	return promtext.NewCounterVec("minimesh_grpc_requests_total",
+		"gRPC calls handled by the sidecar, by direction, destination and the gRPC status the client got (the sidecar's own answers included).",
+		"direction", "destination", "grpc_code")
 }
 
-type grpcCounter struct{ c prometheus.Counter }
+type grpcCounter struct{ c *promtext.Counter }
 
 // GRPC counts one gRPC call that ended with code (a value of GRPCCodes;
 // anything else counts as UNKNOWN). The counter of each code is bound to
@@ -33,7 +32,7 @@ func (d *Destination) GRPC(code int) {
 	}
 	c := d.grpc[code].Load()
 	if c == nil {
-		c = &grpcCounter{d.m.grpc.WithLabelValues(d.direction, d.label, GRPCCodes[code])}
+		c = &grpcCounter{d.m.grpc.With(d.direction, d.label, GRPCCodes[code])}
 		d.grpc[code].CompareAndSwap(nil, c)
 	}
 	c.c.Inc()

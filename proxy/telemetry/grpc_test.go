@@ -1,10 +1,6 @@
 package telemetry
 
-import (
-	"testing"
-
-	"github.com/prometheus/client_golang/prometheus/testutil"
-)
+import "testing"
 
 func TestGRPCCounter(t *testing.T) {
 	m := New(0)
@@ -25,13 +21,13 @@ func TestGRPCCounter(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]float64{"OK": 3, "UNAVAILABLE": 2, "DEADLINE_EXCEEDED": 1, "UNKNOWN": 2, "INTERNAL": 0} {
-		if got := testutil.ToFloat64(m.grpc.WithLabelValues(Outbound, "health-service:50051", name)); got != want {
+		if got := m.grpc.With(Outbound, "health-service:50051", name).Value(); got != want {
 			t.Errorf("grpc_code=%s: %v, want %v", name, got, want)
 		}
 	}
 	// Series exist only for the codes seen (INTERNAL was made by the
 	// lookup above).
-	if n := testutil.CollectAndCount(m.grpc); n != 5 {
+	if n := m.grpc.Len(); n != 5 {
 		t.Errorf("%d series, want 5", n)
 	}
 	if a := testing.AllocsPerRun(100, func() { d.GRPC(0) }); a != 0 {

@@ -9,9 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/minimesh/minimesh/internal/promtext"
 	"github.com/minimesh/minimesh/wellknown"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Other is the destination label of everything past the cap.
@@ -37,24 +36,27 @@ var Buckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05,
 
 // Metrics is the sidecar's metric set and the registry that serves it.
 type Metrics struct {
-	Registry *prometheus.Registry
+	Registry *promtext.Registry
 
-	requests    *prometheus.CounterVec
-	duration    *prometheus.HistogramVec
-	transitions *prometheus.CounterVec
-	rejected    *prometheus.CounterVec
-	retries     *prometheus.CounterVec
-	reloads     *prometheus.CounterVec
+	requests    *promtext.CounterVec
+	duration    *promtext.HistogramVec
+	transitions *promtext.CounterVec
+	rejected    *promtext.CounterVec
+	retries     *promtext.CounterVec
+	reloads     *promtext.CounterVec
 
-	tcpConns    *prometheus.CounterVec
-	tcpSent     *prometheus.CounterVec
-	tcpReceived *prometheus.CounterVec
+	tcpConns    *promtext.CounterVec
+	tcpSent     *promtext.CounterVec
+	tcpReceived *promtext.CounterVec
 
-	spansDropped prometheus.Counter
-	ejections    *prometheus.CounterVec
+	spansDropped *promtext.Counter
+	ejections    *promtext.CounterVec
 
 	// grpc is minimesh_grpc_requests_total (grpc.go).
-	grpc *prometheus.CounterVec
+	grpc *promtext.CounterVec
+
+	// connsOpen and connsRefused are read from the listeners (Listener).
+	connsOpen, connsRefused *promtext.FuncVec
 
 	maxDest int
 	mu      sync.Mutex
@@ -63,70 +65,62 @@ type Metrics struct {
 }
 
 // New registers the metrics, Go runtime and process collectors in a fresh
-// registry.
+// registry. They are promtext's, not client_golang's: the sidecar links
+// neither client_golang nor the protobuf runtime (docs/metrics.md); the
+// series are those client_golang served, name for name.
 func New(maxDestinations int) *Metrics {
 	if maxDestinations <= 0 {
 		maxDestinations = DefaultMaxDestinations
 	}
+	spansDropped := promtext.NewCounterVec("minimesh_spans_dropped_total",
+		"Spans dropped instead of exported: queue full or collector unreachable.")
 	m := &Metrics{
-		Registry: prometheus.NewRegistry(),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "minimesh_requests_total",
-			Help: "Requests handled by the sidecar, by direction, destination, method and response code.",
-		}, []string{"direction", "destination", "method", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "minimesh_request_duration_seconds",
-			Help:    "Time from receiving a request to having its response headers (the sidecar's own answers included).",
-			Buckets: Buckets,
-		}, []string{"direction", "destination"}),
-		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "minimesh_circuit_breaker_transitions_total",
-			Help: "Circuit breaker state changes.",
-		}, []string{"destination", "from", "to"}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "minimesh_circuit_breaker_rejected_total",
-			Help: "Requests answered at once because the destination's breaker was open.",
-		}, []string{"destination"}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "minimesh_retries_total",
-			Help: "Retries sent, by the condition that caused them.",
-		}, []string{"destination", "reason"}),
-		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "minimesh_policy_reloads_total",
-			Help: "Policy loads, by result (success or error).",
-		}, []string{"result"}),
-		tcpConns: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "minimesh_tcp_connections_total",
-			Help: "Redirected connections relayed as opaque TCP (TLS, opaque ports, unknown protocols), by how they ended.",
-		}, []string{"direction", "destination", "result"}),
-		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "minimesh_tcp_sent_bytes_total",
-			Help: "Bytes the client sent to the server on opaque TCP connections (the app upstream, or a caller into the app), counted as they pass.",
-		}, []string{"direction", "destination"}),
-		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "minimesh_tcp_received_bytes_total",
-			Help: "Bytes the server sent to the client on opaque TCP connections (the upstream to the app, or the app to a caller), counted as they pass.",
-		}, []string{"direction", "destination"}),
-		spansDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "minimesh_spans_dropped_total",
-			Help: "Spans dropped instead of exported: queue full or collector unreachable.",
-		}),
+		Registry: promtext.NewRegistry(),
+		requests: promtext.NewCounterVec("minimesh_requests_total",
+			"Requests handled by the sidecar, by direction, destination, method and response code.",
+			"direction", "destination", "method", "code"),
+		duration: promtext.NewHistogramVec("minimesh_request_duration_seconds",
+			"Time from receiving a request to having its response headers (the sidecar's own answers included).",
+			Buckets, "direction", "destination"),
+		transitions: promtext.NewCounterVec("minimesh_circuit_breaker_transitions_total",
+			"Circuit breaker state changes.",
+			"destination", "from", "to"),
+		rejected: promtext.NewCounterVec("minimesh_circuit_breaker_rejected_total",
+			"Requests answered at once because the destination's breaker was open.",
+			"destination"),
+		retries: promtext.NewCounterVec("minimesh_retries_total",
+			"Retries sent, by the condition that caused them.",
+			"destination", "reason"),
+		reloads: promtext.NewCounterVec("minimesh_policy_reloads_total",
+			"Policy loads, by result (success or error).",
+			"result"),
+		tcpConns: promtext.NewCounterVec("minimesh_tcp_connections_total",
+			"Redirected connections relayed as opaque TCP (TLS, opaque ports, unknown protocols), by how they ended.",
+			"direction", "destination", "result"),
+		tcpSent: promtext.NewCounterVec("minimesh_tcp_sent_bytes_total",
+			"Bytes the client sent to the server on opaque TCP connections (the app upstream, or a caller into the app), counted as they pass.",
+			"direction", "destination"),
+		tcpReceived: promtext.NewCounterVec("minimesh_tcp_received_bytes_total",
+			"Bytes the server sent to the client on opaque TCP connections (the upstream to the app, or the app to a caller), counted as they pass.",
+			"direction", "destination"),
+		spansDropped: spansDropped.With(),
+		connsOpen: promtext.NewGaugeFuncVec("minimesh_connections_open",
+			"Client connections open on the listener, tunnels included.", "listener"),
+		connsRefused: promtext.NewCounterFuncVec("minimesh_connections_refused_total",
+			"Client connections closed as soon as accepted because the listener's connection cap was reached.", "listener"),
 		grpc:      newGRPCVec(),
 		ejections: newEjectionsVec(),
 		maxDest:   maxDestinations,
 		dests:     map[string]*Destination{},
 		inbound:   map[string]*Destination{},
 	}
-	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "minimesh_build_info",
-		Help: "The sidecar's version; always 1.",
-	}, []string{"version", "goversion"})
-	build.WithLabelValues(wellknown.Version, runtime.Version()).Set(1)
-	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, m.spansDropped, build,
-		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc, m.ejections,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	build := promtext.NewGaugeVec("minimesh_build_info", "The sidecar's version; always 1.", "version", "goversion")
+	build.With(wellknown.Version, runtime.Version()).Set(1)
+	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, spansDropped, build,
+		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc, m.ejections, m.connsOpen, m.connsRefused,
+		promtext.NewGoCollector(), promtext.NewProcessCollector())
 	for _, r := range []string{"success", "error"} {
-		m.reloads.WithLabelValues(r)
+		m.reloads.With(r)
 	}
 	return m
 }
@@ -134,9 +128,9 @@ func New(maxDestinations int) *Metrics {
 // PolicyReload counts one policy load.
 func (m *Metrics) PolicyReload(ok bool) {
 	if ok {
-		m.reloads.WithLabelValues("success").Inc()
+		m.reloads.With("success").Inc()
 	} else {
-		m.reloads.WithLabelValues("error").Inc()
+		m.reloads.With("error").Inc()
 	}
 }
 
@@ -159,14 +153,14 @@ func (m *Metrics) Destination(name string) *Destination {
 		m:         m,
 		label:     label,
 		direction: Outbound,
-		duration:  m.duration.WithLabelValues(Outbound, label),
-		rejected:  m.rejected.WithLabelValues(label),
+		duration:  m.duration.With(Outbound, label),
+		rejected:  m.rejected.With(label),
 	}
-	m.ejections.WithLabelValues(label)
+	m.ejections.With(label)
 	// Counters exist at zero from the start, so that Prometheus sees a
 	// destination's first trip as an increase rather than a new series.
 	for _, t := range [][2]string{{"closed", "open"}, {"open", "half-open"}, {"half-open", "closed"}, {"half-open", "open"}} {
-		m.transitions.WithLabelValues(label, t[0], t[1])
+		m.transitions.With(label, t[0], t[1])
 	}
 	m.dests[label] = d
 	return d
@@ -189,7 +183,7 @@ func (m *Metrics) Inbound(port string) *Destination {
 			return d
 		}
 	}
-	d := &Destination{m: m, label: label, direction: Inbound, duration: m.duration.WithLabelValues(Inbound, label)}
+	d := &Destination{m: m, label: label, direction: Inbound, duration: m.duration.With(Inbound, label)}
 	m.inbound[label] = d
 	return d
 }
@@ -200,8 +194,8 @@ type Destination struct {
 	m         *Metrics
 	label     string
 	direction string
-	duration  prometheus.Observer
-	rejected  prometheus.Counter
+	duration  *promtext.Histogram
+	rejected  *promtext.Counter
 
 	mu      sync.Mutex
 	methods [len(methods) + 1]atomic.Pointer[[]codeCounter]
@@ -210,7 +204,7 @@ type Destination struct {
 }
 
 // TCPBytes are a destination's opaque TCP byte counters.
-type TCPBytes struct{ Sent, Received prometheus.Counter }
+type TCPBytes struct{ Sent, Received *promtext.Counter }
 
 // TCP returns the destination's byte counters of opaque TCP, made on its
 // first connection (HTTP-only destinations get no such series).
@@ -218,7 +212,7 @@ func (d *Destination) TCP() *TCPBytes {
 	if t := d.tcp.Load(); t != nil {
 		return t
 	}
-	t := &TCPBytes{Sent: d.m.tcpSent.WithLabelValues(d.direction, d.label), Received: d.m.tcpReceived.WithLabelValues(d.direction, d.label)}
+	t := &TCPBytes{Sent: d.m.tcpSent.With(d.direction, d.label), Received: d.m.tcpReceived.With(d.direction, d.label)}
 	d.tcp.CompareAndSwap(nil, t)
 	return d.tcp.Load()
 }
@@ -226,12 +220,12 @@ func (d *Destination) TCP() *TCPBytes {
 // TCPConnection counts one opaque TCP connection that ended with result
 // ("ok", or the kind of its failure).
 func (d *Destination) TCPConnection(result string) {
-	d.m.tcpConns.WithLabelValues(d.direction, d.label, result).Inc()
+	d.m.tcpConns.With(d.direction, d.label, result).Inc()
 }
 
 type codeCounter struct {
 	code int
-	c    prometheus.Counter
+	c    *promtext.Counter
 }
 
 // Label is the destination label value ("other" past the cap).
@@ -246,7 +240,7 @@ func (d *Destination) Observe(method string, code int, seconds float64) {
 // counter finds the requests_total child for (method, code) in a short
 // copy-on-write list: a destination sees few distinct codes, so a scan
 // beats hashing four label values on every request.
-func (d *Destination) counter(method string, code int) prometheus.Counter {
+func (d *Destination) counter(method string, code int) *promtext.Counter {
 	mi := methodIndex(method)
 	if p := d.methods[mi].Load(); p != nil {
 		for _, cc := range *p {
@@ -266,7 +260,7 @@ func (d *Destination) counter(method string, code int) prometheus.Counter {
 		}
 		list = append(list, *p...)
 	}
-	c := d.m.requests.WithLabelValues(d.direction, d.label, methodLabel(mi), strconv.Itoa(code))
+	c := d.m.requests.With(d.direction, d.label, methodLabel(mi), strconv.Itoa(code))
 	list = append(list, codeCounter{code, c})
 	d.methods[mi].Store(&list)
 	return c
@@ -276,11 +270,11 @@ func (d *Destination) counter(method string, code int) prometheus.Counter {
 func (d *Destination) Rejected() { d.rejected.Inc() }
 
 // Retry counts one retry and why it was sent.
-func (d *Destination) Retry(reason string) { d.m.retries.WithLabelValues(d.label, reason).Inc() }
+func (d *Destination) Retry(reason string) { d.m.retries.With(d.label, reason).Inc() }
 
 // Transition counts one breaker state change.
 func (d *Destination) Transition(from, to string) {
-	d.m.transitions.WithLabelValues(d.label, from, to).Inc()
+	d.m.transitions.With(d.label, from, to).Inc()
 }
 
 // methods are the label values of the method label; anything else is
@@ -308,17 +302,6 @@ func methodLabel(i int) string {
 // are read from the listener's own atomic counters at scrape time, so a
 // connection costs no metric update.
 func (m *Metrics) Listener(name string, open func() int64, refused func() uint64) {
-	labels := prometheus.Labels{"listener": name}
-	m.Registry.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "minimesh_connections_open",
-			Help:        "Client connections open on the listener, tunnels included.",
-			ConstLabels: labels,
-		}, func() float64 { return float64(open()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name:        "minimesh_connections_refused_total",
-			Help:        "Client connections closed as soon as accepted because the listener's connection cap was reached.",
-			ConstLabels: labels,
-		}, func() float64 { return float64(refused()) }),
-	)
+	m.connsOpen.Set(func() float64 { return float64(open()) }, name)
+	m.connsRefused.Set(func() float64 { return float64(refused()) }, name)
 }

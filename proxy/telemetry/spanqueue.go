@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/minimesh/minimesh/internal/promtext"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
@@ -18,7 +18,7 @@ type queueProcessor struct {
 	exp     sdktrace.SpanExporter
 	queue   chan sdktrace.ReadOnlySpan
 	flush   chan chan struct{}
-	dropped prometheus.Counter
+	dropped *promtext.Counter
 	log     *slog.Logger
 
 	batch    int
@@ -35,7 +35,7 @@ const (
 	exportInterval   = time.Second
 )
 
-func newQueueProcessor(exp sdktrace.SpanExporter, size int, dropped prometheus.Counter, log *slog.Logger) *queueProcessor {
+func newQueueProcessor(exp sdktrace.SpanExporter, size int, dropped *promtext.Counter, log *slog.Logger) *queueProcessor {
 	if size <= 0 {
 		size = defaultQueueSize
 	}
