@@ -40,3 +40,24 @@ func TestSidecarLinksNoGRPC(t *testing.T) {
 		}
 	}
 }
+
+// TestSidecarLinksNoPrometheusClient: the sidecar serves its metrics with
+// internal/promtext, not github.com/prometheus/client_golang, which with
+// client_model brings in the protobuf runtime and its type registry: ~2 MB
+// of binary pages and init-time heap against a 15 MB RSS target at 1,000
+// req/s (docs/metrics.md). internal/protoenc's field appenders need only
+// google.golang.org/protobuf/encoding/protowire, which has no registry.
+func TestSidecarLinksNoPrometheusClient(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "./cmd/minimesh-proxy").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, banned := range []string{"github.com/prometheus/", "google.golang.org/protobuf/reflect/protoregistry",
+			"google.golang.org/protobuf/proto", "google.golang.org/protobuf/runtime/"} {
+			if pkg == banned || strings.HasPrefix(pkg, strings.TrimSuffix(banned, "/")+"/") {
+				t.Errorf("the sidecar links %s", pkg)
+			}
+		}
+	}
+}
