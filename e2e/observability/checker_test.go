@@ -6,6 +6,7 @@
 package observability
 
 import (
+	"bytes"
 	"fmt"
 	"sort"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
@@ -57,7 +59,7 @@ type family struct {
 
 // sidecarFamilies builds the sidecar's real registry, makes one
 // observation on every vector so that each family has a series (a vector
-// without children is not gathered), and returns what Gather reports.
+// without children is not served), and returns the families its text parses into.
 func sidecarFamilies(t testing.TB) map[string]family {
 	t.Helper()
 	m := telemetry.New(0)
@@ -75,9 +77,10 @@ func sidecarFamilies(t testing.TB) map[string]family {
 	m.WatchBreakers(func() []telemetry.BreakerState {
 		return []telemetry.BreakerState{{Destination: "x", State: "open"}}
 	})
-	mfs, err := m.Registry.Gather()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(m.Registry.AppendText(nil)))
 	if err != nil {
-		t.Fatalf("gather the sidecar's metrics: %v", err)
+		t.Fatalf("parse the sidecar's metrics: %v", err)
 	}
 	out := map[string]family{}
 	for _, mf := range mfs {

@@ -19,8 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/minimesh/minimesh/e2e/internal/grafana"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -79,7 +77,7 @@ func TestExpressionsEvaluate(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	sidecar := httptest.NewServer(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	sidecar := httptest.NewServer(m.Registry.Handler())
 	t.Cleanup(sidecar.Close)
 
 	// kube-state-metrics: the native sidecar restarts at every scrape.
