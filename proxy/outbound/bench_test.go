@@ -8,10 +8,13 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/telemetry"
+	"github.com/minimesh/minimesh/wellknown"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -35,6 +38,48 @@ func BenchmarkProxyGET(b *testing.B) {
 	run(b, c, "http://geo-service:8000/")
 }
 
+// BenchmarkFastFail measures one keep-alive GET to a destination whose
+// breaker is open, answered 503 by the sidecar without dialling: compare
+// with BenchmarkDirectGET for what the fast fail adds. The policy is the
+// benchmark harness's dead destination (e2e/bench/idle.go).
+func BenchmarkFastFail(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // nothing listens there: the first request fails to connect
+	pols, err := policy.Decode("p.yaml", []byte("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: bench-dead}\n"+
+		"spec:\n  service: bench-dead\n  timeout: 5s\n  circuitBreaker: {consecutiveFailures: 1, openTimeout: 1h, halfOpenRequests: 1, failOn: [connect-failure]}\n"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := New(Config{Metrics: telemetry.New(0), Resolve: map[string]string{"bench-dead:80": dead}}, policy.NewTable(pols, "default"))
+	px := httptest.NewServer(h)
+	defer px.Close()
+	pu, _ := url.Parse(px.URL)
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), MaxIdleConnsPerHost: 16}}
+	get := func() *http.Response {
+		resp, err := c.Get("http://bench-dead/")
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := get(); resp.StatusCode != http.StatusBadGateway || resp.Header.Get(wellknown.HeaderError) != wellknown.ErrorConnectFailure {
+		b.Fatalf("first request: %s %q, want 502 %s", resp.Status, resp.Header.Get(wellknown.HeaderError), wellknown.ErrorConnectFailure)
+	}
+	b.ReportAllocs()
+	defer reportCPU(b)()
+	for b.Loop() {
+		if resp := get(); resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(wellknown.HeaderError) != wellknown.ErrorCircuitOpen {
+			b.Fatalf("%s %q, want the sidecar's 503 %s", resp.Status, resp.Header.Get(wellknown.HeaderError), wellknown.ErrorCircuitOpen)
+		}
+	}
+}
+
 func BenchmarkDirectGET(b *testing.B) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok"))
@@ -46,7 +91,7 @@ func BenchmarkDirectGET(b *testing.B) {
 
 func run(b *testing.B, c *http.Client, u string) {
 	b.ReportAllocs()
-	b.ResetTimer()
+	defer reportCPU(b)()
 	for b.Loop() {
 		resp, err := c.Get(u)
 		if err != nil {
@@ -58,6 +103,24 @@ func run(b *testing.B, c *http.Client, u string) {
 			b.Fatal(resp.Status)
 		}
 	}
+}
+
+// reportCPU reports the process's CPU time (user and system, client and
+// servers included) per op, which a busy machine disturbs less than the
+// wall time: call its result after the loop.
+func reportCPU(b *testing.B) func() {
+	start := cpuTime()
+	return func() {
+		if b.N > 0 {
+			b.ReportMetric(float64((cpuTime()-start).Nanoseconds())/float64(b.N), "cpu-ns/op")
+		}
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkTransparentGET is BenchmarkProxyGET for a redirected

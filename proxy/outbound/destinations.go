@@ -46,7 +46,7 @@ type destinations struct {
 	metrics   *telemetry.Metrics
 	eps       *endpoints
 
-	byAuthority atomic.Pointer[map[string]*destination]
+	byAuthority atomic.Pointer[map[string]authEntry]
 
 	mu       sync.Mutex
 	table    *policy.Table
@@ -55,9 +55,16 @@ type destinations struct {
 	onWarn   func(msg string, args ...any)
 }
 
+// authEntry is an authority's destination, with the authority as the map
+// holds it: onDefaultPort hands it out instead of making the string.
+type authEntry struct {
+	authority string
+	dst       *destination
+}
+
 func newDestinations(namespace string, table *policy.Table, m *telemetry.Metrics, warn func(string, ...any)) *destinations {
 	d := &destinations{namespace: namespace, metrics: m, eps: newEndpoints(), table: table, services: map[string]*destination{}, onWarn: warn}
-	empty := map[string]*destination{}
+	empty := map[string]authEntry{}
 	d.byAuthority.Store(&empty)
 	return d
 }
@@ -65,18 +72,31 @@ func newDestinations(namespace string, table *policy.Table, m *telemetry.Metrics
 // get returns the destination of an authority (host[:port], port
 // defaulted by the caller's scheme).
 func (d *destinations) get(authority string) *destination {
-	if dst, ok := (*d.byAuthority.Load())[authority]; ok {
-		return dst
+	if e, ok := (*d.byAuthority.Load())[authority]; ok {
+		return e.dst
 	}
 	return d.add(authority)
+}
+
+// onDefaultPort returns host+":80", for a host without a port, and its
+// destination if known (else nil: get adds it). The string is the map's
+// own once the authority is known: an app calls "http://name/" over and
+// over, and each would make it anew.
+func (d *destinations) onDefaultPort(host string) (string, *destination) {
+	var buf [128]byte
+	k := append(append(buf[:0], host...), ":80"...)
+	if e, ok := (*d.byAuthority.Load())[string(k)]; ok {
+		return e.authority, e.dst
+	}
+	return string(k), nil
 }
 
 func (d *destinations) add(authority string) *destination {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	old := *d.byAuthority.Load()
-	if dst, ok := old[authority]; ok {
-		return dst
+	if e, ok := old[authority]; ok {
+		return e.dst
 	}
 	pol := d.table.Lookup(authority)
 	name := canonical(authority, d.namespace)
@@ -85,11 +105,11 @@ func (d *destinations) add(authority string) *destination {
 		dst = d.newService(d.services, name, pol)
 	}
 	if len(old) < 4*maxServices {
-		next := make(map[string]*destination, len(old)+1)
+		next := make(map[string]authEntry, len(old)+1)
 		for k, v := range old {
 			next[k] = v
 		}
-		next[authority] = dst
+		next[authority] = authEntry{authority, dst}
 		d.byAuthority.Store(&next)
 	}
 	return dst
@@ -138,7 +158,7 @@ func (d *destinations) setTable(t *policy.Table) {
 	d.table = t
 	old := *d.byAuthority.Load()
 	services := make(map[string]*destination, len(d.services))
-	next := make(map[string]*destination, len(old))
+	next := make(map[string]authEntry, len(old))
 	for authority := range old {
 		pol := t.Lookup(authority)
 		name := canonical(authority, d.namespace)
@@ -160,7 +180,7 @@ func (d *destinations) setTable(t *policy.Table) {
 				svc = d.newService(services, name, pol)
 			}
 		}
-		next[authority] = svc
+		next[authority] = authEntry{authority, svc}
 	}
 	d.services = services
 	d.byAuthority.Store(&next)
@@ -191,10 +211,10 @@ func (d *destinations) reset(name string) bool {
 		return false
 	}
 	old := *d.byAuthority.Load()
-	next := make(map[string]*destination, len(old))
+	next := make(map[string]authEntry, len(old))
 	for k, v := range old {
-		if fresh, ok := replaced[v]; ok {
-			v = fresh
+		if fresh, ok := replaced[v.dst]; ok {
+			v.dst = fresh
 		}
 		next[k] = v
 	}

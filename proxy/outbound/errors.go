@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
@@ -115,6 +116,83 @@ func writeError(w http.ResponseWriter, code int, kind string, b errorBody) {
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(code)
 	_, _ = w.Write(body)
+}
+
+// The header values of the open breaker's answer, shared by every answer:
+// full slices (len == cap), so that an append never writes into them.
+var (
+	circuitOpenValue = []string{wellknown.ErrorCircuitOpen}
+	jsonValue        = []string{"application/json"}
+	noStoreValue     = []string{"no-store"}
+)
+
+// circuitOpenBufs lend writeCircuitOpen its body buffer: the app's
+// ResponseWriter is an interface, through which a stack buffer escapes.
+var circuitOpenBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// writeCircuitOpen is writeError for an open breaker's answer, the same
+// bytes without an error value, a JSON encoder nor a header map
+// allocation per header. It returns false, having written nothing, when
+// dest or id holds a byte that JSON would escape: then writeError must.
+func writeCircuitOpen(w http.ResponseWriter, dest, id string, retryAfter int) bool {
+	if !jsonPlain(dest) || !jsonPlain(id) || retryAfter <= 0 {
+		return false
+	}
+	bp := circuitOpenBufs.Get().(*[]byte)
+	b := append((*bp)[:0], `{"error":"`+wellknown.ErrorCircuitOpen+`","destination":"`...)
+	b = append(b, dest...)
+	b = append(b, `","message":"circuit breaker for `...)
+	b = append(b, dest...)
+	b = append(b, ` is open; the sidecar answered without contacting it","retryAfterSeconds":`...)
+	b = strconv.AppendInt(b, int64(retryAfter), 10)
+	b = append(b, `,"requestId":"`...)
+	b = append(b, id...)
+	b = append(b, "\"}\n"...)
+	// One array for the two values made here: Retry-After and
+	// Content-Length.
+	vals := make([]string, 2)
+	vals[0], vals[1] = smallItoa(retryAfter), smallItoa(len(b))
+	h := w.Header()
+	h[wellknown.HeaderError] = circuitOpenValue
+	h["Content-Type"] = jsonValue
+	h["Cache-Control"] = noStoreValue
+	h["Retry-After"] = vals[0:1:1]
+	h["Content-Length"] = vals[1:2:2]
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = w.Write(b)
+	*bp = b
+	circuitOpenBufs.Put(bp)
+	return true
+}
+
+// jsonPlain reports whether encoding/json writes s as it is: printable
+// ASCII without '"', '\\' and the characters it escapes for HTML.
+func jsonPlain(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
+}
+
+// threeDigits holds 100 to 999 written out, three bytes each.
+var threeDigits = func() string {
+	b := make([]byte, 0, 900*3)
+	for i := 100; i < 1000; i++ {
+		b = strconv.AppendInt(b, int64(i), 10)
+	}
+	return string(b)
+}()
+
+// smallItoa is strconv.Itoa without its allocation below 1000.
+func smallItoa(n int) string {
+	if n >= 100 && n < 1000 {
+		i := (n - 100) * 3
+		return threeDigits[i : i+3]
+	}
+	return strconv.Itoa(n) // below 100, strconv's own table
 }
 
 // errorResponse maps a forwarding error to the contract's answer.

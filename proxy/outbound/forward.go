@@ -91,7 +91,9 @@ var errClientGone = context.Canceled
 func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy.Class, error) {
 	dst := st.dest
 	var done breaker.Done
-	if dst.breaker != nil {
+	if st.admitted != nil {
+		done, st.admitted = st.admitted, nil
+	} else if dst.breaker != nil {
 		d, err := dst.breaker.Allow()
 		if err != nil {
 			dst.metrics.Rejected()

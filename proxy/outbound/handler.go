@@ -26,6 +26,7 @@ import (
 	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/balancer"
+	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
@@ -200,6 +201,9 @@ func (h *Handler) breakerStates() []telemetry.BreakerState {
 // reqState follows one request through the ReverseProxy into the
 // forwarder and back, in the request's context.
 type reqState struct {
+	// Context is the request's context, which the state extends with
+	// itself (Value): a context.WithValue would be an allocation more.
+	context.Context
 	dest *destination
 	// authority is what the transport dials: the host:port the app asked
 	// for, so that connection pools are per authority and --resolve sees
@@ -211,12 +215,16 @@ type reqState struct {
 	dial string
 	// ep is the endpoint of the latest try (the balancer's pick), nil when
 	// the name was dialled.
-	ep       *balancer.Endpoint
-	id       string
-	upgrade  bool
+	ep *balancer.Endpoint
+	id string
+	// idv holds id for the request's and the answer's header (idValue).
+	idv [1]string
+	// admitted is the breaker's permission for the first try, taken by
+	// failFast when the breaker read open but had just half-opened; nil
+	// when the first try asks the breaker itself.
+	admitted breaker.Done
 	replay   *replay
 	attempts int
-	rejected bool
 	code     int
 	// headers is when the response headers were ready: the latency
 	// metric ends there, so that a long stream does not look slow.
@@ -225,7 +233,9 @@ type reqState struct {
 	errKind string // the X-Minimesh-Error of the sidecar's own answer
 	// late is how the upstream's response failed after its headers (a
 	// reset, a timeout); 0 when it did not.
-	late policy.Class
+	late     policy.Class
+	upgrade  bool
+	rejected bool
 	// grpc is a gRPC call (HTTP/2, content-type application/grpc*):
 	// grpcStatus is its status once known (-1: not yet), from the
 	// upstream's trailers or headers or the sidecar's own answer.
@@ -240,7 +250,23 @@ type reqState struct {
 
 type stateKey struct{}
 
+// requestIDKey is wellknown.HeaderRequestID as net/http spells header
+// map keys.
+var requestIDKey = http.CanonicalHeaderKey(wellknown.HeaderRequestID)
+
 func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
+
+// Value makes the state its request's context: stateOf finds it there.
+func (st *reqState) Value(key any) any {
+	if _, ok := key.(stateKey); ok {
+		return st
+	}
+	return st.Context.Value(key)
+}
+
+// idValue is the request ID as a header value, shared by the request and
+// the answer: full (len == cap), so that an append never writes into it.
+func (st *reqState) idValue() []string { return st.idv[:] }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.serve(w, r, nil) }
 
@@ -265,11 +291,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		return
 	}
 	var authority string
+	var dst *destination
 	var err error
-	if rd == nil {
-		authority, err = target(r)
-	} else {
+	if rd != nil {
 		authority, err = rd.authority(r)
+	} else if host, ok := defaultPortHost(r); ok {
+		authority, dst = h.dests.onDefaultPort(host)
+	} else {
+		authority, err = target(r)
 	}
 	if err != nil {
 		h.refuse(w, r, http.StatusBadRequest, wellknown.ErrorBadRequest, err.Error())
@@ -288,7 +317,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		// chunked request closes its connection.
 		closeConn = true
 	}
-	dst := h.dests.get(authority)
+	if dst == nil {
+		dst = h.dests.get(authority)
+	}
 
 	// Not pooled: the transport may still read the request body (and so
 	// the counters in st) after ServeHTTP returns.
@@ -303,12 +334,20 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	st.out.closeConn = closeConn
 	w = &st.out
 
-	st.id = r.Header.Get(wellknown.HeaderRequestID)
+	// The map read under the canonical key: Header.Get and Set would
+	// canonicalize "X-Request-ID" into a new string on every call.
+	ids := r.Header[requestIDKey]
+	if len(ids) > 0 {
+		st.id = ids[0]
+	}
 	if !requestid.Valid(st.id) {
 		st.id = requestid.New()
-		r.Header.Set(wellknown.HeaderRequestID, st.id)
-	} else if len(r.Header.Values(wellknown.HeaderRequestID)) > 1 {
-		r.Header.Set(wellknown.HeaderRequestID, st.id) // one ID, the one the app gets back
+		ids = nil
+	}
+	st.idv[0] = st.id
+	if len(ids) != 1 {
+		// A new ID, or one of several: one ID, the one the app gets back.
+		r.Header[requestIDKey] = st.idValue()
 	}
 	st.upgrade = r.Header.Get("Upgrade") != ""
 	if st.upgrade {
@@ -324,7 +363,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		st.in.ReadCloser = r.Body
 		r.Body = &st.in
 	}
-	ctx := context.WithValue(r.Context(), stateKey{}, st)
+	ctx := r.Context()
 	if tr := h.cfg.Tracing; tr != nil {
 		ctx = tr.Extract(ctx, r.Header)
 		ctx, st.span = tr.Start(ctx, r.Method)
@@ -340,35 +379,41 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		}
 		st.sc = st.span.SpanContext()
 	}
+	st.Context = ctx
+	ctx = st
 	defer h.finish(r, st)
-	// The whole-request timeout covers the response body too; an upgraded
-	// connection (a WebSocket) lives as long as its peers want.
-	t := dst.policy.Spec.Timeout
-	if st.grpc {
-		t = grpcTimeout(r.Header, t)
-	}
-	if t > 0 && !st.upgrade {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
-		defer cancel()
-	}
-	if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 {
-		var cancel context.CancelCauseFunc
-		ctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
-		rw := st.out.ResponseWriter
-		stop := st.in.watch(h.cfg.RequestBodyTimeout, func() {
-			cancel(errBodyTimeout)
-			_ = http.NewResponseController(rw).SetReadDeadline(time.Unix(1, 0))
-		})
-		defer stop()
-	}
 	// Full duplex: otherwise Go's HTTP/1 server drains and closes the
 	// request body as the response starts, while the Transport may still
 	// be reading it; that read fails and the upstream connection is closed
 	// mid-response.
 	_ = http.NewResponseController(w).EnableFullDuplex()
-	h.rp.ServeHTTP(w, r.WithContext(ctx))
+	// An open breaker's answer needs none of what follows: the timeout's
+	// timer, the ReverseProxy's copy of the request, the forwarder.
+	if !h.failFast(w, st) {
+		// The whole-request timeout covers the response body too; an
+		// upgraded connection (a WebSocket) lives as long as its peers want.
+		t := dst.policy.Spec.Timeout
+		if st.grpc {
+			t = grpcTimeout(r.Header, t)
+		}
+		if t > 0 && !st.upgrade {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
+			defer cancel()
+		}
+		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 {
+			var cancel context.CancelCauseFunc
+			ctx, cancel = context.WithCancelCause(ctx)
+			defer cancel(nil)
+			rw := st.out.ResponseWriter
+			stop := st.in.watch(h.cfg.RequestBodyTimeout, func() {
+				cancel(errBodyTimeout)
+				_ = http.NewResponseController(rw).SetReadDeadline(time.Unix(1, 0))
+			})
+			defer stop()
+		}
+		h.rp.ServeHTTP(w, r.WithContext(ctx))
+	}
 	if st.late != 0 && !st.out.sent {
 		h.answerLate(w, st)
 	}
@@ -395,7 +440,7 @@ func (h *Handler) answerLate(w http.ResponseWriter, st *reqState) {
 	st.out.pending = 0
 	st.code, st.errKind, st.late = code, kind, 0
 	body.RequestID = st.id
-	w.Header().Set(wellknown.HeaderRequestID, st.id)
+	w.Header()[requestIDKey] = st.idValue()
 	if st.grpc {
 		st.grpcStatus = grpcAnswer(kind, code)
 		st.code = http.StatusOK
@@ -403,6 +448,50 @@ func (h *Handler) answerLate(w http.ResponseWriter, st *reqState) {
 		return
 	}
 	writeError(w, code, kind, body)
+}
+
+// failFast answers a request whose destination's breaker is open, as
+// the first try would have been refused, but before the ReverseProxy and
+// the request's timeout. It reports false, having answered nothing, for
+// a breaker that does not read open, and for requests the ReverseProxy
+// itself might answer or that the forwarder reads before its first try
+// (a body, an upgrade).
+func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
+	b := st.dest.breaker
+	if b == nil || b.Cached() != breaker.Open || st.upgrade || st.in.ReadCloser != nil {
+		return false
+	}
+	done, err := b.Allow()
+	if err == nil {
+		// The open timeout has just passed: this request is a probe, and
+		// its first try uses the permission taken here.
+		st.admitted = done
+		return false
+	}
+	// What the forwarder would have done up to the refusal.
+	dst := st.dest
+	if r := dst.policy.Spec.Retries; r != nil && r.Attempts > 0 {
+		dst.budget.Request()
+	}
+	st.attempts = 1
+	dst.metrics.Rejected()
+	st.rejected = true
+	retryAfter := int(b.RetryAfter(time.Now()) / time.Second)
+	st.code, st.headers, st.errKind = http.StatusServiceUnavailable, time.Now(), wellknown.ErrorCircuitOpen
+	w.Header()[requestIDKey] = st.idValue()
+	if st.grpc || !writeCircuitOpen(w, dst.name, st.id, retryAfter) {
+		// What serveError answers, by the general means.
+		code, kind, body := errorResponse(&circuitOpenError{destination: dst.name, retryAfter: time.Duration(retryAfter) * time.Second}, dst.name)
+		body.RequestID = st.id
+		if st.grpc {
+			st.grpcStatus = grpcAnswer(kind, code)
+			st.code = http.StatusOK
+			writeGRPCError(w, st.grpcStatus, kind, body)
+		} else {
+			writeError(w, code, kind, body)
+		}
+	}
+	return true
 }
 
 // refuse answers a request refused before its destination is known: no
@@ -422,6 +511,12 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, kind,
 
 // finish records a request: metrics, its span, its access log line.
 func (h *Handler) finish(r *http.Request, st *reqState) {
+	if st.admitted != nil {
+		// Taken by failFast for a first try that never came: the breaker
+		// must not wait for its outcome for ever.
+		st.admitted(breaker.ErrIgnored)
+		st.admitted = nil
+	}
 	h.observe(r, st)
 	h.logAccess(r, st)
 }
@@ -519,6 +614,25 @@ func target(r *http.Request) (string, error) {
 	return host, nil
 }
 
+// defaultPortHost returns the host of a request that target names
+// host:80 because host has no port, no brackets and no colon: the common
+// "http://name/", whose authority then need not be made anew each time.
+func defaultPortHost(r *http.Request) (string, bool) {
+	host := r.URL.Host
+	if host == "" {
+		if r.URL.Scheme != "" || r.URL.Opaque != "" {
+			return "", false
+		}
+		host = r.Host
+	} else if r.URL.Scheme != "http" {
+		return "", false
+	}
+	if host == "" || strings.ContainsAny(host, ":[]") {
+		return "", false
+	}
+	return host, true
+}
+
 // rewrite points the outbound request at its destination. ReverseProxy
 // strips the Forwarded and X-Forwarded-* headers before Rewrite, which
 // suits a gateway; a sidecar is the app's own outbound hop, so the app's
@@ -547,7 +661,7 @@ func modifyResponse(resp *http.Response) error {
 	st := stateOf(resp.Request.Context())
 	st.code = resp.StatusCode
 	st.headers = time.Now()
-	resp.Header.Set(wellknown.HeaderRequestID, st.id)
+	resp.Header[requestIDKey] = st.idValue()
 	return nil
 }
 
@@ -585,7 +699,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	st.code, st.headers, st.errKind = code, time.Now(), kind
 	body.RequestID = st.id
-	w.Header().Set(wellknown.HeaderRequestID, st.id)
+	w.Header()[requestIDKey] = st.idValue()
 	if st.grpc {
 		// A gRPC client reads the call's status, not the HTTP one.
 		st.grpcStatus = grpcAnswer(kind, code)
