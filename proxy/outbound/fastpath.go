@@ -41,7 +41,12 @@ type fconn struct {
 	// limit bounds the bytes read for a response head (0: no bound):
 	// http.ReadResponse itself sets none.
 	limit int64
+	// wake unblocks the connection's reads and writes when a request's
+	// context ends: made once per connection, not a closure per request.
+	wake func()
 }
+
+func (c *fconn) unblock() { _ = c.SetDeadline(time.Unix(1, 0)) }
 
 var errHeadTooLarge = errors.New("upstream response headers larger than 64 KiB")
 
@@ -105,7 +110,7 @@ var errStale = errors.New("kept connection closed by the upstream")
 
 // send writes req on c and reads the response head.
 func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (*http.Response, error) {
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, c.wake)
 	before := c.read
 	if err := req.Write(c.bw); err == nil {
 		err = c.bw.Flush()
@@ -280,6 +285,7 @@ func (t *fastTransport) get(ctx context.Context, key string) (*fconn, bool, erro
 		return nil, false, err
 	}
 	c := &fconn{Conn: nc, key: key}
+	c.wake = c.unblock
 	c.br = bufio.NewReaderSize(c, 4<<10)
 	c.bw = bufio.NewWriterSize(nc, 4<<10)
 	return c, false, nil
