@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
@@ -132,9 +133,11 @@ var circuitOpenBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); ret
 
 // writeCircuitOpen is writeError for an open breaker's answer, the same
 // bytes without an error value, a JSON encoder nor a header map
-// allocation per header. It returns false, having written nothing, when
-// dest or id holds a byte that JSON would escape: then writeError must.
-func writeCircuitOpen(w http.ResponseWriter, dest, id string, retryAfter int) bool {
+// allocation per header: vals, which the request's state lends, holds
+// the Retry-After and Content-Length values. It returns false, having
+// written nothing, when dest or id holds a byte that JSON would escape:
+// then writeError must.
+func writeCircuitOpen(w http.ResponseWriter, dest, id string, retryAfter int, vals *[2]string) bool {
 	if !jsonPlain(dest) || !jsonPlain(id) || retryAfter <= 0 {
 		return false
 	}
@@ -148,10 +151,7 @@ func writeCircuitOpen(w http.ResponseWriter, dest, id string, retryAfter int) bo
 	b = append(b, `,"requestId":"`...)
 	b = append(b, id...)
 	b = append(b, "\"}\n"...)
-	// One array for the two values made here: Retry-After and
-	// Content-Length.
-	vals := make([]string, 2)
-	vals[0], vals[1] = smallItoa(retryAfter), smallItoa(len(b))
+	vals[0], vals[1] = retryAfterText(retryAfter), smallItoa(len(b))
 	h := w.Header()
 	h[wellknown.HeaderError] = circuitOpenValue
 	h["Content-Type"] = jsonValue
@@ -175,6 +175,29 @@ func jsonPlain(s string) bool {
 		}
 	}
 	return true
+}
+
+// lastRetryAfter is the latest Retry-After value of 1000 s or more
+// (an openTimeout of an hour, say): it stays the same for a second of
+// answers.
+var lastRetryAfter atomic.Pointer[secondsText]
+
+type secondsText struct {
+	n int
+	s string
+}
+
+// retryAfterText is smallItoa for a Retry-After value.
+func retryAfterText(n int) string {
+	if n < 1000 {
+		return smallItoa(n)
+	}
+	if p := lastRetryAfter.Load(); p != nil && p.n == n {
+		return p.s
+	}
+	p := &secondsText{n, strconv.Itoa(n)}
+	lastRetryAfter.Store(p)
+	return p.s
 }
 
 // threeDigits holds 100 to 999 written out, three bytes each.

@@ -20,6 +20,9 @@ func TestWriteCircuitOpenSameAsWriteError(t *testing.T) {
 		plain      bool
 	}{
 		{"geo-service:8000", "0f8fad5b-d9cb-469f-a165-70867728950e", 3600, true},
+		{"geo-service:8000", strings.Repeat("i", 128), 100, true},
+		{strings.Repeat("d", 250) + ":8000", strings.Repeat("i", 128), 59, true},
+		{strings.Repeat("d", 250) + ":8000", strings.Repeat("i", 128), 86400, true},
 		{"bench-dead:80", "abc", 1, true},
 		{"a:1", strings.Repeat("x", 128), 59, true},
 		{"a:1", "with space and 'quotes' + % # ;", 100, true},
@@ -31,7 +34,7 @@ func TestWriteCircuitOpenSameAsWriteError(t *testing.T) {
 		{"geo:80", "tab\there", 5, false},
 	} {
 		got := httptest.NewRecorder()
-		if ok := writeCircuitOpen(got, tc.dest, tc.id, tc.retryAfter); ok != tc.plain {
+		if ok := writeCircuitOpen(got, tc.dest, tc.id, tc.retryAfter, new([2]string)); ok != tc.plain {
 			t.Fatalf("%q %q: writeCircuitOpen %v, want %v", tc.dest, tc.id, ok, tc.plain)
 		}
 		if !tc.plain {
@@ -54,6 +57,11 @@ func TestSmallItoa(t *testing.T) {
 	for n := range 5000 {
 		if got, want := smallItoa(n), strconv.Itoa(n); got != want {
 			t.Fatalf("smallItoa(%d) = %q", n, got)
+		}
+		for range 2 {
+			if got, want := retryAfterText(n), strconv.Itoa(n); got != want {
+				t.Fatalf("retryAfterText(%d) = %q", n, got)
+			}
 		}
 	}
 }

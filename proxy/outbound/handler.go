@@ -219,6 +219,9 @@ type reqState struct {
 	id string
 	// idv holds id for the request's and the answer's header (idValue).
 	idv [1]string
+	// hdr holds header values of the sidecar's own answer
+	// (writeCircuitOpen), in room the state's size class has spare.
+	hdr [2]string
 	// admitted is the breaker's permission for the first try, taken by
 	// failFast when the breaker read open but had just half-opened; nil
 	// when the first try asks the breaker itself.
@@ -479,7 +482,7 @@ func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
 	retryAfter := int(b.RetryAfter(time.Now()) / time.Second)
 	st.code, st.headers, st.errKind = http.StatusServiceUnavailable, time.Now(), wellknown.ErrorCircuitOpen
 	w.Header()[requestIDKey] = st.idValue()
-	if st.grpc || !writeCircuitOpen(w, dst.name, st.id, retryAfter) {
+	if st.grpc || !writeCircuitOpen(w, dst.name, st.id, retryAfter, &st.hdr) {
 		// What serveError answers, by the general means.
 		code, kind, body := errorResponse(&circuitOpenError{destination: dst.name, retryAfter: time.Duration(retryAfter) * time.Second}, dst.name)
 		body.RequestID = st.id
