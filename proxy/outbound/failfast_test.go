@@ -2,9 +2,11 @@ package outbound
 
 import (
 	"bufio"
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -94,4 +96,41 @@ func FuzzDefaultPortHost(f *testing.F) {
 			t.Fatalf("%q: defaultPortHost %q, target %q, %v", raw, host, a, err)
 		}
 	})
+}
+
+// The request's state is its context (reqState.Value): contexts derived
+// from it must register with the request's own cancelCtx, as they did
+// under a context.WithValue, not start a goroutine each to watch it, and
+// must end with it.
+func TestStateIsContext(t *testing.T) {
+	parent, cancel := context.WithCancel(context.Background())
+	st := &reqState{}
+	st.Context = context.WithValue(parent, stateKey{}, "not the state")
+	if stateOf(st) != st {
+		t.Fatal("stateOf does not find the state")
+	}
+	n0 := runtime.NumGoroutine()
+	var stops []func()
+	var ctxs []context.Context
+	for range 50 {
+		c1, cancel1 := context.WithTimeoutCause(st, time.Hour, errTimeout)
+		c2, cancel2 := context.WithCancelCause(st)
+		stop := context.AfterFunc(st, func() {})
+		stops = append(stops, cancel1, func() { cancel2(nil) }, func() { stop() })
+		ctxs = append(ctxs, c1, c2)
+	}
+	if n := runtime.NumGoroutine(); n >= n0+50 { // one a context would be 150; others' may come and go
+		t.Errorf("%d goroutines after deriving contexts from the state, %d before", n, n0)
+	}
+	cancel()
+	for _, c := range ctxs {
+		select {
+		case <-c.Done():
+		case <-time.After(time.Second):
+			t.Fatal("a context derived from the state outlived the request's")
+		}
+	}
+	for _, stop := range stops {
+		stop()
+	}
 }
