@@ -23,7 +23,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"unsafe"
 )
 
 // Off turns raw I/O off for the connections made after it is set: a way
@@ -89,10 +88,10 @@ func (x *IO) Read(p []byte) (int, error) {
 
 func (x *IO) read(fd uintptr) bool {
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&x.rbuf[0])), uintptr(len(x.rbuf)))
+		n, e := sysRead(fd, x.rbuf)
 		switch e {
 		case 0:
-			x.rn = int(n)
+			x.rn = n
 			return true
 		case syscall.EINTR:
 			continue
@@ -127,10 +126,10 @@ func (x *IO) Write(p []byte) (int, error) {
 func (x *IO) write(fd uintptr) bool {
 	for x.wn < len(x.wbuf) {
 		rest := x.wbuf[x.wn:]
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		n, e := sysWrite(fd, rest)
 		switch e {
 		case 0:
-			x.wn += int(n)
+			x.wn += n
 			continue
 		case syscall.EINTR:
 			continue

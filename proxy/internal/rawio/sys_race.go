@@ -1,0 +1,31 @@
+//go:build race
+
+package rawio
+
+import "syscall"
+
+// Under the race detector the reads and writes go through package
+// syscall's, which tell the detector that a write(2) happens before the
+// read(2) that sees its bytes. Raw calls would hide that edge, and code
+// (tests above all) that hands state from one goroutine to another
+// through a socket would be reported as racing.
+
+func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, err := syscall.Read(int(fd), p)
+	return max(n, 0), errno(err)
+}
+
+func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, err := syscall.Write(int(fd), p)
+	return max(n, 0), errno(err)
+}
+
+func errno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	if e, ok := err.(syscall.Errno); ok {
+		return e
+	}
+	return syscall.EIO
+}
