@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/memlimit"
+	"github.com/minimesh/minimesh/proxy/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 	"github.com/minimesh/minimesh/proxy/transparent"
@@ -69,6 +70,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	var cfg sidecar.Config
 	var logLevel, accessLog, cgroupRoot string
 	var maxConns, maxInboundConns int
+	var rawIO bool
 	resolve := resolveFlag{}
 	opaque := &opaquePortsFlag{}
 	_ = opaque.Set(transparent.DefaultOpaquePorts)
@@ -85,6 +87,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.Float64Var(&cfg.TraceSampleRatio, "trace-sample-ratio", 1, "share of new traces to record, 0 to 1; requests that arrive with a trace follow its decision")
 	fs.StringVar(&accessLog, "access-log", "stdout", "where the JSON access log goes: stdout or off")
 	fs.BoolVar(&cfg.StdTransport, "std-transport", false, "send every request through Go's http.Transport, not the fast path for bodiless GET/HEAD/OPTIONS (a switch for comparison and as a way out)")
+	fs.BoolVar(&rawIO, "raw-io", true, "read and write sockets with raw system calls, which leave Go's monitor thread asleep between requests (a quarter less CPU per request at a steady rate; docs/benchmarks.md); false: net.Conn's own calls, a way out")
 	fs.StringVar(&cfg.Server, "server", sidecar.ServerStd, "the outbound listener's HTTP/1.x server: std (Go's net/http) or lean (bodiless keep-alive requests served on the connection's goroutine, everything else handed to net/http's; docs/benchmarks.md)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
@@ -102,6 +105,8 @@ func runSidecar(args []string, stderr io.Writer) int {
 		}
 		return 2
 	}
+	// Before any connection is made: the switch is read as each one is.
+	rawio.Off = !rawIO
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		fmt.Fprintf(stderr, "minimesh-proxy: --log-level %q: want debug, info, warn or error\n", logLevel)

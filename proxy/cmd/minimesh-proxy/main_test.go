@@ -515,6 +515,25 @@ func TestFlagsFromEnv(t *testing.T) {
 		}
 	})
 
+	// Both ways of reading and writing sockets proxy the same (the
+	// outbound and sidecar suites run with raw I/O, the default).
+	t.Run("raw I/O off from env", func(t *testing.T) {
+		p := startProxy(t, []string{
+			"MINIMESH_OUTBOUND_ADDR=127.0.0.1:0",
+			"MINIMESH_ADMIN_ADDR=127.0.0.1:0",
+			"MINIMESH_RAW_IO=false",
+			"MINIMESH_RESOLVE=" + geo + "=" + u.addr(),
+		})
+		resp, err := p.client().Get("http://" + geo + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("through the sidecar with --raw-io=false: %d", resp.StatusCode)
+		}
+	})
+
 	t.Run("flag wins over env", func(t *testing.T) {
 		p := startProxy(t, []string{
 			"MINIMESH_OUTBOUND_ADDR=127.0.0.1:notaport",
@@ -541,6 +560,8 @@ func TestFlagsFromEnv(t *testing.T) {
 		{"bad --max-connections", nil, []string{"--max-connections", "-1"}, "--max-connections"},
 		{"bad MINIMESH_MAX_CONNECTIONS", []string{"MINIMESH_MAX_CONNECTIONS=lots"}, nil, "MINIMESH_MAX_CONNECTIONS"},
 		{"unknown flag", nil, []string{"--no-such-flag"}, "no-such-flag"},
+		{"bad --raw-io", nil, []string{"--raw-io=maybe"}, "-raw-io"},
+		{"bad MINIMESH_RAW_IO", []string{"MINIMESH_RAW_IO=maybe"}, nil, "MINIMESH_RAW_IO"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -25,9 +25,10 @@ import (
 	"syscall"
 )
 
-// Off turns raw I/O off for the connections made after it is set: a way
-// out, and the switch the benchmarks compare.
-var Off = os.Getenv("MINIMESH_RAWIO") == "off"
+// Off turns raw I/O off for the connections made after it is set
+// (minimesh-proxy's --raw-io=false): a way out, and the switch the
+// benchmarks compare. Set it before the first connection.
+var Off bool
 
 // IO is one connection's reads and writes. Concurrent Reads (and
 // concurrent Writes) are serialised, as on net.Conn.
