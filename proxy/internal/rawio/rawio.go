@@ -68,6 +68,12 @@ func New(c *net.TCPConn) *IO {
 // Read is net.Conn's Read.
 func (x *IO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
+		// As net.Conn: no read(2) and no deadline check, but an error
+		// once the connection is closed (its read lock fails, here
+		// Control's reference).
+		if err := x.rc.Control(noControl); err != nil {
+			return 0, x.opError("read", err)
+		}
 		return 0, nil
 	}
 	x.rmu.Lock()
@@ -86,6 +92,9 @@ func (x *IO) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// noControl is Read's check that the connection is open, for an empty p.
+var noControl = func(uintptr) {}
 
 func (x *IO) read(fd uintptr) bool {
 	for {
@@ -108,10 +117,10 @@ func (x *IO) read(fd uintptr) bool {
 func (x *IO) Write(p []byte) (int, error) {
 	x.wmu.Lock()
 	x.wbuf, x.wn, x.werr = p, 0, 0
-	var err error
-	if len(p) > 0 {
-		err = x.rc.Write(x.writeFn)
-	}
+	// Empty p too: as net.Conn's, the write lock and the deadline are
+	// checked (a closed connection or a passed deadline is an error);
+	// write finds nothing to write.
+	err := x.rc.Write(x.writeFn)
 	n, errno := x.wn, x.werr
 	x.wbuf = nil
 	x.wmu.Unlock()
