@@ -1,13 +1,14 @@
-//go:build race
+//go:build race || msan || asan
 
 package rawio
 
 import "syscall"
 
-// Under the race detector the reads and writes go through package
-// syscall's, which tell the detector that a write(2) happens before the
-// read(2) that sees its bytes. Raw calls would hide that edge, and code
-// (tests above all) that hands state from one goroutine to another
+// Under the race detector (and the memory and address sanitizers) the
+// reads and writes go through package syscall's, which tell the detector
+// that a write(2) happens before the read(2) that sees its bytes, and the
+// sanitizers that read(2) filled the buffer. Raw calls would hide both:
+// code (tests above all) that hands state from one goroutine to another
 // through a socket would be reported as racing.
 
 func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
