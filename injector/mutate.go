@@ -307,22 +307,7 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 	}
-	// Go (1.25 and later) sizes GOMAXPROCS from the container's CPU
-	// limit, cgroup v1 and v2 alike, but rounds a limit under 2 cores up
-	// to 2 (runtime.adjustCgroupGOMAXPROCS): under the default limit of
-	// one core the sidecar would run two Ps and be throttled. One P cut
-	// its CPU per request by 28 % and its p99 (docs/benchmarks.md, "One
-	// core"), so a limit of at most one core gets GOMAXPROCS=1.
-	if s.cpuLimit != nil && s.cpuLimit.MilliValue() <= 1000 {
-		env = append(env, corev1.EnvVar{Name: "GOMAXPROCS", Value: "1"})
-	}
-	// GOGC=50: the sidecar's live heap is under 1 MB, so with Go's
-	// default the heap goal is its 4 MB floor, most of it garbage; 50
-	// halves the floor. Measured at 1,000 requests/s: 2 MB less at the
-	// peak (18.1 -> 15.9 MB) for a collection every 150 ms instead of
-	// 420 ms at 0.6 ms of CPU each, about 3 ms per 1,000 requests
-	// (docs/benchmarks.md, "Memory at idle and under load").
-	env = append(env, corev1.EnvVar{Name: "GOGC", Value: "50"})
+	env = append(env, RuntimeEnv(s.cpuLimit)...)
 	if s.iptables && s.opaqueSet {
 		// --opaque-ports, read from the environment as every flag of
 		// minimesh-proxy run can be; it replaces the sidecar's default
@@ -438,6 +423,30 @@ func initContainer(cfg *Config, s *settings) corev1.Container {
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
+}
+
+// RuntimeEnv is the Go runtime's settings the sidecar gets for its CPU
+// limit (nil: none). The benchmark harness measures the sidecar with
+// them (e2e/bench).
+func RuntimeEnv(cpuLimit *resource.Quantity) []corev1.EnvVar {
+	var env []corev1.EnvVar
+	// Go (1.25 and later) sizes GOMAXPROCS from the container's CPU
+	// limit, cgroup v1 and v2 alike, but rounds a limit under 2 cores up
+	// to 2 (runtime.adjustCgroupGOMAXPROCS): under the default limit of
+	// one core the sidecar would run two Ps and be throttled. One P cut
+	// its CPU per request by 28 % and its p99 (docs/benchmarks.md, "One
+	// core"), so a limit of at most one core gets GOMAXPROCS=1.
+	if cpuLimit != nil && cpuLimit.MilliValue() <= 1000 {
+		env = append(env, corev1.EnvVar{Name: "GOMAXPROCS", Value: "1"})
+	}
+	// GOGC=50: the sidecar's live heap is under 1 MB, so with Go's
+	// default the heap goal is its 4 MB floor, most of it garbage; 50
+	// halves the floor. Measured at 1,000 requests/s: 2 MB less at the
+	// peak (18.1 -> 15.9 MB) for a collection every 150 ms instead of
+	// 420 ms at 0.6 ms of CPU each, about 3 ms per 1,000 requests
+	// (docs/benchmarks.md, "Memory at idle and under load").
+	env = append(env, corev1.EnvVar{Name: "GOGC", Value: "50"})
+	return env
 }
 
 // proxyEnv is what each app container gets in proxy-env interception.

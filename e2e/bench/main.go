@@ -56,6 +56,8 @@ import (
 	"github.com/minimesh/minimesh/e2e/internal/jaeger"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/injector"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 type options struct {
@@ -103,7 +105,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.extraArgs, "extra-args", "", "more arguments for `minimesh-proxy run`, split on spaces (e.g. tracing flags)")
 	fs.Var(&o.variants, "variant", "NAME=ARGS: one more sidecar, measured side by side with the others, with these extra arguments (leading VAR=value words are its environment); $OTLP in ARGS is the -jaeger collector (repeatable)")
 	fs.BoolVar(&o.jaeger, "jaeger", false, "start Jaeger (memory store, loopback) as the trace collector for the variants' $OTLP")
-	fs.StringVar(&o.sidecarEnv, "sidecar-env", injectedEnv, "environment for the sidecar (and its variants, which may override it), space-separated K=V; the default is what the injector sets with the chart's default CPU limit of one core (docs/injection.md); empty: Go's defaults")
+	fs.StringVar(&o.sidecarEnv, "sidecar-env", injectedEnv, "environment for the sidecar (and its variants, which may override it), space-separated K=V; the default is what the injector sets with the chart's default CPU limit of one core (docs/annotations.md); empty: Go's defaults")
 	fs.StringVar(&o.policyFile, "policy", "", "policy file for the sidecar (default: a generated policy for the upstream with timeout, retries and circuit breaker)")
 	fs.StringVar(&o.sidecar, "sidecar", "", "minimesh-proxy binary (default: $MINIMESH_BIN_DIR/minimesh-proxy or bin/minimesh-proxy)")
 	fs.IntVar(&o.bodySize, "body-size", 256, "bytes in each upstream response body")
@@ -589,10 +591,17 @@ func checkSidecar(ctx context.Context, t *target, upstream string) error {
 }
 
 // variant is one more sidecar with extra arguments, e.g. tracing on.
-// injectedEnv is the sidecar's environment as the injector sets it for
-// the chart's default CPU limit of one core (docs/annotations.md): one P,
-// and GOGC=50. The harness measures the sidecar users run.
-const injectedEnv = "GOMAXPROCS=1 GOGC=50"
+// injectedEnv is the sidecar's Go runtime environment as the injector
+// sets it under its default CPU limit (one core: GOMAXPROCS=1 GOGC=50,
+// docs/annotations.md): the harness measures the sidecar users run.
+var injectedEnv = func() string {
+	limit := resource.MustParse(injector.DefaultConfig().Proxy.CPULimit)
+	var kv []string
+	for _, e := range injector.RuntimeEnv(&limit) {
+		kv = append(kv, e.Name+"="+e.Value)
+	}
+	return strings.Join(kv, " ")
+}()
 
 type variant struct{ name, args string }
 
