@@ -6,6 +6,7 @@ package proxy_test
 import (
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -21,24 +22,38 @@ func TestImports(t *testing.T) {
 	}
 }
 
+// sidecarDeps is every package minimesh-proxy links, listed once for the
+// tests below.
+var sidecarDeps = sync.OnceValues(func() ([]string, error) {
+	out, err := exec.Command("go", "list", "-deps", "./cmd/minimesh-proxy").Output()
+	return strings.Fields(string(out)), err
+})
+
+// noLinks fails t for each package of the sidecar that is banned or under
+// a banned path.
+func noLinks(t *testing.T, banned ...string) {
+	t.Helper()
+	deps, err := sidecarDeps()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, pkg := range deps {
+		for _, b := range banned {
+			if pkg == strings.TrimSuffix(b, "/") || strings.HasPrefix(pkg, strings.TrimSuffix(b, "/")+"/") {
+				t.Errorf("the sidecar links %s", pkg)
+			}
+		}
+	}
+}
+
 // TestSidecarLinksNoGRPC: the sidecar's binary links neither grpc-go nor
 // Envoy's or OTLP's generated types. They were 10 MB of its 22 MB binary
 // and 8 MB of its 20 MB idle RSS (issue 16; docs/benchmarks.md, "Memory at
 // idle and under load"); the xDS client and the span exporter speak their
 // few messages field by field over internal/grpcwire instead.
 func TestSidecarLinksNoGRPC(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "./cmd/minimesh-proxy").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	for _, pkg := range strings.Fields(string(out)) {
-		for _, banned := range []string{"google.golang.org/grpc", "github.com/envoyproxy/", "github.com/cncf/xds",
-			"go.opentelemetry.io/proto/", "go.opentelemetry.io/otel/exporters/", "google.golang.org/genproto"} {
-			if strings.HasPrefix(pkg, banned) {
-				t.Errorf("the sidecar links %s", pkg)
-			}
-		}
-	}
+	noLinks(t, "google.golang.org/grpc", "github.com/envoyproxy", "github.com/cncf/xds",
+		"go.opentelemetry.io/proto", "go.opentelemetry.io/otel/exporters", "google.golang.org/genproto")
 }
 
 // TestSidecarLinksNoPrometheusClient: the sidecar serves its metrics with
@@ -48,16 +63,6 @@ func TestSidecarLinksNoGRPC(t *testing.T) {
 // req/s (docs/metrics.md). internal/protoenc's field appenders need only
 // google.golang.org/protobuf/encoding/protowire, which has no registry.
 func TestSidecarLinksNoPrometheusClient(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "./cmd/minimesh-proxy").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	for _, pkg := range strings.Fields(string(out)) {
-		for _, banned := range []string{"github.com/prometheus/", "google.golang.org/protobuf/reflect/protoregistry",
-			"google.golang.org/protobuf/proto", "google.golang.org/protobuf/runtime/"} {
-			if pkg == banned || strings.HasPrefix(pkg, strings.TrimSuffix(banned, "/")+"/") {
-				t.Errorf("the sidecar links %s", pkg)
-			}
-		}
-	}
+	noLinks(t, "github.com/prometheus", "google.golang.org/protobuf/reflect/protoregistry",
+		"google.golang.org/protobuf/proto", "google.golang.org/protobuf/runtime")
 }
