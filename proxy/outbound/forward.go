@@ -31,11 +31,7 @@ type forwarder struct {
 func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	st := stateOf(req.Context())
 	dst := st.dest
-	var r *policy.Retries
-	if rr := dst.policy.Spec.Retries; rr != nil && rr.Attempts > 0 {
-		r = rr
-		dst.budget.Request()
-	}
+	r := dst.begin()
 	if r != nil && st.grpc && hasBody(req) {
 		// Never buffered ahead of the upstream: a streaming call's next
 		// message may wait for the first answer. A call goes again if not
@@ -82,6 +78,24 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// begin counts a request to d in its retry budget and returns its
+// retries (nil: none), as every request starts: the forwarder's, and one
+// the fast fail answers before it.
+func (d *destination) begin() *policy.Retries {
+	r := d.policy.Spec.Retries
+	if r == nil || r.Attempts <= 0 {
+		return nil
+	}
+	d.budget.Request()
+	return r
+}
+
+// reject records a try its destination's open breaker refused.
+func (st *reqState) reject() {
+	st.dest.metrics.Rejected()
+	st.rejected = true
+}
+
 // errClientGone ends a request whose client disconnected.
 var errClientGone = context.Canceled
 
@@ -96,8 +110,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	} else if dst.breaker != nil {
 		d, err := dst.breaker.Allow()
 		if err != nil {
-			dst.metrics.Rejected()
-			st.rejected = true
+			st.reject()
 			return nil, 0, &circuitOpenError{destination: dst.name, retryAfter: dst.breaker.RetryAfter(time.Now())}
 		}
 		done = d

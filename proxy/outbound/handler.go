@@ -473,12 +473,9 @@ func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
 	}
 	// What the forwarder would have done up to the refusal.
 	dst := st.dest
-	if r := dst.policy.Spec.Retries; r != nil && r.Attempts > 0 {
-		dst.budget.Request()
-	}
+	dst.begin()
 	st.attempts = 1
-	dst.metrics.Rejected()
-	st.rejected = true
+	st.reject()
 	retryAfter := int(b.RetryAfter(time.Now()) / time.Second)
 	st.code, st.headers, st.errKind = http.StatusServiceUnavailable, time.Now(), wellknown.ErrorCircuitOpen
 	w.Header()[requestIDKey] = st.idValue()
