@@ -477,20 +477,16 @@ func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
 	st.attempts = 1
 	st.reject()
 	retryAfter := int(b.RetryAfter(time.Now()) / time.Second)
-	st.code, st.headers, st.errKind = http.StatusServiceUnavailable, time.Now(), wellknown.ErrorCircuitOpen
-	w.Header()[requestIDKey] = st.idValue()
-	if st.grpc || !writeCircuitOpen(w, dst.name, st.id, retryAfter, &st.hdr) {
-		// What serveError answers, by the general means.
-		code, kind, body := errorResponse(&circuitOpenError{destination: dst.name, retryAfter: time.Duration(retryAfter) * time.Second}, dst.name)
-		body.RequestID = st.id
-		if st.grpc {
-			st.grpcStatus = grpcAnswer(kind, code)
-			st.code = http.StatusOK
-			writeGRPCError(w, st.grpcStatus, kind, body)
-		} else {
-			writeError(w, code, kind, body)
+	if !st.grpc {
+		st.code, st.headers, st.errKind = http.StatusServiceUnavailable, time.Now(), wellknown.ErrorCircuitOpen
+		w.Header()[requestIDKey] = st.idValue()
+		if writeCircuitOpen(w, dst.name, st.id, retryAfter, &st.hdr) {
+			return true
 		}
 	}
+	// What serveError answers, by the general means.
+	code, kind, body := errorResponse(&circuitOpenError{destination: dst.name, retryAfter: time.Duration(retryAfter) * time.Second}, dst.name)
+	st.answer(w, code, kind, body)
 	return true
 }
 
@@ -697,6 +693,12 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 		code, kind = http.StatusGatewayTimeout, wellknown.ErrorTimeout
 		body.Message = "upstream " + st.dest.name + " did not answer within the request timeout"
 	}
+	st.answer(w, code, kind, body)
+}
+
+// answer writes the sidecar's own answer to the request and records it
+// in the request's state.
+func (st *reqState) answer(w http.ResponseWriter, code int, kind string, body errorBody) {
 	st.code, st.headers, st.errKind = code, time.Now(), kind
 	body.RequestID = st.id
 	w.Header()[requestIDKey] = st.idValue()
