@@ -44,6 +44,8 @@ type fconn struct {
 	// wake unblocks the connection's reads and writes when a request's
 	// context ends: made once per connection, not a closure per request.
 	wake func()
+	// keys is writeRequestHead's scratch for sorting header keys.
+	keys []string
 }
 
 func (c *fconn) unblock() { _ = c.SetDeadline(time.Unix(1, 0)) }
@@ -112,7 +114,12 @@ var errStale = errors.New("kept connection closed by the upstream")
 func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (*http.Response, error) {
 	stop := context.AfterFunc(ctx, c.wake)
 	before := c.read
-	if err := req.Write(c.bw); err == nil {
+	var err error
+	var own bool
+	if c.keys, own = writeRequestHead(c.bw, req, c.keys); !own {
+		err = req.Write(c.bw)
+	}
+	if err == nil {
 		err = c.bw.Flush()
 		if err != nil {
 			stop()
@@ -125,8 +132,18 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (
 		return nil, err
 	}
 	var resp *http.Response
+	var fr *fastResponse
 	for n := 0; ; n++ {
 		c.limit = c.read + MaxHeaderBytes + int64(c.br.Size())
+		if _, err := c.br.Peek(1); err == nil {
+			// The common head, read without net/http (wire.go); any
+			// other, and an error, are http.ReadResponse's.
+			if fr = readResponseHead(c.br, req); fr != nil {
+				c.limit = 0
+				resp = &fr.Response
+				break
+			}
+		}
 		r, err := http.ReadResponse(c.br, req)
 		c.limit = 0
 		if err != nil {
@@ -161,6 +178,12 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (
 			resp.Body.Close()
 			resp.Body = http.NoBody
 		}
+		return resp, nil
+	}
+	if fr != nil {
+		fr.lb = lengthBody{br: c.br, left: resp.ContentLength}
+		fr.body = fastBody{ReadCloser: &fr.lb, t: t, c: c, stop: stop, reusable: reusable}
+		resp.Body = &fr.body
 		return resp, nil
 	}
 	resp.Body = &fastBody{ReadCloser: resp.Body, t: t, c: c, stop: stop, reusable: reusable}

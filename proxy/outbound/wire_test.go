@@ -1,0 +1,215 @@
+package outbound
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"net/url"
+	"reflect"
+	"testing"
+)
+
+// The fast transport's wire format must be net/http's, byte for byte:
+// each test compares writeRequestHead with Request.Write and
+// readResponseHead with http.ReadResponse on the same input.
+
+func TestWriteRequestHeadAsRequestWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name, method, target, host string
+		header                     http.Header
+		own                        bool // written by writeRequestHead
+	}{
+		{name: "plain", method: "GET", target: "http://geo:8000/", header: http.Header{"User-Agent": {""}}, own: true},
+		{name: "default agent", method: "GET", target: "http://geo:8000/a/b", header: http.Header{}, own: true},
+		{name: "agent and headers", method: "HEAD", target: "http://geo:8000/x?q=1&r=%20",
+			header: http.Header{"User-Agent": {" curl/8 "}, "Accept": {"*/*"}, "X-Request-Id": {"abc"}, "B": {"2", " 1 "}}, own: true},
+		{name: "options", method: "OPTIONS", target: "http://geo:8000/", header: http.Header{"Origin": {"x"}}, own: true},
+		{name: "host header", method: "GET", target: "http://10.0.0.1:8000/p", host: "geo.default:8000", header: http.Header{}, own: true},
+		{name: "force query", method: "GET", target: "http://geo/p?", header: http.Header{}, own: true},
+		{name: "escaped path", method: "GET", target: "http://geo/a%2Fb/%7Ec d", header: http.Header{}, own: true},
+		{name: "invalid name dropped", method: "GET", target: "http://geo/", header: http.Header{"Bad Name": {"x"}, "Ok": {"y"}}, own: true},
+		{name: "excluded", method: "GET", target: "http://geo/", header: http.Header{"Host": {"h"}, "Content-Length": {"3"}, "Trailer": {"x"}, "Transfer-Encoding": {"chunked"}}, own: true},
+		{name: "invalid host", method: "GET", target: "http://geo/", host: "a b", header: http.Header{}, own: true},
+		{name: "ipv6", method: "GET", target: "http://[::1]:80/", header: http.Header{}, own: true},
+		{name: "empty method", method: "", target: "http://geo/", header: http.Header{}, own: true},
+		{name: "newline in value", method: "GET", target: "http://geo/", header: http.Header{"X": {"a\r\nb"}}},
+		{name: "newline in agent", method: "GET", target: "http://geo/", header: http.Header{"User-Agent": {"a\nb"}}},
+		{name: "punycode host", method: "GET", target: "http://geo/", host: "bücher.example", header: http.Header{}},
+		{name: "zone", method: "GET", target: "http://geo/", host: "[fe80::1%25eth0]:80", header: http.Header{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, err := url.Parse(tc.target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := &http.Request{Method: tc.method, URL: u, Host: tc.host, Header: tc.header, ProtoMajor: 1, ProtoMinor: 1}
+			own := compareRequestHead(t, req)
+			if own != tc.own {
+				t.Errorf("written by writeRequestHead: %v, want %v", own, tc.own)
+			}
+		})
+	}
+}
+
+// compareRequestHead fails t if writeRequestHead writes req otherwise
+// than req.Write, and reports whether it wrote it.
+func compareRequestHead(t *testing.T, req *http.Request) bool {
+	t.Helper()
+	var want bytes.Buffer
+	wantErr := req.Write(&want)
+	var got bytes.Buffer
+	bw := bufio.NewWriter(&got)
+	_, own := writeRequestHead(bw, req, nil)
+	bw.Flush()
+	if !own {
+		if got.Len() > 0 {
+			t.Errorf("declined, but wrote %q", got.String())
+		}
+		return false
+	}
+	if wantErr != nil {
+		t.Fatalf("writeRequestHead wrote %q; Request.Write: %v", got.String(), wantErr)
+	}
+	if got.String() != want.String() {
+		t.Errorf("writeRequestHead:\n%q\nRequest.Write:\n%q", got.String(), want.String())
+	}
+	return true
+}
+
+func FuzzWriteRequestHead(f *testing.F) {
+	f.Add(uint8(0), "geo:8000", "", "/a/b", "q=1", "Accept", "*/*", "User-Agent", "x")
+	f.Add(uint8(1), "geo", "h:1", "/%7E", "", "X-Request-Id", "id", "Via", "1.1 a")
+	f.Add(uint8(2), "[::1]:80", "", "", "", "bad key", "v", "", "")
+	f.Fuzz(func(t *testing.T, m uint8, urlHost, host, path, query, k1, v1, k2, v2 string) {
+		method := [...]string{"GET", "HEAD", "OPTIONS", ""}[m%4]
+		u := &url.URL{Scheme: "http", Host: urlHost, Path: path, RawQuery: query, ForceQuery: m&4 != 0}
+		h := http.Header{}
+		if k1 != "" {
+			h[k1] = append(h[k1], v1)
+		}
+		if k2 != "" {
+			h[k2] = append(h[k2], v2)
+		}
+		if m&8 != 0 {
+			h["User-Agent"] = nil
+		}
+		compareRequestHead(t, &http.Request{Method: method, URL: u, Host: host, Header: h, ProtoMajor: 1, ProtoMinor: 1})
+	})
+}
+
+func TestReadResponseHeadAsReadResponse(t *testing.T) {
+	for _, tc := range []struct {
+		name, method, raw string
+		own               bool // read by readResponseHead
+	}{
+		{name: "plain", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nokNEXT", own: true},
+		{name: "no reason", method: "GET", raw: "HTTP/1.1 503\r\nContent-Length: 0\r\n\r\n", own: true},
+		{name: "repeated key", method: "GET", raw: "HTTP/1.1 200 OK\r\nSet-Cookie: a\r\nX: 1\r\nset-cookie: b\r\nContent-Length: 1\r\n\r\nz", own: true},
+		{name: "spaces", method: "GET", raw: "HTTP/1.1 200  OK \r\nX:\t v \t\r\nY:\r\nContent-Length:  3 \r\n\r\nabc", own: true},
+		{name: "head", method: "HEAD", raw: "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", own: true},
+		{name: "head without length", method: "HEAD", raw: "HTTP/1.1 200 OK\r\n\r\n", own: true},
+		{name: "no content", method: "GET", raw: "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n", own: true},
+		{name: "not modified", method: "GET", raw: "HTTP/1.1 304 Not Modified\r\nEtag: x\r\n\r\n", own: true},
+		{name: "short body", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", own: true},
+		{name: "odd status", method: "GET", raw: "HTTP/1.1 999 Whatever\r\nContent-Length: 0\r\n\r\n", own: true},
+		{name: "lowercase keys", method: "GET", raw: "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nx-request-id: a\r\n\r\nb", own: true},
+		{name: "chunked", method: "GET", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"},
+		{name: "until close", method: "GET", raw: "HTTP/1.1 200 OK\r\n\r\nabc"},
+		{name: "close", method: "GET", raw: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"},
+		{name: "http/1.0", method: "GET", raw: "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"},
+		{name: "informational", method: "GET", raw: "HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"},
+		{name: "two lengths", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na"},
+		{name: "signed length", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\na"},
+		{name: "pragma", method: "GET", raw: "HTTP/1.1 200 OK\r\nPragma: no-cache\r\nContent-Length: 0\r\n\r\n"},
+		{name: "space before colon", method: "GET", raw: "HTTP/1.1 200 OK\r\nX : y\r\nContent-Length: 0\r\n\r\n"},
+		{name: "folded", method: "GET", raw: "HTTP/1.1 200 OK\r\nX: y\r\n z\r\nContent-Length: 0\r\n\r\n"},
+		{name: "bare lf", method: "GET", raw: "HTTP/1.1 200 OK\nContent-Length: 0\n\n"},
+		{name: "control byte", method: "GET", raw: "HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 0\r\n\r\n"},
+		{name: "incomplete", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if own := compareResponseHead(t, tc.method, []byte(tc.raw)); own != tc.own {
+				t.Errorf("read by readResponseHead: %v, want %v", own, tc.own)
+			}
+		})
+	}
+}
+
+// compareResponseHead fails t if readResponseHead reads raw, the answer
+// to a method request, otherwise than http.ReadResponse, head and body,
+// and reports whether it read it.
+func compareResponseHead(t *testing.T, method string, raw []byte) bool {
+	t.Helper()
+	req := &http.Request{Method: method, URL: &url.URL{Path: "/"}}
+	br := bufio.NewReaderSize(bytes.NewReader(raw), 4<<10)
+	_, _ = br.Peek(1)
+	fr := readResponseHead(br, req)
+	if fr == nil {
+		if br.Buffered() != min(len(raw), 4<<10) {
+			t.Errorf("declined, but consumed %d bytes", min(len(raw), 4<<10)-br.Buffered())
+		}
+		return false
+	}
+	got := &fr.Response
+	if got.Body == nil {
+		fr.lb = lengthBody{br: br, left: got.ContentLength}
+		got.Body = &fr.lb
+	}
+	wbr := bufio.NewReaderSize(bytes.NewReader(raw), 4<<10)
+	want, err := http.ReadResponse(wbr, req)
+	if err != nil {
+		t.Fatalf("readResponseHead read %q; http.ReadResponse: %v", raw, err)
+	}
+	for _, f := range []struct {
+		name      string
+		got, want any
+	}{
+		{"Status", got.Status, want.Status},
+		{"StatusCode", got.StatusCode, want.StatusCode},
+		{"Proto", [3]any{got.Proto, got.ProtoMajor, got.ProtoMinor}, [3]any{want.Proto, want.ProtoMajor, want.ProtoMinor}},
+		{"Header", got.Header, want.Header},
+		{"ContentLength", got.ContentLength, want.ContentLength},
+		{"Close", got.Close, want.Close},
+		{"TransferEncoding", got.TransferEncoding, want.TransferEncoding},
+		{"Trailer", got.Trailer, want.Trailer},
+		{"NoBody", got.Body == http.NoBody, want.Body == http.NoBody},
+	} {
+		if !reflect.DeepEqual(f.got, f.want) {
+			t.Errorf("%s: readResponseHead %#v, http.ReadResponse %#v", f.name, f.got, f.want)
+		}
+	}
+	gb, gerr := io.ReadAll(got.Body)
+	wb, werr := io.ReadAll(want.Body)
+	if !bytes.Equal(gb, wb) || errString(gerr) != errString(werr) {
+		t.Errorf("body: readResponseHead %q, %v; http.ReadResponse %q, %v", gb, gerr, wb, werr)
+	}
+	// What is left is the next response's: the same bytes.
+	grest, _ := io.ReadAll(br)
+	wrest, _ := io.ReadAll(wbr)
+	if !bytes.Equal(grest, wrest) {
+		t.Errorf("left on the connection: readResponseHead %q, http.ReadResponse %q", grest, wrest)
+	}
+	return true
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func FuzzReadResponseHead(f *testing.F) {
+	f.Add(false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"))
+	f.Add(true, []byte("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"))
+	f.Add(false, []byte("HTTP/1.1 204 No Content\r\nX-Request-Id: a\r\nx-request-id: b\r\n\r\n"))
+	f.Add(false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"))
+	f.Fuzz(func(t *testing.T, head bool, raw []byte) {
+		method := http.MethodGet
+		if head {
+			method = http.MethodHead
+		}
+		compareResponseHead(t, method, raw)
+	})
+}
