@@ -163,8 +163,14 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (
 		}
 		// 103 Early Hints and the like: informational, passed on to the
 		// app as http.Transport does, and the final answer follows.
+		var got1xx func(int, textproto.MIMEHeader) error
 		if tr := httptrace.ContextClientTrace(ctx); tr != nil && tr.Got1xxResponse != nil {
-			if err := tr.Got1xxResponse(r.StatusCode, textproto.MIMEHeader(r.Header)); err != nil {
+			got1xx = tr.Got1xxResponse
+		} else if st, ok := ctx.Value(informKey{}).(*reqState); ok {
+			got1xx = st.got1xx // fastProxy's request: no ClientTrace
+		}
+		if got1xx != nil {
+			if err := got1xx(r.StatusCode, textproto.MIMEHeader(r.Header)); err != nil {
 				stop()
 				c.Close()
 				return nil, err

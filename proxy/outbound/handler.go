@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,8 +46,9 @@ type Config struct {
 	// destination wait for reuse. Go's default of 2 would make a busy app
 	// open and close connections at its request rate.
 	MaxIdleConnsPerHost int
-	// StdTransport sends every request through http.Transport instead of
-	// the fast path for bodiless GET, HEAD and OPTIONS requests.
+	// StdTransport sends every request through httputil.ReverseProxy and
+	// http.Transport instead of the fast path for bodiless HTTP/1 GET, HEAD
+	// and OPTIONS requests (fastProxy and fastTransport).
 	StdTransport bool
 	// MaxRequestBody bounds request bodies (0: no bound).
 	MaxRequestBody int64
@@ -90,6 +92,9 @@ type Handler struct {
 	// for the log lines of the relays it closed.
 	relays sync.WaitGroup
 	log    *slog.Logger
+	// rpOnly sends every request through rp, fastProxy's requests too:
+	// for the test that compares the two.
+	rpOnly bool
 }
 
 // AddListener declares one of the sidecar's own listeners: nothing sent
@@ -249,6 +254,8 @@ type reqState struct {
 	in         countingBody
 	out        countingWriter
 	body       upstreamBody // the current try's response body
+	// url is the outbound request's URL on the fast path (fastProxy).
+	url url.URL
 }
 
 type stateKey struct{}
@@ -261,7 +268,10 @@ func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*req
 
 // Value makes the state its request's context: stateOf finds it there.
 func (st *reqState) Value(key any) any {
-	if _, ok := key.(stateKey); ok {
+	switch key.(type) {
+	case stateKey:
+		return st
+	case informKey:
 		return st
 	}
 	return st.Context.Value(key)
@@ -415,7 +425,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			})
 			defer stop()
 		}
-		h.rp.ServeHTTP(w, r.WithContext(ctx))
+		if h.fastProxied(r, st) {
+			h.fastProxy(w, r, ctx, st)
+		} else {
+			h.rp.ServeHTTP(w, r.WithContext(ctx))
+		}
 	}
 	if st.late != 0 && !st.out.sent {
 		h.answerLate(w, st)
@@ -636,11 +650,7 @@ func defaultPortHost(r *http.Request) (string, bool) {
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	st := stateOf(pr.In.Context())
 	h.hop.add(pr.Out.Header)
-	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = st.authority
-	if st.dial != "" {
-		pr.Out.URL.Host = st.dial // the Host header stays the app's
-	}
+	st.point(pr.Out.URL)
 	// Rewrite mode re-encodes a query holding ';' or a bad escape,
 	// dropping and reordering parameters: the app's bytes go as sent.
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
@@ -648,6 +658,15 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 		if v, ok := pr.In.Header[h]; ok {
 			pr.Out.Header[h] = v
 		}
+	}
+}
+
+// point aims an outbound request's URL at what the transport dials.
+func (st *reqState) point(u *url.URL) {
+	u.Scheme = "http"
+	u.Host = st.authority
+	if st.dial != "" {
+		u.Host = st.dial // the Host header stays the app's
 	}
 }
 

@@ -86,7 +86,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC trace collector HOST:PORT, e.g. jaeger-collector.observability:4317 (empty: no tracing)")
 	fs.Float64Var(&cfg.TraceSampleRatio, "trace-sample-ratio", 1, "share of new traces to record, 0 to 1; requests that arrive with a trace follow its decision")
 	fs.StringVar(&accessLog, "access-log", "stdout", "where the JSON access log goes: stdout or off")
-	fs.BoolVar(&cfg.StdTransport, "std-transport", false, "send every request through Go's http.Transport, not the fast path for bodiless GET/HEAD/OPTIONS (a switch for comparison and as a way out)")
+	fs.BoolVar(&cfg.StdTransport, "std-transport", false, "send every request through Go's httputil.ReverseProxy and http.Transport, not the fast path for bodiless GET/HEAD/OPTIONS (a switch for comparison and as a way out)")
 	fs.BoolVar(&rawIO, "raw-io", true, "read and write sockets with raw system calls, which leave Go's monitor thread asleep between requests (a quarter less CPU per request at a steady rate; docs/benchmarks.md); false: net.Conn's own calls, a way out")
 	fs.StringVar(&cfg.Server, "server", sidecar.ServerStd, "the outbound listener's HTTP/1.x server: std (Go's net/http) or lean (bodiless keep-alive requests served on the connection's goroutine, everything else handed to net/http's; docs/benchmarks.md)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")

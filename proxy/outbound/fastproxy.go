@@ -1,0 +1,253 @@
+package outbound
+
+import (
+	"context"
+	"io"
+	"mime"
+	"net/http"
+	"net/textproto"
+	"slices"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// fastProxy forwards the requests the fast transport sends (bodiless
+// HTTP/1 GET, HEAD and OPTIONS, no upgrade) as h.rp, the ReverseProxy,
+// would: the same headers reach the upstream and the app, the same
+// errors end in serveError, the same one try loop (the forwarder) sends
+// them. What it leaves out is what the ReverseProxy pays for requests in
+// general: two copies of the request and a third of its URL, a deep
+// copy of its header, a ProxyRequest, a ClientTrace in a new context for
+// 1xx responses, and a media type parse of every response
+// (fastproxy_test.go compares the bytes both send and answer).
+func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.Context, st *reqState) {
+	out := r.WithContext(ctx)
+	st.url = *r.URL
+	out.URL = &st.url
+	out.Header = h.outboundHeader(r.Header)
+	out.Body = nil
+	out.Close = false
+	st.point(out.URL)
+
+	res, err := h.rp.Transport.RoundTrip(out)
+	if err != nil {
+		h.serveError(w, out, err)
+		return
+	}
+	removeHopByHop(res.Header)
+	if err := modifyResponse(res); err != nil {
+		res.Body.Close()
+		h.serveError(w, out, err)
+		return
+	}
+	dst := w.Header()
+	for k, vv := range res.Header {
+		if have, ok := dst[k]; ok {
+			dst[k] = append(have, vv...)
+		} else {
+			dst[k] = vv // the response's own slices, read by nothing else now
+		}
+	}
+	announced := len(res.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range res.Trailer {
+			keys = append(keys, k)
+		}
+		dst.Add("Trailer", strings.Join(keys, ", "))
+	}
+	w.WriteHeader(res.StatusCode)
+	if err := h.copyBody(w, res); err != nil {
+		defer res.Body.Close()
+		// The response is cut short: all the server can do is abort it,
+		// as the ReverseProxy does.
+		panic(http.ErrAbortHandler)
+	}
+	res.Body.Close() // now: it fills res.Trailer
+	if len(res.Trailer) > 0 {
+		http.NewResponseController(w).Flush() // chunked, for the trailers
+	}
+	if len(res.Trailer) == announced {
+		for k, vv := range res.Trailer {
+			for _, v := range vv {
+				dst.Add(k, v)
+			}
+		}
+		return
+	}
+	for k, vv := range res.Trailer {
+		for _, v := range vv {
+			dst.Add(http.TrailerPrefix+k, v)
+		}
+	}
+}
+
+// outboundHeader is the header of the request forwarded for in: in's
+// without the hop-by-hop fields, with this sidecar in Via and an empty
+// User-Agent if in had none (so that none is sent), as the ReverseProxy
+// and rewrite make it. The values are in's own slices: every change to
+// the outbound request's header replaces a slice, none writes into one.
+func (h *Handler) outboundHeader(in http.Header) http.Header {
+	out := make(http.Header, len(in)+1)
+	var room [4]string
+	drop := connectionListed(in["Connection"], room[:0])
+	for k, vv := range in {
+		if isHopHeader(k) || slices.Contains(drop, k) && !isForwardedHeader(k) {
+			// (rewrite puts the app's Forwarded headers back even when
+			// its Connection header names them.)
+			continue
+		}
+		out[k] = vv
+	}
+	if httpguts.HeaderValuesContainsToken(in["Te"], "trailers") {
+		out["Te"] = teTrailers
+	}
+	h.hop.add(out)
+	if _, ok := out["User-Agent"]; !ok {
+		out["User-Agent"] = noUserAgent
+	}
+	return out
+}
+
+func isForwardedHeader(k string) bool { return slices.Contains(forwardedHeaders[:], k) }
+
+var (
+	teTrailers  = []string{"trailers"}
+	noUserAgent = []string{""}
+)
+
+// isHopHeader reports whether k is one of the hop-by-hop headers the
+// ReverseProxy removes whatever the Connection header says.
+func isHopHeader(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// connectionListed appends to drop the header names that the
+// Connection header values conn list, as the ReverseProxy deletes them.
+func connectionListed(conn []string, drop []string) []string {
+	for _, f := range conn {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				drop = append(drop, http.CanonicalHeaderKey(sf))
+			}
+		}
+	}
+	return drop
+}
+
+// removeHopByHop removes the hop-by-hop fields from a response header as
+// the ReverseProxy does.
+func removeHopByHop(h http.Header) {
+	var room [4]string
+	for _, k := range connectionListed(h["Connection"], room[:0]) {
+		delete(h, k)
+	}
+	for k := range h {
+		if isHopHeader(k) {
+			delete(h, k)
+		}
+	}
+}
+
+// copyBody copies the response body to the app as the ReverseProxy
+// does, flushing each write of a stream (no length, or server-sent
+// events); it returns a failure to write, or to read other than the
+// upstream's end or the request's cancellation.
+func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response) error {
+	var rc *http.ResponseController
+	if res.ContentLength == -1 || eventStream(res.Header) {
+		rc = http.NewResponseController(w)
+		if !bodyBuffered(res.Body) {
+			// The headers now: the ReverseProxy's timer sends them once
+			// its first read of the body waits. (A body already here goes
+			// with them, and is sniffed for a Content-Type as there.)
+			_ = rc.Flush()
+		}
+	}
+	buf := bufferPool{}.Get()
+	defer bufferPool{}.Put(buf)
+	for {
+		nr, rerr := res.Body.Read(buf)
+		if rerr != nil && rerr != io.EOF && rerr != context.Canceled {
+			h.log.Debug("httputil: ReverseProxy read error during body copy: " + rerr.Error())
+		}
+		if nr > 0 {
+			nw, werr := w.Write(buf[:nr])
+			if werr != nil {
+				return werr
+			}
+			if nw != nr {
+				return io.ErrShortWrite
+			}
+			if rc != nil {
+				_ = rc.Flush()
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return nil
+			}
+			return rerr
+		}
+	}
+}
+
+// bodyBuffered reports whether the first bytes of a fast transport's
+// response body have arrived: a read will not wait.
+func bodyBuffered(b io.ReadCloser) bool {
+	if ub, ok := b.(*upstreamBody); ok {
+		b = ub.ReadCloser
+	}
+	fb, ok := b.(*fastBody)
+	return ok && fb.c.br.Buffered() > 0
+}
+
+// eventStream reports whether a response is server-sent events, by the
+// ReverseProxy's test, parsing only what could be one.
+func eventStream(h http.Header) bool {
+	ct := strings.TrimSpace(h.Get("Content-Type"))
+	if len(ct) < len("text/event-stream") || !strings.EqualFold(ct[:len("text/event-stream")], "text/event-stream") {
+		return false
+	}
+	mt, _, _ := mime.ParseMediaType(ct)
+	return mt == "text/event-stream"
+}
+
+// fastProxied reports whether fastProxy forwards r: what the fast
+// transport sends.
+func (h *Handler) fastProxied(r *http.Request, st *reqState) bool {
+	if h.cfg.StdTransport || h.rpOnly || r.ProtoMajor != 1 || st.upgrade || st.in.ReadCloser != nil || st.grpc {
+		return false
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	}
+	return false
+}
+
+// informKey finds, in a fast-proxied request's context, what passes the
+// upstream's 1xx responses on to the app: the ReverseProxy's ClientTrace
+// does it for the others.
+type informKey struct{}
+
+// got1xx passes an informational response on to the app, as the
+// ReverseProxy's ClientTrace does.
+func (st *reqState) got1xx(code int, header textproto.MIMEHeader) error {
+	w := &st.out
+	h := w.Header()
+	for k, vv := range header {
+		for _, v := range vv {
+			h.Add(k, v)
+		}
+	}
+	w.WriteHeader(code)
+	clear(h)
+	return nil
+}
