@@ -97,8 +97,14 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil {
 			return resp, nil
 		}
-		if reused && errors.Is(err, errStale) && ctx.Err() == nil {
-			continue
+		var se *staleError
+		if errors.As(err, &se) {
+			if reused && ctx.Err() == nil {
+				continue
+			}
+			if !reused {
+				err = se.err // a new connection: closed, not stale
+			}
 		}
 		return nil, err
 	}
@@ -108,7 +114,14 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // http.Transport does.
 const max1xx = 5
 
-var errStale = errors.New("kept connection closed by the upstream")
+// staleError is the failure of a connection that answered nothing: on
+// a kept one, the upstream closed it while it waited.
+type staleError struct{ err error }
+
+func (e *staleError) Error() string {
+	return "kept connection closed by the upstream: " + e.err.Error()
+}
+func (e *staleError) Unwrap() error { return e.err }
 
 // send writes req on c and reads the response head.
 func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (*http.Response, error) {
@@ -135,14 +148,20 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (
 	var fr *fastResponse
 	for n := 0; ; n++ {
 		c.limit = c.read + MaxHeaderBytes + int64(c.br.Size())
-		if _, err := c.br.Peek(1); err == nil {
-			// The common head, read without net/http (wire.go); any
-			// other, and an error, are http.ReadResponse's.
-			if fr = readResponseHead(c.br, req); fr != nil {
-				c.limit = 0
-				resp = &fr.Response
-				break
-			}
+		if _, err := c.br.Peek(1); err != nil {
+			// As http.Transport fails on it (an io.EOF stays one): bufio
+			// hands an error out once, a second read would see only EOF.
+			c.limit = 0
+			stop()
+			c.Close()
+			return nil, staleOr(err, c.read == before)
+		}
+		// The common head, read without net/http (wire.go); any other is
+		// http.ReadResponse's.
+		if fr = readResponseHead(c.br, req); fr != nil {
+			c.limit = 0
+			resp = &fr.Response
+			break
 		}
 		r, err := http.ReadResponse(c.br, req)
 		c.limit = 0
@@ -199,7 +218,7 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (
 // staleOr marks an error on a connection that answered nothing.
 func staleOr(err error, nothingRead bool) error {
 	if nothingRead && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err)) {
-		return errStale
+		return &staleError{err}
 	}
 	return err
 }

@@ -198,14 +198,19 @@ func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response) error {
 	}
 }
 
-// bodyBuffered reports whether the first bytes of a fast transport's
-// response body have arrived: a read will not wait.
+// bodyBuffered reports whether the first bytes of a response body of a
+// known length have arrived: a read will not wait. (Of a chunked body,
+// bytes in the buffer may be only a chunk's size.)
 func bodyBuffered(b io.ReadCloser) bool {
 	if ub, ok := b.(*upstreamBody); ok {
 		b = ub.ReadCloser
 	}
 	fb, ok := b.(*fastBody)
-	return ok && fb.c.br.Buffered() > 0
+	if !ok {
+		return false
+	}
+	lb, ok := fb.ReadCloser.(*lengthBody)
+	return ok && lb.br.Buffered() > 0
 }
 
 // eventStream reports whether a response is server-sent events, by the
@@ -222,7 +227,7 @@ func eventStream(h http.Header) bool {
 // fastProxied reports whether fastProxy forwards r: what the fast
 // transport sends.
 func (h *Handler) fastProxied(r *http.Request, st *reqState) bool {
-	if h.cfg.StdTransport || h.rpOnly || r.ProtoMajor != 1 || st.upgrade || st.in.ReadCloser != nil || st.grpc {
+	if h.cfg.StdTransport || h.rpOnly.Load() || r.ProtoMajor != 1 || st.upgrade || st.in.ReadCloser != nil || st.grpc {
 		return false
 	}
 	switch r.Method {

@@ -17,11 +17,13 @@ import (
 )
 
 // TestFastProxyAsReverseProxy sends the same requests through the
-// handler twice, once forwarded by fastProxy and once by the
-// ReverseProxy, to upstreams that answer with the same bytes: the
-// upstream must receive the same request, and the app the same answer
-// (its Date aside), whatever the answer's framing, 1xx, trailers, hop-by-
-// hop headers, or failure.
+// handler three times, forwarded by fastProxy and the fast transport, by
+// the ReverseProxy and the fast transport, and by the ReverseProxy and
+// http.Transport (--std-transport), to upstreams that answer with the
+// same bytes: the upstream must receive the same request, and the app the
+// same answer (its Date aside), whatever the answer's framing, 1xx,
+// trailers, hop-by-hop headers, or failure. Each leg sends its request
+// twice on one connection, so that the second goes on a kept one.
 func TestFastProxyAsReverseProxy(t *testing.T) {
 	requests := map[string]string{
 		"absolute": "GET http://geo:8000/a/b?x=1;y=%zz HTTP/1.1\r\nHost: geo:8000\r\nAccept: */*\r\nUser-Agent: app/1\r\n\r\n",
@@ -61,21 +63,36 @@ func TestFastProxyAsReverseProxy(t *testing.T) {
 		for sname, resp := range responses {
 			t.Run(rname+"/"+sname, func(t *testing.T) {
 				up := newScriptedUpstream(t, resp)
-				h := New(Config{Metrics: telemetry.New(0), Resolve: map[string]string{"geo:8000": up.addr}}, policy.NewTable(nil, "default"))
+				cfg := Config{Metrics: telemetry.New(0), Resolve: map[string]string{"geo:8000": up.addr}}
+				h := New(cfg, policy.NewTable(nil, "default"))
 				defer h.CloseIdleConnections()
 				px := httptest.NewServer(h)
 				defer px.Close()
-				h.rpOnly = true
+				cfg.StdTransport, cfg.Metrics = true, telemetry.New(0)
+				hs := New(cfg, policy.NewTable(nil, "default"))
+				defer hs.CloseIdleConnections()
+				pxs := httptest.NewServer(hs)
+				defer pxs.Close()
+				h.rpOnly.Store(true)
 				rpUp, rpApp := exchangeRaw(t, px.Listener.Addr().String(), up, req)
-				h.rpOnly = false
+				h.rpOnly.Store(false)
 				fastUp, fastApp := exchangeRaw(t, px.Listener.Addr().String(), up, req)
+				stdUp, stdApp := exchangeRaw(t, pxs.Listener.Addr().String(), up, req)
+				stdUp = strings.ReplaceAll(stdUp, hs.hop.token, h.hop.token)
 				if !strings.Contains(resp, "Content-Type") {
 					// The server sniffs a Content-Type from the first body
 					// bytes unless the headers went before them: the
 					// ReverseProxy flushes a stream's headers from a timer
 					// of its own, which may or may not run first.
-					rpApp = strings.Replace(rpApp, sniffed, "", 1)
-					fastApp = strings.Replace(fastApp, sniffed, "", 1)
+					rpApp = strings.ReplaceAll(rpApp, sniffed, "")
+					fastApp = strings.ReplaceAll(fastApp, sniffed, "")
+					stdApp = strings.ReplaceAll(stdApp, sniffed, "")
+				}
+				if stdUp != fastUp {
+					t.Errorf("the upstream received\n%q\nfrom the fast transport and\n%q\nfrom http.Transport", fastUp, stdUp)
+				}
+				if stdApp != fastApp {
+					t.Errorf("the app received\n%q\nthrough the fast transport and\n%q\nthrough http.Transport", fastApp, stdApp)
 				}
 				if rpUp != fastUp {
 					t.Errorf("the upstream received\n%q\nfrom fastProxy and\n%q\nfrom the ReverseProxy", fastUp, rpUp)
@@ -99,21 +116,30 @@ func exchangeRaw(t *testing.T, addr string, up *scriptedUpstream, req string) (s
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, req); err != nil {
-		t.Fatal(err)
-	}
-	// The answer is over at the end of the final response's body, or
+	// Each answer is over at the end of the final response's body, or
 	// when the proxy ends the connection.
 	var got bytes.Buffer
 	br := bufio.NewReader(io.TeeReader(c, &got))
 	method, _, _ := strings.Cut(req, " ")
-	for {
-		resp, err := http.ReadResponse(br, &http.Request{Method: method})
-		if err != nil {
+	for range 2 {
+		if _, err := io.WriteString(c, req); err != nil {
 			break
 		}
-		if resp.StatusCode >= 200 {
-			_, _ = io.ReadAll(resp.Body)
+		var err error
+		for {
+			var resp *http.Response
+			if resp, err = http.ReadResponse(br, &http.Request{Method: method}); err != nil {
+				break
+			}
+			if resp.StatusCode >= 200 {
+				_, err = io.ReadAll(resp.Body)
+				if resp.Close {
+					err = io.EOF
+				}
+				break
+			}
+		}
+		if err != nil {
 			break
 		}
 	}
@@ -178,22 +204,30 @@ func (u *scriptedUpstream) serve(c net.Conn) {
 		}
 	}
 	u.got <- head.String()
-	_, _ = io.WriteString(c, u.answer)
-	// One answer per connection, then the close that ends one without
-	// a length; the sidecar's next try dials anew.
+	answer := u.answer
+	if strings.HasPrefix(head.String(), "HEAD ") {
+		// The heads alone: the final one ends the answer.
+		if i := strings.LastIndex(answer, "HTTP/1."); i >= 0 {
+			answer = answer[:i+strings.Index(answer[i:], "\r\n\r\n")+4]
+		}
+	}
+	_, _ = io.WriteString(c, answer)
+	if strings.Contains(u.answer, "Content-Length") && !strings.HasPrefix(u.answer, "HTTP/1.0") && !strings.Contains(u.answer, "abc") ||
+		strings.Contains(u.answer, "chunked") {
+		u.serve(c) // kept for the next request
+	}
+	// Else the close that ends an answer without a length, or cuts one
+	// short; the sidecar's next try dials anew.
 }
 
-// last is the latest request the upstream received ("" for none within
-// a second).
+// last is the requests the upstream received since the last call.
 func (u *scriptedUpstream) last() string {
 	var s string
 	for {
 		select {
-		case s = <-u.got:
-		case <-time.After(time.Second):
-			return s
-		}
-		if len(u.got) == 0 {
+		case r := <-u.got:
+			s += r
+		default:
 			return s
 		}
 	}

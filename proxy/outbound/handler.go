@@ -94,7 +94,7 @@ type Handler struct {
 	log    *slog.Logger
 	// rpOnly sends every request through rp, fastProxy's requests too:
 	// for the test that compares the two.
-	rpOnly bool
+	rpOnly atomic.Bool
 }
 
 // AddListener declares one of the sidecar's own listeners: nothing sent

@@ -40,7 +40,8 @@ func reqWriteExclude(k string) bool {
 // leaves to req.Write: an opaque URL, a host to convert to Punycode, a
 // header value to sanitize, a Close or TransferEncoding field.
 func writeRequestHead(bw *bufio.Writer, req *http.Request, keys []string) ([]string, bool) {
-	if req.URL == nil || req.URL.Opaque != "" || req.Close || len(req.TransferEncoding) > 0 || req.Trailer != nil {
+	if req.URL == nil || req.URL.Opaque != "" || req.Close || len(req.TransferEncoding) > 0 || req.Trailer != nil ||
+		req.ContentLength != 0 {
 		return keys, false
 	}
 	host := req.Host
@@ -105,9 +106,9 @@ func writeRequestHead(bw *bufio.Writer, req *http.Request, keys []string) ([]str
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(host)
 	bw.WriteString("\r\n")
-	if ua = textproto.TrimString(ua); ua != "" {
+	if ua != "" { // a value of spaces goes, trimmed to nothing
 		bw.WriteString("User-Agent: ")
-		bw.WriteString(ua)
+		bw.WriteString(textproto.TrimString(ua))
 		bw.WriteString("\r\n")
 	}
 	for _, k := range keys {
@@ -198,7 +199,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request) *fastResponse {
 	resp.Request = req
 	h := make(http.Header, n)
 	vals := make([]string, n)
-	cl := -1
+	cl := int64(-1)
 	off := nl + 1
 	for i := 0; i < n; i++ {
 		e := off + strings.Index(s[off:], "\r\n")
@@ -233,7 +234,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request) *fastResponse {
 	resp.Header = h
 	switch {
 	case req.Method == http.MethodHead:
-		resp.ContentLength = int64(cl)
+		resp.ContentLength = cl
 		resp.Body = http.NoBody
 	case code == http.StatusNoContent || code == http.StatusNotModified:
 		resp.ContentLength = 0
@@ -241,7 +242,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request) *fastResponse {
 	case cl < 0:
 		return nil // a body to the connection's end: http.ReadResponse
 	default:
-		resp.ContentLength = int64(cl)
+		resp.ContentLength = cl
 		if cl == 0 {
 			resp.Body = http.NoBody
 		}
@@ -281,10 +282,10 @@ func digits(s string) bool {
 	return true
 }
 
-func parseDigits(s string) int {
-	n := 0
+func parseDigits(s string) int64 {
+	var n int64
 	for i := 0; i < len(s); i++ {
-		n = n*10 + int(s[i]-'0')
+		n = n*10 + int64(s[i]-'0')
 	}
 	return n
 }

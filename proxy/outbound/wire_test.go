@@ -19,6 +19,7 @@ func TestWriteRequestHeadAsRequestWrite(t *testing.T) {
 		name, method, target, host string
 		header                     http.Header
 		own                        bool // written by writeRequestHead
+		length                     int64
 	}{
 		{name: "plain", method: "GET", target: "http://geo:8000/", header: http.Header{"User-Agent": {""}}, own: true},
 		{name: "default agent", method: "GET", target: "http://geo:8000/a/b", header: http.Header{}, own: true},
@@ -33,17 +34,19 @@ func TestWriteRequestHeadAsRequestWrite(t *testing.T) {
 		{name: "invalid host", method: "GET", target: "http://geo/", host: "a b", header: http.Header{}, own: true},
 		{name: "ipv6", method: "GET", target: "http://[::1]:80/", header: http.Header{}, own: true},
 		{name: "empty method", method: "", target: "http://geo/", header: http.Header{}, own: true},
+		{name: "blank agent", method: "GET", target: "http://geo/", header: http.Header{"User-Agent": {"  "}}, own: true},
 		{name: "newline in value", method: "GET", target: "http://geo/", header: http.Header{"X": {"a\r\nb"}}},
 		{name: "newline in agent", method: "GET", target: "http://geo/", header: http.Header{"User-Agent": {"a\nb"}}},
 		{name: "punycode host", method: "GET", target: "http://geo/", host: "bücher.example", header: http.Header{}},
 		{name: "zone", method: "GET", target: "http://geo/", host: "[fe80::1%25eth0]:80", header: http.Header{}},
+		{name: "length without body", method: "GET", target: "http://geo/", header: http.Header{}, length: 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u, err := url.Parse(tc.target)
 			if err != nil {
 				t.Fatal(err)
 			}
-			req := &http.Request{Method: tc.method, URL: u, Host: tc.host, Header: tc.header, ProtoMajor: 1, ProtoMinor: 1}
+			req := &http.Request{Method: tc.method, URL: u, Host: tc.host, Header: tc.header, ProtoMajor: 1, ProtoMinor: 1, ContentLength: tc.length}
 			own := compareRequestHead(t, req)
 			if own != tc.own {
 				t.Errorf("written by writeRequestHead: %v, want %v", own, tc.own)
