@@ -103,7 +103,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.out, "out", filepath.Join("e2e", "bench", "results", "latest.md"), "file to write the Markdown report to (empty: stdout only)")
 	fs.StringVar(&o.scenarios, "scenarios", strings.Join(allKeys, ","), "scenarios to run, from "+strings.Join(allKeys, ",")+" (direct always runs)")
 	fs.StringVar(&o.extraArgs, "extra-args", "", "more arguments for `minimesh-proxy run`, split on spaces (e.g. tracing flags)")
-	fs.Var(&o.variants, "variant", "NAME=ARGS: one more sidecar, measured side by side with the others, with these extra arguments (leading VAR=value words are its environment); $OTLP in ARGS is the -jaeger collector (repeatable)")
+	fs.Var(&o.variants, "variant", "NAME=ARGS: one more sidecar, measured side by side with the others, with these extra arguments (a leading @PATH is its binary, another build; then leading VAR=value words are its environment); $OTLP in ARGS is the -jaeger collector (repeatable)")
 	fs.BoolVar(&o.jaeger, "jaeger", false, "start Jaeger (memory store, loopback) as the trace collector for the variants' $OTLP")
 	fs.StringVar(&o.sidecarEnv, "sidecar-env", injectedEnv, "environment for the sidecar (and its variants, which may override it), space-separated K=V; the default is what the injector sets with the chart's default CPU limit of one core (docs/annotations.md); empty: Go's defaults")
 	fs.StringVar(&o.policyFile, "policy", "", "policy file for the sidecar (default: a generated policy for the upstream with timeout, retries and circuit breaker)")

@@ -193,7 +193,13 @@ func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string,
 	args = append(args, strings.Fields(o.extraArgs)...)
 	argc := len(args)
 	env := strings.Fields(o.sidecarEnv)
-	for _, f := range strings.Fields(more) {
+	words := strings.Fields(more)
+	if len(words) > 0 && strings.HasPrefix(words[0], "@") {
+		// A leading @PATH is the variant's binary: another build of the
+		// sidecar, measured side by side with this one.
+		bin, words = words[0][1:], words[1:]
+	}
+	for _, f := range words {
 		// Leading NAME=value words are the variant's environment,
 		// e.g. GOMAXPROCS=1 for a sidecar with a CPU limit of one core.
 		if k, _, ok := strings.Cut(f, "="); ok && !strings.HasPrefix(f, "-") && strings.ToUpper(k) == k && len(args) == argc {
