@@ -3,6 +3,8 @@ package grpc
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -96,7 +98,7 @@ func (s *sidecar) waitMetric(t *testing.T, want float64, name string, labels ...
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s%v = %v, want %v", name, labels, got, want)
+			t.Fatalf("%s%v = %v, want %v; the family now:\n%s", name, labels, got, want, s.family(t, name))
 		}
 	}
 }
@@ -154,4 +156,23 @@ func TestHTTPSProxyTunnelDeadPort(t *testing.T) {
 	if got := s.metric(t, "minimesh_requests_total", "destination", svc); got != 0 {
 		t.Errorf("minimesh_requests_total{destination=%s} = %v, want 0", svc, got)
 	}
+}
+
+// family is the lines of the sidecar's metric family name, for a failure
+// to show what was counted instead.
+func (s *sidecar) family(t *testing.T, name string) string {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + s.Admin + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, name+"{") {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n")
 }
