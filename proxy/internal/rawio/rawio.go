@@ -41,6 +41,8 @@ type IO struct {
 	rn     int
 	rerr   syscall.Errno
 	readFn func(uintptr) bool
+	peekFn func(uintptr)
+	peeked byte
 
 	wmu     sync.Mutex
 	wbuf    []byte
@@ -62,7 +64,63 @@ func New(c *net.TCPConn) *IO {
 	x := &IO{c: c, rc: rc}
 	x.readFn = x.read
 	x.writeFn = x.write
+	x.peekFn = x.peek
 	return x
+}
+
+// Pending reports whether c, a connection nobody is reading, has
+// anything waiting to be read: bytes its peer sent unasked, its peer's
+// close, or an error. A kept-alive upstream connection with any of them
+// would read it as the answer to the next request (a 408 a server sends
+// before it closes an idle connection, bytes after a response's end): it
+// is not fit for one. One recv(2) with MSG_PEEK|MSG_DONTWAIT, which
+// consumes nothing and never blocks. A connection that is not TCP
+// reports false.
+func Pending(c net.Conn) bool {
+	for {
+		switch x := c.(type) {
+		case *Conn:
+			return x.io.pending()
+		case *net.TCPConn:
+			rc, err := x.SyscallConn()
+			if err != nil {
+				return true
+			}
+			var b byte
+			var e syscall.Errno
+			if err := rc.Control(func(fd uintptr) { e = peekFd(fd, &b) }); err != nil {
+				return true
+			}
+			return e != syscall.EAGAIN
+		case interface{ Unwrap() net.Conn }:
+			c = x.Unwrap()
+		default:
+			return false
+		}
+	}
+}
+
+// pending is Pending with the connection's own buffer and callback: no
+// allocation.
+func (x *IO) pending() bool {
+	x.rmu.Lock()
+	x.rerr = 0
+	err := x.rc.Control(x.peekFn)
+	e := x.rerr
+	x.rmu.Unlock()
+	return err != nil || e != syscall.EAGAIN
+}
+
+func (x *IO) peek(fd uintptr) { x.rerr = peekFd(fd, &x.peeked) }
+
+// peekFd peeks at fd for Pending: EAGAIN when nothing waits; no error
+// for a byte or the peer's close, or the error.
+func peekFd(fd uintptr, b *byte) syscall.Errno {
+	for {
+		if _, e := sysPeek(fd, b); e != syscall.EINTR {
+			return e
+		}
+	}
 }
 
 // Read is net.Conn's Read.

@@ -2,7 +2,10 @@
 
 package rawio
 
-import "syscall"
+import (
+	"syscall"
+	"unsafe"
+)
 
 // Under the race detector (and the memory and address sanitizers) the
 // reads and writes go through package syscall's, which tell the detector
@@ -18,6 +21,11 @@ func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
 
 func sysWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, err := syscall.Write(int(fd), p)
+	return max(n, 0), errno(err)
+}
+
+func sysPeek(fd uintptr, b *byte) (int, syscall.Errno) {
+	n, _, err := syscall.Recvfrom(int(fd), unsafe.Slice(b, 1), syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	return max(n, 0), errno(err)
 }
 

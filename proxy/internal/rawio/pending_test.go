@@ -1,0 +1,84 @@
+package rawio
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// unwrapper is a connection wrapped as connlimit and the outbound dialer
+// wrap theirs.
+type unwrapper struct{ net.Conn }
+
+func (u unwrapper) Unwrap() net.Conn { return u.Conn }
+
+// eventually polls Pending until it says want: bytes written on
+// loopback arrive at once, but nothing promises before write returns.
+func eventually(t *testing.T, c net.Conn, want bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); Pending(c) != want; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: Pending = %v, want %v", what, !want, want)
+		}
+	}
+}
+
+func TestPending(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		conn func(*Conn) net.Conn
+	}{
+		{"raw", func(c *Conn) net.Conn { return c }},
+		{"tcp", func(c *Conn) net.Conn { return c.TCPConn }},
+		{"wrapped raw", func(c *Conn) net.Conn { return unwrapper{c} }},
+		{"wrapped tcp", func(c *Conn) net.Conn { return unwrapper{c.TCPConn} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw, peer := pair(t)
+			c := tc.conn(raw)
+			if Pending(c) {
+				t.Fatal("an idle connection with nothing sent is pending")
+			}
+			if _, err := peer.Write([]byte("HTTP/1.1 408 Request Timeout\r\n\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, c, true, "bytes sent unasked")
+			// Looking consumed nothing.
+			buf := make([]byte, 64)
+			if n, err := c.Read(buf); err != nil || string(buf[:n]) != "HTTP/1.1 408 Request Timeout\r\n\r\n" {
+				t.Fatalf("read after Pending: %q, %v", buf[:n], err)
+			}
+			if Pending(c) {
+				t.Fatal("pending after every byte was read")
+			}
+			peer.Close()
+			eventually(t, c, true, "the peer's close")
+			if _, err := c.Read(buf); err != io.EOF {
+				t.Fatalf("read after the peer's close: %v, want EOF", err)
+			}
+			raw.Close()
+			if !Pending(c) {
+				t.Fatal("a closed connection is not pending")
+			}
+		})
+	}
+}
+
+func TestPendingNotTCP(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if Pending(a) {
+		t.Fatal("a connection Pending cannot look into reports pending")
+	}
+}
+
+// TestPendingAllocs: the fast transport asks once per kept connection it
+// takes, on the hot path.
+func TestPendingAllocs(t *testing.T) {
+	c, _ := pair(t)
+	if n := testing.AllocsPerRun(100, func() { Pending(c) }); n != 0 {
+		t.Fatalf("Pending allocates %v times per call, want 0", n)
+	}
+}
