@@ -11,6 +11,8 @@ import (
 	"net/textproto"
 	"sync"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/rawio"
 )
 
 // fastTransport sends bodiless GET, HEAD and OPTIONS requests (most of a
@@ -313,21 +315,30 @@ func (t *fastTransport) expire(now time.Time, stale []*fconn) []*fconn {
 	return stale
 }
 
-// get takes a kept connection to key, or dials a new one.
+// get takes a kept connection to key, or dials a new one. A kept one
+// with anything to read is closed, not used: with no request on it, the
+// upstream sent it unasked (a 408 before its idle close, bytes past a
+// response's end) or closed it, and the next request would read that as
+// its answer. http.Transport's read loop watches its idle connections so;
+// this one looks once, as it takes one (a recv(2) that consumes nothing).
 func (t *fastTransport) get(ctx context.Context, key string) (*fconn, bool, error) {
 	now := time.Now()
-	t.mu.Lock()
-	for list := t.idle[key]; len(list) > 0; list = t.idle[key] {
+	for {
+		t.mu.Lock()
+		list := t.idle[key]
+		if len(list) == 0 {
+			t.mu.Unlock()
+			break
+		}
 		c := list[len(list)-1]
 		list[len(list)-1] = nil
 		t.idle[key] = list[:len(list)-1]
-		if now.Sub(c.used) < idleTimeout {
-			t.mu.Unlock()
+		t.mu.Unlock()
+		if now.Sub(c.used) < idleTimeout && !rawio.Pending(c.Conn) {
 			return c, true, nil
 		}
 		c.Close()
 	}
-	t.mu.Unlock()
 	nc, err := t.dial(ctx, "tcp", key)
 	if err != nil {
 		return nil, false, err

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/rawio"
 )
 
 // rawServer answers each connection with handle, on loopback.
@@ -82,6 +84,69 @@ func TestFastPathRetriesStaleConnection(t *testing.T) {
 	}
 	if got := conns.Load(); got != 2 {
 		t.Fatalf("connections = %d, want 2 (one closed by the server, one kept)", got)
+	}
+}
+
+// A kept connection on which the upstream sent something unasked (a 408
+// before its idle close, bytes past the end of a response) is closed, not
+// used: the next request goes on a new connection and gets its own
+// answer, never those bytes.
+func TestFastPathDropsConnectionWithUnaskedBytes(t *testing.T) {
+	for _, tc := range []struct {
+		name, unasked string
+		close         bool
+	}{
+		{"408 then close", "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", true},
+		{"a response nobody asked for", "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nlate", false},
+		{"bytes past the end", "garbage", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			send := make(chan struct{})
+			addr, conns := rawServer(t, func(c net.Conn, n int) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					if n == 1 {
+						<-send
+						io.WriteString(c, tc.unasked)
+						if tc.close {
+							return
+						}
+					}
+				}
+			})
+			ft := newTestFast()
+			if resp, body, err := fastGet(t, ft, addr, http.MethodGet); err != nil || resp.StatusCode != 200 || body != "ok" {
+				t.Fatalf("first request: %v %v %q", resp, err, body)
+			}
+			ft.mu.Lock()
+			kept := ft.idle[addr]
+			ft.mu.Unlock()
+			if len(kept) != 1 {
+				t.Fatalf("%d connections kept after the first request, want 1", len(kept))
+			}
+			close(send)
+			// Until the bytes are there: the test is of a connection that
+			// has them when it is taken.
+			for deadline := time.Now().Add(5 * time.Second); !rawio.Pending(kept[0].Conn); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the unasked bytes never arrived")
+				}
+			}
+			for i := range 2 {
+				resp, body, err := fastGet(t, ft, addr, http.MethodGet)
+				if err != nil || resp.StatusCode != 200 || body != "ok" {
+					t.Fatalf("request %d after the unasked bytes: %v %v %q, want 200 ok", i+2, resp, err, body)
+				}
+			}
+			if got := conns.Load(); got != 2 {
+				t.Fatalf("connections = %d, want 2 (the spoilt one closed, a new one kept)", got)
+			}
+		})
 	}
 }
 
