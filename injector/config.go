@@ -69,13 +69,14 @@ type ProxyConfig struct {
 }
 
 // DefaultConfig is the config without a file. The sidecar's resources
-// follow what it measured at 1,000 requests/s (docs/benchmarks.md, "Memory
-// at idle and under load"): 0.14–0.16 core, so a request of 150m; a peak
-// RSS of 16 MB with the GOGC=50 the sidecar gets (19 MB without; 12–13 MB
-// idle, most of it the binary's pages) and
-// about 24 KB per idle client connection, so a request of 32Mi and a limit
-// of 128Mi, room for the 1,024 connections --max-connections allows (Go's
-// memory limit is 90 % of it). The CPU limit of one core comes with
+// follow what it measured at 1,000 requests/s as injected
+// (docs/benchmarks.md, "The rate sweep as injected"): 0.05–0.12 core (a
+// quiet and a noisy machine), so a request of 100m, Linkerd's and Istio's
+// too; a peak RSS of 14–15 MB with the GOGC=50 the sidecar gets (10 MB
+// idle, most of it the binary's pages) and about 22 KB per idle client
+// connection, so a request of 32Mi and a limit of 128Mi, room for the
+// 1,024 connections --max-connections allows (Go's memory limit is 90 %
+// of it). The CPU limit of one core comes with
 // GOMAXPROCS=1 (Go would round a limit under two cores up to 2 Ps), which
 // cut the sidecar's CPU per request by 28 % and its p99 latency.
 func DefaultConfig() Config {
@@ -83,7 +84,7 @@ func DefaultConfig() Config {
 		Proxy: ProxyConfig{
 			Image:           "ghcr.io/minimesh/minimesh:" + imageTag(),
 			ImagePullPolicy: "IfNotPresent",
-			CPURequest:      "150m",
+			CPURequest:      "100m",
 			MemoryRequest:   "32Mi",
 			CPULimit:        "1",
 			MemoryLimit:     "128Mi",
