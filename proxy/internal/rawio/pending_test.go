@@ -82,3 +82,30 @@ func TestPendingAllocs(t *testing.T) {
 		t.Fatalf("Pending allocates %v times per call, want 0", n)
 	}
 }
+
+// BenchmarkPending is the fast transport's look at a kept connection.
+func BenchmarkPending(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			defer c.Close()
+			_, _ = io.Copy(io.Discard, c)
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	rc := Wrap(c)
+	b.ReportAllocs()
+	for b.Loop() {
+		if Pending(rc) {
+			b.Fatal("pending")
+		}
+	}
+}
