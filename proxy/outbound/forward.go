@@ -67,6 +67,10 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			// error body is not worth the wait.
 			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 			resp.Body.Close()
+			// A body cut short as it is drained failed this try (its
+			// breaker heard so), not the request: the answer the app gets
+			// is the next try's.
+			st.late = 0
 		}
 		dst.metrics.Retry(reason(resp, st, class))
 		if ctx := req.Context(); !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max)) {

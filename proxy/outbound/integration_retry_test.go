@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -515,5 +516,49 @@ circuitBreaker: {consecutiveFailures: 10}
 				t.Errorf("breaker counted %d consecutive failures, want one per try (%d)", st.Counts.ConsecutiveFailures, tc.wantHits)
 			}
 		})
+	}
+}
+
+// TestRetryAfterDrainCutShort: a first try answered 503 whose body is cut
+// short while the retry loop drains it, then a good answer. The app gets
+// the retry's answer, recorded as what it is; the cut-short body failed
+// only its own try (the breaker counts it). Bodiless answers too, where
+// nothing of the retry's answer is read through the failed body's state.
+func TestRetryAfterDrainCutShort(t *testing.T) {
+	for _, p := range []struct {
+		name string
+		opts []sidecarOpt
+	}{{"fast", nil}, {"std-transport", []sidecarOpt{withStdTransport()}}} {
+		for _, final := range []struct{ name, raw, body, code string }{
+			{"204", "HTTP/1.1 204 No Content\r\n\r\n", "", "204"},
+			{"empty 200", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "", "200"},
+			{"200", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "ok", "200"},
+		} {
+			t.Run(p.name+"/"+final.name, func(t *testing.T) {
+				var n atomic.Int32
+				addr, _ := newRawUpstream(t, func(c net.Conn, _ *http.Request) {
+					if n.Add(1) == 1 {
+						io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\nabc")
+						return // closed 97 bytes short
+					}
+					io.WriteString(c, final.raw)
+				})
+				sc := startSidecar(t, policyDoc("geo", "geo-service",
+					`retries: {attempts: 1, retryOn: ["503"], backoff: {base: 1ms, max: 1ms}}`), resolve(addr, geo), p.opts...)
+				resp, body := get(t, sc.Client(), "http://"+geo+"/")
+				if strconv.Itoa(resp.StatusCode) != final.code || string(body) != final.body || resp.Header.Get("X-Minimesh-Error") != "" {
+					t.Fatalf("app got %d %q (X-Minimesh-Error %q), want the retry's %s %q",
+						resp.StatusCode, body, resp.Header.Get("X-Minimesh-Error"), final.code, final.body)
+				}
+				sc.waitMetric(1, 5*time.Second, "minimesh_requests_total", "destination", geo, "code", final.code)
+				if got := sc.metric("minimesh_requests_total", "destination", geo); got != 1 {
+					t.Errorf("requests_total{destination=%s} = %v, want the one request, as %s", geo, got, final.code)
+				}
+				if st := sc.breaker(geo); st.Counts.TotalFailures != 1 || st.Counts.TotalSuccesses != 1 {
+					t.Errorf("breaker counted %d failures and %d successes, want 1 and 1 (the cut-short try, the retry)",
+						st.Counts.TotalFailures, st.Counts.TotalSuccesses)
+				}
+			})
+		}
 	}
 }
