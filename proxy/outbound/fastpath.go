@@ -172,7 +172,9 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (
 			c.Close()
 			return nil, staleOr(err, c.read == before)
 		}
-		if r.StatusCode >= 200 {
+		if r.StatusCode >= 200 || r.StatusCode < 100 {
+			// Final, as http.Transport takes it: only 100-199 are
+			// informational (the forwarder refuses a status under 100).
 			resp = r
 			break
 		}

@@ -3,6 +3,7 @@ package outbound
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -165,6 +166,15 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		// cancelled, so this try timed out.
 		resp.Body.Close()
 		resp, err = nil, errPerTryTimeout
+	}
+	if err == nil && resp.StatusCode < 100 {
+		// http.ReadResponse reads any three digits, and http.Transport
+		// passes a status under 100 on as a final answer; no server sends
+		// one, and net/http's WriteHeader panics on it with the try open.
+		// A malformed answer: the upstream's failure (reset).
+		code := resp.StatusCode
+		resp.Body.Close()
+		resp, err = nil, fmt.Errorf("malformed HTTP status code %03d from the upstream", code)
 	}
 	failOn := dst.policy.Spec.CircuitBreaker.FailOn
 	if err != nil {

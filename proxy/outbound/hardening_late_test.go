@@ -185,3 +185,34 @@ func TestLateFailures(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusUnder100IsAFailure: http.ReadResponse reads any three digits
+// as a status; one under 100 is no HTTP answer. It is the upstream's
+// failure, answered 502 reset and counted by the breaker (which opens at
+// the first here, so the second request never leaves the sidecar): not
+// passed to the app's WriteHeader, which panicked with the try unreported
+// and left a half-open breaker waiting for its probe for good.
+func TestStatusUnder100IsAFailure(t *testing.T) {
+	for _, p := range []struct {
+		name string
+		opts []sidecarOpt
+	}{{"fast", nil}, {"std-transport", []sidecarOpt{withStdTransport()}}} {
+		for _, answer := range []string{
+			"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
+			"HTTP/1.1 000 Zero\r\nContent-Length: 3\r\n\r\nabc",
+		} {
+			t.Run(p.name+"/"+answer[9:12], func(t *testing.T) {
+				addr, hits := newRawUpstream(t, func(c net.Conn, _ *http.Request) { io.WriteString(c, answer) })
+				sc := startSidecar(t, policyDoc("geo", "geo-service", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}"),
+					resolve(addr, geo), p.opts...)
+				resp, body := get(t, sc.Client(), "http://"+geo+"/")
+				expectSidecarError(t, resp, body, http.StatusBadGateway, "reset", geo)
+				resp, body = get(t, sc.Client(), "http://"+geo+"/")
+				expectSidecarError(t, resp, body, http.StatusServiceUnavailable, "circuit-open", geo)
+				if got := hits.Load(); got != 1 {
+					t.Errorf("upstream read %d requests, want 1 (the breaker opened at the first)", got)
+				}
+			})
+		}
+	}
+}
