@@ -16,6 +16,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -284,6 +285,11 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 var forwardedHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
 func (h *Handler) modifyResponse(resp *http.Response) error {
+	if resp.StatusCode < 100 {
+		// http.ReadResponse reads any three digits; a status under 100 is
+		// no HTTP answer, and WriteHeader would panic on it.
+		return &badStatusError{resp.StatusCode}
+	}
 	st := resp.Request.Context().Value(stateKey{}).(*reqState)
 	st.code, st.headers = resp.StatusCode, time.Now()
 	resp.Header.Set(wellknown.HeaderRequestID, st.id)
@@ -297,6 +303,13 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	return nil
 }
 
+// badStatusError is an app's answer with a status under 100.
+type badStatusError struct{ code int }
+
+func (e *badStatusError) Error() string {
+	return fmt.Sprintf("malformed HTTP status code %03d", e.code)
+}
+
 // serveError answers a request the app could not be reached for.
 func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
 	st := r.Context().Value(stateKey{}).(*reqState)
@@ -306,7 +319,10 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	code, kind, msg := http.StatusBadGateway, wellknown.ErrorReset, "the app at "+st.c.text+" closed the connection before its response: "+err.Error()
 	var de *dialError
+	var bs *badStatusError
 	switch {
+	case errors.As(err, &bs):
+		msg = "the app at " + st.c.text + " answered with a " + bs.Error()
 	case errors.Is(err, errOwnPort):
 		code, kind, msg = http.StatusForbidden, wellknown.ErrorForbidden, st.c.text+" is one of the sidecar's own ports: nothing reaches them through it"
 	case errors.As(err, &de):

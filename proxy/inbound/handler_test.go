@@ -471,3 +471,50 @@ func TestServeHTTPUpgrade(t *testing.T) {
 		t.Errorf("access log %v", l)
 	}
 }
+
+// TestServeHTTPAppStatusUnder100: an app answering a status under 100
+// (http.ReadResponse reads any three digits) gets the caller the sidecar's
+// 502 reset, counted and logged, not a panic in WriteHeader that drops
+// the caller's connection unrecorded.
+func TestServeHTTPAppStatusUnder100(t *testing.T) {
+	r := newRig(t, http.NotFoundHandler(), Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+					io.WriteString(c, "HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n")
+				}
+			}()
+		}
+	}()
+	app := netip.MustParseAddrPort(ln.Addr().String())
+	r.app = app
+	front := httptest.NewUnstartedServer(r.h)
+	front.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context { return r.h.WithOriginalDst(ctx, app) }
+	front.Start()
+	defer front.Close()
+	resp, err := http.Get(front.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body map[string]string
+	json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != 502 || resp.Header.Get(wellknown.HeaderError) != wellknown.ErrorReset || !strings.Contains(body["message"], "status code 099") {
+		t.Errorf("got %d %v %v, want 502 reset naming the status", resp.StatusCode, resp.Header, body)
+	}
+	port := strconv.Itoa(int(app.Port()))
+	if metrics := gather(t, r.m); !strings.Contains(metrics, `minimesh_requests_total{code="502",destination="`+port+`",direction="inbound",method="GET"} 1`) {
+		t.Errorf("502 not counted:\n%s", grep(metrics, "minimesh_requests_total"))
+	}
+}
