@@ -527,6 +527,13 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		st.admitted(breaker.ErrIgnored)
 		st.admitted = nil
 	}
+	if b := &st.body; b.ReadCloser != nil && !b.ended {
+		// A response whose way to the app was cut by a panic (a
+		// ResponseWriter's, a ReverseProxy's): its try ends here, or its
+		// breaker would wait for the outcome for ever (a half-open one
+		// for good) and its endpoint count it in flight.
+		_ = b.Close()
+	}
 	h.observe(r, st)
 	h.logAccess(r, st)
 }

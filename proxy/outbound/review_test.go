@@ -148,3 +148,50 @@ func TestRetryOnStatusOutsideFailOn(t *testing.T) {
 		t.Fatalf("status %d after %d tries, want 200 after 2", code, hits.Load())
 	}
 }
+
+// panicWriter is a ResponseWriter whose Write panics, on the handler's
+// goroutine, as a writer of a ReverseProxy's copy may.
+type panicWriter struct{ *httptest.ResponseRecorder }
+
+func (panicWriter) Write([]byte) (int, error) { panic("Write refused") }
+
+// TestPanicOnTheWayEndsTheTry: a panic between the upstream's answer and
+// the app ends the try all the same: with consecutiveFailures 1 the 500
+// it carried opens the breaker, and the next request is refused without
+// reaching the upstream. Unended, the try would hold the breaker (for
+// good, were it half-open) and its endpoint's in-flight count.
+func TestPanicOnTheWayEndsTheTry(t *testing.T) {
+	for _, viaRP := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fastProxy", true: "ReverseProxy"}[viaRP], func(t *testing.T) {
+			var hits atomic.Int32
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				hits.Add(1)
+				w.WriteHeader(http.StatusInternalServerError)
+				// Longer than one read: the panic comes before the body's end.
+				_, _ = w.Write([]byte(strings.Repeat("oops", 64<<10)))
+			}))
+			defer up.Close()
+			pols, err := policy.Decode("p.yaml", []byte(pol("geo", "geo-service", "1")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, _ := url.Parse(up.URL)
+			h := New(Config{Metrics: telemetry.New(0), Resolve: map[string]string{"geo-service:8000": u.Host}, Namespace: "default"},
+				policy.NewTable(pols, "default"))
+			h.rpOnly.Store(viaRP)
+			func() {
+				defer func() {
+					if recover() == nil {
+						t.Fatal("the writer's panic did not come through")
+					}
+				}()
+				h.ServeHTTP(panicWriter{httptest.NewRecorder()}, httptest.NewRequest(http.MethodGet, "http://geo-service:8000/", nil))
+			}()
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://geo-service:8000/", nil))
+			if w.Code != http.StatusServiceUnavailable || w.Header().Get(wellknown.HeaderError) != wellknown.ErrorCircuitOpen || hits.Load() != 1 {
+				t.Fatalf("after the panic: %d %q, upstream hit %d times; want 503 circuit-open and 1 hit", w.Code, w.Header().Get(wellknown.HeaderError), hits.Load())
+			}
+		})
+	}
+}
