@@ -199,6 +199,7 @@ type reqState struct {
 	headers time.Time // when the response headers were ready
 	span    trace.Span
 	sc      trace.SpanContext
+	late    bool // the app's response body failed after its headers
 	in      countingBody
 	out     countingWriter
 }
@@ -215,7 +216,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// one meant for the sidecar itself: never forwarded.
 		panic(http.ErrAbortHandler)
 	}
-	if h.draining.Load() {
+	if h.draining.Load() && r.Header.Get("Upgrade") == "" {
+		// Not on an upgrade's answer: a 101 must say Connection: Upgrade.
 		w.Header().Set("Connection", "close")
 	}
 	st := &reqState{c: c, start: start, code: http.StatusBadGateway}
@@ -242,7 +244,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.sc = st.span.SpanContext()
 	}
 	defer h.finish(r, st)
-	if r.Method == http.MethodConnect || r.URL.Scheme != "" && r.URL.Scheme != "http" || r.URL.Opaque != "" {
+	if r.Method == http.MethodConnect || r.URL.Scheme != "" || r.URL.Host != "" || r.URL.Opaque != "" {
 		// A proxy's request on a connection that began as plain HTTP: the
 		// app is no proxy here (a first request of this kind is relayed
 		// as opaque TCP, like any protocol the sidecar does not speak).
@@ -276,11 +278,17 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 			pr.Out.Header[k] = v
 		}
 	}
+	// The app always gets the request ID, even one the caller named as a
+	// hop-by-hop field (Connection: X-Request-ID).
+	pr.Out.Header[requestIDKey] = []string{st.id}
 	if tr := h.cfg.Tracing; tr != nil {
 		// The app's own server span hangs under the sidecar's.
 		tr.Inject(pr.Out.Context(), pr.Out.Header)
 	}
 }
+
+// requestIDKey is X-Request-ID as a Header's map holds it.
+var requestIDKey = http.CanonicalHeaderKey(wellknown.HeaderRequestID)
 
 var forwardedHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
@@ -293,14 +301,35 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	st := resp.Request.Context().Value(stateKey{}).(*reqState)
 	st.code, st.headers = resp.StatusCode, time.Now()
 	resp.Header.Set(wellknown.HeaderRequestID, st.id)
+	if resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
+		resp.Body = &lateBody{ReadCloser: resp.Body, st: st, req: resp.Request.Context()}
+	}
 	// The app closing its connection (Connection: close, as a Go server
 	// does once it is shutting down) is passed on to the caller: its
 	// connection ends at this sidecar, and would otherwise stay with a pod
 	// whose app is going away after the endpoints have forgotten it.
-	if h.draining.Load() || resp.Close {
+	if resp.StatusCode != http.StatusSwitchingProtocols && (h.draining.Load() || resp.Close) {
 		resp.Header.Set("Connection", "close")
 	}
 	return nil
+}
+
+// lateBody notes an app's response body that fails after its headers
+// (the app crashed, reset, or sent less than it announced), for finish:
+// the failure it is, not the app's status. A read that fails because the
+// caller went away is the caller's.
+type lateBody struct {
+	io.ReadCloser
+	st  *reqState
+	req context.Context
+}
+
+func (b *lateBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.req.Err() == nil {
+		b.st.late = true
+	}
+	return n, err
 }
 
 // badStatusError is an app's answer with a status under 100.
@@ -313,14 +342,25 @@ func (e *badStatusError) Error() string {
 // serveError answers a request the app could not be reached for.
 func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
 	st := r.Context().Value(stateKey{}).(*reqState)
-	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+	gone := errors.Is(err, context.Canceled) && r.Context().Err() != nil
+	bodyErr := st.in.failure()
+	if gone || bodyErr != nil && callerGone(bodyErr) {
+		// The caller went away, perhaps in the middle of its request body
+		// (which the transport may report before the server cancels the
+		// request): its failure, not the app's.
 		st.code, st.headers = statusClientClosed, time.Now()
 		return // nobody is listening
 	}
 	code, kind, msg := http.StatusBadGateway, wellknown.ErrorReset, "the app at "+st.c.text+" closed the connection before its response: "+err.Error()
+	if bodyErr != nil {
+		// A request body the server could not read (bad chunked framing):
+		// the caller's fault, as on the outbound path.
+		code, kind, msg = http.StatusBadRequest, wellknown.ErrorBadRequest, "the request body could not be read: "+bodyErr.Error()
+	}
 	var de *dialError
 	var bs *badStatusError
 	switch {
+	case bodyErr != nil:
 	case errors.As(err, &bs):
 		msg = "the app at " + st.c.text + " answered with a " + bs.Error()
 	case errors.Is(err, errOwnPort):
@@ -362,6 +402,11 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 	end := time.Now()
 	if st.headers.IsZero() {
 		st.headers = end
+	}
+	if st.late && st.errKind == "" {
+		// The caller got a status, then a body cut short: for the metrics,
+		// the span and the log line, the failure it was (as outbound).
+		st.code, st.errKind = http.StatusBadGateway, wellknown.ErrorReset
 	}
 	st.c.metric.Observe(r.Method, st.code, st.headers.Sub(st.start).Seconds())
 	if st.span != nil {
@@ -450,13 +495,32 @@ func endSpan(s trace.Span, code int, errKind string) {
 // transport may read it from its own goroutine after the handler returns.
 type countingBody struct {
 	io.ReadCloser
-	n atomic.Int64
+	n   atomic.Int64
+	err atomic.Pointer[error] // the first read error but io.EOF
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	if err != nil && err != io.EOF && b.err.Load() == nil {
+		b.err.Store(&err)
+	}
 	return n, err
+}
+
+// failure is the error the caller's request body ended in, or nil.
+func (b *countingBody) failure() error {
+	if p := b.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// callerGone reports whether a request body's error is its caller going
+// away (a body cut short, a reset) rather than bytes the server refused.
+func callerGone(err error) bool {
+	var ne *net.OpError
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.Canceled) || errors.As(err, &ne)
 }
 
 // countingWriter counts the response body bytes the caller was sent.
