@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
@@ -161,6 +163,11 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		st.grpcStatus = -1
 	}
 	resp, err := t.RoundTrip(out)
+	if err == nil && st.in.ReadCloser != nil {
+		// --request-body-timeout is for an upload the upstream waits
+		// for: once it answers, a quiet app is a stream's business.
+		st.in.answered.Store(true)
+	}
 	if timer != nil && !timer.Stop() && err == nil {
 		// The timer fired as the headers arrived: the body is already
 		// cancelled, so this try timed out.
@@ -254,9 +261,29 @@ func refusal(err error, st *reqState, ctx context.Context) error {
 		return &clientError{err}
 	}
 	if berr := st.in.failed(); berr != nil {
+		if appGone(berr) {
+			return errClientGone
+		}
 		return &clientError{berr}
 	}
 	return nil
+}
+
+// appGone reports whether a failed read of the app's request body is the
+// app going away (its connection closed or reset mid-body, its HTTP/2
+// stream reset) rather than bytes the server refused (bad chunked
+// framing, a body over the limit): the transport may report it before
+// the server cancels the request.
+func appGone(err error) bool {
+	var ne *net.OpError
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.Canceled) || errors.As(err, &ne) {
+		return true
+	}
+	// net/http's HTTP/2 server, whose error types are its own: a stream
+	// the app reset (RST_STREAM CANCEL as it cancels a call), or its
+	// connection gone.
+	msg := err.Error()
+	return strings.HasPrefix(msg, "stream error: ") || msg == "client disconnected"
 }
 
 // upstreamBody is a response body on its way to the app. It tells the
@@ -300,6 +327,13 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 			}
 		}
 		b.end(b.verdict)
+		if in := &b.st.in; in.ReadCloser != nil && !in.ended.Load() {
+			// The exchange is over while the app still sends (a stream's
+			// client that waits for the status): its body's pending read
+			// must end, or the transport waits for it before the
+			// trailers can go to the app.
+			in.abandon(b.st.out.ResponseWriter)
+		}
 		return n, err
 	}
 	class, gone := classify(err, b.try, b.req)
@@ -412,10 +446,30 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	if st.replay != nil && !st.replay.replayable() {
 		return false
 	}
-	if st.dest.breaker != nil && st.dest.breaker.State() == breaker.Open {
-		return false // hand the client the real answer, not a 503
+	b := st.dest.breaker
+	if b == nil {
+		return st.dest.budget.Withdraw()
 	}
-	return st.dest.budget.Withdraw()
+	// The breaker hears this try's outcome (judged by its status) before
+	// it is asked for the next try's permission, which is taken now: a
+	// retry must not walk into the breaker this try opened, nor find a
+	// half-open breaker's probes taken, after the upstream's real answer
+	// was drained; the app gets that answer instead of a 503.
+	if resp != nil {
+		if ub, ok := resp.Body.(*upstreamBody); ok && !ub.ended {
+			ub.end(ub.verdict)
+		}
+	}
+	done, err := b.Allow()
+	if err != nil {
+		return false
+	}
+	if !st.dest.budget.Withdraw() {
+		done(breaker.ErrIgnored)
+		return false
+	}
+	st.admitted = done
+	return true
 }
 
 func idempotent(req *http.Request) bool {

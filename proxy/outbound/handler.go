@@ -693,7 +693,8 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	if context.Cause(r.Context()) == errBodyTimeout {
 		err = &clientError{&bodyTimeoutError{}}
 		w.Header().Set("Connection", "close")
-	} else if errors.Is(err, context.Canceled) && r.Context().Err() != nil && context.Cause(r.Context()) != errTimeout {
+	} else if errors.Is(err, context.Canceled) && context.Cause(r.Context()) != errTimeout &&
+		(r.Context().Err() != nil || st.in.gone()) {
 		st.code = statusClientClosed
 		return // nobody is listening
 	}

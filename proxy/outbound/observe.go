@@ -29,6 +29,10 @@ type countingBody struct {
 	n     atomic.Int64
 	err   atomic.Pointer[error]
 	ended atomic.Bool // read to its end, or failed
+	// answered: the upstream's response headers arrived, and the app's
+	// silence is the exchange's business (a bidirectional stream), not
+	// a stalled upload's.
+	answered atomic.Bool
 
 	mu        sync.Mutex // held through each read, so abandon can wait one out
 	abandoned bool
@@ -80,6 +84,13 @@ func (b *countingBody) abandon(w http.ResponseWriter) {
 	b.mu.Unlock()
 }
 
+// gone reports whether a read of the app's body failed because the app
+// went away.
+func (b *countingBody) gone() bool {
+	err := b.failed()
+	return err != nil && appGone(err)
+}
+
 // failed returns the error of a read of the app's body that failed, or nil.
 func (b *countingBody) failed() error {
 	if e := b.err.Load(); e != nil {
@@ -108,7 +119,7 @@ type bodyWatch struct {
 }
 
 func (w *bodyWatch) fire() {
-	if w.b.ended.Load() {
+	if w.b.ended.Load() || w.b.answered.Load() {
 		return
 	}
 	if n := w.b.n.Load(); n != w.last {

@@ -94,7 +94,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are closed as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")
 	fs.IntVar(&maxInboundConns, "max-inbound-connections", sidecar.DefaultMaxConnections, "most connections the inbound listener holds at once; more are reset as soon as accepted and counted in minimesh_connections_refused_total{listener=\"inbound\"} (0: no limit)")
 	fs.StringVar(&cgroupRoot, "cgroup-root", memlimit.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
-	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it before the sidecar answers 408 and releases the upstream connection (0: no limit)")
+	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it, while the upstream has not answered, before the sidecar answers 408 and releases the upstream connection (0: no limit)")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.Var(opaque, "opaque-ports", "ports (and ranges, 8000-8010) whose redirected connections are relayed as opaque TCP at once, without protocol detection: protocols whose server speaks first; replaces the default list (empty: none)")
