@@ -93,10 +93,20 @@ func (t *Tracing) Extract(ctx context.Context, h http.Header) context.Context {
 }
 
 // Inject writes the current span's context into an outgoing request, so
-// the upstream's server span hangs under the sidecar's.
+// the upstream's server span hangs under the sidecar's. The B3 fields it
+// does not write go first: a caller's single b3 header (which B3
+// libraries read before the others), its parent and debug flag would
+// otherwise name the caller's span beside the sidecar's.
 func (t *Tracing) Inject(ctx context.Context, h http.Header) {
+	for _, k := range staleB3 {
+		delete(h, k)
+	}
 	t.prop.Inject(ctx, propagation.HeaderCarrier(h))
 }
+
+// staleB3 are the B3 fields the propagator's multiple-header injection
+// leaves as they were, as http.Header holds them.
+var staleB3 = [...]string{"B3", "X-B3-Parentspanid", "X-B3-Flags"}
 
 // Start starts a CLIENT span.
 func (t *Tracing) Start(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
