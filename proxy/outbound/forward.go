@@ -132,6 +132,10 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		c.Body, c.ContentLength = body, n
 		out = &c
 	}
+	// The upstream always gets the request ID, one the app named as a
+	// hop-by-hop field (Connection: X-Request-ID) too, which forwarding
+	// drops with the others.
+	out.Header[requestIDKey] = st.idValue()
 	ep, epStart := pickEndpoint(req, st)
 	ctx := req.Context()
 	var span trace.Span

@@ -1,8 +1,10 @@
 package outbound_test
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -322,5 +324,31 @@ func TestQueryPassesThrough(t *testing.T) {
 		if got := rec.last(t).RequestURI; got != uri {
 			t.Errorf("upstream got %q, app sent %q", got, uri)
 		}
+	}
+}
+
+// TestRequestIDNotHopByHop: an app naming X-Request-ID in Connection does
+// not strip it from the upstream's request, on either transport: the
+// upstream always gets the ID the app gets back.
+func TestRequestIDNotHopByHop(t *testing.T) {
+	for _, p := range []struct {
+		name string
+		opts []sidecarOpt
+	}{{"fast", nil}, {"std-transport", []sidecarOpt{withStdTransport()}}} {
+		t.Run(p.name, func(t *testing.T) {
+			got := make(chan []string, 1)
+			u := newUpstream(t, func(_ http.ResponseWriter, r *http.Request, _ int64) { got <- r.Header.Values("X-Request-Id") })
+			sc := startSidecar(t, "", resolve(u.Host(), geo), p.opts...)
+			c := dialSidecar(t, sc)
+			io.WriteString(c, "GET http://"+geo+"/ HTTP/1.1\r\nHost: "+geo+"\r\nConnection: keep-alive, X-Request-ID\r\nX-Request-ID: caller-id\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if ids := <-got; len(ids) != 1 || ids[0] != "caller-id" || resp.Header.Get("X-Request-Id") != "caller-id" {
+				t.Errorf("upstream saw X-Request-ID %q, app got back %q; want caller-id both", ids, resp.Header.Get("X-Request-Id"))
+			}
+		})
 	}
 }
