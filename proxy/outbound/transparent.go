@@ -163,7 +163,13 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 // minimesh_tcp_*_bytes_total as they pass, and returns them and the
 // result of minimesh_tcp_connections_total.
 func (h *Handler) relayConn(client net.Conn, early []byte, up net.Conn, dst *destination) (sent, received int64, result string) {
-	h.tunnels.add(client, up)
+	if !h.tunnels.add(client, up) {
+		// Dialled after the drain closed the others: it would outlive
+		// the drain unseen.
+		client.Close()
+		up.Close()
+		return 0, 0, tcpShutdown
+	}
 	defer h.tunnels.remove(client, up)
 	bytes := dst.metrics.TCP()
 	if len(early) > 0 {

@@ -375,3 +375,36 @@ func TestServeTCPIdleTimeout(t *testing.T) {
 	}
 	r.waitMetric(1, "minimesh_tcp_connections_total", "destination", upAddr, "result", "idle-timeout")
 }
+
+// TestServeTCPAfterDrain: a relay whose dial ends after the drain closed
+// those left is ended at once (result shutdown), not left running unseen
+// until the process exits.
+func TestServeTCPAfterDrain(t *testing.T) {
+	upAddr, _ := echoServer(t)
+	r := newRig(t, "", 0)
+	orig := netip.MustParseAddrPort(upAddr)
+	addr := r.tcpListener(outbound.TCPConn{Original: orig, Protocol: "unknown"})
+	held, err := net.Dial("tcp", addr) // open through the drain
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, err := held.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	r.waitMetric(1, "minimesh_tcp_sent_bytes_total", "destination", upAddr)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the drain's time is up at once: it closes the relay left
+	r.h.Drain(ctx)
+	r.waitMetric(1, "minimesh_tcp_connections_total", "destination", upAddr, "result", "shutdown")
+	late, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	_ = late.SetDeadline(time.Now().Add(5 * time.Second))
+	if got, _ := io.ReadAll(late); len(got) != 0 {
+		t.Errorf("a relay made after the drain answered %q", got)
+	}
+	r.waitMetric(2, "minimesh_tcp_connections_total", "destination", upAddr, "result", "shutdown")
+}

@@ -191,18 +191,25 @@ func closeWrite(c net.Conn) {
 // tunnels tracks open tunnels: http.Server.Shutdown does not see hijacked
 // connections, so draining must wait for them itself.
 type tunnels struct {
-	mu    sync.Mutex
-	conns map[net.Conn]net.Conn
-	idle  chan struct{} // closed when the last tunnel ends, during drain
+	mu     sync.Mutex
+	conns  map[net.Conn]net.Conn
+	idle   chan struct{} // closed when the last tunnel ends, during drain
+	closed bool          // the drain closed those left: no more
 }
 
-func (t *tunnels) add(client, up net.Conn) {
+// add tracks a tunnel or relay. False when the drain has closed those
+// left already (one whose dial ended after that): the caller ends it.
+func (t *tunnels) add(client, up net.Conn) bool {
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
 	if t.conns == nil {
 		t.conns = map[net.Conn]net.Conn{}
 	}
 	t.conns[client] = up
-	t.mu.Unlock()
+	return true
 }
 
 func (t *tunnels) remove(client, up net.Conn) {
@@ -239,6 +246,7 @@ func (h *Handler) Drain(ctx context.Context) {
 	case <-ctx.Done():
 		h.closing.Store(true)
 		t.mu.Lock()
+		t.closed = true
 		for c, up := range t.conns {
 			c.Close()
 			up.Close()
