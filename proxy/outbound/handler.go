@@ -90,7 +90,7 @@ type Handler struct {
 	closing atomic.Bool
 	// relays counts ServeTCP calls in flight, so that the drain can wait
 	// for the log lines of the relays it closed.
-	relays sync.WaitGroup
+	relays inflight
 	log    *slog.Logger
 	// rpOnly sends every request through rp, fastProxy's requests too:
 	// for the test that compares the two.

@@ -126,8 +126,8 @@ const (
 // flow both ways, half-closes passed on, until both sides are done or
 // nothing moved for TCPIdleTimeout. It ends with a metric and a log line.
 func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
-	h.relays.Add(1)
-	defer h.relays.Done()
+	h.relays.add()
+	defer h.relays.done()
 	start := time.Now()
 	addr := c.Original.String()
 	authority := addr

@@ -101,9 +101,9 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	if n := buf.Reader.Buffered(); n > 0 {
 		early, _ = buf.Reader.Peek(n)
 	}
-	h.relays.Add(1)
+	h.relays.add()
 	go func() {
-		defer h.relays.Done()
+		defer h.relays.done()
 		sent, received, result := h.relayConn(client, early, up, dst)
 		st.in.n.Store(sent)
 		st.out.n = received
@@ -256,13 +256,49 @@ func (h *Handler) Drain(ctx context.Context) {
 	// The opaque relays closed above end at once; their metric and log
 	// line follow (bounded: a relay still dialling ends with its connect
 	// timeout, and the process does not wait for it).
-	relays := make(chan struct{})
-	go func() { h.relays.Wait(); close(relays) }()
 	select {
-	case <-relays:
+	case <-h.relays.idle():
 	case <-time.After(relayLogGrace):
 	}
 }
 
 // relayLogGrace bounds the drain's wait for the relays it closed.
 const relayLogGrace = time.Second
+
+// inflight counts relays in flight (ServeTCP calls, tunnels), so that the
+// drain can wait for the log lines of those it closed. Unlike a
+// sync.WaitGroup's, its count may rise while the drain waits (a
+// connection accepted as the listener closed).
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{} // closed when n falls to 0, while the drain waits
+}
+
+func (f *inflight) add() {
+	f.mu.Lock()
+	f.n++
+	f.mu.Unlock()
+}
+
+func (f *inflight) done() {
+	f.mu.Lock()
+	if f.n--; f.n == 0 && f.zero != nil {
+		close(f.zero)
+		f.zero = nil
+	}
+	f.mu.Unlock()
+}
+
+// idle returns a channel closed once none is in flight.
+func (f *inflight) idle() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := make(chan struct{})
+	if f.n == 0 {
+		close(c)
+	} else {
+		f.zero = c
+	}
+	return c
+}
