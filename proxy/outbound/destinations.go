@@ -123,22 +123,7 @@ func (d *destinations) newService(services map[string]*destination, name string,
 		svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
 	}
 	if len(services) >= maxServices {
-		// Past the cap, new destinations share one service: no breaker,
-		// one retry budget, so retries stay bounded however many hosts an
-		// app calls.
-		if o := services[overflowName]; o != nil {
-			return o
-		}
-		if !d.overflow {
-			d.overflow = true
-			d.onWarn("too many destinations; new ones get no circuit breaker", "limit", maxServices, "destination", name)
-		}
-		svc.name, svc.metrics = overflowName, d.metrics.Destination(telemetry.Other)
-		if svc.budget == nil {
-			svc.budget = retry.NewBudget(policy.DefaultBudgetRatio, policy.DefaultBudgetMinPerSecond)
-		}
-		services[overflowName] = svc
-		return svc
+		return d.overflowService(services, name, pol)
 	}
 	m := svc.metrics
 	svc.lb = d.eps.forService(name, d.namespace, pol, m)
@@ -146,6 +131,27 @@ func (d *destinations) newService(services map[string]*destination, name string,
 		m.Transition(from.String(), to.String())
 	})
 	services[serviceKey(name, pol)] = svc
+	return svc
+}
+
+// overflowService is the one service of the destinations past
+// maxServices: no breaker, one retry budget, so retries stay bounded
+// however many hosts an app calls. mu is held.
+func (d *destinations) overflowService(services map[string]*destination, name string, pol *policy.ResiliencePolicy) *destination {
+	if o := services[overflowName]; o != nil {
+		return o
+	}
+	if !d.overflow {
+		d.overflow = true
+		d.onWarn("too many destinations; new ones get no circuit breaker", "limit", maxServices, "destination", name)
+	}
+	svc := &destination{name: overflowName, policy: pol, metrics: d.metrics.Destination(telemetry.Other)}
+	if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
+		svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
+	} else {
+		svc.budget = retry.NewBudget(policy.DefaultBudgetRatio, policy.DefaultBudgetMinPerSecond)
+	}
+	services[overflowName] = svc
 	return svc
 }
 
@@ -159,9 +165,15 @@ func (d *destinations) setTable(t *policy.Table) {
 	old := *d.byAuthority.Load()
 	services := make(map[string]*destination, len(d.services))
 	next := make(map[string]authEntry, len(old))
-	for authority := range old {
+	for authority, e := range old {
 		pol := t.Lookup(authority)
 		name := canonical(authority, d.namespace)
+		if e.dst.name == overflowName {
+			// Past the cap it stays: rebuilt while the new map fills,
+			// it would take a breaker of its own, more at each reload.
+			next[authority] = authEntry{authority, d.overflowService(services, name, pol)}
+			continue
+		}
 		key := serviceKey(name, pol)
 		svc := services[key]
 		if svc == nil {
