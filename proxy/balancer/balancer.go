@@ -230,6 +230,9 @@ func (b *Balancer) SetConfig(cfg Config) {
 	b.cfg.Store(&c)
 }
 
+// Config is the ejection policy in force, normalized.
+func (b *Balancer) Config() Config { return *b.cfg.Load() }
+
 // now is the time in nanoseconds since the balancer's epoch. With the real
 // clock it is time.Since, which reads only the monotonic clock: half the
 // cost of time.Now, which reads the wall clock too.

@@ -126,7 +126,7 @@ func (d *destinations) newService(services map[string]*destination, name string,
 		return d.overflowService(services, name, pol)
 	}
 	m := svc.metrics
-	svc.lb = d.eps.forService(name, d.namespace, pol, m)
+	svc.lb = d.eps.forService(name, d.namespace, d.table.Lookup(name), m)
 	svc.breaker = breaker.New(name, pol.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
 		m.Transition(from.String(), to.String())
 	})
@@ -180,7 +180,7 @@ func (d *destinations) setTable(t *policy.Table) {
 			prev := d.services[key]
 			if prev != nil && reflect.DeepEqual(prev.policy.Spec.CircuitBreaker, pol.Spec.CircuitBreaker) {
 				svc = &destination{name: name, policy: pol, breaker: prev.breaker, metrics: prev.metrics,
-					lb: d.eps.forService(name, d.namespace, pol, prev.metrics)}
+					lb: d.eps.forService(name, d.namespace, t.Lookup(name), prev.metrics)}
 				if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
 					svc.budget = prev.budget
 					if svc.budget == nil || prev.policy.Spec.Retries == nil || prev.policy.Spec.Retries.Budget != r.Budget {

@@ -50,7 +50,10 @@ func (e *endpoints) slot(key string) *lbSlot {
 }
 
 // forService is the balancer of destination name (canonical, with port)
-// in namespace ns, configured from pol; nil when name is no Service.
+// in namespace ns, configured from pol; nil when name is no Service. The
+// Service's spellings share it: pol is the policy of its canonical name
+// for all of them, so that which spelling was built last does not decide
+// its ejection settings.
 func (e *endpoints) forService(name, ns string, pol *policy.ResiliencePolicy, m *telemetry.Destination) *balancer.Balancer {
 	key, ok := endpointKey(name, ns)
 	if !ok {

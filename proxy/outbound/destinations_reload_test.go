@@ -40,3 +40,39 @@ func TestBreakerCapKeptOnReload(t *testing.T) {
 		t.Errorf("a destination past the cap is %q with breaker %v after the reloads", o.name, o.breaker != nil)
 	}
 }
+
+// TestSpellingsShareOneEjectionPolicy: two spellings of one Service with
+// policies of their own share its balancer, whose ejection settings come
+// from the short name's policy whichever spelling was built last: they
+// flipped at random between identical reloads (22 of 50 one way).
+func TestSpellingsShareOneEjectionPolicy(t *testing.T) {
+	pols, err := policy.Decode("p.yaml", []byte(`apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: short}
+spec:
+  service: auth-service
+  outlierDetection: {consecutiveFailures: 3}
+---
+apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: long}
+spec:
+  service: auth-service.default.svc.cluster.local
+  outlierDetection: {consecutiveFailures: 9}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := policy.NewTable(pols, "default")
+	d := newDestinations("default", table, telemetry.New(0), func(string, ...any) {})
+	short, long := d.get("auth-service:80"), d.get("auth-service.default.svc.cluster.local:80")
+	if short.lb == nil || short.lb != long.lb {
+		t.Fatal("the two spellings do not share the Service's balancer")
+	}
+	for reload := range 50 {
+		if got := d.get("auth-service.default.svc.cluster.local:80").lb.Config().ConsecutiveFailures; got != 3 {
+			t.Fatalf("reload %d: the balancer ejects after %d failures, want the short name's 3", reload, got)
+		}
+		d.setTable(table)
+	}
+}
