@@ -344,7 +344,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	st := r.Context().Value(stateKey{}).(*reqState)
 	gone := errors.Is(err, context.Canceled) && r.Context().Err() != nil
 	bodyErr := st.in.failure()
-	if gone || bodyErr != nil && callerGone(bodyErr) {
+	if gone || bodyErr != nil && outbound.SenderGone(bodyErr) {
 		// The caller went away, perhaps in the middle of its request body
 		// (which the transport may report before the server cancels the
 		// request): its failure, not the app's.
@@ -514,13 +514,6 @@ func (b *countingBody) failure() error {
 		return *p
 	}
 	return nil
-}
-
-// callerGone reports whether a request body's error is its caller going
-// away (a body cut short, a reset) rather than bytes the server refused.
-func callerGone(err error) bool {
-	var ne *net.OpError
-	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.Canceled) || errors.As(err, &ne)
 }
 
 // countingWriter counts the response body bytes the caller was sent.

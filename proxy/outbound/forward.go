@@ -70,10 +70,6 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			// error body is not worth the wait.
 			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 			resp.Body.Close()
-			// A body cut short as it is drained failed this try (its
-			// breaker heard so), not the request: the answer the app gets
-			// is the next try's.
-			st.late = 0
 		}
 		dst.metrics.Retry(reason(resp, st, class))
 		if ctx := req.Context(); !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max)) {
@@ -265,7 +261,7 @@ func refusal(err error, st *reqState, ctx context.Context) error {
 		return &clientError{err}
 	}
 	if berr := st.in.failed(); berr != nil {
-		if appGone(berr) {
+		if SenderGone(berr) {
 			return errClientGone
 		}
 		return &clientError{berr}
@@ -273,12 +269,12 @@ func refusal(err error, st *reqState, ctx context.Context) error {
 	return nil
 }
 
-// appGone reports whether a failed read of the app's request body is the
-// app going away (its connection closed or reset mid-body, its HTTP/2
+// SenderGone reports whether a failed read of a request body is its
+// sender going away (its connection closed or reset mid-body, its HTTP/2
 // stream reset) rather than bytes the server refused (bad chunked
 // framing, a body over the limit): the transport may report it before
-// the server cancels the request.
-func appGone(err error) bool {
+// the server cancels the request. The inbound path asks it too.
+func SenderGone(err error) bool {
 	var ne *net.OpError
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.Canceled) || errors.As(err, &ne) {
 		return true
@@ -422,7 +418,9 @@ func report(done breaker.Done, outcome error) {
 	}
 }
 
-// retryable decides whether a failed try is tried again.
+// retryable decides whether a failed try is tried again. When it is, the
+// failed try has ended (its outcome reported) and the next one's breaker
+// permission is held in st.admitted, and the retry budget is drawn.
 func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class) bool {
 	// A request that was never sent may go again whatever its method;
 	// one that may have reached the upstream only if repeating it is safe.
@@ -450,19 +448,20 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	if st.replay != nil && !st.replay.replayable() {
 		return false
 	}
-	b := st.dest.breaker
-	if b == nil {
-		return st.dest.budget.Withdraw()
-	}
-	// The breaker hears this try's outcome (judged by its status) before
-	// it is asked for the next try's permission, which is taken now: a
-	// retry must not walk into the breaker this try opened, nor find a
+	// This try is over, judged by its status: its breaker and endpoint
+	// hear so now, and the drain of its body that follows fails nothing
+	// of the request's. Then the next try's permission is taken: a retry
+	// must not walk into the breaker this try opened, nor find a
 	// half-open breaker's probes taken, after the upstream's real answer
 	// was drained; the app gets that answer instead of a 503.
 	if resp != nil {
 		if ub, ok := resp.Body.(*upstreamBody); ok && !ub.ended {
 			ub.end(ub.verdict)
 		}
+	}
+	b := st.dest.breaker
+	if b == nil {
+		return st.dest.budget.Withdraw()
 	}
 	done, err := b.Allow()
 	if err != nil {

@@ -88,7 +88,7 @@ func (b *countingBody) abandon(w http.ResponseWriter) {
 // went away.
 func (b *countingBody) gone() bool {
 	err := b.failed()
-	return err != nil && appGone(err)
+	return err != nil && SenderGone(err)
 }
 
 // failed returns the error of a read of the app's body that failed, or nil.
