@@ -29,6 +29,26 @@ func recorded(t *testing.T, r *rig) string {
 	}
 }
 
+// exchange sends raw, one request as the bytes of a caller, on a
+// connection of its own, and returns the answer's head.
+func (r *rig) exchange(t *testing.T, raw string) *http.Response {
+	t.Helper()
+	c, err := net.Dial("tcp", r.front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
 // TestAppBodyCutAfterHeaders: an app that sends its status and then fails
 // (here: dies 7 bytes or 64 KiB into a body of a million) is recorded as
 // the 502 reset it was, in the metric and the log line, not as its 200.
@@ -89,17 +109,7 @@ func TestMalformedRequestBody(t *testing.T) {
 		io.Copy(io.Discard, req.Body)
 		io.WriteString(w, "ok")
 	}), Config{})
-	c, err := net.Dial("tcp", r.front)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resp := r.exchange(t, "POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
 	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(wellknown.HeaderError) != wellknown.ErrorBadRequest {
 		t.Errorf("bad chunked framing: %d %q, want 400 bad-request", resp.StatusCode, resp.Header.Get(wellknown.HeaderError))
 	}
@@ -145,19 +155,9 @@ func TestUpgradeWhileDraining(t *testing.T) {
 // does not strip it from the app's request: the app always gets one.
 func TestRequestIDNotHopByHop(t *testing.T) {
 	r := newRig(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), Config{})
-	c, err := net.Dial("tcp", r.front)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\nConnection: keep-alive, X-Request-ID\r\nX-Request-ID: caller-id\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if got := (<-r.seen).Header.Values(wellknown.HeaderRequestID); len(got) != 1 || got[0] != "caller-id" {
-		t.Errorf("the app saw X-Request-ID %q, want the caller's one", got)
+	resp := r.exchange(t, "GET / HTTP/1.1\r\nHost: app\r\nConnection: keep-alive, X-Request-ID\r\nX-Request-ID: caller-id\r\n\r\n")
+	if got := (<-r.seen).Header.Values(wellknown.HeaderRequestID); len(got) != 1 || got[0] != "caller-id" || resp.Header.Get(wellknown.HeaderRequestID) != "caller-id" {
+		t.Errorf("the app saw X-Request-ID %q, the caller got back %q; want the caller's one both", got, resp.Header.Get(wellknown.HeaderRequestID))
 	}
 }
 
@@ -166,17 +166,7 @@ func TestRequestIDNotHopByHop(t *testing.T) {
 // the Host of its URL.
 func TestAbsoluteFormRefused(t *testing.T) {
 	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "app") }), Config{})
-	c, err := net.Dial("tcp", r.front)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, "GET http://elsewhere.example:15020/debug/config HTTP/1.1\r\nHost: elsewhere.example:15020\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resp := r.exchange(t, "GET http://elsewhere.example:15020/debug/config HTTP/1.1\r\nHost: elsewhere.example:15020\r\n\r\n")
 	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get(wellknown.HeaderError) != wellknown.ErrorBadRequest {
 		t.Errorf("absolute-form http:// request: %d %q, want 400 bad-request", resp.StatusCode, resp.Header.Get(wellknown.HeaderError))
 	}
