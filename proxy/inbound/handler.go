@@ -568,8 +568,8 @@ func (h *Handler) ServeTCP(c *transparent.Conn) {
 	m := h.cfg.Metrics.Inbound(port)
 	if h.own(c.Original) {
 		h.log.Debug("inbound connection to the sidecar's own port refused", "original_dst", c.Original.String(), "client", c.RemoteAddr().String())
+		h.endTCP(m, c, start, resultForbidden, 0, 0) // counted before the reset the caller sees
 		outbound.Abort(c)
-		h.endTCP(m, c, start, resultForbidden, 0, 0)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
@@ -577,8 +577,8 @@ func (h *Handler) ServeTCP(c *transparent.Conn) {
 	cancel()
 	if err != nil {
 		h.log.Debug("inbound connection: the app refused", "original_dst", c.Original.String(), "error", err)
-		outbound.Abort(c)
 		h.endTCP(m, c, start, resultConnect, 0, 0)
+		outbound.Abort(c)
 		return
 	}
 	if !h.track(c, up) {

@@ -114,8 +114,9 @@ func (s *Server) refuse(c net.Conn) {
 	}
 	s.h.log.Debug("connection to the inbound listener itself refused: it serves only redirected connections",
 		"client", c.RemoteAddr().String(), "local", c.LocalAddr().String())
-	outbound.Abort(c)
+	// Counted before the reset: whoever sees the reset sees the count.
 	s.h.cfg.Metrics.Inbound(port).TCPConnection(resultForbidden)
+	outbound.Abort(c)
 }
 
 // Close closes the listener: new connections are refused (without a

@@ -147,8 +147,8 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 	if err != nil {
 		_, kind, _ := errorResponse(err, dst.name)
 		h.log.Debug("opaque connection refused", "destination", dst.name, "original_dst", addr, "error", err)
+		h.endTCP(st, c, kind, 0, 0) // counted before the reset the app sees
 		abort(client)
-		h.endTCP(st, c, kind, 0, 0)
 		return
 	}
 	sent, received, result := h.relayConn(client, nil, up, dst)
