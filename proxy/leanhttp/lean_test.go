@@ -10,12 +10,16 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // The handlers of the differential tests: each answers deterministically
@@ -384,7 +388,7 @@ func TestScanHead(t *testing.T) {
 
 // FuzzScanHead: whatever the scan serves itself and net/http parses is
 // one bodiless request of the common case, of exactly the scanned length,
-// that its server would accept.
+// that its server would accept; newRequest builds the same request.
 func FuzzScanHead(f *testing.F) {
 	for _, r := range requests {
 		f.Add([]byte(r))
@@ -394,20 +398,108 @@ func FuzzScanHead(f *testing.F) {
 		if v != serveLean {
 			return
 		}
-		br := bufio.NewReaderSize(bytes.NewReader(b), len(b)+16)
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			// A target net/url refuses ("/%zz"): the loop hands the head
-			// it kept to net/http, whose 400 it is.
-			return
-		}
-		if consumed := len(b) - br.Buffered(); consumed != n {
-			t.Fatalf("scan: %d bytes, net/http read %d of %q", n, consumed, b)
-		}
-		if !servable(req) {
-			t.Fatalf("scan serves %q, not servable: %+v", b[:n], req)
-		}
+		sameRequest(t, b, n)
 	})
+}
+
+// TestNewRequest: the request built from a scanned head is the one
+// net/http's server would hand its handler, for heads that exercise each
+// of its rules.
+func TestNewRequest(t *testing.T) {
+	heads := []string{
+		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /x/%41?q=%zz&r=1 HTTP/1.1\r\nHost: a:80\r\nX-A: 1\r\nx-a: 2\r\nX-B:\r\nX-C: \t v \t\r\n\r\n",
+		"GET http://b:81/p?q HTTP/1.1\r\nHost: c\r\n\r\n",
+		"GET HTTP://B/ HTTP/1.1\r\nHost: c\r\n\r\n",
+		"GET http://user@b/ HTTP/1.1\r\nHost: c\r\n\r\n",
+		"GET http:/// HTTP/1.1\r\nHost: c\r\n\r\n",
+		"GET /#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET //a/b HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n",
+		"HEAD / HTTP/1.0\r\n\r\n",
+		"HEAD / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+		"HEAD / HTTP/1.0\r\nConnection: keep-alive, close\r\nHost: h\r\n\r\n",
+		"OPTIONS / HTTP/1.1\r\nHost: a\r\nConnection: foo\r\nConnection: CLOSE\r\n\r\n",
+		"DELETE /d HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nPragma: no-cache\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nPragma: no-cache\r\nCache-Control: max-age=1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nPragma: x\r\nPragma: no-cache\r\n\r\n",
+		"GET / HTTP/1.1\r\nhost: a\r\nuser-agent: u\r\nX-REQUEST-ID: r\r\nx_y.z~1: v\r\nTrailer: X\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: [::1]:80\r\nX: \x80\xff\r\n\r\n",
+	}
+	for _, h := range heads {
+		n, v := scanHead([]byte(h))
+		if v != serveLean {
+			t.Fatalf("scanHead(%q) = %v: the test wants heads the loop serves", h, v)
+		}
+		sameRequest(t, []byte(h), n)
+	}
+}
+
+// sameRequest fails unless newRequest, given the scanned head b[:n],
+// builds the request net/http's server would hand its handler, or
+// declines exactly when that server would not serve it as one.
+func sameRequest(t *testing.T, b []byte, n int) {
+	t.Helper()
+	br := bufio.NewReaderSize(bytes.NewReader(b), len(b)+16)
+	want, err := http.ReadRequest(br)
+	got, ok := newRequest(b[:n])
+	if err != nil {
+		// A target net/url refuses ("/%zz"): the loop hands the head to
+		// net/http, whose 400 it is.
+		if ok {
+			t.Fatalf("newRequest(%q) served what http.ReadRequest refuses: %v", b[:n], err)
+		}
+		return
+	}
+	if consumed := len(b) - br.Buffered(); consumed != n {
+		t.Fatalf("scan: %d bytes, net/http read %d of %q", n, consumed, b)
+	}
+	if !serverAccepts(want) {
+		t.Fatalf("scan serves %q, which net/http's server refuses: %+v", b[:n], want)
+	}
+	if !ok {
+		t.Fatalf("newRequest(%q) declined what net/http serves: %+v", b[:n], want)
+	}
+	type fields struct {
+		Method, Proto, Host, RequestURI, URL string
+		URLParts                             url.URL
+		ProtoMajor, ProtoMinor               int
+		Header, Trailer                      http.Header
+		NoBody, Close                        bool
+		ContentLength                        int64
+		TransferEncoding                     []string
+	}
+	of := func(r *http.Request) fields {
+		return fields{r.Method, r.Proto, r.Host, r.RequestURI, r.URL.String(), *r.URL, r.ProtoMajor, r.ProtoMinor,
+			r.Header, r.Trailer, r.Body == http.NoBody, r.Close, r.ContentLength, r.TransferEncoding}
+	}
+	if g, w := of(&got), of(want); !reflect.DeepEqual(g, w) {
+		t.Fatalf("newRequest(%q):\n got  %+v\n want %+v", b[:n], g, w)
+	}
+}
+
+// serverAccepts is what net/http's server checks of a request it read
+// before its handler sees it, and what the loop serves: HTTP/1.x, no
+// body, http or no scheme, valid header names and values (the Host
+// rules are in TestSameAsNetHTTP: ReadRequest removes the field).
+func serverAccepts(req *http.Request) bool {
+	if req.ProtoMajor != 1 || (req.ProtoMinor != 0 && req.ProtoMinor != 1) ||
+		req.Body != http.NoBody || req.ContentLength != 0 || len(req.TransferEncoding) != 0 ||
+		req.URL == nil || (req.URL.Scheme != "" && req.URL.Scheme != "http") {
+		return false
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return false
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // TestClientGoneCancels: a request waiting on its upstream is cancelled

@@ -189,25 +189,3 @@ func equalFold(b []byte, s string) bool {
 	}
 	return true
 }
-
-// servable checks the parsed request against the scan, and does
-// net/http's server-side checks of a request head (the Host header, the
-// header names and values): a request that fails any goes to net/http.
-func servable(req *http.Request) bool {
-	if req.ProtoMajor != 1 || (req.ProtoMinor != 0 && req.ProtoMinor != 1) ||
-		req.Body != http.NoBody || req.ContentLength != 0 || len(req.TransferEncoding) != 0 ||
-		req.URL == nil || (req.URL.Scheme != "" && req.URL.Scheme != "http") {
-		return false
-	}
-	for k, vv := range req.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return false
-		}
-		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return false
-			}
-		}
-	}
-	return true
-}

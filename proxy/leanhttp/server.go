@@ -198,8 +198,7 @@ type conn struct {
 
 	br   *bufio.Reader
 	bw   *bufio.Writer
-	head []byte // the current request's head, as read
-	werr error  // a write to the connection failed
+	werr error // a write to the connection failed
 	// rdl is the read deadline last set (aLongTimeAgo: unknown).
 	rdl time.Time
 
@@ -323,7 +322,7 @@ func (c *conn) serve() {
 	first := true
 	for {
 		if !s.leanable() {
-			handedOff = c.handOff(nil)
+			handedOff = c.handOff()
 			return
 		}
 		if !first && c.br.Buffered() == 0 && !c.hasByte {
@@ -340,21 +339,21 @@ func (c *conn) serve() {
 		case needMore:
 			return // timed out or failed half way: net/http answers none either
 		case handOff:
-			handedOff = c.handOff(nil)
+			handedOff = c.handOff()
 			return
 		}
 		head, _ := c.br.Peek(n)
-		c.head = append(c.head[:0], head...)
-		req, err := http.ReadRequest(c.br)
-		if err != nil || !servable(req) {
-			handedOff = c.handOff(c.head)
+		r, ok := newRequest(head)
+		if !ok {
+			handedOff = c.handOff() // the head is still in the reader
 			return
 		}
+		_, _ = c.br.Discard(n)
 		first = false
 
 		ctx, cancel := context.WithCancel(c.ctx)
-		req = req.WithContext(ctx)
-		req.RemoteAddr = c.remote
+		r.RemoteAddr = c.remote
+		req := r.WithContext(ctx)
 		w := &response{
 			c: c, req: req, handlerHeader: make(http.Header), contentLength: -1,
 			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(hget(req.Header, "Connection"), "keep-alive"),
@@ -579,11 +578,11 @@ func (c *conn) unwatch() {
 }
 
 // handOff gives the connection to the standard server, with the bytes
-// read and not yet served sent first: head, then what the reader holds.
+// read and not yet served (what the reader holds) sent first.
 // It returns true: the connection is no longer the loop's (handed off, or
 // closed when the standard server is).
-func (c *conn) handOff(head []byte) bool {
-	hc := &handoffConn{Conn: c.rwc, head: head, br: c.br, cr: c}
+func (c *conn) handOff() bool {
+	hc := &handoffConn{Conn: c.rwc, br: c.br, cr: c}
 	if c.bw != nil {
 		_ = c.bw.Flush()
 		c.bw.Reset(nil)
@@ -605,17 +604,11 @@ func (c *conn) handOff(head []byte) bool {
 // returns the bytes the loop read and did not serve first.
 type handoffConn struct {
 	net.Conn
-	head []byte
-	br   *bufio.Reader
-	cr   *conn
+	br *bufio.Reader
+	cr *conn
 }
 
 func (c *handoffConn) Read(p []byte) (int, error) {
-	if len(c.head) > 0 {
-		n := copy(p, c.head)
-		c.head = c.head[n:]
-		return n, nil
-	}
 	if c.br != nil {
 		if c.br.Buffered() > 0 || c.cr.hasByte {
 			return c.br.Read(p)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/leanhttp"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
 	"google.golang.org/grpc"
@@ -35,6 +36,27 @@ func BenchmarkProxyGET(b *testing.B) {
 	defer px.Close()
 	pu, _ := url.Parse(px.URL)
 	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), MaxIdleConnsPerHost: 16}}
+	run(b, c, "http://geo-service:8000/")
+}
+
+// BenchmarkProxyGETLean is BenchmarkProxyGET with the lean server loop
+// (--server=lean) in front of the handler.
+func BenchmarkProxyGETLean(b *testing.B) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok"))
+	}))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	h := New(Config{Metrics: telemetry.New(0), Resolve: map[string]string{"geo-service:8000": u.Host}}, policy.NewTable(nil, "default"))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ls := leanhttp.New(&http.Server{Handler: h})
+	go func() { _ = ls.ServeStd() }()
+	go func() { _ = ls.Serve(ln) }()
+	defer ls.Close()
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: ln.Addr().String()}), MaxIdleConnsPerHost: 16}}
 	run(b, c, "http://geo-service:8000/")
 }
 
