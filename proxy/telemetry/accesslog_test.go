@@ -104,3 +104,43 @@ func BenchmarkAccessLog(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestAppendTime: the access log's time is what AppendFormat writes with
+// its layout, across digits, zones, years and the fallback.
+func TestAppendTime(t *testing.T) {
+	east := time.FixedZone("east", 5*3600+1800)
+	for _, tm := range []time.Time{
+		time.Date(2026, 12, 2, 6, 5, 9, 123456789, time.UTC),
+		time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2026, 12, 31, 23, 59, 59, 999999999, east),
+		time.Date(1, 2, 3, 4, 5, 6, 7000, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Unix(0, 0),
+		{},
+	} {
+		if got, want := string(appendTime([]byte("x"), tm)), "x"+tm.UTC().Format(timeLayout); got != want {
+			t.Errorf("appendTime(%v) = %q, want %q", tm, got, want)
+		}
+	}
+}
+
+func FuzzAppendTime(f *testing.F) {
+	f.Add(int64(1764655509), int64(123456789))
+	f.Fuzz(func(t *testing.T, sec, nsec int64) {
+		tm := time.Unix(sec, nsec)
+		if got, want := string(appendTime(nil, tm)), tm.UTC().Format(timeLayout); got != want {
+			t.Fatalf("appendTime(%d, %d) = %q, want %q", sec, nsec, got, want)
+		}
+	})
+}
+
+func BenchmarkAppendTime(b *testing.B) {
+	buf := make([]byte, 0, 64)
+	tm := time.Date(2026, 12, 2, 6, 5, 9, 123456789, time.UTC)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = appendTime(buf[:0], tm)
+	}
+}
