@@ -302,7 +302,7 @@ func fuzzHandlerOnce(t *testing.T, raw []byte, closeWrite, leaks bool) {
 type fuzzRig struct {
 	h         *Handler
 	srv       *http.Server
-	lean      *leanhttp.Server // in front of srv, with MINIMESH_TEST_SERVER=lean
+	lean      *leanhttp.Server // in front of srv, unless MINIMESH_TEST_SERVER=std
 	ln        *countingListener
 	admin     net.Listener
 	adminHits atomic.Int64
@@ -404,7 +404,7 @@ func startFuzzRig(t *testing.T, table *policy.Table) *fuzzRig {
 		IdleTimeout:       200 * time.Millisecond,
 		ErrorLog:          log.New(r.errLog, "", 0),
 	}
-	if proxytest.Server() == "lean" {
+	if proxytest.Server() != "std" {
 		r.lean = leanhttp.New(r.srv)
 		go func() { _ = r.lean.ServeStd() }()
 		go func() { _ = r.lean.Serve(r.ln) }()

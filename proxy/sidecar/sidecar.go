@@ -58,10 +58,10 @@ type Config struct {
 	// body (0: outbound.DefaultRequestBodyTimeout; negative: none).
 	RequestBodyTimeout time.Duration
 	StdTransport       bool
-	// Server is the outbound listener's HTTP/1.x server: ServerStd
-	// (net/http's, the default) or ServerLean (proxy/leanhttp: the
-	// common bodiless request on the connection's goroutine, the rest
-	// handed to net/http's).
+	// Server is the outbound listener's HTTP/1.x server: ServerLean
+	// (proxy/leanhttp, the default: the common bodiless request on the
+	// connection's goroutine, the rest handed to net/http's) or ServerStd
+	// (net/http's alone).
 	Server  string
 	PodName string
 	// OTLPEndpoint is the trace collector (host:port, OTLP/gRPC); empty
@@ -201,7 +201,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 	}
 	switch cfg.Server {
 	case "":
-		cfg.Server = ServerStd
+		cfg.Server = ServerLean
 	case ServerStd, ServerLean:
 	default:
 		return nil, fmt.Errorf("server %q: want %s or %s", cfg.Server, ServerStd, ServerLean)

@@ -88,7 +88,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.StringVar(&accessLog, "access-log", "stdout", "where the JSON access log goes: stdout or off")
 	fs.BoolVar(&cfg.StdTransport, "std-transport", false, "send every request through Go's httputil.ReverseProxy and http.Transport, not the fast path for bodiless GET/HEAD/OPTIONS (a switch for comparison and as a way out)")
 	fs.BoolVar(&rawIO, "raw-io", true, "read and write sockets with raw system calls, which leave Go's monitor thread asleep between requests (a quarter less CPU per request at a steady rate; docs/benchmarks.md); false: net.Conn's own calls, a way out")
-	fs.StringVar(&cfg.Server, "server", sidecar.ServerStd, "the outbound listener's HTTP/1.x server: std (Go's net/http) or lean (bodiless keep-alive requests served on the connection's goroutine, everything else handed to net/http's; docs/benchmarks.md)")
+	fs.StringVar(&cfg.Server, "server", sidecar.ServerLean, "the outbound listener's HTTP/1.x server: lean (bodiless keep-alive requests served on the connection's goroutine, everything else handed to Go's net/http) or std (net/http alone; docs/benchmarks.md)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
 	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are closed as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")

@@ -105,9 +105,10 @@ func WaitReady(adminAddr string, within time.Duration) error {
 
 // ServerEnv names the environment variable with which the test helpers
 // of proxy/outbound and proxy/sidecar choose the outbound listener's
-// HTTP/1.x server: MINIMESH_TEST_SERVER=lean runs their suites on the
-// lean server loop (proxy/leanhttp); unset, on the default.
+// HTTP/1.x server: MINIMESH_TEST_SERVER=std runs their suites on
+// net/http's server alone (`make test` runs them both ways); unset, on
+// the default, the lean server loop (proxy/leanhttp).
 const ServerEnv = "MINIMESH_TEST_SERVER"
 
-// Server is the value of ServerEnv: "lean", "std" or "" (the default).
+// Server is the value of ServerEnv: "std", "lean" or "" (the default).
 func Server() string { return os.Getenv(ServerEnv) }
