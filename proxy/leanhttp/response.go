@@ -31,7 +31,12 @@ import (
 //     Flush, and whenever it fills.
 //
 // Bodies of requests are never involved: the loop only serves requests
-// without one.
+// without one. One difference is left: net/http's response has a
+// ReadFrom, with which io.Copy(w, src) sends the first 512 bytes and then
+// the rest unbuffered (chunked when the length is unknown); this one has
+// none, so io.Copy buffers as Write does (a short body gets a
+// Content-Length). Both are valid framing; the sidecar's handlers call
+// Write.
 type response struct {
 	c   *conn
 	req *http.Request
@@ -246,7 +251,10 @@ func (w *response) SetReadDeadline(t time.Time) error {
 	return w.c.rwc.SetReadDeadline(t)
 }
 
-func (w *response) SetWriteDeadline(t time.Time) error { return w.c.rwc.SetWriteDeadline(t) }
+func (w *response) SetWriteDeadline(t time.Time) error {
+	w.c.wdl = true // cleared after the request, as net/http does
+	return w.c.rwc.SetWriteDeadline(t)
+}
 
 // finish ends the response after the handler returned: net/http's
 // finishRequest.

@@ -201,6 +201,13 @@ type conn struct {
 	werr error // a write to the connection failed
 	// rdl is the read deadline last set (aLongTimeAgo: unknown).
 	rdl time.Time
+	// headDL is the ReadHeaderTimeout deadline of the head being read,
+	// zero when none runs: a connection handed off mid-head keeps it
+	// (handoffConn), as net/http would have.
+	headDL time.Time
+	// wdl: a handler set a write deadline (ResponseController), which
+	// net/http clears after the request.
+	wdl bool
 
 	dateSec int64
 	dateStr [len(http.TimeFormat)]byte
@@ -212,8 +219,13 @@ type conn struct {
 	gone      atomic.Bool
 	cancel    context.CancelFunc // the current request's
 	watchDone chan struct{}
-	hasByte   bool // the watch read a byte of what follows: it comes first
-	byteBuf   [1]byte
+	// wmu orders the watch's clearing of the read deadline before
+	// unwatch's abort: without it the abort could come in between and be
+	// undone, leaving the watch's read, and the response, waiting for
+	// the client.
+	wmu     sync.Mutex
+	hasByte bool // the watch read a byte of what follows: it comes first
+	byteBuf [1]byte
 }
 
 const (
@@ -319,6 +331,7 @@ func (c *conn) serve() {
 	// The first request's head must come within ReadHeaderTimeout of the
 	// connection, as in net/http.
 	c.setReadDeadline(s.Std.ReadHeaderTimeout, time.Now())
+	c.headDL = c.rdl
 	first := true
 	for {
 		if !s.leanable() {
@@ -350,6 +363,7 @@ func (c *conn) serve() {
 		}
 		_, _ = c.br.Discard(n)
 		first = false
+		c.headDL = time.Time{}
 
 		ctx, cancel := context.WithCancel(c.ctx)
 		r.RemoteAddr = c.remote
@@ -372,6 +386,10 @@ func (c *conn) serve() {
 		cancel()
 		w.finish()
 		c.cancel = nil
+		if c.wdl {
+			c.wdl = false
+			_ = c.rwc.SetWriteDeadline(time.Time{})
+		}
 		if c.gone.Load() || !w.shouldReuseConnection() {
 			return
 		}
@@ -405,6 +423,7 @@ func (c *conn) readHead(first bool) (int, verdict) {
 		}
 		if !armed {
 			c.setReadDeadline(c.s.Std.ReadHeaderTimeout, time.Now())
+			c.headDL = c.rdl
 			armed = true
 		}
 		if _, err := c.br.Peek(c.br.Buffered() + 1); err != nil {
@@ -540,10 +559,13 @@ func (s *Server) watchdog() {
 // that arrives instead (a pipelined request) is kept for the loop. The
 // loop ends the read when the request is over (unwatch).
 func (c *conn) watch() {
+	c.wmu.Lock()
 	if !c.wstate.CompareAndSwap(wReq, wWatch) {
+		c.wmu.Unlock()
 		return // the request is over
 	}
 	_ = c.rwc.SetReadDeadline(time.Time{})
+	c.wmu.Unlock()
 	n, err := c.rwc.Read(c.byteBuf[:])
 	if n == 1 {
 		c.hasByte = true
@@ -570,7 +592,9 @@ func (c *conn) unwatch() {
 		return
 	}
 	c.aborted.Store(true)
+	c.wmu.Lock() // after the watch cleared the deadline, not before
 	_ = c.rwc.SetReadDeadline(aLongTimeAgo)
+	c.wmu.Unlock()
 	<-c.watchDone
 	c.aborted.Store(false)
 	c.wstate.Store(wIdle)
@@ -583,6 +607,11 @@ func (c *conn) unwatch() {
 // closed when the standard server is).
 func (c *conn) handOff() bool {
 	hc := &handoffConn{Conn: c.rwc, br: c.br, cr: c}
+	if c.s.Std.ReadTimeout == 0 {
+		// (The standard server then clears the read deadline once it
+		// has read the head, which ends the cap.)
+		hc.headDL = c.headDL
+	}
 	if c.bw != nil {
 		_ = c.bw.Flush()
 		c.bw.Reset(nil)
@@ -592,6 +621,9 @@ func (c *conn) handOff() bool {
 	// The standard server sets its own deadlines; none of the loop's may
 	// linger in the meantime.
 	_ = c.rwc.SetReadDeadline(time.Time{})
+	if c.wdl {
+		_ = c.rwc.SetWriteDeadline(time.Time{})
+	}
 	if !c.s.handoff.Put(hc) {
 		// The standard server is closed: so is the connection.
 		c.rwc.Close()
@@ -606,6 +638,22 @@ type handoffConn struct {
 	net.Conn
 	br *bufio.Reader
 	cr *conn
+	// headDL caps the standard server's read deadlines while it reads
+	// the head the loop began to wait for: its ReadHeaderTimeout, counted
+	// from the hand-off, would otherwise give a slow head up to twice
+	// the time net/http alone allows.
+	headDL time.Time
+}
+
+func (c *handoffConn) SetReadDeadline(t time.Time) error {
+	if !c.headDL.IsZero() {
+		if t.IsZero() {
+			c.headDL = time.Time{} // the head is read
+		} else if t.After(c.headDL) {
+			t = c.headDL
+		}
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *handoffConn) Read(p []byte) (int, error) {
