@@ -335,3 +335,33 @@ func TestTransparentSmoke(t *testing.T) {
 		t.Errorf("%s left behind: %s", mine, list)
 	}
 }
+
+// TestCheckNoCgo: a sidecar binary built with cgo is refused, one built
+// as make build ships it is taken (the same small program, built both
+// ways).
+func TestCheckNoCgo(t *testing.T) {
+	gobin := proc.NeedTool(t, "go")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte("package main\n\nimport \"net\"\n\nfunc main() { _, _ = net.LookupHost(\"localhost\") }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module cgocheck\n\ngo 1.26\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cgo     string
+		refused bool
+	}{{"0", false}, {"1", true}} {
+		bin := filepath.Join(dir, "prog-cgo"+c.cgo)
+		cmd := exec.Command(gobin, "build", "-o", bin, ".")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+c.cgo, "GOFLAGS=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("CGO_ENABLED=%s go build: %v\n%s", c.cgo, err, out)
+		}
+		err := checkNoCgo(bin)
+		if (err != nil) != c.refused {
+			t.Errorf("CGO_ENABLED=%s: checkNoCgo = %v, want refused %v", c.cgo, err, c.refused)
+		}
+	}
+}

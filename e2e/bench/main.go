@@ -233,6 +233,9 @@ func run(ctx context.Context, o *options) (err error) {
 				return err
 			}
 		}
+		if err := checkNoCgo(sidecarBin); err != nil {
+			return err
+		}
 	}
 	if o.want(keyNginx) {
 		if nginxBin, err = tools.Find("nginx"); err != nil {

@@ -198,6 +198,9 @@ func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string,
 		// A leading @PATH is the variant's binary: another build of the
 		// sidecar, measured side by side with this one.
 		bin, words = words[0][1:], words[1:]
+		if err := checkNoCgo(bin); err != nil {
+			return nil, fmt.Errorf("variant %s: %w", name, err)
+		}
 	}
 	for _, f := range words {
 		// Leading NAME=value words are the variant's environment,
@@ -272,6 +275,26 @@ spec:
 
 // binaryVersion says how a Go binary was built: its Go version and the
 // minimesh version linked into it.
+// checkNoCgo refuses a sidecar built with cgo: linked to the C library,
+// it maps libc's and the dynamic loader's pages, 1.5-2 MB more RSS than
+// the same code built as make build ships it (CGO_ENABLED=0): 14.7-15.1
+// against 13.2-13.4 MB at the peak, 2026-12-02 (docs/benchmarks.md).
+// Builds compared side by side (-variant NAME=@PATH) would otherwise
+// differ by their linking, not their code.
+func checkNoCgo(path string) error {
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "CGO_ENABLED" && s.Value == "1" {
+			return fmt.Errorf("%s is built with cgo, which adds 1.5-2 MB of the C library's pages to the RSS measured; "+
+				"build it as make build does: CGO_ENABLED=0 go build -trimpath ./proxy/cmd/minimesh-proxy", path)
+		}
+	}
+	return nil
+}
+
 func binaryVersion(path string) string {
 	bi, err := buildinfo.ReadFile(path)
 	if err != nil {
