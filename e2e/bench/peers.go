@@ -273,8 +273,6 @@ spec:
 `
 }
 
-// binaryVersion says how a Go binary was built: its Go version and the
-// minimesh version linked into it.
 // checkNoCgo refuses a sidecar built with cgo: linked to the C library,
 // it maps libc's and the dynamic loader's pages, 1.5-2 MB more RSS than
 // the same code built as make build ships it (CGO_ENABLED=0): 14.7-15.1
@@ -295,6 +293,8 @@ func checkNoCgo(path string) error {
 	return nil
 }
 
+// binaryVersion says how a Go binary was built: its Go version and the
+// minimesh version linked into it.
 func binaryVersion(path string) string {
 	bi, err := buildinfo.ReadFile(path)
 	if err != nil {

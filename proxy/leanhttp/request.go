@@ -21,8 +21,8 @@ import (
 // as it is read, and the transfer rules of requests with bodies, none of
 // which a head the scan accepted needs. Here the head is one string, the
 // header map is sized once, its values share one slice, and a canonical
-// name (most are) is a substring of the head. FuzzNewRequest holds it to
-// http.ReadRequest field by field.
+// name (most are) is a substring of the head. TestNewRequest and
+// FuzzScanHead hold it to http.ReadRequest field by field.
 //
 // The context, RemoteAddr and the rest of the server's fields are the
 // caller's: it returns the request by value, so that WithContext's copy
