@@ -621,9 +621,6 @@ func (c *conn) handOff() bool {
 	// The standard server sets its own deadlines; none of the loop's may
 	// linger in the meantime.
 	_ = c.rwc.SetReadDeadline(time.Time{})
-	if c.wdl {
-		_ = c.rwc.SetWriteDeadline(time.Time{})
-	}
 	if !c.s.handoff.Put(hc) {
 		// The standard server is closed: so is the connection.
 		c.rwc.Close()
