@@ -23,40 +23,44 @@ import (
 )
 
 // BenchmarkProxyGET measures one keep-alive GET through the handler to a
-// loopback upstream, client and upstream included: compare with
-// BenchmarkDirectGET for the sidecar's share.
+// loopback upstream, client and upstream included, behind net/http's
+// server (--server=std): compare with BenchmarkDirectGET for the
+// sidecar's share.
 func BenchmarkProxyGET(b *testing.B) {
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte("ok"))
-	}))
-	defer up.Close()
-	u, _ := url.Parse(up.URL)
-	h := New(Config{Metrics: telemetry.New(0), Resolve: map[string]string{"geo-service:8000": u.Host}}, policy.NewTable(nil, "default"))
-	px := httptest.NewServer(h)
-	defer px.Close()
-	pu, _ := url.Parse(px.URL)
-	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), MaxIdleConnsPerHost: 16}}
-	run(b, c, "http://geo-service:8000/")
+	proxyGET(b, func(h http.Handler) string {
+		px := httptest.NewServer(h)
+		b.Cleanup(px.Close)
+		return px.Listener.Addr().String()
+	})
 }
 
-// BenchmarkProxyGETLean is BenchmarkProxyGET with the lean server loop
-// (--server=lean) in front of the handler.
+// BenchmarkProxyGETLean is BenchmarkProxyGET behind the lean server loop
+// (--server=lean, the default).
 func BenchmarkProxyGETLean(b *testing.B) {
+	proxyGET(b, func(h http.Handler) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		ls := leanhttp.New(&http.Server{Handler: h})
+		go func() { _ = ls.ServeStd() }()
+		go func() { _ = ls.Serve(ln) }()
+		b.Cleanup(func() { ls.Close() })
+		return ln.Addr().String()
+	})
+}
+
+// proxyGET runs the GET benchmark through the handler behind the server
+// serve starts, which returns its address.
+func proxyGET(b *testing.B, serve func(http.Handler) string) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok"))
 	}))
 	defer up.Close()
 	u, _ := url.Parse(up.URL)
 	h := New(Config{Metrics: telemetry.New(0), Resolve: map[string]string{"geo-service:8000": u.Host}}, policy.NewTable(nil, "default"))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ls := leanhttp.New(&http.Server{Handler: h})
-	go func() { _ = ls.ServeStd() }()
-	go func() { _ = ls.Serve(ln) }()
-	defer ls.Close()
-	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: ln.Addr().String()}), MaxIdleConnsPerHost: 16}}
+	proxy := &url.URL{Scheme: "http", Host: serve(h)}
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxy), MaxIdleConnsPerHost: 16}}
 	run(b, c, "http://geo-service:8000/")
 }
 
