@@ -74,6 +74,7 @@ func startSidecar(t *testing.T, policies string, resolve map[string]string, opts
 		DrainTimeout:   time.Second,
 		Logger:         slog.New(slog.DiscardHandler),
 		Server:         proxytest.Server(),
+		StdTransport:   proxytest.StdTransport(),
 	}
 	if os.Getenv("ITEST_DEBUG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))

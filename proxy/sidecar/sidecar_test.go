@@ -80,6 +80,7 @@ func start(t *testing.T, cfg sidecar.Config) *running {
 	if cfg.Server == "" {
 		cfg.Server = proxytest.Server()
 	}
+	cfg.StdTransport = cfg.StdTransport || proxytest.StdTransport()
 	logs := &syncBuffer{}
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	sc, err := sidecar.Listen(cfg)

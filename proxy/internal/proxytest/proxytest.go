@@ -112,3 +112,12 @@ const ServerEnv = "MINIMESH_TEST_SERVER"
 
 // Server is the value of ServerEnv: "std", "lean" or "" (the default).
 func Server() string { return os.Getenv(ServerEnv) }
+
+// TransportEnv names the environment variable with which the test
+// helpers of proxy/outbound and proxy/sidecar choose the outbound
+// transport: MINIMESH_TEST_TRANSPORT=std sends every request through
+// http.Transport (--std-transport), never the fast path.
+const TransportEnv = "MINIMESH_TEST_TRANSPORT"
+
+// StdTransport reports whether TransportEnv asks for --std-transport.
+func StdTransport() bool { return os.Getenv(TransportEnv) == "std" }
