@@ -48,6 +48,7 @@ type sample struct {
 	lat      map[float64]time.Duration
 	sockets  int64         // connections fortio opened
 	cpu      time.Duration // proxy CPU during the run; 0 for direct
+	user     time.Duration // the user-mode part of cpu
 	hasCPU   bool
 }
 
@@ -57,6 +58,14 @@ func (s sample) cpuPer1k() time.Duration {
 		return 0
 	}
 	return time.Duration(float64(s.cpu) * 1000 / float64(s.requests))
+}
+
+// userPer1k is the user-mode part of cpuPer1k.
+func (s sample) userPer1k() time.Duration {
+	if s.requests == 0 {
+		return 0
+	}
+	return time.Duration(float64(s.user) * 1000 / float64(s.requests))
 }
 
 // loadSpec is one fortio load run.

@@ -101,7 +101,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.runs, "runs", 3, "rounds of runs; the report gives medians")
 	fs.DurationVar(&o.maxDuration, "max-t", 5*time.Second, "duration of each maximum-rate run, direct and through the sidecar, once per round (0: skip)")
 	fs.StringVar(&o.out, "out", filepath.Join("e2e", "bench", "results", "latest.md"), "file to write the Markdown report to (empty: stdout only)")
-	fs.StringVar(&o.scenarios, "scenarios", strings.Join(allKeys, ","), "scenarios to run, from "+strings.Join(allKeys, ",")+" (direct always runs)")
+	fs.StringVar(&o.scenarios, "scenarios", strings.Join(allKeys, ","), "scenarios to run, from "+strings.Join(allKeys, ",")+" (direct always runs), and "+strings.Join(extraKeys, ",")+" if named (the floor of a Go proxy: docs/benchmarks.md)")
 	fs.StringVar(&o.extraArgs, "extra-args", "", "more arguments for `minimesh-proxy run`, split on spaces (e.g. tracing flags)")
 	fs.Var(&o.variants, "variant", "NAME=ARGS: one more sidecar, measured side by side with the others, with these extra arguments (a leading @PATH is its binary, another build; then leading VAR=value words are its environment); $OTLP in ARGS is the -jaeger collector (repeatable)")
 	fs.BoolVar(&o.jaeger, "jaeger", false, "start Jaeger (memory store, loopback) as the trace collector for the variants' $OTLP")
@@ -169,7 +169,7 @@ func parseFlags(args []string) (*options, error) {
 		}
 	}
 	for _, k := range o.scenarioKeys() {
-		if !slices.Contains(allKeys, k) {
+		if !slices.Contains(allKeys, k) && !slices.Contains(extraKeys, k) {
 			return nil, fmt.Errorf("-scenarios: unknown scenario %q", k)
 		}
 	}
@@ -190,6 +190,13 @@ func (o *options) scenarioKeys() []string {
 func (o *options) want(key string) bool { return slices.Contains(o.scenarioKeys(), key) }
 
 func main() {
+	if len(os.Args) == 4 && os.Args[1] == relayArg {
+		if err := runRelay(os.Args[2], os.Args[3]); err != nil {
+			fmt.Fprintln(os.Stderr, "relay:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -334,6 +341,13 @@ func run(ctx context.Context, o *options) (err error) {
 	}
 	if o.want(keyCaddy) {
 		t, err := startCaddy(ctx, ps, caddyBin, dir, upstream)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	if o.want(keyRelay) {
+		t, err := startRelay(ctx, ps, dir, upstream)
 		if err != nil {
 			return err
 		}
@@ -565,7 +579,7 @@ func measure(ctx context.Context, fortio, dir string, t *target, run int, l load
 		if err != nil {
 			return sample{}, fmt.Errorf("%s: %w", t.name, err)
 		}
-		s.cpu, s.hasCPU = after.CPU-before.CPU, true
+		s.cpu, s.user, s.hasCPU = after.CPU-before.CPU, after.User-before.User, true
 	}
 	return s, nil
 }

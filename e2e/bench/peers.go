@@ -72,6 +72,9 @@ const (
 
 var allKeys = []string{keyDirect, keyMinimesh, keyNginx, keyHAProxy, keyCaddy}
 
+// extraKeys are the scenarios that run only when -scenarios names them.
+var extraKeys = []string{keyRelay}
+
 // cleanEnv is the harness's environment without the variables that would
 // change how a child behaves behind its back: MINIMESH_* (each sidecar flag
 // reads one) and HTTP proxy settings. extra is added at the end.

@@ -2,6 +2,8 @@ package proc
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -112,5 +114,39 @@ func TestStatusKB(t *testing.T) {
 	}
 	if got := statusKB([]byte(status), "VmSwap"); got != 0 {
 		t.Errorf("VmSwap = %d, want 0", got)
+	}
+}
+
+// TestGroupUsage reads a fake /proc: two live processes of group 4242
+// (their CPU summed, user time apart), a zombie and another group's
+// process left out.
+func TestGroupUsage(t *testing.T) {
+	root := t.TempDir()
+	for pid, stat := range map[string]string{
+		"4242": "4242 (leader) S 1 4242 4242 0 -1 0 0 0 0 0 100 50 0 0 20 0 1 0 1 1 1\n",
+		"4243": "4243 (worker) S 4242 4242 4242 0 -1 0 0 0 0 0 20 30 0 0 20 0 1 0 1 1 1\n",
+		"4244": "4244 (dead) Z 4242 4242 4242 0 -1 0 0 0 0 0 999 999 0 0 20 0 1 0 1 1 1\n",
+		"5000": "5000 (other) S 1 5000 5000 0 -1 0 0 0 0 0 999 999 0 0 20 0 1 0 1 1 1\n",
+	} {
+		dir := filepath.Join(root, pid)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "status"), []byte("VmHWM:\t 1000 kB\nVmRSS:\t 500 kB\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := GroupUsage(root, 4242)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Procs != 2 || u.CPU != ticks(200) || u.User != ticks(120) || u.PeakRSS != 2000*1024 || u.RSS != 1000*1024 {
+		t.Errorf("GroupUsage = %+v, want 2 processes, CPU %v, user %v, 2,000 KiB peak, 1,000 KiB now", u, ticks(200), ticks(120))
+	}
+	if _, err := GroupUsage(root, 7); err == nil {
+		t.Error("GroupUsage of a group with no process: no error")
 	}
 }

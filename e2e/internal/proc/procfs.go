@@ -30,6 +30,7 @@ func GroupLive(procRoot string, pgid int) int {
 // Usage is what a process group has used so far.
 type Usage struct {
 	CPU     time.Duration // user + system time, summed over the group
+	User    time.Duration // the user-mode part of CPU
 	PeakRSS int64         // bytes: VmHWM summed over the group
 	RSS     int64         // bytes: VmRSS (resident now) summed over the group
 	Procs   int           // live processes in the group
@@ -49,6 +50,7 @@ func GroupUsage(procRoot string, pgid int) (Usage, error) {
 		}
 		u.Procs++
 		u.CPU += ticks(st.utime + st.stime)
+		u.User += ticks(st.utime)
 		if b, err := os.ReadFile(filepath.Join(dir, "status")); err == nil {
 			u.PeakRSS += statusKB(b, "VmHWM") * 1024
 			u.RSS += statusKB(b, "VmRSS") * 1024

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/minimesh/minimesh/e2e/internal/proc"
+)
+
+// The go-relay scenario is not a proxy anyone would run: it is the floor
+// under every Go proxy of the sidecar's design (docs/benchmarks.md, "Where
+// the gap to nginx is"). One goroutine per client connection, with a kept
+// connection of its own to the upstream, passes each request head on and
+// the response back unchanged, with raw read(2) and write(2) on the
+// runtime's poller as the sidecar makes them: the same system calls and
+// goroutine wake-ups as the sidecar's exchange, and none of its HTTP work
+// (no parsing beyond the head's end and Content-Length, no header map, no
+// policy). Only bodiless requests and responses framed by Content-Length,
+// fortio's, are relayed; anything else closes the connection.
+
+// relayArg is the hidden first argument that runs the harness binary as
+// the relay: bench relay LISTEN UPSTREAM.
+const relayArg = "relay"
+
+const keyRelay = "go-relay"
+
+func startRelay(ctx context.Context, ps *procs, dir, upstream string) (*target, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	listen, err := proc.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	// As the sidecar is injected: one P, GOGC=50.
+	p, err := ps.start(keyRelay, self, []string{relayArg, listen, upstream}, cleanEnv("GOMAXPROCS=1", "GOGC=50"), dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitOK(ctx, p, "http://"+listen+"/", upstream, 10*time.Second); err != nil {
+		return nil, err
+	}
+	return &target{key: keyRelay, name: keyRelay, addr: listen, proc: p, version: "this harness",
+		config: "the floor of a Go proxy: one goroutine per connection relays each request head and response unparsed, " +
+			"raw read(2)/write(2) as the sidecar's, GOMAXPROCS=1 GOGC=50"}, nil
+}
+
+// runRelay serves the relay until the process is stopped.
+func runRelay(listen, upstream string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				return
+			}
+			defer u.Close()
+			_ = relay(newRawConn(c), newRawConn(u))
+		}()
+	}
+}
+
+// relay passes requests from c to u and their responses back until
+// either side ends or sends what it cannot frame.
+func relay(c, u *rawConn) error {
+	req := make([]byte, 0, 4096)
+	resp := make([]byte, 0, 4096)
+	for {
+		var err error
+		if req, err = readMessage(c, req[:0], false); err != nil {
+			return err
+		}
+		if err := u.write(req); err != nil {
+			return err
+		}
+		if resp, err = readMessage(u, resp[:0], true); err != nil {
+			return err
+		}
+		if err := c.write(resp); err != nil {
+			return err
+		}
+	}
+}
+
+var errUnframed = errors.New("relay: a message it cannot frame")
+
+// readMessage reads one message into buf: a head, and for a response the
+// Content-Length bytes after it.
+func readMessage(c *rawConn, buf []byte, response bool) ([]byte, error) {
+	for {
+		if end := bytes.Index(buf, []byte("\r\n\r\n")); end >= 0 {
+			want := end + 4
+			if response {
+				n, ok := contentLength(buf[:end])
+				if !ok {
+					return nil, errUnframed
+				}
+				want += n
+			}
+			if len(buf) == want {
+				return buf, nil
+			}
+			if len(buf) > want {
+				return nil, errUnframed // pipelined or a body: not the relay's
+			}
+		}
+		if len(buf) == cap(buf) {
+			return nil, errUnframed
+		}
+		n, err := c.read(buf[len(buf):cap(buf)])
+		if err != nil {
+			return nil, err
+		}
+		buf = buf[:len(buf)+n]
+	}
+}
+
+func contentLength(head []byte) (int, bool) {
+	for line := range bytes.SplitSeq(head, []byte("\r\n")) {
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if ok && bytes.EqualFold(k, []byte("Content-Length")) {
+			n, err := strconv.Atoi(string(bytes.TrimSpace(v)))
+			if err != nil || n < 0 {
+				return 0, false
+			}
+			return n, true
+		}
+	}
+	return 0, false
+}
+
+// rawConn reads and writes a socket with raw system calls through the
+// runtime's poller, as the sidecar's rawio does: a read that would block
+// waits in the poller, and no call wakes the runtime's monitor thread.
+type rawConn struct{ rc syscall.RawConn }
+
+func newRawConn(c net.Conn) *rawConn {
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		panic(err) // a TCP connection always has one
+	}
+	return &rawConn{rc}
+}
+
+func (c *rawConn) read(p []byte) (int, error) {
+	var n int
+	var errno syscall.Errno
+	err := c.rc.Read(func(fd uintptr) bool {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, errno = int(r), e
+		return e != syscall.EAGAIN
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case errno != 0:
+		return 0, errno
+	case n == 0:
+		return 0, fmt.Errorf("relay: connection closed")
+	}
+	return n, nil
+}
+
+func (c *rawConn) write(p []byte) error {
+	for len(p) > 0 {
+		var n int
+		var errno syscall.Errno
+		err := c.rc.Write(func(fd uintptr) bool {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			n, errno = int(r), e
+			return e != syscall.EAGAIN
+		})
+		if err != nil {
+			return err
+		}
+		if errno != 0 {
+			return errno
+		}
+		p = p[n:]
+	}
+	return nil
+}

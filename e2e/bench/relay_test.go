@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// TestRelay sends keep-alive requests through the relay to a real
+// upstream: each answer whole, on one client connection.
+func TestRelay(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "through "+r.URL.Path)
+	}))
+	defer up.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", up.Listener.Addr().String())
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				_ = relay(newRawConn(c), newRawConn(u))
+			}()
+		}
+	}()
+	conns := 0
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conns++
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	for _, path := range []string{"/a", "/bb", "/ccc"} {
+		resp, err := c.Get("http://" + ln.Addr().String() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(b) != "through "+path {
+			t.Fatalf("GET %s: %q, %v", path, b, err)
+		}
+	}
+	if conns != 1 {
+		t.Errorf("%d client connections, want 1 kept alive", conns)
+	}
+}
+
+func TestContentLength(t *testing.T) {
+	for _, c := range []struct {
+		head string
+		n    int
+		ok   bool
+	}{
+		{"HTTP/1.1 200 OK\r\nContent-Length: 12", 12, true},
+		{"HTTP/1.1 200 OK\r\ncontent-length:0\r\nX: y", 0, true},
+		{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked", 0, false},
+		{"HTTP/1.1 200 OK\r\nContent-Length: -1", 0, false},
+	} {
+		if n, ok := contentLength([]byte(c.head)); n != c.n || ok != c.ok {
+			t.Errorf("contentLength(%q) = %d, %v; want %d, %v", c.head, n, ok, c.n, c.ok)
+		}
+	}
+}
