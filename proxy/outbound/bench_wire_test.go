@@ -1,0 +1,156 @@
+package outbound
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"testing"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/leanhttp"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+)
+
+// BenchmarkProxyGETWire is the benchmark harness's exchange in one
+// process, with the sidecar's share of it as large as it can be: a client
+// that writes fortio's request as bytes and reads the answer by its
+// Content-Length, an upstream that answers fortio's 256-byte body the
+// same way, and between them the handler behind the lean loop (the
+// default) with the harness's policy (timeout, retries, breaker) and the
+// access log. BenchmarkProxyGET's client and upstream are net/http's
+// and cost more than the sidecar; here most of the CPU per op is its.
+func BenchmarkProxyGETWire(b *testing.B) {
+	up := wireUpstream(b)
+	pols, err := policy.Decode("p.yaml", []byte(`apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: bench-upstream}
+spec:
+  service: bench-upstream
+  timeout: 20s
+  retries:
+    attempts: 2
+    perTryTimeout: 10s
+    retryOn: [connect-failure, "502", "503", "504"]
+    backoff: {base: 25ms, max: 250ms}
+    budget: {ratio: 0.2, minPerSecond: 10}
+  circuitBreaker:
+    consecutiveFailures: 5
+    openTimeout: 5s
+    halfOpenRequests: 2
+    failOn: [5xx, connect-failure, timeout]
+`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	log := telemetry.NewAccessLog(io.Discard)
+	b.Cleanup(log.Close)
+	h := New(Config{Metrics: telemetry.New(0), AccessLog: log, Resolve: map[string]string{"bench-upstream:80": up}},
+		policy.NewTable(pols, "default"))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ls := leanhttp.New(&http.Server{Handler: h})
+	go func() { _ = ls.ServeStd() }()
+	go func() { _ = ls.Serve(ln) }()
+	b.Cleanup(func() { ls.Close() })
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	req := []byte("GET http://bench-upstream/ HTTP/1.1\r\nHost: bench-upstream\r\nUser-Agent: fortio.org/fortio-1.66.5\r\n\r\n")
+	br := bufio.NewReader(c)
+	b.ReportAllocs()
+	defer reportCPU(b)()
+	for b.Loop() {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if code, err := readWireResponse(br); err != nil || code != 200 {
+			b.Fatalf("response: %d, %v", code, err)
+		}
+	}
+}
+
+// wireUpstream answers every request as fortio's server does, and
+// returns its address.
+func wireUpstream(b *testing.B) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	body := bytes.Repeat([]byte("x"), 256)
+	resp := append([]byte("HTTP/1.1 200 OK\r\nContent-Length: 256\r\nContent-Type: application/octet-stream\r\n"+
+		"Date: Wed, 02 Dec 2026 08:00:00 GMT\r\n\r\n"), body...)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if err := readWireHead(br); err != nil {
+						return
+					}
+					if _, err := c.Write(resp); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// readWireHead reads one message head, up to its empty line.
+func readWireHead(br *bufio.Reader) error {
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) <= 2 {
+			return nil
+		}
+	}
+}
+
+// readWireResponse reads one response framed by Content-Length and
+// returns its status.
+func readWireResponse(br *bufio.Reader) (int, error) {
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return 0, err
+	}
+	if len(line) < 12 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	code, _ := strconv.Atoi(string(line[9:12]))
+	n := -1
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return 0, err
+		}
+		if len(line) <= 2 {
+			break
+		}
+		if k, v, ok := bytes.Cut(line, []byte(":")); ok && bytes.EqualFold(k, []byte("Content-Length")) {
+			n, _ = strconv.Atoi(string(bytes.TrimSpace(v)))
+		}
+	}
+	if n < 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	_, err = br.Discard(n)
+	return code, err
+}
