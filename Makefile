@@ -67,13 +67,15 @@ tools:
 	@bash scripts/tools.sh
 
 # The outbound suites run again on each way out of the default data path:
-# net/http's server alone (--server=std, not the lean loop), and
-# http.Transport for every request (--std-transport, not the fast path).
+# net/http's server alone (--server=std, not the lean loop), http.Transport
+# for every request (--std-transport, not the fast path), and net.Conn's own
+# reads and writes (--raw-io=false).
 test: tools build
 	$(GO) vet ./...
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 	MINIMESH_TEST_SERVER=std CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./proxy/outbound/ ./proxy/sidecar/
 	MINIMESH_TEST_TRANSPORT=std CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./proxy/outbound/ ./proxy/sidecar/
+	MINIMESH_TEST_RAWIO=off CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./proxy/outbound/ ./proxy/sidecar/
 
 e2e: tools build
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...

@@ -121,3 +121,12 @@ const TransportEnv = "MINIMESH_TEST_TRANSPORT"
 
 // StdTransport reports whether TransportEnv asks for --std-transport.
 func StdTransport() bool { return os.Getenv(TransportEnv) == "std" }
+
+// RawIOEnv names the environment variable with which the suites of
+// proxy/outbound and proxy/sidecar turn raw reads and writes off
+// (--raw-io=false, rawio.Off): MINIMESH_TEST_RAWIO=off. Their TestMain
+// sets rawio.Off from it before any connection exists, as main does.
+const RawIOEnv = "MINIMESH_TEST_RAWIO"
+
+// RawIOOff reports whether RawIOEnv asks for --raw-io=false.
+func RawIOOff() bool { return os.Getenv(RawIOEnv) == "off" }
