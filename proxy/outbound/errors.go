@@ -69,7 +69,9 @@ func classify(err error, tryCtx, parent context.Context) (policy.Class, bool) {
 		}
 		return 0, true // the client went away
 	}
-	if context.Cause(tryCtx) == errPerTryTimeout {
+	if context.Cause(tryCtx) == errPerTryTimeout || errors.Is(err, errPerTryTimeout) {
+		// (The fast transport's tries end at a deadline, not by their
+		// context: they return errPerTryTimeout itself.)
 		return policy.ClassTimeout, false
 	}
 	var de *dialError

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
 	"sync"
 	"time"
 
@@ -85,19 +86,31 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !eligible(req) {
 		return t.fallback.RoundTrip(req)
 	}
+	return t.roundTrip(req, time.Time{})
+}
+
+// roundTrip sends an eligible request. A deadline (zero: none) is the
+// try's per-try timeout: its connect, its write and the response head
+// must be done by then, or it fails with errPerTryTimeout; the body is
+// the request's timeout's business, as on the transport's other path,
+// where a per-try context's timer stops once the head is in.
+func (t *fastTransport) roundTrip(req *http.Request, deadline time.Time) (*http.Response, error) {
 	key := req.URL.Host
 	ctx := req.Context()
 	// A kept connection the server has closed fails before a byte of the
 	// response; the request is idempotent and bodiless, so it goes again
 	// once on a new connection.
 	for {
-		c, reused, err := t.get(ctx, key)
+		c, reused, err := t.get(ctx, key, deadline)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := t.send(ctx, c, req)
+		resp, err := t.send(ctx, c, req, deadline)
 		if err == nil {
 			return resp, nil
+		}
+		if !deadline.IsZero() && ctx.Err() == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, errPerTryTimeout
 		}
 		var se *staleError
 		if errors.As(err, &se) {
@@ -125,8 +138,12 @@ func (e *staleError) Error() string {
 }
 func (e *staleError) Unwrap() error { return e.err }
 
-// send writes req on c and reads the response head.
-func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (*http.Response, error) {
+// send writes req on c and reads the response head, by deadline unless
+// it is zero.
+func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, deadline time.Time) (*http.Response, error) {
+	if !deadline.IsZero() {
+		_ = c.SetDeadline(deadline) // before the wake can be registered: never over it
+	}
 	stop := context.AfterFunc(ctx, c.wake)
 	before := c.read
 	var err error
@@ -198,6 +215,12 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request) (
 				c.Close()
 				return nil, err
 			}
+		}
+	}
+	if !deadline.IsZero() {
+		_ = c.SetDeadline(time.Time{})
+		if ctx.Err() != nil {
+			c.wake() // the context's end may have woken c before the line above
 		}
 	}
 	reusable := !resp.Close && resp.ProtoAtLeast(1, 1)
@@ -323,7 +346,7 @@ func (t *fastTransport) expire(now time.Time, stale []*fconn) []*fconn {
 // response's end) or closed it, and the next request would read that as
 // its answer. http.Transport's read loop watches its idle connections so;
 // this one looks once, as it takes one (a recv(2) that consumes nothing).
-func (t *fastTransport) get(ctx context.Context, key string) (*fconn, bool, error) {
+func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time) (*fconn, bool, error) {
 	now := time.Now()
 	for {
 		t.mu.Lock()
@@ -341,8 +364,17 @@ func (t *fastTransport) get(ctx context.Context, key string) (*fconn, bool, erro
 		}
 		c.Close()
 	}
-	nc, err := t.dial(ctx, "tcp", key)
+	dctx := ctx
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithDeadlineCause(ctx, deadline, errPerTryTimeout)
+		defer cancel()
+	}
+	nc, err := t.dial(dctx, "tcp", key)
 	if err != nil {
+		if ctx.Err() == nil && context.Cause(dctx) == errPerTryTimeout {
+			return nil, false, errPerTryTimeout
+		}
 		return nil, false, err
 	}
 	c := &fconn{Conn: nc, key: key}

@@ -3,6 +3,7 @@ package outbound
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -217,5 +218,85 @@ func TestFastPathLeavesOthersToTransport(t *testing.T) {
 		if got := eligible(req); got != tc.want {
 			t.Errorf("%s body=%v upgrade=%q: eligible %v, want %v", tc.method, tc.body != nil, tc.hdr, got, tc.want)
 		}
+	}
+}
+
+// A per-try deadline bounds the try up to the response head: a head that
+// does not come by then fails the try with errPerTryTimeout (and the
+// connection is not kept), a body that comes after it is read whole, and
+// the connection then serves a request with no deadline.
+func TestFastPathTryDeadline(t *testing.T) {
+	addr, conns := rawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			switch req.URL.Path {
+			case "/slow-head":
+				time.Sleep(300 * time.Millisecond)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			case "/slow-body":
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+				time.Sleep(300 * time.Millisecond)
+				io.WriteString(c, "ok")
+			default:
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+		}
+	})
+	ft := newTestFast()
+	try := func(path string, deadline time.Time) (string, error) {
+		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+path, nil)
+		resp, err := ft.roundTrip(req, deadline)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	start := time.Now()
+	if _, err := try("/slow-head", time.Now().Add(100*time.Millisecond)); err != errPerTryTimeout {
+		t.Fatalf("a head later than the deadline: %v, want errPerTryTimeout", err)
+	}
+	if d := time.Since(start); d > 250*time.Millisecond {
+		t.Errorf("the try ended after %v, want at its 100ms deadline", d)
+	}
+	if body, err := try("/slow-body", time.Now().Add(100*time.Millisecond)); err != nil || body != "okok" {
+		t.Fatalf("a body later than the deadline: %q, %v; want it whole", body, err)
+	}
+	if body, err := try("/", time.Time{}); err != nil || body != "ok" {
+		t.Fatalf("the kept connection without a deadline: %q, %v", body, err)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2: the timed-out one closed, the other kept", n)
+	}
+}
+
+// A connect that outlasts the per-try deadline fails the try with
+// errPerTryTimeout; one the request's own end cuts short fails with that
+// end, as the per-try context's cancel did.
+func TestFastPathTryDeadlineConnect(t *testing.T) {
+	hang := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		<-ctx.Done()
+		return nil, &dialError{ctx.Err()}
+	}
+	ft := newFastTransport(hang, http.DefaultTransport, 4)
+	bound, stop := context.WithTimeout(context.Background(), 5*time.Second) // should the deadline be lost
+	defer stop()
+	req, _ := http.NewRequestWithContext(bound, http.MethodGet, "http://upstream.test/", nil)
+	if _, err := ft.roundTrip(req, time.Now().Add(50*time.Millisecond)); err != errPerTryTimeout {
+		t.Fatalf("connect past the deadline: %v, want errPerTryTimeout", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(20*time.Millisecond, cancel)
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, "http://upstream.test/", nil)
+	_, err := ft.roundTrip(req, time.Now().Add(time.Minute))
+	var de *dialError
+	if !errors.As(err, &de) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("connect cut short by the request's end: %v, want the dial's context.Canceled", err)
 	}
 }

@@ -146,23 +146,38 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		}
 		tr.Inject(ctx, out.Header)
 	}
-	var timer *time.Timer
-	var cancel context.CancelCauseFunc
-	if r := dst.policy.Spec.Retries; r != nil && r.PerTryTimeout > 0 && !st.upgrade {
-		var tctx context.Context
-		tctx, cancel = context.WithCancelCause(ctx)
-		timer = time.AfterFunc(r.PerTryTimeout, func() { cancel(errPerTryTimeout) })
-		ctx = tctx
-		out = out.WithContext(ctx)
-	}
 	t := f.t
 	if out.ProtoMajor == 2 {
 		t = f.h2
 	}
+	ft, fast := t.(*fastTransport)
+	fast = fast && eligible(out)
+	var timer *time.Timer
+	var cancel context.CancelCauseFunc
+	var tryDeadline time.Time
+	if r := dst.policy.Spec.Retries; r != nil && r.PerTryTimeout > 0 && !st.upgrade {
+		if fast {
+			// The fast transport ends the try at a deadline on its
+			// connection: no context, timer and request copy per try.
+			tryDeadline = time.Now().Add(r.PerTryTimeout)
+		} else {
+			var tctx context.Context
+			tctx, cancel = context.WithCancelCause(ctx)
+			timer = time.AfterFunc(r.PerTryTimeout, func() { cancel(errPerTryTimeout) })
+			ctx = tctx
+			out = out.WithContext(ctx)
+		}
+	}
 	if st.grpc {
 		st.grpcStatus = -1
 	}
-	resp, err := t.RoundTrip(out)
+	var resp *http.Response
+	var err error
+	if fast {
+		resp, err = ft.roundTrip(out, tryDeadline)
+	} else {
+		resp, err = t.RoundTrip(out)
+	}
 	if err == nil && st.in.ReadCloser != nil {
 		// --request-body-timeout is for an upload the upstream waits
 		// for: once it answers, a quiet app is a stream's business.
