@@ -435,12 +435,13 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	if s.inbound != nil {
 		go func() { errc <- s.inbound.Serve() }()
 	}
-	s.admin.SetReady(true)
 	outbound6 := ""
 	if s.outLn6 != nil {
 		outbound6 = s.outLn6.Addr().String()
 	}
+	// The line first: whoever saw /ready answer 200 finds it in the log.
 	s.log.Info("sidecar ready", "outbound", s.OutboundAddr(), "outbound_other_loopback", outbound6, "inbound", s.InboundAddr(), "admin", s.AdminAddr(), "policy_dir", s.cfg.PolicyDir, "version", wellknown.Version)
+	s.admin.SetReady(true)
 
 	select {
 	case <-ctx.Done():
