@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/proxy/transparent"
@@ -478,26 +479,13 @@ func TestServeHTTPUpgrade(t *testing.T) {
 // the caller's connection unrecorded.
 func TestServeHTTPAppStatusUnder100(t *testing.T) {
 	r := newRig(t, http.NotFoundHandler(), Config{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-					io.WriteString(c, "HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n")
-				}
-			}()
+	addr, _ := proxytest.RawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			io.WriteString(c, "HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n")
 		}
-	}()
-	app := netip.MustParseAddrPort(ln.Addr().String())
+	})
+	app := netip.MustParseAddrPort(addr)
 	r.app = app
 	front := httptest.NewUnstartedServer(r.h)
 	front.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context { return r.h.WithOriginalDst(ctx, app) }

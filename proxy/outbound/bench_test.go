@@ -37,17 +37,21 @@ func BenchmarkProxyGET(b *testing.B) {
 // BenchmarkProxyGETLean is BenchmarkProxyGET behind the lean server loop
 // (--server=lean, the default).
 func BenchmarkProxyGETLean(b *testing.B) {
-	proxyGET(b, func(h http.Handler) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		ls := leanhttp.New(&http.Server{Handler: h})
-		go func() { _ = ls.ServeStd() }()
-		go func() { _ = ls.Serve(ln) }()
-		b.Cleanup(func() { ls.Close() })
-		return ln.Addr().String()
-	})
+	proxyGET(b, func(h http.Handler) string { return serveLean(b, h) })
+}
+
+// serveLean serves h behind the lean server loop on loopback until the
+// benchmark ends, and returns its address.
+func serveLean(b *testing.B, h http.Handler) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ls := leanhttp.New(&http.Server{Handler: h})
+	go func() { _ = ls.ServeStd() }()
+	go func() { _ = ls.Serve(ln) }()
+	b.Cleanup(func() { ls.Close() })
+	return ln.Addr().String()
 }
 
 // proxyGET runs the GET benchmark through the handler behind the server

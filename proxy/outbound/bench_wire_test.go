@@ -5,12 +5,11 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"testing"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/proxy/leanhttp"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
@@ -49,16 +48,7 @@ spec:
 	b.Cleanup(log.Close)
 	h := New(Config{Metrics: telemetry.New(0), AccessLog: log, Resolve: map[string]string{"bench-upstream:80": up}},
 		policy.NewTable(pols, "default"))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ls := leanhttp.New(&http.Server{Handler: h})
-	go func() { _ = ls.ServeStd() }()
-	go func() { _ = ls.Serve(ln) }()
-	b.Cleanup(func() { ls.Close() })
-
-	c, err := net.Dial("tcp", ln.Addr().String())
+	c, err := net.Dial("tcp", serveLean(b, h))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -80,35 +70,19 @@ spec:
 // wireUpstream answers every request as fortio's server does, and
 // returns its address.
 func wireUpstream(b *testing.B) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
 	body := bytes.Repeat([]byte("x"), 256)
 	resp := append([]byte("HTTP/1.1 200 OK\r\nContent-Length: 256\r\nContent-Type: application/octet-stream\r\n"+
 		"Date: Wed, 02 Dec 2026 08:00:00 GMT\r\n\r\n"), body...)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	addr, _ := proxytest.RawServer(b, func(c net.Conn, _ int) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for readWireHead(br) == nil {
+			if _, err := c.Write(resp); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if err := readWireHead(br); err != nil {
-						return
-					}
-					if _, err := c.Write(resp); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	return ln.Addr().String()
+	})
+	return addr
 }
 
 // readWireHead reads one message head, up to its empty line.

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 )
 
 // TestFastPathNoDesync: 16 goroutines share the fast transport's pool
@@ -24,7 +26,7 @@ import (
 // fails, no request gets another's answer. (Found sound in a review; kept
 // so that it stays so.)
 func TestFastPathNoDesync(t *testing.T) {
-	addr, _ := rawServer(t, func(c net.Conn, n int) {
+	addr, _ := proxytest.RawServer(t, func(c net.Conn, n int) {
 		defer c.Close()
 		rnd := rand.New(rand.NewPCG(uint64(n), 1))
 		br := bufio.NewReader(c)

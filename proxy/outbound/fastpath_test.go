@@ -8,34 +8,12 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/internal/rawio"
 )
-
-// rawServer answers each connection with handle, on loopback.
-func rawServer(t *testing.T, handle func(c net.Conn, n int)) (string, *atomic.Int32) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	var conns atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n := int(conns.Add(1))
-			go handle(c, n)
-		}
-	}()
-	return ln.Addr().String(), &conns
-}
 
 func fastGet(t *testing.T, ft *fastTransport, addr, method string) (*http.Response, string, error) {
 	t.Helper()
@@ -58,7 +36,7 @@ func newTestFast() *fastTransport {
 // whose idle timeout ran out does: the next request must go on a new
 // connection without the app seeing an error.
 func TestFastPathRetriesStaleConnection(t *testing.T) {
-	addr, conns := rawServer(t, func(c net.Conn, n int) {
+	addr, conns := proxytest.RawServer(t, func(c net.Conn, n int) {
 		defer c.Close()
 		br := bufio.NewReader(c)
 		for {
@@ -103,7 +81,7 @@ func TestFastPathDropsConnectionWithUnaskedBytes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			send := make(chan struct{})
-			addr, conns := rawServer(t, func(c net.Conn, n int) {
+			addr, conns := proxytest.RawServer(t, func(c net.Conn, n int) {
 				defer c.Close()
 				br := bufio.NewReader(c)
 				for {
@@ -152,7 +130,7 @@ func TestFastPathDropsConnectionWithUnaskedBytes(t *testing.T) {
 }
 
 func TestFastPathKeepsConnectionsAndHEAD(t *testing.T) {
-	addr, conns := rawServer(t, func(c net.Conn, _ int) {
+	addr, conns := proxytest.RawServer(t, func(c net.Conn, _ int) {
 		defer c.Close()
 		br := bufio.NewReader(c)
 		for {
@@ -187,7 +165,7 @@ func TestFastPathKeepsConnectionsAndHEAD(t *testing.T) {
 }
 
 func TestFastPathBoundsResponseHead(t *testing.T) {
-	addr, _ := rawServer(t, func(c net.Conn, _ int) {
+	addr, _ := proxytest.RawServer(t, func(c net.Conn, _ int) {
 		defer c.Close()
 		_, _ = http.ReadRequest(bufio.NewReader(c))
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: "+strings.Repeat("a", 200<<10)+"\r\n\r\n")
@@ -226,7 +204,7 @@ func TestFastPathLeavesOthersToTransport(t *testing.T) {
 // connection is not kept), a body that comes after it is read whole, and
 // the connection then serves a request with no deadline.
 func TestFastPathTryDeadline(t *testing.T) {
-	addr, conns := rawServer(t, func(c net.Conn, _ int) {
+	addr, conns := proxytest.RawServer(t, func(c net.Conn, _ int) {
 		defer c.Close()
 		br := bufio.NewReader(c)
 		for {

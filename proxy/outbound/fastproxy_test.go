@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
@@ -171,21 +172,8 @@ type scriptedUpstream struct {
 }
 
 func newScriptedUpstream(t *testing.T, answer string) *scriptedUpstream {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &scriptedUpstream{addr: ln.Addr().String(), answer: answer, got: make(chan string, 16)}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go u.serve(c)
-		}
-	}()
+	u := &scriptedUpstream{answer: answer, got: make(chan string, 16)}
+	u.addr, _ = proxytest.RawServer(t, func(c net.Conn, _ int) { u.serve(c) })
 	return u
 }
 

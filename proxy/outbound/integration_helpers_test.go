@@ -319,30 +319,17 @@ func status(code int) func(http.ResponseWriter, *http.Request, int64) {
 // connection (RST, no response). It counts the requests it read.
 func newResetUpstream(t *testing.T) (string, *atomic.Int64) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var hits atomic.Int64
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err == nil {
-					_, _ = io.Copy(io.Discard, req.Body)
-					hits.Add(1)
-				}
-				_ = c.(*net.TCPConn).SetLinger(0)
-				c.Close()
-			}()
+	addr, _ := proxytest.RawServer(t, func(c net.Conn, _ int) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err == nil {
+			_, _ = io.Copy(io.Discard, req.Body)
+			hits.Add(1)
 		}
-	}()
-	t.Cleanup(func() { ln.Close() })
-	return ln.Addr().String(), &hits
+		_ = c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	})
+	return addr, &hits
 }
 
 // refusedAddr returns a loopback address where nothing listens: a

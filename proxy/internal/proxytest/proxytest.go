@@ -8,11 +8,15 @@ package proxytest
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/rawio"
 )
 
 // GeoPolicy is a valid policy for geo-service with n consecutive failures.
@@ -130,3 +134,35 @@ const RawIOEnv = "MINIMESH_TEST_RAWIO"
 
 // RawIOOff reports whether RawIOEnv asks for --raw-io=false.
 func RawIOOff() bool { return os.Getenv(RawIOEnv) == "off" }
+
+// Main is the TestMain of the suites RawIOEnv applies to: it sets
+// rawio.Off from it before any connection exists, as main does, and runs
+// the tests.
+func Main(m *testing.M) {
+	rawio.Off = RawIOOff()
+	os.Exit(m.Run())
+}
+
+// RawServer serves raw TCP on loopback until the test ends: handle gets
+// each accepted connection, in a goroutine of its own, with its number
+// (1 for the first), and closes it. It returns the address and the count
+// of connections accepted so far.
+func RawServer(t testing.TB, handle func(c net.Conn, n int)) (string, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c, int(conns.Add(1)))
+		}
+	}()
+	return ln.Addr().String(), &conns
+}
