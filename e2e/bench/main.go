@@ -191,11 +191,8 @@ func (o *options) want(key string) bool { return slices.Contains(o.scenarioKeys(
 
 func main() {
 	if len(os.Args) == 4 && os.Args[1] == relayArg {
-		if err := runRelay(os.Args[2], os.Args[3]); err != nil {
-			fmt.Fprintln(os.Stderr, "relay:", err)
-			os.Exit(1)
-		}
-		return
+		fmt.Fprintln(os.Stderr, "relay:", runRelay(os.Args[2], os.Args[3]))
+		os.Exit(1)
 	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {

@@ -54,7 +54,8 @@ func startRelay(ctx context.Context, ps *procs, dir, upstream string) (*target, 
 			"raw read(2)/write(2) as the sidecar's, GOMAXPROCS=1 GOGC=50"}, nil
 }
 
-// runRelay serves the relay until the process is stopped.
+// runRelay serves the relay until the process is stopped or its
+// listener fails, with that failure.
 func runRelay(listen, upstream string) error {
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
