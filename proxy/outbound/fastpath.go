@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -110,7 +111,7 @@ func (t *fastTransport) roundTrip(req *http.Request, deadline time.Time) (*http.
 			return resp, nil
 		}
 		if !deadline.IsZero() && ctx.Err() == nil && errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, errPerTryTimeout
+			return nil, fmt.Errorf("%w: %w", errPerTryTimeout, err)
 		}
 		var se *staleError
 		if errors.As(err, &se) {
@@ -217,13 +218,18 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 			}
 		}
 	}
+	woken := false
 	if !deadline.IsZero() {
 		_ = c.SetDeadline(time.Time{})
 		if ctx.Err() != nil {
-			c.wake() // the context's end may have woken c before the line above
+			// The context's end may have woken c before the line above:
+			// woken again, and never kept, whatever stop says later (the
+			// context runs its AfterFunc only after Err is set).
+			c.wake()
+			woken = true
 		}
 	}
-	reusable := !resp.Close && resp.ProtoAtLeast(1, 1)
+	reusable := !woken && !resp.Close && resp.ProtoAtLeast(1, 1)
 	if resp.Body == http.NoBody || resp.ContentLength == 0 {
 		t.release(c, stop, reusable)
 		if resp.Body != http.NoBody {
@@ -372,8 +378,9 @@ func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time)
 	}
 	nc, err := t.dial(dctx, "tcp", key)
 	if err != nil {
-		if ctx.Err() == nil && context.Cause(dctx) == errPerTryTimeout {
-			return nil, false, errPerTryTimeout
+		var se *selfError
+		if ctx.Err() == nil && context.Cause(dctx) == errPerTryTimeout && !errors.As(err, &se) {
+			return nil, false, fmt.Errorf("%w: %w", errPerTryTimeout, err)
 		}
 		return nil, false, err
 	}
