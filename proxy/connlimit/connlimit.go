@@ -17,7 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/internal/rawio"
+	"github.com/minimesh/minimesh/internal/rawio"
 )
 
 // Listener wraps a TCP listener with a connection cap. Its connections are

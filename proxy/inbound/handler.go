@@ -30,7 +30,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/internal/rawio"
+	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/internal/rawio"
+	"github.com/minimesh/minimesh/internal/rawio"
 )
 
 // dialer makes upstream connections and tags their failures as

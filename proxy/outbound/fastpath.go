@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/internal/rawio"
+	"github.com/minimesh/minimesh/internal/rawio"
 )
 
 // fastTransport sends bodiless GET, HEAD and OPTIONS requests (most of a

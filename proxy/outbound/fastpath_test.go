@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
-	"github.com/minimesh/minimesh/proxy/internal/rawio"
 )
 
 func fastGet(t *testing.T, ft *fastTransport, addr, method string) (*http.Response, string, error) {

@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/memlimit"
-	"github.com/minimesh/minimesh/proxy/internal/rawio"
+	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 	"github.com/minimesh/minimesh/proxy/transparent"

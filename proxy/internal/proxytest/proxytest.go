@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/internal/rawio"
+	"github.com/minimesh/minimesh/internal/rawio"
 )
 
 // GeoPolicy is a valid policy for geo-service with n consecutive failures.
