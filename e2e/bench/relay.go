@@ -4,24 +4,22 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"strconv"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/internal/rawio"
 )
 
 // The go-relay scenario is not a proxy anyone would run: it is the floor
 // under every Go proxy of the sidecar's design (docs/benchmarks.md, "Where
 // the gap to nginx is"). One goroutine per client connection, with a kept
 // connection of its own to the upstream, passes each request head on and
-// the response back unchanged, with raw read(2) and write(2) on the
-// runtime's poller as the sidecar makes them: the same system calls and
-// goroutine wake-ups as the sidecar's exchange, and none of its HTTP work
+// the response back unchanged, through the sidecar's own raw read(2) and
+// write(2) (internal/rawio): the same system calls and goroutine
+// wake-ups as the sidecar's exchange, and none of its HTTP work
 // (no parsing beyond the head's end and Content-Length, no header map, no
 // policy). Only bodiless requests and responses framed by Content-Length,
 // fortio's, are relayed; anything else closes the connection.
@@ -73,14 +71,14 @@ func runRelay(listen, upstream string) error {
 				return
 			}
 			defer u.Close()
-			_ = relay(newRawConn(c), newRawConn(u))
+			_ = relay(rawio.Wrap(c), rawio.Wrap(u))
 		}()
 	}
 }
 
 // relay passes requests from c to u and their responses back until
 // either side ends or sends what it cannot frame.
-func relay(c, u *rawConn) error {
+func relay(c, u net.Conn) error {
 	req := make([]byte, 0, 4096)
 	resp := make([]byte, 0, 4096)
 	for {
@@ -88,13 +86,13 @@ func relay(c, u *rawConn) error {
 		if req, err = readMessage(c, req[:0], false); err != nil {
 			return err
 		}
-		if err := u.write(req); err != nil {
+		if _, err := u.Write(req); err != nil {
 			return err
 		}
 		if resp, err = readMessage(u, resp[:0], true); err != nil {
 			return err
 		}
-		if err := c.write(resp); err != nil {
+		if _, err := c.Write(resp); err != nil {
 			return err
 		}
 	}
@@ -104,7 +102,7 @@ var errUnframed = errors.New("relay: a message it cannot frame")
 
 // readMessage reads one message into buf: a head, and for a response the
 // Content-Length bytes after it.
-func readMessage(c *rawConn, buf []byte, response bool) ([]byte, error) {
+func readMessage(c net.Conn, buf []byte, response bool) ([]byte, error) {
 	for {
 		if end := bytes.Index(buf, []byte("\r\n\r\n")); end >= 0 {
 			want := end + 4
@@ -125,9 +123,9 @@ func readMessage(c *rawConn, buf []byte, response bool) ([]byte, error) {
 		if len(buf) == cap(buf) {
 			return nil, errUnframed
 		}
-		n, err := c.read(buf[len(buf):cap(buf)])
+		n, err := c.Read(buf[len(buf):cap(buf)])
 		if err != nil {
-			return nil, err
+			return nil, err // io.EOF: the peer is done
 		}
 		buf = buf[:len(buf)+n]
 	}
@@ -145,56 +143,4 @@ func contentLength(head []byte) (int, bool) {
 		}
 	}
 	return 0, false
-}
-
-// rawConn reads and writes a socket with raw system calls through the
-// runtime's poller, as the sidecar's rawio does: a read that would block
-// waits in the poller, and no call wakes the runtime's monitor thread.
-type rawConn struct{ rc syscall.RawConn }
-
-func newRawConn(c net.Conn) *rawConn {
-	rc, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		panic(err) // a TCP connection always has one
-	}
-	return &rawConn{rc}
-}
-
-func (c *rawConn) read(p []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		n, errno = int(r), e
-		return e != syscall.EAGAIN
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case errno != 0:
-		return 0, errno
-	case n == 0:
-		return 0, fmt.Errorf("relay: connection closed")
-	}
-	return n, nil
-}
-
-func (c *rawConn) write(p []byte) error {
-	for len(p) > 0 {
-		var n int
-		var errno syscall.Errno
-		err := c.rc.Write(func(fd uintptr) bool {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			n, errno = int(r), e
-			return e != syscall.EAGAIN
-		})
-		if err != nil {
-			return err
-		}
-		if errno != 0 {
-			return errno
-		}
-		p = p[n:]
-	}
-	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/minimesh/minimesh/internal/rawio"
 )
 
 // TestRelay sends keep-alive requests through the relay to a real
@@ -34,7 +36,7 @@ func TestRelay(t *testing.T) {
 					return
 				}
 				defer u.Close()
-				_ = relay(newRawConn(c), newRawConn(u))
+				_ = relay(rawio.Wrap(c), rawio.Wrap(u))
 			}()
 		}
 	}()
