@@ -128,18 +128,14 @@ func StdTransport() bool { return os.Getenv(TransportEnv) == "std" }
 
 // RawIOEnv names the environment variable with which the suites of
 // proxy/outbound and proxy/sidecar turn raw reads and writes off
-// (--raw-io=false, rawio.Off): MINIMESH_TEST_RAWIO=off. Their TestMain
-// sets rawio.Off from it before any connection exists, as main does.
+// (--raw-io=false, rawio.Off): MINIMESH_TEST_RAWIO=off.
 const RawIOEnv = "MINIMESH_TEST_RAWIO"
 
-// RawIOOff reports whether RawIOEnv asks for --raw-io=false.
-func RawIOOff() bool { return os.Getenv(RawIOEnv) == "off" }
-
-// Main is the TestMain of the suites RawIOEnv applies to: it sets
-// rawio.Off from it before any connection exists, as main does, and runs
-// the tests.
+// Main is the TestMain of those suites: it sets rawio.Off from RawIOEnv
+// before any connection exists, as main does from the flag, and runs the
+// tests.
 func Main(m *testing.M) {
-	rawio.Off = RawIOOff()
+	rawio.Off = os.Getenv(RawIOEnv) == "off"
 	os.Exit(m.Run())
 }
 
