@@ -21,6 +21,8 @@ import (
 // default) with the harness's policy (timeout, retries, breaker) and the
 // access log. BenchmarkProxyGET's client and upstream are net/http's
 // and cost more than the sidecar; here most of the CPU per op is its.
+// The policy is e2e/bench's sidecarPolicy (peers.go), written out: that
+// package is a main, so keep the two in step by hand.
 func BenchmarkProxyGETWire(b *testing.B) {
 	up := wireUpstream(b)
 	pols, err := policy.Decode("p.yaml", []byte(`apiVersion: minimesh.io/v1alpha1
