@@ -15,7 +15,8 @@ import (
 	"github.com/minimesh/minimesh/wellknown"
 )
 
-// Causes of a context's end, told apart with context.Cause.
+// Causes of a context's end, told apart with context.Cause; the fast
+// transport's deadlines fail with them too (deadlines).
 var (
 	errTimeout       = errors.New("request timeout")
 	errPerTryTimeout = errors.New("per-try timeout")
@@ -69,9 +70,9 @@ func classify(err error, tryCtx, parent context.Context) (policy.Class, bool) {
 		}
 		return 0, true // the client went away
 	}
-	if context.Cause(tryCtx) == errPerTryTimeout || errors.Is(err, errPerTryTimeout) {
-		// (The fast transport's tries end at a deadline, not by their
-		// context: they return errPerTryTimeout itself.)
+	if context.Cause(tryCtx) == errPerTryTimeout || errors.Is(err, errPerTryTimeout) || errors.Is(err, errTimeout) {
+		// (The fast transport's tries end at deadlines, not by their
+		// contexts: they return errPerTryTimeout or errTimeout itself.)
 		return policy.ClassTimeout, false
 	}
 	var de *dialError

@@ -50,6 +50,9 @@ type fconn struct {
 	wake func()
 	// keys is writeRequestHead's scratch for sorting header keys.
 	keys []string
+	// timed: the request's timeout is a deadline on the connection until
+	// its response body ends (send, release).
+	timed bool
 }
 
 func (c *fconn) unblock() { _ = c.SetDeadline(time.Unix(1, 0)) }
@@ -87,31 +90,46 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !eligible(req) {
 		return t.fallback.RoundTrip(req)
 	}
-	return t.roundTrip(req, time.Time{})
+	return t.roundTrip(req, deadlines{})
 }
 
-// roundTrip sends an eligible request. A deadline (zero: none) is the
-// try's per-try timeout: its connect, its write and the response head
-// must be done by then, or it fails with errPerTryTimeout; the body is
-// the request's timeout's business, as on the transport's other path,
-// where a per-try context's timer stops once the head is in.
-func (t *fastTransport) roundTrip(req *http.Request, deadline time.Time) (*http.Response, error) {
+// deadlines are a try's timeouts as instants (zero: none). try is the
+// per-try timeout: the connect, the write and the response head must be
+// done by then, or the try fails with errPerTryTimeout. whole is the
+// request's timeout, which goes on through the response body: past it,
+// the try fails with errTimeout, and a read of the body with a timeout.
+// On the transport's other path, both are contexts (handler.go's serve,
+// forward.go's try).
+type deadlines struct{ try, whole time.Time }
+
+// head is the deadline for the response head, and the error that says
+// it passed.
+func (d deadlines) head() (time.Time, error) {
+	if !d.whole.IsZero() && (d.try.IsZero() || !d.whole.After(d.try)) {
+		return d.whole, errTimeout
+	}
+	return d.try, errPerTryTimeout
+}
+
+// roundTrip sends an eligible request by its deadlines.
+func (t *fastTransport) roundTrip(req *http.Request, dl deadlines) (*http.Response, error) {
 	key := req.URL.Host
 	ctx := req.Context()
+	deadline, late := dl.head()
 	// A kept connection the server has closed fails before a byte of the
 	// response; the request is idempotent and bodiless, so it goes again
 	// once on a new connection.
 	for {
-		c, reused, err := t.get(ctx, key, deadline)
+		c, reused, err := t.get(ctx, key, deadline, late)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := t.send(ctx, c, req, deadline)
+		resp, err := t.send(ctx, c, req, deadline, dl.whole)
 		if err == nil {
 			return resp, nil
 		}
 		if !deadline.IsZero() && ctx.Err() == nil && errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, fmt.Errorf("%w: %w", errPerTryTimeout, err)
+			return nil, fmt.Errorf("%w: %w", late, err)
 		}
 		var se *staleError
 		if errors.As(err, &se) {
@@ -140,8 +158,8 @@ func (e *staleError) Error() string {
 func (e *staleError) Unwrap() error { return e.err }
 
 // send writes req on c and reads the response head, by deadline unless
-// it is zero.
-func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, deadline time.Time) (*http.Response, error) {
+// it is zero; whole (zero: none) then stays on c for the body.
+func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, deadline, whole time.Time) (*http.Response, error) {
 	if !deadline.IsZero() {
 		_ = c.SetDeadline(deadline) // before the wake can be registered: never over it
 	}
@@ -220,7 +238,12 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	}
 	woken := false
 	if !deadline.IsZero() {
-		_ = c.SetDeadline(time.Time{})
+		// The head is in: the per-try timeout is over, the request's goes
+		// on through the body (release clears it).
+		if !whole.Equal(deadline) {
+			_ = c.SetDeadline(whole)
+		}
+		c.timed = !whole.IsZero()
 		if ctx.Err() != nil {
 			// The context's end may have woken c before the line above:
 			// woken again, and never kept, whatever stop says later (the
@@ -267,6 +290,11 @@ func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 	if !stop() || !reusable || c.br.Buffered() > 0 {
 		c.Close()
 		return
+	}
+	if c.timed {
+		// After stop: the request's end can no longer wake c over this.
+		_ = c.SetDeadline(time.Time{})
+		c.timed = false
 	}
 	c.used = time.Now()
 	t.mu.Lock()
@@ -352,7 +380,7 @@ func (t *fastTransport) expire(now time.Time, stale []*fconn) []*fconn {
 // response's end) or closed it, and the next request would read that as
 // its answer. http.Transport's read loop watches its idle connections so;
 // this one looks once, as it takes one (a recv(2) that consumes nothing).
-func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time) (*fconn, bool, error) {
+func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time, late error) (*fconn, bool, error) {
 	now := time.Now()
 	for {
 		t.mu.Lock()
@@ -373,14 +401,14 @@ func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time)
 	dctx := ctx
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
-		dctx, cancel = context.WithDeadlineCause(ctx, deadline, errPerTryTimeout)
+		dctx, cancel = context.WithDeadlineCause(ctx, deadline, late)
 		defer cancel()
 	}
 	nc, err := t.dial(dctx, "tcp", key)
 	if err != nil {
 		var se *selfError
-		if ctx.Err() == nil && context.Cause(dctx) == errPerTryTimeout && !errors.As(err, &se) {
-			return nil, false, fmt.Errorf("%w: %w", errPerTryTimeout, err)
+		if ctx.Err() == nil && context.Cause(dctx) == late && !errors.As(err, &se) {
+			return nil, false, fmt.Errorf("%w: %w", late, err)
 		}
 		return nil, false, err
 	}

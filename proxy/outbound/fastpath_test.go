@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/rawio"
+	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 )
 
@@ -231,7 +232,7 @@ func TestFastPathTryDeadline(t *testing.T) {
 	ft := newTestFast()
 	try := func(path string, deadline time.Time) (string, error) {
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+path, nil)
-		resp, err := ft.roundTrip(req, deadline)
+		resp, err := ft.roundTrip(req, deadlines{try: deadline})
 		if err != nil {
 			return "", err
 		}
@@ -257,6 +258,95 @@ func TestFastPathTryDeadline(t *testing.T) {
 	}
 }
 
+// The request's timeout, as the fast transport's whole deadline, bounds
+// the head (errTimeout, not the per-try timeout, whichever of the two
+// comes first wins) and then the body: a body still coming at it fails
+// with a timeout and its connection is closed; a body done before it
+// leaves a connection with no deadline on it, kept for the next request.
+func TestFastPathRequestDeadline(t *testing.T) {
+	addr, conns := proxytest.RawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			switch req.URL.Path {
+			case "/slow-head":
+				time.Sleep(2 * time.Second)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			case "/slow-body":
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+				time.Sleep(300 * time.Millisecond)
+				io.WriteString(c, "ok")
+			default:
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+		}
+	})
+	ft := newTestFast()
+	try := func(path string, dl deadlines) (string, error) {
+		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+path, nil)
+		resp, err := ft.roundTrip(req, dl)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	in := func(d time.Duration) time.Time { return time.Now().Add(d) }
+	for _, tc := range []struct {
+		name       string
+		try, whole time.Duration // from the try's start; 0: none
+		want       error
+	}{
+		{"request timeout alone", 0, 100 * time.Millisecond, errTimeout},
+		{"request timeout first", time.Second, 100 * time.Millisecond, errTimeout},
+		{"per-try timeout first", 100 * time.Millisecond, time.Second, errPerTryTimeout},
+	} {
+		start := time.Now()
+		var dl deadlines
+		if tc.try > 0 {
+			dl.try = start.Add(tc.try)
+		}
+		dl.whole = start.Add(tc.whole)
+		_, err := try("/slow-head", dl)
+		if !errors.Is(err, tc.want) || tc.want == errTimeout && errors.Is(err, errPerTryTimeout) {
+			t.Errorf("%s: a late head: %v, want %v", tc.name, err, tc.want)
+		}
+		if d := time.Since(start); d > 1500*time.Millisecond {
+			t.Errorf("%s: the try ended after %v, want at its deadline, long before the head", tc.name, d)
+		}
+	}
+	_, err := try("/slow-body", deadlines{whole: in(150 * time.Millisecond)})
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("a body later than the request's deadline: %v, want a timeout", err)
+	}
+	if c, _ := classify(err, context.Background(), context.Background()); c != policy.ClassTimeout {
+		t.Errorf("the late body's error is classed %v, want a timeout", c)
+	}
+	before := conns.Load()
+	whole := in(time.Second)
+	if body, err := try("/slow-body", deadlines{try: in(100 * time.Millisecond), whole: whole}); err != nil || body != "okok" {
+		t.Fatalf("a body in time for the request's deadline: %q, %v; want it whole", body, err)
+	}
+	if body, err := try("/", deadlines{}); err != nil || body != "ok" {
+		t.Fatalf("the kept connection without a deadline: %q, %v", body, err)
+	}
+	// Once that deadline has passed, a deadline left on the kept
+	// connection would fail the next request at once.
+	time.Sleep(time.Until(whole) + 50*time.Millisecond)
+	if body, err := try("/", deadlines{}); err != nil || body != "ok" {
+		t.Fatalf("the kept connection past the earlier request's deadline: %q, %v", body, err)
+	}
+	if n := conns.Load(); n != before+1 {
+		t.Errorf("%d connections after the timely body, want %d: one, kept", n-before, 1)
+	}
+}
+
 // A connect that outlasts the per-try deadline fails the try with
 // errPerTryTimeout; one the request's own end cuts short fails with that
 // end, as the per-try context's cancel did.
@@ -269,13 +359,13 @@ func TestFastPathTryDeadlineConnect(t *testing.T) {
 	bound, stop := context.WithTimeout(context.Background(), 5*time.Second) // should the deadline be lost
 	defer stop()
 	req, _ := http.NewRequestWithContext(bound, http.MethodGet, "http://upstream.test/", nil)
-	if _, err := ft.roundTrip(req, time.Now().Add(50*time.Millisecond)); !errors.Is(err, errPerTryTimeout) {
+	if _, err := ft.roundTrip(req, deadlines{try: time.Now().Add(50 * time.Millisecond)}); !errors.Is(err, errPerTryTimeout) {
 		t.Fatalf("connect past the deadline: %v, want errPerTryTimeout", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(20*time.Millisecond, cancel)
 	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, "http://upstream.test/", nil)
-	_, err := ft.roundTrip(req, time.Now().Add(time.Minute))
+	_, err := ft.roundTrip(req, deadlines{try: time.Now().Add(time.Minute)})
 	var de *dialError
 	if !errors.As(err, &de) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("connect cut short by the request's end: %v, want the dial's context.Canceled", err)
@@ -287,7 +377,7 @@ func TestFastPathTryDeadlineConnect(t *testing.T) {
 		return nil, &selfError{addr: "127.0.0.1:15001", asked: "upstream.test:80"}
 	}, http.DefaultTransport, 4)
 	req, _ = http.NewRequestWithContext(bound, http.MethodGet, "http://upstream.test/", nil)
-	_, err = self.roundTrip(req, time.Now().Add(20*time.Millisecond))
+	_, err = self.roundTrip(req, deadlines{try: time.Now().Add(20 * time.Millisecond)})
 	var se *selfError
 	if !errors.As(err, &se) || errors.Is(err, errPerTryTimeout) {
 		t.Fatalf("a refusal to dial the sidecar itself, after the deadline: %v, want the selfError alone", err)
@@ -347,13 +437,13 @@ func TestFastPathTryDeadlineEndedNotKept(t *testing.T) {
 	ctx := &lateCtx{Context: context.Background(), done: make(chan struct{})}
 	go func() { <-got; ctx.end(); close(proceed) }()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
-	resp, err := ft.roundTrip(req, time.Now().Add(5*time.Second))
+	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(5 * time.Second)})
 	if err != nil {
 		t.Fatalf("first try: %v", err)
 	}
 	resp.Body.Close()
 	req, _ = http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)
-	resp, err = ft.roundTrip(req, time.Time{})
+	resp, err = ft.roundTrip(req, deadlines{})
 	if err != nil {
 		t.Fatalf("the next request, no deadline: %v (connections: %d)", err, conns.Load())
 	}
@@ -391,7 +481,7 @@ func TestFastPathTryDeadlineRewake(t *testing.T) {
 	}})
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
 	start := time.Now()
-	resp, err := ft.roundTrip(req, time.Now().Add(10*time.Second))
+	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(10 * time.Second)})
 	if err != nil {
 		t.Fatalf("roundTrip: %v", err)
 	}

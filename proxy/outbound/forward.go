@@ -62,7 +62,8 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil && class == 0 {
 			return nil, err // refused, the app's fault or the app gone: nothing to retry
 		}
-		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || !f.retryable(req, st, r, resp, class) {
+		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || errors.Is(err, errTimeout) ||
+			!f.retryable(req, st, r, resp, class) {
 			return resp, err
 		}
 		if resp != nil {
@@ -72,7 +73,10 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp.Body.Close()
 		}
 		dst.metrics.Retry(reason(resp, st, class))
-		if ctx := req.Context(); !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max)) {
+		if ctx := req.Context(); !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max), st.deadline) {
+			if ctx.Err() == nil {
+				return nil, &upstreamError{class: policy.ClassTimeout, err: errTimeout} // st.deadline
+			}
 			if _, gone := classify(ctx.Err(), ctx, ctx); gone {
 				return nil, errClientGone
 			}
@@ -152,14 +156,17 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	}
 	ft, fast := t.(*fastTransport)
 	fast = fast && eligible(out)
+	if !fast && !st.deadline.IsZero() {
+		panic("outbound: a request timeout as a deadline on a try the fast transport does not send") // fastProxy's requests are its
+	}
 	var timer *time.Timer
 	var cancel context.CancelCauseFunc
-	var tryDeadline time.Time
+	dl := deadlines{whole: st.deadline}
 	if r := dst.policy.Spec.Retries; r != nil && r.PerTryTimeout > 0 && !st.upgrade {
 		if fast {
 			// The fast transport ends the try at a deadline on its
 			// connection: no context, timer and request copy per try.
-			tryDeadline = time.Now().Add(r.PerTryTimeout)
+			dl.try = time.Now().Add(r.PerTryTimeout)
 		} else {
 			var tctx context.Context
 			tctx, cancel = context.WithCancelCause(ctx)
@@ -174,7 +181,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	var resp *http.Response
 	var err error
 	if fast {
-		resp, err = ft.roundTrip(out, tryDeadline)
+		resp, err = ft.roundTrip(out, dl)
 	} else {
 		resp, err = t.RoundTrip(out)
 	}
@@ -533,13 +540,19 @@ func countedStatus(resp *http.Response, st *reqState) int {
 	return http.StatusOK
 }
 
-// sleep waits d unless ctx ends first.
-func sleep(ctx context.Context, d time.Duration) bool {
+// sleep waits d unless ctx ends or the deadline (zero: none) comes first.
+func sleep(ctx context.Context, d time.Duration, deadline time.Time) bool {
+	ok := true
+	if !deadline.IsZero() {
+		if left := time.Until(deadline); left < d {
+			d, ok = max(left, 0), false
+		}
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
-		return true
+		return ok
 	case <-ctx.Done():
 		return false
 	}

@@ -238,7 +238,10 @@ type reqState struct {
 	// metric ends there, so that a long stream does not look slow.
 	headers time.Time
 	start   time.Time
-	errKind string // the X-Minimesh-Error of the sidecar's own answer
+	// deadline is the request's timeout on the fast path (fastProxy):
+	// the fast transport's deadlines, where other requests' is a context.
+	deadline time.Time
+	errKind  string // the X-Minimesh-Error of the sidecar's own answer
 	// late is how the upstream's response failed after its headers (a
 	// reset, a timeout); 0 when it did not.
 	late     policy.Class
@@ -409,10 +412,17 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		if st.grpc {
 			t = grpcTimeout(r.Header, t)
 		}
+		fast := h.fastProxied(r, st)
 		if t > 0 && !st.upgrade {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
-			defer cancel()
+			if fast {
+				// The fast transport keeps it as a deadline on its
+				// connection: no timer, context nor AfterFunc of its own.
+				st.deadline = start.Add(t)
+			} else {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
+				defer cancel()
+			}
 		}
 		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 {
 			var cancel context.CancelCauseFunc
@@ -425,7 +435,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			})
 			defer stop()
 		}
-		if h.fastProxied(r, st) {
+		if fast {
 			h.fastProxy(w, r, ctx, st)
 		} else {
 			h.rp.ServeHTTP(w, r.WithContext(ctx))
@@ -716,7 +726,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 			body.Message = "upstream " + st.dest.name + " did not answer within the call's deadline"
 		}
 	}
-	if context.Cause(r.Context()) == errTimeout && kind != wellknown.ErrorCircuitOpen {
+	if (context.Cause(r.Context()) == errTimeout || errors.Is(err, errTimeout)) && kind != wellknown.ErrorCircuitOpen {
 		code, kind = http.StatusGatewayTimeout, wellknown.ErrorTimeout
 		body.Message = "upstream " + st.dest.name + " did not answer within the request timeout"
 	}

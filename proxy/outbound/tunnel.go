@@ -174,7 +174,7 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority st
 			return nil, ue
 		}
 		dst.metrics.Retry("connect-failure")
-		if !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max)) {
+		if !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max), time.Time{}) {
 			return nil, ue
 		}
 	}
