@@ -285,7 +285,8 @@ func isConnReset(err error) bool {
 }
 
 // release ends a request on c: kept for the next one if the response
-// was read whole, the server allows it and no deadline was set on it.
+// was read whole, the server allows it and the request's end did not
+// wake c; a deadline left on it (the request's) is cleared.
 func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 	if !stop() || !reusable || c.br.Buffered() > 0 {
 		c.Close()
@@ -407,7 +408,7 @@ func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time,
 	nc, err := t.dial(dctx, "tcp", key)
 	if err != nil {
 		var se *selfError
-		if ctx.Err() == nil && context.Cause(dctx) == late && !errors.As(err, &se) {
+		if ctx.Err() == nil && !errors.As(err, &se) && dialLate(err, dctx, deadline, late) {
 			return nil, false, fmt.Errorf("%w: %w", late, err)
 		}
 		return nil, false, err
@@ -417,6 +418,18 @@ func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time,
 	c.br = bufio.NewReaderSize(c, 4<<10)
 	c.bw = bufio.NewWriterSize(nc, 4<<10)
 	return c, false, nil
+}
+
+// dialLate reports whether a dial failed by its deadline: its context's
+// cause says so, or the socket's own deadline, which the dialer sets from
+// the context's, woke the connect before the context's timer ran (an
+// i/o timeout at the deadline, then a connect failure to classify). The
+// dialer's connect timeout, earlier than the deadline, stays its own.
+func dialLate(err error, dctx context.Context, deadline time.Time, late error) bool {
+	if context.Cause(dctx) == late {
+		return true
+	}
+	return !deadline.IsZero() && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline)
 }
 
 // fastBody hands the connection back when the response body has been

@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -381,6 +383,57 @@ func TestFastPathTryDeadlineConnect(t *testing.T) {
 	var se *selfError
 	if !errors.As(err, &se) || errors.Is(err, errPerTryTimeout) {
 		t.Fatalf("a refusal to dial the sidecar itself, after the deadline: %v, want the selfError alone", err)
+	}
+}
+
+// fullListener is a loopback listener that never accepts, its queue
+// full: a connect to it hangs until its deadline.
+func fullListener(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+	for range 4 { // the queue's room, and then some
+		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+	}
+	return addr
+}
+
+// A connect still waiting at a try's deadline fails with that deadline's
+// error, every time: the dialer's socket deadline, set from the dial
+// context's, may wake it before the context's own timer ends it, and
+// that i/o timeout is no connect failure. The dialer's connect timeout,
+// before any deadline, stays a connect failure.
+func TestFastPathDeadlineConnectTimeout(t *testing.T) {
+	addr := fullListener(t)
+	ft := newTestFast()
+	for i := range 100 {
+		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)
+		_, err := ft.roundTrip(req, deadlines{whole: time.Now().Add(5 * time.Millisecond)})
+		if c, _ := classify(err, context.Background(), context.Background()); !errors.Is(err, errTimeout) || c != policy.ClassTimeout {
+			t.Fatalf("connect %d past the request's deadline: %v (class %v), want errTimeout", i, err, c)
+		}
+	}
+	quick := newFastTransport(newDialer(20*time.Millisecond, nil, newSelfAddrs()).DialContext, http.DefaultTransport, 4)
+	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)
+	_, err := quick.roundTrip(req, deadlines{whole: time.Now().Add(time.Minute)})
+	if c, _ := classify(err, context.Background(), context.Background()); errors.Is(err, errTimeout) || c != policy.ClassConnectFailure {
+		t.Fatalf("the dialer's connect timeout: %v (class %v), want a connect failure", err, c)
 	}
 }
 

@@ -63,7 +63,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err // refused, the app's fault or the app gone: nothing to retry
 		}
 		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || errors.Is(err, errTimeout) ||
-			!f.retryable(req, st, r, resp, class) {
+			!st.deadline.IsZero() && !time.Now().Before(st.deadline) || !f.retryable(req, st, r, resp, class) {
 			return resp, err
 		}
 		if resp != nil {
