@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,6 +136,50 @@ var handlers = map[string]http.HandlerFunc{
 	"no-header-call": func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(201)
 	},
+	// SetHeader's: the same bytes as net/http's server, which gets the
+	// fields copied into its own header (setHeader).
+	"set-header": func(w http.ResponseWriter, r *http.Request) {
+		setHeader(w, http.Header{"Content-Type": {"text/plain"}, "Content-Length": {"5"}, "X-A": {"1", "2"}})
+		w.Header().Set("X-Request-Id", "r") // after SetHeader, before WriteHeader: sent
+		w.WriteHeader(200)
+		io.WriteString(w, "hello")
+	},
+	"set-header-sniffed": func(w http.ResponseWriter, r *http.Request) {
+		setHeader(w, http.Header{})
+		io.WriteString(w, "<html><body>hi</body></html>")
+	},
+	"set-header-chunked": func(w http.ResponseWriter, r *http.Request) {
+		setHeader(w, http.Header{"X-A": {"1"}, "Connection": {"close"}})
+		w.WriteHeader(200)
+		w.Write(bytes.Repeat([]byte("c"), 5000))
+	},
+	"set-header-trailers": func(w http.ResponseWriter, r *http.Request) {
+		setHeader(w, http.Header{"Trailer": {"X-Sum"}, "Content-Type": {"text/plain"}})
+		w.WriteHeader(200)
+		io.WriteString(w, "body")
+		w.(http.Flusher).Flush() // the header out: then the trailers
+		w.Header().Set("X-Sum", "42")
+		w.Header().Set(http.TrailerPrefix+"X-Late", "late")
+	},
+	"set-header-304": func(w http.ResponseWriter, r *http.Request) {
+		setHeader(w, http.Header{"Content-Type": {"text/plain"}, "Content-Length": {"7"}, "Etag": {`"x"`}})
+		w.WriteHeader(304)
+	},
+	"set-header-204": func(w http.ResponseWriter, r *http.Request) {
+		setHeader(w, http.Header{"Content-Length": {"5"}, "Transfer-Encoding": {"chunked"}})
+		w.WriteHeader(204)
+		io.WriteString(w, "nope!")
+	},
+	"set-header-refused": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-First", "1") // a field already: SetHeader declines
+		setHeader(w, http.Header{"X-A": {"1"}})
+		io.WriteString(w, "copied")
+	},
+	"set-header-late": func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		setHeader(w, http.Header{"X-A": {"1"}}) // after WriteHeader: declined, not sent
+		io.WriteString(w, "late")
+	},
 	"echo": func(w http.ResponseWriter, r *http.Request) {
 		_, isServer := r.Context().Value(http.ServerContextKey).(*http.Server)
 		_, isLocal := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
@@ -143,6 +188,38 @@ var handlers = map[string]http.HandlerFunc{
 			r.Body == http.NoBody, r.Header, r.Trailer, isServer, isLocal, r.RemoteAddr != "")
 		w.Header().Set("Content-Type", "text/plain") // too late: sniffed
 	},
+}
+
+// setHeader answers with h as the header: SetHeader on the lean loop, a
+// copy of every field on net/http's server (a proxy's fastProxy does the
+// same).
+func setHeader(w http.ResponseWriter, h http.Header) {
+	if s, ok := w.(interface{ SetHeader(http.Header) bool }); ok && s.SetHeader(h) {
+		setHeaderTaken.Add(1)
+		return
+	}
+	for k, vv := range h {
+		w.Header()[k] = vv
+	}
+}
+
+var setHeaderTaken atomic.Int32
+
+// TestSetHeaderTaken: the lean loop takes a header from SetHeader (and
+// TestSameAsNetHTTP's set-header handlers test that path, not the copy),
+// but not once the response has fields or a status.
+func TestSetHeaderTaken(t *testing.T) {
+	for _, tc := range []struct {
+		handler string
+		taken   bool
+	}{{"set-header", true}, {"set-header-trailers", true}, {"set-header-refused", false}, {"set-header-late", false}} {
+		p := startPair(t, handlers[tc.handler])
+		before := setHeaderTaken.Load()
+		exchange(t, p.lean, []byte("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+		if got := setHeaderTaken.Load() > before; got != tc.taken {
+			t.Errorf("%s: SetHeader took the header: %v, want %v", tc.handler, got, tc.taken)
+		}
+	}
 }
 
 // pair is the same handler behind a standard server and behind a lean

@@ -36,17 +36,20 @@ import (
 // the rest unbuffered (chunked when the length is unknown); this one has
 // none, so io.Copy buffers as Write does (a short body gets a
 // Content-Length). Both are valid framing; the sidecar's handlers call
-// Write.
+// Write. One addition: SetHeader, for a handler that has a header map
+// of its own to answer with (a proxy's upstream response).
 type response struct {
 	c   *conn
 	req *http.Request
 
-	handlerHeader http.Header
+	handlerHeader http.Header // made by Header, or given to SetHeader
 	// header is a copy of handlerHeader as it was at WriteHeader, when the
 	// handler had called Header (net/http's chunkWriter.header): what
-	// the handler changes after WriteHeader is not sent.
+	// the handler changes after WriteHeader is not sent. After SetHeader
+	// it is handlerHeader itself.
 	header       http.Header
 	calledHeader bool
+	setHeader    bool
 
 	wroteHeader bool // a final status was (logically) written
 	headerSent  bool // the header went into the connection's buffer
@@ -77,11 +80,29 @@ const bufferBeforeChunkingSize = 2048
 var crlf = []byte("\r\n")
 
 func (w *response) Header() http.Header {
+	if w.handlerHeader == nil {
+		w.handlerHeader = make(http.Header)
+	}
 	if w.header == nil && w.wroteHeader && !w.headerSent {
 		w.header = w.handlerHeader.Clone()
 	}
 	w.calledHeader = true
 	return w.handlerHeader
+}
+
+// SetHeader makes h the response's header, in place of what Header
+// returned so far (empty: it reports false, doing nothing, for a header
+// with fields in it, and after WriteHeader), and spares WriteHeader its
+// copy of it. In exchange, the caller changes h after WriteHeader only
+// once the header is out (Flush, or the handler's end), as for trailers.
+// A proxy answering with its upstream's header map saves a copy of
+// every field into Header's map and a second at WriteHeader.
+func (w *response) SetHeader(h http.Header) bool {
+	if w.wroteHeader || len(w.handlerHeader) > 0 {
+		return false
+	}
+	w.handlerHeader, w.calledHeader, w.setHeader = h, true, true
+	return true
 }
 
 func (w *response) WriteHeader(code int) {
@@ -106,7 +127,11 @@ func (w *response) WriteHeader(code int) {
 	w.wroteHeader = true
 	w.status = code
 	if w.calledHeader && w.header == nil {
-		w.header = w.handlerHeader.Clone()
+		if w.setHeader {
+			w.header = w.handlerHeader // the caller's promise: SetHeader
+		} else {
+			w.header = w.handlerHeader.Clone()
+		}
 	}
 	if cl := hget(w.handlerHeader, "Content-Length"); cl != "" {
 		v, err := strconv.ParseInt(cl, 10, 64)

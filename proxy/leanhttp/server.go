@@ -369,7 +369,7 @@ func (c *conn) serve() {
 		r.RemoteAddr = c.remote
 		req := r.WithContext(ctx)
 		w := &response{
-			c: c, req: req, handlerHeader: make(http.Header), contentLength: -1,
+			c: c, req: req, contentLength: -1,
 			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(hget(req.Header, "Connection"), "keep-alive"),
 			wantsClose:       req.Close || hasToken(hget(req.Header, "Connection"), "close"),
 		}

@@ -42,12 +42,20 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		h.serveError(w, out, err)
 		return
 	}
-	dst := w.Header()
-	for k, vv := range res.Header {
-		if have, ok := dst[k]; ok {
-			dst[k] = append(have, vv...)
-		} else {
-			dst[k] = vv // the response's own slices, read by nothing else now
+	var dst http.Header
+	if hs, ok := st.out.ResponseWriter.(headerSetter); ok && hs.SetHeader(res.Header) {
+		// The upstream's header is the app's (leanhttp): every change
+		// below comes before WriteHeader, the trailers' after the Flush
+		// that sends it, and answerLate's before a status went out.
+		dst = res.Header
+	} else {
+		dst = w.Header()
+		for k, vv := range res.Header {
+			if have, ok := dst[k]; ok {
+				dst[k] = append(have, vv...)
+			} else {
+				dst[k] = vv // the response's own slices, read by nothing else now
+			}
 		}
 	}
 	announced := len(res.Trailer)
@@ -83,6 +91,10 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		}
 	}
 }
+
+// headerSetter is a ResponseWriter that can take a header map to answer
+// with (leanhttp's response).
+type headerSetter interface{ SetHeader(http.Header) bool }
 
 // toOutbound makes the app's request header, in place, the header of the
 // request forwarded for it: without the hop-by-hop fields, with this
