@@ -608,6 +608,58 @@ func TestClientGoneCancels(t *testing.T) {
 	}
 }
 
+// TestAfterCancel: a function registered with AfterCancel runs once the
+// request's context ends (its client gone), with the context's Err set,
+// as context.AfterFunc's would; its stop, called first, keeps it from
+// running; a second registration, and one after the end, are
+// context.AfterFunc's and run too.
+func TestAfterCancel(t *testing.T) {
+	type result struct {
+		name string
+		err  error // the request context's Err when f ran
+	}
+	ran := make(chan result, 8)
+	stopped := make(chan bool, 1)
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ac, ok := w.(interface{ AfterCancel(func()) func() bool })
+		if !ok {
+			return // net/http's server: not this test's
+		}
+		on := func(name string) func() { return func() { ran <- result{name, r.Context().Err()} } }
+		stopped <- ac.AfterCancel(on("stopped"))()
+		ac.AfterCancel(on("first"))
+		ac.AfterCancel(on("second")) // a second at once: context.AfterFunc's
+		<-r.Context().Done()
+		ac.AfterCancel(on("late")) // after the end: at once
+	}))
+	c, err := net.Dial("tcp", p.lean)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if !<-stopped {
+		t.Error("stop before the end reported false, want true: it unregistered the function")
+	}
+	c.Close()
+	got := map[string]error{}
+	for len(got) < 3 {
+		select {
+		case r := <-ran:
+			if r.name == "stopped" {
+				t.Fatal("the stopped function ran")
+			}
+			got[r.name] = r.err
+		case <-time.After(DefaultWatchAfter + 3*time.Second):
+			t.Fatalf("ran %v, want first, second and late", got)
+		}
+	}
+	for name, err := range got {
+		if err == nil {
+			t.Errorf("%s ran before the context's Err was set", name)
+		}
+	}
+}
+
 // TestStreamCancelled: a response streaming when the client goes away
 // ends too.
 func TestStreamCancelled(t *testing.T) {

@@ -2,6 +2,7 @@ package leanhttp
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net/http"
 	"path"
@@ -88,6 +89,29 @@ func (w *response) Header() http.Header {
 	}
 	w.calledHeader = true
 	return w.handlerHeader
+}
+
+// AfterCancel arranges to call f once the loop cancels the request's
+// context (its client went away, the response could not be written, or
+// the request is over), after the context's Err is set, as
+// context.AfterFunc(r.Context(), f) does; stop unregisters f, reporting
+// whether it did so before f was called. It saves AfterFunc's
+// allocations (a context, the request context's children map and done
+// channel) for the one function a request's handler registers at a time;
+// another, or one after the context's end, gets context.AfterFunc. Two
+// differences: f runs on the goroutine that cancels (it must not block),
+// and stop must be called before the handler returns (it is the
+// connection's, not the request's).
+func (w *response) AfterCancel(f func()) (stop func() bool) {
+	c := w.c
+	c.amu.Lock()
+	if c.after != nil || c.ended {
+		c.amu.Unlock()
+		return context.AfterFunc(w.req.Context(), f)
+	}
+	c.after = f
+	c.amu.Unlock()
+	return c.stopAfter
 }
 
 // SetHeader makes h the response's header, in place of what Header

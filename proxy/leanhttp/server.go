@@ -213,11 +213,18 @@ type conn struct {
 	dateStr [len(http.TimeFormat)]byte
 
 	// The watch: see watch.
-	reqStart  atomic.Int64 // the current request's start (UnixNano), 0 between requests
-	wstate    atomic.Int32
-	aborted   atomic.Bool
-	gone      atomic.Bool
-	cancel    context.CancelFunc // the current request's
+	reqStart atomic.Int64 // the current request's start (UnixNano), 0 between requests
+	wstate   atomic.Int32
+	aborted  atomic.Bool
+	gone     atomic.Bool
+	cancel   context.CancelFunc // the current request's
+	// after is what the request's handler registered with AfterCancel
+	// (nil: nothing), ended that the request's context was cancelled;
+	// amu guards both against the watch.
+	amu       sync.Mutex
+	after     func()
+	ended     bool
+	stopAfter func() bool // c.unregister, made once
 	watchDone chan struct{}
 	// wmu orders the watch's clearing of the read deadline before
 	// unwatch's abort: without it the abort could come in between and be
@@ -238,6 +245,7 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 func (s *Server) newConn(ctx context.Context, rw net.Conn) *conn {
 	c := &conn{s: s, rwc: rw, ctx: ctx, watchDone: make(chan struct{}, 1)}
+	c.stopAfter = c.unregister
 	if ra := rw.RemoteAddr(); ra != nil {
 		c.remote = ra.String()
 	}
@@ -267,7 +275,7 @@ func (w errWriter) Write(p []byte) (int, error) {
 	if err != nil && w.c.werr == nil {
 		w.c.werr = err
 		if w.c.cancel != nil {
-			w.c.cancel()
+			w.c.cancelRequest()
 		}
 	}
 	return n, err
@@ -293,7 +301,7 @@ func (c *conn) serve() {
 			s.logf("http: panic serving %v: %v\n%s", c.remote, err, buf)
 		}
 		if inFlight != nil {
-			c.cancel()
+			c.cancelRequest()
 			c.unwatch()
 		}
 		s.mu.Lock()
@@ -374,6 +382,9 @@ func (c *conn) serve() {
 			wantsClose:       req.Close || hasToken(hget(req.Header, "Connection"), "close"),
 		}
 		c.cancel = cancel
+		c.amu.Lock()
+		c.after, c.ended = nil, false
+		c.amu.Unlock()
 		c.arm()
 		inFlight = w
 		handler := s.Std.Handler
@@ -383,7 +394,7 @@ func (c *conn) serve() {
 		handler.ServeHTTP(w, req)
 		inFlight = nil
 		c.unwatch()
-		cancel()
+		c.cancelRequest()
 		w.finish()
 		c.cancel = nil
 		if c.wdl {
@@ -553,6 +564,29 @@ func (s *Server) watchdog() {
 	}
 }
 
+// cancelRequest cancels the current request's context, then runs what
+// its handler registered with AfterCancel: in that order, as a context
+// runs its AfterFunc callbacks once its Err is set.
+func (c *conn) cancelRequest() {
+	c.cancel()
+	c.amu.Lock()
+	f := c.after
+	c.after, c.ended = nil, true
+	c.amu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// unregister is AfterCancel's stop.
+func (c *conn) unregister() bool {
+	c.amu.Lock()
+	had := c.after != nil
+	c.after = nil
+	c.amu.Unlock()
+	return had
+}
+
 // watch runs when a request has been served for WatchAfter: it reads the
 // connection until the client closes it (EOF, reset), which cancels the
 // request, as net/http's background read does for every request. A byte
@@ -574,7 +608,7 @@ func (c *conn) watch() {
 	if err != nil && !(c.aborted.Load() && errors.As(err, &ne) && ne.Timeout()) {
 		c.gone.Store(true)
 		if c.cancel != nil {
-			c.cancel()
+			c.cancelRequest()
 		}
 	}
 	c.watchDone <- struct{}{}

@@ -163,7 +163,7 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	if !deadline.IsZero() {
 		_ = c.SetDeadline(deadline) // before the wake can be registered: never over it
 	}
-	stop := context.AfterFunc(ctx, c.wake)
+	stop := afterEnd(ctx, c.wake)
 	before := c.read
 	var err error
 	var own bool
@@ -269,6 +269,26 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	}
 	resp.Body = &fastBody{ReadCloser: resp.Body, t: t, c: c, stop: stop, reusable: reusable}
 	return resp, nil
+}
+
+// afterEnd is context.AfterFunc(ctx, f), without its allocations when
+// ctx is the state of a request the lean loop serves (fastProxy's):
+// leanhttp's AfterCancel calls f when the loop cancels the request's
+// context. Only for the state itself: every context between it and the
+// request's (tracing's values) ends when that one does, where one that
+// a caller derived from it could end of its own (a timeout) unseen.
+func afterEnd(ctx context.Context, f func()) (stop func() bool) {
+	if st, ok := ctx.(*reqState); ok {
+		if ac, ok := st.out.ResponseWriter.(afterCanceler); ok {
+			return ac.AfterCancel(f)
+		}
+	}
+	return context.AfterFunc(ctx, f)
+}
+
+// afterCanceler is leanhttp's response.
+type afterCanceler interface {
+	AfterCancel(f func()) (stop func() bool)
 }
 
 // staleOr marks an error on a connection that answered nothing.
