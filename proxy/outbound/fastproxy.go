@@ -106,6 +106,8 @@ type headerSetter interface{ SetHeader(http.Header) bool }
 // path's allocations. Every change replaces a slice, none writes into
 // one: the values are the server's.
 func (h *Handler) toOutbound(hdr http.Header) {
+	// Read first: Connection may list Te, as RFC 9110 §10.1.4 asks.
+	trailers := httpguts.HeaderValuesContainsToken(hdr["Te"], "trailers")
 	var room [4]string
 	for _, k := range connectionListed(hdr["Connection"], room[:0]) {
 		if !isForwardedHeader(k) {
@@ -114,7 +116,6 @@ func (h *Handler) toOutbound(hdr http.Header) {
 			delete(hdr, k)
 		}
 	}
-	trailers := httpguts.HeaderValuesContainsToken(hdr["Te"], "trailers")
 	for _, k := range hopHeaders {
 		delete(hdr, k)
 	}

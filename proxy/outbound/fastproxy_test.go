@@ -32,9 +32,11 @@ func TestFastProxyAsReverseProxy(t *testing.T) {
 		"hop-by-hop": "GET http://geo:8000/ HTTP/1.1\r\nHost: geo:8000\r\nConnection: keep-alive, X-Secret, forwarded\r\n" +
 			"X-Secret: s\r\nKeep-Alive: timeout=5\r\nTe: trailers, deflate\r\nProxy-Authorization: Basic eA==\r\n" +
 			"Proxy-Connection: keep-alive\r\nForwarded: for=192.0.2.1\r\nX-Forwarded-For: 192.0.2.1\r\nVia: 1.1 other\r\n\r\n",
-		"head":     "HEAD http://geo:8000/h HTTP/1.1\r\nHost: geo:8000\r\n\r\n",
-		"options":  "OPTIONS http://geo:8000/o HTTP/1.1\r\nHost: geo:8000\r\nOrigin: http://a\r\n\r\n",
-		"http/1.0": "GET http://geo:8000/old HTTP/1.0\r\nHost: geo:8000\r\nConnection: keep-alive\r\n\r\n",
+		// RFC 9110 §10.1.4: a sender of TE lists it in Connection.
+		"te listed": "GET http://geo:8000/ HTTP/1.1\r\nHost: geo:8000\r\nConnection: TE\r\nTe: trailers\r\n\r\n",
+		"head":      "HEAD http://geo:8000/h HTTP/1.1\r\nHost: geo:8000\r\n\r\n",
+		"options":   "OPTIONS http://geo:8000/o HTTP/1.1\r\nHost: geo:8000\r\nOrigin: http://a\r\n\r\n",
+		"http/1.0":  "GET http://geo:8000/old HTTP/1.0\r\nHost: geo:8000\r\nConnection: keep-alive\r\n\r\n",
 	}
 	responses := map[string]string{
 		"length":      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
