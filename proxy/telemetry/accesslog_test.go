@@ -3,6 +3,7 @@ package telemetry
 import (
 	"bytes"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -143,4 +144,32 @@ func BenchmarkAppendTime(b *testing.B) {
 	for b.Loop() {
 		buf = appendTime(buf[:0], tm)
 	}
+}
+
+// TestAppendMillis: a duration's milliseconds as the float formatting
+// wrote them, around every boundary of the integer one.
+func TestAppendMillis(t *testing.T) {
+	for _, d := range []time.Duration{0, 1, 999, time.Microsecond, 999 * time.Microsecond, time.Millisecond,
+		1001 * time.Microsecond, 12345678 * time.Microsecond, time.Hour, -time.Microsecond, -1500 * time.Microsecond,
+		-999, 10 * 365 * 24 * time.Hour} {
+		if got, want := string(appendMillis([]byte("x"), d)), "x"+strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64); got != want {
+			t.Errorf("appendMillis(%v) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// FuzzAppendMillis: the same for any duration within 30 years either
+// way (beyond, the float's own rounding errs, not the integers).
+func FuzzAppendMillis(f *testing.F) {
+	f.Add(int64(123456789))
+	f.Fuzz(func(t *testing.T, ns int64) {
+		const limit = int64(30 * 365 * 24 * time.Hour)
+		if ns > limit || ns < -limit {
+			return
+		}
+		d := time.Duration(ns)
+		if got, want := string(appendMillis(nil, d)), strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64); got != want {
+			t.Fatalf("appendMillis(%d) = %q, want %q", ns, got, want)
+		}
+	})
 }
