@@ -10,7 +10,10 @@
 // itself: keep-alive HTTP/1.1 and HTTP/1.0 requests without a body (GET,
 // HEAD, OPTIONS, DELETE), origin-form with a Host header or absolute-form,
 // no Upgrade, no Expect, no pipelining. It calls the handler with a
-// ResponseWriter that frames the response as net/http's does (response.go).
+// ResponseWriter that frames the response as net/http's does (response.go),
+// and offers a proxy two ways around per-request copies and contexts:
+// SetHeader (answer with a header map of its own) and AfterCancel (a
+// function called when the request's context ends).
 //
 // Every other connection, from its first request the loop does not
 // serve (a body, CONNECT, an upgrade, h2c, Expect, pipelined requests,
