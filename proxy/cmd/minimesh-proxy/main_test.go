@@ -241,7 +241,7 @@ type proc struct {
 }
 
 // startProxy runs the binary until the test ends and waits for its
-// ready line.
+// ready line and its /ready.
 func startProxy(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
 	return startBinary(t, binary, env, args...)
@@ -274,13 +274,25 @@ func startBinary(t *testing.T, bin string, env []string, args ...string) *proc {
 			t.Logf("minimesh-proxy %v stderr:\n%s", args, l.String())
 		}
 	})
+	deadline := time.Now().Add(10 * time.Second)
 	select {
 	case r := <-l.ready:
 		p.outbound, p.admin = r.Outbound, r.Admin
 	case <-p.exited:
 		t.Fatalf("minimesh-proxy exited before ready: %v\n%s", p.err, l.String())
-	case <-time.After(10 * time.Second):
+	case <-time.After(time.Until(deadline)):
 		t.Fatalf("minimesh-proxy not ready within 10s:\n%s", l.String())
+	}
+	// The sidecar logs its ready line just before /ready turns 200 (so
+	// that whoever saw the 200 finds the line): a started proxy is both.
+	for p.admin != "" {
+		if code, _ := p.adminGet("/ready"); code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("minimesh-proxy logged its ready line, but /ready did not answer 200 within 10s:\n%s", l.String())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	return p
 }
