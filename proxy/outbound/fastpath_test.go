@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -205,12 +206,10 @@ func TestFastPathLeavesOthersToTransport(t *testing.T) {
 	}
 }
 
-// A per-try deadline bounds the try up to the response head: a head that
-// does not come by then fails the try with errPerTryTimeout (and the
-// connection is not kept), a body that comes after it is read whole, and
-// the connection then serves a request with no deadline.
-func TestFastPathTryDeadline(t *testing.T) {
-	addr, conns := proxytest.RawServer(t, func(c net.Conn, _ int) {
+// slowUpstream answers /slow-head after 2 s, /slow-body's second half
+// 300 ms after its head, anything else at once, on kept connections.
+func slowUpstream(t *testing.T) (string, *atomic.Int32) {
+	return proxytest.RawServer(t, func(c net.Conn, _ int) {
 		defer c.Close()
 		br := bufio.NewReader(c)
 		for {
@@ -231,16 +230,29 @@ func TestFastPathTryDeadline(t *testing.T) {
 			}
 		}
 	})
+}
+
+// getBy sends GET path to addr through ft by dl and reads the body whole.
+func getBy(ft *fastTransport, addr, path string, dl deadlines) (string, error) {
+	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+path, nil)
+	resp, err := ft.roundTrip(req, dl)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// A per-try deadline bounds the try up to the response head: a head that
+// does not come by then fails the try with errPerTryTimeout (and the
+// connection is not kept), a body that comes after it is read whole, and
+// the connection then serves a request with no deadline.
+func TestFastPathTryDeadline(t *testing.T) {
+	addr, conns := slowUpstream(t)
 	ft := newTestFast()
 	try := func(path string, deadline time.Time) (string, error) {
-		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+path, nil)
-		resp, err := ft.roundTrip(req, deadlines{try: deadline})
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return string(b), err
+		return getBy(ft, addr, path, deadlines{try: deadline})
 	}
 	start := time.Now()
 	if _, err := try("/slow-head", time.Now().Add(100*time.Millisecond)); !errors.Is(err, errPerTryTimeout) {
@@ -266,38 +278,9 @@ func TestFastPathTryDeadline(t *testing.T) {
 // with a timeout and its connection is closed; a body done before it
 // leaves a connection with no deadline on it, kept for the next request.
 func TestFastPathRequestDeadline(t *testing.T) {
-	addr, conns := proxytest.RawServer(t, func(c net.Conn, _ int) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			switch req.URL.Path {
-			case "/slow-head":
-				time.Sleep(2 * time.Second)
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			case "/slow-body":
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
-				time.Sleep(300 * time.Millisecond)
-				io.WriteString(c, "ok")
-			default:
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			}
-		}
-	})
+	addr, conns := slowUpstream(t)
 	ft := newTestFast()
-	try := func(path string, dl deadlines) (string, error) {
-		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+path, nil)
-		resp, err := ft.roundTrip(req, dl)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		return string(b), err
-	}
+	try := func(path string, dl deadlines) (string, error) { return getBy(ft, addr, path, dl) }
 	in := func(d time.Duration) time.Time { return time.Now().Add(d) }
 	for _, tc := range []struct {
 		name       string
