@@ -63,7 +63,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err // refused, the app's fault or the app gone: nothing to retry
 		}
 		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || errors.Is(err, errTimeout) ||
-			!st.deadline.IsZero() && !time.Now().Before(st.deadline) || !f.retryable(req, st, r, resp, class) {
+			!f.retryable(req, st, r, resp, class) {
 			return resp, err
 		}
 		if resp != nil {
@@ -469,6 +469,9 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	}
 	if st.replay != nil && !st.replay.replayable() {
 		return false
+	}
+	if !st.deadline.IsZero() && !time.Now().Before(st.deadline) {
+		return false // the request's time is up (fast path: no context ends)
 	}
 	// This try is over, judged by its status: its breaker and endpoint
 	// hear so now, and the drain of its body that follows fails nothing
