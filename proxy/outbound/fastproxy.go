@@ -36,7 +36,7 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		h.serveError(w, out, err)
 		return
 	}
-	removeHopByHop(res.Header)
+	removeHopByHop(res.Header, nil)
 	if err := modifyResponse(res); err != nil {
 		res.Body.Close()
 		h.serveError(w, out, err)
@@ -108,17 +108,9 @@ type headerSetter interface{ SetHeader(http.Header) bool }
 func (h *Handler) toOutbound(hdr http.Header) {
 	// Read first: Connection may list Te, as RFC 9110 §10.1.4 asks.
 	trailers := httpguts.HeaderValuesContainsToken(hdr["Te"], "trailers")
-	var room [4]string
-	for _, k := range connectionListed(hdr["Connection"], room[:0]) {
-		if !isForwardedHeader(k) {
-			// (rewrite puts the app's Forwarded headers back even when
-			// its Connection header names them.)
-			delete(hdr, k)
-		}
-	}
-	for _, k := range hopHeaders {
-		delete(hdr, k)
-	}
+	// (rewrite puts the app's Forwarded headers back even when its
+	// Connection header names them.)
+	removeHopByHop(hdr, isForwardedHeader)
 	if trailers {
 		hdr["Te"] = teTrailers
 	}
@@ -153,12 +145,15 @@ func connectionListed(conn []string, drop []string) []string {
 	return drop
 }
 
-// removeHopByHop removes the hop-by-hop fields from a response header as
-// the ReverseProxy does.
-func removeHopByHop(h http.Header) {
+// removeHopByHop removes the hop-by-hop fields from a header as the
+// ReverseProxy does: hopHeaders, and what Connection lists unless keep
+// (nil: none) says to keep it.
+func removeHopByHop(h http.Header, keep func(string) bool) {
 	var room [4]string
 	for _, k := range connectionListed(h["Connection"], room[:0]) {
-		delete(h, k)
+		if keep == nil || !keep(k) {
+			delete(h, k)
+		}
 	}
 	for _, k := range hopHeaders {
 		delete(h, k)
