@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"reflect"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -180,6 +182,94 @@ var handlers = map[string]http.HandlerFunc{
 		setHeader(w, http.Header{"X-A": {"1"}}) // after WriteHeader: declined, not sent
 		io.WriteString(w, "late")
 	},
+	// SetRawHeader's: net/http's server gets the lines as fields of its
+	// header (rawHeader); the fields' order is the lines' then, so these
+	// handlers' answers are compared as sets of header lines (same).
+	"raw": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Content-Type: text/plain\r\nX-Request-Id: up\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\nX-Empty: \r\nX-Tab: a\tb\r\n")
+		w.Header().Set("X-Request-Id", "r") // replaces the line
+		w.WriteHeader(200)
+		io.WriteString(w, "hello")
+	},
+	"raw-sniffed": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "X-B: 1\r\nContent-Encoding: \r\n") // an empty encoding: sniffed still
+		io.WriteString(w, "<html><body>hi</body></html>")
+	},
+	"raw-encoded": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Content-Encoding: gzip\r\nContent-Encoding: \r\n")
+		io.WriteString(w, "\x1f\x8b")
+	},
+	"raw-date": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Date: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Type: text/plain\r\n")
+		io.WriteString(w, "dated")
+	},
+	"raw-304": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Content-Type: text/plain\r\nContent-Length: 7\r\nEtag: \"x\"\r\n")
+		w.WriteHeader(304)
+	},
+	"raw-204": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Content-Length: 5\r\nX-A: 1\r\n")
+		w.WriteHeader(204)
+		io.WriteString(w, "nope!")
+	},
+	"raw-chunked": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "X-A: 1\r\n")
+		w.Header().Set("Connection", "close")
+		w.Write(bytes.Repeat([]byte("c"), 5000))
+	},
+	"raw-flushed": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Content-Type: text/event-stream\r\n")
+		io.WriteString(w, "data: 1\n\n")
+		w.(http.Flusher).Flush()
+		io.WriteString(w, "data: 2\n\n")
+	},
+	"raw-long": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Content-Length: 3\r\n")
+		_, err := io.WriteString(w, "12345")
+		w.Header().Set("X-Err", fmt.Sprint(err)) // not sent: after WriteHeader
+	},
+	"raw-short": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Content-Length: 10\r\nContent-Type: text/plain\r\n")
+		io.WriteString(w, "12345")
+	},
+	"raw-map-length": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Content-Length: 10\r\nContent-Type: text/plain\r\n")
+		w.Header().Set("Content-Length", "2") // replaces the line
+		io.WriteString(w, "ok")
+	},
+	"raw-map-type": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close") // before: kept
+		rawHeader(w, "Content-Type: text/plain\r\nContent-Length: 4\r\n")
+		w.Header()["Content-Type"] = nil // replaces the line: none sent, none sniffed
+		io.WriteString(w, "<p/>")
+	},
+	"raw-refused": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Connection: keep-alive\r\nContent-Length: 6\r\n") // declined: copied
+		io.WriteString(w, "copied")
+	},
+	"raw-dropped": func(w http.ResponseWriter, r *http.Request) {
+		if s, ok := w.(rawSetter); ok {
+			s.SetRawHeader([]byte("Content-Length: 9\r\nX-Gone: 1\r\n"))
+			s.SetRawHeader(nil)
+		}
+		w.Header().Set("X-Kept", "1")
+		io.WriteString(w, "replaced")
+	},
+	"raw-late": func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		if s, ok := w.(rawSetter); ok && s.SetRawHeader([]byte("X-A: 1\r\n")) {
+			panic("SetRawHeader after WriteHeader")
+		}
+		io.WriteString(w, "late")
+	},
+	"raw-after-1xx": func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</a.css>; rel=preload")
+		w.WriteHeader(103)
+		delete(w.Header(), "Link")
+		rawHeader(w, "Content-Length: 9\r\n")
+		w.WriteHeader(200)
+		io.WriteString(w, "after 103")
+	},
 	"echo": func(w http.ResponseWriter, r *http.Request) {
 		_, isServer := r.Context().Value(http.ServerContextKey).(*http.Server)
 		_, isLocal := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
@@ -204,6 +294,89 @@ func setHeader(w http.ResponseWriter, h http.Header) {
 }
 
 var setHeaderTaken atomic.Int32
+
+type rawSetter interface{ SetRawHeader([]byte) bool }
+
+// rawHeader adds lines to the header: SetRawHeader on the lean loop, each
+// line a field added to the header's map on net/http's server or where
+// SetRawHeader declines them.
+func rawHeader(w http.ResponseWriter, lines string) {
+	if s, ok := w.(rawSetter); ok && s.SetRawHeader([]byte(lines)) {
+		rawHeaderTaken.Add(1)
+		return
+	}
+	for _, line := range strings.SplitAfter(lines, "\r\n") {
+		if k, v, ok := strings.Cut(strings.TrimSuffix(line, "\r\n"), ": "); ok {
+			w.Header().Add(k, v)
+		}
+	}
+}
+
+var rawHeaderTaken atomic.Int32
+
+// TestRawHeaderTaken: the lean loop takes the raw handlers' lines (the
+// differential test tests that path, not the copy) but those it must
+// decline.
+func TestRawHeaderTaken(t *testing.T) {
+	for name := range handlers {
+		if !strings.HasPrefix(name, "raw") || name == "raw-dropped" || name == "raw-late" {
+			continue
+		}
+		p := startPair(t, handlers[name])
+		before := rawHeaderTaken.Load()
+		exchange(t, p.lean, []byte("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+		if got, want := rawHeaderTaken.Load() > before, name != "raw-refused"; got != want {
+			t.Errorf("%s: SetRawHeader took the lines: %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestSetRawHeaderForm: the lines SetRawHeader takes, and those it
+// declines.
+func TestSetRawHeaderForm(t *testing.T) {
+	for _, c := range []struct {
+		lines string
+		ok    bool
+	}{
+		{"", true},
+		{"X-A: 1\r\n", true},
+		{"X-A: \r\n", true},
+		{"X-A: a b\tc\r\nX-A: 2\r\nContent-Length: 0\r\n", true},
+		{"Www-Authenticate: x\r\nX-123: y\r\nA_b: z\r\n", true},
+		{"Content-Encoding: gzip\r\nDate: x\r\nContent-Type: y\r\n", true},
+		{"X-A: 1", false},
+		{"X-A: 1\n", false},
+		{"X-A: 1\r\nX-B: 2", false},
+		{"X-A:1\r\n", false},
+		{"X-A:\r\n", false},
+		{"X-A:  1\r\n", false},
+		{"X-A: 1 \r\n", false},
+		{"X-A: \t1\r\n", false},
+		{"X-A: 1\x00\r\n", false},
+		{"X-A: 1\x7f\r\n", false},
+		{"X-A: 1\r2\r\n", false},
+		{"x-a: 1\r\n", false},
+		{"X-a: 1\r\n", false},
+		{"XA: 1\r\n", false},
+		{"X A: 1\r\n", false},
+		{": 1\r\n", false},
+		{"X-A : 1\r\n", false},
+		{" X-A: 1\r\n", false},
+		{"Connection: close\r\n", false},
+		{"Transfer-Encoding: chunked\r\n", false},
+		{"Trailer: X\r\n", false},
+		{"Content-Length: 1\r\nContent-Length: 1\r\n", false},
+		{"Content-Length: -1\r\n", false},
+		{"Content-Length: 1x\r\n", false},
+		{"Content-Length: 1234567890123456789\r\n", false},
+		{"Content-Length: \r\n", false},
+	} {
+		w := &response{}
+		if got := w.SetRawHeader([]byte(c.lines)); got != c.ok {
+			t.Errorf("SetRawHeader(%q) = %v, want %v", c.lines, got, c.ok)
+		}
+	}
+}
 
 // TestSetHeaderTaken: the lean loop takes a header from SetHeader (and
 // TestSameAsNetHTTP's set-header handlers test that path, not the copy),
@@ -305,6 +478,18 @@ var callerRE = regexp.MustCompile(`call from \S+ \(\S+:[0-9]+\)`)
 
 func normalize(b []byte) string { return dateRE.ReplaceAllString(string(b), "Date: X\r") }
 
+var headRE = regexp.MustCompile(`(?s)(HTTP/1\.[01] [0-9]{3}[^\r]*\r\n)(.*?\r\n)\r\n`)
+
+// sortFields sorts the header lines of each response head in s.
+func sortFields(s string) string {
+	return headRE.ReplaceAllStringFunc(s, func(head string) string {
+		m := headRE.FindStringSubmatch(head)
+		lines := strings.SplitAfter(m[2], "\r\n")
+		sort.Strings(lines)
+		return m[1] + strings.Join(lines, "") + "\r\n"
+	})
+}
+
 func normalizeLog(s string) string {
 	s = panicRE.ReplaceAllString(s, "panic serving: $1")
 	return callerRE.ReplaceAllString(s, "call from X")
@@ -316,6 +501,9 @@ func (p *pair) same(t *testing.T, name string, raw []byte) {
 	t.Helper()
 	std := normalize(exchange(t, p.std, raw))
 	lean := normalize(exchange(t, p.lean, raw))
+	if strings.HasPrefix(name, "raw") {
+		std, lean = sortFields(std), sortFields(lean)
+	}
 	if std != lean {
 		t.Errorf("%s: %q\nstd:  %q\nlean: %q", name, raw, std, lean)
 	}
@@ -876,4 +1064,76 @@ func TestCloseEndsKeepAlive(t *testing.T) {
 	if n, err := idle.Read(make([]byte, 1)); n != 0 || err == nil {
 		t.Errorf("idle connection after Close: %d %v, want closed", n, err)
 	}
+}
+
+// TestHeaderPerRequest: each request on a connection starts with an empty
+// header (the loop reuses the connection's map).
+func TestHeaderPerRequest(t *testing.T) {
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Path"+strings.ReplaceAll(r.URL.Path, "/", "-"), "1")
+		io.WriteString(w, r.URL.Path)
+	}))
+	c, err := net.Dial("tcp", p.lean)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for _, path := range []string{"/a", "/b", "/c"} {
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		want := "X-Path-" + strings.ToUpper(path[1:])
+		for k := range resp.Header {
+			if strings.HasPrefix(k, "X-Path") && k != want {
+				t.Errorf("%s: answer has %s, another request's field", path, k)
+			}
+		}
+		if resp.Header.Get(want) != "1" {
+			t.Errorf("%s: answer lacks %s: %v", path, want, resp.Header)
+		}
+	}
+}
+
+// FuzzSetRawHeader: lines SetRawHeader takes are sent as net/http's
+// server sends the same fields added to its header map (their order
+// aside), whatever the status and the body; lines it declines go
+// through the map on both.
+func FuzzSetRawHeader(f *testing.F) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		lines, _ := base64.StdEncoding.DecodeString(r.Header.Get("X-Lines"))
+		body, _ := base64.StdEncoding.DecodeString(r.Header.Get("X-Body"))
+		rawHeader(w, string(lines))
+		if code := r.Header.Get("X-Status"); code != "" {
+			n, _ := strconv.Atoi(code)
+			w.WriteHeader(200 + n%400)
+		}
+		w.Write(body)
+	})
+	p := startPair(f, h)
+	f.Add([]byte("Content-Type: text/plain\r\nContent-Length: 5\r\n"), []byte("hello"), "", false)
+	f.Add([]byte("X-A: 1\r\nDate: x\r\n"), []byte("<html>"), "104", true)
+	f.Add([]byte("Content-Length: 3\r\nContent-Encoding: br\r\n"), []byte("12345"), "", false)
+	f.Add([]byte("Etag: \"x\"\r\nContent-Type: a/b\r\n"), []byte(""), "104", false)
+	f.Fuzz(func(t *testing.T, lines, body []byte, status string, head bool) {
+		if len(lines) > 2<<10 || len(body) > 8<<10 || len(status) > 3 {
+			return
+		}
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		req := method + " / HTTP/1.1\r\nHost: a\r\nX-Lines: " + base64.StdEncoding.EncodeToString(lines) +
+			"\r\nX-Body: " + base64.StdEncoding.EncodeToString(body) + "\r\n"
+		if _, err := strconv.Atoi(status); err == nil {
+			req += "X-Status: " + status + "\r\n"
+		}
+		p.same(t, "raw-fuzz", []byte(req+"\r\n"))
+	})
 }

@@ -51,6 +51,8 @@ type response struct {
 	header       http.Header
 	calledHeader bool
 	setHeader    bool
+	// raw is what SetRawHeader gave: lines sent before header's fields.
+	raw rawHead
 
 	wroteHeader bool // a final status was (logically) written
 	headerSent  bool // the header went into the connection's buffer
@@ -82,7 +84,7 @@ var crlf = []byte("\r\n")
 
 func (w *response) Header() http.Header {
 	if w.handlerHeader == nil {
-		w.handlerHeader = make(http.Header)
+		w.handlerHeader = w.c.header()
 	}
 	if w.header == nil && w.wroteHeader && !w.headerSent {
 		w.header = w.handlerHeader.Clone()
@@ -165,6 +167,8 @@ func (w *response) WriteHeader(code int) {
 			w.c.s.logf("http: invalid Content-Length of %q", cl)
 			w.handlerHeader.Del("Content-Length")
 		}
+	} else if w.raw.hasField(w.handlerHeader, rawContentLength, "Content-Length") {
+		w.contentLength = w.raw.cl
 	}
 }
 
@@ -421,6 +425,7 @@ func (w *response) writeHeader(p []byte) {
 	}
 	var excludeHeader map[string]bool
 	delHeader := func(key string) {
+		w.raw.drop |= keyField(key)
 		if owned {
 			header.Del(key)
 			return
@@ -455,14 +460,15 @@ func (w *response) writeHeader(p []byte) {
 	hasTE := te != ""
 
 	// A handler done with a body that fit the buffer: its length.
-	if w.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(w.status) && !hhas(header, "Content-Length") && (!isHEAD || len(p) > 0) {
+	rawCL := w.raw.hasField(header, rawContentLength, "Content-Length")
+	if w.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(w.status) && !hhas(header, "Content-Length") && !rawCL && (!isHEAD || len(p) > 0) {
 		w.contentLength = int64(len(p))
 		setHeader.contentLength = strconv.AppendInt(w.clenBuf[:0], int64(len(p)), 10)
 	}
 
 	// HTTP/1.0 with keep-alive and a length: keep-alive.
 	if w.wants10KeepAlive && keepAlivesEnabled {
-		sentLength := hget(header, "Content-Length") != ""
+		sentLength := hget(header, "Content-Length") != "" || rawCL
 		if sentLength && hget(header, "Connection") == "keep-alive" {
 			w.closeAfterReply = false
 		}
@@ -485,7 +491,8 @@ func (w *response) writeHeader(p []byte) {
 	code := w.status
 	if bodyAllowedForStatus(code) {
 		_, haveType := header["Content-Type"]
-		hasCE := len(header.Get("Content-Encoding")) > 0
+		haveType = haveType || w.raw.hasField(header, rawContentType, "Content-Type")
+		hasCE := len(header.Get("Content-Encoding")) > 0 || w.raw.hasField(header, rawContentEncoding, "Content-Encoding")
 		if !hasCE && !haveType && !hasTE && len(p) > 0 {
 			setHeader.contentType = http.DetectContentType(p)
 		}
@@ -495,7 +502,7 @@ func (w *response) writeHeader(p []byte) {
 		}
 	}
 
-	if !hhas(header, "Date") {
+	if !hhas(header, "Date") && !w.raw.hasField(header, rawDate, "Date") {
 		setHeader.date = w.c.date()
 	}
 
@@ -544,6 +551,7 @@ func (w *response) writeHeader(p []byte) {
 
 	bw := w.c.bw
 	writeStatusLine(bw, w.req.ProtoAtLeast(1, 1), code, w.statusBuf[:])
+	w.raw.write(bw, header)
 	_ = w.header.WriteSubset(bw, excludeHeader)
 	setHeader.write(bw)
 	_, _ = bw.Write(crlf)

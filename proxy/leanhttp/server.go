@@ -214,6 +214,9 @@ type conn struct {
 
 	dateSec int64
 	dateStr [len(http.TimeFormat)]byte
+	// hdr is the map of a response's Header, made once per connection:
+	// its requests come one at a time.
+	hdr http.Header
 
 	// The watch: see watch.
 	reqStart atomic.Int64 // the current request's start (UnixNano), 0 between requests
@@ -485,6 +488,17 @@ func (c *conn) setReadDeadline(d time.Duration, now time.Time) {
 	}
 	c.rdl = t
 	_ = c.rwc.SetReadDeadline(t)
+}
+
+// header returns the connection's header map, emptied, for the
+// current response: a handler's header is not used after it returns.
+func (c *conn) header() http.Header {
+	if c.hdr == nil {
+		c.hdr = make(http.Header)
+	} else {
+		clear(c.hdr)
+	}
+	return c.hdr
 }
 
 // date is the Date header's value, formatted once a second.

@@ -1,0 +1,190 @@
+package leanhttp
+
+import (
+	"bufio"
+	"bytes"
+	"net/http"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// rawHead is a response header given as lines (SetRawHeader): a proxy
+// that read its upstream's head as bytes passes it on without a header
+// map, a string per value and a sort. writeHeader asks it only about the
+// few fields it decides on; the lines go out as they came, less those it
+// drops and those the header map replaces.
+type rawHead struct {
+	lines []byte // "Name: value\r\n" each
+	cl    int64  // the Content-Length, if has says there is one
+	// Which of the fields writeHeader decides on the lines hold, and
+	// which of those it dropped (the same bits).
+	has, drop rawField
+}
+
+type rawField uint8
+
+const (
+	rawContentLength rawField = 1 << iota
+	rawContentType
+	rawContentEncoding // a non-empty first one: what writeHeader asks
+	rawDate
+)
+
+var rawFieldNames = [...]string{"Content-Length", "Content-Type", "Content-Encoding", "Date"}
+
+// fieldOf and keyField name the fields writeHeader decides on (0 for
+// the others): by a line's bytes, and by a header map's key.
+func fieldOf(name []byte) rawField {
+	for i, n := range rawFieldNames {
+		if string(name) == n {
+			return 1 << i
+		}
+	}
+	return 0
+}
+
+func keyField(key string) rawField {
+	for i, n := range rawFieldNames {
+		if key == n {
+			return 1 << i
+		}
+	}
+	return 0
+}
+
+// SetRawHeader adds lines, header fields as "Name: value\r\n" each, to
+// the final response's header, sent before the fields of Header's map;
+// a field the map has replaces the lines of its name. The lines are the
+// response's from then on (not copied); nil removes those given before.
+// It reports false, doing nothing, after WriteHeader, and for lines not
+// all of the one form net/http writes: a canonical name
+// ("Content-Type"), a colon and one space, a value without control bytes
+// (HTAB aside) nor white space at either end, CRLF. It also declines
+// what frames the message or names other fields (Connection,
+// Transfer-Encoding, Trailer) and a second or invalid Content-Length:
+// those go in the map. As after SetHeader, WriteHeader keeps no copy of
+// the header: the caller changes it after WriteHeader only once it is
+// out (Flush, or the handler's end).
+func (w *response) SetRawHeader(lines []byte) bool {
+	if w.wroteHeader {
+		return false
+	}
+	rh := rawHead{lines: lines}
+	ceSeen := false
+	for rest := lines; len(rest) > 0; {
+		nl := bytes.IndexByte(rest, '\n')
+		if nl < 0 {
+			return false
+		}
+		name, value, ok := rawLine(rest[:nl+1])
+		if !ok {
+			return false
+		}
+		rest = rest[nl+1:]
+		switch string(name) {
+		case "Connection", "Transfer-Encoding", "Trailer":
+			return false
+		}
+		switch f := fieldOf(name); f {
+		case rawContentLength:
+			n, ok := parseLength(value)
+			if !ok || rh.has&f != 0 {
+				return false
+			}
+			rh.cl = n
+			rh.has |= f
+		case rawContentEncoding:
+			if !ceSeen && len(value) > 0 {
+				rh.has |= f
+			}
+			ceSeen = true
+		default:
+			rh.has |= f
+		}
+	}
+	w.raw = rh
+	w.calledHeader, w.setHeader = true, true
+	return true
+}
+
+// rawLine splits a line of SetRawHeader's form.
+func rawLine(line []byte) (name, value []byte, ok bool) {
+	if len(line) < 2 || line[len(line)-2] != '\r' {
+		return nil, nil, false
+	}
+	line = line[:len(line)-2]
+	colon := bytes.IndexByte(line, ':')
+	if colon < 1 || len(line) < colon+2 || line[colon+1] != ' ' || !canonical(line[:colon]) {
+		return nil, nil, false
+	}
+	value = line[colon+2:]
+	for _, c := range value {
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return nil, nil, false
+		}
+	}
+	if len(value) > 0 && (isSpace(value[0]) || isSpace(value[len(value)-1])) {
+		return nil, nil, false
+	}
+	return line[:colon], value, true
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' }
+
+// canonical reports whether name is a field name as
+// textproto.CanonicalMIMEHeaderKey spells it: token bytes, a letter
+// upper case first and after a hyphen, lower case elsewhere.
+func canonical(name []byte) bool {
+	upper := true
+	for _, c := range name {
+		if !httpguts.IsTokenRune(rune(c)) || upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
+}
+
+// parseLength reads a Content-Length as WriteHeader takes one.
+func parseLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// has reports whether the lines hold f, the field key names, for
+// writeHeader: not if the map has key (it replaces the lines), nor if
+// writeHeader dropped it.
+func (rh *rawHead) hasField(header http.Header, f rawField, key string) bool {
+	if rh.has&f == 0 || rh.drop&f != 0 {
+		return false
+	}
+	_, replaced := header[key]
+	return !replaced
+}
+
+// write writes the lines, less those writeHeader dropped and those the
+// header map replaces.
+func (rh *rawHead) write(bw *bufio.Writer, header http.Header) {
+	for rest := rh.lines; len(rest) > 0; {
+		nl := bytes.IndexByte(rest, '\n')
+		line := rest[:nl+1]
+		rest = rest[nl+1:]
+		name := line[:bytes.IndexByte(line, ':')]
+		if rh.drop != 0 && rh.drop&fieldOf(name) != 0 {
+			continue
+		}
+		if _, replaced := header[string(name)]; replaced {
+			continue
+		}
+		_, _ = bw.Write(line)
+	}
+}
