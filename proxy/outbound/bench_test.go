@@ -42,7 +42,7 @@ func BenchmarkProxyGETLean(b *testing.B) {
 
 // serveLean serves h behind the lean server loop on loopback until the
 // benchmark ends, and returns its address.
-func serveLean(b *testing.B, h http.Handler) string {
+func serveLean(b testing.TB, h http.Handler) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -90,7 +90,7 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !eligible(req) {
 		return t.fallback.RoundTrip(req)
 	}
-	return t.roundTrip(req, deadlines{})
+	return t.roundTrip(req, deadlines{}, nil)
 }
 
 // deadlines are a try's timeouts as instants (zero: none). try is the
@@ -111,11 +111,17 @@ func (d deadlines) head() (time.Time, error) {
 	return d.try, errPerTryTimeout
 }
 
-// roundTrip sends an eligible request by its deadlines.
-func (t *fastTransport) roundTrip(req *http.Request, dl deadlines) (*http.Response, error) {
+// roundTrip sends an eligible request by its deadlines. With raw not
+// nil, a response head of the common kind (readResponseHead) comes back
+// as lines in *raw, and the response's Header is nil; *raw is nil for
+// any other.
+func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte) (*http.Response, error) {
 	key := req.URL.Host
 	ctx := req.Context()
 	deadline, late := dl.head()
+	if raw != nil {
+		*raw = nil
+	}
 	// A kept connection the server has closed fails before a byte of the
 	// response; the request is idempotent and bodiless, so it goes again
 	// once on a new connection.
@@ -124,7 +130,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines) (*http.Respon
 		if err != nil {
 			return nil, err
 		}
-		resp, err := t.send(ctx, c, req, deadline, dl.whole)
+		resp, err := t.send(ctx, c, req, deadline, dl.whole, raw)
 		if err == nil {
 			return resp, nil
 		}
@@ -158,8 +164,9 @@ func (e *staleError) Error() string {
 func (e *staleError) Unwrap() error { return e.err }
 
 // send writes req on c and reads the response head, by deadline unless
-// it is zero; whole (zero: none) then stays on c for the body.
-func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, deadline, whole time.Time) (*http.Response, error) {
+// it is zero; whole (zero: none) then stays on c for the body. raw is
+// roundTrip's.
+func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, deadline, whole time.Time, raw *[]byte) (*http.Response, error) {
 	if !deadline.IsZero() {
 		_ = c.SetDeadline(deadline) // before the wake can be registered: never over it
 	}
@@ -196,9 +203,13 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 		}
 		// The common head, read without net/http (wire.go); any other is
 		// http.ReadResponse's.
-		if fr = readResponseHead(c.br, req); fr != nil {
+		var lines []byte
+		if fr, lines = readResponseHead(c.br, req, raw != nil); fr != nil {
 			c.limit = 0
 			resp = &fr.Response
+			if raw != nil {
+				*raw = lines
+			}
 			break
 		}
 		r, err := http.ReadResponse(c.br, req)

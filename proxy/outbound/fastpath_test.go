@@ -235,7 +235,7 @@ func slowUpstream(t *testing.T) (string, *atomic.Int32) {
 // getBy sends GET path to addr through ft by dl and reads the body whole.
 func getBy(ft *fastTransport, addr, path string, dl deadlines) (string, error) {
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+path, nil)
-	resp, err := ft.roundTrip(req, dl)
+	resp, err := ft.roundTrip(req, dl, nil)
 	if err != nil {
 		return "", err
 	}
@@ -344,13 +344,13 @@ func TestFastPathTryDeadlineConnect(t *testing.T) {
 	bound, stop := context.WithTimeout(context.Background(), 5*time.Second) // should the deadline be lost
 	defer stop()
 	req, _ := http.NewRequestWithContext(bound, http.MethodGet, "http://upstream.test/", nil)
-	if _, err := ft.roundTrip(req, deadlines{try: time.Now().Add(50 * time.Millisecond)}); !errors.Is(err, errPerTryTimeout) {
+	if _, err := ft.roundTrip(req, deadlines{try: time.Now().Add(50 * time.Millisecond)}, nil); !errors.Is(err, errPerTryTimeout) {
 		t.Fatalf("connect past the deadline: %v, want errPerTryTimeout", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(20*time.Millisecond, cancel)
 	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, "http://upstream.test/", nil)
-	_, err := ft.roundTrip(req, deadlines{try: time.Now().Add(time.Minute)})
+	_, err := ft.roundTrip(req, deadlines{try: time.Now().Add(time.Minute)}, nil)
 	var de *dialError
 	if !errors.As(err, &de) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("connect cut short by the request's end: %v, want the dial's context.Canceled", err)
@@ -362,7 +362,7 @@ func TestFastPathTryDeadlineConnect(t *testing.T) {
 		return nil, &selfError{addr: "127.0.0.1:15001", asked: "upstream.test:80"}
 	}, http.DefaultTransport, 4)
 	req, _ = http.NewRequestWithContext(bound, http.MethodGet, "http://upstream.test/", nil)
-	_, err = self.roundTrip(req, deadlines{try: time.Now().Add(20 * time.Millisecond)})
+	_, err = self.roundTrip(req, deadlines{try: time.Now().Add(20 * time.Millisecond)}, nil)
 	var se *selfError
 	if !errors.As(err, &se) || errors.Is(err, errPerTryTimeout) {
 		t.Fatalf("a refusal to dial the sidecar itself, after the deadline: %v, want the selfError alone", err)
@@ -407,14 +407,14 @@ func TestFastPathDeadlineConnectTimeout(t *testing.T) {
 	ft := newTestFast()
 	for i := range 100 {
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)
-		_, err := ft.roundTrip(req, deadlines{whole: time.Now().Add(5 * time.Millisecond)})
+		_, err := ft.roundTrip(req, deadlines{whole: time.Now().Add(5 * time.Millisecond)}, nil)
 		if c, _ := classify(err, context.Background(), context.Background()); !errors.Is(err, errTimeout) || c != policy.ClassTimeout {
 			t.Fatalf("connect %d past the request's deadline: %v (class %v), want errTimeout", i, err, c)
 		}
 	}
 	quick := newFastTransport(newDialer(20*time.Millisecond, nil, newSelfAddrs()).DialContext, http.DefaultTransport, 4)
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)
-	_, err := quick.roundTrip(req, deadlines{whole: time.Now().Add(time.Minute)})
+	_, err := quick.roundTrip(req, deadlines{whole: time.Now().Add(time.Minute)}, nil)
 	if c, _ := classify(err, context.Background(), context.Background()); errors.Is(err, errTimeout) || c != policy.ClassConnectFailure {
 		t.Fatalf("the dialer's connect timeout: %v (class %v), want a connect failure", err, c)
 	}
@@ -473,13 +473,13 @@ func TestFastPathTryDeadlineEndedNotKept(t *testing.T) {
 	ctx := &lateCtx{Context: context.Background(), done: make(chan struct{})}
 	go func() { <-got; ctx.end(); close(proceed) }()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
-	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(5 * time.Second)})
+	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(5 * time.Second)}, nil)
 	if err != nil {
 		t.Fatalf("first try: %v", err)
 	}
 	resp.Body.Close()
 	req, _ = http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)
-	resp, err = ft.roundTrip(req, deadlines{})
+	resp, err = ft.roundTrip(req, deadlines{}, nil)
 	if err != nil {
 		t.Fatalf("the next request, no deadline: %v (connections: %d)", err, conns.Load())
 	}
@@ -517,7 +517,7 @@ func TestFastPathTryDeadlineRewake(t *testing.T) {
 	}})
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
 	start := time.Now()
-	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(10 * time.Second)})
+	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(10 * time.Second)}, nil)
 	if err != nil {
 		t.Fatalf("roundTrip: %v", err)
 	}

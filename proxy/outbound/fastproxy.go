@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"mime"
@@ -30,33 +31,36 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 	out.Body = nil
 	out.Close = false
 	st.point(out.URL)
+	rs, _ := st.out.ResponseWriter.(rawHeaderSetter)
+	st.rawOK = rs != nil
 
 	res, err := h.rp.Transport.RoundTrip(out)
 	if err != nil {
 		h.serveError(w, out, err)
 		return
 	}
-	removeHopByHop(res.Header, nil)
-	if err := modifyResponse(res); err != nil {
-		res.Body.Close()
-		h.serveError(w, out, err)
-		return
-	}
 	var dst http.Header
-	if hs, ok := st.out.ResponseWriter.(headerSetter); ok && hs.SetHeader(res.Header) {
-		// The upstream's header is the app's (leanhttp): every change
-		// below comes before WriteHeader, the trailers' after the Flush
-		// that sends it, and answerLate's before a status went out.
-		dst = res.Header
-	} else {
+	var stream bool
+	if st.raw != nil {
+		// The upstream's fields as lines (wire.go), without a hop-by-hop
+		// one: they go to the app as they are, but the request ID, which
+		// the map's field replaces.
+		st.answered(res.StatusCode)
 		dst = w.Header()
-		for k, vv := range res.Header {
-			if have, ok := dst[k]; ok {
-				dst[k] = append(have, vv...)
-			} else {
-				dst[k] = vv // the response's own slices, read by nothing else now
-			}
+		if !rs.SetRawHeader(st.raw) {
+			addLines(dst, st.raw) // not of its form: never, from wire.go
 		}
+		dst[requestIDKey] = st.idValue()
+		stream = res.ContentLength == -1 || eventStreamType(rawValue(st.raw, "Content-Type"))
+	} else {
+		removeHopByHop(res.Header, nil)
+		if err := modifyResponse(res); err != nil {
+			res.Body.Close()
+			h.serveError(w, out, err)
+			return
+		}
+		dst = answerHeader(w, res, st)
+		stream = res.ContentLength == -1 || eventStream(res.Header)
 	}
 	announced := len(res.Trailer)
 	if announced > 0 {
@@ -67,7 +71,7 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		dst.Add("Trailer", strings.Join(keys, ", "))
 	}
 	w.WriteHeader(res.StatusCode)
-	if err := h.copyBody(w, res); err != nil {
+	if err := h.copyBody(w, res, stream); err != nil {
 		defer res.Body.Close()
 		// The response is cut short: all the server can do is abort it,
 		// as the ReverseProxy does.
@@ -92,9 +96,57 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 	}
 }
 
+// answerHeader makes the upstream's header the app's: the header map
+// itself where the ResponseWriter takes it (leanhttp), a copy of its
+// fields otherwise. It returns the map the answer's fields are in.
+func answerHeader(w http.ResponseWriter, res *http.Response, st *reqState) http.Header {
+	if hs, ok := st.out.ResponseWriter.(headerSetter); ok && hs.SetHeader(res.Header) {
+		// The upstream's header is the app's: every change below comes
+		// before WriteHeader, the trailers' after the Flush that sends
+		// it, and answerLate's before a status went out.
+		return res.Header
+	}
+	dst := w.Header()
+	for k, vv := range res.Header {
+		if have, ok := dst[k]; ok {
+			dst[k] = append(have, vv...)
+		} else {
+			dst[k] = vv // the response's own slices, read by nothing else now
+		}
+	}
+	return dst
+}
+
 // headerSetter is a ResponseWriter that can take a header map to answer
 // with (leanhttp's response).
 type headerSetter interface{ SetHeader(http.Header) bool }
+
+// rawHeaderSetter is a ResponseWriter that can take header fields as
+// lines (leanhttp's response).
+type rawHeaderSetter interface{ SetRawHeader([]byte) bool }
+
+// addLines adds header fields given as lines ("Name: value\r\n") to h.
+func addLines(h http.Header, lines []byte) {
+	for rest := lines; len(rest) > 0; {
+		line, after, _ := bytes.Cut(rest, crlf)
+		rest = after
+		if k, v, ok := bytes.Cut(line, colon); ok {
+			h.Add(string(k), string(trimSpaceTab(v)))
+		}
+	}
+}
+
+// rawValue is the value of the first of lines named name (canonical).
+func rawValue(lines []byte, name string) []byte {
+	for rest := lines; len(rest) > 0; {
+		line, after, _ := bytes.Cut(rest, crlf)
+		rest = after
+		if len(line) > len(name) && line[len(name)] == ':' && string(line[:len(name)]) == name {
+			return trimSpaceTab(line[len(name)+1:])
+		}
+	}
+	return nil
+}
 
 // toOutbound makes the app's request header, in place, the header of the
 // request forwarded for it: without the hop-by-hop fields, with this
@@ -164,9 +216,9 @@ func removeHopByHop(h http.Header, keep func(string) bool) {
 // does, flushing each write of a stream (no length, or server-sent
 // events); it returns a failure to write, or to read other than the
 // upstream's end or the request's cancellation.
-func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response) error {
+func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response, stream bool) error {
 	var rc *http.ResponseController
-	if res.ContentLength == -1 || eventStream(res.Header) {
+	if stream {
 		rc = http.NewResponseController(w)
 		if !bodyBuffered(res.Body) {
 			// The headers now: the ReverseProxy's timer sends them once
@@ -227,6 +279,14 @@ func eventStream(h http.Header) bool {
 	}
 	mt, _, _ := mime.ParseMediaType(ct)
 	return mt == "text/event-stream"
+}
+
+// eventStreamType is eventStream for a Content-Type as bytes.
+func eventStreamType(ct []byte) bool {
+	if len(ct) < len("text/event-stream") || !foldEq(ct[:len("text/event-stream")], "text/event-stream") {
+		return false
+	}
+	return eventStream(http.Header{"Content-Type": {string(ct)}})
 }
 
 // fastProxied reports whether fastProxy forwards r: what the fast

@@ -181,7 +181,11 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	var resp *http.Response
 	var err error
 	if fast {
-		resp, err = ft.roundTrip(out, dl)
+		var raw *[]byte
+		if st.rawOK {
+			raw = &st.raw
+		}
+		resp, err = ft.roundTrip(out, dl, raw)
 	} else {
 		resp, err = t.RoundTrip(out)
 	}

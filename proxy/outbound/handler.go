@@ -247,6 +247,9 @@ type reqState struct {
 	late     policy.Class
 	upgrade  bool
 	rejected bool
+	// rawOK asks the fast transport for the response head's fields as
+	// lines (raw), which fastProxy passes on to leanhttp's SetRawHeader.
+	rawOK bool
 	// grpc is a gRPC call (HTTP/2, content-type application/grpc*):
 	// grpcStatus is its status once known (-1: not yet), from the
 	// upstream's trailers or headers or the sidecar's own answer.
@@ -259,6 +262,9 @@ type reqState struct {
 	body       upstreamBody // the current try's response body
 	// url is the outbound request's URL on the fast path (fastProxy).
 	url url.URL
+	// raw is the latest try's response head as lines, when rawOK asked
+	// the fast transport for them (nil: it came as a header map).
+	raw []byte
 }
 
 type stateKey struct{}
@@ -464,6 +470,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 func (h *Handler) answerLate(w http.ResponseWriter, st *reqState) {
 	code, kind, body := errorResponse(&upstreamError{class: st.late, err: errors.New("the response failed after its headers")}, st.dest.name)
 	clear(w.Header())
+	if rs, ok := st.out.ResponseWriter.(rawHeaderSetter); ok {
+		rs.SetRawHeader(nil) // the upstream's fields, as lines (fastProxy)
+	}
 	st.out.pending = 0
 	st.code, st.errKind, st.late = code, kind, 0
 	body.RequestID = st.id
@@ -691,10 +700,15 @@ var forwardedHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-
 
 func modifyResponse(resp *http.Response) error {
 	st := stateOf(resp.Request.Context())
-	st.code = resp.StatusCode
-	st.headers = time.Now()
+	st.answered(resp.StatusCode)
 	resp.Header[requestIDKey] = st.idValue()
 	return nil
+}
+
+// answered records the upstream's answer as its headers arrive.
+func (st *reqState) answered(code int) {
+	st.code = code
+	st.headers = time.Now()
 }
 
 // serveError answers a request the forwarder could not complete.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -158,80 +159,76 @@ type fastResponse struct {
 // and reports nil: the caller reads it with http.ReadResponse. The body's
 // length is left in the returned response's ContentLength; its Body is
 // unset.
-func readResponseHead(br *bufio.Reader, req *http.Request) *fastResponse {
+//
+// With raw, a head whose fields can go on to the app as they are (names
+// as net/http spells them, no hop-by-hop field) is not made a header
+// map: its fields come back as lines, "Name: value\r\n" each, in lines,
+// and Header is nil. That saves the map, a string per value and, on the
+// way out, the sort (leanhttp's SetRawHeader).
+func readResponseHead(br *bufio.Reader, req *http.Request, raw bool) (fr *fastResponse, lines []byte) {
 	buf, _ := br.Peek(br.Buffered())
 	end := bytes.Index(buf, crlfcrlf)
 	if end < 0 {
-		return nil
+		return nil, nil
 	}
 	head := buf[:end+2] // each line ends in CRLF
 	// The status line: "HTTP/1.1 200 OK".
 	nl := bytes.IndexByte(head, '\n')
 	if nl < 1 || head[nl-1] != '\r' {
-		return nil
+		return nil, nil
 	}
 	line := head[:nl-1]
 	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' {
-		return nil
+		return nil, nil
 	}
 	code := 0
 	for _, c := range line[9:12] {
 		if c < '0' || c > '9' {
-			return nil
+			return nil, nil
 		}
 		code = code*10 + int(c-'0')
 	}
 	if code < 200 {
-		return nil // informational: http.ReadResponse, then the next head
+		return nil, nil // informational: http.ReadResponse, then the next head
 	}
-	// Header lines: count them first, for one slice of values.
-	rest := head[nl+1:]
-	n := bytes.Count(rest, crlf)
-	if bytes.Count(rest, lf) != n || bytes.IndexByte(line, '\r') >= 0 {
-		return nil // a bare LF or CR: net/http's reading of it is its own
+	fields := head[nl+1:]
+	n := bytes.Count(fields, crlf)
+	if bytes.Count(fields, lf) != n || bytes.IndexByte(line, '\r') >= 0 {
+		return nil, nil // a bare LF or CR: net/http's reading of it is its own
 	}
-	s := string(head) // one string: the values are slices of it
-	fr := &fastResponse{}
-	resp := &fr.Response
-	resp.Status = s[9:len(line)]
-	resp.StatusCode = code
-	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
-	resp.Request = req
-	h := make(http.Header, n)
-	vals := make([]string, n)
+	// Every line checked first, as net/http would read it.
 	cl := int64(-1)
-	off := nl + 1
-	for i := 0; i < n; i++ {
-		e := off + strings.Index(s[off:], "\r\n")
-		key, v, ok := strings.Cut(s[off:e], ":")
-		off = e + 2
-		if !ok || !token(key) || key == "" {
-			return nil
+	for rest := fields; len(rest) > 0; {
+		e := bytes.Index(rest, crlf)
+		key, v, ok := bytes.Cut(rest[:e], colon)
+		rest = rest[e+2:]
+		if !ok || len(key) == 0 || !token(key) {
+			return nil, nil
 		}
-		v = strings.Trim(v, " \t")
-		for j := 0; j < len(v); j++ {
-			if c := v[j]; c < ' ' && c != '\t' || c == 0x7f {
-				return nil
+		v = trimSpaceTab(v)
+		for _, c := range v {
+			if c < ' ' && c != '\t' || c == 0x7f {
+				return nil, nil
 			}
 		}
-		key = textproto.CanonicalMIMEHeaderKey(key)
-		switch key {
-		case "Connection", "Transfer-Encoding", "Trailer", "Pragma":
-			return nil
-		case "Content-Length":
+		switch {
+		case foldEq(key, "Connection"), foldEq(key, "Transfer-Encoding"), foldEq(key, "Trailer"), foldEq(key, "Pragma"):
+			return nil, nil
+		case foldEq(key, "Content-Length"):
 			if cl >= 0 || !digits(v) {
-				return nil
+				return nil, nil
 			}
 			cl = parseDigits(v)
 		}
-		vals[i] = v
-		if vv, ok := h[key]; ok {
-			h[key] = append(vv, v)
-		} else {
-			h[key] = vals[i : i+1 : i+1]
+		if raw && (!canonicalName(key) || hopByHop(key)) {
+			raw = false
 		}
 	}
-	resp.Header = h
+	fr = &fastResponse{}
+	resp := &fr.Response
+	resp.StatusCode = code
+	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+	resp.Request = req
 	switch {
 	case req.Method == http.MethodHead:
 		resp.ContentLength = cl
@@ -240,26 +237,135 @@ func readResponseHead(br *bufio.Reader, req *http.Request) *fastResponse {
 		resp.ContentLength = 0
 		resp.Body = http.NoBody
 	case cl < 0:
-		return nil // a body to the connection's end: http.ReadResponse
+		return nil, nil // a body to the connection's end: http.ReadResponse
 	default:
 		resp.ContentLength = cl
 		if cl == 0 {
 			resp.Body = http.NoBody
 		}
 	}
+	if raw {
+		resp.Status = statusOf(code, line[9:])
+		lines = make([]byte, 0, len(fields))
+		for rest := fields; len(rest) > 0; {
+			e := bytes.Index(rest, crlf)
+			key, v, _ := bytes.Cut(rest[:e], colon)
+			rest = rest[e+2:]
+			lines = append(lines, key...)
+			lines = append(lines, ": "...)
+			lines = append(lines, trimSpaceTab(v)...)
+			lines = append(lines, "\r\n"...)
+		}
+	} else {
+		s := string(head) // one string: the values are slices of it
+		resp.Status = s[9:len(line)]
+		h := make(http.Header, n)
+		vals := make([]string, n)
+		off := nl + 1
+		for i := 0; i < n; i++ {
+			e := off + strings.Index(s[off:], "\r\n")
+			key, v, _ := strings.Cut(s[off:e], ":")
+			off = e + 2
+			key = textproto.CanonicalMIMEHeaderKey(key)
+			vals[i] = strings.Trim(v, " \t")
+			if vv, ok := h[key]; ok {
+				h[key] = append(vv, vals[i])
+			} else {
+				h[key] = vals[i : i+1 : i+1]
+			}
+		}
+		resp.Header = h
+	}
 	_, _ = br.Discard(end + 4)
-	return fr
+	return fr, lines
+}
+
+// statusOf is resp.Status for a status line's code and what follows it:
+// a constant for the status lines net/http itself writes.
+func statusOf(code int, status []byte) string {
+	if code < len(statusLines) {
+		if s := statusLines[code]; s != "" && string(status) == s {
+			return s
+		}
+	}
+	return string(status)
+}
+
+// statusLines are "200 OK" and the like, by code.
+var statusLines = func() (lines [600]string) {
+	for code := range lines {
+		if text := http.StatusText(code); text != "" {
+			lines[code] = strconv.Itoa(code) + " " + text
+		}
+	}
+	return lines
+}()
+
+// hopByHop reports whether a canonical field name is one of hopHeaders,
+// which the proxy removes from a response.
+func hopByHop(name []byte) bool {
+	for _, h := range hopHeaders {
+		if string(name) == h {
+			return true
+		}
+	}
+	return false
+}
+
+// canonicalName reports whether name, a token, is spelled as
+// textproto.CanonicalMIMEHeaderKey spells it: a letter upper case first
+// and after a hyphen, lower case elsewhere.
+func canonicalName(name []byte) bool {
+	upper := true
+	for _, c := range name {
+		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
+}
+
+// foldEq reports whether b is s, ignoring ASCII case.
+func foldEq(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		c, d := b[i], s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'A' <= d && d <= 'Z' {
+			d += 'a' - 'A'
+		}
+		if c != d {
+			return false
+		}
+	}
+	return true
+}
+
+func trimSpaceTab(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 var (
 	crlfcrlf = []byte("\r\n\r\n")
 	crlf     = []byte("\r\n")
 	lf       = []byte("\n")
+	colon    = []byte(":")
 )
 
 // token reports whether s is an RFC 9110 token, the bytes of a header
 // field name.
-func token(s string) bool {
+func token(s []byte) bool {
 	for i := 0; i < len(s); i++ {
 		if !httpguts.IsTokenRune(rune(s[i])) {
 			return false
@@ -270,7 +376,7 @@ func token(s string) bool {
 
 // digits reports whether s is a Content-Length net/http parses as is:
 // 1 to 18 decimal digits.
-func digits(s string) bool {
+func digits(s []byte) bool {
 	if len(s) == 0 || len(s) > 18 {
 		return false
 	}
@@ -282,7 +388,7 @@ func digits(s string) bool {
 	return true
 }
 
-func parseDigits(s string) int64 {
+func parseDigits(s []byte) int64 {
 	var n int64
 	for i := 0; i < len(s); i++ {
 		n = n*10 + int64(s[i]-'0')

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"regexp"
 	"testing"
 )
 
@@ -105,17 +106,26 @@ func TestReadResponseHeadAsReadResponse(t *testing.T) {
 	for _, tc := range []struct {
 		name, method, raw string
 		own               bool // read by readResponseHead
+		lines             bool // and as lines, when asked
 	}{
-		{name: "plain", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nokNEXT", own: true},
-		{name: "no reason", method: "GET", raw: "HTTP/1.1 503\r\nContent-Length: 0\r\n\r\n", own: true},
+		{name: "own reason", method: "GET", raw: "HTTP/1.1 200 Fine\r\nContent-Length: 0\r\n\r\n", own: true, lines: true},
+		{name: "no fields", method: "GET", raw: "HTTP/1.1 304 Not Modified\r\n\r\n", own: true, lines: true},
+		{name: "repeated canonical key", method: "GET", raw: "HTTP/1.1 200 OK\r\nSet-Cookie: a\r\nX-1: 1\r\nSet-Cookie: b\r\nContent-Length: 1\r\n\r\nz", own: true, lines: true},
+		{name: "upper case key", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-ID: a\r\n\r\nb", own: true},
+		{name: "keep-alive", method: "GET", raw: "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n", own: true},
+		{name: "upgrade", method: "GET", raw: "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nContent-Length: 0\r\n\r\n", own: true},
+		{name: "proxy fields", method: "GET", raw: "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n", own: true},
+		{name: "te", method: "GET", raw: "HTTP/1.1 200 OK\r\nTe: trailers\r\nContent-Length: 0\r\n\r\n", own: true},
+		{name: "plain", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nokNEXT", own: true, lines: true},
+		{name: "no reason", method: "GET", raw: "HTTP/1.1 503\r\nContent-Length: 0\r\n\r\n", own: true, lines: true},
 		{name: "repeated key", method: "GET", raw: "HTTP/1.1 200 OK\r\nSet-Cookie: a\r\nX: 1\r\nset-cookie: b\r\nContent-Length: 1\r\n\r\nz", own: true},
-		{name: "spaces", method: "GET", raw: "HTTP/1.1 200  OK \r\nX:\t v \t\r\nY:\r\nContent-Length:  3 \r\n\r\nabc", own: true},
-		{name: "head", method: "HEAD", raw: "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", own: true},
-		{name: "head without length", method: "HEAD", raw: "HTTP/1.1 200 OK\r\n\r\n", own: true},
-		{name: "no content", method: "GET", raw: "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n", own: true},
-		{name: "not modified", method: "GET", raw: "HTTP/1.1 304 Not Modified\r\nEtag: x\r\n\r\n", own: true},
-		{name: "short body", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", own: true},
-		{name: "odd status", method: "GET", raw: "HTTP/1.1 999 Whatever\r\nContent-Length: 0\r\n\r\n", own: true},
+		{name: "spaces", method: "GET", raw: "HTTP/1.1 200  OK \r\nX:\t v \t\r\nY:\r\nContent-Length:  3 \r\n\r\nabc", own: true, lines: true},
+		{name: "head", method: "HEAD", raw: "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", own: true, lines: true},
+		{name: "head without length", method: "HEAD", raw: "HTTP/1.1 200 OK\r\n\r\n", own: true, lines: true},
+		{name: "no content", method: "GET", raw: "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n", own: true, lines: true},
+		{name: "not modified", method: "GET", raw: "HTTP/1.1 304 Not Modified\r\nEtag: x\r\n\r\n", own: true, lines: true},
+		{name: "short body", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", own: true, lines: true},
+		{name: "odd status", method: "GET", raw: "HTTP/1.1 999 Whatever\r\nContent-Length: 0\r\n\r\n", own: true, lines: true},
 		{name: "lowercase keys", method: "GET", raw: "HTTP/1.1 200 OK\r\ncontent-length: 1\r\nx-request-id: a\r\n\r\nb", own: true},
 		{name: "chunked", method: "GET", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"},
 		{name: "until close", method: "GET", raw: "HTTP/1.1 200 OK\r\n\r\nabc"},
@@ -132,8 +142,11 @@ func TestReadResponseHeadAsReadResponse(t *testing.T) {
 		{name: "incomplete", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if own := compareResponseHead(t, tc.method, []byte(tc.raw)); own != tc.own {
+			if own, _ := compareResponseHead(t, tc.method, []byte(tc.raw), false); own != tc.own {
 				t.Errorf("read by readResponseHead: %v, want %v", own, tc.own)
+			}
+			if own, lines := compareResponseHead(t, tc.method, []byte(tc.raw), true); own != tc.own || lines != tc.lines {
+				t.Errorf("asked for lines: read %v, as lines %v; want %v, %v", own, lines, tc.own, tc.lines)
 			}
 		})
 	}
@@ -141,20 +154,38 @@ func TestReadResponseHeadAsReadResponse(t *testing.T) {
 
 // compareResponseHead fails t if readResponseHead reads raw, the answer
 // to a method request, otherwise than http.ReadResponse, head and body,
-// and reports whether it read it.
-func compareResponseHead(t *testing.T, method string, raw []byte) bool {
+// and reports whether it read it, and whether as lines (asked with
+// asLines): lines of leanhttp's SetRawHeader's form that are, read into
+// a header, http.ReadResponse's header (only a head without a hop-by-hop
+// field comes as lines).
+func compareResponseHead(t *testing.T, method string, raw []byte, asLines bool) (own, gotLines bool) {
 	t.Helper()
 	req := &http.Request{Method: method, URL: &url.URL{Path: "/"}}
 	br := bufio.NewReaderSize(bytes.NewReader(raw), 4<<10)
 	_, _ = br.Peek(1)
-	fr := readResponseHead(br, req)
+	fr, lines := readResponseHead(br, req, asLines)
 	if fr == nil {
 		if br.Buffered() != min(len(raw), 4<<10) {
 			t.Errorf("declined, but consumed %d bytes", min(len(raw), 4<<10)-br.Buffered())
 		}
-		return false
+		return false, false
 	}
 	got := &fr.Response
+	if got.Header == nil {
+		if !asLines {
+			t.Fatalf("no header, and no lines asked for")
+		}
+		for _, line := range bytes.SplitAfter(lines, crlf) {
+			if len(line) > 0 && (line[0] == ':' || !lineForm.Match(line)) {
+				t.Errorf("line %q is not of SetRawHeader's form", line)
+			}
+		}
+		got.Header = http.Header{}
+		addLines(got.Header, lines)
+		gotLines = true
+	} else if lines != nil {
+		t.Errorf("lines %q beside a header", lines)
+	}
 	if got.Body == nil {
 		fr.lb = lengthBody{br: br, left: got.ContentLength}
 		got.Body = &fr.lb
@@ -193,8 +224,20 @@ func compareResponseHead(t *testing.T, method string, raw []byte) bool {
 	if !bytes.Equal(grest, wrest) {
 		t.Errorf("left on the connection: readResponseHead %q, http.ReadResponse %q", grest, wrest)
 	}
-	return true
+	return true, gotLines
 }
+
+// lineForm is a line of leanhttp's SetRawHeader: a canonical name (each
+// letter upper case first and after a hyphen, lower case elsewhere), a
+// colon and a space, a value without control bytes (HTAB aside) nor
+// white space at its ends, CRLF.
+var lineForm = regexp.MustCompile("^" + canonicalRE + ": (" + valueRE + `)?\r\n$`)
+
+const (
+	tokenOther  = "0-9!#$%&'*+.^_|~`"
+	canonicalRE = "[A-Z" + tokenOther + "]?[a-z" + tokenOther + "]*(-[A-Z" + tokenOther + "]?[a-z" + tokenOther + "]*)*"
+	valueRE     = `[^\x00-\x20\x7f]([^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?`
+)
 
 func errString(err error) string {
 	if err == nil {
@@ -213,6 +256,7 @@ func FuzzReadResponseHead(f *testing.F) {
 		if head {
 			method = http.MethodHead
 		}
-		compareResponseHead(t, method, raw)
+		compareResponseHead(t, method, raw, false)
+		compareResponseHead(t, method, raw, true)
 	})
 }
