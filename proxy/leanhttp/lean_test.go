@@ -270,6 +270,21 @@ var handlers = map[string]http.HandlerFunc{
 		w.WriteHeader(200)
 		io.WriteString(w, "after 103")
 	},
+	"raw-bad-map-length": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Content-Length: 10\r\nContent-Type: text/plain\r\n")
+		w.Header().Set("Content-Length", "abc") // replaces the line; invalid: no length
+		io.WriteString(w, "hello")
+	},
+	"raw-before-1xx": func(w http.ResponseWriter, r *http.Request) {
+		rawHeader(w, "Link: </a.css>; rel=preload\r\nContent-Length: 1\r\n") // sent with the 103 too
+		w.WriteHeader(103)
+		w.WriteHeader(200)
+		io.WriteString(w, "x")
+	},
+	"set-header-bad-length": func(w http.ResponseWriter, r *http.Request) {
+		setHeader(w, http.Header{"Content-Length": {"abc"}})
+		io.WriteString(w, "hello")
+	},
 	"echo": func(w http.ResponseWriter, r *http.Request) {
 		_, isServer := r.Context().Value(http.ServerContextKey).(*http.Server)
 		_, isLocal := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
@@ -365,6 +380,7 @@ func TestSetRawHeaderForm(t *testing.T) {
 		{"Connection: close\r\n", false},
 		{"Transfer-Encoding: chunked\r\n", false},
 		{"Trailer: X\r\n", false},
+		{"Upgrade: h2c\r\n", false},
 		{"Content-Length: 1\r\nContent-Length: 1\r\n", false},
 		{"Content-Length: -1\r\n", false},
 		{"Content-Length: 1x\r\n", false},

@@ -52,19 +52,20 @@ func keyField(key string) rawField {
 	return 0
 }
 
-// SetRawHeader adds lines, header fields as "Name: value\r\n" each, to
-// the final response's header, sent before the fields of Header's map;
-// a field the map has replaces the lines of its name. The lines are the
-// response's from then on (not copied); nil removes those given before.
-// It reports false, doing nothing, after WriteHeader, and for lines not
-// all of the one form net/http writes: a canonical name
-// ("Content-Type"), a colon and one space, a value without control bytes
-// (HTAB aside) nor white space at either end, CRLF. It also declines
-// what frames the message or names other fields (Connection,
-// Transfer-Encoding, Trailer) and a second or invalid Content-Length:
-// those go in the map. As after SetHeader, WriteHeader keeps no copy of
-// the header: the caller changes it after WriteHeader only once it is
-// out (Flush, or the handler's end).
+// SetRawHeader sets lines, header fields as "Name: value\r\n" each, as
+// part of the response's header (and of the 1xx answers' that follow):
+// they are sent before the fields of Header's map, and a field the map
+// has replaces the lines of its name (where Add would have appended to
+// them). The lines are the response's from then on (not copied); they
+// replace those given before, nil none. It reports false, doing nothing,
+// after WriteHeader, and for lines not all of the one form net/http
+// writes: a canonical name ("Content-Type"), a colon and one space, a
+// value without control bytes (HTAB aside) nor white space at either
+// end, CRLF. It also declines what frames the message or names other
+// fields (Connection, Transfer-Encoding, Trailer, Upgrade) and a second
+// or invalid Content-Length: those go in the map. As after SetHeader,
+// WriteHeader keeps no copy of the header: the caller changes it after
+// WriteHeader only once it is out (Flush, or the handler's end).
 func (w *response) SetRawHeader(lines []byte) bool {
 	if w.wroteHeader {
 		return false
@@ -82,7 +83,7 @@ func (w *response) SetRawHeader(lines []byte) bool {
 		}
 		rest = rest[nl+1:]
 		switch string(name) {
-		case "Connection", "Transfer-Encoding", "Trailer":
+		case "Connection", "Transfer-Encoding", "Trailer", "Upgrade":
 			return false
 		}
 		switch f := fieldOf(name); f {
@@ -171,15 +172,16 @@ func (rh *rawHead) hasField(header http.Header, f rawField, key string) bool {
 	return !replaced
 }
 
-// write writes the lines, less those writeHeader dropped and those the
-// header map replaces.
-func (rh *rawHead) write(bw *bufio.Writer, header http.Header) {
+// write writes the lines, less those writeHeader dropped or drop names
+// and those the header map replaces.
+func (rh *rawHead) write(bw *bufio.Writer, header http.Header, drop rawField) {
+	drop |= rh.drop
 	for rest := rh.lines; len(rest) > 0; {
 		nl := bytes.IndexByte(rest, '\n')
 		line := rest[:nl+1]
 		rest = rest[nl+1:]
 		name := line[:bytes.IndexByte(line, ':')]
-		if rh.drop != 0 && rh.drop&fieldOf(name) != 0 {
+		if drop != 0 && drop&fieldOf(name) != 0 {
 			continue
 		}
 		if _, replaced := header[string(name)]; replaced {

@@ -145,6 +145,7 @@ func (w *response) WriteHeader(code int) {
 	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
 		bw := w.c.bw
 		writeStatusLine(bw, w.req.ProtoAtLeast(1, 1), code, w.statusBuf[:])
+		w.raw.write(bw, w.handlerHeader, rawContentLength)
 		_ = w.handlerHeader.WriteSubset(bw, excludedHeadersNoBody)
 		_, _ = bw.Write(crlf)
 		_ = bw.Flush()
@@ -165,7 +166,12 @@ func (w *response) WriteHeader(code int) {
 			w.contentLength = v
 		} else {
 			w.c.s.logf("http: invalid Content-Length of %q", cl)
-			w.handlerHeader.Del("Content-Length")
+			if !w.setHeader {
+				// net/http deletes it from the handler's map, not from
+				// the copy it sends; without a copy (SetHeader,
+				// SetRawHeader) the field stays, as there.
+				w.handlerHeader.Del("Content-Length")
+			}
 		}
 	} else if w.raw.hasField(w.handlerHeader, rawContentLength, "Content-Length") {
 		w.contentLength = w.raw.cl
@@ -551,7 +557,7 @@ func (w *response) writeHeader(p []byte) {
 
 	bw := w.c.bw
 	writeStatusLine(bw, w.req.ProtoAtLeast(1, 1), code, w.statusBuf[:])
-	w.raw.write(bw, header)
+	w.raw.write(bw, header, 0)
 	_ = w.header.WriteSubset(bw, excludeHeader)
 	setHeader.write(bw)
 	_, _ = bw.Write(crlf)
