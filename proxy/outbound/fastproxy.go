@@ -281,12 +281,15 @@ func eventStream(h http.Header) bool {
 	return mt == "text/event-stream"
 }
 
-// eventStreamType is eventStream for a Content-Type as bytes.
+// eventStreamType is eventStream for a Content-Type as bytes: the same
+// test, a string made only for one that could be an event stream.
 func eventStreamType(ct []byte) bool {
+	ct = bytes.TrimSpace(ct) // Unicode's white space, as strings.TrimSpace
 	if len(ct) < len("text/event-stream") || !foldEq(ct[:len("text/event-stream")], "text/event-stream") {
 		return false
 	}
-	return eventStream(http.Header{"Content-Type": {string(ct)}})
+	mt, _, _ := mime.ParseMediaType(string(ct))
+	return mt == "text/event-stream"
 }
 
 // fastProxied reports whether fastProxy forwards r: what the fast

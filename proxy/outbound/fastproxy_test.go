@@ -59,6 +59,7 @@ func TestFastProxyAsReverseProxy(t *testing.T) {
 		"http/1.0":    "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
 		"reset":       "",
 		"cut":         "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+		"request id":  "HTTP/1.1 200 OK\r\nX-Request-Id: upstream-id\r\nContent-Length: 2\r\n\r\nok",
 		// The upstream closes after the head ("abc": scriptedUpstream's
 		// sign to): the sidecar answers instead (answerLate).
 		"no body": "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Cut: abc\r\nContent-Length: 10\r\n\r\n",
@@ -121,11 +122,71 @@ func TestFastProxyAsReverseProxy(t *testing.T) {
 				if leanUp != rpUp {
 					t.Errorf("the upstream received\n%q\nfrom fastProxy behind the lean loop and\n%q\nfrom the ReverseProxy", leanUp, rpUp)
 				}
+				for _, app := range []string{rpApp, fastApp, stdApp, leanApp} {
+					if strings.Contains(app, "upstream-id") {
+						t.Errorf("the app received the upstream's request ID: %q", app)
+					}
+				}
 				if sortFields(leanApp) != sortFields(rpApp) {
 					t.Errorf("the app received\n%q\nfrom fastProxy behind the lean loop and\n%q\nfrom the ReverseProxy", leanApp, rpApp)
 				}
 			})
 		}
+	}
+}
+
+// TestEventStreamFlushed: an event stream's writes reach the app as the
+// upstream sends them, as the ReverseProxy flushes them, whatever the
+// path: its Content-Type here starts with a Unicode space (U+00A0),
+// which the ReverseProxy's test (mime.ParseMediaType) trims, and it has
+// a length, so only that test makes it a stream.
+func TestEventStreamFlushed(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	addr, _ := proxytest.RawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		if readWireHead(bufio.NewReader(c)) != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: \u00a0text/event-stream\r\nContent-Length: 18\r\n\r\ndata: 1\n\n")
+		<-release
+		io.WriteString(c, "data: 2\n\n")
+	})
+	for _, leg := range []string{"reverse proxy", "fastProxy", "fastProxy behind the lean loop"} {
+		t.Run(leg, func(t *testing.T) {
+			h := New(Config{Metrics: telemetry.New(0), Resolve: map[string]string{"geo:8000": addr}}, policy.NewTable(nil, "default"))
+			defer h.CloseIdleConnections()
+			var px string
+			switch leg {
+			case "reverse proxy":
+				h.rpOnly.Store(true)
+				fallthrough
+			case "fastProxy":
+				s := httptest.NewServer(h)
+				defer s.Close()
+				px = s.Listener.Addr().String()
+			default:
+				px = serveLean(t, h)
+			}
+			c, err := net.Dial("tcp", px)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, "GET http://geo:8000/ HTTP/1.1\r\nHost: geo:8000\r\n\r\n")
+			// The second event waits for the end of the test: the first
+			// must come without it.
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var got bytes.Buffer
+			buf := make([]byte, 4096)
+			for !strings.Contains(got.String(), "data: 1") {
+				n, err := c.Read(buf)
+				got.Write(buf[:n])
+				if err != nil {
+					t.Fatalf("the first event did not reach the app before the second was sent: %v; got %q", err, got.String())
+				}
+			}
+		})
 	}
 }
 

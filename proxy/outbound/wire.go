@@ -246,7 +246,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool) (fr *fastRe
 	}
 	if raw {
 		resp.Status = statusOf(code, line[9:])
-		lines = make([]byte, 0, len(fields))
+		lines = make([]byte, 0, len(fields)+n) // room for a space after each colon
 		for rest := fields; len(rest) > 0; {
 			e := bytes.Index(rest, crlf)
 			key, v, _ := bytes.Cut(rest[:e], colon)
