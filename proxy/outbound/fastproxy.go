@@ -51,7 +51,7 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 			addLines(dst, st.raw) // not of its form: never, from wire.go
 		}
 		dst[requestIDKey] = st.idValue()
-		stream = res.ContentLength == -1 || eventStreamType(rawValue(st.raw, "Content-Type"))
+		stream = res.ContentLength == -1 || eventStreamLines(st.raw)
 	} else {
 		removeHopByHop(res.Header, nil)
 		if err := modifyResponse(res); err != nil {
@@ -60,7 +60,7 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 			return
 		}
 		dst = answerHeader(w, res, st)
-		stream = res.ContentLength == -1 || eventStream(res.Header)
+		stream = res.ContentLength == -1 || eventStream(res.Header.Get("Content-Type"))
 	}
 	announced := len(res.Trailer)
 	if announced > 0 {
@@ -270,27 +270,26 @@ func bodyBuffered(b io.ReadCloser) bool {
 	return ok && lb.br.Buffered() > 0
 }
 
-// eventStream reports whether a response is server-sent events, by the
-// ReverseProxy's test, parsing only what could be one.
-func eventStream(h http.Header) bool {
-	ct := strings.TrimSpace(h.Get("Content-Type"))
-	if len(ct) < len("text/event-stream") || !strings.EqualFold(ct[:len("text/event-stream")], "text/event-stream") {
+// eventStream reports whether a response of Content-Type ct is
+// server-sent events, by the ReverseProxy's test, parsing only what
+// could be one.
+func eventStream(ct string) bool {
+	ct = strings.TrimSpace(ct)
+	if len(ct) < len(sse) || !strings.EqualFold(ct[:len(sse)], sse) {
 		return false
 	}
 	mt, _, _ := mime.ParseMediaType(ct)
-	return mt == "text/event-stream"
+	return mt == sse
 }
 
-// eventStreamType is eventStream for a Content-Type as bytes: the same
-// test, a string made only for one that could be an event stream.
-func eventStreamType(ct []byte) bool {
-	ct = bytes.TrimSpace(ct) // Unicode's white space, as strings.TrimSpace
-	if len(ct) < len("text/event-stream") || !foldEq(ct[:len("text/event-stream")], "text/event-stream") {
-		return false
-	}
-	mt, _, _ := mime.ParseMediaType(string(ct))
-	return mt == "text/event-stream"
+// eventStreamLines is eventStream for the Content-Type of header lines:
+// a string made only for one that could be an event stream.
+func eventStreamLines(lines []byte) bool {
+	ct := bytes.TrimSpace(rawValue(lines, "Content-Type")) // Unicode's white space, as strings.TrimSpace
+	return len(ct) >= len(sse) && foldEq(ct[:len(sse)], sse) && eventStream(string(ct))
 }
+
+const sse = "text/event-stream"
 
 // fastProxied reports whether fastProxy forwards r: what the fast
 // transport sends.
