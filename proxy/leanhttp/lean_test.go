@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -494,18 +495,6 @@ var callerRE = regexp.MustCompile(`call from \S+ \(\S+:[0-9]+\)`)
 
 func normalize(b []byte) string { return dateRE.ReplaceAllString(string(b), "Date: X\r") }
 
-var headRE = regexp.MustCompile(`(?s)(HTTP/1\.[01] [0-9]{3}[^\r]*\r\n)(.*?\r\n)\r\n`)
-
-// sortFields sorts the header lines of each response head in s.
-func sortFields(s string) string {
-	return headRE.ReplaceAllStringFunc(s, func(head string) string {
-		m := headRE.FindStringSubmatch(head)
-		lines := strings.SplitAfter(m[2], "\r\n")
-		sort.Strings(lines)
-		return m[1] + strings.Join(lines, "") + "\r\n"
-	})
-}
-
 func normalizeLog(s string) string {
 	s = panicRE.ReplaceAllString(s, "panic serving: $1")
 	return callerRE.ReplaceAllString(s, "call from X")
@@ -518,7 +507,7 @@ func (p *pair) same(t *testing.T, name string, raw []byte) {
 	std := normalize(exchange(t, p.std, raw))
 	lean := normalize(exchange(t, p.lean, raw))
 	if strings.HasPrefix(name, "raw") {
-		std, lean = sortFields(std), sortFields(lean)
+		std, lean = proxytest.SortFields(std), proxytest.SortFields(lean)
 	}
 	if std != lean {
 		t.Errorf("%s: %q\nstd:  %q\nlean: %q", name, raw, std, lean)

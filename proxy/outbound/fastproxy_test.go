@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -127,7 +126,7 @@ func TestFastProxyAsReverseProxy(t *testing.T) {
 						t.Errorf("the app received the upstream's request ID: %q", app)
 					}
 				}
-				if sortFields(leanApp) != sortFields(rpApp) {
+				if proxytest.SortFields(leanApp) != proxytest.SortFields(rpApp) {
 					t.Errorf("the app received\n%q\nfrom fastProxy behind the lean loop and\n%q\nfrom the ReverseProxy", leanApp, rpApp)
 				}
 			})
@@ -306,18 +305,5 @@ func (u *scriptedUpstream) last() string {
 }
 
 const sniffed = "Content-Type: text/plain; charset=utf-8\r\n"
-
-var headRE = regexp.MustCompile(`(?s)(HTTP/1\.[01] [0-9]{3}[^\r]*\r\n)(.*?\r\n)?\r\n`)
-
-// sortFields sorts the header lines of each response head in s: their
-// order across names says nothing (RFC 9110 §5.3).
-func sortFields(s string) string {
-	return headRE.ReplaceAllStringFunc(s, func(head string) string {
-		m := headRE.FindStringSubmatch(head)
-		lines := strings.SplitAfter(m[2], "\r\n")
-		sort.Strings(lines)
-		return m[1] + strings.Join(lines, "") + "\r\n"
-	})
-}
 
 var requestIDs = regexp.MustCompile(`"requestId":"[^"]*"`)
