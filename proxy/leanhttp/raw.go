@@ -5,7 +5,7 @@ import (
 	"bytes"
 	"net/http"
 
-	"golang.org/x/net/http/httpguts"
+	"github.com/minimesh/minimesh/proxy/internal/field"
 )
 
 // rawHead is a response header given as lines (SetRawHeader): a proxy
@@ -88,7 +88,7 @@ func (w *response) SetRawHeader(lines []byte) bool {
 		}
 		switch f := fieldOf(name); f {
 		case rawContentLength:
-			n, ok := parseLength(value)
+			n, ok := field.Length(value)
 			if !ok || rh.has&f != 0 {
 				return false
 			}
@@ -115,7 +115,7 @@ func rawLine(line []byte) (name, value []byte, ok bool) {
 	}
 	line = line[:len(line)-2]
 	colon := bytes.IndexByte(line, ':')
-	if colon < 1 || len(line) < colon+2 || line[colon+1] != ' ' || !canonical(line[:colon]) {
+	if colon < 1 || len(line) < colon+2 || line[colon+1] != ' ' || !field.Canonical(line[:colon]) {
 		return nil, nil, false
 	}
 	value = line[colon+2:]
@@ -132,36 +132,7 @@ func rawLine(line []byte) (name, value []byte, ok bool) {
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' }
 
-// canonical reports whether name is a field name as
-// textproto.CanonicalMIMEHeaderKey spells it: token bytes, a letter
-// upper case first and after a hyphen, lower case elsewhere.
-func canonical(name []byte) bool {
-	upper := true
-	for _, c := range name {
-		if !httpguts.IsTokenRune(rune(c)) || upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
-			return false
-		}
-		upper = c == '-'
-	}
-	return true
-}
-
-// parseLength reads a Content-Length as WriteHeader takes one.
-func parseLength(v []byte) (int64, bool) {
-	if len(v) == 0 || len(v) > 18 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range v {
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
-}
-
-// has reports whether the lines hold f, the field key names, for
+// hasField reports whether the lines hold f, the field key names, for
 // writeHeader: not if the map has key (it replaces the lines), nor if
 // writeHeader dropped it.
 func (rh *rawHead) hasField(header http.Header, f rawField, key string) bool {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/minimesh/minimesh/proxy/internal/field"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -215,12 +216,13 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool) (fr *fastRe
 		case foldEq(key, "Connection"), foldEq(key, "Transfer-Encoding"), foldEq(key, "Trailer"), foldEq(key, "Pragma"):
 			return nil, nil
 		case foldEq(key, "Content-Length"):
-			if cl >= 0 || !digits(v) {
+			n, ok := field.Length(v)
+			if cl >= 0 || !ok {
 				return nil, nil
 			}
-			cl = parseDigits(v)
+			cl = n
 		}
-		if raw && (!canonicalName(key) || hopByHop(key)) {
+		if raw && (!field.Canonical(key) || hopByHop(key)) {
 			raw = false
 		}
 	}
@@ -312,20 +314,6 @@ func hopByHop(name []byte) bool {
 	return false
 }
 
-// canonicalName reports whether name, a token, is spelled as
-// textproto.CanonicalMIMEHeaderKey spells it: a letter upper case first
-// and after a hyphen, lower case elsewhere.
-func canonicalName(name []byte) bool {
-	upper := true
-	for _, c := range name {
-		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
-			return false
-		}
-		upper = c == '-'
-	}
-	return true
-}
-
 // foldEq reports whether b is s, ignoring ASCII case.
 func foldEq(b []byte, s string) bool {
 	if len(b) != len(s) {
@@ -372,28 +360,6 @@ func token(s []byte) bool {
 		}
 	}
 	return true
-}
-
-// digits reports whether s is a Content-Length net/http parses as is:
-// 1 to 18 decimal digits.
-func digits(s []byte) bool {
-	if len(s) == 0 || len(s) > 18 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-func parseDigits(s []byte) int64 {
-	var n int64
-	for i := 0; i < len(s); i++ {
-		n = n*10 + int64(s[i]-'0')
-	}
-	return n
 }
 
 // lengthBody reads a response body of a known length from br: io.EOF

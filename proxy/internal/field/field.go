@@ -1,0 +1,36 @@
+// Package field holds the rules for header fields that the lean server
+// loop (leanhttp) and the outbound fast transport share, so that a head
+// the transport reads as lines is one the loop takes as lines.
+package field
+
+import "golang.org/x/net/http/httpguts"
+
+// Canonical reports whether name is a field name spelled as
+// textproto.CanonicalMIMEHeaderKey spells it: token bytes, a letter
+// upper case first and after a hyphen, lower case elsewhere.
+func Canonical(name []byte) bool {
+	upper := true
+	for _, c := range name {
+		if !httpguts.IsTokenRune(rune(c)) || upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return false
+		}
+		upper = c == '-'
+	}
+	return len(name) > 0
+}
+
+// Length reads a Content-Length value as net/http takes one as it is:
+// 1 to 18 decimal digits (no sign, no white space).
+func Length(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
