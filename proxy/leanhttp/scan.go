@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/http"
 
+	"github.com/minimesh/minimesh/proxy/internal/field"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -61,15 +62,15 @@ func scanHead(b []byte) (n int, v verdict) {
 			return 0, handOff
 		}
 		switch {
-		case equalFold(name, "host"):
+		case field.EqualFold(name, "host"):
 			hosts++
 			host = value
-		case equalFold(name, "content-length"):
+		case field.EqualFold(name, "content-length"):
 			// A second one, even "0", is net/http's to judge.
 			if lengths++; string(value) != "0" || lengths > 1 {
 				return 0, handOff
 			}
-		case equalFold(name, "transfer-encoding"), equalFold(name, "upgrade"), equalFold(name, "expect"):
+		case field.EqualFold(name, "transfer-encoding"), field.EqualFold(name, "upgrade"), field.EqualFold(name, "expect"):
 			return 0, handOff
 		}
 	}
@@ -140,7 +141,7 @@ func requestLine(line []byte) bool {
 	if string(version) != "HTTP/1.1" && string(version) != "HTTP/1.0" {
 		return false
 	}
-	if target[0] != '/' && !(len(target) > len("http://") && equalFold(target[:len("http://")], "http://")) {
+	if target[0] != '/' && !(len(target) > len("http://") && field.EqualFold(target[:len("http://")], "http://")) {
 		return false // "*", authority-form, other schemes
 	}
 	for _, c := range target {
@@ -171,21 +172,4 @@ func headerLine(line []byte) (name, value []byte, ok bool) {
 		}
 	}
 	return name, bytes.Trim(value, " \t"), true
-}
-
-// equalFold compares ASCII b with lower-case s, ignoring case.
-func equalFold(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range b {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/minimesh/minimesh/proxy/internal/field"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -286,7 +287,7 @@ func eventStream(ct string) bool {
 // a string made only for one that could be an event stream.
 func eventStreamLines(lines []byte) bool {
 	ct := bytes.TrimSpace(rawValue(lines, "Content-Type")) // Unicode's white space, as strings.TrimSpace
-	return len(ct) >= len(sse) && foldEq(ct[:len(sse)], sse) && eventStream(string(ct))
+	return len(ct) >= len(sse) && field.EqualFold(ct[:len(sse)], sse) && eventStream(string(ct))
 }
 
 const sse = "text/event-stream"

@@ -213,9 +213,9 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool) (fr *fastRe
 			}
 		}
 		switch {
-		case foldEq(key, "Connection"), foldEq(key, "Transfer-Encoding"), foldEq(key, "Trailer"), foldEq(key, "Pragma"):
+		case field.EqualFold(key, "Connection"), field.EqualFold(key, "Transfer-Encoding"), field.EqualFold(key, "Trailer"), field.EqualFold(key, "Pragma"):
 			return nil, nil
-		case foldEq(key, "Content-Length"):
+		case field.EqualFold(key, "Content-Length"):
 			n, ok := field.Length(v)
 			if cl >= 0 || !ok {
 				return nil, nil
@@ -312,26 +312,6 @@ func hopByHop(name []byte) bool {
 		}
 	}
 	return false
-}
-
-// foldEq reports whether b is s, ignoring ASCII case.
-func foldEq(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range len(b) {
-		c, d := b[i], s[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if 'A' <= d && d <= 'Z' {
-			d += 'a' - 'A'
-		}
-		if c != d {
-			return false
-		}
-	}
-	return true
 }
 
 func trimSpaceTab(b []byte) []byte {

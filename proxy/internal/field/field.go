@@ -34,3 +34,24 @@ func Length(v []byte) (int64, bool) {
 	}
 	return n, true
 }
+
+// EqualFold reports whether b is s, ignoring ASCII case: a field name
+// (or a scheme) read as bytes against a known one.
+func EqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		if lower(b[i]) != lower(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}

@@ -49,3 +49,17 @@ func TestLength(t *testing.T) {
 		}
 	}
 }
+
+func TestEqualFold(t *testing.T) {
+	for _, c := range []struct {
+		b, s string
+		want bool
+	}{
+		{"Content-Length", "content-length", true}, {"HOST", "Host", true}, {"host", "host", true},
+		{"hosts", "host", false}, {"hast", "host", false}, {"", "", true}, {"[", "{", false}, {"@", "`", false},
+	} {
+		if got := EqualFold([]byte(c.b), c.s); got != c.want {
+			t.Errorf("EqualFold(%q, %q) = %v, want %v", c.b, c.s, got, c.want)
+		}
+	}
+}
