@@ -49,6 +49,10 @@ type IO struct {
 	wn      int
 	werr    syscall.Errno
 	writeFn func(uintptr) bool
+
+	// Exchange's state, under both locks.
+	exchangeFn    func(uintptr) bool
+	unasked, sent bool
 }
 
 // New returns c's raw reads and writes, or nil when c has no raw access
@@ -65,6 +69,7 @@ func New(c *net.TCPConn) *IO {
 	x.readFn = x.read
 	x.writeFn = x.write
 	x.peekFn = x.peek
+	x.exchangeFn = x.exchangeStep
 	return x
 }
 

@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -37,8 +38,11 @@ type fastTransport struct {
 // fconn is one upstream connection with its buffers.
 type fconn struct {
 	net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
+	br *bufio.Reader
+	// out is the request head, written by the first Read of its answer
+	// (rawio.Exchange): one wait for the answer, and no look at the
+	// connection but the one that Exchange makes.
+	out  bytes.Buffer
 	key  string
 	read int64 // bytes read from the connection, to tell a dead reused one
 	used time.Time
@@ -62,6 +66,16 @@ var errHeadTooLarge = errors.New("upstream response headers larger than 64 KiB")
 func (c *fconn) Read(p []byte) (int, error) {
 	if c.limit > 0 && c.read >= c.limit {
 		return 0, errHeadTooLarge
+	}
+	if c.out.Len() > 0 {
+		n, err := rawio.Exchange(c.Conn, c.out.Bytes(), p)
+		c.out.Reset()
+		c.read += int64(n)
+		if err == rawio.ErrUnasked {
+			// Nothing was written: the connection is spoilt, not the try.
+			err = &staleError{err}
+		}
+		return n, err
 	}
 	n, err := c.Conn.Read(p)
 	c.read += int64(n)
@@ -172,22 +186,15 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	}
 	stop := afterEnd(ctx, c.wake)
 	before := c.read
-	var err error
+	// The head goes out with the first read of the answer (fconn.Read).
+	c.out.Reset()
 	var own bool
-	if c.keys, own = writeRequestHead(c.bw, req, c.keys); !own {
-		err = req.Write(c.bw)
-	}
-	if err == nil {
-		err = c.bw.Flush()
-		if err != nil {
+	if c.keys, own = writeRequestHead(&c.out, req, c.keys); !own {
+		if err := req.Write(&c.out); err != nil {
 			stop()
 			c.Close()
-			return nil, staleOr(err, c.read == before)
+			return nil, err
 		}
-	} else {
-		stop()
-		c.Close()
-		return nil, err
 	}
 	var resp *http.Response
 	var fr *fastResponse
@@ -425,8 +432,8 @@ func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time,
 		list[len(list)-1] = nil
 		t.idle[key] = list[:len(list)-1]
 		t.mu.Unlock()
-		if now.Sub(c.used) < idleTimeout && !rawio.Pending(c.Conn) {
-			return c, true, nil
+		if now.Sub(c.used) < idleTimeout {
+			return c, true, nil // and unasked bytes, if any, found by send (fconn.Read)
 		}
 		c.Close()
 	}
@@ -447,7 +454,6 @@ func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time,
 	c := &fconn{Conn: nc, key: key}
 	c.wake = c.unblock
 	c.br = bufio.NewReaderSize(c, 4<<10)
-	c.bw = bufio.NewWriterSize(nc, 4<<10)
 	return c, false, nil
 }
 

@@ -41,7 +41,7 @@ func reqWriteExclude(k string) bool {
 // reuse). It reports false, having written nothing, for a request it
 // leaves to req.Write: an opaque URL, a host to convert to Punycode, a
 // header value to sanitize, a Close or TransferEncoding field.
-func writeRequestHead(bw *bufio.Writer, req *http.Request, keys []string) ([]string, bool) {
+func writeRequestHead(bw *bytes.Buffer, req *http.Request, keys []string) ([]string, bool) {
 	if req.URL == nil || req.URL.Opaque != "" || req.Close || len(req.TransferEncoding) > 0 || req.Trailer != nil ||
 		req.ContentLength != 0 {
 		return keys, false

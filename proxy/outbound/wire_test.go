@@ -63,9 +63,7 @@ func compareRequestHead(t *testing.T, req *http.Request) bool {
 	var want bytes.Buffer
 	wantErr := req.Write(&want)
 	var got bytes.Buffer
-	bw := bufio.NewWriter(&got)
-	_, own := writeRequestHead(bw, req, nil)
-	bw.Flush()
+	_, own := writeRequestHead(&got, req, nil)
 	if !own {
 		if got.Len() > 0 {
 			t.Errorf("declined, but wrote %q", got.String())
