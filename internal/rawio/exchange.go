@@ -11,7 +11,7 @@ import (
 // ErrUnasked is Exchange's refusal of a connection that had something to
 // read before the request was written: bytes its peer sent unasked, its
 // close, or an error. Nothing was written.
-var ErrUnasked = errors.New("the connection had bytes to read before the request was written")
+var ErrUnasked = errors.New("the peer sent bytes, closed or reset the connection before the request was written")
 
 // Exchange writes w, a request, on c, a connection nobody else reads or
 // writes, and reads the first bytes of its answer into r (not empty). c

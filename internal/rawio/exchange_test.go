@@ -57,7 +57,7 @@ func TestExchange(t *testing.T) {
 				if err != nil {
 					t.Fatalf("exchange %d: %v", i, err)
 				}
-				for n < 4 { // the answer in two segments: the rest with a read
+				for n < 4 { // should the answer come in two segments (short read)
 					m, err := c.Read(buf[n:])
 					if err != nil {
 						t.Fatalf("exchange %d, the rest: %v", i, err)
@@ -98,6 +98,7 @@ func TestExchangeUnasked(t *testing.T) {
 				}
 				tc.spoil(peer)
 				eventually(t, c, true, "spoilt")
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second)) // a wait would be the bug: fail, not hang
 				n, err := Exchange(c, []byte("GET / HTTP/1.1\r\n\r\n"), make([]byte, 64))
 				if n != 0 || !errors.Is(err, ErrUnasked) {
 					t.Fatalf("Exchange = %d, %v; want 0, ErrUnasked", n, err)
@@ -119,12 +120,20 @@ func TestExchangeUnasked(t *testing.T) {
 // written whole, the rest after a wait for room, and the answer read.
 func TestExchangeLarge(t *testing.T) {
 	c, peer := pair(t)
-	req := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB
+	req := make([]byte, 16<<20)
+	for i := range req {
+		req[i] = byte(i * 7)
+	}
 	done := make(chan error, 1)
 	go func() {
 		time.Sleep(20 * time.Millisecond) // let the buffers fill first
-		if _, err := io.CopyN(io.Discard, peer, int64(len(req))); err != nil {
+		got := make([]byte, len(req))
+		if _, err := io.ReadFull(peer, got); err != nil {
 			done <- err
+			return
+		}
+		if !bytes.Equal(got, req) {
+			done <- errors.New("the request arrived changed")
 			return
 		}
 		_, err := peer.Write([]byte("done"))
@@ -133,7 +142,7 @@ func TestExchangeLarge(t *testing.T) {
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 	buf := make([]byte, 4)
 	n, err := Exchange(c, req, buf)
-	if err != nil || string(buf[:n]) != "done"[:n] || n == 0 {
+	if err != nil || n == 0 || string(buf[:n]) != "done"[:n] {
 		t.Fatalf("Exchange = %q, %v", buf[:n], err)
 	}
 	if err := <-done; err != nil {
@@ -192,6 +201,33 @@ func TestExchangeErrors(t *testing.T) {
 		n, err := Exchange(c, []byte("GET"), make([]byte, 8))
 		if n != 0 || err != io.EOF {
 			t.Fatalf("Exchange = %d, %v; want 0, io.EOF", n, err)
+		}
+	})
+	t.Run("the peer resets after the request", func(t *testing.T) {
+		c, peer := pair(t)
+		go func() {
+			buf := make([]byte, 3)
+			io.ReadFull(peer, buf)
+			peer.SetLinger(0)
+			peer.Close()
+		}()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err := Exchange(c, []byte("GET"), make([]byte, 8))
+		var oe *net.OpError
+		if !errors.Is(err, syscall.ECONNRESET) || !errors.As(err, &oe) || oe.Op != "read" {
+			t.Fatalf("err = %#v, want a read *net.OpError of ECONNRESET, as net.Conn's", err)
+		}
+	})
+	t.Run("write error", func(t *testing.T) {
+		c, _ := pair(t)
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err := Exchange(c, []byte("GET"), make([]byte, 8))
+		var oe *net.OpError
+		if !errors.Is(err, syscall.EPIPE) || !errors.As(err, &oe) || oe.Op != "write" {
+			t.Fatalf("err = %#v, want a write *net.OpError of EPIPE, as net.Conn's", err)
 		}
 	})
 	t.Run("empty buffer", func(t *testing.T) {
