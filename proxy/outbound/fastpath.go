@@ -414,11 +414,13 @@ func (t *fastTransport) expire(now time.Time, stale []*fconn) []*fconn {
 }
 
 // get takes a kept connection to key, or dials a new one. A kept one
-// with anything to read is closed, not used: with no request on it, the
-// upstream sent it unasked (a 408 before its idle close, bytes past a
-// response's end) or closed it, and the next request would read that as
-// its answer. http.Transport's read loop watches its idle connections so;
-// this one looks once, as it takes one (a recv(2) that consumes nothing).
+// with anything to read is closed, not used, but that is send's to find
+// (fconn.Read, rawio.Exchange): with no request on it, the upstream sent
+// it unasked (a 408 before its idle close, bytes past a response's end)
+// or closed it, and the next request would read that as its answer.
+// http.Transport's read loop watches its idle connections so; this one
+// looks once, as the request is written: the read before the write that
+// must find nothing, and sends the request on another connection if not.
 func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time, late error) (*fconn, bool, error) {
 	now := time.Now()
 	for {
