@@ -95,8 +95,9 @@ func (x *IO) exchange(w, r []byte) (int, error) {
 	return n, nil
 }
 
-// exchangeStep is exchangeFn: its first call looks, then writes; it returns false, so that
-// the poller waits for the answer, and reads when it comes (read).
+// exchangeStep is exchangeFn. Its first call looks, then writes (write,
+// as Write's), and returns false, so that the poller waits for the
+// answer; the next calls read it (read, as Read's).
 func (x *IO) exchangeStep(fd uintptr) bool {
 	if x.sent {
 		return x.read(fd)
@@ -112,19 +113,8 @@ func (x *IO) exchangeStep(fd uintptr) bool {
 		}
 		break
 	}
-	for x.wn < len(x.wbuf) {
-		n, e := sysWrite(fd, x.wbuf[x.wn:])
-		switch e {
-		case 0:
-			x.wn += n
-			continue
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return true // the rest after the poller's wait for room (exchange)
-		}
-		x.werr = e
-		return true
+	if !x.write(fd) || x.werr != 0 {
+		return true // failed, or the rest after a wait for room (exchange)
 	}
 	x.sent = true
 	return false

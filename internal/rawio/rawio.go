@@ -196,10 +196,12 @@ func (x *IO) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// write writes the rest of wbuf: true once it is all written or failed
+// (werr), false when the socket has no room left (EAGAIN), for the
+// poller to wait for it.
 func (x *IO) write(fd uintptr) bool {
 	for x.wn < len(x.wbuf) {
-		rest := x.wbuf[x.wn:]
-		n, e := sysWrite(fd, rest)
+		n, e := sysWrite(fd, x.wbuf[x.wn:])
 		switch e {
 		case 0:
 			x.wn += n
@@ -207,7 +209,7 @@ func (x *IO) write(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			return false // the poller waits for room
+			return false
 		}
 		x.werr = e
 		return true
