@@ -23,7 +23,7 @@ var ErrUnasked = errors.New("the peer sent bytes, closed or reset the connection
 // Why not Pending, Write and Read: that is four system calls, and two of
 // them find nothing: the look before the write, and the read right after
 // it, which comes tens of microseconds before the answer. On the virtual
-// machines the sidecar is measured on a system call costs 1-2.5 µs
+// machines the sidecar is measured on a system call costs 1.2-3 µs
 // (docs/benchmarks.md, "One wait for the upstream's answer"). Here the
 // look is the read that finds nothing, and the read after the write is
 // left out: the poller's wait begins with no try.
