@@ -37,11 +37,11 @@ func reqWriteExclude(k string) bool {
 }
 
 // writeRequestHead writes the head of req, a bodiless request, as
-// req.Write(bw) would, sorting header keys in keys (scratch, returned for
+// req.Write(b) would, sorting header keys in keys (scratch, returned for
 // reuse). It reports false, having written nothing, for a request it
 // leaves to req.Write: an opaque URL, a host to convert to Punycode, a
 // header value to sanitize, a Close or TransferEncoding field.
-func writeRequestHead(bw *bytes.Buffer, req *http.Request, keys []string) ([]string, bool) {
+func writeRequestHead(b *bytes.Buffer, req *http.Request, keys []string) ([]string, bool) {
 	if req.URL == nil || req.URL.Opaque != "" || req.Close || len(req.TransferEncoding) > 0 || req.Trailer != nil ||
 		req.ContentLength != 0 {
 		return keys, false
@@ -98,30 +98,30 @@ func writeRequestHead(bw *bytes.Buffer, req *http.Request, keys []string) ([]str
 	if method == "" {
 		method = http.MethodGet
 	}
-	bw.WriteString(method)
-	bw.WriteByte(' ')
-	bw.WriteString(path)
+	b.WriteString(method)
+	b.WriteByte(' ')
+	b.WriteString(path)
 	if query {
-		bw.WriteByte('?')
-		bw.WriteString(req.URL.RawQuery)
+		b.WriteByte('?')
+		b.WriteString(req.URL.RawQuery)
 	}
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(host)
-	bw.WriteString("\r\n")
+	b.WriteString(" HTTP/1.1\r\nHost: ")
+	b.WriteString(host)
+	b.WriteString("\r\n")
 	if ua != "" { // a value of spaces goes, trimmed to nothing
-		bw.WriteString("User-Agent: ")
-		bw.WriteString(textproto.TrimString(ua))
-		bw.WriteString("\r\n")
+		b.WriteString("User-Agent: ")
+		b.WriteString(textproto.TrimString(ua))
+		b.WriteString("\r\n")
 	}
 	for _, k := range keys {
 		for _, v := range req.Header[k] {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(textproto.TrimString(v))
-			bw.WriteString("\r\n")
+			b.WriteString(k)
+			b.WriteString(": ")
+			b.WriteString(textproto.TrimString(v))
+			b.WriteString("\r\n")
 		}
 	}
-	bw.WriteString("\r\n")
+	b.WriteString("\r\n")
 	return keys, true
 }
 
