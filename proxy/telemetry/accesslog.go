@@ -20,28 +20,37 @@ type AccessLog struct {
 	mu      sync.Mutex
 	buf     []byte
 	spare   []byte
-	kick    chan struct{}
+	kick    chan struct{} // the buffer reached flushAt: write it now
+	waiting chan struct{} // a line went into an empty buffer: write it within flushInterval
 	dropped atomic.Int64
+	flushes atomic.Int64 // flushes run, written or not: for tests
 
 	stop chan struct{}
 	done chan struct{}
 }
 
 const (
-	flushAt       = 32 << 10
-	maxBuffered   = 1 << 20
-	flushInterval = 200 * time.Millisecond
+	flushAt     = 32 << 10
+	maxBuffered = 1 << 20
+	// flushInterval is how long a line waits at most before it is
+	// written (docs/operations.md). The flusher's timer runs only while a
+	// line waits: a ticker woke an idle sidecar five times a second, and
+	// each wake-up also woke the runtime's monitor thread, an extra
+	// context switch per request at 100 requests/s (docs/benchmarks.md,
+	// "Timers only while there is work").
+	flushInterval = time.Second
 )
 
 // NewAccessLog starts a log writing to out.
 func NewAccessLog(out io.Writer) *AccessLog {
 	l := &AccessLog{
-		out:   out,
-		buf:   make([]byte, 0, 2*flushAt),
-		spare: make([]byte, 0, 2*flushAt),
-		kick:  make(chan struct{}, 1),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		out:     out,
+		buf:     make([]byte, 0, 2*flushAt),
+		spare:   make([]byte, 0, 2*flushAt),
+		kick:    make(chan struct{}, 1),
+		waiting: make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	go l.run()
 	return l
@@ -88,37 +97,61 @@ func (l *AccessLog) Log(e *Entry) {
 		l.dropped.Add(1)
 		return
 	}
+	first := len(l.buf) == 0
 	l.buf = e.appendJSON(l.buf)
 	full := len(l.buf) >= flushAt
 	l.mu.Unlock()
-	if full {
-		select {
-		case l.kick <- struct{}{}:
-		default:
-		}
+	switch {
+	case full:
+		signal(l.kick)
+	case first:
+		signal(l.waiting)
+	}
+}
+
+// signal wakes the flusher if it is not already due to wake.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
 }
 
 // Dropped is how many lines were dropped because output could not keep up.
 func (l *AccessLog) Dropped() int64 { return l.dropped.Load() }
 
+// run writes the buffer when it reaches flushAt, and flushInterval after
+// a line went into it empty; with nothing buffered it waits on no timer.
 func (l *AccessLog) run() {
 	defer close(l.done)
-	t := time.NewTicker(flushInterval)
-	defer t.Stop()
+	t := time.NewTimer(flushInterval)
+	t.Stop()
+	var due <-chan time.Time // nil: no line waits
 	for {
 		select {
-		case <-t.C:
+		case <-l.waiting:
+			if due == nil {
+				t.Reset(flushInterval)
+				due = t.C
+			}
+			continue
+		case <-due:
 		case <-l.kick:
 		case <-l.stop:
+			t.Stop()
 			l.flush()
 			return
 		}
+		// A line logged after the flush's swap finds the buffer empty
+		// and signals waiting, which starts the timer again.
+		t.Stop()
+		due = nil
 		l.flush()
 	}
 }
 
 func (l *AccessLog) flush() {
+	l.flushes.Add(1)
 	l.mu.Lock()
 	b := l.buf
 	l.buf, l.spare = l.spare[:0], nil

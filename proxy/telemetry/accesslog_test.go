@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -67,6 +68,62 @@ func TestAccessLogFlushesWithoutClose(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestAccessLogWritesWithinInterval holds the flusher to its schedule in
+// fake time: a line is written flushInterval after it went into an empty
+// buffer (a second line does not put it off), a full buffer at once, and
+// an idle log runs no flush at all (the ticker it had ran five a second).
+func TestAccessLogWritesWithinInterval(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var out syncBuf
+		l := NewAccessLog(&out)
+		defer l.Close()
+		lines := func() int { return strings.Count(out.String(), "\n") }
+		idle := func(d time.Duration) {
+			t.Helper()
+			n := l.flushes.Load()
+			time.Sleep(d)
+			synctest.Wait()
+			if got := l.flushes.Load() - n; got != 0 {
+				t.Fatalf("%d flushes in %v with nothing logged, want 0", got, d)
+			}
+		}
+		idle(time.Hour)
+
+		l.Log(&Entry{Time: time.Now(), RequestID: "a", Method: "GET"})
+		time.Sleep(flushInterval / 2)
+		l.Log(&Entry{Time: time.Now(), RequestID: "b", Method: "GET"})
+		time.Sleep(flushInterval/2 - time.Millisecond)
+		synctest.Wait()
+		if n := lines(); n != 0 {
+			t.Fatalf("%d lines written before flushInterval", n)
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		if n := lines(); n != 2 {
+			t.Fatalf("%d lines written at flushInterval after the first, want 2", n)
+		}
+		idle(time.Hour)
+
+		// A full buffer goes at once, without the timer: the line that
+		// brings it to flushAt writes it and the lines before it.
+		e := Entry{Time: time.Now(), RequestID: strings.Repeat("r", 1000), Method: "GET"}
+		size := len(e.appendJSON(nil))
+		k := (flushAt + size - 1) / size
+		before := lines()
+		for i := range k {
+			synctest.Wait()
+			if n := lines() - before; n != 0 {
+				t.Fatalf("%d lines written with %d of %d bytes buffered", n, i*size, flushAt)
+			}
+			l.Log(&e)
+		}
+		synctest.Wait()
+		if n := lines() - before; n != k {
+			t.Fatalf("%d lines written when the buffer reached %d bytes, want %d", n, flushAt, k)
+		}
+	})
 }
 
 // blockingWriter never returns, like stdout whose reader stopped.
