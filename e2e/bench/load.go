@@ -49,6 +49,7 @@ type sample struct {
 	sockets  int64         // connections fortio opened
 	cpu      time.Duration // proxy CPU during the run; 0 for direct
 	user     time.Duration // the user-mode part of cpu
+	switches int64         // the proxy's context switches during the run
 	hasCPU   bool
 }
 
@@ -58,6 +59,14 @@ func (s sample) cpuPer1k() time.Duration {
 		return 0
 	}
 	return time.Duration(float64(s.cpu) * 1000 / float64(s.requests))
+}
+
+// switchesPerReq is the proxy's context switches per request.
+func (s sample) switchesPerReq() float64 {
+	if s.requests == 0 {
+		return 0
+	}
+	return float64(s.switches) / float64(s.requests)
 }
 
 // userPer1k is the user-mode part of cpuPer1k.

@@ -577,6 +577,7 @@ func measure(ctx context.Context, fortio, dir string, t *target, run int, l load
 			return sample{}, fmt.Errorf("%s: %w", t.name, err)
 		}
 		s.cpu, s.user, s.hasCPU = after.CPU-before.CPU, after.User-before.User, true
+		s.switches = after.Switches - before.Switches
 	}
 	return s, nil
 }

@@ -114,9 +114,11 @@ type summary struct {
 	// (the kernel's share of a forwarded request is much the same for
 	// each; docs/benchmarks.md).
 	userPer1k time.Duration
-	hasCPU    bool
-	usage     proc.Usage
-	hasUsage  bool
+	// switches is the proxy's context switches per request.
+	switches float64
+	hasCPU   bool
+	usage    proc.Usage
+	hasUsage bool
 }
 
 func (r *report) summarize(t *target) *summary { return r.summarizeAt(t, r.rate(t)) }
@@ -147,17 +149,19 @@ func (r *report) summarizeAt(t *target, q float64) *summary {
 	}
 	var qps []float64
 	var cpu, user []time.Duration
+	var sw []float64
 	for _, s := range ss {
 		qps = append(qps, s.qps)
 		sm.errors += s.errors
 		if s.hasCPU {
 			cpu = append(cpu, s.cpuPer1k())
 			user = append(user, s.userPer1k())
+			sw = append(sw, s.switchesPerReq())
 		}
 	}
 	sm.qps = median(qps)
 	if len(cpu) > 0 {
-		sm.cpuPer1k, sm.userPer1k, sm.hasCPU = medianDur(cpu), medianDur(user), true
+		sm.cpuPer1k, sm.userPer1k, sm.switches, sm.hasCPU = medianDur(cpu), medianDur(user), median(sw), true
 	}
 	sm.usage, sm.hasUsage = r.usage[t.key]
 	return sm
@@ -355,10 +359,12 @@ func (r *report) markdown() string {
 		w("## Cost of each proxy\n\n")
 		w("CPU: user + system time of the proxy's processes (/proc/PID/stat) during each run, per 1,000 requests, median over the rounds; " +
 			"the same number in seconds is the cores the proxy keeps busy at 1,000 requests/s; of it in user mode: the utime part alone (the rest is the kernel's). " +
+			"Context switches: voluntary and not, of every thread of the proxy's processes (/proc/PID/task/TID/status) during each run, per request, median over the rounds: " +
+			"a count the machine's noise moves far less than CPU time. " +
 			"Peak RSS: VmHWM (/proc/PID/status) after the fixed-rate rounds, summed over the proxy's processes (nginx: master and workers). MB = 10⁶ bytes. " +
 			"The ratios are minimesh-proxy's figure divided by the other proxy's.\n\n")
-		row("proxy", "CPU ms / 1,000 requests", "of it in user mode", "cores at 1,000 rps", "peak RSS MB", "processes", "CPU ratio", "RSS ratio")
-		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
+		row("proxy", "CPU ms / 1,000 requests", "of it in user mode", "cores at 1,000 rps", "context switches / request", "peak RSS MB", "processes", "CPU ratio", "RSS ratio")
+		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 		for _, t := range r.targets[1:] {
 			s := sums[t.key]
 			if t.proc == nil && !s.hasCPU {
@@ -375,7 +381,7 @@ func (r *report) markdown() string {
 				rssR = ratio(float64(sd.usage.PeakRSS), float64(s.usage.PeakRSS))
 			}
 			row(t.name, fmt.Sprintf("%.1f", float64(s.cpuPer1k)/float64(time.Millisecond)), cpuMs(s.userPer1k),
-				fmt.Sprintf("%.3f", cores(s.cpuPer1k)), mb(s.usage.PeakRSS), strconv.Itoa(s.usage.Procs), cpuR, rssR)
+				fmt.Sprintf("%.3f", cores(s.cpuPer1k)), fmt.Sprintf("%.2f", s.switches), mb(s.usage.PeakRSS), strconv.Itoa(s.usage.Procs), cpuR, rssR)
 		}
 		w("\n")
 	}

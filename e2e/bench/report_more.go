@@ -35,22 +35,22 @@ func (r *report) sweepSection(b *strings.Builder) {
 		r.o.conns, r.o.duration, r.o.runs)
 	for _, q := range r.o.rates() {
 		w("### %s requests/s\n\n", rateString(q))
-		row("scenario", "p50", "p90", "p99", "p99.9", "added p50", "added p99", "CPU ms / 1,000 requests", "achieved qps", "errors")
-		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
+		row("scenario", "p50", "p90", "p99", "p99.9", "added p50", "added p99", "CPU ms / 1,000 requests", "context switches / request", "achieved qps", "errors")
+		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 		var direct *summary
 		for _, t := range r.sweepTargets() {
 			s := r.summarizeAt(t, q)
 			if t.key == keyDirect {
 				direct = s
 			}
-			a50, a99, cpu := "–", "–", "–"
+			a50, a99, cpu, sw := "–", "–", "–", "–"
 			if direct != nil && t.key != keyDirect {
 				a50, a99 = plusMs(s.lat[50]-direct.lat[50]), plusMs(s.lat[99]-direct.lat[99])
 			}
 			if s.hasCPU {
-				cpu = cpuMs(s.cpuPer1k)
+				cpu, sw = cpuMs(s.cpuPer1k), fmt.Sprintf("%.2f", s.switches)
 			}
-			row(t.name, ms(s.lat[50]), ms(s.lat[90]), ms(s.lat[99]), ms(s.lat[99.9]), a50, a99, cpu,
+			row(t.name, ms(s.lat[50]), ms(s.lat[90]), ms(s.lat[99]), ms(s.lat[99.9]), a50, a99, cpu, sw,
 				fmt.Sprintf("%.1f", s.qps), strconv.FormatInt(s.errors, 10))
 		}
 		w("\n%s", r.noiseLine(q))

@@ -86,7 +86,7 @@ func sweepReport(t *testing.T) *report {
 		d := time.Duration(i) * 100 * us
 		for _, q := range []float64{100, 1000} {
 			rep.add(k, sample{run: 1, rate: q, qps: q, requests: int64(q * 10), lat: lat(100*us+d, 300*us+d),
-				cpu: time.Duration(q) * time.Millisecond / 10, hasCPU: k != keyDirect})
+				cpu: time.Duration(q) * time.Millisecond / 10, switches: int64(q * 25), hasCPU: k != keyDirect})
 		}
 		rep.addMax(k, sample{run: 1, qps: 20000 / float64(i+1), requests: 100000, lat: lat(time.Millisecond, 3*time.Millisecond),
 			cpu: time.Second, hasCPU: k != keyDirect})
@@ -115,7 +115,7 @@ func TestMarkdownSweep(t *testing.T) {
 	for _, want := range []string{
 		"## Rate sweep",
 		"### 100 requests/s",
-		"| minimesh-proxy | 0.200 | 0.200 | 0.400 | 0.400 | +0.100 | +0.100 | 10.0 | 100.0 | 0 |",
+		"| minimesh-proxy | 0.200 | 0.200 | 0.400 | 0.400 | +0.100 | +0.100 | 10.0 | 2.50 | 100.0 | 0 |",
 		"| haproxy | 6667 | 0.33 | 1.000 | 3.000 | 10.0 | 16.0 |",
 		"sidecar / haproxy: 1.50",
 		"| minimesh-proxy | 12.0 | 14.0 | 16.0 | 20.0 | 8000 |",

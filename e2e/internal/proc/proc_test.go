@@ -135,16 +135,28 @@ func TestGroupUsage(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "status"), []byte("VmHWM:\t 1000 kB\nVmRSS:\t 500 kB\n"), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "status"), []byte("VmHWM:\t 1000 kB\nVmRSS:\t 500 kB\nvoluntary_ctxt_switches:\t1000\n"), 0o644); err != nil {
 			t.Fatal(err)
+		}
+		// Two threads: the process's own status counts only the first's.
+		for tid, status := range map[string]string{
+			pid:       "voluntary_ctxt_switches:\t1000\nnonvoluntary_ctxt_switches:\t7\n",
+			pid + "1": "voluntary_ctxt_switches:\t30\nnonvoluntary_ctxt_switches:\t3\n",
+		} {
+			if err := os.MkdirAll(filepath.Join(dir, "task", tid), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "task", tid, "status"), []byte(status), 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	u, err := GroupUsage(root, 4242)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.Procs != 2 || u.CPU != ticks(200) || u.User != ticks(120) || u.PeakRSS != 2000*1024 || u.RSS != 1000*1024 {
-		t.Errorf("GroupUsage = %+v, want 2 processes, CPU %v, user %v, 2,000 KiB peak, 1,000 KiB now", u, ticks(200), ticks(120))
+	if u.Procs != 2 || u.CPU != ticks(200) || u.User != ticks(120) || u.PeakRSS != 2000*1024 || u.RSS != 1000*1024 || u.Switches != 2*1040 {
+		t.Errorf("GroupUsage = %+v, want 2 processes, CPU %v, user %v, 2,000 KiB peak, 1,000 KiB now, 2,080 switches", u, ticks(200), ticks(120))
 	}
 	if _, err := GroupUsage(root, 7); err == nil {
 		t.Error("GroupUsage of a group with no process: no error")
