@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/minimesh/minimesh/internal/promtext"
@@ -23,6 +24,7 @@ type queueProcessor struct {
 
 	batch    int
 	interval time.Duration
+	wakes    atomic.Int64 // the interval's timer firing: for tests
 
 	stopOnce sync.Once
 	stop     chan struct{}
@@ -68,13 +70,21 @@ func (p *queueProcessor) OnEnd(s sdktrace.ReadOnlySpan) {
 	}
 }
 
+// run exports a batch when it is full, and interval after its first span;
+// with no span waiting it waits on no timer (a ticker woke an idle sidecar
+// every interval, and the runtime's monitor thread with it:
+// docs/benchmarks.md, "Timers only while there is work").
 func (p *queueProcessor) run() {
 	defer close(p.done)
-	t := time.NewTicker(p.interval)
+	t := time.NewTimer(p.interval)
+	t.Stop()
 	defer t.Stop()
+	var due <-chan time.Time // nil: no span waits
 	buf := make([]sdktrace.ReadOnlySpan, 0, p.batch)
 	var failing bool
 	export := func() {
+		t.Stop()
+		due = nil
 		if len(buf) == 0 {
 			return
 		}
@@ -101,8 +111,12 @@ func (p *queueProcessor) run() {
 			buf = append(buf, s)
 			if len(buf) >= p.batch {
 				export()
+			} else if due == nil {
+				t.Reset(p.interval)
+				due = t.C
 			}
-		case <-t.C:
+		case <-due:
+			p.wakes.Add(1)
 			export()
 		case ack := <-p.flush:
 			p.drain(&buf, export)
