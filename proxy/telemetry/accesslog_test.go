@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -80,16 +81,8 @@ func TestAccessLogWritesWithinInterval(t *testing.T) {
 		l := NewAccessLog(&out)
 		defer l.Close()
 		lines := func() int { return strings.Count(out.String(), "\n") }
-		idle := func(d time.Duration) {
-			t.Helper()
-			n := l.flushes.Load()
-			time.Sleep(d)
-			synctest.Wait()
-			if got := l.flushes.Load() - n; got != 0 {
-				t.Fatalf("%d flushes in %v with nothing logged, want 0", got, d)
-			}
-		}
-		idle(time.Hour)
+		idle := func() { t.Helper(); quietFor(t, time.Hour, &l.flushes, "flushes with nothing logged") }
+		idle()
 
 		l.Log(&Entry{Time: time.Now(), RequestID: "a", Method: "GET"})
 		time.Sleep(flushInterval / 2)
@@ -104,7 +97,7 @@ func TestAccessLogWritesWithinInterval(t *testing.T) {
 		if n := lines(); n != 2 {
 			t.Fatalf("%d lines written at flushInterval after the first, want 2", n)
 		}
-		idle(time.Hour)
+		idle()
 
 		// A full buffer goes at once, without the timer: the line that
 		// brings it to flushAt writes it and the lines before it.
@@ -124,6 +117,18 @@ func TestAccessLogWritesWithinInterval(t *testing.T) {
 			t.Fatalf("%d lines written when the buffer reached %d bytes, want %d", n, flushAt, k)
 		}
 	})
+}
+
+// quietFor lets d of fake time pass (in a synctest bubble) and fails if
+// count moved meanwhile: a background loop that should wait on no timer.
+func quietFor(t *testing.T, d time.Duration, count *atomic.Int64, what string) {
+	t.Helper()
+	n := count.Load()
+	time.Sleep(d)
+	synctest.Wait()
+	if got := count.Load() - n; got != 0 {
+		t.Fatalf("%d %s in %v, want 0", got, what, d)
+	}
 }
 
 // blockingWriter never returns, like stdout whose reader stopped.

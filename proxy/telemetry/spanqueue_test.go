@@ -51,16 +51,8 @@ func TestSpanQueueExportsWithinInterval(t *testing.T) {
 		defer p.Shutdown(context.Background())
 		span := tracetest.SpanStub{SpanContext: trace.NewSpanContext(trace.SpanContextConfig{
 			TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, TraceFlags: trace.FlagsSampled})}.Snapshot()
-		idle := func(d time.Duration) {
-			t.Helper()
-			n := p.wakes.Load()
-			time.Sleep(d)
-			synctest.Wait()
-			if got := p.wakes.Load() - n; got != 0 {
-				t.Fatalf("the timer fired %d times in %v with no span waiting, want 0", got, d)
-			}
-		}
-		idle(time.Hour)
+		idle := func() { t.Helper(); quietFor(t, time.Hour, &p.wakes, "timer firings with no span waiting") }
+		idle()
 
 		p.OnEnd(span)
 		time.Sleep(exportInterval / 2)
@@ -75,7 +67,7 @@ func TestSpanQueueExportsWithinInterval(t *testing.T) {
 		if n := exp.spans(); n != 2 {
 			t.Fatalf("%d spans exported exportInterval after the first, want 2", n)
 		}
-		idle(time.Hour)
+		idle()
 
 		for range exportBatch {
 			p.OnEnd(span)
@@ -84,6 +76,6 @@ func TestSpanQueueExportsWithinInterval(t *testing.T) {
 		if n := exp.spans(); n != 2+exportBatch {
 			t.Fatalf("%d spans exported once a batch was full, want %d without time passing", n-2, exportBatch)
 		}
-		idle(time.Hour)
+		idle()
 	})
 }
