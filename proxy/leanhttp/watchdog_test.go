@@ -64,30 +64,58 @@ func TestWatchdogWakes(t *testing.T) {
 
 		wakes("idle again", time.Hour, 1, func() {})
 
-		// A long request that begins while the watchdog sleeps for a
-		// short one is watched at its own due time, within a quarter.
-		a2, b2 := net.Pipe()
-		defer b2.Close()
-		defer a2.Close()
-		long := s.newConn(context.Background(), a2)
-		s.mu.Lock()
-		s.conns[long] = struct{}{}
-		s.mu.Unlock()
-		c.arm() // wakes the watchdog: its timer is set for after
-		time.Sleep(after * 3 / 10)
-		long.arm()
-		time.Sleep(time.Millisecond)
-		c.unwatch()
-		time.Sleep(after - time.Millisecond - time.Millisecond)
+		// The request that wakes the watchdog is watched at WatchAfter.
+		c.arm()
+		time.Sleep(after - time.Millisecond)
 		synctest.Wait()
-		if st := long.wstate.Load(); st != wReq {
+		if st := c.wstate.Load(); st != wReq {
 			t.Fatalf("request watched before WatchAfter (state %d)", st)
 		}
-		time.Sleep(after/4 + time.Millisecond)
+		time.Sleep(time.Millisecond)
 		synctest.Wait()
-		if st := long.wstate.Load(); st != wWatch {
-			t.Fatalf("request not watched within WatchAfter and a quarter (state %d)", st)
+		if st := c.wstate.Load(); st != wWatch {
+			t.Fatalf("the request that woke the watchdog not watched at WatchAfter (state %d)", st)
 		}
+		c.unwatch()
+		wakes("idle again", time.Hour, 2, func() {})
+
+		// The worst cases are within WatchAfter and a quarter: a request
+		// 1 ms short of due at a look, and one that begins 1 ms after a
+		// look that found only a watched request in flight.
+		newConn := func() *conn {
+			a, b := net.Pipe()
+			t.Cleanup(func() { a.Close(); b.Close() })
+			c := s.newConn(context.Background(), a)
+			s.mu.Lock()
+			s.conns[c] = struct{}{}
+			s.mu.Unlock()
+			return c
+		}
+		long, later := newConn(), newConn()
+		// watched checks that c is watched by from now, not before.
+		watched := func(c *conn, what string, by time.Duration) {
+			t.Helper()
+			time.Sleep(by - time.Millisecond)
+			synctest.Wait()
+			if st := c.wstate.Load(); st != wReq {
+				t.Fatalf("%s: watched early (state %d)", what, st)
+			}
+			time.Sleep(time.Millisecond)
+			synctest.Wait()
+			if st := c.wstate.Load(); st != wWatch {
+				t.Fatalf("%s: not watched within WatchAfter and a quarter of its start (state %d)", what, st)
+			}
+		}
+		c.arm() // wakes the watchdog: it looks at WatchAfter from now
+		time.Sleep(time.Millisecond)
+		long.arm() // due 1 ms after that look: watched at the look after, WatchAfter/4 on
+		time.Sleep(time.Millisecond)
+		c.unwatch()
+		watched(long, "a request 1 ms short of due at a look", after+after/4-2*time.Millisecond)
+		time.Sleep(time.Millisecond)
+		later.arm() // 1 ms after the look that watched long
+		watched(later, "a request begun 1 ms after a look", after+after/4-time.Millisecond)
 		long.unwatch()
+		later.unwatch()
 	})
 }

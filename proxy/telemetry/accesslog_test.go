@@ -99,6 +99,15 @@ func TestAccessLogWritesWithinInterval(t *testing.T) {
 		}
 		idle()
 
+		// The timer starts again for the next line.
+		l.Log(&Entry{Time: time.Now(), RequestID: "c", Method: "GET"})
+		time.Sleep(flushInterval)
+		synctest.Wait()
+		if n := lines(); n != 3 {
+			t.Fatalf("%d lines written flushInterval after a line following a timed flush, want 3", n)
+		}
+		idle()
+
 		// A full buffer goes at once, without the timer: the line that
 		// brings it to flushAt writes it and the lines before it.
 		e := Entry{Time: time.Now(), RequestID: strings.Repeat("r", 1000), Method: "GET"}

@@ -69,12 +69,21 @@ func TestSpanQueueExportsWithinInterval(t *testing.T) {
 		}
 		idle()
 
+		// The timer starts again for the next span.
+		p.OnEnd(span)
+		time.Sleep(exportInterval)
+		synctest.Wait()
+		if n := exp.spans(); n != 3 {
+			t.Fatalf("%d spans exported exportInterval after a span following a timed export, want 3", n)
+		}
+		idle()
+
 		for range exportBatch {
 			p.OnEnd(span)
 		}
 		synctest.Wait()
-		if n := exp.spans(); n != 2+exportBatch {
-			t.Fatalf("%d spans exported once a batch was full, want %d without time passing", n-2, exportBatch)
+		if n := exp.spans(); n != 3+exportBatch {
+			t.Fatalf("%d spans exported once a batch was full, want %d without time passing", n-3, exportBatch)
 		}
 		idle()
 	})

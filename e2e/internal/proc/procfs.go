@@ -133,7 +133,11 @@ func parseStat(b []byte) (procStat, error) {
 
 // switches sums the context switches of the threads of the process at
 // dir (its task/TID/status files: the process's own status counts only
-// its main thread's).
+// its main thread's). A thread that exits takes its count with it, where
+// stat's CPU time keeps a dead thread's: a run in which a proxy's thread
+// ends is undercounted. The proxies measured keep their threads (Go's
+// runtime does not end its threads; nginx's and HAProxy's workers live
+// as long as the server).
 func switches(dir string) int64 {
 	tasks, err := os.ReadDir(filepath.Join(dir, "task"))
 	if err != nil {
