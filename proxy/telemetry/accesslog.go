@@ -124,28 +124,22 @@ func (l *AccessLog) Dropped() int64 { return l.dropped.Load() }
 // a line went into it empty; with nothing buffered it waits on no timer.
 func (l *AccessLog) run() {
 	defer close(l.done)
-	t := time.NewTimer(flushInterval)
-	t.Stop()
-	var due <-chan time.Time // nil: no line waits
+	t := newDueTimer(flushInterval)
 	for {
 		select {
 		case <-l.waiting:
-			if due == nil {
-				t.Reset(flushInterval)
-				due = t.C
-			}
+			t.arm()
 			continue
-		case <-due:
+		case <-t.due():
 		case <-l.kick:
 		case <-l.stop:
-			t.Stop()
+			t.disarm()
 			l.flush()
 			return
 		}
 		// A line logged after the flush's swap finds the buffer empty
-		// and signals waiting, which starts the timer again.
-		t.Stop()
-		due = nil
+		// and signals waiting, which arms the timer again.
+		t.disarm()
 		l.flush()
 	}
 }

@@ -71,20 +71,15 @@ func (p *queueProcessor) OnEnd(s sdktrace.ReadOnlySpan) {
 }
 
 // run exports a batch when it is full, and interval after its first span;
-// with no span waiting it waits on no timer (a ticker woke an idle sidecar
-// every interval, and the runtime's monitor thread with it:
-// docs/benchmarks.md, "Timers only while there is work").
+// with no span waiting it waits on no timer (dueTimer).
 func (p *queueProcessor) run() {
 	defer close(p.done)
-	t := time.NewTimer(p.interval)
-	t.Stop()
-	defer t.Stop()
-	var due <-chan time.Time // nil: no span waits
+	t := newDueTimer(p.interval)
+	defer t.disarm()
 	buf := make([]sdktrace.ReadOnlySpan, 0, p.batch)
 	var failing bool
 	export := func() {
-		t.Stop()
-		due = nil
+		t.disarm()
 		if len(buf) == 0 {
 			return
 		}
@@ -111,11 +106,10 @@ func (p *queueProcessor) run() {
 			buf = append(buf, s)
 			if len(buf) >= p.batch {
 				export()
-			} else if due == nil {
-				t.Reset(p.interval)
-				due = t.C
+			} else {
+				t.arm()
 			}
-		case <-due:
+		case <-t.due():
 			p.wakes.Add(1)
 			export()
 		case ack := <-p.flush:
