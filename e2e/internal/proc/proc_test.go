@@ -107,12 +107,15 @@ func TestParseStat(t *testing.T) {
 	}
 }
 
-func TestStatusKB(t *testing.T) {
-	status := "Name:\tx\nVmPeak:\t  2000 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n"
-	if got := statusKB([]byte(status), "VmHWM"); got != 1234 {
+func TestStatusNumber(t *testing.T) {
+	status := "Name:\tx\nVmPeak:\t  2000 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\nvoluntary_ctxt_switches:\t77\nnonvoluntary_ctxt_switches:\t5\n"
+	if got := statusNumber([]byte(status), "VmHWM"); got != 1234 {
 		t.Errorf("VmHWM = %d, want 1234", got)
 	}
-	if got := statusKB([]byte(status), "VmSwap"); got != 0 {
+	if got := statusNumber([]byte(status), "voluntary_ctxt_switches"); got != 77 {
+		t.Errorf("voluntary_ctxt_switches = %d, want 77 (not nonvoluntary's 5)", got)
+	}
+	if got := statusNumber([]byte(status), "VmSwap"); got != 0 {
 		t.Errorf("VmSwap = %d, want 0", got)
 	}
 }

@@ -56,8 +56,8 @@ func GroupUsage(procRoot string, pgid int) (Usage, error) {
 		u.CPU += ticks(st.utime + st.stime)
 		u.User += ticks(st.utime)
 		if b, err := os.ReadFile(filepath.Join(dir, "status")); err == nil {
-			u.PeakRSS += statusKB(b, "VmHWM") * 1024
-			u.RSS += statusKB(b, "VmRSS") * 1024
+			u.PeakRSS += statusNumber(b, "VmHWM") * 1024
+			u.RSS += statusNumber(b, "VmRSS") * 1024
 		}
 		u.Switches += switches(dir)
 	})
@@ -146,15 +146,15 @@ func switches(dir string) int64 {
 	var n int64
 	for _, task := range tasks {
 		if b, err := os.ReadFile(filepath.Join(dir, "task", task.Name(), "status")); err == nil {
-			n += statusKB(b, "voluntary_ctxt_switches") + statusKB(b, "nonvoluntary_ctxt_switches")
+			n += statusNumber(b, "voluntary_ctxt_switches") + statusNumber(b, "nonvoluntary_ctxt_switches")
 		}
 	}
 	return n
 }
 
-// statusKB returns the value in kB of a "Key:   123 kB" line of
-// /proc/PID/status, or 0; for a count ("Key:\t123"), the count.
-func statusKB(b []byte, key string) int64 {
+// statusNumber returns the number of a "Key:   123 kB" (a size, in kB)
+// or "Key:\t123" (a count) line of /proc/PID/status, or 0.
+func statusNumber(b []byte, key string) int64 {
 	for _, line := range strings.Split(string(b), "\n") {
 		k, v, ok := strings.Cut(line, ":")
 		if !ok || k != key {
