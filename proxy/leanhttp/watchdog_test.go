@@ -20,13 +20,16 @@ func TestWatchdogWakes(t *testing.T) {
 		s.WatchAfter = after
 		go s.watchdog()
 		defer close(s.done)
-		a, b := net.Pipe()
-		defer b.Close()
-		defer a.Close()
-		c := s.newConn(context.Background(), a)
-		s.mu.Lock()
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
+		newConn := func() *conn {
+			a, b := net.Pipe()
+			t.Cleanup(func() { a.Close(); b.Close() })
+			c := s.newConn(context.Background(), a)
+			s.mu.Lock()
+			s.conns[c] = struct{}{}
+			s.mu.Unlock()
+			return c
+		}
+		c := newConn()
 		wakes := func(what string, within time.Duration, most int64, run func()) {
 			t.Helper()
 			n := s.dogWakes.Load()
@@ -82,15 +85,6 @@ func TestWatchdogWakes(t *testing.T) {
 		// The worst cases are within WatchAfter and a quarter: a request
 		// 1 ms short of due at a look, and one that begins 1 ms after a
 		// look that found only a watched request in flight.
-		newConn := func() *conn {
-			a, b := net.Pipe()
-			t.Cleanup(func() { a.Close(); b.Close() })
-			c := s.newConn(context.Background(), a)
-			s.mu.Lock()
-			s.conns[c] = struct{}{}
-			s.mu.Unlock()
-			return c
-		}
 		long, later := newConn(), newConn()
 		// watched checks that c is watched by from now, not before.
 		watched := func(c *conn, what string, by time.Duration) {
