@@ -706,6 +706,29 @@ func TestNewRequest(t *testing.T) {
 	}
 }
 
+// TestNewRequestTargets: every printable byte in each part of a target,
+// origin-form and absolute-form, gives the URL net/url makes of it,
+// whether plainTarget or net/url builds it.
+func TestNewRequestTargets(t *testing.T) {
+	for _, target := range []string{"http://a", "http://a/", "http://a:", "http://a:80", "http://a:80/b?c", "http://:80/",
+		"http://1.2.3.4:5/", "http:///", "http://a/?", "/?", "http://a:8a/", "http://a:80:90/", "HTTP://a/", "http:/a"} {
+		h := "GET " + target + " HTTP/1.1\r\nHost: a\r\n\r\n"
+		if n, v := scanHead([]byte(h)); v == serveLean {
+			sameRequest(t, []byte(h), n)
+		}
+	}
+	for c := byte(0x21); c < 0x7f; c++ {
+		b := string(c)
+		for _, target := range []string{"/a" + b + "b", "/a?b" + b + "c", "/" + b, "/a?" + b,
+			"http://a" + b + "b/", "http://" + b + "/", "http://a" + b, "http://a:8" + b + "/", "http://a/" + b, "http://a/b?" + b} {
+			h := "GET " + target + " HTTP/1.1\r\nHost: a\r\n\r\n"
+			if n, v := scanHead([]byte(h)); v == serveLean {
+				sameRequest(t, []byte(h), n)
+			}
+		}
+	}
+}
+
 // sameRequest fails unless newRequest, given the scanned head b[:n],
 // builds the request net/http's server would hand its handler, or
 // declines exactly when that server would not serve it as one.
@@ -713,7 +736,14 @@ func sameRequest(t *testing.T, b []byte, n int) {
 	t.Helper()
 	br := bufio.NewReaderSize(bytes.NewReader(b), len(b)+16)
 	want, err := http.ReadRequest(br)
-	got, ok := newRequest(b[:n])
+	// The scratch as a connection lends it after another request, one
+	// that filled every part of it.
+	var sc reqScratch
+	if _, ok := newRequest([]byte(dirtyHead), &sc); !ok {
+		t.Fatalf("newRequest(%q) declined", dirtyHead)
+	}
+	sc.reset()
+	got, ok := newRequest(b[:n], &sc)
 	if err != nil {
 		// A target net/url refuses ("/%zz"): the loop hands the head to
 		// net/http, whose 400 it is.
@@ -746,6 +776,31 @@ func sameRequest(t *testing.T, b []byte, n int) {
 	}
 	if g, w := of(&got), of(want); !reflect.DeepEqual(g, w) {
 		t.Fatalf("newRequest(%q):\n got  %+v\n want %+v", b[:n], g, w)
+	}
+}
+
+// dirtyHead fills every part of a connection's scratch: a query, more
+// fields than most heads, a repeated one, a Pragma's Cache-Control.
+const dirtyHead = "GET /d/e?f=g HTTP/1.1\r\nHost: d\r\nA: 1\r\nB: 2\r\nC: 3\r\nA: 4\r\nD: 5\r\nE: 6\r\n" +
+	"F: 7\r\nG: 8\r\nH: 9\r\nI: 10\r\nPragma: no-cache\r\n\r\n"
+
+// TestScratchReset: what a request leaves in its connection's scratch is
+// gone once its response ends, so that an idle connection holds none of
+// its strings alive.
+func TestScratchReset(t *testing.T) {
+	var sc reqScratch
+	r, ok := newRequest([]byte(dirtyHead), &sc)
+	if !ok || len(r.Header) != 11 || r.URL.RawQuery != "f=g" {
+		t.Fatalf("newRequest(%q) = %v, %+v", dirtyHead, ok, r)
+	}
+	sc.reset()
+	if len(sc.hdr) != 0 || sc.url != (url.URL{}) {
+		t.Fatalf("after reset: header %v, URL %+v", sc.hdr, sc.url)
+	}
+	for i, v := range sc.values {
+		if v != "" {
+			t.Fatalf("after reset: values[%d] = %q", i, v)
+		}
 	}
 }
 

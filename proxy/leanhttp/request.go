@@ -9,32 +9,55 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
+// reqScratch is what a connection lends each of its requests, one at a
+// time: the header map, the values' slice and the URL. A request's head
+// made them new each time, three of the lean loop's allocations per
+// request; reset empties them as the response ends (conn.serve), so that
+// an idle connection keeps no value of its last request alive.
+type reqScratch struct {
+	hdr    http.Header
+	values []string
+	url    url.URL
+}
+
+func (sc *reqScratch) reset() {
+	clear(sc.hdr)
+	clear(sc.values)
+	sc.url = url.URL{}
+}
+
 // newRequest builds, from a head scanHead accepted (serveLean), the
 // request http.ReadRequest would read from it, as net/http's server hands
 // it to its handler (its checks passed, Host removed from the header
 // map); ok is false for a head it would not serve (a target net/url
-// refuses), which goes to the standard server as it is.
+// refuses), which goes to the standard server as it is. Its header map,
+// values and URL are sc's: the request is the connection's until its
+// response ends.
 //
 // It exists because http.ReadRequest was a fifth of the lean loop's own
 // CPU at 1,000 requests/s (docs/benchmarks.md, "The lean server loop"):
 // a textproto.Reader, a string per line and per value, a header map grown
 // as it is read, and the transfer rules of requests with bodies, none of
 // which a head the scan accepted needs. Here the head is one string, the
-// header map is sized once, its values share one slice, and a canonical
+// header map and the values' slice are the connection's, and a canonical
 // name (most are) is a substring of the head. TestNewRequest and
 // FuzzScanHead hold it to http.ReadRequest field by field.
 //
 // The context, RemoteAddr and the rest of the server's fields are the
 // caller's: it returns the request by value, so that WithContext's copy
 // is its only allocation of a Request.
-func newRequest(head []byte) (req http.Request, ok bool) {
+func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
 	s := string(head)
 	line, rest, _ := strings.Cut(s, "\r\n")
 	method, line, _ := strings.Cut(line, " ")
 	target, proto, _ := strings.Cut(line, " ")
-	u, err := url.ParseRequestURI(target)
-	if err != nil || (u.Scheme != "" && u.Scheme != "http") {
-		return http.Request{}, false
+	u := &sc.url
+	if !plainTarget(target, u) {
+		pu, err := url.ParseRequestURI(target)
+		if err != nil || (pu.Scheme != "" && pu.Scheme != "http") {
+			return http.Request{}, false
+		}
+		*u = *pu
 	}
 	minor := 1
 	if proto == "HTTP/1.0" {
@@ -44,8 +67,14 @@ func newRequest(head []byte) (req http.Request, ok bool) {
 	// The scan accepted every line: "Name: value" CRLF, and the blank
 	// line last.
 	n := strings.Count(rest, "\r\n") - 1
-	h := make(http.Header, n)
-	values := make([]string, n)
+	if sc.hdr == nil {
+		sc.hdr = make(http.Header, n)
+	}
+	h := sc.hdr
+	if cap(sc.values) < n {
+		sc.values = make([]string, n)
+	}
+	values := sc.values[:n]
 	for i := 0; ; i++ {
 		line, rest, _ = strings.Cut(rest, "\r\n")
 		if line == "" {
@@ -57,6 +86,8 @@ func newRequest(head []byte) (req http.Request, ok bool) {
 		if vv, seen := h[key]; seen {
 			h[key] = append(vv, values[i])
 		} else {
+			// Capacity one: a handler's append copies, never writing
+			// into the next value.
 			h[key] = values[i : i+1 : i+1]
 		}
 	}
@@ -94,3 +125,94 @@ func newRequest(head []byte) (req http.Request, ok bool) {
 		Close:      closing,
 	}, true
 }
+
+// plainTarget sets *u to what url.ParseRequestURI makes of target when
+// target is of the common kind, and reports whether it was: origin-form
+// ("/", "/api/v1/x?id=3") or absolute-form with the scheme http in lower
+// case and a host of letters, digits and "-._~" with an optional port
+// ("http://svc:8080/x", a proxy's request), whose path and query are of
+// bytes net/url keeps as they are (no escape, no second '?'). Such a
+// target then costs no URL of its own.
+func plainTarget(target string, u *url.URL) bool {
+	var host string
+	if rest, ok := strings.CutPrefix(target, "http://"); ok {
+		end := strings.IndexByte(rest, '/')
+		if end < 0 {
+			end = len(rest)
+		}
+		host, target = rest[:end], rest[end:]
+		if !plainHost(host) {
+			return false
+		}
+		if target == "" {
+			*u = url.URL{Scheme: "http", Host: host}
+			return true
+		}
+	}
+	if target == "" || target[0] != '/' {
+		return false
+	}
+	path, query, hasQuery := strings.Cut(target, "?")
+	for i := 0; i < len(path); i++ {
+		if !plainPath[path[i]] {
+			return false
+		}
+	}
+	if hasQuery {
+		if query == "" {
+			return false // ForceQuery: net/url's
+		}
+		for i := 0; i < len(query); i++ {
+			if !plainQuery[query[i]] {
+				return false
+			}
+		}
+	}
+	*u = url.URL{Path: path, RawQuery: query}
+	if host != "" {
+		u.Scheme, u.Host = "http", host
+	}
+	return true
+}
+
+// plainHost reports whether host, not empty, is a name or an IPv4
+// address with an optional port that net/url keeps as it is.
+func plainHost(host string) bool {
+	name, port, _ := strings.Cut(host, ":") // "name:" too, as net/url
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if !plainName[name[i]] {
+			return false
+		}
+	}
+	for i := 0; i < len(port); i++ {
+		if port[i] < '0' || port[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// plainName, plainPath and plainQuery are the bytes of a host name, a
+// path and a query that net/url neither unescapes nor rejects nor splits
+// on.
+var plainName, plainPath, plainQuery = func() (n, p, q [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		n[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		n[c], n[c-'a'+'A'] = true, true
+	}
+	for _, c := range "-._~" {
+		n[c] = true
+	}
+	p = n
+	for _, c := range "/$&+,;=:@" { // not !'()*: net/url escapes them, keeping RawPath
+		p[c] = true
+	}
+	q = p
+	q['%'] = true // RawQuery is kept as sent
+	return n, p, q
+}()

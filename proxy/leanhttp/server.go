@@ -216,8 +216,10 @@ type conn struct {
 	dateSec int64
 	dateStr [len(http.TimeFormat)]byte
 	// hdr is the map of a response's Header, made once per connection
-	// (its requests come one at a time) and emptied after each.
+	// (its requests come one at a time) and emptied after each; rs is
+	// the same for the request's header, values and URL.
 	hdr http.Header
+	rs  reqScratch
 
 	// The watch: see watch.
 	reqStart atomic.Int64 // the current request's start (UnixNano), 0 between requests
@@ -371,7 +373,7 @@ func (c *conn) serve() {
 			return
 		}
 		head, _ := c.br.Peek(n)
-		r, ok := newRequest(head)
+		r, ok := newRequest(head, &c.rs)
 		if !ok {
 			handedOff = c.handOff() // the head is still in the reader
 			return
@@ -408,6 +410,7 @@ func (c *conn) serve() {
 		// values (a proxy's, the request's state) would stay alive with
 		// an idle connection, 3 KB each (docs/benchmarks.md).
 		clear(c.hdr)
+		c.rs.reset()
 		if c.wdl {
 			c.wdl = false
 			_ = c.rwc.SetWriteDeadline(time.Time{})
