@@ -48,6 +48,7 @@ func serveLean(b testing.TB, h http.Handler) string {
 		b.Fatal(err)
 	}
 	ls := leanhttp.New(&http.Server{Handler: h})
+	ls.RequestContext = RequestContext // as the sidecar serves
 	go func() { _ = ls.ServeStd() }()
 	go func() { _ = ls.Serve(ln) }()
 	b.Cleanup(func() { ls.Close() })

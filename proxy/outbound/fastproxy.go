@@ -24,7 +24,13 @@ import (
 // 1xx responses, and a media type parse of every response
 // (fastproxy_test.go compares the bytes both send and answer).
 func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.Context, st *reqState) {
-	out := r.WithContext(ctx)
+	// The request goes out as itself when it carries ctx already (the
+	// lean loop's, RequestContext): its server reads nothing of what
+	// changes below (method and protocol only).
+	out := r
+	if r.Context() != ctx {
+		out = r.WithContext(ctx)
+	}
 	st.url = *r.URL
 	out.URL = &st.url
 	out.Header = r.Header

@@ -406,6 +406,7 @@ func startFuzzRig(t *testing.T, table *policy.Table) *fuzzRig {
 	}
 	if proxytest.Server() != "std" {
 		r.lean = leanhttp.New(r.srv)
+		r.lean.RequestContext = RequestContext // as the sidecar serves
 		go func() { _ = r.lean.ServeStd() }()
 		go func() { _ = r.lean.Serve(r.ln) }()
 	} else {

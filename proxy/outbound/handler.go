@@ -275,6 +275,12 @@ var requestIDKey = http.CanonicalHeaderKey(wellknown.HeaderRequestID)
 
 func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
 
+// RequestContext is the request's state, empty, as the context a server
+// gives the request (leanhttp.Server's RequestContext): serve fills it in
+// and fastProxy forwards the request itself, not a copy of it with the
+// state as its context.
+func RequestContext(ctx context.Context) context.Context { return &reqState{Context: ctx} }
+
 // Value makes the state its request's context: stateOf finds it there.
 func (st *reqState) Value(key any) any {
 	switch key.(type) {
@@ -344,8 +350,16 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	}
 
 	// Not pooled: the transport may still read the request body (and so
-	// the counters in st) after ServeHTTP returns.
-	st := &reqState{dest: dst, authority: authority, code: http.StatusBadGateway, start: start}
+	// the counters in st) after ServeHTTP returns. The lean loop made it
+	// the request's context already (RequestContext).
+	base := r.Context()
+	st, made := base.(*reqState)
+	if made {
+		base = st.Context
+	} else {
+		st = new(reqState)
+	}
+	st.dest, st.authority, st.code, st.start = dst, authority, http.StatusBadGateway, start
 	if rd != nil {
 		st.dial = rd.text
 	}
@@ -385,7 +399,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		st.in.ReadCloser = r.Body
 		r.Body = &st.in
 	}
-	ctx := r.Context()
+	ctx := base
 	if tr := h.cfg.Tracing; tr != nil {
 		ctx = tr.Extract(ctx, r.Header)
 		ctx, st.span = tr.Start(ctx, r.Method)

@@ -324,6 +324,8 @@ func Listen(cfg Config) (*Sidecar, error) {
 	if cfg.Server == ServerLean {
 		s.outLean = leanhttp.New(s.outSrv)
 		s.redirLean = leanhttp.New(s.redirSrv)
+		s.outLean.RequestContext = outbound.RequestContext
+		s.redirLean.RequestContext = outbound.RequestContext
 	}
 	if cfg.InboundAddr != "" {
 		if err := s.listenInbound(opaque, errLog); err != nil {
