@@ -75,6 +75,8 @@ func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
 		sc.values = make([]string, n)
 	}
 	values := sc.values[:n]
+	var hostField string
+	hasHost := false
 	for i := 0; ; i++ {
 		line, rest, _ = strings.Cut(rest, "\r\n")
 		if line == "" {
@@ -82,6 +84,14 @@ func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
 		}
 		name, value, _ := strings.Cut(line, ":")
 		key := textproto.CanonicalMIMEHeaderKey(name)
+		if key == "Host" {
+			// req.Host, not a header: never in the map (the scan
+			// accepted one at most).
+			if !hasHost {
+				hostField, hasHost = strings.Trim(value, " \t"), true
+			}
+			continue
+		}
 		values[i] = strings.Trim(value, " \t")
 		if vv, seen := h[key]; seen {
 			h[key] = append(vv, values[i])
@@ -94,13 +104,12 @@ func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
 
 	host := u.Host
 	if host == "" {
-		host = hget(h, "Host")
+		host = hostField
 	}
 	// The rules of http.ReadRequest and of the server that apply to a
 	// bodiless request: a Pragma: no-cache without Cache-Control is
 	// also Cache-Control: no-cache; HTTP/1.0 closes unless asked to
-	// keep alive, HTTP/1.1 when asked to close; the Host field is
-	// req.Host, not a header.
+	// keep alive, HTTP/1.1 when asked to close.
 	if pv := h["Pragma"]; len(pv) > 0 && pv[0] == "no-cache" {
 		if _, ok := h["Cache-Control"]; !ok {
 			h["Cache-Control"] = []string{"no-cache"}
@@ -111,7 +120,6 @@ func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
 	if minor == 0 {
 		closing = closing || !httpguts.HeaderValuesContainsToken(conn, "keep-alive")
 	}
-	delete(h, "Host")
 	return http.Request{
 		Method:     method,
 		URL:        u,
