@@ -1197,3 +1197,52 @@ func FuzzSetRawHeader(f *testing.F) {
 		p.same(t, "raw-fuzz", []byte(req+"\r\n"))
 	})
 }
+
+// TestWriteFields: the header map's fields go out as Header.WriteSubset
+// writes them, for maps that exercise each of its rules and the fallback
+// past eight keys.
+func TestWriteFields(t *testing.T) {
+	many := http.Header{}
+	for i := range 9 {
+		many.Set("K"+strconv.Itoa(i), "v")
+	}
+	for _, h := range []http.Header{
+		nil,
+		{},
+		{"X-Request-Id": {"r"}},
+		{"B": {"2", "3"}, "A": {"1"}, "C": {""}},
+		{"A": {" lead", "trail\t", "\tboth ", "in\r\nside", "\n", "end\r", "mid dle"}},
+		{"Bad Name": {"x"}, "Good": {"y"}, "": {"z"}, "Bad:": {"w"}},
+		{"Skip": {"s"}, "Keep": {"k"}},
+		many,
+	} {
+		exclude := map[string]bool{"Skip": true, "K3": true}
+		compareFields(t, h, exclude)
+		compareFields(t, h, nil)
+	}
+}
+
+// FuzzWriteFields: whatever the map, writeFields writes what
+// WriteSubset writes.
+func FuzzWriteFields(f *testing.F) {
+	f.Add("A", "1", "B", " 2\r\n", "A")
+	f.Add("x y", "", "Z", "\t", "Z")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, skip string) {
+		h := http.Header{}
+		h[k1] = append(h[k1], v1)
+		h[k2] = append(h[k2], v2, v1)
+		compareFields(t, h, map[string]bool{skip: true})
+	})
+}
+
+func compareFields(t *testing.T, h http.Header, exclude map[string]bool) {
+	t.Helper()
+	var want, got bytes.Buffer
+	_ = h.WriteSubset(&want, exclude)
+	bw := bufio.NewWriter(&got)
+	writeFields(bw, h, exclude)
+	_ = bw.Flush()
+	if got.String() != want.String() {
+		t.Fatalf("writeFields(%q, %v):\n got  %q\n want %q", h, exclude, got.String(), want.String())
+	}
+}
