@@ -54,9 +54,21 @@ type fconn struct {
 	wake func()
 	// keys is writeRequestHead's scratch for sorting header keys.
 	keys []string
-	// timed: the request's timeout is a deadline on the connection until
-	// its response body ends (send, release).
-	timed bool
+	// dl is the deadline the connection's reads and writes have, as set
+	// by setDeadline (zero: none). It stays when the connection goes
+	// idle, and the next request's send replaces it: one deadline change
+	// per request, not three (docs/benchmarks.md). unblock, from another
+	// goroutine, does not tell it: a woken connection is never kept.
+	dl time.Time
+}
+
+// setDeadline gives c's reads and writes the deadline t (zero: none),
+// unless they have it already.
+func (c *fconn) setDeadline(t time.Time) {
+	if !t.Equal(c.dl) {
+		_ = c.SetDeadline(t)
+		c.dl = t
+	}
 }
 
 func (c *fconn) unblock() { _ = c.SetDeadline(time.Unix(1, 0)) }
@@ -181,9 +193,9 @@ func (e *staleError) Unwrap() error { return e.err }
 // it is zero; whole (zero: none) then stays on c for the body. raw is
 // roundTrip's.
 func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, deadline, whole time.Time, raw *[]byte) (*http.Response, error) {
-	if !deadline.IsZero() {
-		_ = c.SetDeadline(deadline) // before the wake can be registered: never over it
-	}
+	// Before the wake can be registered: never over it. A zero deadline
+	// clears what an earlier request left.
+	c.setDeadline(deadline)
 	stop := afterEnd(ctx, c.wake)
 	before := c.read
 	// The head goes out with the first read of the answer (fconn.Read).
@@ -257,11 +269,11 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	woken := false
 	if !deadline.IsZero() {
 		// The head is in: the per-try timeout is over, the request's goes
-		// on through the body (release clears it).
-		if !whole.Equal(deadline) {
-			_ = c.SetDeadline(whole)
+		// on through the body, unless no read of it is left to bound (a
+		// small body comes in the head's read).
+		if !whole.Equal(deadline) && !bodyInBuffer(resp, fr, c.br) {
+			c.setDeadline(whole)
 		}
-		c.timed = !whole.IsZero()
 		if ctx.Err() != nil {
 			// The context's end may have woken c before the line above:
 			// woken again, and never kept, whatever stop says later (the
@@ -287,6 +299,12 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	}
 	resp.Body = &fastBody{ReadCloser: resp.Body, t: t, c: c, stop: stop, reusable: reusable}
 	return resp, nil
+}
+
+// bodyInBuffer reports whether the body of resp, a response readResponseHead
+// read (fr), needs no read of the connection: none, or all of it in br.
+func bodyInBuffer(resp *http.Response, fr *fastResponse, br *bufio.Reader) bool {
+	return resp.Body == http.NoBody || fr != nil && resp.ContentLength >= 0 && int64(br.Buffered()) >= resp.ContentLength
 }
 
 // afterEnd is context.AfterFunc(ctx, f), without its allocations when
@@ -329,11 +347,6 @@ func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 	if !stop() || !reusable || c.br.Buffered() > 0 {
 		c.Close()
 		return
-	}
-	if c.timed {
-		// After stop: the request's end can no longer wake c over this.
-		_ = c.SetDeadline(time.Time{})
-		c.timed = false
 	}
 	c.used = time.Now()
 	t.mu.Lock()
