@@ -199,6 +199,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool) (fr *fastRe
 	}
 	// Every line checked first, as net/http would read it.
 	cl := int64(-1)
+	spelled := true // every line "Name: value" already, as lines would be
 	for rest := fields; len(rest) > 0; {
 		e := bytes.Index(rest, crlf)
 		key, v, ok := bytes.Cut(rest[:e], colon)
@@ -206,7 +207,11 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool) (fr *fastRe
 		if !ok || len(key) == 0 || !token(key) {
 			return nil, nil
 		}
+		sent := v
 		v = trimSpaceTab(v)
+		if spelled && (len(sent) != len(v)+1 || sent[0] != ' ') {
+			spelled = false
+		}
 		for _, c := range v {
 			if c < ' ' && c != '\t' || c == 0x7f {
 				return nil, nil
@@ -248,8 +253,12 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool) (fr *fastRe
 	}
 	if raw {
 		resp.Status = statusOf(code, line[9:])
-		lines = make([]byte, 0, len(fields)+n) // room for a space after each colon
-		for rest := fields; len(rest) > 0; {
+		if spelled {
+			lines = bytes.Clone(fields) // the common case: one copy
+		} else {
+			lines = make([]byte, 0, len(fields)+n) // room for a space after each colon
+		}
+		for rest := fields; !spelled && len(rest) > 0; {
 			e := bytes.Index(rest, crlf)
 			key, v, _ := bytes.Cut(rest[:e], colon)
 			rest = rest[e+2:]

@@ -118,6 +118,8 @@ func TestReadResponseHeadAsReadResponse(t *testing.T) {
 		{name: "no reason", method: "GET", raw: "HTTP/1.1 503\r\nContent-Length: 0\r\n\r\n", own: true, lines: true},
 		{name: "repeated key", method: "GET", raw: "HTTP/1.1 200 OK\r\nSet-Cookie: a\r\nX: 1\r\nset-cookie: b\r\nContent-Length: 1\r\n\r\nz", own: true},
 		{name: "spaces", method: "GET", raw: "HTTP/1.1 200  OK \r\nX:\t v \t\r\nY:\r\nContent-Length:  3 \r\n\r\nabc", own: true, lines: true},
+		{name: "a tab for the space", method: "GET", raw: "HTTP/1.1 200 OK\r\nX:\tv\r\nContent-Length: 3\r\n\r\nabc", own: true, lines: true},
+		{name: "no space", method: "GET", raw: "HTTP/1.1 200 OK\r\nX:v\r\nContent-Length: 3\r\n\r\nabc", own: true, lines: true},
 		{name: "head", method: "HEAD", raw: "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", own: true, lines: true},
 		{name: "head without length", method: "HEAD", raw: "HTTP/1.1 200 OK\r\n\r\n", own: true, lines: true},
 		{name: "no content", method: "GET", raw: "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n", own: true, lines: true},
