@@ -71,7 +71,7 @@ spec:
 
 // wireUpstream answers every request as fortio's server does, and
 // returns its address.
-func wireUpstream(b *testing.B) string {
+func wireUpstream(b testing.TB) string {
 	body := bytes.Repeat([]byte("x"), 256)
 	resp := append([]byte("HTTP/1.1 200 OK\r\nContent-Length: 256\r\nContent-Type: application/octet-stream\r\n"+
 		"Date: Wed, 02 Dec 2026 08:00:00 GMT\r\n\r\n"), body...)

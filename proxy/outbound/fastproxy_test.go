@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -307,3 +308,48 @@ func (u *scriptedUpstream) last() string {
 const sniffed = "Content-Type: text/plain; charset=utf-8\r\n"
 
 var requestIDs = regexp.MustCompile(`"requestId":"[^"]*"`)
+
+// TestFastProxyForwardsLeanRequestItself: behind the lean loop, with the
+// request's state as its context (RequestContext), fastProxy forwards
+// the server's request itself, not a copy (its URL becomes the outbound
+// one); behind net/http's server the handler's request is left alone.
+func TestFastProxyForwardsLeanRequestItself(t *testing.T) {
+	up := wireUpstream(t)
+	log := telemetry.NewAccessLog(io.Discard)
+	t.Cleanup(log.Close)
+	h := New(Config{Metrics: telemetry.New(0), AccessLog: log, Resolve: map[string]string{"svc:80": up}},
+		policy.NewTable(nil, "default"))
+	for _, lean := range []bool{true, false} {
+		urls := make(chan url.URL, 1)
+		wrapped := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h.ServeHTTP(w, r)
+			urls <- *r.URL
+		})
+		var addr string
+		if lean {
+			addr = serveLean(t, wrapped)
+		} else {
+			srv := httptest.NewServer(wrapped)
+			t.Cleanup(srv.Close)
+			addr = srv.Listener.Addr().String()
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: svc\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if code, err := readWireResponse(bufio.NewReader(c)); err != nil || code != 200 {
+			t.Fatalf("lean %v: %d, %v", lean, code, err)
+		}
+		u := <-urls
+		if forwarded := u.Scheme == "http" && u.Host == "svc:80"; forwarded != lean {
+			t.Errorf("lean %v: the handler's request has URL %+v afterwards; forwarded itself: %v, want %v", lean, u, forwarded, lean)
+		}
+		if u.Path != "/x" {
+			t.Errorf("lean %v: path %q", lean, u.Path)
+		}
+	}
+}
