@@ -11,9 +11,17 @@
 // HEAD, OPTIONS, DELETE), origin-form with a Host header or absolute-form,
 // no Upgrade, no Expect, no pipelining. It calls the handler with a
 // ResponseWriter that frames the response as net/http's does (response.go),
-// and offers a proxy two ways around per-request copies and contexts:
-// SetHeader (answer with a header map of its own) and AfterCancel (a
-// function called when the request's context ends).
+// and offers a proxy ways around per-request copies and contexts:
+// SetHeader and SetRawHeader (answer with a header map, or lines, of its
+// own), AfterCancel (a function called when the request's context ends)
+// and Server.RequestContext (its per-request state as the request's
+// context).
+//
+// One difference from net/http a handler must keep to: a request's
+// Header (its map and values) and URL are its connection's, lent to each
+// request in turn, and valid only until the handler returns; a handler
+// that keeps them longer copies them (Request.Clone), as a ReverseProxy
+// does.
 //
 // Every other connection, from its first request the loop does not
 // serve (a body, CONNECT, an upgrade, h2c, Expect, pipelined requests,

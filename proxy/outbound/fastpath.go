@@ -190,8 +190,9 @@ func (e *staleError) Error() string {
 func (e *staleError) Unwrap() error { return e.err }
 
 // send writes req on c and reads the response head, by deadline unless
-// it is zero; whole (zero: none) then stays on c for the body. raw is
-// roundTrip's.
+// it is zero; whole (zero: none) then stays on c for the body, unless
+// the body came with the head (the per-try deadline stays then: no read
+// is left for it to bound). raw is roundTrip's.
 func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, deadline, whole time.Time, raw *[]byte) (*http.Response, error) {
 	// Before the wake can be registered: never over it. A zero deadline
 	// clears what an earlier request left.
@@ -342,7 +343,8 @@ func isConnReset(err error) bool {
 
 // release ends a request on c: kept for the next one if the response
 // was read whole, the server allows it and the request's end did not
-// wake c; a deadline left on it (the request's) is cleared.
+// wake c. A deadline left on it stays: an idle connection does no I/O,
+// and the next request's send replaces it (setDeadline).
 func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 	if !stop() || !reusable || c.br.Buffered() > 0 {
 		c.Close()

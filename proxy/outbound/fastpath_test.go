@@ -276,7 +276,8 @@ func TestFastPathTryDeadline(t *testing.T) {
 // the head (errTimeout, not the per-try timeout, whichever of the two
 // comes first wins) and then the body: a body still coming at it fails
 // with a timeout and its connection is closed; a body done before it
-// leaves a connection with no deadline on it, kept for the next request.
+// leaves a connection kept for the next request, which its deadline,
+// left on it, does not fail (send replaces it).
 func TestFastPathRequestDeadline(t *testing.T) {
 	addr, conns := slowUpstream(t)
 	ft := newTestFast()

@@ -423,8 +423,9 @@ func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
 		}
 		return nil, 0
 	}
-	// The outbound request is the sidecar's own copy (ReverseProxy cloned
-	// it), and a try's transport is done with its URL before the next try.
+	// The outbound request's URL is the sidecar's own (ReverseProxy cloned
+	// the request; fastProxy gave it st.url), and a try's transport is
+	// done with it before the next try.
 	req.URL.Host = ep.Addr()
 	st.ep = ep
 	return ep, ep.Start()
