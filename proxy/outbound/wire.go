@@ -253,20 +253,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool) (fr *fastRe
 	}
 	if raw {
 		resp.Status = statusOf(code, line[9:])
-		if spelled {
-			lines = bytes.Clone(fields) // the common case: one copy
-		} else {
-			lines = make([]byte, 0, len(fields)+n) // room for a space after each colon
-		}
-		for rest := fields; !spelled && len(rest) > 0; {
-			e := bytes.Index(rest, crlf)
-			key, v, _ := bytes.Cut(rest[:e], colon)
-			rest = rest[e+2:]
-			lines = append(lines, key...)
-			lines = append(lines, ": "...)
-			lines = append(lines, trimSpaceTab(v)...)
-			lines = append(lines, "\r\n"...)
-		}
+		lines = spellLines(fields, n, spelled)
 	} else {
 		s := string(head) // one string: the values are slices of it
 		resp.Status = s[9:len(line)]
@@ -289,6 +276,25 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool) (fr *fastRe
 	}
 	_, _ = br.Discard(end + 4)
 	return fr, lines
+}
+
+// spellLines returns the n fields as lines "Name: value\r\n", each value
+// trimmed; spelled says they are so already, and are copied whole.
+func spellLines(fields []byte, n int, spelled bool) []byte {
+	if spelled {
+		return bytes.Clone(fields) // the common case: one copy
+	}
+	lines := make([]byte, 0, len(fields)+n) // room for a space after each colon
+	for rest := fields; len(rest) > 0; {
+		e := bytes.Index(rest, crlf)
+		key, v, _ := bytes.Cut(rest[:e], colon)
+		rest = rest[e+2:]
+		lines = append(lines, key...)
+		lines = append(lines, ": "...)
+		lines = append(lines, trimSpaceTab(v)...)
+		lines = append(lines, "\r\n"...)
+	}
+	return lines
 }
 
 // statusOf is resp.Status for a status line's code and what follows it:
