@@ -76,7 +76,6 @@ func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
 	}
 	values := sc.values[:n]
 	var hostField string
-	hasHost := false
 	for i := 0; ; i++ {
 		line, rest, _ = strings.Cut(rest, "\r\n")
 		if line == "" {
@@ -87,9 +86,7 @@ func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
 		if key == "Host" {
 			// req.Host, not a header: never in the map (the scan
 			// accepted one at most).
-			if !hasHost {
-				hostField, hasHost = strings.Trim(value, " \t"), true
-			}
+			hostField = strings.Trim(value, " \t")
 			continue
 		}
 		values[i] = strings.Trim(value, " \t")
