@@ -739,11 +739,13 @@ func sameRequest(t *testing.T, b []byte, n int) {
 	// The scratch as a connection lends it after another request, one
 	// that filled every part of it.
 	var sc reqScratch
-	if _, ok := newRequest([]byte(dirtyHead), &sc); !ok {
+	var got http.Request
+	if !newRequest([]byte(dirtyHead), &sc, &got) {
 		t.Fatalf("newRequest(%q) declined", dirtyHead)
 	}
 	sc.reset()
-	got, ok := newRequest(b[:n], &sc)
+	got = http.Request{} // as conn.begin empties it
+	ok := newRequest(b[:n], &sc, &got)
 	if err != nil {
 		// A target net/url refuses ("/%zz"): the loop hands the head to
 		// net/http, whose 400 it is.
@@ -789,7 +791,8 @@ const dirtyHead = "GET /d/e?f=g HTTP/1.1\r\nHost: d\r\nA: 1\r\nB: 2\r\nC: 3\r\nA
 // its strings alive.
 func TestScratchReset(t *testing.T) {
 	var sc reqScratch
-	r, ok := newRequest([]byte(dirtyHead), &sc)
+	var r http.Request
+	ok := newRequest([]byte(dirtyHead), &sc, &r)
 	if !ok || len(r.Header) != 11 || r.URL.RawQuery != "f=g" {
 		t.Fatalf("newRequest(%q) = %v, %+v", dirtyHead, ok, r)
 	}

@@ -43,10 +43,10 @@ func (sc *reqScratch) reset() {
 // name (most are) is a substring of the head. TestNewRequest and
 // FuzzScanHead hold it to http.ReadRequest field by field.
 //
-// The context, RemoteAddr and the rest of the server's fields are the
-// caller's: it returns the request by value, so that WithContext's copy
-// is its only allocation of a Request.
-func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
+// It fills in req, which the caller gives empty but for its context
+// (conn.begin): RemoteAddr and the rest of the server's fields are the
+// caller's.
+func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	s := string(head)
 	line, rest, _ := strings.Cut(s, "\r\n")
 	method, line, _ := strings.Cut(line, " ")
@@ -55,7 +55,7 @@ func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
 	if !plainTarget(target, u) {
 		pu, err := url.ParseRequestURI(target)
 		if err != nil || (pu.Scheme != "" && pu.Scheme != "http") {
-			return http.Request{}, false
+			return false
 		}
 		*u = *pu
 	}
@@ -117,18 +117,11 @@ func newRequest(head []byte, sc *reqScratch) (req http.Request, ok bool) {
 	if minor == 0 {
 		closing = closing || !httpguts.HeaderValuesContainsToken(conn, "keep-alive")
 	}
-	return http.Request{
-		Method:     method,
-		URL:        u,
-		Proto:      proto,
-		ProtoMajor: 1,
-		ProtoMinor: minor,
-		Header:     h,
-		Body:       http.NoBody,
-		Host:       host,
-		RequestURI: target,
-		Close:      closing,
-	}, true
+	req.Method, req.URL, req.Proto = method, u, proto
+	req.ProtoMajor, req.ProtoMinor = 1, minor
+	req.Header, req.Body, req.Host = h, http.NoBody, host
+	req.RequestURI, req.Close = target, closing
+	return true
 }
 
 // plainTarget sets *u to what url.ParseRequestURI makes of target when

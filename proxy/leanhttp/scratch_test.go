@@ -54,7 +54,8 @@ func TestRequestHeaderPerRequest(t *testing.T) {
 // values, never writing over the next field's in the shared slice.
 func TestNewRequestAppendCopies(t *testing.T) {
 	var sc reqScratch
-	r, _ := newRequest([]byte("GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n"), &sc)
+	var r http.Request
+	newRequest([]byte("GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n"), &sc, &r)
 	r.Header.Add("A", "x")
 	if got := r.Header["B"]; len(got) != 1 || got[0] != "2" {
 		t.Fatalf("B = %q after an Add to A, want [2]", got)
@@ -80,9 +81,11 @@ func TestNewRequestAllocs(t *testing.T) {
 		"GET http://svc:8080/x HTTP/1.1\r\nHost: svc:8080\r\nUser-Agent: u\r\n\r\n",
 	} {
 		var sc reqScratch
+		var r http.Request
 		b := []byte(head)
 		if allocs := testing.AllocsPerRun(100, func() {
-			if _, ok := newRequest(b, &sc); !ok {
+			r = http.Request{}
+			if !newRequest(b, &sc, &r) {
 				t.Fatalf("newRequest(%q) declined", head)
 			}
 			sc.reset()
@@ -103,7 +106,7 @@ func TestRequestContextHook(t *testing.T) {
 		}
 		done <- r.Context()
 	}), io.Discard))
-	s.RequestContext = func(ctx context.Context) context.Context {
+	s.RequestContext = func(ctx, _ context.Context) context.Context {
 		return context.WithValue(ctx, key{}, "state")
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -17,11 +17,14 @@
 // and Server.RequestContext (its per-request state as the request's
 // context).
 //
-// One difference from net/http a handler must keep to: a request's
-// Header (its map and values) and URL are its connection's, lent to each
-// request in turn, and valid only until the handler returns; a handler
-// that keeps them longer copies them (Request.Clone), as a ReverseProxy
-// does.
+// One difference from net/http a handler must keep to: a request is its
+// connection's, lent to each request in turn, and valid only until the
+// handler returns: its Header (the map and values), URL, the Request
+// itself and its ResponseWriter, and its context unless the handler
+// asked for its Done (directly, or by deriving a context or an AfterFunc
+// from it: then that request's context, Request and ResponseWriter are
+// its own, and the next request gets new ones). A handler that keeps a
+// request longer copies it (Request.Clone), as a ReverseProxy does.
 //
 // Every other connection, from its first request the loop does not
 // serve (a body, CONNECT, an upgrade, h2c, Expect, pipelined requests,
@@ -75,12 +78,15 @@ type Server struct {
 	// WatchAfter: 0 is DefaultWatchAfter.
 	WatchAfter time.Duration
 	// RequestContext, when set, is given each request's context (the
-	// connection's, cancelled as net/http's is) and returns the one the
+	// loop's, cancelled as net/http's is) and returns the one the
 	// request carries. A handler that extends its request's context with
 	// per-request state of its own (outbound's) can make that state the
 	// context here, where net/http's server leaves it a second copy of
 	// the request (Request.WithContext), a quarter of a kilobyte each.
-	RequestContext func(context.Context) context.Context
+	// prev is what it returned for the connection's last request when
+	// the loop lends that request's context again (nothing waited on
+	// it), for the hook to empty and return again; nil otherwise.
+	RequestContext func(ctx, prev context.Context) context.Context
 
 	handoff *chanlistener.Listener
 
@@ -242,6 +248,17 @@ type conn struct {
 	aborted  atomic.Bool
 	gone     atomic.Bool
 	cancel   context.CancelFunc // the current request's
+
+	// What the connection lends its requests (begin): lend, that its
+	// context never ends; rc, the requests' context; ctxOut, what
+	// RequestContext made of it; req and resp; tmpl, a Request empty but
+	// for ctxOut.
+	lend   bool
+	rc     *reqCtx
+	ctxOut context.Context
+	req    *http.Request
+	resp   *response
+	tmpl   http.Request
 	// after is what the request's handler registered with AfterCancel
 	// (nil: nothing), ended that the request's context was cancelled;
 	// amu guards both against the watch.
@@ -355,6 +372,9 @@ func (c *conn) serve() {
 		}
 	}
 	c.ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.rwc.LocalAddr())
+	// A connection's context that ends of its own (BaseContext, ConnContext
+	// with a cancel) ends its requests': context.WithCancel's, each new.
+	c.lend = c.ctx.Done() == nil
 	c.br = readers.Get().(*bufio.Reader)
 	c.br.Reset(connReader{c})
 	c.bw = writers.Get().(*bufio.Writer)
@@ -388,8 +408,8 @@ func (c *conn) serve() {
 			return
 		}
 		head, _ := c.br.Peek(n)
-		r, ok := newRequest(head, &c.rs)
-		if !ok {
+		req := c.begin()
+		if !newRequest(head, &c.rs, req) {
 			handedOff = c.handOff() // the head is still in the reader
 			return
 		}
@@ -397,18 +417,13 @@ func (c *conn) serve() {
 		first = false
 		c.headDL = time.Time{}
 
-		ctx, cancel := context.WithCancel(c.ctx)
-		if f := s.RequestContext; f != nil {
-			ctx = f(ctx)
-		}
-		r.RemoteAddr = c.remote
-		req := r.WithContext(ctx)
-		w := &response{
+		req.RemoteAddr = c.remote
+		w := c.resp
+		*w = response{
 			c: c, req: req, contentLength: -1,
 			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(hget(req.Header, "Connection"), "keep-alive"),
 			wantsClose:       req.Close || hasToken(hget(req.Header, "Connection"), "close"),
 		}
-		c.cancel = cancel
 		c.amu.Lock()
 		c.after, c.ended = nil, false
 		c.amu.Unlock()
@@ -429,11 +444,13 @@ func (c *conn) serve() {
 		// an idle connection, 3 KB each (docs/benchmarks.md).
 		clear(c.hdr)
 		c.rs.reset()
+		reuse := w.shouldReuseConnection()
+		c.end()
 		if c.wdl {
 			c.wdl = false
 			_ = c.rwc.SetWriteDeadline(time.Time{})
 		}
-		if c.gone.Load() || !w.shouldReuseConnection() {
+		if c.gone.Load() || !reuse {
 			return
 		}
 		s.setState(c.rwc, http.StateIdle)
@@ -441,6 +458,51 @@ func (c *conn) serve() {
 			return
 		}
 	}
+}
+
+// begin readies the next request's context, Request and response: the
+// last request's again when nothing can hold them past its end (its
+// context was lent and not waited on: reqCtx), new ones otherwise. The
+// Request is empty but for its context, for newRequest to fill.
+func (c *conn) begin() *http.Request {
+	var base, prev context.Context
+	fresh := true
+	if c.lend {
+		if c.rc != nil && !c.rc.waited() {
+			c.rc.reuse()
+			fresh, prev = false, c.ctxOut
+		} else {
+			c.rc = newReqCtx(c.ctx)
+		}
+		base, c.cancel = c.rc, c.rc.cancelFn
+	} else {
+		base, c.cancel = context.WithCancel(c.ctx)
+	}
+	ctx := base
+	if f := c.s.RequestContext; f != nil {
+		ctx = f(base, prev)
+	}
+	if fresh {
+		c.req, c.resp = new(http.Request), new(response)
+	}
+	if fresh || ctx != c.ctxOut {
+		c.tmpl = *new(http.Request).WithContext(ctx)
+		c.ctxOut = ctx
+	}
+	*c.req = c.tmpl
+	return c.req
+}
+
+// end lets go of the request's fields as its response ends; of the
+// Request, response and context themselves when the context was waited
+// on (begin makes new ones).
+func (c *conn) end() {
+	if c.lend && !c.rc.waited() {
+		*c.req = c.tmpl
+		*c.resp = response{}
+		return
+	}
+	c.rc, c.req, c.resp, c.ctxOut, c.tmpl = nil, nil, nil, nil, http.Request{}
 }
 
 // readHead waits until the buffer holds a whole request head and returns

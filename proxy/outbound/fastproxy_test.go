@@ -3,11 +3,13 @@ package outbound
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -351,5 +353,78 @@ func TestFastProxyForwardsLeanRequestItself(t *testing.T) {
 		if u.Path != "/x" {
 			t.Errorf("lean %v: path %q", lean, u.Path)
 		}
+	}
+}
+
+// TestRequestContextEmptiesPrev: the state the lean loop gives back is
+// the same state, emptied (only its context the new one): nothing of
+// the last request's answer, try or span is left for the next.
+func TestRequestContextEmptiesPrev(t *testing.T) {
+	type k struct{}
+	a := context.WithValue(context.Background(), k{}, "a")
+	b := context.WithValue(context.Background(), k{}, "b")
+	st := RequestContext(a, nil).(*reqState)
+	st.id, st.code, st.attempts, st.errKind, st.upgrade, st.raw = "id", 503, 2, "timeout", true, []byte("x")
+	st.url.Path = "/p"
+	got, ok := RequestContext(b, st).(*reqState)
+	if !ok || got != st {
+		t.Fatalf("RequestContext(b, st) = %p, want st (%p) again", got, st)
+	}
+	if got.Value(k{}) != "b" {
+		t.Errorf("the state's context is not the new one")
+	}
+	got.Context = nil
+	v := reflect.ValueOf(got).Elem()
+	for i := range v.NumField() {
+		if !v.Field(i).IsZero() {
+			t.Errorf("the state given back keeps the last request's %s", v.Type().Field(i).Name)
+		}
+	}
+	if RequestContext(a, context.Background()).(*reqState) == st {
+		t.Error("a prev that is not a state was taken for one")
+	}
+}
+
+// TestLeanConnStatePerRequest: on one kept connection through the lean
+// loop, whose requests share one state, a failed request's answer
+// leaves nothing in the next's: its error header, its request ID.
+func TestLeanConnStatePerRequest(t *testing.T) {
+	up := wireUpstream(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // refused
+	log := telemetry.NewAccessLog(io.Discard)
+	t.Cleanup(log.Close)
+	h := New(Config{Metrics: telemetry.New(0), AccessLog: log,
+		Resolve: map[string]string{"svc:80": up, "dead:80": dead}}, policy.NewTable(nil, "default"))
+	c, err := net.Dial("tcp", serveLean(t, h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	ids := map[string]bool{}
+	for i, host := range []string{"dead", "svc", "dead", "svc", "svc"} {
+		if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: "+host+"\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		errKind := resp.Header.Get("X-Minimesh-Error")
+		if (host == "dead") != (errKind != "") || (host == "dead") != (resp.StatusCode != 200) {
+			t.Errorf("request %d to %s: %d, X-Minimesh-Error %q", i, host, resp.StatusCode, errKind)
+		}
+		id := resp.Header.Get("X-Request-ID")
+		if id == "" || ids[id] {
+			t.Errorf("request %d: request ID %q, want a new one", i, id)
+		}
+		ids[id] = true
 	}
 }

@@ -278,8 +278,17 @@ func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*req
 // RequestContext is the request's state, empty, as the context a server
 // gives the request (leanhttp.Server's RequestContext): serve fills it in
 // and fastProxy forwards the request itself, not a copy of it with the
-// state as its context.
-func RequestContext(ctx context.Context) context.Context { return &reqState{Context: ctx} }
+// state as its context. The state of the connection's last request,
+// prev, is emptied and serves again when the server lends it: nothing
+// waited on that request's context, so nothing (a transport's goroutine)
+// reads its state past its end.
+func RequestContext(ctx, prev context.Context) context.Context {
+	if st, ok := prev.(*reqState); ok {
+		*st = reqState{Context: ctx}
+		return st
+	}
+	return &reqState{Context: ctx}
+}
 
 // Value makes the state its request's context: stateOf finds it there.
 func (st *reqState) Value(key any) any {
@@ -351,7 +360,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 
 	// Not pooled: the transport may still read the request body (and so
 	// the counters in st) after ServeHTTP returns. The lean loop made it
-	// the request's context already (RequestContext).
+	// the request's context already (RequestContext), and lends it again
+	// only when nothing waited on that context.
 	base := r.Context()
 	st, made := base.(*reqState)
 	if made {

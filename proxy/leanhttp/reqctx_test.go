@@ -1,0 +1,242 @@
+package leanhttp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// seen is what a handler saw of one request: its context, Request,
+// ResponseWriter, the context RequestContext was given back (prev) and
+// its context's Err while it ran.
+type seen struct {
+	ctx  context.Context
+	req  *http.Request
+	w    http.ResponseWriter
+	prev context.Context
+	err  error
+}
+
+// lendServer serves one connection with a handler that records what it
+// saw, and calls wait's function (if any) for the request's path.
+func lendServer(t *testing.T, wait map[string]func(*http.Request)) (net.Conn, chan seen) {
+	t.Helper()
+	got := make(chan seen, 8)
+	var prev context.Context // what the hook was given: the handler runs after it, on its goroutine
+	s := New(newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f := wait[r.URL.Path]; f != nil {
+			f(r)
+		}
+		got <- seen{r.Context(), r, w, prev, r.Context().Err()}
+	}), io.Discard))
+	// As outbound's: prev itself again when given one.
+	s.RequestContext = func(ctx, p context.Context) context.Context {
+		prev = p
+		if p != nil {
+			return p
+		}
+		return &hookCtx{Context: ctx}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.ServeStd() }()
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { s.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, got
+}
+
+// hookCtx is a hook's per-request state.
+type hookCtx struct{ context.Context }
+
+func roundTrip(t *testing.T, c net.Conn, br *bufio.Reader, path string) {
+	t.Helper()
+	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+}
+
+// TestRequestContextLent: requests of one connection whose context
+// nothing waits on get the same context, Request and ResponseWriter,
+// lent again (none of the three allocated again), and the hook gets its
+// own context back; each request's context is live while it is served
+// and cancelled once its response is written, as net/http's is.
+func TestRequestContextLent(t *testing.T) {
+	c, got := lendServer(t, nil)
+	br := bufio.NewReader(c)
+	var first seen
+	for i := range 4 {
+		roundTrip(t, c, br, "/")
+		s := <-got
+		if s.err != nil {
+			t.Fatalf("request %d: context's Err %v while served", i, s.err)
+		}
+		if err := s.ctx.Err(); !errors.Is(err, context.Canceled) {
+			t.Fatalf("request %d: context's Err after the response %v, want Canceled", i, err)
+		}
+		if i == 0 {
+			first = s
+			continue
+		}
+		if s.ctx != first.ctx || s.req != first.req || s.w != first.w {
+			t.Errorf("request %d: context, Request, ResponseWriter made again, want the first's lent", i)
+		}
+		if s.prev != first.ctx {
+			t.Errorf("request %d: the hook was given %v, want its context for the first request", i, s.prev)
+		}
+	}
+}
+
+// TestRequestContextWaited: a request whose context's Done was asked for
+// keeps its context: cancelled as its response ends (what waited on it
+// returns, a child context ends with it), and left cancelled, while the
+// next request gets a new context, Request and ResponseWriter, and the
+// hook no context to reuse.
+func TestRequestContextWaited(t *testing.T) {
+	ended := make(chan struct{})
+	var child context.Context
+	var cancelChild context.CancelFunc
+	defer func() { cancelChild() }()
+	c, got := lendServer(t, map[string]func(*http.Request){
+		"/wait": func(r *http.Request) {
+			done := r.Context().Done()
+			var cancel context.CancelFunc
+			child, cancel = context.WithCancel(r.Context())
+			cancelChild = cancel
+			go func() { <-done; close(ended) }()
+		},
+	})
+	br := bufio.NewReader(c)
+	roundTrip(t, c, br, "/")
+	lent := <-got
+	roundTrip(t, c, br, "/wait")
+	waited := <-got
+	if waited.ctx != lent.ctx {
+		t.Fatal("the second request did not get the first's context: nothing to test")
+	}
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("what waited on the request's Done still waits after its response")
+	}
+	if err := child.Err(); !errors.Is(err, context.Canceled) {
+		t.Errorf("a child of the request's context: Err %v after the response, want Canceled", err)
+	}
+	roundTrip(t, c, br, "/")
+	next := <-got
+	if next.ctx == waited.ctx || next.req == waited.req || next.w == waited.w {
+		t.Error("the request after a waited one got its context, Request or ResponseWriter again")
+	}
+	if next.prev != nil {
+		t.Error("the hook was given a waited context back")
+	}
+	if err := waited.ctx.Err(); !errors.Is(err, context.Canceled) {
+		t.Errorf("the waited context's Err %v once the next request is served, want Canceled still", err)
+	}
+	if next.err != nil {
+		t.Errorf("the next request's context: Err %v while served", next.err)
+	}
+}
+
+// TestRequestContextErrOnClientGone: a handler that never asks for Done,
+// only polls Err, sees its request cancelled when the client goes away.
+func TestRequestContextErrOnClientGone(t *testing.T) {
+	res := make(chan error, 1)
+	c, _ := lendServer(t, map[string]func(*http.Request){
+		"/poll": func(r *http.Request) {
+			deadline := time.Now().Add(5 * time.Second)
+			for r.Context().Err() == nil && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			res <- r.Context().Err()
+		},
+	})
+	if _, err := io.WriteString(c, "GET /poll HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := <-res; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Err after the client left: %v, want Canceled", err)
+	}
+}
+
+// TestRequestContextCancellableConn: a connection whose own context can
+// end (ConnContext with a cancel) lends nothing: each request gets a
+// context of its own, which ends with the connection's.
+func TestRequestContextCancellableConn(t *testing.T) {
+	connCtx, cancelConn := context.WithCancel(context.Background())
+	defer cancelConn()
+	got := make(chan context.Context, 4)
+	std := newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Context()
+	}), io.Discard)
+	std.ConnContext = func(context.Context, net.Conn) context.Context { return connCtx }
+	s := New(std)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.ServeStd() }()
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { s.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	roundTrip(t, c, br, "/")
+	roundTrip(t, c, br, "/")
+	a, b := <-got, <-got
+	if a == b {
+		t.Error("a connection with a cancellable context lent its request context")
+	}
+	if _, ok := a.(*reqCtx); ok {
+		t.Error("a connection with a cancellable context got a lent context type")
+	}
+}
+
+// TestReqCtxDoneRace: Done asked while the request is cancelled, from
+// many goroutines: every channel handed out closes, and Err is Canceled
+// once any has.
+func TestReqCtxDoneRace(t *testing.T) {
+	for range 200 {
+		c := newReqCtx(context.Background())
+		var wg sync.WaitGroup
+		chans := make(chan (<-chan struct{}), 8)
+		for range 4 {
+			wg.Go(func() { chans <- c.Done() })
+		}
+		wg.Go(c.cancelFn)
+		wg.Wait()
+		close(chans)
+		for ch := range chans {
+			select {
+			case <-ch:
+			case <-time.After(5 * time.Second):
+				t.Fatal("a Done channel handed out around the cancel never closed")
+			}
+		}
+		if !errors.Is(c.Err(), context.Canceled) {
+			t.Fatalf("Err %v after cancel", c.Err())
+		}
+	}
+}
