@@ -116,7 +116,7 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !eligible(req) {
 		return t.fallback.RoundTrip(req)
 	}
-	return t.roundTrip(req, deadlines{}, nil)
+	return t.roundTrip(req, deadlines{}, nil, new(respScratch))
 }
 
 // deadlines are a try's timeouts as instants (zero: none). try is the
@@ -141,7 +141,9 @@ func (d deadlines) head() (time.Time, error) {
 // nil, a response head of the common kind (readResponseHead) comes back
 // as lines in *raw, and the response's Header is nil; *raw is nil for
 // any other.
-func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte) (*http.Response, error) {
+//
+// The response, when read without net/http, is sc's (respScratch).
+func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, sc *respScratch) (*http.Response, error) {
 	key := req.URL.Host
 	ctx := req.Context()
 	deadline, late := dl.head()
@@ -156,7 +158,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte) 
 		if err != nil {
 			return nil, err
 		}
-		resp, err := t.send(ctx, c, req, deadline, dl.whole, raw)
+		resp, err := t.send(ctx, c, req, deadline, dl.whole, raw, sc)
 		if err == nil {
 			return resp, nil
 		}
@@ -192,8 +194,8 @@ func (e *staleError) Unwrap() error { return e.err }
 // send writes req on c and reads the response head, by deadline unless
 // it is zero; whole (zero: none) then stays on c for the body, unless
 // the body came with the head (the per-try deadline stays then: no read
-// is left for it to bound). raw is roundTrip's.
-func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, deadline, whole time.Time, raw *[]byte) (*http.Response, error) {
+// is left for it to bound). raw and sc are roundTrip's.
+func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, deadline, whole time.Time, raw *[]byte, sc *respScratch) (*http.Response, error) {
 	// Before the wake can be registered: never over it. A zero deadline
 	// clears what an earlier request left.
 	c.setDeadline(deadline)
@@ -224,7 +226,7 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 		// The common head, read without net/http (wire.go); any other is
 		// http.ReadResponse's.
 		var lines []byte
-		if fr, lines = readResponseHead(c.br, req, raw != nil); fr != nil {
+		if fr, lines = readResponseHead(c.br, req, raw != nil, sc); fr != nil {
 			c.limit = 0
 			resp = &fr.Response
 			if raw != nil {

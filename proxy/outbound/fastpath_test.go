@@ -235,7 +235,7 @@ func slowUpstream(t *testing.T) (string, *atomic.Int32) {
 // getBy sends GET path to addr through ft by dl and reads the body whole.
 func getBy(ft *fastTransport, addr, path string, dl deadlines) (string, error) {
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+path, nil)
-	resp, err := ft.roundTrip(req, dl, nil)
+	resp, err := ft.roundTrip(req, dl, nil, new(respScratch))
 	if err != nil {
 		return "", err
 	}
@@ -345,13 +345,13 @@ func TestFastPathTryDeadlineConnect(t *testing.T) {
 	bound, stop := context.WithTimeout(context.Background(), 5*time.Second) // should the deadline be lost
 	defer stop()
 	req, _ := http.NewRequestWithContext(bound, http.MethodGet, "http://upstream.test/", nil)
-	if _, err := ft.roundTrip(req, deadlines{try: time.Now().Add(50 * time.Millisecond)}, nil); !errors.Is(err, errPerTryTimeout) {
+	if _, err := ft.roundTrip(req, deadlines{try: time.Now().Add(50 * time.Millisecond)}, nil, new(respScratch)); !errors.Is(err, errPerTryTimeout) {
 		t.Fatalf("connect past the deadline: %v, want errPerTryTimeout", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(20*time.Millisecond, cancel)
 	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, "http://upstream.test/", nil)
-	_, err := ft.roundTrip(req, deadlines{try: time.Now().Add(time.Minute)}, nil)
+	_, err := ft.roundTrip(req, deadlines{try: time.Now().Add(time.Minute)}, nil, new(respScratch))
 	var de *dialError
 	if !errors.As(err, &de) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("connect cut short by the request's end: %v, want the dial's context.Canceled", err)
@@ -363,7 +363,7 @@ func TestFastPathTryDeadlineConnect(t *testing.T) {
 		return nil, &selfError{addr: "127.0.0.1:15001", asked: "upstream.test:80"}
 	}, http.DefaultTransport, 4)
 	req, _ = http.NewRequestWithContext(bound, http.MethodGet, "http://upstream.test/", nil)
-	_, err = self.roundTrip(req, deadlines{try: time.Now().Add(20 * time.Millisecond)}, nil)
+	_, err = self.roundTrip(req, deadlines{try: time.Now().Add(20 * time.Millisecond)}, nil, new(respScratch))
 	var se *selfError
 	if !errors.As(err, &se) || errors.Is(err, errPerTryTimeout) {
 		t.Fatalf("a refusal to dial the sidecar itself, after the deadline: %v, want the selfError alone", err)
@@ -408,14 +408,14 @@ func TestFastPathDeadlineConnectTimeout(t *testing.T) {
 	ft := newTestFast()
 	for i := range 100 {
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)
-		_, err := ft.roundTrip(req, deadlines{whole: time.Now().Add(5 * time.Millisecond)}, nil)
+		_, err := ft.roundTrip(req, deadlines{whole: time.Now().Add(5 * time.Millisecond)}, nil, new(respScratch))
 		if c, _ := classify(err, context.Background(), context.Background()); !errors.Is(err, errTimeout) || c != policy.ClassTimeout {
 			t.Fatalf("connect %d past the request's deadline: %v (class %v), want errTimeout", i, err, c)
 		}
 	}
 	quick := newFastTransport(newDialer(20*time.Millisecond, nil, newSelfAddrs()).DialContext, http.DefaultTransport, 4)
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)
-	_, err := quick.roundTrip(req, deadlines{whole: time.Now().Add(time.Minute)}, nil)
+	_, err := quick.roundTrip(req, deadlines{whole: time.Now().Add(time.Minute)}, nil, new(respScratch))
 	if c, _ := classify(err, context.Background(), context.Background()); errors.Is(err, errTimeout) || c != policy.ClassConnectFailure {
 		t.Fatalf("the dialer's connect timeout: %v (class %v), want a connect failure", err, c)
 	}
@@ -474,13 +474,13 @@ func TestFastPathTryDeadlineEndedNotKept(t *testing.T) {
 	ctx := &lateCtx{Context: context.Background(), done: make(chan struct{})}
 	go func() { <-got; ctx.end(); close(proceed) }()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
-	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(5 * time.Second)}, nil)
+	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(5 * time.Second)}, nil, new(respScratch))
 	if err != nil {
 		t.Fatalf("first try: %v", err)
 	}
 	resp.Body.Close()
 	req, _ = http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)
-	resp, err = ft.roundTrip(req, deadlines{}, nil)
+	resp, err = ft.roundTrip(req, deadlines{}, nil, new(respScratch))
 	if err != nil {
 		t.Fatalf("the next request, no deadline: %v (connections: %d)", err, conns.Load())
 	}
@@ -518,7 +518,7 @@ func TestFastPathTryDeadlineRewake(t *testing.T) {
 	}})
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
 	start := time.Now()
-	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(10 * time.Second)}, nil)
+	resp, err := ft.roundTrip(req, deadlines{try: time.Now().Add(10 * time.Second)}, nil, new(respScratch))
 	if err != nil {
 		t.Fatalf("roundTrip: %v", err)
 	}

@@ -366,6 +366,8 @@ func TestRequestContextEmptiesPrev(t *testing.T) {
 	st := RequestContext(a, nil).(*reqState)
 	st.id, st.code, st.attempts, st.errKind, st.upgrade, st.raw = "id", 503, 2, "timeout", true, []byte("x")
 	st.url.Path = "/p"
+	st.wire.lines = make([]byte, 3, 64)
+	st.wire.fr.StatusCode = 503
 	got, ok := RequestContext(b, st).(*reqState)
 	if !ok || got != st {
 		t.Fatalf("RequestContext(b, st) = %p, want st (%p) again", got, st)
@@ -373,7 +375,10 @@ func TestRequestContextEmptiesPrev(t *testing.T) {
 	if got.Value(k{}) != "b" {
 		t.Errorf("the state's context is not the new one")
 	}
-	got.Context = nil
+	if len(got.wire.lines) != 0 || cap(got.wire.lines) != 64 {
+		t.Errorf("the response lines' room: len %d cap %d, want empty and kept (64)", len(got.wire.lines), cap(got.wire.lines))
+	}
+	got.Context, got.wire.lines = nil, nil
 	v := reflect.ValueOf(got).Elem()
 	for i := range v.NumField() {
 		if !v.Field(i).IsZero() {

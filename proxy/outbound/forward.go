@@ -185,7 +185,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if st.rawOK {
 			raw = &st.raw
 		}
-		resp, err = ft.roundTrip(out, dl, raw)
+		resp, err = ft.roundTrip(out, dl, raw, &st.wire)
 	} else {
 		resp, err = t.RoundTrip(out)
 	}

@@ -265,6 +265,9 @@ type reqState struct {
 	// raw is the latest try's response head as lines, when rawOK asked
 	// the fast transport for them (nil: it came as a header map).
 	raw []byte
+	// wire is the fast transport's room for the response (respScratch):
+	// its lines' room is kept when the state is lent again.
+	wire respScratch
 }
 
 type stateKey struct{}
@@ -284,7 +287,9 @@ func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*req
 // reads its state past its end.
 func RequestContext(ctx, prev context.Context) context.Context {
 	if st, ok := prev.(*reqState); ok {
+		lines := st.wire.lines[:0]
 		*st = reqState{Context: ctx}
+		st.wire.lines = lines
 		return st
 	}
 	return &reqState{Context: ctx}

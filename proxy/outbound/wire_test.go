@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"reflect"
 	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -163,7 +164,7 @@ func compareResponseHead(t *testing.T, method string, raw []byte, asLines bool) 
 	req := &http.Request{Method: method, URL: &url.URL{Path: "/"}}
 	br := bufio.NewReaderSize(bytes.NewReader(raw), 4<<10)
 	_, _ = br.Peek(1)
-	fr, lines := readResponseHead(br, req, asLines)
+	fr, lines := readResponseHead(br, req, asLines, dirtyScratch(t))
 	if fr == nil {
 		if br.Buffered() != min(len(raw), 4<<10) {
 			t.Errorf("declined, but consumed %d bytes", min(len(raw), 4<<10)-br.Buffered())
@@ -259,4 +260,24 @@ func FuzzReadResponseHead(f *testing.F) {
 		compareResponseHead(t, method, raw, false)
 		compareResponseHead(t, method, raw, true)
 	})
+}
+
+// dirtyScratch is a respScratch as a request's state lends it after
+// another request's response, one with a body and more fields, read as
+// lines, than most.
+func dirtyScratch(t *testing.T) *respScratch {
+	t.Helper()
+	const head = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 3\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n" +
+		"Set-Cookie: a=b\r\nX-D: 4\r\nX-E: a rather long value that takes room\r\n\r\nabc"
+	sc := new(respScratch)
+	br := bufio.NewReader(strings.NewReader(head))
+	_, _ = br.Peek(1)
+	fr, lines := readResponseHead(br, &http.Request{Method: "GET"}, true, sc)
+	if fr == nil || lines == nil {
+		t.Fatalf("readResponseHead(%q) declined, or not as lines", head)
+	}
+	fr.lb = lengthBody{br: br, left: 3}
+	fr.body = fastBody{ReadCloser: &fr.lb}
+	fr.Body = &fr.body
+	return sc
 }
