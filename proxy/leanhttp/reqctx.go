@@ -8,8 +8,8 @@ import (
 )
 
 // reqCtx is a request's context, cancelled as net/http's is (its client
-// went away, or its handler returned), made once per connection and
-// lent to its requests in turn while none of them waits on it.
+// went away, or its handler returned), lent to request after request
+// (conn.begin) while none of them waits on it.
 //
 // context.WithCancel per request was two of the loop's allocations, and
 // the request's copy that carries it (Request.WithContext) a third; a
@@ -29,19 +29,13 @@ type reqCtx struct {
 	canceled atomic.Bool
 	mu       sync.Mutex // makes std once
 	std      atomic.Pointer[stdCtx]
-	cancelFn func() // c.cancel, made once
+	cancelFn func() // c.cancel, made once (lents)
 }
 
 // stdCtx is the context.WithCancel a request's Done made.
 type stdCtx struct {
 	context.Context
 	cancel context.CancelFunc
-}
-
-func newReqCtx(parent context.Context) *reqCtx {
-	c := &reqCtx{parent: parent}
-	c.cancelFn = c.cancel
-	return c
 }
 
 func (c *reqCtx) Deadline() (time.Time, bool) { return time.Time{}, false }

@@ -219,7 +219,8 @@ func TestRequestContextCancellableConn(t *testing.T) {
 // once any has.
 func TestReqCtxDoneRace(t *testing.T) {
 	for range 200 {
-		c := newReqCtx(context.Background())
+		c := &reqCtx{parent: context.Background()}
+		c.cancelFn = c.cancel
 		var wg sync.WaitGroup
 		chans := make(chan (<-chan struct{}), 8)
 		for range 4 {
@@ -238,5 +239,86 @@ func TestReqCtxDoneRace(t *testing.T) {
 		if !errors.Is(c.Err(), context.Canceled) {
 			t.Fatalf("Err %v after cancel", c.Err())
 		}
+	}
+}
+
+// TestRequestContextAcrossConns: what one connection's request gave back
+// serves the next request of another connection, with that connection's
+// context (its ConnContext's values) as the parent, not the first's.
+func TestRequestContextAcrossConns(t *testing.T) {
+	type connKey struct{}
+	type saw struct {
+		ctx  context.Context
+		conn any
+	}
+	got := make(chan saw, 2)
+	std := newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- saw{r.Context(), r.Context().Value(connKey{})}
+	}), io.Discard)
+	var n int
+	var mu sync.Mutex
+	std.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		return context.WithValue(ctx, connKey{}, n)
+	}
+	s := New(std)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.ServeStd() }()
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { s.Close() })
+	var seen []saw
+	for range 2 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		roundTrip(t, c, bufio.NewReader(c), "/")
+		seen = append(seen, <-got)
+	}
+	if seen[0].ctx != seen[1].ctx {
+		t.Fatal("the second connection's request did not get what the first's gave back: nothing to test")
+	}
+	if seen[0].conn != 1 || seen[1].conn != 2 {
+		t.Errorf("the requests' contexts carry connections %v and %v, want 1 and 2", seen[0].conn, seen[1].conn)
+	}
+}
+
+// TestRequestContextDoneAfterEnd: a context whose Done is first asked
+// for after its request ended (against the package's contract, which
+// net/http allows) reports the end, and is never lent again: the next
+// request's context is new and live.
+func TestRequestContextDoneAfterEnd(t *testing.T) {
+	live := make(chan bool, 1)
+	c, got := lendServer(t, map[string]func(*http.Request){
+		"/check": func(r *http.Request) {
+			select {
+			case <-r.Context().Done():
+				live <- false
+			default:
+				live <- true
+			}
+		},
+	})
+	br := bufio.NewReader(c)
+	roundTrip(t, c, br, "/")
+	first := <-got
+	select {
+	case <-first.ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done asked after the request ended: not closed")
+	}
+	roundTrip(t, c, br, "/check")
+	next := <-got
+	if next.ctx == first.ctx {
+		t.Error("a context waited on after its request was lent again")
+	}
+	if !<-live {
+		t.Error("the next request's context was done while it was served")
 	}
 }
