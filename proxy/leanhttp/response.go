@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/minimesh/minimesh/proxy/internal/field"
 )
 
 // response is the lean loop's http.ResponseWriter. It is net/http's
@@ -162,7 +164,7 @@ func (w *response) WriteHeader(code int) {
 			w.header = w.handlerHeader.Clone()
 		}
 	}
-	if cl := hget(w.handlerHeader, "Content-Length"); cl != "" {
+	if cl := field.Get(w.handlerHeader, "Content-Length"); cl != "" {
 		v, err := strconv.ParseInt(cl, 10, 64)
 		if err == nil && v >= 0 {
 			w.contentLength = v
@@ -464,7 +466,7 @@ func (w *response) writeHeader(p []byte) {
 		foreachHeaderElement(v, w.declareTrailer)
 	}
 
-	te := hget(header, "Transfer-Encoding")
+	te := field.Get(header, "Transfer-Encoding")
 	hasTE := te != ""
 
 	// A handler done with a body that fit the buffer: its length.
@@ -476,8 +478,8 @@ func (w *response) writeHeader(p []byte) {
 
 	// HTTP/1.0 with keep-alive and a length: keep-alive.
 	if w.wants10KeepAlive && keepAlivesEnabled {
-		sentLength := hget(header, "Content-Length") != "" || rawCL
-		if sentLength && hget(header, "Connection") == "keep-alive" {
+		sentLength := field.Get(header, "Content-Length") != "" || rawCL
+		if sentLength && field.Get(header, "Connection") == "keep-alive" {
 			w.closeAfterReply = false
 		}
 	}
@@ -492,7 +494,7 @@ func (w *response) writeHeader(p []byte) {
 		w.closeAfterReply = true
 	}
 
-	if hget(header, "Connection") == "close" || !keepAlivesEnabled {
+	if field.Get(header, "Connection") == "close" || !keepAlivesEnabled {
 		w.closeAfterReply = true
 	}
 
@@ -500,7 +502,7 @@ func (w *response) writeHeader(p []byte) {
 	if bodyAllowedForStatus(code) {
 		_, haveType := header["Content-Type"]
 		haveType = haveType || w.raw.hasField(header, rawContentType, "Content-Type")
-		hasCE := len(header.Get("Content-Encoding")) > 0 || w.raw.hasField(header, rawContentEncoding, "Content-Encoding")
+		hasCE := field.Get(header, "Content-Encoding") != "" || w.raw.hasField(header, rawContentEncoding, "Content-Encoding")
 		if !hasCE && !haveType && !hasTE && len(p) > 0 {
 			setHeader.contentType = http.DetectContentType(p)
 		}
@@ -548,7 +550,7 @@ func (w *response) writeHeader(p []byte) {
 	}
 
 	delConnectionHeader := w.closeAfterReply &&
-		(!keepAlivesEnabled || !hasToken(hget(w.header, "Connection"), "close")) &&
+		(!keepAlivesEnabled || !hasToken(field.Get(w.header, "Connection"), "close")) &&
 		!isProtocolSwitchResponse(w.status, header)
 	if delConnectionHeader {
 		delHeader("Connection")
@@ -659,19 +661,12 @@ func suppressedHeaders(status int) []string {
 }
 
 func isProtocolSwitchResponse(code int, h http.Header) bool {
-	return code == http.StatusSwitchingProtocols && h.Get("Upgrade") != "" &&
+	return code == http.StatusSwitchingProtocols && field.Get(h, "Upgrade") != "" &&
 		httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade")
 }
 
-// hget and hhas are net/http's Header.get and has: the key as given,
-// already canonical.
-func hget(h http.Header, key string) string {
-	if v := h[key]; len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}
-
+// hhas is net/http's Header.has: the key as given, already canonical
+// (field.Get is its Header.get).
 func hhas(h http.Header, key string) bool {
 	_, ok := h[key]
 	return ok

@@ -53,6 +53,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/proxy/internal/chanlistener"
+	"github.com/minimesh/minimesh/proxy/internal/field"
 )
 
 // DefaultWatchAfter is how long a request runs before its connection is
@@ -419,8 +420,8 @@ func (c *conn) serve() {
 		w := &c.l.resp
 		*w = response{
 			c: c, req: req, contentLength: -1,
-			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(hget(req.Header, "Connection"), "keep-alive"),
-			wantsClose:       req.Close || hasToken(hget(req.Header, "Connection"), "close"),
+			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(field.Get(req.Header, "Connection"), "keep-alive"),
+			wantsClose:       req.Close || hasToken(field.Get(req.Header, "Connection"), "close"),
 		}
 		c.amu.Lock()
 		c.after, c.ended = nil, false

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/rawio"
+	"github.com/minimesh/minimesh/proxy/internal/field"
 )
 
 // fastTransport sends bodiless GET, HEAD and OPTIONS requests (most of a
@@ -109,7 +110,7 @@ func eligible(req *http.Request) bool {
 		return false
 	}
 	return (req.Body == nil || req.Body == http.NoBody) && req.URL.Scheme == "http" &&
-		req.Header.Get("Upgrade") == "" && req.ProtoAtLeast(1, 0)
+		field.Get(req.Header, "Upgrade") == "" && req.ProtoAtLeast(1, 0)
 }
 
 func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {

@@ -67,7 +67,7 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 			return
 		}
 		dst = answerHeader(w, res, st)
-		stream = res.ContentLength == -1 || eventStream(res.Header.Get("Content-Type"))
+		stream = res.ContentLength == -1 || eventStream(field.Get(res.Header, "Content-Type"))
 	}
 	announced := len(res.Trailer)
 	if announced > 0 {
@@ -213,6 +213,16 @@ func removeHopByHop(h http.Header, keep func(string) bool) {
 		if keep == nil || !keep(k) {
 			delete(h, k)
 		}
+	}
+	if len(h) < len(hopHeaders) {
+		// Fewer fields than names: a look at each field costs less
+		// than a delete (a hash) of each name.
+		for k := range h {
+			if slices.Contains(hopHeaders[:], k) {
+				delete(h, k)
+			}
+		}
+		return
 	}
 	for _, k := range hopHeaders {
 		delete(h, k)

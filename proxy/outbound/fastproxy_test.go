@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -431,5 +432,30 @@ func TestLeanConnStatePerRequest(t *testing.T) {
 			t.Errorf("request %d: request ID %q, want a new one", i, id)
 		}
 		ids[id] = true
+	}
+}
+
+// TestRemoveHopByHop: every hop-by-hop field, and every field the
+// Connection header names, goes (but those keep spares), on a map with
+// fewer fields than hop-by-hop names and on one with more; the rest
+// stays.
+func TestRemoveHopByHop(t *testing.T) {
+	for _, extra := range []int{0, 2, 12} {
+		for _, hop := range hopHeaders {
+			h := http.Header{hop: {"x"}, "Accept": {"*/*"}, "Connection": {"X-Listed, x-kept"},
+				"X-Listed": {"1"}, "X-Kept": {"2"}}
+			for i := range extra {
+				h["X-Extra-"+strconv.Itoa(i)] = []string{"e"}
+			}
+			removeHopByHop(h, func(k string) bool { return k == "X-Kept" })
+			for _, gone := range []string{hop, "Connection", "X-Listed"} {
+				if _, ok := h[gone]; ok {
+					t.Errorf("%d extra fields: %s kept", extra, gone)
+				}
+			}
+			if len(h) != 2+extra || h.Get("Accept") != "*/*" || h.Get("X-Kept") != "2" {
+				t.Errorf("%d extra fields, hop %s: left %v", extra, hop, h)
+			}
+		}
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/breaker"
+	"github.com/minimesh/minimesh/proxy/internal/field"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
@@ -400,7 +401,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		// A new ID, or one of several: one ID, the one the app gets back.
 		r.Header[requestIDKey] = st.idValue()
 	}
-	st.upgrade = r.Header.Get("Upgrade") != ""
+	st.upgrade = field.Get(r.Header, "Upgrade") != ""
 	if st.upgrade {
 		h.upgrades.Add(1)
 		defer h.upgrades.Done()
