@@ -617,6 +617,10 @@ func needsCleaning(v string) bool {
 }
 
 func writeStatusLine(bw *bufio.Writer, is11 bool, code int, scratch []byte) {
+	if is11 && code == http.StatusOK {
+		_, _ = bw.WriteString("HTTP/1.1 200 OK\r\n") // most answers: one copy
+		return
+	}
 	if is11 {
 		_, _ = bw.WriteString("HTTP/1.1 ")
 	} else {
