@@ -20,16 +20,18 @@ import (
 // find it as their parent's cancelCtx, as they would under net/http: no
 // goroutine each). A context whose Done was called may be waited on
 // after its handler returned (a transport's goroutine, an AfterFunc):
-// the loop gives the next request a new one (waited).
+// it is never lent again (reuse refuses it).
 //
 // Only for a connection whose own context is never cancelled (Done nil,
 // net/http's base): its requests' end only with their own cancel.
 type reqCtx struct {
+	// parent is the request's connection's context; set by reuse, and
+	// read by Done, under mu.
 	parent   context.Context
 	canceled atomic.Bool
-	mu       sync.Mutex // makes std once
+	mu       sync.Mutex
 	std      atomic.Pointer[stdCtx]
-	cancelFn func() // c.cancel, made once (lents)
+	cancelFn func() // c.cancel, made once (getLent)
 }
 
 // stdCtx is the context.WithCancel a request's Done made.
@@ -38,7 +40,7 @@ type stdCtx struct {
 	cancel context.CancelFunc
 }
 
-func (c *reqCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *reqCtx) Deadline() (time.Time, bool) { return c.parent.Deadline() }
 
 func (c *reqCtx) Done() <-chan struct{} {
 	if s := c.std.Load(); s != nil {
@@ -60,8 +62,12 @@ func (c *reqCtx) Done() <-chan struct{} {
 	return s.Done()
 }
 
-// Err is Canceled once the request was, set before its Done closes.
+// Err is Canceled once the request was: std's, once Done made it, so
+// that Err is nil until Done is closed.
 func (c *reqCtx) Err() error {
+	if s := c.std.Load(); s != nil {
+		return s.Err()
+	}
 	if c.canceled.Load() {
 		return context.Canceled
 	}
@@ -93,5 +99,25 @@ func (c *reqCtx) cancel() {
 // waited on past its request, and is not lent again.
 func (c *reqCtx) waited() bool { return c.std.Load() != nil }
 
-// reuse readies the context for the connection's next request.
-func (c *reqCtx) reuse() { c.canceled.Store(false) }
+// reuse readies the context for a request of the connection whose
+// context is parent, and reports whether it did: not for a context whose
+// Done was asked for, even by a late caller just before (under mu, so
+// that no Done comes in between).
+func (c *reqCtx) reuse(parent context.Context) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.std.Load() != nil {
+		return false
+	}
+	c.parent = parent
+	c.canceled.Store(false)
+	return true
+}
+
+// release lets go of the connection's context as the request ends (a
+// late Done gets one of its own).
+func (c *reqCtx) release() {
+	c.mu.Lock()
+	c.parent = context.Background()
+	c.mu.Unlock()
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -322,3 +323,179 @@ func TestRequestContextDoneAfterEnd(t *testing.T) {
 		t.Error("the next request's context was done while it was served")
 	}
 }
+
+// doneCtx is a connection's context that can end and is no cancelCtx:
+// a child of it (context.WithCancel) keeps a goroutine until one of the
+// two ends.
+type doneCtx struct {
+	context.Context
+	ch chan struct{}
+}
+
+func (c *doneCtx) Done() <-chan struct{} { return c.ch }
+
+// settledGoroutines is the goroutine count once exited ones are gone.
+func settledGoroutines() int {
+	for range 20 {
+		runtime.GC()
+		time.Sleep(5 * time.Millisecond)
+	}
+	return runtime.NumGoroutine()
+}
+
+// TestHandOffEndsRequestContext: a head the scan accepts and newRequest
+// refuses goes to the standard server after begin made the request's
+// context: that context ends then, and keeps nothing (here a goroutine
+// per connection) until its connection's does.
+func TestHandOffEndsRequestContext(t *testing.T) {
+	parent := &doneCtx{Context: context.Background(), ch: make(chan struct{})}
+	defer close(parent.ch)
+	std := newServer(http.NotFoundHandler(), io.Discard)
+	std.BaseContext = func(net.Listener) context.Context { return parent }
+	s := New(std)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.ServeStd() }()
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { s.Close() })
+	before := settledGoroutines()
+	const n = 20
+	for range n {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.WriteString(c, "GET /%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		c.Close()
+	}
+	if after := settledGoroutines(); after-before >= n/2 {
+		t.Errorf("goroutines %d -> %d after %d handed-off connections: their requests' contexts never ended", before, after, n)
+	}
+}
+
+// TestWaitedContextChildren: children of a request's context made after
+// its Done (a transport's timeouts) join the context.WithCancel Done
+// made, as under net/http: no goroutine each.
+func TestWaitedContextChildren(t *testing.T) {
+	const n = 200
+	ctx := &reqCtx{parent: context.Background()}
+	ctx.cancelFn = ctx.cancel
+	_ = ctx.Done()
+	before := settledGoroutines()
+	var cancels []context.CancelFunc
+	for range n {
+		_, cancel := context.WithCancel(ctx)
+		cancels = append(cancels, cancel)
+	}
+	d := settledGoroutines() - before
+	ctx.cancel()
+	for _, cancel := range cancels {
+		cancel()
+	}
+	if d >= n/2 {
+		t.Errorf("%d children of a waited request context: %d goroutines more, want none", n, d)
+	}
+}
+
+// TestReuseRefusesLateDone: a Done asked for between a request's end and
+// the next request's reuse (a late goroutine of the first) makes the
+// context the first request's for good: reuse refuses it, so the next
+// request never gets a Done already closed.
+func TestReuseRefusesLateDone(t *testing.T) {
+	c := &reqCtx{}
+	c.cancelFn = c.cancel
+	if !c.reuse(context.Background()) {
+		t.Fatal("a new context refused")
+	}
+	c.cancel() // the request ends
+	c.release()
+	if !c.reuse(context.Background()) {
+		t.Fatal("a context nobody waited on refused")
+	}
+	c.cancel()
+	c.release()
+	select {
+	case <-c.Done(): // late: the ended request's
+	default:
+		t.Fatal("a late Done of an ended request is not closed")
+	}
+	if c.reuse(context.Background()) {
+		t.Error("a context waited on after its request ended was lent again")
+	}
+}
+
+// TestEndEmptiesBundle: a request nothing waited on gives its bundle
+// back emptied (its Request but the context, its response, the hook's
+// state through EndRequest, the connection's context let go); a waited
+// one keeps it.
+func TestEndEmptiesBundle(t *testing.T) {
+	type connKey struct{}
+	ended := 0
+	std := newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			_ = r.Context().Done()
+		}
+		w.Header().Set("X-A", "1")
+	}), io.Discard)
+	std.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, connKey{}, "conn")
+	}
+	s := New(std)
+	s.RequestContext = func(ctx, prev context.Context) context.Context {
+		if prev != nil {
+			return prev
+		}
+		return &endCtx{Context: ctx, ended: &ended}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.ServeStd() }()
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { s.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	roundTrip(t, c, br, "/x?q=1")
+	s.lentMu.Lock()
+	if len(s.lent) != 1 {
+		t.Fatalf("%d bundles kept after a request, want 1", len(s.lent))
+	}
+	l := s.lent[0]
+	s.lentMu.Unlock()
+	if l.req.Header != nil || l.req.URL != nil || l.req.Method != "" || l.req.Context() != l.ctx {
+		t.Errorf("the kept Request holds its request: %+v", l.req)
+	}
+	if l.resp.c != nil || l.resp.req != nil || l.resp.handlerHeader != nil || l.resp.status != 0 {
+		t.Errorf("the kept response holds its request's: %+v", l.resp)
+	}
+	if v := l.rc.Value(connKey{}); v != nil || ended != 1 {
+		t.Errorf("the kept context: connection value %v, EndRequest called %d times, want none and 1", v, ended)
+	}
+	roundTrip(t, c, br, "/wait")
+	s.lentMu.Lock()
+	n := len(s.lent)
+	s.lentMu.Unlock()
+	if n != 0 || ended != 1 {
+		t.Errorf("after a waited request: %d bundles kept, EndRequest called %d times, want 0 and 1", n, ended)
+	}
+}
+
+// endCtx is a hook's state that counts its EndRequest calls.
+type endCtx struct {
+	context.Context
+	ended *int
+}
+
+func (c *endCtx) EndRequest() { *c.ended++ }

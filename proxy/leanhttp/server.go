@@ -17,14 +17,19 @@
 // and Server.RequestContext (its per-request state as the request's
 // context).
 //
-// One difference from net/http a handler must keep to: a request is its
-// connection's, lent to each request in turn, and valid only until the
-// handler returns: its Header (the map and values), URL, the Request
-// itself and its ResponseWriter, and its context unless the handler
-// asked for its Done (directly, or by deriving a context or an AfterFunc
-// from it: then that request's context, Request and ResponseWriter are
-// its own, and the next request gets new ones). A handler that keeps a
-// request longer copies it (Request.Clone), as a ReverseProxy does.
+// One difference from net/http a handler must keep to: what the loop
+// gives a request is lent, to request after request, and valid only
+// until the handler returns. The request's Header (the map and values)
+// and URL are its connection's; the Request itself, its ResponseWriter
+// and its context are the server's, lent to the next request of any
+// connection, unless the handler asked for the context's Done (directly,
+// or by deriving a context or an AfterFunc from it): then those three
+// are the request's own. A context kept past the handler without that
+// (context.WithoutCancel of it, or the context itself, its Value or Err
+// read later) becomes another request's: its values that request's, its
+// Err nil again. A handler that keeps a request longer copies it
+// (Request.Clone), as a ReverseProxy does, and derives what it keeps of
+// the context while the request runs.
 //
 // Every other connection, from its first request the loop does not
 // serve (a body, CONNECT, an upgrade, h2c, Expect, pipelined requests,
@@ -84,9 +89,11 @@ type Server struct {
 	// per-request state of its own (outbound's) can make that state the
 	// context here, where net/http's server leaves it a second copy of
 	// the request (Request.WithContext), a quarter of a kilobyte each.
-	// prev is what it returned for the connection's last request when
-	// the loop lends that request's context again (nothing waited on
-	// it), for the hook to empty and return again; nil otherwise.
+	// prev is what it returned for an earlier request when the loop
+	// lends that request's context again (nothing waited on it), for the
+	// hook to return again; nil otherwise. The loop calls the returned
+	// context's EndRequest method, if it has one, as it takes the
+	// context back: to let go of what the request left in it.
 	RequestContext func(ctx, prev context.Context) context.Context
 
 	handoff *chanlistener.Listener
@@ -409,6 +416,9 @@ func (c *conn) serve() {
 		head, _ := c.br.Peek(n)
 		req := c.begin()
 		if !newRequest(head, &c.rs, req) {
+			// Nothing of the request's may outlive it: its context ends.
+			c.cancel()
+			c.cancel, c.l = nil, nil
 			handedOff = c.handOff() // the head is still in the reader
 			return
 		}
@@ -468,8 +478,9 @@ func (c *conn) begin() *http.Request {
 	var base, prev context.Context
 	if c.lend {
 		l = c.s.getLent()
-		l.rc.parent = c.ctx
-		l.rc.reuse()
+		for !l.rc.reuse(c.ctx) {
+			l = c.s.getLent() // waited on since it came back: let go
+		}
 		base, prev, c.cancel = &l.rc, l.ctx, l.rc.cancelFn
 	} else {
 		l = new(lent)
@@ -488,8 +499,10 @@ func (c *conn) begin() *http.Request {
 	return &l.req
 }
 
-// end puts the request's bundle back in the pool as its response ends,
-// emptied, unless its context was waited on.
+// end gives the request's bundle back to the server as its response
+// ends, emptied, unless its context was waited on: nothing in it keeps
+// the request's values, its connection or what the hook's state held
+// (RequestContext) alive until the next request.
 func (c *conn) end() {
 	l := c.l
 	c.l = nil
@@ -498,6 +511,10 @@ func (c *conn) end() {
 	}
 	l.req = l.tmpl
 	l.resp = response{}
+	if e, ok := l.ctx.(interface{ EndRequest() }); ok {
+		e.EndRequest()
+	}
+	l.rc.release()
 	c.s.putLent(l)
 }
 
@@ -518,22 +535,19 @@ type lent struct {
 
 // maxLent bounds the bundles a server keeps between requests: as many as
 // requests are served at once, most of the time; about 2.5 KB each with
-// outbound's state, 160 KB in all.
+// outbound's state emptied (EndRequest) and its room for response lines
+// (at most 4 KB), 160–420 KB in all.
 const maxLent = 64
 
-// getLent returns a bundle no one has waited on: one that was, since
-// it came back (a Done called after its handler returned, against the
-// package's contract), is let go.
+// getLent returns a bundle its last request gave back, or a new one.
 func (s *Server) getLent() *lent {
 	s.lentMu.Lock()
-	for n := len(s.lent); n > 0; n-- {
+	if n := len(s.lent); n > 0 {
 		l := s.lent[n-1]
 		s.lent[n-1] = nil
 		s.lent = s.lent[:n-1]
-		if !l.rc.waited() {
-			s.lentMu.Unlock()
-			return l
-		}
+		s.lentMu.Unlock()
+		return l
 	}
 	s.lentMu.Unlock()
 	l := new(lent)

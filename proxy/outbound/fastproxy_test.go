@@ -357,9 +357,10 @@ func TestFastProxyForwardsLeanRequestItself(t *testing.T) {
 	}
 }
 
-// TestRequestContextEmptiesPrev: the state the lean loop gives back is
-// the same state, emptied (only its context the new one): nothing of
-// the last request's answer, try or span is left for the next.
+// TestRequestContextEmptiesPrev: a state the lean loop takes back is
+// emptied (EndRequest), its response lines' room kept, and given back
+// (prev) it is the same state with the new context: nothing of the last
+// request's answer, try or span is left for the next.
 func TestRequestContextEmptiesPrev(t *testing.T) {
 	type k struct{}
 	a := context.WithValue(context.Background(), k{}, "a")
@@ -369,6 +370,7 @@ func TestRequestContextEmptiesPrev(t *testing.T) {
 	st.url.Path = "/p"
 	st.wire.lines = make([]byte, 3, 64)
 	st.wire.fr.StatusCode = 503
+	st.EndRequest()
 	got, ok := RequestContext(b, st).(*reqState)
 	if !ok || got != st {
 		t.Fatalf("RequestContext(b, st) = %p, want st (%p) again", got, st)
@@ -388,6 +390,11 @@ func TestRequestContextEmptiesPrev(t *testing.T) {
 	}
 	if RequestContext(a, context.Background()).(*reqState) == st {
 		t.Error("a prev that is not a state was taken for one")
+	}
+	st.wire.lines = make([]byte, 0, maxKeptLines+1)
+	st.EndRequest()
+	if st.wire.lines != nil {
+		t.Errorf("a state keeps %d bytes of room for lines, past maxKeptLines", cap(st.wire.lines))
 	}
 }
 

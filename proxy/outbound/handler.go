@@ -282,19 +282,34 @@ func stateOf(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*req
 // RequestContext is the request's state, empty, as the context a server
 // gives the request (leanhttp.Server's RequestContext): serve fills it in
 // and fastProxy forwards the request itself, not a copy of it with the
-// state as its context. The state of the connection's last request,
-// prev, is emptied and serves again when the server lends it: nothing
-// waited on that request's context, so nothing (a transport's goroutine)
-// reads its state past its end.
+// state as its context. prev is the state of an earlier request that
+// the server lends again (nothing waited on its context, so nothing, a
+// transport's goroutine, reads the state past its end), emptied as that
+// request ended (EndRequest): it serves again.
 func RequestContext(ctx, prev context.Context) context.Context {
 	if st, ok := prev.(*reqState); ok {
-		lines := st.wire.lines[:0]
-		*st = reqState{Context: ctx}
-		st.wire.lines = lines
+		st.Context = ctx
 		return st
 	}
 	return &reqState{Context: ctx}
 }
+
+// EndRequest empties the state as the lean loop takes its request back,
+// keeping only the room for response lines: a state the server keeps
+// for a later request holds nothing of this one alive (the upstream
+// connection, the destination, the answer's lines).
+func (st *reqState) EndRequest() {
+	lines := st.wire.lines[:0]
+	*st = reqState{Context: st.Context}
+	if cap(lines) <= maxKeptLines {
+		st.wire.lines = lines
+	}
+}
+
+// maxKeptLines bounds the room for response lines a state keeps between
+// requests: an upstream's rare long head (up to MaxHeaderBytes) is not
+// kept with every state the server holds.
+const maxKeptLines = 4 << 10
 
 // Value makes the state its request's context: stateOf finds it there.
 func (st *reqState) Value(key any) any {
@@ -364,10 +379,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		dst = h.dests.get(authority)
 	}
 
-	// Not pooled: the transport may still read the request body (and so
-	// the counters in st) after ServeHTTP returns. The lean loop made it
-	// the request's context already (RequestContext), and lends it again
-	// only when nothing waited on that context.
+	// Made per request here: the transport may still read the request
+	// body (and so the counters in st) after ServeHTTP returns. The lean
+	// loop made it the request's context already (RequestContext), and
+	// lends it again only when nothing waited on that context.
 	base := r.Context()
 	st, made := base.(*reqState)
 	if made {

@@ -143,19 +143,18 @@ func ctlByte(s string) bool {
 	return false
 }
 
-// fastResponse is a response read by readResponseHead and its body, in
-// one allocation.
 // respScratch is a request's room for its response on the fast path:
 // the response and its head's lines. It is the request's state's
-// (reqState.wire), which the lean loop lends each request of a
-// connection in turn, the lines' room kept: two allocations fewer per
-// request. A try's response is done with (closed) before the next try
-// reads its own into it (forwarder.RoundTrip).
+// (reqState.wire), which the lean loop lends request after request, the
+// lines' room kept: two allocations fewer per request. A try's response
+// is done with (closed) before the next try reads its own into it
+// (forwarder.RoundTrip).
 type respScratch struct {
 	fr    fastResponse
 	lines []byte
 }
 
+// fastResponse is a response read by readResponseHead, with its body.
 type fastResponse struct {
 	http.Response
 	body fastBody

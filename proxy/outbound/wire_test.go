@@ -281,3 +281,26 @@ func dirtyScratch(t *testing.T) *respScratch {
 	fr.Body = &fr.body
 	return sc
 }
+
+// TestReadResponseHeadScratchAllocs: a head read into a scratch an
+// earlier response used costs no allocation: the response and its
+// lines are the scratch's.
+func TestReadResponseHeadScratchAllocs(t *testing.T) {
+	raw := []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\nDate: Wed, 02 Dec 2026 08:00:00 GMT\r\n\r\nok")
+	req := &http.Request{Method: "GET"}
+	sc := new(respScratch)
+	var rd bytes.Reader
+	br := bufio.NewReader(nil)
+	read := func() {
+		rd.Reset(raw)
+		br.Reset(&rd)
+		_, _ = br.Peek(1)
+		if fr, lines := readResponseHead(br, req, true, sc); fr == nil || lines == nil {
+			t.Fatal("declined, or not as lines")
+		}
+	}
+	read()
+	if allocs := testing.AllocsPerRun(100, read); allocs != 0 {
+		t.Errorf("%v allocations per head, want 0", allocs)
+	}
+}
