@@ -44,18 +44,8 @@ func lendServer(t *testing.T, wait map[string]func(*http.Request)) (net.Conn, ch
 		}
 		return &hookCtx{Context: ctx}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.ServeStd() }()
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close() })
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	addr := serveOn(t, s)
+	c := dialOn(t, addr)
 	return c, got
 }
 
@@ -191,18 +181,8 @@ func TestRequestContextCancellableConn(t *testing.T) {
 	}), io.Discard)
 	std.ConnContext = func(context.Context, net.Conn) context.Context { return connCtx }
 	s := New(std)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.ServeStd() }()
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close() })
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	addr := serveOn(t, s)
+	c := dialOn(t, addr)
 	br := bufio.NewReader(c)
 	roundTrip(t, c, br, "/")
 	roundTrip(t, c, br, "/")
@@ -265,20 +245,10 @@ func TestRequestContextAcrossConns(t *testing.T) {
 		return context.WithValue(ctx, connKey{}, n)
 	}
 	s := New(std)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.ServeStd() }()
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close() })
+	addr := serveOn(t, s)
 	var seen []saw
 	for range 2 {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialOn(t, addr)
 		roundTrip(t, c, bufio.NewReader(c), "/")
 		seen = append(seen, <-got)
 	}
@@ -353,20 +323,11 @@ func TestHandOffEndsRequestContext(t *testing.T) {
 	std := newServer(http.NotFoundHandler(), io.Discard)
 	std.BaseContext = func(net.Listener) context.Context { return parent }
 	s := New(std)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.ServeStd() }()
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close() })
+	addr := serveOn(t, s)
 	before := settledGoroutines()
 	const n = 20
 	for range n {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialOn(t, addr)
 		_, _ = io.WriteString(c, "GET /%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
@@ -454,18 +415,8 @@ func TestEndEmptiesBundle(t *testing.T) {
 		}
 		return &endCtx{Context: ctx, ended: &ended}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.ServeStd() }()
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close() })
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	addr := serveOn(t, s)
+	c := dialOn(t, addr)
 	br := bufio.NewReader(c)
 	roundTrip(t, c, br, "/x?q=1")
 	s.lentMu.Lock()
@@ -499,3 +450,28 @@ type endCtx struct {
 }
 
 func (c *endCtx) EndRequest() { *c.ended++ }
+
+// serveOn serves s on a loopback listener until the test ends, and
+// returns its address.
+func serveOn(t *testing.T, s *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.ServeStd() }()
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { s.Close() })
+	return ln.Addr().String()
+}
+
+// dialOn connects to addr for the rest of the test.
+func dialOn(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}

@@ -109,18 +109,8 @@ func TestRequestContextHook(t *testing.T) {
 	s.RequestContext = func(ctx, _ context.Context) context.Context {
 		return context.WithValue(ctx, key{}, "state")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.ServeStd() }()
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(func() { s.Close() })
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	addr := serveOn(t, s)
+	c := dialOn(t, addr)
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
