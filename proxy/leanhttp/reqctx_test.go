@@ -304,13 +304,43 @@ type doneCtx struct {
 
 func (c *doneCtx) Done() <-chan struct{} { return c.ch }
 
-// settledGoroutines is the goroutine count once exited ones are gone.
-func settledGoroutines() int {
-	for range 20 {
-		runtime.GC()
-		time.Sleep(5 * time.Millisecond)
+// Err keeps the context's rule: non-nil once Done is closed (a child's
+// goroutine panics on a nil one).
+func (c *doneCtx) Err() error {
+	select {
+	case <-c.ch:
+		return context.Canceled
+	default:
+		return nil
 	}
-	return runtime.NumGoroutine()
+}
+
+// settledGoroutines is the goroutine count once it holds still (two
+// readings 10 ms apart agree, within a second): goroutines on their way
+// out are not counted.
+func settledGoroutines() int {
+	n := runtime.NumGoroutine()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		m := runtime.NumGoroutine()
+		if m == n {
+			break
+		}
+		n = m
+	}
+	return n
+}
+
+// goroutinesBelow waits, up to 5 s, for fewer than limit goroutines, and
+// returns the count it last saw: a leak keeps it at or above the limit.
+func goroutinesBelow(limit int) int {
+	n := runtime.NumGoroutine()
+	for deadline := time.Now().Add(5 * time.Second); n >= limit && time.Now().Before(deadline); {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+		n = runtime.NumGoroutine()
+	}
+	return n
 }
 
 // TestHandOffEndsRequestContext: a head the scan accepts and newRequest
@@ -336,7 +366,7 @@ func TestHandOffEndsRequestContext(t *testing.T) {
 		resp.Body.Close()
 		c.Close()
 	}
-	if after := settledGoroutines(); after-before >= n/2 {
+	if after := goroutinesBelow(before + n/2); after-before >= n/2 {
 		t.Errorf("goroutines %d -> %d after %d handed-off connections: their requests' contexts never ended", before, after, n)
 	}
 }
@@ -355,7 +385,7 @@ func TestWaitedContextChildren(t *testing.T) {
 		_, cancel := context.WithCancel(ctx)
 		cancels = append(cancels, cancel)
 	}
-	d := settledGoroutines() - before
+	d := goroutinesBelow(before+n/2) - before
 	ctx.cancel()
 	for _, cancel := range cancels {
 		cancel()
