@@ -70,7 +70,7 @@ type ProxyConfig struct {
 
 // DefaultConfig is the config without a file. The sidecar's resources
 // follow what it measured at 1,000 requests/s as injected
-// (docs/benchmarks.md, "The rate sweep as injected"): 0.05–0.12 core (a
+// (docs/benchmarks.md, "The rate sweep as injected"): 0.05–0.14 core (a
 // quiet and a noisy machine), so a request of 100m, Linkerd's and Istio's
 // too; a peak RSS of 14–15 MB with the GOGC=50 the sidecar gets (10 MB
 // idle, most of it the binary's pages) and about 22 KB per idle client
