@@ -21,6 +21,7 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/cluster"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/proxy/balancer"
 )
 
 // The balancing scenario (issue #15): a Service of four replicas that the
@@ -467,8 +468,8 @@ func controllerGone(ctx context.Context, t *testing.T, c *cluster.Cluster, a age
 	}
 	// The scaling before and the controller's teardown loaded the node:
 	// the sidecar's estimates rise within a second of a slow try and fall
-	// with τ = 10 s, so they may still be apart; the split is even once
-	// they are all under the cost's 1 ms floor.
+	// with τ = 5 s, so they may still be apart; the split is even once
+	// they are all within the balancer's Tolerance of each other.
 	settled(t, a, "backend:80", bs, 30*time.Second)
 	evenSpread(t, a, "url="+balanceHTTP+"/orphan", bs)
 	t.Logf("/debug/endpoints, backend:80: %s", endpointsLine(t, a, "backend:80", bs))
@@ -813,25 +814,27 @@ func endpointsLine(t *testing.T, a agent, svcPort string, bs backendSet) string 
 	return strings.Join(out, "; ")
 }
 
-// settled waits until the sidecar's latency estimate of each pod of bs
-// for svcPort is under the balancer's 1 ms cost floor (equal pods then
-// split evenly), at most d; then it logs them and returns.
+// settled waits until the sidecar's latency estimates of the pods of bs
+// for svcPort, each counted at least the balancer's cost floor, are within
+// its Tolerance of each other (equal pods then split evenly), at most d;
+// then it logs them and returns.
 func settled(t *testing.T, a agent, svcPort string, bs backendSet, d time.Duration) {
 	t.Helper()
 	t0 := time.Now()
+	floor := float64(balancer.MinEstimate) / float64(time.Millisecond)
 	for deadline := t0.Add(d); ; time.Sleep(500 * time.Millisecond) {
-		eps, ok := endpointsOf(t, a, svcPort), true
+		eps := endpointsOf(t, a, svcPort)
+		lo, hi := math.Inf(1), 0.0
 		for _, p := range bs.pods {
-			if ms, _ := eps[p.ip].raw["ewmaMs"].(float64); ms > 1 {
-				ok = false
-			}
+			ms, _ := eps[p.ip].raw["ewmaMs"].(float64)
+			lo, hi = min(lo, max(ms, floor)), max(hi, max(ms, floor))
 		}
-		if ok {
-			t.Logf("%s: every estimate under 1 ms after %s", svcPort, time.Since(t0).Round(100*time.Millisecond))
+		if hi <= balancer.Tolerance*lo {
+			t.Logf("%s: estimates within %gx of each other after %s", svcPort, float64(balancer.Tolerance), time.Since(t0).Round(100*time.Millisecond))
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Logf("%s: estimates still over 1 ms after %s (a busy node); measuring anyway: %s", svcPort, d, endpointsLine(t, a, svcPort, bs))
+			t.Logf("%s: estimates still more than %gx apart after %s (a busy node); measuring anyway: %s", svcPort, float64(balancer.Tolerance), d, endpointsLine(t, a, svcPort, bs))
 			return
 		}
 	}

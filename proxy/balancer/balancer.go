@@ -54,11 +54,14 @@
 //   - [MinEstimate] (1 ms) is a floor in the cost: below it differences
 //     are scheduling noise on a node, not a slower pod. /debug/endpoints
 //     still shows the real estimate.
+//   - Estimates within [Tolerance] (2×) of each other duel as equal;
+//     beyond it the slower one's counts divided by 2. Identical pods'
+//     estimates drift apart on a busy node, above the floor too.
 //   - The duel is weighted: x wins against y with probability
 //     cost(y) / (cost(x) + cost(y)), not whenever it is cheaper. Equal
-//     pods split evenly whatever the noise; a pod 50× costlier wins ~2 % of
-//     its duels (~1 % of the requests among four); requests in flight
-//     still pull toward idle pods.
+//     pods split evenly whatever the noise; a pod 50× slower (25× after
+//     Tolerance) wins ~4 % of its duels (~2 % of the requests among
+//     four); requests in flight still pull toward idle pods.
 //   - An estimate that no sample has refreshed decays toward zero as it
 //     ages, with DecayTime (as in tower and Finagle), so a pod shunned for
 //     being slow is tried more as time passes and can show that it
@@ -143,6 +146,16 @@ const (
 	// millisecond, differences are scheduling noise on a node (a GC pause,
 	// a busy core), not a slower pod.
 	MinEstimate = time.Millisecond
+	// Tolerance is how many times slower than another a pod may be and
+	// still weigh the same in a duel; the slower one's estimate counts
+	// divided by it (never below the faster one's). On a busy 2-core node
+	// identical pods' estimates sat up to 1.45× apart for seconds above
+	// the floor (gRPC at 1.0-1.5 ms while other tests ran), enough for a
+	// weighted duel to give one of four pods 21 % of 5,000 calls and
+	// another 30 %; a pod really slower (a 50 ms pod among 1 ms ones counts
+	// 25×) still loses its duels. Envoy's least-request balancer ignores
+	// latency altogether; Linkerd's follows every difference.
+	Tolerance = 2
 
 	// Zero Config times mean Envoy's defaults.
 	defaultBaseEjectionTime = 30 * time.Second
@@ -391,9 +404,9 @@ func nth(eps []*Endpoint, avoid *Endpoint, c, k int, now int64) *Endpoint {
 }
 
 // duel is P2C's choice between x and y: x wins with probability
-// cost(y) / (cost(x) + cost(y)), where cost is max(estimate, MinEstimate) ×
-// (in flight + 1) and an unknown estimate counts as the other's (two
-// unknown ones as MinEstimate). The requests in flight of an endpoint
+// cost(y) / (cost(x) + cost(y)), where cost is the estimate as latencies
+// weighs it × (in flight + 1) and an unknown estimate counts as the
+// other's (two unknown ones as MinEstimate). The requests in flight of an endpoint
 // whose last try failed count as at least the other's: one that fails fast
 // frees its slots fast, and would otherwise win by it.
 func (b *Balancer) duel(x, y *Endpoint, now int64) *Endpoint {
@@ -413,13 +426,26 @@ func (b *Balancer) duel(x, y *Endpoint, now int64) *Endpoint {
 	case fy && !fx:
 		iy = max(iy, ix)
 	}
-	const floor = float64(MinEstimate)
-	cx := max(ex, floor) * float64(ix+1)
-	cy := max(ey, floor) * float64(iy+1)
+	ex, ey = latencies(ex, ey)
+	cx := ex * float64(ix+1)
+	cy := ey * float64(iy+1)
 	if b.float()*(cx+cy) < cy {
 		return x
 	}
 	return y
+}
+
+// latencies is the latency part of two candidates' costs: each estimate
+// at least MinEstimate, and the larger divided by Tolerance, though never
+// below the smaller. Pods within Tolerance of each other weigh the same;
+// beyond it the ratio grows from 1 as the estimates' ratio does, with no
+// jump at the edge.
+func latencies(ex, ey float64) (float64, float64) {
+	ex, ey = max(ex, float64(MinEstimate)), max(ey, float64(MinEstimate))
+	if ex > ey {
+		return max(ey, ex/Tolerance), ey
+	}
+	return ex, max(ex, ey/Tolerance)
 }
 
 // Endpoint is one address of the destination, with its load and health.

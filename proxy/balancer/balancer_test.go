@@ -243,6 +243,15 @@ func TestShares(t *testing.T) {
 			check:   equalShares,
 		},
 		{
+			// As identical gRPC pods measured on a busy 2-core node
+			// (1.0-1.5 ms, for seconds): within Tolerance, equal.
+			name: "endpoints 1-1.45 ms apart above the floor, sequential", sequential: sequential,
+			latency: func(a string) time.Duration {
+				return map[string]time.Duration{four[0]: 1000, four[1]: 1200, four[2]: 1350, four[3]: 1450}[a] * time.Microsecond
+			},
+			check: equalShares,
+		},
+		{
 			name: "one endpoint 50 ms slower, concurrent", sequential: concurrent,
 			latency: func(a string) time.Duration { return cond(a == slow, 51*time.Millisecond, time.Millisecond) },
 			check:   shareBelow(slow, 0.05),
@@ -656,7 +665,8 @@ func TestAvoid(t *testing.T) {
 }
 
 // TestDuel: x wins with probability cost(y) / (cost(x) + cost(y)), with
-// cost max(estimate, MinEstimate) × (in flight + 1), an unknown estimate
+// cost max(estimate, MinEstimate) × (in flight + 1), the slower estimate
+// divided by Tolerance but never below the faster one, an unknown estimate
 // counting as the other's, and the requests in flight of an endpoint whose
 // last try failed as at least the other's.
 func TestDuel(t *testing.T) {
@@ -668,12 +678,18 @@ func TestDuel(t *testing.T) {
 		wantXWins float64
 	}{
 		{"equal", 5 * time.Millisecond, 5 * time.Millisecond, 0, 0, false, 0.5},
-		{"x 3× costlier", 15 * time.Millisecond, 5 * time.Millisecond, 0, 0, false, 0.25},
+		{"x 6× slower: 3× costlier", 30 * time.Millisecond, 5 * time.Millisecond, 0, 0, false, 0.25},
 		{"requests in flight count", 5 * time.Millisecond, 5 * time.Millisecond, 0, 3, false, 0.8},
-		{"latency and requests in flight", 10 * time.Millisecond, 1 * time.Millisecond, 0, 19, false, 2.0 / 3},
+		{"latency and requests in flight", 20 * time.Millisecond, 1 * time.Millisecond, 0, 19, false, 2.0 / 3},
 		{"below MinEstimate counts as MinEstimate", 100 * time.Microsecond, 900 * time.Microsecond, 0, 0, false, 0.5},
-		{"above MinEstimate counts", 100 * time.Microsecond, 2 * time.Millisecond, 0, 0, false, 2.0 / 3},
-		{"a pod 50× costlier", 50 * time.Millisecond, 1 * time.Millisecond, 0, 0, false, 1.0 / 51},
+		{"above MinEstimate counts", 100 * time.Microsecond, 3 * time.Millisecond, 0, 0, false, 0.6},
+		{"within Tolerance: equal", 1400 * time.Microsecond, 1 * time.Millisecond, 0, 0, false, 0.5},
+		{"within Tolerance, above the floor", 2 * time.Millisecond, 3900 * time.Microsecond, 0, 0, false, 0.5},
+		{"at Tolerance: equal", 2 * time.Millisecond, 1 * time.Millisecond, 0, 0, false, 0.5},
+		{"past Tolerance: divided by it", 8 * time.Millisecond, 2 * time.Millisecond, 0, 0, false, 1.0 / 3},
+		{"x faster past Tolerance", 2 * time.Millisecond, 8 * time.Millisecond, 0, 0, false, 2.0 / 3},
+		{"a pod 50× slower counts 25×", 50 * time.Millisecond, 1 * time.Millisecond, 0, 0, false, 1.0 / 26},
+		{"Tolerance and requests in flight", 3 * time.Millisecond, 2 * time.Millisecond, 1, 0, false, 1.0 / 3},
 		{"unknown x counts as y", 0, 40 * time.Millisecond, 0, 0, false, 0.5},
 		{"unknown y counts as x", 40 * time.Millisecond, 0, 0, 0, false, 0.5},
 		{"unknown x with requests in flight", 0, 40 * time.Millisecond, 1, 0, false, 1.0 / 3},
@@ -713,10 +729,10 @@ func TestDuel(t *testing.T) {
 }
 
 // TestShareByCost: over many picks between two endpoints, each gets its
-// share by cost.
+// share by cost: a 20 ms endpoint counts 10× a 1 ms one (Tolerance).
 func TestShareByCost(t *testing.T) {
 	b, clk := newTest(t, Config{}, "a", "b")
-	try(clk, b.endpoint("a"), 10*time.Millisecond, false)
+	try(clk, b.endpoint("a"), 20*time.Millisecond, false)
 	try(clk, b.endpoint("b"), 1*time.Millisecond, false)
 	n, a := 100_000, 0
 	for range n {
@@ -725,7 +741,7 @@ func TestShareByCost(t *testing.T) {
 		}
 	}
 	if got := float64(a) / float64(n); math.Abs(got-1.0/11) > 0.005 {
-		t.Errorf("a (10 ms) got %.2f%% against b (1 ms), want %.2f%%", 100*got, 100.0/11)
+		t.Errorf("a (20 ms) got %.2f%% against b (1 ms), want %.2f%%", 100*got, 100.0/11)
 	}
 }
 
