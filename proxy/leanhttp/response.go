@@ -613,7 +613,7 @@ func needsCleaning(v string) bool {
 	if v == "" {
 		return false
 	}
-	return isSpace(v[0]) || isSpace(v[len(v)-1]) || strings.ContainsAny(v, "\r\n")
+	return isSpace(v[0]) || isSpace(v[len(v)-1]) || field.HasLineBreak(v)
 }
 
 func writeStatusLine(bw *bufio.Writer, is11 bool, code int, scratch []byte) {

@@ -708,7 +708,7 @@ func defaultPortHost(r *http.Request) (string, bool) {
 	} else if r.URL.Scheme != "http" {
 		return "", false
 	}
-	if host == "" || strings.ContainsAny(host, ":[]") {
+	if host == "" || strings.IndexByte(host, ':') >= 0 || strings.IndexByte(host, '[') >= 0 || strings.IndexByte(host, ']') >= 0 {
 		return "", false
 	}
 	return host, true

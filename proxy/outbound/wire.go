@@ -83,13 +83,13 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, keys []string) ([]stri
 			continue // Request.Write drops it
 		}
 		for _, v := range vv {
-			if strings.ContainsAny(v, "\r\n") {
+			if field.HasLineBreak(v) {
 				return keys, false
 			}
 		}
 		keys = append(keys, k)
 	}
-	if hasUA && strings.ContainsAny(ua, "\r\n") {
+	if hasUA && field.HasLineBreak(ua) {
 		return keys, false
 	}
 	slices.Sort(keys)

@@ -3,6 +3,7 @@ package field
 import (
 	"net/textproto"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -62,4 +63,21 @@ func TestEqualFold(t *testing.T) {
 			t.Errorf("EqualFold(%q, %q) = %v, want %v", c.b, c.s, got, c.want)
 		}
 	}
+}
+
+func TestHasLineBreak(t *testing.T) {
+	for _, v := range []string{"", "a", "\r", "\n", "a\rb", "a\nb", "abc\r\n", "\x00\t\x0b\x0c", "fortio.org/fortio-1.69.0"} {
+		if got, want := HasLineBreak(v), strings.ContainsAny(v, "\r\n"); got != want {
+			t.Errorf("HasLineBreak(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
+
+func FuzzHasLineBreak(f *testing.F) {
+	f.Add("a\rb")
+	f.Fuzz(func(t *testing.T, v string) {
+		if got, want := HasLineBreak(v), strings.ContainsAny(v, "\r\n"); got != want {
+			t.Errorf("HasLineBreak(%q) = %v, want %v", v, got, want)
+		}
+	})
 }
