@@ -452,8 +452,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	// Full duplex: otherwise Go's HTTP/1 server drains and closes the
 	// request body as the response starts, while the Transport may still
 	// be reading it; that read fails and the upstream connection is closed
-	// mid-response.
-	_ = http.NewResponseController(w).EnableFullDuplex()
+	// mid-response. A request without a body has nothing to drain (and
+	// the controller's walk of the writer's interfaces was ~1 % of the
+	// sidecar's user time at 1,000 req/s).
+	if st.in.ReadCloser != nil {
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
 	// An open breaker's answer needs none of what follows: the timeout's
 	// timer, the ReverseProxy's copy of the request, the forwarder.
 	if !h.failFast(w, st) {

@@ -8,6 +8,7 @@ package outbound_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -335,5 +336,68 @@ func TestEarlyAnswerEndsConnection(t *testing.T) {
 	}
 	if got := smuggled.Load(); got != 0 {
 		t.Errorf("the upstream got the body's tail as a request of its own (%d times)", got)
+	}
+}
+
+// TestFullDuplexHTTP1: an HTTP/1.1 exchange whose upstream answers as it
+// reads (an echo, a bidirectional stream) works through the sidecar: the
+// app sends a line, reads its echo, sends the next. Without full duplex
+// on the sidecar's server, Go's HTTP/1 server reads the rest of the
+// request body itself as the response's header goes out, racing the
+// transport that forwards it (or waiting for a line the app sends only
+// after its echo).
+func TestFullDuplexHTTP1(t *testing.T) {
+	u := newUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int64) {
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		br := bufio.NewReader(r.Body)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(w, "echo "+line)
+			w.(http.Flusher).Flush()
+		}
+	})
+	sc := startSidecar(t, "", resolve(u.Host(), geo))
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	// Past the deadline the app's body ends too: Go's client waits for
+	// its body writer, which waits for the pipe.
+	context.AfterFunc(ctx, func() { pw.CloseWithError(ctx.Err()) })
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+sc.Addr+"/echo", pr)
+	req.Host = geo
+	// A length, not chunked: the sidecar closes the connection after a
+	// chunked request (RFC 9112 §6.1), and Go's server reads no body it
+	// is about to close anyway.
+	req.ContentLength = 5 * int64(len("ping 0\n"))
+	go func() { _, _ = io.WriteString(pw, "ping 0\n") }()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want 200", resp.StatusCode)
+	}
+	br := bufio.NewReader(resp.Body)
+	for i := range 5 {
+		line, err := br.ReadString('\n')
+		if want := "echo ping " + strconv.Itoa(i) + "\n"; line != want || err != nil {
+			t.Fatalf("answer %d: %q (%v), want %q", i, line, err, want)
+		}
+		if i < 4 {
+			if _, err := io.WriteString(pw, "ping "+strconv.Itoa(i+1)+"\n"); err != nil {
+				t.Fatalf("sending line %d: %v", i+1, err)
+			}
+		}
+	}
+	pw.Close()
+	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+		t.Fatalf("after the last echo: %q, %v; want the end of the body", rest, err)
 	}
 }
