@@ -434,10 +434,10 @@ func (w *response) writeHeader(p []byte) {
 		header = w.handlerHeader
 	}
 	var excludeHeader map[string]bool
-	delHeader := func(key string) {
+	delHeader := func(key string) { // key: a canonical constant
 		w.raw.drop |= keyField(key)
 		if owned {
-			header.Del(key)
+			delete(header, key) // Header.Del would canonicalize it again
 			return
 		}
 		if _, ok := header[key]; !ok {
