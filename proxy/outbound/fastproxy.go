@@ -54,10 +54,11 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		// the map's field replaces.
 		st.answered(res.StatusCode)
 		dst = w.Header()
+		st.raw = withRequestID(st.raw, st.id)
+		st.wire.lines = st.raw // its room, grown or not
 		if !rs.SetRawHeader(st.raw) {
 			addLines(dst, st.raw) // not of its form: never, from wire.go
 		}
-		dst[requestIDKey] = st.idValue()
 		stream = res.ContentLength == -1 || eventStreamLines(st.raw)
 	} else {
 		removeHopByHop(res.Header, nil)
@@ -142,6 +143,39 @@ func addLines(h http.Header, lines []byte) {
 		}
 	}
 }
+
+// requestIDName is requestIDKey as a line's name starts, spelled as the
+// fast transport's lines are (canonical: wire.go takes no other as lines).
+var requestIDName = []byte(requestIDKey + ":")
+
+// withRequestID is the upstream's lines with its X-Request-Id fields
+// dropped and the request's own appended: the answer's ID goes out as a
+// line, so that the answer's header map stays empty, where setting the ID
+// in it cost an assignment, an iteration and a lookup per line in
+// leanhttp's writeHeader (~2.5 % of the sidecar's user time at 1,000
+// req/s). The lines are edited in place; their room is the request's.
+func withRequestID(lines []byte, id string) []byte {
+	if bytes.HasPrefix(lines, requestIDName) || bytes.Contains(lines, requestIDLineStart) {
+		kept := lines[:0]
+		for rest := lines; len(rest) > 0; {
+			nl := bytes.IndexByte(rest, '\n') + 1 // every line ends "\r\n" ...
+			if nl == 0 {
+				nl = len(rest) // ... else the rest is one line
+			}
+			if !bytes.HasPrefix(rest, requestIDName) {
+				kept = append(kept, rest[:nl]...) // leftwards, over itself
+			}
+			rest = rest[nl:]
+		}
+		lines = kept
+	}
+	lines = append(lines, requestIDName...)
+	lines = append(lines, ' ')
+	lines = append(lines, id...)
+	return append(lines, '\r', '\n')
+}
+
+var requestIDLineStart = append([]byte{'\n'}, requestIDName...)
 
 // rawValue is the value of the first of lines named name (canonical).
 func rawValue(lines []byte, name string) []byte {

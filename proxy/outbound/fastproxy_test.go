@@ -466,3 +466,27 @@ func TestRemoveHopByHop(t *testing.T) {
 		}
 	}
 }
+
+// TestWithRequestID: the upstream's X-Request-Id lines go, wherever they
+// are, and the request's own is the last line; other lines stay as they
+// were, in order.
+func TestWithRequestID(t *testing.T) {
+	const id = "6f1c2b0e-1d2a-4c3b-9e8f-0a1b2c3d4e5f"
+	for _, tc := range []struct{ name, in, want string }{
+		{"none", "", ""},
+		{"others", "A: 1\r\nB: 2\r\n", "A: 1\r\nB: 2\r\n"},
+		{"first", "X-Request-Id: up\r\nA: 1\r\n", "A: 1\r\n"},
+		{"middle", "A: 1\r\nX-Request-Id: up\r\nB: 2\r\n", "A: 1\r\nB: 2\r\n"},
+		{"last", "A: 1\r\nX-Request-Id: up\r\n", "A: 1\r\n"},
+		{"several", "X-Request-Id: a\r\nA: 1\r\nX-Request-Id: b\r\nX-Request-Id: c\r\n", "A: 1\r\n"},
+		{"alike names stay", "X-Request-Ids: a\r\nX-Request-Id-B: b\r\nY-X-Request-Id: c\r\n", "X-Request-Ids: a\r\nX-Request-Id-B: b\r\nY-X-Request-Id: c\r\n"},
+		{"no final line end", "A: 1\r\nX-Request-Id: up", "A: 1\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := withRequestID([]byte(tc.in), id)
+			if want := tc.want + "X-Request-Id: " + id + "\r\n"; string(got) != want {
+				t.Errorf("withRequestID(%q) = %q, want %q", tc.in, got, want)
+			}
+		})
+	}
+}
