@@ -32,8 +32,36 @@ type fastTransport struct {
 	maxIdle  int
 
 	mu      sync.Mutex
-	idle    map[string][]*fconn // by authority, most recently used last
-	sweeper *time.Timer         // while idle holds any connection
+	idle    map[string]*idleList // by authority
+	last    *idleList            // the list get or release used last: nil, or in idle
+	sweeper *time.Timer          // while idle holds any connection
+}
+
+// idleList is the kept connections to one authority, most recently used
+// last. A pointer in the map, so that taking a connection does not store
+// the list back; and the one used last is found without hashing its key,
+// as most requests go where the one before went (list).
+type idleList struct {
+	key   string
+	conns []*fconn
+}
+
+// list is the kept connections to key; with create, an empty list is
+// added if there is none. mu is held.
+func (t *fastTransport) list(key string, create bool) *idleList {
+	if l := t.last; l != nil && l.key == key {
+		return l
+	}
+	l := t.idle[key]
+	if l == nil {
+		if !create {
+			return nil
+		}
+		l = &idleList{key: key}
+		t.idle[key] = l
+	}
+	t.last = l
+	return l
 }
 
 // fconn is one upstream connection with its buffers.
@@ -100,7 +128,7 @@ func (c *fconn) Read(p []byte) (int, error) {
 const idleTimeout = 50 * time.Second
 
 func newFastTransport(dial func(context.Context, string, string) (net.Conn, error), fallback http.RoundTripper, maxIdle int) *fastTransport {
-	return &fastTransport{dial: dial, fallback: fallback, maxIdle: maxIdle, idle: map[string][]*fconn{}}
+	return &fastTransport{dial: dial, fallback: fallback, maxIdle: maxIdle, idle: map[string]*idleList{}}
 }
 
 func eligible(req *http.Request) bool {
@@ -355,13 +383,13 @@ func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 	}
 	c.used = time.Now()
 	t.mu.Lock()
-	list := t.idle[c.key]
-	if len(list) >= t.maxIdle {
+	l := t.list(c.key, true)
+	if len(l.conns) >= t.maxIdle {
 		t.mu.Unlock()
 		c.Close()
 		return
 	}
-	t.idle[c.key] = append(list, c)
+	l.conns = append(l.conns, c)
 	if t.sweeper == nil {
 		t.sweeper = time.AfterFunc(idleTimeout, t.sweep)
 	}
@@ -373,10 +401,11 @@ func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 func (t *fastTransport) CloseIdleConnections() {
 	t.mu.Lock()
 	var all []*fconn
-	for _, list := range t.idle {
-		all = append(all, list...)
+	for _, l := range t.idle {
+		all = append(all, l.conns...)
 	}
 	clear(t.idle)
+	t.last = nil
 	if t.sweeper != nil {
 		t.sweeper.Stop()
 		t.sweeper = nil
@@ -412,20 +441,22 @@ func (t *fastTransport) sweep() {
 // expire moves the connections idle since before now-idleTimeout out of
 // t.idle into stale; mu is held.
 func (t *fastTransport) expire(now time.Time, stale []*fconn) []*fconn {
-	for key, list := range t.idle {
-		keep := list[:0]
-		for _, c := range list {
+	for key, l := range t.idle {
+		keep := l.conns[:0]
+		for _, c := range l.conns {
 			if now.Sub(c.used) < idleTimeout {
 				keep = append(keep, c)
 			} else {
 				stale = append(stale, c)
 			}
 		}
-		clear(list[len(keep):])
+		clear(l.conns[len(keep):])
+		l.conns = keep
 		if len(keep) == 0 {
 			delete(t.idle, key)
-		} else {
-			t.idle[key] = keep
+			if t.last == l {
+				t.last = nil
+			}
 		}
 	}
 	return stale
@@ -443,14 +474,14 @@ func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time,
 	now := time.Now()
 	for {
 		t.mu.Lock()
-		list := t.idle[key]
-		if len(list) == 0 {
+		l := t.list(key, false)
+		if l == nil || len(l.conns) == 0 {
 			t.mu.Unlock()
 			break
 		}
-		c := list[len(list)-1]
-		list[len(list)-1] = nil
-		t.idle[key] = list[:len(list)-1]
+		c := l.conns[len(l.conns)-1]
+		l.conns[len(l.conns)-1] = nil
+		l.conns = l.conns[:len(l.conns)-1]
 		t.mu.Unlock()
 		if now.Sub(c.used) < idleTimeout {
 			return c, true, nil // and unasked bytes, if any, found by send (fconn.Read)

@@ -39,6 +39,36 @@ func newTestFast() *fastTransport {
 	return newFastTransport(d.DialContext, http.DefaultTransport, 4)
 }
 
+// TestFastPathKeepsAfterCloseIdle: a connection kept after
+// CloseIdleConnections is in the transport's lists again, where the next
+// CloseIdleConnections finds it.
+func TestFastPathKeepsAfterCloseIdle(t *testing.T) {
+	u := proxytest.NewUpstream(t, func(w http.ResponseWriter, _ *http.Request, _ int64) { _, _ = io.WriteString(w, "ok") })
+	ft := newTestFast()
+	defer ft.CloseIdleConnections()
+	kept := func() int {
+		ft.mu.Lock()
+		defer ft.mu.Unlock()
+		n := 0
+		for _, l := range ft.idle {
+			n += len(l.conns)
+		}
+		return n
+	}
+	for i, want := range []int{1, 1} {
+		if _, body, err := fastGet(t, ft, u.Host(), http.MethodGet); err != nil || body != "ok" {
+			t.Fatalf("request %d: %q %v", i+1, body, err)
+		}
+		if n := kept(); n != want {
+			t.Fatalf("after request %d: %d connections kept, want %d", i+1, n, want)
+		}
+		ft.CloseIdleConnections()
+		if n := kept(); n != 0 {
+			t.Fatalf("after CloseIdleConnections: %d connections kept, want 0", n)
+		}
+	}
+}
+
 // The first connection answers one request and then closes, as a server
 // whose idle timeout ran out does: the next request must go on a new
 // connection without the app seeing an error.
@@ -110,7 +140,7 @@ func TestFastPathDropsConnectionWithUnaskedBytes(t *testing.T) {
 				t.Fatalf("first request: %v %v %q", resp, err, body)
 			}
 			ft.mu.Lock()
-			kept := ft.idle[addr]
+			kept := ft.idle[addr].conns
 			ft.mu.Unlock()
 			if len(kept) != 1 {
 				t.Fatalf("%d connections kept after the first request, want 1", len(kept))

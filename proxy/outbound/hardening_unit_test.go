@@ -191,7 +191,7 @@ func TestFastPathSweepsIdleHosts(t *testing.T) {
 			ft.mu.Lock()
 			defer ft.mu.Unlock()
 			for _, l := range ft.idle {
-				for _, c := range l {
+				for _, c := range l.conns {
 					c.Close()
 				}
 			}
@@ -221,7 +221,7 @@ func TestFastPathSweepsIdleHosts(t *testing.T) {
 			ft.mu.Lock()
 			defer ft.mu.Unlock()
 			for _, l := range ft.idle {
-				kept += len(l)
+				kept += len(l.conns)
 			}
 			return len(ft.idle), kept, ft.sweeper != nil
 		}
@@ -289,5 +289,11 @@ func TestFastPathSweepsIdleHosts(t *testing.T) {
 		sleepUntil(restart + idleTimeout)
 		wantClosed[3] = 2
 		check("idleTimeout after that", 0, false, wantClosed)
+
+		// The host whose list was forgotten last, once more: its new kept
+		// connection is in the transport's lists, swept again.
+		get(host(3))
+		synctest.Wait()
+		check("after one more request to host-3", 1, true, wantClosed)
 	})
 }
