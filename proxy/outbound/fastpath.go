@@ -154,8 +154,9 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // request's timeout, which goes on through the response body: past it,
 // the try fails with errTimeout, and a read of the body with a timeout.
 // On the transport's other path, both are contexts (handler.go's serve,
-// forward.go's try).
-type deadlines struct{ try, whole time.Time }
+// forward.go's try). start is when the try began, if its caller read the
+// clock for it (zero: the transport reads it).
+type deadlines struct{ try, whole, start time.Time }
 
 // head is the deadline for the response head, and the error that says
 // it passed.
@@ -183,7 +184,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 	// response; the request is idempotent and bodiless, so it goes again
 	// once on a new connection.
 	for {
-		c, reused, err := t.get(ctx, key, deadline, late)
+		c, reused, err := t.get(ctx, key, dl.start, deadline, late)
 		if err != nil {
 			return nil, err
 		}
@@ -470,8 +471,13 @@ func (t *fastTransport) expire(now time.Time, stale []*fconn) []*fconn {
 // http.Transport's read loop watches its idle connections so; this one
 // looks once, as the request is written: the read before the write that
 // must find nothing, and sends the request on another connection if not.
-func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time, late error) (*fconn, bool, error) {
-	now := time.Now()
+//
+// now is the time to judge a kept connection's idleness by (zero: get
+// reads the clock).
+func (t *fastTransport) get(ctx context.Context, key string, now, deadline time.Time, late error) (*fconn, bool, error) {
+	if now.IsZero() {
+		now = time.Now()
+	}
 	for {
 		t.mu.Lock()
 		l := t.list(key, false)

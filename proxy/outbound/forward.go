@@ -34,7 +34,7 @@ type forwarder struct {
 func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	st := stateOf(req.Context())
 	dst := st.dest
-	r := dst.begin()
+	r := dst.begin(st.start)
 	if r != nil && st.grpc && hasBody(req) {
 		// Never buffered ahead of the upstream: a streaming call's next
 		// message may wait for the first answer. A call goes again if not
@@ -85,15 +85,15 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// begin counts a request to d in its retry budget and returns its
-// retries (nil: none), as every request starts: the forwarder's, and one
-// the fast fail answers before it.
-func (d *destination) begin() *policy.Retries {
+// begin counts a request to d, started at start, in its retry budget
+// and returns its retries (nil: none), as every request starts: the
+// forwarder's, and one the fast fail answers before it.
+func (d *destination) begin(start time.Time) *policy.Retries {
 	r := d.policy.Spec.Retries
 	if r == nil || r.Attempts <= 0 {
 		return nil
 	}
-	d.budget.Request()
+	d.budget.Request(start)
 	return r
 }
 
@@ -166,7 +166,8 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if fast {
 			// The fast transport ends the try at a deadline on its
 			// connection: no context, timer and request copy per try.
-			dl.try = time.Now().Add(r.PerTryTimeout)
+			dl.start = time.Now()
+			dl.try = dl.start.Add(r.PerTryTimeout)
 		} else {
 			var tctx context.Context
 			tctx, cancel = context.WithCancelCause(ctx)

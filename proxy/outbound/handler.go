@@ -555,7 +555,7 @@ func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
 	}
 	// What the forwarder would have done up to the refusal.
 	dst := st.dest
-	dst.begin()
+	dst.begin(st.start)
 	st.attempts = 1
 	st.reject()
 	retryAfter := int(b.RetryAfter(time.Now()) / time.Second)

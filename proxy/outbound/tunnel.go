@@ -136,7 +136,7 @@ func (h *Handler) endTunnel(r *http.Request, st *reqState, result string) {
 func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority string, st *reqState) (net.Conn, error) {
 	r := dst.policy.Spec.Retries
 	if r != nil && r.Attempts > 0 {
-		dst.budget.Request()
+		dst.budget.Request(st.start)
 	}
 	for attempt := 0; ; attempt++ {
 		st.attempts = attempt + 1

@@ -40,11 +40,16 @@ func NewBudget(ratio float64, minPerSecond int) *Budget {
 
 func unixNow() int64 { return time.Now().Unix() }
 
-// Request records one original request. It is lock-free: requests
-// counted at the very moment their bucket rolls over to a new second may
-// be lost, which only makes the budget a little stricter.
-func (b *Budget) Request() {
-	s := b.now()
+// Request records one original request, started at at: the caller has
+// read the clock as the request began, and a clock read per request was
+// ~0.7 % of the sidecar's user time at the maximum rate. It is lock-free:
+// requests counted at the very moment their bucket rolls over to a new
+// second may be lost, which only makes the budget a little stricter.
+func (b *Budget) Request(at time.Time) {
+	s := at.Unix()
+	if at.IsZero() {
+		s = b.now() // not a time: never from the sidecar, whose requests all have a start
+	}
 	bk := &b.bucket[s%window]
 	if old := bk.reqSec.Load(); old != s && bk.reqSec.CompareAndSwap(old, s) {
 		bk.reqs.Store(0)

@@ -21,7 +21,7 @@ func TestBudgetFloorAndRatio(t *testing.T) {
 		t.Fatalf("with no requests, %d retries allowed; want the floor of 10", got)
 	}
 	for range 100 {
-		b.Request()
+		b.Request(time.Unix(now, 0))
 	}
 	got = 0
 	for range 100 {
