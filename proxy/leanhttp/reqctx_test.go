@@ -251,6 +251,10 @@ func TestRequestContextAcrossConns(t *testing.T) {
 		c := dialOn(t, addr)
 		roundTrip(t, c, bufio.NewReader(c), "/")
 		seen = append(seen, <-got)
+		// The client has the answer a moment before the server's goroutine
+		// gives the bundle back (on a busy machine, long enough for the
+		// next connection's request to start first): wait for it.
+		lentBack(t, s)
 	}
 	if seen[0].ctx != seen[1].ctx {
 		t.Fatal("the second connection's request did not get what the first's gave back: nothing to test")
@@ -504,4 +508,20 @@ func dialOn(t *testing.T, addr string) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// lentBack waits until s keeps a bundle to lend (at most 5 s).
+func lentBack(t *testing.T, s *Server) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		s.lentMu.Lock()
+		n := len(s.lent)
+		s.lentMu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no bundle given back to the server 5 s after the answer")
+		}
+	}
 }
