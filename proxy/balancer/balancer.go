@@ -5,7 +5,7 @@
 // the requests in flight, as Linkerd's balancer (tower's PeakEwma, itself
 // from Finagle). Two distinct endpoints are drawn at random among the
 // eligible ones and they duel on cost, max(estimate, [MinEstimate]) ×
-// (in flight + 1). P2C needs no global ordering, so a pick reads two
+// (in flight + 1), the slower one's estimate divided by [Tolerance]. P2C needs no global ordering, so a pick reads two
 // endpoints' atomics and nothing shared by all of them; and it avoids the
 // herd that "always the least loaded" causes when many sidecars see the
 // same numbers.
@@ -122,9 +122,9 @@ const (
 	// most MaxRise × max(estimate, MinEstimate) per sample. That binds
 	// only where a sample weighs much, after an idle gap: a pod that turns
 	// 50 ms slower there is at it in about six samples (1, 2, 4, ... ms),
-	// its share falling all along, and a stall of the node counts as 2 ms,
-	// not 200. At a steady rate a sample's weight is small and the rise is
-	// as without it. (Measured in
+	// its share falling once it is past 2× its peers', and a stall of the
+	// node counts as 2 ms, not 200. At a steady rate a sample's weight is
+	// small and the rise is as without it. (Measured in
 	// the cluster at load 6-12 without it: estimates of identical pods
 	// 1-11 ms apart for seconds, shares of 5,000 calls 12.6-38.8 %.)
 	MaxRise = 2
@@ -137,7 +137,7 @@ const (
 	// above the cost floor and as noisy as a tail is, and the spread of
 	// 5,000 calls over four identical pods in the cluster was 16.5-29 %.)
 	// A pod that turns 50 ms slower is at 10 ms after a second and near
-	// 50 within 5-10 s, its share falling all along.
+	// 50 within 5-10 s, its share falling once it is past 2× its peers'.
 	DecayTime = 5 * time.Second
 	// WarmupSamples is how many first samples the estimate is the median
 	// of, before the time-weighted EWMA takes over from that median.

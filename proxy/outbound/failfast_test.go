@@ -80,6 +80,8 @@ func FuzzDefaultPortHost(f *testing.F) {
 		"GET / HTTP/1.0\r\n\r\n",
 		"GET ok:80 HTTP/1.1\r\nHost: x\r\n\r\n",
 		"GET http://a%20b/ HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a]\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a[b\r\n\r\n",
 	} {
 		f.Add(s)
 	}
