@@ -292,6 +292,7 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 			got1xx = st.got1xx // fastProxy's request: no ClientTrace
 		}
 		if got1xx != nil {
+			delete(r.Header, requestIDKey) // the app's ID is the sidecar's, in the final answer
 			if err := got1xx(r.StatusCode, textproto.MIMEHeader(r.Header)); err != nil {
 				stop()
 				c.Close()

@@ -9,7 +9,7 @@ import (
 )
 
 // informational bounds the 1xx responses http.Transport reads before the
-// final one. The Transport stops counting them once a ClientTrace takes
+// final one, and drops the upstream's request ID from them. The Transport stops counting them once a ClientTrace takes
 // them, and ReverseProxy's always does (to pass them on): an upstream
 // sending 103 after 103 would be read for ever. The fast path counts its
 // own; this wrapper costs three allocations, so only the requests that go
@@ -27,6 +27,9 @@ func (t informational) RoundTrip(req *http.Request) (*http.Response, error) {
 		if n++; n > max1xx {
 			return errTooMany1xx
 		}
+		// The upstream's request ID never reaches the app: its ID is the
+		// sidecar's, in the final answer.
+		delete(h, requestIDKey)
 		return old.Got1xxResponse(code, h)
 	}
 	// httptrace.WithClientTrace would call both hooks and drop the error
