@@ -5,10 +5,10 @@
 // the requests in flight, as Linkerd's balancer (tower's PeakEwma, itself
 // from Finagle). Two distinct endpoints are drawn at random among the
 // eligible ones and they duel on cost, max(estimate, [MinEstimate]) ×
-// (in flight + 1), the slower one's estimate divided by [Tolerance]. P2C needs no global ordering, so a pick reads two
-// endpoints' atomics and nothing shared by all of them; and it avoids the
-// herd that "always the least loaded" causes when many sidecars see the
-// same numbers.
+// (in flight + 1), the slower one's estimate divided by [Tolerance]. P2C
+// needs no global ordering, so a pick reads two endpoints' atomics and
+// nothing shared by all of them; and it avoids the herd that "always the
+// least loaded" causes when many sidecars see the same numbers.
 //
 // Why not Linkerd's numbers as they are. A first version had tower's peak
 // EWMA (a sample above the estimate replaces it at once, one below is
@@ -406,9 +406,9 @@ func nth(eps []*Endpoint, avoid *Endpoint, c, k int, now int64) *Endpoint {
 // duel is P2C's choice between x and y: x wins with probability
 // cost(y) / (cost(x) + cost(y)), where cost is the estimate as latencies
 // weighs it × (in flight + 1) and an unknown estimate counts as the
-// other's (two unknown ones as MinEstimate). The requests in flight of an endpoint
-// whose last try failed count as at least the other's: one that fails fast
-// frees its slots fast, and would otherwise win by it.
+// other's (two unknown ones as MinEstimate). The requests in flight of an
+// endpoint whose last try failed count as at least the other's: one that
+// fails fast frees its slots fast, and would otherwise win by it.
 func (b *Balancer) duel(x, y *Endpoint, now int64) *Endpoint {
 	ex, ey := x.estimate(now), y.estimate(now)
 	switch {
