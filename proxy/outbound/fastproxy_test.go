@@ -498,6 +498,7 @@ func TestWithRequestID(t *testing.T) {
 		{"several", "X-Request-Id: a\r\nA: 1\r\nX-Request-Id: b\r\nX-Request-Id: c\r\n", "A: 1\r\n"},
 		{"alike names stay", "X-Request-Ids: a\r\nX-Request-Id-B: b\r\nY-X-Request-Id: c\r\n", "X-Request-Ids: a\r\nX-Request-Id-B: b\r\nY-X-Request-Id: c\r\n"},
 		{"no final line end", "A: 1\r\nX-Request-Id: up", "A: 1\r\n"},
+		{"the name in a value stays", "A: X-Request-Id: v\r\nX-Request-Id: up\r\n", "A: X-Request-Id: v\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := withRequestID([]byte(tc.in), id)
