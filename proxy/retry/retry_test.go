@@ -84,3 +84,24 @@ func TestBudgetExactUnderConcurrency(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetRequestZeroTime: a request with no start (the zero Time,
+// whose Unix seconds are negative) counts at the budget's own clock, not
+// at a negative bucket.
+func TestBudgetRequestZeroTime(t *testing.T) {
+	now := int64(1000)
+	b := NewBudget(0.5, 0)
+	b.now = func() int64 { return now }
+	for range 4 {
+		b.Request(time.Time{})
+	}
+	got := 0
+	for range 10 {
+		if b.Withdraw() {
+			got++
+		}
+	}
+	if got != 2 {
+		t.Fatalf("after 4 requests with no start at ratio 0.5, %d retries; want 2", got)
+	}
+}
