@@ -4,6 +4,7 @@
 package field
 
 import (
+	"encoding/binary"
 	"net/http"
 	"strings"
 
@@ -12,16 +13,70 @@ import (
 
 // Canonical reports whether name is a field name spelled as
 // textproto.CanonicalMIMEHeaderKey spells it: token bytes, a letter
-// upper case first and after a hyphen, lower case elsewhere.
+// upper case first and after a hyphen, lower case elsewhere. One table
+// look per byte: the fast transport and the lean loop check every name
+// of every response head with it (docs/benchmarks.md, "Fewer
+// instructions per request").
 func Canonical(name []byte) bool {
-	upper := true
+	at := uint(256) // the first byte, or one after a hyphen: nameByte's upper half
 	for _, c := range name {
-		if !httpguts.IsTokenRune(rune(c)) || upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+		if !nameByte[at|uint(c)] {
 			return false
 		}
-		upper = c == '-'
+		at = 0
+		if c == '-' {
+			at = 256
+		}
 	}
 	return len(name) > 0
+}
+
+// lo and hi are a one and a high bit in each byte of a word.
+const lo, hi = 0x0101010101010101, 0x8080808080808080
+
+// Token reports whether name is an RFC 9110 token, the bytes of a field
+// name (not empty).
+func Token(name []byte) bool {
+	for _, c := range name {
+		if !tokenByte[c] {
+			return false
+		}
+	}
+	return len(name) > 0
+}
+
+// tokenByte holds the bytes of a token; nameByte those of a canonical
+// name: from 256 on, those it may have first and after a hyphen (no
+// lower case letter), below 256 those elsewhere (no upper case letter).
+var tokenByte, nameByte = func() (tok [256]bool, name [512]bool) {
+	for c := range 256 {
+		tok[c] = httpguts.IsTokenRune(rune(c))
+		name[256+c] = tok[c] && !('a' <= c && c <= 'z')
+		name[c] = tok[c] && !('A' <= c && c <= 'Z')
+	}
+	return tok, name
+}()
+
+// ValidValue reports whether v has no byte net/http refuses in a field
+// value: a control byte other than HTAB, or DEL. Eight bytes at a time:
+// a value is most of a line's bytes.
+func ValidValue(v []byte) bool {
+	for len(v) >= 8 {
+		x := binary.LittleEndian.Uint64(v)
+		// A byte under 0x20, or a zero byte where DEL was: exact tests
+		// (no carry crosses into a byte unless one below it matched).
+		y := x ^ (lo * 0x7f)
+		if (x-lo*0x20)&^x&hi != 0 || (y-lo)&^y&hi != 0 {
+			break // a tab or a bad byte: the rest byte by byte
+		}
+		v = v[8:]
+	}
+	for _, c := range v {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // Length reads a Content-Length value as net/http takes one as it is:

@@ -9,7 +9,11 @@ import (
 
 func TestCanonical(t *testing.T) {
 	for _, name := range []string{"Content-Type", "X-Request-Id", "A", "-", "X-1", "1a", "A_b", "Www-Authenticate",
-		"x-a", "X-a", "XA", "X-ID", "X A", "", "X:", "Ä"} {
+		"x-a", "X-a", "XA", "X-ID", "X A", "", "X:", "Ä",
+		// Eight bytes and more: by the word, the last overlapping.
+		"Content-Length", "content-Length", "Content-length", "X-Forwarded-For-", "Abcdefgh", "Abcdefgh-", "Abcdefg-h",
+		"Abcdefg-H", "Abc_defgh-Ijk", "Abc_defgh-ijk", "Access-Control-Allow-Origin", "ABCDEFGHIJ", "Abcdefgh\x80",
+		"Abcdefghijklmnop", "Abcdefghijklmnop-", "Abcdefghijklmno-p", "Abcdefghijklmno-P", "Abcdefgh-Ijklmnop", "Abcdefgh-ijklmnop"} {
 		want := name != "" && textproto.CanonicalMIMEHeaderKey(name) == name && validToken(name)
 		if got := Canonical([]byte(name)); got != want {
 			t.Errorf("Canonical(%q) = %v, want %v", name, got, want)
@@ -78,6 +82,64 @@ func FuzzHasLineBreak(f *testing.F) {
 	f.Fuzz(func(t *testing.T, v string) {
 		if got, want := HasLineBreak(v), strings.ContainsAny(v, "\r\n"); got != want {
 			t.Errorf("HasLineBreak(%q) = %v, want %v", v, got, want)
+		}
+	})
+}
+
+// canonicalRef and validValueRef are Canonical and ValidValue as they
+// were first written, one rule at a time: the tables must agree.
+func canonicalRef(name []byte) bool {
+	upper := true
+	for _, c := range name {
+		if !validToken(string([]byte{c})) || upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return false
+		}
+		upper = c == '-'
+	}
+	return len(name) > 0
+}
+
+func validValueRef(v []byte) bool {
+	for _, c := range v {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func TestValidValue(t *testing.T) {
+	for _, v := range []string{"", "a", "text/plain; charset=utf-8", "Wed, 02 Dec 2026 08:00:00 GMT",
+		"a\tb", "12345678\t", "\x7f", "1234567\x7f", "12345678\x7f", "\x1f2345678", "123456789\x00",
+		"ü ä ö ß € 12345678", "\x80\xff\xfe\x7e\x20\x21\x7e\x7e", "\x7e\x7e\x7e\x7e\x7e\x7e\x7e\x7f",
+		"a\rb", "abcdefgh\nijk", "abcdefghijklmnop\t\x01"} {
+		if got, want := ValidValue([]byte(v)), validValueRef([]byte(v)); got != want {
+			t.Errorf("ValidValue(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
+
+func FuzzValidValue(f *testing.F) {
+	f.Add([]byte("Wed, 02 Dec 2026 08:00:00 GMT"))
+	f.Add([]byte("\x80\x7f\x81\x1f\x20\x7e\x00\xff\x09\x0a"))
+	f.Fuzz(func(t *testing.T, v []byte) {
+		if got, want := ValidValue(v), validValueRef(v); got != want {
+			t.Errorf("ValidValue(%q) = %v, want %v", v, got, want)
+		}
+	})
+}
+
+func FuzzCanonical(f *testing.F) {
+	f.Add([]byte("X-Request-Id"))
+	f.Add([]byte("x-A_b-1~"))
+	f.Add([]byte("Access-Control-Allow-Origin"))
+	f.Add([]byte("Abcdefg-Hijklmn-o"))
+	f.Fuzz(func(t *testing.T, name []byte) {
+		if got, want := Canonical(name), canonicalRef(name); got != want {
+			t.Errorf("Canonical(%q) = %v, want %v", name, got, want)
+		}
+		if got, want := Token(name), len(name) > 0 && validToken(string(name)); got != want {
+			t.Errorf("Token(%q) = %v, want %v", name, got, want)
 		}
 	})
 }
