@@ -304,3 +304,31 @@ func TestReadResponseHeadScratchAllocs(t *testing.T) {
 		t.Errorf("%v allocations per head, want 0", allocs)
 	}
 }
+
+// TestNameOf holds nameOf to the lists it stands for: every hop-by-hop
+// name kept out of lines, the names http.ReadResponse frames or rewrites
+// declined in any case, the rest plain.
+func TestNameOf(t *testing.T) {
+	for _, k := range hopHeaders {
+		if got := nameOf([]byte(k)); got != hopField && got != declined {
+			t.Errorf("nameOf(%q) = %d: a hop-by-hop name passed on as a line", k, got)
+		}
+	}
+	for _, k := range []string{"Connection", "Transfer-Encoding", "Trailer", "Pragma"} {
+		for _, spelt := range []string{k, strings.ToLower(k), strings.ToUpper(k)} {
+			if got := nameOf([]byte(spelt)); got != declined {
+				t.Errorf("nameOf(%q) = %d, want declined", spelt, got)
+			}
+		}
+	}
+	for _, k := range []string{"Content-Length", "content-length", "CONTENT-LENGTH"} {
+		if got := nameOf([]byte(k)); got != contentLength {
+			t.Errorf("nameOf(%q) = %d, want contentLength", k, got)
+		}
+	}
+	for _, k := range []string{"Content-Type", "Date", "X-Request-Id", "Tf", "Upgrades", "Keep-Alivf", "Proxy-Authorisation", "Proxy-Connections", ""} {
+		if got := nameOf([]byte(k)); got != plainName {
+			t.Errorf("nameOf(%q) = %d, want plain", k, got)
+		}
+	}
+}
