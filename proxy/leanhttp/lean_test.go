@@ -1249,3 +1249,21 @@ func compareFields(t *testing.T, h http.Header, exclude map[string]bool) {
 		t.Fatalf("writeFields(%q, %v):\n got  %q\n want %q", h, exclude, got.String(), want.String())
 	}
 }
+
+// TestFieldOf: fieldOf's look by length knows every name writeHeader
+// decides on.
+func TestFieldOf(t *testing.T) {
+	for i, n := range rawFieldNames {
+		if got := fieldOf([]byte(n)); got != 1<<i {
+			t.Errorf("fieldOf(%q) = %b, want %b", n, got, 1<<i)
+		}
+		if got := keyField(n); got != 1<<i {
+			t.Errorf("keyField(%q) = %b, want %b", n, got, 1<<i)
+		}
+	}
+	for _, n := range []string{"Content-Lengths", "Data", "content-type", "X-Request-Id", ""} {
+		if got := fieldOf([]byte(n)); got != 0 {
+			t.Errorf("fieldOf(%q) = %b, want 0", n, got)
+		}
+	}
+}

@@ -35,9 +35,12 @@ var rawFieldNames = [...]string{"Content-Length", "Content-Type", "Content-Encod
 // fieldOf and keyField name the fields writeHeader decides on (0 for
 // the others): by a line's bytes, and by a header map's key.
 func fieldOf(name []byte) rawField {
-	for i, n := range rawFieldNames {
-		if string(name) == n {
-			return 1 << i
+	switch len(name) { // most names are none of them: no comparison
+	case 4, 12, 14, 16:
+		for i, n := range rawFieldNames {
+			if string(name) == n {
+				return 1 << i
+			}
 		}
 	}
 	return 0
@@ -119,10 +122,8 @@ func rawLine(line []byte) (name, value []byte, ok bool) {
 		return nil, nil, false
 	}
 	value = line[colon+2:]
-	for _, c := range value {
-		if (c < ' ' && c != '\t') || c == 0x7f {
-			return nil, nil, false
-		}
+	if !field.ValidValue(value) {
+		return nil, nil, false
 	}
 	if len(value) > 0 && (isSpace(value[0]) || isSpace(value[len(value)-1])) {
 		return nil, nil, false
