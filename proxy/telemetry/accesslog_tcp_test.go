@@ -25,7 +25,7 @@ func TestAccessLogLineShapes(t *testing.T) {
 	}
 	var b []byte
 	for i := range entries {
-		b = entries[i].appendJSON(b)
+		b = entries[i].appendJSON(b, nil)
 	}
 	const path = "testdata/accesslog.golden"
 	if *update {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+	"unicode/utf8"
 )
 
 type syncBuf struct {
@@ -111,7 +112,7 @@ func TestAccessLogWritesWithinInterval(t *testing.T) {
 		// A full buffer goes at once, without the timer: the line that
 		// brings it to flushAt writes it and the lines before it.
 		e := Entry{Time: time.Now(), RequestID: strings.Repeat("r", 1000), Method: "GET"}
-		size := len(e.appendJSON(nil))
+		size := len(e.appendJSON(nil, nil))
 		k := (flushAt + size - 1) / size
 		before := lines()
 		for i := range k {
@@ -192,18 +193,34 @@ func TestAppendTime(t *testing.T) {
 		time.Unix(0, 0),
 		{},
 	} {
-		if got, want := string(appendTime([]byte("x"), tm)), "x"+tm.UTC().Format(timeLayout); got != want {
+		if got, want := string(appendTime([]byte("x"), tm, nil)), "x"+tm.UTC().Format(timeLayout); got != want {
 			t.Errorf("appendTime(%v) = %q, want %q", tm, got, want)
+		}
+	}
+	// With the log's memory of the last second: a time in it, in it
+	// again in another zone, then in the next second and back.
+	var last second
+	base := time.Date(2026, 12, 3, 12, 34, 56, 0, time.UTC)
+	for _, tm := range []time.Time{base, base.Add(999999 * time.Microsecond), base.In(time.FixedZone("east", 3600)).Add(5),
+		base.Add(time.Second), base.Add(time.Second + 1), base, base.Add(24 * time.Hour), time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), base} {
+		if got, want := string(appendTime([]byte("x"), tm, &last)), "x"+tm.UTC().Format(timeLayout); got != want {
+			t.Errorf("appendTime(%v) after the last second = %q, want %q", tm, got, want)
 		}
 	}
 }
 
 func FuzzAppendTime(f *testing.F) {
 	f.Add(int64(1764655509), int64(123456789))
+	f.Add(int64(1764655509), int64(999999999))
 	f.Fuzz(func(t *testing.T, sec, nsec int64) {
-		tm := time.Unix(sec, nsec)
-		if got, want := string(appendTime(nil, tm)), tm.UTC().Format(timeLayout); got != want {
-			t.Fatalf("appendTime(%d, %d) = %q, want %q", sec, nsec, got, want)
+		var last second
+		for _, tm := range []time.Time{time.Unix(sec, nsec), time.Unix(sec, nsec+1000), time.Unix(sec, nsec-1000), time.Unix(sec, nsec)} {
+			if got, want := string(appendTime(nil, tm, &last)), tm.UTC().Format(timeLayout); got != want {
+				t.Fatalf("appendTime(%d, %d) = %q, want %q", sec, nsec, got, want)
+			}
+			if got, want := string(appendTime(nil, tm, nil)), tm.UTC().Format(timeLayout); got != want {
+				t.Fatalf("appendTime(%d, %d) without the last second = %q, want %q", sec, nsec, got, want)
+			}
 		}
 	})
 }
@@ -213,7 +230,7 @@ func BenchmarkAppendTime(b *testing.B) {
 	tm := time.Date(2026, 12, 2, 6, 5, 9, 123456789, time.UTC)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = appendTime(buf[:0], tm)
+		buf = appendTime(buf[:0], tm, nil)
 	}
 }
 
@@ -241,6 +258,65 @@ func FuzzAppendMillis(f *testing.F) {
 		d := time.Duration(ns)
 		if got, want := string(appendMillis(nil, d)), strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 3, 64); got != want {
 			t.Fatalf("appendMillis(%d) = %q, want %q", ns, got, want)
+		}
+	})
+}
+
+// appendStringRef is appendString a byte at a time, as first written:
+// the eight-byte steps must not change a line.
+func appendStringRef(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case c >= utf8.RuneSelf:
+			r, size := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && size == 1 {
+				b = append(b, `\ufffd`...)
+			} else {
+				b = append(b, s[i:i+size]...)
+			}
+			i += size
+			continue
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c == '\n':
+			b = append(b, `\n`...)
+		case c == '\r':
+			b = append(b, `\r`...)
+		case c == '\t':
+			b = append(b, `\t`...)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+		default:
+			b = append(b, c)
+		}
+		i++
+	}
+	return append(b, '"')
+}
+
+func TestAppendString(t *testing.T) {
+	for _, s := range []string{"", "a", "4bf92f3577b34da6a3ce929d0e0e4736", "/search/\xff/ü", "abcdefg\"", "abcdefgh\\",
+		"1234567\x1f", "12345678\x7f", "\x00\x01\x02\x03\x04\x05\x06\x07", "ü12345678", "1234567ü", "12345678901234567\n",
+		"geo-service.default.svc.cluster.local:8000", "\x80\x80\x80\x80\x80\x80\x80\x80\x80"} {
+		if got, want := string(appendString([]byte("x"), s)), string(appendStringRef([]byte("x"), s)); got != want {
+			t.Errorf("appendString(%q) = %s, want %s", s, got, want)
+		}
+	}
+}
+
+func FuzzAppendString(f *testing.F) {
+	f.Add("/search/\xff/ü?q=\"1\"")
+	f.Add("4bf92f3577b34da6a3ce929d0e0e4736\x1f")
+	f.Fuzz(func(t *testing.T, s string) {
+		got := appendString(nil, s)
+		if want := appendStringRef(nil, s); string(got) != string(want) {
+			t.Fatalf("appendString(%q) = %s, want %s", s, got, want)
+		}
+		var back string
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Fatalf("appendString(%q) = %s: not a JSON string: %v", s, got, err)
 		}
 	})
 }
