@@ -98,30 +98,34 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, keys []string) ([]stri
 	if method == "" {
 		method = http.MethodGet
 	}
-	b.WriteString(method)
-	b.WriteByte(' ')
-	b.WriteString(path)
+	// Appended to b's free room and written once: a WriteString per
+	// piece cost twice the appends (about twenty pieces a head).
+	w := b.AvailableBuffer()
+	w = append(w, method...)
+	w = append(w, ' ')
+	w = append(w, path...)
 	if query {
-		b.WriteByte('?')
-		b.WriteString(req.URL.RawQuery)
+		w = append(w, '?')
+		w = append(w, req.URL.RawQuery...)
 	}
-	b.WriteString(" HTTP/1.1\r\nHost: ")
-	b.WriteString(host)
-	b.WriteString("\r\n")
+	w = append(w, " HTTP/1.1\r\nHost: "...)
+	w = append(w, host...)
+	w = append(w, "\r\n"...)
 	if ua != "" { // a value of spaces goes, trimmed to nothing
-		b.WriteString("User-Agent: ")
-		b.WriteString(textproto.TrimString(ua))
-		b.WriteString("\r\n")
+		w = append(w, "User-Agent: "...)
+		w = append(w, textproto.TrimString(ua)...)
+		w = append(w, "\r\n"...)
 	}
 	for _, k := range keys {
 		for _, v := range req.Header[k] {
-			b.WriteString(k)
-			b.WriteString(": ")
-			b.WriteString(textproto.TrimString(v))
-			b.WriteString("\r\n")
+			w = append(w, k...)
+			w = append(w, ": "...)
+			w = append(w, textproto.TrimString(v)...)
+			w = append(w, "\r\n"...)
 		}
 	}
-	b.WriteString("\r\n")
+	w = append(w, "\r\n"...)
+	b.Write(w)
 	return keys, true
 }
 
