@@ -166,7 +166,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if fast {
 			// The fast transport ends the try at a deadline on its
 			// connection: no context, timer and request copy per try.
-			dl.start = time.Now()
+			dl.start = since(st.start)
 			dl.try = dl.start.Add(r.PerTryTimeout)
 		} else {
 			var tctx context.Context

@@ -560,7 +560,7 @@ func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
 	st.reject()
 	retryAfter := int(b.RetryAfter(time.Now()) / time.Second)
 	if !st.grpc {
-		st.code, st.headers, st.errKind = http.StatusServiceUnavailable, time.Now(), wellknown.ErrorCircuitOpen
+		st.code, st.headers, st.errKind = http.StatusServiceUnavailable, since(st.start), wellknown.ErrorCircuitOpen
 		w.Header()[requestIDKey] = st.idValue()
 		if writeCircuitOpen(w, dst.name, st.id, retryAfter, &st.hdr) {
 			return true
@@ -610,7 +610,7 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 // its response headers are known.
 func (h *Handler) observe(r *http.Request, st *reqState) {
 	if st.headers.IsZero() {
-		st.headers = time.Now()
+		st.headers = since(st.start)
 	}
 	dst := st.dest
 	code := st.code
@@ -642,13 +642,12 @@ func breakerState(dst *destination) string {
 
 // logAccess writes the access log line, when the response is over.
 func (h *Handler) logAccess(r *http.Request, st *reqState) {
-	end := time.Now()
 	dst := st.dest
 	state := breakerState(dst)
 	if l := h.cfg.AccessLog; l != nil {
 		e := telemetry.Entry{
 			Time: st.start, RequestID: st.id, Service: h.cfg.ServiceName, Destination: dst.name,
-			Method: r.Method, Path: r.URL.Path, Status: st.code, Duration: end.Sub(st.start),
+			Method: r.Method, Path: r.URL.Path, Status: st.code, Duration: time.Since(st.start),
 			Attempts: st.attempts, Breaker: state, BytesIn: st.in.n.Load(), BytesOut: st.out.n, Error: st.errKind,
 			OriginalDst: st.dial,
 		}
@@ -757,7 +756,7 @@ func modifyResponse(resp *http.Response) error {
 // answered records the upstream's answer as its headers arrive.
 func (st *reqState) answered(code int) {
 	st.code = code
-	st.headers = time.Now()
+	st.headers = since(st.start)
 }
 
 // serveError answers a request the forwarder could not complete.
@@ -799,7 +798,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 // answer writes the sidecar's own answer to the request and records it
 // in the request's state.
 func (st *reqState) answer(w http.ResponseWriter, code int, kind string, body errorBody) {
-	st.code, st.headers, st.errKind = code, time.Now(), kind
+	st.code, st.headers, st.errKind = code, since(st.start), kind
 	body.RequestID = st.id
 	w.Header()[requestIDKey] = st.idValue()
 	if st.grpc {

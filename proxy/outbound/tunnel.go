@@ -52,7 +52,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 		defer cancel()
 	}
 	up, err := h.dialTunnel(ctx, dst, authority, st)
-	st.headers = time.Now()
+	st.headers = since(st.start)
 	if err != nil {
 		var body errorBody
 		st.code, st.errKind, body = errorResponse(err, dst.name)

@@ -1,0 +1,30 @@
+package outbound
+
+import (
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// TestSince: a request's later time is its start plus the monotonic time
+// gone, to the nanosecond, and its wall clock moves with it; a request
+// with no start reads the clock.
+func TestSince(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		time.Sleep(1500 * time.Millisecond)
+		now := since(start)
+		if got := now.Sub(start); got != 1500*time.Millisecond {
+			t.Errorf("since(start) - start = %v, want 1.5s", got)
+		}
+		if got := now.Round(0).Sub(start.Round(0)); got != 1500*time.Millisecond {
+			t.Errorf("wall clock moved %v, want 1.5s", got)
+		}
+		if !now.Equal(time.Now()) {
+			t.Errorf("since(start) = %v, time.Now() = %v", now, time.Now())
+		}
+		if z := since(time.Time{}); !z.Equal(time.Now()) {
+			t.Errorf("since(zero) = %v, want time.Now() %v", z, time.Now())
+		}
+	})
+}
