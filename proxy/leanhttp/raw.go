@@ -16,38 +16,15 @@ import (
 type rawHead struct {
 	lines []byte // "Name: value\r\n" each
 	cl    int64  // the Content-Length, if has says there is one
-	// Which of the fields writeHeader decides on the lines hold, and
-	// which of those it dropped (the same bits).
-	has, drop rawField
+	// Which of the fields writeHeader decides on the lines hold (as
+	// their checker noted them), and which of those it dropped.
+	has, drop field.Known
 }
 
-type rawField uint8
-
-const (
-	rawContentLength rawField = 1 << iota
-	rawContentType
-	rawContentEncoding // a non-empty first one: what writeHeader asks
-	rawDate
-)
-
-var rawFieldNames = [...]string{"Content-Length", "Content-Type", "Content-Encoding", "Date"}
-
-// fieldOf and keyField name the fields writeHeader decides on (0 for
-// the others): by a line's bytes, and by a header map's key.
-func fieldOf(name []byte) rawField {
-	switch len(name) { // most names are none of them: no comparison
-	case 4, 12, 14, 16:
-		for i, n := range rawFieldNames {
-			if string(name) == n {
-				return 1 << i
-			}
-		}
-	}
-	return 0
-}
-
-func keyField(key string) rawField {
-	for i, n := range rawFieldNames {
+// keyField names the fields writeHeader decides on (0 for the others)
+// by a header map's key.
+func keyField(key string) field.Known {
+	for i, n := range field.KnownNames {
 		if key == n {
 			return 1 << i
 		}
@@ -70,43 +47,30 @@ func keyField(key string) rawField {
 // WriteHeader keeps no copy of the header: the caller changes it after
 // WriteHeader only once it is out (Flush, or the handler's end).
 func (w *response) SetRawHeader(lines []byte) bool {
-	if w.wroteHeader {
-		return false
-	}
-	rh := rawHead{lines: lines}
-	ceSeen := false
+	var f field.Facts // (after WriteHeader, SetCheckedRawHeader refuses)
 	for rest := lines; len(rest) > 0; {
 		nl := bytes.IndexByte(rest, '\n')
 		if nl < 0 {
 			return false
 		}
 		name, value, ok := rawLine(rest[:nl+1])
-		if !ok {
+		if !ok || !f.Note(name, value) {
 			return false
 		}
 		rest = rest[nl+1:]
-		switch string(name) {
-		case "Connection", "Transfer-Encoding", "Trailer", "Upgrade":
-			return false
-		}
-		switch f := fieldOf(name); f {
-		case rawContentLength:
-			n, ok := field.Length(value)
-			if !ok || rh.has&f != 0 {
-				return false
-			}
-			rh.cl = n
-			rh.has |= f
-		case rawContentEncoding:
-			if !ceSeen && len(value) > 0 {
-				rh.has |= f
-			}
-			ceSeen = true
-		default:
-			rh.has |= f
-		}
 	}
-	w.raw = rh
+	return w.SetCheckedRawHeader(lines, f)
+}
+
+// SetCheckedRawHeader is SetRawHeader for lines the caller checked are
+// all of its form, noting each in f (field.Facts.Note, every line
+// accepted): a proxy that checked its upstream's head as it read it
+// (the fast transport) does not pay for the same checks again.
+func (w *response) SetCheckedRawHeader(lines []byte, f field.Facts) bool {
+	if w.wroteHeader {
+		return false
+	}
+	w.raw = rawHead{lines: lines, cl: f.Length, has: f.Has}
 	w.calledHeader, w.setHeader = true, true
 	return true
 }
@@ -136,7 +100,7 @@ func isSpace(c byte) bool { return c == ' ' || c == '\t' }
 // hasField reports whether the lines hold f, the field key names, for
 // writeHeader: not if the map has key (it replaces the lines), nor if
 // writeHeader dropped it.
-func (rh *rawHead) hasField(header http.Header, f rawField, key string) bool {
+func (rh *rawHead) hasField(header http.Header, f field.Known, key string) bool {
 	if rh.has&f == 0 || rh.drop&f != 0 {
 		return false
 	}
@@ -146,14 +110,14 @@ func (rh *rawHead) hasField(header http.Header, f rawField, key string) bool {
 
 // write writes the lines, less those writeHeader dropped or drop names
 // and those the header map replaces.
-func (rh *rawHead) write(bw *bufio.Writer, header http.Header, drop rawField) {
+func (rh *rawHead) write(bw *bufio.Writer, header http.Header, drop field.Known) {
 	drop |= rh.drop
 	for rest := rh.lines; len(rest) > 0; {
 		nl := bytes.IndexByte(rest, '\n')
 		line := rest[:nl+1]
 		rest = rest[nl+1:]
 		name := line[:bytes.IndexByte(line, ':')]
-		if drop != 0 && drop&fieldOf(name) != 0 {
+		if drop != 0 && drop&field.KnownOf(name) != 0 {
 			continue
 		}
 		if _, replaced := header[string(name)]; replaced {

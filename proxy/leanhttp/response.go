@@ -149,7 +149,7 @@ func (w *response) WriteHeader(code int) {
 	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
 		bw := w.c.bw
 		writeStatusLine(bw, w.req.ProtoAtLeast(1, 1), code, w.statusBuf[:])
-		w.raw.write(bw, w.handlerHeader, rawContentLength)
+		w.raw.write(bw, w.handlerHeader, field.ContentLength)
 		_ = w.handlerHeader.WriteSubset(bw, excludedHeadersNoBody)
 		_, _ = bw.Write(crlf)
 		_ = bw.Flush()
@@ -177,7 +177,7 @@ func (w *response) WriteHeader(code int) {
 				w.handlerHeader.Del("Content-Length")
 			}
 		}
-	} else if w.raw.hasField(w.handlerHeader, rawContentLength, "Content-Length") {
+	} else if w.raw.hasField(w.handlerHeader, field.ContentLength, "Content-Length") {
 		w.contentLength = w.raw.cl
 	}
 }
@@ -470,7 +470,7 @@ func (w *response) writeHeader(p []byte) {
 	hasTE := te != ""
 
 	// A handler done with a body that fit the buffer: its length.
-	rawCL := w.raw.hasField(header, rawContentLength, "Content-Length")
+	rawCL := w.raw.hasField(header, field.ContentLength, "Content-Length")
 	if w.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(w.status) && !hhas(header, "Content-Length") && !rawCL && (!isHEAD || len(p) > 0) {
 		w.contentLength = int64(len(p))
 		setHeader.contentLength = strconv.AppendInt(w.clenBuf[:0], int64(len(p)), 10)
@@ -501,8 +501,8 @@ func (w *response) writeHeader(p []byte) {
 	code := w.status
 	if bodyAllowedForStatus(code) {
 		_, haveType := header["Content-Type"]
-		haveType = haveType || w.raw.hasField(header, rawContentType, "Content-Type")
-		hasCE := field.Get(header, "Content-Encoding") != "" || w.raw.hasField(header, rawContentEncoding, "Content-Encoding")
+		haveType = haveType || w.raw.hasField(header, field.ContentType, "Content-Type")
+		hasCE := field.Get(header, "Content-Encoding") != "" || w.raw.hasField(header, field.ContentEncoding, "Content-Encoding")
 		if !hasCE && !haveType && !hasTE && len(p) > 0 {
 			setHeader.contentType = http.DetectContentType(p)
 		}
@@ -512,7 +512,7 @@ func (w *response) writeHeader(p []byte) {
 		}
 	}
 
-	if !hhas(header, "Date") && !w.raw.hasField(header, rawDate, "Date") {
+	if !hhas(header, "Date") && !w.raw.hasField(header, field.Date, "Date") {
 		setHeader.date = w.c.date()
 	}
 

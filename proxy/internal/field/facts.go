@@ -1,0 +1,68 @@
+package field
+
+// Known is a set of the fields the lean loop's writeHeader decides on
+// when a response's head comes as lines (leanhttp's SetRawHeader).
+type Known uint8
+
+const (
+	ContentLength Known = 1 << iota
+	ContentType
+	ContentEncoding // a non-empty first one: what writeHeader asks
+	Date
+)
+
+// KnownNames are the Known fields' names, bit by bit.
+var KnownNames = [...]string{"Content-Length", "Content-Type", "Content-Encoding", "Date"}
+
+// KnownOf is the Known bit of a canonical name, 0 for any other name.
+func KnownOf(name []byte) Known {
+	switch len(name) { // most names are none of them: no comparison
+	case 4, 12, 14, 16:
+		for i, n := range KnownNames {
+			if string(name) == n {
+				return 1 << i
+			}
+		}
+	}
+	return 0
+}
+
+// Facts is what a head's lines tell writeHeader: which Known fields
+// they hold, and the Content-Length. Whoever checks the lines notes
+// each in it: SetRawHeader as it checks them, or the fast transport as
+// it reads them from the upstream (SetCheckedRawHeader), so that lines
+// are checked once per response, not twice.
+type Facts struct {
+	Has    Known
+	Length int64 // the Content-Length, when Has holds it
+	ceSeen bool
+}
+
+// Note notes one line, "name: value", name canonical and value checked.
+// It reports false for a line the lean loop does not take as a line: a
+// field that frames the message or names other fields (Connection,
+// Transfer-Encoding, Trailer, Upgrade), or a second or invalid
+// Content-Length.
+func (f *Facts) Note(name, value []byte) bool {
+	switch string(name) {
+	case "Connection", "Transfer-Encoding", "Trailer", "Upgrade":
+		return false
+	}
+	switch k := KnownOf(name); k {
+	case ContentLength:
+		n, ok := Length(value)
+		if !ok || f.Has&k != 0 {
+			return false
+		}
+		f.Length = n
+		f.Has |= k
+	case ContentEncoding:
+		if !f.ceSeen && len(value) > 0 {
+			f.Has |= k
+		}
+		f.ceSeen = true
+	default:
+		f.Has |= k
+	}
+	return true
+}
