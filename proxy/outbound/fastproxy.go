@@ -56,7 +56,9 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		dst = w.Header()
 		st.raw = withRequestID(st.raw, st.id)
 		st.wire.lines = st.raw // its room, grown or not
-		if !rs.SetRawHeader(st.raw) {
+		// The upstream's lines were checked and noted as they were read
+		// (wire.go); the request ID's is checked here.
+		if !(idLine(st.id) && rs.SetCheckedRawHeader(st.raw, st.wire.facts)) && !rs.SetRawHeader(st.raw) {
 			addLines(dst, st.raw) // not of its form: never, from wire.go
 		}
 		stream = res.ContentLength == -1 || eventStreamLines(st.raw)
@@ -131,7 +133,26 @@ type headerSetter interface{ SetHeader(http.Header) bool }
 
 // rawHeaderSetter is a ResponseWriter that can take header fields as
 // lines (leanhttp's response).
-type rawHeaderSetter interface{ SetRawHeader([]byte) bool }
+type rawHeaderSetter interface {
+	SetRawHeader([]byte) bool
+	SetCheckedRawHeader([]byte, field.Facts) bool
+}
+
+// idLine reports whether id makes a line of SetRawHeader's form
+// ("X-Request-Id: id"): printable ASCII, no space at either end. The
+// sidecar's IDs and those it keeps (requestid.Valid, trimmed as read)
+// all do.
+func idLine(id string) bool {
+	if id == "" || id[0] == ' ' || id[len(id)-1] == ' ' {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x20 || id[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
 
 // addLines adds header fields given as lines ("Name: value\r\n") to h.
 func addLines(h http.Header, lines []byte) {

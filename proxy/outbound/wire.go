@@ -156,6 +156,9 @@ func ctlByte(s string) bool {
 type respScratch struct {
 	fr    fastResponse
 	lines []byte
+	// facts are the lines' facts, noted as they were checked, for
+	// leanhttp's SetCheckedRawHeader.
+	facts field.Facts
 }
 
 // fastResponse is a response read by readResponseHead, with its body.
@@ -214,6 +217,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool, sc *respScr
 	n := 0
 	cl := int64(-1)
 	spelled := true // every line "Name: value" already, as lines would be
+	sc.facts = field.Facts{}
 	for {
 		e := bytes.IndexByte(rest, '\n')
 		if e < 1 || rest[e-1] != '\r' {
@@ -253,7 +257,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool, sc *respScr
 		case hopField:
 			raw = false
 		}
-		if !canonical {
+		if !canonical || raw && !sc.facts.Note(key, v) {
 			raw = false
 		}
 	}

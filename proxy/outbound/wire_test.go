@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/minimesh/minimesh/proxy/internal/field"
 )
 
 // The fast transport's wire format must be net/http's, byte for byte:
@@ -164,7 +166,8 @@ func compareResponseHead(t *testing.T, method string, raw []byte, asLines bool) 
 	req := &http.Request{Method: method, URL: &url.URL{Path: "/"}}
 	br := bufio.NewReaderSize(bytes.NewReader(raw), 4<<10)
 	_, _ = br.Peek(1)
-	fr, lines := readResponseHead(br, req, asLines, dirtyScratch(t))
+	sc := dirtyScratch(t)
+	fr, lines := readResponseHead(br, req, asLines, sc)
 	if fr == nil {
 		if br.Buffered() != min(len(raw), 4<<10) {
 			t.Errorf("declined, but consumed %d bytes", min(len(raw), 4<<10)-br.Buffered())
@@ -176,10 +179,25 @@ func compareResponseHead(t *testing.T, method string, raw []byte, asLines bool) 
 		if !asLines {
 			t.Fatalf("no header, and no lines asked for")
 		}
+		// Every line of SetRawHeader's form, and the facts noted as they
+		// were read those SetRawHeader notes from the lines (what
+		// SetCheckedRawHeader then takes on trust).
+		var facts field.Facts
 		for _, line := range bytes.SplitAfter(lines, crlf) {
-			if len(line) > 0 && (line[0] == ':' || !lineForm.Match(line)) {
-				t.Errorf("line %q is not of SetRawHeader's form", line)
+			if len(line) == 0 {
+				continue
 			}
+			if line[0] == ':' || !lineForm.Match(line) {
+				t.Errorf("line %q is not of SetRawHeader's form", line)
+				continue
+			}
+			name, value, _ := bytes.Cut(line[:len(line)-2], []byte(": "))
+			if !facts.Note(name, value) {
+				t.Errorf("line %q is one SetRawHeader declines", line)
+			}
+		}
+		if facts != sc.facts {
+			t.Errorf("facts noted as read %+v, of the lines %+v", sc.facts, facts)
 		}
 		got.Header = http.Header{}
 		addLines(got.Header, lines)
@@ -329,6 +347,19 @@ func TestNameOf(t *testing.T) {
 	for _, k := range []string{"Content-Type", "Date", "X-Request-Id", "Tf", "Upgrades", "Keep-Alivf", "Proxy-Authorisation", "Proxy-Connections", ""} {
 		if got := nameOf([]byte(k)); got != plainName {
 			t.Errorf("nameOf(%q) = %d, want plain", k, got)
+		}
+	}
+}
+
+// TestIDLine: a request ID goes into the answer's lines unchecked only
+// when its line is of SetRawHeader's form.
+func TestIDLine(t *testing.T) {
+	for id, want := range map[string]bool{
+		"4bf92f35-77b3-4da6-a3ce-929d0e0e4736": true, "a b": true, "~": true,
+		"": false, " a": false, "a ": false, "a\tb": false, "a\r\nX-Evil: 1": false, "\x7f": false, "ü": false,
+	} {
+		if got := idLine(id); got != want {
+			t.Errorf("idLine(%q) = %v, want %v", id, got, want)
 		}
 	}
 }
