@@ -139,19 +139,12 @@ type rawHeaderSetter interface {
 }
 
 // idLine reports whether id makes a line of SetRawHeader's form
-// ("X-Request-Id: id"): printable ASCII, no space at either end. The
-// sidecar's IDs and those it keeps (requestid.Valid, trimmed as read)
-// all do.
+// ("X-Request-Id: id"): a valid field value with no white space at
+// either end. The sidecar's IDs and those it keeps (requestid.Valid,
+// trimmed as read) all do.
 func idLine(id string) bool {
-	if id == "" || id[0] == ' ' || id[len(id)-1] == ' ' {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if id[i] < 0x20 || id[i] > 0x7e {
-			return false
-		}
-	}
-	return true
+	return id != "" && id[0] != ' ' && id[0] != '\t' && id[len(id)-1] != ' ' && id[len(id)-1] != '\t' &&
+		field.ValidValue(id)
 }
 
 // addLines adds header fields given as lines ("Name: value\r\n") to h.

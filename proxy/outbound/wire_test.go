@@ -356,7 +356,8 @@ func TestNameOf(t *testing.T) {
 func TestIDLine(t *testing.T) {
 	for id, want := range map[string]bool{
 		"4bf92f35-77b3-4da6-a3ce-929d0e0e4736": true, "a b": true, "~": true,
-		"": false, " a": false, "a ": false, "a\tb": false, "a\r\nX-Evil: 1": false, "\x7f": false, "ü": false,
+		"a\tb": true, "ü": true, // a value SetRawHeader takes
+		"": false, " a": false, "a ": false, "\ta": false, "a\t": false, "a\r\nX-Evil: 1": false, "\x7f": false, "12345678\n": false,
 	} {
 		if got := idLine(id); got != want {
 			t.Errorf("idLine(%q) = %v, want %v", id, got, want)

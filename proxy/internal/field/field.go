@@ -4,7 +4,6 @@
 package field
 
 import (
-	"encoding/binary"
 	"net/http"
 	"strings"
 
@@ -60,19 +59,20 @@ var tokenByte, nameByte = func() (tok [256]bool, name [512]bool) {
 // ValidValue reports whether v has no byte net/http refuses in a field
 // value: a control byte other than HTAB, or DEL. Eight bytes at a time:
 // a value is most of a line's bytes.
-func ValidValue(v []byte) bool {
+func ValidValue[T string | []byte](v T) bool {
 	for len(v) >= 8 {
-		x := binary.LittleEndian.Uint64(v)
+		x := uint64(v[0]) | uint64(v[1])<<8 | uint64(v[2])<<16 | uint64(v[3])<<24 |
+			uint64(v[4])<<32 | uint64(v[5])<<40 | uint64(v[6])<<48 | uint64(v[7])<<56
 		// A byte under 0x20, or a zero byte where DEL was: exact tests
-		// (no carry crosses into a byte unless one below it matched).
+		// (no borrow crosses into a byte unless one below it matched).
 		y := x ^ (lo * 0x7f)
 		if (x-lo*0x20)&^x&hi != 0 || (y-lo)&^y&hi != 0 {
 			break // a tab or a bad byte: the rest byte by byte
 		}
 		v = v[8:]
 	}
-	for _, c := range v {
-		if c < ' ' && c != '\t' || c == 0x7f {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
 			return false
 		}
 	}

@@ -116,6 +116,9 @@ func TestValidValue(t *testing.T) {
 		if got, want := ValidValue([]byte(v)), validValueRef([]byte(v)); got != want {
 			t.Errorf("ValidValue(%q) = %v, want %v", v, got, want)
 		}
+		if got, want := ValidValue(v), validValueRef([]byte(v)); got != want {
+			t.Errorf("ValidValue(string %q) = %v, want %v", v, got, want)
+		}
 	}
 }
 
@@ -125,6 +128,9 @@ func FuzzValidValue(f *testing.F) {
 	f.Fuzz(func(t *testing.T, v []byte) {
 		if got, want := ValidValue(v), validValueRef(v); got != want {
 			t.Errorf("ValidValue(%q) = %v, want %v", v, got, want)
+		}
+		if got, want := ValidValue(string(v)), validValueRef(v); got != want {
+			t.Errorf("ValidValue(string %q) = %v, want %v", v, got, want)
 		}
 	})
 }
