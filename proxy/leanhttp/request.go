@@ -86,10 +86,10 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 		if key == "Host" {
 			// req.Host, not a header: never in the map (the scan
 			// accepted one at most).
-			hostField = strings.Trim(value, " \t")
+			hostField = trimOWS(value)
 			continue
 		}
-		values[i] = strings.Trim(value, " \t")
+		values[i] = trimOWS(value)
 		if vv, seen := h[key]; seen {
 			h[key] = append(vv, values[i])
 		} else {

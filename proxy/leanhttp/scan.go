@@ -61,17 +61,23 @@ func scanHead(b []byte) (n int, v verdict) {
 		if !ok {
 			return 0, handOff
 		}
-		switch {
-		case field.EqualFold(name, "host"):
-			hosts++
-			host = value
-		case field.EqualFold(name, "content-length"):
+		switch len(name) { // a name of none of these lengths is none of them
+		case 4:
+			if field.EqualFold(name, "host") {
+				hosts++
+				host = value
+			}
+		case 14:
 			// A second one, even "0", is net/http's to judge.
-			if lengths++; string(value) != "0" || lengths > 1 {
+			if field.EqualFold(name, "content-length") {
+				if lengths++; string(value) != "0" || lengths > 1 {
+					return 0, handOff
+				}
+			}
+		case 17, 7, 6:
+			if field.EqualFold(name, "transfer-encoding") || field.EqualFold(name, "upgrade") || field.EqualFold(name, "expect") {
 				return 0, handOff
 			}
-		case field.EqualFold(name, "transfer-encoding"), field.EqualFold(name, "upgrade"), field.EqualFold(name, "expect"):
-			return 0, handOff
 		}
 	}
 	if hosts > 1 || (hosts == 0 && !http10) {
@@ -159,17 +165,21 @@ func headerLine(line []byte) (name, value []byte, ok bool) {
 	if colon < 1 {
 		return nil, nil, false // no name, or obs-fold (a leading space is not a token byte either)
 	}
-	name = line[:colon]
-	for _, c := range name {
-		if !httpguts.IsTokenRune(rune(c)) {
-			return nil, nil, false
-		}
+	name, value = line[:colon], line[colon+1:]
+	if !field.Token(name) || !field.ValidValue(value) {
+		return nil, nil, false
 	}
-	value = line[colon+1:]
-	for _, c := range value {
-		if (c < ' ' && c != '\t') || c == 0x7f {
-			return nil, nil, false
-		}
+	return name, trimOWS(value), true
+}
+
+// trimOWS trims a value's optional white space, spaces and tabs, at
+// either end (bytes.Trim builds a set from its cutset on every call).
+func trimOWS[T string | []byte](v T) T {
+	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
 	}
-	return name, bytes.Trim(value, " \t"), true
+	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
 }
