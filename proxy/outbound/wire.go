@@ -353,8 +353,6 @@ var statusLines = func() (lines [600]string) {
 	return lines
 }()
 
-// hopByHop reports whether a canonical field name is one of hopHeaders,
-// which the proxy removes from a response.
 // respName is what readResponseHead makes of a field's name.
 type respName uint8
 

@@ -141,6 +141,9 @@ func TestReadResponseHeadAsReadResponse(t *testing.T) {
 		{name: "space before colon", method: "GET", raw: "HTTP/1.1 200 OK\r\nX : y\r\nContent-Length: 0\r\n\r\n"},
 		{name: "folded", method: "GET", raw: "HTTP/1.1 200 OK\r\nX: y\r\n z\r\nContent-Length: 0\r\n\r\n"},
 		{name: "bare lf", method: "GET", raw: "HTTP/1.1 200 OK\nContent-Length: 0\n\n"},
+		{name: "bare lf in a field", method: "GET", raw: "HTTP/1.1 200 OK\r\nX: ab\nContent-Length: 0\r\n\r\n"},
+		{name: "bare lf for the blank line", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\n"},
+		{name: "bare lf ending a field", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX: a\n\r\n"},
 		{name: "control byte", method: "GET", raw: "HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 0\r\n\r\n"},
 		{name: "incomplete", method: "GET", raw: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"},
 	} {
@@ -270,6 +273,7 @@ func FuzzReadResponseHead(f *testing.F) {
 	f.Add(true, []byte("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"))
 	f.Add(false, []byte("HTTP/1.1 204 No Content\r\nX-Request-Id: a\r\nx-request-id: b\r\n\r\n"))
 	f.Add(false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"))
+	f.Add(false, []byte("HTTP/1.1 200 OK\r\nX: ab\nContent-Length: 0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, head bool, raw []byte) {
 		method := http.MethodGet
 		if head {

@@ -201,7 +201,7 @@ func TestAppendTime(t *testing.T) {
 	// again in another zone, then in the next second and back.
 	var last second
 	base := time.Date(2026, 12, 3, 12, 34, 56, 0, time.UTC)
-	for _, tm := range []time.Time{base, base.Add(999999 * time.Microsecond), base.In(time.FixedZone("east", 3600)).Add(5),
+	for _, tm := range []time.Time{time.Unix(0, 5000), base, base.Add(999999 * time.Microsecond), base.In(time.FixedZone("east", 3600)).Add(5),
 		base.Add(time.Second), base.Add(time.Second + 1), base, base.Add(24 * time.Hour), time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), base} {
 		if got, want := string(appendTime([]byte("x"), tm, &last)), "x"+tm.UTC().Format(timeLayout); got != want {
 			t.Errorf("appendTime(%v) after the last second = %q, want %q", tm, got, want)
@@ -212,6 +212,7 @@ func TestAppendTime(t *testing.T) {
 func FuzzAppendTime(f *testing.F) {
 	f.Add(int64(1764655509), int64(123456789))
 	f.Add(int64(1764655509), int64(999999999))
+	f.Add(int64(0), int64(0))
 	f.Fuzz(func(t *testing.T, sec, nsec int64) {
 		var last second
 		for _, tm := range []time.Time{time.Unix(sec, nsec), time.Unix(sec, nsec+1000), time.Unix(sec, nsec-1000), time.Unix(sec, nsec)} {
@@ -298,7 +299,7 @@ func appendStringRef(b []byte, s string) []byte {
 
 func TestAppendString(t *testing.T) {
 	for _, s := range []string{"", "a", "4bf92f3577b34da6a3ce929d0e0e4736", "/search/\xff/ü", "abcdefg\"", "abcdefgh\\",
-		"1234567\x1f", "12345678\x7f", "\x00\x01\x02\x03\x04\x05\x06\x07", "ü12345678", "1234567ü", "12345678901234567\n",
+		"1234567\x1f", "12345678\x7f", "abcdefg\\", "\\bcdefgh", "abc\\defghijk", "abc\"defghijk", "\x00\x01\x02\x03\x04\x05\x06\x07", "ü12345678", "1234567ü", "12345678901234567\n",
 		"geo-service.default.svc.cluster.local:8000", "\x80\x80\x80\x80\x80\x80\x80\x80\x80"} {
 		if got, want := string(appendString([]byte("x"), s)), string(appendStringRef([]byte("x"), s)); got != want {
 			t.Errorf("appendString(%q) = %s, want %s", s, got, want)
@@ -309,6 +310,7 @@ func TestAppendString(t *testing.T) {
 func FuzzAppendString(f *testing.F) {
 	f.Add("/search/\xff/ü?q=\"1\"")
 	f.Add("4bf92f3577b34da6a3ce929d0e0e4736\x1f")
+	f.Add("ab\\cdefghij")
 	f.Fuzz(func(t *testing.T, s string) {
 		got := appendString(nil, s)
 		if want := appendStringRef(nil, s); string(got) != string(want) {

@@ -10,7 +10,7 @@ import (
 func TestCanonical(t *testing.T) {
 	for _, name := range []string{"Content-Type", "X-Request-Id", "A", "-", "X-1", "1a", "A_b", "Www-Authenticate",
 		"x-a", "X-a", "XA", "X-ID", "X A", "", "X:", "Ä",
-		// Eight bytes and more: by the word, the last overlapping.
+		// Longer names.
 		"Content-Length", "content-Length", "Content-length", "X-Forwarded-For-", "Abcdefgh", "Abcdefgh-", "Abcdefg-h",
 		"Abcdefg-H", "Abc_defgh-Ijk", "Abc_defgh-ijk", "Access-Control-Allow-Origin", "ABCDEFGHIJ", "Abcdefgh\x80",
 		"Abcdefghijklmnop", "Abcdefghijklmnop-", "Abcdefghijklmno-p", "Abcdefghijklmno-P", "Abcdefgh-Ijklmnop", "Abcdefgh-ijklmnop"} {
