@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/minimesh/minimesh/proxy/internal/field"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -86,10 +87,10 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 		if key == "Host" {
 			// req.Host, not a header: never in the map (the scan
 			// accepted one at most).
-			hostField = trimOWS(value)
+			hostField = field.TrimOWS(value)
 			continue
 		}
-		values[i] = trimOWS(value)
+		values[i] = field.TrimOWS(value)
 		if vv, seen := h[key]; seen {
 			h[key] = append(vv, values[i])
 		} else {

@@ -169,17 +169,5 @@ func headerLine(line []byte) (name, value []byte, ok bool) {
 	if !field.Token(name) || !field.ValidValue(value) {
 		return nil, nil, false
 	}
-	return name, trimOWS(value), true
-}
-
-// trimOWS trims a value's optional white space, spaces and tabs, at
-// either end (bytes.Trim builds a set from its cutset on every call).
-func trimOWS[T string | []byte](v T) T {
-	for len(v) > 0 && (v[0] == ' ' || v[0] == '\t') {
-		v = v[1:]
-	}
-	for len(v) > 0 && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
-		v = v[:len(v)-1]
-	}
-	return v
+	return name, field.TrimOWS(value), true
 }

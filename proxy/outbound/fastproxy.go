@@ -153,7 +153,7 @@ func addLines(h http.Header, lines []byte) {
 		line, after, _ := bytes.Cut(rest, crlf)
 		rest = after
 		if k, v, ok := bytes.Cut(line, colon); ok {
-			h.Add(string(k), string(trimSpaceTab(v)))
+			h.Add(string(k), string(field.TrimOWS(v)))
 		}
 	}
 }
@@ -195,7 +195,7 @@ func rawValue(lines []byte, name string) []byte {
 		line, after, _ := bytes.Cut(rest, crlf)
 		rest = after
 		if len(line) > len(name) && line[len(name)] == ':' && string(line[:len(name)]) == name {
-			return trimSpaceTab(line[len(name)+1:])
+			return field.TrimOWS(line[len(name)+1:])
 		}
 	}
 	return nil

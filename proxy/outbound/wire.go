@@ -238,7 +238,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool, sc *respScr
 		if !canonical && !field.Token(key) {
 			return nil, nil
 		}
-		v := trimSpaceTab(sent)
+		v := field.TrimOWS(sent)
 		if spelled && (len(sent) != len(v)+1 || sent[0] != ' ') {
 			spelled = false
 		}
@@ -326,7 +326,7 @@ func spellLines(lines, fields []byte, n int, spelled bool) []byte {
 		rest = rest[e+2:]
 		lines = append(lines, key...)
 		lines = append(lines, ": "...)
-		lines = append(lines, trimSpaceTab(v)...)
+		lines = append(lines, field.TrimOWS(v)...)
 		lines = append(lines, "\r\n"...)
 	}
 	return lines
@@ -412,16 +412,6 @@ func nameOf(key []byte) respName {
 		}
 	}
 	return plainName
-}
-
-func trimSpaceTab(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
-		b = b[1:]
-	}
-	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
-		b = b[:len(b)-1]
-	}
-	return b
 }
 
 var (

@@ -149,3 +149,15 @@ func FuzzCanonical(f *testing.F) {
 		}
 	})
 }
+
+func TestTrimOWS(t *testing.T) {
+	for _, v := range []string{"", " ", "\t", "a", " a ", "\t a \t", "a b", " \ta\tb\t ", "\r a \n", "\v a"} {
+		want := strings.Trim(v, " \t")
+		if got := TrimOWS(v); got != want {
+			t.Errorf("TrimOWS(%q) = %q, want %q", v, got, want)
+		}
+		if got := string(TrimOWS([]byte(v))); got != want {
+			t.Errorf("TrimOWS([]byte %q) = %q, want %q", v, got, want)
+		}
+	}
+}
