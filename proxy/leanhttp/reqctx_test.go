@@ -453,6 +453,7 @@ func TestEndEmptiesBundle(t *testing.T) {
 	c := dialOn(t, addr)
 	br := bufio.NewReader(c)
 	roundTrip(t, c, br, "/x?q=1")
+	lentBack(t, s) // the answer is read a moment before the bundle is back
 	s.lentMu.Lock()
 	if len(s.lent) != 1 {
 		t.Fatalf("%d bundles kept after a request, want 1", len(s.lent))
