@@ -108,8 +108,8 @@ func (p *plane) installCRD(t testing.TB) {
 	if out, err := p.c.Kubectl(ctx, "apply", "-f", filepath.Join(root, "charts", "minimesh", "crds")); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if out, err := p.c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/resiliencepolicies.minimesh.io"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
+	if err := p.c.WaitEstablished(ctx, "resiliencepolicies.minimesh.io"); err != nil {
+		t.Fatal(err)
 	}
 	p.c.CreateNamespace(t, "shop", nil)
 	p.c.CreateNamespace(t, "minimesh", nil)

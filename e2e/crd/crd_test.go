@@ -41,8 +41,8 @@ func install(t *testing.T) (*kube.Cluster, dynamic.ResourceInterface, string) {
 	if out, err := c.Kubectl(ctx, "apply", "-f", filepath.Join(root, "charts", "minimesh", "crds")); err != nil {
 		t.Fatalf("install the CRD: %v\n%s", err, out)
 	}
-	if out, err := c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/resiliencepolicies.minimesh.io"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
+	if err := c.WaitEstablished(ctx, "resiliencepolicies.minimesh.io"); err != nil {
+		t.Fatal(err)
 	}
 	c.CreateNamespace(t, "shop", nil)
 	dyn, err := dynamic.NewForConfig(c.Config)

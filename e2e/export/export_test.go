@@ -46,8 +46,8 @@ func TestLinkerdExportApplies(t *testing.T) {
 	if out, err := c.Kubectl(ctx, "apply", "--server-side", "-f", httpRouteCRD(t)); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if out, err := c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/httproutes.gateway.networking.k8s.io"); err != nil {
-		t.Fatalf("%v\n%s", err, out)
+	if err := c.WaitEstablished(ctx, "httproutes.gateway.networking.k8s.io"); err != nil {
+		t.Fatal(err)
 	}
 	for ns, svc := range map[string]string{"bakery-ia": "nominatim-service", "identity": "auth"} {
 		c.CreateNamespace(t, ns, nil)

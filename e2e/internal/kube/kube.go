@@ -123,6 +123,28 @@ func (c *Cluster) KubectlStdin(ctx context.Context, stdin string, args ...string
 	return string(out), nil
 }
 
+// WaitEstablished waits until the CustomResourceDefinition crd (its
+// name, e.g. "resiliencepolicies.minimesh.io") is Established, for at
+// most 60 s. kubectl wait --for=condition=Established fails at once,
+// instead of waiting, when it reads the CRD before the API server has
+// given it any condition ("status.conditions accessor error"): seen in
+// CI on a busy machine. This looks again until the condition is True.
+func (c *Cluster) WaitEstablished(ctx context.Context, crd string) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for {
+		out, err := c.Kubectl(ctx, "get", "crd/"+crd, "-o", `jsonpath={.status.conditions[?(@.type=="Established")].status}`)
+		if err == nil && strings.TrimSpace(out) == "True" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("crd/%s not Established: %v %s", crd, err, out)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // CreateNamespace creates a namespace with labels.
 func (c *Cluster) CreateNamespace(t testing.TB, name string, labels map[string]string) {
 	t.Helper()
