@@ -86,10 +86,7 @@ func rawLine(line []byte) (name, value []byte, ok bool) {
 		return nil, nil, false
 	}
 	value = line[colon+2:]
-	if !field.ValidValue(value) {
-		return nil, nil, false
-	}
-	if len(value) > 0 && (isSpace(value[0]) || isSpace(value[len(value)-1])) {
+	if !field.Bare(value) {
 		return nil, nil, false
 	}
 	return line[:colon], value, true

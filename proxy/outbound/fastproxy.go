@@ -143,8 +143,7 @@ type rawHeaderSetter interface {
 // either end. The sidecar's IDs and those it keeps (requestid.Valid,
 // trimmed as read) all do.
 func idLine(id string) bool {
-	return id != "" && id[0] != ' ' && id[0] != '\t' && id[len(id)-1] != ' ' && id[len(id)-1] != '\t' &&
-		field.ValidValue(id)
+	return id != "" && field.Bare(id)
 }
 
 // addLines adds header fields given as lines ("Name: value\r\n") to h.

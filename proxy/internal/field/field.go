@@ -30,9 +30,6 @@ func Canonical(name []byte) bool {
 	return len(name) > 0
 }
 
-// lo and hi are a one and a high bit in each byte of a word.
-const lo, hi = 0x0101010101010101, 0x8080808080808080
-
 // Token reports whether name is an RFC 9110 token, the bytes of a field
 // name (not empty).
 func Token(name []byte) bool {
@@ -55,6 +52,9 @@ var tokenByte, nameByte = func() (tok [256]bool, name [512]bool) {
 	}
 	return tok, name
 }()
+
+// lo and hi are a one and a high bit in each byte of a word.
+const lo, hi = 0x0101010101010101, 0x8080808080808080
 
 // ValidValue reports whether v has no byte net/http refuses in a field
 // value: a control byte other than HTAB, or DEL. Eight bytes at a time:
@@ -146,4 +146,11 @@ func TrimOWS[T string | []byte](v T) T {
 		v = v[:len(v)-1]
 	}
 	return v
+}
+
+// Bare reports whether v is a value as a line carries it: valid, with no
+// optional white space at either end to trim (leanhttp's raw lines, and
+// the request ID the fast path adds to them).
+func Bare[T string | []byte](v T) bool {
+	return len(TrimOWS(v)) == len(v) && ValidValue(v)
 }

@@ -161,3 +161,12 @@ func TestTrimOWS(t *testing.T) {
 		}
 	}
 }
+
+func TestBare(t *testing.T) {
+	for v, want := range map[string]bool{"": true, "a": true, "a b": true, "a\tb": true, "ü": true,
+		" a": false, "a ": false, "\ta": false, "a\t": false, " ": false, "a\rb": false, "\x7f": false} {
+		if got := Bare(v); got != want {
+			t.Errorf("Bare(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
