@@ -1259,3 +1259,28 @@ func TestKeyField(t *testing.T) {
 		}
 	}
 }
+
+// TestCutLine: a line ends at CRLF; a bare LF or no LF is no line, and
+// the string and byte forms agree.
+func TestCutLine(t *testing.T) {
+	for _, tc := range []struct {
+		in, line, rest string
+		ok             bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "GET / HTTP/1.1", "Host: a\r\n\r\n", true},
+		{"\r\n", "", "", true},
+		{"a\nb\r\n", "", "a\nb\r\n", false},
+		{"\n", "", "\n", false},
+		{"no end", "", "no end", false},
+		{"", "", "", false},
+	} {
+		line, rest, ok := cutLine(tc.in)
+		if line != tc.line || rest != tc.rest || ok != tc.ok {
+			t.Errorf("cutLine(%q) = %q, %q, %v, want %q, %q, %v", tc.in, line, rest, ok, tc.line, tc.rest, tc.ok)
+		}
+		bl, br, bok := cutLine([]byte(tc.in))
+		if string(bl) != tc.line || string(br) != tc.rest || bok != tc.ok {
+			t.Errorf("cutLine([]byte %q) = %q, %q, %v, want %q, %q, %v", tc.in, bl, br, bok, tc.line, tc.rest, tc.ok)
+		}
+	}
+}

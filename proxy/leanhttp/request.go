@@ -49,7 +49,7 @@ func (sc *reqScratch) reset() {
 // caller's.
 func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	s := string(head)
-	line, rest, _ := strings.Cut(s, "\r\n")
+	line, rest, _ := cutLine(s)
 	method, line, _ := strings.Cut(line, " ")
 	target, proto, _ := strings.Cut(line, " ")
 	u := &sc.url
@@ -67,7 +67,7 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 
 	// The scan accepted every line: "Name: value" CRLF, and the blank
 	// line last.
-	n := strings.Count(rest, "\r\n") - 1
+	n := strings.Count(rest, "\n") - 1 // no bare LF: the scan's
 	if sc.hdr == nil {
 		sc.hdr = make(http.Header, n)
 	}
@@ -78,12 +78,15 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	values := sc.values[:n]
 	var hostField string
 	for i := 0; ; i++ {
-		line, rest, _ = strings.Cut(rest, "\r\n")
+		line, rest, _ = cutLine(rest)
 		if line == "" {
 			break
 		}
 		name, value, _ := strings.Cut(line, ":")
-		key := textproto.CanonicalMIMEHeaderKey(name)
+		key := name
+		if !field.Canonical(name) { // most clients spell them so: one table look a byte
+			key = textproto.CanonicalMIMEHeaderKey(name)
+		}
 		if key == "Host" {
 			// req.Host, not a header: never in the map (the scan
 			// accepted one at most).

@@ -3,6 +3,7 @@ package leanhttp
 import (
 	"bytes"
 	"net/http"
+	"strings"
 
 	"github.com/minimesh/minimesh/proxy/internal/field"
 	"golang.org/x/net/http/httpguts"
@@ -99,11 +100,18 @@ func needMoreOr(partial []byte) verdict {
 }
 
 // cutLine cuts the first CRLF-terminated line off b. A line ending in a
-// bare LF is not one (ok false with the LF still in rest: handOff).
-func cutLine(b []byte) (line, rest []byte, ok bool) {
-	i := bytes.IndexByte(b, '\n')
+// bare LF is not one (ok false, line empty, with the LF still in rest:
+// handOff). One IndexByte: strings.Cut with "\r\n" searches for two.
+func cutLine[T string | []byte](b T) (line, rest T, ok bool) {
+	var i int
+	switch b := any(b).(type) {
+	case string:
+		i = strings.IndexByte(b, '\n')
+	case []byte:
+		i = bytes.IndexByte(b, '\n')
+	}
 	if i < 1 || b[i-1] != '\r' {
-		return nil, b, false
+		return line, b, false
 	}
 	return b[:i-1], b[i+1:], true
 }

@@ -14,11 +14,12 @@ import (
 // textproto.CanonicalMIMEHeaderKey spells it: token bytes, a letter
 // upper case first and after a hyphen, lower case elsewhere. One table
 // look per byte: the fast transport and the lean loop check every name
-// of every response head with it (docs/benchmarks.md, "Fewer
-// instructions per request").
-func Canonical(name []byte) bool {
+// of every response and request head with it (docs/benchmarks.md,
+// "Fewer instructions per request").
+func Canonical[T string | []byte](name T) bool {
 	at := uint(256) // the first byte, or one after a hyphen: nameByte's upper half
-	for _, c := range name {
+	for i := range len(name) {
+		c := name[i]
 		if !nameByte[at|uint(c)] {
 			return false
 		}

@@ -18,6 +18,9 @@ func TestCanonical(t *testing.T) {
 		if got := Canonical([]byte(name)); got != want {
 			t.Errorf("Canonical(%q) = %v, want %v", name, got, want)
 		}
+		if got := Canonical(name); got != want {
+			t.Errorf("Canonical(string %q) = %v, want %v", name, got, want)
+		}
 	}
 }
 
@@ -141,8 +144,12 @@ func FuzzCanonical(f *testing.F) {
 	f.Add([]byte("Access-Control-Allow-Origin"))
 	f.Add([]byte("Abcdefg-Hijklmn-o"))
 	f.Fuzz(func(t *testing.T, name []byte) {
-		if got, want := Canonical(name), canonicalRef(name); got != want {
+		want := canonicalRef(name)
+		if got := Canonical(name); got != want {
 			t.Errorf("Canonical(%q) = %v, want %v", name, got, want)
+		}
+		if got := Canonical(string(name)); got != want {
+			t.Errorf("Canonical(string %q) = %v, want %v", name, got, want)
 		}
 		if got, want := Token(name), len(name) > 0 && validToken(string(name)); got != want {
 			t.Errorf("Token(%q) = %v, want %v", name, got, want)
