@@ -44,6 +44,37 @@ func TestNewIsUniqueUUIDv4(t *testing.T) {
 	}
 }
 
+// TestNewDigitsRandom: every digit of an ID but the version's and the
+// variant's takes all 16 values over many IDs (a digit written from the
+// wrong bits, or not at all, would not), the version's is always 4 and
+// the variant's takes each of 8, 9, a and b.
+func TestNewDigitsRandom(t *testing.T) {
+	var seen [36]map[byte]bool
+	for i := range seen {
+		seen[i] = map[byte]bool{}
+	}
+	for range 2000 {
+		id := New()
+		for i := range len(id) {
+			seen[i][id[i]] = true
+		}
+	}
+	for i, s := range seen {
+		want := 16
+		switch i {
+		case 8, 13, 18, 23:
+			want = 1 // '-'
+		case 14:
+			want = 1 // '4'
+		case 19:
+			want = 4 // 8, 9, a, b
+		}
+		if len(s) != want {
+			t.Errorf("digit %d took %d values over 2,000 IDs, want %d", i, len(s), want)
+		}
+	}
+}
+
 func BenchmarkNew(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
