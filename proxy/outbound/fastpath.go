@@ -81,8 +81,8 @@ type fconn struct {
 	// wake unblocks the connection's reads and writes when a request's
 	// context ends: made once per connection, not a closure per request.
 	wake func()
-	// keys is writeRequestHead's scratch for sorting header keys.
-	keys []string
+	// fields is writeRequestHead's scratch for sorting header fields.
+	fields []headerField
 	// dl is the deadline the connection's reads and writes have, as set
 	// by setDeadline (zero: none). It stays when the connection goes
 	// idle, and the next request's send replaces it: one deadline change
@@ -234,7 +234,7 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	// The head goes out with the first read of the answer (fconn.Read).
 	c.out.Reset()
 	var own bool
-	if c.keys, own = writeRequestHead(&c.out, req, c.keys); !own {
+	if c.fields, own = writeRequestHead(&c.out, req, c.fields); !own {
 		if err := req.Write(&c.out); err != nil {
 			stop()
 			c.Close()

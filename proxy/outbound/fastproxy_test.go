@@ -501,9 +501,13 @@ func TestWithRequestID(t *testing.T) {
 		{"the name in a value stays", "A: X-Request-Id: v\r\nX-Request-Id: up\r\n", "A: X-Request-Id: v\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := withRequestID([]byte(tc.in), id)
-			if want := tc.want + "X-Request-Id: " + id + "\r\n"; string(got) != want {
-				t.Errorf("withRequestID(%q) = %q, want %q", tc.in, got, want)
+			// has as readResponseHead notes it; true is always safe.
+			has := strings.HasPrefix(tc.in, "X-Request-Id:") || strings.Contains(tc.in, "\nX-Request-Id:")
+			for _, has := range []bool{has, true} {
+				got := withRequestID([]byte(tc.in), has, id)
+				if want := tc.want + "X-Request-Id: " + id + "\r\n"; string(got) != want {
+					t.Errorf("withRequestID(%q, %v) = %q, want %q", tc.in, has, got, want)
+				}
 			}
 		})
 	}

@@ -36,28 +36,35 @@ func reqWriteExclude(k string) bool {
 	return false
 }
 
+// headerField is a header's key and values, sorted by key for the wire
+// as they came out of the map: no second look-up of each key.
+type headerField struct {
+	key    string
+	values []string
+}
+
 // writeRequestHead writes the head of req, a bodiless request, as
-// req.Write(b) would, sorting header keys in keys (scratch, returned for
-// reuse). It reports false, having written nothing, for a request it
+// req.Write(b) would, sorting header fields in fields (scratch, returned
+// for reuse). It reports false, having written nothing, for a request it
 // leaves to req.Write: an opaque URL, a host to convert to Punycode, a
 // header value to sanitize, a Close or TransferEncoding field.
-func writeRequestHead(b *bytes.Buffer, req *http.Request, keys []string) ([]string, bool) {
+func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField) ([]headerField, bool) {
 	if req.URL == nil || req.URL.Opaque != "" || req.Close || len(req.TransferEncoding) > 0 || req.Trailer != nil ||
 		req.ContentLength != 0 {
-		return keys, false
+		return fields, false
 	}
 	host := req.Host
 	if host == "" {
 		host = req.URL.Host
 	}
 	if !isASCII(host) {
-		return keys, false
+		return fields, false
 	}
 	if !httpguts.ValidHostHeader(host) {
 		host = "" // as Request.Write does: an invalid Host is not sent
 	}
 	if strings.HasPrefix(host, "[") && strings.Contains(host, "%") {
-		return keys, false // a zone to remove
+		return fields, false // a zone to remove
 	}
 	path := req.URL.EscapedPath()
 	if path == "" {
@@ -65,7 +72,7 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, keys []string) ([]stri
 	}
 	query := req.URL.ForceQuery || req.URL.RawQuery != ""
 	if ctlByte(path) || ctlByte(req.URL.RawQuery) {
-		return keys, false // Request.Write's error
+		return fields, false // Request.Write's error
 	}
 	ua, hasUA := defaultUserAgent, false
 	if v, ok := req.Header["User-Agent"]; ok {
@@ -74,7 +81,7 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, keys []string) ([]stri
 			ua = v[0]
 		}
 	}
-	keys = keys[:0]
+	fields = fields[:0]
 	for k, vv := range req.Header {
 		if reqWriteExclude(k) {
 			continue
@@ -84,15 +91,17 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, keys []string) ([]stri
 		}
 		for _, v := range vv {
 			if field.HasLineBreak(v) {
-				return keys, false
+				clear(fields)
+				return fields, false
 			}
 		}
-		keys = append(keys, k)
+		fields = append(fields, headerField{k, vv})
 	}
 	if hasUA && field.HasLineBreak(ua) {
-		return keys, false
+		clear(fields)
+		return fields, false
 	}
-	slices.Sort(keys)
+	slices.SortFunc(fields, func(a, b headerField) int { return strings.Compare(a.key, b.key) })
 
 	method := req.Method
 	if method == "" {
@@ -116,9 +125,9 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, keys []string) ([]stri
 		w = append(w, textproto.TrimString(ua)...)
 		w = append(w, "\r\n"...)
 	}
-	for _, k := range keys {
-		for _, v := range req.Header[k] {
-			w = append(w, k...)
+	for _, f := range fields {
+		for _, v := range f.values {
+			w = append(w, f.key...)
 			w = append(w, ": "...)
 			w = append(w, textproto.TrimString(v)...)
 			w = append(w, "\r\n"...)
@@ -126,7 +135,8 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, keys []string) ([]stri
 	}
 	w = append(w, "\r\n"...)
 	b.Write(w)
-	return keys, true
+	clear(fields) // no request's values outlive it (here, and where it declines)
+	return fields, true
 }
 
 func isASCII(s string) bool {
@@ -159,6 +169,9 @@ type respScratch struct {
 	// facts are the lines' facts, noted as they were checked, for
 	// leanhttp's SetCheckedRawHeader.
 	facts field.Facts
+	// hasID says the head has an X-Request-Id line, spelled so (the only
+	// spelling lines take), for withRequestID to drop.
+	hasID bool
 }
 
 // fastResponse is a response read by readResponseHead, with its body.
@@ -217,7 +230,7 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool, sc *respScr
 	n := 0
 	cl := int64(-1)
 	spelled := true // every line "Name: value" already, as lines would be
-	sc.facts = field.Facts{}
+	sc.facts, sc.hasID = field.Facts{}, false
 	for {
 		e := bytes.IndexByte(rest, '\n')
 		if e < 1 || rest[e-1] != '\r' {
@@ -256,6 +269,8 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool, sc *respScr
 			cl = length
 		case hopField:
 			raw = false
+		case requestIDLine:
+			sc.hasID = true
 		}
 		if !canonical || raw && !sc.facts.Note(key, v) {
 			raw = false
@@ -361,6 +376,7 @@ const (
 	declined               // Connection, Transfer-Encoding, Trailer, Pragma, in any case: http.ReadResponse's
 	contentLength          // in any case
 	hopField               // another hop-by-hop name (hopHeaders), spelled canonically: kept out of lines
+	requestIDLine          // X-Request-Id, spelled so: the one lines may hold, which the answer's replaces
 )
 
 // nameOf is key's respName: by its length first, then one or two
@@ -389,6 +405,10 @@ func nameOf(key []byte) respName {
 		}
 		if string(key) == "Keep-Alive" {
 			return hopField
+		}
+	case 12:
+		if string(key) == requestIDKey {
+			return requestIDLine
 		}
 	case 14:
 		if field.EqualFold(key, "Content-Length") {

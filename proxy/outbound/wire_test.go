@@ -199,6 +199,10 @@ func compareResponseHead(t *testing.T, method string, raw []byte, asLines bool) 
 				t.Errorf("line %q is one SetRawHeader declines", line)
 			}
 		}
+		// hasID, noted as read, is whether a line is X-Request-Id's.
+		if has := bytes.HasPrefix(lines, requestIDName) || bytes.Contains(lines, []byte("\n"+requestIDKey+":")); has != sc.hasID {
+			t.Errorf("hasID noted as read %v, of the lines %v", sc.hasID, has)
+		}
 		if facts != sc.facts {
 			t.Errorf("facts noted as read %+v, of the lines %+v", sc.facts, facts)
 		}
@@ -273,6 +277,8 @@ func FuzzReadResponseHead(f *testing.F) {
 	f.Add(true, []byte("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"))
 	f.Add(false, []byte("HTTP/1.1 204 No Content\r\nX-Request-Id: a\r\nx-request-id: b\r\n\r\n"))
 	f.Add(false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"))
+	f.Add(false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Request-Id: up\r\nDate: x\r\n\r\n"))
+	f.Add(true, []byte("HTTP/1.1 200 OK\r\nX-Request-Id: up\r\nContent-Length: 0\r\n\r\n"))
 	f.Add(false, []byte("HTTP/1.1 200 OK\r\nX: ab\nContent-Length: 0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, head bool, raw []byte) {
 		method := http.MethodGet
@@ -348,7 +354,10 @@ func TestNameOf(t *testing.T) {
 			t.Errorf("nameOf(%q) = %d, want contentLength", k, got)
 		}
 	}
-	for _, k := range []string{"Content-Type", "Date", "X-Request-Id", "Tf", "Upgrades", "Keep-Alivf", "Proxy-Authorisation", "Proxy-Connections", ""} {
+	if got := nameOf([]byte(requestIDKey)); got != requestIDLine {
+		t.Errorf("nameOf(%q) = %d, want requestIDLine", requestIDKey, got)
+	}
+	for _, k := range []string{"Content-Type", "Date", "x-request-id", "X-Request-ID", "X-Request-Ix", "Tf", "Upgrades", "Keep-Alivf", "Proxy-Authorisation", "Proxy-Connections", ""} {
 		if got := nameOf([]byte(k)); got != plainName {
 			t.Errorf("nameOf(%q) = %d, want plain", k, got)
 		}
@@ -365,6 +374,25 @@ func TestIDLine(t *testing.T) {
 	} {
 		if got := idLine(id); got != want {
 			t.Errorf("idLine(%q) = %v, want %v", id, got, want)
+		}
+	}
+}
+
+// TestWriteRequestHeadKeepsNothing: the sorting scratch, kept on an idle
+// upstream connection, holds none of a request's fields after it is
+// written or declined.
+func TestWriteRequestHeadKeepsNothing(t *testing.T) {
+	for _, h := range []http.Header{
+		{"A": {"1"}, "B": {"2"}, "C": {"3"}},
+		{"A": {"1"}, "B": {"2\r\nX: y"}, "C": {"3"}}, // declined
+	} {
+		req := &http.Request{Method: "GET", URL: &url.URL{Path: "/"}, Host: "a", Header: h}
+		var b bytes.Buffer
+		fields, _ := writeRequestHead(&b, req, make([]headerField, 0, 8))
+		for i, f := range fields[:cap(fields)] {
+			if f.key != "" || f.values != nil {
+				t.Errorf("scratch field %d after %v: %+v", i, h, f)
+			}
 		}
 	}
 }
