@@ -61,7 +61,7 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		if !(idLine(st.id) && rs.SetCheckedRawHeader(st.raw, st.wire.facts)) && !rs.SetRawHeader(st.raw) {
 			addLines(dst, st.raw) // not of its form: never, from wire.go
 		}
-		stream = res.ContentLength == -1 || eventStreamLines(st.raw)
+		stream = res.ContentLength == -1 || st.wire.eventStream
 	} else {
 		removeHopByHop(res.Header, nil)
 		if err := modifyResponse(res); err != nil {
@@ -188,18 +188,6 @@ func withRequestID(lines []byte, has bool, id string) []byte {
 	lines = append(lines, ' ')
 	lines = append(lines, id...)
 	return append(lines, '\r', '\n')
-}
-
-// rawValue is the value of the first of lines named name (canonical).
-func rawValue(lines []byte, name string) []byte {
-	for rest := lines; len(rest) > 0; {
-		line, after, _ := bytes.Cut(rest, crlf)
-		rest = after
-		if len(line) > len(name) && line[len(name)] == ':' && string(line[:len(name)]) == name {
-			return field.TrimOWS(line[len(name)+1:])
-		}
-	}
-	return nil
 }
 
 // toOutbound makes the app's request header, in place, the header of the
@@ -346,10 +334,11 @@ func eventStream(ct string) bool {
 	return mt == sse
 }
 
-// eventStreamLines is eventStream for the Content-Type of header lines:
-// a string made only for one that could be an event stream.
-func eventStreamLines(lines []byte) bool {
-	ct := bytes.TrimSpace(rawValue(lines, "Content-Type")) // Unicode's white space, as strings.TrimSpace
+// eventStreamValue is eventStream for a Content-Type value read as
+// bytes (readResponseHead's): a string made only for one that could be
+// an event stream.
+func eventStreamValue(ct []byte) bool {
+	ct = bytes.TrimSpace(ct) // Unicode's white space, as strings.TrimSpace
 	return len(ct) >= len(sse) && field.EqualFold(ct[:len(sse)], sse) && eventStream(string(ct))
 }
 

@@ -172,6 +172,9 @@ type respScratch struct {
 	// hasID says the head has an X-Request-Id line, spelled so (the only
 	// spelling lines take), for withRequestID to drop.
 	hasID bool
+	// eventStream says its first Content-Type line, spelled so, is
+	// server-sent events': the answer is then streamed.
+	eventStream bool
 }
 
 // fastResponse is a response read by readResponseHead, with its body.
@@ -230,7 +233,8 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool, sc *respScr
 	n := 0
 	cl := int64(-1)
 	spelled := true // every line "Name: value" already, as lines would be
-	sc.facts, sc.hasID = field.Facts{}, false
+	sc.facts, sc.hasID, sc.eventStream = field.Facts{}, false, false
+	sawType := false
 	for {
 		e := bytes.IndexByte(rest, '\n')
 		if e < 1 || rest[e-1] != '\r' {
@@ -271,6 +275,10 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool, sc *respScr
 			raw = false
 		case requestIDLine:
 			sc.hasID = true
+		case contentTypeLine:
+			if !sawType {
+				sawType, sc.eventStream = true, eventStreamValue(v)
+			}
 		}
 		if !canonical || raw && !sc.facts.Note(key, v) {
 			raw = false
@@ -372,11 +380,12 @@ var statusLines = func() (lines [600]string) {
 type respName uint8
 
 const (
-	plainName     respName = iota
-	declined               // Connection, Transfer-Encoding, Trailer, Pragma, in any case: http.ReadResponse's
-	contentLength          // in any case
-	hopField               // another hop-by-hop name (hopHeaders), spelled canonically: kept out of lines
-	requestIDLine          // X-Request-Id, spelled so: the one lines may hold, which the answer's replaces
+	plainName       respName = iota
+	declined                 // Connection, Transfer-Encoding, Trailer, Pragma, in any case: http.ReadResponse's
+	contentLength            // in any case
+	hopField                 // another hop-by-hop name (hopHeaders), spelled canonically: kept out of lines
+	requestIDLine            // X-Request-Id, spelled so: the one lines may hold, which the answer's replaces
+	contentTypeLine          // Content-Type, spelled so: whether the answer is an event stream
 )
 
 // nameOf is key's respName: by its length first, then one or two
@@ -407,8 +416,11 @@ func nameOf(key []byte) respName {
 			return hopField
 		}
 	case 12:
-		if string(key) == requestIDKey {
+		switch string(key) {
+		case requestIDKey:
 			return requestIDLine
+		case "Content-Type":
+			return contentTypeLine
 		}
 	case 14:
 		if field.EqualFold(key, "Content-Length") {

@@ -199,6 +199,18 @@ func compareResponseHead(t *testing.T, method string, raw []byte, asLines bool) 
 				t.Errorf("line %q is one SetRawHeader declines", line)
 			}
 		}
+		// eventStream, noted as read, is what the first Content-Type
+		// line says.
+		var stream bool
+		for _, line := range bytes.SplitAfter(lines, crlf) {
+			if v, ok := bytes.CutPrefix(line, []byte("Content-Type:")); ok {
+				stream = eventStream(strings.TrimSpace(string(v)))
+				break
+			}
+		}
+		if stream != sc.eventStream {
+			t.Errorf("eventStream noted as read %v, of the lines %v", sc.eventStream, stream)
+		}
 		// hasID, noted as read, is whether a line is X-Request-Id's.
 		if has := bytes.HasPrefix(lines, requestIDName) || bytes.Contains(lines, []byte("\n"+requestIDKey+":")); has != sc.hasID {
 			t.Errorf("hasID noted as read %v, of the lines %v", sc.hasID, has)
@@ -279,6 +291,8 @@ func FuzzReadResponseHead(f *testing.F) {
 	f.Add(false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"))
 	f.Add(false, []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Request-Id: up\r\nDate: x\r\n\r\n"))
 	f.Add(true, []byte("HTTP/1.1 200 OK\r\nX-Request-Id: up\r\nContent-Length: 0\r\n\r\n"))
+	f.Add(false, []byte("HTTP/1.1 200 OK\r\nDate: x\r\nContent-Type: Text/Event-Stream; charset=utf-8\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n"))
+	f.Add(false, []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Type: text/event-stream\r\nContent-Length: 0\r\n\r\n"))
 	f.Add(false, []byte("HTTP/1.1 200 OK\r\nX: ab\nContent-Length: 0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, head bool, raw []byte) {
 		method := http.MethodGet
@@ -357,7 +371,10 @@ func TestNameOf(t *testing.T) {
 	if got := nameOf([]byte(requestIDKey)); got != requestIDLine {
 		t.Errorf("nameOf(%q) = %d, want requestIDLine", requestIDKey, got)
 	}
-	for _, k := range []string{"Content-Type", "Date", "x-request-id", "X-Request-ID", "X-Request-Ix", "Tf", "Upgrades", "Keep-Alivf", "Proxy-Authorisation", "Proxy-Connections", ""} {
+	if got := nameOf([]byte("Content-Type")); got != contentTypeLine {
+		t.Errorf("nameOf(Content-Type) = %d, want contentTypeLine", got)
+	}
+	for _, k := range []string{"content-type", "Content-type", "Date", "x-request-id", "X-Request-ID", "X-Request-Ix", "Tf", "Upgrades", "Keep-Alivf", "Proxy-Authorisation", "Proxy-Connections", ""} {
 		if got := nameOf([]byte(k)); got != plainName {
 			t.Errorf("nameOf(%q) = %d, want plain", k, got)
 		}
