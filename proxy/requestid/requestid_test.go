@@ -1,6 +1,8 @@
 package requestid
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"regexp"
 	"strings"
 	"testing"
@@ -71,6 +73,25 @@ func TestNewDigitsRandom(t *testing.T) {
 		}
 		if len(s) != want {
 			t.Errorf("digit %d took %d values over 2,000 IDs, want %d", i, len(s), want)
+		}
+	}
+}
+
+// TestUUIDDigits holds uuid to fmt's hex of the same bits: every bit of
+// the two words but the version's four and the variant's two lands in
+// its place, once.
+func TestUUIDDigits(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	words := [][2]uint64{{0, 0}, {^uint64(0), ^uint64(0)}, {0x0123456789abcdef, 0xfedcba9876543210}}
+	for range 1000 {
+		words = append(words, [2]uint64{r.Uint64(), r.Uint64()})
+	}
+	for _, w := range words {
+		a, b := w[0], w[1]
+		want := fmt.Sprintf("%08x-%04x-%04x-%04x-%012x", a>>32, a>>16&0xffff, a&0x0fff|0x4000,
+			b>>48&0x3fff|0x8000, b&0xffffffffffff)
+		if got := uuid(a, b); got != want {
+			t.Fatalf("uuid(%#x, %#x) = %s, want %s", a, b, got, want)
 		}
 	}
 }
