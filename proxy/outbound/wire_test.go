@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"reflect"
@@ -309,14 +310,19 @@ func FuzzReadResponseHead(f *testing.F) {
 // lines, than most.
 func dirtyScratch(t *testing.T) *respScratch {
 	t.Helper()
+	// (Its notes set, as a later head's must not find them.)
 	const head = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 3\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n" +
-		"Set-Cookie: a=b\r\nX-D: 4\r\nX-E: a rather long value that takes room\r\n\r\nabc"
+		"Set-Cookie: a=b\r\nX-D: 4\r\nX-E: a rather long value that takes room\r\nX-Request-Id: z\r\n" +
+		"Content-Type: text/event-stream\r\n\r\nabc"
 	sc := new(respScratch)
 	br := bufio.NewReader(strings.NewReader(head))
 	_, _ = br.Peek(1)
 	fr, lines := readResponseHead(br, &http.Request{Method: "GET"}, true, sc)
 	if fr == nil || lines == nil {
 		t.Fatalf("readResponseHead(%q) declined, or not as lines", head)
+	}
+	if !sc.hasID || !sc.eventStream {
+		t.Fatalf("readResponseHead(%q) noted no X-Request-Id or no event stream", head)
 	}
 	fr.lb = lengthBody{br: br, left: 3}
 	fr.body = fastBody{ReadCloser: &fr.lb}
@@ -399,16 +405,25 @@ func TestIDLine(t *testing.T) {
 // upstream connection, holds none of a request's fields after it is
 // written or declined.
 func TestWriteRequestHeadKeepsNothing(t *testing.T) {
-	for _, h := range []http.Header{
-		{"A": {"1"}, "B": {"2"}, "C": {"3"}},
-		{"A": {"1"}, "B": {"2\r\nX: y"}, "C": {"3"}}, // declined
-	} {
-		req := &http.Request{Method: "GET", URL: &url.URL{Path: "/"}, Host: "a", Header: h}
-		var b bytes.Buffer
-		fields, _ := writeRequestHead(&b, req, make([]headerField, 0, 8))
-		for i, f := range fields[:cap(fields)] {
-			if f.key != "" || f.values != nil {
-				t.Errorf("scratch field %d after %v: %+v", i, h, f)
+	good := http.Header{}
+	for _, k := range []string{"A", "B", "C", "D", "E", "F", "G", "H"} {
+		good[k] = []string{"1"}
+	}
+	badValue := maps.Clone(good)
+	badValue["Bad"] = []string{"2\r\nX: y"}
+	badUA := maps.Clone(good)
+	badUA["User-Agent"] = []string{"a\r\nb"}
+	for _, h := range []http.Header{good, badValue, badUA} {
+		// Twenty times: the map's order decides how many fields come
+		// before the declined one.
+		for range 20 {
+			req := &http.Request{Method: "GET", URL: &url.URL{Path: "/"}, Host: "a", Header: h}
+			var b bytes.Buffer
+			fields, _ := writeRequestHead(&b, req, make([]headerField, 0, 16))
+			for i, f := range fields[:cap(fields)] {
+				if f.key != "" || f.values != nil {
+					t.Fatalf("scratch field %d after %v: %+v", i, h, f)
+				}
 			}
 		}
 	}
