@@ -141,6 +141,7 @@ func tcpStall(c net.Conn) (bool, string) {
 	if err != nil {
 		return false, err.Error()
 	}
+	client, sidecar := [2]string{procAddr(local), procAddr(remote)}, [2]string{procAddr(remote), procAddr(local)}
 	sent, unread := int64(-1), int64(-1)
 	for _, line := range strings.Split(string(b), "\n")[1:] {
 		f := strings.Fields(line)
@@ -149,9 +150,9 @@ func tcpStall(c net.Conn) (bool, string) {
 		}
 		tx, rx, _ := strings.Cut(f[4], ":")
 		switch [2]string{f[1], f[2]} {
-		case [2]string{procAddr(local), procAddr(remote)}:
+		case client:
 			sent, _ = strconv.ParseInt(tx, 16, 64)
-		case [2]string{procAddr(remote), procAddr(local)}:
+		case sidecar:
 			unread, _ = strconv.ParseInt(rx, 16, 64)
 		}
 	}
