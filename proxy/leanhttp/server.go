@@ -428,10 +428,11 @@ func (c *conn) serve() {
 
 		req.RemoteAddr = c.remote
 		w := &c.l.resp
+		connection := field.Get(req.Header, "Connection") // one look, for both
 		*w = response{
 			c: c, req: req, contentLength: -1,
-			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(field.Get(req.Header, "Connection"), "keep-alive"),
-			wantsClose:       req.Close || hasToken(field.Get(req.Header, "Connection"), "close"),
+			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(connection, "keep-alive"),
+			wantsClose:       req.Close || hasToken(connection, "close"),
 		}
 		c.amu.Lock()
 		c.after, c.ended = nil, false
