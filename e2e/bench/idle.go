@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/internal/refused"
 )
 
 // This file holds the fast-fail runs (a destination whose breaker is
@@ -25,8 +25,10 @@ import (
 // (deadPolicy) opens the breaker at the first failure for an hour.
 const deadHostPort = "bench-dead:80"
 
+// deadAddr is held (refused.Hold) for the harness's whole run: a port
+// freed after a look could be taken by another process's listener.
 var deadAddr = sync.OnceValue(func() string {
-	a, err := proc.FreeAddr()
+	a, _, err := refused.Hold()
 	if err != nil {
 		return "127.0.0.1:9"
 	}

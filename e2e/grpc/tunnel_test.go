@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/internal/refused"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -139,11 +139,7 @@ func TestHTTPSProxyTunnel(t *testing.T) {
 // the breaker is open and the fourth tunnel is refused at once
 // (circuit-open). grpc-go sees UNAVAILABLE each time.
 func TestHTTPSProxyTunnelDeadPort(t *testing.T) {
-	dead, err := proc.FreeAddrs(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := startSidecar(t, dead[0], breakerPolicy)
+	s := startSidecar(t, refused.Addr(t), breakerPolicy)
 	for i, c := range proxyClient(t, s, 4, true) {
 		if c != "Unavailable" {
 			t.Errorf("call %d to a dead port: %s, want Unavailable", i+1, c)

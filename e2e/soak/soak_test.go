@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/refused"
 )
 
 const (
@@ -84,7 +86,7 @@ func TestSoak(t *testing.T) {
 		"svc-slow:8000":    serveHTTP(t, slowUpstream),
 		"svc-hang:8000":    serveHTTP(t, hangUpstream),
 		"svc-reset:8000":   serveRaw(t, resetMidResponse).ln.Addr().String(),
-		"svc-refused:8000": refusedAddr(t),
+		"svc-refused:8000": refused.Addr(t),
 	}
 	turnCtx, stopTurn := context.WithCancel(context.Background())
 	turn := startTurn(t, turnCtx, 2*time.Second)

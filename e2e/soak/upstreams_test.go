@@ -119,18 +119,6 @@ func resetMidResponse(c net.Conn) {
 	_ = c.(*net.TCPConn).SetLinger(0)
 }
 
-// refusedAddr is a loopback address where nothing listens.
-func refusedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // Modes of the upstream that misbehaves in turn.
 const (
 	turnOK = iota

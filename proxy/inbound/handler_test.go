@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/refused"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -323,9 +324,7 @@ func TestServeTCP(t *testing.T) {
 			}()
 		}
 	}()
-	dead, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadAddr := netip.MustParseAddrPort(dead.Addr().String())
-	dead.Close()
+	deadAddr := netip.MustParseAddrPort(refused.Addr(t))
 	echoAddr := netip.MustParseAddrPort(echo.Addr().String())
 	own := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), wellknown.AdminPort)
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/refused"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/leanhttp"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -74,12 +75,7 @@ func proxyGET(b *testing.B, serve func(http.Handler) string) {
 // with BenchmarkDirectGET for what the fast fail adds. The policy is the
 // benchmark harness's dead destination (e2e/bench/idle.go).
 func BenchmarkFastFail(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close() // nothing listens there: the first request fails to connect
+	dead := refused.Addr(b) // the first request fails to connect
 	pols, err := policy.Decode("p.yaml", []byte("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: bench-dead}\n"+
 		"spec:\n  service: bench-dead\n  timeout: 5s\n  circuitBreaker: {consecutiveFailures: 1, openTimeout: 1h, halfOpenRequests: 1, failOn: [connect-failure]}\n"))
 	if err != nil {

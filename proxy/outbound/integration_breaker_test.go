@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/refused"
 )
 
 // fastFail bounds the sidecar's own answer to a request its open breaker
@@ -46,7 +48,7 @@ circuitBreaker:
 			return failing{addr, hits.Load, http.StatusBadGateway, "reset"}
 		}},
 		{"connect-refused", pol, func(t *testing.T) failing {
-			return failing{refusedAddr(t), func() int64 { return 0 }, http.StatusBadGateway, "connect-failure"}
+			return failing{refused.Addr(t), func() int64 { return 0 }, http.StatusBadGateway, "connect-failure"}
 		}},
 	}
 	for _, tc := range cases {

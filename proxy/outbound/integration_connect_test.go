@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/refused"
 )
 
 const secure = "payments-service:443"
@@ -81,7 +83,7 @@ func connect(t *testing.T, sc *testSidecar, authority string) (*http.Response, [
 // as tunnels by result, not as requests.
 func TestConnectRefused(t *testing.T) {
 	sc := startSidecar(t, policyDoc("payments", "payments-service", "circuitBreaker: {consecutiveFailures: 3, openTimeout: 30s}"),
-		resolve(refusedAddr(t), secure))
+		resolve(refused.Addr(t), secure))
 	for range 3 {
 		resp, body := connect(t, sc, secure)
 		expectSidecarError(t, resp, body, http.StatusBadGateway, "connect-failure", secure)

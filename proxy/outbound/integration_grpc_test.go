@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/refused"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/outbound"
@@ -230,7 +231,7 @@ func TestGRPCTimeout(t *testing.T) {
 // TestGRPCConnectFailure: an unreachable upstream is UNAVAILABLE from
 // minimesh.
 func TestGRPCConnectFailure(t *testing.T) {
-	sc := startSidecar(t, "", resolve(refusedAddr(t), healthSvc))
+	sc := startSidecar(t, "", resolve(refused.Addr(t), healthSvc))
 	c := grpcClient(t, sc, healthSvc)
 	_, err := check(c, 5*time.Second)
 	if grpcstatus.Code(err) != codes.Unavailable || !strings.Contains(grpcstatus.Convert(err).Message(), "minimesh: cannot connect to "+healthSvc) {

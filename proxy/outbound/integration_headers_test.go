@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/minimesh/minimesh/internal/refused"
 )
 
 // headerRecorder is an upstream that keeps the headers, Host and request
@@ -101,7 +103,7 @@ func ptr[T any](v T) *T { return &v }
 // TestRequestIDOnSidecarAnswers: the sidecar's own error answers carry
 // the request's ID too, kept when valid.
 func TestRequestIDOnSidecarAnswers(t *testing.T) {
-	sc := startSidecar(t, "", resolve(refusedAddr(t), geo))
+	sc := startSidecar(t, "", resolve(refused.Addr(t), geo))
 	req, _ := http.NewRequest(http.MethodGet, "http://"+geo+"/", nil)
 	req.Header.Set("X-Request-ID", "trace-me-7")
 	resp, body := fetch(t, sc.Client(), req)

@@ -332,19 +332,6 @@ func newResetUpstream(t *testing.T) (string, *atomic.Int64) {
 	return addr, &hits
 }
 
-// refusedAddr returns a loopback address where nothing listens: a
-// connection to it is refused.
-func refusedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // fetch sends req and returns the response with its body read.
 func fetch(t *testing.T, c *http.Client, req *http.Request) (*http.Response, []byte) {
 	t.Helper()

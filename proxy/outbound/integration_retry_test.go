@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/refused"
 )
 
 // failTwice answers 503 to the first two requests and 200 "ok" to the
@@ -237,7 +239,11 @@ func itoa(n int) string {
 func TestRetryConnectFailurePOST(t *testing.T) {
 	for _, size := range []int{10 << 10, 512 << 10} {
 		t.Run(itoa(size), func(t *testing.T) {
-			addr := refusedAddr(t)
+			addr, release, err := refused.Hold()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(release)
 			sc := startSidecar(t, policyDoc("geo", "geo-service", `
 retries:
   attempts: 10
@@ -268,6 +274,7 @@ circuitBreaker: {consecutiveFailures: 20}
 				}
 				time.Sleep(time.Millisecond)
 			}
+			release() // now a listener may take the port
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				t.Fatalf("re-listening on %s: %v", addr, err)

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/refused"
 )
 
 // TestTimeoutWholeRequest: an upstream that never answers gets 504
@@ -121,7 +123,7 @@ func TestClientGoneMidBody(t *testing.T) {
 // TestConnectFailure: an upstream that refuses connections gets 502
 // connect-failure with a JSON body naming it.
 func TestConnectFailure(t *testing.T) {
-	sc := startSidecar(t, "", resolve(refusedAddr(t), geo))
+	sc := startSidecar(t, "", resolve(refused.Addr(t), geo))
 	resp, body := get(t, sc.Client(), "http://"+geo+"/")
 	e := expectSidecarError(t, resp, body, http.StatusBadGateway, "connect-failure", geo)
 	if !uuidRE.MatchString(e.RequestID) || e.RequestID != resp.Header.Get("X-Request-ID") {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/refused"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/outbound"
@@ -277,7 +278,7 @@ func TestServeTCPRelays(t *testing.T) {
 // TestServeTCPBreaker: refused connects open the breaker on the Nth; then
 // connections are reset at once without a dial, counted as rejected.
 func TestServeTCPBreaker(t *testing.T) {
-	down := refusedAddr(t)
+	down := refused.Addr(t)
 	r := newRig(t, policyDoc("all", "*", "circuitBreaker:\n  consecutiveFailures: 2\n  openTimeout: 60s"), 0)
 	addr := r.tcpListener(outbound.TCPConn{Original: netip.MustParseAddrPort(down), Protocol: "unknown"})
 	for i := range 3 {
