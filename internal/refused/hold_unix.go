@@ -17,11 +17,18 @@ import (
 // release may be called more than once: the socket is closed once (a
 // second close could close another file given the same number).
 func Hold() (addr string, release func(), err error) {
+	// Under ForkLock, as package net makes its sockets where it cannot ask
+	// for close-on-exec at once: a process started in between (tests start
+	// sidecars) would inherit the socket and keep the port past release.
+	syscall.ForkLock.RLock()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fd)
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		return "", nil, fmt.Errorf("refused: socket: %w", err)
 	}
-	syscall.CloseOnExec(fd)
 	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
 		syscall.Close(fd)
 		return "", nil, fmt.Errorf("refused: bind 127.0.0.1:0: %w", err)
