@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/refused"
 )
 
 // The upstreams of the soak, all on loopback in the test process. Each
@@ -131,7 +133,7 @@ const (
 
 // turnUpstream changes its behaviour every period, through every mode:
 // normal, reset mid-response, headers then hang, slow body, and refusing
-// connections (its listener closed).
+// connections (its listener closed, its port held).
 type turnUpstream struct {
 	addr string
 	mode atomic.Int32
@@ -139,6 +141,9 @@ type turnUpstream struct {
 	mu  sync.Mutex
 	ln  net.Listener
 	srv *http.Server
+	// hold keeps the port in the refused turn (refused.HoldPort); the
+	// turning goroutine's, then the cleanup's.
+	hold func()
 }
 
 func startTurn(t *testing.T, ctx context.Context, period time.Duration) *turnUpstream {
@@ -162,22 +167,37 @@ func startTurn(t *testing.T, ctx context.Context, period time.Duration) *turnUps
 			u.mode.Store(m)
 			switch {
 			case m == turnRefused:
+				// The port stays the upstream's while nothing listens:
+				// another test binary's listener took a freed one once,
+				// and its 404s were counted as this upstream's answers.
+				release, err := refused.HoldPort(u.addr)
+				if err != nil {
+					t.Errorf("refused turn: %v", err)
+					return
+				}
+				u.hold = release
 				u.close()
 			case m == 0:
-				// Listen again on the same port (the kernel lets a
-				// closed listener's port go at once on loopback).
-				for i := 0; i < 50 && u.listen(u.addr) != nil; i++ {
-					time.Sleep(10 * time.Millisecond)
+				if err := u.listen(u.addr); err != nil {
+					t.Errorf("listen again on %s: %v", u.addr, err)
+					return
 				}
+				u.hold()
 			}
 		}
 	}()
-	t.Cleanup(func() { <-done; u.close() })
+	t.Cleanup(func() {
+		<-done
+		u.close()
+		if u.hold != nil {
+			u.hold()
+		}
+	})
 	return u
 }
 
 func (u *turnUpstream) listen(addr string) error {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := refused.Listen(addr)
 	if err != nil {
 		return err
 	}

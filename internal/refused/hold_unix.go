@@ -17,17 +17,9 @@ import (
 // release may be called more than once: the socket is closed once (a
 // second close could close another file given the same number).
 func Hold() (addr string, release func(), err error) {
-	// Under ForkLock, as package net makes its sockets where it cannot ask
-	// for close-on-exec at once: a process started in between (tests start
-	// sidecars) would inherit the socket and keep the port past release.
-	syscall.ForkLock.RLock()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err == nil {
-		syscall.CloseOnExec(fd)
-	}
-	syscall.ForkLock.RUnlock()
+	fd, err := socket()
 	if err != nil {
-		return "", nil, fmt.Errorf("refused: socket: %w", err)
+		return "", nil, err
 	}
 	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
 		syscall.Close(fd)
@@ -46,4 +38,21 @@ func Hold() (addr string, release func(), err error) {
 	ap := netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port))
 	var once sync.Once
 	return ap.String(), func() { once.Do(func() { syscall.Close(fd) }) }, nil
+}
+
+// socket makes a TCP socket, close-on-exec. Under ForkLock, as package
+// net makes its sockets where it cannot ask for close-on-exec at once: a
+// process started in between (tests start sidecars) would inherit the
+// socket and keep the port past release.
+func socket() (int, error) {
+	syscall.ForkLock.RLock()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fd)
+	}
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		return 0, fmt.Errorf("refused: socket: %w", err)
+	}
+	return fd, nil
 }
