@@ -193,12 +193,14 @@ func TestPeerConfigs(t *testing.T) {
 	if nginx, err := tools.Find("nginx"); err != nil {
 		t.Logf("nginx config not checked: %v", err)
 	} else {
-		conf := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(conf, []byte(nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2, peerConns)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := runCmd(ctx, nginx, "-t", "-q", "-e", "stderr", "-p", dir, "-c", conf); err != nil {
-			t.Errorf("nginx -t: %v\n%s", err, out)
+		for _, logged := range []bool{false, true} {
+			conf := filepath.Join(dir, "nginx.conf")
+			if err := os.WriteFile(conf, []byte(nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2, peerConns, logged)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := runCmd(ctx, nginx, "-t", "-q", "-e", "stderr", "-p", dir, "-c", conf); err != nil {
+				t.Errorf("nginx -t (access log %v): %v\n%s", logged, err, out)
+			}
 		}
 	}
 	if haproxy, err := tools.Find("haproxy"); err != nil {

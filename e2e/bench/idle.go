@@ -181,7 +181,7 @@ func (r *report) measureIdleConns(ctx context.Context, ps *procs, dir, upstream 
 			fresh, err = startSidecarVariant(ctx, ps, bins.sidecar, d, upstream, o, "", fmt.Sprintf("--max-connections %d", room))
 			cfg = fmt.Sprintf("`--max-connections %d` (default 1024)", room)
 		case keyNginx:
-			fresh, err = startNginx(ctx, ps, bins.nginx, d, upstream, o.workers, room)
+			fresh, err = startNginx(ctx, ps, bins.nginx, d, upstream, o.workers, room, false)
 			cfg = fmt.Sprintf("`worker_connections %d`: its base RSS includes the larger connection table", room)
 		case keyHAProxy:
 			fresh, err = startHAProxy(ctx, ps, bins.haproxy, d, upstream, o.workers, room)

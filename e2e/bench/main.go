@@ -241,7 +241,7 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 	}
-	if o.want(keyNginx) {
+	if o.want(keyNginx) || o.want(keyNginxLog) {
 		if nginxBin, err = tools.Find("nginx"); err != nil {
 			return err
 		}
@@ -322,8 +322,14 @@ func run(ctx context.Context, o *options) (err error) {
 		}
 		targets = append(targets, t)
 	}
-	if o.want(keyNginx) {
-		t, err := startNginx(ctx, ps, nginxBin, dir, upstream, o.workers, peerConns)
+	for _, n := range []struct {
+		key    string
+		logged bool
+	}{{keyNginx, false}, {keyNginxLog, true}} {
+		if !o.want(n.key) {
+			continue
+		}
+		t, err := startNginx(ctx, ps, nginxBin, dir, upstream, o.workers, peerConns, n.logged)
 		if err != nil {
 			return err
 		}
