@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -35,8 +36,12 @@ type TracingConfig struct {
 // of requests. A nil *Tracing means tracing is off.
 type Tracing struct {
 	tracer trace.Tracer
-	prop   propagation.TextMapPropagator
-	tp     *sdktrace.TracerProvider
+	// W3C first, then B3 (for apps instrumented with Zipkin-era
+	// libraries): a composite propagator's order, B3's context winning
+	// where a request carries both. Injection writes both, so either
+	// kind of upstream continues.
+	w3c, b3 propagation.TextMapPropagator
+	tp      *sdktrace.TracerProvider
 }
 
 // NewTracing starts the exporter. It does not wait for the collector: a
@@ -73,10 +78,9 @@ func NewTracing(cfg TracingConfig, m *Metrics) (*Tracing, error) {
 	)
 	return &Tracing{
 		tracer: tp.Tracer("github.com/minimesh/minimesh/proxy"),
-		// W3C first; B3 for apps instrumented with Zipkin-era libraries.
-		// Injection writes both, so either kind of upstream continues.
-		prop: propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader))),
-		tp:   tp,
+		w3c:    propagation.TraceContext{},
+		b3:     b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader)),
+		tp:     tp,
 	}, nil
 }
 
@@ -89,8 +93,28 @@ func orDefault(s, d string) string {
 
 // Extract continues the app's trace when its request carries one.
 func (t *Tracing) Extract(ctx context.Context, h http.Header) context.Context {
-	return t.prop.Extract(ctx, propagation.HeaderCarrier(h))
+	if len(h["Traceparent"]) > 0 {
+		ctx = t.w3c.Extract(ctx, headerCarrier(h))
+	}
+	// Without a B3 field the B3 propagator would only note in a new
+	// context that the sampling decision is not deferred, which is what
+	// its absence says: one allocation a request, for nothing.
+	for _, k := range b3Keys {
+		if len(h[k]) > 0 {
+			ctx = t.b3.Extract(ctx, headerCarrier(h))
+			return context.WithValue(ctx, b3Extracted{}, true)
+		}
+	}
+	return ctx
 }
+
+// b3Extracted marks a context the B3 propagator read a request into: it
+// may hold a debug flag or a deferred decision of the caller's, which
+// only that propagator knows how to send on (Inject).
+type b3Extracted struct{}
+
+// b3Keys are the fields the B3 propagator reads, as header map keys.
+var b3Keys = [...]string{"B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Sampled", "X-B3-Flags", "X-B3-Parentspanid"}
 
 // Inject writes the current span's context into an outgoing request, so
 // the upstream's server span hangs under the sidecar's. The B3 fields it
@@ -101,7 +125,41 @@ func (t *Tracing) Inject(ctx context.Context, h http.Header) {
 	for _, k := range staleB3 {
 		delete(h, k)
 	}
-	t.prop.Inject(ctx, propagation.HeaderCarrier(h))
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() || ctx.Value(b3Extracted{}) != nil {
+		t.w3c.Inject(ctx, headerCarrier(h))
+		t.b3.Inject(ctx, headerCarrier(h))
+		return
+	}
+	injectFields(sc, h)
+}
+
+// injectFields writes what the propagators would for sc, a valid span
+// context with no B3 flag of a caller's to send on, in two allocations
+// where they make seven: the four fields' values are one string and its
+// parts, in one slice. TestInjectFieldsAsPropagators holds it to them.
+func injectFields(sc trace.SpanContext, h http.Header) {
+	if ts := sc.TraceState().String(); ts != "" {
+		h["Tracestate"] = []string{ts}
+	}
+	// The W3C flags the specification defines: sampled and random.
+	flags := byte(sc.TraceFlags() & (trace.FlagsSampled | trace.FlagsRandom))
+	tid, sid := sc.TraceID(), sc.SpanID()
+	var b [55]byte // "00-" trace "-" span "-" flags
+	b[0], b[1], b[2] = '0', '0', '-'
+	hex.Encode(b[3:35], tid[:])
+	b[35] = '-'
+	hex.Encode(b[36:52], sid[:])
+	b[52], b[53], b[54] = '-', hexDigits[flags>>4], hexDigits[flags&0xf]
+	tp := string(b[:])
+	sampled := "0"
+	if sc.IsSampled() {
+		sampled = "1"
+	}
+	v := make([]string, 4)
+	v[0], v[1], v[2], v[3] = tp, tp[3:35], tp[36:52], sampled
+	// Capacity one each: an append to one never writes into the next.
+	h["Traceparent"], h["X-B3-Traceid"], h["X-B3-Spanid"], h["X-B3-Sampled"] = v[0:1:1], v[1:2:2], v[2:3:3], v[3:4:4]
 }
 
 // staleB3 are the B3 fields the propagator's multiple-header injection
@@ -110,14 +168,24 @@ var staleB3 = [...]string{"B3", "X-B3-Parentspanid", "X-B3-Flags"}
 
 // Start starts a CLIENT span.
 func (t *Tracing) Start(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if len(attrs) == 0 {
+		return t.tracer.Start(ctx, name, clientKind...)
+	}
 	return t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 }
 
 // StartServer starts a SERVER span: a request into the pod, which the
 // inbound listener received for the app (docs/interception.md, "Inbound").
 func (t *Tracing) StartServer(ctx context.Context, name string) (context.Context, trace.Span) {
-	return t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
+	return t.tracer.Start(ctx, name, serverKind...)
 }
+
+// The options of a span without attributes, made once: an option is an
+// interface value, and one made per span is an allocation.
+var (
+	clientKind = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}
+	serverKind = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
+)
 
 // Shutdown exports what is queued, within ctx.
 func (t *Tracing) Shutdown(ctx context.Context) error {
