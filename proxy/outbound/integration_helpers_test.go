@@ -479,6 +479,8 @@ type accessEntry struct {
 	BytesOut    int64  `json:"bytes_out"`
 	Error       string `json:"error"`
 	GRPCStatus  string `json:"grpc_status"`
+	TraceID     string `json:"trace_id"`
+	SpanID      string `json:"span_id"`
 }
 
 // entries decodes the lines written so far.
