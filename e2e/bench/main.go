@@ -72,6 +72,10 @@ type options struct {
 	extraArgs   string
 	variants    variantFlag
 	jaeger      bool
+	// traceRatio is every sidecar's --trace-sample-ratio (0: tracing
+	// off), with a Jaeger the harness starts as their collector, otlp.
+	traceRatio  float64
+	otlp        string
 	sidecarEnv  string
 	policyFile  string
 	sidecar     string
@@ -104,7 +108,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.scenarios, "scenarios", strings.Join(allKeys, ","), "scenarios to run, from "+strings.Join(allKeys, ",")+" (direct always runs), and "+strings.Join(extraKeys, ",")+" if named (the floor of a Go proxy: docs/benchmarks.md)")
 	fs.StringVar(&o.extraArgs, "extra-args", "", "more arguments for `minimesh-proxy run`, split on spaces (e.g. tracing flags)")
 	fs.Var(&o.variants, "variant", "NAME=ARGS: one more sidecar, measured side by side with the others, with these extra arguments (a leading @PATH is its binary, another build; then leading VAR=value words are its environment); $OTLP in ARGS is the -jaeger collector (repeatable)")
-	fs.BoolVar(&o.jaeger, "jaeger", false, "start Jaeger (memory store, loopback) as the trace collector for the variants' $OTLP")
+	fs.BoolVar(&o.jaeger, "jaeger", false, "start Jaeger (memory store, loopback) as the trace collector for the variants' $OTLP (-trace-ratio above 0 starts it too)")
+	fs.Float64Var(&o.traceRatio, "trace-ratio", 0.01, "tracing of the sidecars on loopback: their --trace-sample-ratio, spans sent to a Jaeger the harness starts (memory store); 0: tracing off. "+
+		"Issue 16's targets are measured with 0.01. Not with -h2, nor for -transparent's sidecars in their namespace")
 	fs.StringVar(&o.sidecarEnv, "sidecar-env", injectedEnv, "environment for the sidecar (and its variants, which may override it), space-separated K=V; the default is what the injector sets with the chart's default CPU limit of one core (docs/annotations.md); empty: Go's defaults")
 	fs.StringVar(&o.policyFile, "policy", "", "policy file for the sidecar (default: a generated policy for the upstream with timeout, retries and circuit breaker)")
 	fs.StringVar(&o.sidecar, "sidecar", "", "minimesh-proxy binary (default: $MINIMESH_BIN_DIR/minimesh-proxy or bin/minimesh-proxy)")
@@ -157,6 +163,11 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("-h2 runs alone: not with -sweep, -http-proxy or -plot")
 	case o.fastFailT < 0:
 		return nil, errors.New("-fastfail-t must be ≥ 0")
+	case o.traceRatio < 0 || o.traceRatio > 1:
+		return nil, errors.New("-trace-ratio must be from 0 to 1")
+	}
+	if o.h2 {
+		o.traceRatio = 0 // the HTTP/2 comparison runs alone, without Jaeger
 	}
 	for _, q := range o.sweep {
 		if q <= 0 {
@@ -294,6 +305,15 @@ func run(ctx context.Context, o *options) (err error) {
 	logf("upstream: fortio echo server on %s", upstream)
 	targets := []*target{{key: keyDirect, name: "direct", addr: upstream,
 		version: "fortio " + rep.fortioVersion, config: "no proxy: fortio → upstream"}}
+	if o.jaeger || o.traceRatio > 0 {
+		j, err := jaeger.Start(jaeger.Options{MaxTraces: 20000})
+		if err != nil {
+			return fmt.Errorf("jaeger: %w", err)
+		}
+		defer j.Stop()
+		o.otlp = j.OTLPAddr
+		logf("jaeger: OTLP on %s", o.otlp)
+	}
 	if o.want(keyMinimesh) {
 		t, err := startSidecar(ctx, ps, sidecarBin, dir, upstream, o)
 		if err != nil {
@@ -304,18 +324,8 @@ func run(ctx context.Context, o *options) (err error) {
 		}
 		targets = append(targets, t)
 	}
-	var otlp string
-	if o.jaeger {
-		j, err := jaeger.Start(jaeger.Options{MaxTraces: 20000})
-		if err != nil {
-			return fmt.Errorf("jaeger: %w", err)
-		}
-		defer j.Stop()
-		otlp = j.OTLPAddr
-		logf("jaeger: OTLP on %s", otlp)
-	}
 	for _, v := range o.variants {
-		args := strings.ReplaceAll(v.args, "$OTLP", otlp)
+		args := strings.ReplaceAll(v.args, "$OTLP", o.otlp)
 		t, err := startSidecarVariant(ctx, ps, sidecarBin, dir, upstream, o, v.name, args)
 		if err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -197,6 +198,12 @@ func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string,
 		"--log-level", "error",
 		"--resolve", proxyHostPort(upstream) + "=" + upstream,
 		"--resolve", deadHostPort + "=" + deadAddr(),
+	}
+	if o.traceRatio > 0 && pl.start == nil {
+		// As the targets are measured: spans at this ratio, sent
+		// to a real collector. Before -extra-args and a variant's own
+		// arguments, which may change them (the last of a flag wins).
+		args = append(args, "--otlp-endpoint", o.otlp, "--trace-sample-ratio", strconv.FormatFloat(o.traceRatio, 'g', -1, 64))
 	}
 	args = append(args, strings.Fields(o.extraArgs)...)
 	argc := len(args)
