@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"net/http"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -35,7 +36,14 @@ type otlpExporter struct {
 	// OutOfRange, Unavailable, DataLoss); the whole export within
 	// timeout.
 	retryFirst, retryMax, retryFor time.Duration
+
+	mu  sync.Mutex
+	buf []byte // the last export's request, its room kept for the next
 }
+
+// maxKeptExport bounds the room an exporter keeps between exports: a
+// batch of 512 of the sidecar's spans encodes to about 200 KB.
+const maxKeptExport = 1 << 20
 
 const otlpExport = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -61,7 +69,15 @@ func (e *otlpExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnl
 	if len(spans) == 0 {
 		return nil
 	}
-	req := appendExportRequest(nil, spans)
+	// One export at a time: the processor's goroutine calls, and the
+	// request is copied into its gRPC frame (grpcwire.Invoke) before the
+	// next can use the room.
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	req := appendExportRequest(e.buf[:0], spans)
+	if cap(req) <= maxKeptExport {
+		e.buf = req
+	}
 	ctx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
 	start, wait := time.Now(), e.retryFirst
@@ -123,36 +139,41 @@ func appendExportRequest(b []byte, spans []sdktrace.ReadOnlySpan) []byte {
 		}
 		sg.spans = append(sg.spans, s)
 	}
-	var rs, ss, tmp []byte
 	for _, rg := range groups {
-		rs = rs[:0]
+		var rs, r int
+		b, rs = protoenc.Open(b, 1) // ResourceSpans
 		// Resource{attributes = 1}
 		res := rg.s.Resource()
-		tmp = tmp[:0]
+		b, r = protoenc.Open(b, 1)
 		for it := res.Iter(); it.Next(); {
-			tmp = protoenc.Message(tmp, 1, appendKeyValue(nil, it.Attribute()))
+			b = appendKeyValue(b, 1, it.Attribute())
 		}
-		rs = protoenc.Message(rs, 1, tmp)
+		b = protoenc.Close(b, r)
 		for _, sg := range rg.scopes {
-			ss = ss[:0]
+			var ss int
+			b, ss = protoenc.Open(b, 2) // ScopeSpans
 			sc := sg.s.InstrumentationScope()
 			if sc.Name != "" || sc.Version != "" || sc.SchemaURL != "" || sc.Attributes.Len() > 0 {
-				var is []byte
-				is = protoenc.String(is, 1, sc.Name)
-				is = protoenc.String(is, 2, sc.Version)
+				var is int
+				b, is = protoenc.Open(b, 1)
+				b = protoenc.String(b, 1, sc.Name)
+				b = protoenc.String(b, 2, sc.Version)
 				for it := sc.Attributes.Iter(); it.Next(); {
-					is = protoenc.Message(is, 3, appendKeyValue(nil, it.Attribute()))
+					b = appendKeyValue(b, 3, it.Attribute())
 				}
-				ss = protoenc.Message(ss, 1, is)
+				b = protoenc.Close(b, is)
 			}
 			for _, s := range sg.spans {
-				ss = protoenc.Message(ss, 2, appendSpan(nil, s))
+				var sp int
+				b, sp = protoenc.Open(b, 2)
+				b = appendSpan(b, s)
+				b = protoenc.Close(b, sp)
 			}
-			ss = protoenc.String(ss, 3, sc.SchemaURL)
-			rs = protoenc.Message(rs, 2, ss)
+			b = protoenc.String(b, 3, sc.SchemaURL)
+			b = protoenc.Close(b, ss)
 		}
-		rs = protoenc.String(rs, 3, res.SchemaURL())
-		b = protoenc.Message(b, 1, rs)
+		b = protoenc.String(b, 3, res.SchemaURL())
+		b = protoenc.Close(b, rs)
 	}
 	return b
 }
@@ -193,31 +214,33 @@ func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 	b = protoenc.Fixed64(b, 7, unixNano(s.StartTime()))
 	b = protoenc.Fixed64(b, 8, unixNano(s.EndTime()))
 	for _, kv := range s.Attributes() {
-		b = protoenc.Message(b, 9, appendKeyValue(nil, kv))
+		b = appendKeyValue(b, 9, kv)
 	}
 	b = protoenc.Uint(b, 10, clampCount(s.DroppedAttributes()))
 	for _, ev := range s.Events() {
-		var e []byte
-		e = protoenc.Fixed64(e, 1, unixNano(ev.Time))
-		e = protoenc.String(e, 2, ev.Name)
+		var e int
+		b, e = protoenc.Open(b, 11)
+		b = protoenc.Fixed64(b, 1, unixNano(ev.Time))
+		b = protoenc.String(b, 2, ev.Name)
 		for _, kv := range ev.Attributes {
-			e = protoenc.Message(e, 3, appendKeyValue(nil, kv))
+			b = appendKeyValue(b, 3, kv)
 		}
-		e = protoenc.Uint(e, 4, clampCount(ev.DroppedAttributeCount))
-		b = protoenc.Message(b, 11, e)
+		b = protoenc.Uint(b, 4, clampCount(ev.DroppedAttributeCount))
+		b = protoenc.Close(b, e)
 	}
 	b = protoenc.Uint(b, 12, clampCount(s.DroppedEvents()))
 	for _, l := range s.Links() {
-		var e []byte
+		var e int
+		b, e = protoenc.Open(b, 13)
 		ltid, lsid := l.SpanContext.TraceID(), l.SpanContext.SpanID()
-		e = protoenc.Message(e, 1, ltid[:])
-		e = protoenc.Message(e, 2, lsid[:])
+		b = protoenc.Message(b, 1, ltid[:])
+		b = protoenc.Message(b, 2, lsid[:])
 		for _, kv := range l.Attributes {
-			e = protoenc.Message(e, 4, appendKeyValue(nil, kv))
+			b = appendKeyValue(b, 4, kv)
 		}
-		e = protoenc.Uint(e, 5, clampCount(l.DroppedAttributeCount))
-		e = protoenc.Fixed32(e, 6, spanFlags(l.SpanContext.TraceFlags(), l.SpanContext))
-		b = protoenc.Message(b, 13, e)
+		b = protoenc.Uint(b, 5, clampCount(l.DroppedAttributeCount))
+		b = protoenc.Fixed32(b, 6, spanFlags(l.SpanContext.TraceFlags(), l.SpanContext))
+		b = protoenc.Close(b, e)
 	}
 	b = protoenc.Uint(b, 14, clampCount(s.DroppedLinks()))
 	// Status{message = 2, code = 3}: OTLP's codes are UNSET 0, OK 1,
@@ -230,10 +253,11 @@ func appendSpan(b []byte, s sdktrace.ReadOnlySpan) []byte {
 	case codes.Error:
 		code = 2
 	}
-	var sm []byte
-	sm = protoenc.String(sm, 2, st.Description)
-	sm = protoenc.Uint(sm, 3, code)
-	b = protoenc.Message(b, 15, sm)
+	var sm int
+	b, sm = protoenc.Open(b, 15)
+	b = protoenc.String(b, 2, st.Description)
+	b = protoenc.Uint(b, 3, code)
+	b = protoenc.Close(b, sm)
 	b = protoenc.Fixed32(b, 16, spanFlags(sc.TraceFlags(), parent))
 	return b
 }
@@ -248,10 +272,15 @@ func spanKind(k trace.SpanKind) int {
 	return 0
 }
 
-// appendKeyValue appends KeyValue{key = 1, value = 2}.
-func appendKeyValue(b []byte, kv attribute.KeyValue) []byte {
+// appendKeyValue appends field num, KeyValue{key = 1, value = 2}.
+func appendKeyValue(b []byte, num protowire.Number, kv attribute.KeyValue) []byte {
+	var m, v int
+	b, m = protoenc.Open(b, num)
 	b = protoenc.String(b, 1, string(kv.Key))
-	return protoenc.Message(b, 2, appendAnyValue(nil, kv.Value))
+	b, v = protoenc.Open(b, 2)
+	b = appendAnyValue(b, kv.Value)
+	b = protoenc.Close(b, v)
+	return protoenc.Close(b, m)
 }
 
 // appendAnyValue appends AnyValue{string_value = 1, bool_value = 2,
@@ -276,11 +305,14 @@ func appendAnyValue(b []byte, v attribute.Value) []byte {
 		return protowire.AppendFixed64(b, math.Float64bits(x))
 	}
 	array := func(b []byte, n int, each func(b []byte, i int) []byte) []byte {
-		var a []byte
+		var a, e int
+		b, a = protoenc.Open(b, 5)
 		for i := range n {
-			a = protoenc.Message(a, 1, each(nil, i))
+			b, e = protoenc.Open(b, 1)
+			b = each(b, i)
+			b = protoenc.Close(b, e)
 		}
-		return protoenc.Message(b, 5, a)
+		return protoenc.Close(b, a)
 	}
 	switch v.Type() {
 	case attribute.BOOL:
@@ -310,11 +342,12 @@ func appendAnyValue(b []byte, v attribute.Value) []byte {
 		xs := v.AsSlice()
 		return array(b, len(xs), func(b []byte, i int) []byte { return appendAnyValue(b, xs[i]) })
 	case attribute.MAP:
-		var l []byte
+		var l int
+		b, l = protoenc.Open(b, 6)
 		for _, kv := range v.AsMap() {
-			l = protoenc.Message(l, 1, appendKeyValue(nil, kv))
+			b = appendKeyValue(b, 1, kv)
 		}
-		return protoenc.Message(b, 6, l)
+		return protoenc.Close(b, l)
 	case attribute.EMPTY:
 		return b
 	}

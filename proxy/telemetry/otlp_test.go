@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -149,6 +150,20 @@ func TestOTLPEncoding(t *testing.T) {
 	}
 	if w := want(spans); !proto.Equal(w, &got) {
 		t.Fatalf("got\n%v\nwant\n%v", prototext.Format(&got), prototext.Format(w))
+	}
+	// A batch whose ScopeSpans takes a three-byte length (over 16 KiB),
+	// appended after bytes already in the buffer, which stay.
+	many := slices.Repeat(spans, 200)
+	b := appendExportRequest([]byte("kept"), many)
+	var gotMany collectortrace.ExportTraceServiceRequest
+	if string(b[:4]) != "kept" || len(b) < 20<<10 {
+		t.Fatalf("%d bytes, starting %q", len(b), b[:4])
+	}
+	if err := proto.Unmarshal(b[4:], &gotMany); err != nil {
+		t.Fatal(err)
+	}
+	if w := want(many); !proto.Equal(w, &gotMany) {
+		t.Fatalf("%d spans: not the request the generated types make", len(many))
 	}
 	if got.ResourceSpans[0].ScopeSpans[0].Spans[0].Flags != 0x301 {
 		t.Fatalf("flags %#x: want sampled, with a remote parent", got.ResourceSpans[0].ScopeSpans[0].Spans[0].Flags)
