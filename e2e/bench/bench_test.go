@@ -369,3 +369,22 @@ func TestCheckNoCgo(t *testing.T) {
 		}
 	}
 }
+
+// TestTraceRatioFlag: the sidecars are traced at 0.01 by default, as
+// issue 16's targets are measured; -h2, which runs without Jaeger, turns
+// it off unless it is asked for, which it refuses.
+func TestTraceRatioFlag(t *testing.T) {
+	o, err := parseFlags(nil)
+	if err != nil || o.traceRatio != 0.01 {
+		t.Fatalf("default -trace-ratio %v (%v), want 0.01", o.traceRatio, err)
+	}
+	if o, err = parseFlags([]string{"-h2"}); err != nil || o.traceRatio != 0 {
+		t.Fatalf("-h2: -trace-ratio %v (%v), want 0", o.traceRatio, err)
+	}
+	if _, err = parseFlags([]string{"-h2", "-trace-ratio", "0.5"}); err == nil {
+		t.Fatal("-h2 -trace-ratio 0.5 accepted")
+	}
+	if _, err = parseFlags([]string{"-trace-ratio", "1.5"}); err == nil {
+		t.Fatal("-trace-ratio 1.5 accepted")
+	}
+}

@@ -167,7 +167,12 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("-trace-ratio must be from 0 to 1")
 	}
 	if o.h2 {
-		o.traceRatio = 0 // the HTTP/2 comparison runs alone, without Jaeger
+		set := false
+		fs.Visit(func(f *flag.Flag) { set = set || f.Name == "trace-ratio" })
+		if set && o.traceRatio > 0 {
+			return nil, errors.New("-h2 runs alone: not with -trace-ratio")
+		}
+		o.traceRatio = 0 // the HTTP/2 comparison runs without Jaeger
 	}
 	for _, q := range o.sweep {
 		if q <= 0 {
@@ -305,7 +310,9 @@ func run(ctx context.Context, o *options) (err error) {
 	logf("upstream: fortio echo server on %s", upstream)
 	targets := []*target{{key: keyDirect, name: "direct", addr: upstream,
 		version: "fortio " + rep.fortioVersion, config: "no proxy: fortio → upstream"}}
-	if o.jaeger || o.traceRatio > 0 {
+	// Jaeger only where a sidecar on loopback sends it spans (the
+	// harness's, and the fresh ones -idle-conns starts of them).
+	if o.jaeger || o.traceRatio > 0 && (o.want(keyMinimesh) || len(o.variants) > 0) {
 		j, err := jaeger.Start(jaeger.Options{MaxTraces: 20000})
 		if err != nil {
 			return fmt.Errorf("jaeger: %w", err)

@@ -199,7 +199,7 @@ func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string,
 		"--resolve", proxyHostPort(upstream) + "=" + upstream,
 		"--resolve", deadHostPort + "=" + deadAddr(),
 	}
-	if o.traceRatio > 0 && pl.start == nil {
+	if o.traceRatio > 0 && o.otlp != "" && pl.start == nil {
 		// As the targets are measured: spans at this ratio, sent
 		// to a real collector. Before -extra-args and a variant's own
 		// arguments, which may change them (the last of a flag wins).

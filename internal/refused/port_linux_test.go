@@ -21,11 +21,11 @@ func TestPortKeptBetweenListeners(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	// A connection the server closes first: TIME_WAIT on the port.
-	go func() {
+	go func(ln net.Listener) {
 		if c, err := ln.Accept(); err == nil {
 			c.Close()
 		}
-	}()
+	}(ln)
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
