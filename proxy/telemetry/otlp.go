@@ -42,7 +42,8 @@ type otlpExporter struct {
 }
 
 // maxKeptExport bounds the room an exporter keeps between exports: a
-// batch of 512 of the sidecar's spans encodes to about 200 KB.
+// batch of 128 of the sidecar's spans (exportBatch) encodes to about
+// 50 KB; a batch of spans with large attributes may take more.
 const maxKeptExport = 1 << 20
 
 const otlpExport = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
