@@ -197,8 +197,7 @@ type reqState struct {
 	errKind string
 	start   time.Time
 	headers time.Time // when the response headers were ready
-	span    trace.Span
-	sc      trace.SpanContext
+	trace   telemetry.Place
 	late    bool // the app's response body failed after its headers
 	in      countingBody
 	out     countingWriter
@@ -236,12 +235,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := context.WithValue(r.Context(), stateKey{}, st)
 	if tr := h.cfg.Tracing; tr != nil {
-		ctx = tr.Extract(ctx, r.Header)
-		ctx, st.span = tr.StartServer(ctx, spanName(r.Method))
-		if st.span.IsRecording() {
-			st.span.SetAttributes(spanAttrs(r, st)...)
+		ctx, st.trace = tr.Begin(ctx, r.Header, spanName(r.Method), trace.SpanKindServer)
+		if st.trace.Span != nil {
+			st.trace.Span.SetAttributes(spanAttrs(r, st)...)
 		}
-		st.sc = st.span.SpanContext()
 	}
 	defer h.finish(r, st)
 	if r.Method == http.MethodConnect || r.URL.Scheme != "" || r.URL.Host != "" || r.URL.Opaque != "" {
@@ -283,7 +280,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header[requestIDKey] = []string{st.id}
 	if tr := h.cfg.Tracing; tr != nil {
 		// The app's own server span hangs under the sidecar's.
-		tr.Inject(pr.Out.Context(), pr.Out.Header)
+		tr.Inject(pr.Out.Context(), st.trace, pr.Out.Header)
 	}
 }
 
@@ -409,8 +406,8 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		st.code, st.errKind = http.StatusBadGateway, wellknown.ErrorReset
 	}
 	st.c.metric.Observe(r.Method, st.code, st.headers.Sub(st.start).Seconds())
-	if st.span != nil {
-		endSpan(st.span, st.code, st.errKind)
+	if st.trace.Span != nil {
+		endSpan(st.trace.Span, st.code, st.errKind)
 	}
 	if l := h.cfg.AccessLog; l != nil {
 		e := telemetry.Entry{
@@ -419,8 +416,8 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 			Method: r.Method, Path: r.URL.Path, Status: st.code, Duration: end.Sub(st.start),
 			Attempts: 1, BytesIn: st.in.n.Load(), BytesOut: st.out.n, Error: st.errKind,
 		}
-		if st.sc.IsValid() {
-			e.TraceID, e.SpanID = st.sc.TraceID(), st.sc.SpanID()
+		if st.trace.SC.IsValid() {
+			e.TraceID, e.SpanID = st.trace.SC.TraceID(), st.trace.SC.SpanID()
 		}
 		l.Log(&e)
 	}

@@ -138,21 +138,23 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	out.Header[requestIDKey] = st.idValue()
 	ep, epStart := pickEndpoint(req, st)
 	ctx := req.Context()
-	var span trace.Span
+	var span trace.Span // the try's
 	if tr := f.tracing; tr != nil {
+		p := st.trace
 		// With retries, each try of a recorded request is a span of its
 		// own under the request's, and the upstream's server span hangs
 		// under the try it served. A request not recorded (most, at a
 		// sample ratio of 0.01) sends its own span's context: its tries'
 		// spans would not be recorded either, and each cost two
 		// allocations and a span ID (docs/benchmarks.md, "Tracing at 0.01").
-		if r := dst.policy.Spec.Retries; r != nil && r.Attempts > 0 && st.span != nil && st.span.IsRecording() {
-			ctx, span = tr.Start(ctx, req.Method)
-			if span.IsRecording() && st.attempts > 1 {
+		if r := dst.policy.Spec.Retries; r != nil && r.Attempts > 0 && p.Span != nil {
+			ctx, p = tr.Try(ctx, p, req.Method)
+			span = p.Span
+			if span != nil && st.attempts > 1 {
 				span.SetAttributes(attribute.Int("http.request.resend_count", st.attempts-1))
 			}
 		}
-		tr.Inject(ctx, out.Header)
+		tr.Inject(ctx, p, out.Header)
 	}
 	t := f.t
 	if out.ProtoMajor == 2 {

@@ -256,8 +256,7 @@ type reqState struct {
 	// upstream's trailers or headers or the sidecar's own answer.
 	grpc       bool
 	grpcStatus int
-	span       trace.Span
-	sc         trace.SpanContext // the span's, kept for the log after it ended
+	trace      telemetry.Place // the span's context kept for the log after the span ended
 	in         countingBody
 	out        countingWriter
 	body       upstreamBody // the current try's response body
@@ -432,19 +431,17 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	}
 	ctx := base
 	if tr := h.cfg.Tracing; tr != nil {
-		ctx = tr.Extract(ctx, r.Header)
-		ctx, st.span = tr.Start(ctx, r.Method)
-		if st.span.IsRecording() { // attributes cost allocations: only for sampled spans
-			st.span.SetAttributes(h.spanAttrs(r, st)...)
+		ctx, st.trace = tr.Begin(ctx, r.Header, r.Method, trace.SpanKindClient)
+		if st.trace.Span != nil { // recorded
+			st.trace.Span.SetAttributes(h.spanAttrs(r, st)...)
 			if st.grpc {
 				// The RPC semantic conventions: named $service/$method.
 				if _, _, ok := grpcMethod(r.URL.Path); ok {
-					st.span.SetName(r.URL.Path[1:])
+					st.trace.Span.SetName(r.URL.Path[1:])
 				}
-				st.span.SetAttributes(grpcSpanAttrs(r.URL.Path)...)
+				st.trace.Span.SetAttributes(grpcSpanAttrs(r.URL.Path)...)
 			}
 		}
-		st.sc = st.span.SpanContext()
 	}
 	st.Context = ctx
 	ctx = st
@@ -623,13 +620,13 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 	if st.grpc {
 		g := grpcFinal(st, code)
 		dst.metrics.GRPC(g)
-		if st.span != nil {
-			endGRPCSpan(st.span, g)
+		if st.trace.Span != nil {
+			endGRPCSpan(st.trace.Span, g)
 		}
 	}
-	if st.span != nil {
-		endSpan(st.span, st.code, st.errKind, breakerState(dst))
-		st.span = nil
+	if st.trace.Span != nil {
+		endSpan(st.trace.Span, st.code, st.errKind, breakerState(dst))
+		st.trace.Span = nil
 	}
 }
 
@@ -654,8 +651,8 @@ func (h *Handler) logAccess(r *http.Request, st *reqState) {
 		if st.grpc {
 			e.GRPCStatus = grpcName(grpcFinal(st, st.code))
 		}
-		if st.sc.IsValid() {
-			e.TraceID, e.SpanID = st.sc.TraceID(), st.sc.SpanID()
+		if st.trace.SC.IsValid() {
+			e.TraceID, e.SpanID = st.trace.SC.TraceID(), st.trace.SC.SpanID()
 		}
 		l.Log(&e)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/retry"
 	"github.com/minimesh/minimesh/wellknown"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // serveConnect opens a CONNECT tunnel (HTTPS through HTTP_PROXY). The
@@ -39,12 +40,10 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	}
 	ctx := r.Context()
 	if tr := h.cfg.Tracing; tr != nil {
-		ctx = tr.Extract(ctx, r.Header)
-		ctx, st.span = tr.Start(ctx, http.MethodConnect)
-		if st.span.IsRecording() {
-			st.span.SetAttributes(h.spanAttrs(r, st)...)
+		ctx, st.trace = tr.Begin(ctx, r.Header, http.MethodConnect, trace.SpanKindClient)
+		if st.trace.Span != nil {
+			st.trace.Span.SetAttributes(h.spanAttrs(r, st)...)
 		}
-		st.sc = st.span.SpanContext()
 	}
 	if t := dst.policy.Spec.Timeout; t > 0 {
 		var cancel context.CancelFunc
@@ -113,9 +112,9 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 
 // endTunnelSpan ends a tunnel's span, once.
 func (h *Handler) endTunnelSpan(st *reqState) {
-	if st.span != nil {
-		endSpan(st.span, st.code, st.errKind, breakerState(st.dest))
-		st.span = nil
+	if st.trace.Span != nil {
+		endSpan(st.trace.Span, st.code, st.errKind, breakerState(st.dest))
+		st.trace.Span = nil
 	}
 }
 

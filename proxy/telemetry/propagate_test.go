@@ -24,12 +24,14 @@ func otelInject(ctx context.Context, h http.Header) {
 	otelPropagator.Inject(ctx, propagation.HeaderCarrier(h))
 }
 
-// sameAsPropagators extracts in and injects the result into a copy of in,
+// sameAsPropagators extracts in and injects what it read (the caller's
+// span context, as if it were the sidecar's) into a copy of in,
 // both ways, and reports any difference in what would be sent upstream.
 func sameAsPropagators(t *testing.T, tr *Tracing, in http.Header) {
 	t.Helper()
 	ours, theirs := in.Clone(), in.Clone()
-	tr.Inject(tr.Extract(context.Background(), in), ours)
+	ctx, psc, b3 := tr.extract(context.Background(), in)
+	tr.Inject(ctx, Place{SC: psc, b3: b3}, ours)
 	otelInject(otelPropagator.Extract(context.Background(), propagation.HeaderCarrier(in)), theirs)
 	if !equalHeaders(ours, theirs) {
 		t.Errorf("from %v\nsent %v\nthe propagators %v", in, ours, theirs)
@@ -100,7 +102,7 @@ func TestInjectFieldsAsPropagators(t *testing.T) {
 			ctx := trace.ContextWithSpanContext(context.Background(), sc)
 			app := http.Header{"Traceparent": {"00-stale"}, "B3": {"stale"}, "X-B3-Flags": {"1"}, "Accept": {"*/*"}}
 			ours, theirs := app.Clone(), app.Clone()
-			tr.Inject(ctx, ours)
+			tr.Inject(ctx, Place{SC: sc}, ours)
 			otelInject(ctx, theirs)
 			if !equalHeaders(ours, theirs) {
 				t.Errorf("flags %02x, state %q: sent %v, the propagators %v", byte(flags), state, ours, theirs)

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -42,6 +43,8 @@ type Tracing struct {
 	// kind of upstream continues.
 	w3c, b3 propagation.TextMapPropagator
 	tp      *sdktrace.TracerProvider
+	ids     *idSource
+	bound   uint64 // ratioBound of the sample ratio
 }
 
 // NewTracing starts the exporter. It does not wait for the collector: a
@@ -70,17 +73,21 @@ func NewTracing(cfg TracingConfig, m *Metrics) (*Tracing, error) {
 	if cfg.Namespace != "" {
 		attrs = append(attrs, attribute.String("k8s.namespace.name", cfg.Namespace))
 	}
+	ids := new(idSource)
 	proc := newQueueProcessor(exp, cfg.QueueSize, m.spansDropped, cfg.Logger)
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(resource.NewSchemaless(attrs...)),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))),
 		sdktrace.WithSpanProcessor(proc),
+		sdktrace.WithIDGenerator(ids),
 	)
 	return &Tracing{
 		tracer: tp.Tracer("github.com/minimesh/minimesh/proxy"),
 		w3c:    propagation.TraceContext{},
 		b3:     b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader)),
 		tp:     tp,
+		ids:    ids,
+		bound:  ratioBound(cfg.SampleRatio),
 	}, nil
 }
 
@@ -91,10 +98,94 @@ func orDefault(s, d string) string {
 	return s
 }
 
-// Extract continues the app's trace when its request carries one.
-func (t *Tracing) Extract(ctx context.Context, h http.Header) context.Context {
+// A Place is a request's place in its trace: its span if it is recorded,
+// and the span context it sends on either way.
+type Place struct {
+	// Span is the request's span; nil for a request not recorded (99 in
+	// 100 at a sample ratio of 0.01), which no SDK span stands for.
+	Span trace.Span
+	// SC is Span's context or, for a request not recorded, the one the
+	// SDK would have given its span: the caller's trace (or a new one), a
+	// new span ID, not sampled.
+	SC trace.SpanContext
+	// b3 marks a context the B3 propagator read the request into: it may
+	// hold a debug flag or a deferred decision of the caller's, which
+	// only that propagator knows how to send on (Inject).
+	b3 bool
+}
+
+// Begin places a request in its trace: the app's, when its header
+// carries one, else a new one. A request the sampler records gets an SDK
+// span named name, of kind; one it leaves out gets only the span context
+// the SDK would have made for it, without the SDK: its span, options,
+// context and sampler cost a request at a ratio of 0.01 more than all its
+// other tracing work (docs/benchmarks.md, "Requests not recorded").
+// TestBeginAsSDK holds the two to the same IDs, flags and decision.
+func (t *Tracing) Begin(ctx context.Context, h http.Header, name string, kind trace.SpanKind) (context.Context, Place) {
+	ctx, psc, b3 := t.extract(ctx, h)
+	if b3 {
+		// The B3 propagator's flags live in ctx, for the SDK's sampler.
+		ctx, span := t.tracer.Start(ctx, name, kindOption(kind)...)
+		return ctx, place(span, true)
+	}
+	// ParentBased(TraceIDRatioBased), NewTracing's sampler: a caller's
+	// decision stands; a new trace is recorded when its ID falls under
+	// the ratio's bound.
+	if psc.IsValid() {
+		if psc.IsSampled() {
+			ctx, span := t.tracer.Start(ctx, name, kindOption(kind)...)
+			return ctx, place(span, false)
+		}
+		return ctx, Place{SC: trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID:    psc.TraceID(),
+			SpanID:     t.ids.spanID(),
+			TraceFlags: psc.TraceFlags() &^ trace.FlagsSampled,
+			TraceState: psc.TraceState(),
+		})}
+	}
+	tid, sid := t.ids.newIDs()
+	if !t.recordsNew(tid) {
+		return ctx, Place{SC: trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid})}
+	}
+	// The SDK's span gets the IDs the decision was made on (idSource),
+	// and its sampler decides the same; the context returned does not
+	// carry them on to a span started from it.
+	_, span := t.tracer.Start(context.WithValue(ctx, drawnKey{}, drawn{tid, sid}), name, kindOption(kind)...)
+	return trace.ContextWithSpan(ctx, span), place(span, false)
+}
+
+// place is the Place of an SDK span: Span nil unless it is recorded.
+func place(span trace.Span, b3 bool) Place {
+	p := Place{SC: span.SpanContext(), b3: b3}
+	if span.IsRecording() {
+		p.Span = span
+	}
+	return p
+}
+
+// recordsNew is TraceIDRatioBased's decision for a new trace with ID tid.
+func (t *Tracing) recordsNew(tid trace.TraceID) bool {
+	return binary.BigEndian.Uint64(tid[8:16])>>1 < t.bound
+}
+
+// ratioBound is TraceIDRatioBased's bound for ratio, 0 to 1: a trace ID's
+// last 63 bits under it are recorded (at 1, every one).
+func ratioBound(ratio float64) uint64 { return uint64(ratio * (1 << 63)) }
+
+// Try starts the span of one try of a recorded request, under the
+// request's span (in ctx): with retries, the upstream's server span hangs
+// under the try it served.
+func (t *Tracing) Try(ctx context.Context, p Place, name string) (context.Context, Place) {
+	ctx, span := t.tracer.Start(ctx, name, clientKind...)
+	return ctx, place(span, p.b3)
+}
+
+// extract reads the app's trace context from h: psc is invalid when h
+// holds none; ctx holds it for the SDK.
+func (t *Tracing) extract(ctx context.Context, h http.Header) (_ context.Context, psc trace.SpanContext, b3 bool) {
 	if len(h["Traceparent"]) > 0 {
 		ctx = t.w3c.Extract(ctx, headerCarrier(h))
+		psc = trace.SpanContextFromContext(ctx)
 	}
 	// Without a B3 field the B3 propagator would only note in a new
 	// context that the sampling decision is not deferred, which is what
@@ -102,36 +193,32 @@ func (t *Tracing) Extract(ctx context.Context, h http.Header) context.Context {
 	for _, k := range b3Keys {
 		if len(h[k]) > 0 {
 			ctx = t.b3.Extract(ctx, headerCarrier(h))
-			return context.WithValue(ctx, b3Extracted{}, true)
+			return ctx, trace.SpanContextFromContext(ctx), true
 		}
 	}
-	return ctx
+	return ctx, psc, false
 }
-
-// b3Extracted marks a context the B3 propagator read a request into: it
-// may hold a debug flag or a deferred decision of the caller's, which
-// only that propagator knows how to send on (Inject).
-type b3Extracted struct{}
 
 // b3Keys are the fields the B3 propagator reads, as header map keys.
 var b3Keys = [...]string{"B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Sampled", "X-B3-Flags", "X-B3-Parentspanid"}
 
-// Inject writes the current span's context into an outgoing request, so
-// the upstream's server span hangs under the sidecar's. The B3 fields it
+// Inject writes p's span context into an outgoing request, so the
+// upstream's server span hangs under the sidecar's. The B3 fields it
 // does not write go first: a caller's single b3 header (which B3
 // libraries read before the others), its parent and debug flag would
-// otherwise name the caller's span beside the sidecar's.
-func (t *Tracing) Inject(ctx context.Context, h http.Header) {
+// otherwise name the caller's span beside the sidecar's. ctx is the
+// request's (the B3 propagator's flags are there).
+func (t *Tracing) Inject(ctx context.Context, p Place, h http.Header) {
 	for _, k := range staleB3 {
 		delete(h, k)
 	}
-	sc := trace.SpanContextFromContext(ctx)
-	if !sc.IsValid() || ctx.Value(b3Extracted{}) != nil {
+	if !p.SC.IsValid() || p.b3 {
+		ctx = trace.ContextWithSpanContext(ctx, p.SC)
 		t.w3c.Inject(ctx, headerCarrier(h))
 		t.b3.Inject(ctx, headerCarrier(h))
 		return
 	}
-	injectFields(sc, h)
+	injectFields(p.SC, h)
 }
 
 // injectFields writes what the propagators would for sc, a valid span
@@ -166,26 +253,19 @@ func injectFields(sc trace.SpanContext, h http.Header) {
 // leaves as they were, as http.Header holds them.
 var staleB3 = [...]string{"B3", "X-B3-Parentspanid", "X-B3-Flags"}
 
-// Start starts a CLIENT span.
-func (t *Tracing) Start(ctx context.Context, name string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
-	if len(attrs) == 0 {
-		return t.tracer.Start(ctx, name, clientKind...)
-	}
-	return t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
-}
-
-// StartServer starts a SERVER span: a request into the pod, which the
-// inbound listener received for the app (docs/interception.md, "Inbound").
-func (t *Tracing) StartServer(ctx context.Context, name string) (context.Context, trace.Span) {
-	return t.tracer.Start(ctx, name, serverKind...)
-}
-
 // The options of a span without attributes, made once: an option is an
 // interface value, and one made per span is an allocation.
 var (
 	clientKind = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)}
 	serverKind = []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindServer)}
 )
+
+func kindOption(k trace.SpanKind) []trace.SpanStartOption {
+	if k == trace.SpanKindServer {
+		return serverKind
+	}
+	return clientKind
+}
 
 // Shutdown exports what is queued, within ctx.
 func (t *Tracing) Shutdown(ctx context.Context) error {

@@ -37,18 +37,18 @@ func BenchmarkTracingRequest(b *testing.B) {
 			out := http.Header{}
 			b.ReportAllocs()
 			for b.Loop() {
-				ctx, span := tr.Start(tr.Extract(context.Background(), c.in), "GET")
-				var try trace.Span
-				if span.IsRecording() {
-					ctx, try = tr.Start(ctx, "GET")
+				ctx, p := tr.Begin(context.Background(), c.in, "GET", trace.SpanKindClient)
+				req := p
+				if p.Span != nil {
+					ctx, p = tr.Try(ctx, p, "GET")
 				}
 				clear(out)
 				out["User-Agent"] = c.in["User-Agent"]
-				tr.Inject(ctx, out)
-				if try != nil {
-					try.End()
+				tr.Inject(ctx, p, out)
+				if req.Span != nil {
+					p.Span.End()
+					req.Span.End()
 				}
-				span.End()
 			}
 		})
 	}

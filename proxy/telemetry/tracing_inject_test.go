@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // TestInjectReplacesCallerB3: a request that arrived with the caller's
@@ -23,20 +25,20 @@ func TestInjectReplacesCallerB3(t *testing.T) {
 		defer cancel()
 		_ = tr.Shutdown(ctx) // nothing listens at the endpoint
 	}()
-	const trace, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	const traceID, callerSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	h := http.Header{}
-	h.Set("b3", trace+"-"+callerSpan+"-1-0000000000000001")
+	h.Set("b3", traceID+"-"+callerSpan+"-1-0000000000000001")
 	h.Set("X-B3-ParentSpanId", "0000000000000001")
-	ctx, span := tr.Start(tr.Extract(context.Background(), h), "GET")
-	defer span.End()
+	ctx, p := tr.Begin(context.Background(), h, "GET", trace.SpanKindClient)
+	defer p.Span.End()
 	out := h.Clone()
-	tr.Inject(ctx, out)
-	own := span.SpanContext().SpanID().String()
+	tr.Inject(ctx, p, out)
+	own := p.SC.SpanID().String()
 	if got := out.Get("X-B3-SpanId"); got != own {
 		t.Errorf("X-B3-SpanId %q, want the sidecar's span %s", got, own)
 	}
-	if got := out.Get("X-B3-TraceId"); got != trace {
-		t.Errorf("X-B3-TraceId %q, want the caller's trace %s", got, trace)
+	if got := out.Get("X-B3-TraceId"); got != traceID {
+		t.Errorf("X-B3-TraceId %q, want the caller's trace %s", got, traceID)
 	}
 	if tp := out.Get("Traceparent"); !strings.Contains(tp, own) {
 		t.Errorf("traceparent %q does not name the sidecar's span %s", tp, own)
