@@ -17,6 +17,7 @@ import (
 
 	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/internal/field"
+	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
 // fastTransport sends bodiless GET, HEAD and OPTIONS requests (most of a
@@ -234,7 +235,10 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	// The head goes out with the first read of the answer (fconn.Read).
 	c.out.Reset()
 	var own bool
-	if c.fields, own = writeRequestHead(&c.out, req, c.fields); !own {
+	if c.fields, own = writeRequestHead(&c.out, req, c.fields, sc.trace); !own {
+		if sc.trace != nil {
+			telemetry.SetFields(req.Header, sc.trace)
+		}
 		if err := req.Write(&c.out); err != nil {
 			stop()
 			c.Close()

@@ -138,6 +138,12 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	out.Header[requestIDKey] = st.idValue()
 	ep, epStart := pickEndpoint(req, st)
 	ctx := req.Context()
+	t := f.t
+	if out.ProtoMajor == 2 {
+		t = f.h2
+	}
+	ft, fast := t.(*fastTransport)
+	fast = fast && eligible(out)
 	var span trace.Span // the try's
 	if tr := f.tracing; tr != nil {
 		p := st.trace
@@ -154,14 +160,17 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 				span.SetAttributes(attribute.Int("http.request.resend_count", st.attempts-1))
 			}
 		}
-		tr.Inject(ctx, p, out.Header)
+		// The fast transport writes the fields with the head: no
+		// header map writes (writeRequestHead).
+		st.wire.trace = nil
+		ok := false
+		if fast {
+			st.wire.trace, ok = telemetry.Fields(p, &st.wire.traceRoom)
+		}
+		if !ok {
+			tr.Inject(ctx, p, out.Header)
+		}
 	}
-	t := f.t
-	if out.ProtoMajor == 2 {
-		t = f.h2
-	}
-	ft, fast := t.(*fastTransport)
-	fast = fast && eligible(out)
 	if !fast && !st.deadline.IsZero() {
 		panic("outbound: a request timeout as a deadline on a try the fast transport does not send") // fastProxy's requests are its
 	}

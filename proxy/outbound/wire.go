@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/minimesh/minimesh/proxy/internal/field"
+	"github.com/minimesh/minimesh/proxy/telemetry"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -48,7 +49,12 @@ type headerField struct {
 // for reuse). It reports false, having written nothing, for a request it
 // leaves to req.Write: an opaque URL, a host to convert to Punycode, a
 // header value to sanitize, a Close or TransferEncoding field.
-func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField) ([]headerField, bool) {
+//
+// trace are the try's trace fields (telemetry.Fields), written as if
+// telemetry.SetFields had put them in req's header map: in their sorted
+// places, the app's fields they replace left out. Not in the map, they
+// cost no map writes and deletes, sorting or checks (ours are valid).
+func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField, trace []telemetry.Field) ([]headerField, bool) {
 	if req.URL == nil || req.URL.Opaque != "" || req.Close || len(req.TransferEncoding) > 0 || req.Trailer != nil ||
 		req.ContentLength != 0 {
 		return fields, false
@@ -83,7 +89,7 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField) 
 	}
 	fields = fields[:0]
 	for k, vv := range req.Header {
-		if reqWriteExclude(k) {
+		if reqWriteExclude(k) || trace != nil && telemetry.Replaces(trace, k) {
 			continue
 		}
 		if !httpguts.ValidHeaderFieldName(k) {
@@ -126,17 +132,28 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField) 
 		w = append(w, "\r\n"...)
 	}
 	for _, f := range fields {
-		for _, v := range f.values {
-			w = append(w, f.key...)
-			w = append(w, ": "...)
-			w = append(w, textproto.TrimString(v)...)
-			w = append(w, "\r\n"...)
+		for len(trace) > 0 && trace[0].Key < f.key {
+			w = appendField(w, trace[0].Key, trace[0].Value)
+			trace = trace[1:]
 		}
+		for _, v := range f.values {
+			w = appendField(w, f.key, v)
+		}
+	}
+	for _, f := range trace {
+		w = appendField(w, f.Key, f.Value)
 	}
 	w = append(w, "\r\n"...)
 	b.Write(w)
 	clear(fields) // no request's values outlive it (here, and where it declines)
 	return fields, true
+}
+
+func appendField(w []byte, k, v string) []byte {
+	w = append(w, k...)
+	w = append(w, ": "...)
+	w = append(w, textproto.TrimString(v)...)
+	return append(w, "\r\n"...)
 }
 
 func isASCII(s string) bool {
@@ -175,6 +192,10 @@ type respScratch struct {
 	// eventStream says its first Content-Type line, spelled so, is
 	// server-sent events': the answer is then streamed.
 	eventStream bool
+	// trace are the try's trace fields, written with its head, not put
+	// in its header map (writeRequestHead); nil: none, or in the map.
+	trace     []telemetry.Field
+	traceRoom [5]telemetry.Field
 }
 
 // fastResponse is a response read by readResponseHead, with its body.

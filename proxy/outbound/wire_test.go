@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/minimesh/minimesh/proxy/internal/field"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // The fast transport's wire format must be net/http's, byte for byte:
@@ -45,29 +47,67 @@ func TestWriteRequestHeadAsRequestWrite(t *testing.T) {
 		{name: "punycode host", method: "GET", target: "http://geo/", host: "bücher.example", header: http.Header{}},
 		{name: "zone", method: "GET", target: "http://geo/", host: "[fe80::1%25eth0]:80", header: http.Header{}},
 		{name: "length without body", method: "GET", target: "http://geo/", header: http.Header{}, length: 3},
+		{name: "app's trace fields", method: "GET", target: "http://geo/", header: http.Header{"Traceparent": {"00-stale"},
+			"Tracestate": {"app=1"}, "B3": {"stale"}, "X-B3-Flags": {"1"}, "X-B3-Parentspanid": {"1"}, "X-B3-Sampled": {"1", "0"},
+			"X-B3-Spanid": {"s"}, "X-B3-Traceid": {"t"}, "A": {"1"}, "Tracez": {"z"}, "X-B3-Z": {"z"}, "Z": {"z"}}, own: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u, err := url.Parse(tc.target)
 			if err != nil {
 				t.Fatal(err)
 			}
-			req := &http.Request{Method: tc.method, URL: u, Host: tc.host, Header: tc.header, ProtoMajor: 1, ProtoMinor: 1, ContentLength: tc.length}
-			own := compareRequestHead(t, req)
-			if own != tc.own {
-				t.Errorf("written by writeRequestHead: %v, want %v", own, tc.own)
+			for i, tf := range testTraceFields(t) {
+				req := &http.Request{Method: tc.method, URL: u, Host: tc.host, Header: tc.header, ProtoMajor: 1, ProtoMinor: 1, ContentLength: tc.length}
+				own := compareRequestHead(t, req, tf)
+				if own != tc.own {
+					t.Errorf("trace fields %d: written by writeRequestHead: %v, want %v", i, own, tc.own)
+				}
 			}
 		})
 	}
 }
 
-// compareRequestHead fails t if writeRequestHead writes req otherwise
-// than req.Write, and reports whether it wrote it.
-func compareRequestHead(t *testing.T, req *http.Request) bool {
+// testTraceFields are trace fields a try may send: none, and
+// telemetry.Fields' without and with a trace state.
+func testTraceFields(t testing.TB) [][]telemetry.Field {
+	ts, err := trace.ParseTraceState("vendor=v1,other=o2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := [][]telemetry.Field{nil}
+	for _, c := range []trace.SpanContextConfig{
+		{TraceID: trace.TraceID{0x4b, 0xf9, 15: 0x36}, SpanID: trace.SpanID{0, 0xf0, 7: 0xb7}},
+		{TraceID: trace.TraceID{1, 15: 0xff}, SpanID: trace.SpanID{7: 1}, TraceFlags: trace.FlagsSampled, TraceState: ts},
+	} {
+		fs, ok := telemetry.Fields(telemetry.Place{SC: trace.NewSpanContext(c)}, new([5]telemetry.Field))
+		if !ok {
+			t.Fatalf("no trace fields for %+v", c)
+		}
+		all = append(all, fs)
+	}
+	return all
+}
+
+// compareRequestHead fails t if writeRequestHead writes req with the
+// trace fields tf otherwise than req.Write with tf in its header map
+// (telemetry.SetFields), and reports whether it wrote it. req's header
+// is left as it was.
+func compareRequestHead(t *testing.T, req *http.Request, tf []telemetry.Field) bool {
 	t.Helper()
 	var want bytes.Buffer
+	in := req.Header
+	if tf != nil {
+		req.Header = in.Clone()
+		telemetry.SetFields(req.Header, tf)
+	}
 	wantErr := req.Write(&want)
+	req.Header = in
+	before := in.Clone()
 	var got bytes.Buffer
-	_, own := writeRequestHead(&got, req, nil)
+	_, own := writeRequestHead(&got, req, nil, tf)
+	if !reflect.DeepEqual(req.Header, before) {
+		t.Errorf("writeRequestHead changed the header map: %v, was %v", req.Header, before)
+	}
 	if !own {
 		if got.Len() > 0 {
 			t.Errorf("declined, but wrote %q", got.String())
@@ -87,6 +127,10 @@ func FuzzWriteRequestHead(f *testing.F) {
 	f.Add(uint8(0), "geo:8000", "", "/a/b", "q=1", "Accept", "*/*", "User-Agent", "x")
 	f.Add(uint8(1), "geo", "h:1", "/%7E", "", "X-Request-Id", "id", "Via", "1.1 a")
 	f.Add(uint8(2), "[::1]:80", "", "", "", "bad key", "v", "", "")
+	f.Add(uint8(0x10), "geo", "", "/", "", "Traceparent", "00-x", "X-B3-Z", "z")
+	f.Add(uint8(0x20), "geo", "", "/", "", "Tracestate", "app=1", "Tracez", "z")
+	f.Add(uint8(0x30), "geo", "", "/", "", "Tracestate", "app=1", "X-B3-Flags", "1")
+	traceFields := testTraceFields(f)
 	f.Fuzz(func(t *testing.T, m uint8, urlHost, host, path, query, k1, v1, k2, v2 string) {
 		method := [...]string{"GET", "HEAD", "OPTIONS", ""}[m%4]
 		u := &url.URL{Scheme: "http", Host: urlHost, Path: path, RawQuery: query, ForceQuery: m&4 != 0}
@@ -100,7 +144,8 @@ func FuzzWriteRequestHead(f *testing.F) {
 		if m&8 != 0 {
 			h["User-Agent"] = nil
 		}
-		compareRequestHead(t, &http.Request{Method: method, URL: u, Host: host, Header: h, ProtoMajor: 1, ProtoMinor: 1})
+		compareRequestHead(t, &http.Request{Method: method, URL: u, Host: host, Header: h, ProtoMajor: 1, ProtoMinor: 1},
+			traceFields[int(m>>4)%len(traceFields)])
 	})
 }
 
@@ -419,7 +464,7 @@ func TestWriteRequestHeadKeepsNothing(t *testing.T) {
 		for range 20 {
 			req := &http.Request{Method: "GET", URL: &url.URL{Path: "/"}, Host: "a", Header: h}
 			var b bytes.Buffer
-			fields, _ := writeRequestHead(&b, req, make([]headerField, 0, 16))
+			fields, _ := writeRequestHead(&b, req, make([]headerField, 0, 16), nil)
 			for i, f := range fields[:cap(fields)] {
 				if f.key != "" || f.values != nil {
 					t.Fatalf("scratch field %d after %v: %+v", i, h, f)

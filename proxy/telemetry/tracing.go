@@ -209,44 +209,82 @@ var b3Keys = [...]string{"B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Sampled", "X
 // otherwise name the caller's span beside the sidecar's. ctx is the
 // request's (the B3 propagator's flags are there).
 func (t *Tracing) Inject(ctx context.Context, p Place, h http.Header) {
+	var room [5]Field
+	if fs, ok := Fields(p, &room); ok {
+		SetFields(h, fs)
+		return
+	}
 	for _, k := range staleB3 {
 		delete(h, k)
 	}
-	if !p.SC.IsValid() || p.b3 {
-		ctx = trace.ContextWithSpanContext(ctx, p.SC)
-		t.w3c.Inject(ctx, headerCarrier(h))
-		t.b3.Inject(ctx, headerCarrier(h))
-		return
-	}
-	injectFields(p.SC, h)
+	ctx = trace.ContextWithSpanContext(ctx, p.SC)
+	t.w3c.Inject(ctx, headerCarrier(h))
+	t.b3.Inject(ctx, headerCarrier(h))
 }
 
-// injectFields writes what the propagators would for sc, a valid span
-// context with no B3 flag of a caller's to send on, in two allocations
-// where they make seven: the four fields' values are one string and its
-// parts, in one slice. TestInjectFieldsAsPropagators holds it to them.
-func injectFields(sc trace.SpanContext, h http.Header) {
-	if ts := sc.TraceState().String(); ts != "" {
-		h["Tracestate"] = []string{ts}
+// A Field is a trace field of an outgoing request, named as a header map
+// holds it.
+type Field struct{ Key, Value string }
+
+// Fields are the fields Inject writes for p, in room, sorted by key as a
+// header map's keys sort: for a writer of request heads that writes them
+// without the map (outbound's fast transport), which then leaves out the
+// app's fields they replace (Replaces). ok is false when only Inject can
+// write them: a caller's B3 flags to send on, or no valid span context.
+// The values are one string and its parts: one allocation, where the
+// propagators make seven. TestInjectFieldsAsPropagators holds them to
+// the propagators.
+func Fields(p Place, room *[5]Field) (fs []Field, ok bool) {
+	sc := p.SC
+	if p.b3 || !sc.IsValid() {
+		return nil, false
 	}
 	// The W3C flags the specification defines: sampled and random.
 	flags := byte(sc.TraceFlags() & (trace.FlagsSampled | trace.FlagsRandom))
 	tid, sid := sc.TraceID(), sc.SpanID()
-	var b [55]byte // "00-" trace "-" span "-" flags
+	var b [56]byte // "00-" trace "-" span "-" flags, and B3's sampled
 	b[0], b[1], b[2] = '0', '0', '-'
 	hex.Encode(b[3:35], tid[:])
 	b[35] = '-'
 	hex.Encode(b[36:52], sid[:])
 	b[52], b[53], b[54] = '-', hexDigits[flags>>4], hexDigits[flags&0xf]
-	tp := string(b[:])
-	sampled := "0"
+	b[55] = '0'
 	if sc.IsSampled() {
-		sampled = "1"
+		b[55] = '1'
 	}
-	v := make([]string, 4)
-	v[0], v[1], v[2], v[3] = tp, tp[3:35], tp[36:52], sampled
-	// Capacity one each: an append to one never writes into the next.
-	h["Traceparent"], h["X-B3-Traceid"], h["X-B3-Spanid"], h["X-B3-Sampled"] = v[0:1:1], v[1:2:2], v[2:3:3], v[3:4:4]
+	v := string(b[:])
+	fs = append(room[:0], Field{"Traceparent", v[:55]})
+	if ts := sc.TraceState().String(); ts != "" {
+		fs = append(fs, Field{"Tracestate", ts})
+	}
+	return append(fs, Field{"X-B3-Sampled", v[55:]}, Field{"X-B3-Spanid", v[36:52]}, Field{"X-B3-Traceid", v[3:35]}), true
+}
+
+// SetFields writes fs, made by Fields, into h as Inject does: the app's
+// fields they replace go.
+func SetFields(h http.Header, fs []Field) {
+	for _, k := range staleB3 {
+		delete(h, k)
+	}
+	v := make([]string, len(fs))
+	for i, f := range fs {
+		v[i] = f.Value
+		// Capacity one each: an append to one never writes into the next.
+		h[f.Key] = v[i : i+1 : i+1]
+	}
+}
+
+// Replaces says whether the app's field key, as a header map holds it,
+// is replaced or removed where fs are written: Inject's own fields, the
+// B3 fields it leaves out, and a trace state when fs hold one.
+func Replaces(fs []Field, key string) bool {
+	switch key {
+	case "Traceparent", "X-B3-Sampled", "X-B3-Spanid", "X-B3-Traceid", "B3", "X-B3-Parentspanid", "X-B3-Flags":
+		return true
+	case "Tracestate":
+		return len(fs) > 1 && fs[1].Key == key
+	}
+	return false
 }
 
 // staleB3 are the B3 fields the propagator's multiple-header injection
