@@ -145,3 +145,54 @@ func TestServerSpan(t *testing.T) {
 		}
 	}
 }
+
+// TestServerSpanNotRecorded: a caller's trace it decided not to record
+// goes on to the app under a span of the sidecar's own (a new span ID,
+// not sampled), which no collector receives: the span context Begin makes
+// without the SDK, on the inbound side.
+func TestServerSpanNotRecorded(t *testing.T) {
+	col, endpoint := startCollector(t)
+	tr, err := telemetry.NewTracing(telemetry.TracingConfig{Endpoint: endpoint, SampleRatio: 1, ServiceName: "tenant"}, telemetry.New(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), Config{Tracing: tr})
+	const traceID, parentID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	seenSpans := map[string]bool{}
+	for range 3 {
+		req, _ := http.NewRequest("GET", "http://"+r.front+"/ok", nil)
+		req.Host = "tenant-service:8000"
+		req.Header.Set("traceparent", "00-"+traceID+"-"+parentID+"-00")
+		req.Header.Set("tracestate", "vendor=v1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		seen := <-r.seen
+		tp := seen.Header.Get("traceparent")
+		parts := strings.Split(tp, "-")
+		if len(parts) != 4 || parts[0] != "00" || parts[1] != traceID || parts[3] != "00" ||
+			len(parts[2]) != 16 || parts[2] == parentID || parts[2] == "0000000000000000" {
+			t.Fatalf("the app saw traceparent %q, want the caller's trace %s under a new span of the sidecar's, not sampled", tp, traceID)
+		}
+		if seenSpans[parts[2]] {
+			t.Errorf("span ID %s twice", parts[2])
+		}
+		seenSpans[parts[2]] = true
+		if ts := seen.Header.Get("tracestate"); ts != "vendor=v1" {
+			t.Errorf("the app saw tracestate %q, want the caller's", ts)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tr.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	if len(col.spans) != 0 {
+		t.Errorf("%d spans exported for requests the caller did not sample", len(col.spans))
+	}
+}

@@ -193,7 +193,9 @@ type respScratch struct {
 	// server-sent events': the answer is then streamed.
 	eventStream bool
 	// trace are the try's trace fields, written with its head, not put
-	// in its header map (writeRequestHead); nil: none, or in the map.
+	// in its header map (writeRequestHead), unless the head is left to
+	// Request.Write, which gets them in the map; nil: none, or put in the
+	// map by Inject.
 	trace     []telemetry.Field
 	traceRoom [5]telemetry.Field
 }

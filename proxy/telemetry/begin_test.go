@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -18,6 +19,11 @@ func tracingAt(t testing.TB, ratio float64) *Tracing {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		_ = tr.Shutdown(ctx) // nothing ended, nothing to export
+	})
 	return tr
 }
 
@@ -27,7 +33,13 @@ func tracingAt(t testing.TB, ratio float64) *Tracing {
 // span context and the same decision to record.
 func sameAsSDK(t *testing.T, tr *Tracing, in http.Header, kind trace.SpanKind, seed uint64) {
 	t.Helper()
-	draw := func() func() uint64 { return rand.New(rand.NewPCG(seed, seed^0x5eed)).Uint64 }
+	sameAsSDKDrawing(t, tr, in, kind, seed, func() func() uint64 { return rand.New(rand.NewPCG(seed, seed^0x5eed)).Uint64 })
+}
+
+// sameAsSDKDrawing is sameAsSDK with the random numbers draw's source
+// gives, one source for each of the two.
+func sameAsSDKDrawing(t *testing.T, tr *Tracing, in http.Header, kind trace.SpanKind, seed uint64, draw func() func() uint64) {
+	t.Helper()
 	tr.ids.next = draw()
 	ctx, p := tr.Begin(context.Background(), in, "GET", kind)
 	tr.ids.next = draw()
@@ -40,6 +52,10 @@ func sameAsSDK(t *testing.T, tr *Tracing, in http.Header, kind trace.SpanKind, s
 		t.Fatalf("seed %d: Begin records %v, the SDK %v", seed, p.Span != nil, span.IsRecording())
 	}
 	if p.Span == nil {
+		// Begin's own (the SDK makes the span of a B3 caller's request).
+		if !p.b3 && trace.SpanContextFromContext(ctx).Equal(p.SC) {
+			t.Fatalf("seed %d: a request not recorded has its span context in the context", seed)
+		}
 		return
 	}
 	if !p.Span.SpanContext().Equal(p.SC) {
@@ -83,6 +99,27 @@ func TestBeginAsSDK(t *testing.T) {
 					sameAsSDK(t, tr, in, trace.SpanKindClient, seed)
 				}
 			})
+		}
+	}
+	// A new trace's ID on the ratio's bound and just under it: recorded
+	// only under it (the bound is excluded), by both.
+	for _, c := range []struct {
+		low    uint64 // the ID's second word, as drawn (native byte order)
+		record bool
+	}{
+		{0x80, false},               // big-endian 0x8000…00: x = 1<<62, the bound at 0.5
+		{0xfeffffffffffff7f, true},  // big-endian 0x7fff…fe: x = 1<<62 − 1
+		{0x0100000000000080, false}, // big-endian 0x8000…01: x = 1<<62
+	} {
+		tr := tracingAt(t, 0.5)
+		draw := func() func() uint64 {
+			words := []uint64{1, c.low, 1}
+			return func() uint64 { w := words[0]; words = words[1:]; return w }
+		}
+		sameAsSDKDrawing(t, tr, http.Header{}, trace.SpanKindClient, 0, draw)
+		tr.ids.next = draw()
+		if _, p := tr.Begin(context.Background(), http.Header{}, "GET", trace.SpanKindClient); (p.Span != nil) != c.record {
+			t.Errorf("trace ID %s at 0.5: recorded %v, want %v", p.SC.TraceID(), p.Span != nil, c.record)
 		}
 	}
 	// Both decisions, many times over: at 0.5, 64 seeds with no context

@@ -102,7 +102,7 @@ func orDefault(s, d string) string {
 // and the span context it sends on either way.
 type Place struct {
 	// Span is the request's span; nil for a request not recorded (99 in
-	// 100 at a sample ratio of 0.01), which no SDK span stands for.
+	// 100 at a sample ratio of 0.01).
 	Span trace.Span
 	// SC is Span's context or, for a request not recorded, the one the
 	// SDK would have given its span: the caller's trace (or a new one), a
@@ -121,6 +121,14 @@ type Place struct {
 // context and sampler cost a request at a ratio of 0.01 more than all its
 // other tracing work (docs/benchmarks.md, "Requests not recorded").
 // TestBeginAsSDK holds the two to the same IDs, flags and decision.
+//
+// ctx must hold no span: the parent is the one in h. For a request not
+// recorded the context returned need not hold its span (it holds at most
+// the caller's, as read from h, unless the SDK made the span for a B3
+// caller): p.SC is its span context, for Inject and the log. For a recorded new trace the SDK's span goes on in ctx
+// without the context its Start returned (which carried the IDs drawn):
+// with runtime/trace on, the SDK's task for the span is not passed on, and
+// a try's task does not nest under it.
 func (t *Tracing) Begin(ctx context.Context, h http.Header, name string, kind trace.SpanKind) (context.Context, Place) {
 	ctx, psc, b3 := t.extract(ctx, h)
 	if b3 {
@@ -231,8 +239,8 @@ type Field struct{ Key, Value string }
 // without the map (outbound's fast transport), which then leaves out the
 // app's fields they replace (Replaces). ok is false when only Inject can
 // write them: a caller's B3 flags to send on, or no valid span context.
-// The values are one string and its parts: one allocation, where the
-// propagators make seven. TestInjectFieldsAsPropagators holds them to
+// The values are one string and its parts: one allocation (two with a
+// trace state), where the propagators make seven. TestInjectFieldsAsPropagators holds them to
 // the propagators.
 func Fields(p Place, room *[5]Field) (fs []Field, ok bool) {
 	sc := p.SC
