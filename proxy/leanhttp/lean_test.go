@@ -12,6 +12,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"reflect"
 	"regexp"
@@ -697,6 +698,18 @@ func TestNewRequest(t *testing.T) {
 		"GET / HTTP/1.1\r\nHost: a\r\nPragma: x\r\nPragma: no-cache\r\n\r\n",
 		"GET / HTTP/1.1\r\nhost: a\r\nuser-agent: u\r\nX-REQUEST-ID: r\r\nx_y.z~1: v\r\nTrailer: X\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: [::1]:80\r\nX: \x80\xff\r\n\r\n",
+		// Lines as a header map writes them back, and near misses.
+		"GET / HTTP/1.1\r\nUser-Agent: u\r\nHost: a\r\nConnection: keep-alive, X-A\r\nTe: trailers\r\nX-A: 1\r\nX-Empty: \r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-A:  1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-A:1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-A:\t1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-A:1 \r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1 \r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-b: 2\r\n\r\n",
+		"GET / HTTP/1.1\r\nhost: a\r\nX-A: 1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost:a\r\nTE: trailers\r\n\r\n",
+		"GET / HTTP/1.1\r\nVia: 1.0 a\r\nHost: a\r\nvia: 1.1 b\r\nX: y\r\n\r\n",
+		"GET / HTTP/1.1\r\nVia: 1.0 a\r\nHost: a\r\nVia: 1.1 b\r\nX: y\r\n\r\n",
 	}
 	for _, h := range heads {
 		n, v := scanHead([]byte(h))
@@ -779,6 +792,58 @@ func sameRequest(t *testing.T, b []byte, n int) {
 	}
 	if g, w := of(&got), of(want); !reflect.DeepEqual(g, w) {
 		t.Fatalf("newRequest(%q):\n got  %+v\n want %+v", b[:n], g, w)
+	}
+	sameLines(t, b[:n], &sc, want)
+}
+
+// sameLines fails unless the scratch's request lines are what
+// RequestLines promises of the head: given exactly when each field line
+// is "Name: value" as http.Header.Write writes it back and the header
+// map has no field the lines lack, and then the head's field lines
+// themselves, whose fields are the map's (and the Host), and whose
+// Connection and Te notes say whether the map has those fields.
+func sameLines(t *testing.T, head []byte, sc *reqScratch, want *http.Request) {
+	t.Helper()
+	s := string(head)
+	start := strings.Index(s, "\r\n") + 2
+	text := s[start : len(s)-2]
+	wantLined := true
+	mapped := http.Header{}
+	viaEnd, at := 0, 0
+	for _, line := range strings.SplitAfter(text, "\r\n") {
+		if line == "" {
+			continue
+		}
+		at += len(line)
+		if strings.EqualFold(line[:strings.IndexByte(line, ':')], "Via") {
+			viaEnd = at
+		}
+		name, value, _ := strings.Cut(strings.TrimSuffix(line, "\r\n"), ":")
+		key := textproto.CanonicalMIMEHeaderKey(name)
+		v := strings.Trim(value, " \t")
+		if name != key || value != " "+v {
+			wantLined = false
+		}
+		if key != "Host" {
+			mapped[key] = append(mapped[key], v)
+		}
+	}
+	if !reflect.DeepEqual(mapped, want.Header) {
+		wantLined = false // the map has more (a Pragma's Cache-Control)
+	}
+	if sc.lined != wantLined {
+		t.Fatalf("newRequest(%q): lined %v, want %v", head, sc.lined, wantLined)
+	}
+	_, conn := want.Header["Connection"]
+	_, te := want.Header["Te"]
+	if sc.lines.ViaEnd != viaEnd {
+		t.Fatalf("newRequest(%q): the last Via line ends at %d, noted %d", head, viaEnd, sc.lines.ViaEnd)
+	}
+	if sc.lines.Connection != conn || sc.lines.Te != te {
+		t.Fatalf("newRequest(%q): notes Connection %v, Te %v; the map has them: %v, %v", head, sc.lines.Connection, sc.lines.Te, conn, te)
+	}
+	if sc.lined && sc.lines.Text != text {
+		t.Fatalf("newRequest(%q): lines %q, want %q", head, sc.lines.Text, text)
 	}
 }
 

@@ -19,12 +19,17 @@ type reqScratch struct {
 	hdr    http.Header
 	values []string
 	url    url.URL
+	// lines are the head's field lines when lined says each is of the
+	// form the header map writes back (response.RequestLines).
+	lines field.RequestLines
+	lined bool
 }
 
 func (sc *reqScratch) reset() {
 	clear(sc.hdr)
 	clear(sc.values)
 	sc.url = url.URL{}
+	sc.lines, sc.lined = field.RequestLines{}, false
 }
 
 // newRequest builds, from a head scanHead accepted (serveLean), the
@@ -77,6 +82,11 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	}
 	values := sc.values[:n]
 	var hostField string
+	fields := rest
+	// lined: every line so far is "Name: value" as the map writes it
+	// back, a canonical name, one space, no white space to trim.
+	lined, pragma := true, false
+	sc.lines = field.RequestLines{}
 	for i := 0; ; i++ {
 		line, rest, _ = cutLine(rest)
 		if line == "" {
@@ -87,13 +97,24 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 		if !field.Canonical(name) { // most clients spell them so: one table look a byte
 			key = textproto.CanonicalMIMEHeaderKey(name)
 		}
-		if key == "Host" {
+		v := field.TrimOWS(value)
+		lined = lined && key == name && len(value) == len(v)+1 && value[0] == ' '
+		switch key {
+		case "Host":
 			// req.Host, not a header: never in the map (the scan
 			// accepted one at most).
-			hostField = field.TrimOWS(value)
+			hostField = v
 			continue
+		case "Connection":
+			sc.lines.Connection = true
+		case "Te":
+			sc.lines.Te = true
+		case "Via":
+			sc.lines.ViaEnd = len(fields) - len(rest)
+		case "Pragma":
+			pragma = true
 		}
-		values[i] = field.TrimOWS(value)
+		values[i] = v
 		if vv, seen := h[key]; seen {
 			h[key] = append(vv, values[i])
 		} else {
@@ -111,12 +132,20 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	// bodiless request: a Pragma: no-cache without Cache-Control is
 	// also Cache-Control: no-cache; HTTP/1.0 closes unless asked to
 	// keep alive, HTTP/1.1 when asked to close.
-	if pv := h["Pragma"]; len(pv) > 0 && pv[0] == "no-cache" {
-		if _, ok := h["Cache-Control"]; !ok {
-			h["Cache-Control"] = []string{"no-cache"}
+	if pragma { // most heads have none: no look-up
+		if pv := h["Pragma"]; len(pv) > 0 && pv[0] == "no-cache" {
+			if _, ok := h["Cache-Control"]; !ok {
+				h["Cache-Control"] = []string{"no-cache"}
+				lined = false // a field the lines lack
+			}
 		}
 	}
-	conn := h["Connection"]
+	// Through the last line's CRLF, before the blank line's.
+	sc.lines.Text, sc.lined = fields[:len(fields)-len(rest)-2], lined
+	var conn []string
+	if sc.lines.Connection { // most heads have none: no look-up
+		conn = h["Connection"]
+	}
 	closing := httpguts.HeaderValuesContainsToken(conn, "close")
 	if minor == 0 {
 		closing = closing || !httpguts.HeaderValuesContainsToken(conn, "keep-alive")

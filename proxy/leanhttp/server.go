@@ -428,7 +428,10 @@ func (c *conn) serve() {
 
 		req.RemoteAddr = c.remote
 		w := &c.l.resp
-		connection := field.Get(req.Header, "Connection") // one look, for both
+		var connection string // one look, for both, when there is one
+		if c.rs.lines.Connection {
+			connection = field.Get(req.Header, "Connection")
+		}
 		*w = response{
 			c: c, req: req, contentLength: -1,
 			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(connection, "keep-alive"),

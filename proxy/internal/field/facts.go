@@ -66,3 +66,22 @@ func (f *Facts) Note(name, value []byte) bool {
 	}
 	return true
 }
+
+// RequestLines are a request head's field lines as its client sent
+// them, for a proxy that sends them on as they are (outbound's fast
+// transport) rather than from the header map made of them: the lean
+// loop (leanhttp) gives them when every line is of the one form a
+// header map writes back, so that the two ways write the same fields.
+type RequestLines struct {
+	// Text is the lines, "Name: value\r\n" each: a canonical name, a
+	// colon and one space, a value without white space at either end
+	// (or none), in the client's order, the Host line among them.
+	Text string
+	// Connection and Te say whether Text holds a Connection or a Te
+	// line: the hop-by-hop fields whose values change what is sent on,
+	// looked up in the header map only when there.
+	Connection, Te bool
+	// ViaEnd is where the last Via line of Text ends (0: there is
+	// none): a proxy's own Via entry follows the app's (RFC 9110 §7.6.3).
+	ViaEnd int
+}
