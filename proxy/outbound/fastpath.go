@@ -234,8 +234,12 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	before := c.read
 	// The head goes out with the first read of the answer (fconn.Read).
 	c.out.Reset()
-	var own bool
-	if c.fields, own = writeRequestHead(&c.out, req, c.fields, sc.trace); !own {
+	own := sc.lined && writeRequestLines(&c.out, req, sc)
+	if !own {
+		sc.unline(req.Header) // the head is the map's after all
+		c.fields, own = writeRequestHead(&c.out, req, c.fields, sc.trace)
+	}
+	if !own {
 		if sc.trace != nil {
 			telemetry.SetFields(req.Header, sc.trace)
 		}

@@ -34,7 +34,14 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 	st.url = *r.URL
 	out.URL = &st.url
 	out.Header = r.Header
-	h.toOutbound(out.Header)
+	if st.wire.appOK {
+		// The app's lines are sent on as they came, with toOutbound's
+		// changes made as they are written (writeRequestLines): the map
+		// is left as the server made it.
+		st.wire.line(r.Header, &h.hop, st.idValue())
+	} else {
+		toOutbound(out.Header, &h.hop)
+	}
 	out.Body = nil
 	out.Close = false
 	st.point(out.URL)
@@ -131,6 +138,12 @@ func answerHeader(w http.ResponseWriter, res *http.Response, st *reqState) http.
 // with (leanhttp's response).
 type headerSetter interface{ SetHeader(http.Header) bool }
 
+// requestLiner is a ResponseWriter that gives the field lines of the
+// request it answers as its client sent them (leanhttp's response).
+type requestLiner interface {
+	RequestLines() (field.RequestLines, bool)
+}
+
 // rawHeaderSetter is a ResponseWriter that can take header fields as
 // lines (leanhttp's response).
 type rawHeaderSetter interface {
@@ -192,14 +205,14 @@ func withRequestID(lines []byte, has bool, id string) []byte {
 
 // toOutbound makes the app's request header, in place, the header of the
 // request forwarded for it: without the hop-by-hop fields, with this
-// sidecar in Via and an empty User-Agent if the app sent none (so that
+// sidecar (p) in Via and an empty User-Agent if the app sent none (so that
 // none is sent), as the ReverseProxy and rewrite make it. In place, not a
 // copy: nothing reads the app's hop-by-hop fields after this (the
 // servers, net/http's and leanhttp's, took what they need from them
 // before the handler ran), and a map per request was a tenth of the fast
 // path's allocations. Every change replaces a slice, none writes into
 // one: the values are the server's.
-func (h *Handler) toOutbound(hdr http.Header) {
+func toOutbound(hdr http.Header, p *hop) {
 	// Read first: Connection may list Te, as RFC 9110 §10.1.4 asks.
 	trailers := httpguts.HeaderValuesContainsToken(hdr["Te"], "trailers")
 	// (rewrite puts the app's Forwarded headers back even when its
@@ -208,7 +221,7 @@ func (h *Handler) toOutbound(hdr http.Header) {
 	if trailers {
 		hdr["Te"] = teTrailers
 	}
-	h.hop.add(hdr)
+	p.add(hdr)
 	if _, ok := hdr["User-Agent"]; !ok {
 		hdr["User-Agent"] = noUserAgent
 	}

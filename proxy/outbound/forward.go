@@ -168,8 +168,12 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			st.wire.trace, ok = telemetry.Fields(p, &st.wire.traceRoom)
 		}
 		if !ok {
+			st.wire.unline(out.Header) // Inject writes them into the map
 			tr.Inject(ctx, p, out.Header)
 		}
+	}
+	if !fast {
+		st.wire.unline(out.Header) // http.Transport writes the map
 	}
 	if !fast && !st.deadline.IsZero() {
 		panic("outbound: a request timeout as a deadline on a try the fast transport does not send") // fastProxy's requests are its

@@ -361,7 +361,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		h.refuse(w, r, http.StatusBadRequest, wellknown.ErrorBadRequest, err.Error())
 		return
 	}
-	if h.hop.seen(r.Header) {
+	// The app's lines, when the lean loop gives them (leanhttp), say
+	// which fields are absent without a look-up.
+	var lines field.RequestLines
+	lined := false
+	if rl, ok := w.(requestLiner); ok {
+		lines, lined = rl.RequestLines()
+	}
+	if !(lined && lines.ViaEnd == 0) && h.hop.seen(r.Header) {
 		h.log.Warn("request loop refused", "authority", authority, "via", echo.Clip(strings.Join(r.Header.Values("Via"), ", ")))
 		h.refuse(w, r, http.StatusLoopDetected, wellknown.ErrorLoop,
 			"request to "+authority+" has already passed through this sidecar (Via): a forwarding loop")
@@ -390,6 +397,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		st = new(reqState)
 	}
 	st.dest, st.authority, st.code, st.start = dst, authority, http.StatusBadGateway, start
+	st.wire.app, st.wire.appOK = lines, lined
 	if rd != nil {
 		st.dial = rd.text
 	}
@@ -431,7 +439,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	}
 	ctx := base
 	if tr := h.cfg.Tracing; tr != nil {
-		ctx, st.trace = tr.Begin(ctx, r.Header, r.Method, trace.SpanKindClient)
+		hdr := r.Header
+		if lined && !telemetry.MayCarry(lines.Text) {
+			hdr = nil // no field Begin reads: no look-ups
+		}
+		ctx, st.trace = tr.Begin(ctx, hdr, r.Method, trace.SpanKindClient)
 		if st.trace.Span != nil { // recorded
 			st.trace.Span.SetAttributes(h.spanAttrs(r, st)...)
 			if st.grpc {

@@ -55,30 +55,11 @@ type headerField struct {
 // places, the app's fields they replace left out. Not in the map, they
 // cost no map writes and deletes, sorting or checks (ours are valid).
 func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField, trace []telemetry.Field) ([]headerField, bool) {
-	if req.URL == nil || req.URL.Opaque != "" || req.Close || len(req.TransferEncoding) > 0 || req.Trailer != nil ||
-		req.ContentLength != 0 {
+	// Appended to b's free room and written once: a WriteString per
+	// piece cost twice the appends (about twenty pieces a head).
+	w, ok := appendRequestLine(b.AvailableBuffer(), req)
+	if !ok {
 		return fields, false
-	}
-	host := req.Host
-	if host == "" {
-		host = req.URL.Host
-	}
-	if !isASCII(host) {
-		return fields, false
-	}
-	if !httpguts.ValidHostHeader(host) {
-		host = "" // as Request.Write does: an invalid Host is not sent
-	}
-	if strings.HasPrefix(host, "[") && strings.Contains(host, "%") {
-		return fields, false // a zone to remove
-	}
-	path := req.URL.EscapedPath()
-	if path == "" {
-		path = "/"
-	}
-	query := req.URL.ForceQuery || req.URL.RawQuery != ""
-	if ctlByte(path) || ctlByte(req.URL.RawQuery) {
-		return fields, false // Request.Write's error
 	}
 	ua, hasUA := defaultUserAgent, false
 	if v, ok := req.Header["User-Agent"]; ok {
@@ -109,23 +90,6 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField, 
 	}
 	slices.SortFunc(fields, func(a, b headerField) int { return strings.Compare(a.key, b.key) })
 
-	method := req.Method
-	if method == "" {
-		method = http.MethodGet
-	}
-	// Appended to b's free room and written once: a WriteString per
-	// piece cost twice the appends (about twenty pieces a head).
-	w := b.AvailableBuffer()
-	w = append(w, method...)
-	w = append(w, ' ')
-	w = append(w, path...)
-	if query {
-		w = append(w, '?')
-		w = append(w, req.URL.RawQuery...)
-	}
-	w = append(w, " HTTP/1.1\r\nHost: "...)
-	w = append(w, host...)
-	w = append(w, "\r\n"...)
 	if ua != "" { // a value of spaces goes, trimmed to nothing
 		w = append(w, "User-Agent: "...)
 		w = append(w, textproto.TrimString(ua)...)
@@ -147,6 +111,128 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField, 
 	b.Write(w)
 	clear(fields) // no request's values outlive it (here, and where it declines)
 	return fields, true
+}
+
+// appendRequestLine appends the request line of req, a bodiless
+// request, and its Host line, as req.Write writes them; ok is false for a
+// request it leaves to req.Write (writeRequestHead).
+func appendRequestLine(w []byte, req *http.Request) (_ []byte, ok bool) {
+	if req.URL == nil || req.URL.Opaque != "" || req.Close || len(req.TransferEncoding) > 0 || req.Trailer != nil ||
+		req.ContentLength != 0 {
+		return w, false
+	}
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if !isASCII(host) {
+		return w, false
+	}
+	if !httpguts.ValidHostHeader(host) {
+		host = "" // as Request.Write does: an invalid Host is not sent
+	}
+	if strings.HasPrefix(host, "[") && strings.Contains(host, "%") {
+		return w, false // a zone to remove
+	}
+	path := req.URL.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	if ctlByte(path) || ctlByte(req.URL.RawQuery) {
+		return w, false // Request.Write's error
+	}
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	w = append(w, method...)
+	w = append(w, ' ')
+	w = append(w, path...)
+	if req.URL.ForceQuery || req.URL.RawQuery != "" {
+		w = append(w, '?')
+		w = append(w, req.URL.RawQuery...)
+	}
+	w = append(w, " HTTP/1.1\r\nHost: "...)
+	w = append(w, host...)
+	return append(w, "\r\n"...), true
+}
+
+// writeRequestLines writes the head of req, a bodiless request, as
+// writeRequestHead writes it once toOutbound has made the app's header
+// map the upstream's, from the app's lines (sc.app) instead of the map:
+// each line as it came, in the app's order, but those toOutbound drops
+// (the hop-by-hop fields and those Connection lists), the request ID's
+// and the trace fields the try's replace (telemetry.Replaces), and the
+// fields the sidecar adds (Via, the request ID, the trace fields, Te)
+// in their sorted places among them (where writeRequestHead puts them
+// when the app's lines are sorted, as Go's client sends them). Fields
+// of one name keep their order. It reports false, having written
+// nothing, where writeRequestHead leaves the head to req.Write.
+//
+// The lines are the ones the app's header map was made of
+// (leanhttp.response.RequestLines): the scan checked every byte, and each
+// is "Name: value" as the map writes back, so no line is checked, split
+// into strings, sorted or canonicalized again.
+func writeRequestLines(b *bytes.Buffer, req *http.Request, sc *respScratch) bool {
+	w, ok := appendRequestLine(b.AvailableBuffer(), req)
+	if !ok {
+		return false
+	}
+	// The sidecar's Via entry goes after the app's last one, or in its
+	// sorted place among the additions if the app sent none on.
+	via := sc.app.ViaEnd
+	if via > 0 && sc.listedHas("Via") {
+		via = 0
+	}
+	var room [9]telemetry.Field
+	adds := sc.additions(&room, via == 0)
+	ua := false
+	text := sc.app.Text
+	for rest := text; rest != ""; {
+		nl := strings.IndexByte(rest, '\n')
+		line := rest[:nl+1]
+		rest = rest[nl+1:]
+		name := line[:strings.IndexByte(line, ':')]
+		switch name {
+		case "Host", "Content-Length":
+			continue // req's, and no body
+		case "User-Agent":
+			// Request.Write sends the first value, if not empty, and
+			// none of the others.
+			if !ua && len(line) > len("User-Agent: \r\n") && !sc.listedHas(name) {
+				w = append(w, line...)
+			}
+			ua = true
+			continue
+		}
+		for len(adds) > 0 && adds[0].Key < name {
+			w = appendField(w, adds[0].Key, adds[0].Value)
+			adds = adds[1:]
+		}
+		if hopHeader(name) || name == requestIDKey || sc.trace != nil && telemetry.Replaces(sc.trace, name) || sc.listedHas(name) {
+			continue
+		}
+		w = append(w, line...)
+		if via > 0 && len(text)-len(rest) == via { // the app's last Via line
+			w = appendField(w, "Via", sc.hop.value[0])
+		}
+	}
+	for _, f := range adds {
+		w = appendField(w, f.Key, f.Value)
+	}
+	w = append(w, "\r\n"...)
+	b.Write(w)
+	return true
+}
+
+// hopHeader reports whether name is one of hopHeaders.
+func hopHeader(name string) bool {
+	switch name {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
 }
 
 func appendField(w []byte, k, v string) []byte {
@@ -198,6 +284,82 @@ type respScratch struct {
 	// map by Inject.
 	trace     []telemetry.Field
 	traceRoom [5]telemetry.Field
+
+	// lined says the try's head is written from the app's lines, app
+	// (writeRequestLines), with toOutbound's changes: its header map was
+	// left as the server made it. unline makes them in the map for a
+	// try that writes the map after all.
+	lined bool
+	// app are the app's request lines, if appOK: the lean loop gave
+	// them (serve).
+	app   field.RequestLines
+	appOK bool
+	// listed are the names the app's Connection lists that toOutbound
+	// drops (not the Forwarded ones); te says its Te asks for trailers.
+	listed     []string
+	listedRoom [4]string
+	te         bool
+	hop        *hop     // this sidecar's Via entry
+	id         []string // the request ID, as the map holds it (reqState.idValue)
+}
+
+// line readies sc to write the request's heads from the app's lines
+// (app), whose header map is hdr: what toOutbound reads of the map.
+func (sc *respScratch) line(hdr http.Header, p *hop, id []string) {
+	sc.lined, sc.hop, sc.id = true, p, id
+	lines := sc.app
+	sc.listed = nil
+	if lines.Connection {
+		var room [4]string
+		for _, k := range connectionListed(hdr["Connection"], room[:0]) {
+			if !isForwardedHeader(k) {
+				sc.listed = append(sc.listedRoom[:len(sc.listed)], k)
+			}
+		}
+	}
+	sc.te = lines.Te && httpguts.HeaderValuesContainsToken(hdr["Te"], "trailers")
+}
+
+// unline makes toOutbound's changes in the request's header map hdr if
+// its heads were to be written from the app's lines: from now on they
+// are the map's. The request ID stays, as try sets it after toOutbound,
+// even one the app's Connection lists.
+func (sc *respScratch) unline(hdr http.Header) {
+	if sc.lined {
+		sc.lined = false
+		toOutbound(hdr, sc.hop)
+		hdr[requestIDKey] = sc.id
+	}
+}
+
+func (sc *respScratch) listedHas(name string) bool {
+	return len(sc.listed) > 0 && slices.Contains(sc.listed, name)
+}
+
+// additions are the fields writeRequestLines adds in their sorted
+// places, sorted by name, in room: the try's trace fields (sorted
+// already), Te, Via (if via) and the request ID, merged by appends in
+// the order of those three names (an insert per field was a tenth of
+// the lines' writing).
+func (sc *respScratch) additions(room *[9]telemetry.Field, via bool) []telemetry.Field {
+	fs, tr := room[:0], sc.trace
+	below := func(key string) {
+		for len(tr) > 0 && tr[0].Key < key {
+			fs = append(fs, tr[0])
+			tr = tr[1:]
+		}
+	}
+	below("Te")
+	if sc.te {
+		fs = append(fs, telemetry.Field{Key: "Te", Value: "trailers"})
+	}
+	below("Via")
+	if via {
+		fs = append(fs, telemetry.Field{Key: "Via", Value: sc.hop.value[0]})
+	}
+	below(requestIDKey)
+	fs = append(fs, telemetry.Field{Key: requestIDKey, Value: sc.id[0]})
+	return append(fs, tr...)
 }
 
 // fastResponse is a response read by readResponseHead, with its body.

@@ -131,3 +131,31 @@ func FuzzPropagation(f *testing.F) {
 		sameAsPropagators(t, tr, in)
 	})
 }
+
+// TestMayCarry: every field the propagators read (their own list) is one
+// MayCarry sees, or one that alone carries nothing (Tracestate without a
+// Traceparent): lines MayCarry clears give Begin nothing to read.
+func TestMayCarry(t *testing.T) {
+	const tid, sid = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	values := []string{"00-" + tid + "-" + sid + "-01", tid + "-" + sid + "-1", tid, sid, "1", "d", "vendor=v1"}
+	// The propagators' lists, with B3's single field, and Begin's own.
+	fields := append(otelPropagator.Fields(), b3.New(b3.WithInjectEncoding(b3.B3SingleHeader)).Fields()...)
+	fields = append(fields, b3Keys[:]...)
+	for _, f := range fields {
+		key := http.CanonicalHeaderKey(f)
+		if MayCarry("X-Other: 1\r\n" + key + ": v\r\n") {
+			continue
+		}
+		for _, v := range values {
+			ctx := otelPropagator.Extract(context.Background(), propagation.HeaderCarrier(http.Header{key: {v}}))
+			if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+				t.Errorf("MayCarry clears %q, from which the propagators read %v", key+": "+v, sc)
+			}
+		}
+	}
+	for _, lines := range []string{"", "Accept: */*\r\nUser-Agent: u\r\n", "Tracestate: a=1\r\nX-Trace: 1\r\n"} {
+		if MayCarry(lines) {
+			t.Errorf("MayCarry(%q): it holds no field Begin reads", lines)
+		}
+	}
+}

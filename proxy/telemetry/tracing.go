@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/minimesh/minimesh/wellknown"
 	"go.opentelemetry.io/contrib/propagators/b3"
@@ -191,6 +192,9 @@ func (t *Tracing) Try(ctx context.Context, p Place, name string) (context.Contex
 // extract reads the app's trace context from h: psc is invalid when h
 // holds none; ctx holds it for the SDK.
 func (t *Tracing) extract(ctx context.Context, h http.Header) (_ context.Context, psc trace.SpanContext, b3 bool) {
+	if h == nil {
+		return ctx, psc, false // a caller's lines without any (MayCarry)
+	}
 	if len(h["Traceparent"]) > 0 {
 		ctx = t.w3c.Extract(ctx, headerCarrier(h))
 		psc = trace.SpanContextFromContext(ctx)
@@ -209,6 +213,16 @@ func (t *Tracing) extract(ctx context.Context, h http.Header) (_ context.Context
 
 // b3Keys are the fields the B3 propagator reads, as header map keys.
 var b3Keys = [...]string{"B3", "X-B3-Traceid", "X-B3-Spanid", "X-B3-Sampled", "X-B3-Flags", "X-B3-Parentspanid"}
+
+// MayCarry reports whether header lines, "Name: value" CRLF each with
+// every name canonical (as a header map's keys), may hold a field Begin
+// reads: false only when they surely hold none, so that a caller with
+// such lines passes Begin no header and saves its seven look-ups (every
+// name Begin reads has "Traceparent" or "B3" in it; a value with those
+// letters only costs the look-ups).
+func MayCarry(lines string) bool {
+	return strings.Contains(lines, "B3") || strings.Contains(lines, "Traceparent")
+}
 
 // Inject writes p's span context into an outgoing request, so the
 // upstream's server span hangs under the sidecar's. The B3 fields it
