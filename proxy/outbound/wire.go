@@ -311,9 +311,10 @@ func (sc *respScratch) line(hdr http.Header, p *hop, id []string) {
 	sc.listed = nil
 	if lines.Connection {
 		var room [4]string
+		sc.listed = sc.listedRoom[:0] // more than four: a new array
 		for _, k := range connectionListed(hdr["Connection"], room[:0]) {
 			if !isForwardedHeader(k) {
-				sc.listed = append(sc.listedRoom[:len(sc.listed)], k)
+				sc.listed = append(sc.listed, k)
 			}
 		}
 	}

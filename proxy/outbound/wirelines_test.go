@@ -59,9 +59,10 @@ func compareRequestLines(t *testing.T, target, text, id string, tf []telemetry.F
 			lines.Te = true
 		case "Via":
 			lines.ViaEnd = at
-		case "Pragma":
-			return false // its Cache-Control: no lines either
 		}
+	}
+	if _, ok := app.Header["Cache-Control"]; ok && !strings.Contains(text, "Cache-Control: ") {
+		return false // a Pragma's Cache-Control, which the lines lack: no lines either
 	}
 	p := newHop()
 	prepare := func() *http.Request {
@@ -177,6 +178,11 @@ func TestWriteRequestLines(t *testing.T) {
 		"Host: geo:8000\r\nConnection: Traceparent, Tracestate, X-Request-Id\r\nTraceparent: x\r\nTracestate: y\r\nX-Request-Id: z\r\n",
 		"Host: geo:8000\r\nX-Empty: \r\nZ-Last: 1\r\nA-First: 2\r\n",
 		"Host: geo:8000\r\nConnection: x-a\r\nX-A: 1\r\n",
+		// More names than the scratch's room for them.
+		"Host: geo:8000\r\nConnection: keep-alive, A, B, C, D, E\r\nA: 1\r\nE: 5\r\nF: 6\r\n",
+		"Host: geo:8000\r\nConnection: A, B\r\nConnection: C, D, E, F, G, H, I, J\r\nJ: 1\r\nK: 2\r\n",
+		"Host: geo:8000\r\nPragma: x\r\nAccept: */*\r\n",
+		"Host: geo:8000\r\nPragma: no-cache\r\nCache-Control: max-age=0\r\n",
 	} {
 		for _, tf := range tfs {
 			if !compareRequestLines(t, "/p?q=1", text, "3f0d-id", tf) {
@@ -193,6 +199,7 @@ func FuzzWriteRequestLines(f *testing.F) {
 	f.Add(uint8(1), "Accept: a\nHost: geo\nVia: 1.1 x\nConnection: Via, X-A\nX-A: 1\nVia: 2 y")
 	f.Add(uint8(2), "Host: geo\nTe: trailers\nConnection: te, keep-alive\nKeep-Alive: 1\nX-Request-Id: r")
 	f.Add(uint8(3), "Host: geo\nTraceparent: t\nTracestate: s\nX-B3-Sampled: 1\nB3: b\nConnection: Forwarded\nForwarded: for=x")
+	f.Add(uint8(4), "Host: geo\nConnection: a, b, c, d, e, f\nA: 1\nF: 2\nG: 3")
 	tfs := testTraceFields(f)
 	f.Fuzz(func(t *testing.T, m uint8, lines string) {
 		var text strings.Builder
@@ -317,7 +324,28 @@ spec:
 				if tc.trace != "" && strings.Contains(head, "b7ad6b7169203331") {
 					t.Errorf("the caller's span ID went on, not the sidecar's: %q", head)
 				}
+				if tc.trace != "" && !strings.Contains(r.Header.Get(tc.want), "0af7651916cd43dd8448eb211c80319c") &&
+					r.Header.Get("X-B3-Traceid") != "0af7651916cd43dd8448eb211c80319c" {
+					t.Errorf("the caller's trace did not go on: %q", head)
+				}
 			}
 		})
+	}
+
+	// The loop check reads the lines' Via too.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET /p HTTP/1.1\r\nHost: geo\r\nVia: 1.1 a\r\nVia: "+h.hop.value[0]+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusLoopDetected {
+		t.Errorf("a request that came round a loop: %v, %v; want 508", resp, err)
+	}
+	if got := up.last(); got != "" {
+		t.Errorf("the upstream received a looping request: %q", got)
 	}
 }
