@@ -31,14 +31,15 @@ import (
 // fields, one name's lines in the same order, and byte for byte when
 // the app's lines come as Go's client sends them (Host and User-Agent
 // first, the others sorted), with the request ID id and the trace
-// fields tf. It reports false for a head the lean loop does not give as
-// lines.
-func compareRequestLines(t *testing.T, target, text, id string, tf []telemetry.Field) bool {
+// fields tf. proto is the app's: "HTTP/1.1", or "HTTP/1.0" (whose Host
+// may be missing). It reports false for a head the lean loop does not
+// give as lines.
+func compareRequestLines(t *testing.T, proto, target, text, id string, tf []telemetry.Field) bool {
 	t.Helper()
-	head := "GET " + target + " HTTP/1.1\r\n" + text + "\r\n"
+	head := "GET " + target + " " + proto + "\r\n" + text + "\r\n"
 	app, err := http.ReadRequest(bufio.NewReader(strings.NewReader(head)))
 	if err != nil || app.ContentLength != 0 || len(app.TransferEncoding) > 0 || app.Header["Upgrade"] != nil ||
-		app.Header["Expect"] != nil || app.Host == "" {
+		app.Header["Expect"] != nil || app.Host == "" && proto != "HTTP/1.0" {
 		return false // not a head the lean loop serves
 	}
 	lines := field.RequestLines{Text: text}
@@ -159,6 +160,7 @@ func TestWriteRequestLines(t *testing.T) {
 	tfs := testTraceFields(t)
 	for _, text := range []string{
 		"Host: geo:8000\r\n",
+		"Accept: */*\r\nConnection: keep-alive\r\n", // HTTP/1.0 without a Host; HTTP/1.1 refuses it
 		"Host: geo:8000\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n",                                                       // Go
 		"Host: geo:8000\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n",                                                                         // curl
 		"Host: geo:8000\r\nUser-Agent: python-requests/2.31.0\r\nAccept-Encoding: gzip, deflate\r\nAccept: */*\r\nConnection: keep-alive\r\n", // requests
@@ -185,8 +187,11 @@ func TestWriteRequestLines(t *testing.T) {
 		"Host: geo:8000\r\nPragma: no-cache\r\nCache-Control: max-age=0\r\n",
 	} {
 		for _, tf := range tfs {
-			if !compareRequestLines(t, "/p?q=1", text, "3f0d-id", tf) {
+			if !compareRequestLines(t, "HTTP/1.1", "/p?q=1", text, "3f0d-id", tf) && strings.Contains(text, "Host: ") {
 				t.Errorf("%q: not a head of lines; the comparison proves nothing", text)
+			}
+			if !compareRequestLines(t, "HTTP/1.0", "/p?q=1", text, "3f0d-id", tf) {
+				t.Errorf("%q over HTTP/1.0: not a head of lines; the comparison proves nothing", text)
 			}
 		}
 	}
@@ -211,7 +216,11 @@ func FuzzWriteRequestLines(f *testing.F) {
 			name = textproto.CanonicalMIMEHeaderKey(name)
 			text.WriteString(name + ": " + value + "\r\n")
 		}
-		compareRequestLines(t, "/", text.String(), "id-"+string('a'+rune(m%26)), tfs[int(m>>5)%len(tfs)])
+		proto := "HTTP/1.1"
+		if m&16 != 0 {
+			proto = "HTTP/1.0"
+		}
+		compareRequestLines(t, proto, "/", text.String(), "id-"+string('a'+rune(m%16)), tfs[int(m>>5)%len(tfs)])
 	})
 }
 
