@@ -125,13 +125,14 @@ func (rh *rawHead) write(bw *bufio.Writer, header http.Header, drop field.Known)
 }
 
 // RequestLines gives the field lines of the request w answers as its
-// client sent them, when each is of the form its header map writes back
-// (field.RequestLines): a proxy then sends them on as they are, with
-// its own changes, and never walks, sorts and writes the map. ok is
-// false for a head with a line of another form (a name not canonical,
-// white space around a value) or a field the map has and the lines
-// lack (the Cache-Control a Pragma implies). The text is the request's
-// until its response ends.
+// client sent them, names spelled canonically (newRequest), when each
+// is of the form its header map writes back (field.RequestLines): a
+// proxy then sends them on as they are, with its own changes, and never
+// walks, sorts and writes the map. ok is false for a head with a line
+// of another form (white space around a value, or other than one space
+// before it) or a field the map has and the lines lack (the
+// Cache-Control a Pragma implies). The text is the request's until its
+// response ends.
 func (w *response) RequestLines() (field.RequestLines, bool) {
 	return w.c.rs.lines, w.c.rs.lined
 }

@@ -83,45 +83,64 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	values := sc.values[:n]
 	var hostField string
 	fields := rest
-	// lined: every line so far is "Name: value" as the map writes it
-	// back, a canonical name, one space, no white space to trim.
-	lined, pragma := true, false
-	sc.lines = field.RequestLines{}
-	for i := 0; ; i++ {
-		line, rest, _ = cutLine(rest)
-		if line == "" {
+	var lined, pragma bool
+	for pass := 0; ; pass++ {
+		// lined: every line so far is "Name: value" as the map writes
+		// it back, a canonical name, one space, no white space to trim.
+		hostField, lined, pragma, rest = "", true, false, fields
+		sc.lines = field.RequestLines{}
+		again := false
+		for i := 0; ; i++ {
+			line, rest, _ = cutLine(rest)
+			if line == "" {
+				break
+			}
+			name, value, _ := strings.Cut(line, ":")
+			key := name
+			if !field.Canonical(name) { // most clients spell them so: one table look a byte
+				if pass == 0 {
+					again = true
+					break
+				}
+				key = textproto.CanonicalMIMEHeaderKey(name) // (canonical since the copy: never)
+			}
+			v := field.TrimOWS(value)
+			lined = lined && key == name && len(value) == len(v)+1 && value[0] == ' '
+			switch key {
+			case "Host":
+				// req.Host, not a header: never in the map (the scan
+				// accepted one at most).
+				hostField = v
+				continue
+			case "Connection":
+				sc.lines.Connection = true
+			case "Te":
+				sc.lines.Te = true
+			case "Via":
+				sc.lines.ViaEnd = len(fields) - len(rest)
+			case "Pragma":
+				pragma = true
+			}
+			values[i] = v
+			if vv, seen := h[key]; seen {
+				h[key] = append(vv, values[i])
+			} else {
+				// Capacity one: a handler's append copies, never writing
+				// into the next value.
+				h[key] = values[i : i+1 : i+1]
+			}
+		}
+		if !again {
 			break
 		}
-		name, value, _ := strings.Cut(line, ":")
-		key := name
-		if !field.Canonical(name) { // most clients spell them so: one table look a byte
-			key = textproto.CanonicalMIMEHeaderKey(name)
-		}
-		v := field.TrimOWS(value)
-		lined = lined && key == name && len(value) == len(v)+1 && value[0] == ' '
-		switch key {
-		case "Host":
-			// req.Host, not a header: never in the map (the scan
-			// accepted one at most).
-			hostField = v
-			continue
-		case "Connection":
-			sc.lines.Connection = true
-		case "Te":
-			sc.lines.Te = true
-		case "Via":
-			sc.lines.ViaEnd = len(fields) - len(rest)
-		case "Pragma":
-			pragma = true
-		}
-		values[i] = v
-		if vv, seen := h[key]; seen {
-			h[key] = append(vv, values[i])
-		} else {
-			// Capacity one: a handler's append copies, never writing
-			// into the next value.
-			h[key] = values[i : i+1 : i+1]
-		}
+		// A client that spells names otherwise (Node's fetch: in lower
+		// case) spells most so: its head is copied once more with every
+		// name canonical, and read again, rather than a string made per
+		// name; its lines then go on as lines (RequestLines), as the
+		// map would have spelled them.
+		clear(h)
+		s = canonicalNames(s, len(s)-len(fields))
+		fields = s[len(s)-len(fields):]
 	}
 
 	host := u.Host
@@ -155,6 +174,40 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	req.Header, req.Body, req.Host = h, http.NoBody, host
 	req.RequestURI, req.Close = target, closing
 	return true
+}
+
+// canonicalNames is head, a head the scan accepted, with every field
+// name from its byte from on spelled as textproto.CanonicalMIMEHeaderKey
+// spells it (upper case first and after a hyphen, lower case elsewhere;
+// the names are tokens): one string, whose lines keep their lengths.
+func canonicalNames(head string, from int) string {
+	var b strings.Builder
+	b.Grow(len(head))
+	b.WriteString(head[:from])
+	rest := head[from:]
+	for {
+		line, r, _ := cutLine(rest)
+		if line == "" {
+			break
+		}
+		rest = r
+		colon := strings.IndexByte(line, ':')
+		upper := true
+		for i := 0; i < colon; i++ {
+			c := line[i]
+			if upper && 'a' <= c && c <= 'z' {
+				c -= 'a' - 'A'
+			} else if !upper && 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			b.WriteByte(c)
+			upper = c == '-'
+		}
+		b.WriteString(line[colon:])
+		b.WriteString("\r\n")
+	}
+	b.WriteString(rest) // the blank line
+	return b.String()
 }
 
 // plainTarget sets *u to what url.ParseRequestURI makes of target when

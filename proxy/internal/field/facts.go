@@ -68,10 +68,11 @@ func (f *Facts) Note(name, value []byte) bool {
 }
 
 // RequestLines are a request head's field lines as its client sent
-// them, for a proxy that sends them on as they are (outbound's fast
-// transport) rather than from the header map made of them: the lean
-// loop (leanhttp) gives them when every line is of the one form a
-// header map writes back, so that the two ways write the same fields.
+// them, each name spelled as the header map spells it, for a proxy that
+// sends them on as they are (outbound's fast transport) rather than
+// from the header map made of them: the lean loop (leanhttp) gives them
+// when every line is of the one form a header map writes back, so that
+// the two ways write the same fields.
 type RequestLines struct {
 	// Text is the lines, "Name: value\r\n" each: a canonical name, a
 	// colon and one space, a value without white space at either end
