@@ -358,3 +358,18 @@ spec:
 		t.Errorf("the upstream received a looping request: %q", got)
 	}
 }
+
+// TestHopHeader: the lines' writer drops the names toOutbound drops
+// (hopHeaders), and no other.
+func TestHopHeader(t *testing.T) {
+	for _, k := range hopHeaders {
+		if !hopHeader(k) {
+			t.Errorf("hopHeader(%q) = false: it is one of hopHeaders", k)
+		}
+	}
+	for _, k := range []string{"Via", "Host", "Accept", "Te-X", "Connections", "Forwarded", "X-Request-Id", ""} {
+		if hopHeader(k) {
+			t.Errorf("hopHeader(%q) = true: it is none of hopHeaders", k)
+		}
+	}
+}
