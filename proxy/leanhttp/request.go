@@ -2,7 +2,6 @@ package leanhttp
 
 import (
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"strings"
 
@@ -86,7 +85,8 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	var lined, pragma bool
 	for pass := 0; ; pass++ {
 		// lined: every line so far is "Name: value" as the map writes
-		// it back, a canonical name, one space, no white space to trim.
+		// it back (its name is canonical, or the pass ended), one
+		// space, no white space to trim.
 		hostField, lined, pragma, rest = "", true, false, fields
 		sc.lines = field.RequestLines{}
 		again := false
@@ -95,17 +95,16 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 			if line == "" {
 				break
 			}
-			name, value, _ := strings.Cut(line, ":")
-			key := name
-			if !field.Canonical(name) { // most clients spell them so: one table look a byte
-				if pass == 0 {
-					again = true
-					break
+			key, value, _ := strings.Cut(line, ":")
+			if !field.Canonical(key) { // most clients spell them so: one table look a byte
+				if pass > 0 {
+					return false // (never: canonicalNames spelled every name so) net/http's
 				}
-				key = textproto.CanonicalMIMEHeaderKey(name) // (canonical since the copy: never)
+				again = true
+				break
 			}
 			v := field.TrimOWS(value)
-			lined = lined && key == name && len(value) == len(v)+1 && value[0] == ' '
+			lined = lined && len(value) == len(v)+1 && value[0] == ' '
 			switch key {
 			case "Host":
 				// req.Host, not a header: never in the map (the scan
