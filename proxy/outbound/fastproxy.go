@@ -266,7 +266,7 @@ func removeHopByHop(h http.Header, keep func(string) bool) {
 		// Fewer fields than names: a look at each field costs less
 		// than a delete (a hash) of each name.
 		for k := range h {
-			if slices.Contains(hopHeaders[:], k) {
+			if hopHeader(k) {
 				delete(h, k)
 			}
 		}

@@ -310,13 +310,8 @@ func (sc *respScratch) line(hdr http.Header, p *hop, id []string) {
 	lines := sc.app
 	sc.listed = nil
 	if lines.Connection {
-		var room [4]string
-		sc.listed = sc.listedRoom[:0] // more than four: a new array
-		for _, k := range connectionListed(hdr["Connection"], room[:0]) {
-			if !isForwardedHeader(k) {
-				sc.listed = append(sc.listed, k)
-			}
-		}
+		// More than four: a new array.
+		sc.listed = slices.DeleteFunc(connectionListed(hdr["Connection"], sc.listedRoom[:0]), isForwardedHeader)
 	}
 	sc.te = lines.Te && httpguts.HeaderValuesContainsToken(hdr["Te"], "trailers")
 }
