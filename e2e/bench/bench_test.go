@@ -145,8 +145,12 @@ func TestMarkdown(t *testing.T) {
 			lat: lat(150*time.Microsecond, 400*time.Microsecond), cpu: 200 * time.Millisecond, user: 50 * time.Millisecond,
 			switches: 20000, hasCPU: true})
 		rep.addMax(keyDirect, sample{target: "direct", run: run, qps: 20000, requests: 100000, lat: lat(0, 0)})
+		// 5 s of the machine's 2 cores, 4 s busy: 80 %; busy 80 ms per
+		// 1,000 requests, the upstream's 30 and the load generator's 20
+		// (runs 1 and 2: medians of 25 and 35, 15 and 25).
 		rep.addMax(keyMinimesh, sample{target: "minimesh-proxy", run: run, qps: 10000, requests: 50000, lat: lat(0, 0),
-			cpu: time.Second, hasCPU: true})
+			cpu: time.Second, hasCPU: true, machine: proc.Machine{Busy: 4 * time.Second, All: 5 * time.Second},
+			upstreamCPU: time.Duration(750+500*run) * time.Millisecond, loadCPU: time.Duration(250+500*run) * time.Millisecond})
 	}
 	rep.usage[keyMinimesh] = proc.Usage{PeakRSS: 10e6, Procs: 1}
 	rep.usage[keyNginx] = proc.Usage{PeakRSS: 20e6, Procs: 3}
@@ -157,7 +161,8 @@ func TestMarkdown(t *testing.T) {
 		"| minimesh-proxy | 40.0 | 30.0 | 0.040 | 2.65 | 10.0 | 1 | – | – |", // switches: median of 2.6 and 2.7
 		"| nginx | 20.0 | 5.0 | 0.020 | 2.00 | 20.0 | 3 | 2.00 | 0.50 |",
 		"**Maximum rate ratio (through sidecar / direct): 0.50**",
-		"| minimesh-proxy | 10000 | 0.50 | 0.000 | 0.000 | 20.0 | – |",
+		"| minimesh-proxy | 10000 | 0.50 | 0.000 | 0.000 | 20.0 | – | 80 % | 80.0 | 30.0 | 20.0 |",
+		"| direct | 20000 | 1.00 | 0.000 | 0.000 | – | – | – | – | – | – |", // no machine figures: none measured
 		"| p99 added at 1000 requests/s < 0.5 ms | +0.200 ms | yes |",
 		"| CPU < 0.06 core per 1,000 requests/s (60 ms CPU per 1,000 requests) | 0.040 core | yes |",
 		"| peak RSS < 15 MB | 10.0 MB | yes |",

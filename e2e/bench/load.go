@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/minimesh/minimesh/e2e/internal/proc"
+
 	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
@@ -33,7 +35,8 @@ type fortioResult struct {
 		}
 	}
 	RetCodes map[string]int64
-	Sockets  []int64 // connections opened, per fortio connection
+	cpu      time.Duration // fortio's user and system time (its process state), not from the JSON
+	Sockets  []int64       // connections opened, per fortio connection
 }
 
 // sample is one load run against one target.
@@ -51,6 +54,19 @@ type sample struct {
 	user     time.Duration // the user-mode part of cpu
 	switches int64         // the proxy's context switches during the run
 	hasCPU   bool
+	// At the maximum rate: the load generator's CPU (fortio's own, from
+	// its exit status), the upstream's, and the machine's (/proc/stat).
+	loadCPU     time.Duration
+	upstreamCPU time.Duration
+	machine     proc.Machine
+}
+
+// per1k is d per 1,000 of the run's requests.
+func (s sample) per1k(d time.Duration) time.Duration {
+	if s.requests == 0 {
+		return 0
+	}
+	return time.Duration(float64(d) * 1000 / float64(s.requests))
 }
 
 // cpuPer1k is the proxy's CPU time per 1,000 requests.
@@ -184,6 +200,8 @@ func runLoad(ctx context.Context, fortio, dir string, l loadSpec) (*fortioResult
 	if err != nil {
 		return nil, fmt.Errorf("fortio load against %s: %w\n%s", l.addr, err, strings.TrimSpace(string(out)))
 	}
+	// ip netns exec execs fortio in its own place: the process is fortio.
+	r.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	return r, nil
 }
 
@@ -202,7 +220,7 @@ func parseFortio(b []byte) (*fortioResult, error) {
 func toSample(targetName string, run int, r *fortioResult) sample {
 	s := sample{target: targetName, run: run, qps: r.ActualQPS,
 		requests: r.DurationHistogram.Count, codes: r.RetCodes,
-		lat: map[float64]time.Duration{}}
+		lat: map[float64]time.Duration{}, loadCPU: r.cpu}
 	for _, n := range r.Sockets {
 		s.sockets += n
 	}

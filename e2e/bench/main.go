@@ -303,10 +303,11 @@ func run(ctx context.Context, o *options) (err error) {
 		}()
 	}
 
-	upstream, err := startUpstream(ctx, ps, fortio, dir, o.bodySize)
+	upstream, upstreamProc, err := startUpstream(ctx, ps, fortio, dir, o.bodySize)
 	if err != nil {
 		return err
 	}
+	rep.upstream = upstreamProc
 	logf("upstream: fortio echo server on %s", upstream)
 	targets := []*target{{key: keyDirect, name: "direct", addr: upstream,
 		version: "fortio " + rep.fortioVersion, config: "no proxy: fortio → upstream"}}
@@ -545,10 +546,24 @@ func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) e
 		for round := 0; round < o.runs; round++ {
 			for i := range maxTargets {
 				t := maxTargets[(i+round)%len(maxTargets)]
+				var up0, up1 proc.Usage
+				var m0, m1 proc.Machine
+				if r.upstream != nil {
+					up0, _ = r.upstream.Usage()
+				}
+				m0, _ = proc.ReadMachine("/proc")
 				s, err := measure(ctx, fortio, dir, t, round+1, spec(t, 0, o.maxDuration))
 				if err := check(t, s, err); err != nil {
 					return err
 				}
+				// Where the machine's time went: at the maximum rate the
+				// load generator, the upstream and the proxy share the
+				// cores, and each one's CPU per request moves the rate.
+				m1, _ = proc.ReadMachine("/proc")
+				if r.upstream != nil {
+					up1, _ = r.upstream.Usage()
+				}
+				s.machine, s.upstreamCPU = m1.Sub(m0), up1.CPU-up0.CPU
 				logf("max %d/%d %-15s %.0f qps  %d errors", round+1, o.runs, t.name, s.qps, s.errors)
 				r.addMax(t.key, s)
 			}

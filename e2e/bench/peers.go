@@ -100,21 +100,21 @@ func cleanEnv(extra ...string) []string {
 }
 
 // startUpstream starts fortio's echo server, answering every request with
-// 200 and a body of bodySize bytes.
-func startUpstream(ctx context.Context, ps *procs, fortio, dir string, bodySize int) (string, error) {
+// 200 and a body of bodySize bytes, and returns its address and process.
+func startUpstream(ctx context.Context, ps *procs, fortio, dir string, bodySize int) (string, *proc.Proc, error) {
 	addr, err := proc.FreeAddr()
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	data := filepath.Join(dir, "upstream")
 	if err := os.MkdirAll(data, 0o755); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	p, err := ps.start("upstream (fortio server)", fortio, upstreamArgs(addr, data, bodySize), cleanEnv(), dir)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return addr, waitOK(ctx, p, "http://"+addr+"/", "", 10*time.Second)
+	return addr, p, waitOK(ctx, p, "http://"+addr+"/", "", 10*time.Second)
 }
 
 // upstreamArgs is fortio's command line for an echo server on listen.

@@ -40,6 +40,7 @@ type report struct {
 	cold           map[string]sample     // the warm-up runs: the first load after start
 	aborted        string                // why the runs stopped before the end
 	notes          []string              // the sidecar's state after runs with errors
+	upstream       *proc.Proc            // the upstream's process, for its CPU at the maximum rate
 }
 
 // loadAvg is the 1, 5 and 15 minute load averages.
@@ -119,6 +120,12 @@ type summary struct {
 	hasCPU   bool
 	usage    proc.Usage
 	hasUsage bool
+	// The maximum rate's runs: the machine's busy share of its cores'
+	// time, and per 1,000 requests its busy time, the upstream's CPU and
+	// the load generator's.
+	busyShare                              float64
+	machinePer1k, upstreamPer1k, loadPer1k time.Duration
+	hasMachine                             bool
 }
 
 func (r *report) summarize(t *target) *summary { return r.summarizeAt(t, r.rate(t)) }
@@ -162,6 +169,20 @@ func (r *report) summarizeAt(t *target, q float64) *summary {
 	sm.qps = median(qps)
 	if len(cpu) > 0 {
 		sm.cpuPer1k, sm.userPer1k, sm.switches, sm.hasCPU = medianDur(cpu), medianDur(user), median(sw), true
+	}
+	var busy []float64
+	var machine, upstream, load []time.Duration
+	for _, s := range ss {
+		if s.machine.All > 0 && s.loadCPU > 0 {
+			busy = append(busy, float64(s.machine.Busy)/float64(s.machine.All))
+			machine = append(machine, s.per1k(s.machine.Busy))
+			upstream = append(upstream, s.per1k(s.upstreamCPU))
+			load = append(load, s.per1k(s.loadCPU))
+		}
+	}
+	if len(busy) > 0 {
+		sm.busyShare, sm.hasMachine = median(busy), true
+		sm.machinePer1k, sm.upstreamPer1k, sm.loadPer1k = medianDur(machine), medianDur(upstream), medianDur(load)
 	}
 	sm.usage, sm.hasUsage = r.usage[t.key]
 	return sm

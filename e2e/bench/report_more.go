@@ -83,10 +83,14 @@ func (r *report) maxSection(b *strings.Builder) {
 	direct := r.maxQPS(keyDirect)
 	w("## Maximum rate\n\n")
 	w("No fixed rate (`-qps 0`), %d connections, %v per run, median over %d rounds, the targets rotating; "+
-		"load generator, upstream and proxy share the machine's cores. Latency here is closed-loop (each connection sends its next request when the last is answered).\n\n",
+		"load generator, upstream and proxy share the machine's cores. Latency here is closed-loop (each connection sends its next request when the last is answered). "+
+		"Machine busy: the share of every core's time not idle during the run (/proc/stat, every process's, the harness's own included); "+
+		"machine CPU: that busy time per 1,000 requests, of which the proxy's, the upstream's (fortio's echo server) and the load generator's (fortio's own user and system time) are columns of their own. "+
+		"The rate is about the busy cores divided by the machine's CPU per request: a proxy moves it with its own CPU and with what it makes the upstream and the load generator spend.\n\n",
 		o.conns, o.maxDuration, len(r.maxSamples[keyDirect]))
-	row("scenario", "requests/s", "× direct", "p50 ms", "p99 ms", "CPU ms / 1,000 requests", "peak RSS MB after")
-	row("---", "---:", "---:", "---:", "---:", "---:", "---:")
+	row("scenario", "requests/s", "× direct", "p50 ms", "p99 ms", "CPU ms / 1,000 requests", "peak RSS MB after",
+		"machine busy", "machine CPU ms / 1,000", "upstream CPU ms / 1,000", "load generator CPU ms / 1,000")
+	row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 	for _, t := range ts {
 		s := r.summarizeAt(t, 0)
 		q := r.maxQPS(t.key)
@@ -97,7 +101,12 @@ func (r *report) maxSection(b *strings.Builder) {
 		if u, ok := r.usageAfterMax[t.key]; ok {
 			rss = mb(u.PeakRSS)
 		}
-		row(t.name, fmt.Sprintf("%.0f", q), ratio(q, direct), ms(s.lat[50]), ms(s.lat[99]), cpu, rss)
+		busy, machine, up, load := "–", "–", "–", "–"
+		if s.hasMachine {
+			busy = fmt.Sprintf("%.0f %%", 100*s.busyShare)
+			machine, up, load = cpuMs(s.machinePer1k), cpuMs(s.upstreamPer1k), cpuMs(s.loadPer1k)
+		}
+		row(t.name, fmt.Sprintf("%.0f", q), ratio(q, direct), ms(s.lat[50]), ms(s.lat[99]), cpu, rss, busy, machine, up, load)
 	}
 	if side := r.maxQPS(keyMinimesh); side > 0 {
 		w("\n**Maximum rate ratio (through sidecar / direct): %s**", ratio(side, direct))

@@ -165,3 +165,42 @@ func TestGroupUsage(t *testing.T) {
 		t.Error("GroupUsage of a group with no process: no error")
 	}
 }
+
+func TestParseMachine(t *testing.T) {
+	stat := "cpu  100 5 40 800 20 3 2 30 7 0\ncpu0 50 2 20 400 10 1 1 15 3 0\nintr 1 2 3\n"
+	m, err := parseMachine([]byte(stat))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Busy: user, nice, system, irq, softirq, steal; guest (in user) not again.
+	busy, all := ticks(100+5+40+3+2+30), ticks(100+5+40+800+20+3+2+30)
+	if m.Busy != busy || m.All != all {
+		t.Errorf("parseMachine = %+v, want busy %v of %v", m, busy, all)
+	}
+	if d := (Machine{Busy: 3 * busy, All: 2 * all}).Sub(m); d.Busy != 2*busy || d.All != all {
+		t.Errorf("Sub = %+v", d)
+	}
+	for _, bad := range []string{"", "intr 1 2 3\n", "cpu 1 2 3\n", "cpu 1 2 x 4 5 6 7 8\n"} {
+		if _, err := parseMachine([]byte(bad)); err == nil {
+			t.Errorf("parseMachine(%q): no error", bad)
+		}
+	}
+}
+
+// TestReadMachine reads this machine's /proc/stat: time went on, and some
+// of it was busy (this test's own).
+func TestReadMachine(t *testing.T) {
+	m0, err := ReadMachine("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+	}
+	m1, err := ReadMachine("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := m1.Sub(m0); d.All <= 0 || d.Busy <= 0 || d.Busy > d.All {
+		t.Errorf("50 ms of spinning: %+v", d)
+	}
+}

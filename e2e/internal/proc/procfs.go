@@ -185,3 +185,47 @@ var clkTck = sync.OnceValue(func() int64 {
 func ticks(n uint64) time.Duration {
 	return time.Duration(int64(n) * int64(time.Second) / clkTck())
 }
+
+// Machine is the CPU time of every core of the machine so far, from the
+// first line of /proc/stat: what a run of a benchmark kept busy, beside
+// what it left idle. A load generator, an upstream and a proxy sharing
+// the cores can leave some of them idle at their maximum rate, waiting on
+// each other: then the rate follows the busy time per request, not one
+// process's share of it.
+type Machine struct {
+	Busy time.Duration // user, nice, system, irq, softirq and steal time
+	All  time.Duration // Busy and the idle and iowait time
+}
+
+// Sub is the time between m0 and m.
+func (m Machine) Sub(m0 Machine) Machine { return Machine{m.Busy - m0.Busy, m.All - m0.All} }
+
+// ReadMachine reads procRoot/stat (normally /proc/stat).
+func ReadMachine(procRoot string) (Machine, error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, "stat"))
+	if err != nil {
+		return Machine{}, err
+	}
+	return parseMachine(b)
+}
+
+// parseMachine reads the "cpu" line of /proc/stat: user nice system idle
+// iowait irq softirq steal [guest guest_nice], in clock ticks (guest time
+// is already in user time, and left out).
+func parseMachine(b []byte) (Machine, error) {
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return Machine{}, fmt.Errorf("/proc/stat: first line %q is not the machine's cpu line", line)
+	}
+	var n [8]uint64
+	for i := range n {
+		v, err := strconv.ParseUint(f[i+1], 10, 64)
+		if err != nil {
+			return Machine{}, fmt.Errorf("/proc/stat: cpu field %d: %w", i+1, err)
+		}
+		n[i] = v
+	}
+	busy := n[0] + n[1] + n[2] + n[5] + n[6] + n[7]
+	return Machine{Busy: ticks(busy), All: ticks(busy + n[3] + n[4])}, nil
+}
