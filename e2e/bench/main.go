@@ -116,7 +116,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.sidecar, "sidecar", "", "minimesh-proxy binary (default: $MINIMESH_BIN_DIR/minimesh-proxy or bin/minimesh-proxy)")
 	fs.IntVar(&o.bodySize, "body-size", 256, "bytes in each upstream response body")
 	fs.Float64Var(&o.resolution, "resolution", 0.00001, "fortio histogram resolution in seconds (fortio -r)")
-	fs.IntVar(&o.workers, "peer-workers", runtime.NumCPU(), "nginx worker processes and HAProxy threads (the sidecar, like any Go program, uses every core)")
+	fs.IntVar(&o.workers, "peer-workers", runtime.NumCPU(), "nginx worker processes and HAProxy threads (the sidecar runs as injected, with one P: -sidecar-env; 1 gives the peers its budget of threads)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with the generated configs")
 	fs.BoolVar(&o.transparent, "transparent", false, "also measure in a pod network namespace with minimesh-proxy init's rules (needs root): direct, the sidecar as explicit proxy, and transparently redirected to it")
 	fs.Float64Var(&o.newConnQPS, "newconn-qps", 200, "with -transparent: fixed rate of the runs with a new connection per request (fortio -keepalive=false) against the three namespace targets (0: none)")
@@ -262,7 +262,7 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 	}
-	if o.want(keyHAProxy) {
+	if o.want(keyHAProxy) || o.want(keyHAProxy1) {
 		if haproxyBin, err = tools.Find("haproxy"); err != nil {
 			return err
 		}
@@ -355,6 +355,13 @@ func run(ctx context.Context, o *options) (err error) {
 	}
 	if o.want(keyHAProxy) {
 		t, err := startHAProxy(ctx, ps, haproxyBin, dir, upstream, o.workers, peerConns)
+		if err != nil {
+			return err
+		}
+		targets = append(targets, t)
+	}
+	if o.want(keyHAProxy1) {
+		t, err := startHAProxyAs(ctx, ps, haproxyBin, dir, upstream, 1, peerConns, keyHAProxy1)
 		if err != nil {
 			return err
 		}

@@ -78,8 +78,13 @@ var allKeys = []string{keyDirect, keyMinimesh, keyNginx, keyHAProxy, keyCaddy}
 // the CPU target, which the sidecar meets with its access log on.
 const keyNginxLog = "nginx-log"
 
+// keyHAProxy1 is HAProxy with one thread: the sidecar's own budget as
+// injected (one P under the chart's one-core limit), beside HAProxy with
+// -peer-workers threads, in the same run.
+const keyHAProxy1 = "haproxy-1"
+
 // extraKeys are the scenarios that run only when -scenarios names them.
-var extraKeys = []string{keyNginxLog, keyRelay}
+var extraKeys = []string{keyNginxLog, keyHAProxy1, keyRelay}
 
 // cleanEnv is the harness's environment without the variables that would
 // change how a child behaves behind its back: MINIMESH_* (each sidecar flag
@@ -475,11 +480,17 @@ backend upstream
 }
 
 func startHAProxy(ctx context.Context, ps *procs, haproxy, dir, upstream string, threads, conns int) (*target, error) {
+	return startHAProxyAs(ctx, ps, haproxy, dir, upstream, threads, conns, keyHAProxy)
+}
+
+// startHAProxyAs is startHAProxy as the target key (keyHAProxy1: with its
+// own name and directory).
+func startHAProxyAs(ctx context.Context, ps *procs, haproxy, dir, upstream string, threads, conns int, key string) (*target, error) {
 	listen, err := proc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	d := filepath.Join(dir, "haproxy")
+	d := filepath.Join(dir, key)
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		return nil, err
 	}
@@ -497,7 +508,11 @@ func startHAProxy(ctx context.Context, ps *procs, haproxy, dir, upstream string,
 	v, _ := runCmd(ctx, haproxy, "-v")
 	v, _, _ = strings.Cut(v, "\n")
 	v, _, _ = strings.Cut(strings.TrimPrefix(v, "HAProxy version "), " ")
-	return &target{key: keyHAProxy, name: "haproxy", addr: listen, proc: p, version: v,
+	name := "haproxy"
+	if key != keyHAProxy {
+		name = fmt.Sprintf("haproxy (%d thread)", threads)
+	}
+	return &target{key: key, name: name, addr: listen, proc: p, version: v,
 		config: fmt.Sprintf("`mode http`, `http-reuse always`, keep-alive, %d threads, no logging", threads)}, nil
 }
 
