@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# instructions.sh BINARY [RATIO]: the instructions a sidecar build executes
+# per proxied request, counted by valgrind's cachegrind: the same count
+# every run to within ~2 % (the runtime's scheduling), where CPU time on
+# the shared two-core machines moves 10-20 % (docs/benchmarks.md,
+# "Counting instructions").
+#
+# The sidecar runs under cachegrind with the bench's policy (timeout,
+# retries, breaker), the access log on and GOMAXPROCS=1 GOGC=50, fortio's
+# echo server (256 bytes) upstream; fortio sends 400 requests in one run
+# and 4,400 in another at 1,000 requests/s from 16 connections; the count
+# per request is the difference over 4,000. RATIO > 0 traces at that
+# sample ratio to a Jaeger on loopback, its default ports (issue 16's
+# targets: 0.01).
+# OUT (default a temporary directory) keeps cg-400.out and cg-4400.out;
+# `cg_diff cg-400.out cg-4400.out > d; cg_annotate d` says where they go.
+#
+# Needs valgrind (apt-get install valgrind), and fortio and Jaeger from
+# make tools. Every process it starts ends with it.
+set -euo pipefail
+bin=$(realpath "${1:?usage: instructions.sh BINARY [RATIO]}")
+ratio=${2:-0}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$("$root/scripts/tools.sh" --print-dir)/bin"
+command -v valgrind >/dev/null || { echo "instructions: valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
+out=${OUT:-$(mktemp -d)}
+mkdir -p "$out/policies"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# Loopback ports the kernel picks.
+read -r up out_port admin <<<"$(python3 -c 'import socket
+s=[socket.socket() for _ in range(3)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')"
+
+"$tools/fortio" server -http-port "127.0.0.1:$up" -grpc-port disabled -redirect-port disabled \
+	-tcp-port disabled -udp-port disabled -ui-path "" -echo-debug-path "" \
+	-echo-server-default-params size=256 -quiet >/dev/null 2>&1 &
+pids+=($!)
+cat >"$out/policies/bench.yaml" <<EOF
+apiVersion: minimesh.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: bench-upstream}
+spec:
+  service: "127.0.0.1:$up"
+  timeout: 20s
+  retries:
+    attempts: 2
+    perTryTimeout: 10s
+    retryOn: [connect-failure, "502", "503", "504"]
+    backoff: {base: 25ms, max: 250ms}
+    budget: {ratio: 0.2, minPerSecond: 10}
+  circuitBreaker:
+    consecutiveFailures: 5
+    openTimeout: 5s
+    halfOpenRequests: 2
+    failOn: [5xx, connect-failure, timeout]
+EOF
+trace=()
+if [[ "$ratio" != 0 ]]; then
+	# Jaeger all-in-one with its defaults: OTLP/gRPC on 4317 (not to be
+	# taken by anything else while this runs).
+	"$tools/jaeger" >"$out/jaeger.log" 2>&1 &
+	pids+=($!)
+	for _ in $(seq 100); do
+		(exec 3<>/dev/tcp/127.0.0.1/4317) 2>/dev/null && break
+		sleep 0.2
+	done
+	trace=(--otlp-endpoint 127.0.0.1:4317 --trace-sample-ratio "$ratio")
+fi
+
+count() { # N: the sidecar's instructions over a run of N requests
+	local n=$1
+	GODEBUG=cpu.rdtscp=off GOMAXPROCS=1 GOGC=50 valgrind --tool=cachegrind --cache-sim=no \
+		--cachegrind-out-file="$out/cg-$n.out" "$bin" run --outbound-addr "127.0.0.1:$out_port" \
+		--admin-addr "127.0.0.1:$admin" --policy-dir "$out/policies" --log-level error "${trace[@]}" \
+		>"$out/sidecar-$n.log" 2>&1 &
+	local vp=$!
+	for _ in $(seq 200); do
+		curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
+		sleep 0.2
+	done
+	"$tools/fortio" load -qps 1000 -c 16 -n "$n" -uniform -quiet -H "Host: 127.0.0.1:$up" \
+		"http://127.0.0.1:$out_port/" >"$out/fortio-$n.log" 2>&1
+	grep -q "Code 200 : $n " "$out/fortio-$n.log" || { echo "instructions: not every request answered 200:" >&2; cat "$out/fortio-$n.log" >&2; exit 1; }
+	kill -INT "$vp"
+	wait "$vp" || true
+	cg_annotate "$out/cg-$n.out" | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}' # all of it read: no SIGPIPE
+}
+a=$(count 400)
+b=$(count 4400)
+echo "$(basename "$bin"): $(((b - a) / 4000)) instructions per request (ratio $ratio; $a for 400 requests, $b for 4,400; $out)"
