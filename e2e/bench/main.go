@@ -553,30 +553,42 @@ func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) e
 		for round := 0; round < o.runs; round++ {
 			for i := range maxTargets {
 				t := maxTargets[(i+round)%len(maxTargets)]
-				var up0, up1 proc.Usage
-				var m0, m1 proc.Machine
-				if r.upstream != nil {
-					up0, _ = r.upstream.Usage()
-				}
-				m0, _ = proc.ReadMachine("/proc")
+				// Where the machine's time went: at the maximum rate the
+				// load generator, the upstream and the proxy share the
+				// cores, and each one's CPU per request moves the rate.
+				// A reading that fails leaves the run without them.
+				m0, err0 := r.machineNow()
 				s, err := measure(ctx, fortio, dir, t, round+1, spec(t, 0, o.maxDuration))
 				if err := check(t, s, err); err != nil {
 					return err
 				}
-				// Where the machine's time went: at the maximum rate the
-				// load generator, the upstream and the proxy share the
-				// cores, and each one's CPU per request moves the rate.
-				m1, _ = proc.ReadMachine("/proc")
-				if r.upstream != nil {
-					up1, _ = r.upstream.Usage()
+				if m1, err1 := r.machineNow(); err0 == nil && err1 == nil {
+					s.machine, s.upstreamCPU = m1.Sub(m0.Machine), m1.upstream-m0.upstream
 				}
-				s.machine, s.upstreamCPU = m1.Sub(m0), up1.CPU-up0.CPU
 				logf("max %d/%d %-15s %.0f qps  %d errors", round+1, o.runs, t.name, s.qps, s.errors)
 				r.addMax(t.key, s)
 			}
 		}
 	}
 	return r.readUsage(targets, r.usageAfterMax)
+}
+
+// machineNow is the machine's CPU time so far and the upstream's.
+type machineNow struct {
+	proc.Machine
+	upstream time.Duration
+}
+
+func (r *report) machineNow() (machineNow, error) {
+	if r.upstream == nil {
+		return machineNow{}, errors.New("no upstream process")
+	}
+	m, err := proc.ReadMachine("/proc")
+	if err != nil {
+		return machineNow{}, err
+	}
+	u, err := r.upstream.Usage()
+	return machineNow{Machine: m, upstream: u.CPU}, err
 }
 
 // diagnose returns the sidecar's view of its destinations (its breakers),
