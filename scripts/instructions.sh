@@ -6,7 +6,7 @@
 # "Counting instructions").
 #
 # The sidecar runs under cachegrind with the bench's policy (timeout,
-# retries, breaker), the access log on and GOMAXPROCS=1 GOGC=50, fortio's
+# retries, breaker: e2e/bench prints it), the access log on and GOMAXPROCS=1 GOGC=50, fortio's
 # echo server (256 bytes) upstream; fortio sends 400 requests in one run
 # and 4,400 in another at 1,000 requests/s from 16 connections; the count
 # per request is the difference over 4,000. RATIO > 0 traces at that
@@ -39,25 +39,8 @@ print(*[x.getsockname()[1] for x in s])')"
 	-tcp-port disabled -udp-port disabled -ui-path "" -echo-debug-path "" \
 	-echo-server-default-params size=256 -quiet >/dev/null 2>&1 &
 pids+=($!)
-cat >"$out/policies/bench.yaml" <<EOF
-apiVersion: minimesh.io/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: bench-upstream}
-spec:
-  service: "127.0.0.1:$up"
-  timeout: 20s
-  retries:
-    attempts: 2
-    perTryTimeout: 10s
-    retryOn: [connect-failure, "502", "503", "504"]
-    backoff: {base: 25ms, max: 250ms}
-    budget: {ratio: 0.2, minPerSecond: 10}
-  circuitBreaker:
-    consecutiveFailures: 5
-    openTimeout: 5s
-    halfOpenRequests: 2
-    failOn: [5xx, connect-failure, timeout]
-EOF
+# The harness's policy: timeout, retries and breaker for the upstream.
+(cd "$root" && CGO_ENABLED=0 go run ./e2e/bench policy "127.0.0.1:$up") >"$out/policies/bench.yaml"
 trace=()
 if [[ "$ratio" != 0 ]]; then
 	# Jaeger all-in-one with its defaults: OTLP/gRPC on 4317 (not to be

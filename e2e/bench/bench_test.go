@@ -12,6 +12,7 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/policy"
 )
 
 func TestGroupUsage(t *testing.T) {
@@ -424,5 +425,23 @@ func TestHAProxyOneThread(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+// TestSidecarPolicy: the policy the harness gives the sidecar, and prints
+// for scripts/instructions.sh, is one the sidecar takes, with every
+// feature on for the upstream.
+func TestSidecarPolicy(t *testing.T) {
+	ps, err := policy.Decode("bench.yaml", []byte(sidecarPolicy("127.0.0.1:18080")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 1 {
+		t.Fatalf("%d policies", len(ps))
+	}
+	sp := ps[0].Spec
+	if sp.Service != "127.0.0.1:18080" || sp.Timeout == 0 || sp.Retries == nil || sp.Retries.Attempts != 2 ||
+		sp.CircuitBreaker.ConsecutiveFailures != 5 {
+		t.Errorf("policy %+v: not every feature on for the upstream", sp)
 	}
 }

@@ -206,6 +206,12 @@ func (o *options) scenarioKeys() []string {
 func (o *options) want(key string) bool { return slices.Contains(o.scenarioKeys(), key) }
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == policyArg {
+		// The bench's policy for another tool of the same measurements
+		// (scripts/instructions.sh): one policy, written here.
+		fmt.Print(sidecarPolicy(os.Args[2]))
+		return
+	}
 	if len(os.Args) == 4 && os.Args[1] == relayArg {
 		fmt.Fprintln(os.Stderr, "relay:", runRelay(os.Args[2], os.Args[3]))
 		os.Exit(1)

@@ -263,6 +263,10 @@ func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string,
 	return t, nil
 }
 
+// policyArg is the first argument that prints sidecarPolicy for the
+// upstream HOST:PORT that follows it, and nothing else.
+const policyArg = "policy"
+
 // sidecarPolicy is a policy with every feature on for the upstream, so
 // that the sidecar does its full work on each request. The timeouts are
 // generous: a stall of the shared machine must not turn into 504s that
