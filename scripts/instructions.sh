@@ -22,7 +22,9 @@ bin=$(realpath "${1:?usage: instructions.sh BINARY [RATIO]}")
 ratio=${2:-0}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$("$root/scripts/tools.sh" --print-dir)/bin"
-command -v valgrind >/dev/null || { echo "instructions: valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
+for c in valgrind cg_annotate curl python3; do
+	command -v "$c" >/dev/null || { echo "instructions: $c is missing (valgrind: apt-get install valgrind)" >&2; exit 1; }
+done
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out/policies"
 pids=()
@@ -42,36 +44,60 @@ pids+=($!)
 # The harness's policy: timeout, retries and breaker for the upstream.
 (cd "$root" && CGO_ENABLED=0 go run ./e2e/bench policy "127.0.0.1:$up") >"$out/policies/bench.yaml"
 trace=()
-if [[ "$ratio" != 0 ]]; then
+if awk -v r="$ratio" 'BEGIN { exit !(r > 0) }'; then
 	# Jaeger all-in-one with its defaults: OTLP/gRPC on 4317 (not to be
 	# taken by anything else while this runs).
 	"$tools/jaeger" >"$out/jaeger.log" 2>&1 &
-	pids+=($!)
+	jp=$!
+	pids+=("$jp")
+	up4317=false
 	for _ in $(seq 100); do
-		(exec 3<>/dev/tcp/127.0.0.1/4317) 2>/dev/null && break
+		kill -0 "$jp" 2>/dev/null || break
+		if (exec 3<>/dev/tcp/127.0.0.1/4317) 2>/dev/null; then
+			up4317=true
+			break
+		fi
 		sleep 0.2
 	done
+	# Spans the sidecar cannot send would count as work per request.
+	if ! $up4317 || ! kill -0 "$jp" 2>/dev/null; then
+		echo "instructions: Jaeger did not come up on 127.0.0.1:4317 ($out/jaeger.log)" >&2
+		exit 1
+	fi
 	trace=(--otlp-endpoint 127.0.0.1:4317 --trace-sample-ratio "$ratio")
 fi
 
-count() { # N: the sidecar's instructions over a run of N requests
+# count N sets total to the sidecar's instructions over a run of N
+# requests. Not in $(...): its sidecar is the script's to stop (pids) if
+# anything fails.
+count() {
 	local n=$1
 	GODEBUG=cpu.rdtscp=off GOMAXPROCS=1 GOGC=50 valgrind --tool=cachegrind --cache-sim=no \
 		--cachegrind-out-file="$out/cg-$n.out" "$bin" run --outbound-addr "127.0.0.1:$out_port" \
 		--admin-addr "127.0.0.1:$admin" --policy-dir "$out/policies" --log-level error "${trace[@]}" \
 		>"$out/sidecar-$n.log" 2>&1 &
 	local vp=$!
+	pids+=("$vp")
+	local ready=false
 	for _ in $(seq 200); do
-		curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
+		kill -0 "$vp" 2>/dev/null || break # exited: its log says why
+		if curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1; then
+			ready=true
+			break
+		fi
 		sleep 0.2
 	done
+	$ready || { echo "instructions: the sidecar did not become ready ($out/sidecar-$n.log)" >&2; exit 1; }
 	"$tools/fortio" load -qps 1000 -c 16 -n "$n" -uniform -quiet -H "Host: 127.0.0.1:$up" \
 		"http://127.0.0.1:$out_port/" >"$out/fortio-$n.log" 2>&1
 	grep -q "Code 200 : $n " "$out/fortio-$n.log" || { echo "instructions: not every request answered 200:" >&2; cat "$out/fortio-$n.log" >&2; exit 1; }
 	kill -INT "$vp"
 	wait "$vp" || true
-	cg_annotate "$out/cg-$n.out" | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}' # all of it read: no SIGPIPE
+	# All of cg_annotate's output read: no SIGPIPE under pipefail.
+	total=$(cg_annotate "$out/cg-$n.out" | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}')
 }
-a=$(count 400)
-b=$(count 4400)
+count 400
+a=$total
+count 4400
+b=$total
 echo "$(basename "$bin"): $(((b - a) / 4000)) instructions per request (ratio $ratio; $a for 400 requests, $b for 4,400; $out)"

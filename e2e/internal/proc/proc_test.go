@@ -180,6 +180,14 @@ func TestParseMachine(t *testing.T) {
 	if d := (Machine{Busy: 3 * busy, All: 2 * all}).Sub(m); d.Busy != 2*busy || d.All != all {
 		t.Errorf("Sub = %+v", d)
 	}
+	// A machine of many cores long up: tick totals past 2⁶³ ns.
+	big, err := parseMachine([]byte("cpu  20000000000 0 0 30000000000 0 0 0 0 0 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Duration(20000000000/clkTck()) * time.Second; big.Busy != want || big.All <= big.Busy {
+		t.Errorf("2e10 busy ticks = %v, want %v (all %v)", big.Busy, want, big.All)
+	}
 	for _, bad := range []string{"", "intr 1 2 3\n", "cpu 1 2 3\n", "cpu 1 2 x 4 5 6 7 8\n"} {
 		if _, err := parseMachine([]byte(bad)); err == nil {
 			t.Errorf("parseMachine(%q): no error", bad)

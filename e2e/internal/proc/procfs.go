@@ -182,8 +182,12 @@ var clkTck = sync.OnceValue(func() int64 {
 	return 100
 })
 
+// ticks is n clock ticks as a duration: the whole seconds first, so that
+// the machine's totals (every core's ticks since boot, /proc/stat) do not
+// overflow the nanoseconds' product.
 func ticks(n uint64) time.Duration {
-	return time.Duration(int64(n) * int64(time.Second) / clkTck())
+	hz := uint64(clkTck())
+	return time.Duration(n/hz)*time.Second + time.Duration(n%hz)*time.Second/time.Duration(hz)
 }
 
 // Machine is the CPU time of every core of the machine so far, from the
