@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
-
 	"github.com/minimesh/minimesh/e2e/internal/tools"
 )
 
@@ -70,12 +69,7 @@ func (s sample) per1k(d time.Duration) time.Duration {
 }
 
 // cpuPer1k is the proxy's CPU time per 1,000 requests.
-func (s sample) cpuPer1k() time.Duration {
-	if s.requests == 0 {
-		return 0
-	}
-	return time.Duration(float64(s.cpu) * 1000 / float64(s.requests))
-}
+func (s sample) cpuPer1k() time.Duration { return s.per1k(s.cpu) }
 
 // switchesPerReq is the proxy's context switches per request.
 func (s sample) switchesPerReq() float64 {
@@ -86,12 +80,7 @@ func (s sample) switchesPerReq() float64 {
 }
 
 // userPer1k is the user-mode part of cpuPer1k.
-func (s sample) userPer1k() time.Duration {
-	if s.requests == 0 {
-		return 0
-	}
-	return time.Duration(float64(s.user) * 1000 / float64(s.requests))
-}
+func (s sample) userPer1k() time.Duration { return s.per1k(s.user) }
 
 // loadSpec is one fortio load run.
 type loadSpec struct {

@@ -252,12 +252,13 @@ func (r *report) peerTargets(row func(...string), sums map[string]*summary) {
 		if !strings.HasPrefix(t.key, keyMinimesh) {
 			continue
 		}
-		if s, h := r.maxQPS(t.key), r.maxQPS(keyHAProxy); s > 0 && h > 0 {
-			row(fmt.Sprintf("maximum rate ≥ 0.9 × HAProxy's (%s)", t.name), fmt.Sprintf("%.0f against %.0f requests/s (%s ×)", s, h, ratio(s, h)), yesNo(s >= 0.9*h))
-		}
-		if s, h := r.maxQPS(t.key), r.maxQPS(keyHAProxy1); s > 0 && h > 0 {
-			row(fmt.Sprintf("maximum rate ≥ 0.9 × HAProxy's with one thread, the sidecar's budget (%s; not the issue's target)", t.name),
-				fmt.Sprintf("%.0f against %.0f requests/s (%s ×)", s, h, ratio(s, h)), yesNo(s >= 0.9*h))
+		for _, hp := range []struct{ key, what string }{
+			{keyHAProxy, "HAProxy's (%s)"},
+			{keyHAProxy1, "HAProxy's with one thread, the sidecar's budget (%s; not the issue's target)"},
+		} {
+			if s, h := r.maxQPS(t.key), r.maxQPS(hp.key); s > 0 && h > 0 {
+				row("maximum rate ≥ 0.9 × "+fmt.Sprintf(hp.what, t.name), fmt.Sprintf("%.0f against %.0f requests/s (%s ×)", s, h, ratio(s, h)), yesNo(s >= 0.9*h))
+			}
 		}
 	}
 	if len(r.fastFail) > 0 && len(r.fastFailDirect) > 0 {
