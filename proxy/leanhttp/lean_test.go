@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"github.com/minimesh/minimesh/proxy/internal/field"
 	"io"
 	"log"
 	"net"
@@ -24,7 +23,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/internal/field"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
+	"github.com/minimesh/minimesh/wellknown"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -801,7 +802,8 @@ func sameRequest(t *testing.T, b []byte, n int) {
 // is "Name: value" as http.Header.Write writes it back and the header
 // map has no field the lines lack, and then the head's field lines
 // themselves, whose fields are the map's (and the Host), and whose
-// Connection and Te notes say whether the map has those fields.
+// Connection, Te, Upgrade and X-Request-Id notes say whether the map
+// has those fields.
 func sameLines(t *testing.T, head []byte, sc *reqScratch, want *http.Request) {
 	t.Helper()
 	s := string(head)
@@ -838,11 +840,16 @@ func sameLines(t *testing.T, head []byte, sc *reqScratch, want *http.Request) {
 	}
 	_, conn := want.Header["Connection"]
 	_, te := want.Header["Te"]
+	_, upgrade := want.Header["Upgrade"]
+	_, id := want.Header[textproto.CanonicalMIMEHeaderKey(wellknown.HeaderRequestID)]
 	if sc.lines.ViaEnd != viaEnd {
 		t.Fatalf("newRequest(%q): the last Via line ends at %d, noted %d", head, viaEnd, sc.lines.ViaEnd)
 	}
 	if sc.lines.Connection != conn || sc.lines.Te != te {
 		t.Fatalf("newRequest(%q): notes Connection %v, Te %v; the map has them: %v, %v", head, sc.lines.Connection, sc.lines.Te, conn, te)
+	}
+	if sc.lines.Upgrade != upgrade || sc.lines.RequestID != id {
+		t.Fatalf("newRequest(%q): notes Upgrade %v, X-Request-Id %v; the map has them: %v, %v", head, sc.lines.Upgrade, sc.lines.RequestID, upgrade, id)
 	}
 	if sc.lined && sc.lines.Text != canonical.String() {
 		t.Fatalf("newRequest(%q): lines %q, want %q", head, sc.lines.Text, canonical.String())

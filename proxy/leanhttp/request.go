@@ -115,6 +115,10 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 				sc.lines.Connection = true
 			case "Te":
 				sc.lines.Te = true
+			case "Upgrade":
+				sc.lines.Upgrade = true
+			case "X-Request-Id": // wellknown.HeaderRequestID, canonical
+				sc.lines.RequestID = true
 			case "Via":
 				sc.lines.ViaEnd = len(fields) - len(rest)
 			case "Pragma":

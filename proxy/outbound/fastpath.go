@@ -132,14 +132,20 @@ func newFastTransport(dial func(context.Context, string, string) (net.Conn, erro
 	return &fastTransport{dial: dial, fallback: fallback, maxIdle: maxIdle, idle: map[string]*idleList{}}
 }
 
+// eligible reports whether the fast transport sends req itself.
 func eligible(req *http.Request) bool {
+	return sendable(req) && field.Get(req.Header, "Upgrade") == ""
+}
+
+// sendable is eligible but for the Upgrade field, which a caller that
+// knows the request has none need not look up.
+func sendable(req *http.Request) bool {
 	switch req.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 	default:
 		return false
 	}
-	return (req.Body == nil || req.Body == http.NoBody) && req.URL.Scheme == "http" &&
-		field.Get(req.Header, "Upgrade") == "" && req.ProtoAtLeast(1, 0)
+	return (req.Body == nil || req.Body == http.NoBody) && req.URL.Scheme == "http" && req.ProtoAtLeast(1, 0)
 }
 
 func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {

@@ -13,6 +13,7 @@ import (
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/breaker"
+	"github.com/minimesh/minimesh/proxy/internal/field"
 	"github.com/minimesh/minimesh/proxy/retry"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
@@ -134,8 +135,11 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	}
 	// The upstream always gets the request ID, one the app named as a
 	// hop-by-hop field (Connection: X-Request-ID) too, which forwarding
-	// drops with the others.
-	out.Header[requestIDKey] = st.idValue()
+	// drops with the others: in the map, or with the app's lines
+	// (writeRequestLines), and in the map if they are unlined.
+	if !st.wire.lined {
+		out.Header[requestIDKey] = st.idValue()
+	}
 	ep, epStart := pickEndpoint(req, st)
 	ctx := req.Context()
 	t := f.t
@@ -143,7 +147,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		t = f.h2
 	}
 	ft, fast := t.(*fastTransport)
-	fast = fast && eligible(out)
+	// A lined request's map is the server's, which serve found without
+	// Upgrade (fastProxied): no look-up.
+	fast = fast && sendable(out) && (st.wire.lined || field.Get(out.Header, "Upgrade") == "")
 	var span trace.Span // the try's
 	if tr := f.tracing; tr != nil {
 		p := st.trace

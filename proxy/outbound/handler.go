@@ -409,21 +409,19 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	w = &st.out
 
 	// The map read under the canonical key: Header.Get and Set would
-	// canonicalize "X-Request-ID" into a new string on every call.
-	ids := r.Header[requestIDKey]
-	if len(ids) > 0 {
-		st.id = ids[0]
+	// canonicalize "X-Request-ID" into a new string on every call. The
+	// ID goes out as st.id, which each try writes (forwarder.try): the
+	// app's map keeps what the app sent.
+	if !lined || lines.RequestID {
+		if ids := r.Header[requestIDKey]; len(ids) > 0 {
+			st.id = ids[0]
+		}
 	}
 	if !requestid.Valid(st.id) {
 		st.id = requestid.New()
-		ids = nil
 	}
 	st.idv[0] = st.id
-	if len(ids) != 1 {
-		// A new ID, or one of several: one ID, the one the app gets back.
-		r.Header[requestIDKey] = st.idValue()
-	}
-	st.upgrade = field.Get(r.Header, "Upgrade") != ""
+	st.upgrade = (!lined || lines.Upgrade) && field.Get(r.Header, "Upgrade") != ""
 	if st.upgrade {
 		h.upgrades.Add(1)
 		defer h.upgrades.Done()

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/minimesh/minimesh/internal/refused"
+	"github.com/minimesh/minimesh/proxy/requestid"
 )
 
 // headerRecorder is an upstream that keeps the headers, Host and request
@@ -329,10 +330,13 @@ func TestQueryPassesThrough(t *testing.T) {
 	}
 }
 
-// TestRequestIDNotHopByHop: an app naming X-Request-ID in Connection does
-// not strip it from the upstream's request, on either transport: the
-// upstream always gets the ID the app gets back.
-func TestRequestIDNotHopByHop(t *testing.T) {
+// TestRequestIDOnePerRequest: the upstream gets exactly one
+// X-Request-ID, the one the app gets back: the app's first when valid,
+// else a new one, whether the app sent none, one, several, an invalid
+// one or one named in Connection (a hop-by-hop field: never stripped),
+// on every path a request takes (its lines sent on as they came, its
+// header map written, the standard transport, a body).
+func TestRequestIDOnePerRequest(t *testing.T) {
 	for _, p := range []struct {
 		name string
 		opts []sidecarOpt
@@ -342,14 +346,33 @@ func TestRequestIDNotHopByHop(t *testing.T) {
 			u := newUpstream(t, func(_ http.ResponseWriter, r *http.Request, _ int64) { got <- r.Header.Values("X-Request-Id") })
 			sc := startSidecar(t, "", resolve(u.Host(), geo), p.opts...)
 			c := dialSidecar(t, sc)
-			io.WriteString(c, "GET http://"+geo+"/ HTTP/1.1\r\nHost: "+geo+"\r\nConnection: keep-alive, X-Request-ID\r\nX-Request-ID: caller-id\r\n\r\n")
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if ids := <-got; len(ids) != 1 || ids[0] != "caller-id" || resp.Header.Get("X-Request-Id") != "caller-id" {
-				t.Errorf("upstream saw X-Request-ID %q, app got back %q; want caller-id both", ids, resp.Header.Get("X-Request-Id"))
+			br := bufio.NewReader(c)
+			for _, f := range []struct{ fields, want string }{
+				{"", ""},
+				{"X-Request-ID: caller-id\r\n", "caller-id"},
+				{"x-request-id: caller-id\r\n", "caller-id"},
+				{"Connection: keep-alive, X-Request-ID\r\nX-Request-ID: caller-id\r\n", "caller-id"},
+				{"X-Request-Id: a\r\nX-Request-Id: b\r\n", "a"},
+				{"X-Request-Id: caf\xc3\xa9\r\n", ""},
+				{"X-Request-Id:  spaced \r\n", "spaced"}, // lines not as the map writes them
+			} {
+				for _, req := range []string{
+					"GET http://" + geo + "/ HTTP/1.1\r\nHost: " + geo + "\r\n" + f.fields + "\r\n",
+					"POST http://" + geo + "/ HTTP/1.1\r\nHost: " + geo + "\r\n" + f.fields + "Content-Length: 2\r\n\r\nhi",
+				} {
+					io.WriteString(c, req)
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					back := resp.Header.Get("X-Request-Id")
+					ids := <-got
+					if len(ids) != 1 || ids[0] != back || f.want != "" && back != f.want || f.want == "" && !requestid.Valid(back) {
+						t.Errorf("%q: upstream saw X-Request-ID %q, app got back %q; want one, the same, %q (or a new one if empty)", req, ids, back, f.want)
+					}
+				}
 			}
 		})
 	}

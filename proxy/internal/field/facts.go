@@ -82,6 +82,10 @@ type RequestLines struct {
 	// line: the hop-by-hop fields whose values change what is sent on,
 	// looked up in the header map only when there.
 	Connection, Te bool
+	// Upgrade and RequestID say whether Text holds an Upgrade or an
+	// X-Request-Id line: the fields every request is asked for, looked
+	// up only when there (most requests have neither).
+	Upgrade, RequestID bool
 	// ViaEnd is where the last Via line of Text ends (0: there is
 	// none): a proxy's own Via entry follows the app's (RFC 9110 §7.6.3).
 	ViaEnd int
