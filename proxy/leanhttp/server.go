@@ -255,7 +255,7 @@ type conn struct {
 	rs  reqScratch
 
 	// The watch: see watch.
-	reqStart atomic.Int64 // the current request's start (UnixNano), 0 between requests
+	reqStart atomic.Int64 // the current request's start (monotonic, sinceBoot), 0 between requests
 	wstate   atomic.Int32
 	aborted  atomic.Bool
 	gone     atomic.Bool
@@ -623,10 +623,11 @@ func (c *conn) idleDeadline() {
 		}
 		return
 	}
-	want := now.Add(d)
+	// The deadline's distance from now, by the monotonic clock: no
+	// instant is made unless the deadline moves.
 	slack := min(idleSlack, d/10)
-	if c.rdl.Before(want) || c.rdl.After(want.Add(slack)) {
-		c.rdl = want.Add(slack)
+	if left := c.rdl.Sub(now); left < d || left > d+slack {
+		c.rdl = now.Add(d + slack)
 		_ = c.rwc.SetReadDeadline(c.rdl)
 	}
 }
@@ -665,11 +666,19 @@ func (s *Server) watchAfter() time.Duration {
 	return DefaultWatchAfter
 }
 
+// boot is when the package began: sinceBoot's zero.
+var boot = time.Now()
+
+// sinceBoot is the monotonic clock in nanoseconds since boot, one clock
+// read where time.Now reads the wall clock too; never 0 (reqStart's
+// "between requests") once a nanosecond has passed.
+func sinceBoot() int64 { return int64(time.Since(boot)) | 1 }
+
 // arm makes the current request one the watchdog looks at.
 func (c *conn) arm() {
 	c.wstate.Store(wReq)
 	s := c.s
-	c.reqStart.Store(time.Now().UnixNano())
+	c.reqStart.Store(sinceBoot())
 	if s.inflight.Add(1) == 1 && s.parked.Load() {
 		select {
 		case s.wake <- struct{}{}:
@@ -716,7 +725,7 @@ func (s *Server) watchdog() {
 			t.Reset(after) // the request that woke it is due then
 			continue
 		}
-		now := time.Now().UnixNano()
+		now := sinceBoot()
 		next := int64(after)
 		conns = conns[:0]
 		s.mu.Lock()
