@@ -315,17 +315,38 @@ const hexDigits = "0123456789abcdef"
 // from the app, so every control character, quote and invalid byte is
 // escaped: a line can never be broken or forged.
 func appendString(b []byte, s string) []byte {
+	// Most of a line's strings (IDs, names, paths) are plain through
+	// and through: eight bytes a look, then one append.
+	i := 0
+	for i+8 <= len(s) && plain8(s[i:i+8]) {
+		i += 8
+	}
+	for i < len(s) && jsonPlain[s[i]] {
+		i++
+	}
 	b = append(b, '"')
+	if i == len(s) {
+		b = append(b, s...)
+		return append(b, '"')
+	}
+	return appendEscaped(b, s, i)
+}
+
+// jsonPlain is the bytes that go into a JSON string as they are.
+var jsonPlain = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// appendEscaped is appendString's for s, whose first i bytes are plain,
+// after the opening quote.
+func appendEscaped(b []byte, s string, i int) []byte {
 	start := 0
-	for i := 0; i < len(s); {
-		// Eight plain bytes at a time: most of a line's strings (IDs,
-		// names, paths) are nothing but.
-		if i+8 <= len(s) && plain8(s[i:i+8]) {
-			i += 8
-			continue
-		}
+	for i < len(s) {
 		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+		if jsonPlain[c] {
 			i++
 			continue
 		}

@@ -322,3 +322,15 @@ func FuzzAppendString(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkAppendString: the strings of a typical line (an ID, a
+// destination, a method, a path).
+func BenchmarkAppendString(b *testing.B) {
+	buf := make([]byte, 0, 128)
+	for b.Loop() {
+		buf = appendString(buf[:0], "0f8fad5b-d9cb-469f-a165-70867728950e")
+		buf = appendString(buf, "geo-service:8000")
+		buf = appendString(buf, "GET")
+		buf = appendString(buf, "/search")
+	}
+}
