@@ -597,11 +597,12 @@ func nameOf(key []byte) respName {
 			return hopField
 		}
 	case 12:
-		switch string(key) {
-		case requestIDKey:
-			return requestIDLine
-		case "Content-Type":
+		// requestIDKey is a variable: a switch on it made a string of key.
+		if string(key) == "Content-Type" {
 			return contentTypeLine
+		}
+		if string(key) == requestIDKey {
+			return requestIDLine
 		}
 	case 14:
 		if field.EqualFold(key, "Content-Length") {
