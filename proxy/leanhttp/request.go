@@ -95,8 +95,12 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 			if line == "" {
 				break
 			}
-			key, value, _ := strings.Cut(line, ":")
-			if !field.Canonical(key) { // most clients spell them so: one table look a byte
+			colon, canonical := field.Name(line)
+			if colon < 0 {
+				return false // (never: the scan took only names and colons) net/http's
+			}
+			key, value := line[:colon], line[colon+1:]
+			if !canonical { // most clients spell them so: one table look a byte
 				if pass > 0 {
 					return false // (never: canonicalNames spelled every name so) net/http's
 				}

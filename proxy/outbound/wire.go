@@ -427,15 +427,11 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool, sc *respScr
 		l := rest[:e-1]
 		rest = rest[e+1:]
 		n++
-		colon := bytes.IndexByte(l, ':')
-		if colon < 1 {
-			return nil, nil
+		colon, canonical := field.Name(l)
+		if colon < 0 {
+			return nil, nil // no name, or not a token
 		}
 		key, sent := l[:colon], l[colon+1:]
-		canonical := field.Canonical(key)
-		if !canonical && !field.Token(key) {
-			return nil, nil
-		}
 		v := field.TrimOWS(sent)
 		if spelled && (len(sent) != len(v)+1 || sent[0] != ' ') {
 			spelled = false

@@ -31,6 +31,42 @@ func Canonical[T string | []byte](name T) bool {
 	return len(name) > 0
 }
 
+// Name finds the field name a line begins with, "Name:...": colon is
+// the colon's index, -1 for a line that has none after a token of one
+// byte or more, and canonical says whether the name is Canonical. One
+// pass over the name, where a search for the colon and then Canonical
+// (and Token, for a name not canonical) made two or three: every line
+// of every head is read so.
+func Name[T string | []byte](line T) (colon int, canonical bool) {
+	at := uint(256) // as Canonical
+	i := 0
+	for ; i < len(line); i++ {
+		c := line[i]
+		if !nameByte[at|uint(c)] {
+			break
+		}
+		at = 0
+		if c == '-' {
+			at = 256
+		}
+	}
+	canonical = true
+	for ; i < len(line); i++ {
+		c := line[i]
+		if c == ':' {
+			if i == 0 {
+				return -1, false
+			}
+			return i, canonical
+		}
+		if !tokenByte[c] {
+			return -1, false
+		}
+		canonical = false
+	}
+	return -1, false
+}
+
 // Token reports whether name is an RFC 9110 token, the bytes of a field
 // name (not empty).
 func Token(name []byte) bool {

@@ -157,6 +157,25 @@ func FuzzCanonical(f *testing.F) {
 	})
 }
 
+// FuzzName holds Name to the colon's search, Canonical and Token.
+func FuzzName(f *testing.F) {
+	for _, l := range []string{"Content-Type: a", "content-type: a", "X-A:", ":a", "X A: b", "X-A", "", "A:b:c", "Ab\x80: x", "X-Request-Id:1"} {
+		f.Add([]byte(l))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		colon, canonical := -1, false
+		if i := strings.IndexByte(string(line), ':'); i > 0 && Token(line[:i]) {
+			colon, canonical = i, Canonical(line[:i])
+		}
+		if c, ok := Name(line); c != colon || ok != canonical {
+			t.Errorf("Name(%q) = %d, %v; want %d, %v", line, c, ok, colon, canonical)
+		}
+		if c, ok := Name(string(line)); c != colon || ok != canonical {
+			t.Errorf("Name(string %q) = %d, %v; want %d, %v", line, c, ok, colon, canonical)
+		}
+	})
+}
+
 func TestTrimOWS(t *testing.T) {
 	for _, v := range []string{"", " ", "\t", "a", " a ", "\t a \t", "a b", " \ta\tb\t ", "\r a \n", "\v a"} {
 		want := strings.Trim(v, " \t")
