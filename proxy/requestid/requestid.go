@@ -1,7 +1,11 @@
 // Package requestid keeps or creates the X-Request-ID of a request.
 package requestid
 
-import "math/rand/v2"
+import (
+	"math/rand/v2"
+
+	"github.com/minimesh/minimesh/proxy/internal/hexpair"
+)
 
 // MaxLen bounds an incoming ID; longer ones are replaced, so that an ID
 // cannot be used to smuggle large data into every log line.
@@ -47,16 +51,8 @@ func uuid(a, b uint64) string {
 // first, two at a time; len(d) is even.
 func digits(d []byte, x uint64) {
 	for i := len(d) - 2; i >= 0; i -= 2 {
-		p := hexPairs[x&0xff]
+		p := hexpair.Of(byte(x))
 		d[i], d[i+1] = p[0], p[1]
 		x >>= 8
 	}
 }
-
-// hexPairs is every byte's two hex digits.
-var hexPairs = func() (t [256][2]byte) {
-	for i := range t {
-		t[i] = [2]byte{"0123456789abcdef"[i>>4], "0123456789abcdef"[i&0xf]}
-	}
-	return t
-}()

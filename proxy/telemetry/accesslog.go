@@ -1,13 +1,14 @@
 package telemetry
 
 import (
-	"encoding/hex"
 	"io"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/minimesh/minimesh/proxy/internal/hexpair"
 )
 
 // AccessLog writes one JSON line per request. Lines are appended to a
@@ -250,9 +251,9 @@ func (e *Entry) appendJSON(b []byte, last *second) []byte {
 	}
 	if e.TraceID != [16]byte{} {
 		b = append(b, `,"trace_id":"`...)
-		b = hex.AppendEncode(b, e.TraceID[:])
+		b = hexpair.AppendEncode(b, e.TraceID[:])
 		b = append(b, `","span_id":"`...)
-		b = hex.AppendEncode(b, e.SpanID[:])
+		b = hexpair.AppendEncode(b, e.SpanID[:])
 		b = append(b, '"')
 	}
 	if e.Service != "" {

@@ -3,12 +3,12 @@ package telemetry
 import (
 	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
 
+	"github.com/minimesh/minimesh/proxy/internal/hexpair"
 	"github.com/minimesh/minimesh/wellknown"
 	"go.opentelemetry.io/contrib/propagators/b3"
 	"go.opentelemetry.io/otel/attribute"
@@ -266,9 +266,9 @@ func Fields(p Place, room *[5]Field) (fs []Field, ok bool) {
 	tid, sid := sc.TraceID(), sc.SpanID()
 	var b [56]byte // "00-" trace "-" span "-" flags, and B3's sampled
 	b[0], b[1], b[2] = '0', '0', '-'
-	hex.Encode(b[3:35], tid[:])
+	hexpair.Encode(b[3:35], tid[:])
 	b[35] = '-'
-	hex.Encode(b[36:52], sid[:])
+	hexpair.Encode(b[36:52], sid[:])
 	b[52], b[53], b[54] = '-', hexDigits[flags>>4], hexDigits[flags&0xf]
 	b[55] = '0'
 	if sc.IsSampled() {
