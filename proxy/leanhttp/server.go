@@ -626,8 +626,8 @@ func (c *conn) idleDeadline() {
 	// The deadline's distance from now, by the monotonic clock: no
 	// instant is made unless the deadline moves.
 	slack := min(idleSlack, d/10)
-	if left := c.rdl.Sub(now); left < d || left > d+slack {
-		c.rdl = now.Add(d + slack)
+	if left := c.rdl.Sub(now); left < d || left-slack > d { // d+slack could overflow
+		c.rdl = now.Add(d).Add(slack)
 		_ = c.rwc.SetReadDeadline(c.rdl)
 	}
 }

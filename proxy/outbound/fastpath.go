@@ -75,9 +75,6 @@ type fconn struct {
 	out  bytes.Buffer
 	key  string
 	read int64 // bytes read from the connection, to tell a dead reused one
-	// used is when its last request began (the try's clock read, no
-	// other per request): judged idle from then, a connection is dropped
-	// at most a response's length early, never late.
 	used time.Time
 	// limit bounds the bytes read for a response head (0: no bound):
 	// http.ReadResponse itself sets none.
@@ -193,16 +190,11 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 	// A kept connection the server has closed fails before a byte of the
 	// response; the request is idempotent and bodiless, so it goes again
 	// once on a new connection.
-	now := dl.start
-	if now.IsZero() {
-		now = time.Now()
-	}
 	for {
-		c, reused, err := t.get(ctx, key, now, deadline, late)
+		c, reused, err := t.get(ctx, key, dl.start, deadline, late)
 		if err != nil {
 			return nil, err
 		}
-		c.used = now
 		resp, err := t.send(ctx, c, req, deadline, dl.whole, raw, sc)
 		if err == nil {
 			return resp, nil
@@ -405,6 +397,7 @@ func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 		c.Close()
 		return
 	}
+	c.used = time.Now()
 	t.mu.Lock()
 	l := t.list(c.key, true)
 	if len(l.conns) >= t.maxIdle {
@@ -494,8 +487,12 @@ func (t *fastTransport) expire(now time.Time, stale []*fconn) []*fconn {
 // looks once, as the request is written: the read before the write that
 // must find nothing, and sends the request on another connection if not.
 //
-// now is the time to judge a kept connection's idleness by.
+// now is the time to judge a kept connection's idleness by (zero: get
+// reads the clock).
 func (t *fastTransport) get(ctx context.Context, key string, now, deadline time.Time, late error) (*fconn, bool, error) {
+	if now.IsZero() {
+		now = time.Now()
+	}
 	for {
 		t.mu.Lock()
 		l := t.list(key, false)

@@ -410,8 +410,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 
 	// The map read under the canonical key: Header.Get and Set would
 	// canonicalize "X-Request-ID" into a new string on every call. The
-	// ID goes out as st.id, which each try writes (forwarder.try): the
-	// app's map keeps what the app sent.
+	// ID goes out as st.id: each try writes it into the map it sends
+	// (forwarder.try), or with the app's lines (writeRequestLines).
 	if !lined || lines.RequestID {
 		if ids := r.Header[requestIDKey]; len(ids) > 0 {
 			st.id = ids[0]

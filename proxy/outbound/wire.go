@@ -300,7 +300,7 @@ type respScratch struct {
 	listedRoom [4]string
 	te         bool
 	hop        *hop     // this sidecar's Via entry
-	id         []string // the request ID, as the map holds it (reqState.idValue)
+	id         []string // the request ID, as a map holds it (reqState.idValue)
 }
 
 // line readies sc to write the request's heads from the app's lines
@@ -318,8 +318,8 @@ func (sc *respScratch) line(hdr http.Header, p *hop, id []string) {
 
 // unline makes toOutbound's changes in the request's header map hdr if
 // its heads were to be written from the app's lines: from now on they
-// are the map's. The request ID stays, as try sets it after toOutbound,
-// even one the app's Connection lists.
+// are the map's. The request ID goes in after toOutbound, as try puts it
+// in a map not lined, even one the app's Connection lists.
 func (sc *respScratch) unline(hdr http.Header) {
 	if sc.lined {
 		sc.lined = false
