@@ -303,6 +303,9 @@ func h2Sample(name string, run int, r *h2Result) sample {
 	return s
 }
 
+// h2Keys are the scenarios of the HTTP/2 comparison.
+var h2Keys = []string{keyDirect, keyMinimesh, keyNginx, keyHAProxy}
+
 // runH2 is the whole -h2 run: upstream, proxies, rounds, report.
 func runH2(ctx context.Context, o *options) error {
 	h2load, err := tools.Find("h2load")

@@ -107,6 +107,16 @@ func TestParseFlagsH2(t *testing.T) {
 	if _, err := parseFlags([]string{"-h2-streams", "0"}); err == nil {
 		t.Error("-h2-streams 0: want an error")
 	}
+	// The scenarios it has peers for; Caddy, left out by default, and
+	// the extra ones named are an error, not a silent omission.
+	if _, err := parseFlags([]string{"-h2", "-scenarios", "minimesh,nginx,haproxy"}); err != nil {
+		t.Errorf("-h2 -scenarios minimesh,nginx,haproxy: %v", err)
+	}
+	for _, k := range []string{"haproxy-1", "caddy", "nginx-log", "go-relay"} {
+		if _, err := parseFlags([]string{"-h2", "-scenarios", "minimesh," + k}); err == nil {
+			t.Errorf("-h2 -scenarios minimesh,%s: want an error", k)
+		}
+	}
 }
 
 // TestH2Smoke runs the -h2 mode once, briefly, against every target:

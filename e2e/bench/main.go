@@ -167,12 +167,19 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("-trace-ratio must be from 0 to 1")
 	}
 	if o.h2 {
-		set := false
-		fs.Visit(func(f *flag.Flag) { set = set || f.Name == "trace-ratio" })
-		if set && o.traceRatio > 0 {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if set["trace-ratio"] && o.traceRatio > 0 {
 			return nil, errors.New("-h2 runs alone: not with -trace-ratio")
 		}
 		o.traceRatio = 0 // the HTTP/2 comparison runs without Jaeger
+		// A scenario named that the HTTP/2 comparison has no peer for
+		// would be left out without a word (runH2); by default Caddy is.
+		for _, k := range o.scenarioKeys() {
+			if set["scenarios"] && !slices.Contains(h2Keys, k) {
+				return nil, fmt.Errorf("-h2 compares %s: not %q", strings.Join(h2Keys, ", "), k)
+			}
+		}
 	}
 	for _, q := range o.sweep {
 		if q <= 0 {
