@@ -31,6 +31,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
+# The bench's policy printer, built before the ports are picked: a
+# build takes seconds, in which a picked port could be taken.
+(cd "$root" && CGO_ENABLED=0 go build -o "$out/bench" ./e2e/bench)
+
 # Loopback ports the kernel picks.
 read -r up out_port admin <<<"$(python3 -c 'import socket
 s=[socket.socket() for _ in range(3)]
@@ -42,7 +46,7 @@ print(*[x.getsockname()[1] for x in s])')"
 	-echo-server-default-params size=256 -quiet >/dev/null 2>&1 &
 pids+=($!)
 # The harness's policy: timeout, retries and breaker for the upstream.
-(cd "$root" && CGO_ENABLED=0 go run ./e2e/bench policy "127.0.0.1:$up") >"$out/policies/bench.yaml"
+"$out/bench" policy "127.0.0.1:$up" >"$out/policies/bench.yaml"
 trace=()
 if awk -v r="$ratio" 'BEGIN { exit !(r > 0) }'; then
 	# Jaeger all-in-one with its defaults: OTLP/gRPC on 4317 (not to be
