@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -27,12 +28,13 @@ func withRequestBodyTimeout(d time.Duration) sidecarOpt {
 
 // readBodyUpstream reads each request's body whole before it answers, as
 // a real service does, and reports how the read ended.
-func readBodyUpstream(t *testing.T, ended chan<- error) *upstream {
+func readBodyUpstream(t *testing.T, ended chan<- bodyRead) *upstream {
 	return newUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int64) {
 		b, err := io.ReadAll(r.Body)
 		if ended != nil {
 			select {
-			case ended <- err:
+			case ended <- bodyRead{err, fmt.Sprintf("%s %s, Content-Length %d, Transfer-Encoding %q, %d bytes read",
+				r.Method, r.URL, r.ContentLength, r.TransferEncoding, len(b))}:
 			default:
 			}
 		}
@@ -41,6 +43,13 @@ func readBodyUpstream(t *testing.T, ended chan<- error) *upstream {
 		}
 		_, _ = w.Write(append([]byte("got "), b...))
 	})
+}
+
+// bodyRead is how an upstream's read of a request body ended, and what
+// the request was.
+type bodyRead struct {
+	err error
+	req string
 }
 
 // TestMalformedChunkedBody: a chunked request body with broken framing
@@ -98,7 +107,7 @@ func TestStalledRequestBody(t *testing.T) {
 		{"retries", "retries: {attempts: 2}\ncircuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPut},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ended := make(chan error, 1)
+			ended := make(chan bodyRead, 1)
 			u := readBodyUpstream(t, ended)
 			sc := startSidecar(t, policyDoc("geo", "geo-service", tc.policy), resolve(u.Host(), geo), withRequestBodyTimeout(idle))
 			c := dialSidecar(t, sc)
@@ -134,9 +143,9 @@ func TestStalledRequestBody(t *testing.T) {
 			if tc.name == "no retries" {
 				// The upstream had the request; its body read ends.
 				select {
-				case err := <-ended:
-					if err == nil {
-						t.Fatal("the upstream read a whole body")
+				case got := <-ended:
+					if got.err == nil {
+						t.Fatalf("the upstream read a whole body: %s", got.req)
 					}
 				case <-time.After(2 * time.Second):
 					t.Fatal("the upstream request still waits for its body 2s after the 408")
