@@ -310,8 +310,6 @@ func (e *Entry) appendJSON(b []byte, last *second) []byte {
 	return append(b, "}\n"...)
 }
 
-const hexDigits = "0123456789abcdef"
-
 // appendString appends s as a JSON string. Paths and request IDs come
 // from the app, so every control character, quote and invalid byte is
 // escaped: a line can never be broken or forged.
@@ -374,7 +372,8 @@ func appendEscaped(b []byte, s string, i int) []byte {
 		case '\t':
 			b = append(b, '\\', 't')
 		default:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			p := hexpair.Of(c)
+			b = append(b, '\\', 'u', '0', '0', p[0], p[1])
 		}
 		i++
 		start = i

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -288,7 +289,7 @@ func appendStringRef(b []byte, s string) []byte {
 		case c == '\t':
 			b = append(b, `\t`...)
 		case c < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			b = fmt.Appendf(b, `\u%04x`, c)
 		default:
 			b = append(b, c)
 		}

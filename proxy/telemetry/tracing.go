@@ -269,7 +269,8 @@ func Fields(p Place, room *[5]Field) (fs []Field, ok bool) {
 	hexpair.Encode(b[3:35], tid[:])
 	b[35] = '-'
 	hexpair.Encode(b[36:52], sid[:])
-	b[52], b[53], b[54] = '-', hexDigits[flags>>4], hexDigits[flags&0xf]
+	fl := hexpair.Of(flags)
+	b[52], b[53], b[54] = '-', fl[0], fl[1]
 	b[55] = '0'
 	if sc.IsSampled() {
 		b[55] = '1'
