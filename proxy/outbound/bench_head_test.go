@@ -15,16 +15,12 @@ func BenchmarkReadResponseHead(b *testing.B) {
 	var sc respScratch
 	sr := strings.NewReader(head)
 	br := bufio.NewReaderSize(sr, 4096)
-	var raw []byte
 	for b.Loop() {
 		sr.Reset(head)
 		br.Reset(sr)
 		br.Peek(1)
-		fr, lines := readResponseHead(br, req, true, &sc)
-		if fr == nil || len(lines) == 0 {
+		if fr, lines := readResponseHead(br, req, true, &sc); fr == nil || len(lines) == 0 {
 			b.Fatal("not read as lines")
 		}
-		raw = lines
 	}
-	_ = raw
 }
