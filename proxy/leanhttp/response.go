@@ -587,7 +587,9 @@ func writeFields(bw *bufio.Writer, h http.Header, exclude map[string]bool) {
 		}
 		keys = append(keys, k)
 	}
-	slices.Sort(keys)
+	if len(keys) > 1 {
+		slices.Sort(keys)
+	}
 	for _, k := range keys {
 		if !httpguts.ValidHeaderFieldName(k) {
 			continue
