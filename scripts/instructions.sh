@@ -1,28 +1,51 @@
 #!/usr/bin/env bash
-# instructions.sh BINARY [RATIO]: the instructions a sidecar build executes
-# per proxied request, counted by valgrind's cachegrind: the same count
-# every run to within ~2 % (the runtime's scheduling), where CPU time on
-# the shared two-core machines moves 10-20 % (docs/benchmarks.md,
-# "Counting instructions").
+# instructions.sh [--syscalls] BINARY|nginx|nginx-log|haproxy [RATIO]: the
+# instructions a sidecar build, or one of the harness's peers, executes in
+# user mode per proxied request, counted by valgrind's cachegrind: the
+# same count every run to within ~2 % (the runtime's scheduling), where
+# CPU time on the shared two-core machines moves 10-20 %
+# (docs/benchmarks.md, "Counting instructions"). The kernel's work is not
+# in it: --syscalls counts instead the system calls (by name) and context
+# switches per request of the same process run natively, with perf stat
+# over 4,000 requests after 400 unmeasured.
 #
 # The sidecar runs under cachegrind with the bench's policy (timeout,
-# retries, breaker: e2e/bench prints it), the access log on and GOMAXPROCS=1 GOGC=50, fortio's
-# echo server (256 bytes) upstream; fortio sends 400 requests in one run
-# and 4,400 in another at 1,000 requests/s from 16 connections; the count
-# per request is the difference over 4,000. RATIO > 0 traces at that
-# sample ratio to a Jaeger on loopback, its default ports (issue 16's
-# targets: 0.01).
-# OUT (default a temporary directory) keeps cg-400.out and cg-4400.out;
-# `cg_diff cg-400.out cg-4400.out > d; cg_annotate d` says where they go.
+# retries, breaker: e2e/bench prints it), the access log on and
+# GOMAXPROCS=1 GOGC=50. A peer runs with the harness's configuration
+# (`bench peer-config`) and one worker or thread; nginx without its master
+# process (a worker's count is lost when its master stops it); nginx-log is
+# nginx with an access log line and the request ID, the sidecar's work
+# besides forwarding. Upstream is fortio's echo server (256 bytes); fortio
+# sends 400 requests in one run and 4,400 in another at 1,000 requests/s
+# from 16 connections; the count per request is the difference over 4,000.
+# RATIO > 0 traces the sidecar at that sample ratio to a Jaeger on
+# loopback, its default ports (issue 16's targets: 0.01).
+# OUT (default a temporary directory) keeps cg-400.PID.out and
+# cg-4400.PID.out (one process each: nginx runs without its master);
+# `cg_diff cg-400.PID.out cg-4400.PID.out > d; cg_annotate d` says where
+# they go.
 #
 # Needs valgrind (apt-get install valgrind), and fortio and Jaeger from
 # make tools. Every process it starts ends with it.
 set -euo pipefail
-bin=$(realpath "${1:?usage: instructions.sh BINARY [RATIO]}")
+syscalls=false
+if [ "${1:-}" = --syscalls ]; then
+	syscalls=true
+	shift
+fi
+what=${1:?usage: instructions.sh [--syscalls] BINARY|nginx|nginx-log|haproxy [RATIO]}
 ratio=${2:-0}
+case $what in
+nginx | nginx-log) bin=$(command -v nginx) || { echo "instructions: nginx is missing (make tools)" >&2; exit 1; } ;;
+haproxy) bin=$(command -v "$what") || { echo "instructions: $what is missing (make tools)" >&2; exit 1; } ;;
+*) bin=$(realpath "$what") ;;
+esac
+name=$(basename "$what")
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$("$root/scripts/tools.sh" --print-dir)/bin"
-for c in valgrind cg_annotate curl python3; do
+need=(valgrind cg_annotate curl python3)
+$syscalls && need=(perf curl python3)
+for c in "${need[@]}"; do
 	command -v "$c" >/dev/null || { echo "instructions: $c is missing (valgrind: apt-get install valgrind)" >&2; exit 1; }
 done
 out=${OUT:-$(mktemp -d)}
@@ -47,6 +70,16 @@ print(*[x.getsockname()[1] for x in s])')"
 pids+=($!)
 # The harness's policy: timeout, retries and breaker for the upstream.
 "$out/bench" policy "127.0.0.1:$up" >"$out/policies/bench.yaml"
+case $what in
+nginx | nginx-log | haproxy)
+	if awk -v r="$ratio" 'BEGIN { exit !(r > 0) }'; then
+		echo "instructions: $what is not traced (RATIO 0)" >&2
+		exit 1
+	fi
+	"$out/bench" peer-config "$what" "$out" "127.0.0.1:$out_port" "127.0.0.1:$up" |
+		sed 's/^master_process on;/master_process off;/' >"$out/peer.conf"
+	;;
+esac
 trace=()
 if awk -v r="$ratio" 'BEGIN { exit !(r > 0) }'; then
 	# Jaeger all-in-one with its defaults: OTLP/gRPC on 4317 (not to be
@@ -71,37 +104,87 @@ if awk -v r="$ratio" 'BEGIN { exit !(r > 0) }'; then
 	trace=(--otlp-endpoint 127.0.0.1:4317 --trace-sample-ratio "$ratio")
 fi
 
-# count N sets total to the sidecar's instructions over a run of N
-# requests. Not in $(...): its sidecar is the script's to stop (pids) if
+# count N sets total to the measured process's instructions over a run of
+# N requests. Not in $(...): its process is the script's to stop (pids) if
 # anything fails.
 count() {
 	local n=$1
-	GODEBUG=cpu.rdtscp=off GOMAXPROCS=1 GOGC=50 valgrind --tool=cachegrind --cache-sim=no \
-		--cachegrind-out-file="$out/cg-$n.out" "$bin" run --outbound-addr "127.0.0.1:$out_port" \
-		--admin-addr "127.0.0.1:$admin" --policy-dir "$out/policies" --log-level error "${trace[@]}" \
-		>"$out/sidecar-$n.log" 2>&1 &
+	local cg=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out/cg-$n.%p.out")
+	$syscalls && cg=()
+	local ready_url="http://127.0.0.1:$admin/ready" stop=INT
+	case $what in
+	nginx | nginx-log)
+		"${cg[@]}" "$bin" -p "$out" -c "$out/peer.conf" >"$out/$name-$n.log" 2>&1 &
+		ready_url="http://127.0.0.1:$out_port/" stop=QUIT
+		;;
+	haproxy)
+		"${cg[@]}" "$bin" -db -q -f "$out/peer.conf" >"$out/$name-$n.log" 2>&1 &
+		ready_url="http://127.0.0.1:$out_port/" stop=TERM
+		;;
+	*)
+		GODEBUG=cpu.rdtscp=off GOMAXPROCS=1 GOGC=50 "${cg[@]}" "$bin" run --outbound-addr "127.0.0.1:$out_port" \
+			--admin-addr "127.0.0.1:$admin" --policy-dir "$out/policies" --log-level error "${trace[@]}" \
+			>"$out/$name-$n.log" 2>&1 &
+		;;
+	esac
 	local vp=$!
 	pids+=("$vp")
 	local ready=false
 	for _ in $(seq 200); do
 		kill -0 "$vp" 2>/dev/null || break # exited: its log says why
-		if curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1; then
+		if curl -fs -H "Host: 127.0.0.1:$up" "$ready_url" >/dev/null 2>&1; then
 			ready=true
 			break
 		fi
 		sleep 0.2
 	done
-	$ready || { echo "instructions: the sidecar did not become ready ($out/sidecar-$n.log)" >&2; exit 1; }
-	"$tools/fortio" load -qps 1000 -c 16 -n "$n" -uniform -quiet -H "Host: 127.0.0.1:$up" \
-		"http://127.0.0.1:$out_port/" >"$out/fortio-$n.log" 2>&1
-	grep -q "Code 200 : $n " "$out/fortio-$n.log" || { echo "instructions: not every request answered 200:" >&2; cat "$out/fortio-$n.log" >&2; exit 1; }
-	kill -INT "$vp"
+	$ready || { echo "instructions: $what did not become ready ($out/$name-$n.log)" >&2; exit 1; }
+	if $syscalls; then
+		load 400
+		# perf stat counts from its start: nothing runs until the load.
+		perf stat -x, -e 'syscalls:sys_enter_*,context-switches' -p "$vp" -o "$out/perf-$n.txt" &
+		local pp=$!
+		pids+=("$pp")
+		sleep 0.5
+		load "$n"
+		kill -INT "$pp"
+		wait "$pp" || true
+	else
+		load "$n"
+	fi
+	kill -"$stop" "$vp"
 	wait "$vp" || true
-	# All of cg_annotate's output read: no SIGPIPE under pipefail.
-	total=$(cg_annotate "$out/cg-$n.out" | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}')
+	$syscalls && return
+	total=0
+	local f t
+	for f in "$out"/cg-"$n".*.out; do
+		# All of cg_annotate's output read: no SIGPIPE under pipefail.
+		t=$(cg_annotate "$f" | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}')
+		total=$((total + t))
+	done
 }
+# load N sends N requests through the measured process.
+load() {
+	"$tools/fortio" load -qps 1000 -c 16 -n "$1" -uniform -quiet -H "Host: 127.0.0.1:$up" \
+		"http://127.0.0.1:$out_port/" >"$out/fortio-$1.log" 2>&1
+	grep -q "Code 200 : $1 " "$out/fortio-$1.log" || { echo "instructions: not every request answered 200:" >&2; cat "$out/fortio-$1.log" >&2; exit 1; }
+}
+if $syscalls; then
+	count 4000
+	# perf's CSV: count,unit,event,...; the calls made at least once in
+	# 100 requests, most first.
+	calls=$(awk -F, '$3 ~ /^syscalls:/ && $1 ~ /^[0-9]+$/ && $1 >= 40 {
+		e = $3; sub(/^syscalls:sys_enter_/, "", e); printf "%.2f %s\n", $1 / 4000, e
+	}' "$out/perf-4000.txt" | sort -rn | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
+	awk -F, -v who="$name" -v calls="$calls" -v out="$out" '$1 ~ /^[0-9]+$/ {
+		if ($3 == "context-switches") cs = $1; else if ($3 ~ /^syscalls:/) total += $1
+	} END {
+		printf "%s: %.2f system calls per request (%s), %.2f context switches; %s\n", who, total / 4000, calls, cs / 4000, out
+	}' "$out/perf-4000.txt"
+	exit 0
+fi
 count 400
 a=$total
 count 4400
 b=$total
-echo "$(basename "$bin"): $(((b - a) / 4000)) instructions per request (ratio $ratio; $a for 400 requests, $b for 4,400; $out)"
+echo "$name: $(((b - a) / 4000)) instructions per request (ratio $ratio; $a for 400 requests, $b for 4,400; $out)"

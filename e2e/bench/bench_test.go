@@ -222,6 +222,41 @@ func TestPeerConfigs(t *testing.T) {
 	}
 }
 
+// TestPeerConfig checks what `bench peer-config` prints for
+// scripts/instructions.sh: the harness's own configurations with one
+// worker or thread, nginx-log's with the log and the request ID, and an
+// error naming the peer it does not know.
+func TestPeerConfig(t *testing.T) {
+	for _, tc := range []struct {
+		peer string
+		want []string
+		not  []string
+	}{
+		{"nginx", []string{"worker_processes 1;", "listen 127.0.0.1:1;", "server 127.0.0.1:2;", "access_log off;"}, []string{"X-Request-ID"}},
+		{"nginx-log", []string{"worker_processes 1;", "access_log /d/access.log mm", "proxy_set_header X-Request-ID $mm_request_id;"}, []string{"access_log off;"}},
+		{"haproxy", []string{"nbthread 1", "bind 127.0.0.1:1", "server upstream 127.0.0.1:2"}, nil},
+	} {
+		got, err := peerConfig(tc.peer, "/d", "127.0.0.1:1", "127.0.0.1:2")
+		if err != nil {
+			t.Errorf("%s: %v", tc.peer, err)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: config lacks %q:\n%s", tc.peer, w, got)
+			}
+		}
+		for _, w := range tc.not {
+			if strings.Contains(got, w) {
+				t.Errorf("%s: config has %q:\n%s", tc.peer, w, got)
+			}
+		}
+	}
+	if _, err := peerConfig("caddy", "/d", "127.0.0.1:1", "127.0.0.1:2"); err == nil || !strings.Contains(err.Error(), `"caddy"`) {
+		t.Errorf("peer-config caddy: error %v, want one naming it", err)
+	}
+}
+
 func TestLoadArgsNewConn(t *testing.T) {
 	l := loadSpec{qps: 200, conns: 16, duration: time.Second, res: 0.00001, addr: "198.19.31.7:8080", host: "198.19.31.7:8080", newConn: true}
 	if got := strings.Join(l.args("o"), " "); !strings.Contains(got, "-keepalive=false ") {

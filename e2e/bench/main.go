@@ -222,6 +222,15 @@ func main() {
 		fmt.Print(sidecarPolicy(os.Args[2]))
 		return
 	}
+	if len(os.Args) == 6 && os.Args[1] == peerConfigArg {
+		conf, err := peerConfig(os.Args[2], os.Args[3], os.Args[4], os.Args[5])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+		fmt.Print(conf)
+		return
+	}
 	if len(os.Args) == 4 && os.Args[1] == relayArg {
 		fmt.Fprintln(os.Stderr, "relay:", runRelay(os.Args[2], os.Args[3]))
 		os.Exit(1)

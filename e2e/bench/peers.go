@@ -263,6 +263,25 @@ func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string,
 	return t, nil
 }
 
+// peerConfigArg is the first argument that prints a peer's configuration
+// as the harness runs it with one worker or thread: `peer-config
+// nginx|nginx-log|haproxy DIR LISTEN UPSTREAM` (scripts/instructions.sh
+// counts the peers' instructions per request with the same
+// configurations; nginx-log is keyNginxLog's: an access log line and the
+// request ID, the sidecar's work besides forwarding).
+const peerConfigArg = "peer-config"
+
+// peerConfig is the configuration peerConfigArg prints.
+func peerConfig(peer, dir, listen, upstream string) (string, error) {
+	switch peer {
+	case "nginx", "nginx-log":
+		return nginxConfig(dir, listen, upstream, 1, peerConns, peer == "nginx-log"), nil
+	case "haproxy":
+		return haproxyConfig(listen, upstream, 1, peerConns), nil
+	}
+	return "", fmt.Errorf("peer-config: no peer %q (nginx, nginx-log, haproxy)", peer)
+}
+
 // policyArg is the first argument that prints sidecarPolicy for the
 // upstream HOST:PORT that follows it, and nothing else.
 const policyArg = "policy"
