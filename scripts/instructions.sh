@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# instructions.sh [--syscalls] BINARY|nginx|nginx-log|haproxy [RATIO]: the
+# instructions.sh [--syscalls] BINARY|nginx|nginx-log|haproxy|caddy [RATIO]: the
 # instructions a sidecar build, or one of the harness's peers, executes in
 # user mode per proxied request, counted by valgrind's cachegrind: the
 # same count every run to within ~2 % (the runtime's scheduling), where
@@ -12,7 +12,7 @@
 # The sidecar runs under cachegrind with the bench's policy (timeout,
 # retries, breaker: e2e/bench prints it), the access log on and
 # GOMAXPROCS=1 GOGC=50. A peer runs with the harness's configuration
-# (`bench peer-config`) and one worker or thread; nginx without its master
+# (`bench peer-config`) and one worker or thread (Caddy: GOMAXPROCS=1); nginx without its master
 # process (a worker's count is lost when its master stops it); nginx-log is
 # nginx with an access log line and the request ID, the sidecar's work
 # besides forwarding. Upstream is fortio's echo server (256 bytes); fortio
@@ -33,20 +33,21 @@ if [ "${1:-}" = --syscalls ]; then
 	syscalls=true
 	shift
 fi
-what=${1:?usage: instructions.sh [--syscalls] BINARY|nginx|nginx-log|haproxy [RATIO]}
+what=${1:?usage: instructions.sh [--syscalls] BINARY|nginx|nginx-log|haproxy|caddy [RATIO]}
 ratio=${2:-0}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$("$root/scripts/tools.sh" --print-dir)/bin"
 case $what in
 nginx | nginx-log) bin=$(command -v nginx) || { echo "instructions: nginx is missing (make tools)" >&2; exit 1; } ;;
+caddy) bin="$tools/caddy" ;;
 haproxy) bin=$(command -v "$what") || { echo "instructions: $what is missing (make tools)" >&2; exit 1; } ;;
 *) bin=$(realpath "$what") ;;
 esac
 name=$(basename "$what")
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-tools="$("$root/scripts/tools.sh" --print-dir)/bin"
 need=(valgrind cg_annotate curl python3)
 $syscalls && need=(perf curl python3)
 for c in "${need[@]}"; do
-	command -v "$c" >/dev/null || { echo "instructions: $c is missing (valgrind: apt-get install valgrind)" >&2; exit 1; }
+	command -v "$c" >/dev/null || { echo "instructions: $c is missing (valgrind: apt-get install valgrind; perf: linux-perf)" >&2; exit 1; }
 done
 out=${OUT:-$(mktemp -d)}
 mkdir -p "$out/policies"
@@ -71,7 +72,7 @@ pids+=($!)
 # The harness's policy: timeout, retries and breaker for the upstream.
 "$out/bench" policy "127.0.0.1:$up" >"$out/policies/bench.yaml"
 case $what in
-nginx | nginx-log | haproxy)
+nginx | nginx-log | haproxy | caddy)
 	if awk -v r="$ratio" 'BEGIN { exit !(r > 0) }'; then
 		echo "instructions: $what is not traced (RATIO 0)" >&2
 		exit 1
@@ -120,6 +121,12 @@ count() {
 	haproxy)
 		"${cg[@]}" "$bin" -db -q -f "$out/peer.conf" >"$out/$name-$n.log" 2>&1 &
 		ready_url="http://127.0.0.1:$out_port/" stop=TERM
+		;;
+	caddy)
+		# One P, the sidecar's budget as injected; its files under $out.
+		GODEBUG=cpu.rdtscp=off GOMAXPROCS=1 XDG_CONFIG_HOME="$out/caddy" XDG_DATA_HOME="$out/caddy" \
+			"${cg[@]}" "$bin" run --config "$out/peer.conf" >"$out/$name-$n.log" 2>&1 &
+		ready_url="http://127.0.0.1:$out_port/"
 		;;
 	*)
 		GODEBUG=cpu.rdtscp=off GOMAXPROCS=1 GOGC=50 "${cg[@]}" "$bin" run --outbound-addr "127.0.0.1:$out_port" \

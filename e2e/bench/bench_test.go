@@ -235,6 +235,7 @@ func TestPeerConfig(t *testing.T) {
 		{"nginx", []string{"worker_processes 1;", "listen 127.0.0.1:1;", "server 127.0.0.1:2;", "access_log off;"}, []string{"X-Request-ID"}},
 		{"nginx-log", []string{"worker_processes 1;", "access_log /d/access.log mm", "proxy_set_header X-Request-ID $mm_request_id;"}, []string{"access_log off;"}},
 		{"haproxy", []string{"nbthread 1", "bind 127.0.0.1:1", "server upstream 127.0.0.1:2"}, nil},
+		{"caddy", []string{`"reverse_proxy"`, `"127.0.0.1:1"`, `"dial": "127.0.0.1:2"`}, nil},
 	} {
 		got, err := peerConfig(tc.peer, "/d", "127.0.0.1:1", "127.0.0.1:2")
 		if err != nil {
@@ -252,8 +253,8 @@ func TestPeerConfig(t *testing.T) {
 			}
 		}
 	}
-	if _, err := peerConfig("caddy", "/d", "127.0.0.1:1", "127.0.0.1:2"); err == nil || !strings.Contains(err.Error(), `"caddy"`) {
-		t.Errorf("peer-config caddy: error %v, want one naming it", err)
+	if _, err := peerConfig("envoy", "/d", "127.0.0.1:1", "127.0.0.1:2"); err == nil || !strings.Contains(err.Error(), `"envoy"`) {
+		t.Errorf("peer-config envoy: error %v, want one naming it", err)
 	}
 }
 

@@ -264,8 +264,8 @@ func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string,
 }
 
 // peerConfigArg is the first argument that prints a peer's configuration
-// as the harness runs it with one worker or thread: `peer-config
-// nginx|nginx-log|haproxy DIR LISTEN UPSTREAM` (scripts/instructions.sh
+// as the harness runs it, nginx and HAProxy with one worker or thread: `peer-config
+// nginx|nginx-log|haproxy|caddy DIR LISTEN UPSTREAM` (Caddy's ignores DIR) (scripts/instructions.sh
 // counts the peers' instructions per request with the same
 // configurations; nginx-log is keyNginxLog's: an access log line and the
 // request ID, the sidecar's work besides forwarding).
@@ -278,8 +278,10 @@ func peerConfig(peer, dir, listen, upstream string) (string, error) {
 		return nginxConfig(dir, listen, upstream, 1, peerConns, peer == "nginx-log"), nil
 	case "haproxy":
 		return haproxyConfig(listen, upstream, 1, peerConns), nil
+	case "caddy":
+		return caddyConfig(listen, upstream), nil
 	}
-	return "", fmt.Errorf("peer-config: no peer %q (nginx, nginx-log, haproxy)", peer)
+	return "", fmt.Errorf("peer-config: no peer %q (nginx, nginx-log, haproxy, caddy)", peer)
 }
 
 // policyArg is the first argument that prints sidecarPolicy for the
