@@ -191,35 +191,53 @@ func TestMarkdown(t *testing.T) {
 	}
 }
 
-// TestPeerConfigs checks the generated nginx and HAProxy configurations
-// with the programs themselves, where they are installed.
+// TestPeerConfigs checks the generated nginx, HAProxy and Caddy
+// configurations with the programs themselves.
 func TestPeerConfigs(t *testing.T) {
 	dir := t.TempDir()
-	ctx := context.Background()
-	if nginx, err := tools.Find("nginx"); err != nil {
-		t.Logf("nginx config not checked: %v", err)
-	} else {
-		for _, logged := range []bool{false, true} {
-			conf := filepath.Join(dir, "nginx.conf")
-			if err := os.WriteFile(conf, []byte(nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2, peerConns, logged)), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if out, err := runCmd(ctx, nginx, "-t", "-q", "-e", "stderr", "-p", dir, "-c", conf); err != nil {
-				t.Errorf("nginx -t (access log %v): %v\n%s", logged, err, out)
-			}
-		}
+	for _, logged := range []bool{false, true} {
+		checkNginx(t, dir, nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2, peerConns, logged))
 	}
-	if haproxy, err := tools.Find("haproxy"); err != nil {
-		t.Logf("haproxy config not checked: %v", err)
-	} else {
-		conf := filepath.Join(dir, "haproxy.cfg")
-		if err := os.WriteFile(conf, []byte(haproxyConfig("127.0.0.1:1", "127.0.0.1:2", 2, peerConns)), 0o644); err != nil {
+	checkHAProxy(t, dir, haproxyConfig("127.0.0.1:1", "127.0.0.1:2", 2, peerConns))
+	t.Run("caddy", func(t *testing.T) {
+		caddy := proc.NeedTool(t, "caddy")
+		conf := filepath.Join(dir, "caddy.json")
+		if err := os.WriteFile(conf, []byte(caddyConfig("127.0.0.1:1", "127.0.0.1:2")), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := runCmd(ctx, haproxy, "-c", "-q", "-f", conf); err != nil {
-			t.Errorf("haproxy -c: %v\n%s", err, out)
+		if out, err := runCmd(context.Background(), caddy, "validate", "--config", conf); err != nil {
+			t.Errorf("caddy validate: %v\n%s", err, out)
 		}
-	}
+	})
+}
+
+// checkNginx checks an nginx configuration with nginx -t, and
+// checkHAProxy a HAProxy one with haproxy -c, each in a subtest: skipped
+// where the program is missing, failed under CI=true (proc.NeedTool).
+func checkNginx(t *testing.T, dir, config string) {
+	t.Run("nginx", func(t *testing.T) {
+		nginx := proc.NeedTool(t, "nginx")
+		conf := filepath.Join(dir, "nginx.conf")
+		if err := os.WriteFile(conf, []byte(config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := runCmd(context.Background(), nginx, "-t", "-q", "-e", "stderr", "-p", dir, "-c", conf); err != nil {
+			t.Errorf("nginx -t: %v\n%s\n%s", err, out, config)
+		}
+	})
+}
+
+func checkHAProxy(t *testing.T, dir, config string) {
+	t.Run("haproxy", func(t *testing.T) {
+		haproxy := proc.NeedTool(t, "haproxy")
+		conf := filepath.Join(dir, "haproxy.cfg")
+		if err := os.WriteFile(conf, []byte(config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := runCmd(context.Background(), haproxy, "-c", "-q", "-f", conf); err != nil {
+			t.Errorf("haproxy -c: %v\n%s\n%s", err, out, config)
+		}
+	})
 }
 
 // TestPeerConfig checks what `bench peer-config` prints for

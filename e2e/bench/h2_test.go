@@ -71,29 +71,8 @@ func TestH2Args(t *testing.T) {
 
 func TestH2PeerConfigs(t *testing.T) {
 	dir := t.TempDir()
-	ctx := context.Background()
-	if nginx, err := tools.Find("nginx"); err != nil {
-		t.Logf("nginx config not checked: %v", err)
-	} else {
-		conf := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(conf, []byte(nginxH2Config(dir, "127.0.0.1:1", "127.0.0.1:2", 2)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := runCmd(ctx, nginx, "-t", "-q", "-e", "stderr", "-p", dir, "-c", conf); err != nil {
-			t.Errorf("nginx -t: %v\n%s", err, out)
-		}
-	}
-	if haproxy, err := tools.Find("haproxy"); err != nil {
-		t.Logf("haproxy config not checked: %v", err)
-	} else {
-		conf := filepath.Join(dir, "haproxy.cfg")
-		if err := os.WriteFile(conf, []byte(haproxyH2Config("127.0.0.1:1", "127.0.0.1:2", 2)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := runCmd(ctx, haproxy, "-c", "-q", "-f", conf); err != nil {
-			t.Errorf("haproxy -c: %v\n%s", err, out)
-		}
-	}
+	checkNginx(t, dir, nginxH2Config(dir, "127.0.0.1:1", "127.0.0.1:2", 2))
+	checkHAProxy(t, dir, haproxyH2Config("127.0.0.1:1", "127.0.0.1:2", 2))
 }
 
 func TestParseFlagsH2(t *testing.T) {
