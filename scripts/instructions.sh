@@ -7,13 +7,15 @@
 # (docs/benchmarks.md, "Counting instructions"). The kernel's work is not
 # in it: --syscalls counts instead the system calls (by name) and context
 # switches per request of the same process run natively, with perf stat
-# over 4,000 requests after 400 unmeasured.
+# over 4,000 requests after 400 unmeasured (needs perf, linux-perf in
+# Debian, with access to the syscalls tracepoints: root here).
 #
 # The sidecar runs under cachegrind with the bench's policy (timeout,
 # retries, breaker: e2e/bench prints it), the access log on and
 # GOMAXPROCS=1 GOGC=50. A peer runs with the harness's configuration
-# (`bench peer-config`) and one worker or thread (Caddy: GOMAXPROCS=1); nginx without its master
-# process (a worker's count is lost when its master stops it); nginx-log is
+# (`bench peer-config`) and one worker or thread (Caddy: GOMAXPROCS=1);
+# nginx without its master process (with it, the worker's count was never
+# written: the first try counted 0 per request); nginx-log is
 # nginx with an access log line and the request ID, the sidecar's work
 # besides forwarding. Upstream is fortio's echo server (256 bytes); fortio
 # sends 400 requests in one run and 4,400 in another at 1,000 requests/s
@@ -21,7 +23,7 @@
 # RATIO > 0 traces the sidecar at that sample ratio to a Jaeger on
 # loopback, its default ports (issue 16's targets: 0.01).
 # OUT (default a temporary directory) keeps cg-400.PID.out and
-# cg-4400.PID.out (one process each: nginx runs without its master);
+# cg-4400.PID.out, or perf-4000.txt with --syscalls;
 # `cg_diff cg-400.PID.out cg-4400.PID.out > d; cg_annotate d` says where
 # they go.
 #
@@ -37,10 +39,23 @@ what=${1:?usage: instructions.sh [--syscalls] BINARY|nginx|nginx-log|haproxy|cad
 ratio=${2:-0}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$("$root/scripts/tools.sh" --print-dir)/bin"
+# find_tool NAME: where the harness finds NAME (e2e/internal/tools.Find):
+# $MINIMESH_TOOL_NAME, the tools directory, PATH, the sbin directories.
+find_tool() {
+	local v="MINIMESH_TOOL_${1^^}" p
+	v=${v//-/_}
+	for p in "${!v:-}" "$tools/$1" "$(command -v "$1" || true)" /usr/local/sbin/"$1" /usr/sbin/"$1" /sbin/"$1"; do
+		if [ -n "$p" ] && [ -x "$p" ] && [ ! -d "$p" ]; then
+			echo "$p"
+			return
+		fi
+	done
+	echo "instructions: $1 is missing (make tools)" >&2
+	exit 1
+}
 case $what in
-nginx | nginx-log) bin=$(command -v nginx) || { echo "instructions: nginx is missing (make tools)" >&2; exit 1; } ;;
-caddy) bin="$tools/caddy" ;;
-haproxy) bin=$(command -v "$what") || { echo "instructions: $what is missing (make tools)" >&2; exit 1; } ;;
+nginx | nginx-log) bin=$(find_tool nginx) ;;
+caddy | haproxy) bin=$(find_tool "$what") ;;
 *) bin=$(realpath "$what") ;;
 esac
 name=$(basename "$what")
@@ -79,6 +94,10 @@ nginx | nginx-log | haproxy | caddy)
 	fi
 	"$out/bench" peer-config "$what" "$out" "127.0.0.1:$out_port" "127.0.0.1:$up" |
 		sed 's/^master_process on;/master_process off;/' >"$out/peer.conf"
+	if [[ $what == nginx* ]] && ! grep -q '^master_process off;' "$out/peer.conf"; then
+		echo "instructions: nginx's configuration has no master_process line to turn off ($out/peer.conf)" >&2
+		exit 1
+	fi
 	;;
 esac
 trace=()
@@ -110,12 +129,13 @@ fi
 # anything fails.
 count() {
 	local n=$1
+	rm -f "$out"/cg-"$n".*.out "$out/perf-$n.txt" # an OUT used before
 	local cg=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out/cg-$n.%p.out")
 	$syscalls && cg=()
 	local ready_url="http://127.0.0.1:$admin/ready" stop=INT
 	case $what in
 	nginx | nginx-log)
-		"${cg[@]}" "$bin" -p "$out" -c "$out/peer.conf" >"$out/$name-$n.log" 2>&1 &
+		"${cg[@]}" "$bin" -e stderr -p "$out" -c "$out/peer.conf" >"$out/$name-$n.log" 2>&1 &
 		ready_url="http://127.0.0.1:$out_port/" stop=QUIT
 		;;
 	haproxy)
@@ -148,19 +168,26 @@ count() {
 	$ready || { echo "instructions: $what did not become ready ($out/$name-$n.log)" >&2; exit 1; }
 	if $syscalls; then
 		load 400
-		# perf stat counts from its start: nothing runs until the load.
-		perf stat -x, -e 'syscalls:sys_enter_*,context-switches' -p "$vp" -o "$out/perf-$n.txt" &
+		# perf stat counts from its start, half a second before the load:
+		# what the process does on its own then (a Go runtime's monitor
+		# thread, its timers) is counted too, a few calls a second.
+		perf stat -x, -e 'syscalls:sys_enter_*,context-switches' -p "$vp" -o "$out/perf-$n.txt" 2>"$out/perf-$n.log" &
 		local pp=$!
 		pids+=("$pp")
 		sleep 0.5
+		kill -0 "$pp" 2>/dev/null || { echo "instructions: perf stat failed ($out/perf-$n.log)" >&2; exit 1; }
 		load "$n"
 		kill -INT "$pp"
-		wait "$pp" || true
+		wait "$pp" || true # perf stat's status on SIGINT is not 0; its counts are checked below
+		unpid "$pp"
+		grep -q ',context-switches,' "$out/perf-$n.txt" || { echo "instructions: perf stat wrote no counts ($out/perf-$n.txt)" >&2; exit 1; }
 	else
 		load "$n"
 	fi
+	kill -0 "$vp" 2>/dev/null || { echo "instructions: $what ended during the load ($out/$name-$n.log)" >&2; exit 1; }
 	kill -"$stop" "$vp"
 	wait "$vp" || true
+	unpid "$vp"
 	$syscalls && return
 	total=0
 	local f t
@@ -169,6 +196,15 @@ count() {
 		t=$(cg_annotate "$f" | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}')
 		total=$((total + t))
 	done
+}
+# unpid PID takes a process waited for out of pids: its number may be
+# another's by the time cleanup runs.
+unpid() {
+	local p keep=()
+	for p in "${pids[@]}"; do
+		[ "$p" = "$1" ] || keep+=("$p")
+	done
+	pids=("${keep[@]}")
 }
 # load N sends N requests through the measured process.
 load() {

@@ -195,9 +195,8 @@ func TestMarkdown(t *testing.T) {
 // configurations with the programs themselves.
 func TestPeerConfigs(t *testing.T) {
 	dir := t.TempDir()
-	for _, logged := range []bool{false, true} {
-		checkNginx(t, dir, nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2, peerConns, logged))
-	}
+	checkNginx(t, "nginx", dir, nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2, peerConns, false))
+	checkNginx(t, "nginx-log", dir, nginxConfig(dir, "127.0.0.1:1", "127.0.0.1:2", 2, peerConns, true))
 	checkHAProxy(t, dir, haproxyConfig("127.0.0.1:1", "127.0.0.1:2", 2, peerConns))
 	t.Run("caddy", func(t *testing.T) {
 		caddy := proc.NeedTool(t, "caddy")
@@ -211,11 +210,11 @@ func TestPeerConfigs(t *testing.T) {
 	})
 }
 
-// checkNginx checks an nginx configuration with nginx -t, and
-// checkHAProxy a HAProxy one with haproxy -c, each in a subtest: skipped
-// where the program is missing, failed under CI=true (proc.NeedTool).
-func checkNginx(t *testing.T, dir, config string) {
-	t.Run("nginx", func(t *testing.T) {
+// checkNginx checks an nginx configuration with nginx -t in the subtest
+// name, and checkHAProxy a HAProxy one with haproxy -c: skipped where the
+// program is missing, failed under CI=true (proc.NeedTool).
+func checkNginx(t *testing.T, name, dir, config string) {
+	t.Run(name, func(t *testing.T) {
 		nginx := proc.NeedTool(t, "nginx")
 		conf := filepath.Join(dir, "nginx.conf")
 		if err := os.WriteFile(conf, []byte(config), 0o644); err != nil {
@@ -243,14 +242,15 @@ func checkHAProxy(t *testing.T, dir, config string) {
 // TestPeerConfig checks what `bench peer-config` prints for
 // scripts/instructions.sh: the harness's own configurations with one
 // worker or thread, nginx-log's with the log and the request ID, and an
-// error naming the peer it does not know.
+// error naming the peer it does not know. nginx's has the master_process
+// line that scripts/instructions.sh turns off.
 func TestPeerConfig(t *testing.T) {
 	for _, tc := range []struct {
 		peer string
 		want []string
 		not  []string
 	}{
-		{"nginx", []string{"worker_processes 1;", "listen 127.0.0.1:1;", "server 127.0.0.1:2;", "access_log off;"}, []string{"X-Request-ID"}},
+		{"nginx", []string{"worker_processes 1;", "master_process on;", "listen 127.0.0.1:1;", "server 127.0.0.1:2;", "access_log off;"}, []string{"X-Request-ID"}},
 		{"nginx-log", []string{"worker_processes 1;", "access_log /d/access.log mm", "proxy_set_header X-Request-ID $mm_request_id;"}, []string{"access_log off;"}},
 		{"haproxy", []string{"nbthread 1", "bind 127.0.0.1:1", "server upstream 127.0.0.1:2"}, nil},
 		{"caddy", []string{`"reverse_proxy"`, `"127.0.0.1:1"`, `"dial": "127.0.0.1:2"`}, nil},
@@ -460,8 +460,11 @@ func TestHAProxyOneThread(t *testing.T) {
 	if !o.want(keyHAProxy1) || !o.want(keyHAProxy) {
 		t.Fatalf("scenarios %v: no haproxy-1 beside haproxy", o.scenarioKeys())
 	}
-	if o, _ := parseFlags(nil); o.want(keyHAProxy1) {
-		t.Error("haproxy-1 runs without being named")
+	if o, _ := parseFlags(nil); o.want(keyHAProxy1) || o.want(keyEpoll) || o.want(keyEpollRaw) {
+		t.Error("haproxy-1 or a go-epoll runs without being named")
+	}
+	if o, err := parseFlags([]string{"-scenarios", "direct,go-epoll,go-epoll-raw"}); err != nil || !o.want(keyEpoll) || !o.want(keyEpollRaw) {
+		t.Errorf("-scenarios go-epoll,go-epoll-raw: %v", err)
 	}
 	rep := newReport(o)
 	rep.targets = []*target{{key: keyDirect, name: "direct"}, {key: keyMinimesh, name: "minimesh-proxy"},

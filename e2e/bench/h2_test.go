@@ -71,7 +71,7 @@ func TestH2Args(t *testing.T) {
 
 func TestH2PeerConfigs(t *testing.T) {
 	dir := t.TempDir()
-	checkNginx(t, dir, nginxH2Config(dir, "127.0.0.1:1", "127.0.0.1:2", 2))
+	checkNginx(t, "nginx", dir, nginxH2Config(dir, "127.0.0.1:1", "127.0.0.1:2", 2))
 	checkHAProxy(t, dir, haproxyH2Config("127.0.0.1:1", "127.0.0.1:2", 2))
 }
 
