@@ -231,6 +231,10 @@ func main() {
 		fmt.Print(conf)
 		return
 	}
+	if len(os.Args) == 5 && os.Args[1] == epollArg {
+		fmt.Fprintln(os.Stderr, "epoll-relay:", runEpollRelay(os.Args[2], os.Args[3], os.Args[4]))
+		os.Exit(1)
+	}
 	if len(os.Args) == 4 && os.Args[1] == relayArg {
 		fmt.Fprintln(os.Stderr, "relay:", runRelay(os.Args[2], os.Args[3]))
 		os.Exit(1)
@@ -405,6 +409,15 @@ func run(ctx context.Context, o *options) (err error) {
 			return err
 		}
 		targets = append(targets, t)
+	}
+	for _, k := range []string{keyEpoll, keyEpollRaw} {
+		if o.want(k) {
+			t, err := startEpollRelay(ctx, ps, dir, upstream, k == keyEpollRaw)
+			if err != nil {
+				return err
+			}
+			targets = append(targets, t)
+		}
 	}
 	if world != nil {
 		ts, err := startNetnsTargets(ctx, ps, world, fortio, sidecarBin, dir, o, rep.fortioVersion)

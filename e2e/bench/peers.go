@@ -84,7 +84,7 @@ const keyNginxLog = "nginx-log"
 const keyHAProxy1 = "haproxy-1"
 
 // extraKeys are the scenarios that run only when -scenarios names them.
-var extraKeys = []string{keyNginxLog, keyHAProxy1, keyRelay}
+var extraKeys = []string{keyNginxLog, keyHAProxy1, keyRelay, keyEpoll, keyEpollRaw}
 
 // cleanEnv is the harness's environment without the variables that would
 // change how a child behaves behind its back: MINIMESH_* (each sidecar flag

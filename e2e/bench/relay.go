@@ -104,31 +104,48 @@ var errUnframed = errors.New("relay: a message it cannot frame")
 // Content-Length bytes after it.
 func readMessage(c net.Conn, buf []byte, response bool) ([]byte, error) {
 	for {
-		if end := bytes.Index(buf, []byte("\r\n\r\n")); end >= 0 {
-			want := end + 4
-			if response {
-				n, ok := contentLength(buf[:end])
-				if !ok {
-					return nil, errUnframed
-				}
-				want += n
-			}
-			if len(buf) == want {
-				return buf, nil
-			}
-			if len(buf) > want {
-				return nil, errUnframed // pipelined or a body: not the relay's
-			}
+		n, err := frame(buf, response)
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			return buf, nil
 		}
 		if len(buf) == cap(buf) {
 			return nil, errUnframed
 		}
-		n, err := c.Read(buf[len(buf):cap(buf)])
+		m, err := c.Read(buf[len(buf):cap(buf)])
 		if err != nil {
 			return nil, err // io.EOF: the peer is done
 		}
-		buf = buf[:len(buf)+n]
+		buf = buf[:len(buf)+m]
 	}
+}
+
+// frame returns the length of the one message buf holds whole, a head and
+// for a response the Content-Length bytes after it; 0 while it is not
+// whole yet; errUnframed for what the relays do not pass on (a response
+// without Content-Length, bytes past the message: pipelined, or a body).
+func frame(buf []byte, response bool) (int, error) {
+	end := bytes.Index(buf, []byte("\r\n\r\n"))
+	if end < 0 {
+		return 0, nil
+	}
+	want := end + 4
+	if response {
+		n, ok := contentLength(buf[:end])
+		if !ok {
+			return 0, errUnframed
+		}
+		want += n
+	}
+	switch {
+	case len(buf) == want:
+		return want, nil
+	case len(buf) > want:
+		return 0, errUnframed
+	}
+	return 0, nil
 }
 
 func contentLength(head []byte) (int, bool) {

@@ -2,11 +2,15 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/minimesh/minimesh/internal/rawio"
 )
@@ -77,5 +81,80 @@ func TestContentLength(t *testing.T) {
 		if n, ok := contentLength([]byte(c.head)); n != c.n || ok != c.ok {
 			t.Errorf("contentLength(%q) = %d, %v; want %d, %v", c.head, n, ok, c.n, c.ok)
 		}
+	}
+}
+
+// TestEpollRelay sends keep-alive requests through both of the event
+// loop's waits to a real upstream, from one connection and then from
+// many at once (each answer whole, its own), and ends the loop.
+func TestEpollRelay(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "through "+r.URL.Path)
+	}))
+	defer up.Close()
+	for _, mode := range []string{"poller", "raw"} {
+		t.Run(mode, func(t *testing.T) {
+			r, err := newEpollRelay("127.0.0.1:0", up.Listener.Addr().String(), mode == "raw")
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := make(chan error, 1)
+			go func() { served <- r.Serve() }()
+			var conns atomic.Int32
+			tr := &http.Transport{MaxIdleConnsPerHost: 16, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				conns.Add(1)
+				return (&net.Dialer{}).DialContext(ctx, network, addr)
+			}}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+			get := func(path string) error {
+				resp, err := c.Get("http://" + r.Addr() + path)
+				if err != nil {
+					return err
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || string(b) != "through "+path {
+					return fmt.Errorf("GET %s: %q, %v", path, b, err)
+				}
+				return nil
+			}
+			for _, path := range []string{"/a", "/bb", "/ccc"} {
+				if err := get(path); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := conns.Load(); n != 1 {
+				t.Fatalf("%d connections for three requests in a row, want 1 (kept alive)", n)
+			}
+			var wg sync.WaitGroup
+			errs := make(chan error, 8)
+			for g := range 8 {
+				wg.Go(func() {
+					for i := range 50 {
+						if err := get(fmt.Sprintf("/g%d/%d", g, i)); err != nil {
+							errs <- err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-served:
+				if err != nil {
+					t.Fatalf("Serve: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Serve did not return after Close")
+			}
+		})
 	}
 }
