@@ -8,6 +8,8 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -26,7 +28,10 @@ import (
 // socket, and more bytes bring a new edge): no read that finds nothing, no
 // goroutine per connection, no park and wake per read. The framing is
 // go-relay's (frame): bodiless requests, responses framed by
-// Content-Length; anything else closes the pair.
+// Content-Length; anything else closes the pair. Unlike go-relay, which
+// reads a response only after a request, the loop passes on whatever
+// either side sends whole (an upstream's unasked 408 too): the
+// measurement sends none.
 //
 // go-epoll waits for its descriptor through Go's poller (the loop's epoll
 // descriptor is itself pollable): what a sidecar with other goroutines
@@ -76,6 +81,16 @@ type epollRelay struct {
 	raw           bool
 	up            unix.SockaddrInet4
 	sides         map[int]*eside
+	// closing are the descriptors dropped in the current batch of
+	// events, closed after it: a number closed and reused by an accept
+	// within one batch would get the old descriptor's later events.
+	closing []int
+	// mu orders Close's write to wake before close's close of it.
+	mu     sync.Mutex
+	closed bool
+	// drops counts the pairs the loop has closed (its tests' check that
+	// it closes none it should keep).
+	drops atomic.Int64
 }
 
 // eside is one connection of a client's pair: what it has read of the
@@ -83,6 +98,7 @@ type epollRelay struct {
 type eside struct {
 	fd, peer int
 	response bool // the upstream's side: it reads responses
+	eof      bool // it has read its connection's end, passed on to peer
 	buf      []byte
 	n        int
 }
@@ -152,14 +168,23 @@ func (r *epollRelay) Addr() string {
 }
 
 // Close ends Serve (from another goroutine), which then closes every
-// descriptor.
+// descriptor; net.ErrClosed once it has.
 func (r *epollRelay) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return net.ErrClosed
+	}
 	var one = [8]byte{1}
 	_, err := unix.Write(r.wake, one[:])
 	return err
 }
 
 func (r *epollRelay) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	r.flush()
 	for fd := range r.sides {
 		unix.Close(fd)
 	}
@@ -199,24 +224,36 @@ func (r *epollRelay) Serve() error {
 				r.accept()
 			default:
 				if s := r.sides[fd]; s != nil {
-					r.serve(s)
+					r.serve(s, ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 				}
 			}
 		}
+		r.flush()
 	}
+}
+
+// flush closes the descriptors dropped in a batch of events.
+func (r *epollRelay) flush() {
+	for _, fd := range r.closing {
+		unix.Close(fd)
+	}
+	r.closing = r.closing[:0]
 }
 
 // waiter returns the loop's wait for events: blocking in epoll_pwait
 // (raw), or through Go's poller on the epoll descriptor, which is readable
-// while events wait in it. A try comes before each wait of the poller's,
+// while events wait in it. The raw wait ends every rawTick: a goroutine in
+// a raw call holds its P, and the runtime's stop of the world waits for it
+// (the runtime's preemption signal ends the wait sooner, unless
+// GODEBUG=asyncpreemptoff=1 turns it off). A try comes before each wait of the poller's,
 // so an event that came before the poller cleared the descriptor's
 // readiness is not missed: it is still in the descriptor.
 func (r *epollRelay) waiter() (func([]unix.EpollEvent) (int, error), error) {
 	if r.raw {
 		return func(evs []unix.EpollEvent) (int, error) {
 			for {
-				n, e := epollWait(r.ep, evs, -1)
-				if e == unix.EINTR {
+				n, e := epollWait(r.ep, evs, int(rawTick/time.Millisecond))
+				if e == unix.EINTR || (e == 0 && n == 0) {
 					// A signal: most often the runtime's, asking the
 					// goroutine to stop for the GC or the scheduler,
 					// which a raw call never does on its own.
@@ -243,8 +280,11 @@ func (r *epollRelay) waiter() (func([]unix.EpollEvent) (int, error), error) {
 	var evs []unix.EpollEvent
 	try := func(fd uintptr) bool {
 		n, e := epollWait(int(fd), evs, 0)
+		for e == unix.EINTR {
+			n, e = epollWait(int(fd), evs, 0)
+		}
 		switch {
-		case e == unix.EINTR || (e == 0 && n == 0):
+		case e == 0 && n == 0:
 			return false
 		case e != 0:
 			werr = e
@@ -264,6 +304,10 @@ func (r *epollRelay) waiter() (func([]unix.EpollEvent) (int, error), error) {
 	}, nil
 }
 
+// accept takes every waiting connection and dials the upstream for each,
+// blocking (a benchmark's loopback: at once). A failed accept (EMFILE) is
+// retried on the listener's next event: level-triggered, at once, a busy
+// loop until a descriptor is free, which the benchmark never reaches.
 func (r *epollRelay) accept() {
 	for {
 		cfd, _, err := unix.Accept4(r.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
@@ -308,8 +352,11 @@ func (r *epollRelay) dial() (int, error) {
 }
 
 // serve reads what s's edge brought: until a read comes back shorter than
-// the room it had, passing each whole message to s's peer.
-func (r *epollRelay) serve(s *eside) {
+// the room it had, passing each whole message to s's peer. With the peer's
+// end or an error in the event (ended), until EAGAIN or the end instead:
+// the end's edge may have come with the last bytes, and a short read of
+// those would leave it unread (nginx's pending_eof).
+func (r *epollRelay) serve(s *eside, ended bool) {
 	for {
 		room := len(s.buf) - s.n
 		if room == 0 {
@@ -323,8 +370,18 @@ func (r *epollRelay) serve(s *eside) {
 			}
 			return
 		}
-		if e != 0 || n == 0 {
-			r.drop(s) // an error, or the peer's end
+		if e != 0 {
+			r.drop(s)
+			return
+		}
+		if n == 0 {
+			// The end, passed on as go-relay's (a TCP relay's) would be:
+			// the peer's write side shut, the pair kept until both ends
+			// came, so that an answer on its way still arrives.
+			s.eof = true
+			if p := r.sides[s.peer]; s.n > 0 || p == nil || p.eof || unix.Shutdown(s.peer, unix.SHUT_WR) != nil {
+				r.drop(s)
+			}
 			return
 		}
 		s.n += n
@@ -340,18 +397,20 @@ func (r *epollRelay) serve(s *eside) {
 			}
 			s.n = 0
 		}
-		if n < room {
+		if n < room && !ended {
 			return // drained: more bytes bring another edge
 		}
 	}
 }
 
-// drop closes s and its peer (closing removes them from the epoll set).
+// drop takes s and its peer out of the loop, and has them closed after
+// the batch of events (flush; closing removes them from the epoll set).
 func (r *epollRelay) drop(s *eside) {
+	r.drops.Add(1)
 	for _, fd := range []int{s.fd, s.peer} {
 		if r.sides[fd] != nil {
 			delete(r.sides, fd)
-			unix.Close(fd)
+			r.closing = append(r.closing, fd)
 		}
 	}
 }
@@ -373,11 +432,15 @@ func writeAll(fd int, p []byte) bool {
 	return true
 }
 
+// rawTick bounds the raw loop's wait (waiter).
+const rawTick = 10 * time.Millisecond
+
 // rawRead, rawWrite and epollWait are the system calls without
 // syscall.Syscall's entry and exit, as the sidecar's (internal/rawio): on
 // non-blocking descriptors they never block, and raw calls leave the
-// runtime's monitor thread asleep. epollWait blocks with timeout -1 (the
-// raw loop's wait), holding its P.
+// runtime's monitor thread asleep while the P is idle. The raw loop's
+// epollWait blocks, up to rawTick, holding its P: the monitor thread, which
+// sees the P busy, stays awake then.
 func rawRead(fd int, p []byte) (int, syscall.Errno) {
 	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 	return int(n), e

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -100,6 +102,12 @@ func TestEpollRelay(t *testing.T) {
 			}
 			served := make(chan error, 1)
 			go func() { served <- r.Serve() }()
+			// A loop left running holds a P (raw) for the rest of the binary.
+			t.Cleanup(func() {
+				if r.Close() == nil {
+					<-served
+				}
+			})
 			var conns atomic.Int32
 			tr := &http.Transport{MaxIdleConnsPerHost: 16, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				conns.Add(1)
@@ -144,6 +152,12 @@ func TestEpollRelay(t *testing.T) {
 			for err := range errs {
 				t.Error(err)
 			}
+			// The transport retries a GET on a kept connection that closes
+			// unanswered: a loop that dropped connections would pass the
+			// requests above, not this.
+			if n := r.drops.Load(); n != 0 {
+				t.Errorf("the loop closed %d connections of clients that kept them", n)
+			}
 			if err := r.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -157,4 +171,76 @@ func TestEpollRelay(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEpollRelayEndWithLastBytes has the client's request and its end
+// (a half-close) arrive before the loop reads them, one edge for both:
+// the loop must answer, then pass the client's close on to the upstream.
+func TestEpollRelayEndWithLastBytes(t *testing.T) {
+	for _, mode := range []string{"poller", "raw"} {
+		t.Run(mode, func(t *testing.T) {
+			up, upEnd := oneAnswerUpstream(t)
+			r, err := newEpollRelay("127.0.0.1:0", up, mode == "raw")
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := make(chan error, 1)
+			t.Cleanup(func() {
+				if r.Close() == nil {
+					<-served
+				}
+			})
+			c, err := net.Dial("tcp", r.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// Before the loop runs: the request and the end in the socket.
+			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond) // both there before the first read
+			go func() { served <- r.Serve() }()
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(c)
+			if !strings.HasSuffix(string(got), "\r\n\r\nok") {
+				t.Fatalf("answer %q, %v", got, err)
+			}
+			if err := <-upEnd; err != io.EOF {
+				t.Fatalf("the upstream's read after the answer: %v, want io.EOF (the client's close passed on)", err)
+			}
+		})
+	}
+}
+
+// oneAnswerUpstream serves one connection: it answers one request "ok",
+// then reports how its next read ended (io.EOF: the peer closed).
+func oneAnswerUpstream(t *testing.T) (string, <-chan error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	end := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			end <- err
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			end <- err
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = br.ReadByte()
+		end <- err
+	}()
+	return ln.Addr().String(), end
 }
