@@ -15,8 +15,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/minimesh/minimesh/e2e/internal/proc"
 )
 
 // The go-epoll scenarios are go-relay with an event loop of its own in
@@ -48,29 +46,13 @@ const (
 const epollArg = "epoll-relay"
 
 func startEpollRelay(ctx context.Context, ps *procs, dir, upstream string, raw bool) (*target, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	listen, err := proc.FreeAddr()
-	if err != nil {
-		return nil, err
-	}
 	key, mode, how := keyEpoll, "poller", "its epoll descriptor waited on through Go's poller"
 	if raw {
 		key, mode, how = keyEpollRaw, "raw", "blocking in epoll_pwait with its P held"
 	}
-	// As go-relay and the sidecar: one P, GOGC=50.
-	p, err := ps.start(key, self, []string{epollArg, mode, listen, upstream}, cleanEnv("GOMAXPROCS=1", "GOGC=50"), dir)
-	if err != nil {
-		return nil, err
-	}
-	if err := waitOK(ctx, p, "http://"+listen+"/", upstream, 10*time.Second); err != nil {
-		return nil, err
-	}
-	return &target{key: key, name: key, addr: listen, proc: p, version: "this harness",
-		config: "go-relay's framing on an event loop of its own (one thread, edge-triggered epoll, nginx's short-read rule), " +
-			how + ", GOMAXPROCS=1 GOGC=50"}, nil
+	return startSelf(ctx, ps, dir, upstream, key, []string{epollArg, mode},
+		"go-relay's framing on an event loop of its own (one goroutine, edge-triggered epoll, nginx's short-read rule), "+
+			how+", GOMAXPROCS=1 GOGC=50")
 }
 
 // epollRelay is the loop: its epoll descriptor, listener, and an eventfd

@@ -31,6 +31,15 @@ const relayArg = "relay"
 const keyRelay = "go-relay"
 
 func startRelay(ctx context.Context, ps *procs, dir, upstream string) (*target, error) {
+	return startSelf(ctx, ps, dir, upstream, keyRelay, []string{relayArg},
+		"the floor of a Go proxy: one goroutine per connection relays each request head and response unparsed, "+
+			"raw read(2)/write(2) as the sidecar's, GOMAXPROCS=1 GOGC=50")
+}
+
+// startSelf starts the harness's own binary as the target key: args, then
+// the address it is to listen on and the upstream's. As the sidecar is
+// injected: one P, GOGC=50.
+func startSelf(ctx context.Context, ps *procs, dir, upstream, key string, args []string, config string) (*target, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -39,17 +48,14 @@ func startRelay(ctx context.Context, ps *procs, dir, upstream string) (*target, 
 	if err != nil {
 		return nil, err
 	}
-	// As the sidecar is injected: one P, GOGC=50.
-	p, err := ps.start(keyRelay, self, []string{relayArg, listen, upstream}, cleanEnv("GOMAXPROCS=1", "GOGC=50"), dir)
+	p, err := ps.start(key, self, append(args, listen, upstream), cleanEnv("GOMAXPROCS=1", "GOGC=50"), dir)
 	if err != nil {
 		return nil, err
 	}
 	if err := waitOK(ctx, p, "http://"+listen+"/", upstream, 10*time.Second); err != nil {
 		return nil, err
 	}
-	return &target{key: keyRelay, name: keyRelay, addr: listen, proc: p, version: "this harness",
-		config: "the floor of a Go proxy: one goroutine per connection relays each request head and response unparsed, " +
-			"raw read(2)/write(2) as the sidecar's, GOMAXPROCS=1 GOGC=50"}, nil
+	return &target{key: key, name: key, addr: listen, proc: p, version: "this harness", config: config}, nil
 }
 
 // runRelay serves the relay until the process is stopped or its
