@@ -224,21 +224,23 @@ func (r *epollRelay) flush() {
 
 // waiter returns the loop's wait for events: blocking in epoll_pwait
 // (raw), or through Go's poller on the epoll descriptor, which is readable
-// while events wait in it. The raw wait ends every rawTick: a goroutine in
-// a raw call holds its P, and the runtime's stop of the world waits for it
-// (the runtime's preemption signal ends the wait sooner, unless
-// GODEBUG=asyncpreemptoff=1 turns it off). A try comes before each wait of the poller's,
-// so an event that came before the poller cleared the descriptor's
-// readiness is not missed: it is still in the descriptor.
+// while events wait in it.
+//
+// The raw wait ends every rawTick: a goroutine in a raw call holds its P,
+// and the runtime's stop of the world waits for it (the runtime's
+// preemption signal ends the wait sooner, unless GODEBUG=asyncpreemptoff=1
+// turns it off). Through the poller, a try comes before each wait, so an
+// event that came before the poller cleared the descriptor's readiness is
+// not missed: it is still in the descriptor.
 func (r *epollRelay) waiter() (func([]unix.EpollEvent) (int, error), error) {
 	if r.raw {
 		return func(evs []unix.EpollEvent) (int, error) {
 			for {
 				n, e := epollWait(r.ep, evs, int(rawTick/time.Millisecond))
 				if e == unix.EINTR || (e == 0 && n == 0) {
-					// A signal: most often the runtime's, asking the
-					// goroutine to stop for the GC or the scheduler,
-					// which a raw call never does on its own.
+					// A signal (most often the runtime's, asking the
+					// goroutine to stop for the GC or the scheduler) or
+					// rawTick gone: a raw call never stops on its own.
 					runtime.Gosched()
 					continue
 				}
@@ -346,13 +348,13 @@ func (r *epollRelay) serve(s *eside, ended bool) {
 			return
 		}
 		n, e := rawRead(s.fd, s.buf[s.n:])
-		if e == unix.EAGAIN || e == unix.EINTR {
-			if e == unix.EINTR {
-				continue
-			}
+		switch e {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
 			return
-		}
-		if e != 0 {
+		default:
 			r.drop(s)
 			return
 		}
