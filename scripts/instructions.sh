@@ -39,25 +39,6 @@ what=${1:?usage: instructions.sh [--syscalls] BINARY|nginx|nginx-log|haproxy|cad
 ratio=${2:-0}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$("$root/scripts/tools.sh" --print-dir)/bin"
-# find_tool NAME: where the harness finds NAME (e2e/internal/tools.Find):
-# $MINIMESH_TOOL_NAME, the tools directory, PATH, the sbin directories.
-find_tool() {
-	local v="MINIMESH_TOOL_${1^^}" p
-	v=${v//-/_}
-	for p in "${!v:-}" "$tools/$1" "$(command -v "$1" || true)" /usr/local/sbin/"$1" /usr/sbin/"$1" /sbin/"$1"; do
-		if [ -n "$p" ] && [ -x "$p" ] && [ ! -d "$p" ]; then
-			echo "$p"
-			return
-		fi
-	done
-	echo "instructions: $1 is missing (make tools)" >&2
-	exit 1
-}
-case $what in
-nginx | nginx-log) bin=$(find_tool nginx) ;;
-caddy | haproxy) bin=$(find_tool "$what") ;;
-*) bin=$(realpath "$what") ;;
-esac
 name=$(basename "$what")
 need=(valgrind cg_annotate curl python3)
 $syscalls && need=(perf curl python3)
@@ -73,6 +54,13 @@ trap cleanup EXIT
 # The bench's policy printer, built before the ports are picked: a
 # build takes seconds, in which a picked port could be taken.
 (cd "$root" && CGO_ENABLED=0 go build -o "$out/bench" ./e2e/bench)
+# A peer where the harness finds it ($MINIMESH_TOOL_*, the tools
+# directory, PATH, the sbin directories).
+case $what in
+nginx | nginx-log) bin=$("$out/bench" tool nginx) ;;
+caddy | haproxy) bin=$("$out/bench" tool "$what") ;;
+*) bin=$(realpath "$what") ;;
+esac
 
 # Loopback ports the kernel picks.
 read -r up out_port admin <<<"$(python3 -c 'import socket

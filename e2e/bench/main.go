@@ -222,6 +222,17 @@ func main() {
 		fmt.Print(sidecarPolicy(os.Args[2]))
 		return
 	}
+	if len(os.Args) == 3 && os.Args[1] == toolArg {
+		// Where the harness finds a tool, for scripts/instructions.sh:
+		// one lookup (tools.Find), not a second one in the script.
+		p, err := tools.Find(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+		fmt.Println(p)
+		return
+	}
 	if len(os.Args) == 6 && os.Args[1] == peerConfigArg {
 		conf, err := peerConfig(os.Args[2], os.Args[3], os.Args[4], os.Args[5])
 		if err != nil {

@@ -263,6 +263,10 @@ func startSidecarProc(ctx context.Context, ps *procs, bin, dir, upstream string,
 	return t, nil
 }
 
+// toolArg is the first argument that prints the path of the tool named
+// after it as the harness finds it (tools.Find), and nothing else.
+const toolArg = "tool"
+
 // peerConfigArg is the first argument that prints a peer's configuration
 // as the harness runs it, nginx and HAProxy with one worker or thread: `peer-config
 // nginx|nginx-log|haproxy|caddy DIR LISTEN UPSTREAM` (Caddy's ignores DIR) (scripts/instructions.sh
