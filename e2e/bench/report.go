@@ -133,16 +133,7 @@ func (r *report) summarize(t *target) *summary { return r.summarizeAt(t, r.rate(
 // summarizeAt is t's medians over its runs at rate q (0: the maximum
 // rate's runs).
 func (r *report) summarizeAt(t *target, q float64) *summary {
-	var ss []sample
-	if q == 0 {
-		ss = r.maxSamples[t.key]
-	}
-	for _, s := range r.samples[t.key] {
-		// A sample without its rate (the tests') is at t's rate.
-		if q > 0 && (s.rate == q || s.rate == 0 && q == r.rate(t)) {
-			ss = append(ss, s)
-		}
-	}
+	ss := r.atRate(t, q)
 	sm := &summary{t: t, lat: map[float64]time.Duration{}}
 	if len(ss) == 0 {
 		return sm
@@ -186,6 +177,21 @@ func (r *report) summarizeAt(t *target, q float64) *summary {
 	}
 	sm.usage, sm.hasUsage = r.usage[t.key]
 	return sm
+}
+
+// atRate is t's runs at rate q (0: the maximum rate's runs).
+func (r *report) atRate(t *target, q float64) []sample {
+	if q == 0 {
+		return r.maxSamples[t.key]
+	}
+	var ss []sample
+	for _, s := range r.samples[t.key] {
+		// A sample without its rate (the tests') is at t's rate.
+		if s.rate == q || s.rate == 0 && q == r.rate(t) {
+			ss = append(ss, s)
+		}
+	}
+	return ss
 }
 
 // slowRuns are the fixed-rate runs that fell short of the requested rate.

@@ -156,3 +156,47 @@ func TestPlot(t *testing.T) {
 		}
 	}
 }
+
+// TestByRound: the targets that compare the sidecar with a peer say how
+// they went round by round, pairing each round's runs and leaving out a
+// round one of them lacks.
+func TestByRound(t *testing.T) {
+	o, err := parseFlags([]string{"-scenarios", "direct,minimesh,nginx,haproxy", "-runs", "4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := newReport(o)
+	rep.targets = []*target{{key: keyDirect, name: "direct"}, {key: keyMinimesh, name: "minimesh-proxy"},
+		{key: keyNginx, name: "nginx"}, {key: keyHAProxy, name: "haproxy"}}
+	ms := time.Millisecond
+	p99 := func(d time.Duration) map[float64]time.Duration { return map[float64]time.Duration{50: d / 2, 99: d} }
+	side := []time.Duration{90, 130, 110, 120}   // CPU ms per 10,000 requests
+	nginx := []time.Duration{100, 100, 100, 100} // ratios 0.9, 1.3, 1.1 (round 4 has no nginx run)
+	for i := range 4 {
+		run := i + 1
+		rep.add(keyDirect, sample{run: run, qps: 1000, requests: 10000, lat: p99(ms)})
+		rep.add(keyMinimesh, sample{run: run, qps: 1000, requests: 10000, lat: p99(ms + time.Duration(run)*ms/10),
+			cpu: side[i] * 10 * ms, hasCPU: true})
+		if run < 4 {
+			rep.add(keyNginx, sample{run: run, qps: 1000, requests: 10000, lat: p99(ms), cpu: nginx[i] * 10 * ms, hasCPU: true})
+		}
+		rep.add(keyHAProxy, sample{run: run, qps: 1000, requests: 10000, lat: p99(ms + 2*ms/10)})
+		rep.addMax(keyMinimesh, sample{run: run, qps: float64(800 + 100*run), requests: 10000})
+		rep.addMax(keyHAProxy, sample{run: run, qps: 1000, requests: 10000})
+	}
+	md := rep.markdown()
+	for _, want := range []string{
+		// Medians 115 against 100, but round by round.
+		"| CPU per request at 1000 requests/s ≤ nginx's | 115.0 against 100.0 ms / 1,000; round by round 0.90 × to 1.30 ×, median 1.10 ×, met in 1 of 3 | **no** |",
+		// The sidecar's p99 1.1–1.4 ms, HAProxy's 1.2 ms in every round.
+		"against +0.200 ms; round by round -0.100 ms to +0.200 ms, median +0.050 ms, met in 2 of 4 |",
+		"| maximum rate ≥ 0.9 × HAProxy's (minimesh-proxy) | 1050 against 1000 requests/s (1.05 ×); round by round 0.90 × to 1.20 ×, median 1.05 ×, met in 4 of 4 | yes |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if got := roundsNote([]float64{1.2}, "%.2f", func(float64) bool { return true }); got != "" {
+		t.Errorf("one round: %q, want nothing", got)
+	}
+}
