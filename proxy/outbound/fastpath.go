@@ -106,8 +106,15 @@ func (c *fconn) unblock() { _ = c.SetDeadline(time.Unix(1, 0)) }
 var errHeadTooLarge = errors.New("upstream response headers larger than 64 KiB")
 
 func (c *fconn) Read(p []byte) (int, error) {
-	if c.limit > 0 && c.read >= c.limit {
-		return 0, errHeadTooLarge
+	if c.limit > 0 {
+		// As http.Transport bounds a head: no read past the limit, so
+		// that the bound is the head's bytes, not a buffer more.
+		if c.read >= c.limit {
+			return 0, errHeadTooLarge
+		}
+		if left := c.limit - c.read; int64(len(p)) > left {
+			p = p[:left]
+		}
 	}
 	if c.out.Len() > 0 {
 		n, err := rawio.Exchange(c.Conn, c.out.Bytes(), p)
@@ -258,7 +265,10 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	var resp *http.Response
 	var fr *fastResponse
 	for n := 0; ; n++ {
-		c.limit = c.read + MaxHeaderBytes + int64(c.br.Size())
+		// The head starts with the bytes already in br (what follows a
+		// 1xx head, or none): it may take MaxHeaderBytes, and a byte
+		// more tells it took more.
+		c.limit = c.read - int64(c.br.Buffered()) + MaxHeaderBytes + 1
 		if _, err := c.br.Peek(1); err != nil {
 			// As http.Transport fails on it (an io.EOF stays one): bufio
 			// hands an error out once, a second read would see only EOF.

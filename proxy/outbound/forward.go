@@ -234,6 +234,12 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		code := resp.StatusCode
 		resp.Body.Close()
 		resp, err = nil, fmt.Errorf("malformed HTTP status code %03d from the upstream", code)
+	} else if err == nil && resp.StatusCode == http.StatusSwitchingProtocols && !st.upgrade {
+		// A switch nobody asked for (RFC 9110 §15.2.2), which the
+		// ReverseProxy refuses with a 502: the upstream's failure, as the
+		// fast transport takes it, not a success for the breaker.
+		resp.Body.Close()
+		resp, err = nil, errors.New("unexpected 101 Switching Protocols from the upstream to a request that asked for no upgrade")
 	}
 	failOn := dst.policy.Spec.CircuitBreaker.FailOn
 	if err != nil {
@@ -399,7 +405,10 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	} else {
 		b.end(b.verdict)
 	}
-	if !b.st.out.sent {
+	if b.st.out.withhold() {
+		// Nothing reached the app: the handler answers with the failure
+		// (answerLate), and no flush of a stream's headers, on the
+		// ReverseProxy's timer, can send the upstream's status now.
 		return 0, io.EOF
 	}
 	return n, err

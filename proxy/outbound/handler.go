@@ -503,13 +503,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			h.rp.ServeHTTP(w, r.WithContext(ctx))
 		}
 	}
-	if st.late != 0 && !st.out.sent {
+	if st.late != 0 && !st.out.sent() {
 		h.answerLate(w, st)
 	}
 	// An app that went away gets nothing: net/http would send a 200 of
 	// its own for a handler that wrote none, which a half-closed client
 	// would still read.
-	gone := st.code == statusClientClosed && !st.out.sent && st.out.pending == 0
+	gone := st.code == statusClientClosed && !st.out.sent() && st.out.pending == 0
 	if !gone {
 		st.out.commit()
 	}
@@ -529,7 +529,10 @@ func (h *Handler) answerLate(w http.ResponseWriter, st *reqState) {
 	if rs, ok := st.out.ResponseWriter.(rawHeaderSetter); ok {
 		rs.SetRawHeader(nil) // the upstream's fields, as lines (fastProxy)
 	}
+	// The ReverseProxy has returned: nothing commits the status but this
+	// answer now.
 	st.out.pending = 0
+	st.out.status.Store(statusHeld)
 	st.code, st.errKind, st.late = code, kind, 0
 	body.RequestID = st.id
 	w.Header()[requestIDKey] = st.idValue()

@@ -148,11 +148,37 @@ func (*bodyTimeoutError) Error() string {
 // it.
 type countingWriter struct {
 	http.ResponseWriter
-	n         int64
-	pending   int  // status held back; 0: none
-	sent      bool // the status went to the app
+	n       int64
+	pending int // status held back; 0: none
+	// status is the held-back status's fate: held, sent to the app, or
+	// withheld for good by a body that failed before the app got any of
+	// it (upstreamBody.Read), the handler answering instead (answerLate).
+	// Atomic: the ReverseProxy flushes a stream's headers from a timer's
+	// goroutine (its copyResponse), committing the status there while
+	// the handler's goroutine reads the body; whichever of the two comes
+	// first decides, so the app never gets a 200 ended cleanly for a
+	// body that failed.
+	status    atomic.Uint32
 	closeConn bool
 }
+
+// A countingWriter's status (countingWriter.status).
+const (
+	statusHeld uint32 = iota
+	statusSent
+	statusWithheld
+)
+
+// errWithheld is a write after the status was withheld: it would send
+// net/http's implicit 200.
+var errWithheld = errors.New("outbound: write after the response's status was withheld")
+
+// sent reports whether the status went to the app.
+func (w *countingWriter) sent() bool { return w.status.Load() == statusSent }
+
+// withhold keeps the status from the app for good, unless it went
+// already: it reports whether it did.
+func (w *countingWriter) withhold() bool { return w.status.CompareAndSwap(statusHeld, statusWithheld) }
 
 func (w *countingWriter) WriteHeader(code int) {
 	if code < 200 {
@@ -160,20 +186,22 @@ func (w *countingWriter) WriteHeader(code int) {
 		w.ResponseWriter.WriteHeader(code)
 		return
 	}
-	if !w.sent && w.pending == 0 {
+	if w.status.Load() == statusHeld && w.pending == 0 {
 		w.pending = code
 	}
 }
 
-// commit sends the held-back status, if any.
+// commit sends the held-back status, if it is neither sent nor withheld.
 func (w *countingWriter) commit() {
-	if w.sent {
+	if w.status.Load() != statusHeld {
 		return
 	}
 	if w.pending == 0 {
 		w.pending = http.StatusOK
 	}
-	w.sent = true
+	if !w.status.CompareAndSwap(statusHeld, statusSent) {
+		return // withheld meanwhile, by the body's reader
+	}
 	if w.closeConn {
 		w.Header().Set("Connection", "close")
 	}
@@ -182,15 +210,22 @@ func (w *countingWriter) commit() {
 
 func (w *countingWriter) Write(p []byte) (int, error) {
 	w.commit()
+	if w.status.Load() == statusWithheld {
+		return 0, errWithheld
+	}
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
 	return n, err
 }
 
 // FlushError sends what is held, the status included: a stream's
-// headers reach the app as soon as the upstream's do.
+// headers reach the app as soon as the upstream's do. A withheld
+// status flushes nothing: net/http's flush would send a 200 of its own.
 func (w *countingWriter) FlushError() error {
 	w.commit()
+	if w.status.Load() == statusWithheld {
+		return nil
+	}
 	if f, ok := w.ResponseWriter.(interface{ FlushError() error }); ok {
 		return f.FlushError()
 	}
