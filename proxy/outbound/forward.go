@@ -396,6 +396,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	}
 	class, gone := classify(err, b.try, b.req)
 	if gone {
+		b.st.gone = true
 		b.end(breaker.ErrIgnored)
 		return n, err
 	}

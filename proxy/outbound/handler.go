@@ -245,7 +245,10 @@ type reqState struct {
 	errKind  string // the X-Minimesh-Error of the sidecar's own answer
 	// late is how the upstream's response failed after its headers (a
 	// reset, a timeout); 0 when it did not.
-	late     policy.Class
+	late policy.Class
+	// gone is an app that went away while its response's body was on
+	// its way (upstreamBody.Read saw the request end).
+	gone     bool
 	upgrade  bool
 	rejected bool
 	// rawOK asks the fast transport for the response head's fields as
@@ -406,6 +409,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	}
 	st.out.ResponseWriter = w
 	st.out.closeConn = closeConn
+	st.out.http10 = r.ProtoMajor == 1 && r.ProtoMinor == 0
 	w = &st.out
 
 	// The map read under the canonical key: Header.Get and Set would
@@ -611,6 +615,12 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		// breaker would wait for the outcome for ever (a half-open one
 		// for good) and its endpoint count it in flight.
 		_ = b.Close()
+	}
+	if st.late == 0 && (st.gone || st.out.broken) {
+		// The app went away, or its connection broke, before its
+		// response ended: not the success its status would say, and not
+		// the upstream's failure (the breaker ignored it).
+		st.code = statusClientClosed
 	}
 	h.observe(r, st)
 	h.logAccess(r, st)

@@ -55,6 +55,10 @@ func withStdTransport() sidecarOpt { return func(c *sidecar.Config) { c.StdTrans
 // withAccessLog writes the sidecar's access log to l.
 func withAccessLog(l *accessLog) sidecarOpt { return func(c *sidecar.Config) { c.AccessLog = l } }
 
+// withServer picks the sidecar's HTTP/1 server (sidecar.ServerLean or
+// sidecar.ServerStd).
+func withServer(s string) sidecarOpt { return func(c *sidecar.Config) { c.Server = s } }
+
 // startSidecar writes policies (YAML, possibly several documents) into a
 // fresh policy directory, starts a sidecar on loopback and waits until
 // /ready answers and the policies are in force. The sidecar stops when

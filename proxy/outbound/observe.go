@@ -160,6 +160,12 @@ type countingWriter struct {
 	// body that failed.
 	status    atomic.Uint32
 	closeConn bool
+	// broken is a write to the app that failed: the app went away, or
+	// its connection broke, before its response ended.
+	broken bool
+	// http10 is an HTTP/1.0 app's response, which may hold no 1xx
+	// (RFC 9110 §15.2): it would read one as the final answer.
+	http10 bool
 }
 
 // A countingWriter's status (countingWriter.status).
@@ -182,8 +188,11 @@ func (w *countingWriter) withhold() bool { return w.status.CompareAndSwap(status
 
 func (w *countingWriter) WriteHeader(code int) {
 	if code < 200 {
-		// 1xx (103 Early Hints, 101 before a hijack) go at once.
-		w.ResponseWriter.WriteHeader(code)
+		// 1xx (103 Early Hints, 101 before a hijack) go at once, but for
+		// an HTTP/1.0 app, which gets none but a 101.
+		if !w.http10 || code == http.StatusSwitchingProtocols {
+			w.ResponseWriter.WriteHeader(code)
+		}
 		return
 	}
 	if w.status.Load() == statusHeld && w.pending == 0 {
@@ -215,6 +224,9 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
+	if err != nil {
+		w.broken = true
+	}
 	return n, err
 }
 

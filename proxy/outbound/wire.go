@@ -487,6 +487,11 @@ func readResponseHead(br *bufio.Reader, req *http.Request, raw bool, sc *respScr
 	if raw {
 		resp.Status = statusOf(code, line[9:])
 		lines = spellLines(sc.lines[:0], fields, n, spelled)
+		if lines == nil {
+			// No fields, and no room yet: lines still, not the header
+			// map's nil (fastProxy tells them apart so).
+			lines = []byte{}
+		}
 		sc.lines = lines
 	} else {
 		s := string(buf[:end-2]) // one string: the values are slices of it
