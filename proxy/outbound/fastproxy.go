@@ -286,9 +286,10 @@ func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response, stream boo
 	if stream {
 		rc = http.NewResponseController(w)
 		if !bodyBuffered(res.Body) {
-			// The headers now: the ReverseProxy's timer sends them once
-			// its first read of the body waits. (A body already here goes
-			// with them, and is sniffed for a Content-Type as there.)
+			// The headers now, as the ReverseProxy's timer sends a
+			// stream's (its copyResponse starts it with no delay, on a
+			// goroutine of its own). (A body already here goes with
+			// them, and is sniffed for a Content-Type as there.)
 			_ = rc.Flush()
 		}
 	}
