@@ -113,7 +113,7 @@ lint:
 	out="$$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -print0 | xargs -0 gofmt -l)"; \
 	if [[ -n "$$out" ]]; then echo "gofmt: these files need formatting (gofmt -w):"; echo "$$out"; rc=1; fi; \
 	echo "$(GO) vet ./..."; $(GO) vet ./... || rc=1; \
-	echo "$(GO) vet -tags probe ./proxy/outbound"; $(GO) vet -tags probe ./proxy/outbound || rc=1; \
+	echo "$(GO) vet -tags probe ./proxy/outbound ./proxy/leanhttp"; $(GO) vet -tags probe ./proxy/outbound ./proxy/leanhttp || rc=1; \
 	echo "staticcheck ./..."; "$(TOOLS_DIR)/bin/staticcheck" ./... || rc=1; \
 	exit $$rc
 

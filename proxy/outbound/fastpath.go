@@ -266,9 +266,9 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	var fr *fastResponse
 	for n := 0; ; n++ {
 		// The head starts with the bytes already in br (what follows a
-		// 1xx head, or none): it may take MaxHeaderBytes, and a byte
-		// more tells it took more.
-		c.limit = c.read - int64(c.br.Buffered()) + MaxHeaderBytes + 1
+		// 1xx head, or none): it may take MaxHeaderBytes, and a read
+		// past them fails (fconn.Read), as http.Transport's does.
+		c.limit = c.read - int64(c.br.Buffered()) + MaxHeaderBytes
 		if _, err := c.br.Peek(1); err != nil {
 			// As http.Transport fails on it (an io.EOF stays one): bufio
 			// hands an error out once, a second read would see only EOF.

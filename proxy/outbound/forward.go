@@ -390,7 +390,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 			// client that waits for the status): its body's pending read
 			// must end, or the transport waits for it before the
 			// trailers can go to the app.
-			in.abandon(b.st.out.ResponseWriter)
+			b.st.out.abandonUpload(in)
 		}
 		return n, err
 	}

@@ -616,11 +616,15 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		// for good) and its endpoint count it in flight.
 		_ = b.Close()
 	}
-	if st.late == 0 && (st.gone || st.out.broken) {
+	if st.late == 0 && st.errKind == "" && (st.gone || st.out.broken) {
 		// The app went away, or its connection broke, before its
 		// response ended: not the success its status would say, and not
-		// the upstream's failure (the breaker ignored it).
+		// the upstream's failure (the breaker ignored it). The sidecar's
+		// own answer keeps its status and kind (errKind).
 		st.code = statusClientClosed
+		if st.grpc {
+			st.grpcStatus = grpcCanceled // not the trailers' status, which the app did not get
+		}
 	}
 	h.observe(r, st)
 	h.logAccess(r, st)

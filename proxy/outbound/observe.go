@@ -166,6 +166,12 @@ type countingWriter struct {
 	// http10 is an HTTP/1.0 app's response, which may hold no 1xx
 	// (RFC 9110 §15.2): it would read one as the final answer.
 	http10 bool
+	// mu serializes the two ways the server's ResponseWriter is reached
+	// from another goroutine than the one writing the body: the
+	// ReverseProxy's flush timer (FlushError) and the end of an upload
+	// the upstream did not wait for (abandonUpload), which both change
+	// net/http's response (its header map, whether it wrote its header).
+	mu sync.Mutex
 }
 
 // A countingWriter's status (countingWriter.status).
@@ -224,16 +230,36 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
-	if err != nil {
+	if err != nil && appGone(err) {
 		w.broken = true
 	}
 	return n, err
+}
+
+// appGone tells a failed write to the app from one the server refused
+// for what was written (a body a HEAD, 204 or 304 may not have, past its
+// Content-Length, on a hijacked connection): only the first is the app
+// gone, or its connection broken.
+func appGone(err error) bool {
+	return !errors.Is(err, http.ErrBodyNotAllowed) && !errors.Is(err, http.ErrContentLength) &&
+		!errors.Is(err, http.ErrHijacked) && !errors.Is(err, errWithheld)
+}
+
+// abandonUpload ends the app's request body, in, that the upstream
+// answered without waiting for (countingBody.abandon), while the
+// ReverseProxy's timer may be flushing the answer.
+func (w *countingWriter) abandonUpload(in *countingBody) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	in.abandon(w.ResponseWriter)
 }
 
 // FlushError sends what is held, the status included: a stream's
 // headers reach the app as soon as the upstream's do. A withheld
 // status flushes nothing: net/http's flush would send a 200 of its own.
 func (w *countingWriter) FlushError() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.commit()
 	if w.status.Load() == statusWithheld {
 		return nil
