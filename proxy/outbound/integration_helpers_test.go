@@ -55,6 +55,11 @@ func withStdTransport() sidecarOpt { return func(c *sidecar.Config) { c.StdTrans
 // withAccessLog writes the sidecar's access log to l.
 func withAccessLog(l *accessLog) sidecarOpt { return func(c *sidecar.Config) { c.AccessLog = l } }
 
+// withFastTransport sends bodiless GETs through the fast transport even
+// in the runs of the suite with MINIMESH_TEST_TRANSPORT=std: for what
+// only the fast transport promises.
+func withFastTransport() sidecarOpt { return func(c *sidecar.Config) { c.StdTransport = false } }
+
 // withServer picks the sidecar's HTTP/1 server (sidecar.ServerLean or
 // sidecar.ServerStd).
 func withServer(s string) sidecarOpt { return func(c *sidecar.Config) { c.Server = s } }
