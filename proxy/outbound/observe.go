@@ -208,14 +208,11 @@ func (w *countingWriter) WriteHeader(code int) {
 
 // commit sends the held-back status, if it is neither sent nor withheld.
 func (w *countingWriter) commit() {
-	if w.status.Load() != statusHeld {
-		return
+	if !w.status.CompareAndSwap(statusHeld, statusSent) {
+		return // sent already, or withheld by the body's reader
 	}
 	if w.pending == 0 {
 		w.pending = http.StatusOK
-	}
-	if !w.status.CompareAndSwap(statusHeld, statusSent) {
-		return // withheld meanwhile, by the body's reader
 	}
 	if w.closeConn {
 		w.Header().Set("Connection", "close")
