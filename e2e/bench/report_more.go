@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -243,8 +242,8 @@ func (r *report) peerTargets(row func(...string), sums map[string]*summary) {
 		sa, ha := side.lat[99]-direct.lat[99], hp.lat[99]-direct.lat[99]
 		// In one round direct's p99 is the same for both: the added
 		// p99s compare as the p99s do.
-		d := byRound(r.atRate(side.t, r.rate(side.t)), r.atRate(hp.t, r.rate(hp.t)), func(a, b sample) float64 {
-			return float64(a.lat[99]-b.lat[99]) / float64(time.Millisecond)
+		d := byRound(r.atRate(side.t, r.rate(side.t)), r.atRate(hp.t, r.rate(hp.t)), func(a, b sample) (float64, bool) {
+			return float64(a.lat[99]-b.lat[99]) / float64(time.Millisecond), true
 		})
 		row(fmt.Sprintf("added p99 at %s requests/s ≤ HAProxy's", rate),
 			fmt.Sprintf("%s against %s ms%s", plusMs(sa), plusMs(ha), roundsNote(d, "%+.3f ms", func(x float64) bool { return x <= 0 })),
@@ -268,7 +267,7 @@ func (r *report) peerTargets(row func(...string), sums map[string]*summary) {
 			{keyHAProxy1, "HAProxy's with one thread, the sidecar's budget (%s; not the issue's target)"},
 		} {
 			if s, h := r.maxQPS(t.key), r.maxQPS(hp.key); s > 0 && h > 0 {
-				q := byRound(r.maxSamples[t.key], r.maxSamples[hp.key], func(a, b sample) float64 { return a.qps / b.qps })
+				q := byRound(r.maxSamples[t.key], r.maxSamples[hp.key], func(a, b sample) (float64, bool) { return a.qps / b.qps, b.qps > 0 })
 				row("maximum rate ≥ 0.9 × "+fmt.Sprintf(hp.what, t.name),
 					fmt.Sprintf("%.0f against %.0f requests/s (%s ×)%s", s, h, ratio(s, h), roundsNote(q, "%.2f ×", func(x float64) bool { return x >= 0.9 })),
 					yesNo(s >= 0.9*h))
@@ -283,16 +282,19 @@ func (r *report) peerTargets(row func(...string), sums map[string]*summary) {
 	}
 }
 
-// byRound is f of a's and b's runs of the same round, round by round.
-// The rounds rotate the targets, so that a round's runs share minutes
-// of the machine: a pair cancels much of what moves from one round to
-// the next, which the medians of each target's rounds do not.
-func byRound(a, b []sample, f func(a, b sample) float64) []float64 {
+// byRound is f of a's and b's runs of the same round, round by round,
+// for the rounds where f can compare them (its ok). The rounds rotate
+// the targets, so that a round's runs share minutes of the machine: a
+// pair cancels much of what moves from one round to the next, which
+// the medians of each target's rounds do not.
+func byRound(a, b []sample, f func(a, b sample) (v float64, ok bool)) []float64 {
 	var xs []float64
 	for _, x := range a {
 		for _, y := range b {
 			if x.run == y.run {
-				xs = append(xs, f(x, y))
+				if v, ok := f(x, y); ok {
+					xs = append(xs, v)
+				}
 				break
 			}
 		}
@@ -302,11 +304,8 @@ func byRound(a, b []sample, f func(a, b sample) float64) []float64 {
 
 // cpuRounds is the round-by-round note on a's CPU per request against b's.
 func (r *report) cpuRounds(a, b *target) string {
-	xs := byRound(r.atRate(a, r.rate(a)), r.atRate(b, r.rate(b)), func(x, y sample) float64 {
-		if !x.hasCPU || !y.hasCPU || y.cpuPer1k() == 0 {
-			return math.NaN()
-		}
-		return float64(x.cpuPer1k()) / float64(y.cpuPer1k())
+	xs := byRound(r.atRate(a, r.rate(a)), r.atRate(b, r.rate(b)), func(x, y sample) (float64, bool) {
+		return float64(x.cpuPer1k()) / float64(y.cpuPer1k()), x.hasCPU && y.hasCPU && y.cpuPer1k() > 0
 	})
 	return roundsNote(xs, "%.2f ×", func(x float64) bool { return x <= 1 })
 }
@@ -315,7 +314,6 @@ func (r *report) cpuRounds(a, b *target) string {
 // median (each formatted by format), and in how many rounds met holds.
 // Empty with fewer than two rounds, where the medians say it all.
 func roundsNote(xs []float64, format string, met func(float64) bool) string {
-	xs = slices.DeleteFunc(slices.Clone(xs), math.IsNaN)
 	if len(xs) < 2 {
 		return ""
 	}
