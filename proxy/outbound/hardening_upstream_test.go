@@ -163,10 +163,14 @@ func TestResponseHeadLimit(t *testing.T) {
 }
 
 // TestUnaskedBytesNeverAnAnswer: an upstream that now and then sends a
-// second, unasked response right after an answer, to concurrent apps:
-// the fast transport never hands one to the next request on that
-// connection (it keeps no connection with bytes left over, and its look
-// before a reuse, rawio.Exchange, refuses one with unasked bytes).
+// second, unasked response with an answer, in the same write, to
+// concurrent apps: the fast transport never hands one to the next
+// request on that connection (it keeps no connection with bytes left
+// over, and its look before a reuse, rawio.Exchange, refuses one with
+// unasked bytes). Bytes that come in a write of their own may arrive
+// after the next request went out, and then no HTTP/1.1 client can
+// tell them from its answer: fresh-clone CI saw it once in 900 with
+// --raw-io=false, where the look and the write are two system calls.
 // http.Transport, which sends requests with bodies, does not promise as
 // much: the probe saw it pass 1-2 in 900 on (a race in net/http's
 // persistConn between its idle read and a reuse; not this package's),
@@ -194,16 +198,10 @@ func TestUnaskedBytesNeverAnAnswer(t *testing.T) {
 			}
 			ans := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(path), path)
 			extra := "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n/WRONG"
-			switch rand.IntN(10) {
-			case 0:
-				ans += extra
-				io.WriteString(c, ans)
-			case 1:
-				io.WriteString(c, ans)
-				io.WriteString(c, extra)
-			default:
-				io.WriteString(c, ans)
+			if rand.IntN(5) == 0 {
+				ans += extra // in the answer's own write: it comes with it
 			}
+			io.WriteString(c, ans)
 		}
 	})
 	sc := startSidecar(t, policyDoc("geo", "geo-service", "circuitBreaker: {consecutiveFailures: 1000, openTimeout: 30s}"),
