@@ -30,7 +30,14 @@ func newReplay(body io.ReadCloser, length int64) (*replay, error) {
 	// Not pooled: the transport may read a try's body after the request
 	// is over, so the buffer must never be handed to another request.
 	bp := new([]byte)
-	buf := make([]byte, 0, 4<<10)
+	// Room for a body of a known length and the read that finds its end
+	// (the common small one, in one allocation of its size); 4 KiB,
+	// grown as it comes, for the others.
+	size := 4 << 10
+	if 0 < length && length < int64(size) {
+		size = int(length) + 1
+	}
+	buf := make([]byte, 0, size)
 	for len(buf) <= MaxReplayBody {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
@@ -69,6 +76,18 @@ func (r *replay) body() (io.ReadCloser, int64, bool) {
 		return nil, 0, false
 	}
 	return &onceBody{r}, r.length, true
+}
+
+// whole is the body when it is held whole, else nil (a non-nil empty
+// slice for an empty one).
+func (r *replay) whole() []byte {
+	if r.rec != nil || r.stream != nil {
+		return nil
+	}
+	if *r.buf == nil {
+		return []byte{}
+	}
+	return *r.buf
 }
 
 // replayable reports whether another try can carry the body.

@@ -20,13 +20,15 @@ import (
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
-// fastTransport sends bodiless GET, HEAD and OPTIONS requests (most of a
-// service's calls) on the calling goroutine: it writes the request and
-// reads the response itself, where http.Transport hands each request to a
-// write-loop goroutine and the response back from a read-loop goroutine.
-// Those hand-offs are thread wake-ups, and at a steady request rate they
-// were most of the sidecar's CPU (docs/benchmarks.md). Everything else
-// (bodies, upgrades, other methods) goes to http.Transport.
+// fastTransport sends HTTP/1.1 requests without a body, or with a small
+// one the forwarder holds whole (most of a service's calls), on the
+// calling goroutine: it writes the request and reads the response
+// itself, where http.Transport hands each request to a write-loop
+// goroutine and the response back from a read-loop goroutine. Those
+// hand-offs are thread wake-ups, and at a steady request rate they were
+// most of the sidecar's CPU (docs/benchmarks.md). Everything else
+// (streamed and larger bodies, Expect, upgrades, CONNECT) goes to
+// http.Transport.
 type fastTransport struct {
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 	fallback http.RoundTripper
@@ -103,6 +105,10 @@ func (c *fconn) setDeadline(t time.Time) {
 
 func (c *fconn) unblock() { _ = c.SetDeadline(time.Unix(1, 0)) }
 
+// maxKeptOut bounds the room for requests a connection keeps: a head's,
+// not a body's (fastBodyMax).
+const maxKeptOut = 4 << 10
+
 var errHeadTooLarge = errors.New("upstream response headers larger than 64 KiB")
 
 func (c *fconn) Read(p []byte) (int, error) {
@@ -119,10 +125,13 @@ func (c *fconn) Read(p []byte) (int, error) {
 	if c.out.Len() > 0 {
 		n, err := rawio.Exchange(c.Conn, c.out.Bytes(), p)
 		c.out.Reset()
+		if c.out.Cap() > maxKeptOut {
+			c.out = bytes.Buffer{} // a body's room is not kept with an idle connection
+		}
 		c.read += int64(n)
 		if err == rawio.ErrUnasked {
 			// Nothing was written: the connection is spoilt, not the try.
-			err = &staleError{err}
+			err = &staleError{err: err, unsent: true}
 		}
 		return n, err
 	}
@@ -139,20 +148,33 @@ func newFastTransport(dial func(context.Context, string, string) (net.Conn, erro
 	return &fastTransport{dial: dial, fallback: fallback, maxIdle: maxIdle, idle: map[string]*idleList{}}
 }
 
-// eligible reports whether the fast transport sends req itself.
+// fastBodyMax bounds the request bodies the fast transport sends: whole,
+// with the head, in one write that fits a socket's send buffer as it
+// starts (16 KiB, Linux's tcp_wmem default), so that the write never
+// waits for an upstream that answers early without reading the body;
+// http.Transport, which writes from a goroutine of its own while it
+// reads the answer, sends larger ones.
+const fastBodyMax = 16 << 10
+
+// eligible reports whether the fast transport sends req, a request
+// whose body it cannot hold (RoundTrip's), itself.
 func eligible(req *http.Request) bool {
-	return sendable(req) && field.Get(req.Header, "Upgrade") == ""
+	return sendable(req, nil) && field.Get(req.Header, "Upgrade") == ""
 }
 
 // sendable is eligible but for the Upgrade field, which a caller that
-// knows the request has none need not look up.
-func sendable(req *http.Request) bool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-	default:
+// knows the request has none need not look up, for req with body, its
+// whole body (nil: none; then req must have none).
+func sendable(req *http.Request, body []byte) bool {
+	if req.Method == http.MethodConnect || req.URL.Scheme != "http" || !req.ProtoAtLeast(1, 0) {
 		return false
 	}
-	return (req.Body == nil || req.Body == http.NoBody) && req.URL.Scheme == "http" && req.ProtoAtLeast(1, 0)
+	if body == nil {
+		return req.Body == nil || req.Body == http.NoBody
+	}
+	// Expect: 100-continue is http.Transport's to wait for.
+	return len(body) <= fastBodyMax && req.ContentLength == int64(len(body)) && len(req.TransferEncoding) == 0 &&
+		req.Trailer == nil && field.Get(req.Header, "Expect") == ""
 }
 
 func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -195,8 +217,9 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 		*raw = nil
 	}
 	// A kept connection the server has closed fails before a byte of the
-	// response; the request is idempotent and bodiless, so it goes again
-	// once on a new connection.
+	// response: the request goes again once on a new connection if it
+	// was never written, or if repeating it is safe (idempotent, as
+	// http.Transport decides).
 	for {
 		c, reused, err := t.get(ctx, key, dl.start, deadline, late)
 		if err != nil {
@@ -211,7 +234,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 		}
 		var se *staleError
 		if errors.As(err, &se) {
-			if reused && ctx.Err() == nil {
+			if reused && ctx.Err() == nil && (se.unsent || idempotent(req)) {
 				continue
 			}
 			if !reused {
@@ -228,7 +251,10 @@ const max1xx = 5
 
 // staleError is the failure of a connection that answered nothing: on
 // a kept one, the upstream closed it while it waited.
-type staleError struct{ err error }
+type staleError struct {
+	err    error
+	unsent bool // nothing of the request was written
+}
 
 func (e *staleError) Error() string {
 	return "kept connection closed by the upstream: " + e.err.Error()
@@ -247,12 +273,18 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	before := c.read
 	// The head goes out with the first read of the answer (fconn.Read).
 	c.out.Reset()
+	// The body, if any, goes with the head (sendable): one write. (One
+	// that is not the request's, never from try, is Request.Write's.)
 	own := sc.lined && writeRequestLines(&c.out, req, sc)
 	if !own {
 		sc.unline(req.Header) // the head is the map's after all
-		c.fields, own = writeRequestHead(&c.out, req, c.fields, sc.trace)
+		if req.ContentLength == int64(len(sc.body)) {
+			c.fields, own = writeRequestHead(&c.out, req, c.fields, sc.trace)
+		}
 	}
-	if !own {
+	if own {
+		c.out.Write(sc.body)
+	} else {
 		if sc.trace != nil {
 			telemetry.SetFields(req.Header, sc.trace)
 		}
@@ -388,7 +420,7 @@ type afterCanceler interface {
 // staleOr marks an error on a connection that answered nothing.
 func staleOr(err error, nothingRead bool) error {
 	if nothingRead && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err)) {
-		return &staleError{err}
+		return &staleError{err: err}
 	}
 	return err
 }

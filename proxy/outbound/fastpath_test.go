@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -222,8 +223,11 @@ func TestFastPathLeavesOthersToTransport(t *testing.T) {
 		{http.MethodGet, nil, "", true},
 		{http.MethodHead, nil, "", true},
 		{http.MethodOptions, nil, "", true},
-		{http.MethodPost, nil, "", false},
-		{http.MethodGet, strings.NewReader("x"), "", false},
+		{http.MethodPost, nil, "", true},
+		{http.MethodDelete, nil, "", true},
+		{http.MethodConnect, nil, "", false},
+		{http.MethodGet, strings.NewReader("x"), "", false}, // a body RoundTrip cannot hold
+		{http.MethodPost, strings.NewReader("x"), "", false},
 		{http.MethodGet, nil, "websocket", false},
 	} {
 		req, _ := http.NewRequest(tc.method, "http://geo:80/", tc.body)
@@ -232,6 +236,40 @@ func TestFastPathLeavesOthersToTransport(t *testing.T) {
 		}
 		if got := eligible(req); got != tc.want {
 			t.Errorf("%s body=%v upgrade=%q: eligible %v, want %v", tc.method, tc.body != nil, tc.hdr, got, tc.want)
+		}
+	}
+}
+
+// TestFastPathSendsHeldBodies: a body the forwarder holds whole goes
+// with its head, up to fastBodyMax bytes, of a known length, without
+// Expect or trailers; the others go to http.Transport.
+func TestFastPathSendsHeldBodies(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		n      int
+		length int64
+		modify func(*http.Request)
+		want   bool
+	}{
+		{"small", 9, 9, nil, true},
+		{"empty", 0, 0, nil, true},
+		{"largest", fastBodyMax, fastBodyMax, nil, true},
+		{"larger", fastBodyMax + 1, fastBodyMax + 1, nil, false},
+		{"length not the body's", 9, 8, nil, false},
+		{"expect", 9, 9, func(r *http.Request) { r.Header.Set("Expect", "100-continue") }, false},
+		{"chunked", 9, 9, func(r *http.Request) { r.TransferEncoding = []string{"chunked"} }, false},
+		{"trailers", 9, 9, func(r *http.Request) { r.Trailer = http.Header{"X-Sum": nil} }, false},
+		{"connect", 9, 9, func(r *http.Request) { r.Method = http.MethodConnect }, false},
+		{"https", 9, 9, func(r *http.Request) { r.URL.Scheme = "https" }, false},
+	} {
+		body := make([]byte, tc.n)
+		req, _ := http.NewRequest(http.MethodPost, "http://geo:80/", bytes.NewReader(body))
+		req.ContentLength = tc.length
+		if tc.modify != nil {
+			tc.modify(req)
+		}
+		if got := sendable(req, body); got != tc.want {
+			t.Errorf("%s: sendable %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -14,8 +14,8 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// fastProxy forwards the requests the fast transport sends (bodiless
-// HTTP/1 GET, HEAD and OPTIONS, no upgrade) as h.rp, the ReverseProxy,
+// fastProxy forwards the requests the fast transport sends (HTTP/1,
+// without a body or with a small one, no upgrade) as h.rp, the ReverseProxy,
 // would: the same headers reach the upstream and the app, the same
 // errors end in serveError, the same one try loop (the forwarder) sends
 // them. What it leaves out is what the ReverseProxy pays for requests in
@@ -42,7 +42,9 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 	} else {
 		toOutbound(out.Header, &h.hop)
 	}
-	out.Body = nil
+	if st.in.ReadCloser == nil {
+		out.Body = nil
+	}
 	out.Close = false
 	st.point(out.URL)
 	rs, _ := st.out.ResponseWriter.(rawHeaderSetter)
@@ -359,16 +361,20 @@ func eventStreamValue(ct []byte) bool {
 const sse = "text/event-stream"
 
 // fastProxied reports whether fastProxy forwards r: what the fast
-// transport sends.
+// transport sends, every try of it (a try the fast transport does not
+// send would have no context to end it at the request's timeout). A
+// body must be one the forwarder will hold whole (sendable): read, it is
+// the request's Content-Length long, or its read failed and nothing is
+// sent.
 func (h *Handler) fastProxied(r *http.Request, st *reqState) bool {
-	if h.cfg.StdTransport || h.rpOnly.Load() || r.ProtoMajor != 1 || st.upgrade || st.in.ReadCloser != nil || st.grpc {
+	if h.cfg.StdTransport || h.rpOnly.Load() || r.ProtoMajor != 1 || st.upgrade || st.grpc || r.Method == http.MethodConnect {
 		return false
 	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
+	if st.in.ReadCloser == nil {
 		return true
 	}
-	return false
+	return 0 < r.ContentLength && r.ContentLength <= fastBodyMax && len(r.TransferEncoding) == 0 && r.Trailer == nil &&
+		field.Get(r.Header, "Expect") == ""
 }
 
 // informKey finds, in a fast-proxied request's context, what passes the

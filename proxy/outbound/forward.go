@@ -46,7 +46,9 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		if r.RetryOn.GRPC != 0 {
 			st.replay.rec = &recording{body: req.Body}
 		}
-	} else if r != nil && hasBody(req) {
+	} else if hasBody(req) && (r != nil || 0 < req.ContentLength && req.ContentLength <= fastBodyMax && req.ProtoMajor == 1 && !st.grpc) {
+		// Kept to be sent again, or, small and of a known length, to go
+		// whole with the head on the fast transport (sendable).
 		rp, err := newReplay(req.Body, req.ContentLength)
 		if err != nil {
 			// The app's body could not be read: the app's fault, or gone.
@@ -147,9 +149,14 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		t = f.h2
 	}
 	ft, fast := t.(*fastTransport)
+	// A body the forwarder holds whole goes with the head (sendable).
+	var body []byte
+	if st.replay != nil {
+		body = st.replay.whole()
+	}
 	// A lined request's map is the server's, which serve found without
 	// Upgrade (fastProxied): no look-up.
-	fast = fast && sendable(out) && (st.wire.lined || field.Get(out.Header, "Upgrade") == "")
+	fast = fast && sendable(out, body) && (st.wire.lined || field.Get(out.Header, "Upgrade") == "")
 	var span trace.Span // the try's
 	if tr := f.tracing; tr != nil {
 		p := st.trace
@@ -211,7 +218,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if st.rawOK {
 			raw = &st.raw
 		}
+		st.wire.body = body
 		resp, err = ft.roundTrip(out, dl, raw, &st.wire)
+		st.wire.body = nil
 	} else {
 		resp, err = t.RoundTrip(out)
 	}

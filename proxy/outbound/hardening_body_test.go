@@ -93,18 +93,23 @@ func TestMalformedChunkedBody(t *testing.T) {
 	}
 }
 
-// TestStalledRequestBody: an app that sends 10 of its 1000 bytes and
+// TestStalledRequestBody: an app that sends 10 bytes of its body and
 // stops gets 408 bad-request once RequestBodyTimeout has passed without
-// progress; the upstream request ends (its body read fails), and the
-// breaker counts nothing. With retries the body is read before the first
-// try, on the handler's goroutine: the timeout must end that read too.
+// progress, and the breaker counts nothing. A body streamed to the
+// upstream (without retries, larger than the fast transport's 16 KiB)
+// ends the upstream's request too (its body read fails). A body read
+// before the first try, on the handler's goroutine (to be sent again
+// with retries, or whole with its head), must end with the timeout too;
+// the upstream never hears of it.
 func TestStalledRequestBody(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	for _, tc := range []struct {
 		name, policy, method string
+		length               int
 	}{
-		{"no retries", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPost},
-		{"retries", "retries: {attempts: 2}\ncircuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPut},
+		{"no retries", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPost, 100000},
+		{"no retries, small", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPost, 1000},
+		{"retries", "retries: {attempts: 2}\ncircuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPut, 1000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ended := make(chan bodyRead, 1)
@@ -113,7 +118,7 @@ func TestStalledRequestBody(t *testing.T) {
 			c := dialSidecar(t, sc)
 			start := time.Now()
 			_ = c.SetDeadline(start.Add(2*idle + 2*time.Second))
-			if _, err := io.WriteString(c, tc.method+" http://"+geo+"/upload HTTP/1.1\r\nHost: "+geo+"\r\nContent-Length: 1000\r\n\r\n0123456789"); err != nil {
+			if _, err := io.WriteString(c, tc.method+" http://"+geo+"/upload HTTP/1.1\r\nHost: "+geo+"\r\nContent-Length: "+strconv.Itoa(tc.length)+"\r\n\r\n0123456789"); err != nil {
 				t.Fatal(err)
 			}
 			br := bufio.NewReader(c)
@@ -150,6 +155,10 @@ func TestStalledRequestBody(t *testing.T) {
 				case <-time.After(2 * time.Second):
 					t.Fatal("the upstream request still waits for its body 2s after the 408")
 				}
+			} else if n := u.hits.Load(); n != 0 {
+				// A try starts before the 408 if at all: read first, the
+				// body never reached it.
+				t.Errorf("the upstream had %d requests of a body that never came whole", n)
 			}
 			if st := sc.breaker(geo); st.State != "closed" || st.Counts.TotalFailures != 0 {
 				t.Fatalf("breaker %+v, want closed with no failures", st)

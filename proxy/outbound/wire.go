@@ -44,9 +44,10 @@ type headerField struct {
 	values []string
 }
 
-// writeRequestHead writes the head of req, a bodiless request, as
-// req.Write(b) would, sorting header fields in fields (scratch, returned
-// for reuse). It reports false, having written nothing, for a request it
+// writeRequestHead writes the head of req as req.Write(b) would,
+// sorting header fields in fields (scratch, returned for reuse): a
+// bodiless request, or one whose body of req.ContentLength bytes the
+// caller writes after the head. It reports false, having written nothing, for a request it
 // leaves to req.Write: an opaque URL, a host to convert to Punycode, a
 // header value to sanitize, a Close or TransferEncoding field.
 //
@@ -95,6 +96,11 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField, 
 		w = append(w, textproto.TrimString(ua)...)
 		w = append(w, "\r\n"...)
 	}
+	if sendsLength(req) {
+		w = append(w, "Content-Length: "...)
+		w = strconv.AppendInt(w, req.ContentLength, 10)
+		w = append(w, "\r\n"...)
+	}
 	for _, f := range fields {
 		for len(trace) > 0 && trace[0].Key < f.key {
 			w = appendField(w, trace[0].Key, trace[0].Value)
@@ -113,12 +119,24 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField, 
 	return fields, true
 }
 
-// appendRequestLine appends the request line of req, a bodiless
-// request, and its Host line, as req.Write writes them; ok is false for a
-// request it leaves to req.Write (writeRequestHead).
+// sendsLength reports whether Request.Write sends a Content-Length
+// field for req, a request with a body of req.ContentLength bytes or
+// none: for a body, and for none where the method's servers expect one
+// (net/http's transferWriter.shouldSendContentLength).
+func sendsLength(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch:
+		return true
+	}
+	return req.ContentLength > 0
+}
+
+// appendRequestLine appends the request line of req and its Host line,
+// as req.Write writes them; ok is false for a request it leaves to
+// req.Write (writeRequestHead): one of unknown length among them.
 func appendRequestLine(w []byte, req *http.Request) (_ []byte, ok bool) {
 	if req.URL == nil || req.URL.Opaque != "" || req.Close || len(req.TransferEncoding) > 0 || req.Trailer != nil ||
-		req.ContentLength != 0 {
+		req.ContentLength < 0 {
 		return w, false
 	}
 	host := req.Host
@@ -174,6 +192,9 @@ func appendRequestLine(w []byte, req *http.Request) (_ []byte, ok bool) {
 // is "Name: value" as the map writes back, so no line is checked, split
 // into strings, sorted or canonicalized again.
 func writeRequestLines(b *bytes.Buffer, req *http.Request, sc *respScratch) bool {
+	if sendsLength(req) {
+		return false // the lean loop's requests have no body: a POST's Content-Length: 0 is writeRequestHead's
+	}
 	w, ok := appendRequestLine(b.AvailableBuffer(), req)
 	if !ok {
 		return false
@@ -284,6 +305,9 @@ type respScratch struct {
 	// map by Inject.
 	trace     []telemetry.Field
 	traceRoom [5]telemetry.Field
+	// body is the try's request body, whole, written right after its
+	// head (sendable); nil: none.
+	body []byte
 
 	// lined says the try's head is written from the app's lines, app
 	// (writeRequestLines), with toOutbound's changes: its header map was

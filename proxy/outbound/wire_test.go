@@ -46,7 +46,15 @@ func TestWriteRequestHeadAsRequestWrite(t *testing.T) {
 		{name: "newline in agent", method: "GET", target: "http://geo/", header: http.Header{"User-Agent": {"a\nb"}}},
 		{name: "punycode host", method: "GET", target: "http://geo/", host: "bücher.example", header: http.Header{}},
 		{name: "zone", method: "GET", target: "http://geo/", host: "[fe80::1%25eth0]:80", header: http.Header{}},
-		{name: "length without body", method: "GET", target: "http://geo/", header: http.Header{}, length: 3},
+		{name: "get with body", method: "GET", target: "http://geo/", header: http.Header{}, length: 3, own: true},
+		{name: "post", method: "POST", target: "http://geo:8000/p?q=1", header: http.Header{"Content-Type": {"application/json"}, "Content-Length": {"99"}}, length: 9, own: true},
+		{name: "post empty", method: "POST", target: "http://geo/", header: http.Header{}, own: true},
+		{name: "put empty", method: "PUT", target: "http://geo/", header: http.Header{"User-Agent": {""}}, own: true},
+		{name: "patch", method: "PATCH", target: "http://geo/", header: http.Header{"A": {"1"}}, length: 1, own: true},
+		{name: "delete", method: "DELETE", target: "http://geo/", header: http.Header{}, own: true},
+		{name: "delete with body", method: "DELETE", target: "http://geo/", header: http.Header{}, length: 2, own: true},
+		{name: "custom method", method: "PURGE", target: "http://geo/", header: http.Header{}, length: 1, own: true},
+		{name: "unknown length", method: "POST", target: "http://geo/", header: http.Header{}, length: -1},
 		{name: "app's trace fields", method: "GET", target: "http://geo/", header: http.Header{"Traceparent": {"00-stale"},
 			"Tracestate": {"app=1"}, "B3": {"stale"}, "X-B3-Flags": {"1"}, "X-B3-Parentspanid": {"1"}, "X-B3-Sampled": {"1", "0"},
 			"X-B3-Spanid": {"s"}, "X-B3-Traceid": {"t"}, "A": {"1"}, "Tracez": {"z"}, "X-B3-Z": {"z"}, "Z": {"z"}}, own: true},
@@ -100,11 +108,24 @@ func compareRequestHead(t *testing.T, req *http.Request, tf []telemetry.Field) b
 		req.Header = in.Clone()
 		telemetry.SetFields(req.Header, tf)
 	}
+	// A body of the request's length, which the fast transport writes
+	// right after the head; none of an unknown length (Request.Write
+	// would send it chunked).
+	var body []byte
+	if req.ContentLength > 0 {
+		body = bytes.Repeat([]byte{'b'}, int(req.ContentLength))
+		req.Body = io.NopCloser(bytes.NewReader(body))
+	} else if req.ContentLength < 0 {
+		req.Body = io.NopCloser(strings.NewReader("b"))
+	}
 	wantErr := req.Write(&want)
-	req.Header = in
+	req.Header, req.Body = in, nil
 	before := in.Clone()
 	var got bytes.Buffer
 	_, own := writeRequestHead(&got, req, nil, tf)
+	if own {
+		got.Write(body)
+	}
 	if !reflect.DeepEqual(req.Header, before) {
 		t.Errorf("writeRequestHead changed the header map: %v, was %v", req.Header, before)
 	}
@@ -131,8 +152,14 @@ func FuzzWriteRequestHead(f *testing.F) {
 	f.Add(uint8(0x20), "geo", "", "/", "", "Tracestate", "app=1", "Tracez", "z")
 	f.Add(uint8(0x30), "geo", "", "/", "", "Tracestate", "app=1", "X-B3-Flags", "1")
 	traceFields := testTraceFields(f)
+	f.Add(uint8(0x04), "geo", "", "/", "", "Content-Length", "7", "", "") // POST, a body of 4
+	f.Add(uint8(0x0d), "geo", "", "/", "", "A", "1", "", "")              // DELETE, none
 	f.Fuzz(func(t *testing.T, m uint8, urlHost, host, path, query, k1, v1, k2, v2 string) {
-		method := [...]string{"GET", "HEAD", "OPTIONS", ""}[m%4]
+		method := [...]string{"GET", "HEAD", "OPTIONS", "", "POST", "PUT", "PATCH", "DELETE"}[m%8]
+		length := int64(0)
+		if m%8 >= 4 && m&0x40 == 0 {
+			length = int64(len(query) % 5)
+		}
 		u := &url.URL{Scheme: "http", Host: urlHost, Path: path, RawQuery: query, ForceQuery: m&4 != 0}
 		h := http.Header{}
 		if k1 != "" {
@@ -144,7 +171,7 @@ func FuzzWriteRequestHead(f *testing.F) {
 		if m&8 != 0 {
 			h["User-Agent"] = nil
 		}
-		compareRequestHead(t, &http.Request{Method: method, URL: u, Host: host, Header: h, ProtoMajor: 1, ProtoMinor: 1},
+		compareRequestHead(t, &http.Request{Method: method, URL: u, Host: host, Header: h, ProtoMajor: 1, ProtoMinor: 1, ContentLength: length},
 			traceFields[int(m>>4)%len(traceFields)])
 	})
 }

@@ -1,0 +1,243 @@
+package outbound
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+)
+
+// TestFastBodiesAsTransport sends requests of every method, with bodies
+// and without, through the handler four times, by fastProxy on the
+// fast transport, by the ReverseProxy on it, and by the ReverseProxy on
+// http.Transport (--std-transport), behind net/http's server, and
+// behind the lean loop, under a
+// policy with retries (the body held for replay) and one without: the
+// upstream must receive the same bytes, head and body, and the app the
+// same answer. The requests the fast transport takes (bodies of up to
+// fastBodyMax bytes, held whole; none) must have been sent by it: its
+// pool keeps their connection. Each request goes twice on one
+// connection, so that the second goes on a kept one.
+func TestFastBodiesAsTransport(t *testing.T) {
+	big := strings.Repeat("b", fastBodyMax)
+	requests := []struct {
+		name, req string
+		fast      bool
+	}{
+		{"post", "POST http://geo:8000/p?q=1 HTTP/1.1\r\nHost: geo:8000\r\nContent-Type: application/json\r\nContent-Length: 9\r\nUser-Agent: app/1\r\n\r\n{\"a\": 1}\n", true},
+		{"put", "PUT /x HTTP/1.1\r\nHost: geo:8000\r\nContent-Length: 3\r\n\r\nabc", true},
+		{"patch", "PATCH /x HTTP/1.1\r\nHost: geo:8000\r\nContent-Length: 3\r\nIdempotency-Key: k\r\n\r\nabc", true},
+		{"delete with body", "DELETE /x HTTP/1.1\r\nHost: geo:8000\r\nContent-Length: 2\r\n\r\n{}", true},
+		{"delete", "DELETE /x HTTP/1.1\r\nHost: geo:8000\r\n\r\n", true},
+		{"post empty", "POST /x HTTP/1.1\r\nHost: geo:8000\r\nContent-Length: 0\r\n\r\n", true},
+		{"post without length", "POST /x HTTP/1.1\r\nHost: geo:8000\r\n\r\n", true},
+		{"custom method", "PURGE /x HTTP/1.1\r\nHost: geo:8000\r\nContent-Length: 1\r\n\r\nx", true},
+		{"hop-by-hop", "POST /x HTTP/1.1\r\nHost: geo:8000\r\nConnection: keep-alive, X-Secret\r\nX-Secret: s\r\nTe: trailers\r\nContent-Length: 1\r\n\r\nx", true},
+		{"http/1.0", "POST /x HTTP/1.0\r\nHost: geo:8000\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx", true},
+		{"largest", "POST /x HTTP/1.1\r\nHost: geo:8000\r\nContent-Length: 16384\r\n\r\n" + big, true},
+		{"larger", "POST /x HTTP/1.1\r\nHost: geo:8000\r\nContent-Length: 16385\r\n\r\n" + big + "x", false},
+		{"chunked", "POST /x HTTP/1.1\r\nHost: geo:8000\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false},
+	}
+	responses := map[string]string{
+		"length":  "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+		"empty":   "HTTP/1.1 204 No Content\r\nX-A: b\r\n\r\n",
+		"error":   "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\noops",
+		"chunked": "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+	}
+	policies := map[string]string{
+		"retries":    geoPolicy + "  retries: {attempts: 2, retryOn: [reset], backoff: {base: 1ms, max: 2ms}}\n",
+		"no retries": geoPolicy,
+	}
+	for _, rq := range requests {
+		r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(rq.req)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := &reqState{}
+		if r.ContentLength != 0 {
+			st.in.ReadCloser = r.Body
+		}
+		if got := New(Config{}, policy.NewTable(nil, "default")).fastProxied(r, st); got != rq.fast {
+			t.Fatalf("%s: fastProxy forwards it: %v, want %v; the comparison would prove less", rq.name, got, rq.fast)
+		}
+		for sname, resp := range responses {
+			for pname, doc := range policies {
+				t.Run(rq.name+"/"+sname+"/"+pname, func(t *testing.T) {
+					up := newBodyUpstream(t, resp)
+					table := parseTable(t, doc)
+					cfg := Config{Metrics: telemetry.New(0), Resolve: map[string]string{"geo:8000": up.addr}}
+					h := New(cfg, table)
+					defer h.CloseIdleConnections()
+					px := httptest.NewServer(h)
+					defer px.Close()
+					cfg.StdTransport, cfg.Metrics = true, telemetry.New(0)
+					hs := New(cfg, table)
+					defer hs.CloseIdleConnections()
+					pxs := httptest.NewServer(hs)
+					defer pxs.Close()
+
+					fastApp := exchangeTwice(t, px.Listener.Addr().String(), rq.req)
+					fastUp := normalize(up.last())
+					kept := fastOf(h).idleTo("geo:8000")
+					h.rpOnly.Store(true)
+					rpApp := exchangeTwice(t, px.Listener.Addr().String(), rq.req)
+					rpUp := normalize(up.last())
+					h.rpOnly.Store(false)
+					if rpUp != fastUp {
+						t.Errorf("the upstream received\n%q\nfrom fastProxy and\n%q\nfrom the ReverseProxy", fastUp, rpUp)
+					}
+					if rpApp != fastApp {
+						t.Errorf("the app received\n%q\nfrom fastProxy and\n%q\nfrom the ReverseProxy", fastApp, rpApp)
+					}
+					stdApp := exchangeTwice(t, pxs.Listener.Addr().String(), rq.req)
+					stdUp := strings.ReplaceAll(normalize(up.last()), hs.hop.token, h.hop.token)
+					if strings.Count(stdUp, " HTTP/1.1\r\n") != strings.Count(stdApp, "\r\nX-Request-Id: ") {
+						t.Fatalf("the upstream received %q through http.Transport: not the two requests; the comparison proves nothing", stdUp)
+					}
+					if fastUp != stdUp {
+						t.Errorf("the upstream received\n%q\nfrom the fast transport and\n%q\nfrom http.Transport", fastUp, stdUp)
+					}
+					if fastApp != stdApp {
+						t.Errorf("the app received\n%q\nthrough the fast transport and\n%q\nthrough http.Transport", fastApp, stdApp)
+					}
+					// Behind the lean loop, which serves bodies of up to
+					// leanhttp.MaxBody itself: a handler of its own, whose
+					// fields go on as lines in the upstream's order.
+					hl := New(Config{Metrics: telemetry.New(0), Resolve: cfg.Resolve}, table)
+					defer hl.CloseIdleConnections()
+					leanApp := exchangeTwice(t, serveLean(t, hl), rq.req)
+					leanUp := strings.ReplaceAll(normalize(up.last()), hl.hop.token, h.hop.token)
+					if proxytest.SortFields(leanUp) != proxytest.SortFields(stdUp) {
+						t.Errorf("the upstream received\n%q\nbehind the lean loop and\n%q\nfrom http.Transport", leanUp, stdUp)
+					}
+					if proxytest.SortFields(leanApp) != proxytest.SortFields(stdApp) {
+						t.Errorf("the app received\n%q\nbehind the lean loop and\n%q\nthrough http.Transport", leanApp, stdApp)
+					}
+					if kept != rq.fast {
+						t.Errorf("the fast transport kept a connection to the upstream: %v, want %v (it sends the request itself)", kept, rq.fast)
+					}
+				})
+			}
+		}
+	}
+}
+
+const geoPolicy = "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata:\n  name: geo\nspec:\n  service: geo:8000\n"
+
+// exchangeTwice sends req twice on one connection to addr and returns
+// what the app received, normalized.
+func exchangeTwice(t *testing.T, addr, req string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	var got bytes.Buffer
+	br := bufio.NewReader(io.TeeReader(c, &got))
+	method, _, _ := strings.Cut(req, " ")
+	for range 2 {
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			resp, err := http.ReadResponse(br, &http.Request{Method: method})
+			if err != nil {
+				t.Fatalf("after %q: %v", got.String(), err)
+			}
+			if resp.StatusCode >= 200 {
+				if _, err := io.ReadAll(resp.Body); err != nil {
+					t.Fatal(err)
+				}
+				if resp.Close {
+					return normalize(got.String()) // no second on this connection
+				}
+				break
+			}
+		}
+	}
+	return normalize(got.String())
+}
+
+// bodyUpstream answers every request, read whole, with the same bytes,
+// on kept connections, and records each request's bytes as they came.
+type bodyUpstream struct {
+	addr   string
+	answer string
+	got    chan string
+}
+
+func newBodyUpstream(t *testing.T, answer string) *bodyUpstream {
+	u := &bodyUpstream{answer: answer, got: make(chan string, 16)}
+	u.addr, _ = proxytest.RawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		var raw bytes.Buffer
+		// One byte a read: what the parser took is what the request was.
+		br := bufio.NewReaderSize(io.TeeReader(oneByte{c}, &raw), 16)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+				return
+			}
+			u.got <- raw.String()[:raw.Len()-br.Buffered()]
+			raw.Next(raw.Len() - br.Buffered())
+			if _, err := io.WriteString(c, u.answer); err != nil {
+				return
+			}
+		}
+	})
+	return u
+}
+
+// last is the requests the upstream received since the last call.
+func (u *bodyUpstream) last() string {
+	var s string
+	for {
+		select {
+		case r := <-u.got:
+			s += r
+		default:
+			return s
+		}
+	}
+}
+
+// oneByte reads one byte at a time.
+type oneByte struct{ io.Reader }
+
+func (r oneByte) Read(p []byte) (int, error) { return r.Reader.Read(p[:min(len(p), 1)]) }
+
+// fastOf is h's fast transport.
+func fastOf(h *Handler) *fastTransport {
+	return h.rp.Transport.(*forwarder).t.(*fastTransport)
+}
+
+// idleTo reports whether t keeps a connection to addr.
+func (t *fastTransport) idleTo(addr string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l := t.idle[addr]
+	return l != nil && len(l.conns) > 0
+}
+
+func parseTable(t *testing.T, doc string) *policy.Table {
+	t.Helper()
+	pols, err := policy.Decode("policies.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return policy.NewTable(pols, "default")
+}
