@@ -34,7 +34,16 @@ import (
 // the same bytes, must write the same bytes back (Date aside).
 var handlers = map[string]http.HandlerFunc{
 	"plain": func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") },
-	"html":  func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html><body>hi</body></html>") },
+	"echo-body": func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%d %q %v", r.ContentLength, b, err)
+	},
+	"half-body": func(w http.ResponseWriter, r *http.Request) {
+		b := make([]byte, 2)
+		n, err := io.ReadFull(r.Body, b)
+		fmt.Fprintf(w, "%q %v", b[:n], err)
+	},
+	"html": func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html><body>hi</body></html>") },
 	"length": func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", "2")
@@ -534,6 +543,12 @@ var requests = []string{
 	"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n", // pipelined
 	"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: a\r\n\r\n",
 	"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+	"PUT /e HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{\"a\": 1}\n",
+	"PATCH /e HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi",
+	"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc", // cut short
+	"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 16384\r\n\r\n" + strings.Repeat("p", 16384),
+	"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 16385\r\n\r\n" + strings.Repeat("p", 16385),
+	"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
 	"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
 	"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
 	"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
@@ -615,59 +630,74 @@ func TestScanHead(t *testing.T) {
 		in   string
 		want verdict
 		n    int
+		body int
 	}{
-		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", serveLean, 27},
-		{"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET", serveLean, 27}, // the caller sees the rest
-		{"HEAD http://a/ HTTP/1.0\r\n\r\n", serveLean, 27},
-		{"DELETE /x HTTP/1.1\r\nhOsT: a\r\ncontent-length:  0 \r\n\r\n", serveLean, 52},
-		{"OPTIONS /x HTTP/1.1\r\nHost: a\r\nX: \t\x80\xff\r\n\r\n", serveLean, 40},
-		{"", needMore, 0},
-		{"G", needMore, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\n", needMore, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r", needMore, 0},
-		{"X", handOff, 0},
-		{"POST / HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
-		{"PRI * HTTP/2.0\r\n", handOff, 0},
-		{"GET * HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
-		{"GET a:1 HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
-		{"GET https://a/ HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
-		{"GET http:// HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
-		{"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\nHost: a\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nX: y\n", handOff, 0},
-		{"GET / HTTP/1.1\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\n: y\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nX: \x00\r\n\r\n", handOff, 0},
-		{"GET / HTTP/1.1\r\nHost: a\r\nX: \x7f\r\n\r\n", handOff, 0},
-		{"GET /\x00 HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", serveLean, 27, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET", serveLean, 27, 0}, // the caller sees the rest
+		{"HEAD http://a/ HTTP/1.0\r\n\r\n", serveLean, 27, 0},
+		{"DELETE /x HTTP/1.1\r\nhOsT: a\r\ncontent-length:  0 \r\n\r\n", serveLean, 52, 0},
+		{"OPTIONS /x HTTP/1.1\r\nHost: a\r\nX: \t\x80\xff\r\n\r\n", serveLean, 40, 0},
+		{"", needMore, 0, 0},
+		{"G", needMore, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\n", needMore, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r", needMore, 0, 0},
+		{"X", handOff, 0, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\n\r\n", serveLean, 28, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", serveLean, 47, 3},
+		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length:  16384 \r\n\r\n", serveLean, 52, 16384},
+		{"PATCH / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", serveLean, 48, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 16385\r\n\r\n", handOff, 0, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", handOff, 0, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 07\r\n\r\n", handOff, 0, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +7\r\n\r\n", handOff, 0, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7, 7\r\n\r\n", handOff, 0, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", handOff, 0, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", handOff, 0, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", handOff, 0, 0},
+		{"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", handOff, 0, 0},
+		{"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\n", handOff, 0, 0},
+		{"PRI * HTTP/2.0\r\n", handOff, 0, 0},
+		{"GET * HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0, 0},
+		{"GET a:1 HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0, 0},
+		{"GET https://a/ HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0, 0},
+		{"GET http:// HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0, 0},
+		{"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\nHost: a\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nX: y\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n", serveLean, 46, 1},
+		{"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\n: y\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nX: \x00\r\n\r\n", handOff, 0, 0},
+		{"GET / HTTP/1.1\r\nHost: a\r\nX: \x7f\r\n\r\n", handOff, 0, 0},
+		{"GET /\x00 HTTP/1.1\r\nHost: a\r\n\r\n", handOff, 0, 0},
 	} {
-		n, v := scanHead([]byte(c.in))
-		if v != c.want || (v == serveLean && n != c.n) {
-			t.Errorf("scanHead(%q) = %d, %v; want %d, %v", c.in, n, v, c.n, c.want)
+		n, body, v := scanHead([]byte(c.in))
+		if v != c.want || (v == serveLean && (n != c.n || body != c.body)) {
+			t.Errorf("scanHead(%q) = %d, %d, %v; want %d, %d, %v", c.in, n, body, v, c.n, c.body, c.want)
 		}
 	}
 }
 
 // FuzzScanHead: whatever the scan serves itself and net/http parses is
-// one bodiless request of the common case, of exactly the scanned length,
+// one request head of the common case, of exactly the scanned length,
+// with the body length net/http reads,
 // that its server would accept; newRequest builds the same request.
 func FuzzScanHead(f *testing.F) {
 	for _, r := range requests {
 		f.Add([]byte(r))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		n, v := scanHead(b)
+		n, _, v := scanHead(b)
 		if v != serveLean {
 			return
 		}
@@ -713,7 +743,7 @@ func TestNewRequest(t *testing.T) {
 		"GET / HTTP/1.1\r\nVia: 1.0 a\r\nHost: a\r\nVia: 1.1 b\r\nX: y\r\n\r\n",
 	}
 	for _, h := range heads {
-		n, v := scanHead([]byte(h))
+		n, _, v := scanHead([]byte(h))
 		if v != serveLean {
 			t.Fatalf("scanHead(%q) = %v: the test wants heads the loop serves", h, v)
 		}
@@ -728,7 +758,7 @@ func TestNewRequestTargets(t *testing.T) {
 	for _, target := range []string{"http://a", "http://a/", "http://a:", "http://a:80", "http://a:80/b?c", "http://:80/",
 		"http://1.2.3.4:5/", "http:///", "http://a/?", "/?", "http://a:8a/", "http://a:80:90/", "HTTP://a/", "http:/a"} {
 		h := "GET " + target + " HTTP/1.1\r\nHost: a\r\n\r\n"
-		if n, v := scanHead([]byte(h)); v == serveLean {
+		if n, _, v := scanHead([]byte(h)); v == serveLean {
 			sameRequest(t, []byte(h), n)
 		}
 	}
@@ -737,7 +767,7 @@ func TestNewRequestTargets(t *testing.T) {
 		for _, target := range []string{"/a" + b + "b", "/a?b" + b + "c", "/" + b, "/a?" + b,
 			"http://a" + b + "b/", "http://" + b + "/", "http://a" + b, "http://a:8" + b + "/", "http://a/" + b, "http://a/b?" + b} {
 			h := "GET " + target + " HTTP/1.1\r\nHost: a\r\n\r\n"
-			if n, v := scanHead([]byte(h)); v == serveLean {
+			if n, _, v := scanHead([]byte(h)); v == serveLean {
 				sameRequest(t, []byte(h), n)
 			}
 		}
@@ -761,6 +791,9 @@ func sameRequest(t *testing.T, b []byte, n int) {
 	sc.reset()
 	got = http.Request{} // as conn.begin empties it
 	ok := newRequest(b[:n], &sc, &got)
+	if _, body, _ := scanHead(b); ok && body > 0 {
+		got.Body, got.ContentLength = &reqBody{}, int64(body) // as the loop sets them
+	}
 	if err != nil {
 		// A target net/url refuses ("/%zz"): the loop hands the head to
 		// net/http, whose 400 it is.
@@ -884,11 +917,11 @@ func TestScratchReset(t *testing.T) {
 
 // serverAccepts is what net/http's server checks of a request it read
 // before its handler sees it, and what the loop serves: HTTP/1.x, no
-// body, http or no scheme, valid header names and values (the Host
+// body or one of a known length up to MaxBody, http or no scheme, valid header names and values (the Host
 // rules are in TestSameAsNetHTTP: ReadRequest removes the field).
 func serverAccepts(req *http.Request) bool {
 	if req.ProtoMajor != 1 || (req.ProtoMinor != 0 && req.ProtoMinor != 1) ||
-		req.Body != http.NoBody || req.ContentLength != 0 || len(req.TransferEncoding) != 0 ||
+		req.ContentLength < 0 || req.ContentLength > MaxBody || len(req.TransferEncoding) != 0 ||
 		req.URL == nil || (req.URL.Scheme != "" && req.URL.Scheme != "http") {
 		return false
 	}
@@ -1139,7 +1172,8 @@ func TestConnStateAndHandOff(t *testing.T) {
 	for _, x := range []struct{ req, want string }{
 		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "lean=true"},
 		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "lean=true"},
-		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", "lean=false"},
+		{"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", "lean=true"},
+		{"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", "lean=false"},
 		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "lean=false"},
 	} {
 		io.WriteString(c, x.req)
@@ -1156,7 +1190,7 @@ func TestConnStateAndHandOff(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	mu.Lock()
 	defer mu.Unlock()
-	want := "new/false active/false idle/false active/false idle/false active/false new/true active/true idle/true active/true idle/true closed/true"
+	want := "new/false active/false idle/false active/false idle/false active/false idle/false active/false new/true active/true idle/true active/true idle/true closed/true"
 	if got := strings.Join(states, " "); got != want {
 		t.Errorf("states:\n%s\nwant\n%s", got, want)
 	}

@@ -35,8 +35,9 @@ import (
 //     at the end of the response (one write(2) for a small one), on
 //     Flush, and whenever it fills.
 //
-// Bodies of requests are never involved: the loop only serves requests
-// without one. One difference is left: net/http's response has a
+// Bodies of requests are never involved: the loop reads what the
+// handler left of one after the response (endBody), as net/http does in
+// full duplex. One difference is left: net/http's response has a
 // ReadFrom, with which io.Copy(w, src) sends the first 512 bytes and then
 // the rest unbuffered (chunked when the length is unknown); this one has
 // none, so io.Copy buffers as Write does (a short body gets a
@@ -67,6 +68,7 @@ type response struct {
 	contentLength int64 // declared, or -1
 
 	closeAfterReply  bool
+	fullDuplex       bool // EnableFullDuplex: the request's body is the handler's to the end
 	wants10KeepAlive bool
 	wantsClose       bool
 	handlerDone      bool
@@ -304,8 +306,12 @@ func (w *response) FlushError() error {
 	return err
 }
 
-// EnableFullDuplex: a request without a body has nothing to drain.
-func (w *response) EnableFullDuplex() error { return nil }
+// EnableFullDuplex: the loop never drains a request's body before its
+// handler returns (endBody).
+func (w *response) EnableFullDuplex() error {
+	w.fullDuplex = true
+	return nil
+}
 
 // SetReadDeadline and SetWriteDeadline are the connection's, as
 // http.ResponseController expects.
@@ -419,7 +425,8 @@ var extraHeaderKeys = [...]string{"Content-Type", "Connection", "Transfer-Encodi
 
 // writeHeader finalises the header and writes it into the connection's
 // buffer: net/http's chunkWriter.writeHeader, line for line, less what
-// only concerns request bodies. p is the first chunk of the body.
+// only concerns request bodies the loop does not serve (Expect, chunked,
+// larger than MaxBody). p is the first chunk of the body.
 func (w *response) writeHeader(p []byte) {
 	if w.headerSent {
 		return
@@ -495,6 +502,14 @@ func (w *response) writeHeader(p []byte) {
 	}
 
 	if field.Get(header, "Connection") == "close" || !keepAlivesEnabled {
+		w.closeAfterReply = true
+	}
+
+	// What the handler left of the request's body, unless it asked for
+	// full duplex, is read and dropped before the response, as net/http
+	// does: a client may send its whole request before it reads the
+	// answer. A body that does not come closes the connection after it.
+	if w.req.ContentLength != 0 && !w.closeAfterReply && !w.fullDuplex && w.c.body.discard(time.Time{}) != nil {
 		w.closeAfterReply = true
 	}
 

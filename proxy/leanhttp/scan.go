@@ -28,24 +28,25 @@ const (
 // answers (400s included) then stay exactly today's. The common case is
 //
 //   - a request line "METHOD SP target SP HTTP/1.1" (or HTTP/1.0) with
-//     METHOD GET, HEAD, OPTIONS or DELETE and a target that is a path
+//     METHOD GET, HEAD, OPTIONS, DELETE, POST, PUT or PATCH and a target that is a path
 //     (origin-form) or an http:// URL (absolute-form, HTTP_PROXY);
 //   - header lines "Name: value", every line ending in CRLF, names
 //     tokens, values free of control characters but HTAB, no obs-fold;
-//   - no body: no Transfer-Encoding, at most one Content-Length, and that
-//     one "0";
+//   - no body, or one of a known length: no Transfer-Encoding, at most
+//     one Content-Length, and that one at most MaxBody, in plain digits
+//     (body returns it);
 //   - no Upgrade (h2c, WebSocket) and no Expect;
 //   - one valid Host header (HTTP/1.0: at most one).
-func scanHead(b []byte) (n int, v verdict) {
+func scanHead(b []byte) (n, body int, v verdict) {
 	line, rest, ok := cutLine(b)
 	if !ok {
 		if !methodPrefix(b) {
-			return 0, handOff // TLS, h2c, garbage: no need to wait for a line
+			return 0, 0, handOff // TLS, h2c, garbage: no need to wait for a line
 		}
-		return 0, needMoreOr(b)
+		return 0, 0, needMoreOr(b)
 	}
 	if !requestLine(line) {
-		return 0, handOff
+		return 0, 0, handOff
 	}
 	http10 := bytes.HasSuffix(line, []byte(" HTTP/1.0"))
 	hosts, lengths := 0, 0
@@ -53,14 +54,14 @@ func scanHead(b []byte) (n int, v verdict) {
 	for {
 		line, rest, ok = cutLine(rest)
 		if !ok {
-			return 0, needMoreOr(rest)
+			return 0, 0, needMoreOr(rest)
 		}
 		if len(line) == 0 {
 			break
 		}
 		name, value, ok := headerLine(line)
 		if !ok {
-			return 0, handOff
+			return 0, 0, handOff
 		}
 		switch len(name) { // a name of none of these lengths is none of them
 		case 4:
@@ -69,25 +70,52 @@ func scanHead(b []byte) (n int, v verdict) {
 				host = value
 			}
 		case 14:
-			// A second one, even "0", is net/http's to judge.
+			// A second one, even the same, is net/http's to judge.
 			if field.EqualFold(name, "content-length") {
-				if lengths++; string(value) != "0" || lengths > 1 {
-					return 0, handOff
+				if lengths++; lengths > 1 {
+					return 0, 0, handOff
+				}
+				if body, ok = plainLength(value); !ok {
+					return 0, 0, handOff
 				}
 			}
 		case 17, 7, 6:
 			if field.EqualFold(name, "transfer-encoding") || field.EqualFold(name, "upgrade") || field.EqualFold(name, "expect") {
-				return 0, handOff
+				return 0, 0, handOff
 			}
 		}
 	}
 	if hosts > 1 || (hosts == 0 && !http10) {
-		return 0, handOff // net/http's 400s
+		return 0, 0, handOff // net/http's 400s
 	}
 	if hosts == 1 && !httpguts.ValidHostHeader(string(host)) {
-		return 0, handOff
+		return 0, 0, handOff
 	}
-	return len(b) - len(rest), serveLean
+	return len(b) - len(rest), body, serveLean
+}
+
+// MaxBody bounds the request bodies the lean loop serves: a longer one
+// goes to the standard server, which streams it. The loop holds none of
+// it (the handler reads it from the connection's reader), but reads and
+// drops what the handler left of it before the next request, as
+// net/http's server does up to 256 KiB.
+const MaxBody = 16 << 10
+
+// plainLength is a Content-Length value of at most MaxBody in digits
+// alone, with no leading zero: others (a sign, white space inside,
+// "007", larger) are net/http's to judge.
+func plainLength(v []byte) (int, bool) {
+	if len(v) == 0 || len(v) > 5 || len(v) > 1 && v[0] == '0' {
+		return 0, false
+	}
+	n := 0
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, n <= MaxBody
 }
 
 // needMoreOr is needMore, unless what is buffered of an unfinished line
@@ -116,7 +144,8 @@ func cutLine[T string | []byte](b T) (line, rest T, ok bool) {
 	return b[:i-1], b[i+1:], true
 }
 
-var leanMethods = [...]string{http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete}
+var leanMethods = [...]string{http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete,
+	http.MethodPost, http.MethodPut, http.MethodPatch}
 
 // methodPrefix reports whether b could begin a request line of the
 // common case.

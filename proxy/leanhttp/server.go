@@ -7,9 +7,10 @@
 // requests those goroutine hand-offs and thread wake-ups are most of the
 // sidecar's CPU. A Server reads each connection with its own
 // bufio.Reader on the connection's goroutine and serves the common case
-// itself: keep-alive HTTP/1.1 and HTTP/1.0 requests without a body (GET,
-// HEAD, OPTIONS, DELETE), origin-form with a Host header or absolute-form,
-// no Upgrade, no Expect, no pipelining. It calls the handler with a
+// itself: keep-alive HTTP/1.1 and HTTP/1.0 requests (GET, HEAD, OPTIONS,
+// DELETE, POST, PUT, PATCH) without a body or with one of a known length
+// up to MaxBody, origin-form with a Host header or absolute-form, no
+// Upgrade, no Expect, no pipelining. It calls the handler with a
 // ResponseWriter that frames the response as net/http's does (response.go),
 // and offers a proxy ways around per-request copies and contexts:
 // SetHeader and SetRawHeader (answer with a header map, or lines, of its
@@ -32,7 +33,7 @@
 // the context while the request runs.
 //
 // Every other connection, from its first request the loop does not
-// serve (a body, CONNECT, an upgrade, h2c, Expect, pipelined requests,
+// serve (a chunked or larger body, CONNECT, an upgrade, h2c, Expect, pipelined requests,
 // malformed or oversized input), is handed to the standard *http.Server
 // given to New, with the bytes already read sent first: everything
 // outside the common case is served exactly as without this package, by
@@ -280,12 +281,17 @@ type conn struct {
 	wmu     sync.Mutex
 	hasByte bool // the watch read a byte of what follows: it comes first
 	byteBuf [1]byte
+
+	body reqBody // the current request's, if it has one
 }
 
 const (
 	wIdle  = iota // between requests
 	wReq          // a request is served, unwatched
 	wWatch        // a request is served and watched
+	// wBody: a request is served, its body not yet read: no watch, whose
+	// read of the connection would take the body's bytes.
+	wBody
 )
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -405,7 +411,7 @@ func (c *conn) serve() {
 			return // closed, idle timeout, reset: as net/http, no answer
 		}
 		s.setState(c.rwc, http.StateActive)
-		n, v := c.readHead(first)
+		n, bodyLen, v := c.readHead(first)
 		switch v {
 		case needMore:
 			return // timed out or failed half way: net/http answers none either
@@ -425,6 +431,18 @@ func (c *conn) serve() {
 		_, _ = c.br.Discard(n)
 		first = false
 		c.headDL = time.Time{}
+		if bodyLen > 0 {
+			c.body.c, c.body.left, c.body.err, c.body.closed = c, int64(bodyLen), nil, false
+			req.Body, req.ContentLength = &c.body, int64(bodyLen)
+			// No deadline for the body, as net/http's server sets none
+			// without a ReadTimeout: the handler bounds its reads
+			// (ResponseController.SetReadDeadline; outbound's
+			// --request-body-timeout).
+			if !c.rdl.IsZero() {
+				c.rdl = time.Time{}
+				_ = c.rwc.SetReadDeadline(time.Time{})
+			}
+		}
 
 		req.RemoteAddr = c.remote
 		w := &c.l.resp
@@ -440,7 +458,7 @@ func (c *conn) serve() {
 		c.amu.Lock()
 		c.after, c.ended = nil, false
 		c.amu.Unlock()
-		c.arm()
+		c.arm(bodyLen > 0)
 		inFlight = w
 		handler := s.Std.Handler
 		if handler == nil {
@@ -452,6 +470,7 @@ func (c *conn) serve() {
 		c.cancelRequest()
 		w.finish()
 		c.cancel = nil
+		synced := bodyLen == 0 || c.endBody()
 		// Emptied as the response ends, not as the next begins: its
 		// values (a proxy's, the request's state) would stay alive with
 		// an idle connection, 3 KB each (docs/benchmarks.md).
@@ -463,7 +482,7 @@ func (c *conn) serve() {
 			c.wdl = false
 			_ = c.rwc.SetWriteDeadline(time.Time{})
 		}
-		if c.gone.Load() || !reuse {
+		if c.gone.Load() || !reuse || !synced {
 			return
 		}
 		s.setState(c.rwc, http.StateIdle)
@@ -568,25 +587,25 @@ func (s *Server) putLent(l *lent) {
 }
 
 // readHead waits until the buffer holds a whole request head and returns
-// its length with serveLean, or handOff, or needMore when the connection
-// failed first. The rest of a head that did not come in one piece must
+// its length and its body's with serveLean, or handOff, or needMore when
+// the connection failed first. The rest of a head that did not come in one piece must
 // come within ReadHeaderTimeout.
-func (c *conn) readHead(first bool) (int, verdict) {
+func (c *conn) readHead(first bool) (n, body int, v verdict) {
 	armed := first // the first request's deadline runs from the accept
 	for {
 		buf, _ := c.br.Peek(c.br.Buffered())
-		n, v := scanHead(buf)
+		n, body, v := scanHead(buf)
 		switch v {
 		case serveLean:
-			if c.br.Buffered() > n || c.hasByte {
-				return 0, handOff // pipelined: net/http's
+			if c.br.Buffered() > n+body || c.hasByte {
+				return 0, 0, handOff // pipelined: net/http's
 			}
-			return n, v
+			return n, body, v
 		case handOff:
-			return 0, v
+			return 0, 0, v
 		}
 		if c.br.Buffered() >= c.br.Size() {
-			return 0, handOff // longer than the loop's buffer: net/http applies MaxHeaderBytes
+			return 0, 0, handOff // longer than the loop's buffer: net/http applies MaxHeaderBytes
 		}
 		if !armed {
 			c.setReadDeadline(c.s.Std.ReadHeaderTimeout, time.Now())
@@ -596,9 +615,9 @@ func (c *conn) readHead(first bool) (int, verdict) {
 		if _, err := c.br.Peek(c.br.Buffered() + 1); err != nil {
 			if errors.Is(err, io.EOF) {
 				// A head cut short: net/http answers 400.
-				return 0, handOff
+				return 0, 0, handOff
 			}
-			return 0, needMore
+			return 0, 0, needMore
 		}
 	}
 }
@@ -674,9 +693,14 @@ var boot = time.Now()
 // "between requests") once a nanosecond has passed.
 func sinceBoot() int64 { return int64(time.Since(boot)) | 1 }
 
-// arm makes the current request one the watchdog looks at.
-func (c *conn) arm() {
-	c.wstate.Store(wReq)
+// arm makes the current request one the watchdog looks at, once its
+// body, if it has one, is read (reqBody).
+func (c *conn) arm(body bool) {
+	if body {
+		c.wstate.Store(wBody)
+	} else {
+		c.wstate.Store(wReq)
+	}
 	s := c.s
 	c.reqStart.Store(sinceBoot())
 	if s.inflight.Add(1) == 1 && s.parked.Load() {
@@ -804,7 +828,7 @@ func (c *conn) unwatch() {
 	if c.reqStart.Swap(0) != 0 {
 		c.s.inflight.Add(-1)
 	}
-	if c.wstate.CompareAndSwap(wReq, wIdle) {
+	if c.wstate.CompareAndSwap(wReq, wIdle) || c.wstate.CompareAndSwap(wBody, wIdle) {
 		return
 	}
 	if c.wstate.Load() == wIdle {

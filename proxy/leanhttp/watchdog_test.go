@@ -54,7 +54,7 @@ func TestWatchdogWakes(t *testing.T) {
 		} {
 			wakes(tc.name, 10*time.Second, tc.most, func() {
 				for start := time.Now(); time.Since(start) < 10*time.Second-tc.every; {
-					c.arm()
+					c.arm(false)
 					time.Sleep(tc.lasts)
 					c.unwatch()
 					time.Sleep(tc.every - tc.lasts)
@@ -68,7 +68,7 @@ func TestWatchdogWakes(t *testing.T) {
 		wakes("idle again", time.Hour, 1, func() {})
 
 		// The request that wakes the watchdog is watched at WatchAfter.
-		c.arm()
+		c.arm(false)
 		time.Sleep(after - time.Millisecond)
 		synctest.Wait()
 		if st := c.wstate.Load(); st != wReq {
@@ -100,14 +100,14 @@ func TestWatchdogWakes(t *testing.T) {
 				t.Fatalf("%s: not watched within WatchAfter and a quarter of its start (state %d)", what, st)
 			}
 		}
-		c.arm() // wakes the watchdog: it looks at WatchAfter from now
+		c.arm(false) // wakes the watchdog: it looks at WatchAfter from now
 		time.Sleep(time.Millisecond)
-		long.arm() // due 1 ms after that look: watched at the look after, WatchAfter/4 on
+		long.arm(false) // due 1 ms after that look: watched at the look after, WatchAfter/4 on
 		time.Sleep(time.Millisecond)
 		c.unwatch()
 		watched(long, "a request 1 ms short of due at a look", after+after/4-2*time.Millisecond)
 		time.Sleep(time.Millisecond)
-		later.arm() // 1 ms after the look that watched long
+		later.arm(false) // 1 ms after the look that watched long
 		watched(later, "a request begun 1 ms after a look", after+after/4-time.Millisecond)
 		long.unwatch()
 		later.unwatch()

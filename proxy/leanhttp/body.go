@@ -1,0 +1,110 @@
+package leanhttp
+
+import (
+	"io"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// reqBody is the body of a request the loop serves: Content-Length bytes
+// (at most MaxBody) read from the connection's reader as the handler
+// reads them, none ahead.
+//
+// Its reads take a lock, and the loop closes the body after the handler
+// returns: a handler that breaks the loop's contract (a transport that
+// still reads the body from a goroutine of its own) then gets
+// http.ErrBodyReadAfterClose, never the next request's bytes.
+type reqBody struct {
+	c *conn
+
+	mu     sync.Mutex
+	left   int64
+	err    error // sticky: a failed read leaves the connection out of step
+	closed bool
+}
+
+func (b *reqBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return 0, http.ErrBodyReadAfterClose
+	case b.err != nil:
+		return 0, b.err
+	case b.left == 0:
+		return 0, io.EOF
+	case len(p) == 0:
+		return 0, nil
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.c.br.Read(p)
+	b.left -= int64(n)
+	if b.left == 0 {
+		// All of it: the watch may read the connection now.
+		b.c.wstate.CompareAndSwap(wBody, wReq)
+		return n, io.EOF
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	b.err = err
+	return n, err
+}
+
+// Close leaves the rest of the body to the loop, which reads and drops it
+// after the response (endBody).
+func (b *reqBody) Close() error { return nil }
+
+// discard reads and drops the rest of the body, by deadline (zero:
+// none), and reports why it could not.
+func (b *reqBody) discard(deadline time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == io.ErrUnexpectedEOF {
+		// The client closed its side mid-body: the next read sees the
+		// end and closes the connection, with no "Connection: close"
+		// before it, as net/http's server does.
+		return nil
+	}
+	if b.err != nil || b.left == 0 {
+		return b.err
+	}
+	c := b.c
+	if !deadline.IsZero() && b.left > int64(c.br.Buffered()) {
+		c.rdl = deadline
+		_ = c.rwc.SetReadDeadline(deadline)
+	}
+	n, err := c.br.Discard(int(b.left))
+	b.left -= int64(n)
+	if err != nil {
+		b.err = err
+		return err
+	}
+	c.wstate.CompareAndSwap(wBody, wReq)
+	return nil
+}
+
+// endBody closes the body after its request's response, and reads and
+// drops what the handler left of it (a handler in full duplex), within
+// ReadHeaderTimeout (or IdleTimeout): the client may still be sending
+// it, and a connection closed with bytes unread is reset, which can
+// destroy the response on its way. It reports whether the connection is
+// at the next request's start.
+func (c *conn) endBody() bool {
+	d := c.s.Std.ReadHeaderTimeout
+	if d <= 0 {
+		d = c.s.Std.IdleTimeout
+	}
+	var deadline time.Time
+	if d > 0 {
+		deadline = time.Now().Add(d)
+	}
+	err := c.body.discard(deadline)
+	c.body.mu.Lock()
+	c.body.closed = true
+	c.body.mu.Unlock()
+	return err == nil
+}

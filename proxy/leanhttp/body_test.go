@@ -1,0 +1,187 @@
+package leanhttp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startLean serves h on the lean loop alone, watching requests after
+// watchAfter, and returns its address.
+func startLean(t *testing.T, h http.Handler, watchAfter time.Duration) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(newServer(h, io.Discard))
+	s.WatchAfter = watchAfter
+	go s.ServeStd()
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	return ln.Addr().String()
+}
+
+// bodyEcho answers with the body it read, the read's error, and whether
+// the lean loop served it.
+var bodyEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(r.Body)
+	_, lean := w.(*response)
+	fmt.Fprintf(w, "%s %q %v lean=%v", r.Method, b, err, lean)
+})
+
+// sendPieces writes each piece of raw in turn on c, and reads one
+// response.
+func sendPieces(t *testing.T, c net.Conn, br *bufio.Reader, pieces ...string) string {
+	t.Helper()
+	for i, p := range pieces {
+		if i > 0 {
+			time.Sleep(20 * time.Millisecond) // so that the loop sees the head, or part of the body, first
+		}
+		if _, err := io.WriteString(c, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestBodyInPieces: a body that comes after its head, or in pieces, is
+// read whole by the handler from the lean loop, and the connection's
+// next request is served by the loop too, of every method that may have
+// a body.
+func TestBodyInPieces(t *testing.T) {
+	addr := startLean(t, bodyEcho, 0)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	big := strings.Repeat("z", MaxBody)
+	for _, tc := range []struct {
+		pieces []string
+		want   string
+	}{
+		{[]string{"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"}, `POST "hello" <nil> lean=true`},
+		{[]string{"PUT /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", "hello"}, `PUT "hello" <nil> lean=true`},
+		{[]string{"PATCH /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhe", "l", "lo"}, `PATCH "hello" <nil> lean=true`},
+		{[]string{"GET / HTTP/1.1\r\nHost: a\r\n\r\n"}, `GET "" <nil> lean=true`},
+		{[]string{"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 16384\r\n\r\n" + big[:1000], big[1000:]}, `POST "` + big + `" <nil> lean=true`},
+		{[]string{"DELETE /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"}, `DELETE "{}" <nil> lean=true`},
+	} {
+		if got := sendPieces(t, c, br, tc.pieces...); got != tc.want {
+			t.Errorf("%q: answered %.80q, want %.80q", tc.pieces[0], got, tc.want)
+		}
+	}
+}
+
+// TestBodyNotWatched: a request's connection is not watched for its
+// client's departure until its body is read (a watch's read would take
+// the body's bytes, out of order): a handler that leaves the body unread
+// for longer than WatchAfter while the client sends it slowly still
+// finds it whole, and the next request on the connection is intact. Once
+// the body is read, the watch cancels the request when the client goes.
+func TestBodyNotWatched(t *testing.T) {
+	gone := make(chan error, 1)
+	addr := startLean(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/wait" {
+			_, _ = io.ReadAll(r.Body)
+			select {
+			case <-r.Context().Done():
+				gone <- r.Context().Err()
+			case <-time.After(5 * time.Second):
+				gone <- errors.New("not cancelled")
+			}
+			return
+		}
+		time.Sleep(60 * time.Millisecond) // past WatchAfter, with the body coming
+		bodyEcho(w, r)
+	}), 10*time.Millisecond)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	got := sendPieces(t, c, br, "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nab", "cd", "ef")
+	if want := `POST "abcdef" <nil> lean=true`; got != want {
+		t.Errorf("answered %q, want %q", got, want)
+	}
+	if got, want := sendPieces(t, c, br, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"), `GET "" <nil> lean=true`; got != want {
+		t.Errorf("the next request answered %q, want %q", got, want)
+	}
+	if _, err := io.WriteString(c, "POST /wait HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond) // the body read
+	c.Close()
+	if err := <-gone; !errors.Is(err, context.Canceled) {
+		t.Errorf("client gone after its body: the request's context ended with %v, want it cancelled", err)
+	}
+}
+
+// TestBodyLeftUnread: what a handler leaves of a body is read and
+// dropped, before the response unless the handler asked for full
+// duplex, after it otherwise, and the next request is served from the
+// right byte; a body read after the handler returned fails
+// (http.ErrBodyReadAfterClose), never reading the next request.
+func TestBodyLeftUnread(t *testing.T) {
+	late := make(chan error, 1)
+	addr := startLean(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/duplex":
+			_ = http.NewResponseController(w).EnableFullDuplex()
+			io.WriteString(w, "duplex")
+		case "/late":
+			body := r.Body
+			go func() {
+				time.Sleep(50 * time.Millisecond) // the handler has returned
+				_, err := body.Read(make([]byte, 8))
+				late <- err
+			}()
+			io.WriteString(w, "late")
+		default:
+			bodyEcho(w, r)
+		}
+	}), 0)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for _, tc := range []struct {
+		pieces []string
+		want   string
+	}{
+		{[]string{"POST /duplex HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab", "cd"}, "duplex"},
+		{[]string{"GET / HTTP/1.1\r\nHost: a\r\n\r\n"}, `GET "" <nil> lean=true`},
+		{[]string{"POST /late HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nwxyz"}, "late"},
+		{[]string{"GET / HTTP/1.1\r\nHost: a\r\n\r\n"}, `GET "" <nil> lean=true`},
+	} {
+		if got := sendPieces(t, c, br, tc.pieces...); got != tc.want {
+			t.Errorf("%q: answered %q, want %q", tc.pieces[0], got, tc.want)
+		}
+	}
+	if err := <-late; !errors.Is(err, http.ErrBodyReadAfterClose) {
+		t.Errorf("a body read after its handler returned: %v, want %v", err, http.ErrBodyReadAfterClose)
+	}
+}
