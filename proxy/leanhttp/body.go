@@ -54,6 +54,17 @@ func (b *reqBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Arrived reports whether the rest of the body is in the connection's
+// reader: reading it all will not wait for the client. A proxy that
+// would hold a small body whole before sending it on asks first, so as
+// not to wait for a body its client sends only as answers come (a
+// stream of a declared length, an upload the upstream answers early).
+func (b *reqBody) Arrived() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err == nil && !b.closed && b.left <= int64(b.c.br.Buffered())
+}
+
 // Close leaves the rest of the body to the loop, which reads and drops it
 // after the response (endBody).
 func (b *reqBody) Close() error { return nil }

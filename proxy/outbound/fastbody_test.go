@@ -62,7 +62,7 @@ func TestFastBodiesAsTransport(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := &reqState{}
+		st := &reqState{arrived: true} // as the lean loop holds a body sent with its head
 		if r.ContentLength != 0 {
 			st.in.ReadCloser = r.Body
 		}
@@ -122,8 +122,17 @@ func TestFastBodiesAsTransport(t *testing.T) {
 					if proxytest.SortFields(leanApp) != proxytest.SortFields(stdApp) {
 						t.Errorf("the app received\n%q\nbehind the lean loop and\n%q\nthrough http.Transport", leanApp, stdApp)
 					}
-					if kept != rq.fast {
-						t.Errorf("the fast transport kept a connection to the upstream: %v, want %v (it sends the request itself)", kept, rq.fast)
+					// A body goes on the fast transport when it is held
+					// whole: to be sent again (retries), or, behind the lean
+					// loop, when it came with its head (in the loop's 4 KiB
+					// buffer); net/http's server cannot say, and streams it.
+					bodiless := !strings.Contains(rq.req, "Content-Length: ") || strings.Contains(rq.req, "Content-Length: 0\r\n")
+					if want := rq.fast && (bodiless || pname == "retries"); kept != want {
+						t.Errorf("behind net/http's server, the fast transport kept a connection to the upstream: %v, want %v (it sends the request itself)", kept, want)
+					}
+					leanServed := !strings.HasPrefix(rq.req, "PURGE ") // a method it hands to net/http
+					if want := rq.fast && (bodiless || pname == "retries" || leanServed && len(rq.req) <= 4<<10); fastOf(hl).idleTo("geo:8000") != want {
+						t.Errorf("behind the lean loop, the fast transport kept a connection to the upstream: %v, want %v", !want, want)
 					}
 				})
 			}

@@ -3,12 +3,15 @@ package outbound
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"mime"
 	"net/http"
 	"net/textproto"
+	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/minimesh/minimesh/proxy/internal/field"
 	"golang.org/x/net/http/httpguts"
@@ -49,6 +52,12 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 	st.point(out.URL)
 	rs, _ := st.out.ResponseWriter.(rawHeaderSetter)
 	st.rawOK = rs != nil
+	if st.in.ReadCloser != nil {
+		if err := h.readBody(out, st); err != nil {
+			h.serveError(w, out, err)
+			return
+		}
+	}
 
 	res, err := h.rp.Transport.RoundTrip(out)
 	if err != nil {
@@ -113,6 +122,38 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 			dst.Add(http.TrailerPrefix+k, v)
 		}
 	}
+}
+
+// readBody reads the body of a request fastProxy forwards, whole, before
+// its first try (fastProxied: of a known length up to fastBodyMax), for
+// the forwarder to send with the head. --request-body-timeout bounds the
+// whole read, by one read deadline on the app's connection: a streamed
+// body's watch of its progress (serve) costs a timer and a context per
+// request, and the context one the lean loop can no longer lend again.
+func (h *Handler) readBody(r *http.Request, st *reqState) error {
+	var rc *http.ResponseController
+	if d := h.cfg.RequestBodyTimeout; d > 0 {
+		rc = http.NewResponseController(st.out.ResponseWriter)
+		if rc.SetReadDeadline(time.Now().Add(d)) != nil {
+			rc = nil // never: both servers set it
+		}
+	}
+	rp, err := newReplay(r.Body, r.ContentLength)
+	if rc != nil && err == nil {
+		// (After a failed read the deadline stays: what is left of the
+		// body cannot be told from a next request, and the server, which
+		// reads and drops it, gives up at once and closes.)
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		if rc != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			// (net/http's server has ended the request's context too.)
+			return &clientError{&bodyTimeoutError{}}
+		}
+		return unreadBody(r.Context(), err)
+	}
+	st.replay = rp
+	return nil
 }
 
 // answerHeader makes the upstream's header the app's: the header map
@@ -365,7 +406,10 @@ const sse = "text/event-stream"
 // send would have no context to end it at the request's timeout). A
 // body must be one the forwarder will hold whole (sendable): read, it is
 // the request's Content-Length long, or its read failed and nothing is
-// sent.
+// sent. It is held whole only if it has arrived (the lean loop holds
+// it), or is to be sent again (retries): a body the app sends as
+// answers come (a stream of a declared length, an upload the upstream
+// answers early) streams through http.Transport.
 func (h *Handler) fastProxied(r *http.Request, st *reqState) bool {
 	if h.cfg.StdTransport || h.rpOnly.Load() || r.ProtoMajor != 1 || st.upgrade || st.grpc || r.Method == http.MethodConnect {
 		return false
@@ -374,7 +418,14 @@ func (h *Handler) fastProxied(r *http.Request, st *reqState) bool {
 		return true
 	}
 	return 0 < r.ContentLength && r.ContentLength <= fastBodyMax && len(r.TransferEncoding) == 0 && r.Trailer == nil &&
-		field.Get(r.Header, "Expect") == ""
+		(st.arrived || st.dest.retried()) && field.Get(r.Header, "Expect") == ""
+}
+
+// arrived reports whether a server holds all of body (leanhttp's
+// Arrived).
+func arrived(body io.Reader) bool {
+	a, ok := body.(interface{ Arrived() bool })
+	return ok && a.Arrived()
 }
 
 // informKey finds, in a fast-proxied request's context, what passes the

@@ -36,7 +36,10 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	st := stateOf(req.Context())
 	dst := st.dest
 	r := dst.begin(st.start)
-	if r != nil && st.grpc && hasBody(req) {
+	switch {
+	case st.replay != nil:
+		// Read whole already (fastProxy's readBody).
+	case r != nil && st.grpc && hasBody(req):
 		// Never buffered ahead of the upstream: a streaming call's next
 		// message may wait for the first answer. A call goes again if not
 		// a byte of it was sent (a connect failure), or, when retryOn
@@ -46,16 +49,13 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		if r.RetryOn.GRPC != 0 {
 			st.replay.rec = &recording{body: req.Body}
 		}
-	} else if hasBody(req) && (r != nil || 0 < req.ContentLength && req.ContentLength <= fastBodyMax && req.ProtoMajor == 1 && !st.grpc) {
-		// Kept to be sent again, or, small and of a known length, to go
-		// whole with the head on the fast transport (sendable).
+	case hasBody(req) && (r != nil || st.arrived && 0 < req.ContentLength && req.ContentLength <= fastBodyMax && req.ProtoMajor == 1 && !st.grpc):
+		// Kept to be sent again, or, small, of a known length and here
+		// already, to go whole with the head on the fast transport
+		// (sendable).
 		rp, err := newReplay(req.Body, req.ContentLength)
 		if err != nil {
-			// The app's body could not be read: the app's fault, or gone.
-			if req.Context().Err() != nil {
-				return nil, errClientGone
-			}
-			return nil, &clientError{err}
+			return nil, unreadBody(req.Context(), err)
 		}
 		st.replay = rp
 	}
@@ -88,16 +88,31 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// unreadBody is the error to answer with when the app's body could not
+// be read whole before the first try: the app's fault, or gone.
+func unreadBody(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return errClientGone
+	}
+	return &clientError{err}
+}
+
+// retried reports whether d's requests may be tried again: their
+// bodies are held to be sent again (newReplay).
+func (d *destination) retried() bool {
+	r := d.policy.Spec.Retries
+	return r != nil && r.Attempts > 0
+}
+
 // begin counts a request to d, started at start, in its retry budget
 // and returns its retries (nil: none), as every request starts: the
 // forwarder's, and one the fast fail answers before it.
 func (d *destination) begin(start time.Time) *policy.Retries {
-	r := d.policy.Spec.Retries
-	if r == nil || r.Attempts <= 0 {
+	if !d.retried() {
 		return nil
 	}
 	d.budget.Request(start)
-	return r
+	return d.policy.Spec.Retries
 }
 
 // reject records a try its destination's open breaker refused.
@@ -125,14 +140,28 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		}
 		done = d
 	}
-	out := req
+	// A body held whole goes with the head on the fast transport
+	// (sendable), from the replay's bytes: the request goes as it is.
+	var body []byte
 	if st.replay != nil {
-		body, n, ok := st.replay.body()
+		body = st.replay.whole()
+	}
+	t := f.t
+	if req.ProtoMajor == 2 {
+		t = f.h2
+	}
+	ft, fast := t.(*fastTransport)
+	// A lined request's map is the server's, which serve found without
+	// Upgrade (fastProxied): no look-up.
+	fast = fast && sendable(req, body) && (st.wire.lined || field.Get(req.Header, "Upgrade") == "")
+	out := req
+	if st.replay != nil && !fast {
+		b, n, ok := st.replay.body()
 		if !ok {
 			panic("outbound: retrying an unsendable body") // retryable() checks first
 		}
 		c := *req
-		c.Body, c.ContentLength = body, n
+		c.Body, c.ContentLength = b, n
 		out = &c
 	}
 	// The upstream always gets the request ID, one the app named as a
@@ -144,19 +173,6 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	}
 	ep, epStart := pickEndpoint(req, st)
 	ctx := req.Context()
-	t := f.t
-	if out.ProtoMajor == 2 {
-		t = f.h2
-	}
-	ft, fast := t.(*fastTransport)
-	// A body the forwarder holds whole goes with the head (sendable).
-	var body []byte
-	if st.replay != nil {
-		body = st.replay.whole()
-	}
-	// A lined request's map is the server's, which serve found without
-	// Upgrade (fastProxied): no look-up.
-	fast = fast && sendable(out, body) && (st.wire.lined || field.Get(out.Header, "Upgrade") == "")
 	var span trace.Span // the try's
 	if tr := f.tracing; tr != nil {
 		p := st.trace

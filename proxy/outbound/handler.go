@@ -251,6 +251,9 @@ type reqState struct {
 	gone     bool
 	upgrade  bool
 	rejected bool
+	// arrived: the server holds all of the request's body (leanhttp's
+	// Arrived), which can be read whole without waiting for the app.
+	arrived bool
 	// rawOK asks the fast transport for the response head's fields as
 	// lines (raw), which fastProxy passes on to leanhttp's SetRawHeader.
 	rawOK bool
@@ -431,6 +434,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		defer h.upgrades.Done()
 	}
 	if r.Body != nil && r.Body != http.NoBody {
+		st.arrived = arrived(r.Body)
 		if h.cfg.MaxRequestBody > 0 {
 			// The server's own writer: it closes the connection after the
 			// 413, where the rest of the body still is.
@@ -490,7 +494,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 				defer cancel()
 			}
 		}
-		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 {
+		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 && !fast { // fastProxy's: readBody
 			var cancel context.CancelCauseFunc
 			ctx, cancel = context.WithCancelCause(ctx)
 			defer cancel(nil)

@@ -9,11 +9,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -96,20 +98,21 @@ func TestMalformedChunkedBody(t *testing.T) {
 // TestStalledRequestBody: an app that sends 10 bytes of its body and
 // stops gets 408 bad-request once RequestBodyTimeout has passed without
 // progress, and the breaker counts nothing. A body streamed to the
-// upstream (without retries, larger than the fast transport's 16 KiB)
-// ends the upstream's request too (its body read fails). A body read
-// before the first try, on the handler's goroutine (to be sent again
-// with retries, or whole with its head), must end with the timeout too;
-// the upstream never hears of it.
+// upstream (without retries: it had not arrived whole) ends the
+// upstream's request too (its body read fails). A body read whole before
+// the first try, on the handler's goroutine (to be sent again with
+// retries, small or not), must end with the timeout too; the upstream
+// never hears of it.
 func TestStalledRequestBody(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	for _, tc := range []struct {
 		name, policy, method string
 		length               int
 	}{
-		{"no retries", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPost, 100000},
-		{"no retries, small", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPost, 1000},
+		{"no retries", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPost, 1000},
+		{"no retries, large", "circuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPost, 100000},
 		{"retries", "retries: {attempts: 2}\ncircuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPut, 1000},
+		{"retries, large", "retries: {attempts: 2}\ncircuitBreaker: {consecutiveFailures: 1, openTimeout: 30s}", http.MethodPut, 50000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ended := make(chan bodyRead, 1)
@@ -142,10 +145,13 @@ func TestStalledRequestBody(t *testing.T) {
 			if !resp.Close {
 				t.Errorf("the 408 keeps the connection (Connection %q): the rest of the body cannot be told from the next request", resp.Header.Get("Connection"))
 			}
+			var ne net.Error
 			if n, err := br.Read(make([]byte, 1)); err == nil {
 				t.Errorf("the connection stayed open after the 408 (%d more bytes)", n)
+			} else if errors.As(err, &ne) && ne.Timeout() {
+				t.Errorf("the connection stayed open after the 408, until the app's deadline")
 			}
-			if tc.name == "no retries" {
+			if !strings.HasPrefix(tc.name, "retries") {
 				// The upstream had the request; its body read ends.
 				select {
 				case got := <-ended:
