@@ -127,12 +127,13 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 // readBody reads the body of a request fastProxy forwards, whole, before
 // its first try (fastProxied: of a known length up to fastBodyMax), for
 // the forwarder to send with the head. --request-body-timeout bounds the
-// whole read, by one read deadline on the app's connection: a streamed
+// whole read (of a body the server does not hold yet: with retries), by
+// one read deadline on the app's connection: a streamed
 // body's watch of its progress (serve) costs a timer and a context per
 // request, and the context one the lean loop can no longer lend again.
 func (h *Handler) readBody(r *http.Request, st *reqState) error {
 	var rc *http.ResponseController
-	if d := h.cfg.RequestBodyTimeout; d > 0 {
+	if d := h.cfg.RequestBodyTimeout; d > 0 && !st.arrived { // (arrived: no read waits)
 		rc = http.NewResponseController(st.out.ResponseWriter)
 		if rc.SetReadDeadline(time.Now().Add(d)) != nil {
 			rc = nil // never: both servers set it

@@ -97,9 +97,7 @@ func writeRequestHead(b *bytes.Buffer, req *http.Request, fields []headerField, 
 		w = append(w, "\r\n"...)
 	}
 	if sendsLength(req) {
-		w = append(w, "Content-Length: "...)
-		w = strconv.AppendInt(w, req.ContentLength, 10)
-		w = append(w, "\r\n"...)
+		w = appendLength(w, req)
 	}
 	for _, f := range fields {
 		for len(trace) > 0 && trace[0].Key < f.key {
@@ -192,12 +190,23 @@ func appendRequestLine(w []byte, req *http.Request) (_ []byte, ok bool) {
 // is "Name: value" as the map writes back, so no line is checked, split
 // into strings, sorted or canonicalized again.
 func writeRequestLines(b *bytes.Buffer, req *http.Request, sc *respScratch) bool {
-	if sendsLength(req) {
-		return false // the lean loop's requests have no body: a POST's Content-Length: 0 is writeRequestHead's
-	}
 	w, ok := appendRequestLine(b.AvailableBuffer(), req)
 	if !ok {
 		return false
+	}
+	text := sc.app.Text
+	// The request's Content-Length, when Request.Write sends one: in the
+	// app's line's place (Go's client writes it after User-Agent, where
+	// writeRequestHead does), else after the app's User-Agent, else
+	// first. Its value is req's, which the server read from that line.
+	length := sendsLength(req)
+	var appLength, appUA bool
+	if length {
+		appLength, appUA = hasLine(text, "Content-Length"), hasLine(text, "User-Agent")
+		if !appLength && !appUA {
+			w = appendLength(w, req)
+			length = false
+		}
 	}
 	// The sidecar's Via entry goes after the app's last one, or in its
 	// sorted place among the additions if the app sent none on.
@@ -208,15 +217,20 @@ func writeRequestLines(b *bytes.Buffer, req *http.Request, sc *respScratch) bool
 	var room [9]telemetry.Field
 	adds := sc.additions(&room, via == 0)
 	ua := false
-	text := sc.app.Text
 	for rest := text; rest != ""; {
 		nl := strings.IndexByte(rest, '\n')
 		line := rest[:nl+1]
 		rest = rest[nl+1:]
 		name := line[:strings.IndexByte(line, ':')]
 		switch name {
-		case "Host", "Content-Length":
-			continue // req's, and no body
+		case "Host":
+			continue // req's
+		case "Content-Length":
+			if length {
+				w = appendLength(w, req)
+				length = false
+			}
+			continue
 		case "User-Agent":
 			// Request.Write sends the first value, if not empty, and
 			// none of the others.
@@ -224,6 +238,10 @@ func writeRequestLines(b *bytes.Buffer, req *http.Request, sc *respScratch) bool
 				w = append(w, line...)
 			}
 			ua = true
+			if length && !appLength {
+				w = appendLength(w, req)
+				length = false
+			}
 			continue
 		}
 		for len(adds) > 0 && adds[0].Key < name {
@@ -244,6 +262,29 @@ func writeRequestLines(b *bytes.Buffer, req *http.Request, sc *respScratch) bool
 	w = append(w, "\r\n"...)
 	b.Write(w)
 	return true
+}
+
+// appendLength appends req's Content-Length line.
+func appendLength(w []byte, req *http.Request) []byte {
+	w = append(w, "Content-Length: "...)
+	w = strconv.AppendInt(w, req.ContentLength, 10)
+	return append(w, "\r\n"...)
+}
+
+// hasLine reports whether the lines text (each "Name: value\r\n") hold
+// one named name.
+func hasLine(text, name string) bool {
+	for rest := text; len(rest) > len(name); {
+		if rest[len(name)] == ':' && rest[:len(name)] == name {
+			return true
+		}
+		nl := strings.IndexByte(rest, '\n')
+		if nl < 0 {
+			return false
+		}
+		rest = rest[nl+1:]
+	}
+	return false
 }
 
 // hopHeader reports whether name is one of hopHeaders.

@@ -36,9 +36,17 @@ import (
 // give as lines.
 func compareRequestLines(t *testing.T, proto, target, text, id string, tf []telemetry.Field) bool {
 	t.Helper()
-	head := "GET " + target + " " + proto + "\r\n" + text + "\r\n"
+	return compareMethodLines(t, "GET", proto, target, text, id, tf)
+}
+
+// compareMethodLines is compareRequestLines for a request of method, with
+// a body of the length its lines give (none is sent: the heads alone
+// are compared).
+func compareMethodLines(t *testing.T, method, proto, target, text, id string, tf []telemetry.Field) bool {
+	t.Helper()
+	head := method + " " + target + " " + proto + "\r\n" + text + "\r\n"
 	app, err := http.ReadRequest(bufio.NewReader(strings.NewReader(head)))
-	if err != nil || app.ContentLength != 0 || len(app.TransferEncoding) > 0 || app.Header["Upgrade"] != nil ||
+	if err != nil || app.ContentLength < 0 || len(app.TransferEncoding) > 0 || app.Header["Upgrade"] != nil ||
 		app.Header["Expect"] != nil || app.Host == "" && proto != "HTTP/1.0" {
 		return false // not a head the lean loop serves
 	}
@@ -184,8 +192,22 @@ func TestWriteRequestLines(t *testing.T) {
 		"Host: geo:8000\r\nConnection: keep-alive, A, B, C, D, E\r\nA: 1\r\nE: 5\r\nF: 6\r\n",
 		"Host: geo:8000\r\nConnection: A, B\r\nConnection: C, D, E, F, G, H, I, J\r\nJ: 1\r\nK: 2\r\n",
 		"Host: geo:8000\r\nPragma: x\r\nAccept: */*\r\n",
+		// Bodies, as Go's client sends their length (after User-Agent), and otherwise.
+		"Host: geo:8000\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: 3\r\nAccept-Encoding: gzip\r\nContent-Type: application/json\r\n",
+		"Host: geo:8000\r\nContent-Length: 3\r\nUser-Agent: curl/8\r\nAccept: */*\r\n",
+		"Content-Length: 12\r\nHost: geo:8000\r\n",
+		"Host: geo:8000\r\nUser-Agent: u\r\nAccept: */*\r\n",
+		"Host: geo:8000\r\nAccept: */*\r\nUser-Agent: \r\nContent-Length: 1\r\n",
+		"Host: geo:8000\r\nConnection: Content-Length\r\nContent-Length: 4\r\n",
 		"Host: geo:8000\r\nPragma: no-cache\r\nCache-Control: max-age=0\r\n",
 	} {
+		for _, m := range []string{"POST", "PUT", "PATCH", "DELETE"} {
+			for _, tf := range tfs {
+				if !compareMethodLines(t, m, "HTTP/1.1", "/p", text, "3f0d-id", tf) && strings.Contains(text, "Host: ") {
+					t.Errorf("%s %q: not a head of lines; the comparison proves nothing", m, text)
+				}
+			}
+		}
 		for _, tf := range tfs {
 			if !compareRequestLines(t, "HTTP/1.1", "/p?q=1", text, "3f0d-id", tf) && strings.Contains(text, "Host: ") {
 				t.Errorf("%q: not a head of lines; the comparison proves nothing", text)
@@ -220,7 +242,8 @@ func FuzzWriteRequestLines(f *testing.F) {
 		if m&16 != 0 {
 			proto = "HTTP/1.0"
 		}
-		compareRequestLines(t, proto, "/", text.String(), "id-"+string('a'+rune(m%16)), tfs[int(m>>5)%len(tfs)])
+		method := [...]string{"GET", "POST", "PUT", "DELETE"}[m&3]
+		compareMethodLines(t, method, proto, "/", text.String(), "id-"+string('a'+rune(m%16)), tfs[int(m>>5)%len(tfs)])
 	})
 }
 
