@@ -83,9 +83,16 @@ func TestLoadArgs(t *testing.T) {
 			t.Errorf("fortio args %q lack %q", got, want)
 		}
 	}
+	if strings.Contains(got, "-payload-size") {
+		t.Errorf("GET fortio args %q send a body", got)
+	}
 	l.qps = 0
 	if got := strings.Join(l.args("o"), " "); strings.Contains(got, "-uniform") || !strings.Contains(got, "-qps 0 ") {
 		t.Errorf("max-rate fortio args %q", got)
+	}
+	l.payload = 256
+	if got := strings.Join(l.args("o"), " "); !strings.Contains(got, "-payload-size 256 ") {
+		t.Errorf("POST fortio args %q lack -payload-size 256", got)
 	}
 }
 

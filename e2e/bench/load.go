@@ -100,6 +100,9 @@ type loadSpec struct {
 	proxy     string // HTTP_PROXY for fortio; "": none
 	resolve   string // fortio -resolve: the IP of the URL's host name
 
+	// payload: a POST of this many bytes (fortio -payload-size); 0: GET.
+	payload int
+
 	// The fast-fail runs: every answer is a 503, the first one too,
 	// which fortio would otherwise take for a broken target.
 	allowInitialErrors bool
@@ -131,6 +134,9 @@ func (l loadSpec) args(jsonPath string) []string {
 	}
 	if l.resolve != "" {
 		a = append(a, "-resolve", l.resolve)
+	}
+	if l.payload > 0 {
+		a = append(a, "-payload-size", strconv.Itoa(l.payload))
 	}
 	if l.newConn {
 		// Connect, send, read, close: every request pays for a new

@@ -80,6 +80,7 @@ type options struct {
 	policyFile  string
 	sidecar     string
 	bodySize    int
+	requestBody int
 	resolution  float64
 	workers     int
 	keep        bool
@@ -115,6 +116,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.policyFile, "policy", "", "policy file for the sidecar (default: a generated policy for the upstream with timeout, retries and circuit breaker)")
 	fs.StringVar(&o.sidecar, "sidecar", "", "minimesh-proxy binary (default: $MINIMESH_BIN_DIR/minimesh-proxy or bin/minimesh-proxy)")
 	fs.IntVar(&o.bodySize, "body-size", 256, "bytes in each upstream response body")
+	fs.IntVar(&o.requestBody, "request-body", 0, "bytes in each request's body: a POST (fortio -payload-size) in every run but the fast fail's; 0: GET")
 	fs.Float64Var(&o.resolution, "resolution", 0.00001, "fortio histogram resolution in seconds (fortio -r)")
 	fs.IntVar(&o.workers, "peer-workers", runtime.NumCPU(), "nginx worker processes and HAProxy threads (the sidecar runs as injected, with one P: -sidecar-env; 1 gives the peers its budget of threads)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory with the generated configs")
@@ -514,10 +516,12 @@ func (r *report) measureAll(ctx context.Context, fortio, dir, upstream string) e
 			host = t.host
 		}
 		if t.viaProxy != nil {
-			return t.viaProxy.spec(qps, o.conns, d, o.resolution)
+			l := t.viaProxy.spec(qps, o.conns, d, o.resolution)
+			l.payload = o.requestBody
+			return l
 		}
 		return loadSpec{qps: qps, conns: o.conns, duration: d, res: o.resolution, addr: t.addr, host: host,
-			netns: t.netns, newConn: t.newConn}
+			netns: t.netns, newConn: t.newConn, payload: o.requestBody}
 	}
 	rate := func(t *target) float64 {
 		if t.qps > 0 {

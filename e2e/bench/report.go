@@ -333,6 +333,9 @@ func (r *report) markdown() string {
 		"%d rounds (the tables give medians), %v warm-up per target first; histogram resolution %s ms, percentiles interpolated within buckets\n",
 		r.fortioVersion, rate, o.conns, o.duration, o.runs, o.warmup,
 		strconv.FormatFloat(o.resolution*1000, 'f', -1, 64))
+	if o.requestBody > 0 {
+		w("- Requests: POST with a %d-byte body (fortio `-payload-size`), but the fast fail's GETs\n", o.requestBody)
+	}
 	w("- Upstream: fortio echo server on loopback, 200 with a %d-byte body; every request carries `Host: <upstream>`\n", o.bodySize)
 	if o.transparent {
 		w("- Namespaces (`-transparent`): the (netns) targets' fortio runs in a pod network namespace with `minimesh-proxy init`'s rules; "+

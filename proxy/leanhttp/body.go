@@ -105,17 +105,23 @@ func (b *reqBody) discard(deadline time.Time) error {
 // destroy the response on its way. It reports whether the connection is
 // at the next request's start.
 func (c *conn) endBody() bool {
-	d := c.s.Std.ReadHeaderTimeout
-	if d <= 0 {
-		d = c.s.Std.IdleTimeout
-	}
-	var deadline time.Time
-	if d > 0 {
-		deadline = time.Now().Add(d)
-	}
-	err := c.body.discard(deadline)
+	err := c.body.discard(c.dropDeadline())
 	c.body.mu.Lock()
 	c.body.closed = true
 	c.body.mu.Unlock()
 	return err == nil
+}
+
+// dropDeadline is how long the loop waits for the rest of a body it
+// reads and drops: ReadHeaderTimeout (or IdleTimeout) from now, as for a
+// head; zero (no bound) when the server has neither.
+func (c *conn) dropDeadline() time.Time {
+	d := c.s.Std.ReadHeaderTimeout
+	if d <= 0 {
+		d = c.s.Std.IdleTimeout
+	}
+	if d <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(d)
 }

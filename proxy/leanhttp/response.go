@@ -508,8 +508,10 @@ func (w *response) writeHeader(p []byte) {
 	// What the handler left of the request's body, unless it asked for
 	// full duplex, is read and dropped before the response, as net/http
 	// does: a client may send its whole request before it reads the
-	// answer. A body that does not come closes the connection after it.
-	if w.req.ContentLength != 0 && !w.closeAfterReply && !w.fullDuplex && w.c.body.discard(time.Time{}) != nil {
+	// answer. A body that does not come (within ReadHeaderTimeout: where
+	// net/http would wait without a ReadTimeout) closes the connection
+	// after it.
+	if w.req.ContentLength != 0 && !w.closeAfterReply && !w.fullDuplex && w.c.body.discard(w.c.dropDeadline()) != nil {
 		w.closeAfterReply = true
 	}
 
