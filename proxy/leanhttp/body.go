@@ -2,6 +2,7 @@ package leanhttp
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -11,8 +12,9 @@ import (
 // (at most MaxBody) read from the connection's reader as the handler
 // reads them, none ahead.
 //
-// Its reads take a lock, and the loop closes the body after the handler
-// returns: a handler that breaks the loop's contract (a transport that
+// Each request's is its own. Its reads take a lock, and the loop closes
+// it after the handler returns (and before its reader goes back to the
+// pool): a handler that breaks the loop's contract (a transport that
 // still reads the body from a goroutine of its own) then gets
 // http.ErrBodyReadAfterClose, never the next request's bytes.
 type reqBody struct {
@@ -106,10 +108,44 @@ func (b *reqBody) discard(deadline time.Time) error {
 // at the next request's start.
 func (c *conn) endBody() bool {
 	err := c.body.discard(c.dropDeadline())
-	c.body.mu.Lock()
-	c.body.closed = true
-	c.body.mu.Unlock()
+	c.body.close()
 	return err == nil
+}
+
+// close ends every later read, once a read in progress is over.
+func (b *reqBody) close() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+}
+
+// lingerWait bounds how long a connection that closes with a body's
+// bytes unread waits for the client to stop sending, as net/http's
+// server waits (rstAvoidanceDelay).
+const lingerWait = 500 * time.Millisecond
+
+// linger half-closes a connection whose request's body could not be
+// read to its end (an answer that did not wait for it), and reads and
+// drops what the client still sends, within lingerWait: closed with
+// bytes unread, the connection would be reset, and a reset can destroy
+// the answer before the client has read it.
+func (c *conn) linger() {
+	_ = c.bw.Flush()
+	var nc net.Conn = c.rwc
+	for {
+		if cw, ok := nc.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+			break
+		}
+		u, ok := nc.(interface{ Unwrap() net.Conn })
+		if !ok {
+			return // no half-close: closed as it is
+		}
+		nc = u.Unwrap()
+	}
+	c.rdl = aLongTimeAgo
+	_ = c.rwc.SetReadDeadline(time.Now().Add(lingerWait))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.rwc, 256<<10))
 }
 
 // dropDeadline is how long the loop waits for the rest of a body it

@@ -185,3 +185,92 @@ func TestBodyLeftUnread(t *testing.T) {
 		t.Errorf("a body read after its handler returned: %v, want %v", err, http.ErrBodyReadAfterClose)
 	}
 }
+
+// TestStaleBodyReader: a reader of a body its handler left behind finds
+// the body closed, also once the next request on the connection has a
+// body of its own, which its handler gets whole.
+func TestStaleBodyReader(t *testing.T) {
+	first := make(chan io.Reader, 1)
+	stale := make(chan string, 1)
+	addr := startLean(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/1" {
+			first <- r.Body // read later, by whom the test says
+			io.WriteString(w, "one")
+			return
+		}
+		b, err := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%q %v", b, err)
+	}), 0)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	if got := sendPieces(t, c, br, "POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"); got != "one" {
+		t.Fatalf("first answer %q", got)
+	}
+	body := <-first
+	// The second request's head is in, its body not yet: a stale read
+	// now would wait for, and take, its bytes.
+	if _, err := io.WriteString(c, "POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		b, err := io.ReadAll(body)
+		stale <- fmt.Sprintf("%q %v", b, err)
+	}()
+	if got, want := <-stale, `"" `+http.ErrBodyReadAfterClose.Error(); got != want {
+		t.Errorf("the first request's body, read after its handler returned: %s, want %s", got, want)
+	}
+	if got, want := sendPieces(t, c, br, "SECRET"), `"SECRET" <nil>`; got != want {
+		t.Errorf("the second request's handler got %s, want %s", got, want)
+	}
+}
+
+// TestBodyReadOnPanic: a handler that panics while a goroutine of its
+// own waits on its body: the connection closes, the read ends with an
+// error, and the connection's reader goes back to the pool only after
+// it (-race finds a read of a reader in the pool).
+func TestBodyReadOnPanic(t *testing.T) {
+	read := make(chan error, 1)
+	addr := startLean(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started := make(chan struct{})
+		go func() {
+			close(started)
+			_, err := io.ReadAll(r.Body)
+			read <- err
+		}()
+		<-started
+		time.Sleep(20 * time.Millisecond) // the read waits for the rest
+		panic(http.ErrAbortHandler)
+	}), 0)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nab"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Error("the body's read ended without an error: 2 of 100 bytes came")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the body's read still waits 5 s after its handler panicked")
+	}
+	// The pool's reader serves other connections.
+	c2, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	_ = c2.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c2, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if _, err := http.ReadResponse(bufio.NewReader(c2), nil); err == nil {
+		t.Error("a panicking handler answered") // (it panics for every request)
+	}
+}

@@ -35,9 +35,8 @@ import (
 //     at the end of the response (one write(2) for a small one), on
 //     Flush, and whenever it fills.
 //
-// Bodies of requests are never involved: the loop reads what the
-// handler left of one after the response (endBody), as net/http does in
-// full duplex. One difference is left: net/http's response has a
+// A request's body the handler left unread is read and dropped before
+// the response, or, in full duplex, after it (endBody), as net/http does. One difference is left: net/http's response has a
 // ReadFrom, with which io.Copy(w, src) sends the first 512 bytes and then
 // the rest unbuffered (chunked when the length is unknown); this one has
 // none, so io.Copy buffers as Write does (a short body gets a
@@ -351,7 +350,8 @@ func (w *response) finish() {
 	_ = bw.Flush()
 }
 
-// shouldReuseConnection is net/http's, for a request without a body.
+// shouldReuseConnection is net/http's; the loop also closes a connection
+// whose request's body it could not read to its end (endBody).
 func (w *response) shouldReuseConnection() bool {
 	if w.closeAfterReply {
 		return false

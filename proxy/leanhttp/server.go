@@ -282,7 +282,7 @@ type conn struct {
 	hasByte bool // the watch read a byte of what follows: it comes first
 	byteBuf [1]byte
 
-	body reqBody // the current request's, if it has one
+	body *reqBody // the current request's, if it has one
 }
 
 const (
@@ -369,6 +369,12 @@ func (c *conn) serve() {
 			writers.Put(c.bw)
 		}
 		c.rwc.Close()
+		if b := c.body; b != nil {
+			// A read of the body still running (a transport's, from a
+			// handler that panicked) ends with the connection: wait it
+			// out before the reader goes back to the pool.
+			b.close()
+		}
 		if c.br != nil {
 			c.br.Reset(nil)
 			readers.Put(c.br)
@@ -432,8 +438,10 @@ func (c *conn) serve() {
 		first = false
 		c.headDL = time.Time{}
 		if bodyLen > 0 {
-			c.body.c, c.body.left, c.body.err, c.body.closed = c, int64(bodyLen), nil, false
-			req.Body, req.ContentLength = &c.body, int64(bodyLen)
+			// Its own, not the connection's: a reader the handler left
+			// behind finds it closed, never the next request's body.
+			c.body = &reqBody{c: c, left: int64(bodyLen)}
+			req.Body, req.ContentLength = c.body, int64(bodyLen)
 			// No deadline for the body, as net/http's server sets none
 			// without a ReadTimeout: the handler bounds its reads
 			// (ResponseController.SetReadDeadline; outbound's
@@ -471,6 +479,7 @@ func (c *conn) serve() {
 		w.finish()
 		c.cancel = nil
 		synced := bodyLen == 0 || c.endBody()
+		c.body = nil
 		// Emptied as the response ends, not as the next begins: its
 		// values (a proxy's, the request's state) would stay alive with
 		// an idle connection, 3 KB each (docs/benchmarks.md).
@@ -481,6 +490,9 @@ func (c *conn) serve() {
 		if c.wdl {
 			c.wdl = false
 			_ = c.rwc.SetWriteDeadline(time.Time{})
+		}
+		if !synced && !c.gone.Load() {
+			c.linger()
 		}
 		if c.gone.Load() || !reuse || !synced {
 			return
@@ -828,11 +840,19 @@ func (c *conn) unwatch() {
 	if c.reqStart.Swap(0) != 0 {
 		c.s.inflight.Add(-1)
 	}
-	if c.wstate.CompareAndSwap(wReq, wIdle) || c.wstate.CompareAndSwap(wBody, wIdle) {
-		return
-	}
-	if c.wstate.Load() == wIdle {
-		return
+	// The state moves on its own (the body's end, the watch's start):
+	// from whichever it is.
+	for {
+		st := c.wstate.Load()
+		if st == wIdle {
+			return
+		}
+		if st == wWatch {
+			break
+		}
+		if c.wstate.CompareAndSwap(st, wIdle) {
+			return
+		}
 	}
 	c.aborted.Store(true)
 	c.wmu.Lock() // after the watch cleared the deadline, not before

@@ -250,3 +250,53 @@ func parseTable(t *testing.T, doc string) *policy.Table {
 	}
 	return policy.NewTable(pols, "default")
 }
+
+// TestHeldBodyWithDeclinedHead: a request whose head the fast writers
+// leave to Request.Write (here a Host with an IPv6 zone, which it
+// drops) goes with the body the forwarder holds (respScratch.body), not
+// the request's own, which the forwarder read to its end.
+func TestHeldBodyWithDeclinedHead(t *testing.T) {
+	up := newBodyUpstream(t, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	ft := newTestFast()
+	defer ft.CloseIdleConnections()
+	for _, host := range []string{"geo:8000", "[fe80::1%25eth0]:8000"} {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+up.addr+"/x", strings.NewReader("")) // read already
+		req.Host, req.ContentLength = host, 3
+		resp, err := ft.roundTrip(req, deadlines{}, nil, &respScratch{body: []byte("abc")})
+		if err != nil {
+			t.Fatalf("Host %s: %v", host, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		got := up.last()
+		if resp.StatusCode != http.StatusOK || !strings.HasSuffix(got, "Content-Length: 3\r\n\r\nabc") {
+			t.Errorf("Host %s: %s; the upstream got %q, want the body abc", host, resp.Status, got)
+		}
+	}
+}
+
+// TestStaleRetryReplayable: a kept connection the upstream closed after
+// the request was written is tried again on a new one only for a request
+// http.Transport would send again: GET, HEAD, OPTIONS, TRACE, or one
+// with an idempotency key; a POST, PUT or DELETE fails as it is.
+func TestStaleRetryReplayable(t *testing.T) {
+	for _, tc := range []struct {
+		method, key string
+		again       bool
+	}{
+		{http.MethodGet, "", true},
+		{http.MethodPut, "", false},
+		{http.MethodDelete, "", false},
+		{http.MethodPost, "", false},
+		{http.MethodPost, "Idempotency-Key", true},
+		{http.MethodPatch, "X-Idempotency-Key", true},
+	} {
+		req, _ := http.NewRequest(tc.method, "http://geo/", nil)
+		if tc.key != "" {
+			req.Header.Set(tc.key, "k")
+		}
+		if got := replayable(req); got != tc.again {
+			t.Errorf("%s with %q: replayable %v, want %v", tc.method, tc.key, got, tc.again)
+		}
+	}
+}

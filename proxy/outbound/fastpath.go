@@ -218,8 +218,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 	}
 	// A kept connection the server has closed fails before a byte of the
 	// response: the request goes again once on a new connection if it
-	// was never written, or if repeating it is safe (idempotent, as
-	// http.Transport decides).
+	// was never written, or if repeating it is safe (replayable).
 	for {
 		c, reused, err := t.get(ctx, key, dl.start, deadline, late)
 		if err != nil {
@@ -234,7 +233,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 		}
 		var se *staleError
 		if errors.As(err, &se) {
-			if reused && ctx.Err() == nil && (se.unsent || idempotent(req)) {
+			if reused && ctx.Err() == nil && (se.unsent || replayable(req)) {
 				continue
 			}
 			if !reused {
@@ -243,6 +242,20 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 		}
 		return nil, err
 	}
+}
+
+// replayable reports whether a request written on a kept connection
+// that failed before its answer may be written again on a new one: by
+// http.Transport's rule (Request.isReplayable), GET, HEAD, OPTIONS and
+// TRACE, or a request its client marked with an idempotency key. (The
+// forwarder's own retries, which policy asks for, follow RFC 9110's
+// idempotent methods: idempotent.)
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return req.Header["Idempotency-Key"] != nil || req.Header["X-Idempotency-Key"] != nil
 }
 
 // max1xx bounds the informational responses before the final one, as
@@ -273,8 +286,10 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	before := c.read
 	// The head goes out with the first read of the answer (fconn.Read).
 	c.out.Reset()
-	// The body, if any, goes with the head (sendable): one write. (One
-	// that is not the request's, never from try, is Request.Write's.)
+	// The body, if any, goes with the head (sendable): one write. A head
+	// the fast writers leave to Request.Write (an odd host or target, a
+	// field to sanitize) takes the body from sc.body: try read the
+	// request's own.
 	own := sc.lined && writeRequestLines(&c.out, req, sc)
 	if !own {
 		sc.unline(req.Header) // the head is the map's after all
@@ -287,6 +302,12 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 	} else {
 		if sc.trace != nil {
 			telemetry.SetFields(req.Header, sc.trace)
+		}
+		if sc.body != nil {
+			// The request's own body was read into sc.body (try).
+			held := *req
+			held.Body, held.ContentLength = io.NopCloser(bytes.NewReader(sc.body)), int64(len(sc.body))
+			req = &held
 		}
 		if err := req.Write(&c.out); err != nil {
 			stop()

@@ -91,8 +91,8 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 // unreadBody is the error to answer with when the app's body could not
 // be read whole before the first try: the app's fault, or gone.
 func unreadBody(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return errClientGone
+	if ctx.Err() != nil || SenderGone(err) {
+		return errClientGone // (the lean server ends no context on a failed read)
 	}
 	return &clientError{err}
 }

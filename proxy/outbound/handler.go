@@ -442,6 +442,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		}
 		st.in.ReadCloser = r.Body
 		r.Body = &st.in
+		// Deferred: a panic (the ReverseProxy's abort of a response cut
+		// short) must end the upload's reads too, before the server
+		// takes the connection back.
+		defer st.in.abandon(st.out.ResponseWriter)
 	}
 	ctx := base
 	if tr := h.cfg.Tracing; tr != nil {
@@ -520,9 +524,6 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	gone := st.code == statusClientClosed && !st.out.sent() && st.out.pending == 0
 	if !gone {
 		st.out.commit()
-	}
-	if st.in.ReadCloser != nil {
-		st.in.abandon(st.out.ResponseWriter)
 	}
 	if gone {
 		panic(http.ErrAbortHandler) // the deferred finish records the 499

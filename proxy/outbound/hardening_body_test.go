@@ -425,3 +425,30 @@ func TestFullDuplexHTTP1(t *testing.T) {
 		t.Fatalf("after the last echo: %q, %v; want the end of the body", rest, err)
 	}
 }
+
+// TestGoneMidHeldBody: an app that goes away in the middle of a small
+// body the sidecar reads whole before the first try (retries) is
+// recorded as gone (499), not as a request it got wrong (400), behind
+// either server; the upstream never hears of it.
+func TestGoneMidHeldBody(t *testing.T) {
+	for _, server := range []string{sidecar.ServerLean, sidecar.ServerStd} {
+		t.Run(server, func(t *testing.T) {
+			u := readBodyUpstream(t, nil)
+			al := &accessLog{}
+			sc := startSidecar(t, policyDoc("geo", "geo-service", "retries: {attempts: 2}"), resolve(u.Host(), geo),
+				withServer(server), withAccessLog(al))
+			c := dialSidecar(t, sc)
+			if _, err := io.WriteString(c, "POST http://"+geo+"/upload HTTP/1.1\r\nHost: "+geo+"\r\nContent-Length: 100\r\n\r\n0123456789"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // the sidecar reads the 10 bytes and waits
+			c.Close()
+			if e := al.wait(t, 1, 5*time.Second)[0]; e.Status != 499 {
+				t.Errorf("app gone mid-body logged %+v, want status 499", e)
+			}
+			if n := u.hits.Load(); n != 0 {
+				t.Errorf("the upstream had %d requests of a body that never came whole", n)
+			}
+		})
+	}
+}
