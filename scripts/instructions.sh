@@ -22,6 +22,8 @@
 # from 16 connections; the count per request is the difference over 4,000.
 # RATIO > 0 traces the sidecar at that sample ratio to a Jaeger on
 # loopback, its default ports (issue 16's targets: 0.01).
+# PAYLOAD=N sends POSTs with N-byte bodies (fortio -payload-size) instead
+# of GETs.
 # OUT (default a temporary directory) keeps cg-400.PID.out and
 # cg-4400.PID.out, or perf-4000.txt with --syscalls;
 # `cg_diff cg-400.PID.out cg-4400.PID.out > d; cg_annotate d` says where
@@ -196,7 +198,7 @@ unpid() {
 }
 # load N sends N requests through the measured process.
 load() {
-	"$tools/fortio" load -qps 1000 -c 16 -n "$1" -uniform -quiet -H "Host: 127.0.0.1:$up" \
+	"$tools/fortio" load -qps 1000 -c 16 -n "$1" -uniform -quiet ${PAYLOAD:+-payload-size "$PAYLOAD"} -H "Host: 127.0.0.1:$up" \
 		"http://127.0.0.1:$out_port/" >"$out/fortio-$1.log" 2>&1
 	grep -q "Code 200 : $1 " "$out/fortio-$1.log" || { echo "instructions: not every request answered 200:" >&2; cat "$out/fortio-$1.log" >&2; exit 1; }
 }
