@@ -29,6 +29,18 @@ func startLean(t *testing.T, h http.Handler, watchAfter time.Duration) string {
 	return ln.Addr().String()
 }
 
+// dialLean connects to addr for up to 10 s of exchanges, closed with t.
+func dialLean(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
 // bodyEcho answers with the body it read, the read's error, and whether
 // the lean loop served it.
 var bodyEcho = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -66,13 +78,7 @@ func sendPieces(t *testing.T, c net.Conn, br *bufio.Reader, pieces ...string) st
 // a body.
 func TestBodyInPieces(t *testing.T) {
 	addr := startLean(t, bodyEcho, 0)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := dialLean(t, addr)
 	big := strings.Repeat("z", MaxBody)
 	for _, tc := range []struct {
 		pieces []string
@@ -113,13 +119,7 @@ func TestBodyNotWatched(t *testing.T) {
 		time.Sleep(60 * time.Millisecond) // past WatchAfter, with the body coming
 		bodyEcho(w, r)
 	}), 10*time.Millisecond)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := dialLean(t, addr)
 	got := sendPieces(t, c, br, "POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nab", "cd", "ef")
 	if want := `POST "abcdef" <nil> lean=true`; got != want {
 		t.Errorf("answered %q, want %q", got, want)
@@ -161,13 +161,7 @@ func TestBodyLeftUnread(t *testing.T) {
 			bodyEcho(w, r)
 		}
 	}), 0)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := dialLean(t, addr)
 	for _, tc := range []struct {
 		pieces []string
 		want   string
@@ -201,13 +195,7 @@ func TestStaleBodyReader(t *testing.T) {
 		b, err := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%q %v", b, err)
 	}), 0)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := dialLean(t, addr)
 	if got := sendPieces(t, c, br, "POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"); got != "one" {
 		t.Fatalf("first answer %q", got)
 	}

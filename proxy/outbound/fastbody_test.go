@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
@@ -141,42 +140,6 @@ func TestFastBodiesAsTransport(t *testing.T) {
 }
 
 const geoPolicy = "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata:\n  name: geo\nspec:\n  service: geo:8000\n"
-
-// exchangeTwice sends req twice on one connection to addr and returns
-// what the app received, normalized.
-func exchangeTwice(t *testing.T, addr, req string) string {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	var got bytes.Buffer
-	br := bufio.NewReader(io.TeeReader(c, &got))
-	method, _, _ := strings.Cut(req, " ")
-	for range 2 {
-		if _, err := io.WriteString(c, req); err != nil {
-			t.Fatal(err)
-		}
-		for {
-			resp, err := http.ReadResponse(br, &http.Request{Method: method})
-			if err != nil {
-				t.Fatalf("after %q: %v", got.String(), err)
-			}
-			if resp.StatusCode >= 200 {
-				if _, err := io.ReadAll(resp.Body); err != nil {
-					t.Fatal(err)
-				}
-				if resp.Close {
-					return normalize(got.String()) // no second on this connection
-				}
-				break
-			}
-		}
-	}
-	return normalize(got.String())
-}
 
 // bodyUpstream answers every request, read whole, with the same bytes,
 // on kept connections, and records each request's bytes as they came.

@@ -201,14 +201,22 @@ func TestEventStreamFlushed(t *testing.T) {
 // Date header and request ID made constant.
 func exchangeRaw(t *testing.T, addr string, up *scriptedUpstream, req string) (string, string) {
 	t.Helper()
+	app := exchangeTwice(t, addr, req)
+	return normalize(up.last()), app
+}
+
+// exchangeTwice sends req twice on one connection to addr, the second
+// once the first is answered, and returns what the app received,
+// normalized. Each answer is over at the end of the final response's
+// body, or when the proxy ends the connection (then no second).
+func exchangeTwice(t *testing.T, addr, req string) string {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	// Each answer is over at the end of the final response's body, or
-	// when the proxy ends the connection.
 	var got bytes.Buffer
 	br := bufio.NewReader(io.TeeReader(c, &got))
 	method, _, _ := strings.Cut(req, " ")
@@ -234,7 +242,7 @@ func exchangeRaw(t *testing.T, addr string, up *scriptedUpstream, req string) (s
 			break
 		}
 	}
-	return normalize(up.last()), normalize(got.String())
+	return normalize(got.String())
 }
 
 // idIn1xx reports whether an informational head in the app's bytes has
