@@ -262,3 +262,38 @@ func TestBodyReadOnPanic(t *testing.T) {
 		t.Error("a panicking handler answered") // (it panics for every request)
 	}
 }
+
+// TestClosingConnectionDoesNotWaitForBody: a connection that closes after
+// its response (HTTP/1.0, Connection: close) does not wait for the rest
+// of a body its handler left (in full duplex): it half-closes at once,
+// and the client that waits for the end gets it, as from net/http.
+func TestClosingConnectionDoesNotWaitForBody(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	std := newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		io.WriteString(w, "early")
+	}), io.Discard)
+	std.ReadHeaderTimeout = 30 * time.Second // what the drop of a body would wait
+	s := New(std)
+	go s.ServeStd()
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	for _, req := range []string{
+		"POST / HTTP/1.0\r\nContent-Length: 10\r\n\r\nabc",
+		"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 10\r\n\r\nabc",
+	} {
+		c, br := dialLean(t, ln.Addr().String())
+		start := time.Now()
+		io.WriteString(c, req)
+		got, err := io.ReadAll(br)
+		if err != nil {
+			t.Fatalf("%q: %v after %q", req, err, got)
+		}
+		if d := time.Since(start); d > 5*time.Second || !strings.HasSuffix(string(got), "early") {
+			t.Errorf("%q: the answer %q ended after %v, want it whole at once (the body's drop waits 30 s)", req, got, d)
+		}
+	}
+}

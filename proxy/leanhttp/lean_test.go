@@ -38,6 +38,21 @@ var handlers = map[string]http.HandlerFunc{
 		b, err := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%d %q %v", r.ContentLength, b, err)
 	},
+	"set-length": func(w http.ResponseWriter, r *http.Request) {
+		r.ContentLength = 5 // a middleware's doing: the loop's own state decides
+		io.WriteString(w, "ok")
+	},
+	"write-then-read": func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "first ")
+		w.(http.Flusher).Flush()
+		b, err := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%q %v", b, err)
+	},
+	"close-then-read": func(w http.ResponseWriter, r *http.Request) {
+		cerr := r.Body.Close()
+		b, err := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%v %q %v", cerr, b, err)
+	},
 	"half-body": func(w http.ResponseWriter, r *http.Request) {
 		b := make([]byte, 2)
 		n, err := io.ReadFull(r.Body, b)

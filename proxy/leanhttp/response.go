@@ -511,7 +511,7 @@ func (w *response) writeHeader(p []byte) {
 	// answer. A body that does not come (within ReadHeaderTimeout: where
 	// net/http would wait without a ReadTimeout) closes the connection
 	// after it.
-	if w.req.ContentLength != 0 && !w.closeAfterReply && !w.fullDuplex && w.c.body.discard(w.c.dropDeadline()) != nil {
+	if b := w.c.body; b != nil && !w.closeAfterReply && !w.fullDuplex && !b.dropBeforeAnswer() {
 		w.closeAfterReply = true
 	}
 

@@ -478,14 +478,19 @@ func (c *conn) serve() {
 		c.cancelRequest()
 		w.finish()
 		c.cancel = nil
-		synced := bodyLen == 0 || c.endBody()
-		c.body = nil
+		reuse := w.shouldReuseConnection()
+		synced := true
+		if bodyLen > 0 {
+			// The rest of the body is dropped only for a next request:
+			// a connection that closes anyway does not wait for it.
+			synced = c.endBody(reuse)
+			c.body = nil
+		}
 		// Emptied as the response ends, not as the next begins: its
 		// values (a proxy's, the request's state) would stay alive with
 		// an idle connection, 3 KB each (docs/benchmarks.md).
 		clear(c.hdr)
 		c.rs.reset()
-		reuse := w.shouldReuseConnection()
 		c.end()
 		if c.wdl {
 			c.wdl = false

@@ -150,8 +150,9 @@ func newFastTransport(dial func(context.Context, string, string) (net.Conn, erro
 
 // fastBodyMax bounds the request bodies the fast transport sends: whole,
 // with the head, in one write that fits a socket's send buffer as it
-// starts (16 KiB, Linux's tcp_wmem default), so that the write never
-// waits for an upstream that answers early without reading the body;
+// starts (16 KiB, Linux's tcp_wmem default), so that the write does not
+// wait for an upstream that answers early without reading the body (and
+// were the buffer smaller, the try's deadline ends the wait);
 // http.Transport, which writes from a goroutine of its own while it
 // reads the answer, sends larger ones.
 const fastBodyMax = 16 << 10

@@ -442,10 +442,6 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		}
 		st.in.ReadCloser = r.Body
 		r.Body = &st.in
-		// Deferred: a panic (the ReverseProxy's abort of a response cut
-		// short) must end the upload's reads too, before the server
-		// takes the connection back.
-		defer st.in.abandon(st.out.ResponseWriter)
 	}
 	ctx := base
 	if tr := h.cfg.Tracing; tr != nil {
@@ -468,6 +464,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	st.Context = ctx
 	ctx = st
 	defer h.finish(r, st)
+	if st.in.ReadCloser != nil {
+		// Deferred, and so before finish (which logs the bytes read): a
+		// panic (the ReverseProxy's abort of a response cut short) must
+		// end the upload's reads too, before the server takes the
+		// connection back.
+		defer st.in.abandon(st.out.ResponseWriter)
+	}
 	// Full duplex: otherwise Go's HTTP/1 server drains and closes the
 	// request body as the response starts, while the Transport may still
 	// be reading it; that read fails and the upstream connection is closed
