@@ -78,14 +78,11 @@ func (r *replay) body() (io.ReadCloser, int64, bool) {
 	return &onceBody{r}, r.length, true
 }
 
-// whole is the body when it is held whole, else nil (a non-nil empty
-// slice for an empty one).
+// whole is the body when it is held whole (never nil: newReplay makes
+// its room), else nil.
 func (r *replay) whole() []byte {
 	if r.rec != nil || r.stream != nil {
 		return nil
-	}
-	if *r.buf == nil {
-		return []byte{}
 	}
 	return *r.buf
 }

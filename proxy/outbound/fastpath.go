@@ -173,9 +173,17 @@ func sendable(req *http.Request, body []byte) bool {
 	if body == nil {
 		return req.Body == nil || req.Body == http.NoBody
 	}
-	// Expect: 100-continue is http.Transport's to wait for.
-	return len(body) <= fastBodyMax && req.ContentLength == int64(len(body)) && len(req.TransferEncoding) == 0 &&
-		req.Trailer == nil && field.Get(req.Header, "Expect") == ""
+	return req.ContentLength == int64(len(body)) && holdable(req)
+}
+
+// holdable reports whether the body of req is one the forwarder may hold
+// whole for the fast transport to send with the head: at most
+// fastBodyMax bytes, not chunked, without trailers or Expect (100-continue
+// is http.Transport's to wait for). The one test for fastProxied, the
+// forwarder's hold and sendable.
+func holdable(req *http.Request) bool {
+	return req.ContentLength <= fastBodyMax && len(req.TransferEncoding) == 0 && req.Trailer == nil &&
+		field.Get(req.Header, "Expect") == ""
 }
 
 func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {

@@ -45,18 +45,15 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 	} else {
 		toOutbound(out.Header, &h.hop)
 	}
-	if st.in.ReadCloser == nil {
-		out.Body = nil
-	}
 	out.Close = false
 	st.point(out.URL)
 	rs, _ := st.out.ResponseWriter.(rawHeaderSetter)
 	st.rawOK = rs != nil
-	if st.in.ReadCloser != nil {
-		if err := h.readBody(out, st); err != nil {
-			h.serveError(w, out, err)
-			return
-		}
+	if st.in.ReadCloser == nil {
+		out.Body = nil
+	} else if err := h.readBody(out, st); err != nil {
+		h.serveError(w, out, err)
+		return
 	}
 
 	res, err := h.rp.Transport.RoundTrip(out)
@@ -418,8 +415,7 @@ func (h *Handler) fastProxied(r *http.Request, st *reqState) bool {
 	if st.in.ReadCloser == nil {
 		return true
 	}
-	return 0 < r.ContentLength && r.ContentLength <= fastBodyMax && len(r.TransferEncoding) == 0 && r.Trailer == nil &&
-		(st.arrived || st.dest.retried()) && field.Get(r.Header, "Expect") == ""
+	return 0 < r.ContentLength && (st.arrived || st.dest.retried()) && holdable(r)
 }
 
 // arrived reports whether a server holds all of body (leanhttp's

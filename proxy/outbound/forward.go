@@ -49,7 +49,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		if r.RetryOn.GRPC != 0 {
 			st.replay.rec = &recording{body: req.Body}
 		}
-	case hasBody(req) && (r != nil || st.arrived && 0 < req.ContentLength && req.ContentLength <= fastBodyMax && req.ProtoMajor == 1 && !st.grpc):
+	case hasBody(req) && (r != nil || st.arrived && 0 < req.ContentLength && req.ProtoMajor == 1 && !st.grpc && holdable(req)):
 		// Kept to be sent again, or, small, of a known length and here
 		// already, to go whole with the head on the fast transport
 		// (sendable).
