@@ -85,11 +85,11 @@ func TestFastBodiesAsTransport(t *testing.T) {
 					defer pxs.Close()
 
 					fastApp := exchangeTwice(t, px.Listener.Addr().String(), rq.req)
-					fastUp := normalize(up.last())
+					fastUp := normalize(up.got.last())
 					kept := fastOf(h).idleTo("geo:8000")
 					h.rpOnly.Store(true)
 					rpApp := exchangeTwice(t, px.Listener.Addr().String(), rq.req)
-					rpUp := normalize(up.last())
+					rpUp := normalize(up.got.last())
 					h.rpOnly.Store(false)
 					if rpUp != fastUp {
 						t.Errorf("the upstream received\n%q\nfrom fastProxy and\n%q\nfrom the ReverseProxy", fastUp, rpUp)
@@ -98,7 +98,7 @@ func TestFastBodiesAsTransport(t *testing.T) {
 						t.Errorf("the app received\n%q\nfrom fastProxy and\n%q\nfrom the ReverseProxy", fastApp, rpApp)
 					}
 					stdApp := exchangeTwice(t, pxs.Listener.Addr().String(), rq.req)
-					stdUp := strings.ReplaceAll(normalize(up.last()), hs.hop.token, h.hop.token)
+					stdUp := strings.ReplaceAll(normalize(up.got.last()), hs.hop.token, h.hop.token)
 					if strings.Count(stdUp, " HTTP/1.1\r\n") != strings.Count(stdApp, "\r\nX-Request-Id: ") {
 						t.Fatalf("the upstream received %q through http.Transport: not the two requests; the comparison proves nothing", stdUp)
 					}
@@ -114,7 +114,7 @@ func TestFastBodiesAsTransport(t *testing.T) {
 					hl := New(Config{Metrics: telemetry.New(0), Resolve: cfg.Resolve}, table)
 					defer hl.CloseIdleConnections()
 					leanApp := exchangeTwice(t, serveLean(t, hl), rq.req)
-					leanUp := strings.ReplaceAll(normalize(up.last()), hl.hop.token, h.hop.token)
+					leanUp := strings.ReplaceAll(normalize(up.got.last()), hl.hop.token, h.hop.token)
 					if proxytest.SortFields(leanUp) != proxytest.SortFields(stdUp) {
 						t.Errorf("the upstream received\n%q\nbehind the lean loop and\n%q\nfrom http.Transport", leanUp, stdUp)
 					}
@@ -146,11 +146,11 @@ const geoPolicy = "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmet
 type bodyUpstream struct {
 	addr   string
 	answer string
-	got    chan string
+	got    received
 }
 
 func newBodyUpstream(t *testing.T, answer string) *bodyUpstream {
-	u := &bodyUpstream{answer: answer, got: make(chan string, 16)}
+	u := &bodyUpstream{answer: answer, got: make(received, 16)}
 	u.addr, _ = proxytest.RawServer(t, func(c net.Conn, _ int) {
 		defer c.Close()
 		var raw bytes.Buffer
@@ -172,19 +172,6 @@ func newBodyUpstream(t *testing.T, answer string) *bodyUpstream {
 		}
 	})
 	return u
-}
-
-// last is the requests the upstream received since the last call.
-func (u *bodyUpstream) last() string {
-	var s string
-	for {
-		select {
-		case r := <-u.got:
-			s += r
-		default:
-			return s
-		}
-	}
 }
 
 // oneByte reads one byte at a time.
@@ -231,7 +218,7 @@ func TestHeldBodyWithDeclinedHead(t *testing.T) {
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		got := up.last()
+		got := up.got.last()
 		if resp.StatusCode != http.StatusOK || !strings.HasSuffix(got, "Content-Length: 3\r\n\r\nabc") {
 			t.Errorf("Host %s: %s; the upstream got %q, want the body abc", host, resp.Status, got)
 		}

@@ -202,7 +202,7 @@ func TestEventStreamFlushed(t *testing.T) {
 func exchangeRaw(t *testing.T, addr string, up *scriptedUpstream, req string) (string, string) {
 	t.Helper()
 	app := exchangeTwice(t, addr, req)
-	return normalize(up.last()), app
+	return normalize(up.got.last()), app
 }
 
 // exchangeTwice sends req twice on one connection to addr, the second
@@ -282,11 +282,27 @@ func normalize(s string) string {
 type scriptedUpstream struct {
 	addr   string
 	answer string
-	got    chan string
+	got    received
+}
+
+// received is the requests a test upstream received, as they came.
+type received chan string
+
+// last is the requests received since the last call.
+func (r received) last() string {
+	var s string
+	for {
+		select {
+		case got := <-r:
+			s += got
+		default:
+			return s
+		}
+	}
 }
 
 func newScriptedUpstream(t *testing.T, answer string) *scriptedUpstream {
-	u := &scriptedUpstream{answer: answer, got: make(chan string, 16)}
+	u := &scriptedUpstream{answer: answer, got: make(received, 16)}
 	u.addr, _ = proxytest.RawServer(t, func(c net.Conn, _ int) { u.serve(c) })
 	return u
 }
@@ -320,19 +336,6 @@ func (u *scriptedUpstream) serve(c net.Conn) {
 	}
 	// Else the close that ends an answer without a length, or cuts one
 	// short; the sidecar's next try dials anew.
-}
-
-// last is the requests the upstream received since the last call.
-func (u *scriptedUpstream) last() string {
-	var s string
-	for {
-		select {
-		case r := <-u.got:
-			s += r
-		default:
-			return s
-		}
-	}
 }
 
 const sniffed = "Content-Type: text/plain; charset=utf-8\r\n"

@@ -329,7 +329,7 @@ spec:
 			if err != nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get(wellknown.HeaderError) != "" {
 				t.Fatalf("answer %v, %v: want the upstream's 503 after the retry", resp, err)
 			}
-			heads := strings.SplitAfter(up.last(), "\r\n\r\n")
+			heads := strings.SplitAfter(up.got.last(), "\r\n\r\n")
 			if len(heads) != 3 || heads[2] != "" {
 				t.Fatalf("the upstream received %q: want two tries' heads", heads)
 			}
@@ -377,7 +377,7 @@ spec:
 	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusLoopDetected {
 		t.Errorf("a request that came round a loop: %v, %v; want 508", resp, err)
 	}
-	if got := up.last(); got != "" {
+	if got := up.got.last(); got != "" {
 		t.Errorf("the upstream received a looping request: %q", got)
 	}
 }
