@@ -42,6 +42,10 @@ type IO struct {
 	rerr   syscall.Errno
 	readFn func(uintptr) bool
 	peekFn func(uintptr)
+	lazyFn func(uintptr) bool
+	// ReadLazy's source and sink of buffers.
+	get    func() []byte
+	put    func([]byte)
 	peeked byte
 
 	wmu     sync.Mutex
@@ -69,6 +73,7 @@ func New(c *net.TCPConn) *IO {
 	x.readFn = x.read
 	x.writeFn = x.write
 	x.peekFn = x.peek
+	x.lazyFn = x.lazyRead
 	x.exchangeFn = x.exchangeStep
 	return x
 }
@@ -250,6 +255,11 @@ func Wrap(c net.Conn) net.Conn {
 
 func (c *Conn) Read(p []byte) (int, error)  { return c.io.Read(p) }
 func (c *Conn) Write(p []byte) (int, error) { return c.io.Write(p) }
+
+// ReadLazy is the package's ReadLazy.
+func (c *Conn) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error) {
+	return c.io.ReadLazy(get, put)
+}
 
 // Unwrap returns the TCP connection.
 func (c *Conn) Unwrap() net.Conn { return c.TCPConn }

@@ -1,0 +1,101 @@
+package rawio
+
+import (
+	"io"
+	"os"
+	"syscall"
+)
+
+// ReadLazy is Read into a buffer taken from get only once there are
+// bytes to read: before the poller waits it goes back to put, so a
+// connection waiting for its peer holds none. A server with many idle
+// keep-alive connections keeps a read buffer for none of them
+// (docs/benchmarks.md, "Per idle connection"), where net/http keeps 4
+// KB for each. It returns the buffer and the n > 0 bytes read into its
+// start, or no buffer, 0 and the error (io.EOF at the peer's close).
+//
+// c's own ReadLazy is used when it has one (a connection that reads
+// raw, or a wrapper that passes it on); else c.Read into a buffer got
+// first, which holds it while c waits, as Read would.
+func ReadLazy(c io.Reader, get func() []byte, put func([]byte)) ([]byte, int, error) {
+	if lz, ok := c.(LazyReader); ok {
+		return lz.ReadLazy(get, put)
+	}
+	b := get()
+	n, err := c.Read(b)
+	if n > 0 {
+		return b, n, nil // an error comes again with the next read
+	}
+	put(b)
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return nil, 0, err
+}
+
+// LazyReader is a connection with a ReadLazy of its own: *Conn, and the
+// wrappers that pass it on. A caller that reads one connection often
+// asserts it once.
+type LazyReader interface {
+	ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error)
+}
+
+// ReadLazy is the package's ReadLazy on x's raw reads: each read(2)
+// takes a buffer from get, and one that finds nothing gives it back
+// before the poller waits.
+func (x *IO) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error) {
+	x.rmu.Lock()
+	x.get, x.put = get, put
+	x.rbuf, x.rn, x.rerr = nil, 0, 0
+	err := x.rc.Read(x.lazyFn)
+	b, n, errno := x.rbuf, x.rn, x.rerr
+	x.rbuf, x.get, x.put = nil, nil, nil
+	x.rmu.Unlock()
+	if n > 0 {
+		return b, n, nil
+	}
+	return nil, 0, x.lazyErr(err, errno)
+}
+
+// lazyErr is ReadLazy's error, out of its line: ReadLazy is on the stack
+// of every idle connection's goroutine, and the shallower that stack, the
+// sooner the collector halves it (docs/benchmarks.md, "Per idle
+// connection").
+//
+//go:noinline
+func (x *IO) lazyErr(err error, errno syscall.Errno) error {
+	switch {
+	case err != nil:
+		return x.opError("read", err)
+	case errno != 0:
+		return x.opError("read", os.NewSyscallError("read", errno))
+	}
+	return io.EOF
+}
+
+// lazyRead is ReadLazy's step: true with the bytes read (rbuf, rn), the
+// peer's close or an error; false, the buffer given back, when there is
+// nothing to read yet.
+func (x *IO) lazyRead(fd uintptr) bool {
+	b := x.get()
+	for {
+		n, e := sysRead(fd, b)
+		switch e {
+		case 0:
+			if n > 0 {
+				x.rbuf, x.rn = b, n
+			} else {
+				x.put(b)
+			}
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			x.put(b)
+			return false // the poller waits for bytes
+		}
+		x.put(b)
+		x.rerr = e
+		return true
+	}
+}
