@@ -140,6 +140,15 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return c.io.Write(p)
 }
 
+// ReadLazy reads into a buffer taken only once there are bytes
+// (rawio.ReadLazy): an idle connection waits holding none.
+func (c *Conn) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error) {
+	if c.io == nil {
+		return rawio.ReadLazy(c.TCPConn, get, put)
+	}
+	return c.io.ReadLazy(get, put)
+}
+
 func (c *Conn) setState(st http.ConnState) {
 	v := c.state.Load()
 	c.state.Store((v>>3+1)<<3 | uint64(st)&7)

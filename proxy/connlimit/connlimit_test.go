@@ -389,3 +389,38 @@ func BenchmarkConnState(b *testing.B) {
 		l.ConnState(sc, http.StateIdle)
 	}
 }
+
+// TestReadLazy: an accepted connection reads lazily, raw or not: the
+// buffer comes from get with the bytes, and goes back to put at the end.
+func TestReadLazy(t *testing.T) {
+	for _, raw := range []bool{true, false} {
+		l := listen(t, 0)
+		c := dial(t, l.Addr().String())
+		nc, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ac := nc.(*Conn)
+		if !raw {
+			ac.io = nil
+		}
+		got, put := 0, 0
+		get := func() []byte { got++; return make([]byte, 16) }
+		give := func([]byte) { put++ }
+		if _, err := c.Write([]byte("lazy")); err != nil {
+			t.Fatal(err)
+		}
+		b, n, err := ac.ReadLazy(get, give)
+		if err != nil || string(b[:n]) != "lazy" {
+			t.Fatalf("raw %v: ReadLazy = %q, %v", raw, b[:n], err)
+		}
+		c.Close()
+		if b, n, err := ac.ReadLazy(get, give); b != nil || n != 0 || err != io.EOF {
+			t.Fatalf("raw %v: at the peer's close ReadLazy = %v, %d, %v; want nil, 0, EOF", raw, b, n, err)
+		}
+		if got-put != 1 {
+			t.Fatalf("raw %v: %d buffers got, %d given back; want all but the one with the bytes back", raw, got, put)
+		}
+		ac.Close()
+	}
+}

@@ -222,6 +222,33 @@ func TestConnReadsPeekedFirst(t *testing.T) {
 	}
 }
 
+// TestConnReadsPeekedFirstLazily: ReadLazy, as Read, gives the bytes
+// read for detection first, then the connection's.
+func TestConnReadsPeekedFirstLazily(t *testing.T) {
+	app, sidecar := net.Pipe()
+	defer app.Close()
+	go func() {
+		_, _ = app.Write([]byte("Host: a\r\n\r\n"))
+		app.Close()
+	}()
+	c := &Conn{Conn: sidecar, peeked: []byte("GET / HTTP/1.1\r\n")}
+	get := func() []byte { return make([]byte, 64) }
+	var all []byte
+	for {
+		b, n, err := c.ReadLazy(get, func([]byte) {})
+		all = append(all, b[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if string(all) != "GET / HTTP/1.1\r\nHost: a\r\n\r\n" {
+		t.Fatalf("read %q", all)
+	}
+}
+
 func TestParsePorts(t *testing.T) {
 	p, err := ParsePorts(DefaultOpaquePorts)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/internal/chanlistener"
 )
 
@@ -77,6 +78,18 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(p)
+}
+
+// ReadLazy is rawio.ReadLazy: the bytes read for detection first, then
+// the accepted connection's own.
+func (c *Conn) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error) {
+	if len(c.peeked) > 0 {
+		b := get()
+		n := copy(b, c.peeked)
+		c.peeked = c.peeked[n:]
+		return b, n, nil
+	}
+	return rawio.ReadLazy(c.Conn, get, put)
 }
 
 // CloseWrite half-closes the connection, as a *net.TCPConn does.
