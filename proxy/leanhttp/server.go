@@ -5,9 +5,10 @@
 // of its own (so that the request's context ends when the client goes
 // away) and several read deadline changes; at a steady rate of small
 // requests those goroutine hand-offs and thread wake-ups are most of the
-// sidecar's CPU. A Server reads each connection with its own
-// bufio.Reader on the connection's goroutine and serves the common case
-// itself: keep-alive HTTP/1.1 and HTTP/1.0 requests (GET, HEAD, OPTIONS,
+// sidecar's CPU. A Server reads each connection on the connection's
+// goroutine, into a buffer it holds only while a request is served (an
+// idle connection costs its parked goroutine and no buffers: reader.go),
+// and serves the common case itself: keep-alive HTTP/1.1 and HTTP/1.0 requests (GET, HEAD, OPTIONS,
 // DELETE, POST, PUT, PATCH) without a body or with one of a known length
 // up to MaxBody, origin-form with a Host header or absolute-form, no
 // Upgrade, no Expect, no pipelining. It calls the handler with a
@@ -58,6 +59,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/internal/chanlistener"
 	"github.com/minimesh/minimesh/proxy/internal/field"
 )
@@ -234,7 +236,9 @@ type conn struct {
 	ctx    context.Context
 	remote string
 
-	br   *bufio.Reader
+	// br and bw hold buffers only while a request is served: both go
+	// back to their pools between requests (reader).
+	br   reader
 	bw   *bufio.Writer
 	werr error // a write to the connection failed
 	// rdl is the read deadline last set (aLongTimeAgo: unknown).
@@ -283,6 +287,9 @@ type conn struct {
 	byteBuf [1]byte
 
 	body *reqBody // the current request's, if it has one
+	// inFlight is the response whose handler runs: a panic out of it
+	// ends its request and watch.
+	inFlight *response
 }
 
 const (
@@ -298,25 +305,13 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 func (s *Server) newConn(ctx context.Context, rw net.Conn) *conn {
 	c := &conn{s: s, rwc: rw, ctx: ctx, watchDone: make(chan struct{}, 1)}
+	c.br.c = c
+	c.br.lazy, _ = rw.(rawio.LazyReader)
 	c.stopAfter = c.unregister
 	if ra := rw.RemoteAddr(); ra != nil {
 		c.remote = ra.String()
 	}
 	return c
-}
-
-// connReader is the connection as the bufio.Reader reads it: a byte the
-// watch read, then the connection.
-type connReader struct{ c *conn }
-
-func (r connReader) Read(p []byte) (int, error) {
-	c := r.c
-	if c.hasByte && len(p) > 0 {
-		p[0] = c.byteBuf[0]
-		c.hasByte = false
-		return 1, nil
-	}
-	return c.rwc.Read(p)
 }
 
 // errWriter notes a failed write, and ends the request in progress: its
@@ -334,8 +329,25 @@ func (w errWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
 var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+
+// writer readies the connection's writer for a response.
+func (c *conn) writer() {
+	if c.bw == nil {
+		c.bw = writers.Get().(*bufio.Writer)
+		c.bw.Reset(errWriter{c})
+	}
+}
+
+// releaseWriter gives the writer back between requests: everything
+// written is flushed by then.
+func (c *conn) releaseWriter() {
+	if c.bw != nil && c.bw.Buffered() == 0 {
+		c.bw.Reset(nil)
+		writers.Put(c.bw)
+		c.bw = nil
+	}
+}
 
 // serve runs the loop on one connection: it ends with the connection
 // closed, or handed to the standard server.
@@ -345,7 +357,6 @@ func (c *conn) serve() {
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
 	handedOff := false
-	var inFlight *response
 	defer func() {
 		if err := recover(); err != nil && err != http.ErrAbortHandler {
 			const size = 64 << 10
@@ -353,7 +364,7 @@ func (c *conn) serve() {
 			buf = buf[:runtime.Stack(buf, false)]
 			s.logf("http: panic serving %v: %v\n%s", c.remote, err, buf)
 		}
-		if inFlight != nil {
+		if c.inFlight != nil {
 			c.cancelRequest()
 			c.unwatch()
 		}
@@ -375,10 +386,7 @@ func (c *conn) serve() {
 			// out before the reader goes back to the pool.
 			b.close()
 		}
-		if c.br != nil {
-			c.br.Reset(nil)
-			readers.Put(c.br)
-		}
+		c.br.drop()
 		s.setState(c.rwc, http.StateClosed)
 	}()
 
@@ -393,10 +401,6 @@ func (c *conn) serve() {
 	// A connection's context that ends of its own (BaseContext, ConnContext
 	// with a cancel) ends its requests': context.WithCancel's, each new.
 	c.lend = c.ctx.Done() == nil
-	c.br = readers.Get().(*bufio.Reader)
-	c.br.Reset(connReader{c})
-	c.bw = writers.Get().(*bufio.Writer)
-	c.bw.Reset(errWriter{c})
 
 	// The first request's head must come within ReadHeaderTimeout of the
 	// connection, as in net/http.
@@ -412,101 +416,133 @@ func (c *conn) serve() {
 			// Between requests: the idle timeout. The deadline moves only
 			// when it is more than idleSlack off, not on every request.
 			c.idleDeadline()
+			// An idle connection holds no buffers: the next request's
+			// bytes are read into one the pool gives as they come.
+			c.br.release()
+			c.releaseWriter()
 		}
 		if _, err := c.br.Peek(1); err != nil {
 			return // closed, idle timeout, reset: as net/http, no answer
 		}
-		s.setState(c.rwc, http.StateActive)
-		n, bodyLen, v := c.readHead(first)
-		switch v {
-		case needMore:
-			return // timed out or failed half way: net/http answers none either
-		case handOff:
-			handedOff = c.handOff()
+		switch c.serveOne(first) {
+		case connNext:
+			first = false
+		case connHandedOff:
+			handedOff = true
 			return
-		}
-		head, _ := c.br.Peek(n)
-		req := c.begin()
-		if !newRequest(head, &c.rs, req) {
-			// Nothing of the request's may outlive it: its context ends.
-			c.cancel()
-			c.cancel, c.l = nil, nil
-			handedOff = c.handOff() // the head is still in the reader
-			return
-		}
-		_, _ = c.br.Discard(n)
-		first = false
-		c.headDL = time.Time{}
-		if bodyLen > 0 {
-			// Its own, not the connection's: a reader the handler left
-			// behind finds it closed, never the next request's body.
-			c.body = &reqBody{c: c, left: int64(bodyLen)}
-			req.Body, req.ContentLength = c.body, int64(bodyLen)
-			// No deadline for the body, as net/http's server sets none
-			// without a ReadTimeout: the handler bounds its reads
-			// (ResponseController.SetReadDeadline; outbound's
-			// --request-body-timeout).
-			if !c.rdl.IsZero() {
-				c.rdl = time.Time{}
-				_ = c.rwc.SetReadDeadline(time.Time{})
-			}
-		}
-
-		req.RemoteAddr = c.remote
-		w := &c.l.resp
-		var connection string // one look, for both, when there is one
-		if c.rs.lines.Connection {
-			connection = field.Get(req.Header, "Connection")
-		}
-		*w = response{
-			c: c, req: req, contentLength: -1,
-			wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(connection, "keep-alive"),
-			wantsClose:       req.Close || hasToken(connection, "close"),
-		}
-		c.amu.Lock()
-		c.after, c.ended = nil, false
-		c.amu.Unlock()
-		c.arm(bodyLen > 0)
-		inFlight = w
-		handler := s.Std.Handler
-		if handler == nil {
-			handler = http.DefaultServeMux
-		}
-		handler.ServeHTTP(w, req)
-		inFlight = nil
-		c.unwatch()
-		c.cancelRequest()
-		w.finish()
-		c.cancel = nil
-		reuse := w.shouldReuseConnection()
-		synced := true
-		if bodyLen > 0 {
-			// The rest of the body is dropped only for a next request:
-			// a connection that closes anyway does not wait for it.
-			synced = c.endBody(reuse)
-			c.body = nil
-		}
-		// Emptied as the response ends, not as the next begins: its
-		// values (a proxy's, the request's state) would stay alive with
-		// an idle connection, 3 KB each (docs/benchmarks.md).
-		clear(c.hdr)
-		c.rs.reset()
-		c.end()
-		if c.wdl {
-			c.wdl = false
-			_ = c.rwc.SetWriteDeadline(time.Time{})
-		}
-		if !synced && !c.gone.Load() {
-			c.linger()
-		}
-		if c.gone.Load() || !reuse || !synced {
-			return
-		}
-		s.setState(c.rwc, http.StateIdle)
-		if s.shuttingDown() {
+		default:
 			return
 		}
 	}
+}
+
+// outcome is what becomes of a connection after a request.
+type outcome int
+
+const (
+	connNext      outcome = iota // it waits for the next
+	connDone                     // it closes
+	connHandedOff                // the standard server has it
+)
+
+// serveOne serves the request whose first bytes the reader holds. It is
+// serve's loop body, out of serve's frame: the stack an idle connection
+// waits on is serve's, and kept under a quarter of the 8 KB a request
+// grows it to, the collector halves it (docs/benchmarks.md, "Per idle
+// connection").
+func (c *conn) serveOne(first bool) outcome {
+	s := c.s
+	s.setState(c.rwc, http.StateActive)
+	n, bodyLen, v := c.readHead(first)
+	switch v {
+	case needMore:
+		return connDone // timed out or failed half way: net/http answers none either
+	case handOff:
+		c.handOff()
+		return connHandedOff
+	}
+	head, _ := c.br.Peek(n)
+	req := c.begin()
+	if !newRequest(head, &c.rs, req) {
+		// Nothing of the request's may outlive it: its context ends.
+		c.cancel()
+		c.cancel, c.l = nil, nil
+		c.handOff() // the head is still in the reader
+		return connHandedOff
+	}
+	_, _ = c.br.Discard(n)
+	c.headDL = time.Time{}
+	if bodyLen > 0 {
+		// Its own, not the connection's: a reader the handler left
+		// behind finds it closed, never the next request's body.
+		c.body = &reqBody{c: c, left: int64(bodyLen)}
+		req.Body, req.ContentLength = c.body, int64(bodyLen)
+		// No deadline for the body, as net/http's server sets none
+		// without a ReadTimeout: the handler bounds its reads
+		// (ResponseController.SetReadDeadline; outbound's
+		// --request-body-timeout).
+		if !c.rdl.IsZero() {
+			c.rdl = time.Time{}
+			_ = c.rwc.SetReadDeadline(time.Time{})
+		}
+	}
+
+	req.RemoteAddr = c.remote
+	w := &c.l.resp
+	var connection string // one look, for both, when there is one
+	if c.rs.lines.Connection {
+		connection = field.Get(req.Header, "Connection")
+	}
+	*w = response{
+		c: c, req: req, contentLength: -1,
+		wants10KeepAlive: req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(connection, "keep-alive"),
+		wantsClose:       req.Close || hasToken(connection, "close"),
+	}
+	c.amu.Lock()
+	c.after, c.ended = nil, false
+	c.amu.Unlock()
+	c.arm(bodyLen > 0)
+	c.writer()
+	c.inFlight = w
+	handler := s.Std.Handler
+	if handler == nil {
+		handler = http.DefaultServeMux
+	}
+	handler.ServeHTTP(w, req)
+	c.inFlight = nil
+	c.unwatch()
+	c.cancelRequest()
+	w.finish()
+	c.cancel = nil
+	reuse := w.shouldReuseConnection()
+	synced := true
+	if bodyLen > 0 {
+		// The rest of the body is dropped only for a next request:
+		// a connection that closes anyway does not wait for it.
+		synced = c.endBody(reuse)
+		c.body = nil
+	}
+	// Emptied as the response ends, not as the next begins: its
+	// values (a proxy's, the request's state) would stay alive with
+	// an idle connection, 3 KB each (docs/benchmarks.md).
+	clear(c.hdr)
+	c.rs.reset()
+	c.end()
+	if c.wdl {
+		c.wdl = false
+		_ = c.rwc.SetWriteDeadline(time.Time{})
+	}
+	if !synced && !c.gone.Load() {
+		c.linger()
+	}
+	if c.gone.Load() || !reuse || !synced {
+		return connDone
+	}
+	s.setState(c.rwc, http.StateIdle)
+	if s.shuttingDown() {
+		return connDone
+	}
+	return connNext
 }
 
 // begin readies the next request's context, Request and response: a
@@ -874,7 +910,7 @@ func (c *conn) unwatch() {
 // It returns true: the connection is no longer the loop's (handed off, or
 // closed when the standard server is).
 func (c *conn) handOff() bool {
-	hc := &handoffConn{Conn: c.rwc, br: c.br, cr: c}
+	hc := &handoffConn{Conn: c.rwc, br: &c.br, cr: c}
 	if c.s.Std.ReadTimeout == 0 {
 		// (The standard server then clears the read deadline once it
 		// has read the head, which ends the cap.)
@@ -901,7 +937,7 @@ func (c *conn) handOff() bool {
 // returns the bytes the loop read and did not serve first.
 type handoffConn struct {
 	net.Conn
-	br *bufio.Reader
+	br *reader
 	cr *conn
 	// headDL caps the standard server's read deadlines while it reads
 	// the head the loop began to wait for: its ReadHeaderTimeout, counted
@@ -926,8 +962,7 @@ func (c *handoffConn) Read(p []byte) (int, error) {
 		if c.br.Buffered() > 0 || c.cr.hasByte {
 			return c.br.Read(p)
 		}
-		c.br.Reset(nil)
-		readers.Put(c.br)
+		c.br.drop()
 		c.br, c.cr = nil, nil
 	}
 	return c.Conn.Read(p)
