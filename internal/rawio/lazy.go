@@ -12,7 +12,8 @@ import (
 // keep-alive connections keeps a read buffer for none of them
 // (docs/benchmarks.md, "Per idle connection"), where net/http keeps 4
 // KB for each. It returns the buffer and the n > 0 bytes read into its
-// start, or no buffer, 0 and the error (io.EOF at the peer's close).
+// start (with the error that came with them, if any), or no buffer, 0
+// and the error (io.EOF at the peer's close).
 //
 // c's own ReadLazy is used when it has one (a connection that reads
 // raw, or a wrapper that passes it on); else c.Read into a buffer got
@@ -22,15 +23,18 @@ func ReadLazy(c io.Reader, get func() []byte, put func([]byte)) ([]byte, int, er
 		return lz.ReadLazy(get, put)
 	}
 	b := get()
-	n, err := c.Read(b)
-	if n > 0 {
-		return b, n, nil // an error comes again with the next read
+	for range 100 { // as bufio: a reader that returns nothing, forever, is an error
+		n, err := c.Read(b)
+		if n > 0 {
+			return b, n, err
+		}
+		if err != nil {
+			put(b)
+			return nil, 0, err
+		}
 	}
 	put(b)
-	if err == nil {
-		err = io.ErrNoProgress
-	}
-	return nil, 0, err
+	return nil, 0, io.ErrNoProgress
 }
 
 // LazyReader is a connection with a ReadLazy of its own: *Conn, and the

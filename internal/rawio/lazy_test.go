@@ -35,14 +35,20 @@ type lazyResult struct {
 	err error
 }
 
-func TestReadLazyWaitsWithoutBuffer(t *testing.T) {
-	c, peer := pair(t)
-	var bs bufs
+// startLazy runs c.ReadLazy with bs's buffers on a goroutine of its own.
+func startLazy(c *Conn, bs *bufs) <-chan lazyResult {
 	done := make(chan lazyResult, 1)
 	go func() {
 		b, n, err := c.ReadLazy(bs.get, bs.give)
 		done <- lazyResult{b, n, err}
 	}()
+	return done
+}
+
+func TestReadLazyWaitsWithoutBuffer(t *testing.T) {
+	c, peer := pair(t)
+	var bs bufs
+	done := startLazy(c, &bs)
 	// Nothing to read: the read that found nothing gave its buffer back
 	// before the wait.
 	waitFor(t, "the first read's buffer back", func() bool { return bs.put.Load() >= 1 })
@@ -91,11 +97,7 @@ func TestReadLazyEnds(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c, peer := pair(t)
 			var bs bufs
-			done := make(chan lazyResult, 1)
-			go func() {
-				b, n, err := c.ReadLazy(bs.get, bs.give)
-				done <- lazyResult{b, n, err}
-			}()
+			done := startLazy(c, &bs)
 			waitFor(t, "the wait", func() bool { return bs.put.Load() >= 1 })
 			tc.end(c, peer)
 			r := <-done
@@ -128,6 +130,13 @@ func TestReadLazyFallback(t *testing.T) {
 	if buf != nil || n != 0 || err != io.EOF || bs.held() != 1 {
 		t.Fatalf("at the end: %v, %d, %v, %d held; want nil, 0, EOF and the buffer back", buf, n, err, bs.held())
 	}
+	// A reader that returns nothing once, then bytes with an error: read
+	// again, as bufio does, and the error comes with the bytes.
+	var zs bufs
+	buf, n, err = ReadLazy(&stutter{}, zs.get, zs.give)
+	if string(buf[:n]) != "late" || err != io.EOF || zs.held() != 1 {
+		t.Fatalf("ReadLazy(stutter) = %q, %v, %d held; want late, EOF, 1", buf[:n], err, zs.held())
+	}
 	// Through the package function, a raw connection reads lazily.
 	c, peer := pair(t)
 	go peer.Write([]byte("raw"))
@@ -135,4 +144,16 @@ func TestReadLazyFallback(t *testing.T) {
 	if buf, n, err := ReadLazy(net.Conn(c), rs.get, rs.give); err != nil || string(buf[:n]) != "raw" {
 		t.Fatalf("ReadLazy(raw) = %q, %v", buf[:n], err)
 	}
+}
+
+// stutter's first Read returns nothing and no error, its second bytes and
+// io.EOF.
+type stutter struct{ reads int }
+
+func (s *stutter) Read(p []byte) (int, error) {
+	s.reads++
+	if s.reads == 1 {
+		return 0, nil
+	}
+	return copy(p, "late"), io.EOF
 }

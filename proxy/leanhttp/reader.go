@@ -134,6 +134,9 @@ func (b *reader) Peek(n int) ([]byte, error) {
 
 // Discard is bufio.Reader's Discard.
 func (b *reader) Discard(n int) (int, error) {
+	if n <= 0 {
+		return 0, nil
+	}
 	remain := n
 	for {
 		skip := b.Buffered()

@@ -112,3 +112,61 @@ func TestIdleHoldsNoBuffers(t *testing.T) {
 		t.Fatalf("waiting after the last request: %s, want %s", held, idle)
 	}
 }
+
+// TestWriteAfterHandler: a goroutine a handler left behind that writes
+// or flushes once the handler returned gets an error, not a crash (the
+// connection, idle then, holds no writer), and nothing of it reaches the
+// connection's next answer.
+func TestWriteAfterHandler(t *testing.T) {
+	kept := make(chan http.ResponseWriter, 1)
+	p := startPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/keep" {
+			_ = r.Context().Done() // the response is then the request's own, not lent on
+			kept <- w
+		}
+		io.WriteString(w, r.URL.Path)
+	}))
+	c, err := net.Dial("tcp", p.lean)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	get := func(path string) string {
+		t.Helper()
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if got := get("/keep"); got != "/keep" {
+		t.Fatalf("first answer %q", got)
+	}
+	// The answer read: the handler returned (its finish wrote the answer
+	// before this read it).
+	w := <-kept
+	var results []string
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				results = append(results, fmt.Sprint("panic: ", r))
+			}
+		}()
+		_, werr := w.Write([]byte("late"))
+		ferr := w.(interface{ FlushError() error }).FlushError()
+		w.WriteHeader(http.StatusEarlyHints)
+		results = append(results, fmt.Sprint(werr), fmt.Sprint(ferr))
+	}()
+	want := errAfterHandler.Error()
+	if strings.Join(results, "; ") != want+"; "+want {
+		t.Fatalf("a write and a flush after the handler: %q, want %q twice", results, want)
+	}
+	if got := get("/next"); got != "/next" {
+		t.Fatalf("next answer %q, want /next alone", got)
+	}
+}

@@ -3,6 +3,7 @@ package leanhttp
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/textproto"
@@ -148,6 +149,9 @@ func (w *response) WriteHeader(code int) {
 	// Informational answers (103 Early Hints) go at once; 101 takes the
 	// final path, as in net/http.
 	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+		if w.handlerDone {
+			return
+		}
 		bw := w.c.bw
 		writeStatusLine(bw, w.req.ProtoAtLeast(1, 1), code, w.statusBuf[:])
 		w.raw.write(bw, w.handlerHeader, field.ContentLength)
@@ -184,6 +188,9 @@ func (w *response) WriteHeader(code int) {
 }
 
 func (w *response) Write(p []byte) (int, error) {
+	if w.handlerDone {
+		return 0, errAfterHandler
+	}
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
@@ -201,6 +208,13 @@ func (w *response) Write(p []byte) (int, error) {
 }
 
 func (w *response) WriteString(s string) (int, error) { return w.Write([]byte(s)) }
+
+// errAfterHandler is what a write or flush gets once its handler has
+// returned (a goroutine the handler left behind): the connection's
+// writer is by then back in its pool, or the next response's. Using a
+// ResponseWriter after its handler returns is not allowed (net/http's
+// rule too); this keeps it from crashing the process or another answer.
+var errAfterHandler = errors.New("leanhttp: write after the handler returned")
 
 var prePool = sync.Pool{New: func() any { return new([bufferBeforeChunkingSize]byte) }}
 
@@ -292,6 +306,9 @@ func (w *response) chunkWrite(p []byte) (n int, err error) {
 func (w *response) Flush() { _ = w.FlushError() }
 
 func (w *response) FlushError() error {
+	if w.handlerDone {
+		return errAfterHandler
+	}
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}

@@ -74,7 +74,7 @@ type Conn struct {
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(c.peeked) > 0 {
 		n := copy(p, c.peeked)
-		c.peeked = c.peeked[n:]
+		c.take(n)
 		return n, nil
 	}
 	return c.Conn.Read(p)
@@ -86,10 +86,19 @@ func (c *Conn) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error
 	if len(c.peeked) > 0 {
 		b := get()
 		n := copy(b, c.peeked)
-		c.peeked = c.peeked[n:]
+		c.take(n)
 		return b, n, nil
 	}
 	return rawio.ReadLazy(c.Conn, get, put)
+}
+
+// take drops n bytes read for detection, and lets go of their buffer
+// once all are: an idle connection keeps none.
+func (c *Conn) take(n int) {
+	c.peeked = c.peeked[n:]
+	if len(c.peeked) == 0 {
+		c.peeked = nil
+	}
 }
 
 // CloseWrite half-closes the connection, as a *net.TCPConn does.
