@@ -6,9 +6,16 @@ import (
 	"syscall"
 )
 
-// ReadLazy is Read into a buffer taken from get only once there are
-// bytes to read: before the poller waits it goes back to put, so a
-// connection waiting for its peer holds none. A server with many idle
+// Buffers lends ReadLazy its buffers: Get one (the caller's own, empty,
+// the first time, then a pool's), Put one back.
+type Buffers interface {
+	Get() []byte
+	Put([]byte)
+}
+
+// ReadLazy is Read into a buffer taken from bufs only once there are
+// bytes to read: before the poller waits it goes back, so a connection
+// waiting for its peer holds none. A server with many idle
 // keep-alive connections keeps a read buffer for none of them
 // (docs/benchmarks.md, "Per idle connection"), where net/http keeps 4
 // KB for each. It returns the buffer and the n > 0 bytes read into its
@@ -18,22 +25,22 @@ import (
 // c's own ReadLazy is used when it has one (a connection that reads
 // raw, or a wrapper that passes it on); else c.Read into a buffer got
 // first, which holds it while c waits, as Read would.
-func ReadLazy(c io.Reader, get func() []byte, put func([]byte)) ([]byte, int, error) {
+func ReadLazy(c io.Reader, bufs Buffers) ([]byte, int, error) {
 	if lz, ok := c.(LazyReader); ok {
-		return lz.ReadLazy(get, put)
+		return lz.ReadLazy(bufs)
 	}
-	b := get()
+	b := bufs.Get()
 	for range 100 { // as bufio: a reader that returns nothing, forever, is an error
 		n, err := c.Read(b)
 		if n > 0 {
 			return b, n, err
 		}
 		if err != nil {
-			put(b)
+			bufs.Put(b)
 			return nil, 0, err
 		}
 	}
-	put(b)
+	bufs.Put(b)
 	return nil, 0, io.ErrNoProgress
 }
 
@@ -41,19 +48,19 @@ func ReadLazy(c io.Reader, get func() []byte, put func([]byte)) ([]byte, int, er
 // wrappers that pass it on. A caller that reads one connection often
 // asserts it once.
 type LazyReader interface {
-	ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error)
+	ReadLazy(bufs Buffers) ([]byte, int, error)
 }
 
 // ReadLazy is the package's ReadLazy on x's raw reads: each read(2)
-// takes a buffer from get, and one that finds nothing gives it back
+// takes a buffer from bufs, and one that finds nothing gives it back
 // before the poller waits.
-func (x *IO) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error) {
+func (x *IO) ReadLazy(bufs Buffers) ([]byte, int, error) {
 	x.rmu.Lock()
-	x.get, x.put = get, put
+	x.bufs = bufs
 	x.rbuf, x.rn, x.rerr = nil, 0, 0
 	err := x.rc.Read(x.lazyFn)
 	b, n, errno := x.rbuf, x.rn, x.rerr
-	x.rbuf, x.get, x.put = nil, nil, nil
+	x.rbuf, x.bufs = nil, nil
 	x.rmu.Unlock()
 	if n > 0 {
 		return b, n, nil
@@ -81,7 +88,7 @@ func (x *IO) lazyErr(err error, errno syscall.Errno) error {
 // peer's close or an error; false, the buffer given back, when there is
 // nothing to read yet.
 func (x *IO) lazyRead(fd uintptr) bool {
-	b := x.get()
+	b := x.bufs.Get()
 	for {
 		n, e := sysRead(fd, b)
 		switch e {
@@ -89,16 +96,16 @@ func (x *IO) lazyRead(fd uintptr) bool {
 			if n > 0 {
 				x.rbuf, x.rn = b, n
 			} else {
-				x.put(b)
+				x.bufs.Put(b)
 			}
 			return true
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			x.put(b)
+			x.bufs.Put(b)
 			return false // the poller waits for bytes
 		}
-		x.put(b)
+		x.bufs.Put(b)
 		x.rerr = e
 		return true
 	}

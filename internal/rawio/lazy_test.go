@@ -13,8 +13,8 @@ import (
 // bufs counts ReadLazy's buffers: how many it took, and gave back.
 type bufs struct{ got, put atomic.Int32 }
 
-func (b *bufs) get() []byte { b.got.Add(1); return make([]byte, 64) }
-func (b *bufs) give([]byte) { b.put.Add(1) }
+func (b *bufs) Get() []byte { b.got.Add(1); return make([]byte, 64) }
+func (b *bufs) Put([]byte)  { b.put.Add(1) }
 
 // held is how many buffers the reader holds.
 func (b *bufs) held() int32 { return b.got.Load() - b.put.Load() }
@@ -39,7 +39,7 @@ type lazyResult struct {
 func startLazy(c *Conn, bs *bufs) <-chan lazyResult {
 	done := make(chan lazyResult, 1)
 	go func() {
-		b, n, err := c.ReadLazy(bs.get, bs.give)
+		b, n, err := c.ReadLazy(bs)
 		done <- lazyResult{b, n, err}
 	}()
 	return done
@@ -74,7 +74,7 @@ func TestReadLazyReady(t *testing.T) {
 	}
 	var bs bufs
 	waitFor(t, "the bytes to arrive", func() bool { return Pending(c) })
-	b, n, err := c.ReadLazy(bs.get, bs.give)
+	b, n, err := c.ReadLazy(&bs)
 	if err != nil || string(b[:n]) != "now" {
 		t.Fatalf("ReadLazy = %q, %v", b[:n], err)
 	}
@@ -121,19 +121,19 @@ func TestReadLazyFallback(t *testing.T) {
 	defer b.Close()
 	go b.Write([]byte("piped"))
 	var bs bufs
-	buf, n, err := ReadLazy(a, bs.get, bs.give)
+	buf, n, err := ReadLazy(a, &bs)
 	if err != nil || string(buf[:n]) != "piped" || bs.held() != 1 {
 		t.Fatalf("ReadLazy = %q, %v, %d held", buf[:n], err, bs.held())
 	}
 	b.Close()
-	buf, n, err = ReadLazy(a, bs.get, bs.give)
+	buf, n, err = ReadLazy(a, &bs)
 	if buf != nil || n != 0 || err != io.EOF || bs.held() != 1 {
 		t.Fatalf("at the end: %v, %d, %v, %d held; want nil, 0, EOF and the buffer back", buf, n, err, bs.held())
 	}
 	// A reader that returns nothing once, then bytes with an error: read
 	// again, as bufio does, and the error comes with the bytes.
 	var zs bufs
-	buf, n, err = ReadLazy(&stutter{}, zs.get, zs.give)
+	buf, n, err = ReadLazy(&stutter{}, &zs)
 	if string(buf[:n]) != "late" || err != io.EOF || zs.held() != 1 {
 		t.Fatalf("ReadLazy(stutter) = %q, %v, %d held; want late, EOF, 1", buf[:n], err, zs.held())
 	}
@@ -141,7 +141,7 @@ func TestReadLazyFallback(t *testing.T) {
 	c, peer := pair(t)
 	go peer.Write([]byte("raw"))
 	var rs bufs
-	if buf, n, err := ReadLazy(net.Conn(c), rs.get, rs.give); err != nil || string(buf[:n]) != "raw" {
+	if buf, n, err := ReadLazy(net.Conn(c), &rs); err != nil || string(buf[:n]) != "raw" {
 		t.Fatalf("ReadLazy(raw) = %q, %v", buf[:n], err)
 	}
 }

@@ -43,9 +43,7 @@ type IO struct {
 	readFn func(uintptr) bool
 	peekFn func(uintptr)
 	lazyFn func(uintptr) bool
-	// ReadLazy's source and sink of buffers.
-	get    func() []byte
-	put    func([]byte)
+	bufs   Buffers // ReadLazy's
 	peeked byte
 
 	wmu     sync.Mutex
@@ -257,8 +255,8 @@ func (c *Conn) Read(p []byte) (int, error)  { return c.io.Read(p) }
 func (c *Conn) Write(p []byte) (int, error) { return c.io.Write(p) }
 
 // ReadLazy is the package's ReadLazy.
-func (c *Conn) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error) {
-	return c.io.ReadLazy(get, put)
+func (c *Conn) ReadLazy(bufs Buffers) ([]byte, int, error) {
+	return c.io.ReadLazy(bufs)
 }
 
 // Unwrap returns the TCP connection.

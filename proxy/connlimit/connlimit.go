@@ -142,11 +142,11 @@ func (c *Conn) Write(p []byte) (int, error) {
 
 // ReadLazy reads into a buffer taken only once there are bytes
 // (rawio.ReadLazy): an idle connection waits holding none.
-func (c *Conn) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error) {
+func (c *Conn) ReadLazy(bufs rawio.Buffers) ([]byte, int, error) {
 	if c.io == nil {
-		return rawio.ReadLazy(c.TCPConn, get, put)
+		return rawio.ReadLazy(c.TCPConn, bufs)
 	}
-	return c.io.ReadLazy(get, put)
+	return c.io.ReadLazy(bufs)
 }
 
 func (c *Conn) setState(st http.ConnState) {

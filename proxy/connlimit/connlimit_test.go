@@ -404,23 +404,27 @@ func TestReadLazy(t *testing.T) {
 		if !raw {
 			ac.io = nil
 		}
-		got, put := 0, 0
-		get := func() []byte { got++; return make([]byte, 16) }
-		give := func([]byte) { put++ }
+		var bs countBufs
 		if _, err := c.Write([]byte("lazy")); err != nil {
 			t.Fatal(err)
 		}
-		b, n, err := ac.ReadLazy(get, give)
+		b, n, err := ac.ReadLazy(&bs)
 		if err != nil || string(b[:n]) != "lazy" {
 			t.Fatalf("raw %v: ReadLazy = %q, %v", raw, b[:n], err)
 		}
 		c.Close()
-		if b, n, err := ac.ReadLazy(get, give); b != nil || n != 0 || err != io.EOF {
+		if b, n, err := ac.ReadLazy(&bs); b != nil || n != 0 || err != io.EOF {
 			t.Fatalf("raw %v: at the peer's close ReadLazy = %v, %d, %v; want nil, 0, EOF", raw, b, n, err)
 		}
-		if got-put != 1 {
-			t.Fatalf("raw %v: %d buffers got, %d given back; want all but the one with the bytes back", raw, got, put)
+		if bs.got-bs.put != 1 {
+			t.Fatalf("raw %v: %d buffers got, %d given back; want all but the one with the bytes back", raw, bs.got, bs.put)
 		}
 		ac.Close()
 	}
 }
+
+// countBufs lends ReadLazy buffers and counts them.
+type countBufs struct{ got, put int }
+
+func (b *countBufs) Get() []byte { b.got++; return make([]byte, 16) }
+func (b *countBufs) Put([]byte)  { b.put++ }

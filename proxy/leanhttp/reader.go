@@ -9,11 +9,13 @@ import (
 )
 
 // reader is a connection's read buffer: bufio.Reader's Peek, Discard and
-// Read, but the buffer is the pool's whenever it is empty between
-// requests (release), and the wait for the next request takes one only
-// once its bytes come (rawio.ReadLazy). An idle keep-alive connection
-// then holds no read buffer: net/http's keeps 4 KB for each, a third of
-// a lean connection's cost (docs/benchmarks.md, "Per idle connection").
+// Read, but a read into an empty buffer is lazy (rawio.ReadLazy): the
+// buffer goes back to a pool if the read finds nothing, before the
+// goroutine parks, and one comes back with the bytes. Between requests
+// the connection's writer goes with it (idle). An idle keep-alive
+// connection then holds no buffers: net/http's keeps 8 KB for each, half
+// of its cost (docs/benchmarks.md, "Per idle connection"). When the next
+// request is already there, no buffer changes hands.
 type reader struct {
 	c *conn
 	// lazy is the connection's own lazy read, if it has one: asserted
@@ -23,6 +25,9 @@ type reader struct {
 	r    int    // buf[r:w] is read and not yet taken
 	w    int
 	err  error // the source's, given once the buffer is empty
+	// idle: the wait is for the next request, with the response
+	// flushed, so the writer goes back too if the wait parks.
+	idle bool
 }
 
 // bufs are the readers' buffers, as arrays: a pointer goes in and out of
@@ -37,11 +42,20 @@ func putBuf(b []byte) {
 	}
 }
 
-// release gives the buffer back to the pool if it holds nothing.
-func (b *reader) release() {
-	if b.buf != nil && b.r == b.w {
-		putBuf(b.buf)
-		b.buf, b.r, b.w = nil, 0, 0
+// Get is rawio.Buffers': the reader's own buffer first, then the pool's.
+func (b *reader) Get() []byte {
+	if buf := b.buf; buf != nil {
+		b.buf = nil
+		return buf
+	}
+	return getBuf()
+}
+
+// Put is rawio.Buffers': a read found nothing, and its goroutine parks.
+func (b *reader) Put(buf []byte) {
+	putBuf(buf)
+	if b.idle {
+		b.c.releaseWriter()
 	}
 }
 
@@ -69,19 +83,20 @@ func (b *reader) readErr() error {
 // then the connection, lazily into a buffer when it holds none.
 func (b *reader) fill() {
 	c := b.c
-	if b.buf == nil {
-		if !c.hasByte {
-			var buf []byte
-			var n int
-			var err error
-			if b.lazy != nil {
-				buf, n, err = b.lazy.ReadLazy(getBuf, putBuf)
-			} else {
-				buf, n, err = rawio.ReadLazy(c.rwc, getBuf, putBuf)
-			}
-			b.buf, b.r, b.w, b.err = buf, 0, n, err
-			return
+	if b.r == b.w && !c.hasByte {
+		b.r, b.w = 0, 0
+		var buf []byte
+		var n int
+		var err error
+		if b.lazy != nil {
+			buf, n, err = b.lazy.ReadLazy(b)
+		} else {
+			buf, n, err = rawio.ReadLazy(c.rwc, b)
 		}
+		b.buf, b.w, b.err = buf, n, err
+		return
+	}
+	if b.buf == nil {
 		b.buf = getBuf()
 	}
 	if b.r > 0 {

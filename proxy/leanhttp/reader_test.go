@@ -15,15 +15,18 @@ import (
 )
 
 // lazyConn is a connection with a lazy read of its own: each wait for
-// bytes reports which buffers its server connection holds as it begins.
-// ReadLazy runs on the connection's goroutine, so the look races nothing.
+// bytes first does as a raw read that finds nothing does (takes a
+// buffer and gives it back), then reports which buffers its server
+// connection holds, as it would while parked. ReadLazy runs on the
+// connection's goroutine, so the look races nothing.
 type lazyConn struct {
 	net.Conn
 	s     *Server
 	waits chan string
 }
 
-func (c *lazyConn) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error) {
+func (c *lazyConn) ReadLazy(bufs rawio.Buffers) ([]byte, int, error) {
+	bufs.Put(bufs.Get())
 	c.s.mu.Lock()
 	var held string
 	for lc := range c.s.conns {
@@ -33,7 +36,7 @@ func (c *lazyConn) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, e
 	}
 	c.s.mu.Unlock()
 	c.waits <- held
-	return rawio.ReadLazy(c.Conn, get, put)
+	return rawio.ReadLazy(c.Conn, bufs)
 }
 
 type lazyListener struct {

@@ -236,8 +236,8 @@ type conn struct {
 	ctx    context.Context
 	remote string
 
-	// br and bw hold buffers only while a request is served: both go
-	// back to their pools between requests (reader).
+	// br and bw hold no buffers while the connection waits for a
+	// request: both go back to their pools (reader).
 	br   reader
 	bw   *bufio.Writer
 	werr error // a write to the connection failed
@@ -416,12 +416,14 @@ func (c *conn) serve() {
 			// Between requests: the idle timeout. The deadline moves only
 			// when it is more than idleSlack off, not on every request.
 			c.idleDeadline()
-			// An idle connection holds no buffers: the next request's
-			// bytes are read into one the pool gives as they come.
-			c.br.release()
-			c.releaseWriter()
+			// An idle connection holds no buffers: if the next request
+			// is not there yet, both go back to their pools as the
+			// goroutine parks, and a buffer comes back with its bytes.
+			c.br.idle = true
 		}
-		if _, err := c.br.Peek(1); err != nil {
+		_, err := c.br.Peek(1)
+		c.br.idle = false
+		if err != nil {
 			return // closed, idle timeout, reset: as net/http, no answer
 		}
 		switch c.serveOne(first) {

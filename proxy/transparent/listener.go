@@ -82,14 +82,14 @@ func (c *Conn) Read(p []byte) (int, error) {
 
 // ReadLazy is rawio.ReadLazy: the bytes read for detection first, then
 // the accepted connection's own.
-func (c *Conn) ReadLazy(get func() []byte, put func([]byte)) ([]byte, int, error) {
+func (c *Conn) ReadLazy(bufs rawio.Buffers) ([]byte, int, error) {
 	if len(c.peeked) > 0 {
-		b := get()
+		b := bufs.Get()
 		n := copy(b, c.peeked)
 		c.take(n)
 		return b, n, nil
 	}
-	return rawio.ReadLazy(c.Conn, get, put)
+	return rawio.ReadLazy(c.Conn, bufs)
 }
 
 // take drops n bytes read for detection, and lets go of their buffer
