@@ -80,7 +80,7 @@ func (b *reader) readErr() error {
 }
 
 // fill reads once more from the source: a byte the watch read first,
-// then the connection, lazily into a buffer when it holds none.
+// then the connection, lazily when the buffer is empty (Get, Put).
 func (b *reader) fill() {
 	c := b.c
 	if b.r == b.w && !c.hasByte {
