@@ -6,8 +6,10 @@ import (
 	"syscall"
 )
 
-// Buffers lends ReadLazy its buffers: Get one (the caller's own, empty,
-// the first time, then a pool's), Put one back.
+// Buffers lends ReadLazy its buffers: Get one for a read, Put back one
+// whose read found nothing (before the wait) or failed. A caller may lend
+// its own empty buffer first, so that bytes already waiting move no
+// buffer at all.
 type Buffers interface {
 	Get() []byte
 	Put([]byte)

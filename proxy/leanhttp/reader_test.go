@@ -135,19 +135,7 @@ func TestWriteAfterHandler(t *testing.T) {
 	}
 	defer c.Close()
 	br := bufio.NewReader(c)
-	get := func(path string) string {
-		t.Helper()
-		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
-	if got := get("/keep"); got != "/keep" {
+	if got := roundTrip(t, c, br, "/keep"); got != "/keep" {
 		t.Fatalf("first answer %q", got)
 	}
 	// The answer read: the handler returned (its finish wrote the answer
@@ -169,7 +157,7 @@ func TestWriteAfterHandler(t *testing.T) {
 	if strings.Join(results, "; ") != want+"; "+want {
 		t.Fatalf("a write and a flush after the handler: %q, want %q twice", results, want)
 	}
-	if got := get("/next"); got != "/next" {
+	if got := roundTrip(t, c, br, "/next"); got != "/next" {
 		t.Fatalf("next answer %q, want /next alone", got)
 	}
 }

@@ -52,7 +52,8 @@ func lendServer(t *testing.T, wait map[string]func(*http.Request)) (net.Conn, ch
 // hookCtx is a hook's per-request state.
 type hookCtx struct{ context.Context }
 
-func roundTrip(t *testing.T, c net.Conn, br *bufio.Reader, path string) {
+// roundTrip sends GET path on c and returns the answer's body.
+func roundTrip(t *testing.T, c net.Conn, br *bufio.Reader, path string) string {
 	t.Helper()
 	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
 		t.Fatal(err)
@@ -61,8 +62,9 @@ func roundTrip(t *testing.T, c net.Conn, br *bufio.Reader, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
+	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	return string(b)
 }
 
 // TestRequestContextLent: requests of one connection whose context
