@@ -653,40 +653,47 @@ func FuzzInject(f *testing.F) {
 }
 
 // TestGOMAXPROCS: a CPU limit of at most one core gets GOMAXPROCS=1 (Go
-// would round it up to 2); above one core, or without a limit, Go's own
-// choice from the cgroup stands. Every sidecar gets GOGC=50.
+// would round it up to 2); above one core Go's own choice from the
+// cgroup stands; without a limit, the request's cores rounded up, at
+// least one (Go would take the node's every core). Every sidecar gets
+// GOGC=50.
 func TestGOMAXPROCS(t *testing.T) {
-	for limit, want := range map[string]string{"1": "1", "500m": "1", "1000m": "1", "1001m": "", "2": "", "": ""} {
+	for _, tc := range []struct{ request, limit, want string }{
+		{"100m", "1", "1"},
+		{"100m", "500m", "1"},
+		{"100m", "1000m", "1"},
+		{"100m", "1001m", ""},
+		{"100m", "2", ""},
+		{"2", "4", ""},
+		{"100m", "", "1"},
+		{"", "", "1"},
+		{"1", "", "1"},
+		{"1001m", "", "2"},
+		{"2500m", "", "3"},
+	} {
 		ann := enabled()
 		cfg := testConfig()
-		cfg.Proxy.CPULimit = limit
+		cfg.Proxy.CPURequest, cfg.Proxy.CPULimit = tc.request, tc.limit
 		res, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, cfg)
 		if err != nil || !res.Injected {
-			t.Fatalf("limit %q: %v", limit, err)
+			t.Fatalf("request %q, limit %q: %v", tc.request, tc.limit, err)
 		}
 		got, gogc := "", ""
-		for _, c := range res.Pod.Spec.InitContainers {
+		for _, c := range append(res.Pod.Spec.InitContainers, res.Pod.Spec.Containers...) {
 			for _, e := range c.Env {
-				if e.Name == "GOMAXPROCS" {
+				switch e.Name {
+				case "GOMAXPROCS":
 					got = e.Value
-				}
-				if e.Name == "GOGC" {
+				case "GOGC":
 					gogc = e.Value
 				}
 			}
 		}
 		if gogc != "50" {
-			t.Errorf("CPU limit %q: GOGC %q, want 50", limit, gogc)
+			t.Errorf("request %q, limit %q: GOGC %q, want 50", tc.request, tc.limit, gogc)
 		}
-		for _, c := range res.Pod.Spec.Containers {
-			for _, e := range c.Env {
-				if e.Name == "GOMAXPROCS" {
-					got = e.Value
-				}
-			}
-		}
-		if got != want {
-			t.Errorf("CPU limit %q: GOMAXPROCS %q, want %q", limit, got, want)
+		if got != tc.want {
+			t.Errorf("request %q, limit %q: GOMAXPROCS %q, want %q", tc.request, tc.limit, got, tc.want)
 		}
 	}
 }

@@ -307,7 +307,7 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 	}
-	env = append(env, RuntimeEnv(s.cpuLimit)...)
+	env = append(env, RuntimeEnv(s.cpuRequest, s.cpuLimit)...)
 	if s.iptables && s.opaqueSet {
 		// --opaque-ports, read from the environment as every flag of
 		// minimesh-proxy run can be; it replaces the sidecar's default
@@ -426,18 +426,12 @@ func initContainer(cfg *Config, s *settings) corev1.Container {
 }
 
 // RuntimeEnv is the Go runtime's settings the sidecar gets for its CPU
-// limit (nil: none). The benchmark harness measures the sidecar with
-// them (e2e/bench).
-func RuntimeEnv(cpuLimit *resource.Quantity) []corev1.EnvVar {
+// request and limit (nil: none). The benchmark harness measures the
+// sidecar with them (e2e/bench).
+func RuntimeEnv(cpuRequest, cpuLimit *resource.Quantity) []corev1.EnvVar {
 	var env []corev1.EnvVar
-	// Go (1.25 and later) sizes GOMAXPROCS from the container's CPU
-	// limit, cgroup v1 and v2 alike, but rounds a limit under 2 cores up
-	// to 2 (runtime.adjustCgroupGOMAXPROCS): under the default limit of
-	// one core the sidecar would run two Ps and be throttled. One P cut
-	// its CPU per request by 28 % and its p99 (docs/benchmarks.md, "One
-	// core"), so a limit of at most one core gets GOMAXPROCS=1.
-	if cpuLimit != nil && cpuLimit.MilliValue() <= 1000 {
-		env = append(env, corev1.EnvVar{Name: "GOMAXPROCS", Value: "1"})
+	if p := gomaxprocs(cpuRequest, cpuLimit); p > 0 {
+		env = append(env, corev1.EnvVar{Name: "GOMAXPROCS", Value: strconv.FormatInt(p, 10)})
 	}
 	// GOGC=50: the sidecar's live heap is under 1 MB, so with Go's
 	// default the heap goal is its 4 MB floor, most of it garbage; 50
@@ -447,6 +441,32 @@ func RuntimeEnv(cpuLimit *resource.Quantity) []corev1.EnvVar {
 	// (docs/benchmarks.md, "Memory at idle and under load").
 	env = append(env, corev1.EnvVar{Name: "GOGC", Value: "50"})
 	return env
+}
+
+// gomaxprocs is the GOMAXPROCS the sidecar gets, 0 for Go's own choice.
+// Go (1.25 and later) sizes GOMAXPROCS from the container's CPU limit,
+// cgroup v1 and v2 alike, and follows the limit if it changes, but
+// rounds a limit under 2 cores up to 2 (runtime.adjustCgroupGOMAXPROCS):
+// under the default limit of one core the sidecar would run two Ps and
+// be throttled. One P cut its CPU per request by 28 % and its p99
+// (docs/benchmarks.md, "One core"), so a limit of at most one core gets
+// 1. Above one core Go's choice stands. Without a limit Go would take
+// every core of the node, and each P costs memory and CPU whatever the
+// traffic (docs/benchmarks.md, "Without a CPU limit": at 1,000
+// requests/s 1.7 MB more at the peak with 16 Ps, 2.2 MB with 32, and
+// 9-31 % more CPU): the sidecar gets its request's cores instead,
+// rounded up, at least one, as Linkerd's proxy runs one worker unless
+// given more.
+func gomaxprocs(cpuRequest, cpuLimit *resource.Quantity) int64 {
+	switch {
+	case cpuLimit != nil && cpuLimit.MilliValue() <= 1000:
+		return 1
+	case cpuLimit != nil:
+		return 0
+	case cpuRequest == nil:
+		return 1
+	}
+	return max(1, (cpuRequest.MilliValue()+999)/1000)
 }
 
 // proxyEnv is what each app container gets in proxy-env interception.

@@ -720,9 +720,10 @@ func checkSidecar(ctx context.Context, t *target, upstream string) error {
 // sets it under its default CPU limit (one core: GOMAXPROCS=1 GOGC=50,
 // docs/annotations.md): the harness measures the sidecar users run.
 var injectedEnv = func() string {
-	limit := resource.MustParse(injector.DefaultConfig().Proxy.CPULimit)
+	p := injector.DefaultConfig().Proxy
+	request, limit := resource.MustParse(p.CPURequest), resource.MustParse(p.CPULimit)
 	var kv []string
-	for _, e := range injector.RuntimeEnv(&limit) {
+	for _, e := range injector.RuntimeEnv(&request, &limit) {
 		kv = append(kv, e.Name+"="+e.Value)
 	}
 	return strings.Join(kv, " ")

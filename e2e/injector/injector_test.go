@@ -291,6 +291,24 @@ func TestInjector(t *testing.T) {
 		runStoredSidecar(t, e, p)
 	})
 
+	t.Run("without a CPU limit the sidecar runs its request's Ps, not the machine's", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "nolimit", nil)
+		p := create(t, ns, appPod("web", map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled,
+			"minimesh.io/proxy-cpu-limit": ""}))
+		for _, c := range p.Spec.InitContainers {
+			if c.Name != wellknown.ProxyContainerName {
+				continue
+			}
+			if _, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+				t.Fatalf("sidecar CPU limit %v, want none", c.Resources.Limits)
+			}
+			if got := envMap(c)["GOMAXPROCS"]; got != "1" {
+				t.Fatalf("sidecar GOMAXPROCS %q under the default request of 100m, want 1", got)
+			}
+		}
+		runStoredSidecar(t, e, p) // and it runs one P
+	})
+
 	t.Run("minimesh inject output is accepted and not injected twice", func(t *testing.T) {
 		ns := e.namespace(t, ctx, "manual", nsOn)
 		bin, err := tools.Binary("minimesh")

@@ -101,6 +101,13 @@ func runStoredSidecar(t *testing.T, e *env, pod *corev1.Pod) {
 			t.Fatal(err)
 		}
 	}
+	// The Ps the sidecar runs are the ones its env asks for: without the
+	// env Go takes every core of the machine.
+	if want := envMap(*c)["GOMAXPROCS"]; want == "" {
+		t.Errorf("sidecar env has no GOMAXPROCS: %v", c.Env)
+	} else if got := metricValue(t, get(t, base+"/metrics"), "go_sched_gomaxprocs_threads"); got != want {
+		t.Errorf("the sidecar runs %s Ps (go_sched_gomaxprocs_threads), its env says GOMAXPROCS=%s", got, want)
+	}
 
 	// The app's side: its HTTP_PROXY leads through this sidecar.
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -147,4 +154,17 @@ func get(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// metricValue is the value of an unlabelled metric in a Prometheus text
+// exposition.
+func metricValue(t *testing.T, text, name string) string {
+	t.Helper()
+	for line := range strings.Lines(text) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in the metrics:\n%s", name, text)
+	return ""
 }
