@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -658,25 +659,35 @@ func FuzzInject(f *testing.F) {
 // least one (Go would take the node's every core). Every sidecar gets
 // GOGC=50.
 func TestGOMAXPROCS(t *testing.T) {
-	for _, tc := range []struct{ request, limit, want string }{
-		{"100m", "1", "1"},
-		{"100m", "500m", "1"},
-		{"100m", "1000m", "1"},
-		{"100m", "1001m", ""},
-		{"100m", "2", ""},
-		{"2", "4", ""},
-		{"100m", "", "1"},
-		{"", "", "1"},
-		{"1", "", "1"},
-		{"1001m", "", "2"},
-		{"2500m", "", "3"},
+	for _, tc := range []struct {
+		request, limit string            // the config's
+		ann            map[string]string // the pod's, over the config
+		want           string
+	}{
+		{"100m", "1", nil, "1"},
+		{"100m", "500m", nil, "1"},
+		{"100m", "1000m", nil, "1"},
+		{"100m", "1001m", nil, ""},
+		{"100m", "2", nil, ""},
+		{"2", "4", nil, ""},
+		{"100m", "", nil, "1"},
+		{"", "", nil, "1"},
+		{"1", "", nil, "1"},
+		{"1001m", "", nil, "2"},
+		{"2500m", "", nil, "3"},
+		{"100m", "1", map[string]string{"minimesh.io/proxy-cpu-limit": ""}, "1"},
+		{"100m", "1", map[string]string{"minimesh.io/proxy-cpu-limit": "", "minimesh.io/proxy-cpu-request": "2"}, "2"},
+		{"100m", "1", map[string]string{"minimesh.io/proxy-cpu-limit": "", "minimesh.io/proxy-cpu-request": ""}, "1"},
+		{"100m", "1", map[string]string{"minimesh.io/proxy-cpu-limit": "3"}, ""},
+		{"2", "", map[string]string{"minimesh.io/proxy-cpu-limit": "500m"}, "1"}, // the request lowered to the limit
 	} {
 		ann := enabled()
+		maps.Copy(ann, tc.ann)
 		cfg := testConfig()
 		cfg.Proxy.CPURequest, cfg.Proxy.CPULimit = tc.request, tc.limit
 		res, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, cfg)
 		if err != nil || !res.Injected {
-			t.Fatalf("request %q, limit %q: %v", tc.request, tc.limit, err)
+			t.Fatalf("request %q, limit %q, annotations %v: %v", tc.request, tc.limit, tc.ann, err)
 		}
 		got, gogc := "", ""
 		for _, c := range append(res.Pod.Spec.InitContainers, res.Pod.Spec.Containers...) {
@@ -690,10 +701,10 @@ func TestGOMAXPROCS(t *testing.T) {
 			}
 		}
 		if gogc != "50" {
-			t.Errorf("request %q, limit %q: GOGC %q, want 50", tc.request, tc.limit, gogc)
+			t.Errorf("request %q, limit %q, annotations %v: GOGC %q, want 50", tc.request, tc.limit, tc.ann, gogc)
 		}
 		if got != tc.want {
-			t.Errorf("request %q, limit %q: GOMAXPROCS %q, want %q", tc.request, tc.limit, got, tc.want)
+			t.Errorf("request %q, limit %q, annotations %v: GOMAXPROCS %q, want %q", tc.request, tc.limit, tc.ann, got, tc.want)
 		}
 	}
 }

@@ -456,7 +456,8 @@ func RuntimeEnv(cpuRequest, cpuLimit *resource.Quantity) []corev1.EnvVar {
 // requests/s 1.7 MB more at the peak with 16 Ps, 2.2 MB with 32, and
 // 9-31 % more CPU): the sidecar gets its request's cores instead,
 // rounded up, at least one, as Linkerd's proxy runs one worker unless
-// given more.
+// given more. (With the env set Go no longer follows the limit: a limit
+// changed in place leaves the Ps as injected.)
 func gomaxprocs(cpuRequest, cpuLimit *resource.Quantity) int64 {
 	switch {
 	case cpuLimit != nil && cpuLimit.MilliValue() <= 1000:
