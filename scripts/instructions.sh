@@ -27,7 +27,8 @@
 # OUT (default a temporary directory) keeps cg-400.PID.out and
 # cg-4400.PID.out, or perf-4000.txt with --syscalls;
 # `cg_diff cg-400.PID.out cg-4400.PID.out > d; cg_annotate d` says where
-# they go.
+# they go. CACHESIM=yes adds cachegrind's cache model (level-1 and
+# last-level misses: `cg_annotate --sort=D1mw,D1mr d`), slower.
 #
 # Needs valgrind (apt-get install valgrind), and fortio and Jaeger from
 # make tools. Every process it starts ends with it.
@@ -120,7 +121,7 @@ fi
 count() {
 	local n=$1
 	rm -f "$out"/cg-"$n".*.out "$out/perf-$n.txt" # an OUT used before
-	local cg=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out/cg-$n.%p.out")
+	local cg=(valgrind --tool=cachegrind --cache-sim="${CACHESIM:-no}" --cachegrind-out-file="$out/cg-$n.%p.out")
 	$syscalls && cg=()
 	local ready_url="http://127.0.0.1:$admin/ready" stop=INT
 	case $what in
