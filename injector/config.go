@@ -73,7 +73,7 @@ type ProxyConfig struct {
 // (docs/benchmarks.md, "The rate sweep as injected"): 0.05–0.14 core (a
 // quiet and a noisy machine), so a request of 100m, Linkerd's and Istio's
 // too; a peak RSS of 14–15 MB with the GOGC=50 the sidecar gets (10 MB
-// idle, most of it the binary's pages) and 8–11 KB per idle client
+// idle, most of it the binary's pages) and 8–13 KB per idle client
 // connection, so a request of 32Mi and a limit of 128Mi, room to spare
 // for the 1,024 connections --max-connections allows (Go's memory limit
 // is 90 % of it). The CPU limit of one core comes with
