@@ -8,10 +8,13 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/injector"
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/wellknown"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -122,6 +125,39 @@ func TestRenderedFilesLoad(t *testing.T) {
 		cfg, err := injector.ParseConfig([]byte(cm["data"].(map[string]any)["config.yaml"].(string)))
 		if err != nil || cfg.Proxy.InitImageRef() != c.want {
 			t.Errorf("--set %q: init image %q, %v; want %s", c.sets, cfg.Proxy.InitImageRef(), err, c.want)
+		}
+	}
+	// No CPU limit for the sidecars (cpuLimit empty): the injector then
+	// gives each its request's Ps, not the node's every core.
+	out, err = template(t, "--set", "proxy.resources.cpuLimit=")
+	if err != nil {
+		t.Fatalf("cpuLimit empty: %v\n%s", err, out)
+	}
+	cm = find(docs(t, out), "ConfigMap", "minimesh-injector-config")
+	cfg, err = injector.ParseConfig([]byte(cm["data"].(map[string]any)["config.yaml"].(string)))
+	if err != nil || cfg.Proxy.CPULimit != "" {
+		t.Fatalf("cpuLimit empty: rendered config %+v, %v", cfg.Proxy, err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Annotations: map[string]string{wellknown.AnnotationInject: wellknown.InjectEnabled}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}},
+	}
+	res, err := injector.Inject(injector.Input{Pod: pod, Namespace: "shop"}, &cfg)
+	if err != nil || !res.Injected {
+		t.Fatalf("cpuLimit empty: inject: %v", err)
+	}
+	for _, c := range res.Pod.Spec.InitContainers {
+		if c.Name != wellknown.ProxyContainerName {
+			continue
+		}
+		procs := ""
+		for _, e := range c.Env {
+			if e.Name == "GOMAXPROCS" {
+				procs = e.Value
+			}
+		}
+		if _, limited := c.Resources.Limits[corev1.ResourceCPU]; limited || procs != "1" {
+			t.Fatalf("cpuLimit empty: sidecar limits %v, GOMAXPROCS %q; want no CPU limit and 1", c.Resources.Limits, procs)
 		}
 	}
 	n := 0
