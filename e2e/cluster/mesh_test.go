@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +19,7 @@ import (
 	"github.com/minimesh/minimesh/e2e/internal/clusterdemo"
 	"github.com/minimesh/minimesh/e2e/internal/jaeger"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/e2e/internal/prom"
 )
 
 // flaky is a namespace labelled for injection: a backend whose failures
@@ -477,23 +477,8 @@ func getJSON(t *testing.T, u string, v any) {
 // metricValue is the value of the Prometheus text line of name with these
 // label pairs (and maybe others), or -1.
 func metricValue(text, name string, labels ...string) float64 {
-	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		match := true
-		for i := 0; i+1 < len(labels); i += 2 {
-			if !strings.Contains(line, fmt.Sprintf("%s=%q", labels[i], labels[i+1])) {
-				match = false
-			}
-		}
-		if !match {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err == nil {
-			return v
-		}
+	if v, ok := prom.TextValue(text, name, labels...); ok {
+		return v
 	}
 	return -1
 }

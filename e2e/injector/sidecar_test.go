@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/e2e/internal/prom"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
 	"github.com/minimesh/minimesh/wellknown"
 )
@@ -108,8 +110,8 @@ func runStoredSidecar(t *testing.T, e *env, pod *corev1.Pod) {
 		if l := c.Resources.Limits.Cpu(); l.IsZero() || l.MilliValue() <= 1000 {
 			t.Errorf("sidecar env has no GOMAXPROCS under a CPU limit of %v: %v", l, c.Env)
 		}
-	} else if got := metricValue(t, get(t, base+"/metrics"), "go_sched_gomaxprocs_threads"); got != want {
-		t.Errorf("the sidecar runs %s Ps (go_sched_gomaxprocs_threads), its env says GOMAXPROCS=%s", got, want)
+	} else if got, ok := prom.TextValue(get(t, base+"/metrics"), "go_sched_gomaxprocs_threads"); !ok || strconv.FormatFloat(got, 'f', -1, 64) != want {
+		t.Errorf("the sidecar runs %v Ps (go_sched_gomaxprocs_threads, found %v), its env says GOMAXPROCS=%s", got, ok, want)
 	}
 
 	// The app's side: its HTTP_PROXY leads through this sidecar.
@@ -157,17 +159,4 @@ func get(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// metricValue is the value of an unlabelled metric in a Prometheus text
-// exposition.
-func metricValue(t *testing.T, text, name string) string {
-	t.Helper()
-	for line := range strings.Lines(text) {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	t.Fatalf("no %s in the metrics:\n%s", name, text)
-	return ""
 }
