@@ -146,10 +146,12 @@ func TestRenderedFilesLoad(t *testing.T) {
 	if err != nil || !res.Injected {
 		t.Fatalf("cpuLimit empty: inject: %v", err)
 	}
+	sidecars := 0
 	for _, c := range res.Pod.Spec.InitContainers {
 		if c.Name != wellknown.ProxyContainerName {
 			continue
 		}
+		sidecars++
 		procs := ""
 		for _, e := range c.Env {
 			if e.Name == "GOMAXPROCS" {
@@ -159,6 +161,9 @@ func TestRenderedFilesLoad(t *testing.T) {
 		if _, limited := c.Resources.Limits[corev1.ResourceCPU]; limited || procs != "1" {
 			t.Fatalf("cpuLimit empty: sidecar limits %v, GOMAXPROCS %q; want no CPU limit and 1", c.Resources.Limits, procs)
 		}
+	}
+	if sidecars != 1 {
+		t.Fatalf("cpuLimit empty: %d sidecars injected, want 1", sidecars)
 	}
 	n := 0
 	for _, o := range objs {
