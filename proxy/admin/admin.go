@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"net/netip"
 	"sync/atomic"
 
@@ -41,10 +40,11 @@ func New(reg *promtext.Registry, breakers Breakers, config func() any) *Server {
 	s.mux.HandleFunc("GET /debug/breakers", loopbackOnly(s.serveBreakers))
 	s.mux.HandleFunc("POST /debug/breakers/reset", loopbackOnly(s.serveReset))
 	s.mux.HandleFunc("GET /debug/config", loopbackOnly(s.serveConfig))
-	// Go's profiler, for "why is the sidecar using CPU": loopback only.
-	s.mux.HandleFunc("GET /debug/pprof/", loopbackOnly(pprof.Index))
-	s.mux.HandleFunc("GET /debug/pprof/profile", loopbackOnly(pprof.Profile))
-	s.mux.HandleFunc("GET /debug/pprof/trace", loopbackOnly(pprof.Trace))
+	// Go's profiler (pprof.go): loopback only.
+	s.mux.HandleFunc("GET /debug/pprof/{$}", loopbackOnly(serveProfileIndex))
+	s.mux.HandleFunc("GET /debug/pprof/profile", loopbackOnly(serveCPUProfile))
+	s.mux.HandleFunc("GET /debug/pprof/trace", loopbackOnly(serveTrace))
+	s.mux.HandleFunc("GET /debug/pprof/{name}", loopbackOnly(serveNamedProfile))
 	return s
 }
 

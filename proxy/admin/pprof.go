@@ -1,0 +1,142 @@
+package admin
+
+import (
+	"fmt"
+	"net/http"
+	"runtime"
+	"runtime/pprof"
+	"runtime/trace"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Go's profiler, for "why is the sidecar using CPU or memory", with the
+// paths and query parameters `go tool pprof` and net/http/pprof's users
+// know: /debug/pprof/profile?seconds=N, /debug/pprof/trace?seconds=N,
+// /debug/pprof/NAME?debug=N (heap with gc=1), and an index.
+//
+// Why not net/http/pprof: its delta profiles (NAME?seconds=N) parse
+// profiles back with internal/profile, a quarter megabyte of binary with
+// the package itself, and the binary's pages are most of the sidecar's
+// RSS (0.2-0.4 MB of it: docs/benchmarks.md, "Go's profiler without
+// net/http/pprof"). A delta is two profiles and `go tool pprof -base`.
+
+// maxProfileSeconds bounds a CPU profile or trace: the profiler is one
+// per process, and a forgotten request should not hold it for hours.
+const maxProfileSeconds = 600
+
+// profileSeconds reads ?seconds=, def when absent.
+func profileSeconds(r *http.Request, def int) (time.Duration, error) {
+	v := r.URL.Query().Get("seconds")
+	if v == "" {
+		return time.Duration(def) * time.Second, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 || n > maxProfileSeconds {
+		return 0, fmt.Errorf("seconds=%q: want a whole number of seconds from 1 to %d", v, maxProfileSeconds)
+	}
+	return time.Duration(n) * time.Second, nil
+}
+
+// sleepFor waits d, or until the client goes away.
+func sleepFor(r *http.Request, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+}
+
+func profileError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	fmt.Fprintln(w, msg)
+}
+
+func binaryHeaders(w http.ResponseWriter, name string) {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Disposition", `attachment; filename="`+name+`"`)
+}
+
+// serveCPUProfile is /debug/pprof/profile: a CPU profile of seconds
+// (default 30, as net/http/pprof's).
+func serveCPUProfile(w http.ResponseWriter, r *http.Request) {
+	d, err := profileSeconds(r, 30)
+	if err != nil {
+		profileError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	binaryHeaders(w, "profile")
+	if err := pprof.StartCPUProfile(w); err != nil {
+		// Another profile is running: the headers are not sent yet.
+		w.Header().Del("Content-Disposition")
+		profileError(w, http.StatusInternalServerError, "could not start the CPU profile: "+err.Error())
+		return
+	}
+	sleepFor(r, d)
+	pprof.StopCPUProfile()
+}
+
+// serveTrace is /debug/pprof/trace: an execution trace of seconds
+// (default 1), for `go tool trace`.
+func serveTrace(w http.ResponseWriter, r *http.Request) {
+	d, err := profileSeconds(r, 1)
+	if err != nil {
+		profileError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	binaryHeaders(w, "trace")
+	if err := trace.Start(w); err != nil {
+		w.Header().Del("Content-Disposition")
+		profileError(w, http.StatusInternalServerError, "could not start the trace: "+err.Error())
+		return
+	}
+	sleepFor(r, d)
+	trace.Stop()
+}
+
+// serveNamedProfile is /debug/pprof/NAME: heap, allocs, goroutine,
+// block, mutex, threadcreate; ?debug=N as text, ?gc=1 collects before a
+// heap profile.
+func serveNamedProfile(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	p := pprof.Lookup(name)
+	if p == nil {
+		profileError(w, http.StatusNotFound, "no profile "+strconv.Quote(name)+": see /debug/pprof/")
+		return
+	}
+	q := r.URL.Query()
+	if q.Get("seconds") != "" {
+		profileError(w, http.StatusBadRequest, "delta profiles (seconds=) are not served: take two and compare them with go tool pprof -base")
+		return
+	}
+	debug, _ := strconv.Atoi(q.Get("debug"))
+	if name == "heap" && q.Get("gc") != "" && q.Get("gc") != "0" {
+		runtime.GC()
+	}
+	if debug != 0 {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+	} else {
+		binaryHeaders(w, name)
+	}
+	_ = p.WriteTo(w, debug)
+}
+
+// serveProfileIndex is /debug/pprof/: the profiles, as text.
+func serveProfileIndex(w http.ResponseWriter, _ *http.Request) {
+	var b strings.Builder
+	b.WriteString("Go profiles of this sidecar (loopback only; go tool pprof URL):\n\n")
+	for _, p := range pprof.Profiles() {
+		fmt.Fprintf(&b, "  /debug/pprof/%-14s %6d  (?debug=1 as text)\n", p.Name(), p.Count())
+	}
+	b.WriteString("  /debug/pprof/profile         CPU profile, ?seconds=30\n")
+	b.WriteString("  /debug/pprof/trace           execution trace for go tool trace, ?seconds=1\n")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	_, _ = w.Write([]byte(b.String()))
+}
