@@ -26,17 +26,27 @@ import (
 // per process, and a forgotten request should not hold it for hours.
 const maxProfileSeconds = 600
 
-// profileSeconds reads ?seconds=, def when absent.
-func profileSeconds(r *http.Request, def int) (time.Duration, error) {
+// profileSeconds reads ?seconds= as net/http/pprof does (whole seconds
+// for a CPU profile, a fraction for a trace; absent, not a number or not
+// above 0: def), refusing only more than maxProfileSeconds.
+func profileSeconds(r *http.Request, def float64, whole bool) (time.Duration, error) {
 	v := r.URL.Query().Get("seconds")
-	if v == "" {
-		return time.Duration(def) * time.Second, nil
+	var sec float64
+	var err error
+	if whole {
+		var n int64
+		n, err = strconv.ParseInt(v, 10, 64)
+		sec = float64(n)
+	} else {
+		sec, err = strconv.ParseFloat(v, 64)
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 || n > maxProfileSeconds {
-		return 0, fmt.Errorf("seconds=%q: want a whole number of seconds from 1 to %d", v, maxProfileSeconds)
+	if err != nil || !(sec > 0) {
+		sec = def
 	}
-	return time.Duration(n) * time.Second, nil
+	if sec > maxProfileSeconds {
+		return 0, fmt.Errorf("seconds=%s: at most %d", v, maxProfileSeconds)
+	}
+	return time.Duration(sec * float64(time.Second)), nil
 }
 
 // sleepFor waits d, or until the client goes away.
@@ -49,7 +59,10 @@ func sleepFor(r *http.Request, d time.Duration) {
 	}
 }
 
+// profileError answers msg as text, with the header that has go tool
+// pprof show it.
 func profileError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("X-Go-Pprof", "1")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
@@ -65,7 +78,7 @@ func binaryHeaders(w http.ResponseWriter, name string) {
 // serveCPUProfile is /debug/pprof/profile: a CPU profile of seconds
 // (default 30, as net/http/pprof's).
 func serveCPUProfile(w http.ResponseWriter, r *http.Request) {
-	d, err := profileSeconds(r, 30)
+	d, err := profileSeconds(r, 30, true)
 	if err != nil {
 		profileError(w, http.StatusBadRequest, err.Error())
 		return
@@ -84,7 +97,7 @@ func serveCPUProfile(w http.ResponseWriter, r *http.Request) {
 // serveTrace is /debug/pprof/trace: an execution trace of seconds
 // (default 1), for `go tool trace`.
 func serveTrace(w http.ResponseWriter, r *http.Request) {
-	d, err := profileSeconds(r, 1)
+	d, err := profileSeconds(r, 1, false)
 	if err != nil {
 		profileError(w, http.StatusBadRequest, err.Error())
 		return
@@ -115,7 +128,7 @@ func serveNamedProfile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	debug, _ := strconv.Atoi(q.Get("debug"))
-	if name == "heap" && q.Get("gc") != "" && q.Get("gc") != "0" {
+	if gc, _ := strconv.Atoi(q.Get("gc")); name == "heap" && gc > 0 {
 		runtime.GC()
 	}
 	if debug != 0 {

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"testing"
@@ -46,7 +48,7 @@ func TestNamedProfiles(t *testing.T) {
 		{"/debug/pprof/allocs", 200, ""},
 		{"/debug/pprof/goroutine", 200, ""},
 		{"/debug/pprof/goroutine?debug=1", 200, "goroutine profile: total"},
-		{"/debug/pprof/goroutine?debug=2", 200, "goroutine "},
+		{"/debug/pprof/goroutine?debug=2", 200, "[running]:"}, // debug=1 has no states
 		{"/debug/pprof/heap?debug=1", 200, "heap profile:"},
 		{"/debug/pprof/threadcreate?debug=1", 200, "threadcreate profile:"},
 		{"/debug/pprof/block", 200, ""},
@@ -72,21 +74,53 @@ func TestNamedProfiles(t *testing.T) {
 	}
 }
 
-func TestProfileSecondsRefused(t *testing.T) {
+// TestProfileErrors: what the profiler refuses, it says as text with
+// X-Go-Pprof, the header go tool pprof needs to show it.
+func TestProfileErrors(t *testing.T) {
 	s, _ := newServer(t)
-	for _, path := range []string{"/debug/pprof/profile", "/debug/pprof/trace"} {
-		for _, v := range []string{"0", "-1", "1.5", "x", "601", "99999999999999999999"} {
-			w := do(s, "GET", path+"?seconds="+v, loopback4)
-			if w.Code != 400 || !strings.Contains(w.Body.String(), "from 1 to 600") {
-				t.Errorf("%s?seconds=%s: %d %q, want 400 naming the bounds", path, v, w.Code, w.Body)
-			}
+	for _, tc := range []struct{ target, text string }{
+		{"/debug/pprof/profile?seconds=601", "at most 600"},
+		{"/debug/pprof/trace?seconds=600.5", "at most 600"},
+		{"/debug/pprof/heap?seconds=5", "go tool pprof -base"},
+		{"/debug/pprof/nosuch", "no profile"},
+	} {
+		w := do(s, "GET", tc.target, loopback4)
+		if w.Code < 400 || !strings.Contains(w.Body.String(), tc.text) || w.Header().Get("X-Go-Pprof") != "1" ||
+			!strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
+			t.Errorf("%s: %d %v %q, want an error as text naming %q with X-Go-Pprof", tc.target, w.Code, w.Header(), w.Body, tc.text)
 		}
 	}
+}
+
+// TestHeapProfileGC: heap?gc=1 collects first, as net/http/pprof's.
+func TestHeapProfileGC(t *testing.T) {
+	s, _ := newServer(t)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.NumGC
+	if w := do(s, "GET", "/debug/pprof/heap?gc=1", loopback4); w.Code != 200 {
+		t.Fatalf("heap?gc=1: %d", w.Code)
+	}
+	runtime.ReadMemStats(&ms)
+	if ms.NumGC <= before {
+		t.Errorf("heap?gc=1: %d collections before, %d after", before, ms.NumGC)
+	}
+}
+
+// profilerFree skips a test that needs Go's CPU profiler when something
+// else holds it (go test -cpuprofile).
+func profilerFree(t *testing.T) {
+	t.Helper()
+	if err := pprof.StartCPUProfile(io.Discard); err != nil {
+		t.Skipf("the CPU profiler is taken: %v", err)
+	}
+	pprof.StopCPUProfile()
 }
 
 // TestCPUProfileBusy: one CPU profile at a time (Go's); a second is a
 // clear 500, not a broken profile.
 func TestCPUProfileBusy(t *testing.T) {
+	profilerFree(t)
 	s, _ := newServer(t)
 	if err := pprof.StartCPUProfile(io.Discard); err != nil {
 		t.Fatal(err)
@@ -101,35 +135,34 @@ func TestCPUProfileBusy(t *testing.T) {
 // TestCPUProfileEndsWithClient: a client that goes away ends its profile
 // and frees the profiler, without waiting out the seconds asked for.
 func TestCPUProfileEndsWithClient(t *testing.T) {
+	profilerFree(t)
 	s, _ := newServer(t)
 	srv := httptest.NewServer(s)
 	defer srv.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/debug/pprof/profile?seconds=600", nil)
-	done := make(chan error, 1)
-	go func() {
-		resp, err := srv.Client().Do(req)
-		if err == nil {
-			_, err = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		done <- err
-	}()
-	// The profile has started once the profiler is taken.
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if err := pprof.StartCPUProfile(io.Discard); err != nil {
-			break
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/debug/pprof/profile?seconds=600", nil)
+		done := make(chan error, 1)
+		go func() {
+			resp, err := srv.Client().Do(req)
+			if err == nil {
+				resp.Body.Close()
+				err = fmt.Errorf("answered %s", resp.Status)
+			}
+			done <- err
+		}()
+		// The handler holds the profiler once a try to take it fails. A try
+		// that takes it first makes the handler answer 500: then again.
+		if !waitHeld(t, done, deadline) {
+			cancel()
+			continue
 		}
-		pprof.StopCPUProfile()
-		if time.Now().After(deadline) {
-			t.Fatal("the profile never started")
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("the client's request: %v, want it cancelled", err)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("the client's request: %v, want it cancelled", err)
+		break
 	}
 	for {
 		err := pprof.StartCPUProfile(io.Discard)
@@ -144,10 +177,33 @@ func TestCPUProfileEndsWithClient(t *testing.T) {
 	}
 }
 
+// waitHeld waits until Go's CPU profiler is taken, by trying to take it:
+// false if the request ended first (done).
+func waitHeld(t *testing.T, done <-chan error, deadline time.Time) bool {
+	t.Helper()
+	for {
+		if err := pprof.StartCPUProfile(io.Discard); err != nil {
+			return true
+		}
+		pprof.StopCPUProfile()
+		select {
+		case err := <-done:
+			t.Logf("the profile lost the profiler to the test's try (%v): again", err)
+			return false
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the profile never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // TestProfilesReadByGoTool: what the endpoints serve is what `go tool
 // pprof` and `go tool trace` read, fetched over a real connection from
 // loopback as a person in the pod would.
 func TestProfilesReadByGoTool(t *testing.T) {
+	profilerFree(t)
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		if os.Getenv("CI") == "true" {
