@@ -60,13 +60,18 @@ func sleepFor(r *http.Request, d time.Duration) {
 }
 
 // profileError answers msg as text, with the header that has go tool
-// pprof show it.
+// pprof show it, in place of the profile's headers if they were set.
 func profileError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Del("Content-Disposition")
 	w.Header().Set("X-Go-Pprof", "1")
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	textHeaders(w)
 	w.WriteHeader(code)
 	fmt.Fprintln(w, msg)
+}
+
+func textHeaders(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 }
 
 func binaryHeaders(w http.ResponseWriter, name string) {
@@ -86,7 +91,6 @@ func serveCPUProfile(w http.ResponseWriter, r *http.Request) {
 	binaryHeaders(w, "profile")
 	if err := pprof.StartCPUProfile(w); err != nil {
 		// Another profile is running: the headers are not sent yet.
-		w.Header().Del("Content-Disposition")
 		profileError(w, http.StatusInternalServerError, "could not start the CPU profile: "+err.Error())
 		return
 	}
@@ -104,7 +108,6 @@ func serveTrace(w http.ResponseWriter, r *http.Request) {
 	}
 	binaryHeaders(w, "trace")
 	if err := trace.Start(w); err != nil {
-		w.Header().Del("Content-Disposition")
 		profileError(w, http.StatusInternalServerError, "could not start the trace: "+err.Error())
 		return
 	}
@@ -132,8 +135,7 @@ func serveNamedProfile(w http.ResponseWriter, r *http.Request) {
 		runtime.GC()
 	}
 	if debug != 0 {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
+		textHeaders(w)
 	} else {
 		binaryHeaders(w, name)
 	}
@@ -149,7 +151,6 @@ func serveProfileIndex(w http.ResponseWriter, _ *http.Request) {
 	}
 	b.WriteString("  /debug/pprof/profile         CPU profile, ?seconds=30\n")
 	b.WriteString("  /debug/pprof/trace           execution trace for go tool trace, ?seconds=1\n")
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
+	textHeaders(w)
 	_, _ = w.Write([]byte(b.String()))
 }

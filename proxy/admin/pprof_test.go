@@ -53,8 +53,6 @@ func TestNamedProfiles(t *testing.T) {
 		{"/debug/pprof/threadcreate?debug=1", 200, "threadcreate profile:"},
 		{"/debug/pprof/block", 200, ""},
 		{"/debug/pprof/mutex", 200, ""},
-		{"/debug/pprof/nosuch", 404, "no profile \"nosuch\""},
-		{"/debug/pprof/heap?seconds=5", 400, "go tool pprof -base"},
 	} {
 		w := do(s, "GET", tc.target, loopback4)
 		if w.Code != tc.code {
@@ -78,16 +76,23 @@ func TestNamedProfiles(t *testing.T) {
 // X-Go-Pprof, the header go tool pprof needs to show it.
 func TestProfileErrors(t *testing.T) {
 	s, _ := newServer(t)
-	for _, tc := range []struct{ target, text string }{
-		{"/debug/pprof/profile?seconds=601", "at most 600"},
-		{"/debug/pprof/trace?seconds=600.5", "at most 600"},
-		{"/debug/pprof/heap?seconds=5", "go tool pprof -base"},
-		{"/debug/pprof/nosuch", "no profile"},
+	for _, tc := range []struct {
+		target string
+		code   int
+		text   string
+	}{
+		{"/debug/pprof/profile?seconds=601", 400, "at most 600"},
+		{"/debug/pprof/trace?seconds=600.5", 400, "at most 600"},
+		{"/debug/pprof/heap?seconds=5", 400, "go tool pprof -base"},
+		{"/debug/pprof/nosuch", 404, "no profile \"nosuch\""},
 	} {
 		w := do(s, "GET", tc.target, loopback4)
-		if w.Code < 400 || !strings.Contains(w.Body.String(), tc.text) || w.Header().Get("X-Go-Pprof") != "1" ||
+		if w.Code != tc.code || !strings.Contains(w.Body.String(), tc.text) || w.Header().Get("X-Go-Pprof") != "1" ||
 			!strings.HasPrefix(w.Header().Get("Content-Type"), "text/plain") {
-			t.Errorf("%s: %d %v %q, want an error as text naming %q with X-Go-Pprof", tc.target, w.Code, w.Header(), w.Body, tc.text)
+			t.Errorf("%s: %d %v %q, want %d as text naming %q with X-Go-Pprof", tc.target, w.Code, w.Header(), w.Body, tc.code, tc.text)
+		}
+		if do(s, "GET", tc.target, podNetwork).Code != http.StatusForbidden {
+			t.Errorf("%s answers the pod network", tc.target)
 		}
 	}
 }
