@@ -259,11 +259,21 @@ func (sc *testSidecar) metric(name string, labels ...string) float64 {
 func (sc *testSidecar) waitMetric(want float64, within time.Duration, name string, labels ...string) {
 	sc.t.Helper()
 	var got float64
+	var last metricSet
 	if !proxytest.Poll(within, 5*time.Millisecond, func() bool {
-		got = sc.metric(name, labels...)
+		last = sc.metrics()
+		got = last.value(name, labels...)
 		return got == want
 	}) {
-		sc.t.Fatalf("%s%v = %v after %v, want %v", name, labels, got, within, want)
+		// Every series of the metric: a value under another label (a
+		// result other than the one awaited, say) says what happened.
+		var all []string
+		for _, s := range last {
+			if s.Name == name {
+				all = append(all, fmt.Sprintf("%v %v", s.Labels, s.Value))
+			}
+		}
+		sc.t.Fatalf("%s%v = %v after %v, want %v; its series: %v", name, labels, got, within, want, all)
 	}
 }
 
