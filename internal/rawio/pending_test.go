@@ -65,6 +65,57 @@ func TestPending(t *testing.T) {
 	}
 }
 
+// TestClosed: only the peer's orderly end with nothing unread before it
+// is Closed; bytes before it, or nothing at all, are not.
+func TestClosed(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		conn func(*Conn) net.Conn
+	}{
+		{"raw", func(c *Conn) net.Conn { return c }},
+		{"tcp", func(c *Conn) net.Conn { return c.TCPConn }},
+		{"wrapped raw", func(c *Conn) net.Conn { return unwrapper{c} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw, peer := pair(t)
+			c := tc.conn(raw)
+			if Closed(c) {
+				t.Fatal("an open connection with nothing sent is closed")
+			}
+			if _, err := peer.Write([]byte("bye")); err != nil {
+				t.Fatal(err)
+			}
+			peer.CloseWrite()
+			eventually(t, c, true, "bytes and the peer's end")
+			if Closed(c) {
+				t.Fatal("closed with bytes unread before the end")
+			}
+			buf := make([]byte, 8)
+			if n, err := io.ReadFull(c, buf[:3]); err != nil || string(buf[:n]) != "bye" {
+				t.Fatalf("read %q, %v", buf[:n], err)
+			}
+			if !Closed(c) {
+				t.Fatal("not closed with only the peer's end left")
+			}
+			if _, err := c.Read(buf); err != io.EOF {
+				t.Fatalf("read at the end: %v, want EOF", err)
+			}
+			if !Closed(c) {
+				t.Fatal("not closed once the end was read")
+			}
+		})
+	}
+}
+
+func TestClosedNotSocket(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if Closed(a) {
+		t.Fatal("a connection with no socket under it reports closed")
+	}
+}
+
 func TestPendingNotTCP(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()

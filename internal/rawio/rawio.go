@@ -96,10 +96,38 @@ func Pending(c net.Conn) bool {
 			}
 			var b byte
 			var e syscall.Errno
-			if err := rc.Control(func(fd uintptr) { e = peekFd(fd, &b) }); err != nil {
+			if err := rc.Control(func(fd uintptr) { _, e = peekFd(fd, &b) }); err != nil {
 				return true
 			}
 			return e != syscall.EAGAIN
+		case interface{ Unwrap() net.Conn }:
+			c = x.Unwrap()
+		default:
+			return false
+		}
+	}
+}
+
+// Closed reports whether c's peer closed its side in order with nothing
+// left to read before that end: c's next read returns io.EOF at once. One
+// recv(2) with MSG_PEEK|MSG_DONTWAIT, as Pending's, which another
+// goroutine's read of c may run beside (it takes no read lock); a
+// connection with no socket under it reports false. It is for error paths (it
+// allocates): telling a peer that was done from one that was not.
+func Closed(c net.Conn) bool {
+	for {
+		switch x := c.(type) {
+		case syscall.Conn: // *net.TCPConn, and wrappers that embed one
+			rc, err := x.SyscallConn()
+			if err != nil {
+				return false
+			}
+			var b byte
+			n, e := -1, syscall.Errno(0)
+			if err := rc.Control(func(fd uintptr) { n, e = peekFd(fd, &b) }); err != nil {
+				return false
+			}
+			return n == 0 && e == 0
 		case interface{ Unwrap() net.Conn }:
 			c = x.Unwrap()
 		default:
@@ -119,14 +147,14 @@ func (x *IO) pending() bool {
 	return err != nil || e != syscall.EAGAIN
 }
 
-func (x *IO) peek(fd uintptr) { x.rerr = peekFd(fd, &x.peeked) }
+func (x *IO) peek(fd uintptr) { _, x.rerr = peekFd(fd, &x.peeked) }
 
-// peekFd peeks at fd for Pending: EAGAIN when nothing waits; no error
-// for a byte or the peer's close, or the error.
-func peekFd(fd uintptr, b *byte) syscall.Errno {
+// peekFd peeks at fd for Pending and Closed: EAGAIN when nothing waits;
+// no error and n 1 for a byte or 0 for the peer's close; or the error.
+func peekFd(fd uintptr, b *byte) (n int, e syscall.Errno) {
 	for {
-		if _, e := sysPeek(fd, b); e != syscall.EINTR {
-			return e
+		if n, e = sysPeek(fd, b); e != syscall.EINTR {
+			return n, e
 		}
 	}
 }

@@ -1,13 +1,16 @@
 package outbound
 
 import (
+	"errors"
 	"io"
 	"math"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
@@ -64,7 +67,13 @@ type relay struct {
 	start          time.Time    // monotonic
 	active         atomic.Int64 // when a byte last moved, as time since start
 	idle, failed   atomic.Bool
-	once           sync.Once
+	// closed[d] is set once direction d (0 from the client, 1 to it) has
+	// read its side's orderly end and passed it on.
+	closed [2]atomic.Bool
+	// late is set when a side reset the connection once the other had
+	// closed (lateReset): an orderly end, whose reset is still passed on.
+	late atomic.Bool
+	once sync.Once
 	// small are the copy buffers while a direction is quiet: a relay
 	// holds 4 KiB while idle, and a 32 KiB pooled buffer only while a
 	// direction fills its reads.
@@ -92,11 +101,17 @@ func (r *relay) run(idle time.Duration) (sent, received int64, result string) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		r.copy(r.up, r.client, &r.sent, r.bytes.Sent, r.small[0][:])
+		r.copy(0, r.up, r.client, &r.sent, r.bytes.Sent, r.small[0][:])
 	}()
-	r.copy(r.client, r.up, &r.received, r.bytes.Received, r.small[1][:])
+	r.copy(1, r.client, r.up, &r.received, r.bytes.Received, r.small[1][:])
 	wg.Wait()
 	t.Stop()
+	if r.late.Load() {
+		// The side that closed first learns of the other's reset: it may
+		// still have been reading (a half-close), and a reset must never
+		// reach it as an orderly end.
+		r.abort()
+	}
 	r.client.Close()
 	r.up.Close()
 	switch {
@@ -112,7 +127,8 @@ func (r *relay) run(idle time.Duration) (sent, received int64, result string) {
 
 type counter interface{ Add(float64) }
 
-func (r *relay) copy(dst, src net.Conn, n *atomic.Int64, c counter, small []byte) {
+// copy is direction dir: from src to dst until src's end or a failure.
+func (r *relay) copy(dir int, dst, src net.Conn, n *atomic.Int64, c counter, small []byte) {
 	buf := small
 	var big *[copyBufSize]byte
 	defer func() {
@@ -132,9 +148,12 @@ func (r *relay) copy(dst, src net.Conn, n *atomic.Int64, c counter, small []byte
 			}
 		}
 		if err != nil {
-			if err == io.EOF {
+			switch {
+			case err == io.EOF:
+				r.closed[dir].Store(true)
 				closeWrite(dst) // the other direction goes on
-			} else {
+			case r.lateReset(dir, dst, err):
+			default:
 				r.fail()
 			}
 			return
@@ -148,6 +167,28 @@ func (r *relay) copy(dst, src net.Conn, n *atomic.Int64, c counter, small []byte
 			big, buf = nil, small
 		}
 	}
+}
+
+// lateReset reports whether err, src's read error in direction dir, is a
+// reset that came after the other side (dst) had closed in order with
+// nothing left to send: its direction is done, or its end waits unread
+// (rawio.Closed) and the other direction reads it next. TCP resets a
+// connection closed with bytes unread, and at the end of an exchange those
+// are often only the other side's goodbye: a TLS close_notify that crossed
+// the closing side's own, between its close_notify and its close(2). Each
+// side said all it had to say and closed, so the relay ends ok, not
+// reset (docs/metrics.md); the reset is still passed on when it closes.
+// Bytes the other side sent that do not reach this one still fail it:
+// the other direction's write fails.
+func (r *relay) lateReset(dir int, dst net.Conn, err error) bool {
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+		return false
+	}
+	if !r.closed[1-dir].Load() && !rawio.Closed(dst) {
+		return false
+	}
+	r.late.Store(true)
+	return true
 }
 
 // fail ends both directions with a reset: a side that failed cannot be

@@ -108,7 +108,7 @@ type TCPConn struct {
 // timeout).
 const (
 	tcpOK          = "ok"
-	tcpReset       = "reset"        // a side reset the connection, or a write failed
+	tcpReset       = "reset"        // a side reset while the other was open (lateReset), or a write failed
 	tcpIdleTimeout = "idle-timeout" // no byte for TCPIdleTimeout
 	tcpShutdown    = "shutdown"     // closed at the end of the drain
 )

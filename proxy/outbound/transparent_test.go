@@ -3,12 +3,14 @@ package outbound_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -272,6 +274,73 @@ func TestServeTCPRelays(t *testing.T) {
 		if _, ok := l[k]; ok {
 			t.Errorf("TCP line has %s: %v", k, l)
 		}
+	}
+}
+
+// TestServeTCPResetAfterClose: a side's reset ends the relay as reset
+// while the other side has not closed, and as ok once it has closed in
+// order with all its bytes passed on: TCP resets a connection closed with
+// bytes unread, and at the end of an exchange those are the other side's
+// goodbye (a TLS close_notify crossing the close; lateReset). Either way
+// the other side learns of the reset by a reset, never an orderly end (it
+// may still be reading after its half-close).
+func TestServeTCPResetAfterClose(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		upCloses bool
+		want     string
+	}{
+		{"the other side open", false, "reset"},
+		{"after the other side closed", true, "ok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				if c, err := ln.Accept(); err == nil {
+					accepted <- c
+				}
+			}()
+			r := newRig(t, "", 0)
+			upAddr := ln.Addr().String()
+			c, err := net.Dial("tcp", r.tcpListener(outbound.TCPConn{Original: netip.MustParseAddrPort(upAddr), Protocol: "tls"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			up := <-accepted
+			defer up.Close()
+			up.SetDeadline(time.Now().Add(5 * time.Second))
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(up, make([]byte, 5)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.upCloses {
+				if _, err := up.Write([]byte("bye")); err != nil {
+					t.Fatal(err)
+				}
+				_ = up.(*net.TCPConn).CloseWrite()
+				if got, err := io.ReadAll(c); err != nil || string(got) != "bye" {
+					t.Fatalf("the client read %q, %v: want the upstream's bye and its end", got, err)
+				}
+			}
+			_ = c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+			if n, err := up.Read(make([]byte, 8)); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("the upstream read %d, %v after the client's reset; want a reset", n, err)
+			}
+			r.waitMetric(1, "minimesh_tcp_connections_total", "destination", upAddr, "result", tc.want)
+			if got := r.metric("minimesh_tcp_connections_total", "destination", upAddr); got != 1 {
+				t.Errorf("tcp_connections_total = %v, want the one connection", got)
+			}
+		})
 	}
 }
 
