@@ -53,6 +53,9 @@ type sample struct {
 	user     time.Duration // the user-mode part of cpu
 	switches int64         // the proxy's context switches during the run
 	hasCPU   bool
+	// peakRSS is the proxy's peak RSS during the run (VmHWM, reset just
+	// before it); 0 when the reset failed.
+	peakRSS int64
 	// At the maximum rate: the load generator's CPU (fortio's own, from
 	// its exit status), the upstream's, and the machine's (/proc/stat).
 	loadCPU     time.Duration

@@ -667,7 +667,9 @@ func diagnose(ctx context.Context, t *target) string {
 func measure(ctx context.Context, fortio, dir string, t *target, run int, l loadSpec) (sample, error) {
 	var before proc.Usage
 	var err error
+	peak := false // the peak RSS reset: its next reading is this run's
 	if t.proc != nil {
+		peak = t.proc.ResetPeak() == nil
 		if before, err = t.proc.Usage(); err != nil {
 			return sample{}, fmt.Errorf("%s: %w", t.name, err)
 		}
@@ -688,6 +690,9 @@ func measure(ctx context.Context, fortio, dir string, t *target, run int, l load
 		}
 		s.cpu, s.user, s.hasCPU = after.CPU-before.CPU, after.User-before.User, true
 		s.switches = after.Switches - before.Switches
+		if peak {
+			s.peakRSS = after.PeakRSS
+		}
 	}
 	return s, nil
 }

@@ -73,9 +73,35 @@ func (r *report) readUsage(targets []*target, into map[string]proc.Usage) error 
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
+		// measure resets the peak before each run: VmHWM now is the
+		// peak since the last run began, and the runs' own peaks hold
+		// the rest.
+		u.PeakRSS = max(u.PeakRSS, r.runsPeak(t))
 		into[t.key] = u
 	}
 	return nil
+}
+
+// runsPeak is the highest peak RSS of the runs so far of t's process
+// (targets that share it, such as the HTTP_PROXY path's, included).
+func (r *report) runsPeak(t *target) int64 {
+	var peak int64
+	for _, u := range r.targets {
+		if u.proc != t.proc {
+			continue
+		}
+		for _, ss := range [][]sample{r.samples[u.key], r.maxSamples[u.key], {r.cold[u.key]}} {
+			for _, s := range ss {
+				peak = max(peak, s.peakRSS)
+			}
+		}
+	}
+	if m := r.target(keyMinimesh); m != nil && m.proc == t.proc {
+		for _, s := range r.fastFail { // runs of the sidecar's own process
+			peak = max(peak, s.peakRSS)
+		}
+	}
+	return peak
 }
 
 func (r *report) add(key string, s sample)    { r.samples[key] = append(r.samples[key], s) }
@@ -118,6 +144,10 @@ type summary struct {
 	// switches is the proxy's context switches per request.
 	switches float64
 	hasCPU   bool
+	// peakRSS is the highest of the runs' peak RSS at this rate (each
+	// run's VmHWM, reset before it): the proxy's peak at the rate, not
+	// over its life.
+	peakRSS  int64
 	usage    proc.Usage
 	hasUsage bool
 	// The maximum rate's runs: the machine's busy share of its cores'
@@ -126,6 +156,15 @@ type summary struct {
 	busyShare                              float64
 	machinePer1k, upstreamPer1k, loadPer1k time.Duration
 	hasMachine                             bool
+}
+
+// peakAtRate is the proxy's peak RSS at the summary's rate, or, where
+// the runs could not reset it, its peak over the fixed-rate rounds.
+func (s *summary) peakAtRate() int64 {
+	if s.peakRSS > 0 {
+		return s.peakRSS
+	}
+	return s.usage.PeakRSS
 }
 
 func (r *report) summarize(t *target) *summary { return r.summarizeAt(t, r.rate(t)) }
@@ -151,6 +190,7 @@ func (r *report) summarizeAt(t *target, q float64) *summary {
 	for _, s := range ss {
 		qps = append(qps, s.qps)
 		sm.errors += s.errors
+		sm.peakRSS = max(sm.peakRSS, s.peakRSS)
 		if s.hasCPU {
 			cpu = append(cpu, s.cpuPer1k())
 			user = append(user, s.userPer1k())
@@ -391,7 +431,8 @@ func (r *report) markdown() string {
 			"the same number in seconds is the cores the proxy keeps busy at 1,000 requests/s; of it in user mode: the utime part alone (the rest is the kernel's). " +
 			"Context switches: voluntary and not, of every thread of the proxy's processes (/proc/PID/task/TID/status) during each run, per request, median over the rounds: " +
 			"a count the machine's noise moves far less than CPU time. " +
-			"Peak RSS: VmHWM (/proc/PID/status) after the fixed-rate rounds, summed over the proxy's processes (nginx: master and workers). MB = 10⁶ bytes. " +
+			"Peak RSS: VmHWM (/proc/PID/status) summed over the proxy's processes (nginx: master and workers), reset before each run (/proc/PID/clear_refs): the highest of the rounds at this rate; " +
+			"where it could not be reset, VmHWM after the fixed-rate rounds. MB = 10⁶ bytes. " +
 			"The ratios are minimesh-proxy's figure divided by the other proxy's.\n\n")
 		row("proxy", "CPU ms / 1,000 requests", "of it in user mode", "cores at 1,000 rps", "context switches / request", "peak RSS MB", "processes", "CPU ratio", "RSS ratio")
 		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
@@ -408,10 +449,10 @@ func (r *report) markdown() string {
 			}
 			if sd != nil && sd.t != t && t.netns == "" {
 				cpuR = ratio(float64(sd.cpuPer1k), float64(s.cpuPer1k))
-				rssR = ratio(float64(sd.usage.PeakRSS), float64(s.usage.PeakRSS))
+				rssR = ratio(float64(sd.peakAtRate()), float64(s.peakAtRate()))
 			}
 			row(t.name, fmt.Sprintf("%.1f", float64(s.cpuPer1k)/float64(time.Millisecond)), cpuMs(s.userPer1k),
-				fmt.Sprintf("%.3f", cores(s.cpuPer1k)), fmt.Sprintf("%.2f", s.switches), mb(s.usage.PeakRSS), strconv.Itoa(s.usage.Procs), cpuR, rssR)
+				fmt.Sprintf("%.3f", cores(s.cpuPer1k)), fmt.Sprintf("%.2f", s.switches), mb(s.peakAtRate()), strconv.Itoa(s.usage.Procs), cpuR, rssR)
 		}
 		w("\n")
 	}
@@ -432,7 +473,10 @@ func (r *report) markdown() string {
 		row("---", "---:", "---")
 		row(fmt.Sprintf("p99 added at %s requests/s < 0.5 ms", rate), plusMs(added)+" ms", yesNo(added < targetP99Added))
 		row("CPU < 0.06 core per 1,000 requests/s (60 ms CPU per 1,000 requests)", fmt.Sprintf("%.3f core", c), yesNo(c < targetCores))
-		row("peak RSS < 15 MB", mb(side.usage.PeakRSS)+" MB", yesNo(float64(side.usage.PeakRSS) < targetRSS))
+		if side.peakRSS > 0 {
+			row(fmt.Sprintf("peak RSS at %s requests/s < 15 MB (the highest of the rounds)", rate), mb(side.peakRSS)+" MB", yesNo(float64(side.peakRSS) < targetRSS))
+		}
+		row("peak RSS < 15 MB over the fixed-rate rounds", mb(side.usage.PeakRSS)+" MB", yesNo(float64(side.usage.PeakRSS) < targetRSS))
 		r.peerTargets(row, sums)
 		w("\nFor scale: Istio's sidecar Envoy uses about 0.20 vCPU and 60 MB per 1,000 requests/s, ztunnel about 0.06 vCPU and 12 MB.\n\n")
 	}

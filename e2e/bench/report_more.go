@@ -32,26 +32,30 @@ func (r *report) sweepSection(b *strings.Builder) {
 	row := func(cells ...string) { w("| %s |\n", strings.Join(cells, " | ")) }
 	w("## Rate sweep\n\n")
 	w("Every loopback scenario at each fixed rate (`-sweep`), %d connections, %v per run, the scenarios rotating within each round; "+
-		"medians over %d rounds. Milliseconds; added is the median minus direct's at the same rate; CPU is the proxy's per 1,000 requests.\n\n",
+		"medians over %d rounds. Milliseconds; added is the median minus direct's at the same rate; CPU is the proxy's per 1,000 requests; "+
+		"peak RSS the highest of the rounds' VmHWM at the rate (reset before each run).\n\n",
 		r.o.conns, r.o.duration, r.o.runs)
 	for _, q := range r.o.rates() {
 		w("### %s requests/s\n\n", rateString(q))
-		row("scenario", "p50", "p90", "p99", "p99.9", "added p50", "added p99", "CPU ms / 1,000 requests", "context switches / request", "achieved qps", "errors")
-		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
+		row("scenario", "p50", "p90", "p99", "p99.9", "added p50", "added p99", "CPU ms / 1,000 requests", "context switches / request", "peak RSS MB", "achieved qps", "errors")
+		row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 		var direct *summary
 		for _, t := range r.sweepTargets() {
 			s := r.summarizeAt(t, q)
 			if t.key == keyDirect {
 				direct = s
 			}
-			a50, a99, cpu, sw := "–", "–", "–", "–"
+			a50, a99, cpu, sw, rss := "–", "–", "–", "–", "–"
 			if direct != nil && t.key != keyDirect {
 				a50, a99 = plusMs(s.lat[50]-direct.lat[50]), plusMs(s.lat[99]-direct.lat[99])
 			}
 			if s.hasCPU {
 				cpu, sw = cpuMs(s.cpuPer1k), fmt.Sprintf("%.2f", s.switches)
 			}
-			row(t.name, ms(s.lat[50]), ms(s.lat[90]), ms(s.lat[99]), ms(s.lat[99.9]), a50, a99, cpu, sw,
+			if s.peakRSS > 0 {
+				rss = mb(s.peakRSS)
+			}
+			row(t.name, ms(s.lat[50]), ms(s.lat[90]), ms(s.lat[99]), ms(s.lat[99.9]), a50, a99, cpu, sw, rss,
 				fmt.Sprintf("%.1f", s.qps), strconv.FormatInt(s.errors, 10))
 		}
 		w("\n%s", r.noiseLine(q))
@@ -128,7 +132,7 @@ func (r *report) memorySection(b *strings.Builder) {
 	row := func(cells ...string) { w("| %s |\n", strings.Join(cells, " | ")) }
 	w("## Memory\n\n")
 	w("MB = 10⁶ bytes, summed over the proxy's processes. Idle: VmRSS after start and one request, before any load. " +
-		"Peak: VmHWM after the fixed-rate rounds, and after the maximum-rate runs.")
+		"Peak: VmHWM after the fixed-rate rounds, and after the maximum-rate runs (the highest of the runs', each reset before it, and VmHWM since the last).")
 	var ns []int
 	if len(r.idle) > 0 {
 		ns = append(ns, r.o.idleConns...)

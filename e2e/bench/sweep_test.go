@@ -87,6 +87,10 @@ func sweepReport(t *testing.T) *report {
 		for _, q := range []float64{100, 1000} {
 			rep.add(k, sample{run: 1, rate: q, qps: q, requests: int64(q * 10), lat: lat(100*us+d, 300*us+d),
 				cpu: time.Duration(q) * time.Millisecond / 10, switches: int64(q * 25), hasCPU: k != keyDirect})
+			if k != keyDirect {
+				ss := rep.samples[k]
+				ss[len(ss)-1].peakRSS = 13e6 + int64(q)*1000 // 13.1 MB at 100/s, 14.0 at 1,000
+			}
 		}
 		rep.addMax(k, sample{run: 1, qps: 20000 / float64(i+1), requests: 100000, lat: lat(time.Millisecond, 3*time.Millisecond),
 			cpu: time.Second, hasCPU: k != keyDirect})
@@ -115,7 +119,8 @@ func TestMarkdownSweep(t *testing.T) {
 	for _, want := range []string{
 		"## Rate sweep",
 		"### 100 requests/s",
-		"| minimesh-proxy | 0.200 | 0.200 | 0.400 | 0.400 | +0.100 | +0.100 | 10.0 | 2.50 | 100.0 | 0 |",
+		"| minimesh-proxy | 0.200 | 0.200 | 0.400 | 0.400 | +0.100 | +0.100 | 10.0 | 2.50 | 13.1 | 100.0 | 0 |",
+		"| direct | 0.100 | 0.100 | 0.300 | 0.300 | – | – | – | – | – | 100.0 | 0 |",
 		"| haproxy | 6667 | 0.33 | 1.000 | 3.000 | 10.0 | 16.0 |",
 		"sidecar / haproxy: 1.50",
 		"| minimesh-proxy | 12.0 | 14.0 | 16.0 | 20.0 | 8000 |",
@@ -198,5 +203,35 @@ func TestByRound(t *testing.T) {
 	}
 	if got := roundsNote([]float64{1.2}, "%.2f", func(float64) bool { return true }); got != "" {
 		t.Errorf("one round: %q, want nothing", got)
+	}
+}
+
+// TestRunsPeak: the peak of a process is the highest of its runs', over
+// every target that shares it (the HTTP_PROXY path's rows are the same
+// sidecar) and the fast-fail runs of the sidecar; another process's runs
+// are not its.
+func TestRunsPeak(t *testing.T) {
+	o, err := parseFlags([]string{"-runs", "1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := newReport(o)
+	side, other := &proc.Proc{}, &proc.Proc{}
+	rep.targets = []*target{{key: keyMinimesh, name: "minimesh-proxy", proc: side},
+		{key: keyMinimesh + proxySuffix, name: "minimesh-proxy (HTTP_PROXY)", proc: side},
+		{key: keyHAProxy, name: "haproxy", proc: other}}
+	rep.add(keyMinimesh, sample{peakRSS: 12e6})
+	rep.add(keyMinimesh+proxySuffix, sample{peakRSS: 13e6})
+	rep.addMax(keyHAProxy, sample{peakRSS: 30e6})
+	rep.cold[keyHAProxy] = sample{peakRSS: 9e6}
+	if got := rep.runsPeak(rep.targets[0]); got != 13e6 {
+		t.Errorf("the sidecar's peak = %d, want the HTTP_PROXY run's 13e6", got)
+	}
+	rep.fastFail = []sample{{peakRSS: 14e6}}
+	if got := rep.runsPeak(rep.targets[1]); got != 14e6 {
+		t.Errorf("with the fast-fail runs, the sidecar's peak = %d, want 14e6", got)
+	}
+	if got := rep.runsPeak(rep.targets[2]); got != 30e6 {
+		t.Errorf("HAProxy's peak = %d, want its maximum-rate run's 30e6", got)
 	}
 }

@@ -212,3 +212,64 @@ func TestReadMachine(t *testing.T) {
 		t.Errorf("50 ms of spinning: %+v", d)
 	}
 }
+
+// TestResetPeak: a real process whose peak is far above what it holds now
+// (a shell that held 30 MB in a variable and let it go) reads its peak
+// as what it holds once reset.
+func TestResetPeak(t *testing.T) {
+	p := StartT(t, "sh", "/bin/sh", []string{"-c", `x=$(head -c 30000000 /dev/zero | tr '\0' a); unset x; echo ready; sleep 60`}, Options{})
+	if err := p.WaitReady(10*time.Second, func() error {
+		if !strings.Contains(p.Output(), "ready") {
+			return errors.New("not ready yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := p.Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.PeakRSS < 30e6 || before.RSS > before.PeakRSS/2 {
+		t.Fatalf("before the reset: peak %d, now %d bytes; want a peak of 30 MB or more, twice what it holds", before.PeakRSS, before.RSS)
+	}
+	if err := p.ResetPeak(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := p.Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.PeakRSS > 2*after.RSS || after.PeakRSS >= before.PeakRSS/2 {
+		t.Errorf("after the reset: peak %d, now %d bytes (peak %d before); want the peak at what it holds", after.PeakRSS, after.RSS, before.PeakRSS)
+	}
+}
+
+func TestGroupResetPeak(t *testing.T) {
+	root := t.TempDir()
+	for pid, stat := range map[string]string{
+		"4242": "4242 (leader) S 1 4242 4242 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 1 1 1\n",
+		"4244": "4244 (dead) Z 4242 4242 4242 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 1 1 1\n",
+		"5000": "5000 (other) S 1 5000 5000 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 1 1 1\n",
+	} {
+		dir := filepath.Join(root, pid)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := GroupResetPeak(root, 4242); err != nil {
+		t.Fatal(err)
+	}
+	for pid, want := range map[string]string{"4242": "5", "4244": "", "5000": ""} {
+		b, _ := os.ReadFile(filepath.Join(root, pid, "clear_refs"))
+		if string(b) != want {
+			t.Errorf("%s/clear_refs = %q, want %q", pid, b, want)
+		}
+	}
+	if err := GroupResetPeak(root, 6000); err == nil {
+		t.Error("a group with no process: no error")
+	}
+}

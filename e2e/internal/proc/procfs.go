@@ -67,6 +67,32 @@ func GroupUsage(procRoot string, pgid int) (Usage, error) {
 	return u, nil
 }
 
+// ResetPeak sets the peak RSS (VmHWM) of every live process in p's group
+// back to what each holds now, so that the next Usage's PeakRSS is the
+// peak since this call: the peak of one run, not of the process's life.
+func (p *Proc) ResetPeak() error { return GroupResetPeak("/proc", p.Pid()) }
+
+// GroupResetPeak writes 5 to /proc/PID/clear_refs of every live process of
+// group pgid (Linux 4.0+, proc(5)), read from procRoot; an error when
+// there is none or a write fails.
+func GroupResetPeak(procRoot string, pgid int) error {
+	n := 0
+	var errs []error
+	forGroup(procRoot, pgid, func(dir string, st procStat) {
+		if !st.live() {
+			return
+		}
+		n++
+		if err := os.WriteFile(filepath.Join(dir, "clear_refs"), []byte("5"), 0); err != nil {
+			errs = append(errs, fmt.Errorf("resetting the peak RSS of %d: %w", st.pid, err))
+		}
+	})
+	if n == 0 {
+		return fmt.Errorf("no live process in group %d", pgid)
+	}
+	return errors.Join(errs...)
+}
+
 // forGroup calls f for every process of group pgid, with its directory.
 func forGroup(procRoot string, pgid int, f func(dir string, st procStat)) {
 	entries, err := os.ReadDir(procRoot)
