@@ -494,8 +494,8 @@ func (r *report) markdown() string {
 	w("\n")
 
 	w("## Every run\n\n")
-	row("round", "scenario", "rate", "p50", "p90", "p99", "p99.9", "achieved qps", "errors", "proxy CPU ms / 1,000 requests")
-	row("---:", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
+	row("round", "scenario", "rate", "p50", "p90", "p99", "p99.9", "achieved qps", "errors", "proxy CPU ms / 1,000 requests", "proxy peak RSS MB")
+	row("---:", "---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:")
 	for round := 1; round <= o.runs; round++ {
 		for _, kind := range []struct {
 			rate string
@@ -514,12 +514,15 @@ func (r *report) markdown() string {
 						}
 						rate = strconv.FormatFloat(q, 'f', -1, 64)
 					}
-					cpu := "–"
+					cpu, rss := "–", "–"
 					if s.hasCPU {
 						cpu = fmt.Sprintf("%.1f", float64(s.cpuPer1k())/float64(time.Millisecond))
 					}
+					if s.peakRSS > 0 {
+						rss = mb(s.peakRSS)
+					}
 					row(strconv.Itoa(round), t.name, rate, ms(s.lat[50]), ms(s.lat[90]), ms(s.lat[99]), ms(s.lat[99.9]),
-						fmt.Sprintf("%.1f", s.qps), strconv.FormatInt(s.errors, 10), cpu)
+						fmt.Sprintf("%.1f", s.qps), strconv.FormatInt(s.errors, 10), cpu, rss)
 				}
 			}
 		}

@@ -128,7 +128,7 @@ func TestMarkdownSweep(t *testing.T) {
 		"| maximum rate ≥ 0.9 × HAProxy's (minimesh-proxy) | 10000 against 6667 requests/s (1.50 ×) | yes |",
 		"| added p99 at 1000 requests/s ≤ HAProxy's | -0.200 against -0.100 ms | yes |",
 		"| fast fail from an open breaker < 50 µs added over direct (p50) | +0.030 ms (p99 +0.100 ms) | yes |",
-		"| 1 | minimesh-proxy | 100 | 0.200 |",
+		"| 1 | minimesh-proxy | 100 | 0.200 | 0.200 | 0.400 | 0.400 | 100.0 | 0 | 10.0 | 13.1 |",
 		"Noise: over the 2 rounds at 1000 requests/s, direct's own p50 ranged 0.100–0.140 ms and its p99 0.300–0.900 ms; an added",
 		"## Noise\n\nOver the 2 rounds at 1000 requests/s,",
 		"| minimesh-proxy | 0.500 | 2.000 | 3.000 | 200.0 | 0.200 | 0.400 | 0.400 | 10.0 | 0 |",
