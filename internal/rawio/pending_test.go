@@ -24,16 +24,20 @@ func eventually(t *testing.T, c net.Conn, want bool, what string) {
 	}
 }
 
+// views are the ways the package meets one raw connection: itself, its
+// TCP connection, and either wrapped as connlimit and the dialer wrap.
+var views = []struct {
+	name string
+	conn func(*Conn) net.Conn
+}{
+	{"raw", func(c *Conn) net.Conn { return c }},
+	{"tcp", func(c *Conn) net.Conn { return c.TCPConn }},
+	{"wrapped raw", func(c *Conn) net.Conn { return unwrapper{c} }},
+	{"wrapped tcp", func(c *Conn) net.Conn { return unwrapper{c.TCPConn} }},
+}
+
 func TestPending(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		conn func(*Conn) net.Conn
-	}{
-		{"raw", func(c *Conn) net.Conn { return c }},
-		{"tcp", func(c *Conn) net.Conn { return c.TCPConn }},
-		{"wrapped raw", func(c *Conn) net.Conn { return unwrapper{c} }},
-		{"wrapped tcp", func(c *Conn) net.Conn { return unwrapper{c.TCPConn} }},
-	} {
+	for _, tc := range views {
 		t.Run(tc.name, func(t *testing.T) {
 			raw, peer := pair(t)
 			c := tc.conn(raw)
@@ -68,14 +72,7 @@ func TestPending(t *testing.T) {
 // TestClosed: only the peer's orderly end with nothing unread before it
 // is Closed; bytes before it, or nothing at all, are not.
 func TestClosed(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		conn func(*Conn) net.Conn
-	}{
-		{"raw", func(c *Conn) net.Conn { return c }},
-		{"tcp", func(c *Conn) net.Conn { return c.TCPConn }},
-		{"wrapped raw", func(c *Conn) net.Conn { return unwrapper{c} }},
-	} {
+	for _, tc := range views {
 		t.Run(tc.name, func(t *testing.T) {
 			raw, peer := pair(t)
 			c := tc.conn(raw)
@@ -107,21 +104,14 @@ func TestClosed(t *testing.T) {
 	}
 }
 
-func TestClosedNotSocket(t *testing.T) {
+// TestNoSocket: a connection with nothing to look into is neither
+// pending nor closed, even closed itself.
+func TestNoSocket(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
-	defer b.Close()
-	if Closed(a) {
-		t.Fatal("a connection with no socket under it reports closed")
-	}
-}
-
-func TestPendingNotTCP(t *testing.T) {
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	if Pending(a) {
-		t.Fatal("a connection Pending cannot look into reports pending")
+	b.Close()
+	if Pending(a) || Closed(a) {
+		t.Fatalf("a connection with no socket under it: Pending %v, Closed %v; want both false", Pending(a), Closed(a))
 	}
 }
 

@@ -18,6 +18,7 @@
 package rawio
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -82,56 +83,56 @@ func New(c *net.TCPConn) *IO {
 // would read it as the answer to the next request (a 408 a server sends
 // before it closes an idle connection, bytes after a response's end): it
 // is not fit for one. One recv(2) with MSG_PEEK|MSG_DONTWAIT, which
-// consumes nothing and never blocks. A connection that is not TCP
-// reports false.
+// consumes nothing and never blocks. A connection with no socket under
+// it reports false.
 func Pending(c net.Conn) bool {
-	for {
-		switch x := c.(type) {
-		case *Conn:
-			return x.io.pending()
-		case *net.TCPConn:
-			rc, err := x.SyscallConn()
-			if err != nil {
-				return true
-			}
-			var b byte
-			var e syscall.Errno
-			if err := rc.Control(func(fd uintptr) { _, e = peekFd(fd, &b) }); err != nil {
-				return true
-			}
-			return e != syscall.EAGAIN
-		case interface{ Unwrap() net.Conn }:
-			c = x.Unwrap()
-		default:
-			return false
+	for x := c; ; {
+		if raw, ok := x.(*Conn); ok {
+			return raw.io.pending() // no allocation: the hot path's
 		}
+		u, ok := x.(interface{ Unwrap() net.Conn })
+		if !ok {
+			break
+		}
+		x = u.Unwrap()
 	}
+	_, e, err := peekConn(c)
+	if err == errNoSocket {
+		return false
+	}
+	return err != nil || e != syscall.EAGAIN
 }
 
 // Closed reports whether c's peer closed its side in order with nothing
 // left to read before that end: c's next read returns io.EOF at once. One
 // recv(2) with MSG_PEEK|MSG_DONTWAIT, as Pending's, which another
 // goroutine's read of c may run beside (it takes no read lock); a
-// connection with no socket under it reports false. It is for error paths (it
-// allocates): telling a peer that was done from one that was not.
+// connection with no socket under it reports false. It is for error paths
+// (it allocates): telling a peer that was done from one that was not.
 func Closed(c net.Conn) bool {
+	n, e, err := peekConn(c)
+	return err == nil && e == 0 && n == 0
+}
+
+var errNoSocket = errors.New("no socket under the connection")
+
+// peekConn peeks at the socket under c (through wrappers that Unwrap) as
+// peekFd does; errNoSocket when there is none, or Control's error.
+func peekConn(c net.Conn) (n int, e syscall.Errno, err error) {
 	for {
 		switch x := c.(type) {
 		case syscall.Conn: // *net.TCPConn, and wrappers that embed one
 			rc, err := x.SyscallConn()
 			if err != nil {
-				return false
+				return 0, 0, err
 			}
 			var b byte
-			n, e := -1, syscall.Errno(0)
-			if err := rc.Control(func(fd uintptr) { n, e = peekFd(fd, &b) }); err != nil {
-				return false
-			}
-			return n == 0 && e == 0
+			err = rc.Control(func(fd uintptr) { n, e = peekFd(fd, &b) })
+			return n, e, err
 		case interface{ Unwrap() net.Conn }:
 			c = x.Unwrap()
 		default:
-			return false
+			return 0, 0, errNoSocket
 		}
 	}
 }

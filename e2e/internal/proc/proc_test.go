@@ -120,10 +120,11 @@ func TestStatusNumber(t *testing.T) {
 	}
 }
 
-// TestGroupUsage reads a fake /proc: two live processes of group 4242
-// (their CPU summed, user time apart), a zombie and another group's
-// process left out.
-func TestGroupUsage(t *testing.T) {
+// fakeProc is a fake /proc: two live processes of group 4242 (the
+// leader and a worker, two threads each), a zombie of it and another
+// group's process.
+func fakeProc(t *testing.T) string {
+	t.Helper()
 	root := t.TempDir()
 	for pid, stat := range map[string]string{
 		"4242": "4242 (leader) S 1 4242 4242 0 -1 0 0 0 0 0 100 50 0 0 20 0 1 0 1 1 1\n",
@@ -154,6 +155,14 @@ func TestGroupUsage(t *testing.T) {
 			}
 		}
 	}
+	return root
+}
+
+// TestGroupUsage reads fakeProc: two live processes of group 4242
+// (their CPU summed, user time apart), a zombie and another group's
+// process left out.
+func TestGroupUsage(t *testing.T) {
+	root := fakeProc(t)
 	u, err := GroupUsage(root, 4242)
 	if err != nil {
 		t.Fatal(err)
@@ -245,25 +254,14 @@ func TestResetPeak(t *testing.T) {
 	}
 }
 
+// TestGroupResetPeak: the live processes of the group are reset, the
+// zombie and the other group are not.
 func TestGroupResetPeak(t *testing.T) {
-	root := t.TempDir()
-	for pid, stat := range map[string]string{
-		"4242": "4242 (leader) S 1 4242 4242 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 1 1 1\n",
-		"4244": "4244 (dead) Z 4242 4242 4242 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 1 1 1\n",
-		"5000": "5000 (other) S 1 5000 5000 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 1 1 1\n",
-	} {
-		dir := filepath.Join(root, pid)
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(stat), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	root := fakeProc(t)
 	if err := GroupResetPeak(root, 4242); err != nil {
 		t.Fatal(err)
 	}
-	for pid, want := range map[string]string{"4242": "5", "4244": "", "5000": ""} {
+	for pid, want := range map[string]string{"4242": "5", "4243": "5", "4244": "", "5000": ""} {
 		b, _ := os.ReadFile(filepath.Join(root, pid, "clear_refs"))
 		if string(b) != want {
 			t.Errorf("%s/clear_refs = %q, want %q", pid, b, want)
