@@ -175,11 +175,14 @@ func (r *relay) copy(dir int, dst, src net.Conn, n *atomic.Int64, c counter, sma
 // (rawio.Closed) and the other direction reads it next. TCP resets a
 // connection closed with bytes unread, and at the end of an exchange those
 // are often only the other side's goodbye: a TLS close_notify that crossed
-// the closing side's own, between its close_notify and its close(2). Each
-// side said all it had to say and closed, so the relay ends ok, not
-// reset (docs/metrics.md); the reset is still passed on when it closes.
-// Bytes the other side sent that do not reach this one still fail it:
-// the other direction's write fails.
+// the closing side's own, between its close_notify and its close(2). The
+// other side had said all it had to and closed, and this one's reset is
+// its close: the relay ends ok, not reset (docs/metrics.md), and the
+// reset is still passed on when it closes. Bytes the other side sent that
+// do not reach this one still fail it: the other direction's write fails.
+// The one end it counts wrong: a side that resets while still sending
+// after the other closed (an upload cut short after the server's
+// half-close) ends ok too; the other side still gets the reset.
 func (r *relay) lateReset(dir int, dst net.Conn, err error) bool {
 	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
 		return false
