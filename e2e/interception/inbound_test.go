@@ -179,13 +179,7 @@ func (p *inboundPod) metrics() string {
 // metric is one series' value (0 if absent).
 func (p *inboundPod) metric(series string) float64 {
 	p.t.Helper()
-	for _, line := range strings.Split(p.metrics(), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
+	return seriesValue(p.metrics(), series)
 }
 
 func (p *inboundPod) waitMetric(t *testing.T, series string, want float64) {

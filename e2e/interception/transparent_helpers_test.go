@@ -228,14 +228,26 @@ func (w *world) dial(addr string) net.Conn {
 	return c
 }
 
-// metric reads one sample of the sidecar's /metrics (0 if absent).
-func (w *world) metric(series string) float64 {
+// metrics is the sidecar's /metrics, read from the pod.
+func (w *world) metrics() string {
 	w.t.Helper()
 	out, _, err := w.curl("http://127.0.0.1:15020/metrics")
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	for _, line := range strings.Split(out, "\n") {
+	return out
+}
+
+// metric reads one sample of the sidecar's /metrics (0 if absent).
+func (w *world) metric(series string) float64 {
+	w.t.Helper()
+	return seriesValue(w.metrics(), series)
+}
+
+// seriesValue is the value of series (a sample's name and labels, as
+// written) in a scrape's text; 0 if absent.
+func seriesValue(text, series string) float64 {
+	for _, line := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
 			return f
@@ -244,16 +256,21 @@ func (w *world) metric(series string) float64 {
 	return 0
 }
 
-// waitMetric polls the sidecar's /metrics until series is want.
+// waitMetric polls the sidecar's /metrics until series is want; failing,
+// it shows the metric's every series (a value under another label, such
+// as another result, says what happened).
 func (w *world) waitMetric(series string, want float64) {
 	w.t.Helper()
 	var got float64
+	var text string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if got = w.metric(series); got == want {
+		text = w.metrics()
+		if got = seriesValue(text, series); got == want {
 			return
 		}
 	}
-	w.t.Errorf("%s = %v, want %v", series, got, want)
+	name, _, _ := strings.Cut(series, "{")
+	w.t.Errorf("%s = %v, want %v; its series now:\n%s", series, got, want, grepLines(text, name+"{"))
 }
 
 // accessLine waits for the sidecar's access log line (stdout) whose fields
