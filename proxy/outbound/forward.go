@@ -420,6 +420,9 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	class, gone := classify(err, b.try, b.req)
+	if class == policy.ClassReset && b.st.grpc && b.st.atCallDeadline(b.req) {
+		class = policy.ClassTimeout
+	}
 	if gone {
 		b.st.gone = true
 		b.end(breaker.ErrIgnored)

@@ -257,20 +257,39 @@ func grpcSpanAttrs(path string) []attribute.KeyValue {
 }
 
 // grpcTimeout is the time a gRPC call gets: the client's grpc-timeout,
-// capped by the policy's timeout (0: none). When the policy's is the
-// shorter one, the upstream is told it in grpc-timeout, so that it stops
-// working on a call the sidecar will have answered.
-func grpcTimeout(h http.Header, policy time.Duration) time.Duration {
+// capped by the policy's timeout (0: none); client says it is the
+// client's own, whose library ends the call at that deadline itself
+// (grpcCut). When the policy's is the shorter one, the upstream is told
+// it in grpc-timeout, so that it stops working on a call the sidecar
+// will have answered.
+func grpcTimeout(h http.Header, policy time.Duration) (d time.Duration, client bool) {
 	v := h["Grpc-Timeout"]
 	if len(v) > 0 {
 		if d, ok := parseGRPCTimeout(v[0]); ok && d > 0 && (policy <= 0 || d <= policy) {
-			return d
+			return d, true
 		}
 	}
 	if policy > 0 {
 		h.Set("Grpc-Timeout", formatGRPCTimeout(policy))
 	}
-	return policy
+	return policy, false
+}
+
+// grpcCut is the status a gRPC client reads from a call whose stream
+// ended with no trailers, after its headers: the app's own cancel
+// (CANCELLED), or the sidecar's abort of a response that failed upstream
+// (net/http resets the stream with INTERNAL_ERROR, which the gRPC spec's
+// HTTP/2 error mapping reads as INTERNAL). Either way, once the client's
+// own deadline is near or past, its library ends the call
+// DEADLINE_EXCEEDED itself.
+func (st *reqState) grpcCut(cancelled bool) int {
+	if !st.callDeadline.IsZero() && since(st.start).Add(grpcDeadlineSlack).After(st.callDeadline) {
+		return grpcDeadlineExceeded
+	}
+	if cancelled {
+		return grpcCanceled
+	}
+	return grpcInternal
 }
 
 // HTTP/2 limits of the sidecar's upstream connections (docs/grpc.md).
@@ -369,3 +388,20 @@ func endGRPCSpan(s trace.Span, code int) {
 // grpcDeadlineSlack: an upstream's reset this close to a call's deadline
 // is the deadline's, answered DEADLINE_EXCEEDED.
 const grpcDeadlineSlack = 10 * time.Millisecond
+
+// atCallDeadline reports whether a gRPC call is within grpcDeadlineSlack
+// of its deadline, or past it: the client's own (callDeadline), else the
+// sidecar's (ctx's). A gRPC server resets a call at its deadline
+// (grpc-timeout), which the sidecar's own timer may not have seen fire
+// yet: that reset, before the answer's headers or after, is the
+// deadline's.
+func (st *reqState) atCallDeadline(ctx context.Context) bool {
+	dl := st.callDeadline
+	if dl.IsZero() {
+		var ok bool
+		if dl, ok = ctx.Deadline(); !ok {
+			return false
+		}
+	}
+	return since(st.start).Add(grpcDeadlineSlack).After(dl)
+}

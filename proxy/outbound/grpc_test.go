@@ -89,22 +89,23 @@ func TestGRPCTimeoutCap(t *testing.T) {
 		header   string
 		policy   time.Duration
 		want     time.Duration
+		client   bool
 		upstream string
 	}{
-		{"client shorter", "100m", 2 * time.Second, 100 * time.Millisecond, "100m"},
-		{"policy shorter", "10S", 2 * time.Second, 2 * time.Second, "2000m"},
-		{"no header", "", 2 * time.Second, 2 * time.Second, "2000m"},
-		{"no policy", "3S", 0, 3 * time.Second, "3S"},
-		{"neither", "", 0, 0, ""},
-		{"bad header", "soon", time.Second, time.Second, "1000m"},
+		{"client shorter", "100m", 2 * time.Second, 100 * time.Millisecond, true, "100m"},
+		{"policy shorter", "10S", 2 * time.Second, 2 * time.Second, false, "2000m"},
+		{"no header", "", 2 * time.Second, 2 * time.Second, false, "2000m"},
+		{"no policy", "3S", 0, 3 * time.Second, true, "3S"},
+		{"neither", "", 0, 0, false, ""},
+		{"bad header", "soon", time.Second, time.Second, false, "1000m"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := http.Header{}
 			if tc.header != "" {
 				h.Set("Grpc-Timeout", tc.header)
 			}
-			if got := grpcTimeout(h, tc.policy); got != tc.want {
-				t.Errorf("timeout %v, want %v", got, tc.want)
+			if got, client := grpcTimeout(h, tc.policy); got != tc.want || client != tc.client {
+				t.Errorf("timeout %v (the client's: %v), want %v (%v)", got, client, tc.want, tc.client)
 			}
 			if got := h.Get("Grpc-Timeout"); got != tc.upstream {
 				t.Errorf("upstream's grpc-timeout %q, want %q", got, tc.upstream)

@@ -262,10 +262,13 @@ type reqState struct {
 	// upstream's trailers or headers or the sidecar's own answer.
 	grpc       bool
 	grpcStatus int
-	trace      telemetry.Place // the span's context kept for the log after the span ended
-	in         countingBody
-	out        countingWriter
-	body       upstreamBody // the current try's response body
+	// callDeadline is a gRPC call's deadline when its time is the
+	// client's grpc-timeout (zero: the policy's, or none).
+	callDeadline time.Time
+	trace        telemetry.Place // the span's context kept for the log after the span ended
+	in           countingBody
+	out          countingWriter
+	body         upstreamBody // the current try's response body
 	// url is the outbound request's URL on the fast path (fastProxy).
 	url url.URL
 	// raw is the latest try's response head as lines, when rawOK asked
@@ -487,7 +490,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		// upgraded connection (a WebSocket) lives as long as its peers want.
 		t := dst.policy.Spec.Timeout
 		if st.grpc {
-			t = grpcTimeout(r.Header, t)
+			var client bool
+			if t, client = grpcTimeout(r.Header, t); client {
+				// The client ends its call at its own deadline, and reads
+				// DEADLINE_EXCEEDED; the sidecar's timer, a moment later, is
+				// for one that does not. At the same moment, its cut could
+				// reach the client first: INTERNAL.
+				st.callDeadline = start.Add(t)
+				t += grpcDeadlineSlack
+			}
 		}
 		fast := h.fastProxied(r, st)
 		if t > 0 && !st.upgrade {
@@ -611,6 +622,17 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, kind,
 
 // finish records a request: metrics, its span, its access log line.
 func (h *Handler) finish(r *http.Request, st *reqState) {
+	if st.late != 0 && st.out.sent() {
+		// The upstream's response failed after its status went to the
+		// app, and the handler is aborting (the ReverseProxy's panic,
+		// fastProxy's): what the server still holds of the answer (a
+		// Content-Length body is buffered, not flushed) goes out first,
+		// or the abort would drop the status and the bytes the access
+		// log counts. The app gets the status and part of the body, then
+		// the cut (docs/operations.md, "A response that fails after its
+		// headers").
+		_ = st.out.FlushError()
+	}
 	if st.admitted != nil {
 		// Taken by failFast for a first try that never came: the breaker
 		// must not wait for its outcome for ever.
@@ -631,7 +653,7 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		// own answer keeps its status and kind (errKind).
 		st.code = statusClientClosed
 		if st.grpc {
-			st.grpcStatus = grpcCanceled // not the trailers' status, which the app did not get
+			st.grpcStatus = st.grpcCut(true) // not the trailers' status, which the app did not get
 		}
 	}
 	h.observe(r, st)
@@ -649,7 +671,12 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 	if st.late != 0 {
 		// The app got a status, then a body cut short: for the metrics,
 		// whose error rates read the status, it is the failure it was.
+		// A gRPC call's status is what its client read from the cut: the
+		// metric, the span and the access log say the same.
 		code, st.errKind = lateFailure(st.late)
+		if st.grpc {
+			st.grpcStatus = st.grpcCut(false)
+		}
 	}
 	dst.metrics.Observe(r.Method, code, st.headers.Sub(st.start).Seconds())
 	if st.grpc {
@@ -812,9 +839,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 		h.log.Debug("upstream failed", "destination", st.dest.name, "error", err, "request_id", st.id)
 	}
 	if st.grpc && kind == wellknown.ErrorReset {
-		// A gRPC server resets a call at its deadline (grpc-timeout),
-		// which the sidecar's own timer may not have seen fire yet.
-		if dl, ok := r.Context().Deadline(); ok && time.Until(dl) < grpcDeadlineSlack {
+		if st.atCallDeadline(r.Context()) {
 			kind = wellknown.ErrorTimeout
 			code = http.StatusGatewayTimeout
 			body.Message = "upstream " + st.dest.name + " did not answer within the call's deadline"

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -606,5 +607,71 @@ func TestGRPCDrain(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the sidecar did not stop")
+	}
+}
+
+// TestGRPCCutAfterHeaders: a call whose stream ends after its headers
+// and first message with no trailers is recorded, in the metric and the
+// access log alike, as the status its client read: INTERNAL when the
+// sidecar cut the stream (its policy's timeout, the upstream gone), and
+// DEADLINE_EXCEEDED when the client's own deadline ran out (its library
+// says so whatever the sidecar does then). The metric had UNAVAILABLE
+// and the log UNKNOWN for all three.
+func TestGRPCCutAfterHeaders(t *testing.T) {
+	names := map[codes.Code]string{codes.Internal: "INTERNAL", codes.DeadlineExceeded: "DEADLINE_EXCEEDED"}
+	for _, tc := range []struct {
+		name     string
+		policy   string
+		deadline time.Duration
+		stop     bool // stop the upstream after the first message
+		want     codes.Code
+		kinds    []string // the access log's error: one of
+	}{
+		{"policy timeout", "timeout: 450ms\n", 10 * time.Second, false, codes.Internal, []string{"timeout"}},
+		{"upstream gone", "", 10 * time.Second, true, codes.Internal, []string{"reset"}},
+		// The client's cancel, the upstream's DEADLINE_EXCEEDED or its
+		// reset at the deadline: whichever comes first.
+		{"client deadline", "", 450 * time.Millisecond, false, codes.DeadlineExceeded, []string{"", "timeout"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := grpc.NewServer()
+			healthpb.RegisterHealthServer(s, &healthServer{})
+			go func() { _ = s.Serve(ln) }()
+			t.Cleanup(s.Stop)
+			var alog accessLog
+			sc := startSidecar(t, policyDoc("health", healthSvc, tc.policy), resolve(ln.Addr().String(), healthSvc), withAccessLog(&alog))
+			c := grpcClient(t, sc, healthSvc)
+			ctx, cancel := context.WithTimeout(context.Background(), tc.deadline)
+			defer cancel()
+			w, err := c.Watch(ctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Recv(); err != nil {
+				t.Fatalf("first message: %v", err)
+			}
+			if tc.stop {
+				s.Stop()
+			}
+			for err == nil {
+				_, err = w.Recv()
+			}
+			if got := grpcstatus.Code(err); got != tc.want {
+				t.Fatalf("the client read %v (%v), want %v", got, err, tc.want)
+			}
+			want := names[tc.want]
+			sc.waitMetric(1, 2*time.Second, "minimesh_grpc_requests_total", "destination", healthSvc, "grpc_code", want)
+			if got := sc.metric("minimesh_grpc_requests_total", "destination", healthSvc); got != 1 {
+				t.Errorf("grpc_requests_total = %v, want 1", got)
+			}
+			e := alog.wait(t, 1, 2*time.Second)[0]
+			if e.GRPCStatus != want || !slices.Contains(tc.kinds, e.Error) {
+				t.Errorf("access log grpc_status %q, error %q: want %q, one of %q", e.GRPCStatus, e.Error, want, tc.kinds)
+			}
+		})
 	}
 }
