@@ -59,9 +59,11 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	}
 	nd := d.d
 	nd.ControlContext = func(_ context.Context, _, address string, _ syscall.RawConn) error {
-		ap, err := netip.ParseAddrPort(address)
+		ap, err := controlAddr(address)
 		if err != nil {
-			return nil // not an IP address: not one of ours
+			// Every TCP dial has an IP address here: one that cannot be
+			// read is refused, never let through unchecked.
+			return &selfError{addr: address, unread: true}
 		}
 		if d.self.has(ap, arrived) {
 			return &selfError{addr: address}
@@ -80,12 +82,50 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	return rawio.Wrap(c), nil
 }
 
+// controlAddr reads the address a dial's Control hook is given. Go
+// writes an IPv4 address the app spelled with a zone
+// ("[::ffff:127.0.0.1%25lo]") as "127.0.0.1%lo:15020", which netip does
+// not parse: the zone is dropped here, as the kernel ignores it for IPv4.
+// An IPv6 address keeps its zone (it picks a link-local address's
+// interface).
+func controlAddr(address string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		h, zone, ok := strings.Cut(host, "%")
+		if !ok {
+			return netip.AddrPort{}, err
+		}
+		if ip, err = netip.ParseAddr(h); err != nil {
+			return netip.AddrPort{}, err
+		}
+		if ip.Is6() {
+			ip = ip.WithZone(zone)
+		}
+	}
+	return netip.AddrPortFrom(ip, uint16(p)), nil
+}
+
 // selfError is a connection refused because it would reach one of the
 // sidecar's own listeners: a loop, or a way around the admin port's
 // loopback-only rule for anyone who can make the app send a request.
-type selfError struct{ addr, asked string }
+// unread: the dial's address could not be read, so not checked.
+type selfError struct {
+	addr, asked string
+	unread      bool
+}
 
 func (e *selfError) Error() string {
+	if e.unread {
+		return "cannot tell whether " + e.addr + " is the sidecar's own address: not dialled"
+	}
 	if e.asked != "" && e.asked != e.addr {
 		return e.asked + " is the sidecar's own address " + e.addr + ": nothing sent through the sidecar may reach its own ports"
 	}
@@ -98,20 +138,9 @@ func (e *selfError) Error() string {
 type selfAddrs struct {
 	mu    sync.RWMutex
 	ports []uint16
-	local []netip.Addr // this host's interface addresses, read once
 }
 
-func newSelfAddrs() *selfAddrs {
-	s := &selfAddrs{}
-	if addrs, err := net.InterfaceAddrs(); err == nil {
-		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil {
-				s.local = append(s.local, p.Addr().Unmap())
-			}
-		}
-	}
-	return s
-}
+func newSelfAddrs() *selfAddrs { return &selfAddrs{} }
 
 // add declares a listener of the sidecar's.
 func (s *selfAddrs) add(addr net.Addr) {
@@ -130,13 +159,17 @@ func (s *selfAddrs) add(addr net.Addr) {
 
 // has reports whether ap reaches one of the sidecar's listeners, arrived
 // (the listener of the request at hand, may be nil) included. It runs once
-// per new upstream connection, not per request.
+// per new upstream connection, not per request; the port is looked at
+// first, so only a dial to one of the sidecar's port numbers asks whether
+// its address is this host's (isLocal).
 func (s *selfAddrs) has(ap netip.AddrPort, arrived net.Addr) bool {
-	ip := ap.Addr().Unmap()
-	if !s.isLocal(ip) {
+	if !s.ours(ap.Port(), arrived) {
 		return false
 	}
-	port := ap.Port()
+	return isLocal(ap.Addr())
+}
+
+func (s *selfAddrs) ours(port uint16, arrived net.Addr) bool {
 	if arrived != nil {
 		if a, err := netip.ParseAddrPort(arrived.String()); err == nil && a.Port() == port {
 			return true
@@ -152,14 +185,27 @@ func (s *selfAddrs) has(ap netip.AddrPort, arrived net.Addr) bool {
 	return false
 }
 
-func (s *selfAddrs) isLocal(ip netip.Addr) bool {
+// isLocal reports whether a connection to ip ends on this host (the pod's
+// network namespace). Loopback and the unspecified address do, in every
+// spelling: a zone is ignored (the kernel ignores it but for a link-local
+// address) and an IPv4-mapped address is its IPv4 one. For any other
+// address the kernel answers: only an address of this host can be bound,
+// whether it was assigned before the sidecar started or after, or is
+// local by a route (ip route add local ...). A list read at start would
+// miss the addresses added since.
+func isLocal(ip netip.Addr) bool {
+	zone := ip.Zone()
+	ip = ip.Unmap().WithZone("")
 	if ip.IsLoopback() || ip.IsUnspecified() {
 		return true
 	}
-	for _, l := range s.local {
-		if l == ip {
-			return true
-		}
+	if ip.Is6() && ip.IsLinkLocalUnicast() {
+		ip = ip.WithZone(zone) // which interface's
 	}
-	return false
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, 0)))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }

@@ -166,6 +166,10 @@ var fuzzHandlerSeeds = []string{
 	"GET http://[::ffff:127.0.0.1]:{admin}/ HTTP/1.1\r\nHost: x\r\n\r\n",
 	"GET http://[::1]:{self}/ HTTP/1.1\r\nHost: x\r\n\r\n",
 	"GET http://[::1%25lo]:{admin}/ HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET http://[::ffff:127.0.0.1%25lo]:{admin}/debug/config HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET http://[::ffff:127.0.0.1%25x]:{self}/ HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET http://[::%25lo]:{admin}/ HTTP/1.1\r\nHost: x\r\n\r\n",
+	"GET /debug/config HTTP/1.1\r\nHost: [::ffff:127.0.0.1%25lo]:{admin}\r\n\r\n",
 	"GET http://0.0.0.0:{admin}/ HTTP/1.1\r\nHost: x\r\n\r\n",
 	"GET http://127.0.0.2:{self}/ HTTP/1.1\r\nHost: x\r\n\r\n",
 	"GET http://self/ HTTP/1.1\r\nHost: self\r\n\r\n",
@@ -178,6 +182,7 @@ var fuzzHandlerSeeds = []string{
 	"CONNECT reset:80 HTTP/1.1\r\nHost: reset:80\r\nX-Request-ID: tunnel-1\r\n\r\n",
 	"CONNECT self:80 HTTP/1.1\r\nHost: self:80\r\n\r\n",
 	"CONNECT 127.0.0.1:{admin} HTTP/1.1\r\nHost: 127.0.0.1:{admin}\r\n\r\n",
+	"CONNECT [::ffff:127.0.0.1%25lo]:{admin} HTTP/1.1\r\nHost: x\r\n\r\n",
 	"CONNECT ok HTTP/1.1\r\nHost: ok\r\n\r\n",
 	"CONNECT /x HTTP/1.1\r\nHost: ok:80\r\n\r\n",
 	"CONNECT [::1]:0 HTTP/1.1\r\nHost: [::1]:0\r\n\r\n",
@@ -547,10 +552,6 @@ func (r *fuzzRig) local(authority string) bool {
 	host, _, err := net.SplitHostPort(authority)
 	if err != nil {
 		return true // the dialer will refuse it
-	}
-	isLocal := func(ip netip.Addr) bool {
-		ip = ip.Unmap()
-		return ip.IsLoopback() || ip.IsUnspecified() || r.h.self.isLocal(ip)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		return isLocal(ip)

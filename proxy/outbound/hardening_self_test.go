@@ -58,9 +58,10 @@ func portOf(t *testing.T, addr string) string {
 }
 
 // canonicalName is how the sidecar names a destination: lowercase,
-// without a trailing dot.
+// without a trailing dot, an IPv6 zone's "%25" read as "%".
 func canonicalName(authority string) string {
 	host, port, _ := net.SplitHostPort(authority)
+	host = strings.Replace(host, "%25", "%", 1)
 	return net.JoinHostPort(strings.TrimSuffix(strings.ToLower(host), "."), port)
 }
 
@@ -75,6 +76,11 @@ func selfSpellings(port string) []string {
 		"0:" + port,
 		"0.0.0.0:" + port,
 		"[::1]:" + port, // the sidecar listens on v4 only: still loopback and its port
+		// A zone: Go dials an IPv4-mapped address as IPv4 with the zone
+		// in its address string, and the kernel ignores it.
+		"[::ffff:127.0.0.1%25lo]:" + port,
+		"[::ffff:127.0.0.1%25anything]:" + port,
+		"[::%25lo]:" + port,
 	}
 }
 
@@ -149,7 +155,7 @@ func TestSelfRequestsForbidden(t *testing.T) {
 			dest: canonicalName(authority),
 		})
 	}
-	connects := []string{"127.0.0.1:" + adminPort, "localhost:" + outPort, "alias-svc:80", "[::1]:" + adminPort}
+	connects := []string{"127.0.0.1:" + adminPort, "localhost:" + outPort, "alias-svc:80", "[::1]:" + adminPort, "[::ffff:127.0.0.1%25lo]:" + adminPort}
 	for _, a := range connects {
 		cases = append(cases, tc{
 			name: "CONNECT " + a,
