@@ -160,6 +160,13 @@ const (
 	// MaxAttempts bounds retries.attempts: more would turn one request
 	// into a storm.
 	MaxAttempts = 10
+
+	// MaxStateDuration bounds the durations that set how long a breaker
+	// stays open, how far back it counts (failureRate.window) and how long
+	// a retry waits (backoff): a day is more than any of them needs, and
+	// the sums they take part in (a window plus its bucket, an open time
+	// rounded up to seconds, a doubled backoff) stay far from overflow.
+	MaxStateDuration = 24 * time.Hour
 )
 
 // DefaultFailOn and DefaultRetryOn are used when a policy names none.

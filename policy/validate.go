@@ -47,6 +47,13 @@ func (c *checker) positive(field string, d time.Duration) {
 	}
 }
 
+// positiveUpTo is positive with an upper bound.
+func (c *checker) positiveUpTo(field string, d, hi time.Duration) {
+	if d <= 0 || d > hi {
+		c.fail(field, "must be > 0 and <= %v, got %v", hi, d)
+	}
+}
+
 func (c *checker) durationRange(field string, d, lo, hi time.Duration) {
 	if d < lo || d > hi {
 		c.fail(field, "must be between %v and %v, got %v", lo, hi, d)
@@ -97,8 +104,8 @@ func validateRetries(c *checker, r *Retries, timeout time.Duration) {
 	if isEmpty(r.RetryOn) {
 		c.fail(p+"retryOn", "must not be empty: omit it for the default %v, or set attempts: 0", yamlList(DefaultRetryOn))
 	}
-	c.positive(p+"backoff.base", r.Backoff.Base)
-	c.positive(p+"backoff.max", r.Backoff.Max)
+	c.positiveUpTo(p+"backoff.base", r.Backoff.Base, MaxStateDuration)
+	c.positiveUpTo(p+"backoff.max", r.Backoff.Max, MaxStateDuration)
 	if r.Backoff.Base > 0 && r.Backoff.Max > 0 && r.Backoff.Max < r.Backoff.Base {
 		c.fail(p+"backoff.max", "must be >= base (%v), got %v", r.Backoff.Base, r.Backoff.Max)
 	}
@@ -112,7 +119,7 @@ func validateRetries(c *checker, r *Retries, timeout time.Duration) {
 func validateBreaker(c *checker, b *CircuitBreaker) {
 	const p = "spec.circuitBreaker."
 	c.intRange(p+"consecutiveFailures", b.ConsecutiveFailures, 1, MaxConsecutiveFailures)
-	c.positive(p+"openTimeout", b.OpenTimeout)
+	c.positiveUpTo(p+"openTimeout", b.OpenTimeout, MaxStateDuration)
 	c.intRange(p+"halfOpenRequests", b.HalfOpenRequests, 1, MaxHalfOpenRequests)
 	if isEmpty(b.FailOn) {
 		c.fail(p+"failOn", "must not be empty: omit it for the default %v", yamlList(DefaultFailOn))
@@ -123,7 +130,7 @@ func validateBreaker(c *checker, b *CircuitBreaker) {
 			c.fail(p+"failureRate.threshold", "must be > 0 and <= 1, got %v", fr.Threshold)
 		}
 		c.intRange(p+"failureRate.minRequests", fr.MinRequests, 1, MaxMinRequests)
-		c.positive(p+"failureRate.window", fr.Window)
+		c.positiveUpTo(p+"failureRate.window", fr.Window, MaxStateDuration)
 	}
 }
 

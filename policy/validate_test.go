@@ -30,12 +30,12 @@ spec.retries.retryOn: must not be empty: omit it for the default [gateway-error,
 spec.retries.backoff.max: must be >= base (1s), got 1ms
 spec.retries.budget.ratio: must be between 0 and 1, got NaN
 spec.circuitBreaker.consecutiveFailures: must be between 1 and 1000, got 0
-spec.circuitBreaker.openTimeout: must be > 0, got 0s
+spec.circuitBreaker.openTimeout: must be > 0 and <= 24h0m0s, got 0s
 spec.circuitBreaker.halfOpenRequests: must be between 1 and 1000, got 0
 spec.circuitBreaker.failOn: must not be empty: omit it for the default [5xx, connect-failure, reset, timeout]
 spec.circuitBreaker.failureRate.threshold: must be > 0 and <= 1, got 0
 spec.circuitBreaker.failureRate.minRequests: must be between 1 and 1000000, got 0
-spec.circuitBreaker.failureRate.window: must be > 0, got 0s
+spec.circuitBreaker.failureRate.window: must be > 0 and <= 24h0m0s, got 0s
 spec.outlierDetection.consecutiveFailures: must be between 0 and 1000, got -1
 spec.outlierDetection.baseEjectionTime: must be between 1ms and 1h0m0s, got 2h0m0s
 spec.outlierDetection.maxEjectionTime: must be >= baseEjectionTime (2h0m0s), got 1h0m0s

@@ -154,3 +154,26 @@ func TestRetryAfterCountsDown(t *testing.T) {
 		t.Fatal("OpenUntil zero while open")
 	}
 }
+
+// TestLongestDurations: a breaker at the policy's bounds on its times
+// (policy.MaxStateDuration) counts and opens, and says when it reopens: a
+// window of 2,400,000 hours overflowed gobreaker's bucket sum (a panic in
+// Allow on every request), an open time near the largest duration its
+// Retry-After.
+func TestLongestDurations(t *testing.T) {
+	c := cfg(3, 1, policy.MaxStateDuration)
+	c.FailureRate = &policy.FailureRate{Threshold: 0.5, MinRequests: 2, Window: policy.MaxStateDuration}
+	b := New("d", c, nil)
+	d, err := b.Allow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d(nil)
+	fail(t, b, 1)
+	if b.State() != Open {
+		t.Fatalf("1 of 2 failed at threshold 0.5: state %v", b.State())
+	}
+	if ra := b.RetryAfter(time.Now()); ra != policy.MaxStateDuration {
+		t.Fatalf("RetryAfter = %v, want %v", ra, policy.MaxStateDuration)
+	}
+}
