@@ -110,6 +110,11 @@ func decodeFile(filename string, data []byte) (f *fileDecoder) {
 		if len(doc.Content) == 0 {
 			continue
 		}
+		if added, at := aliasGrowth(doc.Content[0]); at != nil {
+			f.add(&Error{File: filename, Line: at.Line, Column: at.Column,
+				Msg: fmt.Sprintf("YAML aliases add more than %d nodes to this document (%d so far, here): write the values out", maxAliasNodes, added)})
+			continue
+		}
 		root := resolve(doc.Content[0])
 		if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
 			continue // an empty document, or one of comments only

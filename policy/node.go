@@ -187,6 +187,10 @@ func (d *objDecoder) integer(path string, n *yaml.Node) (int, bool) {
 		d.failAt(n, path, "want an integer, got %s", describe(n))
 		return 0, false
 	}
+	if !decimal(n.Value) {
+		d.failAt(n, path, "want a decimal integer such as 10, got %s (an octal, hexadecimal or underscored spelling reads differently in YAML 1.1 and 1.2)", echo.Clip(n.Value))
+		return 0, false
+	}
 	var v int
 	if err := n.Decode(&v); err != nil {
 		d.failAt(n, path, "invalid integer %s (out of range?)", echo.Clip(n.Value))
@@ -195,10 +199,33 @@ func (d *objDecoder) integer(path string, n *yaml.Node) (int, bool) {
 	return v, true
 }
 
+// decimal reports whether an integer is spelled in decimal, with no
+// leading zero: yaml.v3 reads 010 as 8, 0x9 as 9 and 1_0 as 10 (YAML
+// 1.1), where YAML 1.2 and JSON read 010 as 10 or refuse it. A policy's
+// numbers mean one thing whatever reads them.
+func decimal(s string) bool {
+	if s != "" && (s[0] == '-' || s[0] == '+') {
+		s = s[1:]
+	}
+	if s == "" || len(s) > 1 && s[0] == '0' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 func (d *objDecoder) number(path string, n *yaml.Node) (float64, bool) {
 	tag := n.ShortTag()
 	if n.Kind != yaml.ScalarNode || tag != "!!int" && tag != "!!float" {
 		d.failAt(n, path, "want a number, got %s", describe(n))
+		return 0, false
+	}
+	if tag == "!!int" && !decimal(n.Value) {
+		d.failAt(n, path, "want a decimal number such as 0.5, got %s (an octal, hexadecimal or underscored spelling reads differently in YAML 1.1 and 1.2)", echo.Clip(n.Value))
 		return 0, false
 	}
 	var v float64
