@@ -9,6 +9,7 @@ package linkerd
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"time"
@@ -37,22 +38,34 @@ const (
 // it merges into the existing Service). What a policy says that Linkerd
 // cannot is written as comments above its documents, so nothing is
 // dropped silently.
+//
+// The policies are read together, not one by one, because Kubernetes
+// objects are shared where policies are not: each HTTPRoute needs a name
+// of its own in its namespace, and Linkerd reads failure accrual and gRPC
+// retries from the Service, one setting for all its ports, where minimesh
+// may have a policy per port. Each Service gets one document.
 func Export(pols []*policy.ResiliencePolicy) ([]byte, error) {
+	plans := make([]*plan, len(pols))
+	for i, p := range pols {
+		plans[i] = newPlan(p)
+	}
+	nameRoutes(plans)
+	mergeServices(plans)
+
 	var out bytes.Buffer
-	for _, p := range pols {
-		docs, notes, err := export(p)
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(&out, "---\n# ResiliencePolicy %s", p.Metadata.Name)
-		if p.Source != "" {
-			fmt.Fprintf(&out, " (%s)", p.Source)
+	for _, pl := range plans {
+		fmt.Fprintf(&out, "---\n# ResiliencePolicy %s", displayName(pl.p))
+		if pl.p.Source != "" {
+			fmt.Fprintf(&out, " (%s)", pl.p.Source)
 		}
 		out.WriteString("\n")
-		for _, n := range notes {
+		for _, c := range pl.comments {
+			fmt.Fprintf(&out, "# %s\n", c)
+		}
+		for _, n := range pl.notes {
 			fmt.Fprintf(&out, "# not carried over: %s\n", n)
 		}
-		for i, d := range docs {
+		for i, d := range pl.documents() {
 			if i > 0 {
 				out.WriteString("---\n")
 			}
@@ -68,131 +81,424 @@ func Export(pols []*policy.ResiliencePolicy) ([]byte, error) {
 
 type object = map[string]any
 
-func export(p *policy.ResiliencePolicy) ([]object, []string, error) {
+// serviceRef names the Kubernetes Service a policy governs: its name,
+// namespace and the port of spec.service (0 for every port).
+type serviceRef struct {
+	name, ns string
+	port     int
+}
+
+// plan is one policy's translation: its annotations, the names Export
+// gives its objects and what it says about them.
+type plan struct {
+	p *policy.ResiliencePolicy
+	// svc is the destination; inCluster is false for "*" and for hosts
+	// outside the cluster, which get comments only.
+	svc       serviceRef
+	inCluster bool
+
+	route     map[string]string // the HTTPRoute's annotations
+	routeName string            // set by nameRoutes
+
+	// Service annotations, in two groups that Linkerd reads per
+	// Service: failure accrual (nil when ejection is off) and gRPC
+	// retries (nil without). mergeServices picks one of each per
+	// Service and puts the Service document on one plan, in service.
+	accrual, grpc map[string]string
+	service       map[string]string
+
+	comments []string // about the output: names, where a document went
+	notes    []string // what Linkerd does not say as the policy does
+}
+
+func (pl *plan) note(format string, a ...any) { pl.notes = append(pl.notes, fmt.Sprintf(format, a...)) }
+func (pl *plan) comment(format string, a ...any) {
+	pl.comments = append(pl.comments, fmt.Sprintf(format, a...))
+}
+
+// duration spells d for an annotation and notes when it had to round
+// the policy's value (field names it).
+func (pl *plan) duration(field string, d time.Duration) string {
+	s, rounded := duration(d)
+	if rounded {
+		pl.note("%s (%s): Linkerd's durations are whole milliseconds; written as %s, rounded up", field, d, s)
+	}
+	return s
+}
+
+func newPlan(p *policy.ResiliencePolicy) *plan {
+	pl := &plan{p: p}
 	s := &p.Spec
-	var notes []string
 	if s.Service == policy.DefaultService {
-		return nil, []string{`service "*": Linkerd has no mesh-wide default policy; annotate each Service or route`}, nil
+		pl.note(`service "*": Linkerd has no mesh-wide default policy; annotate each Service or route`)
+		return pl
 	}
-	name, ns, port, ok := serviceRef(s.Service, p.Metadata.Namespace)
+	ref, ok := serviceOf(s.Service, p.Metadata.Namespace)
 	if !ok {
-		return nil, []string{fmt.Sprintf("service %q is not a cluster Service: Linkerd configures egress with EgressNetwork resources", s.Service)}, nil
+		pl.note("service %q is not a cluster Service: Linkerd configures egress with EgressNetwork resources", s.Service)
+		return pl
 	}
-
-	route := object{}
+	pl.svc, pl.inCluster = ref, true
+	pl.route = map[string]string{}
 	if s.Timeout > 0 {
-		route[annRequestTimeout] = duration(s.Timeout)
+		pl.route[annRequestTimeout] = pl.duration("timeout", s.Timeout)
 	}
-	if r := s.Retries; r != nil && r.Attempts > 0 {
-		codes, n := retryCodes(r.RetryOn)
-		notes = append(notes, n...)
-		if codes != "" {
-			route[annRetryHTTP] = codes
-			route[annRetryLimit] = strconv.Itoa(r.Attempts)
-			if r.PerTryTimeout > 0 {
-				route[annRetryTimeout] = duration(r.PerTryTimeout)
-			}
-		}
-		notes = append(notes,
-			fmt.Sprintf("retries.backoff (%s-%s): Linkerd retries at once", r.Backoff.Base, r.Backoff.Max),
-			fmt.Sprintf("retries.budget (ratio %g, %d/s): Linkerd's route annotations have no retry budget", r.Budget.Ratio, r.Budget.MinPerSecond))
-	}
-
-	svcAnn := object{}
-	if r := s.Retries; r != nil && r.Attempts > 0 && r.RetryOn.GRPC != 0 {
-		codes, n := grpcRetryCodes(r.RetryOn)
-		notes = append(notes, n...)
-		if codes != "" {
-			// Not valid on an HTTPRoute: on the Service, for its gRPC
-			// calls that no route with retry annotations of its own
-			// matches.
-			svcAnn[annRetryGRPC] = codes
-			svcAnn[annRetryLimit] = strconv.Itoa(r.Attempts)
-			if r.PerTryTimeout > 0 {
-				svcAnn[annRetryTimeout] = duration(r.PerTryTimeout)
-			}
-			if _, ok := route[annRetryHTTP]; ok {
-				notes = append(notes, "retryOn gRPC codes: retry.linkerd.io/grpc goes on the Service, and the HTTPRoute's own retry annotations win for the gRPC calls it matches (every path): give gRPC calls a GRPCRoute, or drop the HTTP retries")
-			}
-		}
-	}
-	if od := s.OutlierDetection; od.Enabled() {
-		// Linkerd's failure accrual is outlierDetection's counterpart: it
-		// ejects one endpoint after a run of failures, for a penalty
-		// between min and max.
-		svcAnn[annAccrual] = "consecutive"
-		svcAnn[annMaxFailures] = strconv.Itoa(od.ConsecutiveFailures)
-		svcAnn[annMinPenalty] = duration(od.BaseEjectionTime)
-		svcAnn[annMaxPenalty] = duration(od.MaxEjectionTime)
-		notes = append(notes,
-			fmt.Sprintf("outlierDetection ejection time (%s × ejections, at most %s): Linkerd's penalty doubles from min-penalty to max-penalty, with jitter, and an ejected endpoint comes back through a probe; minimesh's grows linearly, base × ejections, as Envoy's does", od.BaseEjectionTime, od.MaxEjectionTime),
-			fmt.Sprintf("outlierDetection.maxEjectionPercent (%d): Linkerd has no cap and may eject every endpoint, then fails requests with 503", od.MaxEjectionPercent))
-		if cb := s.CircuitBreaker; cb != nil {
-			notes = append(notes, fmt.Sprintf("circuitBreaker.failOn (%s), which outlierDetection counts: Linkerd counts 5xx responses and failed connections", strings.Join(cb.FailOn.Strings(), ", ")))
-		}
-	}
+	pl.retries(s.Retries)
+	pl.failureAccrual(s)
 	if cb := s.CircuitBreaker; cb != nil {
 		n := fmt.Sprintf("circuitBreaker (%d failures in a row", cb.ConsecutiveFailures)
 		if fr := cb.FailureRate; fr != nil {
 			n += fmt.Sprintf(" or %g of %d requests in %s", fr.Threshold, fr.MinRequests, fr.Window)
 		}
-		notes = append(notes, n+fmt.Sprintf(", open %s, %d probes): Linkerd has no breaker for a whole destination; it ejects single endpoints (pods), which is outlierDetection", cb.OpenTimeout, cb.HalfOpenRequests))
+		pl.note("%s, open %s, %d probes): Linkerd has no breaker for a whole destination; it ejects single endpoints (pods), which is outlierDetection", n, cb.OpenTimeout, cb.HalfOpenRequests)
 	}
+	return pl
+}
 
+// retries maps spec.retries onto Linkerd's retry annotations (linkerd.io
+// reference "Retries", 2.16+). Linkerd retries a try when its response
+// status is in retry.linkerd.io/http (or its gRPC status in
+// retry.linkerd.io/grpc), and when it outlives retry.linkerd.io/timeout:
+// that timeout cancels the try and retries it whatever the status list
+// says. So retryOn [timeout] with a perTryTimeout is a limit and a
+// timeout with no status list, which Linkerd's policy controller accepts
+// (parse_http_retry: any of the three annotations makes a retry policy).
+//
+// What Linkerd's proxy retries on its own is narrower than minimesh's
+// conditions (linkerd2-proxy, outbound route retry.rs, retryable_error):
+// the retry timeout, fail-fast, and an HTTP/2 stream the peer refused
+// (REFUSED_STREAM). Connection errors are not retried (the source says
+// so: "connection errors require changes to the endpoint stack"); its
+// balancer sends requests only to endpoints it holds a connection to.
+func (pl *plan) retries(r *policy.Retries) {
+	if r == nil {
+		return
+	}
+	if r.Attempts == 0 {
+		// A retry.linkerd.io/limit of 0 is read as no limit given, and
+		// then Linkerd's default, 1, applies: writing the timeout here
+		// would add a retry. timeout.linkerd.io/response bounds the
+		// response body too, where perTryTimeout stops at the headers.
+		if r.PerTryTimeout > 0 {
+			pl.note("retries.perTryTimeout (%s) with attempts 0: Linkerd bounds a single try only with retry.linkerd.io/timeout, which comes with a retry (a retry.linkerd.io/limit of 0 means its default, 1); timeout.linkerd.io/response is the nearest, but it also bounds the response body, so the export leaves it to you", r.PerTryTimeout)
+		}
+		return
+	}
+	on := r.RetryOn
+	codes := retryCodes(on)
+	var perTry string
+	if r.PerTryTimeout > 0 {
+		perTry = pl.duration("retries.perTryTimeout", r.PerTryTimeout)
+	}
+	if codes != "" {
+		pl.route[annRetryHTTP] = codes
+	}
+	if codes != "" || perTry != "" {
+		pl.route[annRetryLimit] = strconv.Itoa(r.Attempts)
+	}
+	if perTry != "" {
+		pl.route[annRetryTimeout] = perTry
+		if !on.Has(policy.ClassTimeout) {
+			pl.note("retryOn has no timeout: Linkerd also retries a try that exceeds retry.linkerd.io/timeout (%s), where minimesh answers 504", perTry)
+		}
+		// linkerd2-proxy drops the per-try timeout of the try after
+		// which no retry is left (retry.rs, set_extensions).
+		pl.note("retries.perTryTimeout on the last try: Linkerd lifts retry.linkerd.io/timeout once no retry is left, so only timeout.linkerd.io/request (if set) bounds the last try")
+	}
+	if on.Has(policy.ClassConnectFailure) {
+		pl.note("retryOn connect-failure: Linkerd does not retry connection errors; its load balancer sends requests only to endpoints it is connected to, and fails fast (503) when none is available")
+	}
+	if on.Has(policy.ClassReset) {
+		pl.note("retryOn reset: Linkerd retries a connection lost before the response only when an HTTP/2 peer refused the stream (REFUSED_STREAM)")
+	}
+	if on.Has(policy.ClassTimeout) && perTry == "" {
+		pl.note("retryOn timeout without perTryTimeout: only the whole timeout can expire, and Linkerd does not retry timeout.linkerd.io/request (nor does minimesh, which has no time left then)")
+	}
+	pl.note("retries.backoff (%s-%s): Linkerd retries at once", r.Backoff.Base, r.Backoff.Max)
+	pl.note("retries.budget (ratio %g, %d/s): Linkerd's route annotations have no retry budget", r.Budget.Ratio, r.Budget.MinPerSecond)
+
+	if on.GRPC == 0 {
+		return
+	}
+	grpcCodes, left := grpcRetryCodes(on)
+	if len(left) > 0 {
+		pl.note("retryOn %s: Linkerd retries only cancelled, deadline-exceeded, internal, resource-exhausted and unavailable", strings.Join(left, ", "))
+	}
+	if grpcCodes == "" {
+		return
+	}
+	// Not valid on an HTTPRoute: on the Service, for its gRPC calls
+	// that no route with retry annotations of its own matches.
+	pl.grpc = map[string]string{annRetryGRPC: grpcCodes, annRetryLimit: strconv.Itoa(r.Attempts)}
+	if perTry != "" {
+		pl.grpc[annRetryTimeout] = perTry
+	}
+	if _, ok := pl.route[annRetryLimit]; ok {
+		pl.note("retryOn gRPC codes: retry.linkerd.io/grpc goes on the Service, and the HTTPRoute's own retry annotations win for the gRPC calls it matches (every path): give gRPC calls a GRPCRoute, or drop the HTTP retries")
+	}
+}
+
+// failureAccrual is outlierDetection as Linkerd's failure accrual: it
+// ejects one endpoint after a run of failures, for a penalty between min
+// and max.
+func (pl *plan) failureAccrual(s *policy.Spec) {
+	od := s.OutlierDetection
+	if !od.Enabled() {
+		return
+	}
+	pl.accrual = map[string]string{
+		annAccrual:     "consecutive",
+		annMaxFailures: strconv.Itoa(od.ConsecutiveFailures),
+		annMinPenalty:  pl.duration("outlierDetection.baseEjectionTime", od.BaseEjectionTime),
+		annMaxPenalty:  pl.duration("outlierDetection.maxEjectionTime", od.MaxEjectionTime),
+	}
+	pl.note("outlierDetection ejection time (%s × ejections, at most %s): Linkerd's penalty doubles from min-penalty to max-penalty, with jitter, and an ejected endpoint comes back through a probe; minimesh's grows linearly, base × ejections, as Envoy's does", od.BaseEjectionTime, od.MaxEjectionTime)
+	pl.note("outlierDetection.maxEjectionPercent (%d): Linkerd has no cap and may eject every endpoint, then fails requests with 503", od.MaxEjectionPercent)
+	if cb := s.CircuitBreaker; cb != nil {
+		pl.note("circuitBreaker.failOn (%s), which outlierDetection counts: Linkerd counts 5xx responses and failed connections", strings.Join(cb.FailOn.Strings(), ", "))
+	}
+}
+
+// documents are the plan's Kubernetes objects: its HTTPRoute, and the
+// Service document when mergeServices put it on this plan.
+func (pl *plan) documents() []object {
 	var docs []object
-	if len(route) > 0 {
-		parent := object{"group": "core", "kind": "Service", "name": name}
-		if port != 0 {
-			parent["port"] = port
+	if len(pl.route) > 0 {
+		parent := object{"group": "core", "kind": "Service", "name": pl.svc.name}
+		if pl.svc.port != 0 {
+			parent["port"] = pl.svc.port
 		}
 		docs = append(docs, object{
 			"apiVersion": "gateway.networking.k8s.io/v1",
 			"kind":       "HTTPRoute",
-			"metadata":   object{"name": p.Metadata.Name, "namespace": ns, "annotations": route},
+			"metadata":   object{"name": pl.routeName, "namespace": pl.svc.ns, "annotations": pl.route},
 			"spec": object{
 				"parentRefs": []any{parent},
 				"rules":      []any{object{"matches": []any{object{"path": object{"type": "PathPrefix", "value": "/"}}}}},
 			},
 		})
 	}
-	if len(svcAnn) > 0 {
+	if len(pl.service) > 0 {
 		docs = append(docs, object{
 			"apiVersion": "v1",
 			"kind":       "Service",
-			"metadata":   object{"name": name, "namespace": ns, "annotations": svcAnn},
+			"metadata":   object{"name": pl.svc.name, "namespace": pl.svc.ns, "annotations": pl.service},
 		})
 	}
-	return docs, notes, nil
+	return docs
 }
 
-// serviceRef reads a policy's service the way the sidecar matches it:
-// "name", "name.ns", "name.ns.svc" or "name.ns.svc.cluster.local", with an
-// optional port. Other hosts are outside the cluster.
-func serviceRef(service, policyNS string) (name, ns string, port int, ok bool) {
-	host := service
-	if h, p, found := strings.Cut(service, ":"); found {
-		host = h
-		port, _ = strconv.Atoi(p)
+// displayName is the policy's name for comments; metadata.name is
+// optional.
+func displayName(p *policy.ResiliencePolicy) string {
+	if p.Metadata.Name == "" {
+		return "(unnamed)"
 	}
-	labels := strings.Split(strings.TrimSuffix(strings.TrimSuffix(host, ".cluster.local"), ".svc"), ".")
-	switch {
-	case len(labels) == 1:
-		ns = policyNS
-	case len(labels) == 2:
-		ns = labels[1]
-	default:
-		return "", "", 0, false
-	}
+	return p.Metadata.Name
+}
+
+// label tells a policy apart from others of the same name.
+func label(p *policy.ResiliencePolicy) string {
+	return fmt.Sprintf("%s (%s)", displayName(p), p.Spec.Service)
+}
+
+// serviceOf reads a policy's service the way the sidecar matches it,
+// through policy.ServiceFQDN: "name", "name.ns", "name.ns.svc" or
+// "name.ns.svc.cluster.local", with an optional port, is a Service; any
+// other host (a.b.cluster.local, api.example.com, an IP address) is
+// outside the cluster and matches only itself. A short name is in the
+// policy's namespace, "default" when it names none.
+func serviceOf(service, policyNS string) (serviceRef, bool) {
+	host, portStr, _ := strings.Cut(strings.ToLower(service), ":")
+	ns := policyNS
 	if ns == "" {
 		ns = "default"
 	}
-	return labels[0], ns, port, true
+	fqdn, ok := policy.ServiceFQDN(host, ns)
+	if !ok {
+		return serviceRef{}, false
+	}
+	labels := strings.Split(fqdn, ".") // name.ns.svc.cluster.local
+	ref := serviceRef{name: labels[0], ns: labels[1]}
+	if portStr != "" {
+		ref.port, _ = strconv.Atoi(portStr)
+	}
+	return ref, true
 }
 
-// retryCodes is retryOn in Linkerd's retry.linkerd.io/http spelling, and
-// the conditions that have none.
-func retryCodes(c policy.Conditions) (string, []string) {
-	var codes, notes []string
+// maxNameLen is the longest name Kubernetes accepts for an HTTPRoute (a
+// DNS-1123 subdomain).
+const maxNameLen = 253
+
+// nameRoutes names each HTTPRoute. kubectl rejects an object without a
+// name, and metadata.name is optional in a policy (it is only shown), so
+// an unnamed policy's route is named after its service and port
+// ("orders-9000"). Names must also be unique in a namespace, or one
+// policy's route replaces another's on apply: policies keep their own
+// (valid) name when it is free, claimed in input order, and the others
+// get their service and port appended, then a number.
+func nameRoutes(plans []*plan) {
+	taken := map[string]bool{}
+	key := func(pl *plan, name string) string { return pl.svc.ns + "/" + name }
+	var rest []*plan
+	for _, pl := range plans {
+		if len(pl.route) == 0 {
+			continue
+		}
+		own := sanitizeName(pl.p.Metadata.Name)
+		if own == "" || taken[key(pl, own)] {
+			rest = append(rest, pl)
+			continue
+		}
+		pl.routeName = own
+		taken[key(pl, own)] = true
+		if own != pl.p.Metadata.Name {
+			pl.comment("HTTPRoute %s/%s: metadata.name %q is not a valid Kubernetes name", pl.svc.ns, own, pl.p.Metadata.Name)
+		}
+	}
+	for _, pl := range rest {
+		base := pl.svc.name
+		if pl.svc.port != 0 {
+			base += "-" + strconv.Itoa(pl.svc.port)
+		}
+		own := sanitizeName(pl.p.Metadata.Name)
+		if own != "" && base != own && !strings.HasPrefix(base, own+"-") {
+			base = joinName(own, base)
+		}
+		name := base
+		for i := 2; taken[key(pl, name)]; i++ {
+			name = joinName(base, strconv.Itoa(i))
+		}
+		pl.routeName = name
+		taken[key(pl, name)] = true
+		if own == "" {
+			pl.comment("HTTPRoute %s/%s: named after spec.service, as the policy has no metadata.name", pl.svc.ns, name)
+		} else {
+			pl.comment("HTTPRoute %s/%s: another policy's HTTPRoute in namespace %s is named %s", pl.svc.ns, name, pl.svc.ns, own)
+		}
+	}
+}
+
+// sanitizeName turns s into a DNS-1123 subdomain, the names Kubernetes
+// accepts: lower case, other characters as '-', each dot-separated part
+// starting and ending with a letter or digit. It returns "" when nothing
+// is left.
+func sanitizeName(s string) string {
+	b := []byte(strings.ToLower(s))
+	for i, c := range b {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
+			b[i] = '-'
+		}
+	}
+	var parts []string
+	for part := range strings.SplitSeq(string(b), ".") {
+		if part = strings.Trim(part, "-"); part != "" {
+			parts = append(parts, part)
+		}
+	}
+	return trimName(strings.Join(parts, "."), maxNameLen)
+}
+
+// joinName is base-suffix, base shortened to keep it a valid name.
+func joinName(base, suffix string) string {
+	return trimName(base, maxNameLen-1-len(suffix)) + "-" + suffix
+}
+
+func trimName(s string, n int) string {
+	if len(s) > n {
+		s = strings.TrimRight(s[:n], "-.")
+	}
+	return s
+}
+
+// mergeServices writes one Service document per Service. Linkerd reads
+// failure accrual (reference "Circuit Breaking") and gRPC retries from
+// the Service's annotations, for all its ports, while minimesh may have
+// a policy per port, each with its own outlierDetection and retries; two
+// Service documents would leave the last one applied, silently. Each
+// group of annotations is taken whole from one policy: the one without a
+// port, which minimesh applies on every port that has no policy of its
+// own, else the first in the input. Every policy that asked for
+// something else gets a comment naming the conflict and what was kept.
+// The document goes with the Service's first policy.
+func mergeServices(plans []*plan) {
+	type key struct{ ns, name string }
+	byService := map[key][]*plan{}
+	var order []key
+	for _, pl := range plans {
+		if !pl.inCluster {
+			continue
+		}
+		k := key{pl.svc.ns, pl.svc.name}
+		if byService[k] == nil {
+			order = append(order, k)
+		}
+		byService[k] = append(byService[k], pl)
+	}
+	groups := []struct {
+		get      func(*plan) map[string]string
+		what, is string
+		describe func(map[string]string) string
+	}{
+		{
+			get: func(pl *plan) map[string]string { return pl.accrual }, what: "outlierDetection",
+			is: "Linkerd's failure accrual is per Service, not per port",
+			describe: func(a map[string]string) string {
+				if a == nil {
+					return "no ejection"
+				}
+				return fmt.Sprintf("%s failures in a row, penalty %s to %s", a[annMaxFailures], a[annMinPenalty], a[annMaxPenalty])
+			},
+		},
+		{
+			get: func(pl *plan) map[string]string { return pl.grpc }, what: "retryOn gRPC codes",
+			is: "retry.linkerd.io/grpc is per Service (an HTTPRoute may not carry it), not per port",
+			describe: func(a map[string]string) string {
+				if a == nil {
+					return "no gRPC retries"
+				}
+				s := fmt.Sprintf("%s, limit %s", a[annRetryGRPC], a[annRetryLimit])
+				if t := a[annRetryTimeout]; t != "" {
+					s += ", timeout " + t
+				}
+				return s
+			},
+		},
+	}
+	for _, k := range order {
+		pls := byService[k]
+		ann := map[string]string{}
+		for _, g := range groups {
+			var kept *plan
+			for _, pl := range pls {
+				if g.get(pl) != nil && (kept == nil || kept.svc.port != 0 && pl.svc.port == 0) {
+					kept = pl
+				}
+			}
+			if kept == nil {
+				continue
+			}
+			maps.Copy(ann, g.get(kept))
+			for _, pl := range pls {
+				if !maps.Equal(g.get(pl), g.get(kept)) {
+					pl.note("%s (%s): %s; Service %s/%s keeps that of ResiliencePolicy %s, on every port: %s", g.what, g.describe(g.get(pl)), g.is, k.ns, k.name, label(kept.p), g.describe(g.get(kept)))
+				}
+			}
+		}
+		if len(ann) == 0 {
+			continue
+		}
+		pls[0].service = ann
+		for _, pl := range pls[1:] {
+			pl.comment("Service %s/%s: its annotations are in one document, with ResiliencePolicy %s", k.ns, k.name, label(pls[0].p))
+		}
+	}
+}
+
+// retryCodes is retryOn in Linkerd's retry.linkerd.io/http spelling;
+// codes a class already covers are folded into it.
+func retryCodes(c policy.Conditions) string {
+	var codes []string
 	if c.Has(policy.Class5xx) {
 		codes = append(codes, "5xx")
 	} else if c.Has(policy.ClassGatewayError) {
@@ -205,22 +511,16 @@ func retryCodes(c policy.Conditions) (string, []string) {
 			codes = append(codes, strconv.Itoa(code))
 		}
 	}
-	if c.Has(policy.ClassConnectFailure) || c.Has(policy.ClassReset) {
-		notes = append(notes, "retryOn connect-failure/reset: Linkerd's proxy handles connection errors itself (it does not send on a failed connection)")
-	}
-	if c.Has(policy.ClassTimeout) {
-		notes = append(notes, "retryOn timeout: Linkerd retries a try that exceeds retry.linkerd.io/timeout on its own")
-	}
-	return strings.Join(codes, ","), notes
+	return strings.Join(codes, ",")
 }
 
 // linkerdGRPCRetry are the gRPC codes retry.linkerd.io/grpc can name.
 var linkerdGRPCRetry = map[int]string{1: "cancelled", 4: "deadline-exceeded", 8: "resource-exhausted", 13: "internal", 14: "unavailable"}
 
 // grpcRetryCodes is retryOn's gRPC codes in retry.linkerd.io/grpc's
-// spelling, and the codes it has none for.
+// spelling, and the names of the codes it has none for.
 func grpcRetryCodes(c policy.Conditions) (string, []string) {
-	var codes, left, notes []string
+	var codes, left []string
 	for n, name := range policy.GRPCCodeNames {
 		if !c.GRPCStatus(n) {
 			continue
@@ -231,22 +531,29 @@ func grpcRetryCodes(c policy.Conditions) (string, []string) {
 			left = append(left, name)
 		}
 	}
-	if len(left) > 0 {
-		notes = append(notes, fmt.Sprintf("retryOn %s: Linkerd retries only cancelled, deadline-exceeded, internal, resource-exhausted and unavailable", strings.Join(left, ", ")))
-	}
-	return strings.Join(codes, ","), notes
+	return strings.Join(codes, ","), left
 }
 
-// duration spells d in Linkerd's duration syntax: an integer and one unit.
-func duration(d time.Duration) string {
+// duration spells d in Linkerd's duration syntax: an integer and one
+// unit, the millisecond at the finest. A d that is not whole
+// milliseconds is rounded up, and rounded says so: never down, because
+// 500µs would become 0ms, which Linkerd reads as no timeout at all (its
+// policy controller drops a zero retry timeout, as it drops a zero
+// request timeout per GEP-1742), and a timeout that comes sooner than
+// asked would fail requests the policy lets through.
+func duration(d time.Duration) (s string, rounded bool) {
+	if r := d % time.Millisecond; r != 0 {
+		d += time.Millisecond - r
+		rounded = true
+	}
 	switch {
 	case d%time.Hour == 0:
-		return strconv.FormatInt(int64(d/time.Hour), 10) + "h"
+		return strconv.FormatInt(int64(d/time.Hour), 10) + "h", rounded
 	case d%time.Minute == 0:
-		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
+		return strconv.FormatInt(int64(d/time.Minute), 10) + "m", rounded
 	case d%time.Second == 0:
-		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+		return strconv.FormatInt(int64(d/time.Second), 10) + "s", rounded
 	default:
-		return strconv.FormatInt(d.Milliseconds(), 10) + "ms"
+		return strconv.FormatInt(d.Milliseconds(), 10) + "ms", rounded
 	}
 }

@@ -2,6 +2,7 @@ package linkerd
 
 import (
 	"flag"
+	"maps"
 	"os"
 	"strings"
 	"testing"
@@ -14,42 +15,55 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.yaml")
 
+// TestGolden exports each testdata/*.yaml fixture and compares the
+// result with its golden file (go test ./policy/linkerd -update rewrites
+// them; read the diff). policies.yaml is also applied to a real API
+// server by e2e/export, so it holds only objects that test creates;
+// edge.yaml holds the cases that need other Services.
 func TestGolden(t *testing.T) {
-	data, err := os.ReadFile("testdata/policies.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pols, err := policy.Decode("testdata/policies.yaml", data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := Export(pols)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const golden = "testdata/linkerd.golden.yaml"
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != string(want) {
-		t.Fatalf("%s differs (go test ./policy/linkerd -update):\n%s", golden, got)
-	}
-	// Every document is YAML a kubectl would read.
-	for _, doc := range strings.Split(string(got), "\n---\n") {
-		var m map[string]any
-		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
-			t.Fatalf("document does not parse: %v\n%s", err, doc)
-		}
+	for _, tt := range []struct{ in, golden string }{
+		{"testdata/policies.yaml", "testdata/linkerd.golden.yaml"},
+		{"testdata/edge.yaml", "testdata/edge.golden.yaml"},
+	} {
+		t.Run(tt.in, func(t *testing.T) {
+			data, err := os.ReadFile(tt.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pols, err := policy.Decode(tt.in, data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := Export(pols)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if *update {
+				if err := os.WriteFile(tt.golden, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(tt.golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != string(want) {
+				t.Fatalf("%s differs (go test ./policy/linkerd -update):\n%s", tt.golden, got)
+			}
+			// Every document is YAML a kubectl would read.
+			for _, doc := range strings.Split(string(got), "\n---\n") {
+				var m map[string]any
+				if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
+					t.Fatalf("document does not parse: %v\n%s", err, doc)
+				}
+			}
+		})
 	}
 }
 
-func TestServiceRef(t *testing.T) {
+// TestServiceOf: a Service is what policy.ServiceFQDN says it is, the
+// sidecar's own reading; every other host is outside the cluster.
+func TestServiceOf(t *testing.T) {
 	tests := []struct {
 		in, name, ns string
 		port         int
@@ -61,12 +75,18 @@ func TestServiceRef(t *testing.T) {
 		{"geo.maps.svc", "geo", "maps", 0, true},
 		{"geo.maps.svc.cluster.local:80", "geo", "maps", 80, true},
 		{"api.maps.example.com", "", "", 0, false},
+		{"a.b.cluster.local", "", "", 0, false},
+		{"a.b.svc.cluster", "", "", 0, false},
+		{"10.0.0.1:80", "", "", 0, false},
 	}
 	for _, tt := range tests {
-		name, ns, port, ok := serviceRef(tt.in, "shop")
-		if name != tt.name || ns != tt.ns || port != tt.port || ok != tt.ok {
-			t.Errorf("serviceRef(%q) = %q %q %d %v", tt.in, name, ns, port, ok)
+		ref, ok := serviceOf(tt.in, "shop")
+		if ref.name != tt.name || ref.ns != tt.ns || ref.port != tt.port || ok != tt.ok {
+			t.Errorf("serviceOf(%q) = %+v %v", tt.in, ref, ok)
 		}
+	}
+	if ref, _ := serviceOf("geo", ""); ref.ns != "default" {
+		t.Errorf("a short name in a policy without a namespace: %+v, want namespace default", ref)
 	}
 }
 
@@ -91,18 +111,34 @@ func TestRetryCodes(t *testing.T) {
 		{[]string{"502", "504"}, "502,504"},
 		{[]string{"connect-failure"}, ""},
 	} {
-		if got, _ := retryCodes(parse(tt.in...)); got != tt.want {
+		if got := retryCodes(parse(tt.in...)); got != tt.want {
 			t.Errorf("retryCodes(%v) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }
 
+// TestDuration: Linkerd's syntax has no unit below the millisecond, and
+// 0ms means no timeout, so other durations round up.
 func TestDuration(t *testing.T) {
-	for d, want := range map[time.Duration]string{
-		2 * time.Second: "2s", 90 * time.Second: "90s", time.Minute: "1m", 500 * time.Millisecond: "500ms", 2 * time.Hour: "2h",
+	for _, tt := range []struct {
+		d       time.Duration
+		want    string
+		rounded bool
+	}{
+		{2 * time.Second, "2s", false},
+		{90 * time.Second, "90s", false},
+		{time.Minute, "1m", false},
+		{500 * time.Millisecond, "500ms", false},
+		{2 * time.Hour, "2h", false},
+		{1500 * time.Millisecond, "1500ms", false},
+		{500 * time.Microsecond, "1ms", true},
+		{time.Nanosecond, "1ms", true},
+		{1500 * time.Microsecond, "2ms", true},
+		{time.Second - time.Microsecond, "1s", true},
+		{time.Minute + time.Nanosecond, "60001ms", true},
 	} {
-		if got := duration(d); got != want {
-			t.Errorf("duration(%s) = %q, want %q", d, got, want)
+		if got, rounded := duration(tt.d); got != tt.want || rounded != tt.rounded {
+			t.Errorf("duration(%s) = %q, %v; want %q, %v", tt.d, got, rounded, tt.want, tt.rounded)
 		}
 	}
 }
@@ -118,27 +154,18 @@ func TestFailureAccrual(t *testing.T) {
 		}
 		return ps[0]
 	}
-	annotations := func(docs []object) map[string]any {
-		for _, d := range docs {
-			if d["kind"] == "Service" {
-				return d["metadata"].(object)["annotations"].(object)
-			}
-		}
-		return nil
+	annotations := func(p *policy.ResiliencePolicy) (map[string]string, []string) {
+		plans := []*plan{newPlan(p)}
+		mergeServices(plans)
+		return plans[0].service, plans[0].notes
 	}
-	docs, _, err := export(decode("{service: geo, circuitBreaker: {openTimeout: 10m}}"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]any{annAccrual: "consecutive", annMaxFailures: "5", annMinPenalty: "30s", annMaxPenalty: "5m"}
-	if got := annotations(docs); len(got) != len(want) || got[annMaxFailures] != want[annMaxFailures] || got[annMinPenalty] != want[annMinPenalty] || got[annMaxPenalty] != want[annMaxPenalty] || got[annAccrual] != want[annAccrual] {
+	got, _ := annotations(decode("{service: geo, circuitBreaker: {openTimeout: 10m}}"))
+	want := map[string]string{annAccrual: "consecutive", annMaxFailures: "5", annMinPenalty: "30s", annMaxPenalty: "5m"}
+	if !maps.Equal(got, want) {
 		t.Errorf("defaults: %v, want %v", got, want)
 	}
-	docs, notes, err := export(decode("{service: geo, outlierDetection: {consecutiveFailures: 0}}"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := annotations(docs); got != nil {
+	got, notes := annotations(decode("{service: geo, outlierDetection: {consecutiveFailures: 0}}"))
+	if got != nil {
 		t.Errorf("ejection off: annotations %v", got)
 	}
 	for _, n := range notes {
