@@ -120,6 +120,27 @@ func TestAdminConnectionCap(t *testing.T) {
 	}
 }
 
+// TestAdminHeaderLimit: the admin listener bounds request headers as
+// every listener does (64 KiB, docs/operations.md), not at net/http's
+// 1 MiB, which let connections from the pod network hold 100 MB.
+func TestAdminHeaderLimit(t *testing.T) {
+	r := start(t, sidecar.Config{})
+	for _, tc := range []struct {
+		size int
+		want int
+	}{
+		{60 << 10, http.StatusOK},
+		{70 << 10, http.StatusRequestHeaderFieldsTooLarge},
+		{500 << 10, http.StatusRequestHeaderFieldsTooLarge},
+	} {
+		c := dialRaw(t, r.sc.AdminAddr())
+		resp, _ := c.do(t, "GET /live HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", tc.size)+"\r\n\r\n")
+		if resp.StatusCode != tc.want {
+			t.Errorf("/live with a %d KiB header: %d, want %d", tc.size>>10, resp.StatusCode, tc.want)
+		}
+	}
+}
+
 // TestOutboundConnectionCap: past MaxConnections the outbound listener
 // closes a connection as soon as it accepts it; closing one makes room.
 func TestOutboundConnectionCap(t *testing.T) {

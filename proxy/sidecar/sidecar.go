@@ -340,6 +340,9 @@ func Listen(cfg Config) (*Sidecar, error) {
 	s.adminSrv = &http.Server{
 		Handler:           s.admin,
 		ReadHeaderTimeout: ReadHeaderTimeout,
+		// As every listener's: net/http's default of 1 MiB let 60
+		// connections from the pod network hold 100 MB of headers.
+		MaxHeaderBytes: outbound.MaxHeaderBytes,
 		// Prometheus keeps its scrape connection up to 5 minutes idle.
 		IdleTimeout: IdleTimeout,
 		ErrorLog:    errLog,
