@@ -104,7 +104,7 @@ func decodeFile(filename string, data []byte) (f *fileDecoder) {
 		if err != nil {
 			// The parser cannot resume after a syntax error: the rest of
 			// the stream is unknown.
-			f.add(syntaxError(filename, err))
+			f.add(syntaxError(filename, data, err))
 			return f
 		}
 		if len(doc.Content) == 0 {
@@ -145,8 +145,11 @@ var parserProblems = map[string]bool{
 }
 
 // syntaxError positions a yaml.v3 error. yaml.v3 gives no column, and
-// no line for problems on the first line (0-based line 0 is omitted).
-func syntaxError(filename string, err error) *Error {
+// often not the problem's line: the line it names is where the enclosing
+// mapping or sequence began (its context), and none for problems on the
+// first line (0-based line 0 is omitted). problemLine finds the line the
+// problem is on.
+func syntaxError(filename string, data []byte, err error) *Error {
 	e := &Error{File: filename, Line: 1, Column: 1, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
 	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
 		if n, convErr := strconv.Atoi(m[1]); convErr == nil && n > 0 {
@@ -156,9 +159,68 @@ func syntaxError(filename string, err error) *Error {
 			}
 		}
 	}
+	e.Line = problemLine(data, e.Line, e.Msg)
 	// The parser's messages can hold the input (an unknown anchor's name).
 	e.Msg = "invalid YAML: " + echo.Clip(e.Msg)
 	return e
+}
+
+// maxProblemSearch and maxProblemBytes bound problemLine's parses: each
+// reads the file up to a line, so the search costs lines × size (8 MiB
+// of YAML parse in about a quarter of a second here).
+const (
+	maxProblemSearch = 200
+	maxProblemBytes  = 8 << 20
+)
+
+// problemLine returns the first line, from the reported one on, where the
+// file cut after it fails with the same message: the first line the
+// parser cannot get past. A cut that ends a construct early fails with
+// another message (an unexpected end), so a multi-line value is passed
+// over, not blamed. The reported line stands when no cut within
+// maxProblemSearch lines fails alike.
+func problemLine(data []byte, reported int, msg string) int {
+	// end[i] is the offset just past line i+1.
+	var end []int
+	for i, b := range data {
+		if b == '\n' {
+			end = append(end, i+1)
+		}
+	}
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		end = append(end, len(data))
+	}
+	read := 0
+	for line := max(reported, 1); line <= len(end) && line < reported+maxProblemSearch; line++ {
+		if read += end[line-1]; read > maxProblemBytes {
+			break
+		}
+		if parseError(data[:end[line-1]]) == msg {
+			return line
+		}
+	}
+	return reported
+}
+
+// parseError is the message, without its line, of the first error
+// yaml.v3 reports for a stream ("" for none).
+func parseError(data []byte) string {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			return ""
+		}
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+			msg = m[2]
+		}
+		return msg
+	}
 }
 
 // document decodes a policy or a List of policies (what `kubectl get
