@@ -156,7 +156,25 @@ func (s *Server) Set(global []*policy.ResiliencePolicy, byNS map[string][]*polic
 			s.byNS[ns] = pols
 		}
 	}
-	return s.publishAll()
+	return errors.Join(s.checkNames(), s.publishAll())
+}
+
+// checkNames reports the policies that would share a cluster name, in
+// the cluster-wide set and in each namespace's, whether or not a sidecar
+// is connected to be refused them: publish fails only for the namespaces
+// it makes a snapshot for, and a caller that sets policies must hear of
+// such a pair when it sets them. The caller holds mu.
+func (s *Server) checkNames() error {
+	var errs []error
+	if err := envoy.CheckNames(s.global, "default"); err != nil {
+		errs = append(errs, fmt.Errorf("cluster-wide policies: %w", err))
+	}
+	for _, ns := range slices.Sorted(maps.Keys(s.byNS)) {
+		if err := envoy.CheckNames(merge(s.global, s.byNS[ns]), ns); err != nil {
+			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // SetNamespace replaces the policies of namespace ns only (none: it
@@ -171,7 +189,7 @@ func (s *Server) SetNamespace(ns string, pols []*policy.ResiliencePolicy) error 
 	} else {
 		delete(s.byNS, ns)
 	}
-	return s.publishAll()
+	return errors.Join(s.checkNames(), s.publishAll())
 }
 
 // Version is the version of namespace ns's snapshot: "" while no
@@ -380,6 +398,12 @@ func premarshaled(cla *endpointv3.ClusterLoadAssignment) (*endpointv3.ClusterLoa
 // Resources are the clusters and routes of pols for namespace ns, and a
 // version that changes exactly when they do (a hash of their encoding).
 func Resources(pols []*policy.ResiliencePolicy, ns string) (clusters, routes []types.Resource, version string, err error) {
+	// The cache keys resources by name and would keep one of two with
+	// the same: every policy has a cluster of its own name, or the set is
+	// refused with an error naming the two.
+	if err := envoy.CheckNames(pols, ns); err != nil {
+		return nil, nil, "", err
+	}
 	res, err := envoy.Translate(pols, ns)
 	if err != nil {
 		return nil, nil, "", err
@@ -402,7 +426,7 @@ func Resources(pols []*policy.ResiliencePolicy, ns string) (clusters, routes []t
 		}
 		c, err := envoy.DefaultsCluster(p)
 		if err != nil {
-			return nil, nil, "", err
+			return nil, nil, "", fmt.Errorf("defaults policy %q: %w", p.Metadata.Name, err)
 		}
 		clusters = append(clusters, c)
 		if err := add(c); err != nil {

@@ -231,7 +231,7 @@ func breakerInACluster(t *testing.T, a agent, b flakyBackend) {
 	// The policy, from the controller over xDS, in the sidecar.
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
 		r := a.get("http://127.0.0.1:15020/debug/config", true)
-		if strings.Contains(r.Body, `"source": "xds:outbound|80||flaky.breaker.svc.cluster.local"`) &&
+		if strings.Contains(r.Body, `"source": "xds:outbound|0||flaky.breaker.svc.cluster.local"`) &&
 			strings.Contains(r.Body, `"openTimeout": "2s"`) {
 			break
 		}

@@ -1,7 +1,9 @@
 // Package envoy translates ResiliencePolicy objects into Envoy resources:
-// a Cluster per destination (per-endpoint ejection as outlier detection,
-// the retry budget as a circuit-breaker threshold) and one RouteConfiguration
-// with a virtual host per destination (timeout and retry policy). The
+// a Cluster per policy (per-endpoint ejection as outlier detection, the
+// retry budget as a circuit-breaker threshold) and one RouteConfiguration
+// with a virtual host per policy (timeout and retry policy), each policy
+// under a name of its own and each Host routed as the sidecar's matcher
+// would route it. The
 // control plane serves these over xDS and `minimesh policy export --to
 // envoy` prints them; what Envoy cannot say is carried in the cluster's
 // filter_metadata["minimesh.io"], so the translation loses nothing that a
@@ -36,9 +38,19 @@ const MetadataKey = "minimesh.io"
 // RouteConfigName is the one RouteConfiguration's name.
 const RouteConfigName = "minimesh"
 
-// defaultPort is a service's port when its policy names none: the port
+// defaultPort is the port an any-port policy's cluster dials: the port
 // of plain HTTP, which is what an HTTP_PROXY client dials without one.
 const defaultPort = 80
+
+// AnyPort is the port in the cluster name of a policy that names no port
+// ("outbound|0||geo.shop.svc.cluster.local"). It cannot be 80, the port
+// such a cluster dials: "geo" and "geo:80" are two policies (the sidecar
+// applies "geo:80" on port 80 and "geo" on every other port) and need two
+// names, or the snapshot cache, which keys resources by name, keeps one.
+// 0 is a number, so tooling that reads Istio-style names
+// (outbound|PORT|SUBSET|HOST) still parses it, and it is never a port a
+// policy names (spec.service ports are 1-65535).
+const AnyPort = 0
 
 // connectTimeout matches the sidecar's --connect-timeout default.
 const connectTimeout = 5 * time.Second
@@ -54,30 +66,44 @@ type Resources struct {
 }
 
 // Translate builds the resources of pols, whose short service names
-// resolve in namespace ns. Each resource has passed its Validate().
+// resolve in namespace ns (a policy's metadata.namespace wins). Each
+// resource has passed its Validate(). Every policy other than "*" gets a
+// cluster of its own, under a name no other policy of pols can have
+// (ClusterName); two that would share one anyway (the same service twice,
+// which policy.Load refuses) are an error naming both, never one of them
+// dropped. A Host spelling that several policies claim goes to the virtual
+// host of the one the sidecar's matcher picks (domainOwners), so that no
+// domain is listed twice, which Envoy refuses.
 func Translate(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
 	res := &Resources{Routes: &routev3.RouteConfiguration{Name: RouteConfigName}}
-	for _, p := range pols {
-		if p.Spec.Service == policy.DefaultService {
-			// The sidecar applies "*" to destinations without a policy;
-			// in Envoy that is a catch-all route to a forward proxy
-			// cluster, which is the deployment's choice, not ours.
-			res.Skipped = append(res.Skipped, fmt.Sprintf("%s: service \"*\" (defaults) has no Envoy resource of its own", p.Metadata.Name))
-			continue
-		}
-		pns := p.Metadata.Namespace
-		if pns == "" {
-			pns = ns
-		}
-		host, port, domains := names(p.Spec.Service, pns)
-		name := fmt.Sprintf("outbound|%d||%s", port, host)
-		c, notes, err := cluster(p, name, host, port)
+	dests, skipped, err := destinations(pols, ns)
+	if err != nil {
+		return nil, err
+	}
+	res.Skipped = skipped
+	owners := domainOwners(dests)
+	for _, d := range dests {
+		p := d.p
+		c, notes, err := cluster(p, d.name, d.host, d.port)
 		if err != nil {
 			return nil, err
 		}
+		var domains []string
+		for _, cl := range d.claims {
+			if owners[cl.domain] == d {
+				domains = append(domains, cl.domain)
+			}
+		}
+		vh, vhNotes := virtualHost(p, d.name, domains)
 		res.Clusters = append(res.Clusters, c)
-		res.Routes.VirtualHosts = append(res.Routes.VirtualHosts, virtualHost(p, name, domains))
+		res.Routes.VirtualHosts = append(res.Routes.VirtualHosts, vh)
+		if d.anyPort {
+			// The sidecar applies it on every port; Envoy's cluster
+			// dials one, so the route takes only the Hosts that reach it.
+			res.Notes = append(res.Notes, fmt.Sprintf("%s: service %s applies on any port, but an Envoy cluster dials one: this one dials port %d and routes the Hosts without a port, and with :%d unless a policy names port %d; another port needs a policy of its own", p.Metadata.Name, p.Spec.Service, defaultPort, defaultPort, defaultPort))
+		}
 		res.Notes = append(res.Notes, notes...)
+		res.Notes = append(res.Notes, vhNotes...)
 		res.Notes = append(res.Notes, grpcNotes(p)...)
 	}
 	slices.SortFunc(res.Clusters, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.Name, b.Name) })
@@ -88,35 +114,203 @@ func Translate(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
 	return res, nil
 }
 
-// names returns the service's cluster-local FQDN, its port and every
-// spelling an app may use for it in the Host header, as the sidecar
-// matches them.
-func names(service, ns string) (host string, port int, domains []string) {
-	h, p, hasPort := strings.Cut(service, ":")
-	port = defaultPort
-	if hasPort {
-		port, _ = strconv.Atoi(p)
+// destinations are the policies of pols other than "*", each with its
+// cluster's name and its claims; two that would share a name are an error
+// naming both. skipped says why the others have no resources.
+func destinations(pols []*policy.ResiliencePolicy, ns string) (dests []*destination, skipped []string, err error) {
+	if ns == "" {
+		ns = "default" // as the sidecar's matcher (policy.NewTable) reads ""
 	}
-	labels := strings.Split(strings.TrimSuffix(strings.TrimSuffix(h, ".cluster.local"), ".svc"), ".")
+	byName := map[string]*policy.ResiliencePolicy{}
+	for _, p := range pols {
+		if p.Spec.Service == policy.DefaultService {
+			// The sidecar applies "*" to destinations without a policy;
+			// in Envoy that is a catch-all route to a forward proxy
+			// cluster, which is the deployment's choice, not ours.
+			skipped = append(skipped, fmt.Sprintf("%s: service \"*\" (defaults) has no Envoy resource of its own", p.Metadata.Name))
+			continue
+		}
+		pns := p.Metadata.Namespace
+		if pns == "" {
+			pns = ns
+		}
+		d := newDestination(p, pns)
+		if prev := byName[d.name]; prev != nil {
+			return nil, nil, fmt.Errorf("policies %s and %s both translate to cluster %q: one service has one policy", describe(prev), describe(p), d.name)
+		}
+		byName[d.name] = p
+		dests = append(dests, d)
+	}
+	return dests, skipped, nil
+}
+
+// CheckNames reports whether every policy of pols would have a cluster of
+// its own over xDS, DefaultsCluster's included, without building any: the
+// control plane checks a new set with it as it gets it, so that two
+// policies that would share a name (and of which the snapshot cache, which
+// keys resources by name, would keep one) are reported at once, naming
+// both, and not only when a sidecar connects.
+func CheckNames(pols []*policy.ResiliencePolicy, ns string) error {
+	if _, _, err := destinations(pols, ns); err != nil {
+		return err
+	}
+	var defaults *policy.ResiliencePolicy
+	for _, p := range pols {
+		if p.Spec.Service != policy.DefaultService {
+			continue
+		}
+		if defaults != nil {
+			return fmt.Errorf("policies %s and %s both translate to cluster %q: one service has one policy", describe(defaults), describe(p), DefaultsClusterName)
+		}
+		defaults = p
+	}
+	return nil
+}
+
+// describe names a policy in an error: its name, namespace and file.
+func describe(p *policy.ResiliencePolicy) string {
+	s := fmt.Sprintf("%q (service %s", p.Metadata.Name, p.Spec.Service)
+	if p.Metadata.Namespace != "" {
+		s += ", namespace " + p.Metadata.Namespace
+	}
+	if p.Source != "" {
+		s += ", " + p.Source
+	}
+	return s + ")"
+}
+
+// destination is what Translate makes of one policy: its cluster's name,
+// the host and port the cluster dials, and the Host spellings it claims.
+type destination struct {
+	p       *policy.ResiliencePolicy
+	name    string
+	host    string // a Service's FQDN, or an external host as written
+	port    int
+	anyPort bool
+	claims  []claim
+}
+
+// claim is a virtual host domain a policy matches, and how strongly:
+// rank orders the policies that claim the same domain as the sidecar's
+// matcher (policy.Table) orders them.
+type claim struct {
+	domain string
+	rank   int
+}
+
+// Ranks of a claim, as policy.Table ranks them: a policy that names a
+// port beats one that does not; then a spelling equal to the Host beats
+// one that only reaches the same Service; then the more qualified
+// spelling (more labels) wins.
+const (
+	portRank  = 1 << 20
+	exactRank = 1000
+)
+
+// newDestination names p's cluster and lists the Host spellings it
+// matches, reading its service as the sidecar does (policy.ServiceFQDN):
+// a host of a Service's shape (name, name.ns, name.ns.svc,
+// name.ns.svc.cluster.local) is that Service in all four spellings, plus
+// the bare name from a pod of ns; any other host (api.example.com,
+// a.b.cluster.local) is external and only itself.
+func newDestination(p *policy.ResiliencePolicy, ns string) *destination {
+	h, portStr, hasPort := strings.Cut(p.Spec.Service, ":")
+	d := &destination{p: p, port: defaultPort, anyPort: !hasPort}
+	namePort := AnyPort
+	if hasPort {
+		d.port, _ = strconv.Atoi(portStr)
+		namePort = d.port
+	}
+	qualified := strings.Count(h, ".") + 1
 	var spellings []string
-	switch len(labels) {
-	case 1:
-		host = labels[0] + "." + ns + ".svc.cluster.local"
-		spellings = []string{labels[0], labels[0] + "." + ns, labels[0] + "." + ns + ".svc", host}
-	case 2:
-		host = labels[0] + "." + labels[1] + ".svc.cluster.local"
-		spellings = []string{h, labels[0] + "." + labels[1] + ".svc", host}
-	default:
-		host = h
+	subset := ""
+	if fqdn, ok := policy.ServiceFQDN(h, ns); ok {
+		d.host = fqdn
+		labels := strings.Split(fqdn, ".")
+		name, svcNS := labels[0], labels[1]
+		spellings = []string{name + "." + svcNS, name + "." + svcNS + ".svc", fqdn}
+		if svcNS == ns {
+			spellings = append([]string{name}, spellings...)
+		}
+		if qualified > 1 {
+			// geo and geo.shop.svc.cluster.local are two policies of
+			// one Service (each wins the Hosts spelled like it): the
+			// qualified spelling goes in Istio's subset field.
+			subset = h
+		}
+	} else {
+		d.host = h
 		spellings = []string{h}
 	}
+	d.name = ClusterName(namePort, subset, d.host)
 	for _, s := range spellings {
-		domains = append(domains, s+":"+strconv.Itoa(port))
-		if !hasPort && port == defaultPort {
-			domains = append(domains, s)
+		rank := qualified
+		if s == h {
+			rank += exactRank
+		}
+		if hasPort {
+			d.claims = append(d.claims, claim{s + ":" + portStr, rank + portRank})
+			continue
+		}
+		d.claims = append(d.claims, claim{s, rank}, claim{s + ":" + strconv.Itoa(defaultPort), rank})
+	}
+	return d
+}
+
+// ClusterName is the cluster of a policy, Istio's way:
+// outbound|PORT|SUBSET|HOST. PORT is the policy's port, or AnyPort;
+// SUBSET is empty for a short Service name or an external host, and the
+// service's host as written for a qualified Service spelling (geo.shop,
+// geo.shop.svc, geo.shop.svc.cluster.local); HOST is the Service's FQDN or
+// the external host. Distinct services give distinct names, and
+// ParseClusterName reads the service back.
+func ClusterName(port int, subset, host string) string {
+	return fmt.Sprintf("outbound|%d|%s|%s", port, subset, host)
+}
+
+// ParseClusterName is the inverse of ClusterName: the spec.service of the
+// policy a cluster was named for, without the namespace a short name was
+// resolved in ("geo" for outbound|0||geo.shop.svc.cluster.local, "geo:80"
+// for outbound|80||…). ok is false for a name of another form.
+func ParseClusterName(name string) (service string, ok bool) {
+	parts := strings.Split(name, "|")
+	if len(parts) != 4 || parts[0] != "outbound" || parts[3] == "" {
+		return "", false
+	}
+	port, err := strconv.Atoi(parts[1])
+	if err != nil || port < 0 || port > 65535 {
+		return "", false
+	}
+	host := parts[2]
+	if host == "" {
+		host = parts[3]
+		if fqdn, isSvc := policy.ServiceFQDN(host, ""); isSvc && fqdn == host {
+			host, _, _ = strings.Cut(host, ".")
 		}
 	}
-	return host, port, domains
+	if port == AnyPort {
+		return host, true
+	}
+	return host + ":" + strconv.Itoa(port), true
+}
+
+// domainOwners gives each domain that dests claim to the one whose claim
+// ranks highest: the policy the sidecar would apply to a request with
+// that Host. A tie (two policies the sidecar could not tell apart) goes
+// to the first in service order, so that the output does not depend on
+// the input's order.
+func domainOwners(dests []*destination) map[string]*destination {
+	owners := map[string]*destination{}
+	ranks := map[string]int{}
+	for _, d := range dests {
+		for _, c := range d.claims {
+			prev, seen := owners[c.domain]
+			if !seen || c.rank > ranks[c.domain] || c.rank == ranks[c.domain] && d.p.Spec.Service < prev.p.Spec.Service {
+				owners[c.domain], ranks[c.domain] = d, c.rank
+			}
+		}
+	}
+	return owners
 }
 
 // cluster is the policy's Cluster, and notes on what it cannot carry.
@@ -293,23 +487,35 @@ func outlier(name string, od *policy.OutlierDetection, failOn policy.Conditions)
 // with an Idempotency-Key.
 var idempotent = []string{"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"}
 
-func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []string) *routev3.VirtualHost {
+// virtualHost is the policy's route: its timeout and retry policy, for
+// the domains it owns. notes say what Envoy does differently.
+func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []string) (vh *routev3.VirtualHost, notes []string) {
+	var rounded []string
+	ms := func(field string, d time.Duration) *durationpb.Duration {
+		e := envoyDuration(d)
+		if e != d {
+			rounded = append(rounded, fmt.Sprintf("%s %s", field, d))
+		}
+		return durationpb.New(e)
+	}
 	action := &routev3.RouteAction{
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: clusterName},
 		// No timeout is no timeout, as in the sidecar (Envoy's default is 15 s).
-		Timeout: durationpb.New(p.Spec.Timeout),
+		Timeout: ms("timeout", p.Spec.Timeout),
 	}
 	if r := p.Spec.Retries; r != nil && r.Attempts > 0 {
+		on, onNotes := retryOn(p.Metadata.Name, r.RetryOn)
+		notes = append(notes, onNotes...)
 		rp := &routev3.RetryPolicy{
-			RetryOn:    retryOn(r.RetryOn),
+			RetryOn:    on,
 			NumRetries: wrapperspb.UInt32(uint32(r.Attempts)),
 			RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
-				BaseInterval: durationpb.New(r.Backoff.Base),
-				MaxInterval:  durationpb.New(r.Backoff.Max),
+				BaseInterval: ms("backoff.base", r.Backoff.Base),
+				MaxInterval:  ms("backoff.max", r.Backoff.Max),
 			},
 		}
 		if r.PerTryTimeout > 0 {
-			rp.PerTryTimeout = durationpb.New(r.PerTryTimeout)
+			rp.PerTryTimeout = ms("perTryTimeout", r.PerTryTimeout)
 		}
 		for _, code := range r.RetryOn.Codes {
 			rp.RetriableStatusCodes = append(rp.RetriableStatusCodes, uint32(code))
@@ -335,6 +541,19 @@ func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []strin
 			})
 		}
 		action.RetryPolicy = rp
+	} else if r != nil && r.PerTryTimeout > 0 {
+		// attempts: 0 still limits the one try (docs/policy.md). Envoy's
+		// per_try_timeout lives in the retry policy and applies whenever
+		// one is set: num_retries 0 and no retry_on retry nothing (not
+		// even for a client's x-envoy-max-retries), and the one try is
+		// limited.
+		action.RetryPolicy = &routev3.RetryPolicy{
+			NumRetries:    wrapperspb.UInt32(0),
+			PerTryTimeout: ms("perTryTimeout", r.PerTryTimeout),
+		}
+	}
+	if len(rounded) > 0 {
+		notes = append(notes, fmt.Sprintf("%s: %s: Envoy counts these in whole milliseconds (a timeout of 0 is none), so they are rounded up to the next millisecond", p.Metadata.Name, strings.Join(rounded, ", ")))
 	}
 	return &routev3.VirtualHost{
 		Name:    clusterName,
@@ -343,12 +562,32 @@ func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []strin
 			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 			Action: &routev3.Route_Route{Route: action},
 		}},
-	}
+	}, notes
 }
 
-// retryOn is Envoy's retry_on for minimesh's classes; status codes go in
-// retriable_status_codes.
-func retryOn(c policy.Conditions) string {
+// envoyDuration is d as Envoy reads a route's timeouts and retry back-off:
+// in whole milliseconds, truncated, where a timeout of 0 means none. So a
+// sub-millisecond timeout would silently become no timeout at all; d is
+// rounded up to the next millisecond instead (the nearest limit Envoy has
+// that still limits).
+func envoyDuration(d time.Duration) time.Duration {
+	if r := d % time.Millisecond; r != 0 {
+		return d - r + time.Millisecond
+	}
+	return d
+}
+
+// retryOn is Envoy's retry_on for minimesh's classes (status codes go in
+// retriable_status_codes), and notes on what it retries beyond them.
+//
+// Envoy has no condition for a try that ran out of time: its router
+// retries a per_try_timeout expiry as a local reset, under "reset",
+// "5xx" or "gateway-error" (source/common/router/retry_state_impl.cc,
+// wouldRetryFromReset). "reset" is the narrowest, as it retries no
+// response ("gateway-error" would also retry 502, 503 and 504 responses);
+// but it, like "5xx" and "gateway-error", also retries a connection that
+// is reset or could not be made. A note names what retryOn did not.
+func retryOn(name string, c policy.Conditions) (string, []string) {
 	var on []string
 	add := func(s string) {
 		if !slices.Contains(on, s) {
@@ -364,12 +603,8 @@ func retryOn(c policy.Conditions) string {
 	if c.Has(policy.ClassConnectFailure) {
 		add("connect-failure")
 	}
-	if c.Has(policy.ClassReset) {
+	if c.Has(policy.ClassReset) || c.Has(policy.ClassTimeout) && !c.Has(policy.Class5xx) && !c.Has(policy.ClassGatewayError) {
 		add("reset")
-	}
-	if c.Has(policy.ClassTimeout) {
-		// A per-try timeout is a 504 from Envoy's router.
-		add("gateway-error")
 	}
 	if len(c.Codes) > 0 {
 		add("retriable-status-codes")
@@ -379,7 +614,32 @@ func retryOn(c policy.Conditions) string {
 			add(name)
 		}
 	}
-	return strings.Join(on, ",")
+	var notes []string
+	var broad []string // the conditions that retry every local-origin failure
+	for _, b := range []string{"5xx", "gateway-error", "reset"} {
+		if slices.Contains(on, b) {
+			broad = append(broad, b)
+		}
+	}
+	if len(broad) > 0 {
+		var extra []string
+		for _, lc := range []struct {
+			class policy.Class
+			what  string
+		}{
+			{policy.ClassConnectFailure, "connect-failure (a connection that could not be made)"},
+			{policy.ClassReset, "reset (a connection closed or reset before the response)"},
+			{policy.ClassTimeout, "timeout (a try that ran out of time)"},
+		} {
+			if !c.Has(lc.class) {
+				extra = append(extra, lc.what)
+			}
+		}
+		if len(extra) > 0 {
+			notes = append(notes, fmt.Sprintf("%s: retryOn %s: Envoy's retry_on %s also retries %s, which retryOn does not name", name, strings.Join(c.Strings(), ", "), strings.Join(broad, ", "), strings.Join(extra, " and ")))
+		}
+	}
+	return strings.Join(on, ","), notes
 }
 
 // envoyGRPCRetryOn are the gRPC codes Envoy's retry_on can name (its gRPC

@@ -263,11 +263,16 @@ func (c *Client) applyEndpoints(resp *discoveryResponse) (string, int, error) {
 }
 
 // decode turns a CDS response into policies; version is a hash of the
-// resources as received.
+// resources as received. A cluster name twice, or two clusters with a
+// policy for the same service, refuse the response: the sidecar's table
+// would keep one of the two without a word (policy.NewTable), so the
+// control plane hears of it in the NACK instead.
 func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
 	h := sha256.New()
 	var pols []*policy.ResiliencePolicy
 	var errs []error
+	names := map[string]bool{}
+	services := map[string]string{} // spec.service → the cluster that carried it
 	for _, a := range resources {
 		h.Write(a.value)
 		if !isType(a.typeURL, clusterType) {
@@ -279,11 +284,21 @@ func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
 			errs = append(errs, fmt.Errorf("resource %s: %w", a.typeURL, err))
 			continue
 		}
+		if names[c.name] {
+			errs = append(errs, fmt.Errorf("cluster %q: twice in one response", c.name))
+			continue
+		}
+		names[c.name] = true
 		p, err := fromCluster(&c)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		if prev, dup := services[p.Spec.Service]; dup {
+			errs = append(errs, fmt.Errorf("clusters %q and %q: both carry a policy for service %q", prev, c.name, p.Spec.Service))
+			continue
+		}
+		services[p.Spec.Service] = c.name
 		p.Source = "xds:" + c.name
 		pols = append(pols, p)
 	}
