@@ -6,10 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
+	"strconv"
+	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 )
 
 // TestControlAddr: the Control hook's address in every form Go writes
@@ -84,6 +83,27 @@ func TestIsLocal(t *testing.T) {
 	}
 }
 
+// isLocalEnv, set, makes the test binary run isLocalChecks instead of its
+// tests (TestMain): TestIsLocalAddressAddedLater runs it inside a network
+// namespace. A thread of the test process itself could enter it, but
+// never leave: the runtime keeps a locked thread that ends its goroutine
+// wedged when it is the main one, and /proc/net follows the main thread.
+const isLocalEnv = "MINIMESH_TEST_ISLOCAL"
+
+// isLocalChecks runs "ip=want,..." through isLocal, prints each miss and
+// returns the exit status.
+func isLocalChecks(spec string) int {
+	status := 0
+	for _, c := range strings.Split(spec, ",") {
+		ip, want, _ := strings.Cut(c, "=")
+		if got := isLocal(netip.MustParseAddr(ip)); strconv.FormatBool(got) != want {
+			fmt.Fprintf(os.Stderr, "isLocal(%s) = %v, want %s\n", ip, got, want)
+			status = 1
+		}
+	}
+	return status
+}
+
 // TestIsLocalAddressAddedLater: in a network namespace of its own, an
 // address assigned after the sidecar started, and one local only by a
 // route, are the sidecar's own: its list of addresses was read once, at
@@ -96,6 +116,10 @@ func TestIsLocalAddressAddedLater(t *testing.T) {
 		}
 		t.Skip("needs root and ip(8)")
 	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
 	name := fmt.Sprintf("mm-self-%d", os.Getpid())
 	run := func(args ...string) {
 		t.Helper()
@@ -106,44 +130,18 @@ func TestIsLocalAddressAddedLater(t *testing.T) {
 	run("netns", "add", name)
 	t.Cleanup(func() { run("netns", "del", name) })
 	run("-n", name, "link", "set", "lo", "up")
-
-	type check struct {
-		ip   string
-		want bool
-	}
-	// in runs checks on a thread inside the namespace; the thread is
-	// never unlocked, so it ends with its goroutine.
-	in := func(checks ...check) {
+	// in runs the checks in a process inside the namespace.
+	in := func(checks string) {
 		t.Helper()
-		errc := make(chan error, 1)
-		go func() {
-			runtime.LockOSThread()
-			fd, err := unix.Open("/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				errc <- err
-				return
-			}
-			defer unix.Close(fd)
-			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-				errc <- fmt.Errorf("setns: %w", err)
-				return
-			}
-			for _, c := range checks {
-				if got := isLocal(netip.MustParseAddr(c.ip)); got != c.want {
-					errc <- fmt.Errorf("isLocal(%s) = %v, want %v", c.ip, got, c.want)
-					return
-				}
-			}
-			errc <- nil
-		}()
-		if err := <-errc; err != nil {
-			t.Fatal(err)
+		cmd := exec.Command(ip, "netns", "exec", name, self)
+		cmd.Env = append(os.Environ(), isLocalEnv+"="+checks)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("in namespace %s: %v: %s", name, err, out)
 		}
 	}
-	in(check{"10.77.0.1", false}, check{"10.78.0.9", false}, check{"fd77::1", false})
+	in("10.77.0.1=false,10.78.0.9=false,fd77::1=false,127.0.0.1=true")
 	run("-n", name, "addr", "add", "10.77.0.1/32", "dev", "lo")
 	run("-n", name, "addr", "add", "fd77::1/128", "dev", "lo", "nodad")
 	run("-n", name, "route", "add", "local", "10.78.0.0/24", "dev", "lo")
-	in(check{"10.77.0.1", true}, check{"::ffff:10.77.0.1", true}, check{"10.78.0.9", true},
-		check{"fd77::1", true}, check{"fd77::1%lo", true}, check{"10.79.0.1", false})
+	in("10.77.0.1=true,::ffff:10.77.0.1=true,10.78.0.9=true,fd77::1=true,fd77::1%lo=true,10.79.0.1=false")
 }
