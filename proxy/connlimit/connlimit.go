@@ -13,6 +13,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,12 +38,20 @@ type shared struct {
 	mu      sync.Mutex
 	conns   map[*Conn]struct{}
 	changed chan struct{} // a token when a connection closes, for Drain
+
+	// Share's: at most perSource places per peer address (bySource,
+	// under mu), and evict, a newcomer at the cap takes a waiting
+	// connection's place. now reads the clock (tests set it).
+	perSource int
+	bySource  map[netip.Addr]int
+	evict     bool
+	now       func() time.Time
 }
 
 // New wraps ln, holding at most max connections at once (max <= 0: no
 // cap).
 func New(ln *net.TCPListener, max int) *Listener {
-	return &Listener{TCPListener: ln, shared: &shared{max: int64(max), conns: map[*Conn]struct{}{}, changed: make(chan struct{}, 1)}}
+	return &Listener{TCPListener: ln, shared: &shared{max: int64(max), conns: map[*Conn]struct{}{}, changed: make(chan struct{}, 1), now: time.Now}}
 }
 
 // Sibling wraps another TCP listener under the same cap: the connections of
@@ -69,13 +78,15 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		if l.evict {
+			if cc := l.acceptShared(tc); cc != nil {
+				return cc, nil
+			}
+			continue
+		}
 		if n := l.open.Add(1); l.max > 0 && n > l.max {
 			l.open.Add(-1)
-			l.refused.Add(1)
-			// A reset, not a FIN: the client learns at once, and no
-			// TIME_WAIT is left behind for every refusal of a flood.
-			_ = tc.SetLinger(0)
-			tc.Close()
+			l.refuse(tc)
 			continue
 		}
 		cc := &Conn{TCPConn: tc, l: l, io: rawio.New(tc)}
@@ -84,6 +95,45 @@ func (l *Listener) Accept() (net.Conn, error) {
 		l.mu.Unlock()
 		return cc, nil
 	}
+}
+
+// refuse resets a connection past the cap, and counts it.
+func (l *Listener) refuse(tc *net.TCPConn) {
+	l.refused.Add(1)
+	// A reset, not a FIN: the client learns at once, and no TIME_WAIT is
+	// left behind for every refusal of a flood.
+	_ = tc.SetLinger(0)
+	tc.Close()
+}
+
+// acceptShared admits tc under Share's rules, or refuses it (nil).
+func (l *Listener) acceptShared(tc *net.TCPConn) *Conn {
+	src := source(tc)
+	now := l.now()
+	var evicted *Conn
+	l.mu.Lock()
+	if !l.admitSource(src) {
+		l.mu.Unlock()
+		l.refuse(tc)
+		return nil
+	}
+	if l.max > 0 && l.open.Load() >= l.max {
+		if evicted = l.waited(now); evicted == nil {
+			l.releaseSource(src)
+			l.mu.Unlock()
+			l.refuse(tc)
+			return nil
+		}
+	}
+	l.open.Add(1)
+	cc := &Conn{TCPConn: tc, l: l, io: rawio.New(tc), src: src}
+	cc.since.Store(now.UnixNano())
+	l.conns[cc] = struct{}{}
+	l.mu.Unlock()
+	if evicted != nil {
+		evicted.Close()
+	}
+	return cc
 }
 
 // ConnState is the http.Server's ConnState hook: it records the state in
@@ -117,6 +167,10 @@ type Conn struct {
 	closed atomic.Bool
 	// io reads and writes with raw system calls (nil: the TCPConn's own).
 	io *rawio.IO
+	// src and since are Share's: the peer's address, and when the state
+	// last changed (unix nanoseconds).
+	src   netip.Addr
+	since atomic.Int64
 
 	// idleSeen and idleSince belong to Drain's goroutine: the state word
 	// when the connection was first seen idle, and when.
@@ -152,6 +206,9 @@ func (c *Conn) ReadLazy(bufs rawio.Buffers) ([]byte, int, error) {
 func (c *Conn) setState(st http.ConnState) {
 	v := c.state.Load()
 	c.state.Store((v>>3+1)<<3 | uint64(st)&7)
+	if c.l.evict {
+		c.since.Store(c.l.now().UnixNano()) // only where Share asks: a clock read
+	}
 }
 
 // State is the connection's last http.ConnState (StateNew until the
@@ -165,6 +222,7 @@ func (c *Conn) Close() error {
 		c.l.open.Add(-1)
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
+		c.l.releaseSource(c.src)
 		c.l.mu.Unlock()
 		select {
 		case c.l.changed <- struct{}{}:

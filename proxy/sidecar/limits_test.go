@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -72,18 +73,21 @@ func (c *rawConn) closed() bool {
 
 const getGeo = "GET http://" + geo + "/ HTTP/1.1\r\nHost: " + geo + "\r\n\r\n"
 
-// TestAdminConnectionCap: the admin listener has its own cap; past it a
-// connection is closed at once and counted, labelled listener="admin".
+// TestAdminConnectionCap: the admin listener has its own cap, and one peer
+// address a share of it: past the share a connection is closed at once and
+// counted, labelled listener="admin"; at the cap a newcomer takes the
+// place of a connection idle between requests.
 func TestAdminConnectionCap(t *testing.T) {
-	r := start(t, sidecar.Config{AdminMaxConnections: 2})
-	a := dialRaw(t, r.sc.AdminAddr())
+	r := start(t, sidecar.Config{AdminMaxConnections: 3, AdminMaxConnectionsPerSource: 2})
+	addr := r.sc.AdminAddr()
+	a := dialRaw(t, addr)
 	resp, _ := a.do(t, "GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp.StatusCode != 200 {
 		t.Fatalf("/live: %d", resp.StatusCode)
 	}
 	// The readiness poll's connections are closed by the client; the
 	// server counts one as open until it has read that close. Wait until
-	// a is the only one, so that the second place is free.
+	// a is the only one, so that the places are known.
 	if !proxytest.Poll(5*time.Second, 5*time.Millisecond, func() bool {
 		_, body := a.do(t, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
 		ms, err := proxytest.ParseMetrics(body)
@@ -92,25 +96,23 @@ func TestAdminConnectionCap(t *testing.T) {
 	}) {
 		t.Fatal("the readiness poll's admin connections were still open after 5s")
 	}
-	dialRaw(t, r.sc.AdminAddr()) // the second place
-	if !refused(r.sc.AdminAddr()) {
-		t.Fatal("a third admin connection with a cap of 2 was not closed")
+	b := dialRaw(t, addr) // 127.0.0.1's second place
+	if !refused(addr) {
+		t.Fatal("a third connection from one address with a share of 2 was not closed")
 	}
-	// The connections within the cap still work.
-	resp, body := a.do(t, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+	// Another address gets the third place.
+	other := dialFrom(t, "127.0.0.2", addr)
+	resp, _ = other.do(t, "GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp.StatusCode != 200 {
-		t.Fatalf("/metrics: %d", resp.StatusCode)
+		t.Fatalf("/live from 127.0.0.2: %d", resp.StatusCode)
 	}
-	ms, err := proxytest.ParseMetrics(body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ms := adminMetrics(t, b)
 	for _, c := range []struct {
 		name, listener string
 		want           float64
 	}{
 		{"minimesh_connections_refused_total", "admin", 1},
-		{"minimesh_connections_open", "admin", 2},
+		{"minimesh_connections_open", "admin", 3},
 		{"minimesh_connections_refused_total", "outbound", 0},
 		{"minimesh_connections_open", "outbound", 0},
 	} {
@@ -118,6 +120,55 @@ func TestAdminConnectionCap(t *testing.T) {
 			t.Errorf(`%s{listener=%q} = %v (present %v), want %v`, c.name, c.listener, v, ok, c.want)
 		}
 	}
+	// At the cap, with a, b and other idle between requests, a newcomer
+	// from a fourth address takes the place of the one idle longest (which
+	// one, the server's scheduling decides: connlimit's TestShareEvicts
+	// holds the order): it is served, and one of them is closed.
+	d := dialFrom(t, "127.0.0.3", addr)
+	resp, _ = d.do(t, "GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Fatalf("/live at the cap: %d", resp.StatusCode)
+	}
+	held := []*rawConn{a, b, other}
+	gone := 0
+	if !proxytest.Poll(5*time.Second, 0, func() bool {
+		gone = 0
+		for _, c := range held {
+			_ = c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			if _, err := c.r.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				gone++
+			}
+		}
+		return gone == 1
+	}) {
+		t.Fatalf("%d of the 3 idle connections closed for the newcomer at the cap, want 1", gone)
+	}
+}
+
+// dialFrom is dialRaw from a loopback address of the test's choosing.
+func dialFrom(t *testing.T, from, addr string) *rawConn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawConn{c, bufio.NewReader(c)}
+}
+
+// adminMetrics reads the admin's metrics on c.
+func adminMetrics(t *testing.T, c *rawConn) proxytest.Metrics {
+	t.Helper()
+	resp, body := c.do(t, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Fatalf("/metrics: %d", resp.StatusCode)
+	}
+	ms, err := proxytest.ParseMetrics(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms
 }
 
 // TestAdminHeaderLimit: the admin listener bounds request headers as

@@ -50,10 +50,13 @@ type Config struct {
 	DrainIdleGrace time.Duration
 	// MaxConnections caps the outbound listener's client connections (0:
 	// DefaultMaxConnections; negative: no cap). AdminMaxConnections caps
-	// the admin listener's (0: DefaultAdminMaxConnections).
-	MaxConnections      int
-	AdminMaxConnections int
-	MaxRequestBody      int64
+	// the admin listener's (0: DefaultAdminMaxConnections), and
+	// AdminMaxConnectionsPerSource one peer address's share of them (0:
+	// DefaultAdminMaxConnectionsPerSource).
+	MaxConnections               int
+	AdminMaxConnections          int
+	AdminMaxConnectionsPerSource int
+	MaxRequestBody               int64
 	// RequestBodyTimeout bounds the wait for the next bytes of a request
 	// body (0: outbound.DefaultRequestBodyTimeout; negative: none).
 	RequestBodyTimeout time.Duration
@@ -105,6 +108,10 @@ const (
 	// DefaultAdminMaxConnections caps the admin listener's: probes,
 	// Prometheus and a person need a handful.
 	DefaultAdminMaxConnections = 64
+	// DefaultAdminMaxConnectionsPerSource: one peer address (a pod on the
+	// network, the kubelet, Prometheus) may hold a quarter of those, so
+	// that no one peer shuts the others out (connlimit.Listener.Share).
+	DefaultAdminMaxConnectionsPerSource = 16
 	// DefaultDrainIdleGrace: a connection idle for this long since the
 	// drain began is closed. A client with a request on its way has had
 	// its chance to send it (and gets "Connection: close" on its answer).
@@ -196,6 +203,9 @@ func Listen(cfg Config) (*Sidecar, error) {
 	if cfg.AdminMaxConnections <= 0 {
 		cfg.AdminMaxConnections = DefaultAdminMaxConnections
 	}
+	if cfg.AdminMaxConnectionsPerSource <= 0 {
+		cfg.AdminMaxConnectionsPerSource = DefaultAdminMaxConnectionsPerSource
+	}
 	if cfg.MaxInboundConnections == 0 {
 		cfg.MaxInboundConnections = DefaultMaxConnections
 	}
@@ -256,6 +266,9 @@ func Listen(cfg Config) (*Sidecar, error) {
 	}
 	s.outLn = connlimit.New(outLn.(*net.TCPListener), cfg.MaxConnections)
 	s.adminLn = connlimit.New(adminLn.(*net.TCPListener), cfg.AdminMaxConnections)
+	// Anyone on the pod network reaches it, and the kubelet's probes must
+	// get through: no peer holds every place.
+	s.adminLn.Share(cfg.AdminMaxConnectionsPerSource)
 	// Nothing sent through the sidecar may reach its own listeners.
 	s.outbound.AddListener(s.outLn.Addr())
 	s.outbound.AddListener(s.adminLn.Addr())
@@ -343,6 +356,8 @@ func Listen(cfg Config) (*Sidecar, error) {
 		// As every listener's: net/http's default of 1 MiB let 60
 		// connections from the pod network hold 100 MB of headers.
 		MaxHeaderBytes: outbound.MaxHeaderBytes,
+		// Which connections wait for a request, for the cap (Share).
+		ConnState: s.adminLn.ConnState,
 		// Prometheus keeps its scrape connection up to 5 minutes idle.
 		IdleTimeout: IdleTimeout,
 		ErrorLog:    errLog,
