@@ -65,20 +65,52 @@ func (e *DenyError) Error() string {
 	return "minimesh: " + e.Field + ": " + quote(e.Value) + ": " + e.Reason
 }
 
-// IsInjected reports whether pod already carries the sidecar.
+// IsInjected reports whether pod already carries minimesh's sidecar: an
+// init container named minimesh-proxy that isSidecar recognises.
+//
+// Neither the minimesh.io/status annotation nor the container name is
+// enough, because both can be there without the sidecar: an annotation
+// copied by hand from an injected pod's manifest, an app container of the
+// user's own named minimesh-proxy. Taken for injected, such a pod got
+// HTTP_PROXY in every container and no sidecar listening on that port, so
+// all of its outbound HTTP failed. Like Linkerd's injector, which keys on
+// its proxy container rather than on its annotations, minimesh asks the
+// pod's containers.
 func IsInjected(pod *corev1.Pod) bool {
-	if pod.Annotations[wellknown.AnnotationStatus] == wellknown.StatusInjected {
-		return true
-	}
+	return sidecarIndex(pod) >= 0
+}
+
+// sidecarIndex is the index in pod.Spec.InitContainers of minimesh's
+// sidecar, or -1.
+func sidecarIndex(pod *corev1.Pod) int {
 	for i := range pod.Spec.InitContainers {
-		if pod.Spec.InitContainers[i].Name == wellknown.ProxyContainerName {
-			return true
+		if isSidecar(&pod.Spec.InitContainers[i]) {
+			return i
 		}
 	}
-	for i := range pod.Spec.Containers {
-		if pod.Spec.Containers[i].Name == wellknown.ProxyContainerName {
-			return true
-		}
-	}
-	return false
+	return -1
+}
+
+// isSidecar recognises the container that sidecar() writes by what every
+// minimesh release has written and what does not depend on the injector's
+// config: the name, the place (an init container with restartPolicy
+// Always, a native sidecar) and the command, `/minimesh-proxy run` (the
+// image holds two binaries and has no ENTRYPOINT, so the injector always
+// names the binary and its subcommand). The image is no mark: it is the
+// config's proxy.image (a mirror, each release's tag), so a pod injected
+// before an upgrade or a change of registry would no longer be recognised
+// and would be injected twice.
+func isSidecar(c *corev1.Container) bool {
+	return c.Name == wellknown.ProxyContainerName &&
+		c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways &&
+		len(c.Command) == 1 && c.Command[0] == proxyBinary &&
+		len(c.Args) > 0 && c.Args[0] == "run"
+}
+
+// isInitContainer recognises initContainer()'s container the same way:
+// its name and `/minimesh-proxy init`.
+func isInitContainer(c *corev1.Container) bool {
+	return c.Name == initContainerName &&
+		len(c.Command) == 1 && c.Command[0] == proxyBinary &&
+		len(c.Args) > 0 && c.Args[0] == "init"
 }

@@ -344,18 +344,27 @@ func TestWarningsCapped(t *testing.T) {
 	}
 }
 
-// TestTooManyContainers: the bound holds for the reinvocation of a pod
-// that claims to be injected, which never reaches the denial.
+// TestTooManyContainers: the bound holds for the reinvocation of an
+// injected pod, which never reaches the denial, and for a pod that only
+// carries the status annotation, which is no injected pod.
 func TestTooManyContainers(t *testing.T) {
-	ann := enabled()
-	ann[wellknown.AnnotationStatus] = wellknown.StatusInjected
-	pod := appPod(ann)
+	pod := injectedPod(t, enabled(), testConfig())
 	for i := range 10000 {
 		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: fmt.Sprint("c", i)})
 	}
 	res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
 	if err != nil || res.Injected || res.Reason != ReasonAlreadyInjected {
 		t.Fatalf("%v %v %q", err, res.Injected, res.Reason)
+	}
+	ann := enabled()
+	ann[wellknown.AnnotationStatus] = wellknown.StatusInjected
+	pod = appPod(ann)
+	for i := range 10000 {
+		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: fmt.Sprint("c", i)})
+	}
+	var d *DenyError
+	if _, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig()); !errors.As(err, &d) || d.Field != "spec.containers" {
+		t.Fatalf("status annotation without the sidecar, 10001 containers: %v", err)
 	}
 	pod = appPod(enabled())
 	for i := range 99 {

@@ -2,6 +2,7 @@ package injector
 
 import (
 	"fmt"
+	"net"
 	"regexp"
 	"slices"
 	"strconv"
@@ -39,6 +40,9 @@ const (
 	// file system is read-only: iptables takes its lock in
 	// /run/xtables.lock.
 	xtablesVolume = "minimesh-xtables-lock"
+	// proxyBinary is the command of the sidecar and of the init
+	// container: the image holds two binaries and has no ENTRYPOINT.
+	proxyBinary = "/minimesh-proxy"
 )
 
 // maxContainers bounds the containers (app and init) of a pod the injector
@@ -98,6 +102,14 @@ func inject(in Input, cfg *Config) (Result, error) {
 		return Result{}, err
 	}
 
+	if pod.Annotations[wellknown.AnnotationStatus] == wellknown.StatusInjected {
+		// Copied from an injected pod's manifest without its sidecar
+		// (IsInjected asks the containers, not this annotation): the pod
+		// is injected now, and the annotation is true again.
+		s.warnf("%s: %s without minimesh's sidecar (copied from another manifest?): injected now",
+			"metadata.annotations["+wellknown.AnnotationStatus+"]", quote(wellknown.StatusInjected))
+	}
+
 	out := pod.DeepCopy()
 	if out.Annotations == nil {
 		out.Annotations = map[string]string{}
@@ -154,6 +166,8 @@ func addProxyEnv(c *corev1.Container, cfg *Config, s *settings) []string {
 // IfNeeded the webhook runs once more after later webhooks changed the pod,
 // and a container one of them added must still send its HTTP through the
 // sidecar. Nothing else is touched, so calling it twice changes nothing.
+// The caller has checked that the sidecar is there (IsInjected): the proxy
+// environment is only ever given to a pod with something listening on it.
 func reinject(in Input, ns string, cfg *Config) (Result, error) {
 	pod := in.Pod
 	s, err := parseSettings(pod.Annotations, cfg)
@@ -162,11 +176,15 @@ func reinject(in Input, ns string, cfg *Config) (Result, error) {
 	}
 	if err != nil {
 		// Admitted once with these annotations and containers; they
-		// cannot have turned bad, unless someone edited them or wrote
-		// the status annotation by hand, which is not ours to refuse.
+		// cannot have turned bad, unless someone edited them since,
+		// which is not ours to refuse.
 		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
 	}
-	if s.iptables && !in.Manual && slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == initContainerName }) {
+	// Whether the pod's connections are redirected is what the injector
+	// wrote into the pod, minimesh-init, not the interception annotation,
+	// which may have been edited since the pod was injected.
+	redirected := slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return isInitContainer(&c) })
+	if s.iptables && !in.Manual && redirected {
 		// Injected by `minimesh inject`, which could not see the
 		// namespace: Pod Security would refuse the init container next,
 		// with a message about a container the user never wrote. (A pod
@@ -175,10 +193,18 @@ func reinject(in Input, ns string, cfg *Config) (Result, error) {
 			return Result{}, err
 		}
 	}
-	if s.iptables {
+	if redirected {
 		// Every container's connections are redirected, whoever added it.
 		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
 	}
+	// HTTP_PROXY names the port the pod's sidecar listens on, which the
+	// injector's config may have changed since it was injected.
+	if port, ok := outboundPort(&pod.Spec.InitContainers[sidecarIndex(pod)]); ok && port != cfg.Proxy.OutboundPort {
+		c := *cfg
+		c.Proxy.OutboundPort = port
+		cfg = &c
+	}
+	s.iptables = false // proxy-env, whatever the annotation says now
 	// A container that has any of the variables was seen before (the
 	// app's own win); JAVA_TOOL_OPTIONS is no sign, an app may set it.
 	env := proxyEnv(cfg, s)
@@ -198,6 +224,28 @@ func reinject(in Input, ns string, cfg *Config) (Result, error) {
 	return Result{Pod: out, Injected: true, Reason: ReasonReinvoked}, nil
 }
 
+// outboundPort is the port of the sidecar's --outbound-addr argument,
+// which the injector always writes; false when it is missing or not an
+// address.
+func outboundPort(c *corev1.Container) (int, bool) {
+	for _, a := range c.Args {
+		v, ok := strings.CutPrefix(a, "--outbound-addr=")
+		if !ok {
+			continue
+		}
+		_, p, err := net.SplitHostPort(v)
+		if err != nil {
+			return 0, false
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return 0, false
+		}
+		return n, true
+	}
+	return 0, false
+}
+
 // checkContainers refuses a pod with more than maxContainers containers.
 func checkContainers(pod *corev1.Pod) error {
 	if n := len(pod.Spec.Containers) + len(pod.Spec.InitContainers); n > maxContainers {
@@ -214,6 +262,17 @@ func checkContainers(pod *corev1.Pod) error {
 func checkClashes(pod *corev1.Pod, cfg *Config, s *settings) error {
 	check := func(field string, cs []corev1.Container) error {
 		for i, c := range cs {
+			if c.Name == wellknown.ProxyContainerName {
+				// Not minimesh's sidecar (IsInjected said so), and the pod
+				// would get a second container of that name, which the
+				// API server refuses with a message about a container the
+				// user never wrote. Skipping it instead would leave a pod
+				// that asked for the mesh without it, silently.
+				return &DenyError{Field: fmt.Sprintf("%s[%d].name", field, i), Value: c.Name, Reason: fmt.Sprintf(
+					"the name of the minimesh sidecar, which this container (image %s) is not (the sidecar is an init container with restartPolicy: Always running %s run); "+
+						"injecting would give the pod two containers of that name: rename the container, or annotate the pod %s: %s",
+					quote(c.Image), proxyBinary, wellknown.AnnotationInject, wellknown.InjectDisabled)}
+			}
 			if s.iptables && c.Name == initContainerName {
 				return &DenyError{Field: fmt.Sprintf("%s[%d].name", field, i), Value: c.Name, Reason: "the name of the minimesh init container of iptables interception"}
 			}
@@ -327,7 +386,7 @@ func sidecar(cfg *Config, s *settings, service string) corev1.Container {
 		Image:           p.Image,
 		ImagePullPolicy: corev1.PullPolicy(p.ImagePullPolicy),
 		// The image has no ENTRYPOINT: it holds two binaries.
-		Command: []string{"/minimesh-proxy"},
+		Command: []string{proxyBinary},
 		Args:    args,
 		Env:     env,
 		Ports: []corev1.ContainerPort{{
@@ -400,7 +459,7 @@ func initContainer(cfg *Config, s *settings) corev1.Container {
 		Name:            initContainerName,
 		Image:           p.InitImageRef(),
 		ImagePullPolicy: corev1.PullPolicy(p.ImagePullPolicy),
-		Command:         []string{"/minimesh-proxy"},
+		Command:         []string{proxyBinary},
 		Args:            args,
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: initCPURequest, corev1.ResourceMemory: initMemoryRequest},

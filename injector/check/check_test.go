@@ -74,7 +74,10 @@ func pod(ns, name string, ann map[string]string, phase corev1.PodPhase, initStat
 		Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}},
 		Status: corev1.PodStatus{Phase: phase}}
 	if ann["minimesh.io/status"] == "injected" {
-		p.Spec.InitContainers = []corev1.Container{{Name: "minimesh-proxy"}}
+		// What injector.IsInjected recognises as the sidecar.
+		always := corev1.ContainerRestartPolicyAlways
+		p.Spec.InitContainers = []corev1.Container{{Name: "minimesh-proxy", RestartPolicy: &always,
+			Command: []string{"/minimesh-proxy"}, Args: []string{"run", "--outbound-addr=127.0.0.1:15001"}}}
 		if initStatus != nil {
 			p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: "minimesh-proxy", Ready: *initStatus}}
 		}
@@ -105,7 +108,10 @@ func TestRun(t *testing.T) {
 			pod("opted", "before-label", nil, corev1.PodRunning, nil),
 			pod("opted", "out", map[string]string{"minimesh.io/inject": "disabled"}, corev1.PodRunning, nil),
 			pod("minimesh", "own", map[string]string{"minimesh.io/inject": "enabled"}, corev1.PodRunning, nil),
-		}, map[string]string{"pods that ask for injection have the sidecar": "2 pods without the sidecar: opted/before-label, shop/asked"}},
+			// The status annotation copied without the sidecar.
+			&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "stale", Annotations: map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/status": "injected"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}}, Status: corev1.PodStatus{Phase: corev1.PodRunning}},
+		}, map[string]string{"pods that ask for injection have the sidecar": "3 pods without the sidecar: opted/before-label, shop/asked, shop/stale"}},
 		{"iptables where Pod Security forbids it", "37", 300 * 24 * time.Hour, []runtime.Object{
 			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "locked", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}}},
 			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "open", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged", "minimesh.io/inject": "enabled"}}},

@@ -254,12 +254,20 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	return buf, nil
 }
 
-// podHead is what decides whether a pod is injected: its metadata and
-// whether it is on the host's network.
+// podHead is what decides whether a pod is injected: its metadata,
+// whether it is on the host's network, and what of its init containers
+// tells minimesh's own apart (injector.IsInjected asks the containers,
+// not the status annotation, which a pod may carry without the sidecar).
 type podHead struct {
 	Metadata metav1.ObjectMeta `json:"metadata"`
 	Spec     struct {
-		HostNetwork bool `json:"hostNetwork"`
+		HostNetwork    bool `json:"hostNetwork"`
+		InitContainers []struct {
+			Name          string                         `json:"name"`
+			RestartPolicy *corev1.ContainerRestartPolicy `json:"restartPolicy"`
+			Command       []string                       `json:"command"`
+			Args          []string                       `json:"args"`
+		} `json:"initContainers"`
 	} `json:"spec"`
 }
 
@@ -275,7 +283,13 @@ func decodePod(raw []byte) (pod *corev1.Pod, whole bool, err error) {
 	if err := json.Unmarshal(raw, &head); err != nil {
 		return nil, false, err
 	}
-	return &corev1.Pod{ObjectMeta: head.Metadata, Spec: corev1.PodSpec{HostNetwork: head.Spec.HostNetwork}}, false, nil
+	pod = &corev1.Pod{ObjectMeta: head.Metadata, Spec: corev1.PodSpec{HostNetwork: head.Spec.HostNetwork}}
+	for _, c := range head.Spec.InitContainers {
+		pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{
+			Name: c.Name, RestartPolicy: c.RestartPolicy, Command: c.Command, Args: c.Args,
+		})
+	}
+	return pod, false, nil
 }
 
 func refuse(code int32, msg string) *admissionv1.AdmissionResponse {

@@ -96,6 +96,17 @@ func TestHandler(t *testing.T) {
 			200, false, false, `namespace "locked" enforces Pod Security "restricted"`, ResultDenied},
 		{"iptables where Pod Security allows it", review(t, "open", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/interception": "iptables"})),
 			200, true, true, "", ResultInjected},
+		// The app's own container named like the sidecar: not taken for
+		// an injected pod (HTTP_PROXY to a port nothing listens on), and
+		// not injected beside it (two containers of one name).
+		{"own container named minimesh-proxy", review(t, "shop", admissionv1.Create, "Pod", func() *corev1.Pod {
+			p := pod(enabled)
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "minimesh-proxy", Image: "my/own-proxy"})
+			return p
+		}()), 200, false, false, `spec.containers[1].name: "minimesh-proxy": the name of the minimesh sidecar, which this container (image "my/own-proxy") is not`, ResultDenied},
+		// A status annotation copied without the sidecar is no injection.
+		{"stale status annotation", review(t, "shop", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/status": "injected"})),
+			200, true, true, "", ResultInjected},
 		{"unknown namespace", review(t, "gone", admissionv1.Create, "Pod", pod(enabled)), 200, false, false, `namespaces "gone" not found`, ResultError},
 		{"pod that does not decode", review(t, "shop", admissionv1.Create, "Pod", map[string]any{"spec": "nope"}), 200, false, false, "decode pod", ResultError},
 		{"not JSON", []byte("{"), 400, false, false, "decode AdmissionReview", ""},

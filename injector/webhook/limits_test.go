@@ -189,31 +189,41 @@ func TestMaxInFlight(t *testing.T) {
 	}
 }
 
-// TestLargePod: a pod over MaxPodBytes is decided on its metadata: left
-// alone when it is not to be injected (not asked, opted out, injected
-// already), refused with its size when it is.
+// TestLargePod: a pod over MaxPodBytes is decided on its metadata and its
+// init containers' names and commands: left alone when it is not to be
+// injected (not asked, opted out, injected already: the sidecar is
+// there), refused with its size when it is (a status annotation without
+// the sidecar is no injection).
 func TestLargePod(t *testing.T) {
-	large := func(ann map[string]string) []byte {
+	large := func(ann map[string]string, sidecar bool) []byte {
 		p := pod(ann)
 		p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "BIG", Value: strings.Repeat("x", MaxPodBytes)}}
+		if sidecar {
+			always := corev1.ContainerRestartPolicyAlways
+			p.Spec.InitContainers = []corev1.Container{{Name: "minimesh-proxy", Image: "elsewhere/minimesh:old",
+				RestartPolicy: &always, Command: []string{"/minimesh-proxy"}, Args: []string{"run", "--outbound-addr=127.0.0.1:15001"}}}
+		}
 		return review(t, "shop", admissionv1.Create, "Pod", p)
 	}
+	injected := map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/status": "injected"}
 	for _, tt := range []struct {
 		name    string
 		ann     map[string]string
+		sidecar bool
 		allowed bool
 		result  string
 		message string
 	}{
-		{"asked", map[string]string{"minimesh.io/inject": "enabled"}, false, ResultDenied, "more than the 524288 minimesh injects; annotate it minimesh.io/inject: disabled"},
-		{"not asked", nil, true, ResultSkipped, ""},
-		{"opted out", map[string]string{"minimesh.io/inject": "disabled"}, true, ResultSkipped, ""},
-		{"injected", map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/status": "injected"}, true, ResultSkipped, ""},
-		{"bad annotation", map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/proxy-cpu-limit": "lots"}, false, ResultDenied, `"lots"`},
+		{"asked", map[string]string{"minimesh.io/inject": "enabled"}, false, false, ResultDenied, "more than the 524288 minimesh injects; annotate it minimesh.io/inject: disabled"},
+		{"not asked", nil, false, true, ResultSkipped, ""},
+		{"opted out", map[string]string{"minimesh.io/inject": "disabled"}, false, true, ResultSkipped, ""},
+		{"injected", injected, true, true, ResultSkipped, ""},
+		{"status without the sidecar", injected, false, false, ResultDenied, "more than the 524288 minimesh injects"},
+		{"bad annotation", map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/proxy-cpu-limit": "lots"}, false, false, ResultDenied, `"lots"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHandler()
-			w := post(h, large(tt.ann))
+			w := post(h, large(tt.ann, tt.sidecar))
 			var out admissionv1.AdmissionReview
 			if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil || out.Response == nil {
 				t.Fatalf("%d %.300s", w.Code, w.Body)

@@ -293,3 +293,78 @@ func TestInjectRefusedInStream(t *testing.T) {
 		t.Fatalf("err %v, stdout %q, stderr %q", err, out, errOut)
 	}
 }
+
+// TestInjectNotReallyInjected: the probe's inputs. A pod whose own
+// container is named minimesh-proxy is refused (exit 1), naming the
+// container; a Deployment whose template carries a hand-copied
+// minimesh.io/status without the sidecar is injected, and injecting the
+// output again changes nothing. Neither gets the proxy environment
+// without the sidecar.
+func TestInjectNotReallyInjected(t *testing.T) {
+	const named = `apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  annotations: {minimesh.io/inject: enabled}
+spec:
+  containers:
+  - name: app
+    image: nginx
+  - name: minimesh-proxy
+    image: my/own-proxy
+`
+	const status = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web}
+      annotations: {minimesh.io/status: injected}
+    spec:
+      containers:
+      - name: app
+        image: nginx
+`
+	tests := []struct {
+		name    string
+		in      string
+		code    int
+		stderr  string // contained in stderr
+		injects bool
+	}{
+		{"own container named minimesh-proxy", named, 1,
+			`document 1 (line 1): pod "web": minimesh: spec.containers[1].name: "minimesh-proxy": the name of the minimesh sidecar, which this container (image "my/own-proxy") is not`, false},
+		{"status annotation without the sidecar", status, 0,
+			"deployment \"web\" injected\nWarning: minimesh: metadata.annotations[minimesh.io/status]: \"injected\" without minimesh's sidecar", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "in.yaml")
+			if err := os.WriteFile(f, []byte(tt.in), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			code, out, errOut := run("inject", "-f", f)
+			if code != tt.code || !strings.Contains(errOut, tt.stderr) {
+				t.Fatalf("exit %d, stderr %q; want exit %d and %q", code, errOut, tt.code, tt.stderr)
+			}
+			if strings.Contains(errOut, "proxy environment added") {
+				t.Fatalf("stderr %q: taken for an injected pod", errOut)
+			}
+			if !tt.injects {
+				if out != "" {
+					t.Fatalf("stdout of a refused stream:\n%s", out)
+				}
+				return
+			}
+			if n := strings.Count(out, "name: minimesh-proxy"); n != 1 || !strings.Contains(out, "HTTP_PROXY") {
+				t.Fatalf("%d sidecars, want 1 and the proxy environment:\n%s", n, out)
+			}
+			again, errAgain, err := runStdin(out, "inject", "-f", "-")
+			if err != nil || again != out || errAgain != "deployment \"web\" skipped: already injected\n" {
+				t.Fatalf("injecting the output again: err %v, stderr %q, changed: %v", err, errAgain, again != out)
+			}
+		})
+	}
+}
