@@ -11,9 +11,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/xds/xdsclient"
@@ -71,38 +69,9 @@ func TestExportReadsBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var clusters, routes int
-	for _, doc := range strings.Split(string(out), "\n---\n") {
-		if !strings.Contains(doc, "\nname:") && !strings.HasPrefix(doc, "name:") {
-			continue
-		}
-		js, err := yaml.YAMLToJSON([]byte(doc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch {
-		case strings.Contains(doc, "# envoy.config.cluster.v3.Cluster"):
-			var c clusterv3.Cluster
-			if err := protojson.Unmarshal(js, &c); err != nil {
-				t.Fatalf("cluster: %v\n%s", err, doc)
-			}
-			if err := c.Validate(); err != nil {
-				t.Fatal(err)
-			}
-			clusters++
-		case strings.Contains(doc, "# envoy.config.route.v3.RouteConfiguration"):
-			var r routev3.RouteConfiguration
-			if err := protojson.Unmarshal(js, &r); err != nil {
-				t.Fatalf("routes: %v\n%s", err, doc)
-			}
-			if err := r.Validate(); err != nil {
-				t.Fatal(err)
-			}
-			routes++
-		}
-	}
-	if clusters != 3 || routes != 1 {
-		t.Fatalf("%d clusters and %d route configurations, want 3 and 1", clusters, routes)
+	clusters, routes := readBack(t, out)
+	if len(clusters) != 3 || len(routes) != 1 {
+		t.Fatalf("%d clusters and %d route configurations, want 3 and 1", len(clusters), len(routes))
 	}
 }
 
