@@ -101,6 +101,75 @@ func TestCallerAbortsUpload(t *testing.T) {
 	}
 }
 
+// TestCallerLeavesMidResponse: a caller that goes away while the app's
+// response is on its way (a streamed body it stops reading, its timeout)
+// is its own failure, 499, in the metric and the log line: it was the
+// app's 200 (a probe, session 33; outbound already said 499).
+func TestCallerLeavesMidResponse(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.WriteString(w, "first line\n")
+		w.(http.Flusher).Flush()
+		select { // more, later: the caller will not wait for it
+		case <-req.Context().Done():
+		case <-release:
+		}
+	}), Config{})
+	c, err := net.Dial("tcp", r.front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /stream HTTP/1.1\r\nHost: app\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || line != "first line\n" {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	c.Close() // the caller leaves mid-response
+	if m := recorded(t, r); !strings.Contains(m, `code="499"`) {
+		t.Fatalf("a caller that left mid-response was recorded as\n%s", m)
+	}
+	if l := r.logLines(t); len(l) != 1 || l[0]["status"] != float64(499) || l[0]["error"] != nil {
+		t.Errorf("access log %v, want one line with status 499 and no error", l)
+	}
+}
+
+// TestChunkedRequestCloses: a request with Transfer-Encoding (here with a
+// Content-Length too, RFC 9112 §6.1) closes its connection after the
+// response, and what the caller pipelined behind it is not served: the
+// inbound path kept the connection, where outbound closes it (a probe,
+// session 33).
+func TestChunkedRequestCloses(t *testing.T) {
+	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(w, "ok "+req.URL.Path)
+	}), Config{})
+	c, err := net.Dial("tcp", r.front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /first HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"+
+		"GET /second HTTP/1.1\r\nHost: app\r\n\r\n")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "ok /first" || !resp.Close {
+		t.Fatalf("first answer %q, Connection: close %v: want ok /first and a close", body, resp.Close)
+	}
+	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+		t.Fatalf("after the chunked request's answer: %q, %v; want the connection closed, nothing more", rest, err)
+	}
+}
+
 // TestMalformedRequestBody: a request body the server cannot read (bad
 // chunked framing) from a caller still there is its 400 bad-request, not
 // the app's 502.

@@ -199,8 +199,11 @@ type reqState struct {
 	headers time.Time // when the response headers were ready
 	trace   telemetry.Place
 	late    bool // the app's response body failed after its headers
-	in      countingBody
-	out     countingWriter
+	// gone: the caller went away while the app's response body was on
+	// its way (lateBody saw the request end).
+	gone bool
+	in   countingBody
+	out  countingWriter
 }
 
 type stateKey struct{}
@@ -215,8 +218,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// one meant for the sidecar itself: never forwarded.
 		panic(http.ErrAbortHandler)
 	}
-	if h.draining.Load() && r.Header.Get("Upgrade") == "" {
+	if (h.draining.Load() || len(r.TransferEncoding) > 0) && r.Header.Get("Upgrade") == "" {
 		// Not on an upgrade's answer: a 101 must say Connection: Upgrade.
+		// A chunked request closes its connection after the response,
+		// as on the outbound path: RFC 9112 §6.1 asks it of a request
+		// with both Content-Length and Transfer-Encoding (a smuggling
+		// attempt through a proxy in front of the pod), and Go's server
+		// drops the Content-Length before the handler could tell.
 		w.Header().Set("Connection", "close")
 	}
 	st := &reqState{c: c, start: start, code: http.StatusBadGateway}
@@ -314,7 +322,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 // lateBody notes an app's response body that fails after its headers
 // (the app crashed, reset, or sent less than it announced), for finish:
 // the failure it is, not the app's status. A read that fails because the
-// caller went away is the caller's.
+// caller went away is the caller's: 499.
 type lateBody struct {
 	io.ReadCloser
 	st  *reqState
@@ -323,8 +331,12 @@ type lateBody struct {
 
 func (b *lateBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF && b.req.Err() == nil {
-		b.st.late = true
+	if err != nil && err != io.EOF {
+		if b.req.Err() == nil {
+			b.st.late = true
+		} else {
+			b.st.gone = true
+		}
 	}
 	return n, err
 }
@@ -404,6 +416,11 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		// The caller got a status, then a body cut short: for the metrics,
 		// the span and the log line, the failure it was (as outbound).
 		st.code, st.errKind = http.StatusBadGateway, wellknown.ErrorReset
+	} else if st.errKind == "" && (st.gone || st.out.broken) {
+		// The caller went away, or its connection broke, before the
+		// response ended: not the success the app's status would say (as
+		// outbound, docs/metrics.md).
+		st.code = statusClientClosed
 	}
 	st.c.metric.Observe(r.Method, st.code, st.headers.Sub(st.start).Seconds())
 	if st.trace.Span != nil {
@@ -519,6 +536,8 @@ type countingWriter struct {
 	http.ResponseWriter
 	n     int64
 	wrote bool
+	// broken: a write failed because the caller is gone.
+	broken bool
 }
 
 func (w *countingWriter) WriteHeader(code int) {
@@ -532,6 +551,9 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	w.wrote = true
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
+	if err != nil && outbound.ReaderGone(err) {
+		w.broken = true
+	}
 	return n, err
 }
 

@@ -227,17 +227,18 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
-	if err != nil && appGone(err) {
+	if err != nil && ReaderGone(err) {
 		w.broken = true
 	}
 	return n, err
 }
 
-// appGone tells a failed write to the app from one the server refused
-// for what was written (a body a HEAD, 204 or 304 may not have, past its
-// Content-Length, on a hijacked connection): only the first is the app
-// gone, or its connection broken.
-func appGone(err error) bool {
+// ReaderGone tells a failed write of a response from one the server
+// refused for what was written (a body a HEAD, 204 or 304 may not have,
+// past its Content-Length, on a hijacked connection): only the first is
+// its reader gone (the app here, the caller on the inbound path), or its
+// connection broken.
+func ReaderGone(err error) bool {
 	return !errors.Is(err, http.ErrBodyNotAllowed) && !errors.Is(err, http.ErrContentLength) &&
 		!errors.Is(err, http.ErrHijacked) && !errors.Is(err, errWithheld)
 }
