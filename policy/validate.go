@@ -41,12 +41,6 @@ func (c *checker) fail(field, format string, args ...any) {
 	c.errs = append(c.errs, &Error{Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
-func (c *checker) positive(field string, d time.Duration) {
-	if d <= 0 {
-		c.fail(field, "must be > 0, got %v", d)
-	}
-}
-
 // positiveUpTo is positive with an upper bound.
 func (c *checker) positiveUpTo(field string, d, hi time.Duration) {
 	if d <= 0 || d > hi {
