@@ -87,12 +87,14 @@ func TestSameSeriesAsClientGolang(t *testing.T) {
 				func() float64 { return l.refused }))
 	}
 
-	breakers := []BreakerState{{"geo-service:8000", "open"}, {Other, "half-open"}, {Other, "closed"}, {"a-service:80", "closed"}}
+	// Past the cap, "other" shows the worst of its breakers' states: an
+	// open one behind a closed one is open (it read closed, first seen).
+	breakers := []BreakerState{{"geo-service:8000", "open"}, {Other, "closed"}, {Other, "open"}, {Other, "half-open"}, {"a-service:80", "closed"}}
 	m.WatchBreakers(func() []BreakerState { return breakers })
 	old.reg.MustRegister(constCollector(func(ch chan<- prometheus.Metric) {
 		d := prometheus.NewDesc("minimesh_circuit_breaker_state",
 			"Circuit breaker state per destination: 1 for the current state, 0 for the others.", []string{"destination", "state"}, nil)
-		for _, b := range []BreakerState{breakers[0], breakers[1], breakers[3]} {
+		for _, b := range []BreakerState{breakers[0], {Other, "open"}, breakers[4]} {
 			for _, s := range States {
 				v := 0.0
 				if s == b.State {
