@@ -15,8 +15,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -86,12 +88,12 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.OTLPEndpoint, "otlp-endpoint", "", "OTLP/gRPC trace collector HOST:PORT, e.g. jaeger-collector.observability:4317 (empty: no tracing)")
 	fs.Float64Var(&cfg.TraceSampleRatio, "trace-sample-ratio", 1, "share of new traces to record, 0 to 1; requests that arrive with a trace follow its decision")
 	fs.StringVar(&accessLog, "access-log", "stdout", "where the JSON access log goes: stdout or off")
-	fs.BoolVar(&cfg.StdTransport, "std-transport", false, "send every request through Go's httputil.ReverseProxy and http.Transport, not the fast path for bodiless GET/HEAD/OPTIONS (a switch for comparison and as a way out)")
+	fs.BoolVar(&cfg.StdTransport, "std-transport", false, "send every request through Go's httputil.ReverseProxy and http.Transport, not the fast path for requests without a body or with a small one held whole (a switch for comparison and as a way out)")
 	fs.BoolVar(&rawIO, "raw-io", true, "read and write sockets with raw system calls, which leave Go's monitor thread asleep between requests (a quarter less CPU per request at a steady rate; docs/benchmarks.md); false: net.Conn's own calls, a way out")
-	fs.StringVar(&cfg.Server, "server", sidecar.ServerLean, "the outbound listener's HTTP/1.x server: lean (bodiless keep-alive requests served on the connection's goroutine, everything else handed to Go's net/http) or std (net/http alone; docs/benchmarks.md)")
+	fs.StringVar(&cfg.Server, "server", sidecar.ServerLean, "the outbound listener's HTTP/1.x server: lean (keep-alive requests without a body, or with one of a known length up to 16 KiB, served on the connection's goroutine; everything else handed to Go's net/http) or std (net/http alone; docs/benchmarks.md)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 5*time.Second, "time allowed to connect to an upstream")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
-	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are closed as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")
+	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are reset as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")
 	fs.IntVar(&maxInboundConns, "max-inbound-connections", sidecar.DefaultMaxConnections, "most connections the inbound listener holds at once; more are reset as soon as accepted and counted in minimesh_connections_refused_total{listener=\"inbound\"} (0: no limit)")
 	fs.StringVar(&cgroupRoot, "cgroup-root", memlimit.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
 	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it, while the upstream has not answered, before the sidecar answers 408 and releases the upstream connection (0: no limit)")
@@ -120,9 +122,34 @@ func runSidecar(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "minimesh-proxy: --access-log %q: want stdout or off\n", accessLog)
 		return 2
 	}
-	if cfg.TraceSampleRatio < 0 || cfg.TraceSampleRatio > 1 {
+	// The negated form also refuses NaN.
+	if !(cfg.TraceSampleRatio >= 0 && cfg.TraceSampleRatio <= 1) {
 		fmt.Fprintf(stderr, "minimesh-proxy: --trace-sample-ratio %v: want 0 to 1\n", cfg.TraceSampleRatio)
 		return 2
+	}
+	// Times the sidecar cannot do without: zero or less was replaced by
+	// the default without a word.
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"connect-timeout", cfg.ConnectTimeout}, {"drain-timeout", cfg.DrainTimeout}, {"xds-initial-timeout", cfg.XDSInitialTimeout}} {
+		if d.v <= 0 {
+			fmt.Fprintf(stderr, "minimesh-proxy: --%s %v: want more than 0\n", d.flag, d.v)
+			return 2
+		}
+	}
+	if cfg.MaxRequestBody < 0 {
+		fmt.Fprintf(stderr, "minimesh-proxy: --max-request-body-bytes %d: want 0 (no limit) or more\n", cfg.MaxRequestBody)
+		return 2
+	}
+	for _, a := range []struct{ flag, v string }{{"xds-address", cfg.XDSAddress}, {"otlp-endpoint", cfg.OTLPEndpoint}} {
+		if a.v == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a.v); err != nil || !validPort(port) {
+			fmt.Fprintf(stderr, "minimesh-proxy: --%s %q: want HOST:PORT with a port from 1 to 65535\n", a.flag, a.v)
+			return 2
+		}
 	}
 	if maxConns < 0 {
 		fmt.Fprintf(stderr, "minimesh-proxy: --max-connections %d: want 0 (no limit) or more\n", maxConns)
@@ -166,6 +193,10 @@ func runSidecar(args []string, stderr io.Writer) int {
 	defer signal.Stop(hup)
 	go func() {
 		for range hup {
+			if cfg.PolicyDir == "" {
+				cfg.Logger.Info("SIGHUP: no --policy-dir to look at again")
+				continue
+			}
 			cfg.Logger.Info("SIGHUP: looking at the policy directory again", "dir", cfg.PolicyDir)
 			s.Reload()
 		}
@@ -255,4 +286,11 @@ func (r resolveFlag) Set(v string) error {
 	}
 	r[strings.ToLower(from)] = to
 	return nil
+}
+
+// validPort reports whether p is a TCP port a client can dial: 1-65535,
+// in decimal.
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535
 }

@@ -574,6 +574,16 @@ func TestFlagsFromEnv(t *testing.T) {
 		{"unknown flag", nil, []string{"--no-such-flag"}, "no-such-flag"},
 		{"bad --raw-io", nil, []string{"--raw-io=maybe"}, "-raw-io"},
 		{"bad MINIMESH_RAW_IO", []string{"MINIMESH_RAW_IO=maybe"}, nil, "MINIMESH_RAW_IO"},
+		// Values a default used to replace without a word (a probe,
+		// session 33).
+		{"negative --drain-timeout", nil, []string{"--drain-timeout", "-5s"}, "--drain-timeout"},
+		{"zero --drain-timeout", nil, []string{"--drain-timeout", "0"}, "--drain-timeout"},
+		{"zero --connect-timeout", nil, []string{"--connect-timeout", "0s"}, "--connect-timeout"},
+		{"negative --xds-initial-timeout", nil, []string{"--xds-initial-timeout", "-1s"}, "--xds-initial-timeout"},
+		{"negative --max-request-body-bytes", nil, []string{"--max-request-body-bytes", "-5"}, "--max-request-body-bytes"},
+		{"NaN --trace-sample-ratio", nil, []string{"--trace-sample-ratio", "NaN"}, "--trace-sample-ratio"},
+		{"--xds-address without a port", nil, []string{"--xds-address", "127.0.0.1"}, "--xds-address"},
+		{"--otlp-endpoint port 99999", nil, []string{"--otlp-endpoint", "127.0.0.1:99999"}, "--otlp-endpoint"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
