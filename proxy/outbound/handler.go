@@ -414,7 +414,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		st.grpc, st.grpcStatus = true, -1
 	}
 	st.out.ResponseWriter = w
-	st.out.closeConn = closeConn
+	st.out.closeConn, st.out.draining = closeConn, &h.draining
 	st.out.http10 = r.ProtoMajor == 1 && r.ProtoMinor == 0
 	w = &st.out
 

@@ -160,6 +160,9 @@ type countingWriter struct {
 	// body that failed.
 	status    atomic.Uint32
 	closeConn bool
+	// draining is the handler's: a drain begun while the request was on
+	// its way closes its connection too.
+	draining *atomic.Bool
 	// broken is a write to the app that failed: the app went away, or
 	// its connection broke, before its response ended.
 	broken bool
@@ -214,7 +217,7 @@ func (w *countingWriter) commit() {
 	if w.pending == 0 {
 		w.pending = http.StatusOK
 	}
-	if w.closeConn {
+	if w.closeConn || w.draining != nil && w.draining.Load() {
 		w.Header().Set("Connection", "close")
 	}
 	w.ResponseWriter.WriteHeader(w.pending)

@@ -426,6 +426,12 @@ func TestDrainCompletesInFlight(t *testing.T) {
 		if x.Err != nil || x.Code != 200 || x.Body != "hello from geo\n" {
 			t.Fatalf("in-flight request: %+v, want 200 with the upstream's body", x)
 		}
+		// Begun before the drain, answered during it: Connection: close
+		// too (docs/operations.md, Shutdown), or its client would send
+		// the next request on a connection about to close.
+		if !x.Close {
+			t.Error("the in-flight request's answer during the drain lacks Connection: close")
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("in-flight request did not complete")
 	}

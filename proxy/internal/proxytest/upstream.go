@@ -79,6 +79,8 @@ type Response struct {
 	Code int
 	Body string
 	Err  error
+	// Close: the answer said Connection: close.
+	Close bool
 }
 
 // GetAsync sends GET url with c in the background; the channel (buffered)
@@ -93,7 +95,7 @@ func GetAsync(c *http.Client, url string) <-chan Response {
 		}
 		b, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		res <- Response{resp.StatusCode, string(b), err}
+		res <- Response{Code: resp.StatusCode, Body: string(b), Err: err, Close: resp.Close}
 	}()
 	return res
 }
