@@ -656,6 +656,14 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 			st.grpcStatus = st.grpcCut(true) // not the trailers' status, which the app did not get
 		}
 	}
+	if st.code == statusClientClosed && h.closing.Load() {
+		// Not the app's leaving: the end of the drain (--drain-timeout)
+		// closed its connection, as it ends a tunnel "shutdown".
+		st.code, st.errKind = http.StatusServiceUnavailable, tcpShutdown
+		if st.grpc {
+			st.grpcStatus = grpcUnavailable
+		}
+	}
 	h.observe(r, st)
 	h.logAccess(r, st)
 }

@@ -252,6 +252,11 @@ func (h *Handler) Drain(ctx context.Context) {
 		}
 		t.mu.Unlock()
 	}
+	if ctx.Err() != nil {
+		// The drain's time is up: what the servers close next was cut by
+		// it, not by its app (finish: 503 shutdown, not 499).
+		h.closing.Store(true)
+	}
 	// The opaque relays closed above end at once; their metric and log
 	// line follow (bounded: a relay still dialling ends with its connect
 	// timeout, and the process does not wait for it).

@@ -449,7 +449,8 @@ func TestDrainCompletesInFlight(t *testing.T) {
 func TestDrainTimeout(t *testing.T) {
 	u := newUpstream(t)
 	u.Delay.Store(int64(5 * time.Second))
-	r := start(t, sidecar.Config{Resolve: map[string]string{geo: u.Host()}, DrainTimeout: 200 * time.Millisecond})
+	var alog syncBuffer
+	r := start(t, sidecar.Config{Resolve: map[string]string{geo: u.Host()}, DrainTimeout: 200 * time.Millisecond, AccessLog: &alog})
 
 	res := proxytest.GetAsync(r.client, "http://"+geo+"/")
 	u.AwaitRequest(t, 5*time.Second)
@@ -471,6 +472,11 @@ func TestDrainTimeout(t *testing.T) {
 	case <-res: // cut off: an error, whatever it is
 	case <-time.After(3 * time.Second):
 		t.Error("the request cut off by the drain timeout did not end")
+	}
+	// The sidecar cut it, not its app: 503 shutdown, as a tunnel's
+	// "shutdown", never the 499 of an app that went away.
+	if l := alog.String(); !strings.Contains(l, `"status":503`) || !strings.Contains(l, `"error":"shutdown"`) {
+		t.Errorf("the access log of a request cut by the drain's end:\n%s\nwant status 503 and error shutdown", l)
 	}
 }
 
