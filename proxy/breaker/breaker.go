@@ -9,6 +9,7 @@ package breaker
 
 import (
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,9 @@ type Breaker struct {
 	cfg      policy.CircuitBreaker
 	openedAt atomic.Int64 // unix nanoseconds of the last transition to open
 	state    atomic.Int32 // the state as of the last transition
+	// why is the rule that last opened the breaker, for /debug/breakers
+	// (its counts start again at zero as it opens).
+	why atomic.Pointer[string]
 }
 
 // OnChange is told of every state transition; it is called with the
@@ -62,6 +66,9 @@ func New(destination string, cfg *policy.CircuitBreaker, onChange OnChange) *Bre
 		OnStateChange: func(name string, from, to gobreaker.State) {
 			if to == gobreaker.StateOpen {
 				b.openedAt.Store(time.Now().UnixNano())
+				if from == gobreaker.StateHalfOpen {
+					b.why.Store(&probeFailed)
+				}
 			}
 			b.state.Store(int32(to))
 			if onChange != nil {
@@ -83,13 +90,33 @@ func New(destination string, cfg *policy.CircuitBreaker, onChange OnChange) *Bre
 // it as gobreaker's default does, so that the (N+1)th request fails fast.
 func (b *Breaker) readyToTrip(c gobreaker.Counts) bool {
 	if int(c.ConsecutiveFailures) >= b.cfg.ConsecutiveFailures {
+		why := fmt.Sprintf("%d failures in a row (consecutiveFailures: %d)", c.ConsecutiveFailures, b.cfg.ConsecutiveFailures)
+		b.why.Store(&why)
 		return true
 	}
 	if fr := b.cfg.FailureRate; fr != nil {
 		done := c.TotalSuccesses + c.TotalFailures
-		return int(done) >= fr.MinRequests && float64(c.TotalFailures) >= fr.Threshold*float64(done)
+		if int(done) >= fr.MinRequests && float64(c.TotalFailures) >= fr.Threshold*float64(done) {
+			why := fmt.Sprintf("%d failures in %d tries within %v (failureRate.threshold: %v)", c.TotalFailures, done, fr.Window, fr.Threshold)
+			b.why.Store(&why)
+			return true
+		}
 	}
 	return false
+}
+
+var probeFailed = "a half-open probe failed"
+
+// Why is the rule that last opened the breaker ("5 failures in a row
+// (consecutiveFailures: 5)"), or "" while it is closed.
+func (b *Breaker) Why() string {
+	if b.State() == Closed {
+		return ""
+	}
+	if w := b.why.Load(); w != nil {
+		return *w
+	}
+	return ""
 }
 
 // Config returns the settings the breaker was built from.

@@ -2,6 +2,7 @@ package breaker
 
 import (
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
@@ -176,4 +177,34 @@ func TestLongestDurations(t *testing.T) {
 	if ra := b.RetryAfter(time.Now()); ra != policy.MaxStateDuration {
 		t.Fatalf("RetryAfter = %v, want %v", ra, policy.MaxStateDuration)
 	}
+}
+
+// TestWhy: an open breaker says which rule opened it, a half-open probe's
+// failure included; a closed one says nothing. In a synctest bubble: the
+// open timeout passes on the bubble's clock.
+func TestWhy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := New("d", cfg(2, 1, time.Hour), nil)
+		if w := b.Why(); w != "" {
+			t.Fatalf("closed: Why %q", w)
+		}
+		fail(t, b, 2)
+		if w := b.Why(); w != "2 failures in a row (consecutiveFailures: 2)" {
+			t.Fatalf("open: Why %q", w)
+		}
+		c := cfg(100, 1, time.Minute)
+		c.FailureRate = &policy.FailureRate{Threshold: 0.5, MinRequests: 2, Window: 10 * time.Second}
+		r := New("r", c, nil)
+		d, _ := r.Allow()
+		d(nil)
+		fail(t, r, 1)
+		if w := r.Why(); w != "1 failures in 2 tries within 10s (failureRate.threshold: 0.5)" {
+			t.Fatalf("open by rate: Why %q", w)
+		}
+		time.Sleep(time.Minute + time.Second) // past the open timeout: the next Allow half-opens
+		fail(t, r, 1)
+		if w := r.Why(); w != "a half-open probe failed" {
+			t.Fatalf("reopened: Why %q", w)
+		}
+	})
 }

@@ -241,6 +241,9 @@ type BreakerStatus struct {
 	State       string         `json:"state"`
 	Counts      breaker.Counts `json:"counts"`
 	OpenUntil   *time.Time     `json:"openUntil,omitempty"`
+	// OpenedBecause is the rule that opened it, while it is not closed
+	// (its counts start again at zero as it opens).
+	OpenedBecause string `json:"openedBecause,omitempty"`
 }
 
 func (d *destinations) statuses() []BreakerStatus {
@@ -254,7 +257,7 @@ func (d *destinations) statuses() []BreakerStatus {
 	d.mu.Unlock()
 	out := make([]BreakerStatus, 0, len(svcs))
 	for _, s := range svcs {
-		st := BreakerStatus{Destination: s.name, Policy: policyName(s.policy), State: s.breaker.State().String(), Counts: s.breaker.Counts()}
+		st := BreakerStatus{Destination: s.name, Policy: policyName(s.policy), State: s.breaker.State().String(), Counts: s.breaker.Counts(), OpenedBecause: s.breaker.Why()}
 		if t := s.breaker.OpenUntil(); !t.IsZero() {
 			st.OpenUntil = &t
 		}

@@ -308,6 +308,7 @@ type breakersDoc struct {
 		State       string             `json:"state"`
 		Counts      *map[string]uint32 `json:"counts"`
 		OpenUntil   *time.Time         `json:"openUntil"`
+		Because     string             `json:"openedBecause"`
 	} `json:"destinations"`
 }
 
@@ -332,7 +333,7 @@ func TestDebugBreakersAndReset(t *testing.T) {
 		t.Fatalf("/debug/breakers: %s", body)
 	}
 	d := doc.Destinations[0]
-	if d.Destination != geo || d.Policy != "geo" || d.State != "closed" || d.Counts == nil || d.OpenUntil != nil {
+	if d.Destination != geo || d.Policy != "geo" || d.State != "closed" || d.Counts == nil || d.OpenUntil != nil || d.Because != "" {
 		t.Errorf("closed breaker: %s", body)
 	}
 	if d.Counts != nil {
@@ -355,6 +356,9 @@ func TestDebugBreakersAndReset(t *testing.T) {
 	d = doc.Destinations[0]
 	if d.State != "open" || d.OpenUntil == nil || !d.OpenUntil.After(time.Now().Add(50*time.Second)) {
 		t.Errorf("open breaker (openTimeout 60s): %s", body)
+	}
+	if !strings.Contains(d.Because, "failures in a row (consecutiveFailures: ") {
+		t.Errorf("open breaker: openedBecause %q, want the rule that opened it: %s", d.Because, body)
 	}
 	if v, ok := r.metrics(t).Value("minimesh_circuit_breaker_state", "destination", geo, "state", "open"); !ok || v != 1 {
 		t.Errorf(`minimesh_circuit_breaker_state{state="open"} = %v (present %v), want 1`, v, ok)
