@@ -481,7 +481,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		s.inbound.Close()
 	}
 	s.outbound.SetDraining(true)
-	s.log.Info("draining", "timeout", s.cfg.DrainTimeout, "connections", s.outLn.Open())
+	s.log.Info("draining", "timeout", s.cfg.DrainTimeout.String(), "connections", s.outLn.Open())
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 	// Connections whose protocol is still being detected go on to their
