@@ -57,14 +57,9 @@ func NewTable(policies []*ResiliencePolicy, namespace string) *Table {
 			t.def = p
 			continue
 		}
-		host, port, _ := strings.Cut(svc, ":")
-		qualified := strings.Count(host, ".") + 1
-		for _, alias := range aliases(host, ns) {
-			rank := qualified
-			if alias == host {
-				rank += exactRank
-			}
-			t.add(alias, port, rankedPolicy{p, rank})
+		hosts, port := Spellings(svc, ns)
+		for _, h := range hosts {
+			t.add(h.Host, port, rankedPolicy{p, h.Rank})
 		}
 	}
 	slices.SortStableFunc(t.policies, func(a, b *ResiliencePolicy) int {
@@ -81,6 +76,38 @@ func NewTable(policies []*ResiliencePolicy, namespace string) *Table {
 		t.policies = append(t.policies, t.def)
 	}
 	return t
+}
+
+// Spelling is a host under which a policy is found, and how strongly it
+// claims that host against another policy's claim on the same host and
+// port: the higher Rank wins.
+type Spelling struct {
+	Host string
+	Rank int
+}
+
+// Spellings lists the hosts under which the policy of service (host or
+// host:port; not "*") is found for a pod in namespace ns, and the port
+// it names ("": any): every spelling of a Kubernetes Service (aliases),
+// ranked as Lookup settles two claims on one host, the spelling written
+// like the Host header first, then the most qualified. The Envoy export
+// gives each virtual host domain to the policy that ranks highest here,
+// so that it routes as the sidecar matches.
+func Spellings(service, ns string) (hosts []Spelling, port string) {
+	ns = strings.ToLower(ns)
+	if ns == "" {
+		ns = "default"
+	}
+	host, port, _ := strings.Cut(service, ":")
+	qualified := strings.Count(host, ".") + 1
+	for _, alias := range aliases(host, ns) {
+		rank := qualified
+		if alias == host {
+			rank += exactRank
+		}
+		hosts = append(hosts, Spelling{alias, rank})
+	}
+	return hosts, port
 }
 
 func (t *Table) add(host, port string, rp rankedPolicy) {
@@ -115,15 +142,15 @@ func aliases(host, ns string) []string {
 	if !ok || strings.Contains(host, ":") {
 		return []string{host}
 	}
-	out := []string{
-		name + "." + svcNS,
-		name + "." + svcNS + ".svc",
-		name + "." + svcNS + ".svc.cluster.local",
-	}
+	var out []string
 	if svcNS == ns {
 		out = append(out, name)
 	}
-	return out
+	return append(out,
+		name+"."+svcNS,
+		name+"."+svcNS+".svc",
+		name+"."+svcNS+".svc.cluster.local",
+	)
 }
 
 // Lookup returns the policy for a request's authority (host[:port], as

@@ -198,14 +198,10 @@ type claim struct {
 	rank   int
 }
 
-// Ranks of a claim, as policy.Table ranks them: a policy that names a
-// port beats one that does not; then a spelling equal to the Host beats
-// one that only reaches the same Service; then the more qualified
-// spelling (more labels) wins.
-const (
-	portRank  = 1 << 20
-	exactRank = 1000
-)
+// portRank lifts the claims of a policy that names a port above any of a
+// policy without one, as policy.Table looks up a port's policy first;
+// among claims alike, policy.Spellings ranks them as the Table does.
+const portRank = 1 << 20
 
 // newDestination names p's cluster and lists the Host spellings it
 // matches, reading its service as the sidecar does (policy.ServiceFQDN):
@@ -221,18 +217,10 @@ func newDestination(p *policy.ResiliencePolicy, ns string) *destination {
 		d.port, _ = strconv.Atoi(portStr)
 		namePort = d.port
 	}
-	qualified := strings.Count(h, ".") + 1
-	var spellings []string
 	subset := ""
 	if fqdn, ok := policy.ServiceFQDN(h, ns); ok {
 		d.host = fqdn
-		labels := strings.Split(fqdn, ".")
-		name, svcNS := labels[0], labels[1]
-		spellings = []string{name + "." + svcNS, name + "." + svcNS + ".svc", fqdn}
-		if svcNS == ns {
-			spellings = append([]string{name}, spellings...)
-		}
-		if qualified > 1 {
+		if strings.Contains(h, ".") {
 			// geo and geo.shop.svc.cluster.local are two policies of
 			// one Service (each wins the Hosts spelled like it): the
 			// qualified spelling goes in Istio's subset field.
@@ -240,19 +228,15 @@ func newDestination(p *policy.ResiliencePolicy, ns string) *destination {
 		}
 	} else {
 		d.host = h
-		spellings = []string{h}
 	}
 	d.name = ClusterName(namePort, subset, d.host)
+	spellings, _ := policy.Spellings(p.Spec.Service, ns)
 	for _, s := range spellings {
-		rank := qualified
-		if s == h {
-			rank += exactRank
-		}
 		if hasPort {
-			d.claims = append(d.claims, claim{s + ":" + portStr, rank + portRank})
+			d.claims = append(d.claims, claim{s.Host + ":" + portStr, s.Rank + portRank})
 			continue
 		}
-		d.claims = append(d.claims, claim{s, rank}, claim{s + ":" + strconv.Itoa(defaultPort), rank})
+		d.claims = append(d.claims, claim{s.Host, s.Rank}, claim{s.Host + ":" + strconv.Itoa(defaultPort), s.Rank})
 	}
 	return d
 }
