@@ -2,7 +2,6 @@ package envoy
 
 import (
 	"fmt"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -115,19 +114,7 @@ func TestCollisionsGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const golden = "testdata/collisions.golden.yaml"
-	if *update {
-		if err := os.WriteFile(golden, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("%s differs (go test ./policy/envoy -update):\n%s", golden, got)
-	}
+	checkGolden(t, "testdata/collisions.golden.yaml", got)
 	clusters, routes := readBack(t, got)
 	if len(clusters) != len(pols) || len(routes) != 1 || len(routes[0].VirtualHosts) != len(pols) {
 		t.Fatalf("%d clusters and %d route configurations for %d policies", len(clusters), len(routes), len(pols))
