@@ -89,6 +89,9 @@ type Handler struct {
 	draining atomic.Bool
 	// closing is set as the drain closes the tunnels and relays left.
 	closing atomic.Bool
+	// requests counts serve calls in flight (an atomic add at each end,
+	// no lock), for AwaitRequests.
+	requests atomic.Int64
 	// relays counts ServeTCP calls in flight, so that the drain can wait
 	// for the log lines of the relays it closed.
 	relays inflight
@@ -176,6 +179,20 @@ const DefaultRequestBodyTimeout = 30 * time.Second
 // default of 60 KiB; Go's own default of 1 MiB is far more than any
 // service needs.
 const MaxHeaderBytes = 64 << 10
+
+// AwaitRequests waits at most d for the requests in flight to end and be
+// recorded, and reports whether they did. The drain's end closes the
+// servers under the requests still running; each then ends at once, but
+// on its own goroutine, and the access log must not close before its
+// line is written.
+func (h *Handler) AwaitRequests(d time.Duration) bool {
+	for deadline := time.Now().Add(d); h.requests.Load() > 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
 
 // SetPolicies swaps in new policies. Requests in flight finish under the
 // policy they started with.
@@ -339,6 +356,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.serve(w,
 // serve handles a request; rd is the original destination of a
 // redirected connection, nil for a request to the proxy itself.
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
+	h.requests.Add(1)
+	defer h.requests.Add(-1) // after finish: the request is recorded
 	start := time.Now()
 	closeConn := h.draining.Load()
 	if closeConn {

@@ -502,6 +502,9 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		s.redirSrv.Close()
 	}
 	s.adminSrv.Close()
+	if !s.outbound.AwaitRequests(2 * time.Second) {
+		s.log.Warn("requests still running 2s after their connections were closed: their access log lines are lost")
+	}
 	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer fcancel()
 	if err := s.tracing.Shutdown(fctx); err != nil {
