@@ -163,8 +163,12 @@ type Conn struct {
 	// state is the last http.ConnState (low 3 bits) and the number of
 	// transitions since the connection opened (the rest). Only the
 	// connection's own goroutines write it, one after the other.
-	state  atomic.Uint64
-	closed atomic.Bool
+	state atomic.Uint64
+	// release gives the place back once, and every Close waits for it:
+	// a second closer (the server's goroutine whose read the drain's
+	// close ended) must not return while the place is still held, or the
+	// sweep that closed it counts it as left.
+	release sync.Once
 	// io reads and writes with raw system calls (nil: the TCPConn's own).
 	io *rawio.IO
 	// src and since are Share's: the peer's address, and when the state
@@ -218,7 +222,7 @@ func (c *Conn) State() http.ConnState { return http.ConnState(c.state.Load() & 7
 // Close closes the connection and releases its place under the cap.
 func (c *Conn) Close() error {
 	err := c.TCPConn.Close()
-	if c.closed.CompareAndSwap(false, true) {
+	c.release.Do(func() {
 		c.l.open.Add(-1)
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
@@ -228,7 +232,7 @@ func (c *Conn) Close() error {
 		case c.l.changed <- struct{}{}:
 		default:
 		}
-	}
+	})
 	return err
 }
 

@@ -324,6 +324,38 @@ func TestSweepPending(t *testing.T) {
 	}
 }
 
+// TestCloseTwice: when two goroutines close a connection at once (the
+// drain's sweep, and the server's goroutine whose read that close ended),
+// neither Close returns before the place is released: the sweep counts
+// what is left right after its closes. Each round races two closes.
+func TestCloseTwice(t *testing.T) {
+	l := listen(t, 0)
+	for range 300 {
+		c := dial(t, l.Addr().String())
+		sc, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := make(chan struct{})
+		held := make(chan bool, 2)
+		for range 2 {
+			go func() {
+				<-start
+				sc.Close()
+				l.mu.Lock()
+				_, ok := l.conns[sc.(*Conn)]
+				l.mu.Unlock()
+				held <- ok || l.Open() != 0
+			}()
+		}
+		close(start)
+		if <-held || <-held {
+			t.Fatal("Close returned while the connection still held its place")
+		}
+		c.Close()
+	}
+}
+
 // TestDrainEnds: Drain returns as soon as the last connection closes, and
 // with the number left when its context ends.
 func TestDrainEnds(t *testing.T) {
