@@ -20,7 +20,7 @@ import (
 // Breakers is what the admin server needs of the outbound path.
 type Breakers interface {
 	Breakers() any
-	ResetBreaker(destination string) bool
+	ResetBreaker(destination string) (name string, ok bool)
 }
 
 // Server is the admin endpoints' handler.
@@ -78,11 +78,12 @@ func (s *Server) serveReset(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "missing ?destination= (see GET /debug/breakers for names)"})
 		return
 	}
-	if !s.breakers.ResetBreaker(d) {
+	name, ok := s.breakers.ResetBreaker(d)
+	if !ok {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no breaker for destination " + d})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"destination": d, "state": "closed"})
+	writeJSON(w, http.StatusOK, map[string]string{"destination": name, "state": "closed"})
 }
 
 func (s *Server) serveConfig(w http.ResponseWriter, _ *http.Request) {

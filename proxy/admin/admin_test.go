@@ -17,12 +17,12 @@ func (f *fakeBreakers) Breakers() any {
 	return []map[string]any{{"destination": "geo-service:8000", "state": "open"}}
 }
 
-func (f *fakeBreakers) ResetBreaker(d string) bool {
+func (f *fakeBreakers) ResetBreaker(d string) (string, bool) {
 	if d != "geo-service:8000" {
-		return false
+		return "", false
 	}
 	f.reset = append(f.reset, d)
-	return true
+	return d, true
 }
 
 func newServer(t *testing.T) (*admin.Server, *fakeBreakers) {

@@ -199,10 +199,22 @@ func (d *destinations) setTable(t *policy.Table) {
 }
 
 // reset closes a destination's breaker by publishing the destination
-// again with a new breaker.
-func (d *destinations) reset(name string) bool {
+// again with a new breaker. It takes the name /debug/breakers shows or any
+// spelling an app's requests share that breaker under (a Service's longer
+// names, upper case, no port for :80), and returns the name it reset.
+func (d *destinations) reset(spelling string) (string, bool) {
+	authority := spelling
+	if _, _, err := net.SplitHostPort(authority); err != nil {
+		authority += ":80" // as get's callers default a plain http:// host
+	}
+	name := canonical(authority, d.namespace)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for _, svc := range d.services {
+		if svc.name == spelling { // the name shown, as it is
+			name = spelling
+		}
+	}
 	replaced := map[*destination]*destination{}
 	for key, svc := range d.services {
 		if svc.name != name || svc.breaker == nil {
@@ -220,7 +232,7 @@ func (d *destinations) reset(name string) bool {
 		d.services[key] = &fresh
 	}
 	if len(replaced) == 0 {
-		return false
+		return "", false
 	}
 	old := *d.byAuthority.Load()
 	next := make(map[string]authEntry, len(old))
@@ -231,7 +243,7 @@ func (d *destinations) reset(name string) bool {
 		next[k] = v
 	}
 	d.byAuthority.Store(&next)
-	return true
+	return name, true
 }
 
 // BreakerStatus is one destination's breaker, as /debug/breakers shows it.

@@ -76,3 +76,39 @@ spec:
 		d.setTable(table)
 	}
 }
+
+// TestResetSpellings: a breaker is reset by any spelling an app's
+// requests share it under, not only the name /debug/breakers shows; a
+// spelling of another breaker resets nothing.
+func TestResetSpellings(t *testing.T) {
+	table := policy.NewTable(nil, "shop")
+	d := newDestinations("shop", table, telemetry.New(0), func(string, ...any) {})
+	for _, a := range []string{"geo-service:8000", "cart:80", "api.example.com:443"} {
+		d.get(a)
+	}
+	for _, tc := range []struct{ spelling, want string }{
+		{"geo-service:8000", "geo-service:8000"},
+		{"GEO-SERVICE:8000", "geo-service:8000"},
+		{"geo-service.shop:8000", "geo-service:8000"},
+		{"geo-service.shop.svc.cluster.local.:8000", "geo-service:8000"},
+		{"cart", "cart:80"},
+		{"cart.shop.svc", "cart:80"},
+		{"API.example.com.:443", "api.example.com:443"},
+		{"geo-service", ""},            // :80, not :8000
+		{"geo-service.other:8000", ""}, // another namespace's Service
+		{"api.example.com", ""},
+	} {
+		var before *destination
+		if tc.want != "" {
+			before = d.get(tc.want)
+		}
+		name, ok := d.reset(tc.spelling)
+		if name != tc.want || ok != (tc.want != "") {
+			t.Errorf("reset(%q) = %q, %v; want %q", tc.spelling, name, ok, tc.want)
+			continue
+		}
+		if ok && d.get(tc.want) == before {
+			t.Errorf("reset(%q): %s kept its breaker", tc.spelling, tc.want)
+		}
+	}
+}

@@ -209,8 +209,10 @@ func (h *Handler) Endpoints() []EndpointsStatus { return h.dests.eps.statuses() 
 // Breakers returns every destination's breaker, for /debug/breakers.
 func (h *Handler) Breakers() []BreakerStatus { return h.dests.statuses() }
 
-// ResetBreaker closes one destination's breaker; false if unknown.
-func (h *Handler) ResetBreaker(destination string) bool { return h.dests.reset(destination) }
+// ResetBreaker closes one destination's breaker, named as /debug/breakers
+// names it or as an app may spell it; it returns that name, or false if
+// there is no such breaker.
+func (h *Handler) ResetBreaker(destination string) (string, bool) { return h.dests.reset(destination) }
 
 func (h *Handler) breakerStates() []telemetry.BreakerState {
 	st := h.dests.statuses()

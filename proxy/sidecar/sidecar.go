@@ -385,7 +385,7 @@ func (s *Sidecar) Handler() *outbound.Handler { return s.outbound }
 type breakers struct{ h *outbound.Handler }
 
 func (b breakers) Breakers() any                 { return b.h.Breakers() }
-func (b breakers) ResetBreaker(dest string) bool { return b.h.ResetBreaker(dest) }
+func (b breakers) ResetBreaker(dest string) (string, bool) { return b.h.ResetBreaker(dest) }
 func (s *Sidecar) debugConfig() any              { s.mu.Lock(); defer s.mu.Unlock(); return s.source }
 
 // Serve runs until ctx ends, then drains: /ready turns 503, the listener
