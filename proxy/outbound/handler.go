@@ -371,7 +371,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		if r.ProtoMajor >= 2 {
 			// A tunnel is a hijacked HTTP/1.1 connection; an HTTP/2 stream
 			// cannot be one.
-			h.refuse(w, r, http.StatusMethodNotAllowed, wellknown.ErrorBadRequest, "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
+			h.refuse(w, r, http.StatusMethodNotAllowed, wellknown.ErrorBadRequest, "", "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
 			return
 		}
 		h.serveConnect(w, r, start)
@@ -388,7 +388,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		authority, err = target(r)
 	}
 	if err != nil {
-		h.refuse(w, r, http.StatusBadRequest, wellknown.ErrorBadRequest, err.Error())
+		h.refuse(w, r, http.StatusBadRequest, wellknown.ErrorBadRequest, "", err.Error())
 		return
 	}
 	// The app's lines, when the lean loop gives them (leanhttp), say
@@ -400,7 +400,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	}
 	if !(lined && lines.ViaEnd == 0) && h.hop.seen(r.Header) {
 		h.log.Warn("request loop refused", "authority", authority, "via", echo.Clip(strings.Join(r.Header.Values("Via"), ", ")))
-		h.refuse(w, r, http.StatusLoopDetected, wellknown.ErrorLoop,
+		h.refuse(w, r, http.StatusLoopDetected, wellknown.ErrorLoop, canonical(authority, h.dests.namespace),
 			"request to "+authority+" has already passed through this sidecar (Via): a forwarding loop")
 		return
 	}
@@ -626,19 +626,20 @@ func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
 	return true
 }
 
-// refuse answers a request refused before its destination is known: no
-// metric labels to give it, but the app still gets an ID to quote.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, kind, msg string) {
+// refuse answers a request refused before it has a destination's
+// metrics and breaker (dest names it when it is known, else ""); the app
+// still gets an ID to quote.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, kind, dest, msg string) {
 	id := r.Header.Get(wellknown.HeaderRequestID)
 	if !requestid.Valid(id) {
 		id = requestid.New()
 	}
 	w.Header().Set(wellknown.HeaderRequestID, id)
 	if r.ProtoMajor == 2 && isGRPC(r.Header) {
-		writeGRPCError(w, grpcAnswer(kind, code), kind, errorBody{Message: msg, RequestID: id})
+		writeGRPCError(w, grpcAnswer(kind, code), kind, errorBody{Destination: dest, Message: msg, RequestID: id})
 		return
 	}
-	writeError(w, code, kind, errorBody{Message: msg, RequestID: id})
+	writeError(w, code, kind, errorBody{Destination: dest, Message: msg, RequestID: id})
 }
 
 // finish records a request: metrics, its span, its access log line.

@@ -293,6 +293,9 @@ func TestViaLoopRefused(t *testing.T) {
 	addResolve(resA, "svc-b:80", b.Addr)
 	resp, body := get(t, a.Client(), "http://svc-b/loop")
 	e := expectRefusal(t, resp, body, http.StatusLoopDetected, "loop")
+	if e.Destination != "svc-b:80" {
+		t.Errorf("the 508 names destination %q, want svc-b:80", e.Destination)
+	}
 	for _, s := range []struct {
 		name string
 		sc   *testSidecar
