@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 
@@ -97,12 +98,34 @@ func TestLinkerdExportApplies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	route, err := dyn.Resource(schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}).
-		Namespace("bakery-ia").Get(ctx, "nominatim", metav1.GetOptions{})
+	routes := dyn.Resource(schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}).
+		Namespace("bakery-ia")
+	route, err := routes.Get(ctx, "nominatim", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if a := route.GetAnnotations(); a["timeout.linkerd.io/request"] != "2s" || a["retry.linkerd.io/limit"] != "2" {
 		t.Fatalf("route annotations %v", a)
+	}
+	// The retrying route matches only what minimesh retries (a method or
+	// an Idempotency-Key each); the rest, POST among them, go to the
+	// second route, with the timeout and no retries.
+	matches, _, _ := unstructured.NestedSlice(route.Object, "spec", "rules")
+	if len(matches) != 1 {
+		t.Fatalf("route nominatim has %d rules, want 1", len(matches))
+	}
+	ms, _, _ := unstructured.NestedSlice(matches[0].(map[string]any), "matches")
+	for _, m := range ms {
+		m := m.(map[string]any)
+		if m["method"] == nil && m["headers"] == nil || m["method"] == "POST" {
+			t.Errorf("the retrying route matches %v: not only requests safe to send again", m)
+		}
+	}
+	rest, err := routes.Get(ctx, "nominatim-no-retry", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := rest.GetAnnotations(); a["timeout.linkerd.io/request"] != "2s" || a["retry.linkerd.io/limit"] != "" || a["retry.linkerd.io/http"] != "" {
+		t.Fatalf("route nominatim-no-retry annotations %v, want the timeout and no retries", a)
 	}
 }

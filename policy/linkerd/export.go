@@ -1,9 +1,11 @@
 // Package linkerd exports ResiliencePolicy objects as Linkerd
-// configuration: an HTTPRoute per policy carrying Linkerd's timeout and
-// retry annotations, and the destination Service's failure-accrual
-// annotations (per-endpoint ejection, outlierDetection). It is the migration path the README
-// promises; docs/migrating-to-linkerd.md lists every field, what it
-// becomes, and what does not carry over.
+// configuration: per policy an HTTPRoute carrying Linkerd's timeout and
+// retry annotations (two when it retries: one for the requests that are
+// safe to send again, one for the rest), and the destination Service's
+// failure-accrual annotations (per-endpoint ejection, outlierDetection).
+// It is the migration path the README promises;
+// docs/migrating-to-linkerd.md lists every field, what it becomes, and
+// what does not carry over.
 package linkerd
 
 import (
@@ -17,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/wellknown"
 )
 
 // Linkerd's annotation keys (linkerd.io reference: retries, timeouts,
@@ -33,11 +36,11 @@ const (
 	annMaxPenalty     = "balancer.linkerd.io/failure-accrual-consecutive-max-penalty"
 )
 
-// Export returns a YAML stream for kubectl: per policy an HTTPRoute and a
-// partial Service holding only annotations (apply it server-side, so that
-// it merges into the existing Service). What a policy says that Linkerd
-// cannot is written as comments above its documents, so nothing is
-// dropped silently.
+// Export returns a YAML stream for kubectl: per policy an HTTPRoute (two
+// when it retries, see safeMatches) and a partial Service holding only
+// annotations (apply it server-side, so that it merges into the existing
+// Service). What a policy says that Linkerd cannot is written as
+// comments above its documents, so nothing is dropped silently.
 //
 // The policies are read together, not one by one, because Kubernetes
 // objects are shared where policies are not: each HTTPRoute needs a name
@@ -50,6 +53,7 @@ func Export(pols []*policy.ResiliencePolicy) ([]byte, error) {
 		plans[i] = newPlan(p)
 	}
 	nameRoutes(plans)
+	padRoutes(plans)
 	mergeServices(plans)
 
 	var out bytes.Buffer
@@ -99,6 +103,15 @@ type plan struct {
 
 	route     map[string]string // the HTTPRoute's annotations
 	routeName string            // set by nameRoutes
+	// restName names the second HTTPRoute of a plan whose route retries
+	// (retrying): it takes the requests the first does not match, with
+	// the timeout and no retry annotations. Set by nameRoutes.
+	restName string
+	// padded is set (by padRoutes) on a route without retries that also
+	// lists safeMatches, so that the split routes of another policy for
+	// the same Service and port do not outrank it: the route it keeps
+	// level with.
+	padded string
 
 	// Service annotations, in two groups that Linkerd reads per
 	// Service: failure accrual (nil when ejection is off) and gRPC
@@ -109,6 +122,14 @@ type plan struct {
 
 	comments []string // about the output: names, where a document went
 	notes    []string // what Linkerd does not say as the policy does
+}
+
+// retrying reports whether the plan's HTTPRoute has retry annotations;
+// retries always write retry.linkerd.io/limit. Such a route is split in
+// two (safeMatches).
+func (pl *plan) retrying() bool {
+	_, ok := pl.route[annRetryLimit]
+	return ok
 }
 
 func (pl *plan) note(format string, a ...any) { pl.notes = append(pl.notes, fmt.Sprintf(format, a...)) }
@@ -233,9 +254,16 @@ func (pl *plan) retries(r *policy.Retries) {
 	if perTry != "" {
 		pl.grpc[annRetryTimeout] = perTry
 	}
-	if _, ok := pl.route[annRetryLimit]; ok {
-		pl.note("retryOn gRPC codes: retry.linkerd.io/grpc goes on the Service, and the HTTPRoute's own retry annotations win for the gRPC calls it matches (every path): give gRPC calls a GRPCRoute, or drop the HTTP retries")
-	}
+	// Linkerd's policy controller reads retry.linkerd.io/grpc only into
+	// GRPCRoutes: for a Service port with GRPCRoutes it sends those (and
+	// not the HTTPRoutes), else the HTTPRoutes, or a default route when
+	// there are none, whose retries come from the Service's
+	// retry.linkerd.io/http, limit and timeout (linkerd2
+	// policy-controller, grpc/src/outbound.rs and outbound/http.rs); the
+	// proxy's HTTP route retries no gRPC status (linkerd2-proxy, outbound
+	// policy/route.rs). Linkerd's maintainers say as much: gRPC retries
+	// need a GRPCRoute (linkerd/linkerd2#14033).
+	pl.note("retryOn gRPC codes (%s): written as retry.linkerd.io/grpc on the Service, which Linkerd applies only through GRPCRoutes: HTTPRoutes (those exported here, and the default route of a Service without routes) retry no gRPC status, so gRPC calls are retried on these codes only once a GRPCRoute is attached to the Service, and Linkerd then routes that port by its GRPCRoutes instead of its HTTPRoutes", grpcCodes)
 }
 
 // failureAccrual is outlierDetection as Linkerd's failure accrual: it
@@ -259,24 +287,127 @@ func (pl *plan) failureAccrual(s *policy.Spec) {
 	}
 }
 
-// documents are the plan's Kubernetes objects: its HTTPRoute, and the
+// idempotentMethods are the methods minimesh retries (docs/policy.md,
+// "Retries"), in that order.
+var idempotentMethods = []string{"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"}
+
+// idempotencyKeyValue is the RegularExpression that matches an
+// Idempotency-Key header with a value: the sidecar takes a request with a
+// non-empty one as safe to send again.
+const idempotencyKeyValue = ".+"
+
+// safeMatches are the HTTPRoute matches of the requests minimesh may
+// send again (docs/policy.md, "Retries"): one per idempotent method, and
+// one for an Idempotency-Key header with a value. They are how the
+// export keeps minimesh's rule, which Linkerd does not have:
+//
+//   - Linkerd retries any method. Its retry policy decides on the
+//     response status (retry.linkerd.io/http), the gRPC status and the
+//     error alone (linkerd2-proxy, outbound policy/route/retry.rs,
+//     is_retryable), and the only request it declines is one whose body
+//     passed 64 KiB (linkerd/http/retry). Its docs leave the choice to
+//     the user: annotate the HTTPRoutes that are idempotent (linkerd.io
+//     2.16, "Configuring Retries").
+//   - So a retrying policy becomes two HTTPRoutes for the same parent:
+//     one with these matches and the retry annotations, one matching
+//     every request (PathPrefix /) with the timeout only. A request goes
+//     to the route with the best match. The Gateway API ranks a method
+//     match above the number of header matches (HTTPRouteRule.Matches,
+//     gateway.networking.k8s.io/v1); Linkerd's proxy ranks them the other
+//     way round, after the path (linkerd/http/route, http/match.rs). Each
+//     of these matches has a method or a header and the catch-all has
+//     neither, so either way the safe requests take the retrying route,
+//     and the rest the other one.
+//   - The second route must exist: when HTTPRoutes are attached to a
+//     Service, Linkerd's proxy answers a request that none of them
+//     matches with 404 (outbound http/server.rs, NoRoute), as the Gateway
+//     API requires; only a Service without routes gets Linkerd's default
+//     route (policy-controller, grpc/src/outbound/http.rs).
+//   - Header presence is a RegularExpression match, which Linkerd accepts
+//     (policy-controller k8s/index/src/routes/http.rs): its proxy wants
+//     the expression to cover the whole value, of any of the header's
+//     values, read as visible ASCII (http/match/header.rs). So a value
+//     with other bytes does not match, and that request is not retried.
+//   - A route without retry annotations takes the Service's
+//     (retry.linkerd.io/limit and timeout, which the gRPC retries put
+//     there; policy-controller grpc/src/outbound/http.rs): mergeServices
+//     says so when they include a timeout, which retries any method.
+func safeMatches() []any {
+	var m []any
+	for _, method := range idempotentMethods {
+		m = append(m, object{"path": pathPrefixRoot(), "method": method})
+	}
+	return append(m, object{"path": pathPrefixRoot(), "headers": []any{
+		object{"name": wellknown.HeaderIdempotencyKey, "type": "RegularExpression", "value": idempotencyKeyValue},
+	}})
+}
+
+// matchAll matches every request.
+func matchAll() any { return object{"path": pathPrefixRoot()} }
+
+func pathPrefixRoot() object { return object{"type": "PathPrefix", "value": "/"} }
+
+// withoutRetries is the route's annotations less Linkerd's retry ones.
+func withoutRetries(ann map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range ann {
+		if !strings.HasPrefix(k, "retry.linkerd.io/") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// httpRoute is an HTTPRoute for the plan's Service (and port) with one
+// rule.
+func (pl *plan) httpRoute(name string, ann map[string]string, matches []any) object {
+	parent := object{"group": "core", "kind": "Service", "name": pl.svc.name}
+	if pl.svc.port != 0 {
+		parent["port"] = pl.svc.port
+	}
+	meta := object{"name": name, "namespace": pl.svc.ns}
+	if len(ann) > 0 {
+		meta["annotations"] = ann
+	}
+	return object{
+		"apiVersion": "gateway.networking.k8s.io/v1",
+		"kind":       "HTTPRoute",
+		"metadata":   meta,
+		"spec": object{
+			"parentRefs": []any{parent},
+			"rules":      []any{object{"matches": matches}},
+		},
+	}
+}
+
+// routesWithoutRetries are the plan's HTTPRoutes without retry
+// annotations of their own, as namespace/name: the one route of a plan
+// that does not retry, or the second of one that does.
+func (pl *plan) routesWithoutRetries() []string {
+	switch {
+	case len(pl.route) == 0:
+		return nil
+	case pl.retrying():
+		return []string{pl.svc.ns + "/" + pl.restName}
+	default:
+		return []string{pl.svc.ns + "/" + pl.routeName}
+	}
+}
+
+// documents are the plan's Kubernetes objects: its HTTPRoutes, and the
 // Service document when mergeServices put it on this plan.
 func (pl *plan) documents() []object {
 	var docs []object
-	if len(pl.route) > 0 {
-		parent := object{"group": "core", "kind": "Service", "name": pl.svc.name}
-		if pl.svc.port != 0 {
-			parent["port"] = pl.svc.port
-		}
-		docs = append(docs, object{
-			"apiVersion": "gateway.networking.k8s.io/v1",
-			"kind":       "HTTPRoute",
-			"metadata":   object{"name": pl.routeName, "namespace": pl.svc.ns, "annotations": pl.route},
-			"spec": object{
-				"parentRefs": []any{parent},
-				"rules":      []any{object{"matches": []any{object{"path": object{"type": "PathPrefix", "value": "/"}}}}},
-			},
-		})
+	switch {
+	case len(pl.route) == 0:
+	case pl.retrying():
+		docs = append(docs,
+			pl.httpRoute(pl.routeName, pl.route, safeMatches()),
+			pl.httpRoute(pl.restName, withoutRetries(pl.route), []any{matchAll()}))
+	case pl.padded != "":
+		docs = append(docs, pl.httpRoute(pl.routeName, pl.route, append(safeMatches(), matchAll())))
+	default:
+		docs = append(docs, pl.httpRoute(pl.routeName, pl.route, []any{matchAll()}))
 	}
 	if len(pl.service) > 0 {
 		docs = append(docs, object{
@@ -336,7 +467,9 @@ const maxNameLen = 253
 // ("orders-9000"). Names must also be unique in a namespace, or one
 // policy's route replaces another's on apply: policies keep their own
 // (valid) name when it is free, claimed in input order, and the others
-// get their service and port appended, then a number.
+// get their service and port appended, then a number. Last, the second
+// route of each retrying policy is named after its first, with
+// "-no-retry" (then a number).
 func nameRoutes(plans []*plan) {
 	taken := map[string]bool{}
 	key := func(pl *plan, name string) string { return pl.svc.ns + "/" + name }
@@ -375,6 +508,65 @@ func nameRoutes(plans []*plan) {
 			pl.comment("HTTPRoute %s/%s: named after spec.service, as the policy has no metadata.name", pl.svc.ns, name)
 		} else {
 			pl.comment("HTTPRoute %s/%s: another policy's HTTPRoute in namespace %s is named %s", pl.svc.ns, name, pl.svc.ns, own)
+		}
+	}
+	for _, pl := range plans {
+		if !pl.retrying() {
+			continue
+		}
+		base := joinName(pl.routeName, "no-retry")
+		name := base
+		for i := 2; taken[key(pl, name)]; i++ {
+			name = joinName(base, strconv.Itoa(i))
+		}
+		pl.restName = name
+		taken[key(pl, name)] = true
+		with := "no annotations"
+		if t := pl.route[annRequestTimeout]; t != "" {
+			with = "the same timeout and no retry annotations"
+		}
+		if name != base {
+			with += fmt.Sprintf(" (HTTPRoute %s/%s is another policy's)", pl.svc.ns, base)
+		}
+		pl.comment("HTTPRoute %s/%s retries only what minimesh retries: %s requests, and those with an %s header (Linkerd would retry any method); HTTPRoute %s/%s takes the others, with %s",
+			pl.svc.ns, pl.routeName, strings.Join(idempotentMethods, ", "), wellknown.HeaderIdempotencyKey, pl.svc.ns, name, with)
+	}
+}
+
+// padRoutes keeps the split routes of a retrying policy from changing
+// which policy's route Linkerd picks where two policies' routes apply on
+// one port of a Service: a policy without a port applies on all of them
+// (Linkerd attaches a parentRef without a port to every port), next to
+// the policies for one port, which minimesh applies there instead, and
+// next to the Service's other spellings, which minimesh tells apart by
+// host. Linkerd picks by the matches, then the oldest route, then the
+// first by name (timestamp_then_name in its policy controller), so
+// routes that match alike were level before the split, and the one
+// created first won. The retrying route matches the safe requests by
+// method or header (safeMatches), which outranks a match on the path
+// alone: so a route without retries that shares a port with it lists
+// safeMatches too, without retrying them, and the two stay level. Only a
+// policy without a port is left to be outranked on a port by that
+// port's own retrying routes, as minimesh would apply that port's
+// policy there.
+func padRoutes(plans []*plan) {
+	for _, split := range plans {
+		if !split.retrying() {
+			continue
+		}
+		on := fmt.Sprintf("on port %d of", split.svc.port)
+		if split.svc.port == 0 {
+			on = "on every port of"
+		}
+		for _, pl := range plans {
+			if pl == split || len(pl.route) == 0 || pl.retrying() || pl.padded != "" ||
+				pl.svc.ns != split.svc.ns || pl.svc.name != split.svc.name ||
+				split.svc.port != 0 && split.svc.port != pl.svc.port {
+				continue
+			}
+			pl.padded = split.routeName
+			pl.comment("HTTPRoute %s/%s also matches %s requests, and those with an %s header, without retrying them, so that HTTPRoute %s/%s (%s Service %s/%s), which retries them, does not outrank it: Linkerd prefers a match on the method or a header to one on the path alone; between routes that match alike it takes the oldest, then the first by name",
+				pl.svc.ns, pl.routeName, strings.Join(idempotentMethods, ", "), wellknown.HeaderIdempotencyKey, split.svc.ns, split.routeName, on, split.svc.ns, split.svc.name)
 		}
 	}
 }
@@ -439,6 +631,7 @@ func mergeServices(plans []*plan) {
 		get      func(*plan) map[string]string
 		what, is string
 		describe func(map[string]string) string
+		kept     func(kept *plan, pls []*plan) // called with the plan whose annotations are kept
 	}{
 		{
 			get: func(pl *plan) map[string]string { return pl.accrual }, what: "outlierDetection",
@@ -463,6 +656,7 @@ func mergeServices(plans []*plan) {
 				}
 				return s
 			},
+			kept: retryInherited,
 		},
 	}
 	for _, k := range order {
@@ -477,6 +671,9 @@ func mergeServices(plans []*plan) {
 			}
 			if kept == nil {
 				continue
+			}
+			if g.kept != nil {
+				g.kept(kept, pls)
 			}
 			maps.Copy(ann, g.get(kept))
 			for _, pl := range pls {
@@ -493,6 +690,34 @@ func mergeServices(plans []*plan) {
 			pl.comment("Service %s/%s: its annotations are in one document, with ResiliencePolicy %s", k.ns, k.name, label(pls[0].p))
 		}
 	}
+}
+
+// retryInherited notes, on the policy whose gRPC retry annotations a
+// Service keeps (kept), that Linkerd also reads their limit and timeout
+// as the Service's HTTP retry policy: its policy controller parses the
+// Service's annotations with the HTTPRoutes' parser (parse_http_retry;
+// any of http, limit and timeout makes a retry policy) and gives it to
+// every route rule without retry annotations of its own, and to the
+// default route of a Service without routes (policy-controller,
+// k8s/index/src/outbound/index.rs and grpc/src/outbound/http.rs). A limit
+// alone retries only what was never sent (fail-fast, REFUSED_STREAM);
+// with a timeout, a try of any method that exceeds it is retried, the
+// requests of the routes that do not retry (safeMatches) included.
+func retryInherited(kept *plan, pls []*plan) {
+	t := kept.grpc[annRetryTimeout]
+	if t == "" {
+		return
+	}
+	var routes []string
+	for _, pl := range pls {
+		routes = append(routes, pl.routesWithoutRetries()...)
+	}
+	where := "its default route, on a port without HTTPRoutes"
+	if len(routes) > 0 {
+		where = "its HTTPRoutes without retry annotations of their own (" + strings.Join(routes, ", ") + ") and to " + where
+	}
+	kept.note("retry.linkerd.io/timeout (%s) and retry.linkerd.io/limit (%s) on Service %s/%s, written for its gRPC retries: Linkerd also applies them to %s, and there retries any request, whatever its method, whose try exceeds %s; minimesh retries only requests safe to send again",
+		t, kept.grpc[annRetryLimit], kept.svc.ns, kept.svc.name, where, t)
 }
 
 // retryCodes is retryOn in Linkerd's retry.linkerd.io/http spelling;

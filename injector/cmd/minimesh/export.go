@@ -18,7 +18,9 @@ func newPolicyExportCmd() *cobra.Command {
 		Short: "Print ResiliencePolicy files as Linkerd or Envoy configuration",
 		Long: "export translates policies for a move to a full mesh.\n\n" +
 			"--to linkerd prints, per policy, an HTTPRoute with Linkerd's timeout and retry\n" +
-			"annotations and the destination Service's failure-accrual annotations (apply it\n" +
+			"annotations (two for a policy that retries: one retries only the requests\n" +
+			"minimesh would, the other takes the rest) and the destination Service's\n" +
+			"failure-accrual annotations (apply it\n" +
 			"with kubectl apply --server-side so that it merges into the existing Service).\n" +
 			"--to envoy prints an Envoy v3 Cluster per destination and one RouteConfiguration.\n" +
 			"What the target cannot express is printed as a comment: nothing is dropped\n" +
