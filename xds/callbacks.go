@@ -8,6 +8,8 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/minimesh/minimesh/internal/echo"
 )
 
 // endpointType is EDS's type URL.
@@ -25,21 +27,40 @@ func Callbacks(log *slog.Logger, reg prometheus.Registerer) serverv3.Callbacks {
 		Name: "minimesh_xds_nacks_total", Help: "Responses a sidecar refused (NACK); the log names the sidecar and the reason.",
 	})
 	reg.MustRegister(streams, nacks)
+	nack := func(node *corev3.Node, typeURL, version, nonce, reason string) {
+		nacks.Inc()
+		what := "policies"
+		if typeURL == endpointType {
+			what = "endpoints"
+		}
+		// Every value is the client's: a line per NACK repeats at most
+		// 100 bytes of each (a client may send megabytes).
+		log.Warn("xds: a sidecar refused its "+what+" (NACK)", "node", echo.Clip(node.GetId()),
+			"type", echo.Clip(typeURL), "version", echo.Clip(version), "nonce", echo.Clip(nonce), "reason", echo.Clip(reason))
+	}
 	return serverv3.CallbackFuncs{
 		StreamOpenFunc: func(context.Context, int64, string) error {
 			streams.Inc()
 			return nil
 		},
 		StreamClosedFunc: func(int64, *corev3.Node) { streams.Dec() },
+		// Incremental streams (an Envoy may use them) are sidecars too.
+		DeltaStreamOpenFunc: func(context.Context, int64, string) error {
+			streams.Inc()
+			return nil
+		},
+		DeltaStreamClosedFunc: func(int64, *corev3.Node) { streams.Dec() },
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			if d := req.GetErrorDetail(); d != nil {
-				nacks.Inc()
-				what := "policies"
-				if req.GetTypeUrl() == endpointType {
-					what = "endpoints"
-				}
-				log.Warn("xds: a sidecar refused its "+what+" (NACK)", "node", req.GetNode().GetId(),
-					"type", req.GetTypeUrl(), "version", req.GetResponseNonce(), "reason", d.GetMessage())
+				// version_info is the last version the client accepted;
+				// the nonce names the response it refused.
+				nack(req.GetNode(), req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(), d.GetMessage())
+			}
+			return nil
+		},
+		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
+			if d := req.GetErrorDetail(); d != nil {
+				nack(req.GetNode(), req.GetTypeUrl(), "", req.GetResponseNonce(), d.GetMessage())
 			}
 			return nil
 		},

@@ -2,18 +2,63 @@ package xds
 
 import (
 	"context"
+	"net"
+	"net/netip"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
+
+// What one client can make the server hold is bounded by these, each
+// refused with an error that ends the stream (the client reconnects, a
+// minimesh sidecar with backoff, keeping its last good set):
+const (
+	// MaxRequestBytes bounds one discovery request, its node included
+	// (an Envoy's node, with its list of extensions, is tens of KB; a
+	// sidecar's, under 200 bytes). The server keeps the last request of
+	// each type of a stream, node and all, for as long as the stream
+	// lasts.
+	MaxRequestBytes = 256 << 10
+	// MaxDeltaNames bounds the resource names one incremental stream
+	// subscribes to in one type: subscriptions add up over requests.
+	MaxDeltaNames = 20000
+	// DefaultMaxStreamsPerPeer bounds the streams open from one IP
+	// address other than loopback (Server.MaxStreamsPerPeer): a sidecar
+	// holds one, an Envoy one per xDS type at most, a restarting pod two
+	// for a moment. One address can be a whole node's pods where the
+	// network masquerades pod traffic (or for hostNetwork pods), so the
+	// bound is above the most pods a node runs (the kubelet's maxPods:
+	// 110 by default, 250 the largest Kubernetes supports), each with a
+	// stream and a restart's second. Each stream costs a few goroutines
+	// and, for a client that stops reading, one response in memory.
+	DefaultMaxStreamsPerPeer = 512
+)
+
+// checkRequest refuses a request of a type that is not an xDS resource
+// type: the server keeps a watch per type a stream names, and would keep
+// one for every string a client sends. "" is the stream's own type (a
+// non-ADS stream); ADS refuses it itself.
+func checkRequest(typeURL string, size int) error {
+	if typeURL != "" && cachev3.GetResponseType(typeURL) == types.UnknownType {
+		return status.Errorf(codes.InvalidArgument, "type %s: not an xDS resource type", echo.Quote(typeURL))
+	}
+	if size > MaxRequestBytes {
+		return status.Errorf(codes.InvalidArgument, "a request of %d bytes: at most %d", size, MaxRequestBytes)
+	}
+	return nil
+}
 
 // DefaultNamespace is the namespace of a node whose metadata names none,
 // as the sidecar's own matching (policy.NewTable) assumes.
@@ -38,7 +83,7 @@ func (nodeNamespace) ID(n *corev3.Node) string { return namespaceOf(n) }
 func checkedNamespace(n *corev3.Node) (string, error) {
 	ns := namespaceOf(n)
 	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-		return "", status.Errorf(codes.InvalidArgument, "node %q: namespace %q: %s", n.GetId(), ns, strings.Join(errs, "; "))
+		return "", status.Errorf(codes.InvalidArgument, "node %s: namespace %s: %s", echo.Quote(n.GetId()), echo.Quote(ns), strings.Join(errs, "; "))
 	}
 	return ns, nil
 }
@@ -61,7 +106,7 @@ func (s *Server) open(k streamKey, node *corev3.Node) error {
 	if have, isOpen := s.streams[k]; isOpen {
 		// A delta stream's later requests need not repeat the node.
 		if ns := namespaceOf(node); node != nil && ns != have {
-			return status.Errorf(codes.InvalidArgument, "node %q: the stream is in namespace %q, not %q", node.GetId(), have, ns)
+			return status.Errorf(codes.InvalidArgument, "node %s: the stream is in namespace %q, not %s", echo.Quote(node.GetId()), have, echo.Quote(ns))
 		}
 		return nil
 	}
@@ -73,8 +118,9 @@ func (s *Server) open(k streamKey, node *corev3.Node) error {
 	return s.join(ns)
 }
 
-// closed lets go of a stream's namespace. The server calls it after it
-// cancelled the stream's watches.
+// closed lets go of a stream's namespace and its place among its peer's
+// streams. The server calls it after it cancelled the stream's watches
+// (and for a stream refused at its opening).
 func (s *Server) closed(k streamKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -82,6 +128,72 @@ func (s *Server) closed(k streamKey) {
 		delete(s.streams, k)
 		s.leave(ns)
 	}
+	if p, ok := s.peerOf[k]; ok {
+		delete(s.peerOf, k)
+		if s.perPeer[p]--; s.perPeer[p] <= 0 {
+			delete(s.perPeer, p)
+		}
+	}
+	delete(s.deltaNames, k)
+}
+
+// opened counts a new stream against its peer's address, refusing it
+// past MaxStreamsPerPeer.
+func (s *Server) opened(ctx context.Context, k streamKey) error {
+	addr := "unknown"
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			addr = host
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ip, err := netip.ParseAddr(addr); err == nil && ip.IsLoopback() && !s.capLoopback {
+		// The controller's own pod (and a test's or benchmark's machine,
+		// whose thousand sidecars all come from 127.0.0.1).
+		return nil
+	}
+	limit := s.MaxStreamsPerPeer
+	if limit <= 0 {
+		limit = DefaultMaxStreamsPerPeer
+	}
+	if s.perPeer[addr] >= limit {
+		return status.Errorf(codes.ResourceExhausted, "%d xDS streams open from %s already: at most %d", s.perPeer[addr], addr, limit)
+	}
+	s.perPeer[addr]++
+	s.peerOf[k] = addr
+	return nil
+}
+
+// subscribed applies a delta request's subscriptions to the names its
+// stream follows in its type, refusing more than MaxDeltaNames.
+func (s *Server) subscribed(k streamKey, req *discovery.DeltaDiscoveryRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	byType := s.deltaNames[k]
+	if byType == nil {
+		byType = map[string]map[string]struct{}{}
+		s.deltaNames[k] = byType
+	}
+	names := byType[req.GetTypeUrl()]
+	if names == nil {
+		names = map[string]struct{}{}
+		byType[req.GetTypeUrl()] = names
+	}
+	for _, n := range req.GetResourceNamesUnsubscribe() {
+		delete(names, n)
+	}
+	for _, n := range req.GetResourceNamesSubscribe() {
+		names[n] = struct{}{}
+	}
+	for n := range req.GetInitialResourceVersions() {
+		names[n] = struct{}{}
+	}
+	if len(names) > MaxDeltaNames {
+		return status.Errorf(codes.InvalidArgument, "type %s: more than %d resource names subscribed on one stream", echo.Quote(req.GetTypeUrl()), MaxDeltaNames)
+	}
+	return nil
 }
 
 // streamCallbacks tie streams to namespaces, then call the caller's
@@ -91,7 +203,24 @@ type streamCallbacks struct {
 	s *Server
 }
 
+func (c streamCallbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	if err := c.s.opened(ctx, streamKey{id: id}); err != nil {
+		return err
+	}
+	return c.Callbacks.OnStreamOpen(ctx, id, typeURL)
+}
+
+func (c streamCallbacks) OnDeltaStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	if err := c.s.opened(ctx, streamKey{delta: true, id: id}); err != nil {
+		return err
+	}
+	return c.Callbacks.OnDeltaStreamOpen(ctx, id, typeURL)
+}
+
 func (c streamCallbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
+	if err := checkRequest(req.GetTypeUrl(), proto.Size(req)); err != nil {
+		return err
+	}
 	if err := c.s.open(streamKey{id: id}, req.GetNode()); err != nil {
 		return err
 	}
@@ -104,7 +233,13 @@ func (c streamCallbacks) OnStreamClosed(id int64, node *corev3.Node) {
 }
 
 func (c streamCallbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
+	if err := checkRequest(req.GetTypeUrl(), proto.Size(req)); err != nil {
+		return err
+	}
 	if err := c.s.open(streamKey{delta: true, id: id}, req.GetNode()); err != nil {
+		return err
+	}
+	if err := c.s.subscribed(streamKey{delta: true, id: id}, req); err != nil {
 		return err
 	}
 	return c.Callbacks.OnStreamDeltaRequest(id, req)

@@ -52,7 +52,12 @@ import (
 // sidecars connected.
 type Server struct {
 	Cache cachev3.SnapshotCache
-	xds   serverv3.Server
+	// MaxStreamsPerPeer bounds the streams open from one IP address
+	// (0: DefaultMaxStreamsPerPeer); set it before serving. Loopback is
+	// not bounded.
+	MaxStreamsPerPeer int
+	capLoopback       bool // tests: bound loopback too
+	xds               serverv3.Server
 
 	mu sync.Mutex
 	// set: policies were given. Until then streams wait without an
@@ -70,6 +75,11 @@ type Server struct {
 	groups  map[string]*group
 	streams map[streamKey]string // open stream → its namespace
 	shared  map[string]*shared   // snapshots by version
+	// What each peer holds: streams by address, and the names each
+	// delta stream subscribed to, by type.
+	perPeer    map[string]int
+	peerOf     map[streamKey]string
+	deltaNames map[streamKey]map[string]map[string]struct{}
 }
 
 type group struct {
@@ -93,6 +103,10 @@ func NewServer(ctx context.Context, cb serverv3.Callbacks) *Server {
 		groups:  map[string]*group{},
 		streams: map[streamKey]string{},
 		shared:  map[string]*shared{},
+
+		perPeer:    map[string]int{},
+		peerOf:     map[streamKey]string{},
+		deltaNames: map[streamKey]map[string]map[string]struct{}{},
 	}
 	// No endpoints until told: answered as none (a version of its own).
 	s.endpoints, _ = endpointResources(nil)
@@ -170,7 +184,7 @@ func (s *Server) checkNames() error {
 		errs = append(errs, fmt.Errorf("cluster-wide policies: %w", err))
 	}
 	for _, ns := range slices.Sorted(maps.Keys(s.byNS)) {
-		if err := envoy.CheckNames(merge(s.global, s.byNS[ns]), ns); err != nil {
+		if err := envoy.CheckNames(Merge(s.global, s.byNS[ns]), ns); err != nil {
 			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
 		}
 	}
@@ -252,7 +266,7 @@ func (s *Server) publish(ns string, memo map[string]*content) error {
 	c := memo[key]
 	if c == nil {
 		c = &content{}
-		c.clusters, c.routes, c.version, c.err = Resources(merge(s.global, s.byNS[ns]), ns)
+		c.clusters, c.routes, c.version, c.err = Resources(Merge(s.global, s.byNS[ns]), ns)
 		if memo != nil {
 			memo[key] = c
 		}
@@ -324,9 +338,9 @@ func (s *Server) unshare(version string) {
 	}
 }
 
-// merge is the namespace's policies over the global ones: a namespace's
-// policy for a service wins.
-func merge(global, local []*policy.ResiliencePolicy) []*policy.ResiliencePolicy {
+// Merge is the namespace's policies over the global ones, as a sidecar of
+// that namespace is served them: a namespace's policy for a service wins.
+func Merge(global, local []*policy.ResiliencePolicy) []*policy.ResiliencePolicy {
 	own := map[string]bool{}
 	for _, p := range local {
 		own[p.Spec.Service] = true

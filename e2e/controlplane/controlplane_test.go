@@ -335,3 +335,36 @@ func TestClusterWidePolicyReachesEveryNamespace(t *testing.T) {
 		t.Fatalf("after the fall-back the breaker opened after %d failures, want 4", n)
 	}
 }
+
+// TestConflictingPoliciesServeTheOlder: two ResiliencePolicy objects in
+// one namespace for the same service, which the CRD cannot refuse (it
+// sees one object at a time). The older is served, the newer says
+// Accepted=False with reason Conflict, and the namespace's other
+// policies and later changes still reach its sidecars. Before, the
+// controller handed both to the xDS server, which refused the
+// namespace's whole set: a sidecar starting in that namespace got no
+// answer at all (and served the defaults after --xds-initial-timeout),
+// no change to the namespace's policies reached any sidecar, and both
+// objects said Accepted=True.
+func TestConflictingPoliciesServeTheOlder(t *testing.T) {
+	p := startPlane(t)
+	p.apply(t, "shop", "geo-a", "{service: geo-service, circuitBreaker: {consecutiveFailures: 3}}")
+	waitStatus(t, p, "shop", "geo-a", "True")
+	p.apply(t, "shop", "geo-b", "{service: geo-service, circuitBreaker: {consecutiveFailures: 6}}")
+	_, msg := waitStatus(t, p, "shop", "geo-b", "False")
+	if !strings.Contains(msg, "geo-a") {
+		t.Errorf("the refused policy's status does not name the one served: %q", msg)
+	}
+	if s, _ := p.accepted(t, "shop", "geo-a"); s != "True" {
+		t.Errorf("the older policy: Accepted=%s", s)
+	}
+
+	p.startSidecar(t, "shop")
+	p.waitFailures(t, 3)
+
+	if out, err := p.c.Kubectl(context.Background(), "delete", "resiliencepolicy", "-n", "shop", "geo-a"); err != nil {
+		t.Fatalf("kubectl delete: %v\n%s", err, out)
+	}
+	t.Logf("the older deleted → the other served: %v", p.waitFailures(t, 6))
+	waitStatus(t, p, "shop", "geo-b", "True")
+}

@@ -9,8 +9,10 @@ package policyctl
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -26,6 +28,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/policy/envoy"
+	"github.com/minimesh/minimesh/xds"
 )
 
 // GVR is the ResiliencePolicy resource.
@@ -54,10 +58,10 @@ type Controller struct {
 	GlobalNamespace string
 	Log             *slog.Logger
 
+	mu       sync.Mutex // informer only: Synced (the controller's /readyz) never waits for a sync
 	informer cache.SharedIndexInformer
 	missing  atomic.Bool
-	mu       sync.Mutex
-	lastGood map[string]*policy.ResiliencePolicy // by namespace/name: served while a newer version is invalid
+	lastGood map[string]*policy.ResiliencePolicy // by namespace/name: served while a newer version is invalid; sync's only
 }
 
 // Run watches until ctx ends.
@@ -113,16 +117,35 @@ func (c *Controller) Synced() bool {
 	return c.missing.Load() || inf != nil && inf.HasSynced()
 }
 
+// sync publishes what the objects hold now, then writes their
+// statuses. The publish comes first: a status write is an API call,
+// rate-limited by client-go (5 a second by default) and without a
+// timeout of its own, and a sidecar must not wait for every object's
+// status (100 new objects: 18 s) or for an API server that hangs, to get
+// its policies.
 func (c *Controller) sync(ctx context.Context) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	byNS := map[string][]*policy.ResiliencePolicy{}
-	seen := map[string]bool{}
-	objs := c.informer.GetStore().List()
+	inf := c.informer
+	c.mu.Unlock()
+	objs := inf.GetStore().List()
+	// Oldest first: of two objects that govern the same service in one
+	// namespace, the older is served (a newer one cannot take a service
+	// over by being created), whatever their names.
 	sort.Slice(objs, func(i, j int) bool {
-		return objs[i].(*unstructured.Unstructured).GetName() < objs[j].(*unstructured.Unstructured).GetName()
+		a, b := objs[i].(*unstructured.Unstructured), objs[j].(*unstructured.Unstructured)
+		ta, tb := a.GetCreationTimestamp(), b.GetCreationTimestamp()
+		if !ta.Equal(&tb) {
+			return ta.Before(&tb)
+		}
+		if a.GetNamespace() != b.GetNamespace() {
+			return a.GetNamespace() < b.GetNamespace()
+		}
+		return a.GetName() < b.GetName()
 	})
-	for _, o := range objs {
+	verdicts := make([]error, len(objs))
+	served := make([]bool, len(objs))
+	seen := map[string]bool{}
+	for i, o := range objs {
 		u := o.(*unstructured.Unstructured)
 		key := u.GetNamespace() + "/" + u.GetName()
 		seen[key] = true
@@ -132,22 +155,61 @@ func (c *Controller) sync(ctx context.Context) {
 		} else {
 			c.Log.Warn("policy refused; its last good version keeps serving", "policy", key, "err", err)
 		}
-		c.writeStatus(ctx, u, err)
-		if good := c.lastGood[key]; good != nil {
-			byNS[u.GetNamespace()] = append(byNS[u.GetNamespace()], good)
-		}
+		verdicts[i] = err
 	}
 	for key := range c.lastGood {
 		if !seen[key] {
 			delete(c.lastGood, key)
 		}
 	}
-	global := byNS[c.GlobalNamespace]
-	delete(byNS, c.GlobalNamespace)
+	// The cluster-wide set first, then each namespace's own over it: a
+	// policy that would share its Envoy cluster with one already taken
+	// (the same service twice in one namespace) is refused, so that
+	// neither the server refuses the whole namespace's set (freezing
+	// every change to it, and leaving a sidecar that starts there with
+	// no answer at all) nor a sidecar NACKs it.
+	var global []*policy.ResiliencePolicy
+	byNS := map[string][]*policy.ResiliencePolicy{}
+	for _, pass := range []bool{true, false} {
+		for i, o := range objs {
+			u := o.(*unstructured.Unstructured)
+			if (u.GetNamespace() == c.GlobalNamespace) != pass {
+				continue
+			}
+			good := c.lastGood[u.GetNamespace()+"/"+u.GetName()]
+			if good == nil {
+				continue
+			}
+			var err error
+			if pass {
+				err = envoy.CheckNames(append(slices.Clip(global), good), "")
+			} else {
+				err = envoy.CheckNames(xds.Merge(global, append(slices.Clip(byNS[u.GetNamespace()]), good)), u.GetNamespace())
+			}
+			if err != nil {
+				c.Log.Warn("policy refused: another one governs its service", "policy", u.GetNamespace()+"/"+u.GetName(), "err", err)
+				verdicts[i] = conflict{err}
+				continue
+			}
+			served[i] = true
+			if pass {
+				global = append(global, good)
+			} else {
+				byNS[u.GetNamespace()] = append(byNS[u.GetNamespace()], good)
+			}
+		}
+	}
 	if err := c.Sink.Set(global, byNS); err != nil {
 		c.Log.Error("publish policies", "err", err)
 	}
+	for i, o := range objs {
+		c.writeStatus(ctx, o.(*unstructured.Unstructured), verdicts[i], served[i])
+	}
 }
+
+// conflict is the verdict on a valid policy that another one, older,
+// keeps from being served.
+type conflict struct{ error }
 
 // decode validates an object as `minimesh policy lint` validates a file.
 func decode(u *unstructured.Unstructured) (*policy.ResiliencePolicy, error) {
@@ -172,12 +234,16 @@ func decode(u *unstructured.Unstructured) (*policy.ResiliencePolicy, error) {
 }
 
 // writeStatus sets the Accepted condition and observedGeneration when
-// they changed.
-func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, verdict error) {
+// they changed. served says whether a version of the object is served.
+func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, verdict error, served bool) {
 	status, reason, msg := "True", "Valid", "the policy is served to sidecars"
-	if verdict != nil {
+	var cf conflict
+	switch {
+	case errors.As(verdict, &cf):
+		status, reason, msg = "False", "Conflict", cf.Error()+" (the older policy is served; this one is not)"
+	case verdict != nil:
 		status, reason, msg = "False", "Invalid", verdict.Error()
-		if c.lastGood[u.GetNamespace()+"/"+u.GetName()] != nil {
+		if served {
 			msg += " (the last valid version keeps serving)"
 		}
 	}
