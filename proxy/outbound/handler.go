@@ -92,8 +92,10 @@ type Handler struct {
 	// requests counts serve calls in flight (an atomic add at each end,
 	// no lock), for AwaitRequests.
 	requests atomic.Int64
-	// relays counts ServeTCP calls in flight, so that the drain can wait
-	// for the log lines of the relays it closed.
+	// relays counts ServeTCP calls and CONNECT tunnels (from their
+	// request) in flight, so that the drain waits for them, including one
+	// whose connections are not known yet, and for the log lines of
+	// those it closed.
 	relays inflight
 	log    *slog.Logger
 	// rpOnly sends every request through rp, fastProxy's requests too:

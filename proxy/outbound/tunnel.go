@@ -32,6 +32,17 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: "CONNECT needs host:port, got " + echo.Quote(authority), RequestID: id})
 		return
 	}
+	// In flight from here, before its connection is hijacked (which takes
+	// it out of the listener's drain) until its relay has ended: the
+	// drain waits for it and closes it at its end, though its relay's
+	// connections are not yet known.
+	h.relays.add()
+	relaying := false
+	defer func() {
+		if !relaying {
+			h.relays.done()
+		}
+	}()
 	dst := h.dests.get(authority)
 	st := &reqState{dest: dst, authority: authority, code: http.StatusOK, start: start, attempts: 1}
 	st.id = r.Header.Get(wellknown.HeaderRequestID)
@@ -100,7 +111,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	if n := buf.Reader.Buffered(); n > 0 {
 		early, _ = buf.Reader.Peek(n)
 	}
-	h.relays.add()
+	relaying = true
 	go func() {
 		defer h.relays.done()
 		sent, received, result := h.relayConn(client, early, up, dst)
@@ -192,8 +203,7 @@ func closeWrite(c net.Conn) {
 type tunnels struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]net.Conn
-	idle   chan struct{} // closed when the last tunnel ends, during drain
-	closed bool          // the drain closed those left: no more
+	closed bool // the drain closed those left: no more
 }
 
 // add tracks a tunnel or relay. False when the drain has closed those
@@ -214,52 +224,46 @@ func (t *tunnels) add(client, up net.Conn) bool {
 func (t *tunnels) remove(client, up net.Conn) {
 	t.mu.Lock()
 	delete(t.conns, client)
-	if len(t.conns) == 0 && t.idle != nil {
-		close(t.idle)
-		t.idle = nil
-	}
 	t.mu.Unlock()
 }
 
-// Drain waits until open tunnels and upgraded connections end or ctx is
-// done, then closes the tunnels left; upgraded connections left end with
-// the process.
+// Drain waits until the tunnels and opaque relays in flight and the
+// upgraded connections end or ctx is done, then closes the tunnels and
+// relays left; upgraded connections left are closed with their listener's
+// connections (connlimit.Listener.CloseAll). A tunnel or relay counts from
+// its start (a CONNECT from its request, a redirected connection from
+// ServeTCP), not from when its connections are known: one still dialling,
+// or whose 200 is on its way, when the drain begins is waited for too, and
+// closed at its end.
 func (h *Handler) Drain(ctx context.Context) {
 	upgrades := make(chan struct{})
 	go func() { h.upgrades.Wait(); close(upgrades) }()
-	t := &h.tunnels
-	t.mu.Lock()
-	idle := make(chan struct{})
-	if len(t.conns) == 0 {
-		close(idle)
-	} else {
-		t.idle = idle
-	}
-	t.mu.Unlock()
 	select {
-	case <-idle:
+	case <-h.relays.idle():
 		select {
 		case <-upgrades:
 		case <-ctx.Done():
 		}
 	case <-ctx.Done():
-		h.closing.Store(true)
-		t.mu.Lock()
-		t.closed = true
-		for c, up := range t.conns {
-			c.Close()
-			up.Close()
-		}
-		t.mu.Unlock()
 	}
-	if ctx.Err() != nil {
-		// The drain's time is up: what the servers close next was cut by
-		// it, not by its app (finish: 503 shutdown, not 499).
-		h.closing.Store(true)
+	if ctx.Err() == nil {
+		return
 	}
-	// The opaque relays closed above end at once; their metric and log
-	// line follow (bounded: a relay still dialling ends with its connect
-	// timeout, and the process does not wait for it).
+	// The drain's time is up: what is closed from now on was cut by it,
+	// not by its app (a relay's result "shutdown"; finish: 503 shutdown,
+	// not 499).
+	h.closing.Store(true)
+	t := &h.tunnels
+	t.mu.Lock()
+	t.closed = true
+	for c, up := range t.conns {
+		c.Close()
+		up.Close()
+	}
+	t.mu.Unlock()
+	// The relays closed above end at once; their metric and log line
+	// follow (bounded: one still dialling ends with its connect timeout,
+	// and the process does not wait for it).
 	select {
 	case <-h.relays.idle():
 	case <-time.After(relayLogGrace):

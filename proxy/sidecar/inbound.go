@@ -21,6 +21,7 @@ func (s *Sidecar) listenInbound(opaque *transparent.Ports, errLog *log.Logger) e
 		return fmt.Errorf("inbound listener: %w", err)
 	}
 	inLn := connlimit.New(ln.(*net.TCPListener), s.cfg.MaxInboundConnections)
+	s.inLn = inLn
 	// Nothing sent through the sidecar may reach its own listeners, this
 	// one included (the pod's own IP:15006, say).
 	s.outbound.AddListener(inLn.Addr())

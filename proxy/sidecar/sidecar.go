@@ -153,8 +153,13 @@ type Sidecar struct {
 	// outLean and redirLean are the lean loops in front of outSrv and
 	// redirSrv (nil: --server=std).
 	outLean, redirLean *leanhttp.Server
-	// inbound is the inbound listener (nil: none).
+	// inbound is the inbound listener (nil: none), inLn its connections.
 	inbound *inbound.Server
+	inLn    *connlimit.Listener
+
+	// endDrain is closed by EndDrain: the drain ends at once.
+	endDrain     chan struct{}
+	endDrainOnce sync.Once
 
 	kick chan struct{} // Reload's, to the policy directory's watcher
 
@@ -216,7 +221,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 	default:
 		return nil, fmt.Errorf("server %q: want %s or %s", cfg.Server, ServerStd, ServerLean)
 	}
-	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0), kick: make(chan struct{}, 1)}
+	s := &Sidecar{cfg: cfg, log: cfg.Logger, metrics: telemetry.New(0), kick: make(chan struct{}, 1), endDrain: make(chan struct{})}
 	table := policy.NewTable(nil, cfg.Namespace)
 	if cfg.XDSInitialTimeout <= 0 {
 		cfg.XDSInitialTimeout = 5 * time.Second
@@ -384,9 +389,9 @@ func (s *Sidecar) Handler() *outbound.Handler { return s.outbound }
 
 type breakers struct{ h *outbound.Handler }
 
-func (b breakers) Breakers() any                 { return b.h.Breakers() }
+func (b breakers) Breakers() any                           { return b.h.Breakers() }
 func (b breakers) ResetBreaker(dest string) (string, bool) { return b.h.ResetBreaker(dest) }
-func (s *Sidecar) debugConfig() any              { s.mu.Lock(); defer s.mu.Unlock(); return s.source }
+func (s *Sidecar) debugConfig() any                        { s.mu.Lock(); defer s.mu.Unlock(); return s.source }
 
 // Serve runs until ctx ends, then drains: /ready turns 503, the listener
 // closes (new connections are refused, never sent: safe to retry), every
@@ -421,11 +426,16 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 			ApplyEndpoints: s.applyEndpoints,
 		}
 		go c.Run(watchCtx)
+		wait := time.NewTimer(s.cfg.XDSInitialTimeout)
 		select {
 		case <-xdsFirst:
-		case <-time.After(s.cfg.XDSInitialTimeout):
+		case <-wait.C:
 			s.log.Warn("no answer from the control plane in time; starting with local policies", "xds", s.cfg.XDSAddress, "waited", s.cfg.XDSInitialTimeout.String())
+		case <-ctx.Done():
+			wait.Stop()
+			return s.stopUnserved("waiting for the control plane's first answer")
 		}
+		wait.Stop()
 	}
 	if s.cfg.PolicyDir != "" {
 		first := make(chan struct{})
@@ -435,7 +445,11 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 			s.applyLoad(r)
 			once.Do(func() { close(first) })
 		})
-		<-first
+		select {
+		case <-first:
+		case <-ctx.Done():
+			return s.stopUnserved("waiting for the first policy load")
+		}
 	}
 	if s.outLean != nil {
 		go func() { errc <- s.outLean.ServeStd() }()
@@ -484,6 +498,14 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	s.log.Info("draining", "timeout", s.cfg.DrainTimeout.String(), "connections", s.outLn.Open())
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
+	go func() {
+		select {
+		case <-s.endDrain:
+			s.log.Warn("drain ended early: closing what is left", "connections", s.outLn.Open())
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
 	// Connections whose protocol is still being detected go on to their
 	// server or relay (at most the detection timeout) and drain with them.
 	inboundLeft := s.drainInbound(dctx)
@@ -493,6 +515,18 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	left += <-inboundLeft
 	if left > 0 {
 		s.log.Warn("drain timeout: closing requests still in flight", "connections", left)
+	}
+	if dctx.Err() != nil {
+		// Upgraded connections (WebSockets) were hijacked from their
+		// server, whose Close below does not reach them, and the handlers
+		// only waited for them: they are cut here, as the tunnels were,
+		// so that their requests end and are recorded before the access
+		// log closes, and the process does not wait for them (their lines
+		// were lost, and the exit came 2 s late).
+		s.outLn.CloseAll()
+		if s.inLn != nil {
+			s.inLn.CloseAll()
+		}
 	}
 	if s.outLean != nil {
 		s.outLean.Close() // and outSrv
@@ -514,6 +548,37 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		s.access.Close()
 	}
 	s.log.Info("stopped")
+	return nil
+}
+
+// EndDrain ends the drain at once, as if --drain-timeout had run out
+// (a second SIGTERM or SIGINT): what is still open is closed and recorded
+// as cut by the shutdown, the log lines and spans are written, and Serve
+// returns. Called before the drain, it makes the drain end as it begins.
+func (s *Sidecar) EndDrain() {
+	s.endDrainOnce.Do(func() { close(s.endDrain) })
+}
+
+// stopUnserved ends a sidecar stopped before it served (SIGTERM while it
+// waited for its first policies): its outbound and inbound listeners have
+// accepted nothing, so there is nothing to drain, and /ready never said
+// 200. Connections waiting in their backlogs are reset, never served.
+func (s *Sidecar) stopUnserved(while string) error {
+	s.log.Info("stopped before serving, "+while, "outbound", s.OutboundAddr())
+	s.outLn.Close()
+	if s.outLn6 != nil {
+		s.outLn6.Close()
+	}
+	if s.inbound != nil {
+		s.inbound.Close()
+	}
+	s.adminSrv.Close()
+	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer fcancel()
+	_ = s.tracing.Shutdown(fctx)
+	if s.access != nil {
+		s.access.Close()
+	}
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,13 +9,17 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 )
 
 // TestSIGTERMKeepAlivePOSTs: a load of POSTs with bodies on keep-alive
@@ -118,4 +123,62 @@ func post(c *http.Client, url string, body []byte) (string, error) {
 		return "", fmt.Errorf("status %d: %s", resp.StatusCode, b)
 	}
 	return string(b), nil
+}
+
+// TestSecondSignalEndsDrain: a SIGTERM (or SIGINT) during the drain ends
+// it at once, as the drain timeout would: the kubelet sends SIGTERM again
+// when the pod's grace period is shortened, and a second Ctrl-C means now.
+// The tunnel still open is closed and recorded (error shutdown), and the
+// process exits 0 long before --drain-timeout. (The second signal was
+// ignored: the process ran out the whole drain.)
+func TestSecondSignalEndsDrain(t *testing.T) {
+	echo, _ := proxytest.RawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	})
+	for _, second := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(second.String(), func(t *testing.T) {
+			p := local(t, "--resolve", geo+"="+echo, "--drain-timeout", "1m")
+			c, err := net.DialTimeout("tcp", p.outbound, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			br := bufio.NewReader(c)
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", geo, geo)
+			if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %v %v", resp, err)
+			}
+			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if !proxytest.Poll(5*time.Second, 5*time.Millisecond, func() bool {
+				return strings.Contains(p.log.String(), `"msg":"draining"`)
+			}) {
+				t.Fatal("no drain after SIGTERM")
+			}
+			// The tunnel still works during the drain.
+			fmt.Fprint(c, "ping\n")
+			if line, err := br.ReadString('\n'); err != nil || line != "ping\n" {
+				t.Fatalf("tunnel during the drain: %q %v", line, err)
+			}
+			sent := time.Now()
+			if err := p.cmd.Process.Signal(second); err != nil {
+				t.Fatal(err)
+			}
+			if code := p.wait(t, 15*time.Second); code != 0 {
+				t.Fatalf("exit status %d, want 0", code)
+			}
+			if took := time.Since(sent); took > 5*time.Second {
+				t.Errorf("exit took %v after the second signal, want about 0", took)
+			}
+			if _, err := br.ReadByte(); err == nil {
+				t.Error("the tunnel is still open after the sidecar exited")
+			}
+			if l := p.log.String(); !strings.Contains(l, `"method":"CONNECT"`) || !strings.Contains(l, `"error":"shutdown"`) {
+				t.Error("no access log line of the tunnel with error shutdown")
+			}
+		})
+	}
 }

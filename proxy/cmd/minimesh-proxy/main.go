@@ -184,8 +184,34 @@ func runSidecar(args []string, stderr io.Writer) int {
 		cfg.Logger.Error("cannot start", "error", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	// SIGTERM (or SIGINT) starts the drain; another one during the drain
+	// ends it at once, as the drain timeout would: the kubelet sends
+	// SIGTERM again when a pod's grace period is shortened (kubectl
+	// delete --grace-period), and a second Ctrl-C means "now". What is
+	// left is cut and recorded (503 shutdown), and the process exits 0.
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	term := make(chan os.Signal, 2)
+	signal.Notify(term, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(term)
+	served := make(chan struct{})
+	defer close(served)
+	go func() {
+		for first := true; ; first = false {
+			select {
+			case sig := <-term:
+				if first {
+					cfg.Logger.Info("signal: draining", "signal", sig.String(), "drain_timeout", cfg.DrainTimeout.String())
+					stop()
+					continue
+				}
+				cfg.Logger.Warn("signal during the drain: ending it now", "signal", sig.String())
+				s.EndDrain()
+			case <-served:
+				return
+			}
+		}
+	}()
 	// SIGHUP re-reads the policy directory, as it reloads nginx and
 	// HAProxy; without this it would end the process.
 	hup := make(chan os.Signal, 1)
