@@ -424,6 +424,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 				return err
 			},
 			ApplyEndpoints: s.applyEndpoints,
+			Refused:        s.refusedXDS,
 		}
 		go c.Run(watchCtx)
 		wait := time.NewTimer(s.cfg.XDSInitialTimeout)
@@ -613,17 +614,26 @@ func (s *Sidecar) applyLoad(r policywatch.Result) {
 // applyXDS puts the control plane's policies in force. The swap is one
 // atomic table replacement: requests in flight finish under the policy
 // they started with.
+// refusedXDS records a response of the control plane's that the sidecar
+// refused (NACKed), whoever refused it (the decoder, applyXDS,
+// applyEndpoints): counted as a failed policy load, and shown in
+// /debug/config, while the last good set keeps serving.
+func (s *Sidecar) refusedXDS(what string, err error) {
+	if what == "policies" {
+		s.metrics.PolicyReload(false)
+	}
+	s.mu.Lock()
+	s.source.LastError, s.source.LastErrAt = "control plane's "+what+" refused: "+err.Error(), time.Now()
+	s.source.LoadErrors++
+	s.mu.Unlock()
+}
+
 func (s *Sidecar) applyXDS(pols []*policy.ResiliencePolicy, version string) error {
 	seen := map[string]string{}
 	for _, p := range pols {
 		if other, dup := seen[p.Spec.Service]; dup {
-			err := fmt.Errorf("policies %s and %s both name service %q", other, p.Metadata.Name, p.Spec.Service)
-			s.metrics.PolicyReload(false)
-			s.mu.Lock()
-			s.source.LastError, s.source.LastErrAt = err.Error(), time.Now()
-			s.source.LoadErrors++
-			s.mu.Unlock()
-			return err
+			// Refused (refusedXDS) records it: the client NACKs it.
+			return fmt.Errorf("policies %s and %s both name service %q", other, p.Metadata.Name, p.Spec.Service)
 		}
 		seen[p.Spec.Service] = p.Metadata.Name
 	}

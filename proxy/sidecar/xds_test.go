@@ -4,10 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
@@ -118,3 +124,81 @@ func TestXDSFallback(t *testing.T) {
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// nackingADS answers every request for clusters with geo's cluster
+// twice, which the sidecar's decoder refuses before any Apply sees it.
+type nackingADS struct {
+	discovery.UnimplementedAggregatedDiscoveryServiceServer
+	resp  *discovery.DiscoveryResponse
+	nacks chan string
+}
+
+func (f *nackingADS) StreamAggregatedResources(st discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	for nonce := 0; ; nonce++ {
+		req, err := st.Recv()
+		if err != nil {
+			return nil
+		}
+		if d := req.GetErrorDetail(); d != nil {
+			select {
+			case f.nacks <- d.GetMessage():
+			default:
+			}
+		}
+		if req.GetTypeUrl() != resourcev3.ClusterType || req.GetResponseNonce() != "" {
+			continue
+		}
+		resp := proto.Clone(f.resp).(*discovery.DiscoveryResponse)
+		resp.Nonce = strconv.Itoa(nonce)
+		if err := st.Send(resp); err != nil {
+			return nil
+		}
+	}
+}
+
+// TestXDSRefusalRecorded: a response the sidecar refuses in its decoder
+// (a cluster name twice, from a control plane other than minimesh's
+// own, which refuses such a set) is a failed load in
+// minimesh_policy_reloads_total and /debug/config's lastError, as one
+// its apply refuses is: it showed in the log alone.
+func TestXDSRefusalRecorded(t *testing.T) {
+	ps, err := policy.Decode("geo.yaml", []byte(proxytest.GeoPolicy(3)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clusters, _, _, err := xds.Resources(ps, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := anypb.New(clusters[0].(proto.Message))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &nackingADS{nacks: make(chan string, 1), resp: &discovery.DiscoveryResponse{
+		TypeUrl: resourcev3.ClusterType, VersionInfo: "v1", Resources: []*anypb.Any{a, a}}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, f)
+	go g.Serve(l)
+	t.Cleanup(g.Stop)
+
+	r := start(t, sidecar.Config{XDSAddress: l.Addr().String(), XDSInitialTimeout: 200 * time.Millisecond})
+	select {
+	case <-f.nacks:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sidecar never NACKed the cluster named twice")
+	}
+	var c xdsConfig
+	if !proxytest.Poll(5*time.Second, 20*time.Millisecond, func() bool { c = r.xdsConfig(t); return c.LastError != "" }) {
+		t.Fatalf("/debug/config after the NACK: no lastError (%+v)", c)
+	}
+	if !strings.Contains(c.LastError, "twice") {
+		t.Errorf("lastError %q does not say what was refused", c.LastError)
+	}
+	if v, ok := r.metrics(t).Value("minimesh_policy_reloads_total", "result", "error"); !ok || v < 1 {
+		t.Errorf("minimesh_policy_reloads_total{result=error} = %v, want at least 1", v)
+	}
+}

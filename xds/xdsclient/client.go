@@ -53,7 +53,14 @@ type Client struct {
 	// (EDS, wildcard) and installs those of a response, keyed by
 	// EndpointName; its error NACKs it. Nil: no endpoints are asked for.
 	ApplyEndpoints func(eps map[string][]Endpoint, version string) error
-	Log            *slog.Logger
+	// Refused, when set, hears of every response refused (NACK), once
+	// per content refused ("policies" or "endpoints", and the reason
+	// sent in the NACK), whether the response did not decode or Apply or
+	// ApplyEndpoints refused it: a NACK that only the decoder saw reaches
+	// neither Apply nor ApplyEndpoints, so without this it showed in the
+	// log and nowhere else (no metric, not /debug/config).
+	Refused func(what string, err error)
+	Log     *slog.Logger
 	// Backoff bounds between reconnects (defaults 250 ms and 30 s).
 	MinBackoff, MaxBackoff time.Duration
 	// HTTPClient carries the stream (nil: an HTTP/2 cleartext client of
@@ -226,6 +233,9 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		}
 		if version != st.lastNack {
 			c.Log.Error("xds: refused the control plane's "+st.what+" (NACK); keeping the last good ones", "version", version, "err", err)
+			if c.Refused != nil {
+				c.Refused(st.what, err)
+			}
 			st.lastNack, st.nackWait = version, time.Second
 			msg := err.Error()
 			if err := send(st, resp.nonce, &msg); err != nil {

@@ -283,3 +283,49 @@ func TestDecodeEndpointsBounds(t *testing.T) {
 		t.Fatal("a Cluster decoded as endpoints")
 	}
 }
+
+// TestRefusedReported: a response refused by the decoder (a cluster name
+// twice), which never reaches Apply, is reported to Refused, once per
+// content refused; the good response after it is applied.
+func TestRefusedReported(t *testing.T) {
+	f, addr, stop := startFake(t)
+	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := &state{}
+	var mu sync.Mutex
+	var refused []string
+	c := &Client{Addr: addr, Node: Node("p", "shop", "web"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Apply: func(p []*policy.ResiliencePolicy, _ string) error {
+			st.mu.Lock()
+			st.pols = p
+			st.mu.Unlock()
+			return nil
+		},
+		Refused: func(what string, err error) {
+			mu.Lock()
+			refused = append(refused, what+": "+err.Error())
+			mu.Unlock()
+		}}
+	go c.Run(ctx)
+	f.next(t, clusterType)
+	twice := &discovery.DiscoveryResponse{TypeUrl: clusterType, VersionInfo: "c1", Nonce: "1", Resources: anys(t, geoCluster(t, 3), geoCluster(t, 4))}
+	f.out <- twice
+	if nack := f.next(t, clusterType); nack.GetErrorDetail() == nil {
+		t.Fatalf("no NACK: %v", nack)
+	}
+	twice.Nonce = "2"
+	f.out <- twice
+	if nack := f.next(t, clusterType); nack.GetErrorDetail() == nil {
+		t.Fatalf("no NACK: %v", nack)
+	}
+	f.out <- &discovery.DiscoveryResponse{TypeUrl: clusterType, VersionInfo: "c2", Nonce: "3", Resources: anys(t, geoCluster(t, 5))}
+	if ack := f.next(t, clusterType); ack.GetErrorDetail() != nil || ack.GetVersionInfo() != "c2" {
+		t.Fatalf("ACK %v", ack)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(refused) != 1 || !strings.HasPrefix(refused[0], "policies: ") || !strings.Contains(refused[0], "twice in one response") {
+		t.Fatalf("refusals reported: %q, want one for the policies naming the cluster twice", refused)
+	}
+}
