@@ -1407,3 +1407,34 @@ func TestCutLine(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseCancelsRequests: Close cancels the requests in flight, as
+// net/http's Close does (its background read fails), however young: a
+// request younger than WatchAfter was not watched yet, and ran on after
+// Close until its handler ended by itself (the drain's end then waited
+// for it in vain, and it went unrecorded).
+func TestCloseCancelsRequests(t *testing.T) {
+	entered := make(chan struct{})
+	cancelled := make(chan struct{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-r.Context().Done()
+		close(cancelled)
+	}), io.Discard))
+	s.WatchAfter = time.Hour // never watched by the watchdog
+	go s.ServeStd()
+	go s.Serve(ln)
+	c, _ := dialLean(t, ln.Addr().String())
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	<-entered
+	s.Close()
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a request in flight was not cancelled by Close")
+	}
+}

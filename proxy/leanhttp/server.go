@@ -195,6 +195,14 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	for _, c := range conns {
 		c.rwc.Close()
+		// A request not yet watched (younger than WatchAfter) learns of
+		// the close as a watched one does, from its watch's read, which
+		// fails at once: net/http's Close cancels every request in flight
+		// through its background read, and a handler that waits on its
+		// context (a slow upstream) must not outlive the server.
+		if c.reqStart.Load() != 0 && c.wstate.Load() == wReq {
+			go c.watch()
+		}
 	}
 	s.handoff.Close()
 	s.mu.Lock()

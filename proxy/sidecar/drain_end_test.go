@@ -187,3 +187,24 @@ func TestStopBeforeServing(t *testing.T) {
 		t.Error("the outbound listener still accepts connections")
 	}
 }
+
+// TestEndDrainCutsYoungRequest: a request only just begun when the drain
+// ends is cut and recorded as every request left is (503 shutdown). On
+// the lean server a request younger than its watch's delay (100 ms) was
+// not cancelled by the server's Close: it ran on, Serve waited 2 s for it
+// and closed the access log without its line.
+func TestEndDrainCutsYoungRequest(t *testing.T) {
+	u := newUpstream(t)
+	u.Delay.Store(int64(5 * time.Second))
+	var alog syncBuffer
+	r := start(t, sidecar.Config{Resolve: map[string]string{geo: u.Host()}, DrainTimeout: time.Hour, AccessLog: &alog})
+	res := proxytest.GetAsync(r.client, "http://"+geo+"/")
+	u.AwaitRequest(t, 5*time.Second)
+	r.cancel()
+	r.sc.EndDrain()
+	r.served(t, 10*time.Second)
+	<-res
+	if l := alog.String(); !strings.Contains(l, `"status":503`) || !strings.Contains(l, `"error":"shutdown"`) {
+		t.Errorf("the access log of a young request cut by the drain's end:\n%s\nwant status 503 and error shutdown", l)
+	}
+}
