@@ -240,3 +240,29 @@ func TestAbsoluteFormRefused(t *testing.T) {
 		t.Errorf("absolute-form http:// request: %d %q, want 400 bad-request", resp.StatusCode, resp.Header.Get(wellknown.HeaderError))
 	}
 }
+
+// TestDrainEndCutsRequest: a request whose connection the drain's end
+// closes (closing set, as Drain sets it when its time is up) is recorded
+// as outbound records it, 503 with error shutdown, not as the 499 of a
+// caller that went away.
+func TestDrainEndCutsRequest(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		entered <- struct{}{}
+		<-req.Context().Done()
+	}), Config{})
+	c, err := net.Dial("tcp", r.front)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
+	<-entered
+	r.h.closing.Store(true) // the drain's time is up
+	c.Close()               // as the sidecar's CloseAll closes it
+	if m := recorded(t, r); !strings.Contains(m, `code="503"`) {
+		t.Fatalf("a request cut by the drain's end was recorded as\n%s", m)
+	}
+	if l := r.logLines(t); len(l) != 1 || l[0]["status"] != float64(503) || l[0]["error"] != "shutdown" {
+		t.Errorf("access log %v, want one line with status 503 and error shutdown", l)
+	}
+}

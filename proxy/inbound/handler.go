@@ -422,6 +422,17 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		// outbound, docs/metrics.md).
 		st.code = statusClientClosed
 	}
+	if h.closing.Load() && st.errKind == "" {
+		// The end of the drain (--drain-timeout) closed the connection,
+		// not the caller: as outbound, a request cut is 503 shutdown,
+		// and a WebSocket keeps its 101 with the relays' "shutdown".
+		switch st.code {
+		case statusClientClosed:
+			st.code, st.errKind = http.StatusServiceUnavailable, outbound.RelayShutdown
+		case http.StatusSwitchingProtocols:
+			st.errKind = outbound.RelayShutdown
+		}
+	}
 	st.c.metric.Observe(r.Method, st.code, st.headers.Sub(st.start).Seconds())
 	if st.trace.Span != nil {
 		endSpan(st.trace.Span, st.code, st.errKind)

@@ -680,12 +680,20 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 			st.grpcStatus = st.grpcCut(true) // not the trailers' status, which the app did not get
 		}
 	}
-	if st.code == statusClientClosed && h.closing.Load() {
-		// Not the app's leaving: the end of the drain (--drain-timeout)
-		// closed its connection, as it ends a tunnel "shutdown".
-		st.code, st.errKind = http.StatusServiceUnavailable, tcpShutdown
-		if st.grpc {
-			st.grpcStatus = grpcUnavailable
+	if h.closing.Load() {
+		switch {
+		case st.code == statusClientClosed:
+			// Not the app's leaving: the end of the drain (--drain-timeout)
+			// closed its connection, as it ends a tunnel "shutdown".
+			st.code, st.errKind = http.StatusServiceUnavailable, tcpShutdown
+			if st.grpc {
+				st.grpcStatus = grpcUnavailable
+			}
+		case st.upgrade && st.code == http.StatusSwitchingProtocols && st.errKind == "":
+			// A WebSocket still open at the drain's end was closed by it
+			// (its copy's error is the ReverseProxy's): its 101 stays,
+			// as a tunnel keeps its 200, with the tunnel's result.
+			st.errKind = tcpShutdown
 		}
 	}
 	h.observe(r, st)

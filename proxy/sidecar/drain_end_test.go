@@ -86,8 +86,8 @@ func TestDrainEndClosesUpgrades(t *testing.T) {
 	c.ping(t)
 	r.cancel()
 	r.served(t, 10*time.Second)
-	if l := alog.String(); !strings.Contains(l, `"path":"/ws"`) {
-		t.Errorf("no access log line for the WebSocket cut by the drain's end; log:\n%s", l)
+	if l := alog.String(); !strings.Contains(l, `"path":"/ws"`) || !strings.Contains(l, `"status":101`) || !strings.Contains(l, `"error":"shutdown"`) {
+		t.Errorf("the access log of the WebSocket cut by the drain's end:\n%s\nwant its line, status 101 and error shutdown", l)
 	}
 	if strings.Contains(r.log.String(), "requests still running") {
 		t.Error("Serve waited for a request still running after the drain's end")
