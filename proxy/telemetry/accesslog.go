@@ -247,7 +247,7 @@ func (e *Entry) appendJSON(b []byte, last *second) []byte {
 	b = append(b, '"')
 	if e.Method != "" {
 		b = append(b, `,"request_id":`...)
-		b = appendString(b, e.RequestID)
+		b = appendStringMax(b, e.RequestID, maxLogField)
 	}
 	if e.TraceID != [16]byte{} {
 		b = append(b, `,"trace_id":"`...)
@@ -265,24 +265,24 @@ func (e *Entry) appendJSON(b []byte, last *second) []byte {
 		b = appendString(b, e.Direction)
 	}
 	b = append(b, `,"destination":`...)
-	b = appendString(b, e.Destination)
+	b = appendStringMax(b, e.Destination, maxLogField)
 	if e.Protocol != "" {
 		b = append(b, `,"protocol":`...)
 		b = appendString(b, e.Protocol)
 	}
 	if e.OriginalDst != "" {
 		b = append(b, `,"original_dst":`...)
-		b = appendString(b, e.OriginalDst)
+		b = appendStringMax(b, e.OriginalDst, maxLogField)
 	}
 	if e.SNI != "" {
 		b = append(b, `,"sni":`...)
-		b = appendString(b, e.SNI)
+		b = appendStringMax(b, e.SNI, maxLogField)
 	}
 	if e.Method != "" {
 		b = append(b, `,"method":`...)
-		b = appendString(b, e.Method)
+		b = appendStringMax(b, e.Method, maxLogField)
 		b = append(b, `,"path":`...)
-		b = appendString(b, e.Path)
+		b = appendStringMax(b, e.Path, maxLogPath)
 		b = append(b, `,"status":`...)
 		b = strconv.AppendInt(b, int64(e.Status), 10)
 	}
@@ -305,9 +305,56 @@ func (e *Entry) appendJSON(b []byte, last *second) []byte {
 	b = strconv.AppendInt(b, e.BytesOut, 10)
 	if e.Error != "" {
 		b = append(b, `,"error":`...)
-		b = appendString(b, e.Error)
+		b = appendStringMax(b, e.Error, maxLogField)
 	}
 	return append(b, "}\n"...)
+}
+
+// The longest a request's strings are written in a line, escaped, in
+// bytes: a path, a method or a Host are as long as a request's head lets
+// them be (64 KiB), and escaped (\u0001 for a byte) up to six times that.
+// A line of 390 KB is split by the container runtime (containerd and
+// Docker cut log lines at 16 KiB), and the pieces are no longer JSON to
+// a log pipeline that does not join them. With these, a line stays
+// under 8 KiB; a cut value ends in "…" (appendStringMax).
+const (
+	maxLogPath  = 2048
+	maxLogField = 512
+)
+
+// appendStringMax appends s as a JSON string of at most max bytes between
+// its quotes: cut where a character or an escape starts, and ended with
+// "…" when cut.
+func appendStringMax(b []byte, s string, max int) []byte {
+	n := len(b)
+	b = appendString(b, s)
+	if len(b)-n-2 <= max {
+		return b
+	}
+	b = append(b[:n], '"')
+	end := n + 1 + max - len("…")
+	for i := 0; i < len(s); {
+		m, size := len(b), 1
+		switch c := s[i]; {
+		case jsonPlain[c]:
+			b = append(b, c)
+		case c >= utf8.RuneSelf:
+			if r, sz := utf8.DecodeRuneInString(s[i:]); r == utf8.RuneError && sz == 1 {
+				b = append(b, `\ufffd`...)
+			} else {
+				b, size = append(b, s[i:i+sz]...), sz
+			}
+		default:
+			b = appendEscapedByte(b, c)
+		}
+		if len(b) > end {
+			b = b[:m]
+			break
+		}
+		i += size
+	}
+	b = append(b, "…"...)
+	return append(b, '"')
 }
 
 // appendString appends s as a JSON string. Paths and request IDs come
@@ -362,24 +409,28 @@ func appendEscaped(b []byte, s string, i int) []byte {
 			continue
 		}
 		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			p := hexpair.Of(c)
-			b = append(b, '\\', 'u', '0', '0', p[0], p[1])
-		}
+		b = appendEscapedByte(b, c)
 		i++
 		start = i
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// appendEscapedByte appends c, an ASCII byte not jsonPlain, escaped.
+func appendEscapedByte(b []byte, c byte) []byte {
+	switch c {
+	case '"', '\\':
+		return append(b, '\\', c)
+	case '\n':
+		return append(b, '\\', 'n')
+	case '\r':
+		return append(b, '\\', 'r')
+	case '\t':
+		return append(b, '\\', 't')
+	}
+	p := hexpair.Of(c)
+	return append(b, '\\', 'u', '0', '0', p[0], p[1])
 }
 
 // plain8 reports whether the eight bytes of s go into a JSON string as

@@ -5,9 +5,11 @@ package telemetry
 
 import (
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/minimesh/minimesh/internal/promtext"
 	"github.com/minimesh/minimesh/wellknown"
@@ -134,8 +136,23 @@ func (m *Metrics) PolicyReload(ok bool) {
 	}
 }
 
+// MaxLabelLen bounds a destination label's length: the longest
+// authority a DNS name makes (253 bytes, ":", a 5-digit port), and the
+// policy files' bound on strings (docs/operations.md). A longer name, or
+// one that is not UTF-8 (which Prometheus refuses in a label, failing the
+// whole scrape), is counted as "other" and takes no place under the cap:
+// a Host of 60 KB would otherwise be written out in each of the
+// destination's series at every scrape.
+const MaxLabelLen = 259
+
+// labelable reports whether name may be a destination label of its own.
+func labelable(name string) bool {
+	return len(name) <= MaxLabelLen && utf8.ValidString(name)
+}
+
 // Destination returns the metric handles of one destination, creating
-// them on first use; past the cap it returns the shared "other" handles.
+// them on first use; past the cap, and for a name that cannot be a label
+// (MaxLabelLen), it returns the shared "other" handles.
 func (m *Metrics) Destination(name string) *Destination {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -143,7 +160,7 @@ func (m *Metrics) Destination(name string) *Destination {
 		return d
 	}
 	label := name
-	if len(m.dests) >= m.maxDest {
+	if len(m.dests) >= m.maxDest || !labelable(name) {
 		label = Other
 		if d, ok := m.dests[Other]; ok {
 			return d
@@ -177,7 +194,7 @@ func (m *Metrics) Inbound(port string) *Destination {
 		return d
 	}
 	label := port
-	if len(m.inbound) >= MaxInbound {
+	if len(m.inbound) >= MaxInbound || !labelable(port) {
 		label = Other
 		if d, ok := m.inbound[Other]; ok {
 			return d
@@ -199,6 +216,8 @@ type Destination struct {
 
 	mu      sync.Mutex
 	methods [len(methods) + 1]atomic.Pointer[[]codeCounter]
+	codes   []int                                                 // the codes with a label of their own, under mu (MaxCodes)
+	classes [len(methods) + 1][len(codeClasses)]*promtext.Counter // the codes past them, under mu
 	tcp     atomic.Pointer[TCPBytes]
 	grpc    [len(GRPCCodes)]atomic.Pointer[grpcCounter]
 }
@@ -237,14 +256,29 @@ func (d *Destination) Observe(method string, code int, seconds float64) {
 	d.counter(method, code).Inc()
 }
 
+// MaxCodes bounds the distinct code labels of one destination: an
+// upstream chooses its status codes, and one answering 100, 101, ... 999
+// in turn would otherwise make 900 series per method. A code outside
+// 100–599 (RFC 9110 §15: no valid status is) is counted as code="other";
+// past MaxCodes distinct codes, a further one is counted as its class,
+// "1xx" to "5xx", which code=~"5.." still matches.
+const MaxCodes = 32
+
 // counter finds the requests_total child for (method, code) in a short
 // copy-on-write list: a destination sees few distinct codes, so a scan
-// beats hashing four label values on every request.
+// beats hashing four label values on every request. The list holds the
+// codes with a label of their own (at most MaxCodes) and, as code 0, the
+// codes outside 100–599: it stays short whatever an upstream sends. A
+// code past the cap is counted under its class, found under d.mu.
 func (d *Destination) counter(method string, code int) *promtext.Counter {
 	mi := methodIndex(method)
+	key := code
+	if code < 100 || code > 599 {
+		key = 0
+	}
 	if p := d.methods[mi].Load(); p != nil {
 		for _, cc := range *p {
-			if cc.code == code {
+			if cc.code == key {
 				return cc.c
 			}
 		}
@@ -254,17 +288,34 @@ func (d *Destination) counter(method string, code int) *promtext.Counter {
 	var list []codeCounter
 	if p := d.methods[mi].Load(); p != nil {
 		for _, cc := range *p {
-			if cc.code == code {
+			if cc.code == key {
 				return cc.c
 			}
 		}
 		list = append(list, *p...)
 	}
-	c := d.m.requests.With(d.direction, d.label, methodLabel(mi), strconv.Itoa(code))
-	list = append(list, codeCounter{code, c})
+	label := Other
+	if key != 0 {
+		label = strconv.Itoa(code)
+		if !slices.Contains(d.codes, code) {
+			if len(d.codes) >= MaxCodes {
+				cl := &d.classes[mi][code/100-1]
+				if *cl == nil {
+					*cl = d.m.requests.With(d.direction, d.label, methodLabel(mi), codeClasses[code/100-1])
+				}
+				return *cl
+			}
+			d.codes = append(d.codes, code)
+		}
+	}
+	c := d.m.requests.With(d.direction, d.label, methodLabel(mi), label)
+	list = append(list, codeCounter{key, c})
 	d.methods[mi].Store(&list)
 	return c
 }
+
+// codeClasses are the code labels of the codes past MaxCodes.
+var codeClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 
 // Rejected counts one request refused by an open breaker.
 func (d *Destination) Rejected() { d.rejected.Inc() }

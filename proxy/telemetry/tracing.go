@@ -62,7 +62,11 @@ func NewTracing(cfg TracingConfig, m *Metrics) (*Tracing, error) {
 	}
 	// The exporter dials when it first exports: a collector that is
 	// down costs dropped spans, never a slower start or request.
-	exp := newOTLPExporter(cfg.Endpoint)
+	return newTracing(cfg, newOTLPExporter(cfg.Endpoint), m), nil
+}
+
+// newTracing is NewTracing's, with spans going to exp.
+func newTracing(cfg TracingConfig, exp sdktrace.SpanExporter, m *Metrics) *Tracing {
 	attrs := []attribute.KeyValue{
 		attribute.String("service.name", orDefault(cfg.ServiceName, "minimesh-proxy")),
 		attribute.String("service.version", wellknown.Version),
@@ -89,7 +93,7 @@ func NewTracing(cfg TracingConfig, m *Metrics) (*Tracing, error) {
 		tp:     tp,
 		ids:    ids,
 		bound:  ratioBound(cfg.SampleRatio),
-	}, nil
+	}
 }
 
 func orDefault(s, d string) string {
@@ -131,6 +135,7 @@ type Place struct {
 // with runtime/trace on, the SDK's task for the span is not passed on, and
 // a try's task does not nest under it.
 func (t *Tracing) Begin(ctx context.Context, h http.Header, name string, kind trace.SpanKind) (context.Context, Place) {
+	name = SpanName(name)
 	ctx, psc, b3 := t.extract(ctx, h)
 	if b3 {
 		// The B3 propagator's flags live in ctx, for the SDK's sampler.
@@ -163,6 +168,22 @@ func (t *Tracing) Begin(ctx context.Context, h http.Header, name string, kind tr
 	return trace.ContextWithSpan(ctx, span), place(span, false)
 }
 
+// SpanName is the name of a request's span, by the HTTP semantic
+// conventions: its method when it is one of the standard ones, else
+// "HTTP" (their name for a method reported as "_OTHER"). A span's name
+// is what trace backends index and list (Jaeger's operations): named by
+// any method an app or a caller sends ("FOO", "X1", "X2"...), the names
+// would grow without bound. Begin and Try name their spans so, whatever
+// name they are given.
+func SpanName(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
+		http.MethodConnect, http.MethodOptions, http.MethodTrace, http.MethodPatch:
+		return method
+	}
+	return "HTTP"
+}
+
 // place is the Place of an SDK span: Span nil unless it is recorded.
 func place(span trace.Span, b3 bool) Place {
 	p := Place{SC: span.SpanContext(), b3: b3}
@@ -185,7 +206,7 @@ func ratioBound(ratio float64) uint64 { return uint64(ratio * (1 << 63)) }
 // request's span (in ctx): with retries, the upstream's server span hangs
 // under the try it served.
 func (t *Tracing) Try(ctx context.Context, p Place, name string) (context.Context, Place) {
-	ctx, span := t.tracer.Start(ctx, name, clientKind...)
+	ctx, span := t.tracer.Start(ctx, SpanName(name), clientKind...)
 	return ctx, place(span, p.b3)
 }
 
@@ -198,6 +219,10 @@ func (t *Tracing) extract(ctx context.Context, h http.Header) (_ context.Context
 	if len(h["Traceparent"]) > 0 {
 		ctx = t.w3c.Extract(ctx, headerCarrier(h))
 		psc = trace.SpanContextFromContext(ctx)
+		if ts := psc.TraceState(); ts.Len() > 0 && len(headerCarrier(h).Get("tracestate")) > stateText(ts) {
+			psc = psc.WithTraceState(compact(ts))
+			ctx = trace.ContextWithRemoteSpanContext(ctx, psc)
+		}
 	}
 	// Without a B3 field the B3 propagator would only note in a new
 	// context that the sampling decision is not deferred, which is what
@@ -209,6 +234,30 @@ func (t *Tracing) extract(ctx context.Context, h http.Header) (_ context.Context
 		}
 	}
 	return ctx, psc, false
+}
+
+// stateText is the length of ts as a header value without spaces or
+// empty members: what its members take.
+func stateText(ts trace.TraceState) (n int) {
+	ts.Walk(func(k, v string) bool {
+		n += len(k) + len(v) + 2
+		return true
+	})
+	return n - 1
+}
+
+// compact is ts in a string of its own. A trace state's members are
+// substrings of the header it was read from, which W3C lets hold empty
+// members and spaces around them: "a=b" and 60 KB of commas is a valid
+// trace state of one member that held its 60 KB in every span made in it
+// (and in the span queue for as long as the span waits there: 2,048 such
+// spans took 300 MB).
+func compact(ts trace.TraceState) trace.TraceState {
+	c, err := trace.ParseTraceState(ts.String())
+	if err != nil {
+		return trace.TraceState{} // not reached: ts parsed already
+	}
+	return c
 }
 
 // b3Keys are the fields the B3 propagator reads, as header map keys.
