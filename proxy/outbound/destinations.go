@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"fmt"
 	"net"
 	"reflect"
 	"sort"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/breaker"
@@ -60,6 +62,22 @@ type destinations struct {
 type authEntry struct {
 	authority string
 	dst       *destination
+}
+
+// maxAuthority is the longest host:port a request may name: a DNS name
+// is at most 253 bytes (RFC 1035, as dotted text), then ":" and a port.
+// A longer one cannot be dialled; refused at once, it takes no place
+// among the authorities and services kept here (a 60 KB Host each
+// would otherwise hold up to 16,384 of them, and copy them all at every
+// new one).
+const maxAuthority = 253 + 1 + 5
+
+// checkAuthority refuses a host:port longer than maxAuthority.
+func checkAuthority(authority string) error {
+	if len(authority) > maxAuthority {
+		return fmt.Errorf("host:port of %d bytes (%s): a DNS name is at most 253 bytes", len(authority), echo.Quote(authority))
+	}
+	return nil
 }
 
 func newDestinations(namespace string, table *policy.Table, m *telemetry.Metrics, warn func(string, ...any)) *destinations {

@@ -389,6 +389,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	} else {
 		authority, err = target(r)
 	}
+	if err == nil && len(authority) > maxAuthority {
+		err, dst = checkAuthority(authority), nil
+	}
 	if err != nil {
 		h.refuse(w, r, http.StatusBadRequest, wellknown.ErrorBadRequest, "", err.Error())
 		return

@@ -180,3 +180,38 @@ func TestUploadAbandonedWhileFlushing(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestLongHostRefused: a host:port longer than a DNS name can be is
+// refused with 400 on every way a request names it (absolute form,
+// origin form with Host, CONNECT), and the sidecar keeps nothing of it:
+// each such authority took a place among the 16,384 the sidecar
+// remembers (with a breaker), 60 KB apiece, and a copy of them all.
+func TestLongHostRefused(t *testing.T) {
+	// The longest a DNS name can be is still served (here: a port where
+	// nothing listens).
+	ok := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 53) + ".invalid"
+	sc := startSidecar(t, "", map[string]string{ok + ":80": "127.0.0.1:1"})
+	long := strings.Repeat("a", 63) + "." + strings.Repeat("b", 63) + "." + strings.Repeat("c", 63) + "." + strings.Repeat("d", 63) + ".example"
+	for _, head := range []string{
+		"GET http://" + long + "/ HTTP/1.1\r\nHost: " + long + "\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: " + long + "\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: " + long + ":8080\r\n\r\n",
+		"CONNECT " + long + ":443 HTTP/1.1\r\nHost: " + long + ":443\r\n\r\n",
+	} {
+		resp, _ := rawExchange(t, sc.Addr, head)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("X-Minimesh-Error") != "bad-request" {
+			t.Errorf("%.40q…: %d %q, want 400 bad-request", head, resp.StatusCode, resp.Header.Get("X-Minimesh-Error"))
+		}
+	}
+	for name := range sc.breakers() {
+		if len(name) > 259 {
+			t.Errorf("a breaker for a %d-byte destination", len(name))
+		}
+	}
+	resp, _ := rawExchange(t, sc.Addr, "GET http://"+ok+"/ HTTP/1.1\r\nHost: "+ok+"\r\n\r\n")
+	resp.Body.Close()
+	if len(ok) != 253 || resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("a %d-byte host: %d, want it tried (502: nothing listens)", len(ok), resp.StatusCode)
+	}
+}

@@ -26,10 +26,14 @@ import (
 // not how the requests inside it fared (docs/metrics.md, docs/grpc.md).
 func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start time.Time) {
 	authority := r.Host
-	if _, _, err := net.SplitHostPort(authority); err != nil {
+	if _, _, err := net.SplitHostPort(authority); err != nil || len(authority) > maxAuthority {
+		msg := "CONNECT needs host:port, got " + echo.Quote(authority)
+		if err == nil {
+			msg = "CONNECT " + checkAuthority(authority).Error()
+		}
 		id := requestid.New()
 		w.Header().Set(wellknown.HeaderRequestID, id)
-		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: "CONNECT needs host:port, got " + echo.Quote(authority), RequestID: id})
+		writeError(w, http.StatusBadRequest, wellknown.ErrorBadRequest, errorBody{Message: msg, RequestID: id})
 		return
 	}
 	// In flight from here, before its connection is hijacked (which takes
