@@ -81,7 +81,7 @@ func TestLongURLSpansReachJaeger(t *testing.T) {
 	if foo.OperationName != "HTTP" {
 		t.Errorf("the span of a FOO request is named %q, want HTTP", foo.OperationName)
 	}
-	wantTags(t, foo, map[string]string{"http.request.method": "_OTHER"})
+	wantTags(t, foo, map[string]string{"http.request.method": "_OTHER", "http.request.method_original": "FOO"})
 
 	// Nothing was lost on the way: the exports all went through.
 	deadline := time.Now().Add(10 * time.Second)

@@ -243,7 +243,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := context.WithValue(r.Context(), stateKey{}, st)
 	if tr := h.cfg.Tracing; tr != nil {
-		ctx, st.trace = tr.Begin(ctx, r.Header, spanName(r.Method), trace.SpanKindServer)
+		ctx, st.trace = tr.Begin(ctx, r.Header, telemetry.SpanName(r.Method), trace.SpanKindServer)
 		if st.trace.Span != nil {
 			st.trace.Span.SetAttributes(spanAttrs(r, st)...)
 		}
@@ -451,24 +451,6 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 	}
 }
 
-// spanName is the span's name by the HTTP conventions: the method, or
-// "HTTP" for a method they do not know, so callers cannot mint names.
-func spanName(m string) string {
-	if m = spanMethod(m); m == "_OTHER" {
-		return "HTTP"
-	}
-	return m
-}
-
-func spanMethod(m string) string {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
-		http.MethodConnect, http.MethodOptions, http.MethodTrace, http.MethodPatch:
-		return m
-	}
-	return "_OTHER"
-}
-
 // spanAttrs are a SERVER span's attributes known at its start, by the
 // stable HTTP semantic conventions.
 func spanAttrs(r *http.Request, st *reqState) []attribute.KeyValue {
@@ -476,8 +458,9 @@ func spanAttrs(r *http.Request, st *reqState) []attribute.KeyValue {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
+	method, other := telemetry.SpanMethod(r.Method)
 	attrs := []attribute.KeyValue{
-		attribute.String("http.request.method", spanMethod(r.Method)),
+		attribute.String("http.request.method", method),
 		attribute.String("url.scheme", "http"),
 		attribute.String("url.path", r.URL.Path),
 		attribute.String("server.address", host),
@@ -487,6 +470,9 @@ func spanAttrs(r *http.Request, st *reqState) []attribute.KeyValue {
 	}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		attrs = append(attrs, attribute.String("client.address", ap.Addr().Unmap().String()))
+	}
+	if other {
+		attrs = append(attrs, attribute.String("http.request.method_original", r.Method))
 	}
 	if ua := r.UserAgent(); ua != "" {
 		attrs = append(attrs, attribute.String("user_agent.original", ua))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/telemetry"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -282,8 +283,9 @@ func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter 
 func (h *Handler) spanAttrs(r *http.Request, st *reqState) []attribute.KeyValue {
 	host, port, _ := net.SplitHostPort(st.authority)
 	p, _ := strconv.Atoi(port)
-	return []attribute.KeyValue{
-		attribute.String("http.request.method", spanMethod(r.Method)),
+	method, other := telemetry.SpanMethod(r.Method)
+	attrs := []attribute.KeyValue{
+		attribute.String("http.request.method", method),
 		attribute.String("url.full", "http://"+st.authority+r.URL.EscapedPath()),
 		attribute.String("server.address", host),
 		attribute.Int("server.port", p),
@@ -291,17 +293,10 @@ func (h *Handler) spanAttrs(r *http.Request, st *reqState) []attribute.KeyValue 
 		attribute.String("minimesh.policy", policyName(st.dest.policy)),
 		attribute.String("minimesh.destination", st.dest.name),
 	}
-}
-
-// spanMethod is the method as the conventions want it: known methods as
-// they are, anything else "_OTHER", so clients cannot mint span names.
-func spanMethod(m string) string {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
-		http.MethodConnect, http.MethodOptions, http.MethodTrace, http.MethodPatch:
-		return m
+	if other {
+		attrs = append(attrs, attribute.String("http.request.method_original", r.Method))
 	}
-	return "_OTHER"
+	return attrs
 }
 
 // endSpan ends a request or try span with its outcome: a 5xx or the

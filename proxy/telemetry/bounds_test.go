@@ -217,3 +217,27 @@ func TestSpanNameIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestSpanMethod: a standard method names its span and is its
+// http.request.method; any other is "HTTP" and "_OTHER", with the method
+// itself in http.request.method_original (the semantic conventions).
+func TestSpanMethod(t *testing.T) {
+	for _, tc := range []struct {
+		method, name, value string
+		other               bool
+	}{
+		{"GET", "GET", "GET", false},
+		{"PATCH", "PATCH", "PATCH", false},
+		{"CONNECT", "CONNECT", "CONNECT", false},
+		{"get", "HTTP", "_OTHER", true},
+		{"FOO", "HTTP", "_OTHER", true},
+		{"", "HTTP", "_OTHER", true},
+	} {
+		if got := SpanName(tc.method); got != tc.name {
+			t.Errorf("SpanName(%q) = %q, want %q", tc.method, got, tc.name)
+		}
+		if v, other := SpanMethod(tc.method); v != tc.value || other != tc.other {
+			t.Errorf("SpanMethod(%q) = %q, %v; want %q, %v", tc.method, v, other, tc.value, tc.other)
+		}
+	}
+}

@@ -176,12 +176,21 @@ func (t *Tracing) Begin(ctx context.Context, h http.Header, name string, kind tr
 // would grow without bound. Begin and Try name their spans so, whatever
 // name they are given.
 func SpanName(method string) string {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
-		http.MethodConnect, http.MethodOptions, http.MethodTrace, http.MethodPatch:
+	if methodIndex(method) < len(methods) {
 		return method
 	}
 	return "HTTP"
+}
+
+// SpanMethod is a span's http.request.method, as the HTTP semantic
+// conventions want it: a standard method as it is, any other "_OTHER",
+// so that callers cannot mint values; other says so, and the span then
+// carries the method itself in http.request.method_original.
+func SpanMethod(method string) (value string, other bool) {
+	if methodIndex(method) < len(methods) {
+		return method, false
+	}
+	return "_OTHER", true
 }
 
 // place is the Place of an SDK span: Span nil unless it is recorded.
