@@ -47,10 +47,13 @@ const (
 // of its own in its namespace, and Linkerd reads failure accrual and gRPC
 // retries from the Service, one setting for all its ports, where minimesh
 // may have a policy per port. Each Service gets one document.
-func Export(pols []*policy.ResiliencePolicy) ([]byte, error) {
+//
+// ns is the namespace of the policies that name none ("" is "default"),
+// in which their short service names resolve, as for the Envoy export.
+func Export(pols []*policy.ResiliencePolicy, ns string) ([]byte, error) {
 	plans := make([]*plan, len(pols))
 	for i, p := range pols {
-		plans[i] = newPlan(p)
+		plans[i] = newPlan(p, ns)
 	}
 	nameRoutes(plans)
 	padRoutes(plans)
@@ -147,14 +150,18 @@ func (pl *plan) duration(field string, d time.Duration) string {
 	return s
 }
 
-func newPlan(p *policy.ResiliencePolicy) *plan {
+func newPlan(p *policy.ResiliencePolicy, defaultNS string) *plan {
 	pl := &plan{p: p}
 	s := &p.Spec
 	if s.Service == policy.DefaultService {
 		pl.note(`service "*": Linkerd has no mesh-wide default policy; annotate each Service or route`)
 		return pl
 	}
-	ref, ok := serviceOf(s.Service, p.Metadata.Namespace)
+	ns := p.Metadata.Namespace
+	if ns == "" {
+		ns = defaultNS
+	}
+	ref, ok := serviceOf(s.Service, ns)
 	if !ok {
 		pl.note("service %q is not a cluster Service: Linkerd configures egress with EgressNetwork resources", s.Service)
 		return pl

@@ -54,7 +54,7 @@ func exportYAML(t *testing.T, src string) exported {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := Export(pols)
+	out, err := Export(pols, "")
 	if err != nil {
 		t.Fatal(err)
 	}

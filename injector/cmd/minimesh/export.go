@@ -43,7 +43,7 @@ func newPolicyExportCmd() *cobra.Command {
 			var out []byte
 			switch to {
 			case "linkerd":
-				out, err = linkerd.Export(pols)
+				out, err = linkerd.Export(pols, namespace)
 			case "envoy":
 				out, err = envoy.Export(pols, namespace)
 			default:

@@ -27,3 +27,20 @@ func TestLintHugeScalar(t *testing.T) {
 		}
 	}
 }
+
+// TestExportNamespace: --namespace is the namespace of the policies that
+// name none, for both targets: the Linkerd export ignored it and put
+// their routes and Services in "default".
+func TestExportNamespace(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "geo.yaml")
+	doc := "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo}\nspec:\n  service: geo\n  timeout: 2s\n"
+	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for to, want := range map[string]string{"linkerd": "namespace: shop", "envoy": "geo.shop.svc.cluster.local"} {
+		code, out, errOut := run("policy", "export", "--to", to, "--namespace", "shop", file)
+		if code != 0 || !strings.Contains(out, want) || strings.Contains(out, "namespace: default") {
+			t.Errorf("export --to %s --namespace shop: exit %d, stderr %q, output lacks %q:\n%s", to, code, errOut, want, out)
+		}
+	}
+}
