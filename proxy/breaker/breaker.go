@@ -1,31 +1,53 @@
-// Package breaker is the per-destination circuit breaker of the sidecar: a
-// thin layer over sony/gobreaker's two-step breaker that speaks policy, not
-// gobreaker.
+// Package breaker is the per-destination circuit breaker of the sidecar:
+// a two-step breaker (Allow before a try is sent, the outcome reported
+// when the try ends) with the states, counts and rolling window of
+// sony/gobreaker's, which it replaced, and two differences that a proxy
+// needs:
 //
-// The two-step form suits a proxy: Allow is called before a try is sent and
-// the outcome is reported when its response headers (or its error) arrive,
-// without wrapping the try in a closure.
+//   - an outcome counts when the try ends, in the window as it is then:
+//     gobreaker counts it in the bucket where the try began and drops it
+//     once that bucket left the window, so that with a failureRate window
+//     of 10s a try that timed out after 15s was no failure at all, not
+//     even one of consecutiveFailures;
+//   - a half-open probe holds its place for at most openTimeout: one that
+//     never ends (a stream, a body nobody reads) would otherwise keep the
+//     breaker half-open, refusing every other request, for as long as it
+//     lives.
 package breaker
 
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/sony/gobreaker/v2"
 )
 
 // State is the breaker's state.
-type State = gobreaker.State
+type State int
 
-// The states, re-exported so callers need not import gobreaker.
+// The states.
 const (
-	Closed   = gobreaker.StateClosed
-	HalfOpen = gobreaker.StateHalfOpen
-	Open     = gobreaker.StateOpen
+	Closed State = iota
+	HalfOpen
+	Open
 )
+
+// String is the state's name: closed, half-open or open.
+func (s State) String() string {
+	switch s {
+	case Closed:
+		return "closed"
+	case HalfOpen:
+		return "half-open"
+	case Open:
+		return "open"
+	}
+	return fmt.Sprintf("unknown state: %d", int(s))
+}
 
 // Outcomes reported to a Done func: nil is a success.
 var (
@@ -36,18 +58,51 @@ var (
 	ErrIgnored = errors.New("ignored")
 )
 
-// Done reports the outcome of one allowed try: nil, ErrFailed or ErrIgnored.
+// Done reports the outcome of one allowed try: nil, ErrFailed or
+// ErrIgnored. It is to be called once.
 type Done = func(outcome error)
 
 // Breaker guards one destination.
 type Breaker struct {
-	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+	name     string
 	cfg      policy.CircuitBreaker
+	onChange OnChange
+
+	mu    sync.Mutex
+	st    State
+	gen   uint64    // changes with every transition: outcomes of older tries are dropped
+	until time.Time // open: when it half-opens
+	c     Counts
+	// The rolling window (failureRate; nil buckets: counts never expire):
+	// bucket i covers [start+i·period, start+(i+1)·period), kept at
+	// buckets[i%len]; age is the newest bucket's i.
+	buckets []bucket
+	period  time.Duration
+	start   time.Time
+	age     int64
+	// probes are the half-open probes in flight; released ones are gone
+	// from it (their place is free, their outcome no longer counts).
+	probes []*probe
+
 	openedAt atomic.Int64 // unix nanoseconds of the last transition to open
 	state    atomic.Int32 // the state as of the last transition
 	// why is the rule that last opened the breaker, for /debug/breakers
 	// (its counts start again at zero as it opens).
 	why atomic.Pointer[string]
+}
+
+// bucket is one slice of the rolling window. runFailures and
+// runSuccesses are the part of the current run of failures (successes)
+// that fell in it: the run ages out of the window with its buckets.
+type bucket struct {
+	requests, successes, failures uint32
+	runFailures, runSuccesses     uint32
+}
+
+// probe is a half-open try in flight.
+type probe struct {
+	at    time.Time
+	ended bool // reported or released
 }
 
 // OnChange is told of every state transition; it is called with the
@@ -56,39 +111,159 @@ type OnChange func(destination string, from, to State)
 
 // New returns a closed breaker for the destination, configured by cfg.
 func New(destination string, cfg *policy.CircuitBreaker, onChange OnChange) *Breaker {
-	b := &Breaker{cfg: *cfg}
-	st := gobreaker.Settings{
-		Name:        destination,
-		MaxRequests: uint32(cfg.HalfOpenRequests),
-		Timeout:     cfg.OpenTimeout,
-		ReadyToTrip: b.readyToTrip,
-		IsExcluded:  func(err error) bool { return err == ErrIgnored },
-		OnStateChange: func(name string, from, to gobreaker.State) {
-			if to == gobreaker.StateOpen {
-				b.openedAt.Store(time.Now().UnixNano())
-				if from == gobreaker.StateHalfOpen {
-					b.why.Store(&probeFailed)
-				}
-			}
-			b.state.Store(int32(to))
-			if onChange != nil {
-				onChange(name, from, to)
-			}
-		},
+	b := &Breaker{name: destination, cfg: *cfg, onChange: onChange}
+	if b.cfg.HalfOpenRequests < 1 {
+		b.cfg.HalfOpenRequests = 1
 	}
-	if fr := cfg.FailureRate; fr != nil {
-		// A rolling window of ten buckets: old failures age out smoothly
-		// instead of all at once at the end of a fixed interval.
-		st.Interval = fr.Window
-		st.BucketPeriod = max(fr.Window/10, time.Millisecond)
+	if b.cfg.OpenTimeout <= 0 {
+		b.cfg.OpenTimeout = policy.DefaultCircuitBreaker().OpenTimeout
 	}
-	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](st)
+	if fr := cfg.FailureRate; fr != nil && fr.Window > 0 {
+		// Ten buckets: old outcomes age out smoothly instead of all at
+		// once at the end of a fixed interval.
+		b.period = max(fr.Window/10, time.Millisecond)
+		b.buckets = make([]bucket, (fr.Window+b.period-1)/b.period)
+	}
+	b.start = time.Now()
 	return b
 }
 
+// Allow asks to send one try. It returns ErrOpen when the breaker is open
+// or, half-open, has already let its probes through.
+func (b *Breaker) Allow() (Done, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	switch b.current(now) {
+	case Open:
+		return nil, ErrOpen
+	case HalfOpen:
+		if len(b.probes)+int(b.c.TotalSuccesses) >= b.cfg.HalfOpenRequests {
+			b.releaseStale(now)
+			if len(b.probes)+int(b.c.TotalSuccesses) >= b.cfg.HalfOpenRequests {
+				return nil, ErrOpen
+			}
+		}
+		p := &probe{at: now}
+		b.probes = append(b.probes, p)
+		b.c.Requests++
+		gen := b.gen
+		return func(outcome error) { b.probeDone(gen, p, outcome) }, nil
+	}
+	b.c.Requests++
+	if b.buckets != nil {
+		b.buckets[b.age%int64(len(b.buckets))].requests++
+	}
+	gen := b.gen
+	return func(outcome error) { b.done(gen, outcome) }, nil
+}
+
+// ErrOpen is returned by Allow when the try must not be sent.
+var ErrOpen = errors.New("circuit breaker is open")
+
+// releaseStale frees the places of the probes that have been in flight
+// for openTimeout or longer; mu is held.
+func (b *Breaker) releaseStale(now time.Time) {
+	kept := b.probes[:0]
+	for _, p := range b.probes {
+		if now.Sub(p.at) >= b.cfg.OpenTimeout {
+			p.ended = true
+			continue
+		}
+		kept = append(kept, p)
+	}
+	clear(b.probes[len(kept):])
+	b.probes = kept
+}
+
+func (b *Breaker) probeDone(gen uint64, p *probe, outcome error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if p.ended {
+		return
+	}
+	p.ended = true
+	if gen != b.gen {
+		return
+	}
+	if i := slices.Index(b.probes, p); i >= 0 {
+		b.probes = slices.Delete(b.probes, i, i+1)
+	}
+	now := time.Now()
+	switch outcome {
+	case ErrIgnored:
+	case nil:
+		b.c.TotalSuccesses++
+		b.c.ConsecutiveSuccesses++
+		b.c.ConsecutiveFailures = 0
+		if int(b.c.ConsecutiveSuccesses) >= b.cfg.HalfOpenRequests {
+			b.setState(Closed, now)
+		}
+	default:
+		b.c.TotalFailures++
+		b.why.Store(&probeFailed)
+		b.setState(Open, now)
+	}
+}
+
+func (b *Breaker) done(gen uint64, outcome error) {
+	if outcome == ErrIgnored {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	if b.current(now) != Closed || gen != b.gen {
+		return // the breaker has moved on since the try began
+	}
+	var bk *bucket
+	if b.buckets != nil {
+		bk = &b.buckets[b.age%int64(len(b.buckets))]
+	}
+	if outcome == nil {
+		if bk != nil {
+			if b.c.ConsecutiveFailures > 0 {
+				b.endRun(false)
+			}
+			bk.successes++
+			bk.runSuccesses++
+		}
+		b.c.TotalSuccesses++
+		b.c.ConsecutiveSuccesses++
+		b.c.ConsecutiveFailures = 0
+		return
+	}
+	if bk != nil {
+		if b.c.ConsecutiveSuccesses > 0 {
+			b.endRun(true)
+		}
+		bk.failures++
+		bk.runFailures++
+	}
+	b.c.TotalFailures++
+	b.c.ConsecutiveFailures++
+	b.c.ConsecutiveSuccesses = 0
+	if b.readyToTrip() {
+		b.setState(Open, now)
+	}
+}
+
+// endRun ends the buckets' share of the run of successes (failure true)
+// or failures; mu is held.
+func (b *Breaker) endRun(failure bool) {
+	for i := range b.buckets {
+		if failure {
+			b.buckets[i].runSuccesses = 0
+		} else {
+			b.buckets[i].runFailures = 0
+		}
+	}
+}
+
 // readyToTrip opens the breaker on the Nth consecutive failure, not after
-// it as gobreaker's default does, so that the (N+1)th request fails fast.
-func (b *Breaker) readyToTrip(c gobreaker.Counts) bool {
+// it, so that the (N+1)th request fails fast; mu is held.
+func (b *Breaker) readyToTrip() bool {
+	c := b.c
 	if int(c.ConsecutiveFailures) >= b.cfg.ConsecutiveFailures {
 		why := fmt.Sprintf("%d failures in a row (consecutiveFailures: %d)", c.ConsecutiveFailures, b.cfg.ConsecutiveFailures)
 		b.why.Store(&why)
@@ -96,13 +271,84 @@ func (b *Breaker) readyToTrip(c gobreaker.Counts) bool {
 	}
 	if fr := b.cfg.FailureRate; fr != nil {
 		done := c.TotalSuccesses + c.TotalFailures
-		if int(done) >= fr.MinRequests && float64(c.TotalFailures) >= fr.Threshold*float64(done) {
+		// The share itself, not failures ≥ threshold×done: 55 failures
+		// of 100 reach a threshold of 0.55, whose product is 55.000…01.
+		if int(done) >= fr.MinRequests && float64(c.TotalFailures)/float64(done) >= fr.Threshold {
 			why := fmt.Sprintf("%d failures in %d tries within %v (failureRate.threshold: %v)", c.TotalFailures, done, fr.Window, fr.Threshold)
 			b.why.Store(&why)
 			return true
 		}
 	}
 	return false
+}
+
+// current moves the breaker along with the time (an open breaker whose
+// timeout has passed half-opens, a window rolls) and returns its state;
+// mu is held.
+func (b *Breaker) current(now time.Time) State {
+	switch b.st {
+	case Open:
+		if b.until.Before(now) {
+			b.setState(HalfOpen, now)
+		}
+	case Closed:
+		if b.buckets != nil {
+			b.roll(now)
+		}
+	}
+	return b.st
+}
+
+// roll moves the window up to now, dropping the buckets that left it;
+// mu is held.
+func (b *Breaker) roll(now time.Time) {
+	age := int64(now.Sub(b.start) / b.period)
+	n := int64(len(b.buckets))
+	if age <= b.age {
+		return
+	}
+	if age-b.age >= n {
+		clear(b.buckets)
+		b.c = Counts{}
+		b.age = age
+		return
+	}
+	for b.age < age {
+		b.age++
+		bk := &b.buckets[b.age%n]
+		b.c.Requests -= min(b.c.Requests, bk.requests)
+		b.c.TotalSuccesses -= min(b.c.TotalSuccesses, bk.successes)
+		b.c.TotalFailures -= min(b.c.TotalFailures, bk.failures)
+		b.c.ConsecutiveSuccesses -= min(b.c.ConsecutiveSuccesses, bk.runSuccesses)
+		b.c.ConsecutiveFailures -= min(b.c.ConsecutiveFailures, bk.runFailures)
+		*bk = bucket{}
+	}
+}
+
+// setState moves to state with fresh counts; mu is held.
+func (b *Breaker) setState(to State, now time.Time) {
+	from := b.st
+	if from == to {
+		return
+	}
+	b.st = to
+	b.gen++
+	b.c = Counts{}
+	clear(b.buckets)
+	b.start, b.age = now, 0
+	for _, p := range b.probes {
+		p.ended = true
+	}
+	clear(b.probes)
+	b.probes = b.probes[:0]
+	if to == Open {
+		b.until = now.Add(b.cfg.OpenTimeout)
+		b.openedAt.Store(now.UnixNano())
+	}
+	b.state.Store(int32(to))
+	if b.onChange != nil {
+		b.onChange(b.name, from, to)
+	}
 }
 
 var probeFailed = "a half-open probe failed"
@@ -122,22 +368,13 @@ func (b *Breaker) Why() string {
 // Config returns the settings the breaker was built from.
 func (b *Breaker) Config() *policy.CircuitBreaker { return &b.cfg }
 
-// Allow asks to send one try. It returns ErrOpen when the breaker is open
-// or, half-open, has already let its probes through.
-func (b *Breaker) Allow() (Done, error) {
-	done, err := b.cb.Allow()
-	if err != nil {
-		return nil, ErrOpen
-	}
-	return done, nil
-}
-
-// ErrOpen is returned by Allow when the try must not be sent.
-var ErrOpen = errors.New("circuit breaker is open")
-
 // State returns the current state; an open breaker whose timeout has
 // passed reports half-open.
-func (b *Breaker) State() State { return b.cb.State() }
+func (b *Breaker) State() State {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.current(time.Now())
+}
 
 // Cached returns the state as of the last transition without taking the
 // breaker's lock: for logs and spans, where a breaker whose open timeout
@@ -158,10 +395,12 @@ func (b *Breaker) RetryAfter(now time.Time) time.Duration {
 
 // OpenUntil is when an open breaker half-opens; zero unless open.
 func (b *Breaker) OpenUntil() time.Time {
-	if b.State() != Open {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.current(time.Now()) != Open {
 		return time.Time{}
 	}
-	return time.Unix(0, b.openedAt.Load()).Add(b.cfg.OpenTimeout)
+	return b.until
 }
 
 // Counts are the breaker's counters in its current state and window.
@@ -175,12 +414,8 @@ type Counts struct {
 
 // Counts returns a copy of the counters.
 func (b *Breaker) Counts() Counts {
-	c := b.cb.Counts()
-	return Counts{
-		Requests:             c.Requests,
-		TotalSuccesses:       c.TotalSuccesses,
-		TotalFailures:        c.TotalFailures,
-		ConsecutiveSuccesses: c.ConsecutiveSuccesses,
-		ConsecutiveFailures:  c.ConsecutiveFailures,
-	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.current(time.Now())
+	return b.c
 }

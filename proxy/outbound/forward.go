@@ -65,8 +65,11 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil && class == 0 {
 			return nil, err // refused, the app's fault or the app gone: nothing to retry
 		}
-		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || errors.Is(err, errTimeout) ||
-			!f.retryable(req, st, r, resp, class) {
+		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || errors.Is(err, errTimeout) {
+			return resp, err
+		}
+		wait := retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max)
+		if !f.retryable(req, st, r, resp, class, wait) {
 			return resp, err
 		}
 		if resp != nil {
@@ -76,7 +79,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp.Body.Close()
 		}
 		dst.metrics.Retry(reason(resp, st, class))
-		if ctx := req.Context(); !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max), st.deadline) {
+		if ctx := req.Context(); !sleep(ctx, wait, st.deadline) {
 			if ctx.Err() == nil {
 				return nil, &upstreamError{class: policy.ClassTimeout, err: errTimeout} // st.deadline
 			}
@@ -509,10 +512,11 @@ func report(done breaker.Done, outcome error) {
 	}
 }
 
-// retryable decides whether a failed try is tried again. When it is, the
-// failed try has ended (its outcome reported) and the next one's breaker
-// permission is held in st.admitted, and the retry budget is drawn.
-func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class) bool {
+// retryable decides whether a failed try is tried again after waiting
+// wait (its backoff). When it is, the failed try has ended (its outcome
+// reported) and the next one's breaker permission is held in
+// st.admitted, and the retry budget is drawn.
+func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class, wait time.Duration) bool {
 	// A request that was never sent may go again whatever its method;
 	// one that may have reached the upstream only if repeating it is safe.
 	safe := class == policy.ClassConnectFailure
@@ -539,8 +543,12 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	if st.replay != nil && !st.replay.replayable() {
 		return false
 	}
-	if !st.deadline.IsZero() && !time.Now().Before(st.deadline) {
-		return false // the request's time is up (fast path: no context ends)
+	if dl, ok := requestDeadline(req.Context(), st); ok && !time.Now().Add(wait).Before(dl) {
+		// The request's time is up, or will be before the backoff ends
+		// ("timeout has time left"): the app gets this try's answer now,
+		// not a 504 once the wait has run into the timeout, and no retry
+		// is counted or drawn from the budget that could not be sent.
+		return false
 	}
 	// This try is over, judged by its status: its breaker and endpoint
 	// hear so now, and the drain of its body that follows fails nothing
@@ -567,6 +575,15 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	}
 	st.admitted = done
 	return true
+}
+
+// requestDeadline is when the request's time is up: the fast path's
+// deadline, else its context's (the policy's timeout, a gRPC client's).
+func requestDeadline(ctx context.Context, st *reqState) (time.Time, bool) {
+	if !st.deadline.IsZero() {
+		return st.deadline, true
+	}
+	return ctx.Deadline()
 }
 
 func idempotent(req *http.Request) bool {

@@ -12,7 +12,7 @@ type BreakerState struct {
 var States = []string{"closed", "open", "half-open"}
 
 // WatchBreakers registers minimesh_circuit_breaker_state, read from list
-// at every scrape rather than kept current: gobreaker moves from open to
+// at every scrape rather than kept current: a breaker moves from open to
 // half-open lazily, so only a read at scrape time is exact. Breakers past
 // the destination cap share the label "other": it shows the worst of
 // their states (open, then half-open, then closed), so that an alert on
