@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -14,10 +15,13 @@ const MaxReplayBody = 64 << 10
 
 // replay is a request body that can be sent more than once.
 type replay struct {
-	buf     *[]byte   // whole body, when it fit in MaxReplayBody
-	stream  io.Reader // the rest, when it did not
-	started bool      // some of stream was read: it cannot be resent
-	length  int64     // the request's ContentLength, sent with the stream
+	buf    *[]byte   // whole body, when it fit in MaxReplayBody
+	stream io.Reader // the rest, when it did not
+	// started: some of stream was read, so it cannot be resent. Set by the
+	// transport's goroutine that writes the body, which may still run
+	// after RoundTrip returned (an early answer to a large upload).
+	started atomic.Bool
+	length  int64 // the request's ContentLength, sent with the stream
 	closer  io.Closer
 	// rec, for a gRPC call, is the body kept as the first try sent it:
 	// sent again only when it was one whole message.
@@ -42,7 +46,9 @@ func newReplay(body io.ReadCloser, length int64) (*replay, error) {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
-		n, err := body.Read(buf[len(buf):cap(buf)])
+		// No read past the first byte over the limit: what is read
+		// beyond it is held too, as the start of the stream.
+		n, err := body.Read(buf[len(buf):min(cap(buf), MaxReplayBody+1)])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF && len(buf) <= MaxReplayBody {
 			*bp = buf
@@ -72,7 +78,7 @@ func (r *replay) body() (io.ReadCloser, int64, bool) {
 	if r.stream == nil {
 		return io.NopCloser(bytes.NewReader(*r.buf)), int64(len(*r.buf)), true
 	}
-	if r.started {
+	if r.started.Load() {
 		return nil, 0, false
 	}
 	return &onceBody{r}, r.length, true
@@ -93,7 +99,7 @@ func (r *replay) replayable() bool {
 		_, ok := r.rec.oneMessage()
 		return ok || !r.rec.begun()
 	}
-	return r.stream == nil || !r.started
+	return r.stream == nil || !r.started.Load()
 }
 
 // recording is a gRPC call's request body on its first try: it passes
@@ -228,7 +234,7 @@ func (r *recording) probeEnd(d time.Duration) ([]byte, bool) {
 type onceBody struct{ r *replay }
 
 func (b *onceBody) Read(p []byte) (int, error) {
-	b.r.started = true
+	b.r.started.Store(true)
 	return b.r.stream.Read(p)
 }
 

@@ -250,3 +250,29 @@ func TestStaleRetryReplayable(t *testing.T) {
 		}
 	}
 }
+
+// countingReader counts the bytes read from it.
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// TestReplayReadsNoFurtherThanItKeeps: deciding that a body is too large
+// to keep for a retry reads one byte past MaxReplayBody, not what the
+// buffer's growth had room for (it read up to about twice the limit).
+func TestReplayReadsNoFurtherThanItKeeps(t *testing.T) {
+	body := &countingReader{r: bytes.NewReader(make([]byte, 1<<20))}
+	r, err := newReplay(io.NopCloser(body), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body.n != MaxReplayBody+1 || r.stream == nil {
+		t.Fatalf("read %d bytes to decide (stream %v), want %d", body.n, r.stream != nil, MaxReplayBody+1)
+	}
+}
