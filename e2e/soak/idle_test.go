@@ -53,7 +53,11 @@ func TestIdleConnectionCost(t *testing.T) {
 	stack := (after.stack - before.stack) / n
 	heap := (after.heap - before.heap) / n
 	t.Logf("per idle connection: stack %d bytes, live heap %d bytes (%d goroutines)", stack, heap, after.goroutines)
-	if after.goroutines < before.goroutines+n {
+	// At least one goroutine per connection; "before" may count a few
+	// that come and go (the admin connection's, a timer's writer): under
+	// CI's load it held 2 more than after (816 for 800 connections, 18
+	// before).
+	if after.goroutines < before.goroutines+n-8 {
 		t.Fatalf("%d goroutines with %d connections open, %d before: the connections are not served", after.goroutines, n, before.goroutines)
 	}
 	if stack > 5<<10 {
