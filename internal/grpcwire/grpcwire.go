@@ -9,8 +9,9 @@
 // binary and 4 MB of its idle RSS (docs/benchmarks.md, "Memory at idle
 // and under load"), for two calls that net/http, which the sidecar links
 // anyway, can make. No compression, no name resolution beyond the dialer's,
-// no keepalive pings (as grpc-go's client by default): what the sidecar
-// used of grpc-go.
+// keepalive pings only on a client made to send them (NewKeepaliveClient:
+// the ADS stream, which is quiet for as long as nothing changes): what the
+// sidecar used of grpc-go.
 package grpcwire
 
 import (
@@ -35,19 +36,49 @@ import (
 const DefaultMaxMessage = 4 << 20
 
 // NewClient is an HTTP client that speaks HTTP/2 without TLS (h2c with
-// prior knowledge) to every address, one connection per address.
+// prior knowledge) to every address, one connection per address. It sends
+// no keepalive pings: a connection between unary calls (OTLP's) has no
+// stream, and a grpc-go server ends a connection pinged without one, by
+// default, with GOAWAY "too_many_pings" (keepalive.EnforcementPolicy).
 func NewClient(connectTimeout time.Duration) *http.Client {
+	return NewKeepaliveClient(connectTimeout, Keepalive{})
+}
+
+// Keepalive is how a client finds out that its server is gone when
+// nothing says so (a node lost without a TCP reset, a network that drops
+// packets): TCP's own keepalive takes minutes to give up on a dead peer,
+// and a stream that waits for the server's next message waits forever.
+type Keepalive struct {
+	// Time: a connection from which no frame came for this long is sent
+	// an HTTP/2 PING (0: never). Any frame resets it, the PING's answer
+	// too, so a quiet connection is pinged once per Time (plus a round
+	// trip): a grpc-go server must permit it (its EnforcementPolicy's
+	// MinTime below Time, and PermitWithoutStream if the connection may
+	// have no stream open).
+	Time time.Duration
+	// Timeout: a PING unanswered for this long closes the connection,
+	// and with it every stream on it (0: net/http's 15 s).
+	Timeout time.Duration
+}
+
+// NewKeepaliveClient is NewClient pinging its connections as k says: a
+// dead server ends the stream within k.Time+k.Timeout of its last frame.
+func NewKeepaliveClient(connectTimeout time.Duration, k Keepalive) *http.Client {
 	p := new(http.Protocols)
 	p.SetUnencryptedHTTP2(true)
 	d := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
-	return &http.Client{Transport: &http.Transport{
+	t := &http.Transport{
 		Protocols:          p,
 		DialContext:        d.DialContext,
 		DisableCompression: true,
 		Proxy:              nil, // never through HTTP_PROXY: that is the sidecar itself
 		MaxIdleConns:       1,
 		IdleConnTimeout:    90 * time.Second,
-	}}
+	}
+	if k.Time > 0 {
+		t.HTTP2 = &http.HTTP2Config{SendPingTimeout: k.Time, PingTimeout: k.Timeout}
+	}
+	return &http.Client{Transport: t}
 }
 
 // Error is a gRPC status other than OK.

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/minimesh/minimesh/internal/grpcwire"
 	"github.com/minimesh/minimesh/policy"
@@ -33,6 +34,22 @@ const clusterType = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 // NamespaceKey is the node metadata field that names the sidecar's
 // namespace: the server serves each namespace its own snapshot.
 const NamespaceKey = "namespace"
+
+// DefaultKeepalive is how the client pings a quiet stream (Client.Keepalive):
+// a control plane gone without a reset (its node lost, a network that drops
+// packets) is noticed within 35 s of its last frame, where TCP took
+// minutes (keepalive probes of an idle connection: 30 s, then 9 probes
+// 15 s apart; retransmissions of data not acknowledged: about 15 min),
+// and the client reconnects, keeping its last good policies. The server must permit a ping every 20 s on a stream: minimesh
+// controller's EnforcementPolicy.MinTime is 10 s, half of it (grpc-go's
+// default, 5 min, ends the connection with GOAWAY "too_many_pings").
+var DefaultKeepalive = grpcwire.Keepalive{Time: 20 * time.Second, Timeout: 15 * time.Second}
+
+// MaxNackMessage bounds the message of a NACK, which joins the errors of
+// every resource of a response refused: a response of many bad clusters
+// made a NACK of megabytes, over the server's bound on a request (256 KiB,
+// xds.MaxRequestBytes), which ended the stream for every NACK sent.
+const MaxNackMessage = 4 << 10
 
 // adsMethod is the ADS stream's gRPC method.
 const adsMethod = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
@@ -64,8 +81,10 @@ type Client struct {
 	// Backoff bounds between reconnects (defaults 250 ms and 30 s).
 	MinBackoff, MaxBackoff time.Duration
 	// HTTPClient carries the stream (nil: an HTTP/2 cleartext client of
-	// its own, grpcwire.NewClient).
+	// its own, grpcwire.NewKeepaliveClient with Keepalive).
 	HTTPClient *http.Client
+	// Keepalive of the client's own HTTPClient (zero: DefaultKeepalive).
+	Keepalive grpcwire.Keepalive
 }
 
 // Run follows the server until ctx ends.
@@ -126,7 +145,11 @@ type typeState struct {
 func (c *Client) session(ctx context.Context) (got bool, err error) {
 	hc := c.HTTPClient
 	if hc == nil {
-		hc = grpcwire.NewClient(10 * time.Second)
+		k := c.Keepalive
+		if k.Time <= 0 {
+			k = DefaultKeepalive
+		}
+		hc = grpcwire.NewKeepaliveClient(10*time.Second, k)
 		defer hc.CloseIdleConnections()
 	}
 	sctx, cancel := context.WithCancel(ctx)
@@ -231,19 +254,19 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 			}
 			continue
 		}
+		msg := nackMessage(err)
 		if version != st.lastNack {
-			c.Log.Error("xds: refused the control plane's "+st.what+" (NACK); keeping the last good ones", "version", version, "err", err)
+			c.Log.Error("xds: refused the control plane's "+st.what+" (NACK); keeping the last good ones", "version", version, "err", msg)
 			if c.Refused != nil {
-				c.Refused(st.what, err)
+				c.Refused(st.what, &nackError{msg, err})
 			}
 			st.lastNack, st.nackWait = version, time.Second
-			msg := err.Error()
 			if err := send(st, resp.nonce, &msg); err != nil {
 				return got, err
 			}
 			continue
 		}
-		d := delayed{st, resp.nonce, err.Error()}
+		d := delayed{st, resp.nonce, msg}
 		st.timer = time.AfterFunc(st.nackWait, func() {
 			select {
 			case due <- d:
@@ -253,6 +276,33 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		st.nackWait = min(2*st.nackWait, 5*time.Second)
 	}
 }
+
+// nackMessage is err's message as a NACK carries it: valid UTF-8 (a
+// protobuf string: the server refuses a request with anything else), and
+// at most MaxNackMessage bytes, cut at a character boundary and saying
+// how much was cut.
+func nackMessage(err error) string {
+	msg := strings.ToValidUTF8(err.Error(), "\uFFFD")
+	if len(msg) <= MaxNackMessage {
+		return msg
+	}
+	note := func(cut int) string { return fmt.Sprintf(" … (%d more bytes cut of %d)", cut, len(msg)) }
+	keep := MaxNackMessage - len(note(len(msg))) // the longest note there can be
+	for keep > 0 && !utf8.RuneStart(msg[keep]) {
+		keep--
+	}
+	return msg[:keep] + note(len(msg)-keep)
+}
+
+// nackError is an error with its message as the NACK said it (Refused
+// hears of it: /debug/config keeps it); errors.Is and As see the error.
+type nackError struct {
+	msg string
+	err error
+}
+
+func (e *nackError) Error() string { return e.msg }
+func (e *nackError) Unwrap() error { return e.err }
 
 // applyClusters decodes a CDS response and hands it to Apply.
 func (c *Client) applyClusters(resp *discoveryResponse) (string, int, error) {

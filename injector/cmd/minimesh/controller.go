@@ -9,11 +9,16 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -38,6 +43,7 @@ type controllerFlags struct {
 	logLevel               string
 	xdsAddr, policyDir     string
 	namespace              string
+	xdsMaxConns            int
 }
 
 func newControllerCmd() *cobra.Command {
@@ -69,6 +75,7 @@ func newControllerCmd() *cobra.Command {
 	fl.StringVar(&f.config, "config", "", "injection config YAML: proxy image, resources, ports, OTLP endpoint (default: built-in)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.xdsAddr, "xds-addr", fmt.Sprintf(":%d", wellknown.XDSPort), "address of the xDS (ADS) gRPC listener the sidecars connect to")
+	fl.IntVar(&f.xdsMaxConns, "xds-max-connections", defaultXDSMaxConnections, "most connections the xDS listener holds at once; more are reset as soon as accepted (0: no limit)")
 	fl.StringVar(&f.policyDir, "policy-dir", "", "serve the policies of this directory instead of the cluster's ResiliencePolicy objects")
 	fl.StringVar(&f.namespace, "namespace", orEnv("POD_NAMESPACE", "minimesh"), "namespace whose ResiliencePolicy objects apply cluster-wide (default: $POD_NAMESPACE, else minimesh)")
 	return cmd
@@ -85,6 +92,9 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	klog.SetSlogLogger(log)
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 
+	if f.xdsMaxConns < 0 {
+		return fmt.Errorf("--xds-max-connections %d: want 0 (no limit) or more", f.xdsMaxConns)
+	}
 	if (f.certFile == "") != (f.keyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
 	}
@@ -123,7 +133,10 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	if err != nil {
 		return fmt.Errorf("xds listener: %w", err)
 	}
-	g := grpc.NewServer()
+	if f.xdsMaxConns > 0 {
+		xl = capConns(xl, f.xdsMaxConns, metrics.Registry, log)
+	}
+	g := grpc.NewServer(xdsServerOptions()...)
 	xdsSrv.Register(g)
 	go func() {
 		if err := g.Serve(xl); err != nil {
@@ -214,6 +227,118 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	}
 	log.Info("minimesh controller stopped")
 	return nil
+}
+
+// The xDS server's bounds on what a connection holds and how long a dead
+// one is kept. A sidecar holds one connection with one stream (ADS) for as
+// long as it runs; an Envoy, one stream per xDS type at most.
+const (
+	// xdsPingAfter, xdsPingTimeout: a connection from which nothing came
+	// for 30 s is pinged, and closed when 10 s more bring nothing (a
+	// sidecar's pod gone without a reset, its node lost): its streams end
+	// and what the server held for them goes. Live sidecars ping every
+	// 20 s (xdsclient.DefaultKeepalive), so the server pings only clients
+	// that do not (an Envoy without keepalive). grpc-go's default: 2 h.
+	xdsPingAfter   = 30 * time.Second
+	xdsPingTimeout = 10 * time.Second
+	// xdsPingMinTime is the shortest time between a client's pings the
+	// server takes: half the sidecar's 20 s, and grpc-go's shortest client
+	// keepalive (10 s). Pings closer than this, three times over without
+	// the server sending anything in between, end the connection with
+	// GOAWAY "too_many_pings" (grpc-go's default: 5 min, which would end
+	// every sidecar's quiet stream after a minute).
+	xdsPingMinTime = 10 * time.Second
+	// xdsMaxIdle: a connection without a stream for a minute is closed
+	// (GOAWAY); a sidecar always has its stream open, and closes its
+	// connection between two.
+	xdsMaxIdle = time.Minute
+	// xdsHandshakeTimeout bounds a new connection's HTTP/2 preface
+	// (grpc-go's default: 120 s of a place under the cap).
+	xdsHandshakeTimeout = 10 * time.Second
+	// xdsMaxStreamsPerConn is SETTINGS_MAX_CONCURRENT_STREAMS: RFC 9113's
+	// recommended least (100), far above an Envoy's one per xDS type.
+	// grpc-go's default: no limit (the xds server bounds streams per peer
+	// address at 512, not per connection, and not loopback's).
+	xdsMaxStreamsPerConn = 100
+	// defaultXDSMaxConnections bounds the xDS listener's connections
+	// (--xds-max-connections): one per sidecar, ten times the 1,000
+	// sidecars of docs/benchmarks.md. A connection without a stream costs
+	// the controller about 19 KB (10,000: 190 MB, within the chart's
+	// 512Mi), one with a sidecar's idle stream about 56 KB (135 KB while
+	// a push is in flight): size the memory limit for the sidecars.
+	defaultXDSMaxConnections = 10000
+)
+
+// xdsServerOptions are the xDS gRPC server's: keepalive both ways, and
+// the bounds on a connection's streams and a request's size.
+func xdsServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: xdsPingAfter, Timeout: xdsPingTimeout, MaxConnectionIdle: xdsMaxIdle}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: xdsPingMinTime, PermitWithoutStream: true}),
+		grpc.MaxConcurrentStreams(xdsMaxStreamsPerConn),
+		// The xds server refuses a request over MaxRequestBytes once
+		// decoded; the transport refuses a larger message before it is
+		// read (ResourceExhausted), so it is never held whole.
+		grpc.MaxRecvMsgSize(xds.MaxRequestBytes),
+		grpc.ConnectionTimeout(xdsHandshakeTimeout),
+	}
+}
+
+// connCap is a listener that holds at most cap connections: one past it
+// is reset as soon as accepted (the client reconnects with backoff), and
+// counted. proxy/connlimit does this for the sidecar, but injector/ must
+// not import proxy/ (docs/architecture.md).
+type connCap struct {
+	net.Listener
+	places  chan struct{}
+	refused prometheus.Counter
+	log     *slog.Logger
+	logged  atomic.Int64 // unix nanoseconds of the last warning
+}
+
+func capConns(l net.Listener, n int, reg prometheus.Registerer, log *slog.Logger) *connCap {
+	c := &connCap{Listener: l, places: make(chan struct{}, n), log: log,
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_xds_connections_refused_total",
+			Help: "Connections to the xDS listener reset because it held --xds-max-connections."})}
+	reg.MustRegister(c.refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "minimesh_xds_connections",
+		Help: "Connections the xDS listener holds."}, func() float64 { return float64(len(c.places)) }))
+	return c
+}
+
+func (c *connCap) Accept() (net.Conn, error) {
+	for {
+		conn, err := c.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case c.places <- struct{}{}:
+			return &cappedConn{Conn: conn, release: func() { <-c.places }}, nil
+		default:
+		}
+		if tc, ok := conn.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // a reset: nothing waits in TIME_WAIT
+		}
+		conn.Close()
+		c.refused.Inc()
+		if now := time.Now().UnixNano(); now-c.logged.Load() > int64(10*time.Second) {
+			c.logged.Store(now)
+			c.log.Warn("xds: connection refused, the listener holds its most", "max", cap(c.places), "peer", conn.RemoteAddr().String())
+		}
+	}
+}
+
+// cappedConn gives its place back once, at its first Close.
+type cappedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *cappedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 func orEnv(key, def string) string {

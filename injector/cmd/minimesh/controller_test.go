@@ -76,6 +76,7 @@ func TestControllerStartupErrors(t *testing.T) {
 		{"key of another cert", []string{"--tls-cert-file", cert, "--tls-key-file", otherKey}, []string{cert, otherKey, "private key does not match public key"}},
 		{"missing config", []string{"--config", missing + ".yaml"}, []string{missing + ".yaml: no such file"}},
 		{"bad config", []string{"--config", badConfig}, []string{badConfig, "line 3", "colour"}},
+		{"negative connection cap", []string{"--xds-max-connections", "-1"}, []string{"--xds-max-connections -1"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code, out, errOut := run(append(append([]string{"controller"}, local...), tt.args...)...)
