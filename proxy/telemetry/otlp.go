@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -39,6 +40,9 @@ type otlpExporter struct {
 
 	mu  sync.Mutex
 	buf []byte // the last export's request, its room kept for the next
+
+	connMu sync.Mutex
+	conn   net.Conn // the last connection dialled (one address, one at a time)
 }
 
 // maxKeptExport bounds the room an exporter keeps between exports: a
@@ -49,8 +53,30 @@ const maxKeptExport = 1 << 20
 const otlpExport = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 func newOTLPExporter(addr string) *otlpExporter {
-	return &otlpExporter{addr: addr, client: grpcwire.NewClient(5 * time.Second), timeout: 5 * time.Second,
+	e := &otlpExporter{addr: addr, client: grpcwire.NewClient(5 * time.Second), timeout: 5 * time.Second,
 		retryFirst: 200 * time.Millisecond, retryMax: time.Second, retryFor: 3 * time.Second}
+	t := e.client.Transport.(*http.Transport)
+	dial := t.DialContext
+	t.DialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
+		c, err := dial(ctx, network, address)
+		if err == nil {
+			e.connMu.Lock()
+			e.conn = c
+			e.connMu.Unlock()
+		}
+		return c, err
+	}
+	return e
+}
+
+// dropConn closes the exporter's connection, whatever it carries.
+func (e *otlpExporter) dropConn() {
+	e.connMu.Lock()
+	defer e.connMu.Unlock()
+	if e.conn != nil {
+		e.conn.Close()
+		e.conn = nil
+	}
 }
 
 func retryable(err error) bool {
@@ -84,6 +110,15 @@ func (e *otlpExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnl
 	start, wait := time.Now(), e.retryFirst
 	for {
 		_, err := grpcwire.Invoke(ctx, e.client, e.addr, otlpExport, req)
+		if err != nil && ctx.Err() != nil {
+			// No answer in time: the collector may be gone without a
+			// reset (its node lost), and its connection would carry every
+			// export into the same silence until TCP gives up, minutes
+			// later (net/http keeps using an HTTP/2 connection whose
+			// calls were cancelled). It is closed: the next export dials
+			// anew.
+			e.dropConn()
+		}
 		if err == nil || !retryable(err) || time.Since(start)+wait > e.retryFor {
 			return err
 		}
