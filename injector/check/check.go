@@ -96,10 +96,20 @@ func Run(ctx context.Context, o Options) []Result {
 	if !add("webhook configuration exists", "install the chart: helm install minimesh charts/minimesh -n "+o.Namespace, err) {
 		return rs
 	}
-	cert, err := servingCert(ctx, o, wh)
-	add("webhook CA bundle verifies the serving certificate", "the CA bundle and the injector's certificate differ: helm upgrade (tls.mode=helm) or check cert-manager's Certificate", err)
+	// The webhook names the release's namespace (its Service's); --namespace
+	// is only the fallback for an injector behind webhook.url, so that a
+	// release in another namespace is checked, and hinted at, where it is.
+	if s := wh.ClientConfig.Service; s != nil && s.Namespace != "" {
+		o.Namespace = s.Namespace
+	}
+	// The injection config the chart rendered: the namespaces it excludes
+	// are never injected, whatever their labels say.
+	cfg := injectionConfig(ctx, o.Client, o.Namespace)
+	secret := tlsSecretName(ctx, o, wh)
+	cert, err := servingCert(ctx, o, wh, secret)
+	add("webhook CA bundle verifies the serving certificate", "the CA bundle and the injector's certificate differ: helm upgrade (tls.mode=helm), check cert-manager's Certificate, or, with tls.mode=secret, set webhook.caBundle to the CA of the Secret "+secret, err)
 	if err == nil {
-		add("serving certificate is not about to expire", "delete the Secret "+TLSSecret+" and helm upgrade to issue a new one, or renew it in cert-manager", notExpiring(cert, o.Now()))
+		add("serving certificate is not about to expire", "delete the Secret "+o.Namespace+"/"+secret+" and helm upgrade to issue a new one (tls.mode=helm), renew it in cert-manager, or replace your own Secret (tls.mode=secret)", notExpiring(cert, o.Now()))
 	}
 	add("injector is ready", "kubectl -n "+o.Namespace+" describe deployment "+Deployment+"; kubectl -n "+o.Namespace+" logs deployment/"+Deployment, injectorReady(ctx, o, wh))
 
@@ -107,17 +117,56 @@ func Run(ctx context.Context, o Options) []Result {
 	if !add("pods can be listed", "the checks need to list pods and namespaces", err) {
 		return rs
 	}
-	add("pods that ask for injection have the sidecar", "they were created while the injector was down or before their namespace opted in: kubectl rollout restart their workloads", missingSidecars(pods, nsLabels, o.Namespace))
+	add("pods that ask for injection have the sidecar", "they were created while the injector was down or before their namespace opted in: kubectl rollout restart their workloads", missingSidecars(pods, nsLabels, o.Namespace, cfg))
 	add("sidecars are ready", "kubectl logs POD -c "+wellknown.ProxyContainerName+"; curl POD:15020/ready", sidecarsReady(pods))
 	add("iptables interception only where Pod Security allows it",
 		"its init container needs NET_ADMIN and NET_RAW: annotate the pods "+injector.AnnotationInterception+": "+injector.InterceptionProxyEnv+
 			", or label the namespace "+injector.PodSecurityEnforceLabel+"=privileged if its pods may have them (docs/annotations.md)",
-		podSecurityConflicts(ctx, o.Client, pods, nsLabels, o.Namespace))
+		podSecurityConflicts(ctx, o.Client, pods, nsLabels, o.Namespace, cfg))
 	add("policies validate", "fix the files: minimesh policy lint FILE", policiesValid(ctx, o.Client))
 	if o.Dynamic != nil {
-		add("ResiliencePolicy objects are accepted", "kubectl describe rp -n NAMESPACE NAME; the last accepted version of each keeps serving", objectsAccepted(ctx, o.Dynamic))
+		if add("ResiliencePolicy CRD is installed", "kubectl apply -f charts/minimesh/crds/ (helm creates CRDs only on helm install: an upgrade never restores a deleted one)", crdInstalled(ctx, o.Dynamic)) {
+			add("ResiliencePolicy objects are accepted", "kubectl describe rp -n NAMESPACE NAME; the last accepted version of each keeps serving", objectsAccepted(ctx, o.Dynamic))
+		}
 	}
 	return rs
+}
+
+// InjectorConfig is the ConfigMap of the injection config the chart renders
+// in the release's namespace (charts/minimesh/templates/config.yaml).
+const InjectorConfig = "minimesh-injector-config"
+
+// injectionConfig is the injector's config as the chart rendered it, or
+// the default when it cannot be read (an injector run by hand).
+func injectionConfig(ctx context.Context, c kubernetes.Interface, ns string) injector.Config {
+	cm, err := c.CoreV1().ConfigMaps(ns).Get(ctx, InjectorConfig, metav1.GetOptions{})
+	if err != nil {
+		return injector.DefaultConfig()
+	}
+	cfg, err := injector.ParseConfig([]byte(cm.Data["config.yaml"]))
+	if err != nil {
+		return injector.DefaultConfig()
+	}
+	return cfg
+}
+
+// tlsSecretName is the Secret the injector Deployment mounts its serving
+// certificate from: tls.secretName with tls.mode=secret, else TLSSecret.
+func tlsSecretName(ctx context.Context, o Options, wh *admissionregistrationv1.MutatingWebhook) string {
+	s := wh.ClientConfig.Service
+	if s == nil {
+		return TLSSecret
+	}
+	d, err := o.Client.AppsV1().Deployments(s.Namespace).Get(ctx, Deployment, metav1.GetOptions{})
+	if err != nil {
+		return TLSSecret
+	}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name == "tls" && v.Secret != nil && v.Secret.SecretName != "" {
+			return v.Secret.SecretName
+		}
+	}
+	return TLSSecret
 }
 
 func serverMinor(c kubernetes.Interface) (int, error) {
@@ -199,7 +248,7 @@ func caPool(wh *admissionregistrationv1.MutatingWebhook) (*x509.CertPool, error)
 // URL's host (by a real handshake), or the Service's DNS name (from the
 // Secret the injector mounts). Expiry is checked separately, for a
 // clearer verdict.
-func servingCert(ctx context.Context, o Options, wh *admissionregistrationv1.MutatingWebhook) (*x509.Certificate, error) {
+func servingCert(ctx context.Context, o Options, wh *admissionregistrationv1.MutatingWebhook, secret string) (*x509.Certificate, error) {
 	pool, err := caPool(wh)
 	if err != nil {
 		return nil, err
@@ -221,16 +270,16 @@ func servingCert(ctx context.Context, o Options, wh *admissionregistrationv1.Mut
 		conn.Close()
 	} else if s := wh.ClientConfig.Service; s != nil {
 		host = s.Name + "." + s.Namespace + ".svc"
-		sec, err := o.Client.CoreV1().Secrets(s.Namespace).Get(ctx, TLSSecret, metav1.GetOptions{})
+		sec, err := o.Client.CoreV1().Secrets(s.Namespace).Get(ctx, secret, metav1.GetOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("serving certificate: %w", err)
 		}
 		block, _ := pem.Decode(sec.Data[corev1.TLSCertKey])
 		if block == nil {
-			return nil, fmt.Errorf("secret %s/%s: %s is not PEM", s.Namespace, TLSSecret, corev1.TLSCertKey)
+			return nil, fmt.Errorf("secret %s/%s: %s is not PEM", s.Namespace, secret, corev1.TLSCertKey)
 		}
 		if cert, err = x509.ParseCertificate(block.Bytes); err != nil {
-			return nil, fmt.Errorf("secret %s/%s: %w", s.Namespace, TLSSecret, err)
+			return nil, fmt.Errorf("secret %s/%s: %w", s.Namespace, secret, err)
 		}
 	} else {
 		return nil, fmt.Errorf("webhook %s has neither url nor service", wh.Name)
@@ -323,10 +372,9 @@ func podsAndNamespaces(ctx context.Context, c kubernetes.Interface) ([]corev1.Po
 // missingSidecars are pods the injector would inject now but that run
 // without the sidecar: the webhook was down (failurePolicy Ignore) or the
 // namespace opted in after they were created.
-func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, release string) error {
-	cfg := injector.DefaultConfig()
+func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, release string, cfg injector.Config) error {
 	// The chart's webhook never sees the release's own namespace.
-	cfg.IgnoredNamespaces = append(cfg.IgnoredNamespaces, release)
+	cfg.IgnoredNamespaces = append(slices.Clip(cfg.IgnoredNamespaces), release)
 	var missing []string
 	for i := range pods {
 		p := &pods[i]
@@ -348,9 +396,8 @@ func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, r
 // deleted, or a workload whose pods are refused (its ReplicaSet, Job or
 // StatefulSet reports FailedCreate, and a rollout stalls). A pod or a
 // workload owned by another is listed as its owner.
-func podSecurityConflicts(ctx context.Context, c kubernetes.Interface, pods []corev1.Pod, nsLabels map[string]map[string]string, release string) error {
-	cfg := injector.DefaultConfig()
-	ignored := append(cfg.IgnoredNamespaces, release)
+func podSecurityConflicts(ctx context.Context, c kubernetes.Interface, pods []corev1.Pod, nsLabels map[string]map[string]string, release string, cfg injector.Config) error {
+	ignored := append(slices.Clip(cfg.IgnoredNamespaces), release)
 	var found []string
 	consider := func(kind string, meta metav1.ObjectMeta, template metav1.ObjectMeta) {
 		if metav1.GetControllerOf(&meta) != nil || slices.Contains(ignored, meta.Namespace) {
@@ -461,6 +508,16 @@ func policiesValid(ctx context.Context, c kubernetes.Interface) error {
 }
 
 var resiliencePolicies = schema.GroupVersionResource{Group: "minimesh.io", Version: "v1alpha1", Resource: "resiliencepolicies"}
+
+// crdInstalled: without the CRD, `kubectl apply` of a ResiliencePolicy
+// fails, and the control plane serves none (its watch fails).
+func crdInstalled(ctx context.Context, d dynamic.Interface) error {
+	_, err := d.Resource(resiliencePolicies).List(ctx, metav1.ListOptions{Limit: 1})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("the API server does not serve %s/%s: the CustomResourceDefinition %s.%s is missing", resiliencePolicies.GroupResource(), resiliencePolicies.Version, resiliencePolicies.Resource, resiliencePolicies.Group)
+	}
+	return err
+}
 
 // objectsAccepted lists the objects whose status the controller set to
 // Accepted=False; without the CRD there is nothing to check.

@@ -10,6 +10,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -18,6 +19,7 @@ import (
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/minimesh/minimesh/internal/pki"
 )
@@ -207,5 +209,68 @@ func TestObjectsAccepted(t *testing.T) {
 	err := objectsAccepted(context.Background(), d)
 	if err == nil || !strings.Contains(err.Error(), "1 refused: shop/maps (spec.service: label too long)") {
 		t.Fatalf("objectsAccepted = %v", err)
+	}
+}
+
+// TestRunFollowsTheRelease: a release in another namespace with
+// tls.mode=secret (the certificate in the Secret the injector mounts) and
+// a namespace excluded in its injection config is healthy, and the hints
+// name its namespace, whatever --namespace says.
+func TestRunFollowsTheRelease(t *testing.T) {
+	caPEM, certPEM := certs(t, "minimesh-injector.mesh.svc", time.Now().Add(300*24*time.Hour))
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "mesh", Name: Deployment},
+		Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Volumes: []corev1.Volume{
+			{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: "minimesh-injector-config"}}}},
+			{Name: "tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "my-tls"}}},
+		}}}},
+		Status: appsv1.DeploymentStatus{AvailableReplicas: 1}}
+	c := fake.NewClientset(
+		&admissionregistrationv1.MutatingWebhookConfiguration{
+			ObjectMeta: metav1.ObjectMeta{Name: "minimesh", Labels: map[string]string{"app.kubernetes.io/name": "minimesh"}},
+			Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "pods.inject.minimesh.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{
+				Service: &admissionregistrationv1.ServiceReference{Namespace: "mesh", Name: "minimesh-injector"}, CABundle: caPEM,
+			}}},
+		},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "mesh", Name: "my-tls"}, Data: map[string][]byte{"tls.crt": certPEM}},
+		dep,
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "mesh", Name: "minimesh-injector-config"}, Data: map[string]string{
+			"config.yaml": "proxy:\n  image: \"minimesh.local/minimesh:e2e\"\nignoredNamespaces:\n  - kube-system\n  - legacy\n",
+		}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "legacy", Labels: map[string]string{"minimesh.io/inject": "enabled"}}},
+		pod("legacy", "web", nil, corev1.PodRunning, nil),
+	)
+	c.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &version.Info{Major: "1", Minor: "37"}
+	rs := Run(context.Background(), Options{Client: c, Namespace: "minimesh"})
+	for _, r := range rs {
+		if r.Err != nil {
+			t.Errorf("%s: %v", r.Name, r.Err)
+		}
+	}
+
+	if _, err := c.AppsV1().Deployments("mesh").UpdateStatus(context.Background(), &appsv1.Deployment{ObjectMeta: dep.ObjectMeta, Spec: dep.Spec}, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range Run(context.Background(), Options{Client: c, Namespace: "minimesh"}) {
+		if r.Name == "injector is ready" && (r.Err == nil || !strings.Contains(r.Hint, "kubectl -n mesh ")) {
+			t.Errorf("injector down: %v, hint %q: want a failure whose hint names namespace mesh", r.Err, r.Hint)
+		}
+	}
+}
+
+// TestCRDMissing: without the CRD no ResiliencePolicy can be applied or
+// served; the check says so instead of passing.
+func TestCRDMissing(t *testing.T) {
+	d := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{resiliencePolicies: "ResiliencePolicyList"})
+	d.PrependReactor("list", "resiliencepolicies", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewNotFound(resiliencePolicies.GroupResource(), "")
+	})
+	c := cluster(t, "37", 300*24*time.Hour)
+	got := verdicts(Run(context.Background(), Options{Client: c, Dynamic: d, Namespace: "minimesh"}))
+	if v := got["ResiliencePolicy CRD is installed"]; !strings.Contains(v, "CustomResourceDefinition resiliencepolicies.minimesh.io is missing") {
+		t.Fatalf("CRD missing: %q (all: %v)", v, got)
+	}
+	if _, ran := got["ResiliencePolicy objects are accepted"]; ran {
+		t.Errorf("objects checked without their CRD: %v", got)
 	}
 }
