@@ -295,6 +295,9 @@ var quantitySyntax = regexp.MustCompile(`^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[nu
 // and at most max. The error's text is the reason, for a denial or a
 // config error that names the field.
 func parseResource(v string, max resource.Quantity) (resource.Quantity, error) {
+	if strings.HasPrefix(v, "-") && quantitySyntax.MatchString(v[1:]) {
+		return resource.Quantity{}, errors.New("must be more than zero")
+	}
 	if !quantitySyntax.MatchString(v) {
 		return resource.Quantity{}, errors.New("not a quantity like 100m or 64Mi")
 	}

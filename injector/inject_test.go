@@ -276,6 +276,14 @@ func TestResourceBounds(t *testing.T) {
 	if _, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, testConfig()); err == nil {
 		t.Fatal("1.5e3M is not a quantity")
 	}
+	// A negative quantity is named as such, not as no quantity at all.
+	for _, v := range []string{"-1Mi", "-100m", "-0.5"} {
+		bad := enabled()
+		bad["minimesh.io/proxy-memory-limit"] = v
+		if _, err := Inject(Input{Pod: appPod(bad), Namespace: "shop"}, testConfig()); err == nil || !strings.Contains(err.Error(), "must be more than zero") {
+			t.Errorf("%s: %v, want \"must be more than zero\"", v, err)
+		}
+	}
 	ann["minimesh.io/proxy-memory-request"] = "8589934592"
 	res, err := Inject(Input{Pod: appPod(ann), Namespace: "shop"}, testConfig())
 	if err != nil || !res.Injected {
