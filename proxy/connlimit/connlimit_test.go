@@ -349,7 +349,7 @@ func TestCloseTwice(t *testing.T) {
 			}()
 		}
 		close(start)
-		if <-held || <-held {
+		if first, second := <-held, <-held; first || second {
 			t.Fatal("Close returned while the connection still held its place")
 		}
 		c.Close()
