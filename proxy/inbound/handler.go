@@ -579,6 +579,7 @@ func (bufferPool) Put(b []byte) {
 func (h *Handler) ServeTCP(c *transparent.Conn) {
 	h.relays.Add(1)
 	defer h.relays.Done()
+	c.Taken() // counted: the dispatcher's drain may stop waiting for it
 	start := time.Now()
 	port := strconv.Itoa(int(c.Original.Port()))
 	m := h.cfg.Metrics.Inbound(port)

@@ -124,6 +124,9 @@ const (
 func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 	h.relays.add()
 	defer h.relays.done()
+	if t, ok := client.(interface{ Taken() }); ok {
+		t.Taken() // counted: the dispatcher's drain may stop waiting for it
+	}
 	start := time.Now()
 	addr := c.Original.String()
 	authority := addr

@@ -47,7 +47,10 @@ type Config struct {
 	// DetectTimeout: 0 is DefaultDetectTimeout.
 	DetectTimeout time.Duration
 	// OnTCP relays a redirected connection that is neither HTTP/1.x nor h2c; it owns
-	// the connection and returns when the relay is over.
+	// the connection and returns when the relay is over. It calls the
+	// Conn's Taken once it counts the relay as its own (for its drain):
+	// until then the Dispatcher's Close waits for it, so that no relay is
+	// between the two counts when the drain looks.
 	OnTCP func(*Conn)
 	// Hijacked is told of each connection taken for detection, so that a
 	// connection tracker (connlimit) leaves it to its new owner.
@@ -69,6 +72,16 @@ type Conn struct {
 	Detect time.Duration
 
 	peeked []byte
+	taken  func() // ends its detection's count, once (Taken)
+}
+
+// Taken tells the Dispatcher that OnTCP has taken the connection over
+// (counted it among its relays): its detection is over. Later calls do
+// nothing.
+func (c *Conn) Taken() {
+	if c.taken != nil {
+		c.taken()
+	}
 }
 
 func (c *Conn) Read(p []byte) (int, error) {
@@ -211,7 +224,8 @@ func (d *Dispatcher) dispatch(c net.Conn, orig netip.AddrPort) {
 		// Detection ended after the drain closed the HTTP listener: relay
 		// the connection rather than drop a request the app has sent.
 	}
-	d.detecting.Done()
+	tc.taken = sync.OnceFunc(d.detecting.Done)
+	defer tc.Taken() // for an OnTCP that never says
 	d.cfg.OnTCP(tc)
 }
 
