@@ -7,10 +7,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/blackhole"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -242,83 +242,6 @@ func TestOTLPExport(t *testing.T) {
 	}
 }
 
-// silencer forwards connections to a server until silence, after which
-// the connections open then stay open and forward nothing (a node lost
-// without a reset); connections made later forward again.
-type silencer struct {
-	ln    net.Listener
-	to    string
-	mu    sync.Mutex
-	conns []*silenced
-}
-
-type silenced struct {
-	c, s   net.Conn
-	silent atomic.Bool
-}
-
-func newSilencer(t *testing.T, to string) *silencer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &silencer{ln: ln, to: to}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", to)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			sc := &silenced{c: c, s: s}
-			p.mu.Lock()
-			p.conns = append(p.conns, sc)
-			p.mu.Unlock()
-			go sc.pipe(s, c)
-			go sc.pipe(c, s)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, sc := range p.conns {
-			sc.c.Close()
-			sc.s.Close()
-		}
-	})
-	return p
-}
-
-func (sc *silenced) pipe(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 && !sc.silent.Load() {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// silence makes every connection open now forward nothing.
-func (p *silencer) silence() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, sc := range p.conns {
-		sc.silent.Store(true)
-	}
-}
-
 // TestOTLPExportAfterSilence: an export that timed out on a connection
 // whose collector went silent (no reset) does not leave the next exports
 // on that connection: they reach the collector again over a new one.
@@ -331,16 +254,16 @@ func TestOTLPExportAfterSilence(t *testing.T) {
 	g := grpc.NewServer()
 	collectortrace.RegisterTraceServiceServer(g, c)
 	go g.Serve(ln)
-	t.Cleanup(g.Stop) // after the silencer's connections are closed
-	p := newSilencer(t, ln.Addr().String())
-	e := newOTLPExporter(p.ln.Addr().String())
+	t.Cleanup(g.Stop) // after the proxy's connections are closed
+	p := blackhole.New(t, ln.Addr().String())
+	e := newOTLPExporter(p.Addr())
 	e.timeout, e.retryFor = 300*time.Millisecond, 0
 	defer e.Shutdown(context.Background())
 	spans := testSpans(t)
 	if err := e.ExportSpans(context.Background(), spans); err != nil {
 		t.Fatal(err)
 	}
-	p.silence()
+	p.Hole()
 	if err := e.ExportSpans(context.Background(), spans); err == nil {
 		t.Fatal("an export over a silent connection succeeded")
 	}

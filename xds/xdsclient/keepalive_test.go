@@ -18,96 +18,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/minimesh/minimesh/internal/blackhole"
 	"github.com/minimesh/minimesh/internal/grpcwire"
 	"github.com/minimesh/minimesh/policy"
 )
-
-// blackhole is a TCP proxy that can make the connections open through it
-// go silent without closing them: a control plane whose node was lost, as
-// its sidecars see it. Connections made after that go through.
-type blackhole struct {
-	ln    net.Listener
-	to    string
-	mu    sync.Mutex
-	dead  chan struct{} // closed by hole, for the connections open then
-	conns []net.Conn
-	n     int
-}
-
-func newBlackhole(t *testing.T, to string) *blackhole {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &blackhole{ln: ln, to: to, dead: make(chan struct{})}
-	go b.run()
-	t.Cleanup(func() {
-		ln.Close()
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		for _, c := range b.conns {
-			c.Close()
-		}
-	})
-	return b
-}
-
-func (b *blackhole) run() {
-	for {
-		c, err := b.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", b.to)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		b.mu.Lock()
-		b.conns = append(b.conns, c, s)
-		b.n++
-		dead := b.dead
-		b.mu.Unlock()
-		go pipe(s, c, dead)
-		go pipe(c, s, dead)
-	}
-}
-
-func (b *blackhole) accepted() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.n
-}
-
-// hole silences every connection open now.
-func (b *blackhole) hole() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	close(b.dead)
-	b.dead = make(chan struct{})
-}
-
-func pipe(dst, src net.Conn, dead chan struct{}) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		select {
-		case <-dead:
-			return // into the hole; both sockets stay open
-		default:
-		}
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			dst.Close()
-			return
-		}
-	}
-}
 
 // TestKeepaliveReconnects: a control plane gone silent (no reset) is
 // noticed by the client's pings and left for a new connection, and the
@@ -125,12 +39,12 @@ func TestKeepaliveReconnects(t *testing.T) {
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, f)
 	go g.Serve(l)
 	defer g.Stop()
-	bh := newBlackhole(t, l.Addr().String())
+	bh := blackhole.New(t, l.Addr().String())
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	st := &state{}
-	c := &Client{Addr: bh.ln.Addr().String(), Node: Node("p", "shop", "web"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	c := &Client{Addr: bh.Addr(), Node: Node("p", "shop", "web"), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Apply: func(p []*policy.ResiliencePolicy, _ string) error {
 			st.mu.Lock()
 			st.pols = p
@@ -148,11 +62,11 @@ func TestKeepaliveReconnects(t *testing.T) {
 	if ack := f.next(t, clusterType); ack.GetVersionInfo() != "c1" {
 		t.Fatalf("ACK %v", ack)
 	}
-	bh.hole()
+	bh.Hole()
 	start := time.Now()
 	req := f.next(t, clusterType) // the new stream's first request, within 10 s
-	if req.GetResponseNonce() != "" || bh.accepted() != 2 {
-		t.Fatalf("request %v on connection %d; want a new stream's first on a second connection", req, bh.accepted())
+	if req.GetResponseNonce() != "" || bh.Accepted() != 2 {
+		t.Fatalf("request %v on connection %d; want a new stream's first on a second connection", req, bh.Accepted())
 	}
 	t.Logf("reconnected %v after the control plane went silent", time.Since(start))
 	st.mu.Lock()
