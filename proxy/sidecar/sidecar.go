@@ -488,13 +488,7 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	// client told to close would otherwise dial again into a listener
 	// about to close, and a connection still in its backlog then is reset
 	// with its request, not refused.
-	s.outLn.Close()
-	if s.outLn6 != nil {
-		s.outLn6.Close()
-	}
-	if s.inbound != nil {
-		s.inbound.Close()
-	}
+	s.closeListeners()
 	s.outbound.SetDraining(true)
 	s.log.Info("draining", "timeout", s.cfg.DrainTimeout.String(), "connections", s.outLn.Open())
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
@@ -540,6 +534,26 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	if !s.outbound.AwaitRequests(2 * time.Second) {
 		s.log.Warn("requests still running 2s after their connections were closed: their access log lines are lost")
 	}
+	s.flushTelemetry()
+	s.log.Info("stopped")
+	return nil
+}
+
+// closeListeners closes the outbound and inbound listeners: new
+// connections are refused, never sent.
+func (s *Sidecar) closeListeners() {
+	s.outLn.Close()
+	if s.outLn6 != nil {
+		s.outLn6.Close()
+	}
+	if s.inbound != nil {
+		s.inbound.Close()
+	}
+}
+
+// flushTelemetry exports the spans still queued (for at most 2 s) and
+// writes the access log's last lines, before the process ends.
+func (s *Sidecar) flushTelemetry() {
 	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer fcancel()
 	if err := s.tracing.Shutdown(fctx); err != nil {
@@ -548,8 +562,6 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	if s.access != nil {
 		s.access.Close()
 	}
-	s.log.Info("stopped")
-	return nil
 }
 
 // EndDrain ends the drain at once, as if --drain-timeout had run out
@@ -566,20 +578,9 @@ func (s *Sidecar) EndDrain() {
 // 200. Connections waiting in their backlogs are reset, never served.
 func (s *Sidecar) stopUnserved(while string) error {
 	s.log.Info("stopped before serving, "+while, "outbound", s.OutboundAddr())
-	s.outLn.Close()
-	if s.outLn6 != nil {
-		s.outLn6.Close()
-	}
-	if s.inbound != nil {
-		s.inbound.Close()
-	}
+	s.closeListeners()
 	s.adminSrv.Close()
-	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer fcancel()
-	_ = s.tracing.Shutdown(fctx)
-	if s.access != nil {
-		s.access.Close()
-	}
+	s.flushTelemetry()
 	return nil
 }
 
