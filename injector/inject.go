@@ -80,6 +80,22 @@ func IsInjected(pod *corev1.Pod) bool {
 	return sidecarIndex(pod) >= 0
 }
 
+// Images are the images of minimesh's containers in an injected pod: the
+// sidecar's, and the init container's under iptables interception ("" if
+// it has none). ok is false for a pod without the sidecar.
+func Images(pod *corev1.Pod) (proxy, init string, ok bool) {
+	i := sidecarIndex(pod)
+	if i < 0 {
+		return "", "", false
+	}
+	for j := range pod.Spec.InitContainers {
+		if c := &pod.Spec.InitContainers[j]; c.Name == initContainerName && j < i {
+			init = c.Image
+		}
+	}
+	return pod.Spec.InitContainers[i].Image, init, true
+}
+
 // sidecarIndex is the index in pod.Spec.InitContainers of minimesh's
 // sidecar, or -1.
 func sidecarIndex(pod *corev1.Pod) int {

@@ -117,6 +117,28 @@ func TestCheck(t *testing.T) {
 		}
 	})
 
+	// A pod injected before an upgrade keeps its old sidecar: a warning
+	// (the rollout that replaces it may be under way), not a failure.
+	t.Run("sidecar of an older image", func(t *testing.T) {
+		c.CreateNamespace(t, "before-upgrade", nil)
+		p := pod("old-sidecar", map[string]string{wellknown.AnnotationInject: "enabled"})
+		always := corev1.ContainerRestartPolicyAlways
+		p.Spec.InitContainers = []corev1.Container{{Name: wellknown.ProxyContainerName, Image: "minimesh.local/minimesh:0.0.1-old",
+			RestartPolicy: &always, Command: []string{"/minimesh-proxy"}, Args: []string{"run"}}}
+		if _, err := c.Client.CoreV1().Pods("before-upgrade").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		code, out := check(t, c)
+		if code != 0 {
+			t.Errorf("exit %d, want 0: a warning does not fail the check", code)
+		}
+		wantCheck(t, out, "‼ sidecars run the injector's images: 1 sidecars of another image: before-upgrade/old-sidecar (minimesh.local/minimesh:0.0.1-old, not ",
+			"hint: they were injected before the last helm upgrade", "1 with a warning)")
+		if err := c.Client.CoreV1().Pods("before-upgrade").Delete(ctx, "old-sidecar", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("webhook pointing nowhere", func(t *testing.T) {
 		ctrl.Proc.Stop()
 		code, out := check(t, c)

@@ -47,11 +47,15 @@ const (
 	defaultTimeout = 10 * time.Second
 )
 
-// Result is one check's verdict: Err nil is ✔.
+// Result is one check's verdict: Err nil is ✔. A warning (Warn) is a
+// state that is expected for a while, such as the pods of an upgrade not
+// yet restarted: it is printed, but it does not fail the command, as
+// `linkerd check`'s warnings do not.
 type Result struct {
 	Name string
 	Err  error
 	Hint string
+	Warn bool
 }
 
 // Options say what to check.
@@ -81,6 +85,9 @@ func Run(ctx context.Context, o Options) []Result {
 		rs = append(rs, Result{Name: name, Err: err, Hint: hint})
 		return err == nil
 	}
+	warn := func(name, hint string, err error) {
+		rs = append(rs, Result{Name: name, Err: err, Hint: hint, Warn: true})
+	}
 	minor, err := serverMinor(o.Client)
 	if !add("Kubernetes API is reachable", "check the kubeconfig and the cluster (kubectl version)", err) {
 		return rs
@@ -104,7 +111,7 @@ func Run(ctx context.Context, o Options) []Result {
 	}
 	// The injection config the chart rendered: the namespaces it excludes
 	// are never injected, whatever their labels say.
-	cfg := injectionConfig(ctx, o.Client, o.Namespace)
+	cfg, rendered := injectionConfig(ctx, o.Client, o.Namespace)
 	secret := tlsSecretName(ctx, o, wh)
 	cert, err := servingCert(ctx, o, wh, secret)
 	add("webhook CA bundle verifies the serving certificate", "the CA bundle and the injector's certificate differ: helm upgrade (tls.mode=helm), check cert-manager's Certificate, or, with tls.mode=secret, set webhook.caBundle to the CA of the Secret "+secret, err)
@@ -119,6 +126,9 @@ func Run(ctx context.Context, o Options) []Result {
 	}
 	add("pods that ask for injection have the sidecar", "they were created while the injector was down or before their namespace opted in: kubectl rollout restart their workloads", missingSidecars(pods, nsLabels, o.Namespace, cfg))
 	add("sidecars are ready", "kubectl logs POD -c "+wellknown.ProxyContainerName+"; curl POD:15020/ready", sidecarsReady(pods))
+	if rendered {
+		warn("sidecars run the injector's images", "they were injected before the last helm upgrade (or a change of proxy.image): kubectl rollout restart their workloads", outdatedSidecars(pods, cfg))
+	}
 	add("iptables interception only where Pod Security allows it",
 		"its init container needs NET_ADMIN and NET_RAW: annotate the pods "+injector.AnnotationInterception+": "+injector.InterceptionProxyEnv+
 			", or label the namespace "+injector.PodSecurityEnforceLabel+"=privileged if its pods may have them (docs/annotations.md)",
@@ -137,17 +147,18 @@ func Run(ctx context.Context, o Options) []Result {
 const InjectorConfig = "minimesh-injector-config"
 
 // injectionConfig is the injector's config as the chart rendered it, or
-// the default when it cannot be read (an injector run by hand).
-func injectionConfig(ctx context.Context, c kubernetes.Interface, ns string) injector.Config {
+// the default when it cannot be read (an injector run by hand); rendered
+// says which.
+func injectionConfig(ctx context.Context, c kubernetes.Interface, ns string) (cfg injector.Config, rendered bool) {
 	cm, err := c.CoreV1().ConfigMaps(ns).Get(ctx, InjectorConfig, metav1.GetOptions{})
 	if err != nil {
-		return injector.DefaultConfig()
+		return injector.DefaultConfig(), false
 	}
-	cfg, err := injector.ParseConfig([]byte(cm.Data["config.yaml"]))
+	cfg, err = injector.ParseConfig([]byte(cm.Data["config.yaml"]))
 	if err != nil {
-		return injector.DefaultConfig()
+		return injector.DefaultConfig(), false
 	}
-	return cfg
+	return cfg, true
 }
 
 // tlsSecretName is the Secret the injector Deployment mounts its serving
@@ -461,6 +472,31 @@ func podSecurityConflicts(ctx context.Context, c kubernetes.Interface, pods []co
 		consider("cronjob", o.ObjectMeta, o.Spec.JobTemplate.Spec.Template.ObjectMeta)
 	}
 	return listed("ask for iptables interception where Pod Security forbids NET_ADMIN", found)
+}
+
+// outdatedSidecars are injected pods whose sidecar (or init container)
+// has another image than the injector would give them now: after a helm
+// upgrade, pods keep the sidecar they were created with until they are
+// recreated (docs/install.md, "Upgrade"), and a sidecar older than the
+// control plane is the first thing to rule out when debugging (Linkerd's
+// "data plane is up-to-date" check). A pod that is going away is not
+// listed.
+func outdatedSidecars(pods []corev1.Pod, cfg injector.Config) error {
+	var old []string
+	for i := range pods {
+		p := &pods[i]
+		proxy, init, ok := injector.Images(p)
+		if !ok || p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		switch {
+		case proxy != cfg.Proxy.Image:
+			old = append(old, fmt.Sprintf("%s/%s (%s, not %s)", p.Namespace, p.Name, proxy, cfg.Proxy.Image))
+		case init != "" && init != cfg.Proxy.InitImageRef():
+			old = append(old, fmt.Sprintf("%s/%s (init %s, not %s)", p.Namespace, p.Name, init, cfg.Proxy.InitImageRef()))
+		}
+	}
+	return listed("sidecars of another image", old)
 }
 
 // sidecarsReady looks at running pods only: a pending pod has no sidecar

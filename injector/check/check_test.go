@@ -2,6 +2,7 @@ package check
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -272,5 +273,63 @@ func TestCRDMissing(t *testing.T) {
 	}
 	if _, ran := got["ResiliencePolicy objects are accepted"]; ran {
 		t.Errorf("objects checked without their CRD: %v", got)
+	}
+}
+
+// TestOutdatedSidecars: after an upgrade the pods injected before it keep
+// their old sidecar; the check lists them as a warning, never a failure,
+// and only when it knows the image the injector gives now.
+func TestOutdatedSidecars(t *testing.T) {
+	yes := true
+	withImages := func(p *corev1.Pod, proxy, init string) *corev1.Pod {
+		p.Spec.InitContainers[0].Image = proxy
+		if init != "" {
+			p.Spec.InitContainers = append([]corev1.Container{{Name: "minimesh-init", Image: init}}, p.Spec.InitContainers...)
+		}
+		return p
+	}
+	injected := func(ns, name string) *corev1.Pod {
+		return pod(ns, name, map[string]string{"minimesh.io/status": "injected"}, corev1.PodRunning, &yes)
+	}
+	deleting := injected("shop", "going")
+	deleting.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	deleting.Finalizers = []string{"x"}
+	done := injected("shop", "job-done")
+	done.Status.Phase = corev1.PodSucceeded
+	const image, initImage = "minimesh.local/minimesh:2", "minimesh.local/minimesh-init:2"
+	config := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "minimesh", Name: InjectorConfig}, Data: map[string]string{
+		"config.yaml": "proxy:\n  image: " + image + "\n",
+	}}
+	objs := []runtime.Object{
+		withImages(injected("shop", "current"), image, ""),
+		withImages(injected("shop", "current-iptables"), image, initImage),
+		withImages(injected("shop", "old"), "minimesh.local/minimesh:1", ""),
+		withImages(injected("shop", "old-init"), image, "minimesh.local/minimesh-init:1"),
+		withImages(deleting, "minimesh.local/minimesh:1", ""),
+		withImages(done, "minimesh.local/minimesh:1", ""),
+		pod("shop", "plain", nil, corev1.PodRunning, nil),
+	}
+	const name = "sidecars run the injector's images"
+
+	rs := Run(context.Background(), Options{Client: cluster(t, "37", 300*24*time.Hour, append(objs, config)...), Namespace: "minimesh"})
+	i := slices.IndexFunc(rs, func(r Result) bool { return r.Name == name })
+	if i < 0 {
+		t.Fatalf("%q did not run: %v", name, verdicts(rs))
+	}
+	want := "2 sidecars of another image: shop/old (minimesh.local/minimesh:1, not " + image + "), shop/old-init (init minimesh.local/minimesh-init:1, not " + initImage + ")"
+	if r := rs[i]; r.Err == nil || r.Err.Error() != want || !r.Warn {
+		t.Errorf("%s: %v (warning %t), want the warning %q", name, r.Err, r.Warn, want)
+	}
+	for _, r := range rs {
+		if r.Err != nil && r.Name != name {
+			t.Errorf("%s: %v", r.Name, r.Err)
+		}
+	}
+
+	// Without the rendered config (an injector run by hand) the image the
+	// injector gives is unknown: no verdict rather than a wrong one.
+	rs = Run(context.Background(), Options{Client: cluster(t, "37", 300*24*time.Hour, objs...), Namespace: "minimesh"})
+	if slices.ContainsFunc(rs, func(r Result) bool { return r.Name == name }) {
+		t.Errorf("%q ran without the injection config: %v", name, verdicts(rs))
 	}
 }

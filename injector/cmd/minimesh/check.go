@@ -22,8 +22,9 @@ func newCheckCmd() *cobra.Command {
 		Short: "Check that minimesh is installed and working",
 		Long: "check verifies a cluster's minimesh: the API server's version, the webhook\n" +
 			"configuration and its certificate, the injector, pods that asked for a sidecar\n" +
-			"and have none, sidecars that are not ready, and policies that do not validate.\n" +
-			"It prints one line per check and exits 1 when any fails. --pre runs the checks\n" +
+			"and have none, sidecars that are not ready or of another image, and policies\n" +
+			"that do not validate. It prints one line per check and exits 1 when any fails\n" +
+			"(a warning, ‼, does not: pods not yet restarted after an upgrade). --pre runs the checks\n" +
 			"that make sense before installing.",
 		Example: "  minimesh check\n  minimesh check --pre\n  minimesh check --namespace mesh --kubeconfig ~/.kube/staging",
 		Args:    cobra.NoArgs,
@@ -55,26 +56,36 @@ func newCheckCmd() *cobra.Command {
 	return cmd
 }
 
-// printResults writes a line per check, and a hint under each failure, and
-// returns the number of failures.
+// printResults writes a line per check, and a hint under each failure and
+// warning, and returns the number of failures (warnings are not).
 func printResults(w io.Writer, results []check.Result) int {
-	failed := 0
+	failed, warned := 0, 0
 	for _, r := range results {
 		if r.Err == nil {
 			fmt.Fprintf(w, "✔ %s\n", r.Name)
 			continue
 		}
-		failed++
+		mark := "✖"
+		if r.Warn {
+			mark = "‼"
+			warned++
+		} else {
+			failed++
+		}
 		msg := strings.ReplaceAll(r.Err.Error(), "\n", "\n      ")
-		fmt.Fprintf(w, "✖ %s: %s\n", r.Name, msg)
+		fmt.Fprintf(w, "%s %s: %s\n", mark, r.Name, msg)
 		if r.Hint != "" {
 			fmt.Fprintf(w, "    hint: %s\n", r.Hint)
 		}
 	}
+	warnings := ""
+	if warned > 0 {
+		warnings = fmt.Sprintf(", %d with a warning", warned)
+	}
 	if failed == 0 {
-		fmt.Fprintf(w, "\nStatus check results are ✔ (%d checks)\n", len(results))
+		fmt.Fprintf(w, "\nStatus check results are ✔ (%d checks%s)\n", len(results), warnings)
 	} else {
-		fmt.Fprintf(w, "\nStatus check results are ✖: %d of %d checks failed\n", failed, len(results))
+		fmt.Fprintf(w, "\nStatus check results are ✖: %d of %d checks failed%s\n", failed, len(results), warnings)
 	}
 	return failed
 }

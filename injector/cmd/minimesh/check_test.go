@@ -24,6 +24,23 @@ func TestPrintResults(t *testing.T) {
 	}
 }
 
+// TestPrintResultsWarning: a warning is shown with its hint and does not
+// fail the command.
+func TestPrintResultsWarning(t *testing.T) {
+	var b bytes.Buffer
+	n := printResults(&b, []check.Result{
+		{Name: "sidecars are ready"},
+		{Name: "sidecars run the injector's images", Err: errors.New("1 sidecars of another image: shop/web"), Hint: "kubectl rollout restart", Warn: true},
+	})
+	want := "✔ sidecars are ready\n" +
+		"‼ sidecars run the injector's images: 1 sidecars of another image: shop/web\n" +
+		"    hint: kubectl rollout restart\n" +
+		"\nStatus check results are ✔ (2 checks, 1 with a warning)\n"
+	if n != 0 || b.String() != want {
+		t.Fatalf("%d failures, output:\n%s\nwant:\n%s", n, b.String(), want)
+	}
+}
+
 func TestCheckNoCluster(t *testing.T) {
 	code, _, errOut := run("check", "--kubeconfig", "/nonexistent/kubeconfig")
 	if code != 1 || !strings.Contains(errOut, "/nonexistent/kubeconfig") {
