@@ -41,6 +41,23 @@ spec:
         command: [/minimesh-proxy, run, "--admin-addr=:9999", "--outbound-addr=127.0.0.1:16001", "--policy-dir=/tmp"]
 `
 
+// refusedStatefulSet is a StatefulSet in the namespace labelled for
+// injection, for when the injector is down.
+const refusedStatefulSet = `apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: refused-db, namespace: shop}
+spec:
+  serviceName: refused-db
+  selector: {matchLabels: {app: refused-db}}
+  template:
+    metadata: {labels: {app: refused-db}}
+    spec:
+      containers:
+      - name: app
+        image: ` + cluster.MinimeshImage + `
+        imagePullPolicy: Never
+`
+
 // TestCheckOtherRelease installs the chart as a platform engineer
 // new to it might: release mm in namespace mesh, its own certificate
 // (tls.mode=secret), failurePolicy Fail and one more excluded namespace.
@@ -154,12 +171,38 @@ func TestCheckOtherRelease(t *testing.T) {
 		if out, err := c.Kubectl(ctx, "-n", "mesh", "wait", "--for=delete", "pod", "-l", "app.kubernetes.io/component=injector", "--timeout=1m"); err != nil {
 			t.Fatal(out, err)
 		}
-		code, out := check()
+		// With failurePolicy Fail, a new workload's pods are refused: there
+		// is no pod for the other checks to see, only its ReplicaSet's
+		// condition.
+		if out, err := c.Kubectl(ctx, "-n", "shop", "create", "deployment", "refused", "--image="+cluster.MinimeshImage); err != nil {
+			t.Fatal(out, err)
+		}
+		if out, err := c.Kubectl(ctx, "-n", "shop", "wait", "--for=condition=ReplicaFailure", "replicaset", "-l", "app=refused", "--timeout=1m"); err != nil {
+			t.Fatal(out, err)
+		}
+		// A StatefulSet has no such condition: its FailedCreate events say it.
+		if out, err := c.KubectlStdin(ctx, refusedStatefulSet, "apply", "-f", "-"); err != nil {
+			t.Fatal(out, err)
+		}
+		var code int
+		var out string
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+			code, out = check()
+			if strings.Contains(out, "statefulset shop/refused-db (") || time.Now().After(deadline) {
+				break
+			}
+		}
 		if code != 1 {
 			t.Errorf("exit %d, want 1", code)
 		}
 		want(out, "✖ injector is ready: deployment mesh/minimesh-injector has no available replica",
-			"hint: kubectl -n mesh describe deployment minimesh-injector")
+			"hint: kubectl -n mesh describe deployment minimesh-injector",
+			`✖ no workload's pods are refused by the webhook: 2 workloads whose pods are refused: deployment shop/refused (`, `inject.minimesh.io"`,
+			"statefulset shop/refused-db (Create Pod refused-db-0 in StatefulSet refused-db failed",
+			"hint: with failurePolicy Fail the API server refuses pods while the injector is unreachable (kubectl -n mesh get pods")
+		if out, err := c.Kubectl(ctx, "-n", "shop", "delete", "deployment/refused", "statefulset/refused-db"); err != nil {
+			t.Fatal(out, err)
+		}
 		if out, err := c.Kubectl(ctx, "-n", "mesh", "scale", "deployment/minimesh-injector", "--replicas=1"); err != nil {
 			t.Fatal(out, err)
 		}

@@ -19,9 +19,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -99,7 +102,7 @@ func Run(ctx context.Context, o Options) []Result {
 		return rs
 	}
 
-	wh, err := webhook(ctx, o.Client)
+	wh, hooks, err := webhook(ctx, o.Client)
 	if !add("webhook configuration exists", "install the chart: helm install minimesh charts/minimesh -n "+o.Namespace, err) {
 		return rs
 	}
@@ -129,10 +132,19 @@ func Run(ctx context.Context, o Options) []Result {
 	if rendered {
 		warn("sidecars run the injector's images", "they were injected before the last helm upgrade (or a change of proxy.image): kubectl rollout restart their workloads", outdatedSidecars(pods, cfg))
 	}
+	// Both checks read the workloads; if they cannot be listed, both say so.
+	w, err := listWorkloads(ctx, o.Client)
+	conflicts, refused := err, err
+	if err == nil {
+		conflicts, refused = podSecurityConflicts(pods, w, nsLabels, o.Namespace, cfg), refusedWorkloads(ctx, o.Client, w, hooks)
+	}
 	add("iptables interception only where Pod Security allows it",
 		"its init container needs NET_ADMIN and NET_RAW: annotate the pods "+injector.AnnotationInterception+": "+injector.InterceptionProxyEnv+
 			", or label the namespace "+injector.PodSecurityEnforceLabel+"=privileged if its pods may have them (docs/annotations.md)",
-		podSecurityConflicts(ctx, o.Client, pods, nsLabels, o.Namespace, cfg))
+		conflicts)
+	add("no workload's pods are refused by the webhook",
+		"with failurePolicy Fail the API server refuses pods while the injector is unreachable (kubectl -n "+o.Namespace+" get pods -l app.kubernetes.io/component=injector); otherwise the message says why the injector refused them",
+		refused)
 	add("policies validate", "fix the files: minimesh policy lint FILE", policiesValid(ctx, o.Client))
 	if o.Dynamic != nil {
 		if add("ResiliencePolicy CRD is installed", "kubectl apply -f charts/minimesh/crds/ (helm creates CRDs only on helm install: an upgrade never restores a deleted one)", crdInstalled(ctx, o.Dynamic)) {
@@ -235,15 +247,20 @@ func canCreate(ctx context.Context, c kubernetes.Interface) error {
 	return nil
 }
 
-func webhook(ctx context.Context, c kubernetes.Interface) (*admissionregistrationv1.MutatingWebhook, error) {
+// webhook is the first of minimesh's webhooks (they share the client
+// config), and names are all of their names.
+func webhook(ctx context.Context, c kubernetes.Interface) (wh *admissionregistrationv1.MutatingWebhook, names []string, err error) {
 	l, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{LabelSelector: WebhookLabel})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(l.Items) == 0 || len(l.Items[0].Webhooks) == 0 {
-		return nil, errors.New("no MutatingWebhookConfiguration labelled " + WebhookLabel)
+		return nil, nil, errors.New("no MutatingWebhookConfiguration labelled " + WebhookLabel)
 	}
-	return &l.Items[0].Webhooks[0], nil
+	for _, h := range l.Items[0].Webhooks {
+		names = append(names, h.Name)
+	}
+	return &l.Items[0].Webhooks[0], names, nil
 }
 
 func caPool(wh *admissionregistrationv1.MutatingWebhook) (*x509.CertPool, error) {
@@ -400,6 +417,49 @@ func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, r
 	return listed("pods without the sidecar", missing)
 }
 
+// workloads are the cluster's controllers of pods, listed once for the
+// checks that read them.
+type workloads struct {
+	deployments  []appsv1.Deployment
+	statefulSets []appsv1.StatefulSet
+	daemonSets   []appsv1.DaemonSet
+	replicaSets  []appsv1.ReplicaSet
+	jobs         []batchv1.Job
+	cronJobs     []batchv1.CronJob
+}
+
+func listWorkloads(ctx context.Context, c kubernetes.Interface) (*workloads, error) {
+	apps, batch, all := c.AppsV1(), c.BatchV1(), metav1.ListOptions{}
+	var w workloads
+	deps, err := apps.Deployments("").List(ctx, all)
+	if err != nil {
+		return nil, err
+	}
+	sts, err := apps.StatefulSets("").List(ctx, all)
+	if err != nil {
+		return nil, err
+	}
+	dss, err := apps.DaemonSets("").List(ctx, all)
+	if err != nil {
+		return nil, err
+	}
+	rss, err := apps.ReplicaSets("").List(ctx, all)
+	if err != nil {
+		return nil, err
+	}
+	jobs, err := batch.Jobs("").List(ctx, all)
+	if err != nil {
+		return nil, err
+	}
+	cjs, err := batch.CronJobs("").List(ctx, all)
+	if err != nil {
+		return nil, err
+	}
+	w.deployments, w.statefulSets, w.daemonSets = deps.Items, sts.Items, dss.Items
+	w.replicaSets, w.jobs, w.cronJobs = rss.Items, jobs.Items, cjs.Items
+	return &w, nil
+}
+
 // podSecurityConflicts lists the pods and workloads that ask for iptables
 // interception in a namespace whose Pod Security level forbids its init
 // container's capabilities. The webhook refuses such pods when they are
@@ -407,7 +467,7 @@ func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, r
 // deleted, or a workload whose pods are refused (its ReplicaSet, Job or
 // StatefulSet reports FailedCreate, and a rollout stalls). A pod or a
 // workload owned by another is listed as its owner.
-func podSecurityConflicts(ctx context.Context, c kubernetes.Interface, pods []corev1.Pod, nsLabels map[string]map[string]string, release string, cfg injector.Config) error {
+func podSecurityConflicts(pods []corev1.Pod, w *workloads, nsLabels map[string]map[string]string, release string, cfg injector.Config) error {
 	ignored := append(slices.Clip(cfg.IgnoredNamespaces), release)
 	var found []string
 	consider := func(kind string, meta metav1.ObjectMeta, template metav1.ObjectMeta) {
@@ -427,51 +487,92 @@ func podSecurityConflicts(ctx context.Context, c kubernetes.Interface, pods []co
 	for i := range pods {
 		consider("pod", pods[i].ObjectMeta, pods[i].ObjectMeta)
 	}
-	apps, batch := c.AppsV1(), c.BatchV1()
-	all := metav1.ListOptions{}
-	deps, err := apps.Deployments("").List(ctx, all)
-	if err != nil {
-		return err
-	}
-	for _, o := range deps.Items {
+	for _, o := range w.deployments {
 		consider("deployment", o.ObjectMeta, o.Spec.Template.ObjectMeta)
 	}
-	sts, err := apps.StatefulSets("").List(ctx, all)
-	if err != nil {
-		return err
-	}
-	for _, o := range sts.Items {
+	for _, o := range w.statefulSets {
 		consider("statefulset", o.ObjectMeta, o.Spec.Template.ObjectMeta)
 	}
-	dss, err := apps.DaemonSets("").List(ctx, all)
-	if err != nil {
-		return err
-	}
-	for _, o := range dss.Items {
+	for _, o := range w.daemonSets {
 		consider("daemonset", o.ObjectMeta, o.Spec.Template.ObjectMeta)
 	}
-	rss, err := apps.ReplicaSets("").List(ctx, all)
-	if err != nil {
-		return err
-	}
-	for _, o := range rss.Items {
+	for _, o := range w.replicaSets {
 		consider("replicaset", o.ObjectMeta, o.Spec.Template.ObjectMeta)
 	}
-	jobs, err := batch.Jobs("").List(ctx, all)
-	if err != nil {
-		return err
-	}
-	for _, o := range jobs.Items {
+	for _, o := range w.jobs {
 		consider("job", o.ObjectMeta, o.Spec.Template.ObjectMeta)
 	}
-	cjs, err := batch.CronJobs("").List(ctx, all)
-	if err != nil {
-		return err
-	}
-	for _, o := range cjs.Items {
+	for _, o := range w.cronJobs {
 		consider("cronjob", o.ObjectMeta, o.Spec.JobTemplate.Spec.Template.ObjectMeta)
 	}
 	return listed("ask for iptables interception where Pod Security forbids NET_ADMIN", found)
+}
+
+// refusedWorkloads are the workloads whose pods the API server refuses to
+// create because of minimesh's webhook: with failurePolicy Fail and the
+// injector unreachable, or the injector's own refusal (docs/injector.md).
+// Such a workload has no pod for the other checks to see; its rollout
+// just stalls. A ReplicaSet says so in its ReplicaFailure condition for as
+// long as it lasts. A StatefulSet or a DaemonSet has no such condition, so
+// its FailedCreate events that name the webhook count, while it has fewer
+// pods than it wants (events outlive the fault by an hour). Jobs are left
+// out: a finished Job's events would read as a fault.
+func refusedWorkloads(ctx context.Context, c kubernetes.Interface, w *workloads, hooks []string) error {
+	names := func(msg string) bool {
+		return slices.ContainsFunc(hooks, func(h string) bool { return strings.Contains(msg, `"`+h+`"`) })
+	}
+	var found []string
+	add := func(kind string, meta metav1.ObjectMeta, msg string) {
+		if owner := metav1.GetControllerOf(&meta); owner != nil && owner.Kind == "Deployment" {
+			kind, meta.Name = "deployment", owner.Name
+		}
+		found = append(found, fmt.Sprintf("%s %s/%s (%s)", kind, meta.Namespace, meta.Name, cut(msg, 300)))
+	}
+	for _, rs := range w.replicaSets {
+		for _, cond := range rs.Status.Conditions {
+			if cond.Type == appsv1.ReplicaSetReplicaFailure && cond.Status == corev1.ConditionTrue && names(cond.Message) {
+				add("replicaset", rs.ObjectMeta, cond.Message)
+			}
+		}
+	}
+	short := map[string]bool{} // kind/namespace/name of workloads short of pods
+	for _, o := range w.statefulSets {
+		if o.Spec.Replicas != nil && o.Status.Replicas < *o.Spec.Replicas {
+			short["StatefulSet/"+o.Namespace+"/"+o.Name] = true
+		}
+	}
+	for _, o := range w.daemonSets {
+		if o.Status.CurrentNumberScheduled < o.Status.DesiredNumberScheduled {
+			short["DaemonSet/"+o.Namespace+"/"+o.Name] = true
+		}
+	}
+	if len(short) == 0 {
+		return listed("workloads whose pods are refused", found)
+	}
+	evs, err := c.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "reason=FailedCreate"})
+	if err != nil {
+		return err
+	}
+	for _, e := range evs.Items {
+		o := e.InvolvedObject
+		key := o.Kind + "/" + o.Namespace + "/" + o.Name
+		if e.Reason == "FailedCreate" && short[key] && names(e.Message) {
+			delete(short, key) // once per workload
+			add(strings.ToLower(o.Kind), metav1.ObjectMeta{Namespace: o.Namespace, Name: o.Name}, e.Message)
+		}
+	}
+	return listed("workloads whose pods are refused", found)
+}
+
+// cut shortens s to at most n bytes, on a rune boundary, marking the cut.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // outdatedSidecars are injected pods whose sidecar (or init container)

@@ -49,6 +49,8 @@ func cluster(t *testing.T, minor string, certValid time.Duration, objs ...runtim
 			ObjectMeta: metav1.ObjectMeta{Name: "minimesh", Labels: map[string]string{"app.kubernetes.io/name": "minimesh"}},
 			Webhooks: []admissionregistrationv1.MutatingWebhook{{Name: "pods.inject.minimesh.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{
 				Service: &admissionregistrationv1.ServiceReference{Namespace: "minimesh", Name: "minimesh-injector"}, CABundle: caPEM,
+			}}, {Name: "namespaces.inject.minimesh.io", ClientConfig: admissionregistrationv1.WebhookClientConfig{
+				Service: &admissionregistrationv1.ServiceReference{Namespace: "minimesh", Name: "minimesh-injector"}, CABundle: caPEM,
 			}}},
 		},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "minimesh", Name: TLSSecret}, Data: map[string][]byte{"tls.crt": certPEM}},
@@ -135,6 +137,35 @@ func TestRun(t *testing.T) {
 				ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"minimesh.io/interception": "iptables"}}}}},
 			pod("open", "ok", map[string]string{"minimesh.io/status": "injected", "minimesh.io/interception": "iptables"}, corev1.PodRunning, &yes),
 		}, map[string]string{"iptables interception only where Pod Security allows it": "2 ask for iptables interception where Pod Security forbids NET_ADMIN: deployment locked/orders (pod-security.kubernetes.io/enforce=baseline), pod locked/old (pod-security.kubernetes.io/enforce=baseline)"}},
+		{"workloads whose pods are refused", "37", 300 * 24 * time.Hour, []runtime.Object{
+			// A Deployment's pods, refused while the injector is down
+			// (failurePolicy Fail): its ReplicaSet says so.
+			&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-5d8f", OwnerReferences: []metav1.OwnerReference{
+				{APIVersion: "apps/v1", Kind: "Deployment", Name: "web", UID: "1", Controller: &yes}}},
+				Status: appsv1.ReplicaSetStatus{Conditions: []appsv1.ReplicaSetCondition{{Type: appsv1.ReplicaSetReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate",
+					Message: `Internal error occurred: failed calling webhook "pods.inject.minimesh.io": failed to call webhook: Post "https://minimesh-injector.minimesh.svc:443/inject?timeout=5s": no endpoints available for service "minimesh-injector"`}}}},
+			// Refused for another reason: not minimesh's to report.
+			&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "quota-1"},
+				Status: appsv1.ReplicaSetStatus{Conditions: []appsv1.ReplicaSetCondition{{Type: appsv1.ReplicaSetReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate",
+					Message: `pods "quota-1-x" is forbidden: exceeded quota: compute`}}}},
+			// A StatefulSet short of pods, with the webhook's refusal in its
+			// events; one at full strength whose event is an old story.
+			&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db"}, Spec: appsv1.StatefulSetSpec{Replicas: new(int32(3))},
+				Status: appsv1.StatefulSetStatus{Replicas: 1}},
+			&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cache"}, Spec: appsv1.StatefulSetSpec{Replicas: new(int32(1))},
+				Status: appsv1.StatefulSetStatus{Replicas: 1}},
+			&corev1.Event{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db.1"}, Reason: "FailedCreate",
+				InvolvedObject: corev1.ObjectReference{Kind: "StatefulSet", Namespace: "shop", Name: "db"},
+				Message:        `Create Pod db-1 in StatefulSet db failed error: admission webhook "namespaces.inject.minimesh.io" denied the request: minimesh: metadata.annotations: "x": y`},
+			&corev1.Event{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "db.2"}, Reason: "FailedCreate",
+				InvolvedObject: corev1.ObjectReference{Kind: "StatefulSet", Namespace: "shop", Name: "db"},
+				Message:        `Create Pod db-2 in StatefulSet db failed error: admission webhook "namespaces.inject.minimesh.io" denied the request: minimesh: metadata.annotations: "x": y`},
+			&corev1.Event{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cache.1"}, Reason: "FailedCreate",
+				InvolvedObject: corev1.ObjectReference{Kind: "StatefulSet", Namespace: "shop", Name: "cache"},
+				Message:        `Create Pod cache-0 in StatefulSet cache failed error: admission webhook "pods.inject.minimesh.io" denied the request: minimesh: x`},
+			// A DaemonSet short of pods for its own reasons.
+			&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "agent"}, Status: appsv1.DaemonSetStatus{DesiredNumberScheduled: 2}},
+		}, map[string]string{"no workload's pods are refused by the webhook": `2 workloads whose pods are refused: deployment shop/web (Internal error occurred: failed calling webhook "pods.inject.minimesh.io": failed to call webhook: Post "https://minimesh-injector.minimesh.svc:443/inject?timeout=5s": no endpoints available for service "minimesh-injector"), statefulset shop/db (Create Pod db-1 in StatefulSet db failed error: admission webhook "namespaces.inject.minimesh.io" denied the request: minimesh: metadata.annotations: "x": y)`}},
 		{"sidecar not ready", "37", 300 * 24 * time.Hour, []runtime.Object{
 			pod("shop", "web", injected, corev1.PodRunning, &no),
 		}, map[string]string{"sidecars are ready": "1 sidecars not ready: shop/web"}},
@@ -150,8 +181,8 @@ func TestRun(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := cluster(t, tt.minor, tt.certValid, tt.objs...)
 			got := verdicts(Run(context.Background(), Options{Client: c, Namespace: "minimesh"}))
-			if len(got) != 11 {
-				t.Fatalf("%d checks ran, want 11: %v", len(got), got)
+			if len(got) != 12 {
+				t.Fatalf("%d checks ran, want 12: %v", len(got), got)
 			}
 			for name, v := range got {
 				want, bad := tt.failing[name]
@@ -331,5 +362,23 @@ func TestOutdatedSidecars(t *testing.T) {
 	rs = Run(context.Background(), Options{Client: cluster(t, "37", 300*24*time.Hour, objs...), Namespace: "minimesh"})
 	if slices.ContainsFunc(rs, func(r Result) bool { return r.Name == name }) {
 		t.Errorf("%q ran without the injection config: %v", name, verdicts(rs))
+	}
+}
+
+func TestCut(t *testing.T) {
+	for _, tt := range []struct {
+		s    string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"exactly", 7, "exactly"},
+		{"longer one", 6, "longer…"},
+		{"ééé", 3, "é…"}, // not in the middle of é's two bytes
+		{"ééé", 4, "éé…"},
+	} {
+		if got := cut(tt.s, tt.n); got != tt.want {
+			t.Errorf("cut(%q, %d) = %q, want %q", tt.s, tt.n, got, tt.want)
+		}
 	}
 }
