@@ -22,10 +22,11 @@ func newCheckCmd() *cobra.Command {
 		Short: "Check that minimesh is installed and working",
 		Long: "check verifies a cluster's minimesh: the API server's version, the webhook\n" +
 			"configuration and its certificate, the injector, pods that asked for a sidecar\n" +
-			"and have none, sidecars that are not ready or of another image, and policies\n" +
-			"that do not validate. It prints one line per check and exits 1 when any fails\n" +
-			"(a warning, ‼, does not: pods not yet restarted after an upgrade). --pre runs the checks\n" +
-			"that make sense before installing.",
+			"and have none, workloads whose pods the webhook refuses, sidecars that are not\n" +
+			"ready or of another image, and policies that do not validate. It prints one\n" +
+			"line per check and exits 1 when any fails; a warning (‼: pods not yet\n" +
+			"restarted after an upgrade) does not fail it. --pre runs the checks that make\n" +
+			"sense before installing.",
 		Example: "  minimesh check\n  minimesh check --pre\n  minimesh check --namespace mesh --kubeconfig ~/.kube/staging",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
