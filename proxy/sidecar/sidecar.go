@@ -187,6 +187,20 @@ type policySource struct {
 	LoadErrors int                        `json:"loadErrors"`
 }
 
+// loaded records a load of policies that is now in force, from source
+// ("dir" or "xds").
+func (p *policySource) loaded(source string, pols []*policy.ResiliencePolicy, now time.Time) {
+	p.Source, p.Policies, p.LoadedAt = source, pols, now
+	p.LastError, p.LastErrAt = "", time.Time{}
+	p.Loads++
+}
+
+// failed records a load that was refused: the last good policies serve on.
+func (p *policySource) failed(msg string, now time.Time) {
+	p.LastError, p.LastErrAt = msg, now
+	p.LoadErrors++
+}
+
 // Listen binds the listeners, so that a caller (or a test) knows the
 // addresses before Serve.
 func Listen(cfg Config) (*Sidecar, error) {
@@ -597,24 +611,16 @@ func (s *Sidecar) applyLoad(r policywatch.Result) {
 		return
 	}
 	if r.Err != nil {
-		s.source.LastError, s.source.LastErrAt = r.Err.Error(), time.Now()
-		s.source.LoadErrors++
+		s.source.failed(r.Err.Error(), time.Now())
 		s.log.Error("policy load failed; keeping the last good policies", "dir", s.cfg.PolicyDir, "error", r.Err)
 		return
 	}
 	table := policy.NewTable(r.Policies, s.cfg.Namespace)
 	s.outbound.SetPolicies(table)
-	s.source.Policies = table.Policies()
-	s.source.Source = "dir"
-	s.source.LoadedAt = time.Now()
-	s.source.LastError, s.source.LastErrAt = "", time.Time{}
-	s.source.Loads++
+	s.source.loaded("dir", table.Policies(), time.Now())
 	s.log.Info("policies loaded", "dir", s.cfg.PolicyDir, "count", len(r.Policies))
 }
 
-// applyXDS puts the control plane's policies in force. The swap is one
-// atomic table replacement: requests in flight finish under the policy
-// they started with.
 // refusedXDS records a response of the control plane's that the sidecar
 // refused (NACKed), whoever refused it (the decoder, applyXDS,
 // applyEndpoints): counted as a failed policy load, and shown in
@@ -624,11 +630,13 @@ func (s *Sidecar) refusedXDS(what string, err error) {
 		s.metrics.PolicyReload(false)
 	}
 	s.mu.Lock()
-	s.source.LastError, s.source.LastErrAt = "control plane's "+what+" refused: "+err.Error(), time.Now()
-	s.source.LoadErrors++
+	s.source.failed("control plane's "+what+" refused: "+err.Error(), time.Now())
 	s.mu.Unlock()
 }
 
+// applyXDS puts the control plane's policies in force. The swap is one
+// atomic table replacement: requests in flight finish under the policy
+// they started with.
 func (s *Sidecar) applyXDS(pols []*policy.ResiliencePolicy, version string) error {
 	seen := map[string]string{}
 	for _, p := range pols {
@@ -643,12 +651,8 @@ func (s *Sidecar) applyXDS(pols []*policy.ResiliencePolicy, version string) erro
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.outbound.SetPolicies(table)
-	s.source.Policies = table.Policies()
-	s.source.Source = "xds"
+	s.source.loaded("xds", table.Policies(), time.Now())
 	s.source.XDSVersion = version
-	s.source.LoadedAt = time.Now()
-	s.source.LastError, s.source.LastErrAt = "", time.Time{}
-	s.source.Loads++
 	return nil
 }
 
