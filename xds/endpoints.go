@@ -9,12 +9,17 @@ import (
 
 // LoadAssignment is the ClusterLoadAssignment of a Service port's
 // endpoints (the control plane's side of xdsclient.FromLoadAssignment):
-// one locality per zone, in the order the zones first appear. It lives
+// one locality per zone, in the order the zones first appear, without
+// the addresses no endpoint may have (xdsclient.Dialable). It lives
 // here, not in xdsclient, so that the sidecar links no Envoy type.
 func LoadAssignment(name string, eps []xdsclient.Endpoint) *endpointv3.ClusterLoadAssignment {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	byZone := map[string]*endpointv3.LocalityLbEndpoints{}
 	for _, e := range eps {
+		if !xdsclient.Dialable(e.Addr.Addr()) {
+			// Never sent: no sidecar would use it (xdsclient.Dialable).
+			continue
+		}
 		l := byZone[e.Zone]
 		if l == nil {
 			l = &endpointv3.LocalityLbEndpoints{}

@@ -59,13 +59,31 @@ func checkEndpointName(name string) error {
 	return nil
 }
 
+// Dialable reports whether ip may be a Service's endpoint: not the
+// unspecified address, loopback, link-local (169.254.0.0/16, where cloud
+// metadata answers, and fe80::/10) or multicast, the addresses Kubernetes
+// refuses in an endpoint (ValidateEndpointIP; EndpointSlices since 1.33).
+// An EndpointSlice written by hand in an older cluster can carry them, and
+// the sidecar dials an endpoint from inside the calling pod: 127.0.0.1:6379
+// would be the caller's own loopback-only Redis, 169.254.169.254:80 its
+// node's metadata server, for any app that calls the Service of whoever
+// wrote the slice. kube-proxy never routes to them. Such an endpoint is
+// left out, not the response refused: one namespace's slice must not stop
+// every Service's endpoints in every sidecar (docs/controlplane.md,
+// "Endpoints (EDS)").
+func Dialable(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return ip.IsValid() && !ip.IsUnspecified() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && !ip.IsMulticast() &&
+		ip != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
 // FromLoadAssignment is the endpoints of one ClusterLoadAssignment (its
 // encoding),
 // checked as input: its name is a Service port's, every address an IP
 // literal with a port in 1-65535. HEALTHY and UNKNOWN endpoints are
 // ready, DRAINING ones terminating, and the rest (UNHEALTHY, TIMEOUT,
-// DEGRADED) left out, as Envoy would. The same address twice is kept
-// once (ready wins).
+// DEGRADED) left out, as Envoy would, and so are addresses that are not
+// Dialable. The same address twice is kept once (ready wins).
 func FromLoadAssignment(b []byte) ([]Endpoint, error) {
 	var cla loadAssignment
 	if err := cla.unmarshal(b); err != nil {
@@ -94,6 +112,9 @@ func fromLoadAssignment(cla *loadAssignment) ([]Endpoint, error) {
 			port := lb.port
 			if port < 1 || port > 65535 {
 				return nil, fmt.Errorf("endpoints %q: %s: port %d is not 1-65535", name, ip, port)
+			}
+			if !Dialable(ip) {
+				continue
 			}
 			var terminating bool
 			switch lb.health {
