@@ -12,42 +12,39 @@ import (
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
-// endpoints holds a balancer per Service port the control plane sent
-// endpoints for, keyed as its EDS resources are ("name.ns.svc.cluster.local:port",
-// docs/controlplane.md). A destination that names a Service holds its
+// endpoints holds the control plane's endpoints of every Service port,
+// keyed as its EDS resources are ("name.ns.svc.cluster.local:port",
+// docs/controlplane.md), and a balancer for each Service port a
+// destination names. A destination that names a Service holds its
 // Service's balancer from its creation, even before any endpoint is known,
 // so that endpoints arriving later need no republishing of destinations:
 // an empty balancer picks nothing and the request dials the name, through
 // DNS and kube-proxy, as without a control plane.
+//
+// Only the Services the app calls get a balancer. The control plane sends
+// every Service of the cluster to every sidecar (wildcard EDS), and a
+// balancer's endpoint (its estimate, warm-up samples, counters) is about
+// 240 bytes: a balancer for each, made as the endpoints arrived, cost a
+// sidecar 4.7 MB of heap at 20,000 endpoints (xdsclient.MaxEndpoints),
+// four times the decoded list, for Services it never called. The others'
+// endpoints are kept as sent (about 40 bytes each) until a destination
+// names them.
 type endpoints struct {
 	mu    sync.Mutex
-	slots map[string]*lbSlot
+	slots map[string]*lbSlot // the Services destinations name
+	// known is the latest set of every Service's endpoints, as set got
+	// it (not to be written: set's caller handed it over).
+	known map[string][]balancer.Target
 }
 
 type lbSlot struct {
 	lb *balancer.Balancer
 	// metrics are the handles of the first destination that used the
-	// balancer: ejections are counted under its label. Nil while no
-	// request went there (nothing is exported for a Service nobody calls).
+	// balancer: ejections are counted under its label.
 	metrics atomic.Pointer[telemetry.Destination]
 }
 
 func newEndpoints() *endpoints { return &endpoints{slots: map[string]*lbSlot{}} }
-
-// slot returns the balancer of key, made on first use. mu is held.
-func (e *endpoints) slot(key string) *lbSlot {
-	s := e.slots[key]
-	if s == nil {
-		s = &lbSlot{lb: balancer.New(balancer.Config{}, nil)}
-		s.lb.OnEject = func(string) {
-			if m := s.metrics.Load(); m != nil {
-				m.Ejected()
-			}
-		}
-		e.slots[key] = s
-	}
-	return s
-}
 
 // forService is the balancer of destination name (canonical, with port)
 // in namespace ns, configured from pol; nil when name is no Service. The
@@ -60,7 +57,19 @@ func (e *endpoints) forService(name, ns string, pol *policy.ResiliencePolicy, m 
 		return nil
 	}
 	e.mu.Lock()
-	s := e.slot(key)
+	s := e.slots[key]
+	if s == nil {
+		s = &lbSlot{lb: balancer.New(balancerConfig(pol), nil)}
+		s.lb.OnEject = func(string) {
+			if m := s.metrics.Load(); m != nil {
+				m.Ejected()
+			}
+		}
+		// Under mu, so that no set can come between the look-up and the
+		// update and be overwritten by an older list.
+		s.lb.Update(e.known[key])
+		e.slots[key] = s
+	}
 	e.mu.Unlock()
 	s.metrics.CompareAndSwap(nil, m)
 	s.lb.SetConfig(balancerConfig(pol))
@@ -68,20 +77,14 @@ func (e *endpoints) forService(name, ns string, pol *policy.ResiliencePolicy, m 
 }
 
 // set replaces every Service's endpoints: those missing from eps have
-// none from now on (their requests dial the name again).
+// none from now on (their requests dial the name again). set keeps eps:
+// the caller must not change it afterwards.
 func (e *endpoints) set(eps map[string][]balancer.Target) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.known = eps
 	for key, s := range e.slots {
-		if _, ok := eps[key]; !ok {
-			s.lb.Update(nil)
-			if s.metrics.Load() == nil {
-				delete(e.slots, key) // nobody calls it: nothing to keep
-			}
-		}
-	}
-	for key, ts := range eps {
-		e.slot(key).lb.Update(ts)
+		s.lb.Update(eps[key])
 	}
 }
 
@@ -100,14 +103,29 @@ func (e *endpoints) statuses() []EndpointsStatus {
 		keys = append(keys, k)
 		slots = append(slots, s)
 	}
+	// The Services nobody called: their endpoints as sent, with no
+	// numbers of their own.
+	var out []EndpointsStatus
+	for k, ts := range e.known {
+		if _, called := e.slots[k]; called || len(ts) == 0 {
+			continue
+		}
+		st := make([]balancer.EndpointStatus, len(ts))
+		for i, t := range ts {
+			st[i] = balancer.EndpointStatus{Addr: t.Addr, Terminating: t.Terminating}
+		}
+		out = append(out, EndpointsStatus{Service: k, Endpoints: st})
+	}
 	e.mu.Unlock()
-	out := make([]EndpointsStatus, 0, len(keys))
 	for i, k := range keys {
 		if st := slots[i].lb.Status(); len(st) > 0 {
 			out = append(out, EndpointsStatus{Service: k, Endpoints: st})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
+	if out == nil {
+		out = []EndpointsStatus{}
+	}
 	return out
 }
 

@@ -202,7 +202,8 @@ func (h *Handler) SetPolicies(t *policy.Table) { h.dests.setTable(t) }
 
 // SetEndpoints replaces the endpoints of every Service (keyed by EDS
 // resource name, docs/controlplane.md): requests to a Service are
-// balanced over its endpoints from the next try on.
+// balanced over its endpoints from the next try on. The handler keeps
+// eps: the caller must not change it afterwards.
 func (h *Handler) SetEndpoints(eps map[string][]balancer.Target) { h.dests.eps.set(eps) }
 
 // Endpoints returns every Service's endpoints, for /debug/endpoints.
