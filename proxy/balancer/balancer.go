@@ -572,29 +572,9 @@ func (e *Endpoint) Done(start int64, failed bool) (ejected bool) {
 	b := e.b
 	now := b.now()
 	e.inFlight.Add(-1)
-	rtt := float64(max(now-start, 0))
 
 	e.mu.Lock()
-	// A failed try never lowers the estimate, nor makes it known.
-	if prev := math.Float64frombits(e.ewma.Load()); !failed || prev >= 0 {
-		if failed {
-			rtt = max(rtt, prev)
-		}
-		if e.samples < WarmupSamples+1 {
-			e.samples++
-		}
-		// A sample is dated by its try's start: its weight is the time
-		// from the previous sample's start to its own, which its own
-		// latency does not lengthen (see Δt in the package doc).
-		last := e.last.Load()
-		next := ewma(prev, start-last, rtt)
-		if e.samples <= WarmupSamples {
-			e.warm[e.samples-1] = rtt
-			next = median(e.warm[:e.samples])
-		}
-		e.ewma.Store(math.Float64bits(next))
-		e.last.Store(max(start, last))
-	}
+	e.sample(start, now, failed)
 	e.failing.Store(failed)
 	switch {
 	case !failed:
@@ -611,6 +591,51 @@ func (e *Endpoint) Done(start int64, failed bool) (ejected bool) {
 		b.OnEject(e.addr)
 	}
 	return ejected
+}
+
+// Abandon ends a try begun with Start that neither succeeded nor failed:
+// the app went away, or the try was refused before anything reached the
+// endpoint (its body, say). As the breaker ignores such an outcome
+// (docs/policy.md), so does the endpoint's run of failures: counted as a
+// success it ended the run, and a pod failing every try between clients
+// that gave up was never ejected. Its latency is a lower bound of the
+// try's, so it may raise the estimate but never lower it (as a failure's,
+// see the package doc): a client that cancels after 1 ms must not make a
+// 50 ms pod look fast.
+func (e *Endpoint) Abandon(start int64) {
+	now := e.b.now()
+	e.inFlight.Add(-1)
+	e.mu.Lock()
+	e.sample(start, now, true)
+	e.mu.Unlock()
+}
+
+// sample blends the latency of a try from start to now into the
+// estimate; e.mu is held. A try that did not succeed (lowerBound) never
+// lowers the estimate, nor makes it known.
+func (e *Endpoint) sample(start, now int64, lowerBound bool) {
+	rtt := float64(max(now-start, 0))
+	prev := math.Float64frombits(e.ewma.Load())
+	if lowerBound && prev < 0 {
+		return
+	}
+	if lowerBound {
+		rtt = max(rtt, prev)
+	}
+	if e.samples < WarmupSamples+1 {
+		e.samples++
+	}
+	// A sample is dated by its try's start: its weight is the time
+	// from the previous sample's start to its own, which its own
+	// latency does not lengthen (see Δt in the package doc).
+	last := e.last.Load()
+	next := ewma(prev, start-last, rtt)
+	if e.samples <= WarmupSamples {
+		e.warm[e.samples-1] = rtt
+		next = median(e.warm[:e.samples])
+	}
+	e.ewma.Store(math.Float64bits(next))
+	e.last.Store(max(start, last))
 }
 
 // eject ejects e (whose mu is held) unless MaxEjectionPercent forbids it;

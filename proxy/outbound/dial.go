@@ -132,6 +132,34 @@ func (e *selfError) Error() string {
 	return e.addr + " is the sidecar's own address: nothing sent through the sidecar may reach its own ports"
 }
 
+// endpointSelf is err, unless err refused a connection to the sidecar's
+// own address: then it is a connect failure of the try's endpoint. The
+// balancer picked that address from the control plane's endpoints
+// (docs/controlplane.md, "Endpoints (EDS)": a Service whose targetPort
+// is one of the sidecar's ports, an EndpointSlice written by hand), not
+// the app: answered as the app's forbidden request (403), one try in
+// every few of a healthy Service failed, never retried on another
+// endpoint, and the endpoint, whose refusals were ignored, never
+// ejected. As a connect failure it is retried elsewhere whatever the
+// method (nothing was sent), counts toward the endpoint's ejection and
+// the breaker as failOn says (docs/policy.md), and is still never
+// dialled.
+func endpointSelf(err error) error {
+	var se *selfError
+	if !errors.As(err, &se) {
+		return err
+	}
+	return &dialError{&selfEndpointError{addr: se.addr}}
+}
+
+// selfEndpointError is an endpoint of the control plane's that is the
+// sidecar's own address; deliberately not a *selfError, which answers 403.
+type selfEndpointError struct{ addr string }
+
+func (e *selfEndpointError) Error() string {
+	return "endpoint " + e.addr + " is the sidecar's own address: not dialled (the control plane's endpoints of the Service name it)"
+}
+
 // selfAddrs is what counts as the sidecar itself: its listeners' ports on
 // any address of this host (loopback, unspecified, the pod's own IPs), since
 // a listener on :15020 answers on every one of them.

@@ -274,6 +274,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if cancel != nil {
 			cancel(nil)
 		}
+		if ep != nil {
+			err = endpointSelf(err) // the endpoint's fault, not the app's (dial.go)
+		}
 		if cerr := refusal(err, st, req.Context()); cerr != nil {
 			// The app's body was bad or too large, or the request was
 			// aimed at the sidecar itself: nothing to hold against the
@@ -501,7 +504,14 @@ func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
 // endTry tells the breaker and the try's endpoint how the try went.
 func endTry(done breaker.Done, ep *balancer.Endpoint, start int64, outcome error) {
 	report(done, outcome)
-	if ep != nil {
+	switch {
+	case ep == nil:
+	case outcome == breaker.ErrIgnored:
+		// Neither way for the endpoint either, as for the breaker: a
+		// client gone is no success that ends the endpoint's run of
+		// failures (docs/policy.md, "Per-endpoint ejection").
+		ep.Abandon(start)
+	default:
 		ep.Done(start, outcome == breaker.ErrFailed)
 	}
 }
