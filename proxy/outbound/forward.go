@@ -299,11 +299,13 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if span != nil {
 			endSpan(span, 0, classErrorType(class), "")
 		}
-		if failOn.Has(class) {
-			endTry(done, ep, epStart, breaker.ErrFailed)
-		} else {
-			endTry(done, ep, epStart, nil)
+		outcome := error(nil)
+		if st.clientsDeadline(class, -1) {
+			outcome = breaker.ErrIgnored // the app's own deadline (docs/grpc.md, "Deadlines")
+		} else if failOn.Has(class) {
+			outcome = breaker.ErrFailed
 		}
+		endTry(done, ep, epStart, outcome)
 		return nil, class, &upstreamError{class: class, err: err}
 	}
 	if span != nil {
@@ -312,6 +314,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	verdict := error(nil)
 	if failOn.Status(countedStatus(resp, st)) || st.grpc && failOn.GRPCStatus(st.grpcStatus) {
 		verdict = breaker.ErrFailed
+		if st.clientsDeadline(0, st.grpcStatus) {
+			verdict = breaker.ErrIgnored // the app's own deadline (docs/grpc.md, "Deadlines")
+		}
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
 		// Nothing more can fail that a breaker should hear of (an
@@ -413,6 +418,9 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 			b.verdict = nil
 			if b.failOn.Status(grpcEquivalent(g)) || b.failOn.GRPCStatus(g) {
 				b.verdict = breaker.ErrFailed
+				if b.st.clientsDeadline(0, g) {
+					b.verdict = breaker.ErrIgnored
+				}
 			}
 		}
 		b.end(b.verdict)
@@ -435,7 +443,9 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	b.st.late = class
-	if b.failOn.Has(class) {
+	if b.st.clientsDeadline(class, -1) {
+		b.end(breaker.ErrIgnored)
+	} else if b.failOn.Has(class) {
 		b.end(breaker.ErrFailed)
 	} else {
 		b.end(b.verdict)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
 	"go.opentelemetry.io/otel/attribute"
@@ -283,7 +284,7 @@ func grpcTimeout(h http.Header, policy time.Duration) (d time.Duration, client b
 // own deadline is near or past, its library ends the call
 // DEADLINE_EXCEEDED itself.
 func (st *reqState) grpcCut(cancelled bool) int {
-	if !st.callDeadline.IsZero() && since(st.start).Add(grpcDeadlineSlack).After(st.callDeadline) {
+	if st.atClientDeadline() {
 		return grpcDeadlineExceeded
 	}
 	if cancelled {
@@ -383,6 +384,37 @@ func endGRPCSpan(s trace.Span, code int) {
 	if code != grpcOK {
 		s.SetStatus(codes.Error, grpcName(code))
 	}
+}
+
+// atClientDeadline reports whether a gRPC call whose time is its
+// client's own grpc-timeout (callDeadline) is within grpcDeadlineSlack of
+// that deadline, or past it; false for any other call.
+func (st *reqState) atClientDeadline() bool {
+	return !st.callDeadline.IsZero() && since(st.start).Add(grpcDeadlineSlack).After(st.callDeadline)
+}
+
+// clientsDeadline reports whether a try's failure is its client's own
+// deadline running out, not the upstream's failing: a timeout or a reset
+// (class), or the upstream's DEADLINE_EXCEEDED (status g, -1: none), at
+// the client's grpc-timeout. The upstream was told that deadline and
+// enforced it for the client; a caller that sets 10 ms against a
+// healthy 50 ms service must not open the breaker, nor eject an
+// endpoint, for every other caller. Its outcome counts neither way
+// (breaker.ErrIgnored), as a client that cancels its call
+// (docs/grpc.md, "Deadlines"). The policy's own timeout, and an
+// upstream's DEADLINE_EXCEEDED well before the client's deadline (its
+// own dependency's), count as failOn says.
+func (st *reqState) clientsDeadline(class policy.Class, g int) bool {
+	if st.callDeadline.IsZero() {
+		return false // not a gRPC call, or its time is the policy's
+	}
+	switch {
+	case class == policy.ClassTimeout, class == policy.ClassReset:
+	case class == 0 && g == grpcDeadlineExceeded:
+	default:
+		return false
+	}
+	return st.atClientDeadline()
 }
 
 // grpcDeadlineSlack: an upstream's reset this close to a call's deadline

@@ -674,7 +674,11 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		// for good) and its endpoint count it in flight.
 		_ = b.Close()
 	}
-	if st.late == 0 && st.errKind == "" && (st.gone || st.out.broken) {
+	// A gRPC call its app ended before any answer (serveError's 499, an
+	// RST_STREAM) reads as its client's library reports it too: a
+	// client's reset at its own deadline is DEADLINE_EXCEEDED, not
+	// CANCELLED (docs/grpc.md, "The sidecar's own answers").
+	if st.late == 0 && st.errKind == "" && (st.gone || st.out.broken || st.grpc && st.code == statusClientClosed) {
 		// The app went away, or its connection broke, before its
 		// response ended: not the success its status would say, and not
 		// the upstream's failure (the breaker ignored it). The sidecar's
