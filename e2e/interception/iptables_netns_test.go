@@ -59,11 +59,21 @@ var netnsSeq atomic.Int64
 // and nothing else until the test adds it.
 type netns struct{ name string }
 
+// netnsPrefix starts the name of every namespace the tests make:
+// MINIMESH_NETNS_PREFIX, so that runs sharing a host can tell theirs
+// apart, else "mm-ipt-".
+func netnsPrefix() string {
+	if p := os.Getenv("MINIMESH_NETNS_PREFIX"); p != "" {
+		return p
+	}
+	return "mm-ipt-"
+}
+
 // newNetns makes a network namespace with a name no other run uses, and
 // removes it when the test ends, failed or not.
 func newNetns(t *testing.T) *netns {
 	t.Helper()
-	n := &netns{name: fmt.Sprintf("mm-ipt-%d-%d", os.Getpid(), netnsSeq.Add(1))}
+	n := &netns{name: fmt.Sprintf("%s%d-%d", netnsPrefix(), os.Getpid(), netnsSeq.Add(1))}
 	run(t, "ip", "netns", "add", n.name)
 	t.Cleanup(func() {
 		if out, err := exec.Command(find(t, "ip"), "netns", "del", n.name).CombinedOutput(); err != nil {

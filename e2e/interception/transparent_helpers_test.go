@@ -57,7 +57,9 @@ func needTransparent(t *testing.T) string {
 		proc.Unmet(t, "network namespaces, iptables and a sidecar under uid %d need root", wellknown.ProxyUID)
 	}
 	var missing []string
-	for _, name := range []string{"ip", "iptables", "ip6tables", "curl"} {
+	for _, name := range []string{"ip", "iptables", "curl",
+		"iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore",
+		"iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore"} {
 		if _, err := tools.Find(name); err != nil {
 			missing = append(missing, err.Error())
 		}
@@ -149,8 +151,8 @@ type world struct {
 }
 
 // newWorld makes the namespaces, links them, redirects the pod's outbound
-// TCP as `minimesh-proxy init` would (written by hand here: uid 15000 and
-// loopback excepted) and starts the sidecar with policies.
+// TCP with `minimesh-proxy init` (uid 15000, loopback and the pod's own
+// addresses excepted) and starts the sidecar with policies.
 func newWorld(t *testing.T, bin, policies string) *world {
 	t.Helper()
 	w := &world{t: t, pod: newNetns(t), up: newNetns(t)}
@@ -160,10 +162,9 @@ func newWorld(t *testing.T, bin, policies string) *world {
 		run(t, "ip", "-n", c.ns, "addr", "add", c.v6+"/64", "dev", "eth0", "nodad")
 		run(t, "ip", "-n", c.ns, "link", "set", "eth0", "up")
 	}
-	uid := strconv.Itoa(wellknown.ProxyUID)
-	port := strconv.Itoa(wellknown.OutboundPort)
-	w.pod.exec(t, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "owner", "!", "--uid-owner", uid, "!", "-d", "127.0.0.0/8", "-j", "REDIRECT", "--to-ports", port)
-	w.pod.exec(t, "ip6tables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "owner", "!", "--uid-owner", uid, "!", "-d", "::1/128", "-j", "REDIRECT", "--to-ports", port)
+	// The rules of the init container, not rules written for the test:
+	// what the tests prove holds for the pods the injector makes.
+	w.pod.minimeshInit(t, bin, "--ipv6", "on")
 
 	// A directory the sidecar's user can read.
 	dir, err := os.MkdirTemp("", "mm-transparent-")

@@ -486,7 +486,10 @@ func (b *upstreamBody) end(outcome error) {
 // elsewhere, as Envoy's previous_hosts predicate makes it), and counts the
 // try in flight there. Without endpoints the try dials what the app named
 // (through DNS and kube-proxy), or the original destination of a
-// redirected connection. The Host header stays the app's either way.
+// redirected connection: a redirected request whose Host names a Service
+// with endpoints is balanced over them too, as Istio routes by Host
+// (docs/interception.md, "HTTP/1.x"). The Host header stays the app's
+// either way.
 func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
 	lb := st.dest.lb
 	if lb == nil {

@@ -46,7 +46,9 @@ func WithOriginalDst(ctx context.Context, addr netip.AddrPort) context.Context {
 // for its policy, breaker, metrics and logs, by its Host header as on the
 // explicit proxy, on the port the app connected to; it is sent to the
 // original destination, never to a new resolution of Host, so the app
-// reaches the address it chose (a ClusterIP, say) through the sidecar.
+// reaches the address it chose (a ClusterIP, say) through the sidecar;
+// when the control plane sent endpoints for the Service Host names, it is
+// balanced over them (pickEndpoint).
 func (h *Handler) Transparent() http.Handler { return transparentHandler{h} }
 
 type transparentHandler struct{ h *Handler }
