@@ -13,6 +13,7 @@
 package inbound
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -262,6 +263,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Upgrade") != "" {
 		h.upgrades.Add(1)
 		defer h.upgrades.Done()
+		// Any answer but a 101 closes the connection: what the caller
+		// sent behind the head is the protocol it asked for, never a
+		// next request into the app (docs/interception.md, "Inbound").
+		st.out.upgrade = true
 	}
 	h.rp.ServeHTTP(w, r.WithContext(ctx))
 	if st.code == statusClientClosed && !st.out.wrote {
@@ -535,11 +540,17 @@ type countingWriter struct {
 	wrote bool
 	// broken: a write failed because the caller is gone.
 	broken bool
+	// upgrade: the request asked for an Upgrade; a final answer other
+	// than its 101 closes the connection.
+	upgrade bool
 }
 
 func (w *countingWriter) WriteHeader(code int) {
 	if code >= 200 {
 		w.wrote = true
+		if w.upgrade {
+			w.Header().Set("Connection", "close")
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
@@ -555,6 +566,13 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 }
 
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack gives the ReverseProxy an upgrade's connection with the bytes
+// the caller sent behind the request first, which Go's ReverseProxy
+// would drop (outbound.HijackEarly).
+func (w *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return outbound.HijackEarly(w.ResponseWriter)
+}
 
 // bufferPool lends ReverseProxy 32 KiB copy buffers.
 type bufferPool struct{}

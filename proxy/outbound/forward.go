@@ -262,12 +262,12 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		code := resp.StatusCode
 		resp.Body.Close()
 		resp, err = nil, fmt.Errorf("malformed HTTP status code %03d from the upstream", code)
-	} else if err == nil && resp.StatusCode == http.StatusSwitchingProtocols && !st.upgrade {
+	} else if err == nil && resp.StatusCode == http.StatusSwitchingProtocols && (!st.upgrade || !switchedAsAsked(req, resp)) {
 		// A switch nobody asked for (RFC 9110 §15.2.2), which the
 		// ReverseProxy refuses with a 502: the upstream's failure, as the
 		// fast transport takes it, not a success for the breaker.
-		resp.Body.Close()
-		resp, err = nil, errors.New("unexpected 101 Switching Protocols from the upstream to a request that asked for no upgrade")
+		resp.Body.Close() // the switched connection: never left open (switchedAsAsked)
+		resp, err = nil, errors.New("unexpected 101 Switching Protocols from the upstream to a request that asked for no upgrade, or for another protocol")
 	}
 	failOn := dst.policy.Spec.CircuitBreaker.FailOn
 	if err != nil {

@@ -462,6 +462,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	if st.upgrade {
 		h.upgrades.Add(1)
 		defer h.upgrades.Done()
+		// Any answer but a 101 closes the connection: what the app sent
+		// behind the head is the protocol it asked for, never a next
+		// request (docs/operations.md, "Upgrade requests").
+		st.out.closeConn = true
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		st.arrived = arrived(r.Body)
@@ -641,6 +645,9 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, kind,
 		id = requestid.New()
 	}
 	w.Header().Set(wellknown.HeaderRequestID, id)
+	if r.ProtoMajor == 1 && field.Get(r.Header, "Upgrade") != "" {
+		w.Header().Set("Connection", "close") // as an upgrade's other answers (serve)
+	}
 	if r.ProtoMajor == 2 && isGRPC(r.Header) {
 		writeGRPCError(w, grpcAnswer(kind, code), kind, errorBody{Destination: dest, Message: msg, RequestID: id})
 		return

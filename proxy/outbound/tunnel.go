@@ -1,10 +1,14 @@
 package outbound
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +19,7 @@ import (
 	"github.com/minimesh/minimesh/proxy/retry"
 	"github.com/minimesh/minimesh/wellknown"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/http/httpguts"
 )
 
 // serveConnect opens a CONNECT tunnel (HTTPS through HTTP_PROXY). The
@@ -313,4 +318,91 @@ func (f *inflight) idle() <-chan struct{} {
 		f.zero = c
 	}
 	return c
+}
+
+// Hijack hands the ReverseProxy the app's connection for an upgrade's
+// splice (its handleUpgradeResponse, reached through ResponseController),
+// with the bytes the app sent behind the request's head first: Go's
+// ReverseProxy copies from the bare connection and drops what the server
+// had read ahead into its buffer (golang/go#80875), so a client that
+// pipelines its first frames with the handshake lost them. Those bytes
+// stay unread, and unsent, until the upstream answers: they go only after
+// a 101, as the tunnel's first bytes; after any other answer the
+// connection closes with them unread (the handler's closeConn for an
+// upgrade), never parsed as a further request (docs/operations.md,
+// "Upgrade requests").
+func (w *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return HijackEarly(w.ResponseWriter)
+}
+
+// HijackEarly hijacks w's connection (w the server's own ResponseWriter,
+// or one that unwraps to it) and returns it reading first the bytes the
+// server had buffered past the request, which the returned ReadWriter no
+// longer holds: for a caller, such as the ReverseProxy, that reads the
+// connection and not the ReadWriter. The inbound listener's upgrades use
+// it too.
+func HijackEarly(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil || brw == nil || brw.Reader.Buffered() == 0 {
+		return c, brw, err
+	}
+	early := make([]byte, brw.Reader.Buffered())
+	if _, err := io.ReadFull(brw.Reader, early); err != nil { // buffered: no read of the socket
+		c.Close()
+		return nil, nil, fmt.Errorf("hijack: taking the bytes read ahead: %w", err)
+	}
+	return &earlyConn{Conn: c, early: early}, brw, nil
+}
+
+// earlyConn is a hijacked connection whose first reads return early, the
+// bytes its server had read ahead.
+type earlyConn struct {
+	net.Conn
+	early []byte
+}
+
+func (c *earlyConn) Read(p []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(p, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite passes the upstream's end of the stream on (the
+// ReverseProxy's copy looks for it on the connection it was given).
+func (c *earlyConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// switchedAsAsked reports whether resp, a 101, switches req's connection
+// to the protocol req asked for, as the ReverseProxy checks before it
+// splices. Its own refusal (a 502) leaves the switched connection open
+// for good (golang/go#80875), so the forwarder refuses such a 101 first,
+// closing it, as the upstream's failure: the app's connection closes too
+// (an upgrade's answer other than its 101), its early bytes unsent.
+func switchedAsAsked(req *http.Request, resp *http.Response) bool {
+	asked, got := upgradeType(req.Header), upgradeType(resp.Header)
+	if asked == "" || !strings.EqualFold(asked, got) {
+		return false
+	}
+	for i := 0; i < len(got); i++ {
+		if got[i] < ' ' || got[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// upgradeType is the protocol h's Upgrade names, when its Connection
+// names Upgrade (net/http/httputil's reading).
+func upgradeType(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
 }
