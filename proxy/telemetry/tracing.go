@@ -225,10 +225,22 @@ func (t *Tracing) extract(ctx context.Context, h http.Header) (_ context.Context
 	if h == nil {
 		return ctx, psc, false // a caller's lines without any (MayCarry)
 	}
-	if len(h["Traceparent"]) > 0 {
+	// More than one traceparent field is an invalid traceparent (W3C
+	// Trace Context: the test suite's test_traceparent_duplicated wants a
+	// new trace ID), where the propagator takes the first: the request
+	// starts a new trace, and its tracestate, which belongs to the trace
+	// it left, is not read (docs/operations.md, "Traces"). Its request ID
+	// is another matter and stays.
+	if tp := h["Traceparent"]; len(tp) == 1 {
 		ctx = t.w3c.Extract(ctx, headerCarrier(h))
 		psc = trace.SpanContextFromContext(ctx)
-		if ts := psc.TraceState(); ts.Len() > 0 && len(headerCarrier(h).Get("tracestate")) > stateText(ts) {
+		if states := h["Tracestate"]; len(states) > 1 && psc.IsValid() {
+			// Several tracestate fields are one list (W3C, RFC 9110
+			// §5.3), of which the propagator reads the first field only.
+			ts, _ := trace.ParseTraceState(strings.Join(states, ","))
+			psc = psc.WithTraceState(compact(ts))
+			ctx = trace.ContextWithRemoteSpanContext(ctx, psc)
+		} else if ts := psc.TraceState(); ts.Len() > 0 && len(headerCarrier(h).Get("tracestate")) > stateText(ts) {
 			psc = psc.WithTraceState(compact(ts))
 			ctx = trace.ContextWithRemoteSpanContext(ctx, psc)
 		}
@@ -297,6 +309,7 @@ func (t *Tracing) Inject(ctx context.Context, p Place, h http.Header) {
 	for _, k := range staleB3 {
 		delete(h, k)
 	}
+	delete(h, "Tracestate") // the propagator writes one only when it has one (SetFields)
 	ctx = trace.ContextWithSpanContext(ctx, p.SC)
 	t.w3c.Inject(ctx, headerCarrier(h))
 	t.b3.Inject(ctx, headerCarrier(h))
@@ -347,6 +360,12 @@ func SetFields(h http.Header, fs []Field) {
 	for _, k := range staleB3 {
 		delete(h, k)
 	}
+	// The app's tracestate goes with the traceparent it came with: when
+	// the sidecar's context has none (a new trace, the app's traceparent
+	// invalid or doubled, or a tracestate that did not parse), none goes,
+	// not the app's beside another trace's traceparent (W3C Trace
+	// Context: a restart cleans up tracestate).
+	delete(h, "Tracestate")
 	v := make([]string, len(fs))
 	for i, f := range fs {
 		v[i] = f.Value
@@ -357,13 +376,13 @@ func SetFields(h http.Header, fs []Field) {
 
 // Replaces says whether the app's field key, as a header map holds it,
 // is replaced or removed where fs are written: Inject's own fields, the
-// B3 fields it leaves out, and a trace state when fs hold one.
+// B3 fields it leaves out, and the app's trace state.
 func Replaces(fs []Field, key string) bool {
 	switch key {
 	case "Traceparent", "X-B3-Sampled", "X-B3-Spanid", "X-B3-Traceid", "B3", "X-B3-Parentspanid", "X-B3-Flags":
 		return true
 	case "Tracestate":
-		return len(fs) > 1 && fs[1].Key == key
+		return true // replaced when fs hold one, else dropped (SetFields)
 	}
 	return false
 }
