@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -11,8 +13,13 @@ import (
 	"github.com/minimesh/minimesh/policy/linkerd"
 )
 
+// defaultClusterNamespace is the controller's --namespace when neither it
+// nor $POD_NAMESPACE is set (controller.go): its policies apply
+// cluster-wide.
+const defaultClusterNamespace = "minimesh"
+
 func newPolicyExportCmd() *cobra.Command {
-	var to, namespace string
+	var to, namespace, clusterNS string
 	cmd := &cobra.Command{
 		Use:   "export --to linkerd|envoy PATH...",
 		Short: "Print ResiliencePolicy files as Linkerd or Envoy configuration",
@@ -24,7 +31,11 @@ func newPolicyExportCmd() *cobra.Command {
 			"with kubectl apply --server-side so that it merges into the existing Service).\n" +
 			"--to envoy prints an Envoy v3 Cluster per destination and one RouteConfiguration.\n" +
 			"What the target cannot express is printed as a comment: nothing is dropped\n" +
-			"silently. docs/migrating-to-linkerd.md has the whole table.",
+			"silently. docs/migrating-to-linkerd.md has the whole table.\n\n" +
+			"A cluster-wide policy (one without metadata.namespace, or of --cluster-namespace)\n" +
+			"whose service is a short name (reviews) governs reviews in every namespace, as each\n" +
+			"sidecar reads it in its own: it is exported only for --namespace, and without\n" +
+			"--namespace not at all (a warning names it).",
 		Example: "  minimesh policy export --to linkerd policies/ | kubectl apply --server-side -f -\n" +
 			"  minimesh policy export --to envoy --namespace shop policies/geo.yaml",
 		Args: cobra.MinimumNArgs(1),
@@ -40,24 +51,133 @@ func newPolicyExportCmd() *cobra.Command {
 				}
 				return err
 			}
+			pols, head := scopeClusterWide(pols, namespace, clusterNS)
+			for _, h := range head {
+				if h.skipped {
+					fmt.Fprintln(cmd.ErrOrStderr(), "warning: "+h.text)
+				}
+			}
+			ns := namespace
+			if ns == "" {
+				ns = "default"
+			}
 			var out []byte
 			switch to {
 			case "linkerd":
-				out, err = linkerd.Export(pols, namespace)
+				out, err = linkerd.Export(pols, ns)
 			case "envoy":
-				out, err = envoy.Export(pols, namespace)
+				out, err = envoy.Export(pols, ns)
 			default:
 				return fmt.Errorf("--to %q: want linkerd or envoy", to)
 			}
 			if err != nil {
-				return err
+				return fmt.Errorf("export --to %s: %w", to, err)
 			}
-			_, err = cmd.OutOrStdout().Write(out)
+			var b bytes.Buffer
+			for _, h := range head {
+				if h.skipped {
+					b.WriteString("# not carried over: ")
+				} else {
+					b.WriteString("# ")
+				}
+				b.WriteString(h.text + "\n")
+			}
+			b.Write(out)
+			_, err = cmd.OutOrStdout().Write(b.Bytes())
 			return err
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "linkerd or envoy")
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of policies that name none (short service names resolve in it)")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace the export is for: policies that name none are in it (default \"default\"), and cluster-wide policies' short service names resolve in it (default: they are not exported)")
+	cmd.Flags().StringVar(&clusterNS, "cluster-namespace", defaultClusterNamespace, "the controller's namespace (its --namespace), whose policies apply cluster-wide")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
+}
+
+// headComment is a line the export prints above the target's own: what
+// it did with a cluster-wide policy (skipped: not exported, also a
+// warning on stderr).
+type headComment struct {
+	text    string
+	skipped bool
+}
+
+// scopeClusterWide settles the cluster-wide policies whose service is a
+// short name before either export reads them. The sidecar reads a short
+// name in its own namespace, whatever the policy's (policy.NewTable;
+// docs/policy.md, "Matching"), and the controller serves a cluster-wide
+// policy to the sidecars of every namespace, those created later included
+// (docs/controlplane.md): "reviews" there means reviews.<ns> for every
+// <ns>, a set no export written now can name. The exports, which resolve
+// a short name in the policy's own namespace, would have attached its
+// routes (Linkerd) or domains (Envoy) to reviews.<cluster namespace>, a
+// Service its sidecars never call. So such a policy is exported for
+// namespace (--namespace), as the control plane translates it for that
+// namespace's sidecars, with a comment; without --namespace it is left
+// out, with a comment and a warning naming it and its host.
+//
+// Cluster-wide is the controller's reading (docs/controlplane.md): a
+// policy of its namespace (clusterNS), or, from files, one that names no
+// namespace, which without --namespace says nothing of where it applies.
+func scopeClusterWide(pols []*policy.ResiliencePolicy, namespace, clusterNS string) ([]*policy.ResiliencePolicy, []headComment) {
+	var out []*policy.ResiliencePolicy
+	var head []headComment
+	for _, p := range pols {
+		host, short := shortClusterWide(p, clusterNS)
+		if !short {
+			out = append(out, p)
+			continue
+		}
+		if namespace == "" {
+			head = append(head, headComment{skipped: true, text: fmt.Sprintf(
+				"cluster-wide policy %s: service %q is a short name, which each sidecar reads as %s.<its own namespace>, in every namespace: not exported, as no export can name those Services; write %s.NAMESPACE, or export it for one namespace with --namespace",
+				describe(p), p.Spec.Service, host, host)})
+			continue
+		}
+		c := *p
+		c.Metadata.Namespace = namespace
+		out = append(out, &c)
+		head = append(head, headComment{text: fmt.Sprintf(
+			"cluster-wide policy %s: service %q is a short name, which each sidecar reads in its own namespace: exported for namespace %s only (--namespace); export again for each other namespace",
+			describe(p), p.Spec.Service, namespace)})
+	}
+	return out, head
+}
+
+// shortClusterWide reports whether p applies cluster-wide and names its
+// service by a short name (a Service's shape, one label), and that name.
+func shortClusterWide(p *policy.ResiliencePolicy, clusterNS string) (host string, ok bool) {
+	if p.Spec.Service == policy.DefaultService {
+		return "", false
+	}
+	if ns := p.Metadata.Namespace; ns != "" && ns != clusterNS {
+		return "", false
+	}
+	host, _, _ = strings.Cut(p.Spec.Service, ":")
+	if strings.Contains(host, ".") {
+		return "", false // qualified or external: the same host from every namespace
+	}
+	if _, isSvc := policy.ServiceFQDN(host, "default"); !isSvc {
+		return "", false
+	}
+	return host, true
+}
+
+// describe names a policy in a message: its name, namespace and file.
+func describe(p *policy.ResiliencePolicy) string {
+	s := p.Metadata.Name
+	if s == "" {
+		s = "(unnamed)"
+	}
+	var at []string
+	if p.Metadata.Namespace != "" {
+		at = append(at, "namespace "+p.Metadata.Namespace)
+	}
+	if p.Source != "" {
+		at = append(at, p.Source)
+	}
+	if len(at) > 0 {
+		s += " (" + strings.Join(at, ", ") + ")"
+	}
+	return s
 }
