@@ -135,6 +135,13 @@ func (pl *plan) retrying() bool {
 	return ok
 }
 
+// linkerdBackoffBase and linkerdBackoffMax are the retry backoff Linkerd's
+// policy controller sets on every route (since 2.16).
+const (
+	linkerdBackoffBase = 25 * time.Millisecond
+	linkerdBackoffMax  = 250 * time.Millisecond
+)
+
 func (pl *plan) note(format string, a ...any) { pl.notes = append(pl.notes, fmt.Sprintf(format, a...)) }
 func (pl *plan) comment(format string, a ...any) {
 	pl.comments = append(pl.comments, fmt.Sprintf(format, a...))
@@ -242,7 +249,14 @@ func (pl *plan) retries(r *policy.Retries) {
 	if on.Has(policy.ClassTimeout) && perTry == "" {
 		pl.note("retryOn timeout without perTryTimeout: only the whole timeout can expire, and Linkerd does not retry timeout.linkerd.io/request (nor does minimesh, which has no time left then)")
 	}
-	pl.note("retries.backoff (%s-%s): Linkerd retries at once", r.Backoff.Base, r.Backoff.Max)
+	// Linkerd's policy controller gives every retrying route one backoff,
+	// exponential from 25 ms to 250 ms with full jitter, as minimesh's
+	// (policy-controller/grpc/src/outbound/http.rs); no annotation sets it.
+	if r.Backoff.Base == linkerdBackoffBase && r.Backoff.Max == linkerdBackoffMax {
+		pl.comment("retries.backoff (%s-%s): Linkerd's own backoff is the same, exponential with full jitter", r.Backoff.Base, r.Backoff.Max)
+	} else {
+		pl.note("retries.backoff (%s-%s): Linkerd's backoff is fixed at %s-%s, exponential with full jitter; no annotation changes it", r.Backoff.Base, r.Backoff.Max, linkerdBackoffBase, linkerdBackoffMax)
+	}
 	pl.note("retries.budget (ratio %g, %d/s): Linkerd's route annotations have no retry budget", r.Budget.Ratio, r.Budget.MinPerSecond)
 
 	if on.GRPC == 0 {

@@ -1,6 +1,7 @@
 package linkerd
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -318,5 +319,22 @@ func TestExternalHosts(t *testing.T) {
 				t.Errorf("no comment:\n%s", e.comments)
 			}
 		})
+	}
+}
+
+// TestBackoff: Linkerd's policy controller gives every retrying route a
+// backoff of its own, 25 ms to 250 ms with full jitter, that no
+// annotation changes; a policy with that backoff loses nothing, one with
+// another is told so (it was told Linkerd retries at once, which it has
+// not since 2.16).
+func TestBackoff(t *testing.T) {
+	const doc = "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo, namespace: shop}\nspec:\n  service: geo\n  retries: {attempts: 2, retryOn: [5xx], backoff: %s}\n"
+	for _, tt := range []struct{ backoff, want string }{
+		{"{base: 25ms, max: 250ms}", "# retries.backoff (25ms-250ms): Linkerd's own backoff is the same, exponential with full jitter\n"},
+		{"{base: 100ms, max: 2s}", "# not carried over: retries.backoff (100ms-2s): Linkerd's backoff is fixed at 25ms-250ms, exponential with full jitter; no annotation changes it\n"},
+	} {
+		if e := exportYAML(t, fmt.Sprintf(doc, tt.backoff)); !strings.Contains(e.comments, tt.want) {
+			t.Errorf("backoff %s: comments\n%s\nwant %q", tt.backoff, e.comments, tt.want)
+		}
 	}
 }
