@@ -3,7 +3,6 @@ package outbound_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
-	"golang.org/x/net/http2"
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -103,7 +101,7 @@ func TestGRPCClientDeadlineNotABreakerFailure(t *testing.T) {
 // client that never cancels it: it waits for whatever answer comes. It
 // returns the call's grpc-status ("reset" for a stream reset after its
 // headers) and X-Minimesh-Error.
-func h2cCall(t *testing.T, tr *http2.Transport, sidecar, authority, timeout string) (string, string) {
+func h2cCall(t *testing.T, tr http.RoundTripper, sidecar, authority, timeout string) (string, string) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, "http://"+sidecar+"/grpc.health.v1.Health/Check", bytes.NewReader(make([]byte, 5)))
 	if err != nil {
@@ -178,10 +176,7 @@ func TestGRPCClientDeadlineOutcomes(t *testing.T) {
 			t.Cleanup(func() { up.Close() })
 			sc := startSidecar(t, policyDoc("health", healthSvc, tc.policy+"circuitBreaker:\n  consecutiveFailures: 2\n  openTimeout: 60s\n"),
 				resolve(ln.Addr().String(), healthSvc))
-			tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-				return new(net.Dialer).DialContext(ctx, network, addr)
-			}}
-			t.Cleanup(tr.CloseIdleConnections)
+			tr := h2cClient(t).Transport
 			const calls = 3
 			for i := 0; i < calls; i++ {
 				code, kind := h2cCall(t, tr, sc.Addr, healthSvc, tc.timeout)
