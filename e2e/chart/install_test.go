@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
@@ -124,9 +125,48 @@ func TestInstall(t *testing.T) {
 	if after := admissions(t, ctrl); after != before {
 		t.Errorf("the injector was called for pods that did not ask:\nbefore %s\nafter  %s", before, after)
 	}
-	// The policies of values.policies are where the sidecars look.
+	// A value of the annotation the injector does not know reaches it and
+	// is refused, naming the annotation: not let through without a sidecar.
+	for _, v := range []string{"true", "Enabled"} {
+		_, err := c.Client.CoreV1().Pods("shop").Create(ctx, pod("typo-"+strings.ToLower(v), map[string]string{wellknown.AnnotationInject: v}), metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), wellknown.AnnotationInject) {
+			t.Errorf("pod annotated %s: %q: %v, want it refused naming the annotation", wellknown.AnnotationInject, v, err)
+		}
+	}
+
+	// The policies of values.policies: the objects the control plane
+	// serves, each accepted by the controller, and the ConfigMap the
+	// sidecars load until it answers.
 	if cm, err := c.Client.CoreV1().ConfigMaps("shop").Get(ctx, "minimesh-policies", metav1.GetOptions{}); err != nil || len(cm.Data) != 2 {
 		t.Errorf("policy ConfigMap in shop: %v %v", err, cm)
+	}
+	dyn, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := schema.GroupVersionResource{Group: "minimesh.io", Version: "v1alpha1", Resource: "resiliencepolicies"}
+	for _, name := range []string{"shop/nominatim", "shop/default", "billing/payments"} {
+		ns, n, _ := strings.Cut(name, "/")
+		var status any
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			u, err := dyn.Resource(rp).Namespace(ns).Get(ctx, n, metav1.GetOptions{})
+			if err != nil {
+				status = err
+				continue
+			}
+			conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+			for _, c := range conds {
+				if m, _ := c.(map[string]any); m["type"] == "Accepted" {
+					status = m["status"]
+				}
+			}
+			if status == "True" {
+				break
+			}
+		}
+		if status != "True" {
+			t.Errorf("ResiliencePolicy %s from values.policies: Accepted %v, want True", name, status)
+		}
 	}
 
 	uninstall(t, c)
@@ -167,6 +207,7 @@ func assertNothingLeft(t *testing.T, c *kube.Cluster) {
 		{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
 		{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
 		{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "mutatingwebhookconfigurations"},
+		{Group: "minimesh.io", Version: "v1alpha1", Resource: "resiliencepolicies"},
 	} {
 		list, err := dyn.Resource(gvr).List(context.Background(), sel)
 		if err != nil {
