@@ -88,7 +88,7 @@ func newPolicyExportCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "linkerd or envoy")
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "namespace the export is for: policies that name none are in it (default \"default\"), and cluster-wide policies' short service names resolve in it (default: they are not exported)")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "the namespace whose pods the export is for: a cluster-wide policy (one naming no namespace, or --cluster-namespace's) with a short service name is exported for it; without --namespace such a policy is not exported")
 	cmd.Flags().StringVar(&clusterNS, "cluster-namespace", defaultClusterNamespace, "the controller's namespace (its --namespace), whose policies apply cluster-wide")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
