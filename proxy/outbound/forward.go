@@ -165,6 +165,15 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		}
 		c := *req
 		c.Body, c.ContentLength = b, n
+		if req.ProtoMajor == 2 {
+			// An upstream that refuses the stream unprocessed (a GOAWAY
+			// below it, REFUSED_STREAM) leaves it safe to send again, which
+			// Go's HTTP/2 transport does on another connection only with
+			// GetBody once the body went out (RFC 9113 §8.7; docs/grpc.md,
+			// "Retries"). HTTP/1.1's transport resends only a request it
+			// wrote nothing of, which needs none.
+			c.GetBody = st.replay.getBody
+		}
 		out = &c
 	}
 	// The upstream always gets the request ID, one the app named as a
@@ -229,6 +238,11 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	}
 	if st.grpc {
 		st.grpcStatus = -1
+		var perTry time.Duration
+		if r := dst.policy.Spec.Retries; r != nil {
+			perTry = r.PerTryTimeout
+		}
+		st.setTryTimeout(out.Header, req.Context(), perTry)
 	}
 	var resp *http.Response
 	var err error
@@ -399,10 +413,42 @@ type upstreamBody struct {
 	// trailers: the verdict is made from them at the body's end.
 	grpc  *http.Response
 	ended bool
+	// pfx and left follow grpc's messages, so that a failure can end
+	// the call with trailers when it falls between two (endGRPC): the
+	// bytes of the current message's 5-byte prefix read (0: at a
+	// boundary), and those of its payload still to come.
+	pfx  uint8
+	left uint32
+}
+
+// frame follows the gRPC messages in p, the next bytes of the body.
+func (b *upstreamBody) frame(p []byte) {
+	for len(p) > 0 {
+		if b.pfx < 5 {
+			if b.pfx > 0 {
+				b.left = b.left<<8 | uint32(p[0]) // the length, big-endian, after the flag
+			}
+			b.pfx++
+			p = p[1:]
+			if b.pfx == 5 && b.left == 0 {
+				b.pfx = 0
+			}
+			continue
+		}
+		n := uint32(min(uint64(b.left), uint64(len(p))))
+		b.left -= n
+		p = p[n:]
+		if b.left == 0 {
+			b.pfx = 0
+		}
+	}
 }
 
 func (b *upstreamBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if b.grpc != nil && n > 0 {
+		b.frame(p[:n])
+	}
 	if err == nil || b.ended {
 		return n, err
 	}
@@ -455,6 +501,13 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		// (answerLate), and no flush of a stream's headers, on the
 		// ReverseProxy's timer, can send the upstream's status now.
 		return 0, io.EOF
+	}
+	if b.grpc != nil && b.pfx == 0 {
+		// A gRPC call cut between two messages: it ends with trailers
+		// that say why, not a reset its client reads as INTERNAL
+		// (docs/grpc.md, "The sidecar's own answers").
+		b.st.endGRPC(class, err)
+		return n, io.EOF
 	}
 	return n, err
 }
@@ -572,6 +625,15 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 		// not a 504 once the wait has run into the timeout, and no retry
 		// is counted or drawn from the budget that could not be sent.
 		return false
+	}
+	if st.grpc {
+		if dl, ok := st.grpcDeadline(req.Context()); ok && time.Until(dl)-wait < grpcDeadlineSlack {
+			// A gRPC try with less than the slack left would end as the
+			// deadline's, whoever ends it (docs/grpc.md, "Deadlines"): the
+			// client's deadline (callDeadline, not the sidecar's timer
+			// grpcDeadlineSlack after it), or the policy's timeout.
+			return false
+		}
 	}
 	// This try is over, judged by its status: its breaker and endpoint
 	// hear so now, and the drain of its body that follows fails nothing

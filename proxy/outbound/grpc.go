@@ -224,13 +224,16 @@ func parseGRPCTimeout(v string) (time.Duration, bool) {
 }
 
 // formatGRPCTimeout writes d as a grpc-timeout value, in milliseconds
-// (rounded up) when that fits in 8 digits, else in seconds.
+// when that fits in 8 digits, else in seconds, rounded up as grpc-go
+// rounds its own (a try's time left is never told as 0, which is no
+// time at all, and at most 1 ms more than there is: within
+// grpcDeadlineSlack).
 func formatGRPCTimeout(d time.Duration) string {
 	ms := (d + time.Millisecond - 1) / time.Millisecond
 	if ms < 1e8 {
-		return strconv.FormatInt(int64(ms), 10) + "m"
+		return strconv.FormatInt(int64(max(ms, 1)), 10) + "m"
 	}
-	return strconv.FormatInt(int64(min(d/time.Second, 1e8-1)), 10) + "S"
+	return strconv.FormatInt(int64(min((d+time.Second-1)/time.Second, 1e8-1)), 10) + "S"
 }
 
 // grpcMethod splits a gRPC path, /package.Service/Method, into the RPC
@@ -276,6 +279,36 @@ func grpcTimeout(h http.Header, policy time.Duration) (d time.Duration, client b
 	return policy, false
 }
 
+// grpcDeadline is when a gRPC call's time is up: its client's deadline
+// (callDeadline), else its request's (the policy's timeout, ctx's).
+func (st *reqState) grpcDeadline(ctx context.Context) (time.Time, bool) {
+	if !st.callDeadline.IsZero() {
+		return st.callDeadline, true
+	}
+	return ctx.Deadline()
+}
+
+// setTryTimeout tells the upstream of a gRPC call's try, in its
+// grpc-timeout, the time the try actually has: the smallest of the
+// time left to the call's deadline (ctx is the request's) and the
+// policy's perTryTimeout (0: none). The client's own value, sent again
+// on a retry, would let the upstream work past the caller's deadline,
+// on a call already answered (docs/grpc.md, "Deadlines"); Envoy's
+// router rewrites grpc-timeout per try the same way. A call with no
+// limit keeps what the client sent.
+func (st *reqState) setTryTimeout(h http.Header, ctx context.Context, perTry time.Duration) {
+	left, ok := time.Duration(0), false
+	if dl, has := st.grpcDeadline(ctx); has {
+		left, ok = dl.Sub(since(st.start)), true
+	}
+	if perTry > 0 && (!ok || perTry < left) {
+		left, ok = perTry, true
+	}
+	if ok {
+		h["Grpc-Timeout"] = []string{formatGRPCTimeout(left)}
+	}
+}
+
 // grpcCut is the status a gRPC client reads from a call whose stream
 // ended with no trailers, after its headers: the app's own cancel
 // (CANCELLED), or the sidecar's abort of a response that failed upstream
@@ -291,6 +324,37 @@ func (st *reqState) grpcCut(cancelled bool) int {
 		return grpcCanceled
 	}
 	return grpcInternal
+}
+
+// endGRPC ends a gRPC call whose upstream failed (class, err) after the
+// answer's headers and whole messages went to the app: with trailers,
+// the status a client reads is the cause's, as the sidecar answers
+// before the headers (DEADLINE_EXCEEDED for a timeout, UNAVAILABLE for
+// a reset, as Linkerd's proxy and grpc-go's own transport read a stream
+// interrupted by a transport error), and the metric, span and log
+// record that. A reset instead would be read as INTERNAL, even at the
+// client's own deadline (grpc-go maps RST_STREAM INTERNAL_ERROR to
+// INTERNAL). In the middle of a message trailers would not help: a
+// client reads a message cut short as INTERNAL whatever follows
+// (docs/grpc.md, "The sidecar's own answers").
+func (st *reqState) endGRPC(class policy.Class, err error) {
+	kind := wellknown.ErrorReset
+	msg := "upstream " + st.dest.name + "'s answer failed after its headers: " + err.Error()
+	if class == policy.ClassTimeout {
+		kind = wellknown.ErrorTimeout
+		msg = "upstream " + st.dest.name + " did not answer in time: the policy's timeout ended the call"
+		if st.atClientDeadline() {
+			msg = "upstream " + st.dest.name + " did not finish its answer within the call's deadline"
+		}
+	}
+	st.grpcStatus, st.grpcTrailed = grpcAnswer(kind, 0), true
+	// The server's own writer: the ReverseProxy sends no trailers of its
+	// own for a body that failed, and the upstream's announced ones, if
+	// any, stay empty.
+	h := st.out.ResponseWriter.Header()
+	h[http.TrailerPrefix+"Grpc-Status"] = []string{strconv.Itoa(st.grpcStatus)}
+	h[http.TrailerPrefix+"Grpc-Message"] = []string{grpcEncodeMessage("minimesh: " + msg)}
+	h[http.TrailerPrefix+wellknown.HeaderError] = []string{kind}
 }
 
 // HTTP/2 limits of the sidecar's upstream connections (docs/grpc.md).

@@ -282,8 +282,11 @@ type reqState struct {
 	// grpc is a gRPC call (HTTP/2, content-type application/grpc*):
 	// grpcStatus is its status once known (-1: not yet), from the
 	// upstream's trailers or headers or the sidecar's own answer.
-	grpc       bool
-	grpcStatus int
+	grpc bool
+	// grpcTrailed: the sidecar ended the call with its own trailers
+	// after the upstream's failed (endGRPC); grpcStatus is theirs.
+	grpcTrailed bool
+	grpcStatus  int
 	// callDeadline is a gRPC call's deadline when its time is the
 	// client's grpc-timeout (zero: the policy's, or none).
 	callDeadline time.Time
@@ -729,7 +732,7 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 		// A gRPC call's status is what its client read from the cut: the
 		// metric, the span and the access log say the same.
 		code, st.errKind = lateFailure(st.late)
-		if st.grpc {
+		if st.grpc && !st.grpcTrailed {
 			st.grpcStatus = st.grpcCut(false)
 		}
 	}

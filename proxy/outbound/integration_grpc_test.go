@@ -610,15 +610,16 @@ func TestGRPCDrain(t *testing.T) {
 	}
 }
 
-// TestGRPCCutAfterHeaders: a call whose stream ends after its headers
-// and first message with no trailers is recorded, in the metric and the
-// access log alike, as the status its client read: INTERNAL when the
-// sidecar cut the stream (its policy's timeout, the upstream gone), and
-// DEADLINE_EXCEEDED when the client's own deadline ran out (its library
-// says so whatever the sidecar does then). The metric had UNAVAILABLE
-// and the log UNKNOWN for all three.
+// TestGRPCCutAfterHeaders: a call whose upstream fails after its
+// headers and first message is recorded, in the metric and the access
+// log alike, as the status its client read: the sidecar ends it, between
+// two messages, with trailers saying why (DEADLINE_EXCEEDED for its
+// policy's timeout, UNAVAILABLE for the upstream gone; a reset read as
+// INTERNAL before), and DEADLINE_EXCEEDED when the client's own
+// deadline ran out, whoever ends the call then. The metric had
+// UNAVAILABLE and the log UNKNOWN for all three.
 func TestGRPCCutAfterHeaders(t *testing.T) {
-	names := map[codes.Code]string{codes.Internal: "INTERNAL", codes.DeadlineExceeded: "DEADLINE_EXCEEDED"}
+	names := map[codes.Code]string{codes.Unavailable: "UNAVAILABLE", codes.DeadlineExceeded: "DEADLINE_EXCEEDED"}
 	for _, tc := range []struct {
 		name     string
 		policy   string
@@ -627,8 +628,8 @@ func TestGRPCCutAfterHeaders(t *testing.T) {
 		want     codes.Code
 		kinds    []string // the access log's error: one of
 	}{
-		{"policy timeout", "timeout: 450ms\n", 10 * time.Second, false, codes.Internal, []string{"timeout"}},
-		{"upstream gone", "", 10 * time.Second, true, codes.Internal, []string{"reset"}},
+		{"policy timeout", "timeout: 450ms\n", 10 * time.Second, false, codes.DeadlineExceeded, []string{"timeout"}},
+		{"upstream gone", "", 10 * time.Second, true, codes.Unavailable, []string{"reset"}},
 		// The client's cancel, the upstream's DEADLINE_EXCEEDED or its
 		// reset at the deadline: whichever comes first.
 		{"client deadline", "", 450 * time.Millisecond, false, codes.DeadlineExceeded, []string{"", "timeout"}},
