@@ -21,7 +21,7 @@ func TestDeltaEndpoints(t *testing.T) {
 	if err := s.Set(meshWide(t), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetEndpoints(endpointsOf("10.0.0.1:8080", "10.0.0.2:8080")); err != nil {
+	if _, err := s.SetEndpoints(endpointsOf("10.0.0.1:8080", "10.0.0.2:8080")); err != nil {
 		t.Fatal(err)
 	}
 	addr, stop := serve(t, s, "127.0.0.1:0")

@@ -163,7 +163,12 @@ func TestSnapshotsFollowStreams(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := NewServer(ctx, nil)
-	if err := s.Set(meshWide(t), shopOwn(t)); err != nil {
+	// Cluster-wide policies that read the same from every namespace (a
+	// short name would not: it is a Service of each namespace, and each
+	// has content of its own; TestClusterWideResolvesInNodeNamespace).
+	global := append(pol(t, "mesh", `{service: "*", circuitBreaker: {consecutiveFailures: 9}}`),
+		pol(t, "mesh", `{service: geo.mesh, circuitBreaker: {consecutiveFailures: 7}}`)...)
+	if err := s.Set(global, shopOwn(t)); err != nil {
 		t.Fatal(err)
 	}
 	addr, stop := serve(t, s, "127.0.0.1:0")
@@ -179,7 +184,7 @@ func TestSnapshotsFollowStreams(t *testing.T) {
 		go client(addr, fmt.Sprintf("ns-%d", i), recs[i]).Run(many)
 	}
 	for _, r := range recs {
-		waitFor(t, "every namespace served", func() bool { return r.consecutive("geo") == 7 })
+		waitFor(t, "every namespace served", func() bool { return r.consecutive("geo.mesh") == 7 })
 	}
 	waitFor(t, "shop served", func() bool { return shop.consecutive("geo") == 3 })
 	first, _ := s.Cache.GetSnapshot("ns-0")
@@ -352,23 +357,34 @@ func TestRefusedNodes(t *testing.T) {
 }
 
 // BenchmarkSetManyNamespaces is the cost of a change to the cluster-wide
-// policies with 1,000 namespaces connected, none with policies of its own.
+// policies with 1,000 namespaces connected, none with policies of its
+// own: translated once for all of them when the cluster-wide policies
+// read the same everywhere (qualified names), once per namespace when one
+// is a short name (a Service of each namespace).
 func BenchmarkSetManyNamespaces(b *testing.B) {
-	s := NewServer(context.Background(), nil)
-	s.mu.Lock()
-	for i := range 1000 {
-		if err := s.join(fmt.Sprintf("ns-%d", i)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	s.mu.Unlock()
-	sets := [][]*policy.ResiliencePolicy{meshWide(b), pol(b, "mesh", `{service: geo, circuitBreaker: {consecutiveFailures: 2}}`)}
-	i := 0
-	for b.Loop() {
-		if err := s.Set(sets[i%2], nil); err != nil {
-			b.Fatal(err)
-		}
-		i++
+	for _, bc := range []struct{ name, geo string }{{"qualified", "geo.mesh"}, {"short name", "geo"}} {
+		b.Run(bc.name, func(b *testing.B) {
+			s := NewServer(context.Background(), nil)
+			s.mu.Lock()
+			for i := range 1000 {
+				if err := s.join(fmt.Sprintf("ns-%d", i)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			s.mu.Unlock()
+			defaults := pol(b, "mesh", `{service: "*", circuitBreaker: {consecutiveFailures: 9}}`)
+			sets := [][]*policy.ResiliencePolicy{
+				append(pol(b, "mesh", `{service: `+bc.geo+`, circuitBreaker: {consecutiveFailures: 7}}`), defaults...),
+				append(pol(b, "mesh", `{service: `+bc.geo+`, circuitBreaker: {consecutiveFailures: 2}}`), defaults...),
+			}
+			i := 0
+			for b.Loop() {
+				if err := s.Set(sets[i%2], nil); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
 	}
 }
 

@@ -22,6 +22,7 @@
 package xds
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -29,6 +30,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -109,7 +111,7 @@ func NewServer(ctx context.Context, cb serverv3.Callbacks) *Server {
 		deltaNames: map[streamKey]map[string]map[string]struct{}{},
 	}
 	// No endpoints until told: answered as none (a version of its own).
-	s.endpoints, _ = endpointResources(nil)
+	s.endpoints, _, _ = endpointResources(nil)
 	if cb == nil {
 		cb = serverv3.CallbackFuncs{}
 	}
@@ -132,18 +134,22 @@ func (s *Server) ExpectEndpoints() {
 // SetEndpoints replaces every Service port's endpoints, keyed by
 // xdsclient.EndpointName, and pushes them to every connected sidecar
 // whose namespace's snapshot changes (all of them, unless nothing did).
-// More than xdsclient.MaxEndpoints in all is refused, and the last set
-// stays: every sidecar would refuse it.
-func (s *Server) SetEndpoints(eps map[string][]xdsclient.Endpoint) error {
-	c, err := endpointResources(eps)
+// What every sidecar takes is served (bound): a Service over its own
+// bound, and past the cluster's (xdsclient.MaxEndpoints,
+// MaxEndpointBytes) the largest Services of the namespaces that hold the
+// most, are left out, and served says which. A set is never refused for
+// its size: refused, it kept the last one for every Service of the
+// cluster (docs/controlplane.md, "Endpoints (EDS)").
+func (s *Server) SetEndpoints(eps map[string][]xdsclient.Endpoint) (served EndpointsServed, err error) {
+	c, served, err := endpointResources(eps)
 	if err != nil {
-		return err
+		return served, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.endpointsSet = true
 	s.endpoints = c
-	return s.publishAll()
+	return served, s.publishAll()
 }
 
 // Register adds ADS (and CDS, EDS, RDS for Envoys without ADS) to g.
@@ -180,11 +186,11 @@ func (s *Server) Set(global []*policy.ResiliencePolicy, byNS map[string][]*polic
 // such a pair when it sets them. The caller holds mu.
 func (s *Server) checkNames() error {
 	var errs []error
-	if err := envoy.CheckNames(s.global, "default"); err != nil {
+	if err := envoy.CheckNamesFor(s.global, DefaultNamespace); err != nil {
 		errs = append(errs, fmt.Errorf("cluster-wide policies: %w", err))
 	}
 	for _, ns := range slices.Sorted(maps.Keys(s.byNS)) {
-		if err := envoy.CheckNames(Merge(s.global, s.byNS[ns]), ns); err != nil {
+		if err := envoy.CheckNamesFor(Merge(s.global, s.byNS[ns]), ns); err != nil {
 			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
 		}
 	}
@@ -236,21 +242,43 @@ type content struct {
 }
 
 // contentKey names what namespace ns's resources are made from, for
-// memo: Translate resolves ns only in a policy that names no namespace,
-// so all namespaces without policies of their own have the same content
-// unless a cluster-wide policy names none (files without
-// metadata.namespace), and one change costs one translation for them
+// memo: the namespaces without policies of their own share the content
+// of the cluster-wide policies unless one of those reads differently in
+// ns (resolvesIn), and one change then costs one translation for them
 // all, not one per namespace.
 func (s *Server) contentKey(ns string) string {
 	if len(s.byNS[ns]) > 0 {
 		return "ns:" + ns
 	}
 	for _, p := range s.global {
-		if p.Metadata.Namespace == "" {
+		if resolvesIn(p, ns) {
 			return "ns:" + ns
 		}
 	}
 	return "cluster-wide"
+}
+
+// resolvesIn reports whether p's resources, as a node of ns is served
+// them (envoy.TranslateFor), differ from those of a namespace p does not
+// name: a short Service name (reviews) is a Service of every namespace,
+// reviews.<ns> in ns, as the sidecar reads it (docs/policy.md,
+// "Matching"); a qualified one (reviews.shop) also claims the bare name
+// reviews from a node of shop. An external host and "*" read the same
+// everywhere.
+func resolvesIn(p *policy.ResiliencePolicy, ns string) bool {
+	if p.Spec.Service == policy.DefaultService {
+		return false
+	}
+	host, _, _ := strings.Cut(p.Spec.Service, ":")
+	fqdn, isSvc := policy.ServiceFQDN(strings.ToLower(host), ns)
+	if !isSvc {
+		return false
+	}
+	if !strings.Contains(host, ".") {
+		return true
+	}
+	_, rest, _ := strings.Cut(fqdn, ".")
+	return strings.HasPrefix(rest, ns+".")
 }
 
 // publish brings namespace ns's snapshot up to date, if a sidecar of ns
@@ -354,37 +382,82 @@ func Merge(global, local []*policy.ResiliencePolicy) []*policy.ResiliencePolicy 
 	return out
 }
 
-// endpointContent is the EDS resources of every Service and their
-// version.
+// endpointContent is the EDS resources of every Service served and
+// their version.
 type endpointContent struct {
 	resources cachev3.Resources
 	version   string
-	count     int
+	count     int // endpoints
+	bytes     int // the resources' size in a response
 }
 
-// endpointResources are the ClusterLoadAssignments of eps, in name order,
-// and a version that changes exactly when they do. No endpoints at all
-// have a version too, so that a sidecar asking for them is answered
+// endpointResources are the ClusterLoadAssignments of eps that every
+// sidecar takes (bound), in name order, and a version that changes
+// exactly when they do; served says what was left out. No endpoints at
+// all have a version too, so that a sidecar asking for them is answered
 // (with none) rather than left waiting.
-func endpointResources(eps map[string][]xdsclient.Endpoint) (endpointContent, error) {
+func endpointResources(eps map[string][]xdsclient.Endpoint) (endpointContent, EndpointsServed, error) {
 	names := slices.Sorted(maps.Keys(eps))
-	h := sha256.New()
-	items := make([]types.Resource, 0, len(names))
-	n := 0
+	type encoded struct {
+		res       types.Resource
+		b         []byte
+		endpoints int
+	}
+	enc := make(map[string]encoded, len(names))
+	bySvc := map[string]*svcCost{}
+	var svcs []*svcCost
 	for _, name := range names {
-		n += len(eps[name])
-		if n > xdsclient.MaxEndpoints {
-			return endpointContent{}, fmt.Errorf("endpoints: more than %d in all (at %s): the sidecars would refuse them; keeping the last set", xdsclient.MaxEndpoints, name)
+		cla := LoadAssignment(name, eps[name])
+		n := 0
+		for _, l := range cla.GetEndpoints() {
+			n += len(l.GetLbEndpoints()) // what is sent: Dialable ones only
 		}
-		cla, b, err := premarshaled(LoadAssignment(name, eps[name]))
+		res, b, err := premarshaled(cla)
 		if err != nil {
-			return endpointContent{}, err
+			return endpointContent{}, EndpointsServed{}, fmt.Errorf("endpoints %s: %w", name, err)
 		}
-		h.Write(b)
-		items = append(items, cla)
+		enc[name] = encoded{res, b, n}
+		ns, svc := serviceOfName(name)
+		c := bySvc[ns+"/"+svc]
+		if c == nil {
+			c = &svcCost{ns: ns, name: svc}
+			bySvc[ns+"/"+svc] = c
+			svcs = append(svcs, c)
+		}
+		c.resources = append(c.resources, name)
+		c.endpoints += n
+		c.bytes += resourceBytes(len(b))
+	}
+	bound(svcs)
+	var served EndpointsServed
+	out := map[string]bool{}
+	for _, c := range svcs {
+		if c.out == "" {
+			continue
+		}
+		for _, r := range c.resources {
+			out[r] = true
+		}
+		served.LeftOut = append(served.LeftOut, LeftOut{Namespace: c.ns, Service: c.name, Endpoints: c.endpoints, Bytes: c.bytes, Reason: c.out})
+	}
+	slices.SortFunc(served.LeftOut, func(a, b LeftOut) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Service, b.Service))
+	})
+	h := sha256.New()
+	items := make([]types.Resource, 0, len(names)-len(out))
+	for _, name := range names {
+		if out[name] {
+			continue
+		}
+		e := enc[name]
+		h.Write(e.b)
+		items = append(items, e.res)
+		served.ServicePorts++
+		served.Endpoints += e.endpoints
+		served.Bytes += resourceBytes(len(e.b))
 	}
 	version := hex.EncodeToString(h.Sum(nil))[:16]
-	return endpointContent{resources: cachev3.NewResources(version, items), version: version, count: n}, nil
+	return endpointContent{resources: cachev3.NewResources(version, items), version: version, count: served.Endpoints, bytes: served.Bytes}, served, nil
 }
 
 // premarshaled is cla encoded once: the same message, its name set and
@@ -409,16 +482,18 @@ func premarshaled(cla *endpointv3.ClusterLoadAssignment) (*endpointv3.ClusterLoa
 	return out, b, err
 }
 
-// Resources are the clusters and routes of pols for namespace ns, and a
-// version that changes exactly when they do (a hash of their encoding).
+// Resources are the clusters and routes of pols as a node of namespace
+// ns is served them (every short name resolved in ns, whichever namespace
+// the policy was written in: envoy.TranslateFor), and a version that
+// changes exactly when they do (a hash of their encoding).
 func Resources(pols []*policy.ResiliencePolicy, ns string) (clusters, routes []types.Resource, version string, err error) {
 	// The cache keys resources by name and would keep one of two with
 	// the same: every policy has a cluster of its own name, or the set is
 	// refused with an error naming the two.
-	if err := envoy.CheckNames(pols, ns); err != nil {
+	if err := envoy.CheckNamesFor(pols, ns); err != nil {
 		return nil, nil, "", err
 	}
-	res, err := envoy.Translate(pols, ns)
+	res, err := envoy.TranslateFor(pols, ns)
 	if err != nil {
 		return nil, nil, "", err
 	}

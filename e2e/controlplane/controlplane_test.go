@@ -153,7 +153,8 @@ type sidecarConfig struct {
 	Source     string `json:"source"`
 	XDSVersion string `json:"xdsVersion"`
 	Policies   []struct {
-		Spec struct {
+		Source string `json:"source"`
+		Spec   struct {
 			Service        string `json:"service"`
 			CircuitBreaker struct {
 				ConsecutiveFailures int `json:"consecutiveFailures"`
@@ -181,6 +182,27 @@ func (p *plane) failures(t testing.TB) (int, string) {
 		}
 	}
 	return -1, c.Source
+}
+
+// policySource is where the sidecar's policy for service came from
+// (its xDS cluster), from /debug/config.
+func (p *plane) policySource(t testing.TB, service string) string {
+	t.Helper()
+	resp, err := http.Get(p.sidecar + "/debug/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var c sidecarConfig
+	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	for _, pol := range c.Policies {
+		if pol.Spec.Service == service {
+			return pol.Source
+		}
+	}
+	return ""
 }
 
 func (p *plane) waitFailures(t testing.TB, want int) time.Duration {
@@ -321,6 +343,12 @@ func TestClusterWidePolicyReachesEveryNamespace(t *testing.T) {
 	ready := p.startSidecar(t, "checkout")
 	p.waitFailures(t, 4)
 	t.Logf("sidecar start → ready with the control plane's answer: %v", ready)
+	// Its short name is checkout's Service in the resources checkout is
+	// served, as the sidecar reads it (an Envoy there routes by them),
+	// not the controller namespace's (geo-service.minimesh).
+	if src, want := p.policySource(t, "geo-service"), "xds:outbound|0||geo-service.checkout.svc.cluster.local"; src != want {
+		t.Errorf("the cluster-wide policy came from %q, want %q", src, want)
+	}
 	if n := p.opensAfter(t); n != 4 {
 		t.Fatalf("the cluster-wide policy: breaker opened after %d failures, want 4", n)
 	}

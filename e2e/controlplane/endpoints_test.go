@@ -2,11 +2,14 @@ package controlplane_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -174,4 +177,105 @@ func TestEndpointsReachSidecar(t *testing.T) {
 		}
 	}
 	eps.mu.Unlock()
+}
+
+// TestFloodDoesNotFreezeEndpoints: a namespace writes, through the real
+// API server, Services with more endpoints than a sidecar takes (5 ×
+// 4,200, in slices of at most 1,000 as the EndpointSlice controller
+// writes them); then a Deployment of shop rolls. The roll reaches a
+// sidecar of another namespace, and the controller says which Service of
+// which namespace it left out, in its log and /metrics. Before, the
+// controller refused the whole set and kept the last one for every
+// Service: the sidecar kept shop's dead pod.
+func TestFloodDoesNotFreezeEndpoints(t *testing.T) {
+	p := startPlane(t)
+	ctx := context.Background()
+	cs := p.c.Client
+	p.c.CreateNamespace(t, "flood", nil)
+	svc := func(ns, name string) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": name}, Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
+	}
+	ports := map[string]int32{"http": 8080}
+	if _, err := cs.CoreV1().Services("shop").Create(ctx, svc("shop", "geo"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices("shop").Create(ctx, endpointSlice("shop", "geo", "geo-a", ports, readyPod("10.1.0.1")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eps := &sidecarEndpoints{}
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go edsClient(p.xdsAddr, "web-1", "checkout", eps).Run(cctx)
+	geo := xdsclient.EndpointName("geo", "shop", 80)
+	eps.wait(t, geo, want("10.1.0.1:8080"))
+
+	for i := range 5 {
+		name := fmt.Sprintf("big-%d", i)
+		if _, err := cs.CoreV1().Services("flood").Create(ctx, svc("flood", name), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for j := range 5 {
+			var pods []pod
+			for k := range min(1000, 4200-j*1000) {
+				n := j*1000 + k
+				pods = append(pods, readyPod(fmt.Sprintf("10.%d.%d.%d", 10+i, n/256, n%256)))
+			}
+			if _, err := cs.DiscoveryV1().EndpointSlices("flood").Create(ctx, endpointSlice("flood", name, fmt.Sprintf("%s-%d", name, j), ports, pods...), metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The flood is in the set (but for what is left out) before shop rolls.
+	waitEndpoints(t, eps, func(got map[string][]xdsclient.Endpoint) bool {
+		n := 0
+		for _, e := range got {
+			n += len(e)
+		}
+		return n == 4*4200+1
+	})
+	start := time.Now()
+	if _, err := cs.DiscoveryV1().EndpointSlices("shop").Update(ctx, endpointSlice("shop", "geo", "geo-a", ports, readyPod("10.1.0.2")), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eps.wait(t, geo, want("10.1.0.2:8080"))
+	t.Logf("shop's roll → sidecar with flood over the bound: %v", time.Since(start))
+
+	out := p.ctrl.Output()
+	if !strings.Contains(out, "Services left out") || !strings.Contains(out, "flood/big-0 (4200 endpoints") || !strings.Contains(out, "flood (1 Services, 4200 endpoints)") {
+		t.Errorf("the controller's log does not name what it left out:\n%s", out)
+	}
+	admin := ""
+	for i, a := range p.ctrlArgs {
+		if a == "--admin-addr" {
+			admin = "http://" + p.ctrlArgs[i+1]
+		}
+	}
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range []string{`minimesh_eds_services_left_out{namespace="flood",reason="cluster-total"} 1`, "minimesh_eds_endpoints 16801", "minimesh_eds_endpoints_left_out 4200"} {
+		if !strings.Contains(string(body), line+"\n") {
+			t.Errorf("/metrics has no %q", line)
+		}
+	}
+}
+
+// waitEndpoints waits until the sidecar's last set satisfies ok.
+func waitEndpoints(t testing.TB, s *sidecarEndpoints, ok func(map[string][]xdsclient.Endpoint) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, _ := s.last()
+		if ok(got) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sidecar's set never came: %d Service ports", len(got))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

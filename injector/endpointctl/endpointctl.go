@@ -23,8 +23,11 @@
 package endpointctl
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -32,6 +35,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -39,12 +43,15 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/minimesh/minimesh/xds"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
-// Sink receives every Service port's endpoints at once: the xDS server.
+// Sink receives every Service port's endpoints at once: the xDS server,
+// which serves what every sidecar takes of them and says what it left
+// out (xds.Server.SetEndpoints).
 type Sink interface {
-	SetEndpoints(eps map[string][]xdsclient.Endpoint) error
+	SetEndpoints(eps map[string][]xdsclient.Endpoint) (xds.EndpointsServed, error)
 }
 
 // DefaultDebounce is how long the controller gathers changes before it
@@ -64,9 +71,14 @@ type Controller struct {
 	Log    *slog.Logger
 	// Debounce: DefaultDebounce when 0.
 	Debounce time.Duration
+	// Metrics, if set, gets the served set's size and the Services left
+	// out of it (docs/controlplane.md, "Endpoints (EDS)").
+	Metrics prometheus.Registerer
 
 	services, slices cache.SharedIndexInformer
 	published        atomic.Bool
+	metrics          *metrics
+	leftOut          string // the last Services left out, as logged
 
 	mu    sync.Mutex
 	dirty map[string]bool                           // namespace/name of Services to recompute
@@ -84,6 +96,7 @@ func (c *Controller) Run(ctx context.Context) {
 	c.services = f.Core().V1().Services().Informer()
 	c.slices = f.Discovery().V1().EndpointSlices().Informer()
 	c.mu.Unlock()
+	c.metrics = newMetrics(c.Metrics, c.Log)
 	if err := c.slices.AddIndexers(cache.Indexers{byService: func(o any) ([]string, error) {
 		if k := sliceService(o); k != "" {
 			return []string{k}, nil
@@ -174,19 +187,117 @@ func (c *Controller) publish(all bool) {
 			n += len(eps)
 		}
 	}
-	if err := c.Sink.SetEndpoints(out); err != nil {
+	served, err := c.Sink.SetEndpoints(out)
+	if err != nil {
 		c.Log.Error("publish endpoints", "err", err)
 		if !c.published.Load() {
-			// Refused from the start (more than a sidecar takes): there is
-			// no last set to keep, and a server waiting for the endpoints
-			// would hold every sidecar's policies back. Serve none.
-			if err := c.Sink.SetEndpoints(map[string][]xdsclient.Endpoint{}); err != nil {
+			// Refused from the start: there is no last set to keep, and a
+			// server waiting for the endpoints would hold every sidecar's
+			// policies back. Serve none.
+			if _, err := c.Sink.SetEndpoints(map[string][]xdsclient.Endpoint{}); err != nil {
 				c.Log.Error("publish no endpoints", "err", err)
 			}
 		}
+	} else {
+		c.report(served)
 	}
 	c.published.Store(true)
-	c.Log.Debug("endpoints published", "services_recomputed", len(dirty), "service_ports", len(out), "endpoints", n, "took", time.Since(start).String())
+	c.Log.Debug("endpoints published", "services_recomputed", len(dirty), "service_ports", len(out), "endpoints", n,
+		"served_endpoints", served.Endpoints, "served_bytes", served.Bytes, "services_left_out", len(served.LeftOut), "took", time.Since(start).String())
+}
+
+// maxListed bounds the Services and namespaces one log line names: a
+// namespace can make thousands of Services, and the metric
+// minimesh_eds_services_left_out has the count of each namespace.
+const maxListed = 20
+
+// report tells the operator what the server left out of the set, in
+// the metrics at every publish and in the log when it changes: a
+// Service left out is served by kube-proxy rather than the sidecars'
+// balancing (no per-endpoint ejection), which nothing else shows
+// (docs/controlplane.md, "Endpoints (EDS)").
+func (c *Controller) report(served xds.EndpointsServed) {
+	c.metrics.set(served)
+	var key strings.Builder
+	for _, l := range served.LeftOut {
+		key.WriteString(l.Namespace + "/" + l.Service + " " + l.Reason + "\n")
+	}
+	if key.String() == c.leftOut {
+		return
+	}
+	c.leftOut = key.String()
+	if len(served.LeftOut) == 0 {
+		c.Log.Info("endpoints: every Service is served again", "endpoints", served.Endpoints, "bytes", served.Bytes)
+		return
+	}
+	type nsCount struct{ services, endpoints int }
+	byNS := map[string]*nsCount{}
+	var names []string
+	endpoints := 0
+	for _, l := range served.LeftOut {
+		if len(names) < maxListed {
+			names = append(names, l.String())
+		}
+		n := byNS[l.Namespace]
+		if n == nil {
+			n = &nsCount{}
+			byNS[l.Namespace] = n
+		}
+		n.services++
+		n.endpoints += l.Endpoints
+		endpoints += l.Endpoints
+	}
+	nss := slices.SortedFunc(maps.Keys(byNS), func(a, b string) int { return cmp.Compare(byNS[b].endpoints, byNS[a].endpoints) })
+	var namespaces []string
+	for _, ns := range nss[:min(len(nss), maxListed)] {
+		namespaces = append(namespaces, fmt.Sprintf("%s (%d Services, %d endpoints)", ns, byNS[ns].services, byNS[ns].endpoints))
+	}
+	c.Log.Warn("endpoints: Services left out of the set every sidecar is served; their callers dial them through kube-proxy, without per-endpoint balancing or ejection",
+		"services_left_out", len(served.LeftOut), "endpoints_left_out", endpoints, "namespaces", namespaces,
+		"services", names, "services_not_listed", len(served.LeftOut)-len(names),
+		"served_endpoints", served.Endpoints, "served_bytes", served.Bytes,
+		"bounds", fmt.Sprintf("%d endpoints or %d bytes per Service, %d endpoints and %d bytes in all; past the total the largest Services of the namespace holding the most go first",
+			xds.MaxServiceEndpoints, xds.MaxServiceBytes, xdsclient.MaxEndpoints, xdsclient.MaxEndpointBytes))
+}
+
+// metrics are the served set's, for dashboards and alerts.
+type metrics struct {
+	endpoints, bytes, endpointsLeftOut prometheus.Gauge
+	servicesLeftOut                    *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer, log *slog.Logger) *metrics {
+	m := &metrics{
+		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_eds_endpoints",
+			Help: "Endpoints served to every sidecar (EDS)."}),
+		bytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_eds_bytes",
+			Help: "Size of the EDS resources every sidecar is sent at each change, in bytes."}),
+		endpointsLeftOut: prometheus.NewGauge(prometheus.GaugeOpts{Name: "minimesh_eds_endpoints_left_out",
+			Help: "Endpoints of the Services left out of EDS (bounds: docs/controlplane.md)."}),
+		servicesLeftOut: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "minimesh_eds_services_left_out",
+			Help: "Services left out of EDS, by namespace and reason (service-cap, cluster-total); the controller's log names them."},
+			[]string{"namespace", "reason"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.endpoints, m.bytes, m.endpointsLeftOut, m.servicesLeftOut} {
+			if err := reg.Register(c); err != nil {
+				log.Error("endpoint metrics", "err", err)
+			}
+		}
+	}
+	return m
+}
+
+func (m *metrics) set(served xds.EndpointsServed) {
+	m.endpoints.Set(float64(served.Endpoints))
+	m.bytes.Set(float64(served.Bytes))
+	left := 0
+	m.servicesLeftOut.Reset()
+	for _, l := range served.LeftOut {
+		left += l.Endpoints
+		m.servicesLeftOut.WithLabelValues(l.Namespace, l.Reason).Inc()
+	}
+	m.endpointsLeftOut.Set(float64(left))
 }
 
 // recompute brings one Service's entry up to date from the informers.

@@ -7,15 +7,22 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/minimesh/minimesh/xds"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
@@ -24,11 +31,11 @@ type sink struct {
 	sets []map[string][]xdsclient.Endpoint
 }
 
-func (s *sink) SetEndpoints(eps map[string][]xdsclient.Endpoint) error {
+func (s *sink) SetEndpoints(eps map[string][]xdsclient.Endpoint) (xds.EndpointsServed, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sets = append(s.sets, eps)
-	return nil
+	return xds.EndpointsServed{ServicePorts: len(eps)}, nil
 }
 
 func (s *sink) last() (map[string][]xdsclient.Endpoint, int) {
@@ -206,13 +213,13 @@ func BenchmarkEndpoints(b *testing.B) {
 	}
 }
 
-// refusing is a sink that refuses more than one Service port, as the xDS
-// server refuses more than a sidecar takes.
+// refusing is a sink that refuses more than one Service port: a server
+// that fails to take a set.
 type refusing struct{ sink }
 
-func (r *refusing) SetEndpoints(eps map[string][]xdsclient.Endpoint) error {
+func (r *refusing) SetEndpoints(eps map[string][]xdsclient.Endpoint) (xds.EndpointsServed, error) {
 	if len(eps) > 1 {
-		return fmt.Errorf("%d: too many", len(eps))
+		return xds.EndpointsServed{}, fmt.Errorf("%d: too many", len(eps))
 	}
 	return r.sink.SetEndpoints(eps)
 }
@@ -245,4 +252,123 @@ func TestRefusedFromTheStart(t *testing.T) {
 	if got, _ := s.last(); len(got) != 1 {
 		t.Fatalf("a later refusal replaced the last set with %v", got)
 	}
+}
+
+// serverSink is the real xDS server as the controller's sink, with what
+// each publish handed it and what it served.
+type serverSink struct {
+	srv *xds.Server
+	mu  sync.Mutex
+	in  map[string][]xdsclient.Endpoint
+	out xds.EndpointsServed
+	err error
+}
+
+func (s *serverSink) SetEndpoints(eps map[string][]xdsclient.Endpoint) (xds.EndpointsServed, error) {
+	served, err := s.srv.SetEndpoints(eps)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.in, s.out, s.err = eps, served, err
+	return served, err
+}
+
+// geoServed says whether the last publish served shop's geo with want.
+func (s *serverSink) geoServed(want []xdsclient.Endpoint) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	name := xdsclient.EndpointName("geo", "shop", 80)
+	if s.err != nil || !slices.Equal(s.in[name], want) {
+		return false
+	}
+	for _, l := range s.out.LeftOut {
+		if l.Namespace == "shop" {
+			return false
+		}
+	}
+	return true
+}
+
+// syncLog is a log buffer the controller writes while the test reads.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestFloodLeavesOthersFlowing: a namespace writes Services with more
+// endpoints than a sidecar takes (5 × 4,200, in slices of at most 1,000
+// as the EndpointSlice controller writes them); a Deployment of shop
+// then rolls. The roll reaches the server's set (before, the whole set
+// was refused and the last one kept for every Service: sidecars went on
+// calling shop's dead pod), and the operator is told which Services of
+// which namespace are left out, in the log and the metrics.
+func TestFloodLeavesOthersFlowing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		objs := []runtime.Object{
+			service("shop", "geo", corev1.ServicePort{Name: "http", Port: 80}),
+			slice("shop", "geo", "geo-1", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, ready("10.0.0.1")),
+		}
+		for i := range 5 {
+			name := fmt.Sprintf("big-%d", i)
+			objs = append(objs, service("flood", name, corev1.ServicePort{Name: "http", Port: 80}))
+			for j := range 5 {
+				var list []epSpec
+				for k := range min(1000, 4200-j*1000) {
+					list = append(list, ready(fmt.Sprintf("10.%d.%d.%d", i+1, (j*1000+k)/256, (j*1000+k)%256)))
+				}
+				objs = append(objs, slice("flood", name, fmt.Sprintf("%s-%d", name, j), discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, list...))
+			}
+		}
+		cs := fake.NewClientset(objs...)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		s := &serverSink{srv: xds.NewServer(ctx, nil)}
+		reg := prometheus.NewRegistry()
+		var logs syncLog
+		c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewJSONHandler(&logs, nil)), Metrics: reg}
+		go c.Run(ctx)
+		for !c.Synced() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !s.geoServed(eps(t, "10.0.0.1:8080")) {
+			t.Fatalf("first set: shop's geo not served (%v)", s.err)
+		}
+		// shop's Deployment rolls: its pod is replaced.
+		roll := slice("shop", "geo", "geo-1", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, ready("10.0.0.2"))
+		if _, err := cs.DiscoveryV1().EndpointSlices("shop").Update(ctx, roll, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // ten debounce intervals
+		synctest.Wait()
+		if !s.geoServed(eps(t, "10.0.0.2:8080")) {
+			t.Fatalf("after the roll: shop's geo is not its new pod (%v): one namespace froze every other's endpoints", s.err)
+		}
+		out := logs.String()
+		if !strings.Contains(out, `"services_left_out":1`) || !strings.Contains(out, "flood/big-0 (4200 endpoints") ||
+			!strings.Contains(out, "flood (1 Services, 4200 endpoints)") || strings.Count(out, "Services left out") != 1 {
+			t.Errorf("the log does not name the Service left out once:\n%s", out)
+		}
+		if got := testutil.ToFloat64(c.metrics.servicesLeftOut.WithLabelValues("flood", xds.ReasonTotal)); got != 1 {
+			t.Errorf("minimesh_eds_services_left_out{flood, cluster-total} = %v, want 1", got)
+		}
+		if got := testutil.ToFloat64(c.metrics.endpoints); got != 16801 {
+			t.Errorf("minimesh_eds_endpoints = %v, want 16,801", got)
+		}
+		if n, err := testutil.GatherAndCount(reg, "minimesh_eds_services_left_out", "minimesh_eds_endpoints_left_out"); err != nil || n != 2 {
+			t.Errorf("registered: %d series, %v", n, err)
+		}
+		cancel()
+		synctest.Wait()
+	})
 }

@@ -75,8 +75,27 @@ type Resources struct {
 // host of the one the sidecar's matcher picks (domainOwners), so that no
 // domain is listed twice, which Envoy refuses.
 func Translate(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
+	return translate(pols, ns, false)
+}
+
+// TranslateFor builds the resources that a proxy of namespace ns is
+// served: every short service name resolves in ns, whatever the policy's
+// metadata.namespace, as the sidecar's matcher reads it
+// (docs/policy.md, "Matching": metadata.namespace plays no part). The
+// control plane serves a node the policies of its namespace and the
+// cluster-wide ones, which carry the controller's namespace: resolved
+// there, a cluster-wide `reviews` became reviews.<controller's
+// namespace> in every namespace's resources, and an Envoy of shop would
+// route shop's `reviews` to the controller namespace's Service
+// (docs/controlplane.md). metadata.namespace is still carried in the
+// cluster's metadata, for display.
+func TranslateFor(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
+	return translate(pols, ns, true)
+}
+
+func translate(pols []*policy.ResiliencePolicy, ns string, reader bool) (*Resources, error) {
 	res := &Resources{Routes: &routev3.RouteConfiguration{Name: RouteConfigName}}
-	dests, skipped, err := destinations(pols, ns)
+	dests, skipped, err := destinations(pols, ns, reader)
 	if err != nil {
 		return nil, err
 	}
@@ -116,8 +135,10 @@ func Translate(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
 
 // destinations are the policies of pols other than "*", each with its
 // cluster's name and its claims; two that would share a name are an error
-// naming both. skipped says why the others have no resources.
-func destinations(pols []*policy.ResiliencePolicy, ns string) (dests []*destination, skipped []string, err error) {
+// naming both. skipped says why the others have no resources. reader: ns
+// is the namespace of the proxy served (TranslateFor), and resolves every
+// short name; otherwise a policy's metadata.namespace wins.
+func destinations(pols []*policy.ResiliencePolicy, ns string, reader bool) (dests []*destination, skipped []string, err error) {
 	if ns == "" {
 		ns = "default" // as the sidecar's matcher (policy.NewTable) reads ""
 	}
@@ -131,7 +152,7 @@ func destinations(pols []*policy.ResiliencePolicy, ns string) (dests []*destinat
 			continue
 		}
 		pns := p.Metadata.Namespace
-		if pns == "" {
+		if pns == "" || reader {
 			pns = ns
 		}
 		d := newDestination(p, pns)
@@ -151,7 +172,16 @@ func destinations(pols []*policy.ResiliencePolicy, ns string) (dests []*destinat
 // keys resources by name, would keep one) are reported at once, naming
 // both, and not only when a sidecar connects.
 func CheckNames(pols []*policy.ResiliencePolicy, ns string) error {
-	if _, _, err := destinations(pols, ns); err != nil {
+	return checkNames(pols, ns, false)
+}
+
+// CheckNamesFor is CheckNames for the resources TranslateFor builds.
+func CheckNamesFor(pols []*policy.ResiliencePolicy, ns string) error {
+	return checkNames(pols, ns, true)
+}
+
+func checkNames(pols []*policy.ResiliencePolicy, ns string, reader bool) error {
+	if _, _, err := destinations(pols, ns, reader); err != nil {
 		return err
 	}
 	var defaults *policy.ResiliencePolicy

@@ -412,3 +412,39 @@ func TestSubMillisecond(t *testing.T) {
 		t.Fatalf("no note on the rounding: %q", res.Notes)
 	}
 }
+
+// TestTranslateFor: the resources a proxy of a namespace is served read
+// every short name in that namespace, whichever namespace the policy was
+// written in (a cluster-wide one, in the controller's), as the sidecar's
+// matcher does (docs/policy.md, "Matching"); Translate, for export,
+// keeps a policy's own namespace. Both carry metadata.namespace as
+// written.
+func TestTranslateFor(t *testing.T) {
+	pols, err := policy.Decode("mesh.yaml", []byte("apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: reviews, namespace: mesh}\nspec: {service: reviews, timeout: 2s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		translate func([]*policy.ResiliencePolicy, string) (*Resources, error)
+		cluster   string
+	}{
+		{"TranslateFor (served)", TranslateFor, "outbound|0||reviews.shop.svc.cluster.local"},
+		{"Translate (export)", Translate, "outbound|0||reviews.mesh.svc.cluster.local"},
+	} {
+		res, err := tc.translate(pols, "shop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Clusters) != 1 || res.Clusters[0].GetName() != tc.cluster {
+			t.Fatalf("%s: clusters %v, want %s", tc.name, res.Clusters, tc.cluster)
+		}
+		md := res.Clusters[0].GetMetadata().GetFilterMetadata()[MetadataKey].GetFields()
+		if md["namespace"].GetStringValue() != "mesh" {
+			t.Errorf("%s: metadata namespace %q, want mesh as written", tc.name, md["namespace"].GetStringValue())
+		}
+	}
+	if err := CheckNamesFor(pols, "shop"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -17,10 +17,22 @@ const endpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAs
 // replicas each; decoded, it is about 1.1 MB of the sidecar's heap (an
 // Endpoint is 56 bytes, measured at 54 per endpoint with the map around
 // them), and its encoding (~27 bytes an endpoint, 540 KB) stays well
-// under gRPC's default 4 MB message limit. The controller refuses to publish more than this,
-// so a cluster past it is told in the controller's log, not by every
-// sidecar's NACK.
+// under gRPC's default 4 MB message limit. The controller never sends
+// more: past it, it leaves whole Services out of the set (their callers
+// dial the Service's name, through kube-proxy) rather than have every
+// sidecar refuse the set, or keep an old one for every Service
+// (docs/controlplane.md, "Endpoints (EDS)").
 const MaxEndpoints = 20000
+
+// MaxEndpointBytes bounds the encoded resources of one EDS response, as
+// the control plane sends them: the sidecar's transport refuses a
+// message over grpcwire.DefaultMaxMessage (4 MiB) whole, which ends the
+// stream that carries its policies too, and MaxEndpoints alone does not
+// bound it (a Service without endpoints costs its name, about 100 bytes
+// on the wire, and counts no endpoint). 3 MiB leaves the response's own
+// fields a megabyte; the controller leaves Services out to stay under
+// it, as under MaxEndpoints.
+const MaxEndpointBytes = 3 << 20
 
 // Endpoint is one address of a Service port, as the sidecar balances
 // over it.

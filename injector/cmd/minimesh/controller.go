@@ -178,7 +178,7 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		if err != nil {
 			return fmt.Errorf("kubernetes client: %w", err)
 		}
-		eps := &endpointctl.Controller{Client: kc, Sink: xdsSrv, Log: log}
+		eps := &endpointctl.Controller{Client: kc, Sink: xdsSrv, Log: log, Metrics: metrics.Registry}
 		go eps.Run(ctx)
 		ready = append(ready, func() error {
 			if !ctl.Synced() {
