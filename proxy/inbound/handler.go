@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/rawio"
+	"github.com/minimesh/minimesh/proxy/internal/inflight"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -89,8 +90,10 @@ type Handler struct {
 
 	draining atomic.Bool
 	closing  atomic.Bool
-	relays   sync.WaitGroup // ServeTCP calls in flight
-	upgrades sync.WaitGroup // upgraded (WebSocket) requests in flight
+	// relays (ServeTCP calls) and upgrades (upgraded WebSocket requests)
+	// in flight; they may start while the drain waits (inflight).
+	relays   inflight.Counter
+	upgrades inflight.Counter
 
 	mu    sync.Mutex
 	conns map[net.Conn]net.Conn // opaque relays: the caller's connection and the app's
@@ -261,7 +264,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Header.Get("Upgrade") != "" {
-		h.upgrades.Add(1)
+		h.upgrades.Add()
 		defer h.upgrades.Done()
 		// Any answer but a 101 closes the connection: what the caller
 		// sent behind the head is the protocol it asked for, never a
@@ -595,7 +598,7 @@ func (bufferPool) Put(b []byte) {
 // without the sidecar); no breaker and no retry. It ends with a metric
 // (minimesh_tcp_connections_total{direction="inbound"}) and a log line.
 func (h *Handler) ServeTCP(c *transparent.Conn) {
-	h.relays.Add(1)
+	h.relays.Add()
 	defer h.relays.Done()
 	c.Taken() // counted: the dispatcher's drain may stop waiting for it
 	start := time.Now()
@@ -670,11 +673,13 @@ const relayLogGrace = time.Second
 // done, then closes the relays left and waits (briefly) for their log
 // lines.
 func (h *Handler) Drain(ctx context.Context) {
-	done := make(chan struct{})
-	go func() { h.relays.Wait(); h.upgrades.Wait(); close(done) }()
 	select {
-	case <-done:
-		return
+	case <-h.relays.Idle():
+		select {
+		case <-h.upgrades.Idle():
+			return
+		case <-ctx.Done():
+		}
 	case <-ctx.Done():
 	}
 	h.mu.Lock()
@@ -684,10 +689,8 @@ func (h *Handler) Drain(ctx context.Context) {
 		up.Close()
 	}
 	h.mu.Unlock()
-	relays := make(chan struct{})
-	go func() { h.relays.Wait(); close(relays) }()
 	select {
-	case <-relays:
+	case <-h.relays.Idle():
 	case <-time.After(relayLogGrace):
 	}
 }

@@ -19,7 +19,7 @@ import (
 func TestDrainWaitsForLateTunnel(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := &Handler{}
-		h.relays.add() // serveConnect or ServeTCP has begun
+		h.relays.Add() // serveConnect or ServeTCP has begun
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		drained := make(chan struct{})
@@ -52,7 +52,7 @@ func TestDrainWaitsForLateTunnel(t *testing.T) {
 			t.Error("closing not set at the drain's end")
 		}
 		h.tunnels.remove(client, up)
-		h.relays.done() // its log line is written
+		h.relays.Done() // its log line is written
 		<-drained
 		if h.tunnels.add(app, upstream) {
 			t.Error("a relay registered after the drain closed the others was accepted")
@@ -65,14 +65,14 @@ func TestDrainWaitsForLateTunnel(t *testing.T) {
 func TestDrainReturnsWhenRelaysEnd(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := &Handler{}
-		h.relays.add()
+		h.relays.Add()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 		defer cancel()
 		began := time.Now()
 		drained := make(chan struct{})
 		go func() { h.Drain(ctx); close(drained) }()
 		time.Sleep(time.Second)
-		h.relays.done()
+		h.relays.Done()
 		<-drained
 		if took := time.Since(began); took != time.Second {
 			t.Errorf("the drain returned %v after it began, want 1s (when the relay ended)", took)

@@ -29,6 +29,7 @@ import (
 	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/proxy/internal/field"
+	"github.com/minimesh/minimesh/proxy/internal/inflight"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
@@ -82,7 +83,7 @@ type Handler struct {
 	tunnels tunnels
 	// upgrades counts upgraded (WebSocket) connections in flight, which
 	// http.Server.Shutdown does not wait for.
-	upgrades sync.WaitGroup
+	upgrades inflight.Counter
 	// draining makes every response close its connection, so that a
 	// keep-alive client learns of the shutdown from its next answer
 	// instead of a connection closed under a request in flight.
@@ -96,7 +97,7 @@ type Handler struct {
 	// request) in flight, so that the drain waits for them, including one
 	// whose connections are not known yet, and for the log lines of
 	// those it closed.
-	relays inflight
+	relays inflight.Counter
 	log    *slog.Logger
 	// rpOnly sends every request through rp, fastProxy's requests too:
 	// for the test that compares the two.
@@ -463,7 +464,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	st.idv[0] = st.id
 	st.upgrade = (!lined || lines.Upgrade) && field.Get(r.Header, "Upgrade") != ""
 	if st.upgrade {
-		h.upgrades.Add(1)
+		h.upgrades.Add()
 		defer h.upgrades.Done()
 		// Any answer but a 101 closes the connection: what the app sent
 		// behind the head is the protocol it asked for, never a next

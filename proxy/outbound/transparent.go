@@ -124,8 +124,8 @@ const (
 // flow both ways, half-closes passed on, until both sides are done or
 // nothing moved for TCPIdleTimeout. It ends with a metric and a log line.
 func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
-	h.relays.add()
-	defer h.relays.done()
+	h.relays.Add()
+	defer h.relays.Done()
 	if t, ok := client.(interface{ Taken() }); ok {
 		t.Taken() // counted: the dispatcher's drain may stop waiting for it
 	}

@@ -45,11 +45,11 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	// it out of the listener's drain) until its relay has ended: the
 	// drain waits for it and closes it at its end, though its relay's
 	// connections are not yet known.
-	h.relays.add()
+	h.relays.Add()
 	relaying := false
 	defer func() {
 		if !relaying {
-			h.relays.done()
+			h.relays.Done()
 		}
 	}()
 	dst := h.dests.get(authority)
@@ -122,7 +122,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	}
 	relaying = true
 	go func() {
-		defer h.relays.done()
+		defer h.relays.Done()
 		sent, received, result := h.relayConn(client, early, up, dst)
 		st.in.n.Store(sent)
 		st.out.n = received
@@ -245,12 +245,10 @@ func (t *tunnels) remove(client, up net.Conn) {
 // or whose 200 is on its way, when the drain begins is waited for too, and
 // closed at its end.
 func (h *Handler) Drain(ctx context.Context) {
-	upgrades := make(chan struct{})
-	go func() { h.upgrades.Wait(); close(upgrades) }()
 	select {
-	case <-h.relays.idle():
+	case <-h.relays.Idle():
 		select {
-		case <-upgrades:
+		case <-h.upgrades.Idle():
 		case <-ctx.Done():
 		}
 	case <-ctx.Done():
@@ -274,51 +272,13 @@ func (h *Handler) Drain(ctx context.Context) {
 	// follow (bounded: one still dialling ends with its connect timeout,
 	// and the process does not wait for it).
 	select {
-	case <-h.relays.idle():
+	case <-h.relays.Idle():
 	case <-time.After(relayLogGrace):
 	}
 }
 
 // relayLogGrace bounds the drain's wait for the relays it closed.
 const relayLogGrace = time.Second
-
-// inflight counts relays in flight (ServeTCP calls, tunnels), so that the
-// drain can wait for the log lines of those it closed. Unlike a
-// sync.WaitGroup's, its count may rise while the drain waits (a
-// connection accepted as the listener closed).
-type inflight struct {
-	mu   sync.Mutex
-	n    int
-	zero chan struct{} // closed when n falls to 0, while the drain waits
-}
-
-func (f *inflight) add() {
-	f.mu.Lock()
-	f.n++
-	f.mu.Unlock()
-}
-
-func (f *inflight) done() {
-	f.mu.Lock()
-	if f.n--; f.n == 0 && f.zero != nil {
-		close(f.zero)
-		f.zero = nil
-	}
-	f.mu.Unlock()
-}
-
-// idle returns a channel closed once none is in flight.
-func (f *inflight) idle() <-chan struct{} {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	c := make(chan struct{})
-	if f.n == 0 {
-		close(c)
-	} else {
-		f.zero = c
-	}
-	return c
-}
 
 // Hijack hands the ReverseProxy the app's connection for an upgrade's
 // splice (its handleUpgradeResponse, reached through ResponseController),

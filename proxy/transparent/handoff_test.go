@@ -28,7 +28,7 @@ func TestCloseWaitsForTheRelayToTakeOver(t *testing.T) {
 		}})
 		client, server := net.Pipe()
 		defer client.Close()
-		d.detecting.Add(1)
+		d.detecting.Add()
 		go d.dispatch(server, netip.MustParseAddrPort("10.0.0.1:9999"))
 		<-relayed
 		closed := make(chan struct{})

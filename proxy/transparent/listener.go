@@ -23,6 +23,7 @@ import (
 
 	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/internal/chanlistener"
+	"github.com/minimesh/minimesh/proxy/internal/inflight"
 )
 
 // DefaultDetectTimeout is how long a redirected connection may take to send
@@ -131,7 +132,10 @@ type Dispatcher struct {
 	log  *slog.Logger
 	http *chanlistener.Listener
 
-	detecting sync.WaitGroup
+	// detecting counts the connections on their way from Accept to their
+	// HTTP server or relay; one accepted as the listener closes may be
+	// counted while Close waits (inflight).
+	detecting inflight.Counter
 }
 
 // New returns a Dispatcher.
@@ -160,10 +164,8 @@ func (d *Dispatcher) HTTP() net.Listener { return d.http }
 // to their HTTP server or relay, then closes the HTTP listener. Call it
 // once the wrapped listeners are closed.
 func (d *Dispatcher) Close(ctx context.Context) {
-	done := make(chan struct{})
-	go func() { d.detecting.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-d.detecting.Idle():
 	case <-ctx.Done():
 	}
 	d.http.Close()
@@ -187,7 +189,7 @@ func (l *listener) Accept() (net.Conn, error) {
 			return c, nil
 		}
 		l.d.cfg.Hijacked(c)
-		l.d.detecting.Add(1)
+		l.d.detecting.Add()
 		go l.d.dispatch(c, orig)
 	}
 }
