@@ -410,8 +410,15 @@ func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, r
 			continue
 		}
 		res, err := injector.Inject(injector.Input{Pod: p, Namespace: p.Namespace, NamespaceLabels: nsLabels[p.Namespace]}, &cfg)
-		if err == nil && res.Injected {
+		var deny *injector.DenyError
+		switch {
+		case err == nil && res.Injected:
 			missing = append(missing, p.Namespace+"/"+p.Name)
+		case errors.As(err, &deny) && !errors.Is(err, injector.ErrPodSecurity) && !slices.Contains(cfg.IgnoredNamespaces, p.Namespace):
+			// It asks in a way the injector refuses (minimesh.io/inject:
+			// "true"): created before the webhook refused it, or while
+			// the injector was down. The Pod Security check lists its own.
+			missing = append(missing, p.Namespace+"/"+p.Name+" ("+err.Error()+")")
 		}
 	}
 	return listed("pods without the sidecar", missing)

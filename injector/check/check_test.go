@@ -113,10 +113,13 @@ func TestRun(t *testing.T) {
 			pod("opted", "before-label", nil, corev1.PodRunning, nil),
 			pod("opted", "out", map[string]string{"minimesh.io/inject": "disabled"}, corev1.PodRunning, nil),
 			pod("minimesh", "own", map[string]string{"minimesh.io/inject": "enabled"}, corev1.PodRunning, nil),
+			// Asked in a way the injector refuses: listed with why.
+			pod("shop", "typo", map[string]string{"minimesh.io/inject": "true"}, corev1.PodRunning, nil),
+			pod("kube-system", "typo", map[string]string{"minimesh.io/inject": "true"}, corev1.PodRunning, nil),
 			// The status annotation copied without the sidecar.
 			&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "stale", Annotations: map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/status": "injected"}},
 				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}}, Status: corev1.PodStatus{Phase: corev1.PodRunning}},
-		}, map[string]string{"pods that ask for injection have the sidecar": "3 pods without the sidecar: opted/before-label, shop/asked, shop/stale"}},
+		}, map[string]string{"pods that ask for injection have the sidecar": "4 pods without the sidecar: opted/before-label, shop/asked, shop/stale, shop/typo (minimesh: metadata.annotations[minimesh.io/inject]: \"true\": want enabled or disabled)"}},
 		{"iptables where Pod Security forbids it", "37", 300 * 24 * time.Hour, []runtime.Object{
 			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "locked", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}}},
 			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "open", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged", "minimesh.io/inject": "enabled"}}},
