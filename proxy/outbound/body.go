@@ -2,7 +2,6 @@ package outbound
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"net/http"
 	"sync"
@@ -83,22 +82,6 @@ func (r *replay) body() (io.ReadCloser, int64, bool) {
 		return nil, 0, false
 	}
 	return &onceBody{r}, r.length, true
-}
-
-// errUnresendable: the transport was refused a stream it could resend
-// only with the body, which is not held whole.
-var errUnresendable = errors.New("the upstream refused the stream unprocessed, and the request body, not held whole, cannot be sent again")
-
-// getBody is a request's GetBody for the HTTP/2 transport, which calls
-// it to send a stream the upstream refused unprocessed again: the body
-// as the next try would send it, when it can be (body), the transport
-// having closed the first one.
-func (r *replay) getBody() (io.ReadCloser, error) {
-	b, _, ok := r.body()
-	if !ok {
-		return nil, errUnresendable
-	}
-	return b, nil
 }
 
 // whole is the body when it is held whole (never nil: newReplay makes

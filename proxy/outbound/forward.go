@@ -165,15 +165,11 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		}
 		c := *req
 		c.Body, c.ContentLength = b, n
-		if req.ProtoMajor == 2 {
-			// An upstream that refuses the stream unprocessed (a GOAWAY
-			// below it, REFUSED_STREAM) leaves it safe to send again, which
-			// Go's HTTP/2 transport does on another connection only with
-			// GetBody once the body went out (RFC 9113 §8.7; docs/grpc.md,
-			// "Retries"). HTTP/1.1's transport resends only a request it
-			// wrote nothing of, which needs none.
-			c.GetBody = st.replay.getBody
-		}
+		// No GetBody: with one, Go's HTTP/2 transport resends a request
+		// by itself on errors that do not say the upstream did nothing
+		// (an RST_STREAM PROTOCOL_ERROR after reading it whole), unseen by
+		// the try loop, its method rule, budget and breaker: a POST went
+		// thousands of times a second (docs/grpc.md, "Retries").
 		out = &c
 	}
 	// The upstream always gets the request ID, one the app named as a

@@ -1,0 +1,108 @@
+package outbound_test
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"golang.org/x/net/http2"
+)
+
+// resettingH2Upstream is an h2c upstream that reads each request whole
+// and then resets its stream with PROTOCOL_ERROR: it may have acted on
+// the request. It counts the streams it was sent.
+func resettingH2Upstream(t *testing.T) (string, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var streams atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+					return
+				}
+				fr := http2.NewFramer(c, c)
+				_ = fr.WriteSettings()
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					switch f := f.(type) {
+					case *http2.SettingsFrame:
+						if !f.IsAck() {
+							_ = fr.WriteSettingsAck()
+						}
+					case *http2.HeadersFrame:
+						streams.Add(1)
+						if f.StreamEnded() {
+							_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
+						}
+					case *http2.DataFrame:
+						if f.StreamEnded() {
+							_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
+						}
+					case *http2.PingFrame:
+						if !f.IsAck() {
+							_ = fr.WritePing(true, f.Data)
+						}
+					}
+				}
+			}(c)
+		}
+	}()
+	return ln.Addr().String(), &streams
+}
+
+// TestH2ResetNotResent: a POST, or a gRPC unary call, that the upstream
+// read whole and then reset (PROTOCOL_ERROR, which does not say it did
+// nothing) is sent once, with a body held for retries: a non-idempotent
+// request is the try loop's to decide, and it does not retry it. Go's
+// HTTP/2 transport resends such a request by itself when it has
+// Request.GetBody; given one, the upstream got thousands of copies
+// (docs/grpc.md, "Retries").
+func TestH2ResetNotResent(t *testing.T) {
+	for _, tc := range []struct {
+		name, policy, path, ctype, body string
+	}{
+		{"POST", "timeout: 2s\nretries:\n  attempts: 2\n", "/charge", "text/plain", "charge card 42"},
+		{"gRPC unary", "timeout: 2s\nretries:\n  attempts: 2\n  retryOn: [grpc-unavailable]\n", "/pay.Payments/Charge", "application/grpc", "\x00\x00\x00\x00\x02hi"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, streams := resettingH2Upstream(t)
+			const svc = "orders:8080"
+			sc := startSidecar(t, policyDoc("orders", svc, tc.policy), resolve(addr, svc))
+			req, err := http.NewRequest(http.MethodPost, "http://"+sc.Addr+tc.path, strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Host = svc
+			req.Header.Set("Content-Type", tc.ctype)
+			req.Header.Set("Te", "trailers")
+			resp, err := h2cClient(t).Transport.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("the app got no answer: %v", err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if got := resp.Header.Get("X-Minimesh-Error"); got != "reset" {
+				t.Errorf("answer %d, X-Minimesh-Error %q: want the sidecar's reset", resp.StatusCode, got)
+			}
+			if n := streams.Load(); n != 1 {
+				t.Errorf("the upstream was sent the request %d times, want once", n)
+			}
+		})
+	}
+}
