@@ -15,19 +15,27 @@ import (
 // and then resets its stream with PROTOCOL_ERROR: it may have acted on
 // the request. It counts the streams it was sent.
 func resettingH2Upstream(t *testing.T) (string, *atomic.Int32) {
+	addr, streams, _ := resettingH2UpstreamConns(t)
+	return addr, streams
+}
+
+// resettingH2UpstreamConns is resettingH2Upstream that also counts the
+// connections it accepted.
+func resettingH2UpstreamConns(t *testing.T) (string, *atomic.Int32, *atomic.Int32) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var streams atomic.Int32
+	var streams, conns atomic.Int32
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			conns.Add(1)
 			go func(c net.Conn) {
 				defer c.Close()
 				if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
@@ -63,7 +71,7 @@ func resettingH2Upstream(t *testing.T) (string, *atomic.Int32) {
 			}(c)
 		}
 	}()
-	return ln.Addr().String(), &streams
+	return ln.Addr().String(), &streams, &conns
 }
 
 // TestH2ResetNotResent: a POST, or a gRPC unary call, that the upstream
@@ -104,5 +112,36 @@ func TestH2ResetNotResent(t *testing.T) {
 				t.Errorf("the upstream was sent the request %d times, want once", n)
 			}
 		})
+	}
+}
+
+// TestH2ResetRedialBounded: a bodiless GET whose stream the upstream
+// resets with PROTOCOL_ERROR on every connection opens a bounded number
+// of connections, not one after another for as long as the request lives:
+// Go's transport takes such a reset for a broken connection and dials
+// again with no pause (3,351 connections in a second for one GET before).
+// The try fails as the reset it is, and the policy's one retry (a GET)
+// gets a bound of its own (docs/grpc.md, "Retries").
+func TestH2ResetRedialBounded(t *testing.T) {
+	addr, streams, conns := resettingH2UpstreamConns(t)
+	const svc = "orders:8080"
+	sc := startSidecar(t, policyDoc("orders", svc, "timeout: 2s\nretries:\n  attempts: 1\n  retryOn: [reset]\n"), resolve(addr, svc))
+	req, err := http.NewRequest(http.MethodGet, "http://"+sc.Addr+"/x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = svc
+	resp, err := h2cClient(t).Transport.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("the app got no answer: %v", err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Minimesh-Error"); resp.StatusCode != http.StatusBadGateway || got != "reset" {
+		t.Errorf("answer %d %q, want 502 reset", resp.StatusCode, got)
+	}
+	// Two tries, each at most two connections (and a stream on each, or
+	// two on a connection the transport had cached).
+	if n := conns.Load(); n > 4 {
+		t.Errorf("%d connections opened for one GET (%d streams), want at most 4", n, streams.Load())
 	}
 }

@@ -163,7 +163,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
-		Transport:      &forwarder{t: upstream, h2: informational{newH2CTransport(h.dialer.DialContext)}, tracing: cfg.Tracing},
+		Transport:      &forwarder{t: upstream, h2: informational{h2Tries{newH2CTransport(h.dialer.DialContext)}}, tracing: cfg.Tracing},
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
 		ModifyResponse: modifyResponse,
