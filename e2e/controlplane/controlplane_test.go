@@ -163,9 +163,8 @@ type sidecarConfig struct {
 	} `json:"policies"`
 }
 
-// failures is the sidecar's consecutiveFailures for geo-service, from
-// /debug/config; -1 when it has no policy for it.
-func (p *plane) failures(t testing.TB) (int, string) {
+// config is the sidecar's /debug/config.
+func (p *plane) config(t testing.TB) sidecarConfig {
 	t.Helper()
 	resp, err := http.Get(p.sidecar + "/debug/config")
 	if err != nil {
@@ -176,6 +175,14 @@ func (p *plane) failures(t testing.TB) (int, string) {
 	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+// failures is the sidecar's consecutiveFailures for geo-service, from
+// /debug/config; -1 when it has no policy for it.
+func (p *plane) failures(t testing.TB) (int, string) {
+	t.Helper()
+	c := p.config(t)
 	for _, pol := range c.Policies {
 		if pol.Spec.Service == "geo-service" {
 			return pol.Spec.CircuitBreaker.ConsecutiveFailures, c.Source
@@ -188,16 +195,7 @@ func (p *plane) failures(t testing.TB) (int, string) {
 // (its xDS cluster), from /debug/config.
 func (p *plane) policySource(t testing.TB, service string) string {
 	t.Helper()
-	resp, err := http.Get(p.sidecar + "/debug/config")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var c sidecarConfig
-	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
-		t.Fatal(err)
-	}
-	for _, pol := range c.Policies {
+	for _, pol := range p.config(t).Policies {
 		if pol.Spec.Service == service {
 			return pol.Source
 		}
