@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -34,6 +33,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/minimesh/minimesh/injector"
+	"github.com/minimesh/minimesh/internal/textcut"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/wellknown"
 )
@@ -576,10 +576,7 @@ func cut(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
+	return textcut.Prefix(s, n) + "…"
 }
 
 // outdatedSidecars are injected pods whose sidecar (or init container)

@@ -11,7 +11,8 @@ package echo
 import (
 	"strconv"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/minimesh/minimesh/internal/textcut"
 )
 
 // MaxBytes is how much of a value is repeated: enough to recognise it.
@@ -49,11 +50,7 @@ func cutAt(s string) (string, bool) {
 	if len(s) <= MaxBytes {
 		return s, false
 	}
-	i := MaxBytes
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return s[:i], true
+	return textcut.Prefix(s, MaxBytes), true
 }
 
 func suffix(n int) string { return "… (" + strconv.Itoa(n) + " bytes)" }

@@ -7,9 +7,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/minimesh/minimesh/internal/promtext"
+	"github.com/minimesh/minimesh/internal/textcut"
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -200,11 +200,7 @@ func cut(s string) string {
 	if len(s) <= maxAttrLen {
 		return s
 	}
-	i := maxAttrLen
-	for i > 0 && !utf8.RuneStart(s[i]) {
-		i--
-	}
-	return strings.Clone(s[:i])
+	return strings.Clone(textcut.Prefix(s, maxAttrLen))
 }
 
 // run exports a batch when it is full, and interval after its first span;

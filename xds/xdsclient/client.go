@@ -21,9 +21,9 @@ import (
 	"net/http"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/minimesh/minimesh/internal/grpcwire"
+	"github.com/minimesh/minimesh/internal/textcut"
 	"github.com/minimesh/minimesh/policy"
 )
 
@@ -287,11 +287,8 @@ func nackMessage(err error) string {
 		return msg
 	}
 	note := func(cut int) string { return fmt.Sprintf(" … (%d more bytes cut of %d)", cut, len(msg)) }
-	keep := MaxNackMessage - len(note(len(msg))) // the longest note there can be
-	for keep > 0 && !utf8.RuneStart(msg[keep]) {
-		keep--
-	}
-	return msg[:keep] + note(len(msg)-keep)
+	keep := textcut.Prefix(msg, MaxNackMessage-len(note(len(msg)))) // the longest note there can be
+	return keep + note(len(msg)-len(keep))
 }
 
 // nackError is an error with its message as the NACK said it (Refused
