@@ -121,9 +121,12 @@ func TestGRPCClientDeadlineAfterHeaders(t *testing.T) {
 	var alog accessLog
 	sc := startSidecar(t, "", resolve(up, healthSvc), withAccessLog(&alog))
 	c := grpcClient(t, sc, healthSvc)
-	const calls = 20
+	// The deadline leaves the first message time to arrive on a loaded
+	// machine under -race (30 ms did not, once, on the call that opens
+	// the connections); where the call ends races as for any deadline.
+	const calls = 8
 	for i := 0; i < calls; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
 		w, err := c.Watch(ctx, &healthpb.HealthCheckRequest{})
 		if err != nil {
 			t.Fatal(err)
