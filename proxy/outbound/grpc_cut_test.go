@@ -9,14 +9,11 @@ package outbound_test
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/internal/proxytest"
-	"github.com/minimesh/minimesh/proxy/sidecar"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	grpcstatus "google.golang.org/grpc/status"
@@ -156,18 +153,8 @@ func TestGRPCClientDeadlineAfterHeaders(t *testing.T) {
 func TestGRPCDrainEndAfterHeaders(t *testing.T) {
 	addr := startGRPC(t, &healthServer{})
 	var alog accessLog
-	s, err := sidecar.Listen(sidecar.Config{OutboundAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", DrainTimeout: time.Hour,
-		Resolve: resolve(addr, healthSvc), Logger: slog.New(slog.DiscardHandler), Server: proxytest.Server(), AccessLog: &alog})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	if err := proxytest.WaitReady(s.AdminAddr(), 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	c := grpcClient(t, &testSidecar{Addr: s.OutboundAddr()}, healthSvc)
+	sc := startSidecar(t, "", resolve(addr, healthSvc), withDrainTimeout(time.Hour), withAccessLog(&alog))
+	c := grpcClient(t, sc, healthSvc)
 	cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer ccancel()
 	w, err := c.Watch(cctx, &healthpb.HealthCheckRequest{})
@@ -177,8 +164,8 @@ func TestGRPCDrainEndAfterHeaders(t *testing.T) {
 	if _, err = w.Recv(); err != nil {
 		t.Fatalf("first message: %v", err)
 	}
-	cancel()
-	s.EndDrain()
+	stopped := sc.Stop()
+	sc.S.EndDrain()
 	for err == nil {
 		_, err = w.Recv()
 	}
@@ -186,7 +173,7 @@ func TestGRPCDrainEndAfterHeaders(t *testing.T) {
 		t.Errorf("the client read %v (%v), want Unavailable", got, err)
 	}
 	select {
-	case <-done:
+	case <-stopped:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the sidecar did not stop")
 	}

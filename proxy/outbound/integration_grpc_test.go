@@ -7,7 +7,6 @@ package outbound_test
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -22,7 +21,6 @@ import (
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/outbound"
-	"github.com/minimesh/minimesh/proxy/sidecar"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -45,10 +43,17 @@ type healthServer struct {
 	fail    atomic.Pointer[codes.Code]
 	delay   time.Duration
 	timeout atomic.Pointer[string]
+	arrived chan struct{} // if not nil, told of each call (never blocking)
 }
 
 func (s *healthServer) Check(ctx context.Context, _ *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	s.hits.Add(1)
+	if s.arrived != nil {
+		select {
+		case s.arrived <- struct{}{}:
+		default:
+		}
+	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := md.Get("grpc-timeout"); len(v) > 0 {
 			s.timeout.Store(&v[0])
@@ -579,32 +584,19 @@ func TestHTTP2Bounds(t *testing.T) {
 // sidecar starts draining finishes with its answer, and the sidecar then
 // stops (the idle connection closed after the drain's idle grace).
 func TestGRPCDrain(t *testing.T) {
-	hs := &healthServer{delay: 500 * time.Millisecond}
+	hs := &healthServer{delay: 500 * time.Millisecond, arrived: make(chan struct{}, 1)}
 	addr := startGRPC(t, hs)
-	s, err := sidecar.Listen(sidecar.Config{OutboundAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", DrainTimeout: 3 * time.Second,
-		Resolve: resolve(addr, healthSvc), Logger: slog.New(slog.DiscardHandler), Server: proxytest.Server()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	if err := proxytest.WaitReady(s.AdminAddr(), 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	c := grpcClient(t, &testSidecar{Addr: s.OutboundAddr()}, healthSvc)
+	sc := startSidecar(t, "", resolve(addr, healthSvc), withDrainTimeout(3*time.Second))
+	c := grpcClient(t, sc, healthSvc)
 	res := make(chan error, 1)
 	go func() { _, err := check(c, 5*time.Second); res <- err }()
-	time.Sleep(200 * time.Millisecond) // the call is at the server
-	cancel()
+	<-hs.arrived // the call is at the server
+	stopped := sc.Stop()
 	if err := <-res; err != nil {
 		t.Errorf("the call in flight: %v, want its answer", err)
 	}
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Serve: %v", err)
-		}
+	case <-stopped:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the sidecar did not stop")
 	}

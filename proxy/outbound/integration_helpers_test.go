@@ -42,6 +42,18 @@ type testSidecar struct {
 	Dir   string   // the policy directory
 	S     *sidecar.Sidecar
 	admin *http.Client
+
+	cancel   context.CancelFunc // begins the drain, as SIGTERM does
+	stopped  chan struct{}      // closed once Serve returned
+	serveErr error              // what Serve returned, once stopped
+}
+
+// Stop begins the sidecar's drain, as SIGTERM does, and gives a channel
+// closed once Serve has returned. The test's cleanup waits for it too and
+// reports Serve's error.
+func (sc *testSidecar) Stop() <-chan struct{} {
+	sc.cancel()
+	return sc.stopped
 }
 
 type sidecarOpt func(*sidecar.Config)
@@ -59,6 +71,11 @@ func withAccessLog(l *accessLog) sidecarOpt { return func(c *sidecar.Config) { c
 // in the runs of the suite with MINIMESH_TEST_TRANSPORT=std: for what
 // only the fast transport promises.
 func withFastTransport() sidecarOpt { return func(c *sidecar.Config) { c.StdTransport = false } }
+
+// withDrainTimeout sets the sidecar's --drain-timeout.
+func withDrainTimeout(d time.Duration) sidecarOpt {
+	return func(c *sidecar.Config) { c.DrainTimeout = d }
+}
 
 // withServer picks the sidecar's HTTP/1 server (sidecar.ServerLean or
 // sidecar.ServerStd).
@@ -96,27 +113,30 @@ func startSidecar(t *testing.T, policies string, resolve map[string]string, opts
 		t.Fatalf("sidecar.Listen: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
 	sc := &testSidecar{
-		t:     t,
-		Addr:  s.OutboundAddr(),
-		URL:   &url.URL{Scheme: "http", Host: s.OutboundAddr()},
-		Admin: s.AdminAddr(),
-		Dir:   dir,
-		S:     s,
-		admin: &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 5 * time.Second},
+		t:       t,
+		Addr:    s.OutboundAddr(),
+		URL:     &url.URL{Scheme: "http", Host: s.OutboundAddr()},
+		Admin:   s.AdminAddr(),
+		Dir:     dir,
+		S:       s,
+		admin:   &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 5 * time.Second},
+		cancel:  cancel,
+		stopped: make(chan struct{}),
 	}
+	go func() {
+		sc.serveErr = s.Serve(ctx)
+		close(sc.stopped)
+	}()
 	t.Cleanup(func() {
 		if os.Getenv("ITEST_DEBUG") != "" {
 			st := time.Now()
 			defer func() { t.Logf("sidecar stop took %v", time.Since(st)) }()
 		}
-		cancel()
 		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("sidecar Serve: %v", err)
+		case <-sc.Stop():
+			if sc.serveErr != nil {
+				t.Errorf("sidecar Serve: %v", sc.serveErr)
 			}
 		case <-time.After(5 * time.Second):
 			t.Errorf("sidecar did not stop within 5s")
