@@ -7,11 +7,13 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
@@ -61,6 +63,128 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
+// unprocessedError marks an HTTP/2 try that the upstream did not
+// process: it refused the stream (RST_STREAM REFUSED_STREAM, or a GOAWAY
+// whose last stream ID is below it, RFC 9113 §8.7), or Go's transport
+// never sent it (h2Unprocessed). Like a dialError, the request may go
+// again whatever its method: it counts as connect-failure.
+type unprocessedError struct{ err error }
+
+func (e *unprocessedError) Error() string { return e.err.Error() }
+func (e *unprocessedError) Unwrap() error { return e.err }
+
+// heldVerdict is the breaker's verdict on a try the upstream refused
+// unprocessed, held until the try loop knows whether another try
+// follows. A refusal says one connection (a server shutting down, at its
+// stream limit) takes no more streams, not that the destination fails:
+// every call racing a server's graceful stop is refused at once, and
+// counted each, they opened a breaker of 5 consecutive failures in a
+// rolling deployment. So a refused try that is retried counts neither
+// way (its retry is judged), and one that is the request's answer counts
+// as the connect-failure it is answered as. Its endpoint hears it at
+// once, as a connect failure.
+type heldVerdict struct {
+	done    breaker.Done
+	outcome error
+}
+
+// report gives the breaker the try's outcome; ignore tells it the try
+// counts neither way. Either once; nil-safe.
+func (h *heldVerdict) report() {
+	if h != nil && h.done != nil {
+		h.done(h.outcome)
+		h.done = nil
+	}
+}
+
+func (h *heldVerdict) ignore() {
+	if h != nil && h.done != nil {
+		h.done(breaker.ErrIgnored)
+		h.done = nil
+	}
+}
+
+// The texts of the errors of net/http's HTTP/2 client (h2_bundle.go, Go
+// 1.26) that say the upstream processed nothing of a request. Its error
+// values are unexported and, once a request with a body fails, flattened
+// into text (shouldRetryRequest's fmt.Errorf with %v): the text is all
+// there is. TestH2UnprocessedRealTransport drives the real transport
+// against a real server for each, so that a Go upgrade that changes one
+// fails loudly.
+const (
+	// h2CannotRetryPrefix and h2CannotRetrySuffix wrap the transport's
+	// own error when the request has a body and no GetBody (the
+	// sidecar never gives one: docs/grpc.md, "Retries").
+	h2CannotRetryPrefix = "http2: Transport: cannot retry err ["
+	h2CannotRetrySuffix = "] after Request.Body was written; define Request.GetBody to avoid this error"
+	// h2GotGoAway: a stream above the last stream ID of a GOAWAY with
+	// NO_ERROR (errClientConnGotGoAway), as a server shutting down sends.
+	h2GotGoAway = "http2: Transport received Server's graceful shutdown GOAWAY"
+	// h2GoAwayFirstStream: the same for a GOAWAY with an error code, when
+	// the stream is the connection's first (setGoAway).
+	h2GoAwayFirstStream = "http2: Transport received GOAWAY from server ErrCode:"
+	// h2RefusedStream: an RST_STREAM REFUSED_STREAM, "stream error: stream
+	// ID 3; REFUSED_STREAM; received from peer" (http2StreamError).
+	h2StreamErrorPrefix = "stream error: stream ID "
+	h2RefusedSuffix     = "; REFUSED_STREAM; received from peer"
+	// h2NotEstablished: the connection closed before its first stream
+	// was created (errClientConnNotEstablished).
+	h2NotEstablished = "http2: client conn could not be established"
+	// h2CannotRewind: http.Transport found no usable HTTP/2 connection
+	// (the one it picked had a GOAWAY before the stream was created) and
+	// would dial another, but the attempt on the first had closed the
+	// body (errCannotRewind). On the HTTP/2 path http.Transport retries
+	// only a request no connection took (http2isNoCachedConnError), so
+	// it was never sent; on HTTP/1.1 it may follow one that was.
+	h2CannotRewind = "net/http: cannot rewind body after connection loss"
+)
+
+// h2StreamError has the fields of net/http's unexported
+// http2StreamError, whose As method fills any struct of the same shape
+// (it is meant for golang.org/x/net/http2.StreamError): the typed check
+// of a stream error that comes unwrapped.
+type h2StreamError struct {
+	StreamID uint32
+	Code     uint32
+	Cause    error
+}
+
+func (e h2StreamError) Error() string { return "stream error" }
+
+// h2ErrCodeRefusedStream is REFUSED_STREAM (RFC 9113 §7).
+const h2ErrCodeRefusedStream = 0x7
+
+// h2Unprocessed reports whether err, from an HTTP/2 try of net/http's
+// transport, says that the upstream processed nothing of the request:
+// it refused the stream (REFUSED_STREAM, a GOAWAY below it), or the
+// transport never sent it. An RST_STREAM with any other code
+// (PROTOCOL_ERROR, INTERNAL_ERROR, CANCEL) and a connection lost under a
+// stream the upstream may have taken are not: they stay resets. Called
+// only on a failed HTTP/2 try, never on the HTTP/1.1 fast path.
+func h2Unprocessed(err error) bool {
+	var se h2StreamError
+	if errors.As(err, &se) {
+		return se.Code == h2ErrCodeRefusedStream
+	}
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		msg := e.Error()
+		if inner, ok := strings.CutPrefix(msg, h2CannotRetryPrefix); ok {
+			if inner, ok = strings.CutSuffix(inner, h2CannotRetrySuffix); ok {
+				msg = inner
+			}
+		}
+		switch {
+		case msg == h2GotGoAway, msg == h2NotEstablished, msg == h2CannotRewind,
+			strings.HasPrefix(msg, h2GoAwayFirstStream):
+			return true
+		case strings.HasPrefix(msg, h2StreamErrorPrefix) && strings.HasSuffix(msg, h2RefusedSuffix):
+			id := msg[len(h2StreamErrorPrefix) : len(msg)-len(h2RefusedSuffix)]
+			return id != "" && strings.Trim(id, "0123456789") == ""
+		}
+	}
+	return false
+}
+
 // classify names the failure of one try. tryCtx is the try's context,
 // parent the request's.
 func classify(err error, tryCtx, parent context.Context) (policy.Class, bool) {
@@ -76,7 +200,8 @@ func classify(err error, tryCtx, parent context.Context) (policy.Class, bool) {
 		return policy.ClassTimeout, false
 	}
 	var de *dialError
-	if errors.As(err, &de) {
+	var ue *unprocessedError
+	if errors.As(err, &de) || errors.As(err, &ue) {
 		return policy.ClassConnectFailure, false
 	}
 	var ne net.Error
@@ -251,6 +376,9 @@ func errorResponse(err error, dest string) (code int, kind string, b errorBody) 
 			return http.StatusGatewayTimeout, wellknown.ErrorTimeout, b
 		case policy.ClassConnectFailure:
 			b.Message = "cannot connect to " + dest + ": " + ue.err.Error()
+			if errors.As(ue.err, new(*unprocessedError)) {
+				b.Message = "upstream " + dest + " refused the request before processing it (HTTP/2): " + ue.err.Error()
+			}
 			return http.StatusBadGateway, wellknown.ErrorConnectFailure, b
 		}
 		b.Message = "connection to " + dest + " failed before a response: " + ue.err.Error()

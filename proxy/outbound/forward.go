@@ -46,7 +46,10 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		// names gRPC codes, if it was one whole message (a unary call),
 		// kept as it went (docs/grpc.md, "Retries").
 		st.replay = &replay{stream: req.Body, closer: req.Body, length: req.ContentLength}
-		if r.RetryOn.GRPC != 0 {
+		if r.RetryOn.GRPC != 0 || r.RetryOn.Has(policy.ClassConnectFailure) {
+			// Kept as it goes also for connect-failure: an upstream that
+			// refuses the stream unprocessed (REFUSED_STREAM, a GOAWAY
+			// below it) may have been sent the message already.
 			st.replay.rec = &recording{body: req.Body}
 		}
 	case hasBody(req) && (r != nil || st.arrived && 0 < req.ContentLength && req.ProtoMajor == 1 && !st.grpc && holdable(req)):
@@ -61,15 +64,17 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	for attempt := 0; ; attempt++ {
 		st.attempts = attempt + 1
-		resp, class, err := f.try(req, st)
+		resp, class, held, err := f.try(req, st)
 		if err != nil && class == 0 {
 			return nil, err // refused, the app's fault or the app gone: nothing to retry
 		}
 		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || errors.Is(err, errTimeout) {
+			held.report()
 			return resp, err
 		}
 		wait := retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max)
-		if !f.retryable(req, st, r, resp, class, wait) {
+		if !f.retryable(req, st, r, resp, class, wait, held) {
+			held.report()
 			return resp, err
 		}
 		if resp != nil {
@@ -129,8 +134,10 @@ var errClientGone = context.Canceled
 
 // try sends one try. It returns the response, or the error with the
 // class that failOn and retryOn name when the upstream failed before
-// answering (class 0: the try was not sent, or the app is to blame).
-func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy.Class, error) {
+// answering (class 0: the try was not sent, or the app is to blame). For
+// a try the upstream refused unprocessed, the breaker's verdict is held
+// (heldVerdict): the caller reports or ignores it.
+func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy.Class, *heldVerdict, error) {
 	dst := st.dest
 	var done breaker.Done
 	if st.admitted != nil {
@@ -139,7 +146,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		d, err := dst.breaker.Allow()
 		if err != nil {
 			st.reject()
-			return nil, 0, &circuitOpenError{destination: dst.name, retryAfter: dst.breaker.RetryAfter(time.Now())}
+			return nil, 0, nil, &circuitOpenError{destination: dst.name, retryAfter: dst.breaker.RetryAfter(time.Now())}
 		}
 		done = d
 	}
@@ -284,6 +291,13 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if cancel != nil {
 			cancel(nil)
 		}
+		unprocessed := !fast && req.ProtoMajor == 2 && h2Unprocessed(err)
+		if unprocessed {
+			// The upstream refused the stream unprocessed, or Go's
+			// transport never sent it: never sent, as a connect failure
+			// (docs/grpc.md, "Retries").
+			err = &unprocessedError{err}
+		}
 		if ep != nil {
 			err = endpointSelf(err) // the endpoint's fault, not the app's (dial.go)
 		}
@@ -296,7 +310,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 				code, kind, _ := errorResponse(cerr, dst.name)
 				endSpan(span, code, kind, "")
 			}
-			return nil, 0, cerr
+			return nil, 0, nil, cerr
 		}
 		class, gone := classify(err, ctx, req.Context())
 		if gone {
@@ -304,7 +318,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			if span != nil {
 				endSpan(span, statusClientClosed, "", "")
 			}
-			return nil, 0, errClientGone
+			return nil, 0, nil, errClientGone
 		}
 		if span != nil {
 			endSpan(span, 0, classErrorType(class), "")
@@ -315,8 +329,12 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		} else if failOn.Has(class) {
 			outcome = breaker.ErrFailed
 		}
+		if unprocessed && class == policy.ClassConnectFailure {
+			endTry(nil, ep, epStart, outcome)
+			return nil, class, &heldVerdict{done: done, outcome: outcome}, &upstreamError{class: class, err: err}
+		}
 		endTry(done, ep, epStart, outcome)
-		return nil, class, &upstreamError{class: class, err: err}
+		return nil, class, nil, &upstreamError{class: class, err: err}
 	}
 	if span != nil {
 		endSpan(span, resp.StatusCode, "", "")
@@ -335,7 +353,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if cancel != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			cancel(nil)
 		}
-		return resp, 0, nil
+		return resp, 0, nil, nil
 	}
 	// The exchange is over only when the body is: the breaker hears of
 	// the try then, so that a body cut short counts as the failure it is.
@@ -346,7 +364,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		st.body.grpc = resp // the status comes in its trailers
 	}
 	resp.Body = &st.body
-	return resp, 0, nil
+	return resp, 0, nil, nil
 }
 
 // refusal returns the error to answer with when a try failed through no
@@ -586,11 +604,15 @@ func report(done breaker.Done, outcome error) {
 
 // retryable decides whether a failed try is tried again after waiting
 // wait (its backoff). When it is, the failed try has ended (its outcome
-// reported) and the next one's breaker permission is held in
-// st.admitted, and the retry budget is drawn.
-func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class, wait time.Duration) bool {
-	// A request that was never sent may go again whatever its method;
-	// one that may have reached the upstream only if repeating it is safe.
+// reported; a held one, of a try refused unprocessed, as counting
+// neither way) and the next one's breaker permission is held in
+// st.admitted, and the retry budget is drawn. When it is not, a held
+// verdict is the caller's to report.
+func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class, wait time.Duration, held *heldVerdict) bool {
+	// A request that was never sent (a connect failure, an HTTP/2 stream
+	// the upstream refused unprocessed: classify) may go again whatever
+	// its method; one that may have reached the upstream only if
+	// repeating it is safe.
 	safe := class == policy.ClassConnectFailure
 	if resp != nil {
 		code := countedStatus(resp, st)
@@ -654,6 +676,7 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 		done(breaker.ErrIgnored)
 		return false
 	}
+	held.ignore() // the retry is judged instead (heldVerdict)
 	st.admitted = done
 	return true
 }
