@@ -124,7 +124,7 @@ func TestTranslate(t *testing.T) {
 		}
 	}
 	rp := vh.Routes[0].GetRoute().RetryPolicy
-	if rp.RetryOn != "connect-failure,retriable-status-codes" || rp.NumRetries.GetValue() != 2 || !slices.Equal(rp.RetriableStatusCodes, []uint32{429, 502, 503, 504}) ||
+	if rp.RetryOn != "connect-failure,refused-stream,retriable-status-codes" || rp.NumRetries.GetValue() != 2 || !slices.Equal(rp.RetriableStatusCodes, []uint32{429, 502, 503, 504}) ||
 		rp.PerTryTimeout.AsDuration().Milliseconds() != 500 || len(rp.RetriableRequestHeaders) != 7 {
 		t.Fatalf("retry policy %v", rp)
 	}

@@ -615,7 +615,11 @@ func retryOn(name string, c policy.Conditions) (string, []string) {
 		add("gateway-error")
 	}
 	if c.Has(policy.ClassConnectFailure) {
+		// minimesh's connect-failure is "never sent": it also covers an
+		// HTTP/2 stream the upstream refused unprocessed (REFUSED_STREAM),
+		// which Envoy names apart (docs/grpc.md, "Retries").
 		add("connect-failure")
+		add("refused-stream")
 	}
 	if c.Has(policy.ClassReset) || c.Has(policy.ClassTimeout) && !c.Has(policy.Class5xx) && !c.Has(policy.ClassGatewayError) {
 		add("reset")

@@ -303,12 +303,12 @@ func TestRetryOn(t *testing.T) {
 		noted   []string // what the note must name; nil: no note
 	}{
 		{[]string{"timeout"}, "reset", []string{"connect-failure", "reset ("}},
-		{[]string{"connect-failure", "reset", "timeout"}, "connect-failure,reset", nil},
+		{[]string{"connect-failure", "reset", "timeout"}, "connect-failure,refused-stream,reset", nil},
 		{[]string{"reset", "timeout"}, "reset", []string{"connect-failure"}},
-		{[]string{"connect-failure", "timeout", "503"}, "connect-failure,reset,retriable-status-codes", []string{"reset ("}},
+		{[]string{"connect-failure", "timeout", "503"}, "connect-failure,refused-stream,reset,retriable-status-codes", []string{"reset ("}},
 		{[]string{"5xx", "timeout"}, "5xx", []string{"connect-failure", "reset ("}},
-		{[]string{"gateway-error", "connect-failure", "reset", "timeout"}, "gateway-error,connect-failure,reset", nil},
-		{[]string{"connect-failure", "503"}, "connect-failure,retriable-status-codes", nil},
+		{[]string{"gateway-error", "connect-failure", "reset", "timeout"}, "gateway-error,connect-failure,refused-stream,reset", nil},
+		{[]string{"connect-failure", "503"}, "connect-failure,refused-stream,retriable-status-codes", nil},
 		{[]string{"5xx"}, "5xx", []string{"connect-failure", "reset (", "timeout"}},
 	} {
 		var c policy.Conditions
