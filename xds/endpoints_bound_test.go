@@ -212,7 +212,7 @@ func BenchmarkEndpointResources(b *testing.B) {
 			var served EndpointsServed
 			for b.Loop() {
 				var err error
-				if _, served, err = endpointResources(bc.set); err != nil {
+				if _, served, err = endpointResources(bc.set, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -111,7 +112,7 @@ func NewServer(ctx context.Context, cb serverv3.Callbacks) *Server {
 		deltaNames: map[streamKey]map[string]map[string]struct{}{},
 	}
 	// No endpoints until told: answered as none (a version of its own).
-	s.endpoints, _, _ = endpointResources(nil)
+	s.endpoints, _, _ = endpointResources(nil, nil)
 	if cb == nil {
 		cb = serverv3.CallbackFuncs{}
 	}
@@ -141,7 +142,17 @@ func (s *Server) ExpectEndpoints() {
 // its size: refused, it kept the last one for every Service of the
 // cluster (docs/controlplane.md, "Endpoints (EDS)").
 func (s *Server) SetEndpoints(eps map[string][]xdsclient.Endpoint) (served EndpointsServed, err error) {
-	c, served, err := endpointResources(eps)
+	return s.SetServices(eps, nil)
+}
+
+// SetServices is SetEndpoints with the Services' own addresses:
+// clusterIPs, keyed by resource name as eps is, are each Service port's
+// ClusterIP:port (every family of spec.clusterIPs; none for a headless or
+// ExternalName Service), sent in its ClusterLoadAssignment
+// (LoadAssignment) and counted in its size for the bound. A name
+// missing from eps is not sent.
+func (s *Server) SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs map[string][]netip.AddrPort) (served EndpointsServed, err error) {
+	c, served, err := endpointResources(eps, clusterIPs)
 	if err != nil {
 		return served, err
 	}
@@ -396,7 +407,7 @@ type endpointContent struct {
 // exactly when they do; served says what was left out. No endpoints at
 // all have a version too, so that a sidecar asking for them is answered
 // (with none) rather than left waiting.
-func endpointResources(eps map[string][]xdsclient.Endpoint) (endpointContent, EndpointsServed, error) {
+func endpointResources(eps map[string][]xdsclient.Endpoint, clusterIPs map[string][]netip.AddrPort) (endpointContent, EndpointsServed, error) {
 	names := slices.Sorted(maps.Keys(eps))
 	type encoded struct {
 		res       types.Resource
@@ -407,7 +418,7 @@ func endpointResources(eps map[string][]xdsclient.Endpoint) (endpointContent, En
 	bySvc := map[string]*svcCost{}
 	var svcs []*svcCost
 	for _, name := range names {
-		cla := LoadAssignment(name, eps[name])
+		cla := LoadAssignment(name, eps[name], clusterIPs[name]...)
 		n := 0
 		for _, l := range cla.GetEndpoints() {
 			n += len(l.GetLbEndpoints()) // what is sent: Dialable ones only

@@ -47,11 +47,13 @@ import (
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
-// Sink receives every Service port's endpoints at once: the xDS server,
-// which serves what every sidecar takes of them and says what it left
-// out (xds.Server.SetEndpoints).
+// Sink receives every Service port's endpoints at once, and its
+// ClusterIP:port addresses (clusterIPs, keyed by resource name as eps is;
+// none for a headless or ExternalName Service): the xDS server, which
+// serves what every sidecar takes of them and says what it left out
+// (xds.Server.SetServices).
 type Sink interface {
-	SetEndpoints(eps map[string][]xdsclient.Endpoint) (xds.EndpointsServed, error)
+	SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs map[string][]netip.AddrPort) (xds.EndpointsServed, error)
 }
 
 // DefaultDebounce is how long the controller gathers changes before it
@@ -83,6 +85,7 @@ type Controller struct {
 	mu    sync.Mutex
 	dirty map[string]bool                           // namespace/name of Services to recompute
 	byKey map[string]map[int32][]xdsclient.Endpoint // namespace/name → Service port → endpoints
+	vips  map[string][]netip.Addr                   // namespace/name → ClusterIPs, for the Services in byKey that have some
 	kick  chan struct{}
 }
 
@@ -91,7 +94,7 @@ type Controller struct {
 // cluster would make every sidecar drop its endpoints.
 func (c *Controller) Run(ctx context.Context) {
 	c.mu.Lock()
-	c.dirty, c.byKey, c.kick = map[string]bool{}, map[string]map[int32][]xdsclient.Endpoint{}, make(chan struct{}, 1)
+	c.dirty, c.byKey, c.vips, c.kick = map[string]bool{}, map[string]map[int32][]xdsclient.Endpoint{}, map[string][]netip.Addr{}, make(chan struct{}, 1)
 	f := informers.NewSharedInformerFactoryWithOptions(c.Client, 0, informers.WithTransform(strip))
 	c.services = f.Core().V1().Services().Informer()
 	c.slices = f.Discovery().V1().EndpointSlices().Informer()
@@ -179,22 +182,28 @@ func (c *Controller) publish(all bool) {
 		c.recompute(k)
 	}
 	out := map[string][]xdsclient.Endpoint{}
+	vips := map[string][]netip.AddrPort{}
 	n := 0
 	for k, ports := range c.byKey {
 		ns, name, _ := strings.Cut(k, "/")
+		ips := c.vips[k]
 		for port, eps := range ports {
-			out[xdsclient.EndpointName(name, ns, int(port))] = eps
+			r := xdsclient.EndpointName(name, ns, int(port))
+			out[r] = eps
 			n += len(eps)
+			for _, ip := range ips {
+				vips[r] = append(vips[r], netip.AddrPortFrom(ip, uint16(port)))
+			}
 		}
 	}
-	served, err := c.Sink.SetEndpoints(out)
+	served, err := c.Sink.SetServices(out, vips)
 	if err != nil {
 		c.Log.Error("publish endpoints", "err", err)
 		if !c.published.Load() {
 			// Refused from the start: there is no last set to keep, and a
 			// server waiting for the endpoints would hold every sidecar's
 			// policies back. Serve none.
-			if _, err := c.Sink.SetEndpoints(map[string][]xdsclient.Endpoint{}); err != nil {
+			if _, err := c.Sink.SetServices(map[string][]xdsclient.Endpoint{}, nil); err != nil {
 				c.Log.Error("publish no endpoints", "err", err)
 			}
 		}
@@ -305,6 +314,7 @@ func (c *Controller) recompute(k string) {
 	o, exists, _ := c.services.GetStore().GetByKey(k)
 	if !exists {
 		delete(c.byKey, k)
+		delete(c.vips, k)
 		return
 	}
 	svc := o.(*corev1.Service)
@@ -312,9 +322,39 @@ func (c *Controller) recompute(k string) {
 	ports := Endpoints(svc, slices)
 	if len(ports) == 0 {
 		delete(c.byKey, k)
+		delete(c.vips, k)
 		return
 	}
 	c.byKey[k] = ports
+	if ips := ClusterIPs(svc); len(ips) > 0 {
+		c.vips[k] = ips
+	} else {
+		delete(c.vips, k)
+	}
+}
+
+// ClusterIPs are svc's virtual IPs, spec.clusterIPs (spec.clusterIP
+// for an object written before dual-stack), each family once, in order:
+// none for a headless Service ("None") or an ExternalName one, and none
+// that does not parse. A sidecar names a redirected connection to one of
+// them, on a Service port, by the Service (docs/interception.md).
+func ClusterIPs(svc *corev1.Service) []netip.Addr {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil
+	}
+	list := svc.Spec.ClusterIPs
+	if len(list) == 0 && svc.Spec.ClusterIP != "" {
+		list = []string{svc.Spec.ClusterIP}
+	}
+	var out []netip.Addr
+	for _, s := range list {
+		ip, err := netip.ParseAddr(s) // "None" and "" do not parse
+		if err != nil || ip.Zone() != "" || slices.Contains(out, ip.Unmap()) {
+			continue
+		}
+		out = append(out, ip.Unmap())
+	}
+	return out
 }
 
 // Endpoints are the endpoints of svc's TCP ports from its slices, keyed

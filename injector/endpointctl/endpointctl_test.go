@@ -29,12 +29,14 @@ import (
 type sink struct {
 	mu   sync.Mutex
 	sets []map[string][]xdsclient.Endpoint
+	ips  []map[string][]netip.AddrPort // clusterIPs of each set
 }
 
-func (s *sink) SetEndpoints(eps map[string][]xdsclient.Endpoint) (xds.EndpointsServed, error) {
+func (s *sink) SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs map[string][]netip.AddrPort) (xds.EndpointsServed, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sets = append(s.sets, eps)
+	s.ips = append(s.ips, clusterIPs)
 	return xds.EndpointsServed{ServicePorts: len(eps)}, nil
 }
 
@@ -217,11 +219,11 @@ func BenchmarkEndpoints(b *testing.B) {
 // that fails to take a set.
 type refusing struct{ sink }
 
-func (r *refusing) SetEndpoints(eps map[string][]xdsclient.Endpoint) (xds.EndpointsServed, error) {
+func (r *refusing) SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs map[string][]netip.AddrPort) (xds.EndpointsServed, error) {
 	if len(eps) > 1 {
 		return xds.EndpointsServed{}, fmt.Errorf("%d: too many", len(eps))
 	}
-	return r.sink.SetEndpoints(eps)
+	return r.sink.SetServices(eps, clusterIPs)
 }
 
 // TestRefusedFromTheStart: a set the sink refuses at the first publish
@@ -264,8 +266,8 @@ type serverSink struct {
 	err error
 }
 
-func (s *serverSink) SetEndpoints(eps map[string][]xdsclient.Endpoint) (xds.EndpointsServed, error) {
-	served, err := s.srv.SetEndpoints(eps)
+func (s *serverSink) SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs map[string][]netip.AddrPort) (xds.EndpointsServed, error) {
+	served, err := s.srv.SetServices(eps, clusterIPs)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.in, s.out, s.err = eps, served, err

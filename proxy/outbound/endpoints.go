@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"net"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -30,6 +31,10 @@ import (
 // endpoints are kept as sent (about 40 bytes each) until a destination
 // names them.
 type endpoints struct {
+	// vips are the Services' own addresses (ClusterIP:port), read on
+	// every redirected request without a lock (serviceAt).
+	vips atomic.Pointer[vipTable]
+
 	mu    sync.Mutex
 	slots map[string]*lbSlot // the Services destinations name
 	// known is the latest set of every Service's endpoints, as set got
@@ -86,6 +91,71 @@ func (e *endpoints) set(eps map[string][]balancer.Target) {
 	for key, s := range e.slots {
 		s.lb.Update(eps[key])
 	}
+}
+
+// vipTable is the control plane's ClusterIP:port of each Service port
+// (xdsclient.ClusterIPName), never changed once published.
+type vipTable struct {
+	// byAddr names each address's Service port by its EDS resource name
+	// ("reviews.shop.svc.cluster.local:8080"), an authority that
+	// destinations take like any spelling of the Service.
+	byAddr map[netip.AddrPort]string
+	// named are the resource names that have an address in byAddr.
+	named map[string]bool
+}
+
+// SetClusterIPs replaces the Services' own addresses the control plane
+// sent, ClusterIP:port → EDS resource name (xdsclient.Client's
+// ApplyClusterIPs): from the next request on, a redirected connection to
+// one of them is that Service's (docs/interception.md, "HTTP/1.x"). An
+// empty or nil map (a control plane that sends none) restores the Host
+// rule. The map is kept: the caller must not change it afterwards.
+func (h *Handler) SetClusterIPs(ips map[netip.AddrPort]string) { h.dests.eps.setClusterIPs(ips) }
+
+func (e *endpoints) setClusterIPs(ips map[netip.AddrPort]string) {
+	t := &vipTable{byAddr: ips, named: make(map[string]bool, len(ips))}
+	for _, name := range ips {
+		t.named[name] = true
+	}
+	e.vips.Store(t)
+}
+
+// authority names a redirected request's destination: the one
+// place that decides which Service a redirected request is for (the
+// explicit proxy's requests are named by their URL's host alone). orig
+// is the original destination the app connected to (origText its
+// string), host the Host header's name without its port ("" without
+// Host), port orig's port as text, ns the sidecar's namespace.
+//
+//  1. orig is a Service's ClusterIP:port: that Service, whatever Host
+//     says (an app that calls $REVIEWS_SERVICE_HOST, a hard-coded IP).
+//  2. Host names a Service that has a ClusterIP, but orig is none of
+//     them (a pod of it, a gateway, an egress proxy): the original
+//     destination as it is, by its address, as Linkerd does; the
+//     Service's name is only taken at the Service's own address, so its
+//     breaker, balancing and metrics are the Service's calls alone.
+//  3. Otherwise (a host that is no Service, a headless Service, a
+//     control plane that sends no ClusterIP) Host names it on orig's
+//     port, as before there were ClusterIPs; without Host, the address.
+//
+// v is nil before the control plane sent any. Rule 1 costs one map
+// read; rules 2 and 3 make the name.
+func (v *vipTable) authority(orig netip.AddrPort, origText, host, port, ns string) string {
+	if v != nil {
+		if a, ok := v.byAddr[netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port())]; ok {
+			return a
+		}
+	}
+	if host == "" {
+		return origText
+	}
+	a := net.JoinHostPort(host, port)
+	if v != nil && len(v.named) > 0 {
+		if key, ok := endpointKey(canonical(a, ns), ns); ok && v.named[key] {
+			return origText
+		}
+	}
+	return a
 }
 
 // EndpointsStatus is one Service port's endpoints, as /debug/endpoints
@@ -171,6 +241,9 @@ func endpointKey(name, ns string) (string, bool) {
 	host, port, err := net.SplitHostPort(name)
 	if err != nil || port == "" {
 		return "", false
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return "", false // an IP literal (IPv6 ones have no dot) names no Service
 	}
 	fqdn, ok := policy.ServiceFQDN(strings.ToLower(host), ns)
 	if !ok {

@@ -553,8 +553,9 @@ func (b *upstreamBody) end(outcome error) {
 // elsewhere, as Envoy's previous_hosts predicate makes it), and counts the
 // try in flight there. Without endpoints the try dials what the app named
 // (through DNS and kube-proxy), or the original destination of a
-// redirected connection: a redirected request whose Host names a Service
-// with endpoints is balanced over them too, as Istio routes by Host
+// redirected connection: a redirected request named a Service with
+// endpoints (by its ClusterIP, or by Host where no ClusterIP says
+// otherwise: vipTable.authority) is balanced over them too
 // (docs/interception.md, "HTTP/1.x"). The Host header stays the app's
 // either way.
 func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {

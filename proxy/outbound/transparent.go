@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/minimesh/minimesh/internal/echo"
@@ -26,10 +27,17 @@ type redirect struct {
 	text string // addr.String(), made once per connection
 	port string
 
-	// The authority of the connection's last request, by Host: requests
-	// on one connection are served one after the other, and an app sends
-	// the same Host on each, so naming costs nothing after the first.
+	// dests are the handler's, for the Services' own addresses
+	// (vipTable.authority); set by the first request (an HTTP/2
+	// connection's streams race to it).
+	dests atomic.Pointer[destinations]
+
+	// The authority of the connection's last request, by Host and the
+	// ClusterIPs it was named with: requests on one connection are
+	// served one after the other, and an app sends the same Host on
+	// each, so naming costs nothing after the first.
 	lastHost, lastAuthority string
+	lastVIPs                *vipTable
 }
 
 type redirectKey struct{}
@@ -42,12 +50,14 @@ func WithOriginalDst(ctx context.Context, addr netip.AddrPort) context.Context {
 }
 
 // Transparent returns the handler of redirected HTTP/1.x and h2c connections
-// (their server's ConnContext calls WithOriginalDst). A request is named,
-// for its policy, breaker, metrics and logs, by its Host header as on the
-// explicit proxy, on the port the app connected to; it is sent to the
-// original destination, never to a new resolution of Host, so the app
-// reaches the address it chose (a ClusterIP, say) through the sidecar;
-// when the control plane sent endpoints for the Service Host names, it is
+// (their server's ConnContext calls WithOriginalDst). The original
+// destination decides which Service a request is for, for its policy,
+// breaker, metrics, logs and balancing: a Service's ClusterIP:port names
+// that Service whatever the Host; else the Host header names it, on the
+// port the app connected to, unless it names a Service the app did not
+// connect to (vipTable.authority). Without endpoints it is sent
+// to the original destination, never to a new resolution of Host; when
+// the control plane sent endpoints for the Service it names, it is
 // balanced over them (pickEndpoint).
 func (h *Handler) Transparent() http.Handler { return transparentHandler{h} }
 
@@ -55,21 +65,27 @@ type transparentHandler struct{ h *Handler }
 
 func (t transparentHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rd, _ := r.Context().Value(redirectKey{}).(*redirect)
+	if rd != nil && rd.dests.Load() == nil {
+		rd.dests.Store(t.h.dests)
+	}
 	t.h.serve(w, r, rd)
 }
 
-// authority names a redirected request's destination: the Host header's
-// name on the original destination's port, or the address itself without
-// a Host.
+// authority names a redirected request's destination
+// (vipTable.authority): a Service by its ClusterIP:port, else
+// the Host header's name on the original destination's port, or the
+// address itself.
 func (rd *redirect) authority(r *http.Request) (string, error) {
 	if r.URL.Host != "" || r.URL.Scheme != "" || r.URL.Opaque != "" || r.Method == http.MethodConnect {
 		// Detection relays a connection to another proxy as opaque TCP;
 		// this is a later request on an HTTP connection changing its mind.
 		return "", errors.New("request target " + echo.Quote(r.RequestURI) + " on a redirected connection: send origin-form requests (a path) with a Host header")
 	}
+	d := rd.dests.Load() // set: serve got rd from Transparent
+	vips := d.eps.vips.Load()
 	// An HTTP/2 connection serves its streams at once: no cache.
 	h2 := r.ProtoMajor >= 2
-	if !h2 && r.Host == rd.lastHost && rd.lastAuthority != "" {
+	if !h2 && r.Host == rd.lastHost && vips == rd.lastVIPs && rd.lastAuthority != "" {
 		return rd.lastAuthority, nil
 	}
 	host := r.Host
@@ -77,12 +93,9 @@ func (rd *redirect) authority(r *http.Request) (string, error) {
 		host = host[:strings.LastIndexByte(host, ':')]
 	}
 	host = strings.Trim(host, "[]")
-	a := rd.text
-	if host != "" {
-		a = net.JoinHostPort(host, rd.port)
-	}
+	a := vips.authority(rd.addr, rd.text, host, rd.port, d.namespace)
 	if !h2 {
-		rd.lastHost, rd.lastAuthority = r.Host, a
+		rd.lastHost, rd.lastAuthority, rd.lastVIPs = r.Host, a, vips
 	}
 	return a, nil
 }

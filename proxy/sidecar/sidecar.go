@@ -437,8 +437,9 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 				}
 				return err
 			},
-			ApplyEndpoints: s.applyEndpoints,
-			Refused:        s.refusedXDS,
+			ApplyEndpoints:  s.applyEndpoints,
+			ApplyClusterIPs: s.outbound.SetClusterIPs,
+			Refused:         s.refusedXDS,
 		}
 		go c.Run(watchCtx)
 		wait := time.NewTimer(s.cfg.XDSInitialTimeout)

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -70,6 +71,12 @@ type Client struct {
 	// (EDS, wildcard) and installs those of a response, keyed by
 	// EndpointName; its error NACKs it. Nil: no endpoints are asked for.
 	ApplyEndpoints func(eps map[string][]Endpoint, version string) error
+	// ApplyClusterIPs, when set with ApplyEndpoints, gets the Services'
+	// own addresses (ClusterIPName) of every EDS response that
+	// ApplyEndpoints took: ClusterIP:port → the EDS resource name of
+	// that Service port. An address two resources claim is in neither.
+	// A control plane that sends none gives an empty map.
+	ApplyClusterIPs func(ips map[netip.AddrPort]string)
 	// Refused, when set, hears of every response refused (NACK), once
 	// per content refused ("policies" or "endpoints", and the reason
 	// sent in the NACK), whether the response did not decode or Apply or
@@ -312,9 +319,12 @@ func (c *Client) applyClusters(resp *discoveryResponse) (string, int, error) {
 
 // applyEndpoints decodes an EDS response and hands it to ApplyEndpoints.
 func (c *Client) applyEndpoints(resp *discoveryResponse) (string, int, error) {
-	eps, n, version, err := decodeEndpoints(resp.resources)
+	eps, ips, n, version, err := decodeEDS(resp.resources)
 	if err == nil {
 		err = c.ApplyEndpoints(eps, version)
+	}
+	if err == nil && c.ApplyClusterIPs != nil {
+		c.ApplyClusterIPs(ips)
 	}
 	return version, n, err
 }
@@ -367,35 +377,60 @@ func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
 // more than MaxEndpoints in all refuse the whole response: the sidecar
 // keeps its last good set rather than balance over part of one.
 func decodeEndpoints(resources []resource) (map[string][]Endpoint, int, string, error) {
+	eps, _, n, version, err := decodeEDS(resources)
+	return eps, n, version, err
+}
+
+// decodeEDS is decodeEndpoints with the Services' own addresses too
+// (ClusterIPName): ClusterIP:port → resource name. An address two
+// resources claim is left out of ips: Kubernetes gives a ClusterIP to one
+// Service at a time, and a wrong Service's policy is worse than the
+// Host rule (docs/interception.md, "HTTP/1.x").
+func decodeEDS(resources []resource) (map[string][]Endpoint, map[netip.AddrPort]string, int, string, error) {
 	h := sha256.New()
 	for _, a := range resources {
 		h.Write(a.value)
 	}
 	version := hex.EncodeToString(h.Sum(nil))[:16]
 	out := make(map[string][]Endpoint, len(resources))
+	ips := map[netip.AddrPort]string{}
+	var claimedTwice []netip.AddrPort
 	n := 0
 	for _, a := range resources {
 		if !isType(a.typeURL, endpointType) {
-			return nil, 0, version, fmt.Errorf("resource %s: not a %s", a.typeURL, endpointType)
+			return nil, nil, 0, version, fmt.Errorf("resource %s: not a %s", a.typeURL, endpointType)
 		}
 		var cla loadAssignment
 		if err := cla.unmarshal(a.value); err != nil {
-			return nil, 0, version, fmt.Errorf("resource %s: %w", a.typeURL, err)
+			return nil, nil, 0, version, fmt.Errorf("resource %s: %w", a.typeURL, err)
 		}
 		name := cla.name
 		if _, dup := out[name]; dup {
-			return nil, 0, version, fmt.Errorf("endpoints %q: twice in one response", name)
+			return nil, nil, 0, version, fmt.Errorf("endpoints %q: twice in one response", name)
 		}
 		eps, err := fromLoadAssignment(&cla)
 		if err != nil {
-			return nil, 0, version, err
+			return nil, nil, 0, version, err
 		}
 		if n += len(eps); n > MaxEndpoints {
-			return nil, 0, version, fmt.Errorf("endpoints %q: more than %d endpoints in one response", name, MaxEndpoints)
+			return nil, nil, 0, version, fmt.Errorf("endpoints %q: more than %d endpoints in one response", name, MaxEndpoints)
 		}
 		out[name] = eps
+		vips, err := clusterIPs(&cla)
+		if err != nil {
+			return nil, nil, 0, version, err
+		}
+		for _, ip := range vips {
+			if other, dup := ips[ip]; dup && other != name {
+				claimedTwice = append(claimedTwice, ip)
+			}
+			ips[ip] = name
+		}
 	}
-	return out, n, version, nil
+	for _, ip := range claimedTwice {
+		delete(ips, ip)
+	}
+	return out, ips, n, version, nil
 }
 
 // isType says whether an Any's type URL names the same message as want,

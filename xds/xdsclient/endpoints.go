@@ -34,6 +34,18 @@ const MaxEndpoints = 20000
 // it, as under MaxEndpoints.
 const MaxEndpointBytes = 3 << 20
 
+// ClusterIPName is the key, in a ClusterLoadAssignment's
+// named_endpoints, of the Service's own addresses: an Endpoint whose
+// address is the Service's first ClusterIP (spec.clusterIPs[0]) on the
+// resource's port, and whose additional_addresses are the others (the
+// second family of a dual-stack Service). A headless or ExternalName
+// Service has none, and neither do the resources of a control plane that
+// predates them. The sidecar names a redirected connection to one of them
+// by its Service (docs/interception.md, "HTTP/1.x"); they are never
+// balanced over. Envoy leaves named_endpoints unused, and a client that
+// does not know the field skips it.
+const ClusterIPName = "cluster-ip"
+
 // Endpoint is one address of a Service port, as the sidecar balances
 // over it.
 type Endpoint struct {
@@ -144,6 +156,35 @@ func fromLoadAssignment(cla *loadAssignment) ([]Endpoint, error) {
 			at[e.Addr] = len(out)
 			out = append(out, e)
 		}
+	}
+	return out, nil
+}
+
+// clusterIPs are the Service's addresses that cla carries
+// (ClusterIPName), checked as the endpoints are: IP literals on the
+// resource's own port. Addresses no Service may have (not Dialable) are
+// left out.
+func clusterIPs(cla *loadAssignment) ([]netip.AddrPort, error) {
+	if len(cla.clusterIPs) == 0 {
+		return nil, nil
+	}
+	_, port, _ := strings.Cut(cla.name, ":") // checked by fromLoadAssignment
+	var out []netip.AddrPort
+	for _, a := range cla.clusterIPs {
+		if !a.hasSocket {
+			return nil, fmt.Errorf("endpoints %q: a cluster IP without a socket address", cla.name)
+		}
+		ip, err := netip.ParseAddr(a.address)
+		if err != nil || ip.Zone() != "" {
+			return nil, fmt.Errorf("endpoints %q: cluster IP %q is not an IP literal", cla.name, a.address)
+		}
+		if strconv.Itoa(int(a.port)) != port {
+			return nil, fmt.Errorf("endpoints %q: cluster IP %s on port %d, not the Service's %s", cla.name, ip, a.port, port)
+		}
+		if !Dialable(ip) {
+			continue
+		}
+		out = append(out, netip.AddrPortFrom(ip.Unmap(), uint16(a.port)))
 	}
 	return out, nil
 }

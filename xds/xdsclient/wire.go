@@ -396,6 +396,9 @@ func decodeList(b []byte, depth int) ([]any, error) {
 type loadAssignment struct {
 	name       string
 	localities []locality
+	// clusterIPs are the addresses of named_endpoints[ClusterIPName]:
+	// the Service's own, not endpoints to balance over.
+	clusterIPs []lbEndpoint
 }
 
 type locality struct {
@@ -454,6 +457,16 @@ func (l *loadAssignment) unmarshal(b []byte) error {
 				return err
 			})
 			l.localities = append(l.localities, loc)
+		case 5: // named_endpoints: map<string, Endpoint>
+			if err = msg(num, typ); err != nil {
+				return err
+			}
+			key, val, err := mapEntry(bs)
+			if err != nil || key != ClusterIPName {
+				return err
+			}
+			l.clusterIPs, err = clusterIPsOf(val)
+			return err
 		}
 		return err
 	})
@@ -473,22 +486,7 @@ func (e *lbEndpoint) unmarshal(b []byte) error {
 				if err := msg(num, typ); err != nil {
 					return err
 				}
-				return fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
-					switch num {
-					case 1:
-						if err := msg(num, typ); err != nil {
-							return err
-						}
-						e.hasSocket = true
-						return e.socketAddress(bs)
-					case 2, 3: // pipe, envoy_internal_address
-						if err := msg(num, typ); err != nil {
-							return err
-						}
-						e.hasSocket, e.address, e.port = false, "", 0
-					}
-					return nil
-				})
+				return e.addressOf(bs)
 			})
 		case 5: // endpoint_name: the other host identifier
 			if _, err = str(num, typ, bs); err == nil {
@@ -501,6 +499,69 @@ func (e *lbEndpoint) unmarshal(b []byte) error {
 		}
 		return err
 	})
+}
+
+// addressOf reads an Address{socket_address = 1, pipe = 2,
+// envoy_internal_address = 3}: the last one set wins, as with a oneof.
+func (e *lbEndpoint) addressOf(b []byte) error {
+	return fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
+		switch num {
+		case 1:
+			if err := msg(num, typ); err != nil {
+				return err
+			}
+			e.hasSocket = true
+			return e.socketAddress(bs)
+		case 2, 3: // pipe, envoy_internal_address
+			if err := msg(num, typ); err != nil {
+				return err
+			}
+			e.hasSocket, e.address, e.port = false, "", 0
+		}
+		return nil
+	})
+}
+
+// clusterIPsOf reads the named endpoint ClusterIPName, an
+// envoy.config.endpoint.v3.Endpoint{address = 1, additional_addresses =
+// 4: AdditionalAddress{address = 1}}: its address, then each additional
+// one (a dual-stack Service's other family).
+func clusterIPsOf(b []byte) ([]lbEndpoint, error) {
+	var first *lbEndpoint
+	var more []lbEndpoint
+	err := fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
+		switch num {
+		case 1:
+			if err := msg(num, typ); err != nil {
+				return err
+			}
+			if first == nil {
+				first = new(lbEndpoint)
+			}
+			return first.addressOf(bs) // a message set twice merges
+		case 4:
+			if err := msg(num, typ); err != nil {
+				return err
+			}
+			var e lbEndpoint
+			err := fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
+				if num != 1 {
+					return nil
+				}
+				if err := msg(num, typ); err != nil {
+					return err
+				}
+				return e.addressOf(bs)
+			})
+			more = append(more, e)
+			return err
+		}
+		return nil
+	})
+	if first != nil {
+		more = append([]lbEndpoint{*first}, more...)
+	}
+	return more, err
 }
 
 // socketAddress reads SocketAddress{address = 2, port_value = 3,
