@@ -13,8 +13,27 @@ import (
 	"net/http"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/minimesh/minimesh/internal/promtext"
+)
+
+// The admin server's time bounds (its http.Server's ReadTimeout and
+// WriteTimeout; docs/operations.md, "Limits and failure behaviour"). The
+// port is on the pod network, so no request may hold its connection
+// without end: a body trickled in, or answers never read (a pipeline of
+// requests whose client does not read held the port shut, with the
+// connection cap's eviction, before 2026-12-05). A probe or a scrape
+// reads and is answered in milliseconds; Prometheus's own scrape_timeout
+// is 10 s. A CPU profile or trace extends both by its duration
+// (extendDeadlines).
+const (
+	// ReadTimeout bounds a request from its first byte to its body's end.
+	ReadTimeout = 10 * time.Second
+	// WriteTimeout bounds an answer, from the end of its request's
+	// headers to its last byte written; each request of a pipeline has
+	// its own.
+	WriteTimeout = 10 * time.Second
 )
 
 // Breakers is what the admin server needs of the outbound path.

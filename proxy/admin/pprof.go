@@ -49,6 +49,26 @@ func profileSeconds(r *http.Request, def float64, whole bool) (time.Duration, er
 	return time.Duration(sec * float64(time.Second)), nil
 }
 
+// extendDeadlines gives an answer that begins only after d (a CPU
+// profile, a trace) d more than its server's ReadTimeout and WriteTimeout
+// (ResponseController), as net/http/pprof's users must: the write
+// deadline would cut the profile, and the read deadline, passing while
+// the handler waits, would cancel its request.
+func extendDeadlines(w http.ResponseWriter, r *http.Request, d time.Duration) {
+	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
+	if srv == nil {
+		return
+	}
+	rc := http.NewResponseController(w)
+	now := time.Now()
+	if srv.WriteTimeout > 0 {
+		_ = rc.SetWriteDeadline(now.Add(d + srv.WriteTimeout))
+	}
+	if srv.ReadTimeout > 0 {
+		_ = rc.SetReadDeadline(now.Add(d + srv.ReadTimeout))
+	}
+}
+
 // sleepFor waits d, or until the client goes away.
 func sleepFor(r *http.Request, d time.Duration) {
 	t := time.NewTimer(d)
@@ -89,6 +109,7 @@ func serveCPUProfile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	binaryHeaders(w, "profile")
+	extendDeadlines(w, r, d)
 	if err := pprof.StartCPUProfile(w); err != nil {
 		// Another profile is running: the headers are not sent yet.
 		profileError(w, http.StatusInternalServerError, "could not start the CPU profile: "+err.Error())
@@ -107,6 +128,7 @@ func serveTrace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	binaryHeaders(w, "trace")
+	extendDeadlines(w, r, d)
 	if err := trace.Start(w); err != nil {
 		profileError(w, http.StatusInternalServerError, "could not start the trace: "+err.Error())
 		return

@@ -40,12 +40,14 @@ type shared struct {
 	changed chan struct{} // a token when a connection closes, for Drain
 
 	// Share's: at most perSource places per peer address (bySource,
-	// under mu), and evict, a newcomer at the cap takes a waiting
-	// connection's place. now reads the clock (tests set it).
-	perSource int
-	bySource  map[netip.Addr]int
-	evict     bool
-	now       func() time.Time
+	// under mu), and evict, a newcomer at the cap takes another
+	// connection's place (shared.go); stuckGrace, how long a write may
+	// wait for its peer before that. now reads the clock (tests set it).
+	perSource  int
+	bySource   map[netip.Addr]int
+	evict      bool
+	stuckGrace time.Duration
+	now        func() time.Time
 }
 
 // New wraps ln, holding at most max connections at once (max <= 0: no
@@ -118,7 +120,7 @@ func (l *Listener) acceptShared(tc *net.TCPConn) *Conn {
 		return nil
 	}
 	if l.max > 0 && l.open.Load() >= l.max {
-		if evicted = l.waited(now); evicted == nil {
+		if evicted = l.victim(now, src); evicted == nil {
 			l.releaseSource(src)
 			l.mu.Unlock()
 			l.refuse(tc)
@@ -171,10 +173,12 @@ type Conn struct {
 	release sync.Once
 	// io reads and writes with raw system calls (nil: the TCPConn's own).
 	io *rawio.IO
-	// src and since are Share's: the peer's address, and when the state
-	// last changed (unix nanoseconds).
-	src   netip.Addr
-	since atomic.Int64
+	// src, since and writing are Share's: the peer's address, when the
+	// state last changed, and when the write under way began (unix
+	// nanoseconds; 0: none).
+	src     netip.Addr
+	since   atomic.Int64
+	writing atomic.Int64
 
 	// idleSeen and idleSince belong to Drain's goroutine: the state word
 	// when the connection was first seen idle, and when.
@@ -192,6 +196,20 @@ func (c *Conn) Read(p []byte) (int, error) {
 
 // Write writes to the connection.
 func (c *Conn) Write(p []byte) (int, error) {
+	if c.l.evict {
+		return c.writeTimed(p)
+	}
+	if c.io == nil {
+		return c.TCPConn.Write(p)
+	}
+	return c.io.Write(p)
+}
+
+// writeTimed is Write where Share asks: it records when the write began,
+// so that one stuck waiting for its peer to read can be told (stuck).
+func (c *Conn) writeTimed(p []byte) (int, error) {
+	c.writing.Store(c.l.now().UnixNano())
+	defer c.writing.Store(0)
 	if c.io == nil {
 		return c.TCPConn.Write(p)
 	}

@@ -22,3 +22,16 @@ func pending(c *net.TCPConn) bool {
 	})
 	return n > 0
 }
+
+// setBuffers sets ln's send and receive buffers to n bytes each, for the
+// connections it accepts to inherit (best effort).
+func setBuffers(ln *net.TCPListener, n int) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, n)
+		_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, n)
+	})
+}

@@ -286,7 +286,10 @@ func Listen(cfg Config) (*Sidecar, error) {
 	s.outLn = connlimit.New(outLn.(*net.TCPListener), cfg.MaxConnections)
 	s.adminLn = connlimit.New(adminLn.(*net.TCPListener), cfg.AdminMaxConnections)
 	// Anyone on the pod network reaches it, and the kubelet's probes must
-	// get through: no peer holds every place.
+	// get through: no peer holds every place, and at the cap a newcomer
+	// takes the place of a connection waiting for a request, stuck
+	// writing to a peer that does not read, or of the peer address over
+	// its fair share (connlimit.Listener.Share).
 	s.adminLn.Share(cfg.AdminMaxConnectionsPerSource)
 	// Nothing sent through the sidecar may reach its own listeners.
 	s.outbound.AddListener(s.outLn.Addr())
@@ -372,6 +375,12 @@ func Listen(cfg Config) (*Sidecar, error) {
 	s.adminSrv = &http.Server{
 		Handler:           s.admin,
 		ReadHeaderTimeout: ReadHeaderTimeout,
+		// On the pod network no request holds its connection without
+		// end: a body trickled in, or answers never read (with the cap's
+		// eviction of stuck writers, Share; the profiler's long answers
+		// extend these).
+		ReadTimeout:  admin.ReadTimeout,
+		WriteTimeout: admin.WriteTimeout,
 		// As every listener's: net/http's default of 1 MiB let 60
 		// connections from the pod network hold 100 MB of headers.
 		MaxHeaderBytes: outbound.MaxHeaderBytes,
