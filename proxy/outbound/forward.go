@@ -360,8 +360,8 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	// One try's body at a time (the retry loop closes one before the next
 	// try): it lives in the request's state, not an allocation of its own.
 	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, ep: ep, epStart: epStart, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel}
-	if st.grpc && resp.StatusCode == http.StatusOK && st.grpcStatus < 0 {
-		st.body.grpc = resp // the status comes in its trailers
+	if st.grpc && grpcContentType(resp.Header) {
+		st.body.grpc = resp // the status comes in its trailers, if any (countedStatus)
 	}
 	resp.Body = &st.body
 	return resp, 0, nil, nil
@@ -468,10 +468,19 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	}
 	if err == io.EOF {
 		if b.grpc != nil {
-			// A gRPC response that ends without grpc-status is what grpc-go
-			// calls INTERNAL.
-			g := grpcStatusOf(b.grpc.Trailer.Get("Grpc-Status"))
-			if g < 0 {
+			// What its client reads (docs/grpc.md, "Status mapping"): a
+			// message cut short is INTERNAL whatever follows (grpc-go's
+			// recvMsg, io.ErrUnexpectedEOF); else the trailers' last
+			// grpc-status (grpcStatusIn), also after headers that had one
+			// (content-length: 0 is no END_STREAM); else a trailers-only
+			// answer's status, and INTERNAL for a stream that ended
+			// without trailers.
+			g := b.st.grpcStatus
+			if b.pfx != 0 {
+				g = grpcInternal
+			} else if grpcTrailed(b.grpc.Trailer) {
+				g = grpcStatusIn(b.grpc.Trailer["Grpc-Status"])
+			} else if g < 0 {
 				g = grpcInternal
 			}
 			b.st.grpcStatus = g
@@ -716,22 +725,32 @@ func reason(resp *http.Response, st *reqState, class policy.Class) string {
 }
 
 // countedStatus is the HTTP status a response counts as for failOn and
-// retryOn: its own, or for a gRPC call answered trailers-only (the
-// status in the headers, as a server that fails at once answers), the
-// HTTP equivalent of its grpc-status. It records the gRPC status.
+// retryOn: its own, or for a gRPC call the HTTP equivalent of the gRPC
+// status its client reads (grpc-go's operateHeaders), which it records:
+// an answer whose content-type is not gRPC is read from its HTTP status
+// (a 200's as UNKNOWN, the others' left to grpcFromHTTP); a gRPC one's
+// HTTP status is not read, and its status is the last grpc-status of a
+// trailers-only answer (ContentLength 0: Go's transport saw END_STREAM
+// on the headers, as a server that fails at once answers), or of the
+// trailers to come (upstreamBody), never of headers that a body follows.
 func countedStatus(resp *http.Response, st *reqState) int {
-	if !st.grpc || resp.StatusCode != http.StatusOK {
+	if !st.grpc {
 		return resp.StatusCode
 	}
 	if st.grpcStatus < 0 {
-		if v := resp.Header["Grpc-Status"]; len(v) > 0 {
-			st.grpcStatus = grpcStatusOf(v[0])
+		switch {
+		case !grpcContentType(resp.Header):
+			if resp.StatusCode != http.StatusOK {
+				return resp.StatusCode
+			}
+			st.grpcStatus = grpcUnknown
+		case resp.ContentLength == 0:
+			st.grpcStatus = grpcStatusIn(resp.Header["Grpc-Status"])
+		default:
+			return http.StatusOK // judged at the body's end
 		}
 	}
-	if st.grpcStatus >= 0 {
-		return grpcEquivalent(st.grpcStatus)
-	}
-	return http.StatusOK
+	return grpcEquivalent(st.grpcStatus)
 }
 
 // sleep waits d unless ctx ends or the deadline (zero: none) comes first.

@@ -83,6 +83,57 @@ func grpcStatusOf(v string) int {
 	return n
 }
 
+// grpcStatusIn is the status a gRPC client reads from the grpc-status
+// fields vs of trailers (or of a trailers-only answer's headers), as
+// grpc-go reads them (operateHeaders, internal/transport/http2_client.go):
+// each field overwrites the one before, so the last one's; UNKNOWN when
+// there is none, and at once for one that is not a number (ParseInt,
+// 32 bits, as grpc-go parses it), wherever it is. grpc-java's
+// Metadata.get takes the last value too. A number that is no code is
+// UNKNOWN (grpcStatusOf).
+func grpcStatusIn(vs []string) int {
+	if len(vs) == 0 {
+		return grpcUnknown
+	}
+	for _, v := range vs {
+		if _, err := strconv.ParseInt(v, 10, 32); err != nil {
+			return grpcUnknown
+		}
+	}
+	return grpcStatusOf(vs[len(vs)-1])
+}
+
+// grpcContentType reports whether a response is a gRPC answer to its
+// client: one of its content-type fields is application/grpc, or that
+// followed by '+' or ';', compared exactly (grpc-go's
+// grpcutil.ContentSubtype, applied to each field by operateHeaders).
+// Any other answer, a 200 included, is read from its HTTP status
+// (grpcFromHTTP: a 200's as UNKNOWN), whatever grpc-status it carries;
+// a gRPC answer's HTTP status is not read at all.
+func grpcContentType(h http.Header) bool {
+	const p = "application/grpc"
+	for _, ct := range h["Content-Type"] {
+		if len(ct) >= len(p) && ct[:len(p)] == p && (len(ct) == len(p) || ct[len(p)] == '+' || ct[len(p)] == ';') {
+			return true
+		}
+	}
+	return false
+}
+
+// grpcTrailed reports whether a response's trailers hold a field, so
+// that the app's HTTP/2 server sends them as a HEADERS frame: its client
+// then reads the status in them (grpcStatusIn), UNKNOWN without one;
+// with none, the stream ends on a DATA frame, which grpc-go reads as
+// INTERNAL ("server closed the stream without sending trailers").
+func grpcTrailed(tr http.Header) bool {
+	for _, v := range tr {
+		if len(v) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // grpcEquivalent is the HTTP status a gRPC status counts as.
 func grpcEquivalent(code int) int {
 	if code >= 0 && code < len(grpcHTTP) {

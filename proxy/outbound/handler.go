@@ -784,6 +784,14 @@ func (h *Handler) logAccess(r *http.Request, st *reqState) {
 // request sent straight to the listener).
 func target(r *http.Request) (string, error) {
 	host, scheme := r.URL.Host, r.URL.Scheme
+	if r.ProtoMajor != 1 && (host != "" || scheme != "") && host != r.Host {
+		// An HTTP/2 request names its destination in :authority, and its
+		// :path is origin form (RFC 9113 §8.3.1): "http://other/x" there
+		// would send it elsewhere than its :authority says. (One whose
+		// URL names its Host, as httptest.NewRequest makes them, goes
+		// where it says.)
+		return "", errors.New(":path " + echo.Quote(r.RequestURI) + " is not a path: an HTTP/2 request names its destination in :authority, its :path is origin-form (RFC 9113 §8.3.1)")
+	}
 	if host == "" {
 		if scheme != "" || r.URL.Opaque != "" {
 			// "GET ok:80" or "GET mailto:x@y": not a path, and not an
@@ -826,8 +834,8 @@ func defaultPortHost(r *http.Request) (string, bool) {
 			return "", false
 		}
 		host = r.Host
-	} else if r.URL.Scheme != "http" {
-		return "", false
+	} else if r.URL.Scheme != "http" || r.ProtoMajor != 1 {
+		return "", false // target's to refuse, or to read
 	}
 	if host == "" || strings.IndexByte(host, ':') >= 0 || strings.IndexByte(host, '[') >= 0 || strings.IndexByte(host, ']') >= 0 {
 		return "", false
