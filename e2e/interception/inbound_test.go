@@ -304,6 +304,39 @@ func TestInbound(t *testing.T) {
 		}
 	})
 
+	t.Run("HTTP/1.0 Transfer-Encoding refused", func(t *testing.T) {
+		// net/http ignores Transfer-Encoding in HTTP/1.0 (golang/go#12785):
+		// the app got the POST without its body, then the body as a
+		// second request. One 400, then the connection's end.
+		c, err := p.dial(podV4.String() + ":8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "POST /te10 HTTP/1.0\r\nHost: app\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"GET /te10-smuggled HTTP/1.1\r\nHost: app\r\n\r\n")
+		br := bufio.NewReader(c)
+		var codes []int
+		for {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				break
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes = append(codes, resp.StatusCode)
+		}
+		if len(codes) != 1 || codes[0] != http.StatusBadRequest {
+			t.Errorf("answers %v before the connection ended, want one 400", codes)
+		}
+		select {
+		case s := <-p.seen: // an answer from the app would have come after it saw this
+			t.Errorf("the app saw %s", s.path)
+		default:
+		}
+	})
+
 	t.Run("opaque TCP", func(t *testing.T) {
 		c, err := p.dial(podV4.String() + ":7070")
 		if err != nil {

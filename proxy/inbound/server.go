@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/proxy/connlimit"
+	"github.com/minimesh/minimesh/proxy/leanhttp"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/transparent"
 )
@@ -63,12 +64,12 @@ func NewServer(ln *connlimit.Listener, h *Handler, cfg ServerConfig) *Server {
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		ConnState: func(c net.Conn, st http.ConnState) {
-			if tc, ok := c.(*transparent.Conn); ok {
+			if tc, ok := transparent.Under(c); ok {
 				ln.ConnState(tc.Conn, st)
 			}
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if tc, ok := c.(*transparent.Conn); ok {
+			if tc, ok := transparent.Under(c); ok {
 				return h.WithOriginalDst(ctx, tc.Original)
 			}
 			return ctx
@@ -159,7 +160,10 @@ func (l ownPorts) Accept() (net.Conn, error) {
 			continue
 		}
 		if ok && !l.h.own(tc.Original) {
-			return c, nil
+			// net/http takes an HTTP/1.0 request's Transfer-Encoding for
+			// none, and would pass its body on as the next request to the
+			// app: the guard refuses it (leanhttp.TE10Guard).
+			return leanhttp.GuardConn(c), nil
 		}
 		if ok {
 			l.h.log.Debug("inbound connection to the sidecar's own port refused", "original_dst", tc.Original.String(), "client", c.RemoteAddr().String())

@@ -964,6 +964,9 @@ type handoffConn struct {
 	// from the hand-off, would otherwise give a slow head up to twice
 	// the time net/http alone allows.
 	headDL time.Time
+	// te10 refuses HTTP/1.0 requests with Transfer-Encoding, which
+	// net/http would take without their bodies (TE10Guard).
+	te10 TE10Guard
 }
 
 func (c *handoffConn) SetReadDeadline(t time.Time) error {
@@ -977,15 +980,18 @@ func (c *handoffConn) SetReadDeadline(t time.Time) error {
 	return c.Conn.SetReadDeadline(t)
 }
 
-func (c *handoffConn) Read(p []byte) (int, error) {
-	if c.br != nil {
-		if c.br.Buffered() > 0 || c.cr.hasByte {
-			return c.br.Read(p)
+func (c *handoffConn) Read(p []byte) (n int, err error) {
+	if c.br != nil && (c.br.Buffered() > 0 || c.cr.hasByte) {
+		n, err = c.br.Read(p)
+	} else {
+		if c.br != nil {
+			c.br.drop()
+			c.br, c.cr = nil, nil
 		}
-		c.br.drop()
-		c.br, c.cr = nil, nil
+		n, err = c.Conn.Read(p)
 	}
-	return c.Conn.Read(p)
+	c.te10.Scan(p[:n]) // the loop's bytes too: they hold the head it handed off
+	return n, err
 }
 
 // Unwrap is the accepted connection, for hooks that look for their own

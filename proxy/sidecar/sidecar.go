@@ -344,12 +344,12 @@ func Listen(cfg Config) (*Sidecar, error) {
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       IdleTimeout,
 		ConnState: func(c net.Conn, st http.ConnState) {
-			if tc, ok := redirected(c); ok {
+			if tc, ok := transparent.Under(c); ok {
 				s.outLn.ConnState(tc.Conn, st)
 			}
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if tc, ok := redirected(c); ok {
+			if tc, ok := transparent.Under(c); ok {
 				return outbound.WithOriginalDst(ctx, tc.Original)
 			}
 			return ctx
@@ -485,11 +485,13 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 		}
 		go func() { errc <- s.redirLean.Serve(s.dispatch.HTTP()) }()
 	} else {
-		go func() { errc <- s.outSrv.Serve(s.dispatch.Wrap(s.outLn)) }()
+		// net/http alone takes an HTTP/1.0 request's Transfer-Encoding for
+		// none: the guard refuses it, as the lean loop does (leanhttp.TE10Guard).
+		go func() { errc <- s.outSrv.Serve(leanhttp.GuardListener(s.dispatch.Wrap(s.outLn))) }()
 		if s.outLn6 != nil {
-			go func() { errc <- s.outSrv.Serve(s.dispatch.Wrap(s.outLn6)) }()
+			go func() { errc <- s.outSrv.Serve(leanhttp.GuardListener(s.dispatch.Wrap(s.outLn6))) }()
 		}
-		go func() { errc <- s.redirSrv.Serve(s.dispatch.HTTP()) }()
+		go func() { errc <- s.redirSrv.Serve(leanhttp.GuardListener(s.dispatch.HTTP())) }()
 	}
 	if s.inbound != nil {
 		go func() { errc <- s.inbound.Serve() }()
@@ -680,22 +682,6 @@ func (s *Sidecar) applyEndpoints(eps map[string][]xdsclient.Endpoint, _ string) 
 	}
 	s.outbound.SetEndpoints(out)
 	return nil
-}
-
-// redirected finds the redirected connection under c: c itself, or the
-// connection a lean loop handed to net/http's server.
-func redirected(c net.Conn) (*transparent.Conn, bool) {
-	for c != nil {
-		if tc, ok := c.(*transparent.Conn); ok {
-			return tc, true
-		}
-		u, ok := c.(interface{ Unwrap() net.Conn })
-		if !ok {
-			return nil, false
-		}
-		c = u.Unwrap()
-	}
-	return nil, false
 }
 
 // otherLoopback is the loopback address of the other IP family on a's

@@ -1,0 +1,313 @@
+package leanhttp
+
+import (
+	"errors"
+	"math"
+	"net"
+)
+
+// TE10Guard follows the HTTP/1.x requests of one connection as the
+// standard server reads them (Scan on every read, in order) and spoils,
+// in place, each HTTP/1.0 request head that carries Transfer-Encoding,
+// so that net/http answers it 400 Bad Request and closes the connection.
+//
+// net/http ignores Transfer-Encoding in an HTTP/1.0 request
+// (golang/go#12785): it forwards the request without its body and, on a
+// kept-alive connection, reads the body's bytes as the next request, a
+// request smuggling primitive. RFC 9112 §6.1 says a server must treat
+// such framing as faulty and close the connection after its answer;
+// nginx and hyper answer 400. The guard turns the colon of every
+// Transfer-Encoding field of such a head into a space: a malformed field
+// line, which net/http refuses with 400 and "Connection: close" before
+// any handler runs, whatever the spelling or count of the fields
+// ("chunked", "Chunked", "gzip, chunked", two fields).
+//
+// To know where each head starts, it follows the bodies between them:
+// Content-Length bytes, and chunked framing (HTTP/1.1). It stops looking
+// (and passes every byte as it is) after a request that may turn the
+// connection into something else (CONNECT, Upgrade, the h2c preface) and
+// after framing
+// net/http refuses anyway, which closes the connection. It holds no
+// buffer: a few counters per connection.
+type TE10Guard struct {
+	state  uint8
+	method [8]byte // the request line's first bytes, for CONNECT
+	tail   [9]byte // the request line's last bytes (CR aside), for " HTTP/1.0"
+	line   int     // bytes of the current line so far
+	name   [17]byte
+	nlen   int  // bytes of the current field's name so far (up to len(name)+1)
+	inName bool // before the current field line's colon
+	field  uint8
+	// hadLine: the request line is behind (the head's fields follow).
+	hadLine bool
+	http10  bool
+	te      bool
+	up      bool // Upgrade or CONNECT: the connection may stop being HTTP
+	clSeen  bool
+	clBad   bool
+	cl      int64 // the Content-Length so far / of the head
+	val     int64 // the Content-Length field being read
+	valN    int   // its digits
+	valEnd  bool  // white space after its digits
+	left    int64 // body or chunk bytes to pass
+	sizeN   int   // digits of the chunk size line
+	sizeX   bool  // the chunk size ended (extension, white space)
+	crlf    uint8 // bytes of the CRLF after a chunk's data
+}
+
+// The guard's states.
+const (
+	gHead      = iota // in a request head (or before one)
+	gBody             // in a Content-Length body
+	gChunkSize        // in a chunk size line
+	gChunkData        // in a chunk's data
+	gChunkCRLF        // in the CRLF after a chunk's data
+	gTrailer          // in the trailer section of a chunked body
+	gOff              // not following any more
+)
+
+// Fields the guard reads.
+const (
+	fOther = iota
+	fTE
+	fCL
+	fUpgrade
+)
+
+// Scan follows p, the next bytes read from the connection, spoiling
+// what it must in place. Call it on every read, in order, before the
+// server sees the bytes.
+func (g *TE10Guard) Scan(p []byte) {
+	for i := 0; i < len(p); {
+		switch g.state {
+		case gOff:
+			return
+		case gBody, gChunkData:
+			n := int(min(g.left, int64(len(p)-i)))
+			g.left -= int64(n)
+			i += n
+			if g.left == 0 {
+				if g.state == gBody {
+					g.state = gHead
+				} else {
+					g.state, g.crlf = gChunkCRLF, 0
+				}
+			}
+			continue
+		case gChunkCRLF:
+			if c := p[i]; g.crlf == 0 && c != '\r' || g.crlf == 1 && c != '\n' {
+				g.state = gOff // net/http's malformed chunked encoding: it closes
+				return
+			}
+			if g.crlf++; g.crlf == 2 {
+				g.state, g.line = gChunkSize, 0
+			}
+		case gChunkSize:
+			g.chunkSize(p[i])
+		case gTrailer:
+			c := p[i]
+			if c == '\n' {
+				if g.line == 0 {
+					g.state = gHead // the body's end: the next request's head
+				}
+				g.line = 0
+			} else if c != '\r' || g.line > 0 {
+				g.line++
+			}
+		case gHead:
+			g.head(p, i)
+		}
+		i++
+	}
+}
+
+// chunkSize reads one byte of a chunk size line: hex digits, then an
+// extension or white space, up to LF.
+func (g *TE10Guard) chunkSize(c byte) {
+	switch {
+	case c == '\n':
+		if g.sizeN == 0 {
+			g.state = gOff
+			return
+		}
+		if g.left == 0 {
+			g.state, g.line = gTrailer, 0
+		} else {
+			g.state = gChunkData
+		}
+		g.sizeN, g.sizeX = 0, false
+	case g.sizeX || c == '\r':
+		g.sizeX = true
+	case c == ';' || c == ' ' || c == '\t':
+		g.sizeX = true
+	default:
+		d := unhex(c)
+		if g.sizeN == 0 {
+			g.left = 0
+		}
+		if d < 0 || g.sizeN >= 16 || g.left > math.MaxInt64>>4 { // not hex, or more than net/http takes
+			g.state = gOff
+			return
+		}
+		g.left = g.left<<4 | int64(d)
+		g.sizeN++
+	}
+}
+
+func unhex(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'a' <= c && c <= 'f':
+		return int(c - 'a' + 10)
+	case 'A' <= c && c <= 'F':
+		return int(c - 'A' + 10)
+	}
+	return -1
+}
+
+// head reads p[i], one byte of a request head.
+func (g *TE10Guard) head(p []byte, i int) {
+	c := p[i]
+	first := !g.hadLine
+	if c == '\n' {
+		g.endLine(first)
+		return
+	}
+	if c == '\r' {
+		return // before LF, or net/http's to refuse
+	}
+	if first {
+		if g.line < len(g.method) {
+			g.method[g.line] = c
+		}
+		copy(g.tail[:], g.tail[1:])
+		g.tail[len(g.tail)-1] = c
+		g.line++
+		return
+	}
+	if g.line == 0 {
+		g.inName, g.nlen, g.field = true, 0, fOther
+		g.val, g.valN, g.valEnd = 0, 0, false
+	}
+	g.line++
+	if g.inName {
+		if c != ':' {
+			if g.nlen < len(g.name) {
+				g.name[g.nlen] = lower(c)
+			}
+			g.nlen++
+			return
+		}
+		g.inName = false
+		switch n := string(g.name[:min(g.nlen, len(g.name))]); {
+		case g.nlen == 17 && n == "transfer-encoding":
+			g.field, g.te = fTE, true
+			if g.http10 {
+				p[i] = ' ' // net/http: malformed field line, 400 and close
+			}
+		case g.nlen == 14 && n == "content-length":
+			g.field = fCL
+		case g.nlen == 7 && n == "upgrade":
+			g.up = true
+		}
+		return
+	}
+	if g.field == fCL {
+		switch {
+		case c == ' ' || c == '\t':
+			g.valEnd = g.valN > 0
+		case '0' <= c && c <= '9' && !g.valEnd && g.valN < 18:
+			g.val = g.val*10 + int64(c-'0')
+			g.valN++
+		default:
+			g.clBad = true // net/http refuses it
+		}
+	}
+}
+
+// endLine ends a line of the head.
+func (g *TE10Guard) endLine(first bool) {
+	if first {
+		if g.line == 0 {
+			return // an empty line before the request line
+		}
+		g.http10 = string(g.tail[:]) == " HTTP/1.0"
+		// CONNECT, and a version but HTTP/1.x (the h2c preface, "PRI *
+		// HTTP/2.0"), may be followed by bytes of another protocol.
+		g.up = string(g.method[:]) == "CONNECT " || string(g.tail[:8]) != " HTTP/1."
+		g.hadLine, g.line = true, 0
+		return
+	}
+	if g.line > 0 {
+		if g.field == fCL && !g.inName {
+			if g.valN == 0 || g.clSeen && g.val != g.cl {
+				g.clBad = true
+			}
+			g.cl, g.clSeen = g.val, true
+		}
+		g.line = 0
+		return
+	}
+	// The blank line: the head's end.
+	switch {
+	case g.up || g.clBad || g.te && g.http10:
+		g.state = gOff // another protocol, or net/http's 400 and close
+	case g.te:
+		g.state, g.line, g.left, g.sizeN, g.sizeX = gChunkSize, 0, 0, 0, false
+	case g.clSeen && g.cl > 0:
+		g.state, g.left = gBody, g.cl
+	}
+	*g = TE10Guard{state: g.state, left: g.left} // the next head starts afresh
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// guardedConn is a connection whose reads a TE10Guard follows.
+type guardedConn struct {
+	net.Conn
+	g TE10Guard
+}
+
+// GuardConn returns c with a TE10Guard on its reads, for a standard
+// server that does not read through the lean loop (--server=std, the
+// inbound listener). Unwrap gives c back, for hooks that look for their
+// own type.
+func GuardConn(c net.Conn) net.Conn { return &guardedConn{Conn: c} }
+
+func (c *guardedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.g.Scan(p[:n])
+	return n, err
+}
+
+// Unwrap is the guarded connection.
+func (c *guardedConn) Unwrap() net.Conn { return c.Conn }
+
+// CloseWrite half-closes the guarded connection, for the tunnels and
+// relays that take it over after a CONNECT or an Upgrade.
+func (c *guardedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+// GuardListener guards every connection ln accepts (GuardConn), for a
+// net/http server that serves without the lean loop.
+func GuardListener(ln net.Listener) net.Listener { return guardedListener{ln} }
+
+type guardedListener struct{ net.Listener }
+
+func (l guardedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return GuardConn(c), nil
+}
