@@ -59,8 +59,8 @@ type Config struct {
 	OwnPorts []uint16
 	// ConnectTimeout bounds connecting to the app (0: 5 s).
 	ConnectTimeout time.Duration
-	// TCPIdleTimeout closes an opaque relay idle this long (0:
-	// outbound.DefaultTCPIdleTimeout).
+	// TCPIdleTimeout closes an opaque relay or an upgraded connection
+	// idle this long (0: outbound.DefaultTCPIdleTimeout).
 	TCPIdleTimeout time.Duration
 	// MaxIdleConnsPerHost is how many kept-alive connections to one app
 	// port wait for reuse (0: 256).
@@ -281,6 +281,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // destination, with the caller's Host header, path and query as sent.
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	st := pr.In.Context().Value(stateKey{}).(*reqState)
+	if st.out.upgrade {
+		// Its 101's connection is relayed by the handler (relayUpgrade).
+		pr.Out = pr.Out.WithContext(outbound.TraceUpstreamConn(pr.Out.Context()))
+	}
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = st.c.text
 	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
@@ -324,7 +328,48 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	if resp.StatusCode != http.StatusSwitchingProtocols && (h.draining.Load() || resp.Close) {
 		resp.Header.Set("Connection", "close")
 	}
+	if resp.StatusCode == http.StatusSwitchingProtocols && st.out.upgrade {
+		if up := outbound.UpstreamConn(resp); up != nil {
+			h.relayUpgrade(st, resp, up)
+			return errUpgraded // the ReverseProxy's splice would drop how it ended
+		}
+	}
 	return nil
+}
+
+// errUpgraded tells serveError that relayUpgrade relayed and recorded an
+// upgraded connection: nothing to answer.
+var errUpgraded = errors.New("inbound: upgraded connection relayed")
+
+// relayUpgrade passes the app's 101 on to the caller and relays the
+// switched connection with the outbound path's (outbound.RelayUpgraded:
+// a reset passed on as a reset, the relays' idle limit), and records how
+// it ended, as outbound: its bytes both ways, its result in
+// minimesh_tcp_connections_total{direction="inbound"} and, when not ok,
+// the access log's and the span's error; the app's reset is a failure
+// after the 101 (the metric's 502), the caller's its leaving (499).
+func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
+	st.out.wrote = true // the 101, written by RelayUpgraded
+	u, err := outbound.RelayUpgraded(st.out.ResponseWriter, resp, up, st.c.metric.TCP(), h.cfg.TCPIdleTimeout)
+	if err != nil {
+		outbound.Abort(up)
+		st.code = statusClientClosed
+		st.c.metric.TCPConnection(outbound.RelayReset)
+		return
+	}
+	st.in.n.Add(u.Sent)
+	st.out.n += u.Received
+	result := u.Result
+	if result == outbound.RelayReset && h.closing.Load() {
+		result = outbound.RelayShutdown // the end of the drain closed it
+	}
+	st.c.metric.TCPConnection(result)
+	switch {
+	case result == outbound.RelayReset && u.ClientFailed:
+		st.code = statusClientClosed
+	case result != outbound.RelayOK:
+		st.errKind = result
+	}
 }
 
 // lateBody notes an app's response body that fails after its headers
@@ -358,6 +403,9 @@ func (e *badStatusError) Error() string {
 
 // serveError answers a request the app could not be reached for.
 func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
+	if err == errUpgraded {
+		return // relayed and recorded (relayUpgrade)
+	}
 	st := r.Context().Value(stateKey{}).(*reqState)
 	gone := errors.Is(err, context.Canceled) && r.Context().Err() != nil
 	bodyErr := st.in.failure()
@@ -441,7 +489,13 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 			st.errKind = outbound.RelayShutdown
 		}
 	}
-	st.c.metric.Observe(r.Method, st.code, st.headers.Sub(st.start).Seconds())
+	code := st.code
+	if code == http.StatusSwitchingProtocols && st.errKind == outbound.RelayReset {
+		// An upgraded connection the app reset (relayUpgrade): the
+		// failure it was, as a body cut short, not the 101's success.
+		code = http.StatusBadGateway
+	}
+	st.c.metric.Observe(r.Method, code, st.headers.Sub(st.start).Seconds())
 	if st.trace.Span != nil {
 		endSpan(st.trace.Span, st.code, st.errKind)
 	}
@@ -501,6 +555,14 @@ func endSpan(s trace.Span, code int, errKind string) {
 	case errKind != "" && code >= 500:
 		s.SetAttributes(attribute.Int("http.response.status_code", code), attribute.String("error.type", errKind))
 		s.SetStatus(codes.Error, errKind)
+	case errKind != "" && code == http.StatusSwitchingProtocols:
+		// An upgraded connection that did not end in order: the app's
+		// reset is the server's failure; the idle limit's and the
+		// drain's ends are named, not failures of the app's.
+		s.SetAttributes(attribute.Int("http.response.status_code", code), attribute.String("error.type", errKind))
+		if errKind == outbound.RelayReset {
+			s.SetStatus(codes.Error, errKind)
+		}
 	case code >= 500:
 		s.SetAttributes(attribute.Int("http.response.status_code", code), attribute.String("error.type", strconv.Itoa(code)))
 		s.SetStatus(codes.Error, "")

@@ -225,7 +225,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	var timer *time.Timer
 	var cancel context.CancelCauseFunc
 	dl := deadlines{whole: st.deadline}
-	if r := dst.policy.Spec.Retries; r != nil && r.PerTryTimeout > 0 && !st.upgrade {
+	if r := dst.policy.Spec.Retries; r != nil && r.PerTryTimeout > 0 {
+		// (An upgrade's too: the timer runs until the response's head,
+		// a 101 included, and the switched connection outlives it.)
 		if fast {
 			// The fast transport ends the try at a deadline on its
 			// connection: no context, timer and request copy per try.

@@ -66,9 +66,9 @@ type Config struct {
 	// AccessLog gets a line per request; nil: no access log.
 	AccessLog *telemetry.AccessLog
 	Logger    *slog.Logger
-	// TCPIdleTimeout closes an opaque TCP relay (ServeTCP) or a CONNECT
-	// tunnel that moved no byte either way for this long (0:
-	// DefaultTCPIdleTimeout).
+	// TCPIdleTimeout closes an opaque TCP relay (ServeTCP), a CONNECT
+	// tunnel or an upgraded connection (a WebSocket after its 101) that
+	// moved no byte either way for this long (0: DefaultTCPIdleTimeout).
 	TCPIdleTimeout time.Duration
 }
 
@@ -166,7 +166,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 		Transport:      &forwarder{t: upstream, h2: informational{h2Tries{newH2CTransport(h.dialer.DialContext)}}, tracing: cfg.Tracing},
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
-		ModifyResponse: modifyResponse,
+		ModifyResponse: h.modifyResponse,
 		ErrorLog:       slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
 	}
 	cfg.Metrics.WatchBreakers(h.breakerStates)
@@ -522,7 +522,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	// timer, the ReverseProxy's copy of the request, the forwarder.
 	if !h.failFast(w, st) {
 		// The whole-request timeout covers the response body too; an
-		// upgraded connection (a WebSocket) lives as long as its peers want.
+		// upgrade's, only the wait for its response head: an upgraded
+		// connection (a WebSocket) lives as long as its peers want.
 		t := dst.policy.Spec.Timeout
 		if st.grpc {
 			var client bool
@@ -536,15 +537,43 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			}
 		}
 		fast := h.fastProxied(r, st)
-		if t > 0 && !st.upgrade {
-			if fast {
-				// The fast transport keeps it as a deadline on its
-				// connection: no timer, context nor AfterFunc of its own.
-				st.deadline = start.Add(t)
-			} else {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
-				defer cancel()
+		switch {
+		case t <= 0:
+		case fast:
+			// The fast transport keeps it as a deadline on its
+			// connection: no timer, context nor AfterFunc of its own.
+			st.deadline = start.Add(t)
+		case st.upgrade:
+			// Up to the response's head only: a 101 stops it
+			// (modifyResponse), and the tunnel then lives as long as its
+			// peers want; any other answer is a response as any other's.
+			var cancel context.CancelCauseFunc
+			ctx, cancel = context.WithCancelCause(ctx)
+			defer cancel(nil)
+			g, rw := &headTimeout{}, st.out.ResponseWriter
+			g.t = time.AfterFunc(t, func() {
+				if g.state.CompareAndSwap(headWaiting, headTimedOut) {
+					cancel(errTimeout)
+					if st.in.ReadCloser != nil {
+						st.in.wake(rw) // a body, stalled, as below
+					}
+				}
+			})
+			defer g.t.Stop()
+			ctx = context.WithValue(ctx, headTimeoutKey{}, g)
+		default:
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
+			defer cancel()
+			if st.in.ReadCloser != nil && r.ProtoMajor == 1 {
+				// The answer must not wait for the app's body: http.Transport
+				// returns only once its body writer is done (wake).
+				tctx, rw := ctx, st.out.ResponseWriter
+				defer context.AfterFunc(ctx, func() {
+					if context.Cause(tctx) == errTimeout {
+						st.in.wake(rw)
+					}
+				})()
 			}
 		}
 		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 && !fast { // fastProxy's: readBody
@@ -736,6 +765,10 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 		if st.grpc && !st.grpcTrailed {
 			st.grpcStatus = st.grpcCut(false)
 		}
+	} else if st.errKind == tcpReset && code == http.StatusSwitchingProtocols {
+		// An upgraded connection the upstream reset (relayUpgrade): as a
+		// body cut short, the failure it was, not the 101's success.
+		code = http.StatusBadGateway
 	}
 	dst.metrics.Observe(r.Method, code, st.headers.Sub(st.start).Seconds())
 	if st.grpc {
@@ -849,6 +882,11 @@ func defaultPortHost(r *http.Request) (string, bool) {
 // headers are put back as they were and none are added.
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	st := stateOf(pr.In.Context())
+	if st.upgrade {
+		// Its 101's connection is relayed by the handler (relayUpgrade),
+		// which must know it.
+		pr.Out = pr.Out.WithContext(TraceUpstreamConn(pr.Out.Context()))
+	}
 	h.hop.add(pr.Out.Header)
 	st.point(pr.Out.URL)
 	// Rewrite mode re-encodes a query holding ';' or a bad escape,
@@ -872,11 +910,96 @@ func (st *reqState) point(u *url.URL) {
 
 var forwardedHeaders = [...]string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
 
+// headTimeout is an upgrade request's timeout, which bounds the wait for
+// its response's head only: a 101 stops it (modifyResponse), and at the
+// same moment either the switch or the timeout wins, never both.
+type headTimeout struct {
+	t     *time.Timer
+	state atomic.Uint32
+}
+
+const (
+	headWaiting uint32 = iota
+	headTimedOut
+	headSwitched
+)
+
+type headTimeoutKey struct{}
+
 func modifyResponse(resp *http.Response) error {
-	st := stateOf(resp.Request.Context())
+	ctx := resp.Request.Context()
+	st := stateOf(ctx)
+	if st.upgrade && resp.StatusCode == http.StatusSwitchingProtocols {
+		if g, ok := ctx.Value(headTimeoutKey{}).(*headTimeout); ok {
+			g.t.Stop()
+			if !g.state.CompareAndSwap(headWaiting, headSwitched) {
+				// The timeout fired as the 101 came: the request is over
+				// (its context ended, which would close the tunnel at
+				// once); the ReverseProxy closes the switched connection
+				// and serveError answers the timeout.
+				return errTimeout
+			}
+		}
+	}
 	st.answered(resp.StatusCode)
 	resp.Header[requestIDKey] = st.idValue()
 	return nil
+}
+
+// modifyResponse is the ReverseProxy's: an upgrade's 101 is relayed here
+// (relayUpgrade), and the ReverseProxy, told errUpgraded, does nothing
+// more (serveError): its own splice dropped how the connection ended.
+func (h *Handler) modifyResponse(resp *http.Response) error {
+	if err := modifyResponse(resp); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		return err
+	}
+	st := stateOf(resp.Request.Context())
+	up := UpstreamConn(resp)
+	if !st.upgrade || up == nil {
+		return nil // the ReverseProxy's own splice, as before
+	}
+	h.relayUpgrade(st, resp, up)
+	return errUpgraded
+}
+
+// errUpgraded tells the ReverseProxy's error handler that the handler
+// relayed an upgraded connection and recorded its end: nothing to answer.
+var errUpgraded = errors.New("outbound: upgraded connection relayed")
+
+// relayUpgrade passes an upgrade's 101 on to the app and relays the
+// switched connection with the tunnels' relay (RelayUpgraded) until it
+// ends, and records how: its bytes both ways, and its result as a
+// tunnel's (minimesh_tcp_connections_total, and the access log's and the
+// span's error when it did not end ok). A reset by the upstream is the
+// failure of a response after its headers (minimesh_requests_total counts
+// the 502 it was: observe); one by the app is the app's leaving (499).
+// The breaker heard of the 101 already, as it hears of a tunnel's
+// connect: what happens inside is the peers' business
+// (docs/operations.md, "Upgrade requests").
+func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
+	// The 101 goes out here: the handler's held status must not follow.
+	st.out.status.Store(statusSent)
+	u, err := RelayUpgraded(st.out.ResponseWriter, resp, up, st.dest.metrics.TCP(), h.cfg.TCPIdleTimeout)
+	if err != nil {
+		abort(up)
+		st.code = statusClientClosed
+		st.dest.metrics.TCPConnection(tcpReset)
+		return
+	}
+	st.in.n.Add(u.Sent)
+	st.out.n += u.Received
+	result := u.Result
+	if result == tcpReset && h.closing.Load() {
+		// The end of the drain closed it (its listener's CloseAll).
+		result = tcpShutdown
+	}
+	st.dest.metrics.TCPConnection(result)
+	switch {
+	case result == tcpReset && u.ClientFailed:
+		st.code = statusClientClosed
+	case result != tcpOK:
+		st.errKind = result
+	}
 }
 
 // answered records the upstream's answer as its headers arrive.
@@ -887,6 +1010,9 @@ func (st *reqState) answered(code int) {
 
 // serveError answers a request the forwarder could not complete.
 func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) {
+	if err == errUpgraded {
+		return // relayed and recorded (relayUpgrade)
+	}
 	st := stateOf(r.Context())
 	if context.Cause(r.Context()) == errBodyTimeout {
 		err = &clientError{&bodyTimeoutError{}}
@@ -915,6 +1041,11 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	if (context.Cause(r.Context()) == errTimeout || errors.Is(err, errTimeout)) && kind != wellknown.ErrorCircuitOpen {
 		code, kind = http.StatusGatewayTimeout, wellknown.ErrorTimeout
 		body.Message = "upstream " + st.dest.name + " did not answer within the request timeout"
+		if st.in.woken.Load() && r.ProtoMajor == 1 {
+			// The timeout cut the app's body short (wake): what is left
+			// of it cannot be told from a next request.
+			st.out.closeConn = true
+		}
 	}
 	st.answer(w, code, kind, body)
 }

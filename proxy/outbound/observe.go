@@ -34,6 +34,14 @@ type countingBody struct {
 	// silence is the exchange's business (a bidirectional stream), not
 	// a stalled upload's.
 	answered atomic.Bool
+	// woken: the request's time ran out and wake ended the read that
+	// held the exchange up (the sidecar's doing, not the app's failure).
+	woken atomic.Bool
+	// last is when a read last brought bytes, as the time since base,
+	// for the idle watch (which sets base before the first read; zero:
+	// no watch).
+	last atomic.Int64
+	base time.Time
 
 	mu        sync.Mutex // held through each read, so abandon can wait one out
 	abandoned bool
@@ -47,6 +55,15 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
+	if n > 0 && !b.base.IsZero() {
+		b.last.Store(int64(time.Since(b.base)))
+	}
+	if err != nil && err != io.EOF && b.woken.Load() {
+		// Ended by wake: neither the body's end nor the app's fault
+		// (refusal would blame the app for the request's timeout); what
+		// is left of it is abandon's.
+		return n, errBodyAbandoned
+	}
 	if err != nil {
 		b.ended.Store(true)
 		if err != io.EOF {
@@ -85,6 +102,25 @@ func (b *countingBody) abandon(w http.ResponseWriter) {
 	b.mu.Unlock()
 }
 
+// wake ends a read of the body that holds the exchange up after the
+// request's timeout: http.Transport answers a cancelled request only
+// once its goroutine that writes the body is done, and that one may be
+// blocked reading a stalled app for as long as the app likes. The read
+// is woken through the connection's read deadline (as abandon's), and
+// fails without blaming the app; the connection closes after the
+// answer (serveError), since the rest of the body is unread. It may run
+// on any goroutine: it touches the server's connection, not its
+// response.
+func (b *countingBody) wake(w http.ResponseWriter) {
+	if b.ended.Load() {
+		return
+	}
+	b.woken.Store(true)
+	if d, ok := w.(interface{ SetReadDeadline(time.Time) error }); ok {
+		_ = d.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
 // gone reports whether a read of the app's body failed because the app
 // went away.
 func (b *countingBody) gone() bool {
@@ -104,8 +140,12 @@ func (b *countingBody) failed() error {
 // stops sending its body must not hold an upstream connection for ever.
 // It is a timer, not a read deadline on the app's connection, because
 // net/http's server uses that deadline itself once the body is read. The
-// returned func stops the watch.
+// timer runs from the last read that brought bytes (Read notes when), so
+// expire comes idle after the app's last byte, the timer's own lateness
+// aside, never later (docs/operations.md, "Limits and failure
+// behaviour"). The returned func stops the watch.
 func (b *countingBody) watch(idle time.Duration, expire func()) (stop func() bool) {
+	b.base = time.Now() // before the transport's first read
 	w := &bodyWatch{b: b, idle: idle, expire: expire}
 	w.t = time.AfterFunc(idle, w.fire)
 	return w.t.Stop
@@ -114,7 +154,6 @@ func (b *countingBody) watch(idle time.Duration, expire func()) (stop func() boo
 type bodyWatch struct {
 	b      *countingBody
 	idle   time.Duration
-	last   int64
 	expire func()
 	t      *time.Timer
 }
@@ -123,9 +162,9 @@ func (w *bodyWatch) fire() {
 	if w.b.ended.Load() || w.b.answered.Load() {
 		return
 	}
-	if n := w.b.n.Load(); n != w.last {
-		w.last = n
-		w.t.Reset(w.idle)
+	// The time since the last byte, or since the watch began.
+	if left := w.idle - (time.Since(w.b.base) - time.Duration(w.b.last.Load())); left > 0 {
+		w.t.Reset(left) // bytes came since: idle from the last of them
 		return
 	}
 	w.expire()

@@ -1,10 +1,13 @@
 package outbound
 
 import (
+	"context"
 	"errors"
 	"io"
 	"math"
 	"net"
+	"net/http"
+	"net/http/httptrace"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -67,6 +70,9 @@ type relay struct {
 	start          time.Time    // monotonic
 	active         atomic.Int64 // when a byte last moved, as time since start
 	idle, failed   atomic.Bool
+	// side is the side whose connection failed first (sideClient,
+	// sideServer; 0 while none did): the reset is the other side's news.
+	side atomic.Int32
 	// closed[d] is set once direction d (0 from the client, 1 to it) has
 	// read its side's orderly end and passed it on.
 	closed [2]atomic.Bool
@@ -143,7 +149,7 @@ func (r *relay) copy(dir int, dst, src net.Conn, n *atomic.Int64, c counter, sma
 			c.Add(float64(m))
 			r.active.Store(int64(time.Since(r.start)))
 			if _, werr := dst.Write(buf[:m]); werr != nil {
-				r.fail()
+				r.failAt(1 - dir)
 				return
 			}
 		}
@@ -154,7 +160,7 @@ func (r *relay) copy(dir int, dst, src net.Conn, n *atomic.Int64, c counter, sma
 				closeWrite(dst) // the other direction goes on
 			case r.lateReset(dir, dst, err):
 			default:
-				r.fail()
+				r.failAt(dir)
 			}
 			return
 		}
@@ -194,9 +200,19 @@ func (r *relay) lateReset(dir int, dst net.Conn, err error) bool {
 	return true
 }
 
-// fail ends both directions with a reset: a side that failed cannot be
-// told apart from one that went away, and the other side must learn.
-func (r *relay) fail() {
+// Sides of a relay, for relay.side.
+const (
+	sideClient = 1
+	sideServer = 2
+)
+
+// failAt ends both directions with a reset, as the failure of the side
+// read by direction dir (0: the client, 1: the server): a side that
+// failed cannot be told apart from one that went away, and the other side
+// must learn. The first failure names the side; the others follow from
+// the abort.
+func (r *relay) failAt(dir int) {
+	r.side.CompareAndSwap(0, int32(dir+1))
 	r.failed.Store(true)
 	r.abort()
 }
@@ -206,4 +222,132 @@ func (r *relay) abort() {
 		abort(r.client)
 		abort(r.up)
 	})
+}
+
+// Upgraded is how an upgraded connection's relay ended (RelayUpgraded).
+type Upgraded struct {
+	// Sent and Received are the bytes the client sent to the upstream
+	// after the 101 (those it had sent behind the request's head
+	// included), and the bytes it received.
+	Sent, Received int64
+	// Result is RelayOK, RelayReset or RelayIdleTimeout, as a tunnel's.
+	Result string
+	// ClientFailed: the result is RelayReset and the client's side failed
+	// first (it reset, or could not be written to): the app's outbound,
+	// the caller's inbound; otherwise a reset is the upstream's.
+	ClientFailed bool
+}
+
+// RelayUpgraded passes resp, the upstream's 101 to an upgrade request,
+// to the client of w (hijacked with HijackEarly: the bytes the client
+// sent behind the request's head go first) and relays the switched
+// connection both ways with the relay of tunnels and opaque relays (Relay:
+// an orderly end passed on as a half-close, a reset on one side passed on
+// to the other as a reset, no byte either way for idle closes both),
+// counting its bytes in bytes. up is the upstream connection resp came on
+// (UpstreamConn). It closes both connections. An error is a client whose
+// connection could not be taken or written the 101: nothing was relayed,
+// and the caller closes up.
+func RelayUpgraded(w http.ResponseWriter, resp *http.Response, up net.Conn, bytes *telemetry.TCPBytes, idle time.Duration) (Upgraded, error) {
+	client, brw, err := HijackEarly(w)
+	if err != nil {
+		return Upgraded{}, err
+	}
+	// As the ReverseProxy writes it (handleUpgradeResponse): the
+	// upstream's fields after what the handler set, no body. A 101 says
+	// Connection: Upgrade, whatever the handler meant to close.
+	h := w.Header()
+	delete(h, "Connection")
+	for k, vv := range resp.Header {
+		h[k] = append(h[k], vv...)
+	}
+	head := *resp
+	head.Header, head.Body = h, nil
+	err = head.Write(brw)
+	if err == nil {
+		err = brw.Flush()
+	}
+	if err != nil {
+		abort(client)
+		return Upgraded{}, err
+	}
+	if idle <= 0 {
+		idle = DefaultTCPIdleTimeout
+	}
+	rl := &relay{client: client, up: up, bytes: bytes}
+	var u Upgraded
+	u.Sent, u.Received, u.Result = rl.run(idle)
+	u.ClientFailed = u.Result == RelayReset && rl.side.Load() == sideClient
+	return u, nil
+}
+
+// upstreamConnKey finds an upgrade request's upstreamConn in its context.
+type upstreamConnKey struct{}
+
+// upstreamConn is the connection an upgrade request went out on, as
+// http.Transport's ClientTrace reports it (GotConn).
+type upstreamConn struct{ c atomic.Pointer[net.Conn] }
+
+// TraceUpstreamConn returns ctx noting, for UpstreamConn, the connection
+// http.Transport sends the request with ctx on: an upgrade request's,
+// whose 101 RelayUpgraded relays. Only upgrade requests pay its
+// allocations.
+func TraceUpstreamConn(ctx context.Context) context.Context {
+	u := &upstreamConn{}
+	ctx = context.WithValue(ctx, upstreamConnKey{}, u)
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		c := i.Conn
+		u.c.Store(&c)
+	}})
+}
+
+// UpstreamConn returns the switched upstream connection of resp, a 101
+// from http.Transport to a request whose context TraceUpstreamConn made:
+// its reads go through resp.Body (the bytes the transport read past the
+// 101's head first, then the connection), the rest to the connection. Nil
+// when it is not known.
+func UpstreamConn(resp *http.Response) net.Conn {
+	if resp.Body == nil || resp.Request == nil {
+		return nil
+	}
+	u, ok := resp.Request.Context().Value(upstreamConnKey{}).(*upstreamConn)
+	if !ok {
+		return nil
+	}
+	c := u.c.Load()
+	if c == nil || *c == nil {
+		return nil
+	}
+	return &switchedConn{Conn: *c, r: resp.Body}
+}
+
+// switchedConn is an upstream connection after its 101, read through
+// the transport's response body.
+type switchedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *switchedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// Unwrap gives abort and rawio the TCP connection.
+func (c *switchedConn) Unwrap() net.Conn { return c.Conn }
+
+// CloseWrite passes the client's orderly end on as a half-close.
+func (c *switchedConn) CloseWrite() error { return closeWriteUnder(c.Conn) }
+
+// closeWriteUnder half-closes c or the connection it wraps (Unwrap); a
+// connection that cannot be half-closed is closed, as closeWrite does.
+func closeWriteUnder(c net.Conn) error {
+	for x := c; x != nil; {
+		if cw, ok := x.(interface{ CloseWrite() error }); ok {
+			return cw.CloseWrite()
+		}
+		u, ok := x.(interface{ Unwrap() net.Conn })
+		if !ok {
+			break
+		}
+		x = u.Unwrap()
+	}
+	return c.Close()
 }

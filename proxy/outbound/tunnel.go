@@ -330,14 +330,12 @@ func (c *earlyConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// CloseWrite passes the upstream's end of the stream on (the
-// ReverseProxy's copy looks for it on the connection it was given).
-func (c *earlyConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
+// CloseWrite passes the upstream's end of the stream on (the relay, and
+// the ReverseProxy's copy, look for it on the connection they were given).
+func (c *earlyConn) CloseWrite() error { return closeWriteUnder(c.Conn) }
+
+// Unwrap gives abort (a reset passed on) and rawio the connection.
+func (c *earlyConn) Unwrap() net.Conn { return c.Conn }
 
 // switchedAsAsked reports whether resp, a 101, switches req's connection
 // to the protocol req asked for, as the ReverseProxy checks before it

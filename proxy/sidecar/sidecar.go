@@ -81,7 +81,8 @@ type Config struct {
 	// DetectTimeout bounds protocol detection on a redirected connection
 	// (0: transparent.DefaultDetectTimeout).
 	DetectTimeout time.Duration
-	// TCPIdleTimeout closes an opaque TCP relay idle this long (0:
+	// TCPIdleTimeout closes an opaque TCP relay, a CONNECT tunnel or an
+	// upgraded connection (either listener) idle this long (0:
 	// outbound.DefaultTCPIdleTimeout).
 	TCPIdleTimeout time.Duration
 
