@@ -139,19 +139,8 @@ func TestGRPCRedirectedByClusterIP(t *testing.T) {
 	h := outbound.New(outbound.Config{Metrics: m, Namespace: "default"}, policy.NewTable(nil, "default"))
 	h.SetEndpoints(map[string][]balancer.Target{key: {{Addr: pod}}})
 	h.SetClusterIPs(map[netip.AddrPort]string{orig: key})
-	srv := &http.Server{
-		Handler:     h.Transparent(),
-		Protocols:   outbound.ServerProtocols(),
-		HTTP2:       outbound.ServerHTTP2(),
-		ConnContext: func(ctx context.Context, _ net.Conn) context.Context { return outbound.WithOriginalDst(ctx, orig) },
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close(); h.CloseIdleConnections() })
-	cc, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+	addr := serveRedirected(t, h, orig)
+	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithAuthority(vip))
 	if err != nil {
 		t.Fatal(err)

@@ -286,19 +286,7 @@ func TestGRPCRedirected(t *testing.T) {
 	orig := netip.MustParseAddrPort(addr)
 	m := telemetry.New(0)
 	h := outbound.New(outbound.Config{Metrics: m}, policy.NewTable(nil, "default"))
-	srv := &http.Server{
-		Handler:     h.Transparent(),
-		Protocols:   outbound.ServerProtocols(),
-		HTTP2:       outbound.ServerHTTP2(),
-		ConnContext: func(ctx context.Context, _ net.Conn) context.Context { return outbound.WithOriginalDst(ctx, orig) },
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close(); h.CloseIdleConnections() })
-	cc, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+	cc, err := grpc.NewClient("passthrough:///"+serveRedirected(t, h, orig), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithAuthority("health-service"))
 	if err != nil {
 		t.Fatal(err)
@@ -667,4 +655,24 @@ func TestGRPCCutAfterHeaders(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serveRedirected serves h's redirected connections (HTTP/1.x and h2c) on
+// a loopback listener whose every connection was redirected from orig, as
+// iptables would, and returns its address. It stops when the test ends.
+func serveRedirected(t *testing.T, h *outbound.Handler, orig netip.AddrPort) string {
+	t.Helper()
+	srv := &http.Server{
+		Handler:     h.Transparent(),
+		Protocols:   outbound.ServerProtocols(),
+		HTTP2:       outbound.ServerHTTP2(),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context { return outbound.WithOriginalDst(ctx, orig) },
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); h.CloseIdleConnections() })
+	return ln.Addr().String()
 }
