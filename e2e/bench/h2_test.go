@@ -23,7 +23,7 @@ func TestParseH2Load(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.done != 398 || r.succeeded != 395 || r.failed != 3 || r.errored != 1 || r.ok2xx != 396 {
+	if r.started != 402 || r.done != 398 || r.succeeded != 395 || r.failed != 3 || r.errored != 1 || r.ok2xx != 396 {
 		t.Errorf("got %+v", r)
 	}
 	r.duration = 2 * time.Second
