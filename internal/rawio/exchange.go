@@ -6,6 +6,8 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	"github.com/minimesh/minimesh/internal/netconn"
 )
 
 // ErrUnasked is Exchange's refusal of a connection that had something to
@@ -41,22 +43,16 @@ func Exchange(c net.Conn, w, r []byte) (int, error) {
 	if len(r) == 0 {
 		return 0, io.ErrShortBuffer
 	}
-	for {
-		switch x := c.(type) {
-		case *Conn:
-			return x.io.exchange(w, r)
-		case interface{ Unwrap() net.Conn }:
-			c = x.Unwrap()
-		default:
-			if Pending(c) {
-				return 0, ErrUnasked
-			}
-			if _, err := c.Write(w); err != nil {
-				return 0, err
-			}
-			return c.Read(r)
-		}
+	if raw, ok := netconn.Find[*Conn](c); ok {
+		return raw.io.exchange(w, r)
 	}
+	if Pending(c) {
+		return 0, ErrUnasked
+	}
+	if _, err := c.Write(w); err != nil {
+		return 0, err
+	}
+	return c.Read(r)
 }
 
 func (x *IO) exchange(w, r []byte) (int, error) {

@@ -24,6 +24,8 @@ import (
 	"os"
 	"sync"
 	"syscall"
+
+	"github.com/minimesh/minimesh/internal/netconn"
 )
 
 // Off turns raw I/O off for the connections made after it is set
@@ -86,15 +88,8 @@ func New(c *net.TCPConn) *IO {
 // consumes nothing and never blocks. A connection with no socket under
 // it reports false.
 func Pending(c net.Conn) bool {
-	for x := c; ; {
-		if raw, ok := x.(*Conn); ok {
-			return raw.io.pending() // no allocation: the hot path's
-		}
-		u, ok := x.(interface{ Unwrap() net.Conn })
-		if !ok {
-			break
-		}
-		x = u.Unwrap()
+	if raw, ok := netconn.Find[*Conn](c); ok {
+		return raw.io.pending() // no allocation: the hot path's
 	}
 	_, e, err := peekConn(c)
 	if err == errNoSocket {
@@ -119,22 +114,17 @@ var errNoSocket = errors.New("no socket under the connection")
 // peekConn peeks at the socket under c (through wrappers that Unwrap) as
 // peekFd does; errNoSocket when there is none, or Control's error.
 func peekConn(c net.Conn) (n int, e syscall.Errno, err error) {
-	for {
-		switch x := c.(type) {
-		case syscall.Conn: // *net.TCPConn, and wrappers that embed one
-			rc, err := x.SyscallConn()
-			if err != nil {
-				return 0, 0, err
-			}
-			var b byte
-			err = rc.Control(func(fd uintptr) { n, e = peekFd(fd, &b) })
-			return n, e, err
-		case interface{ Unwrap() net.Conn }:
-			c = x.Unwrap()
-		default:
-			return 0, 0, errNoSocket
-		}
+	sc, ok := netconn.Find[syscall.Conn](c) // *net.TCPConn, and wrappers that embed one
+	if !ok {
+		return 0, 0, errNoSocket
 	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0, 0, err
+	}
+	var b byte
+	err = rc.Control(func(fd uintptr) { n, e = peekFd(fd, &b) })
+	return n, e, err
 }
 
 // pending is Pending with the connection's own buffer and callback: no

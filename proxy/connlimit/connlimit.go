@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/netconn"
 	"github.com/minimesh/minimesh/internal/rawio"
 )
 
@@ -143,16 +144,8 @@ func (l *Listener) acceptShared(tc *net.TCPConn) *Conn {
 // connection (a redirected one, one handed from the lean server loop to
 // net/http's) reaches it through its Unwrap() net.Conn.
 func (l *Listener) ConnState(nc net.Conn, st http.ConnState) {
-	for nc != nil {
-		if c, ok := nc.(*Conn); ok {
-			c.setState(st)
-			return
-		}
-		u, ok := nc.(interface{ Unwrap() net.Conn })
-		if !ok {
-			return
-		}
-		nc = u.Unwrap()
+	if c, ok := netconn.Find[*Conn](nc); ok {
+		c.setState(st)
 	}
 }
 

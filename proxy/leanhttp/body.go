@@ -2,10 +2,11 @@ package leanhttp
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/netconn"
 )
 
 // reqBody is the body of a request the loop serves: Content-Length bytes
@@ -194,18 +195,11 @@ const lingerWait = 500 * time.Millisecond
 // the answer before the client has read it.
 func (c *conn) linger() {
 	_ = c.bw.Flush()
-	var nc net.Conn = c.rwc
-	for {
-		if cw, ok := nc.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-			break
-		}
-		u, ok := nc.(interface{ Unwrap() net.Conn })
-		if !ok {
-			return // no half-close: closed as it is
-		}
-		nc = u.Unwrap()
+	cw, ok := netconn.Find[interface{ CloseWrite() error }](c.rwc)
+	if !ok {
+		return // no half-close: closed as it is
 	}
+	_ = cw.CloseWrite()
 	c.rdl = aLongTimeAgo
 	_ = c.rwc.SetReadDeadline(time.Now().Add(lingerWait))
 	_, _ = io.Copy(io.Discard, io.LimitReader(c.rwc, 256<<10))

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math"
 	"net"
+
+	"github.com/minimesh/minimesh/internal/netconn"
 )
 
 // TE10Guard follows the HTTP/1.x requests of one connection as the
@@ -289,10 +291,11 @@ func (c *guardedConn) Read(p []byte) (int, error) {
 // Unwrap is the guarded connection.
 func (c *guardedConn) Unwrap() net.Conn { return c.Conn }
 
-// CloseWrite half-closes the guarded connection, for the tunnels and
-// relays that take it over after a CONNECT or an Upgrade.
+// CloseWrite half-closes the guarded connection (or the one under it
+// that can be), for the tunnels and relays that take it over after a
+// CONNECT or an Upgrade.
 func (c *guardedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+	if cw, ok := netconn.Find[interface{ CloseWrite() error }](c.Conn); ok {
 		return cw.CloseWrite()
 	}
 	return errors.ErrUnsupported

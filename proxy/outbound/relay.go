@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/netconn"
 	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
@@ -48,16 +49,8 @@ func Abort(c net.Conn) { abort(c) }
 // abort resets a connection: the app learns at once that it failed, as
 // from a refused connect, rather than reading an orderly end.
 func abort(c net.Conn) {
-	for x := c; x != nil; {
-		if l, ok := x.(interface{ SetLinger(int) error }); ok {
-			_ = l.SetLinger(0)
-			break
-		}
-		u, ok := x.(interface{ Unwrap() net.Conn })
-		if !ok {
-			break
-		}
-		x = u.Unwrap()
+	if l, ok := netconn.Find[interface{ SetLinger(int) error }](c); ok {
+		_ = l.SetLinger(0)
 	}
 	_ = c.Close()
 }
@@ -334,20 +327,4 @@ func (c *switchedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 func (c *switchedConn) Unwrap() net.Conn { return c.Conn }
 
 // CloseWrite passes the client's orderly end on as a half-close.
-func (c *switchedConn) CloseWrite() error { return closeWriteUnder(c.Conn) }
-
-// closeWriteUnder half-closes c or the connection it wraps (Unwrap); a
-// connection that cannot be half-closed is closed, as closeWrite does.
-func closeWriteUnder(c net.Conn) error {
-	for x := c; x != nil; {
-		if cw, ok := x.(interface{ CloseWrite() error }); ok {
-			return cw.CloseWrite()
-		}
-		u, ok := x.(interface{ Unwrap() net.Conn })
-		if !ok {
-			break
-		}
-		x = u.Unwrap()
-	}
-	return c.Close()
-}
+func (c *switchedConn) CloseWrite() error { return netconn.CloseWrite(c.Conn) }

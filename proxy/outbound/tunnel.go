@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/echo"
+	"github.com/minimesh/minimesh/internal/netconn"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/proxy/requestid"
@@ -332,7 +333,7 @@ func (c *earlyConn) Read(p []byte) (int, error) {
 
 // CloseWrite passes the upstream's end of the stream on (the relay, and
 // the ReverseProxy's copy, look for it on the connection they were given).
-func (c *earlyConn) CloseWrite() error { return closeWriteUnder(c.Conn) }
+func (c *earlyConn) CloseWrite() error { return netconn.CloseWrite(c.Conn) }
 
 // Unwrap gives abort (a reset passed on) and rawio the connection.
 func (c *earlyConn) Unwrap() net.Conn { return c.Conn }

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/netconn"
 	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/internal/chanlistener"
 	"github.com/minimesh/minimesh/proxy/internal/inflight"
@@ -129,19 +130,7 @@ func (c *Conn) Unwrap() net.Conn { return c.Conn }
 // Under finds the redirected connection under c: c itself, or one that
 // wraps it (a lean loop's hand-off to net/http, a guard on its bytes),
 // through their Unwrap methods.
-func Under(c net.Conn) (*Conn, bool) {
-	for c != nil {
-		if tc, ok := c.(*Conn); ok {
-			return tc, true
-		}
-		u, ok := c.(interface{ Unwrap() net.Conn })
-		if !ok {
-			return nil, false
-		}
-		c = u.Unwrap()
-	}
-	return nil, false
-}
+func Under(c net.Conn) (*Conn, bool) { return netconn.Find[*Conn](c) }
 
 // Dispatcher sorts the connections of one or more outbound listeners.
 type Dispatcher struct {
