@@ -30,9 +30,11 @@ import (
 const MaxBodyBytes = 8 << 20
 
 // MaxPodBytes bounds the pods that the webhook decodes whole. Decoding a
-// pod, copying it and computing the patch from the two JSON documents
-// take up to 40 times its JSON (a pod of small env entries; measured in
-// TestAdmissionMemory), so the 8 MiB a review may hold would cost 315 MB.
+// pod, copying it and writing its patch took up to 40 times its JSON when
+// the patch was a diff of the two pods re-encoded (a pod of small env
+// entries; TestAdmissionMemory); the patch of adds costs less, so the
+// figure is an upper bound, and the 8 MiB a review may hold would cost
+// up to 315 MB.
 // A larger pod is decided on its metadata alone: admitted unchanged when
 // it is not to be injected, refused when it is. Real pods are a few KiB.
 const MaxPodBytes = 512 << 10
