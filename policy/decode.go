@@ -14,41 +14,33 @@ import (
 	"github.com/minimesh/minimesh/internal/echo"
 )
 
-// Decode reads every ResiliencePolicy document of a YAML (or JSON)
-// stream, strictly, and returns them defaulted and validated. filename
-// only labels the positions in errors and in each policy's Source.
+// Decode reads every ResiliencePolicy document of a YAML stream (of a
+// JSON value when filename ends in .json), strictly, and returns them
+// defaulted and validated, one policy per service (OneSidecar).
+// filename only labels the positions in errors and in each policy's
+// Source.
 //
 // On failure it returns no policies and an ErrorList holding every
 // problem of the file: a half-applied file would leave some destinations
 // with a policy nobody wrote.
 func Decode(filename string, data []byte) ([]*ResiliencePolicy, error) {
-	f := decodeFile(filename, data)
-	if len(f.errs) > 0 {
-		return nil, f.errs
-	}
-	return f.policies(), nil
-}
-
-// decoded is a policy that passed every check, with the node of its
-// spec.service kept to position duplicate errors.
-type decoded struct {
-	p       *ResiliencePolicy
-	service *yaml.Node
+	return OneSidecar.Decode([]File{{Name: filename, Data: data}})
 }
 
 // fileDecoder collects the results of one file. Its good policies are
-// kept even when other documents fail so that Load can still report
-// duplicates across files in the same run.
+// kept even when other documents fail so that the rest of the set can
+// still be checked against them for duplicates in the same run.
 type fileDecoder struct {
 	name string
-	good []decoded
+	good []*ResiliencePolicy
 	errs ErrorList
 	// dropped counts the problems past maxFileErrors, and firstDropped
 	// is the first of them, where the summary line points.
 	dropped      int
 	firstDropped *Error
-	// first maps a service to the policy that claimed it first.
-	first map[string]*ResiliencePolicy
+	// claims are the services of the set's policies so far, this file's
+	// and those before it.
+	claims *claims
 }
 
 // add records a problem, or only counts it past maxFileErrors.
@@ -75,16 +67,9 @@ func (f *fileDecoder) summarize() {
 	}
 }
 
-func (f *fileDecoder) policies() []*ResiliencePolicy {
-	out := make([]*ResiliencePolicy, len(f.good))
-	for i, g := range f.good {
-		out[i] = g.p
-	}
-	return out
-}
-
-func decodeFile(filename string, data []byte) (f *fileDecoder) {
-	f = &fileDecoder{name: filename, first: map[string]*ResiliencePolicy{}}
+// decodeFile decodes one file of a set whose services c holds so far.
+func decodeFile(filename string, data []byte, c *claims) (f *fileDecoder) {
+	f = &fileDecoder{name: filename, claims: c}
 	// yaml.v3 is not known to panic on any input, but a reloading sidecar
 	// must survive a file that proves otherwise.
 	defer func() {
@@ -94,6 +79,15 @@ func decodeFile(filename string, data []byte) (f *fileDecoder) {
 		f.errs.sortByPosition()
 		f.summarize()
 	}()
+	if isJSONFile(filename) {
+		root, err := jsonNode(filename, data)
+		if err != nil {
+			f.add(err)
+		} else if root != nil && root.ShortTag() != "!!null" {
+			f.document(root)
+		}
+		return f
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
 		var doc yaml.Node
@@ -241,13 +235,11 @@ func (f *fileDecoder) object(n *yaml.Node, prefix string) {
 	if p == nil || f.problems() > before {
 		return
 	}
-	svc := d.pos["spec.service"]
-	if prev := f.first[p.Spec.Service]; prev != nil {
-		d.failAt(svc, "spec.service", "service %q already has a policy at %s", p.Spec.Service, prev.Source)
+	if prev, msg := f.claims.take(p); prev != nil {
+		d.failAt(d.pos["spec.service"], "spec.service", "%s", msg)
 		return
 	}
-	f.first[p.Spec.Service] = p
-	f.good = append(f.good, decoded{p: p, service: svc})
+	f.good = append(f.good, p)
 }
 
 // peekKind returns the kind of a mapping without reporting anything: the

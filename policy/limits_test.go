@@ -73,8 +73,9 @@ func TestErrorsCapped(t *testing.T) {
 	// A policy whose problems were all past the cap is still bad: it
 	// must not claim its service against the other files of a Load.
 	f := decodeFile("f.yaml", []byte(header+"spec:\n  service: a\n  retries: {attempts: 1, retryOn: ["+items+"]}\n---\n"+
-		header+"spec:\n  service: b\n  timeout: 0s\n---\n"+header+"spec:\n  service: c\n"))
-	if len(f.good) != 1 || f.good[0].p.Spec.Service != "c" || f.dropped != 901 {
+		header+"spec:\n  service: b\n  timeout: 0s\n---\n"+header+"spec:\n  service: c\n"),
+		&claims{first: map[claim]*ResiliencePolicy{}})
+	if len(f.good) != 1 || f.good[0].Spec.Service != "c" || f.dropped != 901 {
 		t.Fatalf("%d good policies, %d problems dropped", len(f.good), f.dropped)
 	}
 }

@@ -7,51 +7,123 @@ import (
 	"strings"
 )
 
+// Scope says which policies of one set may not govern the same service:
+// those that reach the same sidecar, since a sidecar holds one policy per
+// service and NACKs a set that has two.
+type Scope uint8
+
+const (
+	// OneSidecar is a set that one sidecar reads whole: its --policy-dir
+	// (a mounted ConfigMap's keys), what `minimesh check` validates for
+	// it, `minimesh policy lint`. Every policy of it applies to that
+	// sidecar whatever its metadata.namespace (which plays no part in a
+	// sidecar's matching), so a service has one policy in the set.
+	OneSidecar Scope = iota
+	// PerNamespace is the control plane's set (`minimesh controller
+	// --policy-dir`): metadata.namespace says which sidecars get a policy,
+	// none meaning every namespace, where a namespace's own policy for a
+	// service wins over the cluster-wide one (xds.Merge, as for
+	// ResiliencePolicy objects). A service has one policy per namespace
+	// and one cluster-wide.
+	PerNamespace
+)
+
+// File is one file of a set: Name labels positions in errors and each
+// policy's Source; Data is its content.
+type File struct {
+	Name string
+	Data []byte
+}
+
+// Load reads policies from files and directories as one sidecar does
+// (OneSidecar.Load): `minimesh-proxy --policy-dir`, `minimesh policy lint`.
+func Load(paths ...string) ([]*ResiliencePolicy, error) {
+	return OneSidecar.Load(paths...)
+}
+
 // Load reads policies from files and directories, in the order given;
 // a directory contributes its .yaml, .yml and .json files in name order,
 // without descending. Names that start with a dot are skipped: in a
 // mounted ConfigMap they are the ..data and timestamped entries that the
 // visible key symlinks point through, and reading them too would load
-// every key twice.
+// every key twice. The files are decoded as one set (Decode).
 //
-// Problems of all files come back together in one ErrorList, including a
-// service that a later file defines again. A path that cannot be read
-// fails the whole load with a plain error.
-func Load(paths ...string) ([]*ResiliencePolicy, error) {
-	files, err := policyFiles(paths)
+// A path that cannot be read fails the whole load with a plain error.
+func (s Scope) Load(paths ...string) ([]*ResiliencePolicy, error) {
+	names, err := policyFiles(paths)
 	if err != nil {
 		return nil, err
 	}
-	var (
-		all   []*ResiliencePolicy
-		errs  ErrorList
-		first = map[string]*ResiliencePolicy{}
-	)
-	for _, name := range files {
+	files := make([]File, len(names))
+	for i, name := range names {
 		data, err := os.ReadFile(name)
 		if err != nil {
 			return nil, fmt.Errorf("load %s: %w", name, err)
 		}
-		f := decodeFile(name, data)
-		for _, g := range f.good {
-			if prev := first[g.p.Spec.Service]; prev != nil {
-				f.errs = append(f.errs, &Error{
-					File: name, Line: g.service.Line, Column: g.service.Column,
-					Field: "spec.service",
-					Msg:   fmt.Sprintf("service %q already has a policy at %s", g.p.Spec.Service, prev.Source),
-				})
-				continue
-			}
-			first[g.p.Spec.Service] = g.p
-			all = append(all, g.p)
-		}
-		f.errs.sortByPosition()
+		files[i] = File{Name: name, Data: data}
+	}
+	return s.Decode(files)
+}
+
+// Decode decodes files as one set, in the order given: each file as
+// policy.Decode does (a .json one as JSON), and a policy for a service
+// that an earlier one of the same scope governs, in the same file or an
+// earlier one, is an error at its spec.service naming the first. Callers
+// that hold the files' contents rather than a directory (`minimesh check`
+// reading a ConfigMap) get the verdict a sidecar reading them gets, with
+// the same messages.
+//
+// Problems of all files come back together in one ErrorList (at most
+// maxFileErrors a file, then a count); on any, no policies: a set partly
+// applied would leave some destinations under a policy nobody wrote.
+func (s Scope) Decode(files []File) ([]*ResiliencePolicy, error) {
+	c := &claims{scope: s, first: map[claim]*ResiliencePolicy{}}
+	var (
+		all  []*ResiliencePolicy
+		errs ErrorList
+	)
+	for _, file := range files {
+		f := decodeFile(file.Name, file.Data, c)
+		all = append(all, f.good...)
 		errs = append(errs, f.errs...)
 	}
 	if len(errs) > 0 {
 		return nil, errs
 	}
 	return all, nil
+}
+
+// claims are the services the policies of a set govern so far.
+type claims struct {
+	scope Scope
+	first map[claim]*ResiliencePolicy
+}
+
+// claim is what two policies of one scope may not share.
+type claim struct {
+	namespace string // PerNamespace only; "" is cluster-wide
+	service   string
+}
+
+// take claims p's service for p; if another policy has it already, take
+// returns that one and the message that refuses p.
+func (c *claims) take(p *ResiliencePolicy) (*ResiliencePolicy, string) {
+	k := claim{service: p.Spec.Service}
+	if c.scope == PerNamespace {
+		k.namespace = p.Metadata.Namespace
+	}
+	prev := c.first[k]
+	switch {
+	case prev == nil:
+		c.first[k] = p
+		return nil, ""
+	case c.scope != PerNamespace:
+		return prev, fmt.Sprintf("service %q already has a policy at %s", k.service, prev.Source)
+	case k.namespace == "":
+		return prev, fmt.Sprintf("service %q already has a cluster-wide policy at %s", k.service, prev.Source)
+	default:
+		return prev, fmt.Sprintf("service %q already has a policy in namespace %q at %s", k.service, k.namespace, prev.Source)
+	}
 }
 
 // policyFiles expands the paths into the files to read. A file named

@@ -2,10 +2,14 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -137,5 +141,85 @@ func TestLoadDanglingSymlink(t *testing.T) {
 	_, err := Load(dir)
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("err = %v, want a not-exist error", err)
+	}
+}
+
+// TestScopes: a sidecar's files hold one policy per service whatever
+// their namespaces (every one applies to that sidecar), while the
+// control plane's hold one per service in each namespace and one
+// cluster-wide, a namespace's own overriding the cluster-wide one.
+func TestScopes(t *testing.T) {
+	doc := func(ns, service string) string {
+		meta := "{name: p}"
+		if ns != "" {
+			meta = "{name: p, namespace: " + ns + "}"
+		}
+		return header + "metadata: " + meta + "\nspec:\n  service: " + service + "\n"
+	}
+	tests := []struct {
+		name  string
+		files map[string]string
+		// want is each scope's verdict: "" for accepted, else the
+		// errors, {dir} standing for the directory.
+		want map[Scope]string
+	}{
+		{"cluster-wide and a namespace's", map[string]string{"a.yaml": doc("", "geo") + "---\n" + doc("shop", "geo")},
+			map[Scope]string{
+				OneSidecar:   `{dir}/a.yaml:11:12: spec.service: service "geo" already has a policy at {dir}/a.yaml:1:1`,
+				PerNamespace: "",
+			}},
+		{"two namespaces, two files", map[string]string{"a.yaml": doc("web", "geo"), "b.yaml": doc("shop", "geo")},
+			map[Scope]string{
+				OneSidecar:   `{dir}/b.yaml:5:12: spec.service: service "geo" already has a policy at {dir}/a.yaml:1:1`,
+				PerNamespace: "",
+			}},
+		{"one namespace twice, spelled apart", map[string]string{"a.yaml": doc("shop", "geo"), "b.yaml": doc("shop", "Geo.")},
+			map[Scope]string{
+				OneSidecar:   `{dir}/b.yaml:5:12: spec.service: service "geo" already has a policy at {dir}/a.yaml:1:1`,
+				PerNamespace: `{dir}/b.yaml:5:12: spec.service: service "geo" already has a policy in namespace "shop" at {dir}/a.yaml:1:1`,
+			}},
+		{"cluster-wide twice", map[string]string{"a.yaml": doc("", "geo") + "---\n" + doc("", "geo")},
+			map[Scope]string{
+				OneSidecar:   `{dir}/a.yaml:11:12: spec.service: service "geo" already has a policy at {dir}/a.yaml:1:1`,
+				PerNamespace: `{dir}/a.yaml:11:12: spec.service: service "geo" already has a cluster-wide policy at {dir}/a.yaml:1:1`,
+			}},
+		{"other services", map[string]string{"a.yaml": doc("shop", "geo") + "---\n" + doc("shop", "geo:80") + "---\n" + doc("", "geo.shop")},
+			map[Scope]string{OneSidecar: "", PerNamespace: ""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			var files []File
+			for _, name := range []string{"a.yaml", "b.yaml"} {
+				if body, ok := tt.files[name]; ok {
+					write(t, filepath.Join(dir, name), body)
+					files = append(files, File{Name: filepath.Join(dir, name), Data: []byte(body)})
+				}
+			}
+			for scope, want := range tt.want {
+				want = strings.ReplaceAll(want, "{dir}", dir)
+				ps, err := scope.Load(dir)
+				got := ""
+				if err != nil {
+					got = err.Error()
+				}
+				if got != want {
+					t.Errorf("scope %d: Load: %q, want %q", scope, got, want)
+				}
+				if err == nil && len(ps) != strings.Count(strings.Join(slices.Collect(maps.Values(tt.files)), ""), "kind:") {
+					t.Errorf("scope %d: %d policies", scope, len(ps))
+				}
+				// Decode over the same contents is the same verdict.
+				_, derr := scope.Decode(files)
+				if (derr == nil) != (err == nil) || derr != nil && derr.Error() != got {
+					t.Errorf("scope %d: Decode: %v, Load: %v", scope, derr, err)
+				}
+			}
+			// The sidecar's Load is OneSidecar's.
+			_, err := Load(dir)
+			if got, want := fmt.Sprint(err), strings.ReplaceAll(tt.want[OneSidecar], "{dir}", dir); want != "" && got != want || want == "" && err != nil {
+				t.Errorf("Load: %v, want OneSidecar's verdict", err)
+			}
+		})
 	}
 }

@@ -397,6 +397,16 @@ func podsAndNamespaces(ctx context.Context, c kubernetes.Interface) ([]corev1.Po
 	return pods.Items, labels, nil
 }
 
+// stillRuns reports whether a pod runs or will: not being deleted, and
+// not finished (a Job's pod that Succeeded or Failed never runs again,
+// whatever sidecar it had or lacked). The pod checks look at these only:
+// a finished pod can stay listed for as long as its Job is kept, and
+// restarting a workload does not touch it, so listing it would fail the
+// check with no way to act on it.
+func stillRuns(p *corev1.Pod) bool {
+	return p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+}
+
 // missingSidecars are pods the injector would inject now but that run
 // without the sidecar: the webhook was down (failurePolicy Ignore) or the
 // namespace opted in after they were created.
@@ -406,7 +416,7 @@ func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, r
 	var missing []string
 	for i := range pods {
 		p := &pods[i]
-		if injector.IsInjected(p) || p.DeletionTimestamp != nil {
+		if injector.IsInjected(p) || !stillRuns(p) {
 			continue
 		}
 		res, err := injector.Inject(injector.Input{Pod: p, Namespace: p.Namespace, NamespaceLabels: nsLabels[p.Namespace]}, &cfg)
@@ -591,7 +601,7 @@ func outdatedSidecars(pods []corev1.Pod, cfg injector.Config) error {
 	for i := range pods {
 		p := &pods[i]
 		proxy, init, ok := injector.Images(p)
-		if !ok || p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if !ok || !stillRuns(p) {
 			continue
 		}
 		switch {
@@ -605,12 +615,13 @@ func outdatedSidecars(pods []corev1.Pod, cfg injector.Config) error {
 }
 
 // sidecarsReady looks at running pods only: a pending pod has no sidecar
-// status yet, which is not a fault of the sidecar.
+// status yet, which is not a fault of the sidecar, and one being deleted
+// has a draining sidecar, whose /ready says 503 on purpose.
 func sidecarsReady(pods []corev1.Pod) error {
 	var notReady []string
 	for i := range pods {
 		p := &pods[i]
-		if p.Status.Phase != corev1.PodRunning || !injector.IsInjected(p) {
+		if !stillRuns(p) || p.Status.Phase != corev1.PodRunning || !injector.IsInjected(p) {
 			continue
 		}
 		i := slices.IndexFunc(p.Status.InitContainerStatuses, func(s corev1.ContainerStatus) bool { return s.Name == wellknown.ProxyContainerName })
@@ -621,6 +632,14 @@ func sidecarsReady(pods []corev1.Pod) error {
 	return listed("sidecars not ready", notReady)
 }
 
+// policiesValid validates each namespace's policy ConfigMap as its
+// sidecars read it: the injector mounts every key as a file of
+// --policy-dir, and the sidecar decodes the policy files among them
+// (policy.IsPolicyFile, in name order) as one set, refusing it whole if
+// two keys govern one service. So does this check (policy.OneSidecar,
+// the sidecar's own code): a key at a time, it passed a ConfigMap that
+// every sidecar of the namespace refuses. binaryData keys are mounted
+// too.
 func policiesValid(ctx context.Context, c kubernetes.Interface) error {
 	cms, err := c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + PolicyConfig})
 	if err != nil {
@@ -631,18 +650,20 @@ func policiesValid(ctx context.Context, c kubernetes.Interface) error {
 		if cm.Name != PolicyConfig {
 			continue
 		}
-		keys := make([]string, 0, len(cm.Data))
-		for k := range cm.Data {
-			keys = append(keys, k)
+		var files []policy.File
+		for k, v := range cm.Data {
+			files = append(files, policy.File{Name: k, Data: []byte(v)})
 		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			if !policy.IsPolicyFile(k) {
-				continue
-			}
-			if _, err := policy.Decode(cm.Namespace+"/"+cm.Name+"/"+k, []byte(cm.Data[k])); err != nil {
-				errs = append(errs, err)
-			}
+		for k, v := range cm.BinaryData {
+			files = append(files, policy.File{Name: k, Data: v})
+		}
+		files = slices.DeleteFunc(files, func(f policy.File) bool { return !policy.IsPolicyFile(f.Name) })
+		slices.SortFunc(files, func(a, b policy.File) int { return strings.Compare(a.Name, b.Name) })
+		for i := range files {
+			files[i].Name = cm.Namespace + "/" + cm.Name + "/" + files[i].Name
+		}
+		if _, err := policy.OneSidecar.Decode(files); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -169,6 +169,37 @@ func TestRun(t *testing.T) {
 			// A DaemonSet short of pods for its own reasons.
 			&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "agent"}, Status: appsv1.DaemonSetStatus{DesiredNumberScheduled: 2}},
 		}, map[string]string{"no workload's pods are refused by the webhook": `2 workloads whose pods are refused: deployment shop/web (Internal error occurred: failed calling webhook "pods.inject.minimesh.io": failed to call webhook: Post "https://minimesh-injector.minimesh.svc:443/inject?timeout=5s": no endpoints available for service "minimesh-injector"), statefulset shop/db (Create Pod db-1 in StatefulSet db failed error: admission webhook "namespaces.inject.minimesh.io" denied the request: minimesh: metadata.annotations: "x": y)`}},
+		{"finished and terminating pods", "37", 300 * 24 * time.Hour, []runtime.Object{
+			// A Job's pods that ended before their namespace opted in:
+			// they never run again, and no restart reaches them.
+			pod("opted", "job-done", nil, corev1.PodSucceeded, nil),
+			pod("opted", "job-failed", nil, corev1.PodFailed, nil),
+			// Pods being deleted: one without the sidecar, one whose
+			// sidecar drains (its /ready says 503 on purpose).
+			&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "opted", Name: "going", DeletionTimestamp: &metav1.Time{Time: time.Now()}, Finalizers: []string{"x"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}}, Status: corev1.PodStatus{Phase: corev1.PodRunning}},
+			func() *corev1.Pod {
+				p := pod("shop", "draining", injected, corev1.PodRunning, &no)
+				p.DeletionTimestamp, p.Finalizers = &metav1.Time{Time: time.Now()}, []string{"x"}
+				return p
+			}(),
+			// Still there to run: listed.
+			pod("opted", "pending", nil, corev1.PodPending, nil),
+		}, map[string]string{"pods that ask for injection have the sidecar": "1 pods without the sidecar: opted/pending"}},
+		{"policy in two keys", "37", 300 * 24 * time.Hour, []runtime.Object{
+			// Each key decodes alone; the sidecar reads the keys as one
+			// directory, and refuses it whole.
+			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: PolicyConfig}, Data: map[string]string{
+				"b.yaml": "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: b}\nspec: {service: geo, timeout: 1s}\n",
+				"a.yaml": "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: a}\nspec: {service: geo, timeout: 2s}\n",
+				"README": "not a policy",
+			}},
+		}, map[string]string{"policies validate": `shop/minimesh-policies/b.yaml:4:17: spec.service: service "geo" already has a policy at shop/minimesh-policies/a.yaml:1:1`}},
+		{"policy in a key and a binaryData key", "37", 300 * 24 * time.Hour, []runtime.Object{
+			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: PolicyConfig},
+				Data:       map[string]string{"b.yaml": "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: b}\nspec: {service: geo}\n"},
+				BinaryData: map[string][]byte{"a.json": []byte(`{"apiVersion": "minimesh.io/v1alpha1", "kind": "ResiliencePolicy", "metadata": {"name": "a"}, "spec": {"service": "geo"}}`)}},
+		}, map[string]string{"policies validate": `shop/minimesh-policies/b.yaml:4:17: spec.service: service "geo" already has a policy at shop/minimesh-policies/a.json:1:1`}},
 		{"sidecar not ready", "37", 300 * 24 * time.Hour, []runtime.Object{
 			pod("shop", "web", injected, corev1.PodRunning, &no),
 		}, map[string]string{"sidecars are ready": "1 sidecars not ready: shop/web"}},

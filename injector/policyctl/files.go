@@ -11,8 +11,12 @@ import (
 
 // Files serves a directory of policy files, for local use and the demo:
 // a policy's metadata.namespace puts it in that namespace; without one it
-// is cluster-wide. The directory is read again every Interval; a set that
-// does not load keeps the last good one serving.
+// is cluster-wide. As with ResiliencePolicy objects, a service may have a
+// policy in each namespace and a cluster-wide one, and a namespace's own
+// wins in that namespace: Files hands the cluster-wide set and each
+// namespace's to the Sink, which merges them (xds.Merge) as it does the
+// objects'. The directory is read again every Interval; a set that does
+// not load keeps the last good one serving.
 type Files struct {
 	Dir      string
 	Sink     Sink
@@ -23,9 +27,13 @@ type Files struct {
 }
 
 // Load reads the directory once and publishes it; the error is the
-// decoder's (file:line:col).
+// decoder's (file:line:col). Two policies for one service are refused
+// only within one namespace, or both cluster-wide (policy.PerNamespace):
+// a sidecar gets one of them. A cluster-wide policy and a namespace's own
+// for the same service are the override the namespace asks for, not a
+// conflict.
 func (f *Files) Load() error {
-	pols, err := policy.Load(f.Dir)
+	pols, err := policy.PerNamespace.Load(f.Dir)
 	if err != nil {
 		return err
 	}
