@@ -295,6 +295,24 @@ func TestPolicyReachesSidecar(t *testing.T) {
 		t.Fatalf("after an invalid update the sidecar has %d, want the last good 2", n)
 	}
 
+	// The controller restarts (helm upgrade restarts it) with the object
+	// still invalid: its last valid version, recorded in its status,
+	// keeps serving. Another policy applied after the restart tells that
+	// the sidecar has the new controller's answer. Before, the new
+	// process knew nothing of the last valid version and every sidecar
+	// dropped it.
+	p.ctrl.Stop()
+	p.startController(t)
+	p.apply(t, "shop", "pay", "{service: pay-service, timeout: 3s}")
+	for deadline := time.Now().Add(30 * time.Second); p.policySource(t, "pay-service") == ""; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the sidecar never got pay-service from the restarted controller")
+		}
+	}
+	if n, src := p.failures(t); n != 2 || src != "xds" {
+		t.Fatalf("after a controller restart the sidecar has %d from %q, want the last valid 2 from xds", n, src)
+	}
+
 	// The controller goes away: the sidecar keeps serving its policies;
 	// it comes back and the sidecar resyncs.
 	p.ctrl.Stop()

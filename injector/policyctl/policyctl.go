@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,7 +23,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -48,8 +52,9 @@ type Sink interface {
 type Controller struct {
 	Client dynamic.Interface
 	// Discovery tells whether the CRD is installed: until it is, there
-	// is nothing to serve, which is a ready state, not a failure (the
-	// webhook must not wait for it).
+	// is no policy, a known empty set that is published (the sidecars
+	// are answered, with the endpoints) and a ready state, not a
+	// failure (the webhook must not wait for it).
 	Discovery discovery.DiscoveryInterface
 	Sink      Sink
 	// GlobalNamespace holds the cluster-wide policies (the release's
@@ -61,26 +66,76 @@ type Controller struct {
 	mu       sync.Mutex // informer only: Synced (the controller's /readyz) never waits for a sync
 	informer cache.SharedIndexInformer
 	missing  atomic.Bool
-	lastGood map[string]*policy.ResiliencePolicy // by namespace/name: served while a newer version is invalid; sync's only
+	// accepted holds, by object, the last generation this process
+	// accepted, for the moment between accepting it and its status
+	// recording it (status.lastValidSpec): a bad edit that comes before
+	// that write is answered with it too, and the status write of that
+	// edit records it for every replica and restart. sync's only.
+	accepted map[objKey]lastValid
+	// unrecorded says the CRD prunes status.lastValidSpec (one from
+	// before it): the last valid versions cannot be shared, so none is
+	// taken from accepted, and writeStatus stops comparing them (or it
+	// would write every status at every sync). sync's only.
+	unrecorded bool
+	// crdPoll is how often a missing CRD is looked for (10 s).
+	crdPoll time.Duration
+	// synced, when set (tests), is called at the end of every sync with
+	// the objects it read, its status writes done.
+	synced func(objs []any)
+}
+
+// objKey names an object, and its incarnation: one deleted and created
+// again under the same name has a new UID and none of the old one's
+// versions.
+type objKey struct {
+	uid  types.UID
+	name string // namespace/name
+}
+
+// lastValid is the last valid version of an object: the spec of a
+// generation the controller accepted.
+type lastValid struct {
+	spec any
+	gen  int64
 }
 
 // Run watches until ctx ends.
 func (c *Controller) Run(ctx context.Context) {
+	poll := c.crdPoll
+	if poll == 0 {
+		poll = 10 * time.Second
+	}
 	for c.Discovery != nil {
-		if _, err := c.Discovery.ServerResourcesForGroupVersion(GVR.GroupVersion().String()); err == nil {
+		_, err := c.Discovery.ServerResourcesForGroupVersion(GVR.GroupVersion().String())
+		if err == nil {
 			break
-		} else if !c.missing.Load() {
-			c.Log.Warn("the ResiliencePolicy CRD is not installed: serving no policies until it is (kubectl apply -f charts/minimesh/crds)", "err", err)
 		}
-		c.missing.Store(true)
+		switch {
+		case !apierrors.IsNotFound(err):
+			// No answer (an API server unreachable, say): the
+			// policies are not known, and publishing none would make
+			// every sidecar drop its own. Not ready, as with an
+			// informer that has not listed yet.
+			c.Log.Warn("cannot tell whether the ResiliencePolicy CRD is installed; retrying", "err", err)
+		case !c.missing.Load():
+			// No CRD: no policy can exist, a known empty set, which
+			// the xDS server must hear of, or it answers no sidecar
+			// (no policies, no endpoints either) while /readyz says
+			// ready. Published before Synced says so.
+			c.Log.Warn("the ResiliencePolicy CRD is not installed: serving no policies until it is (kubectl apply -f charts/minimesh/crds)", "err", err)
+			if err := c.Sink.Set(nil, nil); err != nil {
+				c.Log.Error("publish policies", "err", err)
+			}
+			c.missing.Store(true)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(10 * time.Second):
+		case <-time.After(poll):
 		}
 	}
 	c.missing.Store(false)
-	c.lastGood = map[string]*policy.ResiliencePolicy{}
+	c.accepted = map[objKey]lastValid{}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(c.Client, 10*time.Minute)
 	c.mu.Lock()
 	c.informer = f.ForResource(GVR).Informer()
@@ -143,25 +198,20 @@ func (c *Controller) sync(ctx context.Context) {
 		return a.GetName() < b.GetName()
 	})
 	verdicts := make([]error, len(objs))
-	served := make([]bool, len(objs))
-	seen := map[string]bool{}
+	goods := make([]*policy.ResiliencePolicy, len(objs))
+	records := make([]lastValid, len(objs))
+	seen := map[objKey]bool{}
 	for i, o := range objs {
 		u := o.(*unstructured.Unstructured)
-		key := u.GetNamespace() + "/" + u.GetName()
-		seen[key] = true
-		p, err := decode(u)
-		if err == nil {
-			c.lastGood[key] = p
-		} else {
-			c.Log.Warn("policy refused; its last good version keeps serving", "policy", key, "err", err)
-		}
-		verdicts[i] = err
+		seen[keyOf(u)] = true
+		goods[i], records[i], verdicts[i] = c.resolve(u)
 	}
-	for key := range c.lastGood {
-		if !seen[key] {
-			delete(c.lastGood, key)
+	for k := range c.accepted {
+		if !seen[k] {
+			delete(c.accepted, k)
 		}
 	}
+	served := make([]bool, len(objs))
 	// The cluster-wide set first, then each namespace's own over it: a
 	// policy that would share its Envoy cluster with one already taken
 	// (the same service twice in one namespace) is refused, so that
@@ -176,7 +226,7 @@ func (c *Controller) sync(ctx context.Context) {
 			if (u.GetNamespace() == c.GlobalNamespace) != pass {
 				continue
 			}
-			good := c.lastGood[u.GetNamespace()+"/"+u.GetName()]
+			good := goods[i]
 			if good == nil {
 				continue
 			}
@@ -203,20 +253,97 @@ func (c *Controller) sync(ctx context.Context) {
 		c.Log.Error("publish policies", "err", err)
 	}
 	for i, o := range objs {
-		c.writeStatus(ctx, o.(*unstructured.Unstructured), verdicts[i], served[i])
+		c.writeStatus(ctx, o.(*unstructured.Unstructured), verdicts[i], served[i], records[i])
+	}
+	if c.synced != nil {
+		c.synced(objs)
 	}
 }
+
+// resolve decides what of u is served: its spec if valid, else the last
+// valid version the cluster holds, its status.lastValidSpec (or the one
+// this process accepted and has not recorded yet, when newer). That
+// version is kept in the cluster, not in one process, so that the
+// chart's two replicas serve the same and a restart serves it too; and
+// since a status can be written by hand (through the status
+// subresource), it is validated again as a spec is, never trusted. rec
+// is the last valid version the status is to record; verdict is nil
+// when the spec is valid.
+func (c *Controller) resolve(u *unstructured.Unstructured) (good *policy.ResiliencePolicy, rec lastValid, verdict error) {
+	key := u.GetNamespace() + "/" + u.GetName()
+	gen := u.GetGeneration()
+	p, err := decode(u, u.Object["spec"], "")
+	if err == nil {
+		rec = lastValid{spec: u.Object["spec"], gen: gen}
+		c.accepted[keyOf(u)] = rec
+		return p, rec, nil
+	}
+	rec = recorded(u)
+	if m, ok := c.accepted[keyOf(u)]; ok && !c.unrecorded && m.gen > rec.gen && m.gen <= gen {
+		// Ours, not recorded yet: this sync's status write records it
+		// (and the message says what the status will hold). Not with a
+		// CRD that drops it: a replica that did not see it would then
+		// serve and say otherwise, for good.
+		rec = m
+	}
+	switch {
+	case rec.spec == nil:
+		c.Log.Warn("policy refused; it has no valid version to serve", "policy", key, "err", err)
+		return nil, rec, invalid{err: err}
+	case rec.gen < 1 || rec.gen > gen:
+		c.Log.Warn("policy refused; its status.lastValidGeneration is not one of its generations", "policy", key, "err", err, "lastValidGeneration", rec.gen)
+		return nil, rec, invalid{err: err, last: rec.gen, lastErr: fmt.Errorf("status.lastValidGeneration %d is not a generation of this object (1 to %d)", rec.gen, gen)}
+	}
+	last, lerr := decode(u, rec.spec, fmt.Sprintf(" (its last valid version, generation %d)", rec.gen))
+	if lerr != nil {
+		c.Log.Warn("policy refused, and its status.lastValidSpec too", "policy", key, "err", err, "lastValidErr", lerr)
+		return nil, rec, invalid{err: err, last: rec.gen, lastErr: lerr}
+	}
+	c.Log.Warn("policy refused; its last valid version keeps serving", "policy", key, "err", err, "lastValidGeneration", rec.gen)
+	return last, rec, invalid{err: err, last: rec.gen}
+}
+
+func (l lastValid) equal(o lastValid) bool {
+	return l.gen == o.gen && reflect.DeepEqual(l.spec, o.spec)
+}
+
+func keyOf(u *unstructured.Unstructured) objKey {
+	return objKey{uid: u.GetUID(), name: u.GetNamespace() + "/" + u.GetName()}
+}
+
+// recorded is the last valid version u's status holds (zero if none).
+func recorded(u *unstructured.Unstructured) lastValid {
+	spec, ok, _ := unstructured.NestedFieldNoCopy(u.Object, "status", "lastValidSpec")
+	if !ok {
+		return lastValid{}
+	}
+	gen, _, _ := unstructured.NestedInt64(u.Object, "status", "lastValidGeneration")
+	return lastValid{spec: spec, gen: gen}
+}
+
+// invalid is the verdict on an object whose spec the decoder refuses.
+// last is the generation of the last valid version recorded (0: none);
+// lastErr why that one is not served either.
+type invalid struct {
+	err     error
+	last    int64
+	lastErr error
+}
+
+func (e invalid) Error() string { return e.err.Error() }
+func (e invalid) Unwrap() error { return e.err }
 
 // conflict is the verdict on a valid policy that another one, older,
 // keeps from being served.
 type conflict struct{ error }
 
-// decode validates an object as `minimesh policy lint` validates a file.
-func decode(u *unstructured.Unstructured) (*policy.ResiliencePolicy, error) {
+// decode validates spec, as u's, as `minimesh policy lint` validates a
+// file. note ends the policy's Source.
+func decode(u *unstructured.Unstructured, spec any, note string) (*policy.ResiliencePolicy, error) {
 	doc := map[string]any{
 		"apiVersion": policy.APIVersion, "kind": policy.Kind,
 		"metadata": map[string]any{"name": u.GetName(), "namespace": u.GetNamespace()},
-		"spec":     u.Object["spec"],
+		"spec":     spec,
 	}
 	b, err := json.Marshal(doc)
 	if err != nil {
@@ -229,40 +356,100 @@ func decode(u *unstructured.Unstructured) (*policy.ResiliencePolicy, error) {
 	if len(ps) != 1 {
 		return nil, fmt.Errorf("want one policy, got %d", len(ps))
 	}
-	ps[0].Source = "ResiliencePolicy " + u.GetNamespace() + "/" + u.GetName()
+	ps[0].Source = "ResiliencePolicy " + u.GetNamespace() + "/" + u.GetName() + note
 	return ps[0], nil
 }
 
-// writeStatus sets the Accepted condition and observedGeneration when
+// maxMessage is the CRD's bound on a condition's message: a longer one
+// would make the API server refuse the whole status write.
+const maxMessage = 32768
+
+// writeStatus sets the Accepted condition, observedGeneration and the
+// last valid version (status.lastValidSpec, lastValidGeneration) when
 // they changed. served says whether a version of the object is served.
-func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, verdict error, served bool) {
+// What it writes depends only on the object as the cluster holds it (and
+// on rec, which the write then records), never on what this process saw
+// before, so that the chart's two replicas write the same status and
+// each skips the other's write instead of answering it with its own
+// (each write is an informer event for the other: before, they rewrote
+// it at each other without end).
+func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, verdict error, served bool, rec lastValid) {
 	status, reason, msg := "True", "Valid", "the policy is served to sidecars"
 	var cf conflict
+	var inv invalid
 	switch {
 	case errors.As(verdict, &cf):
 		status, reason, msg = "False", "Conflict", cf.Error()+" (the older policy is served; this one is not)"
+	case errors.As(verdict, &inv):
+		status, reason, msg = "False", "Invalid", inv.Error()
+		switch {
+		case inv.lastErr != nil:
+			msg += fmt.Sprintf(" (its last valid version, generation %d, in status.lastValidSpec, is refused too: %v; nothing is served for it)", inv.last, inv.lastErr)
+		case inv.last == 0:
+			msg += " (no valid version of it was recorded: nothing is served for it)"
+		case served:
+			msg += fmt.Sprintf(" (the last valid version keeps serving: generation %d)", inv.last)
+		}
 	case verdict != nil:
 		status, reason, msg = "False", "Invalid", verdict.Error()
-		if served {
-			msg += " (the last valid version keeps serving)"
-		}
+	}
+	if len(msg) > maxMessage {
+		msg = strings.ToValidUTF8(msg[:maxMessage-len("…")], "") + "…"
 	}
 	gen := u.GetGeneration()
 	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	for _, x := range conds {
-		m, _ := x.(map[string]any)
-		if m["type"] == "Accepted" && m["status"] == status && m["message"] == msg && m["observedGeneration"] == gen {
+	at := -1
+	for i, x := range conds {
+		if m, _ := x.(map[string]any); m["type"] == "Accepted" {
+			at = i
+		}
+	}
+	observed, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
+	if at >= 0 && observed == gen && (c.unrecorded || recorded(u).equal(rec)) {
+		m := conds[at].(map[string]any)
+		if m["status"] == status && m["reason"] == reason && m["message"] == msg && m["observedGeneration"] == gen {
 			return
 		}
 	}
+	since := time.Now().UTC().Format(time.RFC3339)
+	if at >= 0 {
+		if m := conds[at].(map[string]any); m["status"] == status && m["lastTransitionTime"] != nil {
+			since, _ = m["lastTransitionTime"].(string) // a transition is a change of status, not of message
+		}
+	} else {
+		at = len(conds)
+		conds = append(conds, nil)
+	}
+	conds[at] = map[string]any{
+		"type": "Accepted", "status": status, "reason": reason, "message": msg,
+		"observedGeneration": gen, "lastTransitionTime": since,
+	}
 	obj := u.DeepCopy()
 	_ = unstructured.SetNestedField(obj.Object, gen, "status", "observedGeneration")
-	_ = unstructured.SetNestedSlice(obj.Object, []any{map[string]any{
-		"type": "Accepted", "status": status, "reason": reason, "message": msg,
-		"observedGeneration": gen, "lastTransitionTime": time.Now().UTC().Format(time.RFC3339),
-	}}, "status", "conditions")
-	_, err := c.Client.Resource(GVR).Namespace(u.GetNamespace()).UpdateStatus(ctx, obj, metav1.UpdateOptions{})
-	if err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
-		c.Log.Error("write policy status", "policy", u.GetNamespace()+"/"+u.GetName(), "err", err)
+	_ = unstructured.SetNestedSlice(obj.Object, conds, "status", "conditions")
+	if rec.spec != nil {
+		_ = unstructured.SetNestedField(obj.Object, runtime.DeepCopyJSONValue(rec.spec), "status", "lastValidSpec")
+		_ = unstructured.SetNestedField(obj.Object, rec.gen, "status", "lastValidGeneration")
+	}
+	got, err := c.Client.Resource(GVR).Namespace(u.GetNamespace()).UpdateStatus(ctx, obj, metav1.UpdateOptions{})
+	if err != nil {
+		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) && ctx.Err() == nil {
+			c.Log.Error("write policy status", "policy", u.GetNamespace()+"/"+u.GetName(), "err", err)
+		}
+		return
+	}
+	if rec.spec != nil {
+		// A CRD from before status.lastValidSpec (Helm installs CRDs
+		// but never upgrades them) prunes it without an error: noticed
+		// here, or every sync would write every object's status again.
+		_, kept, _ := unstructured.NestedFieldNoCopy(got.Object, "status", "lastValidSpec")
+		if kept == c.unrecorded {
+			c.unrecorded = !kept
+			if !kept {
+				c.Log.Warn("the ResiliencePolicy CRD drops status.lastValidSpec (Helm never upgrades a CRD): a policy made invalid serves nothing rather than its last valid version; kubectl apply -f charts/minimesh/crds")
+			} else {
+				c.Log.Info("the ResiliencePolicy CRD holds status.lastValidSpec again")
+			}
+		}
 	}
 }

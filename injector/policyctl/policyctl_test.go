@@ -2,12 +2,16 @@ package policyctl
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"reflect"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -53,21 +57,70 @@ func (s *setSink) names(ns string) []string {
 func object(ns, name string, created time.Time, spec map[string]any) *unstructured.Unstructured {
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "minimesh.io/v1alpha1", "kind": "ResiliencePolicy",
-		"metadata": map[string]any{"namespace": ns, "name": name, "generation": int64(1)},
-		"spec":     spec,
+		"metadata": map[string]any{"namespace": ns, "name": name, "generation": int64(1), "resourceVersion": "1",
+			"uid": "uid-" + ns + "-" + name},
+		"spec": spec,
 	}}
 	u.SetCreationTimestamp(metav1.NewTime(created))
 	return u
 }
 
+// fakeClient is a dynamic client whose updates behave as the API
+// server's, which the status tests depend on: an update carries a
+// resourceVersion precondition (Conflict when stale), the status
+// subresource writes only the status and a plain update only the rest,
+// and the generation grows with the spec. The fake's own tracker
+// replaces the whole object either way: a status write made from a
+// stale copy would undo a spec edit.
 func fakeClient(objs ...runtime.Object) *dynamicfake.FakeDynamicClient {
-	return dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+	return newFakeClient(false, objs...)
+}
+
+// newFakeClient is fakeClient; prune drops status.lastValidSpec and
+// lastValidGeneration from status writes, as a CRD from before them
+// does (structural pruning).
+func newFakeClient(prune bool, objs ...runtime.Object) *dynamicfake.FakeDynamicClient {
+	c := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{GVR: "ResiliencePolicyList"}, objs...)
+	rv := int64(100) // above the objects' own; the reactor runs under the fake's lock
+	c.PrependReactor("update", "resiliencepolicies", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		in := a.(k8stesting.UpdateAction).GetObject().(*unstructured.Unstructured)
+		got, err := c.Tracker().Get(GVR, a.GetNamespace(), in.GetName())
+		if err != nil {
+			return true, nil, err
+		}
+		cur := got.(*unstructured.Unstructured)
+		if in.GetResourceVersion() != cur.GetResourceVersion() {
+			return true, nil, apierrors.NewConflict(GVR.GroupResource(), in.GetName(), errors.New("the object has been modified"))
+		}
+		out := cur.DeepCopy()
+		if a.GetSubresource() == "status" {
+			out.Object["status"] = runtime.DeepCopyJSONValue(in.Object["status"])
+			if prune {
+				unstructured.RemoveNestedField(out.Object, "status", "lastValidSpec")
+				unstructured.RemoveNestedField(out.Object, "status", "lastValidGeneration")
+			}
+		} else {
+			out.SetLabels(in.GetLabels())
+			out.SetAnnotations(in.GetAnnotations())
+			if !reflect.DeepEqual(in.Object["spec"], cur.Object["spec"]) {
+				out.Object["spec"] = runtime.DeepCopyJSONValue(in.Object["spec"])
+				out.SetGeneration(cur.GetGeneration() + 1)
+			}
+		}
+		rv++
+		out.SetResourceVersion(strconv.FormatInt(rv, 10))
+		if err := c.Tracker().Update(GVR, out, a.GetNamespace()); err != nil {
+			return true, nil, err
+		}
+		return true, out.DeepCopy(), nil
+	})
+	return c
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
