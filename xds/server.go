@@ -34,6 +34,7 @@ import (
 	"strings"
 	"sync"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -67,12 +68,20 @@ type Server struct {
 	// answer, so that a controller that has not read the cluster yet does
 	// not tell every reconnecting sidecar to drop its policies.
 	set    bool
-	global []*policy.ResiliencePolicy // cluster-wide
+	global []*policy.ResiliencePolicy // cluster-wide, as served (boundPolicies)
 	// wantEndpoints: a server for a cluster (ExpectEndpoints) publishes
 	// nothing until the endpoints are set too, for the same reason.
 	wantEndpoints, endpointsSet bool
 	endpoints                   endpointContent                       // every Service's, the same in every namespace
-	byNS                        map[string][]*policy.ResiliencePolicy // namespaces with policies of their own
+	byNS                        map[string][]*policy.ResiliencePolicy // namespaces with policies of their own, as served
+	// givenGlobal and givenByNS are the policies as given; global and
+	// byNS, what of them fits in a sidecar's CDS response
+	// (MaxClusterBytes), and leftOut the others.
+	givenGlobal     []*policy.ResiliencePolicy
+	givenByNS       map[string][]*policy.ResiliencePolicy
+	leftOut         []PolicyLeftOut
+	maxClusterBytes int                   // 0: MaxClusterBytes; tests lower it
+	report          func([]PolicyLeftOut) // ReportPolicies'; nil for none
 	// groups are the namespaces with a stream open (or a fetch under
 	// way): exactly those have a snapshot in the cache.
 	groups  map[string]*group
@@ -160,7 +169,7 @@ func (s *Server) SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs map
 	defer s.mu.Unlock()
 	s.endpointsSet = true
 	s.endpoints = c
-	return served, s.publishAll()
+	return served, s.publishAll(nil)
 }
 
 // Register adds ADS (and CDS, EDS, RDS for Envoys without ADS) to g.
@@ -176,18 +185,35 @@ func (s *Server) Register(g *grpc.Server) {
 // wins). A namespace missing from byNS, or with no policies in it, has
 // the global ones only. Every connected sidecar whose content changed
 // gets it, all from this one consistent state.
+//
+// Each list is in order of precedence, the oldest first: what would make
+// a namespace's CDS response larger than a sidecar takes is left out,
+// the last of a list first (MaxClusterBytes, PoliciesLeftOut), rather
+// than sent to be refused whole.
 func (s *Server) Set(global []*policy.ResiliencePolicy, byNS map[string][]*policy.ResiliencePolicy) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.set = true
-	s.global = global
-	clear(s.byNS)
+	s.givenGlobal = global
+	s.givenByNS = map[string][]*policy.ResiliencePolicy{}
 	for ns, pols := range byNS {
 		if len(pols) > 0 {
-			s.byNS[ns] = pols
+			s.givenByNS[ns] = pols
 		}
 	}
-	return errors.Join(s.checkNames(), s.publishAll())
+	return errors.Join(s.checkNames(), s.publishAll(s.bound()))
+}
+
+// bound makes what is served from what was given (boundPolicies) and
+// reports what it left out; its result is the contents it made, for
+// publishAll. The caller holds mu.
+func (s *Server) bound() map[string]*content {
+	var memo map[string]*content
+	s.global, s.byNS, memo, s.leftOut = s.boundPolicies(s.givenGlobal, s.givenByNS)
+	if s.report != nil {
+		s.report(s.leftOut)
+	}
+	return memo
 }
 
 // checkNames reports the policies that would share a cluster name, in
@@ -197,11 +223,11 @@ func (s *Server) Set(global []*policy.ResiliencePolicy, byNS map[string][]*polic
 // such a pair when it sets them. The caller holds mu.
 func (s *Server) checkNames() error {
 	var errs []error
-	if err := envoy.CheckNamesFor(s.global, DefaultNamespace); err != nil {
+	if err := envoy.CheckNamesFor(s.givenGlobal, DefaultNamespace); err != nil {
 		errs = append(errs, fmt.Errorf("cluster-wide policies: %w", err))
 	}
-	for _, ns := range slices.Sorted(maps.Keys(s.byNS)) {
-		if err := envoy.CheckNamesFor(Merge(s.global, s.byNS[ns]), ns); err != nil {
+	for _, ns := range slices.Sorted(maps.Keys(s.givenByNS)) {
+		if err := envoy.CheckNamesFor(Merge(s.givenGlobal, s.givenByNS[ns]), ns); err != nil {
 			errs = append(errs, fmt.Errorf("namespace %s: %w", ns, err))
 		}
 	}
@@ -215,12 +241,15 @@ func (s *Server) SetNamespace(ns string, pols []*policy.ResiliencePolicy) error 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.set = true
-	if len(pols) > 0 {
-		s.byNS[ns] = pols
-	} else {
-		delete(s.byNS, ns)
+	if s.givenByNS == nil {
+		s.givenByNS = map[string][]*policy.ResiliencePolicy{}
 	}
-	return errors.Join(s.checkNames(), s.publishAll())
+	if len(pols) > 0 {
+		s.givenByNS[ns] = pols
+	} else {
+		delete(s.givenByNS, ns)
+	}
+	return errors.Join(s.checkNames(), s.publishAll(s.bound()))
 }
 
 // Version is the version of namespace ns's snapshot: "" while no
@@ -234,10 +263,12 @@ func (s *Server) Version(ns string) string {
 	return ""
 }
 
-// publishAll brings every connected namespace's snapshot up to date.
-// The caller holds mu.
-func (s *Server) publishAll() error {
-	memo := map[string]*content{}
+// publishAll brings every connected namespace's snapshot up to date;
+// memo (nil for none) holds contents already made. The caller holds mu.
+func (s *Server) publishAll(memo map[string]*content) error {
+	if memo == nil {
+		memo = map[string]*content{}
+	}
 	var errs []error
 	for ns := range s.groups {
 		errs = append(errs, s.publish(ns, memo))
@@ -250,6 +281,17 @@ type content struct {
 	clusters, routes []types.Resource
 	version          string
 	err              error
+	sizes            // the clusters' in the CDS response
+	// given is what every policy given would have cost, when fitNamespace
+	// left some out (for the report).
+	given sizes
+}
+
+// sizes are the clusters' bytes in a CDS response (clusterBytes), in
+// all and by the service of each one's policy.
+type sizes struct {
+	bytes int
+	cost  map[string]int
 }
 
 // contentKey names what namespace ns's resources are made from, for
@@ -304,8 +346,13 @@ func (s *Server) publish(ns string, memo map[string]*content) error {
 	key := s.contentKey(ns)
 	c := memo[key]
 	if c == nil {
-		c = &content{}
-		c.clusters, c.routes, c.version, c.err = Resources(Merge(s.global, s.byNS[ns]), ns)
+		c = resources(Merge(s.global, s.byNS[ns]), ns)
+		if max := cmp.Or(s.maxClusterBytes, MaxClusterBytes); c.err == nil && c.bytes > max {
+			// Never so: what is served fits in every namespace
+			// (boundPolicies). Should it not, no sidecar is sent more
+			// than it takes.
+			c, _ = fitNamespace(s.global, s.byNS[ns], ns, nil, max)
+		}
 		if memo != nil {
 			memo[key] = c
 		}
@@ -498,44 +545,59 @@ func premarshaled(cla *endpointv3.ClusterLoadAssignment) (*endpointv3.ClusterLoa
 // the policy was written in: envoy.TranslateFor), and a version that
 // changes exactly when they do (a hash of their encoding).
 func Resources(pols []*policy.ResiliencePolicy, ns string) (clusters, routes []types.Resource, version string, err error) {
+	c := resources(pols, ns)
+	return c.clusters, c.routes, c.version, c.err
+}
+
+// resources is Resources with the clusters' sizes, in all and by policy
+// (sizes.cost, by service), as the CDS response carries them.
+func resources(pols []*policy.ResiliencePolicy, ns string) *content {
+	fail := func(err error) *content { return &content{err: err} }
 	// The cache keys resources by name and would keep one of two with
 	// the same: every policy has a cluster of its own name, or the set is
 	// refused with an error naming the two.
 	if err := envoy.CheckNamesFor(pols, ns); err != nil {
-		return nil, nil, "", err
+		return fail(err)
 	}
 	res, err := envoy.TranslateFor(pols, ns)
 	if err != nil {
-		return nil, nil, "", err
+		return fail(err)
 	}
+	c := &content{sizes: sizes{cost: make(map[string]int, len(pols))}}
 	h := sha256.New()
-	add := func(m proto.Message) error {
+	add := func(m proto.Message) (int, error) {
 		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 		h.Write(b)
+		return len(b), err
+	}
+	cluster := func(cl *clusterv3.Cluster) error {
+		c.clusters = append(c.clusters, cl)
+		n, err := add(cl)
+		c.cost[clusterService(cl)] = clusterBytes(n)
+		c.bytes += clusterBytes(n)
 		return err
 	}
-	for _, c := range res.Clusters {
-		clusters = append(clusters, c)
-		if err := add(c); err != nil {
-			return nil, nil, "", err
+	for _, cl := range res.Clusters {
+		if err := cluster(cl); err != nil {
+			return fail(err)
 		}
 	}
 	for _, p := range pols {
 		if p.Spec.Service != policy.DefaultService {
 			continue
 		}
-		c, err := envoy.DefaultsCluster(p)
+		cl, err := envoy.DefaultsCluster(p)
 		if err != nil {
-			return nil, nil, "", fmt.Errorf("defaults policy %q: %w", p.Metadata.Name, err)
+			return fail(fmt.Errorf("defaults policy %q: %w", p.Metadata.Name, err))
 		}
-		clusters = append(clusters, c)
-		if err := add(c); err != nil {
-			return nil, nil, "", err
+		if err := cluster(cl); err != nil {
+			return fail(err)
 		}
 	}
-	routes = []types.Resource{res.Routes}
-	if err := add(res.Routes); err != nil {
-		return nil, nil, "", err
+	c.routes = []types.Resource{res.Routes}
+	if _, err := add(res.Routes); err != nil {
+		return fail(err)
 	}
-	return clusters, routes, hex.EncodeToString(h.Sum(nil))[:16], nil
+	c.version = hex.EncodeToString(h.Sum(nil))[:16]
+	return c
 }

@@ -252,6 +252,9 @@ func (c *Controller) sync(ctx context.Context) {
 	if err := c.Sink.Set(global, byNS); err != nil {
 		c.Log.Error("publish policies", "err", err)
 	}
+	// What the sink left out for size is not served, and its object
+	// says so (TooMany) rather than Accepted=True.
+	markTooMany(c.Sink, goods, verdicts, served)
 	for i, o := range objs {
 		c.writeStatus(ctx, o.(*unstructured.Unstructured), verdicts[i], served[i], records[i])
 	}
@@ -377,7 +380,10 @@ func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructur
 	status, reason, msg := "True", "Valid", "the policy is served to sidecars"
 	var cf conflict
 	var inv invalid
+	tmStatus, tmReason, tmMsg, tm := tooManyCondition(verdict)
 	switch {
+	case tm:
+		status, reason, msg = tmStatus, tmReason, tmMsg
 	case errors.As(verdict, &cf):
 		status, reason, msg = "False", "Conflict", cf.Error()+" (the older policy is served; this one is not)"
 	case errors.As(verdict, &inv):

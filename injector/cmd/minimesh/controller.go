@@ -125,6 +125,11 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	// and get their snapshot when the first one is set.
 	metrics := webhook.NewMetrics()
 	xdsSrv := xds.NewServer(ctx, xds.Callbacks(log, metrics.Registry))
+	// Policies left out for size: a log line and a gauge (their statuses
+	// say TooMany).
+	if err := xdsSrv.ReportPolicies(log, metrics.Registry); err != nil {
+		return fmt.Errorf("policy metrics: %w", err)
+	}
 	if f.policyDir == "" {
 		// From the cluster, the endpoints too: no answer before both.
 		xdsSrv.ExpectEndpoints()
