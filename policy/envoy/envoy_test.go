@@ -123,13 +123,25 @@ func TestTranslate(t *testing.T) {
 			t.Errorf("domains %v lack %s", vh.Domains, d)
 		}
 	}
-	rp := vh.Routes[0].GetRoute().RetryPolicy
-	if rp.RetryOn != "connect-failure,refused-stream,retriable-status-codes" || rp.NumRetries.GetValue() != 2 || !slices.Equal(rp.RetriableStatusCodes, []uint32{429, 502, 503, 504}) ||
-		rp.PerTryTimeout.AsDuration().Milliseconds() != 500 || len(rp.RetriableRequestHeaders) != 7 {
-		t.Fatalf("retry policy %v", rp)
+	// Idempotent requests and those with an Idempotency-Key are retried
+	// on all of retryOn, any other only when never sent
+	// (retryRoutes; TestRetryRoutesFollowTheSidecar).
+	if len(vh.Routes) != 3 || vh.Routes[0].Name != routeIdempotent || vh.Routes[1].Name != routeIdempotencyKey || vh.Routes[2].Name != routeOther {
+		t.Fatalf("routes %v, want idempotent-method, idempotency-key, other", vh.Routes)
 	}
-	if to := vh.Routes[0].GetRoute().Timeout.AsDuration(); to.Seconds() != 2 {
-		t.Fatalf("timeout %v", to)
+	for i, want := range []string{"connect-failure,refused-stream,retriable-status-codes", "connect-failure,refused-stream,retriable-status-codes", "connect-failure,refused-stream"} {
+		rp := vh.Routes[i].GetRoute().RetryPolicy
+		codes := []uint32{429, 502, 503, 504}
+		if i == 2 {
+			codes = nil
+		}
+		if rp.RetryOn != want || rp.NumRetries.GetValue() != 2 || !slices.Equal(rp.RetriableStatusCodes, codes) ||
+			rp.PerTryTimeout.AsDuration().Milliseconds() != 500 || len(rp.RetriableRequestHeaders) != 0 {
+			t.Fatalf("route %s: retry policy %v", vh.Routes[i].Name, rp)
+		}
+		if to := vh.Routes[i].GetRoute().Timeout.AsDuration(); to.Seconds() != 2 {
+			t.Fatalf("route %s: timeout %v", vh.Routes[i].Name, to)
+		}
 	}
 	if len(res.Skipped) != 1 || !strings.Contains(res.Skipped[0], "everything") {
 		t.Fatalf("skipped %v, want the \"*\" policy", res.Skipped)

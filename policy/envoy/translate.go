@@ -496,87 +496,157 @@ func outlier(name string, od *policy.OutlierDetection, failOn policy.Conditions)
 	return o, notes
 }
 
-// idempotent are the methods minimesh retries; Envoy's
-// retriable_request_headers restricts retries to them, or to requests
-// with an Idempotency-Key.
+// idempotent are the methods minimesh retries whatever the outcome that
+// retryOn names (proxy/outbound, idempotent); the route of such requests
+// matches them on :method.
 var idempotent = []string{"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"}
 
-// virtualHost is the policy's route: its timeout and retry policy, for
+// The names of the routes of a virtual host whose retries depend on the
+// request (retryRoutes).
+const (
+	routeIdempotent     = "idempotent-method"
+	routeIdempotencyKey = "idempotency-key"
+	routeGRPC           = "grpc"
+	routeOther          = "other"
+)
+
+// virtualHost is the policy's routes: its timeout and retry policy, for
 // the domains it owns. notes say what Envoy does differently.
 func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []string) (vh *routev3.VirtualHost, notes []string) {
 	var rounded []string
-	ms := func(field string, d time.Duration) *durationpb.Duration {
+	ms := func(field string, d time.Duration) time.Duration {
 		e := envoyDuration(d)
 		if e != d {
 			rounded = append(rounded, fmt.Sprintf("%s %s", field, d))
 		}
-		return durationpb.New(e)
+		return e
 	}
-	action := &routev3.RouteAction{
-		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: clusterName},
-		// No timeout is no timeout, as in the sidecar (Envoy's default is 15 s).
-		Timeout: ms("timeout", p.Spec.Timeout),
+	// No timeout is no timeout, as in the sidecar (Envoy's default is 15 s).
+	timeout := ms("timeout", p.Spec.Timeout)
+	action := func(rp *routev3.RetryPolicy) *routev3.RouteAction {
+		return &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: clusterName},
+			Timeout:          durationpb.New(timeout),
+			RetryPolicy:      rp,
+		}
 	}
+	var routes []*routev3.Route
 	if r := p.Spec.Retries; r != nil && r.Attempts > 0 {
 		on, onNotes := retryOn(p.Metadata.Name, r.RetryOn)
 		notes = append(notes, onNotes...)
-		rp := &routev3.RetryPolicy{
-			RetryOn:    on,
-			NumRetries: wrapperspb.UInt32(uint32(r.Attempts)),
-			RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
-				BaseInterval: ms("backoff.base", r.Backoff.Base),
-				MaxInterval:  ms("backoff.max", r.Backoff.Max),
-			},
-		}
+		base, maxWait := ms("backoff.base", r.Backoff.Base), ms("backoff.max", r.Backoff.Max)
+		var perTry time.Duration
 		if r.PerTryTimeout > 0 {
-			rp.PerTryTimeout = ms("perTryTimeout", r.PerTryTimeout)
+			perTry = ms("perTryTimeout", r.PerTryTimeout)
 		}
-		for _, code := range r.RetryOn.Codes {
-			rp.RetriableStatusCodes = append(rp.RetriableStatusCodes, uint32(code))
+		retry := func(on string, codes []int) *routev3.RetryPolicy {
+			if on == "" {
+				return perTryOnly(perTry)
+			}
+			rp := &routev3.RetryPolicy{
+				RetryOn:    on,
+				NumRetries: wrapperspb.UInt32(uint32(r.Attempts)),
+				RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
+					BaseInterval: durationpb.New(base),
+					MaxInterval:  durationpb.New(maxWait),
+				},
+			}
+			if perTry > 0 {
+				rp.PerTryTimeout = durationpb.New(perTry)
+			}
+			for _, code := range codes {
+				rp.RetriableStatusCodes = append(rp.RetriableStatusCodes, uint32(code))
+			}
+			return rp
 		}
-		for _, m := range idempotent {
-			rp.RetriableRequestHeaders = append(rp.RetriableRequestHeaders, &routev3.HeaderMatcher{
-				Name: ":method",
-				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-					MatchPattern: &matcherv3.StringMatcher_Exact{Exact: m},
-				}},
-			})
+		routes = retryRoutes(r.RetryOn, on, retry, action)
+	} else {
+		var rp *routev3.RetryPolicy
+		if r != nil && r.PerTryTimeout > 0 {
+			rp = perTryOnly(ms("perTryTimeout", r.PerTryTimeout))
 		}
-		rp.RetriableRequestHeaders = append(rp.RetriableRequestHeaders, &routev3.HeaderMatcher{
-			Name: "idempotency-key", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
-		})
-		if r.RetryOn.GRPC != 0 {
-			// gRPC codes in retryOn declare gRPC calls safe to repeat
-			// (docs/grpc.md): they are POSTs, let through by content-type.
-			rp.RetriableRequestHeaders = append(rp.RetriableRequestHeaders, &routev3.HeaderMatcher{
-				Name: "content-type", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-					MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "application/grpc"},
-				}},
-			})
-		}
-		action.RetryPolicy = rp
-	} else if r != nil && r.PerTryTimeout > 0 {
-		// attempts: 0 still limits the one try (docs/policy.md). Envoy's
-		// per_try_timeout lives in the retry policy and applies whenever
-		// one is set: num_retries 0 and no retry_on retry nothing (not
-		// even for a client's x-envoy-max-retries), and the one try is
-		// limited.
-		action.RetryPolicy = &routev3.RetryPolicy{
-			NumRetries:    wrapperspb.UInt32(0),
-			PerTryTimeout: ms("perTryTimeout", r.PerTryTimeout),
-		}
+		routes = []*routev3.Route{{Match: prefixAll(), Action: &routev3.Route_Route{Route: action(rp)}}}
 	}
 	if len(rounded) > 0 {
 		notes = append(notes, fmt.Sprintf("%s: %s: Envoy counts these in whole milliseconds (a timeout of 0 is none), so they are rounded up to the next millisecond", p.Metadata.Name, strings.Join(rounded, ", ")))
 	}
-	return &routev3.VirtualHost{
-		Name:    clusterName,
-		Domains: domains,
-		Routes: []*routev3.Route{{
-			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-			Action: &routev3.Route_Route{Route: action},
-		}},
-	}, notes
+	return &routev3.VirtualHost{Name: clusterName, Domains: domains, Routes: routes}, notes
+}
+
+// perTryOnly is the retry policy of a route that retries nothing but
+// whose one try has a time limit (nil without one). attempts: 0 still
+// limits the one try (docs/policy.md); Envoy's per_try_timeout lives in
+// the retry policy and applies whenever one is set: num_retries 0 and no
+// retry_on retry nothing (not even for a client's x-envoy-max-retries),
+// and the one try is limited.
+func perTryOnly(perTry time.Duration) *routev3.RetryPolicy {
+	if perTry <= 0 {
+		return nil
+	}
+	return &routev3.RetryPolicy{NumRetries: wrapperspb.UInt32(0), PerTryTimeout: durationpb.New(perTry)}
+}
+
+// retryRoutes are the routes of a policy with retries, which say
+// minimesh's rule of which requests are retried (docs/policy.md,
+// "Retries"): on every outcome retryOn names, a request safe to repeat
+// (an idempotent method, an Idempotency-Key); a request never sent (a
+// connect failure, an HTTP/2 stream refused unprocessed) whatever its
+// method; a gRPC call also on the gRPC codes retryOn names, which declare
+// it safe to repeat. Envoy's retriable_request_headers, which the export
+// used to write, cannot: a request that matches none of them is not
+// retried at all, so a POST never sent was not retried where minimesh
+// sends it again. A route's header matches must all match, and the first
+// route that matches is the request's, so each safe kind of request has
+// a route of its own with its conditions, before a catch-all with the
+// conditions of a request never sent. full is retry_on for all of
+// retryOn's conditions; retry makes a route's retry policy (nil: none).
+func retryRoutes(c policy.Conditions, full string, retry func(on string, codes []int) *routev3.RetryPolicy, action func(*routev3.RetryPolicy) *routev3.RouteAction) []*routev3.Route {
+	neverSent, _ := retryOn("", policy.Conditions{Classes: c.Classes & policy.ClassConnectFailure})
+	if full == neverSent {
+		// Nothing but what any request is retried on: one route.
+		return []*routev3.Route{{Match: prefixAll(), Action: &routev3.Route_Route{Route: action(retry(full, nil))}}}
+	}
+	route := func(name string, rp *routev3.RetryPolicy, headers ...*routev3.HeaderMatcher) *routev3.Route {
+		m := prefixAll()
+		m.Headers = headers
+		return &routev3.Route{Name: name, Match: m, Action: &routev3.Route_Route{Route: action(rp)}}
+	}
+	// Naming a gRPC code declares the gRPC calls that fail with it safe
+	// to repeat (docs/grpc.md, "Retries"), not on retryOn's other
+	// conditions.
+	grpcOn, _ := retryOn("", policy.Conditions{Classes: c.Classes & policy.ClassConnectFailure, GRPC: c.GRPC})
+	var routes []*routev3.Route
+	if full != grpcOn {
+		// A request safe to repeat is retried on all of retryOn, the
+		// gRPC codes too, which only a gRPC call's answer carries: a
+		// gRPC call (a POST) with an Idempotency-Key is retried on them
+		// as well. (When retryOn is the gRPC codes and connect-failure
+		// alone, the gRPC route has it all, and any other request is
+		// retried only when never sent: no routes of their own.)
+		routes = append(routes,
+			route(routeIdempotent, retry(full, c.Codes), &routev3.HeaderMatcher{
+				Name: ":method",
+				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+					// Envoy's safe_regex matches the whole value.
+					MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: strings.Join(idempotent, "|")}},
+				}},
+			}),
+			route(routeIdempotencyKey, retry(full, c.Codes), &routev3.HeaderMatcher{
+				Name: "idempotency-key", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
+			}))
+	}
+	if grpcOn != neverSent {
+		routes = append(routes, route(routeGRPC, retry(grpcOn, nil), &routev3.HeaderMatcher{
+			Name: "content-type", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+				MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "application/grpc"},
+			}},
+		}))
+	}
+	return append(routes, route(routeOther, retry(neverSent, nil)))
+}
+
+func prefixAll() *routev3.RouteMatch {
+	return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}
 }
 
 // envoyDuration is d as Envoy reads a route's timeouts and retry back-off:
@@ -678,7 +748,7 @@ func grpcNotes(p *policy.ResiliencePolicy) []string {
 		if len(left) > 0 {
 			notes = append(notes, fmt.Sprintf("%s: retryOn %s: Envoy retries only cancelled, deadline-exceeded, internal, resource-exhausted and unavailable", p.Metadata.Name, strings.Join(left, ", ")))
 		}
-		notes = append(notes, fmt.Sprintf("%s: retryOn gRPC codes: Envoy also replays a client stream that fits its buffer, and lets gRPC calls retry on the other retry_on conditions too; minimesh sends again only a one-message call, and only for the codes named", p.Metadata.Name))
+		notes = append(notes, fmt.Sprintf("%s: retryOn gRPC codes: Envoy also replays a client stream that fits its buffer; minimesh sends again only a one-message call", p.Metadata.Name))
 	}
 	if cb := p.Spec.CircuitBreaker; cb != nil && cb.FailOn.GRPC != 0 && p.Spec.OutlierDetection.Enabled() {
 		var named []string
