@@ -86,7 +86,9 @@ spec:
 // connection (which kube-proxy sends to one pod) spread over both pods,
 // a failing pod's 500s are retried on the other (the policy's retry: the
 // app sees none), the sidecar counts them under backend:80, never under
-// the address; a gRPC channel to ClusterIP:9090 (h2c) spreads too.
+// the address; a gRPC channel to ClusterIP:9090 (h2c) spreads too; a
+// TLS connection to ClusterIP:80, relayed as opaque TCP, is counted under
+// backend:80 as well.
 func TestClusterIPInACluster(t *testing.T) {
 	helm := proc.NeedTool(t, "helm")
 	c := start(t)
@@ -147,23 +149,47 @@ func TestClusterIPInACluster(t *testing.T) {
 	}
 	t.Logf("200 gRPC calls to %s:9090 over one channel: %s", vip, g.shares())
 
-	// Counted under the Service's name, never the address.
-	resp, err := http.Get("http://" + appPod.Status.PodIP + ":15020/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// Opaque TCP to the ClusterIP (TLS the app originates, to an IP: no
+	// SNI), relayed as bytes, is named by the Service too. The backend
+	// speaks HTTP, so the handshake fails: the relay is what counts.
+	if r := a.get("https://"+net.JoinHostPort(vip, "80")+"/", true); r.Error == "" {
+		t.Logf("TLS to %s:80 answered %d", vip, r.Status)
 	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
+
+	// Counted under the Service's name, never the address. The opaque
+	// relay is counted when it ends: wait for it.
+	var b []byte
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		resp, err := http.Get("http://" + appPod.Status.PodIP + ":15020/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		counted := false
+		for _, line := range strings.Split(string(b), "\n") {
+			counted = counted || strings.HasPrefix(line, "minimesh_tcp_connections_total{") && strings.Contains(line, `destination="backend:80"`)
+		}
+		if counted || time.Now().After(deadline) {
+			break
+		}
 	}
-	var named []string
+	var named, tcp []string
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "minimesh_requests_total{") || strings.HasPrefix(line, "minimesh_grpc_requests_total{") {
+		if strings.HasPrefix(line, "minimesh_requests_total{") || strings.HasPrefix(line, "minimesh_grpc_requests_total{") ||
+			strings.HasPrefix(line, "minimesh_tcp_connections_total{") {
 			if strings.Contains(line, vip) {
 				t.Errorf("counted under the ClusterIP: %s", line)
 			}
-			if strings.Contains(line, `destination="backend:80"`) || strings.Contains(line, `destination="backend:9090"`) {
+			if !strings.Contains(line, `destination="backend:80"`) && !strings.Contains(line, `destination="backend:9090"`) {
+				continue
+			}
+			if strings.HasPrefix(line, "minimesh_tcp_") {
+				tcp = append(tcp, line)
+			} else {
 				named = append(named, line)
 			}
 		}
@@ -171,6 +197,10 @@ func TestClusterIPInACluster(t *testing.T) {
 	if len(named) < 2 {
 		t.Fatalf("no minimesh_requests_total and minimesh_grpc_requests_total for backend:80 and backend:9090 in the sidecar's metrics:\n%.3000s", b)
 	}
+	if len(tcp) == 0 {
+		t.Errorf("the opaque TCP connection to %s:80 is not in minimesh_tcp_connections_total{destination=\"backend:80\"}:\n%.3000s", vip, b)
+	}
+	named = append(named, tcp...)
 	for _, l := range named {
 		t.Logf("sidecar: %s", l)
 	}

@@ -161,11 +161,46 @@ func (v *vipTable) authority(orig netip.AddrPort, origText, host, port, ns strin
 // EndpointsStatus is one Service port's endpoints, as /debug/endpoints
 // shows them.
 type EndpointsStatus struct {
-	Service   string                    `json:"service"`
-	Endpoints []balancer.EndpointStatus `json:"endpoints"`
+	Service string `json:"service"`
+	// ClusterIPs are the Service port's own addresses (ClusterIP:port,
+	// each family), as the control plane sent them: a redirected
+	// connection to one is named by Service, whatever its protocol
+	// (vipTable.authority). They are shown so that an operator can tell
+	// why a connection to 10.96.x.y is counted as the Service. None for
+	// a headless Service, or from a control plane that sends none.
+	ClusterIPs []string                  `json:"clusterIPs,omitempty"`
+	Endpoints  []balancer.EndpointStatus `json:"endpoints"`
 }
 
+// byService is v's addresses by Service port (EDS resource name), each
+// list sorted (IPv4 before IPv6); nil for a nil v. For /debug/endpoints:
+// made anew at each call, never on a request's path.
+func (v *vipTable) byService() map[string][]string {
+	if v == nil || len(v.byAddr) == 0 {
+		return nil
+	}
+	addrs := make(map[string][]netip.AddrPort, len(v.named))
+	for a, name := range v.byAddr {
+		addrs[name] = append(addrs[name], a)
+	}
+	out := make(map[string][]string, len(addrs))
+	for name, as := range addrs {
+		sort.Slice(as, func(i, j int) bool { return as[i].Compare(as[j]) < 0 })
+		s := make([]string, len(as))
+		for i, a := range as {
+			s[i] = a.String()
+		}
+		out[name] = s
+	}
+	return out
+}
+
+// statuses is /debug/endpoints: every Service port with endpoints or a
+// ClusterIP, by name. A Service with ClusterIPs and no endpoint (none
+// ready, or a Service without selector) is listed too, its endpoints
+// empty: a connection to its ClusterIP is still named by it.
 func (e *endpoints) statuses() []EndpointsStatus {
+	vips := e.vips.Load().byService()
 	e.mu.Lock()
 	keys := make([]string, 0, len(e.slots))
 	slots := make([]*lbSlot, 0, len(e.slots))
@@ -191,6 +226,13 @@ func (e *endpoints) statuses() []EndpointsStatus {
 		if st := slots[i].lb.Status(); len(st) > 0 {
 			out = append(out, EndpointsStatus{Service: k, Endpoints: st})
 		}
+	}
+	for i := range out {
+		out[i].ClusterIPs = vips[out[i].Service]
+		delete(vips, out[i].Service)
+	}
+	for k, ips := range vips { // ClusterIPs without endpoints
+		out = append(out, EndpointsStatus{Service: k, ClusterIPs: ips, Endpoints: []balancer.EndpointStatus{}})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
 	if out == nil {

@@ -109,10 +109,14 @@ const DefaultTCPIdleTimeout = time.Hour
 
 // TCPConn describes a redirected connection for ServeTCP.
 type TCPConn struct {
-	// Original is the destination the app connected to: what is dialled.
+	// Original is the destination the app connected to: what is dialled,
+	// and, when it is a Service's ClusterIP:port, what names it.
 	Original netip.AddrPort
 	// SNI, when not empty, names the destination (with Original's port)
-	// for its breaker, metrics and log line instead of the address.
+	// for its breaker, metrics and log line instead of the address, as
+	// Host does for a redirected request (vipTable.authority): not at a
+	// ClusterIP, which names its Service, nor when it names a Service the
+	// app did not connect to.
 	SNI string
 	// Protocol is what detection found, for the log line.
 	Protocol string
@@ -129,7 +133,9 @@ const (
 )
 
 // ServeTCP relays a redirected connection to its original destination as
-// opaque TCP, and closes it. The dial goes through the dialer of the L7
+// opaque TCP, and closes it. A Service's ClusterIP:port names it by that
+// Service, for the policy, breaker, metric and log line (TCPConn). The
+// dial goes through the dialer of the L7
 // path (never one of the sidecar's own ports) and the destination's
 // breaker: a connect failure counts, retries follow the policy's
 // connect-failure retries, and an open breaker resets the app's connection
@@ -144,10 +150,12 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 	}
 	start := time.Now()
 	addr := c.Original.String()
-	authority := addr
-	if c.SNI != "" {
-		authority = net.JoinHostPort(c.SNI, strconv.Itoa(int(c.Original.Port())))
-	}
+	// Named as a redirected HTTP request is, the SNI in the place of Host
+	// (vipTable.authority): a Service's ClusterIP:port is that Service,
+	// its policy, breaker, metrics and log line, as Linkerd and Envoy name
+	// it; the dial still goes to the address, through kube-proxy (no
+	// balancing: the bytes are opaque).
+	authority := h.dests.eps.vips.Load().authority(c.Original, addr, c.SNI, strconv.Itoa(int(c.Original.Port())), h.dests.namespace)
 	dst := h.dests.get(authority)
 	st := &reqState{dest: dst, authority: authority, start: start, dial: addr}
 	// The listener the connection arrived on is the sidecar's own too.
