@@ -81,8 +81,9 @@ func (e *unprocessedError) Unwrap() error { return e.err }
 // counted each, they opened a breaker of 5 consecutive failures in a
 // rolling deployment. So a refused try that is retried counts neither
 // way (its retry is judged), and one that is the request's answer counts
-// as the connect-failure it is answered as. Its endpoint hears it at
-// once, as a connect failure.
+// as the connect-failure it is answered as; a half-open probe's that is
+// retried frees its place for the retry (retryable). Its endpoint hears
+// it at once, as a connect failure.
 type heldVerdict struct {
 	done    breaker.Done
 	outcome error

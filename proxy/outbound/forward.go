@@ -619,7 +619,8 @@ func report(done breaker.Done, outcome error) {
 // reported; a held one, of a try refused unprocessed, as counting
 // neither way) and the next one's breaker permission is held in
 // st.admitted, and the retry budget is drawn. When it is not, a held
-// verdict is the caller's to report.
+// verdict is the caller's to report (a no-op if retryable let it go to
+// free a half-open probe's place).
 func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class, wait time.Duration, held *heldVerdict) bool {
 	// A request that was never sent (a connect failure, an HTTP/2 stream
 	// the upstream refused unprocessed: classify) may go again whatever
@@ -681,6 +682,18 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 		return st.dest.budget.Withdraw()
 	}
 	done, err := b.Allow()
+	if err != nil && held != nil && held.done != nil {
+		// The breaker is half-open or open, and the try refused
+		// unprocessed may be a probe holding the place its retry needs
+		// (halfOpenRequests: 1). A refusal tells nothing of whether the
+		// upstream is well again: the try counts neither way and frees
+		// the place (a try begun while the breaker was closed counts for
+		// nothing now that it moved on), and the retry asks again, its
+		// outcome the probe's. Not retried, a refusal is the answer and
+		// counts as the failure it is answered as.
+		held.ignore()
+		done, err = b.Allow()
+	}
 	if err != nil {
 		return false
 	}
