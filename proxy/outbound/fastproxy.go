@@ -130,9 +130,20 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 // request, and the context one the lean loop can no longer lend again.
 func (h *Handler) readBody(r *http.Request, st *reqState) error {
 	var rc *http.ResponseController
+	var dl time.Time
 	if d := h.cfg.RequestBodyTimeout; d > 0 && !st.arrived { // (arrived: no read waits)
+		dl = time.Now().Add(d)
+	}
+	// The request's timeout (st.deadline) cuts the wait too, when it
+	// comes first: its 504 goes out at the timeout whatever the body
+	// does, as the other requests' (countingBody.wake).
+	whole := !st.arrived && !st.deadline.IsZero() && (dl.IsZero() || st.deadline.Before(dl))
+	if whole {
+		dl = st.deadline
+	}
+	if !dl.IsZero() {
 		rc = http.NewResponseController(st.out.ResponseWriter)
-		if rc.SetReadDeadline(time.Now().Add(d)) != nil {
+		if rc.SetReadDeadline(dl) != nil {
 			rc = nil // never: both servers set it
 		}
 	}
@@ -145,6 +156,12 @@ func (h *Handler) readBody(r *http.Request, st *reqState) error {
 	}
 	if err != nil {
 		if rc != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			if whole {
+				// The rest of the body is unread: the connection closes
+				// after the 504.
+				st.out.closeConn = true
+				return errTimeout
+			}
 			// (net/http's server has ended the request's context too.)
 			return &clientError{&bodyTimeoutError{}}
 		}

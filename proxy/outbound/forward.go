@@ -222,7 +222,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	if !fast && !st.deadline.IsZero() {
 		panic("outbound: a request timeout as a deadline on a try the fast transport does not send") // fastProxy's requests are its
 	}
-	var timer *time.Timer
+	var timer *tryTimer
 	var cancel context.CancelCauseFunc
 	dl := deadlines{whole: st.deadline}
 	if r := dst.policy.Spec.Retries; r != nil && r.PerTryTimeout > 0 {
@@ -236,7 +236,10 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		} else {
 			var tctx context.Context
 			tctx, cancel = context.WithCancelCause(ctx)
-			timer = time.AfterFunc(r.PerTryTimeout, func() { cancel(errPerTryTimeout) })
+			// It runs from when the try has the whole request: now, or
+			// from the end of a body still coming from the app (timeTry).
+			timer = &tryTimer{d: r.PerTryTimeout, cancel: cancel}
+			st.in.timeTry(timer, hasBody(out) && (st.replay == nil || st.replay.whole() == nil))
 			ctx = tctx
 			out = out.WithContext(ctx)
 		}
@@ -267,7 +270,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		// for: once it answers, a quiet app is a stream's business.
 		st.in.answered.Store(true)
 	}
-	if timer != nil && !timer.Stop() && err == nil {
+	if timer != nil && st.in.untimeTry(timer) && err == nil {
 		// The timer fired as the headers arrived: the body is already
 		// cancelled, so this try timed out.
 		resp.Body.Close()

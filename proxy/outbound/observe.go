@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -37,6 +38,10 @@ type countingBody struct {
 	// woken: the request's time ran out and wake ended the read that
 	// held the exchange up (the sidecar's doing, not the app's failure).
 	woken atomic.Bool
+	// perTry is the per-try timeout of the try that streams the body,
+	// waiting for the read that finds the body's end to start it
+	// (timeTry).
+	perTry atomic.Pointer[tryTimer]
 	// last is when a read last brought bytes, as the time since base,
 	// for the idle watch (which sets base before the first read; zero:
 	// no watch).
@@ -68,9 +73,95 @@ func (b *countingBody) Read(p []byte) (int, error) {
 		b.ended.Store(true)
 		if err != io.EOF {
 			b.err.CompareAndSwap(nil, &err)
+		} else if p := b.perTry.Swap(nil); p != nil {
+			p.start() // the try has the whole request now
 		}
 	}
 	return n, err
+}
+
+// timeTry starts p, the per-try timeout of a try that http.Transport
+// sends, now, or, when the try's body is this one still coming from the
+// app (streamed), at the read that finds its end. Either way it runs
+// from when the try has the whole request to send, as Envoy's
+// per_try_timeout starts only once the downstream request is complete
+// (docs/policy.md, perTryTimeout): the app's pace, a pause, a stall, is
+// the app's, bounded by the request's timeout and
+// --request-body-timeout. A try cut at its per-try timeout while the
+// app still sends would blame the upstream for the app's pause, and
+// could not even answer then: http.Transport answers a cancelled try
+// only once its body writer, blocked reading the app, is done.
+func (b *countingBody) timeTry(p *tryTimer, streamed bool) {
+	if streamed && b.ReadCloser != nil {
+		b.perTry.Store(p)
+		// Unless the end was read already: then whichever of this and
+		// Read takes p back starts it.
+		if !b.ended.Load() || !b.perTry.CompareAndSwap(p, nil) {
+			return
+		}
+	}
+	p.start()
+}
+
+// untimeTry ends p, a try's per-try timeout, as the try's response
+// headers arrive or the try fails, and reports whether it had fired.
+func (b *countingBody) untimeTry(p *tryTimer) bool {
+	b.perTry.CompareAndSwap(p, nil) // a body's end read later starts nothing
+	return p.stop()
+}
+
+// tryTimer is the per-try timeout of a try that http.Transport sends,
+// which may start after the try (countingBody.timeTry). The fast
+// transport's tries have a deadline instead (deadlines), their bodies
+// being held whole before they start.
+type tryTimer struct {
+	d      time.Duration
+	cancel context.CancelCauseFunc // the try's context's
+
+	mu    sync.Mutex // so that stop knows whether it fired, even as it fires
+	t     *time.Timer
+	state uint8
+}
+
+// A tryTimer's states.
+const (
+	tryWaiting uint8 = iota // for the app's body's end
+	tryRunning
+	tryFired
+	tryOver // stopped: the try's headers came, or it failed
+)
+
+func (p *tryTimer) start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == tryWaiting {
+		p.state = tryRunning
+		p.t = time.AfterFunc(p.d, p.fire)
+	}
+}
+
+func (p *tryTimer) fire() {
+	p.mu.Lock()
+	fired := p.state == tryRunning
+	if fired {
+		p.state = tryFired
+	}
+	p.mu.Unlock()
+	if fired {
+		p.cancel(errPerTryTimeout)
+	}
+}
+
+// stop ends the timer and reports whether it had fired.
+func (p *tryTimer) stop() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.t != nil {
+		p.t.Stop()
+	}
+	fired := p.state == tryFired
+	p.state = tryOver
+	return fired
 }
 
 // errBodyAbandoned is what the upstream transport reads from a request
