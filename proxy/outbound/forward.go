@@ -537,6 +537,9 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		b.st.endGRPC(class, err)
 		return n, io.EOF
 	}
+	if b.grpc != nil && class == policy.ClassTimeout {
+		b.st.holdCut(b.req) // in the middle of a message: a reset, not before the client's own timer
+	}
 	return n, err
 }
 

@@ -3,6 +3,7 @@ package outbound
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -70,17 +71,32 @@ var grpcNames = telemetry.GRPCCodes
 // (Grpc::Utility::grpcToHttpStatus): what failOn and retryOn see.
 var grpcHTTP = [...]int{200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401}
 
-// grpcStatusOf parses a grpc-status value; -1 when there is none, and
-// UNKNOWN for a value that is not a code (as grpc-go reads it).
+// grpcStatusOf parses a grpc-status value; -1 when there is none,
+// UNKNOWN for one that is not a number (grpcStatusIn).
 func grpcStatusOf(v string) int {
 	if v == "" {
 		return -1
 	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || n >= len(grpcNames) {
+	n, err := strconv.ParseInt(v, 10, 32)
+	if err != nil {
 		return grpcUnknown
 	}
-	return n
+	return grpcCodeOf(n)
+}
+
+// grpcCodeOf is the code a grpc-go client reads from a grpc-status
+// number n (32 bits): codes.Code(uint32(n)), also beyond 16, where it
+// shows Code(17) and never UNKNOWN. Such a code is the client's error:
+// an HTTP 500 for failOn (grpcEquivalent), no grpc- condition of a
+// policy, UNKNOWN in the metric (telemetry's 17 names keep its labels
+// bounded), Code(n) in the span and the access log (grpcName). On a
+// 32-bit platform a value past the int's range (a negative one on the
+// wire) is kept as the largest int, which is no code either.
+func grpcCodeOf(n int64) int {
+	if c := int(uint32(n)); c >= 0 {
+		return c
+	}
+	return math.MaxInt32
 }
 
 // grpcStatusIn is the status a gRPC client reads from the grpc-status
@@ -90,7 +106,7 @@ func grpcStatusOf(v string) int {
 // there is none, and at once for one that is not a number (ParseInt,
 // 32 bits, as grpc-go parses it), wherever it is. grpc-java's
 // Metadata.get takes the last value too. A number that is no code is
-// UNKNOWN (grpcStatusOf).
+// kept (grpcCodeOf).
 func grpcStatusIn(vs []string) int {
 	if len(vs) == 0 {
 		return grpcUnknown
@@ -164,13 +180,13 @@ func grpcFromHTTP(code int) int {
 	return grpcUnknown
 }
 
-// grpcName is a code's name for labels; "other" can not happen for codes
-// from grpcStatusOf.
+// grpcName is a code's name for the access log and the span's status:
+// a code beyond the 17 is named as grpc-go names it, Code(17).
 func grpcName(code int) string {
 	if code >= 0 && code < len(grpcNames) {
 		return grpcNames[code]
 	}
-	return "UNKNOWN"
+	return "Code(" + strconv.Itoa(code) + ")"
 }
 
 // grpcAnswer is the gRPC status of the sidecar's own answer of kind.
@@ -332,6 +348,20 @@ func grpcTimeout(h http.Header, policy time.Duration) (d time.Duration, client b
 	return policy, false
 }
 
+// callTimeout is grpcTimeout, keeping the client's own grpc-timeout
+// (ownTimeout) first, which grpcTimeout replaces when the policy's is
+// shorter: a client whose deadline came after the policy's timeout
+// (its stream held open by its own flow control, say) and that then
+// ends the call itself reads DEADLINE_EXCEEDED, not CANCELLED (grpcCut).
+func (st *reqState) callTimeout(h http.Header, policy time.Duration) (time.Duration, bool) {
+	if v := h["Grpc-Timeout"]; len(v) > 0 {
+		if d, ok := parseGRPCTimeout(v[0]); ok {
+			st.ownTimeout = d
+		}
+	}
+	return grpcTimeout(h, policy)
+}
+
 // grpcDeadline is when a gRPC call's time is up: its client's deadline
 // (callDeadline), else its request's (the policy's timeout, ctx's).
 func (st *reqState) grpcDeadline(ctx context.Context) (time.Time, bool) {
@@ -363,20 +393,47 @@ func (st *reqState) setTryTimeout(h http.Header, ctx context.Context, perTry tim
 }
 
 // grpcCut is the status a gRPC client reads from a call whose stream
-// ended with no trailers, after its headers: the app's own cancel
-// (CANCELLED), or the sidecar's abort of a response that failed upstream
-// (net/http resets the stream with INTERNAL_ERROR, which the gRPC spec's
-// HTTP/2 error mapping reads as INTERNAL). Either way, once the client's
-// own deadline is near or past, its library ends the call
-// DEADLINE_EXCEEDED itself.
+// ended with no trailers, after its headers: the app's own reset
+// (cancelled), or the sidecar's abort of a response that failed
+// upstream. An app that reset its stream at or past its own deadline
+// (its grpc-timeout, whether or not it was the call's time) did so as
+// its library ended the call DEADLINE_EXCEEDED; with time left, it
+// cancelled (CANCELLED). The sidecar's abort is a reset too: net/http's
+// HTTP/2 server ends a handler's stream early only with RST_STREAM
+// INTERNAL_ERROR (a panic, or a write deadline; no CANCEL, which grpc-go
+// would read as DEADLINE_EXCEEDED once its deadline had passed), read
+// as INTERNAL. At the client's deadline, when it is the call's time,
+// the client reads DEADLINE_EXCEEDED instead: the sidecar's reset comes
+// no sooner than its timer, grpcDeadlineSlack after that deadline
+// (holdCut holds an upstream's there), by when the client's own timer
+// has ended the call.
 func (st *reqState) grpcCut(cancelled bool) int {
 	if st.atClientDeadline() {
 		return grpcDeadlineExceeded
 	}
 	if cancelled {
+		if st.ownTimeout > 0 && !since(st.start).Add(grpcDeadlineSlack).Before(st.start.Add(st.ownTimeout)) {
+			return grpcDeadlineExceeded
+		}
 		return grpcCanceled
 	}
 	return grpcInternal
+}
+
+// holdCut holds the sidecar's reset of a gRPC call cut in the middle of
+// a message at its client's deadline (an upstream's reset within
+// grpcDeadlineSlack before it, taken for the deadline's) until the
+// client's own timer has ended the call or the sidecar's would have:
+// req (the request's context) ends at the client's reset or at the
+// sidecar's timer, grpcDeadlineSlack after the deadline. Sent at once,
+// the reset could reach a client whose deadline had not yet passed,
+// which reads it as INTERNAL, where the sidecar records the deadline's
+// DEADLINE_EXCEEDED (grpcCut). A wait of at most twice the slack, for a
+// call whose upstream is gone anyway.
+func (st *reqState) holdCut(req context.Context) {
+	if _, timed := req.Deadline(); timed && st.atClientDeadline() {
+		<-req.Done()
+	}
 }
 
 // endGRPC ends a gRPC call whose upstream failed (class, err) after the

@@ -288,6 +288,11 @@ type reqState struct {
 	// after the upstream's failed (endGRPC); grpcStatus is theirs.
 	grpcTrailed bool
 	grpcStatus  int
+	// ownTimeout is a gRPC call's grpc-timeout as its client sent it,
+	// also when the policy's shorter timeout is the call's time (0:
+	// none): the client's reset at that deadline is its library's
+	// DEADLINE_EXCEEDED (grpcCut).
+	ownTimeout time.Duration
 	// callDeadline is a gRPC call's deadline when its time is the
 	// client's grpc-timeout (zero: the policy's, or none).
 	callDeadline time.Time
@@ -527,7 +532,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		t := dst.policy.Spec.Timeout
 		if st.grpc {
 			var client bool
-			if t, client = grpcTimeout(r.Header, t); client {
+			if t, client = st.callTimeout(r.Header, t); client {
 				// The client ends its call at its own deadline, and reads
 				// DEADLINE_EXCEEDED; the sidecar's timer, a moment later, is
 				// for one that does not. At the same moment, its cut could
