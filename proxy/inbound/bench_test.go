@@ -23,7 +23,7 @@ func BenchmarkInboundGET(b *testing.B) {
 	}))
 	defer app.Close()
 	orig := netip.MustParseAddrPort(app.Listener.Addr().String())
-	h := New(Config{Metrics: telemetry.New(0), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	h := New(Config{Metrics: telemetry.New(0), LocalAddr: loopbackIsLocal, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	front := httptest.NewUnstartedServer(h)
 	front.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context { return h.WithOriginalDst(ctx, orig) }
 	front.Start()

@@ -57,6 +57,11 @@ type Config struct {
 	// OwnPorts are the sidecar's own ports (outbound, inbound, admin): a
 	// connection whose original destination is one of them is refused.
 	OwnPorts []uint16
+	// LocalAddr reports whether an original destination is one of the
+	// pod's own addresses; a redirected connection to any other is
+	// refused (see localAddrs). nil: the host's interface addresses,
+	// loopback excluded. Tests on loopback set their own.
+	LocalAddr func(netip.Addr) bool
 	// ConnectTimeout bounds connecting to the app (0: 5 s).
 	ConnectTimeout time.Duration
 	// TCPIdleTimeout closes an opaque relay or an upgraded connection
@@ -70,7 +75,7 @@ type Config struct {
 // Results of minimesh_tcp_connections_total{direction="inbound"} and the
 // X-Minimesh-Error of the inbound path's own answers.
 const (
-	resultForbidden = wellknown.ErrorForbidden      // the original destination is the sidecar's own port, or none
+	resultForbidden = wellknown.ErrorForbidden      // the original destination is the sidecar's own port, not the pod's address, or none
 	resultConnect   = wellknown.ErrorConnectFailure // the app refused, or did not answer in ConnectTimeout
 )
 
@@ -97,6 +102,12 @@ type Handler struct {
 
 	mu    sync.Mutex
 	conns map[net.Conn]net.Conn // opaque relays: the caller's connection and the app's
+
+	// foreignLogged is when a refused foreign destination was last
+	// logged (UnixNano), foreignQuiet how many were refused since
+	// without a line: a scan must not flood the log.
+	foreignLogged atomic.Int64
+	foreignQuiet  atomic.Int64
 }
 
 // New returns the inbound handler.
@@ -112,6 +123,9 @@ func New(cfg Config) *Handler {
 	}
 	if cfg.MaxIdleConnsPerHost <= 0 {
 		cfg.MaxIdleConnsPerHost = 256
+	}
+	if cfg.LocalAddr == nil {
+		cfg.LocalAddr = newLocalAddrs().has
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, conns: map[net.Conn]net.Conn{}}
 	h.d = net.Dialer{Timeout: cfg.ConnectTimeout, KeepAlive: 30 * time.Second, ControlContext: h.control}
@@ -147,17 +161,73 @@ func (h *Handler) CloseIdleConnections() { h.tr.CloseIdleConnections() }
 // that arrives redirected is refused rather than forwarded to it.
 func (h *Handler) own(ap netip.AddrPort) bool { return slices.Contains(h.cfg.OwnPorts, ap.Port()) }
 
+// foreign reports whether ap is not addressed to the pod: another host's
+// address that reached the listener because someone routed it through the
+// pod (or loopback). Relaying it would make the pod an open relay; the
+// rules return such packets before the REDIRECT (docs/interception.md),
+// and this is the check for rules written by someone else.
+func (h *Handler) foreign(ap netip.AddrPort) bool { return !h.cfg.LocalAddr(ap.Addr()) }
+
+// refused reports whether a redirected connection to ap is refused
+// (reset, counted forbidden) rather than forwarded, and logs why.
+func (h *Handler) refused(ap netip.AddrPort, client net.Addr) bool {
+	switch {
+	case h.own(ap):
+		h.log.Debug("inbound connection to the sidecar's own port refused", "original_dst", ap.String(), "client", client.String())
+	case h.foreign(ap):
+		h.logForeign(ap, client)
+	default:
+		return false
+	}
+	return true
+}
+
+// foreignLogEvery is the least time between two log lines of refused
+// foreign destinations.
+const foreignLogEvery = time.Second
+
+// logForeign logs a refused foreign destination at most once per
+// foreignLogEvery, with how many went unlogged since the last line.
+func (h *Handler) logForeign(ap netip.AddrPort, client net.Addr) {
+	now := time.Now().UnixNano()
+	last := h.foreignLogged.Load()
+	if now-last < int64(foreignLogEvery) || !h.foreignLogged.CompareAndSwap(last, now) {
+		h.foreignQuiet.Add(1)
+		return
+	}
+	h.log.Warn("inbound connection refused: its original destination is not one of the pod's addresses (routed through the pod to another host)",
+		"original_dst", ap.String(), "client", client.String(), "refused_unlogged", h.foreignQuiet.Swap(0))
+}
+
+// forbiddenMetric is the metric handles a refused connection to ap counts
+// in: its port's, or for a foreign destination the shared "other" (a scan
+// of another host's ports must not take the pod's own port labels).
+func (h *Handler) forbiddenMetric(ap netip.AddrPort) *telemetry.Destination {
+	if !h.own(ap) && h.foreign(ap) {
+		return h.cfg.Metrics.Inbound(telemetry.Other)
+	}
+	return h.cfg.Metrics.Inbound(strconv.Itoa(int(ap.Port())))
+}
+
 // control refuses, where names have become addresses, a connection to
-// one of the sidecar's own ports: nothing reaches them through the
-// sidecar, whatever the original destination says.
+// one of the sidecar's own ports, or to an address not the pod's: nothing
+// reaches them through the sidecar, whatever the original destination says.
 func (h *Handler) control(_ context.Context, _, address string, _ syscall.RawConn) error {
-	if ap, err := netip.ParseAddrPort(address); err == nil && h.own(ap) {
-		return errOwnPort
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		if h.own(ap) {
+			return errOwnPort
+		}
+		if h.foreign(ap) {
+			return errForeign
+		}
 	}
 	return nil
 }
 
-var errOwnPort = errors.New("the original destination is one of the sidecar's own ports")
+var (
+	errOwnPort = errors.New("the original destination is one of the sidecar's own ports")
+	errForeign = errors.New("the original destination is not one of the pod's addresses")
+)
 
 // dialError marks a failure to connect to the app.
 type dialError struct{ err error }
@@ -176,10 +246,13 @@ func (h *Handler) dial(ctx context.Context, network, addr string) (net.Conn, err
 // conn is what the inbound path knows of a redirected connection, once:
 // its original destination and the metric handles of its port.
 type conn struct {
-	addr   netip.AddrPort
-	text   string // addr.String()
-	port   string
-	metric *telemetry.Destination
+	// refused: the sidecar's own port, or not the pod's address (found
+	// once per connection); its requests are never forwarded.
+	refused bool
+	addr    netip.AddrPort
+	text    string // addr.String()
+	port    string
+	metric  *telemetry.Destination
 }
 
 type connKey struct{}
@@ -190,7 +263,7 @@ type connKey struct{}
 // request).
 func (h *Handler) WithOriginalDst(ctx context.Context, addr netip.AddrPort) context.Context {
 	port := strconv.Itoa(int(addr.Port()))
-	return context.WithValue(ctx, connKey{}, &conn{addr: addr, text: addr.String(), port: port, metric: h.cfg.Metrics.Inbound(port)})
+	return context.WithValue(ctx, connKey{}, &conn{refused: h.own(addr) || h.foreign(addr), addr: addr, text: addr.String(), port: port, metric: h.cfg.Metrics.Inbound(port)})
 }
 
 // reqState follows one request through the ReverseProxy.
@@ -217,9 +290,10 @@ type stateKey struct{}
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	c, _ := r.Context().Value(connKey{}).(*conn)
-	if c == nil || h.own(c.addr) {
+	if c == nil || c.refused {
 		// Not a redirected connection (the server was wired wrong), or
-		// one meant for the sidecar itself: never forwarded.
+		// one meant for the sidecar itself or for another host: never
+		// forwarded.
 		panic(http.ErrAbortHandler)
 	}
 	if (h.draining.Load() || len(r.TransferEncoding) > 0) && r.Header.Get("Upgrade") == "" {
@@ -664,14 +738,13 @@ func (h *Handler) ServeTCP(c *transparent.Conn) {
 	defer h.relays.Done()
 	c.Taken() // counted: the dispatcher's drain may stop waiting for it
 	start := time.Now()
-	port := strconv.Itoa(int(c.Original.Port()))
-	m := h.cfg.Metrics.Inbound(port)
-	if h.own(c.Original) {
-		h.log.Debug("inbound connection to the sidecar's own port refused", "original_dst", c.Original.String(), "client", c.RemoteAddr().String())
-		h.endTCP(m, c, start, resultForbidden, 0, 0) // counted before the reset the caller sees
+	if h.refused(c.Original, c.RemoteAddr()) {
+		// Counted before the reset the caller sees.
+		h.endTCP(h.forbiddenMetric(c.Original), c, start, resultForbidden, 0, 0)
 		outbound.Abort(c)
 		return
 	}
+	m := h.cfg.Metrics.Inbound(strconv.Itoa(int(c.Original.Port())))
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
 	up, err := h.d.DialContext(ctx, "tcp", c.Original.String())
 	cancel()

@@ -67,6 +67,9 @@ func newRig(t *testing.T, app http.Handler, cfg Config) *rig {
 	r.app = netip.MustParseAddrPort(appSrv.Listener.Addr().String())
 	cfg.Metrics, cfg.AccessLog, cfg.ServiceName = r.m, r.log, "tenant"
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if cfg.LocalAddr == nil {
+		cfg.LocalAddr = loopbackIsLocal // the app listens on loopback here
+	}
 	r.h = New(cfg)
 	front := httptest.NewUnstartedServer(r.h)
 	front.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
@@ -284,7 +287,7 @@ func TestServeHTTPRefused(t *testing.T) {
 	default:
 	}
 
-	own := New(Config{OwnPorts: []uint16{wellknown.AdminPort}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	own := New(Config{OwnPorts: []uint16{wellknown.AdminPort}, LocalAddr: loopbackIsLocal, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	srv := httptest.NewUnstartedServer(own)
 	srv.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
 		return own.WithOriginalDst(ctx, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), wellknown.AdminPort))
@@ -302,7 +305,8 @@ func TestServeHTTPRefused(t *testing.T) {
 // byte (a half-close passed on) and counted with direction="inbound"; an
 // app that does not listen resets the caller's connection; a connection
 // whose original destination is the sidecar's own port is reset without
-// a dial. No breaker in any case.
+// a dial, and so is one whose original destination is another host's
+// (counted as destination="other"). No breaker in any case.
 func TestServeTCP(t *testing.T) {
 	echo, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -333,10 +337,13 @@ func TestServeTCP(t *testing.T) {
 		orig   netip.AddrPort
 		want   string // what the caller reads after sending "hi\n" and half-closing
 		result string
+		dest   string // the metric's destination; "": the original port
 	}{
-		{"relayed", echoAddr, "echo: hi\n", "ok"},
-		{"app down", deadAddr, "", "connect-failure"},
-		{"own port", own, "", "forbidden"},
+		{"relayed", echoAddr, "echo: hi\n", "ok", ""},
+		{"app down", deadAddr, "", "connect-failure", ""},
+		{"own port", own, "", "forbidden", ""},
+		// The echo's port on another host: never dialled.
+		{"foreign", netip.AddrPortFrom(netip.MustParseAddr("192.0.2.7"), echoAddr.Port()), "", "forbidden", "other"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -344,7 +351,7 @@ func TestServeTCP(t *testing.T) {
 			out := &syncBuffer{}
 			log := telemetry.NewAccessLog(out)
 			h := New(Config{Metrics: m, AccessLog: log, OwnPorts: []uint16{wellknown.AdminPort, wellknown.InboundPort},
-				ConnectTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+				LocalAddr: loopbackIsLocal, ConnectTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			client, server := tcpPair(t)
 			done := make(chan struct{})
 			go func() {
@@ -363,6 +370,9 @@ func TestServeTCP(t *testing.T) {
 			}
 			<-done
 			port := strconv.Itoa(int(tt.orig.Port()))
+			if tt.dest != "" {
+				port = tt.dest
+			}
 			metrics := gather(t, m)
 			series := `minimesh_tcp_connections_total{destination="` + port + `",direction="inbound",result="` + tt.result + `"} 1`
 			if !strings.Contains(metrics, series) {

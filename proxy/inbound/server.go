@@ -140,7 +140,7 @@ func (s *Server) Drain(ctx context.Context, grace time.Duration) int {
 
 // ownPorts takes out of the HTTP server's listener the redirected
 // connections whose original destination is one of the sidecar's own
-// ports (refused), and those of another protocol than HTTP/1.x (HTTP/2
+// ports or not one of the pod's addresses (refused), and those of another protocol than HTTP/1.x (HTTP/2
 // with prior knowledge: relayed as opaque TCP, as the inbound path has no
 // HTTP/2 of its own).
 type ownPorts struct {
@@ -159,15 +159,14 @@ func (l ownPorts) Accept() (net.Conn, error) {
 			go l.h.ServeTCP(tc)
 			continue
 		}
-		if ok && !l.h.own(tc.Original) {
+		if ok && !l.h.refused(tc.Original, c.RemoteAddr()) {
 			// net/http takes an HTTP/1.0 request's Transfer-Encoding for
 			// none, and would pass its body on as the next request to the
 			// app: the guard refuses it (leanhttp.TE10Guard).
 			return leanhttp.GuardConn(c), nil
 		}
 		if ok {
-			l.h.log.Debug("inbound connection to the sidecar's own port refused", "original_dst", tc.Original.String(), "client", c.RemoteAddr().String())
-			l.h.cfg.Metrics.Inbound(strconv.Itoa(int(tc.Original.Port()))).TCPConnection(resultForbidden)
+			l.h.forbiddenMetric(tc.Original).TCPConnection(resultForbidden)
 		}
 		outbound.Abort(c)
 	}

@@ -12,7 +12,8 @@
 // reached by one jump from each built-in chain used:
 //
 //	OUTPUT     -p tcp -j MINIMESH_OUTPUT    the pod's own connections
-//	PREROUTING -p tcp -j MINIMESH_INBOUND   connections to the pod (CaptureInbound)
+//	PREROUTING -p tcp -j MINIMESH_INBOUND   connections to the pod (CaptureInbound),
+//	                                        only those addressed to a local address
 package iptables
 
 import (
@@ -84,6 +85,13 @@ func build(c Config, f Family) ruleset {
 	rs.add("OUTPUT", "-p tcp -j "+ChainOutbound)
 
 	if c.CaptureInbound {
+		// Only connections addressed to the pod itself: a packet for
+		// another host that an attacker routes through the pod must not
+		// be redirected, or the sidecar would relay it there (an open
+		// relay and port scanner reaching the kube API, the cloud
+		// metadata server, other namespaces). Returned, it meets the
+		// pod's ip_forward=0 and is dropped, as Istio and Linkerd do.
+		rs.add(ChainInbound, "-m addrtype ! --dst-type LOCAL -j RETURN")
 		// The sidecar's own ports: the kubelet's probes and Prometheus
 		// reach the admin port, and nothing arriving may be looped into
 		// a listener through another one.

@@ -204,3 +204,31 @@ func TestRollbackInput(t *testing.T) {
 		t.Errorf("rollbackInput =\n%s", got)
 	}
 }
+
+// TestInboundOnlyLocal: inbound capture redirects only what is addressed
+// to the pod. The first rule of MINIMESH_INBOUND, in both families, returns
+// a packet for any other destination before any REDIRECT: without it the
+// sidecar relayed connections an attacker routed through the pod to any
+// host (an open relay); returned, they meet the pod's ip_forward=0.
+func TestInboundOnlyLocal(t *testing.T) {
+	const local = "-A " + ChainInbound + " -m addrtype ! --dst-type LOCAL -j RETURN"
+	for name, c := range goldenConfigs() {
+		for _, f := range []Family{IPv4, IPv6} {
+			var inbound []string
+			for _, l := range Lines(c, f) {
+				if strings.HasPrefix(l, "-A "+ChainInbound+" ") {
+					inbound = append(inbound, l)
+				}
+			}
+			if !c.CaptureInbound {
+				if len(inbound) != 0 {
+					t.Errorf("%s/%s: inbound rules without inbound capture: %q", name, f, inbound)
+				}
+				continue
+			}
+			if len(inbound) == 0 || inbound[0] != local {
+				t.Errorf("%s/%s: MINIMESH_INBOUND = %q, want %q first", name, f, inbound, local)
+			}
+		}
+	}
+}
