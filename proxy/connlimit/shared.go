@@ -31,8 +31,23 @@ import (
 // (each of 64 addresses holding one place, all of them busy and reading)
 // is refused at the cap. The fair share cannot fight itself: each such
 // eviction narrows the gap between two addresses' shares. The outbound
-// and inbound listeners serve the pod's own app, and keep the plain cap.
+// listener serves the pod's own app, and keeps the plain cap; the
+// inbound one, reached by every caller of the pod, shares its places
+// too (ShareKeepBuffers).
 func (l *Listener) Share(perSource int) {
+	l.ShareKeepBuffers(perSource)
+	if l.TCPListener != nil {
+		setBuffers(l.TCPListener, ShareSocketBuffer)
+	}
+}
+
+// ShareKeepBuffers is Share without its small socket buffers
+// (ShareSocketBuffer): for a listener whose connections carry the app's
+// own traffic (the inbound listener's callers), whose uploads and
+// downloads 32 KiB buffers would slow, and where the kernel's autotuning
+// stays. The places, the per-address share and the evictions are
+// Share's.
+func (l *Listener) ShareKeepBuffers(perSource int) {
 	l.perSource = perSource
 	l.evict = true
 	if l.bySource == nil {
@@ -40,9 +55,6 @@ func (l *Listener) Share(perSource int) {
 	}
 	if l.stuckGrace <= 0 {
 		l.stuckGrace = DefaultStuckGrace
-	}
-	if l.TCPListener != nil {
-		setBuffers(l.TCPListener, ShareSocketBuffer)
 	}
 }
 

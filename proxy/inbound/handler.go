@@ -70,6 +70,16 @@ type Config struct {
 	// MaxIdleConnsPerHost is how many kept-alive connections to one app
 	// port wait for reuse (0: 256).
 	MaxIdleConnsPerHost int
+	// RequestBodyTimeout bounds the caller's pause in a request body
+	// while the app waits for it (0: outbound.DefaultRequestBodyTimeout;
+	// negative: none), and NoDataIdleTimeout a no-data connection on
+	// which neither side has sent a byte (0: DefaultNoDataIdleTimeout):
+	// limits.go. ConnState, the listener's (connlimit), is told when a
+	// no-data relay waits and when its first byte moves (NewServer sets
+	// it).
+	RequestBodyTimeout time.Duration
+	NoDataIdleTimeout  time.Duration
+	ConnState          func(net.Conn, http.ConnState)
 }
 
 // Results of minimesh_tcp_connections_total{direction="inbound"} and the
@@ -318,6 +328,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		st.in.ReadCloser = r.Body
 		r.Body = &st.in
+		if stop := h.watchBody(st); stop != nil {
+			defer stop()
+		}
 	}
 	ctx := context.WithValue(r.Context(), stateKey{}, st)
 	if tr := h.cfg.Tracing; tr != nil {
@@ -391,6 +404,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	}
 	st := resp.Request.Context().Value(stateKey{}).(*reqState)
 	st.code, st.headers = resp.StatusCode, time.Now()
+	answeredBody(st)
 	resp.Header.Set(wellknown.HeaderRequestID, st.id)
 	if resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
 		resp.Body = &lateBody{ReadCloser: resp.Body, st: st, req: resp.Request.Context()}
@@ -483,6 +497,9 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	st := r.Context().Value(stateKey{}).(*reqState)
 	gone := errors.Is(err, context.Canceled) && r.Context().Err() != nil
 	bodyErr := st.in.failure()
+	if errors.Is(bodyErr, errBodyIdle) {
+		gone = false // the watch's cut read cancelled the request: 408 (watchBody)
+	}
 	if gone || bodyErr != nil && outbound.SenderGone(bodyErr) {
 		// The caller went away, perhaps in the middle of its request body
 		// (which the transport may report before the server cancels the
@@ -495,6 +512,9 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 		// A request body the server could not read (bad chunked framing):
 		// the caller's fault, as on the outbound path.
 		code, kind, msg = http.StatusBadRequest, wellknown.ErrorBadRequest, "the request body could not be read: "+bodyErr.Error()
+		if errors.Is(bodyErr, errBodyIdle) {
+			code, msg = http.StatusRequestTimeout, bodyErr.Error() // as outbound's 408 (watchBody)
+		}
 	}
 	var de *dialError
 	var bs *badStatusError
@@ -760,7 +780,7 @@ func (h *Handler) ServeTCP(c *transparent.Conn) {
 		h.endTCP(m, c, start, outbound.RelayShutdown, 0, 0)
 		return
 	}
-	sent, received, result := outbound.Relay(c, up, m.TCP(), h.cfg.TCPIdleTimeout)
+	sent, received, result := h.relay(c, up, m) // limits.go: no-data's first byte
 	h.untrack(c)
 	if result == outbound.RelayReset && h.closing.Load() {
 		result = outbound.RelayShutdown

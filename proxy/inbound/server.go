@@ -48,6 +48,11 @@ type Server struct {
 // NewServer serves ln (capped by connlimit) with h.
 func NewServer(ln *connlimit.Listener, h *Handler, cfg ServerConfig) *Server {
 	s := &Server{h: h, ln: ln}
+	if h.cfg.ConnState == nil {
+		// A no-data relay waits, for the cap, until its first byte
+		// (Handler.relay).
+		h.cfg.ConnState = ln.ConnState
+	}
 	s.d = transparent.New(transparent.Config{
 		OpaquePorts:   cfg.OpaquePorts,
 		DetectTimeout: cfg.DetectTimeout,

@@ -20,7 +20,7 @@ func (s *Sidecar) listenInbound(opaque *transparent.Ports, errLog *log.Logger) e
 	if err != nil {
 		return fmt.Errorf("inbound listener: %w", err)
 	}
-	inLn := connlimit.New(ln.(*net.TCPListener), s.cfg.MaxInboundConnections)
+	inLn := newInboundLimit(ln.(*net.TCPListener), s.cfg)
 	s.inLn = inLn
 	// Nothing sent through the sidecar may reach its own listeners, this
 	// one included (the pod's own IP:15006, say).
@@ -40,6 +40,9 @@ func (s *Sidecar) listenInbound(opaque *transparent.Ports, errLog *log.Logger) e
 		OwnPorts:       own,
 		ConnectTimeout: s.cfg.ConnectTimeout,
 		TCPIdleTimeout: s.cfg.TCPIdleTimeout,
+		// As the outbound listener's: a caller that stops sending its
+		// request body frees its place after this.
+		RequestBodyTimeout: s.cfg.RequestBodyTimeout,
 	})
 	s.inbound = inbound.NewServer(inLn, h, inbound.ServerConfig{
 		OpaquePorts:       opaque,
@@ -51,6 +54,25 @@ func (s *Sidecar) listenInbound(opaque *transparent.Ports, errLog *log.Logger) e
 	})
 	s.metrics.Listener("inbound", inLn.Open, inLn.Refused)
 	return nil
+}
+
+// newInboundLimit is the inbound listener's cap. Every caller of the pod
+// reaches it, so, as the admin listener, it shares its places
+// (connlimit.Listener.Share): at the cap a newcomer takes
+// the place of a connection waiting for a request (an idle keep-alive
+// connection, a silent new one, a relay on which nothing has moved yet),
+// one stuck writing to a caller that does not read, or one of the address
+// over its fair share, rather than being refused; one address may also be
+// held to MaxInboundConnectionsPerSource of them (none by default: one
+// caller, a node's ingress, may well keep hundreds of connections to a
+// pod, which it could not past a hard share). Before 2026-12-06 it
+// was the plain cap: one address holding 1,024 silent connections had
+// every other caller reset. The socket buffers stay the kernel's: these
+// connections carry the app's traffic.
+func newInboundLimit(ln *net.TCPListener, cfg Config) *connlimit.Listener {
+	l := connlimit.New(ln, cfg.MaxInboundConnections)
+	l.ShareKeepBuffers(cfg.MaxInboundConnectionsPerSource)
+	return l
 }
 
 // InboundAddr is the inbound listener's bound address ("" without one).

@@ -93,6 +93,11 @@ type Config struct {
 	// MaxInboundConnections caps the inbound listener's connections (0:
 	// DefaultMaxConnections; negative: no cap).
 	MaxInboundConnections int
+	// MaxInboundConnectionsPerSource caps one peer address's share of
+	// them (0: no cap of its own). At the cap connlimit's Share evictions
+	// keep the places fair whatever it is: a newcomer takes the place of
+	// a waiting connection or of the address holding the most.
+	MaxInboundConnectionsPerSource int
 }
 
 // The values of Config.Server (--server).

@@ -36,13 +36,15 @@ func TestInboundFlags(t *testing.T) {
 		t.Errorf("/metrics without --inbound-addr: %d, listener=\"inbound\" present", code)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, "run", "--outbound-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
-		"--inbound-addr", "127.0.0.1:0", "--max-inbound-connections", "-1")
-	cmd.Env = childEnv()
-	out, err := cmd.CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "--max-inbound-connections") {
-		t.Errorf("--max-inbound-connections -1: %v\n%s", err, out)
+	for _, flag := range []string{"--max-inbound-connections", "--max-inbound-connections-per-source"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, binary, "run", "--outbound-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+			"--inbound-addr", "127.0.0.1:0", flag, "-1")
+		cmd.Env = childEnv()
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), flag+" -1") {
+			t.Errorf("%s -1: %v\n%s", flag, err, out)
+		}
 	}
 }

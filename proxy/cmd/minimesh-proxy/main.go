@@ -71,7 +71,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var cfg sidecar.Config
 	var logLevel, accessLog, cgroupRoot string
-	var maxConns, maxInboundConns int
+	var maxConns, maxInboundConns, maxInboundPerSource int
 	var rawIO bool
 	resolve := resolveFlag{}
 	opaque := &opaquePortsFlag{}
@@ -95,6 +95,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
 	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are reset as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")
 	fs.IntVar(&maxInboundConns, "max-inbound-connections", sidecar.DefaultMaxConnections, "most connections the inbound listener holds at once; more are reset as soon as accepted and counted in minimesh_connections_refused_total{listener=\"inbound\"} (0: no limit)")
+	fs.IntVar(&maxInboundPerSource, "max-inbound-connections-per-source", 0, "most of the inbound listener's connections one caller address may hold at once; more from it are reset as soon as accepted (0: no per-address limit). Either way, at the cap a newcomer takes the place of a waiting connection or of the address holding the most, rather than being reset")
 	fs.StringVar(&cgroupRoot, "cgroup-root", memlimit.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
 	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it, while the upstream has not answered, before the sidecar answers 408 and releases the upstream connection (0: no limit)")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
@@ -159,6 +160,10 @@ func runSidecar(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "minimesh-proxy: --max-inbound-connections %d: want 0 (no limit) or more\n", maxInboundConns)
 		return 2
 	}
+	if maxInboundPerSource < 0 {
+		fmt.Fprintf(stderr, "minimesh-proxy: --max-inbound-connections-per-source %d: want 0 (no limit) or more\n", maxInboundPerSource)
+		return 2
+	}
 	if cfg.RequestBodyTimeout < 0 {
 		fmt.Fprintf(stderr, "minimesh-proxy: --request-body-timeout %v: want 0 (no limit) or more\n", cfg.RequestBodyTimeout)
 		return 2
@@ -174,6 +179,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	if maxInboundConns == 0 {
 		cfg.MaxInboundConnections = -1
 	}
+	cfg.MaxInboundConnectionsPerSource = maxInboundPerSource
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Resolve = resolve
 	cfg.OpaquePorts = opaque.p
