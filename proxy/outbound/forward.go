@@ -17,7 +17,6 @@ import (
 	"github.com/minimesh/minimesh/proxy/retry"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -200,8 +199,8 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if r := dst.policy.Spec.Retries; r != nil && r.Attempts > 0 && p.Span != nil {
 			ctx, p = tr.Try(ctx, p, req.Method)
 			span = p.Span
-			if span != nil && st.attempts > 1 {
-				span.SetAttributes(attribute.Int("http.request.resend_count", st.attempts-1))
+			if span != nil {
+				span.SetAttributes(tryAttrs(req, st, ep)...)
 			}
 		}
 		// The fast transport writes the fields with the head: no
@@ -341,9 +340,6 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		endTry(done, ep, epStart, outcome)
 		return nil, class, nil, &upstreamError{class: class, err: err}
 	}
-	if span != nil {
-		endSpan(span, resp.StatusCode, "", "")
-	}
 	verdict := error(nil)
 	if failOn.Status(countedStatus(resp, st)) || st.grpc && failOn.GRPCStatus(st.grpcStatus) {
 		verdict = breaker.ErrFailed
@@ -355,6 +351,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		// Nothing more can fail that a breaker should hear of (an
 		// upgraded connection's bytes are the peers' business).
 		endTry(done, ep, epStart, verdict)
+		if span != nil {
+			endSpan(span, resp.StatusCode, "", "")
+		}
 		if cancel != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			cancel(nil)
 		}
@@ -364,7 +363,8 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	// the try then, so that a body cut short counts as the failure it is.
 	// One try's body at a time (the retry loop closes one before the next
 	// try): it lives in the request's state, not an allocation of its own.
-	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, ep: ep, epStart: epStart, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel}
+	// The try's span ends with it too, as the breaker's verdict does.
+	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, ep: ep, epStart: epStart, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel, span: span, code: resp.StatusCode}
 	if st.grpc && grpcContentType(resp.Header) {
 		st.body.grpc = resp // the status comes in its trailers, if any (countedStatus)
 	}
@@ -428,6 +428,12 @@ type upstreamBody struct {
 	failOn   policy.Conditions
 	try, req context.Context
 	cancel   context.CancelCauseFunc // the per-try timeout's; may be nil
+	// span is the try's span, recorded (nil: none), which ends with the
+	// body (endSpan): a try whose body is cut is a failed try, as the
+	// breaker, the metric and the access log have it, not the success
+	// its headers said; code is the try's status.
+	span trace.Span
+	code int
 	// grpc is the response of a gRPC call whose status is in the
 	// trailers: the verdict is made from them at the body's end.
 	grpc  *http.Response
@@ -489,6 +495,9 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 				g = grpcInternal
 			}
 			b.st.grpcStatus = g
+			if b.span != nil {
+				endGRPCSpan(b.span, g)
+			}
 			b.verdict = nil
 			if b.failOn.Status(grpcEquivalent(g)) || b.failOn.GRPCStatus(g) {
 				b.verdict = breaker.ErrFailed
@@ -498,6 +507,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 			}
 		}
 		b.end(b.verdict)
+		b.endSpan("", false)
 		if in := &b.st.in; in.ReadCloser != nil && !in.ended.Load() {
 			// The exchange is over while the app still sends (a stream's
 			// client that waits for the status): its body's pending read
@@ -514,9 +524,11 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	if gone {
 		b.st.gone = true
 		b.end(breaker.ErrIgnored)
+		b.endSpan("", true)
 		return n, err
 	}
 	b.st.late = class
+	b.endSpan(classErrorType(class), false)
 	if b.st.clientsDeadline(class, -1) {
 		b.end(breaker.ErrIgnored)
 	} else if b.failOn.Has(class) {
@@ -550,11 +562,30 @@ func (b *upstreamBody) Close() error {
 		// retry loop, which has already judged the status.
 		if b.req.Err() != nil {
 			b.end(breaker.ErrIgnored)
+			b.endSpan("", true)
 		} else {
 			b.end(b.verdict)
+			b.endSpan("", false)
 		}
 	}
 	return err
+}
+
+// endSpan ends the try's span, if recorded, as its body ends: kind is
+// the error.type of a body that failed ("" for one read whole, or
+// abandoned by the retry loop, which judged the status), gone that the
+// app went away.
+func (b *upstreamBody) endSpan(kind string, gone bool) {
+	s := b.span
+	if s == nil {
+		return
+	}
+	b.span = nil
+	if gone {
+		endSpan(s, statusClientClosed, "", "")
+		return
+	}
+	endSpan(s, b.code, kind, "")
 }
 
 func (b *upstreamBody) end(outcome error) {

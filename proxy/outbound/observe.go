@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -429,8 +430,49 @@ func (h *Handler) spanAttrs(r *http.Request, st *reqState) []attribute.KeyValue 
 	return attrs
 }
 
-// endSpan ends a request or try span with its outcome: a 5xx or the
-// sidecar's own answer is an error; errKind names it.
+// tryAttrs are a try span's attributes known at its start, those the
+// HTTP semantic conventions require or recommend on an HTTP client span
+// (each try is one, "HTTP request retries and redirects"): the method,
+// url.full, server.address and server.port as the request span has them
+// (the app's authority, not the address dialled), the resend count from
+// the second try, and the address the try goes to, network.peer.*: the
+// endpoint the balancer picked, or a redirected connection's original
+// destination. A name dialled through DNS has no peer address known
+// here. Built only for a recorded span: the caller asks for it then.
+func tryAttrs(req *http.Request, st *reqState, ep *balancer.Endpoint) []attribute.KeyValue {
+	host, port, _ := net.SplitHostPort(st.authority)
+	p, _ := strconv.Atoi(port)
+	method, other := telemetry.SpanMethod(req.Method)
+	attrs := make([]attribute.KeyValue, 0, 9)
+	attrs = append(attrs,
+		attribute.String("http.request.method", method),
+		attribute.String("url.full", "http://"+st.authority+req.URL.EscapedPath()),
+		attribute.String("server.address", host),
+		attribute.Int("server.port", p),
+	)
+	if other {
+		attrs = append(attrs, attribute.String("http.request.method_original", req.Method))
+	}
+	if st.attempts > 1 {
+		attrs = append(attrs, attribute.Int("http.request.resend_count", st.attempts-1))
+	}
+	peer := st.dial
+	if ep != nil {
+		peer = ep.Addr()
+	}
+	if h, pp, err := net.SplitHostPort(peer); err == nil && peer != "" {
+		n, _ := strconv.Atoi(pp)
+		attrs = append(attrs, attribute.String("network.peer.address", h), attribute.Int("network.peer.port", n))
+	}
+	return attrs
+}
+
+// endSpan ends a request or try span with its outcome: a 4xx or 5xx or
+// the sidecar's own answer is an error; errKind names it. Both spans are
+// CLIENT spans, for which the HTTP semantic conventions ("Status") say a
+// 4xx SHOULD be an error (the request failed, for the app that sent it),
+// with error.type the status code; only a SERVER span leaves a 4xx, the
+// caller's mistake, unset (proxy/inbound's spans do).
 func endSpan(s trace.Span, code int, errKind, breakerState string) {
 	if !s.IsRecording() {
 		s.End()
@@ -450,7 +492,7 @@ func endSpan(s trace.Span, code int, errKind, breakerState string) {
 	case code == statusClientClosed:
 		attrs = append(attrs, attribute.String("error.type", "client-closed"))
 		s.SetStatus(codes.Error, "client closed the request")
-	case code >= 500:
+	case code >= 400:
 		attrs = append(attrs, attribute.String("error.type", statusText(code)))
 		s.SetStatus(codes.Error, "")
 	}
