@@ -134,7 +134,11 @@ func h2cCall(t *testing.T, tr http.RoundTripper, sidecar, authority, timeout str
 // upstream's reset) is not the upstream's failure, while the policy's
 // own timeout and a DEADLINE_EXCEEDED well before the client's deadline
 // still are. The client here never cancels: each outcome is the one
-// reported, not the client's reset racing it.
+// reported, not the client's reset racing it. The deadline is short and
+// wall time, so a loaded machine may spend it before a call reaches the
+// upstream: such a call must still be DEADLINE_EXCEEDED without a
+// breaker failure, and the test makes another, counting the calls that
+// reached the upstream, not the calls made.
 func TestGRPCClientDeadlineOutcomes(t *testing.T) {
 	const clientDeadline = 40 * time.Millisecond
 	for _, tc := range []struct {
@@ -178,20 +182,47 @@ func TestGRPCClientDeadlineOutcomes(t *testing.T) {
 				resolve(ln.Addr().String(), healthSvc))
 			tr := h2cClient(t).Transport
 			const calls = 3
-			for i := 0; i < calls; i++ {
-				code, kind := h2cCall(t, tr, sc.Addr, healthSvc, tc.timeout)
-				if tc.wantOpen && i == calls-1 {
-					if kind != "circuit-open" {
-						t.Errorf("call %d: grpc-status %s, %q; want the open breaker's answer", i+1, code, kind)
+			if tc.wantOpen {
+				for i := 0; i < calls; i++ {
+					code, kind := h2cCall(t, tr, sc.Addr, healthSvc, tc.timeout)
+					if i == calls-1 {
+						if kind != "circuit-open" {
+							t.Errorf("call %d: grpc-status %s, %q; want the open breaker's answer", i+1, code, kind)
+						}
+					} else if !slices.Contains(strings.Fields(tc.wantCode), code) {
+						t.Errorf("call %d: grpc-status %s (%q), want %s", i+1, code, kind, tc.wantCode)
 					}
-					continue
 				}
-				if !slices.Contains(strings.Fields(tc.wantCode), code) {
-					t.Errorf("call %d: grpc-status %s (%q), want %s", i+1, code, kind, tc.wantCode)
+				// The open breaker's answer sent nothing upstream. (A policy
+				// timeout may end a call before the upstream saw it: a
+				// failure all the same.)
+				if n := hits.Load(); n > calls-1 {
+					t.Errorf("the upstream saw %d calls, want at most %d", n, calls-1)
 				}
-			}
-			if n := hits.Load(); tc.wantOpen && n != calls-1 || !tc.wantOpen && n != calls {
-				t.Errorf("the upstream saw %d calls", n)
+			} else {
+				// calls calls that reached the upstream: under load the 40 ms
+				// may run out before a call gets there, the sidecar's timer
+				// answering it. Such a call is its client's deadline too (the
+				// same code, no breaker failure) but not the outcome named, so
+				// another is made, up to maxCalls; every one must leave the
+				// breaker closed.
+				const maxCalls = 10
+				made := 0
+				for ; made < maxCalls && hits.Load() < calls; made++ {
+					code, kind := h2cCall(t, tr, sc.Addr, healthSvc, tc.timeout)
+					if !slices.Contains(strings.Fields(tc.wantCode), code) || kind == "circuit-open" {
+						t.Errorf("call %d: grpc-status %s (%q), want %s", made+1, code, kind, tc.wantCode)
+						break
+					}
+				}
+				// A call the sidecar reset on its way may reach the
+				// upstream after its client had the answer.
+				if !t.Failed() && !proxytest.Poll(10*time.Second, 5*time.Millisecond, func() bool { return hits.Load() >= calls }) {
+					t.Errorf("the upstream saw %d of %d calls, want %d", hits.Load(), made, calls)
+				}
+				if made > calls {
+					t.Logf("%d calls for %d that reached the upstream", made, hits.Load())
+				}
 			}
 			if b := sc.breaker(healthSvc); (b.State == "open") != tc.wantOpen {
 				t.Errorf("breaker %s, want open: %v", b.State, tc.wantOpen)
