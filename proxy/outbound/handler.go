@@ -586,6 +586,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			ctx, cancel = context.WithCancelCause(ctx)
 			defer cancel(nil)
 			rw := st.out.ResponseWriter
+			// The handler may return once cancelled, and the stream is
+			// not its own after that: its stop waits for this to end.
 			stop := st.in.watch(h.cfg.RequestBodyTimeout, func() {
 				cancel(errBodyTimeout)
 				_ = http.NewResponseController(rw).SetReadDeadline(time.Unix(1, 0))

@@ -239,19 +239,35 @@ func (b *countingBody) failed() error {
 func (b *countingBody) watch(idle time.Duration, expire func()) (stop func() bool) {
 	b.base = time.Now() // before the transport's first read
 	w := &bodyWatch{b: b, idle: idle, expire: expire}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.t = time.AfterFunc(idle, w.fire)
-	return w.t.Stop
+	return w.stop
 }
 
 type bodyWatch struct {
 	b      *countingBody
 	idle   time.Duration
 	expire func()
-	t      *time.Timer
+	// mu is held through expire: once stop has returned, expire is
+	// neither running nor to run. expire touches the server's stream,
+	// which an HTTP/2 server reuses once its handler has returned.
+	mu      sync.Mutex
+	t       *time.Timer
+	stopped bool
+}
+
+func (w *bodyWatch) stop() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopped = true
+	return w.t.Stop()
 }
 
 func (w *bodyWatch) fire() {
-	if w.b.ended.Load() || w.b.answered.Load() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped || w.b.ended.Load() || w.b.answered.Load() {
 		return
 	}
 	// The time since the last byte, or since the watch began.
