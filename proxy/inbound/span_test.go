@@ -4,52 +4,17 @@ import (
 	"context"
 	"encoding/hex"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/grpc"
 
+	"github.com/minimesh/minimesh/proxy/internal/otlptest"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
-
-// collector is an OTLP/gRPC trace collector that keeps what it is sent.
-type collector struct {
-	collectortrace.UnimplementedTraceServiceServer
-	mu    sync.Mutex
-	spans []*tracepb.Span
-}
-
-func (c *collector) Export(_ context.Context, r *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, rs := range r.ResourceSpans {
-		for _, ss := range rs.ScopeSpans {
-			c.spans = append(c.spans, ss.Spans...)
-		}
-	}
-	return &collectortrace.ExportTraceServiceResponse{}, nil
-}
-
-func startCollector(t *testing.T) (*collector, string) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &collector{}
-	s := grpc.NewServer()
-	collectortrace.RegisterTraceServiceServer(s, c)
-	go s.Serve(ln)
-	t.Cleanup(s.Stop)
-	return c, ln.Addr().String()
-}
 
 // TestServerSpan: a request into the pod is a SERVER span that continues
 // the caller's trace (its traceparent), with the request's attributes; the
@@ -57,7 +22,8 @@ func startCollector(t *testing.T) (*collector, string) {
 // own server span hangs under it. A 5xx of the app is an error span; a
 // 4xx is not (it is the caller's error, by the HTTP conventions).
 func TestServerSpan(t *testing.T) {
-	col, endpoint := startCollector(t)
+	col := otlptest.Start(t)
+	endpoint := col.Addr
 	tr, err := telemetry.NewTracing(telemetry.TracingConfig{Endpoint: endpoint, SampleRatio: 1, ServiceName: "tenant"}, telemetry.New(0))
 	if err != nil {
 		t.Fatal(err)
@@ -107,13 +73,12 @@ func TestServerSpan(t *testing.T) {
 	if err := tr.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	col.mu.Lock()
-	defer col.mu.Unlock()
-	if len(col.spans) != len(tests) {
-		t.Fatalf("%d spans exported, want %d", len(col.spans), len(tests))
+	spans := col.Spans()
+	if len(spans) != len(tests) {
+		t.Fatalf("%d spans exported, want %d", len(spans), len(tests))
 	}
 	for i, tt := range tests {
-		s := col.spans[i]
+		s := spans[i]
 		attrs := map[string]string{}
 		for _, kv := range s.Attributes {
 			if sv := kv.Value.GetStringValue(); sv != "" {
@@ -151,7 +116,8 @@ func TestServerSpan(t *testing.T) {
 // not sampled), which no collector receives: the span context Begin makes
 // without the SDK, on the inbound side.
 func TestServerSpanNotRecorded(t *testing.T) {
-	col, endpoint := startCollector(t)
+	col := otlptest.Start(t)
+	endpoint := col.Addr
 	tr, err := telemetry.NewTracing(telemetry.TracingConfig{Endpoint: endpoint, SampleRatio: 1, ServiceName: "tenant"}, telemetry.New(0))
 	if err != nil {
 		t.Fatal(err)
@@ -190,9 +156,7 @@ func TestServerSpanNotRecorded(t *testing.T) {
 	if err := tr.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	col.mu.Lock()
-	defer col.mu.Unlock()
-	if len(col.spans) != 0 {
-		t.Errorf("%d spans exported for requests the caller did not sample", len(col.spans))
+	if spans := col.Spans(); len(spans) != 0 {
+		t.Errorf("%d spans exported for requests the caller did not sample", len(spans))
 	}
 }

@@ -1,7 +1,6 @@
 package outbound_test
 
 import (
-	"context"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -13,11 +12,10 @@ import (
 	"testing"
 	"time"
 
-	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/grpc"
 
 	"github.com/minimesh/minimesh/proxy/balancer"
+	"github.com/minimesh/minimesh/proxy/internal/otlptest"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 )
 
@@ -116,64 +114,6 @@ func TestTriesTraceContext(t *testing.T) {
 	}
 }
 
-// traceCollector is an OTLP/gRPC trace collector that keeps the spans it
-// is sent, for tests that look at what the sidecar exports.
-type traceCollector struct {
-	collectortrace.UnimplementedTraceServiceServer
-	Addr  string
-	mu    sync.Mutex
-	spans []*tracepb.Span
-}
-
-func (c *traceCollector) Export(_ context.Context, r *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, rs := range r.ResourceSpans {
-		for _, ss := range rs.ScopeSpans {
-			c.spans = append(c.spans, ss.Spans...)
-		}
-	}
-	return &collectortrace.ExportTraceServiceResponse{}, nil
-}
-
-func startTraceCollector(t *testing.T) *traceCollector {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &traceCollector{Addr: ln.Addr().String()}
-	s := grpc.NewServer()
-	collectortrace.RegisterTraceServiceServer(s, c)
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(s.Stop)
-	return c
-}
-
-// trace waits until the trace traceID holds n spans (the exporter sends
-// them a second or so after they end) and returns them.
-func (c *traceCollector) trace(t *testing.T, traceID string, n int) []*tracepb.Span {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var got []*tracepb.Span
-		c.mu.Lock()
-		for _, s := range c.spans {
-			if hex.EncodeToString(s.TraceId) == traceID {
-				got = append(got, s)
-			}
-		}
-		c.mu.Unlock()
-		if len(got) >= n || time.Now().After(deadline) {
-			if len(got) != n {
-				t.Fatalf("trace %s: %d spans exported, want %d", traceID, len(got), n)
-			}
-			return got
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // spanAttrs returns a span's attributes as strings (ints in decimal).
 func spanAttrs(s *tracepb.Span) map[string]string {
 	m := map[string]string{}
@@ -252,7 +192,7 @@ func TestSpanSemconv(t *testing.T) {
 	up := ln.Addr().String()
 	_, upPort, _ := net.SplitHostPort(up)
 
-	col := startTraceCollector(t)
+	col := otlptest.Start(t)
 	sc := startSidecar(t, policyDoc("geo", "geo-service", retry503), nil, withNamespace("shop"),
 		func(cfg *sidecar.Config) { cfg.OTLPEndpoint, cfg.TraceSampleRatio = col.Addr, 1 })
 	sc.S.Handler().SetEndpoints(map[string][]balancer.Target{geoEDS: {{Addr: up}}})
@@ -301,7 +241,7 @@ func TestSpanSemconv(t *testing.T) {
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
-			spans := col.trace(t, traceID, 1+len(tc.tries))
+			spans := col.Trace(t, traceID, 1+len(tc.tries))
 			var reqSpan *tracepb.Span
 			for _, s := range spans {
 				if hex.EncodeToString(s.ParentSpanId) == appSpan {
