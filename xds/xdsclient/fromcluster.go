@@ -34,11 +34,18 @@ func fromCluster(c *cluster) (*policy.ResiliencePolicy, error) {
 	}
 	name, _ := m["policy"].(string)
 	ns, _ := m["namespace"].(string)
-	doc, err := json.Marshal(map[string]any{
+	// One value a line: yaml.v3's scanner keeps every token of a line
+	// queued while a key on it may still turn out to be a simple key (up
+	// to 1,024 bytes), and grows and shifts that queue at each key: the
+	// whole policy on one line cost 85 to 145 KB of allocation, two thirds
+	// of it that queue (BenchmarkFromCluster, docs/benchmarks.md). The
+	// same JSON across lines reads the same, and only the line:col of an
+	// error in this document, which no one has, differs.
+	doc, err := json.MarshalIndent(map[string]any{
 		"apiVersion": policy.APIVersion, "kind": policy.Kind,
 		"metadata": map[string]any{"name": name, "namespace": ns},
 		"spec":     spec,
-	})
+	}, "", " ")
 	if err != nil {
 		return nil, err
 	}
