@@ -148,6 +148,11 @@ func Run(ctx context.Context, o Options) []Result {
 	add("policies validate", "fix the files: minimesh policy lint FILE", policiesValid(ctx, o.Client))
 	if o.Dynamic != nil {
 		if add("ResiliencePolicy CRD is installed", "kubectl apply -f charts/minimesh/crds/ (helm creates CRDs only on helm install: an upgrade never restores a deleted one)", crdInstalled(ctx, o.Dynamic)) {
+			// A failure, not a warning: unlike sidecars awaiting a rollout,
+			// an outdated CRD never mends itself (Helm never upgrades it),
+			// and nothing else tells: the API server drops the fields
+			// without an error until a policy turns invalid.
+			add("ResiliencePolicy CRD is up to date", "apply the chart's CRD: kubectl apply -f charts/minimesh/crds/ (helm upgrade never updates a CRD: docs/install.md, \"Upgrade\")", crdCurrent(ctx, o.Dynamic))
 			add("ResiliencePolicy objects are accepted", "kubectl describe rp -n NAMESPACE NAME; the last accepted version of each keeps serving", objectsAccepted(ctx, o.Dynamic))
 		}
 	}
@@ -679,6 +684,65 @@ func crdInstalled(ctx context.Context, d dynamic.Interface) error {
 		return fmt.Errorf("the API server does not serve %s/%s: the CustomResourceDefinition %s.%s is missing", resiliencePolicies.GroupResource(), resiliencePolicies.Version, resiliencePolicies.Resource, resiliencePolicies.Group)
 	}
 	return err
+}
+
+var crds = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// crdFields are the fields of the ResiliencePolicy schema that the
+// controller writes and reads back, which a CRD from before them prunes
+// without an error (structural schemas drop unknown fields): with
+// status.lastValidSpec and lastValidGeneration pruned, a policy made
+// invalid serves nothing instead of its last valid version
+// (docs/controlplane.md, "The CRD"). A field the controller comes to
+// depend on is added here with the CRD.
+var crdFields = []string{"status.lastValidSpec", "status.lastValidGeneration"}
+
+// crdCurrent reads the installed CRD and names the fields of crdFields its
+// schema (of the version the controller uses) would prune: Helm installs
+// a CRD but never upgrades it, so a release upgraded without `kubectl
+// apply -f charts/minimesh/crds` keeps the CRD of its first install.
+func crdCurrent(ctx context.Context, d dynamic.Interface) error {
+	name := resiliencePolicies.Resource + "." + resiliencePolicies.Group
+	u, err := d.Resource(crds).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read the CustomResourceDefinition %s: %w", name, err)
+	}
+	var sch map[string]any
+	versions, _, _ := unstructured.NestedSlice(u.Object, "spec", "versions")
+	for _, v := range versions {
+		if m, _ := v.(map[string]any); m["name"] == resiliencePolicies.Version {
+			sch, _, _ = unstructured.NestedMap(m, "schema", "openAPIV3Schema")
+		}
+	}
+	var missing []string
+	for _, f := range crdFields {
+		if !keeps(sch, strings.Split(f, ".")) {
+			missing = append(missing, f)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the installed CustomResourceDefinition %s (%s) lacks %s: it predates them, and the API server drops them from every status the controller writes, so a policy made invalid serves nothing instead of its last valid version",
+			name, resiliencePolicies.Version, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// keeps reports whether the structural schema s keeps the field at path:
+// each name of it a property, or under a node that preserves unknown
+// fields.
+func keeps(s map[string]any, path []string) bool {
+	for _, name := range path {
+		if s == nil {
+			return false
+		}
+		next, ok, _ := unstructured.NestedMap(s, "properties", name)
+		if !ok {
+			preserve, _, _ := unstructured.NestedBool(s, "x-kubernetes-preserve-unknown-fields")
+			return preserve
+		}
+		s = next
+	}
+	return true
 }
 
 // objectsAccepted lists the objects whose status the controller set to

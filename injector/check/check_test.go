@@ -336,6 +336,9 @@ func TestCRDMissing(t *testing.T) {
 	if v := got["ResiliencePolicy CRD is installed"]; !strings.Contains(v, "CustomResourceDefinition resiliencepolicies.minimesh.io is missing") {
 		t.Fatalf("CRD missing: %q (all: %v)", v, got)
 	}
+	if _, ran := got["ResiliencePolicy CRD is up to date"]; ran {
+		t.Errorf("CRD read without the CRD: %v", got)
+	}
 	if _, ran := got["ResiliencePolicy objects are accepted"]; ran {
 		t.Errorf("objects checked without their CRD: %v", got)
 	}
