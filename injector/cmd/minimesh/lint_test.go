@@ -44,3 +44,44 @@ func TestExportNamespace(t *testing.T) {
 		}
 	}
 }
+
+// TestLintPerNamespace: lint reads files as one sidecar does unless told
+// --per-namespace, as the controller's --policy-dir does: `geo`
+// cluster-wide and `geo` in shop is the controller's override and a
+// sidecar's refusal, and the refusal says which reading made it (before,
+// lint had only the sidecar's, and refused the controller's files without
+// saying why the controller took them).
+func TestLintPerNamespace(t *testing.T) {
+	dir := filepath.Join("testdata", "namespaces")
+	override, shopTwice, clusterTwice := filepath.Join(dir, "override.yaml"), filepath.Join(dir, "shop-twice.yaml"), filepath.Join(dir, "clusterwide-twice.yaml")
+	bad := filepath.Join("testdata", "bad", "bad.yaml")
+	_, _, badErrs := run("policy", "lint", bad)
+	tests := []struct {
+		name           string
+		args           []string
+		code           int
+		stdout, stderr string
+	}{
+		{"the controller's override, as a sidecar reads it", []string{override}, 1, "",
+			override + `:14:12: spec.service: service "geo" already has a policy at ` + override + ":3:1\n" + lintSidecarMode + "\n"},
+		{"the controller's override, as the controller reads it", []string{"--per-namespace", override}, 0,
+			"3 policies OK (cluster-wide: geo, *; shop: geo)\n", ""},
+		{"one namespace's service twice, as a sidecar reads it", []string{shopTwice}, 1, "",
+			shopTwice + `:12:12: spec.service: service "geo" already has a policy at ` + shopTwice + ":2:1\n"},
+		{"one namespace's service twice, as the controller reads it", []string{"--per-namespace", shopTwice}, 1, "",
+			shopTwice + `:12:12: spec.service: service "geo" already has a policy in namespace "shop" at ` + shopTwice + ":2:1\n"},
+		{"a cluster-wide service twice, as the controller reads it", []string{"--per-namespace", clusterTwice}, 1, "",
+			clusterTwice + `:12:12: spec.service: service "maps" already has a cluster-wide policy at ` + clusterTwice + ":2:1\n"},
+		{"a namespace's files", []string{"--per-namespace", "testdata/good"}, 0,
+			"3 policies OK (bakery-ia: auth-service, nominatim-service, *)\n", ""},
+		{"bad fields, either way", []string{"--per-namespace", bad}, 1, "", badErrs},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := run(append([]string{"policy", "lint"}, tt.args...)...)
+			if code != tt.code || out != tt.stdout || errOut != tt.stderr {
+				t.Errorf("lint %v: exit %d, stdout %q, stderr:\n%s\nwant exit %d, stdout %q, stderr:\n%s", tt.args, code, out, errOut, tt.code, tt.stdout, tt.stderr)
+			}
+		})
+	}
+}
