@@ -11,10 +11,19 @@ import (
 	"github.com/minimesh/minimesh/policy"
 )
 
-// Export prints the resources of pols as Envoy v3 YAML: each Cluster, then
-// the RouteConfiguration, in the field names of Envoy's documentation.
-func Export(pols []*policy.ResiliencePolicy, ns string) ([]byte, error) {
-	res, err := Translate(pols, ns)
+// Export prints the resources that the proxies of namespace ns are served
+// from pols as Envoy v3 YAML: each Cluster, then the RouteConfiguration,
+// in the field names of Envoy's documentation. pols are what the control
+// plane serves ns's proxies: ns's own policies and the cluster-wide ones
+// (xds.Merge), never another namespace's, which the caller leaves out
+// (the export command says so). They are read as the control plane reads
+// them for ns (TranslateFor): a short name is a Service of ns, and only
+// a Service of ns is claimed by its bare name, whichever namespace a
+// policy was written in; Translate, which resolved each policy in its
+// own namespace, gave ns's proxies the bare name of another namespace's
+// Service. opts are the export's own choices (Options).
+func Export(pols []*policy.ResiliencePolicy, ns string, opts Options) ([]byte, error) {
+	res, err := TranslateForWith(pols, ns, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -186,7 +186,7 @@ func TestRetryRoutesFollowTheSidecar(t *testing.T) {
 	} {
 		for _, perTry := range []string{"", ", perTryTimeout: 1s"} {
 			spec := fmt.Sprintf("{service: geo, retries: {attempts: 2, retryOn: [%s]%s}}", strings.Join(retryOn, ", "), perTry)
-			out, err := Export(decodeYAML(t, spec), "shop")
+			out, err := Export(decodeYAML(t, spec), "shop", Options{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -22,13 +22,16 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 // MetadataKey is the filter_metadata namespace of what Envoy's fields
@@ -75,7 +78,25 @@ type Resources struct {
 // host of the one the sidecar's matcher picks (domainOwners), so that no
 // domain is listed twice, which Envoy refuses.
 func Translate(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
-	return translate(pols, ns, false)
+	return translate(pols, ns, false, Options{})
+}
+
+// Options are what the resources of an export may differ in from those
+// the control plane serves (TranslateFor).
+type Options struct {
+	// EDS makes the cluster of a Service an EDS cluster that takes the
+	// Service port's endpoints (its pods) over ADS, under the resource
+	// name the minimesh controller serves them by
+	// (xdsclient.EndpointName; docs/controlplane.md, "Endpoints (EDS)"),
+	// as Istio's clusters do: so Envoy balances over the pods and ejects
+	// one at a time, as a minimesh sidecar does. It needs the Envoy to
+	// take ADS from the minimesh controller. Without it the cluster is
+	// STRICT_DNS on the Service's name, which works anywhere but resolves
+	// to the one ClusterIP (every pod only for a headless Service), so
+	// Envoy sees one host: kube-proxy picks a pod per connection, and
+	// outlier detection can only eject the whole Service (a note says
+	// so). External hosts are STRICT_DNS either way.
+	EDS bool
 }
 
 // TranslateFor builds the resources that a proxy of namespace ns is
@@ -90,10 +111,17 @@ func Translate(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
 // (docs/controlplane.md). metadata.namespace is still carried in the
 // cluster's metadata, for display.
 func TranslateFor(pols []*policy.ResiliencePolicy, ns string) (*Resources, error) {
-	return translate(pols, ns, true)
+	return translate(pols, ns, true, Options{})
 }
 
-func translate(pols []*policy.ResiliencePolicy, ns string, reader bool) (*Resources, error) {
+// TranslateForWith is TranslateFor with opts: the export's translation,
+// which reads the policies exactly as the control plane does for the
+// proxies of ns.
+func TranslateForWith(pols []*policy.ResiliencePolicy, ns string, opts Options) (*Resources, error) {
+	return translate(pols, ns, true, opts)
+}
+
+func translate(pols []*policy.ResiliencePolicy, ns string, reader bool, opts Options) (*Resources, error) {
 	res := &Resources{Routes: &routev3.RouteConfiguration{Name: RouteConfigName}}
 	dests, skipped, err := destinations(pols, ns, reader)
 	if err != nil {
@@ -103,7 +131,7 @@ func translate(pols []*policy.ResiliencePolicy, ns string, reader bool) (*Resour
 	owners := domainOwners(dests)
 	for _, d := range dests {
 		p := d.p
-		c, notes, err := cluster(p, d.name, d.host, d.port)
+		c, notes, err := cluster(d, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -215,6 +243,7 @@ type destination struct {
 	p       *policy.ResiliencePolicy
 	name    string
 	host    string // a Service's FQDN, or an external host as written
+	service bool   // host is a Service's FQDN
 	port    int
 	anyPort bool
 	claims  []claim
@@ -249,7 +278,7 @@ func newDestination(p *policy.ResiliencePolicy, ns string) *destination {
 	}
 	subset := ""
 	if fqdn, ok := policy.ServiceFQDN(h, ns); ok {
-		d.host = fqdn
+		d.host, d.service = fqdn, true
 		if strings.Contains(h, ".") {
 			// geo and geo.shop.svc.cluster.local are two policies of
 			// one Service (each wins the Hosts spelled like it): the
@@ -328,7 +357,8 @@ func domainOwners(dests []*destination) map[string]*destination {
 }
 
 // cluster is the policy's Cluster, and notes on what it cannot carry.
-func cluster(p *policy.ResiliencePolicy, name, host string, port int) (c *clusterv3.Cluster, notes []string, err error) {
+func cluster(d *destination, opts Options) (c *clusterv3.Cluster, notes []string, err error) {
+	p, name, host, port := d.p, d.name, d.host, d.port
 	c = &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS},
@@ -369,8 +399,26 @@ func cluster(p *policy.ResiliencePolicy, name, host string, port int) (c *cluste
 		meta["retryBudget"] = map[string]any{"ratio": r.Budget.Ratio, "minPerSecond": r.Budget.MinPerSecond}
 		meta["retryOn"] = strs(r.RetryOn.Strings())
 	}
+	if d.service && opts.EDS {
+		// The pods of the Service port, from the minimesh controller.
+		svc, rest, _ := strings.Cut(host, ".")
+		svcNS, _, _ := strings.Cut(rest, ".")
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+		c.LoadAssignment = nil
+		c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{
+			EdsConfig: &corev3.ConfigSource{
+				ResourceApiVersion:    corev3.ApiVersion_V3,
+				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+			},
+			ServiceName: xdsclient.EndpointName(svc, svcNS, port),
+		}
+	} else if d.service {
+		notes = append(notes, fmt.Sprintf("%s: the cluster is STRICT_DNS on %s, which resolves to the Service's ClusterIP (to every pod only for a headless Service): Envoy balances and ejects that one host, and kube-proxy picks a pod per connection, where a minimesh sidecar balances over the pods and ejects one at a time; export with --eds for clusters that take the pods from the minimesh controller", p.Metadata.Name, host))
+	}
 	if od := p.Spec.OutlierDetection; od != nil && p.Spec.CircuitBreaker != nil {
-		c.OutlierDetection, notes = outlier(p.Metadata.Name, od, p.Spec.CircuitBreaker.FailOn)
+		var odNotes []string
+		c.OutlierDetection, odNotes = outlier(p.Metadata.Name, od, p.Spec.CircuitBreaker.FailOn)
+		notes = append(notes, odNotes...)
 	}
 	if cb := p.Spec.CircuitBreaker; cb != nil {
 		// Envoy's circuit_breakers cap connections and requests in flight;
@@ -407,14 +455,27 @@ func cluster(p *policy.ResiliencePolicy, name, host string, port int) (c *cluste
 // seconds to minutes, at the cost of one cheap sweep per second per
 // cluster. Envoy's success-rate and failure-percentage detectors, which
 // would analyse at each sweep too, are not enforced.
+//
+// The interval also paces how a host's ejection count falls: Envoy lowers
+// it by one at each sweep that finds the host back and healthy
+// (arch_overview "Outlier detection", ejection algorithm), minimesh once
+// per baseEjectionTime the endpoint spends back (proxy/balancer). With a
+// 1 s sweep a host back for a few seconds is at the base again, where
+// minimesh would eject it for longer; an interval of baseEjectionTime
+// would keep minimesh's pace, but make every ejection last up to one
+// base longer, which is the larger error for a pod that failed once. So
+// the sweep stays at 1 s, and a note says what it changes.
 const sweep = time.Second
 
-// outlier is outlierDetection as Envoy's outlier_detection, exactly where
-// Envoy can say it: consecutive failures of the classes failOn names,
+// outlier is outlierDetection as Envoy's outlier_detection, where Envoy
+// can say it: consecutive failures of the classes failOn names,
 // base_ejection_time × the ejections so far up to max_ejection_time, and
-// max_ejection_percent (Envoy too ejects at least one host). Nil when
-// ejection is off, or when failOn names nothing Envoy counts; notes says
-// what is lost.
+// max_ejection_percent with always_eject_one_host, since minimesh may
+// always eject one endpoint (docs/policy.md) and Envoy ejects past
+// max_ejection_percent only with it (default false: a Service of one
+// pod at 50 % would never eject). The ejection count falls faster than
+// minimesh's (sweep), which a note says. Nil when ejection is off, or
+// when failOn names nothing Envoy counts; notes says what is lost.
 func outlier(name string, od *policy.OutlierDetection, failOn policy.Conditions) (o *clusterv3.OutlierDetection, notes []string) {
 	if !od.Enabled() {
 		return nil, nil
@@ -425,6 +486,7 @@ func outlier(name string, od *policy.OutlierDetection, failOn policy.Conditions)
 		BaseEjectionTime:   durationpb.New(od.BaseEjectionTime),
 		MaxEjectionTime:    durationpb.New(od.MaxEjectionTime),
 		MaxEjectionPercent: wrapperspb.UInt32(uint32(od.MaxEjectionPercent)),
+		AlwaysEjectOneHost: wrapperspb.Bool(true),
 		Interval:           durationpb.New(sweep),
 		// Only what failOn names ejects: every detector is written out
 		// unenforced (several default to 100), and the chosen ones are
@@ -493,6 +555,9 @@ func outlier(name string, od *policy.OutlierDetection, failOn policy.Conditions)
 	if od.BaseEjectionTime%sweep != 0 || od.MaxEjectionTime%sweep != 0 {
 		notes = append(notes, fmt.Sprintf("%s: outlierDetection ejection times %s-%s: Envoy brings hosts back at its 1s sweeps, so an ejection lasts up to a second longer", name, od.BaseEjectionTime, od.MaxEjectionTime))
 	}
+	if od.BaseEjectionTime > sweep {
+		notes = append(notes, fmt.Sprintf("%s: outlierDetection: Envoy lowers a host's ejection count by one at each %s sweep it spends back, minimesh once per baseEjectionTime (%s), %.3g times as slowly: a pod that fails again after some time back is ejected for less long in Envoy than in minimesh (an interval of %s would keep minimesh's pace, and make each ejection last up to %s longer)", name, sweep, od.BaseEjectionTime, float64(od.BaseEjectionTime)/float64(sweep), od.BaseEjectionTime, od.BaseEjectionTime))
+	}
 	return o, notes
 }
 
@@ -550,6 +615,8 @@ func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []strin
 					BaseInterval: durationpb.New(base),
 					MaxInterval:  durationpb.New(maxWait),
 				},
+				RetryHostPredicate:            previousHosts(),
+				HostSelectionRetryMaxAttempts: hostSelectionAttempts,
 			}
 			if perTry > 0 {
 				rp.PerTryTimeout = durationpb.New(perTry)
@@ -571,6 +638,27 @@ func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []strin
 		notes = append(notes, fmt.Sprintf("%s: %s: Envoy counts these in whole milliseconds (a timeout of 0 is none), so they are rounded up to the next millisecond", p.Metadata.Name, strings.Join(rounded, ", ")))
 	}
 	return &routev3.VirtualHost{Name: clusterName, Domains: domains, Routes: routes}, notes
+}
+
+// hostSelectionAttempts is how many times Envoy picks a host again for a
+// retry when previousHosts rejects the one it picked (after which it takes
+// the last pick): a few, so that a retry lands on another endpoint unless
+// nearly every endpoint was tried, at the cost of a few more picks.
+const hostSelectionAttempts = 3
+
+// previousHosts is the retry host predicate that makes a retry pick a host
+// the request has not tried yet (envoy.retry_host_predicates.previous_hosts),
+// as a minimesh sidecar's retry picks another endpoint than its last try's
+// (proxy/balancer). Envoy's default may pick the failed host again.
+func previousHosts() []*routev3.RetryPolicy_RetryHostPredicate {
+	cfg, err := anypb.New(&previoushostsv3.PreviousHostsPredicate{})
+	if err != nil {
+		panic(err) // an empty registered message always marshals
+	}
+	return []*routev3.RetryPolicy_RetryHostPredicate{{
+		Name:       "envoy.retry_host_predicates.previous_hosts",
+		ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: cfg},
+	}}
 }
 
 // perTryOnly is the retry policy of a route that retries nothing but

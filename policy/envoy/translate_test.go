@@ -110,7 +110,7 @@ func readBack(t *testing.T, out []byte) (clusters []*clusterv3.Cluster, routes [
 // configuration with a cluster per policy.
 func TestCollisionsGolden(t *testing.T) {
 	pols := decodeFile(t, "testdata/collisions.yaml")
-	got, err := Export(pols, "shop")
+	got, err := Export(pols, "shop", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

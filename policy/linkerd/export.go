@@ -48,12 +48,28 @@ const (
 // retries from the Service, one setting for all its ports, where minimesh
 // may have a policy per port. Each Service gets one document.
 //
-// ns is the namespace of the policies that name none ("" is "default"),
-// in which their short service names resolve, as for the Envoy export.
-func Export(pols []*policy.ResiliencePolicy, ns string) ([]byte, error) {
+// Where a route goes decides which clients Linkerd applies it to
+// (Gateway API GEP-1426, "Namespace boundaries"; Linkerd's policy
+// controller, outbound index): an HTTPRoute in its parent Service's
+// namespace is a producer route, for the clients of every namespace; one
+// in another namespace, a consumer route, for that namespace's clients
+// only. A minimesh policy of a namespace reaches that namespace's
+// sidecars only (docs/controlplane.md), so it becomes a consumer route in
+// its own namespace, named there (where another namespace's policy for
+// the same Service cannot take its name), or, for a Service of its own
+// namespace, the producer route Linkerd offers instead, with a note that
+// it reaches every namespace. A cluster-wide policy becomes a producer
+// route (routeScope).
+//
+// ns is the namespace whose pods the export is for: a policy that names
+// no namespace and whose service is a short name is read as ns's, in
+// which the name resolves ("" is "default"), as the command's
+// scopeClusterWide reads it. clusterNS is the controller's namespace:
+// its policies, and those naming no namespace, are cluster-wide.
+func Export(pols []*policy.ResiliencePolicy, ns, clusterNS string) ([]byte, error) {
 	plans := make([]*plan, len(pols))
 	for i, p := range pols {
-		plans[i] = newPlan(p, ns)
+		plans[i] = newPlan(p, ns, clusterNS)
 	}
 	nameRoutes(plans)
 	padRoutes(plans)
@@ -103,6 +119,11 @@ type plan struct {
 	// outside the cluster, which get comments only.
 	svc       serviceRef
 	inCluster bool
+	// routeNS is the namespace of the plan's HTTPRoutes (routeScope):
+	// the policy's, or, for a cluster-wide policy, the Service's.
+	// clusterWide: the policy applies in every namespace.
+	routeNS     string
+	clusterWide bool
 
 	route     map[string]string // the HTTPRoute's annotations
 	routeName string            // set by nameRoutes
@@ -135,6 +156,21 @@ func (pl *plan) retrying() bool {
 	return ok
 }
 
+// producer reports whether the plan's HTTPRoutes are producer routes (in
+// their Service's namespace), which Linkerd applies to the clients of
+// every namespace; a consumer route applies to its own namespace's.
+func (pl *plan) producer() bool { return pl.routeNS == pl.svc.ns }
+
+// sharesClients reports whether Linkerd offers the routes of pl and o to
+// some client together, for the same Service: both in one namespace, or
+// either a producer route, which every namespace's clients get next to
+// their own namespace's consumer routes (Linkerd's policy controller
+// adds the producer routes to each consumer namespace's set).
+func (pl *plan) sharesClients(o *plan) bool {
+	return pl.svc.ns == o.svc.ns && pl.svc.name == o.svc.name &&
+		(pl.routeNS == o.routeNS || pl.producer() || o.producer())
+}
+
 // linkerdBackoffBase and linkerdBackoffMax are the retry backoff Linkerd's
 // policy controller sets on every route (since 2.16).
 const (
@@ -157,14 +193,26 @@ func (pl *plan) duration(field string, d time.Duration) string {
 	return s
 }
 
-func newPlan(p *policy.ResiliencePolicy, defaultNS string) *plan {
+func newPlan(p *policy.ResiliencePolicy, defaultNS, clusterNS string) *plan {
 	pl := &plan{p: p}
 	s := &p.Spec
 	if s.Service == policy.DefaultService {
 		pl.note(`service "*": Linkerd has no mesh-wide default policy; annotate each Service or route`)
 		return pl
 	}
+	if defaultNS == "" {
+		defaultNS = "default"
+	}
 	ns := p.Metadata.Namespace
+	host, _, _ := strings.Cut(s.Service, ":")
+	_, isSvc := policy.ServiceFQDN(strings.ToLower(host), defaultNS)
+	pl.clusterWide = ns == "" || ns == clusterNS
+	if pl.clusterWide && isSvc && !strings.Contains(host, ".") {
+		// A short name in a cluster-wide policy is a Service of every
+		// namespace; exported, it is defaultNS's (as scopeClusterWide
+		// in the command reads it, with a comment of its own).
+		ns, pl.clusterWide = defaultNS, false
+	}
 	if ns == "" {
 		ns = defaultNS
 	}
@@ -174,6 +222,10 @@ func newPlan(p *policy.ResiliencePolicy, defaultNS string) *plan {
 		return pl
 	}
 	pl.svc, pl.inCluster = ref, true
+	pl.routeNS = ns
+	if pl.clusterWide {
+		pl.routeNS = ref.ns
+	}
 	pl.route = map[string]string{}
 	if s.Timeout > 0 {
 		pl.route[annRequestTimeout] = pl.duration("timeout", s.Timeout)
@@ -187,7 +239,52 @@ func newPlan(p *policy.ResiliencePolicy, defaultNS string) *plan {
 		}
 		pl.note("%s, open %s, %d probes): Linkerd has no breaker for a whole destination; it ejects single endpoints (pods), which is outlierDetection", n, cb.OpenTimeout, cb.HalfOpenRequests)
 	}
+	pl.routeScope()
 	return pl
+}
+
+// routeScope says which clients Linkerd applies the plan's routes and
+// Service annotations to, where that differs from minimesh: a policy of
+// a namespace reaches that namespace's sidecars only, a cluster-wide one
+// every namespace's sidecars that have no policy of their own for the
+// service (docs/controlplane.md). Linkerd's policy controller (outbound
+// index) gives a producer route (in the Service's namespace) to the
+// clients of every namespace, and a consumer route (in another) to its
+// namespace's clients only, next to the producer routes: it does not
+// drop the producer routes for a namespace with consumer routes, as
+// GEP-1426 asks, and picks among routes that match alike by age, then
+// name. Failure accrual and gRPC retries are Service annotations, read
+// for the clients of every namespace.
+func (pl *plan) routeScope() {
+	svc := pl.svc.ns + "/" + pl.svc.name
+	var svcAnn []string
+	if pl.accrual != nil {
+		svcAnn = append(svcAnn, "outlierDetection (failure accrual)")
+	}
+	if pl.grpc != nil {
+		svcAnn = append(svcAnn, "retryOn gRPC codes (retry.linkerd.io/grpc)")
+	}
+	switch {
+	case pl.clusterWide:
+		if len(pl.route) > 0 {
+			pl.note("the policy applies cluster-wide, and the HTTPRoutes in namespace %s are producer routes (their Service's namespace), which Linkerd applies to the clients of every namespace, as minimesh applies the policy in every namespace; but where a namespace has a policy of its own for the service, which minimesh applies there instead, Linkerd gives that namespace's clients its consumer routes and these together, and picks among routes that match alike the oldest, then the first by name", pl.routeNS)
+		}
+		return
+	case pl.producer():
+		if len(pl.route) > 0 {
+			pl.note("the HTTPRoutes in namespace %s are producer routes (Service %s is in the policy's own namespace), which Linkerd applies to the clients of every namespace; minimesh applies this policy to namespace %s's sidecars only, and Linkerd has no route for the clients of one namespace that is in their Service's namespace", pl.routeNS, svc, pl.routeNS)
+		}
+	case len(pl.route) > 0:
+		pl.comment("the HTTPRoutes in namespace %s are consumer routes (their parent, Service %s, is in another namespace): Linkerd applies them to the clients in namespace %s only, as minimesh applies the policy to that namespace's sidecars", pl.routeNS, svc, pl.routeNS)
+		pl.note("Linkerd gives the clients in namespace %s the producer routes of Service %s (HTTPRoutes in namespace %s) too, next to these, and picks among routes that match alike the oldest, then the first by name; minimesh applies this policy alone to namespace %s's sidecars", pl.routeNS, svc, pl.svc.ns, pl.routeNS)
+	}
+	if len(svcAnn) > 0 {
+		what := "it"
+		if len(svcAnn) > 1 {
+			what = "them"
+		}
+		pl.note("%s: Linkerd reads %s from Service %s's annotations, for the clients of every namespace; minimesh applies this policy to namespace %s's sidecars only", strings.Join(svcAnn, " and "), what, svc, pl.routeNS)
+	}
 }
 
 // retries maps spec.retries onto Linkerd's retry annotations (linkerd.io
@@ -380,13 +477,15 @@ func withoutRetries(ann map[string]string) map[string]string {
 }
 
 // httpRoute is an HTTPRoute for the plan's Service (and port) with one
-// rule.
+// rule, in routeNS. Its parentRef names the Service's namespace, which
+// for a consumer route (routeNS another namespace) is required, and for
+// a producer route says the same as the default.
 func (pl *plan) httpRoute(name string, ann map[string]string, matches []any) object {
-	parent := object{"group": "core", "kind": "Service", "name": pl.svc.name}
+	parent := object{"group": "core", "kind": "Service", "name": pl.svc.name, "namespace": pl.svc.ns}
 	if pl.svc.port != 0 {
 		parent["port"] = pl.svc.port
 	}
-	meta := object{"name": name, "namespace": pl.svc.ns}
+	meta := object{"name": name, "namespace": pl.routeNS}
 	if len(ann) > 0 {
 		meta["annotations"] = ann
 	}
@@ -409,9 +508,9 @@ func (pl *plan) routesWithoutRetries() []string {
 	case len(pl.route) == 0:
 		return nil
 	case pl.retrying():
-		return []string{pl.svc.ns + "/" + pl.restName}
+		return []string{pl.routeNS + "/" + pl.restName}
 	default:
-		return []string{pl.svc.ns + "/" + pl.routeName}
+		return []string{pl.routeNS + "/" + pl.routeName}
 	}
 }
 
@@ -449,8 +548,13 @@ func displayName(p *policy.ResiliencePolicy) string {
 	return p.Metadata.Name
 }
 
-// label tells a policy apart from others of the same name.
+// label tells a policy apart from others of the same name: by its
+// service, and its namespace, since the policies of several namespaces
+// may share a Service's annotations (mergeServices).
 func label(p *policy.ResiliencePolicy) string {
+	if ns := p.Metadata.Namespace; ns != "" {
+		return fmt.Sprintf("%s (%s, namespace %s)", displayName(p), p.Spec.Service, ns)
+	}
 	return fmt.Sprintf("%s (%s)", displayName(p), p.Spec.Service)
 }
 
@@ -493,7 +597,7 @@ const maxNameLen = 253
 // "-no-retry" (then a number).
 func nameRoutes(plans []*plan) {
 	taken := map[string]bool{}
-	key := func(pl *plan, name string) string { return pl.svc.ns + "/" + name }
+	key := func(pl *plan, name string) string { return pl.routeNS + "/" + name }
 	var rest []*plan
 	for _, pl := range plans {
 		if len(pl.route) == 0 {
@@ -507,7 +611,7 @@ func nameRoutes(plans []*plan) {
 		pl.routeName = own
 		taken[key(pl, own)] = true
 		if own != pl.p.Metadata.Name {
-			pl.comment("HTTPRoute %s/%s: metadata.name %q is not a valid Kubernetes name", pl.svc.ns, own, pl.p.Metadata.Name)
+			pl.comment("HTTPRoute %s/%s: metadata.name %q is not a valid Kubernetes name", pl.routeNS, own, pl.p.Metadata.Name)
 		}
 	}
 	for _, pl := range rest {
@@ -526,9 +630,9 @@ func nameRoutes(plans []*plan) {
 		pl.routeName = name
 		taken[key(pl, name)] = true
 		if own == "" {
-			pl.comment("HTTPRoute %s/%s: named after spec.service, as the policy has no metadata.name", pl.svc.ns, name)
+			pl.comment("HTTPRoute %s/%s: named after spec.service, as the policy has no metadata.name", pl.routeNS, name)
 		} else {
-			pl.comment("HTTPRoute %s/%s: another policy's HTTPRoute in namespace %s is named %s", pl.svc.ns, name, pl.svc.ns, own)
+			pl.comment("HTTPRoute %s/%s: another policy's HTTPRoute in namespace %s is named %s", pl.routeNS, name, pl.routeNS, own)
 		}
 	}
 	for _, pl := range plans {
@@ -547,10 +651,10 @@ func nameRoutes(plans []*plan) {
 			with = "the same timeout and no retry annotations"
 		}
 		if name != base {
-			with += fmt.Sprintf(" (HTTPRoute %s/%s is another policy's)", pl.svc.ns, base)
+			with += fmt.Sprintf(" (HTTPRoute %s/%s is another policy's)", pl.routeNS, base)
 		}
 		pl.comment("HTTPRoute %s/%s retries only what minimesh retries: %s requests, and those with an %s header (Linkerd would retry any method); HTTPRoute %s/%s takes the others, with %s",
-			pl.svc.ns, pl.routeName, strings.Join(idempotentMethods, ", "), wellknown.HeaderIdempotencyKey, pl.svc.ns, name, with)
+			pl.routeNS, pl.routeName, strings.Join(idempotentMethods, ", "), wellknown.HeaderIdempotencyKey, pl.routeNS, name, with)
 	}
 }
 
@@ -569,7 +673,9 @@ func nameRoutes(plans []*plan) {
 // safeMatches too, without retrying them, and the two stay level. Only a
 // policy without a port is left to be outranked on a port by that
 // port's own retrying routes, as minimesh would apply that port's
-// policy there.
+// policy there. Routes compete only where Linkerd offers them to the same
+// clients (sharesClients): a consumer route of one namespace never meets
+// another namespace's.
 func padRoutes(plans []*plan) {
 	for _, split := range plans {
 		if !split.retrying() {
@@ -581,13 +687,13 @@ func padRoutes(plans []*plan) {
 		}
 		for _, pl := range plans {
 			if pl == split || len(pl.route) == 0 || pl.retrying() || pl.padded != "" ||
-				pl.svc.ns != split.svc.ns || pl.svc.name != split.svc.name ||
+				!pl.sharesClients(split) ||
 				split.svc.port != 0 && split.svc.port != pl.svc.port {
 				continue
 			}
 			pl.padded = split.routeName
 			pl.comment("HTTPRoute %s/%s also matches %s requests, and those with an %s header, without retrying them, so that HTTPRoute %s/%s (%s Service %s/%s), which retries them, does not outrank it: Linkerd prefers a match on the method or a header to one on the path alone; between routes that match alike it takes the oldest, then the first by name",
-				pl.svc.ns, pl.routeName, strings.Join(idempotentMethods, ", "), wellknown.HeaderIdempotencyKey, split.svc.ns, split.routeName, on, split.svc.ns, split.svc.name)
+				pl.routeNS, pl.routeName, strings.Join(idempotentMethods, ", "), wellknown.HeaderIdempotencyKey, split.routeNS, split.routeName, on, split.svc.ns, split.svc.name)
 		}
 	}
 }
@@ -624,12 +730,29 @@ func trimName(s string, n int) string {
 	return s
 }
 
+// servicePreference orders the policies whose annotations a Service may
+// keep (mergeServices): a cluster-wide one first, as Linkerd reads the
+// annotations for the clients of every namespace, which is where a
+// cluster-wide policy applies; then one without a port.
+func servicePreference(pl *plan) int {
+	r := 0
+	if pl.clusterWide {
+		r += 2
+	}
+	if pl.svc.port == 0 {
+		r++
+	}
+	return r
+}
+
 // mergeServices writes one Service document per Service. Linkerd reads
 // failure accrual (reference "Circuit Breaking") and gRPC retries from
 // the Service's annotations, for all its ports, while minimesh may have
 // a policy per port, each with its own outlierDetection and retries; two
-// Service documents would leave the last one applied, silently. Each
-// group of annotations is taken whole from one policy: the one without a
+// Service documents would leave the last one applied, silently; and the
+// policies of several namespaces may name one Service, whose annotations
+// all their clients share. Each group of annotations is taken whole from
+// one policy (servicePreference): a cluster-wide one, then one without a
 // port, which minimesh applies on every port that has no policy of its
 // own, else the first in the input. Every policy that asked for
 // something else gets a comment naming the conflict and what was kept.
@@ -656,7 +779,7 @@ func mergeServices(plans []*plan) {
 	}{
 		{
 			get: func(pl *plan) map[string]string { return pl.accrual }, what: "outlierDetection",
-			is: "Linkerd's failure accrual is per Service, not per port",
+			is: "Linkerd's failure accrual is per Service, for all its ports and the clients of every namespace",
 			describe: func(a map[string]string) string {
 				if a == nil {
 					return "no ejection"
@@ -666,7 +789,7 @@ func mergeServices(plans []*plan) {
 		},
 		{
 			get: func(pl *plan) map[string]string { return pl.grpc }, what: "retryOn gRPC codes",
-			is: "retry.linkerd.io/grpc is per Service (an HTTPRoute may not carry it), not per port",
+			is: "retry.linkerd.io/grpc is per Service (an HTTPRoute may not carry it), for all its ports and the clients of every namespace",
 			describe: func(a map[string]string) string {
 				if a == nil {
 					return "no gRPC retries"
@@ -686,7 +809,7 @@ func mergeServices(plans []*plan) {
 		for _, g := range groups {
 			var kept *plan
 			for _, pl := range pls {
-				if g.get(pl) != nil && (kept == nil || kept.svc.port != 0 && pl.svc.port == 0) {
+				if g.get(pl) != nil && (kept == nil || servicePreference(pl) > servicePreference(kept)) {
 					kept = pl
 				}
 			}

@@ -34,7 +34,7 @@ func TestGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := Export(pols, "")
+			got, err := Export(pols, "", "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -155,7 +155,7 @@ func TestFailureAccrual(t *testing.T) {
 		return ps[0]
 	}
 	annotations := func(p *policy.ResiliencePolicy) (map[string]string, []string) {
-		plans := []*plan{newPlan(p, "")}
+		plans := []*plan{newPlan(p, "", "")}
 		mergeServices(plans)
 		return plans[0].service, plans[0].notes
 	}

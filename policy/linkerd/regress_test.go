@@ -51,11 +51,18 @@ func annotationsOf(d map[string]any) map[string]any {
 // exportYAML decodes policies (one YAML stream) and exports them.
 func exportYAML(t *testing.T, src string) exported {
 	t.Helper()
+	return exportIn(t, src, "", "")
+}
+
+// exportIn is exportYAML for the pods of ns, with clusterNS the
+// controller's namespace (Export's arguments).
+func exportIn(t *testing.T, src, ns, clusterNS string) exported {
+	t.Helper()
 	pols, err := policy.Decode("p.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := Export(pols, "")
+	out, err := Export(pols, ns, clusterNS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,11 +210,14 @@ func TestRouteNames(t *testing.T) {
 	}{
 		{"no name", pol("namespace: shop", "{service: auth-service, timeout: 1s}"), []string{"auth-service"}},
 		{"no name, port", pol("namespace: shop", "{service: auth-service:8080, timeout: 1s}"), []string{"auth-service-8080"}},
-		{"no name, qualified", pol("namespace: other", "{service: auth.shop.svc.cluster.local:80, timeout: 1s}"), []string{"auth-80"}},
+		{"no name, qualified", pol("namespace: shop", "{service: auth.other.svc.cluster.local:80, timeout: 1s}"), []string{"auth-80"}},
+		// A consumer route goes in the policy's namespace, not the Service's.
+		{"no name, another namespace's", pol("namespace: other", "{service: auth.shop.svc.cluster.local:80, timeout: 1s}"), nil},
 		{"same name", pol("name: orders, namespace: shop", "{service: orders:8000, timeout: 2s}") +
 			pol("name: orders, namespace: shop", "{service: orders:9000, timeout: 4s}"), []string{"orders", "orders-9000"}},
-		{"same name, other namespaces", pol("name: geo, namespace: shop", "{service: geo, timeout: 2s}") +
-			pol("name: geo, namespace: shop", "{service: geo.maps, timeout: 4s}"), []string{"geo"}},
+		// Both routes are shop's (geo.maps's a consumer route).
+		{"same name, Services of two namespaces", pol("name: geo, namespace: shop", "{service: geo, timeout: 2s}") +
+			pol("name: geo, namespace: shop", "{service: geo.maps, timeout: 4s}"), []string{"geo", "geo-2"}},
 		{"derived name taken", pol("name: orders-9000, namespace: shop", "{service: orders:8000, timeout: 2s}") +
 			pol("namespace: shop", "{service: orders:9000, timeout: 4s}"), []string{"orders-9000", "orders-9000-2"}},
 		{"invalid name", pol("name: Orders_API, namespace: shop", "{service: orders, timeout: 2s}"), []string{"orders-api"}},

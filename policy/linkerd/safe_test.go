@@ -357,7 +357,7 @@ func TestExportDeterministic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := Export(pols, "")
+		out, err := Export(pols, "", "")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -11,6 +12,7 @@ import (
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/policy/envoy"
 	"github.com/minimesh/minimesh/policy/linkerd"
+	"github.com/minimesh/minimesh/xds"
 )
 
 // defaultClusterNamespace is the controller's --namespace when neither it
@@ -20,6 +22,7 @@ const defaultClusterNamespace = "minimesh"
 
 func newPolicyExportCmd() *cobra.Command {
 	var to, namespace, clusterNS string
+	var eds bool
 	cmd := &cobra.Command{
 		Use:   "export --to linkerd|envoy PATH...",
 		Short: "Print ResiliencePolicy files as Linkerd or Envoy configuration",
@@ -29,7 +32,11 @@ func newPolicyExportCmd() *cobra.Command {
 			"minimesh would, the other takes the rest) and the destination Service's\n" +
 			"failure-accrual annotations (apply it\n" +
 			"with kubectl apply --server-side so that it merges into the existing Service).\n" +
-			"--to envoy prints an Envoy v3 Cluster per destination and one RouteConfiguration.\n" +
+			"--to envoy prints an Envoy v3 Cluster per destination and one RouteConfiguration:\n" +
+			"what the control plane serves the proxies of --namespace (or of the one namespace\n" +
+			"the policies name), so another namespace's policies are left out, with a warning.\n" +
+			"With --eds a Service's cluster takes its pods from the minimesh controller (EDS\n" +
+			"over ADS); without, it is STRICT_DNS on the Service's name.\n" +
 			"What the target cannot express is printed as a comment: nothing is dropped\n" +
 			"silently. docs/migrating-to-linkerd.md has the whole table.\n\n" +
 			"A cluster-wide policy (one without metadata.namespace, or of --cluster-namespace)\n" +
@@ -37,7 +44,8 @@ func newPolicyExportCmd() *cobra.Command {
 			"sidecar reads it in its own: it is exported only for --namespace, and without\n" +
 			"--namespace not at all (a warning names it).",
 		Example: "  minimesh policy export --to linkerd policies/ | kubectl apply --server-side -f -\n" +
-			"  minimesh policy export --to envoy --namespace shop policies/geo.yaml",
+			"  minimesh policy export --to envoy --namespace shop policies/geo.yaml\n" +
+			"  minimesh policy export --to envoy --eds --namespace shop policies/",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pols, err := policy.Load(args...)
@@ -51,24 +59,35 @@ func newPolicyExportCmd() *cobra.Command {
 				}
 				return err
 			}
+			if to != "linkerd" && to != "envoy" {
+				return fmt.Errorf("--to %q: want linkerd or envoy", to)
+			}
+			if eds && to != "envoy" {
+				return errors.New("--eds is for --to envoy")
+			}
 			pols, head := scopeClusterWide(pols, namespace, clusterNS)
+			var out []byte
+			switch to {
+			case "linkerd":
+				ns := namespace
+				if ns == "" {
+					ns = "default"
+				}
+				out, err = linkerd.Export(pols, ns, clusterNS)
+			case "envoy":
+				var ns string
+				var more []headComment
+				ns, pols, more, err = servedTo(pols, namespace, clusterNS)
+				if err != nil {
+					return fmt.Errorf("export --to envoy: %w", err)
+				}
+				head = append(head, more...)
+				out, err = envoy.Export(pols, ns, envoy.Options{EDS: eds})
+			}
 			for _, h := range head {
 				if h.skipped {
 					fmt.Fprintln(cmd.ErrOrStderr(), "warning: "+h.text)
 				}
-			}
-			ns := namespace
-			if ns == "" {
-				ns = "default"
-			}
-			var out []byte
-			switch to {
-			case "linkerd":
-				out, err = linkerd.Export(pols, ns)
-			case "envoy":
-				out, err = envoy.Export(pols, ns)
-			default:
-				return fmt.Errorf("--to %q: want linkerd or envoy", to)
 			}
 			if err != nil {
 				return fmt.Errorf("export --to %s: %w", to, err)
@@ -88,8 +107,9 @@ func newPolicyExportCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "linkerd or envoy")
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "the namespace whose pods the export is for: a cluster-wide policy (one naming no namespace, or --cluster-namespace's) with a short service name is exported for it; without --namespace such a policy is not exported")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "the namespace whose pods the export is for (--to envoy: whose proxies read the output, another namespace's policies being left out; without it, the one namespace the policies name): a cluster-wide policy (one naming no namespace, or --cluster-namespace's) with a short service name is exported for it; without --namespace such a policy is not exported")
 	cmd.Flags().StringVar(&clusterNS, "cluster-namespace", defaultClusterNamespace, "the controller's namespace (its --namespace), whose policies apply cluster-wide")
+	cmd.Flags().BoolVar(&eds, "eds", false, "--to envoy: clusters of Services take their pods over EDS (ADS) from the minimesh controller, instead of STRICT_DNS on the Service's name")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd
 }
@@ -142,6 +162,59 @@ func scopeClusterWide(pols []*policy.ResiliencePolicy, namespace, clusterNS stri
 			describe(p), p.Spec.Service, namespace)})
 	}
 	return out, head
+}
+
+// servedTo picks from pols what the control plane serves the proxies of
+// one namespace, for the Envoy export, whose output is one namespace's
+// (envoy.Export): that namespace's own policies and the cluster-wide ones,
+// a namespace's own policy for a service replacing the cluster-wide one
+// (xds.Merge, the control plane's own rule), never another namespace's
+// (docs/controlplane.md). Exported as they were, another namespace's
+// policies gave these proxies its bare Service names: web's `reviews`
+// routed shop's `reviews` to reviews.web. The namespace is --namespace,
+// or else the one namespace the policies are written in (a comment says
+// so), "default" when they name none; policies of several namespaces
+// without --namespace are an error, as the output can be only one's.
+// Each policy left out gets a comment (and a warning, as it is not
+// exported at all).
+func servedTo(pols []*policy.ResiliencePolicy, namespace, clusterNS string) (ns string, served []*policy.ResiliencePolicy, head []headComment, err error) {
+	clusterWide := func(p *policy.ResiliencePolicy) bool {
+		return p.Metadata.Namespace == "" || p.Metadata.Namespace == clusterNS
+	}
+	ns = namespace
+	if ns == "" {
+		var named []string
+		for _, p := range pols {
+			if !clusterWide(p) && !slices.Contains(named, p.Metadata.Namespace) {
+				named = append(named, p.Metadata.Namespace)
+			}
+		}
+		switch len(named) {
+		case 0:
+			ns = "default"
+		case 1:
+			ns = named[0]
+			head = append(head, headComment{text: fmt.Sprintf("the resources the proxies of namespace %s are served, the one namespace the policies name (--namespace chooses another)", ns)})
+		default:
+			return "", nil, nil, fmt.Errorf("the policies are of namespaces %s, and the output is what the proxies of one namespace are served: choose it with --namespace", strings.Join(named, ", "))
+		}
+	}
+	var global, local []*policy.ResiliencePolicy
+	for _, p := range pols {
+		switch {
+		case clusterWide(p):
+			global = append(global, p)
+		case p.Metadata.Namespace == ns:
+			local = append(local, p)
+		default:
+			head = append(head, headComment{skipped: true, text: fmt.Sprintf(
+				"policy %s: the control plane serves it to the proxies of namespace %s only, and this output is namespace %s's: not exported; export it with --namespace %s",
+				describe(p), p.Metadata.Namespace, ns, p.Metadata.Namespace)})
+		}
+	}
+	// policy.Load refuses two policies for one service today, so Merge
+	// replaces nothing here; it is the control plane's rule all the same.
+	return ns, xds.Merge(global, local), head, nil
 }
 
 // shortClusterWide reports whether p applies cluster-wide and names its
