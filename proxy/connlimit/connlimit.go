@@ -35,6 +35,10 @@ type shared struct {
 
 	open    atomic.Int64
 	refused atomic.Uint64
+	// evicted counts the connections closed for a newcomer at the cap
+	// (Share), apart from refused: the listener's own limit at work, not
+	// a peer's doing.
+	evicted atomic.Uint64
 
 	mu      sync.Mutex
 	conns   map[*Conn]struct{}
@@ -42,11 +46,13 @@ type shared struct {
 
 	// Share's: at most perSource places per peer address (bySource,
 	// under mu), and evict, a newcomer at the cap takes another
-	// connection's place (shared.go); stuckGrace, how long a write may
+	// connection's place (shared.go), rotate, even among equal shares
+	// (Share, not ShareKeepBuffers); stuckGrace, how long a write may
 	// wait for its peer before that. now reads the clock (tests set it).
 	perSource  int
 	bySource   map[netip.Addr]int
 	evict      bool
+	rotate     bool
 	stuckGrace time.Duration
 	now        func() time.Time
 }
@@ -72,6 +78,10 @@ func (l *Listener) Open() int64 { return l.open.Load() }
 // Refused is the number of connections closed at once because the cap was
 // reached.
 func (l *Listener) Refused() uint64 { return l.refused.Load() }
+
+// Evicted is the number of connections closed to give their place to a
+// newcomer at the cap (Share).
+func (l *Listener) Evicted() uint64 { return l.evicted.Load() }
 
 // Accept returns the next connection within the cap. Connections past the
 // cap are reset as soon as they are accepted, and counted in Refused.
@@ -127,6 +137,10 @@ func (l *Listener) acceptShared(tc *net.TCPConn) *Conn {
 			l.refuse(tc)
 			return nil
 		}
+		// Marked before it is closed: whoever sees the close can tell
+		// the cap's doing from a peer's (Evicted).
+		evicted.evicted.Store(true)
+		l.evicted.Add(1)
 	}
 	l.open.Add(1)
 	cc := &Conn{TCPConn: tc, l: l, io: rawio.New(tc), src: src}
@@ -172,6 +186,8 @@ type Conn struct {
 	src     netip.Addr
 	since   atomic.Int64
 	writing atomic.Int64
+	// evicted: the cap closed it for a newcomer (set before the close).
+	evicted atomic.Bool
 
 	// idleSeen and idleSince belong to Drain's goroutine: the state word
 	// when the connection was first seen idle, and when.
@@ -229,6 +245,18 @@ func (c *Conn) setState(st http.ConnState) {
 // State is the connection's last http.ConnState (StateNew until the
 // server reports one).
 func (c *Conn) State() http.ConnState { return http.ConnState(c.state.Load() & 7) }
+
+// Evicted reports whether the cap closed c to give its place to a
+// newcomer (Share), rather than its peer or its owner closing it.
+func (c *Conn) Evicted() bool { return c.evicted.Load() }
+
+// Evicted reports whether nc, or the *Conn it wraps (through Unwrap
+// methods), was closed by the cap for a newcomer: its owner records that
+// end as the listener's own limit at work, not as a peer's reset.
+func Evicted(nc net.Conn) bool {
+	c, ok := netconn.Find[*Conn](nc)
+	return ok && c.Evicted()
+}
 
 // Close closes the connection and releases its place under the cap.
 func (c *Conn) Close() error {

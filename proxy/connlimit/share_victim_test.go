@@ -11,8 +11,10 @@ import (
 // TestShareVictimRules: at the cap, which connection's place a newcomer
 // takes, rule by rule: one waiting for a request, else one stuck writing
 // for stuckGrace, else one of the address over its fair share, else (for
-// a newcomer on loopback) the longest-held one from the network; nil when
-// none applies. The connections are made up (no sockets): only the rules'
+// a newcomer on loopback) the longest-held one from the network, else
+// under Share (not ShareKeepBuffers, keep) the longest-held one of the
+// addresses holding as many places as the newcomer's; nil when none
+// applies. The connections are made up (no sockets): only the rules'
 // inputs (state, since, writing, source counts) are set.
 func TestShareVictimRules(t *testing.T) {
 	now := time.Unix(1000, 0)
@@ -29,6 +31,7 @@ func TestShareVictimRules(t *testing.T) {
 		conns  []conn
 		from   string
 		victim string // "" none
+		keep   bool   // ShareKeepBuffers: no rotation among equal shares
 	}{
 		{
 			name: "a stuck writer, when none waits",
@@ -45,7 +48,7 @@ func TestShareVictimRules(t *testing.T) {
 				{"a", "10.0.0.1", http.StateActive, 5 * time.Second, 900 * time.Millisecond},
 				{"b", "10.0.0.1", http.StateActive, 5 * time.Second, 0},
 			},
-			from: "10.0.0.1", victim: "",
+			from: "10.0.0.1", victim: "", keep: true,
 		},
 		{
 			name: "the fair share: the biggest holder's longest-held",
@@ -65,7 +68,7 @@ func TestShareVictimRules(t *testing.T) {
 				{"q1", "10.0.0.2", http.StateActive, 9 * time.Second, 0},
 				{"n1", "10.0.0.3", http.StateActive, 9 * time.Second, 0},
 			},
-			from: "10.0.0.3", victim: "",
+			from: "10.0.0.3", victim: "", keep: true,
 		},
 		{
 			name: "a share one larger than the newcomer's is not taken",
@@ -74,7 +77,43 @@ func TestShareVictimRules(t *testing.T) {
 				{"p2", "10.0.0.1", http.StateActive, 3 * time.Second, 0},
 				{"n1", "10.0.0.3", http.StateActive, 9 * time.Second, 0},
 			},
-			from: "10.0.0.3", victim: "",
+			from: "10.0.0.3", victim: "", keep: true,
+		},
+		{
+			name: "rotation: a new address among equal shares takes the longest-held network connection",
+			conns: []conn{
+				{"p1", "10.0.0.1", http.StateActive, 3 * time.Second, 0},
+				{"q1", "10.0.0.2", http.StateActive, 9 * time.Second, 0},
+				{"l1", "127.0.0.1", http.StateActive, 20 * time.Second, 0},
+			},
+			from: "10.0.0.3", victim: "q1",
+		},
+		{
+			name: "rotation: an address holding more than any other replaces its own",
+			conns: []conn{
+				{"p1", "10.0.0.1", http.StateActive, 9 * time.Second, 0},
+				{"p2", "10.0.0.2", http.StateActive, 8 * time.Second, 0},
+				{"n1", "10.0.0.3", http.StateActive, 2 * time.Second, 0},
+			},
+			from: "10.0.0.3", victim: "n1",
+		},
+		{
+			name: "rotation: equal shares of two, the newcomer's address among them",
+			conns: []conn{
+				{"p1", "10.0.0.1", http.StateActive, 3 * time.Second, 0},
+				{"p2", "10.0.0.1", http.StateActive, 4 * time.Second, 0},
+				{"n1", "10.0.0.3", http.StateActive, 2 * time.Second, 0},
+				{"q1", "10.0.0.2", http.StateActive, 9 * time.Second, 0},
+			},
+			from: "10.0.0.3", victim: "p2",
+		},
+		{
+			name: "rotation on loopback: loopback's own when the network holds none",
+			conns: []conn{
+				{"l1", "127.0.0.2", http.StateActive, 3 * time.Second, 0},
+				{"l2", "127.0.0.3", http.StateActive, 9 * time.Second, 0},
+			},
+			from: "127.0.0.1", victim: "l2",
 		},
 		{
 			name: "loopback takes a network connection's place among equal shares",
@@ -104,7 +143,11 @@ func TestShareVictimRules(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := New(nil, len(tc.conns))
-			l.Share(0)
+			if tc.keep {
+				l.ShareKeepBuffers(0)
+			} else {
+				l.Share(0)
+			}
 			names := map[*Conn]string{}
 			for _, c := range tc.conns {
 				cc := &Conn{l: l, src: netip.MustParseAddr(c.src)}

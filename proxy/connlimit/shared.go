@@ -25,28 +25,41 @@ import (
 //     holds more than the newcomer's address then would (a fair share:
 //     4 pods holding 16 places each no longer shut out a fifth address,
 //     the kubelet's); else, for a newcomer on loopback (the pod itself),
-//     the longest-held connection from the network.
+//     the longest-held connection from the network;
+//   - else, where no address holds more places than the newcomer's (its
+//     own counted), the connection held longest in its state among those
+//     of the addresses holding as many (evenShare): the places rotate.
+//     Before 2026-12-06 such a newcomer was refused, so that 64 addresses
+//     each keeping one connection busy (a request body trickled in, its
+//     answers read slowly) shut the kubelet and Prometheus out for as
+//     long as they kept at it. Rotating, the newest connection (a probe)
+//     is the last one taken: it is answered in milliseconds, long before
+//     64 newer connections come.
 //
-// Only a newcomer's address holding as many places as every other
-// (each of 64 addresses holding one place, all of them busy and reading)
-// is refused at the cap. The fair share cannot fight itself: each such
-// eviction narrows the gap between two addresses' shares. The outbound
+// The fair share cannot fight itself: each eviction by it narrows the gap
+// between two addresses' shares; the rotation among equal shares gives
+// no address more places than another. A network newcomer never takes a
+// loopback connection's place but by the fair share. The outbound
 // listener serves the pod's own app, and keeps the plain cap; the
-// inbound one, reached by every caller of the pod, shares its places
-// too (ShareKeepBuffers).
+// inbound one, reached by every caller of the pod, shares its places too
+// (ShareKeepBuffers), without the rotation.
 func (l *Listener) Share(perSource int) {
 	l.ShareKeepBuffers(perSource)
+	l.rotate = true
 	if l.TCPListener != nil {
 		setBuffers(l.TCPListener, ShareSocketBuffer)
 	}
 }
 
 // ShareKeepBuffers is Share without its small socket buffers
-// (ShareSocketBuffer): for a listener whose connections carry the app's
-// own traffic (the inbound listener's callers), whose uploads and
-// downloads 32 KiB buffers would slow, and where the kernel's autotuning
-// stays. The places, the per-address share and the evictions are
-// Share's.
+// (ShareSocketBuffer) and without its rotation among equal shares: for a
+// listener whose connections carry the app's own traffic (the inbound
+// listener's callers), whose uploads and downloads 32 KiB buffers would
+// slow, and where the kernel's autotuning stays; and whose connections
+// may rightly live for hours (a database client, a WebSocket), so that
+// with every caller holding as many places, a newcomer is refused rather
+// than the longest-lived connection cut. The places, the per-address
+// share and the other evictions are Share's.
 func (l *Listener) ShareKeepBuffers(perSource int) {
 	l.perSource = perSource
 	l.evict = true
@@ -138,9 +151,27 @@ func (l *Listener) victim(now time.Time, src netip.Addr) *Conn {
 		return c
 	}
 	if src.IsLoopback() {
-		return l.oldest(func(c *Conn) bool { return !c.src.IsLoopback() })
+		if c := l.oldest(func(c *Conn) bool { return !c.src.IsLoopback() }); c != nil {
+			return c
+		}
+	}
+	if l.rotate {
+		return l.evenShare(src)
 	}
 	return nil
+}
+
+// evenShare returns, when no address holds more places than src
+// (newcomer included; overShare found none), the connection in its state
+// longest among those of the addresses holding as many: src's own, and
+// every address's when src holds only the newcomer's place. A loopback
+// connection only for a newcomer on loopback. nil if none. The caller
+// holds mu.
+func (l *Listener) evenShare(src netip.Addr) *Conn {
+	k, local := l.bySource[src], src.IsLoopback()
+	return l.oldest(func(c *Conn) bool {
+		return l.bySource[c.src] >= k && (local || !c.src.IsLoopback())
+	})
 }
 
 // waited returns the connection that has waited longest for a request,

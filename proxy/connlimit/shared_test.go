@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// sharedRig is a listener under Share with an accept loop and a clock the
-// test moves.
+// sharedRig is a listener under Share's rules with an accept loop and a
+// clock the test moves.
 type sharedRig struct {
 	l        *Listener
 	accepted chan *Conn
@@ -17,11 +17,22 @@ type sharedRig struct {
 	now      time.Time
 }
 
+// newSharedRig is a sharedRig whose listener shares its places with
+// ShareKeepBuffers: the rules the tests look at, without Share's rotation
+// among equal shares, under which every newcomer on loopback among
+// loopback connections gets in (newSharedRigWith and Share:
+// TestShareRotates).
 func newSharedRig(t *testing.T, max, perSource int) *sharedRig {
+	return newSharedRigWith(t, max, perSource, (*Listener).ShareKeepBuffers)
+}
+
+// newSharedRigWith is newSharedRig with share (Share or
+// ShareKeepBuffers) setting the listener's rules.
+func newSharedRigWith(t *testing.T, max, perSource int, share func(*Listener, int)) *sharedRig {
 	t.Helper()
 	r := &sharedRig{l: listen(t, max), accepted: make(chan *Conn, 16), now: time.Unix(1000, 0)}
 	r.l.now = func() time.Time { r.mu.Lock(); defer r.mu.Unlock(); return r.now }
-	r.l.Share(perSource)
+	share(r.l, perSource)
 	go func() {
 		for {
 			c, err := r.l.Accept()

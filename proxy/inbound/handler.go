@@ -263,6 +263,7 @@ type conn struct {
 	text    string // addr.String()
 	port    string
 	metric  *telemetry.Destination
+	caller  net.Conn // the caller's connection, to tell an eviction (limits.go); nil: unknown
 }
 
 type connKey struct{}
@@ -442,12 +443,12 @@ func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
 	if err != nil {
 		outbound.Abort(up)
 		st.code = statusClientClosed
-		st.c.metric.TCPConnection(outbound.RelayReset)
+		st.c.metric.TCPConnection(evictedResult(st.c.caller, outbound.RelayReset))
 		return
 	}
 	st.in.n.Add(u.Sent)
 	st.out.n += u.Received
-	result := u.Result
+	result := evictedResult(st.c.caller, u.Result) // the cap closed it (limits.go)
 	if result == outbound.RelayReset && h.closing.Load() {
 		result = outbound.RelayShutdown // the end of the drain closed it
 	}
@@ -572,6 +573,7 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		// outbound, docs/metrics.md).
 		st.code = statusClientClosed
 	}
+	evictedRequest(st) // the cap cut it, not the caller (limits.go)
 	if h.closing.Load() && st.errKind == "" {
 		// The end of the drain (--drain-timeout) closed the connection,
 		// not the caller: as outbound, a request cut is 503 shutdown,
@@ -782,6 +784,7 @@ func (h *Handler) ServeTCP(c *transparent.Conn) {
 	}
 	sent, received, result := h.relay(c, up, m) // limits.go: no-data's first byte
 	h.untrack(c)
+	result = evictedResult(c, result) // the cap closed it (limits.go)
 	if result == outbound.RelayReset && h.closing.Load() {
 		result = outbound.RelayShutdown
 	}

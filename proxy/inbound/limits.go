@@ -1,6 +1,7 @@
 package inbound
 
 import (
+	"context"
 	"errors"
 	"io"
 	"math"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/netconn"
+	"github.com/minimesh/minimesh/proxy/connlimit"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/proxy/transparent"
@@ -31,8 +33,46 @@ import (
 // the TCP idle limit of every relay. A connection on which neither side
 // says anything is closed after this, as Go's HTTP server closes a new
 // connection without a request after its header timeout: the same 10 s
-// (sidecar.ReadHeaderTimeout).
+// (sidecar.ReadHeaderTimeout). --inbound-first-byte-timeout sets it
+// (Config.NoDataIdleTimeout).
 const DefaultNoDataIdleTimeout = 10 * time.Second
+
+// resultEvicted is how a connection ended that the inbound cap closed to
+// give its place to a newcomer (connlimit's Share): the result of
+// minimesh_tcp_connections_total{direction="inbound"} and the access
+// log's error, for a relay and an upgraded connection; a request it cut
+// is recorded as 503 with it (evictedRequest), as the drain's cut is 503
+// shutdown. Before 2026-12-06 an eviction read as a reset (or, for a
+// request, the caller gone, 499): the sidecar's own limit at work could
+// not be told from the network's failures.
+const resultEvicted = "evicted"
+
+// evictedResult is result, or resultEvicted where it is the reset that
+// the eviction of the caller's connection c (its close under the relay)
+// ended the relay in.
+func evictedResult(c net.Conn, result string) string {
+	if result == outbound.RelayReset && c != nil && connlimit.Evicted(c) {
+		return resultEvicted
+	}
+	return result
+}
+
+// evictedRequest records a request that an eviction of its caller's
+// connection cut, which reads as the caller gone (499), as 503 evicted.
+func evictedRequest(st *reqState) {
+	if st.code == statusClientClosed && st.errKind == "" && st.c.caller != nil && connlimit.Evicted(st.c.caller) {
+		st.code, st.errKind = http.StatusServiceUnavailable, resultEvicted
+	}
+}
+
+// withCaller is the inbound server's ConnContext for a redirected
+// connection: WithOriginalDst, and the caller's connection kept with it,
+// so that a request can tell whether the cap cut it (evictedRequest).
+func (h *Handler) withCaller(ctx context.Context, tc *transparent.Conn) context.Context {
+	ctx = h.WithOriginalDst(ctx, tc.Original)
+	ctx.Value(connKey{}).(*conn).caller = tc
+	return ctx
+}
 
 // noDataIdle is Config.NoDataIdleTimeout, or its default.
 func (h *Handler) noDataIdle() time.Duration {

@@ -75,7 +75,7 @@ func NewServer(ln *connlimit.Listener, h *Handler, cfg ServerConfig) *Server {
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if tc, ok := transparent.Under(c); ok {
-				return h.WithOriginalDst(ctx, tc.Original)
+				return h.withCaller(ctx, tc)
 			}
 			return ctx
 		},

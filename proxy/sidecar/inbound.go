@@ -43,6 +43,7 @@ func (s *Sidecar) listenInbound(opaque *transparent.Ports, errLog *log.Logger) e
 		// As the outbound listener's: a caller that stops sending its
 		// request body frees its place after this.
 		RequestBodyTimeout: s.cfg.RequestBodyTimeout,
+		NoDataIdleTimeout:  s.cfg.InboundFirstByteTimeout,
 	})
 	s.inbound = inbound.NewServer(inLn, h, inbound.ServerConfig{
 		OpaquePorts:       opaque,
@@ -53,6 +54,7 @@ func (s *Sidecar) listenInbound(opaque *transparent.Ports, errLog *log.Logger) e
 		ErrorLog:          errLog,
 	})
 	s.metrics.Listener("inbound", inLn.Open, inLn.Refused)
+	s.metrics.ListenerEvicted("inbound", inLn.Evicted)
 	return nil
 }
 

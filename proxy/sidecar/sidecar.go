@@ -98,6 +98,10 @@ type Config struct {
 	// keep the places fair whatever it is: a newcomer takes the place of
 	// a waiting connection or of the address holding the most.
 	MaxInboundConnectionsPerSource int
+	// InboundFirstByteTimeout closes an inbound no-data relay on which
+	// neither side has sent a byte this long (0:
+	// inbound.DefaultNoDataIdleTimeout).
+	InboundFirstByteTimeout time.Duration
 }
 
 // The values of Config.Server (--server).
@@ -313,6 +317,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 	}
 	s.metrics.Listener("outbound", s.outLn.Open, s.outLn.Refused)
 	s.metrics.Listener("admin", s.adminLn.Open, s.adminLn.Refused)
+	s.metrics.ListenerEvicted("admin", s.adminLn.Evicted)
 	if ip := s.outLn.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
 		s.log.Warn("the outbound proxy listens on a non-loopback address, so it is reachable from the network: anyone who can reach the pod can send requests through it. Listen on loopback (the app's HTTP_PROXY is then http://127.0.0.1:15001)", "outbound", s.OutboundAddr())
 	}

@@ -86,6 +86,10 @@ func TestSameSeriesAsClientGolang(t *testing.T) {
 				Help: "Client connections closed as soon as accepted because the listener's connection cap was reached.", ConstLabels: labels},
 				func() float64 { return l.refused }))
 	}
+	m.ListenerEvicted("admin", func() uint64 { return 2 })
+	old.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "minimesh_connections_evicted_total",
+		Help: "Client connections closed to give their place to a newcomer at the listener's connection cap.", ConstLabels: prometheus.Labels{"listener": "admin"}},
+		func() float64 { return 2 }))
 
 	// Past the cap, "other" shows the worst of its breakers' states: an
 	// open one behind a closed one is open (it read closed, first seen).

@@ -57,8 +57,9 @@ type Metrics struct {
 	// grpc is minimesh_grpc_requests_total (grpc.go).
 	grpc *promtext.CounterVec
 
-	// connsOpen and connsRefused are read from the listeners (Listener).
-	connsOpen, connsRefused *promtext.FuncVec
+	// connsOpen and connsRefused are read from the listeners (Listener),
+	// connsEvicted from those that share their places (ListenerEvicted).
+	connsOpen, connsRefused, connsEvicted *promtext.FuncVec
 
 	maxDest int
 	mu      sync.Mutex
@@ -110,6 +111,8 @@ func New(maxDestinations int) *Metrics {
 			"Client connections open on the listener, tunnels included.", "listener"),
 		connsRefused: promtext.NewCounterFuncVec("minimesh_connections_refused_total",
 			"Client connections closed as soon as accepted because the listener's connection cap was reached.", "listener"),
+		connsEvicted: promtext.NewCounterFuncVec("minimesh_connections_evicted_total",
+			"Client connections closed to give their place to a newcomer at the listener's connection cap.", "listener"),
 		grpc:      newGRPCVec(),
 		ejections: newEjectionsVec(),
 		maxDest:   maxDestinations,
@@ -119,7 +122,7 @@ func New(maxDestinations int) *Metrics {
 	build := promtext.NewGaugeVec("minimesh_build_info", "The sidecar's version; always 1.", "version", "goversion")
 	build.With(wellknown.Version, runtime.Version()).Set(1)
 	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, spansDropped, build,
-		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc, m.ejections, m.connsOpen, m.connsRefused,
+		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc, m.ejections, m.connsOpen, m.connsRefused, m.connsEvicted,
 		promtext.NewGoCollector(), promtext.NewProcessCollector())
 	for _, r := range []string{"success", "error"} {
 		m.reloads.With(r)
@@ -355,4 +358,13 @@ func methodLabel(i int) string {
 func (m *Metrics) Listener(name string, open func() int64, refused func() uint64) {
 	m.connsOpen.Set(func() float64 { return float64(open()) }, name)
 	m.connsRefused.Set(func() float64 { return float64(refused()) }, name)
+}
+
+// ListenerEvicted exposes minimesh_connections_evicted_total{listener=name}:
+// the connections a listener that shares its places (the admin and
+// inbound ones, connlimit's Share) closed to give their place to a
+// newcomer at its cap. Apart from the refusals, so that the cap at work
+// shows as such; read at scrape time, as Listener's.
+func (m *Metrics) ListenerEvicted(name string, evicted func() uint64) {
+	m.connsEvicted.Set(func() float64 { return float64(evicted()) }, name)
 }

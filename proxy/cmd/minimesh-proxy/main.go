@@ -25,6 +25,7 @@ import (
 
 	"github.com/minimesh/minimesh/internal/memlimit"
 	"github.com/minimesh/minimesh/internal/rawio"
+	"github.com/minimesh/minimesh/proxy/inbound"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 	"github.com/minimesh/minimesh/proxy/transparent"
@@ -95,6 +96,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "time allowed for requests in flight to finish on SIGTERM")
 	fs.IntVar(&maxConns, "max-connections", sidecar.DefaultMaxConnections, "most client connections the outbound listener holds at once; more are reset as soon as accepted and counted in minimesh_connections_refused_total (0: no limit)")
 	fs.IntVar(&maxInboundConns, "max-inbound-connections", sidecar.DefaultMaxConnections, "most connections the inbound listener holds at once; more are reset as soon as accepted and counted in minimesh_connections_refused_total{listener=\"inbound\"} (0: no limit)")
+	fs.DurationVar(&cfg.InboundFirstByteTimeout, "inbound-first-byte-timeout", inbound.DefaultNoDataIdleTimeout, "how long an inbound connection that sent nothing during protocol detection is relayed to the app while neither side sends a byte; then it is closed, counted result=\"idle-timeout\" (the first byte either way ends this limit: a server that speaks first greets at once)")
 	fs.IntVar(&maxInboundPerSource, "max-inbound-connections-per-source", 0, "most of the inbound listener's connections one caller address may hold at once; more from it are reset as soon as accepted (0: no per-address limit). Either way, at the cap a newcomer takes the place of a waiting connection or of the address holding the most, rather than being reset")
 	fs.StringVar(&cgroupRoot, "cgroup-root", memlimit.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
 	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it, while the upstream has not answered, before the sidecar answers 408 and releases the upstream connection (0: no limit)")
@@ -133,7 +135,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	for _, d := range []struct {
 		flag string
 		v    time.Duration
-	}{{"connect-timeout", cfg.ConnectTimeout}, {"drain-timeout", cfg.DrainTimeout}, {"xds-initial-timeout", cfg.XDSInitialTimeout}} {
+	}{{"connect-timeout", cfg.ConnectTimeout}, {"drain-timeout", cfg.DrainTimeout}, {"xds-initial-timeout", cfg.XDSInitialTimeout}, {"inbound-first-byte-timeout", cfg.InboundFirstByteTimeout}} {
 		if d.v <= 0 {
 			fmt.Fprintf(stderr, "minimesh-proxy: --%s %v: want more than 0\n", d.flag, d.v)
 			return 2
