@@ -3,12 +3,14 @@ package outbound
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +34,11 @@ type dialer struct {
 	// that has no DNS entry.
 	resolve map[string]string
 	self    *selfAddrs
+
+	// pools are the kept connections to IP addresses, made for the
+	// transports that keep them (pooled): retire finds there those to an
+	// endpoint that has left every Service's endpoints.
+	pools connPools
 }
 
 func newDialer(connectTimeout time.Duration, resolve map[string]string, self *selfAddrs) *dialer {
@@ -236,4 +243,259 @@ func isLocal(ip netip.Addr) bool {
 	}
 	c.Close()
 	return true
+}
+
+// poolKind is the transport that keeps a connection: each empties its own
+// pool (connPools.retire's caller).
+type poolKind uint8
+
+const (
+	poolFast  poolKind = iota // fastTransport's own pool: per connection
+	poolStd                   // http.Transport, HTTP/1.x
+	poolH2                    // the h2c transport (HTTP/2, gRPC)
+	poolKinds                 // how many
+)
+
+// pooled is DialContext for a transport of kind that keeps its
+// connections: one to an IP address (an endpoint, the original
+// destination of a redirected connection) is tracked by that address
+// until it is closed, so that an endpoint leaving its Service's endpoints
+// takes its connections with it (connPools.retire). One to a name (no
+// endpoints: DNS and kube-proxy) is no endpoint's and is not tracked.
+// Tunnels and relays dial with DialContext: a connection that is no
+// pool's is left to end by itself, as Envoy leaves a TCP proxy's.
+func (d *dialer) pooled(kind poolKind) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		ap, perr := netip.ParseAddrPort(addr)
+		if perr != nil {
+			return c, nil
+		}
+		return d.pools.add(c, unmapped(ap), kind), nil
+	}
+}
+
+// unmapped is ap with an IPv4-mapped address as the IPv4 one, so that
+// an address is one key however it was spelled.
+func unmapped(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// connPools tracks the kept-alive upstream connections by the address
+// they were dialled to, from the dial to their Close: the upstream pools
+// drop an idle connection only at their idle timeout, and Go's
+// http.Transport has no way to close one host's. Without this a pod that
+// vanished without a FIN or RST (its node gone) kept its connections in
+// the pools for up to their idle timeout, and a request written on one
+// when the address came back (a new pod given the same IP, the same pod
+// ready again) waited for its timeout or reached the wrong pod.
+//
+// It takes no lock and allocates nothing per request: a connection is
+// added once, at its dial, and removed once, at its Close; the fast
+// transport reads its flag (an atomic load) where it takes a kept
+// connection (get) and keeps one (release), and its reads and writes do
+// not go through the record (fconn.kept).
+type connPools struct {
+	mu    sync.Mutex
+	conns map[netip.AddrPort]map[*keptConn]struct{}
+	// sweepers empty each pool of its idle connections (retirer).
+	sweepers [poolKinds]func()
+	// gone are the addresses retired and in no Service's endpoints
+	// since, each until goneFor after it left. A try that picked the
+	// endpoint as it left may still be dialling it (the balancer's Pick
+	// and the endpoints' update race): a connection made to one before
+	// then is retired as it is made, serves that try and is closed.
+	gone map[netip.AddrPort]time.Time
+}
+
+// goneFor is how long a retired address's new connections are retired
+// at birth: longer than any dial of a try that picked it before it left
+// (the connect timeout, plus the time between the pick and the dial).
+func goneFor(connectTimeout time.Duration) time.Duration { return connectTimeout + 10*time.Second }
+
+// keptConn is a connection connPools tracks.
+type keptConn struct {
+	net.Conn
+	pools *connPools
+	addr  netip.AddrPort
+	kind  poolKind
+	// retired: its endpoint left every Service's endpoints. Its pool
+	// sends no new request on it and closes it when its request ends
+	// (the fast transport), or when idle (Go's: CloseIdleConnections).
+	retired atomic.Bool
+	// wait is how long a read of a retired connection of Go's waits
+	// before its pool is swept (readRetired); its reader's alone.
+	wait time.Duration
+}
+
+// Read is the connection's, but for a retired connection of Go's
+// transports (the fast transport reads under c): readRetired.
+func (c *keptConn) Read(p []byte) (int, error) {
+	if !c.retired.Load() {
+		return c.Conn.Read(p)
+	}
+	return c.readRetired(p)
+}
+
+// Bounds of keptConn.wait.
+const (
+	retiredWaitMin = 250 * time.Millisecond
+	retiredWaitMax = time.Minute
+)
+
+// readRetired reads a retired connection of Go's transports. Go's
+// pools say neither when a connection goes idle nor how to close one
+// host's, but their read loop always has a read waiting on it, idle or
+// not: a read that waits is what an idle connection does, and is when
+// its pool is swept (CloseIdleConnections, which closes idle
+// connections only, so harmless to one still busy: a slow answer, an
+// HTTP/2 connection with a quiet stream). The read then fails as the
+// sweep closes it, and Go's read loop drops the idle connection as one
+// the upstream closed. The wait doubles each time a sweep left the
+// connection open (retiredWaitMax at most), so that a long stream on it
+// costs the other hosts' idle connections a sweep every so often, not
+// one per read.
+func (c *keptConn) readRetired(p []byte) (int, error) {
+	if c.wait == 0 {
+		c.wait = retiredWaitMin
+	}
+	t := time.AfterFunc(c.wait, func() { c.pools.sweep(c.kind) })
+	n, err := c.Conn.Read(p)
+	if !t.Stop() {
+		c.wait = min(2*c.wait, retiredWaitMax)
+	}
+	return n, err
+}
+
+// Close forgets c and closes it.
+func (c *keptConn) Close() error {
+	c.pools.forget(c)
+	return c.Conn.Close()
+}
+
+// Unwrap is the connection under c (netconn.Find: raw I/O, CloseWrite).
+func (c *keptConn) Unwrap() net.Conn { return c.Conn }
+
+func (p *connPools) add(nc net.Conn, ap netip.AddrPort, kind poolKind) *keptConn {
+	c := &keptConn{Conn: nc, pools: p, addr: ap, kind: kind}
+	p.mu.Lock()
+	if until, ok := p.gone[ap]; ok && time.Now().Before(until) {
+		c.retired.Store(true)
+	}
+	if p.conns == nil {
+		p.conns = map[netip.AddrPort]map[*keptConn]struct{}{}
+	}
+	set := p.conns[ap]
+	if set == nil {
+		set = map[*keptConn]struct{}{}
+		p.conns[ap] = set
+	}
+	set[c] = struct{}{}
+	p.mu.Unlock()
+	return c
+}
+
+// sweep empties pool kind of its idle connections.
+func (p *connPools) sweep(kind poolKind) {
+	p.mu.Lock()
+	f := p.sweepers[kind]
+	p.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+func (p *connPools) forget(c *keptConn) {
+	p.mu.Lock()
+	if set := p.conns[c.addr]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(p.conns, c.addr)
+		}
+	}
+	p.mu.Unlock()
+}
+
+// retire marks the connections to removed, addresses that have left
+// every Service's endpoints, retired; back are addresses in a Service's
+// endpoints again, whose retired connections still open (busy when they
+// were retired, idle in Go's pools since) must go before a request picks
+// them. now is the update's time, keep how long a removed address's new
+// connections are retired (goneFor). It reports the pools that hold any
+// such connection, to be emptied of their idle ones (retired ones only,
+// for the fast transport), and how many connections it retired.
+func (p *connPools) retire(removed, back []netip.AddrPort, now time.Time, keep time.Duration) (sweep [poolKinds]bool, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for ap, until := range p.gone {
+		if !now.Before(until) {
+			delete(p.gone, ap)
+		}
+	}
+	for _, ap := range back {
+		delete(p.gone, ap)
+		for c := range p.conns[ap] {
+			if c.retired.Load() {
+				sweep[c.kind] = true
+			}
+		}
+	}
+	for _, ap := range removed {
+		if p.gone == nil {
+			p.gone = map[netip.AddrPort]time.Time{}
+		}
+		p.gone[ap] = now.Add(keep)
+		for c := range p.conns[ap] {
+			if !c.retired.Swap(true) {
+				n++
+			}
+			sweep[c.kind] = true
+		}
+	}
+	return sweep, n
+}
+
+// retirer is endpoints.retire: the kept connections to removed, the
+// addresses that left every Service's endpoints, are retired
+// (connPools.retire) and each pool holding one lets go of its idle ones
+// at once, those still open to back (addresses in a Service's endpoints
+// again) too. What each pool can do:
+//
+//   - the fast transport (ours, HTTP/1.x) closes the idle ones, sends no
+//     new request on the others and closes each as its request ends;
+//   - Go's HTTP/1.x and h2c transports have no way to close one host's
+//     connections: CloseIdleConnections closes the idle ones of every
+//     host (only when a removed address has one there, so rarely but for
+//     --std-transport), and an HTTP/2 connection with streams open drains
+//     them untouched. One busy when its endpoint left is not picked again
+//     (the balancer no longer has the address), and is closed by a sweep
+//     once it waits idle (keptConn.readRetired).
+//
+// fast is nil without the fast transport (--std-transport).
+func (d *dialer) retirer(fast *fastTransport, std, h2 *http.Transport, log *slog.Logger) func(removed, back []netip.AddrPort) {
+	keep := goneFor(d.d.Timeout)
+	d.pools.mu.Lock()
+	d.pools.sweepers[poolStd] = std.CloseIdleConnections
+	d.pools.sweepers[poolH2] = h2.CloseIdleConnections
+	d.pools.mu.Unlock()
+	return func(removed, back []netip.AddrPort) {
+		sweep, n := d.pools.retire(removed, back, time.Now(), keep)
+		closed := 0
+		if sweep[poolFast] && fast != nil {
+			closed = fast.closeRetired()
+		}
+		for _, k := range [...]poolKind{poolStd, poolH2} {
+			if sweep[k] {
+				d.pools.sweep(k)
+			}
+		}
+		if n > 0 || sweep != [poolKinds]bool{} {
+			log.Debug("endpoints left: their upstream connections retired",
+				"removed", len(removed), "retired", n, "closed_idle", closed,
+				"swept_http1", sweep[poolStd], "swept_h2", sweep[poolH2])
+		}
+	}
 }

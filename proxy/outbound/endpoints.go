@@ -40,6 +40,10 @@ type endpoints struct {
 	// known is the latest set of every Service's endpoints, as set got
 	// it (not to be written: set's caller handed it over).
 	known map[string][]balancer.Target
+	// retire, set by New, takes the kept connections to the addresses
+	// that left every Service's endpoints (removed), and to those back in
+	// one (back), out of the upstream pools (dialer.retirer).
+	retire func(removed, back []netip.AddrPort)
 }
 
 type lbSlot struct {
@@ -84,13 +88,98 @@ func (e *endpoints) forService(name, ns string, pol *policy.ResiliencePolicy, m 
 // set replaces every Service's endpoints: those missing from eps have
 // none from now on (their requests dial the name again). set keeps eps:
 // the caller must not change it afterwards.
+//
+// The connections kept to an address that is in no Service's endpoints
+// any more are retired after the balancers stopped picking it
+// (dialer.retirer): an address two Services share stays while either
+// has it. Under mu, so that a removal and a re-add in quick succession
+// reach the pools in their order.
 func (e *endpoints) set(eps map[string][]balancer.Target) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	old := e.known
 	e.known = eps
 	for key, s := range e.slots {
 		s.lb.Update(eps[key])
 	}
+	if e.retire != nil {
+		if removed, back := addrChanges(old, eps); len(removed) > 0 || len(back) > 0 {
+			e.retire(removed, back)
+		}
+	}
+}
+
+// addrChanges compares two sets of every Service's endpoints: removed
+// are the addresses in old's that are in none of next's, back those a
+// Service has in next that it did not have in old (an address that
+// moved from one Service to another is in both lists' candidates and in
+// neither result but back, where it is harmless: retire only undoes a
+// removal there). Only the Services whose endpoints changed are
+// compared; next is read whole only when one lost an address.
+func addrChanges(old, next map[string][]balancer.Target) (removed, back []netip.AddrPort) {
+	var gone map[string]bool
+	for key, ts := range old {
+		nt := next[key]
+		if sameAddrs(ts, nt) {
+			continue
+		}
+		in := make(map[string]bool, len(nt))
+		for _, t := range nt {
+			in[t.Addr] = true
+		}
+		for _, t := range ts {
+			if !in[t.Addr] {
+				if gone == nil {
+					gone = map[string]bool{}
+				}
+				gone[t.Addr] = true
+			}
+		}
+	}
+	for key, nt := range next {
+		ts := old[key]
+		if sameAddrs(ts, nt) {
+			continue
+		}
+		had := make(map[string]bool, len(ts))
+		for _, t := range ts {
+			had[t.Addr] = true
+		}
+		for _, t := range nt {
+			if !had[t.Addr] {
+				if ap, err := netip.ParseAddrPort(t.Addr); err == nil {
+					back = append(back, unmapped(ap))
+				}
+			}
+		}
+	}
+	if len(gone) > 0 {
+		for _, nt := range next {
+			for _, t := range nt {
+				delete(gone, t.Addr) // still another Service's
+			}
+		}
+		for a := range gone {
+			if ap, err := netip.ParseAddrPort(a); err == nil {
+				removed = append(removed, unmapped(ap))
+			}
+		}
+	}
+	return removed, back
+}
+
+// sameAddrs reports whether a and b list the same addresses in the same
+// order: an unchanged Service, as most of an update's are.
+func sameAddrs(a, b []balancer.Target) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Addr != b[i].Addr {
+			return false
+		}
+	}
+	return true
 }
 
 // vipTable is the control plane's ClusterIP:port of each Service port

@@ -92,6 +92,23 @@ type fconn struct {
 	// per request, not three (docs/benchmarks.md). unblock, from another
 	// goroutine, does not tell it: a woken connection is never kept.
 	dl time.Time
+	// kept is the dialer's record of the connection (connPools), whose
+	// flag says its endpoint has left every Service's endpoints; nil for
+	// a connection to a name. Conn is the connection under it, so that
+	// reads and writes do not go through it.
+	kept *keptConn
+}
+
+// retired reports whether c's endpoint has left every Service's
+// endpoints (connPools.retire): no new request goes on it.
+func (c *fconn) retired() bool { return c.kept != nil && c.kept.retired.Load() }
+
+// Close closes c, and forgets it in the dialer's record.
+func (c *fconn) Close() error {
+	if c.kept != nil {
+		return c.kept.Close()
+	}
+	return c.Conn.Close()
 }
 
 // setDeadline gives c's reads and writes the deadline t (zero: none),
@@ -471,6 +488,13 @@ func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 	}
 	c.used = time.Now()
 	t.mu.Lock()
+	// retired is read under mu, which closeRetired takes after the flag
+	// is set: c is either seen retired here or found in the pool there.
+	if c.retired() {
+		t.mu.Unlock()
+		c.Close() // its endpoint left as it served this request
+		return
+	}
 	l := t.list(c.key, true)
 	if len(l.conns) >= t.maxIdle {
 		t.mu.Unlock()
@@ -512,9 +536,8 @@ func (t *fastTransport) CloseIdleConnections() {
 // It runs while any connection is kept, every idleTimeout/2 at most.
 func (t *fastTransport) sweep() {
 	now := time.Now()
-	var stale []*fconn
 	t.mu.Lock()
-	stale = t.expire(now, stale)
+	stale := t.drop(func(c *fconn) bool { return now.Sub(c.used) >= idleTimeout })
 	if len(t.idle) > 0 {
 		t.sweeper.Reset(idleTimeout / 2)
 	} else {
@@ -526,16 +549,29 @@ func (t *fastTransport) sweep() {
 	}
 }
 
-// expire moves the connections idle since before now-idleTimeout out of
-// t.idle into stale; mu is held.
-func (t *fastTransport) expire(now time.Time, stale []*fconn) []*fconn {
+// closeRetired closes the kept connections whose endpoint has left
+// every Service's endpoints (connPools.retire); those in use are closed
+// as their request ends (release). It reports how many it closed.
+func (t *fastTransport) closeRetired() int {
+	t.mu.Lock()
+	gone := t.drop((*fconn).retired)
+	t.mu.Unlock()
+	for _, c := range gone {
+		c.Close()
+	}
+	return len(gone)
+}
+
+// drop moves the kept connections that gone says are to go out of
+// t.idle, and returns them; mu is held.
+func (t *fastTransport) drop(gone func(*fconn) bool) (stale []*fconn) {
 	for key, l := range t.idle {
 		keep := l.conns[:0]
 		for _, c := range l.conns {
-			if now.Sub(c.used) < idleTimeout {
-				keep = append(keep, c)
-			} else {
+			if gone(c) {
 				stale = append(stale, c)
+			} else {
+				keep = append(keep, c)
 			}
 		}
 		clear(l.conns[len(keep):])
@@ -576,7 +612,10 @@ func (t *fastTransport) get(ctx context.Context, key string, now, deadline time.
 		l.conns[len(l.conns)-1] = nil
 		l.conns = l.conns[:len(l.conns)-1]
 		t.mu.Unlock()
-		if now.Sub(c.used) < idleTimeout {
+		// A retired one was taken before closeRetired came to it: its
+		// endpoint is gone, and a pod gone without a FIN would hold the
+		// request until its timeout where a new dial fails at once.
+		if now.Sub(c.used) < idleTimeout && !c.retired() {
 			return c, true, nil // and unasked bytes, if any, found by send (fconn.Read)
 		}
 		c.Close()
@@ -596,6 +635,9 @@ func (t *fastTransport) get(ctx context.Context, key string, now, deadline time.
 		return nil, false, err
 	}
 	c := &fconn{Conn: nc, key: key}
+	if k, ok := nc.(*keptConn); ok {
+		c.Conn, c.kept = k.Conn, k
+	}
 	c.wake = c.unblock
 	c.br = bufio.NewReaderSize(c, 4<<10)
 	return c, false, nil

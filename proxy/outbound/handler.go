@@ -149,7 +149,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 	h.dests = newDestinations(cfg.Namespace, table, cfg.Metrics, h.log.Warn)
 	tr := &http.Transport{
 		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
-		DialContext:            h.dialer.DialContext,
+		DialContext:            h.dialer.pooled(poolStd),
 		MaxIdleConns:           0,
 		MaxIdleConnsPerHost:    cfg.MaxIdleConnsPerHost,
 		IdleConnTimeout:        90 * time.Second,
@@ -158,12 +158,17 @@ func New(cfg Config, table *policy.Table) *Handler {
 		ExpectContinueTimeout:  time.Second,
 	}
 	var upstream http.RoundTripper = informational{tr}
+	var fast *fastTransport
 	if !cfg.StdTransport {
-		upstream = newFastTransport(h.dialer.DialContext, upstream, cfg.MaxIdleConnsPerHost)
+		fast = newFastTransport(h.dialer.pooled(poolFast), upstream, cfg.MaxIdleConnsPerHost)
+		upstream = fast
 	}
+	h2 := newH2CTransport(h.dialer.pooled(poolH2))
+	// An endpoint that leaves its Service takes its kept connections.
+	h.dests.eps.retire = h.dialer.retirer(fast, tr, h2, h.log)
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
-		Transport:      &forwarder{t: upstream, h2: informational{h2Tries{newH2CTransport(h.dialer.DialContext)}}, tracing: cfg.Tracing},
+		Transport:      &forwarder{t: upstream, h2: informational{h2Tries{h2}}, tracing: cfg.Tracing},
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
 		ModifyResponse: h.modifyResponse,
