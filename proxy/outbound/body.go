@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"sync"
@@ -243,4 +244,67 @@ func (b *onceBody) Close() error { return nil }
 // hasBody reports whether a request carries a body.
 func hasBody(r *http.Request) bool {
 	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+}
+
+// stalledWriteGrace is how long after the request's timeout a write of
+// its answer to the app may still wait on the app: at the timeout the
+// upstream's body fails at once, and the handler ends the answer itself
+// (a gRPC call between two messages with trailers that say
+// DEADLINE_EXCEEDED, docs/grpc.md), within a moment. A write still
+// blocked then waits on an app that does not read (its HTTP/2
+// flow-control window, its TCP receive buffer full): it fails, and its
+// server resets the stream (RST_STREAM INTERNAL_ERROR) or closes the
+// HTTP/1.x connection. Without it the answer, the upstream's stream, the
+// sidecar's goroutines and the breaker's outcome waited for the app for
+// as long as it liked (docs/policy.md, timeout).
+const stalledWriteGrace = 250 * time.Millisecond
+
+// cutStalledWrites arms, at the request's timeout (ctx ending with
+// errTimeout), a write deadline stalledWriteGrace later on w, the
+// server's ResponseWriter (net/http's HTTP/1 and HTTP/2 servers and the
+// lean loop each honour it, per stream on HTTP/2). The returned stop must
+// be called before the handler returns, and returns only once the timer's
+// function is over: it touches the server's response, which is not the
+// handler's to touch after that. The fast path's requests have a deadline
+// instead (stalledDeadline).
+func cutStalledWrites(ctx context.Context, w http.ResponseWriter) (stop func()) {
+	done := make(chan struct{})
+	after := context.AfterFunc(ctx, func() {
+		defer close(done)
+		if context.Cause(ctx) == errTimeout {
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(stalledWriteGrace))
+		}
+	})
+	return func() {
+		if !after() {
+			<-done
+		}
+	}
+}
+
+// stalledDeadline is the write deadline of a fast-path answer whose
+// request has a timeout (the request's deadline; zero: none): as
+// cutStalledWrites's, stalledWriteGrace after it.
+func stalledDeadline(deadline time.Time) time.Time {
+	if deadline.IsZero() {
+		return deadline
+	}
+	return deadline.Add(stalledWriteGrace)
+}
+
+// cutByTimeout reports whether a write of the answer to the app that
+// failed now was cut by the request's timeout: the write deadline it
+// armed (cutStalledWrites, stalledDeadline: stalledWriteGrace after the
+// request's deadline, req's or the fast path's) has passed. A write that
+// failed before it was the app's leaving, also after the timeout (an app
+// whose own, later deadline reset its stream: docs/grpc.md).
+func (st *reqState) cutByTimeout(req context.Context) bool {
+	dl := st.deadline
+	if dl.IsZero() {
+		if context.Cause(req) != errTimeout {
+			return false
+		}
+		dl, _ = req.Deadline()
+	}
+	return !since(st.start).Before(dl.Add(stalledWriteGrace))
 }

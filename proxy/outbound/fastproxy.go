@@ -96,7 +96,7 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		dst.Add("Trailer", strings.Join(keys, ", "))
 	}
 	w.WriteHeader(res.StatusCode)
-	if err := h.copyBody(w, res, stream); err != nil {
+	if err := h.copyBody(w, res, stream, stalledDeadline(st.deadline)); err != nil {
 		defer res.Body.Close()
 		// The response is cut short: all the server can do is abort it,
 		// as the ReverseProxy does.
@@ -339,7 +339,7 @@ func removeHopByHop(h http.Header, keep func(string) bool) {
 // does, flushing each write of a stream (no length, or server-sent
 // events); it returns a failure to write, or to read other than the
 // upstream's end or the request's cancellation.
-func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response, stream bool) error {
+func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response, stream bool, wdl time.Time) error {
 	var rc *http.ResponseController
 	if stream {
 		rc = http.NewResponseController(w)
@@ -353,12 +353,22 @@ func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response, stream boo
 	}
 	buf := bufferPool{}.Get()
 	defer bufferPool{}.Put(buf)
+	wrote := false
 	for {
 		nr, rerr := res.Body.Read(buf)
 		if rerr != nil && rerr != io.EOF && rerr != context.Canceled {
 			h.log.Debug("httputil: ReverseProxy read error during body copy: " + rerr.Error())
 		}
 		if nr > 0 {
+			if wrote && !wdl.IsZero() {
+				// A body longer than one write: the request's timeout
+				// bounds the writes to an app that reads nothing too
+				// (stalledDeadline). Not for the common body of one
+				// write, which costs no deadline.
+				_ = http.NewResponseController(w).SetWriteDeadline(wdl)
+				wdl = time.Time{}
+			}
+			wrote = true
 			nw, werr := w.Write(buf[:nr])
 			if werr != nil {
 				return werr

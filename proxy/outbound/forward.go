@@ -527,15 +527,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		b.endSpan("", true)
 		return n, err
 	}
-	b.st.late = class
-	b.endSpan(classErrorType(class), false)
-	if b.st.clientsDeadline(class, -1) {
-		b.end(breaker.ErrIgnored)
-	} else if b.failOn.Has(class) {
-		b.end(breaker.ErrFailed)
-	} else {
-		b.end(b.verdict)
-	}
+	b.fail(class)
 	if b.st.out.withhold() {
 		// Nothing reached the app: the handler answers with the failure
 		// (answerLate), and no flush of a stream's headers, on the
@@ -555,12 +547,31 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// fail records a body that failed after its headers (class): the
+// request's late failure, the try's span, and its outcome for the
+// breaker and the endpoint, as failOn says.
+func (b *upstreamBody) fail(class policy.Class) {
+	b.st.late = class
+	b.endSpan(classErrorType(class), false)
+	if b.st.clientsDeadline(class, -1) {
+		b.end(breaker.ErrIgnored)
+	} else if b.failOn.Has(class) {
+		b.end(breaker.ErrFailed)
+	} else {
+		b.end(b.verdict)
+	}
+}
+
 func (b *upstreamBody) Close() error {
 	err := b.ReadCloser.Close()
 	if !b.ended {
-		// Abandoned before its end: by a client that went away, or by the
-		// retry loop, which has already judged the status.
-		if b.req.Err() != nil {
+		// Abandoned before its end: by the request's timeout, which cut
+		// a write to an app that read nothing (cutStalledWrites), by a
+		// client that went away, or by the retry loop, which has already
+		// judged the status.
+		if b.st.cutByTimeout(b.req) {
+			b.fail(policy.ClassTimeout)
+		} else if b.req.Err() != nil {
 			b.end(breaker.ErrIgnored)
 			b.endSpan("", true)
 		} else {

@@ -575,6 +575,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
 			defer cancel()
+			// The timeout covers the writes of the answer to the app too:
+			// one an app that reads nothing holds up ends then.
+			defer cutStalledWrites(ctx, st.out.ResponseWriter)()
 			if st.in.ReadCloser != nil && r.ProtoMajor == 1 {
 				// The answer must not wait for the app's body: http.Transport
 				// returns only once its body writer is done (wake).
