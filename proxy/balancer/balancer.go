@@ -93,10 +93,16 @@
 //
 // Eligibility: ready endpoints that are not ejected; if there are none,
 // terminating ones that are not ejected (kube-proxy's fallback, so a
-// rollout's last old pods still serve); if every endpoint is ejected, all
-// of them ("panic mode", as Envoy's panic threshold: availability beats
-// ejection, and a whole service failing is the destination's circuit
-// breaker's business, not the balancer's).
+// rollout's last old pods still serve); if fewer than half of the
+// endpoints are not ejected, all of them, ejected ones included ("panic
+// mode", as Envoy's healthy_panic_threshold at its default 50 %:
+// availability beats ejection, and a whole service failing is the
+// destination's circuit breaker's business, not the balancer's). Every
+// endpoint ejected is its extreme case. Panic at zero only was not
+// enough: with MaxEjectionPercent 100, 9 of 10 pods ejected sent every
+// request to the tenth, 10× its load, until it failed too. With
+// MaxEjectionPercent at most 50 ejections alone never reach it (at most
+// half are out, or the one of two); an Update that drops endpoints can.
 //
 // The hot path (Pick, Start, Done) does not allocate and takes no lock that
 // all endpoints share: the endpoint list is an immutable slice behind an
@@ -215,8 +221,15 @@ type Balancer struct {
 	intn  func(n int) int // rand.IntN; tests set a seeded one
 	float func() float64  // rand.Float64, for duels; tests set a seeded one
 
+	// panicUntil bounds panic mode: it may be in force only before this
+	// time (ns since epoch; 0: not at all), so Pick's fast path, which
+	// draws ready endpoints only, needs one atomic load, not a count of
+	// the ejected ones. Only eject and Update change what is ejected
+	// (ejections end by time), and both set it under ejectMu.
+	panicUntil atomic.Int64
+
 	updateMu sync.Mutex // serialises Update
-	ejectMu  sync.Mutex // serialises ejection decisions (MaxEjectionPercent)
+	ejectMu  sync.Mutex // serialises ejection decisions (MaxEjectionPercent) and panicUntil
 }
 
 type endpointSet struct {
@@ -293,18 +306,35 @@ func (b *Balancer) Update(targets []Target) {
 			e.removed.Store(true)
 		}
 	}
-	b.set.Store(next)
+	// Dropping endpoints can put the ejected ones in the majority, adding
+	// some can end it: panicUntil follows the new set, stored in the order
+	// that never shows Pick the new set with a bound too early.
+	b.ejectMu.Lock()
+	until := panicEnd(next.eps, now)
+	if until > 0 {
+		b.panicUntil.Store(until)
+		b.set.Store(next)
+	} else {
+		b.set.Store(next)
+		b.panicUntil.Store(until)
+	}
+	b.ejectMu.Unlock()
 }
 
 // Len is the number of endpoints, ejected and terminating ones included.
 func (b *Balancer) Len() int { return len(b.set.Load().eps) }
 
-// Pick chooses an endpoint for one try. avoid (may be nil) is the endpoint
-// of the previous try of the same request: a retry gets another endpoint
-// when one of the same eligibility exists (like Envoy's previous_hosts
-// predicate), else avoid again. Pick returns nil when there are no
-// endpoints.
-func (b *Balancer) Pick(avoid *Endpoint) *Endpoint {
+// Pick chooses an endpoint for one try. avoid are the endpoints of the
+// same request's earlier tries, the latest last (Tried keeps them so, nil
+// or none for a first try): a retry goes to an endpoint it has not tried
+// where one of the same eligibility exists, as Envoy's previous_hosts
+// predicate rejects every host already attempted (avoiding only the
+// previous one, a third try among three endpoints went back to the first,
+// failed one half the time). When every endpoint of the best eligibility
+// was tried, it avoids only the latest try's, as before: the last of them
+// is picked again only when it is alone. Pick returns nil when there are
+// no endpoints.
+func (b *Balancer) Pick(avoid ...*Endpoint) *Endpoint {
 	eps := b.set.Load().eps
 	n := len(eps)
 	switch n {
@@ -314,20 +344,24 @@ func (b *Balancer) Pick(avoid *Endpoint) *Endpoint {
 		return eps[0]
 	}
 	now := b.now()
+	if now < b.panicUntil.Load() {
+		// Panic mode may be in force: the scan knows.
+		return b.pickScan(eps, avoid, now)
+	}
 	// Fast path: draw two distinct ready, non-ejected endpoints by
 	// rejection sampling, which is exact (given success, the pair is
 	// uniform over the eligible ones) and O(1) when most are eligible.
 	// When it gives up, the scan below draws afresh, uniformly too.
 	var x *Endpoint
 	for range 4 {
-		if e := eps[b.intn(n)]; e != avoid && e.class(now) == ready {
+		if e := eps[b.intn(n)]; !tried(avoid, e) && e.class(now) == ready {
 			x = e
 			break
 		}
 	}
 	if x != nil {
 		for range 4 {
-			if e := eps[b.intn(n)]; e != x && e != avoid && e.class(now) == ready {
+			if e := eps[b.intn(n)]; e != x && !tried(avoid, e) && e.class(now) == ready {
 				return b.duel(x, e, now)
 			}
 		}
@@ -335,35 +369,125 @@ func (b *Balancer) Pick(avoid *Endpoint) *Endpoint {
 	return b.pickScan(eps, avoid, now)
 }
 
-// Endpoint classes, in order of preference.
+// tried reports whether e is one of avoid: a loop, not slices.Contains,
+// so that it inlines into Pick's draws (a first try's avoid is empty).
+func tried(avoid []*Endpoint, e *Endpoint) bool {
+	for _, a := range avoid {
+		if a == e {
+			return true
+		}
+	}
+	return false
+}
+
+// MaxTried is how many endpoints a Tried remembers: one per retry of
+// policy.MaxAttempts (a request's last try has none after it to avoid
+// its endpoint).
+const MaxTried = 10
+
+// Tried is the endpoints of one request's tries, for Pick to avoid,
+// each once, the latest last. Its zero value is a first try's: none. It
+// is a fixed array, kept in the request's state: a retry's Pick
+// allocates nothing.
+type Tried struct {
+	eps [MaxTried]*Endpoint
+	n   int
+}
+
+// Add records e as the latest try's endpoint: one tried before moves to
+// the end. Past MaxTried endpoints the oldest is forgotten.
+func (t *Tried) Add(e *Endpoint) {
+	l := t.eps[:t.n]
+	i := -1
+	for j, x := range l {
+		if x == e {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		if t.n == MaxTried {
+			i = 0 // full: the oldest goes
+		} else {
+			t.n++
+			l = t.eps[:t.n]
+			i = t.n - 1
+		}
+	}
+	copy(l[i:], l[i+1:])
+	l[len(l)-1] = e
+}
+
+// Endpoints are the endpoints tried, the latest last: Pick's avoid.
+func (t *Tried) Endpoints() []*Endpoint { return t.eps[:t.n] }
+
+// Endpoint classes, in order of preference, and the tier of panic mode.
 const (
 	ready       = 0 // ready, not ejected
 	terminating = 1 // terminating, not ejected
 	ejected     = 2 // ejected: only in panic mode
+	anyClass    = 3 // panic mode's tier: every endpoint, whatever its class
 )
 
-// pickScan is Pick by counting: the best class present, then two distinct
-// uniformly drawn ranks within it (avoid excluded unless it is alone).
-func (b *Balancer) pickScan(eps []*Endpoint, avoid *Endpoint, now int64) *Endpoint {
-	var count [3]int
-	avoidClass := -1
+// inPanic reports whether panic mode is in force: fewer than half of the
+// n endpoints are not ejected (Envoy's default healthy_panic_threshold,
+// 50 %; there outlier-ejected hosts are not healthy).
+func inPanic(n, out int) bool { return 2*(n-out) < n }
+
+// panicEnd is when panic mode ends at the latest for eps as they are at
+// now: the end of their latest ejection if it is in force, 0 if not. With
+// no ejection or Update, ejections only end, so it cannot start later.
+func panicEnd(eps []*Endpoint, now int64) int64 {
+	if out, last := ejectedIn(eps, now); inPanic(len(eps), out) {
+		return last
+	}
+	return 0
+}
+
+// ejectedIn is how many of eps are ejected at now, and when the latest of
+// those ejections ends.
+func ejectedIn(eps []*Endpoint, now int64) (out int, last int64) {
+	for _, e := range eps {
+		if until := e.ejectedUntil.Load(); until > now {
+			out++
+			last = max(last, until)
+		}
+	}
+	return out, last
+}
+
+// pickScan is Pick by counting: the best class present (every endpoint in
+// panic mode), then two distinct uniformly drawn ranks within it, those
+// in avoid excluded. When avoid holds every endpoint of that class, it
+// scans again avoiding only the latest, which is picked only if it is
+// alone.
+func (b *Balancer) pickScan(eps, avoid []*Endpoint, now int64) *Endpoint {
+	var count, avoided [4]int
 	for _, e := range eps {
 		c := e.class(now)
-		if e == avoid {
-			avoidClass = c
+		if tried(avoid, e) {
+			avoided[c]++
+			avoided[anyClass]++
 			continue
 		}
 		count[c]++
+		count[anyClass]++
 	}
 	tier := 0
-	for tier < ejected && count[tier] == 0 && avoidClass != tier {
+	if inPanic(len(eps), count[ejected]+avoided[ejected]) {
+		tier = anyClass
+	}
+	for tier < terminating && count[tier]+avoided[tier] == 0 {
 		tier++
 	}
 	m := count[tier]
 	switch m {
 	case 0:
-		if avoidClass == tier {
-			return avoid
+		if len(avoid) > 1 {
+			return b.pickScan(eps, avoid[len(avoid)-1:], now)
+		}
+		if avoided[tier] > 0 {
+			return avoid[0]
 		}
 		return eps[0] // unreachable with len(eps) ≥ 2
 	case 1:
@@ -389,10 +513,11 @@ func (b *Balancer) pickScan(eps []*Endpoint, avoid *Endpoint, now int64) *Endpoi
 	return b.duel(x, y, now)
 }
 
-// nth is the k-th endpoint of class c (avoid skipped), nil if there is none.
-func nth(eps []*Endpoint, avoid *Endpoint, c, k int, now int64) *Endpoint {
+// nth is the k-th endpoint of class c, any class for anyClass (those in
+// avoid skipped), nil if there is none.
+func nth(eps, avoid []*Endpoint, c, k int, now int64) *Endpoint {
 	for _, e := range eps {
-		if e == avoid || e.class(now) != c {
+		if tried(avoid, e) || c != anyClass && e.class(now) != c {
 			continue
 		}
 		if k == 0 {
@@ -610,6 +735,19 @@ func (e *Endpoint) Abandon(start int64) {
 	e.mu.Unlock()
 }
 
+// Hold counts in flight on e what outlives the try that made it, until
+// Release: an opaque connection (a CONNECT tunnel, a redirected TCP
+// connection) to e, for as long as it is open. Its try ends with the
+// connect (Done), so the estimate learns the connect time, which says how
+// the pod answers, and not the connection's life, which says how long its
+// client keeps it; while open, it weighs in the duel as a request in
+// flight does, so connections spread as with a least-connections
+// balancer.
+func (e *Endpoint) Hold() { e.inFlight.Add(1) }
+
+// Release ends a Hold.
+func (e *Endpoint) Release() { e.inFlight.Add(-1) }
+
 // sample blends the latency of a try from start to now into the
 // estimate; e.mu is held. A try that did not succeed (lowerBound) never
 // lowers the estimate, nor makes it known.
@@ -644,12 +782,7 @@ func (b *Balancer) eject(e *Endpoint, cfg *Config, now int64) bool {
 	b.ejectMu.Lock()
 	defer b.ejectMu.Unlock()
 	eps := b.set.Load().eps
-	out := 0
-	for _, o := range eps {
-		if o.ejectedUntil.Load() > now {
-			out++
-		}
-	}
+	out, last := ejectedIn(eps, now)
 	if out+1 > max(1, len(eps)*cfg.MaxEjectionPercent/100) {
 		return false
 	}
@@ -659,7 +792,15 @@ func (b *Balancer) eject(e *Endpoint, cfg *Config, now int64) bool {
 	n := min(e.ejectionsAt(now, base)+1, int((maxT+base-1)/base))
 	e.ejections = n
 	e.fails = 0
-	e.ejectedUntil.Store(now + int64(min(time.Duration(n)*base, maxT)))
+	until := now + int64(min(time.Duration(n)*base, maxT))
+	// panicUntil first, so that Pick never sees this ejection with a bound
+	// too early.
+	if inPanic(len(eps), out+1) {
+		b.panicUntil.Store(max(last, until))
+	} else {
+		b.panicUntil.Store(0)
+	}
+	e.ejectedUntil.Store(until)
 	return true
 }
 

@@ -575,12 +575,13 @@ func TestEligibility(t *testing.T) {
 		{name: "ejected ones are skipped", eject: []string{"b"}, want: []string{"a", "c"}},
 		{name: "terminating ones only without a ready one", terminating: []string{"b", "c"}, want: []string{"a"}},
 		{name: "terminating fallback", terminating: []string{"b", "c"}, eject: []string{"a"}, want: []string{"b", "c"}},
-		{name: "terminating fallback skips ejected ones", terminating: []string{"b", "c"}, eject: []string{"a", "b"}, want: []string{"c"}},
+		{name: "terminating fallback skips ejected ones", endpoints: []string{"a", "b", "c", "d"}, terminating: []string{"b", "c", "d"}, eject: []string{"a", "b"}, want: []string{"c", "d"}},
 		{name: "all terminating", terminating: []string{"a", "b", "c"}, want: []string{"a", "b", "c"}},
 		{name: "panic mode: all ejected, all picked", eject: []string{"a", "b", "c"}, want: []string{"a", "b", "c"}},
 		{name: "panic mode with terminating ones", terminating: []string{"c"}, eject: []string{"a", "b", "c"}, want: []string{"a", "b", "c"}},
 		{name: "a single ejected endpoint", endpoints: []string{"a"}, eject: []string{"a"}, want: []string{"a"}},
-		{name: "many ineligible: the scan path", endpoints: strings.Split("a b c d e f g h i j", " "), eject: strings.Split("a b c d e f g h", " "), want: []string{"i", "j"}},
+		{name: "many ineligible: the scan path", endpoints: strings.Split("a b c d e f g h i j", " "), eject: strings.Split("a b c d e", " "), want: strings.Split("f g h i j", " ")},
+		{name: "panic mode: fewer than half not ejected, all picked", endpoints: strings.Split("a b c d e f g h i j", " "), eject: strings.Split("a b c d e f g h", " "), want: strings.Split("a b c d e f g h i j", " ")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			eps := cond(tc.endpoints == nil, []string{"a", "b", "c"}, tc.endpoints)
@@ -644,7 +645,8 @@ func TestAvoid(t *testing.T) {
 		{name: "among terminating ones", endpoints: []string{"a", "b", "c"}, terminating: []string{"b", "c"}, eject: []string{"a"}, avoid: "b", want: []string{"c"}},
 		{name: "panic mode", endpoints: []string{"a", "b"}, eject: []string{"a", "b"}, avoid: "a", want: []string{"b"}},
 		{name: "avoid is ejected anyway", endpoints: []string{"a", "b", "c"}, eject: []string{"a"}, avoid: "a", want: []string{"b", "c"}},
-		{name: "many ineligible: the scan path", endpoints: strings.Split("a b c d e f g h i j", " "), eject: strings.Split("a b c d e f g h", " "), avoid: "i", want: []string{"j"}},
+		{name: "many ineligible: the scan path", endpoints: strings.Split("a b c d e f g h i j", " "), eject: strings.Split("a b c d e", " "), avoid: "i", want: strings.Split("f g h j", " ")},
+		{name: "panic mode: fewer than half not ejected", endpoints: strings.Split("a b c d e f g h i j", " "), eject: strings.Split("a b c d e f g h", " "), avoid: "i", want: strings.Split("a b c d e f g h j", " ")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, clk := newTest(t, Config{ConsecutiveFailures: 1, BaseEjectionTime: time.Minute, MaxEjectionPercent: 100})
