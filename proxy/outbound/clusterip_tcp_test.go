@@ -19,9 +19,9 @@ import (
 // request is (vipTable.authority), its SNI in the place of Host: a
 // Service's ClusterIP:port is that Service in the metrics and the log
 // line, whatever the SNI; an SNI that names a Service the app did not
-// connect to is not taken. It is still relayed to the address the app
-// connected to. Before, the ClusterIP was counted by its address (or its
-// SNI), never as the Service.
+// connect to is not taken. It is relayed to the Service's endpoint, here
+// the upstream itself (balancing: balance_tcp_test.go). Before, the
+// ClusterIP was counted by its address (or its SNI), never as the Service.
 func TestServeTCPByClusterIP(t *testing.T) {
 	const key = "orders.default.svc.cluster.local:" // + the port
 	for _, tc := range []struct {
@@ -46,7 +46,7 @@ func TestServeTCPByClusterIP(t *testing.T) {
 			upAddr, _ := echoServer(t)
 			_, port, _ := net.SplitHostPort(upAddr)
 			r := newRig(t, "", 0)
-			r.h.SetEndpoints(map[string][]balancer.Target{key + port: {{Addr: "10.244.0.7:" + port}}})
+			r.h.SetEndpoints(map[string][]balancer.Target{key + port: {{Addr: upAddr}}})
 			vip := netip.MustParseAddrPort("10.96.0.15:" + port)
 			if tc.at {
 				vip = netip.MustParseAddrPort(upAddr)

@@ -608,38 +608,55 @@ func (b *upstreamBody) end(outcome error) {
 }
 
 // pickEndpoint points a try at the endpoint the destination's balancer
-// picks for it, another than the last try's where it can (a retry goes
-// elsewhere, as Envoy's previous_hosts predicate makes it), and counts the
-// try in flight there. Without endpoints the try dials what the app named
-// (through DNS and kube-proxy), or the original destination of a
-// redirected connection: a redirected request named a Service with
-// endpoints (by its ClusterIP, or by Host where no ClusterIP says
-// otherwise: vipTable.authority) is balanced over them too
-// (docs/interception.md, "HTTP/1.x"). The Host header stays the app's
-// either way.
+// picks for it (pick), and the request's URL at its address. Without
+// endpoints the try dials what the app named (through DNS and
+// kube-proxy), or the original destination of a redirected connection: a
+// redirected request named a Service with endpoints (by its ClusterIP, or
+// by Host where no ClusterIP says otherwise: vipTable.authority) is
+// balanced over them too (docs/interception.md, "HTTP/1.x"). The Host
+// header stays the app's either way.
 func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
+	prev := st.ep
+	ep, start := st.pick()
+	switch {
+	case ep != nil:
+		// The outbound request's URL is the sidecar's own (ReverseProxy
+		// cloned the request; fastProxy gave it st.url), and a try's
+		// transport is done with it before the next try.
+		req.URL.Host = ep.Addr()
+	case prev != nil: // the endpoints went away between two tries
+		req.URL.Host = st.authority
+		if st.dial != "" {
+			req.URL.Host = st.dial
+		}
+	}
+	return ep, start
+}
+
+// pick is the endpoint of the destination's balancer for the request's
+// next try, nil without endpoints (or without a balancer), and the try's
+// start, counted in flight there: an HTTP try's (pickEndpoint) or an
+// opaque connection's (dialTunnel). A retry goes to an endpoint the
+// request has not tried where there is one, as Envoy's previous_hosts
+// predicate makes it (balancer.Pick); each try's endpoint joins
+// st.tried. The first try avoids nothing and allocates nothing.
+func (st *reqState) pick() (*balancer.Endpoint, int64) {
 	lb := st.dest.lb
 	if lb == nil {
 		return nil, 0
 	}
-	ep := lb.Pick(st.ep)
+	ep := lb.Pick(st.tried.Endpoints()...)
+	st.ep = ep
 	if ep == nil {
-		if st.ep != nil { // the endpoints went away between two tries
-			st.ep = nil
-			req.URL.Host = st.authority
-			if st.dial != "" {
-				req.URL.Host = st.dial
-			}
-		}
 		return nil, 0
 	}
-	// The outbound request's URL is the sidecar's own (ReverseProxy cloned
-	// the request; fastProxy gave it st.url), and a try's transport is
-	// done with it before the next try.
-	req.URL.Host = ep.Addr()
-	st.ep = ep
+	st.tried.Add(ep)
 	return ep, ep.Start()
 }
+
+// A Tried remembers an endpoint for each retry the policy allows: a
+// compile error if policy.MaxAttempts outgrows it.
+var _ [balancer.MaxTried - policy.MaxAttempts]struct{}
 
 // endTry tells the breaker and the try's endpoint how the try went.
 func endTry(done breaker.Done, ep *balancer.Endpoint, start int64, outcome error) {

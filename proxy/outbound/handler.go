@@ -250,7 +250,10 @@ type reqState struct {
 	// ep is the endpoint of the latest try (the balancer's pick), nil when
 	// the name was dialled.
 	ep *balancer.Endpoint
-	id string
+	// tried are the endpoints of the request's tries, which its retries
+	// avoid (pickEndpoint).
+	tried balancer.Tried
+	id    string
 	// idv holds id for the request's and the answer's header (idValue).
 	idv [1]string
 	// hdr holds header values of the sidecar's own answer

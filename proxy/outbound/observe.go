@@ -476,6 +476,13 @@ func tryAttrs(req *http.Request, st *reqState, ep *balancer.Endpoint) []attribut
 	if ep != nil {
 		peer = ep.Addr()
 	}
+	return appendPeer(attrs, peer)
+}
+
+// appendPeer appends network.peer.address and network.peer.port, the
+// address a try or a tunnel went to, to attrs: none for "" (a name
+// dialled through DNS).
+func appendPeer(attrs []attribute.KeyValue, peer string) []attribute.KeyValue {
 	if h, pp, err := net.SplitHostPort(peer); err == nil && peer != "" {
 		n, _ := strconv.Atoi(pp)
 		attrs = append(attrs, attribute.String("network.peer.address", h), attribute.Int("network.peer.port", n))

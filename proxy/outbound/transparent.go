@@ -109,8 +109,9 @@ const DefaultTCPIdleTimeout = time.Hour
 
 // TCPConn describes a redirected connection for ServeTCP.
 type TCPConn struct {
-	// Original is the destination the app connected to: what is dialled,
-	// and, when it is a Service's ClusterIP:port, what names it.
+	// Original is the destination the app connected to: what names it
+	// when it is a Service's ClusterIP:port, and what is dialled unless
+	// the Service it names has endpoints (dialTunnel).
 	Original netip.AddrPort
 	// SNI, when not empty, names the destination (with Original's port)
 	// for its breaker, metrics and log line instead of the address, as
@@ -132,16 +133,19 @@ const (
 	tcpShutdown    = "shutdown"     // closed at the end of the drain
 )
 
-// ServeTCP relays a redirected connection to its original destination as
-// opaque TCP, and closes it. A Service's ClusterIP:port names it by that
-// Service, for the policy, breaker, metric and log line (TCPConn). The
-// dial goes through the dialer of the L7
-// path (never one of the sidecar's own ports) and the destination's
-// breaker: a connect failure counts, retries follow the policy's
-// connect-failure retries, and an open breaker resets the app's connection
-// at once (counted in minimesh_circuit_breaker_rejected_total). Then bytes
-// flow both ways, half-closes passed on, until both sides are done or
-// nothing moved for TCPIdleTimeout. It ends with a metric and a log line.
+// ServeTCP relays a redirected connection as opaque TCP, and closes it. A
+// Service's ClusterIP:port names it by that Service, for the policy,
+// breaker, metric and log line (TCPConn), and, when the control plane
+// sent the Service's endpoints, it goes to one of them, balanced and
+// ejected as the Service's HTTP requests are (dialTunnel); else to its
+// original destination. The dial goes through the dialer of the L7 path
+// (never one of the sidecar's own ports) and the destination's breaker:
+// a connect failure counts, retries follow the policy's connect-failure
+// retries (to another endpoint), and an open breaker resets the app's
+// connection at once (counted in minimesh_circuit_breaker_rejected_total).
+// Then bytes flow both ways, half-closes passed on, until both sides are
+// done or nothing moved for TCPIdleTimeout. It ends with a metric and a
+// log line.
 func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 	h.relays.Add()
 	defer h.relays.Done()
@@ -153,8 +157,9 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 	// Named as a redirected HTTP request is, the SNI in the place of Host
 	// (vipTable.authority): a Service's ClusterIP:port is that Service,
 	// its policy, breaker, metrics and log line, as Linkerd and Envoy name
-	// it; the dial still goes to the address, through kube-proxy (no
-	// balancing: the bytes are opaque).
+	// it, and its connections are balanced over its endpoints, as
+	// Linkerd balances opaque TCP; without endpoints the dial goes to the
+	// address, through kube-proxy.
 	authority := h.dests.eps.vips.Load().authority(c.Original, addr, c.SNI, strconv.Itoa(int(c.Original.Port())), h.dests.namespace)
 	dst := h.dests.get(authority)
 	st := &reqState{dest: dst, authority: authority, start: start, dial: addr}
@@ -174,6 +179,7 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 		return
 	}
 	sent, received, result := h.relayConn(client, nil, up, dst)
+	st.connClosed()
 	h.endTCP(st, c, result, sent, received)
 }
 

@@ -25,7 +25,9 @@ import (
 
 // serveConnect opens a CONNECT tunnel (HTTPS through HTTP_PROXY). The
 // bytes inside are opaque, so the breaker sees only whether the
-// connection could be made, and retries only connect failures. A tunnel is
+// connection could be made, and retries only connect failures. A tunnel
+// to a Service whose endpoints the control plane sent goes to one of
+// them, balanced and ejected as HTTP requests are (dialTunnel). A tunnel is
 // counted as the opaque relay of a redirected connection is
 // (minimesh_tcp_connections_total by result, and its bytes), never in
 // minimesh_requests_total: its 200 says only that the connection was made,
@@ -73,6 +75,10 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	}
 	up, err := h.dialTunnel(ctx, dst, authority, st)
 	st.headers = since(st.start)
+	if st.trace.Span != nil && st.ep != nil {
+		// The endpoint dialled, as an HTTP try's span names it (tryAttrs).
+		st.trace.Span.SetAttributes(appendPeer(nil, st.ep.Addr())...)
+	}
 	if err != nil {
 		var body errorBody
 		st.code, st.errKind, body = errorResponse(err, dst.name)
@@ -92,6 +98,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		up.Close()
+		st.connClosed()
 		st.code = http.StatusInternalServerError
 		http.Error(w, "connection cannot be hijacked", st.code)
 		h.endTunnel(r, st, tcpReset)
@@ -100,6 +107,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	client, buf, err := hj.Hijack()
 	if err != nil {
 		up.Close()
+		st.connClosed()
 		st.code = statusClientClosed
 		h.endTunnel(r, st, tcpReset)
 		return
@@ -107,6 +115,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n" + wellknown.HeaderRequestID + ": " + st.id + "\r\n\r\n")); err != nil {
 		client.Close()
 		up.Close()
+		st.connClosed()
 		st.code = statusClientClosed
 		h.endTunnel(r, st, tcpReset)
 		return
@@ -125,6 +134,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	go func() {
 		defer h.relays.Done()
 		sent, received, result := h.relayConn(client, early, up, dst)
+		st.connClosed()
 		st.in.n.Store(sent)
 		st.out.n = received
 		h.endTunnel(r, st, result)
@@ -151,9 +161,19 @@ func (h *Handler) endTunnel(r *http.Request, st *reqState, result string) {
 	h.logAccess(r, st)
 }
 
-// dialTunnel connects a tunnel's upstream through the breaker, retrying
-// connect failures as the policy allows.
-func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority string, st *reqState) (net.Conn, error) {
+// dialTunnel connects the upstream of an opaque connection, a CONNECT
+// tunnel or a redirected one (ServeTCP), through the breaker, retrying
+// connect failures as the policy allows. addr is what the app named (the
+// CONNECT's authority, the original destination). A destination that
+// names a Service whose endpoints the control plane sent is balanced over
+// them, as its HTTP requests are (st.pick, endTry): each try dials an
+// endpoint, a retry one it has not tried, and the connect's outcome is
+// the endpoint's, for its ejection and its latency estimate (the connect
+// time, not the connection's life). The connection made stays in flight
+// at its endpoint (Hold) until the caller's connClosed. Without endpoints
+// it dials addr: kube-proxy picks the pod of a ClusterIP, DNS that of a
+// name.
+func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string, st *reqState) (net.Conn, error) {
 	r := dst.policy.Spec.Retries
 	if r != nil && r.Attempts > 0 {
 		dst.budget.Request(st.start)
@@ -169,24 +189,35 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority st
 			}
 			done = d
 		}
-		c, err := h.dialer.DialContext(ctx, "tcp", authority)
+		to := addr
+		ep, epStart := st.pick()
+		if ep != nil {
+			to = ep.Addr()
+		}
+		c, err := h.dialer.DialContext(ctx, "tcp", to)
 		if err == nil {
-			report(done, nil)
+			if ep != nil {
+				ep.Hold() // before its try ends: never out of flight meanwhile
+			}
+			endTry(done, ep, epStart, nil)
 			return c, nil
 		}
+		if ep != nil {
+			err = endpointSelf(err) // the endpoint's fault, not the app's (dial.go)
+		}
 		if errors.As(err, new(*selfError)) {
-			report(done, breaker.ErrIgnored)
+			endTry(done, ep, epStart, breaker.ErrIgnored)
 			return nil, err
 		}
 		class, gone := classify(err, ctx, ctx)
 		if gone {
-			report(done, breaker.ErrIgnored)
+			endTry(done, ep, epStart, breaker.ErrIgnored)
 			return nil, err
 		}
 		if dst.policy.Spec.CircuitBreaker.FailOn.Has(class) {
-			report(done, breaker.ErrFailed)
+			endTry(done, ep, epStart, breaker.ErrFailed)
 		} else {
-			report(done, nil)
+			endTry(done, ep, epStart, nil)
 		}
 		ue := &upstreamError{class: class, err: err}
 		if r == nil || attempt >= r.Attempts || !r.RetryOn.Has(class) || class != policy.ClassConnectFailure ||
@@ -197,6 +228,15 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, authority st
 		if !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max), time.Time{}) {
 			return nil, ue
 		}
+	}
+}
+
+// connClosed records that the connection dialTunnel made is closed: no
+// longer in flight at its endpoint (Hold).
+func (st *reqState) connClosed() {
+	if st.ep != nil {
+		st.ep.Release()
+		st.ep = nil
 	}
 }
 
