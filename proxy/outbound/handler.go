@@ -995,6 +995,16 @@ var errUpgraded = errors.New("outbound: upgraded connection relayed")
 // connect: what happens inside is the peers' business
 // (docs/operations.md, "Upgrade requests").
 func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
+	if ep := st.ep; ep != nil {
+		// The switched connection (a WebSocket) is load on its endpoint
+		// for as long as it lives, as an opaque connection is
+		// (dialTunnel): in flight there until it ends. Its try ended at
+		// the 101, so the estimate learned the handshake's time, not the
+		// connection's life. Before 2026-12-06 it counted in flight only
+		// until the 101: a pod holding a thousand WebSockets looked idle.
+		ep.Hold()
+		defer ep.Release()
+	}
 	// The 101 goes out here: the handler's held status must not follow.
 	st.out.status.Store(statusSent)
 	u, err := RelayUpgraded(st.out.ResponseWriter, resp, up, st.dest.metrics.TCP(), h.cfg.TCPIdleTimeout)
