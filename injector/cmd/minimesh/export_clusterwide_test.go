@@ -17,13 +17,6 @@ import (
 // naming the policy and host; namespace-local and qualified policies are
 // exported as before.
 func TestExportClusterWideShortName(t *testing.T) {
-	doc := func(name, ns, service string) string {
-		meta := "{name: " + name + "}"
-		if ns != "" {
-			meta = "{name: " + name + ", namespace: " + ns + "}"
-		}
-		return "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: " + meta + "\nspec:\n  service: " + service + "\n  timeout: 2s\n"
-	}
 	for _, tc := range []struct {
 		name, policy string
 		args         []string
@@ -31,33 +24,33 @@ func TestExportClusterWideShortName(t *testing.T) {
 		want, never  []string // in the output, by target ("" both)
 	}{
 		{
-			name: "of the controller's namespace", policy: doc("reviews-cw", "minimesh", "reviews"),
+			name: "of the controller's namespace", policy: policyDoc("reviews-cw", "minimesh", "reviews"),
 			warn:  `cluster-wide policy reviews-cw (namespace minimesh, `,
 			want:  []string{`# not carried over: cluster-wide policy reviews-cw`, `service "reviews" is a short name`},
 			never: []string{"reviews.minimesh", "namespace: minimesh\n"},
 		},
 		{
-			name: "of the controller's namespace, --namespace shop", policy: doc("reviews-cw", "minimesh", "reviews"), args: []string{"--namespace", "shop"},
+			name: "of the controller's namespace, --namespace shop", policy: policyDoc("reviews-cw", "minimesh", "reviews"), args: []string{"--namespace", "shop"},
 			want:  []string{"# cluster-wide policy reviews-cw", "exported for namespace shop only", "shop"},
 			never: []string{"reviews.minimesh", "namespace: minimesh\n", "not carried over: cluster-wide"},
 		},
 		{
-			name: "naming no namespace", policy: doc("reviews-any", "", "reviews:9080"),
+			name: "naming no namespace", policy: policyDoc("reviews-any", "", "reviews:9080"),
 			warn:  `cluster-wide policy reviews-any (`,
 			want:  []string{`# not carried over: cluster-wide policy reviews-any`},
 			never: []string{"reviews.default", "namespace: default\n"},
 		},
 		{
-			name: "another --cluster-namespace", policy: doc("reviews-cw", "mesh-system", "reviews"), args: []string{"--cluster-namespace", "mesh-system"},
+			name: "another --cluster-namespace", policy: policyDoc("reviews-cw", "mesh-system", "reviews"), args: []string{"--cluster-namespace", "mesh-system"},
 			warn:  `cluster-wide policy reviews-cw (namespace mesh-system, `,
 			never: []string{"reviews.mesh-system"},
 		},
 		{
-			name: "of one namespace", policy: doc("reviews-local", "bakery-ia", "reviews"),
+			name: "of one namespace", policy: policyDoc("reviews-local", "bakery-ia", "reviews"),
 			want: []string{"bakery-ia"}, never: []string{"cluster-wide policy"},
 		},
 		{
-			name: "cluster-wide, qualified", policy: doc("reviews-q", "minimesh", "reviews.shop"),
+			name: "cluster-wide, qualified", policy: policyDoc("reviews-q", "minimesh", "reviews.shop"),
 			want: []string{"shop"}, never: []string{"cluster-wide policy", "reviews.minimesh"},
 		},
 	} {
@@ -88,4 +81,14 @@ func TestExportClusterWideShortName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// policyDoc is a ResiliencePolicy file of one policy: name in namespace
+// ns ("" none) for service, with a 2 s timeout.
+func policyDoc(name, ns, service string) string {
+	meta := "{name: " + name + "}"
+	if ns != "" {
+		meta = "{name: " + name + ", namespace: " + ns + "}"
+	}
+	return "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: " + meta + "\nspec:\n  service: " + service + "\n  timeout: 2s\n"
 }

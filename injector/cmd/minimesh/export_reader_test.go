@@ -16,13 +16,6 @@ import (
 // shop's proxies a virtual host for the bare Host `reviews` routed to
 // reviews.web's cluster.
 func TestExportEnvoyReaderNamespace(t *testing.T) {
-	doc := func(name, ns, service string) string {
-		meta := "{name: " + name + "}"
-		if ns != "" {
-			meta = "{name: " + name + ", namespace: " + ns + "}"
-		}
-		return "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: " + meta + "\nspec:\n  service: " + service + "\n  timeout: 2s\n"
-	}
 	for _, tc := range []struct {
 		name   string
 		files  []string // one policy each
@@ -34,40 +27,40 @@ func TestExportEnvoyReaderNamespace(t *testing.T) {
 		target string // "" envoy
 	}{
 		{
-			name: "another namespace's policy", files: []string{doc("reviews", "web", "reviews")}, args: []string{"--namespace", "shop"},
+			name: "another namespace's policy", files: []string{policyDoc("reviews", "web", "reviews")}, args: []string{"--namespace", "shop"},
 			warn:  "policy reviews (namespace web, ",
 			want:  []string{"# not carried over: policy reviews (namespace web, ", "export it with --namespace web"},
 			never: []string{"- reviews\n", "reviews.web.svc.cluster.local", "reviews.shop.svc.cluster.local"},
 		},
 		{
-			name: "the policies' one namespace", files: []string{doc("reviews", "web", "reviews")},
+			name: "the policies' one namespace", files: []string{policyDoc("reviews", "web", "reviews")},
 			want: []string{"# the resources the proxies of namespace web are served", "- reviews\n", "- reviews:80\n", "outbound|0||reviews.web.svc.cluster.local"},
 		},
 		{
-			name: "a qualified policy of another namespace", files: []string{doc("reviews", "web", "reviews.shop"), doc("geo", "shop", "geo")}, args: []string{"--namespace", "shop"},
+			name: "a qualified policy of another namespace", files: []string{policyDoc("reviews", "web", "reviews.shop"), policyDoc("geo", "shop", "geo")}, args: []string{"--namespace", "shop"},
 			warn:  "policy reviews (namespace web, ",
 			want:  []string{"outbound|0||geo.shop.svc.cluster.local", "- geo\n"},
 			never: []string{"reviews.shop.svc.cluster.local"},
 		},
 		{
-			name: "policies of two namespaces", files: []string{doc("reviews", "web", "reviews"), doc("geo", "shop", "geo")},
+			name: "policies of two namespaces", files: []string{policyDoc("reviews", "web", "reviews"), policyDoc("geo", "shop", "geo")},
 			code: 1, want: []string{"namespaces web, shop", "--namespace"},
 		},
 		{
-			name: "cluster-wide, qualified, served", files: []string{doc("reviews-cw", "minimesh", "reviews.shop")}, args: []string{"--namespace", "web"},
+			name: "cluster-wide, qualified, served", files: []string{policyDoc("reviews-cw", "minimesh", "reviews.shop")}, args: []string{"--namespace", "web"},
 			want: []string{"outbound|0|reviews.shop|reviews.shop.svc.cluster.local", "- reviews.shop\n"},
 		},
 		{
-			name: "--eds", files: []string{doc("reviews", "shop", "reviews:9080")}, args: []string{"--namespace", "shop", "--eds"},
+			name: "--eds", files: []string{policyDoc("reviews", "shop", "reviews:9080")}, args: []string{"--namespace", "shop", "--eds"},
 			want:  []string{"type: EDS", "service_name: reviews.shop.svc.cluster.local:9080", "ads: {}"},
 			never: []string{"STRICT_DNS", "load_assignment"},
 		},
 		{
-			name: "without --eds", files: []string{doc("reviews", "shop", "reviews:9080")}, args: []string{"--namespace", "shop"},
+			name: "without --eds", files: []string{policyDoc("reviews", "shop", "reviews:9080")}, args: []string{"--namespace", "shop"},
 			want: []string{"type: STRICT_DNS", "# not carried over: reviews: the cluster is STRICT_DNS on reviews.shop.svc.cluster.local"},
 		},
 		{
-			name: "--eds is Envoy's", files: []string{doc("reviews", "shop", "reviews")}, args: []string{"--eds"}, target: "linkerd",
+			name: "--eds is Envoy's", files: []string{policyDoc("reviews", "shop", "reviews")}, args: []string{"--eds"}, target: "linkerd",
 			code: 1, want: []string{"--eds is for --to envoy"},
 		},
 	} {
