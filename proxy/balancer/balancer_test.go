@@ -649,16 +649,7 @@ func TestAvoid(t *testing.T) {
 		{name: "panic mode: fewer than half not ejected", endpoints: strings.Split("a b c d e f g h i j", " "), eject: strings.Split("a b c d e f g h", " "), avoid: "i", want: strings.Split("a b c d e f g h j", " ")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b, clk := newTest(t, Config{ConsecutiveFailures: 1, BaseEjectionTime: time.Minute, MaxEjectionPercent: 100})
-			var targets []Target
-			for _, a := range tc.endpoints {
-				targets = append(targets, Target{Addr: a, Terminating: slices.Contains(tc.terminating, a)})
-			}
-			b.Update(targets)
-			for _, a := range tc.eject {
-				try(clk, b.endpoint(a), time.Millisecond, true)
-			}
-			level(b)
+			b := ejectedSet(t, tc.endpoints, tc.terminating, tc.eject)
 			if got := pickSet(b, b.endpoint(tc.avoid), 2000); !slices.Equal(got, tc.want) {
 				t.Errorf("picked %v avoiding %s, want %v", got, tc.avoid, tc.want)
 			}
@@ -910,4 +901,22 @@ func TestNoAllocs(t *testing.T) {
 	if n := testing.AllocsPerRun(1000, func() { b.Pick(b.endpoint(four[0])) }); n != 0 {
 		t.Errorf("Pick on the scan path: %v allocs per run, want 0", n)
 	}
+}
+
+// ejectedSet is a balancer over endpoints (those in terminating
+// terminating) with each of eject ejected by one failure (no cap), their
+// estimates levelled: what Pick may choose is then by eligibility alone.
+func ejectedSet(t *testing.T, endpoints, terminating, eject []string) *Balancer {
+	t.Helper()
+	b, clk := newTest(t, Config{ConsecutiveFailures: 1, BaseEjectionTime: time.Minute, MaxEjectionPercent: 100})
+	var targets []Target
+	for _, a := range endpoints {
+		targets = append(targets, Target{Addr: a, Terminating: slices.Contains(terminating, a)})
+	}
+	b.Update(targets)
+	for _, a := range eject {
+		try(clk, b.endpoint(a), time.Millisecond, true)
+	}
+	level(b)
+	return b
 }

@@ -38,16 +38,7 @@ func TestAvoidTried(t *testing.T) {
 		{name: "a tried endpoint gone from the set", endpoints: []string{"a", "b"}, tried: []string{"gone", "a"}, want: []string{"b"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b, clk := newTest(t, Config{ConsecutiveFailures: 1, BaseEjectionTime: time.Minute, MaxEjectionPercent: 100})
-			var targets []Target
-			for _, a := range tc.endpoints {
-				targets = append(targets, Target{Addr: a, Terminating: slices.Contains(tc.terminating, a)})
-			}
-			b.Update(targets)
-			for _, a := range tc.eject {
-				try(clk, b.endpoint(a), time.Millisecond, true)
-			}
-			level(b)
+			b := ejectedSet(t, tc.endpoints, tc.terminating, tc.eject)
 			var tried Tried
 			for _, a := range tc.tried {
 				e := b.endpoint(a)
