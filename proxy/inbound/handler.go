@@ -273,8 +273,14 @@ type connKey struct{}
 // per connection (the port's metric handles are found here, not per
 // request).
 func (h *Handler) WithOriginalDst(ctx context.Context, addr netip.AddrPort) context.Context {
+	return h.withConn(ctx, addr, nil)
+}
+
+// withConn is WithOriginalDst with the caller's connection (nil:
+// unknown), kept to tell an eviction (limits.go).
+func (h *Handler) withConn(ctx context.Context, addr netip.AddrPort, caller net.Conn) context.Context {
 	port := strconv.Itoa(int(addr.Port()))
-	return context.WithValue(ctx, connKey{}, &conn{refused: h.own(addr) || h.foreign(addr), addr: addr, text: addr.String(), port: port, metric: h.cfg.Metrics.Inbound(port)})
+	return context.WithValue(ctx, connKey{}, &conn{refused: h.own(addr) || h.foreign(addr), addr: addr, text: addr.String(), port: port, metric: h.cfg.Metrics.Inbound(port), caller: caller})
 }
 
 // reqState follows one request through the ReverseProxy.

@@ -69,9 +69,7 @@ func evictedRequest(st *reqState) {
 // connection: WithOriginalDst, and the caller's connection kept with it,
 // so that a request can tell whether the cap cut it (evictedRequest).
 func (h *Handler) withCaller(ctx context.Context, tc *transparent.Conn) context.Context {
-	ctx = h.WithOriginalDst(ctx, tc.Original)
-	ctx.Value(connKey{}).(*conn).caller = tc
-	return ctx
+	return h.withConn(ctx, tc.Original, tc)
 }
 
 // noDataIdle is Config.NoDataIdleTimeout, or its default.
