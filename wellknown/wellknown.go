@@ -4,6 +4,8 @@
 // imports nothing of minimesh, so any binary may import it.
 package wellknown
 
+import "strconv"
+
 // Ports of the sidecar and the control plane (DESIGN.md, "Interfaces").
 const (
 	OutboundPort = 15001
@@ -60,6 +62,16 @@ const ProxyContainerName = "minimesh-proxy"
 // into it). It is no UID an image uses by default (distroless is 65532,
 // Istio's proxy 1337, Linkerd's 2102), so an app is not excluded by accident.
 const ProxyUID = 15000
+
+// EndpointName is the EDS resource name of a Service port: its FQDN and
+// the Service's port number. The control plane serves a Service's
+// endpoints under it, the Envoy export names them by it, and the sidecar
+// computes it from any spelling of the host (geo, geo.shop,
+// geo.shop.svc...): all three must agree (docs/controlplane.md,
+// "Endpoints (EDS)").
+func EndpointName(service, namespace string, port int) string {
+	return service + "." + namespace + ".svc.cluster.local:" + strconv.Itoa(port)
+}
 
 // Version is the build's version, set by the linker:
 // -ldflags "-X github.com/minimesh/minimesh/wellknown.Version=v0.1.0".

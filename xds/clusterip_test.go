@@ -10,6 +10,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/minimesh/minimesh/wellknown"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
@@ -60,8 +61,8 @@ func TestServeClusterIPs(t *testing.T) {
 	c.ApplyClusterIPs = ir.apply
 	go c.Run(ctx)
 
-	geo81 := xdsclient.EndpointName("geo", "shop", 8001)
-	headless := xdsclient.EndpointName("db", "shop", 5432)
+	geo81 := wellknown.EndpointName("geo", "shop", 8001)
+	headless := wellknown.EndpointName("db", "shop", 5432)
 	eps := map[string][]xdsclient.Endpoint{
 		geoName:  {ep("10.244.0.7:8080", false)},
 		geo81:    {ep("10.244.0.7:8081", false)},

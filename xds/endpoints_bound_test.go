@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/minimesh/minimesh/internal/grpcwire"
+	"github.com/minimesh/minimesh/wellknown"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
@@ -28,7 +29,7 @@ func many(ns, prefix string, n, per int, b byte) map[string][]xdsclient.Endpoint
 			list = append(list, ep(fmt.Sprintf("10.%d.%d.%d:8080", b, k/256%256, k%256), false))
 			k++
 		}
-		out[xdsclient.EndpointName(fmt.Sprintf("%s-%d", prefix, i), ns, 80)] = list
+		out[wellknown.EndpointName(fmt.Sprintf("%s-%d", prefix, i), ns, 80)] = list
 	}
 	return out
 }
@@ -126,7 +127,7 @@ func TestOneNamespaceCannotFreezeEndpoints(t *testing.T) {
 				if l.Namespace == "shop" {
 					t.Errorf("left out %v", l)
 				}
-				if _, ok := got[xdsclient.EndpointName(l.Service, l.Namespace, 80)]; ok {
+				if _, ok := got[wellknown.EndpointName(l.Service, l.Namespace, 80)]; ok {
 					t.Errorf("%v: left out and served", l)
 				}
 			}
@@ -154,7 +155,7 @@ func TestSidecarTakesEveryPush(t *testing.T) {
 	zone := strings.Repeat("z", 63)
 	empty := map[string][]xdsclient.Endpoint{}
 	for i := range 40000 {
-		empty[xdsclient.EndpointName(label(i), ns, 65535)] = nil
+		empty[wellknown.EndpointName(label(i), ns, 65535)] = nil
 	}
 	v6 := map[string][]xdsclient.Endpoint{}
 	for i := range 5000 {
@@ -163,7 +164,7 @@ func TestSidecarTakesEveryPush(t *testing.T) {
 			a := netip.MustParseAddrPort(fmt.Sprintf("[fd00:1111:2222:3333:4444:5555:%x:%x]:65535", i, j))
 			list = append(list, xdsclient.Endpoint{Addr: a, Terminating: j%2 == 0, Zone: zone})
 		}
-		v6[xdsclient.EndpointName(label(i), ns, 65535)] = list
+		v6[wellknown.EndpointName(label(i), ns, 65535)] = list
 	}
 	for _, tc := range []struct {
 		name string

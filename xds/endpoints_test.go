@@ -16,6 +16,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/minimesh/minimesh/wellknown"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
@@ -52,7 +53,7 @@ func ep(s string, terminating bool) xdsclient.Endpoint {
 	return xdsclient.Endpoint{Addr: netip.MustParseAddrPort(s), Terminating: terminating, Zone: "z1"}
 }
 
-var geoName = xdsclient.EndpointName("geo", "shop", 8000)
+var geoName = wellknown.EndpointName("geo", "shop", 8000)
 
 func endpointsOf(addrs ...string) map[string][]xdsclient.Endpoint {
 	var eps []xdsclient.Endpoint

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/minimesh/minimesh/wellknown"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
@@ -223,7 +224,7 @@ func BenchmarkEDSRollTo1000(b *testing.B) {
 
 	// A client holds the final set when geo has exactly the replicas of
 	// the current generation, all ready.
-	name := xdsclient.EndpointName("geo", "shop", 8000)
+	name := wellknown.EndpointName("geo", "shop", 8000)
 	var wantGen atomic.Int64
 	final := func(eps []xdsclient.Endpoint) bool {
 		if len(eps) != replicas {

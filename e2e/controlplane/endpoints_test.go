@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/wellknown"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
@@ -147,7 +148,7 @@ func TestEndpointsReachSidecar(t *testing.T) {
 	cctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go edsClient(p.xdsAddr, "web-1", "checkout", eps).Run(cctx)
-	http, grpc := xdsclient.EndpointName("geo", "shop", 8000), xdsclient.EndpointName("geo", "shop", 9000)
+	http, grpc := wellknown.EndpointName("geo", "shop", 8000), wellknown.EndpointName("geo", "shop", 9000)
 	eps.wait(t, http, want("10.1.0.1:8080", "~10.1.0.2:8080", "10.1.0.5:8080"))
 	eps.wait(t, grpc, want("10.1.0.1:9090", "~10.1.0.2:9090", "10.1.0.5:9090"))
 
@@ -207,7 +208,7 @@ func TestFloodDoesNotFreezeEndpoints(t *testing.T) {
 	cctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go edsClient(p.xdsAddr, "web-1", "checkout", eps).Run(cctx)
-	geo := xdsclient.EndpointName("geo", "shop", 80)
+	geo := wellknown.EndpointName("geo", "shop", 80)
 	eps.wait(t, geo, want("10.1.0.1:8080"))
 
 	for i := range 5 {

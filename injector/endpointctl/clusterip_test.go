@@ -14,7 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/minimesh/minimesh/xds/xdsclient"
+	"github.com/minimesh/minimesh/wellknown"
 )
 
 // TestClusterIPs: a Service's virtual IPs, every family, none for a
@@ -65,7 +65,7 @@ func TestControllerClusterIPs(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go c.Run(ctx)
-	http, admin := xdsclient.EndpointName("geo", "shop", 80), xdsclient.EndpointName("geo", "shop", 9090)
+	http, admin := wellknown.EndpointName("geo", "shop", 80), wellknown.EndpointName("geo", "shop", 9090)
 	ipsAre := func(want map[string][]netip.AddrPort) func() bool {
 		return func() bool {
 			s.mu.Lock()
@@ -77,7 +77,7 @@ func TestControllerClusterIPs(t *testing.T) {
 		http:  {netip.MustParseAddrPort("10.96.0.15:80"), netip.MustParseAddrPort("[fd00::15]:80")},
 		admin: {netip.MustParseAddrPort("10.96.0.15:9090"), netip.MustParseAddrPort("[fd00::15]:9090")},
 	}))
-	if got, _ := s.last(); !hasKey(got, xdsclient.EndpointName("db", "shop", 5432)) {
+	if got, _ := s.last(); !hasKey(got, wellknown.EndpointName("db", "shop", 5432)) {
 		t.Fatalf("the headless Service's endpoints are not served: %v", got)
 	}
 	services := cs.CoreV1().Services("shop")

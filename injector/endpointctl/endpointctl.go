@@ -43,6 +43,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/minimesh/minimesh/wellknown"
 	"github.com/minimesh/minimesh/xds"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
@@ -188,7 +189,7 @@ func (c *Controller) publish(all bool) {
 		ns, name, _ := strings.Cut(k, "/")
 		ips := c.vips[k]
 		for port, eps := range ports {
-			r := xdsclient.EndpointName(name, ns, int(port))
+			r := wellknown.EndpointName(name, ns, int(port))
 			out[r] = eps
 			n += len(eps)
 			for _, ip := range ips {

@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/minimesh/minimesh/wellknown"
 	"github.com/minimesh/minimesh/xds"
 	"github.com/minimesh/minimesh/xds/xdsclient"
 )
@@ -142,7 +143,7 @@ func TestController(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go c.Run(ctx)
-	geo, empty := xdsclient.EndpointName("geo", "shop", 80), xdsclient.EndpointName("empty", "shop", 80)
+	geo, empty := wellknown.EndpointName("geo", "shop", 80), wellknown.EndpointName("empty", "shop", 80)
 	waitFor(t, "the first set", func() bool { got, _ := s.last(); return len(got[geo]) == 1 })
 	if !c.Synced() {
 		t.Fatal("published but not synced")
@@ -278,7 +279,7 @@ func (s *serverSink) SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs
 func (s *serverSink) geoServed(want []xdsclient.Endpoint) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	name := xdsclient.EndpointName("geo", "shop", 80)
+	name := wellknown.EndpointName("geo", "shop", 80)
 	if s.err != nil || !slices.Equal(s.in[name], want) {
 		return false
 	}

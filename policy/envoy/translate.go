@@ -31,7 +31,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/minimesh/minimesh/policy"
-	"github.com/minimesh/minimesh/xds/xdsclient"
+	"github.com/minimesh/minimesh/wellknown"
 )
 
 // MetadataKey is the filter_metadata namespace of what Envoy's fields
@@ -87,7 +87,7 @@ type Options struct {
 	// EDS makes the cluster of a Service an EDS cluster that takes the
 	// Service port's endpoints (its pods) over ADS, under the resource
 	// name the minimesh controller serves them by
-	// (xdsclient.EndpointName; docs/controlplane.md, "Endpoints (EDS)"),
+	// (wellknown.EndpointName; docs/controlplane.md, "Endpoints (EDS)"),
 	// as Istio's clusters do: so Envoy balances over the pods and ejects
 	// one at a time, as a minimesh sidecar does. It needs the Envoy to
 	// take ADS from the minimesh controller. Without it the cluster is
@@ -410,7 +410,7 @@ func cluster(d *destination, opts Options) (c *clusterv3.Cluster, notes []string
 				ResourceApiVersion:    corev3.ApiVersion_V3,
 				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
 			},
-			ServiceName: xdsclient.EndpointName(svc, svcNS, port),
+			ServiceName: wellknown.EndpointName(svc, svcNS, port),
 		}
 	} else if d.service {
 		notes = append(notes, fmt.Sprintf("%s: the cluster is STRICT_DNS on %s, which resolves to the Service's ClusterIP (to every pod only for a headless Service): Envoy balances and ejects that one host, and kube-proxy picks a pod per connection, where a minimesh sidecar balances over the pods and ejects one at a time; export with --eds for clusters that take the pods from the minimesh controller", p.Metadata.Name, host))

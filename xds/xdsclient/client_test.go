@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/wellknown"
 )
 
 // fakeADS is a scripted ADS server: the test sends responses on out and
@@ -118,7 +119,7 @@ func (s *state) endpoints() (map[string][]Endpoint, int) {
 	return s.eps, s.n
 }
 
-var geo = EndpointName("geo", "shop", 80)
+var geo = wellknown.EndpointName("geo", "shop", 80)
 
 // TestEndpointsNackPerType: bad endpoints are refused with a message
 // naming the resource while the policies go on being applied on the same
@@ -158,7 +159,7 @@ func TestEndpointsNackPerType(t *testing.T) {
 		t.Fatalf("endpoints %v, want %v", eps[geo], want)
 	}
 
-	bad := LoadAssignment(EndpointName("pay", "shop", 80), []Endpoint{{Addr: netip.MustParseAddrPort("10.0.0.3:8080")}})
+	bad := LoadAssignment(wellknown.EndpointName("pay", "shop", 80), []Endpoint{{Addr: netip.MustParseAddrPort("10.0.0.3:8080")}})
 	bad.Endpoints[0].LbEndpoints[0].GetEndpoint().Address.GetSocketAddress().Address = "pay.example.com"
 	badResp := &discovery.DiscoveryResponse{TypeUrl: endpointType, VersionInfo: "e2", Nonce: "2", Resources: anys(t, good, bad)}
 	f.out <- badResp
@@ -268,7 +269,7 @@ func TestDecodeEndpointsBounds(t *testing.T) {
 	for i := range MaxEndpoints/2 + 1 {
 		list = append(list, Endpoint{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 80)})
 	}
-	a := anys(t, LoadAssignment(EndpointName("a", "shop", 80), list), LoadAssignment(EndpointName("b", "shop", 80), list))
+	a := anys(t, LoadAssignment(wellknown.EndpointName("a", "shop", 80), list), LoadAssignment(wellknown.EndpointName("b", "shop", 80), list))
 	if _, _, _, err := decodeEndpoints(res(a)); err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Fatalf("over the bound: %v", err)
 	}

@@ -8,6 +8,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+
+	"github.com/minimesh/minimesh/wellknown"
 )
 
 func sock(a string, port uint32) *corev3.Address {
@@ -35,12 +37,12 @@ func withVIPs(name, key string, port uint32, ips ...string) *endpointv3.ClusterL
 // addresses no Service may have map nothing; an address two resources
 // claim maps to neither.
 func TestDecodeClusterIPs(t *testing.T) {
-	a := EndpointName("a", "shop", 80)
-	b := EndpointName("b", "shop", 80)
-	c := EndpointName("c", "shop", 80)
-	d := EndpointName("d", "shop", 80)
-	e := EndpointName("e", "shop", 8080)
-	f := EndpointName("f", "shop", 80)
+	a := wellknown.EndpointName("a", "shop", 80)
+	b := wellknown.EndpointName("b", "shop", 80)
+	c := wellknown.EndpointName("c", "shop", 80)
+	d := wellknown.EndpointName("d", "shop", 80)
+	e := wellknown.EndpointName("e", "shop", 8080)
+	f := wellknown.EndpointName("f", "shop", 80)
 	_, ips, _, _, err := decodeEDS(res(anys(t,
 		withVIPs(a, ClusterIPName, 80, "10.96.0.1", "fd00::1"),
 		withVIPs(b, "other", 80, "10.96.0.2"),
@@ -66,7 +68,7 @@ func TestDecodeClusterIPs(t *testing.T) {
 // or on another port than the resource's, refuses the response as a
 // bad endpoint address does.
 func TestDecodeClusterIPsRefused(t *testing.T) {
-	a := EndpointName("a", "shop", 80)
+	a := wellknown.EndpointName("a", "shop", 80)
 	for _, cla := range []*endpointv3.ClusterLoadAssignment{
 		withVIPs(a, ClusterIPName, 80, "a.example"),
 		withVIPs(a, ClusterIPName, 8080, "10.96.0.1"),
@@ -83,7 +85,7 @@ func TestDecodeClusterIPsRefused(t *testing.T) {
 // (A sidecar that predates them skips named_endpoints, field 5, as any
 // field it does not know.)
 func TestEndpointsBesideClusterIPs(t *testing.T) {
-	cla := withVIPs(EndpointName("a", "shop", 80), ClusterIPName, 80, "10.96.0.1")
+	cla := withVIPs(wellknown.EndpointName("a", "shop", 80), ClusterIPName, 80, "10.96.0.1")
 	cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{sockEP("10.244.0.1", 8080, corev3.HealthStatus_HEALTHY)}}}
 	eps, err := FromLoadAssignment(marshal(t, cla))
 	if err != nil || len(eps) != 1 || eps[0].Addr != netip.MustParseAddrPort("10.244.0.1:8080") {

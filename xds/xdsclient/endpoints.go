@@ -59,13 +59,6 @@ type Endpoint struct {
 	Zone string
 }
 
-// EndpointName is the EDS resource name of a Service port: its FQDN and
-// the Service's port number, the name the sidecar computes from any
-// spelling of the host (geo, geo.shop, geo.shop.svc...).
-func EndpointName(service, namespace string, port int) string {
-	return service + "." + namespace + ".svc.cluster.local:" + strconv.Itoa(port)
-}
-
 // checkEndpointName refuses a resource name that is not
 // <name>.<namespace>.svc.cluster.local:<port>.
 func checkEndpointName(name string) error {
