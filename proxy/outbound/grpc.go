@@ -334,32 +334,30 @@ func grpcSpanAttrs(path string) []attribute.KeyValue {
 // client's own, whose library ends the call at that deadline itself
 // (grpcCut). When the policy's is the shorter one, the upstream is told
 // it in grpc-timeout, so that it stops working on a call the sidecar
-// will have answered.
-func grpcTimeout(h http.Header, policy time.Duration) (d time.Duration, client bool) {
-	v := h["Grpc-Timeout"]
-	if len(v) > 0 {
-		if d, ok := parseGRPCTimeout(v[0]); ok && d > 0 && (policy <= 0 || d <= policy) {
-			return d, true
+// will have answered. own is the client's grpc-timeout as it came (0:
+// none, or not one), which that rewrite replaces in h.
+func grpcTimeout(h http.Header, policy time.Duration) (d, own time.Duration, client bool) {
+	if v := h["Grpc-Timeout"]; len(v) > 0 {
+		own, _ = parseGRPCTimeout(v[0])
+		if own > 0 && (policy <= 0 || own <= policy) {
+			return own, own, true
 		}
 	}
 	if policy > 0 {
 		h.Set("Grpc-Timeout", formatGRPCTimeout(policy))
 	}
-	return policy, false
+	return policy, own, false
 }
 
 // callTimeout is grpcTimeout, keeping the client's own grpc-timeout
-// (ownTimeout) first, which grpcTimeout replaces when the policy's is
-// shorter: a client whose deadline came after the policy's timeout
-// (its stream held open by its own flow control, say) and that then
-// ends the call itself reads DEADLINE_EXCEEDED, not CANCELLED (grpcCut).
+// (ownTimeout) even when the policy's shorter one replaces it upstream:
+// a client whose deadline came after the policy's timeout (its stream
+// held open by its own flow control, say) and that then ends the call
+// itself reads DEADLINE_EXCEEDED, not CANCELLED (grpcCut).
 func (st *reqState) callTimeout(h http.Header, policy time.Duration) (time.Duration, bool) {
-	if v := h["Grpc-Timeout"]; len(v) > 0 {
-		if d, ok := parseGRPCTimeout(v[0]); ok {
-			st.ownTimeout = d
-		}
-	}
-	return grpcTimeout(h, policy)
+	d, own, client := grpcTimeout(h, policy)
+	st.ownTimeout = own
+	return d, client
 }
 
 // grpcDeadline is when a gRPC call's time is up: its client's deadline

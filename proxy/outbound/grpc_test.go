@@ -104,8 +104,12 @@ func TestGRPCTimeoutCap(t *testing.T) {
 			if tc.header != "" {
 				h.Set("Grpc-Timeout", tc.header)
 			}
-			if got, client := grpcTimeout(h, tc.policy); got != tc.want || client != tc.client {
+			got, own, client := grpcTimeout(h, tc.policy)
+			if got != tc.want || client != tc.client {
 				t.Errorf("timeout %v (the client's: %v), want %v (%v)", got, client, tc.want, tc.client)
+			}
+			if want, _ := parseGRPCTimeout(tc.header); own != want {
+				t.Errorf("the client's own timeout %v, want %v", own, want)
 			}
 			if got := h.Get("Grpc-Timeout"); got != tc.upstream {
 				t.Errorf("upstream's grpc-timeout %q, want %q", got, tc.upstream)
