@@ -266,12 +266,17 @@ const stalledWriteGrace = 250 * time.Millisecond
 // be called before the handler returns, and returns only once the timer's
 // function is over: it touches the server's response, which is not the
 // handler's to touch after that. The fast path's requests have a deadline
-// instead (stalledDeadline).
-func cutStalledWrites(ctx context.Context, w http.ResponseWriter) (stop func()) {
+// instead (stalledDeadline). At the same moment it wakes body, when not
+// nil, from a read of the app's body that holds the exchange up
+// (countingBody.wake): one callback on the context, not two.
+func cutStalledWrites(ctx context.Context, w http.ResponseWriter, body *countingBody) (stop func()) {
 	done := make(chan struct{})
 	after := context.AfterFunc(ctx, func() {
 		defer close(done)
 		if context.Cause(ctx) == errTimeout {
+			if body != nil {
+				body.wake(w)
+			}
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(stalledWriteGrace))
 		}
 	})

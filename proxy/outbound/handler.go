@@ -579,18 +579,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
 			defer cancel()
 			// The timeout covers the writes of the answer to the app too:
-			// one an app that reads nothing holds up ends then.
-			defer cutStalledWrites(ctx, st.out.ResponseWriter)()
+			// one an app that reads nothing holds up ends then. And the
+			// answer must not wait for the app's HTTP/1 body:
+			// http.Transport returns only once its body writer is done
+			// (wake).
+			var stalled *countingBody
 			if st.in.ReadCloser != nil && r.ProtoMajor == 1 {
-				// The answer must not wait for the app's body: http.Transport
-				// returns only once its body writer is done (wake).
-				tctx, rw := ctx, st.out.ResponseWriter
-				defer context.AfterFunc(ctx, func() {
-					if context.Cause(tctx) == errTimeout {
-						st.in.wake(rw)
-					}
-				})()
+				stalled = &st.in
 			}
+			defer cutStalledWrites(ctx, st.out.ResponseWriter, stalled)()
 		}
 		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 && !fast { // fastProxy's: readBody
 			var cancel context.CancelCauseFunc
