@@ -19,7 +19,11 @@
 // too: a client calling one by its name gets every ready pod from DNS and
 // picks one itself, which is what the sidecar balancing over the same set
 // does; a pod's own name (web-0.geo.shop.svc) is another host and never
-// matches. ExternalName Services have no endpoints.
+// matches. ExternalName Services have no endpoints. A Service whose calls
+// kube-proxy routes by a rule of its own (internalTrafficPolicy Local,
+// sessionAffinity ClientIP: KubeProxyRouted) is served with its ports and
+// ClusterIPs and no endpoints, so that the sidecars leave its calls to
+// kube-proxy.
 package endpointctl
 
 import (
@@ -82,12 +86,16 @@ type Controller struct {
 	published        atomic.Bool
 	metrics          *metrics
 	leftOut          string // the last Services left out, as logged
+	routedLog        string // the last Services left to kube-proxy, as logged
 
 	mu    sync.Mutex
 	dirty map[string]bool                           // namespace/name of Services to recompute
 	byKey map[string]map[int32][]xdsclient.Endpoint // namespace/name → Service port → endpoints
 	vips  map[string][]netip.Addr                   // namespace/name → ClusterIPs, for the Services in byKey that have some
-	kick  chan struct{}
+	// routed are the Services in byKey that kube-proxy balances
+	// (KubeProxyRouted), with the reason.
+	routed map[string]string
+	kick   chan struct{}
 }
 
 // Run watches until ctx ends. It publishes nothing before both informers
@@ -96,6 +104,7 @@ type Controller struct {
 func (c *Controller) Run(ctx context.Context) {
 	c.mu.Lock()
 	c.dirty, c.byKey, c.vips, c.kick = map[string]bool{}, map[string]map[int32][]xdsclient.Endpoint{}, map[string][]netip.Addr{}, make(chan struct{}, 1)
+	c.routed = map[string]string{}
 	f := informers.NewSharedInformerFactoryWithOptions(c.Client, 0, informers.WithTransform(strip))
 	c.services = f.Core().V1().Services().Informer()
 	c.slices = f.Discovery().V1().EndpointSlices().Informer()
@@ -211,6 +220,7 @@ func (c *Controller) publish(all bool) {
 	} else {
 		c.report(served)
 	}
+	c.reportRouted()
 	c.published.Store(true)
 	c.Log.Debug("endpoints published", "services_recomputed", len(dirty), "service_ports", len(out), "endpoints", n,
 		"served_endpoints", served.Endpoints, "served_bytes", served.Bytes, "services_left_out", len(served.LeftOut), "took", time.Since(start).String())
@@ -270,6 +280,33 @@ func (c *Controller) report(served xds.EndpointsServed) {
 			xds.MaxServiceEndpoints, xds.MaxServiceBytes, xdsclient.MaxEndpoints, xdsclient.MaxEndpointBytes))
 }
 
+// reportRouted logs the Services left to kube-proxy (KubeProxyRouted)
+// when they change: a sidecar's /debug/endpoints shows such a Service
+// with its ClusterIPs and no endpoint, as one whose pods are all gone,
+// and the operator reads here why. Info, not a warning: it is the
+// Service owner's choice, not a bound reached.
+func (c *Controller) reportRouted() {
+	keys := slices.Sorted(maps.Keys(c.routed))
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k + " " + c.routed[k] + "\n")
+	}
+	if b.String() == c.routedLog {
+		return
+	}
+	c.routedLog = b.String()
+	if len(keys) == 0 {
+		c.Log.Info("endpoints: no Service is left to kube-proxy any more")
+		return
+	}
+	names := make([]string, 0, min(len(keys), maxListed))
+	for _, k := range keys[:min(len(keys), maxListed)] {
+		names = append(names, k+" ("+c.routed[k]+")")
+	}
+	c.Log.Info("endpoints: Services balanced by kube-proxy, not by the sidecars (internalTrafficPolicy Local, sessionAffinity ClientIP): served with their ClusterIPs and no endpoints, their callers dial the ClusterIP",
+		"services", len(keys), "listed", names, "services_not_listed", len(keys)-len(names))
+}
+
 // metrics are the served set's, for dashboards and alerts.
 type metrics struct {
 	endpoints, bytes, endpointsLeftOut prometheus.Gauge
@@ -313,6 +350,7 @@ func (m *metrics) set(served xds.EndpointsServed) {
 // recompute brings one Service's entry up to date from the informers.
 func (c *Controller) recompute(k string) {
 	o, exists, _ := c.services.GetStore().GetByKey(k)
+	delete(c.routed, k)
 	if !exists {
 		delete(c.byKey, k)
 		delete(c.vips, k)
@@ -327,6 +365,9 @@ func (c *Controller) recompute(k string) {
 		return
 	}
 	c.byKey[k] = ports
+	if why := KubeProxyRouted(svc); why != "" {
+		c.routed[k] = why
+	}
 	if ips := ClusterIPs(svc); len(ips) > 0 {
 		c.vips[k] = ips
 	} else {
@@ -358,18 +399,70 @@ func ClusterIPs(svc *corev1.Service) []netip.Addr {
 	return out
 }
 
+// Why kube-proxy, not the sidecars, balances a Service's calls
+// (KubeProxyRouted).
+const (
+	// RoutedLocal: spec.internalTrafficPolicy Local, a call goes to an
+	// endpoint on the caller's node (a node's OTel collector, log
+	// shipper, DNS cache) or nowhere.
+	RoutedLocal = "internal-traffic-policy-local"
+	// RoutedClientIP: spec.sessionAffinity ClientIP, a caller's calls
+	// stay on one endpoint.
+	RoutedClientIP = "session-affinity-client-ip"
+)
+
+// KubeProxyRouted says why svc's calls are left to kube-proxy, "" when
+// the sidecars balance them: the one rule of which Services they
+// balance (Endpoints applies it). internalTrafficPolicy Local and
+// sessionAffinity ClientIP are rules kube-proxy applies on the caller's
+// node at the ClusterIP; the sidecar balancing over every pod (the same
+// set for every sidecar, whatever its node) broke both, sending a node's
+// calls to other nodes and a caller's calls to every pod. Left to
+// kube-proxy, the sidecar dials the ClusterIP (or the name) from the
+// caller's own network namespace, its source address the pod's, and
+// kube-proxy keeps both rules. A headless Service has no ClusterIP and
+// kube-proxy ignores both fields for it: its callers get every pod from
+// DNS, which is what the sidecar balances over, so it stays balanced.
+// trafficDistribution and topology hints are not read (they prefer, and
+// never forbid, an endpoint elsewhere).
+func KubeProxyRouted(svc *corev1.Service) string {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		return ""
+	}
+	switch {
+	case ptrOr(svc.Spec.InternalTrafficPolicy, corev1.ServiceInternalTrafficPolicyCluster) == corev1.ServiceInternalTrafficPolicyLocal:
+		return RoutedLocal
+	case svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP:
+		return RoutedClientIP
+	}
+	return ""
+}
+
 // Endpoints are the endpoints of svc's TCP ports from its slices, keyed
 // by the Service's port number (what the resource name carries), each
-// sorted by address. A port without
-// endpoints is served with none: the Service exists, and a sidecar should
-// know it has nothing to call rather than guess.
+// sorted by address. A port without endpoints is served with none: the
+// Service exists (its ClusterIPs still name its connections), and a
+// sidecar with no endpoint to pick dials it as without a control plane.
+// A Service kube-proxy routes (KubeProxyRouted) has its ports with no
+// endpoints: its resources
+// still carry its ClusterIPs, so that a redirected connection to one is
+// named by the Service (its policy, breaker, metrics), and the sidecar,
+// with no endpoint to pick, dials the ClusterIP as the app did (the name,
+// through DNS, for the explicit proxy), where kube-proxy applies its rule.
+// A sidecar treats a Service with no endpoints and one not served the
+// same way; the ClusterIPs are what serving it adds.
 func Endpoints(svc *corev1.Service, slcs []any) map[int32][]xdsclient.Endpoint {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
+	routed := KubeProxyRouted(svc) != ""
 	out := map[int32][]xdsclient.Endpoint{}
 	for _, sp := range svc.Spec.Ports {
 		if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		if routed {
+			out[sp.Port] = nil
 			continue
 		}
 		at := map[netip.AddrPort]int{}
