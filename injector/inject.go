@@ -130,3 +130,10 @@ func isInitContainer(c *corev1.Container) bool {
 		len(c.Command) == 1 && c.Command[0] == proxyBinary &&
 		len(c.Args) > 0 && c.Args[0] == "init"
 }
+
+// isOwn recognises minimesh's own containers in an injected pod, which
+// the checks of the app's containers leave out: the sidecar runs as the
+// UID that iptables interception exempts, minimesh-init with NET_ADMIN.
+func isOwn(c *corev1.Container) bool {
+	return isSidecar(c) || isInitContainer(c)
+}

@@ -84,6 +84,7 @@ func TestInjectDecides(t *testing.T) {
 		{"manual", Input{Pod: appPod(nil), Manual: true}, true, ReasonInjected, ""},
 		{"manual respects disabled", Input{Pod: appPod(map[string]string{wellknown.AnnotationInject: "disabled"}), Manual: true}, false, ReasonDisabled, ""},
 	}
+	tests = append(tests, osTests(nsOn)...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := tt.in.Pod.DeepCopy()
@@ -106,10 +107,82 @@ func TestInjectDecides(t *testing.T) {
 			if tt.warning != "" && !slices.ContainsFunc(res.Warnings, func(w string) bool { return strings.Contains(w, tt.warning) }) {
 				t.Fatalf("warnings %q lack %q", res.Warnings, tt.warning)
 			}
+			if tt.warning == "" && len(res.Warnings) > 0 {
+				t.Fatalf("warnings %q, want none", res.Warnings)
+			}
 			if tt.in.Manual && tt.injected && res.Pod.Annotations[wellknown.AnnotationInject] != wellknown.InjectEnabled {
 				t.Fatal("manual injection did not mark the workload enabled")
 			}
 		})
+	}
+}
+
+// osTests are TestInjectDecides's cases of pods for nodes other than
+// Linux, where the sidecar, a Linux container, cannot run: the API server
+// refused such a pod with spec.os.name windows for the sidecar's
+// securityContext, and one sent to Windows nodes by its nodeSelector or
+// node affinity got the sidecar and never started. Skipped with a warning
+// that names the field, as hostNetwork pods are; a pod that may still
+// land on Linux is injected.
+func osTests(nsOn map[string]string) []struct {
+	name     string
+	in       Input
+	injected bool
+	reason   string
+	warning  string
+} {
+	pod := func(ann map[string]string, mod func(*corev1.PodSpec)) *corev1.Pod {
+		p := appPod(ann)
+		mod(&p.Spec)
+		return p
+	}
+	term := func(es ...corev1.NodeSelectorRequirement) corev1.NodeSelectorTerm {
+		return corev1.NodeSelectorTerm{MatchExpressions: es}
+	}
+	os := func(op corev1.NodeSelectorOperator, vs ...string) corev1.NodeSelectorRequirement {
+		return corev1.NodeSelectorRequirement{Key: "kubernetes.io/os", Operator: op, Values: vs}
+	}
+	zone := corev1.NodeSelectorRequirement{Key: "topology.kubernetes.io/zone", Operator: corev1.NodeSelectorOpIn, Values: []string{"a"}}
+	affinity := func(terms ...corev1.NodeSelectorTerm) func(*corev1.PodSpec) {
+		return func(s *corev1.PodSpec) {
+			s.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+				RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: terms}}}
+		}
+	}
+	windowsOS := func(s *corev1.PodSpec) { s.OS = &corev1.PodOS{Name: corev1.Windows} }
+	sel := func(k, v string) func(*corev1.PodSpec) {
+		return func(s *corev1.PodSpec) { s.NodeSelector = map[string]string{k: v} }
+	}
+	return []struct {
+		name     string
+		in       Input
+		injected bool
+		reason   string
+		warning  string
+	}{
+		{"spec.os windows", Input{Pod: pod(enabled(), windowsOS), Namespace: "shop"}, false, ReasonNotLinux, `(spec.os.name: "windows")`},
+		{"spec.os windows in an opted-in namespace", Input{Pod: pod(nil, windowsOS), Namespace: "shop", NamespaceLabels: nsOn}, false, ReasonNotLinux, "the sidecar is a Linux container"},
+		{"spec.os windows, iptables where Pod Security forbids it", Input{Pod: pod(iptables(), windowsOS), Namespace: "shop",
+			NamespaceLabels: map[string]string{PodSecurityEnforceLabel: "restricted"}}, false, ReasonNotLinux, "spec.os.name"},
+		{"spec.os windows, manual", Input{Pod: pod(nil, windowsOS), Manual: true}, false, ReasonNotLinux, "spec.os.name"},
+		{"spec.os linux", Input{Pod: pod(enabled(), func(s *corev1.PodSpec) { s.OS = &corev1.PodOS{Name: corev1.Linux} }), Namespace: "shop"}, true, ReasonInjected, ""},
+		{"nodeSelector windows", Input{Pod: pod(enabled(), sel("kubernetes.io/os", "windows")), Namespace: "shop"}, false, ReasonNotLinux,
+			`(spec.nodeSelector[kubernetes.io/os]: "windows")`},
+		{"nodeSelector on the beta label", Input{Pod: pod(nil, sel("beta.kubernetes.io/os", "windows")), Namespace: "shop", NamespaceLabels: nsOn}, false, ReasonNotLinux,
+			`spec.nodeSelector[beta.kubernetes.io/os]`},
+		{"nodeSelector linux", Input{Pod: pod(enabled(), sel("kubernetes.io/os", "linux")), Namespace: "shop"}, true, ReasonInjected, ""},
+		{"affinity In windows", Input{Pod: pod(enabled(), affinity(term(zone, os(corev1.NodeSelectorOpIn, "windows")))), Namespace: "shop"}, false, ReasonNotLinux,
+			`nodeSelectorTerms[0].matchExpressions[1]: "kubernetes.io/os In [windows]"`},
+		{"affinity NotIn linux in every term", Input{Pod: pod(enabled(), affinity(term(os(corev1.NodeSelectorOpNotIn, "linux")), term(zone, os(corev1.NodeSelectorOpDoesNotExist)))), Namespace: "shop"},
+			false, ReasonNotLinux, `"kubernetes.io/os NotIn [linux]"`},
+		{"affinity In windows or linux", Input{Pod: pod(enabled(), affinity(term(os(corev1.NodeSelectorOpIn, "windows", "linux")))), Namespace: "shop"}, true, ReasonInjected, ""},
+		{"affinity with a term for any node", Input{Pod: pod(enabled(), affinity(term(os(corev1.NodeSelectorOpIn, "windows")), term(zone))), Namespace: "shop"}, true, ReasonInjected, ""},
+		{"affinity Exists", Input{Pod: pod(enabled(), affinity(term(os(corev1.NodeSelectorOpExists)))), Namespace: "shop"}, true, ReasonInjected, ""},
+		{"preferred affinity only", Input{Pod: pod(enabled(), func(s *corev1.PodSpec) {
+			s.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{PreferredDuringSchedulingIgnoredDuringExecution: []corev1.PreferredSchedulingTerm{
+				{Weight: 1, Preference: term(os(corev1.NodeSelectorOpIn, "windows"))}}}}
+		}), Namespace: "shop"}, true, ReasonInjected, ""},
+		{"spec.os windows, not asked", Input{Pod: pod(nil, windowsOS), Namespace: "shop"}, false, ReasonNotOptedIn, ""},
 	}
 }
 

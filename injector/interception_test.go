@@ -182,6 +182,135 @@ func TestPodSecurity(t *testing.T) {
 	}
 }
 
+// TestProxyUIDOnReinvocation: under reinvocationPolicy IfNeeded a later
+// webhook may add a container, or set the pod's user, after the sidecar
+// was injected. Running as the sidecar's UID, its connections would leave
+// unredirected: refused as at the first admission, where the pod itself
+// used to be let through because its connections are redirected. The
+// sidecar's own UID, and minimesh-init's root, are not the app's.
+func TestProxyUIDOnReinvocation(t *testing.T) {
+	tests := []struct {
+		name  string
+		ann   map[string]string // of the injected pod
+		later func(*corev1.Pod) // what a later webhook does
+		field string            // of the denial; "" admitted
+	}{
+		{"nothing added", iptables(), func(*corev1.Pod) {}, ""},
+		{"container as the proxy's uid", iptables(), func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "added", Image: "x",
+				SecurityContext: &corev1.SecurityContext{RunAsUser: ptr(int64(wellknown.ProxyUID))}})
+		}, "spec.containers[1].securityContext.runAsUser"},
+		{"init container as the proxy's uid", iptables(), func(p *corev1.Pod) {
+			p.Spec.InitContainers = append(p.Spec.InitContainers, corev1.Container{Name: "added", Image: "x",
+				SecurityContext: &corev1.SecurityContext{RunAsUser: ptr(int64(wellknown.ProxyUID))}})
+		}, "spec.initContainers[2].securityContext.runAsUser"},
+		{"pod as the proxy's uid", iptables(), func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr(int64(wellknown.ProxyUID))}
+		}, "spec.securityContext.runAsUser"},
+		// The annotation edited since: the pod's minimesh-init decides.
+		{"annotation now proxy-env", iptables(), func(p *corev1.Pod) {
+			p.Annotations[AnnotationInterception] = InterceptionProxyEnv
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: ptr(int64(wellknown.ProxyUID))}
+		}, "spec.containers[0].securityContext.runAsUser"},
+		{"another uid", iptables(), func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "added", Image: "x",
+				SecurityContext: &corev1.SecurityContext{RunAsUser: ptr(int64(1000))}})
+		}, ""},
+		// No rules to escape: that user is no one special.
+		{"proxy-env", enabled(), func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: ptr(int64(wellknown.ProxyUID))}
+		}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := injectedPod(t, tt.ann, testConfig())
+			tt.later(p)
+			res, err := Inject(Input{Pod: p, Namespace: "shop"}, testConfig())
+			if tt.field == "" {
+				if err != nil || len(res.Pod.Spec.InitContainers) != len(p.Spec.InitContainers) {
+					t.Fatalf("err %v, %d init containers: want the pod admitted as it is", err, len(res.Pod.Spec.InitContainers))
+				}
+				return
+			}
+			var d *DenyError
+			if !errors.As(err, &d) || d.Field != tt.field || d.Value != "15000" {
+				t.Fatalf("err = %v, want a denial of %s: \"15000\"", err, tt.field)
+			}
+			if !strings.Contains(err.Error(), "would run as the minimesh sidecar's user") {
+				t.Fatalf("denial %q does not say why", err)
+			}
+		})
+	}
+}
+
+// TestNetAdminWarning: under iptables interception an app's container with
+// NET_ADMIN (added, through ALL, or privileged) can flush the rules that
+// send the pod's traffic through the sidecar: admitted with a warning that
+// names it, at the first admission and on reinvocation. Capabilities that
+// cannot change the rules (NET_RAW), a NET_ADMIN that is dropped, and
+// proxy-env (no rules) earn none; nor does minimesh-init, which has it.
+func TestNetAdminWarning(t *testing.T) {
+	sc := func(add, drop []corev1.Capability) *corev1.SecurityContext {
+		return &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: add, Drop: drop}}
+	}
+	caps := func(cs ...corev1.Capability) []corev1.Capability { return cs }
+	tests := []struct {
+		name string
+		ann  map[string]string
+		sc   *corev1.SecurityContext
+		init bool   // on an init container of the app's
+		want string // the warning; "" none
+	}{
+		{"NET_ADMIN", iptables(), sc(caps("NET_ADMIN"), nil), false, `spec.containers[0] (container "app") adds NET_ADMIN: it can change the pod's iptables rules`},
+		{"after dropping ALL", iptables(), sc(caps("NET_ADMIN"), caps("ALL")), false, "adds NET_ADMIN"},
+		{"spelled CAP_net_admin", iptables(), sc(caps("CAP_net_admin"), nil), false, "adds NET_ADMIN"},
+		{"ALL", iptables(), sc(caps("ALL"), nil), false, "adds ALL capabilities"},
+		{"privileged", iptables(), &corev1.SecurityContext{Privileged: ptr(true)}, false, `(container "app") is privileged`},
+		{"init container", iptables(), sc(caps("NET_ADMIN"), nil), true, `spec.initContainers[0] (container "setup") adds NET_ADMIN`},
+		{"NET_RAW", iptables(), sc(caps("NET_RAW", "SYS_ADMIN"), nil), false, ""},
+		{"NET_ADMIN dropped", iptables(), sc(caps("NET_ADMIN"), caps("NET_ADMIN")), false, ""},
+		{"ALL dropped", iptables(), sc(caps("ALL"), caps("ALL")), false, ""},
+		{"not privileged", iptables(), &corev1.SecurityContext{Privileged: ptr(false)}, false, ""},
+		{"proxy-env", enabled(), sc(caps("NET_ADMIN"), nil), false, ""},
+	}
+	warned := func(w []string, want string) bool {
+		if want == "" {
+			return !slices.ContainsFunc(w, func(s string) bool { return strings.Contains(s, "iptables rules") })
+		}
+		return slices.ContainsFunc(w, func(s string) bool { return strings.Contains(s, want) })
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := appPod(tt.ann)
+			c := corev1.Container{Name: "app", Image: "x", SecurityContext: tt.sc}
+			if tt.init {
+				pod.Spec.InitContainers = []corev1.Container{{Name: "setup", Image: "x", SecurityContext: tt.sc}}
+			} else {
+				pod.Spec.Containers = []corev1.Container{c}
+			}
+			res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
+			if err != nil || !res.Injected {
+				t.Fatalf("%v %+v: a warning must not stop injection", err, res)
+			}
+			if !warned(res.Warnings, tt.want) {
+				t.Fatalf("first admission: warnings %q, want %q", res.Warnings, tt.want)
+			}
+			// A later webhook adds the same container: warned on
+			// reinvocation too.
+			later := injectedPod(t, tt.ann, testConfig())
+			c.Name = "added"
+			later.Spec.Containers = append(later.Spec.Containers, c)
+			res, err = Inject(Input{Pod: later, Namespace: "shop"}, testConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := strings.ReplaceAll(strings.ReplaceAll(tt.want, `"app"`, `"added"`), "spec.containers[0]", "spec.containers[1]"); !tt.init && !warned(res.Warnings, want) {
+				t.Fatalf("reinvocation: warnings %q, want %q", res.Warnings, want)
+			}
+		})
+	}
+}
+
 // TestJavaToolOptions: JVMs get the proxy as system properties, after the
 // app's own options; what the app sets itself wins.
 func TestJavaToolOptions(t *testing.T) {

@@ -23,6 +23,7 @@ const (
 	ReasonAlreadyInjected = "already injected"
 	ReasonDisabled        = "annotation " + wellknown.AnnotationInject + ": " + wellknown.InjectDisabled
 	ReasonHostNetwork     = "hostNetwork pod"
+	ReasonNotLinux        = "pod for nodes other than Linux"
 	ReasonNotOptedIn      = "not opted in"
 	ReasonIgnoredNS       = "namespace is never injected"
 )
@@ -84,6 +85,14 @@ func inject(in Input, cfg *Config) (Result, error) {
 		// whoever asked for it.
 		return skip(ReasonHostNetwork, "minimesh: hostNetwork pods are never injected: the sidecar's ports would be the node's")
 	}
+	if field, value := notForLinux(pod); field != "" {
+		// The sidecar is a Linux container: the API server refuses it in
+		// a pod with spec.os.name windows (with a message about a
+		// container the user never wrote), and on a Windows node it
+		// never starts, so neither would the app.
+		return skip(ReasonNotLinux, fmt.Sprintf("minimesh: pods for nodes other than Linux are never injected (%s: %s): the sidecar is a Linux container",
+			field, quote(value)))
+	}
 
 	s, err := parseSettings(pod.Annotations, cfg)
 	if err != nil {
@@ -101,6 +110,7 @@ func inject(in Input, cfg *Config) (Result, error) {
 	if err := checkProxyUID(pod, s); err != nil {
 		return Result{}, err
 	}
+	s.warnings = append(s.warnings, netAdminWarnings(pod, s)...)
 
 	if pod.Annotations[wellknown.AnnotationStatus] == wellknown.StatusInjected {
 		// Copied from an injected pod's manifest without its sidecar
@@ -151,6 +161,70 @@ func inject(in Input, cfg *Config) (Result, error) {
 	return Result{Pod: out, Injected: true, Reason: ReasonInjected, Warnings: capWarnings(s.warnings)}, nil
 }
 
+// osLabels are the node labels that name a node's OS: the kubelet sets
+// both, and older manifests select on the beta one.
+var osLabels = []string{corev1.LabelOSStable, "beta.kubernetes.io/os"}
+
+// notForLinux names what keeps pod off Linux nodes, the field and its
+// value: spec.os.name, a nodeSelector on the OS label, or a required node
+// affinity none of whose terms admits a Linux node. "" when the pod may
+// run on Linux. The webhook decodes these fields of a pod too large to
+// decode whole (webhook.podHead), so that such a pod is skipped too.
+func notForLinux(pod *corev1.Pod) (field, value string) {
+	if o := pod.Spec.OS; o != nil && o.Name != "" && o.Name != corev1.Linux {
+		return "spec.os.name", string(o.Name)
+	}
+	for _, l := range osLabels {
+		if v, ok := pod.Spec.NodeSelector[l]; ok && v != string(corev1.Linux) {
+			return "spec.nodeSelector[" + l + "]", v
+		}
+	}
+	a := pod.Spec.Affinity
+	if a == nil || a.NodeAffinity == nil || a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		return "", ""
+	}
+	// The terms are ORed, the expressions of a term ANDed: the pod is
+	// kept off Linux only if every term has an expression on the OS label
+	// that no Linux node matches. (No term at all matches no node: the
+	// API server refuses that pod.)
+	terms := a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+	if len(terms) == 0 {
+		return "", ""
+	}
+	for i, t := range terms {
+		j := slices.IndexFunc(t.MatchExpressions, func(e corev1.NodeSelectorRequirement) bool {
+			return slices.Contains(osLabels, e.Key) && !matchesLinux(e)
+		})
+		if j < 0 {
+			return "", ""
+		}
+		if i == 0 {
+			e := t.MatchExpressions[j]
+			field = fmt.Sprintf("spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[%d]", j)
+			value = e.Key + " " + string(e.Operator)
+			if len(e.Values) > 0 {
+				value += " [" + strings.Join(e.Values, ", ") + "]"
+			}
+		}
+	}
+	return field, value
+}
+
+// matchesLinux reports whether a node labelled linux meets e, an
+// expression on an OS label (every node has one).
+func matchesLinux(e corev1.NodeSelectorRequirement) bool {
+	switch e.Operator {
+	case corev1.NodeSelectorOpIn:
+		return slices.Contains(e.Values, string(corev1.Linux))
+	case corev1.NodeSelectorOpNotIn:
+		return !slices.Contains(e.Values, string(corev1.Linux))
+	case corev1.NodeSelectorOpExists:
+		return true
+	}
+	// DoesNotExist, and Gt and Lt, which compare integers.
+	return false
+}
+
 // addProxyEnv gives an app container the proxy-env variables: nothing
 // under iptables interception, which redirects every connection anyway
 // (HTTP_PROXY would only add a second way in).
@@ -194,8 +268,15 @@ func reinject(in Input, ns string, cfg *Config) (Result, error) {
 		}
 	}
 	if redirected {
-		// Every container's connections are redirected, whoever added it.
-		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
+		// Every container's connections are redirected, whoever added it,
+		// except a container's that runs as the sidecar's user, refused
+		// here as at the first admission, and one that can change the
+		// rules, warned about as then.
+		s.iptables = true // what the pod has, whatever the annotation says now
+		if err := checkProxyUID(pod, s); err != nil {
+			return Result{}, err
+		}
+		return Result{Pod: pod, Reason: ReasonAlreadyInjected, Warnings: capWarnings(netAdminWarnings(pod, s))}, nil
 	}
 	// HTTP_PROXY names the port the pod's sidecar listens on, which the
 	// injector's config may have changed since it was injected.

@@ -3,7 +3,9 @@ package injector
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -77,7 +79,9 @@ func checkPodSecurity(in Input, ns string, s *settings) error {
 // unredirected, so its traffic would silently bypass the sidecar. A
 // warning would reach only whoever created the pod, which for a
 // Deployment is the ReplicaSet controller: nobody would read it. A UID
-// that only the image sets (USER 15000) is not visible here.
+// that only the image sets (USER 15000) is not visible here. It runs at
+// the first admission and again on reinvocation, where a later webhook
+// may have added such a container (or set the pod's runAsUser).
 func checkProxyUID(pod *corev1.Pod, s *settings) error {
 	if !s.iptables {
 		return nil
@@ -88,6 +92,11 @@ func checkProxyUID(pod *corev1.Pod, s *settings) error {
 	}
 	check := func(field string, cs []corev1.Container) error {
 		for i := range cs {
+			if isOwn(&cs[i]) {
+				// On reinvocation: minimesh's sidecar runs as that user
+				// on purpose.
+				continue
+			}
 			uid, f := podUID, "spec.securityContext.runAsUser"
 			if sc := cs[i].SecurityContext; sc != nil && sc.RunAsUser != nil {
 				uid, f = sc.RunAsUser, fmt.Sprintf("%s[%d].securityContext.runAsUser", field, i)
@@ -104,4 +113,72 @@ func checkProxyUID(pod *corev1.Pod, s *settings) error {
 		return err
 	}
 	return check("spec.containers", pod.Spec.Containers)
+}
+
+// netAdminWarnings are, under iptables interception, a warning for each
+// container of the app's that can change the pod's iptables rules: one
+// with NET_ADMIN, or privileged. It can delete the redirection and send
+// the whole pod's traffic past the sidecar; the UID the rules exempt is
+// not the only way out. NET_ADMIN is the capability that matters: with
+// every capability but NET_ADMIN (NET_RAW and SYS_ADMIN included) root
+// cannot change a network namespace's rules (measured with capsh and
+// iptables 1.8.9). A warning, not a refusal: a VPN client or a network
+// tool needs the capability for its own work, and whether a namespace
+// allows it is Pod Security's decision (baseline forbids it); the
+// interception is there for resilience and telemetry, not as a wall
+// against the pod's own containers.
+func netAdminWarnings(pod *corev1.Pod, s *settings) []string {
+	if !s.iptables {
+		return nil
+	}
+	var w []string
+	check := func(field string, cs []corev1.Container) {
+		for i := range cs {
+			c := &cs[i]
+			if isOwn(c) {
+				continue // minimesh-init, which writes the rules
+			}
+			if what := netAdmin(c.SecurityContext); what != "" {
+				w = append(w, fmt.Sprintf("minimesh: %s[%d] (container %s) %s: it can change the pod's iptables rules and so send the pod's traffic past the sidecar",
+					field, i, quote(c.Name), what))
+			}
+		}
+	}
+	check("spec.initContainers", pod.Spec.InitContainers)
+	check("spec.containers", pod.Spec.Containers)
+	return w
+}
+
+// netAdmin says how a container with this security context holds
+// NET_ADMIN ("is privileged", "adds NET_ADMIN"), "" when it does not. The
+// runtimes (containerd, CRI-O) start from their default set, which lacks
+// NET_ADMIN, take all capabilities for an added ALL, none for a dropped
+// ALL, then add the named ones and drop the named ones, in that order.
+func netAdmin(sc *corev1.SecurityContext) string {
+	if sc == nil {
+		return ""
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		return "is privileged"
+	}
+	if sc.Capabilities == nil {
+		return ""
+	}
+	has := func(cs []corev1.Capability, name string) bool {
+		return slices.ContainsFunc(cs, func(c corev1.Capability) bool {
+			v := strings.ToUpper(string(c))
+			return strings.TrimPrefix(v, "CAP_") == name
+		})
+	}
+	add, drop := sc.Capabilities.Add, sc.Capabilities.Drop
+	if has(drop, "NET_ADMIN") {
+		return ""
+	}
+	switch {
+	case has(add, "NET_ADMIN"):
+		return "adds NET_ADMIN"
+	case has(add, "ALL") && !has(drop, "ALL"):
+		return "adds ALL capabilities"
+	}
+	return ""
 }

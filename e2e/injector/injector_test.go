@@ -157,6 +157,36 @@ func TestInjector(t *testing.T) {
 		}
 	})
 
+	// The sidecar is a Linux container: injected into a pod with
+	// spec.os.name windows, the API server refused the pod for the
+	// sidecar's securityContext (seccompProfile, capabilities, runAsUser
+	// cannot be set for a windows pod); one sent to Windows nodes by its
+	// nodeSelector was created with a sidecar that never starts. Both are
+	// created, without the sidecar, with the injector's warning.
+	t.Run("pods for Windows nodes are created without the sidecar and say so", func(t *testing.T) {
+		ns := e.namespace(t, ctx, "windows", nsOn)
+		for name, mod := range map[string]func(*corev1.PodSpec){
+			"os": func(s *corev1.PodSpec) {
+				// What Windows pods may not set (API validation).
+				s.OS, s.SecurityContext, s.Containers[0].SecurityContext = &corev1.PodOS{Name: corev1.Windows}, nil, nil
+			},
+			"node-selector": func(s *corev1.PodSpec) { s.NodeSelector = map[string]string{"kubernetes.io/os": "windows"} },
+		} {
+			e.warnings.take()
+			pod := appPod("win-"+name, nil)
+			mod(&pod.Spec)
+			p, err := e.client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+			if err != nil || injected(p) || len(p.Spec.InitContainers) != 0 {
+				t.Fatalf("%s: err %v, injected %v", name, err, err == nil && injected(p))
+			}
+			if w := e.warnings.take(); !slices.ContainsFunc(w, func(s string) bool {
+				return strings.Contains(s, "pods for nodes other than Linux are never injected")
+			}) {
+				t.Fatalf("%s: warnings %q lack minimesh's", name, w)
+			}
+		}
+	})
+
 	t.Run("pod security restricted admits injected pods", func(t *testing.T) {
 		ns := e.namespace(t, ctx, "restricted", map[string]string{
 			"pod-security.kubernetes.io/enforce": "restricted",

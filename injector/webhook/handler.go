@@ -257,13 +257,19 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 }
 
 // podHead is what decides whether a pod is injected: its metadata,
-// whether it is on the host's network, and what of its init containers
+// whether it is on the host's network or for nodes other than Linux (its
+// os, nodeSelector and node affinity), and what of its init containers
 // tells minimesh's own apart (injector.IsInjected asks the containers,
 // not the status annotation, which a pod may carry without the sidecar).
 type podHead struct {
 	Metadata metav1.ObjectMeta `json:"metadata"`
 	Spec     struct {
-		HostNetwork    bool `json:"hostNetwork"`
+		HostNetwork  bool              `json:"hostNetwork"`
+		OS           *corev1.PodOS     `json:"os"`
+		NodeSelector map[string]string `json:"nodeSelector"`
+		Affinity     struct {
+			NodeAffinity *corev1.NodeAffinity `json:"nodeAffinity"`
+		} `json:"affinity"`
 		InitContainers []struct {
 			Name          string                         `json:"name"`
 			RestartPolicy *corev1.ContainerRestartPolicy `json:"restartPolicy"`
@@ -285,7 +291,11 @@ func decodePod(raw []byte) (pod *corev1.Pod, whole bool, err error) {
 	if err := json.Unmarshal(raw, &head); err != nil {
 		return nil, false, err
 	}
-	pod = &corev1.Pod{ObjectMeta: head.Metadata, Spec: corev1.PodSpec{HostNetwork: head.Spec.HostNetwork}}
+	pod = &corev1.Pod{ObjectMeta: head.Metadata, Spec: corev1.PodSpec{HostNetwork: head.Spec.HostNetwork,
+		OS: head.Spec.OS, NodeSelector: head.Spec.NodeSelector}}
+	if a := head.Spec.Affinity.NodeAffinity; a != nil {
+		pod.Spec.Affinity = &corev1.Affinity{NodeAffinity: a}
+	}
 	for _, c := range head.Spec.InitContainers {
 		pod.Spec.InitContainers = append(pod.Spec.InitContainers, corev1.Container{
 			Name: c.Name, RestartPolicy: c.RestartPolicy, Command: c.Command, Args: c.Args,

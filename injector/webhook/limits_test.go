@@ -242,6 +242,40 @@ func TestLargePod(t *testing.T) {
 	}
 }
 
+// TestLargePodNotForLinux: a pod over MaxPodBytes for nodes other than
+// Linux is skipped with the injector's warning, as the same pod under
+// MaxPodBytes is, not refused for its size: its head carries what says
+// its nodes' OS.
+func TestLargePodNotForLinux(t *testing.T) {
+	for name, mod := range map[string]func(*corev1.PodSpec){
+		"os":           func(s *corev1.PodSpec) { s.OS = &corev1.PodOS{Name: corev1.Windows} },
+		"nodeSelector": func(s *corev1.PodSpec) { s.NodeSelector = map[string]string{"kubernetes.io/os": "windows"} },
+		"node affinity": func(s *corev1.PodSpec) {
+			s.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+				NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{
+					{Key: "kubernetes.io/os", Operator: corev1.NodeSelectorOpIn, Values: []string{"windows"}}}}}}}}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := pod(map[string]string{"minimesh.io/inject": "enabled"})
+			p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "BIG", Value: strings.Repeat("x", MaxPodBytes)}}
+			mod(&p.Spec)
+			h := newHandler()
+			w := post(h, review(t, "shop", admissionv1.Create, "Pod", p))
+			var out admissionv1.AdmissionReview
+			if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil || out.Response == nil {
+				t.Fatalf("%d %.300s", w.Code, w.Body)
+			}
+			if r := out.Response; !r.Allowed || len(r.Patch) > 0 || !strings.Contains(strings.Join(r.Warnings, "\n"), "nodes other than Linux") {
+				t.Fatalf("allowed=%v, patch of %d bytes, warnings %q: want skipped with the warning", r.Allowed, len(r.Patch), r.Warnings)
+			}
+			if got := testutil.ToFloat64(h.Metrics.admissions.WithLabelValues(ResultSkipped)); got != 1 {
+				t.Fatal("not counted as skipped")
+			}
+		})
+	}
+}
+
 // TestEchoCapped: what the webhook answers and logs repeats at most the
 // start of a hostile value: a 1 MB annotation, pod name, namespace or
 // content type.
