@@ -13,6 +13,7 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/controller"
 	"github.com/minimesh/minimesh/e2e/internal/kube"
+	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
 	"github.com/minimesh/minimesh/internal/pki"
 	"github.com/minimesh/minimesh/wellknown"
@@ -95,6 +96,41 @@ func TestCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := c.Client.CoreV1().Pods("late").Delete(ctx, "early-bird", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	// A typo in the namespace label: the chart's webhook never sees the
+	// namespace's pods, so nothing refuses them and nothing injects them.
+	// The check names the namespace, the value and the command, which is
+	// then run as printed.
+	t.Run("namespace label typo", func(t *testing.T) {
+		c.CreateNamespace(t, "typo-label", map[string]string{wellknown.AnnotationInject: "true"})
+		p, err := c.Client.CoreV1().Pods("typo-label").Create(ctx, pod("web", nil), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Spec.InitContainers) != 0 {
+			t.Fatalf("the webhook injected a pod of a namespace labelled %s=true", wellknown.AnnotationInject)
+		}
+		fix := "kubectl label namespace typo-label minimesh.io/inject=enabled --overwrite"
+		code, out := check(t, c)
+		if code != 1 {
+			t.Errorf("exit %d, want 1", code)
+		}
+		wantCheck(t, out, `✖ namespace labels minimesh.io/inject are enabled or disabled: 1 namespaces labelled with a value the webhook ignores, not enabled or disabled: typo-label (minimesh.io/inject="true"): `+fix,
+			"✔ pods that ask for injection have the sidecar")
+		args := append(strings.Fields(fix)[1:], "--kubeconfig", c.Kubeconfig)
+		if kout, err := exec.Command(proc.NeedTool(t, "kubectl"), args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", fix, err, kout)
+		}
+		// Fixed: the pod created before is now the one to restart.
+		_, out = check(t, c)
+		wantCheck(t, out, "✔ namespace labels minimesh.io/inject are enabled or disabled", "✖ pods that ask for injection have the sidecar: 1 pods without the sidecar: typo-label/web")
+		if err := c.Client.CoreV1().Pods("typo-label").Delete(ctx, "web", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Client.CoreV1().Namespaces().Delete(ctx, "typo-label", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -82,6 +82,7 @@ func TestSchemaRefuses(t *testing.T) {
 		{[]string{"proxy.traceSampleRatio=2"}, "/proxy/traceSampleRatio'"},
 		{[]string{"proxy.otlpEndpoint=http://jaeger:4317"}, "/proxy/otlpEndpoint'"},
 		{[]string{"proxy.adminPort=70000"}, "/proxy/adminPort'"},
+		{[]string{"proxy.inboundPort=0"}, "/proxy/inboundPort'"},
 		{[]string{"policies.shop.geo.timeout=2s"}, "/policies/shop/geo': missing property 'service'"},
 	}
 	for _, tt := range tests {

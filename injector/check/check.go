@@ -127,6 +127,9 @@ func Run(ctx context.Context, o Options) []Result {
 	if !add("pods can be listed", "the checks need to list pods and namespaces", err) {
 		return rs
 	}
+	add("namespace labels "+wellknown.AnnotationInject+" are "+wellknown.InjectEnabled+" or "+wellknown.InjectDisabled,
+		"the webhook opts in the namespaces labelled "+wellknown.AnnotationInject+"="+wellknown.InjectEnabled+" and ignores any other value without a word (the same value in a pod's annotation is refused): relabel them as above, or "+wellknown.InjectDisabled+" to keep them out (docs/annotations.md)",
+		namespaceLabels(nsLabels, o.Namespace, cfg))
 	add("pods that ask for injection have the sidecar", "they were created while the injector was down or before their namespace opted in: kubectl rollout restart their workloads", missingSidecars(pods, nsLabels, o.Namespace, cfg))
 	add("sidecars are ready", "kubectl logs POD -c "+wellknown.ProxyContainerName+"; curl POD:15020/ready", sidecarsReady(pods))
 	if rendered {
@@ -402,6 +405,32 @@ func podsAndNamespaces(ctx context.Context, c kubernetes.Interface) ([]corev1.Po
 	return pods.Items, labels, nil
 }
 
+// namespaceLabels lists the namespaces whose minimesh.io/inject label is
+// neither enabled nor disabled (true, yes, Enabled). The chart's webhook
+// selects namespaces by the exact label enabled, so such a namespace's pods
+// are never sent to the injector, which would refuse the same value in a
+// pod's annotation: no pod is refused, none is injected, and the pods
+// check, which asks the injector what it would do, sees nothing missing.
+// The release's namespace and the ignored ones are left out: their pods
+// are never injected whatever the label says. The error ends with the
+// command that fixes every namespace listed.
+func namespaceLabels(nsLabels map[string]map[string]string, release string, cfg injector.Config) error {
+	var bad, names []string
+	for ns, labels := range nsLabels {
+		v, ok := labels[wellknown.AnnotationInject]
+		if !ok || v == wellknown.InjectEnabled || v == wellknown.InjectDisabled || ns == release || slices.Contains(cfg.IgnoredNamespaces, ns) {
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("%s (%s=%q)", ns, wellknown.AnnotationInject, v))
+		names = append(names, ns)
+	}
+	if err := listed("namespaces labelled with a value the webhook ignores, not "+wellknown.InjectEnabled+" or "+wellknown.InjectDisabled, bad); err != nil {
+		slices.Sort(names)
+		return fmt.Errorf("%w: kubectl label namespace %s %s=%s --overwrite", err, strings.Join(names, " "), wellknown.AnnotationInject, wellknown.InjectEnabled)
+	}
+	return nil
+}
+
 // stillRuns reports whether a pod runs or will: not being deleted, and
 // not finished (a Job's pod that Succeeded or Failed never runs again,
 // whatever sidecar it had or lacked). The pod checks look at these only:
@@ -414,7 +443,9 @@ func stillRuns(p *corev1.Pod) bool {
 
 // missingSidecars are pods the injector would inject now but that run
 // without the sidecar: the webhook was down (failurePolicy Ignore) or the
-// namespace opted in after they were created.
+// namespace opted in after they were created. Which pods should have one
+// is injector.Inject's decision, not a second copy of its rule here: a pod
+// it skips (hostNetwork, or for nodes other than Linux) is not listed.
 func missingSidecars(pods []corev1.Pod, nsLabels map[string]map[string]string, release string, cfg injector.Config) error {
 	// The chart's webhook never sees the release's own namespace.
 	cfg.IgnoredNamespaces = append(slices.Clip(cfg.IgnoredNamespaces), release)

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/minimesh/minimesh/injector"
 	"github.com/minimesh/minimesh/internal/pki"
 )
 
@@ -120,6 +121,31 @@ func TestRun(t *testing.T) {
 			&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "stale", Annotations: map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/status": "injected"}},
 				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}}, Status: corev1.PodStatus{Phase: corev1.PodRunning}},
 		}, map[string]string{"pods that ask for injection have the sidecar": "4 pods without the sidecar: opted/before-label, shop/asked, shop/stale, shop/typo (minimesh: metadata.annotations[minimesh.io/inject]: \"true\": want enabled or disabled)"}},
+		{"namespace label typo", "37", 300 * 24 * time.Hour, []runtime.Object{
+			// Silently ignored by the webhook's namespaceSelector: the
+			// running pod lacks its sidecar, and no check said so.
+			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "typo", Labels: map[string]string{"minimesh.io/inject": "true"}}},
+			pod("typo", "web", nil, corev1.PodRunning, nil),
+		}, map[string]string{"namespace labels minimesh.io/inject are enabled or disabled": `1 namespaces labelled with a value the webhook ignores, not enabled or disabled: typo (minimesh.io/inject="true"): kubectl label namespace typo minimesh.io/inject=enabled --overwrite`}},
+		// Pods the injector never injects (injector.Inject's rule): not
+		// missing their sidecar, however they asked.
+		{"pods never injected", "37", 300 * 24 * time.Hour, []runtime.Object{
+			func() *corev1.Pod {
+				p := pod("opted", "windows", nil, corev1.PodPending, nil)
+				p.Spec.OS = &corev1.PodOS{Name: corev1.Windows}
+				return p
+			}(),
+			func() *corev1.Pod {
+				p := pod("shop", "windows-node", map[string]string{"minimesh.io/inject": "enabled"}, corev1.PodRunning, nil)
+				p.Spec.NodeSelector = map[string]string{"kubernetes.io/os": "windows"}
+				return p
+			}(),
+			func() *corev1.Pod {
+				p := pod("opted", "agent", nil, corev1.PodRunning, nil)
+				p.Spec.HostNetwork = true
+				return p
+			}(),
+		}, nil},
 		{"iptables where Pod Security forbids it", "37", 300 * 24 * time.Hour, []runtime.Object{
 			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "locked", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}}},
 			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "open", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged", "minimesh.io/inject": "enabled"}}},
@@ -215,8 +241,8 @@ func TestRun(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := cluster(t, tt.minor, tt.certValid, tt.objs...)
 			got := verdicts(Run(context.Background(), Options{Client: c, Namespace: "minimesh"}))
-			if len(got) != 12 {
-				t.Fatalf("%d checks ran, want 12: %v", len(got), got)
+			if len(got) != 13 {
+				t.Fatalf("%d checks ran, want 13: %v", len(got), got)
 			}
 			for name, v := range got {
 				want, bad := tt.failing[name]
@@ -226,6 +252,40 @@ func TestRun(t *testing.T) {
 				case !bad && v != "ok":
 					t.Errorf("%s failed: %s", name, v)
 				}
+			}
+		})
+	}
+}
+
+// TestNamespaceLabels: every value of the namespace label but the two the
+// webhook knows is a failure naming the namespace, the value and the fix,
+// except where no pod is ever injected.
+func TestNamespaceLabels(t *testing.T) {
+	cfg := injector.DefaultConfig() // ignores kube-system and kube-node-lease
+	fix := func(ns ...string) string {
+		return ": kubectl label namespace " + strings.Join(ns, " ") + " minimesh.io/inject=enabled --overwrite"
+	}
+	tests := []struct {
+		name   string
+		labels map[string]map[string]string
+		want   string // "" passes
+	}{
+		{"none", map[string]map[string]string{"shop": nil, "web": {"team": "a"}}, ""},
+		{"enabled and disabled", map[string]map[string]string{"shop": {"minimesh.io/inject": "enabled"}, "web": {"minimesh.io/inject": "disabled"}}, ""},
+		{"true", map[string]map[string]string{"shop": {"minimesh.io/inject": "true"}}, `1 namespaces labelled with a value the webhook ignores, not enabled or disabled: shop (minimesh.io/inject="true")` + fix("shop")},
+		{"case and empty", map[string]map[string]string{"web": {"minimesh.io/inject": "Enabled"}, "shop": {"minimesh.io/inject": ""}, "ok": {"minimesh.io/inject": "enabled"}},
+			`2 namespaces labelled with a value the webhook ignores, not enabled or disabled: shop (minimesh.io/inject=""), web (minimesh.io/inject="Enabled")` + fix("shop", "web")},
+		{"release and ignored namespaces", map[string]map[string]string{"minimesh": {"minimesh.io/inject": "yes"}, "kube-system": {"minimesh.io/inject": "yes"}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := namespaceLabels(tt.labels, "minimesh", cfg)
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tt.want {
+				t.Errorf("got  %q\nwant %q", got, tt.want)
 			}
 		})
 	}
