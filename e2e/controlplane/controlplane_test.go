@@ -67,7 +67,8 @@ func startPlane(t testing.TB, extra ...string) *plane {
 	ports := controller.FreePorts(t, 2)
 	p.xdsAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	p.ctrlArgs = []string{"controller", "--kubeconfig", p.c.Kubeconfig, "--xds-addr", p.xdsAddr,
-		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--namespace", "minimesh"}
+		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]), "--namespace", "minimesh",
+		"--shutdown-delay", "0"} // a stop is a test's restart, not a rollout
 	p.ctrlArgs = append(p.ctrlArgs, extra...)
 	p.startController(t)
 	p.upstream = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))

@@ -171,7 +171,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.badRequest(w, r, http.StatusBadRequest, errors.New("AdmissionReview has no request"))
 		return
 	}
-	resp, result := h.admit(r.Context(), review.Request)
+	resp, result, err := h.admit(r.Context(), review.Request)
+	if err != nil {
+		h.fail(w, err)
+		h.Metrics.observe(result, time.Since(start))
+		return
+	}
 	resp.UID = review.Request.UID
 	out, err := json.Marshal(admissionv1.AdmissionReview{
 		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
@@ -186,60 +191,77 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Metrics.observe(result, time.Since(start))
 }
 
-// admit decides one request. A pod we cannot read or a namespace we
-// cannot look up is refused (result error): the webhook's failurePolicy
-// is for an injector that is down, and a guess here would inject pods
-// that asked not to be, or skip pods that asked to be.
-func (h *Handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, string) {
+// admit decides one request: an answer (allowed, or denied for what the
+// pod asks), or an error when the injector itself could not decide (a pod
+// it cannot read, a namespace it cannot look up, a mutation it cannot
+// write). Such an error is answered 500 (fail), not as a denial: the API
+// server applies the webhook's failurePolicy to a failed call but never
+// to a response, so a denial would refuse the pod even under Ignore, and
+// failurePolicy would not be what decides, as docs/injector.md says.
+func (h *Handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, string, error) {
 	allow := &admissionv1.AdmissionResponse{Allowed: true}
 	log := h.Log.With("namespace", echo.Clip(req.Namespace), "uid", echo.Clip(string(req.UID)))
 	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.Operation != admissionv1.Create || req.SubResource != "" {
 		// A webhook configuration wider than pods/CREATE is harmless.
 		log.Debug("admission: not a pod create", "kind", echo.Clip(req.Kind.Kind), "operation", echo.Clip(string(req.Operation)), "subresource", echo.Clip(req.SubResource))
-		return allow, ResultSkipped
+		return allow, ResultSkipped, nil
 	}
 	pod, whole, err := decodePod(req.Object.Raw)
 	if err != nil {
 		log.Error("admission: cannot decode the pod", "err", echo.Clip(err.Error()))
-		return refuse(http.StatusBadRequest, "minimesh: decode pod: "+echo.Clip(err.Error())), ResultError
+		return nil, ResultError, errors.New("minimesh: decode pod: " + echo.Clip(err.Error()))
 	}
 	log = log.With("pod", echo.Clip(podName(pod)))
 	labels, err := h.Namespaces.Labels(ctx, req.Namespace)
 	if err != nil {
 		// The error names the namespace, which is the requester's.
 		log.Error("admission: cannot read the namespace's labels", "err", echo.Clip(err.Error()))
-		return refuse(http.StatusInternalServerError, fmt.Sprintf("minimesh: namespace %s: %s", echo.Clip(req.Namespace), echo.Clip(err.Error()))), ResultError
+		return nil, ResultError, fmt.Errorf("minimesh: namespace %s: %s", echo.Clip(req.Namespace), echo.Clip(err.Error()))
 	}
 	res, err := injector.Inject(injector.Input{Pod: pod, Namespace: req.Namespace, NamespaceLabels: labels}, h.Config)
 	if err != nil {
 		var deny *injector.DenyError
 		if errors.As(err, &deny) {
 			log.Info("admission: denied", "reason", err.Error())
-			return refuse(http.StatusForbidden, err.Error()), ResultDenied
+			return refuse(http.StatusForbidden, err.Error()), ResultDenied, nil
 		}
 		log.Error("admission: inject", "err", err)
-		return refuse(http.StatusInternalServerError, err.Error()), ResultError
+		return nil, ResultError, err
 	}
 	allow.Warnings = res.Warnings
 	if !res.Injected {
 		log.Debug("admission: not injected", "reason", res.Reason)
-		return allow, ResultSkipped
+		return allow, ResultSkipped, nil
 	}
 	if !whole {
 		msg := fmt.Sprintf("minimesh: the pod is %d bytes of JSON, more than the %d minimesh injects; annotate it %s: %s",
 			len(req.Object.Raw), MaxPodBytes, wellknown.AnnotationInject, wellknown.InjectDisabled)
 		log.Info("admission: denied", "reason", msg)
-		return refuse(http.StatusForbidden, msg), ResultDenied
+		return refuse(http.StatusForbidden, msg), ResultDenied, nil
 	}
 	patch, err := injector.Patch(pod, res.Pod)
 	if err != nil {
 		log.Error("admission: patch", "err", err)
-		return refuse(http.StatusInternalServerError, err.Error()), ResultError
+		return nil, ResultError, err
 	}
 	pt := admissionv1.PatchTypeJSONPatch
 	allow.Patch, allow.PatchType = patch, &pt
 	log.Info("admission: injected", "reason", res.Reason, "warnings", len(res.Warnings))
-	return allow, ResultInjected
+	return allow, ResultInjected, nil
+}
+
+// fail answers an admission the injector could not decide: 500 with a
+// Status, which the API server's client reads as the call's error (its
+// message is what a refused pod's creator sees under failurePolicy Fail).
+func (h *Handler) fail(w http.ResponseWriter, err error) {
+	body, _ := json.Marshal(metav1.Status{ // cannot fail for this type
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Status"},
+		Status:   metav1.StatusFailure, Reason: metav1.StatusReasonInternalError,
+		Code: http.StatusInternalServerError, Message: err.Error(),
+	})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusInternalServerError)
+	_, _ = w.Write(body)
 }
 
 // readBody reads at most MaxBodyBytes, in one allocation when the

@@ -107,8 +107,11 @@ func TestHandler(t *testing.T) {
 		// A status annotation copied without the sidecar is no injection.
 		{"stale status annotation", review(t, "shop", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/status": "injected"})),
 			200, true, true, "", ResultInjected},
-		{"unknown namespace", review(t, "gone", admissionv1.Create, "Pod", pod(enabled)), 200, false, false, `namespaces "gone" not found`, ResultError},
-		{"pod that does not decode", review(t, "shop", admissionv1.Create, "Pod", map[string]any{"spec": "nope"}), 200, false, false, "decode pod", ResultError},
+		// The injector failing is no denial: a 500, to which the API
+		// server applies failurePolicy (before, allowed=false refused
+		// the pod even under Ignore).
+		{"namespace that cannot be read", review(t, "gone", admissionv1.Create, "Pod", pod(enabled)), 500, false, false, `minimesh: namespace gone: namespaces "gone" not found`, ResultError},
+		{"pod that does not decode", review(t, "shop", admissionv1.Create, "Pod", map[string]any{"spec": "nope"}), 500, false, false, "minimesh: decode pod", ResultError},
 		{"not JSON", []byte("{"), 400, false, false, "decode AdmissionReview", ""},
 		{"no request", []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`), 400, false, false, "no request", ""},
 		{"oversized", append(append([]byte(`{"x":"`), bytes.Repeat([]byte("a"), MaxBodyBytes)...), '"', '}'), 400, false, false, "larger than", ""},
@@ -119,6 +122,20 @@ func TestHandler(t *testing.T) {
 			w := post(h, tt.body)
 			if w.Code != tt.status {
 				t.Fatalf("status %d, want %d: %s", w.Code, tt.status, w.Body)
+			}
+			if tt.status == http.StatusInternalServerError {
+				// A Status, whose message the API server reports.
+				var st metav1.Status
+				if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil || st.Kind != "Status" || st.Code != 500 || !strings.Contains(st.Message, tt.message) {
+					t.Fatalf("500 with body %s (%v), want a Status whose message holds %q", w.Body, err, tt.message)
+				}
+				if got := testutil.ToFloat64(h.Metrics.admissions.WithLabelValues(tt.result)); got != 1 {
+					t.Fatalf("admissions{result=%q} = %v, want 1", tt.result, got)
+				}
+				if got := testutil.ToFloat64(h.Metrics.badRequests); got != 0 {
+					t.Fatalf("bad requests counted %v, want 0", got)
+				}
+				return
 			}
 			if tt.status != 200 {
 				if !strings.Contains(w.Body.String(), tt.message) {
@@ -272,7 +289,8 @@ func TestHandlerRefusesGET(t *testing.T) {
 }
 
 // FuzzHandler: whatever arrives, the handler answers 200 with a review of
-// the request's UID, or 400; it never panics or answers half a review.
+// the request's UID, 400, or 500 with a Status (the injector could not
+// decide); it never panics or answers half a review.
 func FuzzHandler(f *testing.F) {
 	f.Add(review(f, "shop", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/inject": "enabled"})))
 	f.Add(review(f, "opted", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/skip-outbound-cidrs": "10.0.0.0/8"})))
@@ -284,6 +302,11 @@ func FuzzHandler(f *testing.F) {
 		w := post(h, body)
 		switch w.Code {
 		case http.StatusBadRequest:
+		case http.StatusInternalServerError:
+			var st metav1.Status
+			if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil || st.Kind != "Status" || st.Message == "" {
+				t.Fatalf("500 without a Status: %v %s", err, w.Body)
+			}
 		case http.StatusOK:
 			var in, out admissionv1.AdmissionReview
 			_ = json.Unmarshal(body, &in)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,13 +34,27 @@ type Server struct {
 	// finish after ctx ends (default 10 s, the API server's own timeout
 	// for a webhook call is shorter).
 	ShutdownTimeout time.Duration
+	// ShutdownDelay is how long both listeners keep serving after ctx
+	// ends, /readyz answering 503, before they shut down (0: at once).
+	// A terminating pod stays in the Service's routing for a moment
+	// (endpoints, kube-proxy, and the API server's open connection), and
+	// the API server does not retry a webhook call that is refused: a pod
+	// created then would go without its sidecar (Ignore) or be refused
+	// (Fail). Kubernetes' own servers wait so too
+	// (kube-apiserver's --shutdown-delay-duration).
+	ShutdownDelay time.Duration
 
+	// after is time.After, or the clock of a test.
+	after func(time.Duration) <-chan time.Time
+
+	draining    atomic.Bool
 	mu          sync.Mutex
 	webhookAddr net.Addr
 	adminAddr   net.Addr
 }
 
-// Run serves until ctx ends, then lets in-flight admissions finish. The
+// Run serves until ctx ends, then for ShutdownDelay more with /readyz
+// answering 503, then lets in-flight admissions finish. The
 // certificate is read at once, so a missing or bad file fails Run before
 // anything listens, and reloaded when the files change (poll and watch),
 // so a rotated Secret is served without a restart.
@@ -116,6 +131,22 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
+	if runErr == nil && s.ShutdownDelay > 0 {
+		s.draining.Store(true)
+		// Each connection ends after its answer (HTTP/2: GOAWAY once
+		// idle), so that the API server's next call dials again and
+		// meets a pod that is not going.
+		webhook.SetKeepAlivesEnabled(false)
+		s.Log.Info("shutting down: /readyz answers 503, serving on while the endpoints drop this pod", "delay", s.ShutdownDelay.String())
+		after := s.after
+		if after == nil {
+			after = time.After
+		}
+		select {
+		case <-after(s.ShutdownDelay):
+		case runErr = <-errc:
+		}
+	}
 	timeout := s.ShutdownTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
@@ -141,6 +172,10 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if s.draining.Load() {
+		http.Error(w, "not ready: shutting down", http.StatusServiceUnavailable)
+		return
+	}
 	if s.Ready != nil {
 		if err := s.Ready(); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)

@@ -214,3 +214,114 @@ func TestServerDrainsInFlight(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 }
+
+// TestServerShutdownDelay: once ctx ends, /readyz answers 503 at once
+// while both ports keep serving (a new connection's admission is
+// answered) until the delay has passed; then neither accepts and Run
+// returns. Before, both listeners closed within a millisecond of SIGTERM,
+// while the API server still routed webhook calls to the pod.
+func TestServerShutdownDelay(t *testing.T) {
+	dir := t.TempDir()
+	selfSigned(t, dir)
+	delays, fire := make(chan time.Duration, 1), make(chan time.Time)
+	s := &Server{
+		WebhookAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key"),
+		Inject: newHandler(), Metrics: NewMetrics(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		ShutdownDelay: 7 * time.Second,
+		after: func(d time.Duration) <-chan time.Time {
+			delays <- d
+			return fire
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var w, a net.Addr
+	for deadline := time.Now().Add(5 * time.Second); w == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("server did not listen")
+		}
+		w, a = s.Addrs()
+	}
+	// Each request on a new connection: what a call routed to the pod
+	// after SIGTERM does.
+	newClient := func() *http.Client {
+		return &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true}}
+	}
+	get := func(url string) (int, error) {
+		resp, err := newClient().Get(url)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	admin, hook := "http://"+a.String(), "https://"+w.String()
+	if c, err := get(admin + "/readyz"); c != 200 {
+		t.Fatalf("/readyz before ctx ends: %d %v", c, err)
+	}
+
+	cancel()
+	select {
+	case d := <-delays:
+		if d != 7*time.Second {
+			t.Fatalf("waited %v, want the ShutdownDelay", d)
+		}
+	case err := <-done:
+		t.Fatalf("Run returned %v without the delay", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("no delay after ctx ended")
+	}
+	for _, url := range []string{admin + "/readyz", hook + "/readyz"} {
+		if c, err := get(url); c != http.StatusServiceUnavailable {
+			t.Errorf("%s while shutting down: %d %v, want 503", url, c, err)
+		}
+	}
+	for _, url := range []string{admin + "/healthz", admin + "/metrics", hook + "/healthz"} {
+		if c, err := get(url); c != 200 {
+			t.Errorf("%s while shutting down: %d %v, want 200", url, c, err)
+		}
+	}
+	// A client that keeps connections alive is told to close this one
+	// after the answer, so that its next call dials again (and meets a
+	// pod that is not going).
+	keepAlive := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := keepAlive.Post(hook+"/inject", "application/json",
+		bytes.NewReader(review(t, "shop", "CREATE", "Pod", pod(map[string]string{"minimesh.io/inject": "enabled"}))))
+	if err != nil {
+		t.Fatalf("admission while shutting down: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(body, []byte(`"patch"`)) {
+		t.Fatalf("admission while shutting down: %d %s", resp.StatusCode, body)
+	}
+	if !resp.Close {
+		t.Error("an admission while shutting down kept its connection alive, want Connection: close")
+	}
+
+	close(fire)
+	for _, addr := range []net.Addr{w, a} {
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			c, err := net.Dial("tcp", addr.String())
+			if err != nil {
+				break
+			}
+			c.Close()
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still accepts after the delay", addr)
+			}
+		}
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return after the delay")
+	}
+}

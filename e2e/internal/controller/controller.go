@@ -27,6 +27,9 @@ type Options struct {
 	Cert *pki.Pair
 	// CA signed Cert; required with Cert.
 	CA *pki.CA
+	// ShutdownDelay is the controller's --shutdown-delay. Zero: none, so
+	// that a test's stop is not 5 s (the flag's default) of serving on.
+	ShutdownDelay time.Duration
 }
 
 // Controller is a running `minimesh controller`.
@@ -74,6 +77,7 @@ func Start(t testing.TB, kubeconfig string, opt Options) *Controller {
 		"--xds-addr", fmt.Sprintf("127.0.0.1:%d", ports[2]),
 		"--tls-cert-file", certFile, "--tls-key-file", keyFile,
 		"--kubeconfig", kubeconfig,
+		"--shutdown-delay", opt.ShutdownDelay.String(),
 	}
 	if opt.Config != "" {
 		path := filepath.Join(dir, "config.yaml")

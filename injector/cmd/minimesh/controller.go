@@ -44,6 +44,7 @@ type controllerFlags struct {
 	xdsAddr, policyDir     string
 	namespace              string
 	xdsMaxConns            int
+	shutdownDelay          time.Duration
 }
 
 func newControllerCmd() *cobra.Command {
@@ -58,11 +59,16 @@ func newControllerCmd() *cobra.Command {
 			"Policies come from ResiliencePolicy objects (their status says whether they\n" +
 			"were accepted) or, with --policy-dir, from files: then no cluster is needed and\n" +
 			"no endpoints are served.\n" +
-			"Without --tls-cert-file the webhook is off.",
+			"Without --tls-cert-file the webhook is off.\n" +
+			"On SIGTERM /readyz answers 503 at once and everything keeps serving for\n" +
+			"--shutdown-delay, while the pod leaves the Service's endpoints; then it stops.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			// The first signal starts the drain; a second one (Ctrl-C
+			// again) ends the process at once, as signals do by default.
+			context.AfterFunc(ctx, stop)
 			return runController(ctx, f, cmd)
 		},
 	}
@@ -78,10 +84,13 @@ func newControllerCmd() *cobra.Command {
 	fl.IntVar(&f.xdsMaxConns, "xds-max-connections", defaultXDSMaxConnections, "most connections the xDS listener holds at once; more are reset as soon as accepted (0: no limit)")
 	fl.StringVar(&f.policyDir, "policy-dir", "", "serve the policies of this directory instead of the cluster's ResiliencePolicy objects")
 	fl.StringVar(&f.namespace, "namespace", orEnv("POD_NAMESPACE", "minimesh"), "namespace whose ResiliencePolicy objects apply cluster-wide (default: $POD_NAMESPACE, else minimesh)")
+	fl.DurationVar(&f.shutdownDelay, "shutdown-delay", defaultShutdownDelay, "on SIGTERM, how long the webhook, xDS and admin listeners keep serving, /readyz answering 503, before they stop (0: at once)")
 	return cmd
 }
 
-func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) error {
+// runController runs until stopping ends (SIGTERM), then for
+// --shutdown-delay more.
+func runController(stopping context.Context, f controllerFlags, cmd *cobra.Command) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)
@@ -95,6 +104,13 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 	if f.xdsMaxConns < 0 {
 		return fmt.Errorf("--xds-max-connections %d: want 0 (no limit) or more", f.xdsMaxConns)
 	}
+	if f.shutdownDelay < 0 {
+		return fmt.Errorf("--shutdown-delay %v: want 0 (none) or more", f.shutdownDelay)
+	}
+	// What serves (the xDS server, the informers the webhook reads) lives
+	// until the webhook server has drained, not just until the signal.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(stopping))
+	defer cancel()
 	if (f.certFile == "") != (f.keyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
 	}
@@ -203,6 +219,9 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		KeyFile:     f.keyFile,
 		Metrics:     metrics,
 		Log:         log,
+		// The xDS server too serves on through the delay: it stops
+		// when Run returns.
+		ShutdownDelay: f.shutdownDelay,
 	}
 	if f.certFile != "" {
 		ns, err := webhook.NewNamespaces(rc)
@@ -227,7 +246,7 @@ func runController(ctx context.Context, f controllerFlags, cmd *cobra.Command) e
 		return nil
 	}
 	log.Info("minimesh controller starting", "version", wellknown.Version, "image", cfg.Proxy.Image, "policy_dir", f.policyDir)
-	if err := srv.Run(ctx); err != nil {
+	if err := srv.Run(stopping); err != nil {
 		return err
 	}
 	log.Info("minimesh controller stopped")
@@ -272,6 +291,12 @@ const (
 	// 512Mi), one with a sidecar's idle stream about 56 KB (135 KB while
 	// a push is in flight): size the memory limit for the sidecars.
 	defaultXDSMaxConnections = 10000
+	// defaultShutdownDelay (--shutdown-delay) covers the second or two
+	// in which a terminating pod's endpoint is still routed to (the
+	// EndpointSlice update, kube-proxy's rules, the API server's open
+	// connection); with the webhook's 10 s to finish admissions in
+	// flight it stays within the chart's terminationGracePeriodSeconds.
+	defaultShutdownDelay = 5 * time.Second
 )
 
 // xdsServerOptions are the xDS gRPC server's: keepalive both ways, and

@@ -77,6 +77,7 @@ func TestControllerStartupErrors(t *testing.T) {
 		{"missing config", []string{"--config", missing + ".yaml"}, []string{missing + ".yaml: no such file"}},
 		{"bad config", []string{"--config", badConfig}, []string{badConfig, "line 3", "colour"}},
 		{"negative connection cap", []string{"--xds-max-connections", "-1"}, []string{"--xds-max-connections -1"}},
+		{"negative shutdown delay", []string{"--shutdown-delay", "-1s"}, []string{"--shutdown-delay -1s: want 0 (none) or more"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code, out, errOut := run(append(append([]string{"controller"}, local...), tt.args...)...)
@@ -200,8 +201,9 @@ func TestMain(m *testing.M) {
 
 // TestControllerSIGTERM runs `minimesh controller` against a fake API
 // server: it becomes ready once the namespaces are listed, injects over
-// TLS, counts it on the admin port, and on SIGTERM stops listening, lets
-// the admission in flight finish, and exits 0.
+// TLS, counts it on the admin port, and on SIGTERM turns unready while it
+// serves on for --shutdown-delay, then stops listening, lets the
+// admission in flight finish, and exits 0.
 func TestControllerSIGTERM(t *testing.T) {
 	api := &fakeAPI{
 		listed:  map[string]map[string]string{"shop": nil, "opted": {"minimesh.io/inject": "enabled"}},
@@ -331,12 +333,41 @@ current-context: fake
 	case <-time.After(20 * time.Second):
 		t.Fatal("the controller did not read namespace late")
 	}
+	signalled := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	// Stopped accepting: the admin port refuses new connections while the
-	// admission is still in flight.
+	// Shutting down: /readyz answers 503 at once, while the webhook, the
+	// admin port and the xDS server serve on (new connections, as from
+	// an API server still routed to this pod) for --shutdown-delay.
+	// Before, every port refused within a millisecond of SIGTERM.
 	waitFor(t, exited, 10*time.Second, func() error {
+		resp, err := http.Get(adminURL + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			return fmt.Errorf("/readyz %d after SIGTERM, want 503", resp.StatusCode)
+		}
+		return nil
+	})
+	client = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true}}
+	if r, err := admit("3", "opted"); err != nil || !r.Allowed || len(r.Patch) == 0 {
+		t.Fatalf("admission while shutting down: %+v %v, want it injected", r, err)
+	}
+	xc, err := net.DialTimeout("tcp", addrs[2], 10*time.Second)
+	if err != nil {
+		t.Fatalf("xDS listener while shutting down: %v", err)
+	}
+	xc.SetDeadline(time.Now().Add(10 * time.Second))
+	h2Handshake(t, xc)
+	xc.Close()
+	// Then it stops accepting (the admin port refuses new connections),
+	// not before the default delay, while the admission is still in
+	// flight.
+	waitFor(t, exited, 30*time.Second, func() error {
 		c, err := net.DialTimeout("tcp", addrs[1], time.Second)
 		if err != nil {
 			return nil
@@ -344,6 +375,9 @@ current-context: fake
 		c.Close()
 		return fmt.Errorf("%s still accepts", addrs[1])
 	})
+	if d := time.Since(signalled); d < defaultShutdownDelay {
+		t.Fatalf("stopped accepting %v after SIGTERM, want --shutdown-delay's default %v", d, defaultShutdownDelay)
+	}
 	close(api.release)
 	released = true
 	if err := <-late; err != nil {

@@ -513,7 +513,7 @@ func TestXDSConnectionCap(t *testing.T) {
 	var errOut safeBuf
 	root := newRootCmd(io.Discard, &errOut)
 	root.SetArgs([]string{"controller", "--webhook-addr", addrs[0], "--admin-addr", addrs[1], "--xds-addr", addrs[2],
-		"--policy-dir", dir, "--xds-max-connections", "2"})
+		"--policy-dir", dir, "--xds-max-connections", "2", "--shutdown-delay", "0"})
 	exited := make(chan error, 1)
 	go func() { exited <- root.ExecuteContext(ctx) }()
 	defer func() {
