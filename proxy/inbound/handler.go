@@ -151,7 +151,7 @@ func New(cfg Config) *Handler {
 	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
-		Transport:      h.tr,
+		Transport:      outbound.AppTransport(h.tr), // the outbound path's 1xx bound, and no app's X-Request-ID in 1xx or trailers
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
 		ModifyResponse: h.modifyResponse,

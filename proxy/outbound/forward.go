@@ -340,6 +340,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		endTry(done, ep, epStart, outcome)
 		return nil, class, nil, &upstreamError{class: class, err: err}
 	}
+	dropTrailerID(resp.Trailer) // announced: the app is not told of one to come
 	verdict := error(nil)
 	if failOn.Status(countedStatus(resp, st)) || st.grpc && failOn.GRPCStatus(st.grpcStatus) {
 		verdict = breaker.ErrFailed
@@ -364,7 +365,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	// One try's body at a time (the retry loop closes one before the next
 	// try): it lives in the request's state, not an allocation of its own.
 	// The try's span ends with it too, as the breaker's verdict does.
-	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, ep: ep, epStart: epStart, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel, span: span, code: resp.StatusCode}
+	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, ep: ep, epStart: epStart, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel, span: span, code: resp.StatusCode, res: resp}
 	if st.grpc && grpcContentType(resp.Header) {
 		st.body.grpc = resp // the status comes in its trailers, if any (countedStatus)
 	}
@@ -436,7 +437,11 @@ type upstreamBody struct {
 	code int
 	// grpc is the response of a gRPC call whose status is in the
 	// trailers: the verdict is made from them at the body's end.
-	grpc  *http.Response
+	grpc *http.Response
+	// res is the response, whose trailers the transport fills as the
+	// body ends: the upstream's X-Request-ID is dropped from them then
+	// (dropTrailerID), before the ReverseProxy or fastProxy passes them on.
+	res   *http.Response
 	ended bool
 	// pfx and left follow grpc's messages, so that a failure can end
 	// the call with trailers when it falls between two (endGRPC): the
@@ -473,6 +478,9 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if b.grpc != nil && n > 0 {
 		b.frame(p[:n])
+	}
+	if err == io.EOF {
+		dropTrailerID(b.res.Trailer)
 	}
 	if err == nil || b.ended {
 		return n, err
