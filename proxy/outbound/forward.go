@@ -535,6 +535,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		b.endSpan("", true)
 		return n, err
 	}
+	b.st.lateErr = err // for answerLate's message
 	b.fail(class)
 	if b.st.out.withhold() {
 		// Nothing reached the app: the handler answers with the failure
@@ -579,6 +580,8 @@ func (b *upstreamBody) Close() error {
 		// judged the status.
 		if b.st.cutByTimeout(b.req) {
 			b.fail(policy.ClassTimeout)
+		} else if b.st.out.refused {
+			b.fail(policy.ClassReset) // the app's server refused what it carried (refusedWrite)
 		} else if b.req.Err() != nil {
 			b.end(breaker.ErrIgnored)
 			b.endSpan("", true)

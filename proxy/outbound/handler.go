@@ -277,6 +277,9 @@ type reqState struct {
 	// late is how the upstream's response failed after its headers (a
 	// reset, a timeout); 0 when it did not.
 	late policy.Class
+	// lateErr is the error that body failed with, which answerLate's
+	// message names (nil: none read, a timeout's cut).
+	lateErr error
 	// gone is an app that went away while its response's body was on
 	// its way (upstreamBody.Read saw the request end).
 	gone     bool
@@ -626,7 +629,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 // answerLate replaces a response whose upstream failed after its headers
 // but before the app received any of it with the sidecar's own answer.
 func (h *Handler) answerLate(w http.ResponseWriter, st *reqState) {
-	code, kind, body := errorResponse(&upstreamError{class: st.late, err: errors.New("the response failed after its headers")}, st.dest.name)
+	code, kind, body := lateAnswer(st)
 	clear(w.Header())
 	if rs, ok := st.out.ResponseWriter.(rawHeaderSetter); ok {
 		rs.SetRawHeader(nil) // the upstream's fields, as lines (fastProxy)
@@ -956,6 +959,7 @@ func modifyResponse(resp *http.Response) error {
 			}
 		}
 	}
+	dropBody(resp)
 	st.answered(resp.StatusCode)
 	resp.Header[requestIDKey] = st.idValue()
 	return nil

@@ -317,6 +317,11 @@ type countingWriter struct {
 	// http10 is an HTTP/1.0 app's response, which may hold no 1xx
 	// (RFC 9110 §15.2): it would read one as the final answer.
 	http10 bool
+	// refused is a write the app's server refused for what the
+	// upstream's response said (refusedWrite): the response was cut
+	// there, the upstream's failure, not the app's leaving
+	// (upstreamBody.Close records it).
+	refused bool
 	// mu serializes the two ways the server's ResponseWriter is reached
 	// from another goroutine than the one writing the body: the
 	// ReverseProxy's flush timer (FlushError) and the end of an upload
@@ -380,18 +385,81 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	w.n += int64(n)
 	if err != nil && ReaderGone(err) {
 		w.broken = true
+	} else if err != nil && refusedWrite(err) {
+		w.refused = true
 	}
 	return n, err
 }
 
 // ReaderGone tells a failed write of a response from one the server
 // refused for what was written (a body a HEAD, 204 or 304 may not have,
-// past its Content-Length, on a hijacked connection): only the first is
-// its reader gone (the app here, the caller on the inbound path), or its
-// connection broken.
+// past its Content-Length: refusedWrite; on a hijacked connection): only
+// the first is its reader gone (the app here, the caller on the inbound
+// path), or its connection broken.
 func ReaderGone(err error) bool {
-	return !errors.Is(err, http.ErrBodyNotAllowed) && !errors.Is(err, http.ErrContentLength) &&
-		!errors.Is(err, http.ErrHijacked) && !errors.Is(err, errWithheld)
+	return !refusedWrite(err) && !errors.Is(err, http.ErrHijacked) && !errors.Is(err, errWithheld)
+}
+
+// refusedWrite reports whether a failed write of a response's body is
+// one its server refused for what the response's head said: a body the
+// status may not have (http.ErrBodyNotAllowed), bytes past its
+// Content-Length (http.ErrContentLength; net/http's HTTP/2 server says so
+// only in text, h2WroteMore). The ReverseProxy aborts the response
+// there: the app reads a reset, a failure of the upstream's answer.
+func refusedWrite(err error) bool {
+	return errors.Is(err, http.ErrBodyNotAllowed) || errors.Is(err, http.ErrContentLength) || err.Error() == h2WroteMore
+}
+
+// h2WroteMore is net/http's HTTP/2 server's refusal of a body past the
+// Content-Length its headers sent (h2_bundle.go, Go 1.26).
+const h2WroteMore = "http2: handler wrote more than declared Content-Length"
+
+// lateAnswer is the sidecar's answer to a request whose upstream's
+// response failed after its headers but before any of its body reached
+// the app (answerLate): the status and kind it was (lateFailure), and a
+// message that says so, with the cause of a reset. errorResponse's
+// "failed before a response" would say the upstream never answered.
+func lateAnswer(st *reqState) (int, string, errorBody) {
+	code, kind := lateFailure(st.late)
+	msg := "upstream " + st.dest.name + "'s response failed after its headers, before any of its body reached the app"
+	if st.late == policy.ClassTimeout {
+		msg = "upstream " + st.dest.name + "'s response timed out after its headers, before any of its body reached the app"
+	} else if st.lateErr != nil {
+		msg += ": " + st.lateErr.Error()
+	}
+	return code, kind, errorBody{Destination: st.dest.name, Message: msg}
+}
+
+// dropBody takes the body off a response that may carry none: a 204 or
+// 304, or the answer to a HEAD (RFC 9110 §6.4.1). A 1xx is never a final
+// answer here but a 101, whose body is its switched connection. Go's
+// HTTP/1 transport and the fast one never read such a body (the bytes
+// after the head are not this response's); Go's HTTP/2 transport hands
+// DATA after a 204 or 304 on as a body, and reads a 304's content-length
+// with no DATA as a body cut short. Passed on, the first byte was
+// refused by the app's server (ErrBodyNotAllowed), the ReverseProxy
+// aborted, and the app read a reset where the status's success was
+// recorded; a 304 with a content-length was the sidecar's 502. Closed
+// here, the body ends the try with its status's verdict (and its stream,
+// if still open, with RST_STREAM CANCEL). A 204's or 304's
+// Content-Length goes too, as Go's HTTP/1 server drops it for an HTTP/1
+// app: its HTTP/2 server would pass it on, and a Go client reads a 204 or
+// 304 saying content-length: 5 with no DATA as a body cut short (RFC 9110
+// §8.6 forbids it on a 204). A HEAD's stays: it is the length of what a
+// GET would get. Every other answer costs a comparison or two.
+func dropBody(resp *http.Response) {
+	if resp.Body == nil || resp.Body == http.NoBody {
+		return
+	}
+	switch {
+	case resp.StatusCode == http.StatusNoContent, resp.StatusCode == http.StatusNotModified:
+		delete(resp.Header, "Content-Length")
+	case resp.Request.Method == http.MethodHead:
+	default:
+		return
+	}
+	resp.Body.Close()
+	resp.Body, resp.Trailer = http.NoBody, nil
 }
 
 // abandonUpload ends the app's request body, in, that the upstream
