@@ -411,6 +411,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	}
 	st := resp.Request.Context().Value(stateKey{}).(*reqState)
 	st.code, st.headers = resp.StatusCode, time.Now()
+	outbound.NoSniff(resp.Header, st.out.Header())
 	answeredBody(st)
 	resp.Header.Set(wellknown.HeaderRequestID, st.id)
 	if resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {

@@ -537,6 +537,8 @@ func (w *response) writeHeader(p []byte) {
 		_, haveType := header["Content-Type"]
 		haveType = haveType || w.raw.hasField(header, field.ContentType, "Content-Type")
 		hasCE := field.Get(header, "Content-Encoding") != "" || w.raw.hasField(header, field.ContentEncoding, "Content-Encoding")
+		// As net/http: a nil Content-Type in the map suppresses it,
+		// which the sidecar's proxies put there (outbound.NoSniff).
 		if !hasCE && !haveType && !hasTE && len(p) > 0 {
 			setHeader.contentType = http.DetectContentType(p)
 		}

@@ -367,12 +367,18 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 			}
 			break
 		}
+		var room [4]string
+		head, _ := c.br.Peek(c.br.Buffered())
+		listed := closeListed(head, room[:0])
 		r, err := http.ReadResponse(c.br, req)
 		c.limit = 0
 		if err != nil {
 			stop()
 			c.Close()
 			return nil, staleOr(err, c.read == before)
+		}
+		for _, k := range listed {
+			delete(r.Header, k) // hop-by-hop, as if Connection were there
 		}
 		if r.StatusCode >= 200 || r.StatusCode < 100 {
 			// Final, as http.Transport takes it: only 100-199 are

@@ -76,6 +76,9 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		if !(idLine(st.id) && rs.SetCheckedRawHeader(st.raw, st.wire.facts)) && !rs.SetRawHeader(st.raw) {
 			addLines(dst, st.raw) // not of its form: never, from wire.go
 		}
+		if st.wire.facts.Has&field.ContentType == 0 {
+			NoSniff(nil, dst) // the lines hold none
+		}
 		stream = res.ContentLength == -1 || st.wire.eventStream
 	} else {
 		removeHopByHop(res.Header, nil)
@@ -84,6 +87,7 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 			h.serveError(w, out, err)
 			return
 		}
+		NoSniff(res.Header, res.Header) // answerHeader passes a nil value on
 		dst = answerHeader(w, res, st)
 		stream = res.ContentLength == -1 || eventStream(field.Get(res.Header, "Content-Type"))
 	}
@@ -347,7 +351,7 @@ func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response, stream boo
 			// The headers now, as the ReverseProxy's timer sends a
 			// stream's (its copyResponse starts it with no delay, on a
 			// goroutine of its own). (A body already here goes with
-			// them, and is sniffed for a Content-Type as there.)
+			// them.)
 			_ = rc.Flush()
 		}
 	}

@@ -969,6 +969,7 @@ func modifyResponse(resp *http.Response) error {
 // (relayUpgrade), and the ReverseProxy, told errUpgraded, does nothing
 // more (serveError): its own splice dropped how the connection ended.
 func (h *Handler) modifyResponse(resp *http.Response) error {
+	NoSniff(resp.Header, stateOf(resp.Request.Context()).out.Header()) // the ReverseProxy drops a nil value of resp's
 	if err := modifyResponse(resp); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		return err
 	}

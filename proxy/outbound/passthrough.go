@@ -1,0 +1,57 @@
+package outbound
+
+import (
+	"bytes"
+	"net/http"
+
+	"github.com/minimesh/minimesh/proxy/internal/field"
+	"golang.org/x/net/http/httpguts"
+)
+
+// NoSniff keeps a response whose upstream sent no Content-Type without
+// one on its way on: answer is the header map the server writes the
+// response from. net/http's servers, HTTP/1 and HTTP/2, and the lean loop
+// (its port) add the http.DetectContentType of the body's first bytes to
+// a response without the field, which would make an echo of what a
+// caller sent text/html (an X-Content-Type-Options: nosniff defeated,
+// script run by a browser behind an ingress). Their documented way to
+// suppress an automatic header is its key with a nil value, which writes
+// nothing (docs/operations.md, "Answers the sidecar gives itself").
+func NoSniff(upstream, answer http.Header) {
+	if _, ok := upstream["Content-Type"]; ok {
+		return
+	}
+	if _, ok := answer["Content-Type"]; !ok {
+		answer["Content-Type"] = nil
+	}
+}
+
+// closeListed appends to drop the names the Connection fields of the
+// response head at the start of buf list, when one of them lists close
+// and the whole head is in buf (nil otherwise): http.ReadResponse then
+// deletes the Connection field (net/http's shouldClose), so that neither
+// removeHopByHop nor the ReverseProxy would see the names it lists, and
+// a field the upstream meant for this hop alone would reach the app.
+// The fast transport reads such heads with http.ReadResponse, from a
+// buffer that most often holds the whole head.
+func closeListed(buf []byte, drop []string) []string {
+	var conn []string
+	for i := 0; ; i++ {
+		nl := bytes.IndexByte(buf, '\n')
+		if nl < 0 {
+			return nil // not all of the head
+		}
+		line := bytes.TrimSuffix(buf[:nl], []byte("\r"))
+		buf = buf[nl+1:]
+		if len(line) == 0 {
+			break
+		}
+		if name, v, ok := bytes.Cut(line, []byte(":")); ok && i > 0 && field.EqualFold(name, "Connection") {
+			conn = append(conn, string(v))
+		}
+	}
+	if !httpguts.HeaderValuesContainsToken(conn, "close") {
+		return nil
+	}
+	return connectionListed(conn, drop)
+}
