@@ -20,9 +20,10 @@ func newInjectCmd() *cobra.Command {
 		Long: "inject adds the minimesh sidecar to every Pod, Deployment, StatefulSet, DaemonSet,\n" +
 			"ReplicaSet, Job and CronJob of a manifest stream (also inside a List), the same\n" +
 			"way the webhook does, and marks them minimesh.io/inject: enabled. Workloads\n" +
-			"annotated disabled, hostNetwork pods and injected ones are left alone, and so is\n" +
-			"every other document, byte for byte; an injected document is rewritten and keeps\n" +
-			"only the comments above it. The stream goes to stdout, a line per workload to\n" +
+			"annotated disabled, hostNetwork pods, pods for nodes other than Linux and\n" +
+			"injected ones are left alone, and so is every other document, byte for byte;\n" +
+			"an injected document is rewritten and keeps only the comments above it. The\n" +
+			"stream goes to stdout, a line per workload to\n" +
 			"stderr. It is read and written one document at a time (at most 4 MiB each);\n" +
 			"up to 8 MiB of output is held until the input ends, so that nothing is written\n" +
 			"if any document is refused. Past that the output streams, and a refusal ends\n" +
