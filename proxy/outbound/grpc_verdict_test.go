@@ -64,15 +64,10 @@ func scriptedH2Upstream(t *testing.T, answer h2Answer) string {
 			if err != nil {
 				return
 			}
+			if ackControl(fr, f) {
+				continue
+			}
 			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					_ = fr.WriteSettingsAck()
-				}
-			case *http2.PingFrame:
-				if !f.IsAck() {
-					_ = fr.WritePing(true, f.Data)
-				}
 			case *http2.MetaHeadersFrame:
 				if f.StreamEnded() {
 					respond(f.StreamID)

@@ -142,15 +142,10 @@ func (u *h2Refuser) serve(c net.Conn, how string) {
 		if err != nil {
 			return
 		}
+		if ackControl(fr, f) {
+			continue
+		}
 		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = fr.WriteSettingsAck()
-			}
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				_ = fr.WritePing(true, f.Data)
-			}
 		case *http2.MetaHeadersFrame:
 			s := &stream{nth: u.streams.Add(1)}
 			for _, hf := range f.RegularFields() {

@@ -48,11 +48,10 @@ func resettingH2UpstreamConns(t *testing.T) (string, *atomic.Int32, *atomic.Int3
 					if err != nil {
 						return
 					}
+					if ackControl(fr, f) {
+						continue
+					}
 					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							_ = fr.WriteSettingsAck()
-						}
 					case *http2.HeadersFrame:
 						streams.Add(1)
 						if f.StreamEnded() {
@@ -61,10 +60,6 @@ func resettingH2UpstreamConns(t *testing.T) (string, *atomic.Int32, *atomic.Int3
 					case *http2.DataFrame:
 						if f.StreamEnded() {
 							_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
-						}
-					case *http2.PingFrame:
-						if !f.IsAck() {
-							_ = fr.WritePing(true, f.Data)
 						}
 					}
 				}

@@ -99,15 +99,10 @@ func h2Stalled(t *testing.T, addr, authority string, grpc bool) <-chan string {
 				end <- "read: " + err.Error()
 				return
 			}
+			if ackControl(fr, f) {
+				continue
+			}
 			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					_ = fr.WriteSettingsAck()
-				}
-			case *http2.PingFrame:
-				if !f.IsAck() {
-					_ = fr.WritePing(true, f.Data)
-				}
 			case *http2.RSTStreamFrame:
 				end <- "RST_STREAM " + f.ErrCode.String()
 				return
