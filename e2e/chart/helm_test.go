@@ -83,6 +83,7 @@ func TestSchemaRefuses(t *testing.T) {
 		{[]string{"proxy.otlpEndpoint=http://jaeger:4317"}, "/proxy/otlpEndpoint'"},
 		{[]string{"proxy.adminPort=70000"}, "/proxy/adminPort'"},
 		{[]string{"proxy.inboundPort=0"}, "/proxy/inboundPort'"},
+		{[]string{"injector.shutdownDelaySeconds=-1"}, "/injector/shutdownDelaySeconds'"},
 		{[]string{"policies.shop.geo.timeout=2s"}, "/policies/shop/geo': missing property 'service'"},
 	}
 	for _, tt := range tests {
