@@ -172,13 +172,7 @@ func TestServerDrainsInFlight(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	var w, a net.Addr
-	for deadline := time.Now().Add(5 * time.Second); w == nil; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("server did not listen")
-		}
-		w, a = s.Addrs()
-	}
+	w, a := listening(t, s)
 
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	answer := make(chan string, 1)
@@ -194,18 +188,7 @@ func TestServerDrainsInFlight(t *testing.T) {
 	}()
 	<-started
 	cancel()
-	for _, addr := range []net.Addr{w, a} {
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			c, err := net.Dial("tcp", addr.String())
-			if err != nil {
-				break
-			}
-			c.Close()
-			if time.Now().After(deadline) {
-				t.Fatalf("%s still accepts after ctx ended", addr)
-			}
-		}
-	}
+	refusing(t, 5*time.Second, "after ctx ended", w, a)
 	close(release)
 	if got := <-answer; got != "answered" {
 		t.Fatalf("admission in flight got %q", got)
@@ -238,13 +221,7 @@ func TestServerShutdownDelay(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	var w, a net.Addr
-	for deadline := time.Now().Add(5 * time.Second); w == nil; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("server did not listen")
-		}
-		w, a = s.Addrs()
-	}
+	w, a := listening(t, s)
 	// Each request on a new connection: what a call routed to the pod
 	// after SIGTERM does.
 	newClient := func() *http.Client {
@@ -304,18 +281,7 @@ func TestServerShutdownDelay(t *testing.T) {
 	}
 
 	close(fire)
-	for _, addr := range []net.Addr{w, a} {
-		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			c, err := net.Dial("tcp", addr.String())
-			if err != nil {
-				break
-			}
-			c.Close()
-			if time.Now().After(deadline) {
-				t.Fatalf("%s still accepts after the delay", addr)
-			}
-		}
-	}
+	refusing(t, 20*time.Second, "after the delay", w, a)
 	select {
 	case err := <-done:
 		if err != nil {
@@ -323,5 +289,36 @@ func TestServerShutdownDelay(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run did not return after the delay")
+	}
+}
+
+// listening waits for s to listen and returns its webhook and admin
+// addresses.
+func listening(t *testing.T, s *Server) (webhook, admin net.Addr) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); webhook == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("server did not listen")
+		}
+		webhook, admin = s.Addrs()
+	}
+	return webhook, admin
+}
+
+// refusing waits, for at most within, until every one of addrs refuses
+// connections; when says after what, for the failure.
+func refusing(t *testing.T, within time.Duration, when string, addrs ...net.Addr) {
+	t.Helper()
+	for _, addr := range addrs {
+		for deadline := time.Now().Add(within); ; time.Sleep(10 * time.Millisecond) {
+			c, err := net.Dial("tcp", addr.String())
+			if err != nil {
+				break
+			}
+			c.Close()
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still accepts %s", addr, when)
+			}
+		}
 	}
 }
