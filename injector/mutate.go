@@ -186,12 +186,8 @@ func notForLinux(pod *corev1.Pod) (field, value string) {
 	// The terms are ORed, the expressions of a term ANDed: the pod is
 	// kept off Linux only if every term has an expression on the OS label
 	// that no Linux node matches. (No term at all matches no node: the
-	// API server refuses that pod.)
-	terms := a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
-	if len(terms) == 0 {
-		return "", ""
-	}
-	for i, t := range terms {
+	// API server refuses that pod, and the loop names no field.)
+	for i, t := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
 		j := slices.IndexFunc(t.MatchExpressions, func(e corev1.NodeSelectorRequirement) bool {
 			return slices.Contains(osLabels, e.Key) && !matchesLinux(e)
 		})
