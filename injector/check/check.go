@@ -519,44 +519,47 @@ func listWorkloads(ctx context.Context, c kubernetes.Interface) (*workloads, err
 // created, so what is listed here is a pod that will not come back once
 // deleted, or a workload whose pods are refused (its ReplicaSet, Job or
 // StatefulSet reports FailedCreate, and a rollout stalls). A pod or a
-// workload owned by another is listed as its owner.
+// workload owned by another is listed as its owner. Which pod would be
+// refused so is injector.Inject's decision (ErrPodSecurity), as for
+// missingSidecars: a pod it skips (hostNetwork, for nodes other than
+// Linux) asks for nothing, and an injected pod counts by the init
+// container the injector wrote into it.
 func podSecurityConflicts(pods []corev1.Pod, w *workloads, nsLabels map[string]map[string]string, release string, cfg injector.Config) error {
 	ignored := append(slices.Clip(cfg.IgnoredNamespaces), release)
 	var found []string
-	consider := func(kind string, meta metav1.ObjectMeta, template metav1.ObjectMeta) {
+	consider := func(kind string, meta metav1.ObjectMeta, template metav1.ObjectMeta, spec *corev1.PodSpec) {
 		if metav1.GetControllerOf(&meta) != nil || slices.Contains(ignored, meta.Namespace) {
 			return
 		}
-		ann, labels := template.Annotations, nsLabels[meta.Namespace]
-		asked := ann[wellknown.AnnotationInject] == wellknown.InjectEnabled || ann[wellknown.AnnotationStatus] == wellknown.StatusInjected ||
-			(labels[wellknown.AnnotationInject] == wellknown.InjectEnabled && ann[wellknown.AnnotationInject] != wellknown.InjectDisabled)
-		if !asked || ann[injector.AnnotationInterception] != injector.InterceptionIPTables {
+		p := &corev1.Pod{ObjectMeta: template, Spec: *spec}
+		p.Namespace = meta.Namespace
+		labels := nsLabels[meta.Namespace]
+		if _, err := injector.Inject(injector.Input{Pod: p, Namespace: meta.Namespace, NamespaceLabels: labels}, &cfg); !errors.Is(err, injector.ErrPodSecurity) {
 			return
 		}
-		if level, bad := injector.ForbidsNetAdmin(labels); bad {
-			found = append(found, fmt.Sprintf("%s %s/%s (%s=%s)", kind, meta.Namespace, meta.Name, injector.PodSecurityEnforceLabel, level))
-		}
+		level, _ := injector.ForbidsNetAdmin(labels)
+		found = append(found, fmt.Sprintf("%s %s/%s (%s=%s)", kind, meta.Namespace, meta.Name, injector.PodSecurityEnforceLabel, level))
 	}
 	for i := range pods {
-		consider("pod", pods[i].ObjectMeta, pods[i].ObjectMeta)
+		consider("pod", pods[i].ObjectMeta, pods[i].ObjectMeta, &pods[i].Spec)
 	}
 	for _, o := range w.deployments {
-		consider("deployment", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+		consider("deployment", o.ObjectMeta, o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
 	}
 	for _, o := range w.statefulSets {
-		consider("statefulset", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+		consider("statefulset", o.ObjectMeta, o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
 	}
 	for _, o := range w.daemonSets {
-		consider("daemonset", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+		consider("daemonset", o.ObjectMeta, o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
 	}
 	for _, o := range w.replicaSets {
-		consider("replicaset", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+		consider("replicaset", o.ObjectMeta, o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
 	}
 	for _, o := range w.jobs {
-		consider("job", o.ObjectMeta, o.Spec.Template.ObjectMeta)
+		consider("job", o.ObjectMeta, o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec)
 	}
 	for _, o := range w.cronJobs {
-		consider("cronjob", o.ObjectMeta, o.Spec.JobTemplate.Spec.Template.ObjectMeta)
+		consider("cronjob", o.ObjectMeta, o.Spec.JobTemplate.Spec.Template.ObjectMeta, &o.Spec.JobTemplate.Spec.Template.Spec)
 	}
 	return listed("ask for iptables interception where Pod Security forbids NET_ADMIN", found)
 }

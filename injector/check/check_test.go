@@ -91,6 +91,13 @@ func pod(ns, name string, ann map[string]string, phase corev1.PodPhase, initStat
 	return p
 }
 
+// redirected gives an injected pod the init container that iptables
+// interception adds (what injector.Inject recognises as one).
+func redirected(p *corev1.Pod) *corev1.Pod {
+	p.Spec.InitContainers = append([]corev1.Container{{Name: "minimesh-init", Command: []string{"/minimesh-proxy"}, Args: []string{"init"}}}, p.Spec.InitContainers...)
+	return p
+}
+
 func TestRun(t *testing.T) {
 	yes, no := true, false
 	injected := map[string]string{"minimesh.io/status": "injected"}
@@ -150,7 +157,13 @@ func TestRun(t *testing.T) {
 			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "locked", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}}},
 			&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "open", Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged", "minimesh.io/inject": "enabled"}}},
 			// Labelled after the pod was injected: it will not come back.
-			pod("locked", "old", map[string]string{"minimesh.io/status": "injected", "minimesh.io/interception": "iptables"}, corev1.PodRunning, &yes),
+			redirected(pod("locked", "old", map[string]string{"minimesh.io/status": "injected", "minimesh.io/interception": "iptables"}, corev1.PodRunning, &yes)),
+			// Injected without iptables, whatever the annotation says now.
+			pod("locked", "unredirected", map[string]string{"minimesh.io/status": "injected", "minimesh.io/interception": "iptables"}, corev1.PodRunning, &yes),
+			// Never injected: the webhook skips a pod for Windows nodes.
+			&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "locked", Name: "windows"}, Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/interception": "iptables"}},
+				Spec:       corev1.PodSpec{OS: &corev1.PodOS{Name: corev1.Windows}}}}},
 			// Its pods are refused; the Deployment is what to fix.
 			&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "locked", Name: "orders"}, Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/interception": "iptables"}}}}},
