@@ -289,6 +289,14 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		// fast transport takes it, not a success for the breaker.
 		resp.Body.Close() // the switched connection: never left open (switchedAsAsked)
 		resp, err = nil, errors.New("unexpected 101 Switching Protocols from the upstream to a request that asked for no upgrade, or for another protocol")
+	} else if err == nil && resp.ContentLength < 0 && resp.ProtoMajor == 2 {
+		// Content-Length fields Go's HTTP/2 transport left unread: one
+		// length, or a malformed answer (oneLength), judged here as an
+		// HTTP/1 upstream's is in its transport.
+		if err = oneLength(resp); err != nil {
+			resp.Body.Close()
+			resp = nil
+		}
 	}
 	failOn := dst.policy.Spec.CircuitBreaker.FailOn
 	if err != nil {

@@ -3,6 +3,7 @@ package outbound
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -405,7 +406,11 @@ func ReaderGone(err error) bool {
 // status may not have (http.ErrBodyNotAllowed), bytes past its
 // Content-Length (http.ErrContentLength; net/http's HTTP/2 server says so
 // only in text, h2WroteMore). The ReverseProxy aborts the response
-// there: the app reads a reset, a failure of the upstream's answer.
+// there: the app reads a reset, a failure of the upstream's answer. No
+// upstream's answer is known to reach it: a body past its length is
+// cut first by the transports (oneLength for an HTTP/2 upstream's
+// repeated field), and a 204's, 304's or HEAD's is dropped (dropBody). It
+// stays as a guard; TestRefusedWriteRealServers pins the servers' errors.
 func refusedWrite(err error) bool {
 	return errors.Is(err, http.ErrBodyNotAllowed) || errors.Is(err, http.ErrContentLength) || err.Error() == h2WroteMore
 }
@@ -460,6 +465,98 @@ func dropBody(resp *http.Response) {
 	}
 	resp.Body.Close()
 	resp.Body, resp.Trailer = http.NoBody, nil
+}
+
+// oneLength holds an HTTP/2 upstream's response whose Content-Length Go's
+// HTTP/2 transport did not read (ContentLength -1 with the field there:
+// it came more than once, as a list, or not as a number) to one length,
+// as Go's HTTP/1 transport does for an HTTP/1 upstream (RFC 9110 §8.6,
+// RFC 9113 §8.1.1). Fields that disagree, or a value that is no length,
+// make the response malformed: the error returned, which the try loop
+// takes as a reset, the sidecar's 502 and a failure everywhere
+// (docs/operations.md). Fields that agree count as one: a single field,
+// resp.ContentLength set, and a body held to that length (heldLength),
+// whose excess or shortfall fails as a single field's does in Go's
+// transport, before the app has any of it (the sidecar's 502) or as a
+// cut after. Before, such a body passed unchecked, a success: its excess
+// was refused by the app's server mid-answer (refusedWrite), its
+// shortfall went unseen. Called only on such an answer: most carry one
+// field, which the transport read.
+func oneLength(resp *http.Response) error {
+	vals := resp.Header["Content-Length"]
+	if len(vals) == 0 {
+		return nil // a stream of unknown length
+	}
+	n, ok := agreedLength(vals)
+	if !ok {
+		return fmt.Errorf("malformed response from the upstream: Content-Length %q: fields that disagree, or not a length (RFC 9110 §8.6)", vals)
+	}
+	resp.Header["Content-Length"] = []string{strconv.FormatInt(n, 10)}
+	resp.ContentLength = n
+	if resp.Request.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified {
+		return nil // no body to hold: dropBody's
+	}
+	resp.Body = &heldLength{ReadCloser: resp.Body, left: n}
+	return nil
+}
+
+// agreedLength is the one length that vals, the values of a response's
+// Content-Length fields, each maybe a comma-separated list, all say; ok
+// is false when one is no 1*DIGIT (empty, signed, over 63 bits) or two
+// differ.
+func agreedLength(vals []string) (n int64, ok bool) {
+	n = -1
+	for _, v := range vals {
+		for e := range strings.SplitSeq(v, ",") {
+			e = strings.Trim(e, " \t")
+			if e == "" || len(e) > 18 { // 18 digits always fit in 63 bits
+				return 0, false
+			}
+			var m int64
+			for i := 0; i < len(e); i++ {
+				if e[i] < '0' || e[i] > '9' {
+					return 0, false
+				}
+				m = m*10 + int64(e[i]-'0')
+			}
+			if n >= 0 && m != n {
+				return 0, false
+			}
+			n = m
+		}
+	}
+	return n, n >= 0
+}
+
+// heldLength is a response body held to the length its Content-Length
+// fields agreed on (oneLength), as Go's HTTP/2 transport holds one whose
+// field came once: bytes past it are an error, and so is an end before
+// it (io.ErrUnexpectedEOF). upstreamBody, over it, takes either as the
+// reset it is.
+type heldLength struct {
+	io.ReadCloser
+	left int64
+	err  error
+}
+
+// errPastLength is an upstream's body longer than its Content-Length.
+var errPastLength = errors.New("the upstream sent more than its Content-Length said")
+
+func (b *heldLength) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case int64(n) > b.left:
+		n, b.left, b.err = int(b.left), 0, errPastLength
+		return n, b.err
+	case err == io.EOF && b.left > int64(n):
+		b.left, b.err = 0, io.ErrUnexpectedEOF
+		return n, b.err
+	}
+	b.left -= int64(n)
+	return n, err
 }
 
 // abandonUpload ends the app's request body, in, that the upstream
