@@ -266,6 +266,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 	s.tracing = tracing
 	if cfg.AccessLog != nil {
 		s.access = telemetry.NewAccessLog(cfg.AccessLog)
+		s.metrics.AccessLogDropped(s.access.Dropped)
 	}
 	s.outbound = outbound.New(outbound.Config{
 		Namespace:          cfg.Namespace,
@@ -588,16 +589,27 @@ func (s *Sidecar) closeListeners() {
 	}
 }
 
-// flushTelemetry exports the spans still queued (for at most 2 s) and
-// writes the access log's last lines, before the process ends.
+// flushTelemetry exports the spans still queued and writes the access
+// log's last lines, side by side and for at most 2 s, before the process
+// ends: a collector that is down does not take the log's time, and a
+// stdout nobody reads (a full pipe, a blocking log driver) does not hold
+// the exit; the lines it did not take count as dropped.
 func (s *Sidecar) flushTelemetry() {
 	fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer fcancel()
+	logged := make(chan error, 1)
+	go func() {
+		if s.access == nil {
+			logged <- nil
+			return
+		}
+		logged <- s.access.Shutdown(fctx)
+	}()
 	if err := s.tracing.Shutdown(fctx); err != nil {
 		s.log.Warn("spans not exported at shutdown", "error", err)
 	}
-	if s.access != nil {
-		s.access.Close()
+	if err := <-logged; err != nil {
+		s.log.Warn("access log lines lost at shutdown", "error", err)
 	}
 }
 

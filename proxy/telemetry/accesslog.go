@@ -1,6 +1,8 @@
 package telemetry
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"strconv"
 	"sync"
@@ -21,14 +23,22 @@ type AccessLog struct {
 	mu      sync.Mutex
 	buf     []byte
 	spare   []byte
-	last    second        // the time's second written last, under mu
+	last    second // the time's second written last, under mu
+	lines   int    // the lines in buf, under mu
+	writing int    // the lines of the write under way, under mu
+	// closed: nothing is written any more (the last flush took the
+	// buffer, or Shutdown gave up waiting for a write that does not
+	// return), and what is logged is dropped. Under mu.
+	closed bool
+
 	kick    chan struct{} // the buffer reached flushAt: write it now
 	waiting chan struct{} // a line went into an empty buffer: write it within flushInterval
 	dropped atomic.Int64
 	flushes atomic.Int64 // flushes run, written or not: for tests
 
-	stop chan struct{}
-	done chan struct{}
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
 }
 
 const (
@@ -94,13 +104,14 @@ type Entry struct {
 // Log appends e. It never blocks on output.
 func (l *AccessLog) Log(e *Entry) {
 	l.mu.Lock()
-	if len(l.buf) >= maxBuffered {
+	if len(l.buf) >= maxBuffered || l.closed {
 		l.mu.Unlock()
 		l.dropped.Add(1)
 		return
 	}
 	first := len(l.buf) == 0
 	l.buf = e.appendJSON(l.buf, &l.last)
+	l.lines++
 	full := len(l.buf) >= flushAt
 	l.mu.Unlock()
 	switch {
@@ -119,7 +130,9 @@ func signal(c chan struct{}) {
 	}
 }
 
-// Dropped is how many lines were dropped because output could not keep up.
+// Dropped is how many lines were dropped because output could not keep
+// up, or could not be written before Shutdown's end
+// (minimesh_access_log_lines_dropped_total).
 func (l *AccessLog) Dropped() int64 { return l.dropped.Load() }
 
 // run writes the buffer when it reaches flushAt, and flushInterval after
@@ -136,34 +149,70 @@ func (l *AccessLog) run() {
 		case <-l.kick:
 		case <-l.stop:
 			t.disarm()
-			l.flush()
+			l.flush(true)
 			return
 		}
 		// A line logged after the flush's swap finds the buffer empty
 		// and signals waiting, which arms the timer again.
 		t.disarm()
-		l.flush()
+		l.flush(false)
 	}
 }
 
-func (l *AccessLog) flush() {
+// flush writes the buffer; the last one closes the log.
+func (l *AccessLog) flush(last bool) {
 	l.flushes.Add(1)
 	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
 	b := l.buf
 	l.buf, l.spare = l.spare[:0], nil
+	l.writing, l.lines = l.lines, 0
+	l.closed = last
 	l.mu.Unlock()
 	if len(b) > 0 {
 		_, _ = l.out.Write(b)
 	}
 	l.mu.Lock()
 	l.spare = b[:0]
+	l.writing = 0
 	l.mu.Unlock()
 }
 
-// Close writes what is buffered and stops the flusher.
-func (l *AccessLog) Close() {
-	close(l.stop)
-	<-l.done
+// Close writes what is buffered and stops the flusher, however long the
+// output takes (Shutdown bounds it).
+func (l *AccessLog) Close() { _ = l.Shutdown(context.Background()) }
+
+// Shutdown writes what is buffered and stops the flusher, waiting for it
+// until ctx ends. A stdout that nobody reads (a full pipe, a container
+// runtime's blocking log driver) blocks the write for good, and the
+// process's exit with it: then Shutdown returns at ctx's end, leaving the
+// flusher in its write, and the lines of that write and those still
+// buffered count as dropped (Dropped). So does a line logged after
+// Shutdown, which nothing would write.
+func (l *AccessLog) Shutdown(ctx context.Context) error {
+	l.stopOnce.Do(func() { close(l.stop) })
+	select {
+	case <-l.done:
+		return nil
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.done:
+		return nil // the write ended as ctx did
+	default:
+	}
+	// The write under way may yet end, or have ended a moment ago: its
+	// lines count as dropped all the same, since a counter cannot take
+	// them back.
+	n := l.writing + l.lines
+	l.dropped.Add(int64(n))
+	l.buf, l.lines, l.writing, l.closed = l.buf[:0], 0, 0, true
+	return fmt.Errorf("access log: %d lines not written, the output blocked: %w", n, context.Cause(ctx))
 }
 
 // timeLayout is the access log's time: UTC, to the microsecond.

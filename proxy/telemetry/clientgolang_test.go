@@ -196,7 +196,9 @@ func newClientGolangMetrics() *clientGolangMetrics {
 		[]string{"version", "goversion"})
 	build.WithLabelValues(wellknown.Version, runtime.Version()).Set(1)
 	m.reg.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, m.spansDropped, build,
-		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc, m.ejections)
+		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc, m.ejections,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "minimesh_access_log_lines_dropped_total",
+			Help: "Access log lines dropped: stdout did not keep up, or was blocked at shutdown."}, func() float64 { return 0 }))
 	for _, r := range []string{"success", "error"} {
 		m.reloads.WithLabelValues(r)
 	}

@@ -53,6 +53,9 @@ type Metrics struct {
 
 	spansDropped *promtext.Counter
 	ejections    *promtext.CounterVec
+	// linesDropped is minimesh_access_log_lines_dropped_total, read
+	// from the access log (AccessLogDropped).
+	linesDropped *promtext.FuncVec
 
 	// grpc is minimesh_grpc_requests_total (grpc.go).
 	grpc *promtext.CounterVec
@@ -113,6 +116,9 @@ func New(maxDestinations int) *Metrics {
 			"Client connections closed as soon as accepted because the listener's connection cap was reached.", "listener"),
 		connsEvicted: promtext.NewCounterFuncVec("minimesh_connections_evicted_total",
 			"Client connections closed to give their place to a newcomer at the listener's connection cap.", "listener"),
+		// At zero from the start, with or without an access log.
+		linesDropped: promtext.NewCounterFunc("minimesh_access_log_lines_dropped_total",
+			"Access log lines dropped: stdout did not keep up, or was blocked at shutdown.", func() float64 { return 0 }),
 		grpc:      newGRPCVec(),
 		ejections: newEjectionsVec(),
 		maxDest:   maxDestinations,
@@ -123,7 +129,7 @@ func New(maxDestinations int) *Metrics {
 	build.With(wellknown.Version, runtime.Version()).Set(1)
 	m.Registry.MustRegister(m.requests, m.duration, m.transitions, m.rejected, m.retries, m.reloads, spansDropped, build,
 		m.tcpConns, m.tcpSent, m.tcpReceived, m.grpc, m.ejections, m.connsOpen, m.connsRefused, m.connsEvicted,
-		promtext.NewGoCollector(), promtext.NewProcessCollector())
+		m.linesDropped, promtext.NewGoCollector(), promtext.NewProcessCollector())
 	for _, r := range []string{"success", "error"} {
 		m.reloads.With(r)
 	}
@@ -221,8 +227,12 @@ type Destination struct {
 	methods [len(methods) + 1]atomic.Pointer[[]codeCounter]
 	codes   []int                                                 // the codes with a label of their own, under mu (MaxCodes)
 	classes [len(methods) + 1][len(codeClasses)]*promtext.Counter // the codes past them, under mu
-	tcp     atomic.Pointer[TCPBytes]
-	grpc    [len(GRPCCodes)]atomic.Pointer[grpcCounter]
+	// retryCodes are the retries_total children of the status codes
+	// that caused retries, as methods are requests_total's (Retry).
+	retryCodes   atomic.Pointer[[]codeCounter]
+	retryClasses [len(codeClasses)]*promtext.Counter // the codes past MaxCodes, under mu
+	tcp          atomic.Pointer[TCPBytes]
+	grpc         [len(GRPCCodes)]atomic.Pointer[grpcCounter]
 }
 
 // TCPBytes are a destination's opaque TCP byte counters.
@@ -275,45 +285,69 @@ const MaxCodes = 32
 // code past the cap is counted under its class, found under d.mu.
 func (d *Destination) counter(method string, code int) *promtext.Counter {
 	mi := methodIndex(method)
-	key := code
-	if code < 100 || code > 599 {
-		key = 0
+	key := codeKey(code)
+	if c := lookupCode(&d.methods[mi], key); c != nil {
+		return c
 	}
-	if p := d.methods[mi].Load(); p != nil {
+	return d.addCode(&d.methods[mi], &d.classes[mi], key, func(label string) *promtext.Counter {
+		return d.m.requests.With(d.direction, d.label, methodLabel(mi), label)
+	})
+}
+
+// codeKey is a code's key in a code list: the code, or 0 for one outside
+// 100–599 (code="other").
+func codeKey(code int) int {
+	if code < 100 || code > 599 {
+		return 0
+	}
+	return code
+}
+
+// lookupCode is the counter of key in list, nil if it has none.
+func lookupCode(list *atomic.Pointer[[]codeCounter], key int) *promtext.Counter {
+	if p := list.Load(); p != nil {
 		for _, cc := range *p {
 			if cc.code == key {
 				return cc.c
 			}
 		}
 	}
+	return nil
+}
+
+// addCode is the way of a code not in list (requests' or retries'),
+// under d.mu: a code gets a label of its own, made by with and added to
+// list, while the destination has fewer than MaxCodes codes, counted by
+// its requests and retries alike; past them it is counted as its class,
+// kept in classes.
+func (d *Destination) addCode(list *atomic.Pointer[[]codeCounter], classes *[len(codeClasses)]*promtext.Counter,
+	key int, with func(label string) *promtext.Counter) *promtext.Counter {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var list []codeCounter
-	if p := d.methods[mi].Load(); p != nil {
-		for _, cc := range *p {
-			if cc.code == key {
-				return cc.c
-			}
-		}
-		list = append(list, *p...)
+	if c := lookupCode(list, key); c != nil {
+		return c
 	}
 	label := Other
 	if key != 0 {
-		label = strconv.Itoa(code)
-		if !slices.Contains(d.codes, code) {
+		if !slices.Contains(d.codes, key) {
 			if len(d.codes) >= MaxCodes {
-				cl := &d.classes[mi][code/100-1]
+				cl := &classes[key/100-1]
 				if *cl == nil {
-					*cl = d.m.requests.With(d.direction, d.label, methodLabel(mi), codeClasses[code/100-1])
+					*cl = with(codeClasses[key/100-1])
 				}
 				return *cl
 			}
-			d.codes = append(d.codes, code)
+			d.codes = append(d.codes, key)
 		}
+		label = strconv.Itoa(key)
 	}
-	c := d.m.requests.With(d.direction, d.label, methodLabel(mi), label)
-	list = append(list, codeCounter{key, c})
-	d.methods[mi].Store(&list)
+	c := with(label)
+	var next []codeCounter
+	if p := list.Load(); p != nil {
+		next = append(next, *p...)
+	}
+	next = append(next, codeCounter{key, c})
+	list.Store(&next)
 	return c
 }
 
@@ -323,8 +357,42 @@ var codeClasses = [...]string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 // Rejected counts one request refused by an open breaker.
 func (d *Destination) Rejected() { d.rejected.Inc() }
 
-// Retry counts one retry and why it was sent.
-func (d *Destination) Retry(reason string) { d.m.retries.With(d.label, reason).Inc() }
+// Retry counts one retry and why it was sent. A reason that is a status
+// code, which the upstream chose, gets the label its code has in
+// minimesh_requests_total (MaxCodes): an upstream answering 500, 501, ...
+// 599 in turn made 100 retry series per destination. The other reasons
+// are the sidecar's own few names.
+func (d *Destination) Retry(reason string) {
+	code, ok := statusCode(reason)
+	if !ok {
+		d.m.retries.With(d.label, reason).Inc()
+		return
+	}
+	key := codeKey(code)
+	c := lookupCode(&d.retryCodes, key)
+	if c == nil {
+		c = d.addCode(&d.retryCodes, &d.retryClasses, key, func(label string) *promtext.Counter {
+			return d.m.retries.With(d.label, label)
+		})
+	}
+	c.Inc()
+}
+
+// statusCode is the code of a reason that is one, three digits ("503").
+func statusCode(reason string) (int, bool) {
+	if len(reason) != 3 {
+		return 0, false
+	}
+	code := 0
+	for i := range 3 {
+		c := reason[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	return code, true
+}
 
 // Transition counts one breaker state change.
 func (d *Destination) Transition(from, to string) {
@@ -358,6 +426,13 @@ func methodLabel(i int) string {
 func (m *Metrics) Listener(name string, open func() int64, refused func() uint64) {
 	m.connsOpen.Set(func() float64 { return float64(open()) }, name)
 	m.connsRefused.Set(func() float64 { return float64(refused()) }, name)
+}
+
+// AccessLogDropped exposes minimesh_access_log_lines_dropped_total, read
+// from dropped (AccessLog.Dropped) at scrape time: a dropped line costs
+// no metric update.
+func (m *Metrics) AccessLogDropped(dropped func() int64) {
+	m.linesDropped.Set(func() float64 { return float64(dropped()) })
 }
 
 // ListenerEvicted exposes minimesh_connections_evicted_total{listener=name}:
