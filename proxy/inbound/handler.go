@@ -415,7 +415,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	answeredBody(st)
 	resp.Header.Set(wellknown.HeaderRequestID, st.id)
 	if resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
-		resp.Body = &lateBody{ReadCloser: resp.Body, st: st, req: resp.Request.Context()}
+		resp.Body = &lateBody{ReadCloser: resp.Body, st: st, req: resp.Request.Context(), length: resp.ContentLength}
 	}
 	// The app closing its connection (Connection: close, as a Go server
 	// does once it is shutting down) is passed on to the caller: its
@@ -474,11 +474,22 @@ func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
 // caller went away is the caller's: 499.
 type lateBody struct {
 	io.ReadCloser
-	st  *reqState
-	req context.Context
+	st     *reqState
+	req    context.Context
+	length int64 // the response's Content-Length; -1: a stream
 }
 
 func (b *lateBody) Read(p []byte) (int, error) {
+	if w := &b.st.out; 0 < w.n && w.n < b.length {
+		// What the caller was given of a body still arriving goes to it
+		// before this read waits for the rest, as outbound
+		// (upstreamBody.sendArrived): held, the status and the first
+		// bytes sat in the server's 4 KiB buffer until the body ended. A
+		// body read whole with its head comes in one read (EOF with its
+		// last byte): no flush. A stream is flushed on every write by
+		// the ReverseProxy.
+		w.flush()
+	}
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
 		if b.req.Err() == nil {
@@ -734,6 +745,16 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 }
 
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// flush sends what the server holds of the response (lateBody.Read):
+// net/http's servers' writers, HTTP/1 and HTTP/2, have FlushError.
+func (w *countingWriter) flush() {
+	if f, ok := w.ResponseWriter.(interface{ FlushError() error }); ok {
+		_ = f.FlushError()
+	} else if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
 
 // Hijack gives the ReverseProxy an upgrade's connection with the bytes
 // the caller sent behind the request first, which Go's ReverseProxy

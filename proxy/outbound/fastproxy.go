@@ -341,7 +341,8 @@ func removeHopByHop(h http.Header, keep func(string) bool) {
 
 // copyBody copies the response body to the app as the ReverseProxy
 // does, flushing each write of a stream (no length, or server-sent
-// events); it returns a failure to write, or to read other than the
+// events; a body of known length still arriving is flushed by its reads,
+// sendArrived); it returns a failure to write, or to read other than the
 // upstream's end or the request's cancellation.
 func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response, stream bool, wdl time.Time) error {
 	var rc *http.ResponseController
@@ -390,6 +391,30 @@ func (h *Handler) copyBody(w http.ResponseWriter, res *http.Response, stream boo
 			}
 			return rerr
 		}
+	}
+}
+
+// sendArrived sends the app what it has been given of a body of known
+// length whose rest has not arrived yet, before the next read waits for
+// that rest: held, the status and the first bytes sat in the server's
+// 4 KiB buffer until it filled or the body ended, while the latency
+// metric, ended at the headers, said the answer was quick. Data goes on
+// when the upstream has nothing more ready, as Envoy forwards it: the
+// fast transport's reader says whether it has (bodyBuffered);
+// http.Transport's and the HTTP/2 transport's cannot, and are taken to
+// have nothing. Called before each read of the body (upstreamBody.Read),
+// so on both paths, fastProxy's and the ReverseProxy's, whose
+// FlushInterval -1 would flush the headers alone first, on a timer's
+// goroutine (5 allocations and a write(2) more per request, measured,
+// and a status sent before the body's first byte, which the 502 of a
+// body failing before it needs held: docs/operations.md). A body that
+// came whole with its head, the common case, costs nothing: the first
+// read finds nothing written yet, and a second (the HTTP/2 transport's
+// EOF) finds the body done. A stream (no length) is flushed on every
+// write already (copyBody, the ReverseProxy).
+func (b *upstreamBody) sendArrived() {
+	if w := &b.st.out; 0 < w.n && w.n < b.res.ContentLength && !bodyBuffered(b.ReadCloser) {
+		_ = w.FlushError()
 	}
 }
 

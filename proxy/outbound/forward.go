@@ -483,6 +483,7 @@ func (b *upstreamBody) frame(p []byte) {
 }
 
 func (b *upstreamBody) Read(p []byte) (int, error) {
+	b.sendArrived() // what was written of a body still arriving (fastproxy.go)
 	n, err := b.ReadCloser.Read(p)
 	if b.grpc != nil && n > 0 {
 		b.frame(p[:n])
