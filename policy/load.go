@@ -1,10 +1,14 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // Scope says which policies of one set may not govern the same service:
@@ -48,7 +52,9 @@ func Load(paths ...string) ([]*ResiliencePolicy, error) {
 // visible key symlinks point through, and reading them too would load
 // every key twice. The files are decoded as one set (Decode).
 //
-// A path that cannot be read fails the whole load with a plain error.
+// A path that cannot be read fails the whole load with a plain error,
+// and so does one named explicitly that is not a regular file (a named
+// pipe, a device: ReadFile) or a file over MaxFileBytes.
 func (s Scope) Load(paths ...string) ([]*ResiliencePolicy, error) {
 	names, err := policyFiles(paths)
 	if err != nil {
@@ -56,13 +62,93 @@ func (s Scope) Load(paths ...string) ([]*ResiliencePolicy, error) {
 	}
 	files := make([]File, len(names))
 	for i, name := range names {
-		data, err := os.ReadFile(name)
+		data, err := ReadFile(name)
 		if err != nil {
-			return nil, fmt.Errorf("load %s: %w", name, err)
+			return nil, err
 		}
 		files[i] = File{Name: name, Data: data}
 	}
 	return s.Decode(files)
+}
+
+// MaxFileBytes bounds one policy file. Whatever is read is held whole
+// and parsed, so without a bound a path such as /dev/zero, or a huge file
+// put in the directory by mistake, runs the sidecar out of memory. It is
+// the input problemLine can still search (maxProblemBytes), and far over
+// any real set: a ConfigMap holds at most 1 MiB in all.
+const MaxFileBytes = 8 << 20
+
+// ErrNotRegular is the error, wrapped, of ReadFile for a path that is not
+// a regular file once its symlinks are followed.
+var ErrNotRegular = errors.New("not a regular file")
+
+// ReadFile reads one policy file, as every reader of policy files must:
+// only a regular file (symlinks followed, as a ConfigMap's keys are
+// symlinks) and at most MaxFileBytes of it. A named pipe would block the
+// reader until some writer came, and a device may never end. Errors name
+// the file.
+func ReadFile(name string) ([]byte, error) {
+	// Stat before opening: opening a named pipe blocks, and opening a
+	// device can do something of its own (a tape rewinds on close).
+	fi, err := os.Stat(name)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", name, err)
+	}
+	if err := regular(name, fi); err != nil {
+		return nil, err
+	}
+	// O_NONBLOCK: should the path become a named pipe after the Stat, the
+	// open returns and the second check refuses it. A regular file's
+	// reads ignore the flag.
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", name, err)
+	}
+	defer f.Close()
+	if fi, err = f.Stat(); err != nil {
+		return nil, fmt.Errorf("load %s: %w", name, err)
+	}
+	if err := regular(name, fi); err != nil {
+		return nil, err
+	}
+	tooBig := func() error {
+		return fmt.Errorf("load %s: larger than %d MiB, the most a policy file may hold", name, MaxFileBytes>>20)
+	}
+	if fi.Size() > MaxFileBytes {
+		return nil, tooBig()
+	}
+	// The size is a hint (the file may grow while read): the limit is
+	// what holds memory to the bound.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", name, err)
+	}
+	if len(data) > MaxFileBytes {
+		return nil, tooBig()
+	}
+	return data, nil
+}
+
+// regular refuses what is not a regular file, saying what it is.
+func regular(name string, fi fs.FileInfo) error {
+	m := fi.Mode()
+	if m.IsRegular() {
+		return nil
+	}
+	what := "a special file"
+	switch {
+	case m.IsDir():
+		what = "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		what = "a named pipe"
+	case m&fs.ModeSocket != 0:
+		what = "a socket"
+	case m&fs.ModeCharDevice != 0:
+		what = "a character device"
+	case m&fs.ModeDevice != 0:
+		what = "a block device"
+	}
+	return fmt.Errorf("load %s: %w (%s)", name, ErrNotRegular, what)
 }
 
 // Decode decodes files as one set, in the order given: each file as
@@ -127,8 +213,8 @@ func (c *claims) take(p *ResiliencePolicy) (*ResiliencePolicy, string) {
 }
 
 // policyFiles expands the paths into the files to read. A file named
-// explicitly is read whatever its extension; one reached twice is read
-// once.
+// explicitly is read whatever its extension (and refused by ReadFile if
+// it is not a regular file); one reached twice is read once.
 func policyFiles(paths []string) ([]string, error) {
 	var files []string
 	seen := map[string]bool{}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // NormalizeService checks a spec.service value and returns its canonical
@@ -73,11 +74,22 @@ func checkHostname(h string) error {
 		for i := 0; i < len(label); i++ {
 			c := label[i]
 			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-				return fmt.Errorf("label %q has %q: want a-z, 0-9 or '-'", label, rune(c))
+				return fmt.Errorf("label %q has %s: want a-z, 0-9 or '-'", label, charAt(label, i))
 			}
 		}
 	}
 	return nil
+}
+
+// charAt quotes the character that starts at s[i]: the byte alone is
+// half of a multi-byte one ('ë' would show as 'Ã'). A byte that starts
+// no valid UTF-8 is shown as itself.
+func charAt(s string, i int) string {
+	r, size := utf8.DecodeRuneInString(s[i:])
+	if r == utf8.RuneError && size <= 1 {
+		return fmt.Sprintf("byte %#02x", s[i])
+	}
+	return strconv.QuoteRune(r)
 }
 
 func cutLast(s string, sep byte) (before, after string, found bool) {

@@ -20,7 +20,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -267,7 +266,17 @@ type snapshot struct {
 // seen to have settled.
 func read(dir string) snapshot {
 	h := sha256.New()
-	entries, err := os.ReadDir(dir)
+	var entries []os.DirEntry
+	// ReadDir opens dir, which blocks for good on a named pipe: a path
+	// that is no directory has no entries to look at (Load refuses it,
+	// or reads it as one file).
+	fi, err := os.Stat(dir)
+	if err == nil && !fi.IsDir() {
+		err = errors.New("not a directory")
+	}
+	if err == nil {
+		entries, err = os.ReadDir(dir)
+	}
 	if err != nil {
 		h.Write([]byte("error: " + err.Error()))
 	}
@@ -281,11 +290,13 @@ func read(dir string) snapshot {
 		if !policy.IsPolicyFile(n) {
 			continue // Load reads neither hidden nor non-policy files
 		}
-		b, err := os.ReadFile(filepath.Join(dir, n))
+		// policy.ReadFile, as Load reads: a named pipe here blocked the
+		// watcher for good, and a huge file was read whole at every look.
+		b, err := policy.ReadFile(filepath.Join(dir, n))
 		switch {
 		case err == nil:
 			s.sizes[n] = len(b)
-		case !errors.Is(err, syscall.EISDIR):
+		case !errors.Is(err, policy.ErrNotRegular): // Load skips those
 			h.Write([]byte("error: " + err.Error()))
 		}
 		h.Write([]byte(n))
