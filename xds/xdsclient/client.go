@@ -85,13 +85,17 @@ type Client struct {
 	// log and nowhere else (no metric, not /debug/config).
 	Refused func(what string, err error)
 	Log     *slog.Logger
-	// Backoff bounds between reconnects (defaults 250 ms and 30 s).
+	// Backoff bounds between reconnects (defaults 250 ms and 30 s): no
+	// wait is shorter or longer (see jitter).
 	MinBackoff, MaxBackoff time.Duration
 	// HTTPClient carries the stream (nil: an HTTP/2 cleartext client of
 	// its own, grpcwire.NewKeepaliveClient with Keepalive).
 	HTTPClient *http.Client
 	// Keepalive of the client's own HTTPClient (zero: DefaultKeepalive).
 	Keepalive grpcwire.Keepalive
+
+	// randN replaces rand.Int64N in the backoff (tests).
+	randN func(n int64) int64
 }
 
 // Run follows the server until ctx ends.
@@ -103,25 +107,43 @@ func (c *Client) Run(ctx context.Context) error {
 	if hi <= 0 {
 		hi = 30 * time.Second
 	}
-	wait := lo
+	randN := c.randN
+	if randN == nil {
+		randN = rand.Int64N
+	}
+	nominal := lo
 	for {
 		got, err := c.session(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if got {
-			wait = lo
+			nominal = lo
 		}
+		wait := jitter(nominal, lo, hi, randN)
 		c.Log.Warn("xds: stream ended; keeping the last good policies and endpoints", "addr", c.Addr, "err", err, "retry_in", wait.String())
-		// Full jitter: a control plane that restarts is not met by every
-		// sidecar at the same instant.
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(time.Duration(rand.Int64N(int64(wait))) + wait/2):
+		case <-time.After(wait):
 		}
-		wait = min(2*wait, hi)
+		nominal = min(2*nominal, hi)
 	}
+}
+
+// jitter draws the wait before a reconnect within ±20 % of the nominal
+// delay, as gRPC's connection backoff does: the sidecars a restarting
+// control plane cut off all at once do not come back all at once. Where
+// that range crosses lo or hi it is narrowed to them, rather than its
+// draws moved onto them, so that every wait stays within the bounds and
+// none is shared by half the sidecars: 250 to 300 ms first by default, 24
+// to 30 s once the nominal delay reaches the 30 s cap.
+func jitter(nominal, lo, hi time.Duration, randN func(int64) int64) time.Duration {
+	from, to := max(lo, nominal-nominal/5), min(hi, nominal+nominal/5)
+	if to <= from {
+		return from
+	}
+	return from + time.Duration(randN(int64(to-from)+1))
 }
 
 // typeState is one resource type on the stream: what was last acked,
