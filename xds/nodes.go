@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/minimesh/minimesh/internal/echo"
@@ -34,6 +35,20 @@ const (
 	// MaxDeltaNames bounds the resource names one incremental stream
 	// subscribes to in one type: subscriptions add up over requests.
 	MaxDeltaNames = 20000
+	// MaxResourceNameBytes bounds a resource name a stream subscribes
+	// to. The longest name this server serves is 306 bytes, a policy's
+	// cluster for a qualified Service spelling with a port
+	// (outbound|65535|<63>.<63>.svc.cluster.local|<63>.<63>.svc.cluster.local;
+	// an external host's is at most 269, an EDS name,
+	// <service>.<namespace>.svc.cluster.local:<port>, 151): a longer
+	// name is never answered, and each was a client's 256 KiB held.
+	MaxResourceNameBytes = 512
+	// MaxSubscribedNameBytes bounds the names one stream subscribes
+	// to (incremental or not), all types together, each counted with
+	// subscribedNameCost bytes more for its entries in the server's
+	// maps (its own and go-control-plane's): MaxDeltaNames counts
+	// names, and 20,000 names of 250 KB were 5 GB per stream.
+	MaxSubscribedNameBytes = 4 << 20
 	// DefaultMaxStreamsPerPeer bounds the streams open from one IP
 	// address other than loopback (Server.MaxStreamsPerPeer): a sidecar
 	// holds one, an Envoy one per xDS type at most, a restarting pod two
@@ -64,7 +79,15 @@ func checkRequest(typeURL string, size int) error {
 // as the sidecar's own matching (policy.NewTable) assumes.
 const DefaultNamespace = "default"
 
-// namespaceOf is the cache key of a node.
+// subscribedNameCost is what a subscribed name costs the server besides
+// its bytes: an entry in the stream's map of names and one in
+// go-control-plane's, and its allocation (measured: 70 to 130 bytes, by
+// the name's length and how far the maps grew; at MaxSubscribedNameBytes
+// a stream's names held at most 4.7 MB of heap).
+const subscribedNameCost = 112
+
+// namespaceOf is the cache key of a node (checkedNamespace says whether
+// it is one).
 func namespaceOf(n *corev3.Node) string {
 	if ns := n.GetMetadata().GetFields()[xdsclient.NamespaceKey].GetStringValue(); ns != "" {
 		return ns
@@ -81,11 +104,35 @@ func (nodeNamespace) ID(n *corev3.Node) string { return namespaceOf(n) }
 // Kubernetes namespace: the key of a snapshot is not any string a client
 // sends.
 func checkedNamespace(n *corev3.Node) (string, error) {
+	// A number or a list is no namespace, and read as a string it is ""
+	// (default): the node would be served another namespace's policies.
+	if v, ok := n.GetMetadata().GetFields()[xdsclient.NamespaceKey]; ok {
+		if _, isString := v.GetKind().(*structpb.Value_StringValue); !isString {
+			return "", status.Errorf(codes.InvalidArgument, "node %s: metadata %s is %s, not a string", echo.Quote(n.GetId()), xdsclient.NamespaceKey, kindOf(v))
+		}
+	}
 	ns := namespaceOf(n)
 	if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
 		return "", status.Errorf(codes.InvalidArgument, "node %s: namespace %s: %s", echo.Quote(n.GetId()), echo.Quote(ns), strings.Join(errs, "; "))
 	}
 	return ns, nil
+}
+
+// kindOf names the kind of a metadata value, for an error.
+func kindOf(v *structpb.Value) string {
+	switch v.GetKind().(type) {
+	case *structpb.Value_NumberValue:
+		return "a number"
+	case *structpb.Value_BoolValue:
+		return "a bool"
+	case *structpb.Value_ListValue:
+		return "a list"
+	case *structpb.Value_StructValue:
+		return "a struct"
+	case *structpb.Value_NullValue:
+		return "null"
+	}
+	return "empty"
 }
 
 // streamKey names a stream: the state-of-the-world and the delta servers
@@ -105,7 +152,14 @@ func (s *Server) open(k streamKey, node *corev3.Node) error {
 	defer s.mu.Unlock()
 	if have, isOpen := s.streams[k]; isOpen {
 		// A delta stream's later requests need not repeat the node.
-		if ns := namespaceOf(node); node != nil && ns != have {
+		if node == nil {
+			return nil
+		}
+		ns, err := checkedNamespace(node)
+		if err != nil {
+			return err
+		}
+		if ns != have {
 			return status.Errorf(codes.InvalidArgument, "node %s: the stream is in namespace %q, not %s", echo.Quote(node.GetId()), have, echo.Quote(ns))
 		}
 		return nil
@@ -120,10 +174,15 @@ func (s *Server) open(k streamKey, node *corev3.Node) error {
 
 // closed lets go of a stream's namespace and its place among its peer's
 // streams. The server calls it after it cancelled the stream's watches
-// (and for a stream refused at its opening).
-func (s *Server) closed(k streamKey) {
+// (and for a stream refused at its opening: opened is false).
+func (s *Server) closed(k streamKey) (opened bool) {
+	s.sentMu.Lock()
+	delete(s.sent, k)
+	s.sentMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	_, refused := s.refused[k]
+	delete(s.refused, k)
 	if ns, ok := s.streams[k]; ok {
 		delete(s.streams, k)
 		s.leave(ns)
@@ -135,6 +194,7 @@ func (s *Server) closed(k streamKey) {
 		}
 	}
 	delete(s.deltaNames, k)
+	return !refused
 }
 
 // opened counts a new stream against its peer's address, refusing it
@@ -166,34 +226,115 @@ func (s *Server) opened(ctx context.Context, k streamKey) error {
 	return nil
 }
 
-// subscribed applies a delta request's subscriptions to the names its
-// stream follows in its type, refusing more than MaxDeltaNames.
-func (s *Server) subscribed(k streamKey, req *discovery.DeltaDiscoveryRequest) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	byType := s.deltaNames[k]
-	if byType == nil {
-		byType = map[string]map[string]struct{}{}
-		s.deltaNames[k] = byType
-	}
-	names := byType[req.GetTypeUrl()]
-	if names == nil {
-		names = map[string]struct{}{}
-		byType[req.GetTypeUrl()] = names
-	}
-	for _, n := range req.GetResourceNamesUnsubscribe() {
-		delete(names, n)
-	}
-	for _, n := range req.GetResourceNamesSubscribe() {
-		names[n] = struct{}{}
-	}
-	for n := range req.GetInitialResourceVersions() {
-		names[n] = struct{}{}
-	}
-	if len(names) > MaxDeltaNames {
-		return status.Errorf(codes.InvalidArgument, "type %s: more than %d resource names subscribed on one stream", echo.Quote(req.GetTypeUrl()), MaxDeltaNames)
+// subscriptions are the resource names a stream follows: a delta
+// stream's by type (they add up over requests), a state-of-the-world
+// stream's as what they cost by type (each request names all of its
+// type's), and what they cost in all (MaxSubscribedNameBytes).
+type subscriptions struct {
+	delta map[string]map[string]struct{}
+	sotw  map[string]int
+	bytes int
+}
+
+// nameCost is what a subscribed name costs the server.
+func nameCost(n string) int { return len(n) + subscribedNameCost }
+
+// checkName refuses a name no resource served has: longer than
+// MaxResourceNameBytes.
+func checkName(typeURL, n string) error {
+	if len(n) > MaxResourceNameBytes {
+		return status.Errorf(codes.InvalidArgument, "type %s: a resource name of %d bytes: at most %d (no resource served has a longer one)", echo.Quote(typeURL), len(n), MaxResourceNameBytes)
 	}
 	return nil
+}
+
+// subscriptionsOf is stream k's subscriptions. The caller holds mu.
+func (s *Server) subscriptionsOf(k streamKey) *subscriptions {
+	subs := s.deltaNames[k]
+	if subs == nil {
+		subs = &subscriptions{delta: map[string]map[string]struct{}{}, sotw: map[string]int{}}
+		s.deltaNames[k] = subs
+	}
+	return subs
+}
+
+// tooMany refuses subs past MaxSubscribedNameBytes.
+func (subs *subscriptions) tooMany(typeURL string) error {
+	if subs.bytes > MaxSubscribedNameBytes {
+		return status.Errorf(codes.InvalidArgument, "type %s: the resource names subscribed on one stream come to %d bytes (%d bytes a name besides its own): at most %d", echo.Quote(typeURL), subs.bytes, subscribedNameCost, MaxSubscribedNameBytes)
+	}
+	return nil
+}
+
+// subscribed applies a delta request's subscriptions to the names its
+// stream follows in its type, refusing a name longer than
+// MaxResourceNameBytes, more than MaxDeltaNames in a type and more than
+// MaxSubscribedNameBytes in all. The stream ends with the error, and
+// what a refused request added goes with it (closed).
+func (s *Server) subscribed(k streamKey, req *discovery.DeltaDiscoveryRequest) error {
+	typeURL := req.GetTypeUrl()
+	// Checked before anything is kept.
+	for _, n := range req.GetResourceNamesSubscribe() {
+		if err := checkName(typeURL, n); err != nil {
+			return err
+		}
+	}
+	for n := range req.GetInitialResourceVersions() {
+		if err := checkName(typeURL, n); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	subs := s.subscriptionsOf(k)
+	names := subs.delta[typeURL]
+	if names == nil {
+		names = map[string]struct{}{}
+		subs.delta[typeURL] = names
+	}
+	for _, n := range req.GetResourceNamesUnsubscribe() {
+		if _, ok := names[n]; ok {
+			delete(names, n)
+			subs.bytes -= nameCost(n)
+		}
+	}
+	add := func(n string) {
+		if _, ok := names[n]; !ok {
+			names[n] = struct{}{}
+			subs.bytes += nameCost(n)
+		}
+	}
+	for _, n := range req.GetResourceNamesSubscribe() {
+		add(n)
+	}
+	for n := range req.GetInitialResourceVersions() {
+		add(n)
+	}
+	if len(names) > MaxDeltaNames {
+		return status.Errorf(codes.InvalidArgument, "type %s: more than %d resource names subscribed on one stream", echo.Quote(typeURL), MaxDeltaNames)
+	}
+	return subs.tooMany(typeURL)
+}
+
+// subscribedSotW is subscribed for a state-of-the-world request, whose
+// names replace its type's: the server keeps them as a map (about 50
+// bytes a name), so a request's 256 KiB of short names held 2.4 MB, and
+// a stream of the 10 xDS types 24 MB.
+func (s *Server) subscribedSotW(k streamKey, req *discovery.DiscoveryRequest) error {
+	typeURL := req.GetTypeUrl()
+	cost := 0
+	for _, n := range req.GetResourceNames() {
+		if err := checkName(typeURL, n); err != nil {
+			return err
+		}
+		cost += nameCost(n)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	subs := s.subscriptionsOf(k)
+	subs.bytes += cost - subs.sotw[typeURL]
+	subs.sotw[typeURL] = cost
+	return subs.tooMany(typeURL)
 }
 
 // streamCallbacks tie streams to namespaces, then call the caller's
@@ -204,14 +345,18 @@ type streamCallbacks struct {
 }
 
 func (c streamCallbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) error {
-	if err := c.s.opened(ctx, streamKey{id: id}); err != nil {
+	k := streamKey{id: id}
+	if err := c.s.opened(ctx, k); err != nil {
+		c.s.refuse(k)
 		return err
 	}
 	return c.Callbacks.OnStreamOpen(ctx, id, typeURL)
 }
 
 func (c streamCallbacks) OnDeltaStreamOpen(ctx context.Context, id int64, typeURL string) error {
-	if err := c.s.opened(ctx, streamKey{delta: true, id: id}); err != nil {
+	k := streamKey{delta: true, id: id}
+	if err := c.s.opened(ctx, k); err != nil {
+		c.s.refuse(k)
 		return err
 	}
 	return c.Callbacks.OnDeltaStreamOpen(ctx, id, typeURL)
@@ -224,14 +369,31 @@ func (c streamCallbacks) OnStreamRequest(id int64, req *discovery.DiscoveryReque
 	if err := c.s.open(streamKey{id: id}, req.GetNode()); err != nil {
 		return err
 	}
-	return c.Callbacks.OnStreamRequest(id, req)
+	if err := c.s.subscribedSotW(streamKey{id: id}, req); err != nil {
+		return err
+	}
+	// The caller's callbacks see the request as the client sent it.
+	if err := c.Callbacks.OnStreamRequest(id, req); err != nil {
+		return err
+	}
+	c.s.holdNack(streamKey{id: id}, req)
+	return nil
+}
+
+func (c streamCallbacks) OnStreamResponse(ctx context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+	c.s.sentOn(streamKey{id: id}, resp)
+	c.Callbacks.OnStreamResponse(ctx, id, req, resp)
 }
 
 func (c streamCallbacks) OnStreamClosed(id int64, node *corev3.Node) {
-	c.s.closed(streamKey{id: id})
-	c.Callbacks.OnStreamClosed(id, node)
+	if c.s.closed(streamKey{id: id}) {
+		c.Callbacks.OnStreamClosed(id, node)
+	}
 }
 
+// A delta stream needs no holdNack: the cache answers a delta request
+// only with what differs from what the stream was last sent, which a
+// NACK does not change.
 func (c streamCallbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
 	if err := checkRequest(req.GetTypeUrl(), proto.Size(req)); err != nil {
 		return err
@@ -246,8 +408,56 @@ func (c streamCallbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDisc
 }
 
 func (c streamCallbacks) OnDeltaStreamClosed(id int64, node *corev3.Node) {
-	c.s.closed(streamKey{delta: true, id: id})
-	c.Callbacks.OnDeltaStreamClosed(id, node)
+	if c.s.closed(streamKey{delta: true, id: id}) {
+		c.Callbacks.OnDeltaStreamClosed(id, node)
+	}
+}
+
+// refuse marks a stream refused at its opening: go-control-plane still
+// calls its close, which the caller's callbacks, never told it opened,
+// must not hear (a gauge of open streams would count it down).
+func (s *Server) refuse(k streamKey) {
+	s.mu.Lock()
+	s.refused[k] = struct{}{}
+	s.mu.Unlock()
+}
+
+// sentResponse is the last response of a type on a stream.
+type sentResponse struct{ nonce, version string }
+
+// sentOn records resp as the last response of its type on stream k.
+func (s *Server) sentOn(k streamKey, resp *discovery.DiscoveryResponse) {
+	s.sentMu.Lock()
+	defer s.sentMu.Unlock()
+	byType := s.sent[k]
+	if byType == nil {
+		byType = map[string]sentResponse{}
+		s.sent[k] = byType
+	}
+	byType[resp.GetTypeUrl()] = sentResponse{nonce: resp.GetNonce(), version: resp.GetVersionInfo()}
+}
+
+// holdNack makes a NACK of the last response of its type wait for the
+// next version rather than be answered with the same one again. A NACK's
+// version_info is the last version the client accepted, and the cache
+// answers at once any version other than its snapshot's: a client that
+// NACKs as soon as it is answered (as an Envoy does) was resent the
+// version it refused, and NACKed it, thousands of times a second, a
+// controller core and its log busy for as long as the stream lasted.
+// Given the refused version instead, the cache waits until the snapshot
+// moves on from it (or the request names resources not yet sent), as it
+// waits on an ACK. A NACK of an older response is left alone: the server
+// ignores a stale nonce.
+func (s *Server) holdNack(k streamKey, req *discovery.DiscoveryRequest) {
+	if req.GetErrorDetail() == nil {
+		return
+	}
+	s.sentMu.Lock()
+	last, ok := s.sent[k][req.GetTypeUrl()]
+	s.sentMu.Unlock()
+	if ok && req.GetResponseNonce() == last.nonce {
+		req.VersionInfo = last.version
+	}
 }
 
 // fetcher answers a one-off (unary) fetch from the namespace's snapshot,

@@ -88,10 +88,20 @@ type Server struct {
 	streams map[streamKey]string // open stream → its namespace
 	shared  map[string]*shared   // snapshots by version
 	// What each peer holds: streams by address, and the names each
-	// delta stream subscribed to, by type.
+	// stream subscribed to, by type.
 	perPeer    map[string]int
 	peerOf     map[streamKey]string
-	deltaNames map[streamKey]map[string]map[string]struct{}
+	deltaNames map[streamKey]*subscriptions
+	// refused: streams whose opening was refused, which the caller's
+	// callbacks never saw open and must not see close.
+	refused map[streamKey]struct{}
+
+	// sent is the last response of each type on each state-of-the-world
+	// stream (heldNack). Its own lock: it is written as each response is
+	// sent, on the stream's goroutine, which must never wait for mu
+	// (held while a snapshot is set and answers the watches).
+	sentMu sync.Mutex
+	sent   map[streamKey]map[string]sentResponse
 }
 
 type group struct {
@@ -118,7 +128,9 @@ func NewServer(ctx context.Context, cb serverv3.Callbacks) *Server {
 
 		perPeer:    map[string]int{},
 		peerOf:     map[streamKey]string{},
-		deltaNames: map[streamKey]map[string]map[string]struct{}{},
+		deltaNames: map[streamKey]*subscriptions{},
+		refused:    map[streamKey]struct{}{},
+		sent:       map[streamKey]map[string]sentResponse{},
 	}
 	// No endpoints until told: answered as none (a version of its own).
 	s.endpoints, _, _ = endpointResources(nil, nil)
