@@ -36,3 +36,116 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{- /*
+The injection config's own checks (injector/config.go, Validate), made at
+render time: `minimesh controller` refuses at startup a config that breaks
+them, and a crash-looping injector behind failurePolicy Ignore leaves pods
+unmeshed while helm says deployed. What JSON Schema can say is in
+values.schema.json; what it cannot (ports that differ, a request within its
+limit and the sidecar's bounds, an init image for a pinned proxy image) is
+here. e2e/chart/values_agree_test.go holds the chart and Validate to the
+same answers.
+*/ -}}
+{{- define "minimesh.checkConfig" -}}
+{{- $p := .Values.proxy }}
+{{- if eq (int $p.outboundPort) (int $p.adminPort) }}
+{{- fail (printf "proxy.adminPort: %v is also proxy.outboundPort; the sidecar's three ports must differ" $p.adminPort) }}
+{{- end }}
+{{- if or (eq (int $p.inboundPort) (int $p.outboundPort)) (eq (int $p.inboundPort) (int $p.adminPort)) }}
+{{- fail (printf "proxy.inboundPort: %v is also proxy.outboundPort or proxy.adminPort; the sidecar's three ports must differ" $p.inboundPort) }}
+{{- end }}
+{{- if not $p.initImage }}
+{{- $image := $p.image | default (include "minimesh.image" .) }}
+{{- /* DefaultInitImage's rule: the repository with -init, the same tag;
+a digest names one image only. */}}
+{{- if contains "@" $image }}
+{{- fail (printf "proxy.initImage: must be set: proxy.image %s is pinned by digest, which names no other image" $image) }}
+{{- end }}
+{{- if not (regexReplaceAll ":[^:/]*$" $image "") }}
+{{- fail (printf "proxy.initImage: must be set: proxy.image %q has no repository to append -init to" $image) }}
+{{- end }}
+{{- end }}
+{{- /* The bounds of the minimesh.io/proxy-* annotations (maxProxyCPU and
+maxProxyMemory, injector/annotations.go), also in nano units. */}}
+{{- range list (list "cpu" "8" "8000000000") (list "memory" "8Gi" "8589934592000000000") }}
+{{- $res := index . 0 }}{{ $max := index . 1 }}{{ $maxNanos := index . 2 }}
+{{- $req := index $p.resources (printf "%sRequest" $res) | toString }}
+{{- $lim := index $p.resources (printf "%sLimit" $res) | toString }}
+{{- $reqNanos := "" }}{{ $limNanos := "" }}
+{{- if $req }}
+{{- $reqNanos = include "minimesh.quantityNanos" (dict "name" (printf "proxy.resources.%sRequest" $res) "value" $req "max" $max "maxNanos" $maxNanos) }}
+{{- end }}
+{{- if $lim }}
+{{- $limNanos = include "minimesh.quantityNanos" (dict "name" (printf "proxy.resources.%sLimit" $res) "value" $lim "max" $max "maxNanos" $maxNanos) }}
+{{- end }}
+{{- if and $reqNanos $limNanos (include "minimesh.less" (list $limNanos $reqNanos)) }}
+{{- fail (printf "proxy.resources.%sRequest: %s is more than proxy.resources.%sLimit %s" $res $req $res $lim) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- /*
+A Kubernetes quantity (.value, named .name in errors) in nano units: a
+decimal string without leading zeros, rounded up to a nano as
+resource.ParseQuantity does, so that values compare exactly. Fails unless
+it is more than zero and at most .max (.maxNanos in nano units). The forms
+read are the schema's: digits, an optional decimal part, and m, k, M, G,
+T, Ki, Mi, Gi or Ti. Template integers are int64, too small for 1Ti in
+nanos: decimal suffixes only move the decimal point, in the string, and
+binary ones are multiplied once the value is known to be within the bound.
+*/ -}}
+{{- define "minimesh.quantityNanos" -}}
+{{- $v := .value }}
+{{- $re := "^([0-9]+)(?:[.]([0-9]+))?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$" }}
+{{- if not (regexMatch $re $v) }}
+{{- fail (printf "%s: %q: not a quantity like 100m or 64Mi (digits, an optional decimal part, then none or one of m k M G T Ki Mi Gi Ti)" .name $v) }}
+{{- end }}
+{{- $int := regexReplaceAll $re $v "${1}" }}
+{{- $frac := regexReplaceAll $re $v "${2}" }}
+{{- $suffix := regexReplaceAll $re $v "${3}" }}
+{{- $over := printf "%s: %q: more than %s, the most a sidecar may be given" .name $v .max }}
+{{- $nanos := "" }}
+{{- $binary := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- if hasKey $binary $suffix }}
+{{- if gt (len $frac) 9 }}
+{{- fail (printf "%s: %q: more than 9 decimal places before a binary suffix" .name $v) }}
+{{- end }}
+{{- $x := regexReplaceAll "^0+" (printf "%s%s" $int (trunc 9 (printf "%s000000000" $frac))) "" | default "0" }}
+{{- $mult := index $binary $suffix }}
+{{- if or (gt (len $x) 18) (gt (atoi $x) (div (atoi .maxNanos) $mult)) }}
+{{- fail $over }}
+{{- end }}
+{{- $nanos = mul (atoi $x) $mult | toString }}
+{{- else }}
+{{- $shift := index (dict "m" 6 "" 9 "k" 12 "M" 15 "G" 18 "T" 21) $suffix }}
+{{- $digits := printf "%s%s%s" $int $frac (repeat $shift "0") }}
+{{- $point := add (len $int) $shift | int }}
+{{- $nanos = regexReplaceAll "^0+" (substr 0 $point $digits) "" | default "0" }}
+{{- if regexMatch "[1-9]" (substr $point (len $digits) $digits) }}
+{{- /* Round up: the last digit that is not a 9, plus one. */}}
+{{- $nines := regexFind "9*$" $nanos }}
+{{- $head := trimSuffix $nines $nanos }}
+{{- $last := "0" }}
+{{- if $head }}
+{{- $last = substr (sub (len $head) 1 | int) (len $head) $head }}
+{{- $head = substr 0 (sub (len $head) 1 | int) $head }}
+{{- end }}
+{{- $nanos = printf "%s%d%s" $head (add1 (atoi $last)) (repeat (len $nines) "0") }}
+{{- end }}
+{{- end }}
+{{- if eq $nanos "0" }}
+{{- fail (printf "%s: %q: must be more than zero" .name $v) }}
+{{- end }}
+{{- if include "minimesh.less" (list .maxNanos $nanos) }}
+{{- fail $over }}
+{{- end }}
+{{- $nanos }}
+{{- end }}
+
+{{- /* "true" if the first of two decimal strings without leading zeros is
+the smaller number. */ -}}
+{{- define "minimesh.less" -}}
+{{- $a := index . 0 }}{{ $b := index . 1 }}
+{{- if or (lt (len $a) (len $b)) (and (eq (len $a) (len $b)) (lt $a $b)) }}true{{ end }}
+{{- end }}
