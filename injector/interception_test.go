@@ -46,7 +46,7 @@ func TestIPTables(t *testing.T) {
 		t.Errorf("init container %s %q restartPolicy %v", ic.Image, ic.Command, ic.RestartPolicy)
 	}
 	wantArgs := []string{"init", "--proxy-uid=15000", "--outbound-port=16001",
-		"--capture-inbound", "--inbound-port=16006", "--skip-inbound-ports=16020,9000",
+		"--capture-inbound", "--inbound-port=16006", "--admin-port=16020", "--skip-inbound-ports=9000,16020",
 		"--skip-outbound-ports=5432,8000-8100", "--skip-outbound-cidrs=169.254.169.254/32,10.0.0.0/8"}
 	if !slices.Equal(ic.Args, wantArgs) {
 		t.Errorf("init args\n%q, want\n%q", ic.Args, wantArgs)

@@ -516,15 +516,21 @@ func initContainer(cfg *Config, s *settings) corev1.Container {
 	}
 	if s.captureInbound {
 		// The admin port is never redirected: the kubelet's probes and
-		// Prometheus reach the sidecar itself.
-		skip := []string{strconv.Itoa(p.AdminPort)}
+		// Prometheus reach the sidecar itself. Named as the admin port,
+		// not as a skipped one: init would otherwise skip 15020 as well,
+		// and an app that moved the sidecar off 15020 to use that port
+		// would be reached there around the sidecar.
+		args = append(args, "--capture-inbound", "--inbound-port="+strconv.Itoa(p.InboundPort),
+			"--admin-port="+strconv.Itoa(p.AdminPort))
+		var skip []string
 		for _, v := range s.skipInboundPorts {
 			if !slices.Contains(skip, v) {
 				skip = append(skip, v)
 			}
 		}
-		args = append(args, "--capture-inbound", "--inbound-port="+strconv.Itoa(p.InboundPort),
-			"--skip-inbound-ports="+strings.Join(skip, ","))
+		if len(skip) > 0 {
+			args = append(args, "--skip-inbound-ports="+strings.Join(skip, ","))
+		}
 	}
 	if len(s.skipOutboundPorts) > 0 {
 		args = append(args, "--skip-outbound-ports="+strings.Join(s.skipOutboundPorts, ","))

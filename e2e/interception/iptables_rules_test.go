@@ -26,7 +26,7 @@ var goldenFlags = map[string][]string{
 	"skips": {"--capture-inbound", "--skip-outbound-ports", "5432,8000-8100",
 		"--skip-outbound-cidrs", "10.0.0.0/8,fd00::/8,198.18.250.7/32,2001:db8::1/128",
 		"--skip-inbound-ports", "9090,15020,30000-30010"},
-	"custom": {"--proxy-uid", "2102", "--outbound-port", "4140", "--inbound-port", "4143",
+	"custom": {"--proxy-uid", "2102", "--outbound-port", "4140", "--inbound-port", "4143", "--admin-port", "4191",
 		"--capture-inbound", "--skip-outbound-cidrs", "0.0.0.0/0"},
 }
 

@@ -25,6 +25,9 @@ type Config struct {
 	InboundPort uint16
 	// AdminPort is the sidecar's admin port (probes, /metrics): inbound
 	// connections to it are never redirected, nor to the two ports above.
+	// It is the sidecar's configured port, not always the contract's 15020:
+	// an app that moved the sidecar off 15020 to use that port itself must
+	// have its 15020 captured like any other port.
 	AdminPort uint16
 	// CaptureInbound redirects TCP arriving at the pod to InboundPort.
 	CaptureInbound bool

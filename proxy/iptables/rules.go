@@ -48,6 +48,9 @@ func (f Family) loopback() netip.Prefix {
 	return netip.MustParsePrefix("127.0.0.0/8")
 }
 
+// linkLocal6 is IPv6's link-local unicast network (fe80::/10).
+var linkLocal6 = netip.MustParsePrefix("fe80::/10")
+
 func (f Family) has(p netip.Prefix) bool {
 	return p.Addr().Is4() == (f == IPv4)
 }
@@ -111,11 +114,22 @@ func build(c Config, f Family) ruleset {
 	// own addresses: an app calling itself reaches itself, as with
 	// Linkerd's proxy-init.
 	rs.add(ChainOutbound, "-o lo -j RETURN")
-	rs.add(ChainOutbound, dest(f.loopback())+"-j RETURN")
-	for _, p := range uniq(c.SkipOutboundCIDRs) {
+	skip := []netip.Prefix{f.loopback()}
+	if f == IPv6 {
+		// IPv6 link-local: a connection to fe80::…%eth0 that REDIRECT sent
+		// to ::1 would carry its link-local source onto lo, where the
+		// kernel drops every packet (Ip6InNoRoutes): the connect hung in
+		// SYN-SENT, unlogged. It goes around the sidecar, as it does in a
+		// pod without IPv6 rules (docs/interception.md).
+		skip = append(skip, linkLocal6)
+	}
+	for _, p := range c.SkipOutboundCIDRs {
 		if f.has(p) {
-			rs.add(ChainOutbound, dest(p)+"-j RETURN")
+			skip = append(skip, p)
 		}
+	}
+	for _, p := range uniq(skip) {
+		rs.add(ChainOutbound, dest(p)+"-j RETURN")
 	}
 	for _, r := range uniq(c.SkipOutboundPorts) {
 		rs.add(ChainOutbound, "-p tcp -m tcp --dport "+r.match()+" -j RETURN")

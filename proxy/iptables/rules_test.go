@@ -34,6 +34,7 @@ func goldenConfigs() map[string]Config {
 	custom.ProxyUID = 2102
 	custom.OutboundPort = 4140
 	custom.InboundPort = 4143
+	custom.AdminPort = 4191
 	custom.CaptureInbound = true
 	custom.SkipOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 
@@ -88,12 +89,16 @@ func TestRulesGolden(t *testing.T) {
 
 func TestRulesContents(t *testing.T) {
 	c := DefaultConfig()
-	c.SkipOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}
+	c.SkipOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("fe80::/10")}
 	c.SkipOutboundPorts = []PortRange{{5432, 5432}, {5432, 5432}}
 	v4, v6 := Rules(c, IPv4), Rules(c, IPv6)
 	for _, tc := range []struct {
 		rules, want, not string
 	}{
+		// IPv6 link-local cannot be redirected to ::1 (the kernel drops
+		// it): it goes around the sidecar, right after loopback.
+		{v6, "-A MINIMESH_OUTPUT -d ::1/128 -j RETURN\n-A MINIMESH_OUTPUT -d fe80::/10 -j RETURN\n-A MINIMESH_OUTPUT -d fd00::/8 -j RETURN\n", "MINIMESH_INBOUND"},
+		{v4, "-A MINIMESH_OUTPUT -d 10.0.0.0/8 -j RETURN\n-A MINIMESH_OUTPUT -p tcp", "fe80::/10"},
 		{v4, "-A MINIMESH_OUTPUT -d 10.0.0.0/8 -j RETURN\n", "fd00::/8"},
 		{v6, "-A MINIMESH_OUTPUT -d fd00::/8 -j RETURN\n", "10.0.0.0/8"},
 		{v4, "-A MINIMESH_OUTPUT -d 127.0.0.0/8 -j RETURN\n", "::1/128"},
@@ -110,6 +115,16 @@ func TestRulesContents(t *testing.T) {
 	}
 	if n := strings.Count(v4, "--dport 5432 "); n != 1 {
 		t.Errorf("a port given twice gives %d rules, want 1:\n%s", n, v4)
+	}
+	if n := strings.Count(v6, "-d fe80::/10 "); n != 1 {
+		t.Errorf("link-local skipped by default and by a CIDR gives %d rules, want 1:\n%s", n, v6)
+	}
+	// Inbound, the link-local address is captured like the others: the
+	// sidecar dials it back with its zone (proxy/transparent).
+	in := c
+	in.CaptureInbound = true
+	if r := Rules(in, IPv6); strings.Count(r, "fe80::/10") != 1 {
+		t.Errorf("link-local in more than the outbound chain:\n%s", r)
 	}
 	// The loop guard comes before anything that could redirect.
 	if i, j := strings.Index(v4, "--uid-owner"), strings.Index(v4, "REDIRECT"); i > j {

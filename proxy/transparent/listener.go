@@ -208,7 +208,8 @@ func isSelf(orig netip.AddrPort, local net.Addr) bool {
 		return false
 	}
 	ip, _ := netip.AddrFromSlice(la.IP)
-	return orig.Port() == uint16(la.Port) && orig.Addr().Unmap() == ip.Unmap()
+	// Without zones: OriginalDst gives a link-local address its zone.
+	return orig.Port() == uint16(la.Port) && orig.Addr().Unmap().WithZone("") == ip.Unmap()
 }
 
 func (d *Dispatcher) dispatch(c net.Conn, orig netip.AddrPort) {

@@ -52,7 +52,33 @@ func OriginalDst(c net.Conn) (netip.AddrPort, error) {
 	if cerr != nil {
 		return netip.AddrPort{}, cerr
 	}
-	return ap, serr
+	if serr != nil {
+		return netip.AddrPort{}, serr
+	}
+	return zoned(ap, c.LocalAddr(), c.RemoteAddr()), nil
+}
+
+// zoned gives an IPv6 link-local original destination the zone of the
+// interface the connection came in on. conntrack keeps addresses without
+// their interface, and a link-local address means nothing without one:
+// dialled as it came, fe80::… failed with EINVAL, and a caller of the
+// pod's link-local address got the inbound listener's 502. The accepted
+// socket knows the interface: the kernel binds it to the one the SYN came
+// in on when the caller's address is link-local, as a caller's source is
+// for a link-local destination (RFC 6724's scope rule), and Go names it as
+// the zone of the socket's link-local addresses. Any other address is
+// returned as it is, at no cost.
+func zoned(ap netip.AddrPort, local, remote net.Addr) netip.AddrPort {
+	a := ap.Addr()
+	if !a.Is6() || !a.IsLinkLocalUnicast() || a.Zone() != "" {
+		return ap
+	}
+	for _, end := range [...]net.Addr{local, remote} {
+		if ta, ok := end.(*net.TCPAddr); ok && ta.Zone != "" {
+			return netip.AddrPortFrom(a.WithZone(ta.Zone), ap.Port())
+		}
+	}
+	return ap // a caller that chose a wider source: left for the dial to refuse
 }
 
 // original4 reads a struct sockaddr_in. x/sys has no getter of that size;

@@ -34,6 +34,9 @@ func runInit(args []string, stdout, stderr io.Writer) int {
 	fs.Var(uidFlag{&cfg.ProxyUID}, "proxy-uid", "the sidecar's UID, whose connections are not redirected (no loops)")
 	fs.Var(portFlag{&cfg.OutboundPort}, "outbound-port", "the sidecar's transparent outbound port on loopback: where the pod's outbound TCP goes")
 	fs.Var(portFlag{&cfg.InboundPort}, "inbound-port", "the sidecar's inbound port: where TCP arriving at the pod goes with --capture-inbound")
+	// The default is what an init container injected before this flag
+	// existed meant: its args never name the admin port's 15020.
+	fs.Var(portFlag{&cfg.AdminPort}, "admin-port", "the sidecar's admin port: with --capture-inbound, TCP arriving at it is not redirected (the kubelet's probes, Prometheus)")
 	fs.BoolVar(&cfg.CaptureInbound, "capture-inbound", false, "also redirect TCP arriving at the pod (except the sidecar's ports and --skip-inbound-ports)")
 	fs.Var(portsFlag{&cfg.SkipOutboundPorts}, "skip-outbound-ports", "comma-separated destination ports or ranges (8000-8100) whose outbound connections are not redirected")
 	fs.Var(cidrsFlag{&cfg.SkipOutboundCIDRs}, "skip-outbound-cidrs", "comma-separated IPv4 and IPv6 CIDRs whose outbound connections are not redirected")

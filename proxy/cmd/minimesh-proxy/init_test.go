@@ -29,6 +29,7 @@ func TestInitBadFlags(t *testing.T) {
 		{[]string{"--skip-outbound-cidrs", "10.0.0.0/8,10.0.0.300/32"}, nil, []string{"-skip-outbound-cidrs", `"10.0.0.300/32"`, "not a CIDR"}},
 		{[]string{"--outbound-port", "70000"}, nil, []string{"-outbound-port", `"70000"`, "1-65535"}},
 		{[]string{"--inbound-port", "0"}, nil, []string{"-inbound-port", `"0"`}},
+		{[]string{"--admin-port", "0"}, nil, []string{"-admin-port", `"0"`, "1-65535"}},
 		{[]string{"--proxy-uid", "0"}, nil, []string{"-proxy-uid", `"0"`, "root"}},
 		{[]string{"--proxy-uid", "-1"}, nil, []string{"-proxy-uid", `"-1"`}},
 		{[]string{"--backend", "iptables"}, nil, []string{"-backend", `"iptables"`, "auto, legacy, nft"}},
@@ -99,6 +100,50 @@ func TestInitDryRun(t *testing.T) {
 	}
 }
 
+// --admin-port is the port the inbound rules leave to the sidecar: a
+// sidecar moved off 15020 (proxy.adminPort) leaves 15020 to the app, whose
+// connections there are captured like any other port's. Without the flag
+// (an init container injected before it existed) the admin port is 15020.
+func TestInitAdminPort(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		env       map[string]string
+		kept, not []string // inbound RETURN rules' ports there and not there
+	}{
+		{"default", nil, nil, []string{"15020"}, []string{"9901"}},
+		{"flag", []string{"--admin-port=9901"}, nil, []string{"9901"}, []string{"15020"}},
+		{"env", nil, map[string]string{"MINIMESH_ADMIN_PORT": "9901"}, []string{"9901"}, []string{"15020"}},
+		// What an older injector wrote for proxy.adminPort 9901: both stay
+		// skipped, as they were.
+		{"older injector", []string{"--skip-inbound-ports=9901"}, nil, []string{"15020", "9901"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			code, stdout, stderr := runInitArgs(t, append([]string{"--dry-run", "--backend=legacy", "--ipv6=on", "--capture-inbound"}, tc.args...)...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			for _, fam := range []string{"IPv4", "IPv6"} {
+				_, rules, _ := strings.Cut(stdout, "# "+fam+":")
+				rules, _, _ = strings.Cut(rules, "COMMIT")
+				for _, p := range tc.kept {
+					if !strings.Contains(rules, "-A MINIMESH_INBOUND -p tcp -m tcp --dport "+p+" -j RETURN\n") {
+						t.Errorf("%s: inbound port %s captured, want it skipped:\n%s", fam, p, rules)
+					}
+				}
+				for _, p := range tc.not {
+					if strings.Contains(rules, "--dport "+p+" ") {
+						t.Errorf("%s: inbound port %s skipped, want it captured:\n%s", fam, p, rules)
+					}
+				}
+			}
+		})
+	}
+}
+
 // When iptables fails, init fails (exit 1) and says which program failed
 // and what it said. The programs on PATH come first (the sbin directories
 // are searched only for names PATH lacks), so stand-ins that fail run on
@@ -124,7 +169,8 @@ func TestInitHelp(t *testing.T) {
 		t.Errorf("exit %d", code)
 	}
 	for _, f := range []string{"-proxy-uid", "-outbound-port", "-inbound-port", "-capture-inbound", "-skip-outbound-ports",
-		"-skip-outbound-cidrs", "-skip-inbound-ports", "-backend", "-ipv6", "-dry-run", "(default 15000)", "(default 15001)", "(default 15006)"} {
+		"-skip-outbound-cidrs", "-skip-inbound-ports", "-backend", "-ipv6", "-dry-run", "(default 15000)", "(default 15001)", "(default 15006)",
+		"-admin-port", "(default 15020)"} {
 		if !strings.Contains(stderr, f) {
 			t.Errorf("help lacks %q:\n%s", f, stderr)
 		}
