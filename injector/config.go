@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
+	"unicode"
 
 	"gopkg.in/yaml.v3"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -171,11 +173,29 @@ func ParseConfig(data []byte) (Config, error) {
 func (c *Config) Validate() error {
 	var errs []error
 	p := &c.Proxy
-	if p.Image == "" {
+	imageOK := false
+	switch err := checkImageRef(p.Image); {
+	case p.Image == "":
 		errs = append(errs, errors.New("proxy.image: must be set"))
+	case err != nil:
+		errs = append(errs, fmt.Errorf("proxy.image: %s: %w", quote(p.Image), err))
+	default:
+		imageOK = true
 	}
-	if p.InitImage == "" && p.Image != "" {
-		if _, err := DefaultInitImage(p.Image); err != nil {
+	switch {
+	case p.InitImage != "":
+		if err := checkImageRef(p.InitImage); err != nil {
+			errs = append(errs, fmt.Errorf("proxy.initImage: %s: %w", quote(p.InitImage), err))
+		}
+	case imageOK:
+		ref, err := DefaultInitImage(p.Image)
+		if err == nil {
+			// A repository path at the length limit has no room for -init.
+			if err = checkImageRef(ref); err != nil {
+				err = fmt.Errorf("%s gives the default %s: %w", quote(p.Image), quote(ref), err)
+			}
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("proxy.initImage: must be set: proxy.image %w", err))
 		}
 	}
@@ -248,6 +268,80 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("policyConfigMap: must be set"))
 	}
 	return errors.Join(errs...)
+}
+
+// The grammar of an image reference, as the kubelet parses it before it
+// pulls (the reference grammar of the distribution project,
+// github.com/distribution/reference): a name of an optional registry
+// host and a lower-case repository path, then an optional tag and an
+// optional digest. The API server only refuses white space at the ends,
+// so a reference it admits can still leave every injected pod in
+// InvalidImageName.
+var (
+	imageHost     = regexp.MustCompile(`^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$`)
+	imagePathPart = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$`)
+	imageTagRE    = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}$`)
+	// The digests the kubelet can verify, each with its length in hex.
+	imageDigestHex = map[string]int{"sha256": 64, "sha384": 96, "sha512": 128}
+	lowerHex       = regexp.MustCompile(`^[a-f0-9]+$`)
+)
+
+// maxImagePath is the longest repository path (without the registry) a
+// reference may have.
+const maxImagePath = 255
+
+// checkImageRef reports why ref is no image reference the kubelet could
+// pull, nil if it is one.
+func checkImageRef(ref string) error {
+	if strings.ContainsFunc(ref, unicode.IsSpace) {
+		return errors.New("contains white space")
+	}
+	if len(ref) == 64 && lowerHex.MatchString(ref) {
+		return errors.New("64 hex digits name an image ID, not a repository")
+	}
+	name, digest, pinned := strings.Cut(ref, "@")
+	if pinned {
+		alg, hex, _ := strings.Cut(digest, ":")
+		n, known := imageDigestHex[alg]
+		if !known || len(hex) != n || !lowerHex.MatchString(hex) {
+			return fmt.Errorf("digest %s: want sha256: and 64 lower-case hex digits (or sha384:, sha512: and 96, 128)", quote(digest))
+		}
+	}
+	if i := strings.LastIndexByte(name, ':'); i > strings.LastIndexByte(name, '/') {
+		var tag string
+		name, tag = name[:i], name[i+1:]
+		if !imageTagRE.MatchString(tag) {
+			return fmt.Errorf("tag %s: want at most 128 letters, digits, _, . and -, not starting with . or -", quote(tag))
+		}
+	}
+	if name == "" {
+		return errors.New("no repository")
+	}
+	parts := strings.Split(name, "/")
+	host := ""
+	// The first part is a registry host when it looks like one, as the
+	// kubelet decides: a dot, a port, localhost, or an upper-case letter
+	// (which no repository has). One that is no host name but would do as
+	// a repository part (a9.b_c) passes the kubelet's parser too.
+	if first := parts[0]; len(parts) > 1 && (strings.ContainsAny(first, ".:") || first == "localhost" || strings.ToLower(first) != first) {
+		if !imageHost.MatchString(first) && !imagePathPart.MatchString(first) {
+			return fmt.Errorf("registry %s: want a host name or [IPv6 address], and an optional :port", quote(first))
+		}
+		host, parts = first, parts[1:]
+	}
+	path := strings.Join(parts, "/")
+	for _, part := range parts {
+		if !imagePathPart.MatchString(part) {
+			return fmt.Errorf("repository %s: want lower-case letters and digits, separated by ., _, __ or -", quote(path))
+		}
+	}
+	if len(parts) == 1 && (host == "" || host == "docker.io" || host == "index.docker.io") {
+		path = "library/" + path // Docker Hub's official images
+	}
+	if len(path) > maxImagePath {
+		return fmt.Errorf("repository path of %d bytes, more than %d", len(path), maxImagePath)
+	}
+	return nil
 }
 
 func validLogLevel(s string) bool {

@@ -420,7 +420,7 @@ func TestWarningsCapped(t *testing.T) {
 	if len(res.Warnings) != 11 || res.Warnings[10] != "minimesh: 10 more warnings not shown" || !strings.Contains(res.Warnings[0], `container "c0"`) {
 		t.Fatalf("warnings %q", res.Warnings)
 	}
-	if res.Pod.Spec.Containers[20].Env[1].Name != "http_proxy" {
+	if res.Pod.Spec.Containers[20].Env[1].Name != "NO_PROXY" { // its own HTTP_PROXY, then minimesh's NO_PROXY
 		t.Fatal("capping the warnings changed the mutation")
 	}
 }
@@ -667,7 +667,7 @@ func TestConfig(t *testing.T) {
 		{"proxy:\n  uid: 0\n", "proxy.uid"},
 		{"traceSampleRatio: 2\n", "traceSampleRatio"},
 		{"proxy:\n  logLevel: loud\n", "proxy.logLevel"},
-		{"proxy:\n  image: reg/mm@sha256:0123\n", "proxy.initImage: must be set: proxy.image reg/mm@sha256:0123 is pinned by digest"},
+		{"proxy:\n  image: reg/mm@" + digest1 + "\n", "proxy.initImage: must be set: proxy.image reg/mm@" + digest1 + " is pinned by digest"},
 	} {
 		_, err := ParseConfig([]byte(bad.in))
 		if err == nil || !strings.Contains(err.Error(), bad.want) {
@@ -695,11 +695,11 @@ func TestInitImage(t *testing.T) {
 			t.Errorf("DefaultInitImage(%s) = %s, want an error", in, got)
 		}
 	}
-	cfg, err := ParseConfig([]byte("proxy:\n  image: reg/mm@sha256:0123\n  initImage: reg/mm-init@sha256:4567\n"))
+	cfg, err := ParseConfig([]byte("proxy:\n  image: reg/mm@" + digest1 + "\n  initImage: reg/mm-init@" + digest2 + "\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cfg.Proxy.InitImageRef(); got != "reg/mm-init@sha256:4567" {
+	if got := cfg.Proxy.InitImageRef(); got != "reg/mm-init@"+digest2 {
 		t.Errorf("InitImageRef() = %s, want proxy.initImage", got)
 	}
 	if got := DefaultConfig().Proxy.InitImageRef(); !strings.HasPrefix(got, "ghcr.io/minimesh/minimesh-init:") {

@@ -621,7 +621,8 @@ func proxyEnv(cfg *Config, s *settings) []corev1.EnvVar {
 	proxy := "http://127.0.0.1:" + strconv.Itoa(cfg.Proxy.OutboundPort)
 	np := strings.Join(noProxy(cfg.NoProxy, s.skipCIDRs), ",")
 	// Both spellings: curl reads only the lower-case http_proxy, others
-	// only the upper case; NO_PROXY likewise.
+	// only the upper case; NO_PROXY likewise. Each pair is one setting
+	// (addEnv), adjacent here so that the pod keeps this order.
 	env := []corev1.EnvVar{
 		{Name: "HTTP_PROXY", Value: proxy},
 		{Name: "http_proxy", Value: proxy},
@@ -649,29 +650,70 @@ func noProxy(cfgNoProxy, skipCIDRs []string) []string {
 	return append(np, skipCIDRs...)
 }
 
-// addEnv appends env to c, except the variables c sets itself: the app's
-// own value wins, and a warning says that its traffic then bypasses (or is
-// routed differently by) the sidecar.
+// addEnv appends env to c, except the settings c has itself: the app's own
+// value wins, and a warning says that its traffic then bypasses (or is
+// routed differently by) the sidecar. The spellings of a proxy variable
+// (HTTP_PROXY and http_proxy, NO_PROXY and no_proxy) are one setting:
+// curl reads only http_proxy, Python's urllib prefers the lower case, Go
+// the upper, so an app that sets one spelling and gets minimesh's other
+// would have its own value win in some clients and not in others. An app
+// that sets either spelling gets neither of minimesh's. Variables from
+// envFrom cannot be seen here; env wins over them, so minimesh's do
+// (docs/annotations.md, "Warnings").
 func addEnv(c *corev1.Container, env []corev1.EnvVar) []string {
+	own := c.Env // the app's, before any of minimesh's is appended
 	var warnings []string
-	for _, e := range env {
-		if i := slices.IndexFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }); i >= 0 {
-			own := c.Env[i].Value
-			if c.Env[i].ValueFrom != nil {
-				own = "(valueFrom)"
+	for i, e := range env {
+		if slices.ContainsFunc(env[:i], func(x corev1.EnvVar) bool { return sameSetting(x.Name, e.Name) }) {
+			continue // another spelling of a setting already handled
+		}
+		var set []string
+		n := 0
+		for _, x := range own {
+			if !sameSetting(x.Name, e.Name) {
+				continue
 			}
-			warnings = append(warnings, fmt.Sprintf("minimesh: container %s sets %s=%s itself; its value wins over minimesh's %s",
-				quote(c.Name), e.Name, echo.Clip(own), echo.Clip(e.Value)))
+			// Two spellings are what clients read; more only lengthen
+			// the warning.
+			if n++; n > 2 {
+				continue
+			}
+			v := x.Value
+			if x.ValueFrom != nil {
+				v = "(valueFrom)"
+			}
+			set = append(set, x.Name+"="+echo.Clip(v))
+		}
+		if n > 2 {
+			set = append(set, fmt.Sprintf("%d more spellings", n-2))
+		}
+		var ours []corev1.EnvVar
+		var names []string
+		for _, x := range env[i:] {
+			if sameSetting(x.Name, e.Name) {
+				ours = append(ours, x)
+				names = append(names, x.Name)
+			}
+		}
+		if len(set) > 0 {
+			warnings = append(warnings, fmt.Sprintf("minimesh: container %s sets %s itself; its value wins over minimesh's %s, so minimesh sets neither %s",
+				quote(c.Name), strings.Join(set, " and "), echo.Clip(e.Value), strings.Join(names, " nor ")))
 			continue
 		}
-		c.Env = append(c.Env, e)
+		c.Env = append(c.Env, ours...)
 	}
 	return warnings
 }
 
+// sameSetting reports whether two variable names are spellings of one
+// setting: the same name in any case, as Python's urllib reads proxy
+// variables.
+func sameSetting(a, b string) bool { return strings.EqualFold(a, b) }
+
+// hasAnyEnv reports whether c has any of env's settings, in any spelling.
 func hasAnyEnv(c *corev1.Container, env []corev1.EnvVar) bool {
 	for _, e := range env {
-		if slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return x.Name == e.Name }) {
+		if slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return sameSetting(x.Name, e.Name) }) {
 			return true
 		}
 	}

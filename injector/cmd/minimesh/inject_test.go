@@ -94,7 +94,7 @@ func TestInjectReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "deployment \"web\" injected\n" +
-		"Warning: minimesh: container \"web\" sets HTTP_PROXY=http://corp:3128 itself; its value wins over minimesh's http://127.0.0.1:15001\n" +
+		"Warning: minimesh: container \"web\" sets HTTP_PROXY=http://corp:3128 itself; its value wins over minimesh's http://127.0.0.1:15001, so minimesh sets neither HTTP_PROXY nor http_proxy\n" +
 		"daemonset \"agent\" skipped: hostNetwork pod\n" +
 		"Warning: minimesh: hostNetwork pods are never injected: the sidecar's ports would be the node's\n"
 	if errOut != want {
