@@ -43,7 +43,8 @@ render time: `minimesh controller` refuses at startup a config that breaks
 them, and a crash-looping injector behind failurePolicy Ignore leaves pods
 unmeshed while helm says deployed. What JSON Schema can say is in
 values.schema.json; what it cannot (ports that differ, a request within its
-limit and the sidecar's bounds, an init image for a pinned proxy image) is
+limit and the sidecar's bounds, an init image for a pinned proxy image,
+an image's repository path within 255 bytes, no bare image ID) is
 here. e2e/chart/values_agree_test.go holds the chart and Validate to the
 same answers.
 */ -}}
@@ -55,16 +56,27 @@ same answers.
 {{- if or (eq (int $p.inboundPort) (int $p.outboundPort)) (eq (int $p.inboundPort) (int $p.adminPort)) }}
 {{- fail (printf "proxy.inboundPort: %v is also proxy.outboundPort or proxy.adminPort; the sidecar's three ports must differ" $p.inboundPort) }}
 {{- end }}
-{{- if not $p.initImage }}
+{{- /* The schema holds the images to the reference grammar; what its
+patterns cannot say is here: no bare image ID, a repository path of at most
+255 bytes (docs/install.md). */}}
 {{- $image := $p.image | default (include "minimesh.image" .) }}
+{{- $imageValue := ternary "proxy.image:" "image.repository:" (not (empty $p.image)) }}
+{{- include "minimesh.checkImage" (dict "name" $imageValue "ref" $image) }}
+{{- if $p.initImage }}
+{{- include "minimesh.checkImage" (dict "name" "proxy.initImage:" "ref" $p.initImage) }}
+{{- else }}
 {{- /* DefaultInitImage's rule: the repository with -init, the same tag;
 a digest names one image only. */}}
 {{- if contains "@" $image }}
 {{- fail (printf "proxy.initImage: must be set: proxy.image %s is pinned by digest, which names no other image" $image) }}
 {{- end }}
-{{- if not (regexReplaceAll ":[^:/]*$" $image "") }}
+{{- $repo := regexReplaceAll ":[^:/]*$" $image "" }}
+{{- if not $repo }}
 {{- fail (printf "proxy.initImage: must be set: proxy.image %q has no repository to append -init to" $image) }}
 {{- end }}
+{{- /* A path at the limit has no room for -init. */}}
+{{- $init := printf "%s-init%s" $repo (regexFind ":[^:/]*$" $image) }}
+{{- include "minimesh.checkImage" (dict "name" (printf "proxy.initImage: must be set: proxy.image %q gives the default" $image) "ref" $init) }}
 {{- end }}
 {{- /* The bounds of the minimesh.io/proxy-* annotations (maxProxyCPU and
 maxProxyMemory, injector/annotations.go), also in nano units. */}}
@@ -82,6 +94,34 @@ maxProxyMemory, injector/annotations.go), also in nano units. */}}
 {{- if and $reqNanos $limNanos (include "minimesh.less" (list $limNanos $reqNanos)) }}
 {{- fail (printf "proxy.resources.%sRequest: %s is more than proxy.resources.%sLimit %s" $res $req $res $lim) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{- /*
+Fails, naming .name ("proxy.image:", say), when the image reference .ref
+(of the schema's grammar) is a bare image ID or has a repository path of
+more than 255 bytes, as checkImageRef (injector/config.go) counts it: without the
+registry (a first part with a dot, a port, upper case, or localhost), and
+with Docker Hub's library/ before a name of one part.
+*/ -}}
+{{- define "minimesh.checkImage" -}}
+{{- $ref := .ref }}
+{{- if regexMatch "^[a-f0-9]{64}$" $ref }}
+{{- fail (printf "%s %q: 64 hex digits name an image ID, not a repository" .name $ref) }}
+{{- end }}
+{{- $parts := splitList "/" (regexReplaceAll ":[^:/]*$" (regexReplaceAll "@.*$" $ref "") "") }}
+{{- $host := "" }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost") (ne (lower $first) $first)) }}
+{{- $host = $first }}
+{{- $parts = rest $parts }}
+{{- end }}
+{{- $path := join "/" $parts }}
+{{- if and (eq (len $parts) 1) (has $host (list "" "docker.io" "index.docker.io")) }}
+{{- $path = printf "library/%s" $path }}
+{{- end }}
+{{- if gt (len $path) 255 }}
+{{- fail (printf "%s %q: repository path of %d bytes, more than 255" .name $ref (len $path)) }}
 {{- end }}
 {{- end }}
 
