@@ -175,12 +175,22 @@ func (d *destinations) overflowService(services map[string]*destination, name st
 
 // setTable applies new policies. A service whose breaker settings did not
 // change keeps its breaker, state and counts included, so a reload never
-// closes an open breaker by accident; the others start closed.
+// closes an open breaker by accident; the others start closed. Which
+// service was "the same" before is decided by predecessors, from the
+// destination, not from the policy's name or spelling.
 func (d *destinations) setTable(t *policy.Table) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.table = t
 	old := *d.byAuthority.Load()
+	wanted := make(map[string]string, len(d.services)) // serviceKey → name
+	for authority, e := range old {
+		if e.dst.name != overflowName {
+			name := canonical(authority, d.namespace)
+			wanted[serviceKey(name, t.Lookup(authority))] = name
+		}
+	}
+	prevOf := d.predecessors(wanted)
 	services := make(map[string]*destination, len(d.services))
 	next := make(map[string]authEntry, len(old))
 	for authority, e := range old {
@@ -195,7 +205,7 @@ func (d *destinations) setTable(t *policy.Table) {
 		key := serviceKey(name, pol)
 		svc := services[key]
 		if svc == nil {
-			prev := d.services[key]
+			prev := prevOf[key]
 			if prev != nil && reflect.DeepEqual(prev.policy.Spec.CircuitBreaker, pol.Spec.CircuitBreaker) {
 				svc = &destination{name: name, policy: pol, breaker: prev.breaker, metrics: prev.metrics,
 					lb: d.eps.forService(name, d.namespace, t.Lookup(name), prev.metrics)}
@@ -214,6 +224,56 @@ func (d *destinations) setTable(t *policy.Table) {
 	}
 	d.services = services
 	d.byAuthority.Store(&next)
+}
+
+// predecessors finds, for each service a new table needs (wanted:
+// serviceKey → destination name), the service in force now that it
+// succeeds, if any; mu is held. A service succeeds the one of the same
+// destination governed by a policy of the same spec.service, whatever
+// the policy's metadata (its name is for display, docs/policy.md). Else,
+// when one destination had one service with a breaker that no new one
+// took and has one new service that found none, the two are the same
+// service under another policy: a policy renamed, its service spelled
+// another way (geo and geo.<ns>.svc.cluster.local), or a destination
+// that moved between its own policy and "*". Where a destination has
+// several of either, which is which is a guess, and the new ones start
+// with breakers of their own: two policies in force never share one.
+func (d *destinations) predecessors(wanted map[string]string) map[string]*destination {
+	prev := make(map[string]*destination, len(wanted))
+	type pair struct {
+		olds []*destination
+		news []string
+	}
+	unmatched := map[string]*pair{} // by destination name
+	for key, name := range wanted {
+		if p := d.services[key]; p != nil {
+			prev[key] = p
+			continue
+		}
+		u := unmatched[name]
+		if u == nil {
+			u = &pair{}
+			unmatched[name] = u
+		}
+		u.news = append(u.news, key)
+	}
+	if len(unmatched) == 0 {
+		return prev
+	}
+	for key, p := range d.services {
+		if _, taken := wanted[key]; taken || p.breaker == nil {
+			continue
+		}
+		if u := unmatched[p.name]; u != nil {
+			u.olds = append(u.olds, p)
+		}
+	}
+	for _, u := range unmatched {
+		if len(u.olds) == 1 && len(u.news) == 1 {
+			prev[u.news[0]] = u.olds[0]
+		}
+	}
+	return prev
 }
 
 // reset closes a destination's breaker by publishing the destination
@@ -307,12 +367,15 @@ func policyName(p *policy.ResiliencePolicy) string {
 // overflowName is the service of destinations past maxServices.
 const overflowName = "other"
 
-// serviceKey identifies a service: its canonical name and the name of
-// its policy. Two spellings of one service with a policy each (say
+// serviceKey identifies a service: its canonical name and the
+// spec.service of its policy (normalized, and one policy per spec.service
+// in a table). Two spellings of one service with a policy each (say
 // auth-service and auth-service.ns.svc.cluster.local) keep a breaker each,
 // so the policy in force never depends on which spelling was called first.
+// The policy's name is left out: it is for display, and a renamed policy
+// must find its service's breaker at a reload.
 func serviceKey(name string, pol *policy.ResiliencePolicy) string {
-	return name + "\x00" + policyName(pol) + "\x00" + pol.Spec.Service
+	return name + "\x00" + pol.Spec.Service
 }
 
 // canonical names a service the way a person reads it: lowercase, no
