@@ -1097,8 +1097,9 @@ func TestKeepAliveAfterWatch(t *testing.T) {
 }
 
 // TestTimeouts: an idle connection closes after IdleTimeout, a head that
-// stops half way after ReadHeaderTimeout, a connection that sends nothing
-// after ReadHeaderTimeout, as with net/http.
+// stops half way after ReadHeaderTimeout, as with net/http, and a
+// connection that sends nothing after IdleTimeout, as an idle one
+// (net/http: ReadHeaderTimeout; TestFirstByteWait).
 func TestTimeouts(t *testing.T) {
 	std := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}),
@@ -1120,7 +1121,7 @@ func TestTimeouts(t *testing.T) {
 	}{
 		{"idle", "GET / HTTP/1.1\r\nHost: a\r\n\r\n", 600 * time.Millisecond},
 		{"half a head", "GET / HTTP/1.1\r\nHo", 300 * time.Millisecond},
-		{"nothing", "", 300 * time.Millisecond},
+		{"nothing", "", 600 * time.Millisecond},
 	} {
 		nc, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {

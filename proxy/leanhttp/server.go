@@ -410,10 +410,16 @@ func (c *conn) serve() {
 	// with a cancel) ends its requests': context.WithCancel's, each new.
 	c.lend = c.ctx.Done() == nil
 
-	// The first request's head must come within ReadHeaderTimeout of the
-	// connection, as in net/http.
-	c.setReadDeadline(s.Std.ReadHeaderTimeout, time.Now())
-	c.headDL = c.rdl
+	// A new connection waits for its first byte as a keep-alive one waits
+	// for its next request, under the idle timeout: clients dial before
+	// they need a connection (Go's Transport parks one it dialled and did
+	// not use; browsers and JVM pools preconnect), and a cut at
+	// ReadHeaderTimeout from the accept, net/http's, races the request
+	// they send on it later. The head's ReadHeaderTimeout runs from its
+	// first byte (readHead), for the first request as for the next. Never
+	// shorter than net/http's wait: without an idle timeout (or with one
+	// under ReadHeaderTimeout), ReadHeaderTimeout bounds it as before.
+	c.setReadDeadline(max(s.Std.IdleTimeout, s.Std.ReadHeaderTimeout), time.Now())
 	first := true
 	for {
 		if !s.leanable() {
@@ -444,7 +450,7 @@ func (c *conn) serve() {
 		if err != nil {
 			return // closed, idle timeout, reset: as net/http, no answer
 		}
-		switch c.serveOne(first) {
+		switch c.serveOne() {
 		case connNext:
 			first = false
 		case connHandedOff:
@@ -470,10 +476,10 @@ const (
 // waits on is serve's, and kept under a quarter of the 8 KB a request
 // grows it to, the collector halves it (docs/benchmarks.md, "Per idle
 // connection").
-func (c *conn) serveOne(first bool) outcome {
+func (c *conn) serveOne() outcome {
 	s := c.s
 	s.setState(c.rwc, http.StateActive)
-	n, bodyLen, v := c.readHead(first)
+	n, bodyLen, v := c.readHead()
 	switch v {
 	case needMore:
 		return connDone // timed out or failed half way: net/http answers none either
@@ -662,9 +668,9 @@ func (s *Server) putLent(l *lent) {
 // readHead waits until the buffer holds a whole request head and returns
 // its length and its body's with serveLean, or handOff, or needMore when
 // the connection failed first. The rest of a head that did not come in one piece must
-// come within ReadHeaderTimeout.
-func (c *conn) readHead(first bool) (n, body int, v verdict) {
-	armed := first // the first request's deadline runs from the accept
+// come within ReadHeaderTimeout of its first bytes.
+func (c *conn) readHead() (n, body int, v verdict) {
+	armed := false
 	for {
 		buf, _ := c.br.Peek(c.br.Buffered())
 		n, body, v := scanHead(buf)

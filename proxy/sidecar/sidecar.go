@@ -134,9 +134,14 @@ const (
 	// connection can race a request the other side is sending on it.
 	IdleTimeout = 5 * time.Minute
 	// ReadHeaderTimeout bounds the time from a request's first byte to
-	// the end of its headers. An app on loopback writes its headers at
-	// once; a connection stuck half way frees its place under the cap
-	// after this.
+	// the end of its headers; past it the connection is closed without
+	// an answer. An app on loopback writes its headers at once; a
+	// connection stuck half way frees its place under the cap after
+	// this. Before its first byte a new connection waits as an idle one
+	// does, up to IdleTimeout, on the lean server (the default): clients
+	// open connections before they have a request for them. net/http's
+	// server (--server std) counts a connection's first head from the
+	// accept instead, and closes a silent one after this.
 	ReadHeaderTimeout = 10 * time.Second
 )
 
