@@ -76,14 +76,16 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			held.report()
 			return resp, err
 		}
-		if resp != nil {
-			// Read a little so the connection can be reused; a large
-			// error body is not worth the wait.
-			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
-			resp.Body.Close()
+		// The breaker's state as the retry's permission was taken: one
+		// taken in another state is asked for again after the wait.
+		closed := dst.breaker == nil || dst.breaker.Cached() == breaker.Closed
+		if resp != nil && dst.breaker == nil {
+			discard(resp)
 		}
-		dst.metrics.Retry(reason(resp, st, class))
-		if ctx := req.Context(); !sleep(ctx, wait, st.deadline) {
+		if ctx := req.Context(); !backoffSleep(ctx, wait, st.deadline) {
+			if resp != nil {
+				resp.Body.Close()
+			}
 			if ctx.Err() == nil {
 				return nil, &upstreamError{class: policy.ClassTimeout, err: errTimeout} // st.deadline
 			}
@@ -92,7 +94,54 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return nil, &upstreamError{class: policy.ClassTimeout, err: context.Cause(ctx)}
 		}
+		if !st.readmit(closed) {
+			// The breaker opened during the wait (other requests'
+			// failures): the retry is not sent into it, and the app gets
+			// this try's answer, as when retryable refuses. Its body was
+			// held, not drained, for this.
+			return resp, err
+		}
+		if resp != nil && dst.breaker != nil {
+			discard(resp)
+		}
+		dst.metrics.Retry(reason(resp, st, class))
 	}
+}
+
+// backoffSleep is sleep, the wait before a retry; a test holds a retry in
+// its backoff with it (breaker_failures_export_test.go).
+var backoffSleep = sleep
+
+// discard ends a try's response that a retry replaces. A little is read so
+// that the connection can be reused; a large error body is not worth the
+// wait.
+func discard(resp *http.Response) {
+	_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+	resp.Body.Close()
+}
+
+// readmit asks the breaker again, after the backoff, for a retry whose
+// permission retryable took before it: the breaker may have opened
+// meanwhile on other requests' failures, and a permission of a state it
+// has left counts for nothing (Envoy and Linkerd ask the breaker as the
+// retry is sent). A breaker that read closed then and reads closed now
+// keeps it, for one atomic read (one that opened and closed again in
+// between leaves the retry's outcome uncounted, as before); otherwise
+// the permission is given back, freeing a half-open place, and asked
+// for again. False: refused, and no permission is held.
+func (st *reqState) readmit(closed bool) bool {
+	b := st.dest.breaker
+	if b == nil || closed && b.Cached() == breaker.Closed {
+		return true
+	}
+	report(st.admitted, breaker.ErrIgnored)
+	st.admitted = nil
+	done, err := b.Allow()
+	if err != nil {
+		return false
+	}
+	st.admitted = done
+	return true
 }
 
 // unreadBody is the error to answer with when the app's body could not
@@ -540,8 +589,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	}
 	if gone {
 		b.st.gone = true
-		b.end(breaker.ErrIgnored)
-		b.endSpan("", true)
+		b.appGone()
 		return n, err
 	}
 	b.st.lateErr = err // for answerLate's message
@@ -592,14 +640,31 @@ func (b *upstreamBody) Close() error {
 		} else if b.st.out.refused {
 			b.fail(policy.ClassReset) // the app's server refused what it carried (refusedWrite)
 		} else if b.req.Err() != nil {
-			b.end(breaker.ErrIgnored)
-			b.endSpan("", true)
+			b.appGone()
 		} else {
 			b.end(b.verdict)
 			b.endSpan("", false)
 		}
+	} else if b.cancel != nil {
+		b.cancel(nil) // judged by the retry loop, which left the context to here
 	}
 	return err
+}
+
+// appGone ends a try whose app went away before its body ended. A status
+// that failOn names failed at its headers, as Envoy counts consecutive
+// 5xx: the app's leaving does not undo that for the breaker and the
+// endpoint (an app that dropped a large 503 body unread kept a failing
+// upstream's breaker closed, and its endpoint in). Any other status
+// counts neither way. The request is still recorded as the app's leaving,
+// 499 (docs/operations.md, "Logs").
+func (b *upstreamBody) appGone() {
+	outcome := breaker.ErrIgnored
+	if b.verdict == breaker.ErrFailed {
+		outcome = breaker.ErrFailed
+	}
+	b.end(outcome)
+	b.endSpan("", true)
 }
 
 // endSpan ends the try's span, if recorded, as its body ends: kind is
@@ -759,7 +824,10 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	// was drained; the app gets that answer instead of a 503.
 	if resp != nil {
 		if ub, ok := resp.Body.(*upstreamBody); ok && !ub.ended {
-			ub.end(ub.verdict)
+			// Its per-try context ends with the body (Close): the app may
+			// yet get this answer, whole, if the retry is refused.
+			ub.ended = true
+			endTry(ub.done, ub.ep, ub.epStart, ub.verdict)
 		}
 	}
 	b := st.dest.breaker
