@@ -164,7 +164,7 @@ func TestSubscribedNameBounds(t *testing.T) {
 			waitFor(t, "nothing held for the refused stream", func() bool {
 				s.mu.Lock()
 				defer s.mu.Unlock()
-				return len(s.deltaNames) == 0
+				return len(s.subs) == 0
 			})
 		})
 	}

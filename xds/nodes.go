@@ -193,7 +193,7 @@ func (s *Server) closed(k streamKey) (opened bool) {
 			delete(s.perPeer, p)
 		}
 	}
-	delete(s.deltaNames, k)
+	delete(s.subs, k)
 	return !refused
 }
 
@@ -250,10 +250,10 @@ func checkName(typeURL, n string) error {
 
 // subscriptionsOf is stream k's subscriptions. The caller holds mu.
 func (s *Server) subscriptionsOf(k streamKey) *subscriptions {
-	subs := s.deltaNames[k]
+	subs := s.subs[k]
 	if subs == nil {
 		subs = &subscriptions{delta: map[string]map[string]struct{}{}, sotw: map[string]int{}}
-		s.deltaNames[k] = subs
+		s.subs[k] = subs
 	}
 	return subs
 }

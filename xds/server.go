@@ -89,15 +89,15 @@ type Server struct {
 	shared  map[string]*shared   // snapshots by version
 	// What each peer holds: streams by address, and the names each
 	// stream subscribed to, by type.
-	perPeer    map[string]int
-	peerOf     map[streamKey]string
-	deltaNames map[streamKey]*subscriptions
+	perPeer map[string]int
+	peerOf  map[streamKey]string
+	subs    map[streamKey]*subscriptions
 	// refused: streams whose opening was refused, which the caller's
 	// callbacks never saw open and must not see close.
 	refused map[streamKey]struct{}
 
 	// sent is the last response of each type on each state-of-the-world
-	// stream (heldNack). Its own lock: it is written as each response is
+	// stream (holdNack). Its own lock: it is written as each response is
 	// sent, on the stream's goroutine, which must never wait for mu
 	// (held while a snapshot is set and answers the watches).
 	sentMu sync.Mutex
@@ -126,11 +126,11 @@ func NewServer(ctx context.Context, cb serverv3.Callbacks) *Server {
 		streams: map[streamKey]string{},
 		shared:  map[string]*shared{},
 
-		perPeer:    map[string]int{},
-		peerOf:     map[streamKey]string{},
-		deltaNames: map[streamKey]*subscriptions{},
-		refused:    map[streamKey]struct{}{},
-		sent:       map[streamKey]map[string]sentResponse{},
+		perPeer: map[string]int{},
+		peerOf:  map[streamKey]string{},
+		subs:    map[streamKey]*subscriptions{},
+		refused: map[streamKey]struct{}{},
+		sent:    map[streamKey]map[string]sentResponse{},
 	}
 	// No endpoints until told: answered as none (a version of its own).
 	s.endpoints, _, _ = endpointResources(nil, nil)
