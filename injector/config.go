@@ -124,14 +124,23 @@ func DefaultInitImage(proxyImage string) (string, error) {
 	if strings.Contains(proxyImage, "@") {
 		return "", fmt.Errorf("%s is pinned by digest, which names no other image", proxyImage)
 	}
-	repo, tag := proxyImage, ""
-	if i := strings.LastIndex(proxyImage, ":"); i > strings.LastIndex(proxyImage, "/") {
-		repo, tag = proxyImage[:i], proxyImage[i:]
-	}
+	repo, tag, tagged := splitTag(proxyImage)
 	if repo == "" {
 		return "", fmt.Errorf("%s: no repository", quote(proxyImage))
 	}
+	if tagged {
+		tag = ":" + tag
+	}
 	return repo + "-init" + tag, nil
+}
+
+// splitTag cuts an image reference without its digest at its tag: the
+// last ':' after the last '/' (a registry's :port comes before one).
+func splitTag(ref string) (name, tag string, tagged bool) {
+	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
+		return ref[:i], ref[i+1:], true
+	}
+	return ref, "", false
 }
 
 func imageTag() string {
@@ -307,9 +316,8 @@ func checkImageRef(ref string) error {
 			return fmt.Errorf("digest %s: want sha256: and 64 lower-case hex digits (or sha384:, sha512: and 96, 128)", quote(digest))
 		}
 	}
-	if i := strings.LastIndexByte(name, ':'); i > strings.LastIndexByte(name, '/') {
-		var tag string
-		name, tag = name[:i], name[i+1:]
+	if repo, tag, tagged := splitTag(name); tagged {
+		name = repo
 		if !imageTagRE.MatchString(tag) {
 			return fmt.Errorf("tag %s: want at most 128 letters, digits, _, . and -, not starting with . or -", quote(tag))
 		}
