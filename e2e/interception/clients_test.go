@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -255,17 +254,7 @@ func startPodSidecar(t *testing.T, pod *netns, bin, policy string) podSidecar {
 			Credential: &syscall.Credential{Uid: wellknown.ProxyUID, Gid: wellknown.ProxyUID},
 			Start:      startIn(pod.name, stop),
 		})
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = inNetns(pod.name, func() error {
-				var d net.Dialer
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-	t.Cleanup(c.CloseIdleConnections)
+	c := netnsClient(t, pod.name)
 	sc := podSidecar{proc: p, client: c}
 	if err := p.WaitReady(15*time.Second, func() error {
 		_, err := sc.admin("/ready")

@@ -2,7 +2,6 @@ package interception_test
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -112,17 +111,7 @@ func newInboundPod(t *testing.T, maxInbound int, args ...string) *inboundPod {
 		Credential: &syscall.Credential{Uid: wellknown.ProxyUID, Gid: wellknown.ProxyUID},
 		Start:      startIn(p.pod.name, stop),
 	})
-	p.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = inNetns(p.peer.name, func() error {
-				var d net.Dialer
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-	t.Cleanup(p.client.CloseIdleConnections)
+	p.client = netnsClient(t, p.peer.name)
 	// The admin port, reached from the peer: never redirected.
 	if err := p.sidecar.WaitReady(15*time.Second, func() error {
 		_, err := p.get(fmt.Sprintf("http://%s:%d/ready", podV4, wellknown.AdminPort), nil)

@@ -1,10 +1,8 @@
 package interception_test
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os/exec"
@@ -50,18 +48,7 @@ func TestIptablesWithSidecar(t *testing.T) {
 					Start:      func(c *exec.Cmd) error { return inNetns(pod.name, c.Start) },
 				})
 			// A client of the pod, as root: redirected.
-			client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-				Proxy: nil,
-				DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-					err = inNetns(pod.name, func() error {
-						var d net.Dialer
-						c, err = d.DialContext(ctx, network, addr)
-						return err
-					})
-					return c, err
-				},
-			}}
-			t.Cleanup(client.CloseIdleConnections)
+			client := netnsClient(t, pod.name)
 			if err := sidecar.WaitReady(10*time.Second, func() error {
 				resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:%d/ready", wellknown.AdminPort))
 				if err != nil {

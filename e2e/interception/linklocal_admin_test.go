@@ -1,7 +1,6 @@
 package interception_test
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -109,17 +108,7 @@ func TestInboundAdminPortMoved(t *testing.T) {
 		Credential: &syscall.Credential{Uid: wellknown.ProxyUID, Gid: wellknown.ProxyUID},
 		Start:      startIn(pod.name, stop),
 	})
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = inNetns(peer.name, func() error {
-				var d net.Dialer
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-	t.Cleanup(client.CloseIdleConnections)
+	client := netnsClient(t, peer.name)
 	get := func(port int, path string) (*http.Response, string, error) {
 		resp, err := client.Get(fmt.Sprintf("http://%s:%d%s", podV4, port, path))
 		if err != nil {

@@ -9,6 +9,7 @@ package interception_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -72,6 +73,23 @@ func needTransparent(t *testing.T) string {
 		proc.Unmet(t, "missing: %s", strings.Join(missing, "; "))
 	}
 	return bin
+}
+
+// netnsClient is an HTTP client whose connections are dialled in network
+// namespace name, closed when the test ends.
+func netnsClient(t *testing.T, name string) *http.Client {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+			err = inNetns(name, func() error {
+				var d net.Dialer
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+	t.Cleanup(c.CloseIdleConnections)
+	return c
 }
 
 // inNetns runs f on a thread inside the namespace, then returns the
