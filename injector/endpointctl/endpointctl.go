@@ -11,19 +11,22 @@
 // EndpointSlice controller for Services with a selector, the mirroring
 // controller or a person for those without), each Service port matched
 // to the slice port of the same name and protocol (TCP; the sidecar
-// carries TCP only), IPv4 and IPv6 slices alike (FQDN ones are left out:
-// not an address), the first address of each endpoint, deduplicated
-// across slices. ready (nil: true) is a ready endpoint; serving (nil:
-// true) and terminating but not ready is a terminating one, for use only
-// when none is ready; the rest are left out. Headless Services are served
+// carries TCP only), the slices of the Service's primary IP family only
+// (ServedFamily: a dual-stack Service has a slice per family, each pod in
+// both; FQDN ones are left out: not an address), the first address of
+// each endpoint, deduplicated across slices. ready (nil: true) is a ready
+// endpoint; serving (nil: true) and terminating but not ready is a
+// terminating one, for use only when none is ready; the rest are left
+// out. Headless Services are served
 // too: a client calling one by its name gets every ready pod from DNS and
 // picks one itself, which is what the sidecar balancing over the same set
 // does; a pod's own name (web-0.geo.shop.svc) is another host and never
 // matches. ExternalName Services have no endpoints. A Service whose calls
 // kube-proxy routes by a rule of its own (internalTrafficPolicy Local,
-// sessionAffinity ClientIP: KubeProxyRouted) is served with its ports and
-// ClusterIPs and no endpoints, so that the sidecars leave its calls to
-// kube-proxy.
+// sessionAffinity ClientIP: KubeProxyRouted), or one another proxy owns
+// (service.kubernetes.io/service-proxy-name), is served with its ports
+// and ClusterIPs and no endpoints, so that the sidecars leave its calls
+// to the proxy that programs its ClusterIP.
 package endpointctl
 
 import (
@@ -303,7 +306,7 @@ func (c *Controller) reportRouted() {
 	for _, k := range keys[:min(len(keys), maxListed)] {
 		names = append(names, k+" ("+c.routed[k]+")")
 	}
-	c.Log.Info("endpoints: Services balanced by kube-proxy, not by the sidecars (internalTrafficPolicy Local, sessionAffinity ClientIP): served with their ClusterIPs and no endpoints, their callers dial the ClusterIP",
+	c.Log.Info("endpoints: Services balanced by kube-proxy, not by the sidecars (internalTrafficPolicy Local, sessionAffinity ClientIP; or by another proxy: service.kubernetes.io/service-proxy-name): served with their ClusterIPs and no endpoints, their callers dial the ClusterIP",
 		"services", len(keys), "listed", names, "services_not_listed", len(keys)-len(names))
 }
 
@@ -409,10 +412,21 @@ const (
 	// RoutedClientIP: spec.sessionAffinity ClientIP, a caller's calls
 	// stay on one endpoint.
 	RoutedClientIP = "session-affinity-client-ip"
+	// RoutedOtherProxy: the label service.kubernetes.io/service-proxy-name
+	// (any value), which makes kube-proxy skip the Service: another
+	// proxy programs its ClusterIP (a multus secondary network's, a
+	// CNI's own), and its slices may hold addresses of a network that
+	// not every pod is on.
+	RoutedOtherProxy = "service-proxy-name"
 )
 
-// KubeProxyRouted says why svc's calls are left to kube-proxy, "" when
-// the sidecars balance them: the one rule of which Services they
+// LabelServiceProxyName on a Service makes kube-proxy skip it, whatever
+// its value (kube-proxy watches Services with a selector of
+// !service.kubernetes.io/service-proxy-name).
+const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+
+// KubeProxyRouted says why svc's calls are left to kube-proxy (or to
+// the proxy that owns svc), "" when the sidecars balance them: the one rule of which Services they
 // balance (Endpoints applies it). internalTrafficPolicy Local and
 // sessionAffinity ClientIP are rules kube-proxy applies on the caller's
 // node at the ClusterIP; the sidecar balancing over every pod (the same
@@ -420,9 +434,14 @@ const (
 // calls to other nodes and a caller's calls to every pod. Left to
 // kube-proxy, the sidecar dials the ClusterIP (or the name) from the
 // caller's own network namespace, its source address the pod's, and
-// kube-proxy keeps both rules. A headless Service has no ClusterIP and
-// kube-proxy ignores both fields for it: its callers get every pod from
-// DNS, which is what the sidecar balances over, so it stays balanced.
+// kube-proxy keeps both rules. A Service labelled
+// service.kubernetes.io/service-proxy-name is no kube-proxy's at all:
+// the proxy that owns it programs its ClusterIP, in the caller's network
+// namespace where the sidecar dials it, by rules of its own (which
+// network, which pods) that balancing over its slices would bypass. A
+// headless Service has no ClusterIP and kube-proxy ignores it: its
+// callers get every pod from DNS, which is what the sidecar balances
+// over, so it stays balanced whatever its fields and labels say.
 // trafficDistribution and topology hints are not read (they prefer, and
 // never forbid, an endpoint elsewhere).
 func KubeProxyRouted(svc *corev1.Service) string {
@@ -430,6 +449,9 @@ func KubeProxyRouted(svc *corev1.Service) string {
 		return ""
 	}
 	switch {
+	case hasLabel(svc, LabelServiceProxyName):
+		// First: kube-proxy applies neither field to a Service it skips.
+		return RoutedOtherProxy
 	case ptrOr(svc.Spec.InternalTrafficPolicy, corev1.ServiceInternalTrafficPolicyCluster) == corev1.ServiceInternalTrafficPolicyLocal:
 		return RoutedLocal
 	case svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP:
@@ -438,10 +460,54 @@ func KubeProxyRouted(svc *corev1.Service) string {
 	return ""
 }
 
+func hasLabel(svc *corev1.Service, l string) bool {
+	_, ok := svc.Labels[l]
+	return ok
+}
+
+// ServedFamily is the address type of svc's slices that Endpoints
+// serves: one family, so that each pod is one endpoint. Kubernetes'
+// EndpointSlice controller writes a slice per IP family of a dual-stack
+// Service, each pod in both by its two addresses; served both, a pod
+// was two endpoints (a retry that avoids the tried endpoint landed on
+// the same pod by its other address, half of a broken pod was ejected,
+// the per-Service cap was reached at half the pods). The family is svc's
+// primary one, spec.ipFamilies[0] (that of spec.clusterIP), as
+// kube-proxy balances a ClusterIP over its own family's slices only and
+// ignores the others: a hand-written IPv6 slice of an IPv4-only Service
+// is served by neither. The pod network of a dual-stack cluster has both
+// families, so the primary one is dialable from every pod. Without
+// spec.ipFamilies (an object written before the field, which the API
+// server sets now): the family of its first ClusterIP when it has one,
+// else IPv4 if any slice is IPv4, else IPv6.
+func ServedFamily(svc *corev1.Service, slcs []any) discoveryv1.AddressType {
+	if len(svc.Spec.IPFamilies) > 0 {
+		switch svc.Spec.IPFamilies[0] {
+		case corev1.IPv4Protocol:
+			return discoveryv1.AddressTypeIPv4
+		case corev1.IPv6Protocol:
+			return discoveryv1.AddressTypeIPv6
+		}
+	}
+	if ips := ClusterIPs(svc); len(ips) > 0 {
+		if ips[0].Is4() {
+			return discoveryv1.AddressTypeIPv4
+		}
+		return discoveryv1.AddressTypeIPv6
+	}
+	for _, o := range slcs {
+		if o.(*discoveryv1.EndpointSlice).AddressType == discoveryv1.AddressTypeIPv4 {
+			return discoveryv1.AddressTypeIPv4
+		}
+	}
+	return discoveryv1.AddressTypeIPv6
+}
+
 // Endpoints are the endpoints of svc's TCP ports from its slices, keyed
 // by the Service's port number (what the resource name carries), each
-// sorted by address. A port without endpoints is served with none: the
-// Service exists (its ClusterIPs still name its connections), and a
+// sorted by address, from the slices of one family (ServedFamily). A
+// port without endpoints is served with none: the Service exists (its
+// ClusterIPs, of every family, still name its connections), and a
 // sidecar with no endpoint to pick dials it as without a control plane.
 // A Service kube-proxy routes (KubeProxyRouted) has its ports with no
 // endpoints: its resources
@@ -456,6 +522,7 @@ func Endpoints(svc *corev1.Service, slcs []any) map[int32][]xdsclient.Endpoint {
 		return nil
 	}
 	routed := KubeProxyRouted(svc) != ""
+	family := ServedFamily(svc, slcs)
 	out := map[int32][]xdsclient.Endpoint{}
 	for _, sp := range svc.Spec.Ports {
 		if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
@@ -469,7 +536,7 @@ func Endpoints(svc *corev1.Service, slcs []any) map[int32][]xdsclient.Endpoint {
 		var eps []xdsclient.Endpoint
 		for _, o := range slcs {
 			s := o.(*discoveryv1.EndpointSlice)
-			if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
+			if s.AddressType != family {
 				continue
 			}
 			var port int32
@@ -486,7 +553,11 @@ func Endpoints(svc *corev1.Service, slcs []any) map[int32][]xdsclient.Endpoint {
 					continue
 				}
 				ip, err := netip.ParseAddr(e.Addresses[0])
-				if err != nil {
+				// An address not of the slice's family (an IPv4-mapped
+				// one in an IPv6 slice), which the API server refuses
+				// but an older one may have stored, would bring the other
+				// family back: a pod twice.
+				if err != nil || ip.Unmap().Is4() != (family == discoveryv1.AddressTypeIPv4) {
 					continue
 				}
 				ready := ptrOr(e.Conditions.Ready, true)

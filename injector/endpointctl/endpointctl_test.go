@@ -102,11 +102,13 @@ func TestEndpoints(t *testing.T) {
 			epSpec{ip: "10.0.0.5"}), // no conditions: ready
 		slice("shop", "geo", "b", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080, "grpc": 9090},
 			ready("10.0.0.1"), ready("10.0.0.6")), // 10.0.0.1 twice: ready wins
+		// Not the Service's family (IPv4: it has IPv4 slices and no
+		// ipFamilies), and not an address: TestEndpointsOneFamily.
 		slice("shop", "geo", "c", discoveryv1.AddressTypeIPv6, map[string]int32{"http": 8080}, ready("fd00::1")),
 		slice("shop", "geo", "d", discoveryv1.AddressTypeFQDN, map[string]int32{"http": 8080}, ready("geo.example.com")),
 	})
 	want := map[int32][]xdsclient.Endpoint{
-		80:   eps(t, "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.5:8080", "10.0.0.6:8080", "[fd00::1]:8080"),
+		80:   eps(t, "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.5:8080", "10.0.0.6:8080"),
 		9000: eps(t, "10.0.0.1:9090", "10.0.0.2:9090", "10.0.0.5:9090", "10.0.0.6:9090"),
 	}
 	if len(got) != len(want) {
