@@ -159,9 +159,10 @@ func (s *Server) ExpectEndpoints() {
 // What every sidecar takes is served (bound): a Service over its own
 // bound, and past the cluster's (xdsclient.MaxEndpoints,
 // MaxEndpointBytes) the largest Services of the namespaces that hold the
-// most, are left out, and served says which. A set is never refused for
-// its size: refused, it kept the last one for every Service of the
-// cluster (docs/controlplane.md, "Endpoints (EDS)").
+// most, have their endpoints left out (their ClusterIPs are still sent,
+// so that they keep their name: LeftOut), and served says which. A set
+// is never refused for its size: refused, it kept the last one for every
+// Service of the cluster (docs/controlplane.md, "Endpoints (EDS)").
 func (s *Server) SetEndpoints(eps map[string][]xdsclient.Endpoint) (served EndpointsServed, err error) {
 	return s.SetServices(eps, nil)
 }
@@ -463,15 +464,21 @@ type endpointContent struct {
 
 // endpointResources are the ClusterLoadAssignments of eps that every
 // sidecar takes (bound), in name order, and a version that changes
-// exactly when they do; served says what was left out. No endpoints at
-// all have a version too, so that a sidecar asking for them is answered
-// (with none) rather than left waiting.
+// exactly when they do; served says what was left out. A Service whose
+// endpoints are left out is sent with its ClusterIPs and no endpoints
+// (LeftOut), so that a connection to its ClusterIP keeps its name. No
+// endpoints at all have a version too, so that a sidecar asking for them
+// is answered (with none) rather than left waiting.
 func endpointResources(eps map[string][]xdsclient.Endpoint, clusterIPs map[string][]netip.AddrPort) (endpointContent, EndpointsServed, error) {
 	names := slices.Sorted(maps.Keys(eps))
+	// Each resource whole, and bare: with its ClusterIPs and no
+	// endpoints, sent when its Service's endpoints are left out (the same
+	// resource when it has none).
 	type encoded struct {
-		res       types.Resource
-		b         []byte
+		res, bare types.Resource
+		b, bareB  []byte
 		endpoints int
+		svc       *svcCost
 	}
 	enc := make(map[string]encoded, len(names))
 	bySvc := map[string]*svcCost{}
@@ -486,7 +493,15 @@ func endpointResources(eps map[string][]xdsclient.Endpoint, clusterIPs map[strin
 		if err != nil {
 			return endpointContent{}, EndpointsServed{}, fmt.Errorf("endpoints %s: %w", name, err)
 		}
-		enc[name] = encoded{res, b, n}
+		e := encoded{res: res, bare: res, b: b, bareB: b, endpoints: n}
+		if n > 0 {
+			// Made for every Service, not only those left out: the bound
+			// needs its size, and it is the name and ClusterIPs alone
+			// (about 100 bytes, a fraction of the whole one's encoding).
+			if e.bare, e.bareB, err = premarshaled(LoadAssignment(name, nil, clusterIPs[name]...)); err != nil {
+				return endpointContent{}, EndpointsServed{}, fmt.Errorf("endpoints %s without endpoints: %w", name, err)
+			}
+		}
 		ns, svc := serviceOfName(name)
 		c := bySvc[ns+"/"+svc]
 		if c == nil {
@@ -494,37 +509,39 @@ func endpointResources(eps map[string][]xdsclient.Endpoint, clusterIPs map[strin
 			bySvc[ns+"/"+svc] = c
 			svcs = append(svcs, c)
 		}
-		c.resources = append(c.resources, name)
 		c.endpoints += n
 		c.bytes += resourceBytes(len(b))
+		c.bare += resourceBytes(len(e.bareB))
+		e.svc = c
+		enc[name] = e
 	}
 	bound(svcs)
 	var served EndpointsServed
-	out := map[string]bool{}
 	for _, c := range svcs {
-		if c.out == "" {
-			continue
+		if c.out != "" {
+			served.LeftOut = append(served.LeftOut, LeftOut{Namespace: c.ns, Service: c.name, Endpoints: c.endpoints, Bytes: c.bytes, Reason: c.out, Dropped: c.dropped})
 		}
-		for _, r := range c.resources {
-			out[r] = true
-		}
-		served.LeftOut = append(served.LeftOut, LeftOut{Namespace: c.ns, Service: c.name, Endpoints: c.endpoints, Bytes: c.bytes, Reason: c.out})
 	}
 	slices.SortFunc(served.LeftOut, func(a, b LeftOut) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Service, b.Service))
 	})
 	h := sha256.New()
-	items := make([]types.Resource, 0, len(names)-len(out))
+	items := make([]types.Resource, 0, len(names))
 	for _, name := range names {
-		if out[name] {
+		e := enc[name]
+		if e.svc.dropped != "" {
 			continue
 		}
-		e := enc[name]
-		h.Write(e.b)
-		items = append(items, e.res)
+		res, b := e.res, e.b
+		if e.svc.out != "" {
+			res, b = e.bare, e.bareB
+		} else {
+			served.Endpoints += e.endpoints
+		}
+		h.Write(b)
+		items = append(items, res)
 		served.ServicePorts++
-		served.Endpoints += e.endpoints
-		served.Bytes += resourceBytes(len(e.b))
+		served.Bytes += resourceBytes(len(b))
 	}
 	version := hex.EncodeToString(h.Sum(nil))[:16]
 	return endpointContent{resources: cachev3.NewResources(version, items), version: version, count: served.Endpoints, bytes: served.Bytes}, served, nil

@@ -243,7 +243,7 @@ func (c *Controller) report(served xds.EndpointsServed) {
 	c.metrics.set(served)
 	var key strings.Builder
 	for _, l := range served.LeftOut {
-		key.WriteString(l.Namespace + "/" + l.Service + " " + l.Reason + "\n")
+		key.WriteString(l.Namespace + "/" + l.Service + " " + l.Reason + " " + l.Dropped + "\n")
 	}
 	if key.String() == c.leftOut {
 		return
