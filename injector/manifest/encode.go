@@ -25,6 +25,15 @@ func encode(obj any) ([]byte, error) {
 		return nil, fmt.Errorf("encode: %w", err)
 	}
 	dropZeroStructs(reflect.ValueOf(obj), m)
+	// A status is the server's to write, and a zero one says nothing; a
+	// ReplicationController's encodes as {replicas: 0}, not {}.
+	if v := reflect.Indirect(reflect.ValueOf(obj)); v.Kind() == reflect.Struct {
+		if st := v.FieldByName("Status"); st.IsValid() && st.Kind() == reflect.Struct && st.IsZero() {
+			if top, ok := m.(map[string]any); ok {
+				delete(top, "status")
+			}
+		}
+	}
 	out, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode: %w", err)

@@ -32,11 +32,11 @@ import (
 	"github.com/minimesh/minimesh/wellknown"
 )
 
-// Event is what happened to one workload of the stream, for the report
+// Event is what happened to one object of the stream, for the report
 // that `minimesh inject` prints on stderr.
 type Event struct {
 	Doc      int    // 1-based number of the document among the non-empty ones
-	Kind     string // "Deployment"
+	Kind     string // "Deployment"; empty for a document that is no Kubernetes object
 	Name     string
 	Injected bool
 	Reason   string // an injector.Reason…, or why the object was not looked at
@@ -49,8 +49,32 @@ func (e Event) String() string {
 	if !e.Injected {
 		what = "skipped: " + e.Reason
 	}
-	return fmt.Sprintf("%s %s %s", strings.ToLower(e.Kind), echo.Quote(e.Name), what)
+	if e.Kind == "" {
+		return fmt.Sprintf("document %d %s", e.Doc, what)
+	}
+	return fmt.Sprintf("%s %s %s", kindWord(e.Kind), echo.Quote(e.Name), what)
 }
+
+// plainKind is what a Kubernetes kind looks like (CamelCase letters and
+// digits); any other kind is the input's, echoed quoted and capped.
+var plainKind = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9]*$`)
+
+func kindWord(kind string) string {
+	if len(kind) <= echo.MaxBytes && plainKind.MatchString(kind) {
+		return strings.ToLower(kind)
+	}
+	return echo.Quote(kind)
+}
+
+// Reasons of an Event for the objects that hold no pod minimesh injects:
+// every object of the stream gets a line, as in linkerd inject, so that a
+// kind minimesh does not know (a CRD with a pod template of its own) is
+// never passed through in silence.
+const (
+	ReasonNotWorkload = "not a workload minimesh injects"
+	ReasonNoKind      = `not a Kubernetes object (no "kind")`
+	ReasonNoTemplate  = "no pod template (spec.template)"
+)
 
 // separator is a line that is exactly `---`, optionally followed by
 // blanks and a comment, with its line break. A `---` line followed by
@@ -180,7 +204,7 @@ func Inject(in []byte, cfg *injector.Config) ([]byte, []Event, error) {
 // Stream is Inject of a stream, in bounded memory: it reads one document
 // at a time, and writes it, injected or byte for byte, once HoldBytes of
 // output are pending or the input ends; report is called for each
-// workload as its document is done.
+// object as its document is done.
 //
 // An error (a document that is not YAML, a workload the injector refuses,
 // a document over MaxDocumentBytes) stops it. If nothing was written yet
@@ -433,24 +457,27 @@ func (c *rewritten) yaml(out []byte) ([]byte, error) {
 // what it became or nil when unchanged.
 func injectObject(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event, error) {
 	var tm metav1.TypeMeta
-	if err := json.Unmarshal(js, &tm); err != nil {
-		// Not an object (a scalar or an array at the top): not ours.
-		return nil, nil, nil
+	if err := json.Unmarshal(js, &tm); err != nil || tm.Kind == "" {
+		// A scalar, an array or an object without a kind: kubectl
+		// would refuse it, and so it is said, but it is not ours.
+		return nil, []Event{{Doc: doc, Reason: ReasonNoKind}}, nil
 	}
 	if tm.Kind == "List" && tm.APIVersion == "v1" {
 		return injectList(js, doc, cfg)
 	}
-	obj, ok := newWorkload(tm)
-	if !ok {
-		return nil, nil, nil
-	}
-	if obj == nil {
+	skipped := func(reason string) []Event {
 		var meta struct {
 			Metadata struct{ Name string } `json:"metadata"`
 		}
-		_ = json.Unmarshal(js, &meta)
-		return nil, []Event{{Doc: doc, Kind: tm.Kind, Name: meta.Metadata.Name,
-			Reason: fmt.Sprintf("apiVersion %s is not supported (want %s)", echo.Clip(tm.APIVersion), workloadAPIVersion[tm.Kind])}}, nil
+		_ = json.Unmarshal(js, &meta) // a name that is no string: none
+		return []Event{{Doc: doc, Kind: tm.Kind, Name: meta.Metadata.Name, Reason: reason}}
+	}
+	obj, ok := newWorkload(tm)
+	if !ok {
+		return nil, skipped(ReasonNotWorkload), nil
+	}
+	if obj == nil {
+		return nil, skipped(fmt.Sprintf("apiVersion %s is not supported (want %s)", echo.Clip(tm.APIVersion), workloadAPIVersion[tm.Kind])), nil
 	}
 	// Strict and case-sensitive like the API server; the fields it would
 	// refuse or drop matter only if the object is re-encoded, below.
@@ -462,6 +489,9 @@ func injectObject(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event
 	what := fmt.Sprintf("%s %s", strings.ToLower(tm.Kind), echo.Quote(meta.Name))
 	pod, isPod := obj.(*corev1.Pod)
 	if !isPod {
+		if tmpl == nil { // a ReplicationController's is a pointer
+			return nil, []Event{{Doc: doc, Kind: tm.Kind, Name: meta.Name, Reason: ReasonNoTemplate}}, nil
+		}
 		pod = &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
 	}
 	res, err := injector.Inject(injector.Input{Pod: pod, Namespace: meta.Namespace, Manual: true, WorkloadName: meta.Name}, cfg)
@@ -472,6 +502,7 @@ func injectObject(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event
 	if !res.Injected {
 		return nil, []Event{ev}, nil
 	}
+	ev.Warnings = append(ev.Warnings, ignoredOptOuts(obj)...)
 	if len(strictErrs) > 0 {
 		msgs := make([]string, len(strictErrs))
 		for i, e := range strictErrs {
@@ -533,7 +564,7 @@ func injectList(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event, 
 // current API servers.
 var workloadAPIVersion = map[string]string{
 	"Pod": "v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1",
-	"ReplicaSet": "apps/v1", "Job": "batch/v1", "CronJob": "batch/v1",
+	"ReplicaSet": "apps/v1", "Job": "batch/v1", "CronJob": "batch/v1", "ReplicationController": "v1",
 }
 
 // newWorkload returns an empty typed object for a workload's kind: ok is
@@ -560,17 +591,21 @@ func newWorkload(tm metav1.TypeMeta) (obj any, ok bool) {
 		return &appsv1.ReplicaSet{}, true
 	case "Job":
 		return &batchv1.Job{}, true
+	case "ReplicationController":
+		return &corev1.ReplicationController{}, true
 	default: // CronJob
 		return &batchv1.CronJob{}, true
 	}
 }
 
 // parts are the workload's own metadata and its pod template (nil for a
-// pod).
+// pod, and for a ReplicationController without one).
 func parts(obj any) (*metav1.ObjectMeta, *corev1.PodTemplateSpec) {
 	switch o := obj.(type) {
 	case *corev1.Pod:
 		return &o.ObjectMeta, nil
+	case *corev1.ReplicationController:
+		return &o.ObjectMeta, o.Spec.Template
 	case *appsv1.Deployment:
 		return &o.ObjectMeta, &o.Spec.Template
 	case *appsv1.StatefulSet:
@@ -585,4 +620,42 @@ func parts(obj any) (*metav1.ObjectMeta, *corev1.PodTemplateSpec) {
 		return &o.ObjectMeta, &o.Spec.JobTemplate.Spec.Template
 	}
 	panic(fmt.Sprintf("manifest: workload of type %T", obj))
+}
+
+// ignoredOptOuts warns of minimesh.io/inject: disabled above the pod
+// template (the workload's own metadata, a CronJob's jobTemplate), which
+// minimesh inject does not read, as linkerd inject reads only the
+// template's: the pods never carry those annotations, so the webhook
+// injects them all the same in a namespace that opted in, and an opt-out
+// honoured here alone
+// would hold only until the manifest is applied without minimesh inject.
+func ignoredOptOuts(obj any) []string {
+	type level struct {
+		field string
+		meta  *metav1.ObjectMeta
+	}
+	meta, tmpl := parts(obj)
+	if tmpl == nil {
+		return nil // a pod's annotations are its own
+	}
+	levels := []level{{"metadata.annotations", meta}}
+	if cj, ok := obj.(*batchv1.CronJob); ok {
+		levels = append(levels, level{"spec.jobTemplate.metadata.annotations", &cj.Spec.JobTemplate.ObjectMeta})
+	}
+	var out []string
+	for _, l := range levels {
+		if l.meta.Annotations[wellknown.AnnotationInject] == wellknown.InjectDisabled {
+			out = append(out, fmt.Sprintf("minimesh: %s[%s]: %q is not read, and the pods are injected: only the pod template's annotations reach the pods (and the webhook); to opt out, annotate %s",
+				l.field, wellknown.AnnotationInject, wellknown.InjectDisabled, templateField(obj)))
+		}
+	}
+	return out
+}
+
+// templateField is where a workload's pod annotations go.
+func templateField(obj any) string {
+	if _, ok := obj.(*batchv1.CronJob); ok {
+		return "spec.jobTemplate.spec.template.metadata.annotations"
+	}
+	return "spec.template.metadata.annotations"
 }

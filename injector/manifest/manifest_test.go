@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/minimesh/minimesh/injector"
@@ -155,21 +156,136 @@ func TestReport(t *testing.T) {
 		got = append(got, e.String())
 	}
 	want := []string{
+		`service "web" skipped: ` + ReasonNotWorkload,
 		`deployment "web" injected`,
+		`configmap "settings" skipped: ` + ReasonNotWorkload,
 		`pod "debug" injected`,
 		`cronjob "backup" injected`,
 		`daemonset "node-agent" skipped: ` + injector.ReasonHostNetwork,
 		`statefulset "db" skipped: ` + injector.ReasonDisabled,
 		`pod "legacy" skipped: ` + injector.ReasonAlreadyInjected,
 		`deployment "ancient" skipped: apiVersion extensions/v1beta1 is not supported (want apps/v1)`,
+		`service "json-svc" skipped: ` + ReasonNotWorkload,
 		`job "migrate" injected`,
+		`service "api" skipped: ` + ReasonNotWorkload,
 		`deployment "api" injected`,
+		`replicationcontroller "legacy-rc" injected`,
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if n := bytes.Count(out, []byte("name: minimesh-proxy")); n != 6 {
-		t.Errorf("%d sidecars in the output, want 5 injected and the legacy pod's", n)
+	if n := bytes.Count(out, []byte("name: minimesh-proxy")); n != 7 {
+		t.Errorf("%d sidecars in the output, want 6 injected and the legacy pod's", n)
+	}
+}
+
+// TestEveryObjectSaysWhat: every object of a stream gets a report line,
+// as in linkerd inject; a kind that is not injected says why, instead of
+// passing through in silence (a ReplicationController did, while an old
+// CronJob said "skipped").
+func TestEveryObjectSaysWhat(t *testing.T) {
+	rc := func(apiVersion, spec string) string {
+		return "apiVersion: " + apiVersion + "\nkind: ReplicationController\nmetadata: {name: rc, namespace: shop}\nspec:\n  replicas: 2\n" + spec
+	}
+	const rcTemplate = "  template:\n    metadata: {labels: {app: rc}}\n    spec: {containers: [{name: app, image: example/rc:1}]}\n"
+	tests := []struct {
+		name, in string
+		want     []string // the report's lines
+		injected bool     // the document changed, with a sidecar in its pod template
+	}{
+		{"ReplicationController", rc("v1", rcTemplate), []string{`replicationcontroller "rc" injected`}, true},
+		{"ReplicationController without a template", rc("v1", ""), []string{`replicationcontroller "rc" skipped: ` + ReasonNoTemplate}, false},
+		{"ReplicationController of another version", rc("v2", rcTemplate), []string{`replicationcontroller "rc" skipped: apiVersion v2 is not supported (want v1)`}, false},
+		{"Service", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n", []string{`service "web" skipped: ` + ReasonNotWorkload}, false},
+		{"ConfigMap without a name", "apiVersion: v1\nkind: ConfigMap\ndata: {a: b}\n", []string{`configmap "" skipped: ` + ReasonNotWorkload}, false},
+		{"a kind minimesh does not know, with a pod template", "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\nspec:\n" + rcTemplate,
+			[]string{`rollout "r" skipped: ` + ReasonNotWorkload}, false},
+		{"batch/v1beta1 CronJob", "apiVersion: batch/v1beta1\nkind: CronJob\nmetadata: {name: c}\n", []string{`cronjob "c" skipped: apiVersion batch/v1beta1 is not supported (want batch/v1)`}, false},
+		{"object without a kind", "apiVersion: v1\nmetadata: {name: x}\n", []string{`document 1 skipped: ` + ReasonNoKind}, false},
+		{"scalar", "---\njust text\n", []string{`document 1 skipped: ` + ReasonNoKind}, false},
+		{"List", "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Secret, metadata: {name: s}}\n- {a: 1}\n",
+			[]string{`secret "s" skipped: ` + ReasonNotWorkload, `document 1 skipped: ` + ReasonNoKind}, false},
+		{"comments only", "# nothing\n---\n", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, events, err := Inject([]byte(tt.in), testConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range events {
+				got = append(got, e.String())
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("report:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			if changed := string(out) != tt.in; changed != tt.injected {
+				t.Fatalf("document changed: %v, want %v:\n%s", changed, tt.injected, out)
+			}
+			if !tt.injected {
+				return
+			}
+			var rc corev1.ReplicationController
+			if err := yaml.UnmarshalStrict(out, &rc); err != nil {
+				t.Fatal(err)
+			}
+			if rc.Spec.Template == nil || !injector.IsInjected(&corev1.Pod{ObjectMeta: rc.Spec.Template.ObjectMeta, Spec: rc.Spec.Template.Spec}) ||
+				rc.Namespace != "shop" || rc.Spec.Replicas == nil || *rc.Spec.Replicas != 2 {
+				t.Errorf("not an injected ReplicationController with its own fields kept:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestOptOutAboveTheTemplate: minimesh.io/inject: disabled is read on the
+// pod template only, as linkerd inject reads it and as the pods (and so
+// the webhook) get it; set on the workload itself, or on a CronJob's
+// jobTemplate, it is not read, and the injection says so in a warning.
+func TestOptOutAboveTheTemplate(t *testing.T) {
+	const disabled = "{minimesh.io/inject: disabled}"
+	deploy := func(own, tmpl string) string {
+		return "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, annotations: " + own + "}\nspec:\n" +
+			"  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}, annotations: " + tmpl + "}\n" +
+			"    spec: {containers: [{name: web, image: example/web:1}]}\n"
+	}
+	cronJob := func(own, job string) string {
+		return "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: backup, annotations: " + own + "}\nspec:\n  schedule: '0 3 * * *'\n" +
+			"  jobTemplate:\n    metadata: {annotations: " + job + "}\n    spec:\n      template:\n" +
+			"        spec: {restartPolicy: OnFailure, containers: [{name: b, image: example/b:1}]}\n"
+	}
+	notRead := func(field, tmpl string) string {
+		return "minimesh: " + field + `[minimesh.io/inject]: "disabled" is not read, and the pods are injected: ` +
+			"only the pod template's annotations reach the pods (and the webhook); to opt out, annotate " + tmpl
+	}
+	tests := []struct {
+		name, in string
+		report   string
+		warnings []string
+	}{
+		{"on the Deployment", deploy(disabled, "{}"), `deployment "web" injected`,
+			[]string{notRead("metadata.annotations", "spec.template.metadata.annotations")}},
+		{"on the pod template", deploy("{}", disabled), `deployment "web" skipped: ` + injector.ReasonDisabled, nil},
+		{"on both", deploy(disabled, disabled), `deployment "web" skipped: ` + injector.ReasonDisabled, nil},
+		{"enabled on the Deployment", deploy("{minimesh.io/inject: enabled}", "{}"), `deployment "web" injected`, nil},
+		{"on the CronJob and its jobTemplate", cronJob(disabled, disabled), `cronjob "backup" injected`, []string{
+			notRead("metadata.annotations", "spec.jobTemplate.spec.template.metadata.annotations"),
+			notRead("spec.jobTemplate.metadata.annotations", "spec.jobTemplate.spec.template.metadata.annotations"),
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, events, err := Inject([]byte(tt.in), testConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(events) != 1 || events[0].String() != tt.report {
+				t.Fatalf("report %q, want %q", report(events), tt.report)
+			}
+			if !slices.Equal(events[0].Warnings, tt.warnings) {
+				t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(events[0].Warnings, "\n"), strings.Join(tt.warnings, "\n"))
+			}
+		})
 	}
 }
 
@@ -185,7 +301,7 @@ func TestInjectedDocument(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, noise := range []string{"creationTimestamp", "status: {}", "strategy: {}", "resources: {}", "metadata: {}"} {
+	for _, noise := range []string{"creationTimestamp", "status: {}", "\nstatus:", "strategy: {}", "resources: {}", "metadata: {}"} {
 		if bytes.Contains(out, []byte(noise)) {
 			t.Errorf("output carries %q", noise)
 		}

@@ -217,12 +217,14 @@ func FuzzSplit(f *testing.F) {
 func TestHostileEchoCapped(t *testing.T) {
 	huge := strings.Repeat("x", 1<<20)
 	for name, in := range map[string]string{
-		"refused name":  "apiVersion: v1\nkind: Pod\nmetadata: {name: " + huge + ", annotations: {minimesh.io/inject: bad}}\n",
-		"skipped name":  "apiVersion: v1\nkind: Pod\nmetadata: {name: " + huge + "}\nspec: {hostNetwork: true}\n",
-		"injected name": "apiVersion: v1\nkind: Pod\nmetadata: {name: " + huge + "}\nspec: {containers: [{name: a, image: x}]}\n",
-		"apiVersion":    "apiVersion: " + huge + "\nkind: Pod\nmetadata: {name: a}\n",
-		"anchor":        "a: *" + huge + "\n",
-		"unknown field": `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}], "` + huge[:1000] + `": 1}}`,
+		"refused name":   "apiVersion: v1\nkind: Pod\nmetadata: {name: " + huge + ", annotations: {minimesh.io/inject: bad}}\n",
+		"skipped name":   "apiVersion: v1\nkind: Pod\nmetadata: {name: " + huge + "}\nspec: {hostNetwork: true}\n",
+		"injected name":  "apiVersion: v1\nkind: Pod\nmetadata: {name: " + huge + "}\nspec: {containers: [{name: a, image: x}]}\n",
+		"apiVersion":     "apiVersion: " + huge + "\nkind: Pod\nmetadata: {name: a}\n",
+		"kind":           "apiVersion: v1\nkind: " + huge + "\nmetadata: {name: a}\n",
+		"not a workload": "apiVersion: v1\nkind: Service\nmetadata: {name: " + huge + "}\n",
+		"anchor":         "a: *" + huge + "\n",
+		"unknown field":  `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}], "` + huge[:1000] + `": 1}}`,
 	} {
 		_, events, err := Inject([]byte(in), testConfig())
 		if err != nil && len(err.Error()) > 400 {

@@ -18,17 +18,18 @@ func newInjectCmd() *cobra.Command {
 		Use:   "inject -f FILE|-",
 		Short: "Add the sidecar to the workloads of a manifest stream",
 		Long: "inject adds the minimesh sidecar to every Pod, Deployment, StatefulSet, DaemonSet,\n" +
-			"ReplicaSet, Job and CronJob of a manifest stream (also inside a List), the same\n" +
-			"way the webhook does, and marks them minimesh.io/inject: enabled. Workloads\n" +
-			"annotated disabled, hostNetwork pods, pods for nodes other than Linux and\n" +
-			"injected ones are left alone, and so is every other document, byte for byte;\n" +
-			"an injected document is rewritten and keeps only the comments above it. The\n" +
-			"stream goes to stdout, a line per workload to\n" +
-			"stderr. It is read and written one document at a time (at most 4 MiB each);\n" +
-			"up to 8 MiB of output is held until the input ends, so that nothing is written\n" +
-			"if any document is refused. Past that the output streams, and a refusal ends\n" +
-			"it with a line that makes it invalid YAML. --config takes the injector's config\n" +
-			"file, so that the sidecar is the one the cluster would add.",
+			"ReplicaSet, ReplicationController, Job and CronJob of a manifest stream (also\n" +
+			"inside a List), the same way the webhook does, and marks them minimesh.io/inject:\n" +
+			"enabled. Workloads whose pod template is annotated disabled, hostNetwork pods,\n" +
+			"pods for nodes other than Linux and injected ones are left alone, and so is every\n" +
+			"other document, byte for byte; an injected document is rewritten and keeps only\n" +
+			"the comments above it. The stream goes to stdout, a line per object to stderr\n" +
+			"(injected, or skipped and why). It is read and written one document at a time\n" +
+			"(at most 4 MiB each); up to 8 MiB of output is held until the input ends, so\n" +
+			"that nothing is written if any document is refused. Past that the output\n" +
+			"streams, and a refusal ends it with a line that makes it invalid YAML. --config\n" +
+			"takes the injector's config file, so that the sidecar is the one the cluster\n" +
+			"would add.",
 		Example: "  minimesh inject -f deploy.yaml | kubectl apply -f -\n" +
 			"  kustomize build overlays/prod | minimesh inject -f - --config injector.yaml > injected.yaml",
 		Args: cobra.NoArgs,

@@ -75,12 +75,13 @@ func TestInjectStdin(t *testing.T) {
 }
 
 // TestInjectNothingToDo: a stream without workloads comes back exactly,
-// and the report is empty.
+// and the report says why of each object, as linkerd inject's does.
 func TestInjectNothingToDo(t *testing.T) {
 	in := "# shop\napiVersion: v1\nkind: Service\nmetadata: {name: web}   # front\n--- # cfg\n" +
 		"apiVersion: v1\nkind: ConfigMap\nmetadata:\n    name: c\ndata: {a: \"1\"}\n---\n"
 	out, errOut, err := runStdin(in, "inject", "-f", "-")
-	if err != nil || out != in || errOut != "" {
+	want := "service \"web\" skipped: not a workload minimesh injects\nconfigmap \"c\" skipped: not a workload minimesh injects\n"
+	if err != nil || out != in || errOut != want {
 		t.Fatalf("err %v, stderr %q, stdout:\n%q", err, errOut, out)
 	}
 }
@@ -95,6 +96,7 @@ func TestInjectReport(t *testing.T) {
 	}
 	want := "deployment \"web\" injected\n" +
 		"Warning: minimesh: container \"web\" sets HTTP_PROXY=http://corp:3128 itself; its value wins over minimesh's http://127.0.0.1:15001, so minimesh sets neither HTTP_PROXY nor http_proxy\n" +
+		"service \"web\" skipped: not a workload minimesh injects\n" +
 		"daemonset \"agent\" skipped: hostNetwork pod\n" +
 		"Warning: minimesh: hostNetwork pods are never injected: the sidecar's ports would be the node's\n"
 	if errOut != want {
