@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -54,10 +55,27 @@ const DefaultMaxInFlight = 2
 // long.
 const DefaultQueueTimeout = 2 * time.Second
 
-// bodyTimeout bounds how long a request may hold a slot while its body
-// arrives: the API server sends it at once, a client that trickles it
-// would otherwise keep an admission slot for the server's ReadTimeout.
+// bodyTimeout bounds how long a request's body may take to arrive, from
+// its handler's start (its header read): the API server sends it at once,
+// and a client that trickles it holds its bytes of the body budget for
+// no longer than this.
 const bodyTimeout = 5 * time.Second
+
+// DefaultBodyBudget bounds the bytes of the bodies being read, or read
+// and waiting for an admission slot, unless Handler.BodyBudget says
+// otherwise: four reviews of MaxBodyBytes at once, each for a moment
+// holding both its buffer and the one it grows into (1.5 ×). A body is
+// charged for what it sent, never for the length it announces (a client
+// that announces 8 MiB and sends nothing holds firstBuffer of it), and a
+// request whose body would take more than is left is answered 429 at
+// once.
+const DefaultBodyBudget = 6 * MaxBodyBytes
+
+// firstBuffer is what a body is charged before its first byte: the most
+// that a stream which sends nothing holds (the webhook's 128 connections
+// of 16 streams: 1 MiB in all). The buffer then doubles as the bytes
+// arrive, up to the announced length.
+const firstBuffer = 512
 
 // NamespaceLabels tells the labels of a namespace: a namespace label opts
 // its pods in, and an AdmissionRequest does not carry it.
@@ -80,17 +98,21 @@ type Handler struct {
 	Metrics    *Metrics
 	Log        *slog.Logger
 	// MaxInFlight bounds the admissions decoded at once (0:
-	// DefaultMaxInFlight); the others wait for a slot, without their
-	// bodies read, for up to QueueTimeout (0: DefaultQueueTimeout).
+	// DefaultMaxInFlight); the others wait for a slot, their bodies
+	// read, for up to QueueTimeout (0: DefaultQueueTimeout).
 	MaxInFlight  int
 	QueueTimeout time.Duration
+	// BodyBudget bounds the bytes of bodies being read or waiting for a
+	// slot (0: DefaultBodyBudget).
+	BodyBudget int64
 
 	once  sync.Once
 	slots chan struct{}
+	// bodies is the bytes of BodyBudget taken.
+	bodies atomic.Int64
 }
 
-// acquire waits for an admission slot; false when none came in time.
-func (h *Handler) acquire(r *http.Request) bool {
+func (h *Handler) init() {
 	h.once.Do(func() {
 		n := h.MaxInFlight
 		if n <= 0 {
@@ -98,6 +120,29 @@ func (h *Handler) acquire(r *http.Request) bool {
 		}
 		h.slots = make(chan struct{}, n)
 	})
+}
+
+// take charges n bytes to the body budget; false when they are not left.
+func (h *Handler) take(n int64) bool {
+	limit := h.BodyBudget
+	if limit <= 0 {
+		limit = DefaultBodyBudget
+	}
+	for {
+		used := h.bodies.Load()
+		if used+n > limit {
+			return false
+		}
+		if h.bodies.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
+
+func (h *Handler) give(n int64) { h.bodies.Add(-n) }
+
+// acquire waits for an admission slot; false when none came in time.
+func (h *Handler) acquire(r *http.Request) bool {
 	select {
 	case h.slots <- struct{}{}:
 		return true
@@ -140,28 +185,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.badRequest(w, r, http.StatusBadRequest, tooLarge)
 		return
 	}
-	// The slot is taken before the body is read, so that the requests
-	// waiting for one hold no memory but their connection.
-	if !h.acquire(r) {
-		h.Log.Warn("admission: too many in flight", "remote", r.RemoteAddr, "in_flight", cap(h.slots))
-		h.Metrics.throttled.Inc()
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, fmt.Sprintf("minimesh: %d admissions in flight; try again", cap(h.slots)), http.StatusTooManyRequests)
-		return
-	}
-	defer h.release()
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
-	body, err := readBody(w, r)
+	h.init()
+	// The body is read before a slot is taken, against the body budget:
+	// a slot is held for the decoding alone (a millisecond), never while
+	// a client takes its time to send, and what slow bodies hold is
+	// bounded apart. Before, one HTTP/2 connection of 50 streams that
+	// announced 100 bytes and sent none held both slots for the 5 s of
+	// bodyTimeout, over and over, and every real admission got 429.
+	_ = http.NewResponseController(w).SetReadDeadline(start.Add(bodyTimeout))
+	body, err := h.readBody(w, r)
+	defer h.give(int64(cap(body)))
 	if err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		switch {
+		case errors.Is(err, errBudget):
+			h.throttle(w, r, fmt.Sprintf("minimesh: the AdmissionReviews being read hold %d bytes; try again", h.bodies.Load()))
+			return
+		case errors.As(err, &mbe):
 			err = tooLarge
-		} else {
+		default:
 			err = fmt.Errorf("read AdmissionReview: %w", err)
 		}
 		h.badRequest(w, r, http.StatusBadRequest, err)
 		return
 	}
+	if !h.acquire(r) {
+		h.throttle(w, r, fmt.Sprintf("minimesh: %d admissions in flight; try again", cap(h.slots)))
+		return
+	}
+	defer h.release()
 	var review admissionv1.AdmissionReview
 	if err := json.Unmarshal(body, &review); err != nil {
 		h.badRequest(w, r, http.StatusBadRequest, fmt.Errorf("decode AdmissionReview: %w", err))
@@ -229,6 +281,17 @@ func (h *Handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) 
 		return nil, ResultError, err
 	}
 	allow.Warnings = res.Warnings
+	if !whole && !res.Injected && injector.IsInjected(pod) {
+		// Reinvoked after a later webhook grew the pod past what is
+		// decoded whole: its containers were not read, so one that
+		// webhook added has not been given the proxy variables (or
+		// checked for UID 15000 under iptables). Said rather than
+		// refused: the pod may well have no such container.
+		msg := fmt.Sprintf("minimesh: the pod is %d bytes of JSON, more than the %d minimesh reads whole: containers added since its injection were not given the proxy variables nor checked",
+			len(req.Object.Raw), MaxPodBytes)
+		allow.Warnings = append(allow.Warnings, msg)
+		log.Info("admission: injected pod too large to check again", "bytes", len(req.Object.Raw))
+	}
 	if !res.Injected {
 		log.Debug("admission: not injected", "reason", res.Reason)
 		return allow, ResultSkipped, nil
@@ -264,18 +327,63 @@ func (h *Handler) fail(w http.ResponseWriter, err error) {
 	_, _ = w.Write(body)
 }
 
-// readBody reads at most MaxBodyBytes, in one allocation when the
-// request says its length.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+// throttle answers 429: the API server logs why, and under failurePolicy
+// Ignore creates the pod without a sidecar.
+func (h *Handler) throttle(w http.ResponseWriter, r *http.Request, msg string) {
+	h.Log.Warn("admission: throttled", "remote", r.RemoteAddr, "reason", msg)
+	h.Metrics.throttled.Inc()
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, msg, http.StatusTooManyRequests)
+}
+
+// errBudget: the body would take more of the body budget than is left.
+var errBudget = errors.New("body budget spent")
+
+// readBody reads at most MaxBodyBytes into a buffer charged to the body
+// budget, which it doubles as the bytes arrive, up to the announced
+// length: what a body holds is at most twice what it sent, or
+// firstBuffer, whatever it announces. The caller gives back the cap of
+// the buffer, even with an error.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	body := http.MaxBytesReader(w, r.Body, MaxBodyBytes)
-	if r.ContentLength <= 0 {
-		return io.ReadAll(body)
+	last := int64(MaxBodyBytes)
+	if r.ContentLength > 0 {
+		last = r.ContentLength
 	}
-	buf := make([]byte, r.ContentLength)
-	if _, err := io.ReadFull(body, buf); err != nil {
-		return nil, err
+	var buf []byte
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) == last {
+				// Full: the end, else more than announced or allowed,
+				// which the reader tells.
+				var one [1]byte
+				n, err := body.Read(one[:])
+				if n > 0 && err == nil {
+					err = fmt.Errorf("body longer than its Content-Length %d", r.ContentLength)
+				}
+				if err == io.EOF {
+					return buf, nil
+				}
+				return buf, err
+			}
+			size := min(max(2*int64(cap(buf)), firstBuffer), last)
+			if !h.take(size) {
+				return buf, errBudget
+			}
+			grown := make([]byte, len(buf), size)
+			copy(grown, buf)
+			h.give(int64(cap(buf)))
+			buf = grown
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
 	}
-	return buf, nil
 }
 
 // podHead is what decides whether a pod is injected: its metadata,

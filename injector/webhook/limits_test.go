@@ -213,13 +213,16 @@ func TestLargePod(t *testing.T) {
 		allowed bool
 		result  string
 		message string
+		warning string
 	}{
-		{"asked", map[string]string{"minimesh.io/inject": "enabled"}, false, false, ResultDenied, "more than the 524288 minimesh injects; annotate it minimesh.io/inject: disabled"},
-		{"not asked", nil, false, true, ResultSkipped, ""},
-		{"opted out", map[string]string{"minimesh.io/inject": "disabled"}, false, true, ResultSkipped, ""},
-		{"injected", injected, true, true, ResultSkipped, ""},
-		{"status without the sidecar", injected, false, false, ResultDenied, "more than the 524288 minimesh injects"},
-		{"bad annotation", map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/proxy-cpu-limit": "lots"}, false, false, ResultDenied, `"lots"`},
+		{"asked", map[string]string{"minimesh.io/inject": "enabled"}, false, false, ResultDenied, "more than the 524288 minimesh injects; annotate it minimesh.io/inject: disabled", ""},
+		{"not asked", nil, false, true, ResultSkipped, "", ""},
+		{"opted out", map[string]string{"minimesh.io/inject": "disabled"}, false, true, ResultSkipped, "", ""},
+		// Reinvoked after a later webhook grew it: its containers are
+		// not read, and the response says so (it said nothing).
+		{"injected", injected, true, true, ResultSkipped, "", "more than the 524288 minimesh reads whole: containers added since its injection were not given the proxy variables"},
+		{"status without the sidecar", injected, false, false, ResultDenied, "more than the 524288 minimesh injects", ""},
+		{"bad annotation", map[string]string{"minimesh.io/inject": "enabled", "minimesh.io/proxy-cpu-limit": "lots"}, false, false, ResultDenied, `"lots"`, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHandler()
@@ -234,6 +237,9 @@ func TestLargePod(t *testing.T) {
 			}
 			if tt.message != "" && !strings.Contains(r.Result.Message, tt.message) {
 				t.Fatalf("message %q lacks %q", r.Result.Message, tt.message)
+			}
+			if w := strings.Join(r.Warnings, "\n"); tt.warning == "" && w != "" || !strings.Contains(w, tt.warning) {
+				t.Fatalf("warnings %q, want %q", r.Warnings, tt.warning)
 			}
 			if got := testutil.ToFloat64(h.Metrics.admissions.WithLabelValues(tt.result)); got != 1 {
 				t.Fatalf("result %s not counted", tt.result)

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +21,10 @@ type Metrics struct {
 	duration    prometheus.Histogram
 	badRequests prometheus.Counter
 	throttled   prometheus.Counter
+	// connsRefused counts the webhook listener's connections reset at
+	// its cap; conns is that cap once Run listens, for the gauge.
+	connsRefused prometheus.Counter
+	conns        atomic.Pointer[ConnCap]
 }
 
 // NewMetrics registers the metrics on a registry of their own, with the
@@ -44,9 +49,22 @@ func NewMetrics() *Metrics {
 		}),
 		throttled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "minimesh_injector_throttled_total",
-			Help: "Requests to /inject answered 429: every admission slot stayed busy for the queue timeout.",
+			Help: "Requests to /inject answered 429: every admission slot stayed busy for the queue timeout, or the bodies being read held their budget.",
+		}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "minimesh_injector_connections_refused_total",
+			Help: "Connections to the webhook listener reset because it held --webhook-max-connections.",
 		}),
 	}
+	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "minimesh_injector_connections",
+		Help: "Connections the webhook listener holds.",
+	}, func() float64 {
+		if c := m.conns.Load(); c != nil {
+			return float64(c.Open())
+		}
+		return 0
+	})
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "minimesh_build_info",
 		Help: "The controller's version; always 1.",
@@ -55,7 +73,7 @@ func NewMetrics() *Metrics {
 	for _, r := range []string{ResultInjected, ResultSkipped, ResultDenied, ResultError} {
 		m.admissions.WithLabelValues(r)
 	}
-	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, m.throttled, build,
+	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, m.throttled, m.connsRefused, conns, build,
 		certmetrics.ReadCertificateTotal, certmetrics.ReadCertificateErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

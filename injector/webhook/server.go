@@ -43,6 +43,10 @@ type Server struct {
 	// (Fail). Kubernetes' own servers wait so too
 	// (kube-apiserver's --shutdown-delay-duration).
 	ShutdownDelay time.Duration
+	// MaxConnections caps the webhook listener's connections (0:
+	// DefaultMaxConnections, negative: no cap); more are reset as soon
+	// as they are accepted.
+	MaxConnections int
 
 	// after is time.After, or the clock of a test.
 	after func(time.Duration) <-chan time.Time
@@ -52,6 +56,35 @@ type Server struct {
 	webhookAddr net.Addr
 	adminAddr   net.Addr
 }
+
+// The bounds on what a client of either port may make the controller
+// hold: it is also the control plane that every sidecar's xDS stream
+// depends on. Before them, 300 TLS connections each sending 1 MiB of
+// header lines without their end (net/http's default MaxHeaderBytes)
+// took it from 47 MB to 489 MB of RSS, next to the chart's 512Mi limit.
+const (
+	// maxHeaderBytes bounds a request's header on both ports (net/http
+	// adds 4 KiB of buffer on HTTP/1.1; on HTTP/2 it bounds each stream's
+	// header list). The API server, the kubelet's probes and Prometheus
+	// send a few hundred bytes, a bearer token of a webhook kubeconfig a
+	// few KiB more. Not 64 KiB: every stream of an HTTP/2 connection holds
+	// its header until its handler returns.
+	maxHeaderBytes = 16 << 10
+	// maxStreamsPerConn is the webhook's SETTINGS_MAX_CONCURRENT_STREAMS
+	// (net/http's default 250): with maxHeaderBytes it bounds what one
+	// HTTP/2 connection holds, about 0.55 MB with every stream holding a
+	// 16 KiB header (250 such streams: 8 MB). A client that wants more
+	// calls at once opens another connection, as the API server's does
+	// (client-go does not wait for a stream: StrictMaxConcurrentStreams
+	// is off).
+	maxStreamsPerConn = 16
+	// DefaultMaxConnections caps the webhook listener
+	// (--webhook-max-connections). The API server holds a connection per
+	// instance (HTTP/2; one more per 16 calls at once). Filled, they
+	// cost about 70 MB (HTTP/2, as above), 8.5 MB over HTTP/1.1
+	// (docs/injector.md).
+	DefaultMaxConnections = 128
+)
 
 // Run serves until ctx ends, then for ShutdownDelay more with /readyz
 // answering 503, then lets in-flight admissions finish. The
@@ -71,6 +104,15 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		if wl, err = net.Listen("tcp", s.WebhookAddr); err != nil {
 			return fmt.Errorf("webhook listener: %w", err)
+		}
+		n := s.MaxConnections
+		if n == 0 {
+			n = DefaultMaxConnections
+		}
+		if n > 0 {
+			c := CapConns(wl, n, "webhook", s.Metrics.connsRefused, s.Log)
+			s.Metrics.conns.Store(c)
+			wl = c
 		}
 	}
 	al, err := net.Listen("tcp", s.AdminAddr)
@@ -111,12 +153,14 @@ func (s *Server) Run(ctx context.Context) error {
 		Handler:           hooks,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
+		MaxHeaderBytes:    maxHeaderBytes,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxStreamsPerConn},
 		ErrorLog:          slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug),
 	}
 	admin := http.NewServeMux()
 	admin.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	admin.Handle("/", health)
-	adminSrv := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
+	adminSrv := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
 
 	if wl != nil {
 		webhook.TLSConfig = &tls.Config{GetCertificate: cw.GetCertificate, MinVersion: tls.VersionTLS12}

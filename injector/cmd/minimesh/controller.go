@@ -9,8 +9,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,6 +42,7 @@ type controllerFlags struct {
 	xdsAddr, policyDir     string
 	namespace              string
 	xdsMaxConns            int
+	webhookMaxConns        int
 	shutdownDelay          time.Duration
 }
 
@@ -82,6 +81,7 @@ func newControllerCmd() *cobra.Command {
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.xdsAddr, "xds-addr", fmt.Sprintf(":%d", wellknown.XDSPort), "address of the xDS (ADS) gRPC listener the sidecars connect to")
 	fl.IntVar(&f.xdsMaxConns, "xds-max-connections", defaultXDSMaxConnections, "most connections the xDS listener holds at once; more are reset as soon as accepted (0: no limit)")
+	fl.IntVar(&f.webhookMaxConns, "webhook-max-connections", webhook.DefaultMaxConnections, "most connections the webhook listener holds at once; more are reset as soon as accepted (0: no limit)")
 	fl.StringVar(&f.policyDir, "policy-dir", "", "serve the policies of this directory instead of the cluster's ResiliencePolicy objects")
 	fl.StringVar(&f.namespace, "namespace", orEnv("POD_NAMESPACE", "minimesh"), "namespace whose ResiliencePolicy objects apply cluster-wide (default: $POD_NAMESPACE, else minimesh)")
 	fl.DurationVar(&f.shutdownDelay, "shutdown-delay", defaultShutdownDelay, "on SIGTERM, how long the webhook, xDS and admin listeners keep serving, /readyz answering 503, before they stop (0: at once)")
@@ -103,6 +103,9 @@ func runController(stopping context.Context, f controllerFlags, cmd *cobra.Comma
 
 	if f.xdsMaxConns < 0 {
 		return fmt.Errorf("--xds-max-connections %d: want 0 (no limit) or more", f.xdsMaxConns)
+	}
+	if f.webhookMaxConns < 0 {
+		return fmt.Errorf("--webhook-max-connections %d: want 0 (no limit) or more", f.webhookMaxConns)
 	}
 	if f.shutdownDelay < 0 {
 		return fmt.Errorf("--shutdown-delay %v: want 0 (none) or more", f.shutdownDelay)
@@ -222,6 +225,11 @@ func runController(stopping context.Context, f controllerFlags, cmd *cobra.Comma
 		// The xDS server too serves on through the delay: it stops
 		// when Run returns.
 		ShutdownDelay: f.shutdownDelay,
+		// The Server's 0 is its default; the flag's, no limit.
+		MaxConnections: f.webhookMaxConns,
+	}
+	if f.webhookMaxConns == 0 {
+		srv.MaxConnections = -1
 	}
 	if f.certFile != "" {
 		ns, err := webhook.NewNamespaces(rc)
@@ -314,61 +322,15 @@ func xdsServerOptions() []grpc.ServerOption {
 	}
 }
 
-// connCap is a listener that holds at most cap connections: one past it
-// is reset as soon as accepted (the client reconnects with backoff), and
-// counted. proxy/connlimit does this for the sidecar, but injector/ must
-// not import proxy/ (docs/architecture.md).
-type connCap struct {
-	net.Listener
-	places  chan struct{}
-	refused prometheus.Counter
-	log     *slog.Logger
-	logged  atomic.Int64 // unix nanoseconds of the last warning
-}
-
-func capConns(l net.Listener, n int, reg prometheus.Registerer, log *slog.Logger) *connCap {
-	c := &connCap{Listener: l, places: make(chan struct{}, n), log: log,
-		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_xds_connections_refused_total",
-			Help: "Connections to the xDS listener reset because it held --xds-max-connections."})}
-	reg.MustRegister(c.refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "minimesh_xds_connections",
-		Help: "Connections the xDS listener holds."}, func() float64 { return float64(len(c.places)) }))
+// capConns caps the xDS listener (webhook.CapConns, which caps the
+// webhook's listener too), with its metrics.
+func capConns(l net.Listener, n int, reg prometheus.Registerer, log *slog.Logger) *webhook.ConnCap {
+	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_xds_connections_refused_total",
+		Help: "Connections to the xDS listener reset because it held --xds-max-connections."})
+	c := webhook.CapConns(l, n, "xds", refused, log)
+	reg.MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "minimesh_xds_connections",
+		Help: "Connections the xDS listener holds."}, func() float64 { return float64(c.Open()) }))
 	return c
-}
-
-func (c *connCap) Accept() (net.Conn, error) {
-	for {
-		conn, err := c.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		select {
-		case c.places <- struct{}{}:
-			return &cappedConn{Conn: conn, release: func() { <-c.places }}, nil
-		default:
-		}
-		if tc, ok := conn.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0) // a reset: nothing waits in TIME_WAIT
-		}
-		conn.Close()
-		c.refused.Inc()
-		if now := time.Now().UnixNano(); now-c.logged.Load() > int64(10*time.Second) {
-			c.logged.Store(now)
-			c.log.Warn("xds: connection refused, the listener holds its most", "max", cap(c.places), "peer", conn.RemoteAddr().String())
-		}
-	}
-}
-
-// cappedConn gives its place back once, at its first Close.
-type cappedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *cappedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
 }
 
 func orEnv(key, def string) string {

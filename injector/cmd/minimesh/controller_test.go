@@ -77,6 +77,7 @@ func TestControllerStartupErrors(t *testing.T) {
 		{"missing config", []string{"--config", missing + ".yaml"}, []string{missing + ".yaml: no such file"}},
 		{"bad config", []string{"--config", badConfig}, []string{badConfig, "line 3", "colour"}},
 		{"negative connection cap", []string{"--xds-max-connections", "-1"}, []string{"--xds-max-connections -1"}},
+		{"negative webhook connection cap", []string{"--webhook-max-connections", "-1"}, []string{"--webhook-max-connections -1: want 0 (no limit) or more"}},
 		{"negative shutdown delay", []string{"--shutdown-delay", "-1s"}, []string{"--shutdown-delay -1s: want 0 (none) or more"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
