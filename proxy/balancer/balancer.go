@@ -324,6 +324,11 @@ func (b *Balancer) Update(targets []Target) {
 // Len is the number of endpoints, ejected and terminating ones included.
 func (b *Balancer) Len() int { return len(b.set.Load().eps) }
 
+// Endpoint is the endpoint at addr (as its Target spelled it), ejected
+// and terminating ones included, or nil: for a caller that must reach
+// that endpoint and no other (one atomic load and one map read).
+func (b *Balancer) Endpoint(addr string) *Endpoint { return b.set.Load().byAddr[addr] }
+
 // Pick chooses an endpoint for one try. avoid are the endpoints of the
 // same request's earlier tries, the latest last (Tried keeps them so, nil
 // or none for a first try): a retry goes to an endpoint it has not tried

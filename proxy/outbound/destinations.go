@@ -391,7 +391,12 @@ func canonical(authority, namespace string) string {
 	host = strings.TrimSuffix(host, ".cluster.local")
 	host = strings.TrimSuffix(host, ".svc")
 	if namespace != "" {
-		host = strings.TrimSuffix(host, "."+namespace)
+		// Only a Service's own name: a StatefulSet pod's name
+		// (pod-0.db.<ns>.svc.cluster.local) kept as pod-0.db would name
+		// the Service pod-0 of namespace db (endpointKey).
+		if name, ok := strings.CutSuffix(host, "."+namespace); ok && !strings.Contains(name, ".") {
+			host = name
+		}
 	}
 	if port == "" {
 		return host

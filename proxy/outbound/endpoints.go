@@ -230,21 +230,49 @@ func (e *endpoints) setClusterIPs(ips map[netip.AddrPort]string) {
 // v is nil before the control plane sent any. Rule 1 costs one map
 // read; rules 2 and 3 make the name.
 func (v *vipTable) authority(orig netip.AddrPort, origText, host, port, ns string) string {
+	a, _ := v.name(orig, origText, host, port, ns)
+	return a
+}
+
+// name is authority, and whether Host named the destination (rule 3 with
+// a Host): only then can orig be one of the named Service's endpoints,
+// which the request's tries then keep to (pinned); a ClusterIP (rule 1)
+// never is one, and an address (rule 2) names no Service.
+func (v *vipTable) name(orig netip.AddrPort, origText, host, port, ns string) (string, bool) {
 	if v != nil {
 		if a, ok := v.byAddr[netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port())]; ok {
-			return a
+			return a, false
 		}
 	}
 	if host == "" {
-		return origText
+		return origText, false
 	}
 	a := net.JoinHostPort(host, port)
 	if v != nil && len(v.named) > 0 {
 		if key, ok := endpointKey(canonical(a, ns), ns); ok && v.named[key] {
-			return origText
+			return origText, false
 		}
 	}
-	return a
+	return a, true
+}
+
+// pinned is the endpoint of lb at orig (text: orig.String()), nil when
+// orig is none of lb's endpoints or lb is nil. A redirected connection
+// whose Host (or SNI) names a Service and whose original destination is
+// one of that Service's pods chose that pod (a headless Service's
+// StatefulSet leader, a shard's owner): every try of its requests goes
+// there, counted at that endpoint, never balanced, retried elsewhere or
+// moved by an ejection, as Istio's ORIGINAL_DST and Linkerd do
+// (docs/interception.md, "HTTP/1.x"). Only requests whose Host named
+// them ask (vipTable.name): one atomic load and one map read.
+func pinned(lb *balancer.Balancer, orig netip.AddrPort, text string) *balancer.Endpoint {
+	if lb == nil {
+		return nil
+	}
+	if orig.Addr().Is4In6() {
+		text = unmapped(orig).String() // the control plane's spelling; rare
+	}
+	return lb.Endpoint(text)
 }
 
 // EndpointsStatus is one Service port's endpoints, as /debug/endpoints

@@ -698,8 +698,9 @@ func (b *upstreamBody) end(outcome error) {
 // kube-proxy), or the original destination of a redirected connection: a
 // redirected request named a Service with endpoints (by its ClusterIP, or
 // by Host where no ClusterIP says otherwise: vipTable.authority) is
-// balanced over them too (docs/interception.md, "HTTP/1.x"). The Host
-// header stays the app's either way.
+// balanced over them too (docs/interception.md, "HTTP/1.x"), unless the
+// app connected to one of them: then every try goes to that one (pinned).
+// The Host header stays the app's either way.
 func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
 	prev := st.ep
 	ep, start := st.pick()
@@ -724,13 +725,18 @@ func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
 // opaque connection's (dialTunnel). A retry goes to an endpoint the
 // request has not tried where there is one, as Envoy's previous_hosts
 // predicate makes it (balancer.Pick); each try's endpoint joins
-// st.tried. The first try avoids nothing and allocates nothing.
+// st.tried. The first try avoids nothing and allocates nothing. A
+// request pinned to the endpoint the app connected to (st.pin) tries it
+// alone, ejected or not.
 func (st *reqState) pick() (*balancer.Endpoint, int64) {
 	lb := st.dest.lb
 	if lb == nil {
 		return nil, 0
 	}
-	ep := lb.Pick(st.tried.Endpoints()...)
+	ep := st.pin
+	if ep == nil {
+		ep = lb.Pick(st.tried.Endpoints()...)
+	}
 	st.ep = ep
 	if ep == nil {
 		return nil, 0

@@ -250,6 +250,9 @@ type reqState struct {
 	// ep is the endpoint of the latest try (the balancer's pick), nil when
 	// the name was dialled.
 	ep *balancer.Endpoint
+	// pin, on a redirected connection to one of the named Service's
+	// endpoints, is that endpoint: every try goes there (pinned).
+	pin *balancer.Endpoint
 	// tried are the endpoints of the request's tries, which its retries
 	// avoid (pickEndpoint).
 	tried balancer.Tried
@@ -403,8 +406,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	var authority string
 	var dst *destination
 	var err error
+	byHost := false
 	if rd != nil {
-		authority, err = rd.authority(r)
+		authority, byHost, err = rd.authority(r)
 	} else if host, ok := defaultPortHost(r); ok {
 		authority, dst = h.dests.onDefaultPort(host)
 	} else {
@@ -456,6 +460,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	st.wire.app, st.wire.appOK = lines, lined
 	if rd != nil {
 		st.dial = rd.text
+		if byHost {
+			st.pin = pinned(dst.lb, rd.addr, rd.text)
+		}
 	}
 	if r.ProtoMajor == 2 && isGRPC(r.Header) {
 		st.grpc, st.grpcStatus = true, -1

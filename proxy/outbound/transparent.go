@@ -38,6 +38,7 @@ type redirect struct {
 	// each, so naming costs nothing after the first.
 	lastHost, lastAuthority string
 	lastVIPs                *vipTable
+	lastByHost              bool
 }
 
 type redirectKey struct{}
@@ -58,7 +59,8 @@ func WithOriginalDst(ctx context.Context, addr netip.AddrPort) context.Context {
 // connect to (vipTable.authority). Without endpoints it is sent
 // to the original destination, never to a new resolution of Host; when
 // the control plane sent endpoints for the Service it names, it is
-// balanced over them (pickEndpoint).
+// balanced over them (pickEndpoint), unless the original destination is
+// one of them: then each try goes there (pinned).
 func (h *Handler) Transparent() http.Handler { return transparentHandler{h} }
 
 type transparentHandler struct{ h *Handler }
@@ -74,30 +76,31 @@ func (t transparentHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // authority names a redirected request's destination
 // (vipTable.authority): a Service by its ClusterIP:port, else
 // the Host header's name on the original destination's port, or the
-// address itself.
-func (rd *redirect) authority(r *http.Request) (string, error) {
+// address itself. byHost: Host named it (vipTable.name), and the
+// original destination may be a pod of the Service it names (pinned).
+func (rd *redirect) authority(r *http.Request) (a string, byHost bool, err error) {
 	if r.URL.Host != "" || r.URL.Scheme != "" || r.URL.Opaque != "" || r.Method == http.MethodConnect {
 		// Detection relays a connection to another proxy as opaque TCP;
 		// this is a later request on an HTTP connection changing its mind.
-		return "", errors.New("request target " + echo.Quote(r.RequestURI) + " on a redirected connection: send origin-form requests (a path) with a Host header")
+		return "", false, errors.New("request target " + echo.Quote(r.RequestURI) + " on a redirected connection: send origin-form requests (a path) with a Host header")
 	}
 	d := rd.dests.Load() // set: serve got rd from Transparent
 	vips := d.eps.vips.Load()
 	// An HTTP/2 connection serves its streams at once: no cache.
 	h2 := r.ProtoMajor >= 2
 	if !h2 && r.Host == rd.lastHost && vips == rd.lastVIPs && rd.lastAuthority != "" {
-		return rd.lastAuthority, nil
+		return rd.lastAuthority, rd.lastByHost, nil
 	}
 	host := r.Host
 	if strings.LastIndexByte(host, ':') > strings.LastIndexByte(host, ']') {
 		host = host[:strings.LastIndexByte(host, ':')]
 	}
 	host = strings.Trim(host, "[]")
-	a := vips.authority(rd.addr, rd.text, host, rd.port, d.namespace)
+	a, byHost = vips.name(rd.addr, rd.text, host, rd.port, d.namespace)
 	if !h2 {
-		rd.lastHost, rd.lastAuthority, rd.lastVIPs = r.Host, a, vips
+		rd.lastHost, rd.lastAuthority, rd.lastVIPs, rd.lastByHost = r.Host, a, vips, byHost
 	}
-	return a, nil
+	return a, byHost, nil
 }
 
 // DefaultTCPIdleTimeout closes an opaque TCP relay (or a CONNECT tunnel)
@@ -137,8 +140,9 @@ const (
 // Service's ClusterIP:port names it by that Service, for the policy,
 // breaker, metric and log line (TCPConn), and, when the control plane
 // sent the Service's endpoints, it goes to one of them, balanced and
-// ejected as the Service's HTTP requests are (dialTunnel); else to its
-// original destination. The dial goes through the dialer of the L7 path
+// ejected as the Service's HTTP requests are (dialTunnel), or, when its
+// original destination is one of them, to that one alone, retries
+// included (pinned); else to its original destination. The dial goes through the dialer of the L7 path
 // (never one of the sidecar's own ports) and the destination's breaker:
 // a connect failure counts, retries follow the policy's connect-failure
 // retries (to another endpoint), and an open breaker resets the app's
@@ -160,9 +164,14 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 	// it, and its connections are balanced over its endpoints, as
 	// Linkerd balances opaque TCP; without endpoints the dial goes to the
 	// address, through kube-proxy.
-	authority := h.dests.eps.vips.Load().authority(c.Original, addr, c.SNI, strconv.Itoa(int(c.Original.Port())), h.dests.namespace)
+	authority, bySNI := h.dests.eps.vips.Load().name(c.Original, addr, c.SNI, strconv.Itoa(int(c.Original.Port())), h.dests.namespace)
 	dst := h.dests.get(authority)
 	st := &reqState{dest: dst, authority: authority, start: start, dial: addr}
+	if bySNI {
+		// A pod of the Service the SNI names, connected to on purpose:
+		// it, not a balanced pick (pinned).
+		st.pin = pinned(dst.lb, c.Original, addr)
+	}
 	// The listener the connection arrived on is the sidecar's own too.
 	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, client.LocalAddr())
 	if t := dst.policy.Spec.Timeout; t > 0 {

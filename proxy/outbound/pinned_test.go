@@ -1,0 +1,345 @@
+package outbound_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/balancer"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
+	"github.com/minimesh/minimesh/proxy/leanhttp"
+	"github.com/minimesh/minimesh/proxy/outbound"
+	"github.com/minimesh/minimesh/proxy/telemetry"
+)
+
+// A headless Service's pods, as a StatefulSet's are: the app resolved the
+// Service's name, picked one pod on purpose (the leader, a shard's owner)
+// and connected there, with the Service's name as Host or SNI.
+
+// namedPod answers every request with its name.
+func namedPod(t *testing.T, name string) *proxytest.Upstream {
+	return proxytest.NewUpstream(t, func(w http.ResponseWriter, _ *http.Request, _ int64) { _, _ = io.WriteString(w, name) })
+}
+
+// redirectedLean is redirectedServer behind the lean loop, as the sidecar
+// serves redirected HTTP/1.x unless --server std: its requests' states
+// are lent again from one request to the next of a connection.
+func (r *rig) redirectedLean(orig string) string {
+	r.t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort(orig)
+	ls := leanhttp.New(&http.Server{Handler: r.h.Transparent(), ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+		return outbound.WithOriginalDst(ctx, ap)
+	}})
+	ls.RequestContext = outbound.RequestContext
+	go func() { _ = ls.ServeStd() }()
+	go func() { _ = ls.Serve(ln) }()
+	r.t.Cleanup(func() { ls.Close() })
+	return ln.Addr().String()
+}
+
+// keepAliveTo is an app's client whose every connection goes to addr (the
+// sidecar's redirected listener), kept alive between requests.
+func keepAliveTo(t *testing.T, addr string) *http.Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// TestRedirectedPodOfServiceKeepsToIt: a redirected request whose Host
+// names a Service and whose original destination is one of that Service's
+// endpoints goes to that endpoint, every time, named by the Service; one
+// whose original destination is none of them (a pod gone from the
+// endpoints) is balanced over them as before. Both servers, keep-alive.
+func TestRedirectedPodOfServiceKeepsToIt(t *testing.T) {
+	servers := []struct {
+		name  string
+		serve func(r *rig, orig string) string
+	}{
+		{"std", (*rig).redirectedServer},
+		{"lean", (*rig).redirectedLean},
+	}
+	cases := []struct {
+		name string
+		host string // {port}: the Service port
+		// vips: the control plane sent another Service's ClusterIP (the
+		// db Service, headless, has none); else none at all (rule 3 alone).
+		vips   bool
+		toPodA bool // the original destination is pod A, else a third address
+		want   string
+	}{
+		{"headless Service, Host its short name", "db", true, true, "A"},
+		{"headless Service, Host fully qualified with port", "db.default.svc.cluster.local:{port}", true, true, "A"},
+		{"no ClusterIPs from the control plane", "db.default", false, true, "A"},
+		{"original destination no endpoint: balanced", "db", true, false, "AB"},
+	}
+	for _, sv := range servers {
+		for _, c := range cases {
+			t.Run(sv.name+"/"+c.name, func(t *testing.T) {
+				podA, podB, other := namedPod(t, "A"), namedPod(t, "B"), namedPod(t, "other")
+				r := newRig(t, "", 0)
+				// The Service port is the one the app connected to (loopback
+				// pods differ in port where a StatefulSet's share one).
+				orig := other.Host()
+				if c.toPodA {
+					orig = podA.Host()
+				}
+				_, port, _ := net.SplitHostPort(orig)
+				r.h.SetEndpoints(map[string][]balancer.Target{"db.default.svc.cluster.local:" + port: {{Addr: podA.Host()}, {Addr: podB.Host()}}})
+				if c.vips {
+					r.h.SetClusterIPs(map[netip.AddrPort]string{netip.MustParseAddrPort("10.96.0.15:80"): "web.default.svc.cluster.local:80"})
+				}
+				client := keepAliveTo(t, sv.serve(r, orig))
+				host := strings.ReplaceAll(c.host, "{port}", port)
+				got := map[string]int{}
+				const n = 40
+				for range n {
+					req, _ := http.NewRequest(http.MethodGet, "http://"+host+"/x", nil)
+					resp, err := client.Do(req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					body, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						t.Fatalf("%d %q", resp.StatusCode, body)
+					}
+					got[string(body)]++
+				}
+				if other.Hits.Load() != 0 {
+					t.Errorf("the original destination, no endpoint of db, got %d requests", other.Hits.Load())
+				}
+				if c.want == "A" && got["A"] != n {
+					t.Errorf("connected to pod A: answers %v, want all %d from A", got, n)
+				}
+				if c.want == "AB" && (got["A"] == 0 || got["B"] == 0) {
+					t.Errorf("balanced: answers %v, want both pods", got)
+				}
+				// The Service's name, policy and metrics either way.
+				r.waitMetric(n, "minimesh_requests_total", "destination", "db:"+port, "code", "200")
+			})
+		}
+	}
+}
+
+// TestRedirectedPodOfServiceFailing: the pod the app connected to fails.
+// Its retries go to it again, never to the Service's other pod; its
+// failures count at that endpoint, which is ejected from the Service's
+// balancing (requests through HTTP_PROXY then avoid it), but its own
+// requests still go to it; the breaker and metrics are the Service's.
+func TestRedirectedPodOfServiceFailing(t *testing.T) {
+	podA := proxytest.NewUpstream(t, func(w http.ResponseWriter, _ *http.Request, _ int64) { w.WriteHeader(http.StatusServiceUnavailable) })
+	podB := namedPod(t, "B")
+	_, port, _ := net.SplitHostPort(podA.Host())
+	r := newRig(t, policyDoc("db", "db", `
+retries: {attempts: 2, retryOn: [5xx], backoff: {base: 1ms, max: 1ms}}
+circuitBreaker: {consecutiveFailures: 100, openTimeout: 1h}
+outlierDetection: {consecutiveFailures: 2, baseEjectionTime: 1h}
+`), 0)
+	r.h.SetEndpoints(map[string][]balancer.Target{"db.default.svc.cluster.local:" + port: {{Addr: podA.Host()}, {Addr: podB.Host()}}})
+	addr := r.redirectedServer(podA.Host())
+	for i := range 2 {
+		resp, _ := rawRoundTrip(t, addr, "GET /x HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("request %d: %d, want pod A's 503", i, resp.StatusCode)
+		}
+		if a, b := podA.Hits.Load(), podB.Hits.Load(); a != int64(3*(i+1)) || b != 0 {
+			t.Fatalf("after request %d: pod A %d tries, pod B %d; want every try (3 a request) at A", i, a, b)
+		}
+	}
+	var ejected bool
+	for _, s := range r.h.Endpoints() {
+		for _, ep := range s.Endpoints {
+			if ep.Addr == podA.Host() && ep.EjectedUntil != nil {
+				ejected = true
+			}
+		}
+	}
+	if !ejected {
+		t.Errorf("pod A failed 6 tries in a row and is not ejected: %+v", r.h.Endpoints())
+	}
+	r.waitMetric(2, "minimesh_requests_total", "destination", "db:"+port, "code", "503")
+	r.waitMetric(1, "minimesh_endpoint_ejections_total", "destination", "db:"+port)
+
+	// The app that calls the Service by name (HTTP_PROXY) gets pod B.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: r.h}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: ln.Addr().String()})}
+	t.Cleanup(tr.CloseIdleConnections)
+	resp, body := get(t, &http.Client{Transport: tr, Timeout: 10 * time.Second}, "http://db:"+port+"/")
+	if resp.StatusCode != 200 || string(body) != "B" || podA.Hits.Load() != 6 {
+		t.Errorf("through HTTP_PROXY: %d %q, pod A %d tries; want B's 200, A ejected", resp.StatusCode, body, podA.Hits.Load())
+	}
+}
+
+// TestServeTCPPodOfServiceBySNI: an opaque connection (TLS) to one of the
+// pods of the Service its SNI names goes to that pod, every time; a
+// connect failure there is retried there, never on another pod.
+func TestServeTCPPodOfServiceBySNI(t *testing.T) {
+	read := func(t *testing.T, addr string) (string, error) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return bufio.NewReader(c).ReadString('\n')
+	}
+	t.Run("reachable", func(t *testing.T) {
+		podA, podB := newNamedServer(t, "A"), newNamedServer(t, "B")
+		r := newRig(t, "", 0)
+		_, port, _ := net.SplitHostPort(podA.addr)
+		r.h.SetEndpoints(map[string][]balancer.Target{"db.default.svc.cluster.local:" + port: {{Addr: podA.addr}, {Addr: podB.addr}}})
+		r.h.SetClusterIPs(map[netip.AddrPort]string{netip.MustParseAddrPort("10.96.0.15:80"): "web.default.svc.cluster.local:80"})
+		addr := r.tcpListener(outbound.TCPConn{Original: netip.MustParseAddrPort(podA.addr), SNI: "db.default.svc.cluster.local", Protocol: "tls"})
+		const n = 20
+		for i := range n {
+			if name, err := read(t, addr); err != nil || name != "A\n" {
+				t.Fatalf("connection %d: %q %v, want pod A's greeting", i, name, err)
+			}
+		}
+		if b := podB.accepted.Load(); b != 0 {
+			t.Errorf("pod B accepted %d of the connections made to pod A", b)
+		}
+		r.waitMetric(n, "minimesh_tcp_connections_total", "destination", "db:"+port, "result", "ok")
+	})
+	t.Run("refused", func(t *testing.T) {
+		podB := newNamedServer(t, "B")
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadA := ln.Addr().String()
+		ln.Close()
+		_, port, _ := net.SplitHostPort(deadA)
+		r := newRig(t, policyDoc("db", "db", `
+retries: {attempts: 2, retryOn: [connect-failure], backoff: {base: 1ms, max: 1ms}}
+`), 0)
+		r.h.SetEndpoints(map[string][]balancer.Target{"db.default.svc.cluster.local:" + port: {{Addr: deadA}, {Addr: podB.addr}}})
+		addr := r.tcpListener(outbound.TCPConn{Original: netip.MustParseAddrPort(deadA), SNI: "db", Protocol: "tls"})
+		if name, err := read(t, addr); err == nil {
+			t.Fatalf("read %q from a connection to a dead pod", name)
+		}
+		if b := podB.accepted.Load(); b != 0 {
+			t.Errorf("the connect failure at pod A was retried on pod B (%d connections)", b)
+		}
+		r.waitMetric(1, "minimesh_tcp_connections_total", "destination", "db:"+port, "result", "connect-failure")
+		r.waitMetric(2, "minimesh_retries_total", "destination", "db:"+port)
+	})
+}
+
+// TestGRPCRedirectedPodOfService: gRPC calls on an h2c connection to one
+// pod of a headless Service, :authority the Service's name, all go to
+// that pod (pod B answers NOT_SERVING); each stream decides for itself.
+func TestGRPCRedirectedPodOfService(t *testing.T) {
+	podA := startGRPC(t, health.NewServer())
+	bHealth := health.NewServer()
+	bHealth.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	podB := startGRPC(t, bHealth)
+	orig := netip.MustParseAddrPort(podA)
+	_, port, _ := net.SplitHostPort(podA)
+	m := telemetry.New(0)
+	h := outbound.New(outbound.Config{Metrics: m, Namespace: "default"}, policy.NewTable(nil, "default"))
+	h.SetEndpoints(map[string][]balancer.Target{"health.default.svc.cluster.local:" + port: {{Addr: podA}, {Addr: podB}}})
+	h.SetClusterIPs(map[netip.AddrPort]string{netip.MustParseAddrPort("10.96.0.15:80"): "web.default.svc.cluster.local:80"})
+	cc, err := grpc.NewClient("passthrough:///"+serveRedirected(t, h, orig), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority("health:"+port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := healthpb.NewHealthClient(cc)
+	const n = 20
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := c.Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("call %d: %v %v, want pod A's SERVING (pod B answers NOT_SERVING)", i, resp.GetStatus(), err)
+		}
+	}
+	ms, err := proxytest.ParseMetrics(string(m.Registry.AppendText(nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := ms.Value("minimesh_grpc_requests_total", "destination", "health:"+port, "grpc_code", "OK"); got != n {
+		t.Errorf("grpc_requests_total{destination=health:%s, OK} = %v, want %d", port, got, n)
+	}
+}
+
+// TestPerPodNameReachesThePod: a StatefulSet pod's own DNS name
+// (pod-a.db.default.svc.cluster.local, through the headless Service db)
+// reaches that pod, redirected or through HTTP_PROXY, and is named by it:
+// never by the Service pod-a of a namespace db, which the name's short
+// spelling in namespace default ("pod-a.db") would also read as.
+func TestPerPodNameReachesThePod(t *testing.T) {
+	podA, podB, other := namedPod(t, "A"), namedPod(t, "B"), namedPod(t, "other")
+	_, port, _ := net.SplitHostPort(podA.Host())
+	for _, c := range []struct {
+		name, host string
+		redirected bool
+	}{
+		{"redirected", "pod-a.db.default.svc.cluster.local", true},
+		{"redirected, trailing dot", "pod-a.db.default.svc.cluster.local.", true},
+		{"HTTP_PROXY", "pod-a.db.default.svc.cluster.local", false},
+		{"HTTP_PROXY, short search-domain spelling", "pod-a.db.default.svc", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := telemetry.New(0)
+			h := outbound.New(outbound.Config{Metrics: m, Namespace: "default", ConnectTimeout: time.Second,
+				Resolve: resolve(podA.Host(), c.host+":"+port)}, policy.NewTable(nil, "default"))
+			h.SetEndpoints(map[string][]balancer.Target{
+				"db.default.svc.cluster.local:" + port: {{Addr: podA.Host()}, {Addr: podB.Host()}},
+				"pod-a.db.svc.cluster.local:" + port:   {{Addr: other.Host()}}, // Service pod-a in namespace db
+			})
+			r := &rig{t: t, h: h, metrics: m}
+			var client *http.Client
+			if c.redirected {
+				client = keepAliveTo(t, r.redirectedServer(podA.Host()))
+			} else {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				srv := &http.Server{Handler: h}
+				go func() { _ = srv.Serve(ln) }()
+				t.Cleanup(func() { srv.Close() })
+				tr := &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: ln.Addr().String()})}
+				t.Cleanup(tr.CloseIdleConnections)
+				client = &http.Client{Transport: tr, Timeout: 10 * time.Second}
+			}
+			for range 10 {
+				resp, body := get(t, client, "http://"+c.host+":"+port+"/")
+				if resp.StatusCode != 200 || string(body) != "A" {
+					t.Fatalf("%d %q, want pod A's answer", resp.StatusCode, body)
+				}
+			}
+			dest := strings.TrimSuffix(strings.TrimSuffix(c.host, "."), ".svc.cluster.local")
+			dest = strings.TrimSuffix(dest, ".svc") + ":" + port
+			r.waitMetric(10, "minimesh_requests_total", "destination", dest, "code", "200")
+		})
+	}
+}
