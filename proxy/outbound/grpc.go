@@ -465,12 +465,30 @@ func (st *reqState) endGRPC(class policy.Class, err error) {
 	h[http.TrailerPrefix+wellknown.HeaderError] = []string{kind}
 }
 
-// HTTP/2 limits of the sidecar's upstream connections (docs/grpc.md).
+// HTTP/2 limits of the sidecar's connections (docs/grpc.md, "Limits").
 const (
-	// H2MaxReceiveBuffer bounds the flow-control window of one upstream
-	// connection and of one stream: an app that reads slowly holds at
-	// most this much of an upstream's answer in the sidecar.
+	// H2MaxReceiveBuffer bounds the flow-control window of one app
+	// connection to the sidecar and of one stream on it (ServerHTTP2):
+	// the request bodies upstreams do not take hold at most this much
+	// of an app connection in the sidecar.
 	H2MaxReceiveBuffer = 1 << 20
+	// H2UpstreamStreamWindow bounds the flow-control window of one
+	// stream to an upstream: an app that reads its answer slowly, or not
+	// at all, holds at most this much of it in the sidecar.
+	H2UpstreamStreamWindow = 256 << 10
+	// H2UpstreamConnWindow is the window of one upstream connection,
+	// shared by its streams. Go's transport returns window, the
+	// connection's as the stream's, only as the sidecar reads a body,
+	// which it does no faster than the app takes the answer: a stalled
+	// stream keeps its share for as long as it stalls. Equal to the
+	// stream's window, two stalled streams from two app connections froze
+	// every call to their destination; this leaves room for
+	// H2MaxConcurrentStreams stalled streams (Go's server's own limit of
+	// streams per connection), and bounds what a connection holds unread
+	// at 62.5 MiB (docs/grpc.md, "Limits"). Go accepts windows up to
+	// 2^31-1 here, whatever its documentation says of 4 MiB;
+	// TestH2UpstreamWindows reads what the upstream is told.
+	H2UpstreamConnWindow = H2MaxConcurrentStreams * H2UpstreamStreamWindow
 	// H2PingTimeout closes an upstream connection that answers no PING
 	// within it, sent after H2ReadIdleTimeout without a frame: a dead
 	// peer otherwise holds its streams until the request timeout.
@@ -493,8 +511,8 @@ func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error
 		DisableCompression:     true,
 		MaxResponseHeaderBytes: MaxHeaderBytes,
 		HTTP2: &http.HTTP2Config{
-			MaxReceiveBufferPerConnection: H2MaxReceiveBuffer,
-			MaxReceiveBufferPerStream:     H2MaxReceiveBuffer,
+			MaxReceiveBufferPerConnection: H2UpstreamConnWindow,
+			MaxReceiveBufferPerStream:     H2UpstreamStreamWindow,
 			SendPingTimeout:               H2ReadIdleTimeout,
 			PingTimeout:                   H2PingTimeout,
 		},
