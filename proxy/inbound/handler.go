@@ -313,6 +313,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// forwarded.
 		panic(http.ErrAbortHandler)
 	}
+	if r.Header.Get("Upgrade") != "" {
+		// An h2c upgrade goes into the app as a plain request, on a kept
+		// connection, as on the outbound path (docs/operations.md,
+		// "Upgrade requests"); one spelled otherwise than "h2c" alone
+		// closes it: the guard no longer follows it.
+		if up, h2cOnly := outbound.DropH2CUpgrade(r.Header); !up && !h2cOnly {
+			w.Header().Set("Connection", "close")
+		}
+	}
 	if (h.draining.Load() || len(r.TransferEncoding) > 0) && r.Header.Get("Upgrade") == "" {
 		// Not on an upgrade's answer: a 101 must say Connection: Upgrade.
 		// A chunked request closes its connection after the response,

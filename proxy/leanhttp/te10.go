@@ -27,7 +27,8 @@ import (
 // To know where each head starts, it follows the bodies between them:
 // Content-Length bytes, and chunked framing (HTTP/1.1). It stops looking
 // (and passes every byte as it is) after a request that may turn the
-// connection into something else (CONNECT, Upgrade, the h2c preface) and
+// connection into something else (CONNECT, an Upgrade but to h2c alone,
+// the h2c preface) and
 // after framing
 // net/http refuses anyway, which closes the connection. It holds no
 // buffer: a few counters per connection.
@@ -44,7 +45,8 @@ type TE10Guard struct {
 	hadLine bool
 	http10  bool
 	te      bool
-	up      bool // Upgrade or CONNECT: the connection may stop being HTTP
+	up      bool    // Upgrade or CONNECT: the connection may stop being HTTP
+	upv     [3]byte // an Upgrade field's value so far, to tell "h2c" alone
 	clSeen  bool
 	clBad   bool
 	cl      int64 // the Content-Length so far / of the head
@@ -189,6 +191,9 @@ func (g *TE10Guard) head(p []byte, i int) {
 		return
 	}
 	if g.line == 0 {
+		if (c == ' ' || c == '\t') && g.field == fUpgrade {
+			g.up = true // a folded Upgrade value: what it names is net/http's reading
+		}
 		g.inName, g.nlen, g.field = true, 0, fOther
 		g.val, g.valN, g.valEnd = 0, 0, false
 	}
@@ -211,7 +216,22 @@ func (g *TE10Guard) head(p []byte, i int) {
 		case g.nlen == 14 && n == "content-length":
 			g.field = fCL
 		case g.nlen == 7 && n == "upgrade":
-			g.up = true
+			g.field = fUpgrade
+		}
+		return
+	}
+	if g.field == fUpgrade {
+		// Leading white space aside, its bytes in upv (valN counts them,
+		// and one more stands for anything past "h2c"), as endLine reads.
+		switch {
+		case (c == ' ' || c == '\t') && g.valN == 0:
+		case g.valN < len(g.upv) && !g.valEnd:
+			g.upv[g.valN] = lower(c)
+			g.valN++
+		case c == ' ' || c == '\t':
+			g.valEnd = true
+		default:
+			g.valN = len(g.upv) + 1
 		}
 		return
 	}
@@ -242,6 +262,14 @@ func (g *TE10Guard) endLine(first bool) {
 		return
 	}
 	if g.line > 0 {
+		// An upgrade to h2c alone is no upgrade: the outbound and inbound
+		// handlers serve it as a plain request on a kept connection
+		// (docs/operations.md, "Upgrade requests"), whose next heads the
+		// guard must still follow. Any other Upgrade, or a list, may
+		// switch the connection.
+		if g.field == fUpgrade && (g.inName || g.valN != len(g.upv) || string(g.upv[:]) != "h2c") {
+			g.up = true
+		}
 		if g.field == fCL && !g.inName {
 			if g.valN == 0 || g.clSeen && g.val != g.cl {
 				g.clBad = true

@@ -486,6 +486,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	}
 	st.idv[0] = st.id
 	st.upgrade = (!lined || lines.Upgrade) && field.Get(r.Header, "Upgrade") != ""
+	if st.upgrade && !lined {
+		// An h2c upgrade is served as a plain request, its retries and
+		// connection kept (docs/operations.md, "Upgrade requests"); the
+		// lean loop hands every Upgrade to net/http, whose map this is.
+		var h2cOnly bool
+		if st.upgrade, h2cOnly = DropH2CUpgrade(r.Header); !st.upgrade && !h2cOnly {
+			st.out.closeConn = true // the guard no longer follows the connection
+		}
+	}
 	if st.upgrade {
 		h.upgrades.Add()
 		defer h.upgrades.Done()

@@ -1,0 +1,52 @@
+package leanhttp
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestTE10GuardFollowsH2CUpgrade: a request whose Upgrade fields each
+// name h2c alone stays HTTP (the sidecar's handlers serve it as a plain
+// request on a kept connection), so the guard follows the heads behind
+// it and spoils an HTTP/1.0 one with Transfer-Encoding; behind any other
+// Upgrade (another protocol, a list, a folded value) it stops following,
+// as the handlers close such a connection or switch it. Before, any
+// Upgrade field stopped it: a kept connection behind an h2c upgrade was
+// left unguarded.
+func TestTE10GuardFollowsH2CUpgrade(t *testing.T) {
+	const lookalike = "GET /smuggle HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+	for _, tc := range []struct {
+		upgrade string // the Upgrade lines of the first head
+		follows bool
+	}{
+		{"Upgrade: h2c\r\n", true},
+		{"upgrade:H2C\r\n", true},
+		{"Upgrade: \th2c \t\r\n", true},
+		{"Upgrade: h2c\r\nUpgrade: h2c\r\n", true},
+		{"Upgrade: websocket\r\n", false},
+		{"Upgrade: h2c, websocket\r\n", false},
+		{"Upgrade: h2c,\r\n", false},
+		{"Upgrade: h2\r\n", false},
+		{"Upgrade: h2cx\r\n", false},
+		{"Upgrade: h2c x\r\n", false},
+		{"Upgrade:\r\n", false},
+		{"Upgrade: h2c\r\nUpgrade: websocket\r\n", false},
+		{"Upgrade: h2c\r\n websocket\r\n", false}, // obs-fold: net/http reads "h2c websocket"
+	} {
+		head := "GET /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n" + tc.upgrade + "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+		raw := head + lookalike
+		for i := range len(raw) + 1 {
+			var g TE10Guard
+			b := []byte(raw)
+			g.Scan(b[:i])
+			g.Scan(b[i:])
+			if got := string(b[:len(head)]); got != head {
+				t.Fatalf("%q split at %d: the head was changed: %q", tc.upgrade, i, got)
+			}
+			spoiled := !strings.Contains(string(b[len(head):]), "Transfer-Encoding:")
+			if spoiled != tc.follows {
+				t.Fatalf("%q split at %d: the HTTP/1.0 head behind it spoiled %v, want %v", tc.upgrade, i, spoiled, tc.follows)
+			}
+		}
+	}
+}
