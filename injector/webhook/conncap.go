@@ -15,7 +15,7 @@ import (
 // backoff), and counted. Blocking in Accept instead would leave the
 // clients in the kernel's backlog, where no timeout of the server's
 // reaches them. The controller caps both its webhook listener and its
-// xDS listener with it; proxy/connlimit does this for the sidecar, but
+// xDS listener with it; internal/connlimit does this for the sidecar, but
 // injector/ must not import proxy/ (docs/architecture.md).
 type ConnCap struct {
 	net.Listener

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/connlimit"
+	"github.com/minimesh/minimesh/internal/connlimit"
 	"github.com/minimesh/minimesh/proxy/internal/chanlistener"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/telemetry"

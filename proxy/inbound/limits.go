@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/connlimit"
 	"github.com/minimesh/minimesh/internal/netconn"
-	"github.com/minimesh/minimesh/proxy/connlimit"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/proxy/transparent"

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/connlimit"
+	"github.com/minimesh/minimesh/internal/connlimit"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/proxy/transparent"
 )

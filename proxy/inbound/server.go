@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/connlimit"
+	"github.com/minimesh/minimesh/internal/connlimit"
 	"github.com/minimesh/minimesh/proxy/leanhttp"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/transparent"

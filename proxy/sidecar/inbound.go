@@ -6,7 +6,7 @@ import (
 	"log"
 	"net"
 
-	"github.com/minimesh/minimesh/proxy/connlimit"
+	"github.com/minimesh/minimesh/internal/connlimit"
 	"github.com/minimesh/minimesh/proxy/inbound"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/transparent"

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/minimesh/minimesh/proxy/connlimit"
+	"github.com/minimesh/minimesh/internal/connlimit"
 )
 
 // The inbound listener held shut (probe37b): one caller's address opened

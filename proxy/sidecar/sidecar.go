@@ -15,10 +15,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/connlimit"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/admin"
 	"github.com/minimesh/minimesh/proxy/balancer"
-	"github.com/minimesh/minimesh/proxy/connlimit"
 	"github.com/minimesh/minimesh/proxy/inbound"
 	"github.com/minimesh/minimesh/proxy/leanhttp"
 	"github.com/minimesh/minimesh/proxy/outbound"
