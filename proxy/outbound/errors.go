@@ -186,6 +186,47 @@ func h2Unprocessed(err error) bool {
 	return false
 }
 
+// h2HeaderListTooLarge is the text of the error net/http's HTTP/2 client
+// (internal/httpcommon's ErrRequestHeaderListSize, Go 1.26) gives a request
+// whose header list, or whose trailers, are larger than the upstream's
+// SETTINGS_MAX_HEADER_LIST_SIZE: it sends nothing of them. The headers'
+// comes wrapped as "http2: " and this text (encodeRequestHeaders), the
+// trailers' bare (encodeTrailers); the value is unexported, so the text
+// is all there is (TestHeaderListOverUpstreamLimit drives the real
+// transport, so that a Go upgrade that changes it fails loudly).
+const h2HeaderListTooLarge = "request header list larger than peer's advertised limit"
+
+// peerHeaderLimit reports whether err is the HTTP/2 transport's refusal to
+// send a header list over the upstream's advertised limit.
+func peerHeaderLimit(err error) bool {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if msg := e.Error(); msg == h2HeaderListTooLarge || msg == "http2: "+h2HeaderListTooLarge {
+			return true
+		}
+	}
+	return false
+}
+
+// headerListError is a request whose header list (or trailers) the
+// HTTP/2 upstream's SETTINGS_MAX_HEADER_LIST_SIZE refuses, smaller than
+// the sidecar's own limit: the app's fault, answered 431 as an HTTP/1.1
+// upstream would answer it, never the upstream's failure (it got nothing
+// of the request) nor a try to repeat.
+type headerListError struct{ err error }
+
+func (e *headerListError) Error() string { return e.err.Error() }
+func (e *headerListError) Unwrap() error { return e.err }
+
+// classAppFault is the late failure (reqState.late) of a response cut
+// because the app's own request failed after the upstream's headers (its
+// body over --max-request-body-bytes, shorter or longer than its
+// content-length, its trailers over the upstream's limit): Go's transport
+// ends the upstream's stream for it. It is answered, recorded and counted
+// as the app's fault (refusal), as before the headers, not as the
+// upstream's reset. A bit no policy class uses: never named by failOn or
+// retryOn.
+const classAppFault policy.Class = 1 << 7
+
 // classify names the failure of one try. tryCtx is the try's context,
 // parent the request's.
 func classify(err error, tryCtx, parent context.Context) (policy.Class, bool) {
@@ -213,10 +254,16 @@ func classify(err error, tryCtx, parent context.Context) (policy.Class, bool) {
 }
 
 // lateFailure is the status and kind of a response that failed after its
-// headers, as the sidecar would have answered had they not gone out.
-func lateFailure(c policy.Class) (int, string) {
-	if c == policy.ClassTimeout {
+// headers, as the sidecar would have answered had they not gone out; err
+// is the failure (reqState.lateErr), which tells the app's faults
+// (classAppFault) apart.
+func lateFailure(c policy.Class, err error) (int, string) {
+	switch c {
+	case policy.ClassTimeout:
 		return http.StatusGatewayTimeout, wellknown.ErrorTimeout
+	case classAppFault:
+		code, kind, _ := errorResponse(err, "")
+		return code, kind
 	}
 	return http.StatusBadGateway, wellknown.ErrorReset
 }
@@ -364,6 +411,9 @@ func errorResponse(err error, dest string) (code int, kind string, b errorBody) 
 	case errors.As(err, &mb):
 		b.Message = "request body larger than " + strconv.FormatInt(mb.Limit, 10) + " bytes"
 		return http.StatusRequestEntityTooLarge, wellknown.ErrorBadRequest, b
+	case errors.As(err, new(*headerListError)):
+		b.Message = "request header list larger than upstream " + dest + " accepts (its HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE): not sent"
+		return http.StatusRequestHeaderFieldsTooLarge, wellknown.ErrorBadRequest, b
 	case errors.As(err, new(*bodyTimeoutError)):
 		b.Message = "cannot read the request: " + err.Error()
 		return http.StatusRequestTimeout, wellknown.ErrorBadRequest, b

@@ -445,6 +445,9 @@ func refusal(err error, st *reqState, ctx context.Context) error {
 	if errors.As(err, new(*http.MaxBytesError)) {
 		return &clientError{err}
 	}
+	if peerHeaderLimit(err) {
+		return &headerListError{err}
+	}
 	if berr := st.in.failed(); berr != nil {
 		if SenderGone(berr) {
 			return errClientGone
@@ -583,6 +586,14 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		}
 		return n, err
 	}
+	if cerr := refusal(err, b.st, b.req); cerr != nil {
+		// The app's own request failed after the upstream's headers (its
+		// body over the limit, shorter or longer than its content-length):
+		// Go's transport ended the upstream's stream for it, which reads
+		// here as a reset. As before the headers (try), it is the app's
+		// fault, not the upstream's.
+		return b.appFault(n, err, cerr)
+	}
 	class, gone := classify(err, b.try, b.req)
 	if class == policy.ClassReset && b.st.grpc && b.st.atCallDeadline(b.req) {
 		class = policy.ClassTimeout
@@ -609,6 +620,37 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	}
 	if b.grpc != nil && class == policy.ClassTimeout {
 		b.st.holdCut(b.req) // in the middle of a message: a reset, not before the client's own timer
+	}
+	return n, err
+}
+
+// appFault ends a response whose request failed through the app's fault
+// (cerr, refusal's) after the upstream's headers, err being what the
+// response's read failed with: the app gets the sidecar's 400, 408, 413
+// or 431 `bad-request` when nothing of the answer reached it yet, else
+// trailers that say so between two gRPC messages, else the cut; the
+// metric, span and log record that, and the breaker and the endpoint
+// count the try neither way, unless its status was a failure already
+// (appGone's rule).
+func (b *upstreamBody) appFault(n int, err, cerr error) (int, error) {
+	if cerr == errClientGone {
+		b.st.gone = true
+		b.appGone()
+		return n, err
+	}
+	b.st.late, b.st.lateErr = classAppFault, cerr
+	outcome := breaker.ErrIgnored
+	if b.verdict == breaker.ErrFailed {
+		outcome = breaker.ErrFailed
+	}
+	b.end(outcome)
+	b.endSpan(wellknown.ErrorBadRequest, false)
+	if b.st.out.withhold() {
+		return 0, io.EOF // answerLate answers
+	}
+	if b.grpc != nil && b.pfx == 0 {
+		b.st.endGRPC(classAppFault, cerr)
+		return n, io.EOF
 	}
 	return n, err
 }

@@ -199,7 +199,7 @@ func grpcAnswer(kind string, code int) int {
 	case wellknown.ErrorForbidden:
 		return grpcPermissionDenied
 	}
-	if code == http.StatusRequestEntityTooLarge {
+	if code == http.StatusRequestEntityTooLarge || code == http.StatusRequestHeaderFieldsTooLarge {
 		return grpcResourceExhausted
 	}
 	if code == http.StatusRequestTimeout {
@@ -448,14 +448,21 @@ func (st *reqState) holdCut(req context.Context) {
 func (st *reqState) endGRPC(class policy.Class, err error) {
 	kind := wellknown.ErrorReset
 	msg := "upstream " + st.dest.name + "'s answer failed after its headers: " + err.Error()
-	if class == policy.ClassTimeout {
+	code := 0
+	if class == classAppFault {
+		// The app's own request failed (upstreamBody.appFault): its
+		// status is the one the sidecar answers before the headers.
+		var b errorBody
+		code, kind, b = errorResponse(err, st.dest.name)
+		msg = b.Message
+	} else if class == policy.ClassTimeout {
 		kind = wellknown.ErrorTimeout
 		msg = "upstream " + st.dest.name + " did not answer in time: the policy's timeout ended the call"
 		if st.atClientDeadline() {
 			msg = "upstream " + st.dest.name + " did not finish its answer within the call's deadline"
 		}
 	}
-	st.grpcStatus, st.grpcTrailed = grpcAnswer(kind, 0), true
+	st.grpcStatus, st.grpcTrailed = grpcAnswer(kind, code), true
 	// The server's own writer: the ReverseProxy sends no trailers of its
 	// own for a body that failed, and the upstream's announced ones, if
 	// any, stay empty.

@@ -506,9 +506,16 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	if r.Body != nil && r.Body != http.NoBody {
 		st.arrived = arrived(r.Body)
 		if h.cfg.MaxRequestBody > 0 {
-			// The server's own writer: it closes the connection after the
-			// 413, where the rest of the body still is.
-			r.Body = http.MaxBytesReader(st.out.ResponseWriter, r.Body, h.cfg.MaxRequestBody)
+			// No writer: the upstream transport reads the body on a
+			// goroutine of its own, where net/http's writer, over the
+			// limit, would set Connection: close in the response's
+			// header map (requestTooLarge) while the handler writes the
+			// upstream's headers there: a data race, a crash on
+			// concurrent map writes. The answer closes the connection
+			// itself (serveError's Connection: close for the app's
+			// fault); a late one's (answerLate) leaves the rest of the
+			// body to the server, which reads or closes past it.
+			r.Body = http.MaxBytesReader(nil, r.Body, h.cfg.MaxRequestBody)
 		}
 		st.in.ReadCloser = r.Body
 		r.Body = &st.in
@@ -795,7 +802,7 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 		// whose error rates read the status, it is the failure it was.
 		// A gRPC call's status is what its client read from the cut: the
 		// metric, the span and the access log say the same.
-		code, st.errKind = lateFailure(st.late)
+		code, st.errKind = lateFailure(st.late, st.lateErr)
 		if st.grpc && !st.grpcTrailed {
 			st.grpcStatus = st.grpcCut(false)
 		}

@@ -425,7 +425,10 @@ const h2WroteMore = "http2: handler wrote more than declared Content-Length"
 // message that says so, with the cause of a reset. errorResponse's
 // "failed before a response" would say the upstream never answered.
 func lateAnswer(st *reqState) (int, string, errorBody) {
-	code, kind := lateFailure(st.late)
+	if st.late == classAppFault {
+		return errorResponse(st.lateErr, st.dest.name) // the app's own fault, as before the headers
+	}
+	code, kind := lateFailure(st.late, st.lateErr)
 	msg := "upstream " + st.dest.name + "'s response failed after its headers, before any of its body reached the app"
 	if st.late == policy.ClassTimeout {
 		msg = "upstream " + st.dest.name + "'s response timed out after its headers, before any of its body reached the app"
