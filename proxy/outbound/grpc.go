@@ -481,8 +481,12 @@ const (
 	H2MaxReceiveBuffer = 1 << 20
 	// H2UpstreamStreamWindow bounds the flow-control window of one
 	// stream to an upstream: an app that reads its answer slowly, or not
-	// at all, holds at most this much of it in the sidecar.
-	H2UpstreamStreamWindow = 256 << 10
+	// at all, holds at most this much of it in the sidecar. HTTP/2's own
+	// initial window: 400 stalled streams took the heap to 167.5 MB at
+	// 256 KiB, over the chart's 128Mi, and to 92.5 MB at 64 KiB (56.7 MB
+	// with the 1 MiB connection window that froze calls); a stream still
+	// moves 64 MiB/s at a millisecond's round trip.
+	H2UpstreamStreamWindow = 64 << 10
 	// H2UpstreamConnWindow is the window of one upstream connection,
 	// shared by its streams. Go's transport returns window, the
 	// connection's as the stream's, only as the sidecar reads a body,
@@ -492,7 +496,7 @@ const (
 	// every call to their destination; this leaves room for
 	// H2MaxConcurrentStreams stalled streams (Go's server's own limit of
 	// streams per connection), and bounds what a connection holds unread
-	// at 62.5 MiB (docs/grpc.md, "Limits"). Go accepts windows up to
+	// at 16 MiB (docs/grpc.md, "Limits"). Go accepts windows up to
 	// 2^31-1 here, whatever its documentation says of 4 MiB;
 	// TestH2UpstreamWindows reads what the upstream is told.
 	H2UpstreamConnWindow = H2MaxConcurrentStreams * H2UpstreamStreamWindow
