@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	certmetrics "sigs.k8s.io/controller-runtime/pkg/certwatcher/metrics"
 
+	"github.com/minimesh/minimesh/internal/connlimit"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
@@ -21,10 +22,9 @@ type Metrics struct {
 	duration    prometheus.Histogram
 	badRequests prometheus.Counter
 	throttled   prometheus.Counter
-	// connsRefused counts the webhook listener's connections reset at
-	// its cap; conns is that cap once Run listens, for the gauge.
-	connsRefused prometheus.Counter
-	conns        atomic.Pointer[ConnCap]
+	// conns is the webhook listener once Run listens: it counts the
+	// connections it holds, refuses and evicts.
+	conns atomic.Pointer[connlimit.Listener]
 }
 
 // NewMetrics registers the metrics on a registry of their own, with the
@@ -51,20 +51,28 @@ func NewMetrics() *Metrics {
 			Name: "minimesh_injector_throttled_total",
 			Help: "Requests to /inject answered 429: every admission slot stayed busy for the queue timeout, or the bodies being read held their budget.",
 		}),
-		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "minimesh_injector_connections_refused_total",
-			Help: "Connections to the webhook listener reset because it held --webhook-max-connections.",
-		}),
+	}
+	// listener reads the webhook listener's count, 0 before Run listens.
+	listener := func(f func(*connlimit.Listener) float64) func() float64 {
+		return func() float64 {
+			if l := m.conns.Load(); l != nil {
+				return f(l)
+			}
+			return 0
+		}
 	}
 	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "minimesh_injector_connections",
 		Help: "Connections the webhook listener holds.",
-	}, func() float64 {
-		if c := m.conns.Load(); c != nil {
-			return float64(c.Open())
-		}
-		return 0
-	})
+	}, listener(func(l *connlimit.Listener) float64 { return float64(l.Open()) }))
+	refused := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "minimesh_injector_connections_refused_total",
+		Help: "Connections to the webhook listener reset as soon as accepted: their peer address held its share of --webhook-max-connections, or no place could be freed.",
+	}, listener(func(l *connlimit.Listener) float64 { return float64(l.Refused()) }))
+	evicted := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "minimesh_injector_connections_evicted_total",
+		Help: "Webhook connections closed at --webhook-max-connections to give their place to a newcomer (an idle one first).",
+	}, listener(func(l *connlimit.Listener) float64 { return float64(l.Evicted()) }))
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "minimesh_build_info",
 		Help: "The controller's version; always 1.",
@@ -73,7 +81,7 @@ func NewMetrics() *Metrics {
 	for _, r := range []string{ResultInjected, ResultSkipped, ResultDenied, ResultError} {
 		m.admissions.WithLabelValues(r)
 	}
-	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, m.throttled, m.connsRefused, conns, build,
+	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, m.throttled, conns, refused, evicted, build,
 		certmetrics.ReadCertificateTotal, certmetrics.ReadCertificateErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
+
+	"github.com/minimesh/minimesh/internal/connlimit"
 )
 
 // Server is the controller's two listeners: the webhook over TLS, and a
@@ -44,12 +46,22 @@ type Server struct {
 	// (kube-apiserver's --shutdown-delay-duration).
 	ShutdownDelay time.Duration
 	// MaxConnections caps the webhook listener's connections (0:
-	// DefaultMaxConnections, negative: no cap); more are reset as soon
-	// as they are accepted.
+	// DefaultMaxConnections, negative: no cap). At the cap a newcomer
+	// takes the place of a waiting connection (connlimit's Share); past
+	// one peer address's share (MaxConnectionsPerSource) it is reset as
+	// soon as it is accepted.
 	MaxConnections int
 
 	// after is time.After, or the clock of a test.
 	after func(time.Duration) <-chan time.Time
+	// Tests shorten these (0: the defaults below): the webhook's
+	// per-address share and idle timeout, the admin port's cap, share
+	// and time bounds.
+	perSource                        int
+	webhookIdle                      time.Duration
+	adminMax, adminPerSource         int
+	adminRead, adminWrite, adminIdle time.Duration
+	webhookLn, adminLn               *connlimit.Listener
 
 	draining    atomic.Bool
 	mu          sync.Mutex
@@ -84,7 +96,58 @@ const (
 	// cost about 70 MB (HTTP/2, as above), 8.5 MB over HTTP/1.1
 	// (docs/injector.md).
 	DefaultMaxConnections = 128
+	// DefaultMaxConnectionsPerSource is one peer address's share of the
+	// webhook's places. A cap alone let 128 idle keep-alive connections
+	// from pods hold every place, and the API server's next connection
+	// was reset (its admissions failed, failurePolicy applied). Now one
+	// address holds at most a quarter, and at the cap the API server's
+	// newcomer takes an idle connection's place, or one of the address
+	// holding the most (connlimit.Listener.Share). A quarter, not less:
+	// HA API servers behind one address (a konnectivity agent, a managed
+	// control plane's NAT) share it, and 32 HTTP/2 connections carry 512
+	// calls at once, far past the 2 admissions decoded at once.
+	DefaultMaxConnectionsPerSource = 32
+	// webhookIdleTimeout closes a webhook connection idle this long
+	// (net/http used ReadTimeout's 30 s): longer than client-go's idle
+	// pool (90 s), so that the API server, not the webhook, ends an idle
+	// connection and never races a call sent on one being closed. Idle
+	// connections cost a place only until a newcomer needs it.
+	webhookIdleTimeout = 2 * time.Minute
+	// The admin port is on the pod network (the kubelet's probes,
+	// Prometheus), and had no cap and no time bound: 2,000 connections
+	// each after one GET /healthz stayed open for good, 20 KB and a
+	// goroutine each. Now it has the sidecar admin port's bounds
+	// (docs/operations.md): 64 places, 16 per peer address, shared
+	// (connlimit.Listener.Share), a request read within 10 s, its answer
+	// written within 10 s, and a connection idle for 5 min closed
+	// (Prometheus keeps its scrape connection up to 5 min idle: it, not
+	// the controller, ends it).
+	adminMaxConnections          = 64
+	adminMaxConnectionsPerSource = 16
+	adminReadTimeout             = 10 * time.Second
+	adminWriteTimeout            = 10 * time.Second
+	adminIdleTimeout             = 5 * time.Minute
 )
+
+// or is v, or def when v is 0.
+func or[T int | time.Duration](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// connState is l's ConnState hook for an http.Server, which hands it the
+// *tls.Conn of a TLS port: connlimit finds its *Conn through Unwrap
+// methods, and a *tls.Conn has NetConn instead.
+func connState(l *connlimit.Listener) func(net.Conn, http.ConnState) {
+	return func(c net.Conn, st http.ConnState) {
+		if tc, ok := c.(*tls.Conn); ok {
+			c = tc.NetConn()
+		}
+		l.ConnState(c, st)
+	}
+}
 
 // Run serves until ctx ends, then for ShutdownDelay more with /readyz
 // answering 503, then lets in-flight admissions finish. The
@@ -96,37 +159,42 @@ const (
 // only policies (--policy-dir on a laptop).
 func (s *Server) Run(ctx context.Context) error {
 	var cw *certwatcher.CertWatcher
-	var wl net.Listener
+	var wl *connlimit.Listener
 	var err error
 	if s.CertFile != "" {
 		if cw, err = certwatcher.New(s.CertFile, s.KeyFile); err != nil {
 			return fmt.Errorf("load TLS certificate %s and key %s: %w", s.CertFile, s.KeyFile, err)
 		}
-		if wl, err = net.Listen("tcp", s.WebhookAddr); err != nil {
+		ln, err := net.Listen("tcp", s.WebhookAddr)
+		if err != nil {
 			return fmt.Errorf("webhook listener: %w", err)
 		}
-		n := s.MaxConnections
-		if n == 0 {
-			n = DefaultMaxConnections
-		}
+		n := or(s.MaxConnections, DefaultMaxConnections)
+		wl = connlimit.New(ln.(*net.TCPListener), max(n, 0))
 		if n > 0 {
-			c := CapConns(wl, n, "webhook", s.Metrics.connsRefused, s.Log)
-			s.Metrics.conns.Store(c)
-			wl = c
+			// The API server must get in at the cap: no one address
+			// holds every place, and a newcomer takes the place of one
+			// that waits (docs/injector.md).
+			wl.Share(or(s.perSource, DefaultMaxConnectionsPerSource))
 		}
+		s.Metrics.conns.Store(wl)
 	}
-	al, err := net.Listen("tcp", s.AdminAddr)
+	ln, err := net.Listen("tcp", s.AdminAddr)
 	if err != nil {
 		if wl != nil {
 			wl.Close()
 		}
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	al := connlimit.New(ln.(*net.TCPListener), or(s.adminMax, adminMaxConnections))
+	// The kubelet's probes must get in whoever else holds connections.
+	al.Share(or(s.adminPerSource, adminMaxConnectionsPerSource))
 	s.mu.Lock()
 	if wl != nil {
 		s.webhookAddr = wl.Addr()
 	}
 	s.adminAddr = al.Addr()
+	s.webhookLn, s.adminLn = wl, al
 	s.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -153,14 +221,27 @@ func (s *Server) Run(ctx context.Context) error {
 		Handler:           hooks,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       or(s.webhookIdle, webhookIdleTimeout),
 		MaxHeaderBytes:    maxHeaderBytes,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: maxStreamsPerConn},
 		ErrorLog:          slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug),
 	}
+	if wl != nil {
+		// Which connections wait for a request, for Share's evictions.
+		webhook.ConnState = connState(wl)
+	}
 	admin := http.NewServeMux()
 	admin.Handle("GET /metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	admin.Handle("/", health)
-	adminSrv := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: maxHeaderBytes}
+	adminSrv := &http.Server{
+		Handler:           admin,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       or(s.adminRead, adminReadTimeout),
+		WriteTimeout:      or(s.adminWrite, adminWriteTimeout),
+		IdleTimeout:       or(s.adminIdle, adminIdleTimeout),
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState:         connState(al),
+	}
 
 	if wl != nil {
 		webhook.TLSConfig = &tls.Config{GetCertificate: cw.GetCertificate, MinVersion: tls.VersionTLS12}

@@ -20,14 +20,22 @@ import (
 // maxConns, and returns its addresses.
 func boundedServer(t *testing.T, maxConns int) (webhook, admin net.Addr) {
 	t.Helper()
+	_, webhook, admin = serverWith(t, func(s *Server) { s.MaxConnections = maxConns })
+	return webhook, admin
+}
+
+// serverWith runs a Server that set has changed, and returns it with its
+// addresses.
+func serverWith(t *testing.T, set func(*Server)) (s *Server, webhook, admin net.Addr) {
+	t.Helper()
 	dir := t.TempDir()
 	selfSigned(t, dir)
-	s := &Server{
+	s = &Server{
 		WebhookAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key"),
 		Inject: newHandler(), Metrics: NewMetrics(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		MaxConnections: maxConns,
 	}
+	set(s)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -39,7 +47,8 @@ func boundedServer(t *testing.T, maxConns int) (webhook, admin net.Addr) {
 			t.Error("Run did not return")
 		}
 	})
-	return listening(t, s)
+	webhook, admin = listening(t, s)
+	return s, webhook, admin
 }
 
 // TestHeaderBound: a request header over maxHeaderBytes is refused (431)
@@ -111,13 +120,16 @@ func TestH2Settings(t *testing.T) {
 	}
 }
 
-// TestWebhookConnCap: past MaxConnections a connection is reset as soon
-// as it is accepted, and counted; a place freed is taken again. Before,
-// the webhook listener held as many as came.
+// TestWebhookConnCap: one peer address holds at most its share of the
+// webhook's places (one more is reset as soon as accepted, and counted);
+// at the cap a newcomer from another address takes the place of one of
+// the address holding the most (counted as evicted), and the listener
+// never holds more than its cap. Before, the cap alone applied, and
+// whoever held every place kept everyone else out.
 func TestWebhookConnCap(t *testing.T) {
-	w, a := boundedServer(t, 2)
-	dial := func() (*tls.Conn, error) {
-		d := &net.Dialer{Timeout: 10 * time.Second}
+	s, w, a := serverWith(t, func(s *Server) { s.MaxConnections, s.perSource = 4, 2 })
+	dial := func(from string) (*tls.Conn, error) {
+		d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
 		c, err := tls.DialWithDialer(d, "tcp", w.String(), &tls.Config{InsecureSkipVerify: true})
 		if err == nil {
 			// A TLS 1.3 server's refusal can come after the client's
@@ -131,45 +143,50 @@ func TestWebhookConnCap(t *testing.T) {
 		}
 		return c, err
 	}
-	first, err := dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	second, err := dial()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer second.Close()
-	if c, err := dial(); err == nil {
-		c.Close()
-		t.Fatal("a third connection was served, want it reset")
-	}
-	metrics := func() string {
-		resp, err := http.Get("http://" + a.String() + "/metrics")
-		if err != nil {
-			t.Fatal(err)
+	var held []*tls.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
+	}()
+	for _, tt := range []struct {
+		from   string
+		served bool
+	}{
+		{"127.0.0.2", true}, {"127.0.0.2", true},
+		{"127.0.0.2", false},                     // past its address's share
+		{"127.0.0.3", true}, {"127.0.0.3", true}, // the cap
+		{"127.0.0.4", true}, // takes the place of one of 127.0.0.2's or .3's
+	} {
+		c, err := dial(tt.from)
+		if (err == nil) != tt.served {
+			t.Fatalf("a connection from %s: err %v, want served %v", tt.from, err, tt.served)
+		}
+		if c != nil {
+			held = append(held, c)
+		}
 	}
-	m := metrics()
-	for _, want := range []string{"minimesh_injector_connections_refused_total 1\n", "minimesh_injector_connections 2\n"} {
+	m := metrics(t, a)
+	for _, want := range []string{"minimesh_injector_connections_refused_total 1\n", "minimesh_injector_connections_evicted_total 1\n", "minimesh_injector_connections 4\n"} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	first.Close()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		c, err := dial()
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a place freed was not taken again: %v", err)
-		}
+	if n := s.webhookLn.Open(); n != 4 {
+		t.Errorf("the listener holds %d connections, want its cap 4", n)
 	}
+}
+
+// metrics is the admin port's /metrics.
+func metrics(t *testing.T, admin net.Addr) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 func isTimeout(err error) bool {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"github.com/minimesh/minimesh/injector/endpointctl"
 	"github.com/minimesh/minimesh/injector/policyctl"
 	"github.com/minimesh/minimesh/injector/webhook"
+	"github.com/minimesh/minimesh/internal/connlimit"
 	"github.com/minimesh/minimesh/internal/memlimit"
 	"github.com/minimesh/minimesh/wellknown"
 	"github.com/minimesh/minimesh/xds"
@@ -81,7 +83,7 @@ func newControllerCmd() *cobra.Command {
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.xdsAddr, "xds-addr", fmt.Sprintf(":%d", wellknown.XDSPort), "address of the xDS (ADS) gRPC listener the sidecars connect to")
 	fl.IntVar(&f.xdsMaxConns, "xds-max-connections", defaultXDSMaxConnections, "most connections the xDS listener holds at once; more are reset as soon as accepted (0: no limit)")
-	fl.IntVar(&f.webhookMaxConns, "webhook-max-connections", webhook.DefaultMaxConnections, "most connections the webhook listener holds at once; more are reset as soon as accepted (0: no limit)")
+	fl.IntVar(&f.webhookMaxConns, "webhook-max-connections", webhook.DefaultMaxConnections, "most connections the webhook listener holds at once; at the cap a newcomer takes an idle connection's place, and one past a peer address's share ("+strconv.Itoa(webhook.DefaultMaxConnectionsPerSource)+") is reset as soon as accepted (0: no limit)")
 	fl.StringVar(&f.policyDir, "policy-dir", "", "serve the policies of this directory instead of the cluster's ResiliencePolicy objects")
 	fl.StringVar(&f.namespace, "namespace", orEnv("POD_NAMESPACE", "minimesh"), "namespace whose ResiliencePolicy objects apply cluster-wide (default: $POD_NAMESPACE, else minimesh)")
 	fl.DurationVar(&f.shutdownDelay, "shutdown-delay", defaultShutdownDelay, "on SIGTERM, how long the webhook, xDS and admin listeners keep serving, /readyz answering 503, before they stop (0: at once)")
@@ -158,7 +160,12 @@ func runController(stopping context.Context, f controllerFlags, cmd *cobra.Comma
 		return fmt.Errorf("xds listener: %w", err)
 	}
 	if f.xdsMaxConns > 0 {
-		xl = capConns(xl, f.xdsMaxConns, metrics.Registry, log)
+		c, err := capConns(xl, f.xdsMaxConns, metrics.Registry)
+		if err != nil {
+			xl.Close()
+			return err
+		}
+		xl = c
 	}
 	g := grpc.NewServer(xdsServerOptions()...)
 	xdsSrv.Register(g)
@@ -322,15 +329,25 @@ func xdsServerOptions() []grpc.ServerOption {
 	}
 }
 
-// capConns caps the xDS listener (webhook.CapConns, which caps the
-// webhook's listener too), with its metrics.
-func capConns(l net.Listener, n int, reg prometheus.Registerer, log *slog.Logger) *webhook.ConnCap {
-	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_xds_connections_refused_total",
-		Help: "Connections to the xDS listener reset because it held --xds-max-connections."})
-	c := webhook.CapConns(l, n, "xds", refused, log)
-	reg.MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "minimesh_xds_connections",
-		Help: "Connections the xDS listener holds."}, func() float64 { return float64(c.Open()) }))
-	return c
+// capConns caps the xDS listener at n connections with internal/connlimit,
+// as the webhook's and admin's listeners are: one past the cap is reset
+// as soon as accepted (a sidecar reconnects with backoff), and counted.
+// A plain cap, not Share's evictions: every sidecar holds one
+// long-lived connection, none of which should be cut for a newcomer; the
+// xds server bounds streams per peer address itself.
+func capConns(l net.Listener, n int, reg prometheus.Registerer) (*connlimit.Listener, error) {
+	tl, ok := l.(*net.TCPListener)
+	if !ok {
+		return nil, fmt.Errorf("xds listener: %T, want a TCP listener", l)
+	}
+	c := connlimit.New(tl, n)
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "minimesh_xds_connections_refused_total",
+			Help: "Connections to the xDS listener reset because it held --xds-max-connections."},
+			func() float64 { return float64(c.Refused()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "minimesh_xds_connections",
+			Help: "Connections the xDS listener holds."}, func() float64 { return float64(c.Open()) }))
+	return c, nil
 }
 
 func orEnv(key, def string) string {
