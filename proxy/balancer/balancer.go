@@ -118,6 +118,7 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -235,6 +236,29 @@ type Balancer struct {
 type endpointSet struct {
 	eps    []*Endpoint
 	byAddr map[string]*Endpoint
+	// families are the address families of eps (famV4, famV6), set by
+	// Update: a caller's own choice of an address of another family is
+	// none the endpoints stand for (Endpoint).
+	families uint8
+}
+
+const (
+	famV4 uint8 = 1 << iota
+	famV6
+)
+
+// family is the address family of an endpoint's address; an address that
+// is no IP (a name) may be either, and counts as both.
+func family(addr string) uint8 {
+	ap, err := netip.ParseAddrPort(addr)
+	switch {
+	case err != nil:
+		return famV4 | famV6
+	case ap.Addr().Unmap().Is4():
+		return famV4
+	default:
+		return famV6
+	}
 }
 
 // New returns a balancer without endpoints; clock nil is the real clock.
@@ -296,6 +320,7 @@ func (b *Balancer) Update(targets []Target) {
 		}
 		next.byAddr[t.Addr] = e
 		next.eps = append(next.eps, e)
+		next.families |= family(t.Addr)
 		terminating = append(terminating, t.Terminating)
 	}
 	for i, e := range next.eps {
@@ -326,8 +351,22 @@ func (b *Balancer) Len() int { return len(b.set.Load().eps) }
 
 // Endpoint is the endpoint at addr (as its Target spelled it), ejected
 // and terminating ones included, or nil: for a caller that must reach
-// that endpoint and no other (one atomic load and one map read).
-func (b *Balancer) Endpoint(addr string) *Endpoint { return b.set.Load().byAddr[addr] }
+// that endpoint and no other. ip is addr's address: when no endpoint is
+// at addr, otherFamily says whether none is of ip's family either (a
+// dual-stack pod reached by the address of a family the endpoints were
+// not sent in: no endpoint stands for it). One atomic load and one map
+// read.
+func (b *Balancer) Endpoint(addr string, ip netip.Addr) (ep *Endpoint, otherFamily bool) {
+	set := b.set.Load()
+	if ep := set.byAddr[addr]; ep != nil {
+		return ep, false
+	}
+	f := famV6
+	if ip.Unmap().Is4() {
+		f = famV4
+	}
+	return nil, set.families&f == 0
+}
 
 // Pick chooses an endpoint for one try. avoid are the endpoints of the
 // same request's earlier tries, the latest last (Tried keeps them so, nil

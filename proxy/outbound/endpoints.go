@@ -265,14 +265,21 @@ func (v *vipTable) name(orig netip.AddrPort, origText, host, port, ns string) (s
 // moved by an ejection, as Istio's ORIGINAL_DST and Linkerd do
 // (docs/interception.md, "HTTP/1.x"). Only requests whose Host named
 // them ask (vipTable.name): one atomic load and one map read.
-func pinned(lb *balancer.Balancer, orig netip.AddrPort, text string) *balancer.Endpoint {
+//
+// direct: orig is none of the endpoints and of an address family none of
+// them has. The control plane sends a dual-stack Service's endpoints in
+// its primary family only, so an app that resolved a headless Service's
+// AAAA record and connected to a pod's IPv6 address matches no endpoint:
+// it chose that pod all the same, and every try goes to orig, unbalanced,
+// as to a Service without endpoints.
+func pinned(lb *balancer.Balancer, orig netip.AddrPort, text string) (ep *balancer.Endpoint, direct bool) {
 	if lb == nil {
-		return nil
+		return nil, false
 	}
 	if orig.Addr().Is4In6() {
 		text = unmapped(orig).String() // the control plane's spelling; rare
 	}
-	return lb.Endpoint(text)
+	return lb.Endpoint(text, orig.Addr())
 }
 
 // EndpointsStatus is one Service port's endpoints, as /debug/endpoints

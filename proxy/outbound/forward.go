@@ -769,10 +769,11 @@ func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
 // predicate makes it (balancer.Pick); each try's endpoint joins
 // st.tried. The first try avoids nothing and allocates nothing. A
 // request pinned to the endpoint the app connected to (st.pin) tries it
-// alone, ejected or not.
+// alone, ejected or not; one pinned to an address no endpoint stands for
+// (st.pinDial) dials it, as without endpoints.
 func (st *reqState) pick() (*balancer.Endpoint, int64) {
 	lb := st.dest.lb
-	if lb == nil {
+	if lb == nil || st.pinDial {
 		return nil, 0
 	}
 	ep := st.pin

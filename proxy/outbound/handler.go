@@ -253,6 +253,10 @@ type reqState struct {
 	// pin, on a redirected connection to one of the named Service's
 	// endpoints, is that endpoint: every try goes there (pinned).
 	pin *balancer.Endpoint
+	// pinDial, on a redirected connection to an address of a family none
+	// of the named Service's endpoints has, sends every try to dial,
+	// unbalanced (pinned).
+	pinDial bool
 	// tried are the endpoints of the request's tries, which its retries
 	// avoid (pickEndpoint).
 	tried balancer.Tried
@@ -461,7 +465,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	if rd != nil {
 		st.dial = rd.text
 		if byHost {
-			st.pin = pinned(dst.lb, rd.addr, rd.text)
+			st.pin, st.pinDial = pinned(dst.lb, rd.addr, rd.text)
 		}
 	}
 	if r.ProtoMajor == 2 && isGRPC(r.Header) {

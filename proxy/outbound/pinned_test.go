@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -342,4 +343,164 @@ func TestPerPodNameReachesThePod(t *testing.T) {
 			r.waitMetric(10, "minimesh_requests_total", "destination", dest, "code", "200")
 		})
 	}
+}
+
+// listenIPv6 listens on [::1]:port, pod A's IPv6 address on loopback (the
+// same port as its IPv4 one, as a dual-stack pod's), or skips where the
+// machine has no IPv6 loopback, outside CI.
+func listenIPv6(t *testing.T, port string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort("::1", port))
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("needs [::1]:%s: %v", port, err)
+		}
+		t.Skip("no IPv6 loopback:", err)
+	}
+	return ln
+}
+
+// TestRedirectedDualStackPodByOtherFamily: pod A is dual-stack, and the
+// control plane sent the Service's endpoints in its primary family only
+// (IPv4, endpointctl). An app that resolved the headless Service's AAAA
+// record and connected to pod A's IPv6 address, Host the Service's name,
+// chose pod A: every request goes to that address, named by the Service.
+// Until 2026-12-06 they were balanced over the IPv4 endpoints (17 of 40
+// to pod B). A connection to an IPv6 address of the Service's own family
+// that is no endpoint is balanced as before, and so is one to the
+// Service's IPv6 ClusterIP. Both servers, keep-alive.
+func TestRedirectedDualStackPodByOtherFamily(t *testing.T) {
+	servers := []struct {
+		name  string
+		serve func(r *rig, orig string) string
+	}{
+		{"std", (*rig).redirectedServer},
+		{"lean", (*rig).redirectedLean},
+	}
+	cases := []struct {
+		name string
+		// v6Endpoints: the Service's endpoints are IPv6 (pod B's only:
+		// the app's [::1] is of their family and none of them).
+		v6Endpoints bool
+		clusterIP   bool // [::1]:port is the Service's IPv6 ClusterIP
+		want        string
+	}{
+		{"IPv4 endpoints, pod A's IPv6 address", false, false, "A6"},
+		{"IPv6 endpoints, an IPv6 address none of them: balanced", true, false, "B"},
+		{"the Service's IPv6 ClusterIP: balanced", false, true, "AB"},
+	}
+	for _, sv := range servers {
+		for _, c := range cases {
+			t.Run(sv.name+"/"+c.name, func(t *testing.T) {
+				podA, podB := namedPod(t, "A"), namedPod(t, "B")
+				_, port, _ := net.SplitHostPort(podA.Host())
+				ln6 := listenIPv6(t, port)
+				srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "A6") })}
+				go func() { _ = srv.Serve(ln6) }()
+				t.Cleanup(func() { srv.Close() })
+				r := newRig(t, "", 0)
+				eps := []balancer.Target{{Addr: podA.Host()}, {Addr: podB.Host()}}
+				if c.v6Endpoints {
+					podB6 := listenIPv6(t, "0")
+					srvB := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "B") })}
+					go func() { _ = srvB.Serve(podB6) }()
+					t.Cleanup(func() { srvB.Close() })
+					eps = []balancer.Target{{Addr: podB6.Addr().String()}}
+				}
+				r.h.SetEndpoints(map[string][]balancer.Target{"db.default.svc.cluster.local:" + port: eps})
+				vips := map[netip.AddrPort]string{netip.MustParseAddrPort("10.96.0.15:80"): "web.default.svc.cluster.local:80"}
+				if c.clusterIP {
+					vips[netip.MustParseAddrPort("[::1]:"+port)] = "db.default.svc.cluster.local:" + port
+				}
+				r.h.SetClusterIPs(vips)
+				client := keepAliveTo(t, sv.serve(r, "[::1]:"+port))
+				got := map[string]int{}
+				const n = 40
+				for range n {
+					resp, body := get(t, client, "http://db/x")
+					if resp.StatusCode != 200 {
+						t.Fatalf("%d %q", resp.StatusCode, body)
+					}
+					got[string(body)]++
+				}
+				switch c.want {
+				case "AB":
+					if got["A"] == 0 || got["B"] == 0 || got["A6"] != 0 {
+						t.Errorf("balanced over the IPv4 endpoints: answers %v, want A and B, none from [::1]", got)
+					}
+				default:
+					if got[c.want] != n {
+						t.Errorf("answers %v, want all %d from %s", got, n, c.want)
+					}
+				}
+				r.waitMetric(n, "minimesh_requests_total", "destination", "db:"+port, "code", "200")
+			})
+		}
+	}
+}
+
+// TestServeTCPDualStackPodBySNI: an opaque connection to pod A's IPv6
+// address, SNI the Service's name, its endpoints sent in IPv4 only, goes
+// to that address every time; a connect failure there is retried there,
+// never on an IPv4 endpoint.
+func TestServeTCPDualStackPodBySNI(t *testing.T) {
+	read := func(t *testing.T, addr string) (string, error) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return bufio.NewReader(c).ReadString('\n')
+	}
+	t.Run("reachable", func(t *testing.T) {
+		podA, podB := newNamedServer(t, "A"), newNamedServer(t, "B")
+		_, port, _ := net.SplitHostPort(podA.addr)
+		ln6 := listenIPv6(t, port)
+		go func() {
+			for {
+				c, err := ln6.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = io.WriteString(c, "A6\n")
+				c.Close()
+			}
+		}()
+		t.Cleanup(func() { ln6.Close() })
+		r := newRig(t, "", 0)
+		r.h.SetEndpoints(map[string][]balancer.Target{"db.default.svc.cluster.local:" + port: {{Addr: podA.addr}, {Addr: podB.addr}}})
+		r.h.SetClusterIPs(map[netip.AddrPort]string{netip.MustParseAddrPort("10.96.0.15:80"): "web.default.svc.cluster.local:80"})
+		addr := r.tcpListener(outbound.TCPConn{Original: netip.MustParseAddrPort("[::1]:" + port), SNI: "db", Protocol: "tls"})
+		const n = 20
+		for i := range n {
+			if name, err := read(t, addr); err != nil || name != "A6\n" {
+				t.Fatalf("connection %d: %q %v, want pod A's IPv6 greeting", i, name, err)
+			}
+		}
+		if a, b := podA.accepted.Load(), podB.accepted.Load(); a != 0 || b != 0 {
+			t.Errorf("the IPv4 endpoints accepted %d (A) and %d (B) of the connections made to [::1]", a, b)
+		}
+		r.waitMetric(n, "minimesh_tcp_connections_total", "destination", "db:"+port, "result", "ok")
+	})
+	t.Run("refused", func(t *testing.T) {
+		podB := newNamedServer(t, "B")
+		ln := listenIPv6(t, "0")
+		deadA := ln.Addr().String()
+		ln.Close()
+		_, port, _ := net.SplitHostPort(deadA)
+		r := newRig(t, policyDoc("db", "db", `
+retries: {attempts: 2, retryOn: [connect-failure], backoff: {base: 1ms, max: 1ms}}
+`), 0)
+		r.h.SetEndpoints(map[string][]balancer.Target{"db.default.svc.cluster.local:" + port: {{Addr: podB.addr}}})
+		addr := r.tcpListener(outbound.TCPConn{Original: netip.MustParseAddrPort(deadA), SNI: "db", Protocol: "tls"})
+		if name, err := read(t, addr); err == nil {
+			t.Fatalf("read %q from a connection to a dead pod", name)
+		}
+		if b := podB.accepted.Load(); b != 0 {
+			t.Errorf("the connect failure at [::1] was retried on pod B (%d connections)", b)
+		}
+		r.waitMetric(1, "minimesh_tcp_connections_total", "destination", "db:"+port, "result", "connect-failure")
+		r.waitMetric(2, "minimesh_retries_total", "destination", "db:"+port)
+	})
 }

@@ -41,34 +41,57 @@ func TestNameByHost(t *testing.T) {
 }
 
 // TestPinned: the endpoint at the original destination, in the control
-// plane's spelling (IPv4-mapped addresses unmapped), else none; without
-// an allocation.
+// plane's spelling (IPv4-mapped addresses unmapped), else none; and, when
+// none, whether the original destination is of an address family none of
+// the endpoints has (direct: the app chose that address). The control
+// plane sends a dual-stack Service's endpoints in its primary family only
+// (endpointctl), so each balancer here holds one family; without an
+// allocation.
 func TestPinned(t *testing.T) {
-	lb := balancer.New(balancer.Config{}, nil)
-	lb.Update([]balancer.Target{{Addr: "10.244.0.8:5432"}, {Addr: "[fd00:244::8]:5432"}, {Addr: "10.244.0.9:5432", Terminating: true}})
-	for _, c := range []struct{ orig, want string }{
-		{"10.244.0.8:5432", "10.244.0.8:5432"},
-		{"[::ffff:10.244.0.8]:5432", "10.244.0.8:5432"},
-		{"[fd00:244::8]:5432", "[fd00:244::8]:5432"},
-		{"10.244.0.9:5432", "10.244.0.9:5432"}, // terminating: still the pod the app chose
-		{"10.244.0.8:5433", ""},
-		{"10.96.0.15:5432", ""},
+	v4 := []balancer.Target{{Addr: "10.244.0.8:5432"}, {Addr: "10.244.0.9:5432", Terminating: true}}
+	v6 := []balancer.Target{{Addr: "[fd00:244::8]:5432"}, {Addr: "[fd00:244::9]:5432"}}
+	for _, c := range []struct {
+		name    string
+		targets []balancer.Target
+		orig    string
+		want    string
+		direct  bool
+	}{
+		{"IPv4 Service, its pod", v4, "10.244.0.8:5432", "10.244.0.8:5432", false},
+		{"IPv4 Service, its pod IPv4-mapped", v4, "[::ffff:10.244.0.8]:5432", "10.244.0.8:5432", false},
+		{"IPv4 Service, terminating pod: still the app's choice", v4, "10.244.0.9:5432", "10.244.0.9:5432", false},
+		{"IPv4 Service, another port", v4, "10.244.0.8:5433", "", false},
+		{"IPv4 Service, an IPv4 address none of its pods", v4, "10.96.0.15:5432", "", false},
+		{"IPv4 Service, a pod's IPv6 address (dual-stack pod)", v4, "[fd00:244::8]:5432", "", true},
+		{"IPv6 Service, its pod", v6, "[fd00:244::8]:5432", "[fd00:244::8]:5432", false},
+		{"IPv6 Service, an IPv6 address none of its pods", v6, "[fd00:244::7]:5432", "", false},
+		{"IPv6 Service, a pod's IPv4 address", v6, "10.244.0.8:5432", "", true},
+		{"IPv6 Service, a pod's IPv4 address IPv4-mapped", v6, "[::ffff:10.244.0.8]:5432", "", true},
+		{"endpoints by name: either family, balanced", []balancer.Target{{Addr: "db-0.example:5432"}}, "[fd00:244::8]:5432", "", false},
+		{"no endpoints: the original destination, as ever", nil, "10.244.0.8:5432", "", true},
 	} {
+		lb := balancer.New(balancer.Config{}, nil)
+		lb.Update(c.targets)
 		orig := netip.MustParseAddrPort(c.orig)
-		ep := pinned(lb, orig, orig.String())
+		ep, direct := pinned(lb, orig, orig.String())
 		got := ""
 		if ep != nil {
 			got = ep.Addr()
 		}
-		if got != c.want {
-			t.Errorf("pinned(%s) = %q, want %q", c.orig, got, c.want)
+		if got != c.want || direct != c.direct {
+			t.Errorf("%s: pinned(%s) = %q, direct %v; want %q, direct %v", c.name, c.orig, got, direct, c.want, c.direct)
 		}
 	}
-	if ep := pinned(nil, netip.MustParseAddrPort("10.244.0.8:5432"), "10.244.0.8:5432"); ep != nil {
-		t.Errorf("pinned without a balancer: %v", ep.Addr())
+	if ep, direct := pinned(nil, netip.MustParseAddrPort("10.244.0.8:5432"), "10.244.0.8:5432"); ep != nil || direct {
+		t.Errorf("pinned without a balancer: %v, direct %v", ep, direct)
 	}
-	orig := netip.MustParseAddrPort("10.244.0.8:5432")
-	if n := testing.AllocsPerRun(100, func() { _ = pinned(lb, orig, "10.244.0.8:5432") }); n != 0 {
-		t.Errorf("%v allocations per request", n)
+	lb := balancer.New(balancer.Config{}, nil)
+	lb.Update(v4)
+	for _, o := range []string{"10.244.0.8:5432", "[fd00:244::8]:5432", "10.244.0.7:5432"} {
+		orig := netip.MustParseAddrPort(o)
+		text := orig.String()
+		if n := testing.AllocsPerRun(100, func() { _, _ = pinned(lb, orig, text) }); n != 0 {
+			t.Errorf("%s: %v allocations per request", o, n)
+		}
 	}
 }

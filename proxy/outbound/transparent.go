@@ -60,7 +60,8 @@ func WithOriginalDst(ctx context.Context, addr netip.AddrPort) context.Context {
 // to the original destination, never to a new resolution of Host; when
 // the control plane sent endpoints for the Service it names, it is
 // balanced over them (pickEndpoint), unless the original destination is
-// one of them: then each try goes there (pinned).
+// one of them, or of an address family none of them has: then each try
+// goes there (pinned).
 func (h *Handler) Transparent() http.Handler { return transparentHandler{h} }
 
 type transparentHandler struct{ h *Handler }
@@ -141,8 +142,9 @@ const (
 // breaker, metric and log line (TCPConn), and, when the control plane
 // sent the Service's endpoints, it goes to one of them, balanced and
 // ejected as the Service's HTTP requests are (dialTunnel), or, when its
-// original destination is one of them, to that one alone, retries
-// included (pinned); else to its original destination. The dial goes through the dialer of the L7 path
+// original destination is one of them (or of an address family none of
+// them has), to that one alone, retries included (pinned); else to its
+// original destination. The dial goes through the dialer of the L7 path
 // (never one of the sidecar's own ports) and the destination's breaker:
 // a connect failure counts, retries follow the policy's connect-failure
 // retries (to another endpoint), and an open breaker resets the app's
@@ -170,7 +172,7 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 	if bySNI {
 		// A pod of the Service the SNI names, connected to on purpose:
 		// it, not a balanced pick (pinned).
-		st.pin = pinned(dst.lb, c.Original, addr)
+		st.pin, st.pinDial = pinned(dst.lb, c.Original, addr)
 	}
 	// The listener the connection arrived on is the sidecar's own too.
 	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, client.LocalAddr())
