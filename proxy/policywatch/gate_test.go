@@ -80,3 +80,34 @@ func TestGate(t *testing.T) {
 		})
 	}
 }
+
+// TestRelevant: which events may change what a load reads, and so
+// count towards a look at the directory.
+func TestRelevant(t *testing.T) {
+	const dir = "/etc/minimesh/policies"
+	g := &gate{through: map[string]bool{"live": true}}
+	for _, c := range []struct {
+		name string
+		want bool
+	}{
+		{dir, true},       // the directory itself: removed, renamed
+		{dir + "/", true}, // as some backends name it
+		{"", true},        // no name: an unknown change
+		{dir + "/geo.yaml", true},
+		{dir + "/GEO.YML", true},
+		{dir + "/geo.json", true},
+		{dir + "/..data", true}, // a ConfigMap volume's swap
+		{dir + "/..data_tmp", true},
+		{dir + "/..2026_12_06_10_00_00.000000001", true},
+		{dir + "/live", true}, // a policy file's symlink goes through it
+		{dir + "/app.log", false},
+		{dir + "/.geo.yaml.swp", false},
+		{dir + "/geo.yaml~", false},
+		{dir + "/4913", false}, // vim's probe of the directory
+		{dir + "/README.md", false},
+	} {
+		if got := g.relevant(dir, c.name); got != c.want {
+			t.Errorf("relevant(%q) = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

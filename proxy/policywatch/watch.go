@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -36,8 +37,17 @@ type Result struct {
 type Watcher struct {
 	Dir string
 	// Debounce gathers the burst of events of one update into one look
-	// at the directory; default 100ms.
+	// at the directory; default 100ms. Only events for what a load reads
+	// count (the directory, its policy files, a ConfigMap volume's ..data
+	// entries, what the policy files' symlinks go through): a log file or
+	// an editor's swap file written more often than Debounce kept the look
+	// from ever coming, and a policy change waited for the resync.
 	Debounce time.Duration
+	// MaxDelay bounds how long events may put a look off, from the first
+	// event it waits for: policy files written continuously are still
+	// looked at (and applied once they stay the same for Settle). Default
+	// 1s.
+	MaxDelay time.Duration
 	// Settle is how long the policy files must stay byte for byte the
 	// same before a load of them is applied: a writer that pauses for
 	// less than this in the middle of a file is never applied half done
@@ -62,6 +72,9 @@ type Watcher struct {
 	// noNotify leaves changes to the resync (tests: fsnotify's reader
 	// waits in a system call, which a synctest bubble cannot wait out).
 	noNotify bool
+	// events, if set, stands in for fsnotify's (tests: events sent in a
+	// synctest bubble); it implies noNotify.
+	events <-chan fsnotify.Event
 	// beforeLoad, if set, runs just before a reload reads the files
 	// (tests: a write that lands between the look and the load).
 	beforeLoad func()
@@ -79,15 +92,18 @@ type Watcher struct {
 // it reads them, that change is seen and applied, settled, like any.
 func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 	debounce := orDefault(w.Debounce, 100*time.Millisecond)
+	maxDelay := orDefault(w.MaxDelay, time.Second)
 	g := &gate{
 		settle:     orDefault(w.Settle, 200*time.Millisecond),
 		emptyGrace: orDefault(w.EmptyGrace, 5*time.Second),
 	}
 	// Watch before the first load, so that no change after it is missed.
 	var fw *fsnotify.Watcher
-	var events chan fsnotify.Event
+	var events <-chan fsnotify.Event
 	var errs chan error
-	if !w.noNotify {
+	if w.events != nil {
+		events = w.events
+	} else if !w.noNotify {
 		var err error
 		if fw, err = fsnotify.NewWatcher(); err == nil {
 			defer fw.Close()
@@ -105,6 +121,16 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 			fire = time.After(wait)
 		}
 	}
+	// burst is when the first of the events the next look waits out
+	// came; zero when that look is not waiting for events.
+	var burst time.Time
+	changed := func() {
+		now := time.Now()
+		if burst.IsZero() {
+			burst = now
+		}
+		fire = time.After(min(debounce, max(burst.Add(maxDelay).Sub(now), 0)))
+	}
 
 	first := read(w.Dir)
 	res := load(w.Dir)
@@ -118,17 +144,19 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 		case <-ctx.Done():
 			return
 		case ev := <-events:
-			if ev.Name == filepath.Clean(w.Dir) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+			if fw != nil && ev.Name == filepath.Clean(w.Dir) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
 				events = nil // its watch went with it; the resync adds it again
 			}
-			fire = time.After(debounce)
+			if g.relevant(w.Dir, ev.Name) {
+				changed()
+			}
 		case <-errs:
-			fire = time.After(debounce) // an overflow may have hidden a change
+			changed() // an overflow may have hidden a change
 		case <-w.Kick:
 			g.forget()
-			fire = time.After(debounce)
+			changed()
 		case due := <-fire: // a timer's value is when it was due
-			fire = nil
+			fire, burst = nil, time.Time{}
 			after(w.check(g, apply, due))
 		case due := <-tick.C:
 			if events == nil && fw != nil && fw.Add(w.Dir) == nil {
@@ -193,6 +221,22 @@ type gate struct {
 	cand    [32]byte  // the sum being waited on
 	ready   time.Time // when cand may be applied
 	stalls  int       // late looks that put ready off
+
+	through map[string]bool // see snapshot.through, as last read
+}
+
+// relevant reports whether an event for name, in dir, can change what a
+// load of dir reads: the directory itself, a policy file, the entries
+// of a ConfigMap volume's swap (..data, ..data_tmp and the timestamped
+// directories), or an entry a policy file's symlink goes through. Any
+// other name (a log file, an editor's .geo.yaml.swp, a README) is none of
+// the watcher's business.
+func (g *gate) relevant(dir, name string) bool {
+	if name == "" || filepath.Clean(name) == filepath.Clean(dir) {
+		return true
+	}
+	base := filepath.Base(name)
+	return strings.HasPrefix(base, "..") || policy.IsPolicyFile(base) || g.through[base]
 }
 
 // maxStalls bounds how often late looks put a change off, so that a
@@ -208,6 +252,7 @@ const maxStalls = 3
 // since a writer on the same starved machine may not have run either:
 // the change is put off by another settle.
 func (g *gate) decide(s snapshot, now, due time.Time) (apply bool, wait time.Duration) {
+	g.through = s.through
 	if s.sum == g.applied {
 		g.pending = false
 		return false, 0
@@ -248,7 +293,7 @@ func (g *gate) forget() { g.applied, g.pending = [32]byte{}, false }
 
 // loaded records that the load of s was applied.
 func (g *gate) loaded(s snapshot, good bool) {
-	g.applied, g.pending = s.sum, false
+	g.applied, g.pending, g.through = s.sum, false, s.through
 	if good {
 		g.good = s.sizes
 	}
@@ -258,6 +303,11 @@ func (g *gate) loaded(s snapshot, good bool) {
 type snapshot struct {
 	sum   [32]byte       // of names and contents; zero: unknown
 	sizes map[string]int // the size of each policy file read
+	// through holds the entries of the directory that its policy files'
+	// symlinks point through (geo.yaml -> live/geo.yaml: "live"), so that
+	// replacing one is seen by its event although its name is no policy
+	// file's.
+	through map[string]bool
 }
 
 // read hashes the names and contents of the policy files of dir,
@@ -290,9 +340,18 @@ func read(dir string) snapshot {
 		if !policy.IsPolicyFile(n) {
 			continue // Load reads neither hidden nor non-policy files
 		}
+		path := filepath.Join(dir, n)
+		if t, err := os.Readlink(path); err == nil && !filepath.IsAbs(t) {
+			if first, _, _ := strings.Cut(filepath.ToSlash(filepath.Clean(t)), "/"); first != ".." {
+				if s.through == nil {
+					s.through = map[string]bool{}
+				}
+				s.through[first] = true
+			}
+		}
 		// policy.ReadFile, as Load reads: a named pipe here blocked the
 		// watcher for good, and a huge file was read whole at every look.
-		b, err := policy.ReadFile(filepath.Join(dir, n))
+		b, err := policy.ReadFile(path)
 		switch {
 		case err == nil:
 			s.sizes[n] = len(b)

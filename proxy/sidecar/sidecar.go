@@ -641,15 +641,26 @@ func (s *Sidecar) stopUnserved(while string) error {
 // applyLoad puts a good load in force; a bad one is logged, counted and
 // shown in /debug/config while the last good policies keep serving.
 func (s *Sidecar) applyLoad(r policywatch.Result) {
-	s.metrics.PolicyReload(r.Err == nil)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.source.Source == "xds" {
 		// The control plane has answered: its policies are in force, and
-		// the directory is only the fallback for a start without it.
-		s.log.Debug("policy directory changed; the control plane's policies stay in force", "dir", s.cfg.PolicyDir)
+		// the directory is only the fallback for a start without it. Its
+		// load reloaded nothing, so it is not counted (a broken file
+		// counted as an error that /debug/config never showed, a good one
+		// as a success that changed nothing); the watcher calls this once
+		// per change of the directory (and per SIGHUP), so whoever edited
+		// it learns here, at info level, why nothing happened.
+		args := []any{"dir", s.cfg.PolicyDir}
+		if r.Err != nil {
+			args = append(args, "error", r.Err)
+		} else {
+			args = append(args, "count", len(r.Policies))
+		}
+		s.log.Info("policy directory not applied: the control plane's policies are in force", args...)
 		return
 	}
+	s.metrics.PolicyReload(r.Err == nil)
 	if r.Err != nil {
 		s.source.failed(r.Err.Error(), time.Now())
 		s.log.Error("policy load failed; keeping the last good policies", "dir", s.cfg.PolicyDir, "error", r.Err)
