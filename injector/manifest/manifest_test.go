@@ -238,10 +238,11 @@ func TestEveryObjectSaysWhat(t *testing.T) {
 	}
 }
 
-// TestOptOutAboveTheTemplate: minimesh.io/inject: disabled is read on the
-// pod template only, as linkerd inject reads it and as the pods (and so
-// the webhook) get it; set on the workload itself, or on a CronJob's
-// jobTemplate, it is not read, and the injection says so in a warning.
+// TestOptOutAboveTheTemplate: minimesh.io/inject: disabled on the
+// workload itself, or on a CronJob's jobTemplate, skips it as on the pod
+// template (docs/injector.md: "except workloads annotated disabled"),
+// with a warning that the pods do not carry it, so that the webhook of an
+// opted-in namespace would still inject them.
 func TestOptOutAboveTheTemplate(t *testing.T) {
 	const disabled = "{minimesh.io/inject: disabled}"
 	deploy := func(own, tmpl string) string {
@@ -254,24 +255,22 @@ func TestOptOutAboveTheTemplate(t *testing.T) {
 			"  jobTemplate:\n    metadata: {annotations: " + job + "}\n    spec:\n      template:\n" +
 			"        spec: {restartPolicy: OnFailure, containers: [{name: b, image: example/b:1}]}\n"
 	}
-	notRead := func(field, tmpl string) string {
-		return "minimesh: " + field + `[minimesh.io/inject]: "disabled" is not read, and the pods are injected: ` +
-			"only the pod template's annotations reach the pods (and the webhook); to opt out, annotate " + tmpl
+	notOnPods := func(field, tmpl string) string {
+		return "minimesh: " + field + `[minimesh.io/inject] is "disabled" but the pod template's is not: ` +
+			"the pods do not carry it, so in a namespace that opted in the webhook injects them; annotate " + tmpl + " too"
 	}
 	tests := []struct {
 		name, in string
 		report   string
 		warnings []string
 	}{
-		{"on the Deployment", deploy(disabled, "{}"), `deployment "web" injected`,
-			[]string{notRead("metadata.annotations", "spec.template.metadata.annotations")}},
+		{"on the Deployment", deploy(disabled, "{}"), `deployment "web" skipped: ` + ReasonWorkloadDisabled,
+			[]string{notOnPods("metadata.annotations", "spec.template.metadata.annotations")}},
 		{"on the pod template", deploy("{}", disabled), `deployment "web" skipped: ` + injector.ReasonDisabled, nil},
 		{"on both", deploy(disabled, disabled), `deployment "web" skipped: ` + injector.ReasonDisabled, nil},
 		{"enabled on the Deployment", deploy("{minimesh.io/inject: enabled}", "{}"), `deployment "web" injected`, nil},
-		{"on the CronJob and its jobTemplate", cronJob(disabled, disabled), `cronjob "backup" injected`, []string{
-			notRead("metadata.annotations", "spec.jobTemplate.spec.template.metadata.annotations"),
-			notRead("spec.jobTemplate.metadata.annotations", "spec.jobTemplate.spec.template.metadata.annotations"),
-		}},
+		{"on the CronJob's jobTemplate", cronJob("{}", disabled), `cronjob "backup" skipped: ` + ReasonWorkloadDisabled,
+			[]string{notOnPods("spec.jobTemplate.metadata.annotations", "spec.jobTemplate.spec.template.metadata.annotations")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
