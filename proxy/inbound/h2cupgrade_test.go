@@ -108,3 +108,50 @@ func TestH2CUpgradeIntoApp(t *testing.T) {
 		})
 	}
 }
+
+// TestNoSmugglingIntoAppBehindUpgrade: behind a head whose Upgrade
+// fields say anything at all, an HTTP/1.0 request with Transfer-Encoding
+// never has its body read as a request to the app: the connection closes,
+// or the guard still follows it. An empty first Upgrade field and a fold
+// of white space after "h2c" left a kept connection unguarded before
+// 2026-12-06 (a review).
+func TestNoSmugglingIntoAppBehindUpgrade(t *testing.T) {
+	for _, up := range []string{"Upgrade:\r\n", "Upgrade:\r\nUpgrade: h2c\r\n", "Upgrade: h2c\r\n \r\n", "Upgrade: h2c\r\n", "Upgrade:\r\nUpgrade: websocket\r\n"} {
+		t.Run(up, func(t *testing.T) {
+			var mu sync.Mutex
+			var paths []string
+			r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+				mu.Lock()
+				paths = append(paths, q.URL.Path)
+				mu.Unlock()
+			}), Config{})
+			front := httptest.NewUnstartedServer(r.h)
+			front.Listener = leanhttp.GuardListener(front.Listener)
+			front.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context { return r.h.WithOriginalDst(ctx, r.app) }
+			front.Start()
+			defer front.Close()
+			c, err := net.Dial("tcp", front.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			br := bufio.NewReader(c)
+			io.WriteString(c, "GET /first HTTP/1.1\r\nHost: app\r\n"+up+"\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			io.WriteString(c, "POST /te10 HTTP/1.0\r\nHost: app\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n")
+			io.Copy(io.Discard, br) // to the connection's end (a 400 and close), or the deadline
+			mu.Lock()
+			defer mu.Unlock()
+			for _, p := range paths {
+				if p != "/first" {
+					t.Errorf("the app got %s behind a head with %q (all: %v): smuggled past the guard", p, up, paths)
+				}
+			}
+		})
+	}
+}

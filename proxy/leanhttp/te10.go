@@ -47,6 +47,11 @@ type TE10Guard struct {
 	te      bool
 	up      bool    // Upgrade or CONNECT: the connection may stop being HTTP
 	upv     [3]byte // an Upgrade field's value so far, to tell "h2c" alone
+	// upFirst is what the head's first Upgrade field said: upNone (no
+	// field yet), upEmpty, or upSome. The handlers read an Upgrade as
+	// net/http's Header.Get does, the first field's value: a head whose
+	// first Upgrade is empty is no upgrade to them, whatever follows.
+	upFirst uint8
 	clSeen  bool
 	clBad   bool
 	cl      int64 // the Content-Length so far / of the head
@@ -68,6 +73,13 @@ const (
 	gChunkCRLF        // in the CRLF after a chunk's data
 	gTrailer          // in the trailer section of a chunked body
 	gOff              // not following any more
+)
+
+// upFirst's values.
+const (
+	upNone = iota
+	upEmpty
+	upSome
 )
 
 // Fields the guard reads.
@@ -192,7 +204,15 @@ func (g *TE10Guard) head(p []byte, i int) {
 	}
 	if g.line == 0 {
 		if (c == ' ' || c == '\t') && g.field == fUpgrade {
-			g.up = true // a folded Upgrade value: what it names is net/http's reading
+			// An obs-fold line of the Upgrade field: net/http joins it
+			// to the value with one space (net/textproto), so its bytes
+			// are more of the value, past what came before.
+			g.valEnd = g.valN > 0
+			g.line++
+			return
+		}
+		if g.field == fUpgrade {
+			g.upgradeEnd()
 		}
 		g.inName, g.nlen, g.field = true, 0, fOther
 		g.val, g.valN, g.valEnd = 0, 0, false
@@ -229,7 +249,7 @@ func (g *TE10Guard) head(p []byte, i int) {
 			g.upv[g.valN] = lower(c)
 			g.valN++
 		case c == ' ' || c == '\t':
-			g.valEnd = true
+			g.valEnd = g.valN > 0
 		default:
 			g.valN = len(g.upv) + 1
 		}
@@ -262,14 +282,8 @@ func (g *TE10Guard) endLine(first bool) {
 		return
 	}
 	if g.line > 0 {
-		// An upgrade to h2c alone is no upgrade: the outbound and inbound
-		// handlers serve it as a plain request on a kept connection
-		// (docs/operations.md, "Upgrade requests"), whose next heads the
-		// guard must still follow. Any other Upgrade, or a list, may
-		// switch the connection.
-		if g.field == fUpgrade && (g.inName || g.valN != len(g.upv) || string(g.upv[:]) != "h2c") {
-			g.up = true
-		}
+		// An Upgrade field is judged when it is whole, at the next line
+		// that is not its fold (upgradeEnd).
 		if g.field == fCL && !g.inName {
 			if g.valN == 0 || g.clSeen && g.val != g.cl {
 				g.clBad = true
@@ -280,6 +294,9 @@ func (g *TE10Guard) endLine(first bool) {
 		return
 	}
 	// The blank line: the head's end.
+	if g.field == fUpgrade {
+		g.upgradeEnd()
+	}
 	switch {
 	case g.up || g.clBad || g.te && g.http10:
 		g.state = gOff // another protocol, or net/http's 400 and close
@@ -289,6 +306,31 @@ func (g *TE10Guard) endLine(first bool) {
 		g.state, g.left = gBody, g.cl
 	}
 	*g = TE10Guard{state: g.state, left: g.left} // the next head starts afresh
+}
+
+// upgradeEnd judges a whole Upgrade field as the handlers will read the
+// head (docs/operations.md, "Upgrade requests"). An upgrade to h2c alone
+// is no upgrade: they serve it as a plain request on a kept connection,
+// whose next heads the guard must still follow; so is a head whose first
+// Upgrade field is empty (net/http's Header.Get reads none). Behind a
+// first Upgrade with a value, any field but h2c alone (another protocol,
+// a list, a folded value with more in it) may switch the connection, and
+// the guard stops following; the handlers close one they do not switch
+// (an empty later field among h2c ones included). Judged on each line
+// instead, a fold that added nothing but white space to "h2c", or an
+// empty first field, left a kept connection unguarded.
+func (g *TE10Guard) upgradeEnd() {
+	g.field = fOther
+	empty := g.valN == 0
+	if g.upFirst == upNone {
+		g.upFirst = upEmpty
+		if !empty {
+			g.upFirst = upSome
+		}
+	}
+	if g.upFirst == upSome && !empty && (g.valN != len(g.upv) || string(g.upv[:]) != "h2c") {
+		g.up = true
+	}
 }
 
 func lower(c byte) byte {

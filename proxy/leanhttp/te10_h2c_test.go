@@ -8,8 +8,9 @@ import (
 // TestTE10GuardFollowsH2CUpgrade: a request whose Upgrade fields each
 // name h2c alone stays HTTP (the sidecar's handlers serve it as a plain
 // request on a kept connection), so the guard follows the heads behind
-// it and spoils an HTTP/1.0 one with Transfer-Encoding; behind any other
-// Upgrade (another protocol, a list, a folded value) it stops following,
+// it and spoils an HTTP/1.0 one with Transfer-Encoding, as behind a head
+// whose first Upgrade field is empty; behind any other Upgrade (another
+// protocol, a list, a folded value with more in it) it stops following,
 // as the handlers close such a connection or switch it. Before, any
 // Upgrade field stopped it: a kept connection behind an h2c upgrade was
 // left unguarded.
@@ -29,7 +30,24 @@ func TestTE10GuardFollowsH2CUpgrade(t *testing.T) {
 		{"Upgrade: h2\r\n", false},
 		{"Upgrade: h2cx\r\n", false},
 		{"Upgrade: h2c x\r\n", false},
-		{"Upgrade:\r\n", false},
+		// A first Upgrade field that is empty is none to the handlers
+		// (net/http's Header.Get), whatever follows: they keep the
+		// connection, so the guard must follow it (it stopped before
+		// 2026-12-06: a second request was smuggled behind each of these).
+		{"Upgrade:\r\n", true},
+		{"Upgrade: \r\n", true},
+		{"Upgrade:\r\nUpgrade: h2c\r\n", true},
+		{"Upgrade:\r\nUpgrade: websocket\r\n", true},
+		// A fold that adds only white space leaves "h2c" (net/textproto
+		// joins with a space, the handlers trim it); one with more in it
+		// is another value.
+		{"Upgrade: h2c\r\n \r\n", true},
+		{"Upgrade: h2c\r\n\t\r\n", true},
+		{"Upgrade:\r\n h2c\r\n", true},
+		{"Upgrade:\r\n websocket\r\n", false},
+		{"Upgrade: h2\r\n c\r\n", false},
+		// An empty field after h2c: the handlers close such a connection.
+		{"Upgrade: h2c\r\nUpgrade:\r\n", true},
 		{"Upgrade: h2c\r\nUpgrade: websocket\r\n", false},
 		{"Upgrade: h2c\r\n websocket\r\n", false}, // obs-fold: net/http reads "h2c websocket"
 	} {

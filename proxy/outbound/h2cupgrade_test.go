@@ -2,12 +2,15 @@ package outbound_test
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net/http"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 
@@ -171,6 +174,71 @@ func TestDropH2CUpgrade(t *testing.T) {
 			}
 			if !reflect.DeepEqual(h, tc.want) {
 				t.Errorf("header %v, want %v", h, tc.want)
+			}
+		})
+	}
+}
+
+// TestNoSmugglingBehindUpgradeSpellings: whatever the Upgrade fields of a
+// request say, an HTTP/1.0 request with Transfer-Encoding behind it on
+// the same connection never has its body read as a request: either the
+// connection closes after the first answer, or the guard still follows
+// it and refuses that head. An empty first Upgrade field (no upgrade to
+// net/http's Header.Get, so the connection was kept) and a fold that
+// added only white space to "h2c" had the guard stop following a kept
+// connection: the request behind reached the upstream (a review,
+// 2026-12-06).
+func TestNoSmugglingBehindUpgradeSpellings(t *testing.T) {
+	for _, up := range []string{
+		"Upgrade:\r\n",
+		"Upgrade: \r\n",
+		"Upgrade:\r\nUpgrade: h2c\r\n",
+		"Upgrade:\r\nUpgrade: websocket\r\n",
+		"Upgrade: h2c\r\n \r\n",
+		"Upgrade: h2c\r\n\t\r\n",
+		"Upgrade:\r\n h2c\r\n",
+		"Upgrade: h2c\r\nUpgrade:\r\n",
+		"Upgrade: h2c\r\n x\r\n",
+		"Upgrade: h2c\r\n",
+	} {
+		t.Run(strings.TrimSpace(up), func(t *testing.T) {
+			var mu sync.Mutex
+			var paths []string
+			u := newUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int64) {
+				mu.Lock()
+				paths = append(paths, r.URL.Path)
+				mu.Unlock()
+				io.WriteString(w, "ok")
+			})
+			const svc = "smuggle-svc.test:8000"
+			sc := startSidecar(t, "", resolve(u.Host(), svc))
+			c := dialSidecar(t, sc)
+			br := bufio.NewReader(c)
+			if _, err := io.WriteString(c, "GET http://"+svc+"/first HTTP/1.1\r\nHost: "+svc+"\r\nConnection: Upgrade\r\n"+up+"\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("reading the first answer: %v", err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			// Written whether or not the connection was kept: a closed one
+			// refuses it, which is what this test wants too.
+			_, _ = io.WriteString(c, "POST http://"+svc+"/te10 HTTP/1.0\r\nHost: "+svc+"\r\nConnection: keep-alive\r\n"+
+				"Transfer-Encoding: chunked\r\n\r\nGET http://"+svc+"/smuggled HTTP/1.1\r\nHost: "+svc+"\r\n\r\n")
+			// To the connection's end, a reset included (a closed one
+			// that was sent more); the deadline bounds a kept one.
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, br); errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("the connection stayed open 5 s after an HTTP/1.0 request with Transfer-Encoding")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, p := range paths {
+				if p != "/first" {
+					t.Errorf("the upstream got %s behind a head with %q (all: %v): a request smuggled past the guard", p, up, paths)
+				}
 			}
 		})
 	}
