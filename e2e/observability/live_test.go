@@ -1,26 +1,22 @@
 package observability
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/minimesh/minimesh/e2e/internal/grafana"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/e2e/internal/prom"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
@@ -95,7 +91,6 @@ func TestExpressionsEvaluate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
 	config := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
 rule_files: [%q]
 scrape_configs:
@@ -108,32 +103,20 @@ scrape_configs:
     static_configs:
       - targets: [%q]
 `, rules, hostPort(t, sidecar.URL), hostPort(t, ksm.URL))
-	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr := freeAddr(t)
-	var logs bytes.Buffer
-	cmd := exec.Command(promBin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
-		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
+	// prom.StartYAML picks the port and starts again when another
+	// process took it first (a port free a moment ago is no promise: CI
+	// once lost this test to "address already in use").
+	pr, err := prom.StartYAML([]byte(config), prom.Options{Path: promBin})
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
 		if t.Failed() {
-			t.Logf("prometheus log:\n%s", logs.String())
+			t.Logf("prometheus log:\n%s", pr.Output())
 		}
+		pr.Stop()
 	})
-	api := "http://" + addr
+	api := pr.URL
 
 	// Wait for 12 scrapes of both targets: enough for the 10s windows below.
 	deadline := time.Now().Add(60 * time.Second)
@@ -266,14 +249,4 @@ func hostPort(t *testing.T, rawURL string) string {
 		t.Fatal(err)
 	}
 	return u.Host
-}
-
-// freeAddr returns a loopback address with a port free a moment ago.
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
