@@ -2,8 +2,13 @@ package policywatch
 
 import (
 	"crypto/sha256"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 )
 
 // TestGate is the rule on its own: when a look at the directory may be
@@ -109,5 +114,99 @@ func TestRelevant(t *testing.T) {
 		if got := g.relevant(dir, c.name); got != c.want {
 			t.Errorf("relevant(%q) = %v, want %v", c.name, got, c.want)
 		}
+	}
+	// A policy symlink that leaves dir: any name may be its change.
+	g.anyName = true
+	for _, name := range []string{dir + "/app.log", dir + "/.geo.yaml.swp", dir + "/README.md"} {
+		if !g.relevant(dir, name) {
+			t.Errorf("with a symlink out of dir: relevant(%q) = false, want true", name)
+		}
+	}
+}
+
+// TestReadThrough: which entries of the directory read records as gone
+// through by its policy files' symlinks, whose events then count, and
+// when it gives up and counts every event. Before, an absolute target
+// was not followed at all: the rename of the directory it went through
+// waited for the resync.
+func TestReadThrough(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		// link is the target of p/geo.yaml, with {dir} for the absolute
+		// path of p, {real} for that of the directory p links to, {out}
+		// for a directory beside p; "" for a plain file.
+		link    string
+		viaLink bool   // the watcher is given p as a symlink to real
+		chdir   bool   // the watcher is given p relative to the working directory
+		through string // the entry recorded; "" none
+		anyName bool
+	}{
+		{"a plain file", "", false, false, "", false},
+		{"relative", "live/geo.yaml", false, false, "live", false},
+		{"relative, through a file", "live", false, false, "live", false},
+		{"a ConfigMap volume's ..data", "..data/geo.yaml", false, false, "..data", false},
+		{"absolute, inside", "{dir}/live/geo.yaml", false, false, "live", false},
+		{"absolute, not clean", "{dir}//live/./geo.yaml", false, false, "live", false},
+		{"absolute, dir given relative", "{dir}/live/geo.yaml", false, true, "live", false},
+		{"absolute by the real path of a linked dir", "{real}/live/geo.yaml", true, false, "live", false},
+		{"absolute by the link of a linked dir", "{dir}/live/geo.yaml", true, false, "live", false},
+		{"absolute, outside", "{out}/geo.yaml", false, false, "", true},
+		{"relative, outside", "../out/geo.yaml", false, false, "", true},
+		{"relative, out and back in", "../p/live/geo.yaml", false, false, "", true},
+		{"the directory itself", "{dir}", false, false, "", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			real := filepath.Join(root, "p")
+			if c.viaLink {
+				real = filepath.Join(root, "real")
+			}
+			for _, d := range []string{filepath.Join(real, "v1"), filepath.Join(root, "out")} {
+				if err := os.MkdirAll(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			dir := filepath.Join(root, "p")
+			if c.viaLink {
+				if err := os.Symlink(real, dir); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, f := range []string{filepath.Join(real, "v1", "geo.yaml"), filepath.Join(root, "out", "geo.yaml")} {
+				if err := os.WriteFile(f, []byte(proxytest.GeoPolicy(1)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.Symlink("v1", filepath.Join(real, "live")); err != nil {
+				t.Fatal(err)
+			}
+			geo := filepath.Join(real, "geo.yaml")
+			if c.link == "" {
+				if err := os.WriteFile(geo, []byte(proxytest.GeoPolicy(1)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				target := strings.NewReplacer("{dir}", dir, "{real}", real, "{out}", filepath.Join(root, "out")).Replace(c.link)
+				if err := os.Symlink(target, geo); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if c.chdir {
+				t.Chdir(root)
+				dir = "p"
+			}
+			s := read(dir)
+			var got []string
+			for e := range s.through {
+				got = append(got, e)
+			}
+			want := []string{}
+			if c.through != "" {
+				want = []string{c.through}
+			}
+			if len(got) != len(want) || (len(got) == 1 && got[0] != want[0]) || s.anyName != c.anyName {
+				t.Errorf("through %q, anyName %v; want %q, %v", got, s.anyName, want, c.anyName)
+			}
+		})
 	}
 }

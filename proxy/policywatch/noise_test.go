@@ -63,6 +63,21 @@ func TestEventNoise(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// policies.yaml -> <dir>/live/policies.yaml, live -> v1: a symlink by
+	// absolute path (ln -s "$PWD/live/policies.yaml"), through a directory
+	// swapped by rename.
+	absLinked := func(t *testing.T, dir string) {
+		if err := os.Mkdir(filepath.Join(dir, "v1"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		plain(t, filepath.Join(dir, "v1"))
+		if err := os.Symlink("v1", filepath.Join(dir, "live")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join(dir, "live", "policies.yaml"), filepath.Join(dir, "policies.yaml")); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ev := func(dir, name string, op fsnotify.Op) fsnotify.Event {
 		return fsnotify.Event{Name: filepath.Join(dir, name), Op: op}
 	}
@@ -109,6 +124,23 @@ func TestEventNoise(t *testing.T) {
 			func(dir string) ([]fsnotify.Event, error) {
 				return []fsnotify.Event{ev(dir, "live.tmp", fsnotify.Create), ev(dir, "live", fsnotify.Create)},
 					replace(filepath.Join(dir, "live"), threePolicies(2))
+			}, false, 300 * ms, "3@2"},
+		// Before, an absolute target was not followed: no event counted
+		// and the change waited for the resync.
+		{"a directory a policy symlink points through by absolute path, swapped by rename amid noise", absLinked, "app.log",
+			func(dir string) ([]fsnotify.Event, error) {
+				evs := []fsnotify.Event{ev(dir, "v2", fsnotify.Create), ev(dir, "live.tmp", fsnotify.Create),
+					ev(dir, "live.tmp", fsnotify.Rename), ev(dir, "live", fsnotify.Create)}
+				if err := os.Mkdir(filepath.Join(dir, "v2"), 0o755); err != nil {
+					return nil, err
+				}
+				if err := os.WriteFile(filepath.Join(dir, "v2", "policies.yaml"), []byte(threePolicies(2)), 0o644); err != nil {
+					return nil, err
+				}
+				if err := os.Symlink("v2", filepath.Join(dir, "live.tmp")); err != nil {
+					return nil, err
+				}
+				return evs, os.Rename(filepath.Join(dir, "live.tmp"), filepath.Join(dir, "live"))
 			}, false, 300 * ms, "3@2"},
 		{"the directory removed amid noise", plain, "app.log",
 			func(dir string) ([]fsnotify.Event, error) {

@@ -17,6 +17,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -223,6 +224,7 @@ type gate struct {
 	stalls  int       // late looks that put ready off
 
 	through map[string]bool // see snapshot.through, as last read
+	anyName bool            // see snapshot.anyName, as last read
 }
 
 // relevant reports whether an event for name, in dir, can change what a
@@ -230,9 +232,10 @@ type gate struct {
 // of a ConfigMap volume's swap (..data, ..data_tmp and the timestamped
 // directories), or an entry a policy file's symlink goes through. Any
 // other name (a log file, an editor's .geo.yaml.swp, a README) is none of
-// the watcher's business.
+// the watcher's business, unless a policy file's symlink could not be
+// traced to an entry of dir (see snapshot.anyName).
 func (g *gate) relevant(dir, name string) bool {
-	if name == "" || filepath.Clean(name) == filepath.Clean(dir) {
+	if name == "" || g.anyName || filepath.Clean(name) == filepath.Clean(dir) {
 		return true
 	}
 	base := filepath.Base(name)
@@ -252,7 +255,7 @@ const maxStalls = 3
 // since a writer on the same starved machine may not have run either:
 // the change is put off by another settle.
 func (g *gate) decide(s snapshot, now, due time.Time) (apply bool, wait time.Duration) {
-	g.through = s.through
+	g.through, g.anyName = s.through, s.anyName
 	if s.sum == g.applied {
 		g.pending = false
 		return false, 0
@@ -293,7 +296,7 @@ func (g *gate) forget() { g.applied, g.pending = [32]byte{}, false }
 
 // loaded records that the load of s was applied.
 func (g *gate) loaded(s snapshot, good bool) {
-	g.applied, g.pending, g.through = s.sum, false, s.through
+	g.applied, g.pending, g.through, g.anyName = s.sum, false, s.through, s.anyName
 	if good {
 		g.good = s.sizes
 	}
@@ -304,10 +307,18 @@ type snapshot struct {
 	sum   [32]byte       // of names and contents; zero: unknown
 	sizes map[string]int // the size of each policy file read
 	// through holds the entries of the directory that its policy files'
-	// symlinks point through (geo.yaml -> live/geo.yaml: "live"), so that
-	// replacing one is seen by its event although its name is no policy
-	// file's.
+	// symlinks point through (geo.yaml -> live/geo.yaml, or ->
+	// /abs/dir/live/geo.yaml: "live"), so that replacing one is seen by
+	// its event although its name is no policy file's.
 	through map[string]bool
+	// anyName is set when a policy file's symlink could not be traced to
+	// an entry of dir: its target is outside dir (-> ../shared/geo.yaml,
+	// -> /etc/geo.yaml, or a path to dir that its symlinks hide), or the
+	// link could not be read. What such a link goes through cannot be
+	// told from an event's name, so every event in dir counts, as all did
+	// before events were sorted by name: more looks (bounded by
+	// Watcher.MaxDelay), none missed.
+	anyName bool
 }
 
 // read hashes the names and contents of the policy files of dir,
@@ -331,9 +342,12 @@ func read(dir string) snapshot {
 		h.Write([]byte("error: " + err.Error()))
 	}
 	names := make([]string, 0, len(entries))
+	types := make(map[string]fs.FileMode, len(entries))
 	for _, e := range entries {
 		names = append(names, e.Name())
+		types[e.Name()] = e.Type()
 	}
+	var roots []string // see entered; found at the first absolute link
 	sort.Strings(names)
 	s := snapshot{sizes: make(map[string]int, len(names))}
 	for _, n := range names {
@@ -341,8 +355,14 @@ func read(dir string) snapshot {
 			continue // Load reads neither hidden nor non-policy files
 		}
 		path := filepath.Join(dir, n)
-		if t, err := os.Readlink(path); err == nil && !filepath.IsAbs(t) {
-			if first, _, _ := strings.Cut(filepath.ToSlash(filepath.Clean(t)), "/"); first != ".." {
+		if types[n]&fs.ModeSymlink != 0 {
+			first := ""
+			if t, err := os.Readlink(path); err == nil {
+				first = entered(dir, t, &roots)
+			}
+			if first == "" {
+				s.anyName = true
+			} else {
 				if s.through == nil {
 					s.through = map[string]bool{}
 				}
@@ -365,4 +385,37 @@ func read(dir string) snapshot {
 	}
 	copy(s.sum[:], h.Sum(nil))
 	return s
+}
+
+// entered returns the entry of dir that a symlink in dir to target goes
+// through first ("live" for live/geo.yaml, and for /abs/dir/live/geo.yaml
+// as `ln -s "$PWD/live/geo.yaml"` makes), or "" when target leaves dir.
+// An absolute target is taken relative to dir made absolute and, failing
+// that, to dir with its symlinks resolved (a target written from the real
+// path of a dir reached through a link); *roots holds those once found.
+func entered(dir, target string, roots *[]string) string {
+	rel := []string{filepath.Clean(target)}
+	if filepath.IsAbs(target) {
+		if *roots == nil {
+			*roots = []string{} // found, even if none
+			if abs, err := filepath.Abs(dir); err == nil {
+				*roots = append(*roots, abs)
+				if real, err := filepath.EvalSymlinks(abs); err == nil && real != abs {
+					*roots = append(*roots, real)
+				}
+			}
+		}
+		rel = rel[:0]
+		for _, root := range *roots {
+			if r, err := filepath.Rel(root, target); err == nil {
+				rel = append(rel, r)
+			}
+		}
+	}
+	for _, r := range rel {
+		if first, _, _ := strings.Cut(filepath.ToSlash(r), "/"); first != ".." && first != "." {
+			return first
+		}
+	}
+	return ""
 }
