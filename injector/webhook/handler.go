@@ -43,7 +43,7 @@ const MaxPodBytes = 512 << 10
 // DefaultMaxInFlight is how many admissions run at once unless
 // Handler.MaxInFlight says otherwise. With MaxPodBytes it bounds the
 // memory of admissions to about 2 × 32 MB, whatever the pods (the worst
-// measured in TestAdmissionMemory; the chart gives the controller 256Mi).
+// measured in TestAdmissionMemory; the chart gives the controller 512Mi).
 // An admission takes about a millisecond: two slots answer thousands of
 // pods a second.
 const DefaultMaxInFlight = 2

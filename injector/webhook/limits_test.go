@@ -84,7 +84,7 @@ func worstPods(t testing.TB) map[string][]byte {
 }
 
 // TestAdmissionMemory: four worst-case admissions sent at once stay far
-// under the controller's 256Mi. Before the limits one pod of 10,000
+// under the controller's 512Mi. Before the limits one pod of 10,000
 // containers took 63 MiB of heap and four 300 MiB; four reviews of 8 MiB
 // of env entries 1.2 GiB.
 func TestAdmissionMemory(t *testing.T) {

@@ -25,6 +25,10 @@ type Metrics struct {
 	// conns is the webhook listener once Run listens: it counts the
 	// connections it holds, refuses and evicts.
 	conns atomic.Pointer[connlimit.Listener]
+	// admin is the admin listener once Run listens: its resets and
+	// evictions are the kubelet's probes and Prometheus being crowded
+	// out, which the sidecar's admin port counts too.
+	admin atomic.Pointer[connlimit.Listener]
 }
 
 // NewMetrics registers the metrics on a registry of their own, with the
@@ -52,27 +56,38 @@ func NewMetrics() *Metrics {
 			Help: "Requests to /inject answered 429: every admission slot stayed busy for the queue timeout, or the bodies being read held their budget.",
 		}),
 	}
-	// listener reads the webhook listener's count, 0 before Run listens.
-	listener := func(f func(*connlimit.Listener) float64) func() float64 {
+	// listener reads a listener's count, 0 before Run listens.
+	listener := func(p *atomic.Pointer[connlimit.Listener], f func(*connlimit.Listener) float64) func() float64 {
 		return func() float64 {
-			if l := m.conns.Load(); l != nil {
+			if l := p.Load(); l != nil {
 				return f(l)
 			}
 			return 0
 		}
 	}
+	open := func(l *connlimit.Listener) float64 { return float64(l.Open()) }
+	refusals := func(l *connlimit.Listener) float64 { return float64(l.Refused()) }
+	evictions := func(l *connlimit.Listener) float64 { return float64(l.Evicted()) }
 	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "minimesh_injector_connections",
 		Help: "Connections the webhook listener holds.",
-	}, listener(func(l *connlimit.Listener) float64 { return float64(l.Open()) }))
+	}, listener(&m.conns, open))
 	refused := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "minimesh_injector_connections_refused_total",
 		Help: "Connections to the webhook listener reset as soon as accepted: their peer address held its share of --webhook-max-connections, or no place could be freed.",
-	}, listener(func(l *connlimit.Listener) float64 { return float64(l.Refused()) }))
+	}, listener(&m.conns, refusals))
 	evicted := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "minimesh_injector_connections_evicted_total",
 		Help: "Webhook connections closed at --webhook-max-connections to give their place to a newcomer (an idle one first).",
-	}, listener(func(l *connlimit.Listener) float64 { return float64(l.Evicted()) }))
+	}, listener(&m.conns, evictions))
+	adminRefused := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "minimesh_injector_admin_connections_refused_total",
+		Help: "Connections to the admin listener (probes, /metrics) reset as soon as accepted: their peer address held its 16 of the 64 places, or no place could be freed.",
+	}, listener(&m.admin, refusals))
+	adminEvicted := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "minimesh_injector_admin_connections_evicted_total",
+		Help: "Admin connections closed at the admin listener's 64 to give their place to a newcomer (an idle one first).",
+	}, listener(&m.admin, evictions))
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "minimesh_build_info",
 		Help: "The controller's version; always 1.",
@@ -81,7 +96,7 @@ func NewMetrics() *Metrics {
 	for _, r := range []string{ResultInjected, ResultSkipped, ResultDenied, ResultError} {
 		m.admissions.WithLabelValues(r)
 	}
-	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, m.throttled, conns, refused, evicted, build,
+	m.Registry.MustRegister(m.admissions, m.duration, m.badRequests, m.throttled, conns, refused, evicted, adminRefused, adminEvicted, build,
 		certmetrics.ReadCertificateTotal, certmetrics.ReadCertificateErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
