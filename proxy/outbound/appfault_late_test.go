@@ -401,11 +401,9 @@ func appFaultH1(t *testing.T, addr string, tc appFaultCase, sent <-chan struct{}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	const over = 96 << 10 // past the limit
-	if tc.fault == "chunk" {
-		_, _ = io.WriteString(c, "POST http://"+flowSvc+"/up HTTP/1.1\r\nHost: "+flowSvc+"\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n")
-	} else {
-		_, _ = io.WriteString(c, "POST http://"+flowSvc+"/up HTTP/1.1\r\nHost: "+flowSvc+"\r\nContent-Length: "+strconv.Itoa(10+over)+"\r\n\r\n0123456789")
-	}
+	// Chunked both ways: a Content-Length over the limit is refused
+	// before any try (TestOverLimitContentLengthRefusedBeforeAnyTry).
+	_, _ = io.WriteString(c, "POST http://"+flowSvc+"/up HTTP/1.1\r\nHost: "+flowSvc+"\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n")
 	br := bufio.NewReader(c)
 	var resp *http.Response
 	if tc.early {
@@ -421,7 +419,7 @@ func appFaultH1(t *testing.T, addr string, tc appFaultCase, sent <-chan struct{}
 	switch tc.fault {
 	case "over":
 		// Whatever the sidecar reads of it before it stops.
-		_, _ = c.Write(make([]byte, over))
+		_, _ = c.Write(append([]byte(strconv.FormatInt(over, 16)+"\r\n"), make([]byte, over)...))
 	case "chunk":
 		_, _ = io.WriteString(c, "zz\r\n")
 	}

@@ -507,9 +507,16 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		// request (docs/operations.md, "Upgrade requests").
 		st.out.closeConn = true
 	}
+	// A body whose Content-Length is over the limit gets its 413 before
+	// any try (tooLarge), as nginx's client_max_body_size answers: sent,
+	// the upstream would get the head and the first bytes, then the cut,
+	// which a non-idempotent one may act on. Bodies of unknown length
+	// (chunked, HTTP/2 without content-length) meet the limit as read.
+	overLimit := false
 	if r.Body != nil && r.Body != http.NoBody {
 		st.arrived = arrived(r.Body)
 		if h.cfg.MaxRequestBody > 0 {
+			overLimit = r.ContentLength > h.cfg.MaxRequestBody
 			// No writer: the upstream transport reads the body on a
 			// goroutine of its own, where net/http's writer, over the
 			// limit, would set Connection: close in the response's
@@ -561,9 +568,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	if st.in.ReadCloser != nil {
 		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
-	// An open breaker's answer needs none of what follows: the timeout's
-	// timer, the ReverseProxy's copy of the request, the forwarder.
-	if !h.failFast(w, st) {
+	// Neither the 413 of a body announced over the limit nor an open
+	// breaker's answer needs what follows: the timeout's timer, the
+	// ReverseProxy's copy of the request, the forwarder.
+	if overLimit {
+		h.tooLarge(w, st)
+	} else if !h.failFast(w, st) {
 		// The whole-request timeout covers the response body too; an
 		// upgrade's, only the wait for its response head: an upgraded
 		// connection (a WebSocket) lives as long as its peers want.
@@ -712,6 +722,20 @@ func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
 	code, kind, body := errorResponse(&circuitOpenError{destination: dst.name, retryAfter: time.Duration(retryAfter) * time.Second}, dst.name)
 	st.answer(w, code, kind, body)
 	return true
+}
+
+// tooLarge answers a request whose Content-Length is over
+// --max-request-body-bytes, before any try: nothing is dialled, nothing
+// reaches the breaker, and the access log, the metric and the span say
+// what they say of a body found over the limit as it is read (413
+// bad-request; a gRPC call's RESOURCE_EXHAUSTED), with no attempt.
+func (h *Handler) tooLarge(w http.ResponseWriter, st *reqState) {
+	st.dest.begin(st.start) // as the forwarder counts every request in the retry budget
+	code, kind, body := errorResponse(&http.MaxBytesError{Limit: h.cfg.MaxRequestBody}, st.dest.name)
+	// The body left unread cannot be told from a next request: the
+	// connection ends with the answer, as serveError's for the app's fault.
+	w.Header().Set("Connection", "close")
+	st.answer(w, code, kind, body)
 }
 
 // refuse answers a request refused before it has a destination's
