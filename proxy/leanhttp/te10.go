@@ -211,6 +211,15 @@ func (g *TE10Guard) head(p []byte, i int) {
 			g.line++
 			return
 		}
+		if (c == ' ' || c == '\t') && g.field == fCL {
+			// An obs-fold line of a Content-Length field, which net/http
+			// joins to the value ("Content-Length:" then " 4" is 4): the
+			// guard does not read it, so it spoils the fold into a line
+			// without a colon, which net/http refuses (400 and close),
+			// rather than follow a body of a length it did not read.
+			p[i] = 'x'
+			g.clBad = true
+		}
 		if g.field == fUpgrade {
 			g.upgradeEnd()
 		}
@@ -259,7 +268,11 @@ func (g *TE10Guard) head(p []byte, i int) {
 		switch {
 		case c == ' ' || c == '\t':
 			g.valEnd = g.valN > 0
-		case '0' <= c && c <= '9' && !g.valEnd && g.valN < 18:
+		case '0' <= c && c <= '9' && !g.valEnd && g.val < 1e17:
+			// Leading zeros count as digits, not toward the bound:
+			// net/http's ParseUint reads "0000000000000000004" as 4,
+			// and a guard that called it bad stopped following a
+			// connection net/http kept.
 			g.val = g.val*10 + int64(c-'0')
 			g.valN++
 		default:

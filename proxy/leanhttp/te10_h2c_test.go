@@ -1,6 +1,7 @@
 package leanhttp
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -64,6 +65,39 @@ func TestTE10GuardFollowsH2CUpgrade(t *testing.T) {
 			spoiled := !strings.Contains(string(b[len(head):]), "Transfer-Encoding:")
 			if spoiled != tc.follows {
 				t.Fatalf("%q split at %d: the HTTP/1.0 head behind it spoiled %v, want %v", tc.upgrade, i, spoiled, tc.follows)
+			}
+		}
+	}
+}
+
+// TestTE10GuardContentLengthSpellings: a Content-Length net/http reads
+// but the guard did not (folded onto a second line, or with more than 18
+// digits of which the first are zeros) had the guard stop following a
+// connection net/http kept, and an HTTP/1.0 request with
+// Transfer-Encoding behind it smuggled a request to the handler (a
+// review, 2026-12-06). Zero-padded lengths are read; a folded one is
+// spoiled into a line net/http refuses: 400 and close, nothing served.
+func TestTE10GuardContentLengthSpellings(t *testing.T) {
+	const behind = "POST /te HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" +
+		"GET /smuggled HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+	for _, tc := range []struct {
+		cl    string
+		codes []int // the answers until the connection closes
+	}{
+		{"Content-Length: 0000000000000000004\r\n", []int{200, 400}},
+		{"Content-Length: 00000000000000000000000000000004\r\n", []int{200, 400}},
+		{"Content-Length:\r\n 4\r\n", []int{400}},
+		{"Content-Length:\r\n\t4\r\n", []int{400}},
+		{"Content-Length: 4\r\nContent-Length:\n 4\r\n", []int{400}},
+		{"Content-Length: 4\r\n", []int{200, 400}},
+	} {
+		for _, lean := range []bool{true, false} {
+			s := startTE10Server(t, lean)
+			codes, closed := answersUntilClose(t, s.addr, "POST /before HTTP/1.1\r\nHost: a\r\n"+tc.cl+"\r\nbody"+behind)
+			got := s.requests()
+			if !closed || !slices.Equal(codes, tc.codes) || slices.Contains(got, "/smuggled") || slices.Contains(got, "/te") {
+				t.Errorf("lean %v, %q: answers %v (closed %v), handler saw %q; want %v, then the close, nothing behind served",
+					lean, tc.cl, codes, closed, got, tc.codes)
 			}
 		}
 	}
