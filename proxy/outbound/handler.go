@@ -572,7 +572,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	// breaker's answer needs what follows: the timeout's timer, the
 	// ReverseProxy's copy of the request, the forwarder.
 	if overLimit {
-		h.tooLarge(w, st)
+		h.tooLarge(w, r, st)
 	} else if !h.failFast(w, st) {
 		// The whole-request timeout covers the response body too; an
 		// upgrade's, only the wait for its response head: an upgraded
@@ -729,13 +729,25 @@ func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
 // reaches the breaker, and the access log, the metric and the span say
 // what they say of a body found over the limit as it is read (413
 // bad-request; a gRPC call's RESOURCE_EXHAUSTED), with no attempt.
-func (h *Handler) tooLarge(w http.ResponseWriter, st *reqState) {
+func (h *Handler) tooLarge(w http.ResponseWriter, r *http.Request, st *reqState) {
 	st.dest.begin(st.start) // as the forwarder counts every request in the retry budget
 	code, kind, body := errorResponse(&http.MaxBytesError{Limit: h.cfg.MaxRequestBody}, st.dest.name)
 	// The body left unread cannot be told from a next request: the
 	// connection ends with the answer, as serveError's for the app's fault.
-	w.Header().Set("Connection", "close")
+	closeAfter(w, r)
 	st.answer(w, code, kind, body)
+}
+
+// closeAfter ends r's HTTP/1.x connection with the answer, where the
+// unread rest of r's body cannot be told from a next request. Not an
+// HTTP/2 one: its streams are framed, nothing there needs resyncing, and
+// Go's server takes Connection: close as a GOAWAY for the app's whole
+// connection, every later stream to be dialled again (a review,
+// 2026-12-06).
+func closeAfter(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+	}
 }
 
 // refuse answers a request refused before it has a destination's
@@ -1097,7 +1109,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	st := stateOf(r.Context())
 	if context.Cause(r.Context()) == errBodyTimeout {
 		err = &clientError{&bodyTimeoutError{}}
-		w.Header().Set("Connection", "close")
+		closeAfter(w, r)
 	} else if errors.Is(err, context.Canceled) && context.Cause(r.Context()) != errTimeout &&
 		(r.Context().Err() != nil || st.in.gone()) {
 		st.code = statusClientClosed
@@ -1107,7 +1119,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	if errors.As(err, new(*clientError)) {
 		// What is left of a body the sidecar could not read cannot be
 		// told from the next request: the connection ends here.
-		w.Header().Set("Connection", "close")
+		closeAfter(w, r)
 	}
 	if kind == wellknown.ErrorReset || kind == wellknown.ErrorConnectFailure {
 		h.log.Debug("upstream failed", "destination", st.dest.name, "error", err, "request_id", st.id)
