@@ -498,18 +498,20 @@ func injectObject(js []byte, doc int, cfg *injector.Config) (*rewritten, []Event
 		}
 		pod = &corev1.Pod{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}
 	}
+	// Opted out above its template (and not on it, which the injector
+	// reads): skipped before the injector looks, so that a pod it would
+	// refuse does not fail the stream of a workload that said no.
+	if field, ok := workloadOptOut(obj); ok && pod.Annotations[wellknown.AnnotationInject] != wellknown.InjectDisabled {
+		return nil, []Event{{Doc: doc, Kind: tm.Kind, Name: meta.Name, Reason: ReasonWorkloadDisabled, Warnings: []string{
+			fmt.Sprintf("minimesh: %s[%s] is %q but the pod template's is not: the pods do not carry it, so in a namespace that opted in the webhook injects them; annotate %s too",
+				field, wellknown.AnnotationInject, wellknown.InjectDisabled, templateField(obj))}}}, nil
+	}
 	res, err := injector.Inject(injector.Input{Pod: pod, Namespace: meta.Namespace, Manual: true, WorkloadName: meta.Name}, cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", what, err)
 	}
 	ev := Event{Doc: doc, Kind: tm.Kind, Name: meta.Name, Injected: res.Injected, Reason: res.Reason, Warnings: res.Warnings}
 	if !res.Injected {
-		return nil, []Event{ev}, nil
-	}
-	if field, ok := workloadOptOut(obj); ok {
-		ev.Injected, ev.Reason = false, ReasonWorkloadDisabled
-		ev.Warnings = append(ev.Warnings, fmt.Sprintf("minimesh: %s[%s] is %q but the pod template's is not: the pods do not carry it, so in a namespace that opted in the webhook injects them; annotate %s too",
-			field, wellknown.AnnotationInject, wellknown.InjectDisabled, templateField(obj)))
 		return nil, []Event{ev}, nil
 	}
 	if len(strictErrs) > 0 {

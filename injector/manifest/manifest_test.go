@@ -269,6 +269,10 @@ func TestOptOutAboveTheTemplate(t *testing.T) {
 		{"on the pod template", deploy("{}", disabled), `deployment "web" skipped: ` + injector.ReasonDisabled, nil},
 		{"on both", deploy(disabled, disabled), `deployment "web" skipped: ` + injector.ReasonDisabled, nil},
 		{"enabled on the Deployment", deploy("{minimesh.io/inject: enabled}", "{}"), `deployment "web" injected`, nil},
+		// A pod the injector would refuse (the sidecar's own port): the
+		// workload said no, so the stream does not fail.
+		{"on a Deployment whose pod would be refused", strings.Replace(deploy(disabled, "{}"), "image: example/web:1}", "image: example/web:1, ports: [{containerPort: 15001}]}", 1),
+			`deployment "web" skipped: ` + ReasonWorkloadDisabled, []string{notOnPods("metadata.annotations", "spec.template.metadata.annotations")}},
 		{"on the CronJob's jobTemplate", cronJob("{}", disabled), `cronjob "backup" skipped: ` + ReasonWorkloadDisabled,
 			[]string{notOnPods("spec.jobTemplate.metadata.annotations", "spec.jobTemplate.spec.template.metadata.annotations")}},
 	}

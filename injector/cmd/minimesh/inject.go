@@ -20,7 +20,8 @@ func newInjectCmd() *cobra.Command {
 		Long: "inject adds the minimesh sidecar to every Pod, Deployment, StatefulSet, DaemonSet,\n" +
 			"ReplicaSet, ReplicationController, Job and CronJob of a manifest stream (also\n" +
 			"inside a List), the same way the webhook does, and marks them minimesh.io/inject:\n" +
-			"enabled. Workloads whose pod template is annotated disabled, hostNetwork pods,\n" +
+			"enabled. Workloads annotated disabled (their pod template, or their own\n" +
+			"metadata: then with a warning that the webhook would inject their pods), hostNetwork pods,\n" +
 			"pods for nodes other than Linux and injected ones are left alone, and so is every\n" +
 			"other document, byte for byte; an injected document is rewritten and keeps only\n" +
 			"the comments above it. The stream goes to stdout, a line per object to stderr\n" +
