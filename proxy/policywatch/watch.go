@@ -312,7 +312,7 @@ type snapshot struct {
 	// its event although its name is no policy file's.
 	through map[string]bool
 	// anyName is set when a policy file's symlink could not be traced to
-	// an entry of dir: its target is outside dir (-> ../shared/geo.yaml,
+	// an entry of dir: its target is outside dir (-> ../other/geo.yaml,
 	// -> /etc/geo.yaml, or a path to dir that its symlinks hide), or the
 	// link could not be read. What such a link goes through cannot be
 	// told from an event's name, so every event in dir counts, as all did
