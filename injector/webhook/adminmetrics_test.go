@@ -22,20 +22,7 @@ func TestAdminConnectionMetrics(t *testing.T) {
 	// is reset, a third address's newcomer takes a holder's place.
 	s, _, a := serverWith(t, func(s *Server) { s.adminMax, s.adminPerSource = 2, 1 })
 	get := func(from string) (net.Conn, error) {
-		d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
-		c, err := d.Dial("tcp", a.String())
-		if err != nil {
-			return nil, err
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		resp.Body.Close()
-		return c, nil
+		return heldHealthz(&net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}, a.String())
 	}
 	var held []net.Conn
 	defer func() {

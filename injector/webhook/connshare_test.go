@@ -183,21 +183,7 @@ func TestAdminShare(t *testing.T) {
 			c.Close()
 		}
 	}()
-	get := func(d *net.Dialer) (net.Conn, error) {
-		c, err := d.Dial("tcp", a.String())
-		if err != nil {
-			return nil, err
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			c.Close()
-			return nil, err
-		}
-		resp.Body.Close()
-		return c, nil
-	}
+	get := func(d *net.Dialer) (net.Conn, error) { return heldHealthz(d, a.String()) }
 	for i := range adminMaxConnections {
 		c, err := get(from(fmt.Sprintf("127.0.0.%d", 2+i/adminMaxConnectionsPerSource)))
 		if err != nil {
@@ -224,4 +210,23 @@ func TestAdminShare(t *testing.T) {
 	if ev, ref := s.adminLn.Evicted(), s.adminLn.Refused(); ev < 1 || ev > 3 || ref != 1 {
 		t.Errorf("evicted %d, refused %d; want 1 to 3, and 1", ev, ref)
 	}
+}
+
+// heldHealthz dials addr with d, is answered one GET /healthz on the
+// connection, and returns it open: a connection held by a peer that
+// waits (idle after its answer).
+func heldHealthz(d *net.Dialer, addr string) (net.Conn, error) {
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	resp.Body.Close()
+	return c, nil
 }
