@@ -73,6 +73,42 @@ func edsClient(addr, pod, ns string, eps *sidecarEndpoints) *xdsclient.Client {
 		ApplyEndpoints: eps.apply, MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}
 }
 
+// watchSidecar runs a sidecar's xDS client in this process, asking for
+// endpoints and ClusterIPs, until the test ends, and returns a wait for it
+// to hold want as name's endpoints with the ClusterIP at named name.
+func watchSidecar(ctx context.Context, t *testing.T, addr string, name string, at netip.AddrPort) func(why string, want []xdsclient.Endpoint) {
+	eps := &sidecarEndpoints{}
+	var mu sync.Mutex
+	var ips map[netip.AddrPort]string
+	c := edsClient(addr, "web-1", "checkout", eps)
+	c.ApplyClusterIPs = func(m map[netip.AddrPort]string) {
+		mu.Lock()
+		defer mu.Unlock()
+		ips = m
+	}
+	cctx, stop := context.WithCancel(ctx)
+	t.Cleanup(stop)
+	go c.Run(cctx)
+	return func(why string, want []xdsclient.Endpoint) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			got, _ := eps.last()
+			e, served := got[name]
+			mu.Lock()
+			named := ips[at]
+			mu.Unlock()
+			if served && slices.Equal(e, want) && named == name {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the sidecar holds %v (served %v), %s named %q; want %v and the ClusterIP named %s", why, e, served, at, named, want, name)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
 type pod struct {
 	ip                          string
 	zone                        string

@@ -4,9 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
-	"sync"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/minimesh/minimesh/injector/endpointctl"
 	"github.com/minimesh/minimesh/wellknown"
-	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 // TestOneFamilyAndOtherProxy: a Service written through the real API
@@ -55,38 +52,8 @@ func TestOneFamilyAndOtherProxy(t *testing.T) {
 		}
 	}
 
-	eps := &sidecarEndpoints{}
-	var mu sync.Mutex
-	var ips map[netip.AddrPort]string
-	c := edsClient(p.xdsAddr, "web-1", "checkout", eps)
-	c.ApplyClusterIPs = func(m map[netip.AddrPort]string) {
-		mu.Lock()
-		defer mu.Unlock()
-		ips = m
-	}
-	cctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go c.Run(cctx)
 	name := wellknown.EndpointName("geo", "shop", 8000)
-	at := netip.AddrPortFrom(vip, 8000)
-	holds := func(why string, want []xdsclient.Endpoint) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			got, _ := eps.last()
-			e, served := got[name]
-			mu.Lock()
-			named := ips[at]
-			mu.Unlock()
-			if served && slices.Equal(e, want) && named == name {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the sidecar holds %v (served %v), %s named %q; want %v and the ClusterIP named %s", why, e, served, at, named, want, name)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	holds := watchSidecar(ctx, t, p.xdsAddr, name, netip.AddrPortFrom(vip, 8000))
 	balanced := want("10.1.0.1:8080", "10.1.0.2:8080")
 	holds("IPv4 only: the IPv4 slice's pods", balanced)
 

@@ -3,16 +3,12 @@ package controlplane_test
 import (
 	"context"
 	"net/netip"
-	"slices"
-	"sync"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/minimesh/minimesh/wellknown"
-	"github.com/minimesh/minimesh/xds/xdsclient"
 )
 
 // TestKubeProxyRoutedNotBalanced: a Service written through the real API
@@ -47,38 +43,8 @@ func TestKubeProxyRoutedNotBalanced(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	eps := &sidecarEndpoints{}
-	var mu sync.Mutex
-	var ips map[netip.AddrPort]string
-	c := edsClient(p.xdsAddr, "web-1", "checkout", eps)
-	c.ApplyClusterIPs = func(m map[netip.AddrPort]string) {
-		mu.Lock()
-		defer mu.Unlock()
-		ips = m
-	}
-	cctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go c.Run(cctx)
 	name := wellknown.EndpointName("agent", "shop", 4317)
-	at := netip.AddrPortFrom(vip, 4317)
-	holds := func(why string, want []xdsclient.Endpoint) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			got, _ := eps.last()
-			e, served := got[name]
-			mu.Lock()
-			named := ips[at]
-			mu.Unlock()
-			if served && slices.Equal(e, want) && named == name {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: the sidecar holds %v (served %v), %s named %q; want %v and the ClusterIP named %s", why, e, served, at, named, want, name)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	holds := watchSidecar(ctx, t, p.xdsAddr, name, netip.AddrPortFrom(vip, 4317))
 	holds("internalTrafficPolicy Local", nil)
 
 	update := func(mod func(*corev1.ServiceSpec)) {
