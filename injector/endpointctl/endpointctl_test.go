@@ -50,6 +50,20 @@ func (s *sink) last() (map[string][]xdsclient.Endpoint, int) {
 	return s.sets[len(s.sets)-1], len(s.sets)
 }
 
+// holds says whether the sink's last set serves name with want (nil:
+// served with no endpoints) and names it at exactly the ClusterIPs vips.
+func (s *sink) holds(name string, want []xdsclient.Endpoint, vips ...netip.AddrPort) func() bool {
+	return func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if len(s.sets) == 0 {
+			return false
+		}
+		got, ok := s.sets[len(s.sets)-1][name]
+		return ok && slices.Equal(got, want) && slices.Equal(s.ips[len(s.ips)-1][name], vips)
+	}
+}
+
 func service(ns, name string, ports ...corev1.ServicePort) *corev1.Service {
 	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": name}, Ports: ports}}

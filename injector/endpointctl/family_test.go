@@ -178,11 +178,7 @@ func TestControllerDualStack(t *testing.T) {
 		for _, v := range vips {
 			ips = append(ips, netip.MustParseAddrPort(v))
 		}
-		waitFor(t, why, func() bool {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			return len(s.sets) > 0 && slices.Equal(s.sets[len(s.sets)-1][name], want) && slices.Equal(s.ips[len(s.ips)-1][name], ips)
-		})
+		waitFor(t, why, s.holds(name, want, ips...))
 	}
 	holds("IPv4 primary: the IPv4 addresses, both ClusterIPs", eps(t, wantV4...), "10.96.0.15:80", "[fd00:10:96::15]:80")
 	if _, err := cs.CoreV1().Services("shop").Update(ctx, mk(v6, v4), metav1.UpdateOptions{}); err != nil {
@@ -253,17 +249,7 @@ func TestControllerOtherProxy(t *testing.T) {
 	go c.Run(ctx)
 	name := wellknown.EndpointName("net2", "shop", 80)
 	vip := []netip.AddrPort{netip.MustParseAddrPort("10.96.0.15:80")}
-	served := func(want []xdsclient.Endpoint) func() bool {
-		return func() bool {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if len(s.sets) == 0 {
-				return false
-			}
-			got, ok := s.sets[len(s.sets)-1][name]
-			return ok && slices.Equal(got, want) && slices.Equal(s.ips[len(s.ips)-1][name], vip)
-		}
-	}
+	served := func(want []xdsclient.Endpoint) func() bool { return s.holds(name, want, vip...) }
 	balanced := eps(t, "192.168.50.7:8080")
 	waitFor(t, "balanced", served(balanced))
 	services := cs.CoreV1().Services("shop")

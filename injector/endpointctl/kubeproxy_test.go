@@ -107,17 +107,7 @@ func TestControllerKubeProxyRouted(t *testing.T) {
 	go c.Run(ctx)
 	name := wellknown.EndpointName("agent", "obs", 4317)
 	vip := []netip.AddrPort{netip.MustParseAddrPort("10.96.0.9:4317")}
-	served := func(want []xdsclient.Endpoint) func() bool {
-		return func() bool {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if len(s.sets) == 0 {
-				return false
-			}
-			got, ok := s.sets[len(s.sets)-1][name]
-			return ok && slices.Equal(got, want) && slices.Equal(s.ips[len(s.ips)-1][name], vip)
-		}
-	}
+	served := func(want []xdsclient.Endpoint) func() bool { return s.holds(name, want, vip...) }
 	balanced := eps(t, "10.1.0.5:4317", "10.1.1.5:4317")
 	waitFor(t, "the Service balanced", served(balanced))
 
