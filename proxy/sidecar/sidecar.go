@@ -187,19 +187,25 @@ type Sidecar struct {
 type policySource struct {
 	// Source is where the policies in force came from: "defaults", "dir"
 	// or "xds".
-	Source     string                     `json:"source"`
-	Dir        string                     `json:"dir,omitempty"`
-	XDS        string                     `json:"xds,omitempty"`
-	XDSVersion string                     `json:"xdsVersion,omitempty"`
-	LoadedAt   time.Time                  `json:"loadedAt,omitzero"`
-	LastError  string                     `json:"lastError,omitempty"`
-	LastErrAt  time.Time                  `json:"lastErrorAt,omitzero"`
-	Policies   []*policy.ResiliencePolicy `json:"policies"`
-	Namespace  string                     `json:"namespace"`
-	Service    string                     `json:"serviceName,omitempty"`
-	Version    string                     `json:"version"`
-	Loads      int                        `json:"loads"`
-	LoadErrors int                        `json:"loadErrors"`
+	Source     string    `json:"source"`
+	Dir        string    `json:"dir,omitempty"`
+	XDS        string    `json:"xds,omitempty"`
+	XDSVersion string    `json:"xdsVersion,omitempty"`
+	LoadedAt   time.Time `json:"loadedAt,omitzero"`
+	LastError  string    `json:"lastError,omitempty"`
+	LastErrAt  time.Time `json:"lastErrorAt,omitzero"`
+	// EndpointsError is the control plane's last endpoints the sidecar
+	// refused, kept apart from LastError: each clears on its own kind's
+	// next good apply, so a good policy push does not hide endpoints
+	// still refused, nor good endpoints leave a stale error shown.
+	EndpointsError string                     `json:"endpointsError,omitempty"`
+	EndpointsErrAt time.Time                  `json:"endpointsErrorAt,omitzero"`
+	Policies       []*policy.ResiliencePolicy `json:"policies"`
+	Namespace      string                     `json:"namespace"`
+	Service        string                     `json:"serviceName,omitempty"`
+	Version        string                     `json:"version"`
+	Loads          int                        `json:"loads"`
+	LoadErrors     int                        `json:"loadErrors"`
 }
 
 // loaded records a load of policies that is now in force, from source
@@ -680,9 +686,15 @@ func (s *Sidecar) refusedXDS(what string, err error) {
 	if what == "policies" {
 		s.metrics.PolicyReload(false)
 	}
+	msg := "control plane's " + what + " refused: " + err.Error()
 	s.mu.Lock()
-	s.source.failed("control plane's "+what+" refused: "+err.Error(), time.Now())
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	if what == "endpoints" {
+		s.source.EndpointsError, s.source.EndpointsErrAt = msg, time.Now()
+		s.source.LoadErrors++
+		return
+	}
+	s.source.failed(msg, time.Now())
 }
 
 // applyXDS puts the control plane's policies in force. The swap is one
@@ -720,6 +732,9 @@ func (s *Sidecar) applyEndpoints(eps map[string][]xdsclient.Endpoint, _ string) 
 		out[name] = ts
 	}
 	s.outbound.SetEndpoints(out)
+	s.mu.Lock()
+	s.source.EndpointsError, s.source.EndpointsErrAt = "", time.Time{}
+	s.mu.Unlock()
 	return nil
 }
 
