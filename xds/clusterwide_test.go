@@ -73,9 +73,12 @@ func TestClusterWideResolvesInNodeNamespace(t *testing.T) {
 	}{
 		{
 			ns: "shop",
+			// A two-label name (ratings.shop) resolves as written, as
+			// the sidecar dials it: the pod's search path finds the
+			// Service.
 			dials: map[string]string{
 				"outbound|0||reviews.shop.svc.cluster.local":             "reviews.shop.svc.cluster.local",
-				"outbound|0|ratings.shop|ratings.shop.svc.cluster.local": "ratings.shop.svc.cluster.local",
+				"outbound|0|ratings.shop|ratings.shop.svc.cluster.local": "ratings.shop",
 				"outbound|0||api.example.com":                            "api.example.com",
 			},
 			routesTo: map[string]string{

@@ -129,9 +129,10 @@ func translate(pols []*policy.ResiliencePolicy, ns string, reader bool, opts Opt
 	}
 	res.Skipped = skipped
 	owners := domainOwners(dests)
+	ejectors := ejectionPolicies(pols, dests)
 	for _, d := range dests {
 		p := d.p
-		c, notes, err := cluster(d, opts)
+		c, notes, err := cluster(d, ejectors[d], opts)
 		if err != nil {
 			return nil, err
 		}
@@ -143,11 +144,26 @@ func translate(pols []*policy.ResiliencePolicy, ns string, reader bool, opts Opt
 		}
 		vh, vhNotes := virtualHost(p, d.name, domains)
 		res.Clusters = append(res.Clusters, c)
-		res.Routes.VirtualHosts = append(res.Routes.VirtualHosts, vh)
-		if d.anyPort {
+		switch {
+		case len(domains) > 0:
+			res.Routes.VirtualHosts = append(res.Routes.VirtualHosts, vh)
+		case d.anyPort:
+			// Its cluster dials port 80, whose Hosts (bare and :80) a
+			// port-80 policy takes, as in the sidecar; Envoy refuses a
+			// virtual host without domains. The cluster stays: its
+			// metadata carries the policy for minimesh sidecars.
+			res.Notes = append(res.Notes, fmt.Sprintf("%s: service %s applies on any port, but an Envoy cluster dials one, port %d, whose Hosts (without a port and with :%d) go to the policies for port %d, as in the sidecar: no route reaches this cluster; another port needs a policy of its own", p.Metadata.Name, p.Spec.Service, defaultPort, defaultPort, defaultPort))
+		default:
+			// A policy for a port claims its own spelling with it,
+			// which no other policy outranks; should that change, the
+			// policy is said to be unrouted rather than the whole set
+			// refused.
+			res.Notes = append(res.Notes, fmt.Sprintf("%s: service %s: every Host it matches goes to another policy, so no route reaches its cluster", p.Metadata.Name, p.Spec.Service))
+		}
+		if d.anyPort && len(domains) > 0 {
 			// The sidecar applies it on every port; Envoy's cluster
 			// dials one, so the route takes only the Hosts that reach it.
-			res.Notes = append(res.Notes, fmt.Sprintf("%s: service %s applies on any port, but an Envoy cluster dials one: this one dials port %d and routes the Hosts without a port, and with :%d unless a policy names port %d; another port needs a policy of its own", p.Metadata.Name, p.Spec.Service, defaultPort, defaultPort, defaultPort))
+			res.Notes = append(res.Notes, fmt.Sprintf("%s: service %s applies on any port, but an Envoy cluster dials one: this one dials port %d and routes the Hosts without a port and with :%d unless a policy names port %d (which takes both, as the sidecar reads a Host without a port as port %d); another port needs a policy of its own", p.Metadata.Name, p.Spec.Service, defaultPort, defaultPort, defaultPort, defaultPort))
 		}
 		res.Notes = append(res.Notes, notes...)
 		res.Notes = append(res.Notes, vhNotes...)
@@ -247,6 +263,12 @@ type destination struct {
 	port    int
 	anyPort bool
 	claims  []claim
+	// ns is the namespace the policy's short names resolve in.
+	ns string
+	// dial is the name a STRICT_DNS cluster resolves when it is not
+	// host: a two-label name (httpbin.org), which the matcher reads as
+	// Service httpbin of namespace org but the sidecar dials as written.
+	dial string
 }
 
 // claim is a virtual host domain a policy matches, and how strongly:
@@ -270,7 +292,7 @@ const portRank = 1 << 20
 // a.b.cluster.local) is external and only itself.
 func newDestination(p *policy.ResiliencePolicy, ns string) *destination {
 	h, portStr, hasPort := strings.Cut(p.Spec.Service, ":")
-	d := &destination{p: p, port: defaultPort, anyPort: !hasPort}
+	d := &destination{p: p, port: defaultPort, anyPort: !hasPort, ns: ns}
 	namePort := AnyPort
 	if hasPort {
 		d.port, _ = strconv.Atoi(portStr)
@@ -279,6 +301,14 @@ func newDestination(p *policy.ResiliencePolicy, ns string) *destination {
 	subset := ""
 	if fqdn, ok := policy.ServiceFQDN(h, ns); ok {
 		d.host, d.service = fqdn, true
+		if strings.Count(h, ".") == 1 {
+			// The sidecar dials name.ns as written, and the pod's
+			// resolver finds the Service through its search path
+			// (name.ns.svc.cluster.local) or, failing that, the
+			// public name (httpbin.org); the FQDN would only find
+			// the Service.
+			d.dial = h
+		}
 		if strings.Contains(h, ".") {
 			// geo and geo.shop.svc.cluster.local are two policies of
 			// one Service (each wins the Hosts spelled like it): the
@@ -293,6 +323,13 @@ func newDestination(p *policy.ResiliencePolicy, ns string) *destination {
 	for _, s := range spellings {
 		if hasPort {
 			d.claims = append(d.claims, claim{s.Host + ":" + portStr, s.Rank + portRank})
+			if portStr == strconv.Itoa(defaultPort) {
+				// The sidecar looks a Host without a port up as host:80
+				// (proxy/outbound, onDefaultPort), as curl, Go and browsers
+				// send port 80: so a port-80 policy takes the bare
+				// spelling too, ahead of a policy without a port.
+				d.claims = append(d.claims, claim{s.Host, s.Rank + portRank})
+			}
 			continue
 		}
 		d.claims = append(d.claims, claim{s.Host, s.Rank}, claim{s.Host + ":" + strconv.Itoa(defaultPort), s.Rank})
@@ -356,9 +393,77 @@ func domainOwners(dests []*destination) map[string]*destination {
 	return owners
 }
 
-// cluster is the policy's Cluster, and notes on what it cannot carry.
-func cluster(d *destination, opts Options) (c *clusterv3.Cluster, notes []string, err error) {
+// ejection is how one Service port's endpoints are ejected in the
+// sidecar: with the outlierDetection of policy p, for the requests of
+// every spelling (shared lists the clusters of the other spellings).
+type ejection struct {
+	p      *policy.ResiliencePolicy
+	shared []string
+}
+
+// ejectionPolicies gives each destination of a Service the policy whose
+// outlierDetection the sidecar ejects its endpoints with: the spellings
+// of one Service port share one balancer and its ejections, configured
+// from the policy of the Service's canonical name, its short name from a
+// pod of its namespace (docs/policy.md, "Precedence rules"), whichever
+// spelling a request used. Envoy keeps ejections per cluster, which a
+// note says; this keeps at least the settings the sidecar's.
+func ejectionPolicies(pols []*policy.ResiliencePolicy, dests []*destination) map[*destination]ejection {
+	tables := map[string]*policy.Table{}
+	byPort := map[string][]*destination{}
+	out := map[*destination]ejection{}
+	for _, d := range dests {
+		if !d.service {
+			continue
+		}
+		key := d.host + ":" + strconv.Itoa(d.port)
+		byPort[key] = append(byPort[key], d)
+		t := tables[d.ns]
+		if t == nil {
+			var same []*policy.ResiliencePolicy
+			for _, o := range dests {
+				if o.ns == d.ns {
+					same = append(same, o.p)
+				}
+			}
+			t = policy.NewTable(same, d.ns)
+			tables[d.ns] = t
+		}
+		name, rest, _ := strings.Cut(d.host, ".")
+		svcNS, _, _ := strings.Cut(rest, ".")
+		canon := name
+		if svcNS != d.ns {
+			canon += "." + svcNS
+		}
+		e := ejection{p: t.Lookup(canon + ":" + strconv.Itoa(d.port))}
+		if e.p.Spec.Service == policy.DefaultService || !slices.Contains(pols, e.p) {
+			e.p = d.p // no policy of the set claims it; cannot happen, as d's own does
+		}
+		out[d] = e
+	}
+	for _, group := range byPort {
+		for _, d := range group {
+			e := out[d]
+			for _, o := range group {
+				if o != d {
+					e.shared = append(e.shared, o.name)
+				}
+			}
+			out[d] = e
+		}
+	}
+	return out
+}
+
+// cluster is the policy's Cluster, and notes on what it cannot carry. ej
+// is how the sidecar ejects the endpoints (ejectionPolicies; zero for an
+// external host).
+func cluster(d *destination, ej ejection, opts Options) (c *clusterv3.Cluster, notes []string, err error) {
 	p, name, host, port := d.p, d.name, d.host, d.port
+	addr := host
+	if d.dial != "" {
+		addr = d.dial
+	}
 	c = &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS},
@@ -369,7 +474,7 @@ func cluster(d *destination, opts Options) (c *clusterv3.Cluster, notes []string
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
 				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 					Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-						Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+						Address: addr, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
 					}}},
 				}},
 			}}}},
@@ -412,13 +517,33 @@ func cluster(d *destination, opts Options) (c *clusterv3.Cluster, notes []string
 			},
 			ServiceName: wellknown.EndpointName(svc, svcNS, port),
 		}
+	} else if d.service && d.dial != "" {
+		notes = append(notes, fmt.Sprintf("%s: the cluster is STRICT_DNS on %s as written, as the sidecar dials it (the pod's resolver finds Service %s through its search path, else the name outside the cluster); with a Service there it resolves to its ClusterIP: Envoy balances and ejects that one host, where a minimesh sidecar balances over the pods; export with --eds for clusters that take the pods from the minimesh controller", p.Metadata.Name, addr, host))
 	} else if d.service {
 		notes = append(notes, fmt.Sprintf("%s: the cluster is STRICT_DNS on %s, which resolves to the Service's ClusterIP (to every pod only for a headless Service): Envoy balances and ejects that one host, and kube-proxy picks a pod per connection, where a minimesh sidecar balances over the pods and ejects one at a time; export with --eds for clusters that take the pods from the minimesh controller", p.Metadata.Name, host))
 	}
-	if od := p.Spec.OutlierDetection; od != nil && p.Spec.CircuitBreaker != nil {
+	if d.dial != "" {
+		svc, rest, _ := strings.Cut(host, ".")
+		svcNS, _, _ := strings.Cut(rest, ".")
+		notes = append(notes, fmt.Sprintf("%s: service %s: a two-label name is read as Service %s in namespace %s (its domains are that Service's spellings), while the sidecar dials %s as written; with --eds the cluster takes that Service's pods, and has none when no such Service exists", p.Metadata.Name, p.Spec.Service, svc, svcNS, d.dial))
+	}
+	odPolicy := p
+	if ej.p != nil {
+		odPolicy = ej.p
+	}
+	if od := odPolicy.Spec.OutlierDetection; od != nil && p.Spec.CircuitBreaker != nil {
 		var odNotes []string
+		// The settings are the canonical policy's; what counts as a
+		// failure is this policy's failOn, as the sidecar judges each
+		// request's outcome by its own policy.
 		c.OutlierDetection, odNotes = outlier(p.Metadata.Name, od, p.Spec.CircuitBreaker.FailOn)
 		notes = append(notes, odNotes...)
+		if odPolicy != p {
+			notes = append(notes, fmt.Sprintf("%s: outlierDetection: the sidecar ejects the endpoints of %s port %d for every spelling with the outlierDetection of policy %s (service %s, the Service's short name), so this cluster's outlier_detection is that one's, not this policy's", p.Metadata.Name, host, port, odPolicy.Metadata.Name, odPolicy.Spec.Service))
+		}
+	}
+	if len(ej.shared) > 0 && odPolicy.Spec.OutlierDetection.Enabled() {
+		notes = append(notes, fmt.Sprintf("%s: outlierDetection: the sidecar keeps one ejection state for %s port %d, whichever spelling a request used; Envoy keeps ejections per cluster, so a pod this cluster ejects is still used by %s", p.Metadata.Name, host, port, strings.Join(ej.shared, ", ")))
 	}
 	if cb := p.Spec.CircuitBreaker; cb != nil {
 		// Envoy's circuit_breakers cap connections and requests in flight;
@@ -627,6 +752,14 @@ func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []strin
 			return rp
 		}
 		routes = retryRoutes(r.RetryOn, on, retry, action)
+		for _, rt := range routes {
+			if rt.GetRoute().GetRetryPolicy().GetNumRetries().GetValue() > 0 {
+				// Envoy would otherwise buffer a body for retries up to
+				// its connection buffer (1 MiB by default) and retry it.
+				rt.RequestBodyBufferLimit = wrapperspb.UInt64(maxRetryBody)
+			}
+		}
+		notes = append(notes, fmt.Sprintf("%s: retries.backoff (%s-%s): Envoy's retry_back_off waits before retry n a random time in [0, (2^n-1)·base), at most max; the sidecar waits one in (0, min(max, base·2^(n-1))]", p.Metadata.Name, r.Backoff.Base, r.Backoff.Max))
 	} else {
 		var rp *routev3.RetryPolicy
 		if r != nil && r.PerTryTimeout > 0 {
@@ -639,6 +772,12 @@ func virtualHost(p *policy.ResiliencePolicy, clusterName string, domains []strin
 	}
 	return &routev3.VirtualHost{Name: clusterName, Domains: domains, Routes: routes}, notes
 }
+
+// maxRetryBody is the largest request body the sidecar holds to send
+// again (docs/policy.md, "Retries"); a larger one is streamed and not
+// retried, which is what Envoy does with a body past a retrying route's
+// request_body_buffer_limit.
+const maxRetryBody = 64 << 10
 
 // hostSelectionAttempts is how many times Envoy picks a host again for a
 // retry when previousHosts rejects the one it picked (after which it takes
@@ -719,19 +858,32 @@ func retryRoutes(c policy.Conditions, full string, retry func(on string, codes [
 					MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: strings.Join(idempotent, "|")}},
 				}},
 			}),
+			// A value, not mere presence: the sidecar does not take an
+			// empty Idempotency-Key as one.
 			route(routeIdempotencyKey, retry(full, c.Codes), &routev3.HeaderMatcher{
-				Name: "idempotency-key", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true},
+				Name: "idempotency-key",
+				HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+					MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: ".+"}},
+				}},
 			}))
 	}
 	if grpcOn != neverSent {
+		// What the sidecar takes for gRPC (proxy/outbound, isGRPC):
+		// application/grpc alone or with +codec or parameters, in any
+		// case; not grpc-web (application/grpc-web+proto), whose status
+		// travels in the body.
 		routes = append(routes, route(routeGRPC, retry(grpcOn, nil), &routev3.HeaderMatcher{
 			Name: "content-type", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
-				MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "application/grpc"},
+				MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: grpcContentType}},
 			}},
 		}))
 	}
 	return append(routes, route(routeOther, retry(neverSent, nil)))
 }
+
+// grpcContentType is the content-type of a gRPC call, as Envoy's
+// safe_regex (RE2) reads it: the whole value.
+const grpcContentType = `(?i)application/grpc([+;].*)?`
 
 func prefixAll() *routev3.RouteMatch {
 	return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}

@@ -116,8 +116,14 @@ func TestCollisionsGolden(t *testing.T) {
 	}
 	checkGolden(t, "testdata/collisions.golden.yaml", got)
 	clusters, routes := readBack(t, got)
-	if len(clusters) != len(pols) || len(routes) != 1 || len(routes[0].VirtualHosts) != len(pols) {
+	if len(clusters) != len(pols) || len(routes) != 1 {
 		t.Fatalf("%d clusters and %d route configurations for %d policies", len(clusters), len(routes), len(pols))
+	}
+	// geo and geo.shop.svc.cluster.local dial port 80, whose Hosts go to
+	// geo:80 and geo.shop:80 (TestDomainsFollowTheMatcher): no virtual
+	// host of their own.
+	if n := len(routes[0].VirtualHosts); n != len(pols)-2 {
+		t.Fatalf("%d virtual hosts for %d policies, two of which no Host reaches", n, len(pols))
 	}
 }
 
@@ -177,7 +183,9 @@ func TestXDSRoundTrip(t *testing.T) {
 // TestDomainsFollowTheMatcher: each Host goes to the virtual host of the
 // policy the sidecar's matcher applies to it, so a port's policy wins
 // over an any-port one and a spelling's own policy over another
-// spelling's, and no Host is listed twice.
+// spelling's, and no Host is listed twice. The sidecar looks a Host
+// without a port up as host:80 (sidecarAuthority), so a port-80 policy
+// takes the bare spellings too.
 func TestDomainsFollowTheMatcher(t *testing.T) {
 	pols := decodeFile(t, "testdata/collisions.yaml")
 	res, err := Translate(pols, "shop")
@@ -202,18 +210,18 @@ func TestDomainsFollowTheMatcher(t *testing.T) {
 				t.Errorf("domain %s in %s and %s", d, prev, vh.Name)
 			}
 			owner[d] = p.Metadata.Name
-			if got := table.Lookup(d); got != p {
+			if got := table.Lookup(sidecarAuthority(d)); got != p {
 				t.Errorf("domain %s routes to policy %s, the sidecar applies %s", d, p.Metadata.Name, got.Metadata.Name)
 			}
 		}
 	}
 	for _, tt := range []struct{ authority, policy string }{
-		{"geo", "geo-any"},
+		{"geo", "geo-80"},
 		{"geo:80", "geo-80"},
 		{"geo:8080", "geo-8080"},
-		{"geo.shop", "geo-fqdn"},
+		{"geo.shop", "geo-ns-80"},
 		{"geo.shop:80", "geo-ns-80"},
-		{"geo.shop.svc.cluster.local", "geo-fqdn"},
+		{"geo.shop.svc.cluster.local", "geo-ns-80"},
 		{"geo.shop.svc.cluster.local:80", "geo-ns-80"},
 		{"geo.shop.svc:8080", "geo-8080"},
 		{"a.b.cluster.local", "external"},
@@ -229,6 +237,28 @@ func TestDomainsFollowTheMatcher(t *testing.T) {
 			t.Errorf("domain %s is routed; the sidecar matches no policy of the set to it", d)
 		}
 	}
+	// geo and geo.shop.svc.cluster.local apply on any port, but their
+	// clusters dial port 80, which the port-80 policies take: no Host
+	// reaches them, and their clusters stay, for the metadata.
+	for _, name := range []string{"geo-any", "geo-fqdn"} {
+		for d, p := range owner {
+			if p == name {
+				t.Errorf("domain %s routes to %s, which the sidecar applies to no Host on port 80", d, name)
+			}
+		}
+		if !slices.ContainsFunc(res.Clusters, func(c *clusterv3.Cluster) bool { return byCluster[c.Name].Metadata.Name == name }) {
+			t.Errorf("no cluster for %s", name)
+		}
+	}
+}
+
+// sidecarAuthority is the authority the sidecar looks a Host up by: with
+// the default port when it has none (proxy/outbound, onDefaultPort).
+func sidecarAuthority(host string) string {
+	if strings.Contains(host, ":") {
+		return host
+	}
+	return host + ":80"
 }
 
 // TestClusterNames: distinct services give distinct names, the external

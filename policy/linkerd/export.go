@@ -73,6 +73,7 @@ func Export(pols []*policy.ResiliencePolicy, ns, clusterNS string) ([]byte, erro
 	}
 	nameRoutes(plans)
 	padRoutes(plans)
+	notePortOverlap(plans)
 	mergeServices(plans)
 
 	var out bytes.Buffer
@@ -124,6 +125,11 @@ type plan struct {
 	// clusterWide: the policy applies in every namespace.
 	routeNS     string
 	clusterWide bool
+	// canonical: the service is spelled as the sidecar's canonical name
+	// of its Service (the short name for a Service of the export's
+	// namespace, name.ns for another's), whose policy configures the
+	// ejections of every spelling (servicePreference).
+	canonical bool
 
 	route     map[string]string // the HTTPRoute's annotations
 	routeName string            // set by nameRoutes
@@ -223,6 +229,15 @@ func newPlan(p *policy.ResiliencePolicy, defaultNS, clusterNS string) *plan {
 	}
 	pl.svc, pl.inCluster = ref, true
 	pl.routeNS = ns
+	spelled := strings.TrimSuffix(strings.ToLower(host), ".")
+	if ref.ns == defaultNS {
+		pl.canonical = spelled == ref.name
+	} else {
+		pl.canonical = spelled == ref.name+"."+ref.ns
+	}
+	if strings.Count(spelled, ".") == 1 {
+		pl.note("service %q: a two-label name is read as Service %s in namespace %s, the HTTPRoutes' parent, as the sidecar's matcher reads it; but the sidecar dials %s as written, which the pod's resolver finds as that Service through its search path, and else outside the cluster (httpbin.org), where this parent does not apply", s.Service, ref.name, ref.ns, spelled)
+	}
 	if pl.clusterWide {
 		pl.routeNS = ref.ns
 	}
@@ -346,14 +361,12 @@ func (pl *plan) retries(r *policy.Retries) {
 	if on.Has(policy.ClassTimeout) && perTry == "" {
 		pl.note("retryOn timeout without perTryTimeout: only the whole timeout can expire, and Linkerd does not retry timeout.linkerd.io/request (nor does minimesh, which has no time left then)")
 	}
-	// Linkerd's policy controller gives every retrying route one backoff,
-	// exponential from 25 ms to 250 ms with full jitter, as minimesh's
-	// (policy-controller/grpc/src/outbound/http.rs); no annotation sets it.
-	if r.Backoff.Base == linkerdBackoffBase && r.Backoff.Max == linkerdBackoffMax {
-		pl.comment("retries.backoff (%s-%s): Linkerd's own backoff is the same, exponential with full jitter", r.Backoff.Base, r.Backoff.Max)
-	} else {
-		pl.note("retries.backoff (%s-%s): Linkerd's backoff is fixed at %s-%s, exponential with full jitter; no annotation changes it", r.Backoff.Base, r.Backoff.Max, linkerdBackoffBase, linkerdBackoffMax)
-	}
+	// Linkerd's policy controller gives every retrying route one backoff
+	// (policy-controller/grpc/src/outbound/http.rs), which no annotation
+	// sets: 25 ms to 250 ms with a jitter ratio of 1.0, which adds up to
+	// the whole wait again rather than drawing below it, and waits before
+	// the first retry too. Even minimesh's default bounds wait otherwise.
+	pl.note("retries.backoff (%s-%s): Linkerd's backoff is fixed (no annotation changes it): before retry n, the first included, it waits min(%s, %s·2^(n-1)) plus a random time up to as much again (jitter ratio 1.0); the sidecar waits a random time in (0, min(max, base·2^(n-1))]", r.Backoff.Base, r.Backoff.Max, linkerdBackoffMax, linkerdBackoffBase)
 	pl.note("retries.budget (ratio %g, %d/s): Linkerd's route annotations have no retry budget", r.Budget.Ratio, r.Budget.MinPerSecond)
 
 	if on.GRPC == 0 {
@@ -698,6 +711,31 @@ func padRoutes(plans []*plan) {
 	}
 }
 
+// notePortOverlap notes, on a policy without a port and on one for a
+// port of the same Service whose routes Linkerd offers to the same
+// clients, that Linkerd may apply the wrong one there: the route of the
+// first attaches to every port (a parentRef without a port), and where
+// both routes match a request alike Linkerd takes the oldest, then the
+// first by name, where the sidecar always applies the port's policy.
+// (padRoutes keeps the split routes from outranking; it cannot make the
+// port's policy win.)
+func notePortOverlap(plans []*plan) {
+	for _, wide := range plans {
+		if wide.svc.port != 0 || len(wide.route) == 0 {
+			continue
+		}
+		for _, port := range plans {
+			if port.svc.port == 0 || len(port.route) == 0 || !wide.sharesClients(port) {
+				continue
+			}
+			what := fmt.Sprintf("the HTTPRoutes of ResiliencePolicy %s attach to every port of Service %s/%s, those of ResiliencePolicy %s to port %d", label(wide.p), wide.svc.ns, wide.svc.name, label(port.p), port.svc.port)
+			why := fmt.Sprintf("where their matches are alike Linkerd takes the oldest route, then the first by name, where the sidecar always applies the port's policy on port %d (apply that policy's HTTPRoutes first)", port.svc.port)
+			wide.note("%s: %s", what, why)
+			port.note("%s: %s", what, why)
+		}
+	}
+}
+
 // sanitizeName turns s into a DNS-1123 subdomain, the names Kubernetes
 // accepts: lower case, other characters as '-', each dot-separated part
 // starting and ending with a letter or digit. It returns "" when nothing
@@ -731,11 +769,17 @@ func trimName(s string, n int) string {
 }
 
 // servicePreference orders the policies whose annotations a Service may
-// keep (mergeServices): a cluster-wide one first, as Linkerd reads the
-// annotations for the clients of every namespace, which is where a
-// cluster-wide policy applies; then one without a port.
+// keep (mergeServices): first one of the Service's canonical spelling,
+// as the sidecar ejects the endpoints of every spelling with that
+// policy's outlierDetection (docs/policy.md, "Precedence rules");
+// then a cluster-wide one, as Linkerd reads the annotations for the
+// clients of every namespace, which is where a cluster-wide policy
+// applies; then one without a port.
 func servicePreference(pl *plan) int {
 	r := 0
+	if pl.canonical {
+		r += 4
+	}
 	if pl.clusterWide {
 		r += 2
 	}

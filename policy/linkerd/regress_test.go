@@ -333,17 +333,20 @@ func TestExternalHosts(t *testing.T) {
 }
 
 // TestBackoff: Linkerd's policy controller gives every retrying route a
-// backoff of its own, 25 ms to 250 ms with full jitter, that no
-// annotation changes; a policy with that backoff loses nothing, one with
-// another is told so (it was told Linkerd retries at once, which it has
-// not since 2.16).
+// backoff of its own that no annotation changes, and it is not the
+// sidecar's even at minimesh's default bounds: Linkerd waits the
+// exponential step plus up to as much again (jitter ratio 1.0), the
+// sidecar a random time up to the step. Every retrying policy is told
+// so, with both formulas (it was told the default was the same).
 func TestBackoff(t *testing.T) {
 	const doc = "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo, namespace: shop}\nspec:\n  service: geo\n  retries: {attempts: 2, retryOn: [5xx], backoff: %s}\n"
+	const formulas = "before retry n, the first included, it waits min(250ms, 25ms·2^(n-1)) plus a random time up to as much again (jitter ratio 1.0); the sidecar waits a random time in (0, min(max, base·2^(n-1))]\n"
 	for _, tt := range []struct{ backoff, want string }{
-		{"{base: 25ms, max: 250ms}", "# retries.backoff (25ms-250ms): Linkerd's own backoff is the same, exponential with full jitter\n"},
-		{"{base: 100ms, max: 2s}", "# not carried over: retries.backoff (100ms-2s): Linkerd's backoff is fixed at 25ms-250ms, exponential with full jitter; no annotation changes it\n"},
+		{"{base: 25ms, max: 250ms}", "# not carried over: retries.backoff (25ms-250ms): Linkerd's backoff is fixed (no annotation changes it): " + formulas},
+		{"{base: 100ms, max: 2s}", "# not carried over: retries.backoff (100ms-2s): Linkerd's backoff is fixed (no annotation changes it): " + formulas},
 	} {
-		if e := exportYAML(t, fmt.Sprintf(doc, tt.backoff)); !strings.Contains(e.comments, tt.want) {
+		e := exportYAML(t, fmt.Sprintf(doc, tt.backoff))
+		if !strings.Contains(e.comments, tt.want) {
 			t.Errorf("backoff %s: comments\n%s\nwant %q", tt.backoff, e.comments, tt.want)
 		}
 	}
