@@ -95,7 +95,7 @@ func successionTable(t *testing.T, docs, ns string) *policy.Table {
 func assertOneBreakerAPolicy(t *testing.T, d *destinations) {
 	t.Helper()
 	owner := map[*breaker.Breaker]string{}
-	for a, e := range *d.byAuthority.Load() {
+	for a, e := range d.authorities() {
 		pol := d.table.Lookup(a)
 		if e.dst.policy != pol {
 			t.Errorf("%s is under policy %s, want %s", a, policyName(e.dst.policy), policyName(pol))

@@ -26,7 +26,7 @@ import (
 type destination struct {
 	name    string // canonical authority: "nominatim-service:8000"
 	policy  *policy.ResiliencePolicy
-	breaker *breaker.Breaker // nil past the destination cap
+	breaker *breaker.Breaker // nil past the destination cap (overflowName)
 	budget  *retry.Budget    // nil without retries
 	metrics *telemetry.Destination
 	// lb balances the tries over the Service's endpoints (endpoints.go);
@@ -40,9 +40,24 @@ type destination struct {
 // without bound; destinations past the cap get no breaker.
 const maxServices = 4096
 
-// destinations maps a request's authority to its destination. Reads are
-// lock-free (an immutable map behind an atomic pointer); a new authority
-// or a policy change copies the map under mu. Both are rare.
+// maxAuthorities bounds the authorities remembered; one past it is looked
+// up again at each request (the slow path), never kept.
+const maxAuthorities = 4 * maxServices
+
+// publishDivisor sets how often authorities added since the last
+// publication are merged into the published map: once the slow calls
+// (additions, and reads of an authority not yet published) reach
+// 1/publishDivisor of its size. Each merge copies the whole map, so a new
+// authority costs about publishDivisor entries copied however many are
+// known, where copying at each one cost 1.5 ms near maxAuthorities; and
+// an authority an app keeps calling is read under mu at most that many
+// times before it is read without a lock.
+const publishDivisor = 16
+
+// destinations maps a request's authority to its destination. Reads of
+// a published authority are lock-free (an immutable map behind an atomic
+// pointer); one not yet published is in recent, read under mu on the
+// slow path a miss already takes. A policy change publishes a new map.
 type destinations struct {
 	namespace string
 	metrics   *telemetry.Metrics
@@ -50,10 +65,15 @@ type destinations struct {
 
 	byAuthority atomic.Pointer[map[string]authEntry]
 
-	mu       sync.Mutex
-	table    *policy.Table
-	services map[string]*destination // by serviceKey
-	overflow bool                    // warned about the cap
+	mu     sync.Mutex
+	recent map[string]authEntry // added since byAuthority was published
+	slow   int                  // slow calls since then (publishDivisor)
+	table  *policy.Table
+	// services are the destinations with a breaker, by serviceKey, at
+	// most maxServices; over those past the cap (overflowService).
+	services map[string]*destination
+	over     map[string]*destination
+	overflow bool // warned about the cap
 	onWarn   func(msg string, args ...any)
 }
 
@@ -81,7 +101,8 @@ func checkAuthority(authority string) error {
 }
 
 func newDestinations(namespace string, table *policy.Table, m *telemetry.Metrics, warn func(string, ...any)) *destinations {
-	d := &destinations{namespace: namespace, metrics: m, eps: newEndpoints(), table: table, services: map[string]*destination{}, onWarn: warn}
+	d := &destinations{namespace: namespace, metrics: m, eps: newEndpoints(), table: table,
+		recent: map[string]authEntry{}, services: map[string]*destination{}, over: map[string]*destination{}, onWarn: warn}
 	empty := map[string]authEntry{}
 	d.byAuthority.Store(&empty)
 	return d
@@ -112,36 +133,74 @@ func (d *destinations) onDefaultPort(host string) (string, *destination) {
 func (d *destinations) add(authority string) *destination {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	old := *d.byAuthority.Load()
-	if e, ok := old[authority]; ok {
+	published := *d.byAuthority.Load()
+	if e, ok := published[authority]; ok {
+		return e.dst // published since the caller looked
+	}
+	if e, ok := d.recent[authority]; ok {
+		d.slowCall(len(published))
 		return e.dst
 	}
 	pol := d.table.Lookup(authority)
 	name := canonical(authority, d.namespace)
 	dst := d.services[serviceKey(name, pol)]
 	if dst == nil {
-		dst = d.newService(d.services, name, pol)
+		dst = d.newService(d.services, d.over, name, pol)
 	}
-	if len(old) < 4*maxServices {
-		next := make(map[string]authEntry, len(old)+1)
-		for k, v := range old {
-			next[k] = v
-		}
-		next[authority] = authEntry{authority, dst}
-		d.byAuthority.Store(&next)
+	if len(published)+len(d.recent) < maxAuthorities {
+		d.recent[authority] = authEntry{authority, dst}
+		d.slowCall(len(published))
 	}
 	return dst
 }
 
+// slowCall counts a call that found its authority only in recent, or
+// added it, and publishes recent once they are 1/publishDivisor of the
+// published map's size; mu is held.
+func (d *destinations) slowCall(published int) {
+	d.slow++
+	if d.slow >= max(1, published/publishDivisor) {
+		d.publish()
+	}
+}
+
+// publish merges recent into a new published map, and returns it; mu is
+// held.
+func (d *destinations) publish() map[string]authEntry {
+	old := *d.byAuthority.Load()
+	if len(d.recent) == 0 {
+		return old
+	}
+	next := make(map[string]authEntry, len(old)+len(d.recent))
+	for k, v := range old {
+		next[k] = v
+	}
+	for k, v := range d.recent {
+		next[k] = v
+	}
+	d.byAuthority.Store(&next)
+	clear(d.recent)
+	d.slow = 0
+	return next
+}
+
+// authorities is every authority known, published first.
+func (d *destinations) authorities() map[string]authEntry {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.publish()
+}
+
 // newService makes the breaker and budget of one service and adds it to
-// services; mu is held.
-func (d *destinations) newService(services map[string]*destination, name string, pol *policy.ResiliencePolicy) *destination {
+// services; past the cap, it is the policy's overflow service, kept in
+// over. mu is held.
+func (d *destinations) newService(services, over map[string]*destination, name string, pol *policy.ResiliencePolicy) *destination {
+	if len(services) >= maxServices {
+		return d.overflowService(over, name, pol)
+	}
 	svc := &destination{name: name, policy: pol, metrics: d.metrics.Destination(name)}
 	if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
 		svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
-	}
-	if len(services) >= maxServices {
-		return d.overflowService(services, name, pol)
 	}
 	m := svc.metrics
 	svc.lb = d.eps.forService(name, d.namespace, d.table.Lookup(name), m)
@@ -152,25 +211,55 @@ func (d *destinations) newService(services map[string]*destination, name string,
 	return svc
 }
 
-// overflowService is the one service of the destinations past
-// maxServices: no breaker, one retry budget, so retries stay bounded
-// however many hosts an app calls. mu is held.
-func (d *destinations) overflowService(services map[string]*destination, name string, pol *policy.ResiliencePolicy) *destination {
-	if o := services[overflowName]; o != nil {
-		return o
+// overflowService is the service of the destinations past maxServices
+// under one policy. It has no breaker (a breaker each would grow the
+// sidecar with every host a crawler calls) and one retry budget for the
+// policy, so that retries stay bounded however many hosts an app calls,
+// but the policy's own timeout and retries: a destination past the cap
+// is served as its policy says, not as the policy of whichever
+// destination overflowed first. There is one per policy (spec.service is
+// unique in a table), bounded by the policies. A Service whose endpoints
+// the control plane has sent keeps its balancer, in a destination of its
+// own sharing the policy's budget: bounded by the Services with
+// endpoints, whose balancers the endpoints keep anyway. mu is held.
+func (d *destinations) overflowService(over map[string]*destination, name string, pol *policy.ResiliencePolicy) *destination {
+	shared := over[pol.Spec.Service]
+	if shared == nil {
+		if !d.overflow {
+			d.overflow = true
+			d.onWarn("too many destinations; new ones get no circuit breaker", "limit", maxServices, "destination", name)
+		}
+		shared = &destination{name: overflowName, policy: pol, metrics: d.metrics.Destination(telemetry.Other)}
+		if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
+			shared.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
+		}
+		over[pol.Spec.Service] = shared
 	}
-	if !d.overflow {
-		d.overflow = true
-		d.onWarn("too many destinations; new ones get no circuit breaker", "limit", maxServices, "destination", name)
+	if !d.hasEndpoints(name) {
+		return shared
 	}
-	svc := &destination{name: overflowName, policy: pol, metrics: d.metrics.Destination(telemetry.Other)}
-	if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
-		svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
-	} else {
-		svc.budget = retry.NewBudget(policy.DefaultBudgetRatio, policy.DefaultBudgetMinPerSecond)
+	// serviceKey holds a NUL, which no spec.service does: the two kinds
+	// of keys never meet.
+	key := serviceKey(name, pol)
+	if svc := over[key]; svc != nil {
+		return svc
 	}
-	services[overflowName] = svc
-	return svc
+	svc := *shared
+	svc.lb = d.eps.forService(name, d.namespace, d.table.Lookup(name), shared.metrics)
+	over[key] = &svc
+	return &svc
+}
+
+// hasEndpoints reports whether destination name is a Service the control
+// plane has sent endpoints of, or one with a balancer already.
+func (d *destinations) hasEndpoints(name string) bool {
+	key, ok := endpointKey(name, d.namespace)
+	if !ok {
+		return false
+	}
+	d.eps.mu.Lock()
+	defer d.eps.mu.Unlock()
+	return len(d.eps.known[key]) > 0 || d.eps.slots[key] != nil
 }
 
 // setTable applies new policies. A service whose breaker settings did not
@@ -182,7 +271,7 @@ func (d *destinations) setTable(t *policy.Table) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.table = t
-	old := *d.byAuthority.Load()
+	old := d.publish()
 	wanted := make(map[string]string, len(d.services)) // serviceKey → name
 	for authority, e := range old {
 		if e.dst.name != overflowName {
@@ -192,6 +281,7 @@ func (d *destinations) setTable(t *policy.Table) {
 	}
 	prevOf := d.predecessors(wanted)
 	services := make(map[string]*destination, len(d.services))
+	over := map[string]*destination{}
 	next := make(map[string]authEntry, len(old))
 	for authority, e := range old {
 		pol := t.Lookup(authority)
@@ -199,7 +289,7 @@ func (d *destinations) setTable(t *policy.Table) {
 		if e.dst.name == overflowName {
 			// Past the cap it stays: rebuilt while the new map fills,
 			// it would take a breaker of its own, more at each reload.
-			next[authority] = authEntry{authority, d.overflowService(services, name, pol)}
+			next[authority] = authEntry{authority, d.overflowService(over, name, pol)}
 			continue
 		}
 		key := serviceKey(name, pol)
@@ -217,12 +307,13 @@ func (d *destinations) setTable(t *policy.Table) {
 				}
 				services[key] = svc
 			} else {
-				svc = d.newService(services, name, pol)
+				svc = d.newService(services, over, name, pol)
 			}
 		}
 		next[authority] = authEntry{authority, svc}
 	}
 	d.services = services
+	d.over = over
 	d.byAuthority.Store(&next)
 }
 
@@ -312,7 +403,7 @@ func (d *destinations) reset(spelling string) (string, bool) {
 	if len(replaced) == 0 {
 		return "", false
 	}
-	old := *d.byAuthority.Load()
+	old := d.publish()
 	next := make(map[string]authEntry, len(old))
 	for k, v := range old {
 		if fresh, ok := replaced[v.dst]; ok {

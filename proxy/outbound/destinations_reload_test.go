@@ -20,7 +20,7 @@ func TestBreakerCapKeptOnReload(t *testing.T) {
 	}
 	breakers := func() int {
 		n := 0
-		for _, e := range *d.byAuthority.Load() {
+		for _, e := range d.authorities() {
 			if e.dst.breaker != nil {
 				n++
 			}
