@@ -75,12 +75,15 @@ type Controller struct {
 	// unrecorded says the CRD prunes status.lastValidSpec (one from
 	// before it): the last valid versions cannot be shared, so none is
 	// taken from accepted, and writeStatus stops comparing them (or it
-	// would write every status at every sync). sync's only.
-	unrecorded bool
+	// would write every status at every sync). Read by sync, learnt by
+	// the status writes (their own goroutine).
+	unrecorded atomic.Bool
+	// statuses holds the status writes sync hands over. Run's.
+	statuses *statusQueue
 	// crdPoll is how often a missing CRD is looked for (10 s).
 	crdPoll time.Duration
-	// synced, when set (tests), is called at the end of every sync with
-	// the objects it read, its status writes done.
+	// synced, when set (tests), is called with the objects the latest
+	// sync read once their status writes are done (made or given up).
 	synced func(objs []any)
 }
 
@@ -136,6 +139,10 @@ func (c *Controller) Run(ctx context.Context) {
 	}
 	c.missing.Store(false)
 	c.accepted = map[objKey]lastValid{}
+	c.statuses = newStatusQueue(c.Log, c.writeJob, c.synced)
+	var workers sync.WaitGroup
+	defer workers.Wait() // a write under way ends with ctx: Run leaves no goroutine behind
+	workers.Go(func() { c.statuses.run(ctx) })
 	f := dynamicinformer.NewDynamicSharedInformerFactory(c.Client, 10*time.Minute)
 	c.mu.Lock()
 	c.informer = f.ForResource(GVR).Informer()
@@ -152,13 +159,13 @@ func (c *Controller) Run(ctx context.Context) {
 	})
 	f.Start(ctx.Done())
 	cache.WaitForCacheSync(ctx.Done(), c.informer.HasSynced)
-	c.sync(ctx)
+	c.sync()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-kick:
-			c.sync(ctx)
+			c.sync()
 		}
 	}
 }
@@ -172,13 +179,12 @@ func (c *Controller) Synced() bool {
 	return c.missing.Load() || inf != nil && inf.HasSynced()
 }
 
-// sync publishes what the objects hold now, then writes their
-// statuses. The publish comes first: a status write is an API call,
-// rate-limited by client-go (5 a second by default) and without a
-// timeout of its own, and a sidecar must not wait for every object's
-// status (100 new objects: 18 s) or for an API server that hangs, to get
-// its policies.
-func (c *Controller) sync(ctx context.Context) {
+// sync publishes what the objects hold now, then hands their statuses
+// to the status writer (statusQueue) and returns: a status write is an
+// API call, rate-limited by client-go (5 a second by default), and
+// neither a sidecar nor the next change may wait for every object's
+// status (100 new objects: 18 s) or for an API server that hangs.
+func (c *Controller) sync() {
 	c.mu.Lock()
 	inf := c.informer
 	c.mu.Unlock()
@@ -255,12 +261,12 @@ func (c *Controller) sync(ctx context.Context) {
 	// What the sink left out for size is not served, and its object
 	// says so (TooMany) rather than Accepted=True.
 	markTooMany(c.Sink, goods, verdicts, served)
+	jobs := make([]statusJob, len(objs))
 	for i, o := range objs {
-		c.writeStatus(ctx, o.(*unstructured.Unstructured), verdicts[i], served[i], records[i])
+		u := o.(*unstructured.Unstructured)
+		jobs[i] = statusJob{key: u.GetNamespace() + "/" + u.GetName(), u: u, verdict: verdicts[i], served: served[i], rec: records[i]}
 	}
-	if c.synced != nil {
-		c.synced(objs)
-	}
+	c.statuses.put(objs, jobs)
 }
 
 // resolve decides what of u is served: its spec if valid, else the last
@@ -282,7 +288,7 @@ func (c *Controller) resolve(u *unstructured.Unstructured) (good *policy.Resilie
 		return p, rec, nil
 	}
 	rec = recorded(u)
-	if m, ok := c.accepted[keyOf(u)]; ok && !c.unrecorded && m.gen > rec.gen && m.gen <= gen {
+	if m, ok := c.accepted[keyOf(u)]; ok && !c.unrecorded.Load() && m.gen > rec.gen && m.gen <= gen {
 		// Ours, not recorded yet: this sync's status write records it
 		// (and the message says what the status will hold). Not with a
 		// CRD that drops it: a replica that did not see it would then
@@ -375,8 +381,8 @@ const maxMessage = 32768
 // before, so that the chart's two replicas write the same status and
 // each skips the other's write instead of answering it with its own
 // (each write is an informer event for the other: before, they rewrote
-// it at each other without end).
-func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, verdict error, served bool, rec lastValid) {
+// it at each other without end). The error is the API server's.
+func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructured, verdict error, served bool, rec lastValid) error {
 	status, reason, msg := "True", "Valid", "the policy is served to sidecars"
 	var cf conflict
 	var inv invalid
@@ -411,10 +417,10 @@ func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructur
 		}
 	}
 	observed, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
-	if at >= 0 && observed == gen && (c.unrecorded || recorded(u).equal(rec)) {
+	if at >= 0 && observed == gen && (c.unrecorded.Load() || recorded(u).equal(rec)) {
 		m := conds[at].(map[string]any)
 		if m["status"] == status && m["reason"] == reason && m["message"] == msg && m["observedGeneration"] == gen {
-			return
+			return nil
 		}
 	}
 	since := time.Now().UTC().Format(time.RFC3339)
@@ -439,18 +445,15 @@ func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructur
 	}
 	got, err := c.Client.Resource(GVR).Namespace(u.GetNamespace()).UpdateStatus(ctx, obj, metav1.UpdateOptions{})
 	if err != nil {
-		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) && ctx.Err() == nil {
-			c.Log.Error("write policy status", "policy", u.GetNamespace()+"/"+u.GetName(), "err", err)
-		}
-		return
+		return fmt.Errorf("update the status of generation %d: %w", gen, err)
 	}
 	if rec.spec != nil {
 		// A CRD from before status.lastValidSpec (Helm installs CRDs
 		// but never upgrades them) prunes it without an error: noticed
 		// here, or every sync would write every object's status again.
 		_, kept, _ := unstructured.NestedFieldNoCopy(got.Object, "status", "lastValidSpec")
-		if kept == c.unrecorded {
-			c.unrecorded = !kept
+		if kept == c.unrecorded.Load() {
+			c.unrecorded.Store(!kept)
 			if !kept {
 				c.Log.Warn("the ResiliencePolicy CRD drops status.lastValidSpec (Helm never upgrades a CRD): a policy made invalid serves nothing rather than its last valid version; kubectl apply -f charts/minimesh/crds")
 			} else {
@@ -458,4 +461,10 @@ func (c *Controller) writeStatus(ctx context.Context, u *unstructured.Unstructur
 			}
 		}
 	}
+	return nil
+}
+
+// writeJob is the status writer's write.
+func (c *Controller) writeJob(ctx context.Context, j statusJob) error {
+	return c.writeStatus(ctx, j.u, j.verdict, j.served, j.rec)
 }
