@@ -57,7 +57,8 @@ const (
 	// bound is above the most pods a node runs (the kubelet's maxPods:
 	// 110 by default, 250 the largest Kubernetes supports), each with a
 	// stream and a restart's second. Each stream costs a few goroutines
-	// and, for a client that stops reading, one response in memory.
+	// and, for a client that stops reading, twice a response in memory
+	// until the send timeout closes it (DefaultSendTimeout).
 	DefaultMaxStreamsPerPeer = 512
 )
 

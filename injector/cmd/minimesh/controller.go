@@ -167,7 +167,14 @@ func runController(stopping context.Context, f controllerFlags, cmd *cobra.Comma
 		}
 		xl = c
 	}
-	g := grpc.NewServer(xdsServerOptions()...)
+	// A sidecar that stops reading is closed rather than left holding
+	// its response in memory (xds.DefaultSendTimeout).
+	sendTimeouts, err := xdsSrv.SendTimeouts(log, metrics.Registry)
+	if err != nil {
+		xl.Close()
+		return fmt.Errorf("xds metrics: %w", err)
+	}
+	g := grpc.NewServer(append(xdsServerOptions(), sendTimeouts)...)
 	xdsSrv.Register(g)
 	go func() {
 		if err := g.Serve(xl); err != nil {

@@ -1,0 +1,238 @@
+package xds
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/minimesh/minimesh/internal/echo"
+)
+
+// DefaultSendTimeout is how long a stream may leave a response untaken
+// (Server.SendTimeout): a client that stops reading makes the server
+// hold the response (twice its size: the encoding queued in the
+// transport, the message the xDS server keeps), 1.15 MB a stream for
+// 19,000 endpoints, for as long as the stream lasts, and a grpc-go
+// client answers keepalive pings while it does. A minimesh sidecar
+// acknowledges a response once applied, at the latest 5 s after for a
+// NACK it repeats (xdsclient's backoff), an Envoy at once.
+const DefaultSendTimeout = 10 * time.Second
+
+// SendTimeouts is the option that closes, with DeadlineExceeded, a stream
+// that has not taken a response within the send timeout (SendTimeout;
+// 0: DefaultSendTimeout): the send has not returned, or the client has
+// not acknowledged it (ACK or NACK, a request naming its nonce). The
+// first response to a client that never reads is not stuck in its send:
+// grpc-go queues a whole message whatever the client's window, and only
+// the next send waits. Each close is counted in
+// minimesh_xds_send_timeouts_total and logged with the peer.
+func (s *Server) SendTimeouts(log *slog.Logger, reg prometheus.Registerer) (grpc.ServerOption, error) {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_xds_send_timeouts_total",
+		Help: "xDS streams closed because a response was not sent and acknowledged within the send timeout (docs/controlplane.md)."})
+	if err := reg.Register(c); err != nil {
+		return nil, err
+	}
+	return grpc.ChainStreamInterceptor(s.sendTimeouts(func(ctx context.Context, err error) {
+		c.Inc()
+		addr := "unknown"
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+			addr = p.Addr.String()
+		}
+		log.Warn("xds: closed a stream that did not take its response", "peer", addr, "err", echo.Clip(err.Error()))
+	})), nil
+}
+
+// sendTimeouts is the interceptor of SendTimeouts; closed hears of each
+// stream it closes.
+func (s *Server) sendTimeouts(closed func(context.Context, error)) grpc.StreamServerInterceptor {
+	timeout := s.SendTimeout
+	if timeout <= 0 {
+		timeout = DefaultSendTimeout
+	}
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		w := &watchedStream{ServerStream: ss, ctx: ctx, timeout: timeout,
+			pending: map[string][]sentAt{}, stuck: make(chan struct{})}
+		defer w.stop()
+		done := make(chan error, 1)
+		go func() { done <- handler(srv, w) }()
+		select {
+		case err := <-done:
+			return err
+		case <-w.stuck:
+		}
+		// The handler may be blocked in SendMsg, which only the end of
+		// the transport's stream releases, and that comes when this
+		// returns: grpc-go then resets the stream, drops what it had
+		// queued, and the handler's send and receive fail, so that it
+		// returns and its callbacks see the stream close.
+		cancel()
+		err := status.Errorf(codes.DeadlineExceeded, "a response not taken (sent and acknowledged) within %v: the stream is closed", timeout)
+		closed(ss.Context(), err)
+		return err
+	}
+}
+
+// sentAt is a response not acknowledged yet and when it was sent.
+type sentAt struct {
+	nonce string
+	at    time.Time
+}
+
+// watchedStream is a stream whose responses have a deadline: each must
+// be sent and then acknowledged within timeout, or stuck is closed.
+type watchedStream struct {
+	grpc.ServerStream
+	ctx     context.Context
+	timeout time.Duration
+
+	mu sync.Mutex
+	// pending are the responses of each type not acknowledged yet, the
+	// oldest first: a client acknowledges them in order, and one behind
+	// by a push or two under churn is not stuck.
+	pending map[string][]sentAt
+	sending int       // SendMsg calls not returned
+	since   time.Time // when the oldest of those began
+	timer   *time.Timer
+	stuck   chan struct{}
+	fired   bool
+}
+
+// Context is the stream's, ended when the stream is closed for a
+// timeout (the xDS server's receiving goroutine stops on it).
+func (w *watchedStream) Context() context.Context { return w.ctx }
+
+func (w *watchedStream) SendMsg(m any) error {
+	typeURL, nonce := responseOf(m)
+	now := time.Now()
+	w.mu.Lock()
+	if nonce != "" {
+		w.pending[typeURL] = append(w.pending[typeURL], sentAt{nonce, now})
+	}
+	if w.sending == 0 {
+		w.since = now
+	}
+	w.sending++
+	w.arm(now)
+	w.mu.Unlock()
+	err := w.ServerStream.SendMsg(m)
+	w.mu.Lock()
+	w.sending--
+	w.mu.Unlock()
+	return err
+}
+
+func (w *watchedStream) RecvMsg(m any) error {
+	if err := w.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	typeURL, nonce := requestOf(m)
+	if nonce == "" {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for t, sent := range w.pending {
+		// A stream of one type (not ADS) may leave the type out.
+		if typeURL != "" && t != typeURL {
+			continue
+		}
+		for i, r := range sent {
+			if r.nonce == nonce {
+				if rest := sent[i+1:]; len(rest) > 0 {
+					w.pending[t] = rest
+				} else {
+					delete(w.pending, t)
+				}
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// oldest is when the oldest response not taken was sent; ok is false
+// when there is none. The caller holds mu.
+func (w *watchedStream) oldest() (at time.Time, ok bool) {
+	if w.sending > 0 {
+		at, ok = w.since, true
+	}
+	for _, sent := range w.pending {
+		if len(sent) > 0 && (!ok || sent[0].at.Before(at)) {
+			at, ok = sent[0].at, true
+		}
+	}
+	return at, ok
+}
+
+// arm makes sure a check is due when the oldest response's time is up;
+// one timer a stream, re-armed only while something is pending. The
+// caller holds mu.
+func (w *watchedStream) arm(now time.Time) {
+	if w.timer != nil || w.fired {
+		return
+	}
+	at, ok := w.oldest()
+	if !ok {
+		return
+	}
+	w.timer = time.AfterFunc(at.Add(w.timeout).Sub(now), w.check)
+}
+
+func (w *watchedStream) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.timer = nil
+	if w.fired {
+		return
+	}
+	now := time.Now()
+	if at, ok := w.oldest(); ok && now.Sub(at) >= w.timeout {
+		w.fired = true
+		close(w.stuck)
+		return
+	}
+	w.arm(now)
+}
+
+func (w *watchedStream) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.fired = true
+	if w.timer != nil {
+		w.timer.Stop()
+		w.timer = nil
+	}
+}
+
+// responseOf is the type and nonce of an xDS response ("" for another
+// message).
+func responseOf(m any) (typeURL, nonce string) {
+	switch r := m.(type) {
+	case *discovery.DiscoveryResponse:
+		return r.GetTypeUrl(), r.GetNonce()
+	case *discovery.DeltaDiscoveryResponse:
+		return r.GetTypeUrl(), r.GetNonce()
+	}
+	return "", ""
+}
+
+// requestOf is the type and the nonce a request acknowledges.
+func requestOf(m any) (typeURL, nonce string) {
+	switch r := m.(type) {
+	case *discovery.DiscoveryRequest:
+		return r.GetTypeUrl(), r.GetResponseNonce()
+	case *discovery.DeltaDiscoveryRequest:
+		return r.GetTypeUrl(), r.GetResponseNonce()
+	}
+	return "", ""
+}
