@@ -1,6 +1,7 @@
 package injector
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -12,12 +13,19 @@ import (
 // itself before it connects to the app, so the probe checks the sidecar,
 // not the app, and passes while the app is down (docs/interception.md,
 // "Inbound"). httpGet probes go through the sidecar to the app and are
-// fine.
+// fine. Native sidecars (init containers with restartPolicy Always) are
+// probed as the app containers are, so theirs are looked at too.
 func warnTCPProbes(pod *corev1.Pod, s *settings) {
 	if !s.iptables || !s.captureInbound {
 		return
 	}
-	for _, c := range pod.Spec.Containers {
+	probed := slices.Clone(pod.Spec.Containers)
+	for _, c := range pod.Spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			probed = append(probed, c)
+		}
+	}
+	for _, c := range probed {
 		for _, p := range []struct {
 			kind  string
 			probe *corev1.Probe

@@ -33,11 +33,26 @@ func TestTCPProbeWarning(t *testing.T) {
 		{"httpGet", capture, func(c *corev1.Container) { c.LivenessProbe = http }, ""},
 		{"no inbound capture", iptables(), func(c *corev1.Container) { c.LivenessProbe = tcp(intstr.FromInt32(8000)) }, ""},
 		{"proxy-env", enabled(), func(c *corev1.Container) { c.LivenessProbe = tcp(intstr.FromInt32(8000)) }, ""},
+		{"native sidecar's tcp readiness", capture, nil, "container log-shipper: the readinessProbe is a tcpSocket probe of port 9000"},
+		{"plain init container", capture, nil, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pod := appPod(tt.ann)
-			tt.set(&pod.Spec.Containers[0])
+			if tt.set != nil {
+				tt.set(&pod.Spec.Containers[0])
+			} else {
+				// The kubelet probes a native sidecar (restartPolicy
+				// Always) as an app container; a plain init container
+				// it never probes.
+				shipper := corev1.Container{Name: "log-shipper", Image: "shipper",
+					Ports:          []corev1.ContainerPort{{Name: "ship", ContainerPort: 9000}},
+					ReadinessProbe: tcp(intstr.FromString("ship"))}
+				if strings.HasPrefix(tt.name, "native") {
+					shipper.RestartPolicy = new(corev1.ContainerRestartPolicyAlways)
+				}
+				pod.Spec.InitContainers = append(pod.Spec.InitContainers, shipper)
+			}
 			res, err := Inject(Input{Pod: pod, Namespace: "shop"}, testConfig())
 			if err != nil || !res.Injected {
 				t.Fatalf("%v %+v", err, res)
