@@ -34,6 +34,9 @@ const (
 	ErrorForbidden = "forbidden"
 	// ErrorLoop: the request had already passed through this sidecar (508).
 	ErrorLoop = "loop"
+	// ErrorOverloaded: the sidecar itself had no file descriptor or
+	// memory left to connect upstream (503).
+	ErrorOverloaded = "overloaded"
 )
 
 // EnvPrefix prefixes the environment variable that sets each flag of

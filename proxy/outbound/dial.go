@@ -39,7 +39,24 @@ type dialer struct {
 	// transports that keep them (pooled): retire finds there those to an
 	// endpoint that has left every Service's endpoints.
 	pools connPools
+
+	// log hears of dials that failed for want of the sidecar's own
+	// resources (starved), at most once per starvedLogEvery, with
+	// their count since the start; nil: slog's default.
+	log         *slog.Logger
+	starved     atomic.Uint64
+	starvedNext atomic.Int64 // unix nanoseconds before which none is logged
+
+	// connect dials with nd (nil: nd.DialContext): a test's stand-in for
+	// the kernel, whose refusals of the sidecar's own (EMFILE) a test
+	// cannot cause without starving the whole test binary.
+	connect func(ctx context.Context, nd *net.Dialer, network, addr string) (net.Conn, error)
 }
+
+// starvedLogEvery spaces the warnings of a sidecar out of file
+// descriptors: each request fails alike until some are closed, and a
+// line per request would flood the log just then.
+const starvedLogEvery = 10 * time.Second
 
 func newDialer(connectTimeout time.Duration, resolve map[string]string, self *selfAddrs) *dialer {
 	return &dialer{d: net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}, resolve: resolve, self: self}
@@ -77,16 +94,60 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		}
 		return nil
 	}
-	c, err := nd.DialContext(ctx, network, addr)
+	var c net.Conn
+	var err error
+	if d.connect != nil {
+		c, err = d.connect(ctx, &nd, network, addr)
+	} else {
+		c, err = nd.DialContext(ctx, network, addr)
+	}
 	if err != nil {
 		var se *selfError
 		if errors.As(err, &se) {
 			se.asked = asked
 			return nil, se
 		}
+		if ownResources(err) {
+			d.starve(asked, err)
+			return nil, &dialError{&localError{err}}
+		}
 		return nil, &dialError{err}
 	}
 	return rawio.Wrap(c), nil
+}
+
+// starve counts and logs a dial to asked that failed for want of the
+// sidecar's own resources (localError).
+func (d *dialer) starve(asked string, err error) {
+	n := d.starved.Add(1)
+	now := time.Now().UnixNano()
+	next := d.starvedNext.Load()
+	if now < next || !d.starvedNext.CompareAndSwap(next, now+int64(starvedLogEvery)) {
+		return
+	}
+	log := d.log
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Warn("the sidecar is out of file descriptors or memory for upstream connections: answered 503 overloaded, not held against the destination",
+		"address", asked, "error", err, "dials_failed_so_far", n)
+}
+
+// ownResources reports whether a dial failed for want of the sidecar's
+// own resources, not the upstream's: the process's or the system's file
+// descriptors (EMFILE, ENFILE), or kernel memory for a socket (ENOBUFS,
+// ENOMEM). net.Dialer returns them as a *net.OpError around an
+// *os.SyscallError ("socket"); a name's lookup that could not open its
+// socket, as a *net.DNSError that keeps only the text.
+func ownResources(err error) bool {
+	var dns *net.DNSError
+	isDNS := errors.As(err, &dns)
+	for _, errno := range [...]syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, errno) || isDNS && strings.HasSuffix(dns.Err, errno.Error()) {
+			return true
+		}
+	}
+	return false
 }
 
 // controlAddr reads the address a dial's Control hook is given. Go

@@ -63,6 +63,19 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
+// localError marks a dial that failed for want of the sidecar's own
+// resources (ownResources: out of file descriptors, say, with idle
+// connections held): the destination may be healthy. Inside a
+// dialError, so that a path that does not look for it still takes it
+// for the connect failure it was before; the try loop (refusal) and
+// tunnels do look, and answer 503 overloaded without a breaker or
+// endpoint verdict and without a retry: the sidecar's own failure held
+// against the destination opened a healthy one's breaker.
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
 // unprocessedError marks an HTTP/2 try that the upstream did not
 // process: it refused the stream (RST_STREAM REFUSED_STREAM, or a GOAWAY
 // whose last stream ID is below it, RFC 9113 §8.7), or Go's transport
@@ -408,6 +421,9 @@ func errorResponse(err error, dest string) (code int, kind string, b errorBody) 
 	case errors.As(err, new(*selfError)):
 		b.Message = err.Error()
 		return http.StatusForbidden, wellknown.ErrorForbidden, b
+	case errors.As(err, new(*localError)):
+		b.Message = "the sidecar has no file descriptor or memory left for a connection to " + dest + " (not the destination's failure): " + err.Error()
+		return http.StatusServiceUnavailable, wellknown.ErrorOverloaded, b
 	case errors.As(err, &mb):
 		b.Message = "request body larger than " + strconv.FormatInt(mb.Limit, 10) + " bytes"
 		return http.StatusRequestEntityTooLarge, wellknown.ErrorBadRequest, b

@@ -442,6 +442,9 @@ func refusal(err error, st *reqState, ctx context.Context) error {
 	if errors.As(err, &se) {
 		return se
 	}
+	if errors.As(err, new(*localError)) {
+		return err // the sidecar's own want of descriptors (dial.go)
+	}
 	if errors.As(err, new(*http.MaxBytesError)) {
 		return &clientError{err}
 	}

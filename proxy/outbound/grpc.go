@@ -192,7 +192,7 @@ func grpcName(code int) string {
 // grpcAnswer is the gRPC status of the sidecar's own answer of kind.
 func grpcAnswer(kind string, code int) int {
 	switch kind {
-	case wellknown.ErrorCircuitOpen, wellknown.ErrorConnectFailure, wellknown.ErrorReset:
+	case wellknown.ErrorCircuitOpen, wellknown.ErrorConnectFailure, wellknown.ErrorReset, wellknown.ErrorOverloaded:
 		return grpcUnavailable
 	case wellknown.ErrorTimeout:
 		return grpcDeadlineExceeded
@@ -514,6 +514,12 @@ const (
 func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error)) *http.Transport {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
+	// No MaxIdleConns (maxIdleTotal, fastpath.go): Go keeps HTTP/2
+	// connections in its HTTP/2 pool, which has no bound of its own, and
+	// MaxIdleConns would drop only their entries in the HTTP/1 idle list,
+	// each then a dial whose connection that pool closes as one too many.
+	// They are one per destination, multiplexed, closed after
+	// IdleConnTimeout idle.
 	return &http.Transport{
 		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
 		DialContext:            boundDials(dial),

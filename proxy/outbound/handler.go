@@ -146,11 +146,12 @@ func New(cfg Config, table *policy.Table) *Handler {
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, self: newSelfAddrs(), hop: newHop()}
 	h.dialer = newDialer(cfg.ConnectTimeout, cfg.Resolve, h.self)
+	h.dialer.log = h.log
 	h.dests = newDestinations(cfg.Namespace, table, cfg.Metrics, h.log.Warn)
 	tr := &http.Transport{
 		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
 		DialContext:            h.dialer.pooled(poolStd),
-		MaxIdleConns:           0,
+		MaxIdleConns:           maxIdleTotal, // fastpath.go: all hosts together, as the fast transport's
 		MaxIdleConnsPerHost:    cfg.MaxIdleConnsPerHost,
 		IdleConnTimeout:        90 * time.Second,
 		DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
@@ -163,6 +164,14 @@ func New(cfg Config, table *policy.Table) *Handler {
 		fast = newFastTransport(h.dialer.pooled(poolFast), upstream, cfg.MaxIdleConnsPerHost)
 		upstream = fast
 	}
+	// The fast transport's idle connections closed at its cap of all
+	// hosts; Go's transports count none of theirs.
+	cfg.Metrics.ListenerEvicted("upstream", func() uint64 {
+		if fast == nil {
+			return 0
+		}
+		return fast.evicted.Load()
+	})
 	h2 := newH2CTransport(h.dialer.pooled(poolH2))
 	// An endpoint that leaves its Service takes its kept connections.
 	h.dests.eps.retire = h.dialer.retirer(fast, tr, h2, h.log)

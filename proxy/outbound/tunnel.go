@@ -205,7 +205,7 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 		if ep != nil {
 			err = endpointSelf(err) // the endpoint's fault, not the app's (dial.go)
 		}
-		if errors.As(err, new(*selfError)) {
+		if errors.As(err, new(*selfError)) || errors.As(err, new(*localError)) {
 			endTry(done, ep, epStart, breaker.ErrIgnored)
 			return nil, err
 		}
