@@ -225,12 +225,18 @@ type Destination struct {
 
 	mu      sync.Mutex
 	methods [len(methods) + 1]atomic.Pointer[[]codeCounter]
-	codes   []int                                                 // the codes with a label of their own, under mu (MaxCodes)
-	classes [len(methods) + 1][len(codeClasses)]*promtext.Counter // the codes past them, under mu
+	// codes are the codes with a label of their own (MaxCodes), copied
+	// on write under mu so that a request past the caps finds its class
+	// without the lock.
+	codes atomic.Pointer[[]int]
+	// pairs counts the requests_total children with a code label of
+	// their own, across methods (MaxCodePairs); written under mu.
+	pairs   atomic.Int32
+	classes [len(methods) + 1]codeClassCounters // the codes past the caps
 	// retryCodes are the retries_total children of the status codes
 	// that caused retries, as methods are requests_total's (Retry).
 	retryCodes   atomic.Pointer[[]codeCounter]
-	retryClasses [len(codeClasses)]*promtext.Counter // the codes past MaxCodes, under mu
+	retryClasses codeClassCounters // the codes past MaxCodes
 	tcp          atomic.Pointer[TCPBytes]
 	grpc         [len(GRPCCodes)]atomic.Pointer[grpcCounter]
 }
@@ -277,19 +283,40 @@ func (d *Destination) Observe(method string, code int, seconds float64) {
 // "1xx" to "5xx", which code=~"5.." still matches.
 const MaxCodes = 32
 
+// MaxCodePairs bounds the (method, code) pairs of one destination's
+// requests_total that have a code label of their own, across its
+// methods: MaxCodes alone let the app's methods multiply the upstream's
+// codes, 10 method labels × 38 codes per destination. Past it a
+// further pair's code is counted as its class, as past MaxCodes, so a
+// destination has at most MaxCodePairs + 10 × 6 (five classes and
+// "other" per method label) = 124 series of requests_total
+// (docs/metrics.md).
+const MaxCodePairs = 64
+
+// codeClassCounters are the children of the codes past the caps, by
+// class; made under Destination.mu, read without it.
+type codeClassCounters [len(codeClasses)]atomic.Pointer[promtext.Counter]
+
 // counter finds the requests_total child for (method, code) in a short
 // copy-on-write list: a destination sees few distinct codes, so a scan
 // beats hashing four label values on every request. The list holds the
 // codes with a label of their own (at most MaxCodes) and, as code 0, the
 // codes outside 100–599: it stays short whatever an upstream sends. A
-// code past the cap is counted under its class, found under d.mu.
+// code past the caps is counted under its class, which, once made, is
+// found without the lock too: a destination past MaxCodePairs may see
+// such codes on many of its requests.
 func (d *Destination) counter(method string, code int) *promtext.Counter {
 	mi := methodIndex(method)
 	key := codeKey(code)
 	if c := lookupCode(&d.methods[mi], key); c != nil {
 		return c
 	}
-	return d.addCode(&d.methods[mi], &d.classes[mi], key, func(label string) *promtext.Counter {
+	if d.pastCaps(key, true) {
+		if c := d.classes[mi][key/100-1].Load(); c != nil {
+			return c
+		}
+	}
+	return d.addCode(&d.methods[mi], &d.classes[mi], true, key, func(label string) *promtext.Counter {
 		return d.m.requests.With(d.direction, d.label, methodLabel(mi), label)
 	})
 }
@@ -315,12 +342,30 @@ func lookupCode(list *atomic.Pointer[[]codeCounter], key int) *promtext.Counter 
 	return nil
 }
 
+// pastCaps reports whether a code not yet in a list is to be counted as
+// its class: past MaxCodePairs (for requests, pairs), or new to the
+// destination past MaxCodes. Code 0 ("other") never is.
+func (d *Destination) pastCaps(key int, pairs bool) bool {
+	if key == 0 {
+		return false
+	}
+	if pairs && d.pairs.Load() >= MaxCodePairs {
+		return true
+	}
+	codes := d.codes.Load()
+	if codes == nil {
+		return false
+	}
+	return len(*codes) >= MaxCodes && !slices.Contains(*codes, key)
+}
+
 // addCode is the way of a code not in list (requests' or retries'),
 // under d.mu: a code gets a label of its own, made by with and added to
 // list, while the destination has fewer than MaxCodes codes, counted by
-// its requests and retries alike; past them it is counted as its class,
-// kept in classes.
-func (d *Destination) addCode(list *atomic.Pointer[[]codeCounter], classes *[len(codeClasses)]*promtext.Counter,
+// its requests and retries alike, and, for requests (pairs), fewer than
+// MaxCodePairs pairs; past them it is counted as its class, kept in
+// classes.
+func (d *Destination) addCode(list *atomic.Pointer[[]codeCounter], classes *codeClassCounters, pairs bool,
 	key int, with func(label string) *promtext.Counter) *promtext.Counter {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -329,15 +374,25 @@ func (d *Destination) addCode(list *atomic.Pointer[[]codeCounter], classes *[len
 	}
 	label := Other
 	if key != 0 {
-		if !slices.Contains(d.codes, key) {
-			if len(d.codes) >= MaxCodes {
-				cl := &classes[key/100-1]
-				if *cl == nil {
-					*cl = with(codeClasses[key/100-1])
-				}
-				return *cl
+		if d.pastCaps(key, pairs) {
+			cl := &classes[key/100-1]
+			if c := cl.Load(); c != nil {
+				return c
 			}
-			d.codes = append(d.codes, key)
+			c := with(codeClasses[key/100-1])
+			cl.Store(c)
+			return c
+		}
+		var codes []int
+		if p := d.codes.Load(); p != nil {
+			codes = *p
+		}
+		if !slices.Contains(codes, key) {
+			next := append(slices.Clip(codes), key)
+			d.codes.Store(&next)
+		}
+		if pairs {
+			d.pairs.Add(1)
 		}
 		label = strconv.Itoa(key)
 	}
@@ -370,8 +425,13 @@ func (d *Destination) Retry(reason string) {
 	}
 	key := codeKey(code)
 	c := lookupCode(&d.retryCodes, key)
+	if c == nil && d.pastCaps(key, false) {
+		c = d.retryClasses[key/100-1].Load()
+	}
 	if c == nil {
-		c = d.addCode(&d.retryCodes, &d.retryClasses, key, func(label string) *promtext.Counter {
+		// A retry's series is per destination, not per method: the
+		// pairs cap is requests_total's alone.
+		c = d.addCode(&d.retryCodes, &d.retryClasses, false, key, func(label string) *promtext.Counter {
 			return d.m.retries.With(d.label, label)
 		})
 	}
