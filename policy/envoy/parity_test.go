@@ -108,6 +108,7 @@ func TestRetryBodyLimit(t *testing.T) {
 			if got := rt.GetRequestBodyBufferLimit().GetValue(); got != want {
 				t.Errorf("%s: route %q: request_body_buffer_limit %d, want %d", tt.spec, rt.Name, got, want)
 			}
+			//lint:ignore SA1019 the test checks that the deprecated field stays unset
 			if rt.PerRequestBufferLimitBytes != nil {
 				t.Errorf("%s: route %q sets the deprecated per_request_buffer_limit_bytes too", tt.spec, rt.Name)
 			}
