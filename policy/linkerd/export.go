@@ -126,9 +126,9 @@ type plan struct {
 	routeNS     string
 	clusterWide bool
 	// canonical: the service is spelled as the sidecar's canonical name
-	// of its Service (the short name for a Service of the export's
-	// namespace, name.ns for another's), whose policy configures the
-	// ejections of every spelling (servicePreference).
+	// of its Service (the short name for a Service of the namespace the
+	// policy applies in, name.ns for another's), whose policy configures
+	// the ejections of every spelling (servicePreference).
 	canonical bool
 
 	route     map[string]string // the HTTPRoute's annotations
@@ -230,7 +230,16 @@ func newPlan(p *policy.ResiliencePolicy, defaultNS, clusterNS string) *plan {
 	pl.svc, pl.inCluster = ref, true
 	pl.routeNS = ns
 	spelled := strings.TrimSuffix(strings.ToLower(host), ".")
-	if ref.ns == defaultNS {
+	// The canonical spelling is the one of the sidecars the policy
+	// reaches: those of its namespace, and for a policy that stays
+	// cluster-wide (every namespace) those of defaultNS, whose pods the
+	// export is for. defaultNS alone made geo.shop canonical for a
+	// policy of shop in an export for another namespace.
+	appliesIn := ns
+	if pl.clusterWide {
+		appliesIn = defaultNS
+	}
+	if ref.ns == appliesIn {
 		pl.canonical = spelled == ref.name
 	} else {
 		pl.canonical = spelled == ref.name+"."+ref.ns
@@ -365,8 +374,12 @@ func (pl *plan) retries(r *policy.Retries) {
 	// (policy-controller/grpc/src/outbound/http.rs), which no annotation
 	// sets: 25 ms to 250 ms with a jitter ratio of 1.0, which adds up to
 	// the whole wait again rather than drawing below it, and waits before
-	// the first retry too. Even minimesh's default bounds wait otherwise.
-	pl.note("retries.backoff (%s-%s): Linkerd's backoff is fixed (no annotation changes it): before retry n, the first included, it waits min(%s, %s·2^(n-1)) plus a random time up to as much again (jitter ratio 1.0); the sidecar waits a random time in (0, min(max, base·2^(n-1))]", r.Backoff.Base, r.Backoff.Max, linkerdBackoffMax, linkerdBackoffBase)
+	// the first retry too. The proxy cuts the jitter to what is left
+	// below the maximum (linkerd2-proxy, exp-backoff: .min(max - base)),
+	// so no wait passes 250 ms: retry 1 waits 25-50 ms, retry 4
+	// 200-250 ms, from retry 5 on exactly 250 ms. Even minimesh's default
+	// bounds wait otherwise.
+	pl.note("retries.backoff (%s-%s): Linkerd's backoff is fixed (no annotation changes it): before retry n, the first included, it waits min(%s, %s·2^(n-1)) plus up to as much again, never past %s in all (jitter ratio 1.0); the sidecar waits a random time in (0, min(max, base·2^(n-1))]", r.Backoff.Base, r.Backoff.Max, linkerdBackoffMax, linkerdBackoffBase, linkerdBackoffMax)
 	pl.note("retries.budget (ratio %g, %d/s): Linkerd's route annotations have no retry budget", r.Budget.Ratio, r.Budget.MinPerSecond)
 
 	if on.GRPC == 0 {

@@ -93,3 +93,38 @@ func TestPortOverlapNote(t *testing.T) {
 		})
 	}
 }
+
+// TestAccrualCanonicalInThePolicysNamespace: a spelling is canonical as
+// the sidecars the policy reaches read it: from the policy's own
+// namespace (the short name for a Service there), and for a cluster-wide
+// policy from the export's namespace, whose pods it is for. Judged from
+// the export's namespace alone, geo.shop counted as canonical in an
+// export for default, and a set over two namespaces was wrong for one of
+// them whatever the namespace.
+func TestAccrualCanonicalInThePolicysNamespace(t *testing.T) {
+	twoNamespaces := pol("name: short, namespace: shop", "{service: geo, outlierDetection: {consecutiveFailures: 3}}") +
+		pol("name: long, namespace: shop", "{service: geo.shop, outlierDetection: {consecutiveFailures: 9}}") +
+		pol("name: r-short, namespace: web", "{service: reviews, outlierDetection: {consecutiveFailures: 3}}") +
+		pol("name: r-long, namespace: web", "{service: reviews.web, outlierDetection: {consecutiveFailures: 9}}")
+	// shop's sidecars eject geo's endpoints with shop's geo (3), every
+	// other namespace's with the cluster-wide geo.shop (9).
+	clusterWide := pol("name: short, namespace: shop", "{service: geo, outlierDetection: {consecutiveFailures: 3}}") +
+		pol("name: all, namespace: minimesh", "{service: geo.shop, outlierDetection: {consecutiveFailures: 9}}")
+	for _, tt := range []struct {
+		src, ns, svcNS, svc, want string
+	}{
+		{twoNamespaces, "default", "shop", "geo", "3"},
+		{twoNamespaces, "default", "web", "reviews", "3"},
+		{twoNamespaces, "shop", "shop", "geo", "3"},
+		{twoNamespaces, "shop", "web", "reviews", "3"},
+		{twoNamespaces, "web", "shop", "geo", "3"},
+		{twoNamespaces, "web", "web", "reviews", "3"},
+		{clusterWide, "shop", "shop", "geo", "3"},
+		{clusterWide, "default", "shop", "geo", "9"},
+	} {
+		e := exportIn(t, tt.src, tt.ns, "minimesh")
+		if got := annotationsOf(e.find("Service", tt.svcNS, tt.svc))[annMaxFailures]; got != tt.want {
+			t.Errorf("export for namespace %q: Service %s/%s keeps %v failures, want %s:\n%s", tt.ns, tt.svcNS, tt.svc, got, tt.want, e.comments)
+		}
+	}
+}

@@ -263,8 +263,10 @@ func TestServicePerService(t *testing.T) {
 			comments:     []string{"Linkerd's failure accrual is per Service", "orders:8000"},
 		},
 		{
+			// Neither spelling is canonical in shop (that is orders,
+			// which would win: TestAccrualFollowsCanonicalSpelling).
 			name: "a policy without a port wins",
-			src: pol("name: a, namespace: shop", "{service: orders:8000, outlierDetection: {consecutiveFailures: 3}}") +
+			src: pol("name: a, namespace: shop", "{service: 'orders.shop.svc:8000', outlierDetection: {consecutiveFailures: 3}}") +
 				pol("name: b, namespace: shop", "{service: orders.shop.svc.cluster.local, outlierDetection: {consecutiveFailures: 7}}"),
 			wantFailures: "7",
 			comments:     []string{"Linkerd's failure accrual is per Service"},
@@ -335,12 +337,14 @@ func TestExternalHosts(t *testing.T) {
 // TestBackoff: Linkerd's policy controller gives every retrying route a
 // backoff of its own that no annotation changes, and it is not the
 // sidecar's even at minimesh's default bounds: Linkerd waits the
-// exponential step plus up to as much again (jitter ratio 1.0), the
+// exponential step plus up to as much again (jitter ratio 1.0), never
+// past 250 ms in all (the proxy cuts the jitter at the maximum), the
 // sidecar a random time up to the step. Every retrying policy is told
-// so, with both formulas (it was told the default was the same).
+// so, with both formulas (it was told the default was the same, then
+// that the jitter could take a wait past 250 ms).
 func TestBackoff(t *testing.T) {
 	const doc = "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo, namespace: shop}\nspec:\n  service: geo\n  retries: {attempts: 2, retryOn: [5xx], backoff: %s}\n"
-	const formulas = "before retry n, the first included, it waits min(250ms, 25ms·2^(n-1)) plus a random time up to as much again (jitter ratio 1.0); the sidecar waits a random time in (0, min(max, base·2^(n-1))]\n"
+	const formulas = "before retry n, the first included, it waits min(250ms, 25ms·2^(n-1)) plus up to as much again, never past 250ms in all (jitter ratio 1.0); the sidecar waits a random time in (0, min(max, base·2^(n-1))]\n"
 	for _, tt := range []struct{ backoff, want string }{
 		{"{base: 25ms, max: 250ms}", "# not carried over: retries.backoff (25ms-250ms): Linkerd's backoff is fixed (no annotation changes it): " + formulas},
 		{"{base: 100ms, max: 2s}", "# not carried over: retries.backoff (100ms-2s): Linkerd's backoff is fixed (no annotation changes it): " + formulas},
