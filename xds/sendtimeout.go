@@ -17,30 +17,42 @@ import (
 )
 
 // DefaultSendTimeout is how long a stream may leave a response untaken
-// (Server.SendTimeout): a client that stops reading makes the server
-// hold the response (twice its size: the encoding queued in the
-// transport, the message the xDS server keeps), 1.15 MB a stream for
-// 19,000 endpoints, for as long as the stream lasts, and a grpc-go
+// while its connection writes nothing (Server.SendTimeout): a client
+// that stops reading makes the server hold the response (twice its
+// size: the encoding queued in the transport, the message the xDS server
+// keeps), 1.15 MB a stream for 19,000 endpoints, for as long as the
+// stream lasts, and a grpc-go
 // client answers keepalive pings while it does. A minimesh sidecar
 // acknowledges a response once applied, at the latest 5 s after for a
 // NACK it repeats (xdsclient's backoff), an Envoy at once.
 const DefaultSendTimeout = 10 * time.Second
 
 // SendTimeouts is the option that closes, with DeadlineExceeded, a stream
-// that has not taken a response within the send timeout (SendTimeout;
-// 0: DefaultSendTimeout): the send has not returned, or the client has
-// not acknowledged it (ACK or NACK, a request naming its nonce). The
-// first response to a client that never reads is not stuck in its send:
-// grpc-go queues a whole message whatever the client's window, and only
-// the next send waits. Each close is counted in
+// with a response not taken (its send has not returned, or the client
+// has not acknowledged it: ACK or NACK, a request naming its nonce)
+// when the send timeout (SendTimeout; 0: DefaultSendTimeout) has passed
+// since the later of that response's send and its connection's last
+// write. Progress, not age: grpc-go queues a whole message at once
+// whatever the client's window, so a response's age includes its time
+// on the wire, and many sidecars served at once over a slow link (a
+// controller restart) each took longer than the timeout while their
+// bytes kept moving; closing them made them reconnect and be sent
+// everything again, forever. A client
+// that stops reading lets its window close and its connection stops
+// writing; one that reads but never acknowledges is closed the timeout
+// after its last bytes went out. l is the listener the server is served
+// on, which knows each connection's last write; a stream whose
+// connection it does not know is judged by its response's age. Writes
+// for another stream of the same connection count as its progress too:
+// a sidecar holds one stream on its connection. Each close is counted in
 // minimesh_xds_send_timeouts_total and logged with the peer.
-func (s *Server) SendTimeouts(log *slog.Logger, reg prometheus.Registerer) (grpc.ServerOption, error) {
+func (s *Server) SendTimeouts(l *WriteTracker, log *slog.Logger, reg prometheus.Registerer) (grpc.ServerOption, error) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_xds_send_timeouts_total",
-		Help: "xDS streams closed because a response was not sent and acknowledged within the send timeout (docs/controlplane.md)."})
+		Help: "xDS streams closed because a response was not sent and acknowledged while the connection wrote nothing for the send timeout (docs/controlplane.md)."})
 	if err := reg.Register(c); err != nil {
 		return nil, err
 	}
-	return grpc.ChainStreamInterceptor(s.sendTimeouts(func(ctx context.Context, err error) {
+	return grpc.ChainStreamInterceptor(s.sendTimeouts(l, func(ctx context.Context, err error) {
 		c.Inc()
 		addr := "unknown"
 		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
@@ -52,7 +64,7 @@ func (s *Server) SendTimeouts(log *slog.Logger, reg prometheus.Registerer) (grpc
 
 // sendTimeouts is the interceptor of SendTimeouts; closed hears of each
 // stream it closes.
-func (s *Server) sendTimeouts(closed func(context.Context, error)) grpc.StreamServerInterceptor {
+func (s *Server) sendTimeouts(l *WriteTracker, closed func(context.Context, error)) grpc.StreamServerInterceptor {
 	timeout := s.SendTimeout
 	if timeout <= 0 {
 		timeout = DefaultSendTimeout
@@ -62,6 +74,9 @@ func (s *Server) sendTimeouts(closed func(context.Context, error)) grpc.StreamSe
 		defer cancel()
 		w := &watchedStream{ServerStream: ss, ctx: ctx, timeout: timeout,
 			pending: map[string][]sentAt{}, stuck: make(chan struct{})}
+		if p, ok := peer.FromContext(ss.Context()); ok {
+			w.conn = l.conn(p.LocalAddr, p.Addr)
+		}
 		defer w.stop()
 		done := make(chan error, 1)
 		go func() { done <- handler(srv, w) }()
@@ -76,7 +91,7 @@ func (s *Server) sendTimeouts(closed func(context.Context, error)) grpc.StreamSe
 		// queued, and the handler's send and receive fail, so that it
 		// returns and its callbacks see the stream close.
 		cancel()
-		err := status.Errorf(codes.DeadlineExceeded, "a response not taken (sent and acknowledged) within %v: the stream is closed", timeout)
+		err := status.Errorf(codes.DeadlineExceeded, "a response not taken (sent and acknowledged) and nothing written to the connection for %v: the stream is closed", timeout)
 		closed(ss.Context(), err)
 		return err
 	}
@@ -88,12 +103,14 @@ type sentAt struct {
 	at    time.Time
 }
 
-// watchedStream is a stream whose responses have a deadline: each must
-// be sent and then acknowledged within timeout, or stuck is closed.
+// watchedStream is a stream whose responses have a deadline: while one
+// is not sent and acknowledged, its connection must write within timeout
+// of the response's send and then of each write, or stuck is closed.
 type watchedStream struct {
 	grpc.ServerStream
 	ctx     context.Context
 	timeout time.Duration
+	conn    *trackedConn // nil: not known, the responses' age is judged
 
 	mu sync.Mutex
 	// pending are the responses of each type not acknowledged yet, the
@@ -160,6 +177,20 @@ func (w *watchedStream) RecvMsg(m any) error {
 	return nil
 }
 
+// clockStart is when the stream's time to take its responses began: the
+// later of the oldest response's send and the connection's last write;
+// ok is false when no response is pending. The caller holds mu.
+func (w *watchedStream) clockStart() (at time.Time, ok bool) {
+	at, ok = w.oldest()
+	if !ok || w.conn == nil {
+		return at, ok
+	}
+	if last, wrote := w.conn.lastWrite(); wrote && last.After(at) {
+		at = last
+	}
+	return at, true
+}
+
 // oldest is when the oldest response not taken was sent; ok is false
 // when there is none. The caller holds mu.
 func (w *watchedStream) oldest() (at time.Time, ok bool) {
@@ -174,14 +205,15 @@ func (w *watchedStream) oldest() (at time.Time, ok bool) {
 	return at, ok
 }
 
-// arm makes sure a check is due when the oldest response's time is up;
-// one timer a stream, re-armed only while something is pending. The
-// caller holds mu.
+// arm makes sure a check is due when the stream's time is up (clockStart);
+// one timer a stream, re-armed only while something is pending: a
+// connection that keeps writing costs one check a timeout, not one a
+// write. The caller holds mu.
 func (w *watchedStream) arm(now time.Time) {
 	if w.timer != nil || w.fired {
 		return
 	}
-	at, ok := w.oldest()
+	at, ok := w.clockStart()
 	if !ok {
 		return
 	}
@@ -196,7 +228,7 @@ func (w *watchedStream) check() {
 		return
 	}
 	now := time.Now()
-	if at, ok := w.oldest(); ok && now.Sub(at) >= w.timeout {
+	if at, ok := w.clockStart(); ok && now.Sub(at) >= w.timeout {
 		w.fired = true
 		close(w.stuck)
 		return

@@ -56,9 +56,10 @@ func newTimedServer(t *testing.T, timeout time.Duration, eps map[string][]xdscli
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer(grpc.StreamInterceptor(ts.s.sendTimeouts(func(context.Context, error) { ts.timeout.Add(1) })))
+	tl := TrackWrites(l)
+	g := grpc.NewServer(grpc.StreamInterceptor(ts.s.sendTimeouts(tl, func(context.Context, error) { ts.timeout.Add(1) })))
 	ts.s.Register(g)
-	go g.Serve(l)
+	go g.Serve(tl)
 	t.Cleanup(g.Stop)
 	ts.addr = l.Addr().String()
 	return ts

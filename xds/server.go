@@ -61,8 +61,9 @@ type Server struct {
 	// (0: DefaultMaxStreamsPerPeer); set it before serving. Loopback is
 	// not bounded.
 	MaxStreamsPerPeer int
-	// SendTimeout is how long a response may go untaken (SendTimeouts;
-	// 0: DefaultSendTimeout); set it before serving.
+	// SendTimeout is how long a response may go untaken while its
+	// connection writes nothing (SendTimeouts; 0: DefaultSendTimeout);
+	// set it before serving.
 	SendTimeout time.Duration
 	capLoopback bool // tests: bound loopback too
 	xds         serverv3.Server

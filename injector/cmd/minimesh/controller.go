@@ -168,8 +168,10 @@ func runController(stopping context.Context, f controllerFlags, cmd *cobra.Comma
 		xl = c
 	}
 	// A sidecar that stops reading is closed rather than left holding
-	// its response in memory (xds.DefaultSendTimeout).
-	sendTimeouts, err := xdsSrv.SendTimeouts(log, metrics.Registry)
+	// its response in memory (xds.DefaultSendTimeout); its connection's
+	// writes tell it from one whose response is still on the wire.
+	tracked := xds.TrackWrites(xl)
+	sendTimeouts, err := xdsSrv.SendTimeouts(tracked, log, metrics.Registry)
 	if err != nil {
 		xl.Close()
 		return fmt.Errorf("xds metrics: %w", err)
@@ -177,7 +179,7 @@ func runController(stopping context.Context, f controllerFlags, cmd *cobra.Comma
 	g := grpc.NewServer(append(xdsServerOptions(), sendTimeouts)...)
 	xdsSrv.Register(g)
 	go func() {
-		if err := g.Serve(xl); err != nil {
+		if err := g.Serve(tracked); err != nil {
 			log.Error("xds server", "err", err)
 		}
 	}()
