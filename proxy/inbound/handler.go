@@ -118,6 +118,10 @@ type Handler struct {
 	// without a line: a scan must not flood the log.
 	foreignLogged atomic.Int64
 	foreignQuiet  atomic.Int64
+
+	// reached has a bit per port on which a connection to the app has
+	// succeeded: only those ports get a label of their own (portMetric).
+	reached [1 << 16 / 64]atomic.Uint64
 }
 
 // New returns the inbound handler.
@@ -210,13 +214,56 @@ func (h *Handler) logForeign(ap netip.AddrPort, client net.Addr) {
 }
 
 // forbiddenMetric is the metric handles a refused connection to ap counts
-// in: its port's, or for a foreign destination the shared "other" (a scan
-// of another host's ports must not take the pod's own port labels).
+// in: its port's once labelled (portMetric), or for a foreign destination
+// the shared "other" (a scan of another host's ports must not take the
+// pod's own port labels).
 func (h *Handler) forbiddenMetric(ap netip.AddrPort) *telemetry.Destination {
 	if !h.own(ap) && h.foreign(ap) {
 		return h.cfg.Metrics.Inbound(telemetry.Other)
 	}
-	return h.cfg.Metrics.Inbound(strconv.Itoa(int(ap.Port())))
+	return h.portMetric(ap.Port())
+}
+
+// The inbound labels (telemetry.MaxInbound of them) are given first come,
+// first served, for the life of the process. Before 2026-12-06 any
+// connection took one: 64 connections to closed ports (a scan) took them
+// all, and the app's real port was "other" from then on. A port gets its
+// label once a connection to the app on it has succeeded; until then its
+// connect failures and refusals count under "other".
+
+// portReached reports whether a connection to the app on port has
+// succeeded.
+func (h *Handler) portReached(port uint16) bool {
+	return h.reached[port/64].Load()&(1<<(port%64)) != 0
+}
+
+// portMetric is the metric handles of port: its own once reached, else
+// the shared "other".
+func (h *Handler) portMetric(port uint16) *telemetry.Destination {
+	if h.portReached(port) {
+		return h.cfg.Metrics.Inbound(strconv.Itoa(int(port)))
+	}
+	return h.cfg.Metrics.Inbound(telemetry.Other)
+}
+
+// markReached records that a connection to the app on port succeeded:
+// once per connection to the app, not per request.
+func (h *Handler) markReached(port uint16) {
+	if !h.portReached(port) {
+		h.reached[port/64].Or(1 << (port % 64))
+	}
+}
+
+// connMetric is the metric handles of c's requests (portMetric).
+func (h *Handler) connMetric(c *conn) *telemetry.Destination {
+	if c.metric != nil {
+		return c.metric
+	}
+	if h.portReached(c.addr.Port()) {
+		c.metric = h.cfg.Metrics.Inbound(c.port)
+		return c.metric
+	}
+	return h.cfg.Metrics.Inbound(telemetry.Other)
 }
 
 // control refuses, where names have become addresses, a connection to
@@ -250,6 +297,9 @@ func (h *Handler) dial(ctx context.Context, network, addr string) (net.Conn, err
 	if err != nil {
 		return nil, &dialError{err}
 	}
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		h.markReached(ap.Port()) // portMetric
+	}
 	return rawio.Wrap(c), nil
 }
 
@@ -262,8 +312,11 @@ type conn struct {
 	addr    netip.AddrPort
 	text    string // addr.String()
 	port    string
-	metric  *telemetry.Destination
-	caller  net.Conn // the caller's connection, to tell an eviction (limits.go); nil: unknown
+	// metric: the port's handles, nil until the port is reached
+	// (connMetric). Only the connection's goroutine uses it: HTTP/1
+	// requests on one connection come one after the other.
+	metric *telemetry.Destination
+	caller net.Conn // the caller's connection, to tell an eviction (limits.go); nil: unknown
 }
 
 type connKey struct{}
@@ -280,7 +333,11 @@ func (h *Handler) WithOriginalDst(ctx context.Context, addr netip.AddrPort) cont
 // unknown), kept to tell an eviction (limits.go).
 func (h *Handler) withConn(ctx context.Context, addr netip.AddrPort, caller net.Conn) context.Context {
 	port := strconv.Itoa(int(addr.Port()))
-	return context.WithValue(ctx, connKey{}, &conn{refused: h.own(addr) || h.foreign(addr), addr: addr, text: addr.String(), port: port, metric: h.cfg.Metrics.Inbound(port), caller: caller})
+	c := &conn{refused: h.own(addr) || h.foreign(addr), addr: addr, text: addr.String(), port: port, caller: caller}
+	if !c.refused && h.portReached(addr.Port()) {
+		c.metric = h.cfg.Metrics.Inbound(port)
+	}
+	return context.WithValue(ctx, connKey{}, c)
 }
 
 // reqState follows one request through the ReverseProxy.
@@ -455,11 +512,12 @@ var errUpgraded = errors.New("inbound: upgraded connection relayed")
 // after the 101 (the metric's 502), the caller's its leaving (499).
 func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
 	st.out.wrote = true // the 101, written by RelayUpgraded
-	u, err := outbound.RelayUpgraded(st.out.ResponseWriter, resp, up, st.c.metric.TCP(), h.cfg.TCPIdleTimeout)
+	m := h.connMetric(st.c)
+	u, err := outbound.RelayUpgraded(st.out.ResponseWriter, resp, up, m.TCP(), h.cfg.TCPIdleTimeout)
 	if err != nil {
 		outbound.Abort(up)
 		st.code = statusClientClosed
-		st.c.metric.TCPConnection(evictedResult(st.c.caller, outbound.RelayReset))
+		m.TCPConnection(evictedResult(st.c.caller, outbound.RelayReset))
 		return
 	}
 	st.in.n.Add(u.Sent)
@@ -468,7 +526,7 @@ func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
 	if result == outbound.RelayReset && h.closing.Load() {
 		result = outbound.RelayShutdown // the end of the drain closed it
 	}
-	st.c.metric.TCPConnection(result)
+	m.TCPConnection(result)
 	switch {
 	case result == outbound.RelayReset && u.ClientFailed:
 		st.code = statusClientClosed
@@ -618,7 +676,7 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		// failure it was, as a body cut short, not the 101's success.
 		code = http.StatusBadGateway
 	}
-	st.c.metric.Observe(r.Method, code, st.headers.Sub(st.start).Seconds())
+	h.connMetric(st.c).Observe(r.Method, code, st.headers.Sub(st.start).Seconds())
 	if st.trace.Span != nil {
 		endSpan(st.trace.Span, st.code, st.errKind)
 	}
@@ -803,16 +861,28 @@ func (h *Handler) ServeTCP(c *transparent.Conn) {
 		outbound.Abort(c)
 		return
 	}
-	m := h.cfg.Metrics.Inbound(strconv.Itoa(int(c.Original.Port())))
+	if c.Protocol == transparent.NoData {
+		if result := h.noDataEnd(c); result != "" {
+			h.endTCP(h.portMetric(c.Original.Port()), c, start, result, 0, 0)
+			outbound.Abort(c)
+			return
+		}
+	} else if h.cfg.ConnState != nil {
+		// A relay from here on: neither new nor idle, for the cap and the
+		// drain (detection left it new: NewServer).
+		h.cfg.ConnState(c, http.StateHijacked)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
 	up, err := h.d.DialContext(ctx, "tcp", c.Original.String())
 	cancel()
 	if err != nil {
 		h.log.Debug("inbound connection: the app refused", "original_dst", c.Original.String(), "error", err)
-		h.endTCP(m, c, start, resultConnect, 0, 0)
+		h.endTCP(h.portMetric(c.Original.Port()), c, start, resultConnect, 0, 0)
 		outbound.Abort(c)
 		return
 	}
+	h.markReached(c.Original.Port())
+	m := h.cfg.Metrics.Inbound(strconv.Itoa(int(c.Original.Port())))
 	if !h.track(c, up) {
 		outbound.Abort(c)
 		up.Close()

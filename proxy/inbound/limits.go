@@ -25,16 +25,23 @@ import (
 // idle limit, and a request whose body never came had no limit at all:
 // every other caller was reset at the cap.
 
-// DefaultNoDataIdleTimeout is how long a no-data connection (the caller
-// sent nothing within protocol detection) is relayed while neither side
-// sends a byte. The app of a server-speaks-first protocol on a port not
-// in --opaque-ports (MySQL, SMTP) greets as soon as it accepts, and its
-// greeting ends the limit: from the first byte either way the relay has
-// the TCP idle limit of every relay. A connection on which neither side
-// says anything is closed after this, as Go's HTTP server closes a new
+// DefaultNoDataIdleTimeout is the time an inbound connection has, from
+// its accept, for its first byte either way; --inbound-first-byte-timeout
+// sets it (Config.NoDataIdleTimeout). Protocol detection waits that long
+// for the caller's first bytes (NewServer): a caller on the network may
+// connect well before its first request (Envoy's and Linkerd's
+// preconnect and pool warm-up, a CPU-throttled caller), and before
+// 2026-12-06 the outbound listener's 1 s made such a connection a blind
+// relay, without the HTTP handling, metrics and limits of its requests.
+// Linkerd's inbound detection waits 10 s, Envoy's http_inspector 15 s. A
+// caller silent for all of it is closed, counted idle-timeout, without a
+// connection to the app (noDataEnd); one that closed without a byte is
+// relayed, the app's first byte due within what is left. So a
+// server-speaks-first port (MySQL, SMTP) must be in --opaque-ports,
+// relayed at once without detection: elsewhere its greeting would wait
+// for a caller who waits for it. As Go's HTTP server closes a new
 // connection without a request after its header timeout: the same 10 s
-// (sidecar.ReadHeaderTimeout). --inbound-first-byte-timeout sets it
-// (Config.NoDataIdleTimeout).
+// (sidecar.ReadHeaderTimeout).
 const DefaultNoDataIdleTimeout = 10 * time.Second
 
 // resultEvicted is how a connection ended that the inbound cap closed to
@@ -93,11 +100,29 @@ func (h *Handler) bodyIdle() time.Duration {
 	}
 }
 
-// relay relays c to up (outbound.Relay). A no-data connection is relayed
-// under the short limit of NoDataIdleTimeout until its first byte either
-// way, and is meanwhile a connection that waits, for the cap
-// (connlimit's Share: at the cap a newcomer from another caller may take
-// its place): nothing has been said on it that closing it would cut.
+// noDataEnd is the result a no-data connection ends with before the app
+// is dialled, or "" when it is relayed: the cap closed it during
+// detection (evicted), the drain did (shutdown), or its caller sent
+// nothing for all of NoDataIdleTimeout (idle-timeout): nothing has been
+// said on it that a relay would carry.
+func (h *Handler) noDataEnd(c *transparent.Conn) string {
+	switch {
+	case connlimit.Evicted(c):
+		return resultEvicted
+	case h.draining.Load():
+		return outbound.RelayShutdown
+	case c.Detect >= h.noDataIdle():
+		return outbound.RelayIdleTimeout
+	}
+	return ""
+}
+
+// relay relays c to up (outbound.Relay). A no-data connection (its
+// caller closed without a byte) is relayed under what detection left of
+// NoDataIdleTimeout until its first byte either way, and is meanwhile a
+// connection that waits, for the cap (connlimit's Share: at the cap a
+// newcomer from another caller may take its place): nothing has been
+// said on it that closing it would cut.
 func (h *Handler) relay(c *transparent.Conn, up net.Conn, m *telemetry.Destination) (sent, received int64, result string) {
 	if c.Protocol != transparent.NoData {
 		return outbound.Relay(c, up, m.TCP(), h.cfg.TCPIdleTimeout)
@@ -106,7 +131,7 @@ func (h *Handler) relay(c *transparent.Conn, up net.Conn, m *telemetry.Destinati
 	if h.cfg.ConnState != nil {
 		h.cfg.ConnState(c, http.StateNew)
 	}
-	f.t = time.AfterFunc(h.noDataIdle(), func() {
+	f.t = time.AfterFunc(h.noDataIdle()-c.Detect, func() {
 		if f.state.CompareAndSwap(fbWaiting, fbExpired) {
 			outbound.Abort(c)
 			outbound.Abort(up)

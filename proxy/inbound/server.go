@@ -6,7 +6,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/minimesh/minimesh/internal/connlimit"
@@ -21,8 +20,12 @@ type ServerConfig struct {
 	// server-speaks-first ports (its PostgreSQL, say) greet the caller
 	// without delay. The outbound listener's list.
 	OpaquePorts *transparent.Ports
-	// DetectTimeout bounds protocol detection (0:
-	// transparent.DefaultDetectTimeout).
+	// DetectTimeout bounds protocol detection (0: the handler's
+	// NoDataIdleTimeout, --inbound-first-byte-timeout). Not the outbound
+	// listener's 1 s, whose reason (an app on the same host sends as soon
+	// as it connects) does not hold for callers on the network: a pool's
+	// warm-up connection, or a CPU-throttled caller, may send its first
+	// request seconds after connecting (limits.go).
 	DetectTimeout time.Duration
 	// MaxHeaderBytes, ReadHeaderTimeout and IdleTimeout are the HTTP
 	// server's, as on the outbound listener.
@@ -53,13 +56,22 @@ func NewServer(ln *connlimit.Listener, h *Handler, cfg ServerConfig) *Server {
 		// (Handler.relay).
 		h.cfg.ConnState = ln.ConnState
 	}
+	detect := cfg.DetectTimeout
+	if detect <= 0 {
+		detect = h.noDataIdle()
+	}
 	s.d = transparent.New(transparent.Config{
 		OpaquePorts:   cfg.OpaquePorts,
-		DetectTimeout: cfg.DetectTimeout,
+		DetectTimeout: detect,
 		OnTCP:         h.ServeTCP,
-		// Detection and relays own their connections: the drain leaves
-		// them to the handler.
-		Hijacked: func(c net.Conn) { ln.ConnState(c, http.StateHijacked) },
+		// A connection under detection stays new for the cap and the
+		// drain (connlimit): silent, it waits as a new HTTP connection
+		// does, and a newcomer at the cap or the drain's sweep may close
+		// it; ServeTCP takes a relay as its own (hijacked).
+		Hijacked: func(net.Conn) {},
+		// A request line longer than detection reads is still HTTP, for
+		// MaxHeaderBytes to bound.
+		LongRequestLines: true,
 		// Its debug line per connection says which listener it is from.
 		Logger: h.log.With("listener", "inbound"),
 	})
@@ -114,14 +126,14 @@ func (s *Server) Serve() error {
 // refuse resets a connection that was not redirected: one made to the
 // inbound listener itself.
 func (s *Server) refuse(c net.Conn) {
-	port := "0"
+	portNum := 0
 	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
-		port = strconv.Itoa(a.Port)
+		portNum = a.Port
 	}
 	s.h.log.Debug("connection to the inbound listener itself refused: it serves only redirected connections",
 		"client", c.RemoteAddr().String(), "local", c.LocalAddr().String())
 	// Counted before the reset: whoever sees the reset sees the count.
-	s.h.cfg.Metrics.Inbound(port).TCPConnection(resultForbidden)
+	s.h.portMetric(uint16(portNum)).TCPConnection(resultForbidden)
 	outbound.Abort(c)
 }
 
@@ -135,8 +147,12 @@ func (s *Server) Close() error { return s.ln.Close() }
 // Close first.
 func (s *Server) Drain(ctx context.Context, grace time.Duration) int {
 	s.h.SetDraining(true)
-	s.d.Close(ctx)
+	// Detection may wait 10 s for a silent caller: the sweep, which
+	// closes such a connection after grace, runs meanwhile.
+	detected := make(chan struct{})
+	go func() { s.d.Close(ctx); close(detected) }()
 	left := s.ln.Drain(ctx, grace)
+	<-detected
 	s.h.Drain(ctx)
 	s.srv.Close()
 	s.h.CloseIdleConnections()

@@ -46,8 +46,11 @@ func (s *Sidecar) listenInbound(opaque *transparent.Ports, errLog *log.Logger) e
 		NoDataIdleTimeout:  s.cfg.InboundFirstByteTimeout,
 	})
 	s.inbound = inbound.NewServer(inLn, h, inbound.ServerConfig{
+		// Detection waits for the caller's first bytes as long as the
+		// first-byte limit (inbound.DefaultNoDataIdleTimeout), not the
+		// outbound listener's DetectTimeout: callers on the network may
+		// connect long before their first request.
 		OpaquePorts:       opaque,
-		DetectTimeout:     s.cfg.DetectTimeout,
 		MaxHeaderBytes:    outbound.MaxHeaderBytes,
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       IdleTimeout,

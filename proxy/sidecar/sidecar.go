@@ -78,8 +78,8 @@ type Config struct {
 	// connections relayed as opaque TCP without detection (nil: the
 	// default list, transparent.DefaultOpaquePorts).
 	OpaquePorts *transparent.Ports
-	// DetectTimeout bounds protocol detection on a redirected connection
-	// (0: transparent.DefaultDetectTimeout).
+	// DetectTimeout bounds protocol detection on a connection redirected
+	// to the outbound listener (0: transparent.DefaultDetectTimeout).
 	DetectTimeout time.Duration
 	// TCPIdleTimeout closes an opaque TCP relay, a CONNECT tunnel or an
 	// upgraded connection (either listener) idle this long (0:
@@ -98,9 +98,9 @@ type Config struct {
 	// keep the places fair whatever it is: a newcomer takes the place of
 	// a waiting connection or of the address holding the most.
 	MaxInboundConnectionsPerSource int
-	// InboundFirstByteTimeout closes an inbound no-data relay on which
-	// neither side has sent a byte this long (0:
-	// inbound.DefaultNoDataIdleTimeout).
+	// InboundFirstByteTimeout is the time an inbound connection has from
+	// its accept for a first byte either way, inbound detection included
+	// (0: inbound.DefaultNoDataIdleTimeout).
 	InboundFirstByteTimeout time.Duration
 }
 

@@ -58,6 +58,11 @@ type Config struct {
 	// connection tracker (connlimit) leaves it to its new owner.
 	Hijacked func(net.Conn)
 	Logger   *slog.Logger
+	// LongRequestLines: a request line still arriving when maxPeek bytes
+	// have been read is HTTP1, for the HTTP server's header limit to
+	// bound, rather than relayed as unknown (the inbound listener's: a
+	// caller's long URL keeps its HTTP handling).
+	LongRequestLines bool
 }
 
 // Conn is a redirected connection. Its Read returns the bytes read for
@@ -218,7 +223,7 @@ func (d *Dispatcher) dispatch(c net.Conn, orig netip.AddrPort) {
 	if d.cfg.OpaquePorts.Has(orig.Port()) {
 		tc.Protocol = OpaquePort
 	} else {
-		tc.Protocol, tc.SNI, tc.peeked = Detect(c, d.cfg.DetectTimeout)
+		tc.Protocol, tc.SNI, tc.peeked = detect(c, d.cfg.DetectTimeout, d.cfg.LongRequestLines)
 	}
 	tc.Detect = time.Since(start)
 	if d.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -246,6 +251,11 @@ var peekBufs = sync.Pool{New: func() any { return new([maxPeek]byte) }}
 // A read error other than a timeout ends detection as the end of the
 // stream does: the relay meets the error again, or forwards the end.
 func Detect(c net.Conn, timeout time.Duration) (p Protocol, sni string, peeked []byte) {
+	return detect(c, timeout, false)
+}
+
+// detect is Detect; longLines is Config.LongRequestLines.
+func detect(c net.Conn, timeout time.Duration, longLines bool) (p Protocol, sni string, peeked []byte) {
 	buf := peekBufs.Get().(*[maxPeek]byte)
 	defer peekBufs.Put(buf)
 	_ = c.SetReadDeadline(time.Now().Add(timeout))
@@ -256,6 +266,9 @@ func Detect(c net.Conn, timeout time.Duration) (p Protocol, sni string, peeked [
 		n += m
 		p, more = Classify(buf[:n])
 		if !more {
+			break
+		}
+		if n == len(buf) && longLines && p == HTTP1 {
 			break
 		}
 		if err != nil || n == len(buf) {
