@@ -300,7 +300,7 @@ func (h *Handler) dial(ctx context.Context, network, addr string) (net.Conn, err
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
 		h.markReached(ap.Port()) // portMetric
 	}
-	return rawio.Wrap(c), nil
+	return &appConn{Conn: rawio.Wrap(c)}, nil // its writes counted for replayGuard
 }
 
 // conn is what the inbound path knows of a redirected connection, once:
@@ -355,6 +355,9 @@ type reqState struct {
 	gone bool
 	in   countingBody
 	out  countingWriter
+
+	// guard keeps the transport from writing the request twice.
+	guard replayGuard
 }
 
 type stateKey struct{}
@@ -430,6 +433,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// sent behind the head is the protocol it asked for, never a
 		// next request into the app (docs/interception.md, "Inbound").
 		st.out.upgrade = true
+	}
+	if gctx, cancel := st.guard.guard(ctx, r); cancel != nil {
+		ctx = gctx
+		defer cancel(nil)
 	}
 	h.rp.ServeHTTP(w, r.WithContext(ctx))
 	if st.code == statusClientClosed && !st.out.wrote {

@@ -299,10 +299,22 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 		*raw = nil
 	}
 	// A kept connection the server has closed fails before a byte of the
-	// response: the request goes again once on a new connection if it
-	// was never written, or if repeating it is safe (replayable).
+	// response. A request never written goes again, on the next kept
+	// connection: nothing of it reached the upstream. One written goes
+	// again only if repeating it is safe (replayable), once, and on a
+	// new connection: a kept one the upstream closed while idle is the
+	// race keep-alive has, but an upstream that drops the request itself
+	// (a crash on it) would otherwise run it once per kept connection.
+	fresh := false
 	for {
-		c, reused, err := t.get(ctx, key, dl.start, deadline, late)
+		var c *fconn
+		var reused bool
+		var err error
+		if fresh {
+			c, err = t.dialConn(ctx, key, deadline, late)
+		} else {
+			c, reused, err = t.get(ctx, key, dl.start, deadline, late)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -316,6 +328,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 		var se *staleError
 		if errors.As(err, &se) {
 			if reused && ctx.Err() == nil && (se.unsent || replayable(req)) {
+				fresh = !se.unsent
 				continue
 			}
 			if !reused {
@@ -753,6 +766,12 @@ func (t *fastTransport) get(ctx context.Context, key string, now, deadline time.
 		}
 		c.Close()
 	}
+	c, err := t.dialConn(ctx, key, deadline, late)
+	return c, false, err
+}
+
+// dialConn is get's new connection, never one from the pool.
+func (t *fastTransport) dialConn(ctx context.Context, key string, deadline time.Time, late error) (*fconn, error) {
 	dctx := ctx
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
@@ -763,9 +782,9 @@ func (t *fastTransport) get(ctx context.Context, key string, now, deadline time.
 	if err != nil {
 		var se *selfError
 		if ctx.Err() == nil && !errors.As(err, &se) && dialLate(err, dctx, deadline, late) {
-			return nil, false, fmt.Errorf("%w: %w", late, err)
+			return nil, fmt.Errorf("%w: %w", late, err)
 		}
-		return nil, false, err
+		return nil, err
 	}
 	c := &fconn{Conn: nc, key: key}
 	if k, ok := nc.(*keptConn); ok {
@@ -773,7 +792,7 @@ func (t *fastTransport) get(ctx context.Context, key string, now, deadline time.
 	}
 	c.wake = c.unblock
 	c.br = bufio.NewReaderSize(c, 4<<10)
-	return c, false, nil
+	return c, nil
 }
 
 // dialLate reports whether a dial failed by its deadline: its context's

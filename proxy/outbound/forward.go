@@ -292,6 +292,14 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			out = out.WithContext(ctx)
 		}
 	}
+	if !fast && req.ProtoMajor != 2 {
+		// HTTP/2's own resends are of streams the upstream refused
+		// unprocessed; HTTP/1's are bounded here (replaybound.go).
+		if bctx, bcancel := boundReplays(ctx, cancel, out); bctx != ctx {
+			ctx, cancel = bctx, bcancel
+			out = out.WithContext(ctx)
+		}
+	}
 	if st.grpc {
 		st.grpcStatus = -1
 		var perTry time.Duration
@@ -491,7 +499,7 @@ type upstreamBody struct {
 	verdict  error // the status's outcome, reported on a whole body
 	failOn   policy.Conditions
 	try, req context.Context
-	cancel   context.CancelCauseFunc // the per-try timeout's; may be nil
+	cancel   context.CancelCauseFunc // the try's (per-try timeout, replayBound); may be nil
 	// span is the try's span, recorded (nil: none), which ends with the
 	// body (endSpan): a try whose body is cut is a failed try, as the
 	// breaker, the metric and the access log have it, not the success
