@@ -764,10 +764,7 @@ func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
 		// transport is done with it before the next try.
 		req.URL.Host = ep.Addr()
 	case prev != nil: // the endpoints went away between two tries
-		req.URL.Host = st.authority
-		if st.dial != "" {
-			req.URL.Host = st.dial
-		}
+		st.point(req.URL)
 	}
 	return ep, start
 }

@@ -989,12 +989,15 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
-// point aims an outbound request's URL at what the transport dials.
+// point aims an outbound request's URL at what the transport dials,
+// folded to lower case (poolKey) so that every transport, Go's HTTP/1
+// and h2c pools too, keeps one pool for a host whatever its spelling:
+// the Host header stays the app's.
 func (st *reqState) point(u *url.URL) {
 	u.Scheme = "http"
-	u.Host = st.authority
+	u.Host = poolKey(st.authority)
 	if st.dial != "" {
-		u.Host = st.dial // the Host header stays the app's
+		u.Host = poolKey(st.dial)
 	}
 }
 
