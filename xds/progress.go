@@ -79,13 +79,23 @@ type trackedConn struct {
 	l   *WriteTracker
 	key connKey
 	// last is when a write of at least minProgressWrite bytes last
-	// returned, in nanoseconds since epoch; 0: none yet.
+	// returned while at most one stream had a response pending, in
+	// nanoseconds since epoch; 0: none yet.
 	last atomic.Int64
+	// pending is how many of the connection's streams have a response
+	// not taken (watchedStream.settle). A write made while two or more
+	// do may be any one's bytes: crediting it to each let a client keep
+	// up to 99 streams that never read open by reading on one more.
+	pending atomic.Int32
 }
 
 func (c *trackedConn) Write(b []byte) (int, error) {
+	// Read before the write: a stream is counted before its response is
+	// queued, so a buffer holding a second stream's bytes is never
+	// credited, and one counted during the write only has later bytes.
+	alone := c.pending.Load() <= 1
 	n, err := c.Conn.Write(b)
-	if n >= minProgressWrite {
+	if n >= minProgressWrite && alone {
 		c.last.Store(int64(time.Since(epoch)))
 	}
 	return n, err
@@ -101,8 +111,8 @@ func (c *trackedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// lastWrite is when the connection last wrote; ok is false if it never
-// did.
+// lastWrite is when the connection last wrote while at most one stream
+// had a response pending; ok is false if it never did.
 func (c *trackedConn) lastWrite() (at time.Time, ok bool) {
 	n := c.last.Load()
 	if n == 0 {

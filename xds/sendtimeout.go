@@ -42,9 +42,13 @@ const DefaultSendTimeout = 10 * time.Second
 // writing; one that reads but never acknowledges is closed the timeout
 // after its last bytes went out. l is the listener the server is served
 // on, which knows each connection's last write; a stream whose
-// connection it does not know is judged by its response's age. Writes
-// for another stream of the same connection count as its progress too:
-// a sidecar holds one stream on its connection. Each close is counted in
+// connection it does not know is judged by its response's age. Only a
+// write made while at most one stream of the connection has a response
+// pending counts as progress: otherwise a client reading on one stream
+// kept up to 99 that never read open on the same connection. A sidecar
+// holds one stream on its connection and never shares; an Envoy without
+// ADS (a stream a type) shares for its first, small, responses, judged
+// by their age. Each close is counted in
 // minimesh_xds_send_timeouts_total and logged with the peer.
 func (s *Server) SendTimeouts(l *WriteTracker, log *slog.Logger, reg prometheus.Registerer) (grpc.ServerOption, error) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "minimesh_xds_send_timeouts_total",
@@ -122,6 +126,9 @@ type watchedStream struct {
 	timer   *time.Timer
 	stuck   chan struct{}
 	fired   bool
+	// counted: the stream is in conn.pending; ended: it has stopped and
+	// is counted no more, whatever its handler still sends.
+	counted, ended bool
 }
 
 // Context is the stream's, ended when the stream is closed for a
@@ -130,20 +137,24 @@ func (w *watchedStream) Context() context.Context { return w.ctx }
 
 func (w *watchedStream) SendMsg(m any) error {
 	typeURL, nonce := responseOf(m)
-	now := time.Now()
 	w.mu.Lock()
+	w.sending++
+	// Counted before the send time is taken and the response queued, so
+	// that no write of it is credited to another stream alone before.
+	w.settle()
+	now := time.Now()
 	if nonce != "" {
 		w.pending[typeURL] = append(w.pending[typeURL], sentAt{nonce, now})
 	}
-	if w.sending == 0 {
+	if w.sending == 1 {
 		w.since = now
 	}
-	w.sending++
 	w.arm(now)
 	w.mu.Unlock()
 	err := w.ServerStream.SendMsg(m)
 	w.mu.Lock()
 	w.sending--
+	w.settle()
 	w.mu.Unlock()
 	return err
 }
@@ -174,7 +185,27 @@ func (w *watchedStream) RecvMsg(m any) error {
 			}
 		}
 	}
+	w.settle()
 	return nil
+}
+
+// settle keeps the stream counted in its connection's pending streams
+// exactly while it has a response not taken and has not stopped. The
+// caller holds mu.
+func (w *watchedStream) settle() {
+	if w.conn == nil {
+		return
+	}
+	want := !w.ended && (w.sending > 0 || len(w.pending) > 0)
+	if want == w.counted {
+		return
+	}
+	w.counted = want
+	if want {
+		w.conn.pending.Add(1)
+	} else {
+		w.conn.pending.Add(-1)
+	}
 }
 
 // clockStart is when the stream's time to take its responses began: the
@@ -240,6 +271,8 @@ func (w *watchedStream) stop() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.fired = true
+	w.ended = true
+	w.settle()
 	if w.timer != nil {
 		w.timer.Stop()
 		w.timer = nil
