@@ -42,7 +42,7 @@ type fastTransport struct {
 	maxTotal int
 
 	mu      sync.Mutex
-	idle    map[string]*idleList // by authority, case folded (poolKey)
+	idle    map[string]*idleList // by authority, case folded (reqState.point)
 	last    *idleList            // the list get or release used last: nil, or in idle
 	sweeper *time.Timer          // while idle holds any connection
 	// oldest and newest end the list of every kept connection, of any
@@ -195,8 +195,9 @@ func newFastTransport(dial func(context.Context, string, string) (net.Conn, erro
 	return &fastTransport{dial: dial, fallback: fallback, maxIdle: maxIdle, maxTotal: maxIdleTotal, idle: map[string]*idleList{}}
 }
 
-// poolKey is the pool's key for authority, the host:port a try dials:
-// DNS names compare without case (RFC 4343), so "Localhost:8080" and
+// poolKey is authority, the host:port a try dials, as every transport's
+// pool keys it (reqState.point aims a try with it): DNS names compare
+// without case (RFC 4343), so "Localhost:8080" and
 // "localhost:8080" share one list of connections, not one each. Lowered
 // only when it holds an upper-case byte, so the usual authority is its
 // own key, without an allocation. An IPv6 zone ("%eth0", after the
@@ -292,7 +293,7 @@ func (d deadlines) head() (time.Time, error) {
 //
 // The response, when read without net/http, is sc's (respScratch).
 func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, sc *respScratch) (*http.Response, error) {
-	key := poolKey(req.URL.Host)
+	key := req.URL.Host // folded where the try was aimed (reqState.point)
 	ctx := req.Context()
 	deadline, late := dl.head()
 	if raw != nil {

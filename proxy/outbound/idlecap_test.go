@@ -245,40 +245,6 @@ func TestPoolKeyFoldsCase(t *testing.T) {
 	}
 }
 
-// TestCaseVariantsShareOnePool: the app's spellings of one name, in any
-// case, go on one kept connection. Before, "localhost", "LOCALHOST" and
-// "Localhost" to one port were a pool each, each with its idle
-// connections.
-func TestCaseVariantsShareOnePool(t *testing.T) {
-	var opened atomic.Int32
-	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
-	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			opened.Add(1)
-		}
-	}
-	up.Start()
-	defer up.Close()
-	host := up.Listener.Addr().String()
-	d := newDialer(time.Second, map[string]string{"geo-service:80": host}, newSelfAddrs())
-	ft := newFastTransport(d.DialContext, http.DefaultTransport, 4)
-	defer ft.CloseIdleConnections()
-	for _, name := range []string{"geo-service:80", "GEO-SERVICE:80", "Geo-Service:80", "geo-SERVICE:80"} {
-		if _, body, err := fastGet(t, ft, name, http.MethodGet); err != nil || body != "ok" {
-			t.Fatalf("GET via %s: %q %v", name, body, err)
-		}
-	}
-	if n := opened.Load(); n != 1 {
-		t.Errorf("the upstream saw %d connections, want 1: one pool for every spelling", n)
-	}
-	ft.mu.Lock()
-	keys := len(ft.idle)
-	ft.mu.Unlock()
-	if keys != 1 {
-		t.Errorf("%d keys in the pool, want 1", keys)
-	}
-}
-
 // starvedDial is what net.Dialer returns when socket(2) fails for want of
 // the process's own resources: an *OpError around an *os.SyscallError.
 func starvedDial(errno syscall.Errno) func(string) error {
