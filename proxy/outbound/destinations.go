@@ -235,7 +235,7 @@ func (d *destinations) overflowService(over map[string]*destination, name string
 		}
 		over[pol.Spec.Service] = shared
 	}
-	if !d.hasEndpoints(name) {
+	if !d.eps.has(name, d.namespace) {
 		return shared
 	}
 	// serviceKey holds a NUL, which no spec.service does: the two kinds
@@ -248,18 +248,6 @@ func (d *destinations) overflowService(over map[string]*destination, name string
 	svc.lb = d.eps.forService(name, d.namespace, d.table.Lookup(name), shared.metrics)
 	over[key] = &svc
 	return &svc
-}
-
-// hasEndpoints reports whether destination name is a Service the control
-// plane has sent endpoints of, or one with a balancer already.
-func (d *destinations) hasEndpoints(name string) bool {
-	key, ok := endpointKey(name, d.namespace)
-	if !ok {
-		return false
-	}
-	d.eps.mu.Lock()
-	defer d.eps.mu.Unlock()
-	return len(d.eps.known[key]) > 0 || d.eps.slots[key] != nil
 }
 
 // setTable applies new policies. A service whose breaker settings did not

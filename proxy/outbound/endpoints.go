@@ -85,6 +85,20 @@ func (e *endpoints) forService(name, ns string, pol *policy.ResiliencePolicy, m 
 	return s.lb
 }
 
+// has reports whether destination name (canonical, with port) in
+// namespace ns is a Service the control plane has sent endpoints of, or
+// one with a balancer already: whether forService would give it one
+// worth keeping.
+func (e *endpoints) has(name, ns string) bool {
+	key, ok := endpointKey(name, ns)
+	if !ok {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.known[key]) > 0 || e.slots[key] != nil
+}
+
 // set replaces every Service's endpoints: those missing from eps have
 // none from now on (their requests dial the name again). set keeps eps:
 // the caller must not change it afterwards.
