@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -130,6 +131,12 @@ func TestFinal(t *testing.T) {
 // time is virtual: bytes that arrive slowly, silence, and an early end.
 func TestDetectTiming(t *testing.T) {
 	hello := clientHello(t, "slow.example")
+	longLine := "GET /" + strings.Repeat("a", 2*firstPeek) + " HTTP/1.1\r\nHost: a\r\n\r\n"
+	var alpn []string
+	for i := range 20 {
+		alpn = append(alpn, fmt.Sprintf("%03d", i)+strings.Repeat("p", 150))
+	}
+	bigHello := clientHelloConfig(t, &tls.Config{ServerName: "big.example", NextProtos: alpn})
 	const timeout = time.Second
 	cases := []struct {
 		name    string
@@ -151,6 +158,14 @@ func TestDetectTiming(t *testing.T) {
 		{name: "tls cut short", writes: []string{string(hello[:50])}, want: TLS, elapsed: timeout},
 		{name: "h2 preface in parts", writes: split(h2Preface, 8), gaps: 10 * time.Millisecond, want: HTTP2, elapsed: 20 * time.Millisecond},
 		{name: "junk", writes: []string{"\x00\x01"}, want: Unknown},
+		// Past detection's first, small buffer (firstPeek), in one write
+		// and across the point where it fills.
+		{name: "long request line", writes: []string{longLine}, want: HTTP1},
+		{name: "long request line in parts", writes: split(longLine, firstPeek-3), gaps: 10 * time.Millisecond, want: HTTP1, elapsed: 20 * time.Millisecond},
+		{name: "tls hello past the first buffer", writes: []string{string(bigHello)}, want: TLS, sni: "big.example"},
+	}
+	if len(bigHello) <= firstPeek {
+		t.Fatalf("the big hello is %d bytes, not past firstPeek", len(bigHello))
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -199,6 +214,42 @@ func TestDetectTiming(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestSilentDetectionHoldsLittle checks that a connection waiting in
+// detection without a byte holds detection's small first buffer, not a
+// whole TLS record's: at the inbound listener's cap of 1,024, waiting
+// for up to 10 s each, that was 16 MiB of a sidecar's memory.
+func TestSilentDetectionHoldsLittle(t *testing.T) {
+	const n = 256
+	synctest.Test(t, func(t *testing.T) {
+		apps := make([]net.Conn, n)
+		done := make(chan Protocol, n)
+		// Detection's buffers pooled by earlier tests would hide what
+		// these take: two collections empty the pools.
+		runtime.GC()
+		runtime.GC()
+		var before, during runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for i := range apps {
+			app, sidecar := net.Pipe()
+			apps[i] = app
+			go func() { p, _, _ := Detect(sidecar, 10*time.Second); done <- p }()
+		}
+		synctest.Wait() // every detection is waiting for its first byte
+		runtime.ReadMemStats(&during)
+		if grew, limit := int64(during.HeapAlloc)-int64(before.HeapAlloc), int64(n*8192); grew > limit {
+			t.Errorf("%d silent connections in detection took %d bytes of heap, want at most %d (%d each)", n, grew, limit, limit/n)
+		}
+		for _, app := range apps {
+			app.Close()
+		}
+		for range apps {
+			if p := <-done; p != NoData {
+				t.Errorf("a connection closed without a byte detected as %s, want %s", p, NoData)
+			}
+		}
+	})
 }
 
 // TestConnReadsPeekedFirst checks that the bytes read for detection come
@@ -311,10 +362,16 @@ func TestOriginalDstNotRedirected(t *testing.T) {
 // ClientHello record.
 func clientHello(t testing.TB, serverName string) []byte {
 	t.Helper()
+	return clientHelloConfig(t, &tls.Config{ServerName: serverName, InsecureSkipVerify: serverName == ""})
+}
+
+// clientHelloConfig is the first record a client with cfg sends.
+func clientHelloConfig(t testing.TB, cfg *tls.Config) []byte {
+	t.Helper()
 	app, server := net.Pipe()
 	defer server.Close()
 	go func() {
-		c := tls.Client(app, &tls.Config{ServerName: serverName, InsecureSkipVerify: serverName == ""})
+		c := tls.Client(app, cfg)
 		_ = c.Handshake()
 		c.Close()
 	}()

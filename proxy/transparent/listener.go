@@ -243,8 +243,18 @@ func (d *Dispatcher) dispatch(c net.Conn, orig netip.AddrPort) {
 	d.cfg.OnTCP(tc)
 }
 
-// peekBufs lends detection its buffer; what was read is copied out.
-var peekBufs = sync.Pool{New: func() any { return new([maxPeek]byte) }}
+// Detection reads into a small buffer first and takes a whole record's
+// only when the first bytes need more to tell (a request line or a
+// ClientHello longer than firstPeek): a connection that sends nothing
+// waits for up to the detection timeout holding firstPeek bytes, not
+// maxPeek (1,024 silent connections at the inbound cap: 2 MiB, not 16).
+// What was read is copied out.
+const firstPeek = 2048
+
+var (
+	firstBufs = sync.Pool{New: func() any { return new([firstPeek]byte) }}
+	peekBufs  = sync.Pool{New: func() any { return new([maxPeek]byte) }}
+)
 
 // Detect reads the first bytes of c, within timeout, until they tell its
 // protocol (Classify). It returns the bytes it read, to be sent on first.
@@ -256,22 +266,34 @@ func Detect(c net.Conn, timeout time.Duration) (p Protocol, sni string, peeked [
 
 // detect is Detect; longLines is Config.LongRequestLines.
 func detect(c net.Conn, timeout time.Duration, longLines bool) (p Protocol, sni string, peeked []byte) {
-	buf := peekBufs.Get().(*[maxPeek]byte)
-	defer peekBufs.Put(buf)
+	small := firstBufs.Get().(*[firstPeek]byte)
+	defer firstBufs.Put(small)
+	var big *[maxPeek]byte
+	defer func() {
+		if big != nil {
+			peekBufs.Put(big)
+		}
+	}()
+	buf := small[:]
 	_ = c.SetReadDeadline(time.Now().Add(timeout))
 	n := 0
 	more := true
 	for more {
+		if n == len(buf) && big == nil {
+			big = peekBufs.Get().(*[maxPeek]byte)
+			copy(big[:], buf)
+			buf = big[:]
+		}
 		m, err := c.Read(buf[n:])
 		n += m
 		p, more = Classify(buf[:n])
 		if !more {
 			break
 		}
-		if n == len(buf) && longLines && p == HTTP1 {
+		if n == maxPeek && longLines && p == HTTP1 {
 			break
 		}
-		if err != nil || n == len(buf) {
+		if err != nil || n == maxPeek {
 			p = Final(buf[:n])
 			break
 		}
