@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/rawio"
+	"github.com/minimesh/minimesh/internal/replayguard"
 	"github.com/minimesh/minimesh/proxy/internal/inflight"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/requestid"
@@ -300,7 +301,7 @@ func (h *Handler) dial(ctx context.Context, network, addr string) (net.Conn, err
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
 		h.markReached(ap.Port()) // portMetric
 	}
-	return &appConn{Conn: rawio.Wrap(c)}, nil // its writes counted for replayGuard
+	return replayguard.Count(rawio.Wrap(c)), nil // its writes counted for replayGuard
 }
 
 // conn is what the inbound path knows of a redirected connection, once:

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/replayguard"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 )
 
@@ -114,8 +115,9 @@ func TestReplayGuardLetsUnwrittenTryGoAgain(t *testing.T) {
 			first, firstPeer := net.Pipe()
 			defer firstPeer.Close()
 			go func() { _, _ = io.Copy(io.Discard, firstPeer) }()
-			a := &appConn{Conn: first}
-			g.trace.GotConn(httptrace.GotConnInfo{Conn: a, Reused: true})
+			gotConn := httptrace.ContextClientTrace(ctx).GotConn
+			a := replayguard.Count(first)
+			gotConn(httptrace.GotConnInfo{Conn: a, Reused: true})
 			if tc.written > 0 {
 				if _, err := a.Write(make([]byte, tc.written)); err != nil {
 					t.Fatal(err)
@@ -123,8 +125,8 @@ func TestReplayGuardLetsUnwrittenTryGoAgain(t *testing.T) {
 			}
 			second, secondPeer := net.Pipe()
 			defer secondPeer.Close()
-			b := &appConn{Conn: second}
-			g.trace.GotConn(httptrace.GotConnInfo{Conn: b, Reused: true})
+			b := replayguard.Count(second)
+			gotConn(httptrace.GotConnInfo{Conn: b, Reused: true})
 			done := make(chan error, 1)
 			go func() { _, err := b.Write([]byte("GET / HTTP/1.1\r\n")); done <- err }()
 			if tc.refused {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/rawio"
+	"github.com/minimesh/minimesh/internal/replayguard"
 )
 
 // dialer makes upstream connections and tags their failures as
@@ -331,11 +332,17 @@ func (d *dialer) pooled(kind poolKind) func(context.Context, string, string) (ne
 		if err != nil {
 			return nil, err
 		}
-		ap, perr := netip.ParseAddrPort(addr)
-		if perr != nil {
-			return c, nil
+		if ap, perr := netip.ParseAddrPort(addr); perr == nil {
+			c = d.pools.add(c, unmapped(ap), kind)
 		}
-		return d.pools.add(c, unmapped(ap), kind), nil
+		if kind == poolStd {
+			// Go's transport sends a request again on its next kept
+			// connection: the bytes each try wrote tell boundReplays'
+			// guard whether it reached the upstream (replaybound.go).
+			// The fast transport bounds its own (fastpath.go).
+			c = replayguard.Count(c)
+		}
+		return c, nil
 	}
 }
 

@@ -499,7 +499,7 @@ type upstreamBody struct {
 	verdict  error // the status's outcome, reported on a whole body
 	failOn   policy.Conditions
 	try, req context.Context
-	cancel   context.CancelCauseFunc // the try's (per-try timeout, replayBound); may be nil
+	cancel   context.CancelCauseFunc // the try's (per-try timeout, boundReplays); may be nil
 	// span is the try's span, recorded (nil: none), which ends with the
 	// body (endSpan): a try whose body is cut is a failed try, as the
 	// breaker, the metric and the access log have it, not the success
