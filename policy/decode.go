@@ -88,6 +88,8 @@ func decodeFile(filename string, data []byte, c *claims) (f *fileDecoder) {
 		}
 		return f
 	}
+	data = stripDocumentBOMs(data)
+	var budget aliasBudget
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
 		var doc yaml.Node
@@ -104,10 +106,20 @@ func decodeFile(filename string, data []byte, c *claims) (f *fileDecoder) {
 		if len(doc.Content) == 0 {
 			continue
 		}
-		if added, at := aliasGrowth(doc.Content[0]); at != nil {
-			f.add(&Error{File: filename, Line: at.Line, Column: at.Column,
-				Msg: fmt.Sprintf("YAML aliases add more than %d nodes to this document (%d so far, here): write the values out", maxAliasNodes, added)})
+		foreign, over := budget.check(doc.Content[0])
+		for _, a := range foreign {
+			f.add(&Error{File: filename, Line: a.Line, Column: a.Column,
+				Msg: fmt.Sprintf("invalid YAML: unknown anchor '%s' referenced (anchors are per document: this one is in an earlier document, at %d:%d)", echo.Clip(a.Value), a.Alias.Line, a.Alias.Column)})
+		}
+		if len(foreign) > 0 {
 			continue
+		}
+		if over != nil {
+			// Every later alias would pass the bound again: one report,
+			// and the file is refused whatever the rest holds.
+			f.add(&Error{File: filename, Line: over.Line, Column: over.Column,
+				Msg: fmt.Sprintf("YAML aliases add more than %d nodes to this file (%d so far, here): write the values out; the rest of the file is not checked", maxAliasNodes, budget.added)})
+			return f
 		}
 		root := resolve(doc.Content[0])
 		if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
@@ -115,6 +127,47 @@ func decodeFile(filename string, data []byte, c *claims) (f *fileDecoder) {
 		}
 		f.document(root)
 	}
+}
+
+// bom is the UTF-8 byte order mark.
+var bom = []byte("\ufeff")
+
+// stripDocumentBOMs removes a byte order mark at the start of a document
+// other than the stream's first (which yaml.v3 skips itself): on the
+// line after a bare --- or ... marker, or just before a ---. YAML allows
+// one at every document's start, and files joined with cat carry one
+// there, which yaml.v3 reads as part of the first key
+// ("\ufeffapiVersion") or as a syntax error. kubectl, which parses each
+// document apart, takes such a file. Lines keep their numbers; only the
+// columns after the mark on its line move, by the one character that
+// editors do not show.
+func stripDocumentBOMs(data []byte) []byte {
+	if len(data) < len(bom) || !bytes.Contains(data[1:], bom) {
+		return data
+	}
+	out := make([]byte, 0, len(data))
+	afterMarker := false
+	for start := 0; start < len(data); {
+		end := len(data)
+		if i := bytes.IndexByte(data[start:], '\n'); i >= 0 {
+			end = start + i + 1
+		}
+		line := data[start:end]
+		if start > 0 && bytes.HasPrefix(line, bom) && (afterMarker || startsDocument(line[len(bom):])) {
+			line = line[len(bom):]
+		}
+		trimmed := bytes.TrimRight(line, " \t\r\n")
+		afterMarker = bytes.Equal(trimmed, []byte("---")) || bytes.Equal(trimmed, []byte("..."))
+		out = append(out, line...)
+		start = end
+	}
+	return out
+}
+
+// startsDocument reports whether a line starts with the marker ---.
+func startsDocument(line []byte) bool {
+	rest, ok := bytes.CutPrefix(line, []byte("---"))
+	return ok && (len(rest) == 0 || strings.IndexByte(" \t\r\n", rest[0]) >= 0)
 }
 
 // yamlLine picks the line out of yaml.v3's "yaml: line 3: ..." messages,
@@ -224,19 +277,20 @@ func (f *fileDecoder) document(root *yaml.Node) {
 		f.list(root)
 		return
 	}
-	f.object(root, "")
+	f.object(root, nil, "")
 }
 
-// object decodes one policy and keeps it when it has no problem.
-func (f *fileDecoder) object(n *yaml.Node, prefix string) {
+// object decodes one policy and keeps it when it has no problem. via is
+// the alias n was reached through, nil for none.
+func (f *fileDecoder) object(n, via *yaml.Node, prefix string) {
 	before := f.problems()
-	d := &objDecoder{file: f, prefix: prefix, root: n, pos: map[string]*yaml.Node{}, bad: map[string]bool{}}
+	d := &objDecoder{file: f, prefix: prefix, root: n, via: via, pos: map[string]place{}, bad: map[string]bool{}}
 	p := d.policy(n)
 	if p == nil || f.problems() > before {
 		return
 	}
 	if prev, msg := f.claims.take(p); prev != nil {
-		d.failAt(d.pos["spec.service"], "spec.service", "%s", msg)
+		d.failAtPlace(d.pos["spec.service"], "spec.service", "%s", msg)
 		return
 	}
 	f.good = append(f.good, p)

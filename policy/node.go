@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
@@ -36,12 +37,35 @@ type objDecoder struct {
 	root   *yaml.Node
 	// pos remembers the node of each field path so that the errors of
 	// Validate, which sees only the struct, can be positioned.
-	pos map[string]*yaml.Node
+	pos map[string]place
 	// bad holds the paths already reported, so that a field that failed
 	// to decode is not reported a second time by Validate for the zero
 	// value it was left with.
 	bad map[string]bool
+	// via is the alias through which the walk reached the node it is in
+	// (the outermost, as the user reads the file), nil outside aliased
+	// content.
+	via *yaml.Node
 }
+
+// place is where a value was written, and the alias it was reached
+// through (nil for none).
+type place struct{ node, via *yaml.Node }
+
+// enter notes that the walk goes into raw, a value as written: when raw
+// is an alias and the walk is not already inside one, what is under it
+// is reported at the alias. It returns the alias the walk was in, for
+// the caller to restore.
+func (d *objDecoder) enter(raw *yaml.Node) (outer *yaml.Node) {
+	outer = d.via
+	if outer == nil && raw.Kind == yaml.AliasNode {
+		d.via = raw
+	}
+	return outer
+}
+
+// here is the place of n, a node the walk is at.
+func (d *objDecoder) here(n *yaml.Node) place { return place{n, d.via} }
 
 // field is one allowed key of a mapping. A nil decode accepts the key
 // and ignores its value (Kubernetes metadata the sidecar has no use for).
@@ -58,20 +82,39 @@ func (d *objDecoder) failAt(n *yaml.Node, path, format string, args ...any) {
 	d.report(n, path, format, args...)
 }
 
+// failAtPlace is failAt for a value the walk has left, such as one
+// Validate finds fault with.
+func (d *objDecoder) failAtPlace(p place, path, format string, args ...any) {
+	outer := d.via
+	d.via = p.via
+	d.failAt(p.node, path, format, args...)
+	d.via = outer
+}
+
 // report reports a problem that leaves the value it is about intact,
 // such as an unknown or duplicate key.
+//
+// A problem in aliased content is reported at the alias, and says where
+// the value is: at the anchored node alone, it would be reported once
+// per use, all on the one line, and none of them where the policy that
+// has the problem uses it.
 func (d *objDecoder) report(n *yaml.Node, path, format string, args ...any) {
 	f := path
 	if f != "" {
 		f = d.prefix + f
 	}
-	d.file.add(&Error{
+	e := &Error{
 		File:   d.file.name,
 		Line:   n.Line,
 		Column: n.Column,
 		Field:  f,
 		Msg:    fmt.Sprintf(format, args...),
-	})
+	}
+	if a := d.via; a != nil && a != n {
+		e.Msg += fmt.Sprintf(" (through alias *%s; the value is at %d:%d)", echo.Clip(a.Value), n.Line, n.Column)
+		e.Line, e.Column = a.Line, a.Column
+	}
+	d.file.add(e)
 }
 
 // tooLong refuses a scalar longer than any value a field takes, before
@@ -98,39 +141,52 @@ func (d *objDecoder) mapping(n *yaml.Node, path string, fields []field) map[stri
 		d.failAt(n, path, "want a mapping, got %s", describe(n))
 		return nil
 	}
-	d.pos[path] = n
+	d.pos[path] = d.here(n)
 	seen := make(map[string]*yaml.Node, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
-		if k.ShortTag() == "!!merge" {
-			d.report(k, path, "merge keys (<<) are not supported: write the fields out")
+		rawK, rawV := n.Content[i], n.Content[i+1]
+		outer := d.enter(rawK)
+		fp, f := d.key(path, resolve(rawK), rawK, seen, fields)
+		d.via = outer
+		if f == nil || f.decode == nil {
 			continue
 		}
-		if k.Kind != yaml.ScalarNode {
-			d.report(k, path, "want a field name, got %s", describe(k))
-			continue
-		}
-		fp := join(path, k.Value)
-		if prev := seen[k.Value]; prev != nil {
-			d.report(k, fp, "duplicate field (first set at %d:%d)", prev.Line, prev.Column)
-			continue
-		}
-		seen[k.Value] = k
-		f := lookupField(fields, k.Value)
-		if f == nil {
-			d.report(k, fp, "unknown field %s (allowed: %s)", echo.Quote(k.Value), fieldNames(fields))
-			continue
-		}
-		if f.decode != nil {
-			d.pos[fp] = v
-			f.decode(fp, v)
-		}
+		v := resolve(rawV)
+		outer = d.enter(rawV)
+		d.pos[fp] = d.here(v)
+		f.decode(fp, v)
+		d.via = outer
 	}
 	present := make(map[string]bool, len(seen))
 	for name := range seen {
 		present[name] = true
 	}
 	return present
+}
+
+// key checks a mapping's key k (raw as written) and returns its field
+// path and field, nil when it is no field of fields (reported).
+func (d *objDecoder) key(path string, k, raw *yaml.Node, seen map[string]*yaml.Node, fields []field) (string, *field) {
+	if k.ShortTag() == "!!merge" {
+		d.report(k, path, "merge keys (<<) are not supported: write the fields out")
+		return "", nil
+	}
+	if k.Kind != yaml.ScalarNode {
+		d.report(k, path, "want a field name, got %s", describe(k))
+		return "", nil
+	}
+	fp := join(path, k.Value)
+	if prev := seen[k.Value]; prev != nil {
+		d.report(k, fp, "duplicate field (first set at %d:%d)", prev.Line, prev.Column)
+		return "", nil
+	}
+	seen[k.Value] = raw
+	f := lookupField(fields, k.Value)
+	if f == nil {
+		d.report(k, fp, "unknown field %s (allowed: %s)", echo.Quote(k.Value), fieldNames(fields))
+		return "", nil
+	}
+	return fp, f
 }
 
 func lookupField(fields []field, name string) *field {
@@ -151,9 +207,12 @@ func fieldNames(fields []field) string {
 }
 
 // join appends a key to a field path, quoting a key that would break
-// the one-line form of an error or make it long.
+// the one-line form of an error or make it long, or that holds a
+// character a terminal does not show as itself (a byte order mark, a
+// direction override): unquoted, the field named would not be the one
+// the user sees.
 func join(path, name string) string {
-	if len(name) > echo.MaxBytes || strings.IndexFunc(name, func(r rune) bool { return r < ' ' || r == 0x7f || r == utf8.RuneError }) >= 0 {
+	if len(name) > echo.MaxBytes || strings.IndexFunc(name, func(r rune) bool { return !unicode.IsPrint(r) || r == utf8.RuneError }) >= 0 {
 		name = echo.Quote(name)
 	}
 	if path == "" {
@@ -271,28 +330,31 @@ func (d *objDecoder) conditions(path string, n *yaml.Node) (Conditions, bool) {
 		return c, false
 	}
 	ok := true
-	for i, item := range n.Content {
-		item = resolve(item)
-		ip := fmt.Sprintf("%s[%d]", path, i)
-		tag := item.ShortTag()
-		if item.Kind != yaml.ScalarNode || tag != "!!str" && tag != "!!int" {
-			d.failAt(item, ip, "want a condition name or status code, got %s", describe(item))
-			ok = false
-			continue
-		}
-		if d.tooLong(ip, item, maxConditionBytes) {
-			ok = false
-			continue
-		}
-		class, code, err := ParseCondition(item.Value)
-		if err != nil {
-			d.failAt(item, ip, "%v", err)
-			ok = false
-			continue
-		}
-		c.Add(class, code)
+	for i, raw := range n.Content {
+		outer := d.enter(raw)
+		ok = d.condition(fmt.Sprintf("%s[%d]", path, i), resolve(raw), &c) && ok
+		d.via = outer
 	}
 	return c, ok
+}
+
+// condition adds one retryOn/failOn item to c.
+func (d *objDecoder) condition(path string, item *yaml.Node, c *Conditions) bool {
+	tag := item.ShortTag()
+	if item.Kind != yaml.ScalarNode || tag != "!!str" && tag != "!!int" {
+		d.failAt(item, path, "want a condition name or status code, got %s", describe(item))
+		return false
+	}
+	if d.tooLong(path, item, maxConditionBytes) {
+		return false
+	}
+	class, code, err := ParseCondition(item.Value)
+	if err != nil {
+		d.failAt(item, path, "%v", err)
+		return false
+	}
+	c.Add(class, code)
+	return true
 }
 
 // describe names what a node is, for "want X, got Y" messages.

@@ -21,10 +21,14 @@ var metadataFieldNames = []string{
 // validates it. It returns nil when the object is another kind, whose
 // spec would only produce noise.
 func (d *objDecoder) policy(n *yaml.Node) *ResiliencePolicy {
+	at := n
+	if d.via != nil {
+		at = d.via
+	}
 	p := &ResiliencePolicy{
 		APIVersion: APIVersion,
 		Kind:       Kind,
-		Source:     fmt.Sprintf("%s:%d:%d", d.file.name, n.Line, n.Column),
+		Source:     fmt.Sprintf("%s:%d:%d", d.file.name, at.Line, at.Column),
 	}
 	var spec *yaml.Node
 	wrongKind := false
@@ -82,7 +86,7 @@ func (d *objDecoder) validate(p *ResiliencePolicy) {
 		if d.reported(e.Field) {
 			continue
 		}
-		d.failAt(d.nodeOf(e.Field), e.Field, "%s", e.Msg)
+		d.failAtPlace(d.placeOf(e.Field), e.Field, "%s", e.Msg)
 	}
 }
 
@@ -101,14 +105,16 @@ func (d *objDecoder) reported(path string) bool {
 	}
 }
 
-func (d *objDecoder) nodeOf(path string) *yaml.Node {
+// placeOf is where the field at path, or the nearest enclosing one,
+// was written.
+func (d *objDecoder) placeOf(path string) place {
 	for {
-		if n := d.pos[path]; n != nil {
-			return n
+		if p, ok := d.pos[path]; ok {
+			return p
 		}
 		i := strings.LastIndexByte(path, '.')
 		if i < 0 {
-			return d.root
+			return d.here(d.root)
 		}
 		path = path[:i]
 	}
@@ -117,7 +123,7 @@ func (d *objDecoder) nodeOf(path string) *yaml.Node {
 // list decodes a v1 List (or ResiliencePolicyList): its items are
 // policies, reported with an items[i]. prefix.
 func (f *fileDecoder) list(n *yaml.Node) {
-	d := &objDecoder{file: f, root: n, pos: map[string]*yaml.Node{}, bad: map[string]bool{}}
+	d := &objDecoder{file: f, root: n, pos: map[string]place{}, bad: map[string]bool{}}
 	d.mapping(n, "", []field{
 		{"apiVersion", func(path string, v *yaml.Node) { d.str(path, v) }},
 		{"kind", nil},
@@ -128,7 +134,11 @@ func (f *fileDecoder) list(n *yaml.Node) {
 				return
 			}
 			for i, item := range v.Content {
-				f.object(resolve(item), fmt.Sprintf("items[%d].", i))
+				via := d.via
+				if via == nil && item.Kind == yaml.AliasNode {
+					via = item
+				}
+				f.object(resolve(item), via, fmt.Sprintf("items[%d].", i))
 			}
 		}},
 	})

@@ -27,6 +27,13 @@ const (
 	LongestEjectionTime     = 24 * time.Hour
 )
 
+// LongestTimeout bounds timeout and perTryTimeout. A request that may
+// take more than a day is a stream that should have no timeout, and a
+// figure past it is a typo; near time.Duration's limit, the exports'
+// rounding up to whole milliseconds (Envoy, Linkerd) overflowed into a
+// negative timeout.
+const LongestTimeout = 24 * time.Hour
+
 // Validate checks a defaulted policy, as Decode returns it, against the
 // bounds of the policy reference. Decode runs it on every policy it
 // returns; a sidecar that receives policies from elsewhere (xDS) runs it
@@ -67,8 +74,8 @@ func validateSpec(s *Spec) ErrorList {
 	} else if norm != s.Service {
 		c.fail("spec.service", "%q is not in canonical form %q", s.Service, norm)
 	}
-	if s.Timeout < 0 {
-		c.fail("spec.timeout", "must be > 0 (omit it for no timeout), got %v", s.Timeout)
+	if s.Timeout < 0 || s.Timeout > LongestTimeout {
+		c.fail("spec.timeout", "must be > 0 and <= %v (omit it for no timeout), got %v", LongestTimeout, s.Timeout)
 	}
 	if r := s.Retries; r != nil {
 		validateRetries(&c, r, s.Timeout)
@@ -90,8 +97,8 @@ func validateRetries(c *checker, r *Retries, timeout time.Duration) {
 	const p = "spec.retries."
 	c.intRange(p+"attempts", r.Attempts, 0, MaxAttempts)
 	switch {
-	case r.PerTryTimeout < 0:
-		c.fail(p+"perTryTimeout", "must be > 0 (omit it for none), got %v", r.PerTryTimeout)
+	case r.PerTryTimeout < 0 || r.PerTryTimeout > LongestTimeout:
+		c.fail(p+"perTryTimeout", "must be > 0 and <= %v (omit it for none), got %v", LongestTimeout, r.PerTryTimeout)
 	case timeout > 0 && r.PerTryTimeout > timeout:
 		c.fail(p+"perTryTimeout", "must be <= timeout (%v), got %v", timeout, r.PerTryTimeout)
 	}

@@ -120,6 +120,7 @@ func TestGoodPoliciesAgree(t *testing.T) {
 		"{service: od-e, outlierDetection: {baseEjectionTime: 1s, maxEjectionPercent: 100}}",
 		"{service: od-f, outlierDetection: {baseEjectionTime: 1ms, maxEjectionTime: 24h}}",
 		"{service: od-g, retries: {attempts: 1}, outlierDetection: {}}",
+		"{service: to-a, timeout: 24h, retries: {attempts: 1, perTryTimeout: 24h}}",
 		"{service: bo-a, retries: {attempts: 1, backoff: {base: 1s}}}",
 		"{service: bo-b, retries: {attempts: 1, backoff: {max: 10ms}}}",
 		"{service: bo-c, retries: {attempts: 1, backoff: {}}}",
@@ -179,6 +180,8 @@ func TestBadPoliciesRefused(t *testing.T) {
 	}{
 		{"{service: geo, timeout: fast}", "spec.timeout", "must be a duration greater than zero"},
 		{"{service: geo, timeout: 0s}", "spec.timeout", "must be a duration greater than zero"},
+		{"{service: geo, timeout: 25h}", "spec.timeout", "at most 24h"},
+		{"{service: geo, retries: {attempts: 1, perTryTimeout: 2562047h}}", "spec.retries.perTryTimeout", "at most 24h"},
 		{"{service: geo, retries: {attempts: 11}}", "spec.retries.attempts", "less than or equal to 10"},
 		{"{service: geo, retries: {attempts: 1, retryOn: [6xx]}}", "spec.retries.retryOn[0]", "should match"},
 		{"{service: geo, retries: {attempts: 1, retryOn: [grpc-ok]}}", "spec.retries.retryOn[0]", "should match"},

@@ -13,6 +13,7 @@ package envoy
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -893,8 +894,15 @@ func prefixAll() *routev3.RouteMatch {
 // in whole milliseconds, truncated, where a timeout of 0 means none. So a
 // sub-millisecond timeout would silently become no timeout at all; d is
 // rounded up to the next millisecond instead (the nearest limit Envoy has
-// that still limits).
+// that still limits). Within the last millisecond of time.Duration's
+// range, where there is no next one, it is the last whole millisecond:
+// rounding up there wrapped to a negative timeout (Validate bounds the
+// timeouts far below, but the translation takes any policy).
 func envoyDuration(d time.Duration) time.Duration {
+	const last = math.MaxInt64 / time.Millisecond * time.Millisecond
+	if d > last {
+		return last
+	}
 	if r := d % time.Millisecond; r != 0 {
 		return d - r + time.Millisecond
 	}

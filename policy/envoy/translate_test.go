@@ -2,6 +2,7 @@ package envoy
 
 import (
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -420,6 +421,9 @@ func TestSubMillisecond(t *testing.T) {
 		{time.Millisecond, time.Millisecond},
 		{1500 * time.Microsecond, 2 * time.Millisecond},
 		{2 * time.Second, 2 * time.Second},
+		// No next millisecond: the last whole one, never a wrap.
+		{math.MaxInt64, 9223372036854 * time.Millisecond},
+		{9223372036854 * time.Millisecond, 9223372036854 * time.Millisecond},
 	} {
 		if got := envoyDuration(tt.in); got != tt.want {
 			t.Errorf("envoyDuration(%v) = %v, want %v", tt.in, got, tt.want)

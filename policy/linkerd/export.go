@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"fmt"
 	"maps"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -966,8 +967,16 @@ func grpcRetryCodes(c policy.Conditions) (string, []string) {
 // 500µs would become 0ms, which Linkerd reads as no timeout at all (its
 // policy controller drops a zero retry timeout, as it drops a zero
 // request timeout per GEP-1742), and a timeout that comes sooner than
-// asked would fail requests the policy lets through.
+// asked would fail requests the policy lets through. Within the last
+// millisecond of time.Duration's range, where there is no next one, it
+// is the last whole millisecond: rounding up there wrapped to a negative
+// duration (Validate bounds the timeouts far below, but the export takes
+// any policy).
 func duration(d time.Duration) (s string, rounded bool) {
+	const last = math.MaxInt64 / time.Millisecond * time.Millisecond
+	if d > last {
+		d, rounded = last, true
+	}
 	if r := d % time.Millisecond; r != 0 {
 		d += time.Millisecond - r
 		rounded = true

@@ -3,6 +3,7 @@ package linkerd
 import (
 	"flag"
 	"maps"
+	"math"
 	"os"
 	"strings"
 	"testing"
@@ -136,6 +137,9 @@ func TestDuration(t *testing.T) {
 		{1500 * time.Microsecond, "2ms", true},
 		{time.Second - time.Microsecond, "1s", true},
 		{time.Minute + time.Nanosecond, "60001ms", true},
+		// No next millisecond: the last whole one, never a wrap.
+		{math.MaxInt64, "9223372036854ms", true},
+		{9223372036854 * time.Millisecond, "9223372036854ms", false},
 	} {
 		if got, rounded := duration(tt.d); got != tt.want || rounded != tt.rounded {
 			t.Errorf("duration(%s) = %q, %v; want %q, %v", tt.d, got, rounded, tt.want, tt.rounded)
