@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -50,26 +51,64 @@ func Load(paths ...string) ([]*ResiliencePolicy, error) {
 // without descending. Names that start with a dot are skipped: in a
 // mounted ConfigMap they are the ..data and timestamped entries that the
 // visible key symlinks point through, and reading them too would load
-// every key twice. The files are decoded as one set (Decode).
+// every key twice. The files are decoded as one set (Decode). A file
+// reached twice (named twice, through a symlink or another spelling of
+// its path) is read once, under the first name it was reached by.
 //
 // A path that cannot be read fails the whole load with a plain error,
 // and so does one named explicitly that is not a regular file (a named
 // pipe, a device: ReadFile) or a file over MaxFileBytes.
 func (s Scope) Load(paths ...string) ([]*ResiliencePolicy, error) {
-	names, err := policyFiles(paths)
+	ps, _, err := s.LoadReport(paths...)
+	return ps, err
+}
+
+// LoadReport is Load that also says what the directories held that it
+// did not read, for callers that show it to whoever wrote them (`minimesh
+// policy lint`, the sidecar's load log): a policy in a file named `geo`
+// is otherwise never applied without a word. The report is filled in
+// whether or not the load fails, unless a path cannot be read at all.
+func (s Scope) LoadReport(paths ...string) ([]*ResiliencePolicy, Report, error) {
+	names, rep, err := policyFiles(paths)
 	if err != nil {
-		return nil, err
+		return nil, rep, err
 	}
 	files := make([]File, len(names))
 	for i, name := range names {
 		data, err := ReadFile(name)
 		if err != nil {
-			return nil, err
+			return nil, rep, err
 		}
 		files[i] = File{Name: name, Data: data}
 	}
-	return s.Decode(files)
+	ps, err := s.Decode(files)
+	return ps, rep, err
 }
+
+// Report is what a load passed over.
+type Report struct {
+	// Skipped are the entries of the directories that were not read, in
+	// the order met, hidden ones (a dot first) aside: those are how a
+	// mounted ConfigMap works, and listing its ..data entries at every
+	// load would bury the entries that matter.
+	Skipped []Skipped
+	// Bare are the directories named that hold no policy file at all
+	// (hidden ones aside), which is most likely the wrong directory or
+	// files named without their extension.
+	Bare []string
+}
+
+// Skipped is an entry of a directory that a load did not read.
+type Skipped struct {
+	Path   string // the directory joined with the entry's name
+	Reason string // NotPolicyFile, or what else kept it out
+}
+
+func (s Skipped) String() string { return "skipped " + s.Path + ": " + s.Reason }
+
+// NotPolicyFile is why an entry that is no .yaml, .yml or .json file is
+// skipped; `minimesh check` says it of a ConfigMap's keys too.
+const NotPolicyFile = "not .yaml, .yml or .json"
 
 // MaxFileBytes bounds one policy file. Whatever is read is held whole
 // and parsed, so without a bound a path such as /dev/zero, or a huge file
@@ -131,24 +170,27 @@ func ReadFile(name string) ([]byte, error) {
 
 // regular refuses what is not a regular file, saying what it is.
 func regular(name string, fi fs.FileInfo) error {
-	m := fi.Mode()
-	if m.IsRegular() {
+	if fi.Mode().IsRegular() {
 		return nil
 	}
-	what := "a special file"
+	return fmt.Errorf("load %s: %w (%s)", name, ErrNotRegular, irregular(fi.Mode()))
+}
+
+// irregular says what a file that is not a regular one is.
+func irregular(m fs.FileMode) string {
 	switch {
 	case m.IsDir():
-		what = "a directory"
+		return "a directory"
 	case m&fs.ModeNamedPipe != 0:
-		what = "a named pipe"
+		return "a named pipe"
 	case m&fs.ModeSocket != 0:
-		what = "a socket"
+		return "a socket"
 	case m&fs.ModeCharDevice != 0:
-		what = "a character device"
+		return "a character device"
 	case m&fs.ModeDevice != 0:
-		what = "a block device"
+		return "a block device"
 	}
-	return fmt.Errorf("load %s: %w (%s)", name, ErrNotRegular, what)
+	return "a special file"
 }
 
 // Decode decodes files as one set, in the order given: each file as
@@ -212,48 +254,89 @@ func (c *claims) take(p *ResiliencePolicy) (*ResiliencePolicy, string) {
 	}
 }
 
-// policyFiles expands the paths into the files to read. A file named
-// explicitly is read whatever its extension (and refused by ReadFile if
-// it is not a regular file); one reached twice is read once.
-func policyFiles(paths []string) ([]string, error) {
-	var files []string
-	seen := map[string]bool{}
-	add := func(name string) {
-		if !seen[name] {
-			seen[name] = true
-			files = append(files, name)
+// policyFiles expands the paths into the files to read, and reports
+// what the directories held besides. A file named explicitly is read
+// whatever its extension (and refused by ReadFile if it is not a regular
+// file). One reached twice is read once: the same file (os.SameFile)
+// whatever the spelling of its path, as `lint dd $PWD/dd/a.yaml` or a
+// directory and a symlink to it name it, else it conflicted with itself.
+func policyFiles(paths []string) ([]string, Report, error) {
+	var (
+		files []string
+		seen  []fs.FileInfo // of files, in order; the sets are small
+		rep   Report
+		// skippedFI is the Stat of each of skipped, nil if it failed.
+		skipped   []Skipped
+		skippedFI []fs.FileInfo
+	)
+	add := func(name string, fi fs.FileInfo) {
+		for _, prev := range seen {
+			if os.SameFile(prev, fi) {
+				return
+			}
 		}
+		seen = append(seen, fi)
+		files = append(files, name)
 	}
 	for _, path := range paths {
 		fi, err := os.Stat(path)
 		if err != nil {
-			return nil, fmt.Errorf("load %s: %w", path, err)
+			return nil, rep, fmt.Errorf("load %s: %w", path, err)
 		}
 		if !fi.IsDir() {
-			add(filepath.Clean(path))
+			add(filepath.Clean(path), fi)
 			continue
 		}
 		entries, err := os.ReadDir(path)
 		if err != nil {
-			return nil, fmt.Errorf("load %s: %w", path, err)
+			return nil, rep, fmt.Errorf("load %s: %w", path, err)
 		}
+		found := false
 		for _, e := range entries { // sorted by name
 			name := e.Name()
-			if strings.HasPrefix(name, ".") || !isPolicyFile(name) {
+			if strings.HasPrefix(name, ".") {
 				continue
 			}
 			full := filepath.Join(path, name)
+			if !isPolicyFile(name) {
+				// Stat only to say why: an entry that cannot be read is
+				// no business of the load's.
+				reason := NotPolicyFile
+				fi, err := os.Stat(full)
+				if err == nil && fi.IsDir() {
+					reason = "a directory, not searched"
+				}
+				skipped = append(skipped, Skipped{Path: full, Reason: reason})
+				skippedFI = append(skippedFI, fi)
+				continue
+			}
 			// Stat, not the entry's type: ConfigMap keys are symlinks.
 			fi, err := os.Stat(full)
 			if err != nil {
-				return nil, fmt.Errorf("load %s: %w", full, err)
+				return nil, rep, fmt.Errorf("load %s: %w", full, err)
 			}
-			if fi.Mode().IsRegular() {
-				add(full)
+			if !fi.Mode().IsRegular() {
+				rep.Skipped = append(rep.Skipped, Skipped{Path: full, Reason: ErrNotRegular.Error() + " (" + irregular(fi.Mode()) + ")"})
+				continue
 			}
+			found = true
+			add(full, fi)
+		}
+		if !found {
+			rep.Bare = append(rep.Bare, path)
 		}
 	}
-	return files, nil
+	// An entry read all the same, named on its own (`lint geo dir` for
+	// dir/geo), was not skipped; one reached twice is listed once.
+	for i, sk := range skipped {
+		fi := skippedFI[i]
+		same := func(r fs.FileInfo) bool { return os.SameFile(r, fi) }
+		if fi != nil && (slices.ContainsFunc(seen, same) || slices.ContainsFunc(skippedFI[:i], same)) {
+			continue
+		}
+		rep.Skipped = append(rep.Skipped, sk)
+	}
+	return files, rep, nil
 }
 
 // IsPolicyFile reports whether Load reads a file of a directory, so

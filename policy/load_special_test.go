@@ -87,6 +87,11 @@ func TestLoadSpecialDirectoryEntries(t *testing.T) {
 	if err != nil || len(pols) != 1 || pols[0].Spec.Service != "geo" {
 		t.Fatalf("Load = %v, %v; want the policy of b.yaml", services(pols), err)
 	}
+	// Passed over, and said so: a pipe named .yaml is likely a mistake.
+	_, rep, _ := OneSidecar.LoadReport(dir)
+	if len(rep.Skipped) != 2 || rep.Skipped[0].String() != "skipped "+fifo+": not a regular file (a named pipe)" || rep.Skipped[1].Reason != "a directory, not searched" {
+		t.Errorf("skipped %v; want the pipe and data/", rep.Skipped)
+	}
 }
 
 // TestLoadSizeCap: a file over MaxFileBytes is refused, naming the file

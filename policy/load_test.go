@@ -223,3 +223,148 @@ func TestScopes(t *testing.T) {
 		})
 	}
 }
+
+// TestLoadReport: what a directory holds that Load does not read is
+// reported, so that lint, check and the sidecar's log can say so: a
+// policy in a file named `geo` (a ConfigMap key without its extension)
+// loaded nothing without a word. Hidden entries, a ConfigMap volume's
+// ..data and timestamped ones among them, are not worth a line.
+func TestLoadReport(t *testing.T) {
+	tests := []struct {
+		name string
+		// setup fills dir and returns the paths to load, {dir} for dir.
+		setup   func(t *testing.T, dir string) []string
+		skipped []string // Skipped.String(), {dir} for dir
+		bare    []string
+		n       int // policies loaded
+	}{
+		{"a file without its extension", func(t *testing.T, dir string) []string {
+			write(t, filepath.Join(dir, "geo"), policyYAML("geo"))
+			return []string{dir}
+		}, []string{"skipped {dir}/geo: not .yaml, .yml or .json"}, []string{"{dir}"}, 0},
+		{"beside policy files", func(t *testing.T, dir string) []string {
+			write(t, filepath.Join(dir, "a.yaml"), policyYAML("a"))
+			write(t, filepath.Join(dir, "README.md"), "# policies\n")
+			write(t, filepath.Join(dir, "sub", "b.yaml"), policyYAML("b"))
+			write(t, filepath.Join(dir, "z.yaml.bak"), policyYAML("a"))
+			return []string{dir}
+		}, []string{
+			"skipped {dir}/README.md: not .yaml, .yml or .json",
+			"skipped {dir}/sub: a directory, not searched",
+			"skipped {dir}/z.yaml.bak: not .yaml, .yml or .json",
+		}, nil, 1},
+		{"a directory named as a policy file", func(t *testing.T, dir string) []string {
+			write(t, filepath.Join(dir, "a.yaml"), policyYAML("a"))
+			write(t, filepath.Join(dir, "old.yaml", "b.yaml"), policyYAML("b"))
+			return []string{dir}
+		}, []string{"skipped {dir}/old.yaml: not a regular file (a directory)"}, nil, 1},
+		{"hidden entries only", func(t *testing.T, dir string) []string {
+			write(t, filepath.Join(dir, ".geo.yaml"), policyYAML("geo"))
+			write(t, filepath.Join(dir, ".git", "config"), "")
+			return []string{dir}
+		}, nil, []string{"{dir}"}, 0},
+		{"empty", func(t *testing.T, dir string) []string { return []string{dir} }, nil, []string{"{dir}"}, 0},
+		{"a ConfigMap volume with a key without its extension", func(t *testing.T, dir string) []string {
+			return []string{configMapVolume(t, map[string]string{"a.yaml": policyYAML("a"), "geo": policyYAML("geo")})}
+		}, []string{"skipped {vol}/geo: not .yaml, .yml or .json"}, nil, 1},
+		{"an entry also named on its own", func(t *testing.T, dir string) []string {
+			write(t, filepath.Join(dir, "geo"), policyYAML("geo"))
+			write(t, filepath.Join(dir, "notes"), "")
+			return []string{dir, filepath.Join(dir, "geo")}
+		}, []string{"skipped {dir}/notes: not .yaml, .yml or .json"}, []string{"{dir}"}, 1},
+		{"a directory and a symlink to it", func(t *testing.T, dir string) []string {
+			write(t, filepath.Join(dir, "real", "a.yaml"), policyYAML("a"))
+			write(t, filepath.Join(dir, "real", "geo"), policyYAML("geo"))
+			symlink(t, "real", filepath.Join(dir, "link"))
+			return []string{filepath.Join(dir, "real"), filepath.Join(dir, "link")}
+		}, []string{"skipped {dir}/real/geo: not .yaml, .yml or .json"}, nil, 1},
+		{"files only", func(t *testing.T, dir string) []string {
+			write(t, filepath.Join(dir, "geo"), policyYAML("geo"))
+			return []string{filepath.Join(dir, "geo")}
+		}, nil, nil, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			paths := tt.setup(t, dir)
+			ps, rep, err := OneSidecar.LoadReport(paths...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var skipped []string
+			for _, s := range rep.Skipped {
+				skipped = append(skipped, s.String())
+			}
+			r := strings.NewReplacer("{dir}", dir, "{vol}", paths[0])
+			fill := func(ss []string) []string {
+				var out []string
+				for _, s := range ss {
+					out = append(out, r.Replace(s))
+				}
+				return out
+			}
+			if want := fill(tt.skipped); !reflect.DeepEqual(skipped, want) {
+				t.Errorf("skipped:\n%q\nwant\n%q", skipped, want)
+			}
+			if want := fill(tt.bare); !reflect.DeepEqual(rep.Bare, want) {
+				t.Errorf("bare = %q, want %q", rep.Bare, want)
+			}
+			if len(ps) != tt.n {
+				t.Errorf("%d policies, want %d", len(ps), tt.n)
+			}
+		})
+	}
+}
+
+// TestLoadSameFileOnce: a file reached twice is read once whatever the
+// spelling of its path, the name it was first reached by kept: before,
+// only the same spelling was, and `lint dd $PWD/dd/a.yaml` or `lint dd
+// ddl` (ddl a symlink to dd) refused a file for conflicting with itself.
+func TestLoadSameFileOnce(t *testing.T) {
+	root := t.TempDir()
+	dd := filepath.Join(root, "dd")
+	write(t, filepath.Join(dd, "a.yaml"), policyYAML("up"))
+	symlink(t, "dd", filepath.Join(root, "ddl"))
+	symlink(t, filepath.Join("dd", "a.yaml"), filepath.Join(root, "a-link.yaml"))
+	if err := os.Link(filepath.Join(dd, "a.yaml"), filepath.Join(root, "hard.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(root)
+	abs := func(p string) string { return filepath.Join(root, p) }
+	for _, paths := range [][]string{
+		{"dd", abs("dd/a.yaml")},
+		{"dd", "ddl"},
+		{"ddl", "dd"},
+		{"dd/a.yaml", "./dd//a.yaml", "ddl/a.yaml"},
+		{"dd", "a-link.yaml"},
+		{"dd", "hard.yaml"},
+		{abs("ddl"), "dd"},
+	} {
+		t.Run(strings.Join(paths, " "), func(t *testing.T) {
+			ps, err := Load(paths...)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			first := filepath.Clean(paths[0])
+			if !strings.HasSuffix(first, ".yaml") {
+				first = filepath.Join(first, "a.yaml")
+			}
+			if len(ps) != 1 || ps[0].Source != first+":1:1" {
+				t.Errorf("policies %q from %q, want one from %s", services(ps), sources(ps), first)
+			}
+		})
+	}
+	// Two files of the same content are two files.
+	write(t, filepath.Join(root, "copy.yaml"), policyYAML("up"))
+	if _, err := Load("dd", "copy.yaml"); err == nil || !strings.Contains(err.Error(), `service "up" already has a policy at dd/a.yaml:1:1`) {
+		t.Errorf("a copy: %v, want the conflict", err)
+	}
+}
+
+func sources(ps []*ResiliencePolicy) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Source)
+	}
+	return out
+}

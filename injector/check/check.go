@@ -148,7 +148,14 @@ func Run(ctx context.Context, o Options) []Result {
 	add("no workload's pods are refused by the webhook",
 		"with failurePolicy Fail the API server refuses pods while the injector is unreachable (kubectl -n "+o.Namespace+" get pods -l app.kubernetes.io/component=injector); otherwise the message says why the injector refused them",
 		refused)
-	add("policies validate", "fix the files: minimesh policy lint FILE", policiesValid(ctx, o.Client))
+	valid, skipped := policiesValid(ctx, o.Client)
+	add("policies validate", "fix the files: minimesh policy lint FILE", valid)
+	// A warning: a key such as a README is harmless, but a key `geo`
+	// (kubectl create configmap --from-file=geo=geo.yaml) holds a policy
+	// that no sidecar ever loads, and nothing else says so.
+	warn("policy ConfigMaps hold no key the sidecars skip",
+		"a sidecar reads only the keys named *.yaml, *.yml or *.json (docs/policy.md, \"Files\"): rename a key that holds a policy, kubectl create configmap "+PolicyConfig+" --from-file=geo.yaml=FILE, and remove any other",
+		listed("keys the sidecars skip, "+policy.NotPolicyFile, skipped))
 	if o.Dynamic != nil {
 		if add("ResiliencePolicy CRD is installed", "kubectl apply -f charts/minimesh/crds/ (helm creates CRDs only on helm install: an upgrade never restores a deleted one)", crdInstalled(ctx, o.Dynamic)) {
 			// A failure, not a warning: unlike sidecars awaiting a rollout,
@@ -678,11 +685,12 @@ func sidecarsReady(pods []corev1.Pod) error {
 // two keys govern one service. So does this check (policy.OneSidecar,
 // the sidecar's own code): a key at a time, it passed a ConfigMap that
 // every sidecar of the namespace refuses. binaryData keys are mounted
-// too.
-func policiesValid(ctx context.Context, c kubernetes.Interface) error {
+// too. skipped are the keys the sidecars pass over but for hidden ones,
+// as the sidecar's log lists them: before, they went without a word.
+func policiesValid(ctx context.Context, c kubernetes.Interface) (valid error, skipped []string) {
 	cms, err := c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + PolicyConfig})
 	if err != nil {
-		return err
+		return err, nil
 	}
 	var errs []error
 	for _, cm := range cms.Items {
@@ -696,7 +704,15 @@ func policiesValid(ctx context.Context, c kubernetes.Interface) error {
 		for k, v := range cm.BinaryData {
 			files = append(files, policy.File{Name: k, Data: v})
 		}
-		files = slices.DeleteFunc(files, func(f policy.File) bool { return !policy.IsPolicyFile(f.Name) })
+		files = slices.DeleteFunc(files, func(f policy.File) bool {
+			if policy.IsPolicyFile(f.Name) {
+				return false
+			}
+			if !strings.HasPrefix(f.Name, ".") {
+				skipped = append(skipped, cm.Namespace+"/"+cm.Name+"/"+f.Name)
+			}
+			return true
+		})
 		slices.SortFunc(files, func(a, b policy.File) int { return strings.Compare(a.Name, b.Name) })
 		for i := range files {
 			files[i].Name = cm.Namespace + "/" + cm.Name + "/" + files[i].Name
@@ -705,7 +721,7 @@ func policiesValid(ctx context.Context, c kubernetes.Interface) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(errs...), skipped
 }
 
 var resiliencePolicies = schema.GroupVersionResource{Group: "minimesh.io", Version: "v1alpha1", Resource: "resiliencepolicies"}

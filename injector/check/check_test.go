@@ -233,7 +233,8 @@ func TestRun(t *testing.T) {
 				"a.yaml": "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: a}\nspec: {service: geo, timeout: 2s}\n",
 				"README": "not a policy",
 			}},
-		}, map[string]string{"policies validate": `shop/minimesh-policies/b.yaml:4:17: spec.service: service "geo" already has a policy at shop/minimesh-policies/a.yaml:1:1`}},
+		}, map[string]string{"policies validate": `shop/minimesh-policies/b.yaml:4:17: spec.service: service "geo" already has a policy at shop/minimesh-policies/a.yaml:1:1`,
+			"policy ConfigMaps hold no key the sidecars skip": "1 keys the sidecars skip, not .yaml, .yml or .json: shop/minimesh-policies/README"}},
 		{"policy in a key and a binaryData key", "37", 300 * 24 * time.Hour, []runtime.Object{
 			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: PolicyConfig},
 				Data:       map[string]string{"b.yaml": "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: b}\nspec: {service: geo}\n"},
@@ -248,14 +249,24 @@ func TestRun(t *testing.T) {
 				"README":   "not a policy",
 			}},
 			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "other"}, Data: map[string]string{"x.yaml": "{"}},
-		}, map[string]string{"policies validate": "shop/minimesh-policies/geo.yaml:6:12"}},
+		}, map[string]string{"policies validate": "shop/minimesh-policies/geo.yaml:6:12", "policy ConfigMaps hold no key the sidecars skip": "1 keys the sidecars skip, not .yaml, .yml or .json: shop/minimesh-policies/README"}},
+		{"policy in a key without its extension", "37", 300 * 24 * time.Hour, []runtime.Object{
+			// kubectl create configmap --from-file=geo=geo.yaml: the
+			// sidecars skip the key, and its policy with it. A hidden key
+			// is skipped too, as Load skips hidden files, without a word.
+			&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: PolicyConfig}, Data: map[string]string{
+				"geo":     "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo}\nspec: {service: geo, timeout: banana}\n",
+				"a.yaml":  "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: a}\nspec: {service: a}\n",
+				".hidden": "x",
+			}, BinaryData: map[string][]byte{"maps.yaml.gz": {0x1f, 0x8b}}},
+		}, map[string]string{"policy ConfigMaps hold no key the sidecars skip": "2 keys the sidecars skip, not .yaml, .yml or .json: shop/minimesh-policies/geo, shop/minimesh-policies/maps.yaml.gz"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := cluster(t, tt.minor, tt.certValid, tt.objs...)
 			got := verdicts(Run(context.Background(), Options{Client: c, Namespace: "minimesh"}))
-			if len(got) != 13 {
-				t.Fatalf("%d checks ran, want 13: %v", len(got), got)
+			if len(got) != 14 {
+				t.Fatalf("%d checks ran, want 14: %v", len(got), got)
 			}
 			for name, v := range got {
 				want, bad := tt.failing[name]

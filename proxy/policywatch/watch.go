@@ -32,10 +32,16 @@ import (
 type Result struct {
 	Policies []*policy.ResiliencePolicy
 	Err      error // non-nil: the load failed and Policies is nil
+	// Skipped are the entries of the directory that the load did not read
+	// (policy.Report), for the caller's log: a ConfigMap key without its
+	// .yaml extension loads nothing, and only the log can say so.
+	Skipped []policy.Skipped
 }
 
 // Watcher loads a directory now and again on every change.
 type Watcher struct {
+	// Dir is the directory, or a single policy file, whose edits reload
+	// as a directory's do.
 	Dir string
 	// Debounce gathers the burst of events of one update into one look
 	// at the directory; default 100ms. Only events for what a load reads
@@ -102,6 +108,12 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 	var fw *fsnotify.Watcher
 	var events <-chan fsnotify.Event
 	var errs chan error
+	// A file is watched through its directory: an editor that saves by
+	// renaming a new file over it ends a watch of the file itself.
+	watched := w.Dir
+	if fi, err := os.Stat(w.Dir); err == nil && !fi.IsDir() {
+		watched = filepath.Dir(w.Dir)
+	}
 	if w.events != nil {
 		events = w.events
 	} else if !w.noNotify {
@@ -109,7 +121,7 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 		if fw, err = fsnotify.NewWatcher(); err == nil {
 			defer fw.Close()
 			errs = fw.Errors // drained, or fsnotify's reader blocks
-			if fw.Add(w.Dir) == nil {
+			if fw.Add(watched) == nil {
 				events = fw.Events
 			}
 		} else {
@@ -145,7 +157,7 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 		case <-ctx.Done():
 			return
 		case ev := <-events:
-			if fw != nil && ev.Name == filepath.Clean(w.Dir) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+			if fw != nil && ev.Name == filepath.Clean(watched) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
 				events = nil // its watch went with it; the resync adds it again
 			}
 			if g.relevant(w.Dir, ev.Name) {
@@ -160,7 +172,7 @@ func (w *Watcher) Run(ctx context.Context, apply func(Result)) {
 			fire, burst = nil, time.Time{}
 			after(w.check(g, apply, due))
 		case due := <-tick.C:
-			if events == nil && fw != nil && fw.Add(w.Dir) == nil {
+			if events == nil && fw != nil && fw.Add(watched) == nil {
 				events = fw.Events
 			}
 			after(w.check(g, apply, due))
@@ -194,11 +206,11 @@ func (w *Watcher) check(g *gate, apply func(Result), due time.Time) time.Duratio
 
 // load is one policy.Load of dir as a Result.
 func load(dir string) Result {
-	pols, err := policy.Load(dir)
+	pols, rep, err := policy.OneSidecar.LoadReport(dir)
 	if err != nil {
-		return Result{Err: err}
+		return Result{Err: err, Skipped: rep.Skipped}
 	}
-	return Result{Policies: pols}
+	return Result{Policies: pols, Skipped: rep.Skipped}
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -324,18 +336,24 @@ type snapshot struct {
 // read hashes the names and contents of the policy files of dir,
 // following symlinks, so that an event that changed nothing (a new
 // mtime, say) or a resync does not reload, and so that a change can be
-// seen to have settled.
+// seen to have settled. A dir that is a file is hashed as the one file
+// Load reads, whatever its name: hashing only that it was no directory
+// left its edits unseen until a SIGHUP.
 func read(dir string) snapshot {
 	h := sha256.New()
 	var entries []os.DirEntry
+	only := "" // the name of the file when dir is one
 	// ReadDir opens dir, which blocks for good on a named pipe: a path
-	// that is no directory has no entries to look at (Load refuses it,
-	// or reads it as one file).
+	// that is no directory is read as the one file that Load reads
+	// (policy.ReadFile refuses a pipe without opening it).
 	fi, err := os.Stat(dir)
-	if err == nil && !fi.IsDir() {
-		err = errors.New("not a directory")
-	}
-	if err == nil {
+	switch {
+	case err == nil && !fi.IsDir():
+		only, dir = filepath.Base(dir), filepath.Dir(dir)
+		if fi, err = os.Lstat(filepath.Join(dir, only)); err == nil {
+			entries = []os.DirEntry{fs.FileInfoToDirEntry(fi)}
+		}
+	case err == nil:
 		entries, err = os.ReadDir(dir)
 	}
 	if err != nil {
@@ -351,7 +369,7 @@ func read(dir string) snapshot {
 	sort.Strings(names)
 	s := snapshot{sizes: make(map[string]int, len(names))}
 	for _, n := range names {
-		if !policy.IsPolicyFile(n) {
+		if only == "" && !policy.IsPolicyFile(n) {
 			continue // Load reads neither hidden nor non-policy files
 		}
 		path := filepath.Join(dir, n)
@@ -375,7 +393,7 @@ func read(dir string) snapshot {
 		switch {
 		case err == nil:
 			s.sizes[n] = len(b)
-		case !errors.Is(err, policy.ErrNotRegular): // Load skips those
+		case only != "" || !errors.Is(err, policy.ErrNotRegular): // Load skips those in a directory
 			h.Write([]byte("error: " + err.Error()))
 		}
 		h.Write([]byte(n))

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -667,15 +668,31 @@ func (s *Sidecar) applyLoad(r policywatch.Result) {
 		return
 	}
 	s.metrics.PolicyReload(r.Err == nil)
+	// What the directory holds unread (a key `geo` without its .yaml
+	// loads nothing): this line is the only place that can say so.
+	var skipped []any
+	if len(r.Skipped) > 0 {
+		skipped = []any{"skipped", skippedNames(r.Skipped)}
+	}
 	if r.Err != nil {
 		s.source.failed(r.Err.Error(), time.Now())
-		s.log.Error("policy load failed; keeping the last good policies", "dir", s.cfg.PolicyDir, "error", r.Err)
+		s.log.Error("policy load failed; keeping the last good policies", append([]any{"dir", s.cfg.PolicyDir, "error", r.Err}, skipped...)...)
 		return
 	}
 	table := policy.NewTable(r.Policies, s.cfg.Namespace)
 	s.outbound.SetPolicies(table)
 	s.source.loaded("dir", table.Policies(), time.Now())
-	s.log.Info("policies loaded", "dir", s.cfg.PolicyDir, "count", len(r.Policies))
+	s.log.Info("policies loaded", append([]any{"dir", s.cfg.PolicyDir, "count", len(r.Policies)}, skipped...)...)
+}
+
+// skippedNames are the entries a load passed over, as "geo: not .yaml,
+// .yml or .json": the log line names the directory already.
+func skippedNames(sk []policy.Skipped) []string {
+	out := make([]string, len(sk))
+	for i, s := range sk {
+		out[i] = filepath.Base(s.Path) + ": " + s.Reason
+	}
+	return out
 }
 
 // refusedXDS records a response of the control plane's that the sidecar

@@ -21,7 +21,9 @@ func newPolicyLintCmd() *cobra.Command {
 			"the way the sidecar does (its --policy-dir, a minimesh-policies ConfigMap: one\n" +
 			"policy per service, whatever its namespace), or with --per-namespace the way\n" +
 			"`minimesh controller --policy-dir` does, and prints every problem as\n" +
-			"file:line:col: field: message. It exits 1 when there is any.",
+			"file:line:col: field: message. It exits 1 when there is any, or when a directory\n" +
+			"holds no policy file. The entries of a directory that it does not read (a file\n" +
+			"without its extension, a subdirectory) are listed, as the sidecar's log lists them.",
 		Example: "  minimesh policy lint policies/\n  minimesh policy lint auth.yaml orders.yaml\n  minimesh policy lint --per-namespace controller-policies/",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -55,7 +57,12 @@ const lintSidecarMode = "lint: read as one sidecar reads them (its --policy-dir,
 	"`minimesh controller --policy-dir` takes them (one per service in each namespace and one cluster-wide): lint its files with --per-namespace"
 
 func lint(paths []string, scope policy.Scope, stdout, stderr io.Writer) int {
-	ps, err := scope.Load(paths...)
+	ps, rep, err := scope.LoadReport(paths...)
+	// A policy in a file the directory holds without its extension (a
+	// ConfigMap key `geo`) is never loaded: say so before any verdict.
+	for _, s := range rep.Skipped {
+		fmt.Fprintln(stderr, s)
+	}
 	if err != nil {
 		var list policy.ErrorList
 		if errors.As(err, &list) {
@@ -70,6 +77,15 @@ func lint(paths []string, scope policy.Scope, stdout, stderr io.Writer) int {
 			}
 		} else {
 			fmt.Fprintln(stderr, err)
+		}
+		return 1
+	}
+	if len(rep.Bare) > 0 {
+		// "0 policies OK" here passed a directory of files named without
+		// their extension, or the wrong directory, which every sidecar
+		// given it serves without a policy.
+		for _, dir := range rep.Bare {
+			fmt.Fprintf(stderr, "lint: %s holds no policy file (.yaml, .yml or .json): a sidecar given it loads no policy\n", dir)
 		}
 		return 1
 	}

@@ -73,8 +73,67 @@ func TestLintPerNamespace(t *testing.T) {
 		{"a cluster-wide service twice, as the controller reads it", []string{"--per-namespace", clusterTwice}, 1, "",
 			clusterTwice + `:12:12: spec.service: service "maps" already has a cluster-wide policy at ` + clusterTwice + ":2:1\n"},
 		{"a namespace's files", []string{"--per-namespace", "testdata/good"}, 0,
-			"3 policies OK (bakery-ia: auth-service, nominatim-service, *)\n", ""},
+			"3 policies OK (bakery-ia: auth-service, nominatim-service, *)\n", readmeSkipped},
 		{"bad fields, either way", []string{"--per-namespace", bad}, 1, "", badErrs},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errOut := run(append([]string{"policy", "lint"}, tt.args...)...)
+			if code != tt.code || out != tt.stdout || errOut != tt.stderr {
+				t.Errorf("lint %v: exit %d, stdout %q, stderr:\n%s\nwant exit %d, stdout %q, stderr:\n%s", tt.args, code, out, errOut, tt.code, tt.stdout, tt.stderr)
+			}
+		})
+	}
+}
+
+// TestLintSkipped: lint names what a directory holds that it does not
+// read, fails on a directory that holds no policy file, and reads a file
+// reached twice once. Before, `lint noext` (a policy in noext/geo)
+// printed "0 policies OK", and `lint dd $PWD/dd/a.yaml` or `lint dd ddl`
+// (ddl a symlink to dd) refused dd/a.yaml for conflicting with itself.
+func TestLintSkipped(t *testing.T) {
+	root := t.TempDir()
+	t.Chdir(root)
+	doc := "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: up}\nspec: {service: up, timeout: banana}\n"
+	for name, content := range map[string]string{
+		"noext/geo":        doc,
+		"dd/a.yaml":        strings.Replace(doc, ", timeout: banana", "", 1),
+		"dd/notes.txt":     "",
+		"dd/.a.yaml.swp":   "",
+		"vol/..v1/a.yaml":  strings.Replace(doc, ", timeout: banana", "", 1),
+		"hidden/.geo.yaml": doc,
+	} {
+		if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(name, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range [][2]string{{"dd", "ddl"}, {"..v1", "vol/..data"}, {"..data/a.yaml", "vol/a.yaml"}} {
+		if err := os.Symlink(l[0], l[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noPolicy := func(dir string) string {
+		return "lint: " + dir + " holds no policy file (.yaml, .yml or .json): a sidecar given it loads no policy\n"
+	}
+	tests := []struct {
+		name           string
+		args           []string
+		code           int
+		stdout, stderr string
+	}{
+		{"a policy file without its extension", []string{"noext"}, 1, "",
+			"skipped noext/geo: not .yaml, .yml or .json\n" + noPolicy("noext")},
+		{"that file named on its own", []string{"noext/geo"}, 1, "",
+			"noext/geo:4:30: spec.timeout: want a duration such as 2s or 500ms, got string \"banana\"\n"},
+		{"only hidden files", []string{"hidden"}, 1, "", noPolicy("hidden")},
+		{"beside a policy, and a file read twice by another spelling", []string{"dd", filepath.Join(root, "dd", "a.yaml")}, 0,
+			"1 policies OK (up)\n", "skipped dd/notes.txt: not .yaml, .yml or .json\n"},
+		{"a directory and a symlink to it", []string{"dd", "ddl"}, 0, "1 policies OK (up)\n",
+			"skipped dd/notes.txt: not .yaml, .yml or .json\n"},
+		{"a ConfigMap volume", []string{"vol"}, 0, "1 policies OK (up)\n", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

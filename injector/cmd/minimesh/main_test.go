@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -21,9 +22,13 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// readmeSkipped is the line lint writes for the README beside the good
+// policies: an entry it does not read.
+const readmeSkipped = "skipped testdata/good/README.md: not .yaml, .yml or .json\n"
+
 func TestLintGood(t *testing.T) {
 	code, out, errOut := run("policy", "lint", "testdata/good")
-	if code != 0 || errOut != "" {
+	if code != 0 || errOut != readmeSkipped {
 		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
 	}
 	if want := "3 policies OK (auth-service, nominatim-service, *)\n"; out != want {
@@ -34,7 +39,7 @@ func TestLintGood(t *testing.T) {
 func TestLintBad(t *testing.T) {
 	file := filepath.Join("testdata", "bad", "bad.yaml")
 	code, out, errOut := run("policy", "lint", "testdata/good", file)
-	want := file + `:6:12: spec.timeout: want a duration such as 2s or 500ms, got integer 2
+	want := readmeSkipped + file + `:6:12: spec.timeout: want a duration such as 2s or 500ms, got integer 2
 ` + file + `:8:15: spec.retries.attempts: must be between 0 and 10, got 20
 ` + file + `:9:20: spec.retries.retryOn[1]: unknown condition "teapot": want one of 5xx, gateway-error, connect-failure, reset, timeout, a status code 100-599 or a gRPC code (grpc-unavailable, …)
 ` + file + `:11:5: spec.circuitBreaker.halfOpen: unknown field "halfOpen" (allowed: consecutiveFailures, openTimeout, halfOpenRequests, failureRate, failOn)
@@ -51,10 +56,22 @@ func TestLintUnreadable(t *testing.T) {
 	}
 }
 
+// TestLintEmpty: a directory without a policy file fails, where "0
+// policies OK" passed the wrong directory; a file without a policy in it
+// is fine.
 func TestLintEmpty(t *testing.T) {
-	code, out, _ := run("policy", "lint", t.TempDir())
-	if code != 0 || out != "0 policies OK\n" {
-		t.Errorf("exit %d, stdout %q", code, out)
+	dir := t.TempDir()
+	code, out, errOut := run("policy", "lint", dir)
+	if code != 1 || out != "" || errOut != "lint: "+dir+" holds no policy file (.yaml, .yml or .json): a sidecar given it loads no policy\n" {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	file := filepath.Join(dir, "none.yaml")
+	if err := os.WriteFile(file, []byte("# none yet\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = run("policy", "lint", dir)
+	if code != 0 || out != "0 policies OK\n" || errOut != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }
 
