@@ -145,7 +145,12 @@ func TestH2StalledStreamsStarveNothing(t *testing.T) {
 			t.Fatalf("%d of %d stalled streams reached the handler", entered.Load(), streams)
 		}
 	}
-	legit := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
+	// The API server is another peer than the attacker: from 127.0.0.2,
+	// so that its connection is not one of the attacker's address's share
+	// (a reset under load, when the attacker's streams churn).
+	legit := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true,
+		DialContext: from("127.0.0.2").DialContext}}
 	body := review(t, "shop", admissionv1.Create, "Pod", pod(map[string]string{"minimesh.io/inject": "enabled"}))
 	for i := range 5 {
 		resp, err := legit.Post("https://"+w.String()+"/inject", "application/json", bytes.NewReader(body))
