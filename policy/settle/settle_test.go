@@ -1,4 +1,4 @@
-package policywatch
+package settle
 
 import (
 	"crypto/sha256"
@@ -7,16 +7,17 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 )
+
+// geoPolicy is a valid policy file; Read hashes it without decoding.
+const geoPolicy = "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: geo}\nspec: {service: geo-service}\n"
 
 // TestGate is the rule on its own: when a look at the directory may be
 // applied, and how long until it may be when not.
 func TestGate(t *testing.T) {
 	const settle, grace = 200 * time.Millisecond, 3 * time.Second
-	snap := func(id string, sizes map[string]int) snapshot {
-		return snapshot{sum: sha256.Sum256([]byte(id)), sizes: sizes}
+	snap := func(id string, sizes map[string]int) Snapshot {
+		return Snapshot{sum: sha256.Sum256([]byte(id)), sizes: sizes}
 	}
 	var (
 		full      = snap("full", map[string]int{"p.yaml": 300})
@@ -28,12 +29,12 @@ func TestGate(t *testing.T) {
 		emptyPlus = snap("empty plus", map[string]int{"p.yaml": 0, "q.yaml": 0})
 	)
 	type load struct {
-		s    snapshot
+		s    Snapshot
 		good bool
 	}
 	type look struct {
 		at    time.Duration
-		s     snapshot
+		s     Snapshot
 		apply bool
 		wait  time.Duration
 		late  time.Duration // after the look was due
@@ -67,17 +68,17 @@ func TestGate(t *testing.T) {
 			{3 * time.Second, other, false, settle, time.Second}, {4 * time.Second, other, true, 0, time.Second}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			g := &gate{settle: settle, emptyGrace: grace}
+			g := &Gate{Settle: settle, EmptyGrace: grace}
 			if c.loads == nil {
 				c.loads = []load{{full, true}}
 			}
 			for _, l := range c.loads {
-				g.loaded(l.s, l.good)
+				g.Loaded(l.s, l.good)
 			}
 			t0 := time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
 			for i, l := range c.looks {
 				now := t0.Add(l.at)
-				apply, wait := g.decide(l.s, now, now.Add(-l.late))
+				apply, wait := g.Decide(l.s, now, now.Add(-l.late))
 				if apply != l.apply || wait != l.wait {
 					t.Fatalf("look %d at +%v: apply %v, wait %v; want %v, %v", i, l.at, apply, wait, l.apply, l.wait)
 				}
@@ -90,7 +91,7 @@ func TestGate(t *testing.T) {
 // count towards a look at the directory.
 func TestRelevant(t *testing.T) {
 	const dir = "/etc/minimesh/policies"
-	g := &gate{through: map[string]bool{"live": true}}
+	g := &Gate{through: map[string]bool{"live": true}}
 	for _, c := range []struct {
 		name string
 		want bool
@@ -111,20 +112,20 @@ func TestRelevant(t *testing.T) {
 		{dir + "/4913", false}, // vim's probe of the directory
 		{dir + "/README.md", false},
 	} {
-		if got := g.relevant(dir, c.name); got != c.want {
+		if got := g.Relevant(dir, c.name); got != c.want {
 			t.Errorf("relevant(%q) = %v, want %v", c.name, got, c.want)
 		}
 	}
 	// A policy symlink that leaves dir: any name may be its change.
 	g.anyName = true
 	for _, name := range []string{dir + "/app.log", dir + "/.geo.yaml.swp", dir + "/README.md"} {
-		if !g.relevant(dir, name) {
+		if !g.Relevant(dir, name) {
 			t.Errorf("with a symlink out of dir: relevant(%q) = false, want true", name)
 		}
 	}
 }
 
-// TestReadThrough: which entries of the directory read records as gone
+// TestReadThrough: which entries of the directory Read records as gone
 // through by its policy files' symlinks, whose events then count, and
 // when it gives up and counts every event. Before, an absolute target
 // was not followed at all: the rename of the directory it went through
@@ -173,7 +174,7 @@ func TestReadThrough(t *testing.T) {
 				}
 			}
 			for _, f := range []string{filepath.Join(real, "v1", "geo.yaml"), filepath.Join(root, "out", "geo.yaml")} {
-				if err := os.WriteFile(f, []byte(proxytest.GeoPolicy(1)), 0o644); err != nil {
+				if err := os.WriteFile(f, []byte(geoPolicy), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -182,7 +183,7 @@ func TestReadThrough(t *testing.T) {
 			}
 			geo := filepath.Join(real, "geo.yaml")
 			if c.link == "" {
-				if err := os.WriteFile(geo, []byte(proxytest.GeoPolicy(1)), 0o644); err != nil {
+				if err := os.WriteFile(geo, []byte(geoPolicy), 0o644); err != nil {
 					t.Fatal(err)
 				}
 			} else {
@@ -195,7 +196,7 @@ func TestReadThrough(t *testing.T) {
 				t.Chdir(root)
 				dir = "p"
 			}
-			s := read(dir)
+			s := Read(dir)
 			var got []string
 			for e := range s.through {
 				got = append(got, e)
@@ -206,6 +207,99 @@ func TestReadThrough(t *testing.T) {
 			}
 			if len(got) != len(want) || (len(got) == 1 && got[0] != want[0]) || s.anyName != c.anyName {
 				t.Errorf("through %q, anyName %v; want %q, %v", got, s.anyName, want, c.anyName)
+			}
+		})
+	}
+}
+
+// TestReadSame: what Read holds (the sum that spares a decode) changes
+// with whatever a load reads, a ConfigMap's swap of ..data under its
+// symlinked keys included, and not with what no load reads.
+func TestReadSame(t *testing.T) {
+	doc := func(svc string) string {
+		return "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: " + svc + "}\nspec: {service: " + svc + "}\n"
+	}
+	// A ConfigMap volume: a.yaml -> ..data/a.yaml, ..data -> ..v1.
+	volume := func(t *testing.T, dir string) {
+		os.Mkdir(filepath.Join(dir, "..v1"), 0o755)
+		write(t, dir, "..v1/a.yaml", doc("a"))
+		os.Symlink("..v1", filepath.Join(dir, "..data"))
+		os.Symlink("..data/a.yaml", filepath.Join(dir, "a.yaml"))
+		write(t, dir, "b.yaml", doc("b"))
+	}
+	tests := []struct {
+		name    string
+		change  func(t *testing.T, dir string)
+		changed bool
+	}{
+		{"a file rewritten", func(t *testing.T, dir string) { write(t, dir, "b.yaml", doc("c")) }, true},
+		{"a file added", func(t *testing.T, dir string) { write(t, dir, "c.json", "{}") }, true},
+		{"a file removed", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, "b.yaml")) }, true},
+		{"a file renamed", func(t *testing.T, dir string) {
+			os.Rename(filepath.Join(dir, "b.yaml"), filepath.Join(dir, "c.yaml"))
+		}, true},
+		{"..data swapped", func(t *testing.T, dir string) {
+			os.Mkdir(filepath.Join(dir, "..v2"), 0o755)
+			write(t, dir, "..v2/a.yaml", doc("z"))
+			os.Symlink("..v2", filepath.Join(dir, "..tmp"))
+			os.Rename(filepath.Join(dir, "..tmp"), filepath.Join(dir, "..data"))
+		}, true},
+		{"the directory gone", func(t *testing.T, dir string) { os.RemoveAll(dir) }, true},
+		{"a README", func(t *testing.T, dir string) { write(t, dir, "README", doc("r")) }, false},
+		{"a hidden file", func(t *testing.T, dir string) { write(t, dir, ".b.yaml.swp", "x") }, false},
+		{"a new mtime", func(t *testing.T, dir string) {
+			later := time.Now().Add(time.Hour)
+			os.Chtimes(filepath.Join(dir, "b.yaml"), later, later)
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "p")
+			os.Mkdir(dir, 0o755)
+			volume(t, dir)
+			before := Read(dir)
+			if !Read(dir).Same(before) {
+				t.Fatal("two reads of unchanged files differ")
+			}
+			tt.change(t, dir)
+			if changed := !Read(dir).Same(before); changed != tt.changed {
+				t.Errorf("sum changed: %v, want %v", changed, tt.changed)
+			}
+		})
+	}
+}
+
+func write(t *testing.T, dir, name, body string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGateDefaults: a Gate without figures holds a change for 200ms, and
+// an emptied file for 5s, the figures docs/operations.md gives, which
+// both the sidecar and the controller take when given none.
+func TestGateDefaults(t *testing.T) {
+	full := Snapshot{sum: sha256.Sum256([]byte("full")), sizes: map[string]int{"p.yaml": 300}}
+	t0 := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		name  string
+		sizes map[string]int
+		wait  time.Duration
+	}{
+		{"changed", map[string]int{"p.yaml": 120}, 200 * time.Millisecond},
+		{"emptied", map[string]int{"p.yaml": 0}, 5 * time.Second},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var g Gate
+			g.Loaded(full, true)
+			s := Snapshot{sum: sha256.Sum256([]byte(c.name)), sizes: c.sizes}
+			if load, wait := g.Decide(s, t0, t0); load || wait != c.wait {
+				t.Fatalf("first look: load %v, wait %v; want false, %v", load, wait, c.wait)
+			}
+			at := t0.Add(c.wait)
+			if load, wait := g.Decide(s, at, at); !load || wait != 0 {
+				t.Fatalf("look at +%v: load %v, wait %v; want true, 0", c.wait, load, wait)
 			}
 		})
 	}
