@@ -196,6 +196,9 @@ func runController(stopping context.Context, f controllerFlags, cmd *cobra.Comma
 	}
 	if f.policyDir != "" {
 		files := &policyctl.Files{Dir: f.policyDir, Sink: xdsSrv, Log: log}
+		if err := files.Report(metrics.Registry); err != nil {
+			return err
+		}
 		if err := files.Load(); err != nil {
 			return fmt.Errorf("--policy-dir: %w", err)
 		}
