@@ -84,6 +84,9 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if ctx := req.Context(); !backoffSleep(ctx, wait, st.deadline) {
 			if resp != nil {
+				// The request ends as the wait did (its timeout, the app
+				// gone), not as this body would: the try stays its status.
+				replaced(resp)
 				resp.Body.Close()
 			}
 			if ctx.Err() == nil {
@@ -116,8 +119,23 @@ var backoffSleep = sleep
 // that the connection can be reused; a large error body is not worth the
 // wait.
 func discard(resp *http.Response) {
+	replaced(resp)
 	_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
 	resp.Body.Close()
+}
+
+// replaced ends the try of a response that will not reach the app, as
+// its status judged it: its span ends with that status, and nothing its
+// body does from now on (the drain, a cut) is the request's. Only here,
+// once no refusal can hand the response on: until then its body is
+// watched, so that an answer the retry did not replace after all records
+// a cut as the 502 it is (docs/operations.md, "A response that fails
+// after its headers").
+func replaced(resp *http.Response) {
+	if ub, ok := resp.Body.(*upstreamBody); ok && !ub.ended {
+		ub.ended = true
+		ub.endSpan("", false)
+	}
 }
 
 // readmit asks the breaker again, after the backoff, for a retry whose
@@ -494,7 +512,7 @@ type upstreamBody struct {
 	io.ReadCloser
 	st       *reqState
 	done     breaker.Done
-	ep       *balancer.Endpoint // the try's endpoint; nil when the name was dialled
+	ep       *balancer.Endpoint // the try's endpoint; nil when the name was dialled, or once told (settle)
 	epStart  int64
 	verdict  error // the status's outcome, reported on a whole body
 	failOn   policy.Conditions
@@ -685,9 +703,9 @@ func (b *upstreamBody) Close() error {
 	err := b.ReadCloser.Close()
 	if !b.ended {
 		// Abandoned before its end: by the request's timeout, which cut
-		// a write to an app that read nothing (cutStalledWrites), by a
-		// client that went away, or by the retry loop, which has already
-		// judged the status.
+		// a write to an app that read nothing (cutStalledWrites), or by a
+		// client that went away (the retry loop's drain is ended already:
+		// replaced).
 		if b.st.cutByTimeout(b.req) {
 			b.fail(policy.ClassTimeout)
 		} else if b.st.out.refused {
@@ -699,7 +717,7 @@ func (b *upstreamBody) Close() error {
 			b.endSpan("", false)
 		}
 	} else if b.cancel != nil {
-		b.cancel(nil) // judged by the retry loop, which left the context to here
+		b.cancel(nil) // judged by the retry loop (replaced), which left the context to here
 	}
 	return err
 }
@@ -735,6 +753,15 @@ func (b *upstreamBody) endSpan(kind string, gone bool) {
 		return
 	}
 	endSpan(s, b.code, kind, "")
+}
+
+// settle tells the breaker and the endpoint the try's outcome by its
+// status before its body ends, for retryable: they hear of it once, and
+// a cut of the body that follows is still the request's failure (fail)
+// but not theirs again.
+func (b *upstreamBody) settle() {
+	endTry(b.done, b.ep, b.epStart, b.verdict)
+	b.done, b.ep = nil, nil
 }
 
 func (b *upstreamBody) end(outcome error) {
@@ -882,9 +909,9 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	if resp != nil {
 		if ub, ok := resp.Body.(*upstreamBody); ok && !ub.ended {
 			// Its per-try context ends with the body (Close): the app may
-			// yet get this answer, whole, if the retry is refused.
-			ub.ended = true
-			endTry(ub.done, ub.ep, ub.epStart, ub.verdict)
+			// yet get this answer if the retry is refused, its body still
+			// watched (replaced marks it judged once the retry goes).
+			ub.settle()
 		}
 	}
 	b := st.dest.breaker
