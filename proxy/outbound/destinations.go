@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/minimesh/minimesh/internal/echo"
 	"github.com/minimesh/minimesh/policy"
@@ -457,6 +458,32 @@ func serviceKey(name string, pol *policy.ResiliencePolicy) string {
 	return name + "\x00" + pol.Spec.Service
 }
 
+// lowerHost lowercases a host name. One that is not UTF-8 has only its
+// ASCII lowered: strings.ToLower would turn its invalid bytes into
+// U+FFFD, making a valid label of it (its own series, where
+// docs/metrics.md counts such names as "other") and giving hosts that
+// differ only in those bytes one breaker.
+func lowerHost(host string) string {
+	if utf8.ValidString(host) {
+		return strings.ToLower(host)
+	}
+	i := strings.IndexFunc(host, func(r rune) bool { return 'A' <= r && r <= 'Z' })
+	if i < 0 {
+		return host
+	}
+	var b strings.Builder
+	b.Grow(len(host))
+	b.WriteString(host[:i])
+	for ; i < len(host); i++ {
+		c := host[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
 // canonical names a service the way a person reads it: lowercase, no
 // trailing dot, and without the cluster suffixes that address the same
 // service from the sidecar's namespace, so that "auth:80",
@@ -466,7 +493,7 @@ func canonical(authority, namespace string) string {
 	if err != nil {
 		host, port = authority, ""
 	}
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	host = strings.TrimSuffix(lowerHost(host), ".")
 	host = strings.TrimSuffix(host, ".cluster.local")
 	host = strings.TrimSuffix(host, ".svc")
 	if namespace != "" {

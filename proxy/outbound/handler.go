@@ -822,10 +822,16 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		switch {
 		case st.code == statusClientClosed:
 			// Not the app's leaving: the end of the drain (--drain-timeout)
-			// closed its connection, as it ends a tunnel "shutdown".
-			st.code, st.errKind = http.StatusServiceUnavailable, tcpShutdown
+			// closed its connection, as it ends a tunnel "shutdown". A
+			// gRPC call keeps its 499, the app having got no 503: its
+			// UNAVAILABLE is in minimesh_grpc_requests_total, and a 503
+			// too would count it twice in the error ratios
+			// (docs/metrics.md).
+			st.errKind = tcpShutdown
 			if st.grpc {
 				st.grpcStatus = grpcUnavailable
+			} else {
+				st.code = http.StatusServiceUnavailable
 			}
 		case st.upgrade && st.code == http.StatusSwitchingProtocols && st.errKind == "":
 			// A WebSocket still open at the drain's end was closed by it
@@ -850,9 +856,16 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 		// The app got a status, then a body cut short: for the metrics,
 		// whose error rates read the status, it is the failure it was.
 		// A gRPC call's status is what its client read from the cut: the
-		// metric, the span and the access log say the same.
-		code, st.errKind = lateFailure(st.late, st.lateErr)
-		if st.grpc && !st.grpcTrailed {
+		// metric, the span and the access log say the same. Its HTTP
+		// status stays the one the app got: the call's failure is in
+		// minimesh_grpc_requests_total, and the error ratios that add
+		// that counter's failures to the 5xx would count it twice
+		// (docs/metrics.md).
+		late, kind := lateFailure(st.late, st.lateErr)
+		st.errKind = kind
+		if !st.grpc {
+			code = late
+		} else if !st.grpcTrailed {
 			st.grpcStatus = st.grpcCut(false)
 		}
 	} else if st.errKind == tcpReset && code == http.StatusSwitchingProtocols {
