@@ -173,6 +173,13 @@ type world struct {
 // addresses excepted) and starts the sidecar with policies.
 func newWorld(t *testing.T, bin, policies string) *world {
 	t.Helper()
+	return newWorldAs(t, bin, policies, wellknown.ProxyUID)
+}
+
+// newWorldAs is newWorld with the sidecar run as uid: another than the
+// one the rules exempt is a misconfigured pod (loop_test.go).
+func newWorldAs(t *testing.T, bin, policies string, uid uint32) *world {
+	t.Helper()
 	w := &world{t: t, pod: newNetns(t), up: newNetns(t)}
 	run(t, "ip", "-n", w.pod.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", w.up.name)
 	for _, c := range []struct{ ns, v4, v6 string }{{w.pod.name, podIP, podIP6}, {w.up.name, upIP, upIP6}} {
@@ -207,7 +214,7 @@ func newWorld(t *testing.T, bin, policies string) *world {
 		Env:        []string{"PATH=/usr/bin:/bin"},
 		Dir:        "/",
 		OutputMax:  4 << 20,
-		Credential: &syscall.Credential{Uid: wellknown.ProxyUID, Gid: wellknown.ProxyUID},
+		Credential: &syscall.Credential{Uid: uid, Gid: uid},
 		Start:      startIn(w.pod.name, stop),
 	})
 	if err := w.sidecar.WaitReady(10*time.Second, func() error {

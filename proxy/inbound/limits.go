@@ -102,15 +102,19 @@ func (h *Handler) bodyIdle() time.Duration {
 
 // noDataEnd is the result a no-data connection ends with before the app
 // is dialled, or "" when it is relayed: the cap closed it during
-// detection (evicted), the drain did (shutdown), or its caller sent
-// nothing for all of NoDataIdleTimeout (idle-timeout): nothing has been
-// said on it that a relay would carry.
+// detection (evicted), the drain did (shutdown), its caller reset it
+// (reset: the app is not connected to for nothing, as Envoy's and
+// Linkerd's detection do not), or its caller sent nothing for all of
+// NoDataIdleTimeout (idle-timeout): nothing has been said on it that a
+// relay would carry.
 func (h *Handler) noDataEnd(c *transparent.Conn) string {
 	switch {
 	case connlimit.Evicted(c):
 		return resultEvicted
 	case h.draining.Load():
 		return outbound.RelayShutdown
+	case c.ReadErr != nil:
+		return outbound.RelayReset
 	case c.Detect >= h.noDataIdle():
 		return outbound.RelayIdleTimeout
 	}

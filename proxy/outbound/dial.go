@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/netconn"
 	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/internal/replayguard"
 )
@@ -40,6 +41,9 @@ type dialer struct {
 	// transports that keep them (pooled): retire finds there those to an
 	// endpoint that has left every Service's endpoints.
 	pools connPools
+	// own are the local addresses of the upstream connections open, for
+	// the redirected listener to refuse one of them come back (ownConns).
+	own ownConns
 
 	// log hears of dials that failed for want of the sidecar's own
 	// resources (starved), at most once per starvedLogEvery, with
@@ -83,7 +87,8 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		}
 	}
 	nd := d.d
-	nd.ControlContext = func(_ context.Context, _, address string, _ syscall.RawConn) error {
+	dialing := new(dialRecord) // this dial's sockets, until it returns (ownConns)
+	nd.ControlContext = func(_ context.Context, _, address string, rc syscall.RawConn) error {
 		ap, err := controlAddr(address)
 		if err != nil {
 			// Every TCP dial has an IP address here: one that cannot be
@@ -93,6 +98,7 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		if d.self.has(ap, arrived) {
 			return &selfError{addr: address}
 		}
+		d.own.dialing(dialing, ap, rc)
 		return nil
 	}
 	var c net.Conn
@@ -103,6 +109,7 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		c, err = nd.DialContext(ctx, network, addr)
 	}
 	if err != nil {
+		d.own.dialed(nil, dialing)
 		var se *selfError
 		if errors.As(err, &se) {
 			se.asked = asked
@@ -114,8 +121,188 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		}
 		return nil, &dialError{err}
 	}
-	return rawio.Wrap(c), nil
+	return d.own.dialed(rawio.Wrap(c), dialing), nil
 }
+
+// ownConns are the sidecar's own upstream connections by their local
+// address, from their dial to their Close. The init rules exempt them
+// from redirection by the sidecar's UID (docs/interception.md); a
+// sidecar run as another (by hand, as root, a webhook that changed
+// runAsUser) has each of them redirected back to its own listener, which
+// relayed it again: one app connection made a hop per free place of the
+// listener (1,023 at the default cap, every file descriptor without
+// one). A redirected connection whose source is one of these is such a
+// loop (Handler.RefuseLoop). The cost is a lock and a record at each
+// dial (its sockets while they connect, then its connection) and at each
+// close; nothing per request.
+type ownConns struct {
+	mu sync.Mutex
+	m  map[netip.AddrPort]*ownConn
+	// pending are the sockets of the dials under way, by the address
+	// dialled: a connection comes back (is accepted) as soon as its
+	// handshake is over, which may be before its dial has returned and
+	// put it in m. Such a socket's local address is asked of it then
+	// (isPending).
+	pending map[netip.AddrPort][]*pendingDial
+	// loops counts the connections refused as loops since the start;
+	// loopNext spaces their log lines (loopLogEvery).
+	loops    atomic.Uint64
+	loopNext atomic.Int64 // unix nanoseconds before which none is logged
+}
+
+// loopLogEvery spaces the errors of a sidecar whose own connections come
+// back to it: every app connection loops alike until it is run as the
+// UID the rules exempt.
+const loopLogEvery = 10 * time.Second
+
+// loop counts a refused loop at now; it reports the count since the
+// start and whether a line is due (one per loopLogEvery).
+func (o *ownConns) loop(now time.Time) (n uint64, log bool) {
+	n = o.loops.Add(1)
+	t := now.UnixNano()
+	next := o.loopNext.Load()
+	return n, t >= next && o.loopNext.CompareAndSwap(next, t+int64(loopLogEvery))
+}
+
+// ownConn is an upstream connection recorded in ownConns until its
+// Close.
+type ownConn struct {
+	net.Conn
+	own   *ownConns
+	local netip.AddrPort
+}
+
+// pendingDial is a socket of a dial under way to addr.
+type pendingDial struct {
+	addr netip.AddrPort
+	rc   syscall.RawConn
+}
+
+// dialRecord is one dial's sockets (a name's dial may try several
+// addresses, two at once with both families); under ownConns.mu.
+type dialRecord struct {
+	socks []*pendingDial
+	// done: the dial has returned; a socket of its fallback still being
+	// made (the dialer does not wait for it) is not recorded.
+	done bool
+}
+
+// dialing records a socket of dial about to connect to ap (the dialer's
+// Control hook).
+func (o *ownConns) dialing(dial *dialRecord, ap netip.AddrPort, rc syscall.RawConn) {
+	p := &pendingDial{addr: unmapped(ap), rc: rc}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if dial.done {
+		return
+	}
+	dial.socks = append(dial.socks, p)
+	if o.pending == nil {
+		o.pending = map[netip.AddrPort][]*pendingDial{}
+	}
+	o.pending[p.addr] = append(o.pending[p.addr], p)
+}
+
+// dialed ends a dial: its sockets leave pending and c, its connection
+// (nil when it failed), is recorded, in one step, so that a look between
+// the two finds it in one or the other. c is returned wrapped, unless
+// its local address cannot be read (not TCP).
+func (o *ownConns) dialed(c net.Conn, dial *dialRecord) net.Conn {
+	var oc *ownConn
+	if c != nil {
+		if la, ok := c.LocalAddr().(*net.TCPAddr); ok {
+			oc = &ownConn{Conn: c, own: o, local: unmapped(la.AddrPort())}
+		}
+	}
+	o.mu.Lock()
+	dial.done = true
+	for _, p := range dial.socks {
+		ps := o.pending[p.addr]
+		for i, q := range ps {
+			if q == p {
+				ps = append(ps[:i], ps[i+1:]...)
+				break
+			}
+		}
+		if len(ps) == 0 {
+			delete(o.pending, p.addr)
+		} else {
+			o.pending[p.addr] = ps
+		}
+	}
+	if oc != nil {
+		if o.m == nil {
+			o.m = map[netip.AddrPort]*ownConn{}
+		}
+		o.m[oc.local] = oc
+	}
+	o.mu.Unlock()
+	if oc == nil {
+		return c
+	}
+	return oc
+}
+
+// has reports whether from is the local address of an upstream
+// connection of the sidecar's to to: one open, or one whose dial has not
+// returned yet (its socket is asked its address: getsockname(2), only
+// when the sidecar is dialling to at that moment).
+func (o *ownConns) has(from, to netip.AddrPort) bool {
+	from, to = unmapped(from), unmapped(to)
+	o.mu.Lock()
+	_, ok := o.m[from]
+	var ps []*pendingDial
+	if !ok {
+		ps = append(ps, o.pending[to]...)
+	}
+	o.mu.Unlock()
+	for _, p := range ps {
+		if p.local() == from {
+			return true
+		}
+	}
+	return ok
+}
+
+// local is the socket's local address; zero once it is closed (its dial
+// failed) or when it cannot be read.
+func (p *pendingDial) local() netip.AddrPort {
+	var sa syscall.Sockaddr
+	if err := p.rc.Control(func(fd uintptr) { sa, _ = syscall.Getsockname(int(fd)) }); err != nil {
+		return netip.AddrPort{}
+	}
+	switch a := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *syscall.SockaddrInet6:
+		return unmapped(netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)))
+	}
+	return netip.AddrPort{}
+}
+
+// Close forgets c, unless its address is already another's (a second
+// Close after the port was given to a new connection), and closes it.
+func (c *ownConn) Close() error {
+	c.own.mu.Lock()
+	if c.own.m[c.local] == c {
+		delete(c.own.m, c.local)
+	}
+	c.own.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// ReadLazy is the connection's own (rawio.ReadLazy asserts it on the
+// connection it is given, without unwrapping).
+func (c *ownConn) ReadLazy(bufs rawio.Buffers) ([]byte, int, error) {
+	return rawio.ReadLazy(c.Conn, bufs)
+}
+
+// CloseWrite half-closes the connection under c: closeWrite, which a
+// relay passes an orderly end on with, asserts it without unwrapping.
+func (c *ownConn) CloseWrite() error { return netconn.CloseWrite(c.Conn) }
+
+// Unwrap is the connection under c (netconn.Find: raw I/O, SetLinger).
+func (c *ownConn) Unwrap() net.Conn { return c.Conn }
 
 // starve counts and logs a dial to asked that failed for want of the
 // sidecar's own resources (localError).

@@ -135,7 +135,41 @@ const (
 	tcpReset       = "reset"        // a side reset while the other was open (lateReset), or a write failed
 	tcpIdleTimeout = "idle-timeout" // no byte for TCPIdleTimeout
 	tcpShutdown    = "shutdown"     // closed at the end of the drain
+	tcpLoop        = "loop"         // the sidecar's own connection redirected back to it (RefuseLoop)
 )
+
+// RefuseLoop is the redirected listener's check (transparent.Config's
+// Loop): c, redirected to orig, is refused with a reset when it comes
+// from the local address of one of the sidecar's own upstream
+// connections (ownConns). The sidecar then does not run as the UID the
+// init rules exempt, and each connection it makes comes back to it:
+// refused at the first return, one hop, rather than relayed again until
+// its listener was full. Counted in minimesh_tcp_connections_total as
+// loop under the destination ServeTCP would name, with an access log
+// line, and logged at error level once per loopLogEvery with the count.
+// A map lookup per redirected connection (and a getsockname(2) per dial
+// to orig under way at that moment); nothing per request.
+func (h *Handler) RefuseLoop(c net.Conn, orig netip.AddrPort) bool {
+	ra, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok || !h.dialer.own.has(ra.AddrPort(), orig) {
+		return false
+	}
+	start := time.Now()
+	addr := orig.String()
+	authority, _ := h.dests.eps.vips.Load().name(orig, addr, "", strconv.Itoa(int(orig.Port())), h.dests.namespace)
+	st := &reqState{dest: h.dests.get(authority), authority: authority, start: start, dial: addr}
+	h.endTCP(st, TCPConn{Original: orig}, tcpLoop, 0, 0)
+	abort(c)
+	if n, due := h.dialer.own.loop(start); due {
+		h.log.Error("the sidecar's own connection came back to it: does it run as --proxy-uid, the UID the init rules exempt? Refused (reset) at its first return",
+			"original_dst", addr, "source", ra.String(), "loops", n)
+	}
+	return true
+}
+
+// noData is transparent.NoData, the protocol of a connection that sent
+// nothing during detection.
+const noData = "no-data"
 
 // ServeTCP relays a redirected connection as opaque TCP, and closes it. A
 // Service's ClusterIP:port names it by that Service, for the policy,
@@ -150,8 +184,9 @@ const (
 // retries (to another endpoint), and an open breaker resets the app's
 // connection at once (counted in minimesh_circuit_breaker_rejected_total).
 // Then bytes flow both ways, half-closes passed on, until both sides are
-// done or nothing moved for TCPIdleTimeout. It ends with a metric and a
-// log line.
+// done or nothing moved for TCPIdleTimeout. A connection its app reset
+// before its first byte is not dialled: it ends reset. It ends with a
+// metric and a log line.
 func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 	h.relays.Add()
 	defer h.relays.Done()
@@ -180,6 +215,14 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
 		defer cancel()
+	}
+	if d, ok := client.(interface{ DetectErr() error }); ok && c.Protocol == noData && d.DetectErr() != nil {
+		// The app reset its connection before its first byte: nothing to
+		// carry, and no connection is made upstream for it (as Envoy's and
+		// Linkerd's detection); counted and logged as the reset it is.
+		h.endTCP(st, c, tcpReset, 0, 0)
+		abort(client)
+		return
 	}
 	up, err := h.dialTunnel(ctx, dst, addr, st)
 	if err != nil {

@@ -355,6 +355,9 @@ func Listen(cfg Config) (*Sidecar, error) {
 		OnTCP: func(c *transparent.Conn) {
 			s.outbound.ServeTCP(c, outbound.TCPConn{Original: c.Original, SNI: c.SNI, Protocol: string(c.Protocol)})
 		},
+		// The sidecar's own upstream connections, redirected back when
+		// it does not run as the UID the rules exempt: refused.
+		Loop: s.outbound.RefuseLoop,
 		// Detection and relays own their connections: the drain leaves
 		// them to the handler's (tunnels).
 		Hijacked: func(c net.Conn) { s.outLn.ConnState(c, http.StateHijacked) },

@@ -15,9 +15,12 @@ package transparent
 
 import (
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -54,6 +57,13 @@ type Config struct {
 	// until then the Dispatcher's Close waits for it, so that no relay is
 	// between the two counts when the drain looks.
 	OnTCP func(*Conn)
+	// Loop, when set, is asked of each redirected connection before its
+	// detection whether it is one of the sidecar's own upstream
+	// connections come back to it (a sidecar the rules do not exempt:
+	// docs/interception.md); it reports true once it has refused (closed)
+	// it. Without it one app connection made a hop through the sidecar
+	// per free place of its listener.
+	Loop func(c net.Conn, orig netip.AddrPort) bool
 	// Hijacked is told of each connection taken for detection, so that a
 	// connection tracker (connlimit) leaves it to its new owner.
 	Hijacked func(net.Conn)
@@ -77,10 +87,20 @@ type Conn struct {
 	SNI string
 	// Detect is how long detection took.
 	Detect time.Duration
+	// ReadErr is the read error that ended detection, neither its timeout
+	// nor an orderly end: the caller reset the connection. The socket
+	// reports it once, and reads as ended in order after that: the first
+	// Read after the peeked bytes returns it, so that a relay passes the
+	// reset on.
+	ReadErr error
 
-	peeked []byte
-	taken  func() // ends its detection's count, once (Taken)
+	peeked  []byte
+	errRead bool   // a Read has returned ReadErr
+	taken   func() // ends its detection's count, once (Taken)
 }
+
+// DetectErr is ReadErr, for a relay that knows c as a net.Conn.
+func (c *Conn) DetectErr() error { return c.ReadErr }
 
 // Taken tells the Dispatcher that OnTCP has taken the connection over
 // (counted it among its relays): its detection is over. Later calls do
@@ -97,6 +117,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 		c.take(n)
 		return n, nil
 	}
+	if c.ReadErr != nil && !c.errRead {
+		c.errRead = true
+		return 0, c.ReadErr
+	}
 	return c.Conn.Read(p)
 }
 
@@ -108,6 +132,10 @@ func (c *Conn) ReadLazy(bufs rawio.Buffers) ([]byte, int, error) {
 		n := copy(b, c.peeked)
 		c.take(n)
 		return b, n, nil
+	}
+	if c.ReadErr != nil && !c.errRead {
+		c.errRead = true
+		return nil, 0, c.ReadErr
 	}
 	return rawio.ReadLazy(c.Conn, bufs)
 }
@@ -199,6 +227,9 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil || isSelf(orig, c.LocalAddr()) {
 			return c, nil
 		}
+		if l.d.cfg.Loop != nil && l.d.cfg.Loop(c, orig) {
+			continue
+		}
 		l.d.cfg.Hijacked(c)
 		l.d.detecting.Add()
 		go l.d.dispatch(c, orig)
@@ -223,7 +254,7 @@ func (d *Dispatcher) dispatch(c net.Conn, orig netip.AddrPort) {
 	if d.cfg.OpaquePorts.Has(orig.Port()) {
 		tc.Protocol = OpaquePort
 	} else {
-		tc.Protocol, tc.SNI, tc.peeked = detect(c, d.cfg.DetectTimeout, d.cfg.LongRequestLines)
+		tc.Protocol, tc.SNI, tc.peeked, tc.ReadErr = detect(c, d.cfg.DetectTimeout, d.cfg.LongRequestLines)
 	}
 	tc.Detect = time.Since(start)
 	if d.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -259,13 +290,17 @@ var (
 // Detect reads the first bytes of c, within timeout, until they tell its
 // protocol (Classify). It returns the bytes it read, to be sent on first.
 // A read error other than a timeout ends detection as the end of the
-// stream does: the relay meets the error again, or forwards the end.
+// stream does; the socket reports it once, and later reads see an orderly
+// end: the Dispatcher keeps it on the Conn, whose Read after the peeked
+// bytes returns it, so that a relay passes a reset on as a reset.
 func Detect(c net.Conn, timeout time.Duration) (p Protocol, sni string, peeked []byte) {
-	return detect(c, timeout, false)
+	p, sni, peeked, _ = detect(c, timeout, false)
+	return p, sni, peeked
 }
 
-// detect is Detect; longLines is Config.LongRequestLines.
-func detect(c net.Conn, timeout time.Duration, longLines bool) (p Protocol, sni string, peeked []byte) {
+// detect is Detect, with the read error that ended it (rerr: neither the
+// timeout nor io.EOF); longLines is Config.LongRequestLines.
+func detect(c net.Conn, timeout time.Duration, longLines bool) (p Protocol, sni string, peeked []byte, rerr error) {
 	small := firstBufs.Get().(*[firstPeek]byte)
 	defer firstBufs.Put(small)
 	var big *[maxPeek]byte
@@ -294,6 +329,10 @@ func detect(c net.Conn, timeout time.Duration, longLines bool) (p Protocol, sni 
 			break
 		}
 		if err != nil || n == maxPeek {
+			// Not the sidecar's own close (a cap's eviction, the drain).
+			if err != nil && err != io.EOF && !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, net.ErrClosed) {
+				rerr = err
+			}
 			p = Final(buf[:n])
 			break
 		}
@@ -305,5 +344,5 @@ func detect(c net.Conn, timeout time.Duration, longLines bool) (p Protocol, sni 
 	if n > 0 {
 		peeked = append([]byte(nil), buf[:n]...)
 	}
-	return p, sni, peeked
+	return p, sni, peeked, rerr
 }
