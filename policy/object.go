@@ -30,7 +30,10 @@ func (d *objDecoder) policy(n *yaml.Node) *ResiliencePolicy {
 		Kind:       Kind,
 		Source:     fmt.Sprintf("%s:%d:%d", d.file.name, at.Line, at.Column),
 	}
-	var spec *yaml.Node
+	// spec is decoded after the other fields, to know the kind first;
+	// by then mapping has left the alias it was reached through, which
+	// the place keeps for every error under it.
+	var spec *place
 	wrongKind := false
 	present := d.mapping(n, "", []field{
 		{"apiVersion", func(path string, v *yaml.Node) {
@@ -45,7 +48,7 @@ func (d *objDecoder) policy(n *yaml.Node) *ResiliencePolicy {
 			}
 		}},
 		{"metadata", func(path string, v *yaml.Node) { d.metadata(path, v, &p.Metadata) }},
-		{"spec", func(_ string, v *yaml.Node) { spec = v }},
+		{"spec", func(_ string, v *yaml.Node) { at := d.here(v); spec = &at }},
 		{"status", nil},
 	})
 	if present == nil || wrongKind {
@@ -61,9 +64,15 @@ func (d *objDecoder) policy(n *yaml.Node) *ResiliencePolicy {
 		d.missing(n, "spec", "a mapping with at least service")
 		return nil
 	}
-	if !d.spec("spec", spec, &p.Spec) {
+	outer := d.via
+	d.via = spec.via
+	ok := d.spec("spec", spec.node, &p.Spec)
+	d.via = outer
+	if !ok {
 		return nil
 	}
+	// validate needs no via of its own: each error goes to the place
+	// that spec recorded for its field, alias included.
 	d.validate(p)
 	return p
 }
