@@ -148,7 +148,7 @@ func Run(ctx context.Context, o Options) []Result {
 	add("no workload's pods are refused by the webhook",
 		"with failurePolicy Fail the API server refuses pods while the injector is unreachable (kubectl -n "+o.Namespace+" get pods -l app.kubernetes.io/component=injector); otherwise the message says why the injector refused them",
 		refused)
-	valid, skipped := policiesValid(ctx, o.Client)
+	skipped, valid := policiesValid(ctx, o.Client)
 	add("policies validate", "fix the files: minimesh policy lint FILE", valid)
 	// A warning: a key such as a README is harmless, but a key `geo`
 	// (kubectl create configmap --from-file=geo=geo.yaml) holds a policy
@@ -687,10 +687,10 @@ func sidecarsReady(pods []corev1.Pod) error {
 // every sidecar of the namespace refuses. binaryData keys are mounted
 // too. skipped are the keys the sidecars pass over but for hidden ones,
 // as the sidecar's log lists them: before, they went without a word.
-func policiesValid(ctx context.Context, c kubernetes.Interface) (valid error, skipped []string) {
+func policiesValid(ctx context.Context, c kubernetes.Interface) (skipped []string, valid error) {
 	cms, err := c.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + PolicyConfig})
 	if err != nil {
-		return err, nil
+		return nil, err
 	}
 	var errs []error
 	for _, cm := range cms.Items {
@@ -721,7 +721,7 @@ func policiesValid(ctx context.Context, c kubernetes.Interface) (valid error, sk
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...), skipped
+	return skipped, errors.Join(errs...)
 }
 
 var resiliencePolicies = schema.GroupVersionResource{Group: "minimesh.io", Version: "v1alpha1", Resource: "resiliencepolicies"}
