@@ -41,7 +41,7 @@ type dialer struct {
 	// transports that keep them (pooled): retire finds there those to an
 	// endpoint that has left every Service's endpoints.
 	pools connPools
-	// own are the local addresses of the upstream connections open, for
+	// own are the addresses of the upstream connections open, for
 	// the redirected listener to refuse one of them come back (ownConns).
 	own ownConns
 
@@ -124,8 +124,8 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 	return d.own.dialed(rawio.Wrap(c), dialing), nil
 }
 
-// ownConns are the sidecar's own upstream connections by their local
-// address, from their dial to their Close. The init rules exempt them
+// ownConns are the sidecar's own upstream connections by their two ends
+// (connKey), from their dial to their Close. The init rules exempt them
 // from redirection by the sidecar's UID (docs/interception.md); a
 // sidecar run as another (by hand, as root, a webhook that changed
 // runAsUser) has each of them redirected back to its own listener, which
@@ -137,7 +137,7 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 // close; nothing per request.
 type ownConns struct {
 	mu sync.Mutex
-	m  map[netip.AddrPort]*ownConn
+	m  map[connKey]*ownConn
 	// pending are the sockets of the dials under way, by the address
 	// dialled: a connection comes back (is accepted) as soon as its
 	// handshake is over, which may be before its dial has returned and
@@ -168,9 +168,17 @@ func (o *ownConns) loop(now time.Time) (n uint64, log bool) {
 // Close.
 type ownConn struct {
 	net.Conn
-	own   *ownConns
-	local netip.AddrPort
+	own *ownConns
+	key connKey
 }
+
+// connKey is a connection by both its ends. The local address alone is
+// not the sidecar's: Linux gives one ephemeral port to connections to
+// different destinations, and the app shares the sidecar's port space,
+// so an app's connection elsewhere may come from the port of one of the
+// sidecar's. A loop comes back with the address the sidecar dialled as
+// its original destination.
+type connKey struct{ local, remote netip.AddrPort }
 
 // pendingDial is a socket of a dial under way to addr.
 type pendingDial struct {
@@ -206,12 +214,14 @@ func (o *ownConns) dialing(dial *dialRecord, ap netip.AddrPort, rc syscall.RawCo
 // dialed ends a dial: its sockets leave pending and c, its connection
 // (nil when it failed), is recorded, in one step, so that a look between
 // the two finds it in one or the other. c is returned wrapped, unless
-// its local address cannot be read (not TCP).
+// its addresses cannot be read (not TCP).
 func (o *ownConns) dialed(c net.Conn, dial *dialRecord) net.Conn {
 	var oc *ownConn
 	if c != nil {
-		if la, ok := c.LocalAddr().(*net.TCPAddr); ok {
-			oc = &ownConn{Conn: c, own: o, local: unmapped(la.AddrPort())}
+		la, lok := c.LocalAddr().(*net.TCPAddr)
+		ra, rok := c.RemoteAddr().(*net.TCPAddr)
+		if lok && rok {
+			oc = &ownConn{Conn: c, own: o, key: connKey{unmapped(la.AddrPort()), unmapped(ra.AddrPort())}}
 		}
 	}
 	o.mu.Lock()
@@ -232,9 +242,9 @@ func (o *ownConns) dialed(c net.Conn, dial *dialRecord) net.Conn {
 	}
 	if oc != nil {
 		if o.m == nil {
-			o.m = map[netip.AddrPort]*ownConn{}
+			o.m = map[connKey]*ownConn{}
 		}
-		o.m[oc.local] = oc
+		o.m[oc.key] = oc
 	}
 	o.mu.Unlock()
 	if oc == nil {
@@ -250,7 +260,7 @@ func (o *ownConns) dialed(c net.Conn, dial *dialRecord) net.Conn {
 func (o *ownConns) has(from, to netip.AddrPort) bool {
 	from, to = unmapped(from), unmapped(to)
 	o.mu.Lock()
-	_, ok := o.m[from]
+	_, ok := o.m[connKey{from, to}]
 	var ps []*pendingDial
 	if !ok {
 		ps = append(ps, o.pending[to]...)
@@ -284,8 +294,8 @@ func (p *pendingDial) local() netip.AddrPort {
 // Close after the port was given to a new connection), and closes it.
 func (c *ownConn) Close() error {
 	c.own.mu.Lock()
-	if c.own.m[c.local] == c {
-		delete(c.own.m, c.local)
+	if c.own.m[c.key] == c {
+		delete(c.own.m, c.key)
 	}
 	c.own.mu.Unlock()
 	return c.Conn.Close()

@@ -29,6 +29,12 @@ func TestOwnConnsFromDialToClose(t *testing.T) {
 	if !d.own.has(local, dst) || !d.own.has(netip.AddrPortFrom(netip.AddrFrom16(local.Addr().As16()), local.Port()), dst) {
 		t.Fatalf("the dialled connection from %s is not recorded (nor as an IPv4-mapped address)", local)
 	}
+	// Linux gives the same ephemeral port to connections to different
+	// destinations, the app's included: one from this port to elsewhere
+	// is not the sidecar's.
+	if d.own.has(local, netip.AddrPortFrom(dst.Addr(), dst.Port()+1)) {
+		t.Fatalf("a connection from %s to another destination is taken for the sidecar's own", local)
+	}
 	// Its raw reads, half-close and reset are reached through the record.
 	if _, ok := c.(interface{ CloseWrite() error }); !ok {
 		t.Error("the dialled connection has no CloseWrite: a relay would close it at the app's half-close")
@@ -41,9 +47,9 @@ func TestOwnConnsFromDialToClose(t *testing.T) {
 	// The port given to a new connection of the sidecar's: the old one's
 	// second Close leaves it recorded.
 	oc := c.(*ownConn)
-	next := &ownConn{local: local, own: &d.own}
+	next := &ownConn{key: connKey{local, dst}, own: &d.own}
 	d.own.mu.Lock()
-	d.own.m[local] = next
+	d.own.m[next.key] = next
 	d.own.mu.Unlock()
 	oc.Close()
 	if !d.own.has(local, dst) {

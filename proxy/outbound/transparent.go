@@ -141,7 +141,8 @@ const (
 // RefuseLoop is the redirected listener's check (transparent.Config's
 // Loop): c, redirected to orig, is refused with a reset when it comes
 // from the local address of one of the sidecar's own upstream
-// connections (ownConns). The sidecar then does not run as the UID the
+// connections to orig (ownConns: an app's connection elsewhere may have
+// the same source port). The sidecar then does not run as the UID the
 // init rules exempt, and each connection it makes comes back to it:
 // refused at the first return, one hop, rather than relayed again until
 // its listener was full. Counted in minimesh_tcp_connections_total as
