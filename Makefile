@@ -42,7 +42,7 @@ help:
 	@echo 'lint   gofmt, go vet, staticcheck'
 	@echo 'tools  install missing tools (scripts/tools.sh)'
 	@echo 'fuzz   every Fuzz target for FUZZTIME (default 20s) each'
-	@echo 'clean  remove build output'
+	@echo 'clean  remove build output (bin, dist, e2e/.work), stopping a cluster-up cluster first'
 	@echo 'cluster-up    a one-node cluster that runs pods, minimesh image imported (root; prints KUBECONFIG)'
 	@echo 'cluster-down  stop it and clean up the host'
 
@@ -125,7 +125,18 @@ lint:
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZTIME)
 
+# e2e/.work holds a cluster-up cluster's data (etcd, containerd, the
+# kubelet) and its pid file: removed under a cluster that runs, they left
+# it running without them, and cluster-down unable to find it. So a
+# cluster that runs from there (its pid file names a process whose
+# arguments include the directory) is stopped first, and nothing is
+# removed if it does not stop.
 clean:
+	@pid="$$(cat $(CLUSTER_DIR)/pid 2>/dev/null)"; \
+	if [[ -n "$$pid" ]] && grep -qzxF -- "$(CLUSTER_DIR)" /proc/"$$pid"/cmdline 2>/dev/null; then \
+		echo "make clean: the cluster of make cluster-up runs from $(CLUSTER_DIR) (pid $$pid): stopping it first"; \
+		$(MAKE) --no-print-directory -f $(abspath $(firstword $(MAKEFILE_LIST))) cluster-down || { echo "make clean: the cluster did not stop, so nothing was removed: make cluster-down" >&2; exit 1; }; \
+	fi
 	rm -rf $(BIN_DIR) dist e2e/.work
 
 # A one-node cluster that runs pods (e2e/internal/cluster), in the

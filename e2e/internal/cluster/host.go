@@ -26,6 +26,29 @@ type hostState struct {
 	Netns       map[string]bool   `json:"netns"`   // /run/netns entries that existed
 	PIDs        map[string]int    `json:"pids"`
 	ProxyHealth string            `json:"proxyHealth"`
+	// Owner is the process that called Start, whose SIGTERM stops the
+	// cluster (minimesh-cluster run): minimesh-cluster down finds it here
+	// when the pid file in its directory is gone.
+	Owner int `json:"owner"`
+}
+
+// StateFile is where a cluster keeps its state from Start to Stop (one
+// that died without Stop leaves it for the next Start to clean up after).
+const StateFile = stateDir + "/state.json"
+
+// ReadState reads a state file such as StateFile: the directory of the
+// cluster it describes and the process that started it (0 in a file
+// written before the owner was recorded).
+func ReadState(path string) (dir string, owner int, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", 0, err
+	}
+	var st hostState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return "", 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return st.Dir, st.Owner, nil
 }
 
 // sysctls that the kubelet, kube-proxy and the bridge plugin may change.
@@ -60,7 +83,7 @@ var iptablesTables = []string{"filter", "nat", "mangle"}
 
 func snapshotHost(dir string) (*hostState, error) {
 	st := &hostState{Dir: dir, Sysctls: map[string]string{}, Chains: map[string]bool{},
-		Existed: map[string]bool{}, Netns: map[string]bool{}, PIDs: map[string]int{}}
+		Existed: map[string]bool{}, Netns: map[string]bool{}, PIDs: map[string]int{}, Owner: os.Getpid()}
 	for _, s := range sysctls {
 		if b, err := os.ReadFile("/proc/sys/" + s); err == nil {
 			st.Sysctls[s] = strings.TrimSpace(string(b))

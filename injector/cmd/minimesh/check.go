@@ -13,6 +13,12 @@ import (
 	"github.com/minimesh/minimesh/injector/check"
 )
 
+const (
+	// apiReachable is the name check.Run gives its first check.
+	apiReachable = "Kubernetes API is reachable"
+	noConfigHint = "pass --kubeconfig FILE or set KUBECONFIG to the file kubectl uses (kubectl config view)"
+)
+
 func newCheckCmd() *cobra.Command {
 	var kubeconfig, namespace string
 	var pre bool
@@ -32,7 +38,10 @@ func newCheckCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rc, err := restConfig(kubeconfig)
 			if err != nil {
-				return err
+				// No client is the first check failing, reported as the
+				// others are (docs/install.md), not as a usage error.
+				printResults(cmd.OutOrStdout(), []check.Result{{Name: apiReachable, Err: err, Hint: noConfigHint}})
+				return exitCode(1)
 			}
 			rc.Timeout = timeout
 			client, err := kubernetes.NewForConfig(rc)

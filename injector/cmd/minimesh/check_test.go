@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -41,9 +42,29 @@ func TestPrintResultsWarning(t *testing.T) {
 	}
 }
 
+// TestCheckNoCluster: without a kubeconfig, check reports its first check
+// failed, naming the files it read and with a hint (docs/install.md), not
+// client-go's message about KUBERNETES_MASTER.
 func TestCheckNoCluster(t *testing.T) {
-	code, _, errOut := run("check", "--kubeconfig", "/nonexistent/kubeconfig")
-	if code != 1 || !strings.Contains(errOut, "/nonexistent/kubeconfig") {
-		t.Fatalf("exit %d: %s", code, errOut)
+	missing := filepath.Join(t.TempDir(), "nonexistent")
+	t.Setenv("KUBERNETES_SERVICE_HOST", "") // not in a pod
+	for _, tc := range []struct {
+		name, env string
+		args      []string
+		want      string
+	}{
+		{"explicit", "", []string{"--kubeconfig", missing}, "stat " + missing + ": no such file or directory"},
+		{"KUBECONFIG", missing, nil, "no kubeconfig: $KUBECONFIG names " + missing + ", missing or empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("KUBECONFIG", tc.env)
+			code, out, errOut := run(append([]string{"check"}, tc.args...)...)
+			want := "✖ Kubernetes API is reachable: kubernetes client config: " + tc.want
+			if code != 1 || errOut != "" || !strings.HasPrefix(out, want) ||
+				!strings.Contains(out, "\n    hint: pass --kubeconfig FILE or set KUBECONFIG") ||
+				!strings.HasSuffix(out, "\nStatus check results are ✖: 1 of 1 checks failed\n") {
+				t.Fatalf("exit %d, stdout:\n%s\nstderr:\n%s\nwant stdout beginning %q", code, out, errOut, want)
+			}
+		})
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -380,8 +381,23 @@ func restConfig(path string) (*rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = path
 	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if clientcmd.IsEmptyConfig(err) {
+		// client-go's own message points at KUBERNETES_MASTER, which is not
+		// what a user of kubectl sets: name the files that were read.
+		return nil, fmt.Errorf("kubernetes client config: %s", noKubeconfig(rules.Precedence, os.Getenv(clientcmd.RecommendedConfigPathEnvVar) != ""))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
 	return rc, nil
+}
+
+// noKubeconfig says which kubeconfig files were read and found missing or
+// empty, and that no in-cluster config was found either.
+func noKubeconfig(tried []string, fromEnv bool) string {
+	files := strings.Join(tried, ", ")
+	if fromEnv {
+		return fmt.Sprintf("no kubeconfig: $KUBECONFIG names %s, missing or empty (~/.kube/config is read only when KUBECONFIG is unset), and this is not a pod of a cluster", files)
+	}
+	return fmt.Sprintf("no kubeconfig: ~/.kube/config (%s) is missing or empty, $KUBECONFIG is unset, and this is not a pod of a cluster", files)
 }

@@ -38,7 +38,7 @@ func newPolicyLintCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&perNamespace, "per-namespace", false,
-		"read the files as `minimesh controller --policy-dir` does: a service may have a policy in each namespace (metadata.namespace) and one cluster-wide (none)")
+		"read the files as minimesh controller --policy-dir does: a service may have a policy in each namespace (metadata.namespace) and one cluster-wide (none)")
 	return cmd
 }
 

@@ -103,7 +103,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.Var(opaque, "opaque-ports", "ports (and ranges, 8000-8010) whose redirected connections are relayed as opaque TCP at once, without protocol detection: protocols whose server speaks first; replaces the default list (empty: none)")
-	fs.Var(resolve, "resolve", "HOST:PORT=ADDR: dial ADDR for HOST:PORT, like curl --resolve (local development; repeatable)")
+	fs.Var(resolve, "resolve", "HOST:PORT=ADDR:PORT: dial ADDR:PORT for HOST:PORT (local development; repeatable). ADDR takes its own port, which may differ from HOST's: like curl --connect-to, not curl --resolve (HOST:PORT:ADDR, which keeps PORT)")
 	if err := parseWithEnv(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -308,7 +308,7 @@ func (f *opaquePortsFlag) Set(v string) error {
 	return nil
 }
 
-// resolveFlag collects --resolve HOST:PORT=ADDR.
+// resolveFlag collects --resolve HOST:PORT=ADDR:PORT.
 type resolveFlag map[string]string
 
 func (r resolveFlag) String() string { return "" }

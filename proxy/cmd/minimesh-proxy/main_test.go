@@ -709,3 +709,31 @@ func TestListenerInUse(t *testing.T) {
 		}
 	}
 }
+
+// TestResolveHelp: --resolve's help names the form Set takes, ADDR with
+// its port; it read HOST:PORT=ADDR, "like curl --resolve", whose ADDR has
+// none, and nominatim-service:8000=127.0.0.1 was refused.
+func TestResolveHelp(t *testing.T) {
+	var out, help bytes.Buffer
+	if code := run([]string{"run", "-h"}, &out, &help); code != 0 {
+		t.Fatalf("run -h: exit %d\n%s", code, help.String())
+	}
+	_, usage, _ := strings.Cut(help.String(), "-resolve value\n")
+	usage, _, _ = strings.Cut(usage, "\n  -")
+	if !strings.Contains(usage, "HOST:PORT=ADDR:PORT") || !strings.Contains(usage, "not curl --resolve") {
+		t.Errorf("--resolve's help does not name HOST:PORT=ADDR:PORT and how it differs from curl's:\n%s", usage)
+	}
+	for _, c := range []struct {
+		v  string
+		ok bool
+	}{
+		{"nominatim-service:8000=127.0.0.1:9", true},
+		{"nominatim-service:8000=127.0.0.1", false}, // curl's ADDR
+		{"nominatim-service:8000:127.0.0.1", false}, // curl's form
+	} {
+		err := resolveFlag{}.Set(c.v)
+		if (err == nil) != c.ok || (err != nil && !strings.Contains(err.Error(), "HOST:PORT=ADDR:PORT")) {
+			t.Errorf("Set(%q) = %v, want ok %v", c.v, err, c.ok)
+		}
+	}
+}

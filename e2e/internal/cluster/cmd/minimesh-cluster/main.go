@@ -48,7 +48,7 @@ func main() {
 	case "up":
 		err = up(abs)
 	case "down":
-		err = down(abs)
+		err = down(abs, cluster.StateFile)
 	case "demo":
 		err = demo(abs)
 	default:
@@ -141,6 +141,11 @@ func up(dir string) error {
 	if pid, err := readPID(dir); err == nil && syscall.Kill(pid, 0) == nil {
 		return fmt.Errorf("a cluster runs already (pid %d): make cluster-down", pid)
 	}
+	// Its pid file gone with its directory, a cluster that runs still
+	// holds the machine's lock: say whose it is rather than wait for it.
+	if stDir, owner, err := cluster.ReadState(cluster.StateFile); err == nil && owner > 0 && isRun(owner, filepath.Dir(stDir)) {
+		return fmt.Errorf("a cluster runs already (pid %d, %s): minimesh-cluster down -dir %s", owner, stDir, filepath.Dir(stDir))
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -178,23 +183,69 @@ func up(dir string) error {
 	return errors.New("the cluster did not get ready in 10 minutes; see " + logPath)
 }
 
-func down(dir string) error {
+// down stops the cluster that runs from dir: the process in dir/pid, or,
+// when that file is gone (its directory removed while the cluster ran),
+// the one stateFile names, if its cluster's directory is in dir. Either is
+// signalled only while its command line still names dir, so that a pid
+// reused by another program is left alone.
+func down(dir, stateFile string) error {
 	pid, err := readPID(dir)
 	if err != nil {
-		return fmt.Errorf("no cluster to stop in %s: %w", dir, err)
+		var serr error
+		if pid, serr = stateOwner(dir, stateFile); serr != nil {
+			return fmt.Errorf("no cluster to stop in %s: %w; %w", dir, err, serr)
+		}
+	}
+	if !isRun(pid, dir) {
+		_ = os.Remove(filepath.Join(dir, "pid"))
+		return fmt.Errorf("cluster (pid %d) not running", pid)
 	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		if errors.Is(err, syscall.EPERM) {
+			return fmt.Errorf("cluster (pid %d) runs as another user (root?): %w; sudo make cluster-down", pid, err)
+		}
 		_ = os.Remove(filepath.Join(dir, "pid"))
 		return fmt.Errorf("cluster (pid %d) not running: %w", pid, err)
 	}
 	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if syscall.Kill(pid, 0) != nil {
+		if !isRun(pid, dir) {
 			_ = os.Remove(filepath.Join(dir, "pid"))
 			fmt.Println("cluster down")
 			return nil
 		}
 	}
 	return fmt.Errorf("cluster (pid %d) still running after 3 minutes", pid)
+}
+
+// stateOwner is the process that started the cluster stateFile describes,
+// when that cluster's directory is in dir (run's node, or demo's).
+func stateOwner(dir, stateFile string) (int, error) {
+	stDir, owner, err := cluster.ReadState(stateFile)
+	if err != nil {
+		return 0, fmt.Errorf("no cluster state: %w", err)
+	}
+	if filepath.Dir(stDir) != dir {
+		return 0, fmt.Errorf("the cluster of %s is %s's (minimesh-cluster down -dir %s)", stateFile, stDir, filepath.Dir(stDir))
+	}
+	if owner <= 0 {
+		return 0, fmt.Errorf("%s names no process (written before it did): stop the process `minimesh-cluster run -dir %s` with SIGTERM", stateFile, dir)
+	}
+	return owner, nil
+}
+
+// isRun reports whether pid is a process that has dir as an argument, as
+// run and demo have (-dir DIR, absolute); a zombie has no arguments.
+func isRun(pid int, dir string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	for _, arg := range strings.Split(string(b), "\x00") {
+		if arg == dir {
+			return true
+		}
+	}
+	return false
 }
 
 func readPID(dir string) (int, error) {
