@@ -125,15 +125,18 @@ func discard(resp *http.Response) {
 }
 
 // replaced ends the try of a response that will not reach the app, as
-// its status judged it: its span ends with that status, and nothing its
-// body does from now on (the drain, a cut) is the request's. Only here,
-// once no refusal can hand the response on: until then its body is
+// its status judged it: its span ends with that status, the breaker and
+// the endpoint hear that status if settle left it to here, and nothing
+// its body does from now on (the drain, a cut) is the request's. Only
+// here, once no refusal can hand the response on: until then its body is
 // watched, so that an answer the retry did not replace after all records
 // a cut as the 502 it is (docs/operations.md, "A response that fails
 // after its headers").
 func replaced(resp *http.Response) {
 	if ub, ok := resp.Body.(*upstreamBody); ok && !ub.ended {
 		ub.ended = true
+		endTry(ub.done, ub.ep, ub.epStart, ub.verdict)
+		ub.done, ub.ep = nil, nil
 		ub.endSpan("", false)
 	}
 }
@@ -512,7 +515,7 @@ type upstreamBody struct {
 	io.ReadCloser
 	st       *reqState
 	done     breaker.Done
-	ep       *balancer.Endpoint // the try's endpoint; nil when the name was dialled, or once told (settle)
+	ep       *balancer.Endpoint // the try's endpoint; nil when the name was dialled, or once told (settle, replaced)
 	epStart  int64
 	verdict  error // the status's outcome, reported on a whole body
 	failOn   policy.Conditions
@@ -755,11 +758,20 @@ func (b *upstreamBody) endSpan(kind string, gone bool) {
 	endSpan(s, b.code, kind, "")
 }
 
-// settle tells the breaker and the endpoint the try's outcome by its
-// status before its body ends, for retryable: they hear of it once, and
-// a cut of the body that follows is still the request's failure (fail)
-// but not theirs again.
+// settle tells the breaker and the endpoint, for retryable, of a status
+// that is a failure before its body ends, so that the try can open the
+// breaker against its own retry: they hear of it once, and a cut of the
+// body that follows is still the request's failure (fail) but not theirs
+// again. Any other status (a 429 in retryOn but not in failOn) opens
+// nothing, and they hear of it when the try ends: as its status when the
+// retry goes (replaced), or, the retry refused, as its body ends, a cut
+// being the failure it is anywhere else. Meanwhile a half-open breaker's
+// probe keeps its place, so its retry is refused unless halfOpenRequests
+// leaves another, and the app gets the probe's answer, watched.
 func (b *upstreamBody) settle() {
+	if b.verdict != breaker.ErrFailed {
+		return
+	}
 	endTry(b.done, b.ep, b.epStart, b.verdict)
 	b.done, b.ep = nil, nil
 }
@@ -900,12 +912,13 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 			return false
 		}
 	}
-	// This try is over, judged by its status: its breaker and endpoint
-	// hear so now, and the drain of its body that follows fails nothing
-	// of the request's. Then the next try's permission is taken: a retry
-	// must not walk into the breaker this try opened, nor find a
-	// half-open breaker's probes taken, after the upstream's real answer
-	// was drained; the app gets that answer instead of a 503.
+	// This try is over, judged by its status: a failing one's breaker
+	// and endpoint hear so now (settle), and the drain of its body that
+	// follows fails nothing of the request's. Then the next try's
+	// permission is taken: a retry must not walk into the breaker this
+	// try opened, nor find a half-open breaker's probes taken, after the
+	// upstream's real answer was drained; the app gets that answer
+	// instead of a 503.
 	if resp != nil {
 		if ub, ok := resp.Body.(*upstreamBody); ok && !ub.ended {
 			// Its per-try context ends with the body (Close): the app may

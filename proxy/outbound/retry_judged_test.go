@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/internal/otlptest"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -234,5 +236,244 @@ func refusedRetryCase(t *testing.T, duringBackoff bool, spec string, bodyBytes i
 	}
 	if a := spanAttrs(try); try.Status.GetCode() != tracepb.Status_STATUS_CODE_ERROR || a["http.response.status_code"] != "503" || a["error.type"] != "reset" {
 		t.Errorf("try span: status %v, code %q, error.type %q; want an error, 503, reset", try.Status.GetCode(), a["http.response.status_code"], a["error.type"])
+	}
+}
+
+// TestRefusedRetryNonFailureStatusCounted: a 429 is in retryOn but not in
+// failOn, so its status is no failure; its retry refused (the budget
+// spent, or the breaker opened by other requests during the backoff), the
+// app gets it, and how its body ends is the try's outcome for the breaker
+// and the endpoint, which hear of it exactly once: a cut (before any
+// byte, or after 10 of 100) a failure, a whole body a success
+// (docs/operations.md, "A response that fails after its headers").
+// Before, they heard the status as a success as soon as a retry was
+// considered, and the cut that followed told neither: the breaker stayed
+// closed on an upstream that cut every answer.
+func TestRefusedRetryNonFailureStatusCounted(t *testing.T) {
+	const budgetSpent, breakerDuringBackoff = "budget spent", "breaker opened during the backoff"
+	const outlier = "outlierDetection: {consecutiveFailures: 100, baseEjectionTime: 1h}\n"
+	specs := map[string]string{
+		budgetSpent:          "retries: {attempts: 2, retryOn: [\"429\"], budget: {ratio: 0, minPerSecond: 0}}\ncircuitBreaker: {consecutiveFailures: 2, openTimeout: 60s}\n" + outlier,
+		breakerDuringBackoff: "retries: {attempts: 1, retryOn: [\"429\"], backoff: {base: 2s, max: 2s}}\ncircuitBreaker: {consecutiveFailures: 2, openTimeout: 60s}\n" + outlier,
+	}
+	bodies := []struct {
+		name string
+		sent int  // bytes of the 429's body sent
+		cut  bool // then the connection closed, the stream reset
+	}{
+		{"headers only", 0, true},
+		{"part of the body", 10, true},
+		{"whole body", 10, false},
+	}
+	for _, refusal := range []string{budgetSpent, breakerDuringBackoff} {
+		for _, body := range bodies {
+			for _, p := range judgedTransports {
+				t.Run(refusal+"/"+body.name+"/"+p.name, func(t *testing.T) {
+					refusedNonFailureCase(t, refusal == breakerDuringBackoff, specs[refusal], body.sent, body.cut, p.opt, p.h2)
+				})
+			}
+		}
+	}
+}
+
+func refusedNonFailureCase(t *testing.T, duringBackoff bool, spec string, sent int, cut bool, opt sidecarOpt, h2 bool) {
+	up := judgedUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/b" {
+			w.WriteHeader(http.StatusServiceUnavailable) // a failure, not retried
+			return
+		}
+		length := sent
+		if cut {
+			length = 100
+		}
+		w.Header().Set("Content-Length", fmt.Sprint(length))
+		w.WriteHeader(http.StatusTooManyRequests)
+		_, _ = w.Write([]byte("0123456789")[:sent])
+		if cut {
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+	})
+	var alog accessLog
+	sc := startSidecar(t, policyDoc("geo", "geo-service", spec), nil, withNamespace("shop"), withAccessLog(&alog), opt)
+	sc.S.Handler().SetEndpoints(map[string][]balancer.Target{geoEDS: {{Addr: up}}})
+
+	type answer struct {
+		resp    *http.Response
+		err     error
+		body    []byte
+		readErr error
+	}
+	send := func(path string) answer {
+		c, req := judgedClient(t, sc, h2, path)
+		resp, err := c.Do(req)
+		if err != nil {
+			return answer{err: err}
+		}
+		defer resp.Body.Close()
+		body, rerr := io.ReadAll(resp.Body)
+		return answer{resp: resp, body: body, readErr: rerr}
+	}
+	requests, otherFailures := 1, 0
+	var got answer
+	if duringBackoff {
+		// A's 429 waits out its backoff, held by the test; meanwhile two
+		// 503s open the breaker, and A's retry is refused after the wait.
+		waiting := make(chan struct{}, 1)
+		release := make(chan struct{})
+		outbound.SetBackoffSleep(t, func(ctx context.Context, _ time.Duration, _ time.Time) bool {
+			waiting <- struct{}{}
+			select {
+			case <-release:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		})
+		a := make(chan answer, 1)
+		go func() { a <- send("/a") }()
+		<-waiting
+		for range 2 {
+			if b := send("/b"); b.err != nil || b.resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("/b: %+v, want the upstream's 503", b)
+			}
+		}
+		sc.waitBreakerState(geo, "open", 5*time.Second)
+		close(release)
+		got = <-a
+		requests, otherFailures = 3, 2
+	} else {
+		got = send("/a")
+	}
+
+	if got.err != nil {
+		t.Fatalf("the app got no answer: %v", got.err)
+	}
+	switch {
+	case cut && sent == 0:
+		if got.resp.StatusCode != http.StatusBadGateway || got.resp.Header.Get("X-Minimesh-Error") != "reset" {
+			t.Errorf("app got %d %q %q, want the sidecar's 502 reset", got.resp.StatusCode, got.resp.Header.Get("X-Minimesh-Error"), got.body)
+		}
+	case cut:
+		if got.resp.StatusCode != http.StatusTooManyRequests || got.readErr == nil || string(got.body) != "0123456789" {
+			t.Errorf("app got %d %q, read error %v; want the 429's 10 bytes, then the cut", got.resp.StatusCode, got.body, got.readErr)
+		}
+	default:
+		if got.resp.StatusCode != http.StatusTooManyRequests || got.readErr != nil || string(got.body) != "0123456789" {
+			t.Errorf("app got %d %q, read error %v; want the whole 429", got.resp.StatusCode, got.body, got.readErr)
+		}
+	}
+	var line *accessEntry
+	for _, e := range alog.wait(t, requests, 5*time.Second) {
+		if e.Path == "/a" {
+			line = &e
+		}
+	}
+	wantStatus, wantErr := http.StatusTooManyRequests, ""
+	if cut {
+		wantErr = "reset"
+		if sent == 0 {
+			wantStatus = http.StatusBadGateway
+		}
+	}
+	if line == nil || line.Status != wantStatus || line.Error != wantErr || line.Attempts != 1 {
+		t.Errorf("access log %+v, want status %d, error %q, 1 attempt", line, wantStatus, wantErr)
+	}
+
+	// The endpoint: the try ended once (nothing left in flight), a cut
+	// adding a failure to the 503s' run, a whole body ending it.
+	wantFails := 0
+	if cut {
+		wantFails = otherFailures + 1
+	}
+	var ep debugEndpoint
+	if !proxytest.Poll(5*time.Second, 5*time.Millisecond, func() bool {
+		ep = endpointsOf(sc)[up]
+		return ep.InFlight == 0 && ep.ConsecutiveFailures == wantFails
+	}) {
+		t.Errorf("endpoint %+v, want 0 in flight and %d consecutive failures", ep, wantFails)
+	}
+	// The breaker: with the budget spent, its counts are this try's
+	// alone; opened during the backoff, it drops the outcome of a try
+	// begun before (a new state, fresh counts).
+	want := breakerCounts{Requests: 2, TotalSuccesses: 1, ConsecutiveSuccesses: 1} // the refused retry's permission is a request
+	if cut {
+		want = breakerCounts{Requests: 2, TotalFailures: 1, ConsecutiveFailures: 1}
+	}
+	wantState := "closed"
+	if duringBackoff {
+		want, wantState = breakerCounts{}, "open"
+	}
+	if b := sc.breaker(geo); b.State != wantState || b.Counts != want {
+		t.Errorf("breaker %s %+v, want %s %+v", b.State, b.Counts, wantState, want)
+	}
+}
+
+// TestHalfOpenProbeNonFailureStatusNotRetried: a half-open breaker's one
+// probe (halfOpenRequests: 1) answers 429, in retryOn but not in failOn.
+// The probe keeps its place until its body ends, so its retry is refused
+// and the app gets the 429, watched: read whole, the probe succeeded and
+// the breaker closes; cut, the probe failed and the breaker opens again
+// (docs/operations.md, "A response that fails after its headers"). Before,
+// the status closed the breaker as the retry was considered, and a cut
+// probe left it closed on an upstream that cut its answers.
+func TestHalfOpenProbeNonFailureStatusNotRetried(t *testing.T) {
+	for _, cut := range []bool{false, true} {
+		for _, p := range judgedTransports {
+			t.Run(fmt.Sprintf("cut=%v/%s", cut, p.name), func(t *testing.T) {
+				up := judgedUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+					if r.URL.Path == "/b" {
+						w.WriteHeader(http.StatusServiceUnavailable)
+						return
+					}
+					w.Header().Set("Content-Length", map[bool]string{false: "10", true: "100"}[cut])
+					w.WriteHeader(http.StatusTooManyRequests)
+					_, _ = w.Write([]byte("0123456789"))
+					if cut {
+						w.(http.Flusher).Flush()
+						panic(http.ErrAbortHandler)
+					}
+				})
+				var alog accessLog
+				sc := startSidecar(t, policyDoc("geo", "geo-service", "retries: {attempts: 2, retryOn: [\"429\"]}\ncircuitBreaker: {consecutiveFailures: 1, openTimeout: 200ms, halfOpenRequests: 1}\n"),
+					resolve(up, geo), withAccessLog(&alog), p.opt)
+				send := func(path string) (*http.Response, []byte, error) {
+					c, req := judgedClient(t, sc, p.h2, path)
+					resp, err := c.Do(req)
+					if err != nil {
+						t.Fatalf("%s: %v", path, err)
+					}
+					defer resp.Body.Close()
+					body, rerr := io.ReadAll(resp.Body)
+					return resp, body, rerr
+				}
+				send("/b")
+				sc.waitBreakerState(geo, "open", 5*time.Second)
+				sc.waitBreakerState(geo, "half-open", 5*time.Second)
+				resp, body, rerr := send("/a")
+				if resp.StatusCode != http.StatusTooManyRequests || string(body) != "0123456789" || (rerr != nil) != cut {
+					t.Errorf("app got %d %q, read error %v; want the probe's 429 (cut: %v)", resp.StatusCode, body, rerr, cut)
+				}
+				var line *accessEntry
+				for _, e := range alog.wait(t, 2, 5*time.Second) {
+					if e.Path == "/a" {
+						line = &e
+					}
+				}
+				wantErr, wantState := "", "closed"
+				if cut {
+					wantErr, wantState = "reset", "open"
+				}
+				if line == nil || line.Attempts != 1 || line.Status != http.StatusTooManyRequests || line.Error != wantErr {
+					t.Errorf("access log %+v, want 1 attempt, 429, error %q", line, wantErr)
+				}
+				// By its transitions: an open breaker half-opens again
+				// after its 200ms.
+				sc.waitMetric(1, 5*time.Second, "minimesh_circuit_breaker_transitions_total", "destination", geo, "from", "half-open", "to", wantState)
+				if n := sc.metric("minimesh_retries_total"); n != 0 {
+					t.Errorf("retries_total = %v, want 0: the probe's retry was refused", n)
+				}
+			})
+		}
 	}
 }
