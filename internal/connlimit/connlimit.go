@@ -27,6 +27,20 @@ import (
 type Listener struct {
 	*net.TCPListener
 	*shared
+	// closed is set by Close, under shared.mu: a connection that Accept
+	// took from the kernel as the listener closed is reset rather than
+	// registered after a drain's sweep, which runs after Close, has looked
+	// (it was left open, its detection or request unwatched).
+	closed bool
+}
+
+// Close closes the listener. A connection its Accept is taking at that
+// moment is reset (admit).
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	return l.TCPListener.Close()
 }
 
 // shared is the cap and the connections of a Listener and its siblings.
@@ -94,23 +108,35 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.evict {
-			if cc := l.acceptShared(tc); cc != nil {
-				return cc, nil
-			}
-			continue
+		if cc := l.admit(tc); cc != nil {
+			return cc, nil
 		}
-		if n := l.open.Add(1); l.max > 0 && n > l.max {
-			l.open.Add(-1)
-			l.refuse(tc)
-			continue
-		}
-		cc := &Conn{TCPConn: tc, l: l, io: rawio.New(tc)}
-		l.mu.Lock()
-		l.conns[cc] = struct{}{}
-		l.mu.Unlock()
-		return cc, nil
+		// Refused, or the listener closed: its next accept says so.
 	}
+}
+
+// admit registers tc, or resets it (nil) past the cap, or once Close
+// has begun.
+func (l *Listener) admit(tc *net.TCPConn) *Conn {
+	if l.evict {
+		return l.acceptShared(tc)
+	}
+	if n := l.open.Add(1); l.max > 0 && n > l.max {
+		l.open.Add(-1)
+		l.refuse(tc)
+		return nil
+	}
+	cc := &Conn{TCPConn: tc, l: l, io: rawio.New(tc)}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		l.open.Add(-1)
+		reset(tc)
+		return nil
+	}
+	l.conns[cc] = struct{}{}
+	l.mu.Unlock()
+	return cc
 }
 
 // refuse resets a connection past the cap, and counts it.
@@ -118,6 +144,10 @@ func (l *Listener) refuse(tc *net.TCPConn) {
 	l.refused.Add(1)
 	// A reset, not a FIN: the client learns at once, and no TIME_WAIT is
 	// left behind for every refusal of a flood.
+	reset(tc)
+}
+
+func reset(tc *net.TCPConn) {
 	_ = tc.SetLinger(0)
 	tc.Close()
 }
@@ -128,6 +158,11 @@ func (l *Listener) acceptShared(tc *net.TCPConn) *Conn {
 	now := l.now()
 	var evicted *Conn
 	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		reset(tc)
+		return nil
+	}
 	if !l.admitSource(src) {
 		l.mu.Unlock()
 		l.refuse(tc)
