@@ -148,6 +148,13 @@ func (r *relay) copy(dir int, dst, src net.Conn, n *atomic.Int64, c counter, sma
 		}
 		if err != nil {
 			switch {
+			case err == io.EOF && !r.closed[1-dir].Load() && netconn.WasReset(src):
+				// A reset whose error the other direction's write took:
+				// the app must not read it as an orderly end. (Once this
+				// side has passed a half-close on to src, src ends in
+				// the state a reset leaves too: closed[1-dir] is set
+				// before that half-close goes.)
+				r.failAt(dir)
 			case err == io.EOF:
 				r.closed[dir].Store(true)
 				closeWrite(dst) // the other direction goes on
