@@ -129,11 +129,11 @@ fuzz:
 # kubelet) and its pid file: removed under a cluster that runs, they left
 # it running without them, and cluster-down unable to find it. So a
 # cluster that runs from there (its pid file names a process whose
-# arguments include the directory) is stopped first, and nothing is
-# removed if it does not stop.
+# arguments include the directory, made absolute as minimesh-cluster
+# makes it) is stopped first, and nothing is removed if it does not stop.
 clean:
 	@pid="$$(cat $(CLUSTER_DIR)/pid 2>/dev/null)"; \
-	if [[ -n "$$pid" ]] && grep -qzxF -- "$(CLUSTER_DIR)" /proc/"$$pid"/cmdline 2>/dev/null; then \
+	if [[ -n "$$pid" ]] && grep -qzxF -- "$(abspath $(CLUSTER_DIR))" /proc/"$$pid"/cmdline 2>/dev/null; then \
 		echo "make clean: the cluster of make cluster-up runs from $(CLUSTER_DIR) (pid $$pid): stopping it first"; \
 		$(MAKE) --no-print-directory -f $(abspath $(firstword $(MAKEFILE_LIST))) cluster-down || { echo "make clean: the cluster did not stop, so nothing was removed: make cluster-down" >&2; exit 1; }; \
 	fi

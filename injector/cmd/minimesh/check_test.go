@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -47,6 +48,10 @@ func TestPrintResultsWarning(t *testing.T) {
 // client-go's message about KUBERNETES_MASTER.
 func TestCheckNoCluster(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nonexistent")
+	empty := filepath.Join(t.TempDir(), "empty.kc")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("KUBERNETES_SERVICE_HOST", "") // not in a pod
 	for _, tc := range []struct {
 		name, env string
@@ -55,6 +60,9 @@ func TestCheckNoCluster(t *testing.T) {
 	}{
 		{"explicit", "", []string{"--kubeconfig", missing}, "stat " + missing + ": no such file or directory"},
 		{"KUBECONFIG", missing, nil, "no kubeconfig: $KUBECONFIG names " + missing + ", missing or empty"},
+		// The file given is named, not $KUBECONFIG's nor ~/.kube/config.
+		{"explicit and empty", "", []string{"--kubeconfig", empty}, "no kubeconfig: " + empty + " (--kubeconfig) is empty"},
+		{"explicit and empty, KUBECONFIG set", missing, []string{"--kubeconfig", empty}, "no kubeconfig: " + empty + " (--kubeconfig) is empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("KUBECONFIG", tc.env)

@@ -384,7 +384,7 @@ func restConfig(path string) (*rest.Config, error) {
 	if clientcmd.IsEmptyConfig(err) {
 		// client-go's own message points at KUBERNETES_MASTER, which is not
 		// what a user of kubectl sets: name the files that were read.
-		return nil, fmt.Errorf("kubernetes client config: %s", noKubeconfig(rules.Precedence, os.Getenv(clientcmd.RecommendedConfigPathEnvVar) != ""))
+		return nil, fmt.Errorf("kubernetes client config: %s", noKubeconfig(path, rules.Precedence, os.Getenv(clientcmd.RecommendedConfigPathEnvVar) != ""))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client config: %w", err)
@@ -393,8 +393,12 @@ func restConfig(path string) (*rest.Config, error) {
 }
 
 // noKubeconfig says which kubeconfig files were read and found missing or
-// empty, and that no in-cluster config was found either.
-func noKubeconfig(tried []string, fromEnv bool) string {
+// empty, and that no in-cluster config was found either. An explicit
+// file (--kubeconfig) is the only one read, in-cluster config not tried.
+func noKubeconfig(explicit string, tried []string, fromEnv bool) string {
+	if explicit != "" {
+		return fmt.Sprintf("no kubeconfig: %s (--kubeconfig) is empty", explicit)
+	}
 	files := strings.Join(tried, ", ")
 	if fromEnv {
 		return fmt.Sprintf("no kubeconfig: $KUBECONFIG names %s, missing or empty (~/.kube/config is read only when KUBECONFIG is unset), and this is not a pod of a cluster", files)

@@ -183,10 +183,12 @@ func TestMakeClean(t *testing.T) {
 		name    string
 		running bool
 		other   bool // the pid file names a process of another directory
+		rel     bool // CLUSTER_DIR given relative, as a user may
 	}{
-		{"cluster runs", true, false},
-		{"no cluster", false, false},
-		{"pid file of another process", false, true},
+		{"cluster runs", true, false, false},
+		{"cluster runs, CLUSTER_DIR relative", true, false, true},
+		{"no cluster", false, false, false},
+		{"pid file of another process", false, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// As make's $(CURDIR) names it.
@@ -213,7 +215,11 @@ func TestMakeClean(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			cmd := exec.Command(mk, "--no-print-directory", "-f", makefile, "-C", work, "clean")
+			args := []string{"--no-print-directory", "-f", makefile, "-C", work, "clean"}
+			if tc.rel {
+				args = append(args, "CLUSTER_DIR=e2e/.work/cluster")
+			}
+			cmd := exec.Command(mk, args...)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("make clean: %v\n%s", err, out)
