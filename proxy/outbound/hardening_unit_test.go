@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -298,4 +299,50 @@ func TestFastPathSweepsIdleHosts(t *testing.T) {
 		synctest.Wait()
 		check("after one more request to host-3", 1, true, wantClosed)
 	})
+}
+
+// TestClosedBodyReadIsNotTheAppsFault: a read of the app's body after the
+// upstream transport closed it fails by the transport's doing: Go's
+// HTTP/2 transport closes a cancelled request's body on a goroutine of its
+// own while its writer may still read it. Before, that read's error
+// ("body closed by handler") was kept as the app's bad body: an app that
+// reset its stream was recorded as a 400 bad-request, not its leaving.
+func TestClosedBodyReadIsNotTheAppsFault(t *testing.T) {
+	for _, proto := range []string{"HTTP/1.1", "h2c"} {
+		t.Run(proto, func(t *testing.T) {
+			type result struct {
+				err, failed error
+			}
+			got := make(chan result, 1)
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				b := &countingBody{ReadCloser: r.Body}
+				_ = b.Close()
+				_, err := b.Read(make([]byte, 8))
+				got <- result{err, b.failed()}
+			}))
+			var p http.Protocols
+			p.SetHTTP1(true)
+			p.SetUnencryptedHTTP2(true)
+			srv.Config.Protocols = &p
+			srv.Start()
+			defer srv.Close()
+			var cp http.Protocols
+			if proto == "h2c" {
+				cp.SetUnencryptedHTTP2(true)
+			} else {
+				cp.SetHTTP1(true)
+			}
+			c := &http.Client{Transport: &http.Transport{Protocols: &cp}}
+			req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("0123"))
+			go func() {
+				if resp, err := c.Do(req); err == nil {
+					resp.Body.Close()
+				}
+			}()
+			r := <-got
+			if r.err != errBodyAbandoned || r.failed != nil {
+				t.Errorf("read after Close: %v, failed() = %v; want errBodyAbandoned, nil", r.err, r.failed)
+			}
+		})
+	}
 }

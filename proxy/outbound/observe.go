@@ -50,6 +50,9 @@ type countingBody struct {
 	last atomic.Int64
 	base time.Time
 
+	// closed: the transport closed the body (Close).
+	closed atomic.Bool
+
 	mu        sync.Mutex // held through each read, so abandon can wait one out
 	abandoned bool
 }
@@ -65,10 +68,10 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	if n > 0 && !b.base.IsZero() {
 		b.last.Store(int64(time.Since(b.base)))
 	}
-	if err != nil && err != io.EOF && b.woken.Load() {
-		// Ended by wake: neither the body's end nor the app's fault
-		// (refusal would blame the app for the request's timeout); what
-		// is left of it is abandon's.
+	if err != nil && err != io.EOF && (b.woken.Load() || b.closed.Load()) {
+		// Ended by wake, or closed by the transport (Close): neither the
+		// body's end nor the app's fault (refusal would blame the app for
+		// the request's timeout); what is left of it is abandon's.
 		return n, errBodyAbandoned
 	}
 	if err != nil {
@@ -219,6 +222,17 @@ func (b *countingBody) wake(w http.ResponseWriter) {
 func (b *countingBody) gone() bool {
 	err := b.failed()
 	return err != nil && SenderGone(err)
+}
+
+// Close marks the body closed before it closes it: a read failing after
+// is the transport's own doing, not the app's fault. Go's HTTP/2
+// transport closes a cancelled request's body on a goroutine of its own
+// while its writer may still read it (which then fails with "body closed
+// by handler": an app that reset its stream, recorded as its bad body,
+// 400, not its leaving).
+func (b *countingBody) Close() error {
+	b.closed.Store(true)
+	return b.ReadCloser.Close()
 }
 
 // failed returns the error of a read of the app's body that failed, or nil.
