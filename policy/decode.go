@@ -27,6 +27,22 @@ func Decode(filename string, data []byte) ([]*ResiliencePolicy, error) {
 	return OneSidecar.Decode([]File{{Name: filename, Data: data}})
 }
 
+// DecodeTolerant is Decode for a document a control plane wrote from a
+// policy it validated itself (a sidecar's CDS clusters): a field the
+// decoder does not know is left out instead of refused, and its path
+// ("spec.outlierDetection") returned in unknown. Such a field is version
+// skew (a controller newer than the sidecar), not a typo: refusing it
+// made an older sidecar refuse every policy after a controller upgrade.
+// Every other check is Decode's. Files, which a person wrote, stay strict.
+func DecodeTolerant(filename string, data []byte) (pols []*ResiliencePolicy, unknown []string, err error) {
+	c := &claims{scope: OneSidecar, first: map[claim]*ResiliencePolicy{}}
+	f := decodeFileOpts(filename, data, c, true)
+	if len(f.errs) > 0 {
+		return nil, f.unknown, f.errs
+	}
+	return f.good, f.unknown, nil
+}
+
 // fileDecoder collects the results of one file. Its good policies are
 // kept even when other documents fail so that the rest of the set can
 // still be checked against them for duplicates in the same run.
@@ -41,6 +57,10 @@ type fileDecoder struct {
 	// claims are the services of the set's policies so far, this file's
 	// and those before it.
 	claims *claims
+	// tolerant leaves unknown fields out, their paths in unknown
+	// (DecodeTolerant), rather than report them.
+	tolerant bool
+	unknown  []string
 }
 
 // add records a problem, or only counts it past maxFileErrors.
@@ -68,8 +88,13 @@ func (f *fileDecoder) summarize() {
 }
 
 // decodeFile decodes one file of a set whose services c holds so far.
-func decodeFile(filename string, data []byte, c *claims) (f *fileDecoder) {
-	f = &fileDecoder{name: filename, claims: c}
+func decodeFile(filename string, data []byte, c *claims) *fileDecoder {
+	return decodeFileOpts(filename, data, c, false)
+}
+
+// decodeFileOpts is decodeFile, tolerant of unknown fields or not.
+func decodeFileOpts(filename string, data []byte, c *claims, tolerant bool) (f *fileDecoder) {
+	f = &fileDecoder{name: filename, claims: c, tolerant: tolerant}
 	// yaml.v3 is not known to panic on any input, but a reloading sidecar
 	// must survive a file that proves otherwise.
 	defer func() {

@@ -182,6 +182,10 @@ func (d *objDecoder) key(path string, k, raw *yaml.Node, seen map[string]*yaml.N
 	}
 	seen[k.Value] = raw
 	f := lookupField(fields, k.Value)
+	if f == nil && d.file.tolerant {
+		d.file.unknown = append(d.file.unknown, d.prefix+fp)
+		return "", nil
+	}
 	if f == nil {
 		d.report(k, fp, "unknown field %s (allowed: %s)", echo.Quote(k.Value), fieldNames(fields))
 		return "", nil

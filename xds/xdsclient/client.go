@@ -96,6 +96,9 @@ type Client struct {
 
 	// randN replaces rand.Int64N in the backoff (tests).
 	randN func(n int64) int64
+	// skewLogged are the unknown policy fields already logged
+	// (logSkew), at most maxSkewLogged.
+	skewLogged map[string]bool
 }
 
 // Run follows the server until ctx ends.
@@ -149,8 +152,10 @@ func jitter(nominal, lo, hi time.Duration, randN func(int64) int64) time.Duratio
 // typeState is one resource type on the stream: what was last acked,
 // and the refusal of the same content again, which waits.
 type typeState struct {
-	url   string
-	apply func(resp *discoveryResponse) (version string, n int, err error)
+	url string
+	// apply applies a response; hash identifies its content, for the
+	// refusal of the same content again (lastNack).
+	apply func(resp *discoveryResponse) (hash string, n int, err error)
 	what  string // "policies", "endpoints": for the log
 	// acked is the version_info of the last response applied: a NACK
 	// carries it, as the protocol asks.
@@ -161,7 +166,7 @@ type typeState struct {
 	// growing wait (1 s to 5 s, which is also the most a fix pushed during
 	// the wait is delayed); new content is judged at once. The wait is a
 	// timer, not a sleep: the other type's responses go on meanwhile.
-	lastNack string
+	lastNack string // the hash of the content last refused
 	nackWait time.Duration
 	timer    *time.Timer
 }
@@ -270,13 +275,13 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 			st.timer.Stop()
 			st.timer = nil
 		}
-		version, n, err := st.apply(resp)
+		hash, n, err := st.apply(resp)
 		if err == nil {
 			st.acked, st.lastNack = resp.versionInfo, ""
 			if st.url == clusterType {
-				c.Log.Info("xds: applied policies (ACK)", "version", version, "policies", n)
+				c.Log.Info("xds: applied policies (ACK)", "version", resp.versionInfo, "policies", n)
 			} else {
-				c.Log.Debug("xds: applied endpoints (ACK)", "version", version, "endpoints", n)
+				c.Log.Debug("xds: applied endpoints (ACK)", "version", resp.versionInfo, "endpoints", n)
 			}
 			if err := send(st, resp.nonce, nil); err != nil {
 				return got, err
@@ -284,12 +289,12 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 			continue
 		}
 		msg := nackMessage(err)
-		if version != st.lastNack {
-			c.Log.Error("xds: refused the control plane's "+st.what+" (NACK); keeping the last good ones", "version", version, "err", msg)
+		if hash != st.lastNack {
+			c.Log.Error("xds: refused the control plane's "+st.what+" (NACK); keeping the last good ones", "version", resp.versionInfo, "content", hash, "err", msg)
 			if c.Refused != nil {
 				c.Refused(st.what, &nackError{msg, err})
 			}
-			st.lastNack, st.nackWait = version, time.Second
+			st.lastNack, st.nackWait = hash, time.Second
 			if err := send(st, resp.nonce, &msg); err != nil {
 				return got, err
 			}
@@ -330,47 +335,107 @@ type nackError struct {
 func (e *nackError) Error() string { return e.msg }
 func (e *nackError) Unwrap() error { return e.err }
 
-// applyClusters decodes a CDS response and hands it to Apply.
+// applyClusters decodes a CDS response and hands it to Apply with the
+// control plane's version_info (what /debug/config shows, to match a
+// sidecar to a push); the hash of its resources is the client's own.
 func (c *Client) applyClusters(resp *discoveryResponse) (string, int, error) {
-	pols, version, err := decode(resp.resources)
+	pols, unknown, hash, err := decodeCDS(resp.resources)
 	if err == nil {
-		err = c.Apply(pols, version)
+		c.logSkew(unknown, resp.versionInfo)
+		err = c.Apply(pols, resp.versionInfo)
 	}
-	return version, len(pols), err
+	return hash, len(pols), err
+}
+
+// maxSkewLogged bounds the unknown fields the client remembers having
+// logged; past it, new ones are no longer logged.
+const maxSkewLogged = 64
+
+// logSkew warns of the policy fields a response carried that this
+// sidecar does not know and left out, once per field path for the life
+// of the client: the controller sends them at every push.
+func (c *Client) logSkew(unknown []skewField, version string) {
+	for _, u := range unknown {
+		if c.skewLogged[u.path] || len(c.skewLogged) >= maxSkewLogged {
+			continue
+		}
+		if c.skewLogged == nil {
+			c.skewLogged = map[string]bool{}
+		}
+		c.skewLogged[u.path] = true
+		c.Log.Warn("xds: a policy field this sidecar does not know was left out (a control plane newer than the sidecar: upgrade the sidecar)",
+			"field", u.path, "cluster", u.cluster, "version", version)
+	}
 }
 
 // applyEndpoints decodes an EDS response and hands it to ApplyEndpoints.
 func (c *Client) applyEndpoints(resp *discoveryResponse) (string, int, error) {
-	eps, ips, n, version, err := decodeEDS(resp.resources)
+	eps, ips, n, hash, err := decodeEDS(resp.resources)
 	if err == nil {
-		err = c.ApplyEndpoints(eps, version)
+		err = c.ApplyEndpoints(eps, resp.versionInfo)
 	}
 	if err == nil && c.ApplyClusterIPs != nil {
 		c.ApplyClusterIPs(ips)
 	}
-	return version, n, err
+	return hash, n, err
 }
 
-// decode turns a CDS response into policies; version is a hash of the
-// resources as received. A cluster name twice, or two clusters with a
-// policy for the same service, refuse the response: the sidecar's table
-// would keep one of the two without a word (policy.NewTable), so the
-// control plane hears of it in the NACK instead.
+// skewField is a policy field a cluster carried that this sidecar does
+// not know (policy.DecodeTolerant).
+type skewField struct{ path, cluster string }
+
+// decode is decodeCDS without the unknown fields.
 func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
+	pols, _, hash, err := decodeCDS(resources)
+	return pols, hash, err
+}
+
+// decodeCDS turns a CDS response into policies; hash is a hash of the
+// resources as received, and unknown the fields left out, each path
+// once. A cluster name twice, or two clusters with a policy for the same
+// service, refuse the response: the sidecar's table would keep one of
+// the two without a word (policy.NewTable), so the control plane hears
+// of it in the NACK instead.
+func decodeCDS(resources []resource) ([]*policy.ResiliencePolicy, []skewField, string, error) {
 	h := sha256.New()
+	for _, a := range resources {
+		h.Write(a.value)
+	}
+	hash := hex.EncodeToString(h.Sum(nil))[:16]
 	var pols []*policy.ResiliencePolicy
 	var errs []error
 	names := map[string]bool{}
 	services := map[string]string{} // spec.service → the cluster that carried it
-	for _, a := range resources {
-		h.Write(a.value)
+	var unknown []skewField
+	seenUnknown := map[string]bool{}
+	valuesLeft := MaxResponseValues
+	for i, a := range resources {
+		if len(errs) == maxDecodeErrors {
+			// The NACK is cut to MaxNackMessage anyway; a response of a
+			// million bad resources made as many errors first.
+			errs = append(errs, fmt.Errorf("%d more resources not checked", len(resources)-i))
+			break
+		}
 		if !isType(a.typeURL, clusterType) {
 			errs = append(errs, fmt.Errorf("resource %s: not a %s", a.typeURL, clusterType))
 			continue
 		}
 		var c cluster
-		if err := c.unmarshal(a.value); err != nil {
-			errs = append(errs, fmt.Errorf("resource %s: %w", a.typeURL, err))
+		limit := min(MaxClusterValues, valuesLeft)
+		used, err := c.unmarshalBounded(a.value, limit)
+		valuesLeft -= used
+		if errors.Is(err, errBound) && valuesLeft <= 0 && limit < MaxClusterValues {
+			// The response's bound, not the cluster's: decoding more
+			// clusters would only say so again.
+			errs = append(errs, fmt.Errorf("cluster %q: the clusters of one response hold more than %d metadata values in all: %w", c.name, MaxResponseValues, errBound))
+			break
+		}
+		if err != nil {
+			if c.name != "" {
+				errs = append(errs, fmt.Errorf("cluster %q: %w", c.name, err))
+			} else {
+				errs = append(errs, fmt.Errorf("resource %s: %w", a.typeURL, err))
+			}
 			continue
 		}
 		if names[c.name] {
@@ -378,10 +443,16 @@ func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
 			continue
 		}
 		names[c.name] = true
-		p, err := fromCluster(&c)
+		p, skew, err := fromCluster(&c)
 		if err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		for _, path := range skew {
+			if !seenUnknown[path] {
+				seenUnknown[path] = true
+				unknown = append(unknown, skewField{path, c.name})
+			}
 		}
 		if prev, dup := services[p.Spec.Service]; dup {
 			errs = append(errs, fmt.Errorf("clusters %q and %q: both carry a policy for service %q", prev, c.name, p.Spec.Service))
@@ -391,8 +462,11 @@ func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
 		p.Source = "xds:" + c.name
 		pols = append(pols, p)
 	}
-	return pols, hex.EncodeToString(h.Sum(nil))[:16], errors.Join(errs...)
+	return pols, unknown, hash, errors.Join(errs...)
 }
+
+// maxDecodeErrors bounds the errors a CDS response's NACK lists.
+const maxDecodeErrors = 50
 
 // decodeEndpoints turns an EDS response into endpoints by resource name;
 // n counts them all. A resource that does not decode, a name twice, or
@@ -418,12 +492,16 @@ func decodeEDS(resources []resource) (map[string][]Endpoint, map[netip.AddrPort]
 	ips := map[netip.AddrPort]string{}
 	var claimedTwice []netip.AddrPort
 	n := 0
+	budget := newEDSBudget()
 	for _, a := range resources {
 		if !isType(a.typeURL, endpointType) {
 			return nil, nil, 0, version, fmt.Errorf("resource %s: not a %s", a.typeURL, endpointType)
 		}
 		var cla loadAssignment
-		if err := cla.unmarshal(a.value); err != nil {
+		if err := cla.unmarshalBounded(a.value, budget); err != nil {
+			if cla.name != "" {
+				return nil, nil, 0, version, fmt.Errorf("endpoints %q: %w", cla.name, err)
+			}
 			return nil, nil, 0, version, fmt.Errorf("resource %s: %w", a.typeURL, err)
 		}
 		name := cla.name

@@ -276,6 +276,16 @@ func TestDecodeEndpointsBounds(t *testing.T) {
 	if _, n, _, err := decodeEndpoints(res(a[:1])); err != nil || n != len(list) {
 		t.Fatalf("under the bound: %d, %v", n, err)
 	}
+	// At the control plane's bound, which counts lb_endpoints alone, with
+	// a dual-stack Service's ClusterIPs beside them: taken.
+	for i := len(list); i < MaxEndpoints; i++ {
+		list = append(list, Endpoint{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 80)})
+	}
+	full := LoadAssignment(wellknown.EndpointName("a", "shop", 80), list)
+	full.NamedEndpoints = withVIPs("", ClusterIPName, 80, "10.96.0.1", "fd00::1").NamedEndpoints
+	if _, n, _, err := decodeEndpoints(res(anys(t, full))); err != nil || n != MaxEndpoints {
+		t.Fatalf("at the bound with ClusterIPs: %d, %v", n, err)
+	}
 	twice := anys(t, LoadAssignment(geo, list[:1]), LoadAssignment(geo, list[1:2]))
 	if _, _, _, err := decodeEndpoints(res(twice)); err == nil || !strings.Contains(err.Error(), "twice") {
 		t.Fatalf("a name twice: %v", err)

@@ -13,24 +13,29 @@ import (
 const MetadataKey = "minimesh.io"
 
 // FromCluster rebuilds the policy that Translate put into a cluster (its
-// encoding), and checks it as the decoder checks a file: a resource from
-// a control plane is input like any other.
+// encoding), and checks it as the decoder checks a file (a resource from
+// a control plane is input like any other), but for fields it does not
+// know, which it leaves out: a newer controller's (docs/controlplane.md,
+// "Versions and skew").
 func FromCluster(b []byte) (*policy.ResiliencePolicy, error) {
 	var c cluster
 	if err := c.unmarshal(b); err != nil {
 		return nil, err
 	}
-	return fromCluster(&c)
+	p, _, err := fromCluster(&c)
+	return p, err
 }
 
-func fromCluster(c *cluster) (*policy.ResiliencePolicy, error) {
+// fromCluster is FromCluster of a decoded cluster; unknown are the paths
+// of the spec's fields left out (policy.DecodeTolerant).
+func fromCluster(c *cluster) (_ *policy.ResiliencePolicy, unknown []string, err error) {
 	m := c.md
 	if m == nil {
-		return nil, fmt.Errorf("cluster %s: no %s metadata", c.name, MetadataKey)
+		return nil, nil, fmt.Errorf("cluster %s: no %s metadata", c.name, MetadataKey)
 	}
 	spec, ok := m["spec"].(map[string]any)
 	if !ok {
-		return nil, fmt.Errorf("cluster %s: metadata %s has no spec", c.name, MetadataKey)
+		return nil, nil, fmt.Errorf("cluster %s: metadata %s has no spec", c.name, MetadataKey)
 	}
 	name, _ := m["policy"].(string)
 	ns, _ := m["namespace"].(string)
@@ -47,14 +52,14 @@ func fromCluster(c *cluster) (*policy.ResiliencePolicy, error) {
 		"spec":     spec,
 	}, "", " ")
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("cluster %s: %w", c.name, err)
 	}
-	pols, err := policy.Decode("xds cluster "+c.name, doc)
+	pols, unknown, err := policy.DecodeTolerant("xds cluster "+c.name, doc)
 	if err != nil {
-		return nil, err
+		return nil, unknown, err
 	}
 	if len(pols) != 1 {
-		return nil, errors.New("cluster " + c.name + ": want one policy")
+		return nil, unknown, errors.New("cluster " + c.name + ": want one policy")
 	}
-	return pols[0], nil
+	return pols[0], unknown, nil
 }

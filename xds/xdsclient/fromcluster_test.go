@@ -76,7 +76,9 @@ func TestFromClusterAsBefore(t *testing.T) {
 	refused := [][]byte{
 		bad("wrong-types", map[string]any{"policy": "geo", "spec": map[string]any{"service": "geo", "timeout": 2.0,
 			"retries": map[string]any{"attempts": 2.5, "retryOn": []any{"teapot", true}}}}),
-		bad("unknown", map[string]any{"policy": "geo", "spec": map[string]any{"service": "geo", "halfOpen": 1.0,
+		// An unknown field (halfOpen here once) is left out since
+		// 2026-12-06 (TestUnknownFieldTolerated): the rest still refuses.
+		bad("invalid", map[string]any{"policy": "geo", "spec": map[string]any{"service": "geo",
 			"circuitBreaker": map[string]any{"consecutiveFailures": 0.0, "failureRate": map[string]any{"threshold": 2.0}}}}),
 		bad("bounds", map[string]any{"policy": "geo", "namespace": "Not a label", "spec": map[string]any{"service": "geo:99999",
 			"outlierDetection": map[string]any{"baseEjectionTime": "2h", "maxEjectionTime": "1s", "maxEjectionPercent": 0.0}}}),

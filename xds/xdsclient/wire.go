@@ -214,12 +214,65 @@ func (r *discoveryResponse) unmarshal(b []byte) error {
 // cluster is the part of an envoy.config.cluster.v3.Cluster the sidecar
 // reads: its name and filter_metadata[MetadataKey].
 type cluster struct {
-	name string
-	md   map[string]any // nil: no such metadata
+	name    string
+	md      map[string]any // nil: no such metadata
+	mdBytes int            // md's encoding, as counted against MaxMetadataBytes
+}
+
+// Bounds on a cluster's minimesh metadata, checked while it is decoded:
+// the 4 MiB transport bound is one on bytes, and an empty Value is 2 bytes
+// on the wire but a few hundred once decoded, turned into JSON and read
+// back as a YAML node per element (fromCluster): one response of 1.9
+// million empty list items allocated 663 MB, 402 MB of heap at its peak.
+// The largest policy with every field set (full.yaml, 180-character
+// names) is 48 values in 1.2 KB of metadata; the longest lists a policy
+// can hold (a retryOn and a failOn naming every status code, class and
+// gRPC code) are 2,103 values in 16 KB (TestLongestListsWithinBounds).
+// See docs/controlplane.md, "How many policies fit".
+const (
+	// MaxMetadataBytes bounds the encoding of one cluster's
+	// filter_metadata[MetadataKey], checked before any of it is decoded.
+	MaxMetadataBytes = 64 << 10
+	// MaxClusterValues bounds the values of one cluster's metadata: each
+	// Struct field and each list item counts one.
+	MaxClusterValues = 8192
+	// MaxResponseValues bounds them across a CDS response's clusters:
+	// the controller sends at most 3 MiB of clusters, which is 2,000 of
+	// the largest policies (96,000 values) or 196 of the longest lists
+	// (412,000).
+	MaxResponseValues = 512 << 10
+)
+
+// errBound is a resource past one of the bounds on what a response may
+// make the sidecar decode; errValues, the budget of values spent
+// (unmarshalBounded turns it into an errBound).
+var (
+	errBound  = errors.New("over the sidecar's bound")
+	errValues = errors.New("too many values")
+)
+
+// valueBudget counts the values a decode may still make.
+type valueBudget struct{ left int }
+
+func (v *valueBudget) take() error {
+	if v.left <= 0 {
+		return errValues
+	}
+	v.left--
+	return nil
 }
 
 func (c *cluster) unmarshal(b []byte) error {
-	return fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
+	_, err := c.unmarshalBounded(b, MaxClusterValues)
+	return err
+}
+
+// unmarshalBounded is unmarshal with at most maxValues values in the
+// metadata; it returns how many it decoded. Past the bound it stops at
+// once with an error wrapping errBound.
+func (c *cluster) unmarshalBounded(b []byte, maxValues int) (used int, err error) {
+	budget := valueBudget{left: maxValues}
+	err = fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
 		switch num {
 		case 1:
 			c.name, err = str(num, typ, bs)
@@ -238,7 +291,14 @@ func (c *cluster) unmarshal(b []byte) error {
 				if err != nil || key != MetadataKey {
 					return err
 				}
-				m, err := decodeStruct(val, 0)
+				c.mdBytes = len(val)
+				if len(val) > MaxMetadataBytes {
+					return fmt.Errorf("metadata %s: %d bytes, %w of %d", MetadataKey, len(val), errBound, MaxMetadataBytes)
+				}
+				m, err := decodeStruct(val, 0, &budget)
+				if errors.Is(err, errValues) {
+					return fmt.Errorf("metadata %s: more than %d values (fields and list items): %w", MetadataKey, maxValues, errBound)
+				}
 				if err == nil {
 					c.md = m
 				}
@@ -247,6 +307,7 @@ func (c *cluster) unmarshal(b []byte) error {
 		}
 		return err
 	})
+	return maxValues - budget.left, err
 }
 
 // mapEntry reads the entry of a map<string, Message> (key = 1, value =
@@ -287,7 +348,7 @@ const maxDepth = 100
 var errDepth = errors.New("struct nested too deep")
 
 // decodeStruct is google.protobuf.Struct as structpb's AsMap gives it.
-func decodeStruct(b []byte, depth int) (map[string]any, error) {
+func decodeStruct(b []byte, depth int, budget *valueBudget) (map[string]any, error) {
 	if depth > maxDepth {
 		return nil, errDepth
 	}
@@ -299,11 +360,14 @@ func decodeStruct(b []byte, depth int) (map[string]any, error) {
 		if err := msg(num, typ); err != nil {
 			return err
 		}
+		if err := budget.take(); err != nil {
+			return err
+		}
 		key, val, err := mapEntry(bs)
 		if err != nil {
 			return err
 		}
-		v, err := decodeValue(val, depth+1)
+		v, err := decodeValue(val, depth+1, budget)
 		m[key] = v
 		return err
 	})
@@ -331,7 +395,7 @@ func number(f float64) any {
 // struct_value or list_value set again right after itself merges into
 // it (the Structs' fields together, the lists one after the other): its
 // encodings are concatenated and decoded once, at the end.
-func decodeValue(b []byte, depth int) (any, error) {
+func decodeValue(b []byte, depth int, budget *valueBudget) (any, error) {
 	if depth > maxDepth {
 		return nil, errDepth
 	}
@@ -379,16 +443,16 @@ func decodeValue(b []byte, depth int) (any, error) {
 	}
 	switch kind {
 	case 5:
-		return decodeStruct(sub, depth+1)
+		return decodeStruct(sub, depth+1, budget)
 	case 6:
-		return decodeList(sub, depth+1)
+		return decodeList(sub, depth+1, budget)
 	}
 	return out, nil
 }
 
 // decodeList is google.protobuf.ListValue{values = 1} as structpb's
 // AsSlice gives it.
-func decodeList(b []byte, depth int) ([]any, error) {
+func decodeList(b []byte, depth int, budget *valueBudget) ([]any, error) {
 	list := []any{}
 	err := fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
 		if num != 1 {
@@ -397,7 +461,10 @@ func decodeList(b []byte, depth int) ([]any, error) {
 		if err := msg(num, typ); err != nil {
 			return err
 		}
-		e, err := decodeValue(bs, depth+1)
+		if err := budget.take(); err != nil {
+			return err
+		}
+		e, err := decodeValue(bs, depth+1, budget)
 		list = append(list, e)
 		return err
 	})
@@ -437,7 +504,32 @@ const (
 	healthDraining = 3
 )
 
+// edsBudget counts what the resources of one EDS response may still
+// hold, checked before each is appended: an empty LocalityLbEndpoints is
+// 2 bytes on the wire and 40 decoded, so a response under the 4 MiB
+// transport bound held 1.9 million of them (244 MB of heap) before
+// MaxEndpoints, counted on the endpoints kept, refused anything.
+// Localities are one per zone of a Service port, so neither they nor
+// the lb_endpoints of a legitimate response pass MaxEndpoints.
+type edsBudget struct {
+	localities, lbEndpoints int
+	// clusterIPs, the additional addresses of the ClusterIPs: a budget of
+	// their own, as the control plane's bound counts lb_endpoints alone
+	// (a response at it, with one dual-stack Service, is legitimate).
+	clusterIPs int
+}
+
+func newEDSBudget() *edsBudget {
+	return &edsBudget{localities: MaxEndpoints, lbEndpoints: MaxEndpoints, clusterIPs: MaxEndpoints}
+}
+
 func (l *loadAssignment) unmarshal(b []byte) error {
+	return l.unmarshalBounded(b, newEDSBudget())
+}
+
+// unmarshalBounded is unmarshal taking what it decodes from budget,
+// shared by the resources of a response.
+func (l *loadAssignment) unmarshalBounded(b []byte, budget *edsBudget) error {
 	return fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
 		switch num {
 		case 1:
@@ -446,6 +538,10 @@ func (l *loadAssignment) unmarshal(b []byte) error {
 			if err = msg(num, typ); err != nil {
 				return err
 			}
+			if budget.localities <= 0 {
+				return fmt.Errorf("more than %d localities in one response: %w", MaxEndpoints, errBound)
+			}
+			budget.localities--
 			var loc locality
 			err = fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) (err error) {
 				switch num {
@@ -463,6 +559,10 @@ func (l *loadAssignment) unmarshal(b []byte) error {
 					if err = msg(num, typ); err != nil {
 						return err
 					}
+					if budget.lbEndpoints <= 0 {
+						return fmt.Errorf("more than %d lb_endpoints in one response: %w", MaxEndpoints, errBound)
+					}
+					budget.lbEndpoints--
 					var e lbEndpoint
 					err = e.unmarshal(bs)
 					loc.lbs = append(loc.lbs, e)
@@ -478,7 +578,7 @@ func (l *loadAssignment) unmarshal(b []byte) error {
 			if err != nil || key != ClusterIPName {
 				return err
 			}
-			l.clusterIPs, err = clusterIPsOf(val)
+			l.clusterIPs, err = clusterIPsOf(val, budget)
 			return err
 		}
 		return err
@@ -539,7 +639,7 @@ func (e *lbEndpoint) addressOf(b []byte) error {
 // envoy.config.endpoint.v3.Endpoint{address = 1, additional_addresses =
 // 4: AdditionalAddress{address = 1}}: its address, then each additional
 // one (a dual-stack Service's other family).
-func clusterIPsOf(b []byte) ([]lbEndpoint, error) {
+func clusterIPsOf(b []byte, budget *edsBudget) ([]lbEndpoint, error) {
 	var first *lbEndpoint
 	var more []lbEndpoint
 	err := fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
@@ -556,6 +656,12 @@ func clusterIPsOf(b []byte) ([]lbEndpoint, error) {
 			if err := msg(num, typ); err != nil {
 				return err
 			}
+			// Counted: a Service has at most two ClusterIPs, but 2-byte
+			// entries would otherwise be unbounded.
+			if budget.clusterIPs <= 0 {
+				return fmt.Errorf("more than %d additional ClusterIP addresses in one response: %w", MaxEndpoints, errBound)
+			}
+			budget.clusterIPs--
 			var e lbEndpoint
 			err := fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
 				if num != 1 {
