@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -382,7 +383,7 @@ func (c streamCallbacks) OnStreamRequest(id int64, req *discovery.DiscoveryReque
 }
 
 func (c streamCallbacks) OnStreamResponse(ctx context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
-	c.s.sentOn(streamKey{id: id}, resp)
+	c.s.sentOn(streamKey{id: id}, req, resp)
 	c.Callbacks.OnStreamResponse(ctx, id, req, resp)
 }
 
@@ -423,11 +424,16 @@ func (s *Server) refuse(k streamKey) {
 	s.mu.Unlock()
 }
 
-// sentResponse is the last response of a type on a stream.
-type sentResponse struct{ nonce, version string }
+// sentResponse is the last response of a type on a stream, and the
+// resource names of the request it answered.
+type sentResponse struct {
+	nonce, version string
+	names          []string
+}
 
-// sentOn records resp as the last response of its type on stream k.
-func (s *Server) sentOn(k streamKey, resp *discovery.DiscoveryResponse) {
+// sentOn records resp, the answer to req, as the last response of its
+// type on stream k.
+func (s *Server) sentOn(k streamKey, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
 	s.sentMu.Lock()
 	defer s.sentMu.Unlock()
 	byType := s.sent[k]
@@ -435,28 +441,36 @@ func (s *Server) sentOn(k streamKey, resp *discovery.DiscoveryResponse) {
 		byType = map[string]sentResponse{}
 		s.sent[k] = byType
 	}
-	byType[resp.GetTypeUrl()] = sentResponse{nonce: resp.GetNonce(), version: resp.GetVersionInfo()}
+	// The request's own slice, not a copy: nothing changes a request
+	// once received, and the server's watch holds it anyway.
+	byType[resp.GetTypeUrl()] = sentResponse{nonce: resp.GetNonce(), version: resp.GetVersionInfo(), names: req.GetResourceNames()}
 }
 
-// holdNack makes a NACK of the last response of its type wait for the
-// next version rather than be answered with the same one again. A NACK's
-// version_info is the last version the client accepted, and the cache
-// answers at once any version other than its snapshot's: a client that
+// holdNack makes a request that answers the last response of its type
+// (its nonce), ACK or NACK, and names the resources the request that
+// response answered did, wait for the next version rather than be
+// answered with the same one again. The cache answers at once any
+// version other than its snapshot's, and the version a client sends
+// need not be the one it was sent: a NACK's is the last version the
+// client accepted, and a client may ACK with none at all. A client that
 // NACKs as soon as it is answered (as an Envoy does) was resent the
 // version it refused, and NACKed it, thousands of times a second, a
-// controller core and its log busy for as long as the stream lasted.
-// Given the refused version instead, the cache waits until the snapshot
-// moves on from it (or the request names resources not yet sent), as it
-// waits on an ACK. A NACK of an older response is left alone: the server
-// ignores a stale nonce.
+// controller core and its log busy for as long as the stream lasted;
+// one that ACKed without a version was resent the whole set 8,000 times
+// a second. Given the version sent instead, the cache waits until the
+// snapshot moves on from it (or the request names resources not yet
+// sent), as it waits on an ACK of it. A request that names other
+// resources is a new subscription, answered as the cache decides; one
+// that answers an older response is left alone: the server ignores a
+// stale nonce.
 func (s *Server) holdNack(k streamKey, req *discovery.DiscoveryRequest) {
-	if req.GetErrorDetail() == nil {
-		return
+	if req.GetResponseNonce() == "" {
+		return // a stream's first request of its type: nothing sent yet
 	}
 	s.sentMu.Lock()
 	last, ok := s.sent[k][req.GetTypeUrl()]
 	s.sentMu.Unlock()
-	if ok && req.GetResponseNonce() == last.nonce {
+	if ok && req.GetResponseNonce() == last.nonce && slices.Equal(req.GetResourceNames(), last.names) {
 		req.VersionInfo = last.version
 	}
 }

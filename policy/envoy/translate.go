@@ -485,8 +485,9 @@ func cluster(d *destination, ej ejection, opts Options) (c *clusterv3.Cluster, n
 	if err != nil {
 		return nil, nil, fmt.Errorf("cluster %s: %w", name, err)
 	}
-	// "spec" is the whole policy, so that a minimesh sidecar rebuilds it
-	// exactly (FromCluster); the rest says what Envoy's fields could not.
+	// "spec" is the policy less its defaults (specMap), from which a
+	// minimesh sidecar rebuilds it exactly (FromCluster); the rest says
+	// what Envoy's fields could not.
 	meta := map[string]any{"policy": p.Metadata.Name, "service": p.Spec.Service, "spec": spec}
 	if p.Metadata.Namespace != "" {
 		meta["namespace"] = p.Metadata.Namespace
@@ -1010,15 +1011,80 @@ func grpcNotes(p *policy.ResiliencePolicy) []string {
 	return notes
 }
 
-// specMap is the policy's spec in its JSON form (readable durations).
+// specMap is the policy's spec in its JSON form (readable durations),
+// without the values the decoder would default to anyway
+// (omitDefaults): a sidecar decodes it to the same spec.
 func specMap(p *policy.ResiliencePolicy) (map[string]any, error) {
 	b, err := json.Marshal(p.Spec)
 	if err != nil {
 		return nil, err
 	}
 	var m map[string]any
-	err = json.Unmarshal(b, &m)
-	return m, err
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	omitDefaults(m, &p.Spec)
+	return m, nil
+}
+
+// omitDefaults deletes from m, the JSON form of s, every field whose
+// value is the one the decoder gives it when it is not written, and
+// every block left empty. A field added to the spec later is then sent
+// only by the policies that set it: a sidecar built before 2026-12-06
+// refuses a whole response for a field it does not know, and the
+// defaulted spec carried every field with a default, so after a
+// controller upgrade every older sidecar refused every policy
+// (docs/install.md, "Upgrade"). Of two bounds the decoder derives
+// from each other (backoff's, the ejection times), neither is omitted
+// unless both are at their defaults, so none is ever derived from one
+// written alone.
+func omitDefaults(m map[string]any, s *policy.Spec) {
+	block := func(key string) map[string]any {
+		sub, _ := m[key].(map[string]any)
+		return sub
+	}
+	drop := func(sub map[string]any, cond bool, keys ...string) {
+		if cond {
+			for _, k := range keys {
+				delete(sub, k)
+			}
+		}
+	}
+	if r := s.Retries; r != nil {
+		if sub := block("retries"); sub != nil {
+			// attempts stays: the decoder requires it.
+			drop(sub, equalConditions(r.RetryOn, policy.DefaultRetryOn), "retryOn")
+			drop(sub, r.Backoff == policy.Backoff{Base: policy.DefaultBackoffBase, Max: policy.DefaultBackoffMax}, "backoff")
+			if budget, _ := sub["budget"].(map[string]any); budget != nil {
+				drop(budget, r.Budget.Ratio == policy.DefaultBudgetRatio, "ratio")
+				drop(budget, r.Budget.MinPerSecond == policy.DefaultBudgetMinPerSecond, "minPerSecond")
+				drop(sub, len(budget) == 0, "budget")
+			}
+		}
+	}
+	if cb := s.CircuitBreaker; cb != nil {
+		if sub := block("circuitBreaker"); sub != nil {
+			def := policy.DefaultCircuitBreaker()
+			drop(sub, cb.ConsecutiveFailures == def.ConsecutiveFailures, "consecutiveFailures")
+			drop(sub, cb.OpenTimeout == def.OpenTimeout, "openTimeout")
+			drop(sub, cb.HalfOpenRequests == def.HalfOpenRequests, "halfOpenRequests")
+			drop(sub, equalConditions(cb.FailOn, def.FailOn), "failOn")
+			drop(m, len(sub) == 0, "circuitBreaker")
+		}
+	}
+	if od := s.OutlierDetection; od != nil {
+		if sub := block("outlierDetection"); sub != nil {
+			def := policy.DefaultOutlierDetection()
+			drop(sub, od.ConsecutiveFailures == def.ConsecutiveFailures, "consecutiveFailures")
+			drop(sub, od.BaseEjectionTime == def.BaseEjectionTime && od.MaxEjectionTime == def.MaxEjectionTime, "baseEjectionTime", "maxEjectionTime")
+			drop(sub, od.MaxEjectionPercent == def.MaxEjectionPercent, "maxEjectionPercent")
+			drop(m, len(sub) == 0, "outlierDetection")
+		}
+	}
+}
+
+func equalConditions(a, b policy.Conditions) bool {
+	return a.Classes == b.Classes && a.GRPC == b.GRPC && slices.Equal(a.Codes, b.Codes)
 }
 
 func strs(s []string) []any {
