@@ -142,31 +142,45 @@ func TestCallerLeavesMidResponse(t *testing.T) {
 // Content-Length too, RFC 9112 §6.1) closes its connection after the
 // response, and what the caller pipelined behind it is not served: the
 // inbound path kept the connection, where outbound closes it (a probe,
-// session 33).
+// session 33). So also when the app sends a 103 first: the ReverseProxy
+// clears the header map after a 1xx, and took the close with it (session
+// 44).
 func TestChunkedRequestCloses(t *testing.T) {
-	r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		io.Copy(io.Discard, req.Body)
-		io.WriteString(w, "ok "+req.URL.Path)
-	}), Config{})
-	c, err := net.Dial("tcp", r.front)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, "POST /first HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"+
-		"GET /second HTTP/1.1\r\nHost: app\r\n\r\n")
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	if string(body) != "ok /first" || !resp.Close {
-		t.Fatalf("first answer %q, Connection: close %v: want ok /first and a close", body, resp.Close)
-	}
-	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
-		t.Fatalf("after the chunked request's answer: %q, %v; want the connection closed, nothing more", rest, err)
+	for _, early := range []bool{false, true} {
+		t.Run(map[bool]string{false: "final answer alone", true: "103 first"}[early], func(t *testing.T) {
+			r := newRig(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+				io.Copy(io.Discard, req.Body)
+				if early {
+					w.WriteHeader(http.StatusEarlyHints)
+				}
+				io.WriteString(w, "ok "+req.URL.Path)
+			}), Config{})
+			c, err := net.Dial("tcp", r.front)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, "POST /first HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"+
+				"GET /second HTTP/1.1\r\nHost: app\r\n\r\n")
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if early && resp.StatusCode == http.StatusEarlyHints {
+				if resp, err = http.ReadResponse(br, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if string(body) != "ok /first" || !resp.Close {
+				t.Fatalf("first answer %q, Connection: close %v: want ok /first and a close", body, resp.Close)
+			}
+			if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+				t.Fatalf("after the chunked request's answer: %q, %v; want the connection closed, nothing more", rest, err)
+			}
+		})
 	}
 }
 

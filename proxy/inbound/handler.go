@@ -26,6 +26,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -350,7 +351,9 @@ type reqState struct {
 	start   time.Time
 	headers time.Time // when the response headers were ready
 	trace   telemetry.Place
-	late    bool // the app's response body failed after its headers
+	// late: the app's response body failed after its headers, with
+	// this error (for the 502's message: answerLate); nil: it did not.
+	late error
 	// gone: the caller went away while the app's response body was on
 	// its way (lateBody saw the request end).
 	gone bool
@@ -374,13 +377,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// forwarded.
 		panic(http.ErrAbortHandler)
 	}
+	// closeConn: the final answer says Connection: close. Set as the
+	// status goes (countingWriter.commit), not in the header map now: the
+	// ReverseProxy clears the map after each 1xx it passes on, and a 103
+	// from the app took the close off a chunked request's answer (the
+	// request pipelined behind it was served).
+	closeConn := false
 	if r.Header.Get("Upgrade") != "" {
 		// An h2c upgrade goes into the app as a plain request, on a kept
 		// connection, as on the outbound path (docs/operations.md,
 		// "Upgrade requests"); one spelled otherwise than "h2c" alone
 		// closes it: the guard no longer follows it.
 		if up, h2cOnly := outbound.DropH2CUpgrade(r.Header); !up && !h2cOnly {
-			w.Header().Set("Connection", "close")
+			closeConn = true
 		}
 	}
 	if (h.draining.Load() || len(r.TransferEncoding) > 0) && r.Header.Get("Upgrade") == "" {
@@ -390,10 +399,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// with both Content-Length and Transfer-Encoding (a smuggling
 		// attempt through a proxy in front of the pod), and Go's server
 		// drops the Content-Length before the handler could tell.
-		w.Header().Set("Connection", "close")
+		closeConn = true
 	}
 	st := &reqState{c: c, start: start, code: http.StatusBadGateway}
-	st.out.ResponseWriter = w
+	st.out.ResponseWriter, st.out.closeConn = w, closeConn
+	if r.ProtoMajor == 1 && r.ProtoMinor == 0 {
+		// An HTTP/1.0 caller may get no 1xx (RFC 9110 §15.2): it reads one
+		// as the final answer. Its 100-continue expectation is to be
+		// ignored (RFC 9110 §10.1.1), so the app is not asked for a 100
+		// nobody may pass on.
+		st.out.http10 = true
+		delete(r.Header, "Expect")
+	}
 	w = &st.out
 	st.id = r.Header.Get(wellknown.HeaderRequestID)
 	if !requestid.Valid(st.id) {
@@ -408,6 +425,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if stop := h.watchBody(st); stop != nil {
 			defer stop()
 		}
+		// Full duplex, as outbound: otherwise net/http's server, about to
+		// write the app's head, drains the body the transport is still
+		// reading, and first waits for its lock, held by the transport's
+		// read of a caller that may have paused: an early answer (a 401
+		// to an upload) stayed in the server's buffer until the caller
+		// sent more. What is left of the body when the answer ends is
+		// abandon's.
+		if fd, ok := st.out.ResponseWriter.(interface{ EnableFullDuplex() error }); ok {
+			_ = fd.EnableFullDuplex()
+		}
 	}
 	ctx := context.WithValue(r.Context(), stateKey{}, st)
 	if tr := h.cfg.Tracing; tr != nil {
@@ -417,6 +444,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	defer h.finish(r, st)
+	if st.in.ReadCloser != nil {
+		// Deferred after finish, so run before it: also on the
+		// ReverseProxy's abort of a response cut short.
+		defer h.endUpload(st)
+	}
 	if r.Method == http.MethodConnect || r.URL.Scheme != "" || r.URL.Host != "" || r.URL.Opaque != "" {
 		// A proxy's request on a connection that began as plain HTTP: the
 		// app is no proxy here (a first request of this kind is relayed
@@ -439,9 +471,42 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx = gctx
 		defer cancel(nil)
 	}
-	h.rp.ServeHTTP(w, r.WithContext(ctx))
-	if st.code == statusClientClosed && !st.out.wrote {
+	r = r.WithContext(ctx)
+	h.rp.ServeHTTP(w, r)
+	if st.late != nil && st.out.withheld() {
+		h.answerLate(w, r, st)
+	}
+	if st.code == statusClientClosed && !st.out.sent() {
 		panic(http.ErrAbortHandler) // the caller went away: nothing to answer; finish records the 499
+	}
+	st.out.commit() // a status with no body (a 204, a 304, an empty 200)
+}
+
+// answerLate replaces an app's response that failed after its head but
+// before any of its body reached the caller (lateBody withheld its
+// status) with the sidecar's 502, through serveError.
+func (h *Handler) answerLate(w http.ResponseWriter, r *http.Request, st *reqState) {
+	clear(w.Header()) // the app's fields, copied by the ReverseProxy
+	st.out.pending = 0
+	st.out.status.Store(statusHeld)
+	err := &lateError{st.late}
+	st.late = nil
+	h.serveError(w, r, err)
+}
+
+// lateError is an app's response that failed after its head, before any
+// of its body.
+type lateError struct{ err error }
+
+func (e *lateError) Error() string { return e.err.Error() }
+func (e *lateError) Unwrap() error { return e.err }
+
+// endUpload ends the caller's request body when the exchange is over
+// before it (countingBody.abandon): an app that answered without reading
+// it all, a failure. Not after a 101: the connection is the relay's.
+func (h *Handler) endUpload(st *reqState) {
+	if st.code != http.StatusSwitchingProtocols {
+		st.in.abandon(st.out.ResponseWriter)
 	}
 }
 
@@ -519,7 +584,7 @@ var errUpgraded = errors.New("inbound: upgraded connection relayed")
 // the access log's and the span's error; the app's reset is a failure
 // after the 101 (the metric's 502), the caller's its leaving (499).
 func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
-	st.out.wrote = true // the 101, written by RelayUpgraded
+	st.out.status.Store(statusSent) // the 101, written by RelayUpgraded
 	m := h.connMetric(st.c)
 	u, err := outbound.RelayUpgraded(st.out.ResponseWriter, resp, up, m.TCP(), h.cfg.TCPIdleTimeout)
 	if err != nil {
@@ -563,14 +628,20 @@ func (b *lateBody) Read(p []byte) (int, error) {
 		// body read whole with its head comes in one read (EOF with its
 		// last byte): no flush. A stream is flushed on every write by
 		// the ReverseProxy.
-		w.flush()
+		_ = w.FlushError()
 	}
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
-		if b.req.Err() == nil {
-			b.st.late = true
-		} else {
+		if b.req.Err() != nil {
 			b.st.gone = true
+			return n, err
+		}
+		b.st.late = err
+		if b.st.out.withhold() {
+			// Nothing of the body reached the caller, nor the status (no
+			// flush of a stream's head came first): ServeHTTP answers 502
+			// (answerLate).
+			return 0, io.EOF
 		}
 	}
 	return n, err
@@ -612,8 +683,11 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	var de *dialError
 	var bs *badStatusError
+	var le *lateError
 	switch {
 	case bodyErr != nil:
+	case errors.As(err, &le):
+		msg = "the app at " + st.c.text + "'s response failed after its headers, before any of its body reached the caller: " + le.err.Error()
 	case errors.As(err, &bs):
 		msg = "the app at " + st.c.text + " answered with a " + bs.Error()
 	case errors.Is(err, errOwnPort):
@@ -656,7 +730,7 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 	if st.headers.IsZero() {
 		st.headers = end
 	}
-	if st.late && st.errKind == "" {
+	if st.late != nil && st.errKind == "" {
 		// The caller got a status, then a body cut short: for the metrics,
 		// the span and the log line, the failure it was (as outbound).
 		st.code, st.errKind = http.StatusBadGateway, wellknown.ErrorReset
@@ -765,17 +839,60 @@ func endSpan(s trace.Span, code int, errKind string) {
 // transport may read it from its own goroutine after the handler returns.
 type countingBody struct {
 	io.ReadCloser
-	n   atomic.Int64
-	err atomic.Pointer[error] // the first read error but io.EOF
+	n     atomic.Int64
+	err   atomic.Pointer[error] // the first read error but io.EOF
+	ended atomic.Bool           // read to its end, or failed
+	// abandoned: the exchange ended before the body (abandon); what the
+	// transport reads of it from then on is an error.
+	abandoned atomic.Bool
 }
 
+// errBodyAbandoned is what the transport reads of a request body after
+// the app's answer has ended (abandon): the app's connection closes
+// behind it, the request unfinished.
+var errBodyAbandoned = errors.New("request body abandoned: the app's response is over")
+
 func (b *countingBody) Read(p []byte) (int, error) {
+	if b.abandoned.Load() {
+		return 0, errBodyAbandoned
+	}
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
-	if err != nil && err != io.EOF && b.err.Load() == nil {
-		b.err.Store(&err)
+	if err != nil {
+		if b.abandoned.Load() {
+			return n, errBodyAbandoned // abandon's cut read, not the caller's failure
+		}
+		b.ended.Store(true)
+		if err != io.EOF && b.err.Load() == nil {
+			b.err.Store(&err)
+		}
 	}
 	return n, err
+}
+
+// abandon ends a request body the exchange is over before (an app that
+// answered without reading it all; a failure), as outbound's
+// countingBody.abandon: the connection closes after the answer, as what
+// is left of the body cannot be told from a next request; the
+// transport's read under way, which may wait for a caller that paused,
+// is cut through the connection's read deadline (nothing else reads the
+// connection until the body's end, and it closes after this answer); and
+// the transport reads nothing more. Without the cut, net/http's server,
+// closing the body after the answer, waited for the transport's read,
+// and so for a caller that had paused. w is the server's own
+// ResponseWriter.
+func (b *countingBody) abandon(w http.ResponseWriter) {
+	if b.ended.Load() {
+		return
+	}
+	b.abandoned.Store(true)
+	// A MaxBytesReader over its limit is how a handler gets net/http's
+	// server to close after the answer, "Connection: close" in its head
+	// if not yet written.
+	_, _ = http.MaxBytesReader(w, io.NopCloser(strings.NewReader("x")), 0).Read(make([]byte, 1))
+	if d, ok := w.(interface{ SetReadDeadline(time.Time) error }); ok {
+		_ = d.SetReadDeadline(time.Unix(1, 0))
+	}
 }
 
 // failure is the error the caller's request body ended in, or nil.
@@ -786,31 +903,85 @@ func (b *countingBody) failure() error {
 	return nil
 }
 
-// countingWriter counts the response body bytes the caller was sent.
-// Unwrap lets ReverseProxy reach the server's Flusher and Hijacker.
+// countingWriter counts the response body bytes the caller was sent, and
+// holds the final status back until the first byte of its body or a
+// flush (a stream's head), as outbound's does (docs/operations.md, "A
+// response that fails after its headers"): an app that sends its head
+// and dies before any body byte gets the caller the sidecar's 502 rather
+// than a status with nothing behind it. Unwrap lets ReverseProxy reach
+// the server's Hijacker.
 type countingWriter struct {
 	http.ResponseWriter
-	n     int64
-	wrote bool
+	n       int64
+	pending uint16 // the final status held back; 0: none yet
+	// status is the held status's fate (statusHeld, statusSent,
+	// statusWithheld). Atomic: the ReverseProxy flushes a stream's head
+	// from a timer's goroutine while the handler's reads the app's body
+	// (lateBody withholds it); whichever comes first decides.
+	status atomic.Uint32
 	// broken: a write failed because the caller is gone.
 	broken bool
 	// upgrade: the request asked for an Upgrade; a final answer other
-	// than its 101 closes the connection.
-	upgrade bool
+	// than its 101 closes the connection, as one with closeConn does.
+	upgrade   bool
+	closeConn bool
+	// http10: an HTTP/1.0 caller, which may get no 1xx but a 101.
+	http10 bool
+}
+
+// A countingWriter's status.
+const (
+	statusHeld uint32 = iota
+	statusSent
+	statusWithheld
+)
+
+// errWithheld is a write after the status was withheld: it would send
+// net/http's implicit 200.
+var errWithheld = errors.New("inbound: write after the response's status was withheld")
+
+func (w *countingWriter) sent() bool     { return w.status.Load() == statusSent }
+func (w *countingWriter) withheld() bool { return w.status.Load() == statusWithheld }
+
+// withhold keeps the status from the caller for good, unless it went
+// already: it reports whether it did.
+func (w *countingWriter) withhold() bool {
+	return w.status.CompareAndSwap(statusHeld, statusWithheld)
 }
 
 func (w *countingWriter) WriteHeader(code int) {
-	if code >= 200 {
-		w.wrote = true
-		if w.upgrade {
-			w.Header().Set("Connection", "close")
+	if code < 200 {
+		// A 1xx goes at once (103 Early Hints), but to an HTTP/1.0
+		// caller only a 101.
+		if !w.http10 || code == http.StatusSwitchingProtocols {
+			w.ResponseWriter.WriteHeader(code)
 		}
+		return
 	}
-	w.ResponseWriter.WriteHeader(code)
+	if w.status.Load() == statusHeld && w.pending == 0 {
+		w.pending = uint16(code) // WriteHeader's codes are at most 999
+	}
+}
+
+// commit sends the held status, if neither sent nor withheld.
+func (w *countingWriter) commit() {
+	if !w.status.CompareAndSwap(statusHeld, statusSent) {
+		return
+	}
+	if w.pending == 0 {
+		w.pending = http.StatusOK
+	}
+	if w.upgrade || w.closeConn {
+		w.Header().Set("Connection", "close")
+	}
+	w.ResponseWriter.WriteHeader(int(w.pending))
 }
 
 func (w *countingWriter) Write(p []byte) (int, error) {
-	w.wrote = true
+	w.commit()
+	if w.withheld() {
+		return 0, errWithheld
+	}
 	n, err := w.ResponseWriter.Write(p)
 	w.n += int64(n)
 	if err != nil && outbound.ReaderGone(err) {
@@ -821,21 +992,35 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 
 func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// flush sends what the server holds of the response (lateBody.Read):
+// FlushError sends what the server holds of the response, the status
+// included (a stream's head goes at its flush; lateBody.Read). A withheld
+// status flushes nothing: net/http would send a 200 of its own.
 // net/http's servers' writers, HTTP/1 and HTTP/2, have FlushError.
-func (w *countingWriter) flush() {
-	if f, ok := w.ResponseWriter.(interface{ FlushError() error }); ok {
-		_ = f.FlushError()
-	} else if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
+func (w *countingWriter) FlushError() error {
+	w.commit()
+	if w.withheld() {
+		return nil
 	}
+	if f, ok := w.ResponseWriter.(interface{ FlushError() error }); ok {
+		return f.FlushError()
+	}
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+		return nil
+	}
+	return http.ErrNotSupported
 }
 
 // Hijack gives the ReverseProxy an upgrade's connection with the bytes
 // the caller sent behind the request first, which Go's ReverseProxy
-// would drop (outbound.HijackEarly).
+// would drop (outbound.HijackEarly). The ReverseProxy writes the 101
+// itself: no status is left to send.
 func (w *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return outbound.HijackEarly(w.ResponseWriter)
+	c, brw, err := outbound.HijackEarly(w.ResponseWriter)
+	if err == nil {
+		w.status.CompareAndSwap(statusHeld, statusSent)
+	}
+	return c, brw, err
 }
 
 // bufferPool lends ReverseProxy 32 KiB copy buffers.

@@ -64,7 +64,21 @@ func newRig(t *testing.T, app http.Handler, cfg Config) *rig {
 		app.ServeHTTP(w, req)
 	}))
 	t.Cleanup(appSrv.Close)
-	r.app = netip.MustParseAddrPort(appSrv.Listener.Addr().String())
+	return r.serve(t, netip.MustParseAddrPort(appSrv.Listener.Addr().String()), cfg)
+}
+
+// newRigAt is newRig in front of an app of the test's own at app.
+func newRigAt(t *testing.T, app netip.AddrPort, cfg Config) *rig {
+	t.Helper()
+	r := &rig{m: telemetry.New(0), logOut: &syncBuffer{}, seen: make(chan *http.Request, 10)}
+	r.log = telemetry.NewAccessLog(r.logOut)
+	return r.serve(t, app, cfg)
+}
+
+// serve starts the handler in front of the app at app.
+func (r *rig) serve(t *testing.T, app netip.AddrPort, cfg Config) *rig {
+	t.Helper()
+	r.app = app
 	cfg.Metrics, cfg.AccessLog, cfg.ServiceName = r.m, r.log, "tenant"
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if cfg.LocalAddr == nil {
