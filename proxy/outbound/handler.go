@@ -406,15 +406,26 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		// countingWriter sets it on the others as their status goes out.
 		w.Header().Set("Connection", "close")
 	}
-	if r.Method == http.MethodConnect && rd == nil {
-		if r.ProtoMajor >= 2 {
-			// A tunnel is a hijacked HTTP/1.1 connection; an HTTP/2 stream
-			// cannot be one.
-			h.refuse(w, r, http.StatusMethodNotAllowed, wellknown.ErrorBadRequest, "", "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
+	if r.Method == http.MethodConnect {
+		if r.ProtoMajor == 1 {
+			// The bytes behind a CONNECT are its tunnel's, not requests,
+			// and the TE10 guard stops following the connection there:
+			// read as requests after a refusal they would be smuggled. So
+			// every answer but the tunnel's 200 (written on the hijacked
+			// connection, without this header) ends the connection, on
+			// either listener, as Envoy's does (docs/operations.md).
+			w.Header().Set("Connection", "close")
+		}
+		if rd == nil {
+			if r.ProtoMajor >= 2 {
+				// A tunnel is a hijacked HTTP/1.1 connection; an HTTP/2
+				// stream cannot be one.
+				h.refuse(w, r, http.StatusMethodNotAllowed, wellknown.ErrorBadRequest, "", "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
+				return
+			}
+			h.serveConnect(w, r, start)
 			return
 		}
-		h.serveConnect(w, r, start)
-		return
 	}
 	var authority string
 	var dst *destination
@@ -768,8 +779,13 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, kind,
 		id = requestid.New()
 	}
 	w.Header().Set(wellknown.HeaderRequestID, id)
-	if r.ProtoMajor == 1 && field.Get(r.Header, "Upgrade") != "" {
-		w.Header().Set("Connection", "close") // as an upgrade's other answers (serve)
+	if code == http.StatusBadRequest || field.Get(r.Header, "Upgrade") != "" {
+		// An upgrade's, as its other answers (serve). A request target
+		// the sidecar cannot forward says the app took the connection for
+		// something it is not (a redirected one for a proxy, a proxy for
+		// a TLS origin): what it sends next on it is not served either
+		// (docs/operations.md, "Answers the sidecar gives itself").
+		closeAfter(w, r)
 	}
 	if r.ProtoMajor == 2 && isGRPC(r.Header) {
 		writeGRPCError(w, grpcAnswer(kind, code), kind, errorBody{Destination: dest, Message: msg, RequestID: id})
