@@ -268,16 +268,51 @@ func New(cfg Config, clock Clock) *Balancer {
 		clock, isReal = realClock{}, true
 	}
 	b := &Balancer{clock: clock, real: isReal, epoch: clock.Now(), intn: rand.IntN, float: rand.Float64}
+	b.set.Store(&endpointSet{}) // before SetConfig, which reads it
 	b.SetConfig(cfg)
-	b.set.Store(&endpointSet{})
 	return b
 }
 
-// SetConfig replaces the ejection policy. Current ejections keep their end;
-// the new policy applies from the next failure.
+// SetConfig replaces the ejection policy; it applies from the next
+// failure. Current ejections keep their end, with two exceptions, as
+// Envoy rebuilds its outlier detector when the cluster changes: with
+// ConsecutiveFailures 0 every ejection ends now (an operator turns
+// ejection off when it took out healthy pods, and wants them back at
+// once, not in up to MaxEjectionTime), and an ejection that would end
+// after now + the new MaxEjectionTime ends then. Ejection counts stay.
 func (b *Balancer) SetConfig(cfg Config) {
 	c := cfg.normalized()
+	if old := b.cfg.Load(); old != nil && *old == c {
+		return // a reload that left the policy as it was: nothing to cut
+	}
+	// Stored first: a Done that takes an endpoint's mu after the loop
+	// below has released it ejects by the new policy, never the old.
 	b.cfg.Store(&c)
+	now := b.now()
+	limit := now + int64(c.MaxEjectionTime)
+	if c.ConsecutiveFailures == 0 {
+		limit = now
+	}
+	cut := false
+	for _, e := range b.set.Load().eps {
+		// Under e.mu, as eject writes it; only ever lowered, so the
+		// panicUntil in force stays a valid bound meanwhile.
+		e.mu.Lock()
+		if e.ejectedUntil.Load() > limit {
+			e.ejectedUntil.Store(limit)
+			cut = true
+		}
+		e.mu.Unlock()
+	}
+	if !cut {
+		return
+	}
+	// Fewer ejections may end panic mode: recompute its bound under
+	// ejectMu, as eject and Update do, from the endpoints as they are now
+	// (an Update or an ejection since the loop included).
+	b.ejectMu.Lock()
+	b.panicUntil.Store(panicEnd(b.set.Load().eps, b.now()))
+	b.ejectMu.Unlock()
 }
 
 // Config is the ejection policy in force, normalized.

@@ -199,10 +199,7 @@ func (d *destinations) newService(services, over map[string]*destination, name s
 	if len(services) >= maxServices {
 		return d.overflowService(over, name, pol)
 	}
-	svc := &destination{name: name, policy: pol, metrics: d.metrics.Destination(name)}
-	if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
-		svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
-	}
+	svc := &destination{name: name, policy: pol, metrics: d.metrics.Destination(name), budget: budgetFor(pol, nil, nil)}
 	m := svc.metrics
 	svc.lb = d.eps.forService(name, d.namespace, d.table.Lookup(name), m)
 	svc.breaker = breaker.New(name, pol.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
@@ -231,9 +228,17 @@ func (d *destinations) overflowService(over map[string]*destination, name string
 			d.onWarn("too many destinations; new ones get no circuit breaker", "limit", maxServices, "destination", name)
 		}
 		shared = &destination{name: overflowName, policy: pol, metrics: d.metrics.Destination(telemetry.Other)}
-		if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
-			shared.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
+		// At a reload over is the new table's map, still filling, and
+		// d.over the previous one: the policy's destinations past the
+		// cap keep their budget while its settings stay, or each reload
+		// (a SIGHUP, an xDS reconnect, any other policy's change) would
+		// hand them a fresh minPerSecond × 10 retries.
+		var prevPol *policy.ResiliencePolicy
+		var prevBudget *retry.Budget
+		if p := d.over[pol.Spec.Service]; p != nil {
+			prevPol, prevBudget = p.policy, p.budget
 		}
+		shared.budget = budgetFor(pol, prevPol, prevBudget)
 		over[pol.Spec.Service] = shared
 	}
 	if !d.eps.has(name, d.namespace) {
@@ -287,23 +292,62 @@ func (d *destinations) setTable(t *policy.Table) {
 			prev := prevOf[key]
 			if prev != nil && reflect.DeepEqual(prev.policy.Spec.CircuitBreaker, pol.Spec.CircuitBreaker) {
 				svc = &destination{name: name, policy: pol, breaker: prev.breaker, metrics: prev.metrics,
-					lb: d.eps.forService(name, d.namespace, t.Lookup(name), prev.metrics)}
-				if r := pol.Spec.Retries; r != nil && r.Attempts > 0 {
-					svc.budget = prev.budget
-					if svc.budget == nil || prev.policy.Spec.Retries == nil || prev.policy.Spec.Retries.Budget != r.Budget {
-						svc.budget = retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
-					}
-				}
+					lb: d.eps.forService(name, d.namespace, t.Lookup(name), prev.metrics), budget: budgetFor(pol, prev.policy, prev.budget)}
 				services[key] = svc
 			} else {
 				svc = d.newService(services, over, name, pol)
+				// A new breaker is no reason for a new budget: a fresh
+				// one releases minPerSecond × 10 retries at once, at
+				// each such reload during a retry storm. svc is not
+				// published yet; past the cap it is the shared one,
+				// whose budget overflowService kept.
+				if prev != nil && svc.breaker != nil {
+					svc.budget = budgetFor(pol, prev.policy, prev.budget)
+				}
 			}
 		}
 		next[authority] = authEntry{authority, svc}
 	}
+	closeDropped(d.services, services)
 	d.services = services
 	d.over = over
 	d.byAuthority.Store(&next)
+}
+
+// budgetFor is the retry budget of a service under pol that succeeds one
+// under prevPol with budget prev (nil, nil for a new service): prev while
+// the budget's settings are the same, so that its retries spent stay
+// spent; a new one when they changed; none without retries.
+func budgetFor(pol, prevPol *policy.ResiliencePolicy, prev *retry.Budget) *retry.Budget {
+	r := pol.Spec.Retries
+	if r == nil || r.Attempts <= 0 {
+		return nil
+	}
+	if prev != nil && prevPol != nil && prevPol.Spec.Retries != nil && prevPol.Spec.Retries.Budget == r.Budget {
+		return prev
+	}
+	return retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
+}
+
+// closeDropped counts, for each breaker of old that no service of next
+// keeps and that is not closed, its move to closed: a reload that drops
+// an open breaker closes the destination's circuit as
+// POST /debug/breakers/reset does (reset), and
+// minimesh_circuit_breaker_transitions_total must show the circuit
+// leaving open as it showed it opening. mu is held.
+func closeDropped(old, next map[string]*destination) {
+	kept := make(map[*breaker.Breaker]bool, len(next))
+	for _, svc := range next {
+		kept[svc.breaker] = true
+	}
+	for _, svc := range old {
+		if svc.breaker == nil || kept[svc.breaker] {
+			continue
+		}
+		if st := svc.breaker.State(); st != breaker.Closed {
+			svc.metrics.Transition(st.String(), breaker.Closed.String())
+		}
+	}
 }
 
 // predecessors finds, for each service a new table needs (wanted:
