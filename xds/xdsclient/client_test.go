@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -285,6 +286,17 @@ func TestDecodeEndpointsBounds(t *testing.T) {
 	full.NamedEndpoints = withVIPs("", ClusterIPName, 80, "10.96.0.1", "fd00::1").NamedEndpoints
 	if _, n, _, err := decodeEndpoints(res(anys(t, full))); err != nil || n != MaxEndpoints {
 		t.Fatalf("at the bound with ClusterIPs: %d, %v", n, err)
+	}
+	// More dual-stack Service ports than MaxEndpoints, none with an
+	// endpoint: the control plane serves them whole (its bound counts
+	// lb_endpoints and bytes), so the sidecar takes them.
+	var vips []proto.Message
+	for i := range MaxEndpoints + 1 {
+		vips = append(vips, withVIPs(wellknown.EndpointName(fmt.Sprintf("s%d", i), "a", 1), ClusterIPName, 1,
+			netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}).String(), fmt.Sprintf("fd::%x", i)))
+	}
+	if _, ips, _, _, err := decodeEDS(res(anys(t, vips...))); err != nil || len(ips) != 2*(MaxEndpoints+1) {
+		t.Fatalf("%d dual-stack ClusterIPs: %d mapped, %v", MaxEndpoints+1, len(ips), err)
 	}
 	twice := anys(t, LoadAssignment(geo, list[:1]), LoadAssignment(geo, list[1:2]))
 	if _, _, _, err := decodeEndpoints(res(twice)); err == nil || !strings.Contains(err.Error(), "twice") {

@@ -513,15 +513,18 @@ const (
 // the lb_endpoints of a legitimate response pass MaxEndpoints.
 type edsBudget struct {
 	localities, lbEndpoints int
-	// clusterIPs, the additional addresses of the ClusterIPs: a budget of
-	// their own, as the control plane's bound counts lb_endpoints alone
-	// (a response at it, with one dual-stack Service, is legitimate).
-	clusterIPs int
 }
 
 func newEDSBudget() *edsBudget {
-	return &edsBudget{localities: MaxEndpoints, lbEndpoints: MaxEndpoints, clusterIPs: MaxEndpoints}
+	return &edsBudget{localities: MaxEndpoints, lbEndpoints: MaxEndpoints}
 }
+
+// maxAdditionalClusterIPs bounds a resource's additional ClusterIP
+// addresses: a Service has at most two ClusterIPs, one per family. Per
+// resource, not per response: the control plane's bound counts
+// lb_endpoints and bytes alone, and 20,001 dual-stack Service ports
+// without endpoints are a response it serves whole.
+const maxAdditionalClusterIPs = 2
 
 func (l *loadAssignment) unmarshal(b []byte) error {
 	return l.unmarshalBounded(b, newEDSBudget())
@@ -578,7 +581,7 @@ func (l *loadAssignment) unmarshalBounded(b []byte, budget *edsBudget) error {
 			if err != nil || key != ClusterIPName {
 				return err
 			}
-			l.clusterIPs, err = clusterIPsOf(val, budget)
+			l.clusterIPs, err = clusterIPsOf(val)
 			return err
 		}
 		return err
@@ -639,7 +642,7 @@ func (e *lbEndpoint) addressOf(b []byte) error {
 // envoy.config.endpoint.v3.Endpoint{address = 1, additional_addresses =
 // 4: AdditionalAddress{address = 1}}: its address, then each additional
 // one (a dual-stack Service's other family).
-func clusterIPsOf(b []byte, budget *edsBudget) ([]lbEndpoint, error) {
+func clusterIPsOf(b []byte) ([]lbEndpoint, error) {
 	var first *lbEndpoint
 	var more []lbEndpoint
 	err := fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
@@ -656,12 +659,10 @@ func clusterIPsOf(b []byte, budget *edsBudget) ([]lbEndpoint, error) {
 			if err := msg(num, typ); err != nil {
 				return err
 			}
-			// Counted: a Service has at most two ClusterIPs, but 2-byte
-			// entries would otherwise be unbounded.
-			if budget.clusterIPs <= 0 {
-				return fmt.Errorf("more than %d additional ClusterIP addresses in one response: %w", MaxEndpoints, errBound)
+			// Counted: 2-byte entries would otherwise be unbounded.
+			if len(more) == maxAdditionalClusterIPs {
+				return fmt.Errorf("more than %d additional ClusterIP addresses: %w", maxAdditionalClusterIPs, errBound)
 			}
-			budget.clusterIPs--
 			var e lbEndpoint
 			err := fields(bs, func(num protowire.Number, typ protowire.Type, _ uint64, bs []byte) error {
 				if num != 1 {
