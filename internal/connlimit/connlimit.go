@@ -278,15 +278,21 @@ func (c *Conn) writeTimed(p []byte) (int, error) {
 }
 
 // ReadLazy reads into a buffer taken only once there are bytes
-// (rawio.ReadLazy): an idle connection waits holding none. It does not
-// record reads for the drain as Read does: its one caller, the lean
-// server loop, reads a request's first byte with it and reports the
-// request active at once (StateActive), before it reads the rest.
-func (c *Conn) ReadLazy(bufs rawio.Buffers) ([]byte, int, error) {
+// (rawio.ReadLazy): an idle connection waits holding none. It records a
+// read for the drain as Read does: the lean server loop reads a request's
+// first bytes with it and, as net/http, reports the request (StateActive)
+// only once its head is complete, so until then only this record tells
+// the sweep that the connection is not idle.
+func (c *Conn) ReadLazy(bufs rawio.Buffers) (buf []byte, n int, err error) {
 	if c.io == nil {
-		return rawio.ReadLazy(c.TCPConn, bufs)
+		buf, n, err = rawio.ReadLazy(c.TCPConn, bufs)
+	} else {
+		buf, n, err = c.io.ReadLazy(bufs)
 	}
-	return c.io.ReadLazy(bufs)
+	if n > 0 && c.l.draining.Load() && !c.drainRead.Load() {
+		c.drainRead.Store(true)
+	}
+	return buf, n, err
 }
 
 func (c *Conn) setState(st http.ConnState) {

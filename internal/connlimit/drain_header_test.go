@@ -2,6 +2,7 @@ package connlimit
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net/http"
 	"testing"
@@ -114,32 +115,50 @@ func TestSweepHeaderArriving(t *testing.T) {
 }
 
 // TestReadOutsideDrain: before a drain, a read records nothing (the
-// request path's cost is the one load of the listener's flag).
+// request path's cost is the one load of the listener's flag); during
+// one, Read and ReadLazy (the lean loop's first read of a request) both
+// record their bytes.
 func TestReadOutsideDrain(t *testing.T) {
-	l := listen(t, 0)
-	c := dial(t, l.Addr().String())
-	nc, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc := nc.(*Conn)
-	if _, err := io.WriteString(c, "a"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(sc, make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
-	if sc.drainRead.Load() {
-		t.Fatal("a read before the drain was recorded for it")
-	}
-	l.sweep(time.Now(), time.Hour)
-	if _, err := io.WriteString(c, "b"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(sc, make([]byte, 1)); err != nil {
-		t.Fatal(err)
-	}
-	if !sc.drainRead.Load() {
-		t.Fatal("a read during the drain was not recorded")
+	for _, tc := range []struct {
+		name string
+		read func(*Conn) error
+	}{
+		{"Read", func(c *Conn) error { _, err := io.ReadFull(c, make([]byte, 1)); return err }},
+		{"ReadLazy", func(c *Conn) error {
+			_, n, err := c.ReadLazy(&countBufs{})
+			if err == nil && n != 1 {
+				err = fmt.Errorf("read %d bytes, want 1", n)
+			}
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := listen(t, 0)
+			c := dial(t, l.Addr().String())
+			nc, err := l.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc := nc.(*Conn)
+			if _, err := io.WriteString(c, "a"); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.read(sc); err != nil {
+				t.Fatal(err)
+			}
+			if sc.drainRead.Load() {
+				t.Fatal("a read before the drain was recorded for it")
+			}
+			l.sweep(time.Now(), time.Hour)
+			if _, err := io.WriteString(c, "b"); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.read(sc); err != nil {
+				t.Fatal(err)
+			}
+			if !sc.drainRead.Load() {
+				t.Fatal("a read during the drain was not recorded")
+			}
+		})
 	}
 }

@@ -1206,7 +1206,10 @@ func TestConnStateAndHandOff(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	mu.Lock()
 	defer mu.Unlock()
-	want := "new/false active/false idle/false active/false idle/false active/false idle/false active/false new/true active/true idle/true active/true idle/true closed/true"
+	// The chunked request is handed off before its head is reported:
+	// the standard server reports it (new, then active), as net/http
+	// reports a request only once its head is in.
+	want := "new/false active/false idle/false active/false idle/false active/false idle/false new/true active/true idle/true active/true idle/true closed/true"
 	if got := strings.Join(states, " "); got != want {
 		t.Errorf("states:\n%s\nwant\n%s", got, want)
 	}

@@ -478,7 +478,6 @@ const (
 // connection").
 func (c *conn) serveOne() outcome {
 	s := c.s
-	s.setState(c.rwc, http.StateActive)
 	n, bodyLen, v := c.readHead()
 	switch v {
 	case needMore:
@@ -496,6 +495,12 @@ func (c *conn) serveOne() outcome {
 		c.handOff() // the head is still in the reader
 		return connHandedOff
 	}
+	// Active only now that the head is in, as net/http reports it: a
+	// head that stalls part way stays new (or idle), and the drain closes
+	// it after its idle grace without a byte, as it does on net/http's
+	// server, rather than at the header timeout. The connection's reads
+	// record their bytes for the drain meanwhile (connlimit).
+	s.setState(c.rwc, http.StateActive)
 	_, _ = c.br.Discard(n)
 	c.headDL = time.Time{}
 	if bodyLen > 0 {
