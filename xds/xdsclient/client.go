@@ -56,16 +56,21 @@ const MaxNackMessage = 4 << 10
 const adsMethod = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
 // Client keeps a sidecar's policies (and, with ApplyEndpoints, the
-// Services' endpoints) in step with the control plane. It applies a
-// response only when every resource in it decodes and validates (ACK),
-// and otherwise refuses it with the reason (NACK) and keeps what it had,
-// each type on its own; when the server is gone it keeps serving the
-// last good policies and endpoints and reconnects with jittered
-// exponential backoff.
+// Services' endpoints) in step with the control plane. It ACKs a
+// response when every resource in it decodes and validates, and
+// otherwise refuses it with the reason (NACK), each type on its own. A
+// refused EDS response changes nothing; a CDS response whose only faults
+// are clusters of their own is applied without them, as Envoy does
+// (applyClusters). When the server is gone it keeps serving the last
+// good policies and endpoints and reconnects with jittered exponential
+// backoff.
 type Client struct {
 	Addr string
 	Node *NodeInfo
-	// Apply installs the policies of a response; its error NACKs it.
+	// Apply installs the policies of a response; its error NACKs it. A
+	// response with clusters refused one by one comes without them (each
+	// with its last good policy, if any, in its place) and is NACKed
+	// after Apply took it.
 	Apply func(pols []*policy.ResiliencePolicy, version string) error
 	// ApplyEndpoints, when set, asks for every Service's endpoints too
 	// (EDS, wildcard) and installs those of a response, keyed by
@@ -99,6 +104,19 @@ type Client struct {
 	// skewLogged are the unknown policy fields already logged
 	// (logSkew), at most maxSkewLogged.
 	skewLogged map[string]bool
+	// lastGood is the policy of each cluster name in the last set Apply
+	// took: a cluster of a later response that is refused keeps it.
+	lastGood map[string]*policy.ResiliencePolicy
+	// partial is the CDS content last applied in part on this stream:
+	// the same content again (a control plane answering the NACK with
+	// it) is refused again without being decoded or applied again, which
+	// would count a load each time and clear the refusal /debug/config
+	// shows until Refused set it again, which it does once per content.
+	partial struct {
+		hash string
+		n    int
+		err  error
+	}
 }
 
 // Run follows the server until ctx ends.
@@ -193,6 +211,7 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		return false, fmt.Errorf("connect: %w", err)
 	}
 	defer stream.Close()
+	c.partial.hash = "" // as lastNack: judged afresh on a new stream
 	states := map[string]*typeState{clusterType: {url: clusterType, apply: c.applyClusters, what: "policies"}}
 	if c.ApplyEndpoints != nil {
 		states[endpointType] = &typeState{url: endpointType, apply: c.applyEndpoints, what: "endpoints"}
@@ -290,7 +309,16 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 		}
 		msg := nackMessage(err)
 		if hash != st.lastNack {
-			c.Log.Error("xds: refused the control plane's "+st.what+" (NACK); keeping the last good ones", "version", resp.versionInfo, "content", hash, "err", msg)
+			// The NACK carries st.acked even after a partial apply: the
+			// protocol's version is the last one taken whole, as Envoy's.
+			var pe *partialError
+			if errors.As(err, &pe) {
+				c.Log.Error("xds: applied the control plane's policies in part (partial; NACK): the clusters left out keep their last good policy, or none",
+					"version", resp.versionInfo, "acked", st.acked, "left_out", pe.leftOut, "clusters", pe.names,
+					"kept", pe.kept, "policies", n, "content", hash, "err", msg)
+			} else {
+				c.Log.Error("xds: refused the control plane's "+st.what+" (NACK); keeping the last good ones", "version", resp.versionInfo, "content", hash, "err", msg)
+			}
 			if c.Refused != nil {
 				c.Refused(st.what, &nackError{msg, err})
 			}
@@ -314,15 +342,21 @@ func (c *Client) session(ctx context.Context) (got bool, err error) {
 // nackMessage is err's message as a NACK carries it: valid UTF-8 (a
 // protobuf string: the server refuses a request with anything else), and
 // at most MaxNackMessage bytes, cut at a character boundary and saying
-// how much was cut.
+// how much was cut. A partial apply's summary comes last and is never
+// cut: it is what says the rest was applied.
 func nackMessage(err error) string {
-	msg := strings.ToValidUTF8(err.Error(), "\uFFFD")
-	if len(msg) <= MaxNackMessage {
-		return msg
+	msg, tail := err.Error(), ""
+	if pe, ok := err.(*partialError); ok {
+		msg, tail = pe.err.Error(), "\n"+pe.summary()
+	}
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
+	room := MaxNackMessage - len(tail)
+	if len(msg) <= room {
+		return msg + tail
 	}
 	note := func(cut int) string { return fmt.Sprintf(" … (%d more bytes cut of %d)", cut, len(msg)) }
-	keep := textcut.Prefix(msg, MaxNackMessage-len(note(len(msg)))) // the longest note there can be
-	return keep + note(len(msg)-len(keep))
+	keep := textcut.Prefix(msg, room-len(note(len(msg)))) // the longest note there can be
+	return keep + note(len(msg)-len(keep)) + tail
 }
 
 // nackError is an error with its message as the NACK said it (Refused
@@ -338,14 +372,57 @@ func (e *nackError) Unwrap() error { return e.err }
 // applyClusters decodes a CDS response and hands it to Apply with the
 // control plane's version_info (what /debug/config shows, to match a
 // sidecar to a push); the hash of its resources is the client's own.
+//
+// A cluster refused on its own (a value or bound this sidecar does not
+// take, often a newer controller's: a retryOn condition, a gRPC code, a
+// wider range) is left out and the rest applied, as Envoy's CDS does; in
+// its place goes the policy the cluster name had in the last set applied,
+// or none. The response is NACKed all the same, with the clusters' errors
+// (a *partialError), and Apply still gets its version_info: /debug/config
+// shows the version applied, as Envoy's config dump does, with the NACK as
+// its error. Refusing the whole left every other service's policy stale
+// for one policy's value.
 func (c *Client) applyClusters(resp *discoveryResponse) (string, int, error) {
-	pols, unknown, hash, err := decodeCDS(resp.resources)
-	if err == nil {
-		c.logSkew(unknown, resp.versionInfo)
-		err = c.Apply(pols, resp.versionInfo)
+	hash := contentHash(resp.resources)
+	if hash == c.partial.hash {
+		return hash, c.partial.n, c.partial.err
 	}
-	return hash, len(pols), err
+	c.partial.hash = ""
+	d := decodeClusters(resp.resources, c.lastGood)
+	if d.whole != nil {
+		return hash, 0, d.whole
+	}
+	c.logSkew(d.unknown, resp.versionInfo)
+	if err := c.Apply(d.pols, resp.versionInfo); err != nil {
+		return hash, len(d.pols), errors.Join(err, d.refused)
+	}
+	c.lastGood = make(map[string]*policy.ResiliencePolicy, len(d.pols))
+	for i, p := range d.pols {
+		c.lastGood[d.names[i]] = p
+	}
+	if d.refused == nil {
+		return hash, len(d.pols), nil
+	}
+	err := &partialError{leftOut: d.leftOut, total: len(resp.resources), kept: d.kept, names: d.leftNames, err: d.refused}
+	c.partial.hash, c.partial.n, c.partial.err = hash, len(d.pols), err
+	return hash, len(d.pols), err
 }
+
+// partialError is a CDS response applied without some of its clusters.
+type partialError struct {
+	leftOut, total int
+	kept           int      // of those left out, how many keep their last good policy
+	names          []string // the first maxDecodeErrors left out
+	err            error    // why each was refused
+}
+
+func (e *partialError) Error() string { return e.err.Error() + "\n" + e.summary() }
+
+func (e *partialError) summary() string {
+	return fmt.Sprintf("(partial: %d of %d clusters refused and left out, each keeping its last good policy or none; the others applied)", e.leftOut, e.total)
+}
+
+func (e *partialError) Unwrap() error { return e.err }
 
 // maxSkewLogged bounds the unknown fields the client remembers having
 // logged; past it, new ones are no longer logged.
@@ -390,34 +467,96 @@ func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
 	return pols, hash, err
 }
 
-// decodeCDS turns a CDS response into policies; hash is a hash of the
-// resources as received, and unknown the fields left out, each path
-// once. A cluster name twice, or two clusters with a policy for the same
-// service, refuse the response: the sidecar's table would keep one of
-// the two without a word (policy.NewTable), so the control plane hears
-// of it in the NACK instead.
+// decodeCDS turns a CDS response into policies, as decodeClusters with
+// no earlier set; hash is a hash of the resources as received, and err
+// either refusal (the whole response's, or the clusters left out of pols).
 func decodeCDS(resources []resource) ([]*policy.ResiliencePolicy, []skewField, string, error) {
+	d := decodeClusters(resources, nil)
+	err := d.whole
+	if err == nil {
+		err = d.refused
+	}
+	return d.pols, d.unknown, contentHash(resources), err
+}
+
+// contentHash identifies a response's resources, for the refusal of the
+// same content again.
+func contentHash(resources []resource) string {
 	h := sha256.New()
 	for _, a := range resources {
 		h.Write(a.value)
 	}
-	hash := hex.EncodeToString(h.Sum(nil))[:16]
-	var pols []*policy.ResiliencePolicy
-	var errs []error
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// cdsDecoded is a CDS response decoded: pols (with names, their clusters'
+// names) are to be applied unless whole is set.
+type cdsDecoded struct {
+	pols    []*policy.ResiliencePolicy
+	names   []string
+	unknown []skewField // the fields left out, each path once
+	// whole refuses the response as a whole: nothing of it is applied.
+	whole error
+	// refused are the errors of the clusters left out of pols (at most
+	// maxDecodeErrors listed), leftOut how many, leftNames the first
+	// maxDecodeErrors of their names, and kept how many of them have
+	// their policy of prev in pols instead.
+	refused       error
+	leftOut, kept int
+	leftNames     []string
+}
+
+// decodeClusters decodes a CDS response; prev is the policy of each
+// cluster name in the set last applied, kept for a cluster refused.
+//
+// A cluster refused on its own is left out: a value or bound its policy
+// fails, no minimesh metadata, a wire error once its name was read. What
+// concerns the response as a whole refuses it whole, so that the last good
+// set stays for every service: a cluster name twice, or two clusters with
+// a policy for one service (the sidecar's table would keep one of the two
+// without a word, policy.NewTable, and which is right cannot be told), a
+// resource that is not a cluster or that fails before its name is read
+// (whose service's policy it held cannot be told, so leaving it out could
+// drop one), and the bound on the values of the whole response (the rest went
+// undecoded).
+func decodeClusters(resources []resource, prev map[string]*policy.ResiliencePolicy) cdsDecoded {
+	var d cdsDecoded
+	var errs []error // listed, at most about maxDecodeErrors
+	whole := false
+	refuse := func(err error) { errs, whole = append(errs, err), true }
+	more := 0 // clusters refused past the errors listed
+	type keptPolicy struct {
+		name string
+		p    *policy.ResiliencePolicy
+	}
+	var kept []keptPolicy
+	leaveOut := func(name string, err error) {
+		d.leftOut++
+		if len(errs) < maxDecodeErrors {
+			errs = append(errs, err)
+			d.leftNames = append(d.leftNames, name)
+		} else {
+			more++
+		}
+		if p := prev[name]; p != nil {
+			kept = append(kept, keptPolicy{name, p})
+		}
+	}
 	names := map[string]bool{}
 	services := map[string]string{} // spec.service → the cluster that carried it
-	var unknown []skewField
 	seenUnknown := map[string]bool{}
 	valuesLeft := MaxResponseValues
 	for i, a := range resources {
-		if len(errs) == maxDecodeErrors {
+		if whole && len(errs) >= maxDecodeErrors {
 			// The NACK is cut to MaxNackMessage anyway; a response of a
-			// million bad resources made as many errors first.
+			// million bad resources made as many errors first. Refused
+			// whole, the rest need no decoding; clusters refused one by
+			// one are all decoded, as the others are applied.
 			errs = append(errs, fmt.Errorf("%d more resources not checked", len(resources)-i))
 			break
 		}
 		if !isType(a.typeURL, clusterType) {
-			errs = append(errs, fmt.Errorf("resource %s: not a %s", a.typeURL, clusterType))
+			refuse(fmt.Errorf("resource %s: not a %s", a.typeURL, clusterType))
 			continue
 		}
 		var c cluster
@@ -427,42 +566,62 @@ func decodeCDS(resources []resource) ([]*policy.ResiliencePolicy, []skewField, s
 		if errors.Is(err, errBound) && valuesLeft <= 0 && limit < MaxClusterValues {
 			// The response's bound, not the cluster's: decoding more
 			// clusters would only say so again.
-			errs = append(errs, fmt.Errorf("cluster %q: the clusters of one response hold more than %d metadata values in all: %w", c.name, MaxResponseValues, errBound))
+			refuse(fmt.Errorf("cluster %q: the clusters of one response hold more than %d metadata values in all: %w", c.name, MaxResponseValues, errBound))
 			break
 		}
-		if err != nil {
-			if c.name != "" {
-				errs = append(errs, fmt.Errorf("cluster %q: %w", c.name, err))
-			} else {
-				errs = append(errs, fmt.Errorf("resource %s: %w", a.typeURL, err))
-			}
+		if err != nil && c.name == "" {
+			refuse(fmt.Errorf("resource %s: %w", a.typeURL, err))
 			continue
 		}
 		if names[c.name] {
-			errs = append(errs, fmt.Errorf("cluster %q: twice in one response", c.name))
+			refuse(fmt.Errorf("cluster %q: twice in one response", c.name))
 			continue
 		}
 		names[c.name] = true
+		if err != nil {
+			leaveOut(c.name, fmt.Errorf("cluster %q: %w", c.name, err))
+			continue
+		}
 		p, skew, err := fromCluster(&c)
 		if err != nil {
-			errs = append(errs, err)
+			leaveOut(c.name, err)
 			continue
 		}
 		for _, path := range skew {
 			if !seenUnknown[path] {
 				seenUnknown[path] = true
-				unknown = append(unknown, skewField{path, c.name})
+				d.unknown = append(d.unknown, skewField{path, c.name})
 			}
 		}
-		if prev, dup := services[p.Spec.Service]; dup {
-			errs = append(errs, fmt.Errorf("clusters %q and %q: both carry a policy for service %q", prev, c.name, p.Spec.Service))
+		if other, dup := services[p.Spec.Service]; dup {
+			refuse(fmt.Errorf("clusters %q and %q: both carry a policy for service %q", other, c.name, p.Spec.Service))
 			continue
 		}
 		services[p.Spec.Service] = c.name
 		p.Source = "xds:" + c.name
-		pols = append(pols, p)
+		d.pols = append(d.pols, p)
+		d.names = append(d.names, c.name)
 	}
-	return pols, unknown, hash, errors.Join(errs...)
+	if more > 0 {
+		errs = append(errs, fmt.Errorf("%d more clusters refused", more))
+	}
+	if whole {
+		d.pols, d.names, d.whole = nil, nil, errors.Join(errs...)
+		return d
+	}
+	d.refused = errors.Join(errs...)
+	for _, k := range kept {
+		// A cluster of this response may carry that service now: its
+		// policy is the current one.
+		if _, taken := services[k.p.Spec.Service]; taken {
+			continue
+		}
+		services[k.p.Spec.Service] = k.name
+		d.pols = append(d.pols, k.p)
+		d.names = append(d.names, k.name)
+		d.kept++
+	}
+	return d
 }
 
 // maxDecodeErrors bounds the errors a CDS response's NACK lists.
