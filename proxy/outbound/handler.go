@@ -90,6 +90,12 @@ type Handler struct {
 	draining atomic.Bool
 	// closing is set as the drain closes the tunnels and relays left.
 	closing atomic.Bool
+	// dials, the parent of the connects of tunnels and relays, is
+	// cancelled with errShutdown as closing is set (endDials): one still
+	// dialling then is cut by the drain, not left to its connect timeout
+	// after the process stopped waiting for it.
+	dials    context.Context
+	endDials context.CancelCauseFunc
 	// requests counts serve calls in flight (an atomic add at each end,
 	// no lock), for AwaitRequests.
 	requests atomic.Int64
@@ -145,6 +151,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 		cfg.TCPIdleTimeout = DefaultTCPIdleTimeout
 	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, self: newSelfAddrs(), hop: newHop()}
+	h.dials, h.endDials = context.WithCancelCause(context.Background())
 	h.dialer = newDialer(cfg.ConnectTimeout, cfg.Resolve, h.self)
 	h.dialer.log = h.log
 	h.dests = newDestinations(cfg.Namespace, table, cfg.Metrics, h.log.Warn)

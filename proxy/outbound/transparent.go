@@ -211,7 +211,8 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 		st.pin, st.pinDial = pinned(dst.lb, c.Original, addr)
 	}
 	// The listener the connection arrived on is the sidecar's own too.
-	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, client.LocalAddr())
+	// The dial ends with the drain (Handler.dials).
+	ctx := context.WithValue(h.dials, http.LocalAddrContextKey, client.LocalAddr())
 	if t := dst.policy.Spec.Timeout; t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
@@ -227,6 +228,14 @@ func (h *Handler) ServeTCP(client net.Conn, c TCPConn) {
 	}
 	up, err := h.dialTunnel(ctx, dst, addr, st)
 	if err != nil {
+		if context.Cause(ctx) == errShutdown {
+			// Cut by the drain's end (dialTunnel took it as the app's
+			// leaving: no breaker failure), not the upstream's failure:
+			// closed as the drain closes the relays left.
+			h.endTCP(st, c, tcpShutdown, 0, 0)
+			client.Close()
+			return
+		}
 		_, kind, _ := errorResponse(err, dst.name)
 		h.log.Debug("opaque connection refused", "destination", dst.name, "original_dst", addr, "error", err)
 		h.endTCP(st, c, kind, 0, 0) // counted before the reset the app sees

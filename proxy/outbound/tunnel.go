@@ -73,6 +73,13 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 		ctx, cancel = context.WithTimeoutCause(ctx, t, errTimeout)
 		defer cancel()
 	}
+	// The dial ends with the request or the drain, whichever is first:
+	// the app's connection is open until after the drain (its listener's
+	// CloseAll), so the request's context alone would dial on past it.
+	// A CONNECT's few allocations; a plain request makes none of them.
+	ctx, cut := context.WithCancelCause(ctx)
+	defer cut(nil)
+	defer context.AfterFunc(h.dials, func() { cut(errShutdown) })()
 	up, err := h.dialTunnel(ctx, dst, authority, st)
 	st.headers = since(st.start)
 	if st.trace.Span != nil && st.ep != nil {
@@ -82,6 +89,13 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	if err != nil {
 		var body errorBody
 		st.code, st.errKind, body = errorResponse(err, dst.name)
+		if h.closing.Load() && (r.Context().Err() != nil || context.Cause(ctx) == errShutdown) {
+			// Cut by the drain's end, not left by its app: recorded as a
+			// request it cut is (finish), and closed unanswered as one is.
+			st.code, st.errKind = http.StatusServiceUnavailable, tcpShutdown
+			h.endTunnel(r, st, tcpShutdown)
+			panic(http.ErrAbortHandler)
+		}
 		if r.Context().Err() != nil {
 			// Gone: no answer at all, or net/http would send a 200 and the
 			// tunnel's bytes would be read as requests.
@@ -301,6 +315,10 @@ func (h *Handler) Drain(ctx context.Context) {
 	// not by its app (a relay's result "shutdown"; finish: 503 shutdown,
 	// not 499).
 	h.closing.Store(true)
+	if h.endDials != nil {
+		// After closing: a dial cut here is recorded as the drain's.
+		h.endDials(errShutdown)
+	}
 	t := &h.tunnels
 	t.mu.Lock()
 	t.closed = true
@@ -309,9 +327,9 @@ func (h *Handler) Drain(ctx context.Context) {
 		up.Close()
 	}
 	t.mu.Unlock()
-	// The relays closed above end at once; their metric and log line
-	// follow (bounded: one still dialling ends with its connect timeout,
-	// and the process does not wait for it).
+	// The relays closed above, and those whose dial was cancelled, end at
+	// once; their metric and log line follow (bounded, for a relay slow
+	// to notice).
 	select {
 	case <-h.relays.Idle():
 	case <-time.After(relayLogGrace):
@@ -320,6 +338,10 @@ func (h *Handler) Drain(ctx context.Context) {
 
 // relayLogGrace bounds the drain's wait for the relays it closed.
 const relayLogGrace = time.Second
+
+// errShutdown is the cause of the dials' context (Handler.dials) once the
+// drain's time is up.
+var errShutdown = errors.New("the drain ended (--drain-timeout)")
 
 // Hijack hands the ReverseProxy the app's connection for an upgrade's
 // splice (its handleUpgradeResponse, reached through ResponseController),
