@@ -410,13 +410,24 @@ func (st *reqState) grpcCut(cancelled bool) int {
 		return grpcDeadlineExceeded
 	}
 	if cancelled {
-		if st.ownTimeout > 0 && !since(st.start).Add(grpcDeadlineSlack).Before(st.start.Add(st.ownTimeout)) {
+		if st.ownTimeout > 0 && !since(st.start).Add(grpcCancelSlack).Before(st.start.Add(st.ownTimeout)) {
 			return grpcDeadlineExceeded
 		}
 		return grpcCanceled
 	}
 	return grpcInternal
 }
+
+// grpcCancelSlack: an app's reset this close to its own deadline is its
+// library's DEADLINE_EXCEEDED, not a cancel. Wider than
+// grpcDeadlineSlack because the sidecar's deadline runs from when its
+// handler began (st.start), which comes after the app sent the call, by
+// as much as a loaded sidecar's scheduling delays: the same reset, sent
+// at the app's deadline, reached it more than 10 ms before its own
+// reckoning of that deadline, and a call that ran out of time was
+// recorded CANCELLED, which error ratios leave out
+// (TestGRPCCutAtOwnDeadline).
+const grpcCancelSlack = 50 * time.Millisecond
 
 // holdCut holds the sidecar's reset of a gRPC call cut in the middle of
 // a message at its client's deadline (an upstream's reset within
