@@ -410,7 +410,7 @@ func (st *reqState) grpcCut(cancelled bool) int {
 		return grpcDeadlineExceeded
 	}
 	if cancelled {
-		if st.ownTimeout > 0 && !since(st.start).Add(grpcCancelSlack).Before(st.start.Add(st.ownTimeout)) {
+		if st.ownTimeout > 0 && !since(st.start).Add(min(grpcCancelSlack, st.ownTimeout/5)).Before(st.start.Add(st.ownTimeout)) {
 			return grpcDeadlineExceeded
 		}
 		return grpcCanceled
@@ -418,8 +418,10 @@ func (st *reqState) grpcCut(cancelled bool) int {
 	return grpcInternal
 }
 
-// grpcCancelSlack: an app's reset this close to its own deadline is its
-// library's DEADLINE_EXCEEDED, not a cancel. Wider than
+// grpcCancelSlack: an app's reset this close to its own deadline (or a
+// fifth of its deadline, if less: a hedged call's losers, cancelled with
+// half of 40 ms left, are cancels) is its library's DEADLINE_EXCEEDED, not
+// a cancel. Wider than
 // grpcDeadlineSlack because the sidecar's deadline runs from when its
 // handler began (st.start), which comes after the app sent the call, by
 // as much as a loaded sidecar's scheduling delays: the same reset, sent
