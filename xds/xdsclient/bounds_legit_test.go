@@ -77,9 +77,7 @@ func TestLongestListsWithinBounds(t *testing.T) {
 		all = append(all, fmt.Sprint(code))
 	}
 	all = append(all, "5xx", "gateway-error", "connect-failure", "reset", "timeout")
-	for _, name := range policy.GRPCCodeNames[1:] {
-		all = append(all, name)
-	}
+	all = append(all, policy.GRPCCodeNames[1:]...)
 	list := `["` + strings.Join(all, `", "`) + `"]`
 	doc := "apiVersion: minimesh.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: lists, namespace: shop}\nspec:\n  service: geo\n" +
 		"  retries: {attempts: 2, retryOn: " + list + "}\n  circuitBreaker: {failOn: " + list + "}\n"
