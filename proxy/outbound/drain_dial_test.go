@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,38 +17,6 @@ import (
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
-
-// blackholeAddr is a loopback address whose dials hang: its listener's
-// accept queue is full, so the kernel drops their SYNs.
-func blackholeAddr(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	sa := &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
-	if err := syscall.Bind(fd, sa); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	got, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := got.(*syscall.SockaddrInet4).Port
-	for range 3 {
-		c, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { syscall.Close(c) })
-		_ = syscall.Connect(c, &syscall.SockaddrInet4{Addr: sa.Addr, Port: port}) // EINPROGRESS
-	}
-	return fmt.Sprintf("127.0.0.1:%d", port)
-}
 
 // lockedBuffer is an access log's writer read while it is written.
 type lockedBuffer struct {
@@ -80,7 +47,7 @@ func (l *lockedBuffer) String() string {
 // Drain had waited its 1 s grace in vain.
 func TestDrainCutsDials(t *testing.T) {
 	const geo = "geo-service:8000"
-	hole := blackholeAddr(t)
+	hole, _ := proxytest.FullAcceptQueue(t)
 	for _, tc := range []struct {
 		name      string
 		authority string

@@ -4,46 +4,12 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 )
-
-// fullAcceptQueue is a loopback address whose dials hang in SYN_SENT: its
-// listener's accept queue is full, so the kernel drops their SYNs. It
-// returns the port too, for synSent.
-func fullAcceptQueue(t *testing.T) (string, int) {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	sa := &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
-	if err := syscall.Bind(fd, sa); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	got, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := got.(*syscall.SockaddrInet4).Port
-	for range 3 {
-		c, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { syscall.Close(c) })
-		_ = syscall.Connect(c, &syscall.SockaddrInet4{Addr: sa.Addr, Port: port}) // EINPROGRESS
-	}
-	return fmt.Sprintf("127.0.0.1:%d", port), port
-}
 
 // synSent counts the IPv4 sockets connecting to 127.0.0.1:port whose SYN
 // is unanswered (SYN_SENT in /proc/net/tcp).
@@ -70,7 +36,7 @@ func synSent(t *testing.T, port int) int {
 // listener's CloseAll then closed the app's connection under it, which
 // was logged as the app's leaving and counted result="reset".
 func TestDrainCutsTunnelDialling(t *testing.T) {
-	hole, port := fullAcceptQueue(t)
+	hole, port := proxytest.FullAcceptQueue(t)
 	const drain = 300 * time.Millisecond
 	var alog syncBuffer
 	r := start(t, sidecar.Config{Resolve: map[string]string{geo: hole},
