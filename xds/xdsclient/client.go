@@ -461,24 +461,6 @@ func (c *Client) applyEndpoints(resp *discoveryResponse) (string, int, error) {
 // not know (policy.DecodeTolerant).
 type skewField struct{ path, cluster string }
 
-// decode is decodeCDS without the unknown fields.
-func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
-	pols, _, hash, err := decodeCDS(resources)
-	return pols, hash, err
-}
-
-// decodeCDS turns a CDS response into policies, as decodeClusters with
-// no earlier set; hash is a hash of the resources as received, and err
-// either refusal (the whole response's, or the clusters left out of pols).
-func decodeCDS(resources []resource) ([]*policy.ResiliencePolicy, []skewField, string, error) {
-	d := decodeClusters(resources, nil)
-	err := d.whole
-	if err == nil {
-		err = d.refused
-	}
-	return d.pols, d.unknown, contentHash(resources), err
-}
-
 // contentHash identifies a response's resources, for the refusal of the
 // same content again.
 func contentHash(resources []resource) string {

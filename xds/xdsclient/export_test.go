@@ -1,5 +1,7 @@
 package xdsclient
 
+import "github.com/minimesh/minimesh/policy"
+
 // ClusterMetadata is a cluster's name and filter_metadata[MetadataKey] as
 // FromCluster reads them, for the tests of package xdsclient_test (which
 // may import policy/envoy: policy/envoy imports this package).
@@ -18,6 +20,18 @@ func DecodeClusters(clusters [][]byte) (int, error) {
 	}
 	pols, _, err := decode(rs)
 	return len(pols), err
+}
+
+// decode turns a CDS response into policies as the client does with no
+// earlier set (decodeClusters), the hash of its content, and either
+// refusal: the whole response's, or that of the clusters left out.
+func decode(resources []resource) ([]*policy.ResiliencePolicy, string, error) {
+	d := decodeClusters(resources, nil)
+	err := d.whole
+	if err == nil {
+		err = d.refused
+	}
+	return d.pols, contentHash(resources), err
 }
 
 // MetadataValues is how many values the minimesh metadata of cluster b
