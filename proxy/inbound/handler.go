@@ -26,7 +26,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -872,12 +871,9 @@ func (b *countingBody) Read(p []byte) (int, error) {
 
 // abandon ends a request body the exchange is over before (an app that
 // answered without reading it all; a failure), as outbound's
-// countingBody.abandon: the connection closes after the answer, as what
-// is left of the body cannot be told from a next request; the
-// transport's read under way, which may wait for a caller that paused,
-// is cut through the connection's read deadline (nothing else reads the
-// connection until the body's end, and it closes after this answer); and
-// the transport reads nothing more. Without the cut, net/http's server,
+// countingBody.abandon: the connection closes after the answer and the
+// transport's read under way is cut (outbound.CutUpload), and the
+// transport reads nothing more. Without the cut, net/http's server,
 // closing the body after the answer, waited for the transport's read,
 // and so for a caller that had paused. w is the server's own
 // ResponseWriter.
@@ -886,13 +882,7 @@ func (b *countingBody) abandon(w http.ResponseWriter) {
 		return
 	}
 	b.abandoned.Store(true)
-	// A MaxBytesReader over its limit is how a handler gets net/http's
-	// server to close after the answer, "Connection: close" in its head
-	// if not yet written.
-	_, _ = http.MaxBytesReader(w, io.NopCloser(strings.NewReader("x")), 0).Read(make([]byte, 1))
-	if d, ok := w.(interface{ SetReadDeadline(time.Time) error }); ok {
-		_ = d.SetReadDeadline(time.Unix(1, 0))
-	}
+	outbound.CutUpload(w)
 }
 
 // failure is the error the caller's request body ended in, or nil.

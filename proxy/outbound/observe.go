@@ -185,17 +185,27 @@ func (b *countingBody) abandon(w http.ResponseWriter) {
 	if b.ended.Load() {
 		return
 	}
-	// What is left of the body cannot be told from the next request:
-	// the connection must not be used again. A MaxBytesReader over its
-	// limit is how a handler gets net/http's server to close after the
-	// answer, lingering so that the app still reads it.
+	CutUpload(w)
+	b.mu.Lock()
+	b.abandoned = true
+	b.mu.Unlock()
+}
+
+// CutUpload ends, for the handler of w (a server's own ResponseWriter),
+// a request body the exchange is over before: what is left of it cannot
+// be told from the next request, so the connection must not be used
+// again. A MaxBytesReader over its limit is how a handler gets net/http's
+// server to close after the answer ("Connection: close" in its head if
+// not yet written), lingering so that the peer still reads it; and a read
+// of the body under way, which may wait for a peer that paused, is woken
+// through the connection's read deadline (the server does not use it
+// until the body's end, and the connection closes after this answer).
+// The inbound path cuts its callers' uploads so too.
+func CutUpload(w http.ResponseWriter) {
 	_, _ = http.MaxBytesReader(w, io.NopCloser(strings.NewReader("x")), 0).Read(make([]byte, 1))
 	if d, ok := w.(interface{ SetReadDeadline(time.Time) error }); ok {
 		_ = d.SetReadDeadline(time.Unix(1, 0))
 	}
-	b.mu.Lock()
-	b.abandoned = true
-	b.mu.Unlock()
 }
 
 // wake ends a read of the body that holds the exchange up after the
