@@ -64,15 +64,15 @@ type Done = func(outcome error)
 
 // Breaker guards one destination.
 type Breaker struct {
-	name     string
-	cfg      policy.CircuitBreaker
-	onChange OnChange
+	name string
+	cfg  policy.CircuitBreaker
 
-	mu    sync.Mutex
-	st    State
-	gen   uint64    // changes with every transition: outcomes of older tries are dropped
-	until time.Time // open: when it half-opens
-	c     Counts
+	mu       sync.Mutex
+	onChange OnChange // nil once retired
+	st       State
+	gen      uint64    // changes with every transition: outcomes of older tries are dropped
+	until    time.Time // open: when it half-opens
+	c        Counts
 	// The rolling window (failureRate; nil buckets: counts never expire):
 	// bucket i covers [start+i·period, start+(i+1)·period), kept at
 	// buckets[i%len]; age is the newest bucket's i.
@@ -105,8 +105,9 @@ type probe struct {
 	ended bool // reported or released
 }
 
-// OnChange is told of every state transition; it is called with the
-// breaker's lock held and must not call back into the breaker.
+// OnChange is told of every state transition until the breaker is
+// retired (Retire); it is called with the breaker's lock held and must not
+// call back into the breaker.
 type OnChange func(destination string, from, to State)
 
 // New returns a closed breaker for the destination, configured by cfg.
@@ -352,6 +353,29 @@ func (b *Breaker) setState(to State, now time.Time) {
 }
 
 var probeFailed = "a half-open probe failed"
+
+// Retire is for a breaker that a policy reload dropped or
+// POST /debug/breakers/reset replaced: it closes the breaker, telling
+// onChange of that move if it was not closed, and detaches it, all under
+// mu. The tries it allowed before outlive it (a half-open probe in flight,
+// a request that took the destination before the swap): their outcomes
+// must not move the live series of the destination, which its successor
+// now reports, so onChange is cleared (whatever the retired breaker does
+// next is counted nowhere) and the generation bumped (their outcomes are
+// dropped). Reading the state and counting the move in one critical
+// section leaves no gap for a probe's failure to count in between.
+func (b *Breaker) Retire() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	b.current(now) // an open breaker past its timeout leaves half-open
+	b.setState(Closed, now)
+	b.onChange = nil
+	// setState bumped gen only if the breaker was not closed: the tries
+	// a closed breaker allowed count no more either (five failures
+	// pending on a consecutiveFailures: 5 breaker would open it).
+	b.gen++
+}
 
 // Why is the rule that last opened the breaker ("5 failures in a row
 // (consecutiveFailures: 5)"), or "" while it is closed.

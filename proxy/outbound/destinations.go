@@ -329,23 +329,22 @@ func budgetFor(pol, prevPol *policy.ResiliencePolicy, prev *retry.Budget) *retry
 	return retry.NewBudget(r.Budget.Ratio, r.Budget.MinPerSecond)
 }
 
-// closeDropped counts, for each breaker of old that no service of next
-// keeps and that is not closed, its move to closed: a reload that drops
-// an open breaker closes the destination's circuit as
-// POST /debug/breakers/reset does (reset), and
+// closeDropped retires each breaker of old that no service of next
+// keeps: a reload that drops an open breaker closes the destination's
+// circuit as POST /debug/breakers/reset does (reset), and
 // minimesh_circuit_breaker_transitions_total must show the circuit
-// leaving open as it showed it opening. mu is held.
+// leaving open as it showed it opening, and then nothing more of that
+// breaker: a probe it let through that fails after the reload would
+// count half-open → open for a destination whose breaker is closed
+// (breaker.Retire). mu is held.
 func closeDropped(old, next map[string]*destination) {
 	kept := make(map[*breaker.Breaker]bool, len(next))
 	for _, svc := range next {
 		kept[svc.breaker] = true
 	}
 	for _, svc := range old {
-		if svc.breaker == nil || kept[svc.breaker] {
-			continue
-		}
-		if st := svc.breaker.State(); st != breaker.Closed {
-			svc.metrics.Transition(st.String(), breaker.Closed.String())
+		if svc.breaker != nil && !kept[svc.breaker] {
+			svc.breaker.Retire()
 		}
 	}
 }
@@ -427,9 +426,7 @@ func (d *destinations) reset(spelling string) (string, bool) {
 		fresh.breaker = breaker.New(name, svc.policy.Spec.CircuitBreaker, func(_ string, from, to breaker.State) {
 			m.Transition(from.String(), to.String())
 		})
-		if st := svc.breaker.State(); st != breaker.Closed {
-			m.Transition(st.String(), breaker.Closed.String())
-		}
+		svc.breaker.Retire() // counts its move to closed, then nothing (closeDropped)
 		replaced[svc] = &fresh
 		d.services[key] = &fresh
 	}
