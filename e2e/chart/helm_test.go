@@ -52,10 +52,16 @@ func template(t testing.TB, args ...string) (string, error) {
 	return helm(t, append([]string{"template", "minimesh", chartDir, "--namespace", "minimesh", "--kube-version", "1.37.0"}, args...)...)
 }
 
-// generated masks what genCA and genSignedCert make anew on every render.
-var generated = regexp.MustCompile(`(?m)^(\s*(?:ca\.crt|tls\.crt|tls\.key|caBundle): )LS0t[A-Za-z0-9+/=]+$`)
+// generated masks what genCA and genSignedCert make anew on every render,
+// and the injector's checksum of them.
+var (
+	generated   = regexp.MustCompile(`(?m)^(\s*(?:ca\.crt|tls\.crt|tls\.key|caBundle): )LS0t[A-Za-z0-9+/=]+$`)
+	tlsChecksum = regexp.MustCompile(`(?m)^(\s*checksum/tls: )[0-9a-f]{64}$`)
+)
 
-func mask(s string) string { return generated.ReplaceAllString(s, "${1}<generated>") }
+func mask(s string) string {
+	return tlsChecksum.ReplaceAllString(generated.ReplaceAllString(s, "${1}<generated>"), "${1}<sha256>")
+}
 
 func TestLint(t *testing.T) {
 	for _, args := range [][]string{nil, {"--set", "webhook.url=https://127.0.0.1:8443/inject", "--set", "webhook.caBundle=Q0E="}} {
@@ -81,10 +87,31 @@ func TestSchemaRefuses(t *testing.T) {
 		{[]string{"proxy.resources.cpuLimit=lots"}, "/proxy/resources/cpuLimit'"},
 		{[]string{"proxy.traceSampleRatio=2"}, "/proxy/traceSampleRatio'"},
 		{[]string{"proxy.otlpEndpoint=http://jaeger:4317"}, "/proxy/otlpEndpoint'"},
+		// Ports the sidecar refuses at start (exit 2), so that no
+		// injected pod would start.
+		{[]string{"proxy.otlpEndpoint=jaeger:99999"}, "/proxy/otlpEndpoint'"},
+		{[]string{"proxy.otlpEndpoint=jaeger:0"}, "/proxy/otlpEndpoint'"},
+		{[]string{"proxy.otlpEndpoint=jaeger:65536"}, "/proxy/otlpEndpoint'"},
 		{[]string{"proxy.adminPort=70000"}, "/proxy/adminPort'"},
 		{[]string{"proxy.inboundPort=0"}, "/proxy/inboundPort'"},
+		// Ports the sidecar, without capabilities, cannot listen on.
+		{[]string{"proxy.adminPort=80"}, "proxy.adminPort: 80 is below 1024"},
+		{[]string{"proxy.outboundPort=1023"}, "proxy.outboundPort: 1023 is below 1024"},
+		{[]string{"proxy.inboundPort=443"}, "proxy.inboundPort: 443 is below 1024"},
+		{[]string{"webhook.excludeNamespaces[0]=Kube-System"}, "/webhook/excludeNamespaces/0'"},
+		{[]string{"webhook.excludeNamespaces[0]=kube_system"}, "/webhook/excludeNamespaces/0'"},
 		{[]string{"injector.shutdownDelaySeconds=-1"}, "/injector/shutdownDelaySeconds'"},
 		{[]string{"policies.shop.geo.timeout=2s"}, "/policies/shop/geo': missing property 'service'"},
+		// A misspelt key of a policy: the API server would prune it from
+		// the ResiliencePolicy with only a warning.
+		{[]string{"policies.shop.geo.service=geo", "policies.shop.geo.retires.attempts=3"}, "at '/policies/shop/geo': additional properties 'retires' not allowed"},
+		{[]string{"policies.shop.geo.service=geo", "policies.shop.geo.retries.attempt=3"}, "at '/policies/shop/geo/retries': additional properties 'attempt' not allowed"},
+		{[]string{"policies.shop.geo.service=geo", "policies.shop.geo.retries.backoff.min=1s"}, "at '/policies/shop/geo/retries/backoff': additional properties 'min' not allowed"},
+		{[]string{"policies.shop.geo.service=geo", "policies.shop.geo.circuitBreaker.failureRate.treshold=0.5"}, "at '/policies/shop/geo/circuitBreaker/failureRate': additional properties 'treshold' not allowed"},
+		{[]string{"policies.shop.geo.service=geo", "policies.shop.geo.outlierDetection.maxEjectionPercentage=10"}, "at '/policies/shop/geo/outlierDetection': additional properties 'maxEjectionPercentage' not allowed"},
+		{[]string{"policies.shop.geo.service=geo", "policies.shop.geo.timeout=2"}, "at '/policies/shop/geo/timeout': got number, want string"},
+		{[]string{"policies.shop.geo.service=geo", "policies.shop.geo.circuitBreaker.openTimeout=1 minute"}, "at '/policies/shop/geo/circuitBreaker/openTimeout'"},
+		{[]string{"policies.shop.geo.service=geo", "policies.shop.geo.retries.attempts=3", "policies.shop.geo.retries.retryOn[0]=503"}, "at '/policies/shop/geo/retries/retryOn/0': got number, want string"},
 	}
 	for _, tt := range tests {
 		var args []string

@@ -34,6 +34,7 @@ var valueInConfig = map[string]string{
 	"proxy.inboundPort":             "proxy.inboundPort",
 	"proxy.traceSampleRatio":        "traceSampleRatio",
 	"proxy.noProxy":                 "noProxy",
+	"proxy.otlpEndpoint":            "otlpEndpoint",
 	"image.repository":              "",
 	"image.tag":                     "",
 }
@@ -149,6 +150,21 @@ func TestChartAgreesWithValidate(t *testing.T) {
 		{"ports swapped", map[string]any{"proxy.outboundPort": 15020, "proxy.adminPort": 15001}, "", "", false},
 		{"port 0", map[string]any{"proxy.outboundPort": 0}, "/proxy/outboundPort'", "is not a port", false},
 		{"port 65536", map[string]any{"proxy.adminPort": 65536}, "/proxy/adminPort'", "is not a port", false},
+		// Below 1024 the sidecar, without capabilities, cannot listen.
+		{"admin port 1023", map[string]any{"proxy.adminPort": 1023}, "proxy.adminPort: 1023 is below 1024", "proxy.adminPort: 1023 is below 1024", false},
+		{"outbound port 80", map[string]any{"proxy.outboundPort": 80}, "proxy.outboundPort: 80 is below 1024", "proxy.outboundPort: 80 is below 1024", false},
+		{"inbound port 1", map[string]any{"proxy.inboundPort": 1}, "proxy.inboundPort: 1 is below 1024", "proxy.inboundPort: 1 is below 1024", false},
+		{"inbound port 1024", map[string]any{"proxy.inboundPort": 1024}, "", "", false},
+		// The collector: what the sidecar refuses at start (exit 2).
+		{"otlp port 99999", map[string]any{"proxy.otlpEndpoint": "jaeger:99999"}, "/proxy/otlpEndpoint'", "otlpEndpoint", false},
+		{"otlp port 0", map[string]any{"proxy.otlpEndpoint": "jaeger:0"}, "/proxy/otlpEndpoint'", "otlpEndpoint", false},
+		{"otlp port 65536", map[string]any{"proxy.otlpEndpoint": "jaeger:65536"}, "/proxy/otlpEndpoint'", "otlpEndpoint", false},
+		{"otlp no port", map[string]any{"proxy.otlpEndpoint": "jaeger"}, "/proxy/otlpEndpoint'", "otlpEndpoint", false},
+		{"otlp port 65535", map[string]any{"proxy.otlpEndpoint": "jaeger.observability:65535"}, "", "", false},
+		{"otlp port 1", map[string]any{"proxy.otlpEndpoint": "10.0.0.1:1"}, "", "", false},
+		{"otlp leading zero", map[string]any{"proxy.otlpEndpoint": "jaeger:04317"}, "", "", false},
+		{"otlp IPv6", map[string]any{"proxy.otlpEndpoint": "[fd00::1]:4317"}, "", "", false},
+		{"otlp IPv6 port 0", map[string]any{"proxy.otlpEndpoint": "[fd00::1]:0"}, "/proxy/otlpEndpoint'", "otlpEndpoint", false},
 		// Images.
 		{"digest without init image", map[string]any{"proxy.image": "reg/mm" + digest}, "proxy.initImage: must be set: proxy.image reg/mm" + digest + " is pinned by digest", "proxy.initImage: must be set", false},
 		{"digest with init image", map[string]any{"proxy.image": "reg/mm" + digest, "proxy.initImage": "reg/mm-init" + digest}, "", "", false},
@@ -241,6 +257,7 @@ func TestChartAgreesWithValidate(t *testing.T) {
 		{"exponent", map[string]any{"proxy.resources.cpuRequest": "1e-1"}, "/proxy/resources/cpuRequest'", "", true},
 		{"leading point", map[string]any{"proxy.resources.cpuRequest": ".5"}, "/proxy/resources/cpuRequest'", "", true},
 		{"no memory limit", map[string]any{"proxy.resources.memoryLimit": ""}, "/proxy/resources/memoryLimit'", "", true},
+		{"otlp without host", map[string]any{"proxy.otlpEndpoint": ":4317"}, "/proxy/otlpEndpoint'", "", true},
 		{"binary past nanos", map[string]any{"proxy.resources.memoryLimit": "1.0000000001Ki", "proxy.resources.memoryRequest": "1Ki"}, "more than 9 decimal places before a binary suffix", "", true},
 	}
 	for _, tt := range tests {

@@ -27,6 +27,55 @@ app.kubernetes.io/component: injector
 {{- if eq .Values.tls.mode "secret" }}{{ .Values.tls.secretName }}{{ else }}minimesh-injector-tls{{ end }}
 {{- end }}
 
+{{- /*
+tls.mode=helm's CA, serving certificate and key, base64 as the Secret
+holds them, as JSON {"ca", "crt", "key"}: read back from the Secret when
+it has a CA, so that upgrades keep them, else generated (after the Secret
+was deleted: a rotation). webhook.yaml renders them (the Secret, the
+caBundle) and deployment.yaml their checksum, which must be of the same
+pair; generating is random, so the first call of a render keeps its answer
+in .Values (a copy helm makes per render, never stored) for the others.
+*/ -}}
+{{- define "minimesh.helmTLS" -}}
+{{- if not (hasKey .Values "minimeshHelmTLS") }}
+{{- $ns := .Release.Namespace }}
+{{- $tls := dict }}
+{{- $existing := lookup "v1" "Secret" $ns "minimesh-injector-tls" }}
+{{- if and $existing (index ($existing.data | default dict) "ca.crt") }}
+{{- range $k, $f := dict "ca" "ca.crt" "crt" "tls.crt" "key" "tls.key" }}
+{{- $_ := set $tls $k (index $existing.data $f | default "") }}
+{{- end }}
+{{- else }}
+{{- $svc := printf "minimesh-injector.%s.svc" $ns }}
+{{- $days := int .Values.tls.validityDays }}
+{{- $ca := genCA "minimesh-injector-ca" $days }}
+{{- $cert := genSignedCert $svc nil (list "minimesh-injector" (printf "minimesh-injector.%s" $ns) $svc (printf "%s.cluster.local" $svc)) $days $ca }}
+{{- $tls = dict "ca" ($ca.Cert | b64enc) "crt" ($cert.Cert | b64enc) "key" ($cert.Key | b64enc) }}
+{{- end }}
+{{- $_ := set .Values "minimeshHelmTLS" $tls }}
+{{- end }}
+{{- index .Values "minimeshHelmTLS" | toJson }}
+{{- end }}
+
+{{- /*
+The injector's checksum/tls annotation: the CA and certificate it must
+serve, so that a rotation (or a rollback past one) rolls its pods onto
+the new Secret at once rather than after the kubelet refreshes the
+mounted volume (about a minute, every admission failing TLS meanwhile),
+while an upgrade that keeps them rolls nothing. Under tls.mode=secret it
+is webhook.caBundle's, which changes with the user's Secret; nothing
+under cert-manager, which renews the Secret in place for the injector to
+reload.
+*/ -}}
+{{- define "minimesh.tlsChecksum" -}}
+{{- if eq .Values.tls.mode "helm" }}
+{{- $tls := include "minimesh.helmTLS" . | fromJson }}
+{{- printf "%s\n%s" $tls.ca $tls.crt | sha256sum }}
+{{- else if eq .Values.tls.mode "secret" }}
+{{- .Values.webhook.caBundle | sha256sum }}
+{{- end }}
+{{- end }}
+
 {{- define "minimesh.restricted" -}}
 runAsNonRoot: true
 allowPrivilegeEscalation: false
@@ -45,11 +94,21 @@ unmeshed while helm says deployed. What JSON Schema can say is in
 values.schema.json; what it cannot (ports that differ, a request within its
 limit and the sidecar's bounds, an init image for a pinned proxy image,
 an image's repository path within 255 bytes, no bare image ID) is
-here. e2e/chart/values_agree_test.go holds the chart and Validate to the
-same answers.
+here, and so are ports below 1024, whose refusal needs its reason.
+e2e/chart/values_agree_test.go holds the chart and Validate to the same
+answers.
 */ -}}
 {{- define "minimesh.checkConfig" -}}
 {{- $p := .Values.proxy }}
+{{- /* The sidecar runs as a non-root user with every capability dropped
+(NET_BIND_SERVICE too): below 1024 its listen fails, and every injected
+pod with it. */}}
+{{- range list "outboundPort" "adminPort" "inboundPort" }}
+{{- $port := index $p . | int }}
+{{- if lt $port 1024 }}
+{{- fail (printf "proxy.%s: %d is below 1024: the sidecar runs as a non-root user with every capability dropped, and cannot listen on it" . $port) }}
+{{- end }}
+{{- end }}
 {{- if eq (int $p.outboundPort) (int $p.adminPort) }}
 {{- fail (printf "proxy.adminPort: %v is also proxy.outboundPort; the sidecar's three ports must differ" $p.adminPort) }}
 {{- end }}
