@@ -247,8 +247,11 @@ func (c *Config) Validate() error {
 		name string
 		v    int
 	}{{"proxy.outboundPort", p.OutboundPort}, {"proxy.adminPort", p.AdminPort}, {"proxy.inboundPort", p.InboundPort}} {
-		if port.v < 1 || port.v > 65535 {
+		switch {
+		case port.v < 1 || port.v > 65535:
 			errs = append(errs, fmt.Errorf("%s: %d is not a port (1-65535)", port.name, port.v))
+		case port.v < minSidecarPort:
+			errs = append(errs, fmt.Errorf("%s: %d is below %d: the sidecar runs as a non-root user with every capability dropped, and cannot listen on it", port.name, port.v, minSidecarPort))
 		}
 	}
 	if p.OutboundPort == p.AdminPort {
@@ -259,6 +262,13 @@ func (c *Config) Validate() error {
 	}
 	if p.UID <= 0 {
 		errs = append(errs, fmt.Errorf("proxy.uid: %d: the sidecar must run as a non-root user", p.UID))
+	}
+	// The sidecar refuses these at start (exit 2), which would keep every
+	// injected pod from starting.
+	for _, a := range []struct{ name, v string }{{"xdsAddress", c.XDSAddress}, {"otlpEndpoint", c.OTLPEndpoint}} {
+		if a.v != "" && !wellknown.ValidHostPort(a.v) {
+			errs = append(errs, fmt.Errorf("%s: %s: want HOST:PORT with a port from 1 to 65535", a.name, quote(a.v)))
+		}
 	}
 	if r := c.TraceSampleRatio; r != nil && (*r < 0 || *r > 1) {
 		errs = append(errs, fmt.Errorf("traceSampleRatio: %v is not in [0, 1]", *r))
@@ -278,6 +288,13 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// minSidecarPort is the lowest port the sidecar can listen on: it runs
+// as a non-root user (proxy.uid, or 15000 under iptables) with every
+// capability dropped, NET_BIND_SERVICE too, and the kernel keeps the
+// ports below net.ipv4.ip_unprivileged_port_start (1024 unless the
+// container runtime lowers it, which not every node's does) for those.
+const minSidecarPort = 1024
 
 // The grammar of an image reference, as the kubelet parses it before it
 // pulls (the reference grammar of the distribution project,

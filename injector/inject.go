@@ -96,6 +96,10 @@ func Images(pod *corev1.Pod) (proxy, init string, ok bool) {
 	return pod.Spec.InitContainers[i].Image, init, true
 }
 
+// InitContainerName is the init container of iptables interception in an
+// injected pod: the one whose image Images returns as init.
+const InitContainerName = initContainerName
+
 // sidecarIndex is the index in pod.Spec.InitContainers of minimesh's
 // sidecar, or -1.
 func sidecarIndex(pod *corev1.Pod) int {

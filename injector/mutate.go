@@ -355,14 +355,17 @@ func checkClashes(pod *corev1.Pod, cfg *Config, s *settings) error {
 			}
 			for j, p := range c.Ports {
 				f := fmt.Sprintf("%s[%d].ports[%d]", field, i, j)
+				// The sidecar listens on TCP alone, and a UDP or SCTP port
+				// of the same number is another port: no clash.
+				tcp := p.Protocol == "" || p.Protocol == corev1.ProtocolTCP
 				switch {
-				case int(p.ContainerPort) == cfg.Proxy.AdminPort:
+				case tcp && int(p.ContainerPort) == cfg.Proxy.AdminPort:
 					return &DenyError{Field: f + ".containerPort", Value: strconv.Itoa(int(p.ContainerPort)),
 						Reason: "the minimesh sidecar's admin port; move the app or set proxy.adminPort in the injector's config"}
-				case int(p.ContainerPort) == cfg.Proxy.OutboundPort:
+				case tcp && int(p.ContainerPort) == cfg.Proxy.OutboundPort:
 					return &DenyError{Field: f + ".containerPort", Value: strconv.Itoa(int(p.ContainerPort)),
 						Reason: "the minimesh sidecar's outbound port; move the app or set proxy.outboundPort in the injector's config"}
-				case s.captureInbound && int(p.ContainerPort) == cfg.Proxy.InboundPort:
+				case tcp && s.captureInbound && int(p.ContainerPort) == cfg.Proxy.InboundPort:
 					return &DenyError{Field: f + ".containerPort", Value: strconv.Itoa(int(p.ContainerPort)),
 						Reason: "the minimesh sidecar's inbound port under " + annCaptureInbound + "; move the app or set proxy.inboundPort in the injector's config"}
 				case p.Name == adminPortName:

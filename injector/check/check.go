@@ -131,7 +131,8 @@ func Run(ctx context.Context, o Options) []Result {
 		"the webhook opts in the namespaces labelled "+wellknown.AnnotationInject+"="+wellknown.InjectEnabled+" and ignores any other value without a word (the same value in a pod's annotation is refused): relabel them as above, or "+wellknown.InjectDisabled+" to keep them out (docs/annotations.md)",
 		namespaceLabels(nsLabels, o.Namespace, cfg))
 	add("pods that ask for injection have the sidecar", "they were created while the injector was down or before their namespace opted in: kubectl rollout restart their workloads", missingSidecars(pods, nsLabels, o.Namespace, cfg))
-	add("sidecars are ready", "kubectl logs POD -c "+wellknown.ProxyContainerName+"; curl POD:15020/ready", sidecarsReady(pods))
+	add("sidecars are ready", "a container that restarts: kubectl -n NAMESPACE logs POD -c CONTAINER --previous says why it stopped (the sidecar's exit 2: a flag it refused); "+
+		"an image not pulled: kubectl -n NAMESPACE describe pod POD; a sidecar running but not ready: kubectl -n NAMESPACE logs POD -c "+wellknown.ProxyContainerName+"; curl POD:15020/ready", sidecarsReady(pods))
 	if rendered {
 		warn("sidecars run the injector's images", "they were injected before the last helm upgrade (or a change of proxy.image): kubectl rollout restart their workloads", outdatedSidecars(pods, cfg))
 	}
@@ -660,22 +661,91 @@ func outdatedSidecars(pods []corev1.Pod, cfg injector.Config) error {
 	return listed("sidecars of another image", old)
 }
 
-// sidecarsReady looks at running pods only: a pending pod has no sidecar
-// status yet, which is not a fault of the sidecar, and one being deleted
-// has a draining sidecar, whose /ready says 503 on purpose.
+// sidecarsReady lists the injected pods whose sidecar does not serve: a
+// running pod's that is not ready, and a pending pod's sidecar or
+// minimesh-init that will not start without a change (stuckReason). A
+// native sidecar that never starts holds its pod in Pending
+// (Init:CrashLoopBackOff, ImagePullBackOff), so running pods alone passed
+// a cluster whose every sidecar crash-looped. A pending pod merely being
+// scheduled or created is not a fault, and one being deleted has a
+// draining sidecar, whose /ready says 503 on purpose.
 func sidecarsReady(pods []corev1.Pod) error {
 	var notReady []string
 	for i := range pods {
 		p := &pods[i]
-		if !stillRuns(p) || p.Status.Phase != corev1.PodRunning || !injector.IsInjected(p) {
+		if !stillRuns(p) || !injector.IsInjected(p) {
 			continue
 		}
-		i := slices.IndexFunc(p.Status.InitContainerStatuses, func(s corev1.ContainerStatus) bool { return s.Name == wellknown.ProxyContainerName })
-		if i < 0 || !p.Status.InitContainerStatuses[i].Ready {
-			notReady = append(notReady, p.Namespace+"/"+p.Name)
+		name := p.Namespace + "/" + p.Name
+		switch p.Status.Phase {
+		case corev1.PodRunning:
+			i := slices.IndexFunc(p.Status.InitContainerStatuses, func(s corev1.ContainerStatus) bool { return s.Name == wellknown.ProxyContainerName })
+			switch {
+			case i < 0:
+				notReady = append(notReady, name)
+			case !p.Status.InitContainerStatuses[i].Ready:
+				if why := stuckReason(&p.Status.InitContainerStatuses[i]); why != "" {
+					name += " (" + wellknown.ProxyContainerName + ": " + why + ")"
+				}
+				notReady = append(notReady, name)
+			}
+		case corev1.PodPending:
+			for j := range p.Status.InitContainerStatuses {
+				s := &p.Status.InitContainerStatuses[j]
+				if s.Name != wellknown.ProxyContainerName && s.Name != injector.InitContainerName {
+					continue
+				}
+				if why := stuckReason(s); why != "" {
+					notReady = append(notReady, name+" ("+s.Name+": "+why+")")
+					break
+				}
+			}
 		}
 	}
 	return listed("sidecars not ready", notReady)
+}
+
+// stuckReasons are the waiting reasons of a container that the kubelet
+// will not get running without a change: an image it cannot pull or
+// parse, a reference to something missing (a Secret, a ConfigMap key), a
+// container the runtime cannot create, or one that keeps exiting and
+// waits out the back-off between restarts.
+var stuckReasons = []string{
+	"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+	"CreateContainerConfigError", "CreateContainerError",
+}
+
+// stuckReason says why a container of minimesh's will not start, "" if it
+// may yet: one waiting for a reason of stuckReasons, or one that has
+// restarted and has not started since (a sidecar that crashes before its
+// startup probe passes is briefly running between its back-offs). Its
+// last exit and its restarts follow; an image's or a config's message
+// (which image, which Secret) too, cut.
+func stuckReason(s *corev1.ContainerStatus) string {
+	w := s.State.Waiting
+	var why string
+	switch {
+	case w != nil && slices.Contains(stuckReasons, w.Reason):
+		why = w.Reason
+		if w.Reason != "CrashLoopBackOff" && w.Message != "" {
+			why += ": " + cut(w.Message, 200)
+		}
+	case s.RestartCount > 0 && (s.Started == nil || !*s.Started) &&
+		(s.State.Terminated == nil || s.State.Terminated.ExitCode != 0):
+		why = "restarted, not started since"
+	default:
+		return ""
+	}
+	if t := s.LastTerminationState.Terminated; t != nil {
+		why += fmt.Sprintf(", last exit %d", t.ExitCode)
+		if t.Reason != "" && t.Reason != "Error" {
+			why += " " + t.Reason // OOMKilled, ContainerCannotRun
+		}
+	}
+	if s.RestartCount > 0 {
+		why += fmt.Sprintf(", %d restarts", s.RestartCount)
+	}
+	return why
 }
 
 // policiesValid validates each namespace's policy ConfigMap as its

@@ -15,10 +15,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -149,7 +147,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 		if a.v == "" {
 			continue
 		}
-		if _, port, err := net.SplitHostPort(a.v); err != nil || !validPort(port) {
+		if !wellknown.ValidHostPort(a.v) {
 			fmt.Fprintf(stderr, "minimesh-proxy: --%s %q: want HOST:PORT with a port from 1 to 65535\n", a.flag, a.v)
 			return 2
 		}
@@ -320,11 +318,4 @@ func (r resolveFlag) Set(v string) error {
 	}
 	r[strings.ToLower(from)] = to
 	return nil
-}
-
-// validPort reports whether p is a TCP port a client can dial: 1-65535,
-// in decimal.
-func validPort(p string) bool {
-	n, err := strconv.Atoi(p)
-	return err == nil && n >= 1 && n <= 65535
 }
