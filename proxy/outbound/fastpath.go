@@ -108,6 +108,11 @@ type fconn struct {
 	// limit bounds the bytes read for a response head (0: no bound):
 	// http.ReadResponse itself sets none.
 	limit int64
+	// tee, while not nil, gets every byte Read reads: the raw head of a
+	// response http.ReadResponse reads past the buffer (send), bounded
+	// by limit, for what its Connection field lists (closeListed). Set
+	// only once the request is out, so never on rawio.Exchange's read.
+	tee []byte
 	// wake unblocks the connection's reads and writes when a request's
 	// context ends: made once per connection, not a closure per request.
 	wake func()
@@ -184,6 +189,9 @@ func (c *fconn) Read(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Read(p)
 	c.read += int64(n)
+	if c.tee != nil {
+		c.tee = append(c.tee, p[:n]...)
+	}
 	return n, err
 }
 
@@ -439,9 +447,20 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 		}
 		var room [4]string
 		head, _ := c.br.Peek(c.br.Buffered())
-		listed := closeListed(head, room[:0])
+		listed, whole := closeListed(head, room[:0])
+		if !whole {
+			// The head goes on past what is buffered (larger than br, or
+			// in several reads): its bytes kept as ReadResponse reads
+			// them, at most MaxHeaderBytes (limit), since it deletes a
+			// Connection field that lists close with the names beside it.
+			c.tee = append(make([]byte, 0, 2*len(head)), head...)
+		}
 		r, err := http.ReadResponse(c.br, req)
 		c.limit = 0
+		if c.tee != nil {
+			listed, _ = closeListed(c.tee, room[:0])
+			c.tee = nil
+		}
 		if err != nil {
 			stop()
 			c.Close()
@@ -472,6 +491,10 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 		}
 		if got1xx != nil {
 			delete(r.Header, requestIDKey) // the app's ID is the sidecar's, in the final answer
+			// Neither the ReverseProxy's hook nor fastProxy's drops the
+			// hop-by-hop fields of a 1xx, which are this hop's as a final
+			// answer's are (RFC 9110 §7.6.1).
+			removeHopByHop(r.Header, nil)
 			if err := got1xx(r.StatusCode, textproto.MIMEHeader(r.Header)); err != nil {
 				stop()
 				c.Close()

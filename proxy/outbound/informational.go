@@ -99,8 +99,11 @@ func (c *traceCtx) got1xx(code int, h textproto.MIMEHeader) error {
 		return errTooMany1xx
 	}
 	// The peer's request ID never reaches the app (inbound: the caller):
-	// its ID is the sidecar's, in the final answer.
+	// its ID is the sidecar's, in the final answer. The hop-by-hop
+	// fields are this hop's (RFC 9110 §7.6.1): the ReverseProxy's hook
+	// copies a 1xx's every field.
 	delete(h, requestIDKey)
+	removeHopByHop(http.Header(h), nil)
 	return c.next(code, h)
 }
 

@@ -28,18 +28,20 @@ func NoSniff(upstream, answer http.Header) {
 
 // closeListed appends to drop the names the Connection fields of the
 // response head at the start of buf list, when one of them lists close
-// and the whole head is in buf (nil otherwise): http.ReadResponse then
-// deletes the Connection field (net/http's shouldClose), so that neither
-// removeHopByHop nor the ReverseProxy would see the names it lists, and
-// a field the upstream meant for this hop alone would reach the app.
-// The fast transport reads such heads with http.ReadResponse, from a
-// buffer that most often holds the whole head.
-func closeListed(buf []byte, drop []string) []string {
+// (nil otherwise), and reports whether the whole head is in buf (none
+// appended if not): http.ReadResponse deletes such a Connection field
+// (net/http's shouldClose), so that neither removeHopByHop nor the
+// ReverseProxy would see the names it lists, and a field the upstream
+// meant for this hop alone would reach the app (RFC 9110 §7.6.1). The
+// fast transport reads such heads with http.ReadResponse, from a buffer
+// that most often holds the whole head, and keeps the bytes of one that
+// goes on past it (send).
+func closeListed(buf []byte, drop []string) (_ []string, whole bool) {
 	var conn []string
 	for i := 0; ; i++ {
 		nl := bytes.IndexByte(buf, '\n')
 		if nl < 0 {
-			return nil // not all of the head
+			return nil, false // not all of the head
 		}
 		line := bytes.TrimSuffix(buf[:nl], []byte("\r"))
 		buf = buf[nl+1:]
@@ -51,7 +53,7 @@ func closeListed(buf []byte, drop []string) []string {
 		}
 	}
 	if !httpguts.HeaderValuesContainsToken(conn, "close") {
-		return nil
+		return nil, true
 	}
-	return connectionListed(conn, drop)
+	return connectionListed(conn, drop), true
 }
