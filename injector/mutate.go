@@ -154,8 +154,8 @@ func inject(in Input, cfg *Config) (Result, error) {
 			}},
 		})
 	}
-	for i := range out.Spec.Containers {
-		s.warnings = append(s.warnings, addProxyEnv(&out.Spec.Containers[i], cfg, s)...)
+	for _, c := range proxied(out, len(inits)) {
+		s.warnings = append(s.warnings, addProxyEnv(c, cfg, s)...)
 	}
 	warnTCPProbes(pod, s)
 	return Result{Pod: out, Injected: true, Reason: ReasonInjected, Warnings: capWarnings(s.warnings)}, nil
@@ -285,20 +285,36 @@ func reinject(in Input, ns string, cfg *Config) (Result, error) {
 	// A container that has any of the variables was seen before (the
 	// app's own win); JAVA_TOOL_OPTIONS is no sign, an app may set it.
 	env := proxyEnv(cfg, s)
-	var idx []int
-	for i := range pod.Spec.Containers {
-		if !hasAnyEnv(&pod.Spec.Containers[i], env) {
-			idx = append(idx, i)
-		}
-	}
-	if len(idx) == 0 {
+	lacks := func(c *corev1.Container) bool { return !hasAnyEnv(c, env) }
+	if !slices.ContainsFunc(proxied(pod, sidecarIndex(pod)+1), lacks) {
 		return Result{Pod: pod, Reason: ReasonAlreadyInjected}, nil
 	}
 	out := pod.DeepCopy()
-	for _, i := range idx {
-		addProxyEnv(&out.Spec.Containers[i], cfg, s)
+	for _, c := range proxied(out, sidecarIndex(out)+1) {
+		if lacks(c) {
+			addProxyEnv(c, cfg, s)
+		}
 	}
 	return Result{Pod: out, Injected: true, Reason: ReasonReinvoked}, nil
+}
+
+// proxied are the containers of pod that get the proxy environment: the
+// init containers from index first on, those after minimesh's sidecar,
+// then the app's. The kubelet starts the init container after a native
+// sidecar only once the sidecar's startup probe has passed, so these run
+// while the proxy is ready, as the app does: a migration, the app's own
+// native sidecars. Without the variables their HTTP bypassed the sidecar
+// unseen (under iptables the rules redirect them anyway). The init
+// containers before the sidecar run before the proxy exists: nothing.
+func proxied(pod *corev1.Pod, first int) []*corev1.Container {
+	cs := make([]*corev1.Container, 0, len(pod.Spec.InitContainers)-first+len(pod.Spec.Containers))
+	for i := first; i < len(pod.Spec.InitContainers); i++ {
+		cs = append(cs, &pod.Spec.InitContainers[i])
+	}
+	for i := range pod.Spec.Containers {
+		cs = append(cs, &pod.Spec.Containers[i])
+	}
+	return cs
 }
 
 // outboundPort is the port of the sidecar's --outbound-addr argument,

@@ -38,9 +38,9 @@ type patchOp struct {
 //
 // Patch knows the changes Inject makes: annotations and labels added or
 // set, init containers put first, volumes appended, env entries appended to
-// a container and an entry's value rewritten (JAVA_TOOL_OPTIONS). Any
-// other difference between the pods is an error, rather than a patch that
-// silently leaves it out.
+// a container or init container and an entry's value rewritten
+// (JAVA_TOOL_OPTIONS). Any other difference between the pods is an error,
+// rather than a patch that silently leaves it out.
 func Patch(before, after *corev1.Pod) ([]byte, error) {
 	var ops []patchOp
 	var err error
@@ -56,6 +56,13 @@ func Patch(before, after *corev1.Pod) ([]byte, error) {
 		return nil, fmt.Errorf("patch: %d init containers removed", -added)
 	}
 	ops = prependOps(ops, "/spec/initContainers", len(bs.InitContainers), as.InitContainers[:added])
+	// The user's init containers get the proxy environment too, at their
+	// places after the prepends above.
+	for j := range bs.InitContainers {
+		if ops, err = envOps(ops, "/spec/initContainers/"+strconv.Itoa(added+j)+"/env", bs.InitContainers[j].Env, as.InitContainers[added+j].Env); err != nil {
+			return nil, err
+		}
+	}
 	if len(as.Volumes) < len(bs.Volumes) {
 		return nil, fmt.Errorf("patch: %d volumes removed", len(bs.Volumes)-len(as.Volumes))
 	}
@@ -73,7 +80,11 @@ func Patch(before, after *corev1.Pod) ([]byte, error) {
 	// put back as they were is before.
 	rest := *after
 	rest.Annotations, rest.Labels = before.Annotations, before.Labels
-	rest.Spec.InitContainers = as.InitContainers[added:]
+	rest.Spec.InitContainers = make([]corev1.Container, len(bs.InitContainers))
+	for j, c := range as.InitContainers[added:] {
+		c.Env = bs.InitContainers[j].Env
+		rest.Spec.InitContainers[j] = c
+	}
 	rest.Spec.Volumes = as.Volumes[:len(bs.Volumes)]
 	rest.Spec.Containers = make([]corev1.Container, len(as.Containers))
 	for i, c := range as.Containers {

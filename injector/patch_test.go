@@ -109,20 +109,39 @@ func undoInjection(doc, orig map[string]any, before, after *corev1.Pod) error {
 	if err := undoArray(spec, ospec, "volumes", false, after.Spec.Volumes[len(before.Spec.Volumes):]); err != nil {
 		return err
 	}
-	cs, _ := spec["containers"].([]any)
-	ocs, _ := ospec["containers"].([]any)
-	for i := range before.Spec.Containers {
+	// The user's init containers, those put first taken out, and the
+	// app's get env entries appended.
+	for _, l := range []struct {
+		key           string
+		before, after []corev1.Container
+	}{
+		{"initContainers", before.Spec.InitContainers, after.Spec.InitContainers[added:]},
+		{"containers", before.Spec.Containers, after.Spec.Containers},
+	} {
+		if err := undoEnv(spec, ospec, l.key, l.before, l.after); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// undoEnv takes the env entries Inject appended out of each container of
+// the array m[k] and puts back the values it rewrote.
+func undoEnv(m, orig map[string]any, k string, before, after []corev1.Container) error {
+	cs, _ := m[k].([]any)
+	ocs, _ := orig[k].([]any)
+	for i := range before {
 		if i >= len(cs) || i >= len(ocs) {
-			return fmt.Errorf("containers: %v, want %d", spec["containers"], len(before.Spec.Containers))
+			return fmt.Errorf("%s: %v, want %d", k, m[k], len(before))
 		}
 		c, _ := cs[i].(map[string]any)
 		oc, _ := ocs[i].(map[string]any)
 		if c == nil || oc == nil {
 			continue // nothing added: compared whole
 		}
-		n := len(before.Spec.Containers[i].Env)
-		if err := undoArray(c, oc, "env", false, after.Spec.Containers[i].Env[n:]); err != nil {
-			return fmt.Errorf("containers[%d]: %w", i, err)
+		n := len(before[i].Env)
+		if err := undoArray(c, oc, "env", false, after[i].Env[n:]); err != nil {
+			return fmt.Errorf("%s[%d]: %w", k, i, err)
 		}
 		env, _ := c["env"].([]any)
 		oenv, _ := oc["env"].([]any)
@@ -238,7 +257,7 @@ func TestPatchKeepsUnknownFields(t *testing.T) {
 			name: "init container shifted by the sidecar",
 			raw:  func(*testing.T) string { return podWithUnknownFields },
 			wantPaths: []string{"/metadata/annotations/minimesh.io~1status", "/spec/initContainers/0",
-				"/spec/volumes/-", "/spec/containers/0/env/-"},
+				"/spec/initContainers/1/env", "/spec/volumes/-", "/spec/containers/0/env/-"},
 		},
 		{
 			name: "iptables: two init containers first",
@@ -278,7 +297,7 @@ func TestPatchKeepsUnknownFields(t *testing.T) {
 				})
 			},
 			wantPaths: []string{"/metadata/annotations/minimesh.io~1status", "/spec/initContainers/0",
-				"/spec/volumes/-", "/spec/containers/0/env/1/value", "/spec/containers/0/env/-"},
+				"/spec/initContainers/1/env", "/spec/volumes/-", "/spec/containers/0/env/1/value", "/spec/containers/0/env/-"},
 		},
 		{
 			name: "reinvocation: a container added since gets the proxy env",
@@ -428,7 +447,7 @@ func FuzzPatch(f *testing.F) {
 		`"minimesh.io/inject":"enabled","minimesh.io/interception":"iptables"`, 1)))
 	f.Add([]byte(`{"metadata":{"name":"solo","futureMeta":1},"spec":{"futureSpec":true,"containers":[{"name":"app","futureField":1},{"name":"b","env":[{"name":"A","x":null}]}]}}`))
 	f.Add([]byte(`{"metadata":{"annotations":null,"labels":{}},"spec":{"initContainers":[],"volumes":null,"containers":[{"name":"app","env":[]},{"name":"b","env":null}]}}`))
-	f.Add([]byte(`{"metadata":{"annotations":{"a/b~c":"1","minimesh.io/status":"injected"}},"spec":{"initContainers":[null,{"name":"m","x":[{}]}],"volumes":[null],` +
+	f.Add([]byte(`{"metadata":{"annotations":{"a/b~c":"1","minimesh.io/status":"injected"}},"spec":{"initContainers":[{},{"name":"m","x":[{}]}],"volumes":[null],` +
 		`"containers":[{"name":"app","env":[{"name":"JAVA_TOOL_OPTIONS","value":"-Xmx1g","x":1},{"name":"HTTP_PROXY","value":"mine"}]}]}}`))
 	f.Add([]byte(`{"metadata":{"annotations":{"minimesh.io/proxy-https":"enabled"}},"spec":{"containers":[{"name":"app","env":[{"name":"JAVA_TOOL_OPTIONS"}]}]}}`))
 	cfg := testConfig()
@@ -465,7 +484,7 @@ func FuzzPatch(f *testing.F) {
 
 // apiServerShaped reports whether doc has objects where a pod the API
 // server encodes always has them: the pod, its metadata and spec, each
-// container and env entry.
+// container and init container and env entry.
 func apiServerShaped(doc any) bool {
 	pod, ok := doc.(map[string]any)
 	if !ok {
@@ -478,16 +497,18 @@ func apiServerShaped(doc any) bool {
 	if !ok {
 		return false
 	}
-	cs, _ := spec["containers"].([]any)
-	for _, c := range cs {
-		c, ok := c.(map[string]any)
-		if !ok {
-			return false
-		}
-		env, _ := c["env"].([]any)
-		for _, e := range env {
-			if _, ok := e.(map[string]any); !ok {
+	for _, k := range []string{"initContainers", "containers"} {
+		cs, _ := spec[k].([]any)
+		for _, c := range cs {
+			c, ok := c.(map[string]any)
+			if !ok {
 				return false
+			}
+			env, _ := c["env"].([]any)
+			for _, e := range env {
+				if _, ok := e.(map[string]any); !ok {
+					return false
+				}
 			}
 		}
 	}
