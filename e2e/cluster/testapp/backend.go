@@ -22,34 +22,63 @@ import (
 // switches.
 func serve(addr, grpcAddr string) {
 	b := newBackend()
-	srv := &http.Server{Addr: addr, Handler: b}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	var gs *grpc.Server
 	if grpcAddr != "" {
-		ln, err := net.Listen("tcp", grpcAddr)
+		gln, err := net.Listen("tcp", grpcAddr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
 		gs = newGRPCServer(b)
-		go func() { _ = gs.Serve(ln) }()
+		go func() { _ = gs.Serve(gln) }()
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM)
-	go func() {
-		<-sig
-		time.Sleep(3 * time.Second)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if gs != nil {
-			go func() { <-ctx.Done(); gs.Stop() }()
-			gs.GracefulStop()
-		}
-		_ = srv.Shutdown(ctx)
-	}()
-	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+	if err := run(ln, b, gs, sig, drainDelay, drainTimeout); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// After SIGTERM the backend serves drainDelay more, while endpoints forget
+// the pod, then stops accepting and waits up to drainTimeout for the
+// requests in flight.
+const (
+	drainDelay   = 3 * time.Second
+	drainTimeout = 5 * time.Second
+)
+
+// run serves h on ln until stop, then keeps serving for delay, stops
+// accepting and returns once every request in flight is answered and its
+// connection closed (gRPC calls as well), or with an error after timeout.
+// The process ends when run returns: it used to return as soon as the
+// shutdown began (ListenAndServe returns ErrServerClosed at once), which
+// cut the requests still in flight.
+func run(ln net.Listener, h http.Handler, gs *grpc.Server, stop <-chan os.Signal, delay, timeout time.Duration) error {
+	srv := &http.Server{Handler: h}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-stop:
+	}
+	time.Sleep(delay)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if gs != nil {
+		go func() { <-ctx.Done(); gs.Stop() }()
+		gs.GracefulStop()
+	}
+	if err := srv.Shutdown(ctx); err != nil {
+		return fmt.Errorf("shutdown: requests still in flight after %v: %w", timeout, err)
+	}
+	return nil
 }
 
 // backend answers every request with a JSON echo of it, naming the pod
