@@ -106,6 +106,16 @@ func (g *Guard) gotConn(i httptrace.GotConnInfo) {
 	}
 }
 
+// Wrote reports whether a try so far wrote on its connection: the
+// request reached the peer. Called once the transport is done with the
+// request (on its goroutine, as GotConn is): a try that failed to get a
+// connection (its dial) after one that wrote was a resend of a request
+// the peer had, and its failure is not the request's (a connect failure
+// for a request that was sent).
+func (g *Guard) Wrote() bool {
+	return g.wrote > 0 || g.tries > 0 && g.lastWrote()
+}
+
 // lastWrote reports whether the last try wrote on its connection; one
 // whose connection counts nothing (not a Conn: a dialer that does not
 // wrap, a TLS layer over one) is taken to have written.

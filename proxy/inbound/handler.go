@@ -691,6 +691,10 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 		msg = "the app at " + st.c.text + " answered with a " + bs.Error()
 	case errors.Is(err, errOwnPort):
 		code, kind, msg = http.StatusForbidden, wellknown.ErrorForbidden, st.c.text+" is one of the sidecar's own ports: nothing reaches them through it"
+	case errors.As(err, &de) && st.guard.wrote():
+		// The transport's resend of a request the app had: a reset
+		// (replay.go's wrote).
+		msg = "the app at " + st.c.text + " closed the connection before its response, the request written, and does not accept connections now: " + de.err.Error()
 	case errors.As(err, &de):
 		kind, msg = wellknown.ErrorConnectFailure, "the app does not accept connections at "+st.c.text+": "+de.err.Error()
 	}

@@ -33,6 +33,14 @@ func (g *replayGuard) guard(ctx context.Context, req *http.Request) (context.Con
 	return g.g.Watch(ctx, nil, 0, errNotResent)
 }
 
+// wrote reports whether a try of the request wrote it into the app, once
+// the transport is done with it. A dial that failed after such a try was
+// the transport's resend, which GotConn never saw: the app had the
+// request and went away with it (a crash, a pod deleted), a reset, not
+// the connect failure that says the app never got it. Zero (no request
+// watched) when the transport never resends.
+func (g *replayGuard) wrote() bool { return g.g.Wrote() }
+
 // resendable reports whether http.Transport may write the request the
 // ReverseProxy makes of req (bodiless when req's Content-Length is 0)
 // again after writing it once: its Request.isReplayable.

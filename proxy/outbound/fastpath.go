@@ -315,12 +315,18 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 	// race keep-alive has, but an upstream that drops the request itself
 	// (a crash on it) would otherwise run it once per kept connection.
 	fresh := false
+	var written error // the failure of the try that wrote, when fresh
 	for {
 		var c *fconn
 		var reused bool
 		var err error
 		if fresh {
 			c, err = t.dialConn(ctx, key, deadline, late)
+			if err != nil {
+				// The upstream had the request: its dropped connection is
+				// the try's failure, not the resend's refused dial.
+				return nil, resentFailure(written, err, true)
+			}
 		} else {
 			c, reused, err = t.get(ctx, key, dl.start, deadline, late)
 		}
@@ -337,7 +343,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 		var se *staleError
 		if errors.As(err, &se) {
 			if reused && ctx.Err() == nil && (se.unsent || replayable(req)) {
-				fresh = !se.unsent
+				fresh, written = !se.unsent, err
 				continue
 			}
 			if !reused {

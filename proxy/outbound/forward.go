@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/replayguard"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/breaker"
@@ -313,11 +314,12 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			out = out.WithContext(ctx)
 		}
 	}
+	var replays *replayguard.Guard
 	if !fast && req.ProtoMajor != 2 {
 		// HTTP/2's own resends are of streams the upstream refused
 		// unprocessed; HTTP/1's are bounded here (replaybound.go).
-		if bctx, bcancel := boundReplays(ctx, cancel, out); bctx != ctx {
-			ctx, cancel = bctx, bcancel
+		if bctx, bcancel, g := boundReplays(ctx, cancel, out); g != nil {
+			ctx, cancel, replays = bctx, bcancel, g
 			out = out.WithContext(ctx)
 		}
 	}
@@ -341,6 +343,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		st.wire.body = nil
 	} else {
 		resp, err = t.RoundTrip(out)
+		if err != nil && replays != nil {
+			err = resentFailure(nil, err, replays.Wrote())
+		}
 	}
 	if err == nil && st.in.ReadCloser != nil {
 		// --request-body-timeout is for an upload the upstream waits

@@ -28,11 +28,57 @@ var errReplayedOnce = errors.New("the upstream closed the connection without ans
 // budget. Tries that wrote nothing (kept connections found closed before
 // a byte went) never count, however many in a row: the connections
 // count their writes (dialer.pooled).
-func boundReplays(ctx context.Context, cancel context.CancelCauseFunc, req *http.Request) (context.Context, context.CancelCauseFunc) {
+//
+// The guard comes back too (nil: none), for resentFailure once the
+// transport is done with the request.
+func boundReplays(ctx context.Context, cancel context.CancelCauseFunc, req *http.Request) (context.Context, context.CancelCauseFunc, *replayguard.Guard) {
 	if !stdReplayable(req) {
-		return ctx, cancel
+		return ctx, cancel, nil
 	}
-	return new(replayguard.Guard).Watch(ctx, cancel, 1, errReplayedOnce)
+	g := new(replayguard.Guard)
+	ctx, cancel = g.Watch(ctx, cancel, 1, errReplayedOnce)
+	return ctx, cancel, g
+}
+
+// errClosedUnanswered is the first failure of a request http.Transport
+// sent again, which it does not keep: the kept connection it was written
+// on closed without an answer.
+var errClosedUnanswered = errors.New("the upstream closed a kept connection without answering the request")
+
+// resentError is the failure of a try whose request was written on a
+// kept connection that closed without an answer (first), and whose one
+// resend could not connect (dial): an upstream that crashed on the
+// request, say, its listener gone. The upstream had the request, so the
+// try failed as the first connection did (a reset), not as a connect
+// failure, which says the request was never sent (docs/policy.md) and
+// is retried whatever the method: the request that crashed one
+// upstream went to the next endpoints.
+type resentError struct{ first, dial error }
+
+func (e *resentError) Error() string {
+	return e.first.Error() + "; sent again on a new connection, which could not be made: " + e.dial.Error()
+}
+
+// Unwrap is the first failure only: the dial's dialError must not make
+// the try a connect failure (classify, errorResponse).
+func (e *resentError) Unwrap() error { return e.first }
+
+// resentFailure is err, a try's failure, as the try's verdict when it
+// was the failed dial of a resend of a request written before (on the
+// fast transport: first is that write's failure; on http.Transport:
+// written says a try wrote, g.Wrote). A dial that ran out of the try's
+// or the request's time stays a timeout, and the sidecar's own want of
+// resources (localError) its own failure.
+func resentFailure(first, err error, written bool) error {
+	var de *dialError
+	if !written || !errors.As(err, &de) || errors.As(err, new(*localError)) ||
+		errors.Is(err, errPerTryTimeout) || errors.Is(err, errTimeout) {
+		return err
+	}
+	if first == nil {
+		first = errClosedUnanswered
+	}
+	return &resentError{first: first, dial: err}
 }
 
 // stdReplayable is http.Transport's Request.isReplayable: replayable,
