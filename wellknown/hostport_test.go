@@ -14,6 +14,7 @@ func TestValidHostPort(t *testing.T) {
 		"jaeger:65536":       false,
 		"jaeger:99999":       false,
 		"jaeger:-1":          false,
+		"jaeger:+4317":       false,
 		"jaeger:otlp":        false,
 		"jaeger:":            false,
 		"jaeger":             false,

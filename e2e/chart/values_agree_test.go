@@ -160,6 +160,7 @@ func TestChartAgreesWithValidate(t *testing.T) {
 		{"otlp port 0", map[string]any{"proxy.otlpEndpoint": "jaeger:0"}, "/proxy/otlpEndpoint'", "otlpEndpoint", false},
 		{"otlp port 65536", map[string]any{"proxy.otlpEndpoint": "jaeger:65536"}, "/proxy/otlpEndpoint'", "otlpEndpoint", false},
 		{"otlp no port", map[string]any{"proxy.otlpEndpoint": "jaeger"}, "/proxy/otlpEndpoint'", "otlpEndpoint", false},
+		{"otlp signed port", map[string]any{"proxy.otlpEndpoint": "jaeger:+4317"}, "/proxy/otlpEndpoint'", "otlpEndpoint", false},
 		{"otlp port 65535", map[string]any{"proxy.otlpEndpoint": "jaeger.observability:65535"}, "", "", false},
 		{"otlp port 1", map[string]any{"proxy.otlpEndpoint": "10.0.0.1:1"}, "", "", false},
 		{"otlp leading zero", map[string]any{"proxy.otlpEndpoint": "jaeger:04317"}, "", "", false},
