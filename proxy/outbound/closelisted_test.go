@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,12 +88,14 @@ func TestConnectionListedBesideCloseDropped(t *testing.T) {
 				{conn: "x-secret,CLOSE", pad: 10, close: true}, // 40 KiB
 				{conn: "close, X-Secret", pad: 1, hint: true, close: true},
 				{conn: "close, X-Secret", hint: true, close: true},
+				{conn: "close,\r\n X-Secret", close: true},          // obs-fold: the names go on in the next line
+				{conn: "close,\r\n\tX-Secret", pad: 1, close: true}, // and past the buffer
 				{conn: "X-Secret", pad: 1},
 				{conn: "X-Secret", pad: 1, hint: true},
 			} {
-				name := fmt.Sprintf("%s/%d cookies/hint %v", tc.conn, tc.pad, tc.hint)
+				name := fmt.Sprintf("%q/%d cookies/hint %v", tc.conn, tc.pad, tc.hint)
 				t.Run(name, func(t *testing.T) {
-					target := fmt.Sprintf("http://%s/?conn=%s&pad=%d", geo, strings.ReplaceAll(tc.conn, " ", "+"), tc.pad)
+					target := fmt.Sprintf("http://%s/?conn=%s&pad=%d", geo, url.QueryEscape(tc.conn), tc.pad)
 					if tc.hint {
 						target += "&hint=1"
 					}

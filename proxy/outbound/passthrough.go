@@ -38,6 +38,7 @@ func NoSniff(upstream, answer http.Header) {
 // goes on past it (send).
 func closeListed(buf []byte, drop []string) (_ []string, whole bool) {
 	var conn []string
+	inConn := false // the line before was a Connection field's
 	for i := 0; ; i++ {
 		nl := bytes.IndexByte(buf, '\n')
 		if nl < 0 {
@@ -48,7 +49,18 @@ func closeListed(buf []byte, drop []string) (_ []string, whole bool) {
 		if len(line) == 0 {
 			break
 		}
-		if name, v, ok := bytes.Cut(line, []byte(":")); ok && i > 0 && field.EqualFold(name, "Connection") {
+		if line[0] == ' ' || line[0] == '\t' {
+			// obs-fold (RFC 9112 §5.2): net/http's reader joins it to
+			// the field above, so a Connection field's names may go on
+			// here ("Connection: close,\r\n X-Secret").
+			if inConn {
+				conn[len(conn)-1] += " " + string(line)
+			}
+			continue
+		}
+		name, v, ok := bytes.Cut(line, []byte(":"))
+		inConn = ok && i > 0 && field.EqualFold(name, "Connection")
+		if inConn {
 			conn = append(conn, string(v))
 		}
 	}
