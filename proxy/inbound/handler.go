@@ -33,6 +33,7 @@ import (
 
 	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/internal/replayguard"
+	"github.com/minimesh/minimesh/proxy/internal/heldstatus"
 	"github.com/minimesh/minimesh/proxy/internal/inflight"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/requestid"
@@ -353,9 +354,6 @@ type reqState struct {
 	// late: the app's response body failed after its headers, with
 	// this error (for the 502's message: answerLate); nil: it did not.
 	late error
-	// gone: the caller went away while the app's response body was on
-	// its way (lateBody saw the request end).
-	gone bool
 	in   countingBody
 	out  countingWriter
 
@@ -377,7 +375,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}
 	// closeConn: the final answer says Connection: close. Set as the
-	// status goes (countingWriter.commit), not in the header map now: the
+	// status goes (heldstatus.Writer.Commit), not in the header map now: the
 	// ReverseProxy clears the map after each 1xx it passes on, and a 103
 	// from the app took the close off a chunked request's answer (the
 	// request pipelined behind it was served).
@@ -401,13 +399,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		closeConn = true
 	}
 	st := &reqState{c: c, start: start, code: http.StatusBadGateway}
-	st.out.ResponseWriter, st.out.closeConn = w, closeConn
+	st.out.ResponseWriter, st.out.CloseConn = w, closeConn
 	if r.ProtoMajor == 1 && r.ProtoMinor == 0 {
 		// An HTTP/1.0 caller may get no 1xx (RFC 9110 §15.2): it reads one
 		// as the final answer. Its 100-continue expectation is to be
 		// ignored (RFC 9110 §10.1.1), so the app is not asked for a 100
 		// nobody may pass on.
-		st.out.http10 = true
+		st.out.HTTP10 = true
 		delete(r.Header, "Expect")
 	}
 	w = &st.out
@@ -464,7 +462,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Any answer but a 101 closes the connection: what the caller
 		// sent behind the head is the protocol it asked for, never a
 		// next request into the app (docs/interception.md, "Inbound").
-		st.out.upgrade = true
+		st.out.upgrade, st.out.CloseConn = true, true
 	}
 	if gctx, cancel := st.guard.guard(ctx, r); cancel != nil {
 		ctx = gctx
@@ -472,13 +470,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r = r.WithContext(ctx)
 	h.rp.ServeHTTP(w, r)
-	if st.late != nil && st.out.withheld() {
+	if st.late != nil && st.out.Withheld() {
 		h.answerLate(w, r, st)
 	}
-	if st.code == statusClientClosed && !st.out.sent() {
+	if st.code == statusClientClosed && !st.out.Sent() {
 		panic(http.ErrAbortHandler) // the caller went away: nothing to answer; finish records the 499
 	}
-	st.out.commit() // a status with no body (a 204, a 304, an empty 200)
+	st.out.Commit() // a status with no body (a 204, a 304, an empty 200)
 }
 
 // answerLate replaces an app's response that failed after its head but
@@ -486,8 +484,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // status) with the sidecar's 502, through serveError.
 func (h *Handler) answerLate(w http.ResponseWriter, r *http.Request, st *reqState) {
 	clear(w.Header()) // the app's fields, copied by the ReverseProxy
-	st.out.pending = 0
-	st.out.status.Store(statusHeld)
+	st.out.Rehold()
 	err := &lateError{st.late}
 	st.late = nil
 	h.serveError(w, r, err)
@@ -583,7 +580,7 @@ var errUpgraded = errors.New("inbound: upgraded connection relayed")
 // the access log's and the span's error; the app's reset is a failure
 // after the 101 (the metric's 502), the caller's its leaving (499).
 func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
-	st.out.status.Store(statusSent) // the 101, written by RelayUpgraded
+	st.out.Bypassed() // the 101, written by RelayUpgraded
 	m := h.connMetric(st.c)
 	u, err := outbound.RelayUpgraded(st.out.ResponseWriter, resp, up, m.TCP(), h.cfg.TCPIdleTimeout)
 	if err != nil {
@@ -632,11 +629,11 @@ func (b *lateBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
 		if b.req.Err() != nil {
-			b.st.gone = true
+			b.st.out.gone = true
 			return n, err
 		}
 		b.st.late = err
-		if b.st.out.withhold() {
+		if b.st.out.Withhold() {
 			// Nothing of the body reached the caller, nor the status (no
 			// flush of a stream's head came first): ServeHTTP answers 502
 			// (answerLate).
@@ -737,7 +734,7 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 		// The caller got a status, then a body cut short: for the metrics,
 		// the span and the log line, the failure it was (as outbound).
 		st.code, st.errKind = http.StatusBadGateway, wellknown.ErrorReset
-	} else if st.errKind == "" && (st.gone || st.out.broken) {
+	} else if st.errKind == "" && (st.out.gone || st.out.broken) {
 		// The caller went away, or its connection broke, before the
 		// response ended: not the success the app's status would say (as
 		// outbound, docs/metrics.md).
@@ -897,112 +894,35 @@ func (b *countingBody) failure() error {
 	return nil
 }
 
-// countingWriter counts the response body bytes the caller was sent, and
-// holds the final status back until the first byte of its body or a
-// flush (a stream's head), as outbound's does (docs/operations.md, "A
-// response that fails after its headers"): an app that sends its head
-// and dies before any body byte gets the caller the sidecar's 502 rather
-// than a status with nothing behind it. Unwrap lets ReverseProxy reach
-// the server's Hijacker.
+// countingWriter counts the response body bytes the caller was sent,
+// over a heldstatus.Writer: the final status is held back until the first
+// byte of its body or a flush (a stream's head), as outbound's is
+// (docs/operations.md, "A response that fails after its headers"): an app
+// that sends its head and dies before any body byte gets the caller the
+// sidecar's 502 rather than a status with nothing behind it (lateBody
+// withholds it, answerLate answers). Unwrap lets ReverseProxy reach the
+// server's Hijacker.
 type countingWriter struct {
-	http.ResponseWriter
-	n       int64
-	pending uint16 // the final status held back; 0: none yet
-	// status is the held status's fate (statusHeld, statusSent,
-	// statusWithheld). Atomic: the ReverseProxy flushes a stream's head
-	// from a timer's goroutine while the handler's reads the app's body
-	// (lateBody withholds it); whichever comes first decides.
-	status atomic.Uint32
+	heldstatus.Writer
+	n int64
 	// broken: a write failed because the caller is gone.
 	broken bool
+	// gone: the caller went away while the app's response body was on
+	// its way (lateBody saw the request end). Here, not in reqState, to
+	// share broken's word: reqState stays in its 480-byte size class.
+	gone bool
 	// upgrade: the request asked for an Upgrade; a final answer other
-	// than its 101 closes the connection, as one with closeConn does.
-	upgrade   bool
-	closeConn bool
-	// http10: an HTTP/1.0 caller, which may get no 1xx but a 101.
-	http10 bool
-}
-
-// A countingWriter's status.
-const (
-	statusHeld uint32 = iota
-	statusSent
-	statusWithheld
-)
-
-// errWithheld is a write after the status was withheld: it would send
-// net/http's implicit 200.
-var errWithheld = errors.New("inbound: write after the response's status was withheld")
-
-func (w *countingWriter) sent() bool     { return w.status.Load() == statusSent }
-func (w *countingWriter) withheld() bool { return w.status.Load() == statusWithheld }
-
-// withhold keeps the status from the caller for good, unless it went
-// already: it reports whether it did.
-func (w *countingWriter) withhold() bool {
-	return w.status.CompareAndSwap(statusHeld, statusWithheld)
-}
-
-func (w *countingWriter) WriteHeader(code int) {
-	if code < 200 {
-		// A 1xx goes at once (103 Early Hints), but to an HTTP/1.0
-		// caller only a 101.
-		if !w.http10 || code == http.StatusSwitchingProtocols {
-			w.ResponseWriter.WriteHeader(code)
-		}
-		return
-	}
-	if w.status.Load() == statusHeld && w.pending == 0 {
-		w.pending = uint16(code) // WriteHeader's codes are at most 999
-	}
-}
-
-// commit sends the held status, if neither sent nor withheld.
-func (w *countingWriter) commit() {
-	if !w.status.CompareAndSwap(statusHeld, statusSent) {
-		return
-	}
-	if w.pending == 0 {
-		w.pending = http.StatusOK
-	}
-	if w.upgrade || w.closeConn {
-		w.Header().Set("Connection", "close")
-	}
-	w.ResponseWriter.WriteHeader(int(w.pending))
+	// than its 101 closes the connection (CloseConn is set with it).
+	upgrade bool
 }
 
 func (w *countingWriter) Write(p []byte) (int, error) {
-	w.commit()
-	if w.withheld() {
-		return 0, errWithheld
-	}
-	n, err := w.ResponseWriter.Write(p)
+	n, err := w.Writer.Write(p)
 	w.n += int64(n)
 	if err != nil && outbound.ReaderGone(err) {
 		w.broken = true
 	}
 	return n, err
-}
-
-func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// FlushError sends what the server holds of the response, the status
-// included (a stream's head goes at its flush; lateBody.Read). A withheld
-// status flushes nothing: net/http would send a 200 of its own.
-// net/http's servers' writers, HTTP/1 and HTTP/2, have FlushError.
-func (w *countingWriter) FlushError() error {
-	w.commit()
-	if w.withheld() {
-		return nil
-	}
-	if f, ok := w.ResponseWriter.(interface{ FlushError() error }); ok {
-		return f.FlushError()
-	}
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-		return nil
-	}
-	return http.ErrNotSupported
 }
 
 // Hijack gives the ReverseProxy an upgrade's connection with the bytes
@@ -1012,7 +932,7 @@ func (w *countingWriter) FlushError() error {
 func (w *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := outbound.HijackEarly(w.ResponseWriter)
 	if err == nil {
-		w.status.CompareAndSwap(statusHeld, statusSent)
+		w.Bypassed()
 	}
 	return c, brw, err
 }

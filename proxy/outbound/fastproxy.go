@@ -163,7 +163,7 @@ func (h *Handler) readBody(r *http.Request, st *reqState) error {
 			if whole {
 				// The rest of the body is unread: the connection closes
 				// after the 504.
-				st.out.closeConn = true
+				st.out.CloseConn = true
 				return errTimeout
 			}
 			// (net/http's server has ended the request's context too.)

@@ -642,7 +642,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	}
 	b.st.lateErr = err // for answerLate's message
 	b.fail(class)
-	if b.st.out.withhold() {
+	if b.st.out.Withhold() {
 		// Nothing reached the app: the handler answers with the failure
 		// (answerLate), and no flush of a stream's headers, on the
 		// ReverseProxy's timer, can send the upstream's status now.
@@ -682,7 +682,7 @@ func (b *upstreamBody) appFault(n int, err, cerr error) (int, error) {
 	}
 	b.end(outcome)
 	b.endSpan(wellknown.ErrorBadRequest, false)
-	if b.st.out.withhold() {
+	if b.st.out.Withhold() {
 		return 0, io.EOF // answerLate answers
 	}
 	if b.grpc != nil && b.pfx == 0 {

@@ -499,8 +499,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		st.grpc, st.grpcStatus = true, -1
 	}
 	st.out.ResponseWriter = w
-	st.out.closeConn, st.out.draining = closeConn, &h.draining
-	st.out.http10 = r.ProtoMajor == 1 && r.ProtoMinor == 0
+	st.out.CloseConn, st.out.Draining = closeConn, &h.draining
+	st.out.HTTP10 = r.ProtoMajor == 1 && r.ProtoMinor == 0
 	w = &st.out
 
 	// The map read under the canonical key: Header.Get and Set would
@@ -523,7 +523,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		// lean loop hands every Upgrade to net/http, whose map this is.
 		var h2cOnly bool
 		if st.upgrade, h2cOnly = DropH2CUpgrade(r.Header); !st.upgrade && !h2cOnly {
-			st.out.closeConn = true // the guard no longer follows the connection
+			st.out.CloseConn = true // the guard no longer follows the connection
 		}
 	}
 	if st.upgrade {
@@ -532,7 +532,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		// Any answer but a 101 closes the connection: what the app sent
 		// behind the head is the protocol it asked for, never a next
 		// request (docs/operations.md, "Upgrade requests").
-		st.out.closeConn = true
+		st.out.CloseConn = true
 	}
 	// A body whose Content-Length is over the limit gets its 413 before
 	// any try (tooLarge), as nginx's client_max_body_size answers: sent,
@@ -675,15 +675,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			h.rp.ServeHTTP(w, r.WithContext(ctx))
 		}
 	}
-	if st.late != 0 && !st.out.sent() {
+	if st.late != 0 && !st.out.Sent() {
 		h.answerLate(w, st)
 	}
 	// An app that went away gets nothing: net/http would send a 200 of
 	// its own for a handler that wrote none, which a half-closed client
 	// would still read.
-	gone := st.code == statusClientClosed && !st.out.sent() && st.out.pending == 0
+	gone := st.code == statusClientClosed && !st.out.Sent() && st.out.Code() == 0
 	if !gone {
-		st.out.commit()
+		st.out.Commit()
 	}
 	if gone {
 		panic(http.ErrAbortHandler) // the deferred finish records the 499
@@ -700,8 +700,7 @@ func (h *Handler) answerLate(w http.ResponseWriter, st *reqState) {
 	}
 	// The ReverseProxy has returned: nothing commits the status but this
 	// answer now.
-	st.out.pending = 0
-	st.out.status.Store(statusHeld)
+	st.out.Rehold()
 	st.code, st.errKind, st.late = code, kind, 0
 	body.RequestID = st.id
 	w.Header()[requestIDKey] = st.idValue()
@@ -803,7 +802,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, code int, kind,
 
 // finish records a request: metrics, its span, its access log line.
 func (h *Handler) finish(r *http.Request, st *reqState) {
-	if st.late != 0 && st.out.sent() {
+	if st.late != 0 && st.out.Sent() {
 		// The upstream's response failed after its status went to the
 		// app, and the handler is aborting (the ReverseProxy's panic,
 		// fastProxy's): what the server still holds of the answer (a
@@ -1119,7 +1118,7 @@ func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
 		defer ep.Release()
 	}
 	// The 101 goes out here: the handler's held status must not follow.
-	st.out.status.Store(statusSent)
+	st.out.Bypassed()
 	u, err := RelayUpgraded(st.out.ResponseWriter, resp, up, st.dest.metrics.TCP(), h.cfg.TCPIdleTimeout)
 	if err != nil {
 		abort(up)
@@ -1185,7 +1184,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 		if st.in.woken.Load() && r.ProtoMajor == 1 {
 			// The timeout cut the app's body short (wake): what is left
 			// of it cannot be told from a next request.
-			st.out.closeConn = true
+			st.out.CloseConn = true
 		}
 	}
 	st.answer(w, code, kind, body)

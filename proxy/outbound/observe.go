@@ -15,6 +15,7 @@ import (
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/balancer"
+	"github.com/minimesh/minimesh/proxy/internal/heldstatus"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -313,35 +314,20 @@ func (*bodyTimeoutError) Error() string {
 	return "the app sent no request body bytes within --request-body-timeout"
 }
 
-// countingWriter counts the response body bytes the app was sent, and
-// holds the response's status back until the first byte of its body: an
-// upstream that sends headers and then fails has not yet reached the app,
-// which then gets the sidecar's 502 or 504 instead of a 200 with nothing
-// after it. Unwrap lets ReverseProxy reach the server's Hijacker through
-// it.
+// countingWriter counts the response body bytes the app was sent, over
+// a heldstatus.Writer: the response's status is held back until the first
+// byte of its body, so that an upstream that sends headers and then fails
+// has not yet reached the app, which then gets the sidecar's 502 or 504
+// instead of a 200 with nothing after it. The body's reader withholds the
+// status on such a failure (upstreamBody.Read), the handler answering
+// instead (answerLate). Unwrap lets ReverseProxy reach the server's
+// Hijacker through it.
 type countingWriter struct {
-	http.ResponseWriter
-	n       int64
-	pending int // status held back; 0: none
-	// status is the held-back status's fate: held, sent to the app, or
-	// withheld for good by a body that failed before the app got any of
-	// it (upstreamBody.Read), the handler answering instead (answerLate).
-	// Atomic: the ReverseProxy flushes a stream's headers from a timer's
-	// goroutine (its copyResponse), committing the status there while
-	// the handler's goroutine reads the body; whichever of the two comes
-	// first decides, so the app never gets a 200 ended cleanly for a
-	// body that failed.
-	status    atomic.Uint32
-	closeConn bool
-	// draining is the handler's: a drain begun while the request was on
-	// its way closes its connection too.
-	draining *atomic.Bool
+	heldstatus.Writer
+	n int64
 	// broken is a write to the app that failed: the app went away, or
 	// its connection broke, before its response ended.
 	broken bool
-	// http10 is an HTTP/1.0 app's response, which may hold no 1xx
-	// (RFC 9110 §15.2): it would read one as the final answer.
-	http10 bool
 	// refused is a write the app's server refused for what the
 	// upstream's response said (refusedWrite): the response was cut
 	// there, the upstream's failure, not the app's leaving
@@ -355,58 +341,8 @@ type countingWriter struct {
 	mu sync.Mutex
 }
 
-// A countingWriter's status (countingWriter.status).
-const (
-	statusHeld uint32 = iota
-	statusSent
-	statusWithheld
-)
-
-// errWithheld is a write after the status was withheld: it would send
-// net/http's implicit 200.
-var errWithheld = errors.New("outbound: write after the response's status was withheld")
-
-// sent reports whether the status went to the app.
-func (w *countingWriter) sent() bool { return w.status.Load() == statusSent }
-
-// withhold keeps the status from the app for good, unless it went
-// already: it reports whether it did.
-func (w *countingWriter) withhold() bool { return w.status.CompareAndSwap(statusHeld, statusWithheld) }
-
-func (w *countingWriter) WriteHeader(code int) {
-	if code < 200 {
-		// 1xx (103 Early Hints, 101 before a hijack) go at once, but for
-		// an HTTP/1.0 app, which gets none but a 101.
-		if !w.http10 || code == http.StatusSwitchingProtocols {
-			w.ResponseWriter.WriteHeader(code)
-		}
-		return
-	}
-	if w.status.Load() == statusHeld && w.pending == 0 {
-		w.pending = code
-	}
-}
-
-// commit sends the held-back status, if it is neither sent nor withheld.
-func (w *countingWriter) commit() {
-	if !w.status.CompareAndSwap(statusHeld, statusSent) {
-		return // sent already, or withheld by the body's reader
-	}
-	if w.pending == 0 {
-		w.pending = http.StatusOK
-	}
-	if w.closeConn || w.draining != nil && w.draining.Load() {
-		w.Header().Set("Connection", "close")
-	}
-	w.ResponseWriter.WriteHeader(w.pending)
-}
-
 func (w *countingWriter) Write(p []byte) (int, error) {
-	w.commit()
-	if w.status.Load() == statusWithheld {
-		return 0, errWithheld
-	}
-	n, err := w.ResponseWriter.Write(p)
+	n, err := w.Writer.Write(p)
 	w.n += int64(n)
 	if err != nil && ReaderGone(err) {
 		w.broken = true
@@ -422,7 +358,7 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 // the first is its reader gone (the app here, the caller on the inbound
 // path), or its connection broken.
 func ReaderGone(err error) bool {
-	return !refusedWrite(err) && !errors.Is(err, http.ErrHijacked) && !errors.Is(err, errWithheld)
+	return !refusedWrite(err) && !errors.Is(err, http.ErrHijacked) && !errors.Is(err, heldstatus.ErrWithheld)
 }
 
 // refusedWrite reports whether a failed write of a response's body is
@@ -595,27 +531,14 @@ func (w *countingWriter) abandonUpload(in *countingBody) {
 	in.abandon(w.ResponseWriter)
 }
 
-// FlushError sends what is held, the status included: a stream's
-// headers reach the app as soon as the upstream's do. A withheld
-// status flushes nothing: net/http's flush would send a 200 of its own.
+// FlushError sends what is held, the status included (a stream's
+// headers reach the app as soon as the upstream's do), under mu: the
+// ReverseProxy's timer flushes while an upload may be abandoned.
 func (w *countingWriter) FlushError() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.commit()
-	if w.status.Load() == statusWithheld {
-		return nil
-	}
-	if f, ok := w.ResponseWriter.(interface{ FlushError() error }); ok {
-		return f.FlushError()
-	}
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-		return nil
-	}
-	return http.ErrNotSupported
+	return w.Writer.FlushError()
 }
-
-func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // spanAttrs are a request span's attributes known at its start, named by
 // the stable HTTP semantic conventions.
