@@ -3,11 +3,14 @@ package outbound
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -524,6 +527,20 @@ const (
 // HTTP/2 with prior knowledge (h2c) over the sidecar's dialer, one
 // multiplexed connection per destination, opening another when the
 // upstream's SETTINGS_MAX_CONCURRENT_STREAMS is reached.
+//
+// One dial at a time per destination (MaxConnsPerHost 1: the requests
+// that find no room wait for that dial and share its connection). Go's
+// transport otherwise dials for every request that finds the connections
+// full (ErrNoCachedConn, golang/go#16582), all at once, and closes the
+// connections that turn out unneeded: 1,000 concurrent calls to a new
+// destination dialled 700 to 1,212 connections and kept 5 to 9; now 2 to
+// 6, of which 2 to 4 are kept (TestH2ConcurrentCallsNoFalseReset). A dial
+// that fails fails the calls that waited for it (boundDials). The limit
+// counts dials and the entries of Go's HTTP/1 idle list, not HTTP/2
+// connections, which stay as many as the streams need. Waiting on a full
+// connection instead (StrictMaxConcurrentRequests, as grpc-go's and
+// Linkerd's clients do) hangs in Go 1.26 once more calls wait than the
+// upstream's limit: the waiting calls' reservations count against it.
 func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error)) *http.Transport {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
@@ -536,6 +553,7 @@ func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error
 	return &http.Transport{
 		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
 		DialContext:            boundDials(dial),
+		MaxConnsPerHost:        1,
 		Protocols:              &p,
 		IdleConnTimeout:        90 * time.Second,
 		DisableCompression:     true,
@@ -549,42 +567,249 @@ func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error
 	}
 }
 
-// h2Tries is the upstream HTTP/2 transport with each request's dials
+// h2Tries is the upstream HTTP/2 transport with each try's dials
 // bounded (boundDials). Go's transport dials again, with no bound and no
 // pause, for a request whose stream the upstream reset with
 // PROTOCOL_ERROR (it takes that for a broken connection, golang/go#47635,
 // and its http.Transport redials whenever no connection is cached): one
-// GET to such an upstream opened 3,351 connections in a second. A try
-// now opens at most maxDialsPerTry, and then fails as the reset it is,
-// for the try loop to judge (docs/grpc.md, "Retries").
+// GET to such an upstream opened 3,351 connections in a second. Each turn
+// of that loop loses the connection the request was on (marked not to be
+// reused, it closes as its last stream ends); a dial that races other
+// requests for the room of connections that are full loses none. A try
+// that lost maxLostPerTry of the connections it was placed on is dialled
+// no more and fails as the reset it is, for the try loop to judge
+// (docs/grpc.md, "Retries"): at most 3 dials of its own, also with 200
+// calls at once to such an upstream (TestH2ResetRedialConcurrent).
+// Counting dials alone refused a try's third also in that race, and
+// failed it as a false PROTOCOL_ERROR reset, a 502 and a breaker failure,
+// when hundreds of calls went at once to a new destination
+// (TestH2ConcurrentCallsNoFalseReset).
+//
+// The try's state is its context, which also carries the request's
+// ClientTrace with a GotConn hook of its own: two allocations (the
+// context and the hook), as the dial counter's context and counter were.
 type h2Tries struct{ http.RoundTripper }
 
 func (t h2Tries) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx := context.WithValue(req.Context(), dialsKey{}, new(atomic.Int32))
-	return t.RoundTripper.RoundTrip(req.WithContext(ctx))
+	c := &h2Try{Context: req.Context(), epoch: dialEpoch.Load()}
+	if old := httptrace.ContextClientTrace(c.Context); old != nil {
+		c.t = *old // the ReverseProxy's, always
+	} else {
+		c.Context = httptrace.WithClientTrace(c.Context, &c.t)
+	}
+	c.next = c.t.GotConn
+	c.t.GotConn = c.gotConn
+	return t.RoundTripper.RoundTrip(req.WithContext(c))
 }
 
-// dialsKey carries the count of a request's dials (h2Tries).
-type dialsKey struct{}
+// h2Try is a try's context: the last connections its request was placed
+// on and its dials (boundDials), and its ClientTrace t, which tells the
+// first.
+type h2Try struct {
+	context.Context
+	t    httptrace.ClientTrace
+	next func(httptrace.GotConnInfo) // the request's own GotConn, if any
+	// on holds the last len(on) connections Go's transport placed the
+	// request on, in turn (placed counts them); the try's goroutine
+	// writes them, boundDials reads them, from the dial's goroutine.
+	on     [maxLostPerTry + 2]atomic.Pointer[h2Conn]
+	placed atomic.Uint32
+	dial   atomic.Int32 // dials
+	// epoch is dialEpoch when the try began: a dial to its destination
+	// that failed since, one it waited for, fails it too (boundDials).
+	epoch uint64
+}
 
-// maxDialsPerTry: a try's first connection, and one more for a cached
-// connection that turned out dead.
-const maxDialsPerTry = 2
+func (c *h2Try) Value(k any) any {
+	if k == (h2TryKey{}) {
+		return c
+	}
+	v := c.Context.Value(k)
+	if _, ok := v.(*httptrace.ClientTrace); ok {
+		return &c.t
+	}
+	return v
+}
+
+func (c *h2Try) gotConn(info httptrace.GotConnInfo) {
+	if hc, ok := info.Conn.(*h2Conn); ok {
+		n := c.placed.Load()
+		if n == 0 || c.on[(n-1)%uint32(len(c.on))].Load() != hc {
+			c.on[n%uint32(len(c.on))].Store(hc)
+			c.placed.Store(n + 1)
+		}
+	}
+	if c.next != nil {
+		c.next(info)
+	}
+}
+
+// lost counts the connections lost (h2Conn) among the last the try was
+// placed on. Not only the one it was last on, and not only closed ones:
+// Go's transport closes a connection reset with PROTOCOL_ERROR once its
+// last stream has gone, and with many calls on it that can come after
+// the try dialled again, twice (50 concurrent GETs to an upstream
+// resetting every stream: a try dialled up to 16 times,
+// TestH2ResetRedialConcurrent). A connection a try was refused on
+// (REFUSED_STREAM: its streams sent before the upstream's SETTINGS told a
+// limit) stays open, usable, with the streams it took: not lost.
+func (c *h2Try) lost() int {
+	n := 0
+	for i := range c.on {
+		if on := c.on[i].Load(); on != nil && (on.closed.Load() || on.reset.Load()) {
+			n++
+		}
+	}
+	return n
+}
+
+// h2TryKey finds a try's h2Try (boundDials).
+type h2TryKey struct{}
+
+// h2Conn is a connection of the h2c transport, which tells whether it
+// is lost to new requests: closed, or sent an RST_STREAM with
+// PROTOCOL_ERROR, after which Go's transport places no request on it
+// (golang/go#47635) and closes it once no stream is left, which with many
+// calls on it comes late (h2Tries). reset is set as the frame is read,
+// before Go's transport hands the reset to the try it ends: no lag.
+type h2Conn struct {
+	net.Conn
+	closed atomic.Bool
+	reset  atomic.Bool
+	// The frame walk of the bytes read (Read, on the transport's one
+	// read loop): the frame header so far, the payload bytes left,
+	// and an RST_STREAM's error code.
+	hdr  [9]byte
+	hn   int
+	left uint32
+	rst  bool
+	code uint32
+}
+
+func (c *h2Conn) Close() error {
+	c.closed.Store(true)
+	return c.Conn.Close()
+}
+
+func (c *h2Conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if !c.reset.Load() {
+		c.walk(p[:n])
+	}
+	return n, err
+}
+
+// walk follows the upstream's frames (RFC 9113 §4.1: a 9-byte header,
+// its payload's length first and its type fourth) across reads, skipping
+// payloads, to find an RST_STREAM (type 3, a 4-byte error code) with
+// PROTOCOL_ERROR (1). An h2c server's first bytes are a frame (its
+// SETTINGS): no preface to skip.
+func (c *h2Conn) walk(b []byte) {
+	for len(b) > 0 {
+		if c.left == 0 {
+			k := copy(c.hdr[c.hn:], b)
+			c.hn += k
+			b = b[k:]
+			if c.hn < len(c.hdr) {
+				return
+			}
+			c.hn = 0
+			c.left = uint32(c.hdr[0])<<16 | uint32(c.hdr[1])<<8 | uint32(c.hdr[2])
+			c.rst, c.code = c.hdr[3] == 0x3 && c.left == 4, 0
+			continue
+		}
+		k := min(int(c.left), len(b))
+		if c.rst {
+			for _, x := range b[:k] {
+				c.code = c.code<<8 | uint32(x)
+			}
+		}
+		c.left -= uint32(k)
+		b = b[k:]
+		if c.left == 0 && c.rst && c.code == 0x1 {
+			c.reset.Store(true)
+			return
+		}
+	}
+}
+
+// maxLostPerTry: a try's request on a cached connection or its first new
+// one, and once more on a new connection, before its stream's reset
+// ends the try.
+const maxLostPerTry = 2
+
+// maxDialsPerTry bounds a try's dials whatever it lost: a safety net for
+// an upstream that never has room (SETTINGS_MAX_CONCURRENT_STREAMS 0),
+// for which Go's transport dials for ever without placing the request.
+// Racing for room, a try dialled at most 3 times
+// (TestH2ConcurrentCallsNoFalseReset: 1,000 concurrent calls, or 40 to
+// an upstream taking one stream per connection).
+const maxDialsPerTry = 16
 
 // errRedialed is a try whose stream was reset on every connection the
 // transport dialled for it.
 var errRedialed = errors.New("the upstream reset the stream on every new connection (HTTP/2 PROTOCOL_ERROR): not dialled again for this try")
 
-// boundDials is dial refusing the dials of a request past maxDialsPerTry
-// (h2Tries).
+// errDialBound is a try that dialled maxDialsPerTry connections.
+var errDialBound = fmt.Errorf("%d new upstream connections for one try, none of which carried its stream to an answer (no room for it, HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, or its stream reset): not dialled again for this try", maxDialsPerTry)
+
+// dialEpoch counts the h2c transport's ended dials.
+var dialEpoch atomic.Uint64
+
+// boundDials is dial refusing the dials of a try past its bounds
+// (h2Tries), and telling it the connections it dials. Go's transport
+// dials once at a time per destination (newH2CTransport): a try that
+// waited for a dial that failed fails with it, as its own dial would
+// have, instead of dialling in its turn, each after the one before
+// it had run to its connect timeout (an unreachable pod).
 func boundDials(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+	var mu sync.Mutex
+	failed := map[string]dialFailure{} // by address, until a dial succeeds
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if n, _ := ctx.Value(dialsKey{}).(*atomic.Int32); n != nil && n.Add(1) > maxDialsPerTry {
-			return nil, errRedialed
+		c, _ := ctx.Value(h2TryKey{}).(*h2Try)
+		if c != nil {
+			mu.Lock()
+			f, ok := failed[addr]
+			mu.Unlock()
+			if ok && c.epoch < f.epoch {
+				return nil, f.err
+			}
+			if c.lost() >= maxLostPerTry {
+				return nil, errRedialed
+			}
+			if c.dial.Add(1) > maxDialsPerTry {
+				return nil, errDialBound
+			}
 		}
-		return dial(ctx, network, addr)
+		conn, err := dial(ctx, network, addr)
+		mu.Lock()
+		if err != nil {
+			if len(failed) >= maxDialFailures {
+				clear(failed) // addresses that never came back
+			}
+			failed[addr] = dialFailure{dialEpoch.Add(1), err}
+		} else {
+			dialEpoch.Add(1)
+			delete(failed, addr)
+		}
+		mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return &h2Conn{Conn: conn}, nil
 	}
 }
+
+// dialFailure is an address's last failed dial: its error, and the
+// dialEpoch it ended.
+type dialFailure struct {
+	epoch uint64
+	err   error
+}
+
+// maxDialFailures bounds the addresses whose failed dial boundDials
+// keeps.
+const maxDialFailures = 1024
 
 // H2MaxConcurrentStreams bounds the streams an app may have open on one
 // HTTP/2 connection to the sidecar (SETTINGS_MAX_CONCURRENT_STREAMS);
