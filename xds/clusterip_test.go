@@ -42,17 +42,17 @@ func aps(s ...string) []netip.AddrPort {
 	return out
 }
 
-// TestServeClusterIPs: every Service port's ClusterIPs (both families)
-// reach the sidecar with its endpoints, and a change or a removal of
-// them reaches it as an endpoint change does; a Service without them
-// (headless) maps no address.
-func TestServeClusterIPs(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+// clusterIPSidecar is a server that expects endpoints, serving meshWide,
+// and a sidecar of shop on it that records the endpoints and ClusterIPs
+// it is sent; both run until the test ends.
+func clusterIPSidecar(t *testing.T) (*Server, *epRecorder, *ipRecorder) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
 	s := NewServer(ctx, nil)
 	s.ExpectEndpoints()
 	addr, stop := serve(t, s, "127.0.0.1:0")
-	defer stop()
+	t.Cleanup(stop)
 	if err := s.Set(meshWide(t), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +60,15 @@ func TestServeClusterIPs(t *testing.T) {
 	c := epClient(addr, "shop", newRecorder(), er)
 	c.ApplyClusterIPs = ir.apply
 	go c.Run(ctx)
+	return s, er, ir
+}
+
+// TestServeClusterIPs: every Service port's ClusterIPs (both families)
+// reach the sidecar with its endpoints, and a change or a removal of
+// them reaches it as an endpoint change does; a Service without them
+// (headless) maps no address.
+func TestServeClusterIPs(t *testing.T) {
+	s, er, ir := clusterIPSidecar(t)
 
 	geo81 := wellknown.EndpointName("geo", "shop", 8001)
 	headless := wellknown.EndpointName("db", "shop", 5432)

@@ -213,19 +213,7 @@ func TestLeftOutKeepsClusterIPs(t *testing.T) {
 // pg:5432 one push and 10.96.0.1:5432 the next, splitting its breaker
 // and metrics.
 func TestLeftOutNamingStableOverTheWire(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	s := NewServer(ctx, nil)
-	s.ExpectEndpoints()
-	addr, stop := serve(t, s, "127.0.0.1:0")
-	defer stop()
-	if err := s.Set(meshWide(t), nil); err != nil {
-		t.Fatal(err)
-	}
-	er, ir := &epRecorder{}, &ipRecorder{}
-	c := epClient(addr, "shop", newRecorder(), er)
-	c.ApplyClusterIPs = ir.apply
-	go c.Run(ctx)
+	s, er, ir := clusterIPSidecar(t)
 
 	pg := wellknown.EndpointName("pg", "shop", 5432)
 	var pgEps []xdsclient.Endpoint

@@ -72,6 +72,35 @@ func (c deltaStream) ack(nonce, _ string) error {
 	return c.st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: clusterType, ResponseNonce: nonce})
 }
 
+// openADS, openCDS and openDelta open a stream of each kind a sidecar or
+// an Envoy may use, ended with ctx.
+func openADS(ctx context.Context, t *testing.T, addr string) xdsStream {
+	t.Helper()
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(rawConn(t, addr)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sotwStream{st}
+}
+
+func openCDS(ctx context.Context, t *testing.T, addr string) xdsStream {
+	t.Helper()
+	st, err := clusterservice.NewClusterDiscoveryServiceClient(rawConn(t, addr)).StreamClusters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sotwStream{st}
+}
+
+func openDelta(ctx context.Context, t *testing.T, addr string) xdsStream {
+	t.Helper()
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(rawConn(t, addr)).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return deltaStream{st}
+}
+
 // TestNackHeldUntilChange: a client that NACKs every response as soon as
 // it comes, and NACKs it again and again (as an Envoy does: it NACKs
 // each response it cannot take, and nothing makes it wait), is sent
@@ -87,27 +116,9 @@ func TestNackHeldUntilChange(t *testing.T) {
 		name string
 		open func(ctx context.Context, t *testing.T, addr string) xdsStream
 	}{
-		{"ads", func(ctx context.Context, t *testing.T, addr string) xdsStream {
-			st, err := discovery.NewAggregatedDiscoveryServiceClient(rawConn(t, addr)).StreamAggregatedResources(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return sotwStream{st}
-		}},
-		{"cds", func(ctx context.Context, t *testing.T, addr string) xdsStream {
-			st, err := clusterservice.NewClusterDiscoveryServiceClient(rawConn(t, addr)).StreamClusters(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return sotwStream{st}
-		}},
-		{"delta", func(ctx context.Context, t *testing.T, addr string) xdsStream {
-			st, err := discovery.NewAggregatedDiscoveryServiceClient(rawConn(t, addr)).DeltaAggregatedResources(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return deltaStream{st}
-		}},
+		{"ads", openADS},
+		{"cds", openCDS},
+		{"delta", openDelta},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
@@ -192,20 +203,8 @@ func TestRefusedStreamsLeaveGauge(t *testing.T) {
 		name string
 		open func(ctx context.Context, t *testing.T, addr string) xdsStream
 	}{
-		{"ads", func(ctx context.Context, t *testing.T, addr string) xdsStream {
-			st, err := discovery.NewAggregatedDiscoveryServiceClient(rawConn(t, addr)).StreamAggregatedResources(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return sotwStream{st}
-		}},
-		{"delta", func(ctx context.Context, t *testing.T, addr string) xdsStream {
-			st, err := discovery.NewAggregatedDiscoveryServiceClient(rawConn(t, addr)).DeltaAggregatedResources(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return deltaStream{st}
-		}},
+		{"ads", openADS},
+		{"delta", openDelta},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())

@@ -35,6 +35,21 @@ func shopOwn(t testing.TB) map[string][]*policy.ResiliencePolicy {
 	return map[string][]*policy.ResiliencePolicy{"shop": pol(t, "shop", `{service: geo, circuitBreaker: {consecutiveFailures: 3}}`)}
 }
 
+// meshServer serves meshWide and shopOwn, set before it listens, until
+// the test ends; ctx ends with it too.
+func meshServer(t *testing.T) (ctx context.Context, s *Server, addr string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s = NewServer(ctx, nil)
+	if err := s.Set(meshWide(t), shopOwn(t)); err != nil {
+		t.Fatal(err)
+	}
+	addr, stop := serve(t, s, "127.0.0.1:0")
+	t.Cleanup(stop)
+	return ctx, s, addr
+}
+
 // firstApply runs a client and returns how long it took from its start to
 // its first applied response.
 func firstApply(t testing.TB, ctx context.Context, c *xdsclient.Client, r *recorder) time.Duration {
@@ -58,14 +73,7 @@ func firstApply(t testing.TB, ctx context.Context, c *xdsclient.Client, r *recor
 // namespace that first appears after another sidecar of its namespace
 // came and went.
 func TestEveryNamespaceGetsClusterWide(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s := NewServer(ctx, nil)
-	if err := s.Set(meshWide(t), shopOwn(t)); err != nil {
-		t.Fatal(err)
-	}
-	addr, stop := serve(t, s, "127.0.0.1:0")
-	defer stop()
+	ctx, s, addr := meshServer(t)
 
 	nodes := map[string]*xdsclient.NodeInfo{
 		"unnamed":      xdsclient.Node("web-1", "checkout", "web"),
@@ -102,14 +110,7 @@ func TestEveryNamespaceGetsClusterWide(t *testing.T) {
 // falls back to the cluster-wide set, neither keeping its stale own set
 // nor getting nothing; and it takes its own again when one comes back.
 func TestNamespaceLosesItsPolicies(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s := NewServer(ctx, nil)
-	if err := s.Set(meshWide(t), shopOwn(t)); err != nil {
-		t.Fatal(err)
-	}
-	addr, stop := serve(t, s, "127.0.0.1:0")
-	defer stop()
+	ctx, s, addr := meshServer(t)
 	r := newRecorder()
 	go client(addr, "shop", r).Run(ctx)
 	waitFor(t, "shop's own policy", func() bool { return r.consecutive("geo") == 3 })
@@ -266,14 +267,7 @@ func rawConn(t *testing.T, addr string) *grpc.ClientConn {
 // use, and a one-off fetch) serve a namespace no policy names too; a
 // fetch leaves nothing behind.
 func TestDeltaAndFetch(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s := NewServer(ctx, nil)
-	if err := s.Set(meshWide(t), shopOwn(t)); err != nil {
-		t.Fatal(err)
-	}
-	addr, stop := serve(t, s, "127.0.0.1:0")
-	defer stop()
+	ctx, s, addr := meshServer(t)
 	conn := rawConn(t, addr)
 
 	node := typedNode("web-1", "checkout", "web")

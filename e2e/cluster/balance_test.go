@@ -562,7 +562,14 @@ func (s backendSet) names() []string {
 // backends are the running backend pods of the namespace, by name.
 func backends(ctx context.Context, t *testing.T, c *cluster.Cluster) backendSet {
 	t.Helper()
-	pods, err := c.Client.CoreV1().Pods(balanceNS).List(ctx, metav1.ListOptions{LabelSelector: "app=backend"})
+	return runningBackends(ctx, t, c, balanceNS, balanceReplicas)
+}
+
+// runningBackends are the running backend pods (app=backend) of ns, by
+// name; there must be want of them.
+func runningBackends(ctx context.Context, t *testing.T, c *cluster.Cluster, ns string, want int) backendSet {
+	t.Helper()
+	pods, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=backend"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,8 +580,8 @@ func backends(ctx context.Context, t *testing.T, c *cluster.Cluster) backendSet 
 		}
 	}
 	slices.SortFunc(s.pods, func(a, b backendPod) int { return strings.Compare(a.name, b.name) })
-	if len(s.pods) != balanceReplicas {
-		t.Fatalf("%d backend pods running, want %d", len(s.pods), balanceReplicas)
+	if len(s.pods) != want {
+		t.Fatalf("%d backend pods running, want %d", len(s.pods), want)
 	}
 	return s
 }

@@ -226,34 +226,50 @@ func checkClient(ctx context.Context, t *testing.T, c *cluster.Cluster) corev1.P
 	if last.Status != 200 || last.OK < 1 {
 		t.Fatalf("the app's last call: %+v", last)
 	}
+	throughSidecar(t, last.Body, "/hello")
+
+	// The sidecar's own account, on its admin port (pod IP).
+	waitRequestsLine(t, pod)
+	return pod
+}
+
+// throughSidecar checks the backend's echo (body) of a call that reached
+// a backend pod at path through the sidecar (its Via and X-Request-ID),
+// and returns the headers the backend saw.
+func throughSidecar(t *testing.T, body, path string) map[string][]string {
+	t.Helper()
 	var echo struct {
 		Host    string
 		Path    string
 		Headers map[string][]string
 	}
-	if err := json.Unmarshal([]byte(last.Body), &echo); err != nil {
-		t.Fatalf("backend answer %q: %v", last.Body, err)
+	if err := json.Unmarshal([]byte(body), &echo); err != nil {
+		t.Fatalf("backend answer %q: %v", body, err)
 	}
-	if echo.Path != "/hello" || !strings.HasPrefix(echo.Host, "backend-") {
-		t.Fatalf("the call reached %+v, want the backend pod at /hello", echo)
+	if echo.Path != path || !strings.HasPrefix(echo.Host, "backend-") {
+		t.Fatalf("the call reached %+v, want the backend pod at %s", echo, path)
 	}
 	if len(echo.Headers["Via"]) == 0 || len(echo.Headers["X-Request-Id"]) == 0 {
 		t.Fatalf("the backend saw no Via and X-Request-ID: the call did not go through the sidecar: %v", echo.Headers)
 	}
+	return echo.Headers
+}
 
-	// The sidecar's own account, on its admin port (pod IP); it may count
-	// a call a moment after the app has its answer.
+// waitRequestsLine waits for pod's sidecar to count a call to the backend
+// answered 200, and logs the line; it may count a call a moment after the
+// app has its answer.
+func waitRequestsLine(t *testing.T, pod corev1.Pod) {
+	t.Helper()
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(250 * time.Millisecond) {
 		line, err := requestsLine("http://" + pod.Status.PodIP + ":15020/metrics")
 		if line != "" {
 			t.Logf("sidecar: %s", line)
-			break
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no minimesh_requests_total for the backend with code 200 in the sidecar's metrics (%v)", err)
 		}
 	}
-	return pod
 }
 
 // requestsLine is the sidecar's minimesh_requests_total line for calls to

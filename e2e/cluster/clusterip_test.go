@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/minimesh/minimesh/e2e/internal/cluster"
@@ -115,7 +114,7 @@ func TestClusterIPInACluster(t *testing.T) {
 	}
 	vip := svc.Spec.ClusterIP
 	httpURL := "http://" + net.JoinHostPort(vip, "80")
-	pods := clusterIPBackends(ctx, t, c)
+	pods := runningBackends(ctx, t, c, clusterIPNS, 2).pods
 
 	// The sidecar balances the ClusterIP's calls once the controller's
 	// ClusterIPs and endpoints reached it (the app starts before).
@@ -204,23 +203,4 @@ func TestClusterIPInACluster(t *testing.T) {
 	for _, l := range named {
 		t.Logf("sidecar: %s", l)
 	}
-}
-
-// clusterIPBackends are the two running backend pods.
-func clusterIPBackends(ctx context.Context, t *testing.T, c *cluster.Cluster) []backendPod {
-	t.Helper()
-	list, err := c.Client.CoreV1().Pods(clusterIPNS).List(ctx, metav1.ListOptions{LabelSelector: "app=backend"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []backendPod
-	for _, p := range list.Items {
-		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
-			out = append(out, backendPod{name: p.Name, ip: p.Status.PodIP})
-		}
-	}
-	if len(out) != 2 {
-		t.Fatalf("%d backend pods running, want 2", len(out))
-	}
-	return out
 }

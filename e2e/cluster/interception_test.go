@@ -120,32 +120,10 @@ func TestIPTablesInterceptionInACluster(t *testing.T) {
 	if r.Status != 200 {
 		t.Fatalf("the app's call: %+v", r)
 	}
-	var echo struct {
-		Host    string
-		Path    string
-		Headers map[string][]string
-	}
-	if err := json.Unmarshal([]byte(r.Body), &echo); err != nil {
-		t.Fatalf("backend answer %q: %v", r.Body, err)
-	}
-	if echo.Path != "/transparent" || !strings.HasPrefix(echo.Host, "backend-") {
-		t.Fatalf("the call reached %+v, want the backend pod at /transparent", echo)
-	}
-	if len(echo.Headers["Via"]) == 0 || len(echo.Headers["X-Request-Id"]) == 0 {
-		t.Fatalf("the backend saw no Via and X-Request-ID: the call did not go through the sidecar: %v", echo.Headers)
-	}
-	t.Logf("the app's direct call reached the backend through the sidecar: Via %q", echo.Headers["Via"])
+	headers := throughSidecar(t, r.Body, "/transparent")
+	t.Logf("the app's direct call reached the backend through the sidecar: Via %q", headers["Via"])
 	// The sidecar counts it under the Service's name.
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(250 * time.Millisecond) {
-		line, err := requestsLine("http://" + pod.Status.PodIP + ":15020/metrics")
-		if line != "" {
-			t.Logf("sidecar: %s", line)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no minimesh_requests_total for the backend with code 200 in the sidecar's metrics (%v)", err)
-		}
-	}
+	waitRequestsLine(t, pod)
 }
 
 // reportInitImageSize logs the init image's size as ctr imports it (its

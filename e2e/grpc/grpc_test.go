@@ -44,17 +44,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// sidecarBinary is bin/minimesh-proxy from MINIMESH_BIN_DIR (make build),
-// or a build of this tree.
-func sidecarBinary(t *testing.T) string {
-	t.Helper()
-	p, err := tools.Built("minimesh-proxy", "./proxy/cmd/minimesh-proxy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 type sidecar struct {
 	Outbound, Admin string
 }
@@ -63,7 +52,9 @@ type sidecar struct {
 // svc resolved to upstream and extra flags.
 func startSidecar(t *testing.T, upstream, policies string, extra ...string) *sidecar {
 	t.Helper()
-	bin := sidecarBinary(t)
+	// bin/minimesh-proxy from MINIMESH_BIN_DIR (make build), or a build of
+	// this tree.
+	bin := tools.BuiltT(t, "minimesh-proxy", "./proxy/cmd/minimesh-proxy")
 	addrs, err := proc.FreeAddrs(2)
 	if err != nil {
 		t.Fatal(err)
@@ -81,18 +72,7 @@ func startSidecar(t *testing.T, upstream, policies string, extra ...string) *sid
 	}
 	args = append(args, extra...)
 	p := proc.StartT(t, "minimesh-proxy", bin, args, proc.Options{Env: childEnv()})
-	admin := &http.Client{Timeout: 2 * time.Second}
-	if err := p.WaitReady(15*time.Second, func() error {
-		resp, err := admin.Get("http://" + s.Admin + "/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET /ready: %s", resp.Status)
-		}
-		return nil
-	}); err != nil {
+	if err := p.WaitReady(15*time.Second, proc.GetOK("http://"+s.Admin+"/ready")); err != nil {
 		t.Fatal(err)
 	}
 	return s

@@ -30,17 +30,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// sidecarBinary is bin/minimesh-proxy from MINIMESH_BIN_DIR (make build),
-// or a build of this tree.
-func sidecarBinary(t *testing.T) string {
-	t.Helper()
-	p, err := tools.Built("minimesh-proxy", "./proxy/cmd/minimesh-proxy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // sidecarOpts configures one sidecar.
 type sidecarOpts struct {
 	OTLP     string            // --otlp-endpoint; empty: tracing off
@@ -66,7 +55,9 @@ const (
 // tenant-abc of service tenant-service in bakery-ia, and waits for /ready.
 func startSidecar(t *testing.T, o sidecarOpts) *sidecar {
 	t.Helper()
-	bin := sidecarBinary(t)
+	// bin/minimesh-proxy from MINIMESH_BIN_DIR (make build), or a build of
+	// this tree.
+	bin := tools.BuiltT(t, "minimesh-proxy", "./proxy/cmd/minimesh-proxy")
 	addrs, err := proc.FreeAddrs(2)
 	if err != nil {
 		t.Fatal(err)
@@ -96,19 +87,7 @@ func startSidecar(t *testing.T, o sidecarOpts) *sidecar {
 	env = append(env, o.Env...)
 	s.proc = proc.StartT(t, "minimesh-proxy", bin, args, proc.Options{Env: env})
 
-	admin := &http.Client{Timeout: 2 * time.Second}
-	err = s.proc.WaitReady(15*time.Second, func() error {
-		resp, err := admin.Get("http://" + s.Admin + "/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET /ready: %s", resp.Status)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := s.proc.WaitReady(15*time.Second, proc.GetOK("http://"+s.Admin+"/ready")); err != nil {
 		t.Fatal(err)
 	}
 	proxyURL := &url.URL{Scheme: "http", Host: s.Outbound}

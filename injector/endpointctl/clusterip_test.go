@@ -1,14 +1,11 @@
 package endpointctl
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -61,10 +58,7 @@ func TestControllerClusterIPs(t *testing.T) {
 	headless.Spec.ClusterIP, headless.Spec.ClusterIPs = "None", []string{"None"}
 	cs := fake.NewClientset(svc("10.96.0.15", "fd00::15"), headless)
 	s := &sink{}
-	c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Debounce: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx)
+	ctx := runController(t, cs, s, io.Discard)
 	http, admin := wellknown.EndpointName("geo", "shop", 80), wellknown.EndpointName("geo", "shop", 9090)
 	ipsAre := func(want map[string][]netip.AddrPort) func() bool {
 		return func() bool {

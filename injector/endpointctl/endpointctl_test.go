@@ -20,6 +20,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/minimesh/minimesh/wellknown"
@@ -305,6 +306,17 @@ func (s *serverSink) geoServed(want []xdsclient.Endpoint) bool {
 		}
 	}
 	return true
+}
+
+// runController runs a Controller of cs that publishes to s and logs to
+// w, with a debounce short enough for a test, until the test ends; the
+// context is the one it runs with.
+func runController(t *testing.T, cs kubernetes.Interface, s Sink, w io.Writer) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewTextHandler(w, nil)), Debounce: 10 * time.Millisecond}
+	go c.Run(ctx)
+	return ctx
 }
 
 // syncLog is a log buffer the controller writes while the test reads.

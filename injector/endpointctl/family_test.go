@@ -1,16 +1,13 @@
 package endpointctl
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -167,10 +164,7 @@ func TestControllerDualStack(t *testing.T) {
 	}
 	cs := fake.NewClientset(mk(v4, v6), sliceV4(), sliceV6())
 	s := &sink{}
-	c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Debounce: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx)
+	ctx := runController(t, cs, s, io.Discard)
 	name := wellknown.EndpointName("geo", "shop", 80)
 	holds := func(why string, want []xdsclient.Endpoint, vips ...string) {
 		t.Helper()
@@ -241,12 +235,8 @@ func TestControllerOtherProxy(t *testing.T) {
 		return s
 	}
 	cs := fake.NewClientset(mk(nil), slice("shop", "net2", "a", discoveryv1.AddressTypeIPv4, http8080, ready("192.168.50.7")))
-	s := &sink{}
-	logs := &syncLog{}
-	c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewTextHandler(logs, nil)), Debounce: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx)
+	s, logs := &sink{}, &syncLog{}
+	ctx := runController(t, cs, s, logs)
 	name := wellknown.EndpointName("net2", "shop", 80)
 	vip := []netip.AddrPort{netip.MustParseAddrPort("10.96.0.15:80")}
 	served := func(want []xdsclient.Endpoint) func() bool { return s.holds(name, want, vip...) }

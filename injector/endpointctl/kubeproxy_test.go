@@ -1,14 +1,11 @@
 package endpointctl
 
 import (
-	"context"
-	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -99,12 +96,8 @@ func TestControllerKubeProxyRouted(t *testing.T) {
 	}
 	cs := fake.NewClientset(mk(func(*corev1.ServiceSpec) {}),
 		slice("obs", "agent", "agent-1", discoveryv1.AddressTypeIPv4, map[string]int32{"otlp": 4317}, ready("10.1.0.5"), ready("10.1.1.5")))
-	s := &sink{}
-	logs := &syncLog{}
-	c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewTextHandler(logs, nil)), Debounce: 10 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx)
+	s, logs := &sink{}, &syncLog{}
+	ctx := runController(t, cs, s, logs)
 	name := wellknown.EndpointName("agent", "obs", 4317)
 	vip := []netip.AddrPort{netip.MustParseAddrPort("10.96.0.9:4317")}
 	served := func(want []xdsclient.Endpoint) func() bool { return s.holds(name, want, vip...) }

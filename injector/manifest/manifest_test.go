@@ -25,6 +25,20 @@ func testConfig() *injector.Config {
 	return &cfg
 }
 
+// injectFile is the file at path and its injection with testConfig.
+func injectFile(t *testing.T, path string) (in, out []byte, events []Event) {
+	t.Helper()
+	in, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, events, err = Inject(in, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in, out, events
+}
+
 func report(events []Event) string {
 	var b strings.Builder
 	for _, e := range events {
@@ -52,14 +66,7 @@ func TestGolden(t *testing.T) {
 	for _, path := range inputs {
 		name := strings.TrimSuffix(filepath.Base(path), ".yaml")
 		t.Run(name, func(t *testing.T) {
-			in, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out, events, err := Inject(in, testConfig())
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, out, events := injectFile(t, path)
 			for file, got := range map[string][]byte{
 				name + ".golden.yaml":   out,
 				name + ".events.golden": []byte(report(events)),
@@ -116,14 +123,7 @@ func checkUntouched(t *testing.T, in, out []byte, events []Event) {
 }
 
 func TestUntouchedBytes(t *testing.T) {
-	in, err := os.ReadFile("testdata/stream.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, events, err := Inject(in, testConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	in, out, events := injectFile(t, "testdata/stream.yaml")
 	checkUntouched(t, in, out, events)
 	// And by example, comments, flow style and the separators' comments.
 	for _, keep := range []string{
@@ -143,14 +143,7 @@ func TestUntouchedBytes(t *testing.T) {
 }
 
 func TestReport(t *testing.T) {
-	in, err := os.ReadFile("testdata/stream.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, events, err := Inject(in, testConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, out, events := injectFile(t, "testdata/stream.yaml")
 	var got []string
 	for _, e := range events {
 		got = append(got, e.String())
@@ -296,14 +289,7 @@ func TestOptOutAboveTheTemplate(t *testing.T) {
 // golden file: clean of zero-value noise, applyable, with the template's
 // mutation written back and its own fields kept.
 func TestInjectedDocument(t *testing.T) {
-	in, err := os.ReadFile("testdata/stream.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, _, err := Inject(in, testConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, out, _ := injectFile(t, "testdata/stream.yaml")
 	for _, noise := range []string{"creationTimestamp", "status: {}", "\nstatus:", "strategy: {}", "resources: {}", "metadata: {}"} {
 		if bytes.Contains(out, []byte(noise)) {
 			t.Errorf("output carries %q", noise)
@@ -331,14 +317,7 @@ func TestInjectedDocument(t *testing.T) {
 
 // TestIdempotent: injecting the output again changes nothing.
 func TestIdempotent(t *testing.T) {
-	in, err := os.ReadFile("testdata/stream.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	once, _, err := Inject(in, testConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, once, _ := injectFile(t, "testdata/stream.yaml")
 	twice, events, err := Inject(once, testConfig())
 	if err != nil {
 		t.Fatal(err)

@@ -73,6 +73,30 @@ func clusterSeeds(f *testing.F) {
 	f.Add(marshal(f, &clusterv3.Cluster{Name: "nan", Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: nan}}}))
 }
 
+// bothDecode reports whether b, which the decoder read with err, is a
+// message both it and proto.Unmarshal (into typed) take; a refusal of the
+// decoder's that proto.Unmarshal does not share fails t unless it is one
+// of the decoder's own bounds.
+func bothDecode(t *testing.T, b []byte, typed proto.Message, err error) bool {
+	t.Helper()
+	if proto.Unmarshal(b, typed) != nil {
+		return false
+	}
+	if err != nil {
+		if !refused(err) {
+			t.Fatalf("proto.Unmarshal accepts what the decoder refuses: %v", err)
+		}
+		return false
+	}
+	return true
+}
+
+// sameOutcome: the decoder's path and the typed one end alike, in the
+// same value or the same error.
+func sameOutcome(got any, err error, want any, werr error) bool {
+	return (err == nil) == (werr == nil) && (err == nil || err.Error() == werr.Error()) && reflect.DeepEqual(got, want)
+}
+
 // FuzzCluster: the cluster's name and minimesh metadata as the generated
 // Cluster and structpb's AsMap give them, and the policy FromCluster
 // rebuilds from it as the typed path (AsMap, then fromCluster) does.
@@ -82,13 +106,7 @@ func FuzzCluster(f *testing.F) {
 		var c cluster
 		err := c.unmarshal(b)
 		var typed clusterv3.Cluster
-		if proto.Unmarshal(b, &typed) != nil {
-			return
-		}
-		if err != nil {
-			if !refused(err) {
-				t.Fatalf("proto.Unmarshal accepts what the decoder refuses: %v", err)
-			}
+		if !bothDecode(t, b, &typed, err) {
 			return
 		}
 		want := cluster{name: typed.GetName()}
@@ -100,7 +118,7 @@ func FuzzCluster(f *testing.F) {
 		}
 		p, _, err := fromCluster(&c)
 		wp, _, werr := fromCluster(&want)
-		if (err == nil) != (werr == nil) || err != nil && err.Error() != werr.Error() || !reflect.DeepEqual(p, wp) {
+		if !sameOutcome(p, err, wp, werr) {
 			t.Fatalf("policy %v %v\nwant %v %v", p, err, wp, werr)
 		}
 	})
@@ -160,13 +178,7 @@ func FuzzLoadAssignment(f *testing.F) {
 			t.Fatalf("FromLoadAssignment %v, but the decoder %v", err, derr)
 		}
 		var typed endpointv3.ClusterLoadAssignment
-		if proto.Unmarshal(b, &typed) != nil {
-			return
-		}
-		if derr != nil {
-			if !refused(derr) {
-				t.Fatalf("proto.Unmarshal accepts what the decoder refuses: %v", derr)
-			}
+		if !bothDecode(t, b, &typed, derr) {
 			return
 		}
 		want := typedLoadAssignment(&typed)
@@ -174,7 +186,7 @@ func FuzzLoadAssignment(f *testing.F) {
 			t.Fatalf("decoded %+v\nwant %+v", cla, want)
 		}
 		weps, werr := fromLoadAssignment(&want)
-		if (err == nil) != (werr == nil) || err != nil && err.Error() != werr.Error() || !reflect.DeepEqual(eps, weps) {
+		if !sameOutcome(eps, err, weps, werr) {
 			t.Fatalf("endpoints %v %v\nwant %v %v", eps, err, weps, werr)
 		}
 		if len(eps) > len(b) {
@@ -197,13 +209,7 @@ func FuzzDiscoveryResponse(f *testing.F) {
 		var r discoveryResponse
 		err := r.unmarshal(b)
 		var typed discovery.DiscoveryResponse
-		if proto.Unmarshal(b, &typed) != nil {
-			return
-		}
-		if err != nil {
-			if !refused(err) {
-				t.Fatalf("proto.Unmarshal accepts what the decoder refuses: %v", err)
-			}
+		if !bothDecode(t, b, &typed, err) {
 			return
 		}
 		if r.versionInfo != typed.GetVersionInfo() || r.typeURL != typed.GetTypeUrl() || r.nonce != typed.GetNonce() ||

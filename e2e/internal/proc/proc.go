@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"sync"
@@ -164,6 +165,22 @@ func (p *Proc) WaitReady(timeout time.Duration, check func() error) error {
 		case <-p.done:
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// GetOK is a check for WaitReady: GET url answers 200 within 2 s.
+func GetOK(url string) func() error {
+	c := &http.Client{Timeout: 2 * time.Second}
+	return func() error {
+		resp, err := c.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return nil
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"testing"
 )
 
 var built struct {
@@ -47,6 +48,16 @@ func Built(name, pkg string) (string, error) {
 	}
 	built.paths[name] = out
 	return out, nil
+}
+
+// BuiltT is Built for a test, which fails without the binary.
+func BuiltT(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := Built(name, pkg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // RemoveBuilt removes what Built built.
