@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -586,8 +588,12 @@ func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error
 // (TestH2ConcurrentCallsNoFalseReset).
 //
 // The try's state is its context, which also carries the request's
-// ClientTrace with a GotConn hook of its own: two allocations (the
-// context and the hook), as the dial counter's context and counter were.
+// ClientTrace with hooks of its own: GotConn (the connections it is
+// placed on), WroteHeaders (the stream it wrote on each, h2Conn.sent) and
+// Got1xxResponse, the ReverseProxy's bounded as informational bounds it
+// on the HTTP/1 path. One context for both roles: the context and the
+// three hooks are four allocations, and the request's copy one, where
+// informational's wrapper and the try's made six.
 type h2Tries struct{ http.RoundTripper }
 
 func (t h2Tries) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -597,22 +603,40 @@ func (t h2Tries) RoundTrip(req *http.Request) (*http.Response, error) {
 	} else {
 		c.Context = httptrace.WithClientTrace(c.Context, &c.t)
 	}
-	c.next = c.t.GotConn
-	c.t.GotConn = c.gotConn
+	c.nextConn, c.nextWrote = c.t.GotConn, c.t.WroteHeaders
+	c.t.GotConn, c.t.WroteHeaders = c.gotConn, c.wroteHeaders
+	if c.t.Got1xxResponse != nil {
+		c.next1xx = c.t.Got1xxResponse
+		c.t.Got1xxResponse = c.got1xx
+	}
 	return t.RoundTripper.RoundTrip(req.WithContext(c))
 }
 
+// CloseIdleConnections closes the transport's idle connections, as the
+// sidecar stops (Handler.CloseIdleConnections).
+func (t h2Tries) CloseIdleConnections() {
+	if c, ok := t.RoundTripper.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // h2Try is a try's context: the last connections its request was placed
-// on and its dials (boundDials), and its ClientTrace t, which tells the
-// first.
+// on, the stream it wrote on each, and its dials (boundDials), and its
+// ClientTrace t, which tells the first two.
 type h2Try struct {
 	context.Context
-	t    httptrace.ClientTrace
-	next func(httptrace.GotConnInfo) // the request's own GotConn, if any
+	t         httptrace.ClientTrace
+	nextConn  func(httptrace.GotConnInfo) // the request's own GotConn, if any
+	nextWrote func()                      // and WroteHeaders
+	next1xx   func(int, textproto.MIMEHeader) error
+	n1xx      int // the 1xx responses passed on
 	// on holds the last len(on) connections Go's transport placed the
 	// request on, in turn (placed counts them); the try's goroutine
 	// writes them, boundDials reads them, from the dial's goroutine.
-	on     [maxLostPerTry + 2]atomic.Pointer[h2Conn]
+	on [maxLostPerTry + 2]atomic.Pointer[h2Conn]
+	// wrote[i] is the stream the try's request went out on on[i] (its
+	// HEADERS written), 0 if none did.
+	wrote  [maxLostPerTry + 2]atomic.Uint32
 	placed atomic.Uint32
 	dial   atomic.Int32 // dials
 	// epoch is dialEpoch when the try began: a dial to its destination
@@ -631,18 +655,64 @@ func (c *h2Try) Value(k any) any {
 	return v
 }
 
+func (c *h2Try) got1xx(code int, h textproto.MIMEHeader) error {
+	return pass1xx(&c.n1xx, c.next1xx, code, h)
+}
+
 func (c *h2Try) gotConn(info httptrace.GotConnInfo) {
 	if hc, ok := info.Conn.(*h2Conn); ok {
 		n := c.placed.Load()
 		if n == 0 || c.on[(n-1)%uint32(len(c.on))].Load() != hc {
-			c.on[n%uint32(len(c.on))].Store(hc)
+			i := n % uint32(len(c.on))
+			c.wrote[i].Store(0) // before the slot names another connection
+			c.on[i].Store(hc)
 			c.placed.Store(n + 1)
 		}
 	}
-	if c.next != nil {
-		c.next(info)
+	if c.nextConn != nil {
+		c.nextConn(info)
 	}
 }
+
+// wroteHeaders records the stream the try's request just went out on.
+// Go's transport calls it holding the connection's write lock, right
+// after flushing the request's HEADERS (its encodeAndWriteHeaders), and
+// before the RoundTrip on that connection returns: the last HEADERS
+// written on the connection the try was last placed on is its own, and
+// the record is there before the try can dial again.
+func (c *h2Try) wroteHeaders() {
+	if n := c.placed.Load(); n > 0 {
+		i := (n - 1) % uint32(len(c.on))
+		if hc := c.on[i].Load(); hc != nil {
+			c.wrote[i].Store(hc.sent.Load())
+		}
+	}
+	if c.nextWrote != nil {
+		c.nextWrote()
+	}
+}
+
+// streamReset reports whether the upstream reset with PROTOCOL_ERROR a
+// stream this try wrote: its own, not another call's on a connection they
+// shared. A connection also lost to the try by another call's reset, a
+// GOAWAY below the try's stream (never processed), REFUSED_STREAM, or a
+// request that found the connection unusable before its HEADERS went
+// (errClientConnUnusable) are not: each says the request was never
+// processed, and a dial refused after them stays a connect failure.
+func (c *h2Try) streamReset() bool {
+	for i := range c.on {
+		hc := c.on[i].Load()
+		if s := c.wrote[i].Load(); hc != nil && s != 0 && hc.resetStream(s) {
+			return true
+		}
+	}
+	return false
+}
+
+// errStreamReset is the first failure of a try whose stream the upstream
+// reset with PROTOCOL_ERROR, which Go's transport sent again on a new
+// connection (golang/go#47635) that could not be made.
+var errStreamReset = errors.New("the upstream reset the request's stream (HTTP/2 PROTOCOL_ERROR)")
 
 // lost counts the connections lost (h2Conn) among the last the try was
 // placed on. Not only the one it was last on, and not only closed ones:
@@ -671,7 +741,10 @@ type h2TryKey struct{}
 // PROTOCOL_ERROR, after which Go's transport places no request on it
 // (golang/go#47635) and closes it once no stream is left, which with many
 // calls on it comes late (h2Tries). reset is set as the frame is read,
-// before Go's transport hands the reset to the try it ends: no lag.
+// before Go's transport hands the reset to the try it ends: no lag. It
+// also tells which streams were so reset (resetStream) and the last
+// stream whose HEADERS went out (sent), for a try to know that its own
+// stream was reset (h2Try.streamReset).
 type h2Conn struct {
 	net.Conn
 	closed atomic.Bool
@@ -684,7 +757,31 @@ type h2Conn struct {
 	left uint32
 	rst  bool
 	code uint32
+	// mu guards resets, the streams reset with PROTOCOL_ERROR (at most
+	// maxResetStreams: Go places no stream on the connection after the
+	// first, so they are the streams open then).
+	mu     sync.Mutex
+	resets []uint32
+	// The frame walk of the bytes written (Write, under the transport's
+	// write lock): how many of the client preface's bytes went (wpre),
+	// then frames, as the read walk's.
+	wpre  int
+	whdr  [9]byte
+	whn   int
+	wleft uint32
+	// sent is the stream of the last HEADERS frame written.
+	sent atomic.Uint32
 }
+
+// h2Preface is the client connection preface, the first bytes written
+// (RFC 9113 §3.4), before any frame.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// maxResetStreams bounds the streams an h2Conn remembers reset: past it,
+// a try whose stream was reset among the later ones fails, if its dial
+// again is refused, as that connect failure (before 2026-12-07, every
+// such try did).
+const maxResetStreams = 1024
 
 func (c *h2Conn) Close() error {
 	c.closed.Store(true)
@@ -693,15 +790,61 @@ func (c *h2Conn) Close() error {
 
 func (c *h2Conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if !c.reset.Load() {
-		c.walk(p[:n])
-	}
+	c.walk(p[:n])
 	return n, err
+}
+
+// Write follows the frames written for the stream of each HEADERS
+// (type 1): what went is the request's, also when the write fails.
+func (c *h2Conn) Write(p []byte) (int, error) {
+	b := p
+	if c.wpre < len(h2Preface) {
+		k := min(len(h2Preface)-c.wpre, len(b))
+		c.wpre += k
+		b = b[k:]
+	}
+	for len(b) > 0 {
+		if c.wleft == 0 {
+			k := copy(c.whdr[c.whn:], b)
+			c.whn += k
+			b = b[k:]
+			if c.whn < len(c.whdr) {
+				break
+			}
+			c.whn = 0
+			c.wleft = uint32(c.whdr[0])<<16 | uint32(c.whdr[1])<<8 | uint32(c.whdr[2])
+			if c.whdr[3] == 0x1 {
+				c.sent.Store(streamID(c.whdr[5:]))
+			}
+			continue
+		}
+		k := min(int(c.wleft), len(b))
+		c.wleft -= uint32(k)
+		b = b[k:]
+	}
+	return c.Conn.Write(p)
+}
+
+// streamID is the stream identifier of a frame header's last 4 bytes,
+// its reserved bit cleared.
+func streamID(b []byte) uint32 {
+	return (uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])) & 0x7fffffff
+}
+
+// resetStream reports whether the upstream reset stream id with
+// PROTOCOL_ERROR on this connection.
+func (c *h2Conn) resetStream(id uint32) bool {
+	if !c.reset.Load() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Contains(c.resets, id)
 }
 
 // walk follows the upstream's frames (RFC 9113 §4.1: a 9-byte header,
 // its payload's length first and its type fourth) across reads, skipping
-// payloads, to find an RST_STREAM (type 3, a 4-byte error code) with
+// payloads, to find each RST_STREAM (type 3, a 4-byte error code) with
 // PROTOCOL_ERROR (1). An h2c server's first bytes are a frame (its
 // SETTINGS): no preface to skip.
 func (c *h2Conn) walk(b []byte) {
@@ -727,8 +870,12 @@ func (c *h2Conn) walk(b []byte) {
 		c.left -= uint32(k)
 		b = b[k:]
 		if c.left == 0 && c.rst && c.code == 0x1 {
+			c.mu.Lock()
+			if len(c.resets) < maxResetStreams {
+				c.resets = append(c.resets, streamID(c.hdr[5:]))
+			}
+			c.mu.Unlock()
 			c.reset.Store(true)
-			return
 		}
 	}
 }
@@ -772,7 +919,7 @@ func boundDials(dial func(context.Context, string, string) (net.Conn, error)) fu
 			f, ok := failed[addr]
 			mu.Unlock()
 			if ok && c.epoch < f.epoch {
-				return nil, f.err
+				return nil, c.dialFailed(f.err)
 			}
 			if c.lost() >= maxLostPerTry {
 				return nil, errRedialed
@@ -794,10 +941,26 @@ func boundDials(dial func(context.Context, string, string) (net.Conn, error)) fu
 		}
 		mu.Unlock()
 		if err != nil {
+			if c != nil {
+				err = c.dialFailed(err)
+			}
 			return nil, err
 		}
 		return &h2Conn{Conn: conn}, nil
 	}
+}
+
+// dialFailed is err, the failed dial of the try, as the try's failure:
+// the reset of its stream when the upstream had reset it (streamReset)
+// and Go's transport was sending it again (golang/go#47635), as the
+// HTTP/1 paths take a resend's failed dial (resentFailure): the upstream
+// had the request, and a connect failure would say it never went. A dial
+// that ran out of time stays a timeout.
+func (c *h2Try) dialFailed(err error) error {
+	if !c.streamReset() {
+		return err
+	}
+	return resentFailure(errStreamReset, err, true)
 }
 
 // dialFailure is an address's last failed dial: its error, and the

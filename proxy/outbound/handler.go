@@ -184,7 +184,7 @@ func New(cfg Config, table *policy.Table) *Handler {
 	h.dests.eps.retire = h.dialer.retirer(fast, tr, h2, h.log)
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
-		Transport:      &forwarder{t: upstream, h2: informational{h2Tries{h2}}, tracing: cfg.Tracing},
+		Transport:      &forwarder{t: upstream, h2: h2Tries{h2}, tracing: cfg.Tracing},
 		BufferPool:     bufferPool{},
 		ErrorHandler:   h.serveError,
 		ModifyResponse: h.modifyResponse,

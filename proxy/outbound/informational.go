@@ -95,7 +95,13 @@ func (c *traceCtx) Value(k any) any {
 }
 
 func (c *traceCtx) got1xx(code int, h textproto.MIMEHeader) error {
-	if c.n++; c.n > max1xx {
+	return pass1xx(&c.n, c.next, code, h)
+}
+
+// pass1xx passes a 1xx response on to next, the request's own hook, the
+// *n'th, past max1xx an error (h2Try's too).
+func pass1xx(n *int, next func(int, textproto.MIMEHeader) error, code int, h textproto.MIMEHeader) error {
+	if *n++; *n > max1xx {
 		return errTooMany1xx
 	}
 	// The peer's request ID never reaches the app (inbound: the caller):
@@ -104,7 +110,7 @@ func (c *traceCtx) got1xx(code int, h textproto.MIMEHeader) error {
 	// copies a 1xx's every field.
 	delete(h, requestIDKey)
 	removeHopByHop(http.Header(h), nil)
-	return c.next(code, h)
+	return next(code, h)
 }
 
 // dropTrailerID drops X-Request-ID from an answer's trailers (Trailer:

@@ -126,6 +126,10 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 		h.endTunnel(r, st, tcpReset)
 		return
 	}
+	// The 200 goes past w, which is the server's own writer: serve hands
+	// a CONNECT here before the request's state, and its held status
+	// (countingWriter), exist. Nothing writes to w after the hijack, so
+	// nothing is left to bypass (TestHijackedStatus).
 	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n" + wellknown.HeaderRequestID + ": " + st.id + "\r\n\r\n")); err != nil {
 		client.Close()
 		up.Close()
@@ -353,9 +357,16 @@ var errShutdown = errors.New("the drain ended (--drain-timeout)")
 // a 101, as the tunnel's first bytes; after any other answer the
 // connection closes with them unread (the handler's closeConn for an
 // upgrade), never parsed as a further request (docs/operations.md,
-// "Upgrade requests").
+// "Upgrade requests"). The ReverseProxy writes the 101 itself on the
+// connection taken: the held status is bypassed, or the handler's Commit
+// would write a 200 on a hijacked connection (net/http logs
+// "response.WriteHeader on hijacked connection"), as inbound's Hijack.
 func (w *countingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return HijackEarly(w.ResponseWriter)
+	c, brw, err := HijackEarly(w.ResponseWriter)
+	if err == nil {
+		w.Bypassed()
+	}
+	return c, brw, err
 }
 
 // HijackEarly hijacks w's connection (w the server's own ResponseWriter,

@@ -1,0 +1,262 @@
+package outbound
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/minimesh/minimesh/policy"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// attrFrames is what fr writes, as bytes.
+func attrFrames(t *testing.T, write func(fr *http2.Framer) error) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := write(http2.NewFramer(&b, nil)); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// TestH2ConnSent: h2Conn tells the stream of the last HEADERS frame
+// written, past the client preface, however the frames are split into
+// writes, and takes no other frame, nor bytes inside a payload, for one.
+func TestH2ConnSent(t *testing.T) {
+	settings := attrFrames(t, func(fr *http2.Framer) error { return fr.WriteSettings() })
+	headers := func(id uint32, end bool) []byte {
+		return attrFrames(t, func(fr *http2.Framer) error {
+			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte{0x82, 0x86}, EndHeaders: end})
+		})
+	}
+	continuation := attrFrames(t, func(fr *http2.Framer) error { return fr.WriteContinuation(5, true, []byte{0x84}) })
+	// A DATA payload holding what a HEADERS frame of stream 9 looks like.
+	data := attrFrames(t, func(fr *http2.Framer) error {
+		return fr.WriteData(3, true, []byte{0, 0, 2, 1, 4, 0, 0, 0, 9, 0x82, 0x86})
+	})
+	rst := attrFrames(t, func(fr *http2.Framer) error { return fr.WriteRSTStream(7, http2.ErrCodeCancel) })
+	for _, tc := range []struct {
+		name    string
+		written []byte
+		want    uint32
+	}{
+		{"the preface and settings", slices.Concat([]byte(http2.ClientPreface), settings), 0},
+		{"one request", slices.Concat([]byte(http2.ClientPreface), settings, headers(1, true)), 1},
+		{"a body after", slices.Concat([]byte(http2.ClientPreface), settings, headers(3, true), data), 3},
+		{"headers then continuation", slices.Concat([]byte(http2.ClientPreface), settings, headers(1, true), headers(5, false), continuation), 5},
+		{"another stream's reset after", slices.Concat([]byte(http2.ClientPreface), headers(3, true), rst), 3},
+	} {
+		for _, size := range []int{1, 2, 9, 24, 25, 4096} {
+			t.Run(fmt.Sprintf("%s, writes of %d", tc.name, size), func(t *testing.T) {
+				c := &h2Conn{Conn: attrConn{}}
+				for b := tc.written; len(b) > 0; {
+					k := min(size, len(b))
+					if n, err := c.Write(b[:k]); n != k || err != nil {
+						t.Fatalf("Write = %d, %v", n, err)
+					}
+					b = b[k:]
+				}
+				if got := c.sent.Load(); got != tc.want {
+					t.Errorf("sent %d, want %d", got, tc.want)
+				}
+			})
+		}
+	}
+}
+
+// attrConn is a net.Conn whose writes go nowhere and whose reads end.
+type attrConn struct{ net.Conn }
+
+func (attrConn) Write(p []byte) (int, error) { return len(p), nil }
+func (attrConn) Read([]byte) (int, error)    { return 0, io.EOF }
+
+// attrRead has c read b, the upstream's frames.
+func attrRead(c *h2Conn, b []byte) {
+	c.Conn = &attrFramesConn{b: b}
+	buf := make([]byte, 7) // frames split across reads
+	for {
+		if _, err := c.Read(buf); err != nil {
+			return
+		}
+	}
+}
+
+type attrFramesConn struct {
+	attrConn
+	b []byte
+}
+
+func (c *attrFramesConn) Read(p []byte) (int, error) {
+	if len(c.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.b)
+	c.b = c.b[n:]
+	return n, nil
+}
+
+// TestH2TryStreamReset: a try's failed dial is the reset of its stream
+// only when the upstream reset with PROTOCOL_ERROR the stream that try
+// wrote: not another call's on the same connection, not a stream of the
+// same number on another connection, not a connection the try was placed
+// on and wrote nothing on (it found it unusable), not another error code.
+// And only a refusal: a dial past its time stays a timeout, the sidecar's
+// own want of descriptors its own.
+func TestH2TryStreamReset(t *testing.T) {
+	rst := func(id uint32, code http2.ErrCode) []byte {
+		return attrFrames(t, func(fr *http2.Framer) error { return fr.WriteRSTStream(id, code) })
+	}
+	settings := attrFrames(t, func(fr *http2.Framer) error { return fr.WriteSettings() })
+	refused := &dialError{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
+	for _, tc := range []struct {
+		name string
+		// Two connections the try is placed on in turn: the stream it
+		// writes on each (0: none), and the upstream's frames on each.
+		wrote [2]uint32
+		read  [2][]byte
+		err   error // the dial's
+		want  policy.Class
+	}{
+		{"its stream reset", [2]uint32{3, 0}, [2][]byte{slices.Concat(settings, rst(3, http2.ErrCodeProtocol)), nil}, refused, policy.ClassReset},
+		{"its stream reset, on the first of two", [2]uint32{1, 1}, [2][]byte{rst(1, http2.ErrCodeProtocol), rst(3, http2.ErrCodeProtocol)}, refused, policy.ClassReset},
+		{"another call's stream reset", [2]uint32{3, 0}, [2][]byte{rst(1, http2.ErrCodeProtocol), nil}, refused, policy.ClassConnectFailure},
+		{"its number reset on the other connection", [2]uint32{3, 0}, [2][]byte{rst(1, http2.ErrCodeProtocol), rst(3, http2.ErrCodeProtocol)}, refused, policy.ClassConnectFailure},
+		{"placed on a reset connection, nothing written", [2]uint32{0, 0}, [2][]byte{rst(1, http2.ErrCodeProtocol), nil}, refused, policy.ClassConnectFailure},
+		{"its stream refused", [2]uint32{3, 0}, [2][]byte{rst(3, http2.ErrCodeRefusedStream), nil}, refused, policy.ClassConnectFailure},
+		{"its stream reset, the dial timed out", [2]uint32{3, 0}, [2][]byte{rst(3, http2.ErrCodeProtocol), nil}, &dialError{errPerTryTimeout}, policy.ClassTimeout},
+		{"its stream reset, no descriptors", [2]uint32{3, 0}, [2][]byte{rst(3, http2.ErrCodeProtocol), nil}, &dialError{&localError{syscall.EMFILE}}, policy.ClassConnectFailure},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			try := &h2Try{Context: t.Context()}
+			for i := range 2 {
+				c := &h2Conn{Conn: attrConn{}}
+				try.gotConn(httptrace.GotConnInfo{Conn: c})
+				if id := tc.wrote[i]; id != 0 {
+					if _, err := c.Write(slices.Concat([]byte(http2.ClientPreface), attrFrames(t, func(fr *http2.Framer) error {
+						return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte{0x82}, EndHeaders: true, EndStream: true})
+					}))); err != nil {
+						t.Fatal(err)
+					}
+					try.wroteHeaders()
+				}
+				attrRead(c, tc.read[i])
+			}
+			err := try.dialFailed(tc.err)
+			if got, _ := classify(err, t.Context(), t.Context()); got != tc.want {
+				t.Errorf("the try failed as %v (%v), want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestH2TriesBound1xx: on the HTTP/2 path too, at most max1xx 1xx
+// responses reach the request's hook, without the upstream's request ID
+// (the job of informational on the HTTP/1 one, which h2Tries does
+// itself there).
+func TestH2TriesBound1xx(t *testing.T) {
+	for _, hints := range []int{max1xx, max1xx + 1} {
+		t.Run(fmt.Sprint(hints, " hints"), func(t *testing.T) {
+			addr := hintingH2C(t, hints)
+			h2 := newH2CTransport(func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			})
+			t.Cleanup(h2.CloseIdleConnections)
+			var got []string
+			ctx := httptrace.WithClientTrace(t.Context(), &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				got = append(got, fmt.Sprint(code, " ", h.Get("Link"), h.Get(requestIDKey)))
+				return nil
+			}})
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := h2Tries{h2}.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			if hints > max1xx {
+				// Go's HTTP/2 transport resets the stream with the hook's
+				// error, as text.
+				if err == nil || !strings.Contains(err.Error(), errTooMany1xx.Error()) {
+					t.Errorf("RoundTrip: %v, want %v", err, errTooMany1xx)
+				}
+			} else if err != nil || resp.StatusCode != http.StatusOK {
+				t.Errorf("RoundTrip: %v, want the 200", err)
+			}
+			if len(got) != min(hints, max1xx) || got[0] != "103 </a.css>" {
+				t.Errorf("the hook got %q, want %d of 103 </a.css> with no request ID", got, min(hints, max1xx))
+			}
+		})
+	}
+}
+
+// hintingH2C is an h2c upstream answering each request with hints 103s
+// (a Link, and a request ID) and then 200.
+func hintingH2C(t *testing.T, hints int) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	block := func(fields ...string) []byte {
+		var b bytes.Buffer
+		e := hpack.NewEncoder(&b)
+		for i := 0; i < len(fields); i += 2 {
+			_ = e.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return b.Bytes()
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+					return
+				}
+				fr := http2.NewFramer(c, c)
+				if fr.WriteSettings() != nil {
+					return
+				}
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					switch f := f.(type) {
+					case *http2.SettingsFrame:
+						if !f.IsAck() {
+							err = fr.WriteSettingsAck()
+						}
+					case *http2.HeadersFrame:
+						for range hints {
+							if err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: block(":status", "103", "link", "</a.css>", "x-request-id", "theirs"), EndHeaders: true}); err != nil {
+								return
+							}
+						}
+						err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: block(":status", "200"), EndHeaders: true, EndStream: true})
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
