@@ -28,32 +28,16 @@ func TestRetire(t *testing.T) {
 		want  []string // onChange calls, in order
 	}{
 		{
-			name: "half-open probe fails after",
-			before: func(t *testing.T, b *Breaker) Done {
-				fail(t, b, 2)
-				time.Sleep(time.Minute + time.Second)
-				probe, err := b.Allow()
-				if err != nil {
-					t.Fatalf("probe refused: %v", err)
-				}
-				return probe
-			},
-			late: ErrFailed,
-			want: []string{"closed→open", "open→half-open", "half-open→closed"},
+			name:   "half-open probe fails after",
+			before: halfOpenProbe,
+			late:   ErrFailed,
+			want:   []string{"closed→open", "open→half-open", "half-open→closed"},
 		},
 		{
-			name: "half-open probe succeeds after",
-			before: func(t *testing.T, b *Breaker) Done {
-				fail(t, b, 2)
-				time.Sleep(time.Minute + time.Second)
-				probe, err := b.Allow()
-				if err != nil {
-					t.Fatalf("probe refused: %v", err)
-				}
-				return probe
-			},
-			late: nil,
-			want: []string{"closed→open", "open→half-open", "half-open→closed"},
+			name:   "half-open probe succeeds after",
+			before: halfOpenProbe,
+			late:   nil,
+			want:   []string{"closed→open", "open→half-open", "half-open→closed"},
 		},
 		{
 			name: "open past its timeout",
@@ -115,4 +99,16 @@ func TestRetire(t *testing.T) {
 			})
 		})
 	}
+}
+
+// halfOpenProbe opens b (consecutiveFailures: 2), waits out its
+// openTimeout (1m) and returns the Done of the probe it then allows.
+func halfOpenProbe(t *testing.T, b *Breaker) Done {
+	fail(t, b, 2)
+	time.Sleep(time.Minute + time.Second)
+	probe, err := b.Allow()
+	if err != nil {
+		t.Fatalf("probe refused: %v", err)
+	}
+	return probe
 }

@@ -23,39 +23,24 @@ import (
 // nginx read on behind an early answer. Its address is returned.
 func rawApp(t *testing.T, answer []string) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return tcpApp(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			l, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					l, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if l == "\r\n" {
-						break
-					}
-				}
-				for _, a := range answer {
-					if _, err := io.WriteString(c, a); err != nil {
-						return
-					}
-				}
-				io.Copy(io.Discard, br)
-			}()
+			if l == "\r\n" {
+				break
+			}
 		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
+		for _, a := range answer {
+			if _, err := io.WriteString(c, a); err != nil {
+				return
+			}
+		}
+		io.Copy(io.Discard, br)
+	})
 }
 
 // TestEarlyAnswerNotHeldHostage: an app that answers before it has read

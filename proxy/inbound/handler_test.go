@@ -322,28 +322,13 @@ func TestServeHTTPRefused(t *testing.T) {
 // a dial, and so is one whose original destination is another host's
 // (counted as destination="other"). No breaker in any case.
 func TestServeTCP(t *testing.T) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				s := bufio.NewScanner(c)
-				for s.Scan() {
-					io.WriteString(c, "echo: "+s.Text()+"\n")
-				}
-			}()
+	echoAddr := tcpApp(t, func(c net.Conn) {
+		s := bufio.NewScanner(c)
+		for s.Scan() {
+			io.WriteString(c, "echo: "+s.Text()+"\n")
 		}
-	}()
+	})
 	deadAddr := netip.MustParseAddrPort(refused.Addr(t))
-	echoAddr := netip.MustParseAddrPort(echo.Addr().String())
 	own := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), wellknown.AdminPort)
 
 	tests := []struct {

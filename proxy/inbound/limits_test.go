@@ -22,27 +22,12 @@ import (
 // what it reads until its peer's end.
 func appServer(t *testing.T, greet string) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if greet != "" {
-					io.WriteString(c, greet)
-				}
-				io.Copy(c, c)
-			}()
+	return tcpApp(t, func(c net.Conn) {
+		if greet != "" {
+			io.WriteString(c, greet)
 		}
-	}()
-	return netip.MustParseAddrPort(ln.Addr().String())
+		io.Copy(c, c)
+	})
 }
 
 // TestNoDataIdleLimit: a no-data connection (the caller sent nothing

@@ -17,16 +17,9 @@ import (
 // watchAfter, and returns its address.
 func startLean(t *testing.T, h http.Handler, watchAfter time.Duration) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := New(newServer(h, io.Discard))
 	s.WatchAfter = watchAfter
-	go s.ServeStd()
-	go s.Serve(ln)
-	t.Cleanup(func() { s.Close() })
-	return ln.Addr().String()
+	return serveOn(t, s)
 }
 
 // dialLean connects to addr for up to 10 s of exchanges, closed with t.
@@ -268,24 +261,17 @@ func TestBodyReadOnPanic(t *testing.T) {
 // of a body its handler left (in full duplex): it half-closes at once,
 // and the client that waits for the end gets it, as from net/http.
 func TestClosingConnectionDoesNotWaitForBody(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	std := newServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_ = http.NewResponseController(w).EnableFullDuplex()
 		io.WriteString(w, "early")
 	}), io.Discard)
 	std.ReadHeaderTimeout = 30 * time.Second // what the drop of a body would wait
-	s := New(std)
-	go s.ServeStd()
-	go s.Serve(ln)
-	t.Cleanup(func() { s.Close() })
+	addr := serveOn(t, New(std))
 	for _, req := range []string{
 		"POST / HTTP/1.0\r\nContent-Length: 10\r\n\r\nabc",
 		"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 10\r\n\r\nabc",
 	} {
-		c, br := dialLean(t, ln.Addr().String())
+		c, br := dialLean(t, addr)
 		start := time.Now()
 		io.WriteString(c, req)
 		got, err := io.ReadAll(br)

@@ -1077,12 +1077,7 @@ func TestKeepAliveAfterWatch(t *testing.T) {
 		}
 		io.WriteString(w, r.URL.Path)
 	}))
-	c, err := net.Dial("tcp", p.lean)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
+	c, br := dialLean(t, p.lean)
 	for _, path := range []string{"/slow", "/fast", "/slow", "/fast"} {
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: a\r\n\r\n", path)
 		resp, err := http.ReadResponse(br, nil)
@@ -1107,14 +1102,7 @@ func TestTimeouts(t *testing.T) {
 		IdleTimeout:       600 * time.Millisecond,
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
-	s := New(std)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.ServeStd()
-	go s.Serve(ln)
-	defer s.Close()
+	addr := serveOn(t, New(std))
 	for _, c := range []struct {
 		name, send string
 		want       time.Duration
@@ -1123,7 +1111,7 @@ func TestTimeouts(t *testing.T) {
 		{"half a head", "GET / HTTP/1.1\r\nHo", 300 * time.Millisecond},
 		{"nothing", "", 600 * time.Millisecond},
 	} {
-		nc, err := net.Dial("tcp", ln.Addr().String())
+		nc, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1171,20 +1159,7 @@ func TestConnStateAndHandOff(t *testing.T) {
 		},
 		ErrorLog: log.New(io.Discard, "", 0),
 	}
-	s := New(std)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.ServeStd()
-	go s.Serve(ln)
-	defer s.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
+	c, br := dialLean(t, serveOn(t, New(std)))
 	for _, x := range []struct{ req, want string }{
 		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "lean=true"},
 		{"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "lean=true"},
@@ -1264,12 +1239,7 @@ func TestHeaderPerRequest(t *testing.T) {
 		w.Header().Set("X-Path"+strings.ReplaceAll(r.URL.Path, "/", "-"), "1")
 		io.WriteString(w, r.URL.Path)
 	}))
-	c, err := net.Dial("tcp", p.lean)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	br := bufio.NewReader(c)
+	c, br := dialLean(t, p.lean)
 	for _, path := range []string{"/a", "/b", "/c"} {
 		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n"); err != nil {
 			t.Fatal(err)

@@ -3,7 +3,6 @@ package outbound_test
 import (
 	"bufio"
 	"net/http"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -17,12 +16,7 @@ import (
 // request is a probe, and its success closes the breaker. Before, every
 // request got 503 circuit-open for as long as the stream lived.
 func TestBreakerStreamProbeDoesNotWedge(t *testing.T) {
-	var healthy atomic.Bool
-	u := newUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int64) {
-		if !healthy.Load() {
-			w.WriteHeader(http.StatusInternalServerError)
-			return
-		}
+	u, healthy := recoveringUpstream(t, http.StatusInternalServerError, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/events" {
 			w.Header().Set("Content-Type", "text/event-stream")
 			_, _ = w.Write([]byte("data: hello\n\n"))
@@ -32,12 +26,7 @@ func TestBreakerStreamProbeDoesNotWedge(t *testing.T) {
 		}
 		_, _ = w.Write([]byte("ok"))
 	})
-	sc := startSidecar(t, policyDoc("geo", "geo-service", `
-circuitBreaker:
-  consecutiveFailures: 2
-  openTimeout: 300ms
-  halfOpenRequests: 1
-`), resolve(u.Host(), geo))
+	sc := quickBreakerSidecar(t, u, 1)
 	c := sc.Client()
 	for range 2 {
 		if resp, _ := get(t, c, "http://"+geo+"/x"); resp.StatusCode != http.StatusInternalServerError {

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/minimesh/minimesh/proxy/outbound"
 )
 
 // Found probing the breaker (docs/policy.md, "Circuit breaker"); each
@@ -108,17 +106,7 @@ func TestRetryAsksBreakerAfterBackoff(t *testing.T) {
 		opt  sidecarOpt
 	}{{"fast", withFastTransport()}, {"std-transport", withStdTransport()}} {
 		t.Run(p.name, func(t *testing.T) {
-			waiting := make(chan struct{}, 1)
-			release := make(chan struct{})
-			outbound.SetBackoffSleep(t, func(ctx context.Context, _ time.Duration, _ time.Time) bool {
-				waiting <- struct{}{}
-				select {
-				case <-release:
-					return true
-				case <-ctx.Done():
-					return false
-				}
-			})
+			waiting, release := holdBackoff(t)
 			u := newUpstream(t, status(http.StatusServiceUnavailable))
 			sc := startSidecar(t, policyDoc("geo", "geo-service", `
 retries: {attempts: 1, retryOn: ["503"], backoff: {base: 2s, max: 2s}}

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -128,9 +126,7 @@ func TestTransparentHTTPHostServiceElsewhere(t *testing.T) {
 // a Service's ClusterIP:port, its :authority the ClusterIP, is the
 // Service's: balanced over its pods and counted under its name.
 func TestGRPCRedirectedByClusterIP(t *testing.T) {
-	vipHealth := health.NewServer()
-	vipHealth.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	vip := startGRPC(t, vipHealth)
+	vip := startGRPC(t, notServingHealth())
 	pod := startGRPC(t, health.NewServer())
 	orig := netip.MustParseAddrPort(vip)
 	port := strconv.Itoa(int(orig.Port()))
@@ -139,14 +135,7 @@ func TestGRPCRedirectedByClusterIP(t *testing.T) {
 	h := outbound.New(outbound.Config{Metrics: m, Namespace: "default"}, policy.NewTable(nil, "default"))
 	h.SetEndpoints(map[string][]balancer.Target{key: {{Addr: pod}}})
 	h.SetClusterIPs(map[netip.AddrPort]string{orig: key})
-	addr := serveRedirected(t, h, orig)
-	cc, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithAuthority(vip))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	c := healthpb.NewHealthClient(cc)
+	c := redirectedHealth(t, h, orig, vip)
 	for i := range 3 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		resp, err := c.Check(ctx, &healthpb.HealthCheckRequest{})
@@ -155,11 +144,7 @@ func TestGRPCRedirectedByClusterIP(t *testing.T) {
 			t.Fatalf("call %d: %v %v, want the pod's SERVING (the ClusterIP answers NOT_SERVING)", i, resp.GetStatus(), err)
 		}
 	}
-	ms, err := proxytest.ParseMetrics(string(m.Registry.AppendText(nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := ms.Value("minimesh_grpc_requests_total", "destination", "health:"+port, "grpc_code", "OK"); got != 3 {
+	if got := grpcOKCalls(t, m, "health:"+port); got != 3 {
 		t.Errorf("grpc_requests_total{destination=health:%s, OK} = %v, want 3", port, got)
 	}
 }

@@ -74,20 +74,9 @@ func TestFastPathKeepsAfterCloseIdle(t *testing.T) {
 // whose idle timeout ran out does: the next request must go on a new
 // connection without the app seeing an error.
 func TestFastPathRetriesStaleConnection(t *testing.T) {
-	addr, conns := proxytest.RawServer(t, func(c net.Conn, n int) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			_ = req
-			if n == 1 {
-				return // close after the first answer, without saying so
-			}
-		}
+	addr, conns := rawRequests(t, func(c net.Conn, n int, _ *http.Request) bool {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return n != 1 // close after the first answer, without saying so
 	})
 	ft := newTestFast()
 	for i := range 3 {
@@ -119,22 +108,14 @@ func TestFastPathDropsConnectionWithUnaskedBytes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			send := make(chan struct{})
-			addr, conns := proxytest.RawServer(t, func(c net.Conn, n int) {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if _, err := http.ReadRequest(br); err != nil {
-						return
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-					if n == 1 {
-						<-send
-						io.WriteString(c, tc.unasked)
-						if tc.close {
-							return
-						}
-					}
+			addr, conns := rawRequests(t, func(c net.Conn, n int, _ *http.Request) bool {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				if n == 1 {
+					<-send
+					io.WriteString(c, tc.unasked)
+					return !tc.close
 				}
+				return true
 			})
 			ft := newTestFast()
 			if resp, body, err := fastGet(t, ft, addr, http.MethodGet); err != nil || resp.StatusCode != 200 || body != "ok" {
@@ -168,20 +149,13 @@ func TestFastPathDropsConnectionWithUnaskedBytes(t *testing.T) {
 }
 
 func TestFastPathKeepsConnectionsAndHEAD(t *testing.T) {
-	addr, conns := proxytest.RawServer(t, func(c net.Conn, _ int) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if req.Method == http.MethodHead {
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-				continue
-			}
+	addr, conns := rawRequests(t, func(c net.Conn, _ int, req *http.Request) bool {
+		if req.Method == http.MethodHead {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+		} else {
 			io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
 		}
+		return true
 	})
 	ft := newTestFast()
 	for i := range 20 {
@@ -277,26 +251,19 @@ func TestFastPathSendsHeldBodies(t *testing.T) {
 // slowUpstream answers /slow-head after 2 s, /slow-body's second half
 // 300 ms after its head, anything else at once, on kept connections.
 func slowUpstream(t *testing.T) (string, *atomic.Int32) {
-	return proxytest.RawServer(t, func(c net.Conn, _ int) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			switch req.URL.Path {
-			case "/slow-head":
-				time.Sleep(2 * time.Second)
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			case "/slow-body":
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
-				time.Sleep(300 * time.Millisecond)
-				io.WriteString(c, "ok")
-			default:
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			}
+	return rawRequests(t, func(c net.Conn, _ int, req *http.Request) bool {
+		switch req.URL.Path {
+		case "/slow-head":
+			time.Sleep(2 * time.Second)
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		case "/slow-body":
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+			time.Sleep(300 * time.Millisecond)
+			io.WriteString(c, "ok")
+		default:
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
+		return true
 	})
 }
 
@@ -522,21 +489,17 @@ func (c *lateCtx) end() {
 // deadline, gets a connection of its own and its answer.
 func TestFastPathTryDeadlineEndedNotKept(t *testing.T) {
 	got, proceed := make(chan struct{}), make(chan struct{})
-	addr, conns := proxytest.RawServer(t, func(c net.Conn, n int) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for i := 0; ; i++ {
-			if _, err := http.ReadRequest(br); err != nil {
-				return
-			}
-			if n == 1 && i == 0 {
-				close(got)
-				<-proceed
-				io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
-				continue
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	var answered bool // the first connection's first request; only its server reads it
+	addr, conns := rawRequests(t, func(c net.Conn, n int, _ *http.Request) bool {
+		if n == 1 && !answered {
+			answered = true
+			close(got)
+			<-proceed
+			io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+			return true
 		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
 	})
 	ft := newTestFast()
 	ctx := &lateCtx{Context: context.Background(), done: make(chan struct{})}

@@ -288,7 +288,7 @@ func TestH2UnreachableDialShared(t *testing.T) {
 func TestH2ResetRedialConcurrent(t *testing.T) {
 	for _, calls := range []int{50, 200} {
 		t.Run(fmt.Sprintf("%d calls", calls), func(t *testing.T) {
-			addr, streams, conns := protocolResetter(t)
+			addr, streams, conns := resettingH2Upstream(t)
 			var mu sync.Mutex
 			perTry := int32(0) // the most dials of one try (h2Try.dial)
 			h2 := newH2CTransport(func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -332,62 +332,6 @@ func TestH2ResetRedialConcurrent(t *testing.T) {
 // returns when it does not dial again).
 func isStreamReset(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "PROTOCOL_ERROR")
-}
-
-// protocolResetter is an h2c upstream resetting every stream with
-// PROTOCOL_ERROR as its headers come; it counts those and its
-// connections.
-func protocolResetter(t *testing.T) (string, *atomic.Int32, *atomic.Int32) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	var streams, conns atomic.Int32
-	serve := func(c net.Conn) {
-		defer c.Close()
-		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
-			return
-		}
-		fr := http2.NewFramer(c, c)
-		if fr.WriteSettings() != nil {
-			return
-		}
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					err = fr.WriteSettingsAck()
-				}
-			case *http2.PingFrame:
-				if !f.IsAck() {
-					err = fr.WritePing(true, f.Data)
-				}
-			case *http2.HeadersFrame:
-				streams.Add(1)
-				err = fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			go serve(c)
-		}
-	}()
-	return ln.Addr().String(), &streams, &conns
 }
 
 // TestH2ConnSeesProtocolReset: h2Conn tells an RST_STREAM with

@@ -2,72 +2,12 @@ package outbound_test
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
 
-	"golang.org/x/net/http2"
+	"github.com/minimesh/minimesh/proxy/outbound"
 )
-
-// resettingH2Upstream is an h2c upstream that reads each request whole
-// and then resets its stream with PROTOCOL_ERROR: it may have acted on
-// the request. It counts the streams it was sent.
-func resettingH2Upstream(t *testing.T) (string, *atomic.Int32) {
-	addr, streams, _ := resettingH2UpstreamConns(t)
-	return addr, streams
-}
-
-// resettingH2UpstreamConns is resettingH2Upstream that also counts the
-// connections it accepted.
-func resettingH2UpstreamConns(t *testing.T) (string, *atomic.Int32, *atomic.Int32) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	var streams, conns atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			go func(c net.Conn) {
-				defer c.Close()
-				if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
-					return
-				}
-				fr := http2.NewFramer(c, c)
-				_ = fr.WriteSettings()
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					if ackControl(fr, f) {
-						continue
-					}
-					switch f := f.(type) {
-					case *http2.HeadersFrame:
-						streams.Add(1)
-						if f.StreamEnded() {
-							_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
-						}
-					case *http2.DataFrame:
-						if f.StreamEnded() {
-							_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
-						}
-					}
-				}
-			}(c)
-		}
-	}()
-	return ln.Addr().String(), &streams, &conns
-}
 
 // TestH2ResetNotResent: a POST, or a gRPC unary call, that the upstream
 // read whole and then reset (PROTOCOL_ERROR, which does not say it did
@@ -84,7 +24,7 @@ func TestH2ResetNotResent(t *testing.T) {
 		{"gRPC unary", "timeout: 2s\nretries:\n  attempts: 2\n  retryOn: [grpc-unavailable]\n", "/pay.Payments/Charge", "application/grpc", "\x00\x00\x00\x00\x02hi"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			addr, streams := resettingH2Upstream(t)
+			addr, streams, _ := outbound.ResettingH2Upstream(t)
 			const svc = "orders:8080"
 			sc := startSidecar(t, policyDoc("orders", svc, tc.policy), resolve(addr, svc))
 			req, err := http.NewRequest(http.MethodPost, "http://"+sc.Addr+tc.path, strings.NewReader(tc.body))
@@ -118,7 +58,7 @@ func TestH2ResetNotResent(t *testing.T) {
 // The try fails as the reset it is, and the policy's one retry (a GET)
 // gets a bound of its own (docs/grpc.md, "Retries").
 func TestH2ResetRedialBounded(t *testing.T) {
-	addr, streams, conns := resettingH2UpstreamConns(t)
+	addr, streams, conns := outbound.ResettingH2Upstream(t)
 	const svc = "orders:8080"
 	sc := startSidecar(t, policyDoc("orders", svc, "timeout: 2s\nretries:\n  attempts: 1\n  retryOn: [reset]\n"), resolve(addr, svc))
 	req, err := http.NewRequest(http.MethodGet, "http://"+sc.Addr+"/x", nil)

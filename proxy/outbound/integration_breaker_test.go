@@ -168,13 +168,8 @@ func TestBreakerCustomFailOn(t *testing.T) {
 // successes close the breaker.
 func TestBreakerHalfOpenProbes(t *testing.T) {
 	const probes, extra = 3, 4
-	var healthy atomic.Bool
 	probesGo := make(chan struct{}) // closed once every extra request was refused
-	u := newUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int64) {
-		if !healthy.Load() {
-			w.WriteHeader(http.StatusInternalServerError)
-			return
-		}
+	u, healthy := recoveringUpstream(t, http.StatusInternalServerError, func(w http.ResponseWriter, r *http.Request) {
 		// Slow but successful: the probes stay in flight until the other
 		// requests have had their answers.
 		select {
@@ -185,12 +180,7 @@ func TestBreakerHalfOpenProbes(t *testing.T) {
 		}
 		_, _ = w.Write([]byte("ok"))
 	})
-	sc := startSidecar(t, policyDoc("geo", "geo-service", `
-circuitBreaker:
-  consecutiveFailures: 2
-  openTimeout: 300ms
-  halfOpenRequests: 3
-`), resolve(u.Host(), geo))
+	sc := quickBreakerSidecar(t, u, probes)
 	c := sc.Client()
 	url := "http://" + geo + "/v1/geocode"
 
@@ -282,20 +272,10 @@ circuitBreaker:
 // TestBreakerFailedProbeReopens: one failed probe opens the breaker
 // again for another openTimeout; later successful probes close it.
 func TestBreakerFailedProbeReopens(t *testing.T) {
-	var healthy atomic.Bool
-	u := newUpstream(t, func(w http.ResponseWriter, _ *http.Request, _ int64) {
-		if !healthy.Load() {
-			w.WriteHeader(http.StatusBadGateway)
-			return
-		}
+	u, healthy := recoveringUpstream(t, http.StatusBadGateway, func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok"))
 	})
-	sc := startSidecar(t, policyDoc("geo", "geo-service", `
-circuitBreaker:
-  consecutiveFailures: 2
-  openTimeout: 300ms
-  halfOpenRequests: 2
-`), resolve(u.Host(), geo))
+	sc := quickBreakerSidecar(t, u, 2)
 	c := sc.Client()
 	url := "http://" + geo + "/"
 	for range 2 {

@@ -286,25 +286,14 @@ func TestGRPCRedirected(t *testing.T) {
 	orig := netip.MustParseAddrPort(addr)
 	m := telemetry.New(0)
 	h := outbound.New(outbound.Config{Metrics: m}, policy.NewTable(nil, "default"))
-	cc, err := grpc.NewClient("passthrough:///"+serveRedirected(t, h, orig), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithAuthority("health-service"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	c := healthpb.NewHealthClient(cc)
+	c := redirectedHealth(t, h, orig, "health-service")
 	for i := 0; i < 3; i++ {
 		if _, err := check(c, 5*time.Second); err != nil {
 			t.Fatalf("call %d: %v", i, err)
 		}
 	}
 	dest := net.JoinHostPort("health-service", strconv.Itoa(int(orig.Port())))
-	ms, err := proxytest.ParseMetrics(string(m.Registry.AppendText(nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := ms.Value("minimesh_grpc_requests_total", "destination", dest, "grpc_code", "OK")
-	if got != 3 {
+	if got := grpcOKCalls(t, m, dest); got != 3 {
 		t.Errorf("grpc_requests_total{destination=%s, OK} = %v, want 3", dest, got)
 	}
 }
@@ -655,6 +644,39 @@ func TestGRPCCutAfterHeaders(t *testing.T) {
 			}
 		})
 	}
+}
+
+// redirectedHealth is a gRPC health client whose calls h serves as
+// redirected from orig (serveRedirected), with authority as their
+// :authority. It is closed when the test ends.
+func redirectedHealth(t *testing.T, h *outbound.Handler, orig netip.AddrPort, authority string) healthpb.HealthClient {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+serveRedirected(t, h, orig), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority(authority))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return healthpb.NewHealthClient(cc)
+}
+
+// notServingHealth is a gRPC health server that answers NOT_SERVING: an
+// upstream the calls must not reach.
+func notServingHealth() *health.Server {
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	return hs
+}
+
+// grpcOKCalls is m's count of gRPC calls to dest that ended OK.
+func grpcOKCalls(t *testing.T, m *telemetry.Metrics, dest string) float64 {
+	t.Helper()
+	ms, err := proxytest.ParseMetrics(string(m.Registry.AppendText(nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := ms.Value("minimesh_grpc_requests_total", "destination", dest, "grpc_code", "OK")
+	return got
 }
 
 // serveRedirected serves h's redirected connections (HTTP/1.x and h2c) on

@@ -346,6 +346,35 @@ func newUpstream(t *testing.T, h func(w http.ResponseWriter, r *http.Request, n 
 	return &upstream{Upstream: u, hits: &u.Hits}
 }
 
+// recoveringUpstream answers failing with an empty body until the test
+// sets healthy, then as h does: the destination of the breaker tests,
+// which open the breaker and then let probes through.
+func recoveringUpstream(t *testing.T, failing int, h func(w http.ResponseWriter, r *http.Request)) (u *upstream, healthy *atomic.Bool) {
+	t.Helper()
+	healthy = new(atomic.Bool)
+	u = newUpstream(t, func(w http.ResponseWriter, r *http.Request, _ int64) {
+		if !healthy.Load() {
+			w.WriteHeader(failing)
+			return
+		}
+		h(w, r)
+	})
+	return u, healthy
+}
+
+// quickBreakerSidecar is a sidecar in front of u for geo whose breaker
+// opens on two consecutive failures and, 300 ms later, lets halfOpen
+// probes through.
+func quickBreakerSidecar(t *testing.T, u *upstream, halfOpen int) *testSidecar {
+	t.Helper()
+	return startSidecar(t, policyDoc("geo", "geo-service", fmt.Sprintf(`
+circuitBreaker:
+  consecutiveFailures: 2
+  openTimeout: 300ms
+  halfOpenRequests: %d
+`, halfOpen)), resolve(u.Host(), geo))
+}
+
 // hang blocks until the request is cancelled or the test ends.
 func hang(r *http.Request) { <-r.Context().Done() }
 
@@ -567,12 +596,31 @@ func (l *accessLog) wait(t testing.TB, n int, within time.Duration) []accessEntr
 // first with resetConn). It counts the requests it read.
 func newRawUpstream(t *testing.T, answer func(c net.Conn, req *http.Request)) (string, *atomic.Int64) {
 	t.Helper()
+	var hits atomic.Int64
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // after the listener's close: cleanups run last first
+	addr := serveConns(t, &wg, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		hits.Add(1)
+		answer(c, req)
+	})
+	return addr, &hits
+}
+
+// serveConns runs serve on each connection a loopback listener accepts,
+// in a goroutine of its own that wg counts, and closes the connection
+// when serve returns. The listener closes when the test ends; it returns
+// its address.
+func serveConns(t *testing.T, wg *sync.WaitGroup, serve func(c net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hits atomic.Int64
-	var wg sync.WaitGroup
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -583,18 +631,12 @@ func newRawUpstream(t *testing.T, answer func(c net.Conn, req *http.Request)) (s
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				hits.Add(1)
-				answer(c, req)
+				serve(c)
 			}()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String(), &hits
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String()
 }
 
 // resetConn closes c with an RST instead of a FIN.

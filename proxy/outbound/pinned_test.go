@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -65,19 +63,22 @@ func keepAliveTo(t *testing.T, addr string) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
+// redirectedServers are the sidecar's two servers of redirected
+// connections: the tests that keep connections alive run on both.
+var redirectedServers = []struct {
+	name  string
+	serve func(r *rig, orig string) string
+}{
+	{"std", (*rig).redirectedServer},
+	{"lean", (*rig).redirectedLean},
+}
+
 // TestRedirectedPodOfServiceKeepsToIt: a redirected request whose Host
 // names a Service and whose original destination is one of that Service's
 // endpoints goes to that endpoint, every time, named by the Service; one
 // whose original destination is none of them (a pod gone from the
 // endpoints) is balanced over them as before. Both servers, keep-alive.
 func TestRedirectedPodOfServiceKeepsToIt(t *testing.T) {
-	servers := []struct {
-		name  string
-		serve func(r *rig, orig string) string
-	}{
-		{"std", (*rig).redirectedServer},
-		{"lean", (*rig).redirectedLean},
-	}
 	cases := []struct {
 		name string
 		host string // {port}: the Service port
@@ -92,7 +93,7 @@ func TestRedirectedPodOfServiceKeepsToIt(t *testing.T) {
 		{"no ClusterIPs from the control plane", "db.default", false, true, "A"},
 		{"original destination no endpoint: balanced", "db", true, false, "AB"},
 	}
-	for _, sv := range servers {
+	for _, sv := range redirectedServers {
 		for _, c := range cases {
 			t.Run(sv.name+"/"+c.name, func(t *testing.T) {
 				podA, podB, other := namedPod(t, "A"), namedPod(t, "B"), namedPod(t, "other")
@@ -248,22 +249,14 @@ retries: {attempts: 2, retryOn: [connect-failure], backoff: {base: 1ms, max: 1ms
 // that pod (pod B answers NOT_SERVING); each stream decides for itself.
 func TestGRPCRedirectedPodOfService(t *testing.T) {
 	podA := startGRPC(t, health.NewServer())
-	bHealth := health.NewServer()
-	bHealth.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	podB := startGRPC(t, bHealth)
+	podB := startGRPC(t, notServingHealth())
 	orig := netip.MustParseAddrPort(podA)
 	_, port, _ := net.SplitHostPort(podA)
 	m := telemetry.New(0)
 	h := outbound.New(outbound.Config{Metrics: m, Namespace: "default"}, policy.NewTable(nil, "default"))
 	h.SetEndpoints(map[string][]balancer.Target{"health.default.svc.cluster.local:" + port: {{Addr: podA}, {Addr: podB}}})
 	h.SetClusterIPs(map[netip.AddrPort]string{netip.MustParseAddrPort("10.96.0.15:80"): "web.default.svc.cluster.local:80"})
-	cc, err := grpc.NewClient("passthrough:///"+serveRedirected(t, h, orig), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithAuthority("health:"+port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	c := healthpb.NewHealthClient(cc)
+	c := redirectedHealth(t, h, orig, "health:"+port)
 	const n = 20
 	for i := range n {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -273,11 +266,7 @@ func TestGRPCRedirectedPodOfService(t *testing.T) {
 			t.Fatalf("call %d: %v %v, want pod A's SERVING (pod B answers NOT_SERVING)", i, resp.GetStatus(), err)
 		}
 	}
-	ms, err := proxytest.ParseMetrics(string(m.Registry.AppendText(nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := ms.Value("minimesh_grpc_requests_total", "destination", "health:"+port, "grpc_code", "OK"); got != n {
+	if got := grpcOKCalls(t, m, "health:"+port); got != n {
 		t.Errorf("grpc_requests_total{destination=health:%s, OK} = %v, want %d", port, got, n)
 	}
 }
@@ -361,13 +350,6 @@ func listenIPv6(t *testing.T, port string) net.Listener {
 // that is no endpoint is balanced as before, and so is one to the
 // Service's IPv6 ClusterIP. Both servers, keep-alive.
 func TestRedirectedDualStackPodByOtherFamily(t *testing.T) {
-	servers := []struct {
-		name  string
-		serve func(r *rig, orig string) string
-	}{
-		{"std", (*rig).redirectedServer},
-		{"lean", (*rig).redirectedLean},
-	}
 	cases := []struct {
 		name string
 		// v6Endpoints: the Service's endpoints are IPv6 (pod B's only:
@@ -380,7 +362,7 @@ func TestRedirectedDualStackPodByOtherFamily(t *testing.T) {
 		{"IPv6 endpoints, an IPv6 address none of them: balanced", true, false, "B"},
 		{"the Service's IPv6 ClusterIP: balanced", false, true, "AB"},
 	}
-	for _, sv := range servers {
+	for _, sv := range redirectedServers {
 		for _, c := range cases {
 			t.Run(sv.name+"/"+c.name, func(t *testing.T) {
 				podA, podB := namedPod(t, "A"), namedPod(t, "B")

@@ -1,15 +1,12 @@
 package outbound
 
 import (
-	"bufio"
 	"io"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
-
-	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 )
 
 // replayServer answers /warm once warm requests have arrived together
@@ -32,32 +29,25 @@ func newReplayServer(t *testing.T, warm int, crashes int32, closeWarm bool) *rep
 	if closeWarm {
 		s.closed.Add(warm)
 	}
-	s.addr, s.conns = proxytest.RawServer(t, func(c net.Conn, _ int) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
+	s.addr, s.conns = rawRequests(t, func(c net.Conn, _ int, req *http.Request) bool {
+		_, _ = io.Copy(io.Discard, req.Body)
+		switch req.URL.Path {
+		case "/warm":
+			s.arrived.Done()
+			s.arrived.Wait()
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			if closeWarm {
+				c.Close() // the server's idle close, racing the client's reuse
+				s.closed.Done()
+				return false
 			}
-			_, _ = io.Copy(io.Discard, req.Body)
-			switch req.URL.Path {
-			case "/warm":
-				s.arrived.Done()
-				s.arrived.Wait()
-				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				if closeWarm {
-					c.Close() // the server's idle close, racing the client's reuse
-					s.closed.Done()
-					return
-				}
-			case "/crash":
-				if n := s.runs.Add(1); crashes < 0 || n <= crashes {
-					return // dropped without an answer
-				}
-				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		case "/crash":
+			if n := s.runs.Add(1); crashes < 0 || n <= crashes {
+				return false // dropped without an answer
 			}
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
+		return true
 	})
 	return s
 }

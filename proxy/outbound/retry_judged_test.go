@@ -46,6 +46,44 @@ func judgedClient(t *testing.T, sc *testSidecar, h2 bool, path string) (*http.Cl
 	return sc.Client(), req
 }
 
+// judgedAnswer is what the app got for a request: the answer and its
+// body as far as it could be read, or the request's error.
+type judgedAnswer struct {
+	resp    *http.Response
+	err     error
+	body    []byte
+	readErr error
+}
+
+// doJudged sends req with c and reads its answer's body to the end.
+func doJudged(c *http.Client, req *http.Request) judgedAnswer {
+	resp, err := c.Do(req)
+	if err != nil {
+		return judgedAnswer{err: err}
+	}
+	defer resp.Body.Close()
+	body, rerr := io.ReadAll(resp.Body)
+	return judgedAnswer{resp: resp, body: body, readErr: rerr}
+}
+
+// holdBackoff holds each retry's backoff (outbound.SetBackoffSleep)
+// until the test closes release, or the request ends: no real wait, and
+// the test acts while a retry is pending. waiting gets a value as each
+// backoff begins.
+func holdBackoff(t *testing.T) (waiting <-chan struct{}, release chan<- struct{}) {
+	w, r := make(chan struct{}, 1), make(chan struct{})
+	outbound.SetBackoffSleep(t, func(ctx context.Context, _ time.Duration, _ time.Time) bool {
+		w <- struct{}{}
+		select {
+		case <-r:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	})
+	return w, r
+}
+
 var judgedTransports = []struct {
 	name string
 	opt  sidecarOpt
@@ -145,43 +183,21 @@ func refusedRetryCase(t *testing.T, duringBackoff bool, spec string, bodyBytes i
 	const appSpan = "b7ad6b7169203331"
 	traceID := fmt.Sprintf("%032x", 0x7e1b0000+i*64+bodyBytes)
 
-	type answer struct {
-		resp    *http.Response
-		err     error
-		body    []byte
-		readErr error
-	}
-	send := func(path, trace string) answer {
+	send := func(path, trace string) judgedAnswer {
 		c, req := judgedClient(t, sc, h2, path)
 		if trace != "" {
 			req.Header.Set("Traceparent", "00-"+trace+"-"+appSpan+"-01")
 		}
-		resp, err := c.Do(req)
-		if err != nil {
-			return answer{err: err}
-		}
-		defer resp.Body.Close()
-		body, rerr := io.ReadAll(resp.Body)
-		return answer{resp: resp, body: body, readErr: rerr}
+		return doJudged(c, req)
 	}
 	requests := 1
-	var got answer
+	var got judgedAnswer
 	if duringBackoff {
 		// Request A's try fails and A waits out its backoff, held by the
 		// test; meanwhile B's failure opens the breaker, and A's retry is
 		// refused after the wait (readmit).
-		waiting := make(chan struct{}, 1)
-		release := make(chan struct{})
-		outbound.SetBackoffSleep(t, func(ctx context.Context, _ time.Duration, _ time.Time) bool {
-			waiting <- struct{}{}
-			select {
-			case <-release:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		})
-		a := make(chan answer, 1)
+		waiting, release := holdBackoff(t)
+		a := make(chan judgedAnswer, 1)
 		go func() { a <- send("/a", traceID) }()
 		<-waiting
 		send("/b", "") // its retry refused at once: the breaker opened on it
@@ -298,39 +314,14 @@ func refusedNonFailureCase(t *testing.T, duringBackoff bool, spec string, sent i
 	sc := startSidecar(t, policyDoc("geo", "geo-service", spec), nil, withNamespace("shop"), withAccessLog(&alog), opt)
 	sc.S.Handler().SetEndpoints(map[string][]balancer.Target{geoEDS: {{Addr: up}}})
 
-	type answer struct {
-		resp    *http.Response
-		err     error
-		body    []byte
-		readErr error
-	}
-	send := func(path string) answer {
-		c, req := judgedClient(t, sc, h2, path)
-		resp, err := c.Do(req)
-		if err != nil {
-			return answer{err: err}
-		}
-		defer resp.Body.Close()
-		body, rerr := io.ReadAll(resp.Body)
-		return answer{resp: resp, body: body, readErr: rerr}
-	}
+	send := func(path string) judgedAnswer { return doJudged(judgedClient(t, sc, h2, path)) }
 	requests, otherFailures := 1, 0
-	var got answer
+	var got judgedAnswer
 	if duringBackoff {
 		// A's 429 waits out its backoff, held by the test; meanwhile two
 		// 503s open the breaker, and A's retry is refused after the wait.
-		waiting := make(chan struct{}, 1)
-		release := make(chan struct{})
-		outbound.SetBackoffSleep(t, func(ctx context.Context, _ time.Duration, _ time.Time) bool {
-			waiting <- struct{}{}
-			select {
-			case <-release:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		})
-		a := make(chan answer, 1)
+		waiting, release := holdBackoff(t)
+		a := make(chan judgedAnswer, 1)
 		go func() { a <- send("/a") }()
 		<-waiting
 		for range 2 {

@@ -214,28 +214,12 @@ func TestTransparentHTTPRefusals(t *testing.T) {
 // writes "bye" and closes.
 func echoServer(t *testing.T) (string, *sync.WaitGroup) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var wg sync.WaitGroup
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_, _ = c.Write([]byte("bye"))
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close() })
-	return ln.Addr().String(), &wg
+	addr := serveConns(t, &wg, func(c net.Conn) {
+		_, _ = io.Copy(c, c)
+		_, _ = c.Write([]byte("bye"))
+	})
+	return addr, &wg
 }
 
 // TestServeTCPRelays: bytes both ways, the half-close passed on (the
