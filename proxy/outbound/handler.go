@@ -656,7 +656,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			}
 			defer cutStalledWrites(ctx, st.out.ResponseWriter, stalled)()
 		}
-		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 && !fast { // fastProxy's: readBody
+		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 && !fast && !appPaced(r, st) { // fastProxy's: readBody
 			var cancel context.CancelCauseFunc
 			ctx, cancel = context.WithCancelCause(ctx)
 			defer cancel(nil)
@@ -688,6 +688,26 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	if gone {
 		panic(http.ErrAbortHandler) // the deferred finish records the 499
 	}
+}
+
+// appPaced reports whether a request's body is a stream the app writes
+// at its own pace, which --request-body-timeout leaves alone: a gRPC call,
+// and any other HTTP/2 body without a content-length. The watch ends as
+// the response's headers arrive, but grpc-go's server sends those only
+// with its first message, and a client-streaming call's server reads to
+// the end first: a client that paused longer than the limit was cut with
+// DEADLINE_EXCEEDED. Such a stream holds no connection of its own, but
+// one of its app connection's H2MaxConcurrentStreams streams (under the
+// listener's connection cap) and one stream of the destination's h2c
+// connection; the policy's timeout and the call's grpc-timeout bound its
+// time (Envoy has no per-body limit either: its stream idle timeout is
+// reset by activity either way; Linkerd has none). An HTTP/1.x body, and
+// an HTTP/2 one of a declared length (an upload the upstream waits for
+// whole), keep the watch: a stall there holds an upstream connection, or
+// is an upload gone wrong (docs/operations.md, "Limits and failure
+// behaviour").
+func appPaced(r *http.Request, st *reqState) bool {
+	return st.grpc || r.ProtoMajor == 2 && r.ContentLength < 0
 }
 
 // answerLate replaces a response whose upstream failed after its headers
