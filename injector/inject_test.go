@@ -289,7 +289,7 @@ func TestInjectWarns(t *testing.T) {
 	}{
 		{"typo", map[string]string{"minimesh.io/proxy-cpu-limits": "1"}, nil, "minimesh.io/proxy-cpu-limits is not a minimesh annotation"},
 		{"tiny memory", map[string]string{"minimesh.io/proxy-memory-limit": "16Mi"}, nil, "OOM"},
-		{"tiny cpu", map[string]string{"minimesh.io/proxy-cpu-limit": "50m"}, nil, "throttles"},
+		{"tiny cpu", map[string]string{"minimesh.io/proxy-cpu-limit": "50m"}, nil, "throttles the sidecar (measured: " + documentedCPU + ")"},
 		{"ports without iptables", map[string]string{"minimesh.io/skip-outbound-ports": "5432"}, nil, "only applies to iptables"},
 		{"inbound ports without iptables", map[string]string{"minimesh.io/skip-inbound-ports": "9000"}, nil, "minimesh.io/skip-inbound-ports only applies to iptables"},
 		{"opaque ports without iptables", map[string]string{"minimesh.io/opaque-ports": "3306"}, nil, "minimesh.io/opaque-ports only applies to iptables"},

@@ -97,7 +97,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	fs.DurationVar(&cfg.InboundFirstByteTimeout, "inbound-first-byte-timeout", inbound.DefaultNoDataIdleTimeout, "the time an inbound connection has from its accept for its first byte either way: protocol detection waits that long for the caller's, then it is closed, counted result=\"idle-timeout\" (server-speaks-first ports belong in --opaque-ports)")
 	fs.IntVar(&maxInboundPerSource, "max-inbound-connections-per-source", 0, "most of the inbound listener's connections one caller address may hold at once; more from it are reset as soon as accepted (0: no per-address limit). Either way, at the cap a newcomer takes the place of a waiting connection or of the address holding the most, rather than being reset")
 	fs.StringVar(&cgroupRoot, "cgroup-root", memlimit.DefaultCgroupRoot, "where to read the container's memory limit; unless GOMEMLIMIT is set, the Go memory limit is 90% of it")
-	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it, while the upstream has not answered, before the sidecar answers 408 and releases the upstream connection (0: no limit)")
+	fs.DurationVar(&cfg.RequestBodyTimeout, "request-body-timeout", outbound.DefaultRequestBodyTimeout, "how long the app may leave a request body without sending more of it, while the upstream has not answered, before the sidecar answers 408 and releases the upstream connection; HTTP/1.x bodies and sized HTTP/2 ones, never a gRPC call (0: no limit)")
 	fs.Int64Var(&cfg.MaxRequestBody, "max-request-body-bytes", 0, "reject request bodies larger than this with 413 (0: no limit)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.Var(opaque, "opaque-ports", "ports (and ranges, 8000-8010) whose redirected connections are relayed as opaque TCP at once, without protocol detection: protocols whose server speaks first; replaces the default list (empty: none)")
@@ -121,6 +121,12 @@ func runSidecar(args []string, stderr io.Writer) int {
 	case "off":
 	default:
 		fmt.Fprintf(stderr, "minimesh-proxy: --access-log %q: want stdout or off\n", accessLog)
+		return 2
+	}
+	// sidecar.Listen refuses it too, but only once logging is JSON and with
+	// exit 1, as if the sidecar had failed to start.
+	if cfg.Server != sidecar.ServerLean && cfg.Server != sidecar.ServerStd {
+		fmt.Fprintf(stderr, "minimesh-proxy: --server %q: want %s or %s\n", cfg.Server, sidecar.ServerLean, sidecar.ServerStd)
 		return 2
 	}
 	// The negated form also refuses NaN.

@@ -584,6 +584,10 @@ func TestFlagsFromEnv(t *testing.T) {
 		{"NaN --trace-sample-ratio", nil, []string{"--trace-sample-ratio", "NaN"}, "--trace-sample-ratio"},
 		{"--xds-address without a port", nil, []string{"--xds-address", "127.0.0.1"}, "--xds-address"},
 		{"--otlp-endpoint port 99999", nil, []string{"--otlp-endpoint", "127.0.0.1:99999"}, "--otlp-endpoint"},
+		// Refused by sidecar.Listen before 2026-12-07: exit 1, a JSON log line.
+		{"bad --server", nil, []string{"--server=foo"}, `--server "foo": want lean or std`},
+		{"empty --server", nil, []string{"--server="}, `--server "": want lean or std`},
+		{"bad MINIMESH_SERVER", []string{"MINIMESH_SERVER=Lean"}, nil, `--server "Lean"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
