@@ -325,11 +325,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	}
 	if st.grpc {
 		st.grpcStatus = -1
-		var perTry time.Duration
-		if r := dst.policy.Spec.Retries; r != nil {
-			perTry = r.PerTryTimeout
-		}
-		st.setTryTimeout(out.Header, req.Context(), perTry)
+		st.setTryTimeout(out.Header, req.Context())
 	}
 	var resp *http.Response
 	var err error

@@ -375,23 +375,19 @@ func (st *reqState) grpcDeadline(ctx context.Context) (time.Time, bool) {
 }
 
 // setTryTimeout tells the upstream of a gRPC call's try, in its
-// grpc-timeout, the time the try actually has: the smallest of the
-// time left to the call's deadline (ctx is the request's) and the
-// policy's perTryTimeout (0: none). The client's own value, sent again
-// on a retry, would let the upstream work past the caller's deadline,
-// on a call already answered (docs/grpc.md, "Deadlines"); Envoy's
-// router rewrites grpc-timeout per try the same way. A call with no
-// limit keeps what the client sent.
-func (st *reqState) setTryTimeout(h http.Header, ctx context.Context, perTry time.Duration) {
-	left, ok := time.Duration(0), false
+// grpc-timeout, the time the call has left: the client's deadline or the
+// policy's timeout, whichever comes first (ctx is the request's). The
+// client's own value, sent again on a retry, would let the upstream work
+// past the caller's deadline, on a call already answered (docs/grpc.md,
+// "Deadlines"). Not perTryTimeout: it bounds a try only up to its
+// response's headers (docs/policy.md), and a grpc-go server sends those
+// with its first message, so told it the server ended a healthy stream
+// there, after its headers, as a failure (before 2026-12-07); a try that
+// runs out of it is cancelled by the sidecar (RST_STREAM CANCEL), which
+// the server sees. A call with no limit keeps what the client sent.
+func (st *reqState) setTryTimeout(h http.Header, ctx context.Context) {
 	if dl, has := st.grpcDeadline(ctx); has {
-		left, ok = dl.Sub(since(st.start)), true
-	}
-	if perTry > 0 && (!ok || perTry < left) {
-		left, ok = perTry, true
-	}
-	if ok {
-		h["Grpc-Timeout"] = []string{formatGRPCTimeout(left)}
+		h["Grpc-Timeout"] = []string{formatGRPCTimeout(dl.Sub(since(st.start)))}
 	}
 }
 

@@ -58,8 +58,9 @@ func (s *scriptedH2) sent() []string {
 }
 
 // TestGRPCRetryTimeLeft: each try of a retried call carries, in
-// grpc-timeout, the time actually left (the smallest of the client's
-// remaining deadline, the policy's remaining timeout and perTryTimeout),
+// grpc-timeout, the time the call has left (the smaller of the client's
+// remaining deadline and the policy's remaining timeout, never
+// perTryTimeout, which bounds a try only up to its response's headers),
 // not the client's original value; and no retry goes once less than the
 // deadline slack (10 ms) is left. The backoff is 1 ns, the upstream's
 // failures take whole milliseconds: every value is exact.
@@ -77,10 +78,12 @@ func TestGRPCRetryTimeLeft(t *testing.T) {
 			[]string{"1000m", "700m", "250m"}, "0"},
 		{"policy timeout", "timeout: 800ms\n", "5S", []time.Duration{300 * time.Millisecond}, []string{"800m", "500m"}, "0"},
 		{"policy timeout, no client deadline", "timeout: 800ms\n", "", []time.Duration{300 * time.Millisecond}, []string{"800m", "500m"}, "0"},
-		{"perTryTimeout smaller", "perTryTimeout: 200ms\n", "1S", []time.Duration{100 * time.Millisecond}, []string{"200m", "200m"}, "0"},
+		{"perTryTimeout not told", "perTryTimeout: 200ms\n", "1S", []time.Duration{100 * time.Millisecond}, []string{"1000m", "900m"}, "0"},
 		{"perTryTimeout larger than what is left", "perTryTimeout: 600ms\n", "1S", []time.Duration{500 * time.Millisecond},
-			[]string{"600m", "500m"}, "0"},
-		{"perTryTimeout alone", "perTryTimeout: 200ms\n", "", []time.Duration{100 * time.Millisecond}, []string{"200m", "200m"}, "0"},
+			[]string{"1000m", "500m"}, "0"},
+		{"perTryTimeout under the policy's timeout", "timeout: 800ms\nperTryTimeout: 200ms\n", "", []time.Duration{100 * time.Millisecond},
+			[]string{"800m", "700m"}, "0"},
+		{"perTryTimeout alone: no limit told", "perTryTimeout: 200ms\n", "", []time.Duration{100 * time.Millisecond}, []string{"", ""}, "0"},
 		// Less than the slack left: the first try's answer is the call's.
 		{"9 ms left", "", "200m", []time.Duration{191 * time.Millisecond}, []string{"200m"}, "14"},
 		{"11 ms left", "", "200m", []time.Duration{189 * time.Millisecond}, []string{"200m", "11m"}, "0"},
