@@ -514,11 +514,22 @@ const (
 	// 2^31-1 here, whatever its documentation says of 4 MiB;
 	// TestH2UpstreamWindows reads what the upstream is told.
 	H2UpstreamConnWindow = H2MaxConcurrentStreams * H2UpstreamStreamWindow
-	// H2PingTimeout closes an upstream connection that answers no PING
-	// within it, sent after H2ReadIdleTimeout without a frame: a dead
-	// peer otherwise holds its streams until the request timeout.
+	// H2PingTimeout closes a connection that answers no PING within it,
+	// sent after H2ReadIdleTimeout without a frame (an app's connection)
+	// or H2UpstreamPingAfter (an upstream's): a dead peer otherwise holds
+	// its streams until the request timeout.
 	H2ReadIdleTimeout = 30 * time.Second
 	H2PingTimeout     = 15 * time.Second
+	// H2UpstreamPingAfter is the upstream's: gRPC servers take a client's
+	// PING sooner than 5 minutes after its last as abuse (grpc-go's, Java's
+	// and C++'s default keepalive enforcement, permitKeepAliveTime), and
+	// the third such strike ends the connection with GOAWAY
+	// ENHANCE_YOUR_CALM "too_many_pings", every call on it failing
+	// UNAVAILABLE: at 30 s a quiet call (a watch, a long poll) died after
+	// about 2 minutes (before 2026-12-07). Envoy and grpc-go's own client
+	// send no PING unless told to; between PINGs, TCP keepalive (the
+	// dialer's, 30 s) finds a peer whose host is gone.
+	H2UpstreamPingAfter = 5*time.Minute + 10*time.Second
 )
 
 // newH2CTransport is the upstream transport of HTTP/2 clients' requests:
@@ -559,7 +570,7 @@ func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerConnection: H2UpstreamConnWindow,
 			MaxReceiveBufferPerStream:     H2UpstreamStreamWindow,
-			SendPingTimeout:               H2ReadIdleTimeout,
+			SendPingTimeout:               H2UpstreamPingAfter,
 			PingTimeout:                   H2PingTimeout,
 		},
 	}
