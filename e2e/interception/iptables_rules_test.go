@@ -196,8 +196,9 @@ func TestIptablesDryRun(t *testing.T) {
 
 // When the IPv6 rules fail after the IPv4 ones were applied, init exits 1
 // with iptables' message and leaves IPv4 as it found it: no rules in a
-// fresh namespace, an earlier run's rules unchanged. The failure is a
-// stand-in ip6tables-*-restore ahead on PATH; everything else is real.
+// fresh namespace, an earlier run's rules unchanged; so does init
+// terminated while ip6tables hangs. The failure is a stand-in
+// ip6tables-*-restore ahead on PATH; everything else is real.
 func TestIptablesRollback(t *testing.T) {
 	bin := needIPTables(t)
 	for _, be := range backends {
@@ -245,6 +246,27 @@ func TestIptablesRollback(t *testing.T) {
 			check(out, err)
 			if after := ns.saveAll(t); after != before {
 				t.Errorf("after the rollback:\n%s\nbefore:\n%s", after, before)
+			}
+
+			// The pod deleted (SIGTERM) while ip6tables hangs: init's context
+			// ends, and the rollback, which runs on a context of its own,
+			// still removes IPv4's rules.
+			hung := t.TempDir()
+			script = "#!/bin/sh\nkill -TERM $PPID\nexec sleep 60\n"
+			if err := os.WriteFile(filepath.Join(hung, "ip6tables-"+be+"-restore"), []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			ns = newNetns(t)
+			cmd := exec.Command(find(t, "ip"), "netns", "exec", ns.name, bin, "init", "--backend", be, "--ipv6", "on", "--capture-inbound")
+			cmd.Env = append(os.Environ(), "PATH="+hung+":"+os.Getenv("PATH")+":/usr/sbin:/sbin")
+			b, err := cmd.CombinedOutput()
+			out = string(b)
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(out, "applying the IPv6 rules") ||
+				!strings.Contains(out, "(the IPv4 rules applied before were rolled back)") {
+				t.Errorf("init terminated while ip6tables-%s-restore hangs: %v\n%s", be, err, out)
+			}
+			if l := minimeshLines(ns.save(t, be, false)); len(l) > 0 {
+				t.Errorf("%s IPv4 after the rollback on SIGTERM: %q", be, l)
 			}
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Runner runs a program with stdin and returns its standard output. Its
@@ -65,6 +66,15 @@ func (Exec) Run(ctx context.Context, stdin, name string, args ...string) (string
 // accepts and ignores it).
 var restoreArgs = []string{"--noflush", "--wait=10"}
 
+// rollbackTimeout bounds a rollback, which runs when the caller's context
+// may already be done (init's 2-minute bound expired while ip6tables
+// hung, or SIGTERM): run on that context, its iptables-restore would be
+// cancelled before it starts and leave the rules applied before in the
+// pod. It is longer than restore's own --wait=10 for the xtables lock, so
+// a rollback that waits for the lock is not cut off as it gets it
+// (docs/interception.md).
+const rollbackTimeout = 15 * time.Second
+
 // Result is one family's rules as iptables-save shows them after Apply
 // (Owned: minimesh's part of the nat table).
 type Result struct {
@@ -78,7 +88,9 @@ type Result struct {
 // family fails, the families applied before it are rolled back to what
 // they held before, so that a failed init leaves no half of the rules
 // behind; the error says which family and program failed, with the
-// program's message, and whether the rollback failed too.
+// program's message, and whether the rollback failed too. The rollback
+// outlives ctx (bounded by rollbackTimeout of its own): a caller whose
+// deadline expired mid-way still gets its half of the rules removed.
 func Apply(ctx context.Context, r Runner, b Backend, c Config, families []Family) ([]Result, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -90,9 +102,11 @@ func Apply(ctx context.Context, r Runner, b Backend, c Config, families []Family
 	var done []applied
 	fail := func(err error) ([]Result, error) {
 		var rbErrs []error
+		rbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		defer cancel()
 		for i := len(done) - 1; i >= 0; i-- {
 			a := done[i]
-			if _, e := r.Run(ctx, rollbackInput(a.before), b.Restore(a.f), "--wait=10"); e != nil {
+			if _, e := r.Run(rbCtx, rollbackInput(a.before), b.Restore(a.f), "--wait=10"); e != nil {
 				rbErrs = append(rbErrs, fmt.Errorf("rolling back the %s rules failed, they are still in place: %w", a.f, e))
 			}
 		}
