@@ -32,6 +32,7 @@ type sink struct {
 	mu   sync.Mutex
 	sets []map[string][]xdsclient.Endpoint
 	ips  []map[string][]netip.AddrPort // clusterIPs of each set
+	at   []time.Time                   // when each set came (the bubble's clock under synctest)
 }
 
 func (s *sink) SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs map[string][]netip.AddrPort) (xds.EndpointsServed, error) {
@@ -39,7 +40,15 @@ func (s *sink) SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs map[s
 	defer s.mu.Unlock()
 	s.sets = append(s.sets, eps)
 	s.ips = append(s.ips, clusterIPs)
+	s.at = append(s.at, time.Now())
 	return xds.EndpointsServed{ServicePorts: len(eps)}, nil
+}
+
+// since is every publish from the n-th on: each one's set and time.
+func (s *sink) since(n int) ([]map[string][]xdsclient.Endpoint, []time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.sets[n:]), slices.Clone(s.at[n:])
 }
 
 func (s *sink) last() (map[string][]xdsclient.Endpoint, int) {
@@ -148,55 +157,126 @@ func TestEndpoints(t *testing.T) {
 }
 
 // TestController: the first set comes after the sync with what is there;
-// changes are gathered; a deleted Service goes.
+// changes are gathered for one Debounce from the first of them, so a
+// burst is one publish and a long roll at most one per Debounce; a
+// deleted Service goes. In a synctest bubble: the coalescing bound is
+// about time, and on the bubble's clock it is exact whatever the load
+// (on the wall clock, a slow burst legitimately made more publishes than
+// a fixed cap allowed).
 func TestController(t *testing.T) {
-	cs := fake.NewClientset(
-		service("shop", "geo", corev1.ServicePort{Name: "http", Port: 80}),
-		slice("shop", "geo", "geo-1", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, ready("10.0.0.1")),
-		service("shop", "empty", corev1.ServicePort{Port: 80}),
-	)
-	s := &sink{}
-	c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Debounce: 50 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go c.Run(ctx)
-	geo, empty := wellknown.EndpointName("geo", "shop", 80), wellknown.EndpointName("empty", "shop", 80)
-	waitFor(t, "the first set", func() bool { got, _ := s.last(); return len(got[geo]) == 1 })
-	if !c.Synced() {
-		t.Fatal("published but not synced")
-	}
-	if got, _ := s.last(); len(got) != 2 || !hasKey(got, empty) {
-		t.Fatalf("first set %v: want geo, and empty with no endpoints", got)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		cs := fake.NewClientset(
+			service("shop", "geo", corev1.ServicePort{Name: "http", Port: 80}),
+			slice("shop", "geo", "geo-1", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, ready("10.0.0.1")),
+			service("shop", "empty", corev1.ServicePort{Port: 80}),
+		)
+		const debounce = 50 * time.Millisecond
+		s := &sink{}
+		c := &Controller{Client: cs, Sink: s, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Debounce: debounce}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go c.Run(ctx)
+		for !c.Synced() {
+			time.Sleep(10 * time.Millisecond)
+		}
+		synctest.Wait()
+		geo, empty := wellknown.EndpointName("geo", "shop", 80), wellknown.EndpointName("empty", "shop", 80)
+		if got, n := s.last(); n != 1 || len(got) != 2 || len(got[geo]) != 1 || !hasKey(got, empty) {
+			t.Fatalf("%d sets, the last %v: want one, geo's endpoint, and empty with no endpoints", n, got)
+		}
+		// The sync's own events leave a wake-up behind (see below): let it
+		// pass before the burst.
+		time.Sleep(2 * debounce)
+		synctest.Wait()
 
-	// A burst of 50 updates is published once per debounce interval at
-	// most, not 50 times.
-	_, before := s.last()
-	burst := time.Now()
-	sl := cs.DiscoveryV1().EndpointSlices("shop")
-	for i := range 50 {
-		obj := slice("shop", "geo", "geo-1", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, ready(fmt.Sprintf("10.0.1.%d", i)))
-		if _, err := sl.Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
+		sl := cs.DiscoveryV1().EndpointSlices("shop")
+		update := func(i int) {
+			t.Helper()
+			obj := slice("shop", "geo", "geo-1", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, ready(fmt.Sprintf("10.0.1.%d", i)))
+			if _, err := sl.Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		published := func(i int) []xdsclient.Endpoint { return eps(t, fmt.Sprintf("10.0.1.%d:8080", i)) }
+
+		// A burst of 50 updates at one instant is one publish, one
+		// Debounce later, with the last of them.
+		_, before := s.last()
+		burst := time.Now()
+		for i := range 50 {
+			update(i)
+		}
+		time.Sleep(3 * debounce)
+		synctest.Wait()
+		sets, at := s.since(before)
+		if len(sets) == 0 || !at[0].Equal(burst.Add(debounce)) || !slices.Equal(sets[0][geo], published(49)) {
+			t.Fatalf("after a burst of 50 updates, %d publishes at %v: want the first %v later with the last update", len(sets), offsets(at, burst), debounce)
+		}
+		// A change of the burst can leave the controller woken once more
+		// (its wake-up is a one-slot channel); that publish has nothing
+		// new, and the server pushes a sidecar only what changed.
+		if len(sets) > 2 || len(sets) == 2 && (!at[1].Equal(burst.Add(2*debounce)) || !slices.Equal(sets[1][geo], published(49))) {
+			t.Errorf("after a burst of 50 updates, %d publishes at %v (%v): want one, and at most one more with the same set", len(sets), offsets(at, burst), sets)
+		}
+
+		// A roll of 50 updates 7 ms apart (343 ms) is gathered from its
+		// first change, not its last: a publish every Debounce, each with
+		// the updates made before it, never two in one Debounce.
+		_, before = s.last()
+		roll := time.Now()
+		const every = 7 * time.Millisecond
+		for i := range 50 {
+			if i > 0 {
+				time.Sleep(every)
+			}
+			update(100 + i)
+		}
+		time.Sleep(3 * debounce)
+		synctest.Wait()
+		span := 49 * every
+		sets, at = s.since(before)
+		if bound := int(span/debounce) + 2; len(sets) > bound || len(sets) < int(span/debounce)+1 {
+			t.Errorf("a roll of 50 updates over %v made %d publishes at %v: want one per %v, %d at most", span, len(sets), offsets(at, roll), debounce, bound)
+		}
+		for k := range sets {
+			if want := roll.Add(time.Duration(k+1) * debounce); !at[k].Equal(want) {
+				t.Errorf("publish %d of the roll at %v, want %v", k+1, at[k].Sub(roll), want.Sub(roll))
+			}
+			last := min(49, int(at[k].Sub(roll)/every)) // the latest update made before it
+			if !slices.Equal(sets[k][geo], published(100+last)) {
+				t.Errorf("publish %d of the roll, at %v, holds %v; want update %d's", k+1, at[k].Sub(roll), sets[k][geo], last)
+			}
+		}
+
+		// A second slice, then the Service deleted.
+		if _, err := sl.Create(ctx, slice("shop", "geo", "geo-2", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, terminating("10.0.2.1")), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-	}
-	waitFor(t, "the last update", func() bool {
-		got, _ := s.last()
-		return slices.Equal(got[geo], eps(t, "10.0.1.49:8080"))
+		time.Sleep(debounce)
+		synctest.Wait()
+		if got, _ := s.last(); len(got[geo]) != 2 {
+			t.Fatalf("%v after a second slice: want two endpoints", got[geo])
+		}
+		if err := cs.CoreV1().Services("shop").Delete(ctx, "geo", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(debounce)
+		synctest.Wait()
+		if got, _ := s.last(); hasKey(got, geo) {
+			t.Fatalf("the deleted Service still served: %v", got)
+		}
+		cancel()
+		synctest.Wait()
 	})
-	took := time.Since(burst)
-	if _, after := s.last(); after-before > int(took/c.Debounce)+2 || after-before > 25 {
-		t.Errorf("50 updates in %v made %d publishes (debounce %v)", took, after-before, c.Debounce)
+}
+
+// offsets are times as durations since t0, for a message.
+func offsets(at []time.Time, t0 time.Time) []time.Duration {
+	var out []time.Duration
+	for _, a := range at {
+		out = append(out, a.Sub(t0))
 	}
-	// A second slice, then the Service deleted.
-	if _, err := sl.Create(ctx, slice("shop", "geo", "geo-2", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, terminating("10.0.2.1")), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "two slices", func() bool { got, _ := s.last(); return len(got[geo]) == 2 })
-	if err := cs.CoreV1().Services("shop").Delete(ctx, "geo", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the deleted Service gone", func() bool { got, _ := s.last(); _, ok := got[geo]; return !ok })
+	return out
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
