@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -314,11 +315,15 @@ func BenchmarkEndpoints(b *testing.B) {
 }
 
 // refusing is a sink that refuses more than one Service port: a server
-// that fails to take a set.
-type refusing struct{ sink }
+// that fails to take a set. refused counts its refusals.
+type refusing struct {
+	sink
+	refused atomic.Int32
+}
 
 func (r *refusing) SetServices(eps map[string][]xdsclient.Endpoint, clusterIPs map[string][]netip.AddrPort) (xds.EndpointsServed, error) {
 	if len(eps) > 1 {
+		r.refused.Add(1)
 		return xds.EndpointsServed{}, fmt.Errorf("%d: too many", len(eps))
 	}
 	return r.sink.SetServices(eps, clusterIPs)
@@ -345,10 +350,13 @@ func TestRefusedFromTheStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "a set under the bound", func() bool { got, _ := s.last(); return len(got) == 1 })
+	before := s.refused.Load()
 	if _, err := cs.CoreV1().Services("shop").Create(ctx, service("shop", "c", corev1.ServicePort{Port: 80}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	// The set with c is published, and refused: only then is "the last
+	// set kept" a fact, not a publish that has not come yet.
+	waitFor(t, "the refusal of the set with c", func() bool { return s.refused.Load() > before })
 	if got, _ := s.last(); len(got) != 1 {
 		t.Fatalf("a later refusal replaced the last set with %v", got)
 	}
