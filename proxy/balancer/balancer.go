@@ -30,8 +30,9 @@
 //
 //   - No prior: an endpoint's estimate is unknown until its first
 //     successful try, and a duel treats an unknown estimate as equal to
-//     the other candidate's (two unknown ones as equal). A new pod gets a
-//     fair share at once.
+//     the other candidate's (two unknown ones as equal), but no less than
+//     the bound its abandoned tries set (below). A new pod gets a fair
+//     share at once.
 //   - The estimate is an EWMA weighted by time: a sample is blended in
 //     with weight 1 - exp(-Δt/[DecayTime]) (5 s), Δt since the endpoint's
 //     previous sample, above the estimate or below it: it tracks the mean.
@@ -71,16 +72,37 @@
 // in 1 ms would otherwise make a broken pod look fastest. Its sample is
 // max(latency, estimate), through the same EWMA (a slow failure, a
 // timeout, still counts its slowness), and on an unknown estimate it
-// leaves the estimate unknown. Nor may a fast failure win by the requests
-// in flight: a pod that fails at once frees its slots at once, so in a duel
-// the requests in flight of an endpoint whose last try failed count as at
-// least the other candidate's (in simulation, a pod failing in 100 µs
-// among 1 ms peers with ~10 requests in flight otherwise took 34 % of four
-// pods' requests, 68 % of two). None of this is a penalty: a failing pod
-// keeps its fair share (no more, so no black hole when ejection is off),
-// which with ejection on makes it reach ConsecutiveFailures within a few
-// of its tries and go out promptly; and back from an ejection it gets its
-// share at once, so that a pod still failing is ejected again, for longer.
+// leaves the estimate unknown: a pod broken from its start fails fast
+// (connection refused or reset, a 503 answered at once), such a sample
+// would make it look fastest of all with no success ever to correct it,
+// and ejection, not the estimate, is what takes it out. Nor may a fast
+// failure win by the requests in flight: a pod that fails at once frees
+// its slots at once, so in a duel the requests in flight of an endpoint
+// whose last try failed count as at least the other candidate's (in
+// simulation, a pod failing in 100 µs among 1 ms peers with ~10 requests
+// in flight otherwise took 34 % of four pods' requests, 68 % of two).
+// None of this is a penalty: a failing pod keeps its fair share (no more,
+// so no black hole when ejection is off), which with ejection on makes it
+// reach ConsecutiveFailures within a few of its tries and go out promptly;
+// and back from an ejection it gets its share at once, so that a pod still
+// failing is ejected again, for longer.
+//
+// Abandoned tries (the client gave up: its deadline, a cancel) count for
+// neither breaker nor ejection, so the estimate is the only place a pod
+// that accepts calls and never answers shows. The time such a try waited
+// is a lower bound of the pod's latency: on a known estimate it is a
+// sample as a failure's is; on an unknown one it sets a bound that the
+// duel counts the unknown estimate as at least (the other candidate's,
+// but no less than the bound). The estimate stays unknown, so the first
+// successful try starts the warm-up as before and a bound never enters the
+// median. The bound rises at most MaxRise × max(bound, MinEstimate) per
+// abandoned try, so that one stall of the node that expires a client's
+// deadline counts as 2 ms, not as the stall, and decays as an estimate
+// does. (Without it, a pod hung from its start kept its fair share among
+// three healthy ones: 8-10 % of calls with a 200 ms deadline failed, and
+// kept failing.) A bound can only make a pod look slower than an unknown
+// estimate did; a fast abandon, unlike a known 1 ms estimate, never makes
+// it look faster than pods at 50 ms.
 //
 // Ejection: per endpoint, as Envoy's outlier detection. ConsecutiveFailures
 // failed tries in a row on one endpoint eject it for BaseEjectionTime ×
@@ -610,18 +632,19 @@ func nth(eps, avoid []*Endpoint, c, k int, now int64) *Endpoint {
 // duel is P2C's choice between x and y: x wins with probability
 // cost(y) / (cost(x) + cost(y)), where cost is the estimate as latencies
 // weighs it × (in flight + 1) and an unknown estimate counts as the
-// other's (two unknown ones as MinEstimate). The requests in flight of an
+// other's but at least its bound from abandoned tries (two unknown ones
+// as their bounds, at least MinEstimate). The requests in flight of an
 // endpoint whose last try failed count as at least the other's: one that
 // fails fast frees its slots fast, and would otherwise win by it.
 func (b *Balancer) duel(x, y *Endpoint, now int64) *Endpoint {
 	ex, ey := x.estimate(now), y.estimate(now)
 	switch {
 	case ex < 0 && ey < 0:
-		ex, ey = 0, 0
+		ex, ey = bound(ex), bound(ey)
 	case ex < 0:
-		ex = ey
+		ex = max(ey, bound(ex))
 	case ey < 0:
-		ey = ex
+		ey = max(ex, bound(ey))
 	}
 	ix, iy := x.inFlight.Load(), y.inFlight.Load()
 	switch fx, fy := x.failing.Load(), y.failing.Load(); {
@@ -658,8 +681,8 @@ type Endpoint struct {
 	addr string
 
 	inFlight     atomic.Int64
-	ewma         atomic.Uint64 // float64 bits: the estimate in ns as of last; unknown (negative) before the first successful try
-	last         atomic.Int64  // date of the latest sample: its try's start (ns since epoch)
+	ewma         atomic.Uint64 // float64 bits: the estimate in ns as of last; before the first successful try negative, unknown - the bound from abandoned tries
+	last         atomic.Int64  // date of the latest sample: its try's start (ns since epoch); of a bound, its try's end
 	ejectedUntil atomic.Int64  // end of the latest ejection (ns since epoch); 0: never ejected
 	terminating  atomic.Bool
 	removed      atomic.Bool // dropped by Update
@@ -692,18 +715,27 @@ func (e *Endpoint) class(now int64) int {
 	return ready
 }
 
-// unknown is the estimate of an endpoint before its first successful try.
+// unknown is the estimate of an endpoint before its first successful try;
+// unknown - b is one whose abandoned tries set a lower bound b (ns).
 const unknown = -1.0
 
+// bound is the lower bound an unknown estimate v carries (0: none).
+func bound(v float64) float64 { return unknown - v }
+
 // estimate is the latency estimate (ns) at now: the EWMA decayed toward
-// zero for the time no sample has refreshed it; negative when unknown.
+// zero for the time no sample has refreshed it; negative when unknown,
+// with its bound decayed alike.
 func (e *Endpoint) estimate(now int64) float64 {
 	v := math.Float64frombits(e.ewma.Load())
-	if v < 0 {
+	if v == unknown {
 		return unknown
 	}
 	if dt := now - e.last.Load(); dt > 0 {
-		v *= decay(float64(dt) / float64(DecayTime))
+		d := decay(float64(dt) / float64(DecayTime))
+		if v < 0 {
+			return unknown - bound(v)*d
+		}
+		v *= d
 	}
 	return v
 }
@@ -805,13 +837,34 @@ func (e *Endpoint) Done(start int64, failed bool) (ejected bool) {
 // that gave up was never ejected. Its latency is a lower bound of the
 // try's, so it may raise the estimate but never lower it (as a failure's,
 // see the package doc): a client that cancels after 1 ms must not make a
-// 50 ms pod look fast.
+// 50 ms pod look fast. On an unknown estimate it raises the estimate's
+// bound instead (package doc), so that a pod hung from its start, which
+// no try ever makes known, still looks slow.
 func (e *Endpoint) Abandon(start int64) {
 	now := e.b.now()
 	e.inFlight.Add(-1)
 	e.mu.Lock()
-	e.sample(start, now, true)
+	if math.Float64frombits(e.ewma.Load()) < 0 {
+		e.raiseBound(start, now)
+	} else {
+		e.sample(start, now, true)
+	}
 	e.mu.Unlock()
+}
+
+// raiseBound raises an unknown estimate's bound toward the time a try
+// from start to now waited, at most MaxRise × max(bound, MinEstimate) at
+// once (as ewma's rise); e.mu is held. The bound is dated by the try's
+// end, when the pod was last seen not to have answered: dated by the
+// start, a 30 s wait would already have decayed to 75 ms.
+func (e *Endpoint) raiseBound(start, now int64) {
+	b := bound(e.estimate(now))
+	next := min(float64(max(now-start, 0)), MaxRise*max(b, float64(MinEstimate)))
+	if next <= b {
+		return
+	}
+	e.ewma.Store(math.Float64bits(unknown - next))
+	e.last.Store(max(now, e.last.Load()))
 }
 
 // Hold counts in flight on e what outlives the try that made it, until
@@ -829,7 +882,8 @@ func (e *Endpoint) Release() { e.inFlight.Add(-1) }
 
 // sample blends the latency of a try from start to now into the
 // estimate; e.mu is held. A try that did not succeed (lowerBound) never
-// lowers the estimate, nor makes it known.
+// lowers the estimate, nor makes it known (nor sets a bound: Abandon
+// does, failures do not, see the package doc).
 func (e *Endpoint) sample(start, now int64, lowerBound bool) {
 	rtt := float64(max(now-start, 0))
 	prev := math.Float64frombits(e.ewma.Load())
@@ -899,9 +953,9 @@ type EndpointStatus struct {
 	Addr        string `json:"address"`
 	Terminating bool   `json:"terminating,omitempty"`
 	// EWMA is the latency estimate now (decayed for the time since the
-	// last sample; Pick counts it as at least MinEstimate), 0 before the
-	// endpoint's first successful try; in JSON "ewmaMs", float
-	// milliseconds.
+	// last sample; Pick counts it as at least MinEstimate); before the
+	// endpoint's first successful try the bound its abandoned tries set
+	// (decayed alike), 0 if none; in JSON "ewmaMs", float milliseconds.
 	EWMA                time.Duration `json:"-"`
 	InFlight            int           `json:"inFlight"`
 	ConsecutiveFailures int           `json:"consecutiveFailures"`
@@ -934,6 +988,14 @@ func (s *EndpointStatus) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
+// shown is an estimate as Status shows it: an unknown one as its bound.
+func shown(v float64) float64 {
+	if v < 0 {
+		return bound(v)
+	}
+	return v
+}
+
 // Status is every endpoint's state, in Update's order.
 func (b *Balancer) Status() []EndpointStatus {
 	eps := b.set.Load().eps
@@ -947,7 +1009,7 @@ func (b *Balancer) Status() []EndpointStatus {
 		s := EndpointStatus{
 			Addr:                e.addr,
 			Terminating:         e.terminating.Load(),
-			EWMA:                time.Duration(max(e.estimate(now), 0)),
+			EWMA:                time.Duration(shown(e.estimate(now))),
 			InFlight:            int(e.inFlight.Load()),
 			ConsecutiveFailures: fails,
 			Ejections:           ejections,
