@@ -3,6 +3,7 @@ package outbound
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -67,7 +68,33 @@ func newDialer(connectTimeout time.Duration, resolve map[string]string, self *se
 	return &dialer{d: net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}, resolve: resolve, self: self}
 }
 
+// h2UpstreamUserTimeout bounds how long data the sidecar sent on an
+// upstream h2c connection may go unacknowledged, and how long the
+// connection may go without an answer to a TCP keepalive probe
+// (TCP_USER_TIMEOUT, set at its dial: poolH2). The sidecar PINGs an
+// upstream only after H2UpstreamPingAfter without a frame, and Linux sends
+// no keepalive probe while data is unacknowledged: a new call's HEADERS on
+// a kept connection to a black-holed upstream (a node gone, packets
+// dropped) waited for its retransmissions to give up, about 5 min 25 s
+// (before 2026-12-07), where the 30 s PING had ended it at 45 s. Now that
+// call fails after about 30 s, and a quiet call (a watch) after the
+// keepalive's 30 s idle and an unanswered probe, about 45 s (measured;
+// docs/grpc.md, "Limits"). grpc-go's client sets it too, to its keepalive
+// timeout. Not on HTTP/1 connections: Linux applies it to zero-window
+// probes too, and an HTTP/1 upstream may leave an upload unread for as
+// long as it likes; over HTTP/2 the upstream's reader takes frames
+// whatever its handlers do, so a zero window there means it has stopped.
+// A variable for the test that black-holes an upstream (in a network
+// namespace of its own) not to wait the full figure.
+var h2UpstreamUserTimeout = 30 * time.Second
+
 func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return d.dial(ctx, network, addr, 0)
+}
+
+// dial is DialContext, with userTimeout, when positive, set as the
+// socket's TCP_USER_TIMEOUT before it connects (once per connection).
+func (d *dialer) dial(ctx context.Context, network, addr string, userTimeout time.Duration) (net.Conn, error) {
 	asked := addr
 	if to, ok := d.resolve[strings.ToLower(addr)]; ok { // keys are lower case
 		addr = to
@@ -97,6 +124,11 @@ func (d *dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		}
 		if d.self.has(ap, arrived) {
 			return &selfError{addr: address}
+		}
+		if userTimeout > 0 {
+			if err := setUserTimeout(rc, userTimeout); err != nil {
+				return fmt.Errorf("setting TCP_USER_TIMEOUT on the socket to %s: %w", address, err)
+			}
 		}
 		d.own.dialing(dialing, ap, rc)
 		return nil
@@ -524,8 +556,12 @@ const (
 // Tunnels and relays dial with DialContext: a connection that is no
 // pool's is left to end by itself, as Envoy leaves a TCP proxy's.
 func (d *dialer) pooled(kind poolKind) func(context.Context, string, string) (net.Conn, error) {
+	var userTimeout time.Duration
+	if kind == poolH2 {
+		userTimeout = h2UpstreamUserTimeout // HTTP/2 only: h2UpstreamUserTimeout says why
+	}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
+		c, err := d.dial(ctx, network, addr, userTimeout)
 		if err != nil {
 			return nil, err
 		}

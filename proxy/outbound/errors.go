@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
@@ -260,7 +261,12 @@ func classify(err error, tryCtx, parent context.Context) (policy.Class, bool) {
 		return policy.ClassConnectFailure, false
 	}
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	// ETIMEDOUT is a Timeout() too, but it is the kernel giving the
+	// connection up (TCP_USER_TIMEOUT on an h2c upstream's: dial.go,
+	// unacknowledged data or keepalive probes): the connection lost, a
+	// reset, as when a PING went unanswered, not the call's time run out
+	// (which gRPC reads DEADLINE_EXCEEDED).
+	if errors.As(err, &ne) && ne.Timeout() && !errors.Is(err, syscall.ETIMEDOUT) {
 		return policy.ClassTimeout, false
 	}
 	return policy.ClassReset, false

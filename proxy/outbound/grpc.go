@@ -527,8 +527,11 @@ const (
 	// ENHANCE_YOUR_CALM "too_many_pings", every call on it failing
 	// UNAVAILABLE: at 30 s a quiet call (a watch, a long poll) died after
 	// about 2 minutes (before 2026-12-07). Envoy and grpc-go's own client
-	// send no PING unless told to; between PINGs, TCP keepalive (the
-	// dialer's, 30 s) finds a peer whose host is gone.
+	// send no PING unless told to. Between PINGs, TCP keepalive alone does
+	// not find a peer whose host is gone: Linux sends no probe while data
+	// is unacknowledged, so a call sent on such a connection waited about
+	// 5 min 25 s; the connection's TCP_USER_TIMEOUT
+	// (h2UpstreamUserTimeout, dial.go) ends it after 30 s.
 	H2UpstreamPingAfter = 5*time.Minute + 10*time.Second
 )
 
