@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math"
@@ -562,7 +563,7 @@ func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error
 	// each then a dial whose connection that pool closes as one too many.
 	// They are one per destination, multiplexed, closed after
 	// IdleConnTimeout idle.
-	return &http.Transport{
+	t := &http.Transport{
 		Proxy:                  nil, // never the sidecar's own HTTP_PROXY: that would loop
 		DialContext:            boundDials(dial),
 		MaxConnsPerHost:        1,
@@ -577,6 +578,8 @@ func newH2CTransport(dial func(context.Context, string, string) (net.Conn, error
 			PingTimeout:                   H2PingTimeout,
 		},
 	}
+	awaitSettings(t, h2SettingsWait)
+	return t
 }
 
 // h2Tries is the upstream HTTP/2 transport with each try's dials
@@ -671,6 +674,7 @@ func (c *h2Try) got1xx(code int, h textproto.MIMEHeader) error {
 
 func (c *h2Try) gotConn(info httptrace.GotConnInfo) {
 	if hc, ok := info.Conn.(*h2Conn); ok {
+		hc.awaitSettled(c.Context)
 		n := c.placed.Load()
 		if n == 0 || c.on[(n-1)%uint32(len(c.on))].Load() != hc {
 			i := n % uint32(len(c.on))
@@ -731,8 +735,10 @@ var errStreamReset = errors.New("the upstream reset the request's stream (HTTP/2
 // the try dialled again, twice (50 concurrent GETs to an upstream
 // resetting every stream: a try dialled up to 16 times,
 // TestH2ResetRedialConcurrent). A connection a try was refused on
-// (REFUSED_STREAM: its streams sent before the upstream's SETTINGS told a
-// limit) stays open, usable, with the streams it took: not lost.
+// (REFUSED_STREAM: its stream sent before the upstream's SETTINGS that
+// lowered its limit arrived; a new connection's first SETTINGS are read
+// before any request, awaitSettings) stays open, usable, with the
+// streams it took: not lost.
 func (c *h2Try) lost() int {
 	n := 0
 	for i := range c.on {
@@ -781,6 +787,13 @@ type h2Conn struct {
 	wleft uint32
 	// sent is the stream of the last HEADERS frame written.
 	sent atomic.Uint32
+	// settled is closed once Go's transport has read the upstream's
+	// first SETTINGS (it writes the acknowledgement after taking the
+	// settings in), or the connection failed, or the wait for them
+	// ended (settle); settling tells that has happened. Nil for a
+	// connection awaitSettings's wrapper never had.
+	settled  chan struct{}
+	settling atomic.Bool
 }
 
 // h2Preface is the client connection preface, the first bytes written
@@ -795,13 +808,40 @@ const maxResetStreams = 1024
 
 func (c *h2Conn) Close() error {
 	c.closed.Store(true)
+	c.settle()
 	return c.Conn.Close()
 }
 
 func (c *h2Conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.walk(p[:n])
+	if err != nil {
+		c.settle() // no SETTINGS to wait for on this connection
+	}
 	return n, err
+}
+
+// settle tells awaitSettings that Go's transport has read the upstream's
+// first SETTINGS, or never will, or that the wait for them is over.
+func (c *h2Conn) settle() {
+	if c.settled != nil && c.settling.CompareAndSwap(false, true) {
+		close(c.settled)
+	}
+}
+
+// awaitSettled holds a request Go's transport placed on c before it read
+// c's first SETTINGS (awaitSettings: one that found c in the
+// transport's pool before the dial handed it on) until it has, so that
+// its stream is opened against the upstream's real limit, or until ctx
+// ends. An atomic load for any other request.
+func (c *h2Conn) awaitSettled(ctx context.Context) {
+	if c.settled == nil || c.settling.Load() {
+		return
+	}
+	select {
+	case <-c.settled:
+	case <-ctx.Done():
+	}
 }
 
 // Write follows the frames written for the stream of each HEADERS
@@ -825,6 +865,11 @@ func (c *h2Conn) Write(p []byte) (int, error) {
 			c.wleft = uint32(c.whdr[0])<<16 | uint32(c.whdr[1])<<8 | uint32(c.whdr[2])
 			if c.whdr[3] == 0x1 {
 				c.sent.Store(streamID(c.whdr[5:]))
+			} else if c.whdr[3] == 0x4 && c.whdr[4]&0x1 != 0 {
+				// The transport acknowledges SETTINGS once it has
+				// taken them in (processSettings): the first is the
+				// upstream's first SETTINGS.
+				c.settle()
 			}
 			continue
 		}
@@ -957,6 +1002,74 @@ func boundDials(dial func(context.Context, string, string) (net.Conn, error)) fu
 			return nil, err
 		}
 		return &h2Conn{Conn: conn}, nil
+	}
+}
+
+// h2SettingsWait bounds how long a new upstream connection waits, before
+// requests are placed on it, for Go's transport to have read the
+// upstream's first SETTINGS (awaitSettings); past it the connection is
+// used as it would have been at once, as --connect-timeout's default
+// bounds a connect.
+const h2SettingsWait = 5 * time.Second
+
+// awaitSettings has Go's transport read a new upstream connection's
+// first SETTINGS before it places any request on it. The transport takes
+// 100 concurrent streams on a connection whose SETTINGS it has not read
+// (h2_bundle.go: initialMaxConcurrentStreams; it waits for them only for
+// an extended CONNECT), and hands a new connection to the requests that
+// waited for its dial as soon as it has made its ClientConn: a burst to
+// an upstream whose SETTINGS_MAX_CONCURRENT_STREAMS is lower (a grpc-go
+// server's grpc.MaxConcurrentStreams) had every stream past the limit
+// refused (REFUSED_STREAM), or, its SETTINGS read between a request's
+// reservation and its stream, failed as unusable with a body the
+// transport had closed ("cannot rewind body"), on each new connection,
+// each a connect failure for the breaker. grpc-go's own client waits for
+// the server's SETTINGS before it uses a connection.
+//
+// The transport makes a new h2c connection's ClientConn in its
+// TLSNextProto["unencrypted_http2"] function (it writes the client
+// preface and its SETTINGS there, so a server that waits for the
+// preface answers), and hands the connection to the waiting requests
+// only after that function returned (dialConn, then dialConnFor): the
+// wrapper returns once the transport has acknowledged the upstream's
+// SETTINGS, which it does after taking them in (processSettings), so a
+// request reserves its stream against the upstream's real limit, and
+// past it the transport dials another connection, as it does for a
+// full one. The connection failing, or wait passing, ends the wait too.
+// The transport's HTTP/2 pool has the new connection before the wait,
+// though: a request that the transport handed an older connection of
+// the destination, and that looks for room among them just then, can
+// reserve a stream on it under the assumed 100; such a request waits
+// in its GotConn (awaitSettled), before its stream is opened. Only if
+// more such requests than the upstream's limit came at once would the
+// ones past it fail (unusable, "cannot rewind body").
+func awaitSettings(t *http.Transport, wait time.Duration) {
+	t.CloseIdleConnections() // sets the transport's HTTP/2 up, TLSNextProto included
+	const key = "unencrypted_http2"
+	next := t.TLSNextProto[key]
+	if next == nil {
+		return // no HTTP/2: nothing to wait for
+	}
+	t.TLSNextProto[key] = func(authority string, c *tls.Conn) http.RoundTripper {
+		var hc *h2Conn
+		if u, ok := c.NetConn().(interface{ UnencryptedNetConn() net.Conn }); ok {
+			hc, _ = u.UnencryptedNetConn().(*h2Conn)
+		}
+		if hc == nil {
+			return next(authority, c)
+		}
+		// Before the transport has the connection: its read loop and
+		// the requests placed on it see the channel.
+		hc.settled = make(chan struct{})
+		rt := next(authority, c)
+		tm := time.NewTimer(wait)
+		select {
+		case <-hc.settled:
+		case <-tm.C:
+			hc.settle() // no longer waited for (awaitSettled)
+		}
+		tm.Stop()
+		return rt
 	}
 }
 
