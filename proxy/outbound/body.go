@@ -24,8 +24,9 @@ type replay struct {
 	started atomic.Bool
 	length  int64 // the request's ContentLength, sent with the stream
 	closer  io.Closer
-	// rec, for a gRPC call, is the body kept as the first try sent it:
-	// sent again only when it was one whole message.
+	// rec, for an app-paced stream (a gRPC call, an HTTP/2 body without
+	// a content-length), is the body kept as the first try sent it: sent
+	// again only when it was one whole message (gRPC), or whole (plain).
 	rec *recording
 }
 
@@ -111,6 +112,8 @@ func (r *replay) replayable() bool {
 // its own goroutine.
 type recording struct {
 	body io.Reader
+	// plain: not gRPC, so resent when read to its end, whatever it holds.
+	plain bool
 
 	mu      sync.Mutex
 	buf     []byte
@@ -167,6 +170,11 @@ func (r *recording) begun() bool {
 // reads, else by oneMessage itself once the transport has closed the
 // body. A stream that sends nothing more in that time is not replayed.
 func (r *recording) oneMessage() ([]byte, bool) {
+	if r.plain {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.buf, r.eof && !r.over
+	}
 	deadline := time.Now().Add(endWait)
 	for {
 		r.mu.Lock()

@@ -39,14 +39,20 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 	switch {
 	case st.replay != nil:
 		// Read whole already (fastProxy's readBody).
-	case r != nil && st.grpc && hasBody(req):
+	case r != nil && appPaced(req, st) && hasBody(req):
 		// Never buffered ahead of the upstream: a streaming call's next
-		// message may wait for the first answer. A call goes again if not
-		// a byte of it was sent (a connect failure), or, when retryOn
-		// names gRPC codes, if it was one whole message (a unary call),
-		// kept as it went (docs/grpc.md, "Retries").
+		// message may wait for the first answer, and so may the next
+		// bytes of any HTTP/2 body without a content-length (a Connect
+		// or other bidirectional stream; read ahead, it deadlocked with
+		// no try made). A call goes again if not a byte of it was sent
+		// (a connect failure), or, when retryOn names gRPC codes, if it
+		// was one whole message (a unary call), kept as it went
+		// (docs/grpc.md, "Retries"); another stream, if it was read to
+		// its end within MaxReplayBody by then.
 		st.replay = &replay{stream: req.Body, closer: req.Body, length: req.ContentLength}
-		if r.RetryOn.GRPC != 0 || r.RetryOn.Has(policy.ClassConnectFailure) {
+		if !st.grpc {
+			st.replay.rec = &recording{body: req.Body, plain: true}
+		} else if r.RetryOn.GRPC != 0 || r.RetryOn.Has(policy.ClassConnectFailure) {
 			// Kept as it goes also for connect-failure: an upstream that
 			// refuses the stream unprocessed (REFUSED_STREAM, a GOAWAY
 			// below it) may have been sent the message already.

@@ -70,6 +70,10 @@ type Config struct {
 	// tunnel or an upgraded connection (a WebSocket after its 101) that
 	// moved no byte either way for this long (0: DefaultTCPIdleTimeout).
 	TCPIdleTimeout time.Duration
+	// StreamIdleTimeout ends an app-paced stream (appPaced: a gRPC call,
+	// an HTTP/2 body without a content-length) that moved no byte either
+	// way for this long (0: DefaultStreamIdleTimeout; negative: none).
+	StreamIdleTimeout time.Duration
 }
 
 // Handler is the outbound listener's http.Handler.
@@ -150,6 +154,11 @@ func New(cfg Config, table *policy.Table) *Handler {
 	if cfg.TCPIdleTimeout <= 0 {
 		cfg.TCPIdleTimeout = DefaultTCPIdleTimeout
 	}
+	if cfg.StreamIdleTimeout == 0 {
+		cfg.StreamIdleTimeout = DefaultStreamIdleTimeout
+	} else if cfg.StreamIdleTimeout < 0 {
+		cfg.StreamIdleTimeout = 0
+	}
 	h := &Handler{cfg: cfg, log: cfg.Logger, self: newSelfAddrs(), hop: newHop()}
 	h.dials, h.endDials = context.WithCancelCause(context.Background())
 	h.dialer = newDialer(cfg.ConnectTimeout, cfg.Resolve, h.self)
@@ -198,6 +207,11 @@ func New(cfg Config, table *policy.Table) *Handler {
 // DefaultRequestBodyTimeout is how long the sidecar waits for the next
 // bytes of a request body, like nginx's client_body_timeout.
 const DefaultRequestBodyTimeout = 30 * time.Second
+
+// DefaultStreamIdleTimeout is how long an app-paced stream may move no
+// byte either way: the opaque TCP relay's idle limit, a stream being as
+// opaque to the sidecar as a relayed connection once it flows.
+const DefaultStreamIdleTimeout = DefaultTCPIdleTimeout
 
 // MaxHeaderBytes bounds request and response headers, like Envoy's
 // default of 60 KiB; Go's own default of 1 MiB is far more than any
@@ -656,7 +670,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 			}
 			defer cutStalledWrites(ctx, st.out.ResponseWriter, stalled)()
 		}
-		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 && !fast && !appPaced(r, st) { // fastProxy's: readBody
+		paced := !fast && appPaced(r, st)
+		if paced && !st.upgrade && h.cfg.StreamIdleTimeout > 0 { // an upgrade's tunnel: TCPIdleTimeout
+			var cancel context.CancelCauseFunc
+			var stop func() bool
+			ctx, cancel, stop = h.streamIdle(ctx, st)
+			defer cancel(nil)
+			defer stop() // first: the watch's expire may still cancel
+		}
+		if st.in.ReadCloser != nil && h.cfg.RequestBodyTimeout > 0 && !fast && !paced { // fastProxy's: readBody
 			var cancel context.CancelCauseFunc
 			ctx, cancel = context.WithCancelCause(ctx)
 			defer cancel(nil)
@@ -700,14 +722,40 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 // one of its app connection's H2MaxConcurrentStreams streams (under the
 // listener's connection cap) and one stream of the destination's h2c
 // connection; the policy's timeout and the call's grpc-timeout bound its
-// time (Envoy has no per-body limit either: its stream idle timeout is
-// reset by activity either way; Linkerd has none). An HTTP/1.x body, and
+// time, and, the default policy having none, StreamIdleTimeout one quiet
+// both ways (as Envoy's stream_idle_timeout, 5 min by default, which
+// activity either way resets; Linkerd has none). It is never read ahead
+// of the upstream either (forward.go): its next bytes may wait for the
+// first answer. An HTTP/1.x body, and
 // an HTTP/2 one of a declared length (an upload the upstream waits for
 // whole), keep the watch: a stall there holds an upstream connection, or
 // is an upload gone wrong (docs/operations.md, "Limits and failure
 // behaviour").
 func appPaced(r *http.Request, st *reqState) bool {
 	return st.grpc || r.ProtoMajor == 2 && r.ContentLength < 0
+}
+
+// streamIdle ends an app-paced stream that moved no byte either way for
+// StreamIdleTimeout, as the sidecar's own timeout (errTimeout: a 504
+// before the response's headers, the gRPC status of its timeouts, a
+// reset after), never the app's fault nor a success: without it a stream
+// both sides went quiet on would hold its app stream and its upstream
+// stream for ever. One timer a stream; the bytes only note their time.
+func (h *Handler) streamIdle(ctx context.Context, st *reqState) (context.Context, context.CancelCauseFunc, func() bool) {
+	act := &streamActivity{base: time.Now()}
+	st.in.activity, st.out.activity = act, act
+	ctx, cancel := context.WithCancelCause(ctx)
+	rw := st.out.ResponseWriter
+	stop := startIdleWatch(h.cfg.StreamIdleTimeout, act, func() {
+		cancel(errTimeout)
+		if st.in.ReadCloser != nil {
+			st.in.wake(rw) // a read waiting for the app's next bytes
+		}
+		// A write blocked on an app that reads nothing moves no byte
+		// either: as at the request's timeout (cutStalledWrites).
+		_ = http.NewResponseController(rw).SetWriteDeadline(time.Now().Add(stalledWriteGrace))
+	})
+	return ctx, cancel, stop
 }
 
 // answerLate replaces a response whose upstream failed after its headers

@@ -45,7 +45,7 @@ func TestBodyWatch(t *testing.T) {
 	const idle = 30 * time.Second
 	type step struct {
 		at    time.Duration // since the watch started
-		bytes int           // read this many bytes (1 per read); -1: read to the end
+		bytes int           // the app sends this many bytes; -1: the rest, then its end
 	}
 	for _, tc := range []struct {
 		name   string
@@ -84,7 +84,13 @@ func TestBodyWatch(t *testing.T) {
 				if tc.err != nil {
 					src = &failingReader{src, tc.err}
 				}
-				b := &countingBody{ReadCloser: io.NopCloser(src)}
+				// The app sends src through a pipe at the steps; the
+				// transport reads all the time, as it does while the
+				// upstream takes the body: the watch times only a read
+				// that waits for the app.
+				pr, pw := io.Pipe()
+				defer pw.Close()
+				b := &countingBody{ReadCloser: pr}
 				start := time.Now()
 				var mu sync.Mutex
 				var fired []time.Duration
@@ -93,21 +99,21 @@ func TestBodyWatch(t *testing.T) {
 					fired = append(fired, time.Since(start))
 					mu.Unlock()
 				})
+				go func() {
+					buf := make([]byte, 1)
+					for {
+						if _, err := b.Read(buf); err != nil {
+							return
+						}
+					}
+				}()
 				for _, s := range tc.steps {
 					time.Sleep(s.at - time.Since(start))
-					buf := make([]byte, 1)
 					if s.bytes < 0 {
-						for range 1000 {
-							if _, err := b.Read(buf); err != nil {
-								break
-							}
-						}
-					} else {
-						for range s.bytes {
-							if _, err := b.Read(buf); err != nil {
-								t.Fatalf("read at %v: %v", s.at, err)
-							}
-						}
+						_, err := io.Copy(pw, src)
+						pw.CloseWithError(err) // nil: EOF
+					} else if _, err := io.CopyN(pw, src, int64(s.bytes)); err != nil {
+						t.Fatalf("send at %v: %v", s.at, err)
 					}
 				}
 				if tc.stopAt > 0 {

@@ -45,11 +45,13 @@ type countingBody struct {
 	// waiting for the read that finds the body's end to start it
 	// (timeTry).
 	perTry atomic.Pointer[tryTimer]
-	// last is when a read last brought bytes, as the time since base,
-	// for the idle watch (which sets base before the first read; zero:
-	// no watch).
-	last atomic.Int64
-	base time.Time
+	// waiting is when the read under way began, as the time since base
+	// plus 1 (0: no read under way), for the idle watch (which sets base
+	// before the first read; zero: no watch).
+	waiting atomic.Int64
+	base    time.Time
+	// activity, for an app-paced stream, notes its bytes (streamIdle).
+	activity *streamActivity
 
 	// closed: the transport closed the body (Close).
 	closed atomic.Bool
@@ -64,10 +66,17 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	if b.abandoned {
 		return 0, errBodyAbandoned
 	}
+	watched := !b.base.IsZero()
+	if watched {
+		b.waiting.Store(int64(time.Since(b.base)) + 1)
+	}
 	n, err := b.ReadCloser.Read(p)
+	if watched {
+		b.waiting.Store(0)
+	}
 	b.n.Add(int64(n))
-	if n > 0 && !b.base.IsZero() {
-		b.last.Store(int64(time.Since(b.base)))
+	if n > 0 && b.activity != nil {
+		b.activity.mark()
 	}
 	if err != nil && err != io.EOF && (b.woken.Load() || b.closed.Load()) {
 		// Ended by wake, or closed by the transport (Close): neither the
@@ -254,26 +263,40 @@ func (b *countingBody) failed() error {
 	return nil
 }
 
-// watch calls expire when the body has not moved for idle: an app that
-// stops sending its body must not hold an upstream connection for ever.
-// It is a timer, not a read deadline on the app's connection, because
-// net/http's server uses that deadline itself once the body is read. The
-// timer runs from the last read that brought bytes (Read notes when), so
-// expire comes idle after the app's last byte, the timer's own lateness
-// aside, never later (docs/operations.md, "Limits and failure
-// behaviour"). The returned func stops the watch.
+// watch calls expire when a read of the body has waited idle for the
+// app: an app that stops sending its body must not hold an upstream
+// connection for ever. Only a read under way counts, as on the inbound
+// path: time the upstream takes before it reads (flow control, a busy
+// server, an answer to a body-less HTTP/2 request it never reads) is not
+// the app's silence. It is a timer, not a read deadline on the app's
+// connection, because net/http's server uses that deadline itself once
+// the body is read. expire comes idle after the start of the read that
+// waits, the timer's own lateness aside, never later (docs/operations.md,
+// "Limits and failure behaviour"). The returned func stops the watch.
 func (b *countingBody) watch(idle time.Duration, expire func()) (stop func() bool) {
 	b.base = time.Now() // before the transport's first read
-	w := &bodyWatch{b: b, idle: idle, expire: expire}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.t = time.AfterFunc(idle, w.fire)
-	return w.stop
+	return startIdleWatch(idle, b, expire)
 }
 
-type bodyWatch struct {
-	b      *countingBody
+// quiet is how long the read under way has waited for the app (0: none
+// waits), and done once the body ended or the upstream answered.
+func (b *countingBody) quiet() (time.Duration, bool) {
+	if b.ended.Load() || b.answered.Load() {
+		return 0, true
+	}
+	s := b.waiting.Load()
+	if s == 0 {
+		return 0, false
+	}
+	return time.Since(b.base) - time.Duration(s-1), false
+}
+
+// idleWatch calls expire once quiet reports idle or more: one timer,
+// re-armed when it fires for what is left, so that the bytes that move
+// cost a clock read at most, never a timer reset.
+type idleWatch struct {
 	idle   time.Duration
+	q      quieter
 	expire func()
 	// mu is held through expire: once stop has returned, expire is
 	// neither running nor to run. expire touches the server's stream,
@@ -283,25 +306,58 @@ type bodyWatch struct {
 	stopped bool
 }
 
-func (w *bodyWatch) stop() bool {
+// quieter reports how long what an idleWatch watches has been quiet, and
+// done when there is nothing more to watch. An interface, not a func: a
+// method value would be an allocation more per request.
+type quieter interface {
+	quiet() (d time.Duration, done bool)
+}
+
+func startIdleWatch(idle time.Duration, q quieter, expire func()) (stop func() bool) {
+	w := &idleWatch{idle: idle, q: q, expire: expire}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.t = time.AfterFunc(idle, w.fire)
+	return w.stop
+}
+
+func (w *idleWatch) stop() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.stopped = true
 	return w.t.Stop()
 }
 
-func (w *bodyWatch) fire() {
+func (w *idleWatch) fire() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.stopped || w.b.ended.Load() || w.b.answered.Load() {
+	if w.stopped {
 		return
 	}
-	// The time since the last byte, or since the watch began.
-	if left := w.idle - (time.Since(w.b.base) - time.Duration(w.b.last.Load())); left > 0 {
-		w.t.Reset(left) // bytes came since: idle from the last of them
+	d, done := w.q.quiet()
+	if done {
+		return
+	}
+	if left := w.idle - d; left > 0 {
+		w.t.Reset(left)
 		return
 	}
 	w.expire()
+}
+
+// streamActivity is when an app-paced stream (appPaced) last moved a
+// byte either way: its request body read from the app, its response
+// body written to it. Both sides mark it with one clock read; the
+// stream's idle watch reads it only when its timer fires.
+type streamActivity struct {
+	base time.Time
+	last atomic.Int64 // since base
+}
+
+func (a *streamActivity) mark() { a.last.Store(int64(time.Since(a.base))) }
+
+func (a *streamActivity) quiet() (time.Duration, bool) {
+	return time.Since(a.base) - time.Duration(a.last.Load()), false
 }
 
 // errBodyTimeout ends a request whose app stopped sending its body.
@@ -325,6 +381,8 @@ func (*bodyTimeoutError) Error() string {
 type countingWriter struct {
 	heldstatus.Writer
 	n int64
+	// activity, for an app-paced stream, notes its bytes (streamIdle).
+	activity *streamActivity
 	// broken is a write to the app that failed: the app went away, or
 	// its connection broke, before its response ended.
 	broken bool
@@ -344,6 +402,9 @@ type countingWriter struct {
 func (w *countingWriter) Write(p []byte) (int, error) {
 	n, err := w.Writer.Write(p)
 	w.n += int64(n)
+	if n > 0 && w.activity != nil {
+		w.activity.mark()
+	}
 	if err != nil && ReaderGone(err) {
 		w.broken = true
 	} else if err != nil && refusedWrite(err) {

@@ -86,6 +86,10 @@ type Config struct {
 	// upgraded connection (either listener) idle this long (0:
 	// outbound.DefaultTCPIdleTimeout).
 	TCPIdleTimeout time.Duration
+	// StreamIdleTimeout ends an outbound gRPC call or HTTP/2 body without
+	// a content-length that moved no byte either way this long (0:
+	// outbound.DefaultStreamIdleTimeout; negative: none).
+	StreamIdleTimeout time.Duration
 
 	// InboundAddr is the inbound listener of capture-inbound (empty:
 	// none): connections into the pod that iptables redirected, forwarded
@@ -293,6 +297,7 @@ func Listen(cfg Config) (*Sidecar, error) {
 		AccessLog:          s.access,
 		Logger:             cfg.Logger,
 		TCPIdleTimeout:     cfg.TCPIdleTimeout,
+		StreamIdleTimeout:  cfg.StreamIdleTimeout,
 	}, table)
 	s.admin = admin.New(s.metrics.Registry, breakers{s.outbound}, s.debugConfig)
 	s.admin.HandleJSON("/debug/endpoints", func() any { return s.outbound.Endpoints() })
