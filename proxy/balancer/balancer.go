@@ -804,14 +804,23 @@ func (e *Endpoint) Start() int64 {
 // returns true when this failure ejected the endpoint. Failures of tries
 // that end while the endpoint is ejected do not count toward another
 // ejection; a dropped endpoint is never ejected.
-func (e *Endpoint) Done(start int64, failed bool) (ejected bool) {
+//
+// own says that the failure is the endpoint's own, not the destination's:
+// the endpoint's previous try failed too, and another endpoint serves
+// (Serving). The first failure of a run is never its own: it may be the
+// first sign of a destination failing as a whole. The breaker counts an
+// own failure in its failure rate only (breaker.ErrOneEndpoint), so that
+// one pod's burst, its calls in flight failing at once as it crashes,
+// does not open the breaker of the pods that serve (docs/policy.md,
+// "Circuit breaker").
+func (e *Endpoint) Done(start int64, failed bool) (ejected, own bool) {
 	b := e.b
 	now := b.now()
 	e.inFlight.Add(-1)
 
 	e.mu.Lock()
 	e.sample(start, now, failed)
-	e.failing.Store(failed)
+	wasFailing := e.failing.Swap(failed)
 	switch {
 	case !failed:
 		e.fails = 0
@@ -826,7 +835,22 @@ func (e *Endpoint) Done(start int64, failed bool) (ejected bool) {
 	if ejected && b.OnEject != nil {
 		b.OnEject(e.addr)
 	}
-	return ejected
+	return ejected, failed && wasFailing && b.serving(e, now)
+}
+
+// serving reports whether an endpoint other than e serves: ready, not
+// ejected, and its latest try, if any, did not fail. An endpoint not yet
+// tried serves as far as anyone knows; a terminating one takes requests
+// only when no ready one is left, and an ejected one none (unless in
+// panic mode, when most of them fail). Only failures call it, and it
+// stops at the first endpoint that serves.
+func (b *Balancer) serving(e *Endpoint, now int64) bool {
+	for _, o := range b.set.Load().eps {
+		if o != e && !o.failing.Load() && o.class(now) == ready {
+			return true
+		}
+	}
+	return false
 }
 
 // Abandon ends a try begun with Start that neither succeeded nor failed:

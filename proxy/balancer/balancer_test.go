@@ -12,11 +12,12 @@ import (
 
 const ms = float64(time.Millisecond)
 
-// try runs one try on e that lasts d.
+// try runs one try on e that lasts d and returns whether it ejected e.
 func try(clk *fakeClock, e *Endpoint, d time.Duration, failed bool) bool {
 	start := e.Start()
 	clk.Advance(d)
-	return e.Done(start, failed)
+	ejected, _ := e.Done(start, failed)
+	return ejected
 }
 
 // failN runs n failed tries of 1 ms on e and returns Done's answers.
@@ -809,7 +810,7 @@ func TestUpdateKeepsState(t *testing.T) {
 	}
 	// The dropped c's try ends safely and never ejects it.
 	clk.Advance(time.Millisecond)
-	if c.Done(cStart, true) {
+	if ejected, _ := c.Done(cStart, true); ejected {
 		t.Errorf("a dropped endpoint was ejected")
 	}
 	// Back again, c starts fresh.

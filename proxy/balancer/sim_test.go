@@ -91,7 +91,7 @@ func (s *sim) run(n int) {
 			for len(s.pending) > 0 {
 				c := heap.Pop(&s.pending).(completion)
 				s.clk.t = c.at
-				ej := c.e.Done(c.start, c.failed)
+				ej, _ := c.e.Done(c.start, c.failed)
 				if s.onDone != nil {
 					s.onDone(c.e, c.failed, ej)
 				}
@@ -101,7 +101,7 @@ func (s *sim) run(n int) {
 		for len(s.pending) > 0 && !s.pending[0].at.After(next) {
 			c := heap.Pop(&s.pending).(completion)
 			s.clk.t = c.at
-			ej := c.e.Done(c.start, c.failed)
+			ej, _ := c.e.Done(c.start, c.failed)
 			if s.onDone != nil {
 				s.onDone(c.e, c.failed, ej)
 			}

@@ -56,10 +56,23 @@ var (
 	// ErrIgnored is an outcome that says nothing about the upstream's
 	// health, such as a client that went away; it counts neither way.
 	ErrIgnored = errors.New("ignored")
+	// ErrOneEndpoint is a failure that one endpoint's run of failures
+	// repeats while another endpoint of the destination serves: that
+	// endpoint's business (per-endpoint ejection), not a sign that the
+	// destination fails as a whole. A pod that crashed with six calls in
+	// flight, or one that fails fast from its start, gave the breaker's
+	// consecutiveFailures five failures in a row before a healthy pod's
+	// success could end the run: one pod of four opened the breaker of
+	// all four (docs/policy.md, "Circuit breaker"). consecutiveFailures
+	// counts it neither way (the run of the destination's failures
+	// neither grows nor ends); failureRate, a share of the destination's
+	// tries, counts it as the failure it is; a half-open probe's place is
+	// freed, as for ErrIgnored.
+	ErrOneEndpoint = errors.New("failure of one endpoint")
 )
 
-// Done reports the outcome of one allowed try: nil, ErrFailed or
-// ErrIgnored. It is to be called once.
+// Done reports the outcome of one allowed try: nil, ErrFailed,
+// ErrOneEndpoint or ErrIgnored. It is to be called once.
 type Done = func(outcome error)
 
 // Breaker guards one destination.
@@ -192,7 +205,7 @@ func (b *Breaker) probeDone(gen uint64, p *probe, outcome error) {
 	}
 	now := time.Now()
 	switch outcome {
-	case ErrIgnored:
+	case ErrIgnored, ErrOneEndpoint:
 	case nil:
 		b.c.TotalSuccesses++
 		b.c.ConsecutiveSuccesses++
@@ -220,6 +233,17 @@ func (b *Breaker) done(gen uint64, outcome error) {
 	var bk *bucket
 	if b.buckets != nil {
 		bk = &b.buckets[b.age%int64(len(b.buckets))]
+	}
+	if outcome == ErrOneEndpoint {
+		// In the share, not in the run.
+		if bk != nil {
+			bk.failures++
+		}
+		b.c.TotalFailures++
+		if b.readyToTrip() {
+			b.setState(Open, now)
+		}
+		return
 	}
 	if outcome == nil {
 		if bk != nil {

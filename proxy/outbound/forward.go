@@ -427,7 +427,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			outcome = breaker.ErrFailed
 		}
 		if unprocessed && class == policy.ClassConnectFailure {
-			endTry(nil, ep, epStart, outcome)
+			outcome = endEndpoint(ep, epStart, outcome)
 			return nil, class, &heldVerdict{done: done, outcome: outcome}, &upstreamError{class: class, err: err}
 		}
 		endTry(done, ep, epStart, outcome)
@@ -846,9 +846,15 @@ func (st *reqState) pick() (*balancer.Endpoint, int64) {
 // compile error if policy.MaxAttempts outgrows it.
 var _ [balancer.MaxTried - policy.MaxAttempts]struct{}
 
-// endTry tells the breaker and the try's endpoint how the try went.
+// endTry tells the try's endpoint and the breaker how the try went.
 func endTry(done breaker.Done, ep *balancer.Endpoint, start int64, outcome error) {
-	report(done, outcome)
+	report(done, endEndpoint(ep, start, outcome))
+}
+
+// endEndpoint tells the try's endpoint how the try went and returns the
+// outcome for the destination's breaker: a failure that is the endpoint's
+// own (balancer.Endpoint.Done) is breaker.ErrOneEndpoint.
+func endEndpoint(ep *balancer.Endpoint, start int64, outcome error) error {
 	switch {
 	case ep == nil:
 	case outcome == breaker.ErrIgnored:
@@ -857,8 +863,11 @@ func endTry(done breaker.Done, ep *balancer.Endpoint, start int64, outcome error
 		// failures (docs/policy.md, "Per-endpoint ejection").
 		ep.Abandon(start)
 	default:
-		ep.Done(start, outcome == breaker.ErrFailed)
+		if _, own := ep.Done(start, outcome == breaker.ErrFailed); own {
+			return breaker.ErrOneEndpoint
+		}
 	}
+	return outcome
 }
 
 func report(done breaker.Done, outcome error) {

@@ -60,7 +60,7 @@ func TestReloadCutsEjections(t *testing.T) {
 				})
 				lb := d.get("geo:80").lb
 				ep := lb.Pick()
-				if !ep.Done(ep.Start(), true) {
+				if ejected, _ := ep.Done(ep.Start(), true); !ejected {
 					t.Fatal("one failed try did not eject its endpoint")
 				}
 				time.Sleep(10 * time.Second)

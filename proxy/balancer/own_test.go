@@ -1,0 +1,101 @@
+package balancer
+
+import (
+	"testing"
+	"time"
+)
+
+// TestDoneOwnFailure: a failure is the endpoint's own (the breaker counts
+// it in its failure rate only) when it repeats the endpoint's run of
+// failures while another endpoint serves: ready, not ejected, its latest
+// try not failed. Each case sets up a, b and c with a's previous try as
+// given, then fails a once more.
+func TestDoneOwnFailure(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		aFailedYet bool                              // a's previous try failed
+		setup      func(clk *fakeClock, b *Balancer) // the other endpoints' state
+		targets    []Target                          // nil: a, b, c ready
+		want       bool
+	}{
+		{name: "the first failure of a run may be the destination's", want: false},
+		{name: "a repeat while the others were never tried", aFailedYet: true, want: true},
+		{
+			name: "a repeat while b's latest try succeeded", aFailedYet: true, want: true,
+			setup: func(clk *fakeClock, b *Balancer) {
+				failN(clk, b.endpoint("b"), 1)
+				failN(clk, b.endpoint("c"), 1)
+				try(clk, b.endpoint("b"), time.Millisecond, false)
+			},
+		},
+		{
+			name: "a repeat while every other endpoint failed its latest try", aFailedYet: true, want: false,
+			setup: func(clk *fakeClock, b *Balancer) {
+				try(clk, b.endpoint("b"), time.Millisecond, false)
+				failN(clk, b.endpoint("b"), 1)
+				failN(clk, b.endpoint("c"), 1)
+			},
+		},
+		{
+			name: "a repeat while the one that serves is ejected", aFailedYet: true, want: false,
+			setup: func(clk *fakeClock, b *Balancer) {
+				failN(clk, b.endpoint("b"), 1)
+				failN(clk, b.endpoint("c"), 2) // ejected at the 2nd
+				try(clk, b.endpoint("c"), time.Millisecond, false)
+				if b.endpoint("c").class(b.now()) != ejected {
+					panic("c is not ejected")
+				}
+			},
+		},
+		{
+			name: "a repeat while the one that serves is terminating", aFailedYet: true, want: false,
+			targets: []Target{{Addr: "a"}, {Addr: "b"}, {Addr: "c", Terminating: true}},
+			setup: func(clk *fakeClock, b *Balancer) {
+				failN(clk, b.endpoint("b"), 1)
+			},
+		},
+		{name: "a repeat of a destination's one endpoint", aFailedYet: true, targets: []Target{{Addr: "a"}}, want: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, clk := newTest(t, Config{ConsecutiveFailures: 2, MaxEjectionPercent: 100}, "a", "b", "c")
+			if tc.targets != nil {
+				b.Update(tc.targets)
+			}
+			if tc.setup != nil {
+				tc.setup(clk, b)
+			}
+			a := b.endpoint("a")
+			if tc.aFailedYet {
+				failN(clk, a, 1)
+			}
+			start := a.Start()
+			clk.Advance(time.Millisecond)
+			ejected, own := a.Done(start, true)
+			if own != tc.want {
+				t.Errorf("own = %v, want %v", own, tc.want)
+			}
+			if tc.aFailedYet != ejected {
+				t.Errorf("ejected = %v at failure %d of a run, want it at the 2nd (ConsecutiveFailures 2): own must not change ejection", ejected, map[bool]int{false: 1, true: 2}[tc.aFailedYet])
+			}
+		})
+	}
+}
+
+// TestDoneOwnNeverOnSuccess: a success is never a failure of any kind,
+// whatever the run before it.
+func TestDoneOwnNeverOnSuccess(t *testing.T) {
+	b, clk := newTest(t, Config{}, "a", "b")
+	a := b.endpoint("a")
+	failN(clk, a, 3)
+	start := a.Start()
+	clk.Advance(time.Millisecond)
+	if _, own := a.Done(start, false); own {
+		t.Errorf("a success was reported as the endpoint's own failure")
+	}
+	// The run ended: the next failure is a first again.
+	start = a.Start()
+	clk.Advance(time.Millisecond)
+	if _, own := a.Done(start, true); own {
+		t.Errorf("the first failure after a success was reported as the endpoint's own")
+	}
+}
