@@ -3,6 +3,7 @@ package outbound
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -766,11 +767,9 @@ type h2Conn struct {
 	closed atomic.Bool
 	reset  atomic.Bool
 	// The frame walk of the bytes read (Read, on the transport's one
-	// read loop): the frame header so far, the payload bytes left,
-	// and an RST_STREAM's error code.
-	hdr  [9]byte
-	hn   int
-	left uint32
+	// read loop): where it is in the frames, and whether the frame is
+	// an RST_STREAM, with its error code so far.
+	in   frameCursor
 	rst  bool
 	code uint32
 	// mu guards resets, the streams reset with PROTOCOL_ERROR (at most
@@ -780,11 +779,9 @@ type h2Conn struct {
 	resets []uint32
 	// The frame walk of the bytes written (Write, under the transport's
 	// write lock): how many of the client preface's bytes went (wpre),
-	// then frames, as the read walk's.
-	wpre  int
-	whdr  [9]byte
-	whn   int
-	wleft uint32
+	// then where it is in the frames.
+	wpre int
+	out  frameCursor
 	// sent is the stream of the last HEADERS frame written.
 	sent atomic.Uint32
 	// settled is closed once Go's transport has read the upstream's
@@ -854,36 +851,20 @@ func (c *h2Conn) Write(p []byte) (int, error) {
 		b = b[k:]
 	}
 	for len(b) > 0 {
-		if c.wleft == 0 {
-			k := copy(c.whdr[c.whn:], b)
-			c.whn += k
-			b = b[k:]
-			if c.whn < len(c.whdr) {
-				break
-			}
-			c.whn = 0
-			c.wleft = uint32(c.whdr[0])<<16 | uint32(c.whdr[1])<<8 | uint32(c.whdr[2])
-			if c.whdr[3] == 0x1 {
-				c.sent.Store(streamID(c.whdr[5:]))
-			} else if c.whdr[3] == 0x4 && c.whdr[4]&0x1 != 0 {
-				// The transport acknowledges SETTINGS once it has
-				// taken them in (processSettings): the first is the
-				// upstream's first SETTINGS.
-				c.settle()
-			}
+		var header bool
+		if b, _, header = c.out.step(b); !header {
 			continue
 		}
-		k := min(int(c.wleft), len(b))
-		c.wleft -= uint32(k)
-		b = b[k:]
+		if c.out.frameType() == 0x1 {
+			c.sent.Store(c.out.stream())
+		} else if c.out.frameType() == 0x4 && c.out.flags()&0x1 != 0 {
+			// The transport acknowledges SETTINGS once it has taken
+			// them in (processSettings): the first is the upstream's
+			// first SETTINGS.
+			c.settle()
+		}
 	}
 	return c.Conn.Write(p)
-}
-
-// streamID is the stream identifier of a frame header's last 4 bytes,
-// its reserved bit cleared.
-func streamID(b []byte) uint32 {
-	return (uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])) & 0x7fffffff
 }
 
 // resetStream reports whether the upstream reset stream id with
@@ -904,35 +885,67 @@ func (c *h2Conn) resetStream(id uint32) bool {
 // SETTINGS): no preface to skip.
 func (c *h2Conn) walk(b []byte) {
 	for len(b) > 0 {
-		if c.left == 0 {
-			k := copy(c.hdr[c.hn:], b)
-			c.hn += k
-			b = b[k:]
-			if c.hn < len(c.hdr) {
-				return
-			}
-			c.hn = 0
-			c.left = uint32(c.hdr[0])<<16 | uint32(c.hdr[1])<<8 | uint32(c.hdr[2])
-			c.rst, c.code = c.hdr[3] == 0x3 && c.left == 4, 0
+		var payload []byte
+		var header bool
+		b, payload, header = c.in.step(b)
+		if header {
+			c.rst, c.code = c.in.frameType() == 0x3 && c.in.left == 4, 0
 			continue
 		}
-		k := min(int(c.left), len(b))
-		if c.rst {
-			for _, x := range b[:k] {
-				c.code = c.code<<8 | uint32(x)
-			}
+		if !c.rst || len(payload) == 0 {
+			continue // not an RST_STREAM's code, or the next frame's header
 		}
-		c.left -= uint32(k)
-		b = b[k:]
-		if c.left == 0 && c.rst && c.code == 0x1 {
+		for _, x := range payload {
+			c.code = c.code<<8 | uint32(x)
+		}
+		if c.in.left == 0 && c.code == 0x1 {
 			c.mu.Lock()
 			if len(c.resets) < maxResetStreams {
-				c.resets = append(c.resets, streamID(c.hdr[5:]))
+				c.resets = append(c.resets, c.in.stream())
 			}
 			c.mu.Unlock()
 			c.reset.Store(true)
 		}
 	}
+}
+
+// frameCursor is where a walk is in the frames of one direction of an
+// HTTP/2 connection (RFC 9113 §4.1: a 9-byte header, its payload's
+// length first, then its type, flags and stream), however they are cut
+// into reads or writes: h2Conn follows both directions without a copy
+// of a payload, nor a byte taken from one for a header.
+type frameCursor struct {
+	hdr  [9]byte // the frame's header, whole once step said so
+	hn   int     // the header's bytes so far
+	left uint32  // the payload's bytes yet to come
+}
+
+// step takes b's first bytes, either header or payload bytes, never
+// both, so that a walk looks at a frame's header before its payload: it
+// returns the bytes it left, the payload bytes it took (empty if it took
+// header bytes), and whether they completed a header, which frameType,
+// flags and stream then tell, and whose payload is the next left bytes.
+func (c *frameCursor) step(b []byte) (rest, payload []byte, header bool) {
+	if c.left > 0 {
+		k := min(int(c.left), len(b))
+		c.left -= uint32(k)
+		return b[k:], b[:k], false
+	}
+	k := copy(c.hdr[c.hn:], b)
+	if c.hn += k; c.hn < len(c.hdr) {
+		return b[k:], nil, false
+	}
+	c.hn = 0
+	c.left = binary.BigEndian.Uint32(c.hdr[:4]) >> 8 // the first 3 bytes
+	return b[k:], nil, true
+}
+
+func (c *frameCursor) frameType() byte { return c.hdr[3] }
+func (c *frameCursor) flags() byte     { return c.hdr[4] }
+
+// stream is the frame's stream identifier, its reserved bit cleared.
+func (c *frameCursor) stream() uint32 {
+	return binary.BigEndian.Uint32(c.hdr[5:]) & 0x7fffffff
 }
 
 // maxLostPerTry: a try's request on a cached connection or its first new
