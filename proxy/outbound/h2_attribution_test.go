@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -205,11 +206,6 @@ func TestH2TriesBound1xx(t *testing.T) {
 // (a Link, and a request ID) and then 200.
 func hintingH2C(t *testing.T, hints int) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	block := func(fields ...string) []byte {
 		var b bytes.Buffer
 		e := hpack.NewEncoder(&b)
@@ -218,45 +214,20 @@ func hintingH2C(t *testing.T, hints int) string {
 		}
 		return b.Bytes()
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+	addr, _ := proxytest.RawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		serveH2c(c, func(fr *http2.Framer, f http2.Frame) error {
+			h, ok := f.(*http2.MetaHeadersFrame)
+			if !ok {
+				return nil
 			}
-			go func() {
-				defer c.Close()
-				if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
-					return
+			for range hints {
+				if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: block(":status", "103", "link", "</a.css>", "x-request-id", "theirs"), EndHeaders: true}); err != nil {
+					return err
 				}
-				fr := http2.NewFramer(c, c)
-				if fr.WriteSettings() != nil {
-					return
-				}
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							err = fr.WriteSettingsAck()
-						}
-					case *http2.HeadersFrame:
-						for range hints {
-							if err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: block(":status", "103", "link", "</a.css>", "x-request-id", "theirs"), EndHeaders: true}); err != nil {
-								return
-							}
-						}
-						err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: block(":status", "200"), EndHeaders: true, EndStream: true})
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
+			}
+			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: block(":status", "200"), EndHeaders: true, EndStream: true})
+		})
+	})
+	return addr
 }

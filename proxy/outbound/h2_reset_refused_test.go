@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/outbound"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -162,55 +163,32 @@ func h2DyingUpstream(t *testing.T, paths []string, act func(*http2.Framer, map[s
 		}
 		conn <- c
 		defer c.Close()
-		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
-			return
-		}
-		fr := http2.NewFramer(c, c)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		if fr.WriteSettings() != nil {
-			return
-		}
 		streams := map[string]uint32{}
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
+		outbound.ServeH2c(c, func(fr *http2.Framer, f http2.Frame) error {
+			h, ok := f.(*http2.MetaHeadersFrame)
+			if !ok {
+				return nil
 			}
-			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					err = fr.WriteSettingsAck()
-				}
-			case *http2.PingFrame:
-				if !f.IsAck() {
-					err = fr.WritePing(true, f.Data)
-				}
-			case *http2.MetaHeadersFrame:
-				path := f.PseudoValue("path")
-				mu.Lock()
-				heard[path]++
-				mu.Unlock()
-				streams[path] = f.StreamID
-				if path == "/warm" {
-					var b bytes.Buffer
-					_ = hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-					err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: b.Bytes(), EndHeaders: true, EndStream: true})
-					break
-				}
-				if wait--; wait > 0 {
-					break
-				}
-				ln.Close()
-				// The connection stays open, read until Go's transport
-				// closes it (the test's end closes it too): what that
-				// transport sees of each stream is act's frames, not a
-				// connection lost.
-				err = act(fr, streams)
+			path := h.PseudoValue("path")
+			mu.Lock()
+			heard[path]++
+			mu.Unlock()
+			streams[path] = h.StreamID
+			if path == "/warm" {
+				var b bytes.Buffer
+				_ = hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: b.Bytes(), EndHeaders: true, EndStream: true})
 			}
-			if err != nil {
-				return
+			if wait--; wait > 0 {
+				return nil
 			}
-		}
+			ln.Close()
+			// The connection stays open, read until Go's transport
+			// closes it (the test's end closes it too): what that
+			// transport sees of each stream is act's frames, not a
+			// connection lost.
+			return act(fr, streams)
+		})
 	}()
 	return ln.Addr().String(), func(path string) int {
 		mu.Lock()

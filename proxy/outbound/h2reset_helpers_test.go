@@ -1,11 +1,11 @@
 package outbound
 
 import (
-	"io"
 	"net"
 	"sync/atomic"
 	"testing"
 
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"golang.org/x/net/http2"
 )
 
@@ -16,59 +16,23 @@ import (
 // external ones (h2_reset_test.go, through ResettingH2Upstream) share it.
 func resettingH2Upstream(t *testing.T) (addr string, streams, conns *atomic.Int32) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	streams, conns = new(atomic.Int32), new(atomic.Int32)
-	serve := func(c net.Conn) {
+	streams = new(atomic.Int32)
+	addr, conns = proxytest.RawServer(t, func(c net.Conn, _ int) {
 		defer c.Close()
-		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
-			return
-		}
-		fr := http2.NewFramer(c, c)
-		if fr.WriteSettings() != nil {
-			return
-		}
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
+		serveH2c(c, func(fr *http2.Framer, f http2.Frame) error {
 			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					err = fr.WriteSettingsAck()
-				}
-			case *http2.PingFrame:
-				if !f.IsAck() {
-					err = fr.WritePing(true, f.Data)
-				}
-			case *http2.HeadersFrame:
+			case *http2.MetaHeadersFrame:
 				streams.Add(1)
 				if f.StreamEnded() {
-					err = fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
+					return fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
 				}
 			case *http2.DataFrame:
 				if f.StreamEnded() {
-					err = fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
+					return fr.WriteRSTStream(f.StreamID, http2.ErrCodeProtocol)
 				}
 			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			go serve(c)
-		}
-	}()
-	return ln.Addr().String(), streams, conns
+			return nil
+		})
+	})
+	return addr, streams, conns
 }

@@ -25,9 +25,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
+	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/sidecar"
 )
 
@@ -645,22 +644,6 @@ func resetConn(c net.Conn) {
 	_ = c.Close()
 }
 
-// ackControl answers f when it is a SETTINGS or PING frame that wants an
-// acknowledgement (the peer of a raw HTTP/2 connection must send them, or
-// Go's side stalls or closes), and reports whether it was one of those:
-// the raw framer loops of the tests then go on to the next frame.
-func ackControl(fr *http2.Framer, f http2.Frame) bool {
-	switch f := f.(type) {
-	case *http2.SettingsFrame:
-		if !f.IsAck() {
-			_ = fr.WriteSettingsAck()
-		}
-		return true
-	case *http2.PingFrame:
-		if !f.IsAck() {
-			_ = fr.WritePing(true, f.Data)
-		}
-		return true
-	}
-	return false
-}
+// ackControl is the internal tests' (h2upstream_helpers_test.go): the
+// rigs of both packages answer SETTINGS and PINGs alike.
+var ackControl = outbound.AckControl
