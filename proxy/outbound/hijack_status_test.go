@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
@@ -52,24 +53,11 @@ func TestHijackedStatus(t *testing.T) {
 // echoUpstream accepts connections and echoes what they send.
 func echoUpstream(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	addr, _ := proxytest.RawServer(t, func(c net.Conn, _ int) {
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	})
+	return addr
 }
 
 func connectThroughHandler(t *testing.T, serverLog io.Writer) {
