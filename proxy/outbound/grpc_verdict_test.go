@@ -12,12 +12,12 @@ package outbound_test
 import (
 	"bytes"
 	"context"
-	"io"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
+	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -35,22 +35,11 @@ type h2Answer func(headers func(end bool, fields ...string), data func(end bool,
 // answer writes.
 func scriptedH2Upstream(t *testing.T, answer h2Answer) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	serve := func(c net.Conn) {
+	addr, _ := proxytest.RawServer(t, func(c net.Conn, _ int) {
 		defer c.Close()
-		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
-			return
-		}
-		fr := http2.NewFramer(c, c)
-		fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-		_ = fr.WriteSettings()
 		var hbuf bytes.Buffer
 		enc := hpack.NewEncoder(&hbuf)
-		respond := func(id uint32) {
+		respond := func(fr *http2.Framer, id uint32) {
 			answer(func(end bool, fields ...string) {
 				hbuf.Reset()
 				for i := 0; i+1 < len(fields); i += 2 {
@@ -59,18 +48,11 @@ func scriptedH2Upstream(t *testing.T, answer h2Answer) string {
 				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf.Bytes(), EndStream: end, EndHeaders: true})
 			}, func(end bool, p []byte) { _ = fr.WriteData(id, end, p) })
 		}
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			if ackControl(fr, f) {
-				continue
-			}
+		outbound.ServeH2c(c, func(fr *http2.Framer, f http2.Frame) error {
 			switch f := f.(type) {
 			case *http2.MetaHeadersFrame:
 				if f.StreamEnded() {
-					respond(f.StreamID)
+					respond(fr, f.StreamID)
 				}
 			case *http2.DataFrame:
 				if n := len(f.Data()); n > 0 {
@@ -78,21 +60,13 @@ func scriptedH2Upstream(t *testing.T, answer h2Answer) string {
 					_ = fr.WriteWindowUpdate(f.StreamID, uint32(n))
 				}
 				if f.StreamEnded() {
-					respond(f.StreamID)
+					respond(fr, f.StreamID)
 				}
 			}
-		}
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serve(c)
-		}
-	}()
-	return ln.Addr().String()
+			return nil
+		})
+	})
+	return addr
 }
 
 // servingMessage is one whole gRPC message: a HealthCheckResponse

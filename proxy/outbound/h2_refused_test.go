@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -38,12 +39,12 @@ const (
 // h2Refuser is an h2c upstream, written with the HTTP/2 framer so that it
 // can refuse a stream as the test asks, that answers every other stream
 // 200 (a gRPC call: trailers-only, grpc-status 0) once its request has
-// arrived whole. It counts the streams and connections it was sent and
-// keeps the request bodies of the streams it answered.
+// arrived whole. It counts the streams it was sent and keeps the request
+// bodies of the streams it answered.
 type h2Refuser struct {
-	streams, conns atomic.Int32
-	mu             sync.Mutex
-	answered       [][]byte
+	streams  atomic.Int32
+	mu       sync.Mutex
+	answered [][]byte
 }
 
 func (u *h2Refuser) bodies() [][]byte {
@@ -54,33 +55,16 @@ func (u *h2Refuser) bodies() [][]byte {
 
 func refusingH2Upstream(t *testing.T, how string) (string, *h2Refuser) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	u := &h2Refuser{}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u.conns.Add(1)
-			go u.serve(c, how)
-		}
-	}()
-	return ln.Addr().String(), u
+	addr, _ := proxytest.RawServer(t, func(c net.Conn, _ int) { u.serve(c, how) })
+	return addr, u
 }
+
+// errHangUp ends h2Refuser.serve's frame loop: the connection closes.
+var errHangUp = errors.New("the upstream closes the connection")
 
 func (u *h2Refuser) serve(c net.Conn, how string) {
 	defer c.Close()
-	if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
-		return
-	}
-	fr := http2.NewFramer(c, c)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	_ = fr.WriteSettings()
 	type stream struct {
 		grpc bool
 		body bytes.Buffer
@@ -89,17 +73,17 @@ func (u *h2Refuser) serve(c net.Conn, how string) {
 	streams := map[uint32]*stream{}
 	var hbuf bytes.Buffer
 	enc := hpack.NewEncoder(&hbuf)
-	headers := func(id uint32, end bool, fields ...string) {
+	headers := func(fr *http2.Framer, id uint32, end bool, fields ...string) {
 		hbuf.Reset()
 		for i := 0; i < len(fields); i += 2 {
 			_ = enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
 		}
 		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf.Bytes(), EndStream: end, EndHeaders: true})
 	}
-	ended := func(id uint32) bool { // the request is whole: refuse or answer it
+	ended := func(fr *http2.Framer, id uint32) error { // the request is whole: refuse or answer it
 		s := streams[id]
 		if s == nil {
-			return true
+			return nil
 		}
 		if s.nth == 1 {
 			switch how {
@@ -111,40 +95,33 @@ func (u *h2Refuser) serve(c net.Conn, how string) {
 				_ = fr.WriteRSTStream(id, http2.ErrCodeInternal)
 			case refuseGoAway:
 				_ = fr.WriteGoAway(id-1, http2.ErrCodeNo, nil) // the last stream taken: the one before
-				return false
+				return errHangUp
 			case refuseGoAwayErr:
 				_ = fr.WriteGoAway(id-1, http2.ErrCodeEnhanceYourCalm, nil)
-				return false
+				return errHangUp
 			case refuseAfterHead:
-				headers(id, false, ":status", "200", "content-type", "text/plain")
+				headers(fr, id, false, ":status", "200", "content-type", "text/plain")
 				_ = fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
 			case resetAfterHead:
-				headers(id, false, ":status", "200", "content-type", "text/plain")
+				headers(fr, id, false, ":status", "200", "content-type", "text/plain")
 				_ = fr.WriteRSTStream(id, http2.ErrCodeProtocol)
 			case closeConn:
-				return false
+				return errHangUp
 			}
-			return true
+			return nil
 		}
 		u.mu.Lock()
 		u.answered = append(u.answered, bytes.Clone(s.body.Bytes()))
 		u.mu.Unlock()
 		if s.grpc {
-			headers(id, true, ":status", "200", "content-type", "application/grpc", "grpc-status", "0")
+			headers(fr, id, true, ":status", "200", "content-type", "application/grpc", "grpc-status", "0")
 		} else {
-			headers(id, false, ":status", "200", "content-type", "text/plain")
+			headers(fr, id, false, ":status", "200", "content-type", "text/plain")
 			_ = fr.WriteData(id, true, fmt.Appendf(nil, "got %d bytes", s.body.Len()))
 		}
-		return true
+		return nil
 	}
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return
-		}
-		if ackControl(fr, f) {
-			continue
-		}
+	outbound.ServeH2c(c, func(fr *http2.Framer, f http2.Frame) error {
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
 			s := &stream{nth: u.streams.Add(1)}
@@ -154,8 +131,8 @@ func (u *h2Refuser) serve(c net.Conn, how string) {
 				}
 			}
 			streams[f.StreamID] = s
-			if f.StreamEnded() && !ended(f.StreamID) {
-				return
+			if f.StreamEnded() {
+				return ended(fr, f.StreamID)
 			}
 		case *http2.DataFrame:
 			if s := streams[f.StreamID]; s != nil {
@@ -165,11 +142,12 @@ func (u *h2Refuser) serve(c net.Conn, how string) {
 				_ = fr.WriteWindowUpdate(0, uint32(n))
 				_ = fr.WriteWindowUpdate(f.StreamID, uint32(n))
 			}
-			if f.StreamEnded() && !ended(f.StreamID) {
-				return
+			if f.StreamEnded() {
+				return ended(fr, f.StreamID)
 			}
 		}
-	}
+		return nil
+	})
 }
 
 // TestH2RefusedResent: a request the upstream refused without processing
