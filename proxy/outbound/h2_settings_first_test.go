@@ -3,43 +3,21 @@ package outbound_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
-
-// startGRPCLimited is startGRPC with the server's
-// SETTINGS_MAX_CONCURRENT_STREAMS at limit (grpc.MaxConcurrentStreams).
-func startGRPCLimited(t *testing.T, hs healthpb.HealthServer, limit uint32) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer(grpc.MaxConcurrentStreams(limit))
-	healthpb.RegisterHealthServer(s, hs)
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(s.Stop)
-	return ln.Addr().String()
-}
 
 // readyGRPCClient is grpcClient with its connection to the sidecar
 // made: a burst of calls reaches the sidecar at once, not as that
 // connection comes up.
 func readyGRPCClient(t *testing.T, sc *testSidecar, authority string) healthpb.HealthClient {
 	t.Helper()
-	cc, err := grpc.NewClient("passthrough:///"+sc.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithAuthority(authority))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := grpcChannel(t, sc, authority)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	cc.Connect()
@@ -65,7 +43,7 @@ func TestGRPCBurstBelowStreamLimit(t *testing.T) {
 		for _, warm := range []bool{false, true} {
 			t.Run(fmt.Sprintf("limit %d warm %v", limit, warm), func(t *testing.T) {
 				hs := &healthServer{delay: 200 * time.Millisecond}
-				addr := startGRPCLimited(t, hs, limit)
+				addr := startGRPC(t, hs, grpc.MaxConcurrentStreams(limit))
 				// No retries: a refused call would be the app's failure.
 				sc := startSidecar(t, policyDoc("health", healthSvc, "timeout: 10s\ncircuitBreaker: {consecutiveFailures: 5}\n"), resolve(addr, healthSvc))
 				c := readyGRPCClient(t, sc, healthSvc)

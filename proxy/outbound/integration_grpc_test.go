@@ -87,13 +87,15 @@ func (s *healthServer) Watch(_ *healthpb.HealthCheckRequest, stream healthpb.Hea
 	return grpcstatus.Error(codes.Unavailable, "stream over")
 }
 
-func startGRPC(t *testing.T, hs healthpb.HealthServer) string {
+// startGRPC is a real grpc-go health server on loopback, with opts
+// (grpc.MaxConcurrentStreams, say), until the test ends.
+func startGRPC(t *testing.T, hs healthpb.HealthServer, opts ...grpc.ServerOption) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer()
+	s := grpc.NewServer(opts...)
 	healthpb.RegisterHealthServer(s, hs)
 	go func() { _ = s.Serve(ln) }()
 	t.Cleanup(s.Stop)
@@ -105,13 +107,20 @@ func startGRPC(t *testing.T, hs healthpb.HealthServer) string {
 // naming the destination in :authority.
 func grpcClient(t *testing.T, sc *testSidecar, authority string) healthpb.HealthClient {
 	t.Helper()
+	return healthpb.NewHealthClient(grpcChannel(t, sc, authority))
+}
+
+// grpcChannel is grpcClient's channel, for a test that waits for its
+// connection first (readyGRPCClient).
+func grpcChannel(t *testing.T, sc *testSidecar, authority string) *grpc.ClientConn {
+	t.Helper()
 	cc, err := grpc.NewClient("passthrough:///"+sc.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithAuthority(authority))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return healthpb.NewHealthClient(cc)
+	return cc
 }
 
 func check(c healthpb.HealthClient, timeout time.Duration) (time.Duration, error) {
