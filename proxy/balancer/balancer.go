@@ -185,6 +185,18 @@ const (
 	// 25×) still loses its duels. Envoy's least-request balancer ignores
 	// latency altogether; Linkerd's follows every difference.
 	Tolerance = 2
+	// ServingWindow is how recent another endpoint's success must be for
+	// a failure to be one endpoint's own, not the destination's (Done):
+	// a pod that has not answered for longer, or one whose tries all end
+	// unjudged (a hung pod whose callers give up), is no evidence that
+	// the destination serves.
+	ServingWindow = 10 * time.Second
+	// ArrivalGrace is how long a new endpoint counts as serving before
+	// any try of it ended, so that one pod failing fast among peers whose
+	// first answers are on their way is that pod's; short, since a pod
+	// hung from its start must not keep a destination failing as a whole
+	// from counting its failures for long.
+	ArrivalGrace = time.Second
 
 	// Zero Config times mean Envoy's defaults.
 	defaultBaseEjectionTime = 30 * time.Second
@@ -647,7 +659,7 @@ func (b *Balancer) duel(x, y *Endpoint, now int64) *Endpoint {
 		ey = max(ex, bound(ey))
 	}
 	ix, iy := x.inFlight.Load(), y.inFlight.Load()
-	switch fx, fy := x.failing.Load(), y.failing.Load(); {
+	switch fx, fy := x.failing(), y.failing(); {
 	case fx && !fy:
 		ix = max(ix, iy)
 	case fy && !fx:
@@ -686,7 +698,12 @@ type Endpoint struct {
 	ejectedUntil atomic.Int64  // end of the latest ejection (ns since epoch); 0: never ejected
 	terminating  atomic.Bool
 	removed      atomic.Bool // dropped by Update
-	failing      atomic.Bool // the last try that ended failed
+	// health is failedMark while the latest try that ended failed, else
+	// the time of the latest success (ns since epoch), or before one a
+	// time that makes it serve for ArrivalGrace: one atomic for the
+	// duel's question (failing?) and Done's (serving?), swapped once per
+	// try.
+	health atomic.Int64
 
 	mu        sync.Mutex             // orders samples and the failure/ejection state below
 	samples   int                    // samples in the estimate, counted up to WarmupSamples+1
@@ -699,8 +716,14 @@ func (b *Balancer) newEndpoint(addr string, now int64) *Endpoint {
 	e := &Endpoint{b: b, addr: addr}
 	e.ewma.Store(math.Float64bits(unknown))
 	e.last.Store(now)
+	e.health.Store(now - int64(ServingWindow-ArrivalGrace))
 	return e
 }
+
+// failedMark is Endpoint.health's value after a failed try.
+const failedMark = math.MinInt64
+
+func (e *Endpoint) failing() bool { return e.health.Load() == failedMark }
 
 // Addr is the endpoint's address.
 func (e *Endpoint) Addr() string { return e.addr }
@@ -807,7 +830,7 @@ func (e *Endpoint) Start() int64 {
 //
 // own says that the failure is the endpoint's own, not the destination's:
 // the endpoint's previous try failed too, and another endpoint serves
-// (Serving). The first failure of a run is never its own: it may be the
+// (serving). The first failure of a run is never its own: it may be the
 // first sign of a destination failing as a whole. The breaker counts an
 // own failure in its failure rate only (breaker.ErrOneEndpoint), so that
 // one pod's burst, its calls in flight failing at once as it crashes,
@@ -820,7 +843,11 @@ func (e *Endpoint) Done(start int64, failed bool) (ejected, own bool) {
 
 	e.mu.Lock()
 	e.sample(start, now, failed)
-	wasFailing := e.failing.Swap(failed)
+	health := now
+	if failed {
+		health = failedMark
+	}
+	wasFailing := e.health.Swap(health) == failedMark
 	switch {
 	case !failed:
 		e.fails = 0
@@ -839,14 +866,14 @@ func (e *Endpoint) Done(start int64, failed bool) (ejected, own bool) {
 }
 
 // serving reports whether an endpoint other than e serves: ready, not
-// ejected, and its latest try, if any, did not fail. An endpoint not yet
-// tried serves as far as anyone knows; a terminating one takes requests
-// only when no ready one is left, and an ejected one none (unless in
-// panic mode, when most of them fail). Only failures call it, and it
-// stops at the first endpoint that serves.
+// ejected, its latest try that ended a success within ServingWindow (or,
+// with none ended yet, its arrival within ArrivalGrace). A terminating endpoint takes
+// requests only when no ready one is left, and an ejected one none
+// (unless in panic mode, when most of them fail). Only failures call it,
+// and it stops at the first endpoint that serves.
 func (b *Balancer) serving(e *Endpoint, now int64) bool {
 	for _, o := range b.set.Load().eps {
-		if o != e && !o.failing.Load() && o.class(now) == ready {
+		if h := o.health.Load(); o != e && h != failedMark && now-h < int64(ServingWindow) && o.class(now) == ready {
 			return true
 		}
 	}

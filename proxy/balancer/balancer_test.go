@@ -706,7 +706,9 @@ func TestDuel(t *testing.T) {
 				}
 				c.e.inFlight.Add(int64(c.in))
 			}
-			x.failing.Store(tc.xFailing)
+			if tc.xFailing {
+				x.health.Store(failedMark)
+			}
 			// The threshold, exactly: x wins below it.
 			for _, r := range []float64{tc.wantXWins - 1e-9, tc.wantXWins + 1e-9} {
 				b.float = func() float64 { return r }

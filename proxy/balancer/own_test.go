@@ -8,8 +8,10 @@ import (
 // TestDoneOwnFailure: a failure is the endpoint's own (the breaker counts
 // it in its failure rate only) when it repeats the endpoint's run of
 // failures while another endpoint serves: ready, not ejected, its latest
-// try not failed. Each case sets up a, b and c with a's previous try as
-// given, then fails a once more.
+// try that ended a success within ServingWindow (or, untried, its arrival
+// within ArrivalGrace).
+// Each case sets up a, b and c with a's previous try as given, then fails
+// a once more, each try lasting 1 ms.
 func TestDoneOwnFailure(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -55,6 +57,40 @@ func TestDoneOwnFailure(t *testing.T) {
 			},
 		},
 		{name: "a repeat of a destination's one endpoint", aFailedYet: true, targets: []Target{{Addr: "a"}}, want: false},
+		{
+			name: "a repeat while the others' arrival is ArrivalGrace ago, untried", aFailedYet: true, want: false,
+			setup: func(clk *fakeClock, b *Balancer) { clk.Advance(ArrivalGrace) },
+		},
+		{
+			name: "a repeat while b's success is ServingWindow ago", aFailedYet: true, want: false,
+			setup: func(clk *fakeClock, b *Balancer) {
+				failN(clk, b.endpoint("c"), 1)
+				try(clk, b.endpoint("b"), time.Millisecond, false)
+				clk.Advance(ServingWindow - time.Millisecond) // a's own try ends 2 ms later
+			},
+		},
+		{
+			name: "a repeat while b's success is just inside ServingWindow", aFailedYet: true, want: true,
+			setup: func(clk *fakeClock, b *Balancer) {
+				failN(clk, b.endpoint("c"), 1)
+				try(clk, b.endpoint("b"), time.Millisecond, false)
+				clk.Advance(ServingWindow - 3*time.Millisecond)
+			},
+		},
+		{
+			// A hung pod whose callers give up: its tries end unjudged,
+			// and say nothing of whether the destination serves.
+			name: "a repeat while b's tries are all abandoned", aFailedYet: true, want: false,
+			setup: func(clk *fakeClock, b *Balancer) {
+				failN(clk, b.endpoint("c"), 1)
+				for range 20 {
+					e := b.endpoint("b")
+					start := e.Start()
+					clk.Advance(time.Second)
+					e.Abandon(start)
+				}
+			},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, clk := newTest(t, Config{ConsecutiveFailures: 2, MaxEjectionPercent: 100}, "a", "b", "c")

@@ -66,8 +66,10 @@ var (
 	// all four (docs/policy.md, "Circuit breaker"). consecutiveFailures
 	// counts it neither way (the run of the destination's failures
 	// neither grows nor ends); failureRate, a share of the destination's
-	// tries, counts it as the failure it is; a half-open probe's place is
-	// freed, as for ErrIgnored.
+	// tries, counts it as the failure it is. A half-open probe's is a
+	// failure: the probes test a destination that failed as a whole, and
+	// freeing their places let a half-open breaker pass probe after probe
+	// to dead pods, never opening again.
 	ErrOneEndpoint = errors.New("failure of one endpoint")
 )
 
@@ -205,7 +207,7 @@ func (b *Breaker) probeDone(gen uint64, p *probe, outcome error) {
 	}
 	now := time.Now()
 	switch outcome {
-	case ErrIgnored, ErrOneEndpoint:
+	case ErrIgnored:
 	case nil:
 		b.c.TotalSuccesses++
 		b.c.ConsecutiveSuccesses++

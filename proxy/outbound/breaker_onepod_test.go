@@ -151,3 +151,48 @@ func TestBreakerWholeServiceFails(t *testing.T) {
 		t.Errorf("the breaker opened after %d failures of a service failing as a whole, want 5 to 40", failures)
 	}
 }
+
+// TestBreakerHungPodWholeOutage: three pods answer 500 and the fourth
+// takes calls and never answers, its callers giving up at 100 ms: no pod
+// serves, and the breaker opens. The hung pod's tries end unjudged, and
+// an endpoint counts as serving only on a recent success (or for
+// balancer.ArrivalGrace after it arrived, untried). Between 5c3df7b and
+// the fix of the same day the hung pod "served" for ever: the dead pods'
+// failures were each one's own, and 388 of 400 calls failed with the
+// breaker closed.
+func TestBreakerHungPodWholeOutage(t *testing.T) {
+	pods := newPods(t, 3)
+	for _, p := range pods {
+		p.fail.Store(true)
+	}
+	hung := newUpstream(t, func(_ http.ResponseWriter, r *http.Request, _ int64) { hang(r) })
+	ts := []balancer.Target{{Addr: hung.Host()}}
+	for _, p := range pods {
+		ts = append(ts, balancer.Target{Addr: p.Host()})
+	}
+	sc := startSidecar(t, policyDoc("geo", "geo-service", "circuitBreaker: {openTimeout: 1h}"), nil, withNamespace("shop"))
+	sc.S.Handler().SetEndpoints(map[string][]balancer.Target{geoEDS: ts})
+	c := sc.Client()
+	c.Timeout = 100 * time.Millisecond
+	begin := time.Now()
+	calls, gaveUp := 0, 0
+	for ; ; calls++ {
+		if calls == 20000 || time.Since(begin) > 10*time.Second {
+			t.Fatalf("the breaker is %s after %d calls in %v (%d given up on the hung pod), want open: no pod serves",
+				sc.breaker(geo).State, calls, time.Since(begin).Round(time.Millisecond), gaveUp)
+		}
+		resp, err := c.Get("http://" + geo + "/")
+		if err != nil {
+			gaveUp++
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("X-Minimesh-Error") == "circuit-open" {
+			break
+		}
+		if resp.StatusCode != http.StatusInternalServerError {
+			t.Fatalf("call %d: %d, want the pods' 500", calls, resp.StatusCode)
+		}
+	}
+	t.Logf("the breaker opened after %d calls in %v (%d given up on the hung pod)", calls, time.Since(begin).Round(time.Millisecond), gaveUp)
+}
