@@ -438,16 +438,37 @@ func (e *selfError) Error() string {
 // the app: answered as the app's forbidden request (403), one try in
 // every few of a healthy Service failed, never retried on another
 // endpoint, and the endpoint, whose refusals were ignored, never
-// ejected. As a connect failure it is retried elsewhere whatever the
-// method (nothing was sent), counts toward the endpoint's ejection and
-// the breaker as failOn says (docs/policy.md), and is still never
-// dialled.
+// ejected. As a refused dial (refusedDial) it goes once to another
+// endpoint whatever the method and the policy (nothing was sent), counts
+// toward the endpoint's ejection, and for the breaker as failOn says
+// only when it is the request's answer (docs/policy.md), and is still
+// never dialled.
 func endpointSelf(err error) error {
 	var se *selfError
 	if !errors.As(err, &se) {
 		return err
 	}
 	return &dialError{&selfEndpointError{addr: se.addr}}
+}
+
+// refusedDial reports whether err is a dial that reached no one: the
+// upstream's host refused the connection (ECONNREFUSED: an RST to the
+// SYN, nothing listening, as a pod that closed its listener before the
+// control plane dropped it), or the endpoint is the sidecar's own address
+// (endpointSelf), never dialled. Nothing of the request was sent and no
+// app saw it, so such a try is the balancer's miss, not a failed request:
+// it goes once to another endpoint whatever the policy (forward.go,
+// elsewhere), and its breaker verdict is held (heldVerdict). A dial that
+// timed out (a black-holed pod) is not one: it took the connect timeout
+// of the request's time, and says nothing of whether a SYN reached an
+// app. Nor is a resend's refused dial (resentError): the request was
+// written before.
+func refusedDial(err error) bool {
+	var de *dialError
+	if !errors.As(err, &de) {
+		return false
+	}
+	return errors.Is(de.err, syscall.ECONNREFUSED) || errors.As(de.err, new(*selfEndpointError))
 }
 
 // selfEndpointError is an endpoint of the control plane's that is the

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,18 +69,24 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		st.replay = rp
 	}
+	retries := 0 // the policy's, sent: not a refused dial's next pick (elsewhere)
 	for attempt := 0; ; attempt++ {
 		st.attempts = attempt + 1
 		resp, class, held, err := f.try(req, st)
 		if err != nil && class == 0 {
 			return nil, err // refused, the app's fault or the app gone: nothing to retry
 		}
-		if r == nil || attempt >= r.Attempts || req.Context().Err() != nil || errors.Is(err, errTimeout) {
+		free := attempt == retries && st.elsewhere(err, class) // once per request
+		if !free && (r == nil || retries >= r.Attempts) || req.Context().Err() != nil || errors.Is(err, errTimeout) {
 			held.report()
 			return resp, err
 		}
-		wait := retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max)
-		if !f.retryable(req, st, r, resp, class, wait, held) {
+		var wait time.Duration
+		if !free {
+			wait = retry.Backoff(retries+1, r.Backoff.Base, r.Backoff.Max)
+			retries++
+		}
+		if !f.retryable(req, st, r, resp, class, wait, held, free) {
 			held.report()
 			return resp, err
 		}
@@ -89,7 +96,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		if resp != nil && dst.breaker == nil {
 			discard(resp)
 		}
-		if ctx := req.Context(); !backoffSleep(ctx, wait, st.deadline) {
+		if ctx := req.Context(); !free && !backoffSleep(ctx, wait, st.deadline) {
 			if resp != nil {
 				// The request ends as the wait did (its timeout, the app
 				// gone), not as this body would: the try stays its status.
@@ -113,6 +120,12 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if resp != nil && dst.breaker != nil {
 			discard(resp)
+		}
+		if free && st.replay == nil && hasBody(req) {
+			// The try's transport closed the ReverseProxy's wrapper of
+			// the body, read of none of it (retryable): the next try
+			// streams it from the app, once, as the first would have.
+			st.replay = &replay{stream: &st.in, length: req.ContentLength}
 		}
 		dst.metrics.Retry(reason(resp, st, class))
 	}
@@ -426,7 +439,9 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		} else if failOn.Has(class) {
 			outcome = breaker.ErrFailed
 		}
-		if unprocessed && class == policy.ClassConnectFailure {
+		if class == policy.ClassConnectFailure && (unprocessed || refusedDial(err)) {
+			// Refused before the upstream took anything: the breaker's
+			// verdict waits for whether another try follows (heldVerdict).
 			outcome = endEndpoint(ep, epStart, outcome)
 			return nil, class, &heldVerdict{done: done, outcome: outcome}, &upstreamError{class: class, err: err}
 		}
@@ -843,8 +858,32 @@ func (st *reqState) pick() (*balancer.Endpoint, int64) {
 }
 
 // A Tried remembers an endpoint for each retry the policy allows: a
-// compile error if policy.MaxAttempts outgrows it.
+// compile error if policy.MaxAttempts outgrows it. (A refused dial's one
+// try more, elsewhere, may make the oldest forgotten at the maximum.)
 var _ [balancer.MaxTried - policy.MaxAttempts]struct{}
+
+// elsewhere reports whether a try that failed with err (class) goes
+// once more to another endpoint, whatever the policy says: its dial to
+// the endpoint the balancer picked was refused (refusedDial), and
+// another endpoint the request has not tried is eligible. A pod that
+// closes its listener before the control plane drops it (a rolling
+// update's, for a few hundred milliseconds) refused every try picked
+// for it, each a 502 connect-failure to the app under the default policy
+// (before 2026-12-07); Linkerd's balancer sends only to endpoints it
+// holds a connection to, and never fails a call so. The request's time
+// and the breaker still decide (retryable). Not a pinned request's (its
+// one endpoint), and not without endpoints (a name or a ClusterIP:
+// kube-proxy's pick), nor on a dial timeout. Pick runs only on such a
+// refusal, off the hot path.
+func (st *reqState) elsewhere(err error, class policy.Class) bool {
+	ep := st.ep
+	if ep == nil || st.pin != nil || class != policy.ClassConnectFailure || !refusedDial(err) {
+		return false
+	}
+	tried := st.tried.Endpoints()
+	next := st.dest.lb.Pick(tried...)
+	return next != nil && !slices.Contains(tried, next)
+}
 
 // endTry tells the try's endpoint and the breaker how the try went.
 func endTry(done breaker.Done, ep *balancer.Endpoint, start int64, outcome error) {
@@ -882,14 +921,18 @@ func report(done breaker.Done, outcome error) {
 // neither way) and the next one's breaker permission is held in
 // st.admitted, and the retry budget is drawn. When it is not, a held
 // verdict is the caller's to report (a no-op if retryable let it go to
-// free a half-open probe's place).
-func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class, wait time.Duration, held *heldVerdict) bool {
+// free a half-open probe's place). free: the try's dial was refused and
+// it goes to another endpoint whatever r says (elsewhere), with no wait
+// and nothing drawn from the budget.
+func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class, wait time.Duration, held *heldVerdict, free bool) bool {
 	// A request that was never sent (a connect failure, an HTTP/2 stream
 	// the upstream refused unprocessed: classify) may go again whatever
 	// its method; one that may have reached the upstream only if
 	// repeating it is safe.
 	safe := class == policy.ClassConnectFailure
-	if resp != nil {
+	switch {
+	case free:
+	case resp != nil:
 		code := countedStatus(resp, st)
 		if st.grpc && r.RetryOn.GRPCStatus(st.grpcStatus) {
 			// Naming a gRPC code in retryOn declares the calls that fail
@@ -900,7 +943,7 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 		} else if !r.RetryOn.Status(code) {
 			return false
 		}
-	} else if !r.RetryOn.Has(class) {
+	case !r.RetryOn.Has(class):
 		return false
 	}
 	if !safe && !idempotent(req) {
@@ -910,6 +953,11 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 		return false
 	}
 	if st.replay != nil && !st.replay.replayable() {
+		return false
+	}
+	if st.replay == nil && hasBody(req) && !st.in.unread() {
+		// Neither held nor kept as it goes (no retries: begin): it goes
+		// again only if no read of it began.
 		return false
 	}
 	if dl, ok := requestDeadline(req.Context(), st); ok && !time.Now().Add(wait).Before(dl) {
@@ -943,9 +991,12 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 			ub.settle()
 		}
 	}
+	// Not from the budget, which bounds the load retries add to an
+	// upstream already failing: a refused dial reached no app, and the
+	// request makes at most one such try more (elsewhere).
 	b := st.dest.breaker
 	if b == nil {
-		return st.dest.budget.Withdraw()
+		return free || st.dest.budget.Withdraw()
 	}
 	done, err := b.Allow()
 	if err != nil && held != nil && held.done != nil {
@@ -963,7 +1014,7 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	if err != nil {
 		return false
 	}
-	if !st.dest.budget.Withdraw() {
+	if !free && !st.dest.budget.Withdraw() {
 		done(breaker.ErrIgnored)
 		return false
 	}

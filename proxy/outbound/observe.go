@@ -55,12 +55,16 @@ type countingBody struct {
 
 	// closed: the transport closed the body (Close).
 	closed atomic.Bool
+	// begun: a read of the body began (Read): it is no longer whole for
+	// another try.
+	begun atomic.Bool
 
 	mu        sync.Mutex // held through each read, so abandon can wait one out
 	abandoned bool
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
+	b.begun.Store(true)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.abandoned {
@@ -254,6 +258,11 @@ func (b *countingBody) Close() error {
 	b.closed.Store(true)
 	return b.ReadCloser.Close()
 }
+
+// unread reports whether no read of the body has begun, through any
+// wrapper of it: all of it is still the app's to send, to any try (a
+// refused dial's next: forward.go, elsewhere).
+func (b *countingBody) unread() bool { return !b.begun.Load() }
 
 // failed returns the error of a read of the app's body that failed, or nil.
 func (b *countingBody) failed() error {

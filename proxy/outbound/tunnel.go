@@ -181,7 +181,9 @@ func (h *Handler) endTunnel(r *http.Request, st *reqState, result string) {
 
 // dialTunnel connects the upstream of an opaque connection, a CONNECT
 // tunnel or a redirected one (ServeTCP), through the breaker, retrying
-// connect failures as the policy allows. addr is what the app named (the
+// connect failures as the policy allows, and a dial an endpoint refused
+// once on another whatever it says (elsewhere, as an HTTP request's;
+// its breaker verdict held as theirs). addr is what the app named (the
 // CONNECT's authority, the original destination). A destination that
 // names a Service whose endpoints the control plane sent is balanced over
 // them, as its HTTP requests are (st.pick, endTry): each try dials an
@@ -196,6 +198,7 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 	if r != nil && r.Attempts > 0 {
 		dst.budget.Request(st.start)
 	}
+	retries := 0 // the policy's: not a refused dial's next pick (elsewhere)
 	for attempt := 0; ; attempt++ {
 		st.attempts = attempt + 1
 		var done breaker.Done
@@ -232,18 +235,36 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 			endTry(done, ep, epStart, breaker.ErrIgnored)
 			return nil, err
 		}
+		outcome := error(nil)
 		if dst.policy.Spec.CircuitBreaker.FailOn.Has(class) {
-			endTry(done, ep, epStart, breaker.ErrFailed)
+			outcome = breaker.ErrFailed
+		}
+		// A refused dial's verdict is held, as an HTTP try's (try): a
+		// retry is judged instead.
+		var held *heldVerdict
+		if refusedDial(err) {
+			endTry(nil, ep, epStart, outcome)
+			held = &heldVerdict{done: done, outcome: outcome}
 		} else {
-			endTry(done, ep, epStart, nil)
+			endTry(done, ep, epStart, outcome)
 		}
 		ue := &upstreamError{class: class, err: err}
-		if r == nil || attempt >= r.Attempts || !r.RetryOn.Has(class) || class != policy.ClassConnectFailure ||
-			(dst.breaker != nil && dst.breaker.State() == breaker.Open) || !dst.budget.Withdraw() {
+		free := attempt == retries && st.elsewhere(err, class) // as an HTTP request's (forward.go)
+		stop := dst.breaker != nil && dst.breaker.State() == breaker.Open
+		if !free {
+			stop = stop || r == nil || retries >= r.Attempts || !r.RetryOn.Has(class) || class != policy.ClassConnectFailure || !dst.budget.Withdraw()
+		}
+		if stop {
+			held.report()
 			return nil, ue
 		}
+		held.ignore() // the next try asks the breaker, and is judged
 		dst.metrics.Retry("connect-failure")
-		if !sleep(ctx, retry.Backoff(attempt+1, r.Backoff.Base, r.Backoff.Max), time.Time{}) {
+		if free {
+			continue
+		}
+		retries++
+		if !sleep(ctx, retry.Backoff(retries, r.Backoff.Base, r.Backoff.Max), time.Time{}) {
 			return nil, ue
 		}
 	}

@@ -1,0 +1,46 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minimesh/minimesh/internal/refused"
+)
+
+// TestRefusedDialClass: what a try may go elsewhere for, whatever the
+// policy (elsewhere): a dial the upstream's host refused, and an endpoint
+// that is the sidecar's own address; never a dial that timed out, a
+// resend's refused dial (the request was written before), the sidecar's
+// own want of descriptors, a stream refused unprocessed (held by its own
+// rule, retried only as the policy says) nor a reset.
+func TestRefusedDialClass(t *testing.T) {
+	d := newDialer(time.Second, nil, newSelfAddrs())
+	_, realRefusal := d.DialContext(context.Background(), "tcp", refused.Addr(t))
+	if realRefusal == nil {
+		t.Fatal("a dial to a refusing address succeeded")
+	}
+	timedOut := &dialError{&net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"connection refused", realRefusal, true},
+		{"the sidecar's own address as an endpoint", endpointSelf(&selfError{addr: "127.0.0.1:15001"}), true},
+		{"the dial timed out", timedOut, false},
+		{"a resend's refused dial", resentFailure(nil, realRefusal, true), false},
+		{"out of file descriptors", &dialError{&localError{syscall.EMFILE}}, false},
+		{"an HTTP/2 stream refused unprocessed", &unprocessedError{errors.New(h2GotGoAway)}, false},
+		{"a reset", &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}, false},
+		{"the sidecar's own address, asked by the app", &selfError{addr: "127.0.0.1:15001"}, false},
+	} {
+		if got := refusedDial(tc.err); got != tc.want {
+			t.Errorf("%s (%v): refusedDial %v, want %v", tc.name, tc.err, got, tc.want)
+		}
+	}
+}
