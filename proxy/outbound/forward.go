@@ -439,9 +439,12 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		} else if failOn.Has(class) {
 			outcome = breaker.ErrFailed
 		}
-		if class == policy.ClassConnectFailure && (unprocessed || refusedDial(err)) {
-			// Refused before the upstream took anything: the breaker's
-			// verdict waits for whether another try follows (heldVerdict).
+		if class == policy.ClassConnectFailure && (unprocessed || ep != nil && refusedDial(err)) {
+			// Refused before the upstream took anything, by one connection
+			// or one endpoint of the destination: the breaker's verdict
+			// waits for whether another try follows (heldVerdict). A name
+			// or ClusterIP that refuses (no endpoints) is the destination
+			// down: each try a failure, as before.
 			outcome = endEndpoint(ep, epStart, outcome)
 			return nil, class, &heldVerdict{done: done, outcome: outcome}, &upstreamError{class: class, err: err}
 		}
@@ -991,9 +994,9 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 			ub.settle()
 		}
 	}
-	// Not from the budget, which bounds the load retries add to an
-	// upstream already failing: a refused dial reached no app, and the
-	// request makes at most one such try more (elsewhere).
+	// A free try is not drawn from the budget, which bounds the load
+	// retries add to an upstream already failing: a refused dial reached
+	// no app, and a request makes at most one such try more (elsewhere).
 	b := st.dest.breaker
 	if b == nil {
 		return free || st.dest.budget.Withdraw()

@@ -239,11 +239,11 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 		if dst.policy.Spec.CircuitBreaker.FailOn.Has(class) {
 			outcome = breaker.ErrFailed
 		}
-		// A refused dial's verdict is held, as an HTTP try's (try): a
-		// retry is judged instead.
+		// An endpoint's refusal's verdict is held, as an HTTP try's
+		// (try): a retry is judged instead.
 		var held *heldVerdict
-		if refusedDial(err) {
-			endTry(nil, ep, epStart, outcome)
+		if ep != nil && refusedDial(err) {
+			outcome = endEndpoint(ep, epStart, outcome)
 			held = &heldVerdict{done: done, outcome: outcome}
 		} else {
 			endTry(done, ep, epStart, outcome)
