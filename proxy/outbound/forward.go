@@ -860,10 +860,10 @@ func (st *reqState) pick() (*balancer.Endpoint, int64) {
 	return ep, ep.Start()
 }
 
-// A Tried remembers an endpoint for each retry the policy allows: a
-// compile error if policy.MaxAttempts outgrows it. (A refused dial's one
-// try more, elsewhere, may make the oldest forgotten at the maximum.)
-var _ [balancer.MaxTried - policy.MaxAttempts]struct{}
+// A Tried remembers an endpoint for each retry the policy allows and the
+// one try more of a refused dial (elsewhere): a compile error if
+// policy.MaxAttempts outgrows it.
+var _ [balancer.MaxTried - policy.MaxAttempts - 1]struct{}
 
 // elsewhere reports whether a try that failed with err (class) goes
 // once more to another endpoint, whatever the policy says: its dial to

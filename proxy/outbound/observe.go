@@ -64,7 +64,9 @@ type countingBody struct {
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
-	b.begun.Store(true)
+	if !b.begun.Load() { // a store once, not a locked exchange per read
+		b.begun.Store(true)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.abandoned {
