@@ -63,6 +63,15 @@
 //     pods split evenly whatever the noise; a pod 50× slower (25× after
 //     Tolerance) wins ~4 % of its duels (~2 % of the requests among
 //     four); requests in flight still pull toward idle pods.
+//   - A try's latency is from its start to its answer, the response's
+//     headers (Answered), as tower's PeakEwma completes on the response;
+//     one that ends without an answer (a connect failure, a timeout or a
+//     reset before the headers) counts to its end. A stream, a download
+//     or a long poll stays in flight to its end, but its life is how long
+//     its client reads, not how fast the pod answers. (Counted to their
+//     end, a pod's 3 s streams each doubled its estimate (MaxRise)
+//     wherever no other try's sample came between, and cancelled ones
+//     raised an unknown estimate's bound toward the stream's life.)
 //   - An estimate that no sample has refreshed decays toward zero as it
 //     ages, with DecayTime (as in tower and Finagle), so a pod shunned for
 //     being slow is tried more as time passes and can show that it
@@ -126,7 +135,7 @@
 // MaxEjectionPercent at most 50 ejections alone never reach it (at most
 // half are out, or the one of two); an Update that drops endpoints can.
 //
-// The hot path (Pick, Start, Done) does not allocate and takes no lock that
+// The hot path (Pick, Start, Answered, Done) does not allocate and takes no lock that
 // all endpoints share: the endpoint list is an immutable slice behind an
 // atomic pointer, each endpoint's numbers are atomics, Done takes only its
 // endpoint's mutex, and random numbers come from math/rand/v2's lock-free
@@ -816,15 +825,43 @@ func median(xs []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
-// Start counts a request in flight on e and returns its start time, for
-// Done.
-func (e *Endpoint) Start() int64 {
-	e.inFlight.Add(1)
-	return e.b.now()
+// Try is one try on an endpoint, from Start to Done or Abandon: when it
+// began and, once Answered, when its answer came. It is a value the
+// caller keeps in the try's state, so that marking the answer takes no
+// lock: the one lock is Done's or Abandon's.
+type Try struct {
+	start    int64 // ns since the balancer's epoch
+	answered int64 // when the answer came (ns since epoch), if ok
+	ok       bool  // answered
 }
 
-// Done ends a try begun with Start: its latency is from start, failed says
-// whether the try failed as the policy's failOn counts failures. Done
+// Start counts a try in flight on e and returns it, for Answered and Done.
+func (e *Endpoint) Start() Try {
+	e.inFlight.Add(1)
+	return Try{start: e.b.now()}
+}
+
+// Answered records that t got its answer now: the response's headers. A
+// try's latency is from its start to its answer, as Linkerd's (tower's
+// PeakEwma completes on the response), not to its end: a stream, a
+// download or a long poll lives as long as its client reads, which says
+// nothing of how fast the pod answers. The try stays in flight until Done
+// or Abandon, which judge its outcome as it ends.
+func (e *Endpoint) Answered(t *Try) {
+	t.answered, t.ok = e.b.now(), true
+}
+
+// end is when t's latency ends: its answer, or without one its end, now.
+func (t Try) end(now int64) int64 {
+	if t.ok {
+		return t.answered
+	}
+	return now
+}
+
+// Done ends a try begun with Start: its latency is to its answer
+// (Answered) or, without one, to now; failed says whether the try failed
+// as the policy's failOn counts failures. Done
 // returns true when this failure ejected the endpoint. Failures of tries
 // that end while the endpoint is ejected do not count toward another
 // ejection; a dropped endpoint is never ejected.
@@ -837,13 +874,13 @@ func (e *Endpoint) Start() int64 {
 // one pod's burst, its calls in flight failing at once as it crashes,
 // does not open the breaker of the pods that serve (docs/policy.md,
 // "Circuit breaker").
-func (e *Endpoint) Done(start int64, failed bool) (ejected, own bool) {
+func (e *Endpoint) Done(t Try, failed bool) (ejected, own bool) {
 	b := e.b
 	now := b.now()
 	e.inFlight.Add(-1)
 
 	e.mu.Lock()
-	e.sample(start, now, failed)
+	e.sample(t.start, t.end(now), failed)
 	health := now
 	if failed {
 		health = failedMark
@@ -886,32 +923,34 @@ func (b *Balancer) serving(e *Endpoint, now int64) bool {
 // endpoint (its body, say). As the breaker ignores such an outcome
 // (docs/policy.md), so does the endpoint's run of failures: counted as a
 // success it ended the run, and a pod failing every try between clients
-// that gave up was never ejected. Its latency is a lower bound of the
-// try's, so it may raise the estimate but never lower it (as a failure's,
-// see the package doc): a client that cancels after 1 ms must not make a
-// 50 ms pod look fast. On an unknown estimate it raises the estimate's
-// bound instead (package doc), so that a pod hung from its start, which
-// no try ever makes known, still looks slow.
-func (e *Endpoint) Abandon(start int64) {
+// that gave up was never ejected. Its latency, to its answer if it had
+// one (a stream its client cancelled after 10 minutes was answered in
+// milliseconds), else to now, is a lower bound of the try's, so it may
+// raise the estimate but never lower it (as a failure's, see the package
+// doc): a client that cancels after 1 ms must not make a 50 ms pod look
+// fast. On an unknown estimate it raises the estimate's bound instead
+// (package doc), so that a pod hung from its start, which no try ever
+// makes known, still looks slow.
+func (e *Endpoint) Abandon(t Try) {
 	now := e.b.now()
 	e.inFlight.Add(-1)
 	e.mu.Lock()
 	if math.Float64frombits(e.ewma.Load()) < 0 {
-		e.raiseBound(start, now)
+		e.raiseBound(t.end(now)-t.start, now)
 	} else {
-		e.sample(start, now, true)
+		e.sample(t.start, t.end(now), true)
 	}
 	e.mu.Unlock()
 }
 
-// raiseBound raises an unknown estimate's bound toward the time a try
-// from start to now waited, at most MaxRise × max(bound, MinEstimate) at
-// once (as ewma's rise); e.mu is held. The bound is dated by the try's
+// raiseBound raises an unknown estimate's bound toward wait, the time a
+// try waited for its answer, at most MaxRise × max(bound, MinEstimate) at
+// once (as ewma's rise); e.mu is held. The bound is dated now, the try's
 // end, when the pod was last seen not to have answered: dated by the
 // start, a 30 s wait would already have decayed to 75 ms.
-func (e *Endpoint) raiseBound(start, now int64) {
+func (e *Endpoint) raiseBound(wait, now int64) {
 	b := bound(e.estimate(now))
-	next := min(float64(max(now-start, 0)), MaxRise*max(b, float64(MinEstimate)))
+	next := min(float64(max(wait, 0)), MaxRise*max(b, float64(MinEstimate)))
 	if next <= b {
 		return
 	}
@@ -932,12 +971,12 @@ func (e *Endpoint) Hold() { e.inFlight.Add(1) }
 // Release ends a Hold.
 func (e *Endpoint) Release() { e.inFlight.Add(-1) }
 
-// sample blends the latency of a try from start to now into the
-// estimate; e.mu is held. A try that did not succeed (lowerBound) never
+// sample blends the latency of a try from start to end (its answer, or
+// its end without one) into the estimate; e.mu is held. A try that did not succeed (lowerBound) never
 // lowers the estimate, nor makes it known (nor sets a bound: Abandon
 // does, failures do not, see the package doc).
-func (e *Endpoint) sample(start, now int64, lowerBound bool) {
-	rtt := float64(max(now-start, 0))
+func (e *Endpoint) sample(start, end int64, lowerBound bool) {
+	rtt := float64(max(end-start, 0))
 	prev := math.Float64frombits(e.ewma.Load())
 	if lowerBound && prev < 0 {
 		return

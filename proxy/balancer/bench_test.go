@@ -64,3 +64,24 @@ func BenchmarkPickDone(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPickAnsweredDone is BenchmarkPickDone for tries with a body
+// (Pick + Start + Answered + Done): what the answer's clock read adds.
+func BenchmarkPickAnsweredDone(b *testing.B) {
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("endpoints=%d", n), func(b *testing.B) {
+			bal := benchBalancer(n)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					e := bal.Pick(nil)
+					t := e.Start()
+					e.Answered(&t)
+					e.Done(t, i%20 == 0)
+					i++
+				}
+			})
+		})
+	}
+}

@@ -42,7 +42,7 @@ func TestAbandonBound(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			b, clk := newTest(t, Config{ConsecutiveFailures: 100}, "a")
 			e := b.endpoint("a")
-			var start int64
+			var start Try
 			for _, s := range tc.steps {
 				if s.outcome == 'i' {
 					clk.Advance(s.d)

@@ -40,7 +40,7 @@ func (b *Balancer) endpoint(addr string) *Endpoint { return b.set.Load().byAddr[
 type completion struct {
 	at     time.Time
 	e      *Endpoint
-	start  int64
+	start  Try
 	failed bool
 }
 

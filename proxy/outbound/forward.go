@@ -155,7 +155,7 @@ func discard(resp *http.Response) {
 func replaced(resp *http.Response) {
 	if ub, ok := resp.Body.(*upstreamBody); ok && !ub.ended {
 		ub.ended = true
-		endTry(ub.done, ub.ep, ub.epStart, ub.verdict)
+		endTry(ub.done, ub.ep, ub.epTry, ub.verdict)
 		ub.done, ub.ep = nil, nil
 		ub.endSpan("", false)
 	}
@@ -275,7 +275,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	if !st.wire.lined {
 		out.Header[requestIDKey] = st.idValue()
 	}
-	ep, epStart := pickEndpoint(req, st)
+	ep, epTry := pickEndpoint(req, st)
 	ctx := req.Context()
 	var span trace.Span // the try's
 	if tr := f.tracing; tr != nil {
@@ -415,7 +415,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			// The app's body was bad or too large, or the request was
 			// aimed at the sidecar itself: nothing to hold against the
 			// upstream, and nothing to retry.
-			endTry(done, ep, epStart, breaker.ErrIgnored)
+			endTry(done, ep, epTry, breaker.ErrIgnored)
 			if span != nil {
 				code, kind, _ := errorResponse(cerr, dst.name)
 				endSpan(span, code, kind, "")
@@ -424,7 +424,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		}
 		class, gone := classify(err, ctx, req.Context())
 		if gone {
-			endTry(done, ep, epStart, breaker.ErrIgnored)
+			endTry(done, ep, epTry, breaker.ErrIgnored)
 			if span != nil {
 				endSpan(span, statusClientClosed, "", "")
 			}
@@ -445,10 +445,10 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			// waits for whether another try follows (heldVerdict). A name
 			// or ClusterIP that refuses (no endpoints) is the destination
 			// down: each try a failure, as before.
-			outcome = endEndpoint(ep, epStart, outcome)
+			outcome = endEndpoint(ep, epTry, outcome)
 			return nil, class, &heldVerdict{done: done, outcome: outcome}, &upstreamError{class: class, err: err}
 		}
-		endTry(done, ep, epStart, outcome)
+		endTry(done, ep, epTry, outcome)
 		return nil, class, nil, &upstreamError{class: class, err: err}
 	}
 	dropTrailerID(resp.Trailer) // announced: the app is not told of one to come
@@ -462,7 +462,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
 		// Nothing more can fail that a breaker should hear of (an
 		// upgraded connection's bytes are the peers' business).
-		endTry(done, ep, epStart, verdict)
+		endTry(done, ep, epTry, verdict)
 		if span != nil {
 			endSpan(span, resp.StatusCode, "", "")
 		}
@@ -476,7 +476,12 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 	// One try's body at a time (the retry loop closes one before the next
 	// try): it lives in the request's state, not an allocation of its own.
 	// The try's span ends with it too, as the breaker's verdict does.
-	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, ep: ep, epStart: epStart, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel, span: span, code: resp.StatusCode, res: resp}
+	// The try's latency is to its answer, now (balancer.Endpoint.Answered):
+	// it stays in flight on its endpoint until the body ends.
+	if ep != nil {
+		ep.Answered(&epTry)
+	}
+	st.body = upstreamBody{ReadCloser: resp.Body, st: st, done: done, ep: ep, epTry: epTry, verdict: verdict, failOn: failOn, try: ctx, req: req.Context(), cancel: cancel, span: span, code: resp.StatusCode, res: resp}
 	if st.grpc && grpcContentType(resp.Header) {
 		st.body.grpc = resp // the status comes in its trailers, if any (countedStatus)
 	}
@@ -541,8 +546,8 @@ type upstreamBody struct {
 	st       *reqState
 	done     breaker.Done
 	ep       *balancer.Endpoint // the try's endpoint; nil when the name was dialled, or once told (settle, replaced)
-	epStart  int64
-	verdict  error // the status's outcome, reported on a whole body
+	epTry    balancer.Try       // answered: its latency ends at the headers, not the body's end
+	verdict  error              // the status's outcome, reported on a whole body
 	failOn   policy.Conditions
 	try, req context.Context
 	cancel   context.CancelCauseFunc // the try's (per-try timeout, boundReplays); may be nil
@@ -797,13 +802,13 @@ func (b *upstreamBody) settle() {
 	if b.verdict != breaker.ErrFailed {
 		return
 	}
-	endTry(b.done, b.ep, b.epStart, b.verdict)
+	endTry(b.done, b.ep, b.epTry, b.verdict)
 	b.done, b.ep = nil, nil
 }
 
 func (b *upstreamBody) end(outcome error) {
 	b.ended = true
-	endTry(b.done, b.ep, b.epStart, outcome)
+	endTry(b.done, b.ep, b.epTry, outcome)
 	if b.cancel != nil {
 		b.cancel(nil)
 	}
@@ -818,9 +823,9 @@ func (b *upstreamBody) end(outcome error) {
 // balanced over them too (docs/interception.md, "HTTP/1.x"), unless the
 // app connected to one of them: then every try goes to that one (pinned).
 // The Host header stays the app's either way.
-func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
+func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, balancer.Try) {
 	prev := st.ep
-	ep, start := st.pick()
+	ep, t := st.pick()
 	switch {
 	case ep != nil:
 		// The outbound request's URL is the sidecar's own (ReverseProxy
@@ -830,12 +835,12 @@ func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
 	case prev != nil: // the endpoints went away between two tries
 		st.point(req.URL)
 	}
-	return ep, start
+	return ep, t
 }
 
 // pick is the endpoint of the destination's balancer for the request's
-// next try, nil without endpoints (or without a balancer), and the try's
-// start, counted in flight there: an HTTP try's (pickEndpoint) or an
+// next try, nil without endpoints (or without a balancer), and the try,
+// counted in flight there: an HTTP try's (pickEndpoint) or an
 // opaque connection's (dialTunnel). A retry goes to an endpoint the
 // request has not tried where there is one, as Envoy's previous_hosts
 // predicate makes it (balancer.Pick); each try's endpoint joins
@@ -843,10 +848,10 @@ func pickEndpoint(req *http.Request, st *reqState) (*balancer.Endpoint, int64) {
 // request pinned to the endpoint the app connected to (st.pin) tries it
 // alone, ejected or not; one pinned to an address no endpoint stands for
 // (st.pinDial) dials it, as without endpoints.
-func (st *reqState) pick() (*balancer.Endpoint, int64) {
+func (st *reqState) pick() (*balancer.Endpoint, balancer.Try) {
 	lb := st.dest.lb
 	if lb == nil || st.pinDial {
-		return nil, 0
+		return nil, balancer.Try{}
 	}
 	ep := st.pin
 	if ep == nil {
@@ -854,7 +859,7 @@ func (st *reqState) pick() (*balancer.Endpoint, int64) {
 	}
 	st.ep = ep
 	if ep == nil {
-		return nil, 0
+		return nil, balancer.Try{}
 	}
 	st.tried.Add(ep)
 	return ep, ep.Start()
@@ -889,23 +894,23 @@ func (st *reqState) elsewhere(err error, class policy.Class) bool {
 }
 
 // endTry tells the try's endpoint and the breaker how the try went.
-func endTry(done breaker.Done, ep *balancer.Endpoint, start int64, outcome error) {
-	report(done, endEndpoint(ep, start, outcome))
+func endTry(done breaker.Done, ep *balancer.Endpoint, t balancer.Try, outcome error) {
+	report(done, endEndpoint(ep, t, outcome))
 }
 
 // endEndpoint tells the try's endpoint how the try went and returns the
 // outcome for the destination's breaker: a failure that is the endpoint's
 // own (balancer.Endpoint.Done) is breaker.ErrOneEndpoint.
-func endEndpoint(ep *balancer.Endpoint, start int64, outcome error) error {
+func endEndpoint(ep *balancer.Endpoint, t balancer.Try, outcome error) error {
 	switch {
 	case ep == nil:
 	case outcome == breaker.ErrIgnored:
 		// Neither way for the endpoint either, as for the breaker: a
 		// client gone is no success that ends the endpoint's run of
 		// failures (docs/policy.md, "Per-endpoint ejection").
-		ep.Abandon(start)
+		ep.Abandon(t)
 	default:
-		if _, own := ep.Done(start, outcome == breaker.ErrFailed); own {
+		if _, own := ep.Done(t, outcome == breaker.ErrFailed); own {
 			return breaker.ErrOneEndpoint
 		}
 	}

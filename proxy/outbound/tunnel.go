@@ -211,7 +211,7 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 			done = d
 		}
 		to := addr
-		ep, epStart := st.pick()
+		ep, epTry := st.pick()
 		if ep != nil {
 			to = ep.Addr()
 		}
@@ -220,19 +220,19 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 			if ep != nil {
 				ep.Hold() // before its try ends: never out of flight meanwhile
 			}
-			endTry(done, ep, epStart, nil)
+			endTry(done, ep, epTry, nil)
 			return c, nil
 		}
 		if ep != nil {
 			err = endpointSelf(err) // the endpoint's fault, not the app's (dial.go)
 		}
 		if errors.As(err, new(*selfError)) || errors.As(err, new(*localError)) {
-			endTry(done, ep, epStart, breaker.ErrIgnored)
+			endTry(done, ep, epTry, breaker.ErrIgnored)
 			return nil, err
 		}
 		class, gone := classify(err, ctx, ctx)
 		if gone {
-			endTry(done, ep, epStart, breaker.ErrIgnored)
+			endTry(done, ep, epTry, breaker.ErrIgnored)
 			return nil, err
 		}
 		outcome := error(nil)
@@ -243,10 +243,10 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 		// (try): a retry is judged instead.
 		var held *heldVerdict
 		if ep != nil && refusedDial(err) {
-			outcome = endEndpoint(ep, epStart, outcome)
+			outcome = endEndpoint(ep, epTry, outcome)
 			held = &heldVerdict{done: done, outcome: outcome}
 		} else {
-			endTry(done, ep, epStart, outcome)
+			endTry(done, ep, epTry, outcome)
 		}
 		ue := &upstreamError{class: class, err: err}
 		free := attempt == retries && st.elsewhere(err, class) // as an HTTP request's (forward.go)
