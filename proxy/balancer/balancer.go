@@ -834,12 +834,23 @@ type Try struct {
 	start    int64 // ns since the balancer's epoch
 	answered int64 // when the answer came (ns since epoch), if ok
 	ok       bool  // answered
+	pinned   bool  // StartPinned's
 }
 
 // Start counts a try in flight on e and returns it, for Answered and Done.
 func (e *Endpoint) Start() Try {
 	e.inFlight.Add(1)
 	return Try{start: e.b.now()}
+}
+
+// StartPinned is Start for a try that could go to no other endpoint (a
+// request pinned to the pod its app connected to): ejection does not
+// take its pod away from it, so its failures are never its endpoint's
+// own (Done) but the destination's, each one, for the breaker.
+func (e *Endpoint) StartPinned() Try {
+	t := e.Start()
+	t.pinned = true
+	return t
 }
 
 // Answered records that t got its answer now: the response's headers. A
@@ -901,7 +912,7 @@ func (e *Endpoint) Done(t Try, failed bool) (ejected, own bool) {
 	if ejected && b.OnEject != nil {
 		b.OnEject(e.addr)
 	}
-	return ejected, failed && wasFailing && b.serving(e, now)
+	return ejected, failed && wasFailing && !t.pinned && b.serving(e, now)
 }
 
 // serving reports whether an endpoint other than e serves: ready, not

@@ -135,3 +135,23 @@ func TestDoneOwnNeverOnSuccess(t *testing.T) {
 		t.Errorf("the first failure after a success was reported as the endpoint's own")
 	}
 }
+
+// TestDonePinnedNeverOwn: a pinned try can go to no other endpoint, and
+// ejection never moves it: each of its failures is the destination's.
+func TestDonePinnedNeverOwn(t *testing.T) {
+	b, clk := newTest(t, Config{}, "a", "b")
+	a := b.endpoint("a")
+	try(clk, b.endpoint("b"), time.Millisecond, false) // b serves
+	for i := range 3 {
+		tr := a.StartPinned()
+		clk.Advance(time.Millisecond)
+		if _, own := a.Done(tr, true); own {
+			t.Fatalf("pinned failure %d reported as the endpoint's own", i+1)
+		}
+	}
+	tr := a.Start()
+	clk.Advance(time.Millisecond)
+	if _, own := a.Done(tr, true); !own {
+		t.Errorf("a balanced try's repeat failure while b serves is not the endpoint's own")
+	}
+}

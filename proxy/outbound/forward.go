@@ -862,6 +862,9 @@ func (st *reqState) pick() (*balancer.Endpoint, balancer.Try) {
 		return nil, balancer.Try{}
 	}
 	st.tried.Add(ep)
+	if st.pin != nil {
+		return ep, ep.StartPinned()
+	}
 	return ep, ep.Start()
 }
 
