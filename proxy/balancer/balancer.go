@@ -917,10 +917,10 @@ func (e *Endpoint) Done(t Try, failed bool) (ejected, own bool) {
 
 // serving reports whether an endpoint other than e serves: ready, not
 // ejected, its latest try that ended a success within ServingWindow (or,
-// with none ended yet, its arrival within ArrivalGrace). A terminating endpoint takes
-// requests only when no ready one is left, and an ejected one none
-// (unless in panic mode, when most of them fail). Only failures call it,
-// and it stops at the first endpoint that serves.
+// with none ended yet, its arrival within ArrivalGrace). A terminating
+// endpoint takes requests only when no ready one is left, and an ejected
+// one none (unless in panic mode, when most of them fail). Only failures
+// call it, and it stops at the first endpoint that serves.
 func (b *Balancer) serving(e *Endpoint, now int64) bool {
 	for _, o := range b.set.Load().eps {
 		if h := o.health.Load(); o != e && h != failedMark && now-h < int64(ServingWindow) && o.class(now) == ready {

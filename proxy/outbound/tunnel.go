@@ -243,7 +243,7 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 		// (try): a retry is judged instead.
 		var held *heldVerdict
 		if ep != nil && refusedDial(err) {
-			outcome = endEndpoint(ep, epTry, outcome)
+			outcome = endRefused(ep, epTry, outcome)
 			held = &heldVerdict{done: done, outcome: outcome}
 		} else {
 			endTry(done, ep, epTry, outcome)
