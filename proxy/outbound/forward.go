@@ -439,13 +439,14 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		} else if failOn.Has(class) {
 			outcome = breaker.ErrFailed
 		}
-		if class == policy.ClassConnectFailure && (unprocessed || ep != nil && refusedDial(err)) {
+		refused := ep != nil && refusedDial(err) // by the endpoint the balancer picked
+		if class == policy.ClassConnectFailure && (unprocessed || refused) {
 			// Refused before the upstream took anything, by one connection
 			// or one endpoint of the destination: the breaker's verdict
 			// waits for whether another try follows (heldVerdict). A name
 			// or ClusterIP that refuses (no endpoints) is the destination
 			// down: each try a failure, as before.
-			if ep != nil && refusedDial(err) {
+			if refused {
 				outcome = endRefused(ep, epTry, outcome)
 			} else {
 				outcome = endEndpoint(ep, epTry, outcome)
