@@ -115,6 +115,25 @@ var tcpWays = []struct {
 	}},
 }
 
+// greetedBy opens n connections one after the other, each closed once
+// greeted, and fails t at the first that is not made or not greeted by
+// name: the endpoint every connection must end at, whatever the others
+// did to their tries.
+func greetedBy(t *testing.T, open func() (net.Conn, *bufio.Reader, error), n int, name string) {
+	t.Helper()
+	for i := range n {
+		c, br, err := open()
+		if err != nil {
+			t.Fatalf("connection %d: %v, want it made to %s", i, err, name)
+		}
+		got, err := br.ReadString('\n')
+		c.Close()
+		if err != nil || got != name+"\n" {
+			t.Fatalf("connection %d: greeted %q, %v; want %s's", i, got, err, name)
+		}
+	}
+}
+
 type connectRefused struct {
 	code int
 	kind string
@@ -271,17 +290,7 @@ outlierDetection: {consecutiveFailures: 2, baseEjectionTime: 1h, maxEjectionPerc
 			r.h.SetClusterIPs(map[netip.AddrPort]string{netip.MustParseAddrPort(vip): ordersKey(vip)})
 			open := way.open(t, r, vip)
 			const conns = 30
-			for i := range conns {
-				c, br, err := open()
-				if err != nil {
-					t.Fatalf("connection %d: %v, want it retried to the live endpoint", i, err)
-				}
-				name, err := br.ReadString('\n')
-				c.Close()
-				if err != nil || name != "live\n" {
-					t.Fatalf("connection %d: greeted %q, %v; want the live endpoint's", i, name, err)
-				}
-			}
+			greetedBy(t, open, conns, live.name)
 			if n := live.accepted.Load(); n != conns {
 				t.Errorf("the live endpoint accepted %d connections, want %d", n, conns)
 			}

@@ -364,17 +364,7 @@ func TestRefusedEndpointTunnelElsewhere(t *testing.T) {
 			r.h.SetClusterIPs(map[netip.AddrPort]string{netip.MustParseAddrPort(vip): ordersKey(vip)})
 			open := way.open(t, r, vip)
 			const conns = 40
-			for i := range conns {
-				c, br, err := open()
-				if err != nil {
-					t.Fatalf("connection %d: %v, want it made to a live endpoint", i, err)
-				}
-				name, err := br.ReadString('\n')
-				c.Close()
-				if err != nil || name != "live\n" {
-					t.Fatalf("connection %d: greeted %q, %v; want a live endpoint's", i, name, err)
-				}
-			}
+			greetedBy(t, open, conns, "live") // the three live endpoints' name
 			if e := ordersEndpoints(r, vip)[gone]; e.EjectedUntil == nil {
 				t.Errorf("the refused endpoint: %+v, want it ejected", e)
 			}
