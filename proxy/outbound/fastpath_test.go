@@ -10,11 +10,9 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -405,41 +403,13 @@ func TestFastPathTryDeadlineConnect(t *testing.T) {
 	}
 }
 
-// fullListener is a loopback listener that never accepts, its queue
-// full: a connect to it hangs until its deadline.
-func fullListener(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
-	for range 4 { // the queue's room, and then some
-		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-			t.Cleanup(func() { c.Close() })
-		}
-	}
-	return addr
-}
-
 // A connect still waiting at a try's deadline fails with that deadline's
 // error, every time: the dialer's socket deadline, set from the dial
 // context's, may wake it before the context's own timer ends it, and
 // that i/o timeout is no connect failure. The dialer's connect timeout,
 // before any deadline, stays a connect failure.
 func TestFastPathDeadlineConnectTimeout(t *testing.T) {
-	addr := fullListener(t)
+	addr, _ := proxytest.FullAcceptQueue(t)
 	ft := newTestFast()
 	for i := range 100 {
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://"+addr+"/", nil)

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -391,7 +390,7 @@ func TestDialTimeoutNotElsewhere(t *testing.T) {
 	for _, tr := range balanceTransports {
 		t.Run(tr.name, func(t *testing.T) {
 			pods := echoPods(t, 1)
-			hole := droppingSYNs(t)
+			hole, _ := proxytest.FullAcceptQueue(t)
 			var alog accessLog
 			sc := startSidecar(t, "", nil, withNamespace("shop"), withAccessLog(&alog), tr.opt,
 				func(c *sidecar.Config) { c.ConnectTimeout = 200 * time.Millisecond })
@@ -416,43 +415,5 @@ func TestDialTimeoutNotElsewhere(t *testing.T) {
 			}
 			t.Fatalf("the black-holed endpoint was never picked in 40 calls")
 		})
-	}
-}
-
-// droppingSYNs returns a loopback address whose SYNs are dropped: a
-// listener with a backlog of 0 whose accept queue one connection, never
-// accepted, fills (Linux drops a SYN to a listener whose accept queue is
-// full). A dial there waits for its timeout, as to a black-holed pod.
-func droppingSYNs(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-	// Fill the queue, then check that a dial does time out.
-	for i := 0; ; i++ {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				return addr
-			}
-			t.Fatalf("dialling the full listener: %v", err)
-		}
-		t.Cleanup(func() { c.Close() })
-		if i == 4 {
-			t.Fatalf("the listener's accept queue took %d connections: SYNs are not dropped here", i+1)
-		}
 	}
 }

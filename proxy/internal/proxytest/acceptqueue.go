@@ -2,8 +2,10 @@ package proxytest
 
 import (
 	"fmt"
+	"net"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // FullAcceptQueue is a loopback address whose dials hang in SYN_SENT,
@@ -38,5 +40,22 @@ func FullAcceptQueue(t testing.TB) (string, int) {
 		t.Cleanup(func() { syscall.Close(c) })
 		_ = syscall.Connect(c, &syscall.SockaddrInet4{Addr: sa.Addr, Port: port}) // EINPROGRESS
 	}
-	return fmt.Sprintf("127.0.0.1:%d", port), port
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	// A test that relies on the hang must not find a connection instead:
+	// a dial that connects took a place the fills above had not taken yet
+	// (kept, it fills the queue), one that times out proves the SYNs
+	// dropped.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			return addr, port
+		}
+		if err != nil {
+			t.Fatalf("dialling the full listener: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if i == 4 {
+			t.Fatalf("the listener's accept queue took %d connections: SYNs are not dropped here", i+1)
+		}
+	}
 }
