@@ -140,7 +140,7 @@ func TestH2ConnWalksSplit(t *testing.T) {
 			written = append(written, f.b...)
 		}
 		for _, split := range walkSplits(len(written)) {
-			c := &h2Conn{Conn: attrConn{}, settled: make(chan struct{})}
+			c := &h2Conn{Conn: &chunkConn{}, settled: make(chan struct{})}
 			n := 0
 			for _, k := range split {
 				if got, err := c.Write(written[n : n+k]); got != k || err != nil {
@@ -186,8 +186,8 @@ func TestH2ConnWalksSplit(t *testing.T) {
 	})
 }
 
-// chunkConn is a net.Conn whose next read gives b, whole, and whose
-// writes go nowhere.
+// chunkConn is the upstream's side of an h2Conn, scripted: its reads give
+// b, then io.EOF, and its writes go nowhere.
 type chunkConn struct {
 	net.Conn
 	b []byte

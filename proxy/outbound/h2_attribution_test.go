@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -59,7 +58,7 @@ func TestH2ConnSent(t *testing.T) {
 	} {
 		for _, size := range []int{1, 2, 9, 24, 25, 4096} {
 			t.Run(fmt.Sprintf("%s, writes of %d", tc.name, size), func(t *testing.T) {
-				c := &h2Conn{Conn: attrConn{}}
+				c := &h2Conn{Conn: &chunkConn{}}
 				for b := tc.written; len(b) > 0; {
 					k := min(size, len(b))
 					if n, err := c.Write(b[:k]); n != k || err != nil {
@@ -75,35 +74,15 @@ func TestH2ConnSent(t *testing.T) {
 	}
 }
 
-// attrConn is a net.Conn whose writes go nowhere and whose reads end.
-type attrConn struct{ net.Conn }
-
-func (attrConn) Write(p []byte) (int, error) { return len(p), nil }
-func (attrConn) Read([]byte) (int, error)    { return 0, io.EOF }
-
 // attrRead has c read b, the upstream's frames.
 func attrRead(c *h2Conn, b []byte) {
-	c.Conn = &attrFramesConn{b: b}
+	c.Conn = &chunkConn{b: b}
 	buf := make([]byte, 7) // frames split across reads
 	for {
 		if _, err := c.Read(buf); err != nil {
 			return
 		}
 	}
-}
-
-type attrFramesConn struct {
-	attrConn
-	b []byte
-}
-
-func (c *attrFramesConn) Read(p []byte) (int, error) {
-	if len(c.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, c.b)
-	c.b = c.b[n:]
-	return n, nil
 }
 
 // TestH2TryStreamReset: a try's failed dial is the reset of its stream
@@ -140,7 +119,7 @@ func TestH2TryStreamReset(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			try := &h2Try{Context: t.Context()}
 			for i := range 2 {
-				c := &h2Conn{Conn: attrConn{}}
+				c := &h2Conn{Conn: &chunkConn{}}
 				try.gotConn(httptrace.GotConnInfo{Conn: c})
 				if id := tc.wrote[i]; id != 0 {
 					if _, err := c.Write(slices.Concat([]byte(http2.ClientPreface), attrFrames(t, func(fr *http2.Framer) error {
