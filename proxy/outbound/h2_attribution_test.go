@@ -19,32 +19,22 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// attrFrames is what fr writes, as bytes.
-func attrFrames(t *testing.T, write func(fr *http2.Framer) error) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	if err := write(http2.NewFramer(&b, nil)); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
-}
-
 // TestH2ConnSent: h2Conn tells the stream of the last HEADERS frame
 // written, past the client preface, however the frames are split into
 // writes, and takes no other frame, nor bytes inside a payload, for one.
 func TestH2ConnSent(t *testing.T) {
-	settings := attrFrames(t, func(fr *http2.Framer) error { return fr.WriteSettings() })
+	settings := h2Frames(t, func(fr *http2.Framer) error { return fr.WriteSettings() })
 	headers := func(id uint32, end bool) []byte {
-		return attrFrames(t, func(fr *http2.Framer) error {
+		return h2Frames(t, func(fr *http2.Framer) error {
 			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte{0x82, 0x86}, EndHeaders: end})
 		})
 	}
-	continuation := attrFrames(t, func(fr *http2.Framer) error { return fr.WriteContinuation(5, true, []byte{0x84}) })
+	continuation := h2Frames(t, func(fr *http2.Framer) error { return fr.WriteContinuation(5, true, []byte{0x84}) })
 	// A DATA payload holding what a HEADERS frame of stream 9 looks like.
-	data := attrFrames(t, func(fr *http2.Framer) error {
+	data := h2Frames(t, func(fr *http2.Framer) error {
 		return fr.WriteData(3, true, []byte{0, 0, 2, 1, 4, 0, 0, 0, 9, 0x82, 0x86})
 	})
-	rst := attrFrames(t, func(fr *http2.Framer) error { return fr.WriteRSTStream(7, http2.ErrCodeCancel) })
+	rst := h2Frames(t, func(fr *http2.Framer) error { return fr.WriteRSTStream(7, http2.ErrCodeCancel) })
 	for _, tc := range []struct {
 		name    string
 		written []byte
@@ -94,9 +84,9 @@ func attrRead(c *h2Conn, b []byte) {
 // own want of descriptors its own.
 func TestH2TryStreamReset(t *testing.T) {
 	rst := func(id uint32, code http2.ErrCode) []byte {
-		return attrFrames(t, func(fr *http2.Framer) error { return fr.WriteRSTStream(id, code) })
+		return h2Frames(t, func(fr *http2.Framer) error { return fr.WriteRSTStream(id, code) })
 	}
-	settings := attrFrames(t, func(fr *http2.Framer) error { return fr.WriteSettings() })
+	settings := h2Frames(t, func(fr *http2.Framer) error { return fr.WriteSettings() })
 	refused := &dialError{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
 	for _, tc := range []struct {
 		name string
@@ -122,7 +112,7 @@ func TestH2TryStreamReset(t *testing.T) {
 				c := &h2Conn{Conn: &chunkConn{}}
 				try.gotConn(httptrace.GotConnInfo{Conn: c})
 				if id := tc.wrote[i]; id != 0 {
-					if _, err := c.Write(slices.Concat([]byte(http2.ClientPreface), attrFrames(t, func(fr *http2.Framer) error {
+					if _, err := c.Write(slices.Concat([]byte(http2.ClientPreface), h2Frames(t, func(fr *http2.Framer) error {
 						return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: []byte{0x82}, EndHeaders: true, EndStream: true})
 					}))); err != nil {
 						t.Fatal(err)

@@ -1,11 +1,9 @@
 package outbound
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -338,22 +336,15 @@ func isStreamReset(err error) bool {
 // PROTOCOL_ERROR among the frames it reads, however they are split into
 // reads, and no other frame or error code for one.
 func TestH2ConnSeesProtocolReset(t *testing.T) {
-	frames := func(write func(fr *http2.Framer) error) []byte {
-		var b bytes.Buffer
-		if err := write(http2.NewFramer(&b, nil)); err != nil {
-			t.Fatal(err)
-		}
-		return b.Bytes()
-	}
-	settings := frames(func(fr *http2.Framer) error {
+	settings := h2Frames(t, func(fr *http2.Framer) error {
 		return fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1})
 	})
 	// A DATA payload holding what an RST_STREAM PROTOCOL_ERROR looks like.
-	data := frames(func(fr *http2.Framer) error {
+	data := h2Frames(t, func(fr *http2.Framer) error {
 		return fr.WriteData(1, false, []byte{0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 1})
 	})
 	rst := func(code http2.ErrCode) []byte {
-		return frames(func(fr *http2.Framer) error { return fr.WriteRSTStream(3, code) })
+		return h2Frames(t, func(fr *http2.Framer) error { return fr.WriteRSTStream(3, code) })
 	}
 	for _, tc := range []struct {
 		name   string
@@ -368,7 +359,7 @@ func TestH2ConnSeesProtocolReset(t *testing.T) {
 	} {
 		for _, size := range []int{1, 2, 5, 9, 13, 4096} {
 			t.Run(fmt.Sprintf("%s, reads of %d", tc.name, size), func(t *testing.T) {
-				c := &h2Conn{Conn: &scriptConn{b: tc.stream}}
+				c := &h2Conn{Conn: &chunkConn{b: tc.stream}}
 				buf := make([]byte, size)
 				for {
 					if _, err := c.Read(buf); err != nil {
@@ -381,19 +372,4 @@ func TestH2ConnSeesProtocolReset(t *testing.T) {
 			})
 		}
 	}
-}
-
-// scriptConn is a net.Conn whose reads give b.
-type scriptConn struct {
-	net.Conn
-	b []byte
-}
-
-func (c *scriptConn) Read(p []byte) (int, error) {
-	if len(c.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, c.b)
-	c.b = c.b[n:]
-	return n, nil
 }
