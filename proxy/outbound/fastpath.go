@@ -104,7 +104,8 @@ type fconn struct {
 	out  bytes.Buffer
 	key  string
 	read int64 // bytes read from the connection, to tell a dead reused one
-	used time.Time
+	// used is when c was last released, on the monotonic clock (mono).
+	used time.Duration
 	// limit bounds the bytes read for a response head (0: no bound):
 	// http.ReadResponse itself sets none.
 	limit int64
@@ -281,9 +282,8 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // request's timeout, which goes on through the response body: past it,
 // the try fails with errTimeout, and a read of the body with a timeout.
 // On the transport's other path, both are contexts (handler.go's serve,
-// forward.go's try). start is when the try began, if its caller read the
-// clock for it (zero: the transport reads it).
-type deadlines struct{ try, whole, start time.Time }
+// forward.go's try).
+type deadlines struct{ try, whole time.Time }
 
 // head is the deadline for the response head, and the error that says
 // it passed.
@@ -328,7 +328,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 				return nil, resentFailure(written, err, true)
 			}
 		} else {
-			c, reused, err = t.get(ctx, key, dl.start, deadline, late)
+			c, reused, err = t.get(ctx, key, deadline, late)
 		}
 		if err != nil {
 			return nil, err
@@ -591,7 +591,7 @@ func (t *fastTransport) release(c *fconn, stop func() bool, reusable bool) {
 		c.Close()
 		return
 	}
-	c.used = time.Now()
+	c.used = mono()
 	t.mu.Lock()
 	// retired is read under mu, which closeRetired takes after the flag
 	// is set: c is either seen retired here or found in the pool there.
@@ -709,9 +709,9 @@ func (t *fastTransport) CloseIdleConnections() {
 // the app does not call again included, and forgets hosts with none left.
 // It runs while any connection is kept, every idleTimeout/2 at most.
 func (t *fastTransport) sweep() {
-	now := time.Now()
+	now := mono()
 	t.mu.Lock()
-	stale := t.drop(func(c *fconn) bool { return now.Sub(c.used) >= idleTimeout })
+	stale := t.drop(func(c *fconn) bool { return now-c.used >= idleTimeout })
 	if len(t.idle) > 0 {
 		t.sweeper.Reset(idleTimeout / 2)
 	} else {
@@ -769,13 +769,8 @@ func (t *fastTransport) drop(gone func(*fconn) bool) (stale []*fconn) {
 // http.Transport's read loop watches its idle connections so; this one
 // looks once, as the request is written: the read before the write that
 // must find nothing, and sends the request on another connection if not.
-//
-// now is the time to judge a kept connection's idleness by (zero: get
-// reads the clock).
-func (t *fastTransport) get(ctx context.Context, key string, now, deadline time.Time, late error) (*fconn, bool, error) {
-	if now.IsZero() {
-		now = time.Now()
-	}
+func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time, late error) (*fconn, bool, error) {
+	now := mono()
 	for {
 		t.mu.Lock()
 		l := t.list(key, false)
@@ -791,7 +786,7 @@ func (t *fastTransport) get(ctx context.Context, key string, now, deadline time.
 		// A retired one was taken before closeRetired came to it: its
 		// endpoint is gone, and a pod gone without a FIN would hold the
 		// request until its timeout where a new dial fails at once.
-		if now.Sub(c.used) < idleTimeout && !c.retired() {
+		if now-c.used < idleTimeout && !c.retired() {
 			return c, true, nil // and unasked bytes, if any, found by send (fconn.Read)
 		}
 		c.Close()

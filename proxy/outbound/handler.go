@@ -303,9 +303,10 @@ type reqState struct {
 	replay   *replay
 	attempts int
 	code     int
-	// headers is when the response headers were ready: the latency
-	// metric ends there, so that a long stream does not look slow.
-	headers time.Time
+	// headers is how long after start the response headers were ready
+	// (0: not yet): the latency metric ends there, so that a long stream
+	// does not look slow.
+	headers time.Duration
 	start   time.Time
 	// deadline is the request's timeout on the fast path (fastProxy):
 	// the fast transport's deadlines, where other requests' is a context.
@@ -825,7 +826,7 @@ func (h *Handler) failFast(w http.ResponseWriter, st *reqState) bool {
 	st.reject()
 	retryAfter := int(b.RetryAfter(time.Now()) / time.Second)
 	if !st.grpc {
-		st.code, st.headers, st.errKind = http.StatusServiceUnavailable, since(st.start), wellknown.ErrorCircuitOpen
+		st.code, st.headers, st.errKind = http.StatusServiceUnavailable, elapsed(st.start), wellknown.ErrorCircuitOpen
 		w.Header()[requestIDKey] = st.idValue()
 		if writeCircuitOpen(w, dst.name, st.id, retryAfter, &st.hdr) {
 			return true
@@ -956,8 +957,8 @@ func (h *Handler) finish(r *http.Request, st *reqState) {
 // observe records the request's metrics and ends its span, as soon as
 // its response headers are known.
 func (h *Handler) observe(r *http.Request, st *reqState) {
-	if st.headers.IsZero() {
-		st.headers = since(st.start)
+	if st.headers == 0 {
+		st.headers = elapsed(st.start)
 	}
 	dst := st.dest
 	code := st.code
@@ -982,7 +983,7 @@ func (h *Handler) observe(r *http.Request, st *reqState) {
 		// body cut short, the failure it was, not the 101's success.
 		code = http.StatusBadGateway
 	}
-	dst.metrics.Observe(r.Method, code, st.headers.Sub(st.start).Seconds())
+	dst.metrics.Observe(r.Method, code, st.headers.Seconds())
 	if st.grpc {
 		g := grpcFinal(st, code)
 		dst.metrics.GRPC(g)
@@ -1232,7 +1233,7 @@ func (h *Handler) relayUpgrade(st *reqState, resp *http.Response, up net.Conn) {
 // answered records the upstream's answer as its headers arrive.
 func (st *reqState) answered(code int) {
 	st.code = code
-	st.headers = since(st.start)
+	st.headers = elapsed(st.start)
 }
 
 // serveError answers a request the forwarder could not complete.
@@ -1280,7 +1281,7 @@ func (h *Handler) serveError(w http.ResponseWriter, r *http.Request, err error) 
 // answer writes the sidecar's own answer to the request and records it
 // in the request's state.
 func (st *reqState) answer(w http.ResponseWriter, code int, kind string, body errorBody) {
-	st.code, st.headers, st.errKind = code, since(st.start), kind
+	st.code, st.headers, st.errKind = code, elapsed(st.start), kind
 	body.RequestID = st.id
 	w.Header()[requestIDKey] = st.idValue()
 	if st.grpc {

@@ -81,7 +81,7 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, start tim
 	defer cut(nil)
 	defer context.AfterFunc(h.dials, func() { cut(errShutdown) })()
 	up, err := h.dialTunnel(ctx, dst, authority, st)
-	st.headers = since(st.start)
+	st.headers = elapsed(st.start)
 	if st.trace.Span != nil && st.ep != nil {
 		// The endpoint dialled, as an HTTP try's span names it (tryAttrs).
 		st.trace.Span.SetAttributes(appendPeer(nil, st.ep.Addr())...)
