@@ -282,8 +282,12 @@ func (t *fastTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // request's timeout, which goes on through the response body: past it,
 // the try fails with errTimeout, and a read of the body with a timeout.
 // On the transport's other path, both are contexts (handler.go's serve,
-// forward.go's try).
-type deadlines struct{ try, whole time.Time }
+// forward.go's try). now is when the try began on mono's clock, if its
+// caller read it to set try (zero: get reads it): one clock read a try.
+type deadlines struct {
+	try, whole time.Time
+	now        time.Duration
+}
 
 // head is the deadline for the response head, and the error that says
 // it passed.
@@ -328,7 +332,7 @@ func (t *fastTransport) roundTrip(req *http.Request, dl deadlines, raw *[]byte, 
 				return nil, resentFailure(written, err, true)
 			}
 		} else {
-			c, reused, err = t.get(ctx, key, deadline, late)
+			c, reused, err = t.get(ctx, key, dl.now, deadline, late)
 		}
 		if err != nil {
 			return nil, err
@@ -769,8 +773,13 @@ func (t *fastTransport) drop(gone func(*fconn) bool) (stale []*fconn) {
 // http.Transport's read loop watches its idle connections so; this one
 // looks once, as the request is written: the read before the write that
 // must find nothing, and sends the request on another connection if not.
-func (t *fastTransport) get(ctx context.Context, key string, deadline time.Time, late error) (*fconn, bool, error) {
-	now := mono()
+//
+// now is the time to judge a kept connection's idleness by, on mono's
+// clock (zero: get reads it).
+func (t *fastTransport) get(ctx context.Context, key string, now time.Duration, deadline time.Time, late error) (*fconn, bool, error) {
+	if now == 0 {
+		now = mono()
+	}
 	for {
 		t.mu.Lock()
 		l := t.list(key, false)

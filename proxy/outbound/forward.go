@@ -320,8 +320,8 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		if fast {
 			// The fast transport ends the try at a deadline on its
 			// connection: no context, timer and request copy per try.
-			// Now, as since(st.start) reads it, in one Time.Add.
-			dl.try = st.start.Add(time.Since(st.start) + r.PerTryTimeout)
+			dl.now = mono()
+			dl.try = epoch.Add(dl.now + r.PerTryTimeout)
 		} else {
 			var tctx context.Context
 			tctx, cancel = context.WithCancelCause(ctx)

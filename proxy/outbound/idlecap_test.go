@@ -64,7 +64,7 @@ func (r *poolRig) keep(key, name string) {
 }
 
 func (r *poolRig) take(key string) string {
-	c, reused, err := r.ft.get(context.Background(), key, time.Time{}, nil)
+	c, reused, err := r.ft.get(context.Background(), key, 0, time.Time{}, nil)
 	if err != nil || !reused {
 		r.t.Fatalf("take %s: reused %v, %v", key, reused, err)
 	}
