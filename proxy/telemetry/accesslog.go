@@ -275,9 +275,24 @@ func appendMillis(b []byte, d time.Duration) []byte {
 		b = append(b, '-')
 		us = -us
 	}
-	b = strconv.AppendInt(b, us/1000, 10)
+	b = appendInt(b, us/1000)
 	b = append(b, '.')
 	return appendDigits(b, int(us%1000), 3)
+}
+
+// appendInt is strconv.AppendInt(b, v, 10), a line's numbers (a status,
+// attempts, byte counts, milliseconds) under 1,000 in a few instructions
+// where AppendInt's general loop took ~60 a number.
+func appendInt(b []byte, v int64) []byte {
+	switch {
+	case v < 0 || v >= 1000:
+		return strconv.AppendInt(b, v, 10)
+	case v < 10:
+		return append(b, byte('0'+v))
+	case v < 100:
+		return append(b, byte('0'+v/10), byte('0'+v%10))
+	}
+	return append(b, byte('0'+v/100), byte('0'+v/10%10), byte('0'+v%10))
 }
 
 func appendDigits(b []byte, v, width int) []byte {
@@ -333,7 +348,7 @@ func (e *Entry) appendJSON(b []byte, last *second) []byte {
 		b = append(b, `,"path":`...)
 		b = appendStringMax(b, e.Path, maxLogPath)
 		b = append(b, `,"status":`...)
-		b = strconv.AppendInt(b, int64(e.Status), 10)
+		b = appendInt(b, int64(e.Status))
 	}
 	if e.GRPCStatus != "" {
 		b = append(b, `,"grpc_status":`...)
@@ -342,16 +357,16 @@ func (e *Entry) appendJSON(b []byte, last *second) []byte {
 	b = append(b, `,"duration_ms":`...)
 	b = appendMillis(b, e.Duration)
 	b = append(b, `,"attempts":`...)
-	b = strconv.AppendInt(b, int64(e.Attempts), 10)
+	b = appendInt(b, int64(e.Attempts))
 	if e.Breaker != "" {
 		b = append(b, `,"breaker":"`...)
 		b = append(b, e.Breaker...)
 		b = append(b, '"')
 	}
 	b = append(b, `,"bytes_in":`...)
-	b = strconv.AppendInt(b, e.BytesIn, 10)
+	b = appendInt(b, e.BytesIn)
 	b = append(b, `,"bytes_out":`...)
-	b = strconv.AppendInt(b, e.BytesOut, 10)
+	b = appendInt(b, e.BytesOut)
 	if e.Error != "" {
 		b = append(b, `,"error":`...)
 		b = appendStringMax(b, e.Error, maxLogField)
@@ -410,21 +425,40 @@ func appendStringMax(b []byte, s string, max int) []byte {
 // from the app, so every control character, quote and invalid byte is
 // escaped: a line can never be broken or forged.
 func appendString(b []byte, s string) []byte {
-	// Most of a line's strings (IDs, names, paths) are plain through
-	// and through: eight bytes a look, then one append.
-	i := 0
-	for i+8 <= len(s) && plain8(s[i:i+8]) {
-		i += 8
-	}
-	for i < len(s) && jsonPlain[s[i]] {
-		i++
-	}
+	i := plainPrefix(s)
 	b = append(b, '"')
 	if i == len(s) {
 		b = append(b, s...)
 		return append(b, '"')
 	}
 	return appendEscaped(b, s, i)
+}
+
+// plainPrefix is how many of s's first bytes are plain (jsonPlain): all
+// of them, or at most as many as are. Most of a line's strings (IDs,
+// names, paths) are plain through and through: eight bytes a look, the
+// last eight (overlapping) for the rest of a string of eight or more,
+// where a byte at a time cost a line ~200 instructions (docs/benchmarks.md,
+// "Fewer instructions per request, measured").
+func plainPrefix(s string) int {
+	if len(s) < 8 {
+		for i := range len(s) {
+			if !jsonPlain[s[i]] {
+				return i
+			}
+		}
+		return len(s)
+	}
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		if !plainWord(load8(s[i:])) {
+			return i
+		}
+	}
+	if i < len(s) && !plainWord(load8(s[len(s)-8:])) {
+		return i
+	}
+	return len(s)
 }
 
 // jsonPlain is the bytes that go into a JSON string as they are.
@@ -482,15 +516,19 @@ func appendEscapedByte(b []byte, c byte) []byte {
 	return append(b, '\\', 'u', '0', '0', p[0], p[1])
 }
 
-// plain8 reports whether the eight bytes of s go into a JSON string as
-// they are: ASCII, no control byte, quote nor backslash. The tests are
-// exact: a borrow crosses into a byte only from one below it that
-// matched already.
-func plain8(s string) bool {
-	const lo, hi = 0x0101010101010101, 0x8080808080808080
+// load8 is s's first eight bytes, little-endian: one load.
+func load8(s string) uint64 {
 	_ = s[7]
-	x := uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
 		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+}
+
+// plainWord reports whether the eight bytes of x (load8) go into a JSON
+// string as they are: ASCII, no control byte, quote nor backslash. The
+// tests are exact: a borrow crosses into a byte only from one below it
+// that matched already.
+func plainWord(x uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	q, bs := x^(lo*'"'), x^(lo*'\\')
 	return (x|(x-lo*0x20)&^x|(q-lo)&^q|(bs-lo)&^bs)&hi == 0
 }
