@@ -65,13 +65,13 @@ func scanHead(b []byte) (n, body int, v verdict) {
 		}
 		switch len(name) { // a name of none of these lengths is none of them
 		case 4:
-			if field.EqualFold(name, "host") {
+			if field.EqualFold(name, "Host") {
 				hosts++
 				host = value
 			}
 		case 14:
 			// A second one, even the same, is net/http's to judge.
-			if field.EqualFold(name, "content-length") {
+			if field.EqualFold(name, "Content-Length") {
 				if lengths++; lengths > 1 {
 					return 0, 0, handOff
 				}
@@ -80,7 +80,7 @@ func scanHead(b []byte) (n, body int, v verdict) {
 				}
 			}
 		case 17, 7, 6:
-			if field.EqualFold(name, "transfer-encoding") || field.EqualFold(name, "upgrade") || field.EqualFold(name, "expect") {
+			if field.EqualFold(name, "Transfer-Encoding") || field.EqualFold(name, "Upgrade") || field.EqualFold(name, "Expect") {
 				return 0, 0, handOff
 			}
 		}
