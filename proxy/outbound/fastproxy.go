@@ -73,7 +73,7 @@ func (h *Handler) fastProxy(w http.ResponseWriter, r *http.Request, ctx context.
 		st.wire.lines = st.raw // its room, grown or not
 		// The upstream's lines were checked and noted as they were read
 		// (wire.go); the request ID's is checked here.
-		if !(idLine(st.id) && rs.SetCheckedRawHeader(st.raw, st.wire.facts)) && !rs.SetRawHeader(st.raw) {
+		if !((st.ownID || idLine(st.id)) && rs.SetCheckedRawHeader(st.raw, st.wire.facts)) && !rs.SetRawHeader(st.raw) {
 			addLines(dst, st.raw) // not of its form: never, from wire.go
 		}
 		if st.wire.facts.Has&field.ContentType == 0 {

@@ -293,6 +293,9 @@ type reqState struct {
 	id    string
 	// idv holds id for the request's and the answer's header (idValue).
 	idv [1]string
+	// ownID says id is one the sidecar made (requestid.New): a line's
+	// value as it is, which fastProxy need not check (idLine).
+	ownID bool
 	// hdr holds header values of the sidecar's own answer
 	// (writeCircuitOpen), in room the state's size class has spare.
 	hdr [2]string
@@ -528,7 +531,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 		}
 	}
 	if !requestid.Valid(st.id) {
-		st.id = requestid.New()
+		st.id, st.ownID = requestid.New(), true
 	}
 	st.idv[0] = st.id
 	st.upgrade = (!lined || lines.Upgrade) && field.Get(r.Header, "Upgrade") != ""

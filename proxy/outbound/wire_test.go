@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/minimesh/minimesh/proxy/internal/field"
+	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -469,6 +470,12 @@ func TestIDLine(t *testing.T) {
 	} {
 		if got := idLine(id); got != want {
 			t.Errorf("idLine(%q) = %v, want %v", id, got, want)
+		}
+	}
+	// The IDs the sidecar makes itself go unchecked (reqState.ownID).
+	for range 1000 {
+		if id := requestid.New(); !idLine(id) {
+			t.Fatalf("idLine(requestid.New() %q) = false", id)
 		}
 	}
 }
