@@ -33,5 +33,7 @@ var epoch = time.Now()
 // transport keeps of when a connection went idle, and reads to judge its
 // idleness, per request. One clock read and an integer to compare, where
 // time.Now reads the wall clock too and Time.Sub reads both times' flags
-// (~100 instructions a request, docs/benchmarks.md).
+// (docs/benchmarks.md, "Fewer instructions per request, measured"). A
+// per-try deadline made from it (epoch.Add) is a time.Time as
+// time.Now().Add would make it, its monotonic reading kept.
 func mono() time.Duration { return time.Since(epoch) }
