@@ -601,7 +601,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 // run answers a request whose state serve made, and records it. Its
 // defers and answer's are split from serve's: a function with more than
 // eight defers, or many returns beside them, has them made at run time
-// and unwound by the runtime (deferreturn, about 400 instructions a
+// and unwound by the runtime (deferreturn, about 270 instructions a
 // request); each of these three has them inlined at its returns
 // (docs/benchmarks.md, "Fewer instructions per request, measured"). The
 // order is serve's as one function: answer's defers, then abandon,
