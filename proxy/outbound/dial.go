@@ -462,7 +462,8 @@ func endpointSelf(err error) error {
 // timed out (a black-holed pod) is not one: it took the connect timeout
 // of the request's time, and says nothing of whether a SYN reached an
 // app. Nor is a resend's refused dial (resentError): the request was
-// written before.
+// written before (resentRefused; only one safe to repeat goes elsewhere
+// then: forward.go, refusedBy).
 func refusedDial(err error) bool {
 	var de *dialError
 	if !errors.As(err, &de) {

@@ -76,7 +76,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil && class == 0 {
 			return nil, err // refused, the app's fault or the app gone: nothing to retry
 		}
-		free := attempt == retries && st.elsewhere(err, class) // once per request
+		free := err != nil && attempt == retries && st.elsewhere(req, err, class) // once per request
 		if !free && (r == nil || retries >= r.Attempts) || req.Context().Err() != nil || errors.Is(err, errTimeout) {
 			held.report()
 			return resp, err
@@ -439,13 +439,14 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		} else if failOn.Has(class) {
 			outcome = breaker.ErrFailed
 		}
-		refused := ep != nil && refusedDial(err) // by the endpoint the balancer picked
-		if class == policy.ClassConnectFailure && (unprocessed || refused) {
+		refused, movable := st.refusedBy(req, err, class)
+		if class == policy.ClassConnectFailure && unprocessed || movable {
 			// Refused before the upstream took anything, by one connection
-			// or one endpoint of the destination: the breaker's verdict
-			// waits for whether another try follows (heldVerdict). A name
-			// or ClusterIP that refuses (no endpoints) is the destination
-			// down: each try a failure, as before.
+			// or one endpoint of the destination, or the endpoint gone
+			// under a request safe to repeat (refusedBy): the breaker's
+			// verdict waits for whether another try follows (heldVerdict).
+			// A name or ClusterIP that refuses (no endpoints) is the
+			// destination down: each try a failure, as before.
 			if refused {
 				outcome = endRefused(ep, epTry, outcome)
 			} else {
@@ -453,7 +454,11 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			}
 			return nil, class, &heldVerdict{done: done, outcome: outcome}, &upstreamError{class: class, err: err}
 		}
-		endTry(done, ep, epTry, outcome)
+		if refused {
+			report(done, endRefused(ep, epTry, outcome))
+		} else {
+			endTry(done, ep, epTry, outcome)
+		}
 		return nil, class, nil, &upstreamError{class: class, err: err}
 	}
 	dropTrailerID(resp.Trailer) // announced: the app is not told of one to come
@@ -879,26 +884,54 @@ func (st *reqState) pick() (*balancer.Endpoint, balancer.Try) {
 var _ [balancer.MaxTried - policy.MaxAttempts - 1]struct{}
 
 // elsewhere reports whether a try that failed with err (class) goes
-// once more to another endpoint, whatever the policy says: its dial to
-// the endpoint the balancer picked was refused (refusedDial), and
-// another endpoint the request has not tried is eligible. A pod that
-// closes its listener before the control plane drops it (a rolling
-// update's, for a few hundred milliseconds) refused every try picked
-// for it, each a 502 connect-failure to the app under the default policy
-// (before 2026-12-07); Linkerd's balancer sends only to endpoints it
-// holds a connection to, and never fails a call so. The request's time
-// and the breaker still decide (retryable). Not a pinned request's (its
-// one endpoint), and not without endpoints (a name or a ClusterIP:
-// kube-proxy's pick), nor on a dial timeout. Pick runs only on such a
-// refusal, off the hot path.
-func (st *reqState) elsewhere(err error, class policy.Class) bool {
-	ep := st.ep
-	if ep == nil || st.pin != nil || class != policy.ClassConnectFailure || !refusedDial(err) {
+// once more to another endpoint, whatever the policy says: its endpoint
+// refused it (refusedBy), and another endpoint the request has not tried
+// is eligible. A pod that closes its listener before the control plane
+// drops it (a rolling update's, for a few hundred milliseconds) refused
+// every try picked for it, each a 502 connect-failure to the app under
+// the default policy (before 2026-12-07); Linkerd's balancer sends only
+// to endpoints it holds a connection to, and never fails a call so. The
+// request's time and the breaker still decide (retryable). Not a pinned
+// request's (its one endpoint), and not without endpoints (a name or a
+// ClusterIP: kube-proxy's pick), nor on a dial timeout. Pick runs only on
+// such a refusal, off the hot path. req is nil for an opaque connection
+// (dialTunnel), which nothing resends.
+func (st *reqState) elsewhere(req *http.Request, err error, class policy.Class) bool {
+	if _, movable := st.refusedBy(req, err, class); !movable || st.pin != nil {
 		return false
 	}
 	tried := st.tried.Endpoints()
 	next := st.dest.lb.Pick(tried...)
 	return next != nil && !slices.Contains(tried, next)
+}
+
+// refusedBy reports whether the endpoint the balancer picked for the try
+// that failed with err (class) refused a dial of it (refused: the
+// endpoint's failure whatever failOn says, endRefused), and whether the
+// try may go once to another endpoint for it (movable, elsewhere): a
+// refused first dial (refusedDial), whatever the method, since nothing
+// was sent; or, for a request safe to repeat (idempotent), the refused
+// dial of the resend of one written on a kept connection that the
+// endpoint closed unanswered (resentRefused): a pod stopping as the
+// request reached it, which its listener's refusal says is gone. That
+// one was a 502 reset for the app under the default policy (0 to 5 per
+// pod stopped in a rolling update on the fast transport, before
+// 2026-12-07). A request not safe to repeat stays that reset: the pod
+// may have run it (an upstream that crashed on it, say), and another must
+// not run it again unasked.
+func (st *reqState) refusedBy(req *http.Request, err error, class policy.Class) (refused, movable bool) {
+	if st.ep == nil {
+		return false, false
+	}
+	switch class {
+	case policy.ClassConnectFailure:
+		refused = refusedDial(err)
+		return refused, refused
+	case policy.ClassReset:
+		refused = resentRefused(err)
+		return refused, refused && req != nil && idempotent(req)
+	}
+	return false, false
 }
 
 // endRefused ends a try whose dial its endpoint refused (refusedDial) and
@@ -952,9 +985,9 @@ func report(done breaker.Done, outcome error) {
 // neither way) and the next one's breaker permission is held in
 // st.admitted, and the retry budget is drawn. When it is not, a held
 // verdict is the caller's to report (a no-op if retryable let it go to
-// free a half-open probe's place). free: the try's dial was refused and
-// it goes to another endpoint whatever r says (elsewhere), with no wait
-// and nothing drawn from the budget.
+// free a half-open probe's place). free: the try's endpoint refused it
+// and it goes to another endpoint whatever r says (elsewhere), with no
+// wait and nothing drawn from the budget.
 func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class, wait time.Duration, held *heldVerdict, free bool) bool {
 	// A request that was never sent (a connect failure, an HTTP/2 stream
 	// the upstream refused unprocessed: classify) may go again whatever
@@ -1024,7 +1057,8 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	}
 	// A free try is not drawn from the budget, which bounds the load
 	// retries add to an upstream already failing: a refused dial reached
-	// no app, and a request makes at most one such try more (elsewhere).
+	// no app (a refused resend's, none that is still there), and a request
+	// makes at most one such try more (elsewhere).
 	b := st.dest.breaker
 	if b == nil {
 		return free || st.dest.budget.Withdraw()

@@ -5,6 +5,7 @@ package outbound_test
 // to another endpoint, whatever the policy (docs/policy.md, "Retries").
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -149,14 +150,19 @@ func TestRefusedEndpointGoesElsewhere(t *testing.T) {
 // gracefully (net/http's Shutdown: its listener closes, and its idle
 // connections), and its endpoint leaves only once its failures have
 // ejected it and 100 more calls went, as an EndpointSlice update comes a
-// few hundred milliseconds later. No call is answered connect-failure,
-// and the breaker does not open. Before
+// few hundred milliseconds later. Every call is answered by a pod, and
+// the breaker does not open. Before
 // 2026-12-07, 5 to 7 calls failed 502 connect-failure at each stop, and
 // one run in two opened the breaker on them (5 in a row): every call
-// after got 503 circuit-open. A call written on a kept connection the
-// pod closed as it stopped, sent again on a new one that was refused, is
-// still a reset: the pod may have had it (docs/policy.md, "Conditions");
-// they are logged, not counted against this.
+// after got 503 circuit-open; and on the fast transport 0 to 5 failed 502
+// reset: written on a kept connection the pod closed as it stopped, sent
+// again on a new one that was refused. A GET goes elsewhere then too
+// (TestRefusedResendGoesElsewhere, which makes that race every time).
+// Go's transport resends such a GET on its next kept connection, not a
+// new one, and the stopping pod may close that one too: it fails the
+// reset it is (replaybound.go) in about one run in fifteen there, as may
+// a new connection the pod's listener dropped unaccepted as it closed;
+// those are logged, not counted against this.
 func TestRefusedEndpointRollingStop(t *testing.T) {
 	for _, tr := range balanceTransports {
 		t.Run(tr.name, func(t *testing.T) {
@@ -191,10 +197,13 @@ func TestRefusedEndpointRollingStop(t *testing.T) {
 						resp, body := get(t, c, "http://"+geo+"/")
 						calls.Add(1)
 						if resp.StatusCode != http.StatusOK {
+							t.Logf("%d %s", resp.StatusCode, body)
+							if tr.name != "fast" && resp.Header.Get("X-Minimesh-Error") == "reset" && !bytes.Contains(body, []byte("could not be made")) {
+								continue // not a refused resend (above)
+							}
 							mu.Lock()
 							kinds[resp.Header.Get("X-Minimesh-Error")]++
 							mu.Unlock()
-							t.Logf("%d %s", resp.StatusCode, body)
 						}
 					}
 				})
@@ -222,8 +231,8 @@ func TestRefusedEndpointRollingStop(t *testing.T) {
 			defer mu.Unlock()
 			t.Logf("%d calls, %v refused tries sent elsewhere; answers not 200 by X-Minimesh-Error: %v", calls.Load(),
 				sc.metric("minimesh_retries_total", "destination", geo, "reason", "connect-failure"), kinds)
-			if kinds["connect-failure"] != 0 || kinds["circuit-open"] != 0 {
-				t.Errorf("%d calls answered connect-failure, %d circuit-open; want none", kinds["connect-failure"], kinds["circuit-open"])
+			if len(kinds) != 0 {
+				t.Errorf("answers not 200 by X-Minimesh-Error: %v; want none", kinds)
 			}
 		})
 	}

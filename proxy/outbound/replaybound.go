@@ -52,7 +52,9 @@ var errClosedUnanswered = errors.New("the upstream closed a kept connection with
 // try failed as the first connection did (a reset), not as a connect
 // failure, which says the request was never sent (docs/policy.md) and
 // is retried whatever the method: the request that crashed one
-// upstream went to the next endpoints.
+// upstream went to the next endpoints. Under a request safe to repeat,
+// an endpoint's refusal of the resend still sends it once to another
+// (resentRefused): the try stays a reset, but its endpoint is gone.
 type resentError struct{ first, dial error }
 
 func (e *resentError) Error() string {
@@ -62,6 +64,15 @@ func (e *resentError) Error() string {
 // Unwrap is the first failure only: the dial's dialError must not make
 // the try a connect failure (classify, errorResponse).
 func (e *resentError) Unwrap() error { return e.first }
+
+// resentRefused reports whether err is a resentError whose dial was
+// refused (refusedDial): the upstream that closed the kept connection the
+// request was written on is gone, its listener closed (forward.go,
+// refusedBy).
+func resentRefused(err error) bool {
+	var re *resentError
+	return errors.As(err, &re) && refusedDial(re.dial)
+}
 
 // resentFailure is err, a try's failure, as the try's verdict when it
 // was the failed dial of a resend of a request written before (on the

@@ -249,7 +249,7 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 			endTry(done, ep, epTry, outcome)
 		}
 		ue := &upstreamError{class: class, err: err}
-		free := attempt == retries && st.elsewhere(err, class) // as an HTTP request's (forward.go)
+		free := attempt == retries && st.elsewhere(nil, err, class) // as an HTTP request's (forward.go)
 		stop := dst.breaker != nil && dst.breaker.State() == breaker.Open
 		if !free {
 			stop = stop || r == nil || retries >= r.Attempts || !r.RetryOn.Has(class) || class != policy.ClassConnectFailure || !dst.budget.Withdraw()
