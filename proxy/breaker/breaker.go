@@ -71,10 +71,20 @@ var (
 	// freeing their places let a half-open breaker pass probe after probe
 	// to dead pods, never opening again.
 	ErrOneEndpoint = errors.New("failure of one endpoint")
+	// ErrYielded frees a half-open probe's place for its retry while the
+	// try's own outcome is still to come: Done is called again, once, with
+	// it (ErrIgnored once the retry is sent, judged instead; the try's
+	// failure if the breaker refused the retry and the try is the app's
+	// answer). Freed for good (ErrIgnored) before its retry asked, a probe
+	// whose retry another request's probe beat to the place was a failure
+	// the app got that no breaker heard. A yielded probe holds no place,
+	// so openTimeout does not release it. Outside half-open it is nothing.
+	ErrYielded = errors.New("yielded to its retry")
 )
 
 // Done reports the outcome of one allowed try: nil, ErrFailed,
-// ErrOneEndpoint or ErrIgnored. It is to be called once.
+// ErrOneEndpoint or ErrIgnored. It is to be called once, or twice when
+// the first is ErrYielded.
 type Done = func(outcome error)
 
 // Breaker guards one destination.
@@ -199,7 +209,7 @@ func (b *Breaker) probeDone(gen uint64, p *probe, outcome error) {
 	if p.ended {
 		return
 	}
-	p.ended = true
+	p.ended = outcome != ErrYielded
 	if gen != b.gen {
 		return
 	}
@@ -208,7 +218,7 @@ func (b *Breaker) probeDone(gen uint64, p *probe, outcome error) {
 	}
 	now := time.Now()
 	switch outcome {
-	case ErrIgnored:
+	case ErrIgnored, ErrYielded:
 	case nil:
 		b.c.TotalSuccesses++
 		b.c.ConsecutiveSuccesses++
@@ -224,7 +234,7 @@ func (b *Breaker) probeDone(gen uint64, p *probe, outcome error) {
 }
 
 func (b *Breaker) done(gen uint64, outcome error) {
-	if outcome == ErrIgnored {
+	if outcome == ErrIgnored || outcome == ErrYielded {
 		return
 	}
 	b.mu.Lock()

@@ -195,3 +195,82 @@ func TestConcurrentProbes(t *testing.T) {
 		}
 	})
 }
+
+// TestYieldedProbe: a half-open probe that yields its place to its retry
+// (ErrYielded) frees it at once for another probe, and its outcome still
+// counts when it comes, after openTimeout too (it holds no place): a
+// failure opens the breaker again, ErrIgnored counts neither way. Its
+// outcome of an older state counts for nothing, and a closed breaker's
+// try yields nothing.
+func TestYieldedProbe(t *testing.T) {
+	run := func(name string, f func(t *testing.T)) {
+		t.Run(name, func(t *testing.T) { synctest.Test(t, f) })
+	}
+	{
+		halfOpen := func(t *testing.T) *Breaker {
+			b := New("d", cfg(1, 1, time.Second), nil)
+			fail(t, b, 1)
+			time.Sleep(2 * time.Second)
+			return b
+		}
+		run("its failure counts", func(t *testing.T) {
+			b := halfOpen(t)
+			probe, _ := b.Allow()
+			probe(ErrYielded)
+			other, err := b.Allow()
+			if err != nil {
+				t.Fatalf("the yielded place was not free: %v", err)
+			}
+			time.Sleep(2 * time.Second) // past openTimeout: no release applies
+			probe(ErrFailed)
+			if st := b.State(); st != Open {
+				t.Fatalf("state %v after the yielded probe's failure, want open", st)
+			}
+			other(nil) // of the half-open state left: nothing
+			if st := b.State(); st != Open {
+				t.Fatalf("state %v after the other probe's late success, want open", st)
+			}
+		})
+		run("ignored once its retry goes", func(t *testing.T) {
+			b := halfOpen(t)
+			probe, _ := b.Allow()
+			probe(ErrYielded)
+			retry, err := b.Allow()
+			if err != nil {
+				t.Fatal(err)
+			}
+			probe(ErrIgnored)
+			probe(ErrFailed) // once is all
+			if st := b.State(); st != HalfOpen {
+				t.Fatalf("state %v, want half-open", st)
+			}
+			retry(nil)
+			if st := b.State(); st != Closed {
+				t.Fatalf("state %v after the retry's success, want closed", st)
+			}
+		})
+		run("of an older state", func(t *testing.T) {
+			b := halfOpen(t)
+			probe, _ := b.Allow()
+			probe(ErrYielded)
+			retry, _ := b.Allow()
+			retry(nil) // closes
+			probe(ErrFailed)
+			if st := b.State(); st != Closed {
+				t.Fatalf("state %v: a probe of the half-open state left counted", st)
+			}
+		})
+		run("closed", func(t *testing.T) {
+			b := New("d", cfg(1, 1, time.Second), nil)
+			d, _ := b.Allow()
+			d(ErrYielded)
+			if c := b.Counts(); c.TotalFailures != 0 || c.TotalSuccesses != 0 {
+				t.Fatalf("counts %+v after ErrYielded, want none", c)
+			}
+			d(ErrFailed)
+			if st := b.State(); st != Open {
+				t.Fatalf("state %v, want open on the failure after the yield", st)
+			}
+		})
+	}
+}

@@ -95,9 +95,11 @@ func (e *unprocessedError) Unwrap() error { return e.err }
 // counted each, they opened a breaker of 5 consecutive failures in a
 // rolling deployment. So a refused try that is retried counts neither
 // way (its retry is judged), and one that is the request's answer counts
-// as the connect-failure it is answered as; a half-open probe's that is
-// retried frees its place for the retry (retryable). Its endpoint hears
-// it at once, as a connect failure.
+// as the connect-failure it is answered as; a half-open probe's yields
+// its place to the retry (retryable), its verdict held until the retry
+// is sent, so that a retry the breaker refuses after all leaves the
+// probe's failure counted. Its endpoint hears it at once, as a connect
+// failure.
 type heldVerdict struct {
 	done    breaker.Done
 	outcome error
@@ -116,6 +118,14 @@ func (h *heldVerdict) ignore() {
 	if h != nil && h.done != nil {
 		h.done(breaker.ErrIgnored)
 		h.done = nil
+	}
+}
+
+// yield frees a half-open probe's place for the try's retry, its verdict
+// still to be reported or ignored (breaker.ErrYielded); nil-safe.
+func (h *heldVerdict) yield() {
+	if h != nil && h.done != nil {
+		h.done(breaker.ErrYielded)
 	}
 }
 

@@ -97,6 +97,7 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 			discard(resp)
 		}
 		if ctx := req.Context(); !free && !backoffSleep(ctx, wait, st.deadline) {
+			held.ignore() // the request ends as the wait did, not as this try
 			if resp != nil {
 				// The request ends as the wait did (its timeout, the app
 				// gone), not as this body would: the try stays its status.
@@ -113,11 +114,14 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if !st.readmit(closed) {
 			// The breaker opened during the wait (other requests'
-			// failures): the retry is not sent into it, and the app gets
-			// this try's answer, as when retryable refuses. Its body was
-			// held, not drained, for this.
+			// failures), or another probe took the place: the retry is not
+			// sent into it, and the app gets this try's answer, as when
+			// retryable refuses, a held verdict reported as it. Its body
+			// was held, not drained, for this.
+			held.report()
 			return resp, err
 		}
+		held.ignore() // the retry is sent, judged instead (heldVerdict)
 		if resp != nil && dst.breaker != nil {
 			discard(resp)
 		}
@@ -981,11 +985,12 @@ func report(done breaker.Done, outcome error) {
 
 // retryable decides whether a failed try is tried again after waiting
 // wait (its backoff). When it is, the failed try has ended (its outcome
-// reported; a held one, of a try refused unprocessed, as counting
-// neither way) and the next one's breaker permission is held in
-// st.admitted, and the retry budget is drawn. When it is not, a held
-// verdict is the caller's to report (a no-op if retryable let it go to
-// free a half-open probe's place). free: the try's endpoint refused it
+// reported, but for a held one, of a try refused unprocessed or by its
+// endpoint, which has only yielded a half-open probe's place) and the
+// next one's breaker permission is held in st.admitted, and the retry
+// budget is drawn. Either way a held verdict is the caller's to report
+// or ignore: ignored once the retry is sent, reported if it is not (here,
+// or when readmit refuses it). free: the try's endpoint refused it
 // and it goes to another endpoint whatever r says (elsewhere), with no
 // wait and nothing drawn from the budget.
 func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries, resp *http.Response, class policy.Class, wait time.Duration, held *heldVerdict, free bool) bool {
@@ -1063,19 +1068,17 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	if b == nil {
 		return free || st.dest.budget.Withdraw()
 	}
+	// A refused try may be a half-open breaker's probe holding the place
+	// its retry needs (halfOpenRequests: 1). A refusal tells nothing of
+	// whether the upstream is well again: the place is the retry's, whose
+	// outcome is the probe's, and the try counts neither way once the
+	// retry is sent. Not retried (here, the place taken by another
+	// request's probe first, or in readmit), the refusal is the answer and
+	// counts as the failure it is answered as: before 2026-12-07 the place
+	// was freed by letting the verdict go, and such a failure was heard by
+	// no breaker (TestRefusedProbeRetryRefusedCounts).
+	held.yield()
 	done, err := b.Allow()
-	if err != nil && held != nil && held.done != nil {
-		// The breaker is half-open or open, and the try refused
-		// unprocessed may be a probe holding the place its retry needs
-		// (halfOpenRequests: 1). A refusal tells nothing of whether the
-		// upstream is well again: the try counts neither way and frees
-		// the place (a try begun while the breaker was closed counts for
-		// nothing now that it moved on), and the retry asks again, its
-		// outcome the probe's. Not retried, a refusal is the answer and
-		// counts as the failure it is answered as.
-		held.ignore()
-		done, err = b.Allow()
-	}
 	if err != nil {
 		return false
 	}
@@ -1083,7 +1086,6 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 		done(breaker.ErrIgnored)
 		return false
 	}
-	held.ignore() // the retry is judged instead (heldVerdict)
 	st.admitted = done
 	return true
 }
