@@ -443,27 +443,15 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 		} else if failOn.Has(class) {
 			outcome = breaker.ErrFailed
 		}
+		// Refused before the upstream took anything, by one connection or
+		// one endpoint of the destination, or the endpoint gone under a
+		// request safe to repeat (refusedBy): the breaker's verdict waits
+		// for whether another try follows (heldVerdict). A name or
+		// ClusterIP that refuses (no endpoints) is the destination down:
+		// each try a failure, as before.
 		refused, movable := st.refusedBy(req, err, class)
-		if class == policy.ClassConnectFailure && unprocessed || movable {
-			// Refused before the upstream took anything, by one connection
-			// or one endpoint of the destination, or the endpoint gone
-			// under a request safe to repeat (refusedBy): the breaker's
-			// verdict waits for whether another try follows (heldVerdict).
-			// A name or ClusterIP that refuses (no endpoints) is the
-			// destination down: each try a failure, as before.
-			if refused {
-				outcome = endRefused(ep, epTry, outcome)
-			} else {
-				outcome = endEndpoint(ep, epTry, outcome)
-			}
-			return nil, class, &heldVerdict{done: done, outcome: outcome}, &upstreamError{class: class, err: err}
-		}
-		if refused {
-			report(done, endRefused(ep, epTry, outcome))
-		} else {
-			endTry(done, ep, epTry, outcome)
-		}
-		return nil, class, nil, &upstreamError{class: class, err: err}
+		held := endFailed(done, ep, epTry, outcome, refused, class == policy.ClassConnectFailure && unprocessed || movable)
+		return nil, class, held, &upstreamError{class: class, err: err}
 	}
 	dropTrailerID(resp.Trailer) // announced: the app is not told of one to come
 	verdict := error(nil)
@@ -911,7 +899,7 @@ func (st *reqState) elsewhere(req *http.Request, err error, class policy.Class) 
 
 // refusedBy reports whether the endpoint the balancer picked for the try
 // that failed with err (class) refused a dial of it (refused: the
-// endpoint's failure whatever failOn says, endRefused), and whether the
+// endpoint's failure whatever failOn says, endEndpoint), and whether the
 // try may go once to another endpoint for it (movable, elsewhere): a
 // refused first dial (refusedDial), whatever the method, since nothing
 // was sent; or, for a request safe to repeat (idempotent), the refused
@@ -938,30 +926,39 @@ func (st *reqState) refusedBy(req *http.Request, err error, class policy.Class) 
 	return false, false
 }
 
-// endRefused ends a try whose dial its endpoint refused (refusedDial) and
-// returns the outcome for the breaker, as failOn says. For the endpoint it
-// is a failure whatever failOn says: with connect-failure left out of
-// failOn, a pod that refused every connection was a success each time, in
-// 0.05 ms, never ejected and the fastest of its peers, and since its
-// calls go elsewhere (reqState.elsewhere) nobody saw it: it drew about
-// half the picks, each dialled twice (docs/policy.md, "Retries").
-func endRefused(ep *balancer.Endpoint, t balancer.Try, outcome error) error {
-	if outcome != nil {
-		return endEndpoint(ep, t, outcome)
+// endTry tells the try's endpoint and the breaker how the try went.
+func endTry(done breaker.Done, ep *balancer.Endpoint, t balancer.Try, outcome error) {
+	report(done, endEndpoint(ep, t, outcome, false))
+}
+
+// endFailed ends a try that failed before an answer, outcome being
+// failOn's verdict and refused that its endpoint refused a dial of it
+// (refusedBy): the endpoint hears at once (endEndpoint), and the breaker
+// too unless hold, when the try was refused before the upstream took
+// anything or its endpoint is gone under a request safe to repeat: then
+// the verdict comes back held for the caller, who knows whether another
+// try follows (heldVerdict). An HTTP try's (try) and an opaque
+// connection's (dialTunnel).
+func endFailed(done breaker.Done, ep *balancer.Endpoint, t balancer.Try, outcome error, refused, hold bool) *heldVerdict {
+	outcome = endEndpoint(ep, t, outcome, refused)
+	if hold {
+		return &heldVerdict{done: done, outcome: outcome}
 	}
-	endEndpoint(ep, t, breaker.ErrFailed)
+	report(done, outcome)
 	return nil
 }
 
-// endTry tells the try's endpoint and the breaker how the try went.
-func endTry(done breaker.Done, ep *balancer.Endpoint, t balancer.Try, outcome error) {
-	report(done, endEndpoint(ep, t, outcome))
-}
-
 // endEndpoint tells the try's endpoint how the try went and returns the
-// outcome for the destination's breaker: a failure that is the endpoint's
-// own (balancer.Endpoint.Done) is breaker.ErrOneEndpoint.
-func endEndpoint(ep *balancer.Endpoint, t balancer.Try, outcome error) error {
+// outcome for the destination's breaker, which failOn decides (outcome):
+// a failure that is the endpoint's own (balancer.Endpoint.Done) is
+// breaker.ErrOneEndpoint. The endpoint's can differ: a dial it refused
+// (refused) is its failure whatever failOn says. With connect-failure
+// left out of failOn, a pod that refused every connection was a success
+// each time, in 0.05 ms, never ejected and the fastest of its peers, and
+// since its calls go elsewhere (reqState.elsewhere) nobody saw it: it
+// drew about half the picks, each dialled twice (docs/policy.md,
+// "Retries").
+func endEndpoint(ep *balancer.Endpoint, t balancer.Try, outcome error, refused bool) error {
 	switch {
 	case ep == nil:
 	case outcome == breaker.ErrIgnored:
@@ -970,7 +967,7 @@ func endEndpoint(ep *balancer.Endpoint, t balancer.Try, outcome error) error {
 		// failures (docs/policy.md, "Per-endpoint ejection").
 		ep.Abandon(t)
 	default:
-		if _, own := ep.Done(t, outcome == breaker.ErrFailed); own {
+		if _, own := ep.Done(t, refused || outcome == breaker.ErrFailed); own && outcome == breaker.ErrFailed {
 			return breaker.ErrOneEndpoint
 		}
 	}

@@ -241,13 +241,8 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 		}
 		// An endpoint's refusal's verdict is held, as an HTTP try's
 		// (try): a retry is judged instead.
-		var held *heldVerdict
-		if ep != nil && refusedDial(err) {
-			outcome = endRefused(ep, epTry, outcome)
-			held = &heldVerdict{done: done, outcome: outcome}
-		} else {
-			endTry(done, ep, epTry, outcome)
-		}
+		refused, _ := st.refusedBy(nil, err, class)
+		held := endFailed(done, ep, epTry, outcome, refused, refused)
 		ue := &upstreamError{class: class, err: err}
 		free := attempt == retries && st.elsewhere(nil, err, class) // as an HTTP request's (forward.go)
 		stop := dst.breaker != nil && dst.breaker.State() == breaker.Open
