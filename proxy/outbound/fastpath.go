@@ -830,15 +830,19 @@ func (t *fastTransport) dialConn(ctx context.Context, key string, deadline time.
 }
 
 // dialLate reports whether a dial failed by its deadline: its context's
-// cause says so, or the socket's own deadline, which the dialer sets from
-// the context's, woke the connect before the context's timer ran (an
-// i/o timeout at the deadline, then a connect failure to classify). The
-// dialer's connect timeout, earlier than the deadline, stays its own.
+// cause says so, or the dialer saw the deadline pass before the context's
+// timer ran, through the socket's own deadline (os.ErrDeadlineExceeded)
+// or the context's (net's "i/o timeout", which is
+// context.DeadlineExceeded): either was a connect failure to classify,
+// retried and held against the breaker as one, before 2026-12-07
+// (TestDialLateEitherTimeout). The dialer's connect timeout, earlier
+// than the deadline, stays its own.
 func dialLate(err error, dctx context.Context, deadline time.Time, late error) bool {
 	if context.Cause(dctx) == late {
 		return true
 	}
-	return !deadline.IsZero() && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(deadline)
+	return !deadline.IsZero() && (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)) &&
+		!time.Now().Before(deadline)
 }
 
 // fastBody hands the connection back when the response body has been

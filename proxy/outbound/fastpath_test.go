@@ -10,9 +10,11 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -400,6 +402,39 @@ func TestFastPathTryDeadlineConnect(t *testing.T) {
 	var se *selfError
 	if !errors.As(err, &se) || errors.Is(err, errPerTryTimeout) {
 		t.Fatalf("a refusal to dial the sidecar itself, after the deadline: %v, want the selfError alone", err)
+	}
+}
+
+// TestDialLateEitherTimeout: a dial whose deadline passed before its
+// context's timer ran fails with net's "i/o timeout" from the context's
+// deadline (context.DeadlineExceeded, not os.ErrDeadlineExceeded) as
+// often as with the socket's: both are the try's deadline, not a connect
+// failure. A timeout before the deadline (the dialer's own) is neither.
+func TestDialLateEitherTimeout(t *testing.T) {
+	late := errors.New("late")
+	past := time.Now().Add(-time.Millisecond)
+	ctx, cancel := context.WithDeadline(context.Background(), past)
+	defer cancel()
+	var d net.Dialer
+	_, ctxErr := d.DialContext(ctx, "tcp", "127.0.0.1:1")
+	if !errors.Is(ctxErr, context.DeadlineExceeded) || errors.Is(ctxErr, os.ErrDeadlineExceeded) {
+		t.Fatalf("dial past its context's deadline: %v, want net's context timeout", ctxErr)
+	}
+	for _, tc := range []struct {
+		name     string
+		err      error
+		deadline time.Time
+		want     bool
+	}{
+		{"the context's timeout at the deadline", ctxErr, past, true},
+		{"the socket's timeout at the deadline", &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}, past, true},
+		{"a timeout before the deadline", ctxErr, time.Now().Add(time.Minute), false},
+		{"no deadline", ctxErr, time.Time{}, false},
+		{"refused at the deadline", syscall.ECONNREFUSED, past, false},
+	} {
+		if got := dialLate(tc.err, context.Background(), tc.deadline, late); got != tc.want {
+			t.Errorf("%s: dialLate %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 
