@@ -653,6 +653,11 @@ type h2Try struct {
 	wrote  [maxLostPerTry + 2]atomic.Uint32
 	placed atomic.Uint32
 	dial   atomic.Int32 // dials
+	// dialled is the last connection the try dialled, not yet judged;
+	// wasted counts those that carried no stream, the try's or another's
+	// (boundDials).
+	dialled atomic.Pointer[h2Conn]
+	wasted  atomic.Int32
 	// epoch is dialEpoch when the try began: a dial to its destination
 	// that failed since, one it waited for, fails it too (boundDials).
 	epoch uint64
@@ -791,6 +796,13 @@ type h2Conn struct {
 	// connection awaitSettings's wrapper never had.
 	settled  chan struct{}
 	settling atomic.Bool
+}
+
+// carried reports whether a stream went out on the connection (its
+// HEADERS written: any call's) and it was not reset with PROTOCOL_ERROR:
+// the dial that made it served a call (boundDials).
+func (c *h2Conn) carried() bool {
+	return c.sent.Load() != 0 && !c.reset.Load()
 }
 
 // h2Preface is the client connection preface, the first bytes written
@@ -953,20 +965,36 @@ func (c *frameCursor) stream() uint32 {
 // ends the try.
 const maxLostPerTry = 2
 
-// maxDialsPerTry bounds a try's dials whatever it lost: a safety net for
-// an upstream that never has room (SETTINGS_MAX_CONCURRENT_STREAMS 0),
-// for which Go's transport dials for ever without placing the request.
-// Racing for room, a try dialled at most 3 times
-// (TestH2ConcurrentCallsNoFalseReset: 1,000 concurrent calls, or 40 to
-// an upstream taking one stream per connection).
+// maxDialsPerTry bounds a try's dials that carried no stream, its own or
+// another call's: a safety net for an upstream that never has room
+// (SETTINGS_MAX_CONCURRENT_STREAMS 0), for which Go's transport dials for
+// ever without placing the request. A dial whose connection another call
+// took first (racing for room: the transport hands a new connection's
+// room to whichever call asks first) served that call and is not counted:
+// 40 calls at once to an upstream taking one stream per connection left a
+// try 16 dials, every one taken by another call, and failed it (1 run in
+// 2 to 5 of TestH2ConcurrentCallsNoFalseReset before 2026-12-07, since
+// new connections wait for their SETTINGS, awaitSettings, while other
+// calls reserve room on them).
 const maxDialsPerTry = 16
+
+// maxDialsAtAll bounds a try's dials whatever they carried: a try that
+// loses the race for room this many times fails, within its timeout.
+// Those 40 calls dialled 40 connections in all, one try up to 32 of them
+// (20 runs).
+const maxDialsAtAll = 4 * maxDialsPerTry
 
 // errRedialed is a try whose stream was reset on every connection the
 // transport dialled for it.
 var errRedialed = errors.New("the upstream reset the stream on every new connection (HTTP/2 PROTOCOL_ERROR): not dialled again for this try")
 
-// errDialBound is a try that dialled maxDialsPerTry connections.
-var errDialBound = fmt.Errorf("%d new upstream connections for one try, none of which carried its stream to an answer (no room for it, HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, or its stream reset): not dialled again for this try", maxDialsPerTry)
+// errDialBound is a try that dialled maxDialsPerTry connections that
+// carried no stream.
+var errDialBound = fmt.Errorf("%d new upstream connections for one try, none of which carried a stream to an answer (no room for it, HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, or its stream reset): not dialled again for this try", maxDialsPerTry)
+
+// errDialCap is a try that dialled maxDialsAtAll connections, each taken
+// by other calls first.
+var errDialCap = fmt.Errorf("%d new upstream connections for one try, each taken by other calls before it (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): not dialled again for this try", maxDialsAtAll)
 
 // dialEpoch counts the h2c transport's ended dials.
 var dialEpoch atomic.Uint64
@@ -992,8 +1020,14 @@ func boundDials(dial func(context.Context, string, string) (net.Conn, error)) fu
 			if c.lost() >= maxLostPerTry {
 				return nil, errRedialed
 			}
-			if c.dial.Add(1) > maxDialsPerTry {
+			if prev := c.dialled.Swap(nil); prev != nil && !prev.carried() {
+				c.wasted.Add(1) // judged now: another call's HEADERS are out by then
+			}
+			if c.wasted.Load() >= maxDialsPerTry {
 				return nil, errDialBound
+			}
+			if c.dial.Add(1) > maxDialsAtAll {
+				return nil, errDialCap
 			}
 		}
 		conn, err := dial(ctx, network, addr)
@@ -1014,7 +1048,11 @@ func boundDials(dial func(context.Context, string, string) (net.Conn, error)) fu
 			}
 			return nil, err
 		}
-		return &h2Conn{Conn: conn}, nil
+		hc := &h2Conn{Conn: conn}
+		if c != nil {
+			c.dialled.Store(hc)
+		}
+		return hc, nil
 	}
 }
 

@@ -26,7 +26,10 @@ import (
 // a false PROTOCOL_ERROR reset (errRedialed), a 502 and a breaker
 // failure. Now the calls that find no room wait for the one dial in
 // progress to their destination (newH2CTransport), and only a connection
-// lost under a try's stream counts toward errRedialed.
+// lost under a try's stream counts toward errRedialed; only a dial whose
+// connection carried no stream toward errDialBound (every dial did before
+// 2026-12-07: with limit 1, a try that lost the race 16 times failed, 1
+// run in 2 to 5).
 func TestH2ConcurrentCallsNoFalseReset(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -157,23 +160,29 @@ func (u *limitedH2C) get(rt http.RoundTripper, path string, trace *httptrace.Cli
 // TestH2TryDialBounds: the bounds of a try's dials (boundDials), on a
 // fake dialer: a try that keeps dialling while the connections it was
 // placed on stay open (racing other calls for room) is dialled up to
-// maxDialsPerTry times; one whose connection closed under it twice (Go's
-// transport closes a connection whose stream the upstream reset with
-// PROTOCOL_ERROR) is refused with errRedialed, as the reset it is, also
-// when each closed only after the try had dialled again.
+// maxDialsPerTry times, unless another call's stream went out on each
+// (it took the room first: up to maxDialsAtAll); one whose connection
+// closed under it twice (Go's transport closes a connection whose stream
+// the upstream reset with PROTOCOL_ERROR) is refused with errRedialed, as
+// the reset it is, also when each closed only after the try had dialled
+// again.
 func TestH2TryDialBounds(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		placeOn   bool // each dialled connection carries the request
 		closeEach bool // and closes under it
 		closeLate bool // only after the try dialled again (other streams kept it open)
+		other     bool // another call's stream goes out on each dialled connection
+		reset     bool // and the upstream resets it (PROTOCOL_ERROR)
 		dials     int  // dials that succeed
 		want      error
 	}{
-		{"racing for room, never placed", false, false, false, maxDialsPerTry, errDialBound},
-		{"racing for room, placed on connections that stay", true, false, false, maxDialsPerTry, errDialBound},
-		{"reset on every new connection", true, true, false, maxLostPerTry, errRedialed},
-		{"reset, each closing after the next dial", true, false, true, maxLostPerTry, errRedialed},
+		{"no room, never placed", false, false, false, false, false, maxDialsPerTry, errDialBound},
+		{"no room, placed on connections that stay", true, false, false, false, false, maxDialsPerTry, errDialBound},
+		{"racing for room, each taken by another call", false, false, false, true, false, maxDialsAtAll, errDialCap},
+		{"racing for room, another call's stream reset on each", false, false, false, true, true, maxDialsPerTry, errDialBound},
+		{"reset on every new connection", true, true, false, false, false, maxLostPerTry, errRedialed},
+		{"reset, each closing after the next dial", true, false, true, false, false, maxLostPerTry, errRedialed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dial := boundDials(func(context.Context, string, string) (net.Conn, error) {
@@ -190,6 +199,10 @@ func TestH2TryDialBounds(t *testing.T) {
 				}
 				if tc.placeOn {
 					try.gotConn(httptrace.GotConnInfo{Conn: c})
+				}
+				if tc.other {
+					c.(*h2Conn).sent.Store(1)
+					c.(*h2Conn).reset.Store(tc.reset)
 				}
 				if tc.closeEach {
 					c.Close()
