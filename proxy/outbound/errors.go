@@ -129,6 +129,21 @@ func (h *heldVerdict) yield() {
 	}
 }
 
+// allow asks b for the permission of the held try's retry, a half-open
+// probe's place yielded to it first (yield); refused, the held try is
+// the answer, its verdict reported. Admitted, the verdict is the
+// caller's to ignore once the retry is sent, or report if it is not
+// after all. The one rule of an HTTP request's retries (retryable) and an
+// opaque connection's (dialTunnel); nil-safe.
+func (h *heldVerdict) allow(b *breaker.Breaker) (breaker.Done, error) {
+	h.yield()
+	done, err := b.Allow()
+	if err != nil {
+		h.report()
+	}
+	return done, err
+}
+
 // The texts of the errors of net/http's HTTP/2 client (h2_bundle.go, Go
 // 1.26) that say the upstream processed nothing of a request. Its error
 // values are unexported and, once a request with a body fails, flattened

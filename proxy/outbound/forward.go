@@ -1074,8 +1074,7 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	// counts as the failure it is answered as: before 2026-12-07 the place
 	// was freed by letting the verdict go, and such a failure was heard by
 	// no breaker (TestRefusedProbeRetryRefusedCounts).
-	held.yield()
-	done, err := b.Allow()
+	done, err := held.allow(b)
 	if err != nil {
 		return false
 	}

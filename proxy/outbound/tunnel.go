@@ -198,16 +198,29 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 	if r != nil && r.Attempts > 0 {
 		dst.budget.Request(st.start)
 	}
-	retries := 0 // the policy's: not a refused dial's next pick (elsewhere)
+	retries := 0          // the policy's: not a refused dial's next pick (elsewhere)
+	var held *heldVerdict // the try before's, refused by its endpoint
+	var last error        // the try before's answer
 	for attempt := 0; ; attempt++ {
 		st.attempts = attempt + 1
 		var done breaker.Done
 		if dst.breaker != nil {
-			d, err := dst.breaker.Allow()
+			d, err := held.allow(dst.breaker)
+			if err != nil && last != nil {
+				// A retry the breaker refuses (it opened in the backoff,
+				// or another request's probe took the place the refused
+				// probe yielded) is not dialled: the app gets the try
+				// before's answer, its held verdict reported as it, as an
+				// HTTP request's (RoundTrip). Before 2026-12-07 it got a
+				// 503 circuit-open, and a refused probe's failure was heard
+				// by no breaker (TestTunnelRefusedProbeRetryRefusedCounts).
+				return nil, last
+			}
 			if err != nil {
 				dst.metrics.Rejected()
 				return nil, &circuitOpenError{destination: dst.name, retryAfter: dst.breaker.RetryAfter(time.Now())}
 			}
+			held.ignore() // the retry is dialled, judged instead (heldVerdict)
 			done = d
 		}
 		to := addr
@@ -242,8 +255,9 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 		// An endpoint's refusal's verdict is held, as an HTTP try's
 		// (try): a retry is judged instead.
 		refused, _ := st.refusedBy(nil, err, class)
-		held := endFailed(done, ep, epTry, outcome, refused, refused)
+		held = endFailed(done, ep, epTry, outcome, refused, refused)
 		ue := &upstreamError{class: class, err: err}
+		last = ue
 		free := attempt == retries && st.elsewhere(nil, err, class) // as an HTTP request's (forward.go)
 		stop := dst.breaker != nil && dst.breaker.State() == breaker.Open
 		if !free {
@@ -253,13 +267,17 @@ func (h *Handler) dialTunnel(ctx context.Context, dst *destination, addr string,
 			held.report()
 			return nil, ue
 		}
-		held.ignore() // the next try asks the breaker, and is judged
+		// A half-open probe's place is the next try's, which asks the
+		// breaker (allow, above): yielded, not let go, so that the probe's
+		// failure is still reported if the breaker refuses it after all.
+		held.yield()
 		dst.metrics.Retry("connect-failure")
 		if free {
 			continue
 		}
 		retries++
-		if !sleep(ctx, retry.Backoff(retries, r.Backoff.Base, r.Backoff.Max), time.Time{}) {
+		if !backoffSleep(ctx, retry.Backoff(retries, r.Backoff.Base, r.Backoff.Max), time.Time{}) {
+			held.ignore() // the connection ends as the wait did, not as this try
 			return nil, ue
 		}
 	}
