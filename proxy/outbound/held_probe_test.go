@@ -14,6 +14,88 @@ import (
 	"github.com/minimesh/minimesh/proxy/outbound"
 )
 
+// answered is how a probe was answered.
+type answered struct {
+	code int
+	kind string
+	err  error
+}
+
+// heldProbe is the rig of the refused-probe tests: a destination whose
+// one endpoint refuses, its breaker half-open, retries' backoffs held
+// once hold is set (waiting says one is, release ends it), and hung, a
+// pod that holds every request it gets (arrived says one did).
+type heldProbe struct {
+	sc               *testSidecar
+	hung             *upstream
+	hold             atomic.Bool
+	waiting, release chan struct{}
+	arrived          chan struct{}
+}
+
+// newHeldProbe opens the destination's breaker on a refused dial and
+// waits for it to half-open after openTimeout.
+func newHeldProbe(t *testing.T, openTimeout string, opts ...sidecarOpt) *heldProbe {
+	h := &heldProbe{waiting: make(chan struct{}, 1), release: make(chan struct{}), arrived: make(chan struct{}, 1)}
+	outbound.SetBackoffSleep(t, func(ctx context.Context, _ time.Duration, _ time.Time) bool {
+		if !h.hold.Load() {
+			return true
+		}
+		h.waiting <- struct{}{}
+		select {
+		case <-h.release:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	})
+	answer := make(chan struct{})
+	h.hung = newUpstream(t, func(http.ResponseWriter, *http.Request, int64) {
+		h.arrived <- struct{}{}
+		<-answer
+	})
+	t.Cleanup(func() { close(answer) }) // before the server's close
+	h.sc = startSidecar(t, policyDoc("geo", "geo-service", `
+retries: {attempts: 1, retryOn: [connect-failure], backoff: {base: 1ms, max: 1ms}}
+circuitBreaker: {consecutiveFailures: 1, openTimeout: `+openTimeout+`, halfOpenRequests: 1}
+outlierDetection: {consecutiveFailures: 0}
+`), nil, append([]sidecarOpt{withNamespace("shop")}, opts...)...)
+	setGeo(h.sc, refused.Addr(t))
+	resp, body := get(t, h.sc.Client(), "http://"+geo+"/open")
+	expectSidecarError(t, resp, body, http.StatusBadGateway, "connect-failure", geo)
+	h.sc.waitBreakerState(geo, "half-open", 10*time.Second)
+	return h
+}
+
+// inBackoff waits for the probe p's retry to wait in its backoff.
+func (h *heldProbe) inBackoff(t *testing.T, p <-chan answered) {
+	t.Helper()
+	select {
+	case <-h.waiting:
+	case a := <-p:
+		t.Fatalf("the probe was answered %+v before its retry's backoff", a)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the probe's retry never waited")
+	}
+}
+
+// refusedCounted releases the probe p's retry, which the breaker
+// refuses: p is answered its own 502 connect-failure, and the breaker
+// heard it (open again, once).
+func (h *heldProbe) refusedCounted(t *testing.T, p <-chan answered) {
+	t.Helper()
+	close(h.release)
+	if a := <-p; a.err != nil || a.code != http.StatusBadGateway || a.kind != "connect-failure" {
+		t.Fatalf("the probe: %+v, want its own 502 connect-failure", a)
+	}
+	if st := h.sc.breaker(geo).State; st != "open" {
+		t.Errorf("breaker %s after the probe's refusal was the app's answer, want open", st)
+	}
+	if got := h.sc.metrics().value("minimesh_circuit_breaker_transitions_total", "destination", geo, "from", "half-open", "to", "open"); got != 1 {
+		t.Errorf("transitions half-open->open = %v, want 1", got)
+	}
+}
+
 // TestRefusedProbeRetryRefusedCounts: a half-open breaker's probe that
 // an endpoint refuses yields its place to its retry (docs/policy.md,
 // "Circuit breaker"); when the breaker then refuses that retry after all
@@ -25,45 +107,11 @@ import (
 func TestRefusedProbeRetryRefusedCounts(t *testing.T) {
 	for _, tr := range balanceTransports {
 		t.Run(tr.name, func(t *testing.T) {
-			var hold atomic.Bool
-			waiting, release := make(chan struct{}, 1), make(chan struct{})
-			outbound.SetBackoffSleep(t, func(ctx context.Context, _ time.Duration, _ time.Time) bool {
-				if !hold.Load() {
-					return true
-				}
-				waiting <- struct{}{}
-				select {
-				case <-release:
-					return true
-				case <-ctx.Done():
-					return false
-				}
-			})
-			arrived, answer := make(chan struct{}, 1), make(chan struct{})
-			hung := newUpstream(t, func(http.ResponseWriter, *http.Request, int64) {
-				arrived <- struct{}{}
-				<-answer
-			})
-			t.Cleanup(func() { close(answer) }) // before the server's close
-			gone := refused.Addr(t)
-			sc := startSidecar(t, policyDoc("geo", "geo-service", `
-retries: {attempts: 1, retryOn: [connect-failure], backoff: {base: 1ms, max: 1ms}}
-circuitBreaker: {consecutiveFailures: 1, openTimeout: 500ms, halfOpenRequests: 1}
-outlierDetection: {consecutiveFailures: 0}
-`), nil, withNamespace("shop"), tr.opt)
-			setGeo(sc, gone)
-			c := sc.Client()
-			resp, body := get(t, c, "http://"+geo+"/open")
-			expectSidecarError(t, resp, body, http.StatusBadGateway, "connect-failure", geo)
-			sc.waitBreakerState(geo, "half-open", 10*time.Second)
+			h := newHeldProbe(t, "500ms", tr.opt)
+			c := h.sc.Client()
 
 			// P, the probe: refused, its retry waits in its backoff.
-			hold.Store(true)
-			type answered struct {
-				code int
-				kind string
-				err  error
-			}
+			h.hold.Store(true)
 			call := func(path string) <-chan answered {
 				ch := make(chan answered, 1)
 				go func() {
@@ -79,22 +127,16 @@ outlierDetection: {consecutiveFailures: 0}
 				return ch
 			}
 			p := call("/probe")
-			select {
-			case <-waiting:
-			case a := <-p:
-				t.Fatalf("the probe was answered %+v before its retry's backoff", a)
-			case <-time.After(10 * time.Second):
-				t.Fatal("the probe's retry never waited")
-			}
+			h.inBackoff(t, p)
 
 			// Q: once the retry's place is stale (openTimeout), a request
 			// takes it as the probe, and waits at the hung pod.
-			setGeo(sc, hung.Host())
+			setGeo(h.sc, h.hung.Host())
 			deadline := time.Now().Add(10 * time.Second)
 		wait:
 			for {
 				select {
-				case <-arrived:
+				case <-h.arrived:
 					break wait
 				case a := <-call("/q"):
 					if a.err != nil || a.code != http.StatusServiceUnavailable || a.kind != "circuit-open" {
@@ -107,16 +149,7 @@ outlierDetection: {consecutiveFailures: 0}
 				time.Sleep(20 * time.Millisecond)
 			}
 
-			close(release)
-			if a := <-p; a.err != nil || a.code != http.StatusBadGateway || a.kind != "connect-failure" {
-				t.Fatalf("the probe: %+v, want its own 502 connect-failure", a)
-			}
-			if st := sc.breaker(geo).State; st != "open" {
-				t.Errorf("breaker %s after the probe's refusal was the app's answer, want open", st)
-			}
-			if got := sc.metrics().value("minimesh_circuit_breaker_transitions_total", "destination", geo, "from", "half-open", "to", "open"); got != 1 {
-				t.Errorf("transitions half-open->open = %v, want 1", got)
-			}
+			h.refusedCounted(t, p)
 		})
 	}
 }
@@ -132,47 +165,13 @@ outlierDetection: {consecutiveFailures: 0}
 // the retry asked: the app got 503 circuit-open and the breaker stayed
 // half-open.
 func TestTunnelRefusedProbeRetryRefusedCounts(t *testing.T) {
-	var hold atomic.Bool
-	waiting, release := make(chan struct{}, 1), make(chan struct{})
-	outbound.SetBackoffSleep(t, func(ctx context.Context, _ time.Duration, _ time.Time) bool {
-		if !hold.Load() {
-			return true
-		}
-		waiting <- struct{}{}
-		select {
-		case <-release:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	})
-	arrived, answer := make(chan struct{}, 1), make(chan struct{})
-	hung := newUpstream(t, func(http.ResponseWriter, *http.Request, int64) {
-		arrived <- struct{}{}
-		<-answer
-	})
-	t.Cleanup(func() { close(answer) }) // before the server's close
-	gone := refused.Addr(t)
-	sc := startSidecar(t, policyDoc("geo", "geo-service", `
-retries: {attempts: 1, retryOn: [connect-failure], backoff: {base: 1ms, max: 1ms}}
-circuitBreaker: {consecutiveFailures: 1, openTimeout: 300ms, halfOpenRequests: 1}
-outlierDetection: {consecutiveFailures: 0}
-`), nil, withNamespace("shop"))
-	setGeo(sc, gone)
-	c := sc.Client()
-	resp, body := get(t, c, "http://"+geo+"/open")
-	expectSidecarError(t, resp, body, http.StatusBadGateway, "connect-failure", geo)
-	sc.waitBreakerState(geo, "half-open", 10*time.Second)
+	h := newHeldProbe(t, "300ms")
+	c := h.sc.Client()
 
 	// P, the probe, a CONNECT: refused, its retry waits in its backoff.
-	hold.Store(true)
-	type answered struct {
-		code int
-		kind string
-		err  error
-	}
+	h.hold.Store(true)
 	p := make(chan answered, 1)
-	conn := dialSidecar(t, sc)
+	conn := dialSidecar(t, h.sc)
 	go func() {
 		_ = conn.SetDeadline(time.Now().Add(20 * time.Second)) // a bound on a failing run
 		if _, err := io.WriteString(conn, "CONNECT "+geo+" HTTP/1.1\r\nHost: "+geo+"\r\n\r\n"); err != nil {
@@ -187,16 +186,10 @@ outlierDetection: {consecutiveFailures: 0}
 		resp.Body.Close()
 		p <- answered{code: resp.StatusCode, kind: resp.Header.Get("X-Minimesh-Error")}
 	}()
-	select {
-	case <-waiting:
-	case a := <-p:
-		t.Fatalf("the probe was answered %+v before its retry's backoff", a)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the probe's retry never waited")
-	}
+	h.inBackoff(t, p)
 
 	// Q takes the place the probe yielded, and waits at the hung pod.
-	setGeo(sc, hung.Host())
+	setGeo(h.sc, h.hung.Host())
 	q := make(chan error, 1)
 	go func() {
 		resp, err := c.Get("http://" + geo + "/q")
@@ -210,21 +203,12 @@ outlierDetection: {consecutiveFailures: 0}
 		q <- err
 	}()
 	select {
-	case <-arrived:
+	case <-h.arrived:
 	case err := <-q:
 		t.Fatalf("the request meant to take the probe's place was answered: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("no request took the probe's place")
 	}
 
-	close(release)
-	if a := <-p; a.err != nil || a.code != http.StatusBadGateway || a.kind != "connect-failure" {
-		t.Fatalf("the probe: %+v, want its own 502 connect-failure", a)
-	}
-	if st := sc.breaker(geo).State; st != "open" {
-		t.Errorf("breaker %s after the probe's refusal was the app's answer, want open", st)
-	}
-	if got := sc.metrics().value("minimesh_circuit_breaker_transitions_total", "destination", geo, "from", "half-open", "to", "open"); got != 1 {
-		t.Errorf("transitions half-open->open = %v, want 1", got)
-	}
+	h.refusedCounted(t, p)
 }
