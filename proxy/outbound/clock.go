@@ -5,7 +5,8 @@ import "time"
 // since is the time it is now for a request that began at start, a
 // time.Now reading: start plus the time gone since, one read of the
 // monotonic clock where time.Now reads the wall clock too. The request's
-// later times (its answer, its try's start, its end) are read so: the
+// later times it compares with deadlines are read so (its answer's
+// latency is elapsed, a duration, since 2026-12-07): the
 // clock reads were 5.5 % of the sidecar's user time at the maximum rate,
 // two per time.Now (docs/benchmarks.md, "Fewer instructions per
 // request"). A time read so is never before start, and the durations
