@@ -57,7 +57,11 @@ func newTimedServer(t *testing.T, timeout time.Duration, eps map[string][]xdscli
 		t.Fatal(err)
 	}
 	tl := TrackWrites(l)
-	g := grpc.NewServer(grpc.StreamInterceptor(ts.s.sendTimeouts(tl, func(context.Context, error) { ts.timeout.Add(1) })))
+	// WaitForHandlers: Stop returns once every stream's handler has, so
+	// that a test's stuck streams are not still held in the next test's
+	// heap (TestStuckStreamsFreed measures from it).
+	g := grpc.NewServer(grpc.WaitForHandlers(true),
+		grpc.StreamInterceptor(ts.s.sendTimeouts(tl, func(context.Context, error) { ts.timeout.Add(1) })))
 	ts.s.Register(g)
 	go g.Serve(tl)
 	t.Cleanup(g.Stop)
@@ -100,6 +104,22 @@ func heapInuse() uint64 {
 	return m.HeapInuse
 }
 
+// settledHeap is the heap in use once it stops falling, so that what
+// the tests before left to finish (a handler returning, a connection's
+// buffers) is not taken for the base a test measures from.
+func settledHeap() uint64 {
+	h := heapInuse()
+	for stop := time.Now().Add(5 * time.Second); time.Now().Before(stop); {
+		time.Sleep(100 * time.Millisecond)
+		next := heapInuse()
+		if next+1<<20 > h {
+			return min(h, next)
+		}
+		h = next
+	}
+	return h
+}
+
 // blockedSends is how many goroutines wait in a gRPC send for the
 // client's flow-control window.
 func blockedSends() int {
@@ -127,7 +147,7 @@ func TestStuckStreamsFreed(t *testing.T) {
 func stuckStreamsFreed(t *testing.T, blocked bool) {
 	const n = 40
 	ts := newTimedServer(t, 4*time.Second, many("shop", "svc", 190, 100, 1))
-	base := heapInuse()
+	base := settledHeap()
 	var streams []discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
 	for range n {
 		streams = append(streams, edsStream(t, ts.addr))
