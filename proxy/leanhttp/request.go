@@ -22,6 +22,9 @@ type reqScratch struct {
 	// form the header map writes back (response.RequestLines).
 	lines field.RequestLines
 	lined bool
+	// facts are what the scan learned of the head's lines (readHead),
+	// for newRequest.
+	facts headFacts
 }
 
 func (sc *reqScratch) reset() {
@@ -29,9 +32,10 @@ func (sc *reqScratch) reset() {
 	clear(sc.values)
 	sc.url = url.URL{}
 	sc.lines, sc.lined = field.RequestLines{}, false
+	sc.facts = headFacts{}
 }
 
-// newRequest builds, from a head scanHead accepted (serveLean), the
+// newRequest builds, from a head scan accepted (serveLean), the
 // request http.ReadRequest would read from it, as net/http's server hands
 // it to its handler (its checks passed, Host removed from the header
 // map); ok is false for a head it would not serve (a target net/url
@@ -50,7 +54,8 @@ func (sc *reqScratch) reset() {
 //
 // It fills in req, which the caller gives empty but for its context
 // (conn.begin): RemoteAddr and the rest of the server's fields are the
-// caller's.
+// caller's. sc.facts are the scan's of head, or nothing known (the zero
+// value): then each line's name and value are checked here.
 func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	s := string(head)
 	line, rest, _ := cutLine(s)
@@ -83,6 +88,7 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 	var hostField string
 	fields := rest
 	var lined, pragma bool
+	named, bare := sc.facts.canonical, sc.facts.bare
 	for pass := 0; ; pass++ {
 		// lined: every line so far is "Name: value" as the map writes
 		// it back (its name is canonical, or the pass ended), one
@@ -95,8 +101,11 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 			if line == "" {
 				break
 			}
-			colon, canonical := field.Name(line)
-			if colon < 0 {
+			var colon int
+			canonical := named
+			if named {
+				colon = strings.IndexByte(line, ':')
+			} else if colon, canonical = field.Name(line); colon < 0 {
 				return false // (never: the scan took only names and colons) net/http's
 			}
 			key, value := line[:colon], line[colon+1:]
@@ -107,8 +116,13 @@ func newRequest(head []byte, sc *reqScratch, req *http.Request) (ok bool) {
 				again = true
 				break
 			}
-			v := field.TrimOWS(value)
-			lined = lined && len(value) == len(v)+1 && value[0] == ' '
+			var v string
+			if bare {
+				v = value[1:]
+			} else {
+				v = field.TrimOWS(value)
+				lined = lined && len(value) == len(v)+1 && value[0] == ' '
+			}
 			switch key {
 			case "Host":
 				// req.Host, not a header: never in the map (the scan

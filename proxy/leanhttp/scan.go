@@ -9,7 +9,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// verdict is what scanHead makes of the bytes buffered on a connection.
+// verdict is what scan makes of the bytes buffered on a connection.
 type verdict int
 
 const (
@@ -22,7 +22,27 @@ const (
 	handOff
 )
 
-// scanHead looks for one request head at the start of b that the lean
+// headFacts is what scan learns of a served head's field lines that
+// newRequest needs: with them it reads each line once more only to cut
+// it, where it used to check every name again (field.Name) and trim every
+// value (docs/benchmarks.md, "Fewer instructions per request, measured").
+// The zero value knows nothing: newRequest then checks each line itself.
+type headFacts struct {
+	// canonical: every name is spelled as the header map spells it
+	// (field.Name), so that a line's first colon ends its name.
+	canonical bool
+	// bare: every value follows its colon after one space, with no
+	// white space to trim (as RequestLines wants them).
+	bare bool
+}
+
+// scanHead is scan for a caller that needs no facts.
+func scanHead(b []byte) (n, body int, v verdict) {
+	var f headFacts
+	return scan(b, &f)
+}
+
+// scan looks for one request head at the start of b that the lean
 // loop serves itself, and returns its length through the blank line. It
 // is conservative: whatever it is not sure of goes to net/http, whose
 // answers (400s included) then stay exactly today's. The common case is
@@ -37,7 +57,11 @@ const (
 //     (body returns it);
 //   - no Upgrade (h2c, WebSocket) and no Expect;
 //   - one valid Host header (HTTP/1.0: at most one).
-func scanHead(b []byte) (n, body int, v verdict) {
+//
+// What it learns of the field lines on the way, newRequest would learn
+// again reading them a second time: f says it for a head it serves
+// (serveLean), and is left as it was otherwise.
+func scan(b []byte, f *headFacts) (n, body int, v verdict) {
 	line, rest, ok := cutLine(b)
 	if !ok {
 		if !methodPrefix(b) {
@@ -51,6 +75,7 @@ func scanHead(b []byte) (n, body int, v verdict) {
 	http10 := bytes.HasSuffix(line, []byte(" HTTP/1.0"))
 	hosts, lengths := 0, 0
 	var host []byte
+	canonical, bare := true, true
 	for {
 		line, rest, ok = cutLine(rest)
 		if !ok {
@@ -59,10 +84,11 @@ func scanHead(b []byte) (n, body int, v verdict) {
 		if len(line) == 0 {
 			break
 		}
-		name, value, ok := headerLine(line)
+		name, value, named, trimmed, ok := headerLine(line)
 		if !ok {
 			return 0, 0, handOff
 		}
+		canonical, bare = canonical && named, bare && !trimmed
 		switch len(name) { // a name of none of these lengths is none of them
 		case 4:
 			if field.EqualFold(name, "Host") {
@@ -91,6 +117,7 @@ func scanHead(b []byte) (n, body int, v verdict) {
 	if hosts == 1 && !httpguts.ValidHostHeader(string(host)) {
 		return 0, 0, handOff
 	}
+	*f = headFacts{canonical: canonical, bare: bare}
 	return len(b) - len(rest), body, serveLean
 }
 
@@ -196,15 +223,19 @@ func requestLine(line []byte) bool {
 }
 
 // headerLine splits "Name: value" with the value's optional white space
-// trimmed, for a line net/http would read the same way.
-func headerLine(line []byte) (name, value []byte, ok bool) {
-	colon := bytes.IndexByte(line, ':')
-	if colon < 1 {
-		return nil, nil, false // no name, or obs-fold (a leading space is not a token byte either)
+// trimmed, for a line net/http would read the same way. canonical says
+// whether the name is spelled as the header map spells it; trimmed,
+// whether the value did not follow the colon after exactly one space, or
+// had white space to trim.
+func headerLine(line []byte) (name, value []byte, canonical, trimmed, ok bool) {
+	colon, canonical := field.Name(line) // no name, or obs-fold (a leading space is not a token byte either): -1
+	if colon < 0 {
+		return nil, nil, false, false, false
 	}
-	name, value = line[:colon], line[colon+1:]
-	if !field.Token(name) || !field.ValidValue(value) {
-		return nil, nil, false
+	name, raw := line[:colon], line[colon+1:]
+	if !field.ValidValue(raw) {
+		return nil, nil, false, false, false
 	}
-	return name, field.TrimOWS(value), true
+	value = field.TrimOWS(raw)
+	return name, value, canonical, len(raw) != len(value)+1 || raw[0] != ' ', true
 }

@@ -678,7 +678,7 @@ func (c *conn) readHead() (n, body int, v verdict) {
 	armed := false
 	for {
 		buf, _ := c.br.Peek(c.br.Buffered())
-		n, body, v := scanHead(buf)
+		n, body, v := scan(buf, &c.rs.facts)
 		switch v {
 		case serveLean:
 			if c.br.Buffered() > n+body || c.hasByte {
