@@ -35,6 +35,7 @@ import (
 	"github.com/minimesh/minimesh/internal/replayguard"
 	"github.com/minimesh/minimesh/proxy/internal/heldstatus"
 	"github.com/minimesh/minimesh/proxy/internal/inflight"
+	"github.com/minimesh/minimesh/proxy/internal/nobody"
 	"github.com/minimesh/minimesh/proxy/outbound"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -416,7 +417,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if len(r.Header.Values(wellknown.HeaderRequestID)) > 1 {
 		r.Header.Set(wellknown.HeaderRequestID, st.id) // one ID, the one the caller gets back
 	}
-	if r.Body != nil && r.Body != http.NoBody {
+	if r.Body != nil && !nobody.Is(r.Body) {
 		st.in.ReadCloser = r.Body
 		r.Body = &st.in
 		if stop := h.watchBody(st); stop != nil {
@@ -549,7 +550,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 	outbound.NoSniff(resp.Header, st.out.Header())
 	answeredBody(st)
 	resp.Header.Set(wellknown.HeaderRequestID, st.id)
-	if resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && resp.Body != http.NoBody {
+	if resp.StatusCode != http.StatusSwitchingProtocols && resp.Body != nil && !nobody.Is(resp.Body) {
 		resp.Body = &lateBody{ReadCloser: resp.Body, st: st, req: resp.Request.Context(), length: resp.ContentLength}
 	}
 	// The app closing its connection (Connection: close, as a Go server

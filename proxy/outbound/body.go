@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/minimesh/minimesh/proxy/internal/nobody"
 )
 
 // MaxReplayBody is the largest request body kept for replay. Larger
@@ -251,7 +253,7 @@ func (b *onceBody) Close() error { return nil }
 
 // hasBody reports whether a request carries a body.
 func hasBody(r *http.Request) bool {
-	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
+	return r.Body != nil && !nobody.Is(r.Body) && r.ContentLength != 0
 }
 
 // stalledWriteGrace is how long after the request's timeout a write of

@@ -19,6 +19,7 @@ import (
 
 	"github.com/minimesh/minimesh/internal/rawio"
 	"github.com/minimesh/minimesh/proxy/internal/field"
+	"github.com/minimesh/minimesh/proxy/internal/nobody"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 )
 
@@ -254,7 +255,7 @@ func sendable(req *http.Request, body []byte) bool {
 		return false
 	}
 	if body == nil {
-		return req.Body == nil || req.Body == http.NoBody
+		return req.Body == nil || nobody.Is(req.Body)
 	}
 	return req.ContentLength == int64(len(body)) && holdable(req)
 }
@@ -529,9 +530,9 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 		}
 	}
 	reusable := !woken && !resp.Close && resp.ProtoAtLeast(1, 1)
-	if resp.Body == http.NoBody || resp.ContentLength == 0 {
+	if nobody.Is(resp.Body) || resp.ContentLength == 0 {
 		t.release(c, stop, reusable)
-		if resp.Body != http.NoBody {
+		if !nobody.Is(resp.Body) {
 			resp.Body.Close()
 			resp.Body = http.NoBody
 		}
@@ -550,7 +551,7 @@ func (t *fastTransport) send(ctx context.Context, c *fconn, req *http.Request, d
 // bodyInBuffer reports whether the body of resp, a response readResponseHead
 // read (fr), needs no read of the connection: none, or all of it in br.
 func bodyInBuffer(resp *http.Response, fr *fastResponse, br *bufio.Reader) bool {
-	return resp.Body == http.NoBody || fr != nil && resp.ContentLength >= 0 && int64(br.Buffered()) >= resp.ContentLength
+	return nobody.Is(resp.Body) || fr != nil && resp.ContentLength >= 0 && int64(br.Buffered()) >= resp.ContentLength
 }
 
 // afterEnd is context.AfterFunc(ctx, f), without its allocations when

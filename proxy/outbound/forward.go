@@ -16,6 +16,7 @@ import (
 	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/proxy/internal/field"
+	"github.com/minimesh/minimesh/proxy/internal/nobody"
 	"github.com/minimesh/minimesh/proxy/retry"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
@@ -461,7 +462,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			verdict = breaker.ErrIgnored // the app's own deadline (docs/grpc.md, "Deadlines")
 		}
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || resp.Body == http.NoBody {
+	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Body == nil || nobody.Is(resp.Body) {
 		// Nothing more can fail that a breaker should hear of (an
 		// upgraded connection's bytes are the peers' business).
 		endTry(done, ep, epTry, verdict)

@@ -30,6 +30,7 @@ import (
 	"github.com/minimesh/minimesh/proxy/breaker"
 	"github.com/minimesh/minimesh/proxy/internal/field"
 	"github.com/minimesh/minimesh/proxy/internal/inflight"
+	"github.com/minimesh/minimesh/proxy/internal/nobody"
 	"github.com/minimesh/minimesh/proxy/requestid"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
@@ -558,7 +559,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rd *redirect) {
 	// which a non-idempotent one may act on. Bodies of unknown length
 	// (chunked, HTTP/2 without content-length) meet the limit as read.
 	overLimit := false
-	if r.Body != nil && r.Body != http.NoBody {
+	if r.Body != nil && !nobody.Is(r.Body) {
 		st.arrived = arrived(r.Body)
 		if h.cfg.MaxRequestBody > 0 {
 			overLimit = r.ContentLength > h.cfg.MaxRequestBody

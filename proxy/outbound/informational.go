@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+
+	"github.com/minimesh/minimesh/proxy/internal/nobody"
 )
 
 // informational bounds the 1xx responses http.Transport reads before the
@@ -46,7 +48,7 @@ func (t appTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return res, err
 	}
 	dropTrailerID(res.Trailer) // announced
-	if res.ContentLength < 0 && res.StatusCode != http.StatusSwitchingProtocols && res.Body != nil && res.Body != http.NoBody {
+	if res.ContentLength < 0 && res.StatusCode != http.StatusSwitchingProtocols && res.Body != nil && !nobody.Is(res.Body) {
 		res.Body = &trailedBody{res.Body, res}
 	}
 	return res, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/internal/heldstatus"
+	"github.com/minimesh/minimesh/proxy/internal/nobody"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -488,7 +489,7 @@ func lateAnswer(st *reqState) (int, string, errorBody) {
 // §8.6 forbids it on a 204). A HEAD's stays: it is the length of what a
 // GET would get. Every other answer costs a comparison or two.
 func dropBody(resp *http.Response) {
-	if resp.Body == nil || resp.Body == http.NoBody {
+	if resp.Body == nil || nobody.Is(resp.Body) {
 		return
 	}
 	switch {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/minimesh/minimesh/internal/replayguard"
+	"github.com/minimesh/minimesh/proxy/internal/nobody"
 )
 
 // errReplayedOnce ends a try that http.Transport would have sent a third
@@ -95,5 +96,5 @@ func resentFailure(first, err error, written bool) error {
 // stdReplayable is http.Transport's Request.isReplayable: replayable,
 // with no body or one it can get again.
 func stdReplayable(req *http.Request) bool {
-	return (req.Body == nil || req.Body == http.NoBody || req.GetBody != nil) && replayable(req)
+	return (req.Body == nil || nobody.Is(req.Body) || req.GetBody != nil) && replayable(req)
 }
