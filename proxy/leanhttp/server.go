@@ -251,6 +251,11 @@ type conn struct {
 	werr error // a write to the connection failed
 	// rdl is the read deadline last set (aLongTimeAgo: unknown).
 	rdl time.Time
+	// idleDL is the deadline idleDeadline set last, at idleSet
+	// (sinceBoot): while rdl is still it, the clock alone says whether it
+	// moves.
+	idleDL  time.Time
+	idleSet int64
 	// headDL is the ReadHeaderTimeout deadline of the head being read,
 	// zero when none runs: a connection handed off mid-head keeps it
 	// (handoffConn), as net/http would have.
@@ -718,7 +723,6 @@ func (c *conn) idleDeadline() {
 	if d == 0 {
 		d = c.s.Std.ReadTimeout
 	}
-	now := time.Now()
 	if d <= 0 {
 		if !c.rdl.IsZero() {
 			c.rdl = time.Time{}
@@ -726,11 +730,16 @@ func (c *conn) idleDeadline() {
 		}
 		return
 	}
-	// The deadline's distance from now, by the monotonic clock: no
-	// instant is made unless the deadline moves.
+	// The deadline it set last, idleSlack ago or less, is still at least
+	// IdleTimeout away: one read of the monotonic clock (sinceBoot), where
+	// time.Now reads the wall clock too and Sub made a Duration of two
+	// instants, ~100 instructions a request. Any other deadline (a head's,
+	// the watch's, none) moves.
 	slack := min(idleSlack, d/10)
-	if left := c.rdl.Sub(now); left < d || left-slack > d { // d+slack could overflow
-		c.rdl = now.Add(d).Add(slack)
+	now := sinceBoot()
+	if c.rdl.IsZero() || c.rdl != c.idleDL || now-c.idleSet > int64(slack) {
+		c.rdl = time.Now().Add(d).Add(slack)
+		c.idleDL, c.idleSet = c.rdl, now
 		_ = c.rwc.SetReadDeadline(c.rdl)
 	}
 }
