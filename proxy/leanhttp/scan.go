@@ -158,9 +158,10 @@ func needMoreOr(partial []byte) verdict {
 // cutLine cuts the first CRLF-terminated line off b. A line ending in a
 // bare LF is not one (ok false, line empty, with the LF still in rest:
 // handOff). One IndexByte: strings.Cut with "\r\n" searches for two.
-// Small enough to inline, where a type switch between strings.IndexByte
-// and bytes.IndexByte made it a call of ~50 instructions, eight a
-// request (docs/benchmarks.md, "Fewer instructions per request, measured").
+// ~40 instructions a call besides the search, where a type switch
+// between strings.IndexByte and bytes.IndexByte made it ~60, eight calls
+// a request (docs/benchmarks.md, "Fewer instructions per request,
+// measured"); still too large to inline.
 func cutLine[T string | []byte](b T) (line, rest T, ok bool) {
 	// A string's header is a slice's without its capacity: either reads
 	// as a string, with no copy.
