@@ -3,6 +3,7 @@ package outbound
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/minimesh/minimesh/policy"
@@ -65,18 +66,36 @@ func TestEndpointsBalancersOnlyForCalledServices(t *testing.T) {
 // "Costs").
 func TestEndpointsHeapBound(t *testing.T) {
 	in := clusterEndpoints(200, 100, 1)
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	e := newEndpoints()
-	e.set(in)
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	per := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / 20000
-	t.Logf("20,000 endpoints of uncalled Services: %d bytes of heap each beyond the list", per)
+	// The heap is the process's: what the goroutines of earlier tests,
+	// still ending, take or free between two readings counts too (the
+	// bound is 400 KB in all). The middle of three measurements is what
+	// the endpoints take.
+	var grew []int64
+	for range 3 {
+		grew = append(grew, heapGrowth(func() any {
+			e := newEndpoints()
+			e.set(in)
+			return e
+		}))
+	}
+	slices.Sort(grew)
+	per := grew[1] / 20000
+	t.Logf("20,000 endpoints of uncalled Services: %d bytes of heap each beyond the list (heap grew by %v bytes)", per, grew)
 	if per > 20 {
 		t.Errorf("%d bytes per endpoint of an uncalled Service, want (nearly) none beyond the list handed over", per)
 	}
-	runtime.KeepAlive(e)
 	runtime.KeepAlive(in)
+}
+
+// heapGrowth is how much more heap is live once f has run, holding
+// what f returned.
+func heapGrowth(f func() any) int64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	kept := f()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(kept)
+	return int64(after.HeapAlloc) - int64(before.HeapAlloc)
 }
