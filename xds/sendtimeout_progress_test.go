@@ -75,7 +75,9 @@ func TestSendTimeoutSparesSlowLinks(t *testing.T) {
 	// above the connection cap: a write returns once the link took it.
 	tl := TrackWrites(&slowListener{Listener: ln, rate: 506e3 / (0.35 * timeout.Seconds())})
 	var timeouts, applied atomic.Int64
-	g := grpc.NewServer(grpc.StreamInterceptor(s.sendTimeouts(tl, func(context.Context, error) { timeouts.Add(1) })))
+	// WaitForHandlers, as serve's: its Stop leaves no handler running
+	// into the next test.
+	g := grpc.NewServer(grpc.WaitForHandlers(true), grpc.StreamInterceptor(s.sendTimeouts(tl, func(context.Context, error) { timeouts.Add(1) })))
 	s.Register(g)
 	go g.Serve(tl)
 	t.Cleanup(g.Stop)

@@ -36,7 +36,10 @@ func serve(t testing.TB, s *Server, addr string) (string, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	// WaitForHandlers: stop returns once every stream's handler has, so
+	// that a test's streams are not still held in the next test's heap
+	// (TestStuckStreamsFreed measures from it).
+	g := grpc.NewServer(grpc.WaitForHandlers(true))
 	s.Register(g)
 	go g.Serve(l)
 	return l.Addr().String(), g.Stop
