@@ -220,9 +220,7 @@ func TestServeHTTP(t *testing.T) {
 // nothing is retried.
 func TestServeHTTPAppDown(t *testing.T) {
 	r := newRig(t, http.NotFoundHandler(), Config{})
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	dead := netip.MustParseAddrPort(ln.Addr().String())
-	ln.Close()
+	dead := netip.MustParseAddrPort(refused.Addr(t))
 	r.app = dead // the next connections' original destination
 	front := httptest.NewUnstartedServer(r.h)
 	front.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context { return r.h.WithOriginalDst(ctx, dead) }

@@ -15,26 +15,20 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/connlimit"
+	"github.com/minimesh/minimesh/internal/refused"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/proxy/transparent"
 	"github.com/minimesh/minimesh/wellknown"
 )
 
-// closedPorts returns n loopback ports nothing listens on.
+// closedPorts returns n loopback ports nothing listens on until the
+// test's end: held (refused.Addr), not a closed listener's, which another
+// test binary running at the same time may listen on.
 func closedPorts(t *testing.T, n int) []netip.AddrPort {
 	t.Helper()
-	var lns []net.Listener
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-	}
 	var out []netip.AddrPort
-	for _, ln := range lns {
-		out = append(out, netip.MustParseAddrPort(ln.Addr().String()))
-		ln.Close()
+	for range n {
+		out = append(out, netip.MustParseAddrPort(refused.Addr(t)))
 	}
 	return out
 }
