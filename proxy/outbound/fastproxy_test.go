@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/internal/refused"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
 	"github.com/minimesh/minimesh/proxy/telemetry"
@@ -433,12 +434,7 @@ func TestRequestContextEmptiesPrev(t *testing.T) {
 // leaves nothing in the next's: its error header, its request ID.
 func TestLeanConnStatePerRequest(t *testing.T) {
 	up := wireUpstream(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close() // refused
+	dead := refused.Addr(t)
 	log := telemetry.NewAccessLog(io.Discard)
 	t.Cleanup(log.Close)
 	h := New(Config{Metrics: telemetry.New(0), AccessLog: log,

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/minimesh/minimesh/internal/refused"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/proxy/balancer"
 	"github.com/minimesh/minimesh/proxy/internal/proxytest"
@@ -221,12 +222,7 @@ func TestServeTCPPodOfServiceBySNI(t *testing.T) {
 	})
 	t.Run("refused", func(t *testing.T) {
 		podB := newNamedServer(t, "B")
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		deadA := ln.Addr().String()
-		ln.Close()
+		deadA := refused.Addr(t)
 		_, port, _ := net.SplitHostPort(deadA)
 		r := newRig(t, policyDoc("db", "db", `
 retries: {attempts: 2, retryOn: [connect-failure], backoff: {base: 1ms, max: 1ms}}
