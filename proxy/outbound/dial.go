@@ -454,8 +454,10 @@ func endpointSelf(err error) error {
 // refusedDial reports whether err is a dial that reached no one: the
 // upstream's host refused the connection (ECONNREFUSED: an RST to the
 // SYN, nothing listening, as a pod that closed its listener before the
-// control plane dropped it), or the endpoint is the sidecar's own address
-// (endpointSelf), never dialled. Nothing of the request was sent and no
+// control plane dropped it), or reset it as it was made (ECONNRESET from
+// connect: a listener that closed with the connection still queued,
+// unaccepted, the same pod a moment later), or the endpoint is the
+// sidecar's own address (endpointSelf), never dialled. Nothing of the request was sent and no
 // app saw it, so such a try is the balancer's miss, not a failed request:
 // it goes once to another endpoint whatever the policy (forward.go,
 // elsewhere), and its breaker verdict is held (heldVerdict). A dial that
@@ -469,7 +471,8 @@ func refusedDial(err error) bool {
 	if !errors.As(err, &de) {
 		return false
 	}
-	return errors.Is(de.err, syscall.ECONNREFUSED) || errors.As(de.err, new(*selfEndpointError))
+	return errors.Is(de.err, syscall.ECONNREFUSED) || errors.Is(de.err, syscall.ECONNRESET) ||
+		errors.As(de.err, new(*selfEndpointError))
 }
 
 // selfEndpointError is an endpoint of the control plane's that is the

@@ -13,7 +13,10 @@ import (
 )
 
 // TestRefusedDialClass: what a try may go elsewhere for, whatever the
-// policy (elsewhere): a dial the upstream's host refused, and an endpoint
+// policy (elsewhere): a dial the upstream's host refused or reset as the
+// connection was made (before 2026-12-07 a reset dial was a connect
+// failure answered 502 in about one rolling stop in fifteen on a loaded
+// machine, TestRefusedEndpointRollingStop), and an endpoint
 // that is the sidecar's own address; never a dial that timed out, a
 // resend's refused dial (the request was written before), the sidecar's
 // own want of descriptors, a stream refused unprocessed (held by its own
@@ -24,6 +27,9 @@ func TestRefusedDialClass(t *testing.T) {
 	if realRefusal == nil {
 		t.Fatal("a dial to a refusing address succeeded")
 	}
+	// What a listener that closed with the connection queued gives
+	// connect (net's error as a dial returns it).
+	resetDial := &dialError{&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNRESET)}}
 	timedOut := &dialError{&net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}}
 	for _, tc := range []struct {
 		name string
@@ -32,6 +38,7 @@ func TestRefusedDialClass(t *testing.T) {
 	}{
 		{"connection refused", realRefusal, true},
 		{"the sidecar's own address as an endpoint", endpointSelf(&selfError{addr: "127.0.0.1:15001"}), true},
+		{"the connection reset as it was made", resetDial, true},
 		{"the dial timed out", timedOut, false},
 		{"a resend's refused dial", resentFailure(nil, realRefusal, true), false},
 		{"out of file descriptors", &dialError{&localError{syscall.EMFILE}}, false},

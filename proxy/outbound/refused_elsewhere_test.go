@@ -160,9 +160,13 @@ func TestRefusedEndpointGoesElsewhere(t *testing.T) {
 // (TestRefusedResendGoesElsewhere, which makes that race every time).
 // Go's transport resends such a GET on its next kept connection, not a
 // new one, and the stopping pod may close that one too: it fails the
-// reset it is (replaybound.go) in about one run in fifteen there, as may
-// a new connection the pod's listener dropped unaccepted as it closed;
-// those are logged, not counted against this.
+// reset it is (replaybound.go) in about one run in fifteen there; and on
+// either transport a new connection the pod's listener dropped unaccepted
+// as it closed, once the request was written on it, fails so too (about
+// one run in fifteen on a loaded machine): the sidecar cannot tell it
+// from an app that read the request and closed. Those are logged, not
+// counted against this; a connection reset before anything was written
+// goes elsewhere as a refused one does (refusedDial).
 func TestRefusedEndpointRollingStop(t *testing.T) {
 	for _, tr := range balanceTransports {
 		t.Run(tr.name, func(t *testing.T) {
@@ -198,8 +202,8 @@ func TestRefusedEndpointRollingStop(t *testing.T) {
 						calls.Add(1)
 						if resp.StatusCode != http.StatusOK {
 							t.Logf("%d %s", resp.StatusCode, body)
-							if tr.name != "fast" && resp.Header.Get("X-Minimesh-Error") == "reset" && !bytes.Contains(body, []byte("could not be made")) {
-								continue // not a refused resend (above)
+							if resp.Header.Get("X-Minimesh-Error") == "reset" && !bytes.Contains(body, []byte("could not be made")) {
+								continue // written, then dropped: not a refused dial (above)
 							}
 							mu.Lock()
 							kinds[resp.Header.Get("X-Minimesh-Error")]++
