@@ -1412,3 +1412,10 @@ func TestCloseCancelsRequests(t *testing.T) {
 		t.Fatal("a request in flight was not cancelled by Close")
 	}
 }
+
+// scanHead is scan for a test that needs no facts (the server keeps them
+// for newRequest: readHead).
+func scanHead(b []byte) (n, body int, v verdict) {
+	var f headFacts
+	return scan(b, &f)
+}

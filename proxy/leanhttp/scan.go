@@ -37,12 +37,6 @@ type headFacts struct {
 	bare bool
 }
 
-// scanHead is scan for a caller that needs no facts.
-func scanHead(b []byte) (n, body int, v verdict) {
-	var f headFacts
-	return scan(b, &f)
-}
-
 // scan looks for one request head at the start of b that the lean
 // loop serves itself, and returns its length through the blank line. It
 // is conservative: whatever it is not sure of goes to net/http, whose
