@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/proxy/internal/nobody"
 	"github.com/minimesh/minimesh/proxy/telemetry"
 	"github.com/minimesh/minimesh/wellknown"
 	"go.opentelemetry.io/otel/attribute"
@@ -623,7 +624,12 @@ func (t h2Tries) RoundTrip(req *http.Request) (*http.Response, error) {
 		c.next1xx = c.t.Got1xxResponse
 		c.t.Got1xxResponse = c.got1xx
 	}
-	return t.RoundTripper.RoundTrip(req.WithContext(c))
+	r := req.WithContext(c)
+	if r.Body != nil && !nobody.Is(r.Body) {
+		c.body.rc = r.Body
+		r.Body = &c.body // read again after a close (resendBody)
+	}
+	return t.RoundTripper.RoundTrip(r)
 }
 
 // CloseIdleConnections closes the transport's idle connections, as the
@@ -661,6 +667,7 @@ type h2Try struct {
 	// epoch is dialEpoch when the try began: a dial to its destination
 	// that failed since, one it waited for, fails it too (boundDials).
 	epoch uint64
+	body  resendBody // the request's body, as the transport gets it
 }
 
 func (c *h2Try) Value(k any) any {

@@ -203,11 +203,12 @@ func TestGRPCGracefulStopRefused(t *testing.T) {
 			if b := sc.breaker(healthSvc); int64(b.Counts.TotalFailures) != failed.Load() || int64(b.Counts.TotalSuccesses) != ok.Load() {
 				t.Errorf("breaker counts %+v: want %d failures, %d successes", b.Counts, failed.Load(), ok.Load())
 			}
-			// A refused call is a failure, UNAVAILABLE connect-failure. Go's
-			// transport also fails, rarely, a call it had begun on a
-			// connection closing under it, whose body it then read closed
-			// ("ReverseProxy does an invalid Read on closed Body"): its
-			// headers went, so it stays a reset.
+			// A refused call is a failure, UNAVAILABLE connect-failure; one
+			// whose stream was open on the connection as it closed is a
+			// reset: its headers went. (Before resendBody, Go's transport
+			// also failed, rarely, a call it had placed on the closing
+			// connection and resent on another with the body it had
+			// closed: "ReverseProxy does an invalid Read on closed Body".)
 			var unavailable, resets int64
 			for _, e := range log.wait(t, total, 10*time.Second) {
 				switch {
