@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -231,23 +232,12 @@ contexts: [{name: fake, context: {cluster: fake, user: test}}]
 current-context: fake
 `, apiSrv.URL))
 	cert, key := writeCert(t, dir, "webhook")
-	addrs := freeAddrs(t, 3)
-	webhookURL, adminURL := "https://"+addrs[0], "http://"+addrs[1]
-	args := []string{"controller", "--webhook-addr", addrs[0], "--admin-addr", addrs[1], "--xds-addr", addrs[2],
-		"--tls-cert-file", cert, "--tls-key-file", key, "--kubeconfig", kubeconfig, "--policy-dir", t.TempDir(), "--log-level", "debug"}
-
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "MINIMESH_TEST_CONTROLLER_ARGS="+strings.Join(args, "\n"))
+	var cmd *exec.Cmd
+	var exited chan error
 	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	waited := false
 	defer func() {
-		if !waited {
+		if cmd != nil && !waited {
 			select {
 			case <-exited:
 			default:
@@ -259,18 +249,41 @@ current-context: fake
 			t.Logf("controller stderr:\n%s", stderr.String())
 		}
 	}()
-
-	waitFor(t, exited, 30*time.Second, func() error {
-		resp, err := http.Get(adminURL + "/readyz")
-		if err != nil {
+	addrs := onFreeAddrs(t, 3, func(addrs []string) error {
+		args := []string{"controller", "--webhook-addr", addrs[0], "--admin-addr", addrs[1], "--xds-addr", addrs[2],
+			"--tls-cert-file", cert, "--tls-key-file", key, "--kubeconfig", kubeconfig, "--policy-dir", t.TempDir(), "--log-level", "debug"}
+		cmd = exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "MINIMESH_TEST_CONTROLLER_ARGS="+strings.Join(args, "\n"))
+		stderr.Reset()
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
 			return err
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz %d", resp.StatusCode)
+		exited = make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		err := awaitCond(exited, 30*time.Second, func() error {
+			resp, err := probeClient.Get("http://" + addrs[1] + "/readyz")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("/readyz %d", resp.StatusCode)
+			}
+			return nil
+		})
+		if err != nil {
+			// Ended before its stderr is read: a port taken ends it anyway.
+			_ = cmd.Process.Kill()
+			werr := <-exited
+			exited <- werr
+			if strings.Contains(stderr.String(), syscall.EADDRINUSE.Error()) {
+				return fmt.Errorf("%w (%v)", syscall.EADDRINUSE, err)
+			}
 		}
-		return nil
+		return err
 	})
+	webhookURL, adminURL := "https://"+addrs[0], "http://"+addrs[1]
 
 	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	admit := func(uid, ns string) (*admissionv1.AdmissionResponse, error) {
@@ -399,21 +412,55 @@ current-context: fake
 // when the process exits first.
 func waitFor(t *testing.T, exited chan error, timeout time.Duration, cond func() error) {
 	t.Helper()
+	if err := awaitCond(exited, timeout, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitCond is waitFor's wait: cond's last error at the deadline, or the
+// process's exit (put back in exited) wrapped with it.
+func awaitCond(exited chan error, timeout time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
 		if err == nil {
-			return
+			return nil
 		}
 		select {
 		case werr := <-exited:
 			exited <- werr
-			t.Fatalf("controller exited (%v) while waiting: %v", werr, err)
+			return fmt.Errorf("controller exited (%w) while waiting: %v", werr, err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", timeout, err)
+			return fmt.Errorf("after %v: %w", timeout, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// probeClient is for readiness probes: another process holding the port
+// may accept a connection and never answer.
+var probeClient = &http.Client{Timeout: 2 * time.Second}
+
+// onFreeAddrs calls start on n loopback addresses whose ports were free a
+// moment ago, and again on new ones while it fails with EADDRINUSE (at
+// most three times): between freeAddrs closing its listeners and the
+// controller binding them, any process on the node may take one of the
+// ports (go test ./... runs packages side by side, each binding and
+// dialling loopback ports), as e2e/internal/prom.StartYAML finds for
+// Prometheus. start leaves nothing running when it fails.
+func onFreeAddrs(t *testing.T, n int, start func(addrs []string) error) []string {
+	t.Helper()
+	for try := 1; ; try++ {
+		addrs := freeAddrs(t, n)
+		err := start(addrs)
+		if err == nil {
+			return addrs
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || try == 3 {
+			t.Fatalf("starting on %v: %v", addrs, err)
+		}
+		t.Logf("starting on %v: %v; again on other ports", addrs, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -509,14 +510,9 @@ func TestXDSRequestSizeBound(t *testing.T) {
 // client could hold connections without end.
 func TestXDSConnectionCap(t *testing.T) {
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 3)
-	ctx, cancel := context.WithCancel(context.Background())
 	var errOut safeBuf
-	root := newRootCmd(io.Discard, &errOut)
-	root.SetArgs([]string{"controller", "--webhook-addr", addrs[0], "--admin-addr", addrs[1], "--xds-addr", addrs[2],
-		"--policy-dir", dir, "--xds-max-connections", "2", "--shutdown-delay", "0"})
-	exited := make(chan error, 1)
-	go func() { exited <- root.ExecuteContext(ctx) }()
+	var exited chan error
+	cancel := func() {}
 	defer func() {
 		cancel()
 		if err := <-exited; err != nil {
@@ -526,13 +522,9 @@ func TestXDSConnectionCap(t *testing.T) {
 			t.Logf("controller stderr:\n%s", errOut.String())
 		}
 	}()
-	waitFor(t, exited, 20*time.Second, func() error {
-		resp, err := http.Get("http://" + addrs[1] + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
+	addrs := onFreeAddrs(t, 3, func(addrs []string) (err error) {
+		exited, cancel, err = controllerOn(addrs, &errOut, "--policy-dir", dir, "--xds-max-connections", "2", "--shutdown-delay", "0")
+		return err
 	})
 	// held: a connection the server took answers the handshake.
 	held := func() net.Conn {
@@ -586,6 +578,68 @@ func TestXDSConnectionCap(t *testing.T) {
 		_, err = http2.NewFramer(io.Discard, c).ReadFrame()
 		return err
 	})
+}
+
+// controllerOn runs `minimesh controller` in this process on addrs (its
+// webhook, admin and xDS listeners) with more args, until /readyz answers
+// 200 (not any answer: another process holding the admin port answers
+// too). On an error it has ended, its exit put back in exited.
+func controllerOn(addrs []string, errOut io.Writer, args ...string) (exited chan error, cancel func(), err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	root := newRootCmd(io.Discard, errOut)
+	root.SetArgs(append([]string{"controller", "--webhook-addr", addrs[0], "--admin-addr", addrs[1], "--xds-addr", addrs[2]}, args...))
+	exited = make(chan error, 1)
+	go func() { exited <- root.ExecuteContext(ctx) }()
+	err = awaitCond(exited, 20*time.Second, func() error {
+		resp, err := probeClient.Get("http://" + addrs[1] + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/readyz %d", resp.StatusCode)
+		}
+		return nil
+	})
+	if err != nil {
+		cancel()
+		werr := <-exited
+		exited <- werr
+	}
+	return exited, cancel, err
+}
+
+// TestControllerPortTaken: a port that freeAddrs found free and another
+// process took before the controller bound it fails that start with
+// EADDRINUSE, and onFreeAddrs starts it again on other ports. (CI runs
+// packages side by side; before 2026-12-07 such a start failed the test.)
+func TestControllerPortTaken(t *testing.T) {
+	var errOut safeBuf
+	var starts []error
+	var exited chan error
+	cancel := func() {}
+	defer func() {
+		cancel()
+		if err := <-exited; err != nil {
+			t.Errorf("controller: %v", err)
+		}
+	}()
+	onFreeAddrs(t, 3, func(addrs []string) (err error) {
+		if len(starts) == 0 {
+			// The other process, on the xDS port, bound first.
+			l, err := net.Listen("tcp", addrs[2])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+		}
+		exited, cancel, err = controllerOn(addrs, &errOut, "--policy-dir", t.TempDir(), "--shutdown-delay", "0")
+		starts = append(starts, err)
+		return err
+	})
+	if len(starts) != 2 || !errors.Is(starts[0], syscall.EADDRINUSE) || starts[1] != nil {
+		t.Errorf("starts ended %v, want EADDRINUSE then ready on other ports", starts)
+	}
 }
 
 type safeBuf struct {
