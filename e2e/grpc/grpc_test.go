@@ -55,24 +55,24 @@ func startSidecar(t *testing.T, upstream, policies string, extra ...string) *sid
 	// bin/minimesh-proxy from MINIMESH_BIN_DIR (make build), or a build of
 	// this tree.
 	bin := tools.BuiltT(t, "minimesh-proxy", "./proxy/cmd/minimesh-proxy")
-	addrs, err := proc.FreeAddrs(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &sidecar{Outbound: addrs[0], Admin: addrs[1]}
-	args := []string{"run", "--outbound-addr", s.Outbound, "--admin-addr", s.Admin,
-		"--service-name", "grpc-e2e", "--log-level", "warn", "--access-log", "off",
-		"--resolve", svc + "=" + upstream}
-	if policies != "" {
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, "policies.yaml"), []byte(policies), 0o644); err != nil {
-			t.Fatal(err)
+	var s *sidecar
+	// On other ports again if one was taken before the sidecar bound it.
+	if _, err := proc.OnFreeAddrs(2, func(addrs []string) error {
+		s = &sidecar{Outbound: addrs[0], Admin: addrs[1]}
+		args := []string{"run", "--outbound-addr", s.Outbound, "--admin-addr", s.Admin,
+			"--service-name", "grpc-e2e", "--log-level", "warn", "--access-log", "off",
+			"--resolve", svc + "=" + upstream}
+		if policies != "" {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "policies.yaml"), []byte(policies), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args = append(args, "--policy-dir", dir)
 		}
-		args = append(args, "--policy-dir", dir)
-	}
-	args = append(args, extra...)
-	p := proc.StartT(t, "minimesh-proxy", bin, args, proc.Options{Env: childEnv()})
-	if err := p.WaitReady(15*time.Second, proc.GetOK("http://"+s.Admin+"/ready")); err != nil {
+		args = append(args, extra...)
+		p := proc.StartT(t, "minimesh-proxy", bin, args, proc.Options{Env: childEnv()})
+		return p.WaitReady(15*time.Second, proc.GetOK("http://"+s.Admin+"/ready"))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	return s

@@ -44,27 +44,27 @@ var admin = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlive
 // at debug level: only there does net/http's "panic serving" appear.
 func startSidecar(t *testing.T, bin, dir string, resolve map[string]string) *sidecar {
 	t.Helper()
-	addrs, err := proc.FreeAddrs(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &sidecar{outbound: addrs[0], admin: addrs[1]}
-	args := []string{"run",
-		"--outbound-addr", s.outbound, "--admin-addr", s.admin,
-		"--policy-dir", dir, "--service-name", "soak",
-		"--log-level", "debug", "--access-log", "off",
-		"--connect-timeout", "1s", "--drain-timeout", "2s",
-	}
-	for host, addr := range resolve {
-		args = append(args, "--resolve", host+"="+addr)
-	}
-	s.proc = proc.StartT(t, "minimesh-proxy", bin, args, proc.Options{OutputMax: 64 << 20})
-	if err := s.proc.WaitReady(15*time.Second, func() error {
-		code, body := s.get("/ready")
-		if code != http.StatusOK {
-			return fmt.Errorf("/ready: %d %s", code, body)
+	var s *sidecar
+	// On other ports again if one was taken before the sidecar bound it.
+	if _, err := proc.OnFreeAddrs(2, func(addrs []string) error {
+		s = &sidecar{outbound: addrs[0], admin: addrs[1]}
+		args := []string{"run",
+			"--outbound-addr", s.outbound, "--admin-addr", s.admin,
+			"--policy-dir", dir, "--service-name", "soak",
+			"--log-level", "debug", "--access-log", "off",
+			"--connect-timeout", "1s", "--drain-timeout", "2s",
 		}
-		return nil
+		for host, addr := range resolve {
+			args = append(args, "--resolve", host+"="+addr)
+		}
+		s.proc = proc.StartT(t, "minimesh-proxy", bin, args, proc.Options{OutputMax: 64 << 20})
+		return s.proc.WaitReady(15*time.Second, func() error {
+			code, body := s.get("/ready")
+			if code != http.StatusOK {
+				return fmt.Errorf("/ready: %d %s", code, body)
+			}
+			return nil
+		})
 	}); err != nil {
 		t.Fatal(err)
 	}

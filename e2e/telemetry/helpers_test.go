@@ -58,36 +58,35 @@ func startSidecar(t *testing.T, o sidecarOpts) *sidecar {
 	// bin/minimesh-proxy from MINIMESH_BIN_DIR (make build), or a build of
 	// this tree.
 	bin := tools.BuiltT(t, "minimesh-proxy", "./proxy/cmd/minimesh-proxy")
-	addrs, err := proc.FreeAddrs(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &sidecar{Outbound: addrs[0], Admin: addrs[1]}
-	args := []string{"run",
-		"--outbound-addr", s.Outbound,
-		"--admin-addr", s.Admin,
-		"--service-name", serviceName,
-		"--log-level", "warn",
-		"--access-log", "off",
-	}
-	if o.OTLP != "" {
-		args = append(args, "--otlp-endpoint", o.OTLP, "--trace-sample-ratio", "1")
-	}
-	for host, addr := range o.Resolve {
-		args = append(args, "--resolve", host+"="+addr)
-	}
-	if o.Policies != "" {
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, "policies.yaml"), []byte(o.Policies), 0o644); err != nil {
-			t.Fatal(err)
+	var s *sidecar
+	// On other ports again if one was taken before the sidecar bound it.
+	if _, err := proc.OnFreeAddrs(2, func(addrs []string) error {
+		s = &sidecar{Outbound: addrs[0], Admin: addrs[1]}
+		args := []string{"run",
+			"--outbound-addr", s.Outbound,
+			"--admin-addr", s.Admin,
+			"--service-name", serviceName,
+			"--log-level", "warn",
+			"--access-log", "off",
 		}
-		args = append(args, "--policy-dir", dir)
-	}
-	env := append(childEnv(), "POD_NAME="+podName, "POD_NAMESPACE="+namespace)
-	env = append(env, o.Env...)
-	s.proc = proc.StartT(t, "minimesh-proxy", bin, args, proc.Options{Env: env})
-
-	if err := s.proc.WaitReady(15*time.Second, proc.GetOK("http://"+s.Admin+"/ready")); err != nil {
+		if o.OTLP != "" {
+			args = append(args, "--otlp-endpoint", o.OTLP, "--trace-sample-ratio", "1")
+		}
+		for host, addr := range o.Resolve {
+			args = append(args, "--resolve", host+"="+addr)
+		}
+		if o.Policies != "" {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "policies.yaml"), []byte(o.Policies), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args = append(args, "--policy-dir", dir)
+		}
+		env := append(childEnv(), "POD_NAME="+podName, "POD_NAMESPACE="+namespace)
+		env = append(env, o.Env...)
+		s.proc = proc.StartT(t, "minimesh-proxy", bin, args, proc.Options{Env: env})
+		return s.proc.WaitReady(15*time.Second, proc.GetOK("http://"+s.Admin+"/ready"))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	proxyURL := &url.URL{Scheme: "http", Host: s.Outbound}

@@ -5,9 +5,7 @@
 package controller
 
 import (
-	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -63,44 +61,37 @@ func Start(t testing.TB, kubeconfig string, opt Options) *Controller {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ports := FreePorts(t, 3)
-	c := &Controller{
-		CA:       ca,
-		URL:      fmt.Sprintf("https://127.0.0.1:%d/inject", ports[0]),
-		AdminURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
-		XDSAddr:  fmt.Sprintf("127.0.0.1:%d", ports[2]),
-	}
-	args := []string{
-		"controller",
-		"--webhook-addr", fmt.Sprintf("127.0.0.1:%d", ports[0]),
-		"--admin-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]),
-		"--xds-addr", fmt.Sprintf("127.0.0.1:%d", ports[2]),
-		"--tls-cert-file", certFile, "--tls-key-file", keyFile,
-		"--kubeconfig", kubeconfig,
-		"--shutdown-delay", opt.ShutdownDelay.String(),
-	}
-	if opt.Config != "" {
-		path := filepath.Join(dir, "config.yaml")
-		if err := os.WriteFile(path, []byte(opt.Config), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		args = append(args, "--config", path)
-	}
 	bin, err := tools.Binary("minimesh")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Proc = proc.StartT(t, "controller", bin, args, proc.Options{})
-	if err := c.Proc.WaitReady(30*time.Second, func() error {
-		resp, err := http.Get(c.AdminURL + "/readyz")
-		if err != nil {
-			return err
+	var c *Controller
+	// On other ports again if one was taken before the controller bound it.
+	if _, err := proc.OnFreeAddrs(3, func(addrs []string) error {
+		c = &Controller{
+			CA:       ca,
+			URL:      "https://" + addrs[0] + "/inject",
+			AdminURL: "http://" + addrs[1],
+			XDSAddr:  addrs[2],
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %d", resp.StatusCode)
+		args := []string{
+			"controller",
+			"--webhook-addr", addrs[0],
+			"--admin-addr", addrs[1],
+			"--xds-addr", addrs[2],
+			"--tls-cert-file", certFile, "--tls-key-file", keyFile,
+			"--kubeconfig", kubeconfig,
+			"--shutdown-delay", opt.ShutdownDelay.String(),
 		}
-		return nil
+		if opt.Config != "" {
+			path := filepath.Join(dir, "config.yaml")
+			if err := os.WriteFile(path, []byte(opt.Config), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args = append(args, "--config", path)
+		}
+		c.Proc = proc.StartT(t, "controller", bin, args, proc.Options{})
+		return c.Proc.WaitReady(30*time.Second, proc.GetOK(c.AdminURL+"/readyz"))
 	}); err != nil {
 		t.Fatal(err)
 	}

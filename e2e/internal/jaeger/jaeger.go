@@ -20,7 +20,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -121,7 +120,7 @@ func Start(opt Options) (*Jaeger, error) {
 		if err == nil {
 			return j, nil
 		}
-		if !strings.Contains(err.Error(), "address already in use") {
+		if !proc.PortTaken(err) {
 			break
 		}
 	}

@@ -6,11 +6,13 @@ package proc
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -208,6 +210,36 @@ func FreeAddrs(n int) ([]string, error) {
 		addrs = append(addrs, l.Addr().String())
 	}
 	return addrs, nil
+}
+
+// PortTaken reports whether err says that a port was taken: a bind's
+// EADDRINUSE, or a process's exit whose output says so. FreeAddr's ports
+// were free a moment ago; go test ./... runs packages side by side, and
+// any process may bind one, or dial from it, before the process started
+// on it binds it.
+func PortTaken(err error) bool {
+	return err != nil && (errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), syscall.EADDRINUSE.Error()))
+}
+
+// OnFreeAddrs calls start with n FreeAddrs, and again with new ones while
+// it fails with a port taken (PortTaken), at most three times in all. It
+// returns the addresses of the start that succeeded, or start's last
+// error. start leaves nothing listening when it fails.
+func OnFreeAddrs(n int, start func(addrs []string) error) ([]string, error) {
+	var err error
+	for range 3 {
+		var addrs []string
+		if addrs, err = FreeAddrs(n); err != nil {
+			return nil, err
+		}
+		if err = start(addrs); !PortTaken(err) {
+			if err != nil {
+				return nil, err
+			}
+			return addrs, nil
+		}
+	}
+	return nil, err
 }
 
 // TailBuffer keeps the last Max bytes written to it.

@@ -146,7 +146,7 @@ func StartYAML(conf []byte, opt Options) (*Prometheus, error) {
 	var err error
 	for range 3 {
 		var p *Prometheus
-		if p, err = start(conf, opt); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		if p, err = start(conf, opt); err == nil || !proc.PortTaken(err) {
 			return p, err
 		}
 	}
