@@ -261,17 +261,7 @@ current-context: fake
 		}
 		exited = make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
-		err := awaitCond(exited, 30*time.Second, func() error {
-			resp, err := probeClient.Get("http://" + addrs[1] + "/readyz")
-			if err != nil {
-				return err
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("/readyz %d", resp.StatusCode)
-			}
-			return nil
-		})
+		err := awaitCond(exited, 30*time.Second, readyz(addrs[1]))
 		if err != nil {
 			// Ended before its stderr is read: a port taken ends it anyway.
 			_ = cmd.Process.Kill()
@@ -442,6 +432,22 @@ func awaitCond(exited chan error, timeout time.Duration, cond func() error) erro
 // probeClient is for readiness probes: another process holding the port
 // may accept a connection and never answer.
 var probeClient = &http.Client{Timeout: 2 * time.Second}
+
+// readyz probes the controller's admin address admin: ready on a 200,
+// not on any answer (another process holding the port answers too).
+func readyz(admin string) func() error {
+	return func() error {
+		resp, err := probeClient.Get("http://" + admin + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/readyz %d", resp.StatusCode)
+		}
+		return nil
+	}
+}
 
 // onFreeAddrs calls start on n loopback addresses whose ports were free a
 // moment ago, and again on new ones while it fails with EADDRINUSE (at

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -590,17 +589,7 @@ func controllerOn(addrs []string, errOut io.Writer, args ...string) (exited chan
 	root.SetArgs(append([]string{"controller", "--webhook-addr", addrs[0], "--admin-addr", addrs[1], "--xds-addr", addrs[2]}, args...))
 	exited = make(chan error, 1)
 	go func() { exited <- root.ExecuteContext(ctx) }()
-	err = awaitCond(exited, 20*time.Second, func() error {
-		resp, err := probeClient.Get("http://" + addrs[1] + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz %d", resp.StatusCode)
-		}
-		return nil
-	})
+	err = awaitCond(exited, 20*time.Second, readyz(addrs[1]))
 	if err != nil {
 		cancel()
 		werr := <-exited
