@@ -22,32 +22,11 @@ import (
 // saw more, most of them the app's own write taking the reset, which
 // this test counts as seen). Every run must end in a reset for the app.
 func TestRelayPassesAResetWhileTheAppSends(t *testing.T) {
-	bytes := telemetry.New(0).Destination("up").TCP()
-	front, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer front.Close()
-	back, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer back.Close()
+	relayed := newRelayRig(t)
 	const runs = 1000
 	clean := 0
 	for range runs {
-		app, err := net.Dial("tcp", front.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		client, _ := front.Accept()
-		server, err := net.Dial("tcp", back.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		up, _ := back.Accept()
-		res := make(chan string, 1)
-		go func() { _, _, r := outbound.Relay(client, server, bytes, 10*time.Second); res <- r }()
+		app, up, res := relayed()
 		stop := make(chan struct{})
 		sent := make(chan struct{})
 		// The app's own write may take the reset too (the kernel gives it
@@ -76,7 +55,7 @@ func TestRelayPassesAResetWhileTheAppSends(t *testing.T) {
 		up.(*net.TCPConn).SetLinger(0)
 		up.Close()
 		_ = app.SetReadDeadline(time.Now().Add(5 * time.Second)) // bounds a failing test only
-		_, err = io.ReadAll(app)
+		_, err := io.ReadAll(app)
 		close(stop)
 		werr := <-wrote
 		if err == nil && !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, syscall.EPIPE) {
@@ -104,32 +83,11 @@ func TestRelayPassesAResetWhileTheAppSends(t *testing.T) {
 // only when this side did not close). TestServeTCPDualStackPodBySNI
 // failed on it in 5 runs of 150 (19 of its 20 connections ok).
 func TestRelayServerClosesFirst(t *testing.T) {
-	bytes := telemetry.New(0).Destination("up").TCP()
-	front, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer front.Close()
-	back, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer back.Close()
+	relayed := newRelayRig(t)
 	const runs = 10000
 	results := map[string]int{}
 	for i := range runs {
-		app, err := net.Dial("tcp", front.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		client, _ := front.Accept()
-		server, err := net.Dial("tcp", back.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		up, _ := back.Accept()
-		res := make(chan string, 1)
-		go func() { _, _, r := outbound.Relay(client, server, bytes, 10*time.Second); res <- r }()
+		app, up, res := relayed()
 		_, _ = io.WriteString(up, "hello\n")
 		up.Close()
 		// The app closes once it has its line, maybe before the relay
@@ -144,5 +102,44 @@ func TestRelayServerClosesFirst(t *testing.T) {
 	}
 	if results[outbound.RelayOK] != runs {
 		t.Errorf("relays ended %v in %d runs, want every one %q", results, runs, outbound.RelayOK)
+	}
+}
+
+// newRelayRig returns a function that relays one new connection of an
+// app to one of an upstream, each side on loopback, and returns the two
+// outer ends and the relay's result, sent when it ends.
+func newRelayRig(t *testing.T) func() (app, up net.Conn, result <-chan string) {
+	bytes := telemetry.New(0).Destination("up").TCP()
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { front.Close() })
+	back, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { back.Close() })
+	accept := func(l net.Listener) net.Conn {
+		c, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	return func() (net.Conn, net.Conn, <-chan string) {
+		app, err := net.Dial("tcp", front.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		client := accept(front)
+		server, err := net.Dial("tcp", back.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		up := accept(back)
+		res := make(chan string, 1)
+		go func() { _, _, r := outbound.Relay(client, server, bytes, 10*time.Second); res <- r }()
+		return app, up, res
 	}
 }
