@@ -30,23 +30,20 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // take it has its unread body closed, then goes again on another and is
 // read (resendBody). The upstream answers with what it read.
 func TestResendBody(t *testing.T) {
+	resent := func(b io.ReadCloser) (string, error) {
+		b.Close()
+		s, err := io.ReadAll(b)
+		return string(s), err
+	}
 	for _, tc := range []struct {
 		name  string
 		h2    bool // through h2Tries
 		sends func(b io.ReadCloser) (string, error)
 		want  string // the answer's body, or the 502's cause
 	}{
-		{"closed unread then resent", true, func(b io.ReadCloser) (string, error) {
-			b.Close()
-			s, err := io.ReadAll(b)
-			return string(s), err
-		}, "hello"},
+		{"closed unread then resent", true, resent, "hello"},
 		// The same without resendBody: the ReverseProxy's body refuses.
-		{"closed unread then resent, bare", false, func(b io.ReadCloser) (string, error) {
-			b.Close()
-			s, err := io.ReadAll(b)
-			return string(s), err
-		}, "ReverseProxy does an invalid Read on closed Body"},
+		{"closed unread then resent, bare", false, resent, "ReverseProxy does an invalid Read on closed Body"},
 		{"read then closed", true, func(b io.ReadCloser) (string, error) {
 			p := make([]byte, 2)
 			if _, err := io.ReadFull(b, p); err != nil {
