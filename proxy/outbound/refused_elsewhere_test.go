@@ -362,9 +362,14 @@ func TestRefusedEndpointGRPC(t *testing.T) {
 // TestRefusedEndpointTunnelElsewhere: an opaque connection (a CONNECT
 // tunnel, a redirected one to the ClusterIP) whose dial an endpoint
 // refused goes once to another under the default policy, as an HTTP
-// request does: 40 connections all reach a live endpoint, the refused one
-// is ejected after 5, and those 5 connections log 2 attempts. Before,
-// each connection the balancer picked it for failed connect-failure.
+// request does: connections opened one at a time until the refused
+// endpoint is ejected all reach a live endpoint, and the 5 the balancer
+// picked it for (its ejection's consecutive failures) log 2 attempts.
+// Before, each connection the balancer picked it for failed
+// connect-failure. The balancer picks it for about one connection in
+// four (drawn for half the duels, it wins half of those: a failing
+// endpoint's cost is at least the other's): a fixed 40 connections saw
+// fewer than 5 picks in one run in sixty.
 func TestRefusedEndpointTunnelElsewhere(t *testing.T) {
 	for _, way := range tcpWays {
 		t.Run(way.name, func(t *testing.T) {
@@ -375,10 +380,14 @@ func TestRefusedEndpointTunnelElsewhere(t *testing.T) {
 			r.h.SetEndpoints(map[string][]balancer.Target{ordersKey(vip): {{Addr: live[0].addr}, {Addr: gone}, {Addr: live[1].addr}, {Addr: live[2].addr}}})
 			r.h.SetClusterIPs(map[netip.AddrPort]string{netip.MustParseAddrPort(vip): ordersKey(vip)})
 			open := way.open(t, r, vip)
-			const conns = 40
-			greetedBy(t, open, conns, "live") // the three live endpoints' name
+			// At one pick in four, fewer than 5 in 400 connections has
+			// odds of 1e-42.
+			conns := 0
+			for ; conns < 400 && ordersEndpoints(r, vip)[gone].EjectedUntil == nil; conns++ {
+				greetedBy(t, open, 1, "live") // the three live endpoints' name
+			}
 			if e := ordersEndpoints(r, vip)[gone]; e.EjectedUntil == nil {
-				t.Errorf("the refused endpoint: %+v, want it ejected", e)
+				t.Fatalf("the refused endpoint after %d connections: %+v, want it ejected", conns, e)
 			}
 			twice := 0
 			for _, l := range r.lines(conns) {
