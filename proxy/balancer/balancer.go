@@ -504,10 +504,10 @@ func tried(avoid []*Endpoint, e *Endpoint) bool {
 }
 
 // MaxTried is how many endpoints a Tried remembers: one per retry of
-// policy.MaxAttempts and one for the try a refused dial adds (the
-// sidecar's outbound: a request's last try has none after it to avoid
-// its endpoint).
-const MaxTried = 11
+// policy.MaxAttempts and one for each of the two free tries the
+// sidecar's outbound adds (a request never sent, a refused dial; a
+// request's last try has none after it to avoid its endpoint).
+const MaxTried = 12
 
 // Tried is the endpoints of one request's tries, for Pick to avoid,
 // each once, the latest last. Its zero value is a first try's: none. It

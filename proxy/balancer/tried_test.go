@@ -98,7 +98,7 @@ func TestRetriesNeverRepeat(t *testing.T) {
 // TestTriedAdd: the endpoints tried, each once, the latest last; past
 // MaxTried the oldest is forgotten.
 func TestTriedAdd(t *testing.T) {
-	b, _ := newTest(t, Config{}, strings.Split("a b c d e f g h i j k l m", " ")...)
+	b, _ := newTest(t, Config{}, strings.Split("a b c d e f g h i j k l m n", " ")...)
 	addrs := func(tr *Tried) string {
 		var s []string
 		for _, e := range tr.Endpoints() {
@@ -113,10 +113,10 @@ func TestTriedAdd(t *testing.T) {
 		{"a b a", "b a"},
 		{"a b c b", "a c b"},
 		{"a a", "a"},
-		{"a b c d e f g h i j k", "a b c d e f g h i j k"},
-		{"a b c d e f g h i j k l", "b c d e f g h i j k l"},
-		{"a b c d e f g h i j k l m", "c d e f g h i j k l m"},
-		{"a b c d e f g h i j k a", "b c d e f g h i j k a"},
+		{"a b c d e f g h i j k l", "a b c d e f g h i j k l"},
+		{"a b c d e f g h i j k l m", "b c d e f g h i j k l m"},
+		{"a b c d e f g h i j k l m n", "c d e f g h i j k l m n"},
+		{"a b c d e f g h i j k l a", "b c d e f g h i j k l a"},
 	} {
 		var tr Tried
 		for _, a := range strings.Fields(tc.add) {

@@ -81,8 +81,13 @@ func (e *localError) Unwrap() error { return e.err }
 // process: it refused the stream (RST_STREAM REFUSED_STREAM, or a GOAWAY
 // whose last stream ID is below it, RFC 9113 §8.7), or Go's transport
 // never sent it (h2Unprocessed). Like a dialError, the request may go
-// again whatever its method: it counts as connect-failure.
-type unprocessedError struct{ err error }
+// again whatever its method: it counts as connect-failure. unsent says
+// that no connection ever took it (h2Unsent): the try loop sends it
+// once more, free, whatever the policy (forward.go).
+type unprocessedError struct {
+	err    error
+	unsent bool
+}
 
 func (e *unprocessedError) Error() string { return e.err.Error() }
 func (e *unprocessedError) Unwrap() error { return e.err }
@@ -220,6 +225,21 @@ func h2Unprocessed(err error) bool {
 		case strings.HasPrefix(msg, h2StreamErrorPrefix) && strings.HasSuffix(msg, h2RefusedSuffix):
 			id := msg[len(h2StreamErrorPrefix) : len(msg)-len(h2RefusedSuffix)]
 			return id != "" && strings.Trim(id, "0123456789") == ""
+		}
+	}
+	return false
+}
+
+// h2Unsent reports whether err, one h2Unprocessed takes, says that Go's
+// transport sent the request on no connection: the one it was placed on
+// closed before its first stream, or had a GOAWAY before the request's
+// stream was created, and no other connection was there to take it. Not
+// a refusal of the upstream's (REFUSED_STREAM, a GOAWAY below a stream
+// that was sent): those a server may send on purpose, again and again.
+func h2Unsent(err error) bool {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if msg := e.Error(); msg == h2CannotRewind || msg == h2NotEstablished {
+			return true
 		}
 	}
 	return false

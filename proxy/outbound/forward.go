@@ -70,14 +70,22 @@ func (f *forwarder) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		st.replay = rp
 	}
-	retries := 0 // the policy's, sent: not a refused dial's next pick (elsewhere)
+	retries := 0 // the policy's, sent: not a free try (unsent, elsewhere)
+	var resent, moved bool
 	for attempt := 0; ; attempt++ {
 		st.attempts = attempt + 1
 		resp, class, held, err := f.try(req, st)
 		if err != nil && class == 0 {
 			return nil, err // refused, the app's fault or the app gone: nothing to retry
 		}
-		free := err != nil && attempt == retries && st.elsewhere(req, err, class) // once per request
+		free := false // each kind once per request
+		switch {
+		case err == nil:
+		case !resent && unsent(err):
+			free, resent = true, true
+		case !moved && st.elsewhere(req, err, class):
+			free, moved = true, true
+		}
 		if !free && (r == nil || retries >= r.Attempts) || req.Context().Err() != nil || errors.Is(err, errTimeout) {
 			held.report()
 			return resp, err
@@ -411,7 +419,7 @@ func (f *forwarder) try(req *http.Request, st *reqState) (*http.Response, policy
 			// The upstream refused the stream unprocessed, or Go's
 			// transport never sent it: never sent, as a connect failure
 			// (docs/grpc.md, "Retries").
-			err = &unprocessedError{err}
+			err = &unprocessedError{err: err, unsent: h2Unsent(err)}
 		}
 		if ep != nil {
 			err = endpointSelf(err) // the endpoint's fault, not the app's (dial.go)
@@ -872,9 +880,25 @@ func (st *reqState) pick() (*balancer.Endpoint, balancer.Try) {
 }
 
 // A Tried remembers an endpoint for each retry the policy allows and the
-// one try more of a refused dial (elsewhere): a compile error if
+// two free tries (unsent, elsewhere): a compile error if
 // policy.MaxAttempts outgrows it.
-var _ [balancer.MaxTried - policy.MaxAttempts - 1]struct{}
+var _ [balancer.MaxTried - policy.MaxAttempts - 2]struct{}
+
+// unsent reports whether err is an HTTP/2 try that no connection took
+// (h2Unsent): Go's transport placed it on a connection that closed, or
+// had a GOAWAY (a server stopping gracefully), before the request's
+// stream was made, and held no other. It goes once more, free, whatever
+// the policy, to whichever endpoint the balancer picks (another if there
+// is one; the same one's new connection else), as Envoy keeps a request
+// not yet on a stream pending for the next connection. Before
+// 2026-12-07 it failed UNAVAILABLE connect-failure unless retryOn named
+// connect-failure: 7 to 15 calls in every run of
+// TestGRPCGracefulStopRefused (16 clients across a server's graceful
+// stops).
+func unsent(err error) bool {
+	var u *unprocessedError
+	return errors.As(err, &u) && u.unsent
+}
 
 // elsewhere reports whether a try that failed with err (class) goes
 // once more to another endpoint, whatever the policy says: its endpoint
@@ -1060,8 +1084,9 @@ func (f *forwarder) retryable(req *http.Request, st *reqState, r *policy.Retries
 	}
 	// A free try is not drawn from the budget, which bounds the load
 	// retries add to an upstream already failing: a refused dial reached
-	// no app (a refused resend's, none that is still there), and a request
-	// makes at most one such try more (elsewhere).
+	// no app (a refused resend's, none that is still there), nor did a
+	// request no connection took, and a request makes at most one try
+	// more of each kind (unsent, elsewhere).
 	b := st.dest.breaker
 	if b == nil {
 		return free || st.dest.budget.Withdraw()

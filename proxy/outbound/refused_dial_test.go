@@ -3,6 +3,7 @@ package outbound
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"syscall"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/refused"
+	"github.com/minimesh/minimesh/policy"
 )
 
 // TestRefusedDialClass: what a try may go elsewhere for, whatever the
@@ -42,12 +44,39 @@ func TestRefusedDialClass(t *testing.T) {
 		{"the dial timed out", timedOut, false},
 		{"a resend's refused dial", resentFailure(nil, realRefusal, true), false},
 		{"out of file descriptors", &dialError{&localError{syscall.EMFILE}}, false},
-		{"an HTTP/2 stream refused unprocessed", &unprocessedError{errors.New(h2GotGoAway)}, false},
+		{"an HTTP/2 stream refused unprocessed", &unprocessedError{err: errors.New(h2GotGoAway)}, false},
+		{"an HTTP/2 request no connection took", &unprocessedError{err: errors.New(h2CannotRewind), unsent: true}, false},
 		{"a reset", &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}, false},
 		{"the sidecar's own address, asked by the app", &selfError{addr: "127.0.0.1:15001"}, false},
 	} {
 		if got := refusedDial(tc.err); got != tc.want {
 			t.Errorf("%s (%v): refusedDial %v, want %v", tc.name, tc.err, got, tc.want)
+		}
+	}
+}
+
+// TestUnsent: which HTTP/2 refusals the try loop sends once more whatever
+// the policy (forward.go, unsent): those no connection took, as the try
+// wraps them, and none that a server sent or that followed a stream.
+func TestUnsent(t *testing.T) {
+	wrap := func(err error) error {
+		return &upstreamError{class: policy.ClassConnectFailure, err: &unprocessedError{err: err, unsent: h2Unsent(err)}}
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"cannot rewind body", wrap(errors.New(h2CannotRewind)), true},
+		{"client conn not established", wrap(fmt.Errorf("try: %w", errors.New(h2NotEstablished))), true},
+		{"graceful GOAWAY below the stream", wrap(errors.New(h2GotGoAway)), false},
+		{"REFUSED_STREAM", wrap(errors.New("stream error: stream ID 3; REFUSED_STREAM; received from peer")), false},
+		{"cannot rewind, not marked by the try", &upstreamError{class: policy.ClassConnectFailure, err: errors.New(h2CannotRewind)}, false},
+		{"a refused dial", &upstreamError{class: policy.ClassConnectFailure, err: &dialError{syscall.ECONNREFUSED}}, false},
+		{"a reset", &upstreamError{class: policy.ClassReset, err: errors.New("http2: client connection lost")}, false},
+	} {
+		if got := unsent(tc.err); got != tc.want {
+			t.Errorf("%s (%v): unsent %v, want %v", tc.name, tc.err, got, tc.want)
 		}
 	}
 }
