@@ -2,6 +2,7 @@ package outbound_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"io"
 	"math/rand/v2"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/internal/refused"
+	"github.com/minimesh/minimesh/proxy/outbound"
 )
 
 // failTwice answers 503 to the first two requests and 200 "ok" to the
@@ -233,9 +235,13 @@ func itoa(n int) string {
 // replay) or large (streamed once).
 //
 // The upstream's port is closed until the sidecar has counted its first
-// connect-failure retry, then it listens. How many tries were refused
-// depends on timing (the backoff is jittered), so the test checks that
-// every count agrees: refused tries = retries = breaker failures.
+// connect-failure retry, then it listens. The retries after the first
+// wait out their backoff and then for the listener, so that one or two
+// tries are refused: the test checks that every count agrees (refused
+// tries = retries = breaker failures). Before, their jittered backoffs
+// alone bounded the test's time to listen: nine of them could add up to
+// less than a stall of the test (under 50 ms: odds of 3e-6, 100 ms:
+// 1e-3), and every try was refused.
 func TestRetryConnectFailurePOST(t *testing.T) {
 	for _, size := range []int{10 << 10, 512 << 10} {
 		t.Run(itoa(size), func(t *testing.T) {
@@ -244,6 +250,25 @@ func TestRetryConnectFailurePOST(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(release)
+			listening := make(chan struct{})
+			listened := sync.OnceFunc(func() { close(listening) })
+			var waits atomic.Int32
+			outbound.SetBackoffSleep(t, func(ctx context.Context, d time.Duration, _ time.Time) bool {
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+					return false
+				}
+				if waits.Add(1) == 1 {
+					return true // the test listens once it sees this retry counted
+				}
+				select {
+				case <-listening:
+					return true
+				case <-ctx.Done():
+					return false
+				}
+			})
 			sc := startSidecar(t, policyDoc("geo", "geo-service", `
 retries:
   attempts: 10
@@ -251,6 +276,7 @@ retries:
   backoff: {base: 50ms, max: 50ms}
 circuitBreaker: {consecutiveFailures: 20}
 `), resolve(addr, geo))
+			t.Cleanup(listened) // before the sidecar's: a retry held on a failure
 			body := randomBody(size)
 			type answer struct {
 				code int
@@ -279,6 +305,7 @@ circuitBreaker: {consecutiveFailures: 20}
 			if err != nil {
 				t.Fatalf("re-listening on %s: %v", addr, err)
 			}
+			listened()
 			var mu sync.Mutex
 			var got [][]byte
 			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
