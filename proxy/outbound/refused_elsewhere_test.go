@@ -389,7 +389,7 @@ func TestRefusedEndpointTunnelElsewhere(t *testing.T) {
 			r.h.SetClusterIPs(map[netip.AddrPort]string{netip.MustParseAddrPort(vip): ordersKey(vip)})
 			open := way.open(t, r, vip)
 			// At one pick in four, fewer than 5 in 400 connections has
-			// odds of 1e-42.
+			// odds of 1e-43.
 			conns := 0
 			for ; conns < 400 && ordersEndpoints(r, vip)[gone].EjectedUntil == nil; conns++ {
 				greetedBy(t, open, 1, "live") // the three live endpoints' name
