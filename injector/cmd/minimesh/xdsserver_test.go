@@ -511,12 +511,9 @@ func TestXDSConnectionCap(t *testing.T) {
 	dir := t.TempDir()
 	var errOut safeBuf
 	var exited chan error
-	cancel := func() {}
+	var cancel func()
 	defer func() {
-		cancel()
-		if err := <-exited; err != nil {
-			t.Errorf("controller: %v", err)
-		}
+		stopController(t, exited, cancel)
 		if t.Failed() {
 			t.Logf("controller stderr:\n%s", errOut.String())
 		}
@@ -598,6 +595,21 @@ func controllerOn(addrs []string, errOut io.Writer, args ...string) (exited chan
 	return exited, cancel, err
 }
 
+// stopController ends a controller that controllerOn started (its exit
+// and cancel) and fails t if it ended with an error. Nothing when none
+// was started: a test that failed before would otherwise wait for ever on
+// the nil exit channel.
+func stopController(t *testing.T, exited chan error, cancel func()) {
+	t.Helper()
+	if exited == nil {
+		return
+	}
+	cancel()
+	if err := <-exited; err != nil {
+		t.Errorf("controller: %v", err)
+	}
+}
+
 // TestControllerPortTaken: a port that freeAddrs found free and another
 // process took before the controller bound it fails that start with
 // EADDRINUSE, and onFreeAddrs starts it again on other ports. (CI runs
@@ -606,13 +618,8 @@ func TestControllerPortTaken(t *testing.T) {
 	var errOut safeBuf
 	var starts []error
 	var exited chan error
-	cancel := func() {}
-	defer func() {
-		cancel()
-		if err := <-exited; err != nil {
-			t.Errorf("controller: %v", err)
-		}
-	}()
+	var cancel func()
+	defer func() { stopController(t, exited, cancel) }()
 	onFreeAddrs(t, 3, func(addrs []string) (err error) {
 		if len(starts) == 0 {
 			// The other process, on the xDS port, bound first.
