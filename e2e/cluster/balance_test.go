@@ -217,6 +217,7 @@ func TestBalancingInACluster(t *testing.T) {
 	})
 	t.Run("Ejection", func(t *testing.T) { ejection(t, a, bs) })
 	t.Run("Scale", func(t *testing.T) { scale(ctx, t, c, a) })
+	t.Run("GRPCRolloutRestart", func(t *testing.T) { grpcRollout(ctx, t, c, a) })
 	// It stops the controller.
 	t.Run("ControllerGone", func(t *testing.T) { controllerGone(ctx, t, c, a, appPod.Name) })
 	// Last: it slows a pod for every Service.
@@ -438,6 +439,74 @@ func scale(ctx context.Context, t *testing.T, c *cluster.Cluster, a agent) {
 	rollout(ctx, t, c, balanceNS, "backend")
 	// The removed pods leave the EndpointSlice once they have stopped.
 	waitEndpoints(t, a, "backend:80", backends(ctx, t, c))
+}
+
+// grpcRollout restarts the backend (kubectl rollout restart: its four pods
+// replaced, each old one serving 3 s past its SIGTERM while the
+// EndpointSlice forgets it, then stopping gracefully: GOAWAY) while eight
+// callers on one grpc-go channel call it through the sidecar with no
+// policy (figures: the defaults, no retries). No call fails, every pod old
+// and new serves some, and the old ones' connections end with their pods.
+// Before 2026-12-07 no test ran gRPC through a rolling deployment in a
+// cluster; the proxy-level race it guards (a call on a connection as its
+// GOAWAY lands) is TestGRPCGracefulStopRefused's.
+func grpcRollout(ctx context.Context, t *testing.T, c *cluster.Cluster, a agent) {
+	const target = "figures.balance.svc.cluster.local:9090"
+	old := backends(ctx, t, c)
+	waitEndpoints(t, a, "figures:9090", old)
+	done := make(chan spreadResult, 1)
+	// 1,000 calls a second: enough to meet every moment of the restart,
+	// little enough to leave the node's two cores to the rollout.
+	go func() { done <- a.spreadErr("grpc=1&conc=8&rps=1000&seconds=40&target=" + target) }()
+	time.Sleep(2 * time.Second) // the calls are under way
+	t0 := time.Now()
+	if out, err := c.Kubectl(ctx, "-n", balanceNS, "rollout", "restart", "deployment/backend"); err != nil {
+		t.Fatal(out, err)
+	}
+	rollout(ctx, t, c, balanceNS, "backend")
+	tRolled := time.Now()
+	// The Deployment is rolled out once its new pods are available; the
+	// old ones may still be draining: the calls go on until they are gone.
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		pods, err := c.Client.CoreV1().Pods(balanceNS).List(ctx, metav1.ListOptions{LabelSelector: "app=backend"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.ContainsFunc(pods.Items, func(p corev1.Pod) bool { return slices.Contains(old.names(), p.Name) }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("old backend pods still there 60 s after the rollout: %d pods", len(pods.Items))
+		}
+	}
+	tGone := time.Now()
+	r := <-done
+	if r.err != "" {
+		t.Fatal(r.err)
+	}
+	t.Logf("rolled out in %s, the old pods gone %s later; %d calls: statuses %v, p50 %.2f ms, p99 %.2f ms, max %.0f ms; %s",
+		tRolled.Sub(t0).Round(time.Millisecond), tGone.Sub(tRolled).Round(time.Millisecond), r.Calls, r.Statuses, r.P50Ms, r.P99Ms, r.MaxMs, r.shares())
+	if r.Errors > 0 || r.Calls < 10000 {
+		t.Errorf("%d of %d gRPC calls failed during the rollout restart, want none (of at least 10,000); samples: %v", r.Errors, r.Calls, r.ErrorSamples)
+		out, _ := c.Kubectl(ctx, "-n", balanceNS, "logs", "-l", "app=app", "-c", "minimesh-proxy", "--tail", "3000")
+		var failed []string
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "figures:9090") && !strings.Contains(l, `"grpc_status":"OK"`) && len(failed) < 20 {
+				failed = append(failed, l)
+			}
+		}
+		t.Logf("the app's sidecar's lines of failed calls (first 20):\n%s", strings.Join(failed, "\n"))
+	}
+	if end := r.Start.Add(time.Duration(r.Seconds * float64(time.Second))); end.Sub(tGone) < 2*time.Second {
+		t.Fatalf("the calls ended %s after the old pods were gone, too soon to tell", end.Sub(tGone).Round(time.Millisecond))
+	}
+	now := backends(ctx, t, c)
+	for _, name := range append(old.names(), now.names()...) {
+		if r.Pods[name] == nil {
+			t.Errorf("pod %s served no call (%s)", name, r.shares())
+		}
+	}
+	waitEndpoints(t, a, "backend:80", now)
 }
 
 // controllerGone scales the controller to 0: the sidecar keeps the

@@ -88,11 +88,19 @@ func helmUpgrade(ctx context.Context, t *testing.T, c *cluster.Cluster, helm fun
 }
 
 // rolloutRestart restarts the injected backend while the app calls it at
-// 50 requests a second: no call fails, and the new pod is injected.
+// 50 requests a second, and at 200 gRPC calls a second from four callers
+// on one grpc-go channel, each through both pods' sidecars (the backend's
+// inbound one relays h2c to its app, whose graceful stop's GOAWAY reaches
+// the app's sidecar through it): no call fails, and the new pod is
+// injected.
 func rolloutRestart(ctx context.Context, t *testing.T, c *cluster.Cluster, a agent) {
 	old := onePod(ctx, t, c, "breaker", "app=flaky")
 	done := make(chan loadResult, 1)
 	go func() { done <- a.load(flakyURL+"/restart", 50, 20) }()
+	grpcDone := make(chan spreadResult, 1)
+	go func() {
+		grpcDone <- a.spreadErr("grpc=1&conc=4&rps=200&seconds=20&target=flaky.breaker.svc.cluster.local:9090")
+	}()
 	time.Sleep(2 * time.Second) // the load is under way before the restart
 	t0 := time.Now()
 	if out, err := c.Kubectl(ctx, "-n", "breaker", "rollout", "restart", "deployment/flaky"); err != nil {
@@ -102,6 +110,12 @@ func rolloutRestart(ctx context.Context, t *testing.T, c *cluster.Cluster, a age
 	t.Logf("flaky restarted in %s", time.Since(t0).Round(time.Millisecond))
 	res := <-done
 	t.Logf("calls during the restart: %s", res)
+	g := <-grpcDone
+	t.Logf("gRPC calls during the restart: %d, statuses %v, %s", g.Calls, g.Statuses, g.shares())
+	if g.err != "" || g.Errors > 0 || g.Calls < 2000 || len(g.Pods) != 2 {
+		t.Errorf("gRPC calls during kubectl rollout restart: %s %d of %d failed (samples %v), served by %s; want none failed of at least 2,000, both pods serving",
+			g.err, g.Errors, g.Calls, g.ErrorSamples, g.shares())
+	}
 	if res.Sent < 500 || res.Errors != 0 || res.OK != res.Sent {
 		t.Errorf("during kubectl rollout restart: %s; want every call answered 200", res)
 		out, _ := c.Kubectl(ctx, "-n", "breaker", "logs", "-l", "app=app", "-c", "minimesh-proxy", "--tail", "2000")

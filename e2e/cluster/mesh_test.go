@@ -53,8 +53,8 @@ spec:
       - name: app
         image: ` + testappImage + `
         imagePullPolicy: Never
-        args: [serve, ":8080"]
-        ports: [{containerPort: 8080}]
+        args: [serve, ":8080", ":9090"]
+        ports: [{containerPort: 8080}, {containerPort: 9090}]
         readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
 ---
 apiVersion: v1
@@ -62,7 +62,9 @@ kind: Service
 metadata: {name: flaky, namespace: breaker}
 spec:
   selector: {app: flaky}
-  ports: [{port: 80, targetPort: 8080}]
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: grpc, port: 9090, targetPort: 9090, appProtocol: kubernetes.io/h2c}
 `
 
 const agentApp = `apiVersion: apps/v1
