@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 // caddyIdleConns is the most idle keep-alive connections Caddy keeps to
@@ -51,7 +51,7 @@ func caddyConfig(listen, upstream string) string {
 // data and config directories are there too, so that it writes nothing
 // under $HOME.
 func startCaddy(ctx context.Context, ps *procs, caddy, dir, upstream string) (*target, error) {
-	listen, err := proc.FreeAddr()
+	listen, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}

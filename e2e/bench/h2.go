@@ -27,6 +27,7 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 // h2Percentiles are computed from h2load's per-request log.
@@ -115,7 +116,7 @@ func haproxyH2Config(listen, upstream string, threads int) string {
 
 // startPeerH2 starts nginx or HAProxy from a generated config.
 func startPeerH2(ctx context.Context, ps *procs, key, bin, dir, upstream string, workers int) (*target, error) {
-	listen, err := proc.FreeAddr()
+	listen, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}

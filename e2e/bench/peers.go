@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 // target is an address the load generator sends its requests to: the
@@ -107,7 +108,7 @@ func cleanEnv(extra ...string) []string {
 // startUpstream starts fortio's echo server, answering every request with
 // 200 and a body of bodySize bytes, and returns its address and process.
 func startUpstream(ctx context.Context, ps *procs, fortio, dir string, bodySize int) (string, *proc.Proc, error) {
-	addr, err := proc.FreeAddr()
+	addr, err := freeport.Addr()
 	if err != nil {
 		return "", nil, err
 	}
@@ -144,11 +145,11 @@ func startSidecar(ctx context.Context, ps *procs, bin, dir, upstream string, o *
 // startSidecarVariant starts a sidecar with more arguments; name "" is
 // the main one.
 func startSidecarVariant(ctx context.Context, ps *procs, bin, dir, upstream string, o *options, name, more string) (*target, error) {
-	out, err := proc.FreeAddr()
+	out, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}
-	admin, err := proc.FreeAddr()
+	admin, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}
@@ -422,7 +423,7 @@ const peerConns = 4096
 // startNginx starts nginx as the peer keyNginx, or with logged as
 // keyNginxLog.
 func startNginx(ctx context.Context, ps *procs, nginx, dir, upstream string, workers, conns int, logged bool) (*target, error) {
-	listen, err := proc.FreeAddr()
+	listen, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}
@@ -515,7 +516,7 @@ func startHAProxy(ctx context.Context, ps *procs, haproxy, dir, upstream string,
 // startHAProxyAs is startHAProxy as the target key (keyHAProxy1: with its
 // own name and directory).
 func startHAProxyAs(ctx context.Context, ps *procs, haproxy, dir, upstream string, threads, conns int, key string) (*target, error) {
-	listen, err := proc.FreeAddr()
+	listen, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/internal/freeport"
 	"github.com/minimesh/minimesh/internal/rawio"
 )
 
@@ -44,7 +44,7 @@ func startSelf(ctx context.Context, ps *procs, dir, upstream, key string, args [
 	if err != nil {
 		return nil, err
 	}
-	listen, err := proc.FreeAddr()
+	listen, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/minimesh/minimesh/e2e/internal/cluster"
 	"github.com/minimesh/minimesh/e2e/internal/jaeger"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 // demoPolicy is the backend's policy: a timeout no default has.
@@ -67,7 +68,7 @@ func TestChartInACluster(t *testing.T) {
 
 	// The sidecar's effective policies (/debug/config is on its loopback
 	// only: kubectl port-forward reaches it there).
-	pf, err := proc.FreeAddr()
+	pf, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}

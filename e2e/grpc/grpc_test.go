@@ -26,6 +26,7 @@ import (
 	"github.com/minimesh/minimesh/e2e/internal/jaeger"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/internal/freeport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -57,7 +58,7 @@ func startSidecar(t *testing.T, upstream, policies string, extra ...string) *sid
 	bin := tools.BuiltT(t, "minimesh-proxy", "./proxy/cmd/minimesh-proxy")
 	var s *sidecar
 	// On other ports again if one was taken before the sidecar bound it.
-	if _, err := proc.OnFreeAddrs(2, func(addrs []string) error {
+	if _, err := freeport.Start(2, func(addrs []string) error {
 		s = &sidecar{Outbound: addrs[0], Admin: addrs[1]}
 		args := []string{"run", "--outbound-addr", s.Outbound, "--admin-addr", s.Admin,
 			"--service-name", "grpc-e2e", "--log-level", "warn", "--access-log", "off",

@@ -16,6 +16,7 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 // sidecarBinary is bin/minimesh-proxy (make build; MINIMESH_BIN_DIR).
@@ -46,7 +47,7 @@ func startSidecar(t *testing.T, bin, dir string, resolve map[string]string) *sid
 	t.Helper()
 	var s *sidecar
 	// On other ports again if one was taken before the sidecar bound it.
-	if _, err := proc.OnFreeAddrs(2, func(addrs []string) error {
+	if _, err := freeport.Start(2, func(addrs []string) error {
 		s = &sidecar{outbound: addrs[0], admin: addrs[1]}
 		args := []string{"run",
 			"--outbound-addr", s.outbound, "--admin-addr", s.admin,

@@ -22,6 +22,7 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 func TestMain(m *testing.M) {
@@ -60,7 +61,7 @@ func startSidecar(t *testing.T, o sidecarOpts) *sidecar {
 	bin := tools.BuiltT(t, "minimesh-proxy", "./proxy/cmd/minimesh-proxy")
 	var s *sidecar
 	// On other ports again if one was taken before the sidecar bound it.
-	if _, err := proc.OnFreeAddrs(2, func(addrs []string) error {
+	if _, err := freeport.Start(2, func(addrs []string) error {
 		s = &sidecar{Outbound: addrs[0], Admin: addrs[1]}
 		args := []string{"run",
 			"--outbound-addr", s.Outbound,

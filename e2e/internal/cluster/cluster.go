@@ -59,6 +59,7 @@ import (
 	"github.com/minimesh/minimesh/e2e/internal/image"
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 // The cluster's addresses, all from 198.18.0.0/15 (RFC 2544, never routed):
@@ -332,7 +333,7 @@ func (c *Cluster) startAPIServer() error {
 	// reach it through the kubernetes Service (in-cluster clients such as
 	// the injector), and it advertises that address: its endpoints are
 	// real.
-	apiPort, err := proc.FreeAddr()
+	apiPort, err := freeport.Addr()
 	if err != nil {
 		return err
 	}
@@ -395,7 +396,7 @@ func (c *Cluster) start(name string, args ...string) error {
 }
 
 func (c *Cluster) startControllers() error {
-	ports, err := proc.FreeAddrs(2)
+	ports, err := freeport.Addrs(2)
 	if err != nil {
 		return err
 	}
@@ -630,7 +631,7 @@ registerNode: true
 	); err != nil {
 		return err
 	}
-	addrs, err := proc.FreeAddrs(2)
+	addrs, err := freeport.Addrs(2)
 	if err != nil {
 		return err
 	}

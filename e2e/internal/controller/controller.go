@@ -14,6 +14,7 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/internal/freeport"
 	"github.com/minimesh/minimesh/internal/pki"
 )
 
@@ -67,7 +68,7 @@ func Start(t testing.TB, kubeconfig string, opt Options) *Controller {
 	}
 	var c *Controller
 	// On other ports again if one was taken before the controller bound it.
-	if _, err := proc.OnFreeAddrs(3, func(addrs []string) error {
+	if _, err := freeport.Start(3, func(addrs []string) error {
 		c = &Controller{
 			CA:       ca,
 			URL:      "https://" + addrs[0] + "/inject",
@@ -101,7 +102,7 @@ func Start(t testing.TB, kubeconfig string, opt Options) *Controller {
 // FreePorts returns n distinct loopback ports that were free a moment ago.
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
-	addrs, err := proc.FreeAddrs(n)
+	addrs, err := freeport.Addrs(n)
 	if err != nil {
 		t.Fatal(err)
 	}

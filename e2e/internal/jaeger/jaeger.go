@@ -25,6 +25,7 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 // Jaeger is a running Jaeger v2.
@@ -120,7 +121,7 @@ func Start(opt Options) (*Jaeger, error) {
 		if err == nil {
 			return j, nil
 		}
-		if !proc.PortTaken(err) {
+		if !freeport.Taken(err) {
 			break
 		}
 	}
@@ -128,7 +129,7 @@ func Start(opt Options) (*Jaeger, error) {
 }
 
 func start(opt Options) (*Jaeger, error) {
-	addrs, err := proc.FreeAddrs(4)
+	addrs, err := freeport.Addrs(4)
 	if err != nil {
 		return nil, err
 	}

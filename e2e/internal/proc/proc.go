@@ -6,13 +6,10 @@ package proc
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -184,62 +181,6 @@ func GetOK(url string) func() error {
 		}
 		return nil
 	}
-}
-
-// FreeAddr returns a loopback address whose port was free a moment ago.
-func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-// FreeAddrs returns n distinct loopback addresses whose ports were free a
-// moment ago: the listeners are held until all n are chosen, so that the
-// kernel does not hand out the same port twice.
-func FreeAddrs(n int) ([]string, error) {
-	addrs := make([]string, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs, nil
-}
-
-// PortTaken reports whether err says that a port was taken: a bind's
-// EADDRINUSE, or a process's exit whose output says so. FreeAddr's ports
-// were free a moment ago; go test ./... runs packages side by side, and
-// any process may bind one, or dial from it, before the process started
-// on it binds it.
-func PortTaken(err error) bool {
-	return err != nil && (errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), syscall.EADDRINUSE.Error()))
-}
-
-// OnFreeAddrs calls start with n FreeAddrs, and again with new ones while
-// it fails with a port taken (PortTaken), at most three times in all. It
-// returns the addresses of the start that succeeded, or start's last
-// error. start leaves nothing listening when it fails.
-func OnFreeAddrs(n int, start func(addrs []string) error) ([]string, error) {
-	var err error
-	for range 3 {
-		var addrs []string
-		if addrs, err = FreeAddrs(n); err != nil {
-			return nil, err
-		}
-		if err = start(addrs); !PortTaken(err) {
-			if err != nil {
-				return nil, err
-			}
-			return addrs, nil
-		}
-	}
-	return nil, err
 }
 
 // TailBuffer keeps the last Max bytes written to it.

@@ -2,12 +2,13 @@ package proc
 
 import (
 	"errors"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 func TestStopEndsTheGroup(t *testing.T) {
@@ -67,57 +68,14 @@ func TestWaitReadyFailsWhenTheProcessExits(t *testing.T) {
 	}
 }
 
-func TestFreeAddrs(t *testing.T) {
-	addrs, err := FreeAddrs(5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]bool{}
-	for _, a := range addrs {
-		if !strings.HasPrefix(a, "127.0.0.1:") || seen[a] {
-			t.Errorf("bad or repeated address %q in %v", a, addrs)
-		}
-		seen[a] = true
-	}
-}
-
-// TestOnFreeAddrsPortTaken: a start whose port another process took
-// meanwhile (here a listener of the test's, bound first) fails with
-// EADDRINUSE, and OnFreeAddrs calls it again on other ports; the exit of
-// a process that says so in its output counts the same; any other error
-// ends it at once. Before 2026-12-07 the e2e sidecars and controllers
-// were started once, and such a start failed the test.
-func TestOnFreeAddrsPortTaken(t *testing.T) {
-	var tries [][]string
-	addrs, err := OnFreeAddrs(2, func(addrs []string) error {
-		tries = append(tries, addrs)
-		if len(tries) == 1 {
-			taker, err := net.Listen("tcp", addrs[1])
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer taker.Close()
-		}
-		l, err := net.Listen("tcp", addrs[1])
-		if err != nil {
-			return err
-		}
-		return l.Close()
-	})
-	if err != nil || len(tries) != 2 || addrs[1] != tries[1][1] || tries[0][1] == tries[1][1] {
-		t.Errorf("OnFreeAddrs = %v, %v after tries on %v: want the second try's addresses", addrs, err, tries)
-	}
-
+// TestPortTakenProcessExit: the exit of a process that says in its
+// output that its port was taken counts as freeport.Taken, so that
+// freeport.Start starts it again on other ports.
+func TestPortTakenProcessExit(t *testing.T) {
 	p := StartT(t, "taken", "/bin/sh", []string{"-c", "echo 'listen tcp 127.0.0.1:1: bind: address already in use'; exit 1"}, Options{})
 	<-p.Done()
-	if err := p.Alive(); !PortTaken(err) {
-		t.Errorf("PortTaken(%v) = false for a process that exited on a port taken", err)
-	}
-
-	n := 0
-	other := errors.New("not ready")
-	if _, err := OnFreeAddrs(1, func([]string) error { n++; return other }); err != other || n != 1 {
-		t.Errorf("OnFreeAddrs with another error: %v after %d tries, want it after 1", err, n)
+	if err := p.Alive(); !freeport.Taken(err) {
+		t.Errorf("freeport.Taken(%v) = false for a process that exited on a port taken", err)
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 
 	"github.com/minimesh/minimesh/e2e/internal/proc"
 	"github.com/minimesh/minimesh/e2e/internal/tools"
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 // Target is one scrape target.
@@ -146,7 +147,7 @@ func StartYAML(conf []byte, opt Options) (*Prometheus, error) {
 	var err error
 	for range 3 {
 		var p *Prometheus
-		if p, err = start(conf, opt); err == nil || !proc.PortTaken(err) {
+		if p, err = start(conf, opt); err == nil || !freeport.Taken(err) {
 			return p, err
 		}
 	}
@@ -161,7 +162,7 @@ func cmpOr(s, d string) string {
 }
 
 func start(conf []byte, opt Options) (*Prometheus, error) {
-	addr, err := proc.FreeAddr()
+	addr, err := freeport.Addr()
 	if err != nil {
 		return nil, err
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -25,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/minimesh/minimesh/internal/freeport"
 	"github.com/minimesh/minimesh/internal/pki"
 	"github.com/minimesh/minimesh/wellknown"
 )
@@ -155,20 +155,6 @@ func partial(name string, labels map[string]string) *metav1.PartialObjectMetadat
 		TypeMeta:   metav1.TypeMeta{Kind: "PartialObjectMetadata", APIVersion: "meta.k8s.io/v1"},
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, ResourceVersion: "1"},
 	}
-}
-
-func freeAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	var addrs []string
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs
 }
 
 func admissionReview(t *testing.T, uid, namespace string, pod *corev1.Pod) []byte {
@@ -449,24 +435,14 @@ func readyz(admin string) func() error {
 	}
 }
 
-// onFreeAddrs calls start on n loopback addresses whose ports were free a
-// moment ago, and again on new ones while it fails with EADDRINUSE (at
-// most three times): between freeAddrs closing its listeners and the
-// controller binding them, any process on the node may take one of the
-// ports (go test ./... runs packages side by side, each binding and
-// dialling loopback ports), as e2e/internal/prom.StartYAML finds for
-// Prometheus. start leaves nothing running when it fails.
+// onFreeAddrs is freeport.Start for a test (the controller started again
+// on other ports while another process took one of its ports between the
+// pick and the bind): t fails when no start succeeds.
 func onFreeAddrs(t *testing.T, n int, start func(addrs []string) error) []string {
 	t.Helper()
-	for try := 1; ; try++ {
-		addrs := freeAddrs(t, n)
-		err := start(addrs)
-		if err == nil {
-			return addrs
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) || try == 3 {
-			t.Fatalf("starting on %v: %v", addrs, err)
-		}
-		t.Logf("starting on %v: %v; again on other ports", addrs, err)
+	addrs, err := freeport.Start(n, start)
+	if err != nil {
+		t.Fatalf("starting the controller: %v", err)
 	}
+	return addrs
 }

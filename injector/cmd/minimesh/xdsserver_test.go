@@ -610,7 +610,7 @@ func stopController(t *testing.T, exited chan error, cancel func()) {
 	}
 }
 
-// TestControllerPortTaken: a port that freeAddrs found free and another
+// TestControllerPortTaken: a port that freeport.Start found free and another
 // process took before the controller bound it fails that start with
 // EADDRINUSE, and onFreeAddrs starts it again on other ports. (CI runs
 // packages side by side; before 2026-12-07 such a start failed the test.)
