@@ -107,6 +107,12 @@ type Config struct {
 	// its accept for a first byte either way, inbound detection included
 	// (0: inbound.DefaultNoDataIdleTimeout).
 	InboundFirstByteTimeout time.Duration
+
+	// Started, when set, is called once the sidecar has started, its
+	// first policies loaded and its listeners serving, just before /ready
+	// answers 200: the process's start is over (the binary lets go of the
+	// pages only its start touched, internal/exepages).
+	Started func()
 }
 
 // The values of Config.Server (--server).
@@ -531,6 +537,9 @@ func (s *Sidecar) Serve(ctx context.Context) error {
 	outbound6 := ""
 	if s.outLn6 != nil {
 		outbound6 = s.outLn6.Addr().String()
+	}
+	if s.cfg.Started != nil {
+		s.cfg.Started()
 	}
 	// The line first: whoever saw /ready answer 200 finds it in the log.
 	s.log.Info("sidecar ready", "outbound", s.OutboundAddr(), "outbound_other_loopback", outbound6, "inbound", s.InboundAddr(), "admin", s.AdminAddr(), "policy_dir", s.cfg.PolicyDir, "version", wellknown.Version)
