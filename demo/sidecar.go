@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/minimesh/minimesh/internal/freeport"
 )
 
 // destination is the breaker the demo watches, as the sidecar names it.
@@ -55,14 +56,11 @@ type sidecar struct {
 
 // startSidecar runs `bin run ...` with the demo's flags.
 func startSidecar(bin, policyDir, upstreamAddr string) (*sidecar, error) {
-	outbound, err := freePort()
+	addrs, err := freeport.Addrs(2)
 	if err != nil {
 		return nil, err
 	}
-	admin, err := freePort()
-	if err != nil {
-		return nil, err
-	}
+	outbound, admin := addrs[0], addrs[1]
 	s := &sidecar{
 		outbound: outbound,
 		admin:    admin,
@@ -120,16 +118,6 @@ func sidecarEnv() []string {
 		env = append(env, kv)
 	}
 	return env
-}
-
-// freePort returns a loopback address that was free a moment ago.
-func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // waitReady polls GET /ready until it answers 200.
