@@ -456,8 +456,10 @@ func grpcRollout(ctx context.Context, t *testing.T, c *cluster.Cluster, a agent)
 	waitEndpoints(t, a, "figures:9090", old)
 	done := make(chan spreadResult, 1)
 	// 1,000 calls a second: enough to meet every moment of the restart,
-	// little enough to leave the node's two cores to the rollout.
-	go func() { done <- a.spreadErr("grpc=1&conc=8&rps=1000&seconds=40&target=" + target) }()
+	// little enough to leave the node's two cores to the rollout. 50 s:
+	// the rollout and the old pods' end took 14 s on a quiet machine,
+	// 23 s beside two busy loops.
+	go func() { done <- a.spreadErr("grpc=1&conc=8&rps=1000&seconds=50&target=" + target) }()
 	time.Sleep(2 * time.Second) // the calls are under way
 	t0 := time.Now()
 	if out, err := c.Kubectl(ctx, "-n", balanceNS, "rollout", "restart", "deployment/backend"); err != nil {
