@@ -193,7 +193,7 @@ func runSidecar(args []string, stderr io.Writer) int {
 	memlimit.Set(cgroupRoot, cfg.Logger)
 	cfg.Started = func() {
 		// What only the start touched (package inits, flags, the first
-		// policy load) leaves the RSS: about 3 MB idle, 1.5 MB under load
+		// policy load) leaves the RSS: 1.3-3 MB idle, 0.8-1.5 MB under load
 		// (docs/benchmarks.md, "The start's pages let go").
 		n, err := exepages.Release()
 		if err != nil {
